@@ -1,0 +1,74 @@
+//! PostgreSQL access for Trellis: tenancy through row-level security, repositories, the
+//! change feed and leader election.
+//!
+//! Invariant: outside this crate no query can run without a tenant. The pool is private;
+//! callers get a [`TenantTx`] (a transaction that has set `app.org_id`) or call one of the
+//! few directory functions on [`Store`] that are safe without one.
+
+#![forbid(unsafe_code)]
+
+mod audit;
+mod error;
+mod feed;
+mod leader;
+mod meshes;
+mod orgs;
+mod provision;
+mod resources;
+mod tenancy;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use audit::AuditEvent;
+pub use error::StoreError;
+pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
+pub use leader::{LeaderElector, LeaderOptions};
+pub use meshes::Mesh;
+pub use orgs::Org;
+pub use provision::{
+    APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator,
+};
+pub use resources::Resource;
+pub use tenancy::TenantTx;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// The application's handle on the database, connected as the unprivileged server role.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    options: PgConnectOptions,
+}
+
+impl Store {
+    /// Connects a pool of at most `max_connections` with the server role's options.
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options.clone())
+            .await?;
+        Ok(Self { pool, options })
+    }
+
+    /// Connection options of the server role, for dedicated connections (feed, leader).
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+
+    /// Is the database reachable and is its schema the one this binary expects?
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        provision::schema_status(&self.pool).await
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,41 @@
+use sqlx::{PgConnection, Postgres, Transaction};
+use trellis_model::OrgId;
+
+use crate::{Store, StoreError};
+
+/// A transaction bound to one tenant: `app.org_id` is set for its whole life, so every
+/// query through it sees and writes only that organization's rows. Dropping it without
+/// [`TenantTx::commit`] rolls back.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    org: OrgId,
+}
+
+impl Store {
+    /// Begins a transaction for `org`.
+    pub async fn tenant(&self, org: OrgId) -> Result<TenantTx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT set_config('app.org_id', $1, true)")
+            .bind(org.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(TenantTx { tx, org })
+    }
+}
+
+impl TenantTx {
+    /// The tenant this transaction is bound to.
+    pub fn org(&self) -> OrgId {
+        self.org
+    }
+
+    /// Makes every write of this transaction durable (and sends its change notifications).
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}

@@ -1,0 +1,332 @@
+//! Row-level security, proven as the server role against real PostgreSQL.
+
+use serde_json::json;
+use sqlx::{Connection, PgConnection, Row};
+use trellis_model::{MeshName, OrgId, OrgSlug, ResourceName};
+use trellis_store::testing::TestDb;
+use trellis_store::{APP_ROLE, AuditEvent, Store};
+
+/// Tables that have an `org_id` column but lack enabled *and* forced row security.
+async fn tables_missing_rls(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') \
+           AND NOT (c.relrowsecurity AND c.relforcerowsecurity) \
+         ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// Every table with an `org_id` column.
+async fn tenant_tables(conn: &mut PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+struct Seeded {
+    a: OrgId,
+    b: OrgId,
+}
+
+/// Two organizations with a row in every tenant table each.
+async fn seed(db: &TestDb, store: &Store) -> Seeded {
+    let mut ids = Vec::new();
+    for slug in ["org-a", "org-b"] {
+        let org = store
+            .create_org(&OrgSlug::parse(slug).unwrap(), slug)
+            .await
+            .unwrap();
+        let mut tx = store.tenant(org.id).await.unwrap();
+        let mesh = tx
+            .put_mesh(
+                &MeshName::parse("prod").unwrap(),
+                &json!({"mtls": "STRICT"}),
+            )
+            .await
+            .unwrap();
+        tx.put_resource(
+            mesh.id,
+            "Service",
+            &ResourceName::parse("web").unwrap(),
+            &json!({"ports": [80]}),
+            &json!({}),
+            None,
+        )
+        .await
+        .unwrap();
+        tx.record_audit(&AuditEvent {
+            actor: "test".into(),
+            action: "mesh.create".into(),
+            target: "prod".into(),
+            request_id: None,
+            details: json!({}),
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        ids.push(org.id);
+    }
+    // Memberships need users, which only the accounts flow creates; insert them directly,
+    // through the same RLS, as the server role.
+    let mut conn = db.app_conn().await;
+    for org in &ids {
+        let mut tx = conn.begin().await.unwrap();
+        sqlx::query("SELECT set_config('app.org_id', $1, true)")
+            .bind(org.to_string())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let user: uuid::Uuid = sqlx::query_scalar(
+            "INSERT INTO users (oidc_issuer, oidc_subject) VALUES ('https://idp.example', $1) RETURNING id",
+        )
+        .bind(org.to_string())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')")
+            .bind(org.as_uuid())
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    Seeded {
+        a: ids[0],
+        b: ids[1],
+    }
+}
+
+#[tokio::test]
+async fn without_a_tenant_every_tenant_table_is_empty() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    seed(&db, &store).await;
+
+    let mut admin = db.admin_conn().await;
+    let tables = tenant_tables(&mut admin).await;
+    assert_eq!(
+        tables,
+        ["audit_events", "memberships", "meshes", "resources"]
+    );
+
+    let mut app = db.app_conn().await;
+    for t in &tables {
+        let as_admin: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(as_admin, 2, "the seed wrote one {t} row per organization");
+        let as_app: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(&mut app)
+                .await
+                .unwrap();
+        assert_eq!(
+            as_app, 0,
+            "{t} shows rows to the server role with no tenant set"
+        );
+    }
+    // A tenant set in one transaction does not outlive it.
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query(
+        "SELECT set_config('app.org_id', (SELECT id::text FROM organizations LIMIT 1), true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(inside, 1);
+    tx.commit().await.unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes")
+        .fetch_one(&mut app)
+        .await
+        .unwrap();
+    assert_eq!(after, 0, "the tenant leaked past its transaction");
+}
+
+#[tokio::test]
+async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let Seeded { a, b } = seed(&db, &store).await;
+    let mut admin = db.admin_conn().await;
+    let tables = tenant_tables(&mut admin).await;
+
+    let mut app = db.app_conn().await;
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.org_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for t in &tables {
+        let mine: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+        assert_eq!(mine, 1, "org A sees exactly its own {t} row");
+        let theirs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {t} WHERE org_id = $1"
+        )))
+        .bind(b.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(theirs, 0, "org A sees org B's {t} rows");
+        if t != "audit_events" {
+            let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {t} SET created_at = created_at WHERE org_id = $1"
+            )))
+            .bind(b.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(updated.rows_affected(), 0, "org A updated org B's {t} rows");
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {t} WHERE org_id = $1"
+            )))
+            .bind(b.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+            assert_eq!(deleted.rows_affected(), 0, "org A deleted org B's {t} rows");
+        }
+    }
+    // Writing a row into B while A is the tenant is refused by the policy itself.
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query("INSERT INTO meshes (org_id, name) VALUES ($1, 'stolen')")
+        .bind(b.as_uuid())
+        .execute(&mut *sp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sp.rollback().await.unwrap();
+    // Moving one of A's rows into B is refused too.
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query("UPDATE meshes SET org_id = $1")
+        .bind(b.as_uuid())
+        .execute(&mut *sp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sp.rollback().await.unwrap();
+    // Renaming B's organization is out of reach; reading the directory is not.
+    let renamed = sqlx::query("UPDATE organizations SET name = 'pwned' WHERE id = $1")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(renamed.rows_affected(), 0);
+    tx.rollback().await.unwrap();
+
+    // Through the store's own API the same holds: B's mesh is not found from A.
+    let mut ta = store.tenant(a).await.unwrap();
+    let meshes = ta.list_meshes().await.unwrap();
+    assert_eq!(meshes.len(), 1);
+    let mut tb = store.tenant(b).await.unwrap();
+    let b_mesh = tb.list_meshes().await.unwrap().remove(0);
+    assert!(matches!(
+        ta.delete_mesh(b_mesh.id).await,
+        Err(trellis_store::StoreError::NotFound(_))
+    ));
+    drop(ta);
+    assert_eq!(
+        tb.list_meshes().await.unwrap().len(),
+        1,
+        "B's mesh survived A's delete"
+    );
+}
+
+#[tokio::test]
+async fn every_tenant_table_has_forced_rls_and_the_server_role_is_unprivileged() {
+    let db = TestDb::create().await;
+    let mut admin = db.admin_conn().await;
+    assert_eq!(tables_missing_rls(&mut admin).await, Vec::<String>::new());
+
+    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1")
+        .bind(APP_ROLE)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(!role.get::<bool, _>("rolsuper"), "server role is superuser");
+    assert!(
+        !role.get::<bool, _>("rolbypassrls"),
+        "server role has BYPASSRLS"
+    );
+    assert!(!role.get::<bool, _>("rolcreaterole"));
+    assert!(!role.get::<bool, _>("rolcreatedb"));
+    let owned: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND pg_get_userbyid(c.relowner) = $1",
+    )
+    .bind(APP_ROLE)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(owned.is_empty(), "server role owns {owned:?}");
+    let member_of_owner: bool =
+        sqlx::query_scalar("SELECT pg_has_role($1, 'trellis_owner', 'MEMBER')")
+            .bind(APP_ROLE)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!member_of_owner, "server role can act as the owner");
+
+    // The check above is not vacuous: a tenant table that forgets RLS is caught.
+    let mut owner = PgConnection::connect_with(&db.roles.owner).await.unwrap();
+    sqlx::query("CREATE TABLE forgot_rls (org_id uuid NOT NULL, id uuid NOT NULL, PRIMARY KEY (org_id, id))")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE forgot_force (org_id uuid NOT NULL)")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE forgot_force ENABLE ROW LEVEL SECURITY")
+        .execute(&mut owner)
+        .await
+        .unwrap();
+    assert_eq!(
+        tables_missing_rls(&mut admin).await,
+        ["forgot_force", "forgot_rls"]
+    );
+}
+
+#[tokio::test]
+async fn slugs_resolve_through_the_directory_and_are_unique() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let slug = OrgSlug::parse("acme").unwrap();
+    let org = store.create_org(&slug, "Acme").await.unwrap();
+    assert_eq!(store.org_by_slug(&slug).await.unwrap().unwrap().id, org.id);
+    assert!(
+        store
+            .org_by_slug(&OrgSlug::parse("nobody").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    match store.create_org(&slug, "Acme again").await {
+        Err(trellis_store::StoreError::Conflict { constraint }) => {
+            assert_eq!(constraint, "organizations_slug_key")
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
