@@ -1,1 +1,116 @@
-fn main() {}
+//! `trellis`: the control plane binary. Wires the crates together; owns no logic of its own
+//! beyond configuration, the embedded default and process lifecycle.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod embedded;
+mod serve;
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use clap::Parser;
+use secrecy::ExposeSecret;
+use sqlx::postgres::PgConnectOptions;
+use trellis_store::DbRoles;
+
+use config::{Cli, Command, Global, LogFormat};
+
+fn main() -> std::process::ExitCode {
+    let (global, command) = Cli::parse().into_command();
+    init_logging(&global);
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("no other crypto provider is installed first");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(global, command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("trellis: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(global: Global, command: Command) -> anyhow::Result<()> {
+    let data_dir = global.data_dir(
+        std::env::var_os("XDG_DATA_HOME").map(Into::into),
+        std::env::var_os("HOME").map(Into::into),
+    );
+    let database = Database::resolve(&global, &data_dir).await?;
+    let result = match command {
+        Command::Migrate => {
+            trellis_store::migrate(&database.roles.owner)
+                .await
+                .context("applying migrations")?;
+            println!("migrations applied ({})", database.description);
+            Ok(())
+        }
+        Command::Serve(serve) => serve::serve(serve, &database).await,
+    };
+    if let Some(pg) = database.private {
+        if let Err(e) = pg.stop().await {
+            tracing::error!("stopping the private PostgreSQL: {e:#}");
+        }
+    }
+    result
+}
+
+/// Where the data lives: a configured URL or the embedded default.
+pub struct Database {
+    pub roles: DbRoles,
+    pub private: Option<embedded::PrivatePostgres>,
+    pub description: String,
+}
+
+impl Database {
+    async fn resolve(global: &Global, data_dir: &std::path::Path) -> anyhow::Result<Self> {
+        if let Some(url) = global.database_url() {
+            let owner = PgConnectOptions::from_str(url.expose_secret())
+                .context("TRELLIS_DATABASE_URL is not a valid postgres:// URL")?;
+            let description = format!(
+                "PostgreSQL at {}:{}, database {}",
+                owner.get_host(),
+                owner.get_port(),
+                owner.get_database().unwrap_or("(default)")
+            );
+            let app_password = global
+                .app_database_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned());
+            return Ok(Database {
+                roles: DbRoles::from_owner(owner, app_password.as_deref()),
+                private: None,
+                description,
+            });
+        }
+        let e = embedded::resolve(global, data_dir).await?;
+        Ok(Database {
+            roles: e.roles,
+            private: e.private,
+            description: e.description,
+        })
+    }
+}
+
+fn init_logging(global: &Global) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|e| {
+        eprintln!(
+            "trellis: ignoring invalid TRELLIS_LOG {:?}: {e}",
+            global.log
+        );
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match global.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

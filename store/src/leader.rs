@@ -44,6 +44,7 @@ impl Default for LeaderOptions {
 }
 
 /// Takes part in one election until stopped.
+#[derive(Debug)]
 pub struct LeaderElector {
     leading_until: Arc<Mutex<Option<Instant>>>,
     changes: watch::Receiver<bool>,

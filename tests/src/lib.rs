@@ -1,1 +1,172 @@
-pub fn x() {}
+//! Black-box test support: start the real `trellis` binary and talk to it as users do.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Installs the one crypto provider (ring) for this test process.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The `trellis` binary built beside this test executable.
+pub fn trellis_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/trellis
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("trellis");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build --bin trellis` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command that runs `trellis` with a clean environment: no inherited TRELLIS_* or
+/// DATABASE_URL, logs at info.
+pub fn trellis() -> Command {
+    let mut cmd = Command::new(trellis_bin());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("TRELLIS_") || k == "DATABASE_URL" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("TRELLIS_LOG", "info").kill_on_drop(true);
+    cmd
+}
+
+/// A running `trellis serve`, killed when dropped.
+pub struct Trellis {
+    child: Child,
+    /// `http://host:port` it announced.
+    pub base: String,
+    pub http: reqwest::Client,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Trellis {
+    /// Starts `cmd` (which must serve on some address) and waits until it prints where it
+    /// listens.
+    pub async fn start(mut cmd: Command) -> Trellis {
+        init();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn trellis");
+        let stdout: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let so = stdout.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                so.lock().unwrap().push(line);
+            }
+        });
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let se = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                se.lock().unwrap().push(line);
+            }
+        });
+        let base = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+            Ok(Some(b)) => b,
+            _ => {
+                let status = child.try_wait().ok().flatten();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!(
+                    "trellis did not announce its address (exit: {status:?})\nstdout:\n{}\nstderr:\n{}",
+                    stdout.lock().unwrap().join("\n"),
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Trellis {
+            child,
+            base,
+            http,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// GET a path.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request to trellis")
+    }
+
+    /// The value of an unlabelled metric, if present.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = self.get("/metrics").await.text().await.ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> (String, String) {
+        (
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n"),
+        )
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`).
+    pub async fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .await
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `within`.
+    pub async fn stop(mut self, within: Duration) -> ExitStatus {
+        self.signal("TERM").await;
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(s) => s.unwrap(),
+            Err(_) => panic!("trellis did not stop within {within:?} after SIGTERM"),
+        }
+    }
+
+    /// Kills the process without a chance to clean up.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}

@@ -1,0 +1,33 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::{ApiError, AppState};
+
+/// Liveness: the process answers. Never touches the database, so a database outage does
+/// not get healthy replicas restarted.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers as the server role and its schema is the one this
+/// binary was built for.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let schema = state.store.schema_status().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: database check failed");
+        ApiError::unavailable("the database does not answer")
+    })?;
+    if !schema.is_current() {
+        return Err(ApiError::unavailable(format!(
+            "the database schema is at migration {:?}, this binary needs {}; run `trellis migrate`",
+            schema.applied, schema.expected
+        )));
+    }
+    Ok(Json(json!({
+        "status": "ready",
+        "database": "ok",
+        "schema": { "applied": schema.applied, "expected": schema.expected },
+    })))
+}

@@ -1,0 +1,270 @@
+//! Command-line and environment configuration: one clap struct, documented defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+
+/// Trellis: a hosted, multi-tenant service-mesh control plane.
+///
+/// With no database configured, Trellis uses the PostgreSQL on 127.0.0.1:5432 when one
+/// answers, and otherwise runs a private PostgreSQL in its data directory.
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    /// `trellis [flags]` is `trellis serve [flags]`.
+    #[command(flatten)]
+    pub serve: Serve,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane (the default).
+    Serve(Serve),
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// PostgreSQL URL of the schema owner, used for migrations; the server itself connects
+    /// as the role `trellis_app` on the same database. Unset: the embedded default.
+    #[arg(
+        long,
+        env = "TRELLIS_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url: Option<SecretString>,
+
+    /// Alternative name for `--database-url`, the common convention.
+    #[arg(
+        long = "database-url-fallback",
+        env = "DATABASE_URL",
+        hide = true,
+        global = true,
+        hide_env_values = true
+    )]
+    pub database_url_fallback: Option<SecretString>,
+
+    /// Password of the `trellis_app` role, when the database asks for one.
+    #[arg(
+        long,
+        env = "TRELLIS_APP_DATABASE_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub app_database_password: Option<SecretString>,
+
+    /// Where Trellis keeps local state (the private PostgreSQL, generated keys).
+    /// [default: $XDG_DATA_HOME/trellis or ~/.local/share/trellis]
+    #[arg(long, env = "TRELLIS_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Which PostgreSQL the embedded default uses when no database URL is set.
+    #[arg(long, env = "TRELLIS_EMBEDDED_POSTGRES", value_enum, default_value_t = EmbeddedMode::Auto, global = true)]
+    pub embedded_postgres: EmbeddedMode,
+
+    /// Address probed for a local PostgreSQL by the embedded default.
+    #[arg(
+        long,
+        env = "TRELLIS_EMBEDDED_POSTGRES_ADDR",
+        default_value = "127.0.0.1:5432",
+        global = true
+    )]
+    pub embedded_postgres_addr: SocketAddr,
+
+    /// Superuser the embedded default uses to create the database and roles.
+    #[arg(
+        long,
+        env = "TRELLIS_EMBEDDED_POSTGRES_USER",
+        default_value = "postgres",
+        global = true
+    )]
+    pub embedded_postgres_user: String,
+
+    /// Database the embedded default creates and uses.
+    #[arg(
+        long,
+        env = "TRELLIS_EMBEDDED_DATABASE",
+        default_value = "trellis",
+        global = true
+    )]
+    pub embedded_database: String,
+
+    /// Directory with PostgreSQL's `initdb` and `pg_ctl`, for the private instance.
+    /// [default: from $PATH, else the newest /usr/lib/postgresql/<version>/bin]
+    #[arg(long, env = "TRELLIS_POSTGRES_BIN_DIR", global = true)]
+    pub postgres_bin_dir: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` EnvFilter syntax.
+    #[arg(long, env = "TRELLIS_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+#[derive(Debug, Args)]
+pub struct Serve {
+    /// Address of the REST API, console, /healthz, /readyz and /metrics.
+    #[arg(long, env = "TRELLIS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "TRELLIS_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "TRELLIS_BODY_LIMIT", default_value_t = trellis_api::DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+
+    /// How long to let in-flight requests finish on shutdown.
+    #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often the change feed compares every mesh head, notification or not.
+    #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmbeddedMode {
+    /// Use 127.0.0.1:5432 when it answers, else a private instance.
+    Auto,
+    /// Only the PostgreSQL at `--embedded-postgres-addr`.
+    System,
+    /// Only a private instance in the data directory.
+    Private,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The command to run: `serve` when none is named.
+    pub fn into_command(self) -> (Global, Command) {
+        (
+            self.global,
+            self.command.unwrap_or(Command::Serve(self.serve)),
+        )
+    }
+}
+
+impl Global {
+    /// The configured owner URL, from either variable.
+    pub fn database_url(&self) -> Option<&SecretString> {
+        self.database_url
+            .as_ref()
+            .or(self.database_url_fallback.as_ref())
+    }
+
+    /// The data directory, resolved against the XDG convention.
+    pub fn data_dir(&self, xdg_data_home: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        match (xdg_data_home, home) {
+            (Some(x), _) if x.is_absolute() => x.join("trellis"),
+            (_, Some(h)) => h.join(".local/share/trellis"),
+            _ => PathBuf::from(".trellis"),
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m or h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unit must be ms, s, m or h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("trellis").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn serve_is_the_default_and_flags_parse() {
+        let (global, cmd) = parse(&[]).into_command();
+        assert!(matches!(cmd, Command::Serve(s) if s.http_addr.port() == 8080));
+        assert_eq!(global.embedded_postgres, EmbeddedMode::Auto);
+        let (_, cmd) =
+            parse(&["--http-addr", "127.0.0.1:0", "--log-format", "json"]).into_command();
+        assert!(matches!(cmd, Command::Serve(s) if s.http_addr.port() == 0));
+        let (global, cmd) = parse(&["migrate", "--embedded-database", "x"]).into_command();
+        assert!(matches!(cmd, Command::Migrate));
+        assert_eq!(global.embedded_database, "x");
+        let cli = parse(&[
+            "serve",
+            "--http-addr",
+            "0.0.0.0:9000",
+            "--shutdown-grace",
+            "250ms",
+        ]);
+        let Some(Command::Serve(s)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(s.http_addr, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
+        assert_eq!(s.shutdown_grace, Duration::from_millis(250));
+        assert!(
+            Cli::try_parse_from(["trellis", "serve", "--shutdown-grace", "10 parsecs"]).is_err()
+        );
+    }
+
+    #[test]
+    fn data_dir_follows_xdg() {
+        let g = parse(&[]).global;
+        assert_eq!(
+            g.data_dir(Some("/x".into()), Some("/home/u".into())),
+            PathBuf::from("/x/trellis")
+        );
+        assert_eq!(
+            g.data_dir(Some("rel".into()), Some("/home/u".into())),
+            PathBuf::from("/home/u/.local/share/trellis")
+        );
+        assert_eq!(
+            g.data_dir(None, Some("/home/u".into())),
+            PathBuf::from("/home/u/.local/share/trellis")
+        );
+        let g = parse(&["--data-dir", "/d"]).global;
+        assert_eq!(g.data_dir(None, None), PathBuf::from("/d"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}

@@ -1,0 +1,157 @@
+//! `trellis serve`: migrate, connect, start the background duties, serve HTTP, shut down
+//! gracefully.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use trellis_api::{AppState, HttpMetrics, ProcessCollector};
+use trellis_store::{ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store};
+
+use crate::Database;
+use crate::config::Serve;
+
+pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
+    trellis_store::migrate(&database.roles.owner)
+        .await
+        .context("applying migrations")?;
+    let store = Store::connect(database.roles.app.clone(), cfg.db_max_connections)
+        .await
+        .context("connecting as the server role trellis_app")?;
+
+    let leader = Arc::new(LeaderElector::start(
+        store.connect_options().clone(),
+        LeaderOptions::default(),
+    ));
+    let feed = ChangeFeed::start(
+        &store,
+        FeedOptions {
+            reconcile_every: cfg.reconcile_interval,
+            ..Default::default()
+        },
+    );
+    let feed_stats = feed.stats();
+    let consumer = tokio::spawn(consume(feed));
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessCollector));
+    registry.register_collector(Box::new(ControlPlaneCollector {
+        leader: leader.clone(),
+        feed: feed_stats,
+    }));
+    let http_metrics = HttpMetrics::register(&mut registry);
+    let state = AppState {
+        store: store.clone(),
+        registry: Arc::new(registry),
+    };
+    let app = trellis_api::router(state, http_metrics, cfg.body_limit);
+
+    let listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (TRELLIS_HTTP_ADDR)", cfg.http_addr))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %database.description, "trellis is serving");
+    println!(
+        "Trellis is listening on http://{addr}  (database: {})",
+        database.description
+    );
+    println!(
+        "  health: http://{addr}/healthz  readiness: http://{addr}/readyz  metrics: http://{addr}/metrics"
+    );
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = drain_rx.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining requests");
+    let _ = drain_tx.send(());
+    match tokio::time::timeout(cfg.shutdown_grace, server).await {
+        Ok(res) => res.context("server task")?.context("http server")?,
+        Err(_) => tracing::warn!("requests still running after the grace period; closing them"),
+    }
+    consumer.abort();
+    if let Ok(leader) = Arc::try_unwrap(leader) {
+        leader.stop().await;
+    }
+    store.close().await;
+    tracing::info!("trellis stopped");
+    Ok(())
+}
+
+/// Follows the change feed. The xDS server will rebuild the meshes it names; until then
+/// each change is logged, and counted through the feed's statistics.
+async fn consume(mut feed: ChangeFeed) {
+    while let Some(change) = feed.recv().await {
+        tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Leader role and change-feed counters, read at scrape time.
+#[derive(Debug)]
+struct ControlPlaneCollector {
+    leader: Arc<LeaderElector>,
+    feed: Arc<FeedStats>,
+}
+
+impl Collector for ControlPlaneCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        ConstGauge::new(i64::from(self.leader.is_leader())).encode(encoder.encode_descriptor(
+            "trellis_leader",
+            "1 when this replica runs the background duties",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        for (name, help, v) in [
+            (
+                "trellis_change_feed_connects",
+                "LISTEN sessions of the change feed (1 + reconnects)",
+                &self.feed.connects,
+            ),
+            (
+                "trellis_change_feed_resyncs",
+                "Full resyncs and reconciles of the change feed",
+                &self.feed.resyncs,
+            ),
+            (
+                "trellis_change_feed_changes",
+                "Mesh changes delivered by the change feed",
+                &self.feed.delivered,
+            ),
+            (
+                "trellis_change_feed_recovered",
+                "Mesh changes found by resync that no notification delivered",
+                &self.feed.recovered,
+            ),
+        ] {
+            ConstCounter::new(v.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        Ok(())
+    }
+}
