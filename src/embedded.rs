@@ -218,10 +218,10 @@ fn find_server_binaries(configured: Option<&Path>) -> Option<PathBuf> {
     if let Some(d) = configured {
         return has_both(d).then(|| d.to_owned());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(d) = std::env::split_paths(&path).find(|d| has_both(d)) {
-            return Some(d);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(d) = std::env::split_paths(&path).find(|d| has_both(d))
+    {
+        return Some(d);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?

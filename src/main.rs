@@ -53,10 +53,10 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::Serve(serve) => serve::serve(serve, &database).await,
     };
-    if let Some(pg) = database.private {
-        if let Err(e) = pg.stop().await {
-            tracing::error!("stopping the private PostgreSQL: {e:#}");
-        }
+    if let Some(pg) = database.private
+        && let Err(e) = pg.stop().await
+    {
+        tracing::error!("stopping the private PostgreSQL: {e:#}");
     }
     result
 }

@@ -20,12 +20,10 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::Database(db) = &e {
-            if db.is_unique_violation() || db.is_foreign_key_violation() {
-                return StoreError::Conflict {
-                    constraint: db.constraint().unwrap_or("unknown").to_owned(),
-                };
-            }
+        if let sqlx::Error::Database(db) = &e
+            && (db.is_unique_violation() || db.is_foreign_key_violation())
+        {
+            return StoreError::Conflict { constraint: db.constraint().unwrap_or("unknown").to_owned() };
         }
         StoreError::Db(e)
     }

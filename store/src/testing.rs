@@ -55,6 +55,16 @@ impl TestDb {
         db
     }
 
+    /// Names a database that does not exist yet, for a test in which `trellis` itself
+    /// creates it (the embedded default); it is dropped like any other.
+    pub fn reserve() -> TestDb {
+        let admin_url = admin_url();
+        let admin = PgConnectOptions::from_str(&admin_url).expect("TRELLIS_TEST_ADMIN_URL must be a postgres:// URL");
+        let name = format!("trellis_test_{}", uuid::Uuid::new_v4().simple());
+        let owner = admin.database(&name).username(OWNER_ROLE).password("");
+        TestDb { roles: DbRoles::from_owner(owner, None), name, admin_url }
+    }
+
     /// A store connected as the server role.
     pub async fn store(&self) -> Store {
         Store::connect(self.roles.app.clone(), 8)
