@@ -12,13 +12,7 @@ use secrecy::SecretString;
 /// With no database configured, Trellis uses the PostgreSQL on 127.0.0.1:5432 when one
 /// answers, and otherwise runs a private PostgreSQL in its data directory.
 #[derive(Debug, Parser)]
-#[command(
-    name = "trellis",
-    version,
-    about,
-    long_about,
-    args_conflicts_with_subcommands = true
-)]
+#[command(name = "trellis", version, about, long_about, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -41,12 +35,7 @@ pub enum Command {
 pub struct Global {
     /// PostgreSQL URL of the schema owner, used for migrations; the server itself connects
     /// as the role `trellis_app` on the same database. Unset: the embedded default.
-    #[arg(
-        long,
-        env = "TRELLIS_DATABASE_URL",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "TRELLIS_DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<SecretString>,
 
     /// Alternative name for `--database-url`, the common convention.
@@ -60,12 +49,7 @@ pub struct Global {
     pub database_url_fallback: Option<SecretString>,
 
     /// Password of the `trellis_app` role, when the database asks for one.
-    #[arg(
-        long,
-        env = "TRELLIS_APP_DATABASE_PASSWORD",
-        global = true,
-        hide_env_values = true
-    )]
+    #[arg(long, env = "TRELLIS_APP_DATABASE_PASSWORD", global = true, hide_env_values = true)]
     pub app_database_password: Option<SecretString>,
 
     /// Where Trellis keeps local state (the private PostgreSQL, generated keys).
@@ -78,30 +62,15 @@ pub struct Global {
     pub embedded_postgres: EmbeddedMode,
 
     /// Address probed for a local PostgreSQL by the embedded default.
-    #[arg(
-        long,
-        env = "TRELLIS_EMBEDDED_POSTGRES_ADDR",
-        default_value = "127.0.0.1:5432",
-        global = true
-    )]
+    #[arg(long, env = "TRELLIS_EMBEDDED_POSTGRES_ADDR", default_value = "127.0.0.1:5432", global = true)]
     pub embedded_postgres_addr: SocketAddr,
 
     /// Superuser the embedded default uses to create the database and roles.
-    #[arg(
-        long,
-        env = "TRELLIS_EMBEDDED_POSTGRES_USER",
-        default_value = "postgres",
-        global = true
-    )]
+    #[arg(long, env = "TRELLIS_EMBEDDED_POSTGRES_USER", default_value = "postgres", global = true)]
     pub embedded_postgres_user: String,
 
     /// Database the embedded default creates and uses.
-    #[arg(
-        long,
-        env = "TRELLIS_EMBEDDED_DATABASE",
-        default_value = "trellis",
-        global = true
-    )]
+    #[arg(long, env = "TRELLIS_EMBEDDED_DATABASE", default_value = "trellis", global = true)]
     pub embedded_database: String,
 
     /// Directory with PostgreSQL's `initdb` and `pg_ctl`, for the private instance.
@@ -160,19 +129,14 @@ pub enum LogFormat {
 impl Cli {
     /// The command to run: `serve` when none is named.
     pub fn into_command(self) -> (Global, Command) {
-        (
-            self.global,
-            self.command.unwrap_or(Command::Serve(self.serve)),
-        )
+        (self.global, self.command.unwrap_or(Command::Serve(self.serve)))
     }
 }
 
 impl Global {
     /// The configured owner URL, from either variable.
     pub fn database_url(&self) -> Option<&SecretString> {
-        self.database_url
-            .as_ref()
-            .or(self.database_url_fallback.as_ref())
+        self.database_url.as_ref().or(self.database_url_fallback.as_ref())
     }
 
     /// The data directory, resolved against the XDG convention.
@@ -193,9 +157,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number followed by ms, s, m or h"))?;
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number followed by ms, s, m or h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -218,44 +180,27 @@ mod tests {
         let (global, cmd) = parse(&[]).into_command();
         assert!(matches!(cmd, Command::Serve(s) if s.http_addr.port() == 8080));
         assert_eq!(global.embedded_postgres, EmbeddedMode::Auto);
-        let (_, cmd) =
-            parse(&["--http-addr", "127.0.0.1:0", "--log-format", "json"]).into_command();
+        let (_, cmd) = parse(&["--http-addr", "127.0.0.1:0", "--log-format", "json"]).into_command();
         assert!(matches!(cmd, Command::Serve(s) if s.http_addr.port() == 0));
         let (global, cmd) = parse(&["migrate", "--embedded-database", "x"]).into_command();
         assert!(matches!(cmd, Command::Migrate));
         assert_eq!(global.embedded_database, "x");
-        let cli = parse(&[
-            "serve",
-            "--http-addr",
-            "0.0.0.0:9000",
-            "--shutdown-grace",
-            "250ms",
-        ]);
-        let Some(Command::Serve(s)) = cli.command else {
-            panic!()
-        };
+        let cli = parse(&["serve", "--http-addr", "0.0.0.0:9000", "--shutdown-grace", "250ms"]);
+        let Some(Command::Serve(s)) = cli.command else { panic!() };
         assert_eq!(s.http_addr, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
         assert_eq!(s.shutdown_grace, Duration::from_millis(250));
-        assert!(
-            Cli::try_parse_from(["trellis", "serve", "--shutdown-grace", "10 parsecs"]).is_err()
-        );
+        assert!(Cli::try_parse_from(["trellis", "serve", "--shutdown-grace", "10 parsecs"]).is_err());
     }
 
     #[test]
     fn data_dir_follows_xdg() {
         let g = parse(&[]).global;
-        assert_eq!(
-            g.data_dir(Some("/x".into()), Some("/home/u".into())),
-            PathBuf::from("/x/trellis")
-        );
+        assert_eq!(g.data_dir(Some("/x".into()), Some("/home/u".into())), PathBuf::from("/x/trellis"));
         assert_eq!(
             g.data_dir(Some("rel".into()), Some("/home/u".into())),
             PathBuf::from("/home/u/.local/share/trellis")
         );
-        assert_eq!(
-            g.data_dir(None, Some("/home/u".into())),
-            PathBuf::from("/home/u/.local/share/trellis")
-        );
+        assert_eq!(g.data_dir(None, Some("/home/u".into())), PathBuf::from("/home/u/.local/share/trellis"));
         let g = parse(&["--data-dir", "/d"]).global;
         assert_eq!(g.data_dir(None, None), PathBuf::from("/d"));
     }

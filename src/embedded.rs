@@ -47,34 +47,20 @@ pub async fn resolve(global: &Global, data_dir: &Path) -> anyhow::Result<Embedde
                 global.embedded_database, global.embedded_postgres_user
             )
         })?;
-        let owner = admin
-            .database(&global.embedded_database)
-            .username(OWNER_ROLE);
+        let owner = admin.database(&global.embedded_database).username(OWNER_ROLE);
         return Ok(Embedded {
             roles: DbRoles::from_owner(owner, None),
             private: None,
-            description: format!(
-                "PostgreSQL at {addr}, database {}",
-                global.embedded_database
-            ),
+            description: format!("PostgreSQL at {addr}, database {}", global.embedded_database),
         });
     }
-    let private = PrivatePostgres::start(
-        &data_dir.join("postgres"),
-        global.postgres_bin_dir.as_deref(),
-    )
-    .await?;
+    let private =
+        PrivatePostgres::start(&data_dir.join("postgres"), global.postgres_bin_dir.as_deref()).await?;
     let admin = private.admin_options(&global.embedded_postgres_user);
     ensure_database(&admin, &global.embedded_database).await?;
-    let owner = admin
-        .database(&global.embedded_database)
-        .username(OWNER_ROLE);
+    let owner = admin.database(&global.embedded_database).username(OWNER_ROLE);
     let description = format!("private PostgreSQL in {}", private.data.display());
-    Ok(Embedded {
-        roles: DbRoles::from_owner(owner, None),
-        private: Some(private),
-        description,
-    })
+    Ok(Embedded { roles: DbRoles::from_owner(owner, None), private: Some(private), description })
 }
 
 async fn answers(addr: std::net::SocketAddr) -> bool {
@@ -103,11 +89,7 @@ impl PrivatePostgres {
              (Debian/Ubuntu: `apt install postgresql`; Fedora: `dnf install postgresql-server`; \
              macOS: `brew install postgresql`) or set TRELLIS_DATABASE_URL",
         )?;
-        if std::fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .unwrap_or(1)
-            == 0
-        {
+        if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) == 0 {
             bail!(
                 "PostgreSQL refuses to run as root, so the private instance cannot start: run \
                  trellis as an ordinary user, start a PostgreSQL on 127.0.0.1:5432, or set \
@@ -137,12 +119,7 @@ impl PrivatePostgres {
             .await?;
         }
         std::fs::create_dir_all(&socket_dir)?;
-        let mut pg = PrivatePostgres {
-            bin,
-            data,
-            socket_dir,
-            started_here: false,
-        };
+        let mut pg = PrivatePostgres { bin, data, socket_dir, started_here: false };
         if pg.status().await {
             tracing::info!(dir = %pg.data.display(), "reusing the private PostgreSQL already running");
         } else {
@@ -162,10 +139,7 @@ impl PrivatePostgres {
     }
 
     fn admin_options(&self, user: &str) -> PgConnectOptions {
-        PgConnectOptions::new_without_pgpass()
-            .socket(&self.socket_dir)
-            .username(user)
-            .database("postgres")
+        PgConnectOptions::new_without_pgpass().socket(&self.socket_dir).username(user).database("postgres")
     }
 
     async fn status(&self) -> bool {
@@ -196,10 +170,7 @@ impl PrivatePostgres {
 
 /// Runs a command to completion, failing with its output when it fails.
 async fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd
-        .output()
-        .await
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = cmd.output().await.with_context(|| format!("cannot run {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}):\n{}{}",

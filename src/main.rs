@@ -23,10 +23,7 @@ fn main() -> std::process::ExitCode {
     rustls::crypto::ring::default_provider()
         .install_default()
         .expect("no other crypto provider is installed first");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(global, command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -45,9 +42,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
     let database = Database::resolve(&global, &data_dir).await?;
     let result = match command {
         Command::Migrate => {
-            trellis_store::migrate(&database.roles.owner)
-                .await
-                .context("applying migrations")?;
+            trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
             println!("migrations applied ({})", database.description);
             Ok(())
         }
@@ -79,10 +74,7 @@ impl Database {
                 owner.get_port(),
                 owner.get_database().unwrap_or("(default)")
             );
-            let app_password = global
-                .app_database_password
-                .as_ref()
-                .map(|p| p.expose_secret().to_owned());
+            let app_password = global.app_database_password.as_ref().map(|p| p.expose_secret().to_owned());
             return Ok(Database {
                 roles: DbRoles::from_owner(owner, app_password.as_deref()),
                 private: None,
@@ -90,25 +82,16 @@ impl Database {
             });
         }
         let e = embedded::resolve(global, data_dir).await?;
-        Ok(Database {
-            roles: e.roles,
-            private: e.private,
-            description: e.description,
-        })
+        Ok(Database { roles: e.roles, private: e.private, description: e.description })
     }
 }
 
 fn init_logging(global: &Global) {
     let filter = tracing_subscriber::EnvFilter::try_new(&global.log).unwrap_or_else(|e| {
-        eprintln!(
-            "trellis: ignoring invalid TRELLIS_LOG {:?}: {e}",
-            global.log
-        );
+        eprintln!("trellis: ignoring invalid TRELLIS_LOG {:?}: {e}", global.log);
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match global.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

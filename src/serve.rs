@@ -19,38 +19,24 @@ use crate::Database;
 use crate::config::Serve;
 
 pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
-    trellis_store::migrate(&database.roles.owner)
-        .await
-        .context("applying migrations")?;
+    trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
     let store = Store::connect(database.roles.app.clone(), cfg.db_max_connections)
         .await
         .context("connecting as the server role trellis_app")?;
 
-    let leader = Arc::new(LeaderElector::start(
-        store.connect_options().clone(),
-        LeaderOptions::default(),
-    ));
+    let leader = Arc::new(LeaderElector::start(store.connect_options().clone(), LeaderOptions::default()));
     let feed = ChangeFeed::start(
         &store,
-        FeedOptions {
-            reconcile_every: cfg.reconcile_interval,
-            ..Default::default()
-        },
+        FeedOptions { reconcile_every: cfg.reconcile_interval, ..Default::default() },
     );
     let feed_stats = feed.stats();
     let consumer = tokio::spawn(consume(feed));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
-    registry.register_collector(Box::new(ControlPlaneCollector {
-        leader: leader.clone(),
-        feed: feed_stats,
-    }));
+    registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
     let http_metrics = HttpMetrics::register(&mut registry);
-    let state = AppState {
-        store: store.clone(),
-        registry: Arc::new(registry),
-    };
+    let state = AppState { store: store.clone(), registry: Arc::new(registry) };
     let app = trellis_api::router(state, http_metrics, cfg.body_limit);
 
     let listener = TcpListener::bind(cfg.http_addr)
@@ -58,10 +44,7 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (TRELLIS_HTTP_ADDR)", cfg.http_addr))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = %database.description, "trellis is serving");
-    println!(
-        "Trellis is listening on http://{addr}  (database: {})",
-        database.description
-    );
+    println!("Trellis is listening on http://{addr}  (database: {})", database.description);
     println!(
         "  health: http://{addr}/healthz  readiness: http://{addr}/readyz  metrics: http://{addr}/metrics"
     );

@@ -56,10 +56,7 @@ impl IntoResponse for ApiError {
             detail: &self.detail,
         };
         let mut res = (self.status, Json(body)).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         res
     }
 }

@@ -43,10 +43,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .fallback(error::not_found)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            metrics::track,
-        ))
+        .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
 }

@@ -38,11 +38,7 @@ impl HttpMetrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         registry.register("http_requests", "HTTP requests served", requests.clone());
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            duration.clone(),
-        );
+        registry.register("http_request_duration_seconds", "HTTP request latency", duration.clone());
         HttpMetrics { requests, duration }
     }
 }
@@ -56,27 +52,19 @@ pub(crate) async fn track(State(m): State<HttpMetrics>, req: Request, next: Next
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let res = next.run(req).await;
-    let labels = HttpLabels {
-        method,
-        route,
-        status: res.status().as_u16(),
-    };
+    let labels = HttpLabels { method, route, status: res.status().as_u16() };
     m.requests.get_or_create(&labels).inc();
-    m.duration
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
+    m.duration.get_or_create(&labels).observe(start.elapsed().as_secs_f64());
     res
 }
 
 /// Every registered metric, in the Prometheus text format.
 pub async fn metrics_handler(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut body = String::new();
-    prometheus_client::encoding::prometheus_text::encode(&mut body, &state.registry).map_err(
-        |e| {
-            tracing::error!(error = %e, "encoding metrics failed");
-            ApiError::unavailable("metrics could not be encoded")
-        },
-    )?;
+    prometheus_client::encoding::prometheus_text::encode(&mut body, &state.registry).map_err(|e| {
+        tracing::error!(error = %e, "encoding metrics failed");
+        ApiError::unavailable("metrics could not be encoded")
+    })?;
     let mut res = Body::from(body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,

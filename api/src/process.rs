@@ -40,13 +40,7 @@ fn sample() -> Option<Sample> {
     let rss_kb: f64 = std::fs::read_to_string("/proc/self/status")
         .ok()?
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })?;
+        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())?;
     let boot: f64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -55,13 +49,7 @@ fn sample() -> Option<Sample> {
     let max_fds = std::fs::read_to_string("/proc/self/limits")
         .ok()?
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("Max open files")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix("Max open files")?.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     Some(Sample {
         cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
@@ -85,39 +73,18 @@ impl Collector for ProcessCollector {
             MetricType::Counter,
         )?)?;
         for (name, help, v) in [
-            (
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-                s.resident_bytes,
-            ),
-            (
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-                s.virtual_bytes,
-            ),
+            ("process_resident_memory_bytes", "Resident memory size in bytes", s.resident_bytes),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes", s.virtual_bytes),
             ("process_threads", "Number of OS threads", s.threads),
             (
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch in seconds",
                 s.start_time_seconds,
             ),
-            (
-                "process_open_fds",
-                "Number of open file descriptors",
-                s.open_fds,
-            ),
-            (
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                s.max_fds,
-            ),
+            ("process_open_fds", "Number of open file descriptors", s.open_fds),
+            ("process_max_fds", "Maximum number of open file descriptors", s.max_fds),
         ] {
-            ConstGauge::new(v).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Gauge,
-            )?)?;
+            ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
         Ok(())
     }
@@ -134,13 +101,7 @@ mod tests {
         assert!(s.threads >= 1.0);
         assert!(s.open_fds >= 3.0);
         assert!(s.max_fds >= s.open_fds);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(
-            s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 3600.0,
-            "{s:?}"
-        );
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        assert!(s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 3600.0, "{s:?}");
     }
 }

@@ -114,26 +114,14 @@ mod tests {
     #[test]
     fn refuses_with_a_reason() {
         assert_eq!(MeshName::parse(""), Err(NameError::Empty));
-        assert_eq!(
-            MeshName::parse("Prod"),
-            Err(NameError::BadChar { found: 'P', at: 0 })
-        );
-        assert_eq!(
-            MeshName::parse("a.b"),
-            Err(NameError::BadChar { found: '.', at: 1 })
-        );
+        assert_eq!(MeshName::parse("Prod"), Err(NameError::BadChar { found: 'P', at: 0 }));
+        assert_eq!(MeshName::parse("a.b"), Err(NameError::BadChar { found: '.', at: 1 }));
         assert_eq!(MeshName::parse("1abc"), Err(NameError::BadStart));
         assert_eq!(MeshName::parse("abc-"), Err(NameError::BadEnd));
         assert_eq!(MeshName::parse("-abc"), Err(NameError::BadStart));
         let long = "a".repeat(64);
-        assert_eq!(
-            MeshName::parse(&long),
-            Err(NameError::TooLong { max: 63, len: 64 })
-        );
-        assert_eq!(
-            OrgSlug::parse(&"a".repeat(40)),
-            Err(NameError::TooLong { max: 39, len: 40 })
-        );
+        assert_eq!(MeshName::parse(&long), Err(NameError::TooLong { max: 63, len: 64 }));
+        assert_eq!(OrgSlug::parse(&"a".repeat(40)), Err(NameError::TooLong { max: 39, len: 40 }));
         assert!(OrgSlug::parse(&"a".repeat(39)).is_ok());
     }
 

@@ -33,8 +33,6 @@ impl TenantTx {
 
     /// Number of audit events of this tenant.
     pub async fn count_audit_events(&mut self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT count(*) FROM audit_events")
-            .fetch_one(self.conn())
-            .await?)
+        Ok(sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(self.conn()).await?)
     }
 }

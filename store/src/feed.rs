@@ -33,11 +33,7 @@ impl MeshChange {
         let org = parts.next()?.parse().ok()?;
         let mesh = parts.next()?.parse().ok()?;
         let revision = parts.next()?.parse().ok()?;
-        parts.next().is_none().then_some(MeshChange {
-            org,
-            mesh,
-            revision,
-        })
+        parts.next().is_none().then_some(MeshChange { org, mesh, revision })
     }
 
     /// The mesh no longer exists.
@@ -94,20 +90,10 @@ impl ChangeFeed {
         let (tx, rx) = mpsc::channel(1024);
         let (stop, stopped) = watch::channel(false);
         let stats = Arc::new(FeedStats::default());
-        let worker = Worker {
-            store: store.clone(),
-            options,
-            tx,
-            stats: stats.clone(),
-            heads: HashMap::new(),
-        };
+        let worker =
+            Worker { store: store.clone(), options, tx, stats: stats.clone(), heads: HashMap::new() };
         let task = tokio::spawn(worker.run(stopped));
-        ChangeFeed {
-            rx,
-            stats,
-            stop,
-            task,
-        }
+        ChangeFeed { rx, stats, stop, task }
     }
 
     /// The next change, or `None` once the feed has stopped.
@@ -170,11 +156,7 @@ impl Worker {
     /// reconcile periodically until the connection fails or the consumer goes away.
     async fn session(&mut self) -> Exit {
         // A dedicated one-connection pool: the LISTENing connection is never shared.
-        let options = self
-            .store
-            .connect_options()
-            .clone()
-            .application_name(&self.options.application_name);
+        let options = self.store.connect_options().clone().application_name(&self.options.application_name);
         let pool = match PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
@@ -243,11 +225,7 @@ impl Worker {
             .heads
             .keys()
             .filter(|k| !seen.contains_key(k))
-            .map(|&(org, mesh)| MeshChange {
-                org,
-                mesh,
-                revision: 0,
-            })
+            .map(|&(org, mesh)| MeshChange { org, mesh, revision: 0 })
             .collect();
         for change in found.into_iter().chain(gone) {
             if self.deliver(change).await {
@@ -310,14 +288,7 @@ mod tests {
         let org = OrgId::new();
         let mesh = MeshId::new();
         let c = MeshChange::parse(&format!("{org}/{mesh}/42")).unwrap();
-        assert_eq!(
-            c,
-            MeshChange {
-                org,
-                mesh,
-                revision: 42
-            }
-        );
+        assert_eq!(c, MeshChange { org, mesh, revision: 42 });
         assert!(MeshChange::parse(&format!("{org}/{mesh}/42/x")).is_none());
         assert!(MeshChange::parse(&format!("{org}/{mesh}")).is_none());
         assert!(MeshChange::parse("a/b/c").is_none());

@@ -55,10 +55,7 @@ pub struct LeaderElector {
 impl LeaderElector {
     /// Starts campaigning with a dedicated connection made from `connect`.
     pub fn start(connect: PgConnectOptions, options: LeaderOptions) -> Self {
-        assert!(
-            options.lease > options.check_every,
-            "lease must exceed check_every"
-        );
+        assert!(options.lease > options.check_every, "lease must exceed check_every");
         let leading_until = Arc::new(Mutex::new(None));
         let (changes_tx, changes) = watch::channel(false);
         let (stop, stopped) = watch::channel(false);
@@ -69,12 +66,7 @@ impl LeaderElector {
             changes: changes_tx,
         };
         let task = tokio::spawn(campaign.run(stopped));
-        LeaderElector {
-            leading_until,
-            changes,
-            stop,
-            task,
-        }
+        LeaderElector { leading_until, changes, stop, task }
     }
 
     /// Is this instance the leader right now? Reads the lease, so it turns false on time
@@ -129,9 +121,7 @@ impl Campaign {
                 // Release promptly so another instance need not wait for the session to end.
                 let _ = timeout(
                     Duration::from_secs(1),
-                    sqlx::query("SELECT pg_advisory_unlock($1)")
-                        .bind(self.options.key)
-                        .execute(&mut conn),
+                    sqlx::query("SELECT pg_advisory_unlock($1)").bind(self.options.key).execute(&mut conn),
                 )
                 .await;
                 let _ = timeout(Duration::from_secs(1), conn.close()).await;

@@ -25,9 +25,7 @@ pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use leader::{LeaderElector, LeaderOptions};
 pub use meshes::Mesh;
 pub use orgs::Org;
-pub use provision::{
-    APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator,
-};
+pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use resources::Resource;
 pub use tenancy::TenantTx;
 
@@ -45,10 +43,7 @@ pub struct Store {
 
 impl Store {
     /// Connects a pool of at most `max_connections` with the server role's options.
-    pub async fn connect(
-        options: PgConnectOptions,
-        max_connections: u32,
-    ) -> Result<Self, StoreError> {
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))

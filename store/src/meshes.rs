@@ -34,9 +34,7 @@ impl TryFrom<MeshRow> for Mesh {
         Ok(Mesh {
             id: MeshId::from_uuid(r.id),
             name: MeshName::parse(&r.name).map_err(|e| {
-                StoreError::Db(sqlx::Error::Decode(
-                    format!("stored mesh name {:?}: {e}", r.name).into(),
-                ))
+                StoreError::Db(sqlx::Error::Decode(format!("stored mesh name {:?}: {e}", r.name).into()))
             })?,
             spec: r.spec,
             generation: r.generation,
@@ -75,35 +73,27 @@ impl TenantTx {
 
     /// The mesh called `name`, if this tenant has one.
     pub async fn mesh_by_name(&mut self, name: &MeshName) -> Result<Option<Mesh>, StoreError> {
-        let row: Option<MeshRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            mesh_columns!(),
-            " FROM meshes WHERE name = $1"
-        ))
-        .bind(name.as_str())
-        .fetch_optional(self.conn())
-        .await?;
+        let row: Option<MeshRow> =
+            sqlx::query_as(concat!("SELECT ", mesh_columns!(), " FROM meshes WHERE name = $1"))
+                .bind(name.as_str())
+                .fetch_optional(self.conn())
+                .await?;
         row.map(Mesh::try_from).transpose()
     }
 
     /// Every mesh of this tenant, by name.
     pub async fn list_meshes(&mut self) -> Result<Vec<Mesh>, StoreError> {
-        let rows: Vec<MeshRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            mesh_columns!(),
-            " FROM meshes ORDER BY name"
-        ))
-        .fetch_all(self.conn())
-        .await?;
+        let rows: Vec<MeshRow> =
+            sqlx::query_as(concat!("SELECT ", mesh_columns!(), " FROM meshes ORDER BY name"))
+                .fetch_all(self.conn())
+                .await?;
         rows.into_iter().map(Mesh::try_from).collect()
     }
 
     /// Deletes a mesh and everything in it.
     pub async fn delete_mesh(&mut self, id: MeshId) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM meshes WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(self.conn())
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM meshes WHERE id = $1").bind(id.as_uuid()).execute(self.conn()).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("mesh"));
         }

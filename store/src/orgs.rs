@@ -26,9 +26,7 @@ impl OrgRow {
             id: OrgId::from_uuid(self.id),
             // A slug in the table was parsed on the way in; failing here means corruption.
             slug: OrgSlug::parse(&self.slug).map_err(|e| {
-                StoreError::Db(sqlx::Error::Decode(
-                    format!("stored slug {:?}: {e}", self.slug).into(),
-                ))
+                StoreError::Db(sqlx::Error::Decode(format!("stored slug {:?}: {e}", self.slug).into()))
             })?,
             name: self.name,
             created_at: self.created_at,
@@ -75,10 +73,8 @@ impl TenantTx {
     /// Deletes this transaction's organization and, by cascade, everything it owns.
     pub async fn delete_org(&mut self) -> Result<(), StoreError> {
         let id = self.org().as_uuid();
-        let done = sqlx::query("DELETE FROM organizations WHERE id = $1")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+        let done =
+            sqlx::query("DELETE FROM organizations WHERE id = $1").bind(id).execute(self.conn()).await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("organization"));
         }

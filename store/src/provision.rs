@@ -47,9 +47,7 @@ impl SchemaStatus {
 pub(crate) async fn schema_status(pool: &PgPool) -> Result<SchemaStatus, StoreError> {
     let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await?;
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(pool).await?;
     Ok(SchemaStatus { applied, expected })
 }
 
@@ -71,19 +69,11 @@ pub async fn ensure_database(admin: &PgConnectOptions, database: &str) -> Result
     let mut conn = pool.acquire().await?;
     // Role and database creation are cluster-wide and race with themselves; serialize
     // every Trellis provisioner on this cluster behind one advisory lock.
-    sqlx::query("SELECT pg_advisory_lock(7533110001)")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("SELECT pg_advisory_lock(7533110001)").execute(&mut *conn).await?;
     let result = async {
         for (role, attrs) in [
-            (
-                OWNER_ROLE,
-                "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE",
-            ),
-            (
-                APP_ROLE,
-                "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE",
-            ),
+            (OWNER_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"),
+            (APP_ROLE, "LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"),
         ] {
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
@@ -95,11 +85,10 @@ pub async fn ensure_database(admin: &PgConnectOptions, database: &str) -> Result
                 .execute(&mut *conn)
                 .await?;
         }
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(database)
-                .fetch_one(&mut *conn)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut *conn)
+            .await?;
         if !exists {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "CREATE DATABASE {} OWNER {OWNER_ROLE}",
@@ -111,9 +100,7 @@ pub async fn ensure_database(admin: &PgConnectOptions, database: &str) -> Result
         Ok::<_, StoreError>(())
     }
     .await;
-    let _ = sqlx::query("SELECT pg_advisory_unlock(7533110001)")
-        .execute(&mut *conn)
-        .await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock(7533110001)").execute(&mut *conn).await;
     drop(conn);
     pool.close().await;
     result

@@ -43,9 +43,7 @@ impl TryFrom<ResourceRow> for Resource {
             id: r.id,
             mesh_id: MeshId::from_uuid(r.mesh_id),
             name: ResourceName::parse(&r.name).map_err(|e| {
-                StoreError::Db(sqlx::Error::Decode(
-                    format!("stored name {:?}: {e}", r.name).into(),
-                ))
+                StoreError::Db(sqlx::Error::Decode(format!("stored name {:?}: {e}", r.name).into()))
             })?,
             kind: r.kind,
             spec: r.spec,
@@ -153,13 +151,12 @@ impl TenantTx {
         kind: &str,
         name: &ResourceName,
     ) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("DELETE FROM resources WHERE mesh_id = $1 AND kind = $2 AND name = $3")
-                .bind(mesh.as_uuid())
-                .bind(kind)
-                .bind(name.as_str())
-                .execute(self.conn())
-                .await?;
+        let done = sqlx::query("DELETE FROM resources WHERE mesh_id = $1 AND kind = $2 AND name = $3")
+            .bind(mesh.as_uuid())
+            .bind(kind)
+            .bind(name.as_str())
+            .execute(self.conn())
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound("resource"));
         }

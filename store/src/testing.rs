@@ -29,8 +29,8 @@ impl TestDb {
     /// none answers: a test that needs it must fail, not skip.
     pub async fn create() -> TestDb {
         let admin_url = admin_url();
-        let admin = PgConnectOptions::from_str(&admin_url)
-            .expect("TRELLIS_TEST_ADMIN_URL must be a postgres:// URL");
+        let admin =
+            PgConnectOptions::from_str(&admin_url).expect("TRELLIS_TEST_ADMIN_URL must be a postgres:// URL");
         let name = format!("trellis_test_{}", uuid::Uuid::new_v4().simple());
         if let Err(e) = ensure_database(&admin, &name).await {
             panic!(
@@ -38,20 +38,10 @@ impl TestDb {
                  or start it: pg_ctlcluster --skip-systemctl-redirect 15 main start): {e}"
             );
         }
-        let owner = admin
-            .clone()
-            .database(&name)
-            .username(OWNER_ROLE)
-            .password("");
+        let owner = admin.clone().database(&name).username(OWNER_ROLE).password("");
         let roles = DbRoles::from_owner(owner, None);
-        let db = TestDb {
-            name,
-            admin_url,
-            roles,
-        };
-        migrate(&db.roles.owner)
-            .await
-            .expect("migrations apply to a fresh database");
+        let db = TestDb { name, admin_url, roles };
+        migrate(&db.roles.owner).await.expect("migrations apply to a fresh database");
         db
     }
 
@@ -59,7 +49,8 @@ impl TestDb {
     /// creates it (the embedded default); it is dropped like any other.
     pub fn reserve() -> TestDb {
         let admin_url = admin_url();
-        let admin = PgConnectOptions::from_str(&admin_url).expect("TRELLIS_TEST_ADMIN_URL must be a postgres:// URL");
+        let admin =
+            PgConnectOptions::from_str(&admin_url).expect("TRELLIS_TEST_ADMIN_URL must be a postgres:// URL");
         let name = format!("trellis_test_{}", uuid::Uuid::new_v4().simple());
         let owner = admin.database(&name).username(OWNER_ROLE).password("");
         TestDb { roles: DbRoles::from_owner(owner, None), name, admin_url }
@@ -67,27 +58,19 @@ impl TestDb {
 
     /// A store connected as the server role.
     pub async fn store(&self) -> Store {
-        Store::connect(self.roles.app.clone(), 8)
-            .await
-            .expect("connect as the server role")
+        Store::connect(self.roles.app.clone(), 8).await.expect("connect as the server role")
     }
 
     /// A superuser connection to this test's database (for catalog checks and for
     /// killing backends).
     pub async fn admin_conn(&self) -> PgConnection {
-        let opts = PgConnectOptions::from_str(&self.admin_url)
-            .expect("admin url")
-            .database(&self.name);
-        PgConnection::connect_with(&opts)
-            .await
-            .expect("admin connection")
+        let opts = PgConnectOptions::from_str(&self.admin_url).expect("admin url").database(&self.name);
+        PgConnection::connect_with(&opts).await.expect("admin connection")
     }
 
     /// A connection as the server role, outside any [`Store`] (to prove what RLS allows).
     pub async fn app_conn(&self) -> PgConnection {
-        PgConnection::connect_with(&self.roles.app)
-            .await
-            .expect("server role connection")
+        PgConnection::connect_with(&self.roles.app).await.expect("server role connection")
     }
 
     /// URL of this database for the schema owner, as a `trellis` process would be given.
@@ -109,15 +92,10 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop runs inside the test's runtime, which cannot be blocked on; use a thread.
         let dropper = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async move {
                 let opts = PgConnectOptions::from_str(&admin_url).expect("admin url");
-                let mut conn = PgConnection::connect_with(&opts)
-                    .await
-                    .expect("admin connection");
+                let mut conn = PgConnection::connect_with(&opts).await.expect("admin connection");
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                     quote_ident(&name)

@@ -22,11 +22,7 @@ pub fn init() {
 pub fn trellis_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/trellis
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("trellis");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis");
     assert!(
         bin.is_file(),
         "{} is missing: build it first with `cargo build --bin trellis` (scripts/test does)",
@@ -74,12 +70,7 @@ impl Trellis {
         tokio::spawn(async move {
             while let Ok(Some(line)) = out.next_line().await {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
                 }
                 so.lock().unwrap().push(line);
             }
@@ -103,41 +94,24 @@ impl Trellis {
                 );
             }
         };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap();
-        Trellis {
-            child,
-            base,
-            http,
-            stdout,
-            stderr,
-        }
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        Trellis { child, base, http, stdout, stderr }
     }
 
     /// GET a path.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request to trellis")
+        self.http.get(format!("{}{path}", self.base)).send().await.expect("request to trellis")
     }
 
     /// The value of an unlabelled metric, if present.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let body = self.get("/metrics").await.text().await.ok()?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Everything printed so far.
     pub fn output(&self) -> (String, String) {
-        (
-            self.stdout.lock().unwrap().join("\n"),
-            self.stderr.lock().unwrap().join("\n"),
-        )
+        (self.stdout.lock().unwrap().join("\n"), self.stderr.lock().unwrap().join("\n"))
     }
 
     /// The process id.
@@ -147,12 +121,8 @@ impl Trellis {
 
     /// Sends a signal by name (`TERM`, `KILL`, `INT`).
     pub async fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .await
-            .unwrap();
+        let ok =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().await.unwrap();
         assert!(ok.success(), "kill -{sig} failed");
     }
 

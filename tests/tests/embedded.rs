@@ -49,7 +49,10 @@ fn as_unprivileged(cmd: &mut tokio::process::Command, dir: &Path) -> tokio::proc
     assert!(ok.success(), "chown of the data dir to the postgres user failed");
     let std = cmd.as_std();
     let mut wrapped = tokio::process::Command::new("setpriv");
-    wrapped.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"]).arg(std.get_program()).args(std.get_args());
+    wrapped
+        .args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
+        .arg(std.get_program())
+        .args(std.get_args());
     for (k, v) in std.get_envs() {
         match v {
             Some(v) => wrapped.env(k, v),
@@ -102,7 +105,10 @@ async fn runs_a_private_postgres_in_the_data_dir_and_stops_it_on_shutdown() {
     let conf = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
     assert!(conf.contains(&pgdata.join("run").display().to_string()), "{conf}");
 
-    let opts = PgConnectOptions::new_without_pgpass().socket(pgdata.join("run")).username(APP_ROLE).database("trellis");
+    let opts = PgConnectOptions::new_without_pgpass()
+        .socket(pgdata.join("run"))
+        .username(APP_ROLE)
+        .database("trellis");
     let store = Store::connect(opts.clone(), 2).await.unwrap();
     store.create_org(&OrgSlug::parse("private").unwrap(), "Private").await.unwrap();
     store.close().await;
@@ -113,7 +119,10 @@ async fn runs_a_private_postgres_in_the_data_dir_and_stops_it_on_shutdown() {
     let t = Trellis::start(serve(&dir)).await;
     assert_eq!(t.get("/readyz").await.status(), 200);
     let store = Store::connect(opts, 2).await.unwrap();
-    assert!(store.org_by_slug(&OrgSlug::parse("private").unwrap()).await.unwrap().is_some(), "data lost across restart");
+    assert!(
+        store.org_by_slug(&OrgSlug::parse("private").unwrap()).await.unwrap().is_some(),
+        "data lost across restart"
+    );
     store.close().await;
     assert!(t.stop(Duration::from_secs(30)).await.success());
     assert!(!pgdata.join("postmaster.pid").exists());

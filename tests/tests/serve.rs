@@ -9,9 +9,7 @@ use trellis_tests::{Trellis, trellis};
 
 async fn start(db: &TestDb, extra: &[&str]) -> Trellis {
     let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
-        .args(["serve", "--http-addr", "127.0.0.1:0"])
-        .args(extra);
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["serve", "--http-addr", "127.0.0.1:0"]).args(extra);
     Trellis::start(cmd).await
 }
 
@@ -31,12 +29,7 @@ async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
 
     let res = t.get("/metrics").await;
     assert_eq!(res.status(), 200);
-    assert!(
-        res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let text = res.text().await.unwrap();
     for metric in [
         "process_cpu_seconds_total ",
@@ -60,21 +53,11 @@ async fn serves_health_readiness_and_metrics_then_stops_on_sigterm() {
     assert!(res.headers().contains_key("x-request-id"));
     let problem: Value = res.json().await.unwrap();
     assert_eq!(problem["status"], 404);
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("/no/such/thing")
-    );
+    assert!(problem["detail"].as_str().unwrap().contains("/no/such/thing"));
 
     // A request id the client sends comes back unchanged.
-    let res = t
-        .http
-        .get(format!("{}/healthz", t.base))
-        .header("x-request-id", "req-123")
-        .send()
-        .await
-        .unwrap();
+    let res =
+        t.http.get(format!("{}/healthz", t.base)).header("x-request-id", "req-123").send().await.unwrap();
     assert_eq!(res.headers()["x-request-id"], "req-123");
 
     let status = t.stop(Duration::from_secs(15)).await;
@@ -88,47 +71,27 @@ async fn readiness_fails_when_the_schema_is_behind_or_the_database_is_gone() {
     assert_eq!(t.get("/readyz").await.status(), 200);
 
     let mut admin = db.admin_conn().await;
-    sqlx::query("UPDATE _sqlx_migrations SET version = -version")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query("UPDATE _sqlx_migrations SET version = -version").execute(&mut admin).await.unwrap();
     let res = t.get("/readyz").await;
     assert_eq!(res.status(), 503);
     let problem: Value = res.json().await.unwrap();
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("trellis migrate"),
-        "{problem}"
-    );
-    assert_eq!(
-        t.get("/healthz").await.status(),
-        200,
-        "liveness must not depend on the database"
-    );
-    sqlx::query("UPDATE _sqlx_migrations SET version = -version")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("trellis migrate"), "{problem}");
+    assert_eq!(t.get("/healthz").await.status(), 200, "liveness must not depend on the database");
+    sqlx::query("UPDATE _sqlx_migrations SET version = -version").execute(&mut admin).await.unwrap();
     assert_eq!(t.get("/readyz").await.status(), 200);
 
     // The database refuses connections and drops the ones it has.
     let name = db.name.clone();
     let mut postgres = sqlx::PgConnection::connect_with(
-        &trellis_store::testing::admin_url()
-            .parse::<sqlx::postgres::PgConnectOptions>()
-            .unwrap(),
+        &trellis_store::testing::admin_url().parse::<sqlx::postgres::PgConnectOptions>().unwrap(),
     )
     .await
     .unwrap();
     use sqlx::Connection;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS false"
-    )))
-    .execute(&mut postgres)
-    .await
-    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")))
+        .execute(&mut postgres)
+        .await
+        .unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
         .bind(&name)
         .execute(&mut postgres)
@@ -138,12 +101,10 @@ async fn readiness_fails_when_the_schema_is_behind_or_the_database_is_gone() {
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     assert_eq!(t.get("/healthz").await.status(), 200);
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
-    )))
-    .execute(&mut postgres)
-    .await
-    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")))
+        .execute(&mut postgres)
+        .await
+        .unwrap();
     // It recovers by itself once the database is back.
     let mut ok = false;
     for _ in 0..50 {
@@ -176,24 +137,13 @@ async fn json_logs_are_one_object_per_line() {
 async fn migrate_applies_the_schema_and_is_idempotent() {
     let db = TestDb::create().await; // already migrated by the harness: run again twice
     for _ in 0..2 {
-        let out = trellis()
-            .env("TRELLIS_DATABASE_URL", db.owner_url())
-            .arg("migrate")
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            trellis().env("TRELLIS_DATABASE_URL", db.owner_url()).arg("migrate").output().await.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
     }
     let out = trellis()
-        .env(
-            "TRELLIS_DATABASE_URL",
-            "postgres://trellis_owner@127.0.0.1:1/nothing",
-        )
+        .env("TRELLIS_DATABASE_URL", "postgres://trellis_owner@127.0.0.1:1/nothing")
         .arg("migrate")
         .output()
         .await
@@ -207,13 +157,7 @@ async fn help_names_the_commands_and_the_environment() {
     let out = trellis().arg("--help").output().await.unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for s in [
-        "serve",
-        "migrate",
-        "TRELLIS_DATABASE_URL",
-        "TRELLIS_HTTP_ADDR",
-        "TRELLIS_LOG_FORMAT",
-    ] {
+    for s in ["serve", "migrate", "TRELLIS_DATABASE_URL", "TRELLIS_HTTP_ADDR", "TRELLIS_LOG_FORMAT"] {
         assert!(help.contains(s), "--help lacks {s}:\n{help}");
     }
 }

@@ -36,13 +36,7 @@ fn follow(mut feed: ChangeFeed) -> (Heads, Arc<trellis_store::FeedStats>) {
 }
 
 async fn db_heads(store: &Store) -> HashMap<(OrgId, MeshId), i64> {
-    store
-        .mesh_heads()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|c| ((c.org, c.mesh), c.revision))
-        .collect()
+    store.mesh_heads().await.unwrap().into_iter().map(|c| ((c.org, c.mesh), c.revision)).collect()
 }
 
 /// Waits until the feed has delivered exactly the database's heads; returns the meshes
@@ -52,11 +46,7 @@ async fn missed(store: &Store, heads: &Heads, within: Duration) -> Vec<(OrgId, M
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let got = heads.lock().await.clone();
-        let missing: Vec<_> = want
-            .iter()
-            .filter(|(k, r)| got.get(k) != Some(r))
-            .map(|(k, _)| *k)
-            .collect();
+        let missing: Vec<_> = want.iter().filter(|(k, r)| got.get(k) != Some(r)).map(|(k, _)| *k).collect();
         if missing.is_empty() || tokio::time::Instant::now() > deadline {
             return missing;
         }
@@ -68,16 +58,11 @@ async fn missed(store: &Store, heads: &Heads, within: Duration) -> Vec<(OrgId, M
 async fn meshes(store: &Store, per_org: usize) -> Vec<(OrgId, MeshId)> {
     let mut out = Vec::new();
     for o in 0..3 {
-        let org = store
-            .create_org(&OrgSlug::parse(&format!("org-{o}")).unwrap(), "o")
-            .await
-            .unwrap();
+        let org = store.create_org(&OrgSlug::parse(&format!("org-{o}")).unwrap(), "o").await.unwrap();
         let mut tx = store.tenant(org.id).await.unwrap();
         for m in 0..per_org {
-            let mesh = tx
-                .put_mesh(&MeshName::parse(&format!("mesh-{m}")).unwrap(), &json!({}))
-                .await
-                .unwrap();
+            let mesh =
+                tx.put_mesh(&MeshName::parse(&format!("mesh-{m}")).unwrap(), &json!({})).await.unwrap();
             out.push((org.id, mesh.id));
         }
         tx.commit().await.unwrap();
@@ -92,9 +77,7 @@ async fn notifications_carry_keys_only() {
     let keys = meshes(&store, 1).await;
     let (org, mesh) = keys[0];
 
-    let pool = sqlx::PgPool::connect_with(db.roles.app.clone())
-        .await
-        .unwrap();
+    let pool = sqlx::PgPool::connect_with(db.roles.app.clone()).await.unwrap();
     let mut listener = PgListener::connect_with(&pool).await.unwrap();
     listener.listen("trellis_mesh_changed").await.unwrap();
 
@@ -113,17 +96,10 @@ async fn notifications_carry_keys_only() {
     .unwrap();
     tx.commit().await.unwrap();
 
-    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
     let revision = db_heads(&store).await[&(org, mesh)];
     assert_eq!(n.payload(), format!("{org}/{mesh}/{revision}"));
-    assert!(
-        n.payload().len() < 100,
-        "payload is {} bytes",
-        n.payload().len()
-    );
+    assert!(n.payload().len() < 100, "payload is {} bytes", n.payload().len());
 }
 
 #[tokio::test]
@@ -133,32 +109,16 @@ async fn a_write_bumps_the_revision_in_the_same_transaction() {
     let (org, mesh) = meshes(&store, 1).await[0];
     let before = db_heads(&store).await[&(org, mesh)];
     let mut tx = store.tenant(org).await.unwrap();
-    tx.put_resource(
-        mesh,
-        "Service",
-        &ResourceName::parse("a").unwrap(),
-        &json!({}),
-        &json!({}),
-        None,
-    )
-    .await
-    .unwrap();
+    tx.put_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), &json!({}), &json!({}), None)
+        .await
+        .unwrap();
     drop(tx); // rolled back: neither the row nor the bump may remain
     assert_eq!(db_heads(&store).await[&(org, mesh)], before);
     let mut tx = store.tenant(org).await.unwrap();
-    tx.put_resource(
-        mesh,
-        "Service",
-        &ResourceName::parse("a").unwrap(),
-        &json!({}),
-        &json!({}),
-        None,
-    )
-    .await
-    .unwrap();
-    tx.delete_resource(mesh, "Service", &ResourceName::parse("a").unwrap())
+    tx.put_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), &json!({}), &json!({}), None)
         .await
         .unwrap();
+    tx.delete_resource(mesh, "Service", &ResourceName::parse("a").unwrap()).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db_heads(&store).await[&(org, mesh)], before + 2);
 }
@@ -169,17 +129,9 @@ async fn no_mesh_is_missed_across_forced_disconnects() {
     let store = db.store().await;
     let keys = meshes(&store, 34).await; // 102 meshes
     // A reconcile period far beyond the test, so only the reconnect resync can recover.
-    let options = FeedOptions {
-        reconcile_every: Duration::from_secs(3600),
-        ..FeedOptions::default()
-    };
+    let options = FeedOptions { reconcile_every: Duration::from_secs(3600), ..FeedOptions::default() };
     let (heads, stats) = follow(ChangeFeed::start(&store, options));
-    assert!(
-        missed(&store, &heads, Duration::from_secs(10))
-            .await
-            .is_empty(),
-        "initial sync"
-    );
+    assert!(missed(&store, &heads, Duration::from_secs(10)).await.is_empty(), "initial sync");
     assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
 
     // Keep killing the feed's connection while 1,000 writes land.
@@ -223,19 +175,9 @@ async fn no_mesh_is_missed_across_forced_disconnects() {
     assert!(kills >= 2, "the listener was killed only {kills} times");
 
     let missing = missed(&store, &heads, Duration::from_secs(20)).await;
-    assert!(
-        missing.is_empty(),
-        "{} changed meshes missed: {missing:?}",
-        missing.len()
-    );
-    assert!(
-        stats.connects.load(Ordering::Relaxed) >= 2,
-        "the feed never reconnected"
-    );
-    assert!(
-        stats.recovered.load(Ordering::Relaxed) > 0,
-        "no change had to be recovered by resync"
-    );
+    assert!(missing.is_empty(), "{} changed meshes missed: {missing:?}", missing.len());
+    assert!(stats.connects.load(Ordering::Relaxed) >= 2, "the feed never reconnected");
+    assert!(stats.recovered.load(Ordering::Relaxed) > 0, "no change had to be recovered by resync");
 }
 
 #[tokio::test]
@@ -243,23 +185,13 @@ async fn the_periodic_reconcile_finds_a_change_that_was_never_notified() {
     let db = TestDb::create().await;
     let store = db.store().await;
     let keys = meshes(&store, 2).await;
-    let options = FeedOptions {
-        reconcile_every: Duration::from_millis(200),
-        ..FeedOptions::default()
-    };
+    let options = FeedOptions { reconcile_every: Duration::from_millis(200), ..FeedOptions::default() };
     let (heads, stats) = follow(ChangeFeed::start(&store, options));
-    assert!(
-        missed(&store, &heads, Duration::from_secs(10))
-            .await
-            .is_empty()
-    );
+    assert!(missed(&store, &heads, Duration::from_secs(10)).await.is_empty());
 
     // A superuser with triggers off bumps a revision and sends nothing.
     let mut admin = db.admin_conn().await;
-    sqlx::query("SET session_replication_role = replica")
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query("SET session_replication_role = replica").execute(&mut admin).await.unwrap();
     sqlx::query("UPDATE meshes SET revision = revision + 10 WHERE id = $1")
         .bind(keys[3].1.as_uuid())
         .execute(&mut admin)
@@ -276,10 +208,7 @@ async fn the_periodic_reconcile_finds_a_change_that_was_never_notified() {
     tx.commit().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while heads.lock().await.contains_key(&(org, mesh)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deletion never delivered"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "deletion never delivered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

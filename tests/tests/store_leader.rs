@@ -33,10 +33,7 @@ async fn sample(
         if until(la, lb) {
             return start.elapsed();
         }
-        assert!(
-            start.elapsed() < within,
-            "condition not reached within {within:?}"
-        );
+        assert!(start.elapsed() < within, "condition not reached within {within:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -57,11 +54,7 @@ async fn exactly_one_leads_and_a_killed_leader_hands_over_within_two_seconds() {
     }
 
     // Kill the leader's database session, as a crash or a network cut would.
-    let (leader_name, a_led) = if a.is_leader() {
-        ("leader-a", true)
-    } else {
-        ("leader-b", false)
-    };
+    let (leader_name, a_led) = if a.is_leader() { ("leader-a", true) } else { ("leader-b", false) };
     let mut admin = db.admin_conn().await;
     let killed: bool = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -72,10 +65,8 @@ async fn exactly_one_leads_and_a_killed_leader_hands_over_within_two_seconds() {
     .await
     .unwrap();
     assert!(killed);
-    let took = sample(&a, &b, Duration::from_secs(2), |la, lb| {
-        if a_led { lb && !la } else { la && !lb }
-    })
-    .await;
+    let took =
+        sample(&a, &b, Duration::from_secs(2), |la, lb| if a_led { lb && !la } else { la && !lb }).await;
     eprintln!("handoff after a killed session took {took:?}");
 
     // A leader that stops releases the role to the other at once (after its lease).
@@ -83,10 +74,7 @@ async fn exactly_one_leads_and_a_killed_leader_hands_over_within_two_seconds() {
     leader.stop().await;
     let start = Instant::now();
     while !follower.is_leader() {
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "no takeover after a clean stop"
-        );
+        assert!(start.elapsed() < Duration::from_secs(2), "no takeover after a clean stop");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     follower.stop().await;
@@ -100,10 +88,7 @@ async fn elections_in_different_databases_do_not_interfere() {
     let b = LeaderElector::start(two.roles.app.clone(), options("leader-b"));
     let start = Instant::now();
     while !(a.is_leader() && b.is_leader()) {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "each database should have its own leader"
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "each database should have its own leader");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     a.stop().await;

@@ -43,18 +43,9 @@ struct Seeded {
 async fn seed(db: &TestDb, store: &Store) -> Seeded {
     let mut ids = Vec::new();
     for slug in ["org-a", "org-b"] {
-        let org = store
-            .create_org(&OrgSlug::parse(slug).unwrap(), slug)
-            .await
-            .unwrap();
+        let org = store.create_org(&OrgSlug::parse(slug).unwrap(), slug).await.unwrap();
         let mut tx = store.tenant(org.id).await.unwrap();
-        let mesh = tx
-            .put_mesh(
-                &MeshName::parse("prod").unwrap(),
-                &json!({"mtls": "STRICT"}),
-            )
-            .await
-            .unwrap();
+        let mesh = tx.put_mesh(&MeshName::parse("prod").unwrap(), &json!({"mtls": "STRICT"})).await.unwrap();
         tx.put_resource(
             mesh.id,
             "Service",
@@ -102,10 +93,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             .unwrap();
         tx.commit().await.unwrap();
     }
-    Seeded {
-        a: ids[0],
-        b: ids[1],
-    }
+    Seeded { a: ids[0], b: ids[1] }
 }
 
 #[tokio::test]
@@ -116,47 +104,31 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
 
     let mut admin = db.admin_conn().await;
     let tables = tenant_tables(&mut admin).await;
-    assert_eq!(
-        tables,
-        ["audit_events", "memberships", "meshes", "resources"]
-    );
+    assert_eq!(tables, ["audit_events", "memberships", "meshes", "resources"]);
 
     let mut app = db.app_conn().await;
     for t in &tables {
-        let as_admin: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
+        let as_admin: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
         assert_eq!(as_admin, 2, "the seed wrote one {t} row per organization");
-        let as_app: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-                .fetch_one(&mut app)
-                .await
-                .unwrap();
-        assert_eq!(
-            as_app, 0,
-            "{t} shows rows to the server role with no tenant set"
-        );
+        let as_app: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(&mut app)
+            .await
+            .unwrap();
+        assert_eq!(as_app, 0, "{t} shows rows to the server role with no tenant set");
     }
     // A tenant set in one transaction does not outlive it.
     let mut tx = app.begin().await.unwrap();
-    sqlx::query(
-        "SELECT set_config('app.org_id', (SELECT id::text FROM organizations LIMIT 1), true)",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes")
-        .fetch_one(&mut *tx)
+    sqlx::query("SELECT set_config('app.org_id', (SELECT id::text FROM organizations LIMIT 1), true)")
+        .execute(&mut *tx)
         .await
         .unwrap();
+    let inside: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes").fetch_one(&mut *tx).await.unwrap();
     assert_eq!(inside, 1);
     tx.commit().await.unwrap();
-    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes")
-        .fetch_one(&mut app)
-        .await
-        .unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM meshes").fetch_one(&mut app).await.unwrap();
     assert_eq!(after, 0, "the tenant leaked past its transaction");
 }
 
@@ -176,19 +148,17 @@ async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
         .await
         .unwrap();
     for t in &tables {
-        let mine: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+        let mine: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(mine, 1, "org A sees exactly its own {t} row");
+        let theirs: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t} WHERE org_id = $1")))
+                .bind(b.as_uuid())
                 .fetch_one(&mut *tx)
                 .await
                 .unwrap();
-        assert_eq!(mine, 1, "org A sees exactly its own {t} row");
-        let theirs: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM {t} WHERE org_id = $1"
-        )))
-        .bind(b.as_uuid())
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
         assert_eq!(theirs, 0, "org A sees org B's {t} rows");
         if t != "audit_events" {
             let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -199,13 +169,11 @@ async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
             .await
             .unwrap();
             assert_eq!(updated.rows_affected(), 0, "org A updated org B's {t} rows");
-            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DELETE FROM {t} WHERE org_id = $1"
-            )))
-            .bind(b.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+            let deleted = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {t} WHERE org_id = $1")))
+                .bind(b.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
             assert_eq!(deleted.rows_affected(), 0, "org A deleted org B's {t} rows");
         }
     }
@@ -220,11 +188,8 @@ async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
     sp.rollback().await.unwrap();
     // Moving one of A's rows into B is refused too.
     let mut sp = tx.begin().await.unwrap();
-    let err = sqlx::query("UPDATE meshes SET org_id = $1")
-        .bind(b.as_uuid())
-        .execute(&mut *sp)
-        .await
-        .unwrap_err();
+    let err =
+        sqlx::query("UPDATE meshes SET org_id = $1").bind(b.as_uuid()).execute(&mut *sp).await.unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     sp.rollback().await.unwrap();
     // Renaming B's organization is out of reach; reading the directory is not.
@@ -242,16 +207,9 @@ async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
     assert_eq!(meshes.len(), 1);
     let mut tb = store.tenant(b).await.unwrap();
     let b_mesh = tb.list_meshes().await.unwrap().remove(0);
-    assert!(matches!(
-        ta.delete_mesh(b_mesh.id).await,
-        Err(trellis_store::StoreError::NotFound(_))
-    ));
+    assert!(matches!(ta.delete_mesh(b_mesh.id).await, Err(trellis_store::StoreError::NotFound(_))));
     drop(ta);
-    assert_eq!(
-        tb.list_meshes().await.unwrap().len(),
-        1,
-        "B's mesh survived A's delete"
-    );
+    assert_eq!(tb.list_meshes().await.unwrap().len(), 1, "B's mesh survived A's delete");
 }
 
 #[tokio::test]
@@ -260,16 +218,15 @@ async fn every_tenant_table_has_forced_rls_and_the_server_role_is_unprivileged()
     let mut admin = db.admin_conn().await;
     assert_eq!(tables_missing_rls(&mut admin).await, Vec::<String>::new());
 
-    let role = sqlx::query("SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1")
-        .bind(APP_ROLE)
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
+    let role = sqlx::query(
+        "SELECT rolsuper, rolbypassrls, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = $1",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
     assert!(!role.get::<bool, _>("rolsuper"), "server role is superuser");
-    assert!(
-        !role.get::<bool, _>("rolbypassrls"),
-        "server role has BYPASSRLS"
-    );
+    assert!(!role.get::<bool, _>("rolbypassrls"), "server role has BYPASSRLS");
     assert!(!role.get::<bool, _>("rolcreaterole"));
     assert!(!role.get::<bool, _>("rolcreatedb"));
     let owned: Vec<String> = sqlx::query_scalar(
@@ -281,12 +238,11 @@ async fn every_tenant_table_has_forced_rls_and_the_server_role_is_unprivileged()
     .await
     .unwrap();
     assert!(owned.is_empty(), "server role owns {owned:?}");
-    let member_of_owner: bool =
-        sqlx::query_scalar("SELECT pg_has_role($1, 'trellis_owner', 'MEMBER')")
-            .bind(APP_ROLE)
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
+    let member_of_owner: bool = sqlx::query_scalar("SELECT pg_has_role($1, 'trellis_owner', 'MEMBER')")
+        .bind(APP_ROLE)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
     assert!(!member_of_owner, "server role can act as the owner");
 
     // The check above is not vacuous: a tenant table that forgets RLS is caught.
@@ -295,18 +251,9 @@ async fn every_tenant_table_has_forced_rls_and_the_server_role_is_unprivileged()
         .execute(&mut owner)
         .await
         .unwrap();
-    sqlx::query("CREATE TABLE forgot_force (org_id uuid NOT NULL)")
-        .execute(&mut owner)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE forgot_force ENABLE ROW LEVEL SECURITY")
-        .execute(&mut owner)
-        .await
-        .unwrap();
-    assert_eq!(
-        tables_missing_rls(&mut admin).await,
-        ["forgot_force", "forgot_rls"]
-    );
+    sqlx::query("CREATE TABLE forgot_force (org_id uuid NOT NULL)").execute(&mut owner).await.unwrap();
+    sqlx::query("ALTER TABLE forgot_force ENABLE ROW LEVEL SECURITY").execute(&mut owner).await.unwrap();
+    assert_eq!(tables_missing_rls(&mut admin).await, ["forgot_force", "forgot_rls"]);
 }
 
 #[tokio::test]
@@ -316,13 +263,7 @@ async fn slugs_resolve_through_the_directory_and_are_unique() {
     let slug = OrgSlug::parse("acme").unwrap();
     let org = store.create_org(&slug, "Acme").await.unwrap();
     assert_eq!(store.org_by_slug(&slug).await.unwrap().unwrap().id, org.id);
-    assert!(
-        store
-            .org_by_slug(&OrgSlug::parse("nobody").unwrap())
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(store.org_by_slug(&OrgSlug::parse("nobody").unwrap()).await.unwrap().is_none());
     match store.create_org(&slug, "Acme again").await {
         Err(trellis_store::StoreError::Conflict { constraint }) => {
             assert_eq!(constraint, "organizations_slug_key")
