@@ -1,12 +1,17 @@
 //! Trellis domain types. Pure: no I/O, no HTTP, SQL, gRPC or Envoy types.
 //!
 //! Values are parsed once at the boundary ("parse, don't validate"); code that holds an
-//! [`OrgSlug`] or a [`MeshName`] never checks it again.
+//! [`OrgSlug`] or a [`config::HttpRouteSpec`] never checks it again.
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 mod ids;
 mod names;
+mod roles;
+mod token;
 
 pub use ids::{MeshId, OrgId};
 pub use names::{MeshName, NameError, OrgSlug, ResourceName};
+pub use roles::{Action, Role};
+pub use token::{SECRET_LEN, Token, TokenError, TokenKind};

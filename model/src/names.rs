@@ -19,7 +19,7 @@ pub enum NameError {
 
 /// Checks an RFC 1123 DNS label that starts with a letter: what Kubernetes, Istio and
 /// Kuma accept as an object name, so names copy across unchanged.
-fn parse_label(s: &str, max: usize) -> Result<(), NameError> {
+pub(crate) fn parse_label(s: &str, max: usize) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::Empty);
     }

@@ -1,0 +1,255 @@
+//! Configuration specs: the example round-trips, and bad input names the exact field.
+
+use serde_json::{Value, json};
+use trellis_model::config::{Kind, Spec, effective, parse_mesh_spec};
+
+fn example() -> Vec<Value> {
+    let text = include_str!("../../examples/reviews.yaml");
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| serde_yaml::with::singleton_map_recursive::deserialize(d).unwrap())
+        .collect()
+}
+
+fn errors(kind: Kind, spec: Value) -> Vec<(String, String)> {
+    match Spec::parse(kind, "spec", spec) {
+        Ok(_) => vec![],
+        Err(e) => e.into_iter().map(|e| (e.field, e.message)).collect(),
+    }
+}
+
+fn assert_error(kind: Kind, spec: Value, field: &str, needle: &str) {
+    let errs = errors(kind, spec.clone());
+    assert!(
+        errs.iter().any(|(f, m)| f == field && m.contains(needle)),
+        "expected {field}: …{needle}… for {spec}, got {errs:?}"
+    );
+}
+
+#[test]
+fn every_example_document_parses_and_round_trips() {
+    let docs = example();
+    assert_eq!(docs.len(), 10);
+    let mut kinds = std::collections::BTreeSet::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().unwrap();
+        if kind == "Mesh" {
+            parse_mesh_spec("spec", doc["spec"].clone()).unwrap();
+            continue;
+        }
+        let k = Kind::lookup(kind).unwrap();
+        kinds.insert(k);
+        let parsed = Spec::parse(k, "spec", doc["spec"].clone()).unwrap_or_else(|e| panic!("{kind}: {e:?}"));
+        // Canonical JSON parses back to the same spec.
+        let again = Spec::parse(k, "spec", parsed.spec.to_json()).unwrap();
+        assert_eq!(again.spec, parsed.spec);
+    }
+    assert_eq!(kinds.len(), Kind::ALL.len(), "the example covers every kind");
+}
+
+#[test]
+fn the_canary_and_the_beta_channel_are_expressed() {
+    let route = example().into_iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    let Spec::HttpRoute(r) = Spec::parse(Kind::HttpRoute, "spec", route["spec"].clone()).unwrap().spec else {
+        panic!()
+    };
+    let beta = &r.rules[0];
+    assert_eq!(beta.matches[0].headers[0].name, "x-beta");
+    assert_eq!(beta.backend_refs.len(), 1);
+    assert_eq!(beta.backend_refs[0].tags["version"], "v2");
+    let split: Vec<(String, u32)> =
+        r.rules[1].backend_refs.iter().map(|b| (b.tags["version"].clone(), b.weight)).collect();
+    assert_eq!(split, [("v1".to_owned(), 75), ("v2".to_owned(), 25)]);
+}
+
+#[test]
+fn bad_input_names_the_field() {
+    let route = |backends: Value| json!({ "targetRef": {"service": "reviews"}, "rules": [{ "backendRefs": [{"service": "a"}] }, { "backendRefs": backends }] });
+    assert_error(
+        Kind::HttpRoute,
+        route(json!([{"service": "a"}, {"service": "b", "weight": 2000000}])),
+        "spec.rules[1].backendRefs[1].weight",
+        "between 0 and 1000000",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        route(json!([{"service": "a"}, {"service": "b", "weight": "heavy"}])),
+        "spec.rules[1].backendRefs[1].weight",
+        "invalid type",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        route(json!([{"service": "a", "weight": 0}, {"service": "b", "weight": 0}])),
+        "spec.rules[1].backendRefs",
+        "sum to 0",
+    );
+    assert_error(Kind::HttpRoute, route(json!([])), "spec.rules[1].backendRefs", "at least 1");
+    assert_error(
+        Kind::HttpRoute,
+        route(json!([{"service": "Bad_Name"}])),
+        "spec.rules[1].backendRefs[0].service",
+        "lowercase",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        route(json!([{"service": "a", "colour": "red"}])),
+        "spec.rules[1].backendRefs[0].colour",
+        "unknown field `colour`",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "(a"}}], "backendRefs": [{"service": "a"}]}]}),
+        "spec.rules[0].matches[0].path.value",
+        "invalid regular expression",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "a{1000}{1000}"}}], "backendRefs": [{"service": "a"}]}]}),
+        "spec.rules[0].matches[0].path.value",
+        "",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"matches": [{"path": {"type": "RegularExpression", "value": "a".repeat(300)}}], "backendRefs": [{"service": "a"}]}]}),
+        "spec.rules[0].matches[0].path.value",
+        "at most 256 bytes",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"backendRefs": [{"service": "a"}], "timeouts": {"request": "10 seconds"}}]}),
+        "spec.rules[0].timeouts.request",
+        "not a duration",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"backendRefs": [{"service": "a"}], "retry": {"attempts": 50}}]}),
+        "spec.rules[0].retry.attempts",
+        "between 0 and 10",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [{"matches": [{"method": "FETCH"}], "backendRefs": [{"service": "a"}]}]}),
+        "spec.rules[0].matches[0].method",
+        "must be one of",
+    );
+    let many: Vec<Value> = (0..65).map(|_| json!({"backendRefs": [{"service": "a"}]})).collect();
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": many}),
+        "spec.rules",
+        "at most 64",
+    );
+    assert_error(
+        Kind::Service,
+        json!({"ports": [{"port": 80, "protocol": "http"}, {"port": 80, "protocol": "tcp"}]}),
+        "spec.ports[1].port",
+        "twice",
+    );
+    assert_error(
+        Kind::Service,
+        json!({"ports": [{"port": 70000, "protocol": "http"}]}),
+        "spec.ports[0].port",
+        "between 1 and 65535",
+    );
+    assert_error(
+        Kind::Service,
+        json!({"ports": [{"port": 80, "protocol": "quic"}]}),
+        "spec.ports[0].protocol",
+        "unknown variant",
+    );
+    assert_error(Kind::Service, json!({}), "spec", "missing field `ports`");
+    assert_error(
+        Kind::AccessPolicy,
+        json!({"targetRef": {"service": "r"}, "rules": [{"action": "Allow", "from": [{"identity": "spiffe://Bad/x"}]}]}),
+        "spec.rules[0].from[0].identity",
+        "trust domain",
+    );
+    assert_error(
+        Kind::AccessPolicy,
+        json!({"targetRef": {"service": "r"}, "rules": [{"action": "Allow", "from": [{"identity": "spiffe://td/x", "service": "a"}]}]}),
+        "spec.rules[0].from[0]",
+        "exactly one",
+    );
+    assert_error(
+        Kind::HealthCheck,
+        json!({"targetRef": {"service": "r"}, "interval": "1s", "timeout": "5s", "unhealthyThreshold": 1, "healthyThreshold": 1, "tcp": {}}),
+        "spec.timeout",
+        "longer than interval",
+    );
+    assert_error(
+        Kind::CircuitBreaker,
+        json!({"targetRef": {"service": "r"}, "outlierDetection": {"maxEjectionPercent": 150}}),
+        "spec.outlierDetection.maxEjectionPercent",
+        "between 0 and 100",
+    );
+    assert_error(
+        Kind::RateLimit,
+        json!({"targetRef": {"service": "r"}, "local": {"requests": 0, "interval": "1s"}}),
+        "spec.local.requests",
+        "between 1",
+    );
+    let errs = parse_mesh_spec("spec", json!({"trustDomain": "Not Valid"})).unwrap_err();
+    assert_eq!(errs[0].field, "spec.trustDomain");
+}
+
+#[test]
+fn service_references_carry_their_paths() {
+    let route = example().into_iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    let parsed = Spec::parse(Kind::HttpRoute, "spec", route["spec"].clone()).unwrap();
+    let fields: Vec<&str> = parsed.references.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.targetRef.service",
+            "spec.rules[0].backendRefs[0].service",
+            "spec.rules[1].backendRefs[0].service",
+            "spec.rules[1].backendRefs[1].service"
+        ]
+    );
+}
+
+#[test]
+fn kinds_are_found_by_every_spelling() {
+    for (s, k) in [
+        ("HTTPRoute", Kind::HttpRoute),
+        ("httproutes", Kind::HttpRoute),
+        ("http-routes", Kind::HttpRoute),
+        ("svc", Kind::Service),
+        ("services", Kind::Service),
+        ("access-policies", Kind::AccessPolicy),
+        ("AccessPolicy", Kind::AccessPolicy),
+        ("ratelimit", Kind::RateLimit),
+    ] {
+        assert_eq!(Kind::lookup(s), Some(k), "{s}");
+    }
+    assert_eq!(Kind::lookup("pods"), None);
+}
+
+#[test]
+fn effective_lists_what_applies_in_evaluation_order() {
+    let docs = example();
+    let parsed: Vec<(String, Spec)> = docs
+        .iter()
+        .filter(|d| d["kind"] != "Mesh")
+        .map(|d| {
+            let k = Kind::lookup(d["kind"].as_str().unwrap()).unwrap();
+            (
+                d["metadata"]["name"].as_str().unwrap().to_owned(),
+                Spec::parse(k, "spec", d["spec"].clone()).unwrap().spec,
+            )
+        })
+        .collect();
+    let eff = effective("reviews", parsed.iter().map(|(n, s)| (n.as_str(), s)));
+    let order: Vec<(&str, &str)> = eff.iter().map(|e| (e.kind, e.name.as_str())).collect();
+    assert_eq!(
+        order,
+        [
+            ("Service", "reviews"),
+            ("AccessPolicy", "reviews-callers"),
+            ("HTTPRoute", "reviews"),
+            ("CircuitBreaker", "reviews"),
+            ("HealthCheck", "reviews"),
+            ("RateLimit", "reviews"),
+        ]
+    );
+    assert!(effective("nobody", parsed.iter().map(|(n, s)| (n.as_str(), s))).is_empty());
+}
