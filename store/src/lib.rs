@@ -10,6 +10,7 @@
 mod audit;
 mod error;
 mod feed;
+mod idempotency;
 mod leader;
 mod meshes;
 mod orgs;
@@ -18,16 +19,19 @@ mod resources;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tokens;
 
 pub use audit::AuditEvent;
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
+pub use idempotency::StoredResponse;
 pub use leader::{LeaderElector, LeaderOptions};
-pub use meshes::Mesh;
+pub use meshes::{Mesh, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
-pub use resources::Resource;
+pub use resources::{Resource, Selector};
 pub use tenancy::TenantTx;
+pub use tokens::ApiToken;
 
 use std::time::Duration;
 

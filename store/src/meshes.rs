@@ -1,6 +1,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use trellis_model::{MeshId, MeshName};
+use uuid::Uuid;
 
 use crate::{StoreError, TenantTx};
 
@@ -9,8 +10,12 @@ use crate::{StoreError, TenantTx};
 pub struct Mesh {
     pub id: MeshId,
     pub name: MeshName,
+    pub trust_domain: String,
     pub spec: Value,
+    pub labels: Value,
     pub generation: i64,
+    /// Changes when the mesh's own spec or labels change: its ETag.
+    pub version: Uuid,
     /// Bumped on every write to the mesh or anything in it.
     pub revision: i64,
     pub created_at: DateTime<Utc>,
@@ -19,10 +24,13 @@ pub struct Mesh {
 
 #[derive(sqlx::FromRow)]
 struct MeshRow {
-    id: uuid::Uuid,
+    id: Uuid,
     name: String,
+    trust_domain: String,
     spec: Value,
+    labels: Value,
     generation: i64,
+    version: Uuid,
     revision: i64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -36,8 +44,11 @@ impl TryFrom<MeshRow> for Mesh {
             name: MeshName::parse(&r.name).map_err(|e| {
                 StoreError::Db(sqlx::Error::Decode(format!("stored mesh name {:?}: {e}", r.name).into()))
             })?,
+            trust_domain: r.trust_domain,
             spec: r.spec,
+            labels: r.labels,
             generation: r.generation,
+            version: r.version,
             revision: r.revision,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -47,28 +58,75 @@ impl TryFrom<MeshRow> for Mesh {
 
 macro_rules! mesh_columns {
     () => {
-        "id, name, spec, generation, revision, created_at, updated_at"
+        "id, name, trust_domain, spec, labels, generation, version, revision, created_at, updated_at"
     };
 }
 
+/// What a PUT did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Put<T> {
+    pub value: T,
+    pub created: bool,
+    /// False when the stored content was already exactly this (nothing was written).
+    pub changed: bool,
+}
+
 impl TenantTx {
-    /// Creates a mesh, or replaces its spec (bumping generation) when it exists.
-    pub async fn put_mesh(&mut self, name: &MeshName, spec: &Value) -> Result<Mesh, StoreError> {
+    /// Creates a mesh or replaces its spec and labels. With `if_version`, only when the
+    /// stored version matches (a missing mesh does not). A conditional write always counts
+    /// as a new generation; an unconditional one of identical content changes nothing.
+    /// The trust domain is set at creation and never changed here.
+    pub async fn put_mesh(
+        &mut self,
+        name: &MeshName,
+        trust_domain: &str,
+        spec: &Value,
+        labels: &Value,
+        if_version: Option<Uuid>,
+    ) -> Result<Put<Mesh>, StoreError> {
         let org = self.org().as_uuid();
-        let row: MeshRow = sqlx::query_as(concat!(
-            "INSERT INTO meshes (org_id, name, spec) VALUES ($1, $2, $3) \
+        if let Some(expected) = if_version {
+            let row: Option<MeshRow> = sqlx::query_as(concat!(
+                "UPDATE meshes SET spec = $3, labels = $4, generation = generation + 1, \
+                   version = gen_random_uuid(), updated_at = now() \
+                 WHERE org_id = $1 AND name = $2 AND version = $5 RETURNING ",
+                mesh_columns!()
+            ))
+            .bind(org)
+            .bind(name.as_str())
+            .bind(spec)
+            .bind(labels)
+            .bind(expected)
+            .fetch_optional(self.conn())
+            .await?;
+            return row
+                .map(|r| Ok(Put { value: r.try_into()?, created: false, changed: true }))
+                .unwrap_or(Err(StoreError::Stale));
+        }
+        let row: Option<(bool, MeshRow)> = sqlx::query_as::<_, MeshRowCreated>(concat!(
+            "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT ON CONSTRAINT meshes_name_key DO UPDATE \
-               SET spec = EXCLUDED.spec, generation = meshes.generation + 1, updated_at = now() \
-             RETURNING ",
-            mesh_columns!(),
-            ""
+               SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, generation = meshes.generation + 1, \
+                   version = gen_random_uuid(), updated_at = now() \
+               WHERE (meshes.spec, meshes.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
+             RETURNING (xmax = 0) AS created, ",
+            mesh_columns!()
         ))
         .bind(org)
         .bind(name.as_str())
+        .bind(trust_domain)
         .bind(spec)
-        .fetch_one(self.conn())
-        .await?;
-        row.try_into()
+        .bind(labels)
+        .fetch_optional(self.conn())
+        .await?
+        .map(|r| (r.created, r.row));
+        match row {
+            Some((created, r)) => Ok(Put { value: r.try_into()?, created, changed: true }),
+            None => {
+                let m = self.mesh_by_name(name).await?.ok_or(StoreError::NotFound("mesh"))?;
+                Ok(Put { value: m, created: false, changed: false })
+            }
+        }
     }
 
     /// The mesh called `name`, if this tenant has one.
@@ -81,13 +139,27 @@ impl TenantTx {
         row.map(Mesh::try_from).transpose()
     }
 
+    /// Meshes of this tenant by name, after `after`, at most `limit`.
+    pub async fn list_meshes_page(
+        &mut self,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Mesh>, StoreError> {
+        let rows: Vec<MeshRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            mesh_columns!(),
+            " FROM meshes WHERE ($1::text IS NULL OR name > $1) ORDER BY name LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter().map(Mesh::try_from).collect()
+    }
+
     /// Every mesh of this tenant, by name.
     pub async fn list_meshes(&mut self) -> Result<Vec<Mesh>, StoreError> {
-        let rows: Vec<MeshRow> =
-            sqlx::query_as(concat!("SELECT ", mesh_columns!(), " FROM meshes ORDER BY name"))
-                .fetch_all(self.conn())
-                .await?;
-        rows.into_iter().map(Mesh::try_from).collect()
+        self.list_meshes_page(None, i64::MAX).await
     }
 
     /// Deletes a mesh and everything in it.
@@ -99,4 +171,11 @@ impl TenantTx {
         }
         Ok(())
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct MeshRowCreated {
+    created: bool,
+    #[sqlx(flatten)]
+    row: MeshRow,
 }

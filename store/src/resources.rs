@@ -3,6 +3,7 @@ use serde_json::Value;
 use trellis_model::{MeshId, ResourceName};
 use uuid::Uuid;
 
+use crate::meshes::Put;
 use crate::{StoreError, TenantTx};
 
 /// A mesh-scoped configuration resource, stored with its spec as JSON. The `kind` names the
@@ -56,16 +57,33 @@ impl TryFrom<ResourceRow> for Resource {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ResourceRowCreated {
+    created: bool,
+    #[sqlx(flatten)]
+    row: ResourceRow,
+}
+
 macro_rules! resource_columns {
     () => {
         "id, mesh_id, kind, name, spec, labels, generation, version, created_at, updated_at"
     };
 }
 
+/// A label selector in store terms: `k=v` pairs, `k!=v` pairs, keys that must exist and
+/// keys that must not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub equal: Vec<(String, String)>,
+    pub not_equal: Vec<(String, String)>,
+    pub exists: Vec<String>,
+    pub absent: Vec<String>,
+}
+
 impl TenantTx {
-    /// Creates or replaces a resource. With `if_version`, the write happens only when the
-    /// stored version still matches ([`StoreError::Stale`] otherwise). Returns the row and
-    /// whether it was created.
+    /// Creates or replaces a resource. With `if_version`, only when the stored version
+    /// matches (a missing resource does not), and always as a new generation; without, a
+    /// write of identical content changes nothing (so `apply` is idempotent).
     pub async fn put_resource(
         &mut self,
         mesh: MeshId,
@@ -74,7 +92,7 @@ impl TenantTx {
         spec: &Value,
         labels: &Value,
         if_version: Option<Uuid>,
-    ) -> Result<(Resource, bool), StoreError> {
+    ) -> Result<Put<Resource>, StoreError> {
         let org = self.org().as_uuid();
         if let Some(expected) = if_version {
             let row: Option<ResourceRow> = sqlx::query_as(concat!(
@@ -82,8 +100,7 @@ impl TenantTx {
                    version = gen_random_uuid(), updated_at = now() \
                  WHERE org_id = $1 AND mesh_id = $2 AND kind = $3 AND name = $4 AND version = $7 \
                  RETURNING ",
-                resource_columns!(),
-                ""
+                resource_columns!()
             ))
             .bind(org)
             .bind(mesh.as_uuid())
@@ -95,33 +112,62 @@ impl TenantTx {
             .fetch_optional(self.conn())
             .await?;
             return match row {
-                Some(r) => Ok((r.try_into()?, false)),
+                Some(r) => Ok(Put { value: r.try_into()?, created: false, changed: true }),
                 None => Err(StoreError::Stale),
             };
         }
-        let (row, created): (ResourceRow, bool) = {
-            let r: ResourceRowCreated = sqlx::query_as(concat!(
-                "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT ON CONSTRAINT resources_name_key DO UPDATE \
-                   SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, \
-                       generation = resources.generation + 1, version = gen_random_uuid(), \
-                       updated_at = now() \
-                 RETURNING ",
-                resource_columns!(),
-                ", (xmax = 0) AS created"
-            ))
-            .bind(org)
-            .bind(mesh.as_uuid())
-            .bind(kind)
-            .bind(name.as_str())
-            .bind(spec)
-            .bind(labels)
-            .fetch_one(self.conn())
-            .await?;
-            (r.row, r.created)
-        };
-        Ok((row.try_into()?, created))
+        let row: Option<ResourceRowCreated> = sqlx::query_as(concat!(
+            "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT ON CONSTRAINT resources_name_key DO UPDATE \
+               SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, \
+                   generation = resources.generation + 1, version = gen_random_uuid(), \
+                   updated_at = now() \
+               WHERE (resources.spec, resources.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
+             RETURNING (xmax = 0) AS created, ",
+            resource_columns!()
+        ))
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(kind)
+        .bind(name.as_str())
+        .bind(spec)
+        .bind(labels)
+        .fetch_optional(self.conn())
+        .await?;
+        match row {
+            Some(r) => Ok(Put { value: r.row.try_into()?, created: r.created, changed: true }),
+            None => {
+                let r = self.get_resource(mesh, kind, name).await?.ok_or(StoreError::NotFound("resource"))?;
+                Ok(Put { value: r, created: false, changed: false })
+            }
+        }
+    }
+
+    /// Creates a resource that must not exist yet.
+    pub async fn create_resource(
+        &mut self,
+        mesh: MeshId,
+        kind: &str,
+        name: &ResourceName,
+        spec: &Value,
+        labels: &Value,
+    ) -> Result<Resource, StoreError> {
+        let org = self.org().as_uuid();
+        let row: ResourceRow = sqlx::query_as(concat!(
+            "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            resource_columns!()
+        ))
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(kind)
+        .bind(name.as_str())
+        .bind(spec)
+        .bind(labels)
+        .fetch_one(self.conn())
+        .await?;
+        row.try_into()
     }
 
     /// One resource by mesh, kind and name.
@@ -144,29 +190,68 @@ impl TenantTx {
         row.map(Resource::try_from).transpose()
     }
 
-    /// Deletes one resource.
+    /// Resources of one kind (or every kind) in a mesh, by name after `after`, matching
+    /// `selector`, at most `limit`.
+    pub async fn list_resources(
+        &mut self,
+        mesh: MeshId,
+        kind: Option<&str>,
+        selector: &Selector,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Resource>, StoreError> {
+        let equal: serde_json::Map<String, Value> =
+            selector.equal.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let (ne_keys, ne_values): (Vec<&str>, Vec<&str>) =
+            selector.not_equal.iter().map(|(k, v)| (k.as_str(), v.as_str())).unzip();
+        let rows: Vec<ResourceRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            resource_columns!(),
+            " FROM resources WHERE mesh_id = $1 AND ($2::text IS NULL OR kind = $2) \
+               AND ($3::text IS NULL OR name > $3) AND labels @> $4 \
+               AND labels ?& $5::text[] AND NOT labels ?| $6::text[] \
+               AND NOT EXISTS (SELECT 1 FROM unnest($7::text[], $8::text[]) AS ne(k, v) \
+                               WHERE labels ->> ne.k = ne.v) \
+             ORDER BY kind, name LIMIT $9"
+        ))
+        .bind(mesh.as_uuid())
+        .bind(kind)
+        .bind(after)
+        .bind(Value::Object(equal))
+        .bind(&selector.exists)
+        .bind(&selector.absent)
+        .bind(&ne_keys)
+        .bind(&ne_values)
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter().map(Resource::try_from).collect()
+    }
+
+    /// Deletes one resource; with `if_version`, only when the stored version matches.
     pub async fn delete_resource(
         &mut self,
         mesh: MeshId,
         kind: &str,
         name: &ResourceName,
+        if_version: Option<Uuid>,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query("DELETE FROM resources WHERE mesh_id = $1 AND kind = $2 AND name = $3")
-            .bind(mesh.as_uuid())
-            .bind(kind)
-            .bind(name.as_str())
-            .execute(self.conn())
-            .await?;
+        let done = sqlx::query(
+            "DELETE FROM resources WHERE mesh_id = $1 AND kind = $2 AND name = $3 \
+             AND ($4::uuid IS NULL OR version = $4)",
+        )
+        .bind(mesh.as_uuid())
+        .bind(kind)
+        .bind(name.as_str())
+        .bind(if_version)
+        .execute(self.conn())
+        .await?;
         if done.rows_affected() == 0 {
+            if if_version.is_some() && self.get_resource(mesh, kind, name).await?.is_some() {
+                return Err(StoreError::Stale);
+            }
             return Err(StoreError::NotFound("resource"));
         }
         Ok(())
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct ResourceRowCreated {
-    #[sqlx(flatten)]
-    row: ResourceRow,
-    created: bool,
 }

@@ -61,8 +61,17 @@ async fn meshes(store: &Store, per_org: usize) -> Vec<(OrgId, MeshId)> {
         let org = store.create_org(&OrgSlug::parse(&format!("org-{o}")).unwrap(), "o").await.unwrap();
         let mut tx = store.tenant(org.id).await.unwrap();
         for m in 0..per_org {
-            let mesh =
-                tx.put_mesh(&MeshName::parse(&format!("mesh-{m}")).unwrap(), &json!({})).await.unwrap();
+            let mesh = tx
+                .put_mesh(
+                    &MeshName::parse(&format!("mesh-{m}")).unwrap(),
+                    &format!("m{m}.{}.test", org.id),
+                    &json!({}),
+                    &json!({}),
+                    None,
+                )
+                .await
+                .unwrap()
+                .value;
             out.push((org.id, mesh.id));
         }
         tx.commit().await.unwrap();
@@ -118,7 +127,7 @@ async fn a_write_bumps_the_revision_in_the_same_transaction() {
     tx.put_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), &json!({}), &json!({}), None)
         .await
         .unwrap();
-    tx.delete_resource(mesh, "Service", &ResourceName::parse("a").unwrap()).await.unwrap();
+    tx.delete_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), None).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db_heads(&store).await[&(org, mesh)], before + 2);
 }
