@@ -29,6 +29,25 @@ pub enum Command {
     Serve(Serve),
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Operator bootstrap: create an organization (if needed) and an API token for it,
+    /// printed once. For the first token of an installation; later ones come from the API.
+    CreateToken(CreateToken),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateToken {
+    /// Organization slug; the organization is created when it does not exist.
+    #[arg(long)]
+    pub org: String,
+    /// Display name for a new organization [default: the slug].
+    #[arg(long)]
+    pub org_name: Option<String>,
+    /// Role of the token.
+    #[arg(long, default_value = "owner")]
+    pub role: trellis_model::Role,
+    /// Name of the token, shown in token lists.
+    #[arg(long, default_value = "bootstrap")]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]

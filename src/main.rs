@@ -47,6 +47,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(serve) => serve::serve(serve, &database).await,
+        Command::CreateToken(args) => create_token(args, &database).await,
     };
     if let Some(pg) = database.private
         && let Err(e) = pg.stop().await
@@ -54,6 +55,30 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         tracing::error!("stopping the private PostgreSQL: {e:#}");
     }
     result
+}
+
+/// Creates the organization if needed and prints a new API token for it.
+async fn create_token(args: config::CreateToken, database: &Database) -> anyhow::Result<()> {
+    use rand::RngCore;
+    use trellis_model::{OrgSlug, SECRET_LEN, Token, TokenKind};
+    trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
+    let slug = OrgSlug::parse(&args.org).map_err(|e| anyhow::anyhow!("--org {:?}: {e}", args.org))?;
+    let store = trellis_store::Store::connect(database.roles.app.clone(), 2).await?;
+    let org = match store.org_by_slug(&slug).await? {
+        Some(org) => org,
+        None => store.create_org(&slug, args.org_name.as_deref().unwrap_or(slug.as_str())).await?,
+    };
+    let mut secret = [0u8; SECRET_LEN];
+    rand::rng().fill_bytes(&mut secret);
+    let token = Token::new(TokenKind::Pat, org.id, secret).to_string();
+    let mut tx = store.tenant(org.id).await?;
+    tx.create_token(&args.name, args.role, &trellis_api::auth::token_hash(&token), "cli:create-token", None)
+        .await?;
+    tx.commit().await?;
+    store.close().await;
+    eprintln!("created a {} token for organization {} (shown once; keep it secret):", args.role, org.slug);
+    println!("{token}");
+    Ok(())
 }
 
 /// Where the data lives: a configured URL or the embedded default.

@@ -3,11 +3,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+mod body;
+mod config;
 mod error;
 mod health;
 mod metrics;
+mod orgs;
 mod process;
 
+pub use config::API_VERSION;
 pub use error::ApiError;
 pub use metrics::{HttpMetrics, metrics_handler};
 pub use process::ProcessCollector;
@@ -36,11 +41,31 @@ pub struct AppState {
 
 /// The whole HTTP surface: operational endpoints, with request ids, metrics and a body limit.
 pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> Router {
+    use axum::routing::{get, post};
+    const ORG: &str = "/api/v1/orgs/{org}";
     Router::new()
-        .route("/healthz", axum::routing::get(health::healthz))
-        .route("/readyz", axum::routing::get(health::readyz))
-        .route("/metrics", axum::routing::get(metrics_handler))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics_handler))
+        .route(ORG, get(orgs::get_org))
+        .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
+        .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))
+        .route(&format!("{ORG}/meshes"), get(config::list_meshes))
+        .route(
+            &format!("{ORG}/meshes/{{mesh}}"),
+            get(config::get_mesh).put(config::put_mesh).delete(config::delete_mesh),
+        )
+        .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
+        .route(
+            &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
+            get(config::list_resources).merge(post(config::create_resource)),
+        )
+        .route(
+            &format!("{ORG}/meshes/{{mesh}}/{{kind}}/{{name}}"),
+            get(config::get_resource).put(config::put_resource).delete(config::delete_resource),
+        )
         .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))

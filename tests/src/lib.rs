@@ -140,3 +140,105 @@ impl Trellis {
         self.child.kill().await.unwrap();
     }
 }
+
+/// Creates the organization `slug` if needed and a token of `role` for it, directly in
+/// the store (as an operator's `trellis create-token` would).
+pub async fn token(db: &trellis_store::testing::TestDb, slug: &str, role: trellis_model::Role) -> String {
+    use rand::RngCore;
+    use trellis_model::{OrgSlug, SECRET_LEN, Token, TokenKind};
+    let store = db.store().await;
+    let slug = OrgSlug::parse(slug).unwrap();
+    let org = match store.org_by_slug(&slug).await.unwrap() {
+        Some(o) => o,
+        None => store.create_org(&slug, slug.as_str()).await.unwrap(),
+    };
+    let mut secret = [0u8; SECRET_LEN];
+    rand::rng().fill_bytes(&mut secret);
+    let token = Token::new(TokenKind::Pat, org.id, secret).to_string();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.create_token("test", role, &trellis_api::auth::token_hash(&token), "test", None).await.unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+    token
+}
+
+/// A REST client for one organization with one token.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub org: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    /// A client of `t` as organization `org` with `token`.
+    pub fn new(t: &Trellis, org: &str, token: &str) -> Api {
+        Api { base: t.base.clone(), org: org.into(), token: token.into(), http: t.http.clone() }
+    }
+
+    /// The URL of a path under `/api/v1/orgs/{org}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/api/v1/orgs/{}{path}", self.base, self.org)
+    }
+
+    /// A request with the token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+    }
+
+    /// GET, returning status and JSON body (Null when empty).
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// PUT a JSON body.
+    pub async fn put(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        send(self.req(reqwest::Method::PUT, path).json(body)).await
+    }
+
+    /// POST a JSON body.
+    pub async fn post(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        send(self.req(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        send(self.req(reqwest::Method::DELETE, path)).await
+    }
+}
+
+/// Sends and decodes; a non-JSON error body fails the test (every error is problem+json).
+pub async fn send(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let ct = res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let text = res.text().await.unwrap();
+    if text.is_empty() {
+        return (status, serde_json::Value::Null);
+    }
+    if status >= 400 {
+        assert_eq!(ct, "application/problem+json", "error {status} without a problem document: {text}");
+    }
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+}
+
+/// The documents of `examples/reviews.yaml`, in order.
+pub fn example_documents() -> Vec<serde_json::Value> {
+    let text = include_str!("../../examples/reviews.yaml");
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| <serde_json::Value as serde::Deserialize>::deserialize(d).unwrap())
+        .collect()
+}
+
+/// The REST path of a document: `/meshes/{mesh}` or `/meshes/{mesh}/{kind}/{name}`.
+pub fn document_path(doc: &serde_json::Value) -> String {
+    let name = doc["metadata"]["name"].as_str().unwrap();
+    match doc["kind"].as_str().unwrap() {
+        "Mesh" => format!("/meshes/{name}"),
+        kind => {
+            let k = trellis_model::config::Kind::lookup(kind).unwrap();
+            format!("/meshes/{}/{}/{name}", doc["metadata"]["mesh"].as_str().unwrap(), k.plural())
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Request bodies and conditional headers, with every failure as a problem document.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use trellis_model::config::FieldError;
+use uuid::Uuid;
+
+use crate::ApiError;
+
+/// A JSON request body, bounded by the router's body limit.
+pub struct JsonBody {
+    pub value: Value,
+    /// The raw bytes, for idempotency fingerprints.
+    pub bytes: Bytes,
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::unsupported_media_type(format!(
+                "send the body as application/json (got {:?})",
+                if ct.is_empty() { "no Content-Type" } else { ct }
+            )));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large("the request body exceeds the server's limit")
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {e}"))
+            }
+        })?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        Ok(JsonBody { value, bytes })
+    }
+}
+
+/// Deserializes with the failing field's path, e.g. `metadata.labels`.
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "(body)".to_owned() } else { path };
+        ApiError::invalid(vec![FieldError { field, message: e.into_inner().to_string() }])
+    })
+}
+
+/// An `If-Match` precondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `*`: the resource must exist.
+    Any,
+    /// One of these versions must be current.
+    Versions(Vec<Uuid>),
+}
+
+impl IfMatch {
+    /// Reads `If-Match`; entity tags that are not ours (or weak) can never match.
+    pub fn from_headers(headers: &HeaderMap) -> Option<IfMatch> {
+        let v = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
+        if v.trim() == "*" {
+            return Some(IfMatch::Any);
+        }
+        Some(IfMatch::Versions(
+            v.split(',')
+                .filter_map(|t| t.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok())
+                .collect(),
+        ))
+    }
+
+    /// The version to write against, given the current one (None when absent).
+    pub fn expect(&self, current: Option<Uuid>) -> Result<Uuid, ApiError> {
+        let fail = || {
+            ApiError::precondition_failed(
+                "If-Match does not name the current version; read the resource again and retry",
+            )
+        };
+        let current = current.ok_or_else(fail)?;
+        match self {
+            IfMatch::Any => Ok(current),
+            IfMatch::Versions(v) if v.contains(&current) => Ok(current),
+            IfMatch::Versions(_) => Err(fail()),
+        }
+    }
+}
+
+/// The strong entity tag of a version.
+pub fn etag(version: Uuid) -> String {
+    format!("\"{version}\"")
+}
+
+/// Query parameters, with a problem document when they do not parse.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request(format!("bad query parameters: {}", e.body_text())))
+    }
+}

@@ -1,0 +1,129 @@
+//! Organizations, API tokens and the audit log.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use trellis_model::{Action, Role, SECRET_LEN, Token, TokenKind};
+use trellis_store::{ApiToken, AuditEvent};
+use uuid::Uuid;
+
+use crate::auth::{authorize, token_hash};
+use crate::body::{JsonBody, from_value};
+use crate::{ApiError, AppState, REQUEST_ID};
+
+pub(crate) async fn get_org(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    Ok(Json(json!({
+        "id": caller.org.id,
+        "slug": caller.org.slug.as_str(),
+        "name": caller.org.name,
+        "createdAt": caller.org.created_at,
+        "you": { "role": caller.role, "tokenId": caller.token_id },
+    })))
+}
+
+fn render_token(t: &ApiToken) -> Value {
+    json!({
+        "id": t.id,
+        "name": t.name,
+        "role": t.role,
+        "createdBy": t.created_by,
+        "createdAt": t.created_at,
+        "expiresAt": t.expires_at,
+        "revokedAt": t.revoked_at,
+        "lastUsedAt": t.last_used_at,
+    })
+}
+
+pub(crate) async fn list_tokens(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let tokens = tx.list_tokens().await?;
+    Ok(Json(json!({ "items": tokens.iter().map(render_token).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a token and shows it once. A caller cannot mint a token more powerful than itself.
+pub(crate) async fn create_token(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let req: NewToken = from_value(body.value)?;
+    if req.name.trim().is_empty() || req.name.len() > 100 || req.name.chars().any(char::is_control) {
+        return Err(ApiError::invalid_field("name", "must be 1-100 printable characters"));
+    }
+    if req.role < caller.role {
+        return Err(ApiError::forbidden(format!(
+            "a {} may not create a token with the role {}",
+            caller.role, req.role
+        )));
+    }
+    if let Some(at) = req.expires_at
+        && at <= Utc::now()
+    {
+        return Err(ApiError::invalid_field("expiresAt", "must be in the future"));
+    }
+    let mut secret = [0u8; SECRET_LEN];
+    rand::rng().fill_bytes(&mut secret);
+    let token = Token::new(TokenKind::Pat, caller.org.id, secret).to_string();
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let record =
+        tx.create_token(&req.name, req.role, &token_hash(&token), &caller.actor, req.expires_at).await?;
+    tx.record_audit(&AuditEvent {
+        actor: caller.actor.clone(),
+        action: "token.create".into(),
+        target: format!("tokens/{}", record.id),
+        request_id: headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        details: json!({ "name": record.name, "role": record.role }),
+    })
+    .await?;
+    tx.commit().await?;
+    let mut out = render_token(&record);
+    out["token"] = Value::String(token);
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+pub(crate) async fn revoke_token(
+    State(s): State<AppState>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let id: Uuid = id.parse().map_err(|_| ApiError::not_found("token not found"))?;
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let record = tx.revoke_token(id).await?;
+    tx.record_audit(&AuditEvent {
+        actor: caller.actor.clone(),
+        action: "token.revoke".into(),
+        target: format!("tokens/{id}"),
+        request_id: headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        details: json!({}),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(Json(render_token(&record)))
+}
