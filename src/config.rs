@@ -29,6 +29,8 @@ pub enum Command {
     Serve(Serve),
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print the OpenAPI document of the REST API.
+    Openapi,
     /// Operator bootstrap: create an organization (if needed) and an API token for it,
     /// printed once. For the first token of an installation; later ones come from the API.
     CreateToken(CreateToken),

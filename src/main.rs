@@ -35,6 +35,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(global: Global, command: Command) -> anyhow::Result<()> {
+    if let Command::Openapi = command {
+        println!("{}", serde_json::to_string_pretty(&trellis_api::openapi::document())?);
+        return Ok(());
+    }
     let data_dir = global.data_dir(
         std::env::var_os("XDG_DATA_HOME").map(Into::into),
         std::env::var_os("HOME").map(Into::into),
@@ -48,6 +52,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::Serve(serve) => serve::serve(serve, &database).await,
         Command::CreateToken(args) => create_token(args, &database).await,
+        Command::Openapi => unreachable!("handled before the database"),
     };
     if let Some(pg) = database.private
         && let Err(e) = pg.stop().await

@@ -36,9 +36,26 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ApiError::bad_request(format!("the request body could not be read: {e}"))
             }
         })?;
-        let value = serde_json::from_slice(&bytes)
+        let value: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        if let Some(field) = nul_at(&value, "") {
+            return Err(ApiError::invalid_field(&field, "must not contain the NUL character (\\u0000)"));
+        }
         Ok(JsonBody { value, bytes })
+    }
+}
+
+/// The path of the first string (or key) holding a NUL, which no stored text may contain.
+fn nul_at(v: &Value, path: &str) -> Option<String> {
+    let here = || if path.is_empty() { "(body)".to_owned() } else { path.to_owned() };
+    match v {
+        Value::String(s) if s.contains('\0') => Some(here()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_at(x, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, x)| {
+            let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+            if k.contains('\0') { Some(p) } else { nul_at(x, &p) }
+        }),
+        _ => None,
     }
 }
 

@@ -75,6 +75,7 @@ impl Envelope {
         if !body.is_object() {
             return Err(ApiError::invalid_field("(body)", "must be a JSON object with a spec"));
         }
+        crate::schema_check::check(kind, &body)?;
         let env: Envelope = from_value(body)?;
         let mut errors = Vec::new();
         if let Some(v) = &env.api_version
@@ -194,7 +195,7 @@ impl ListQuery {
                     .decode(c.as_bytes())
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .filter(|s| s.len() <= 200)
+                    .filter(|s| ResourceName::parse(s).is_ok())
                     .ok_or_else(|| {
                         ApiError::bad_request("cursor is not one this server issued")
                             .with_field("cursor", "use the nextCursor of the previous page")

@@ -9,8 +9,10 @@ mod config;
 mod error;
 mod health;
 mod metrics;
+pub mod openapi;
 mod orgs;
 mod process;
+mod schema_check;
 
 pub use config::API_VERSION;
 pub use error::ApiError;
@@ -47,6 +49,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_handler))
+        .route("/api/v1/openapi.json", get(openapi::serve))
         .route(ORG, get(orgs::get_org))
         .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
         .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))

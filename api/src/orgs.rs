@@ -72,6 +72,7 @@ pub(crate) async fn create_token(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    crate::schema_check::check("NewToken", &body.value)?;
     let req: NewToken = from_value(body.value)?;
     if req.name.trim().is_empty() || req.name.len() > 100 || req.name.chars().any(char::is_control) {
         return Err(ApiError::invalid_field("name", "must be 1-100 printable characters"));

@@ -1,0 +1,364 @@
+//! The OpenAPI 3.1 document, generated from the code: spec schemas come from the model
+//! types (utoipa derives), operations from the same kind table the router uses.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use trellis_model::config::{
+    AccessPolicySpec, CircuitBreakerSpec, EffectiveEntry, FieldError, HealthCheckSpec, HttpRouteSpec, Kind,
+    MeshSpec, RateLimitSpec, ServiceSpec, TcpRouteSpec,
+};
+use utoipa::ToSchema;
+
+use crate::config::{API_VERSION, MAX_LIMIT};
+
+fn add<T: ToSchema>(schemas: &mut BTreeMap<String, Value>) {
+    let mut nested = Vec::new();
+    T::schemas(&mut nested);
+    nested.push((T::name().into_owned(), T::schema()));
+    for (name, schema) in nested {
+        schemas.insert(name, serde_json::to_value(schema).expect("schemas serialize"));
+    }
+}
+
+fn spec_schema(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Service => "ServiceSpec",
+        Kind::AccessPolicy => "AccessPolicySpec",
+        Kind::HttpRoute => "HttpRouteSpec",
+        Kind::TcpRoute => "TcpRouteSpec",
+        Kind::CircuitBreaker => "CircuitBreakerSpec",
+        Kind::HealthCheck => "HealthCheckSpec",
+        Kind::RateLimit => "RateLimitSpec",
+    }
+}
+
+fn r(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn problem_responses(codes: &[u16]) -> serde_json::Map<String, Value> {
+    codes
+        .iter()
+        .map(|c| {
+            let desc = match c {
+                400 => "Malformed request (bad JSON, query parameters or headers)",
+                401 => "No valid API token",
+                403 => "The token's role does not allow this",
+                404 => "Not found (including another organization's objects)",
+                405 => "Method not allowed on this path",
+                409 => "Conflicts with existing data",
+                412 => "If-Match does not name the current version",
+                413 => "Body too large",
+                415 => "Body is not application/json",
+                422 => "Validation failed; `errors` names each field",
+                _ => "Error",
+            };
+            (
+                c.to_string(),
+                json!({ "description": desc, "content": { "application/problem+json": { "schema": r("Problem") } } }),
+            )
+        })
+        .collect()
+}
+
+fn ok(code: u16, desc: &str, schema: Value, etag: bool) -> (String, Value) {
+    let mut resp = json!({ "description": desc, "content": { "application/json": { "schema": schema } } });
+    if etag {
+        resp["headers"] =
+            json!({ "ETag": { "description": "The version, for If-Match", "schema": { "type": "string" } } });
+    }
+    (code.to_string(), resp)
+}
+
+fn op(id: &str, summary: &str, params: &[&str], success: Vec<(String, Value)>, errors: &[u16]) -> Value {
+    let mut responses = problem_responses(errors);
+    responses.extend(success);
+    json!({
+        "operationId": id,
+        "summary": summary,
+        "parameters": params.iter().map(|p| r_param(p)).collect::<Vec<_>>(),
+        "responses": responses,
+    })
+}
+
+fn r_param(p: &str) -> Value {
+    json!({ "$ref": format!("#/components/parameters/{p}") })
+}
+
+fn with_body(mut op: Value, schema: Value) -> Value {
+    op["requestBody"] = json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+    op
+}
+
+const READ: &[u16] = &[400, 401, 403, 404];
+const WRITE: &[u16] = &[400, 401, 403, 404, 409, 412, 413, 415, 422];
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut schemas = BTreeMap::new();
+    add::<ServiceSpec>(&mut schemas);
+    add::<AccessPolicySpec>(&mut schemas);
+    add::<HttpRouteSpec>(&mut schemas);
+    add::<TcpRouteSpec>(&mut schemas);
+    add::<CircuitBreakerSpec>(&mut schemas);
+    add::<HealthCheckSpec>(&mut schemas);
+    add::<RateLimitSpec>(&mut schemas);
+    add::<MeshSpec>(&mut schemas);
+    add::<FieldError>(&mut schemas);
+    add::<EffectiveEntry>(&mut schemas);
+    add::<trellis_model::Role>(&mut schemas);
+
+    let label_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": { "type": "string" },
+                "title": { "type": "string" },
+                "status": { "type": "integer" },
+                "detail": { "type": "string" },
+                "errors": { "type": "array", "items": r("FieldError") },
+            },
+        }),
+    );
+    schemas.insert(
+        "Metadata".into(),
+        json!({
+            "type": "object",
+            "description": "Name and labels are written; the rest is read-only and ignored on input.",
+            "properties": {
+                "name": { "type": "string" },
+                "mesh": { "type": "string" },
+                "labels": label_map,
+                "generation": { "type": "integer" },
+                "version": { "type": "string" },
+                "revision": { "type": "integer" },
+                "createdAt": { "type": "string" },
+                "updatedAt": { "type": "string" },
+            },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "Status".into(),
+        json!({
+            "type": "object",
+            "properties": {
+                "observedGeneration": { "type": "integer" },
+                "revision": { "type": "integer" },
+                "propagation": { "description": "Filled by the xDS server: applied by N of M proxies" },
+            },
+        }),
+    );
+    let mut kinds: Vec<(&str, String)> =
+        Kind::ALL.iter().map(|k| (k.name(), spec_schema(*k).to_owned())).collect();
+    kinds.push(("Mesh", "MeshSpec".to_owned()));
+    for (kind, spec) in &kinds {
+        schemas.insert(
+            (*kind).to_owned(),
+            json!({
+                "type": "object",
+                "required": ["spec"],
+                "properties": {
+                    "apiVersion": { "type": "string", "enum": [API_VERSION] },
+                    "kind": { "type": "string", "enum": [kind] },
+                    "metadata": r("Metadata"),
+                    "spec": r(spec),
+                    "status": r("Status"),
+                },
+                "additionalProperties": false,
+            }),
+        );
+        schemas.insert(
+            format!("{kind}List"),
+            json!({
+                "type": "object",
+                "required": ["items", "nextCursor"],
+                "properties": {
+                    "items": { "type": "array", "items": r(kind) },
+                    "nextCursor": { "type": ["string", "null"] },
+                },
+            }),
+        );
+    }
+    schemas.insert(
+        "Token".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "name", "role", "createdAt"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "name": { "type": "string" },
+                "role": r("Role"),
+                "createdBy": { "type": "string" },
+                "createdAt": { "type": "string" },
+                "expiresAt": { "type": ["string", "null"] },
+                "revokedAt": { "type": ["string", "null"] },
+                "lastUsedAt": { "type": ["string", "null"] },
+                "token": { "type": "string", "description": "The token itself: only in the response that creates it" },
+            },
+        }),
+    );
+    schemas.insert(
+        "NewToken".into(),
+        json!({
+            "type": "object",
+            "required": ["name", "role"],
+            "properties": {
+                "name": { "type": "string", "minLength": 1, "maxLength": 100 },
+                "role": r("Role"),
+                "expiresAt": { "type": ["string", "null"], "format": "date-time" },
+            },
+            "additionalProperties": false,
+        }),
+    );
+
+    let org = "/api/v1/orgs/{org}";
+    let mut paths = serde_json::Map::new();
+    paths.insert(
+        org.into(),
+        json!({ "get": op("getOrg", "The organization and the caller's role", &["org"], vec![ok(200, "The organization", json!({"type": "object"}), false)], READ) }),
+    );
+    paths.insert(
+        format!("{org}/tokens"),
+        json!({
+            "get": op("listTokens", "API tokens (never their secrets)", &["org"],
+                vec![ok(200, "Tokens", json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": r("Token")}}}), false)], READ),
+            "post": with_body(op("createToken", "Create an API token; the response shows it once", &["org"],
+                vec![ok(201, "The token, with its secret", r("Token"), false)], WRITE), r("NewToken")),
+        }),
+    );
+    paths.insert(
+        format!("{org}/tokens/{{id}}"),
+        json!({ "delete": op("revokeToken", "Revoke a token, on every replica at once", &["org", "id"],
+            vec![ok(200, "The revoked token", r("Token"), false)], READ) }),
+    );
+    paths.insert(
+        format!("{org}/meshes"),
+        json!({ "get": op("listMeshes", "Meshes, by name", &["org", "limit", "cursor"], vec![ok(200, "A page of meshes", r("MeshList"), false)], READ) }),
+    );
+    paths.insert(
+        format!("{org}/meshes/{{mesh}}"),
+        json!({
+            "get": op("getMesh", "A mesh", &["org", "mesh"], vec![ok(200, "The mesh", r("Mesh"), true)], READ),
+            "put": with_body(op("putMesh", "Create or replace a mesh", &["org", "mesh", "ifMatch"],
+                vec![ok(200, "Replaced", r("Mesh"), true), ok(201, "Created", r("Mesh"), true)], WRITE), r("Mesh")),
+            "delete": op("deleteMesh", "Delete a mesh and everything in it", &["org", "mesh", "ifMatch"],
+                vec![("204".into(), json!({"description": "Deleted"}))], &[400, 401, 403, 404, 412]),
+        }),
+    );
+    paths.insert(
+        format!("{org}/meshes/{{mesh}}/services/{{service}}/effective"),
+        json!({ "get": op("getEffectivePolicies", "Every policy that applies to a service, in evaluation order", &["org", "mesh", "service"],
+            vec![ok(200, "Effective policies", json!({
+                "type": "object",
+                "required": ["mesh", "service", "defaultAccess", "policies"],
+                "properties": {
+                    "mesh": {"type": "string"}, "service": {"type": "string"},
+                    "defaultAccess": {"type": "string", "enum": ["deny", "allow"]},
+                    "policies": {"type": "array", "items": r("EffectiveEntry")},
+                },
+            }), false)], READ) }),
+    );
+    for kind in Kind::ALL {
+        let (name, plural) = (kind.name(), kind.plural());
+        let id = name.replace("HTTP", "Http").replace("TCP", "Tcp");
+        paths.insert(
+            format!("{org}/meshes/{{mesh}}/{plural}"),
+            json!({
+                "get": op(&format!("list{id}s"), &format!("{name} resources of a mesh"), &["org", "mesh", "limit", "cursor", "labelSelector"],
+                    vec![ok(200, "A page", r(&format!("{name}List")), false)], READ),
+                "post": with_body(op(&format!("create{id}"), &format!("Create a {name} (name in metadata)"), &["org", "mesh", "idempotencyKey"],
+                    vec![ok(201, "Created", r(name), true)], WRITE), r(name)),
+            }),
+        );
+        paths.insert(
+            format!("{org}/meshes/{{mesh}}/{plural}/{{name}}"),
+            json!({
+                "get": op(&format!("get{id}"), &format!("A {name}"), &["org", "mesh", "name"], vec![ok(200, "The resource", r(name), true)], READ),
+                "put": with_body(op(&format!("put{id}"), &format!("Create or replace a {name}"), &["org", "mesh", "name", "ifMatch"],
+                    vec![ok(200, "Replaced (or unchanged)", r(name), true), ok(201, "Created", r(name), true)], WRITE), r(name)),
+                "delete": op(&format!("delete{id}"), &format!("Delete a {name}"), &["org", "mesh", "name", "ifMatch"],
+                    vec![("204".into(), json!({"description": "Deleted"}))], &[400, 401, 403, 404, 409, 412]),
+            }),
+        );
+    }
+
+    let path_param = |name: &str, desc: &str| json!({ "name": name, "in": "path", "required": true, "description": desc, "schema": { "type": "string" } });
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Trellis API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Meshes and their configuration. Errors are application/problem+json (RFC 9457) with field paths.",
+        },
+        "servers": [{ "url": "/" }],
+        "security": [{ "bearer": [] }],
+        "paths": paths,
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An API token, trls_pat_…" } },
+            "parameters": {
+                "org": path_param("org", "Organization slug"),
+                "mesh": path_param("mesh", "Mesh name"),
+                "name": path_param("name", "Resource name"),
+                "service": path_param("service", "Service name"),
+                "id": path_param("id", "Token id"),
+                "limit": { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT } },
+                "cursor": { "name": "cursor", "in": "query", "schema": { "type": "string" } },
+                "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
+                "ifMatch": { "name": "If-Match", "in": "header", "description": "An ETag from a previous response, or *", "schema": { "type": "string" } },
+                "idempotencyKey": { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 255 } },
+            },
+            "schemas": schemas,
+        },
+    })
+}
+
+pub(crate) async fn serve() -> axum::Json<Value> {
+    axum::Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(all.len() > 50);
+        for r in all {
+            let ptr = r.strip_prefix('#').expect("local refs only");
+            assert!(doc.pointer(ptr).is_some(), "dangling {r}");
+        }
+    }
+
+    /// The committed copy (`api/openapi.json`) is what the code generates: a change to the
+    /// API surface must update it (`cargo run -- openapi > api/openapi.json`).
+    #[test]
+    fn the_committed_document_has_not_drifted() {
+        let committed: Value =
+            serde_json::from_str(include_str!("../openapi.json")).expect("api/openapi.json is JSON");
+        assert!(
+            committed == document(),
+            "api/openapi.json is stale: regenerate it with `cargo run -q -- openapi > api/openapi.json`"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Request bodies are checked against the same JSON Schemas the OpenAPI document
+//! publishes, so that what the document says is refused is refused — with field paths.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use jsonschema::error::ValidationErrorKind;
+use serde_json::{Value, json};
+use trellis_model::config::{FieldError, Kind};
+
+use crate::ApiError;
+
+/// Most problems reported for one body.
+const MAX_ERRORS: usize = 20;
+
+fn validators() -> &'static HashMap<String, jsonschema::Validator> {
+    static VALIDATORS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
+    VALIDATORS.get_or_init(|| {
+        let doc = crate::openapi::document();
+        let components = &doc["components"];
+        Kind::ALL
+            .iter()
+            .map(|k| k.name())
+            .chain(["Mesh", "NewToken"])
+            .map(|name| {
+                let schema = json!({
+                    "$schema": "https://json-schema.org/draft/2020-12/schema",
+                    "$ref": format!("#/components/schemas/{name}"),
+                    "components": components,
+                });
+                let v = jsonschema::draft202012::new(&schema).expect("the published schemas compile");
+                (name.to_owned(), v)
+            })
+            .collect()
+    })
+}
+
+/// Checks `body` against the published schema `name`.
+pub fn check(name: &str, body: &Value) -> Result<(), ApiError> {
+    let validator = validators().get(name).expect("a published schema");
+    let mut errors = Vec::new();
+    for e in validator.iter_errors(body).take(MAX_ERRORS) {
+        let at = field_path(body, e.instance_path().as_str());
+        match e.kind() {
+            ValidationErrorKind::AdditionalProperties { unexpected } => {
+                for u in unexpected {
+                    let field = if at == "(body)" { u.clone() } else { format!("{at}.{u}") };
+                    errors.push(FieldError { field, message: "unknown field".into() });
+                }
+            }
+            _ => errors.push(FieldError { field: at, message: e.masked().to_string() }),
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::invalid(errors)) }
+}
+
+/// Turns a JSON pointer into our field-path form (`spec.rules[0].weight`), using the
+/// instance to tell array indexes from object keys.
+fn field_path(root: &Value, pointer: &str) -> String {
+    let mut out = String::new();
+    let mut at = root;
+    for raw in pointer.split('/').skip(1) {
+        let seg = raw.replace("~1", "/").replace("~0", "~");
+        match at {
+            Value::Array(items) => {
+                out.push_str(&format!("[{seg}]"));
+                at = seg.parse::<usize>().ok().and_then(|i| items.get(i)).unwrap_or(&Value::Null);
+            }
+            _ => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&seg);
+                at = at.get(&seg).unwrap_or(&Value::Null);
+            }
+        }
+    }
+    if out.is_empty() { "(body)".into() } else { out }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_shapes_are_refused_with_paths() {
+        let e = check("Mesh", &json!({"metadata": [null, null], "spec": {}})).unwrap_err();
+        assert_eq!(e.errors[0].field, "metadata");
+        let e = check("HTTPRoute", &json!({"spec": {"targetRef": {"service": "a"}, "rules": [{"backendRefs": [{"service": "a", "weight": "x"}]}]}}))
+            .unwrap_err();
+        assert_eq!(e.errors[0].field, "spec.rules[0].backendRefs[0].weight");
+        let e = check("Service", &json!({"spec": {"ports": []}, "colour": 1})).unwrap_err();
+        assert_eq!(e.errors[0].field, "colour");
+        check("Service", &json!({"spec": {"ports": [{"port": 80, "protocol": "http"}]}})).unwrap();
+    }
+}
