@@ -11,7 +11,7 @@ use crate::bundle::{BundleError, RootCert};
 use crate::cert::{self, CertError};
 use crate::keys::{self, KeyError, SecretKey};
 use crate::mesh_ca::{CaError, random_serial};
-use crate::validity::{self, ExpiryError};
+use crate::validity::{self, CLOCK_SKEW, ExpiryError};
 use crate::verify::{PeerRole, VerifyError, verify_chain};
 use crate::{MeshCa, SpiffeId, SvidTtl, TrustBundle, TrustDomain, pem};
 
@@ -150,6 +150,8 @@ fn accept(
         return Err(ByoError::NoRoot);
     }
     let now_s = validity::unix_secs(now);
+    // A tenant whose clock runs a few minutes ahead signs certificates that start "soon".
+    let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0);
     for (index, c) in parsed.iter().enumerate() {
         let cert_err = |source| ByoError::Cert { index, source };
         let Some(path_len) = cert::ca_path_len(c).map_err(cert_err)? else {
@@ -170,7 +172,7 @@ fn accept(
             return Err(ByoError::BrokenChain { index });
         }
         let (not_before, not_after) = cert::validity_secs(c);
-        validity::check_window(not_before, not_after, now_s, min_days)
+        validity::check_window(not_before, not_after, now_s, min_days, skew)
             .map_err(|source| ByoError::Validity { index, source })?;
     }
     for uri in cert::uri_sans(&parsed[0]).map_err(|source| ByoError::Cert { index: 0, source })? {

@@ -219,6 +219,11 @@ impl MeshCa {
         &self.chain[0]
     }
 
+    /// This CA's own certificate as PEM.
+    pub fn cert_pem(&self) -> String {
+        pem::encode("CERTIFICATE", &self.chain[0])
+    }
+
     /// This CA's certificate, then every one above it, root last.
     pub fn chain_der(&self) -> &[CertificateDer<'static>] {
         &self.chain

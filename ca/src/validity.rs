@@ -57,7 +57,7 @@ pub(crate) fn days_between(now: i64, not_after: i64) -> i64 {
 pub enum ExpiryError {
     #[error("the certificate is not valid yet (valid from {not_before_unix} Unix time)")]
     NotYetValid { not_before_unix: i64 },
-    #[error("the certificate expired {days_ago} day(s) ago")]
+    #[error("the certificate has expired ({days_ago} whole day(s) ago)")]
     Expired { days_ago: i64 },
     #[error("the certificate expires in {left} day(s); at least {min} are required")]
     TooFewDays { left: i64, min: u32 },
@@ -69,21 +69,24 @@ pub enum ExpiryError {
 pub fn ensure_min_days(cert: &CertificateDer<'_>, now: SystemTime, min_days: u32) -> Result<(), ExpiryError> {
     let c = cert::parse(cert)?;
     let (not_before, not_after) = cert::validity_secs(&c);
-    check_window(not_before, not_after, unix_secs(now), min_days)
+    check_window(not_before, not_after, unix_secs(now), min_days, 0)
 }
 
+/// The validity checks; `skew` tolerates a certificate that starts a little after `now`
+/// (its signer's clock ran ahead of ours).
 pub(crate) fn check_window(
     not_before: i64,
     not_after: i64,
     now: i64,
     min_days: u32,
+    skew: i64,
 ) -> Result<(), ExpiryError> {
-    if now < not_before {
+    if now + skew < not_before {
         return Err(ExpiryError::NotYetValid { not_before_unix: not_before });
     }
     let left = days_between(now, not_after);
     if now > not_after {
-        return Err(ExpiryError::Expired { days_ago: -left });
+        return Err(ExpiryError::Expired { days_ago: (now - not_after).div_euclid(DAY) });
     }
     if left < i64::from(min_days) {
         return Err(ExpiryError::TooFewDays { left, min: min_days });
@@ -106,19 +109,21 @@ mod tests {
     #[test]
     fn window_checks() {
         let now = 1_000 * DAY;
-        assert_eq!(check_window(now - DAY, now + 40 * DAY, now, 30), Ok(()));
+        assert_eq!(check_window(now - DAY, now + 40 * DAY, now, 30, 0), Ok(()));
         assert_eq!(
-            check_window(now - DAY, now + 10 * DAY, now, 30),
+            check_window(now - DAY, now + 10 * DAY, now, 30, 0),
             Err(ExpiryError::TooFewDays { left: 10, min: 30 })
         );
         assert_eq!(
-            check_window(now - 9 * DAY, now - 2 * DAY, now, 0),
+            check_window(now - 9 * DAY, now - 2 * DAY, now, 0, 0),
             Err(ExpiryError::Expired { days_ago: 2 })
         );
         assert_eq!(
-            check_window(now + 1, now + 9 * DAY, now, 0),
+            check_window(now + 1, now + 9 * DAY, now, 0, 0),
             Err(ExpiryError::NotYetValid { not_before_unix: now + 1 })
         );
+        assert_eq!(check_window(now + 60, now + 9 * DAY, now, 0, 300), Ok(()));
+        assert_eq!(check_window(0, now - 1, now, 0, 0), Err(ExpiryError::Expired { days_ago: 0 }));
     }
 
     #[test]
