@@ -11,7 +11,7 @@ use crate::bundle::{BundleError, RootCert};
 use crate::cert::{self, CertError};
 use crate::keys::{self, KeyError, SecretKey};
 use crate::mesh_ca::{CaError, random_serial};
-use crate::validity::{self, CLOCK_SKEW, ExpiryError};
+use crate::validity::{self, ExpiryError};
 use crate::verify::{PeerRole, VerifyError, verify_chain};
 use crate::{MeshCa, SpiffeId, SvidTtl, TrustBundle, TrustDomain, pem};
 
@@ -151,13 +151,13 @@ fn accept(
     }
     let now_s = validity::unix_secs(now);
     // A tenant whose clock runs a few minutes ahead signs certificates that start "soon".
-    let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0);
+    let skew = validity::skew_secs();
     for (index, c) in parsed.iter().enumerate() {
         let cert_err = |source| ByoError::Cert { index, source };
         let Some(path_len) = cert::ca_path_len(c).map_err(cert_err)? else {
             return Err(ByoError::NotCa { index });
         };
-        if !cert::can_sign_certs(c).map_err(cert_err)? {
+        if !cert::can_sign_certs(c, index).map_err(cert_err)? {
             return Err(ByoError::NoKeyCertSign { index });
         }
         // Below certificate `index` sit `index` intermediates (the leaf does not count).
@@ -201,8 +201,10 @@ fn probe(ca: &MeshCa, root: RootCert, now: SystemTime) -> Result<(), ByoError> {
         .sign_leaf(&probe_key, &id, SvidTtl::DEFAULT, now)
         .map_err(|e| ByoError::Ca(CaError::Generate(e.to_string())))?;
     let intermediates = &ca.chain_der()[..ca.chain_der().len() - 1];
+    // A chain that starts within the clock skew is accepted; check it as of its start.
+    let at = now.max(leaf.not_before);
     for role in [PeerRole::Client, PeerRole::Server] {
-        verify_chain(&bundle, &leaf.cert_der, intermediates, validity::unix_time(now), role)
+        verify_chain(&bundle, &leaf.cert_der, intermediates, validity::unix_time(at), role)
             .map_err(ByoError::Probe)?;
     }
     Ok(())

@@ -55,10 +55,15 @@ pub(crate) fn ca_path_len(cert: &X509Certificate<'_>) -> Result<Option<Option<u3
     })
 }
 
-/// Whether the key usage extension allows signing certificates.
-pub(crate) fn can_sign_certs(cert: &X509Certificate<'_>) -> Result<bool, CertError> {
+/// Whether the certificate at `index` of a chain (0 = the CA we sign with) may sign
+/// certificates. Ours must say keyCertSign outright; a CA above it may also omit key usage
+/// altogether (older tenant roots do, and RFC 5280 path validation accepts it).
+pub(crate) fn can_sign_certs(cert: &X509Certificate<'_>, index: usize) -> Result<bool, CertError> {
     let ku = cert.key_usage().map_err(|e| CertError::Malformed(e.to_string()))?;
-    Ok(ku.is_some_and(|k| k.value.key_cert_sign()))
+    Ok(match ku {
+        Some(k) => k.value.key_cert_sign(),
+        None => index > 0,
+    })
 }
 
 /// Lowercase hex, for serials and fingerprints.

@@ -15,7 +15,7 @@ use crate::cert::{self, CertError};
 use crate::csr::{self, CsrError};
 use crate::keys::{self, KeyError, SecretKey};
 use crate::seal::{self, KeyRing, SealError, SealedKey};
-use crate::validity::{self, CLOCK_SKEW, ExpiryError};
+use crate::validity::{self, ExpiryError};
 use crate::{IssuedSvid, SpiffeId, SvidTtl, TrustDomain, pem};
 
 /// Shortest lifetime accepted for a root or intermediate.
@@ -64,6 +64,7 @@ pub struct MeshCa {
     not_before: i64,
     not_after: i64,
     path_len: Option<u32>,
+    root_fingerprint: String,
 }
 
 impl MeshCa {
@@ -109,7 +110,7 @@ impl MeshCa {
             if cert::ca_path_len(c).map_err(cert_err)?.is_none() {
                 return Err(CaError::NotCa { index });
             }
-            if !cert::can_sign_certs(c).map_err(cert_err)? {
+            if !cert::can_sign_certs(c, index).map_err(cert_err)? {
                 return Err(CaError::NoKeyCertSign { index });
             }
             let signer = parsed.get(index + 1).unwrap_or(c);
@@ -135,7 +136,17 @@ impl MeshCa {
         let path_len = cert::ca_path_len(me).ok().flatten().flatten();
         let issuer = Issuer::from_ca_cert_der(first, key_pair).map_err(gen_err)?;
         drop(parsed);
-        Ok(MeshCa { trust_domain: td.clone(), chain, key, issuer, not_before, not_after, path_len })
+        let root_fingerprint = cert::fingerprint(&chain[chain.len() - 1]);
+        Ok(MeshCa {
+            trust_domain: td.clone(),
+            chain,
+            key,
+            issuer,
+            not_before,
+            not_after,
+            path_len,
+            root_fingerprint,
+        })
     }
 
     /// Signs an X.509-SVID for `id` from a workload's CSR.
@@ -174,7 +185,7 @@ impl MeshCa {
         if not_after <= now_s {
             return Err(CsrError::IssuerExpired);
         }
-        let not_before = (now_s - skew_secs()).max(self.not_before);
+        let not_before = (now_s - validity::skew_secs()).max(self.not_before);
 
         let mut params = CertificateParams::default();
         // No subject: the identity is the URI SAN, which rcgen then marks critical (RFC 5280
@@ -205,7 +216,7 @@ impl MeshCa {
             serial_hex: cert::hex(&serial),
             not_before: validity::from_unix(not_before),
             not_after: validity::from_unix(not_after),
-            root_fingerprint: self.root().fingerprint().to_owned(),
+            root_fingerprint: self.root_fingerprint.clone(),
         })
     }
 
@@ -301,10 +312,6 @@ fn gen_err(e: rcgen::Error) -> CaError {
     CaError::Generate(e.to_string())
 }
 
-fn skew_secs() -> i64 {
-    i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0)
-}
-
 /// 16 random bytes: a positive 128-bit serial (the encoder adds a zero byte when the top bit
 /// is set, so no entropy is lost to the sign).
 pub(crate) fn random_serial() -> [u8; 16] {
@@ -341,7 +348,7 @@ pub(crate) fn ca_params(
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    params.not_before = validity::to_offset(now_s - skew_secs());
+    params.not_before = validity::to_offset(now_s - validity::skew_secs());
     params.not_after = validity::to_offset(not_after);
     params.use_authority_key_identifier_extension = cap.is_some();
     Ok(params)

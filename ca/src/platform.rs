@@ -18,7 +18,7 @@ use crate::keys::{self, SecretKey};
 use crate::mesh_ca::{CaError, MAX_CA_VALIDITY, MIN_CA_VALIDITY, random_serial};
 use crate::pem;
 use crate::seal::{self, KeyRing, SealError, SealedKey};
-use crate::validity::{self, CLOCK_SKEW};
+use crate::validity;
 
 /// Longest lifetime of a control-plane server certificate.
 pub const MAX_SERVER_CERT_TTL: Duration = Duration::from_secs(90 * 24 * 60 * 60);
@@ -76,7 +76,7 @@ impl PlatformCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = validity::to_offset(now_s - skew_secs());
+        params.not_before = validity::to_offset(now_s - validity::skew_secs());
         params.not_after = validity::to_offset(now_s + i64::try_from(validity.as_secs()).unwrap_or(i64::MAX));
         let der = params.self_signed(&key).map_err(|e| CaError::Generate(e.to_string()))?.der().clone();
         Self::from_parts(der, SecretKey::from_key_pair(&key))
@@ -139,7 +139,7 @@ impl PlatformCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        params.not_before = validity::to_offset(now_s - skew_secs());
+        params.not_before = validity::to_offset(now_s - validity::skew_secs());
         params.not_after = validity::to_offset(not_after);
         params.use_authority_key_identifier_extension = true;
         let leaf = params.signed_by(&key, &self.issuer).map_err(|e| CaError::Generate(e.to_string()))?;
@@ -187,10 +187,6 @@ impl fmt::Debug for PlatformCa {
             .field("key", &self.key)
             .finish()
     }
-}
-
-fn skew_secs() -> i64 {
-    i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -13,11 +13,11 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 
-use crate::verify::{PeerRole, VerifyError, verify_chain};
+use crate::verify::{ALGORITHMS, PeerRole, VerifyError, verify_chain};
 use crate::{SpiffeId, TrustBundle};
 
 fn supported() -> WebPkiSupportedAlgorithms {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms
+    *ALGORITHMS
 }
 
 /// Maps our verdict to the TLS alert rustls sends; the full reason rides along as `Other`.

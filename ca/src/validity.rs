@@ -65,11 +65,17 @@ pub enum ExpiryError {
     Cert(#[from] CertError),
 }
 
-/// Refuses a CA certificate that is not valid at `now` or has fewer than `min_days` left.
+/// Refuses a CA certificate that is not valid at `now` (give or take [`CLOCK_SKEW`] for its
+/// start) or has fewer than `min_days` left.
 pub fn ensure_min_days(cert: &CertificateDer<'_>, now: SystemTime, min_days: u32) -> Result<(), ExpiryError> {
     let c = cert::parse(cert)?;
     let (not_before, not_after) = cert::validity_secs(&c);
-    check_window(not_before, not_after, unix_secs(now), min_days, 0)
+    check_window(not_before, not_after, unix_secs(now), min_days, skew_secs())
+}
+
+/// [`CLOCK_SKEW`] in seconds.
+pub(crate) fn skew_secs() -> i64 {
+    i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(0)
 }
 
 /// The validity checks; `skew` tolerates a certificate that starts a little after `now`

@@ -1,7 +1,10 @@
 //! Verifying X.509-SVIDs: webpki path validation to the bundle's roots, then the SPIFFE rules
 //! that webpki does not know (it has no URI-SAN API), checked here with x509-parser.
 
+use std::sync::LazyLock;
 use std::time::SystemTime;
+
+use rustls::crypto::WebPkiSupportedAlgorithms;
 
 use rustls::pki_types::{CertificateDer, SignatureVerificationAlgorithm};
 use webpki::{EndEntityCert, KeyUsage};
@@ -48,9 +51,14 @@ pub enum PeerRole {
     Server,
 }
 
-/// The signature algorithms accepted in chains: the ring provider's, the same as rustls uses.
-pub(crate) fn algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
-    rustls::crypto::ring::default_provider().signature_verification_algorithms.all
+/// The ring provider's signature algorithms, the same as rustls uses; built once because a
+/// provider allocates.
+pub(crate) static ALGORITHMS: LazyLock<WebPkiSupportedAlgorithms> =
+    LazyLock::new(|| rustls::crypto::ring::default_provider().signature_verification_algorithms);
+
+/// The signature algorithms accepted in chains.
+fn algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
+    ALGORITHMS.all
 }
 
 /// Verifies `chain` (leaf first, then intermediates) as an SVID presented by a client of the

@@ -111,6 +111,8 @@ fn openssl_tenant_signs(key_alg: &[&str]) {
     let root_pem = fs::read_to_string(d.join("root.pem")).unwrap();
     let upload = format!("{}{}", fs::read_to_string(d.join("inter.pem")).unwrap(), root_pem);
 
+    // Uploaded after the tenant signed (openssl starts validity at its own "now").
+    let now = SystemTime::now();
     let ca = accept_intermediate(&key, &upload, &tenant_td(), now, MIN_DAYS).unwrap();
     assert!(!ca.is_root());
     assert_eq!(ca.chain_der().len(), 2);
@@ -182,6 +184,17 @@ fn rcgen_tenant_happy_path_and_each_refusal() {
     // Not a CA.
     let err = accept(tenant_signs(&root, &csr, |p| p.is_ca = IsCa::ExplicitNoCa) + &root.pem).unwrap_err();
     assert_eq!(err, ByoError::NotCa { index: 0 });
+    // A tenant root without a key usage extension still anchors the chain.
+    let kp = KeyPair::generate().unwrap();
+    let mut legacy = CertificateParams::default();
+    legacy.distinguished_name.push(DnType::CommonName, "Legacy Root");
+    legacy.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let legacy_pem = legacy.self_signed(&kp).unwrap().pem();
+    let legacy = Tenant { pem: legacy_pem, issuer: Issuer::new(legacy, kp) };
+    assert!(accept(tenant_signs(&legacy, &csr, |_| {}) + &legacy.pem).is_ok());
+    // Our intermediate must say keyCertSign outright.
+    let err = accept(tenant_signs(&root, &csr, |p| p.key_usages = vec![]) + &root.pem).unwrap_err();
+    assert_eq!(err, ByoError::NoKeyCertSign { index: 0 });
     // A CA that may not sign certificates.
     let err = accept(
         tenant_signs(&root, &csr, |p| p.key_usages = vec![KeyUsagePurpose::DigitalSignature]) + &root.pem,
@@ -209,6 +222,12 @@ fn rcgen_tenant_happy_path_and_each_refusal() {
     });
     let err = accept(future + &root.pem).unwrap_err();
     assert!(matches!(err, ByoError::Validity { index: 0, source: ExpiryError::NotYetValid { .. } }), "{err}");
+    // Starting a couple of minutes from now (the tenant's clock runs ahead) is tolerated.
+    let ahead = tenant_signs(&root, &csr, |p| {
+        p.not_before = time::OffsetDateTime::now_utc() + time::Duration::minutes(2)
+    });
+    let ca = accept(ahead + &root.pem).unwrap();
+    assert!(ca.ensure_min_days(now, MIN_DAYS).is_ok());
     // Too few days left.
     let short = tenant_signs(&root, &csr, |p| {
         p.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10)
