@@ -29,6 +29,12 @@ pub enum Command {
     Serve(Serve),
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Create or update every resource in YAML/JSON files (client of the REST API).
+    Apply(crate::cli::Apply),
+    /// Show meshes or mesh resources (client of the REST API).
+    Get(crate::cli::Get),
+    /// Delete a mesh or a mesh resource (client of the REST API).
+    Delete(crate::cli::Delete),
     /// Print the OpenAPI document of the REST API.
     Openapi,
     /// Operator bootstrap: create an organization (if needed) and an API token for it,

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cli;
 mod config;
 mod embedded;
 mod serve;
@@ -35,10 +36,19 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(global: Global, command: Command) -> anyhow::Result<()> {
-    if let Command::Openapi = command {
-        println!("{}", serde_json::to_string_pretty(&trellis_api::openapi::document())?);
-        return Ok(());
-    }
+    let xdg_config = std::env::var_os("XDG_CONFIG_HOME").map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    // Client commands and document output need no database.
+    let command = match command {
+        Command::Openapi => {
+            println!("{}", serde_json::to_string_pretty(&trellis_api::openapi::document())?);
+            return Ok(());
+        }
+        Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
+        Command::Get(a) => return cli::get(a, xdg_config, home).await,
+        Command::Delete(a) => return cli::delete(a, xdg_config, home).await,
+        other => other,
+    };
     let data_dir = global.data_dir(
         std::env::var_os("XDG_DATA_HOME").map(Into::into),
         std::env::var_os("HOME").map(Into::into),
@@ -52,7 +62,9 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         }
         Command::Serve(serve) => serve::serve(serve, &database).await,
         Command::CreateToken(args) => create_token(args, &database).await,
-        Command::Openapi => unreachable!("handled before the database"),
+        Command::Openapi | Command::Apply(_) | Command::Get(_) | Command::Delete(_) => {
+            unreachable!("handled before the database")
+        }
     };
     if let Some(pg) = database.private
         && let Err(e) = pg.stop().await

@@ -3,8 +3,8 @@
 
 use axum::http::{HeaderMap, header};
 use ring::digest::{SHA256, digest};
-use trellis_model::{Action, OrgSlug, Role, Token, TokenKind};
-use trellis_store::{Org, Store};
+use trellis_model::{Action, OrgId, OrgSlug, Role, Token, TokenKind};
+use trellis_store::{ApiToken, Org, Store};
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -50,6 +50,21 @@ pub async fn authorize(
         return Err(ApiError::forbidden(format!("the role {} may not {}", record.role, describe(action))));
     }
     Ok(Caller { org, role: record.role, token_id: record.id, actor: format!("token:{}", record.id) })
+}
+
+/// Checks the bearer token alone: its organization and record.
+pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<(OrgId, ApiToken), ApiError> {
+    let text = bearer(headers)?;
+    let token = Token::parse(TokenKind::Pat, text).map_err(|e| {
+        ApiError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
+    })?;
+    let mut tx = store.tenant(token.org).await?;
+    let record = tx
+        .authenticate_token(&token_hash(text))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))?;
+    tx.commit().await?;
+    Ok((token.org, record))
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {

@@ -160,6 +160,14 @@ fn with_etag(status: StatusCode, version: uuid::Uuid, body: Value) -> Response {
     res
 }
 
+/// Tells clients (`trellis apply`) that a PUT found the content already stored.
+fn unchanged_header(mut res: Response, changed: bool) -> Response {
+    if !changed {
+        res.headers_mut().insert("trellis-unchanged", HeaderValue::from_static("true"));
+    }
+    res
+}
+
 // ----- pagination and selectors -----
 
 #[derive(Deserialize)]
@@ -349,7 +357,7 @@ pub(crate) async fn put_mesh(
     }
     tx.commit().await?;
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(with_etag(status, put.value.version, render_mesh(&put.value)))
+    Ok(unchanged_header(with_etag(status, put.value.version, render_mesh(&put.value)), put.changed))
 }
 
 pub(crate) async fn delete_mesh(
@@ -498,7 +506,7 @@ pub(crate) async fn put_resource(
     }
     tx.commit().await?;
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(with_etag(status, put.value.version, render_resource(&m, &put.value)))
+    Ok(unchanged_header(with_etag(status, put.value.version, render_resource(&m, &put.value)), put.changed))
 }
 
 pub(crate) async fn create_resource(

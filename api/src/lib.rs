@@ -50,6 +50,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/me", get(orgs::me))
         .route(ORG, get(orgs::get_org))
         .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
         .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))

@@ -219,6 +219,11 @@ pub fn document() -> Value {
     let org = "/api/v1/orgs/{org}";
     let mut paths = serde_json::Map::new();
     paths.insert(
+        "/api/v1/me".into(),
+        json!({ "get": op("getMe", "The calling token, its role and its organization", &[],
+            vec![ok(200, "The caller", json!({"type": "object", "required": ["kind", "role", "org"]}), false)], &[401]) }),
+    );
+    paths.insert(
         org.into(),
         json!({ "get": op("getOrg", "The organization and the caller's role", &["org"], vec![ok(200, "The organization", json!({"type": "object"}), false)], READ) }),
     );

@@ -31,6 +31,20 @@ pub(crate) async fn get_org(
     })))
 }
 
+/// Who the caller is: the token, its role and its organization.
+pub(crate) async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let (org_id, record) = crate::auth::authenticate(&s.store, &headers).await?;
+    let mut tx = s.store.tenant(org_id).await?;
+    let org = tx.own_org().await?;
+    Ok(Json(json!({
+        "kind": "token",
+        "tokenId": record.id,
+        "name": record.name,
+        "role": record.role,
+        "org": { "id": org.id, "slug": org.slug.as_str(), "name": org.name },
+    })))
+}
+
 fn render_token(t: &ApiToken) -> Value {
     json!({
         "id": t.id,

@@ -70,6 +70,17 @@ async fn insert_org(tx: &mut TenantTx, slug: &OrgSlug, name: &str) -> Result<Org
 }
 
 impl TenantTx {
+    /// This transaction's organization.
+    pub async fn own_org(&mut self) -> Result<Org, StoreError> {
+        let id = self.org().as_uuid();
+        let row: Option<OrgRow> =
+            sqlx::query_as("SELECT id, slug, name, created_at FROM organizations WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.conn())
+                .await?;
+        row.ok_or(StoreError::NotFound("organization"))?.into_org()
+    }
+
     /// Deletes this transaction's organization and, by cascade, everything it owns.
     pub async fn delete_org(&mut self) -> Result<(), StoreError> {
         let id = self.org().as_uuid();

@@ -1,0 +1,417 @@
+//! The command-line client of the REST API: `apply -f`, `get`, `delete`, kubectl style.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use trellis_model::config::Kind;
+
+/// Where the API is and who calls it: flags, then `TRELLIS_*` variables, then the config file.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Base URL of the Trellis API [default: http://127.0.0.1:8080].
+    #[arg(long, env = "TRELLIS_SERVER")]
+    pub server: Option<String>,
+    /// API token (`trls_pat_…`).
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Organization slug [default: the token's organization].
+    #[arg(long, env = "TRELLIS_ORG")]
+    pub org: Option<String>,
+    /// Client config file (YAML with `server`, `token`, `org`, `mesh`)
+    /// [default: $XDG_CONFIG_HOME/trellis/config.yaml or ~/.config/trellis/config.yaml].
+    #[arg(long, env = "TRELLIS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct Apply {
+    /// Files of YAML or JSON documents (`-` for stdin); several documents per file.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Mesh for documents whose metadata names none.
+    #[arg(long)]
+    pub mesh: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Get {
+    /// Kind: mesh, service, httproute, tcproute, accesspolicy, circuitbreaker, healthcheck, ratelimit
+    /// (singular, plural or URL spelling).
+    pub kind: String,
+    /// One resource; all when omitted.
+    pub name: Option<String>,
+    /// Mesh of the resources.
+    #[arg(long)]
+    pub mesh: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Label selector, e.g. `app=web,tier!=db`.
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Delete {
+    /// Kind, as for `get`.
+    pub kind: String,
+    /// Name of the resource.
+    pub name: String,
+    /// Mesh of the resource.
+    #[arg(long)]
+    pub mesh: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<String>,
+    token: Option<String>,
+    org: Option<String>,
+    mesh: Option<String>,
+}
+
+/// A connected client: base URL, token, organization and default mesh.
+struct Client {
+    http: reqwest::Client,
+    server: String,
+    token: String,
+    org: String,
+    mesh: Option<String>,
+}
+
+/// The kind named on the command line: a mesh, or a mesh-scoped kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Mesh,
+    Scoped(Kind),
+}
+
+fn target(s: &str) -> anyhow::Result<Target> {
+    if matches!(s.to_ascii_lowercase().as_str(), "mesh" | "meshes") {
+        return Ok(Target::Mesh);
+    }
+    Kind::lookup(s).map(Target::Scoped).ok_or_else(|| {
+        anyhow!(
+            "unknown kind {s:?}; kinds are mesh, {}",
+            Kind::ALL.map(|k| k.name().to_lowercase()).join(", ")
+        )
+    })
+}
+
+impl Client {
+    async fn connect(
+        args: &ClientArgs,
+        xdg_config: Option<PathBuf>,
+        home: Option<PathBuf>,
+    ) -> anyhow::Result<Client> {
+        let path = args.config.clone().or_else(|| {
+            xdg_config.or_else(|| home.map(|h| h.join(".config"))).map(|d| d.join("trellis/config.yaml"))
+        });
+        let file: ConfigFile = match &path {
+            Some(p) if p.exists() => serde_yaml::from_str(
+                &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not a valid client config", p.display()))?,
+            Some(p) if args.config.is_some() => bail!("config file {} does not exist", p.display()),
+            _ => ConfigFile::default(),
+        };
+        let server = args
+            .server
+            .clone()
+            .or(file.server)
+            .unwrap_or_else(|| "http://127.0.0.1:8080".into())
+            .trim_end_matches('/')
+            .to_owned();
+        let token = args.token.clone().or(file.token).ok_or_else(|| {
+            anyhow!("no API token: pass --token, set TRELLIS_TOKEN, or put `token:` in the config file")
+        })?;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let mut client = Client { http, server, token, org: String::new(), mesh: file.mesh };
+        client.org = match args.org.clone().or(file.org) {
+            Some(o) => o,
+            None => {
+                let me = client.call(reqwest::Method::GET, "/api/v1/me", None).await?.1;
+                me["org"]["slug"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("/api/v1/me did not name an organization"))?
+                    .to_owned()
+            }
+        };
+        Ok(client)
+    }
+
+    /// Sends a request; a problem response becomes an error that prints like the server said it.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        self.call_full(method, path, body).await.map(|(s, v, _)| (s, v))
+    }
+
+    /// Like `call`, and whether the server reported the write as a no-op.
+    async fn call_full(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value, bool)> {
+        let url = format!("{}{path}", self.server);
+        let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let res =
+            req.send().await.with_context(|| format!("cannot reach the Trellis API at {}", self.server))?;
+        let status = res.status().as_u16();
+        let unchanged = res.headers().contains_key("trellis-unchanged");
+        let text = res.text().await?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status >= 400 {
+            bail!("{}", describe_problem(status, &value));
+        }
+        Ok((status, value, unchanged))
+    }
+
+    fn org_path(&self, rest: &str) -> String {
+        format!("/api/v1/orgs/{}{rest}", self.org)
+    }
+
+    fn mesh_of<'a>(&'a self, given: Option<&'a str>) -> anyhow::Result<&'a str> {
+        given
+            .or(self.mesh.as_deref())
+            .ok_or_else(|| anyhow!("which mesh? pass --mesh or set `mesh:` in the config file"))
+    }
+}
+
+/// The server's problem document, as a person reads it.
+fn describe_problem(status: u16, v: &Value) -> String {
+    let mut s = format!(
+        "{} ({status}): {}",
+        v["title"].as_str().unwrap_or("error"),
+        v["detail"].as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+    );
+    for e in v["errors"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "\n  {}: {}",
+            e["field"].as_str().unwrap_or("?"),
+            e["message"].as_str().unwrap_or("?")
+        ));
+    }
+    s
+}
+
+fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, Value)>> {
+    let mut docs = Vec::new();
+    for f in files {
+        let (label, text) = if f == Path::new("-") {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            ("stdin".to_owned(), s)
+        } else {
+            (
+                f.display().to_string(),
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            )
+        };
+        // YAML is a superset of JSON: one parser reads both, document by document.
+        for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let v = Value::deserialize(d)
+                .with_context(|| format!("{label}: document {} is not valid YAML or JSON", i + 1))?;
+            if v.is_null() {
+                continue;
+            }
+            docs.push((format!("{label}#{}", i + 1), v));
+        }
+    }
+    Ok(docs)
+}
+
+pub async fn apply(args: Apply, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
+    let docs = read_documents(&args.files)?;
+    let client = Client::connect(&args.client, xdg, home).await?;
+    // Meshes first, then services (which routes and policies reference), then the rest.
+    let rank = |v: &Value| match v["kind"].as_str() {
+        Some("Mesh") => 0,
+        Some(k) if Kind::lookup(k) == Some(Kind::Service) => 1,
+        _ => 2,
+    };
+    let mut ordered: Vec<&(String, Value)> = docs.iter().collect();
+    ordered.sort_by_key(|(_, v)| rank(v));
+    let mut failed = 0;
+    for (label, doc) in ordered {
+        match apply_one(&client, doc, args.mesh.as_deref()).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{label}: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} documents failed", docs.len());
+    }
+    Ok(())
+}
+
+async fn apply_one(client: &Client, doc: &Value, default_mesh: Option<&str>) -> anyhow::Result<String> {
+    let kind = doc["kind"].as_str().ok_or_else(|| anyhow!("the document has no `kind`"))?;
+    let name =
+        doc["metadata"]["name"].as_str().ok_or_else(|| anyhow!("the document has no `metadata.name`"))?;
+    let (path, label) = match target(kind)? {
+        Target::Mesh => (client.org_path(&format!("/meshes/{name}")), format!("mesh/{name}")),
+        Target::Scoped(k) => {
+            let mesh = client.mesh_of(doc["metadata"]["mesh"].as_str().or(default_mesh))?;
+            let mut doc = doc.clone();
+            doc["metadata"]["mesh"] = json!(mesh);
+            let path = client.org_path(&format!("/meshes/{mesh}/{}/{name}", k.plural()));
+            let (status, body, unchanged) = client.call_full(reqwest::Method::PUT, &path, Some(&doc)).await?;
+            return Ok(outcome(&format!("{}/{name}", k.name().to_lowercase()), status, &body, unchanged));
+        }
+    };
+    let (status, body, unchanged) = client.call_full(reqwest::Method::PUT, &path, Some(doc)).await?;
+    Ok(outcome(&label, status, &body, unchanged))
+}
+
+fn outcome(label: &str, status: u16, body: &Value, unchanged: bool) -> String {
+    match status {
+        201 => format!("{label} created"),
+        _ if unchanged => format!("{label} unchanged"),
+        _ => format!("{label} configured (generation {})", body["metadata"]["generation"]),
+    }
+}
+
+pub async fn get(args: Get, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
+    let t = target(&args.kind)?;
+    let client = Client::connect(&args.client, xdg, home).await?;
+    let base = match t {
+        Target::Mesh => client.org_path("/meshes"),
+        Target::Scoped(k) => {
+            client.org_path(&format!("/meshes/{}/{}", client.mesh_of(args.mesh.as_deref())?, k.plural()))
+        }
+    };
+    let items: Vec<Value> = match &args.name {
+        Some(n) => vec![client.call(reqwest::Method::GET, &format!("{base}/{n}"), None).await?.1],
+        None => {
+            let mut items = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let mut q = vec![("limit", "500".to_owned())];
+                if let Some(c) = &cursor {
+                    q.push(("cursor", c.clone()));
+                }
+                if let Some(s) = &args.selector {
+                    q.push(("labelSelector", s.clone()));
+                }
+                let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+                let page =
+                    client.call(reqwest::Method::GET, &format!("{base}?{}", query.join("&")), None).await?.1;
+                items.extend(page["items"].as_array().cloned().unwrap_or_default());
+                match page["nextCursor"].as_str() {
+                    Some(c) => cursor = Some(c.to_owned()),
+                    None => break,
+                }
+            }
+            items
+        }
+    };
+    let single = args.name.is_some();
+    match args.output {
+        Output::Json => {
+            let v = if single { items[0].clone() } else { json!({ "items": items }) };
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Yaml => {
+            let docs: Vec<String> = items.iter().map(serde_yaml::to_string).collect::<Result<_, _>>()?;
+            print!("{}", docs.join("---\n"));
+        }
+        Output::Table => print!("{}", table(&items)),
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn table(items: &[Value]) -> String {
+    let rows: Vec<[String; 5]> = items
+        .iter()
+        .map(|i| {
+            let m = &i["metadata"];
+            let labels: BTreeMap<String, String> =
+                serde_json::from_value(m["labels"].clone()).unwrap_or_default();
+            [
+                m["name"].as_str().unwrap_or("").to_owned(),
+                i["kind"].as_str().unwrap_or("").to_owned(),
+                m["mesh"].as_str().unwrap_or("-").to_owned(),
+                m["generation"].to_string(),
+                if labels.is_empty() {
+                    "<none>".into()
+                } else {
+                    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                },
+            ]
+        })
+        .collect();
+    let header = ["NAME", "KIND", "MESH", "GENERATION", "LABELS"].map(str::to_owned);
+    let widths: Vec<usize> =
+        (0..5).map(|c| rows.iter().chain([&header]).map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let fmt = |r: &[String; 5]| {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", cells.join("   ").trim_end())
+    };
+    std::iter::once(fmt(&header)).chain(rows.iter().map(fmt)).collect()
+}
+
+pub async fn delete(args: Delete, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
+    let t = target(&args.kind)?;
+    let client = Client::connect(&args.client, xdg, home).await?;
+    let (path, label) = match t {
+        Target::Mesh => (client.org_path(&format!("/meshes/{}", args.name)), format!("mesh/{}", args.name)),
+        Target::Scoped(k) => (
+            client.org_path(&format!(
+                "/meshes/{}/{}/{}",
+                client.mesh_of(args.mesh.as_deref())?,
+                k.plural(),
+                args.name
+            )),
+            format!("{}/{}", k.name().to_lowercase(), args.name),
+        ),
+    };
+    client.call(reqwest::Method::DELETE, &path, None).await?;
+    println!("{label} deleted");
+    Ok(())
+}
