@@ -54,6 +54,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route(ORG, get(orgs::get_org))
         .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
         .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))
+        .route(&format!("{ORG}/audit-events"), get(orgs::audit_events))
         .route(&format!("{ORG}/meshes"), get(config::list_meshes))
         .route(
             &format!("{ORG}/meshes/{{mesh}}"),

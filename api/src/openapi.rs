@@ -242,6 +242,32 @@ pub fn document() -> Value {
             vec![ok(200, "The revoked token", r("Token"), false)], READ) }),
     );
     paths.insert(
+        format!("{org}/audit-events"),
+        json!({ "get": {
+            "operationId": "listAuditEvents",
+            "summary": "The audit log, newest first",
+            "parameters": [
+                r_param("org"), r_param("limit"),
+                { "name": "cursor", "in": "query", "schema": { "type": "string" } },
+                { "name": "actor", "in": "query", "schema": { "type": "string", "maxLength": 256 } },
+                { "name": "action", "in": "query", "schema": { "type": "string", "maxLength": 256 } },
+                { "name": "target", "in": "query", "description": "Target prefix", "schema": { "type": "string", "maxLength": 256 } },
+                { "name": "since", "in": "query", "schema": { "type": "string", "format": "date-time" } },
+            ],
+            "responses": {
+                "200": { "description": "A page of events", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["items", "nextCursor"],
+                    "properties": {
+                        "items": { "type": "array", "items": { "type": "object", "required": ["id", "at", "actor", "action", "target"] } },
+                        "nextCursor": { "type": ["string", "null"] },
+                    },
+                } } } },
+                "400": problem_responses(&[400])["400"], "401": problem_responses(&[401])["401"],
+                "403": problem_responses(&[403])["403"], "404": problem_responses(&[404])["404"],
+            },
+        } }),
+    );
+    paths.insert(
         format!("{org}/meshes"),
         json!({ "get": op("listMeshes", "Meshes, by name", &["org", "limit", "cursor"], vec![ok(200, "A page of meshes", r("MeshList"), false)], READ) }),
     );

@@ -142,3 +142,81 @@ pub(crate) async fn revoke_token(
     tx.commit().await?;
     Ok(Json(render_token(&record)))
 }
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    #[serde(default)]
+    limit: Option<String>,
+    #[serde(default)]
+    cursor: Option<String>,
+    #[serde(default)]
+    actor: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+}
+
+/// The audit log: newest first, cursor-paginated, filtered by actor, action, target prefix
+/// and time.
+pub(crate) async fn audit_events(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    crate::body::ApiQuery(q): crate::body::ApiQuery<AuditQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::ReadAudit).await?;
+    let bad =
+        |field: &str, msg: &str| ApiError::bad_request(format!("{field}: {msg}")).with_field(field, msg);
+    let limit = match q.limit {
+        None => 100,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| bad("limit", "must be 1 to 500"))?,
+    };
+    let before = match q.cursor {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad("cursor", "use the nextCursor of the previous page"))?,
+        ),
+    };
+    let since = match q.since {
+        None => None,
+        Some(t) => Some(
+            DateTime::parse_from_rfc3339(&t)
+                .map_err(|_| bad("since", "must be an RFC 3339 time"))?
+                .with_timezone(&Utc),
+        ),
+    };
+    for (field, v) in [("actor", &q.actor), ("action", &q.action), ("target", &q.target)] {
+        if v.as_ref().is_some_and(|v| v.len() > 256 || v.contains('\0')) {
+            return Err(bad(field, "must be at most 256 characters"));
+        }
+    }
+    let filter = trellis_store::AuditFilter {
+        before,
+        actor: q.actor,
+        action: q.action,
+        target_prefix: q.target,
+        since,
+        limit,
+    };
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let events = tx.list_audit_events(&filter).await?;
+    let next = (events.len() as i64 == limit).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    Ok(Json(json!({
+        "items": events.iter().map(|e| json!({
+            "id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
+            "requestId": e.request_id, "details": e.details,
+        })).collect::<Vec<_>>(),
+        "nextCursor": next,
+    })))
+}

@@ -36,3 +36,48 @@ impl TenantTx {
         Ok(sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(self.conn()).await?)
     }
 }
+
+/// A recorded event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub request_id: Option<String>,
+    pub details: Value,
+}
+
+/// Which events to list: newest first, before `before` (a cursor), optionally filtered.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub before: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target_prefix: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: i64,
+}
+
+impl TenantTx {
+    /// Audit events of this tenant, newest first.
+    pub async fn list_audit_events(&mut self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, at, actor, action, target, request_id, details FROM audit_events \
+             WHERE ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR actor = $2) \
+               AND ($3::text IS NULL OR action = $3) \
+               AND ($4::text IS NULL OR starts_with(target, $4)) \
+               AND ($5::timestamptz IS NULL OR at >= $5) \
+             ORDER BY id DESC LIMIT $6",
+        )
+        .bind(f.before)
+        .bind(&f.actor)
+        .bind(&f.action)
+        .bind(&f.target_prefix)
+        .bind(f.since)
+        .bind(f.limit)
+        .fetch_all(self.conn())
+        .await?)
+    }
+}

@@ -21,7 +21,7 @@ mod tenancy;
 pub mod testing;
 mod tokens;
 
-pub use audit::AuditEvent;
+pub use audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
