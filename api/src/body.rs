@@ -107,6 +107,21 @@ impl IfMatch {
     }
 }
 
+/// `If-None-Match: *`: the write must create, not replace.
+pub fn create_only(headers: &HeaderMap) -> bool {
+    headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "*")
+}
+
+/// Refuses a create-only write to something that exists.
+pub fn check_create_only(headers: &HeaderMap, exists: bool) -> Result<(), ApiError> {
+    if exists && create_only(headers) {
+        return Err(ApiError::precondition_failed(
+            "If-None-Match: * was sent, and the resource already exists",
+        ));
+    }
+    Ok(())
+}
+
 /// The strong entity tag of a version.
 pub fn etag(version: Uuid) -> String {
     format!("\"{version}\"")

@@ -15,7 +15,7 @@ use trellis_model::{Action, MeshName, ResourceName};
 use trellis_store::{AuditEvent, Mesh, Resource, Selector, StoredResponse, TenantTx};
 
 use crate::auth::{Caller, authorize};
-use crate::body::{ApiQuery, IfMatch, JsonBody, etag, from_value};
+use crate::body::{ApiQuery, IfMatch, JsonBody, check_create_only, etag, from_value};
 use crate::{ApiError, AppState, REQUEST_ID};
 
 /// The `apiVersion` of every document.
@@ -228,7 +228,7 @@ fn parse_selector(s: &str) -> Result<Selector, String> {
     }
     for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         let check = |k: &str| {
-            if config::valid_label_part(k, 63) {
+            if config::valid_label_key(k) {
                 Ok(k.to_owned())
             } else {
                 Err(format!("{k:?} is not a label key"))
@@ -336,6 +336,7 @@ pub(crate) async fn put_mesh(
         (None, None) => format!("{}.{}.trellis.internal", name, caller.org.slug),
     };
     spec.trust_domain = Some(trust_domain.clone());
+    check_create_only(&headers, existing.is_some())?;
     let if_version = match IfMatch::from_headers(&headers) {
         Some(im) => Some(im.expect(existing.as_ref().map(|m| m.version))?),
         None => None,
@@ -490,8 +491,10 @@ pub(crate) async fn put_resource(
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
     let spec = checked_spec(&mut tx, &m, kind, env.spec).await?;
+    let current = tx.get_resource(m.id, kind.name(), &n).await?.map(|r| r.version);
+    check_create_only(&headers, current.is_some())?;
     let if_version = match IfMatch::from_headers(&headers) {
-        Some(im) => Some(im.expect(tx.get_resource(m.id, kind.name(), &n).await?.map(|r| r.version))?),
+        Some(im) => Some(im.expect(current)?),
         None => None,
     };
     let put = tx

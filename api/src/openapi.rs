@@ -275,7 +275,7 @@ pub fn document() -> Value {
         format!("{org}/meshes/{{mesh}}"),
         json!({
             "get": op("getMesh", "A mesh", &["org", "mesh"], vec![ok(200, "The mesh", r("Mesh"), true)], READ),
-            "put": with_body(op("putMesh", "Create or replace a mesh", &["org", "mesh", "ifMatch"],
+            "put": with_body(op("putMesh", "Create or replace a mesh", &["org", "mesh", "ifMatch", "ifNoneMatch"],
                 vec![ok(200, "Replaced", r("Mesh"), true), ok(201, "Created", r("Mesh"), true)], WRITE), r("Mesh")),
             "delete": op("deleteMesh", "Delete a mesh and everything in it", &["org", "mesh", "ifMatch"],
                 vec![("204".into(), json!({"description": "Deleted"}))], &[400, 401, 403, 404, 412]),
@@ -310,7 +310,7 @@ pub fn document() -> Value {
             format!("{org}/meshes/{{mesh}}/{plural}/{{name}}"),
             json!({
                 "get": op(&format!("get{id}"), &format!("A {name}"), &["org", "mesh", "name"], vec![ok(200, "The resource", r(name), true)], READ),
-                "put": with_body(op(&format!("put{id}"), &format!("Create or replace a {name}"), &["org", "mesh", "name", "ifMatch"],
+                "put": with_body(op(&format!("put{id}"), &format!("Create or replace a {name}"), &["org", "mesh", "name", "ifMatch", "ifNoneMatch"],
                     vec![ok(200, "Replaced (or unchanged)", r(name), true), ok(201, "Created", r(name), true)], WRITE), r(name)),
                 "delete": op(&format!("delete{id}"), &format!("Delete a {name}"), &["org", "mesh", "name", "ifMatch"],
                     vec![("204".into(), json!({"description": "Deleted"}))], &[400, 401, 403, 404, 409, 412]),
@@ -341,6 +341,7 @@ pub fn document() -> Value {
                 "cursor": { "name": "cursor", "in": "query", "schema": { "type": "string" } },
                 "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
                 "ifMatch": { "name": "If-Match", "in": "header", "description": "An ETag from a previous response, or *", "schema": { "type": "string" } },
+                "ifNoneMatch": { "name": "If-None-Match", "in": "header", "description": "* to create only", "schema": { "type": "string" } },
                 "idempotencyKey": { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 255 } },
             },
             "schemas": schemas,

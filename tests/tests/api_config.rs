@@ -81,6 +81,12 @@ async fn every_kind_round_trips_and_rewrites_are_idempotent() {
     let names: Vec<&str> =
         list["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["db", "productpage", "reviews"]);
+    // Kubernetes-style prefixed label keys are accepted.
+    let mut db_svc = api.get("/meshes/shop/services/db").await.1;
+    db_svc["metadata"]["labels"] = json!({"app.kubernetes.io/name": "postgres"});
+    assert_eq!(api.put("/meshes/shop/services/db", &db_svc).await.0, 200);
+    let (_, list) = api.get("/meshes/shop/services?labelSelector=app.kubernetes.io%2Fname%3Dpostgres").await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let (_, list) = api.get("/meshes/shop/services?labelSelector=team%3Dbooks").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     let (_, list) = api.get("/meshes/shop/services?labelSelector=team%21%3Dbooks").await;
@@ -98,7 +104,7 @@ async fn every_kind_round_trips_and_rewrites_are_idempotent() {
     let store = db.store().await;
     let org = store.org_by_slug(&trellis_model::OrgSlug::parse("acme").unwrap()).await.unwrap().unwrap();
     let mut tx = store.tenant(org.id).await.unwrap();
-    assert_eq!(tx.count_audit_events().await.unwrap(), docs.len() as i64 + 2);
+    assert_eq!(tx.count_audit_events().await.unwrap(), docs.len() as i64 + 3);
 }
 
 /// The canonical form of a spec: what the server stores and returns.
@@ -338,6 +344,16 @@ async fn concurrent_writers_with_the_same_if_match_one_wins_per_version() {
     assert_eq!(status, 412);
     let (status, _) = send(api.req(reqwest::Method::PUT, "/meshes/shop/rate-limits/nope").header("if-match", "*").json(&json!({"spec": {"targetRef": {"service": "reviews"}, "local": {"requests": 1, "interval": "1s"}}}))).await;
     assert_eq!(status, 412, "If-Match on a missing resource");
+    // If-None-Match: * creates only.
+    let rl =
+        json!({"spec": {"targetRef": {"service": "reviews"}, "local": {"requests": 1, "interval": "1s"}}});
+    let put_new = |name: &str| {
+        api.req(reqwest::Method::PUT, &format!("/meshes/shop/rate-limits/{name}"))
+            .header("if-none-match", "*")
+            .json(&rl)
+    };
+    assert_eq!(send(put_new("fresh")).await.0, 201);
+    assert_eq!(send(put_new("fresh")).await.0, 412);
 }
 
 #[tokio::test]

@@ -209,8 +209,8 @@ pub fn check_tags(c: &mut Checker, name: &str, tags: &Tags) {
         }
         for (k, v) in tags {
             c.field(k, |c| {
-                if !valid_label_part(k, 63) {
-                    c.error("key must be 1-63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric");
+                if !valid_label_key(k) {
+                    c.error("key must be an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric");
                 }
                 if !v.is_empty() && !valid_label_part(v, 63) {
                     c.error("value must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric");
@@ -218,6 +218,26 @@ pub fn check_tags(c: &mut Checker, name: &str, tags: &Tags) {
             });
         }
     });
+}
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and '/', then a name part
+/// (`app.kubernetes.io/name`, `version`).
+pub fn valid_label_key(k: &str) -> bool {
+    match k.split_once('/') {
+        None => valid_label_part(k, 63),
+        Some((prefix, name)) => {
+            prefix.len() <= 253
+                && !prefix.is_empty()
+                && prefix.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                })
+                && valid_label_part(name, 63)
+        }
+    }
 }
 
 /// A Kubernetes label name or value part.
@@ -283,5 +303,15 @@ mod tests {
             c.index(0, |c| c.field("backendRefs", |c| c.index(1, |c| c.error_at("weight", "bad"))))
         });
         assert_eq!(c.errors[0].field, "spec.rules[0].backendRefs[1].weight");
+    }
+
+    #[test]
+    fn label_keys_may_carry_a_prefix() {
+        for ok in ["app", "app.kubernetes.io/name", "example.com/tier", "a_b.c-d"] {
+            assert!(valid_label_key(ok), "{ok}");
+        }
+        for bad in ["", "/x", "Example.com/x", "a/b/c", "x/", "-a", "a".repeat(64).as_str()] {
+            assert!(!valid_label_key(bad), "{bad}");
+        }
     }
 }

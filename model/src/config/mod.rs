@@ -12,7 +12,8 @@ mod tcp_route;
 
 pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source, check_spiffe_id};
 pub use common::{
-    Checker, Duration, FieldError, Labels, ServiceReference, Tags, TargetRef, valid_label_part,
+    Checker, Duration, FieldError, Labels, ServiceReference, Tags, TargetRef, valid_label_key,
+    valid_label_part,
 };
 pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,
@@ -232,8 +233,8 @@ pub fn check_labels(root: &str, labels: &Labels) -> Result<(), Vec<FieldError>> 
     }
     for (k, v) in labels {
         c.field(k, |c| {
-            if !valid_label_part(k, 63) {
-                c.error("label keys are 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric");
+            if !valid_label_key(k) {
+                c.error("label keys are an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric");
             } else if !v.is_empty() && !valid_label_part(v, 63) {
                 c.error("label values are at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric");
             }
