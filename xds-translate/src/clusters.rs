@@ -1,0 +1,209 @@
+//! Clusters per service subset (EDS, mTLS pinned to the service's SPIFFE ID, circuit
+//! breakers, outlier detection, health checks) and their endpoint assignments.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, OutlierDetection};
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::core::v3::health_check::{
+    HealthChecker, HttpHealthCheck, TcpHealthCheck,
+};
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType as SocketConfig;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HealthCheck, HealthStatus, Locality, RoutingPriority, SocketAddress, TransportSocket,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
+    UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::r#type::v3::Int64Range;
+use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::util::pack_any;
+use trellis_model::config::Tags;
+
+use crate::CERT_PROVIDER;
+use crate::names::{cluster_name, spiffe_id};
+use crate::util::{ads, duration, exact, u32v};
+use crate::view::MeshView;
+
+/// Every cluster of the mesh: one per service, plus one per subset of tags that a route,
+/// TCP route or mirror names. Name → (service, tags).
+pub(crate) fn subsets(view: &MeshView) -> BTreeMap<String, (String, Tags)> {
+    let mut out: BTreeMap<String, (String, Tags)> = BTreeMap::new();
+    let mut add = |service: &str, tags: &Tags| {
+        if view.services.contains_key(service) {
+            out.insert(cluster_name(service, tags), (service.to_owned(), tags.clone()));
+        }
+    };
+    for s in view.services.keys() {
+        add(s, &Tags::new());
+    }
+    for r in view.http_routes.values() {
+        for rule in &r.rules {
+            for b in &rule.backend_refs {
+                add(&b.service, &b.tags);
+            }
+            if let Some(m) = &rule.mirror {
+                add(&m.service, &m.tags);
+            }
+        }
+    }
+    for r in view.tcp_routes.values() {
+        for b in &r.backend_refs {
+            add(&b.service, &b.tags);
+        }
+    }
+    out
+}
+
+fn provider() -> CertificateProviderPluginInstance {
+    CertificateProviderPluginInstance { instance_name: CERT_PROVIDER.into(), certificate_name: String::new() }
+}
+
+/// mTLS to a service: our workload certificate, the mesh's roots, and the peer pinned to the
+/// service's SPIFFE ID (both the field gRPC reads and the one Envoy prefers, SAN type 3 = URI).
+fn upstream_tls(view: &MeshView, service: &str) -> TransportSocket {
+    let id = spiffe_id(&view.trust_domain, &view.mesh, service);
+    let ctx = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(provider()),
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                CertificateValidationContext {
+                    ca_certificate_provider_instance: Some(provider()),
+                    #[allow(deprecated)]
+                    match_subject_alt_names: vec![exact(&id)],
+                    match_typed_subject_alt_names: vec![SubjectAltNameMatcher {
+                        san_type: 3,
+                        matcher: Some(exact(&id)),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(SocketConfig::TypedConfig(pack_any(ctx))),
+    }
+}
+
+pub(crate) fn clusters(view: &MeshView) -> Vec<Cluster> {
+    subsets(view).into_iter().map(|(name, (service, _))| cluster(view, name, &service)).collect()
+}
+
+fn cluster(view: &MeshView, name: String, service: &str) -> Cluster {
+    let mut c = Cluster {
+        name: name.clone(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: name }),
+        lb_policy: LbPolicy::RoundRobin as i32,
+        connect_timeout: Some(PbDuration { seconds: 5, nanos: 0 }),
+        transport_socket: Some(upstream_tls(view, service)),
+        ..Default::default()
+    };
+    // Several circuit breakers for one service: the one first by name applies.
+    if let Some(cb) = view.circuit_breakers.values().find(|cb| cb.target_ref.service == service) {
+        if let Some(t) = &cb.thresholds {
+            c.circuit_breakers = Some(CircuitBreakers {
+                thresholds: vec![Thresholds {
+                    priority: RoutingPriority::Default as i32,
+                    max_connections: t.max_connections.map(u32v),
+                    max_pending_requests: t.max_pending_requests.map(u32v),
+                    max_requests: t.max_requests.map(u32v),
+                    max_retries: t.max_retries.map(u32v),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        if let Some(o) = &cb.outlier_detection {
+            c.outlier_detection = Some(OutlierDetection {
+                consecutive_5xx: o.consecutive5xx.map(u32v),
+                consecutive_gateway_failure: o.consecutive_gateway_errors.map(u32v),
+                enforcing_consecutive_gateway_failure: o.consecutive_gateway_errors.map(|_| u32v(100)),
+                interval: o.interval.map(duration),
+                base_ejection_time: o.base_ejection_time.map(duration),
+                max_ejection_percent: o.max_ejection_percent.map(u32v),
+                ..Default::default()
+            });
+        }
+    }
+    if let Some(hc) = view.health_checks.values().find(|h| h.target_ref.service == service) {
+        let checker = match &hc.http {
+            Some(h) => HealthChecker::HttpHealthCheck(HttpHealthCheck {
+                path: h.path.clone(),
+                expected_statuses: h
+                    .expected_statuses
+                    .iter()
+                    .map(|s| Int64Range { start: i64::from(*s), end: i64::from(*s) + 1 })
+                    .collect(),
+                ..Default::default()
+            }),
+            None => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
+        };
+        c.health_checks = vec![HealthCheck {
+            timeout: Some(duration(hc.timeout)),
+            interval: Some(duration(hc.interval)),
+            unhealthy_threshold: Some(u32v(hc.unhealthy_threshold)),
+            healthy_threshold: Some(u32v(hc.healthy_threshold)),
+            health_checker: Some(checker),
+            ..Default::default()
+        }];
+    }
+    c
+}
+
+/// The endpoints of a cluster: the service's instances that carry every tag of the subset,
+/// grouped by zone. Each locality gets weight 1 (gRPC drops a locality without a weight).
+pub(crate) fn load_assignment(view: &MeshView, cluster: &str) -> ClusterLoadAssignment {
+    let subsets = subsets(view);
+    let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    if let Some((service, tags)) = subsets.get(cluster) {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in view.endpoints.iter().filter(|e| &e.service == service) {
+            if !tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)) || !seen.insert((e.address, e.port)) {
+                continue;
+            }
+            by_zone.entry(e.zone.as_str()).or_default().push(LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(AddressKind::SocketAddress(SocketAddress {
+                            address: e.address.to_string(),
+                            port_specifier: Some(PortSpecifier::PortValue(e.port)),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                health_status: if e.healthy { HealthStatus::Healthy } else { HealthStatus::Unhealthy } as i32,
+                ..Default::default()
+            });
+        }
+    }
+    ClusterLoadAssignment {
+        cluster_name: cluster.to_owned(),
+        endpoints: by_zone
+            .into_iter()
+            .map(|(zone, lb_endpoints)| LocalityLbEndpoints {
+                locality: Some(Locality { zone: zone.to_owned(), ..Default::default() }),
+                lb_endpoints,
+                load_balancing_weight: Some(u32v(1)),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}

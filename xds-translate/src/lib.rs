@@ -1,0 +1,53 @@
+//! Translation of one mesh's configuration into Envoy xDS v3 resources. Pure: a
+//! [`MeshView`] in, [`Resources`] out, no I/O. The xDS server feeds it from the store and the
+//! registered dataplanes, versions what it returns by content, and streams it.
+//!
+//! This first cut produces the shapes the proxyless gRPC client accepts (XDS.md §3, §4):
+//! `api_listener` Listeners named after the `xds:///` target, RDS, EDS clusters per service
+//! subset with mTLS through certificate-provider instances, and server Listeners with RBAC
+//! for xDS-enabled gRPC servers. Envoy sidecar shapes (SDS, inbound listeners) come next.
+
+#![forbid(unsafe_code)]
+
+mod access;
+mod clusters;
+mod names;
+mod routes;
+mod util;
+mod view;
+
+pub use names::{cluster_name, grpc_listener_name, grpc_server_listener_name, spiffe_id};
+pub use view::{Endpoint, MeshView, Resources};
+
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+/// The certificate-provider instance name the generated gRPC bootstrap defines.
+pub const CERT_PROVIDER: &str = "trellis";
+
+/// Resources for gRPC clients of this mesh: every HTTP-family port of every service
+/// becomes a dial target `xds:///<service>.<mesh>:<port>`.
+pub fn grpc_client(view: &MeshView) -> Resources {
+    let mut out = Resources::default();
+    for (service, spec) in &view.services {
+        for port in spec.ports.iter().filter(|p| p.protocol.is_http()) {
+            let name = grpc_listener_name(service, &view.mesh, port.port);
+            out.listeners.insert(name.clone(), routes::api_listener(&name));
+            out.routes.insert(name.clone(), routes::route_config(view, service, &name));
+        }
+    }
+    for cluster in clusters::clusters(view) {
+        let cla = clusters::load_assignment(view, &cluster.name);
+        out.endpoints.insert(cluster.name.clone(), cla);
+        out.clusters.insert(cluster.name.clone(), cluster);
+    }
+    out
+}
+
+/// The Listener an xDS-enabled gRPC server of `service` listening on `addr` asks for, with
+/// the mesh's access policies as RBAC.
+pub fn grpc_server(view: &MeshView, service: &str, addr: std::net::SocketAddr) -> Listener {
+    access::server_listener(view, service, addr)
+}
+
+#[cfg(test)]
+mod tests;
