@@ -5,7 +5,9 @@
 //! Audit rules never refuse; gRPC has no shadow rules, so for gRPC servers they are left
 //! out (Envoy sidecars will carry them as `shadow_rules`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use prost::{Message, Name};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -37,7 +39,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3::PathMatcher;
 use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use envoy_types::pb::envoy::r#type::matcher::v3::StringMatcher;
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use envoy_types::util::pack_any;
 use trellis_model::config::{AccessAction, AccessRule, DefaultAccess, MtlsMode, PathMatchType, ValueMatchType};
 
@@ -134,22 +136,40 @@ fn policy(view: &MeshView, rule: &AccessRule) -> Policy {
     Policy { permissions, principals, ..Default::default() }
 }
 
-fn rbac_filter(name: &str, action: RbacAction, policies: HashMap<String, Policy>) -> HttpFilter {
-    let filter = RbacFilter {
-        rules: Some(Rbac { action: action as i32, policies, ..Default::default() }),
-        ..Default::default()
-    };
+/// The RBAC filter config, encoded by hand so that its policy map is written in name order:
+/// prost writes `HashMap`s in iteration order, which differs between runs, and equal
+/// content must encode to equal bytes for content-hash versions (XDS.md §0).
+fn rbac_any(action: RbacAction, policies: &BTreeMap<String, Policy>) -> Any {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let mut rbac = Rbac { action: action as i32, ..Default::default() }.encode_to_vec();
+    for (name, policy) in policies {
+        let mut entry = Vec::new();
+        prost::encoding::string::encode(1, name, &mut entry);
+        prost::encoding::message::encode(2, policy, &mut entry);
+        encode_key(2, WireType::LengthDelimited, &mut rbac);
+        encode_varint(entry.len() as u64, &mut rbac);
+        rbac.extend_from_slice(&entry);
+    }
+    // RBAC filter { rules (1) = rbac }: every other field stays at its default.
+    let mut filter = Vec::new();
+    encode_key(1, WireType::LengthDelimited, &mut filter);
+    encode_varint(rbac.len() as u64, &mut filter);
+    filter.extend_from_slice(&rbac);
+    Any { type_url: RbacFilter::type_url(), value: filter }
+}
+
+fn rbac_filter(name: &str, action: RbacAction, policies: BTreeMap<String, Policy>) -> HttpFilter {
     HttpFilter {
         name: name.into(),
-        config_type: Some(ConfigType::TypedConfig(pack_any(filter))),
+        config_type: Some(ConfigType::TypedConfig(rbac_any(action, &policies))),
         ..Default::default()
     }
 }
 
 /// The RBAC filters for a service, deny before allow, router last.
 pub(crate) fn http_filters(view: &MeshView, service: &str) -> Vec<HttpFilter> {
-    let mut deny = HashMap::new();
-    let mut allow = HashMap::new();
+    let mut deny = BTreeMap::new();
+    let mut allow = BTreeMap::new();
     for (name, p) in view.access_policies.iter().filter(|(_, p)| p.target_ref.service == service) {
         for (i, rule) in p.rules.iter().enumerate() {
             let id = format!("{name}/{i}");

@@ -21,6 +21,13 @@ pub use view::{Endpoint, MeshView, Resources};
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
+/// A resource's version: a hash of its encoding, which is canonical for everything this crate
+/// builds (policy maps are written in name order).
+pub fn version<M: prost::Message>(resource: &M) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &resource.encode_to_vec());
+    hex::encode(&digest.as_ref()[..12])
+}
+
 /// The certificate-provider instance name the generated gRPC bootstrap defines.
 pub const CERT_PROVIDER: &str = "trellis";
 

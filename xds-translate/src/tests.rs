@@ -294,3 +294,30 @@ fn translation_is_deterministic() {
         assert_eq!(l.encode_to_vec(), b.listeners[name].encode_to_vec());
     }
 }
+
+#[test]
+fn versions_are_content_hashes_stable_across_runs() {
+    // Several policies on one service: the RBAC map has many entries.
+    let mut view = example();
+    let base = view.access_policies["reviews-callers"].clone();
+    for i in 0..8 {
+        view.access_policies.insert(format!("p{i}"), base.clone());
+    }
+    let addr: SocketAddr = "10.0.0.1:9080".parse().unwrap();
+    let first = crate::version(&grpc_server(&view, "reviews", addr));
+    for _ in 0..20 {
+        assert_eq!(crate::version(&grpc_server(&view, "reviews", addr)), first);
+    }
+    let (hcm, _) = server_filters(&grpc_server(&view, "reviews", addr));
+    let Some(ConfigType::TypedConfig(any)) = &hcm.http_filters[0].config_type else { panic!() };
+    let rbac: RbacFilter = unpack(any);
+    assert_eq!(rbac.rules.unwrap().policies.len(), 9, "the hand encoding decodes back");
+    // A change of content changes the version; an unrelated service's resources do not.
+    let before = grpc_client(&view);
+    let mut changed = view.clone();
+    changed.http_routes.get_mut("reviews").unwrap().rules[1].backend_refs[0].weight = 50;
+    let after = grpc_client(&changed);
+    let v = |r: &crate::Resources, n: &str| crate::version(&r.routes[n]);
+    assert_ne!(v(&before, "reviews.shop:9080"), v(&after, "reviews.shop:9080"));
+    assert_eq!(v(&before, "productpage.shop:9080"), v(&after, "productpage.shop:9080"));
+}
