@@ -1,6 +1,10 @@
-//! Translation of one mesh's configuration into Envoy xDS v3 resources. Pure: a
-//! [`MeshView`] in, [`Resources`] out, no I/O. The xDS server feeds it from the store and the
-//! registered dataplanes, versions what it returns by content, and streams it.
+//! The pure core of the xDS server: no I/O, no tonic.
+//!
+//! - Translation of one mesh's configuration into Envoy xDS v3 resources: a [`MeshView`] in,
+//!   [`Resources`] out. The xDS server feeds it from the store and the registered dataplanes,
+//!   versions what it returns by content ([`version`]), and streams it.
+//! - [`sotw`]: the state-of-the-world ADS protocol per stream — subscriptions, nonces,
+//!   ACK/NACK, what to send and when — as a state machine the server drives.
 //!
 //! This first cut produces the shapes the proxyless gRPC client accepts (XDS.md §3, §4):
 //! `api_listener` Listeners named after the `xds:///` target, RDS, EDS clusters per service
@@ -13,6 +17,7 @@ mod access;
 mod clusters;
 mod names;
 mod routes;
+pub mod sotw;
 mod util;
 mod view;
 
