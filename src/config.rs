@@ -132,6 +132,11 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// How long a dataplane whose stream closed stays in the endpoints before the leader
+    /// removes it.
+    #[arg(long, env = "TRELLIS_DATAPLANE_GRACE", default_value = "60s", value_parser = parse_duration)]
+    pub dataplane_grace: Duration,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,

@@ -31,6 +31,7 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     );
     let feed_stats = feed.stats();
     let consumer = tokio::spawn(consume(feed));
+    let duties = tokio::spawn(leader_duties(store.clone(), leader.clone(), cfg.dataplane_grace));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
@@ -65,6 +66,7 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("requests still running after the grace period; closing them"),
     }
     consumer.abort();
+    duties.abort();
     if let Ok(leader) = Arc::try_unwrap(leader) {
         leader.stop().await;
     }
@@ -78,6 +80,25 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
 async fn consume(mut feed: ChangeFeed) {
     while let Some(change) = feed.recv().await {
         tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
+    }
+}
+
+/// Background duties that exactly one replica runs: removing dataplanes that stayed offline
+/// past the grace period.
+async fn leader_duties(store: Store, leader: Arc<LeaderElector>, grace: std::time::Duration) {
+    let mut tick = tokio::time::interval(
+        grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30)),
+    );
+    loop {
+        tick.tick().await;
+        if !leader.is_leader() {
+            continue;
+        }
+        match store.prune_dataplanes(grace).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed dataplanes offline past the grace period"),
+            Err(e) => tracing::warn!(error = %e, "pruning offline dataplanes failed"),
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod auth;
 mod body;
 mod config;
+mod dataplanes;
 mod error;
 mod health;
 mod metrics;
@@ -61,6 +62,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
             get(config::get_mesh).put(config::put_mesh).delete(config::delete_mesh),
         )
         .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
+        .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
         .route(
             &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
             get(config::list_resources).merge(post(config::create_resource)),

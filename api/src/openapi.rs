@@ -282,6 +282,18 @@ pub fn document() -> Value {
         }),
     );
     paths.insert(
+        format!("{org}/meshes/{{mesh}}/dataplanes"),
+        json!({ "get": op("listDataplanes", "Proxies registered by their xDS streams, with their sync state", &["org", "mesh"],
+            vec![ok(200, "Dataplanes", json!({
+                "type": "object",
+                "required": ["mesh", "revision", "items"],
+                "properties": {
+                    "mesh": {"type": "string"}, "revision": {"type": "integer"},
+                    "items": {"type": "array", "items": {"type": "object", "required": ["id", "service", "nodeId", "online", "state", "sync"]}},
+                },
+            }), false)], READ) }),
+    );
+    paths.insert(
         format!("{org}/meshes/{{mesh}}/services/{{service}}/effective"),
         json!({ "get": op("getEffectivePolicies", "Every policy that applies to a service, in evaluation order", &["org", "mesh", "service"],
             vec![ok(200, "Effective policies", json!({

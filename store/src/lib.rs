@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod dataplanes;
 mod error;
 mod feed;
 mod idempotency;
@@ -22,6 +23,7 @@ pub mod testing;
 mod tokens;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
+pub use dataplanes::{Dataplane, LedgerEntry, Registration};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;

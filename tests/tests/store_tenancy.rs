@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use trellis_model::{MeshName, OrgId, OrgSlug, ResourceName, Role};
 use trellis_store::testing::TestDb;
-use trellis_store::{APP_ROLE, AuditEvent, Store, StoredResponse};
+use trellis_store::{APP_ROLE, AuditEvent, Registration, Store, StoredResponse};
 
 /// Tables that have an `org_id` column but lack enabled *and* forced row security.
 async fn tables_missing_rls(conn: &mut PgConnection) -> Vec<String> {
@@ -76,6 +76,25 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
         .await
         .unwrap();
         tx.create_token("ci", Role::Editor, &[slug.len() as u8; 32], "test", None).await.unwrap();
+        let dp = tx
+            .register_dataplane(
+                mesh.id,
+                &Registration {
+                    service: "web".into(),
+                    node_id: "web-1".into(),
+                    client: "grpc".into(),
+                    address: Some("10.0.0.1".parse().unwrap()),
+                    ports: vec![80],
+                    tags: json!({}),
+                    zone: String::new(),
+                    replica: "r1".into(),
+                },
+            )
+            .await
+            .unwrap();
+        tx.ledger_sent(dp.id, "type.googleapis.com/envoy.config.cluster.v3.Cluster", "v1", "1", 1)
+            .await
+            .unwrap();
         tx.store_response("key-1", &StoredResponse { fingerprint: vec![1], status: 201, body: json!({}) })
             .await
             .unwrap();
@@ -120,7 +139,16 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
     let tables = tenant_tables(&mut admin).await;
     assert_eq!(
         tables,
-        ["api_tokens", "audit_events", "idempotency_keys", "memberships", "meshes", "resources"]
+        [
+            "api_tokens",
+            "audit_events",
+            "dataplanes",
+            "idempotency_keys",
+            "memberships",
+            "meshes",
+            "resources",
+            "xds_ledger"
+        ]
     );
 
     let mut app = db.app_conn().await;
@@ -184,13 +212,12 @@ async fn a_tenant_can_neither_see_nor_write_another_tenants_rows() {
                 .bind(privilege)
         };
         if may("UPDATE").fetch_one(&mut *tx).await.unwrap() {
-            let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE {t} SET created_at = created_at WHERE org_id = $1"
-            )))
-            .bind(b.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+            let updated =
+                sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE {t} SET org_id = org_id WHERE org_id = $1")))
+                    .bind(b.as_uuid())
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
             assert_eq!(updated.rows_affected(), 0, "org A updated org B's {t} rows");
         }
         if may("DELETE").fetch_one(&mut *tx).await.unwrap() {

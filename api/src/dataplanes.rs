@@ -1,0 +1,72 @@
+//! Registered dataplanes of a mesh and their sync state (the propagation ledger).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use trellis_model::{Action, MeshName};
+
+use crate::auth::authorize;
+use crate::{ApiError, AppState};
+
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    Path((org, mesh)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let not_found = || ApiError::not_found(format!("mesh {mesh:?} not found"));
+    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
+    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
+    let dataplanes = tx.list_dataplanes(m.id).await?;
+    let mut ledger: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
+    for l in tx.ledger(m.id).await? {
+        let in_sync = l.sent_version.is_some() && l.sent_version == l.acked_version;
+        ledger.entry(l.dataplane_id).or_default().push(json!({
+            "typeUrl": l.type_url,
+            "sentVersion": l.sent_version,
+            "sentAt": l.sent_at,
+            "ackedVersion": l.acked_version,
+            "ackedAt": l.acked_at,
+            "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
+            "meshRevision": l.mesh_revision,
+            "convergenceMs": l.convergence_ms,
+            "inSync": in_sync,
+        }));
+    }
+    let items: Vec<Value> = dataplanes
+        .iter()
+        .map(|d| {
+            let sync = ledger.remove(&d.id).unwrap_or_default();
+            let state = if !d.online {
+                "offline"
+            } else if sync.iter().any(|e| !e["nack"].is_null()) {
+                "rejected"
+            } else if !sync.is_empty() && sync.iter().all(|e| e["inSync"] == true) {
+                "in-sync"
+            } else {
+                "syncing"
+            };
+            json!({
+                "id": d.id,
+                "service": d.service,
+                "nodeId": d.node_id,
+                "client": d.client,
+                "address": d.address.map(|a| a.addr().to_string()),
+                "ports": d.ports,
+                "tags": d.tags,
+                "zone": d.zone,
+                "online": d.online,
+                "state": state,
+                "connectedAt": d.connected_at,
+                "lastSeenAt": d.last_seen_at,
+                "offlineSince": d.offline_since,
+                "sync": sync,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "mesh": m.name.as_str(), "revision": m.revision, "items": items })))
+}

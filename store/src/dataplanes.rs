@@ -1,0 +1,223 @@
+//! Dataplanes (registered by their xDS streams) and the propagation ledger.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use trellis_model::MeshId;
+use uuid::Uuid;
+
+use crate::{Store, StoreError, TenantTx};
+
+/// What a stream tells about its proxy when it registers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Registration {
+    pub service: String,
+    pub node_id: String,
+    /// `envoy`, `grpc` or `agent`.
+    pub client: String,
+    pub address: Option<IpAddr>,
+    pub ports: Vec<i32>,
+    pub tags: Value,
+    pub zone: String,
+    pub replica: String,
+}
+
+/// A registered dataplane.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Dataplane {
+    pub id: Uuid,
+    pub mesh_id: Uuid,
+    pub service: String,
+    pub node_id: String,
+    pub client: String,
+    pub address: Option<sqlx::types::ipnet::IpNet>,
+    pub ports: Vec<i32>,
+    pub tags: Value,
+    pub zone: String,
+    pub online: bool,
+    pub replica: Option<String>,
+    pub connected_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub offline_since: Option<DateTime<Utc>>,
+}
+
+/// One line of the ledger: a dataplane's sync state for one type URL.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LedgerEntry {
+    pub dataplane_id: Uuid,
+    pub type_url: String,
+    pub sent_version: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub acked_version: Option<String>,
+    pub acked_at: Option<DateTime<Utc>>,
+    pub nacked_version: Option<String>,
+    pub nack_error: Option<String>,
+    pub mesh_revision: Option<i64>,
+    pub convergence_ms: Option<f64>,
+}
+
+macro_rules! dataplane_columns {
+    () => {
+        "id, mesh_id, service, node_id, client, address, ports, tags, zone, online, replica, \
+         connected_at, last_seen_at, offline_since"
+    };
+}
+
+impl TenantTx {
+    /// Registers (or re-registers) the dataplane of a stream: online, with what it serves.
+    pub async fn register_dataplane(
+        &mut self,
+        mesh: MeshId,
+        r: &Registration,
+    ) -> Result<Dataplane, StoreError> {
+        let org = self.org().as_uuid();
+        Ok(sqlx::query_as(concat!(
+            "INSERT INTO dataplanes (org_id, mesh_id, service, node_id, client, address, ports, tags, zone, replica) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT ON CONSTRAINT dataplanes_node_key DO UPDATE SET \
+               service = EXCLUDED.service, client = EXCLUDED.client, address = EXCLUDED.address, \
+               ports = EXCLUDED.ports, tags = EXCLUDED.tags, zone = EXCLUDED.zone, replica = EXCLUDED.replica, \
+               online = true, offline_since = NULL, connected_at = now(), last_seen_at = now() \
+             RETURNING ",
+            dataplane_columns!()
+        ))
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(&r.service)
+        .bind(&r.node_id)
+        .bind(&r.client)
+        .bind(r.address.map(sqlx::types::ipnet::IpNet::from))
+        .bind(&r.ports)
+        .bind(&r.tags)
+        .bind(&r.zone)
+        .bind(&r.replica)
+        .fetch_one(self.conn())
+        .await?)
+    }
+
+    /// The stream is still there.
+    pub async fn dataplane_seen(&mut self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dataplanes SET last_seen_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The stream closed: offline now, out of the endpoints after the grace period.
+    pub async fn dataplane_offline(&mut self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dataplanes SET online = false, offline_since = now() WHERE id = $1 AND online")
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Dataplanes of a mesh, by service and node.
+    pub async fn list_dataplanes(&mut self, mesh: MeshId) -> Result<Vec<Dataplane>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            dataplane_columns!(),
+            " FROM dataplanes WHERE mesh_id = $1 ORDER BY service, node_id"
+        ))
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// Ledger lines of a mesh's dataplanes.
+    pub async fn ledger(&mut self, mesh: MeshId) -> Result<Vec<LedgerEntry>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT l.dataplane_id, l.type_url, l.sent_version, l.sent_at, l.acked_version, l.acked_at, \
+                    l.nacked_version, l.nack_error, l.mesh_revision, l.convergence_ms \
+             FROM xds_ledger l JOIN dataplanes d ON d.org_id = l.org_id AND d.id = l.dataplane_id \
+             WHERE d.mesh_id = $1 ORDER BY l.dataplane_id, l.type_url",
+        )
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// A response went out.
+    pub async fn ledger_sent(
+        &mut self,
+        dataplane: Uuid,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        mesh_revision: i64,
+    ) -> Result<(), StoreError> {
+        let org = self.org().as_uuid();
+        sqlx::query(
+            "INSERT INTO xds_ledger (org_id, dataplane_id, type_url, sent_version, sent_nonce, sent_at, mesh_revision) \
+             VALUES ($1, $2, $3, $4, $5, now(), $6) \
+             ON CONFLICT ON CONSTRAINT xds_ledger_pkey DO UPDATE SET sent_version = EXCLUDED.sent_version, \
+               sent_nonce = EXCLUDED.sent_nonce, sent_at = now(), mesh_revision = EXCLUDED.mesh_revision",
+        )
+        .bind(org)
+        .bind(dataplane)
+        .bind(type_url)
+        .bind(version)
+        .bind(nonce)
+        .bind(mesh_revision)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The client accepted `version`, `convergence_ms` after its mesh revision committed.
+    pub async fn ledger_acked(
+        &mut self,
+        dataplane: Uuid,
+        type_url: &str,
+        version: &str,
+        convergence_ms: Option<f64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE xds_ledger SET acked_version = $3, acked_at = now(), nacked_version = NULL, nack_error = NULL, \
+               convergence_ms = coalesce($4, convergence_ms) \
+             WHERE dataplane_id = $1 AND type_url = $2",
+        )
+        .bind(dataplane)
+        .bind(type_url)
+        .bind(version)
+        .bind(convergence_ms)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// The client rejected `version` with `error` (bounded to 4 KiB).
+    pub async fn ledger_nacked(
+        &mut self,
+        dataplane: Uuid,
+        type_url: &str,
+        version: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let error: String = error.chars().filter(|c| *c != '\0').take(4096).collect();
+        sqlx::query(
+            "UPDATE xds_ledger SET nacked_version = $3, nack_error = $4, nacked_at = now() \
+             WHERE dataplane_id = $1 AND type_url = $2",
+        )
+        .bind(dataplane)
+        .bind(type_url)
+        .bind(version)
+        .bind(error)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Removes every dataplane offline for longer than `grace`, in every tenant (a leader duty).
+    pub async fn prune_dataplanes(&self, grace: std::time::Duration) -> Result<i64, StoreError> {
+        let secs = grace.as_secs_f64();
+        Ok(sqlx::query_scalar("SELECT trellis_prune_dataplanes(make_interval(secs => $1))")
+            .bind(secs)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
