@@ -139,6 +139,16 @@ impl TenantTx {
         row.map(Mesh::try_from).transpose()
     }
 
+    /// The mesh with this id, if this tenant has it.
+    pub async fn mesh_by_id(&mut self, id: MeshId) -> Result<Option<Mesh>, StoreError> {
+        let row: Option<MeshRow> =
+            sqlx::query_as(concat!("SELECT ", mesh_columns!(), " FROM meshes WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(self.conn())
+                .await?;
+        row.map(Mesh::try_from).transpose()
+    }
+
     /// Meshes of this tenant by name, after `after`, at most `limit`.
     pub async fn list_meshes_page(
         &mut self,
