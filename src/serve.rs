@@ -44,27 +44,34 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     let accounts = Arc::new(accounts(&cfg, addr)?);
     let state = AppState { store: store.clone(), registry: Arc::new(registry), accounts: accounts.clone() };
     let app = trellis_api::router(state, http_metrics, cfg.body_limit);
+    // Minted before the address is announced: whoever waits for that line (an operator, a
+    // supervisor, a test) may signal the process right away.
+    let local_link = match &accounts.oidc {
+        Some(_) => None,
+        None => Some(
+            trellis_api::accounts::mint_local_login(&store, &accounts, cfg.local_login_ttl)
+                .await
+                .context("creating the one-time login link")?,
+        ),
+    };
     tracing::info!(%addr, database = %database.description, "trellis is serving");
     println!("Trellis is listening on http://{addr}  (database: {})", database.description);
     println!(
         "  health: http://{addr}/healthz  readiness: http://{addr}/readyz  metrics: http://{addr}/metrics"
     );
-    match &accounts.oidc {
-        Some(oidc) => {
+    match (&accounts.oidc, local_link) {
+        (Some(oidc), _) => {
             println!("  console login: {}  (OpenID provider {})", accounts.link("/auth/login"), oidc.issuer())
         }
-        None => {
+        (None, link) => {
             // The link is a credential: printed for the operator, never logged.
-            let link = trellis_api::accounts::mint_local_login(&store, &accounts, cfg.local_login_ttl)
-                .await
-                .context("creating the one-time login link")?;
             println!(
                 "  no OpenID provider configured (TRELLIS_OIDC_ISSUER): log in once as the local admin of \
                  organization {:?} within {}s:",
                 accounts.local_org.as_str(),
                 cfg.local_login_ttl.as_secs()
             );
-            println!("  {link}");
+            println!("  {}", link.unwrap_or_default());
         }
     }
 

@@ -77,7 +77,7 @@ impl Store {
         email: Option<&str>,
         display_name: Option<&str>,
     ) -> Result<User, StoreError> {
-        Ok(sqlx::query_as(concat!(
+        sqlx::query_as(concat!(
             "UPDATE users SET last_login_at = now(), email = coalesce($2, email), \
              display_name = coalesce($3, display_name) WHERE id = $1 RETURNING ",
             user_columns!()
@@ -87,7 +87,7 @@ impl Store {
         .bind(display_name)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or(StoreError::NotFound("user"))?)
+        .ok_or(StoreError::NotFound("user"))
     }
 
     /// Begins a transaction that acts for one user: it sees that user's own membership

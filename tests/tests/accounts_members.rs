@@ -215,6 +215,10 @@ async fn members_and_invitations_keep_an_owner_and_leave_no_secret_in_the_databa
     }
 }
 
+/// One cell row of the matrix: method, path under the organization, body, the roles
+/// allowed, and the status when allowed.
+type Cell = (Method, String, Option<Value>, &'static [Role], u16);
+
 /// Each role, through a session and through an API token, against each account endpoint:
 /// only the allowed cells succeed; the rest get 403.
 #[tokio::test]
@@ -232,7 +236,7 @@ async fn each_role_against_each_account_endpoint() {
     let nobody = uuid::Uuid::new_v4();
 
     // (method, path, body, roles allowed, status when allowed). Paths under the org.
-    let cells: Vec<(Method, String, Option<Value>, &[Role], u16)> = vec![
+    let cells: Vec<Cell> = vec![
         (Method::GET, String::new(), None, &Role::ALL, 200),
         (Method::PATCH, String::new(), Some(json!({"name": "Olga's"})), &[Role::Owner, Role::Admin], 200),
         (Method::GET, "/members".into(), None, &Role::ALL, 200),
