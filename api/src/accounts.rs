@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -14,6 +14,7 @@ use trellis_store::{AuditEvent, NewUser, Org, Store, StoreError, User};
 use url::Url;
 
 use crate::auth::token_hash;
+use crate::body::ApiQuery;
 use crate::oidc::{Identity, LoginError, OidcProvider};
 use crate::session::{
     LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie, random_secret, session_secret, set_cookie,
@@ -97,7 +98,7 @@ fn redirect(location: &str) -> Response {
 /// `GET /auth/login`: starts the authorization code flow.
 pub(crate) async fn login(
     State(s): State<AppState>,
-    Query(q): Query<LoginQuery>,
+    ApiQuery(q): ApiQuery<LoginQuery>,
 ) -> Result<Response, ApiError> {
     let Some(oidc) = &s.accounts.oidc else {
         return Err(ApiError::not_found(
@@ -138,7 +139,7 @@ pub(crate) struct CallbackQuery {
 /// callback, whatever its outcome, so a callback URL works at most once.
 pub(crate) async fn callback(
     State(s): State<AppState>,
-    Query(q): Query<CallbackQuery>,
+    ApiQuery(q): ApiQuery<CallbackQuery>,
     headers: HeaderMap,
 ) -> Response {
     let result = finish_login(&s, q, &headers).await;
@@ -349,7 +350,7 @@ pub(crate) struct LocalQuery {
 /// owner of the default organization (both created when absent).
 pub(crate) async fn local_login(
     State(s): State<AppState>,
-    Query(q): Query<LocalQuery>,
+    ApiQuery(q): ApiQuery<LocalQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if s.accounts.oidc.is_some() {

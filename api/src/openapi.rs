@@ -494,7 +494,7 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
             "summary": "Start an OpenID Connect login: redirects to the identity provider (code flow, PKCE, state, nonce)",
             "security": [],
             "parameters": [{ "name": "return_to", "in": "query", "description": "A local path to land on after login", "schema": { "type": "string", "maxLength": 512 } }],
-            "responses": { "303": redirect("To the identity provider; sets the short-lived login cookie"), "404": problem_responses(&[404])["404"], "502": { "description": "The identity provider is unreachable", "content": { "application/problem+json": { "schema": r("Problem") } } } },
+            "responses": { "303": redirect("To the identity provider; sets the short-lived login cookie"), "400": problem_responses(&[400])["400"], "404": problem_responses(&[404])["404"], "502": { "description": "The identity provider is unreachable", "content": { "application/problem+json": { "schema": r("Problem") } } } },
         } }),
     );
     paths.insert(
@@ -508,7 +508,11 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
                 { "name": "state", "in": "query", "schema": { "type": "string" } },
                 { "name": "error", "in": "query", "schema": { "type": "string" } },
             ],
-            "responses": { "303": redirect("Logged in; sets the session cookie"), "400": problem_responses(&[400])["400"], "401": problem_responses(&[401])["401"] },
+            "responses": {
+                "303": redirect("Logged in; sets the session cookie"), "400": problem_responses(&[400])["400"],
+                "401": problem_responses(&[401])["401"], "404": problem_responses(&[404])["404"],
+                "502": { "description": "The identity provider is unreachable", "content": { "application/problem+json": { "schema": r("Problem") } } },
+            },
         } }),
     );
     paths.insert(
@@ -518,15 +522,18 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
             "summary": "No-IdP mode: the one-time link printed by `trellis serve` logs in the local admin",
             "security": [],
             "parameters": [{ "name": "token", "in": "query", "required": true, "schema": { "type": "string" } }],
-            "responses": { "303": redirect("Logged in; sets the session cookie"), "401": problem_responses(&[401])["401"], "404": problem_responses(&[404])["404"] },
+            "responses": {
+                "303": redirect("Logged in; sets the session cookie"), "400": problem_responses(&[400])["400"],
+                "401": problem_responses(&[401])["401"], "404": problem_responses(&[404])["404"],
+            },
         } }),
     );
     paths.insert(
         "/auth/logout".into(),
         json!({ "post": {
             "operationId": "logout",
-            "summary": "End the session (needs x-csrf-token)",
-            "security": [{ "session": [] }],
+            "summary": "End the session (with a session cookie it needs x-csrf-token; without one it only clears the cookie)",
+            "security": [],
             "responses": { "204": { "description": "Logged out; the session cookie is cleared" }, "403": problem_responses(&[403])["403"] },
         } }),
     );
