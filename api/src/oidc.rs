@@ -11,11 +11,13 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreIdTokenClaims, CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreIdTokenClaims, CoreJwsSigningAlgorithm,
+    CoreProviderMetadata,
 };
 use openidconnect::{
-    AccessTokenHash, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce,
-    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+    AccessToken, AccessTokenHash, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, IssuerUrl, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
+    Scope, SignatureVerificationError, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -113,7 +115,8 @@ pub struct Identity {
     pub name: Option<String>,
 }
 
-/// How long provider metadata (and its JWKS) is reused before discovery runs again.
+/// How long provider metadata (and its JWKS) is reused before discovery runs again (sooner
+/// when an ID token names a key it does not have).
 const METADATA_TTL: Duration = Duration::from_secs(300);
 
 /// A relying party for one provider.
@@ -159,17 +162,7 @@ impl OidcProvider {
         Ok(m)
     }
 
-    fn client(
-        &self,
-        metadata: CoreProviderMetadata,
-    ) -> openidconnect::core::CoreClient<
-        openidconnect::EndpointSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointNotSet,
-        openidconnect::EndpointMaybeSet,
-        openidconnect::EndpointMaybeSet,
-    > {
+    fn client(&self, metadata: CoreProviderMetadata) -> ConfiguredClient {
         CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.settings.client_id.clone()),
@@ -212,6 +205,27 @@ impl OidcProvider {
             .await
             .map_err(|e| LoginError::Exchange(chain(&e)))?;
         let id_token = response.id_token().ok_or(LoginError::NoIdToken)?;
+        let expected_nonce = Nonce::new(nonce.to_owned());
+        match self.verify(&client, id_token, response.access_token(), &expected_nonce) {
+            // The provider may have rotated its keys since we cached its JWKS: fetch it
+            // again, once, and check the same token against the fresh set.
+            Err(VerifyError::UnknownKey) => {
+                *self.metadata.lock().expect("metadata lock") = None;
+                let fresh = self.client(self.metadata().await?);
+                self.verify(&fresh, id_token, response.access_token(), &expected_nonce)
+                    .map_err(VerifyError::into_login_error)
+            }
+            other => other.map_err(VerifyError::into_login_error),
+        }
+    }
+
+    fn verify(
+        &self,
+        client: &ConfiguredClient,
+        id_token: &CoreIdToken,
+        access_token: &AccessToken,
+        nonce: &Nonce,
+    ) -> Result<Identity, VerifyError> {
         let verifier = client.id_token_verifier().set_allowed_algs([
             CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
             CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha384,
@@ -223,26 +237,30 @@ impl OidcProvider {
             CoreJwsSigningAlgorithm::EcdsaP384Sha384,
             CoreJwsSigningAlgorithm::EdDsa,
         ]);
-        let expected_nonce = Nonce::new(nonce.to_owned());
-        let claims: &CoreIdTokenClaims =
-            id_token.claims(&verifier, &expected_nonce).map_err(|e| LoginError::IdToken(chain(&e)))?;
+        let claims: &CoreIdTokenClaims = id_token.claims(&verifier, nonce).map_err(|e| match e {
+            ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey) => {
+                VerifyError::UnknownKey
+            }
+            other => VerifyError::Invalid(chain(&other)),
+        })?;
+        let invalid = |m: String| VerifyError::Invalid(m);
         // azp: required with several audiences, and when present it must be us.
         match claims.authorized_party() {
             Some(azp) if azp.as_str() != self.settings.client_id => {
-                return Err(LoginError::IdToken(format!("azp {:?} is not this client", azp.as_str())));
+                return Err(invalid(format!("azp {:?} is not this client", azp.as_str())));
             }
             None if claims.audiences().len() > 1 => {
-                return Err(LoginError::IdToken("several audiences and no azp".into()));
+                return Err(invalid("several audiences and no azp".into()));
             }
             _ => {}
         }
         if let Some(expected) = claims.access_token_hash() {
-            let alg = id_token.signing_alg().map_err(|e| LoginError::IdToken(e.to_string()))?;
-            let key = id_token.signing_key(&verifier).map_err(|e| LoginError::IdToken(e.to_string()))?;
-            let actual = AccessTokenHash::from_token(response.access_token(), alg, key)
-                .map_err(|e| LoginError::IdToken(e.to_string()))?;
+            let alg = id_token.signing_alg().map_err(|e| invalid(e.to_string()))?;
+            let key = id_token.signing_key(&verifier).map_err(|e| invalid(e.to_string()))?;
+            let actual =
+                AccessTokenHash::from_token(access_token, alg, key).map_err(|e| invalid(e.to_string()))?;
             if actual != *expected {
-                return Err(LoginError::IdToken("at_hash does not match the access token".into()));
+                return Err(invalid("at_hash does not match the access token".into()));
             }
         }
         let email = claims
@@ -261,6 +279,33 @@ impl OidcProvider {
             email,
             name,
         })
+    }
+}
+
+/// A client built from discovered metadata, with our redirect URI.
+type ConfiguredClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
+enum VerifyError {
+    /// Signed with a key the cached JWKS does not have.
+    UnknownKey,
+    Invalid(String),
+}
+
+impl VerifyError {
+    fn into_login_error(self) -> LoginError {
+        match self {
+            VerifyError::UnknownKey => {
+                LoginError::IdToken("Signature verification failed: No matching key found".into())
+            }
+            VerifyError::Invalid(m) => LoginError::IdToken(m),
+        }
     }
 }
 

@@ -3,9 +3,10 @@
 // /token. This script only adds what the tests must control, through a side door under
 // /__peer/ on the same port:
 //
-//   POST /__peer/next  {"sub", "email", "name", "mutation"}
+//   POST /__peer/next  {"sub", "email", "name", "mutation", "addKey"}
 //
-// sets who the next logins are (sticky until changed) and how to break their ID token:
+// sets who the next logins are (sticky until changed), adds a signing key when `addKey`
+// (a key rotation), and says how to break their ID token:
 //   wrong-nonce, wrong-aud, wrong-iss, expired, unknown-kid (claims changed before signing);
 //   alg-none, tampered-signature (the signed token rewritten afterwards);
 //   extra-aud-no-azp (a second audience and no azp).
@@ -72,12 +73,13 @@ const server = http.createServer((req, res) => {
     let body = '';
     req.on('data', (c) => { body += c; });
     req.on('end', () => {
-      try {
-        next = { mutation: null, ...JSON.parse(body) };
+      (async () => {
+        const { addKey, ...user } = JSON.parse(body);
+        next = { mutation: null, ...user };
+        // Key rotation: a second key joins the JWKS; tokens then alternate between keys.
+        if (addKey) await issuer.keys.generate('RS256');
         res.writeHead(204).end();
-      } catch (e) {
-        res.writeHead(400).end(String(e));
-      }
+      })().catch((e) => res.writeHead(400).end(String(e)));
     });
     return;
   }

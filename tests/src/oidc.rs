@@ -75,11 +75,22 @@ impl OidcPeer {
 
     /// Sets who logs in next, and how to break the ID token (`None`: not at all).
     pub async fn next(&self, user: &PeerUser, mutation: Option<&str>) {
+        self.configure(user, mutation, false).await
+    }
+
+    /// Rotates keys: a new signing key joins the provider's JWKS, and tokens are signed
+    /// with each key in turn from now on.
+    pub async fn add_key(&self, user: &PeerUser) {
+        self.configure(user, None, true).await
+    }
+
+    async fn configure(&self, user: &PeerUser, mutation: Option<&str>, add_key: bool) {
         let res = self
             .http
             .post(format!("{}/__peer/next", self.issuer))
             .json(&serde_json::json!({
                 "sub": user.sub, "email": user.email, "name": user.name, "mutation": mutation,
+                "addKey": add_key,
             }))
             .send()
             .await

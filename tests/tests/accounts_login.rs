@@ -272,6 +272,23 @@ async fn every_bad_login_ends_without_a_session() {
 }
 
 #[tokio::test]
+async fn logins_survive_a_key_rotation_at_the_provider() {
+    let db = TestDb::create().await;
+    let peer = OidcPeer::start().await;
+    let t = trellis_with_idp(&db, &peer, &[]).await;
+    let rita = PeerUser::new("rita");
+    // The first login makes Trellis discover and cache the provider's one key.
+    let first = login(&t, &peer, &rita).await;
+    peer.add_key(&rita).await;
+    // Tokens now alternate between the old and the new key; the new one is not in the
+    // cached JWKS, so Trellis must fetch it again rather than refuse.
+    for _ in 0..3 {
+        let s = login(&t, &peer, &rita).await;
+        assert_eq!(s.user_id(), first.user_id());
+    }
+}
+
+#[tokio::test]
 async fn sessions_end_when_idle_and_api_tokens_still_work() {
     let db = TestDb::create().await;
     let peer = OidcPeer::start().await;
