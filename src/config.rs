@@ -140,6 +140,48 @@ pub struct Serve {
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+
+    /// Where browsers reach Trellis (the OIDC redirect URI is <public-url>/auth/callback).
+    /// [default: http://<http-addr>]
+    #[arg(long, env = "TRELLIS_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+
+    /// OpenID Connect issuer URL (https). Unset: the no-IdP mode, in which `trellis serve`
+    /// prints a one-time login link for a local admin.
+    #[arg(long, env = "TRELLIS_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    /// OpenID Connect client id registered at the issuer.
+    #[arg(long, env = "TRELLIS_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    /// OpenID Connect client secret (confidential clients).
+    #[arg(long, env = "TRELLIS_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<SecretString>,
+
+    /// Scopes requested at login, space-separated.
+    #[arg(long, env = "TRELLIS_OIDC_SCOPES", default_value = "openid email profile")]
+    pub oidc_scopes: String,
+
+    /// Development only: accept an http:// issuer on a loopback address.
+    #[arg(long, env = "TRELLIS_OIDC_ALLOW_INSECURE_LOOPBACK")]
+    pub oidc_allow_insecure_loopback: bool,
+
+    /// A console session ends after this long without a request.
+    #[arg(long, env = "TRELLIS_SESSION_IDLE_TIMEOUT", default_value = "8h", value_parser = parse_duration)]
+    pub session_idle_timeout: Duration,
+
+    /// A console session ends this long after login, active or not.
+    #[arg(long, env = "TRELLIS_SESSION_LIFETIME", default_value = "168h", value_parser = parse_duration)]
+    pub session_lifetime: Duration,
+
+    /// No-IdP mode: how long the printed one-time login link stays valid.
+    #[arg(long, env = "TRELLIS_LOCAL_LOGIN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub local_login_ttl: Duration,
+
+    /// No-IdP mode: the organization the local admin owns (created when absent).
+    #[arg(long, env = "TRELLIS_LOCAL_ORG", default_value = "default", value_parser = parse_slug)]
+    pub local_org: trellis_model::OrgSlug,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -184,6 +226,10 @@ impl Global {
     }
 }
 
+fn parse_slug(s: &str) -> Result<trellis_model::OrgSlug, String> {
+    trellis_model::OrgSlug::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
 /// Parses `500ms`, `10s`, `5m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -222,6 +268,14 @@ mod tests {
         assert_eq!(s.http_addr, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
         assert_eq!(s.shutdown_grace, Duration::from_millis(250));
         assert!(Cli::try_parse_from(["trellis", "serve", "--shutdown-grace", "10 parsecs"]).is_err());
+        let (_, cmd) =
+            parse(&["--oidc-issuer", "https://idp", "--oidc-allow-insecure-loopback"]).into_command();
+        let Command::Serve(s) = cmd else { panic!() };
+        assert!(s.oidc_allow_insecure_loopback);
+        assert_eq!(s.oidc_issuer.as_deref(), Some("https://idp"));
+        assert_eq!(s.session_idle_timeout, Duration::from_secs(8 * 3600));
+        assert_eq!(s.local_org.as_str(), "default");
+        assert!(Cli::try_parse_from(["trellis", "--local-org", "Not A Slug"]).is_err());
     }
 
     #[test]

@@ -37,18 +37,44 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
     let http_metrics = HttpMetrics::register(&mut registry);
-    let state = AppState { store: store.clone(), registry: Arc::new(registry) };
-    let app = trellis_api::router(state, http_metrics, cfg.body_limit);
 
     let listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (TRELLIS_HTTP_ADDR)", cfg.http_addr))?;
     let addr = listener.local_addr()?;
+    let accounts = Arc::new(accounts(&cfg, addr)?);
+    let state = AppState { store: store.clone(), registry: Arc::new(registry), accounts: accounts.clone() };
+    let app = trellis_api::router(state, http_metrics, cfg.body_limit);
+    // Minted before the address is announced: whoever waits for that line (an operator, a
+    // supervisor, a test) may signal the process right away.
+    let local_link = match &accounts.oidc {
+        Some(_) => None,
+        None => Some(
+            trellis_api::accounts::mint_local_login(&store, &accounts, cfg.local_login_ttl)
+                .await
+                .context("creating the one-time login link")?,
+        ),
+    };
     tracing::info!(%addr, database = %database.description, "trellis is serving");
     println!("Trellis is listening on http://{addr}  (database: {})", database.description);
     println!(
         "  health: http://{addr}/healthz  readiness: http://{addr}/readyz  metrics: http://{addr}/metrics"
     );
+    match (&accounts.oidc, local_link) {
+        (Some(oidc), _) => {
+            println!("  console login: {}  (OpenID provider {})", accounts.link("/auth/login"), oidc.issuer())
+        }
+        (None, link) => {
+            // The link is a credential: printed for the operator, never logged.
+            println!(
+                "  no OpenID provider configured (TRELLIS_OIDC_ISSUER): log in once as the local admin of \
+                 organization {:?} within {}s:",
+                accounts.local_org.as_str(),
+                cfg.local_login_ttl.as_secs()
+            );
+            println!("  {}", link.unwrap_or_default());
+        }
+    }
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -73,6 +99,41 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("trellis stopped");
     Ok(())
+}
+
+/// The account settings: public URL, OpenID provider (checked here, at start-up) and
+/// session lifetimes.
+fn accounts(cfg: &Serve, addr: std::net::SocketAddr) -> anyhow::Result<trellis_api::Accounts> {
+    let public_url = match &cfg.public_url {
+        Some(u) => u.clone(),
+        None => url::Url::parse(&format!("http://{addr}")).context("public URL from the listen address")?,
+    };
+    if !matches!(public_url.scheme(), "http" | "https")
+        || public_url.query().is_some()
+        || public_url.fragment().is_some()
+    {
+        anyhow::bail!("TRELLIS_PUBLIC_URL {public_url} must be an http(s) URL without query or fragment");
+    }
+    let oidc = match &cfg.oidc_issuer {
+        None => None,
+        Some(issuer) => {
+            let settings = trellis_api::oidc::OidcSettings::new(
+                issuer,
+                cfg.oidc_client_id.clone(),
+                cfg.oidc_client_secret.clone(),
+                cfg.oidc_scopes.split_whitespace().map(str::to_owned).collect(),
+                cfg.oidc_allow_insecure_loopback,
+            )?;
+            Some(trellis_api::oidc::OidcProvider::new(settings, &public_url)?)
+        }
+    };
+    Ok(trellis_api::Accounts {
+        public_url,
+        oidc,
+        session_idle: cfg.session_idle_timeout,
+        session_lifetime: cfg.session_lifetime,
+        local_org: cfg.local_org.clone(),
+    })
 }
 
 /// Follows the change feed. The xDS server will rebuild the meshes it names; until then

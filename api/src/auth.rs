@@ -1,22 +1,53 @@
-//! Who is calling: API tokens (`Authorization: Bearer trls_pat_…`), checked against the
-//! permission matrix in `model` — in this one place.
+//! Who is calling: an API token (`Authorization: Bearer trls_pat_…`) or a console session
+//! (the `__Host-trellis_session` cookie), checked against the permission matrix in `model`
+//! — in this one place. A session user's role is their membership role in the organization
+//! the request addresses.
 
 use axum::http::{HeaderMap, header};
 use ring::digest::{SHA256, digest};
 use trellis_model::{Action, OrgId, OrgSlug, Role, Token, TokenKind};
-use trellis_store::{ApiToken, Org, Store};
+use trellis_store::{ApiToken, Org, Session, Store, User};
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::session::session_secret;
+use crate::{ApiError, AppState};
 
 /// An authenticated caller acting within one organization.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub org: Org,
     pub role: Role,
-    pub token_id: Uuid,
-    /// How the audit log names the caller.
+    pub via: Via,
+    /// How the audit log names the caller: `token:<id>` or `user:<id>`.
     pub actor: String,
+}
+
+/// How the caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// An API token, by id.
+    Token(Uuid),
+    /// A console session of this user.
+    Session { user: Uuid },
+}
+
+/// Whoever is calling, before any organization is involved.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// An API token: bound to one organization and a role.
+    Token { org: OrgId, record: ApiToken },
+    /// A logged-in user: the role depends on the organization.
+    User { user: User, session: Session },
+}
+
+impl Principal {
+    /// How the audit log names this principal.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Token { record, .. } => format!("token:{}", record.id),
+            Principal::User { user, .. } => format!("user:{}", user.id),
+        }
+    }
 }
 
 /// SHA-256 of a token's text: what is stored and looked up.
@@ -26,34 +57,65 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 
 /// Authenticates the request and checks that the caller may do `action` in the
 /// organization `org_slug`. Another organization's (or a missing) organization is a 404,
-/// exactly as if it did not exist; a role that lacks the action is a 403.
+/// exactly as if it did not exist; a role that lacks the action is a 403. (CSRF tokens of
+/// cookie-authenticated writes are checked before any handler, by `session::csrf_guard`.)
 pub async fn authorize(
-    store: &Store,
+    s: &AppState,
     headers: &HeaderMap,
     org_slug: &str,
     action: Action,
 ) -> Result<Caller, ApiError> {
-    let text = bearer(headers)?;
-    let token = Token::parse(TokenKind::Pat, text).map_err(|e| {
-        ApiError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
-    })?;
-    let mut tx = store.tenant(token.org).await?;
-    let record = tx
-        .authenticate_token(&token_hash(text))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))?;
-    tx.commit().await?;
+    let principal = authenticate(s, headers).await?;
     let not_found = || ApiError::not_found(format!("organization {org_slug:?} not found"));
     let slug = OrgSlug::parse(org_slug).map_err(|_| not_found())?;
-    let org = store.org_by_slug(&slug).await?.filter(|o| o.id == token.org).ok_or_else(not_found)?;
-    if !record.role.allows(action) {
-        return Err(ApiError::forbidden(format!("the role {} may not {}", record.role, describe(action))));
+    let org = s.store.org_by_slug(&slug).await?.ok_or_else(not_found)?;
+    let (role, via) = match &principal {
+        Principal::Token { org: token_org, record } => {
+            if *token_org != org.id {
+                return Err(not_found());
+            }
+            (record.role, Via::Token(record.id))
+        }
+        Principal::User { user, .. } => {
+            let mut tx = s.store.tenant(org.id).await?;
+            let role = tx.member_role(user.id).await?.ok_or_else(not_found)?;
+            tx.commit().await?;
+            (role, Via::Session { user: user.id })
+        }
+    };
+    if !role.allows(action) {
+        return Err(ApiError::forbidden(format!("the role {role} may not {}", describe(action))));
     }
-    Ok(Caller { org, role: record.role, token_id: record.id, actor: format!("token:{}", record.id) })
+    Ok(Caller { org, role, via, actor: principal.actor() })
 }
 
-/// Checks the bearer token alone: its organization and record.
-pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<(OrgId, ApiToken), ApiError> {
+/// Authenticates the request: a bearer token when the Authorization header is present
+/// (a cookie is then ignored), else the session cookie.
+pub async fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    if headers.contains_key(header::AUTHORIZATION) {
+        return authenticate_token(&s.store, headers).await;
+    }
+    match session_secret(headers) {
+        Some(secret) => {
+            let session = s
+                .store
+                .session(&token_hash(secret), s.accounts.session_idle)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))?;
+            let user = s
+                .store
+                .user(session.user_id)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))?;
+            Ok(Principal::User { user, session })
+        }
+        None => Err(ApiError::unauthorized(
+            "log in (session cookie) or send an API token as `Authorization: Bearer trls_pat_…`",
+        )),
+    }
+}
+
+async fn authenticate_token(store: &Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let text = bearer(headers)?;
     let token = Token::parse(TokenKind::Pat, text).map_err(|e| {
         ApiError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
@@ -64,7 +126,7 @@ pub async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<(OrgId, 
         .await?
         .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))?;
     tx.commit().await?;
-    Ok((token.org, record))
+    Ok(Principal::Token { org: token.org, record })
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {

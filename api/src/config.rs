@@ -287,7 +287,7 @@ pub(crate) async fn list_meshes(
     ApiQuery(q): ApiQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let page = q.page()?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let meshes = tx.list_meshes_page(page.after.as_deref(), page.limit).await?;
@@ -303,7 +303,7 @@ pub(crate) async fn get_mesh(
     Path((org, mesh)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
     Ok(with_etag(StatusCode::OK, m.version, render_mesh(&m)))
@@ -315,7 +315,7 @@ pub(crate) async fn put_mesh(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::WriteConfig).await?;
+    let caller = authorize(&s, &headers, &org, Action::WriteConfig).await?;
     let name = MeshName::parse(&mesh).map_err(|e| ApiError::invalid_field("metadata.name", e.to_string()))?;
     let env = Envelope::parse(body.value, "Mesh", Some(name.as_str()), None)?;
     let mut spec: MeshSpec = config::parse_mesh_spec("spec", env.spec).map_err(ApiError::invalid)?;
@@ -366,7 +366,7 @@ pub(crate) async fn delete_mesh(
     Path((org, mesh)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::WriteConfig).await?;
+    let caller = authorize(&s, &headers, &org, Action::WriteConfig).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
     if let Some(im) = IfMatch::from_headers(&headers) {
@@ -449,7 +449,7 @@ pub(crate) async fn list_resources(
     ApiQuery(q): ApiQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let kind = kind_of(&kind)?;
     let page = q.page()?;
     let mut tx = s.store.tenant(caller.org.id).await?;
@@ -468,7 +468,7 @@ pub(crate) async fn get_resource(
     Path((org, mesh, kind, name)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let kind = kind_of(&kind)?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
@@ -484,7 +484,7 @@ pub(crate) async fn put_resource(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::WriteConfig).await?;
+    let caller = authorize(&s, &headers, &org, Action::WriteConfig).await?;
     let kind = kind_of(&kind)?;
     let n = resource_name(&name, "metadata.name")?;
     let env = Envelope::parse(body.value, kind.name(), Some(n.as_str()), Some(&mesh))?;
@@ -518,7 +518,7 @@ pub(crate) async fn create_resource(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::WriteConfig).await?;
+    let caller = authorize(&s, &headers, &org, Action::WriteConfig).await?;
     let kind = kind_of(&kind)?;
     let key = idempotency_key(&headers)?;
     let fingerprint = digest(
@@ -577,7 +577,7 @@ pub(crate) async fn delete_resource(
     Path((org, mesh, kind, name)): Path<(String, String, String, String)>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::WriteConfig).await?;
+    let caller = authorize(&s, &headers, &org, Action::WriteConfig).await?;
     let kind = kind_of(&kind)?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
@@ -611,7 +611,7 @@ pub(crate) async fn effective(
     Path((org, mesh, service)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let m = find_mesh(&mut tx, &mesh).await?;
     let not_found = || ApiError::not_found(format!("service {service:?} not found in mesh {mesh:?}"));

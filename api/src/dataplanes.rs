@@ -16,7 +16,7 @@ pub(crate) async fn list(
     Path((org, mesh)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let not_found = || ApiError::not_found(format!("mesh {mesh:?} not found"));
     let name = MeshName::parse(&mesh).map_err(|_| not_found())?;

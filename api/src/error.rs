@@ -61,6 +61,7 @@ constructors! {
     unsupported_media_type => UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type";
     unprocessable => UNPROCESSABLE_ENTITY, "unprocessable", "Unprocessable request";
     unavailable => SERVICE_UNAVAILABLE, "unavailable", "Service unavailable";
+    bad_gateway => BAD_GATEWAY, "bad-gateway", "Upstream failure";
 }
 
 impl ApiError {
@@ -118,7 +119,9 @@ fn conflict_for(constraint: &str) -> ApiError {
             .with_field("spec.trustDomain", "already used by another mesh; choose another"),
         "meshes_name_key" => ApiError::conflict("a mesh with this name already exists"),
         "resources_name_key" => ApiError::conflict("a resource of this kind and name already exists"),
-        "organizations_slug_key" => ApiError::conflict("this organization slug is taken"),
+        "organizations_slug_key" => ApiError::conflict("this organization slug is taken")
+            .with_field("slug", "already taken; choose another"),
+        "memberships_pkey" => ApiError::conflict("already a member of this organization"),
         other => ApiError::conflict(format!("conflicts with existing data ({other})")),
     }
 }

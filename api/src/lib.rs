@@ -3,18 +3,23 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod auth;
 mod body;
 mod config;
 mod dataplanes;
 mod error;
 mod health;
+mod members;
 mod metrics;
+pub mod oidc;
 pub mod openapi;
 mod orgs;
 mod process;
 mod schema_check;
+pub mod session;
 
+pub use accounts::Accounts;
 pub use config::API_VERSION;
 pub use error::ApiError;
 pub use metrics::{HttpMetrics, metrics_handler};
@@ -40,6 +45,12 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState {
     pub store: Store,
     pub registry: Arc<Registry>,
+    pub accounts: Arc<Accounts>,
+}
+
+/// The request id of a request, for the audit log.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
 /// The whole HTTP surface: operational endpoints, with request ids, metrics and a body limit.
@@ -51,8 +62,21 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/auth/login", get(accounts::login))
+        .route("/auth/callback", get(accounts::callback))
+        .route("/auth/logout", post(accounts::logout))
+        .route("/auth/local", get(accounts::local_login))
         .route("/api/v1/me", get(orgs::me))
-        .route(ORG, get(orgs::get_org))
+        .route("/api/v1/orgs", get(orgs::list_orgs))
+        .route("/api/v1/invites/{token}/accept", post(members::accept_invite))
+        .route(ORG, get(orgs::get_org).patch(orgs::patch_org))
+        .route(&format!("{ORG}/members"), get(members::list_members))
+        .route(
+            &format!("{ORG}/members/{{user}}"),
+            axum::routing::patch(members::update_member).delete(members::remove_member),
+        )
+        .route(&format!("{ORG}/invites"), get(members::list_invites).post(members::create_invite))
+        .route(&format!("{ORG}/invites/{{id}}"), axum::routing::delete(members::revoke_invite))
         .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
         .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))
         .route(&format!("{ORG}/audit-events"), get(orgs::audit_events))
@@ -74,6 +98,8 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state)
+        // Before any handler: a cookie-authenticated write without its CSRF token is refused.
+        .layer(axum::middleware::from_fn(session::csrf_guard))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))

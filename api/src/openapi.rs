@@ -43,8 +43,8 @@ fn problem_responses(codes: &[u16]) -> serde_json::Map<String, Value> {
         .map(|c| {
             let desc = match c {
                 400 => "Malformed request (bad JSON, query parameters or headers)",
-                401 => "No valid API token",
-                403 => "The token's role does not allow this",
+                401 => "No valid API token or session",
+                403 => "The caller's role does not allow this, or a session write lacks its x-csrf-token",
                 404 => "Not found (including another organization's objects)",
                 405 => "Method not allowed on this path",
                 409 => "Conflicts with existing data",
@@ -216,16 +216,23 @@ pub fn document() -> Value {
         }),
     );
 
+    account_schemas(&mut schemas);
+
     let org = "/api/v1/orgs/{org}";
     let mut paths = serde_json::Map::new();
+    account_paths(&mut paths);
     paths.insert(
         "/api/v1/me".into(),
-        json!({ "get": op("getMe", "The calling token, its role and its organization", &[],
-            vec![ok(200, "The caller", json!({"type": "object", "required": ["kind", "role", "org"]}), false)], &[401]) }),
+        json!({ "get": op("getMe", "The caller: a token (its role and organization) or a session (the user, their organizations and roles, the CSRF token)", &[],
+            vec![ok(200, "The caller", r("Me"), false)], &[401]) }),
     );
     paths.insert(
         org.into(),
-        json!({ "get": op("getOrg", "The organization and the caller's role", &["org"], vec![ok(200, "The organization", json!({"type": "object"}), false)], READ) }),
+        json!({
+            "get": op("getOrg", "The organization and the caller's role", &["org"], vec![ok(200, "The organization", r("Organization"), false)], READ),
+            "patch": with_body(op("updateOrg", "Change the organization's slug or name (owner, admin)", &["org"],
+                vec![ok(200, "The organization", r("Organization"), false)], WRITE), r("OrgPatch")),
+        }),
     );
     paths.insert(
         format!("{org}/tokens"),
@@ -339,16 +346,22 @@ pub fn document() -> Value {
             "description": "Meshes and their configuration. Errors are application/problem+json (RFC 9457) with field paths.",
         },
         "servers": [{ "url": "/" }],
-        "security": [{ "bearer": [] }],
+        "security": [{ "bearer": [] }, { "session": [] }],
         "paths": paths,
         "components": {
-            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An API token, trls_pat_…" } },
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "An API token, trls_pat_…" },
+                "session": { "type": "apiKey", "in": "cookie", "name": "__Host-trellis_session",
+                    "description": "A console session (GET /auth/login). Every write with it also needs the header x-csrf-token (see GET /api/v1/me)." },
+            },
             "parameters": {
                 "org": path_param("org", "Organization slug"),
                 "mesh": path_param("mesh", "Mesh name"),
                 "name": path_param("name", "Resource name"),
                 "service": path_param("service", "Service name"),
-                "id": path_param("id", "Token id"),
+                "id": path_param("id", "Token or invitation id"),
+                "user": path_param("user", "User id of a member"),
+                "inviteToken": path_param("token", "The invitation token (trls_inv_…)"),
                 "limit": { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT } },
                 "cursor": { "name": "cursor", "in": "query", "schema": { "type": "string" } },
                 "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
@@ -359,6 +372,231 @@ pub fn document() -> Value {
             "schemas": schemas,
         },
     })
+}
+
+fn account_schemas(schemas: &mut BTreeMap<String, Value>) {
+    let org_ref = json!({
+        "type": "object",
+        "required": ["id", "slug", "name"],
+        "properties": {
+            "id": { "type": "string", "format": "uuid" },
+            "slug": { "type": "string" },
+            "name": { "type": "string" },
+            "role": r("Role"),
+        },
+    });
+    schemas.insert(
+        "Organization".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "slug", "name", "createdAt"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "slug": { "type": "string" },
+                "name": { "type": "string" },
+                "createdAt": { "type": "string" },
+                "role": r("Role"),
+                "you": { "type": "object", "description": "The caller's role and token id or user id" },
+            },
+        }),
+    );
+    schemas.insert(
+        "OrgPatch".into(),
+        json!({
+            "type": "object",
+            "minProperties": 1,
+            "properties": {
+                "slug": { "type": "string", "minLength": 1, "maxLength": 39, "pattern": "^[a-z]([-a-z0-9]*[a-z0-9])?$" },
+                "name": { "type": "string", "minLength": 1, "maxLength": 100 },
+            },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "Me".into(),
+        json!({
+            "type": "object",
+            "required": ["kind"],
+            "properties": {
+                "kind": { "type": "string", "enum": ["token", "session"] },
+                "tokenId": { "type": "string", "format": "uuid" },
+                "name": { "type": "string" },
+                "role": r("Role"),
+                "org": org_ref,
+                "user": {
+                    "type": "object",
+                    "properties": {
+                        "id": { "type": "string", "format": "uuid" },
+                        "email": { "type": ["string", "null"] },
+                        "name": { "type": ["string", "null"] },
+                    },
+                },
+                "organizations": { "type": "array", "items": org_ref },
+                "csrfToken": { "type": "string", "description": "Send it as x-csrf-token on every write made with the session cookie" },
+                "session": { "type": "object" },
+            },
+        }),
+    );
+    schemas.insert(
+        "Member".into(),
+        json!({
+            "type": "object",
+            "required": ["userId", "role", "joinedAt"],
+            "properties": {
+                "userId": { "type": "string", "format": "uuid" },
+                "email": { "type": ["string", "null"] },
+                "name": { "type": ["string", "null"] },
+                "role": r("Role"),
+                "joinedAt": { "type": "string" },
+            },
+        }),
+    );
+    schemas.insert(
+        "MemberPatch".into(),
+        json!({
+            "type": "object",
+            "required": ["role"],
+            "properties": { "role": r("Role") },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "Invite".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "email", "role", "status", "createdAt", "expiresAt"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "email": { "type": "string" },
+                "role": r("Role"),
+                "status": { "type": "string", "enum": ["pending", "accepted", "revoked", "expired"] },
+                "createdBy": { "type": "string" },
+                "createdAt": { "type": "string" },
+                "expiresAt": { "type": "string" },
+                "acceptedAt": { "type": ["string", "null"] },
+                "acceptedBy": { "type": ["string", "null"] },
+                "revokedAt": { "type": ["string", "null"] },
+                "token": { "type": "string", "description": "The single-use invitation token: only in the response that creates it" },
+                "acceptUrl": { "type": "string", "description": "Where the invited user POSTs (logged in) to accept: only in the response that creates it" },
+            },
+        }),
+    );
+    schemas.insert(
+        "NewInvite".into(),
+        json!({
+            "type": "object",
+            "required": ["email", "role"],
+            "properties": {
+                "email": { "type": "string", "minLength": 3, "maxLength": 320 },
+                "role": r("Role"),
+                "expiresInHours": { "type": "integer", "minimum": 1, "maximum": crate::members::MAX_INVITE_HOURS },
+            },
+            "additionalProperties": false,
+        }),
+    );
+}
+
+fn account_paths(paths: &mut serde_json::Map<String, Value>) {
+    let org = "/api/v1/orgs/{org}";
+    let list = |item: &str| json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": r(item)}}});
+    let redirect = |desc: &str| json!({ "description": desc, "headers": { "Location": { "schema": { "type": "string" } } } });
+    paths.insert(
+        "/auth/login".into(),
+        json!({ "get": {
+            "operationId": "login",
+            "summary": "Start an OpenID Connect login: redirects to the identity provider (code flow, PKCE, state, nonce)",
+            "security": [],
+            "parameters": [{ "name": "return_to", "in": "query", "description": "A local path to land on after login", "schema": { "type": "string", "maxLength": 512 } }],
+            "responses": { "303": redirect("To the identity provider; sets the short-lived login cookie"), "400": problem_responses(&[400])["400"], "404": problem_responses(&[404])["404"], "502": { "description": "The identity provider is unreachable", "content": { "application/problem+json": { "schema": r("Problem") } } } },
+        } }),
+    );
+    paths.insert(
+        "/auth/callback".into(),
+        json!({ "get": {
+            "operationId": "loginCallback",
+            "summary": "The identity provider's redirect back: validates state and the ID token, signs up new users, starts a session",
+            "security": [],
+            "parameters": [
+                { "name": "code", "in": "query", "schema": { "type": "string" } },
+                { "name": "state", "in": "query", "schema": { "type": "string" } },
+                { "name": "error", "in": "query", "schema": { "type": "string" } },
+            ],
+            "responses": {
+                "303": redirect("Logged in; sets the session cookie"), "400": problem_responses(&[400])["400"],
+                "401": problem_responses(&[401])["401"], "404": problem_responses(&[404])["404"],
+                "502": { "description": "The identity provider is unreachable", "content": { "application/problem+json": { "schema": r("Problem") } } },
+            },
+        } }),
+    );
+    paths.insert(
+        "/auth/local".into(),
+        json!({ "get": {
+            "operationId": "localLogin",
+            "summary": "No-IdP mode: the one-time link printed by `trellis serve` logs in the local admin",
+            "security": [],
+            "parameters": [{ "name": "token", "in": "query", "required": true, "schema": { "type": "string" } }],
+            "responses": {
+                "303": redirect("Logged in; sets the session cookie"), "400": problem_responses(&[400])["400"],
+                "401": problem_responses(&[401])["401"], "404": problem_responses(&[404])["404"],
+            },
+        } }),
+    );
+    paths.insert(
+        "/auth/logout".into(),
+        json!({ "post": {
+            "operationId": "logout",
+            "summary": "End the session (with a session cookie it needs x-csrf-token; without one it only clears the cookie)",
+            "security": [],
+            "responses": { "204": { "description": "Logged out; the session cookie is cleared" }, "403": problem_responses(&[403])["403"] },
+        } }),
+    );
+    paths.insert(
+        "/api/v1/orgs".into(),
+        json!({ "get": op("listOrgs", "The organizations the caller belongs to, with the caller's role", &[],
+            vec![ok(200, "Organizations", list("Organization"), false)], &[401]) }),
+    );
+    paths.insert(
+        format!("{org}/members"),
+        json!({ "get": op("listMembers", "Members and their roles", &["org"], vec![ok(200, "Members", list("Member"), false)], READ) }),
+    );
+    paths.insert(
+        format!("{org}/members/{{user}}"),
+        json!({
+            "patch": with_body(op("updateMember", "Change a member's role (admin; the last owner keeps the role)", &["org", "user"],
+                vec![ok(200, "The member", r("Member"), false)], WRITE), r("MemberPatch")),
+            "delete": op("removeMember", "Remove a member (admin; never the last owner)", &["org", "user"],
+                vec![("204".into(), json!({"description": "Removed"}))], &[400, 401, 403, 404, 409]),
+        }),
+    );
+    paths.insert(
+        format!("{org}/invites"),
+        json!({
+            "get": op("listInvites", "Invitations (never their tokens)", &["org"], vec![ok(200, "Invitations", list("Invite"), false)], READ),
+            "post": with_body(op("createInvite", "Invite by email with a role; the response shows the single-use token once", &["org"],
+                vec![ok(201, "The invitation, with its token", r("Invite"), false)], WRITE), r("NewInvite")),
+        }),
+    );
+    paths.insert(
+        format!("{org}/invites/{{id}}"),
+        json!({ "delete": op("revokeInvite", "Revoke an invitation", &["org", "id"], vec![ok(200, "The revoked invitation", r("Invite"), false)], READ) }),
+    );
+    paths.insert(
+        "/api/v1/invites/{token}/accept".into(),
+        json!({ "post": {
+            "operationId": "acceptInvite",
+            "summary": "The logged-in user (session) accepts an invitation sent to their email address",
+            "security": [{ "session": [] }],
+            "parameters": [r_param("inviteToken")],
+            "responses": {
+                "200": { "description": "Now a member", "content": { "application/json": { "schema": {
+                    "type": "object", "required": ["org", "role"],
+                    "properties": { "org": { "type": "object" }, "role": r("Role") },
+                } } } },
+                "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"],
+                "404": problem_responses(&[404])["404"], "409": problem_responses(&[409])["409"],
+            },
+        } }),
+    );
 }
 
 pub(crate) async fn serve() -> axum::Json<Value> {

@@ -1,4 +1,4 @@
-//! Organizations, API tokens and the audit log.
+//! Organizations (who am I, mine, rename), API tokens and the audit log.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,41 +8,147 @@ use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::{Action, Role, SECRET_LEN, Token, TokenKind};
-use trellis_store::{ApiToken, AuditEvent};
+use trellis_model::{Action, OrgSlug, Role, SECRET_LEN, Token, TokenKind};
+use trellis_store::{ApiToken, AuditEvent, Org};
 use uuid::Uuid;
 
-use crate::auth::{authorize, token_hash};
+use crate::auth::{Caller, Principal, Via, authenticate, authorize, token_hash};
 use crate::body::{JsonBody, from_value};
-use crate::{ApiError, AppState, REQUEST_ID};
+use crate::session::{csrf_token, session_secret};
+use crate::{ApiError, AppState, request_id};
 
 pub(crate) async fn get_org(
     State(s): State<AppState>,
     Path(org): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::Read).await?;
-    Ok(Json(json!({
-        "id": caller.org.id,
-        "slug": caller.org.slug.as_str(),
-        "name": caller.org.name,
-        "createdAt": caller.org.created_at,
-        "you": { "role": caller.role, "tokenId": caller.token_id },
-    })))
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
+    Ok(Json(render_org(&caller.org, Some(&caller))))
 }
 
-/// Who the caller is: the token, its role and its organization.
+fn render_org(org: &Org, caller: Option<&Caller>) -> Value {
+    let mut out = json!({
+        "id": org.id,
+        "slug": org.slug.as_str(),
+        "name": org.name,
+        "createdAt": org.created_at,
+    });
+    if let Some(c) = caller {
+        out["you"] = match c.via {
+            Via::Token(id) => json!({ "role": c.role, "tokenId": id }),
+            Via::Session { user } => json!({ "role": c.role, "userId": user }),
+        };
+    }
+    out
+}
+
+/// Who the caller is. A token: the token, its role and its organization. A session: the
+/// user, every organization they belong to with their role, and the session's CSRF token.
 pub(crate) async fn me(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let (org_id, record) = crate::auth::authenticate(&s.store, &headers).await?;
-    let mut tx = s.store.tenant(org_id).await?;
-    let org = tx.own_org().await?;
-    Ok(Json(json!({
-        "kind": "token",
-        "tokenId": record.id,
-        "name": record.name,
-        "role": record.role,
-        "org": { "id": org.id, "slug": org.slug.as_str(), "name": org.name },
-    })))
+    match authenticate(&s, &headers).await? {
+        Principal::Token { org: org_id, record } => {
+            let mut tx = s.store.tenant(org_id).await?;
+            let org = tx.own_org().await?;
+            Ok(Json(json!({
+                "kind": "token",
+                "tokenId": record.id,
+                "name": record.name,
+                "role": record.role,
+                "org": { "id": org.id, "slug": org.slug.as_str(), "name": org.name },
+            })))
+        }
+        Principal::User { user, session } => {
+            let mut utx = s.store.user_tx(user.id).await?;
+            let orgs = utx.memberships().await?;
+            utx.commit().await?;
+            let secret = session_secret(&headers).expect("a session principal came from the cookie");
+            Ok(Json(json!({
+                "kind": "session",
+                "user": { "id": user.id, "email": user.email, "name": user.display_name },
+                "organizations": orgs.iter().map(|m| json!({
+                    "id": m.org.id, "slug": m.org.slug.as_str(), "name": m.org.name, "role": m.role,
+                })).collect::<Vec<_>>(),
+                "csrfToken": csrf_token(secret),
+                "session": { "createdAt": session.created_at, "expiresAt": session.expires_at },
+            })))
+        }
+    }
+}
+
+/// The organizations the caller belongs to: a token's one, or a user's every one.
+pub(crate) async fn list_orgs(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let items: Vec<Value> = match authenticate(&s, &headers).await? {
+        Principal::Token { org: org_id, record } => {
+            let mut tx = s.store.tenant(org_id).await?;
+            let org = tx.own_org().await?;
+            let mut v = render_org(&org, None);
+            v["role"] = json!(record.role);
+            vec![v]
+        }
+        Principal::User { user, .. } => {
+            let mut utx = s.store.user_tx(user.id).await?;
+            let orgs = utx.memberships().await?;
+            utx.commit().await?;
+            orgs.iter()
+                .map(|m| {
+                    let mut v = render_org(&m.org, None);
+                    v["role"] = json!(m.role);
+                    v
+                })
+                .collect()
+        }
+    };
+    Ok(Json(json!({ "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct OrgPatch {
+    #[serde(default)]
+    slug: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// Renames an organization and/or changes its slug (its URL handle).
+pub(crate) async fn patch_org(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s, &headers, &org, Action::ManageOrg).await?;
+    crate::schema_check::check("OrgPatch", &body.value)?;
+    let req: OrgPatch = from_value(body.value)?;
+    let slug = req
+        .slug
+        .as_deref()
+        .map(OrgSlug::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_field("slug", e.to_string()))?;
+    if let Some(n) = &req.name
+        && (n.trim().is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_field("name", "must be 1-100 printable characters"));
+    }
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let updated = tx.update_own_org(slug.as_ref(), req.name.as_deref()).await?;
+    tx.record_audit(&AuditEvent {
+        actor: caller.actor.clone(),
+        action: "org.update".into(),
+        target: format!("orgs/{}", updated.slug),
+        request_id: request_id(&headers),
+        details: json!({
+            "from": { "slug": caller.org.slug.as_str(), "name": caller.org.name },
+            "to": { "slug": updated.slug.as_str(), "name": updated.name },
+        }),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok(Json(render_org(&updated, Some(&caller))))
 }
 
 fn render_token(t: &ApiToken) -> Value {
@@ -63,7 +169,7 @@ pub(crate) async fn list_tokens(
     Path(org): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let caller = authorize(&s, &headers, &org, Action::ManageTokens).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let tokens = tx.list_tokens().await?;
     Ok(Json(json!({ "items": tokens.iter().map(render_token).collect::<Vec<_>>() })))
@@ -85,7 +191,7 @@ pub(crate) async fn create_token(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let caller = authorize(&s, &headers, &org, Action::ManageTokens).await?;
     crate::schema_check::check("NewToken", &body.value)?;
     let req: NewToken = from_value(body.value)?;
     if req.name.trim().is_empty() || req.name.len() > 100 || req.name.chars().any(char::is_control) {
@@ -112,7 +218,7 @@ pub(crate) async fn create_token(
         actor: caller.actor.clone(),
         action: "token.create".into(),
         target: format!("tokens/{}", record.id),
-        request_id: headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        request_id: request_id(&headers),
         details: json!({ "name": record.name, "role": record.role }),
     })
     .await?;
@@ -127,7 +233,7 @@ pub(crate) async fn revoke_token(
     Path((org, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::ManageTokens).await?;
+    let caller = authorize(&s, &headers, &org, Action::ManageTokens).await?;
     let id: Uuid = id.parse().map_err(|_| ApiError::not_found("token not found"))?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let record = tx.revoke_token(id).await?;
@@ -135,7 +241,7 @@ pub(crate) async fn revoke_token(
         actor: caller.actor.clone(),
         action: "token.revoke".into(),
         target: format!("tokens/{id}"),
-        request_id: headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        request_id: request_id(&headers),
         details: json!({}),
     })
     .await?;
@@ -168,7 +274,7 @@ pub(crate) async fn audit_events(
     crate::body::ApiQuery(q): crate::body::ApiQuery<AuditQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s.store, &headers, &org, Action::ReadAudit).await?;
+    let caller = authorize(&s, &headers, &org, Action::ReadAudit).await?;
     let bad =
         |field: &str, msg: &str| ApiError::bad_request(format!("{field}: {msg}")).with_field(field, msg);
     let limit = match q.limit {

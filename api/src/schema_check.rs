@@ -21,7 +21,7 @@ fn validators() -> &'static HashMap<String, jsonschema::Validator> {
         Kind::ALL
             .iter()
             .map(|k| k.name())
-            .chain(["Mesh", "NewToken"])
+            .chain(["Mesh", "NewToken", "NewInvite", "MemberPatch", "OrgPatch"])
             .map(|name| {
                 let schema = json!({
                     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -100,9 +100,61 @@ name_type!(
     63
 );
 
+impl OrgSlug {
+    /// A valid slug made from a display name or an email address (its local part), for a
+    /// new user's organization: lowercase ASCII letters and digits, every other run of
+    /// characters one '-', starting with a letter, at most `max` characters (so that a
+    /// suffix can make it unique). Falls back to `org` when nothing usable remains.
+    pub fn derive(from: &str, max: usize) -> OrgSlug {
+        let max = max.clamp(3, Self::MAX_LEN);
+        let source = from.split('@').next().unwrap_or(from);
+        let mut out = String::new();
+        for c in source.chars().flat_map(char::to_lowercase) {
+            if c.is_ascii_lowercase() || (c.is_ascii_digit() && !out.is_empty()) {
+                out.push(c);
+            } else if !out.is_empty() && !out.ends_with('-') {
+                out.push('-');
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        out.truncate(max);
+        while out.ends_with('-') {
+            out.pop();
+        }
+        if out.is_empty() {
+            out.push_str("org");
+        }
+        OrgSlug::parse(&out).expect("derived slugs are valid by construction")
+    }
+
+    /// This slug with `-<suffix>` appended, shortened first so that the result fits.
+    pub fn with_suffix(&self, suffix: &str) -> Result<OrgSlug, NameError> {
+        let keep = Self::MAX_LEN.saturating_sub(suffix.len() + 1);
+        let base = self.0[..self.0.len().min(keep)].trim_end_matches('-');
+        OrgSlug::parse(&format!("{base}-{suffix}"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slugs_derive_from_names_and_emails() {
+        assert_eq!(OrgSlug::derive("Alice Example", 30).as_str(), "alice-example");
+        assert_eq!(OrgSlug::derive("bob.smith+x@Example.com", 30).as_str(), "bob-smith-x");
+        assert_eq!(OrgSlug::derive("  Ünïcode ÷ 42 ", 30).as_str(), "n-code-42");
+        assert_eq!(OrgSlug::derive("42 ÷ ☃", 30).as_str(), "org");
+        assert_eq!(OrgSlug::derive("", 30).as_str(), "org");
+        assert_eq!(OrgSlug::derive("9lives", 30).as_str(), "lives");
+        let long = OrgSlug::derive(&"abc-".repeat(40), 30);
+        assert!(long.as_str().len() <= 30 && !long.as_str().ends_with('-'), "{long}");
+        let s = OrgSlug::parse(&"a".repeat(39)).unwrap();
+        assert_eq!(s.with_suffix("7f3a").unwrap().as_str().len(), 39);
+        assert!(s.with_suffix("7f3a").unwrap().as_str().ends_with("-7f3a"));
+    }
 
     #[test]
     fn accepts_dns_labels() {

@@ -17,6 +17,8 @@ pub enum TokenKind {
     Pat,
     /// A workload joining a mesh: CSR signing only.
     Join,
+    /// A single-use invitation into an organization.
+    Invite,
 }
 
 impl TokenKind {
@@ -24,6 +26,7 @@ impl TokenKind {
         match self {
             TokenKind::Pat => "trls_pat_",
             TokenKind::Join => "trls_join_",
+            TokenKind::Invite => "trls_inv_",
         }
     }
 }

@@ -10,6 +10,9 @@ pub enum StoreError {
     /// An `If-Match`-style precondition did not hold.
     #[error("the stored version is not the expected one")]
     Stale,
+    /// The change would leave the organization without an owner.
+    #[error("the organization must keep at least one owner")]
+    LastOwner,
     /// Migrations were refused or failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

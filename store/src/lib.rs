@@ -12,28 +12,34 @@ mod dataplanes;
 mod error;
 mod feed;
 mod idempotency;
+mod invites;
 mod leader;
 mod meshes;
 mod orgs;
 mod provision;
 mod resources;
+mod sessions;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tokens;
+mod users;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use dataplanes::{Dataplane, LedgerEntry, Registration};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
+pub use invites::Invite;
 pub use leader::{LeaderElector, LeaderOptions};
 pub use meshes::{Mesh, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use resources::{Resource, Selector};
+pub use sessions::{PendingLogin, Session};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
+pub use users::{Member, Membership, NewUser, User, UserTx};
 
 use std::time::Duration;
 

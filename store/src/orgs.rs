@@ -55,7 +55,7 @@ impl Store {
     }
 }
 
-async fn insert_org(tx: &mut TenantTx, slug: &OrgSlug, name: &str) -> Result<Org, StoreError> {
+pub(crate) async fn insert_org(tx: &mut TenantTx, slug: &OrgSlug, name: &str) -> Result<Org, StoreError> {
     let id = tx.org().as_uuid();
     let row: OrgRow = sqlx::query_as(
         "INSERT INTO organizations (id, slug, name) VALUES ($1, $2, $3) \
@@ -78,6 +78,26 @@ impl TenantTx {
                 .bind(id)
                 .fetch_optional(self.conn())
                 .await?;
+        row.ok_or(StoreError::NotFound("organization"))?.into_org()
+    }
+
+    /// Changes this organization's slug and/or name; a taken slug is a conflict
+    /// (`organizations_slug_key`).
+    pub async fn update_own_org(
+        &mut self,
+        slug: Option<&OrgSlug>,
+        name: Option<&str>,
+    ) -> Result<Org, StoreError> {
+        let id = self.org().as_uuid();
+        let row: Option<OrgRow> = sqlx::query_as(
+            "UPDATE organizations SET slug = coalesce($2, slug), name = coalesce($3, name), \
+             updated_at = now() WHERE id = $1 RETURNING id, slug, name, created_at",
+        )
+        .bind(id)
+        .bind(slug.map(OrgSlug::as_str))
+        .bind(name)
+        .fetch_optional(self.conn())
+        .await?;
         row.ok_or(StoreError::NotFound("organization"))?.into_org()
     }
 

@@ -99,7 +99,17 @@ async fn main() {
     let mut registry = Registry::default();
     let http_metrics = HttpMetrics::register(&mut registry);
     let app = trellis_api::router(
-        AppState { store: store.clone(), registry: Arc::new(registry) },
+        AppState {
+            store: store.clone(),
+            registry: Arc::new(registry),
+            accounts: Arc::new(trellis_api::accounts::Accounts {
+                public_url: "http://127.0.0.1/".parse().unwrap(),
+                oidc: None,
+                session_idle: Duration::from_secs(3600),
+                session_lifetime: Duration::from_secs(3600),
+                local_org: trellis_model::OrgSlug::parse("bench").unwrap(),
+            }),
+        },
         http_metrics,
         1 << 20,
     );

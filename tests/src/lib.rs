@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod oidc;
+
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, Once};

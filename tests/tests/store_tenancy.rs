@@ -124,6 +124,15 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             .execute(&mut *tx)
             .await
             .unwrap();
+        sqlx::query(
+            "INSERT INTO invites (org_id, email, role, token_sha256, created_by, expires_at) \
+             VALUES ($1, 'x@example.com', 'viewer', sha256($2::bytea), 'seed', now() + interval '1 hour')",
+        )
+        .bind(org.as_uuid())
+        .bind(org.as_uuid().as_bytes().to_vec())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
     }
     Seeded { a: ids[0], b: ids[1] }
@@ -144,6 +153,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "audit_events",
             "dataplanes",
             "idempotency_keys",
+            "invites",
             "memberships",
             "meshes",
             "resources",
@@ -322,4 +332,68 @@ async fn slugs_resolve_through_the_directory_and_are_unique() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
+}
+
+/// "Which organizations am I in?" crosses tenants: with `app.user_id` set (a `UserTx`), a
+/// user sees their own membership rows in every organization — and nothing else: no other
+/// user's memberships, no other tenant table, and no write.
+#[tokio::test]
+async fn a_user_sees_only_their_own_memberships_across_tenants() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let Seeded { a, b } = seed(&db, &store).await;
+    let mut admin = db.admin_conn().await;
+    let user_a: uuid::Uuid = sqlx::query_scalar("SELECT user_id FROM memberships WHERE org_id = $1")
+        .bind(a.as_uuid())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    // Make user A a viewer of B too.
+    sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'viewer')")
+        .bind(b.as_uuid())
+        .bind(user_a)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let mut utx = store.user_tx(user_a).await.unwrap();
+    let mine: Vec<(String, Role)> =
+        utx.memberships().await.unwrap().into_iter().map(|m| (m.org.slug.to_string(), m.role)).collect();
+    assert_eq!(mine, [("org-a".to_owned(), Role::Owner), ("org-b".to_owned(), Role::Viewer)]);
+    utx.commit().await.unwrap();
+
+    let mut app = db.app_conn().await;
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.user_id', $1, true)")
+        .bind(user_a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let visible: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memberships").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(visible, 2, "exactly user A's own memberships");
+    let tables = tenant_tables(&mut admin).await;
+    for t in tables.iter().filter(|t| *t != "memberships") {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "a user context shows {t} rows");
+    }
+    let changed = sqlx::query("UPDATE memberships SET role = 'owner' WHERE user_id = $1")
+        .bind(user_a)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(changed.rows_affected(), 0, "a user context cannot change its own memberships");
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query("INSERT INTO memberships (org_id, user_id, role) VALUES ($1, $2, 'owner')")
+        .bind(OrgId::new().as_uuid())
+        .bind(user_a)
+        .execute(&mut *sp)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sp.rollback().await.unwrap();
+    tx.rollback().await.unwrap();
 }
