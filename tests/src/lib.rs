@@ -244,3 +244,25 @@ pub fn document_path(doc: &serde_json::Value) -> String {
         }
     }
 }
+
+/// `pg_dump --data-only` of a test database, as text: what a stolen backup would show.
+pub async fn pg_dump(db: &trellis_store::testing::TestDb) -> String {
+    let admin = trellis_store::testing::admin_url();
+    let server = admin.rsplit_once('/').map(|(s, _)| s).unwrap_or(&admin);
+    let out = Command::new("pg_dump")
+        .args(["--data-only", "--dbname", &format!("{server}/{}", db.name)])
+        .output()
+        .await
+        .expect("pg_dump runs (Debian/Ubuntu: apt install postgresql-client)");
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("the dump is UTF-8")
+}
+
+/// Fails when any of `secrets` (or its last 20 characters) appears in `dump`.
+pub fn assert_no_secret_in(dump: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(!dump.contains(secret.as_str()), "the dump contains a secret in clear: {secret}");
+        let tail = &secret[secret.len().saturating_sub(20)..];
+        assert!(!dump.contains(tail), "the dump contains the tail of a secret: {tail}");
+    }
+}

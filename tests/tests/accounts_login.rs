@@ -289,19 +289,46 @@ async fn logins_survive_a_key_rotation_at_the_provider() {
 }
 
 #[tokio::test]
-async fn sessions_end_when_idle_and_api_tokens_still_work() {
+async fn sessions_end_when_idle_and_at_their_absolute_expiry() {
     let db = TestDb::create().await;
     let peer = OidcPeer::start().await;
-    let t = trellis_with_idp(&db, &peer, &["--session-idle-timeout", "2s"]).await;
-    let s = login(&t, &peer, &PeerUser::new("ida")).await;
-    // Activity keeps it alive …
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        assert_eq!(s.call(Method::GET, "/api/v1/me", None).await.0, 200);
+    let t = trellis_with_idp(&db, &peer, &["--session-idle-timeout", "2s", "--session-lifetime", "8s"]).await;
+    let idle = login(&t, &peer, &PeerUser::new("ida")).await;
+    let cookie = idle
+        .browser
+        .set_cookies
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|c| c.starts_with("__Host-trellis_session="))
+        .cloned()
+        .unwrap();
+    assert!(cookie.contains("Max-Age=8"), "the cookie lives as long as the session may: {cookie}");
+    // Activity keeps a session alive past the idle timeout …
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(idle.call(Method::GET, "/api/v1/me", None).await.0, 200);
     }
-    // … idleness ends it.
+    // … idleness ends it (well before the 8 s lifetime).
     tokio::time::sleep(Duration::from_millis(2600)).await;
-    assert_eq!(s.call(Method::GET, "/api/v1/me", None).await.0, 401);
+    assert_eq!(idle.call(Method::GET, "/api/v1/me", None).await.0, 401);
+
+    // A busy session still ends at its absolute expiry.
+    let busy = login(&t, &peer, &PeerUser::new("bea")).await;
+    let started = std::time::Instant::now();
+    loop {
+        let status = busy.call(Method::GET, "/api/v1/me", None).await.0;
+        let elapsed = started.elapsed();
+        if status == 401 {
+            assert!(elapsed > Duration::from_secs(7), "ended early, after {elapsed:?}");
+            break;
+        }
+        assert!(elapsed < Duration::from_secs(10), "still alive after {elapsed:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // API tokens are unaffected, and see the members' emails.
     let api = Api::new(&t, "ida", &token(&db, "ida", Role::Viewer).await);
     assert_eq!(api.get("").await.0, 200);
     let (_, body): (u16, Value) = api.get("/members").await;
