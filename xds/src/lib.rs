@@ -5,6 +5,7 @@
 //!   versions what it returns by content ([`version`]), and streams it.
 //! - [`sotw`]: the state-of-the-world ADS protocol per stream — subscriptions, nonces,
 //!   ACK/NACK, what to send and when — as a state machine the server drives.
+//! - [`delta`]: the same for Delta (incremental) ADS, where each resource has its own version.
 //!
 //! This first cut produces the shapes the proxyless gRPC client accepts (XDS.md §3, §4):
 //! `api_listener` Listeners named after the `xds:///` target, RDS, EDS clusters per service
@@ -15,6 +16,7 @@
 
 mod access;
 mod clusters;
+pub mod delta;
 mod names;
 mod routes;
 pub mod sotw;
