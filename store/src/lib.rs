@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod ca;
 mod dataplanes;
 mod error;
 mod feed;
@@ -26,6 +27,9 @@ mod tokens;
 mod users;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
+pub use ca::{
+    CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, NewCa, PlatformCaRecord, SealedBytes,
+};
 pub use dataplanes::{Dataplane, LedgerEntry, Registration};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};

@@ -1,0 +1,589 @@
+//! Each mesh's certificate authority, kept in the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use rustls::pki_types::CertificateDer;
+use trellis_ca::{
+    IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
+    accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
+};
+use trellis_model::{Token, TokenKind};
+use trellis_model::{MeshId, OrgId};
+use trellis_store::{
+    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError, TenantTx,
+};
+use uuid::Uuid;
+
+use crate::PkiError;
+
+/// Settings of the authority.
+#[derive(Debug, Clone)]
+pub struct AuthorityOptions {
+    /// Lifetime of a root that Trellis generates.
+    pub root_validity: Duration,
+    /// A CA with fewer days left than this is refused for activation or upload.
+    pub min_days: u32,
+}
+
+impl Default for AuthorityOptions {
+    fn default() -> Self {
+        Self { root_validity: Duration::from_secs(10 * 365 * 24 * 60 * 60), min_days: 30 }
+    }
+}
+
+/// An authenticated workload: everything comes from its verified certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub org: OrgId,
+    pub mesh_id: MeshId,
+    pub mesh: String,
+    pub trust_domain: TrustDomain,
+    pub id: SpiffeId,
+    pub service: String,
+}
+
+/// A signed SVID and what the workload needs beside it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub svid: IssuedSvid,
+    /// The mesh's trust bundle as PEM: the roots to verify peers with.
+    pub bundle_pem: String,
+    pub bundle_sequence: u64,
+    pub org: OrgId,
+    pub mesh: String,
+}
+
+/// One CA as the API shows it (never its key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaInfo {
+    pub id: Uuid,
+    pub origin: &'static str,
+    pub state: &'static str,
+    pub root_fingerprint: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub days_to_expiry: Option<i64>,
+    pub live_leaves: i64,
+    pub certificate_pem: Option<String>,
+    pub csr_pem: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+/// A mesh's CA status: the rotation phase and every CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaStatus {
+    /// `stable`, `awaiting-chain` (a bring-your-own CSR is out), `prepared` (a new root is in
+    /// the bundle, not signing), or `rotated` (the old root still in the bundle).
+    pub phase: &'static str,
+    pub trust_domain: String,
+    pub bundle_sequence: i64,
+    pub svid_ttl_seconds: i32,
+    pub cas: Vec<CaInfo>,
+}
+
+/// The certificate authority service; cheap to clone.
+#[derive(Clone)]
+pub struct Authority {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    keyring: KeyRing,
+    options: AuthorityOptions,
+    /// Unsealed signing CAs by CA id (a CA's certificate and key never change).
+    cas: Mutex<HashMap<Uuid, Arc<MeshCa>>>,
+    /// Trust bundles by mesh, with the sequence they were built at.
+    bundles: Mutex<HashMap<MeshId, Arc<TrustBundle>>>,
+}
+
+pub(crate) fn sealed_bytes(k: &SealedKey) -> SealedBytes {
+    SealedBytes { kek_id: k.kek_id.clone(), nonce: k.nonce.to_vec(), ciphertext: k.ciphertext.clone() }
+}
+
+pub(crate) fn sealed_key(b: &SealedBytes) -> Result<SealedKey, PkiError> {
+    let nonce = b.nonce.as_slice().try_into().map_err(|_| PkiError::internal("stored nonce length"))?;
+    Ok(SealedKey { kek_id: b.kek_id.clone(), nonce, ciphertext: b.ciphertext.clone() })
+}
+
+fn aad(org: OrgId, mesh: MeshId) -> Vec<u8> {
+    owner_aad(&["mesh-ca", &org.to_string(), &mesh.to_string()])
+}
+
+fn utc(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+fn trust_domain(mesh: &Mesh) -> Result<TrustDomain, PkiError> {
+    TrustDomain::parse(&mesh.trust_domain).map_err(PkiError::internal)
+}
+
+/// The SHA-256 of a token's text, as stored.
+pub fn token_hash(text: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    d.as_ref().try_into().unwrap_or([0; 32])
+}
+
+impl Authority {
+    pub fn new(store: Store, keyring: KeyRing, options: AuthorityOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                keyring,
+                options,
+                cas: Mutex::new(HashMap::new()),
+                bundles: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn keyring(&self) -> &KeyRing {
+        &self.inner.keyring
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Gives a new mesh its root, inside the transaction that creates the mesh. A mesh that
+    /// already has a CA is left alone.
+    pub async fn create_root(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<(), PkiError> {
+        if !tx.mesh_cas(mesh.id).await?.is_empty() {
+            return Ok(());
+        }
+        let ca = MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
+            .map_err(PkiError::internal)?;
+        self.store_ca(tx, mesh, &ca, CaOrigin::Generated, CaState::Active).await?;
+        Ok(())
+    }
+
+    async fn store_ca(
+        &self,
+        tx: &mut TenantTx,
+        mesh: &Mesh,
+        ca: &MeshCa,
+        origin: CaOrigin,
+        state: CaState,
+    ) -> Result<CaRecord, PkiError> {
+        let sealed = ca.seal_key(&self.inner.keyring, &aad(tx.org(), mesh.id)).map_err(PkiError::internal)?;
+        let record = NewCa {
+            origin,
+            state,
+            chain: ca.chain_der().iter().map(|c| c.to_vec()).collect(),
+            root_fingerprint: Some(ca.root().fingerprint().to_owned()),
+            not_after: Some(utc(ca.not_after())),
+            csr_pem: None,
+            sealed_key: sealed_bytes(&sealed),
+        };
+        Ok(tx.insert_ca(mesh.id, &record).await?)
+    }
+
+    /// Makes sure a mesh has a CA, in a transaction of its own (for meshes that predate the
+    /// CA, or whose creator did not make one).
+    pub async fn ensure_ca(&self, org: OrgId, mesh: MeshId) -> Result<(), PkiError> {
+        let mut tx = self.inner.store.tenant(org).await?;
+        let Some(m) = tx.mesh_by_id(mesh).await? else { return Err(PkiError::NotFound("mesh")) };
+        match self.create_root(&mut tx, &m).await {
+            // Another replica made it first.
+            Err(PkiError::Store(StoreError::Conflict { .. })) => Ok(()),
+            Err(e) => Err(e),
+            Ok(()) => Ok(tx.commit().await?),
+        }
+    }
+
+    /// The unsealed CA of a record, from the cache when it was loaded before.
+    fn load(&self, org: OrgId, mesh: &Mesh, record: &CaRecord) -> Result<Arc<MeshCa>, PkiError> {
+        if let Some(ca) = self.inner.cas.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id) {
+            return Ok(ca.clone());
+        }
+        let key = unseal(&self.inner.keyring, &sealed_key(&record.sealed_key)?, &aad(org, mesh.id))
+            .map_err(PkiError::internal)?;
+        let chain = record.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let ca = Arc::new(MeshCa::from_parts(&trust_domain(mesh)?, chain, key).map_err(PkiError::internal)?);
+        self.inner.cas.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id, ca.clone());
+        Ok(ca)
+    }
+
+    /// The CA that signs new leaves in this mesh.
+    async fn signing_ca(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<(Uuid, Arc<MeshCa>), PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        let active = cas
+            .iter()
+            .find(|c| c.state == CaState::Active)
+            .ok_or_else(|| PkiError::Conflict("this mesh has no active certificate authority".into()))?;
+        Ok((active.id, self.load(tx.org(), mesh, active)?))
+    }
+
+    /// The mesh's trust bundle: the roots of every CA in the bundle states.
+    pub async fn bundle(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<Arc<TrustBundle>, PkiError> {
+        let settings = tx.ca_settings(mesh.id).await?;
+        let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
+        if let Some(b) = self.inner.bundles.lock().unwrap_or_else(|e| e.into_inner()).get(&mesh.id)
+            && b.sequence() == seq
+        {
+            return Ok(b.clone());
+        }
+        let td = trust_domain(mesh)?;
+        let mut roots = Vec::new();
+        for ca in tx.mesh_cas(mesh.id).await? {
+            if let (true, Some(root)) = (ca.state.in_bundle(), ca.chain.last()) {
+                roots.push(RootCert::parse(&td, CertificateDer::from(root.clone())).map_err(PkiError::internal)?);
+            }
+        }
+        let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
+        self.inner.bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(mesh.id, bundle.clone());
+        Ok(bundle)
+    }
+
+    async fn sign(
+        &self,
+        tx: &mut TenantTx,
+        mesh: &Mesh,
+        id: &SpiffeId,
+        csr: &[u8],
+    ) -> Result<Issued, PkiError> {
+        let (ca_id, ca) = self.signing_ca(tx, mesh).await?;
+        let settings = tx.ca_settings(mesh.id).await?;
+        let ttl = SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
+            .map_err(PkiError::internal)?;
+        let svid = ca
+            .sign_svid(csr, id, ttl, SystemTime::now())
+            .map_err(|e| PkiError::Invalid { field: "csr", message: e.to_string() })?;
+        tx.record_leaves(
+            mesh.id,
+            &[IssuedLeaf {
+                serial: svid.serial_hex.clone(),
+                ca_id,
+                spiffe_id: svid.spiffe_id.as_str().to_owned(),
+                not_after: utc(svid.not_after),
+            }],
+        )
+        .await?;
+        let bundle = self.bundle(tx, mesh).await?;
+        Ok(Issued {
+            svid,
+            bundle_pem: bundle.to_pem(),
+            bundle_sequence: bundle.sequence(),
+            org: tx.org(),
+            mesh: mesh.name.as_str().to_owned(),
+        })
+    }
+
+    /// Join token + CSR → SVID for the service the token is bound to. Everything but the
+    /// CSR's public key is ignored.
+    pub async fn issue_with_join_token(&self, token: &str, csr: &[u8]) -> Result<Issued, PkiError> {
+        let parsed = Token::parse(TokenKind::Join, token)
+            .map_err(|e| PkiError::Unauthenticated(format!("not a join token: {e}")))?;
+        let mut tx = self.inner.store.tenant(parsed.org).await?;
+        let record = tx.redeem_join_token(&token_hash(token)).await.map_err(|why| {
+            PkiError::Unauthenticated(
+                match why {
+                    JoinRefusal::Unknown => "unknown join token",
+                    JoinRefusal::Revoked => "revoked join token",
+                    JoinRefusal::Expired => "expired join token",
+                    JoinRefusal::AlreadyUsed => "single-use join token already used",
+                }
+                .into(),
+            )
+        })?;
+        let mesh = tx
+            .mesh_by_id(MeshId::from_uuid(record.mesh_id))
+            .await?
+            .ok_or_else(|| PkiError::Unauthenticated("the token's mesh is gone".into()))?;
+        let id = SpiffeId::workload(&trust_domain(&mesh)?, mesh.name.as_str(), &record.service)
+            .map_err(PkiError::internal)?;
+        let issued = self.sign(&mut tx, &mesh, &id, csr).await?;
+        tx.commit().await?;
+        Ok(issued)
+    }
+
+    /// Renewal: a new SVID for exactly the identity the caller authenticated with.
+    pub async fn renew(&self, peer: &Peer, csr: &[u8]) -> Result<Issued, PkiError> {
+        let mut tx = self.inner.store.tenant(peer.org).await?;
+        let mesh = tx.mesh_by_id(peer.mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
+        let issued = self.sign(&mut tx, &mesh, &peer.id, csr).await?;
+        tx.commit().await?;
+        Ok(issued)
+    }
+
+    /// Authenticates a workload by the certificate chain it presented in TLS (leaf first):
+    /// the chain must verify against its mesh's current bundle, and the SVID must name a
+    /// service of that mesh.
+    pub async fn authenticate_peer(&self, chain: &[CertificateDer<'_>]) -> Result<Peer, PkiError> {
+        let leaf = chain.first().ok_or_else(|| PkiError::Unauthenticated("no client certificate".into()))?;
+        let claimed = claimed_id(leaf)?;
+        let td = claimed.trust_domain();
+        let (org, mesh_id) = self
+            .inner
+            .store
+            .mesh_of_trust_domain(td.as_str())
+            .await?
+            .ok_or_else(|| PkiError::Unauthenticated(format!("no mesh has the trust domain {td}")))?;
+        let mut tx = self.inner.store.tenant(org).await?;
+        let mesh = tx.mesh_by_id(mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
+        let bundle = self.bundle(&mut tx, &mesh).await?;
+        tx.commit().await?;
+        let id = verify_svid(&bundle, chain, SystemTime::now())
+            .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
+        let service = id
+            .path()
+            .strip_prefix(&format!("/ns/{}/sa/", mesh.name.as_str()))
+            .filter(|s| !s.is_empty() && !s.contains('/'))
+            .ok_or_else(|| PkiError::Unauthenticated(format!("{id} does not name a service of this mesh")))?
+            .to_owned();
+        Ok(Peer { org, mesh_id, mesh: mesh.name.as_str().to_owned(), trust_domain: td, id, service })
+    }
+
+    /// The mesh's CA status.
+    pub async fn status(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<CaStatus, PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        let live: HashMap<Uuid, i64> = tx.live_leaves(mesh.id).await?.into_iter().collect();
+        let settings = tx.ca_settings(mesh.id).await?;
+        let now = Utc::now();
+        let phase = if cas.iter().any(|c| c.state == CaState::Pending) {
+            "awaiting-chain"
+        } else if cas.iter().any(|c| c.state == CaState::Prepared) {
+            "prepared"
+        } else if cas.iter().any(|c| c.state == CaState::Previous) {
+            "rotated"
+        } else {
+            "stable"
+        };
+        let infos = cas
+            .iter()
+            .map(|c| CaInfo {
+                id: c.id,
+                origin: c.origin.as_str(),
+                state: c.state.as_str(),
+                root_fingerprint: c.root_fingerprint.clone(),
+                not_after: c.not_after,
+                days_to_expiry: c.not_after.map(|t| (t - now).num_days()),
+                live_leaves: live.get(&c.id).copied().unwrap_or(0),
+                certificate_pem: c.chain.first().map(|d| pem("CERTIFICATE", d)),
+                csr_pem: c.csr_pem.clone(),
+                created_at: c.created_at,
+                activated_at: c.activated_at,
+                retired_at: c.retired_at,
+            })
+            .collect();
+        Ok(CaStatus {
+            phase,
+            trust_domain: mesh.trust_domain.clone(),
+            bundle_sequence: settings.bundle_sequence,
+            svid_ttl_seconds: settings.svid_ttl_seconds,
+            cas: infos,
+        })
+    }
+
+    fn ensure_no_rotation(cas: &[CaRecord]) -> Result<(), PkiError> {
+        if let Some(c) = cas.iter().find(|c| matches!(c.state, CaState::Pending | CaState::Prepared)) {
+            return Err(PkiError::Conflict(format!(
+                "a rotation is already in progress (CA {} is {}); activate it or discard it first",
+                c.id,
+                c.state.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rotation, step 1: a new root, published in the bundle beside the current one.
+    pub async fn prepare_rotation(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<CaRecord, PkiError> {
+        Self::ensure_no_rotation(&tx.mesh_cas(mesh.id).await?)?;
+        let ca = MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
+            .map_err(PkiError::internal)?;
+        self.store_ca(tx, mesh, &ca, CaOrigin::Generated, CaState::Prepared).await
+    }
+
+    /// Rotation, step 2: the prepared CA signs from now on; the old one stays in the bundle.
+    pub async fn activate(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<CaRecord, PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        let next = cas.iter().find(|c| c.state == CaState::Prepared).ok_or_else(|| {
+            PkiError::Conflict("nothing to activate: prepare a rotation or upload a CA first".into())
+        })?;
+        let ca = self.load(tx.org(), mesh, next)?;
+        ca.ensure_min_days(SystemTime::now(), self.inner.options.min_days)
+            .map_err(|e| PkiError::Conflict(format!("refusing to activate: {e}")))?;
+        if let Some(current) = cas.iter().find(|c| c.state == CaState::Active) {
+            tx.set_ca_state(mesh.id, current.id, &[CaState::Active], CaState::Previous).await?;
+        }
+        Ok(tx.set_ca_state(mesh.id, next.id, &[CaState::Prepared], CaState::Active).await?)
+    }
+
+    /// Rotation, step 3: a previous CA's root leaves the bundle, once no unexpired leaf it
+    /// signed is left (or at once with `force`, which breaks those leaves).
+    pub async fn retire(
+        &self,
+        tx: &mut TenantTx,
+        mesh: &Mesh,
+        id: Uuid,
+        force: bool,
+    ) -> Result<CaRecord, PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        let ca = cas.iter().find(|c| c.id == id).ok_or(PkiError::NotFound("certificate authority"))?;
+        if ca.state != CaState::Previous {
+            return Err(PkiError::Conflict(format!(
+                "only a previous CA can be retired; this one is {}",
+                ca.state.as_str()
+            )));
+        }
+        let live = tx.live_leaves(mesh.id).await?.into_iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| n);
+        if live > 0 && !force {
+            return Err(PkiError::Conflict(format!(
+                "{live} unexpired certificates still chain to this CA; retire it after they expire, \
+                 or pass force=true to cut them off"
+            )));
+        }
+        Ok(tx.set_ca_state(mesh.id, id, &[CaState::Previous], CaState::Retired).await?)
+    }
+
+    /// Discards a rotation that was not activated (a prepared or pending CA).
+    pub async fn discard(&self, tx: &mut TenantTx, mesh: &Mesh, id: Uuid) -> Result<(), PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        match cas.iter().find(|c| c.id == id).map(|c| c.state) {
+            Some(CaState::Pending) => Ok(tx.delete_pending_ca(mesh.id, id).await?),
+            Some(CaState::Prepared) => {
+                tx.set_ca_state(mesh.id, id, &[CaState::Prepared], CaState::Retired).await?;
+                Ok(())
+            }
+            Some(s) => Err(PkiError::Conflict(format!("a {} CA cannot be discarded", s.as_str()))),
+            None => Err(PkiError::NotFound("certificate authority")),
+        }
+    }
+
+    /// Bring your own intermediate, step 1: a new key (sealed at once) and its CSR.
+    pub async fn intermediate_csr(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<CaRecord, PkiError> {
+        Self::ensure_no_rotation(&tx.mesh_cas(mesh.id).await?)?;
+        let (key, csr_pem) =
+            generate_intermediate_csr(&trust_domain(mesh)?, SystemTime::now()).map_err(PkiError::internal)?;
+        let sealed = seal(&self.inner.keyring, key.expose_pkcs8_der(), &aad(tx.org(), mesh.id))
+            .map_err(PkiError::internal)?;
+        let record = NewCa {
+            origin: CaOrigin::IntermediateCsr,
+            state: CaState::Pending,
+            chain: Vec::new(),
+            root_fingerprint: None,
+            not_after: None,
+            csr_pem: Some(csr_pem),
+            sealed_key: sealed_bytes(&sealed),
+        };
+        Ok(tx.insert_ca(mesh.id, &record).await?)
+    }
+
+    /// Bring your own intermediate, step 2: the chain the tenant signed (intermediate first,
+    /// its root last), checked against the pending key; the CA becomes `prepared`.
+    pub async fn upload_intermediate(
+        &self,
+        tx: &mut TenantTx,
+        mesh: &Mesh,
+        id: Uuid,
+        chain_pem: &str,
+    ) -> Result<CaRecord, PkiError> {
+        let cas = tx.mesh_cas(mesh.id).await?;
+        let pending = cas
+            .iter()
+            .find(|c| c.id == id && c.state == CaState::Pending)
+            .ok_or(PkiError::NotFound("pending certificate authority"))?;
+        let key = unseal(&self.inner.keyring, &sealed_key(&pending.sealed_key)?, &aad(tx.org(), mesh.id))
+            .map_err(PkiError::internal)?;
+        let ca = accept_intermediate(
+            &key,
+            chain_pem,
+            &trust_domain(mesh)?,
+            SystemTime::now(),
+            self.inner.options.min_days,
+        )
+        .map_err(|e| PkiError::Invalid { field: "chain", message: e.to_string() })?;
+        let chain: Vec<Vec<u8>> = ca.chain_der().iter().map(|c| c.to_vec()).collect();
+        Ok(tx
+            .complete_pending_ca(mesh.id, id, &chain, ca.root().fingerprint(), utc(ca.not_after()))
+            .await?)
+    }
+
+    /// An uploaded CA certificate chain and key (sealed at once); it becomes `prepared`.
+    pub async fn upload_ca(
+        &self,
+        tx: &mut TenantTx,
+        mesh: &Mesh,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<CaRecord, PkiError> {
+        Self::ensure_no_rotation(&tx.mesh_cas(mesh.id).await?)?;
+        let ca = accept_uploaded_ca(
+            chain_pem,
+            key_pem,
+            &trust_domain(mesh)?,
+            SystemTime::now(),
+            self.inner.options.min_days,
+        )
+        .map_err(|e| PkiError::Invalid { field: "certificateChain", message: e.to_string() })?;
+        self.store_ca(tx, mesh, &ca, CaOrigin::Uploaded, CaState::Prepared).await
+    }
+
+    /// Re-wraps every sealed key (every tenant's CAs and the platform CA) under the ring's
+    /// current KEK; returns how many keys were re-wrapped.
+    pub async fn reseal_all(&self) -> Result<usize, PkiError> {
+        let store = &self.inner.store;
+        let ring = &self.inner.keyring;
+        let mut n = 0;
+        for org in store.org_ids().await? {
+            let mut tx = store.tenant(org).await?;
+            for ca in tx.all_cas().await? {
+                let sealed = sealed_key(&ca.sealed_key)?;
+                if !ring.needs_reseal(&sealed) {
+                    continue;
+                }
+                let aad = aad(org, ca.mesh_id);
+                let key = unseal(ring, &sealed, &aad).map_err(PkiError::internal)?;
+                let new = seal(ring, key.expose_pkcs8_der(), &aad).map_err(PkiError::internal)?;
+                tx.reseal_ca_key(ca.id, &sealed_bytes(&new)).await?;
+                n += 1;
+            }
+            tx.commit().await?;
+        }
+        if crate::platform::reseal_platform(store, ring).await? {
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The SPIFFE ID a certificate claims (before anything is verified: it only picks the mesh
+/// whose bundle will verify it).
+fn claimed_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PkiError> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let bad = |m: &str| PkiError::Unauthenticated(format!("client certificate: {m}"));
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| bad("not an X.509 certificate"))?;
+    let san = cert.subject_alternative_name().map_err(|_| bad("malformed subjectAltName"))?;
+    let uris: Vec<&str> = san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(u) => Some(*u),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match uris.as_slice() {
+        [one] => SpiffeId::parse(one).map_err(|e| bad(&e.to_string())),
+        _ => Err(bad("an SVID has exactly one URI SAN")),
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

@@ -1,0 +1,577 @@
+//! Certificate authorities, join tokens and issued leaves. The store keeps bytes: sealing,
+//! parsing and signing happen in the `ca` crate, above this one. A private key arrives here
+//! only sealed.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use trellis_model::{MeshId, OrgId};
+use uuid::Uuid;
+
+use crate::{Store, StoreError, TenantTx};
+
+/// A private key as sealed by the `ca` crate: only this ever reaches the database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedBytes {
+    pub kek_id: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedBytes").field("kek_id", &self.kek_id).finish_non_exhaustive()
+    }
+}
+
+/// Where a CA came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaOrigin {
+    Generated,
+    IntermediateCsr,
+    Uploaded,
+}
+
+impl CaOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaOrigin::Generated => "generated",
+            CaOrigin::IntermediateCsr => "intermediate_csr",
+            CaOrigin::Uploaded => "uploaded",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "generated" => CaOrigin::Generated,
+            "intermediate_csr" => CaOrigin::IntermediateCsr,
+            "uploaded" => CaOrigin::Uploaded,
+            other => return Err(decode(format!("CA origin {other:?}"))),
+        })
+    }
+}
+
+/// Where a CA is in its life (see the migration for the meaning of each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CaState {
+    Pending,
+    Prepared,
+    Active,
+    Previous,
+    Retired,
+}
+
+impl CaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaState::Pending => "pending",
+            CaState::Prepared => "prepared",
+            CaState::Active => "active",
+            CaState::Previous => "previous",
+            CaState::Retired => "retired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "pending" => CaState::Pending,
+            "prepared" => CaState::Prepared,
+            "active" => CaState::Active,
+            "previous" => CaState::Previous,
+            "retired" => CaState::Retired,
+            other => return Err(decode(format!("CA state {other:?}"))),
+        })
+    }
+
+    /// Is this CA's root in the mesh's trust bundle?
+    pub fn in_bundle(self) -> bool {
+        matches!(self, CaState::Prepared | CaState::Active | CaState::Previous)
+    }
+}
+
+fn decode(msg: String) -> StoreError {
+    StoreError::Db(sqlx::Error::Decode(msg.into()))
+}
+
+/// A stored CA.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaRecord {
+    pub id: Uuid,
+    pub mesh_id: MeshId,
+    pub origin: CaOrigin,
+    pub state: CaState,
+    /// This CA's certificate first, up to the root (empty while pending).
+    pub chain: Vec<Vec<u8>>,
+    pub root_fingerprint: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub csr_pem: Option<String>,
+    pub sealed_key: SealedBytes,
+    pub created_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub retired_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CaRow {
+    id: Uuid,
+    mesh_id: Uuid,
+    origin: String,
+    state: String,
+    chain: Vec<Vec<u8>>,
+    root_fingerprint: Option<String>,
+    not_after: Option<DateTime<Utc>>,
+    csr_pem: Option<String>,
+    key_kek_id: String,
+    key_nonce: Vec<u8>,
+    key_ciphertext: Vec<u8>,
+    created_at: DateTime<Utc>,
+    activated_at: Option<DateTime<Utc>>,
+    retired_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CaRow> for CaRecord {
+    type Error = StoreError;
+    fn try_from(r: CaRow) -> Result<Self, StoreError> {
+        Ok(CaRecord {
+            id: r.id,
+            mesh_id: MeshId::from_uuid(r.mesh_id),
+            origin: CaOrigin::parse(&r.origin)?,
+            state: CaState::parse(&r.state)?,
+            chain: r.chain,
+            root_fingerprint: r.root_fingerprint,
+            not_after: r.not_after,
+            csr_pem: r.csr_pem,
+            sealed_key: SealedBytes { kek_id: r.key_kek_id, nonce: r.key_nonce, ciphertext: r.key_ciphertext },
+            created_at: r.created_at,
+            activated_at: r.activated_at,
+            retired_at: r.retired_at,
+        })
+    }
+}
+
+macro_rules! ca_columns {
+    () => {
+        "id, mesh_id, origin, state, chain, root_fingerprint, not_after, csr_pem, key_kek_id, key_nonce, \
+         key_ciphertext, created_at, activated_at, retired_at"
+    };
+}
+
+/// A CA to store.
+#[derive(Debug, Clone)]
+pub struct NewCa {
+    pub origin: CaOrigin,
+    pub state: CaState,
+    pub chain: Vec<Vec<u8>>,
+    pub root_fingerprint: Option<String>,
+    pub not_after: Option<DateTime<Utc>>,
+    pub csr_pem: Option<String>,
+    pub sealed_key: SealedBytes,
+}
+
+/// A mesh's CA settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaSettings {
+    pub svid_ttl_seconds: i32,
+    pub bundle_sequence: i64,
+}
+
+/// A join token's record (never the token itself).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct JoinToken {
+    pub id: Uuid,
+    pub mesh_id: Uuid,
+    pub service: String,
+    pub tags: Value,
+    pub single_use: bool,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+    pub uses: i64,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+macro_rules! join_columns {
+    () => {
+        "id, mesh_id, service, tags, single_use, created_by, created_at, expires_at, used_at, uses, revoked_at"
+    };
+}
+
+/// Why a join token was refused (all look the same to the caller; this is for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    Unknown,
+    Revoked,
+    Expired,
+    AlreadyUsed,
+}
+
+/// A leaf to record.
+#[derive(Debug, Clone)]
+pub struct IssuedLeaf {
+    pub serial: String,
+    pub ca_id: Uuid,
+    pub spiffe_id: String,
+    pub not_after: DateTime<Utc>,
+}
+
+impl TenantTx {
+    /// Stores a CA; a CA whose root joins the bundle bumps the bundle sequence.
+    pub async fn insert_ca(&mut self, mesh: MeshId, ca: &NewCa) -> Result<CaRecord, StoreError> {
+        let org = self.org().as_uuid();
+        let row: CaRow = sqlx::query_as(concat!(
+            "INSERT INTO mesh_cas (org_id, mesh_id, origin, state, chain, root_fingerprint, not_after, csr_pem, \
+               key_kek_id, key_nonce, key_ciphertext, activated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+               CASE WHEN $4 = 'active' THEN now() END) RETURNING ",
+            ca_columns!()
+        ))
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(ca.origin.as_str())
+        .bind(ca.state.as_str())
+        .bind(&ca.chain)
+        .bind(&ca.root_fingerprint)
+        .bind(ca.not_after)
+        .bind(&ca.csr_pem)
+        .bind(&ca.sealed_key.kek_id)
+        .bind(&ca.sealed_key.nonce)
+        .bind(&ca.sealed_key.ciphertext)
+        .fetch_one(self.conn())
+        .await?;
+        if ca.state.in_bundle() {
+            self.bump_bundle_sequence(mesh).await?;
+        }
+        row.try_into()
+    }
+
+    /// Every CA of a mesh, oldest first.
+    pub async fn mesh_cas(&mut self, mesh: MeshId) -> Result<Vec<CaRecord>, StoreError> {
+        let rows: Vec<CaRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            ca_columns!(),
+            " FROM mesh_cas WHERE mesh_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter().map(CaRecord::try_from).collect()
+    }
+
+    /// Moves a CA from one of `from` to `to`, locking it; bumps the bundle sequence when the
+    /// bundle changes. `NotFound` when it is in none of `from`.
+    pub async fn set_ca_state(
+        &mut self,
+        mesh: MeshId,
+        id: Uuid,
+        from: &[CaState],
+        to: CaState,
+    ) -> Result<CaRecord, StoreError> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let before: Option<(String,)> = sqlx::query_as(
+            "SELECT state FROM mesh_cas WHERE mesh_id = $1 AND id = $2 AND state = ANY($3) FOR UPDATE",
+        )
+        .bind(mesh.as_uuid())
+        .bind(id)
+        .bind(&from)
+        .fetch_optional(self.conn())
+        .await?;
+        let Some((before,)) = before else { return Err(StoreError::NotFound("certificate authority")) };
+        let row: CaRow = sqlx::query_as(concat!(
+            "UPDATE mesh_cas SET state = $3, \
+               activated_at = CASE WHEN $3 = 'active' THEN now() ELSE activated_at END, \
+               retired_at = CASE WHEN $3 = 'retired' THEN now() ELSE retired_at END \
+             WHERE mesh_id = $1 AND id = $2 RETURNING ",
+            ca_columns!()
+        ))
+        .bind(mesh.as_uuid())
+        .bind(id)
+        .bind(to.as_str())
+        .fetch_one(self.conn())
+        .await?;
+        if CaState::parse(&before)?.in_bundle() != to.in_bundle() {
+            self.bump_bundle_sequence(mesh).await?;
+        }
+        row.try_into()
+    }
+
+    /// Completes a pending CA with the chain its owner uploaded; it becomes `prepared`.
+    pub async fn complete_pending_ca(
+        &mut self,
+        mesh: MeshId,
+        id: Uuid,
+        chain: &[Vec<u8>],
+        root_fingerprint: &str,
+        not_after: DateTime<Utc>,
+    ) -> Result<CaRecord, StoreError> {
+        let row: Option<CaRow> = sqlx::query_as(concat!(
+            "UPDATE mesh_cas SET state = 'prepared', chain = $3, root_fingerprint = $4, not_after = $5 \
+             WHERE mesh_id = $1 AND id = $2 AND state = 'pending' RETURNING ",
+            ca_columns!()
+        ))
+        .bind(mesh.as_uuid())
+        .bind(id)
+        .bind(chain)
+        .bind(root_fingerprint)
+        .bind(not_after)
+        .fetch_optional(self.conn())
+        .await?;
+        let record: CaRecord = row.ok_or(StoreError::NotFound("pending certificate authority"))?.try_into()?;
+        self.bump_bundle_sequence(mesh).await?;
+        Ok(record)
+    }
+
+    /// Deletes a pending CA (a bring-your-own CSR abandoned).
+    pub async fn delete_pending_ca(&mut self, mesh: MeshId, id: Uuid) -> Result<(), StoreError> {
+        let done = sqlx::query("DELETE FROM mesh_cas WHERE mesh_id = $1 AND id = $2 AND state = 'pending'")
+            .bind(mesh.as_uuid())
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound("pending certificate authority"));
+        }
+        Ok(())
+    }
+
+    /// Replaces a CA's sealed key (KEK rotation re-wraps it).
+    pub async fn reseal_ca_key(&mut self, id: Uuid, sealed: &SealedBytes) -> Result<(), StoreError> {
+        sqlx::query("UPDATE mesh_cas SET key_kek_id = $2, key_nonce = $3, key_ciphertext = $4 WHERE id = $1")
+            .bind(id)
+            .bind(&sealed.kek_id)
+            .bind(&sealed.nonce)
+            .bind(&sealed.ciphertext)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Every CA of this tenant (for KEK rotation).
+    pub async fn all_cas(&mut self) -> Result<Vec<CaRecord>, StoreError> {
+        let rows: Vec<CaRow> = sqlx::query_as(concat!("SELECT ", ca_columns!(), " FROM mesh_cas ORDER BY id"))
+            .fetch_all(self.conn())
+            .await?;
+        rows.into_iter().map(CaRecord::try_from).collect()
+    }
+
+    async fn bump_bundle_sequence(&mut self, mesh: MeshId) -> Result<i64, StoreError> {
+        let (seq,): (i64,) = sqlx::query_as(
+            "UPDATE meshes SET bundle_sequence = bundle_sequence + 1, revision = revision + 1, \
+               updated_at = now() WHERE id = $1 RETURNING bundle_sequence",
+        )
+        .bind(mesh.as_uuid())
+        .fetch_one(self.conn())
+        .await?;
+        Ok(seq)
+    }
+
+    /// A mesh's SVID lifetime and bundle sequence.
+    pub async fn ca_settings(&mut self, mesh: MeshId) -> Result<CaSettings, StoreError> {
+        let row: Option<(i32, i64)> =
+            sqlx::query_as("SELECT svid_ttl_seconds, bundle_sequence FROM meshes WHERE id = $1")
+                .bind(mesh.as_uuid())
+                .fetch_optional(self.conn())
+                .await?;
+        let (svid_ttl_seconds, bundle_sequence) = row.ok_or(StoreError::NotFound("mesh"))?;
+        Ok(CaSettings { svid_ttl_seconds, bundle_sequence })
+    }
+
+    /// Sets a mesh's SVID lifetime (the database bounds it to 1 h .. 7 d).
+    pub async fn set_svid_ttl(&mut self, mesh: MeshId, seconds: i32) -> Result<(), StoreError> {
+        sqlx::query("UPDATE meshes SET svid_ttl_seconds = $2 WHERE id = $1")
+            .bind(mesh.as_uuid())
+            .bind(seconds)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Records issued leaves.
+    pub async fn record_leaves(&mut self, mesh: MeshId, leaves: &[IssuedLeaf]) -> Result<(), StoreError> {
+        if leaves.is_empty() {
+            return Ok(());
+        }
+        let org = self.org().as_uuid();
+        let serials: Vec<&str> = leaves.iter().map(|l| l.serial.as_str()).collect();
+        let cas: Vec<Uuid> = leaves.iter().map(|l| l.ca_id).collect();
+        let ids: Vec<&str> = leaves.iter().map(|l| l.spiffe_id.as_str()).collect();
+        let not_after: Vec<DateTime<Utc>> = leaves.iter().map(|l| l.not_after).collect();
+        sqlx::query(
+            "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after) \
+             SELECT $1, $2, * FROM unnest($3::text[], $4::uuid[], $5::text[], $6::timestamptz[])",
+        )
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(&serials)
+        .bind(&cas)
+        .bind(&ids)
+        .bind(&not_after)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// Unexpired leaves per CA of a mesh.
+    pub async fn live_leaves(&mut self, mesh: MeshId) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT ca_id, count(*) FROM issued_svids WHERE mesh_id = $1 AND not_after > now() GROUP BY ca_id",
+        )
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// Records a new join token by its hash.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_join_token(
+        &mut self,
+        mesh: MeshId,
+        sha256: &[u8; 32],
+        service: &str,
+        tags: &Value,
+        single_use: bool,
+        created_by: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<JoinToken, StoreError> {
+        let org = self.org().as_uuid();
+        Ok(sqlx::query_as(concat!(
+            "INSERT INTO join_tokens (org_id, mesh_id, token_sha256, service, tags, single_use, created_by, \
+               expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+            join_columns!()
+        ))
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(&sha256[..])
+        .bind(service)
+        .bind(tags)
+        .bind(single_use)
+        .bind(created_by)
+        .bind(expires_at)
+        .fetch_one(self.conn())
+        .await?)
+    }
+
+    /// A mesh's join tokens, newest first.
+    pub async fn list_join_tokens(&mut self, mesh: MeshId) -> Result<Vec<JoinToken>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            join_columns!(),
+            " FROM join_tokens WHERE mesh_id = $1 ORDER BY created_at DESC, id"
+        ))
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// Revokes a join token; revoking twice is not an error.
+    pub async fn revoke_join_token(&mut self, mesh: MeshId, id: Uuid) -> Result<JoinToken, StoreError> {
+        let row: Option<JoinToken> = sqlx::query_as(concat!(
+            "UPDATE join_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE mesh_id = $1 AND id = $2 \
+             RETURNING ",
+            join_columns!()
+        ))
+        .bind(mesh.as_uuid())
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await?;
+        row.ok_or(StoreError::NotFound("join token"))
+    }
+
+    /// Spends one use of the join token with this hash: it must exist, be unrevoked,
+    /// unexpired and, if single-use, unused. Atomic, so that two redemptions of a single-use
+    /// token cannot both succeed.
+    pub async fn redeem_join_token(&mut self, sha256: &[u8; 32]) -> Result<JoinToken, JoinRefusal> {
+        let row: Option<JoinToken> = sqlx::query_as(concat!(
+            "UPDATE join_tokens SET uses = uses + 1, used_at = now() \
+             WHERE token_sha256 = $1 AND revoked_at IS NULL AND expires_at > now() \
+               AND NOT (single_use AND uses > 0) RETURNING ",
+            join_columns!()
+        ))
+        .bind(&sha256[..])
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|_| JoinRefusal::Unknown)?;
+        if let Some(t) = row {
+            return Ok(t);
+        }
+        let why: Option<(bool, bool, bool)> = sqlx::query_as(
+            "SELECT revoked_at IS NOT NULL, expires_at <= now(), single_use AND uses > 0 \
+             FROM join_tokens WHERE token_sha256 = $1",
+        )
+        .bind(&sha256[..])
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|_| JoinRefusal::Unknown)?;
+        Err(match why {
+            None => JoinRefusal::Unknown,
+            Some((true, _, _)) => JoinRefusal::Revoked,
+            Some((_, true, _)) => JoinRefusal::Expired,
+            Some(_) => JoinRefusal::AlreadyUsed,
+        })
+    }
+}
+
+/// The platform CA as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlatformCaRecord {
+    pub cert_der: Vec<u8>,
+    pub sealed_key: SealedBytes,
+}
+
+impl Store {
+    /// Which organization and mesh own this trust domain (from a verified certificate).
+    pub async fn mesh_of_trust_domain(&self, td: &str) -> Result<Option<(OrgId, MeshId)>, StoreError> {
+        let row: Option<(Uuid, Uuid)> =
+            sqlx::query_as("SELECT org_id, mesh_id FROM trust_domain_directory WHERE trust_domain = $1")
+                .bind(td)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(o, m)| (OrgId::from_uuid(o), MeshId::from_uuid(m))))
+    }
+
+    /// The platform CA, if one was created.
+    pub async fn platform_ca(&self) -> Result<Option<PlatformCaRecord>, StoreError> {
+        let row: Option<(Vec<u8>, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT cert_der, key_kek_id, key_nonce, key_ciphertext FROM platform_ca WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(cert_der, kek_id, nonce, ciphertext)| PlatformCaRecord {
+            cert_der,
+            sealed_key: SealedBytes { kek_id, nonce, ciphertext },
+        }))
+    }
+
+    /// Stores the platform CA unless another replica did first; returns the one that won.
+    pub async fn init_platform_ca(&self, ca: &PlatformCaRecord) -> Result<PlatformCaRecord, StoreError> {
+        sqlx::query(
+            "INSERT INTO platform_ca (id, cert_der, key_kek_id, key_nonce, key_ciphertext) \
+             VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_der)
+        .bind(&ca.sealed_key.kek_id)
+        .bind(&ca.sealed_key.nonce)
+        .bind(&ca.sealed_key.ciphertext)
+        .execute(&self.pool)
+        .await?;
+        self.platform_ca().await?.ok_or(StoreError::NotFound("platform CA"))
+    }
+
+    /// Replaces the platform CA's sealed key (KEK rotation).
+    pub async fn reseal_platform_ca(&self, sealed: &SealedBytes) -> Result<(), StoreError> {
+        sqlx::query("UPDATE platform_ca SET key_kek_id = $1, key_nonce = $2, key_ciphertext = $3 WHERE id = 1")
+            .bind(&sealed.kek_id)
+            .bind(&sealed.nonce)
+            .bind(&sealed.ciphertext)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every organization id (for maintenance that visits each tenant, like KEK rotation).
+    pub async fn org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
+        let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM organizations ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(|(id,)| OrgId::from_uuid(id)).collect())
+    }
+}

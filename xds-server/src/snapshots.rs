@@ -1,0 +1,229 @@
+//! The snapshot engine: one current, immutable state per mesh that some stream watches,
+//! rebuilt from the store when the change feed names the mesh — once per debounce window,
+//! with a bound on concurrent rebuilds — and shared (`Arc`) by every stream of the mesh.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, watch};
+use trellis_model::config::{Kind, MeshSpec, Spec, Tags, parse_mesh_spec};
+use trellis_model::{MeshId, OrgId};
+use trellis_store::{MeshChange, Selector, Store, StoreError};
+use trellis_xds::sotw::Snapshot;
+use trellis_xds::{Endpoint, MeshView};
+
+/// Most resources of one mesh read for a snapshot (the API bounds what a mesh holds).
+const MAX_RESOURCES: i64 = 100_000;
+
+/// One mesh at one revision: the parsed view and the resources every gRPC client shares.
+#[derive(Debug)]
+pub struct MeshState {
+    pub org: OrgId,
+    pub mesh: MeshId,
+    pub revision: i64,
+    /// When the mesh's latest write committed (for the ledger's convergence times).
+    pub committed_at: DateTime<Utc>,
+    pub view: Arc<MeshView>,
+    pub grpc: Arc<Snapshot>,
+}
+
+/// What a stream watches: `None` once the mesh is gone.
+pub type MeshWatch = watch::Receiver<Option<Arc<MeshState>>>;
+
+struct Entry {
+    org: OrgId,
+    tx: watch::Sender<Option<Arc<MeshState>>>,
+    scheduled: bool,
+}
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    /// Changes closer together than this are built once.
+    pub debounce: Duration,
+    /// Most meshes rebuilt at the same time.
+    pub max_concurrent_builds: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        Self { debounce: Duration::from_millis(20), max_concurrent_builds: 4 }
+    }
+}
+
+pub struct Snapshots {
+    store: Store,
+    options: SnapshotOptions,
+    meshes: Mutex<HashMap<MeshId, Entry>>,
+    builds: Semaphore,
+}
+
+impl Snapshots {
+    pub fn new(store: Store, options: SnapshotOptions) -> Arc<Self> {
+        let builds = Semaphore::new(options.max_concurrent_builds.max(1));
+        Arc::new(Self { store, options, meshes: Mutex::new(HashMap::new()), builds })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MeshId, Entry>> {
+        self.meshes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Watches a mesh, building its state first if no stream watched it yet.
+    pub async fn watch(self: &Arc<Self>, org: OrgId, mesh: MeshId) -> Result<MeshWatch, StoreError> {
+        if let Some(e) = self.lock().get(&mesh) {
+            return Ok(e.tx.subscribe());
+        }
+        let state = {
+            let _permit = self.builds.acquire().await.ok();
+            build(&self.store, org, mesh).await?
+        };
+        let mut meshes = self.lock();
+        let entry = meshes.entry(mesh).or_insert_with(|| Entry {
+            org,
+            tx: watch::channel(state.map(Arc::new)).0,
+            scheduled: false,
+        });
+        Ok(entry.tx.subscribe())
+    }
+
+    /// The change feed named a mesh: rebuild it after the debounce window, if anyone watches.
+    pub fn on_change(self: &Arc<Self>, change: MeshChange) {
+        let mut meshes = self.lock();
+        let Some(entry) = meshes.get_mut(&change.mesh) else { return };
+        if entry.tx.receiver_count() == 0 {
+            meshes.remove(&change.mesh);
+            return;
+        }
+        if entry.scheduled {
+            return;
+        }
+        entry.scheduled = true;
+        let org = entry.org;
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(this.options.debounce).await;
+            this.rebuild(org, change.mesh).await;
+        });
+    }
+
+    /// Rebuilds every watched mesh (after the change feed resynced, nothing is missed).
+    pub fn rebuild_all(self: &Arc<Self>) {
+        let keys: Vec<(OrgId, MeshId)> = self.lock().iter().map(|(m, e)| (e.org, *m)).collect();
+        for (org, mesh) in keys {
+            self.on_change(MeshChange { org, mesh, revision: -1 });
+        }
+    }
+
+    async fn rebuild(&self, org: OrgId, mesh: MeshId) {
+        if let Some(e) = self.lock().get_mut(&mesh) {
+            // Changes from here on schedule another build.
+            e.scheduled = false;
+        }
+        let built = {
+            let _permit = self.builds.acquire().await.ok();
+            build(&self.store, org, mesh).await
+        };
+        let state = match built {
+            Ok(s) => s.map(Arc::new),
+            Err(e) => {
+                tracing::warn!(%mesh, error = %e, "rebuilding a mesh failed; the periodic reconcile retries");
+                return;
+            }
+        };
+        let meshes = self.lock();
+        if let Some(entry) = meshes.get(&mesh) {
+            entry.tx.send_if_modified(|current| {
+                let same = match (current.as_ref(), state.as_ref()) {
+                    (Some(a), Some(b)) => a.revision == b.revision && a.grpc == b.grpc,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    *current = state;
+                }
+                !same
+            });
+        }
+    }
+
+    /// How many meshes are watched.
+    pub fn meshes(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Reads a mesh from the store and translates it; `None` when it does not exist.
+pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<MeshState>, StoreError> {
+    let mut tx = store.tenant(org).await?;
+    let Some(mesh) = tx.mesh_by_id(mesh_id).await? else { return Ok(None) };
+    let resources = tx.list_resources(mesh_id, None, &Selector::default(), None, MAX_RESOURCES).await?;
+    let dataplanes = tx.list_dataplanes(mesh_id).await?;
+    tx.commit().await?;
+
+    let spec: MeshSpec = parse_mesh_spec("spec", mesh.spec.clone()).unwrap_or_default();
+    let Ok(trust_domain) = trellis_ca::TrustDomain::parse(&mesh.trust_domain) else {
+        tracing::error!(mesh = %mesh.name.as_str(), "stored trust domain does not parse");
+        return Ok(None);
+    };
+    let mut view = MeshView {
+        mesh: mesh.name.as_str().to_owned(),
+        trust_domain,
+        mtls: spec.mtls.mode,
+        default_access: spec.default_access,
+        services: BTreeMap::new(),
+        http_routes: BTreeMap::new(),
+        tcp_routes: BTreeMap::new(),
+        access_policies: BTreeMap::new(),
+        circuit_breakers: BTreeMap::new(),
+        health_checks: BTreeMap::new(),
+        rate_limits: BTreeMap::new(),
+        endpoints: Vec::new(),
+    };
+    for r in resources {
+        let Some(kind) = Kind::lookup(&r.kind) else { continue };
+        let name = r.name.as_str().to_owned();
+        // Stored specs were validated on the way in; one that no longer parses (a model
+        // change) is left out rather than breaking the whole mesh.
+        let Ok(parsed) = Spec::parse(kind, "spec", r.spec) else {
+            tracing::warn!(kind = %r.kind, %name, "stored resource does not parse; left out of xDS");
+            continue;
+        };
+        match parsed.spec {
+            Spec::Service(s) => drop(view.services.insert(name, s)),
+            Spec::HttpRoute(s) => drop(view.http_routes.insert(name, s)),
+            Spec::TcpRoute(s) => drop(view.tcp_routes.insert(name, s)),
+            Spec::AccessPolicy(s) => drop(view.access_policies.insert(name, s)),
+            Spec::CircuitBreaker(s) => drop(view.circuit_breakers.insert(name, s)),
+            Spec::HealthCheck(s) => drop(view.health_checks.insert(name, s)),
+            Spec::RateLimit(s) => drop(view.rate_limits.insert(name, s)),
+        }
+    }
+    for dp in dataplanes {
+        let Some(address) = dp.address.map(|a| a.addr()) else { continue };
+        let tags: Tags = serde_json::from_value(dp.tags.clone()).unwrap_or_default();
+        for port in dp.ports.iter().filter_map(|p| u32::try_from(*p).ok()) {
+            view.endpoints.push(Endpoint {
+                service: dp.service.clone(),
+                address,
+                port,
+                tags: tags.clone(),
+                zone: dp.zone.clone(),
+                // A disconnected proxy stays listed, unhealthy, until the grace period ends.
+                healthy: dp.online,
+            });
+        }
+    }
+    view.endpoints.sort_by(|a, b| (&a.service, a.address, a.port).cmp(&(&b.service, b.address, b.port)));
+    view.endpoints.dedup();
+    let grpc = Arc::new(Snapshot::from_resources(&trellis_xds::grpc_client(&view)));
+    Ok(Some(MeshState {
+        org,
+        mesh: mesh_id,
+        revision: mesh.revision,
+        committed_at: mesh.updated_at,
+        view: Arc::new(view),
+        grpc,
+    }))
+}
