@@ -73,4 +73,6 @@ pub fn grpc_server(view: &MeshView, service: &str, addr: std::net::SocketAddr) -
 }
 
 #[cfg(test)]
+mod sidecar_tests;
+#[cfg(test)]
 mod tests;
