@@ -119,17 +119,9 @@ pub(crate) fn clusters(view: &MeshView, client: Client) -> Vec<Cluster> {
     subsets(view).into_iter().map(|(name, (service, _))| cluster(view, name, &service, client)).collect()
 }
 
-/// Envoy's upstream protocol options for a service that speaks HTTP/2 (`http2`, `grpc`):
-/// Envoy would otherwise speak HTTP/1.1 upstream. The map holds one entry, so its encoding
-/// is canonical.
-pub(crate) fn http2_options(view: &MeshView, service: &str) -> HashMap<String, Any> {
-    let h2 = view
-        .services
-        .get(service)
-        .is_some_and(|s| s.ports.iter().any(|p| matches!(p.protocol, Protocol::Http2 | Protocol::Grpc)));
-    if !h2 {
-        return HashMap::new();
-    }
+/// Envoy's upstream protocol options for HTTP/2, which Envoy would not otherwise speak
+/// upstream. The map holds one entry, so its encoding is canonical.
+pub(crate) fn http2_options() -> HashMap<String, Any> {
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
@@ -144,10 +136,15 @@ fn cluster(view: &MeshView, name: String, service: &str, client: Client) -> Clus
         Client::Grpc => upstream_tls(view, service),
         Client::Envoy => secrets::upstream_tls(&spiffe_id(&view.trust_domain, &view.mesh, service)),
     };
-    let typed_extension_protocol_options = match client {
-        Client::Grpc => HashMap::new(),
-        Client::Envoy => http2_options(view, service),
-    };
+    // A service with any HTTP/2 port (`http2`, `grpc`) gets HTTP/2 between sidecars: the
+    // peer's inbound HCM detects the codec and speaks each port's own protocol to its
+    // application, so its HTTP/1 ports work over it too.
+    let h2 = view
+        .services
+        .get(service)
+        .is_some_and(|s| s.ports.iter().any(|p| matches!(p.protocol, Protocol::Http2 | Protocol::Grpc)));
+    let typed_extension_protocol_options =
+        if client == Client::Envoy && h2 { http2_options() } else { HashMap::new() };
     let mut c = Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),

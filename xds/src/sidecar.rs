@@ -28,7 +28,7 @@
 //! and Linux refuses the second listening socket unless both set `SO_REUSEPORT`; the agent
 //! must arrange it (or redirect inbound traffic) until the listen address is configurable.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -89,7 +89,7 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
         let protocol = declared.iter().find(|p| p.port == port).map_or(Protocol::Tcp, |p| p.protocol);
         let name = sidecar_inbound_name(port);
         out.listeners.insert(name.clone(), inbound_listener(view, service, port, protocol));
-        out.clusters.insert(name.clone(), local_cluster(view, service, port));
+        out.clusters.insert(name.clone(), local_cluster(port, protocol));
     }
     let addresses = outbound_addresses(view);
     for (upstream, spec) in &view.services {
@@ -180,8 +180,8 @@ fn outbound_tcp_proxy(view: &MeshView, upstream: &str, stat_prefix: String) -> T
     TcpProxy { stat_prefix, cluster_specifier: Some(specifier), ..Default::default() }
 }
 
-/// The application behind an inbound port.
-fn local_cluster(view: &MeshView, service: &str, port: u32) -> Cluster {
+/// The application behind an inbound port, spoken to in the port's protocol.
+fn local_cluster(port: u32, protocol: Protocol) -> Cluster {
     let name = sidecar_inbound_name(port);
     Cluster {
         name: name.clone(),
@@ -201,7 +201,10 @@ fn local_cluster(view: &MeshView, service: &str, port: u32) -> Cluster {
             }],
             ..Default::default()
         }),
-        typed_extension_protocol_options: http2_options(view, service),
+        typed_extension_protocol_options: match protocol {
+            Protocol::Http2 | Protocol::Grpc => http2_options(),
+            Protocol::Http | Protocol::Tcp => HashMap::new(),
+        },
         ..Default::default()
     }
 }

@@ -920,3 +920,24 @@ fn sidecar_versions_are_stable_with_many_rbac_policies() {
         trellis_model::config::AccessAction::Deny;
     assert_ne!(version(&changed), first);
 }
+
+#[test]
+fn local_clusters_speak_each_ports_protocol() {
+    let mut view = mesh("");
+    let api = view.services.get_mut("api").unwrap();
+    api.ports.push(trellis_model::config::ServicePort {
+        name: None,
+        port: 8081,
+        protocol: trellis_model::config::Protocol::Http,
+    });
+    let r = envoy_sidecar(&view, "api", &[9090, 8081]);
+    let h2 = |c: &str| {
+        r.clusters[c].typed_extension_protocol_options.contains_key(&HttpProtocolOptions::full_name())
+    };
+    assert!(h2("inbound:9090"), "the gRPC port's application speaks HTTP/2");
+    assert!(!h2("inbound:8081"), "the HTTP/1 port's application must not get HTTP/2");
+    assert!(h2("api"), "between sidecars, HTTP/2 when the service has an HTTP/2 port");
+    assert!(
+        r.listeners.contains_key("outbound:api.shop:8081") && r.routes.contains_key("outbound:api.shop:8081")
+    );
+}
