@@ -8,10 +8,9 @@
 //! (`127.0.0.1:<port>`, the application). TCP ports, and ports the service does not declare,
 //! run network RBAC and a TCP proxy to the same cluster. In a PERMISSIVE mesh the listener
 //! also has a plaintext filter chain (chosen by the TLS inspector, `raw_buffer`) with the same
-//! filters. A plaintext caller has no principal, so no Allow rule matches it: under default
-//! deny it is refused, under default allow it gets in unless a Deny rule without sources
-//! could match (none can: sources are required). PERMISSIVE is for migrations under default
-//! allow.
+//! filters. A plaintext caller has no principal, so no rule matches it (every rule names its
+//! sources): under default deny it is refused, under default allow it is let in. PERMISSIVE
+//! therefore helps migrations only under default allow.
 //!
 //! **Outbound.** One Listener `outbound:<service>.<mesh>:<port>` per port of every service of
 //! the mesh, the caller's own included. Services share port numbers (every HTTP service on
