@@ -1,9 +1,10 @@
-//! Server Listeners for xDS-enabled gRPC servers, with access policies as RBAC.
+//! Access policies as RBAC: server Listeners for xDS-enabled gRPC servers, and the RBAC
+//! filters of Envoy sidecars' inbound listeners.
 //!
 //! Evaluation order (the same for every client): deny rules first — a match is refused;
 //! then, when the mesh's default access is `deny`, a request must match an allow rule.
 //! Audit rules never refuse; gRPC has no shadow rules, so for gRPC servers they are left
-//! out (Envoy sidecars will carry them as `shadow_rules`).
+//! out, and Envoy sidecars carry them as `shadow_rules` of their own filter.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, NonForwardingAction, Route, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as RbacFilter;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -53,6 +55,8 @@ use crate::view::MeshView;
 pub const RBAC_DENY: &str = "trellis.rbac.deny";
 /// Name of the allow-rules RBAC filter instance.
 pub const RBAC_ALLOW: &str = "trellis.rbac.allow";
+/// Name of the audit-rules (shadow) RBAC filter instance, sidecars only.
+pub const RBAC_AUDIT: &str = "trellis.rbac.audit";
 
 fn any_permission() -> Permission {
     Permission { rule: Some(Rule::Any(true)) }
@@ -73,7 +77,8 @@ fn header_permission(name: &str, m: StringMatcher) -> Permission {
 }
 
 /// One rule as an RBAC policy: any of the sources, and every given request condition.
-fn policy(view: &MeshView, rule: &AccessRule) -> Policy {
+/// `l4` (a TCP port) drops the request conditions: the policy covers whole connections.
+fn policy(view: &MeshView, rule: &AccessRule, l4: bool) -> Policy {
     let principals = rule
         .from
         .iter()
@@ -91,8 +96,7 @@ fn policy(view: &MeshView, rule: &AccessRule) -> Policy {
         })
         .collect();
     let permissions = match &rule.to {
-        None => vec![any_permission()],
-        Some(to) => {
+        Some(to) if !l4 => {
             let mut all = Vec::new();
             if !to.methods.is_empty() {
                 all.push(or(to.methods.iter().map(|m| header_permission(":method", exact(m))).collect()));
@@ -132,67 +136,151 @@ fn policy(view: &MeshView, rule: &AccessRule) -> Policy {
                 vec![Permission { rule: Some(Rule::AndRules(PermissionSet { rules: all })) }]
             }
         }
+        _ => vec![any_permission()],
     };
     Policy { permissions, principals, ..Default::default() }
 }
 
-/// The RBAC filter config, encoded by hand so that its policy map is written in name order:
+/// The access rules that target one service as RBAC policies named `<policy>/<rule index>`,
+/// by action.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    pub deny: BTreeMap<String, Policy>,
+    pub allow: BTreeMap<String, Policy>,
+    pub audit: BTreeMap<String, Policy>,
+}
+
+impl Rules {
+    /// For a TCP port (`l4`) request conditions cannot be checked, and the rules fail closed:
+    /// a Deny or Audit rule with conditions covers the whole connection, and an Allow rule
+    /// with conditions allows nothing.
+    pub(crate) fn of(view: &MeshView, service: &str, l4: bool) -> Rules {
+        let mut out = Rules::default();
+        for (name, p) in view.access_policies.iter().filter(|(_, p)| p.target_ref.service == service) {
+            for (i, rule) in p.rules.iter().enumerate() {
+                let id = format!("{name}/{i}");
+                let set = match rule.action {
+                    AccessAction::Deny => &mut out.deny,
+                    AccessAction::Allow if l4 && rule.to.is_some() => continue,
+                    AccessAction::Allow => &mut out.allow,
+                    AccessAction::Audit => &mut out.audit,
+                };
+                set.insert(id, policy(view, rule, l4));
+            }
+        }
+        out
+    }
+}
+
+/// `config.rbac.v3.RBAC`, encoded by hand so that its policy map is written in name order:
 /// prost writes `HashMap`s in iteration order, which differs between runs, and equal
 /// content must encode to equal bytes for content-hash versions (XDS.md §0).
-fn rbac_any(action: RbacAction, policies: &BTreeMap<String, Policy>) -> Any {
-    use prost::encoding::{WireType, encode_key, encode_varint};
+fn rbac_bytes(action: RbacAction, policies: &BTreeMap<String, Policy>) -> Vec<u8> {
     let mut rbac = Rbac { action: action as i32, ..Default::default() }.encode_to_vec();
     for (name, policy) in policies {
         let mut entry = Vec::new();
         prost::encoding::string::encode(1, name, &mut entry);
         prost::encoding::message::encode(2, policy, &mut entry);
-        encode_key(2, WireType::LengthDelimited, &mut rbac);
-        encode_varint(entry.len() as u64, &mut rbac);
-        rbac.extend_from_slice(&entry);
+        put_field(&mut rbac, 2, &entry);
     }
-    // RBAC filter { rules (1) = rbac }: every other field stays at its default.
-    let mut filter = Vec::new();
-    encode_key(1, WireType::LengthDelimited, &mut filter);
-    encode_varint(rbac.len() as u64, &mut filter);
-    filter.extend_from_slice(&rbac);
-    Any { type_url: RbacFilter::type_url(), value: filter }
+    rbac
 }
 
-fn rbac_filter(name: &str, action: RbacAction, policies: BTreeMap<String, Policy>) -> HttpFilter {
-    HttpFilter {
-        name: name.into(),
-        config_type: Some(ConfigType::TypedConfig(rbac_any(action, &policies))),
-        ..Default::default()
-    }
+fn put_field(buf: &mut Vec<u8>, tag: u32, bytes: &[u8]) {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
 }
 
-/// The RBAC filters for a service, deny before allow, router last.
-pub(crate) fn http_filters(view: &MeshView, service: &str) -> Vec<HttpFilter> {
-    let mut deny = BTreeMap::new();
-    let mut allow = BTreeMap::new();
-    for (name, p) in view.access_policies.iter().filter(|(_, p)| p.target_ref.service == service) {
-        for (i, rule) in p.rules.iter().enumerate() {
-            let id = format!("{name}/{i}");
-            match rule.action {
-                AccessAction::Deny => {
-                    deny.insert(id, policy(view, rule));
-                }
-                AccessAction::Allow => {
-                    allow.insert(id, policy(view, rule));
-                }
-                AccessAction::Audit => {}
-            }
+/// An RBAC filter config (HTTP or network: both keep `rules` in field 1 and `shadow_rules`
+/// in field 2): `rest` as prost encodes it (no maps), then the rules in canonical form.
+/// Protobuf accepts fields in any order.
+fn rbac_any<M: Message + Name>(
+    rest: M,
+    rules: Option<(RbacAction, &BTreeMap<String, Policy>)>,
+    shadow_rules: Option<(RbacAction, &BTreeMap<String, Policy>)>,
+) -> Any {
+    let mut value = rest.encode_to_vec();
+    for (tag, r) in [(1, rules), (2, shadow_rules)] {
+        if let Some((action, policies)) = r {
+            put_field(&mut value, tag, &rbac_bytes(action, policies));
         }
     }
+    Any { type_url: M::type_url(), value }
+}
+
+fn http_rbac_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter { name: name.into(), config_type: Some(ConfigType::TypedConfig(config)), ..Default::default() }
+}
+
+/// The RBAC filters of gRPC servers: deny before allow, router last. gRPC has no shadow
+/// rules, so Audit rules are left out.
+pub(crate) fn http_filters(view: &MeshView, service: &str) -> Vec<HttpFilter> {
+    let rules = Rules::of(view, service, false);
     let mut filters = Vec::new();
-    if !deny.is_empty() {
-        filters.push(rbac_filter(RBAC_DENY, RbacAction::Deny, deny));
+    if !rules.deny.is_empty() {
+        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Deny, &rules.deny)), None);
+        filters.push(http_rbac_filter(RBAC_DENY, config));
     }
     if view.default_access == DefaultAccess::Deny {
         // With no allow rule this denies every request: default deny means exactly that.
-        filters.push(rbac_filter(RBAC_ALLOW, RbacAction::Allow, allow));
+        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Allow, &rules.allow)), None);
+        filters.push(http_rbac_filter(RBAC_ALLOW, config));
     }
     filters.push(router_filter());
+    filters
+}
+
+/// Prefix of the counters of Audit rules (`<prefix>shadow_denied` counts would-be denials).
+pub const AUDIT_STAT_PREFIX: &str = "trellis_audit_";
+
+/// The RBAC HTTP filters of an Envoy sidecar's inbound port, in order: audit (shadow rules
+/// only, so it sees every request and refuses none), deny, then allow under default deny.
+pub(crate) fn sidecar_http_filters(view: &MeshView, service: &str) -> Vec<HttpFilter> {
+    let rules = Rules::of(view, service, false);
+    let mut filters = Vec::new();
+    if !rules.audit.is_empty() {
+        let rest = RbacFilter { shadow_rules_stat_prefix: AUDIT_STAT_PREFIX.into(), ..Default::default() };
+        // An Audit rule is a Deny rule on trial: its matches count as `shadow_denied`.
+        filters
+            .push(http_rbac_filter(RBAC_AUDIT, rbac_any(rest, None, Some((RbacAction::Deny, &rules.audit)))));
+    }
+    if !rules.deny.is_empty() {
+        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Deny, &rules.deny)), None);
+        filters.push(http_rbac_filter(RBAC_DENY, config));
+    }
+    if view.default_access == DefaultAccess::Deny {
+        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Allow, &rules.allow)), None);
+        filters.push(http_rbac_filter(RBAC_ALLOW, config));
+    }
+    filters
+}
+
+/// The network RBAC filters of a sidecar's inbound TCP port (checked once per connection),
+/// in the same order as for HTTP; `stat_prefix` names the port's counters.
+pub(crate) fn sidecar_network_filters(view: &MeshView, service: &str, stat_prefix: &str) -> Vec<Filter> {
+    let rules = Rules::of(view, service, true);
+    let filter = |name: &str, config: Any| Filter {
+        name: name.into(),
+        config_type: Some(FilterConfig::TypedConfig(config)),
+    };
+    let rest = |shadow: &str| NetworkRbac {
+        stat_prefix: stat_prefix.into(),
+        shadow_rules_stat_prefix: shadow.into(),
+        ..Default::default()
+    };
+    let mut filters = Vec::new();
+    if !rules.audit.is_empty() {
+        let config = rbac_any(rest(AUDIT_STAT_PREFIX), None, Some((RbacAction::Deny, &rules.audit)));
+        filters.push(filter(RBAC_AUDIT, config));
+    }
+    if !rules.deny.is_empty() {
+        filters.push(filter(RBAC_DENY, rbac_any(rest(""), Some((RbacAction::Deny, &rules.deny)), None)));
+    }
+    if view.default_access == DefaultAccess::Deny {
+        filters.push(filter(RBAC_ALLOW, rbac_any(rest(""), Some((RbacAction::Allow, &rules.allow)), None)));
+    }
     filters
 }
 

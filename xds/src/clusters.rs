@@ -1,7 +1,7 @@
 //! Clusters per service subset (EDS, mTLS pinned to the service's SPIFFE ID, circuit
 //! breakers, outlier detection, health checks) and their endpoint assignments.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
@@ -26,15 +26,21 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateProviderPluginInstance, CertificateValidationContext, CommonTlsContext, SubjectAltNameMatcher,
     UpstreamTlsContext,
 };
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions,
+};
 use envoy_types::pb::envoy::r#type::v3::Int64Range;
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use envoy_types::util::pack_any;
-use trellis_model::config::Tags;
+use prost::Name;
+use trellis_model::config::{Protocol, Tags};
 
-use crate::CERT_PROVIDER;
 use crate::names::{cluster_name, spiffe_id};
 use crate::util::{ads, duration, exact, u32v};
 use crate::view::MeshView;
+use crate::{CERT_PROVIDER, secrets};
 
 /// Every cluster of the mesh: one per service, plus one per subset of tags that a route,
 /// TCP route or mirror names. Name → (service, tags).
@@ -100,18 +106,53 @@ fn upstream_tls(view: &MeshView, service: &str) -> TransportSocket {
     }
 }
 
-pub(crate) fn clusters(view: &MeshView) -> Vec<Cluster> {
-    subsets(view).into_iter().map(|(name, (service, _))| cluster(view, name, &service)).collect()
+/// Which client the clusters are for: they differ only in where TLS material comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// Proxyless gRPC: certificate-provider instances from the bootstrap.
+    Grpc,
+    /// Envoy sidecar: SDS secrets over ADS, and HTTP/2 upstreams where the service speaks it.
+    Envoy,
 }
 
-fn cluster(view: &MeshView, name: String, service: &str) -> Cluster {
+pub(crate) fn clusters(view: &MeshView, client: Client) -> Vec<Cluster> {
+    subsets(view).into_iter().map(|(name, (service, _))| cluster(view, name, &service, client)).collect()
+}
+
+/// Envoy's upstream protocol options for HTTP/2, which Envoy would not otherwise speak
+/// upstream. The map holds one entry, so its encoding is canonical.
+pub(crate) fn http2_options() -> HashMap<String, Any> {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+        })),
+        ..Default::default()
+    };
+    HashMap::from([(HttpProtocolOptions::full_name(), pack_any(options))])
+}
+
+fn cluster(view: &MeshView, name: String, service: &str, client: Client) -> Cluster {
+    let transport_socket = match client {
+        Client::Grpc => upstream_tls(view, service),
+        Client::Envoy => secrets::upstream_tls(&spiffe_id(&view.trust_domain, &view.mesh, service)),
+    };
+    // A service with any HTTP/2 port (`http2`, `grpc`) gets HTTP/2 between sidecars: the
+    // peer's inbound HCM detects the codec and speaks each port's own protocol to its
+    // application, so its HTTP/1 ports work over it too.
+    let h2 = view
+        .services
+        .get(service)
+        .is_some_and(|s| s.ports.iter().any(|p| matches!(p.protocol, Protocol::Http2 | Protocol::Grpc)));
+    let typed_extension_protocol_options =
+        if client == Client::Envoy && h2 { http2_options() } else { HashMap::new() };
     let mut c = Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: name }),
         lb_policy: LbPolicy::RoundRobin as i32,
         connect_timeout: Some(PbDuration { seconds: 5, nanos: 0 }),
-        transport_socket: Some(upstream_tls(view, service)),
+        transport_socket: Some(transport_socket),
+        typed_extension_protocol_options,
         ..Default::default()
     };
     // Several circuit breakers for one service: the one first by name applies.

@@ -7,10 +7,13 @@
 //!   ACK/NACK, what to send and when — as a state machine the server drives.
 //! - [`delta`]: the same for Delta (incremental) ADS, where each resource has its own version.
 //!
-//! This first cut produces the shapes the proxyless gRPC client accepts (XDS.md §3, §4):
-//! `api_listener` Listeners named after the `xds:///` target, RDS, EDS clusters per service
-//! subset with mTLS through certificate-provider instances, and server Listeners with RBAC
-//! for xDS-enabled gRPC servers. Envoy sidecar shapes (SDS, inbound listeners) come next.
+//! Two client kinds, shaped apart (XDS.md §7, "one config for everyone"):
+//! - proxyless gRPC ([`grpc_client`], [`grpc_server`], XDS.md §3, §4): `api_listener`
+//!   Listeners named after the `xds:///` target, RDS, EDS clusters per service subset with mTLS
+//!   through certificate-provider instances, and server Listeners with RBAC;
+//! - Envoy sidecars ([`envoy_sidecar`], [`sds_secrets`], XDS.md §6): inbound Listeners that
+//!   terminate mTLS with RBAC, rate limits and shadow (audit) rules, outbound Listeners per
+//!   service port, the same routes and clusters with SDS secrets.
 
 #![forbid(unsafe_code)]
 
@@ -19,11 +22,19 @@ mod clusters;
 pub mod delta;
 mod names;
 mod routes;
+mod secrets;
+mod sidecar;
 pub mod sotw;
 mod util;
 mod view;
 
-pub use names::{cluster_name, grpc_listener_name, grpc_server_listener_name, spiffe_id};
+pub use access::{AUDIT_STAT_PREFIX, RBAC_ALLOW, RBAC_AUDIT, RBAC_DENY};
+pub use names::{
+    cluster_name, grpc_listener_name, grpc_server_listener_name, sidecar_inbound_name, sidecar_outbound_name,
+    spiffe_id,
+};
+pub use secrets::{CERT_FILE, KEY_FILE, TRUST_BUNDLE_SECRET, WORKLOAD_SECRET, sds_secrets};
+pub use sidecar::{RATE_LIMIT_FILTER, envoy_sidecar, outbound_addresses};
 pub use view::{Endpoint, MeshView, Resources};
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -46,10 +57,10 @@ pub fn grpc_client(view: &MeshView) -> Resources {
         for port in spec.ports.iter().filter(|p| p.protocol.is_http()) {
             let name = grpc_listener_name(service, &view.mesh, port.port);
             out.listeners.insert(name.clone(), routes::api_listener(&name));
-            out.routes.insert(name.clone(), routes::route_config(view, service, &name));
+            out.routes.insert(name.clone(), routes::route_config(view, service, &name, vec![name.clone()]));
         }
     }
-    for cluster in clusters::clusters(view) {
+    for cluster in clusters::clusters(view, clusters::Client::Grpc) {
         let cla = clusters::load_assignment(view, &cluster.name);
         out.endpoints.insert(cluster.name.clone(), cla);
         out.clusters.insert(cluster.name.clone(), cluster);
@@ -63,5 +74,7 @@ pub fn grpc_server(view: &MeshView, service: &str, addr: std::net::SocketAddr) -
     access::server_listener(view, service, addr)
 }
 
+#[cfg(test)]
+mod sidecar_tests;
 #[cfg(test)]
 mod tests;

@@ -32,3 +32,15 @@ pub fn spiffe_id(trust_domain: &trellis_ca::TrustDomain, mesh: &str, service: &s
         Err(e) => unreachable!("DNS labels make valid SPIFFE paths: {e}"),
     }
 }
+
+/// An Envoy sidecar's inbound Listener for `port`, and the local cluster of the application
+/// behind it: `inbound:<port>`.
+pub fn sidecar_inbound_name(port: u32) -> String {
+    format!("inbound:{port}")
+}
+
+/// An Envoy sidecar's outbound Listener (and its RouteConfiguration) for one port of a
+/// service: `outbound:<service>.<mesh>:<port>`.
+pub fn sidecar_outbound_name(service: &str, mesh: &str, port: u32) -> String {
+    format!("outbound:{service}.{mesh}:{port}")
+}

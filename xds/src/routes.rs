@@ -49,6 +49,15 @@ pub(crate) fn router_filter() -> HttpFilter {
     }
 }
 
+/// The fault filter, empty: routes that inject faults override it by its name.
+pub(crate) fn fault_filter() -> HttpFilter {
+    HttpFilter {
+        name: FAULT_FILTER.into(),
+        config_type: Some(ConfigType::TypedConfig(pack_any(HttpFault::default()))),
+        ..Default::default()
+    }
+}
+
 /// A client Listener: HCM in an `api_listener`, routes over ADS under the same name. The
 /// fault filter is always present (empty unless a route overrides it), router last.
 pub(crate) fn api_listener(name: &str) -> Listener {
@@ -58,14 +67,7 @@ pub(crate) fn api_listener(name: &str) -> Listener {
             config_source: Some(ads()),
             route_config_name: name.into(),
         })),
-        http_filters: vec![
-            HttpFilter {
-                name: FAULT_FILTER.into(),
-                config_type: Some(ConfigType::TypedConfig(pack_any(HttpFault::default()))),
-                ..Default::default()
-            },
-            router_filter(),
-        ],
+        http_filters: vec![fault_filter(), router_filter()],
         ..Default::default()
     };
     Listener {
@@ -78,7 +80,14 @@ pub(crate) fn api_listener(name: &str) -> Listener {
 /// The route configuration of one dial target: the rules of every HTTPRoute that targets
 /// `service` (routes by name, rules in order, each match its own Route), then a catch-all to
 /// all of the service's instances.
-pub(crate) fn route_config(view: &MeshView, service: &str, name: &str) -> RouteConfiguration {
+/// `domains` are the virtual host's: the dial target for gRPC, `*` for a sidecar's listener
+/// that carries one service only.
+pub(crate) fn route_config(
+    view: &MeshView,
+    service: &str,
+    name: &str,
+    domains: Vec<String>,
+) -> RouteConfiguration {
     let mut routes = Vec::new();
     for (route_name, spec) in view.http_routes.iter().filter(|(_, r)| r.target_ref.service == service) {
         for (i, rule) in spec.rules.iter().enumerate() {
@@ -97,20 +106,22 @@ pub(crate) fn route_config(view: &MeshView, service: &str, name: &str) -> RouteC
         }),
         action: Some(Action::Route(RouteAction {
             cluster_specifier: Some(ClusterSpecifier::Cluster(service.to_owned())),
+            timeout: Some(no_timeout()),
             ..Default::default()
         })),
         ..Default::default()
     });
     RouteConfiguration {
         name: name.into(),
-        virtual_hosts: vec![VirtualHost {
-            name: service.into(),
-            domains: vec![name.into()],
-            routes,
-            ..Default::default()
-        }],
+        virtual_hosts: vec![VirtualHost { name: service.into(), domains, routes, ..Default::default() }],
         ..Default::default()
     }
+}
+
+/// A route without a request timeout has none: Envoy's default of 15 s would cut long
+/// streams, and the model promises no limit. gRPC ignores `RouteAction.timeout`.
+pub(crate) fn no_timeout() -> envoy_types::pb::google::protobuf::Duration {
+    envoy_types::pb::google::protobuf::Duration { seconds: 0, nanos: 0 }
 }
 
 fn header_matcher(name: &str, m: &ValueMatch) -> HeaderMatcher {
@@ -204,6 +215,8 @@ fn route(name: String, m: Option<&HttpRouteMatch>, rule: &HttpRouteRule) -> Rout
         action.timeout = Some(duration(req));
         action.max_stream_duration =
             Some(MaxStreamDuration { max_stream_duration: Some(duration(req)), ..Default::default() });
+    } else {
+        action.timeout = Some(no_timeout());
     }
     if let Some(r) = &rule.retry {
         let mut on: Vec<&str> = r.retry_on.iter().map(|x| retry_on(*x)).collect();

@@ -4,7 +4,7 @@
 //! subscribed names (or the wildcard), the last version and nonce sent, the version it
 //! ACKed, and the version it NACKed with the reason. The server feeds it each request and
 //! each new [`Snapshot`]; it answers with the responses to send, in the order
-//! CDS → EDS → LDS → RDS, and never resends content the client rejected.
+//! CDS → EDS → LDS → RDS → SDS, and never resends content the client rejected.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,6 +12,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
@@ -20,12 +21,13 @@ use prost::Name;
 use crate::Resources;
 
 /// The type URLs served, in the order responses go out when several are due.
-pub fn type_order() -> [String; 4] {
+pub fn type_order() -> [String; 5] {
     [
         Cluster::type_url(),
         ClusterLoadAssignment::type_url(),
         Listener::type_url(),
         RouteConfiguration::type_url(),
+        Secret::type_url(),
     ]
 }
 
@@ -55,6 +57,7 @@ impl Snapshot {
         put(&mut s, &r.endpoints);
         put(&mut s, &r.listeners);
         put(&mut s, &r.routes);
+        put(&mut s, &r.secrets);
         s
     }
 }
@@ -168,7 +171,7 @@ impl Stream {
         Ok((reply, out))
     }
 
-    /// A new snapshot: the responses it makes due, in CDS → EDS → LDS → RDS order.
+    /// A new snapshot: the responses it makes due, in CDS → EDS → LDS → RDS → SDS order.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
         let due: Vec<String> = type_order().into_iter().filter(|t| self.types.contains_key(t)).collect();
         due.iter().filter_map(|t| self.respond(t, snap, false)).collect()

@@ -25,18 +25,18 @@ use trellis_model::config::{DefaultAccess, Kind, MtlsMode, Spec, Tags};
 
 use crate::{Endpoint, MeshView, grpc_client, grpc_server};
 
-fn unpack<T: Message + Name + Default>(any: &Any) -> T {
+pub(crate) fn unpack<T: Message + Name + Default>(any: &Any) -> T {
     assert_eq!(any.type_url, T::type_url());
     T::decode(any.value.as_slice()).expect("decodes")
 }
 
-fn tags(pairs: &[(&str, &str)]) -> Tags {
+pub(crate) fn tags(pairs: &[(&str, &str)]) -> Tags {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
-/// The example mesh of `examples/reviews.yaml`, with reviews v1 ×2, v2 ×1 and productpage.
-fn example() -> MeshView {
-    let text = include_str!("../../examples/reviews.yaml");
+/// A mesh from YAML documents: the `Mesh` document's settings (STRICT, default deny when
+/// absent) and every policy, with no endpoints.
+pub(crate) fn view_from_yaml(text: &str) -> MeshView {
     let mut view = MeshView {
         mesh: "shop".into(),
         trust_domain: trellis_ca::TrustDomain::parse("shop.acme.trellis.internal").unwrap(),
@@ -53,8 +53,13 @@ fn example() -> MeshView {
     };
     for doc in text.split("\n---\n") {
         let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
-        let Some(kind) = Kind::lookup(v["kind"].as_str().unwrap()) else { continue };
         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
+        if v["kind"] == "Mesh" {
+            let spec = trellis_model::config::parse_mesh_spec("spec", v["spec"].clone()).unwrap();
+            (view.mesh, view.mtls, view.default_access) = (name, spec.mtls.mode, spec.default_access);
+            continue;
+        }
+        let Some(kind) = Kind::lookup(v["kind"].as_str().unwrap()) else { continue };
         match Spec::parse(kind, "spec", v["spec"].clone()).unwrap().spec {
             Spec::Service(s) => drop(view.services.insert(name, s)),
             Spec::HttpRoute(s) => drop(view.http_routes.insert(name, s)),
@@ -65,6 +70,12 @@ fn example() -> MeshView {
             Spec::RateLimit(s) => drop(view.rate_limits.insert(name, s)),
         }
     }
+    view
+}
+
+/// The example mesh of `examples/reviews.yaml`, with reviews v1 ×2, v2 ×1 and productpage.
+fn example() -> MeshView {
+    let mut view = view_from_yaml(include_str!("../../examples/reviews.yaml"));
     let ep = |service: &str, ip: &str, t: Tags| Endpoint {
         service: service.into(),
         address: ip.parse().unwrap(),

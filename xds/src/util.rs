@@ -41,3 +41,29 @@ pub fn safe_regex(s: &str) -> StringMatcher {
 pub fn percent(p: u32) -> FractionalPercent {
     FractionalPercent { numerator: p, denominator: 0 }
 }
+
+/// A socket address `ip:port`.
+pub fn socket_address(ip: &str, port: u32) -> envoy_types::pb::envoy::config::core::v3::Address {
+    use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+    use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+    Address {
+        address: Some(AddressKind::SocketAddress(SocketAddress {
+            address: ip.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The TLS transport socket with this context (Downstream- or UpstreamTlsContext).
+pub fn tls_socket<M: prost::Message + prost::Name>(
+    ctx: M,
+) -> envoy_types::pb::envoy::config::core::v3::TransportSocket {
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(ConfigType::TypedConfig(envoy_types::util::pack_any(ctx))),
+    }
+}

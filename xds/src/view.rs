@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use trellis_model::config::{
     AccessPolicySpec, CircuitBreakerSpec, DefaultAccess, HealthCheckSpec, HttpRouteSpec, MtlsMode,
     RateLimitSpec, ServiceSpec, Tags, TcpRouteSpec,
@@ -47,4 +48,6 @@ pub struct Resources {
     pub routes: BTreeMap<String, RouteConfiguration>,
     pub clusters: BTreeMap<String, Cluster>,
     pub endpoints: BTreeMap<String, ClusterLoadAssignment>,
+    /// SDS secrets (Envoy sidecars only).
+    pub secrets: BTreeMap<String, Secret>,
 }
