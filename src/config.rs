@@ -37,9 +37,20 @@ pub enum Command {
     Delete(crate::cli::Delete),
     /// Print the OpenAPI document of the REST API.
     Openapi,
+    /// Key-encryption keys: `trellis kek rotate` makes a new current KEK and re-wraps every
+    /// sealed CA key under it.
+    #[command(subcommand)]
+    Kek(KekCommand),
     /// Operator bootstrap: create an organization (if needed) and an API token for it,
     /// printed once. For the first token of an installation; later ones come from the API.
     CreateToken(CreateToken),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KekCommand {
+    /// Add a new current KEK to the KEK file (keeping the old ones to unseal) and re-wrap every
+    /// CA key under it. Restart the other replicas afterwards so that they load the new key.
+    Rotate,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +94,16 @@ pub struct Global {
     /// [default: $XDG_DATA_HOME/trellis or ~/.local/share/trellis]
     #[arg(long, env = "TRELLIS_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
+
+    /// The key-encryption key that seals CA private keys, as `<id>:<base64 of 32 bytes>` (or
+    /// bare base64). When unset, the KEK file is used.
+    #[arg(long, env = "TRELLIS_KEK", global = true, hide_env_values = true)]
+    pub kek: Option<SecretString>,
+
+    /// File of key-encryption keys (`<id> <base64>` per line, current first); created with a
+    /// new key on first start [default: <data dir>/kek].
+    #[arg(long, env = "TRELLIS_KEK_FILE", global = true)]
+    pub kek_file: Option<PathBuf>,
 
     /// Which PostgreSQL the embedded default uses when no database URL is set.
     #[arg(long, env = "TRELLIS_EMBEDDED_POSTGRES", value_enum, default_value_t = EmbeddedMode::Auto, global = true)]
@@ -182,6 +203,26 @@ pub struct Serve {
     /// No-IdP mode: the organization the local admin owns (created when absent).
     #[arg(long, env = "TRELLIS_LOCAL_ORG", default_value = "default", value_parser = parse_slug)]
     pub local_org: trellis_model::OrgSlug,
+
+    /// Address of the TLS port: xDS (ADS) and the workload identity service (gRPC).
+    #[arg(long, env = "TRELLIS_XDS_ADDR", default_value = "127.0.0.1:15012")]
+    pub xds_addr: SocketAddr,
+
+    /// DNS names in the TLS port's server certificate (comma-separated), besides its IP.
+    #[arg(long, env = "TRELLIS_XDS_SERVER_NAMES", default_value = "localhost", value_delimiter = ',')]
+    pub xds_server_names: Vec<String>,
+
+    /// An xDS stream that does not take a response within this long is closed.
+    #[arg(long, env = "TRELLIS_XDS_SEND_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub xds_send_timeout: Duration,
+
+    /// Changes to one mesh closer together than this are pushed once.
+    #[arg(long, env = "TRELLIS_XDS_DEBOUNCE", default_value = "20ms", value_parser = parse_duration)]
+    pub xds_debounce: Duration,
+
+    /// A CA with fewer days of validity left is refused for activation or upload.
+    #[arg(long, env = "TRELLIS_CA_MIN_DAYS", default_value_t = 30)]
+    pub ca_min_days: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

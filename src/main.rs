@@ -60,7 +60,11 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             println!("migrations applied ({})", database.description);
             Ok(())
         }
-        Command::Serve(serve) => serve::serve(serve, &database).await,
+        Command::Serve(serve) => match keyring(&global, &data_dir) {
+            Ok(ring) => serve::serve(serve, &database, ring).await,
+            Err(e) => Err(e),
+        },
+        Command::Kek(config::KekCommand::Rotate) => rotate_kek(&global, &data_dir, &database).await,
         Command::CreateToken(args) => create_token(args, &database).await,
         Command::Openapi | Command::Apply(_) | Command::Get(_) | Command::Delete(_) => {
             unreachable!("handled before the database")
@@ -72,6 +76,48 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         tracing::error!("stopping the private PostgreSQL: {e:#}");
     }
     result
+}
+
+/// The key-encryption keys: `TRELLIS_KEK`, or the KEK file (created on first start).
+fn keyring(global: &Global, data_dir: &std::path::Path) -> anyhow::Result<trellis_ca::KeyRing> {
+    use trellis_pki::keyring;
+    if let Some(kek) = &global.kek {
+        return Ok(keyring::from_env(kek)?);
+    }
+    let path = global.kek_file.clone().unwrap_or_else(|| data_dir.join("kek"));
+    let (ring, created) = keyring::load_or_create(&path)?;
+    if created {
+        println!(
+            "Created a key-encryption key in {} (it seals every CA key: keep it secret and backed up)",
+            path.display()
+        );
+    }
+    Ok(ring)
+}
+
+/// `trellis kek rotate`: a new current key in the KEK file, then every sealed key re-wrapped.
+async fn rotate_kek(global: &Global, data_dir: &std::path::Path, database: &Database) -> anyhow::Result<()> {
+    use trellis_pki::keyring;
+    if global.kek.is_some() {
+        anyhow::bail!(
+            "the KEK comes from TRELLIS_KEK: rotate by moving to a KEK file (TRELLIS_KEK_FILE) that lists the \
+             new key first and the current one after it"
+        );
+    }
+    let path = global.kek_file.clone().unwrap_or_else(|| data_dir.join("kek"));
+    let old = keyring::read_file(&path)?;
+    let new = keyring::new_kek()?;
+    let mut keys = vec![&new];
+    keys.extend(old.iter());
+    keyring::write_file(&path, &keys)?;
+    let ring = keyring::from_file(&path)?;
+    trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
+    let store = trellis_store::Store::connect(database.roles.app.clone(), 2).await?;
+    let authority = trellis_pki::Authority::new(store.clone(), ring, Default::default());
+    let n = authority.reseal_all().await.context("re-wrapping CA keys")?;
+    store.close().await;
+    println!("new KEK {} is current in {}; {n} CA keys re-wrapped", new.id(), path.display());
+    Ok(())
 }
 
 /// Creates the organization if needed and prints a new API token for it.

@@ -12,13 +12,17 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use trellis_api::{AppState, HttpMetrics, ProcessCollector};
+use trellis_api::{AppState, HttpMetrics, ProcessCollector, XdsEndpoint};
+use trellis_pki::{Authority, AuthorityOptions};
 use trellis_store::{ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store};
+use trellis_xds_server::{
+    AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, XdsMetrics,
+};
 
 use crate::Database;
 use crate::config::Serve;
 
-pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
+pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing) -> anyhow::Result<()> {
     trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
     let store = Store::connect(database.roles.app.clone(), cfg.db_max_connections)
         .await
@@ -30,20 +34,75 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
         FeedOptions { reconcile_every: cfg.reconcile_interval, ..Default::default() },
     );
     let feed_stats = feed.stats();
-    let consumer = tokio::spawn(consume(feed));
+    let snapshots =
+        Snapshots::new(store.clone(), SnapshotOptions { debounce: cfg.xds_debounce, ..Default::default() });
+    let consumer = tokio::spawn(consume(feed, snapshots.clone()));
+    let authority = Authority::new(
+        store.clone(),
+        keyring,
+        AuthorityOptions { min_days: cfg.ca_min_days, ..Default::default() },
+    );
     let duties = tokio::spawn(leader_duties(store.clone(), leader.clone(), cfg.dataplane_grace));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
     let http_metrics = HttpMetrics::register(&mut registry);
+    let xds_metrics = XdsMetrics::default();
+    xds_metrics.register(&mut registry);
+
+    // The TLS port: a server certificate from the platform CA for this replica's names.
+    let xds_listener = TcpListener::bind(cfg.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (TRELLIS_XDS_ADDR)", cfg.xds_addr))?;
+    let xds_addr = xds_listener.local_addr()?;
+    let names: Vec<&str> =
+        cfg.xds_server_names.iter().map(String::as_str).filter(|n| !n.is_empty()).collect();
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    if !xds_addr.ip().is_unspecified() && !ips.contains(&xds_addr.ip()) {
+        ips.push(xds_addr.ip());
+    }
+    let server_identity =
+        trellis_pki::load_or_create_platform(&store, authority.keyring(), &names, &ips).await.context(
+            "loading the platform CA (is this the KEK that sealed it? see TRELLIS_KEK / TRELLIS_KEK_FILE)",
+        )?;
+    let tls = trellis_xds_server::tls::server_config(
+        server_identity.chain.clone(),
+        server_identity.key.clone_key(),
+    )
+    .context("TLS configuration of the xDS port")?;
+    let ads = AdsService::new(
+        authority.clone(),
+        store.clone(),
+        snapshots.clone(),
+        Ledger::start(store.clone()),
+        xds_metrics.clone(),
+        AdsOptions { send_timeout: cfg.xds_send_timeout, replica: replica_name(), ..Default::default() },
+    );
+    let identity = IdentityService::new(authority.clone());
+    let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let xds_server = tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, async {
+        let _ = xds_stop_rx.await;
+    }));
 
     let listener = TcpListener::bind(cfg.http_addr)
         .await
         .with_context(|| format!("cannot listen on {} (TRELLIS_HTTP_ADDR)", cfg.http_addr))?;
     let addr = listener.local_addr()?;
     let accounts = Arc::new(accounts(&cfg, addr)?);
-    let state = AppState { store: store.clone(), registry: Arc::new(registry), accounts: accounts.clone() };
+    let xds_host = match xds_addr.ip() {
+        ip if ip.is_unspecified() => {
+            format!("{}:{}", names.first().copied().unwrap_or("localhost"), xds_addr.port())
+        }
+        _ => xds_addr.to_string(),
+    };
+    let state = AppState {
+        store: store.clone(),
+        registry: Arc::new(registry),
+        accounts: accounts.clone(),
+        authority: authority.clone(),
+        xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
+    };
     let app = trellis_api::router(state, http_metrics, cfg.body_limit);
     // Minted before the address is announced: whoever waits for that line (an operator, a
     // supervisor, a test) may signal the process right away.
@@ -60,6 +119,7 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     println!(
         "  health: http://{addr}/healthz  readiness: http://{addr}/readyz  metrics: http://{addr}/metrics"
     );
+    println!("  xDS and workload identity (gRPC over TLS): {xds_host}");
     match (&accounts.oidc, local_link) {
         (Some(oidc), _) => {
             println!("  console login: {}  (OpenID provider {})", accounts.link("/auth/login"), oidc.issuer())
@@ -90,6 +150,12 @@ pub async fn serve(cfg: Serve, database: &Database) -> anyhow::Result<()> {
     match tokio::time::timeout(cfg.shutdown_grace, server).await {
         Ok(res) => res.context("server task")?.context("http server")?,
         Err(_) => tracing::warn!("requests still running after the grace period; closing them"),
+    }
+    let _ = xds_stop_tx.send(());
+    match tokio::time::timeout(std::time::Duration::from_secs(2), xds_server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "xDS server"),
+        Ok(_) => {}
+        Err(_) => tracing::info!("xDS streams still open after 2s; closing them"),
     }
     consumer.abort();
     duties.abort();
@@ -136,12 +202,19 @@ fn accounts(cfg: &Serve, addr: std::net::SocketAddr) -> anyhow::Result<trellis_a
     })
 }
 
-/// Follows the change feed. The xDS server will rebuild the meshes it names; until then
-/// each change is logged, and counted through the feed's statistics.
-async fn consume(mut feed: ChangeFeed) {
+/// Follows the change feed: each mesh it names is rebuilt for the xDS streams that watch it.
+async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>) {
     while let Some(change) = feed.recv().await {
         tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
+        snapshots.on_change(change);
     }
+}
+
+/// This replica's name in the dataplane list: host and process id.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host = host.trim();
+    format!("{}:{}", if host.is_empty() { "trellis" } else { host }, std::process::id())
 }
 
 /// Background duties that exactly one replica runs: removing dataplanes that stayed offline

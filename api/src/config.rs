@@ -344,6 +344,10 @@ pub(crate) async fn put_mesh(
     let spec_json = serde_json::to_value(&spec).expect("mesh spec serializes");
     let put =
         tx.put_mesh(&name, &trust_domain, &spec_json, &labels_json(&env.metadata.labels), if_version).await?;
+    if put.created {
+        // Each mesh gets its own root CA, in the transaction that creates it.
+        s.authority.create_root(&mut tx, &put.value).await?;
+    }
     if put.changed {
         let action = if put.created { "mesh.create" } else { "mesh.update" };
         audit(

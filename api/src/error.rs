@@ -112,11 +112,32 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<trellis_pki::PkiError> for ApiError {
+    fn from(e: trellis_pki::PkiError) -> Self {
+        use trellis_pki::PkiError;
+        match e {
+            PkiError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            PkiError::Unauthenticated(why) => {
+                tracing::info!(reason = %why, "credential refused");
+                ApiError::unauthorized(
+                    "the credential was refused (unknown, revoked, expired or already used)",
+                )
+            }
+            PkiError::Invalid { field, message } => ApiError::invalid_field(field, message),
+            PkiError::Conflict(m) => ApiError::conflict(m),
+            PkiError::Store(e) => e.into(),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
 /// Unique-constraint violations, by constraint name, in words a user can act on.
 fn conflict_for(constraint: &str) -> ApiError {
     match constraint {
-        "meshes_trust_domain_key" => ApiError::conflict("this trust domain is already used by another mesh")
-            .with_field("spec.trustDomain", "already used by another mesh; choose another"),
+        "meshes_trust_domain_key" | "trust_domain_directory_pkey" => {
+            ApiError::conflict("this trust domain is already used by another mesh")
+                .with_field("spec.trustDomain", "already used by another mesh; choose another")
+        }
         "meshes_name_key" => ApiError::conflict("a mesh with this name already exists"),
         "resources_name_key" => ApiError::conflict("a resource of this kind and name already exists"),
         "organizations_slug_key" => ApiError::conflict("this organization slug is taken")

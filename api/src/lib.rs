@@ -46,6 +46,18 @@ pub struct AppState {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub accounts: Arc<Accounts>,
+    pub authority: trellis_pki::Authority,
+    /// Where workloads reach the TLS port (xDS and identity), and the platform root they pin.
+    pub xds: XdsEndpoint,
+}
+
+/// The TLS port as workloads see it: for bootstraps and agent install lines.
+#[derive(Debug, Clone)]
+pub struct XdsEndpoint {
+    /// `host:port` that workloads dial.
+    pub address: String,
+    /// The platform CA's root (PEM), which workloads pin.
+    pub ca_pem: String,
 }
 
 /// The request id of a request, for the audit log.

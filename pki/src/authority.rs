@@ -10,10 +10,11 @@ use trellis_ca::{
     IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
-use trellis_model::{Token, TokenKind};
 use trellis_model::{MeshId, OrgId};
+use trellis_model::{Token, TokenKind};
 use trellis_store::{
-    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError, TenantTx,
+    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError,
+    TenantTx,
 };
 use uuid::Uuid;
 
@@ -155,8 +156,9 @@ impl Authority {
         if !tx.mesh_cas(mesh.id).await?.is_empty() {
             return Ok(());
         }
-        let ca = MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
-            .map_err(PkiError::internal)?;
+        let ca =
+            MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
+                .map_err(PkiError::internal)?;
         self.store_ca(tx, mesh, &ca, CaOrigin::Generated, CaState::Active).await?;
         Ok(())
     }
@@ -231,7 +233,9 @@ impl Authority {
         let mut roots = Vec::new();
         for ca in tx.mesh_cas(mesh.id).await? {
             if let (true, Some(root)) = (ca.state.in_bundle(), ca.chain.last()) {
-                roots.push(RootCert::parse(&td, CertificateDer::from(root.clone())).map_err(PkiError::internal)?);
+                roots.push(
+                    RootCert::parse(&td, CertificateDer::from(root.clone())).map_err(PkiError::internal)?,
+                );
             }
         }
         let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
@@ -248,8 +252,9 @@ impl Authority {
     ) -> Result<Issued, PkiError> {
         let (ca_id, ca) = self.signing_ca(tx, mesh).await?;
         let settings = tx.ca_settings(mesh.id).await?;
-        let ttl = SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
-            .map_err(PkiError::internal)?;
+        let ttl =
+            SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
+                .map_err(PkiError::internal)?;
         let svid = ca
             .sign_svid(csr, id, ttl, SystemTime::now())
             .map_err(|e| PkiError::Invalid { field: "csr", message: e.to_string() })?;
@@ -393,8 +398,9 @@ impl Authority {
     /// Rotation, step 1: a new root, published in the bundle beside the current one.
     pub async fn prepare_rotation(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<CaRecord, PkiError> {
         Self::ensure_no_rotation(&tx.mesh_cas(mesh.id).await?)?;
-        let ca = MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
-            .map_err(PkiError::internal)?;
+        let ca =
+            MeshCa::generate_root(&trust_domain(mesh)?, self.inner.options.root_validity, SystemTime::now())
+                .map_err(PkiError::internal)?;
         self.store_ca(tx, mesh, &ca, CaOrigin::Generated, CaState::Prepared).await
     }
 
@@ -498,9 +504,7 @@ impl Authority {
         )
         .map_err(|e| PkiError::Invalid { field: "chain", message: e.to_string() })?;
         let chain: Vec<Vec<u8>> = ca.chain_der().iter().map(|c| c.to_vec()).collect();
-        Ok(tx
-            .complete_pending_ca(mesh.id, id, &chain, ca.root().fingerprint(), utc(ca.not_after()))
-            .await?)
+        Ok(tx.complete_pending_ca(mesh.id, id, &chain, ca.root().fingerprint(), utc(ca.not_after())).await?)
     }
 
     /// An uploaded CA certificate chain and key (sealed at once); it becomes `prepared`.

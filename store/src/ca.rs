@@ -140,7 +140,11 @@ impl TryFrom<CaRow> for CaRecord {
             root_fingerprint: r.root_fingerprint,
             not_after: r.not_after,
             csr_pem: r.csr_pem,
-            sealed_key: SealedBytes { kek_id: r.key_kek_id, nonce: r.key_nonce, ciphertext: r.key_ciphertext },
+            sealed_key: SealedBytes {
+                kek_id: r.key_kek_id,
+                nonce: r.key_nonce,
+                ciphertext: r.key_ciphertext,
+            },
             created_at: r.created_at,
             activated_at: r.activated_at,
             retired_at: r.retired_at,
@@ -315,7 +319,8 @@ impl TenantTx {
         .bind(not_after)
         .fetch_optional(self.conn())
         .await?;
-        let record: CaRecord = row.ok_or(StoreError::NotFound("pending certificate authority"))?.try_into()?;
+        let record: CaRecord =
+            row.ok_or(StoreError::NotFound("pending certificate authority"))?.try_into()?;
         self.bump_bundle_sequence(mesh).await?;
         Ok(record)
     }
@@ -347,9 +352,10 @@ impl TenantTx {
 
     /// Every CA of this tenant (for KEK rotation).
     pub async fn all_cas(&mut self) -> Result<Vec<CaRecord>, StoreError> {
-        let rows: Vec<CaRow> = sqlx::query_as(concat!("SELECT ", ca_columns!(), " FROM mesh_cas ORDER BY id"))
-            .fetch_all(self.conn())
-            .await?;
+        let rows: Vec<CaRow> =
+            sqlx::query_as(concat!("SELECT ", ca_columns!(), " FROM mesh_cas ORDER BY id"))
+                .fetch_all(self.conn())
+                .await?;
         rows.into_iter().map(CaRecord::try_from).collect()
     }
 
@@ -558,20 +564,21 @@ impl Store {
 
     /// Replaces the platform CA's sealed key (KEK rotation).
     pub async fn reseal_platform_ca(&self, sealed: &SealedBytes) -> Result<(), StoreError> {
-        sqlx::query("UPDATE platform_ca SET key_kek_id = $1, key_nonce = $2, key_ciphertext = $3 WHERE id = 1")
-            .bind(&sealed.kek_id)
-            .bind(&sealed.nonce)
-            .bind(&sealed.ciphertext)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE platform_ca SET key_kek_id = $1, key_nonce = $2, key_ciphertext = $3 WHERE id = 1",
+        )
+        .bind(&sealed.kek_id)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Every organization id (for maintenance that visits each tenant, like KEK rotation).
     pub async fn org_ids(&self) -> Result<Vec<OrgId>, StoreError> {
-        let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT id FROM organizations ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM organizations ORDER BY id").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(|(id,)| OrgId::from_uuid(id)).collect())
     }
 }

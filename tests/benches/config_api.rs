@@ -109,6 +109,12 @@ async fn main() {
                 session_lifetime: Duration::from_secs(3600),
                 local_org: trellis_model::OrgSlug::parse("bench").unwrap(),
             }),
+            authority: trellis_pki::Authority::new(
+                store.clone(),
+                trellis_ca::KeyRing::new(trellis_ca::Kek::generate("bench").unwrap()),
+                Default::default(),
+            ),
+            xds: trellis_api::XdsEndpoint { address: "127.0.0.1:15012".into(), ca_pem: String::new() },
         },
         http_metrics,
         1 << 20,

@@ -43,15 +43,25 @@ pub fn trellis() -> Command {
             cmd.env_remove(k);
         }
     }
-    cmd.env("TRELLIS_LOG", "info").kill_on_drop(true);
+    // Every test process of one database must unseal the same CA keys; the TLS port is
+    // picked by the system so that tests run in parallel.
+    cmd.env("TRELLIS_LOG", "info")
+        .env("TRELLIS_KEK", TEST_KEK)
+        .env("TRELLIS_XDS_ADDR", "127.0.0.1:0")
+        .kill_on_drop(true);
     cmd
 }
+
+/// The key-encryption key of test runs (32 bytes of 0x2a): not a secret of anything real.
+pub const TEST_KEK: &str = "test:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 /// A running `trellis serve`, killed when dropped.
 pub struct Trellis {
     child: Child,
     /// `http://host:port` it announced.
     pub base: String,
+    /// `host:port` of its TLS port (xDS and identity), as announced.
+    pub xds: String,
     pub http: reqwest::Client,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -67,12 +77,16 @@ impl Trellis {
         let stdout: Arc<Mutex<Vec<String>>> = Arc::default();
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (xtx, mut xrx) = tokio::sync::mpsc::unbounded_channel();
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let so = stdout.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = out.next_line().await {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_owned());
+                }
+                if let Some(rest) = line.split("(gRPC over TLS): ").nth(1) {
+                    let _ = xtx.send(rest.trim().to_owned());
                 }
                 so.lock().unwrap().push(line);
             }
@@ -96,8 +110,10 @@ impl Trellis {
                 );
             }
         };
+        let xds =
+            tokio::time::timeout(Duration::from_secs(5), xrx.recv()).await.ok().flatten().unwrap_or_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Trellis { child, base, http, stdout, stderr }
+        Trellis { child, base, xds, http, stdout, stderr }
     }
 
     /// GET a path.

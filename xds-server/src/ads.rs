@@ -91,11 +91,10 @@ type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The verified workload behind a request, from its TLS client certificate only.
 async fn authenticate<T>(authority: &Authority, request: &Request<T>) -> Result<(Peer, SocketAddr), Status> {
-    let info = request
-        .extensions()
-        .get::<PeerInfo>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("xDS is served only over TLS with a client certificate"))?;
+    let info =
+        request.extensions().get::<PeerInfo>().cloned().ok_or_else(|| {
+            Status::unauthenticated("xDS is served only over TLS with a client certificate")
+        })?;
     let certs = info
         .certs
         .ok_or_else(|| Status::unauthenticated("present your mesh SVID as the TLS client certificate"))?;
@@ -163,7 +162,9 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
     let empty = Struct::default();
     let meta = node.metadata.as_ref().unwrap_or(&empty);
     let address = match meta.fields.get("address").and_then(string_of) {
-        Some(a) => a.parse::<IpAddr>().map_err(|_| bad(format!("metadata.address {a:?} is not an IP address")))?,
+        Some(a) => {
+            a.parse::<IpAddr>().map_err(|_| bad(format!("metadata.address {a:?} is not an IP address")))?
+        }
         None => remote.ip(),
     };
     let mut ports = Vec::new();
@@ -412,17 +413,26 @@ impl Sotw<'_> {
                 let convergence_ms = self.state.as_ref().and_then(|s| {
                     // Only an ACK of what this revision sent measures the revision.
                     let sent = self.proto.types.get(&req.type_url)?.sent_version.as_deref()?;
-                    (sent == version && self.sent_at_revision.get(&req.type_url) == Some(&s.revision)).then(|| {
-                        let ms = (chrono::Utc::now() - s.committed_at).num_microseconds().unwrap_or(0) as f64 / 1e3;
-                        ms.max(0.0)
-                    })
+                    (sent == version && self.sent_at_revision.get(&req.type_url) == Some(&s.revision)).then(
+                        || {
+                            let ms = (chrono::Utc::now() - s.committed_at).num_microseconds().unwrap_or(0)
+                                as f64
+                                / 1e3;
+                            ms.max(0.0)
+                        },
+                    )
                 });
                 if let Some(ms) = convergence_ms {
                     self.ctx.metrics.convergence.observe(ms / 1e3);
                 }
                 self.ctx.ledger.record(
                     self.peer.org,
-                    LedgerOp::Acked { dataplane: self.dataplane, type_url: req.type_url.clone(), version, convergence_ms },
+                    LedgerOp::Acked {
+                        dataplane: self.dataplane,
+                        type_url: req.type_url.clone(),
+                        version,
+                        convergence_ms,
+                    },
                 );
             }
             Reply::Nack { version, error } => {
@@ -431,7 +441,12 @@ impl Sotw<'_> {
                     %version, %error, "xDS response rejected");
                 self.ctx.ledger.record(
                     self.peer.org,
-                    LedgerOp::Nacked { dataplane: self.dataplane, type_url: req.type_url.clone(), version, error },
+                    LedgerOp::Nacked {
+                        dataplane: self.dataplane,
+                        type_url: req.type_url.clone(),
+                        version,
+                        error,
+                    },
                 );
             }
             Reply::Initial | Reply::Stale => {}

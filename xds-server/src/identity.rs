@@ -52,7 +52,10 @@ fn response(i: Issued) -> IssueSvidResponse {
 
 #[tonic::async_trait]
 impl Identity for IdentityService {
-    async fn issue_svid(&self, request: Request<IssueSvidRequest>) -> Result<Response<IssueSvidResponse>, Status> {
+    async fn issue_svid(
+        &self,
+        request: Request<IssueSvidRequest>,
+    ) -> Result<Response<IssueSvidResponse>, Status> {
         let from_header = request
             .metadata()
             .get("authorization")

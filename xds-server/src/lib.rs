@@ -48,7 +48,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(AggregatedDiscoveryServiceServer::new(ads).max_decoding_message_size(MAX_REQUEST))
-        .add_service(proto::identity_server::IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST))
+        .add_service(
+            proto::identity_server::IdentityServer::new(identity).max_decoding_message_size(MAX_REQUEST),
+        )
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
 }
