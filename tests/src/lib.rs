@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod grpc;
 pub mod oidc;
 
 use std::path::PathBuf;

@@ -1,0 +1,228 @@
+//! Proxyless gRPC against the real xDS server: gRPC's own xDS client and xDS-enabled server
+//! (Python `grpcio`, installed into .venv by scripts/test), with SVIDs from the identity
+//! service and mTLS everywhere.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::grpc::{Svid, issue, join_token, platform_root, write_files};
+use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
+
+fn python() -> PathBuf {
+    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: scripts/test creates it and installs grpcio (tests/requirements.txt)",
+        py.display()
+    );
+    py
+}
+
+fn peer_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("xds-peer/peer.py")
+}
+
+/// The gRPC xDS bootstrap for one workload whose files are in `dir`.
+fn bootstrap(dir: &Path, xds: &str, node: &str, service: &str, tags: Value) -> PathBuf {
+    let d = dir.display();
+    let doc = json!({
+        "xds_servers": [{
+            "server_uri": xds,
+            "channel_creds": [{"type": "tls", "config": {
+                "ca_certificate_file": format!("{d}/ca.pem"),
+                "certificate_file": format!("{d}/cert.pem"),
+                "private_key_file": format!("{d}/key.pem"),
+            }}],
+            "server_features": ["xds_v3"],
+        }],
+        "node": {"id": node, "cluster": service, "metadata": {"tags": tags}, "locality": {"zone": "z1"}},
+        "certificate_providers": {"trellis": {"plugin_name": "file_watcher", "config": {
+            "certificate_file": format!("{d}/cert.pem"),
+            "private_key_file": format!("{d}/key.pem"),
+            "ca_certificate_file": format!("{d}/bundle.pem"),
+            "refresh_interval": "60s",
+        }}},
+        "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
+    });
+    let path = dir.join("bootstrap.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    path
+}
+
+fn peer(bootstrap: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(peer_script())
+        .args(args)
+        .env("GRPC_XDS_BOOTSTRAP", bootstrap)
+        .env_remove("GRPC_XDS_BOOTSTRAP_CONFIG")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs the client for `calls` calls; returns replies by text and errors by code.
+async fn call(boot: &Path, calls: usize, headers: &[&str]) -> Value {
+    call_within(boot, calls, headers, 30).await
+}
+
+async fn call_within(boot: &Path, calls: usize, headers: &[&str], ready_secs: u32) -> Value {
+    let calls = calls.to_string();
+    let ready = ready_secs.to_string();
+    let mut args = vec![
+        "client",
+        "--target",
+        "xds:///reviews.shop:9080",
+        "--calls",
+        calls.as_str(),
+        "--ready-timeout",
+        &ready,
+    ];
+    for h in headers {
+        args.extend(["--header", h]);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), peer(boot, &args).output())
+        .await
+        .expect("the gRPC client finished within 2 minutes")
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!("client output is not JSON:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// The mesh of the example, with an access policy for the gRPC method used here.
+async fn apply_mesh(api: &Api) {
+    for doc in example_documents() {
+        if doc["kind"] == "AccessPolicy" {
+            continue;
+        }
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{}: {body}", document_path(&doc));
+    }
+    let policy = json!({"apiVersion": "trellis.dev/v1", "kind": "AccessPolicy",
+        "metadata": {"name": "reviews-callers", "mesh": "shop"},
+        "spec": {"targetRef": {"service": "reviews"}, "rules": [{"action": "Allow",
+            "from": [{"service": "productpage"}],
+            "to": {"paths": [{"type": "PathPrefix", "value": "/reviews.Reviews/"}]}}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/reviews-callers", &policy).await;
+    assert!(status == 200 || status == 201, "{body}");
+}
+
+struct Backends {
+    _children: Vec<Child>,
+}
+
+async fn start_backends(t: &Trellis, store: &trellis_store::Store, root: &str, dir: &Path) -> Backends {
+    let mut children = Vec::new();
+    for version in ["v1", "v2"] {
+        let svid = issue(&t.xds, root, &join_token(store, "acme", "shop", "reviews").await).await.unwrap();
+        let d = dir.join(format!("reviews-{version}"));
+        write_files(&d, root, &svid);
+        let boot =
+            bootstrap(&d, &t.xds, &format!("reviews-{version}"), "reviews", json!({"version": version}));
+        let port = free_port().to_string();
+        let child = peer(&boot, &["server", "--port", &port, "--reply", version])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python runs");
+        children.push(child);
+    }
+    Backends { _children: children }
+}
+
+/// Waits until both backends registered the port they serve on.
+async fn wait_registered(api: &Api) {
+    for _ in 0..300 {
+        let (status, body) = api.get("/meshes/shop/dataplanes").await;
+        assert_eq!(status, 200, "{body}");
+        let ready = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["service"] == "reviews" && !d["ports"].as_array().unwrap().is_empty())
+            .count();
+        if ready == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the two reviews backends did not register within 30 s");
+}
+
+fn count(v: &Value, reply: &str) -> u64 {
+    v["replies"][reply].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn grpc_xds_clients_follow_routes_over_mtls_and_the_ledger_shows_acks() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    apply_mesh(&api).await;
+    let store = db.store().await;
+    let root = platform_root(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let _backends = start_backends(&t, &store, &root, dir.path()).await;
+    wait_registered(&api).await;
+
+    let client: Svid =
+        issue(&t.xds, &root, &join_token(&store, "acme", "shop", "productpage").await).await.unwrap();
+    let d = dir.path().join("productpage");
+    write_files(&d, &root, &client);
+    let boot = bootstrap(&d, &t.xds, "productpage-1", "productpage", json!({}));
+
+    // The seed's canary: 75 % v1, 25 % v2.
+    let split = call(&boot, 2000, &[]).await;
+    let (v1, v2) = (count(&split, "v1"), count(&split, "v2"));
+    eprintln!("split: {split}");
+    assert_eq!(v1 + v2, 2000, "every call succeeds: {split}");
+    let share = v1 as f64 / 2000.0;
+    assert!((0.70..=0.80).contains(&share), "75 % ± 5 % to v1, got {share}: {split}");
+
+    // Beta testers always reach v2.
+    let beta = call(&boot, 200, &["x-beta=true"]).await;
+    assert_eq!(count(&beta, "v2"), 200, "{beta}");
+
+    // The ledger: every dataplane ACKed every type it was sent, and nothing was rejected.
+    let (status, ledger) = api.get("/meshes/shop/dataplanes").await;
+    assert_eq!(status, 200);
+    for dp in ledger["items"].as_array().unwrap() {
+        let sync = dp["sync"].as_array().unwrap_or_else(|| panic!("sync state listed: {dp}"));
+        assert!(!sync.is_empty(), "{dp}");
+        for line in sync {
+            assert_eq!(line["ackedVersion"], line["sentVersion"], "{dp}");
+            assert!(line["nack"].is_null(), "{dp}");
+        }
+    }
+
+    // Without the route, the default: all of reviews, both versions.
+    let (status, body) = api.delete("/meshes/shop/http-routes/reviews").await;
+    assert!(status == 204 || status == 200, "{body}");
+    let after = call(&boot, 400, &["x-beta=true"]).await;
+    assert_eq!(count(&after, "v1") + count(&after, "v2"), 400, "{after}");
+    assert!(count(&after, "v1") > 100, "x-beta no longer pins v2 once the route is gone: {after}");
+
+    // A caller the access policy does not allow is refused by the server's RBAC.
+    let stranger = issue(&t.xds, &root, &join_token(&store, "acme", "shop", "db").await).await.unwrap();
+    let d = dir.path().join("db");
+    write_files(&d, &root, &stranger);
+    let boot = bootstrap(&d, &t.xds, "db-1", "db", json!({}));
+    let denied = call_within(&boot, 5, &[], 5).await;
+    eprintln!("after the route was deleted: {after}; unknown caller: {denied}");
+    assert_eq!(count(&denied, "v1") + count(&denied, "v2"), 0, "{denied}");
+    assert!(denied["errors"]["PERMISSION_DENIED"].as_u64().unwrap_or(0) > 0, "{denied}");
+}
