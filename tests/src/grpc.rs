@@ -105,6 +105,12 @@ pub async fn renew(addr: &str, root_pem: &str, current: &Svid) -> Result<Svid, t
     Ok(svid(key.expose_pkcs8_pem().to_string(), resp))
 }
 
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid").field("spiffe_id", &self.spiffe_id).finish_non_exhaustive()
+    }
+}
+
 fn svid(key_pem: String, r: IssueSvidResponse) -> Svid {
     Svid {
         key_pem,

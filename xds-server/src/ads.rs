@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_pki::{Authority, Peer};
 use trellis_store::{Registration, Store};
+use trellis_xds::delta;
 use trellis_xds::sotw::{self, Reply, Snapshot, StreamError};
 use uuid::Uuid;
 
@@ -120,7 +121,7 @@ impl AggregatedDiscoveryService for AdsService {
         };
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run_sotw(self.ctx.clone(), peer, addr, inbound, tx));
+        tokio::spawn(run::<Sotw>(self.ctx.clone(), peer, addr, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -128,8 +129,17 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        authenticate(&self.ctx.authority, &request).await?;
-        Err(Status::unimplemented("Delta ADS is not served yet; use state-of-the-world ADS"))
+        let (peer, addr) = match authenticate(&self.ctx.authority, &request).await {
+            Ok(p) => p,
+            Err(s) => {
+                self.ctx.metrics.streams_refused.inc();
+                return Err(s);
+            }
+        };
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run::<Delta>(self.ctx.clone(), peer, addr, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
@@ -245,34 +255,163 @@ async fn register(ctx: &Ctx, peer: &Peer, reg: &Registration) -> Result<Uuid, St
     })
 }
 
-/// The resources one stream may be sent: the mesh's shared gRPC resources, plus the server
-/// Listeners it asked for (computed for its own service only).
-fn stream_snapshot(state: &MeshState, peer: &Peer, servers: &BTreeSet<SocketAddr>) -> Arc<Snapshot> {
-    if servers.is_empty() {
+/// What a stream is served: its kind of client, and what it told about itself.
+struct Selection {
+    client: String,
+    /// Listening addresses of the xDS-enabled gRPC server behind this stream.
+    servers: BTreeSet<SocketAddr>,
+    /// Inbound ports of a sidecar.
+    ports: Vec<u32>,
+    /// Where a sidecar's agent keeps the workload certificate and key.
+    cert_dir: String,
+}
+
+/// Default directory of the workload certificate files (the bootstraps use it too).
+const DEFAULT_CERT_DIR: &str = "/var/run/trellis";
+
+/// The resources one stream may be sent, all of its own mesh: for gRPC the mesh's shared
+/// client resources plus the server Listeners it asked for (of its own service only); for
+/// Envoy and the agent the sidecar resources of its service.
+fn select(state: &MeshState, peer: &Peer, sel: &Selection) -> Arc<Snapshot> {
+    if sel.client != "grpc" {
+        return state.sidecar(&peer.service, &sel.ports, &sel.cert_dir);
+    }
+    if sel.servers.is_empty() {
         return state.grpc.clone();
     }
     let mut snap = (*state.grpc).clone();
     let listeners = snap.types.entry(Listener::type_url()).or_default();
-    for addr in servers {
+    for addr in &sel.servers {
         let l = trellis_xds::grpc_server(&state.view, &peer.service, *addr);
         listeners.insert(l.name.clone(), (trellis_xds::version(&l), pack_any(l)));
     }
     Arc::new(snap)
 }
 
-/// One SotW stream, after authentication.
-async fn run_sotw(
+/// The SotW or Delta protocol state of one stream.
+trait Protocol: Default + Send + 'static {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    fn node(req: &Self::Req) -> Option<&Node>;
+    fn type_url(req: &Self::Req) -> &str;
+    /// Names the request subscribes (for learning a gRPC server's listening addresses).
+    fn subscribed(req: &Self::Req) -> Vec<&str>;
+    fn on_request(
+        &mut self,
+        req: &Self::Req,
+        snap: &Snapshot,
+    ) -> Result<(Event, Vec<Self::Resp>), StreamError>;
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Resp>;
+    /// For the ledger: type URL, version and nonce of a response.
+    fn describe(resp: &Self::Resp) -> (&str, &str, &str);
+    /// The version a client holds for `type_url` after an ACK of `nonce`.
+    fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String>;
+}
+
+/// How a request relates to what was sent, in the terms the ledger needs.
+enum Event {
+    Ack { nonce: Option<String>, version: String },
+    Nack { version: String, error: String },
+    Other,
+}
+
+#[derive(Default)]
+struct Sotw(sotw::Stream);
+
+impl Protocol for Sotw {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn subscribed(req: &DiscoveryRequest) -> Vec<&str> {
+        req.resource_names.iter().map(String::as_str).collect()
+    }
+    fn on_request(
+        &mut self,
+        req: &DiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<(Event, Vec<DiscoveryResponse>), StreamError> {
+        let (reply, out) = self.0.on_request(req, snap)?;
+        let event = match reply {
+            Reply::Ack { version } => Event::Ack { nonce: None, version },
+            Reply::Nack { version, error } => Event::Nack { version, error },
+            Reply::Initial | Reply::Stale => Event::Other,
+        };
+        Ok((event, out))
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
+        self.0.on_snapshot(snap)
+    }
+    fn describe(r: &DiscoveryResponse) -> (&str, &str, &str) {
+        (&r.type_url, &r.version_info, &r.nonce)
+    }
+    fn acked_version(&self, type_url: &str, _nonce: &str) -> Option<String> {
+        self.0.types.get(type_url)?.sent_version.clone()
+    }
+}
+
+#[derive(Default)]
+struct Delta(delta::Stream);
+
+impl Protocol for Delta {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+    fn type_url(req: &DeltaDiscoveryRequest) -> &str {
+        &req.type_url
+    }
+    fn subscribed(req: &DeltaDiscoveryRequest) -> Vec<&str> {
+        req.resource_names_subscribe.iter().map(String::as_str).collect()
+    }
+    fn on_request(
+        &mut self,
+        req: &DeltaDiscoveryRequest,
+        snap: &Snapshot,
+    ) -> Result<(Event, Vec<DeltaDiscoveryResponse>), StreamError> {
+        let (reply, out) = self.0.on_request(req, snap)?;
+        let event = match reply {
+            delta::Reply::Ack { nonce } => {
+                let version = self.0.types.get(&req.type_url).map(|t| t.version()).unwrap_or_default();
+                Event::Ack { nonce: Some(nonce), version }
+            }
+            delta::Reply::Nack { version, error, .. } => Event::Nack { version, error },
+            _ => Event::Other,
+        };
+        Ok((event, out))
+    }
+    fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        self.0.on_snapshot(snap)
+    }
+    fn describe(r: &DeltaDiscoveryResponse) -> (&str, &str, &str) {
+        (&r.type_url, &r.system_version_info, &r.nonce)
+    }
+    fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String> {
+        let t = self.0.types.get(type_url)?;
+        (t.sent_nonce.as_deref() == Some(nonce)).then(|| t.version())
+    }
+}
+
+/// One stream, after authentication: registration, then requests and pushes until it ends.
+async fn run<P: Protocol>(
     ctx: Arc<Ctx>,
     peer: Peer,
     remote: SocketAddr,
-    mut inbound: Streaming<DiscoveryRequest>,
-    out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
+    mut inbound: Streaming<P::Req>,
+    out: mpsc::Sender<Result<P::Resp, Status>>,
+) where
+    P::Req: prost::Message + Default,
+{
     let first = match inbound.message().await {
         Ok(Some(r)) => r,
         _ => return,
     };
-    let Some(node) = first.node.clone() else {
+    let Some(node) = P::node(&first).cloned() else {
         let _ = out.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
         return;
     };
@@ -302,34 +441,47 @@ async fn run_sotw(
     tracing::info!(mesh = %peer.mesh, service = %peer.service, node = %node.id, client = %reg.client,
         %dataplane, "xDS stream opened");
     ctx.metrics.streams.inc();
-    let mut stream = Sotw {
+    let cert_dir = node
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get("certDir"))
+        .and_then(string_of)
+        .filter(|d| d.starts_with('/') && !d.contains("..") && d.len() <= 256)
+        .unwrap_or_else(|| DEFAULT_CERT_DIR.to_owned());
+    let selection = Selection {
+        client: reg.client.clone(),
+        servers: BTreeSet::new(),
+        ports: reg.ports.iter().filter_map(|p| u32::try_from(*p).ok()).collect(),
+        cert_dir,
+    };
+    let mut session = Session {
         ctx: &ctx,
         peer: &peer,
         dataplane,
-        proto: sotw::Stream::default(),
-        servers: BTreeSet::new(),
+        proto: P::default(),
+        selection,
         state: watch.borrow_and_update().clone(),
         snap: Arc::new(Snapshot::default()),
         out: &out,
         sent_at_revision: HashMap::new(),
     };
-    stream.refresh();
+    session.refresh();
     let mut next = Some(first);
     loop {
         let result = if let Some(req) = next.take() {
-            stream.on_request(req, &mut reg).await
+            session.on_request(req, &mut reg).await
         } else {
             tokio::select! {
                 msg = inbound.message() => match msg {
-                    Ok(Some(req)) => stream.on_request(req, &mut reg).await,
+                    Ok(Some(req)) => session.on_request(req, &mut reg).await,
                     Ok(None) | Err(_) => break,
                 },
                 changed = watch.changed() => {
                     if changed.is_err() {
                         break;
                     }
-                    stream.state = watch.borrow_and_update().clone();
-                    stream.on_change().await
+                    session.state = watch.borrow_and_update().clone();
+                    session.on_change().await
                 }
             }
         };
@@ -346,16 +498,15 @@ async fn run_sotw(
 }
 
 /// A stream's state between requests and pushes.
-struct Sotw<'a> {
+struct Session<'a, P: Protocol> {
     ctx: &'a Ctx,
     peer: &'a Peer,
     dataplane: Uuid,
-    proto: sotw::Stream,
-    /// Listening addresses of the xDS-enabled gRPC server behind this stream.
-    servers: BTreeSet<SocketAddr>,
+    proto: P,
+    selection: Selection,
     state: Option<Arc<MeshState>>,
     snap: Arc<Snapshot>,
-    out: &'a mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    out: &'a mpsc::Sender<Result<P::Resp, Status>>,
     /// Per type URL, the mesh revision of the last response.
     sent_at_revision: HashMap<String, i64>,
 }
@@ -363,25 +514,25 @@ struct Sotw<'a> {
 /// `Err(Some(status))` ends the stream with that status; `Err(None)` ends it quietly.
 type Step = Result<(), Option<Status>>;
 
-impl Sotw<'_> {
+impl<P: Protocol> Session<'_, P> {
     fn refresh(&mut self) {
         if let Some(state) = &self.state {
-            self.snap = stream_snapshot(state, self.peer, &self.servers);
+            self.snap = select(state, self.peer, &self.selection);
         }
     }
 
-    async fn on_request(&mut self, req: DiscoveryRequest, reg: &mut Registration) -> Step {
+    async fn on_request(&mut self, req: P::Req, reg: &mut Registration) -> Step {
         if self.state.is_none() {
             return Err(Some(Status::not_found("the mesh no longer exists")));
         }
-        if req.type_url == Listener::type_url() {
-            let addrs: BTreeSet<SocketAddr> = req
-                .resource_names
-                .iter()
+        let type_url = P::type_url(&req).to_owned();
+        if type_url == Listener::type_url() && self.selection.client == "grpc" {
+            let addrs: BTreeSet<SocketAddr> = P::subscribed(&req)
+                .into_iter()
                 .filter_map(|n| n.strip_prefix(SERVER_LISTENER_PREFIX))
                 .filter_map(|a| a.parse().ok())
                 .collect();
-            if !addrs.is_subset(&self.servers) {
+            if !addrs.is_subset(&self.selection.servers) {
                 // A server tells where it listens by asking for its Listener: that port is
                 // where its peers reach it.
                 let before = reg.ports.clone();
@@ -392,11 +543,11 @@ impl Sotw<'_> {
                 if reg.ports != before {
                     register(self.ctx, self.peer, reg).await.map_err(Some)?;
                 }
-                self.servers.extend(addrs);
+                self.selection.servers.extend(addrs);
                 self.refresh();
             }
         }
-        let (reply, responses) = match self.proto.on_request(&req, &self.snap) {
+        let (event, responses) = match self.proto.on_request(&req, &self.snap) {
             Ok(r) => r,
             Err(StreamError::NodeChanged { first, now }) => {
                 self.ctx.metrics.streams_refused.inc();
@@ -406,50 +557,39 @@ impl Sotw<'_> {
             }
             Err(e) => return Err(Some(Status::invalid_argument(format!("{e:?}")))),
         };
-        let label = TypeLabel { type_url: req.type_url.clone() };
-        match reply {
-            Reply::Ack { version } => {
+        let label = TypeLabel { type_url: type_url.clone() };
+        match event {
+            Event::Ack { nonce, version } => {
                 self.ctx.metrics.acks.get_or_create(&label).inc();
+                // Only an ACK of what the current revision sent measures that revision.
+                let current = match &nonce {
+                    Some(n) => self.proto.acked_version(&type_url, n).is_some(),
+                    None => self.proto.acked_version(&type_url, "").as_deref() == Some(version.as_str()),
+                };
                 let convergence_ms = self.state.as_ref().and_then(|s| {
-                    // Only an ACK of what this revision sent measures the revision.
-                    let sent = self.proto.types.get(&req.type_url)?.sent_version.as_deref()?;
-                    (sent == version && self.sent_at_revision.get(&req.type_url) == Some(&s.revision)).then(
-                        || {
-                            let ms = (chrono::Utc::now() - s.committed_at).num_microseconds().unwrap_or(0)
-                                as f64
-                                / 1e3;
-                            ms.max(0.0)
-                        },
-                    )
+                    (current && self.sent_at_revision.get(&type_url) == Some(&s.revision)).then(|| {
+                        let micros = (chrono::Utc::now() - s.committed_at).num_microseconds().unwrap_or(0);
+                        (micros as f64 / 1e3).max(0.0)
+                    })
                 });
                 if let Some(ms) = convergence_ms {
                     self.ctx.metrics.convergence.observe(ms / 1e3);
                 }
                 self.ctx.ledger.record(
                     self.peer.org,
-                    LedgerOp::Acked {
-                        dataplane: self.dataplane,
-                        type_url: req.type_url.clone(),
-                        version,
-                        convergence_ms,
-                    },
+                    LedgerOp::Acked { dataplane: self.dataplane, type_url, version, convergence_ms },
                 );
             }
-            Reply::Nack { version, error } => {
+            Event::Nack { version, error } => {
                 self.ctx.metrics.nacks.get_or_create(&label).inc();
-                tracing::warn!(mesh = %self.peer.mesh, service = %self.peer.service, type_url = %req.type_url,
-                    %version, %error, "xDS response rejected");
+                tracing::warn!(mesh = %self.peer.mesh, service = %self.peer.service, %type_url, %version,
+                    %error, "xDS response rejected");
                 self.ctx.ledger.record(
                     self.peer.org,
-                    LedgerOp::Nacked {
-                        dataplane: self.dataplane,
-                        type_url: req.type_url.clone(),
-                        version,
-                        error,
-                    },
+                    LedgerOp::Nacked { dataplane: self.dataplane, type_url, version, error },
                 );
             }
-            Reply::Initial | Reply::Stale => {}
+            Event::Other => {}
         }
         self.send(responses).await
     }
@@ -464,18 +604,19 @@ impl Sotw<'_> {
         self.send(responses).await
     }
 
-    async fn send(&mut self, responses: Vec<DiscoveryResponse>) -> Step {
+    async fn send(&mut self, responses: Vec<P::Resp>) -> Step {
         let revision = self.state.as_ref().map_or(0, |s| s.revision);
         for resp in responses {
-            self.ctx.metrics.responses.get_or_create(&TypeLabel { type_url: resp.type_url.clone() }).inc();
-            self.sent_at_revision.insert(resp.type_url.clone(), revision);
+            let (type_url, version, nonce) = P::describe(&resp);
+            self.ctx.metrics.responses.get_or_create(&TypeLabel { type_url: type_url.to_owned() }).inc();
+            self.sent_at_revision.insert(type_url.to_owned(), revision);
             self.ctx.ledger.record(
                 self.peer.org,
                 LedgerOp::Sent {
                     dataplane: self.dataplane,
-                    type_url: resp.type_url.clone(),
-                    version: resp.version_info.clone(),
-                    nonce: resp.nonce.clone(),
+                    type_url: type_url.to_owned(),
+                    version: version.to_owned(),
+                    nonce: nonce.to_owned(),
                     revision,
                 },
             );

@@ -27,6 +27,27 @@ pub struct MeshState {
     pub committed_at: DateTime<Utc>,
     pub view: Arc<MeshView>,
     pub grpc: Arc<Snapshot>,
+    /// The mesh's trust bundle (PEM), for the SDS secret sidecars verify peers with.
+    pub bundle_pem: String,
+    /// Sidecar resources by (service, inbound ports, certificate directory), built on first
+    /// use and shared by every proxy with the same key.
+    sidecars: Mutex<HashMap<(String, Vec<u32>, String), Arc<Snapshot>>>,
+}
+
+impl MeshState {
+    /// The resources of an Envoy sidecar (or the agent) of `service` with these inbound ports.
+    pub fn sidecar(&self, service: &str, ports: &[u32], cert_dir: &str) -> Arc<Snapshot> {
+        let key = (service.to_owned(), ports.to_vec(), cert_dir.to_owned());
+        let mut cache = self.sidecars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = cache.get(&key) {
+            return s.clone();
+        }
+        let mut r = trellis_xds::envoy_sidecar(&self.view, service, ports);
+        r.secrets = trellis_xds::sds_secrets(&self.bundle_pem, cert_dir);
+        let snap = Arc::new(Snapshot::from_resources(&r));
+        cache.insert(key, snap.clone());
+        snap
+    }
 }
 
 /// What a stream watches: `None` once the mesh is gone.
@@ -136,7 +157,9 @@ impl Snapshots {
         if let Some(entry) = meshes.get(&mesh) {
             entry.tx.send_if_modified(|current| {
                 let same = match (current.as_ref(), state.as_ref()) {
-                    (Some(a), Some(b)) => a.revision == b.revision && a.grpc == b.grpc,
+                    (Some(a), Some(b)) => {
+                        a.revision == b.revision && a.grpc == b.grpc && a.bundle_pem == b.bundle_pem
+                    }
                     (None, None) => true,
                     _ => false,
                 };
@@ -160,6 +183,14 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     let Some(mesh) = tx.mesh_by_id(mesh_id).await? else { return Ok(None) };
     let resources = tx.list_resources(mesh_id, None, &Selector::default(), None, MAX_RESOURCES).await?;
     let dataplanes = tx.list_dataplanes(mesh_id).await?;
+    let bundle_pem: String = tx
+        .mesh_cas(mesh_id)
+        .await?
+        .iter()
+        .filter(|c| c.state.in_bundle())
+        .filter_map(|c| c.chain.last())
+        .map(|der| pem("CERTIFICATE", der))
+        .collect();
     tx.commit().await?;
 
     let spec: MeshSpec = parse_mesh_spec("spec", mesh.spec.clone()).unwrap_or_default();
@@ -225,5 +256,19 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         committed_at: mesh.updated_at,
         view: Arc::new(view),
         grpc,
+        bundle_pem,
+        sidecars: Mutex::new(HashMap::new()),
     }))
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }

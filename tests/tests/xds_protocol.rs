@@ -1,0 +1,391 @@
+//! The xDS protocol as a client meets it on the TLS port, with a tonic client: authentication,
+//! ACK and NACK (recorded, surfaced, never resent in a loop), nonces, node binding, Delta
+//! subscriptions, tenant isolation; and the identity service.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::{Message, Name};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::grpc::{Svid, channel, issue, join_token, platform_root, renew};
+use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
+
+struct Fixture {
+    _db: TestDb,
+    t: Trellis,
+    api: Api,
+    store: trellis_store::Store,
+    root: String,
+}
+
+async fn fixture() -> Fixture {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    for doc in example_documents() {
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let store = db.store().await;
+    let root = platform_root(&store).await;
+    Fixture { _db: db, t, api, store, root }
+}
+
+impl Fixture {
+    async fn svid(&self, service: &str) -> Svid {
+        issue(&self.t.xds, &self.root, &join_token(&self.store, "acme", "shop", service).await).await.unwrap()
+    }
+
+    async fn client(
+        &self,
+        svid: Option<&Svid>,
+    ) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        AggregatedDiscoveryServiceClient::new(channel(&self.t.xds, &self.root, svid).await.unwrap())
+    }
+}
+
+fn node(id: &str, agent: &str) -> Node {
+    Node { id: id.into(), user_agent_name: agent.into(), ..Default::default() }
+}
+
+/// A SotW stream: requests go in through `tx`, responses come out of `rx`.
+struct Sotw {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    rx: Streaming<DiscoveryResponse>,
+}
+
+async fn sotw(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    first: DiscoveryRequest,
+) -> Result<Sotw, tonic::Status> {
+    let (tx, rx) = mpsc::channel(16);
+    tx.send(first).await.unwrap();
+    let rx = client.stream_aggregated_resources(ReceiverStream::new(rx)).await?.into_inner();
+    Ok(Sotw { tx, rx })
+}
+
+impl Sotw {
+    async fn next(&mut self) -> Result<DiscoveryResponse, tonic::Status> {
+        match tokio::time::timeout(Duration::from_secs(10), self.rx.message()).await {
+            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(None)) => Err(tonic::Status::cancelled("stream ended")),
+            Ok(Err(s)) => Err(s),
+            Err(_) => panic!("no response within 10 s"),
+        }
+    }
+
+    /// Nothing arrives within `d`.
+    async fn quiet(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.rx.message()).await.is_err()
+    }
+}
+
+fn req(type_url: String, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url,
+        resource_names: names.iter().map(|s| (*s).to_owned()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+async fn dataplane(api: &Api, node: &str) -> Value {
+    let (status, body) = api.get("/meshes/shop/dataplanes").await;
+    assert_eq!(status, 200);
+    body["items"].as_array().unwrap().iter().find(|d| d["nodeId"] == node).cloned().unwrap_or(Value::Null)
+}
+
+/// Polls the dataplane list until `pred` holds for `node` (the ledger is written behind).
+async fn wait_for(api: &Api, node: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..100 {
+        let d = dataplane(api, node).await;
+        if !d.is_null() && pred(&d) {
+            return d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: {}", dataplane(api, node).await);
+}
+
+fn ledger_line<'a>(d: &'a Value, type_url: &str) -> &'a Value {
+    d["sync"].as_array().unwrap().iter().find(|l| l["typeUrl"] == type_url).unwrap_or(&Value::Null)
+}
+
+async fn set_weights(api: &Api, v1: u32, v2: u32) {
+    let mut doc = example_documents().into_iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    doc["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(v1);
+    doc["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(v2);
+    let (status, body) = api.put(&document_path(&doc), &doc).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn streams_without_a_valid_mesh_certificate_are_refused() {
+    let f = fixture().await;
+    let lds = Listener::type_url();
+    // No client certificate.
+    let mut anon = f.client(None).await;
+    let mut r = req(lds.clone(), &["reviews.shop:9080"], "", "");
+    r.node = Some(node("n1", "grpc-test"));
+    let err = match sotw(&mut anon, r.clone()).await {
+        Err(s) => s,
+        Ok(mut s) => s.next().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // A certificate for the right SPIFFE ID from a CA that is not the mesh's.
+    let real = f.svid("productpage").await;
+    let td = real.spiffe_id.trim_start_matches("spiffe://").split('/').next().unwrap().to_owned();
+    let td = trellis_ca::TrustDomain::parse(&td).unwrap();
+    let rogue_ca = trellis_ca::MeshCa::generate_root(
+        &td,
+        Duration::from_secs(86_400 * 30),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let (key, csr) = trellis_ca::workload_key_and_csr().unwrap();
+    let id = trellis_ca::SpiffeId::parse(&real.spiffe_id).unwrap();
+    let forged = rogue_ca
+        .sign_svid(csr.as_bytes(), &id, trellis_ca::SvidTtl::default(), std::time::SystemTime::now())
+        .unwrap();
+    let forged = Svid {
+        key_pem: key.expose_pkcs8_pem().to_string(),
+        chain_pem: forged.chain_pem,
+        bundle_pem: String::new(),
+        spiffe_id: real.spiffe_id.clone(),
+    };
+    let mut rogue = f.client(Some(&forged)).await;
+    let err = match sotw(&mut rogue, r.clone()).await {
+        Err(s) => s,
+        Ok(mut s) => s.next().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // The identity service refuses renewal with it too, and the real one works.
+    assert_eq!(renew(&f.t.xds, &f.root, &forged).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut ok = f.client(Some(&real)).await;
+    let mut s = sotw(&mut ok, r).await.unwrap();
+    assert_eq!(s.next().await.unwrap().resources.len(), 1);
+    assert!(dataplane(&f.api, "n1").await.is_object(), "registered");
+}
+
+#[tokio::test]
+async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
+    let f = fixture().await;
+    let svid = f.svid("productpage").await;
+    let mut c = f.client(Some(&svid)).await;
+    let (lds, rds) = (Listener::type_url(), RouteConfiguration::type_url());
+    let mut first = req(lds.clone(), &["reviews.shop:9080"], "", "");
+    first.node = Some(node("pp-1", "grpc-test"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let l = s.next().await.unwrap();
+    assert_eq!(l.type_url, lds);
+    assert!(!l.nonce.is_empty() && !l.version_info.is_empty());
+    let listener = Listener::decode(l.resources[0].value.as_slice()).unwrap();
+    assert_eq!(listener.name, "reviews.shop:9080");
+    s.tx.send(req(lds.clone(), &["reviews.shop:9080"], &l.version_info, &l.nonce)).await.unwrap();
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], "", "")).await.unwrap();
+    let r1 = s.next().await.unwrap();
+    assert_eq!(r1.type_url, rds);
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r1.version_info, &r1.nonce)).await.unwrap();
+    assert!(s.quiet(Duration::from_millis(500)).await, "an ACK of current content gets no reply");
+    wait_for(&f.api, "pp-1", "both types ACKed", |d| {
+        d["state"] == "in-sync" && ledger_line(d, &rds)["ackedVersion"] == json!(r1.version_info)
+    })
+    .await;
+
+    // A route change is pushed; the client rejects it.
+    set_weights(&f.api, 50, 50).await;
+    let r2 = s.next().await.unwrap();
+    assert_eq!(r2.type_url, rds);
+    assert_ne!(r2.version_info, r1.version_info);
+    assert_ne!(r2.nonce, r1.nonce);
+    let mut nack = req(rds.clone(), &["reviews.shop:9080"], &r1.version_info, &r2.nonce);
+    nack.error_detail =
+        Some(RpcStatus { code: 3, message: "weights not acceptable here".into(), ..Default::default() });
+    s.tx.send(nack).await.unwrap();
+    let d = wait_for(&f.api, "pp-1", "the NACK is in the ledger", |d| d["state"] == "rejected").await;
+    let line = ledger_line(&d, &rds);
+    assert_eq!(line["nack"]["error"], "weights not acceptable here", "{d}");
+    assert_eq!(line["nack"]["version"], json!(r2.version_info), "{d}");
+    assert_eq!(line["ackedVersion"], json!(r1.version_info), "still on the accepted version: {d}");
+    assert!(s.quiet(Duration::from_secs(1)).await, "the rejected version is not resent");
+
+    // A stale nonce gets nothing; new content goes out and its ACK clears the NACK.
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r1.version_info, &r1.nonce)).await.unwrap();
+    assert!(s.quiet(Duration::from_millis(500)).await, "a stale nonce is ignored");
+    set_weights(&f.api, 90, 10).await;
+    let r3 = s.next().await.unwrap();
+    assert_ne!(r3.version_info, r2.version_info);
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r3.version_info, &r3.nonce)).await.unwrap();
+    let d = wait_for(&f.api, "pp-1", "the ACK clears the NACK", |d| d["state"] == "in-sync").await;
+    assert!(ledger_line(&d, &rds)["convergenceMs"].as_f64().is_some(), "{d}");
+    let metrics = f.t.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("trellis_xds_nacks_total{type_url=\"type.googleapis.com/envoy.config.route.v3.RouteConfiguration\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_second_node_on_one_stream_is_refused() {
+    let f = fixture().await;
+    let svid = f.svid("productpage").await;
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(Cluster::type_url(), &["reviews"], "", "");
+    first.node = Some(node("pp-1", "grpc-test"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    s.next().await.unwrap();
+    let mut other = req(Listener::type_url(), &["reviews.shop:9080"], "", "");
+    other.node = Some(node("someone-else", "grpc-test"));
+    s.tx.send(other).await.unwrap();
+    let err = s.next().await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_mesh_never_sees_another_tenants_resources() {
+    let f = fixture().await;
+    // Another organization with a mesh of the same name and a service only it has.
+    let other = Api::new(&f.t, "globex", &token(&f._db, "globex", Role::Admin).await);
+    let (status, body) = other.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201, "{body}");
+    let svc = json!({"spec": {"ports": [{"port": 7000, "protocol": "grpc"}]}});
+    let (status, body) = other.put("/meshes/shop/services/secretsvc", &svc).await;
+    assert_eq!(status, 201, "{body}");
+
+    let svid = f.svid("productpage").await;
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(Cluster::type_url(), &[], "", "");
+    first.node = Some(node("envoy-1", "envoy"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let mut bytes = Vec::new();
+    let cds = s.next().await.unwrap();
+    bytes.extend(cds.encode_to_vec());
+    // Ask for the other tenant's names outright, in every type.
+    for t in [Listener::type_url(), RouteConfiguration::type_url()] {
+        s.tx.send(req(t, &["secretsvc.shop:7000", "outbound:secretsvc.shop:7000", "secretsvc"], "", ""))
+            .await
+            .unwrap();
+    }
+    while !s.quiet(Duration::from_millis(700)).await {}
+    s.tx.send(req(Cluster::type_url(), &["secretsvc"], &cds.version_info, &cds.nonce)).await.unwrap();
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(700), s.rx.message()).await {
+        bytes.extend(r.encode_to_vec());
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("reviews"), "its own mesh's clusters arrived");
+    assert!(!text.contains("secretsvc") && !text.contains("globex"), "nothing of the other tenant");
+}
+
+/// A Delta stream.
+struct Delta {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    rx: Streaming<DeltaDiscoveryResponse>,
+}
+
+impl Delta {
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.message())
+            .await
+            .expect("a response within 10 s")
+            .unwrap()
+            .expect("stream open")
+    }
+}
+
+fn dreq(type_url: String, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url,
+        resource_names_subscribe: sub.iter().map(|s| (*s).to_owned()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| (*s).to_owned()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn delta_subscribe_push_unsubscribe_and_removal() {
+    let f = fixture().await;
+    let svid = f.svid("productpage").await;
+    let mut c = f.client(Some(&svid)).await;
+    let cds = Cluster::type_url();
+    let (tx, rx) = mpsc::channel(16);
+    let mut first = dreq(cds.clone(), &["*"], &[], "");
+    first.node = Some(node("envoy-d", "envoy"));
+    tx.send(first).await.unwrap();
+    let rx = c.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut s = Delta { tx, rx };
+    let r = s.next().await;
+    let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"reviews~version=v2"), "{names:?}");
+    assert!(r.resources.iter().all(|x| !x.version.is_empty()));
+    s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
+
+    // A new service: only its cluster is sent.
+    let svc = json!({"spec": {"ports": [{"port": 8000, "protocol": "http"}]}});
+    let (status, body) = f.api.put("/meshes/shop/services/ratings", &svc).await;
+    assert_eq!(status, 201, "{body}");
+    let r = s.next().await;
+    let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["ratings"], "only what changed");
+    s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
+
+    // Deleted: announced as removed.
+    let (status, _) = f.api.delete("/meshes/shop/services/ratings").await;
+    assert!(status == 204 || status == 200);
+    let r = s.next().await;
+    assert_eq!(r.removed_resources, ["ratings"]);
+    s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
+
+    // Named subscriptions on another type, then unsubscribe: no more pushes for it.
+    let rds = RouteConfiguration::type_url();
+    s.tx.send(dreq(rds.clone(), &["outbound:reviews.shop:9080"], &[], "")).await.unwrap();
+    let r = s.next().await;
+    assert_eq!(r.type_url, rds);
+    s.tx.send(dreq(rds.clone(), &[], &["outbound:reviews.shop:9080"], &r.nonce)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_weights(&f.api, 60, 40).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(1), s.rx.message()).await;
+    assert!(quiet.is_err(), "an unsubscribed route is not pushed: {quiet:?}");
+}
+
+#[tokio::test]
+async fn the_identity_service_issues_renews_and_refuses() {
+    let f = fixture().await;
+    let token = join_token(&f.store, "acme", "shop", "reviews").await;
+    let first = issue(&f.t.xds, &f.root, &token).await.unwrap();
+    assert!(first.spiffe_id.ends_with("/ns/shop/sa/reviews"), "{}", first.spiffe_id);
+    // Renewal: a new key, the same identity, authenticated by the current certificate only.
+    let renewed = renew(&f.t.xds, &f.root, &first).await.unwrap();
+    assert_eq!(renewed.spiffe_id, first.spiffe_id);
+    assert_ne!(renewed.chain_pem, first.chain_pem);
+    // Not a join token at all, or a token of the API.
+    for bad in ["trls_join_notavalidtoken", "hello", &token.replace("trls_join_", "trls_pat_")] {
+        let err = issue(&f.t.xds, &f.root, bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{bad}: {err:?}");
+    }
+    // The CSR is checked: garbage is an invalid argument, not a certificate.
+    let ch = channel(&f.t.xds, &f.root, None).await.unwrap();
+    let err = trellis_xds_server::proto::identity_client::IdentityClient::new(ch)
+        .issue_svid(trellis_xds_server::proto::IssueSvidRequest {
+            csr: b"not a csr".to_vec(),
+            join_token: token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+}
