@@ -389,3 +389,35 @@ async fn the_identity_service_issues_renews_and_refuses() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }
+
+#[tokio::test]
+async fn a_write_through_one_replica_reaches_a_client_of_the_other() {
+    let f = fixture().await;
+    // A second replica on the same database (the same KEK, so the same platform CA).
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", f._db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let second = Trellis::start(cmd).await;
+    assert_ne!(second.xds, f.t.xds);
+    let svid = f.svid("productpage").await;
+    let mut c =
+        AggregatedDiscoveryServiceClient::new(channel(&second.xds, &f.root, Some(&svid)).await.unwrap());
+    let rds = RouteConfiguration::type_url();
+    let mut first = req(rds.clone(), &["reviews.shop:9080"], "", "");
+    first.node = Some(node("pp-r2", "grpc-test"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let r1 = s.next().await.unwrap();
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r1.version_info, &r1.nonce)).await.unwrap();
+
+    // Written through replica 1 (f.api talks to it), pushed by replica 2.
+    set_weights(&f.api, 10, 90).await;
+    let r2 = s.next().await.unwrap();
+    assert_ne!(r2.version_info, r1.version_info);
+    let route = RouteConfiguration::decode(r2.resources[0].value.as_slice()).unwrap();
+    assert!(format!("{route:?}").contains("weight: Some(UInt32Value { value: 90 })"), "{route:?}");
+    s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r2.version_info, &r2.nonce)).await.unwrap();
+    let d = wait_for(&f.api, "pp-r2", "replica 2's client ACKed the write", |d| {
+        ledger_line(d, &rds)["ackedVersion"] == json!(r2.version_info)
+    })
+    .await;
+    assert_eq!(d["state"], "in-sync", "{d}");
+}
