@@ -21,14 +21,19 @@ async fn tables_missing_rls(conn: &mut PgConnection) -> Vec<String> {
     .unwrap()
 }
 
-/// Every table with an `org_id` column.
+/// Directories: tables with an `org_id` column that anyone may read (ids only), like the
+/// organization directory. Their write rules are tested on their own.
+const DIRECTORIES: [&str; 1] = ["trust_domain_directory"];
+
+/// Every table with an `org_id` column, except the directories.
 async fn tenant_tables(conn: &mut PgConnection) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
-         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> ALL($1) ORDER BY 1",
     )
+    .bind(&DIRECTORIES[..])
     .fetch_all(conn)
     .await
     .unwrap()
@@ -95,6 +100,45 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
         tx.ledger_sent(dp.id, "type.googleapis.com/envoy.config.cluster.v3.Cluster", "v1", "1", 1)
             .await
             .unwrap();
+        let sealed =
+            trellis_store::SealedBytes { kek_id: "k".into(), nonce: vec![0; 12], ciphertext: vec![1; 48] };
+        let ca = tx
+            .insert_ca(
+                mesh.id,
+                &trellis_store::NewCa {
+                    origin: trellis_store::CaOrigin::Generated,
+                    state: trellis_store::CaState::Active,
+                    chain: vec![vec![0x30]],
+                    root_fingerprint: Some("fp".into()),
+                    not_after: None,
+                    csr_pem: None,
+                    sealed_key: sealed,
+                },
+            )
+            .await
+            .unwrap();
+        tx.record_leaves(
+            mesh.id,
+            &[trellis_store::IssuedLeaf {
+                serial: format!("{slug}-1"),
+                ca_id: ca.id,
+                spiffe_id: "spiffe://x/ns/prod/sa/web".into(),
+                not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+            }],
+        )
+        .await
+        .unwrap();
+        tx.create_join_token(
+            mesh.id,
+            &[slug.as_bytes()[4]; 32],
+            "web",
+            &json!({}),
+            false,
+            "test",
+            chrono::Utc::now() + chrono::Duration::hours(1),
+        )
+        .await
+        .unwrap();
         tx.store_response("key-1", &StoredResponse { fingerprint: vec![1], status: 201, body: json!({}) })
             .await
             .unwrap();
@@ -154,7 +198,10 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "dataplanes",
             "idempotency_keys",
             "invites",
+            "issued_svids",
+            "join_tokens",
             "memberships",
+            "mesh_cas",
             "meshes",
             "resources",
             "xds_ledger"
@@ -395,5 +442,48 @@ async fn a_user_sees_only_their_own_memberships_across_tenants() {
         .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     sp.rollback().await.unwrap();
+    tx.rollback().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_trust_domain_directory_is_readable_but_written_only_by_its_tenant() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let Seeded { a, b } = seed(&db, &store).await;
+    // Without a tenant: a trust domain resolves to its mesh (what a TLS client proves).
+    let (org, _) = store.mesh_of_trust_domain("prod.org-a.test").await.unwrap().expect("listed");
+    assert_eq!(org, a);
+    assert!(store.mesh_of_trust_domain("nope.test").await.unwrap().is_none());
+    let mut app = db.app_conn().await;
+    let mut tx = app.begin().await.unwrap();
+    sqlx::query("SELECT set_config('app.org_id', $1, true)")
+        .bind(a.to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // Org A cannot list a trust domain under B, nor delete B's entry.
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query(
+        "INSERT INTO trust_domain_directory (trust_domain, org_id, mesh_id) \
+         SELECT 'stolen.test', org_id, mesh_id FROM trust_domain_directory WHERE org_id = $1",
+    )
+    .bind(b.as_uuid())
+    .execute(&mut *sp)
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    sp.rollback().await.unwrap();
+    let gone = sqlx::query("DELETE FROM trust_domain_directory WHERE org_id = $1")
+        .bind(b.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(gone.rows_affected(), 0);
+    let updated = sqlx::query("UPDATE trust_domain_directory SET org_id = $2 WHERE org_id = $1")
+        .bind(b.as_uuid())
+        .bind(a.as_uuid())
+        .execute(&mut *tx)
+        .await;
+    assert!(updated.is_err(), "no UPDATE privilege on the directory");
     tx.rollback().await.unwrap();
 }
