@@ -1,5 +1,5 @@
 -- Per-mesh certificate authorities, trust bundles, join tokens, the issued-leaf ledger and
--- the platform CA. Private keys are stored only sealed (AES-256-GCM under a KEK that is not
+-- the platform CA; and the revisions behind each resource's propagation status. Private keys are stored only sealed (AES-256-GCM under a KEK that is not
 -- in the database): `key_kek_id`, `key_nonce`, `key_ciphertext`.
 
 -- Per-mesh SVID lifetime and trust-bundle sequence (grows on every change of the bundle).
@@ -143,3 +143,19 @@ CREATE TABLE platform_ca (
 GRANT SELECT, INSERT, UPDATE, DELETE ON mesh_cas, join_tokens, issued_svids TO trellis_app;
 GRANT SELECT, INSERT, DELETE ON trust_domain_directory TO trellis_app;
 GRANT SELECT, INSERT, UPDATE ON platform_ca TO trellis_app;
+
+-- Propagation status: the mesh revision each resource write made, and the newest revision
+-- each dataplane is fully in sync with. A dataplane at or past a resource's revision has it.
+ALTER TABLE resources ADD COLUMN mesh_revision bigint;
+ALTER TABLE dataplanes ADD COLUMN synced_revision bigint;
+CREATE FUNCTION trellis_resource_revision() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- The AFTER trigger below bumps the mesh revision by one for this row.
+    NEW.mesh_revision := (SELECT revision + 1 FROM meshes WHERE org_id = NEW.org_id AND id = NEW.mesh_id);
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER resources_revision BEFORE INSERT OR UPDATE ON resources
+    FOR EACH ROW EXECUTE FUNCTION trellis_resource_revision();

@@ -384,7 +384,62 @@ pub(crate) async fn delete_mesh(
 
 // ----- mesh-scoped resources -----
 
-fn render_resource(mesh: &Mesh, r: &Resource) -> Value {
+/// The online proxies of a mesh: the revision each is fully in sync with, and the reason it
+/// last rejected a response (if it did and has not accepted one since).
+pub(crate) struct Fleet {
+    proxies: Vec<(Option<i64>, Option<String>)>,
+}
+
+async fn fleet(tx: &mut TenantTx, mesh: &Mesh) -> Result<Fleet, ApiError> {
+    let mut nacks: std::collections::HashMap<uuid::Uuid, String> = std::collections::HashMap::new();
+    for l in tx.ledger(mesh.id).await? {
+        if let (Some(v), Some(e)) = (l.nacked_version, l.nack_error) {
+            nacks
+                .entry(l.dataplane_id)
+                .or_insert_with(|| format!("{}: {e} (version {v})", short_type(&l.type_url)));
+        }
+    }
+    let proxies = tx
+        .list_dataplanes(mesh.id)
+        .await?
+        .into_iter()
+        .filter(|d| d.online)
+        .map(|d| (d.synced_revision, nacks.remove(&d.id)))
+        .collect();
+    Ok(Fleet { proxies })
+}
+
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+/// "applied by N of M proxies; rejected by K: reason" for a resource written at `revision`.
+fn propagation(fleet: &Fleet, revision: Option<i64>) -> Value {
+    let Some(rev) = revision else { return Value::Null };
+    let total = fleet.proxies.len();
+    let applied = fleet.proxies.iter().filter(|(synced, _)| synced.is_some_and(|s| s >= rev)).count();
+    let errors: Vec<&str> = fleet
+        .proxies
+        .iter()
+        .filter(|(synced, nack)| !synced.is_some_and(|s| s >= rev) && nack.is_some())
+        .filter_map(|(_, nack)| nack.as_deref())
+        .collect();
+    let mut summary = format!("applied by {applied} of {total} proxies");
+    if let Some(first) = errors.first() {
+        summary.push_str(&format!("; rejected by {}: {first}", errors.len()));
+    }
+    json!({
+        "meshRevision": rev,
+        "proxies": total,
+        "applied": applied,
+        "rejected": errors.len(),
+        "pending": total - applied - errors.len(),
+        "errors": errors.iter().take(5).collect::<Vec<_>>(),
+        "summary": summary,
+    })
+}
+
+fn render_resource(mesh: &Mesh, r: &Resource, fleet: &Fleet) -> Value {
     json!({
         "apiVersion": API_VERSION,
         "kind": r.kind,
@@ -399,7 +454,7 @@ fn render_resource(mesh: &Mesh, r: &Resource) -> Value {
         },
         "spec": r.spec,
         // The xDS server fills `propagation` ("applied by N of M proxies …").
-        "status": { "observedGeneration": r.generation, "propagation": Value::Null },
+        "status": { "observedGeneration": r.generation, "propagation": propagation(fleet, r.mesh_revision) },
     })
 }
 
@@ -461,8 +516,9 @@ pub(crate) async fn list_resources(
     let items =
         tx.list_resources(m.id, Some(kind.name()), &page.selector, page.after.as_deref(), page.limit).await?;
     let names: Vec<&str> = items.iter().map(|r| r.name.as_str()).collect();
+    let fleet = fleet(&mut tx, &m).await?;
     Ok(Json(json!({
-        "items": items.iter().map(|r| render_resource(&m, r)).collect::<Vec<_>>(),
+        "items": items.iter().map(|r| render_resource(&m, r, &fleet)).collect::<Vec<_>>(),
         "nextCursor": cursor_after(&names, page.limit),
     })))
 }
@@ -479,7 +535,8 @@ pub(crate) async fn get_resource(
     let not_found = || ApiError::not_found(format!("{} {name:?} not found in mesh {mesh:?}", kind.name()));
     let n = ResourceName::parse(&name).map_err(|_| not_found())?;
     let r = tx.get_resource(m.id, kind.name(), &n).await?.ok_or_else(not_found)?;
-    Ok(with_etag(StatusCode::OK, r.version, render_resource(&m, &r)))
+    let fleet = fleet(&mut tx, &m).await?;
+    Ok(with_etag(StatusCode::OK, r.version, render_resource(&m, &r, &fleet)))
 }
 
 pub(crate) async fn put_resource(
@@ -511,9 +568,13 @@ pub(crate) async fn put_resource(
         audit(&mut tx, &caller, &headers, action, target, json!({"generation": put.value.generation}))
             .await?;
     }
+    let fleet = fleet(&mut tx, &m).await?;
     tx.commit().await?;
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(unchanged_header(with_etag(status, put.value.version, render_resource(&m, &put.value)), put.changed))
+    Ok(unchanged_header(
+        with_etag(status, put.value.version, render_resource(&m, &put.value, &fleet)),
+        put.changed,
+    ))
 }
 
 pub(crate) async fn create_resource(
@@ -560,7 +621,8 @@ pub(crate) async fn create_resource(
     let target = format!("meshes/{}/{}/{}", m.name, kind.plural(), n);
     audit(&mut tx, &caller, &headers, format!("{}.create", kind.name().to_lowercase()), target, json!({}))
         .await?;
-    let body = render_resource(&m, &r);
+    let fleet = fleet(&mut tx, &m).await?;
+    let body = render_resource(&m, &r, &fleet);
     if let Some(key) = &key {
         tx.store_response(key, &StoredResponse { fingerprint, status: 201, body: body.clone() }).await?;
     }

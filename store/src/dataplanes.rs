@@ -40,6 +40,7 @@ pub struct Dataplane {
     pub connected_at: DateTime<Utc>,
     pub last_seen_at: DateTime<Utc>,
     pub offline_since: Option<DateTime<Utc>>,
+    pub synced_revision: Option<i64>,
 }
 
 /// One line of the ledger: a dataplane's sync state for one type URL.
@@ -60,7 +61,7 @@ pub struct LedgerEntry {
 macro_rules! dataplane_columns {
     () => {
         "id, mesh_id, service, node_id, client, address, ports, tags, zone, online, replica, \
-         connected_at, last_seen_at, offline_since"
+         connected_at, last_seen_at, offline_since, synced_revision"
     };
 }
 
@@ -78,7 +79,8 @@ impl TenantTx {
              ON CONFLICT ON CONSTRAINT dataplanes_node_key DO UPDATE SET \
                service = EXCLUDED.service, client = EXCLUDED.client, address = EXCLUDED.address, \
                ports = EXCLUDED.ports, tags = EXCLUDED.tags, zone = EXCLUDED.zone, replica = EXCLUDED.replica, \
-               online = true, offline_since = NULL, connected_at = now(), last_seen_at = now() \
+               online = true, offline_since = NULL, connected_at = now(), last_seen_at = now(), \
+               synced_revision = NULL \
              RETURNING ",
             dataplane_columns!()
         ))
@@ -102,6 +104,19 @@ impl TenantTx {
             .bind(id)
             .execute(self.conn())
             .await?;
+        Ok(())
+    }
+
+    /// The dataplane holds everything up to mesh revision `revision` (all types ACKed).
+    pub async fn dataplane_synced(&mut self, id: Uuid, revision: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dataplanes SET synced_revision = $2 WHERE id = $1 \
+             AND (synced_revision IS NULL OR synced_revision < $2)",
+        )
+        .bind(id)
+        .bind(revision)
+        .execute(self.conn())
+        .await?;
         Ok(())
     }
 

@@ -21,6 +21,8 @@ pub struct Resource {
     pub version: Uuid,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The mesh revision this resource's last write made (proxies at or past it have it).
+    pub mesh_revision: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -35,6 +37,7 @@ struct ResourceRow {
     version: Uuid,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    mesh_revision: Option<i64>,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -53,6 +56,7 @@ impl TryFrom<ResourceRow> for Resource {
             version: r.version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            mesh_revision: r.mesh_revision,
         })
     }
 }
@@ -66,7 +70,7 @@ struct ResourceRowCreated {
 
 macro_rules! resource_columns {
     () => {
-        "id, mesh_id, kind, name, spec, labels, generation, version, created_at, updated_at"
+        "id, mesh_id, kind, name, spec, labels, generation, version, created_at, updated_at, mesh_revision"
     };
 }
 

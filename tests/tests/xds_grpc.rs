@@ -209,6 +209,19 @@ async fn grpc_xds_clients_follow_routes_over_mtls_and_the_ledger_shows_acks() {
         }
     }
 
+    // The route's status says where it took effect: both backends hold it (the client has
+    // gone offline, and only online proxies count).
+    let mut status_line = Value::Null;
+    for _ in 0..50 {
+        let (_, route) = api.get("/meshes/shop/http-routes/reviews").await;
+        status_line = route["status"]["propagation"].clone();
+        if status_line["applied"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status_line["summary"], "applied by 2 of 2 proxies", "{status_line}");
+
     // Without the route, the default: all of reviews, both versions.
     let (status, body) = api.delete("/meshes/shop/http-routes/reviews").await;
     assert!(status == 204 || status == 200, "{body}");

@@ -226,6 +226,16 @@ async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
     assert_eq!(line["nack"]["version"], json!(r2.version_info), "{d}");
     assert_eq!(line["ackedVersion"], json!(r1.version_info), "still on the accepted version: {d}");
     assert!(s.quiet(Duration::from_secs(1)).await, "the rejected version is not resent");
+    let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
+    let p = &route["status"]["propagation"];
+    assert_eq!(p["rejected"], 1, "{p}");
+    let summary = p["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(
+            "applied by 0 of 1 proxies; rejected by 1: RouteConfiguration: weights not acceptable here"
+        ),
+        "{summary}"
+    );
 
     // A stale nonce gets nothing; new content goes out and its ACK clears the NACK.
     s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r1.version_info, &r1.nonce)).await.unwrap();
@@ -235,6 +245,15 @@ async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
     assert_ne!(r3.version_info, r2.version_info);
     s.tx.send(req(rds.clone(), &["reviews.shop:9080"], &r3.version_info, &r3.nonce)).await.unwrap();
     let d = wait_for(&f.api, "pp-1", "the ACK clears the NACK", |d| d["state"] == "in-sync").await;
+    for _ in 0..50 {
+        let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
+        if route["status"]["propagation"]["summary"] == "applied by 1 of 1 proxies" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
+    assert_eq!(route["status"]["propagation"]["summary"], "applied by 1 of 1 proxies", "{route}");
     assert!(ledger_line(&d, &rds)["convergenceMs"].as_f64().is_some(), "{d}");
     let metrics = f.t.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("trellis_xds_nacks_total{type_url=\"type.googleapis.com/envoy.config.route.v3.RouteConfiguration\"} 1"), "{metrics}");

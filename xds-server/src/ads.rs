@@ -306,6 +306,8 @@ trait Protocol: Default + Send + 'static {
     fn describe(resp: &Self::Resp) -> (&str, &str, &str);
     /// The version a client holds for `type_url` after an ACK of `nonce`.
     fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String>;
+    /// Every type sent was ACKed and nothing awaits an answer.
+    fn in_sync(&self) -> bool;
 }
 
 /// How a request relates to what was sent, in the terms the ledger needs.
@@ -352,6 +354,9 @@ impl Protocol for Sotw {
     fn acked_version(&self, type_url: &str, _nonce: &str) -> Option<String> {
         self.0.types.get(type_url)?.sent_version.clone()
     }
+    fn in_sync(&self) -> bool {
+        self.0.types.values().all(|t| t.nacked.is_none() && t.acked_version == t.sent_version)
+    }
 }
 
 #[derive(Default)]
@@ -394,6 +399,9 @@ impl Protocol for Delta {
     fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String> {
         let t = self.0.types.get(type_url)?;
         (t.sent_nonce.as_deref() == Some(nonce)).then(|| t.version())
+    }
+    fn in_sync(&self) -> bool {
+        self.0.types.values().all(|t| t.nacked.is_none() && (t.sent_nonce.is_none() || t.acked()))
     }
 }
 
@@ -464,6 +472,7 @@ async fn run<P: Protocol>(
         snap: Arc::new(Snapshot::default()),
         out: &out,
         sent_at_revision: HashMap::new(),
+        synced_at: None,
     };
     session.refresh();
     let mut next = Some(first);
@@ -509,6 +518,8 @@ struct Session<'a, P: Protocol> {
     out: &'a mpsc::Sender<Result<P::Resp, Status>>,
     /// Per type URL, the mesh revision of the last response.
     sent_at_revision: HashMap<String, i64>,
+    /// The last revision recorded as fully in sync.
+    synced_at: Option<i64>,
 }
 
 /// `Err(Some(status))` ends the stream with that status; `Err(None)` ends it quietly.
@@ -579,6 +590,7 @@ impl<P: Protocol> Session<'_, P> {
                     self.peer.org,
                     LedgerOp::Acked { dataplane: self.dataplane, type_url, version, convergence_ms },
                 );
+                self.note_sync();
             }
             Event::Nack { version, error } => {
                 self.ctx.metrics.nacks.get_or_create(&label).inc();
@@ -601,7 +613,21 @@ impl<P: Protocol> Session<'_, P> {
         let _permit = self.ctx.pushes.acquire().await.ok();
         self.refresh();
         let responses = self.proto.on_snapshot(&self.snap);
+        if responses.is_empty() {
+            // Nothing changed for this proxy: it holds the new revision already.
+            self.note_sync();
+        }
         self.send(responses).await
+    }
+
+    /// Records the revision this proxy is fully in sync with, once per revision.
+    fn note_sync(&mut self) {
+        let Some(revision) = self.state.as_ref().map(|s| s.revision) else { return };
+        if self.synced_at == Some(revision) || !self.proto.in_sync() {
+            return;
+        }
+        self.synced_at = Some(revision);
+        self.ctx.ledger.record(self.peer.org, LedgerOp::Synced { dataplane: self.dataplane, revision });
     }
 
     async fn send(&mut self, responses: Vec<P::Resp>) -> Step {

@@ -11,10 +11,33 @@ use uuid::Uuid;
 /// One fact for the ledger.
 #[derive(Debug, Clone)]
 pub enum LedgerOp {
-    Sent { dataplane: Uuid, type_url: String, version: String, nonce: String, revision: i64 },
-    Acked { dataplane: Uuid, type_url: String, version: String, convergence_ms: Option<f64> },
-    Nacked { dataplane: Uuid, type_url: String, version: String, error: String },
-    Offline { dataplane: Uuid },
+    Sent {
+        dataplane: Uuid,
+        type_url: String,
+        version: String,
+        nonce: String,
+        revision: i64,
+    },
+    Acked {
+        dataplane: Uuid,
+        type_url: String,
+        version: String,
+        convergence_ms: Option<f64>,
+    },
+    Nacked {
+        dataplane: Uuid,
+        type_url: String,
+        version: String,
+        error: String,
+    },
+    Offline {
+        dataplane: Uuid,
+    },
+    /// Every type the stream subscribes to is ACKed at this mesh revision.
+    Synced {
+        dataplane: Uuid,
+        revision: i64,
+    },
 }
 
 /// Where streams send ledger facts; full means the database lags, and facts are dropped
@@ -73,6 +96,7 @@ async fn write(store: &Store, org: OrgId, ops: &[LedgerOp]) -> Result<(), trelli
                 tx.ledger_nacked(*dataplane, type_url, version, error).await?
             }
             LedgerOp::Offline { dataplane } => tx.dataplane_offline(*dataplane).await?,
+            LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await?,
         }
     }
     tx.commit().await
