@@ -159,3 +159,45 @@ END
 $$;
 CREATE TRIGGER resources_revision BEFORE INSERT OR UPDATE ON resources
     FOR EACH ROW EXECUTE FUNCTION trellis_resource_revision();
+
+-- What was sent, by content: each distinct version of a type's resources in a mesh, in the
+-- readable form the config dump shows. Ledger lines point here by (type_url, sent_version),
+-- so proxies that got the same content share one row.
+CREATE TABLE xds_configs (
+    org_id          uuid        NOT NULL,
+    mesh_id         uuid        NOT NULL,
+    type_url        text        NOT NULL,
+    version         text        NOT NULL,
+    resources       jsonb       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT xds_configs_pkey PRIMARY KEY (org_id, mesh_id, type_url, version),
+    CONSTRAINT xds_configs_mesh_fkey FOREIGN KEY (org_id, mesh_id) REFERENCES meshes (org_id, id) ON DELETE CASCADE
+);
+ALTER TABLE xds_configs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE xds_configs FORCE ROW LEVEL SECURITY;
+CREATE POLICY xds_configs_tenant ON xds_configs USING (org_id = trellis_current_org())
+    WITH CHECK (org_id = trellis_current_org());
+GRANT SELECT, INSERT, DELETE ON xds_configs TO trellis_app;
+
+-- Sent contents no ledger line refers to any more, older than `keep` (a leader duty).
+CREATE FUNCTION trellis_prune_xds_configs(keep interval) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    o uuid;
+    n bigint := 0;
+    k bigint;
+BEGIN
+    FOR o IN SELECT id FROM organizations LOOP
+        PERFORM set_config('app.org_id', o::text, true);
+        DELETE FROM xds_configs c WHERE c.created_at < now() - keep AND NOT EXISTS (
+            SELECT 1 FROM xds_ledger l JOIN dataplanes d ON d.org_id = l.org_id AND d.id = l.dataplane_id
+            WHERE d.mesh_id = c.mesh_id AND l.type_url = c.type_url AND l.sent_version = c.version);
+        GET DIAGNOSTICS k = ROW_COUNT;
+        n := n + k;
+    END LOOP;
+    PERFORM set_config('app.org_id', '', true);
+    RETURN n;
+END
+$$;
+GRANT EXECUTE ON FUNCTION trellis_prune_xds_configs(interval) TO trellis_app;

@@ -218,7 +218,7 @@ fn replica_name() -> String {
 }
 
 /// Background duties that exactly one replica runs: removing dataplanes that stayed offline
-/// past the grace period.
+/// past the grace period, and sent xDS contents no proxy holds any more.
 async fn leader_duties(store: Store, leader: Arc<LeaderElector>, grace: std::time::Duration) {
     let mut tick = tokio::time::interval(
         grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30)),
@@ -232,6 +232,9 @@ async fn leader_duties(store: Store, leader: Arc<LeaderElector>, grace: std::tim
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed dataplanes offline past the grace period"),
             Err(e) => tracing::warn!(error = %e, "pruning offline dataplanes failed"),
+        }
+        if let Err(e) = store.prune_xds_configs(std::time::Duration::from_secs(600)).await {
+            tracing::warn!(error = %e, "pruning sent xDS contents failed");
         }
     }
 }

@@ -70,3 +70,43 @@ pub(crate) async fn list(
         .collect();
     Ok(Json(json!({ "mesh": m.name.as_str(), "revision": m.revision, "items": items })))
 }
+
+/// `GET …/dataplanes/{id}/config`: per type URL, what the proxy was last sent (the readable
+/// form of each resource), which version it accepted, and any rejection.
+pub(crate) async fn config(
+    State(s): State<AppState>,
+    Path((org, mesh, dataplane)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = authorize(&s, &headers, &org, Action::Read).await?;
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let not_found = || ApiError::not_found(format!("dataplane {dataplane:?} not found in mesh {mesh:?}"));
+    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
+    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
+    let id: uuid::Uuid = dataplane.parse().map_err(|_| not_found())?;
+    let d = tx.list_dataplanes(m.id).await?.into_iter().find(|d| d.id == id).ok_or_else(not_found)?;
+    let types: Vec<Value> = tx
+        .dataplane_config(id)
+        .await?
+        .into_iter()
+        .map(|(l, resources)| {
+            json!({
+                "typeUrl": l.type_url,
+                "sentVersion": l.sent_version,
+                "sentAt": l.sent_at,
+                "ackedVersion": l.acked_version,
+                "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
+                "meshRevision": l.mesh_revision,
+                // Kept for every version some proxy of the mesh still holds; older ones are pruned.
+                "resources": resources,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "dataplane": {
+            "id": d.id, "service": d.service, "nodeId": d.node_id, "client": d.client, "online": d.online,
+            "syncedRevision": d.synced_revision,
+        },
+        "types": types,
+    })))
+}

@@ -99,6 +99,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         )
         .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
+        .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"), get(dataplanes::config))
         .route(
             &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
             get(config::list_resources).merge(post(config::create_resource)),

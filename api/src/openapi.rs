@@ -301,6 +301,18 @@ pub fn document() -> Value {
             }), false)], READ) }),
     );
     paths.insert(
+        format!("{org}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"),
+        json!({ "get": op("getDataplaneConfig", "What a proxy was last sent, per type URL, in readable form, with its ACK state", &["org", "mesh", "dataplane"],
+            vec![ok(200, "The config last sent", json!({
+                "type": "object",
+                "required": ["dataplane", "types"],
+                "properties": {
+                    "dataplane": {"type": "object"},
+                    "types": {"type": "array", "items": {"type": "object", "required": ["typeUrl"]}},
+                },
+            }), false)], READ) }),
+    );
+    paths.insert(
         format!("{org}/meshes/{{mesh}}/services/{{service}}/effective"),
         json!({ "get": op("getEffectivePolicies", "Every policy that applies to a service, in evaluation order", &["org", "mesh", "service"],
             vec![ok(200, "Effective policies", json!({
@@ -358,6 +370,7 @@ pub fn document() -> Value {
                 "org": path_param("org", "Organization slug"),
                 "mesh": path_param("mesh", "Mesh name"),
                 "name": path_param("name", "Resource name"),
+                "dataplane": path_param("dataplane", "Dataplane id (from the dataplane list)"),
                 "service": path_param("service", "Service name"),
                 "id": path_param("id", "Token or invitation id"),
                 "user": path_param("user", "User id of a member"),

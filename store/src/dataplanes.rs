@@ -226,7 +226,90 @@ impl TenantTx {
     }
 }
 
+impl TenantTx {
+    /// Records the readable form of one version of a type's resources in a mesh (once).
+    pub async fn record_xds_config(
+        &mut self,
+        mesh: MeshId,
+        type_url: &str,
+        version: &str,
+        resources: &Value,
+    ) -> Result<(), StoreError> {
+        let org = self.org().as_uuid();
+        sqlx::query(
+            "INSERT INTO xds_configs (org_id, mesh_id, type_url, version, resources) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT ON CONSTRAINT xds_configs_pkey DO NOTHING",
+        )
+        .bind(org)
+        .bind(mesh.as_uuid())
+        .bind(type_url)
+        .bind(version)
+        .bind(resources)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    /// What a dataplane was last sent, per type URL: the ledger line and the content (if kept).
+    pub async fn dataplane_config(
+        &mut self,
+        dataplane: Uuid,
+    ) -> Result<Vec<(LedgerEntry, Option<Value>)>, StoreError> {
+        let rows: Vec<(
+            Uuid,
+            String,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            Option<f64>,
+            Option<Value>,
+        )> = sqlx::query_as(
+            "SELECT l.dataplane_id, l.type_url, l.sent_version, l.sent_at, l.acked_version, l.acked_at, \
+                    l.nacked_version, l.nack_error, l.mesh_revision, l.convergence_ms, c.resources \
+             FROM xds_ledger l JOIN dataplanes d ON d.org_id = l.org_id AND d.id = l.dataplane_id \
+             LEFT JOIN xds_configs c ON c.org_id = l.org_id AND c.mesh_id = d.mesh_id \
+               AND c.type_url = l.type_url AND c.version = l.sent_version \
+             WHERE l.dataplane_id = $1 ORDER BY l.type_url",
+        )
+        .bind(dataplane)
+        .fetch_all(self.conn())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    LedgerEntry {
+                        dataplane_id: r.0,
+                        type_url: r.1,
+                        sent_version: r.2,
+                        sent_at: r.3,
+                        acked_version: r.4,
+                        acked_at: r.5,
+                        nacked_version: r.6,
+                        nack_error: r.7,
+                        mesh_revision: r.8,
+                        convergence_ms: r.9,
+                    },
+                    r.10,
+                )
+            })
+            .collect())
+    }
+}
+
 impl Store {
+    /// Removes sent contents that no ledger line refers to, older than `keep` (a leader duty).
+    pub async fn prune_xds_configs(&self, keep: std::time::Duration) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT trellis_prune_xds_configs(make_interval(secs => $1))")
+            .bind(keep.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Removes every dataplane offline for longer than `grace`, in every tenant (a leader duty).
     pub async fn prune_dataplanes(&self, grace: std::time::Duration) -> Result<i64, StoreError> {
         let secs = grace.as_secs_f64();

@@ -226,6 +226,17 @@ async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
     assert_eq!(line["nack"]["version"], json!(r2.version_info), "{d}");
     assert_eq!(line["ackedVersion"], json!(r1.version_info), "still on the accepted version: {d}");
     assert!(s.quiet(Duration::from_secs(1)).await, "the rejected version is not resent");
+    // The config dump shows what was sent (the rejected 50/50 route) and what was accepted.
+    let id = d["id"].as_str().unwrap();
+    let (status, dump) = f.api.get(&format!("/meshes/shop/dataplanes/{id}/config")).await;
+    assert_eq!(status, 200, "{dump}");
+    let rds_dump = dump["types"].as_array().unwrap().iter().find(|t| t["typeUrl"] == rds).unwrap();
+    assert_eq!(rds_dump["sentVersion"], json!(r2.version_info), "{rds_dump}");
+    assert_eq!(rds_dump["nack"]["error"], "weights not acceptable here");
+    let text = rds_dump["resources"][0]["config"].as_str().unwrap_or_default();
+    assert!(text.contains("reviews~version=v1") && text.contains("value: 50"), "{text}");
+    let (status, _) = f.api.get(&format!("/meshes/shop/dataplanes/{}/config", uuid::Uuid::new_v4())).await;
+    assert_eq!(status, 404);
     let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
     let p = &route["status"]["propagation"];
     assert_eq!(p["rejected"], 1, "{p}");

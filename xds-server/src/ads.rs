@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::value::Kind as PbKind;
-use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
+use envoy_types::pb::google::protobuf::{Any, Struct, Value as PbValue};
 use envoy_types::util::pack_any;
 use futures::Stream;
 use prost::Name;
@@ -40,6 +40,8 @@ const MAX_NODE_ID: usize = 256;
 const MAX_PORTS: usize = 32;
 const MAX_TAGS: usize = 16;
 const MAX_TAG_LEN: usize = 63;
+/// Most resources of one response kept for the config dump.
+const MAX_DUMPED: usize = 1_000;
 
 /// Settings of the ADS service.
 #[derive(Debug, Clone)]
@@ -59,6 +61,8 @@ impl Default for AdsOptions {
 }
 
 struct Ctx {
+    /// (mesh, type URL, version) whose content this replica already recorded.
+    recorded: std::sync::Mutex<std::collections::HashSet<(trellis_model::MeshId, String, String)>>,
     authority: Authority,
     store: Store,
     snapshots: Arc<Snapshots>,
@@ -84,7 +88,18 @@ impl AdsService {
         options: AdsOptions,
     ) -> Self {
         let pushes = Semaphore::new(options.max_concurrent_pushes.max(1));
-        Self { ctx: Arc::new(Ctx { authority, store, snapshots, ledger, metrics, options, pushes }) }
+        Self {
+            ctx: Arc::new(Ctx {
+                recorded: Default::default(),
+                authority,
+                store,
+                snapshots,
+                ledger,
+                metrics,
+                options,
+                pushes,
+            }),
+        }
     }
 }
 
@@ -304,6 +319,8 @@ trait Protocol: Default + Send + 'static {
     fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<Self::Resp>;
     /// For the ledger: type URL, version and nonce of a response.
     fn describe(resp: &Self::Resp) -> (&str, &str, &str);
+    /// The named resources a response carries, for the config dump.
+    fn contents(resp: &Self::Resp) -> Vec<(String, Option<String>, &Any)>;
     /// The version a client holds for `type_url` after an ACK of `nonce`.
     fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String>;
     /// Every type sent was ACKed and nothing awaits an answer.
@@ -351,6 +368,9 @@ impl Protocol for Sotw {
     fn describe(r: &DiscoveryResponse) -> (&str, &str, &str) {
         (&r.type_url, &r.version_info, &r.nonce)
     }
+    fn contents(r: &DiscoveryResponse) -> Vec<(String, Option<String>, &Any)> {
+        r.resources.iter().map(|a| (String::new(), None, a)).collect()
+    }
     fn acked_version(&self, type_url: &str, _nonce: &str) -> Option<String> {
         self.0.types.get(type_url)?.sent_version.clone()
     }
@@ -395,6 +415,12 @@ impl Protocol for Delta {
     }
     fn describe(r: &DeltaDiscoveryResponse) -> (&str, &str, &str) {
         (&r.type_url, &r.system_version_info, &r.nonce)
+    }
+    fn contents(r: &DeltaDiscoveryResponse) -> Vec<(String, Option<String>, &Any)> {
+        r.resources
+            .iter()
+            .filter_map(|x| x.resource.as_ref().map(|a| (x.name.clone(), Some(x.version.clone()), a)))
+            .collect()
     }
     fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String> {
         let t = self.0.types.get(type_url)?;
@@ -620,6 +646,43 @@ impl<P: Protocol> Session<'_, P> {
         self.send(responses).await
     }
 
+    /// Keeps the readable form of what a response carries, once per mesh, type and version
+    /// on this replica (the store keeps one row per content, whoever sent it).
+    fn record_content(&self, resp: &P::Resp) {
+        let (type_url, version, _) = P::describe(resp);
+        let key = (self.peer.mesh_id, type_url.to_owned(), version.to_owned());
+        {
+            let mut seen = self.ctx.recorded.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 100_000 {
+                seen.clear();
+            }
+            if !seen.insert(key) {
+                return;
+            }
+        }
+        let items: Vec<serde_json::Value> = P::contents(resp)
+            .into_iter()
+            .take(MAX_DUMPED)
+            .map(|(name, v, any)| {
+                serde_json::json!({
+                    "name": name,
+                    "version": v,
+                    "typeUrl": any.type_url,
+                    "config": trellis_xds::readable::readable_any(any),
+                })
+            })
+            .collect();
+        self.ctx.ledger.record(
+            self.peer.org,
+            LedgerOp::Content {
+                mesh: self.peer.mesh_id,
+                type_url: type_url.to_owned(),
+                version: version.to_owned(),
+                resources: serde_json::Value::Array(items),
+            },
+        );
+    }
+
     /// Records the revision this proxy is fully in sync with, once per revision.
     fn note_sync(&mut self) {
         let Some(revision) = self.state.as_ref().map(|s| s.revision) else { return };
@@ -634,6 +697,7 @@ impl<P: Protocol> Session<'_, P> {
         let revision = self.state.as_ref().map_or(0, |s| s.revision);
         for resp in responses {
             let (type_url, version, nonce) = P::describe(&resp);
+            self.record_content(&resp);
             self.ctx.metrics.responses.get_or_create(&TypeLabel { type_url: type_url.to_owned() }).inc();
             self.sent_at_revision.insert(type_url.to_owned(), revision);
             self.ctx.ledger.record(

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
-use trellis_model::OrgId;
+use trellis_model::{MeshId, OrgId};
 use trellis_store::Store;
 use uuid::Uuid;
 
@@ -37,6 +37,13 @@ pub enum LedgerOp {
     Synced {
         dataplane: Uuid,
         revision: i64,
+    },
+    /// The readable form of one version of a type's resources (for the config dump).
+    Content {
+        mesh: MeshId,
+        type_url: String,
+        version: String,
+        resources: serde_json::Value,
     },
 }
 
@@ -97,6 +104,9 @@ async fn write(store: &Store, org: OrgId, ops: &[LedgerOp]) -> Result<(), trelli
             }
             LedgerOp::Offline { dataplane } => tx.dataplane_offline(*dataplane).await?,
             LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await?,
+            LedgerOp::Content { mesh, type_url, version, resources } => {
+                tx.record_xds_config(*mesh, type_url, version, resources).await?
+            }
         }
     }
     tx.commit().await

@@ -21,6 +21,7 @@ mod access;
 mod clusters;
 pub mod delta;
 mod names;
+pub mod readable;
 mod routes;
 mod secrets;
 mod sidecar;
