@@ -6,10 +6,13 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use trellis_api::{AppState, HttpMetrics, ProcessCollector, XdsEndpoint};
@@ -50,6 +53,12 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     let http_metrics = HttpMetrics::register(&mut registry);
     let xds_metrics = XdsMetrics::default();
     xds_metrics.register(&mut registry);
+    let ca_expiry = Family::<CaLabels, Gauge>::default();
+    registry.register(
+        "trellis_ca_days_to_expiry",
+        "Days until each mesh CA in a trust bundle expires (refreshed every 15 s)",
+        ca_expiry.clone(),
+    );
 
     // The TLS port: a server certificate from the platform CA for this replica's names.
     let xds_listener = TcpListener::bind(cfg.xds_addr)
@@ -80,6 +89,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         AdsOptions { send_timeout: cfg.xds_send_timeout, replica: replica_name(), ..Default::default() },
     );
     let identity = IdentityService::new(authority.clone());
+    let expiry_task = tokio::spawn(refresh_ca_expiry(authority.clone(), ca_expiry));
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let xds_server = tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, async {
         let _ = xds_stop_rx.await;
@@ -159,6 +169,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     }
     consumer.abort();
     duties.abort();
+    expiry_task.abort();
     if let Ok(leader) = Arc::try_unwrap(leader) {
         leader.stop().await;
     }
@@ -207,6 +218,33 @@ async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>) {
     while let Some(change) = feed.recv().await {
         tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
         snapshots.on_change(change);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    org: String,
+    mesh: String,
+    ca: String,
+    state: String,
+}
+
+/// Keeps `trellis_ca_days_to_expiry` current: every CA whose root is in a bundle.
+async fn refresh_ca_expiry(authority: Authority, gauges: Family<CaLabels, Gauge>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+    loop {
+        tick.tick().await;
+        match authority.expiry_report().await {
+            Ok(rows) => {
+                gauges.clear();
+                for (org, mesh, ca, state, days) in rows {
+                    let labels =
+                        CaLabels { org: org.to_string(), mesh, ca: ca.to_string(), state: state.into() };
+                    gauges.get_or_create(&labels).set(days);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading CA expiry dates failed"),
+        }
     }
 }
 

@@ -527,6 +527,32 @@ impl Authority {
         self.store_ca(tx, mesh, &ca, CaOrigin::Uploaded, CaState::Prepared).await
     }
 
+    /// Days until expiry of every CA in a bundle state, across all tenants: (organization,
+    /// mesh name, CA id, state, days). For `/metrics`; reads ids and dates only.
+    pub async fn expiry_report(&self) -> Result<Vec<(OrgId, String, Uuid, &'static str, i64)>, PkiError> {
+        let store = &self.inner.store;
+        let now = Utc::now();
+        let mut out = Vec::new();
+        for org in store.org_ids().await? {
+            let mut tx = store.tenant(org).await?;
+            for mesh in tx.list_meshes().await? {
+                for ca in tx.mesh_cas(mesh.id).await? {
+                    if let (true, Some(t)) = (ca.state.in_bundle(), ca.not_after) {
+                        out.push((
+                            org,
+                            mesh.name.as_str().to_owned(),
+                            ca.id,
+                            ca.state.as_str(),
+                            (t - now).num_days(),
+                        ));
+                    }
+                }
+            }
+            tx.commit().await?;
+        }
+        Ok(out)
+    }
+
     /// Re-wraps every sealed key (every tenant's CAs and the platform CA) under the ring's
     /// current KEK; returns how many keys were re-wrapped.
     pub async fn reseal_all(&self) -> Result<usize, PkiError> {
