@@ -128,6 +128,14 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
         )
         .await
         .unwrap();
+        tx.record_xds_config(
+            mesh.id,
+            "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "v1",
+            &json!([]),
+        )
+        .await
+        .unwrap();
         tx.create_join_token(
             mesh.id,
             &[slug.as_bytes()[4]; 32],
@@ -204,6 +212,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "mesh_cas",
             "meshes",
             "resources",
+            "xds_configs",
             "xds_ledger"
         ]
     );
