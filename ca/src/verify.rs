@@ -117,17 +117,28 @@ pub(crate) fn verify_chain(
     Ok((id, index))
 }
 
-/// The SPIFFE leaf rules (X509-SVID §5.2) on a certificate, without path validation: exactly
-/// one URI SAN, a workload SPIFFE ID in `td`, not a CA, no certificate or CRL signing.
-pub fn spiffe_id_of(leaf: &CertificateDer<'_>, td: &TrustDomain) -> Result<SpiffeId, VerifyError> {
+/// The SPIFFE ID a certificate claims (its only URI SAN), before anything is verified: what
+/// picks the trust bundle that will verify it.
+pub fn claimed_spiffe_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, VerifyError> {
     let c = cert::parse(leaf)?;
-    let uris = cert::uri_sans(&c)?;
+    claimed(&c)
+}
+
+fn claimed(c: &x509_parser::certificate::X509Certificate<'_>) -> Result<SpiffeId, VerifyError> {
+    let uris = cert::uri_sans(c)?;
     let uri = match uris.as_slice() {
         [] => return Err(VerifyError::NoUriSan),
         [one] => *one,
         many => return Err(VerifyError::MultipleUriSans { count: many.len() }),
     };
-    let id = SpiffeId::parse(uri).map_err(VerifyError::NotSpiffe)?;
+    SpiffeId::parse(uri).map_err(VerifyError::NotSpiffe)
+}
+
+/// The SPIFFE leaf rules (X509-SVID §5.2) on a certificate, without path validation: exactly
+/// one URI SAN, a workload SPIFFE ID in `td`, not a CA, no certificate or CRL signing.
+pub fn spiffe_id_of(leaf: &CertificateDer<'_>, td: &TrustDomain) -> Result<SpiffeId, VerifyError> {
+    let c = cert::parse(leaf)?;
+    let id = claimed(&c)?;
     if !id.is_in(td) {
         return Err(VerifyError::ForeignTrustDomain { id, expected: td.clone() });
     }

@@ -320,7 +320,8 @@ impl Authority {
     /// service of that mesh.
     pub async fn authenticate_peer(&self, chain: &[CertificateDer<'_>]) -> Result<Peer, PkiError> {
         let leaf = chain.first().ok_or_else(|| PkiError::Unauthenticated("no client certificate".into()))?;
-        let claimed = claimed_id(leaf)?;
+        let claimed = trellis_ca::claimed_spiffe_id(leaf)
+            .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
         let td = claimed.trust_domain();
         let (org, mesh_id) = self
             .inner
@@ -368,7 +369,7 @@ impl Authority {
                 not_after: c.not_after,
                 days_to_expiry: c.not_after.map(|t| (t - now).num_days()),
                 live_leaves: live.get(&c.id).copied().unwrap_or(0),
-                certificate_pem: c.chain.first().map(|d| pem("CERTIFICATE", d)),
+                certificate_pem: c.chain.first().map(|d| trellis_ca::pem_encode("CERTIFICATE", d)),
                 csr_pem: c.csr_pem.clone(),
                 created_at: c.created_at,
                 activated_at: c.activated_at,
@@ -579,41 +580,4 @@ impl Authority {
         }
         Ok(n)
     }
-}
-
-/// The SPIFFE ID a certificate claims (before anything is verified: it only picks the mesh
-/// whose bundle will verify it).
-fn claimed_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, PkiError> {
-    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
-    let bad = |m: &str| PkiError::Unauthenticated(format!("client certificate: {m}"));
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| bad("not an X.509 certificate"))?;
-    let san = cert.subject_alternative_name().map_err(|_| bad("malformed subjectAltName"))?;
-    let uris: Vec<&str> = san
-        .map(|s| {
-            s.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::URI(u) => Some(*u),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    match uris.as_slice() {
-        [one] => SpiffeId::parse(one).map_err(|e| bad(&e.to_string())),
-        _ => Err(bad("an SVID has exactly one URI SAN")),
-    }
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }

@@ -20,32 +20,13 @@ pub struct Svid {
 }
 
 pub fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    rustls_pemfile_certs(pem)
-}
-
-fn pem_blocks(pem: &str, label: &str) -> Vec<Vec<u8>> {
-    use base64::Engine;
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let mut out = Vec::new();
-    let mut rest = pem;
-    while let Some(i) = rest.find(&begin) {
-        let after = &rest[i + begin.len()..];
-        let Some(j) = after.find(&end) else { break };
-        let b64: String = after[..j].chars().filter(|c| !c.is_whitespace()).collect();
-        out.push(base64::engine::general_purpose::STANDARD.decode(b64).expect("PEM base64"));
-        rest = &after[j + end.len()..];
-    }
-    out
-}
-
-fn rustls_pemfile_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    pem_blocks(pem, "CERTIFICATE").into_iter().map(CertificateDer::from).collect()
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().expect("PEM certificates")
 }
 
 fn key(pem: &str) -> PrivateKeyDer<'static> {
-    let der = pem_blocks(pem, "PRIVATE KEY").pop().expect("a PKCS#8 PRIVATE KEY block");
-    PrivateKeyDer::Pkcs8(der.into())
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).expect("a PEM private key")
 }
 
 /// A channel to the TLS port at `addr` that trusts only `root_pem`, presenting `client` if given.
@@ -133,15 +114,7 @@ pub fn write_files(dir: &Path, platform_root_pem: &str, s: &Svid) {
 /// The platform root (PEM) that workloads pin, read from the store.
 pub async fn platform_root(store: &trellis_store::Store) -> String {
     let rec = store.platform_ca().await.unwrap().expect("trellis created the platform CA");
-    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&rec.cert_der);
-    for chunk in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(chunk).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END CERTIFICATE-----\n");
-    pem
+    trellis_ca::pem_encode("CERTIFICATE", &rec.cert_der)
 }
 
 /// A join token for `service` in `mesh`, made in the store (as the REST API does).

@@ -127,23 +127,26 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (peer, addr) = match authenticate(&self.ctx.authority, &request).await {
-            Ok(p) => p,
-            Err(s) => {
-                self.ctx.metrics.streams_refused.inc();
-                return Err(s);
-            }
-        };
-        let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run::<Sotw>(self.ctx.clone(), peer, addr, inbound, tx));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        self.open::<Sotw>(request).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.open::<Delta>(request).await
+    }
+}
+
+impl AdsService {
+    /// Authenticates a new stream and hands it to a task of its own.
+    async fn open<P: Protocol>(
+        &self,
+        request: Request<Streaming<P::Req>>,
+    ) -> Result<Response<Outbound<P::Resp>>, Status>
+    where
+        P::Req: prost::Message + Default,
+    {
         let (peer, addr) = match authenticate(&self.ctx.authority, &request).await {
             Ok(p) => p,
             Err(s) => {
@@ -153,7 +156,7 @@ impl AggregatedDiscoveryService for AdsService {
         };
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(run::<Delta>(self.ctx.clone(), peer, addr, inbound, tx));
+        tokio::spawn(run::<P>(self.ctx.clone(), peer, addr, inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

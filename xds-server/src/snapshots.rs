@@ -2,7 +2,7 @@
 //! rebuilt from the store when the change feed names the mesh — once per debounce window,
 //! with a bound on concurrent rebuilds — and shared (`Arc`) by every stream of the mesh.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -189,7 +189,7 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         .iter()
         .filter(|c| c.state.in_bundle())
         .filter_map(|c| c.chain.last())
-        .map(|der| pem("CERTIFICATE", der))
+        .map(|der| trellis_ca::pem_encode("CERTIFICATE", der))
         .collect();
     tx.commit().await?;
 
@@ -198,20 +198,7 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         tracing::error!(mesh = %mesh.name.as_str(), "stored trust domain does not parse");
         return Ok(None);
     };
-    let mut view = MeshView {
-        mesh: mesh.name.as_str().to_owned(),
-        trust_domain,
-        mtls: spec.mtls.mode,
-        default_access: spec.default_access,
-        services: BTreeMap::new(),
-        http_routes: BTreeMap::new(),
-        tcp_routes: BTreeMap::new(),
-        access_policies: BTreeMap::new(),
-        circuit_breakers: BTreeMap::new(),
-        health_checks: BTreeMap::new(),
-        rate_limits: BTreeMap::new(),
-        endpoints: Vec::new(),
-    };
+    let mut view = MeshView::new(mesh.name.as_str(), trust_domain, spec.mtls.mode, spec.default_access);
     for r in resources {
         let Some(kind) = Kind::lookup(&r.kind) else { continue };
         let name = r.name.as_str().to_owned();
@@ -221,15 +208,7 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
             tracing::warn!(kind = %r.kind, %name, "stored resource does not parse; left out of xDS");
             continue;
         };
-        match parsed.spec {
-            Spec::Service(s) => drop(view.services.insert(name, s)),
-            Spec::HttpRoute(s) => drop(view.http_routes.insert(name, s)),
-            Spec::TcpRoute(s) => drop(view.tcp_routes.insert(name, s)),
-            Spec::AccessPolicy(s) => drop(view.access_policies.insert(name, s)),
-            Spec::CircuitBreaker(s) => drop(view.circuit_breakers.insert(name, s)),
-            Spec::HealthCheck(s) => drop(view.health_checks.insert(name, s)),
-            Spec::RateLimit(s) => drop(view.rate_limits.insert(name, s)),
-        }
+        view.add(name, parsed.spec);
     }
     for dp in dataplanes {
         let Some(address) = dp.address.map(|a| a.addr()) else { continue };
@@ -259,16 +238,4 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         bundle_pem,
         sidecars: Mutex::new(HashMap::new()),
     }))
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }

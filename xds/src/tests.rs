@@ -1,7 +1,6 @@
 //! The translation checked against the shapes gRPC's xDS client accepts (XDS.md §3, §4),
 //! on the repository's example mesh.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -37,20 +36,12 @@ pub(crate) fn tags(pairs: &[(&str, &str)]) -> Tags {
 /// A mesh from YAML documents: the `Mesh` document's settings (STRICT, default deny when
 /// absent) and every policy, with no endpoints.
 pub(crate) fn view_from_yaml(text: &str) -> MeshView {
-    let mut view = MeshView {
-        mesh: "shop".into(),
-        trust_domain: trellis_ca::TrustDomain::parse("shop.acme.trellis.internal").unwrap(),
-        mtls: MtlsMode::Strict,
-        default_access: DefaultAccess::Deny,
-        services: BTreeMap::new(),
-        http_routes: BTreeMap::new(),
-        tcp_routes: BTreeMap::new(),
-        access_policies: BTreeMap::new(),
-        circuit_breakers: BTreeMap::new(),
-        health_checks: BTreeMap::new(),
-        rate_limits: BTreeMap::new(),
-        endpoints: Vec::new(),
-    };
+    let mut view = MeshView::new(
+        "shop",
+        trellis_ca::TrustDomain::parse("shop.acme.trellis.internal").unwrap(),
+        MtlsMode::Strict,
+        DefaultAccess::Deny,
+    );
     for doc in text.split("\n---\n") {
         let v: serde_json::Value = serde_yaml::from_str(doc).unwrap();
         let name = v["metadata"]["name"].as_str().unwrap().to_owned();
@@ -60,15 +51,7 @@ pub(crate) fn view_from_yaml(text: &str) -> MeshView {
             continue;
         }
         let Some(kind) = Kind::lookup(v["kind"].as_str().unwrap()) else { continue };
-        match Spec::parse(kind, "spec", v["spec"].clone()).unwrap().spec {
-            Spec::Service(s) => drop(view.services.insert(name, s)),
-            Spec::HttpRoute(s) => drop(view.http_routes.insert(name, s)),
-            Spec::TcpRoute(s) => drop(view.tcp_routes.insert(name, s)),
-            Spec::AccessPolicy(s) => drop(view.access_policies.insert(name, s)),
-            Spec::CircuitBreaker(s) => drop(view.circuit_breakers.insert(name, s)),
-            Spec::HealthCheck(s) => drop(view.health_checks.insert(name, s)),
-            Spec::RateLimit(s) => drop(view.rate_limits.insert(name, s)),
-        }
+        view.add(name, Spec::parse(kind, "spec", v["spec"].clone()).unwrap().spec);
     }
     view
 }

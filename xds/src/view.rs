@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use trellis_model::config::{
     AccessPolicySpec, CircuitBreakerSpec, DefaultAccess, HealthCheckSpec, HttpRouteSpec, MtlsMode,
-    RateLimitSpec, ServiceSpec, Tags, TcpRouteSpec,
+    RateLimitSpec, ServiceSpec, Spec, Tags, TcpRouteSpec,
 };
 
 /// One mesh, parsed: its settings, every resource by name, and the registered endpoints.
@@ -28,6 +28,44 @@ pub struct MeshView {
     pub health_checks: BTreeMap<String, HealthCheckSpec>,
     pub rate_limits: BTreeMap<String, RateLimitSpec>,
     pub endpoints: Vec<Endpoint>,
+}
+
+impl MeshView {
+    /// A mesh with no resources and no endpoints yet.
+    pub fn new(
+        mesh: &str,
+        trust_domain: trellis_ca::TrustDomain,
+        mtls: MtlsMode,
+        default_access: DefaultAccess,
+    ) -> Self {
+        Self {
+            mesh: mesh.to_owned(),
+            trust_domain,
+            mtls,
+            default_access,
+            services: BTreeMap::new(),
+            http_routes: BTreeMap::new(),
+            tcp_routes: BTreeMap::new(),
+            access_policies: BTreeMap::new(),
+            circuit_breakers: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
+            rate_limits: BTreeMap::new(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// Adds (or replaces) the resource `name` of the spec's kind.
+    pub fn add(&mut self, name: String, spec: Spec) {
+        match spec {
+            Spec::Service(s) => drop(self.services.insert(name, s)),
+            Spec::HttpRoute(s) => drop(self.http_routes.insert(name, s)),
+            Spec::TcpRoute(s) => drop(self.tcp_routes.insert(name, s)),
+            Spec::AccessPolicy(s) => drop(self.access_policies.insert(name, s)),
+            Spec::CircuitBreaker(s) => drop(self.circuit_breakers.insert(name, s)),
+            Spec::HealthCheck(s) => drop(self.health_checks.insert(name, s)),
+            Spec::RateLimit(s) => drop(self.rate_limits.insert(name, s)),
+        }
+    }
 }
 
 /// A registered instance of a service.
