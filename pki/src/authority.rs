@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
 use trellis_ca::{
-    IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
+    ByoError, IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
 use trellis_model::{MeshId, OrgId};
@@ -502,7 +502,7 @@ impl Authority {
             SystemTime::now(),
             self.inner.options.min_days,
         )
-        .map_err(|e| PkiError::Invalid { field: "chain", message: e.to_string() })?;
+        .map_err(|e| PkiError::Invalid { field: "certificateChain", message: e.to_string() })?;
         let chain: Vec<Vec<u8>> = ca.chain_der().iter().map(|c| c.to_vec()).collect();
         Ok(tx.complete_pending_ca(mesh.id, id, &chain, ca.root().fingerprint(), utc(ca.not_after())).await?)
     }
@@ -523,7 +523,12 @@ impl Authority {
             SystemTime::now(),
             self.inner.options.min_days,
         )
-        .map_err(|e| PkiError::Invalid { field: "certificateChain", message: e.to_string() })?;
+        .map_err(|e| PkiError::Invalid {
+            // A key that does not parse is the key's fault; everything else is the chain's
+            // (a chain that does not hold the key included).
+            field: if matches!(e, ByoError::Key(_)) { "privateKey" } else { "certificateChain" },
+            message: e.to_string(),
+        })?;
         self.store_ca(tx, mesh, &ca, CaOrigin::Uploaded, CaState::Prepared).await
     }
 
