@@ -503,10 +503,13 @@ async fn kek_rotate_rewraps_every_key_and_the_server_still_issues() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     // The mesh's CA and the platform CA.
     assert!(stdout.contains("2 CA keys re-wrapped"), "{stdout}");
-    let after = std::fs::read_to_string(&kek_file).unwrap();
-    assert_eq!(after.lines().count(), 2, "the new KEK first, the old one kept");
-    assert!(after.ends_with(&before) || after.contains(before.trim()));
-    let new_id = after.split_whitespace().next().unwrap().to_owned();
+    let keys = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+    };
+    let (before, after) = (keys(&before), keys(&std::fs::read_to_string(&kek_file).unwrap()));
+    assert_eq!(after.len(), 2, "the new KEK first, the old one kept: {after:?}");
+    assert_eq!(after[1], before[0]);
+    let new_id = after[0].split_whitespace().next().unwrap().to_owned();
     let mut admin = db.admin_conn().await;
     let ids: Vec<(String,)> = sqlx::query_as("SELECT key_kek_id FROM mesh_cas UNION ALL SELECT key_kek_id FROM platform_ca")
         .fetch_all(&mut admin)
