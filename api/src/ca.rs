@@ -166,8 +166,15 @@ pub(crate) async fn prepare(
     let (caller, mut tx, m) = mesh_tx(&s, &headers, &org, &mesh, Action::ManageCa).await?;
     let ca = s.authority.prepare_rotation(&mut tx, &m).await?;
     let target = format!("meshes/{}/ca/authorities/{}", m.name, ca.id);
-    audit(&mut tx, &caller, &headers, "ca.rotation.prepare", target, json!({"fingerprint": ca.root_fingerprint}))
-        .await?;
+    audit(
+        &mut tx,
+        &caller,
+        &headers,
+        "ca.rotation.prepare",
+        target,
+        json!({"fingerprint": ca.root_fingerprint}),
+    )
+    .await?;
     finish(&s, tx, &m).await
 }
 
@@ -264,8 +271,15 @@ pub(crate) async fn upload_chain(
     let id = ca_id(&id)?;
     let ca = s.authority.upload_intermediate(&mut tx, &m, id, &req.certificate_chain).await?;
     let target = format!("meshes/{}/ca/authorities/{id}", m.name);
-    audit(&mut tx, &caller, &headers, "ca.intermediate.upload", target, json!({"fingerprint": ca.root_fingerprint}))
-        .await?;
+    audit(
+        &mut tx,
+        &caller,
+        &headers,
+        "ca.intermediate.upload",
+        target,
+        json!({"fingerprint": ca.root_fingerprint}),
+    )
+    .await?;
     finish(&s, tx, &m).await
 }
 
@@ -289,7 +303,8 @@ pub(crate) async fn upload_ca(
     let req: CaUpload = from_value(body.value)?;
     let ca = s.authority.upload_ca(&mut tx, &m, &req.certificate_chain, &req.private_key).await?;
     let target = format!("meshes/{}/ca/authorities/{}", m.name, ca.id);
-    audit(&mut tx, &caller, &headers, "ca.upload", target, json!({"fingerprint": ca.root_fingerprint})).await?;
+    audit(&mut tx, &caller, &headers, "ca.upload", target, json!({"fingerprint": ca.root_fingerprint}))
+        .await?;
     let res = finish(&s, tx, &m).await?;
     Ok((StatusCode::CREATED, res).into_response())
 }
@@ -410,7 +425,8 @@ pub(crate) async fn create_join_token(
         )
         .await?;
     let target = format!("meshes/{}/join-tokens/{}", m.name, record.id);
-    let details = json!({"service": record.service, "singleUse": record.single_use, "expiresAt": record.expires_at});
+    let details =
+        json!({"service": record.service, "singleUse": record.single_use, "expiresAt": record.expires_at});
     audit(&mut tx, &caller, &headers, "join-token.create", target, details).await?;
     tx.commit().await?;
     let mut out = render_join_token(&m, &record);

@@ -114,7 +114,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route(&format!("{MESH}/ca/rotation/activate"), post(ca::activate))
         .route(&format!("{MESH}/ca/authorities/{{id}}"), delete(ca::discard))
         .route(&format!("{MESH}/ca/authorities/{{id}}/retire"), post(ca::retire))
-        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain).layer(ca_limit.clone()))
+        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain).layer(ca_limit))
         .route(&format!("{MESH}/ca/intermediate-csr"), post(ca::intermediate_csr))
         .route(&format!("{MESH}/ca/upload"), post(ca::upload_ca).layer(ca_limit))
         .route(&format!("{MESH}/join-tokens"), get(ca::list_join_tokens).post(ca::create_join_token))
@@ -122,7 +122,10 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route(&format!("{MESH}/bootstrap/grpc"), get(bootstrap::grpc))
         .route(&format!("{MESH}/bootstrap/envoy"), get(bootstrap::envoy))
         .route(&format!("{MESH}/bootstrap/ca.pem"), get(bootstrap::platform_root))
-        .route("/api/v1/svids", post(ca::issue_svid).layer(DefaultBodyLimit::max(body_limit.min(SVID_BODY_LIMIT))))
+        .route(
+            "/api/v1/svids",
+            post(ca::issue_svid).layer(DefaultBodyLimit::max(body_limit.min(SVID_BODY_LIMIT))),
+        )
         .route(
             &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
             get(config::list_resources).merge(post(config::create_resource)),

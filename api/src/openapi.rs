@@ -760,7 +760,13 @@ fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
         json!({ "get": op("getCa", "The mesh's CA: rotation phase, trust domain, bundle sequence, SVID lifetime, every CA (never a key)", m,
             vec![status(200, "The CA status")], READ) }),
     );
-    let mut bundle = op("getTrustBundle", "The trust bundle: SPIFFE bundle JSON (with spiffe_sequence), or PEM with ?format=pem; the sequence is also in the trellis-bundle-sequence header", m, vec![], READ);
+    let mut bundle = op(
+        "getTrustBundle",
+        "The trust bundle: SPIFFE bundle JSON (with spiffe_sequence), or PEM with ?format=pem; the sequence is also in the trellis-bundle-sequence header",
+        m,
+        vec![],
+        READ,
+    );
     bundle["parameters"].as_array_mut().expect("array").push(
         json!({ "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "pem"] } }),
     );
@@ -788,9 +794,15 @@ fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
         json!({ "post": op("activateCaRotation", "Rotation step 2: the prepared CA signs new certificates; the old root stays in the bundle", m,
             vec![status(200, "The CA status (phase rotated)")], step) }),
     );
-    let mut retire = op("retireCa", "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
-        &["org", "mesh", "caId"], vec![status(200, "The CA status")], &[400, 401, 403, 404, 409, 415, 422]);
-    retire["requestBody"] = json!({ "required": false, "content": { "application/json": { "schema": r("CaRetire") } } });
+    let mut retire = op(
+        "retireCa",
+        "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
+        &["org", "mesh", "caId"],
+        vec![status(200, "The CA status")],
+        &[400, 401, 403, 404, 409, 415, 422],
+    );
+    retire["requestBody"] =
+        json!({ "required": false, "content": { "application/json": { "schema": r("CaRetire") } } });
     paths.insert(format!("{mesh}/ca/authorities/{{id}}/retire"), json!({ "post": retire }));
     paths.insert(
         format!("{mesh}/ca/authorities/{{id}}"),
@@ -840,11 +852,23 @@ fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
         ("grpc", "getGrpcBootstrap", "The gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) of a workload"),
         ("envoy", "getEnvoyBootstrap", "The Envoy bootstrap of a sidecar: ADS over mTLS to the xDS port"),
     ] {
-        let mut o = op(id, summary, &[], vec![ok(200, "The bootstrap", json!({ "type": "object" }), false)], &[400, 401, 403, 404, 422]);
+        let mut o = op(
+            id,
+            summary,
+            &[],
+            vec![ok(200, "The bootstrap", json!({ "type": "object" }), false)],
+            &[400, 401, 403, 404, 422],
+        );
         o["parameters"] = bootstrap_params.clone();
         paths.insert(format!("{mesh}/bootstrap/{kind}"), json!({ "get": o }));
     }
-    let mut root = op("getPlatformRoot", "The platform root that verifies the xDS port: write it to <certDir>/ca.pem", m, vec![], READ);
+    let mut root = op(
+        "getPlatformRoot",
+        "The platform root that verifies the xDS port: write it to <certDir>/ca.pem",
+        m,
+        vec![],
+        READ,
+    );
     root["responses"]["200"] = text("The platform root (PEM)", "application/x-pem-file");
     paths.insert(format!("{mesh}/bootstrap/ca.pem"), json!({ "get": root }));
     paths.insert(

@@ -523,6 +523,9 @@ pub struct PlatformCaRecord {
     pub sealed_key: SealedBytes,
 }
 
+/// The platform CA's row: certificate, KEK id, nonce, ciphertext.
+type PlatformRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
 impl Store {
     /// Which organization and mesh own this trust domain (from a verified certificate).
     pub async fn mesh_of_trust_domain(&self, td: &str) -> Result<Option<(OrgId, MeshId)>, StoreError> {
@@ -536,7 +539,7 @@ impl Store {
 
     /// The platform CA, if one was created.
     pub async fn platform_ca(&self) -> Result<Option<PlatformCaRecord>, StoreError> {
-        let row: Option<(Vec<u8>, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        let row: Option<PlatformRow> = sqlx::query_as(
             "SELECT cert_der, key_kek_id, key_nonce, key_ciphertext FROM platform_ca WHERE id = 1",
         )
         .fetch_optional(&self.pool)

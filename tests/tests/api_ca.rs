@@ -18,10 +18,9 @@ async fn start(db: &TestDb) -> Trellis {
 
 /// Runs `openssl` with `args` in `dir`; fails the test, naming the tool, when it is missing.
 fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
+    std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
         panic!("these tests need the `openssl` command (Debian/Ubuntu: apt install openssl): {e}")
-    });
-    out
+    })
 }
 
 /// `openssl …` that must succeed; returns stdout.
@@ -120,7 +119,8 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
     assert_eq!(problem["errors"][0]["field"], "ttlSeconds");
 
     // An SVID for a single-use token: checked by openssl.
-    let single = join_token(&api, json!({"service": "reviews", "singleUse": true, "tags": {"zone": "a"}})).await;
+    let single =
+        join_token(&api, json!({"service": "reviews", "singleUse": true, "tags": {"zone": "a"}})).await;
     let (status, issued) = svid(&t, &single).await;
     assert_eq!(status, 200, "{issued}");
     let id = "spiffe://shop.acme.trellis.internal/ns/shop/sa/reviews";
@@ -135,7 +135,10 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
     assert!(text.contains(&format!("URI:{id}")), "{text}");
     assert!(text.contains("CA:FALSE"), "{text}");
     assert!(text.contains("X509v3 Key Usage: critical\n                Digital Signature\n"), "{text}");
-    assert!(text.contains("TLS Web Server Authentication") && text.contains("TLS Web Client Authentication"), "{text}");
+    assert!(
+        text.contains("TLS Web Server Authentication") && text.contains("TLS Web Client Authentication"),
+        "{text}"
+    );
     let serial = openssl_ok(dir.path(), &["x509", "-in", "cert.pem", "-noout", "-serial"]);
     assert_eq!(
         serial.trim().trim_start_matches("serial=").to_ascii_lowercase().trim_start_matches('0'),
@@ -185,7 +188,8 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
         let (status, _) = send(t.http.get(api.url(path)).bearer_auth(&fresh)).await;
         assert_eq!(status, 401, "GET {path} with a join token");
     }
-    let (status, _) = send(t.http.post(api.url("/meshes/shop/ca/rotation/prepare")).bearer_auth(&fresh)).await;
+    let (status, _) =
+        send(t.http.post(api.url("/meshes/shop/ca/rotation/prepare")).bearer_auth(&fresh)).await;
     assert_eq!(status, 401);
 
     // SVID lifetime: bounded, with the field.
@@ -206,7 +210,10 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
     assert_eq!(status, 200, "{grpc}");
     assert_eq!(grpc["xds_servers"][0]["server_uri"], t.xds.as_str());
     assert_eq!(grpc["xds_servers"][0]["channel_creds"][0]["type"], "tls");
-    assert_eq!(grpc["xds_servers"][0]["channel_creds"][0]["config"]["ca_certificate_file"], "/etc/trellis/ca.pem");
+    assert_eq!(
+        grpc["xds_servers"][0]["channel_creds"][0]["config"]["ca_certificate_file"],
+        "/etc/trellis/ca.pem"
+    );
     assert_eq!(grpc["xds_servers"][0]["server_features"], json!(["xds_v3"]));
     assert_eq!(grpc["node"], json!({"id": "reviews-1", "cluster": "reviews", "metadata": {"mesh": "shop"}}));
     let provider = &grpc["certificate_providers"]["trellis"];
@@ -271,14 +278,19 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
 
     // Out of order: nothing to activate; nothing to retire.
     assert_eq!(api.post("/meshes/shop/ca/rotation/activate", &json!({})).await.0, 409);
-    let (status, problem) = api.post(&format!("/meshes/shop/ca/authorities/{old_id}/retire"), &json!({})).await;
+    let (status, problem) =
+        api.post(&format!("/meshes/shop/ca/authorities/{old_id}/retire"), &json!({})).await;
     assert_eq!(status, 409, "{problem}");
 
     // Prepare: both roots in the bundle, the old one still signs.
     let (status, ca) = api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await;
     assert_eq!(status, 200, "{ca}");
     assert_eq!(ca["phase"], "prepared");
-    assert_eq!(api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await.0, 409, "one rotation at a time");
+    assert_eq!(
+        api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await.0,
+        409,
+        "one rotation at a time"
+    );
     let (both, seq2) = pem_bundle(&api).await;
     assert_eq!(count_certs(&both), 2);
     assert!(seq2 > seq1);
@@ -292,7 +304,8 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     let (status, ca) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
     assert_eq!(status, 200, "{ca}");
     assert_eq!(ca["phase"], "rotated");
-    let states: Vec<&str> = ca["authorities"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap()).collect();
+    let states: Vec<&str> =
+        ca["authorities"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["previous", "active"]);
     let (_, issued) = svid(&t, &join).await;
     assert_eq!(count_certs(issued["trustBundle"].as_str().unwrap()), 2);
@@ -301,7 +314,8 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     assert!(!openssl(dir.path(), &["verify", "-CAfile", "old.pem", "leaf.pem"]).status.success());
 
     // Retire: refused while the old root's leaf lives, then forced.
-    let (status, problem) = api.post(&format!("/meshes/shop/ca/authorities/{old_id}/retire"), &json!({})).await;
+    let (status, problem) =
+        api.post(&format!("/meshes/shop/ca/authorities/{old_id}/retire"), &json!({})).await;
     assert_eq!(status, 409, "{problem}");
     assert!(problem["detail"].as_str().unwrap().contains("force"), "{problem}");
     let (status, ca) =
@@ -319,8 +333,10 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     // A prepared rotation can be abandoned.
     assert_eq!(api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await.0, 200);
     let (_, ca) = api.get("/meshes/shop/ca").await;
-    let prepared = ca["authorities"].as_array().unwrap().iter().find(|a| a["state"] == "prepared").unwrap().clone();
-    let (status, ca) = api.delete(&format!("/meshes/shop/ca/authorities/{}", prepared["id"].as_str().unwrap())).await;
+    let prepared =
+        ca["authorities"].as_array().unwrap().iter().find(|a| a["state"] == "prepared").unwrap().clone();
+    let (status, ca) =
+        api.delete(&format!("/meshes/shop/ca/authorities/{}", prepared["id"].as_str().unwrap())).await;
     assert_eq!(status, 200, "{ca}");
     assert_eq!(ca["phase"], "stable");
     assert_eq!(count_certs(&pem_bundle(&api).await.0), 1);
@@ -342,15 +358,44 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     let td = "shop.acme.trellis.internal";
 
     // The tenant's root, made offline with openssl: its key never reaches Trellis.
-    write(d, "root.cnf", "[req]\ndistinguished_name=dn\n[dn]\n[v3_root]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n");
+    write(
+        d,
+        "root.cnf",
+        "[req]\ndistinguished_name=dn\n[dn]\n[v3_root]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
+    );
     openssl_ok(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "root.key"]);
-    openssl_ok(d, &[
-        "req", "-x509", "-new", "-key", "root.key", "-sha256", "-days", "3650", "-subj", "/O=Tenant/CN=Tenant root",
-        "-config", "root.cnf", "-extensions", "v3_root", "-out", "root.pem",
-    ]);
+    openssl_ok(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "root.key",
+            "-sha256",
+            "-days",
+            "3650",
+            "-subj",
+            "/O=Tenant/CN=Tenant root",
+            "-config",
+            "root.cnf",
+            "-extensions",
+            "v3_root",
+            "-out",
+            "root.pem",
+        ],
+    );
     let san = format!("subjectAltName=URI:spiffe://{td}\n");
-    write(d, "inter.ext", &format!("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n{san}"));
-    write(d, "notca.ext", &format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{san}"));
+    write(
+        d,
+        "inter.ext",
+        &format!("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n{san}"),
+    );
+    write(
+        d,
+        "notca.ext",
+        &format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{san}"),
+    );
 
     // Trellis makes the key and the CSR.
     let (status, created) = api.post("/meshes/shop/ca/intermediate-csr", &json!({})).await;
@@ -361,11 +406,32 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     assert_eq!(ca["phase"], "awaiting-chain");
     assert_eq!(api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await.0, 409);
     let sign = |csr: &str, ext: &str, out: &str| {
-        openssl_ok(d, &[
-            "x509", "-req", "-in", csr, "-CA", "root.pem", "-CAkey", "root.key", "-CAcreateserial", "-days", "365",
-            "-sha256", "-extfile", ext, "-out", out,
-        ]);
-        format!("{}{}", std::fs::read_to_string(d.join(out)).unwrap(), std::fs::read_to_string(d.join("root.pem")).unwrap())
+        openssl_ok(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                "root.pem",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-days",
+                "365",
+                "-sha256",
+                "-extfile",
+                ext,
+                "-out",
+                out,
+            ],
+        );
+        format!(
+            "{}{}",
+            std::fs::read_to_string(d.join(out)).unwrap(),
+            std::fs::read_to_string(d.join("root.pem")).unwrap()
+        )
     };
     let chain_path = format!("/meshes/shop/ca/authorities/{id}/chain");
 
@@ -401,7 +467,8 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     assert_eq!(api.put(&chain_path, &json!({"certificateChain": good})).await.0, 404, "no longer pending");
     let (status, ca) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
     assert_eq!(status, 200, "{ca}");
-    let active = ca["authorities"].as_array().unwrap().iter().find(|a| a["state"] == "active").unwrap().clone();
+    let active =
+        ca["authorities"].as_array().unwrap().iter().find(|a| a["state"] == "active").unwrap().clone();
     assert_eq!(active["origin"], "intermediate_csr");
     assert_eq!(active["id"], id.as_str());
     let join = join_token(&api, json!({"service": "reviews"})).await;
@@ -414,9 +481,8 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     openssl_ok(d, &["verify", "-CAfile", "root.pem", "-untrusted", "chain.pem", "leaf.pem"]);
 
     // An uploaded CA: a bad one is refused with the field; a key that is not PEM names the key.
-    let (status, problem) = api
-        .post("/meshes/shop/ca/upload", &json!({"certificateChain": not_ca, "privateKey": "nope"}))
-        .await;
+    let (status, problem) =
+        api.post("/meshes/shop/ca/upload", &json!({"certificateChain": not_ca, "privateKey": "nope"})).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "privateKey");
     openssl_ok(d, &["pkcs8", "-topk8", "-nocrypt", "-in", "other.key", "-out", "other.p8"]);
@@ -468,7 +534,8 @@ async fn only_admins_operate_the_ca_and_other_tenants_see_nothing() {
         (reqwest::Method::GET, "/meshes/shop/join-tokens"),
         (reqwest::Method::GET, "/meshes/shop/bootstrap/envoy?service=reviews&node=n"),
     ] {
-        let (status, problem) = send(other.req(method.clone(), path).json(&json!({"service": "reviews"}))).await;
+        let (status, problem) =
+            send(other.req(method.clone(), path).json(&json!({"service": "reviews"}))).await;
         assert_eq!(status, 404, "{method} {path}: {problem}");
     }
     // And B's own namespace has no such mesh.
@@ -482,7 +549,9 @@ async fn kek_rotate_rewraps_every_key_and_the_server_still_issues() {
     let dir = tempfile::tempdir().unwrap();
     let kek_file = dir.path().join("kek");
     let with_file = |cmd: &mut tokio::process::Command| {
-        cmd.env_remove("TRELLIS_KEK").env("TRELLIS_KEK_FILE", &kek_file).env("TRELLIS_DATABASE_URL", db.owner_url());
+        cmd.env_remove("TRELLIS_KEK")
+            .env("TRELLIS_KEK_FILE", &kek_file)
+            .env("TRELLIS_DATABASE_URL", db.owner_url());
     };
     let mut cmd = trellis();
     with_file(&mut cmd);
@@ -511,10 +580,11 @@ async fn kek_rotate_rewraps_every_key_and_the_server_still_issues() {
     assert_eq!(after[1], before[0]);
     let new_id = after[0].split_whitespace().next().unwrap().to_owned();
     let mut admin = db.admin_conn().await;
-    let ids: Vec<(String,)> = sqlx::query_as("SELECT key_kek_id FROM mesh_cas UNION ALL SELECT key_kek_id FROM platform_ca")
-        .fetch_all(&mut admin)
-        .await
-        .unwrap();
+    let ids: Vec<(String,)> =
+        sqlx::query_as("SELECT key_kek_id FROM mesh_cas UNION ALL SELECT key_kek_id FROM platform_ca")
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
     assert!(ids.iter().all(|(id,)| *id == new_id), "{ids:?} vs {new_id}");
 
     let mut cmd = trellis();
