@@ -12,7 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use trellis_api::{AppState, HttpMetrics, ProcessCollector, XdsEndpoint};
+use trellis_api::{AppState, CaExpiryMetrics, HttpMetrics, ProcessCollector, XdsEndpoint};
 use trellis_pki::{Authority, AuthorityOptions};
 use trellis_store::{ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store};
 use trellis_xds_server::{
@@ -48,6 +48,8 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
     let http_metrics = HttpMetrics::register(&mut registry);
+    let ca_expiry = CaExpiryMetrics::register(&mut registry);
+    let ca_expiry_task = tokio::spawn(refresh_ca_expiry(store.clone(), ca_expiry, cfg.ca_expiry_refresh));
     let xds_metrics = XdsMetrics::default();
     xds_metrics.register(&mut registry);
 
@@ -159,6 +161,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     }
     consumer.abort();
     duties.abort();
+    ca_expiry_task.abort();
     if let Ok(leader) = Arc::try_unwrap(leader) {
         leader.stop().await;
     }
@@ -207,6 +210,17 @@ async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>) {
     while let Some(change) = feed.recv().await {
         tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
         snapshots.on_change(change);
+    }
+}
+
+/// Keeps the CA expiry gauges current: at start, then every `every`.
+async fn refresh_ca_expiry(store: Store, metrics: CaExpiryMetrics, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
+    loop {
+        tick.tick().await;
+        if let Err(e) = metrics.refresh(&store).await {
+            tracing::warn!(error = %e, "reading CA expiry for the metrics failed");
+        }
     }
 }
 

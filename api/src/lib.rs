@@ -24,7 +24,7 @@ pub mod session;
 pub use accounts::Accounts;
 pub use config::API_VERSION;
 pub use error::ApiError;
-pub use metrics::{HttpMetrics, metrics_handler};
+pub use metrics::{CaExpiryMetrics, HttpMetrics, metrics_handler};
 pub use process::ProcessCollector;
 
 use std::sync::Arc;

@@ -209,6 +209,15 @@ pub enum JoinRefusal {
     AlreadyUsed,
 }
 
+/// When a CA expires.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CaExpiry {
+    pub mesh: String,
+    pub id: Uuid,
+    pub state: String,
+    pub not_after: DateTime<Utc>,
+}
+
 /// A leaf to record.
 #[derive(Debug, Clone)]
 pub struct IssuedLeaf {
@@ -348,6 +357,18 @@ impl TenantTx {
             .execute(self.conn())
             .await?;
         Ok(())
+    }
+
+    /// When each CA of this tenant that is not retired expires, with its mesh's name (for
+    /// the expiry gauges).
+    pub async fn ca_expiries(&mut self) -> Result<Vec<CaExpiry>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT m.name AS mesh, c.id, c.state, c.not_after FROM mesh_cas c \
+             JOIN meshes m ON m.org_id = c.org_id AND m.id = c.mesh_id \
+             WHERE c.state <> 'retired' AND c.not_after IS NOT NULL ORDER BY m.name, c.id",
+        )
+        .fetch_all(self.conn())
+        .await?)
     }
 
     /// Every CA of this tenant (for KEK rotation).

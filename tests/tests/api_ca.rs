@@ -12,8 +12,28 @@ use trellis_tests::{Api, Trellis, assert_no_secret_in, pg_dump, send, token, tre
 
 async fn start(db: &TestDb) -> Trellis {
     let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
+        .env("TRELLIS_CA_EXPIRY_REFRESH", "200ms")
+        .args(["--http-addr", "127.0.0.1:0"]);
     Trellis::start(cmd).await
+}
+
+/// The `trellis_ca_days_to_expiry` lines of `/metrics` for mesh `shop`, once there are `n`.
+async fn expiry_gauges(t: &Trellis, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        let body = t.get("/metrics").await.text().await.unwrap();
+        lines = body
+            .lines()
+            .filter(|l| l.starts_with("trellis_ca_days_to_expiry{") && l.contains("mesh=\"shop\""))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() == n {
+            return lines;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("expected {n} CA expiry gauges, got {lines:?}");
 }
 
 /// Runs `openssl` with `args` in `dir`; fails the test, naming the tool, when it is missing.
@@ -108,6 +128,10 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
     assert_eq!(count_certs(&bundle_pem), 1);
     assert_eq!(seq as i64, ca["bundleSequence"].as_i64().unwrap());
     std::fs::write(dir.path().join("bundle.pem"), &bundle_pem).unwrap();
+    let gauges = expiry_gauges(&t, 1).await;
+    assert!(gauges[0].contains("org=\"acme\"") && gauges[0].contains("state=\"active\""), "{gauges:?}");
+    let days: i64 = gauges[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(days, authorities[0]["daysToExpiry"].as_i64().unwrap());
 
     // A join token for a service that does not exist is refused with the field.
     let (status, problem) = api.post("/meshes/shop/join-tokens", &json!({"service": "nope"})).await;
@@ -296,6 +320,7 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     assert!(seq2 > seq1);
     let (_, json_bundle) = api.get("/meshes/shop/ca/bundle").await;
     assert_eq!(json_bundle["keys"].as_array().unwrap().len(), 2);
+    expiry_gauges(&t, 2).await;
     let new_pem = certs(&both).into_iter().find(|c| !old_pem.contains(c.as_str())).unwrap();
     std::fs::write(dir.path().join("old.pem"), &old_pem).unwrap();
     std::fs::write(dir.path().join("new.pem"), &new_pem).unwrap();
@@ -322,6 +347,7 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
         api.post(&format!("/meshes/shop/ca/authorities/{old_id}/retire"), &json!({"force": true})).await;
     assert_eq!(status, 200, "{ca}");
     assert_eq!(ca["phase"], "stable");
+    expiry_gauges(&t, 1).await; // the retired root's gauge is gone
     let (after, seq3) = pem_bundle(&api).await;
     assert_eq!(count_certs(&after), 1);
     assert_eq!(after.trim(), new_pem.trim());
