@@ -22,9 +22,9 @@ use crate::body::{ApiQuery, JsonBody, OptionalJsonBody, from_value};
 use crate::config::find_mesh;
 use crate::{ApiError, AppState, request_id};
 
-/// Largest body of the CA upload endpoints: a chain (64 KiB of PEM) and a key.
-pub const CA_BODY_LIMIT: usize = 96 * 1024;
-/// Largest uploaded chain, as PEM text.
+/// Largest uploaded chain, as PEM text (the published schema's `maxLength`, so that an
+/// oversized chain is a 422 naming `certificateChain`; the body as a whole is bounded by the
+/// router's limit).
 pub const MAX_CHAIN_PEM: usize = 64 * 1024;
 /// Largest uploaded private key, as PEM text.
 pub const MAX_KEY_PEM: usize = 16 * 1024;

@@ -39,9 +39,6 @@ use trellis_store::Store;
 /// Largest request body accepted anywhere, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
-/// Largest body of `POST /api/v1/svids` (a CSR is at most 12 KiB of PEM).
-const SVID_BODY_LIMIT: usize = 16 * 1024;
-
 /// Header that carries the request id in and out (generated when absent).
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -75,8 +72,6 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
     use axum::routing::{delete, get, post, put};
     const ORG: &str = "/api/v1/orgs/{org}";
     const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
-    // Certificate uploads are bounded below the general limit (a chain is at most 64 KiB).
-    let ca_limit = DefaultBodyLimit::max(body_limit.min(ca::CA_BODY_LIMIT));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -114,18 +109,15 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route(&format!("{MESH}/ca/rotation/activate"), post(ca::activate))
         .route(&format!("{MESH}/ca/authorities/{{id}}"), delete(ca::discard))
         .route(&format!("{MESH}/ca/authorities/{{id}}/retire"), post(ca::retire))
-        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain).layer(ca_limit))
+        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain))
         .route(&format!("{MESH}/ca/intermediate-csr"), post(ca::intermediate_csr))
-        .route(&format!("{MESH}/ca/upload"), post(ca::upload_ca).layer(ca_limit))
+        .route(&format!("{MESH}/ca/upload"), post(ca::upload_ca))
         .route(&format!("{MESH}/join-tokens"), get(ca::list_join_tokens).post(ca::create_join_token))
         .route(&format!("{MESH}/join-tokens/{{id}}"), delete(ca::revoke_join_token))
         .route(&format!("{MESH}/bootstrap/grpc"), get(bootstrap::grpc))
         .route(&format!("{MESH}/bootstrap/envoy"), get(bootstrap::envoy))
         .route(&format!("{MESH}/bootstrap/ca.pem"), get(bootstrap::platform_root))
-        .route(
-            "/api/v1/svids",
-            post(ca::issue_svid).layer(DefaultBodyLimit::max(body_limit.min(SVID_BODY_LIMIT))),
-        )
+        .route("/api/v1/svids", post(ca::issue_svid))
         .route(
             &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
             get(config::list_resources).merge(post(config::create_resource)),
