@@ -23,6 +23,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+// Parsed once per process: the size of `Serve` costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the control plane (the default).
@@ -223,6 +225,11 @@ pub struct Serve {
     /// A CA with fewer days of validity left is refused for activation or upload.
     #[arg(long, env = "TRELLIS_CA_MIN_DAYS", default_value_t = 30)]
     pub ca_min_days: u32,
+
+    /// How often the `trellis_ca_days_to_expiry` gauges are read from the database (a scrape
+    /// never touches it).
+    #[arg(long, env = "TRELLIS_CA_EXPIRY_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub ca_expiry_refresh: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

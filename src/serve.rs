@@ -6,16 +6,13 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use trellis_api::{AppState, HttpMetrics, ProcessCollector, XdsEndpoint};
+use trellis_api::{AppState, CaExpiryMetrics, HttpMetrics, ProcessCollector, XdsEndpoint};
 use trellis_pki::{Authority, AuthorityOptions};
 use trellis_store::{ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store};
 use trellis_xds_server::{
@@ -51,14 +48,10 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     registry.register_collector(Box::new(ProcessCollector));
     registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
     let http_metrics = HttpMetrics::register(&mut registry);
+    let ca_expiry = CaExpiryMetrics::register(&mut registry);
+    let ca_expiry_task = tokio::spawn(refresh_ca_expiry(store.clone(), ca_expiry, cfg.ca_expiry_refresh));
     let xds_metrics = XdsMetrics::default();
     xds_metrics.register(&mut registry);
-    let ca_expiry = Family::<CaLabels, Gauge>::default();
-    registry.register(
-        "trellis_ca_days_to_expiry",
-        "Days until each mesh CA in a trust bundle expires (refreshed every 15 s)",
-        ca_expiry.clone(),
-    );
 
     // The TLS port: a server certificate from the platform CA for this replica's names.
     let xds_listener = TcpListener::bind(cfg.xds_addr)
@@ -89,7 +82,6 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         AdsOptions { send_timeout: cfg.xds_send_timeout, replica: replica_name(), ..Default::default() },
     );
     let identity = IdentityService::new(authority.clone());
-    let expiry_task = tokio::spawn(refresh_ca_expiry(authority.clone(), ca_expiry));
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let xds_server = tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, async {
         let _ = xds_stop_rx.await;
@@ -169,7 +161,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     }
     consumer.abort();
     duties.abort();
-    expiry_task.abort();
+    ca_expiry_task.abort();
     if let Ok(leader) = Arc::try_unwrap(leader) {
         leader.stop().await;
     }
@@ -221,29 +213,13 @@ async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>) {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct CaLabels {
-    org: String,
-    mesh: String,
-    ca: String,
-    state: String,
-}
-
-/// Keeps `trellis_ca_days_to_expiry` current: every CA whose root is in a bundle.
-async fn refresh_ca_expiry(authority: Authority, gauges: Family<CaLabels, Gauge>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+/// Keeps the CA expiry gauges current: at start, then every `every`.
+async fn refresh_ca_expiry(store: Store, metrics: CaExpiryMetrics, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every.max(std::time::Duration::from_secs(1)));
     loop {
         tick.tick().await;
-        match authority.expiry_report().await {
-            Ok(rows) => {
-                gauges.clear();
-                for (org, mesh, ca, state, days) in rows {
-                    let labels =
-                        CaLabels { org: org.to_string(), mesh, ca: ca.to_string(), state: state.into() };
-                    gauges.get_or_create(&labels).set(days);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading CA expiry dates failed"),
+        if let Err(e) = metrics.refresh(&store).await {
+            tracing::warn!(error = %e, "reading CA expiry for the metrics failed");
         }
     }
 }

@@ -129,7 +129,7 @@ async fn authenticate_token(store: &Store, headers: &HeaderMap) -> Result<Princi
     Ok(Principal::Token { org: token.org, record })
 }
 
-fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("send an API token as `Authorization: Bearer trls_pat_…`"))?;

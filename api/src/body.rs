@@ -21,28 +21,63 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::unsupported_media_type(format!(
-                "send the body as application/json (got {:?})",
-                if ct.is_empty() { "no Content-Type" } else { ct }
-            )));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("the request body exceeds the server's limit")
-            } else {
-                ApiError::bad_request(format!("the request body could not be read: {e}"))
-            }
-        })?;
-        let value: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
-        if let Some(field) = nul_at(&value, "") {
-            return Err(ApiError::invalid_field(&field, "must not contain the NUL character (\\u0000)"));
-        }
-        Ok(JsonBody { value, bytes })
+        let ct = content_type(req.headers());
+        check_json_type(&ct)?;
+        let bytes = read_bytes(req, state).await?;
+        parse_json(bytes)
     }
+}
+
+/// A JSON body that may be left out: an empty body is `None`, anything else is checked as
+/// [`JsonBody`] is.
+pub struct OptionalJsonBody(pub Option<JsonBody>);
+
+impl<S: Send + Sync> FromRequest<S> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct = content_type(req.headers());
+        let bytes = read_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJsonBody(None));
+        }
+        check_json_type(&ct)?;
+        parse_json(bytes).map(|b| OptionalJsonBody(Some(b)))
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+fn check_json_type(ct: &str) -> Result<(), ApiError> {
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Err(ApiError::unsupported_media_type(format!(
+            "send the body as application/json (got {:?})",
+            if ct.is_empty() { "no Content-Type" } else { ct }
+        )));
+    }
+    Ok(())
+}
+
+async fn read_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("the request body exceeds the server's limit")
+        } else {
+            ApiError::bad_request(format!("the request body could not be read: {e}"))
+        }
+    })
+}
+
+fn parse_json(bytes: Bytes) -> Result<JsonBody, ApiError> {
+    let value: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    if let Some(field) = nul_at(&value, "") {
+        return Err(ApiError::invalid_field(&field, "must not contain the NUL character (\\u0000)"));
+    }
+    Ok(JsonBody { value, bytes })
 }
 
 /// The path of the first string (or key) holding a NUL, which no stored text may contain.

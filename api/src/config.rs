@@ -149,7 +149,7 @@ fn mesh_name(s: &str) -> Result<MeshName, ApiError> {
     MeshName::parse(s).map_err(|_| ApiError::not_found(format!("mesh {s:?} not found")))
 }
 
-async fn find_mesh(tx: &mut TenantTx, name: &str) -> Result<Mesh, ApiError> {
+pub(crate) async fn find_mesh(tx: &mut TenantTx, name: &str) -> Result<Mesh, ApiError> {
     let n = mesh_name(name)?;
     tx.mesh_by_name(&n).await?.ok_or_else(|| ApiError::not_found(format!("mesh {name:?} not found")))
 }

@@ -6,6 +6,8 @@
 pub mod accounts;
 pub mod auth;
 mod body;
+mod bootstrap;
+mod ca;
 mod config;
 mod dataplanes;
 mod error;
@@ -22,7 +24,7 @@ pub mod session;
 pub use accounts::Accounts;
 pub use config::API_VERSION;
 pub use error::ApiError;
-pub use metrics::{HttpMetrics, metrics_handler};
+pub use metrics::{CaExpiryMetrics, HttpMetrics, metrics_handler};
 pub use process::ProcessCollector;
 
 use std::sync::Arc;
@@ -67,8 +69,9 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// The whole HTTP surface: operational endpoints, with request ids, metrics and a body limit.
 pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> Router {
-    use axum::routing::{get, post};
+    use axum::routing::{delete, get, post, put};
     const ORG: &str = "/api/v1/orgs/{org}";
+    const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -100,6 +103,22 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"), get(dataplanes::config))
+        .route(&format!("{MESH}/ca"), get(ca::status))
+        .route(&format!("{MESH}/ca/bundle"), get(ca::bundle))
+        .route(&format!("{MESH}/ca/settings"), put(ca::put_settings))
+        .route(&format!("{MESH}/ca/rotation/prepare"), post(ca::prepare))
+        .route(&format!("{MESH}/ca/rotation/activate"), post(ca::activate))
+        .route(&format!("{MESH}/ca/authorities/{{id}}"), delete(ca::discard))
+        .route(&format!("{MESH}/ca/authorities/{{id}}/retire"), post(ca::retire))
+        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain))
+        .route(&format!("{MESH}/ca/intermediate-csr"), post(ca::intermediate_csr))
+        .route(&format!("{MESH}/ca/upload"), post(ca::upload_ca))
+        .route(&format!("{MESH}/join-tokens"), get(ca::list_join_tokens).post(ca::create_join_token))
+        .route(&format!("{MESH}/join-tokens/{{id}}"), delete(ca::revoke_join_token))
+        .route(&format!("{MESH}/bootstrap/grpc"), get(bootstrap::grpc))
+        .route(&format!("{MESH}/bootstrap/envoy"), get(bootstrap::envoy))
+        .route(&format!("{MESH}/bootstrap/ca.pem"), get(bootstrap::platform_root))
+        .route("/api/v1/svids", post(ca::issue_svid))
         .route(
             &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
             get(config::list_resources).merge(post(config::create_resource)),

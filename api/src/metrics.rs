@@ -10,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use trellis_store::Store;
 
 use crate::{ApiError, AppState};
 
@@ -71,4 +73,59 @@ pub async fn metrics_handler(State(state): State<AppState>) -> Result<Response, 
         HeaderValue::from_static(prometheus_client::encoding::prometheus_text::CONTENT_TYPE),
     );
     Ok(res)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CaLabels {
+    org: String,
+    mesh: String,
+    ca: String,
+    state: String,
+}
+
+/// Days to expiry of every mesh CA that is not retired, as gauges. Scraping must not touch
+/// the database, so [`CaExpiryMetrics::refresh`] reads the store now and then (days change
+/// slowly) and the scrape shows the last reading.
+#[derive(Clone, Default)]
+pub struct CaExpiryMetrics {
+    days: Family<CaLabels, Gauge>,
+}
+
+impl CaExpiryMetrics {
+    /// Creates the gauges and registers them.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = CaExpiryMetrics::default();
+        registry.register(
+            "trellis_ca_days_to_expiry",
+            "Whole days until a mesh CA expires (not retired ones), by organization, mesh, CA id and state",
+            m.days.clone(),
+        );
+        m
+    }
+
+    /// Reads every tenant's CA expiries, one tenant transaction each.
+    pub async fn refresh(&self, store: &Store) -> Result<(), trellis_store::StoreError> {
+        let now = chrono::Utc::now();
+        let mut readings = Vec::new();
+        for org in store.org_ids().await? {
+            let mut tx = store.tenant(org).await?;
+            let slug = tx.own_org().await?.slug;
+            for e in tx.ca_expiries().await? {
+                let labels = CaLabels {
+                    org: slug.as_str().to_owned(),
+                    mesh: e.mesh,
+                    ca: e.id.to_string(),
+                    state: e.state,
+                };
+                readings.push((labels, (e.not_after - now).num_days()));
+            }
+            tx.commit().await?;
+        }
+        // Gone CAs (retired, deleted meshes) leave the family.
+        self.days.clear();
+        for (labels, days) in readings {
+            self.days.get_or_create(&labels).set(days);
+        }
+        Ok(())
+    }
 }

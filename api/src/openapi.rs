@@ -217,10 +217,12 @@ pub fn document() -> Value {
     );
 
     account_schemas(&mut schemas);
+    ca_schemas(&mut schemas);
 
     let org = "/api/v1/orgs/{org}";
     let mut paths = serde_json::Map::new();
     account_paths(&mut paths);
+    ca_paths(&mut paths);
     paths.insert(
         "/api/v1/me".into(),
         json!({ "get": op("getMe", "The caller: a token (its role and organization) or a session (the user, their organizations and roles, the CSRF token)", &[],
@@ -363,6 +365,7 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 "bearer": { "type": "http", "scheme": "bearer", "description": "An API token, trls_pat_…" },
+                "joinToken": { "type": "http", "scheme": "bearer", "description": "A join token, trls_join_…: accepted only by POST /api/v1/svids" },
                 "session": { "type": "apiKey", "in": "cookie", "name": "__Host-trellis_session",
                     "description": "A console session (GET /auth/login). Every write with it also needs the header x-csrf-token (see GET /api/v1/me)." },
             },
@@ -375,6 +378,8 @@ pub fn document() -> Value {
                 "id": path_param("id", "Token or invitation id"),
                 "user": path_param("user", "User id of a member"),
                 "inviteToken": path_param("token", "The invitation token (trls_inv_…)"),
+                "caId": path_param("id", "Certificate authority id (see GET …/ca)"),
+                "joinTokenId": path_param("id", "Join token id"),
                 "limit": { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT } },
                 "cursor": { "name": "cursor", "in": "query", "schema": { "type": "string" } },
                 "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
@@ -607,6 +612,291 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
                 } } } },
                 "401": problem_responses(&[401])["401"], "403": problem_responses(&[403])["403"],
                 "404": problem_responses(&[404])["404"], "409": problem_responses(&[409])["409"],
+            },
+        } }),
+    );
+}
+
+fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
+    use crate::ca::{JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM, SVID_TTL_MAX, SVID_TTL_MIN};
+    let time = json!({ "type": ["string", "null"], "format": "date-time" });
+    schemas.insert(
+        "CertificateAuthority".into(),
+        json!({
+            "type": "object",
+            "description": "One CA of a mesh. Its private key is never returned.",
+            "required": ["id", "origin", "state", "liveLeaves", "createdAt"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "origin": { "type": "string", "enum": ["generated", "intermediate_csr", "uploaded"] },
+                "state": { "type": "string", "enum": ["pending", "prepared", "active", "previous", "retired"] },
+                "rootFingerprint": { "type": ["string", "null"], "description": "SHA-256 of the root it chains to" },
+                "notAfter": time,
+                "daysToExpiry": { "type": ["integer", "null"] },
+                "liveLeaves": { "type": "integer", "description": "Unexpired certificates it signed" },
+                "certificatePem": { "type": ["string", "null"] },
+                "csrPem": { "type": ["string", "null"], "description": "While pending: the CSR to sign with your root" },
+                "createdAt": { "type": "string", "format": "date-time" },
+                "activatedAt": time,
+                "retiredAt": time,
+            },
+        }),
+    );
+    schemas.insert(
+        "CaStatus".into(),
+        json!({
+            "type": "object",
+            "required": ["mesh", "phase", "trustDomain", "bundleSequence", "svidTtlSeconds", "authorities"],
+            "properties": {
+                "mesh": { "type": "string" },
+                "phase": { "type": "string", "enum": ["stable", "awaiting-chain", "prepared", "rotated"],
+                    "description": "stable; awaiting-chain (a CSR is out); prepared (a new root is in the bundle, not signing); rotated (the old root is still in the bundle)" },
+                "trustDomain": { "type": "string" },
+                "bundleSequence": { "type": "integer", "description": "Grows on every change of the trust bundle" },
+                "svidTtlSeconds": { "type": "integer" },
+                "authorities": { "type": "array", "items": r("CertificateAuthority") },
+            },
+        }),
+    );
+    schemas.insert(
+        "CaRetire".into(),
+        json!({
+            "type": "object",
+            "properties": { "force": { "type": "boolean", "description": "Retire although unexpired leaves chain to it (they stop verifying)" } },
+            "additionalProperties": false,
+        }),
+    );
+    let chain = json!({ "type": "string", "minLength": 1, "maxLength": MAX_CHAIN_PEM,
+        "description": "PEM certificates: the CA first, its root last" });
+    schemas.insert(
+        "CaChainUpload".into(),
+        json!({
+            "type": "object",
+            "required": ["certificateChain"],
+            "properties": { "certificateChain": chain },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "CaUpload".into(),
+        json!({
+            "type": "object",
+            "required": ["certificateChain", "privateKey"],
+            "properties": {
+                "certificateChain": chain,
+                "privateKey": { "type": "string", "minLength": 1, "maxLength": MAX_KEY_PEM, "description": "PKCS#8 PEM; sealed at once, never returned" },
+            },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "CaSettings".into(),
+        json!({
+            "type": "object",
+            "required": ["svidTtlSeconds"],
+            "properties": { "svidTtlSeconds": { "type": "integer", "minimum": SVID_TTL_MIN, "maximum": SVID_TTL_MAX } },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "NewJoinToken".into(),
+        json!({
+            "type": "object",
+            "required": ["service"],
+            "properties": {
+                "service": { "type": "string", "minLength": 1, "maxLength": 63, "description": "A Service of the mesh" },
+                "tags": { "type": "object", "additionalProperties": { "type": "string" } },
+                "ttlSeconds": { "type": "integer", "minimum": JOIN_TTL_MIN, "maximum": JOIN_TTL_MAX, "default": 3600 },
+                "singleUse": { "type": "boolean", "default": false },
+            },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "JoinToken".into(),
+        json!({
+            "type": "object",
+            "required": ["id", "mesh", "service", "spiffeId", "singleUse", "status", "createdAt", "expiresAt"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "mesh": { "type": "string" },
+                "service": { "type": "string" },
+                "spiffeId": { "type": "string", "description": "The identity an SVID for this token carries" },
+                "tags": { "type": "object" },
+                "singleUse": { "type": "boolean" },
+                "status": { "type": "string", "enum": ["active", "used", "expired", "revoked"] },
+                "uses": { "type": "integer" },
+                "createdBy": { "type": "string" },
+                "createdAt": { "type": "string" },
+                "expiresAt": { "type": "string" },
+                "usedAt": time,
+                "revokedAt": time,
+                "token": { "type": "string", "description": "trls_join_…: only in the response that creates it" },
+            },
+        }),
+    );
+    schemas.insert(
+        "SvidRequest".into(),
+        json!({
+            "type": "object",
+            "required": ["csr"],
+            "properties": { "csr": { "type": "string", "minLength": 1, "maxLength": trellis_ca::MAX_CSR_INPUT,
+                "description": "PEM CSR (P-256 or Ed25519); only its public key is used" } },
+            "additionalProperties": false,
+        }),
+    );
+    schemas.insert(
+        "Svid".into(),
+        json!({
+            "type": "object",
+            "required": ["spiffeId", "certificateChain", "trustBundle", "trustBundleSequence", "expiresAt", "serial"],
+            "properties": {
+                "spiffeId": { "type": "string" },
+                "certificateChain": { "type": "string", "description": "PEM: the leaf, then intermediates" },
+                "trustBundle": { "type": "string", "description": "PEM: the mesh's roots" },
+                "trustBundleSequence": { "type": "integer" },
+                "expiresAt": { "type": "string", "format": "date-time" },
+                "serial": { "type": "string" },
+            },
+        }),
+    );
+}
+
+fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
+    let mesh = "/api/v1/orgs/{org}/meshes/{mesh}";
+    let m = &["org", "mesh"];
+    let status = |code: u16, desc: &str| ok(code, desc, r("CaStatus"), false);
+    let step = &[400, 401, 403, 404, 409];
+    let text = |desc: &str, ct: &str| json!({ "description": desc, "content": { ct: { "schema": { "type": "string" } } } });
+    paths.insert(
+        format!("{mesh}/ca"),
+        json!({ "get": op("getCa", "The mesh's CA: rotation phase, trust domain, bundle sequence, SVID lifetime, every CA (never a key)", m,
+            vec![status(200, "The CA status")], READ) }),
+    );
+    let mut bundle = op(
+        "getTrustBundle",
+        "The trust bundle: SPIFFE bundle JSON (with spiffe_sequence), or PEM with ?format=pem; the sequence is also in the trellis-bundle-sequence header",
+        m,
+        vec![],
+        READ,
+    );
+    bundle["parameters"].as_array_mut().expect("array").push(
+        json!({ "name": "format", "in": "query", "schema": { "type": "string", "enum": ["json", "pem"] } }),
+    );
+    bundle["responses"]["200"] = json!({
+        "description": "The bundle",
+        "headers": { "trellis-bundle-sequence": { "schema": { "type": "integer" } } },
+        "content": {
+            "application/json": { "schema": { "type": "object", "description": "SPIFFE bundle (JWK Set)" } },
+            "application/x-pem-file": { "schema": { "type": "string" } },
+        },
+    });
+    paths.insert(format!("{mesh}/ca/bundle"), json!({ "get": bundle }));
+    paths.insert(
+        format!("{mesh}/ca/settings"),
+        json!({ "put": with_body(op("putCaSettings", "Set the lifetime of new SVIDs (1 h to 7 d)", m,
+            vec![status(200, "The CA status")], WRITE), r("CaSettings")) }),
+    );
+    paths.insert(
+        format!("{mesh}/ca/rotation/prepare"),
+        json!({ "post": op("prepareCaRotation", "Rotation step 1: a new root, published in the bundle beside the current one", m,
+            vec![status(200, "The CA status (phase prepared)")], step) }),
+    );
+    paths.insert(
+        format!("{mesh}/ca/rotation/activate"),
+        json!({ "post": op("activateCaRotation", "Rotation step 2: the prepared CA signs new certificates; the old root stays in the bundle", m,
+            vec![status(200, "The CA status (phase rotated)")], step) }),
+    );
+    let mut retire = op(
+        "retireCa",
+        "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
+        &["org", "mesh", "caId"],
+        vec![status(200, "The CA status")],
+        &[400, 401, 403, 404, 409, 415, 422],
+    );
+    retire["requestBody"] =
+        json!({ "required": false, "content": { "application/json": { "schema": r("CaRetire") } } });
+    paths.insert(format!("{mesh}/ca/authorities/{{id}}/retire"), json!({ "post": retire }));
+    paths.insert(
+        format!("{mesh}/ca/authorities/{{id}}"),
+        json!({ "delete": op("discardCa", "Abandon a pending or prepared CA (a rotation that was not activated)", &["org", "mesh", "caId"],
+            vec![status(200, "The CA status")], step) }),
+    );
+    paths.insert(
+        format!("{mesh}/ca/intermediate-csr"),
+        json!({ "post": op("createIntermediateCsr", "Bring your own root: a new intermediate key (kept sealed) and its CSR to sign offline", m,
+            vec![ok(201, "The pending CA and its CSR", json!({
+                "type": "object", "required": ["id", "csr"],
+                "properties": { "id": { "type": "string", "format": "uuid" }, "state": { "type": "string" }, "csr": { "type": "string" } },
+            }), false)], step) }),
+    );
+    paths.insert(
+        format!("{mesh}/ca/authorities/{{id}}/chain"),
+        json!({ "put": with_body(op("uploadIntermediateChain", "The chain you signed for a pending CSR (intermediate first, root last); checked, then prepared",
+            &["org", "mesh", "caId"], vec![status(200, "The CA status (phase prepared)")], WRITE), r("CaChainUpload")) }),
+    );
+    paths.insert(
+        format!("{mesh}/ca/upload"),
+        json!({ "post": with_body(op("uploadCa", "A CA certificate chain and its private key (sealed at once, never returned); checked, then prepared", m,
+            vec![status(201, "The CA status (phase prepared)")], WRITE), r("CaUpload")) }),
+    );
+    let list = json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": r("JoinToken")}}});
+    paths.insert(
+        format!("{mesh}/join-tokens"),
+        json!({
+            "get": op("listJoinTokens", "Join tokens of the mesh, newest first (never the tokens)", m, vec![ok(200, "Join tokens", list, false)], READ),
+            "post": with_body(op("createJoinToken", "A join token (trls_join_…) for one Service of the mesh; the response shows it once", m,
+                vec![ok(201, "The join token, with the token", r("JoinToken"), false)], WRITE), r("NewJoinToken")),
+        }),
+    );
+    paths.insert(
+        format!("{mesh}/join-tokens/{{id}}"),
+        json!({ "delete": op("revokeJoinToken", "Revoke a join token", &["org", "mesh", "joinTokenId"],
+            vec![ok(200, "The revoked join token", r("JoinToken"), false)], READ) }),
+    );
+    let bootstrap_params = json!([
+        r_param("org"), r_param("mesh"),
+        { "name": "service", "in": "query", "required": true, "description": "A Service of the mesh", "schema": { "type": "string" } },
+        { "name": "node", "in": "query", "required": true, "description": "The node id, unique per instance", "schema": { "type": "string", "maxLength": 128 } },
+        { "name": "certDir", "in": "query", "description": "Where the workload keeps ca.pem (platform root), cert.pem and key.pem (its SVID) and bundle.pem (mesh trust bundle)",
+          "schema": { "type": "string", "default": crate::bootstrap::DEFAULT_CERT_DIR, "maxLength": 256 } },
+    ]);
+    for (kind, id, summary) in [
+        ("grpc", "getGrpcBootstrap", "The gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) of a workload"),
+        ("envoy", "getEnvoyBootstrap", "The Envoy bootstrap of a sidecar: ADS over mTLS to the xDS port"),
+    ] {
+        let mut o = op(
+            id,
+            summary,
+            &[],
+            vec![ok(200, "The bootstrap", json!({ "type": "object" }), false)],
+            &[400, 401, 403, 404, 422],
+        );
+        o["parameters"] = bootstrap_params.clone();
+        paths.insert(format!("{mesh}/bootstrap/{kind}"), json!({ "get": o }));
+    }
+    let mut root = op(
+        "getPlatformRoot",
+        "The platform root that verifies the xDS port: write it to <certDir>/ca.pem",
+        m,
+        vec![],
+        READ,
+    );
+    root["responses"]["200"] = text("The platform root (PEM)", "application/x-pem-file");
+    paths.insert(format!("{mesh}/bootstrap/ca.pem"), json!({ "get": root }));
+    paths.insert(
+        "/api/v1/svids".into(),
+        json!({ "post": {
+            "operationId": "issueSvid",
+            "summary": "A workload's X.509-SVID: a join token (Authorization: Bearer trls_join_…) and a CSR. Only this endpoint accepts join tokens.",
+            "security": [{ "joinToken": [] }],
+            "requestBody": { "required": true, "content": { "application/json": { "schema": r("SvidRequest") } } },
+            "responses": {
+                "200": { "description": "The SVID and the mesh's trust bundle", "content": { "application/json": { "schema": r("Svid") } } },
+                "400": problem_responses(&[400])["400"],
+                "401": { "description": "The join token is missing, unknown, revoked, expired or already used", "content": { "application/problem+json": { "schema": r("Problem") } } },
+                "409": problem_responses(&[409])["409"], "413": problem_responses(&[413])["413"],
+                "415": problem_responses(&[415])["415"], "422": problem_responses(&[422])["422"],
             },
         } }),
     );

@@ -22,6 +22,7 @@ fn validators() -> &'static HashMap<String, jsonschema::Validator> {
             .iter()
             .map(|k| k.name())
             .chain(["Mesh", "NewToken", "NewInvite", "MemberPatch", "OrgPatch"])
+            .chain(["CaRetire", "CaChainUpload", "CaUpload", "CaSettings", "NewJoinToken", "SvidRequest"])
             .map(|name| {
                 let schema = json!({
                     "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
 use trellis_ca::{
-    IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
+    ByoError, IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
 use trellis_model::{MeshId, OrgId};
@@ -503,7 +503,7 @@ impl Authority {
             SystemTime::now(),
             self.inner.options.min_days,
         )
-        .map_err(|e| PkiError::Invalid { field: "chain", message: e.to_string() })?;
+        .map_err(|e| PkiError::Invalid { field: "certificateChain", message: e.to_string() })?;
         let chain: Vec<Vec<u8>> = ca.chain_der().iter().map(|c| c.to_vec()).collect();
         Ok(tx.complete_pending_ca(mesh.id, id, &chain, ca.root().fingerprint(), utc(ca.not_after())).await?)
     }
@@ -524,34 +524,13 @@ impl Authority {
             SystemTime::now(),
             self.inner.options.min_days,
         )
-        .map_err(|e| PkiError::Invalid { field: "certificateChain", message: e.to_string() })?;
+        .map_err(|e| PkiError::Invalid {
+            // A key that does not parse is the key's fault; everything else is the chain's
+            // (a chain that does not hold the key included).
+            field: if matches!(e, ByoError::Key(_)) { "privateKey" } else { "certificateChain" },
+            message: e.to_string(),
+        })?;
         self.store_ca(tx, mesh, &ca, CaOrigin::Uploaded, CaState::Prepared).await
-    }
-
-    /// Days until expiry of every CA in a bundle state, across all tenants: (organization,
-    /// mesh name, CA id, state, days). For `/metrics`; reads ids and dates only.
-    pub async fn expiry_report(&self) -> Result<Vec<(OrgId, String, Uuid, &'static str, i64)>, PkiError> {
-        let store = &self.inner.store;
-        let now = Utc::now();
-        let mut out = Vec::new();
-        for org in store.org_ids().await? {
-            let mut tx = store.tenant(org).await?;
-            for mesh in tx.list_meshes().await? {
-                for ca in tx.mesh_cas(mesh.id).await? {
-                    if let (true, Some(t)) = (ca.state.in_bundle(), ca.not_after) {
-                        out.push((
-                            org,
-                            mesh.name.as_str().to_owned(),
-                            ca.id,
-                            ca.state.as_str(),
-                            (t - now).num_days(),
-                        ));
-                    }
-                }
-            }
-            tx.commit().await?;
-        }
-        Ok(out)
     }
 
     /// Re-wraps every sealed key (every tenant's CAs and the platform CA) under the ring's

@@ -209,6 +209,15 @@ pub enum JoinRefusal {
     AlreadyUsed,
 }
 
+/// When a CA expires.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CaExpiry {
+    pub mesh: String,
+    pub id: Uuid,
+    pub state: String,
+    pub not_after: DateTime<Utc>,
+}
+
 /// A leaf to record.
 #[derive(Debug, Clone)]
 pub struct IssuedLeaf {
@@ -348,6 +357,18 @@ impl TenantTx {
             .execute(self.conn())
             .await?;
         Ok(())
+    }
+
+    /// When each CA of this tenant that is not retired expires, with its mesh's name (for
+    /// the expiry gauges).
+    pub async fn ca_expiries(&mut self) -> Result<Vec<CaExpiry>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT m.name AS mesh, c.id, c.state, c.not_after FROM mesh_cas c \
+             JOIN meshes m ON m.org_id = c.org_id AND m.id = c.mesh_id \
+             WHERE c.state <> 'retired' AND c.not_after IS NOT NULL ORDER BY m.name, c.id",
+        )
+        .fetch_all(self.conn())
+        .await?)
     }
 
     /// Every CA of this tenant (for KEK rotation).
@@ -523,6 +544,9 @@ pub struct PlatformCaRecord {
     pub sealed_key: SealedBytes,
 }
 
+/// The platform CA's row: certificate, KEK id, nonce, ciphertext.
+type PlatformRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
+
 impl Store {
     /// Which organization and mesh own this trust domain (from a verified certificate).
     pub async fn mesh_of_trust_domain(&self, td: &str) -> Result<Option<(OrgId, MeshId)>, StoreError> {
@@ -536,7 +560,7 @@ impl Store {
 
     /// The platform CA, if one was created.
     pub async fn platform_ca(&self) -> Result<Option<PlatformCaRecord>, StoreError> {
-        let row: Option<(Vec<u8>, String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        let row: Option<PlatformRow> = sqlx::query_as(
             "SELECT cert_der, key_kek_id, key_nonce, key_ciphertext FROM platform_ca WHERE id = 1",
         )
         .fetch_optional(&self.pool)
