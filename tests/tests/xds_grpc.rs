@@ -27,28 +27,18 @@ fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("xds-peer/peer.py")
 }
 
-/// The gRPC xDS bootstrap for one workload whose files are in `dir`.
-fn bootstrap(dir: &Path, xds: &str, node: &str, service: &str, tags: Value) -> PathBuf {
-    let d = dir.display();
-    let doc = json!({
-        "xds_servers": [{
-            "server_uri": xds,
-            "channel_creds": [{"type": "tls", "config": {
-                "ca_certificate_file": format!("{d}/ca.pem"),
-                "certificate_file": format!("{d}/cert.pem"),
-                "private_key_file": format!("{d}/key.pem"),
-            }}],
-            "server_features": ["xds_v3"],
-        }],
-        "node": {"id": node, "cluster": service, "metadata": {"tags": tags}, "locality": {"zone": "z1"}},
-        "certificate_providers": {"trellis": {"plugin_name": "file_watcher", "config": {
-            "certificate_file": format!("{d}/cert.pem"),
-            "private_key_file": format!("{d}/key.pem"),
-            "ca_certificate_file": format!("{d}/bundle.pem"),
-            "refresh_interval": "60s",
-        }}},
-        "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-    });
+/// The gRPC xDS bootstrap Trellis generates for one workload whose files are in `dir`, with
+/// the workload's tags added to the node metadata (as an operator would for `version: v2`).
+async fn bootstrap(api: &Api, dir: &Path, node: &str, service: &str, tags: Value) -> PathBuf {
+    let path = format!("/meshes/shop/bootstrap/grpc?service={service}&node={node}&certDir={}", dir.display());
+    let (status, mut doc) = api.get(&path).await;
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(
+        doc["certificate_providers"]["trellis"]["config"]["ca_certificate_file"],
+        json!(format!("{}/bundle.pem", dir.display()))
+    );
+    doc["node"]["metadata"]["tags"] = tags;
+    doc["node"]["locality"] = json!({"zone": "z1"});
     let path = dir.join("bootstrap.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     path
@@ -122,14 +112,20 @@ struct Backends {
     _children: Vec<Child>,
 }
 
-async fn start_backends(t: &Trellis, store: &trellis_store::Store, root: &str, dir: &Path) -> Backends {
+async fn start_backends(
+    t: &Trellis,
+    api: &Api,
+    store: &trellis_store::Store,
+    root: &str,
+    dir: &Path,
+) -> Backends {
     let mut children = Vec::new();
     for version in ["v1", "v2"] {
         let svid = issue(&t.xds, root, &join_token(store, "acme", "shop", "reviews").await).await.unwrap();
         let d = dir.join(format!("reviews-{version}"));
         write_files(&d, root, &svid);
         let boot =
-            bootstrap(&d, &t.xds, &format!("reviews-{version}"), "reviews", json!({"version": version}));
+            bootstrap(api, &d, &format!("reviews-{version}"), "reviews", json!({"version": version})).await;
         let port = free_port().to_string();
         let child = peer(&boot, &["server", "--port", &port, "--reply", version])
             .stdout(Stdio::null())
@@ -173,17 +169,21 @@ async fn grpc_xds_clients_follow_routes_over_mtls_and_the_ledger_shows_acks() {
     let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
     apply_mesh(&api).await;
     let store = db.store().await;
-    let root = platform_root(&store).await;
+    // The platform root the workloads pin, as the API hands it out; it is the one in the store.
+    let res = api.req(reqwest::Method::GET, "/meshes/shop/bootstrap/ca.pem").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let root = res.text().await.unwrap();
+    assert_eq!(root, platform_root(&store).await);
     let dir = tempfile::tempdir().unwrap();
 
-    let _backends = start_backends(&t, &store, &root, dir.path()).await;
+    let _backends = start_backends(&t, &api, &store, &root, dir.path()).await;
     wait_registered(&api).await;
 
     let client: Svid =
         issue(&t.xds, &root, &join_token(&store, "acme", "shop", "productpage").await).await.unwrap();
     let d = dir.path().join("productpage");
     write_files(&d, &root, &client);
-    let boot = bootstrap(&d, &t.xds, "productpage-1", "productpage", json!({}));
+    let boot = bootstrap(&api, &d, "productpage-1", "productpage", json!({})).await;
 
     // The seed's canary: 75 % v1, 25 % v2.
     let split = call(&boot, 2000, &[]).await;
@@ -233,7 +233,7 @@ async fn grpc_xds_clients_follow_routes_over_mtls_and_the_ledger_shows_acks() {
     let stranger = issue(&t.xds, &root, &join_token(&store, "acme", "shop", "db").await).await.unwrap();
     let d = dir.path().join("db");
     write_files(&d, &root, &stranger);
-    let boot = bootstrap(&d, &t.xds, "db-1", "db", json!({}));
+    let boot = bootstrap(&api, &d, "db-1", "db", json!({})).await;
     let denied = call_within(&boot, 5, &[], 5).await;
     eprintln!("after the route was deleted: {after}; unknown caller: {denied}");
     assert_eq!(count(&denied, "v1") + count(&denied, "v2"), 0, "{denied}");
