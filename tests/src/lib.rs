@@ -21,8 +21,12 @@ pub fn init() {
     });
 }
 
-/// The `trellis` binary built beside this test executable.
+/// The `trellis` binary built beside this test executable, or the one `TRELLIS_BIN` names
+/// (benchmarks use it to compare builds).
 pub fn trellis_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TRELLIS_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/trellis
     let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis");
