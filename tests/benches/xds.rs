@@ -135,6 +135,7 @@ struct Seen {
     responses: [u32; 4],
     resources: [usize; 4],
     error: Option<String>,
+    retries: u32,
 }
 
 struct Probe {
@@ -208,7 +209,7 @@ fn eds_names_of_clusters(resp: &DiscoveryResponse) -> BTreeSet<String> {
 /// One ADS stream as gRPC's xDS client runs it: subscribe by name, ACK every response,
 /// follow references LDS → RDS → CDS → EDS.
 async fn client_stream(
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    client: AggregatedDiscoveryServiceClient<Channel>,
     node_id: String,
     listener: String,
     wants: Wants,
@@ -216,6 +217,32 @@ async fn client_stream(
     probe: Arc<Probe>,
     bytes: Arc<MeshBytes>,
 ) {
+    // Like gRPC's xDS client: an UNAVAILABLE stream is retried with backoff.
+    for attempt in 0..20u32 {
+        let got = one_stream(client.clone(), node_id.clone(), listener.clone(), wants, cds_names.clone(),
+            probe.clone(), bytes.clone()).await;
+        match got {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                probe.seen.lock().unwrap().retries += 1;
+                let backoff = 100u64 << attempt.min(4);
+                let jitter = rand::rng().random_range(0..backoff);
+                tokio::time::sleep(Duration::from_millis(backoff + jitter)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
+/// One attempt; `Err` when the stream failed before its first response.
+async fn one_stream(
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    node_id: String,
+    listener: String,
+    wants: Wants,
+    cds_names: Vec<String>,
+    probe: Arc<Probe>,
+    bytes: Arc<MeshBytes>,
+) -> Result<(), tonic::Status> {
     let (tx, rx) = mpsc::channel(16);
     let node = Node { id: node_id, user_agent_name: USER_AGENT.into(), ..Default::default() };
     let mut cds: BTreeSet<String> = cds_names.into_iter().collect();
@@ -230,7 +257,7 @@ async fn client_stream(
         Ok(r) => r.into_inner(),
         Err(s) => {
             probe.seen.lock().unwrap().error = Some(s.to_string());
-            return;
+            return Err(s);
         }
     };
     let mut rds_subscribed = false;
@@ -241,9 +268,13 @@ async fn client_stream(
             Ok(None) => break,
             Err(s) => {
                 probe.seen.lock().unwrap().error = Some(s.to_string());
+                if probe.seen.lock().unwrap().responses.iter().all(|n| *n == 0) {
+                    return Err(s);
+                }
                 break;
             }
         };
+        probe.seen.lock().unwrap().error = None;
         bytes.0[probe.mesh].fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
         let Some(t) = type_urls().iter().position(|u| *u == resp.type_url) else { continue };
         let names: Vec<String> = match t {
@@ -290,6 +321,7 @@ async fn client_stream(
             break;
         }
     }
+    Ok(())
 }
 
 /// A set of running client streams.
@@ -331,6 +363,10 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    fn retries(&self) -> u32 {
+        self.probes.iter().map(|p| p.seen().retries).sum()
     }
 
     fn errors(&self) -> Vec<String> {
@@ -569,8 +605,8 @@ async fn main() {
         .collect();
     cds_names.extend((0..EXTRA_SERVICES).map(|i| format!("svc{i:02}")));
     println!("server RSS with no stream open (after scenario 1): {} MiB\n", rss0 / 1024);
-    println!("| streams | connections | set-up time (all ACKed) | server RSS | RSS − RSS(0 streams) | per stream |");
-    println!("|---|---|---|---|---|---|");
+    println!("| streams | connections | set-up time (all ACKed) | client retries (UNAVAILABLE) | server RSS | RSS − RSS(0 streams) | per stream |");
+    println!("|---|---|---|---|---|---|---|");
     let mut idle = Fleet::default();
     let mut idle_clients: Vec<Vec<AggregatedDiscoveryServiceClient<Channel>>> = vec![Vec::new(); MESHES];
     let mut clusters_each = 0;
@@ -588,14 +624,19 @@ async fn main() {
         }
         let ok = idle.in_sync(&[CDS], Duration::from_secs(300)).await;
         let setup = began.elapsed();
-        assert!(ok, "idle streams not in sync: {:?}", idle.errors().first());
+        if !ok {
+            let (out, _) = t.output();
+            let lines: Vec<&str> = out.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+            panic!("idle streams not in sync: {:?}\n{}", idle.errors().first(), lines[lines.len().saturating_sub(5)..].join("\n"));
+        }
         clusters_each = idle.probes[0].seen().resources[CDS];
         tokio::time::sleep(Duration::from_secs(3)).await;
         let rss = rss_kib(pid);
         println!(
-            "| {target} | {} | {:.1} s | {} MiB | {} MiB | {:.1} KiB |",
+            "| {target} | {} | {:.1} s | {} | {} MiB | {} MiB | {:.1} KiB |",
             idle_clients.iter().map(Vec::len).sum::<usize>(),
             setup.as_secs_f64(),
+            idle.retries(),
             rss / 1024,
             rss.saturating_sub(rss0) / 1024,
             rss.saturating_sub(rss0) as f64 / target as f64
@@ -650,10 +691,11 @@ async fn main() {
     println!("| measure | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
     println!("{}", row("drop → stream in sync (all four types ACKed)", &to_sync));
     println!(
-        "\nall {storm} in sync: {ok} after {:.2} s (TLS connections up after {:.2} s); errors: {}{}; \
+        "\nall {storm} in sync: {ok} after {:.2} s (TLS connections up after {:.2} s); client retries {}; errors: {}{}; \
          server CPU during the storm {:.1} s; RSS {} MiB",
         all.as_secs_f64(),
         connected.as_secs_f64(),
+        fleet.retries(),
         errors.len(),
         errors.first().map(|e| format!(" (first: {e})")).unwrap_or_default(),
         cpu_secs(pid) - cpu_before,
