@@ -255,19 +255,13 @@ impl TenantTx {
         &mut self,
         dataplane: Uuid,
     ) -> Result<Vec<(LedgerEntry, Option<Value>)>, StoreError> {
-        let rows: Vec<(
-            Uuid,
-            String,
-            Option<String>,
-            Option<DateTime<Utc>>,
-            Option<String>,
-            Option<DateTime<Utc>>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<f64>,
-            Option<Value>,
-        )> = sqlx::query_as(
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            line: LedgerEntry,
+            resources: Option<Value>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
             "SELECT l.dataplane_id, l.type_url, l.sent_version, l.sent_at, l.acked_version, l.acked_at, \
                     l.nacked_version, l.nack_error, l.mesh_revision, l.convergence_ms, c.resources \
              FROM xds_ledger l JOIN dataplanes d ON d.org_id = l.org_id AND d.id = l.dataplane_id \
@@ -278,26 +272,7 @@ impl TenantTx {
         .bind(dataplane)
         .fetch_all(self.conn())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (
-                    LedgerEntry {
-                        dataplane_id: r.0,
-                        type_url: r.1,
-                        sent_version: r.2,
-                        sent_at: r.3,
-                        acked_version: r.4,
-                        acked_at: r.5,
-                        nacked_version: r.6,
-                        nack_error: r.7,
-                        mesh_revision: r.8,
-                        convergence_ms: r.9,
-                    },
-                    r.10,
-                )
-            })
-            .collect())
+        Ok(rows.into_iter().map(|r| (r.line, r.resources)).collect())
     }
 }
 

@@ -166,7 +166,12 @@ enum Wants {
     Clusters,
 }
 
-fn request(t: usize, names: impl IntoIterator<Item = String>, version: &str, nonce: &str) -> DiscoveryRequest {
+fn request(
+    t: usize,
+    names: impl IntoIterator<Item = String>,
+    version: &str,
+    nonce: &str,
+) -> DiscoveryRequest {
     DiscoveryRequest {
         type_url: type_urls()[t].clone(),
         resource_names: names.into_iter().collect(),
@@ -219,8 +224,16 @@ async fn client_stream(
 ) {
     // Like gRPC's xDS client: an UNAVAILABLE stream is retried with backoff.
     for attempt in 0..20u32 {
-        let got = one_stream(client.clone(), node_id.clone(), listener.clone(), wants, cds_names.clone(),
-            probe.clone(), bytes.clone()).await;
+        let got = one_stream(
+            client.clone(),
+            node_id.clone(),
+            listener.clone(),
+            wants,
+            cds_names.clone(),
+            probe.clone(),
+            bytes.clone(),
+        )
+        .await;
         match got {
             Err(s) if s.code() == tonic::Code::Unavailable => {
                 probe.seen.lock().unwrap().retries += 1;
@@ -332,8 +345,15 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn spawn(&mut self, client: &AggregatedDiscoveryServiceClient<Channel>, mesh: &Mesh, node_id: String,
-        wants: Wants, cds: Vec<String>, bytes: &Arc<MeshBytes>) {
+    fn spawn(
+        &mut self,
+        client: &AggregatedDiscoveryServiceClient<Channel>,
+        mesh: &Mesh,
+        node_id: String,
+        wants: Wants,
+        cds: Vec<String>,
+        bytes: &Arc<MeshBytes>,
+    ) {
         let probe = Arc::new(Probe { mesh: mesh.index, seen: Mutex::default() });
         self.probes.push(probe.clone());
         self.tasks.push(tokio::spawn(client_stream(
@@ -570,7 +590,9 @@ async fn main() {
         leaked.push(bytes.total_except(m) - others_before);
         changed_bytes.push((bytes.0[m].load(Ordering::Relaxed) - mine_before) as f64 / probes.len() as f64);
     }
-    println!("{iterations} route PUTs, each in one random mesh of {MESHES} ({STREAMS_PER_MESH} streams each):\n");
+    println!(
+        "{iterations} route PUTs, each in one random mesh of {MESHES} ({STREAMS_PER_MESH} streams each):\n"
+    );
     println!("| measure | n | p50 | p90 | p99 | max |\n|---|---|---|---|---|---|");
     println!("{}", row("REST PUT alone, request → response (baseline)", &put_ms));
     println!("{}", row("PUT response → all streams of the mesh ACKed the new RDS", &from_response_ms));
@@ -599,13 +621,16 @@ async fn main() {
     println!("\n### 2. Idle streams (CDS only, ~50 clusters each)\n");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss0 = rss_kib(pid);
-    let mut cds_names: Vec<String> = ["reviews", "reviews~version=v1", "reviews~version=v2", "productpage", "db"]
-        .into_iter()
-        .map(String::from)
-        .collect();
+    let mut cds_names: Vec<String> =
+        ["reviews", "reviews~version=v1", "reviews~version=v2", "productpage", "db"]
+            .into_iter()
+            .map(String::from)
+            .collect();
     cds_names.extend((0..EXTRA_SERVICES).map(|i| format!("svc{i:02}")));
     println!("server RSS with no stream open (after scenario 1): {} MiB\n", rss0 / 1024);
-    println!("| streams | connections | set-up time (all ACKed) | client retries (UNAVAILABLE) | server RSS | RSS − RSS(0 streams) | per stream |");
+    println!(
+        "| streams | connections | set-up time (all ACKed) | client retries (UNAVAILABLE) | server RSS | RSS − RSS(0 streams) | per stream |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let mut idle = Fleet::default();
     let mut idle_clients: Vec<Vec<AggregatedDiscoveryServiceClient<Channel>>> = vec![Vec::new(); MESHES];
@@ -619,15 +644,26 @@ async fn main() {
                 idle_clients[m].push(connect(&t, &root, &meshes[m].svid).await);
             }
             let client = &idle_clients[m][k / IDLE_PER_CONN];
-            idle.spawn(client, &meshes[m], format!("i-{}-{k}", meshes[m].name), Wants::Clusters,
-                cds_names.clone(), &bytes);
+            idle.spawn(
+                client,
+                &meshes[m],
+                format!("i-{}-{k}", meshes[m].name),
+                Wants::Clusters,
+                cds_names.clone(),
+                &bytes,
+            );
         }
         let ok = idle.in_sync(&[CDS], Duration::from_secs(300)).await;
         let setup = began.elapsed();
         if !ok {
             let (out, _) = t.output();
-            let lines: Vec<&str> = out.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
-            panic!("idle streams not in sync: {:?}\n{}", idle.errors().first(), lines[lines.len().saturating_sub(5)..].join("\n"));
+            let lines: Vec<&str> =
+                out.lines().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
+            panic!(
+                "idle streams not in sync: {:?}\n{}",
+                idle.errors().first(),
+                lines[lines.len().saturating_sub(5)..].join("\n")
+            );
         }
         clusters_each = idle.probes[0].seen().resources[CDS];
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -669,7 +705,14 @@ async fn main() {
         let k = per_mesh[*m];
         per_mesh[*m] += 1;
         // The node ids of the idle streams that just went away, as restarted clients.
-        fleet.spawn(client, &meshes[*m], format!("i-{}-{k}", meshes[*m].name), Wants::Full, Vec::new(), &bytes);
+        fleet.spawn(
+            client,
+            &meshes[*m],
+            format!("i-{}-{k}", meshes[*m].name),
+            Wants::Full,
+            Vec::new(),
+            &bytes,
+        );
     }
     let ok = fleet.in_sync(&[LDS, RDS, CDS, EDS], Duration::from_secs(120)).await;
     let all = storm_start.elapsed();

@@ -31,7 +31,7 @@ pub struct MeshState {
     pub bundle_pem: String,
     /// Sidecar resources by (service, inbound ports, certificate directory), built on first
     /// use and shared by every proxy with the same key.
-    sidecars: Mutex<HashMap<(String, Vec<u32>, String), Arc<Snapshot>>>,
+    sidecars: Mutex<HashMap<SidecarKey, Arc<Snapshot>>>,
 }
 
 impl MeshState {
@@ -49,6 +49,9 @@ impl MeshState {
         snap
     }
 }
+
+/// A sidecar's resources depend on its service, inbound ports and certificate directory.
+type SidecarKey = (String, Vec<u32>, String);
 
 /// What a stream watches: `None` once the mesh is gone.
 pub type MeshWatch = watch::Receiver<Option<Arc<MeshState>>>;
