@@ -120,12 +120,22 @@ impl TenantTx {
         Ok(())
     }
 
-    /// The stream closed: offline now, out of the endpoints after the grace period.
-    pub async fn dataplane_offline(&mut self, id: Uuid) -> Result<(), StoreError> {
-        sqlx::query("UPDATE dataplanes SET online = false, offline_since = now() WHERE id = $1 AND online")
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+    /// The stream that registered at `connected_at` closed: offline now, out of the endpoints
+    /// after the grace period. A newer stream of the same node (a reconnect that registered
+    /// first) keeps the dataplane online.
+    pub async fn dataplane_offline(
+        &mut self,
+        id: Uuid,
+        connected_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE dataplanes SET online = false, offline_since = now() \
+             WHERE id = $1 AND online AND connected_at = $2",
+        )
+        .bind(id)
+        .bind(connected_at)
+        .execute(self.conn())
+        .await?;
         Ok(())
     }
 

@@ -83,9 +83,14 @@ async fn registration_bumps_the_mesh_and_the_ledger_shows_sync_state() {
     assert_eq!(ib["state"], "rejected");
     assert_eq!(ib["sync"][0]["nack"]["error"], "cluster reviews: unknown lb policy");
 
+    // A late "offline" of an older stream leaves a newer registration of the node online.
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.dataplane_offline(b.id, b.connected_at - chrono::Duration::seconds(1)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(by_state(&api, "reviews-b").await, "rejected", "still online");
     // Offline: a new revision; after the grace period the leader prunes it.
     let mut tx = store.tenant(org.id).await.unwrap();
-    tx.dataplane_offline(b.id).await.unwrap();
+    tx.dataplane_offline(b.id, b.connected_at).await.unwrap();
     tx.commit().await.unwrap();
     assert!(revision().await > r1);
     assert_eq!(by_state(&api, "reviews-b").await, "offline");

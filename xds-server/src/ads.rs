@@ -259,12 +259,16 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
     })
 }
 
-async fn register(ctx: &Ctx, peer: &Peer, reg: &Registration) -> Result<Uuid, Status> {
+async fn register(
+    ctx: &Ctx,
+    peer: &Peer,
+    reg: &Registration,
+) -> Result<(Uuid, chrono::DateTime<chrono::Utc>), Status> {
     let result = async {
         let mut tx = ctx.store.tenant(peer.org).await?;
         let dp = tx.register_dataplane(peer.mesh_id, reg).await?;
         tx.commit().await?;
-        Ok::<_, trellis_store::StoreError>(dp.id)
+        Ok::<_, trellis_store::StoreError>((dp.id, dp.connected_at))
     }
     .await;
     result.map_err(|e| {
@@ -468,8 +472,8 @@ async fn run<P: Protocol>(
             return;
         }
     };
-    let dataplane = match register(&ctx, &peer, &reg).await {
-        Ok(id) => id,
+    let (dataplane, mut connected_at) = match register(&ctx, &peer, &reg).await {
+        Ok(r) => r,
         Err(s) => {
             let _ = out.send(Err(s)).await;
             return;
@@ -502,6 +506,7 @@ async fn run<P: Protocol>(
         out: &out,
         sent_at_revision: HashMap::new(),
         synced_at: None,
+        reregistered_at: None,
     };
     session.refresh();
     let mut next = Some(first);
@@ -531,7 +536,10 @@ async fn run<P: Protocol>(
         }
     }
     ctx.metrics.streams.dec();
-    ctx.ledger.record_now(peer.org, LedgerOp::Offline { dataplane }).await;
+    if let Some(at) = session.reregistered_at {
+        connected_at = at;
+    }
+    ctx.ledger.record_now(peer.org, LedgerOp::Offline { dataplane, connected_at }).await;
     tracing::info!(mesh = %peer.mesh, service = %peer.service, %dataplane, "xDS stream closed");
 }
 
@@ -549,6 +557,8 @@ struct Session<'a, P: Protocol> {
     sent_at_revision: HashMap<String, i64>,
     /// The last revision recorded as fully in sync.
     synced_at: Option<i64>,
+    /// When this stream last registered again (it learned a port).
+    reregistered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `Err(Some(status))` ends the stream with that status; `Err(None)` ends it quietly.
@@ -581,7 +591,8 @@ impl<P: Protocol> Session<'_, P> {
                 reg.ports.dedup();
                 reg.ports.truncate(MAX_PORTS);
                 if reg.ports != before {
-                    register(self.ctx, self.peer, reg).await.map_err(Some)?;
+                    let (_, at) = register(self.ctx, self.peer, reg).await.map_err(Some)?;
+                    self.reregistered_at = Some(at);
                 }
                 self.selection.servers.extend(addrs);
                 self.refresh();

@@ -32,6 +32,8 @@ pub enum LedgerOp {
     },
     Offline {
         dataplane: Uuid,
+        /// When the closing stream registered: a newer registration stays online.
+        connected_at: chrono::DateTime<chrono::Utc>,
     },
     /// Every type the stream subscribes to is ACKed at this mesh revision.
     Synced {
@@ -102,7 +104,9 @@ async fn write(store: &Store, org: OrgId, ops: &[LedgerOp]) -> Result<(), trelli
             LedgerOp::Nacked { dataplane, type_url, version, error } => {
                 tx.ledger_nacked(*dataplane, type_url, version, error).await?
             }
-            LedgerOp::Offline { dataplane } => tx.dataplane_offline(*dataplane).await?,
+            LedgerOp::Offline { dataplane, connected_at } => {
+                tx.dataplane_offline(*dataplane, *connected_at).await?
+            }
             LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await?,
             LedgerOp::Content { mesh, type_url, version, resources } => {
                 tx.record_xds_config(*mesh, type_url, version, resources).await?
