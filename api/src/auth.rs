@@ -4,7 +4,6 @@
 //! the request addresses.
 
 use axum::http::{HeaderMap, header};
-use ring::digest::{SHA256, digest};
 use trellis_model::{Action, OrgId, OrgSlug, Role, Token, TokenKind};
 use trellis_store::{ApiToken, Org, Session, Store, User};
 use uuid::Uuid;
@@ -51,9 +50,7 @@ impl Principal {
 }
 
 /// SHA-256 of a token's text: what is stored and looked up.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    digest(&SHA256, token.as_bytes()).as_ref().try_into().expect("SHA-256 is 32 bytes")
-}
+pub use trellis_model::token_sha256 as token_hash;
 
 /// Authenticates the request and checks that the caller may do `action` in the
 /// organization `org_slug`. Another organization's (or a missing) organization is a 404,

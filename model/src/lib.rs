@@ -14,4 +14,4 @@ mod token;
 pub use ids::{MeshId, OrgId};
 pub use names::{MeshName, NameError, OrgSlug, ResourceName};
 pub use roles::{Action, Role};
-pub use token::{SECRET_LEN, Token, TokenError, TokenKind};
+pub use token::{SECRET_LEN, Token, TokenError, TokenKind, token_sha256};

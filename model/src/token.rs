@@ -155,6 +155,13 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
+/// SHA-256 of a token's text: what is stored and looked up, for every kind of token.
+pub fn token_sha256(text: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()).as_ref());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

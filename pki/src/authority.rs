@@ -11,7 +11,7 @@ use trellis_ca::{
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
 use trellis_model::{MeshId, OrgId};
-use trellis_model::{Token, TokenKind};
+use trellis_model::{Token, TokenKind, token_sha256};
 use trellis_store::{
     CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError,
     TenantTx,
@@ -123,12 +123,6 @@ fn trust_domain(mesh: &Mesh) -> Result<TrustDomain, PkiError> {
     TrustDomain::parse(&mesh.trust_domain).map_err(PkiError::internal)
 }
 
-/// The SHA-256 of a token's text, as stored.
-pub fn token_hash(text: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    d.as_ref().try_into().unwrap_or([0; 32])
-}
-
 impl Authority {
     pub fn new(store: Store, keyring: KeyRing, options: AuthorityOptions) -> Self {
         Self {
@@ -230,14 +224,12 @@ impl Authority {
             return Ok(b.clone());
         }
         let td = trust_domain(mesh)?;
-        let mut roots = Vec::new();
-        for ca in tx.mesh_cas(mesh.id).await? {
-            if let (true, Some(root)) = (ca.state.in_bundle(), ca.chain.last()) {
-                roots.push(
-                    RootCert::parse(&td, CertificateDer::from(root.clone())).map_err(PkiError::internal)?,
-                );
-            }
-        }
+        let roots = tx
+            .bundle_roots(mesh.id)
+            .await?
+            .into_iter()
+            .map(|der| RootCert::parse(&td, CertificateDer::from(der)).map_err(PkiError::internal))
+            .collect::<Result<Vec<_>, _>>()?;
         let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
         self.inner.bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(mesh.id, bundle.clone());
         Ok(bundle)
@@ -284,7 +276,7 @@ impl Authority {
         let parsed = Token::parse(TokenKind::Join, token)
             .map_err(|e| PkiError::Unauthenticated(format!("not a join token: {e}")))?;
         let mut tx = self.inner.store.tenant(parsed.org).await?;
-        let record = tx.redeem_join_token(&token_hash(token)).await.map_err(|why| {
+        let record = tx.redeem_join_token(&token_sha256(token)).await.map_err(|why| {
             PkiError::Unauthenticated(
                 match why {
                     JoinRefusal::Unknown => "unknown join token",

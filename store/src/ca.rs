@@ -270,6 +270,17 @@ impl TenantTx {
         rows.into_iter().map(CaRecord::try_from).collect()
     }
 
+    /// The roots (DER) of the mesh's trust bundle: of every CA in a bundle state, oldest first.
+    pub async fn bundle_roots(&mut self, mesh: MeshId) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .mesh_cas(mesh)
+            .await?
+            .into_iter()
+            .filter(|c| c.state.in_bundle())
+            .filter_map(|mut c| c.chain.pop())
+            .collect())
+    }
+
     /// Moves a CA from one of `from` to `to`, locking it; bumps the bundle sequence when the
     /// bundle changes. `NotFound` when it is in none of `from`.
     pub async fn set_ca_state(

@@ -81,21 +81,37 @@ pub struct Snapshots {
     store: Store,
     options: SnapshotOptions,
     meshes: Mutex<HashMap<MeshId, Entry>>,
+    /// One gate per mesh whose first build is under way.
+    first_builds: Mutex<HashMap<MeshId, Arc<tokio::sync::Mutex<()>>>>,
     builds: Semaphore,
 }
 
 impl Snapshots {
     pub fn new(store: Store, options: SnapshotOptions) -> Arc<Self> {
         let builds = Semaphore::new(options.max_concurrent_builds.max(1));
-        Arc::new(Self { store, options, meshes: Mutex::new(HashMap::new()), builds })
+        Arc::new(Self {
+            store,
+            options,
+            meshes: Mutex::new(HashMap::new()),
+            first_builds: Mutex::new(HashMap::new()),
+            builds,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MeshId, Entry>> {
         self.meshes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watches a mesh, building its state first if no stream watched it yet.
+    /// Watches a mesh, building its state first if no stream watched it yet. Streams of a
+    /// mesh that arrive together (a reconnect storm) wait for one build instead of each
+    /// making its own.
     pub async fn watch(self: &Arc<Self>, org: OrgId, mesh: MeshId) -> Result<MeshWatch, StoreError> {
+        if let Some(e) = self.lock().get(&mesh) {
+            return Ok(e.tx.subscribe());
+        }
+        let gate =
+            self.first_builds.lock().unwrap_or_else(|e| e.into_inner()).entry(mesh).or_default().clone();
+        let _building = gate.lock().await;
         if let Some(e) = self.lock().get(&mesh) {
             return Ok(e.tx.subscribe());
         }
@@ -109,7 +125,10 @@ impl Snapshots {
             tx: watch::channel(state.map(Arc::new)).0,
             scheduled: false,
         });
-        Ok(entry.tx.subscribe())
+        let rx = entry.tx.subscribe();
+        drop(meshes);
+        self.first_builds.lock().unwrap_or_else(|e| e.into_inner()).remove(&mesh);
+        Ok(rx)
     }
 
     /// The change feed named a mesh: rebuild it after the debounce window, if anyone watches.
@@ -130,14 +149,6 @@ impl Snapshots {
             tokio::time::sleep(this.options.debounce).await;
             this.rebuild(org, change.mesh).await;
         });
-    }
-
-    /// Rebuilds every watched mesh (after the change feed resynced, nothing is missed).
-    pub fn rebuild_all(self: &Arc<Self>) {
-        let keys: Vec<(OrgId, MeshId)> = self.lock().iter().map(|(m, e)| (e.org, *m)).collect();
-        for (org, mesh) in keys {
-            self.on_change(MeshChange { org, mesh, revision: -1 });
-        }
     }
 
     async fn rebuild(&self, org: OrgId, mesh: MeshId) {
@@ -173,11 +184,6 @@ impl Snapshots {
             });
         }
     }
-
-    /// How many meshes are watched.
-    pub fn meshes(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 /// Reads a mesh from the store and translates it; `None` when it does not exist.
@@ -187,11 +193,9 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     let resources = tx.list_resources(mesh_id, None, &Selector::default(), None, MAX_RESOURCES).await?;
     let dataplanes = tx.list_dataplanes(mesh_id).await?;
     let bundle_pem: String = tx
-        .mesh_cas(mesh_id)
+        .bundle_roots(mesh_id)
         .await?
         .iter()
-        .filter(|c| c.state.in_bundle())
-        .filter_map(|c| c.chain.last())
         .map(|der| trellis_ca::pem_encode("CERTIFICATE", der))
         .collect();
     tx.commit().await?;
