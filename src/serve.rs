@@ -36,12 +36,12 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     let feed_stats = feed.stats();
     let snapshots =
         Snapshots::new(store.clone(), SnapshotOptions { debounce: cfg.xds_debounce, ..Default::default() });
-    let consumer = tokio::spawn(consume(feed, snapshots.clone()));
     let authority = Authority::new(
         store.clone(),
         keyring,
         AuthorityOptions { min_days: cfg.ca_min_days, ..Default::default() },
     );
+    let consumer = tokio::spawn(consume(feed, snapshots.clone(), authority.clone()));
     let duties = tokio::spawn(leader_duties(store.clone(), leader.clone(), cfg.dataplane_grace));
 
     let mut registry = Registry::default();
@@ -75,7 +75,6 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     .context("TLS configuration of the xDS port")?;
     let ads = AdsService::new(
         authority.clone(),
-        store.clone(),
         snapshots.clone(),
         Ledger::start(store.clone()),
         xds_metrics.clone(),
@@ -206,9 +205,10 @@ fn accounts(cfg: &Serve, addr: std::net::SocketAddr) -> anyhow::Result<trellis_a
 }
 
 /// Follows the change feed: each mesh it names is rebuilt for the xDS streams that watch it.
-async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>) {
+async fn consume(mut feed: ChangeFeed, snapshots: Arc<Snapshots>, authority: Authority) {
     while let Some(change) = feed.recv().await {
         tracing::debug!(org = %change.org, mesh = %change.mesh, revision = change.revision, "mesh changed");
+        authority.on_change(&change);
         snapshots.on_change(change);
     }
 }

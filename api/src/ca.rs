@@ -103,6 +103,8 @@ fn render_status(mesh: &Mesh, st: &CaStatus) -> Value {
 async fn finish(s: &AppState, mut tx: TenantTx, mesh: &Mesh) -> Result<Json<Value>, ApiError> {
     let st = s.authority.status(&mut tx, mesh).await?;
     tx.commit().await?;
+    // This replica issues from the new state at once; others follow the change feed.
+    s.authority.forget(mesh.id);
     Ok(Json(render_status(mesh, &st)))
 }
 

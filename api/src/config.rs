@@ -361,6 +361,7 @@ pub(crate) async fn put_mesh(
         .await?;
     }
     tx.commit().await?;
+    s.authority.forget(put.value.id);
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(unchanged_header(with_etag(status, put.value.version, render_mesh(&put.value)), put.changed))
 }
@@ -379,6 +380,7 @@ pub(crate) async fn delete_mesh(
     tx.delete_mesh(m.id).await?;
     audit(&mut tx, &caller, &headers, "mesh.delete".into(), format!("meshes/{}", m.name), json!({})).await?;
     tx.commit().await?;
+    s.authority.forget(m.id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -124,6 +124,16 @@ pub fn claimed_spiffe_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, VerifyEr
     claimed(&c)
 }
 
+/// Like [`claimed_spiffe_id`], with the certificate's validity window (not before, not
+/// after): what a cache of verified peers needs to know how long an entry may live.
+pub fn claimed_spiffe_id_and_validity(
+    leaf: &CertificateDer<'_>,
+) -> Result<(SpiffeId, SystemTime, SystemTime), VerifyError> {
+    let c = cert::parse(leaf)?;
+    let (from, to) = cert::validity_secs(&c);
+    Ok((claimed(&c)?, validity::from_unix(from), validity::from_unix(to)))
+}
+
 fn claimed(c: &x509_parser::certificate::X509Certificate<'_>) -> Result<SpiffeId, VerifyError> {
     let uris = cert::uri_sans(c)?;
     let uri = match uris.as_slice() {

@@ -1,8 +1,8 @@
 //! Each mesh's certificate authority, kept in the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
@@ -12,6 +12,7 @@ use trellis_ca::{
 };
 use trellis_model::{MeshId, OrgId};
 use trellis_model::{Token, TokenKind, token_sha256};
+use trellis_store::MeshChange;
 use trellis_store::{
     CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError,
     TenantTx,
@@ -19,6 +20,7 @@ use trellis_store::{
 use uuid::Uuid;
 
 use crate::PkiError;
+use crate::cache::{IdentityCache, LeafWriter, MeshIdentity};
 
 /// Settings of the authority.
 #[derive(Debug, Clone)]
@@ -100,6 +102,10 @@ struct Inner {
     cas: Mutex<HashMap<Uuid, Arc<MeshCa>>>,
     /// Trust bundles by mesh, with the sequence they were built at.
     bundles: Mutex<HashMap<MeshId, Arc<TrustBundle>>>,
+    /// Meshes as issuance and peer authentication need them, between changes.
+    cache: IdentityCache,
+    /// Records issued leaves in batches; started on first use, inside the runtime.
+    leaves: OnceLock<LeafWriter>,
 }
 
 pub(crate) fn sealed_bytes(k: &SealedKey) -> SealedBytes {
@@ -119,6 +125,18 @@ fn utc(t: SystemTime) -> DateTime<Utc> {
     DateTime::<Utc>::from(t)
 }
 
+/// SHA-256 over a certificate chain, each certificate length-prefixed.
+fn chain_digest(chain: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for c in chain {
+        ctx.update(&(c.len() as u64).to_be_bytes());
+        ctx.update(c);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 fn trust_domain(mesh: &Mesh) -> Result<TrustDomain, PkiError> {
     TrustDomain::parse(&mesh.trust_domain).map_err(PkiError::internal)
 }
@@ -132,6 +150,8 @@ impl Authority {
                 options,
                 cas: Mutex::new(HashMap::new()),
                 bundles: Mutex::new(HashMap::new()),
+                cache: IdentityCache::default(),
+                leaves: OnceLock::new(),
             }),
         }
     }
@@ -193,25 +213,25 @@ impl Authority {
 
     /// The unsealed CA of a record, from the cache when it was loaded before.
     fn load(&self, org: OrgId, mesh: &Mesh, record: &CaRecord) -> Result<Arc<MeshCa>, PkiError> {
+        self.load_ca(org, mesh.id, &trust_domain(mesh)?, record)
+    }
+
+    fn load_ca(
+        &self,
+        org: OrgId,
+        mesh: MeshId,
+        td: &TrustDomain,
+        record: &CaRecord,
+    ) -> Result<Arc<MeshCa>, PkiError> {
         if let Some(ca) = self.inner.cas.lock().unwrap_or_else(|e| e.into_inner()).get(&record.id) {
             return Ok(ca.clone());
         }
-        let key = unseal(&self.inner.keyring, &sealed_key(&record.sealed_key)?, &aad(org, mesh.id))
+        let key = unseal(&self.inner.keyring, &sealed_key(&record.sealed_key)?, &aad(org, mesh))
             .map_err(PkiError::internal)?;
         let chain = record.chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
-        let ca = Arc::new(MeshCa::from_parts(&trust_domain(mesh)?, chain, key).map_err(PkiError::internal)?);
+        let ca = Arc::new(MeshCa::from_parts(td, chain, key).map_err(PkiError::internal)?);
         self.inner.cas.lock().unwrap_or_else(|e| e.into_inner()).insert(record.id, ca.clone());
         Ok(ca)
-    }
-
-    /// The CA that signs new leaves in this mesh.
-    async fn signing_ca(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<(Uuid, Arc<MeshCa>), PkiError> {
-        let cas = tx.mesh_cas(mesh.id).await?;
-        let active = cas
-            .iter()
-            .find(|c| c.state == CaState::Active)
-            .ok_or_else(|| PkiError::Conflict("this mesh has no active certificate authority".into()))?;
-        Ok((active.id, self.load(tx.org(), mesh, active)?))
     }
 
     /// The mesh's trust bundle: the roots of every CA in the bundle states.
@@ -235,48 +255,140 @@ impl Authority {
         Ok(bundle)
     }
 
-    async fn sign(
-        &self,
-        tx: &mut TenantTx,
-        mesh: &Mesh,
-        id: &SpiffeId,
-        csr: &[u8],
-    ) -> Result<Issued, PkiError> {
-        let (ca_id, ca) = self.signing_ca(tx, mesh).await?;
-        let settings = tx.ca_settings(mesh.id).await?;
+    /// Follows the change feed: a changed or deleted mesh is read again on next use.
+    pub fn on_change(&self, change: &MeshChange) {
+        self.forget(change.mesh);
+        if change.is_deleted() {
+            self.inner.cache.forget_domains_of(change.mesh);
+        }
+    }
+
+    /// Drops what is cached of a mesh (after a change to its CAs or settings).
+    pub fn forget(&self, mesh: MeshId) {
+        self.inner.cache.forget(mesh);
+    }
+
+    fn cached_identity(&self, mesh: MeshId) -> Option<Arc<MeshIdentity>> {
+        self.inner.cache.get(mesh)
+    }
+
+    /// The mesh as issuance needs it: from the cache, or read in a transaction of its own
+    /// (one reader per mesh at a time).
+    async fn identity(&self, org: OrgId, mesh: MeshId) -> Result<Arc<MeshIdentity>, PkiError> {
+        if let Some(i) = self.cached_identity(mesh).filter(|i| i.org == org) {
+            return Ok(i);
+        }
+        let lock = self.inner.cache.load_lock(mesh);
+        let _one = lock.lock().await;
+        if let Some(i) = self.cached_identity(mesh).filter(|i| i.org == org) {
+            return Ok(i);
+        }
+        let mut tx = self.inner.store.tenant(org).await?;
+        let ident = self.load_identity(&mut tx, mesh).await?;
+        tx.commit().await?;
+        Ok(ident)
+    }
+
+    /// Reads a mesh for issuance through `tx` (whose tenant must own it) and caches it.
+    async fn load_identity(&self, tx: &mut TenantTx, mesh_id: MeshId) -> Result<Arc<MeshIdentity>, PkiError> {
+        let epoch = self.inner.cache.epoch();
+        let loaded = Instant::now();
+        let mesh = tx.mesh_by_id(mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
+        let td = trust_domain(&mesh)?;
+        let cas = tx.mesh_cas(mesh_id).await?;
+        let signer = match cas.iter().find(|c| c.state == CaState::Active) {
+            Some(active) => Some((active.id, self.load_ca(tx.org(), mesh_id, &td, active)?)),
+            None => None,
+        };
+        let settings = tx.ca_settings(mesh_id).await?;
         let ttl =
             SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
                 .map_err(PkiError::internal)?;
-        let svid = ca
-            .sign_svid(csr, id, ttl, SystemTime::now())
-            .map_err(|e| PkiError::Invalid { field: "csr", message: e.to_string() })?;
-        tx.record_leaves(
-            mesh.id,
-            &[IssuedLeaf {
-                serial: svid.serial_hex.clone(),
-                ca_id,
-                spiffe_id: svid.spiffe_id.as_str().to_owned(),
-                not_after: utc(svid.not_after),
-            }],
-        )
-        .await?;
-        let bundle = self.bundle(tx, mesh).await?;
-        Ok(Issued {
-            svid,
-            bundle_pem: bundle.to_pem(),
-            bundle_sequence: bundle.sequence(),
+        let roots = tx
+            .bundle_roots(mesh_id)
+            .await?
+            .into_iter()
+            .map(|der| RootCert::parse(&td, CertificateDer::from(der)).map_err(PkiError::internal))
+            .collect::<Result<Vec<_>, _>>()?;
+        let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
+        let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
+        let ident = Arc::new(MeshIdentity {
             org: tx.org(),
             mesh: mesh.name.as_str().to_owned(),
-        })
+            trust_domain: td,
+            signer,
+            ttl,
+            bundle_pem: bundle.to_pem(),
+            bundle,
+            loaded,
+        });
+        self.inner.cache.put(mesh_id, ident.clone(), epoch);
+        Ok(ident)
+    }
+
+    /// Which organization and mesh own a trust domain (cached like the meshes).
+    async fn mesh_of_trust_domain(&self, td: &str) -> Result<Option<(OrgId, MeshId)>, PkiError> {
+        if let Some(found) = self.inner.cache.domain(td) {
+            return Ok(Some(found));
+        }
+        let found = self.inner.store.mesh_of_trust_domain(td).await?;
+        if let Some((org, mesh)) = found {
+            self.inner.cache.put_domain(td, org, mesh);
+        }
+        Ok(found)
+    }
+
+    /// Records an issued leaf (batched with concurrent ones); `false` when its CA stopped
+    /// being the active one before the record could commit.
+    async fn record(&self, org: OrgId, mesh: MeshId, leaf: IssuedLeaf) -> Result<bool, PkiError> {
+        let writer = self.inner.leaves.get_or_init(|| LeafWriter::start(self.inner.store.clone()));
+        writer.record(org, mesh, leaf).await
+    }
+
+    /// Signs an SVID for `id` with the mesh's active CA (no database round trip).
+    fn sign_with(ident: &MeshIdentity, id: &SpiffeId, csr: &[u8]) -> Result<(Uuid, IssuedSvid), PkiError> {
+        let (ca_id, ca) = ident
+            .signer
+            .clone()
+            .ok_or_else(|| PkiError::Conflict("this mesh has no active certificate authority".into()))?;
+        let svid = ca
+            .sign_svid(csr, id, ident.ttl, SystemTime::now())
+            .map_err(|e| PkiError::Invalid { field: "csr", message: e.to_string() })?;
+        Ok((ca_id, svid))
+    }
+
+    fn issued(ident: &MeshIdentity, svid: IssuedSvid) -> Issued {
+        Issued {
+            svid,
+            bundle_pem: ident.bundle_pem.clone(),
+            bundle_sequence: ident.bundle.sequence(),
+            org: ident.org,
+            mesh: ident.mesh.clone(),
+        }
+    }
+
+    fn leaf(ca_id: Uuid, svid: &IssuedSvid) -> IssuedLeaf {
+        IssuedLeaf {
+            serial: svid.serial_hex.clone(),
+            ca_id,
+            spiffe_id: svid.spiffe_id.as_str().to_owned(),
+            not_after: utc(svid.not_after),
+            join_token: None,
+        }
     }
 
     /// Join token + CSR → SVID for the service the token is bound to. Everything but the
     /// CSR's public key is ignored.
+    ///
+    /// A single-use token is spent in the transaction that records the leaf: a refused or
+    /// failed issuance spends nothing, and two redemptions cannot both succeed. A multi-use
+    /// token is only read; its use is counted when the leaf is recorded (batched with
+    /// concurrent issuances), so that clients sharing one token do not queue on its row.
     pub async fn issue_with_join_token(&self, token: &str, csr: &[u8]) -> Result<Issued, PkiError> {
         let parsed = Token::parse(TokenKind::Join, token)
             .map_err(|e| PkiError::Unauthenticated(format!("not a join token: {e}")))?;
-        let mut tx = self.inner.store.tenant(parsed.org).await?;
-        let record = tx.redeem_join_token(&token_sha256(token)).await.map_err(|why| {
+        let sha = token_sha256(token);
+        let refused = |why: JoinRefusal| {
             PkiError::Unauthenticated(
                 match why {
                     JoinRefusal::Unknown => "unknown join token",
@@ -286,54 +398,103 @@ impl Authority {
                 }
                 .into(),
             )
-        })?;
-        let mesh = tx
-            .mesh_by_id(MeshId::from_uuid(record.mesh_id))
-            .await?
-            .ok_or_else(|| PkiError::Unauthenticated("the token's mesh is gone".into()))?;
-        let id = SpiffeId::workload(&trust_domain(&mesh)?, mesh.name.as_str(), &record.service)
-            .map_err(PkiError::internal)?;
-        let issued = self.sign(&mut tx, &mesh, &id, csr).await?;
-        tx.commit().await?;
-        Ok(issued)
+        };
+        let gone = |e: PkiError| match e {
+            PkiError::NotFound(_) => PkiError::Unauthenticated("the token's mesh is gone".into()),
+            e => e,
+        };
+        for attempt in 0..2 {
+            let mut tx = self.inner.store.tenant(parsed.org).await?;
+            let record = tx.join_token_by_hash(&sha).await?.ok_or(refused(JoinRefusal::Unknown))?;
+            if record.revoked_at.is_some() {
+                return Err(refused(JoinRefusal::Revoked));
+            }
+            if record.expires_at <= Utc::now() {
+                return Err(refused(JoinRefusal::Expired));
+            }
+            let mesh_id = MeshId::from_uuid(record.mesh_id);
+            let ident = match self.cached_identity(mesh_id) {
+                Some(i) => i,
+                None => self.load_identity(&mut tx, mesh_id).await.map_err(gone)?,
+            };
+            let id = SpiffeId::workload(&ident.trust_domain, &ident.mesh, &record.service)
+                .map_err(PkiError::internal)?;
+            let recorded = if record.single_use {
+                tx.redeem_join_token(&sha).await.map_err(refused)?;
+                let (ca_id, svid) = Self::sign_with(&ident, &id, csr)?;
+                if tx.record_leaves_if_active(&[(mesh_id, Self::leaf(ca_id, &svid))]).await?.first()
+                    == Some(&true)
+                {
+                    tx.commit().await?;
+                    Some(svid)
+                } else {
+                    None
+                }
+            } else {
+                tx.commit().await?;
+                let (ca_id, svid) = Self::sign_with(&ident, &id, csr)?;
+                let leaf = IssuedLeaf { join_token: Some(record.id), ..Self::leaf(ca_id, &svid) };
+                self.record(parsed.org, mesh_id, leaf).await?.then_some(svid)
+            };
+            if let Some(svid) = recorded {
+                return Ok(Self::issued(&ident, svid));
+            }
+            // The CA changed since the mesh was cached: forget it and sign again.
+            self.forget(mesh_id);
+            if attempt > 0 {
+                break;
+            }
+        }
+        Err(PkiError::Conflict("the mesh's certificate authority is changing; retry".into()))
     }
 
-    /// Renewal: a new SVID for exactly the identity the caller authenticated with.
+    /// Renewal: a new SVID for exactly the identity the caller authenticated with. Signed
+    /// from the cached mesh; the leaf's record is committed (in a batch with concurrent
+    /// issuances) before the SVID is returned.
     pub async fn renew(&self, peer: &Peer, csr: &[u8]) -> Result<Issued, PkiError> {
-        let mut tx = self.inner.store.tenant(peer.org).await?;
-        let mesh = tx.mesh_by_id(peer.mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
-        let issued = self.sign(&mut tx, &mesh, &peer.id, csr).await?;
-        tx.commit().await?;
-        Ok(issued)
+        for attempt in 0..2 {
+            let ident = self.identity(peer.org, peer.mesh_id).await?;
+            let (ca_id, svid) = Self::sign_with(&ident, &peer.id, csr)?;
+            if self.record(peer.org, peer.mesh_id, Self::leaf(ca_id, &svid)).await? {
+                return Ok(Self::issued(&ident, svid));
+            }
+            self.forget(peer.mesh_id);
+            if attempt > 0 {
+                break;
+            }
+        }
+        Err(PkiError::Conflict("the mesh's certificate authority is changing; retry".into()))
     }
 
     /// Authenticates a workload by the certificate chain it presented in TLS (leaf first):
     /// the chain must verify against its mesh's current bundle, and the SVID must name a
     /// service of that mesh.
     pub async fn authenticate_peer(&self, chain: &[CertificateDer<'_>]) -> Result<Peer, PkiError> {
+        let now = SystemTime::now();
+        let digest = chain_digest(chain);
+        if let Some(peer) = self.inner.cache.verified(&digest, now) {
+            return Ok(peer);
+        }
         let leaf = chain.first().ok_or_else(|| PkiError::Unauthenticated("no client certificate".into()))?;
-        let claimed = trellis_ca::claimed_spiffe_id(leaf)
+        let (claimed, _, not_after) = trellis_ca::claimed_spiffe_id_and_validity(leaf)
             .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
         let td = claimed.trust_domain();
         let (org, mesh_id) = self
-            .inner
-            .store
             .mesh_of_trust_domain(td.as_str())
             .await?
             .ok_or_else(|| PkiError::Unauthenticated(format!("no mesh has the trust domain {td}")))?;
-        let mut tx = self.inner.store.tenant(org).await?;
-        let mesh = tx.mesh_by_id(mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
-        let bundle = self.bundle(&mut tx, &mesh).await?;
-        tx.commit().await?;
-        let id = verify_svid(&bundle, chain, SystemTime::now())
+        let ident = self.identity(org, mesh_id).await?;
+        let id = verify_svid(&ident.bundle, chain, now)
             .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
         let service = id
             .path()
-            .strip_prefix(&format!("/ns/{}/sa/", mesh.name.as_str()))
+            .strip_prefix(&format!("/ns/{}/sa/", ident.mesh))
             .filter(|s| !s.is_empty() && !s.contains('/'))
             .ok_or_else(|| PkiError::Unauthenticated(format!("{id} does not name a service of this mesh")))?
             .to_owned();
-        Ok(Peer { org, mesh_id, mesh: mesh.name.as_str().to_owned(), trust_domain: td, id, service })
+        let peer = Peer { org, mesh_id, mesh: ident.mesh.clone(), trust_domain: td, id, service };
+        self.inner.cache.remember_verified(digest, &ident, peer.clone(), not_after);
+        Ok(peer)
     }
 
     /// The mesh's CA status.

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod authority;
+mod cache;
 mod error;
 pub mod keyring;
 mod platform;

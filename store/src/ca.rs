@@ -225,6 +225,9 @@ pub struct IssuedLeaf {
     pub ca_id: Uuid,
     pub spiffe_id: String,
     pub not_after: DateTime<Utc>,
+    /// The multi-use join token this issuance spent a use of: counted when the leaf is
+    /// recorded by [`TenantTx::record_leaves_if_active`].
+    pub join_token: Option<Uuid>,
 }
 
 impl TenantTx {
@@ -448,6 +451,73 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Records issued leaves, but only those whose CA is still the active one of its mesh;
+    /// returns, per leaf, whether it was recorded. The CA rows are share-locked, so a
+    /// rotation step that moves a CA out of `active` either waits for this transaction (and
+    /// then counts these leaves) or commits first (and these leaves are refused, to be signed
+    /// again by the new CA).
+    pub async fn record_leaves_if_active(
+        &mut self,
+        leaves: &[(MeshId, IssuedLeaf)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if leaves.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cas: Vec<Uuid> = leaves.iter().map(|(_, l)| l.ca_id).collect();
+        cas.sort_unstable();
+        cas.dedup();
+        let active: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM mesh_cas WHERE id = ANY($1) AND state = 'active' ORDER BY id FOR SHARE",
+        )
+        .bind(&cas)
+        .fetch_all(self.conn())
+        .await?;
+        let keep: Vec<bool> = leaves.iter().map(|(_, l)| active.iter().any(|(id,)| *id == l.ca_id)).collect();
+        let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
+        let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (mesh, l) in kept {
+            meshes.push(mesh.as_uuid());
+            serials.push(l.serial.as_str());
+            ca_ids.push(l.ca_id);
+            ids.push(l.spiffe_id.as_str());
+            not_after.push(l.not_after);
+        }
+        if !serials.is_empty() {
+            sqlx::query(
+                "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after) \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])",
+            )
+            .bind(self.org().as_uuid())
+            .bind(&meshes)
+            .bind(&serials)
+            .bind(&ca_ids)
+            .bind(&ids)
+            .bind(&not_after)
+            .execute(self.conn())
+            .await?;
+        }
+        let mut uses: Vec<(Uuid, i64)> = Vec::new();
+        for t in leaves.iter().zip(&keep).filter(|(_, k)| **k).filter_map(|((_, l), _)| l.join_token) {
+            match uses.iter_mut().find(|(id, _)| *id == t) {
+                Some((_, n)) => *n += 1,
+                None => uses.push((t, 1)),
+            }
+        }
+        if !uses.is_empty() {
+            let (ids, counts): (Vec<Uuid>, Vec<i64>) = uses.into_iter().unzip();
+            sqlx::query(
+                "UPDATE join_tokens SET uses = uses + c.n, used_at = now() \
+                 FROM unnest($1::uuid[], $2::bigint[]) AS c(id, n) WHERE join_tokens.id = c.id",
+            )
+            .bind(&ids)
+            .bind(&counts)
+            .execute(self.conn())
+            .await?;
+        }
+        Ok(keep)
+    }
+
     /// Unexpired leaves per CA of a mesh.
     pub async fn live_leaves(&mut self, mesh: MeshId) -> Result<Vec<(Uuid, i64)>, StoreError> {
         Ok(sqlx::query_as(
@@ -514,6 +584,14 @@ impl TenantTx {
         row.ok_or(StoreError::NotFound("join token"))
     }
 
+    /// The join token with this hash as it is now; spends nothing.
+    pub async fn join_token_by_hash(&mut self, sha256: &[u8; 32]) -> Result<Option<JoinToken>, StoreError> {
+        Ok(sqlx::query_as(concat!("SELECT ", join_columns!(), " FROM join_tokens WHERE token_sha256 = $1"))
+            .bind(&sha256[..])
+            .fetch_optional(self.conn())
+            .await?)
+    }
+
     /// Spends one use of the join token with this hash: it must exist, be unrevoked,
     /// unexpired and, if single-use, unused. Atomic, so that two redemptions of a single-use
     /// token cannot both succeed.
@@ -567,6 +645,26 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.map(|(o, m)| (OrgId::from_uuid(o), MeshId::from_uuid(m))))
+    }
+
+    /// Records the leaves of several tenants in one transaction (one commit for a whole
+    /// batch of issuances): per leaf, whether it was recorded (see
+    /// [`TenantTx::record_leaves_if_active`]).
+    pub async fn record_leaves_batch(
+        &self,
+        groups: &[(OrgId, Vec<(MeshId, IssuedLeaf)>)],
+    ) -> Result<Vec<Vec<bool>>, StoreError> {
+        let Some((first, _)) = groups.first() else { return Ok(Vec::new()) };
+        let mut tx = self.tenant(*first).await?;
+        let mut out = Vec::with_capacity(groups.len());
+        for (i, (org, leaves)) in groups.iter().enumerate() {
+            if i > 0 {
+                tx.rebind(*org).await?;
+            }
+            out.push(tx.record_leaves_if_active(leaves).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     /// The platform CA, if one was created.

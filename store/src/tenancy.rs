@@ -35,6 +35,17 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Moves this transaction to another tenant: what follows sees only `org`'s rows. For
+    /// batch writers, which commit the work of several tenants at once.
+    pub async fn rebind(&mut self, org: OrgId) -> Result<(), StoreError> {
+        sqlx::query("SELECT set_config('app.org_id', $1, true)")
+            .bind(org.to_string())
+            .execute(&mut *self.tx)
+            .await?;
+        self.org = org;
+        Ok(())
+    }
+
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }

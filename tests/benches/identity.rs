@@ -25,7 +25,7 @@ use trellis_tests::{Api, Trellis, token, trellis};
 use trellis_xds_server::proto::IssueSvidRequest;
 use trellis_xds_server::proto::identity_client::IdentityClient;
 
-const CLIENTS: [usize; 4] = [1, 8, 32, 64];
+const CLIENTS: [usize; 6] = [1, 8, 16, 24, 32, 64];
 const CSR_POOL: usize = 512;
 const WARMUP: Duration = Duration::from_millis(500);
 

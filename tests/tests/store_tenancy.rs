@@ -124,6 +124,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
                 ca_id: ca.id,
                 spiffe_id: "spiffe://x/ns/prod/sa/web".into(),
                 not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+                join_token: None,
             }],
         )
         .await

@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_pki::{Authority, Peer};
-use trellis_store::{Registration, Store};
+use trellis_store::Registration;
 use trellis_xds::delta;
 use trellis_xds::sotw::{self, Reply, Snapshot, StreamError};
 use uuid::Uuid;
@@ -64,7 +64,6 @@ struct Ctx {
     /// (mesh, type URL, version) whose content this replica already recorded.
     recorded: std::sync::Mutex<std::collections::HashSet<(trellis_model::MeshId, String, String)>>,
     authority: Authority,
-    store: Store,
     snapshots: Arc<Snapshots>,
     ledger: Ledger,
     metrics: XdsMetrics,
@@ -81,7 +80,6 @@ pub struct AdsService {
 impl AdsService {
     pub fn new(
         authority: Authority,
-        store: Store,
         snapshots: Arc<Snapshots>,
         ledger: Ledger,
         metrics: XdsMetrics,
@@ -92,7 +90,6 @@ impl AdsService {
             ctx: Arc::new(Ctx {
                 recorded: Default::default(),
                 authority,
-                store,
                 snapshots,
                 ledger,
                 metrics,
@@ -264,14 +261,7 @@ async fn register(
     peer: &Peer,
     reg: &Registration,
 ) -> Result<(Uuid, chrono::DateTime<chrono::Utc>), Status> {
-    let result = async {
-        let mut tx = ctx.store.tenant(peer.org).await?;
-        let dp = tx.register_dataplane(peer.mesh_id, reg).await?;
-        tx.commit().await?;
-        Ok::<_, trellis_store::StoreError>((dp.id, dp.connected_at))
-    }
-    .await;
-    result.map_err(|e| {
+    ctx.ledger.register(peer.org, peer.mesh_id, reg.clone()).await.map_err(|e| {
         tracing::error!(error = %e, "registering a dataplane failed");
         Status::unavailable("could not register the dataplane; retry")
     })

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use tokio::sync::mpsc;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
 use trellis_model::{MeshId, OrgId};
-use trellis_store::Store;
+use trellis_store::{Registration, Store, StoreError};
 use uuid::Uuid;
 
 /// One fact for the ledger.
@@ -49,11 +50,23 @@ pub enum LedgerOp {
     },
 }
 
-/// Where streams send ledger facts; full means the database lags, and facts are dropped
-/// (the next response or ACK writes the line again).
+/// A dataplane's registration, answered once it is committed.
+struct Register {
+    mesh: MeshId,
+    registration: Registration,
+    done: oneshot::Sender<Result<(Uuid, DateTime<Utc>), String>>,
+}
+
+enum Item {
+    Fact(LedgerOp),
+    Register(Register),
+}
+
+/// Where streams send ledger facts and registrations. Full means the database lags: facts
+/// are then dropped (the next response or ACK writes the line again); registrations wait.
 #[derive(Clone)]
 pub struct Ledger {
-    tx: mpsc::Sender<(OrgId, LedgerOp)>,
+    tx: mpsc::Sender<(OrgId, Item)>,
 }
 
 /// Most facts written in one batch.
@@ -61,57 +74,112 @@ const BATCH: usize = 512;
 
 impl Ledger {
     pub fn start(store: Store) -> Ledger {
-        let (tx, mut rx) = mpsc::channel::<(OrgId, LedgerOp)>(65_536);
+        let (tx, mut rx) = mpsc::channel::<(OrgId, Item)>(65_536);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while rx.recv_many(&mut batch, BATCH).await > 0 {
-                let mut by_org: BTreeMap<OrgId, Vec<LedgerOp>> = BTreeMap::new();
-                for (org, op) in batch.drain(..) {
-                    by_org.entry(org).or_default().push(op);
-                }
-                for (org, ops) in by_org {
-                    if let Err(e) = write(&store, org, &ops).await {
-                        tracing::warn!(error = %e, "writing the xDS ledger failed");
+                let mut by_org: BTreeMap<OrgId, (Vec<Register>, Vec<LedgerOp>)> = BTreeMap::new();
+                for (org, item) in batch.drain(..) {
+                    let (regs, ops) = by_org.entry(org).or_default();
+                    match item {
+                        Item::Fact(op) => ops.push(op),
+                        Item::Register(r) => regs.push(r),
                     }
                 }
+                write(&store, by_org).await;
             }
         });
         Ledger { tx }
     }
 
     pub fn record(&self, org: OrgId, op: LedgerOp) {
-        if self.tx.try_send((org, op)).is_err() {
+        if self.tx.try_send((org, Item::Fact(op))).is_err() {
             tracing::debug!("xDS ledger queue full; a fact was dropped");
         }
     }
 
     /// Writes a fact and waits for it (a stream's end, which must not be lost).
     pub async fn record_now(&self, org: OrgId, op: LedgerOp) {
-        let _ = self.tx.send((org, op)).await;
+        let _ = self.tx.send((org, Item::Fact(op))).await;
+    }
+
+    /// Registers (or registers again) a dataplane, committed with whatever else is queued:
+    /// its id and the time of this registration.
+    pub async fn register(
+        &self,
+        org: OrgId,
+        mesh: MeshId,
+        registration: Registration,
+    ) -> Result<(Uuid, DateTime<Utc>), String> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send((org, Item::Register(Register { mesh, registration, done })))
+            .await
+            .map_err(|_| "the ledger writer stopped".to_owned())?;
+        answer.await.map_err(|_| "the ledger writer stopped".to_owned())?
     }
 }
 
-async fn write(store: &Store, org: OrgId, ops: &[LedgerOp]) -> Result<(), trellis_store::StoreError> {
-    let mut tx = store.tenant(org).await?;
-    for op in ops {
-        match op {
-            LedgerOp::Sent { dataplane, type_url, version, nonce, revision } => {
-                tx.ledger_sent(*dataplane, type_url, version, nonce, *revision).await?
+/// Writes one batch in one transaction (one commit), tenant by tenant: registrations first,
+/// then the facts, which may name a dataplane registered in the same batch.
+async fn write(store: &Store, by_org: BTreeMap<OrgId, (Vec<Register>, Vec<LedgerOp>)>) {
+    let mut answers = Vec::new();
+    let result = async {
+        let mut tx: Option<trellis_store::TenantTx> = None;
+        for (org, (regs, ops)) in &by_org {
+            let tx = match &mut tx {
+                Some(tx) => {
+                    tx.rebind(*org).await?;
+                    tx
+                }
+                None => tx.insert(store.tenant(*org).await?),
+            };
+            for r in regs {
+                let dp = tx.register_dataplane(r.mesh, &r.registration).await?;
+                answers.push((dp.id, dp.connected_at));
             }
-            LedgerOp::Acked { dataplane, type_url, version, convergence_ms } => {
-                tx.ledger_acked(*dataplane, type_url, version, *convergence_ms).await?
-            }
-            LedgerOp::Nacked { dataplane, type_url, version, error } => {
-                tx.ledger_nacked(*dataplane, type_url, version, error).await?
-            }
-            LedgerOp::Offline { dataplane, connected_at } => {
-                tx.dataplane_offline(*dataplane, *connected_at).await?
-            }
-            LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await?,
-            LedgerOp::Content { mesh, type_url, version, resources } => {
-                tx.record_xds_config(*mesh, type_url, version, resources).await?
+            for op in ops {
+                apply(tx, op).await?;
             }
         }
+        match tx {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
     }
-    tx.commit().await
+    .await;
+    if let Err(e) = &result {
+        tracing::warn!(error = %e, "writing the xDS ledger failed");
+    }
+    let mut answers = answers.into_iter();
+    for (_, (regs, _)) in by_org {
+        for r in regs {
+            let answer = match &result {
+                Ok(()) => answers.next().ok_or_else(|| "registration lost".to_owned()),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = r.done.send(answer);
+        }
+    }
+}
+
+async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), StoreError> {
+    match op {
+        LedgerOp::Sent { dataplane, type_url, version, nonce, revision } => {
+            tx.ledger_sent(*dataplane, type_url, version, nonce, *revision).await
+        }
+        LedgerOp::Acked { dataplane, type_url, version, convergence_ms } => {
+            tx.ledger_acked(*dataplane, type_url, version, *convergence_ms).await
+        }
+        LedgerOp::Nacked { dataplane, type_url, version, error } => {
+            tx.ledger_nacked(*dataplane, type_url, version, error).await
+        }
+        LedgerOp::Offline { dataplane, connected_at } => {
+            tx.dataplane_offline(*dataplane, *connected_at).await
+        }
+        LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await,
+        LedgerOp::Content { mesh, type_url, version, resources } => {
+            tx.record_xds_config(*mesh, type_url, version, resources).await
+        }
+    }
 }
