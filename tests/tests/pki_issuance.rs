@@ -1,0 +1,174 @@
+//! The issuance path's cache against the real store: two authorities on one database stand
+//! for two replicas, and neither follows a change feed here, so every cached mesh is stale
+//! after the other one changes it. What a stale cache may never do: sign a leaf that the
+//! rotation status does not count, or sign with a CA that is no longer active; and a
+//! retired root stops authenticating once the change is known (or after 2 s at most).
+
+use std::time::Duration;
+
+use serde_json::json;
+use trellis_ca::{Kek, KeyRing};
+use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Token, TokenKind, token_sha256};
+use trellis_pki::{Authority, Issued, PkiError};
+use trellis_store::testing::TestDb;
+use trellis_store::{MeshChange, Store};
+
+struct Fixture {
+    org: OrgId,
+    mesh: MeshId,
+}
+
+async fn mesh(store: &Store, a: &Authority) -> Fixture {
+    let org = store.create_org(&OrgSlug::parse("acme").unwrap(), "Acme").await.unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let put = tx
+        .put_mesh(&MeshName::parse("shop").unwrap(), "shop.acme.test", &json!({}), &json!({}), None)
+        .await
+        .unwrap();
+    a.create_root(&mut tx, &put.value).await.unwrap();
+    tx.commit().await.unwrap();
+    Fixture { org: org.id, mesh: put.value.id }
+}
+
+async fn join_token(store: &Store, f: &Fixture, single_use: bool) -> String {
+    let token = Token::new(TokenKind::Join, f.org, rand::random::<[u8; trellis_model::SECRET_LEN]>()).to_string();
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    tx.create_join_token(f.mesh, &token_sha256(&token), "reviews", &json!({}), single_use, "test", expires)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    token
+}
+
+fn csr() -> Vec<u8> {
+    trellis_ca::workload_key_and_csr().unwrap().1.into_bytes()
+}
+
+/// Live leaves per CA state, from the rotation status.
+async fn live(store: &Store, a: &Authority, f: &Fixture) -> Vec<(&'static str, i64)> {
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
+    let st = a.status(&mut tx, &m).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut out: Vec<_> = st.cas.iter().map(|c| (c.state, c.live_leaves)).collect();
+    out.sort();
+    out
+}
+
+async fn rotate(store: &Store, b: &Authority, f: &Fixture) {
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
+    b.prepare_rotation(&mut tx, &m).await.unwrap();
+    b.activate(&mut tx, &m).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+fn chain(i: &Issued) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    trellis_tests::grpc::certs(&i.svid.chain_pem)
+}
+
+fn authority(store: &Store) -> Authority {
+    let ring = KeyRing::new(Kek::new("test", [7u8; 32]).unwrap());
+    Authority::new(store.clone(), ring, Default::default())
+}
+
+#[tokio::test]
+async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
+    trellis_tests::init();
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (a, b) = (authority(&store), authority(&store));
+    let f = mesh(&store, &a).await;
+    let token = join_token(&store, &f, false).await;
+
+    // Replica A caches the mesh while issuing.
+    let first = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    let peer = a.authenticate_peer(&chain(&first)).await.unwrap();
+    assert_eq!(peer.id.as_str(), "spiffe://shop.acme.test/ns/shop/sa/reviews");
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 1)]);
+
+    // Replica B rotates; A hears nothing of it.
+    rotate(&store, &b, &f).await;
+    let by_token = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    let renewed = a.renew(&peer, &csr()).await.unwrap();
+    assert_eq!(
+        live(&store, &a, &f).await,
+        vec![("active", 2), ("previous", 1)],
+        "both leaves A signed after the rotation are the new CA's"
+    );
+    assert!(by_token.bundle_sequence > first.bundle_sequence, "A reloaded the mesh and its bundle");
+    assert_eq!(renewed.svid.spiffe_id, peer.id, "renewal keeps the identity");
+
+    // Each issuance by the shared token counted once; the refused stale attempt did not.
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let tokens = tx.list_join_tokens(f.mesh).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tokens[0].uses, 2);
+
+    // Retire the old root through B (forced: the first leaf still lives). A's cache still
+    // trusts it until it hears of the change...
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
+    let st = b.status(&mut tx, &m).await.unwrap();
+    let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
+    b.retire(&mut tx, &m, old, true).await.unwrap();
+    tx.commit().await.unwrap();
+    a.on_change(&MeshChange { org: f.org, mesh: f.mesh, revision: 99 });
+    // ...and refuses it from then on.
+    let refused = a.authenticate_peer(&chain(&first)).await;
+    assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "{refused:?}");
+    // The new root's leaves still authenticate.
+    a.authenticate_peer(&chain(&renewed)).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn without_a_change_notification_a_cached_mesh_lives_two_seconds_at_most() {
+    trellis_tests::init();
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (a, b) = (authority(&store), authority(&store));
+    let f = mesh(&store, &a).await;
+    let token = join_token(&store, &f, false).await;
+    let first = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    a.authenticate_peer(&chain(&first)).await.unwrap();
+
+    rotate(&store, &b, &f).await;
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
+    let st = b.status(&mut tx, &m).await.unwrap();
+    let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
+    b.retire(&mut tx, &m, old, true).await.unwrap();
+    tx.commit().await.unwrap();
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refused = a.authenticate_peer(&chain(&first)).await;
+    assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "{refused:?}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_single_use_token_yields_one_svid_under_concurrent_redemption() {
+    trellis_tests::init();
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (a, b) = (authority(&store), authority(&store));
+    let f = mesh(&store, &a).await;
+    let once = join_token(&store, &f, true).await;
+    let (c1, c2) = (csr(), csr());
+    let (r1, r2) = tokio::join!(a.issue_with_join_token(&once, &c1), b.issue_with_join_token(&once, &c2));
+    assert_eq!(
+        [r1.is_ok(), r2.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "exactly one redemption wins: {r1:?} {r2:?}"
+    );
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 1)]);
+
+    // A refused CSR spends nothing of a single-use token.
+    let spare = join_token(&store, &f, true).await;
+    let bad = a.issue_with_join_token(&spare, b"not a csr").await;
+    assert!(matches!(bad, Err(PkiError::Invalid { field: "csr", .. })), "{bad:?}");
+    a.issue_with_join_token(&spare, &csr()).await.unwrap();
+    store.close().await;
+}
