@@ -67,6 +67,8 @@ macro_rules! dataplane_columns {
 
 impl TenantTx {
     /// Registers (or re-registers) the dataplane of a stream: online, with what it serves.
+    /// `connected_at` is the clock's time, not the transaction's: two registrations of one
+    /// node committed in the same batch stay distinguishable.
     pub async fn register_dataplane(
         &mut self,
         mesh: MeshId,
@@ -74,12 +76,13 @@ impl TenantTx {
     ) -> Result<Dataplane, StoreError> {
         let org = self.org().as_uuid();
         Ok(sqlx::query_as(concat!(
-            "INSERT INTO dataplanes (org_id, mesh_id, service, node_id, client, address, ports, tags, zone, replica) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+            "INSERT INTO dataplanes (org_id, mesh_id, service, node_id, client, address, ports, tags, zone, replica, \
+               connected_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, clock_timestamp()) \
              ON CONFLICT ON CONSTRAINT dataplanes_node_key DO UPDATE SET \
                service = EXCLUDED.service, client = EXCLUDED.client, address = EXCLUDED.address, \
                ports = EXCLUDED.ports, tags = EXCLUDED.tags, zone = EXCLUDED.zone, replica = EXCLUDED.replica, \
-               online = true, offline_since = NULL, connected_at = now(), last_seen_at = now(), \
+               online = true, offline_since = NULL, connected_at = clock_timestamp(), last_seen_at = now(), \
                synced_revision = NULL \
              RETURNING ",
             dataplane_columns!()

@@ -63,6 +63,11 @@ async fn registration_bumps_the_mesh_and_the_ledger_shows_sync_state() {
     let a2 = tx.register_dataplane(mesh_id, &reg("reviews-a", "v3")).await.unwrap();
     assert_eq!(a2.id, a.id);
     assert_eq!(a2.tags, json!({"version": "v3"}));
+    // Two registrations of one node in one transaction (the ledger writer commits a batch
+    // of them at once) are told apart: the first one's end leaves the second online.
+    let a3 = tx.register_dataplane(mesh_id, &reg("reviews-a", "v3")).await.unwrap();
+    assert!(a3.connected_at > a2.connected_at, "{} vs {}", a3.connected_at, a2.connected_at);
+    tx.dataplane_offline(a.id, a2.connected_at).await.unwrap();
     // Ledger: a sent+ACKed, b sent+NACKed.
     tx.ledger_sent(a.id, CDS, "c-1", "1", r1).await.unwrap();
     tx.ledger_acked(a.id, CDS, "c-1", Some(12.5)).await.unwrap();
