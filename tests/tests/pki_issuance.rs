@@ -31,7 +31,8 @@ async fn mesh(store: &Store, a: &Authority) -> Fixture {
 }
 
 async fn join_token(store: &Store, f: &Fixture, single_use: bool) -> String {
-    let token = Token::new(TokenKind::Join, f.org, rand::random::<[u8; trellis_model::SECRET_LEN]>()).to_string();
+    let token =
+        Token::new(TokenKind::Join, f.org, rand::random::<[u8; trellis_model::SECRET_LEN]>()).to_string();
     let mut tx = store.tenant(f.org).await.unwrap();
     let expires = chrono::Utc::now() + chrono::Duration::hours(1);
     tx.create_join_token(f.mesh, &token_sha256(&token), "reviews", &json!({}), single_use, "test", expires)
@@ -68,6 +69,26 @@ fn chain(i: &Issued) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     trellis_tests::grpc::certs(&i.svid.chain_pem)
 }
 
+/// Retires the previous CA, forced (its leaves still live).
+async fn retire_previous(store: &Store, b: &Authority, f: &Fixture) {
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
+    let st = b.status(&mut tx, &m).await.unwrap();
+    let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
+    b.retire(&mut tx, &m, old, true).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A fresh database with one mesh, and two authorities on it (two replicas' caches).
+async fn setup() -> (TestDb, Store, Authority, Authority, Fixture) {
+    trellis_tests::init();
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (a, b) = (authority(&store), authority(&store));
+    let f = mesh(&store, &a).await;
+    (db, store, a, b, f)
+}
+
 fn authority(store: &Store) -> Authority {
     let ring = KeyRing::new(Kek::new("test", [7u8; 32]).unwrap());
     Authority::new(store.clone(), ring, Default::default())
@@ -75,11 +96,7 @@ fn authority(store: &Store) -> Authority {
 
 #[tokio::test]
 async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
-    trellis_tests::init();
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (a, b) = (authority(&store), authority(&store));
-    let f = mesh(&store, &a).await;
+    let (_db, store, a, b, f) = setup().await;
     let token = join_token(&store, &f, false).await;
 
     // Replica A caches the mesh while issuing.
@@ -106,14 +123,9 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
     tx.commit().await.unwrap();
     assert_eq!(tokens[0].uses, 2);
 
-    // Retire the old root through B (forced: the first leaf still lives). A's cache still
-    // trusts it until it hears of the change...
-    let mut tx = store.tenant(f.org).await.unwrap();
-    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
-    let st = b.status(&mut tx, &m).await.unwrap();
-    let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
-    b.retire(&mut tx, &m, old, true).await.unwrap();
-    tx.commit().await.unwrap();
+    // Retire the old root through B (forced: the first leaf still lives). A's cache may
+    // trust it for up to 2 s more; the change notification ends that at once...
+    retire_previous(&store, &b, &f).await;
     a.on_change(&MeshChange { org: f.org, mesh: f.mesh, revision: 99 });
     // ...and refuses it from then on.
     let refused = a.authenticate_peer(&chain(&first)).await;
@@ -125,22 +137,13 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
 
 #[tokio::test]
 async fn without_a_change_notification_a_cached_mesh_lives_two_seconds_at_most() {
-    trellis_tests::init();
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (a, b) = (authority(&store), authority(&store));
-    let f = mesh(&store, &a).await;
+    let (_db, store, a, b, f) = setup().await;
     let token = join_token(&store, &f, false).await;
     let first = a.issue_with_join_token(&token, &csr()).await.unwrap();
     a.authenticate_peer(&chain(&first)).await.unwrap();
 
     rotate(&store, &b, &f).await;
-    let mut tx = store.tenant(f.org).await.unwrap();
-    let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
-    let st = b.status(&mut tx, &m).await.unwrap();
-    let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
-    b.retire(&mut tx, &m, old, true).await.unwrap();
-    tx.commit().await.unwrap();
+    retire_previous(&store, &b, &f).await;
 
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let refused = a.authenticate_peer(&chain(&first)).await;
@@ -150,11 +153,7 @@ async fn without_a_change_notification_a_cached_mesh_lives_two_seconds_at_most()
 
 #[tokio::test]
 async fn a_single_use_token_yields_one_svid_under_concurrent_redemption() {
-    trellis_tests::init();
-    let db = TestDb::create().await;
-    let store = db.store().await;
-    let (a, b) = (authority(&store), authority(&store));
-    let f = mesh(&store, &a).await;
+    let (_db, store, a, b, f) = setup().await;
     let once = join_token(&store, &f, true).await;
     let (c1, c2) = (csr(), csr());
     let (r1, r2) = tokio::join!(a.issue_with_join_token(&once, &c1), b.issue_with_join_token(&once, &c2));
