@@ -479,11 +479,21 @@ impl Authority {
         let (claimed, _, not_after) = trellis_ca::claimed_spiffe_id_and_validity(leaf)
             .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
         let td = claimed.trust_domain();
-        let (org, mesh_id) = self
-            .mesh_of_trust_domain(td.as_str())
-            .await?
-            .ok_or_else(|| PkiError::Unauthenticated(format!("no mesh has the trust domain {td}")))?;
-        let ident = self.identity(org, mesh_id).await?;
+        let unknown = || PkiError::Unauthenticated(format!("no mesh has the trust domain {td}"));
+        let (mut org, mut mesh_id) = self.mesh_of_trust_domain(td.as_str()).await?.ok_or_else(unknown)?;
+        let ident = match self.identity(org, mesh_id).await {
+            // The mesh of a remembered trust domain is gone (deleted, perhaps made again
+            // under the same name): ask the directory once more.
+            Err(PkiError::NotFound(_)) => {
+                self.inner.cache.forget_domain(td.as_str());
+                (org, mesh_id) = self.mesh_of_trust_domain(td.as_str()).await?.ok_or_else(unknown)?;
+                self.identity(org, mesh_id).await.map_err(|e| match e {
+                    PkiError::NotFound(_) => unknown(),
+                    e => e,
+                })?
+            }
+            r => r?,
+        };
         let id = verify_svid(&ident.bundle, chain, now)
             .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
         let service = id

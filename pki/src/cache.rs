@@ -122,6 +122,10 @@ impl IdentityCache {
         v.insert(digest, Verified { against: Arc::downgrade(against), peer, not_after });
     }
 
+    pub fn forget_domain(&self, td: &str) {
+        lock(&self.domains).remove(td);
+    }
+
     pub fn forget_domains_of(&self, mesh: MeshId) {
         lock(&self.domains).retain(|_, (_, m, _)| *m != mesh);
     }

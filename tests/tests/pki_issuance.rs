@@ -20,14 +20,19 @@ struct Fixture {
 
 async fn mesh(store: &Store, a: &Authority) -> Fixture {
     let org = store.create_org(&OrgSlug::parse("acme").unwrap(), "Acme").await.unwrap();
-    let mut tx = store.tenant(org.id).await.unwrap();
+    mesh_in(store, a, org.id).await
+}
+
+/// The mesh `shop` (trust domain `shop.acme.test`) with its root, in `org`.
+async fn mesh_in(store: &Store, a: &Authority, org: OrgId) -> Fixture {
+    let mut tx = store.tenant(org).await.unwrap();
     let put = tx
         .put_mesh(&MeshName::parse("shop").unwrap(), "shop.acme.test", &json!({}), &json!({}), None)
         .await
         .unwrap();
     a.create_root(&mut tx, &put.value).await.unwrap();
     tx.commit().await.unwrap();
-    Fixture { org: org.id, mesh: put.value.id }
+    Fixture { org, mesh: put.value.id }
 }
 
 async fn join_token(store: &Store, f: &Fixture, single_use: bool) -> String {
@@ -169,5 +174,31 @@ async fn a_single_use_token_yields_one_svid_under_concurrent_redemption() {
     let bad = a.issue_with_join_token(&spare, b"not a csr").await;
     assert!(matches!(bad, Err(PkiError::Invalid { field: "csr", .. })), "{bad:?}");
     a.issue_with_join_token(&spare, &csr()).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_deleted_mesh_stops_authenticating_and_one_made_again_under_its_trust_domain_starts() {
+    let (_db, store, a, b, f) = setup().await;
+    let token = join_token(&store, &f, false).await;
+    let old = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    let old_peer = a.authenticate_peer(&chain(&old)).await.unwrap();
+
+    // Through the other replica: the mesh is deleted and made again, same name and trust
+    // domain, a new root. A hears of the deletion (revision 0), not of the new mesh.
+    let mut tx = store.tenant(f.org).await.unwrap();
+    tx.delete_mesh(f.mesh).await.unwrap();
+    tx.commit().await.unwrap();
+    a.on_change(&MeshChange { org: f.org, mesh: f.mesh, revision: 0 });
+    let g = mesh_in(&store, &b, f.org).await;
+    let new = b.issue_with_join_token(&join_token(&store, &g, false).await, &csr()).await.unwrap();
+
+    let peer = a.authenticate_peer(&chain(&new)).await.unwrap();
+    assert_eq!(peer.mesh_id, g.mesh, "the new mesh, not the remembered one");
+    let refused = a.authenticate_peer(&chain(&old)).await;
+    assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "the old root is gone: {refused:?}");
+    let renewal = a.renew(&old_peer, &csr()).await;
+    assert!(renewal.is_err(), "nothing is signed for the deleted mesh: {renewal:?}");
+    assert_eq!(live(&store, &a, &g).await, vec![("active", 1)]);
     store.close().await;
 }
