@@ -291,7 +291,7 @@ impl Authority {
 
     /// Reads a mesh for issuance through `tx` (whose tenant must own it) and caches it.
     async fn load_identity(&self, tx: &mut TenantTx, mesh_id: MeshId) -> Result<Arc<MeshIdentity>, PkiError> {
-        let epoch = self.inner.cache.epoch();
+        let epoch = self.inner.cache.epoch(mesh_id);
         let loaded = Instant::now();
         let mesh = tx.mesh_by_id(mesh_id).await?.ok_or(PkiError::NotFound("mesh"))?;
         let td = trust_domain(&mesh)?;

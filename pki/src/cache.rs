@@ -10,7 +10,6 @@
 //! again.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -50,8 +49,8 @@ pub(crate) struct IdentityCache {
     domains: Mutex<HashMap<String, (OrgId, MeshId, Instant)>>,
     /// One load at a time per mesh, so that a burst of connections reads it once.
     loads: Mutex<HashMap<MeshId, Arc<tokio::sync::Mutex<()>>>>,
-    /// Grows on every invalidation; a load that started before one is not cached.
-    epoch: AtomicU64,
+    /// Per mesh, grows on every invalidation: a load that started before one is not cached.
+    epochs: Mutex<HashMap<MeshId, u64>>,
     /// Client certificate chains already verified, by SHA-256 of the chain: valid while the
     /// mesh they were verified against is the cached one (same bundle) and the leaf lives.
     verified: Mutex<HashMap<[u8; 32], Verified>>,
@@ -71,14 +70,14 @@ impl IdentityCache {
         lock(&self.meshes).get(&mesh).filter(|m| m.loaded.elapsed() < MAX_AGE).cloned()
     }
 
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+    pub fn epoch(&self, mesh: MeshId) -> u64 {
+        lock(&self.epochs).get(&mesh).copied().unwrap_or(0)
     }
 
     /// Caches `ident` unless the mesh was invalidated since `epoch` was read.
     pub fn put(&self, mesh: MeshId, ident: Arc<MeshIdentity>, epoch: u64) {
         let mut meshes = lock(&self.meshes);
-        if self.epoch() == epoch {
+        if self.epoch(mesh) == epoch {
             meshes.insert(mesh, ident);
         }
     }
@@ -93,7 +92,7 @@ impl IdentityCache {
 
     pub fn forget(&self, mesh: MeshId) {
         let mut meshes = lock(&self.meshes);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.epochs).entry(mesh).or_default() += 1;
         meshes.remove(&mesh);
     }
 
