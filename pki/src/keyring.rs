@@ -24,6 +24,8 @@ pub enum KeyringError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Kek(#[from] KekError),
+    #[error("the system's random number generator failed")]
+    Random,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyringError + '_ {
@@ -99,9 +101,17 @@ pub fn write_file(path: &Path, keys: &[&Kek]) -> Result<(), KeyringError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// A new key with an id that says when it was made.
+/// A new key with an id that says when it was made, and a random suffix so that two keys
+/// made within one second (a file created and rotated at once) never share an id.
 pub fn new_kek() -> Result<Kek, KeyringError> {
-    let id = format!("kek-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+    use ring::rand::SecureRandom;
+    let mut suffix = [0u8; 4];
+    ring::rand::SystemRandom::new().fill(&mut suffix).map_err(|_| KeyringError::Random)?;
+    let id = format!(
+        "kek-{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     Ok(Kek::generate(&id)?)
 }
 
@@ -119,6 +129,13 @@ pub fn load_or_create(path: &Path) -> Result<(KeyRing, bool), KeyringError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_made_in_the_same_second_have_different_ids() {
+        let (a, b) = (new_kek().unwrap(), new_kek().unwrap());
+        assert_ne!(a.id(), b.id());
+        assert!(a.id().starts_with("kek-"), "{}", a.id());
+    }
 
     #[test]
     fn file_round_trip_keeps_order_and_env_ids_are_stable() {

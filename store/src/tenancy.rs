@@ -12,13 +12,11 @@ pub struct TenantTx {
 }
 
 impl Store {
-    /// Begins a transaction for `org`.
+    /// Begins a transaction for `org`: `BEGIN` and the tenant setting in one round trip (the
+    /// id is a UUID we format, never caller text).
     pub async fn tenant(&self, org: OrgId) -> Result<TenantTx, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT set_config('app.org_id', $1, true)")
-            .bind(org.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let begin = format!("BEGIN; SELECT set_config('app.org_id', '{}', true)", org.as_uuid().hyphenated());
+        let tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         Ok(TenantTx { tx, org })
     }
 }
