@@ -313,13 +313,17 @@ fn gen_err(e: rcgen::Error) -> CaError {
 }
 
 /// 16 random bytes: a positive 128-bit serial (the encoder adds a zero byte when the top bit
-/// is set, so no entropy is lost to the sign).
+/// is set, so no entropy is lost to the sign). The first byte is never zero: DER keeps
+/// integers minimal, and a leading zero byte would either shrink the serial or (before a
+/// byte below 0x80) be a non-minimal encoding; one draw in 256 is made again.
 pub(crate) fn random_serial() -> [u8; 16] {
     let mut serial = [0u8; 16];
-    rand::rng().fill_bytes(&mut serial);
-    // A serial must not be zero (RFC 5280 §4.1.2.2); the odds are nil, the rule is cheap.
-    serial[15] |= 1;
-    serial
+    loop {
+        rand::rng().fill_bytes(&mut serial);
+        if serial[0] != 0 {
+            return serial;
+        }
+    }
 }
 
 /// The parameters of a CA certificate for `td`. `cap` bounds NotAfter by the parent's.
