@@ -43,6 +43,5 @@ pub use svid::{IssuedSvid, SvidTtl, TtlError};
 pub use tls::{SvidClientVerifier, SvidServerVerifier};
 pub use validity::{CLOCK_SKEW, ExpiryError, days_until_expiry, ensure_min_days};
 pub use verify::{
-    PeerRole, VerifyError, claimed_spiffe_id, claimed_spiffe_id_and_validity, spiffe_id_of, verify_svid,
-    verify_svid_root,
+    PeerRole, VerifyError, claimed_spiffe_id_and_validity, spiffe_id_of, verify_svid, verify_svid_root,
 };

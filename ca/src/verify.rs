@@ -117,15 +117,9 @@ pub(crate) fn verify_chain(
     Ok((id, index))
 }
 
-/// The SPIFFE ID a certificate claims (its only URI SAN), before anything is verified: what
-/// picks the trust bundle that will verify it.
-pub fn claimed_spiffe_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, VerifyError> {
-    let c = cert::parse(leaf)?;
-    claimed(&c)
-}
-
-/// Like [`claimed_spiffe_id`], with the certificate's validity window (not before, not
-/// after): what a cache of verified peers needs to know how long an entry may live.
+/// The SPIFFE ID a certificate claims (its one URI SAN), unverified, with its validity
+/// window (not before, not after): for finding the bundle to verify it against, and for how
+/// long a cache of verified peers may keep it.
 pub fn claimed_spiffe_id_and_validity(
     leaf: &CertificateDer<'_>,
 ) -> Result<(SpiffeId, SystemTime, SystemTime), VerifyError> {

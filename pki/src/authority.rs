@@ -100,8 +100,6 @@ struct Inner {
     options: AuthorityOptions,
     /// Unsealed signing CAs by CA id (a CA's certificate and key never change).
     cas: Mutex<HashMap<Uuid, Arc<MeshCa>>>,
-    /// Trust bundles by mesh, with the sequence they were built at.
-    bundles: Mutex<HashMap<MeshId, Arc<TrustBundle>>>,
     /// Meshes as issuance and peer authentication need them, between changes.
     cache: IdentityCache,
     /// Records issued leaves in batches; started on first use, inside the runtime.
@@ -149,7 +147,6 @@ impl Authority {
                 keyring,
                 options,
                 cas: Mutex::new(HashMap::new()),
-                bundles: Mutex::new(HashMap::new()),
                 cache: IdentityCache::default(),
                 leaves: OnceLock::new(),
             }),
@@ -234,25 +231,30 @@ impl Authority {
         Ok(ca)
     }
 
-    /// The mesh's trust bundle: the roots of every CA in the bundle states.
+    /// The mesh's trust bundle: the roots of every CA in the bundle states. Served from the
+    /// cached mesh when it is at the sequence this transaction sees.
     pub async fn bundle(&self, tx: &mut TenantTx, mesh: &Mesh) -> Result<Arc<TrustBundle>, PkiError> {
-        let settings = tx.ca_settings(mesh.id).await?;
-        let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
-        if let Some(b) = self.inner.bundles.lock().unwrap_or_else(|e| e.into_inner()).get(&mesh.id)
-            && b.sequence() == seq
-        {
-            return Ok(b.clone());
+        let seq = u64::try_from(tx.ca_settings(mesh.id).await?.bundle_sequence).unwrap_or(0);
+        if let Some(i) = self.cached_identity(mesh.id).filter(|i| i.bundle.sequence() == seq) {
+            return Ok(i.bundle.clone());
         }
-        let td = trust_domain(mesh)?;
+        Self::read_bundle(tx, mesh.id, &trust_domain(mesh)?, seq).await
+    }
+
+    /// Builds a mesh's bundle from the roots stored for it.
+    async fn read_bundle(
+        tx: &mut TenantTx,
+        mesh: MeshId,
+        td: &TrustDomain,
+        seq: u64,
+    ) -> Result<Arc<TrustBundle>, PkiError> {
         let roots = tx
-            .bundle_roots(mesh.id)
+            .bundle_roots(mesh)
             .await?
             .into_iter()
-            .map(|der| RootCert::parse(&td, CertificateDer::from(der)).map_err(PkiError::internal))
+            .map(|der| RootCert::parse(td, CertificateDer::from(der)).map_err(PkiError::internal))
             .collect::<Result<Vec<_>, _>>()?;
-        let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
-        self.inner.bundles.lock().unwrap_or_else(|e| e.into_inner()).insert(mesh.id, bundle.clone());
-        Ok(bundle)
+        Ok(Arc::new(TrustBundle::new(td, roots, seq).map_err(PkiError::internal)?))
     }
 
     /// Follows the change feed: a changed or deleted mesh is read again on next use.
@@ -304,14 +306,8 @@ impl Authority {
         let ttl =
             SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
                 .map_err(PkiError::internal)?;
-        let roots = tx
-            .bundle_roots(mesh_id)
-            .await?
-            .into_iter()
-            .map(|der| RootCert::parse(&td, CertificateDer::from(der)).map_err(PkiError::internal))
-            .collect::<Result<Vec<_>, _>>()?;
         let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
-        let bundle = Arc::new(TrustBundle::new(&td, roots, seq).map_err(PkiError::internal)?);
+        let bundle = Self::read_bundle(tx, mesh_id, &td, seq).await?;
         let ident = Arc::new(MeshIdentity {
             org: tx.org(),
             mesh: mesh.name.as_str().to_owned(),

@@ -426,31 +426,6 @@ impl TenantTx {
         Ok(())
     }
 
-    /// Records issued leaves.
-    pub async fn record_leaves(&mut self, mesh: MeshId, leaves: &[IssuedLeaf]) -> Result<(), StoreError> {
-        if leaves.is_empty() {
-            return Ok(());
-        }
-        let org = self.org().as_uuid();
-        let serials: Vec<&str> = leaves.iter().map(|l| l.serial.as_str()).collect();
-        let cas: Vec<Uuid> = leaves.iter().map(|l| l.ca_id).collect();
-        let ids: Vec<&str> = leaves.iter().map(|l| l.spiffe_id.as_str()).collect();
-        let not_after: Vec<DateTime<Utc>> = leaves.iter().map(|l| l.not_after).collect();
-        sqlx::query(
-            "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after) \
-             SELECT $1, $2, * FROM unnest($3::text[], $4::uuid[], $5::text[], $6::timestamptz[])",
-        )
-        .bind(org)
-        .bind(mesh.as_uuid())
-        .bind(&serials)
-        .bind(&cas)
-        .bind(&ids)
-        .bind(&not_after)
-        .execute(self.conn())
-        .await?;
-        Ok(())
-    }
-
     /// Records issued leaves, but only those whose CA is still the active one of its mesh;
     /// returns, per leaf, whether it was recorded. The CA rows are share-locked, so a
     /// rotation step that moves a CA out of `active` either waits for this transaction (and

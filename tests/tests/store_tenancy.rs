@@ -117,18 +117,20 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             )
             .await
             .unwrap();
-        tx.record_leaves(
-            mesh.id,
-            &[trellis_store::IssuedLeaf {
-                serial: format!("{slug}-1"),
-                ca_id: ca.id,
-                spiffe_id: "spiffe://x/ns/prod/sa/web".into(),
-                not_after: chrono::Utc::now() + chrono::Duration::hours(1),
-                join_token: None,
-            }],
-        )
-        .await
-        .unwrap();
+        let recorded = tx
+            .record_leaves_if_active(&[(
+                mesh.id,
+                trellis_store::IssuedLeaf {
+                    serial: format!("{slug}-1"),
+                    ca_id: ca.id,
+                    spiffe_id: "spiffe://x/ns/prod/sa/web".into(),
+                    not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+                    join_token: None,
+                },
+            )])
+            .await
+            .unwrap();
+        assert_eq!(recorded, vec![true], "the active CA's leaf is recorded");
         tx.record_xds_config(
             mesh.id,
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
