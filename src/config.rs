@@ -48,6 +48,13 @@ pub enum Command {
     CreateToken(CreateToken),
 }
 
+impl Command {
+    /// Whether this is a client of the REST API (or prints a document), needing no database.
+    pub fn is_client(&self) -> bool {
+        matches!(self, Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Openapi)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KekCommand {
     /// Add a new current KEK to the KEK file (keeping the old ones to unseal) and re-wrap every
@@ -150,6 +157,11 @@ pub struct Serve {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "TRELLIS_BODY_LIMIT", default_value_t = trellis_api::DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// Longest a request may take to be answered (then 503); its body must arrive within half
+    /// of it (then 408).
+    #[arg(long, env = "TRELLIS_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
 
     /// How long to let in-flight requests finish on shutdown.
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

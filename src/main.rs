@@ -20,6 +20,9 @@ use config::{Cli, Command, Global, LogFormat};
 
 fn main() -> std::process::ExitCode {
     let (global, command) = Cli::parse().into_command();
+    // A client command reports to the person at the terminal, once and plainly; the server's
+    // commands log as well.
+    let client = command.is_client();
     init_logging(&global);
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -28,7 +31,9 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(global, command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            if !client {
+                tracing::error!("{e:#}");
+            }
             eprintln!("trellis: {e:#}");
             std::process::ExitCode::FAILURE
         }

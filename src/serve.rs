@@ -104,7 +104,11 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         authority: authority.clone(),
         xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
     };
-    let app = trellis_api::router(state, http_metrics, cfg.body_limit);
+    let app = trellis_api::router(
+        state,
+        http_metrics,
+        trellis_api::RequestLimits { body: cfg.body_limit, time: cfg.request_timeout },
+    );
     // Minted before the address is announced: whoever waits for that line (an operator, a
     // supervisor, a test) may signal the process right away.
     let local_link = match &accounts.oidc {

@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use trellis_model::config::FieldError;
+use trellis_store::Precondition;
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -65,10 +66,24 @@ async fn read_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Ap
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large("the request body exceeds the server's limit")
+        } else if timed_out(&e) {
+            ApiError::request_timeout("the request body did not arrive in time")
         } else {
             ApiError::bad_request(format!("the request body could not be read: {e}"))
         }
     })
+}
+
+/// Whether reading a body failed because it did not arrive within the router's time limit.
+fn timed_out(e: &axum::extract::rejection::BytesRejection) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn parse_json(bytes: Bytes) -> Result<JsonBody, ApiError> {
@@ -142,19 +157,26 @@ impl IfMatch {
     }
 }
 
-/// `If-None-Match: *`: the write must create, not replace.
-pub fn create_only(headers: &HeaderMap) -> bool {
-    headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "*")
+/// The precondition of a write from `If-Match` and `If-None-Match: *`, given the version
+/// stored now (None when absent). A precondition that already fails is refused here; the
+/// store checks it again in the statement that writes.
+pub fn precondition(headers: &HeaderMap, current: Option<Uuid>) -> Result<Precondition, ApiError> {
+    let create_only =
+        headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "*");
+    match (IfMatch::from_headers(headers), create_only) {
+        (Some(_), true) => Err(ApiError::bad_request(
+            "If-Match and If-None-Match: * contradict each other; send one of them",
+        )),
+        (Some(im), false) => Ok(Precondition::Version(im.expect(current)?)),
+        (None, true) if current.is_some() => Err(already_exists()),
+        (None, true) => Ok(Precondition::Absent),
+        (None, false) => Ok(Precondition::Unconditional),
+    }
 }
 
-/// Refuses a create-only write to something that exists.
-pub fn check_create_only(headers: &HeaderMap, exists: bool) -> Result<(), ApiError> {
-    if exists && create_only(headers) {
-        return Err(ApiError::precondition_failed(
-            "If-None-Match: * was sent, and the resource already exists",
-        ));
-    }
-    Ok(())
+/// The answer to a create-only write of something that exists.
+pub fn already_exists() -> ApiError {
+    ApiError::precondition_failed("If-None-Match: * was sent, and the resource already exists")
 }
 
 /// The strong entity tag of a version.

@@ -11,11 +11,11 @@ use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use trellis_model::config::{self, FieldError, Kind, Labels, MeshSpec, Spec};
-use trellis_model::{Action, MeshName, ResourceName};
+use trellis_model::{Action, MeshName, OrgSlug, ResourceName};
 use trellis_store::{AuditEvent, Mesh, Resource, Selector, StoredResponse, TenantTx};
 
 use crate::auth::{Caller, authorize};
-use crate::body::{ApiQuery, IfMatch, JsonBody, check_create_only, etag, from_value};
+use crate::body::{ApiQuery, IfMatch, JsonBody, etag, from_value, precondition};
 use crate::{ApiError, AppState, REQUEST_ID};
 
 /// The `apiVersion` of every document.
@@ -332,18 +332,17 @@ pub(crate) async fn put_mesh(
             ));
         }
         (Some(m), _) => m.trust_domain.clone(),
-        (None, Some(td)) => td.clone(),
-        (None, None) => format!("{}.{}.trellis.internal", name, caller.org.slug),
+        (None, Some(td)) => {
+            config::check_trust_domain_owner(td, &caller.org.slug)
+                .map_err(|e| ApiError::invalid_field("spec.trustDomain", e))?;
+            td.clone()
+        }
+        (None, None) => default_trust_domain(&s, &name, &caller.org.slug).await?,
     };
     spec.trust_domain = Some(trust_domain.clone());
-    check_create_only(&headers, existing.is_some())?;
-    let if_version = match IfMatch::from_headers(&headers) {
-        Some(im) => Some(im.expect(existing.as_ref().map(|m| m.version))?),
-        None => None,
-    };
+    let pre = precondition(&headers, existing.as_ref().map(|m| m.version))?;
     let spec_json = serde_json::to_value(&spec).expect("mesh spec serializes");
-    let put =
-        tx.put_mesh(&name, &trust_domain, &spec_json, &labels_json(&env.metadata.labels), if_version).await?;
+    let put = tx.put_mesh(&name, &trust_domain, &spec_json, &labels_json(&env.metadata.labels), pre).await?;
     if put.created {
         // Each mesh gets its own root CA, in the transaction that creates it.
         s.authority.create_root(&mut tx, &put.value).await?;
@@ -364,6 +363,20 @@ pub(crate) async fn put_mesh(
     s.authority.forget(put.value.id);
     let status = if put.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(unchanged_header(with_etag(status, put.value.version, render_mesh(&put.value)), put.changed))
+}
+
+/// A new mesh's trust domain when its spec names none. The plain default is still held when
+/// an organization that had this slug before made a mesh of this name; then a random label
+/// keeps the new one apart (no other organization can take a name under this slug).
+async fn default_trust_domain(s: &AppState, mesh: &MeshName, org: &OrgSlug) -> Result<String, ApiError> {
+    let plain = config::default_trust_domain(mesh, org, None);
+    if s.store.mesh_of_trust_domain(&plain).await?.is_none() {
+        return Ok(plain);
+    }
+    let salt: String = (0..8)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36)]))
+        .collect();
+    Ok(config::default_trust_domain(mesh, org, Some(&salt)))
 }
 
 pub(crate) async fn delete_mesh(
@@ -463,26 +476,33 @@ fn render_resource(mesh: &Mesh, r: &Resource, fleet: &Fleet) -> Value {
 /// Parses a spec and resolves the services it names within the mesh.
 async fn checked_spec(tx: &mut TenantTx, mesh: &Mesh, kind: Kind, spec: Value) -> Result<Spec, ApiError> {
     let parsed = Spec::parse(kind, "spec", spec).map_err(ApiError::invalid)?;
-    let mut missing = Vec::new();
-    let mut known: Vec<String> = Vec::new();
+    let mut errors = Vec::new();
+    // Each referenced service's ports, or None when there is no such service.
+    let mut services: std::collections::HashMap<&str, Option<Vec<u32>>> = std::collections::HashMap::new();
     for r in &parsed.references {
-        if known.contains(&r.service) {
-            continue;
+        if !services.contains_key(r.service.as_str()) {
+            let ports = match ResourceName::parse(&r.service) {
+                Ok(n) => tx.get_resource(mesh.id, Kind::Service.name(), &n).await?.map(|svc| {
+                    let spec: Option<config::ServiceSpec> = serde_json::from_value(svc.spec).ok();
+                    spec.map(|s| s.ports.iter().map(|p| p.port).collect()).unwrap_or_default()
+                }),
+                Err(_) => None,
+            };
+            services.insert(&r.service, ports);
         }
-        let exists = match ResourceName::parse(&r.service) {
-            Ok(n) => tx.get_resource(mesh.id, Kind::Service.name(), &n).await?.is_some(),
-            Err(_) => false,
-        };
-        if exists {
-            known.push(r.service.clone());
-        } else {
-            missing.push(fe(
+        match (&services[r.service.as_str()], &r.port) {
+            (None, _) => errors.push(fe(
                 &r.field,
                 format!("no service named {:?} in mesh {:?}", r.service, mesh.name.as_str()),
-            ));
+            )),
+            (Some(ports), Some(p)) if !ports.contains(&p.port) => errors.push(fe(
+                &p.field,
+                format!("service {:?} does not expose port {} (its ports: {ports:?})", r.service, p.port),
+            )),
+            _ => {}
         }
     }
-    if missing.is_empty() { Ok(parsed.spec) } else { Err(ApiError::invalid(missing)) }
+    if errors.is_empty() { Ok(parsed.spec) } else { Err(ApiError::invalid(errors)) }
 }
 
 /// A service cannot be deleted while other resources reference it.
@@ -555,13 +575,9 @@ pub(crate) async fn put_resource(
     let m = find_mesh(&mut tx, &mesh).await?;
     let spec = checked_spec(&mut tx, &m, kind, env.spec).await?;
     let current = tx.get_resource(m.id, kind.name(), &n).await?.map(|r| r.version);
-    check_create_only(&headers, current.is_some())?;
-    let if_version = match IfMatch::from_headers(&headers) {
-        Some(im) => Some(im.expect(current)?),
-        None => None,
-    };
+    let pre = precondition(&headers, current)?;
     let put = tx
-        .put_resource(m.id, kind.name(), &n, &spec.to_json(), &labels_json(&env.metadata.labels), if_version)
+        .put_resource(m.id, kind.name(), &n, &spec.to_json(), &labels_json(&env.metadata.labels), pre)
         .await?;
     if put.changed {
         let action =

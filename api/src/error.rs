@@ -56,6 +56,7 @@ constructors! {
     forbidden => FORBIDDEN, "forbidden", "Not allowed";
     not_found => NOT_FOUND, "not-found", "Not found";
     conflict => CONFLICT, "conflict", "Conflict";
+    request_timeout => REQUEST_TIMEOUT, "request-timeout", "Request timeout";
     precondition_failed => PRECONDITION_FAILED, "precondition-failed", "Precondition failed";
     too_large => PAYLOAD_TOO_LARGE, "payload-too-large", "Request body too large";
     unsupported_media_type => UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type";
@@ -106,6 +107,11 @@ impl From<StoreError> for ApiError {
             StoreError::Stale => ApiError::precondition_failed(
                 "the resource changed since the version in If-Match; read it again and retry",
             ),
+            StoreError::Exists => crate::body::already_exists(),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::unavailable("the database is unavailable; retry shortly")
+            }
             StoreError::Conflict { constraint } => conflict_for(&constraint),
             other => ApiError::internal(&other),
         }
@@ -155,6 +161,70 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The problem for a bare status made outside the handlers (an extractor's rejection, the
+    /// body limit, a timeout), with its text as the detail.
+    fn from_status(status: StatusCode, text: &str) -> Self {
+        let kind = match status {
+            StatusCode::BAD_REQUEST => "bad-request",
+            StatusCode::NOT_FOUND => "not-found",
+            StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+            StatusCode::REQUEST_TIMEOUT => "request-timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            s if s.is_server_error() => return ApiError::internal(&format!("{s}: {text}")),
+            _ => "http-error",
+        };
+        let detail = match (text.is_empty(), status) {
+            (false, _) => text.to_owned(),
+            (true, StatusCode::REQUEST_TIMEOUT) => "the request body did not arrive in time".to_owned(),
+            (true, StatusCode::SERVICE_UNAVAILABLE) => {
+                "the request did not complete in time; retry".to_owned()
+            }
+            (true, s) => s.canonical_reason().unwrap_or("error").to_owned(),
+        };
+        ApiError {
+            status,
+            kind,
+            title: status.canonical_reason().unwrap_or("Error"),
+            detail,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// When a client should retry a 503: about the time a database restart or failover takes.
+pub const RETRY_AFTER_SECS: u32 = 2;
+
+/// Longest text of a foreign error response that becomes a problem's detail.
+const MAX_FOREIGN_DETAIL: usize = 4096;
+
+/// Makes every error response problem+json, including those produced outside the handlers:
+/// axum's extractor rejections (a path segment that is not UTF-8, say), the router's
+/// fallbacks, body limits, timeouts and caught panics. Headers such as `Allow` are kept.
+pub(crate) async fn problem_json(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, MAX_FOREIGN_DETAIL)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let mut problem = ApiError::from_status(status, &text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            problem.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    problem
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Problem {
@@ -166,6 +236,9 @@ impl IntoResponse for ApiError {
         };
         let mut res = (self.status, Json(body)).into_response();
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"trellis\""));

@@ -4,6 +4,8 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use trellis_store::StoreError;
+
 use crate::{ApiError, AppState};
 
 /// Liveness: the process answers. Never touches the database, so a database outage does
@@ -17,7 +19,13 @@ pub(crate) async fn healthz() -> Json<Value> {
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let schema = state.store.schema_status().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness: database check failed");
-        ApiError::unavailable("the database does not answer")
+        match e {
+            // Says why (refused, timed out, shutting down), never where or as whom.
+            StoreError::Unavailable(cause) => {
+                ApiError::unavailable(format!("the database does not answer: {cause}"))
+            }
+            _ => ApiError::unavailable("the database check failed; the server's log says why"),
+        }
     })?;
     if !schema.is_current() {
         return Err(ApiError::unavailable(format!(

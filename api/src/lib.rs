@@ -32,12 +32,32 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
+use axum::http::StatusCode;
 use prometheus_client::registry::Registry;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 use trellis_store::Store;
 
 /// Largest request body accepted anywhere, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Bounds on what one request may take.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Largest body, in bytes (413 beyond it).
+    pub body: usize,
+    /// Longest a request may take to be answered (503 after it); its body must arrive in the
+    /// first half (408 after that). Neither a slow client nor a stalled database holds a
+    /// request forever.
+    pub time: std::time::Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { body: DEFAULT_BODY_LIMIT, time: std::time::Duration::from_secs(30) }
+    }
+}
 
 /// Header that carries the request id in and out (generated when absent).
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -67,8 +87,9 @@ pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
     headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-/// The whole HTTP surface: operational endpoints, with request ids, metrics and a body limit.
-pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> Router {
+/// The whole HTTP surface: operational endpoints, with request ids, metrics, request limits
+/// and problem+json for every error.
+pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits) -> Router {
     use axum::routing::{delete, get, post, put};
     const ORG: &str = "/api/v1/orgs/{org}";
     const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
@@ -132,7 +153,11 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, body_limit: usize) -> 
         .with_state(state)
         // Before any handler: a cookie-authenticated write without its CSRF token is refused.
         .layer(axum::middleware::from_fn(session::csrf_guard))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(limits.body))
+        .layer(RequestBodyTimeoutLayer::new(limits.time / 2))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.time))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(error::problem_json))
         .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))

@@ -24,6 +24,8 @@ pub enum CsrError {
     Malformed(String),
     #[error("{0} bytes follow the CSR")]
     TrailingData(usize),
+    #[error("PKCS#10 version {0} is not defined; only version 1 (encoded 0) is accepted")]
+    UnsupportedVersion(u32),
     #[error("only ECDSA P-256 and Ed25519 keys are accepted, got {0}")]
     UnsupportedKey(KeyKind),
     #[error("the CSR's public key is malformed")]
@@ -82,6 +84,9 @@ pub(crate) fn prove_key(input: &[u8]) -> Result<ProvenKey, CsrError> {
     }
 
     let info = &csr.certification_request_info;
+    if info.version.0 != 0 {
+        return Err(CsrError::UnsupportedVersion(info.version.0 + 1));
+    }
     let spki = &info.subject_pki;
     let kind = KeyKind::of(spki);
     let raw = spki.subject_public_key.data.as_ref();

@@ -47,6 +47,51 @@ fn openssl_csr(dir: &Path, name: &str, newkey: &[&str], addext: &[&str]) -> Vec<
     fs::read(dir.join(&csr)).unwrap()
 }
 
+/// The header length and content length of the DER element at the start of `der`.
+fn der_element(der: &[u8]) -> (usize, usize) {
+    match der[1] {
+        n if n < 0x80 => (2, n as usize),
+        n => {
+            let k = (n & 0x7f) as usize;
+            (2 + k, der[2..2 + k].iter().fold(0, |len, b| len << 8 | *b as usize))
+        }
+    }
+}
+
+/// A DER element with this tag and content.
+fn der_encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    match len {
+        0..0x80 => out.push(len as u8),
+        0x80..0x100 => out.extend([0x81, len as u8]),
+        _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A P-256 CSR whose version field says `encoded` (0 is version 1), signed again by its
+/// own key so that only the version is wrong.
+fn csr_with_version(encoded: u8) -> Vec<u8> {
+    use rcgen::SigningKey;
+    let kp = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let der = CertificateParams::default().serialize_request(&kp).unwrap().der().to_vec();
+    let (outer_header, _) = der_element(&der);
+    let body = &der[outer_header..];
+    let (info_header, info_len) = der_element(body);
+    let mut info = body[..info_header + info_len].to_vec();
+    let rest = &body[info_header + info_len..];
+    let (alg_header, alg_len) = der_element(rest);
+    let alg = &rest[..alg_header + alg_len];
+    // The info's first element is the version: INTEGER, one byte long.
+    assert_eq!(info[info_header..info_header + 2], [0x02, 0x01]);
+    info[info_header + 2] = encoded;
+    let mut bits = vec![0];
+    bits.extend(kp.sign(&info).unwrap());
+    der_encode(0x30, &[info.as_slice(), alg, &der_encode(0x03, &bits)].concat())
+}
+
 fn corpus(dir: &Path) -> Vec<Case> {
     let mut cases = Vec::new();
     let signed = |name, csr| Case { name, csr, expect: Expect::Signed };
@@ -168,6 +213,12 @@ fn corpus(dir: &Path) -> Vec<Case> {
         openssl_csr(dir, "ed", &["-newkey", "ed25519"], &["subjectAltName=URI:spiffe://b.mesh/ns/x/sa/y"]),
     ));
 
+    cases.push(signed("version 1 rebuilt by hand (the builder below is sound)", csr_with_version(0)));
+    cases.push(Case {
+        name: "version 2",
+        csr: csr_with_version(1),
+        expect: Expect::Refused(|e| matches!(e, CsrError::UnsupportedVersion(2))),
+    });
     cases.push(Case {
         name: "garbage",
         csr: b"\x30\x03\x02\x01\x00".to_vec(),
@@ -248,7 +299,7 @@ fn hostile_csrs_are_refused_or_tamed() {
             }
         }
     }
-    assert_eq!(signed, 9);
+    assert_eq!(signed, 10);
 }
 
 #[test]

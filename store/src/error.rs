@@ -10,12 +10,18 @@ pub enum StoreError {
     /// An `If-Match`-style precondition did not hold.
     #[error("the stored version is not the expected one")]
     Stale,
+    /// A create-only write found the row already there.
+    #[error("it already exists")]
+    Exists,
     /// The change would leave the organization without an owner.
     #[error("the organization must keep at least one owner")]
     LastOwner,
     /// Migrations were refused or failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot be reached or is restarting: worth retrying, not a fault.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(sqlx::Error),
     /// Anything else from the database.
     #[error("database error: {0}")]
     Db(sqlx::Error),
@@ -28,6 +34,24 @@ impl From<sqlx::Error> for StoreError {
         {
             return StoreError::Conflict { constraint: db.constraint().unwrap_or("unknown").to_owned() };
         }
-        StoreError::Db(e)
+        if is_outage(&e) { StoreError::Unavailable(e) } else { StoreError::Db(e) }
+    }
+}
+
+/// Whether an error means the database is unreachable or going away (connection lost or
+/// refused, no connection within the pool's timeout, server shutting down or starting up,
+/// too many connections), as opposed to a statement that failed.
+fn is_outage(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            true
+        }
+        sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-03: admin/crash shutdown, cannot connect
+            // now; 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }

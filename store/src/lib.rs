@@ -37,7 +37,7 @@ pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
 pub use invites::Invite;
 pub use leader::{LeaderElector, LeaderOptions};
-pub use meshes::{Mesh, Put};
+pub use meshes::{Mesh, Precondition, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use resources::{Resource, Selector};

@@ -62,6 +62,18 @@ macro_rules! mesh_columns {
     };
 }
 
+/// The condition a write must meet. It is checked by the statement that writes, never by a
+/// read before it, so that concurrent writers cannot both pass it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Create or replace.
+    Unconditional,
+    /// Replace only this stored version (`If-Match`); a missing row does not match.
+    Version(Uuid),
+    /// Create only (`If-None-Match: *`); an existing row fails with [`StoreError::Exists`].
+    Absent,
+}
+
 /// What a PUT did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Put<T> {
@@ -72,36 +84,55 @@ pub struct Put<T> {
 }
 
 impl TenantTx {
-    /// Creates a mesh or replaces its spec and labels. With `if_version`, only when the
-    /// stored version matches (a missing mesh does not). A conditional write always counts
-    /// as a new generation; an unconditional one of identical content changes nothing.
-    /// The trust domain is set at creation and never changed here.
+    /// Creates a mesh or replaces its spec and labels, under `pre`. A conditional replace
+    /// always counts as a new generation; an unconditional one of identical content changes
+    /// nothing. The trust domain is set at creation and never changed here.
     pub async fn put_mesh(
         &mut self,
         name: &MeshName,
         trust_domain: &str,
         spec: &Value,
         labels: &Value,
-        if_version: Option<Uuid>,
+        pre: Precondition,
     ) -> Result<Put<Mesh>, StoreError> {
         let org = self.org().as_uuid();
-        if let Some(expected) = if_version {
-            let row: Option<MeshRow> = sqlx::query_as(concat!(
-                "UPDATE meshes SET spec = $3, labels = $4, generation = generation + 1, \
-                   version = gen_random_uuid(), updated_at = now() \
-                 WHERE org_id = $1 AND name = $2 AND version = $5 RETURNING ",
-                mesh_columns!()
-            ))
-            .bind(org)
-            .bind(name.as_str())
-            .bind(spec)
-            .bind(labels)
-            .bind(expected)
-            .fetch_optional(self.conn())
-            .await?;
-            return row
-                .map(|r| Ok(Put { value: r.try_into()?, created: false, changed: true }))
-                .unwrap_or(Err(StoreError::Stale));
+        match pre {
+            Precondition::Version(expected) => {
+                let row: Option<MeshRow> = sqlx::query_as(concat!(
+                    "UPDATE meshes SET spec = $3, labels = $4, generation = generation + 1, \
+                       version = gen_random_uuid(), updated_at = now() \
+                     WHERE org_id = $1 AND name = $2 AND version = $5 RETURNING ",
+                    mesh_columns!()
+                ))
+                .bind(org)
+                .bind(name.as_str())
+                .bind(spec)
+                .bind(labels)
+                .bind(expected)
+                .fetch_optional(self.conn())
+                .await?;
+                return row
+                    .map(|r| Ok(Put { value: r.try_into()?, created: false, changed: true }))
+                    .unwrap_or(Err(StoreError::Stale));
+            }
+            Precondition::Absent => {
+                let row: Option<MeshRow> = sqlx::query_as(concat!(
+                    "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT ON CONSTRAINT meshes_name_key DO NOTHING RETURNING ",
+                    mesh_columns!()
+                ))
+                .bind(org)
+                .bind(name.as_str())
+                .bind(trust_domain)
+                .bind(spec)
+                .bind(labels)
+                .fetch_optional(self.conn())
+                .await?;
+                return row
+                    .map(|r| Ok(Put { value: r.try_into()?, created: true, changed: true }))
+                    .unwrap_or(Err(StoreError::Exists));
+            }
+            Precondition::Unconditional => {}
         }
         let row: Option<(bool, MeshRow)> = sqlx::query_as::<_, MeshRowCreated>(concat!(
             "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \

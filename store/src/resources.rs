@@ -3,7 +3,7 @@ use serde_json::Value;
 use trellis_model::{MeshId, ResourceName};
 use uuid::Uuid;
 
-use crate::meshes::Put;
+use crate::meshes::{Precondition, Put};
 use crate::{StoreError, TenantTx};
 
 /// A mesh-scoped configuration resource, stored with its spec as JSON. The `kind` names the
@@ -85,9 +85,9 @@ pub struct Selector {
 }
 
 impl TenantTx {
-    /// Creates or replaces a resource. With `if_version`, only when the stored version
-    /// matches (a missing resource does not), and always as a new generation; without, a
-    /// write of identical content changes nothing (so `apply` is idempotent).
+    /// Creates or replaces a resource, under `pre`. A conditional replace is always a new
+    /// generation; an unconditional write of identical content changes nothing (so `apply`
+    /// is idempotent).
     pub async fn put_resource(
         &mut self,
         mesh: MeshId,
@@ -95,30 +95,39 @@ impl TenantTx {
         name: &ResourceName,
         spec: &Value,
         labels: &Value,
-        if_version: Option<Uuid>,
+        pre: Precondition,
     ) -> Result<Put<Resource>, StoreError> {
         let org = self.org().as_uuid();
-        if let Some(expected) = if_version {
-            let row: Option<ResourceRow> = sqlx::query_as(concat!(
-                "UPDATE resources SET spec = $5, labels = $6, generation = generation + 1, \
-                   version = gen_random_uuid(), updated_at = now() \
-                 WHERE org_id = $1 AND mesh_id = $2 AND kind = $3 AND name = $4 AND version = $7 \
-                 RETURNING ",
-                resource_columns!()
-            ))
-            .bind(org)
-            .bind(mesh.as_uuid())
-            .bind(kind)
-            .bind(name.as_str())
-            .bind(spec)
-            .bind(labels)
-            .bind(expected)
-            .fetch_optional(self.conn())
-            .await?;
-            return match row {
-                Some(r) => Ok(Put { value: r.try_into()?, created: false, changed: true }),
-                None => Err(StoreError::Stale),
-            };
+        match pre {
+            Precondition::Version(expected) => {
+                let row: Option<ResourceRow> = sqlx::query_as(concat!(
+                    "UPDATE resources SET spec = $5, labels = $6, generation = generation + 1, \
+                       version = gen_random_uuid(), updated_at = now() \
+                     WHERE org_id = $1 AND mesh_id = $2 AND kind = $3 AND name = $4 AND version = $7 \
+                     RETURNING ",
+                    resource_columns!()
+                ))
+                .bind(org)
+                .bind(mesh.as_uuid())
+                .bind(kind)
+                .bind(name.as_str())
+                .bind(spec)
+                .bind(labels)
+                .bind(expected)
+                .fetch_optional(self.conn())
+                .await?;
+                return match row {
+                    Some(r) => Ok(Put { value: r.try_into()?, created: false, changed: true }),
+                    None => Err(StoreError::Stale),
+                };
+            }
+            Precondition::Absent => {
+                return match self.insert_resource(mesh, kind, name, spec, labels).await? {
+                    Some(r) => Ok(Put { value: r, created: true, changed: true }),
+                    None => Err(StoreError::Exists),
+                };
+            }
+            Precondition::Unconditional => {}
         }
         let row: Option<ResourceRowCreated> = sqlx::query_as(concat!(
             "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
@@ -148,7 +157,7 @@ impl TenantTx {
         }
     }
 
-    /// Creates a resource that must not exist yet.
+    /// Creates a resource that must not exist yet (a conflict on `resources_name_key` if it does).
     pub async fn create_resource(
         &mut self,
         mesh: MeshId,
@@ -157,21 +166,36 @@ impl TenantTx {
         spec: &Value,
         labels: &Value,
     ) -> Result<Resource, StoreError> {
-        let org = self.org().as_uuid();
-        let row: ResourceRow = sqlx::query_as(concat!(
+        self.insert_resource(mesh, kind, name, spec, labels)
+            .await?
+            .ok_or_else(|| StoreError::Conflict { constraint: "resources_name_key".into() })
+    }
+
+    /// Inserts a resource unless one of that kind and name exists (then `None`). A
+    /// concurrent insert of the same name waits for the other and then finds it.
+    async fn insert_resource(
+        &mut self,
+        mesh: MeshId,
+        kind: &str,
+        name: &ResourceName,
+        spec: &Value,
+        labels: &Value,
+    ) -> Result<Option<Resource>, StoreError> {
+        let row: Option<ResourceRow> = sqlx::query_as(concat!(
             "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT ON CONSTRAINT resources_name_key DO NOTHING RETURNING ",
             resource_columns!()
         ))
-        .bind(org)
+        .bind(self.org().as_uuid())
         .bind(mesh.as_uuid())
         .bind(kind)
         .bind(name.as_str())
         .bind(spec)
         .bind(labels)
-        .fetch_one(self.conn())
+        .fetch_optional(self.conn())
         .await?;
-        row.try_into()
+        row.map(Resource::try_from).transpose()
     }
 
     /// One resource by mesh, kind and name.

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use trellis_api::{AppState, HttpMetrics};
 use trellis_model::{MeshName, ResourceName, Role};
 use trellis_store::testing::TestDb;
-use trellis_store::{ChangeFeed, FeedOptions};
+use trellis_store::{ChangeFeed, FeedOptions, Precondition};
 
 const WARMUP: usize = 50;
 const SAMPLES: usize = 1000;
@@ -117,7 +117,7 @@ async fn main() {
             xds: trellis_api::XdsEndpoint { address: "127.0.0.1:15012".into(), ca_pem: String::new() },
         },
         http_metrics,
-        1 << 20,
+        trellis_api::RequestLimits::default(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api/v1/orgs/bench", listener.local_addr().unwrap());
@@ -160,7 +160,16 @@ async fn main() {
                     let mut tx = s.tenant(org.id).await.unwrap();
                     let name = ResourceName::parse(&format!("r{}", i % 16)).unwrap();
                     let spec = route(i)["spec"].clone();
-                    tx.put_resource(mesh.id, "HTTPRoute", &name, &spec, &json!({}), None).await.unwrap();
+                    tx.put_resource(
+                        mesh.id,
+                        "HTTPRoute",
+                        &name,
+                        &spec,
+                        &json!({}),
+                        Precondition::Unconditional,
+                    )
+                    .await
+                    .unwrap();
                     tx.commit().await.unwrap();
                 }
             },
@@ -192,9 +201,16 @@ async fn main() {
     for i in 0..SAMPLES {
         let mut tx = store.tenant(org.id).await.unwrap();
         let spec = route(i)["spec"].clone();
-        tx.put_resource(mesh.id, "HTTPRoute", &ResourceName::parse("feed").unwrap(), &spec, &json!({}), None)
-            .await
-            .unwrap();
+        tx.put_resource(
+            mesh.id,
+            "HTTPRoute",
+            &ResourceName::parse("feed").unwrap(),
+            &spec,
+            &json!({}),
+            Precondition::Unconditional,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         let committed = Instant::now();
         loop {

@@ -287,3 +287,72 @@ pub fn assert_no_secret_in(dump: &str, secrets: &[String]) {
         assert!(!dump.contains(tail), "the dump contains the tail of a secret: {tail}");
     }
 }
+
+/// A TCP relay in front of PostgreSQL that a test can take down and bring back, as a database
+/// restart would: down, it cuts every relayed connection and refuses new ones (nothing
+/// listens); up, it listens again on the same address.
+pub struct DbRelay {
+    /// `host:port` to connect to instead of the database.
+    pub addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DbRelay {
+    /// Relays to `target` (`host:port`).
+    pub async fn start(target: String) -> DbRelay {
+        let first = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = first.local_addr().unwrap();
+        let (up, mut watch) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            let mut listener = Some(first);
+            let for_connections = watch.clone();
+            loop {
+                let current = match listener.take() {
+                    Some(l) => l,
+                    None => {
+                        tokio::net::TcpListener::bind(addr).await.expect("the relay's address is free again")
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        accepted = current.accept() => {
+                            let Ok((mut inbound, _)) = accepted else { break };
+                            let target = target.clone();
+                            let mut down = for_connections.clone();
+                            tokio::spawn(async move {
+                                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                    _ = down.wait_for(|up| !*up) => {}
+                                }
+                            });
+                        }
+                        _ = watch.wait_for(|up| !*up) => break,
+                    }
+                }
+                drop(current);
+                if watch.wait_for(|up| *up).await.is_err() {
+                    return;
+                }
+            }
+        });
+        DbRelay { addr, up, task }
+    }
+
+    /// Cuts every connection and refuses new ones until [`DbRelay::up`].
+    pub fn down(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Relays again.
+    pub fn up(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for DbRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

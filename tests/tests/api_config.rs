@@ -236,6 +236,10 @@ async fn another_organization_sees_only_404s() {
     assert_eq!(b.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
     let (status, p) =
         b.put("/meshes/other", &json!({"spec": {"trustDomain": "shop.org-a.trellis.internal"}})).await;
+    assert_eq!(status, 422, "a name under org-a's slug is org-a's: {p}");
+    assert_eq!(p["errors"][0]["field"], "spec.trustDomain");
+    assert_eq!(a.put("/meshes/own", &json!({"spec": {"trustDomain": "a.example.com"}})).await.0, 201);
+    let (status, p) = b.put("/meshes/other", &json!({"spec": {"trustDomain": "a.example.com"}})).await;
     assert_eq!(status, 409, "{p}");
     assert_eq!(p["errors"][0]["field"], "spec.trustDomain");
     assert_eq!(a.get("/meshes/shop/services/reviews").await.0, 200);
@@ -439,4 +443,119 @@ async fn effective_lists_every_policy_of_a_service_in_order() {
         ]
     );
     assert_eq!(api.get("/meshes/shop/services/nope/effective").await.0, 404);
+}
+
+/// Sends `n` concurrent create-only PUTs of `path`, writer `i` sending `body(i)`; returns the
+/// statuses by writer.
+async fn create_only_race(api: &Api, path: &str, n: usize, body: impl Fn(usize) -> Value) -> Vec<u16> {
+    let writes = (0..n).map(|i| {
+        let req = api.req(reqwest::Method::PUT, path).header("if-none-match", "*").json(&body(i));
+        async move { send(req).await.0 }
+    });
+    futures::future::join_all(writes).await
+}
+
+#[tokio::test]
+async fn create_only_writes_are_atomic_one_wins_and_is_the_one_stored() {
+    let db = TestDb::create().await;
+    let t = start(&db).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
+    apply_example(&api).await;
+    for round in 0..5 {
+        let path = format!("/meshes/shop/services/race-{round}");
+        let port = |i: usize| 1000 + i as u64;
+        let statuses = create_only_race(
+            &api,
+            &path,
+            100,
+            |i| json!({"spec": {"ports": [{"port": port(i), "protocol": "http"}]}}),
+        )
+        .await;
+        let winners: Vec<usize> = (0..statuses.len()).filter(|i| statuses[*i] < 300).collect();
+        assert_eq!(winners.len(), 1, "round {round}: exactly one 2xx: {statuses:?}");
+        assert_eq!(statuses[winners[0]], 201);
+        assert!(statuses.iter().all(|s| *s == 201 || *s == 412), "round {round}: {statuses:?}");
+        let stored = api.get(&path).await.1;
+        assert_eq!(
+            stored["spec"]["ports"][0]["port"],
+            json!(port(winners[0])),
+            "round {round}: the 201 is stored"
+        );
+        assert_eq!(stored["metadata"]["generation"], 1);
+    }
+    // Meshes too (each creation also makes its CA).
+    let statuses = create_only_race(
+        &api,
+        "/meshes/race",
+        20,
+        |i| json!({"metadata": {"labels": {"writer": i.to_string()}}, "spec": {}}),
+    )
+    .await;
+    let winners: Vec<usize> = (0..statuses.len()).filter(|i| statuses[*i] < 300).collect();
+    assert_eq!(winners.len(), 1, "{statuses:?}");
+    let stored = api.get("/meshes/race").await.1;
+    assert_eq!(stored["metadata"]["labels"]["writer"], winners[0].to_string());
+    // If-Match and If-None-Match: * together can never hold.
+    let req = api
+        .req(reqwest::Method::PUT, "/meshes/race")
+        .header("if-none-match", "*")
+        .header("if-match", "*")
+        .json(&json!({"spec": {}}));
+    assert_eq!(send(req).await.0, 400);
+}
+
+#[tokio::test]
+async fn platform_trust_domains_cannot_be_squatted() {
+    let db = TestDb::create().await;
+    let t = start(&db).await;
+    let evil = Api::new(&t, "evil", &token(&db, "evil", Role::Owner).await);
+    // Another organization's predictable defaults, and Trellis's own domain, are refused.
+    for td in ["prod.acme.trellis.internal", "acme.trellis.internal", "trellis.internal"] {
+        let (status, p) = evil.put("/meshes/prod", &json!({"spec": {"trustDomain": td}})).await;
+        assert_eq!(status, 422, "{td}: {p}");
+        assert_eq!(p["errors"][0]["field"], "spec.trustDomain");
+    }
+    // One spelling per name: a trailing dot is not a second trust domain.
+    let (status, p) = evil.put("/meshes/prod", &json!({"spec": {"trustDomain": "a.example.com."}})).await;
+    assert_eq!((status, p["errors"][0]["field"].clone()), (422, json!("spec.trustDomain")), "{p}");
+    // Names under its own slug are its own.
+    let (status, p) =
+        evil.put("/meshes/prod", &json!({"spec": {"trustDomain": "x.evil.trellis.internal"}})).await;
+    assert_eq!(status, 201, "{p}");
+
+    // An organization that held a slug keeps its meshes' trust domains after renaming; the
+    // new holder of the slug still gets its meshes, under a default of its own.
+    let (status, _) = evil.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201);
+    let rename = evil.req(reqwest::Method::PATCH, "").json(&json!({"slug": "evil-old"}));
+    assert_eq!(send(rename).await.0, 200);
+    let old = Api::new(&t, "evil-old", &evil.token);
+    assert_eq!(old.get("/meshes/shop").await.1["spec"]["trustDomain"], "shop.evil.trellis.internal");
+    let heir = Api::new(&t, "evil", &token(&db, "evil", Role::Owner).await);
+    let (status, mesh) = heir.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201, "{mesh}");
+    let td = mesh["spec"]["trustDomain"].as_str().unwrap();
+    assert!(td.starts_with("shop.") && td.ends_with(".evil.trellis.internal"), "{td}");
+    assert_ne!(td, "shop.evil.trellis.internal");
+}
+
+#[tokio::test]
+async fn a_backend_port_must_be_one_its_service_exposes() {
+    let db = TestDb::create().await;
+    let t = start(&db).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
+    apply_example(&api).await;
+    let reviews_port = api.get("/meshes/shop/services/reviews").await.1["spec"]["ports"][0]["port"].clone();
+    let route = |port: Value| {
+        json!({"spec": {"targetRef": {"service": "reviews"}, "rules": [{"backendRefs": [
+            {"service": "reviews", "weight": 1},
+            {"service": "reviews", "weight": 1, "port": port},
+        ]}]}})
+    };
+    let (status, p) = api.put("/meshes/shop/http-routes/ported", &route(json!(9999))).await;
+    assert_eq!(status, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "spec.rules[0].backendRefs[1].port", "{p}");
+    assert_eq!(api.get("/meshes/shop/http-routes/ported").await.0, 404, "nothing written");
+    let (status, p) = api.put("/meshes/shop/http-routes/ported", &route(reviews_port)).await;
+    assert_eq!(status, 201, "{p}");
 }

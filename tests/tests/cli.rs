@@ -126,3 +126,25 @@ async fn apply_get_delete_round_trip() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API token"));
     let _ = std::fs::remove_dir_all(&home);
 }
+
+#[tokio::test]
+async fn a_client_error_is_printed_once_plainly_with_a_failing_exit() {
+    // Nothing listens on this port: the server is down.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = trellis()
+        .env("TRELLIS_SERVER", format!("http://127.0.0.1:{port}"))
+        .env("TRELLIS_TOKEN", "trls_pat_unused")
+        .env("TRELLIS_ORG", "acme")
+        .env("TRELLIS_LOG", "info")
+        .args(["get", "meshes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stderr.lines().count(), 1, "one line, once: {stderr:?}");
+    assert!(stderr.starts_with("trellis: ") && stderr.contains(&port.to_string()), "{stderr:?}");
+    assert!(!stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'), "no colour codes: {stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+}

@@ -11,7 +11,7 @@ use trellis_ca::{Kek, KeyRing};
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Token, TokenKind, token_sha256};
 use trellis_pki::{Authority, Issued, PkiError};
 use trellis_store::testing::TestDb;
-use trellis_store::{MeshChange, Store};
+use trellis_store::{MeshChange, Precondition, Store};
 
 struct Fixture {
     org: OrgId,
@@ -27,7 +27,13 @@ async fn mesh(store: &Store, a: &Authority) -> Fixture {
 async fn mesh_in(store: &Store, a: &Authority, org: OrgId) -> Fixture {
     let mut tx = store.tenant(org).await.unwrap();
     let put = tx
-        .put_mesh(&MeshName::parse("shop").unwrap(), "shop.acme.test", &json!({}), &json!({}), None)
+        .put_mesh(
+            &MeshName::parse("shop").unwrap(),
+            "shop.acme.test",
+            &json!({}),
+            &json!({}),
+            Precondition::Unconditional,
+        )
         .await
         .unwrap();
     a.create_root(&mut tx, &put.value).await.unwrap();

@@ -11,7 +11,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Mutex;
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, ResourceName};
 use trellis_store::testing::TestDb;
-use trellis_store::{ChangeFeed, FeedOptions, Store};
+use trellis_store::{ChangeFeed, FeedOptions, Precondition, Store};
 
 type Heads = Arc<Mutex<HashMap<(OrgId, MeshId), i64>>>;
 
@@ -67,7 +67,7 @@ async fn meshes(store: &Store, per_org: usize) -> Vec<(OrgId, MeshId)> {
                     &format!("m{m}.{}.test", org.id),
                     &json!({}),
                     &json!({}),
-                    None,
+                    Precondition::Unconditional,
                 )
                 .await
                 .unwrap()
@@ -99,7 +99,7 @@ async fn notifications_carry_keys_only() {
         &ResourceName::parse("web").unwrap(),
         &json!({ "note": big }),
         &json!({}),
-        None,
+        Precondition::Unconditional,
     )
     .await
     .unwrap();
@@ -118,15 +118,29 @@ async fn a_write_bumps_the_revision_in_the_same_transaction() {
     let (org, mesh) = meshes(&store, 1).await[0];
     let before = db_heads(&store).await[&(org, mesh)];
     let mut tx = store.tenant(org).await.unwrap();
-    tx.put_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), &json!({}), &json!({}), None)
-        .await
-        .unwrap();
+    tx.put_resource(
+        mesh,
+        "Service",
+        &ResourceName::parse("a").unwrap(),
+        &json!({}),
+        &json!({}),
+        Precondition::Unconditional,
+    )
+    .await
+    .unwrap();
     drop(tx); // rolled back: neither the row nor the bump may remain
     assert_eq!(db_heads(&store).await[&(org, mesh)], before);
     let mut tx = store.tenant(org).await.unwrap();
-    tx.put_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), &json!({}), &json!({}), None)
-        .await
-        .unwrap();
+    tx.put_resource(
+        mesh,
+        "Service",
+        &ResourceName::parse("a").unwrap(),
+        &json!({}),
+        &json!({}),
+        Precondition::Unconditional,
+    )
+    .await
+    .unwrap();
     tx.delete_resource(mesh, "Service", &ResourceName::parse("a").unwrap(), None).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(db_heads(&store).await[&(org, mesh)], before + 2);
@@ -169,9 +183,16 @@ async fn no_mesh_is_missed_across_forced_disconnects() {
                     let (org, mesh) = keys[(w * 250 + i) % keys.len()];
                     let mut tx = store.tenant(org).await.unwrap();
                     let name = ResourceName::parse(&format!("svc-{}", i % 7)).unwrap();
-                    tx.put_resource(mesh, "Service", &name, &json!({ "i": i }), &json!({}), None)
-                        .await
-                        .unwrap();
+                    tx.put_resource(
+                        mesh,
+                        "Service",
+                        &name,
+                        &json!({ "i": i }),
+                        &json!({}),
+                        Precondition::Unconditional,
+                    )
+                    .await
+                    .unwrap();
                     tx.commit().await.unwrap();
                 }
             })

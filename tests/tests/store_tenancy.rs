@@ -4,7 +4,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection, Row};
 use trellis_model::{MeshName, OrgId, OrgSlug, ResourceName, Role};
 use trellis_store::testing::TestDb;
-use trellis_store::{APP_ROLE, AuditEvent, Registration, Store, StoredResponse};
+use trellis_store::{APP_ROLE, AuditEvent, Precondition, Registration, Store, StoredResponse};
 
 /// Tables that have an `org_id` column but lack enabled *and* forced row security.
 async fn tables_missing_rls(conn: &mut PgConnection) -> Vec<String> {
@@ -56,7 +56,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
                 &format!("prod.{slug}.test"),
                 &json!({}),
                 &json!({}),
-                None,
+                Precondition::Unconditional,
             )
             .await
             .unwrap()
@@ -67,7 +67,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             &ResourceName::parse("web").unwrap(),
             &json!({"ports": [80]}),
             &json!({}),
-            None,
+            Precondition::Unconditional,
         )
         .await
         .unwrap();

@@ -80,6 +80,7 @@ impl AccessPolicySpec {
                                     refs.push(ServiceReference {
                                         field: format!("{}.service", c.here()),
                                         service: svc.clone(),
+                                        port: None,
                                     });
                                 }
                                 (None, Some(id)) => {

@@ -263,6 +263,15 @@ pub struct TargetRef {
 pub struct ServiceReference {
     pub field: String,
     pub service: String,
+    /// The service port it names, if any: the service must expose it.
+    pub port: Option<PortReference>,
+}
+
+/// A port named beside a service reference, at its own field path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortReference {
+    pub field: String,
+    pub port: u32,
 }
 
 impl TargetRef {
@@ -272,6 +281,7 @@ impl TargetRef {
             refs.push(ServiceReference {
                 field: format!("{}.service", c.here()),
                 service: self.service.clone(),
+                port: None,
             });
         });
     }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{Checker, Duration, ServiceReference, Tags, TargetRef, check_tags};
+use super::common::{Checker, Duration, PortReference, ServiceReference, Tags, TargetRef, check_tags};
 use super::matching::{MAX_VALUE_MATCHES, PathMatch, ValueMatch, check_method};
 
 /// One way a request can match a rule; all given conditions must hold.
@@ -212,6 +212,7 @@ pub(crate) fn check_backends(c: &mut Checker, backends: &[BackendRef], refs: &mu
                 refs.push(ServiceReference {
                     field: format!("{}.service", c.here()),
                     service: b.service.clone(),
+                    port: b.port.map(|port| PortReference { field: format!("{}.port", c.here()), port }),
                 });
                 check_tags(c, "tags", &b.tags);
                 c.range("weight", b.weight, 0, MAX_WEIGHT);
@@ -328,6 +329,7 @@ impl HttpRouteRule {
                 refs.push(ServiceReference {
                     field: format!("{}.service", c.here()),
                     service: m.service.clone(),
+                    port: None,
                 });
                 check_tags(c, "tags", &m.tags);
                 c.range("percent", m.percent, 0, 100);

@@ -12,7 +12,7 @@ mod tcp_route;
 
 pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source, check_spiffe_id};
 pub use common::{
-    Checker, Duration, FieldError, Labels, ServiceReference, Tags, TargetRef, valid_label_key,
+    Checker, Duration, FieldError, Labels, PortReference, ServiceReference, Tags, TargetRef, valid_label_key,
     valid_label_part,
 };
 pub use http_route::{
@@ -20,7 +20,10 @@ pub use http_route::{
     HttpRouteRule, HttpRouteSpec, Mirror, Retry, RetryOn, Timeouts,
 };
 pub use matching::{PathMatch, PathMatchType, ValueMatch, ValueMatchType};
-pub use mesh::{DefaultAccess, MeshSpec, Mtls, MtlsMode, check_trust_domain};
+pub use mesh::{
+    DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain,
+    check_trust_domain_owner, default_trust_domain,
+};
 pub use resilience::{
     CircuitBreakerSpec, HealthCheckSpec, HttpHealthCheck, OutlierDetection, RateLimitSpec, TcpHealthCheck,
     Thresholds, TokenBucket,
