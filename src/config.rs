@@ -160,6 +160,11 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_DATAPLANE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub dataplane_grace: Duration,
 
+    /// How long the audit trail of a deleted organization is kept (readable by no API caller)
+    /// before the leader deletes it.
+    #[arg(long, env = "TRELLIS_DELETED_ORG_AUDIT_RETENTION", default_value = "2160h", value_parser = parse_duration)]
+    pub deleted_org_audit_retention: Duration,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
