@@ -207,7 +207,8 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_LOCAL_LOGIN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub local_login_ttl: Duration,
 
-    /// No-IdP mode: the organization the local admin owns (created when absent).
+    /// No-IdP mode: the slug of the organization the local admin's first login creates (it is
+    /// bound by id from then on).
     #[arg(long, env = "TRELLIS_LOCAL_ORG", default_value = "default", value_parser = parse_slug)]
     pub local_org: trellis_model::OrgSlug,
 

@@ -37,7 +37,7 @@ pub struct Accounts {
     pub session_idle: Duration,
     /// … and this long after login, whatever happens.
     pub session_lifetime: Duration,
-    /// The organization the local admin owns in the no-IdP mode.
+    /// No-IdP mode: the slug of the organization the local admin's first login creates.
     pub local_org: OrgSlug,
 }
 
