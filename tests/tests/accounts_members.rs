@@ -438,4 +438,13 @@ async fn the_local_admin_never_takes_over_an_organization_that_holds_its_slug() 
     assert!(member_ids(&squatter).await.is_empty(), "nor the squatter's");
     let (status, problem) = again.call(Method::GET, &format!("/api/v1/orgs/{own_slug}"), None).await;
     assert_eq!(status, 404, "{problem}");
+
+    // Once its organization is deleted, the next login creates a new one of its own.
+    let (status, body) = again.call(Method::DELETE, "/api/v1/orgs/home", None).await;
+    assert_eq!(status, 204, "{body}");
+    let third = local_login(&t, &local_link(&db, &t).await).await;
+    let mine = orgs_of(&third);
+    assert!(mine.len() == 1 && mine[0].0.starts_with("default-") && mine[0].1 == "owner", "{mine:?}");
+    assert_ne!(third.me["organizations"][0]["id"], own_id);
+    assert!(member_ids(&squatter).await.is_empty() && member_ids(&victim).await.is_empty());
 }
