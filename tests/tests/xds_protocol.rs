@@ -345,6 +345,10 @@ async fn deleting_an_organization_removes_it_whole_and_ends_its_streams() {
     let mut s = sotw(&mut c, first).await.unwrap();
     s.next().await.unwrap();
     wait_for(&f.api, "envoy-1", "registered", |d| d["online"] == true).await;
+    let (status, body) = owner.post("/invites", &json!({"email": "ann@example.com", "role": "viewer"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = owner.post("/tokens", &json!({"name": "ci", "role": "editor"})).await;
+    assert_eq!(status, 201, "{body}");
 
     // Only the owner may delete it; another tenant cannot tell it exists.
     for (who, api, expected) in
@@ -384,6 +388,28 @@ async fn deleting_an_organization_removes_it_whole_and_ends_its_streams() {
         assert_eq!(viewer.get(path).await.0, 401, "{path}");
         assert_eq!(outsider.get(path).await.0, 404, "{path}");
     }
+
+    // Nothing of it is left in any tenant table but its audit trail.
+    let mut admin = f._db.admin_conn().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(tables.len() > 10, "{tables:?}");
+    for t in tables.iter().filter(|t| *t != "audit_events") {
+        let left: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t} WHERE org_id = $1")))
+                .bind(org_id)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{t} keeps rows of the deleted organization");
+    }
+    drop(admin);
 
     // The slug and the trust domain are free: a new organization takes both, and sees
     // nothing of the old one.
