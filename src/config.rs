@@ -172,6 +172,11 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_DATAPLANE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub dataplane_grace: Duration,
 
+    /// How long the audit trail of a deleted organization is kept (readable by no API caller)
+    /// before the leader deletes it.
+    #[arg(long, env = "TRELLIS_DELETED_ORG_AUDIT_RETENTION", default_value = "2160h", value_parser = parse_duration)]
+    pub deleted_org_audit_retention: Duration,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
@@ -214,7 +219,8 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_LOCAL_LOGIN_TTL", default_value = "15m", value_parser = parse_duration)]
     pub local_login_ttl: Duration,
 
-    /// No-IdP mode: the organization the local admin owns (created when absent).
+    /// No-IdP mode: the slug of the organization the local admin's first login creates (it is
+    /// bound by id from then on).
     #[arg(long, env = "TRELLIS_LOCAL_ORG", default_value = "default", value_parser = parse_slug)]
     pub local_org: trellis_model::OrgSlug,
 

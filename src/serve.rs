@@ -43,7 +43,12 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         AuthorityOptions { min_days: cfg.ca_min_days, ..Default::default() },
     );
     let consumer = tokio::spawn(consume(feed, snapshots.clone(), authority.clone()));
-    let duties = tokio::spawn(leader_duties(store.clone(), leader.clone(), cfg.dataplane_grace));
+    let duties = tokio::spawn(leader_duties(
+        store.clone(),
+        leader.clone(),
+        cfg.dataplane_grace,
+        cfg.deleted_org_audit_retention,
+    ));
 
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
@@ -244,8 +249,14 @@ fn replica_name() -> String {
 }
 
 /// Background duties that exactly one replica runs: removing dataplanes that stayed offline
-/// past the grace period, and sent xDS contents no proxy holds any more.
-async fn leader_duties(store: Store, leader: Arc<LeaderElector>, grace: std::time::Duration) {
+/// past the grace period, sent xDS contents no proxy holds any more, and the audit trail of
+/// organizations deleted longer than the retention ago.
+async fn leader_duties(
+    store: Store,
+    leader: Arc<LeaderElector>,
+    grace: std::time::Duration,
+    audit_retention: std::time::Duration,
+) {
     let mut tick = tokio::time::interval(
         grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30)),
     );
@@ -261,6 +272,11 @@ async fn leader_duties(store: Store, leader: Arc<LeaderElector>, grace: std::tim
         }
         if let Err(e) = store.prune_xds_configs(std::time::Duration::from_secs(600)).await {
             tracing::warn!(error = %e, "pruning sent xDS contents failed");
+        }
+        match store.purge_deleted_orgs(audit_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(organizations = n, "purged the audit trail of deleted organizations"),
+            Err(e) => tracing::warn!(error = %e, "purging the audit trail of deleted organizations failed"),
         }
     }
 }

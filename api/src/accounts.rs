@@ -10,7 +10,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 use trellis_model::{OrgId, OrgSlug, Role};
-use trellis_store::{AuditEvent, NewUser, Org, Store, StoreError, User};
+use trellis_store::{AuditEvent, NewUser, Store, StoreError, User};
 use url::Url;
 
 use crate::auth::token_hash;
@@ -37,7 +37,7 @@ pub struct Accounts {
     pub session_idle: Duration,
     /// … and this long after login, whatever happens.
     pub session_lifetime: Duration,
-    /// The organization the local admin owns in the no-IdP mode.
+    /// No-IdP mode: the slug of the organization the local admin's first login creates.
     pub local_org: OrgSlug,
 }
 
@@ -198,13 +198,7 @@ async fn find_or_sign_up(
     let label = id.name.as_deref().or(id.email.as_deref()).unwrap_or("my organization");
     let base = OrgSlug::derive(label, 30);
     let org_name: String = label.chars().take(100).collect();
-    for attempt in 0..8 {
-        let slug = if attempt == 0 {
-            base.clone()
-        } else {
-            base.with_suffix(&format!("{:04x}", rand::random::<u16>()))
-                .expect("a hex suffix keeps a slug valid")
-        };
+    for slug in candidate_slugs(&base) {
         if store.org_by_slug(&slug).await?.is_some() {
             continue;
         }
@@ -228,6 +222,13 @@ async fn find_or_sign_up(
         }
     }
     Err(ApiError::conflict("no free organization slug was found for the sign-up; try again"))
+}
+
+/// Slugs to try for a new organization: `base`, then `base-<4 random hex digits>`.
+fn candidate_slugs(base: &OrgSlug) -> impl Iterator<Item = OrgSlug> + '_ {
+    std::iter::once(base.clone()).chain((1..8).map(|_| {
+        base.with_suffix(&format!("{:04x}", rand::random::<u16>())).expect("a hex suffix keeps a slug valid")
+    }))
 }
 
 /// Creates the user, their organization, the owner membership and the audit events in
@@ -347,7 +348,7 @@ pub(crate) struct LocalQuery {
 }
 
 /// `GET /auth/local?token=…`: the no-IdP mode's one-time link logs in the local admin,
-/// owner of the default organization (both created when absent).
+/// owner of the organization it created at its first login.
 pub(crate) async fn local_login(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<LocalQuery>,
@@ -368,14 +369,34 @@ pub(crate) async fn local_login(
     start_session(&s, &user, &headers, "/").await
 }
 
+/// The local admin, bound by id to the organization it created (never to whatever
+/// organization holds `TRELLIS_LOCAL_ORG` today: any tenant may rename itself to that slug).
+/// A login changes no membership of an existing organization; only when there is none yet,
+/// or it was deleted, does the local admin get a new organization, under the configured slug
+/// when that is free.
 async fn ensure_local_admin(s: &AppState, request_id: Option<String>) -> Result<User, ApiError> {
-    let slug = &s.accounts.local_org;
+    let mut tx = s.store.tenant(OrgId::new()).await?;
+    let binding = tx.lock_local_admin().await?;
     let existing_user = s.store.user_by_subject(LOCAL_ISSUER, LOCAL_SUBJECT).await?;
-    let existing_org: Option<Org> = s.store.org_by_slug(slug).await?;
-    let mut tx = match &existing_org {
-        Some(org) => s.store.tenant(org.id).await?,
-        None => s.store.tenant(OrgId::new()).await?,
+    let bound_org = match (&binding, &existing_user) {
+        (Some(b), _) => b.org,
+        // Installed before the binding existed: the organization it created is the one it
+        // has owned the longest.
+        (None, Some(user)) => {
+            let mut utx = s.store.user_tx(user.id).await?;
+            let org = utx.oldest_owned_org().await?;
+            utx.commit().await?;
+            org
+        }
+        (None, None) => None,
     };
+    if let (Some(user), Some(org)) = (&existing_user, bound_org) {
+        if binding.is_none() {
+            tx.bind_local_admin(user.id, org).await?;
+        }
+        tx.commit().await?;
+        return Ok(s.store.record_login(user.id, None, None).await?);
+    }
     let user = match existing_user {
         Some(u) => u,
         None => {
@@ -388,20 +409,40 @@ async fn ensure_local_admin(s: &AppState, request_id: Option<String>) -> Result<
             .await?
         }
     };
-    if existing_org.is_none() {
-        tx.create_own_org(slug, slug.as_str()).await?;
+    let mut slug = None;
+    for candidate in candidate_slugs(&s.accounts.local_org) {
+        if s.store.org_by_slug(&candidate).await?.is_none() {
+            slug = Some(candidate);
+            break;
+        }
     }
-    if tx.member_role(user.id).await?.is_none() {
-        tx.add_member(user.id, Role::Owner).await?;
-        tx.record_audit(&AuditEvent {
-            actor: format!("user:{}", user.id),
-            action: "member.add".into(),
-            target: format!("members/{}", user.id),
-            request_id,
-            details: json!({ "role": Role::Owner, "via": "local-admin" }),
-        })
-        .await?;
+    let slug = slug.ok_or_else(|| {
+        ApiError::conflict("no free organization slug was found for the local admin; set TRELLIS_LOCAL_ORG")
+    })?;
+    if slug != s.accounts.local_org {
+        tracing::warn!(taken = %s.accounts.local_org, %slug,
+            "the local organization's slug belongs to another organization; the local admin gets its own");
     }
+    let org = tx.create_own_org(&slug, slug.as_str()).await?;
+    tx.add_member(user.id, Role::Owner).await?;
+    tx.bind_local_admin(user.id, org.id).await?;
+    let actor = format!("user:{}", user.id);
+    tx.record_audit(&AuditEvent {
+        actor: actor.clone(),
+        action: "org.create".into(),
+        target: format!("orgs/{}", org.slug),
+        request_id: request_id.clone(),
+        details: json!({ "name": org.name, "via": "local-admin" }),
+    })
+    .await?;
+    tx.record_audit(&AuditEvent {
+        actor,
+        action: "member.add".into(),
+        target: format!("members/{}", user.id),
+        request_id,
+        details: json!({ "role": Role::Owner, "via": "local-admin" }),
+    })
+    .await?;
     tx.commit().await?;
     Ok(s.store.record_login(user.id, None, None).await?)
 }

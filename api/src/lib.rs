@@ -105,7 +105,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits)
         .route("/api/v1/me", get(orgs::me))
         .route("/api/v1/orgs", get(orgs::list_orgs))
         .route("/api/v1/invites/{token}/accept", post(members::accept_invite))
-        .route(ORG, get(orgs::get_org).patch(orgs::patch_org))
+        .route(ORG, get(orgs::get_org).patch(orgs::patch_org).delete(orgs::delete_org))
         .route(&format!("{ORG}/members"), get(members::list_members))
         .route(
             &format!("{ORG}/members/{{user}}"),

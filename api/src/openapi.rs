@@ -234,6 +234,8 @@ pub fn document() -> Value {
             "get": op("getOrg", "The organization and the caller's role", &["org"], vec![ok(200, "The organization", r("Organization"), false)], READ),
             "patch": with_body(op("updateOrg", "Change the organization's slug or name (owner, admin)", &["org"],
                 vec![ok(200, "The organization", r("Organization"), false)], WRITE), r("OrgPatch")),
+            "delete": op("deleteOrg", "Delete the organization and everything in it (owner): members, invitations, tokens, meshes, CAs, dataplanes; its xDS streams end, its slug and trust domains are freed; its audit trail is kept for the retention period, readable by no one through the API", &["org"],
+                vec![("204".into(), json!({"description": "Deleted"}))], READ),
         }),
     );
     paths.insert(

@@ -1,4 +1,4 @@
-//! Organizations (who am I, mine, rename), API tokens and the audit log.
+//! Organizations (who am I, mine, rename, delete), API tokens and the audit log.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -149,6 +149,40 @@ pub(crate) async fn patch_org(
     .await?;
     tx.commit().await?;
     Ok(Json(render_org(&updated, Some(&caller))))
+}
+
+/// Deletes the organization (owner only) and everything in it, in one transaction: members,
+/// invitations, API and join tokens, meshes with their configuration, CAs, trust domains and
+/// dataplanes. Each mesh's deletion reaches every replica through the change feed, which ends
+/// the mesh's xDS streams; the slug and trust domains are free at once. The audit trail,
+/// this deletion last, outlives it (README: "Deleting an organization").
+pub(crate) async fn delete_org(
+    State(s): State<AppState>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let caller = authorize(&s, &headers, &org, Action::DeleteOrg).await?;
+    let mut tx = s.store.tenant(caller.org.id).await?;
+    let meshes = tx.list_meshes().await?;
+    tx.record_audit(&AuditEvent {
+        actor: caller.actor.clone(),
+        action: "org.delete".into(),
+        target: format!("orgs/{}", caller.org.slug),
+        request_id: request_id(&headers),
+        details: json!({
+            "slug": caller.org.slug.as_str(),
+            "name": caller.org.name,
+            "meshes": meshes.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+        }),
+    })
+    .await?;
+    tx.delete_org().await?;
+    tx.commit().await?;
+    for m in &meshes {
+        s.authority.forget(m.id);
+    }
+    tracing::info!(org = %caller.org.id, slug = %caller.org.slug, actor = %caller.actor, "organization deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn render_token(t: &ApiToken) -> Value {

@@ -44,7 +44,7 @@ pub use resources::{Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
-pub use users::{Member, Membership, NewUser, User, UserTx};
+pub use users::{LocalAdmin, Member, Membership, NewUser, User, UserTx};
 
 use std::time::Duration;
 

@@ -43,6 +43,16 @@ impl Store {
         Ok(org)
     }
 
+    /// Deletes the audit trail of organizations deleted more than `keep` ago (a leader
+    /// duty); until then it stays, readable by no API caller. Returns how many
+    /// organizations' trails went.
+    pub async fn purge_deleted_orgs(&self, keep: std::time::Duration) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT trellis_purge_deleted_orgs(make_interval(secs => $1))")
+            .bind(keep.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Resolves a slug through the tenant directory. Whether the caller may see the
     /// organization is for the caller to decide (membership), never this lookup.
     pub async fn org_by_slug(&self, slug: &OrgSlug) -> Result<Option<Org>, StoreError> {
@@ -101,7 +111,10 @@ impl TenantTx {
         row.ok_or(StoreError::NotFound("organization"))?.into_org()
     }
 
-    /// Deletes this transaction's organization and, by cascade, everything it owns.
+    /// Deletes this transaction's organization and, by cascade, everything it owns: members,
+    /// invitations, API tokens, meshes with their resources, CAs, join tokens, trust domains
+    /// and dataplanes (each mesh's change notification says revision 0). Its slug is free
+    /// once this commits. The audit trail stays until `Store::purge_deleted_orgs`.
     pub async fn delete_org(&mut self) -> Result<(), StoreError> {
         let id = self.org().as_uuid();
         let done =

@@ -136,6 +136,19 @@ impl UserTx {
             .collect()
     }
 
+    /// The organization this user has owned the longest: for installations from before the
+    /// local admin was bound by id, the one it created at its first login.
+    pub async fn oldest_owned_org(&mut self) -> Result<Option<OrgId>, StoreError> {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "SELECT org_id FROM memberships WHERE user_id = $1 AND role = 'owner' \
+             ORDER BY created_at, org_id LIMIT 1",
+        )
+        .bind(self.user)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(id.map(OrgId::from_uuid))
+    }
+
     /// Ends the (read-only) transaction.
     pub async fn commit(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
@@ -152,7 +165,42 @@ pub struct NewUser<'a> {
     pub display_name: Option<&'a str>,
 }
 
+/// The no-IdP mode's local admin, and the organization it created (`None` once that
+/// organization was deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAdmin {
+    pub user: Uuid,
+    pub org: Option<OrgId>,
+}
+
+/// Serializes the local logins of every replica while one decides the binding.
+const LOCAL_ADMIN_LOCK: i64 = 7_533_110_002;
+
 impl TenantTx {
+    /// Takes the local-admin lock for the rest of this transaction and reads the binding.
+    pub async fn lock_local_admin(&mut self) -> Result<Option<LocalAdmin>, StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(LOCAL_ADMIN_LOCK).execute(self.conn()).await?;
+        let row: Option<(Uuid, Option<Uuid>)> =
+            sqlx::query_as("SELECT user_id, created_org FROM local_admin WHERE id = 1")
+                .fetch_optional(self.conn())
+                .await?;
+        Ok(row.map(|(user, org)| LocalAdmin { user, org: org.map(OrgId::from_uuid) }))
+    }
+
+    /// Binds the local admin to the organization it created, by id.
+    pub async fn bind_local_admin(&mut self, user: Uuid, org: OrgId) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO local_admin (id, user_id, created_org) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET user_id = EXCLUDED.user_id, \
+               created_org = EXCLUDED.created_org, bound_at = now()",
+        )
+        .bind(user)
+        .bind(org.as_uuid())
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
     /// Creates a user in this transaction, so that sign-up (user, organization, owner
     /// membership, audit) commits or fails as one. Users are global, not tenant rows.
     pub async fn insert_user(&mut self, new: &NewUser<'_>) -> Result<User, StoreError> {

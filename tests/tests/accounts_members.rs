@@ -360,3 +360,91 @@ async fn without_an_idp_the_printed_link_logs_in_once() {
     ];
     assert_no_secret_in(&pg_dump(&db).await, &secrets);
 }
+
+/// A one-time local login link, made as `trellis serve` makes the one it prints at start-up.
+async fn local_link(db: &TestDb, t: &Trellis) -> String {
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let store = db.store().await;
+    let expires = chrono::Utc::now() + chrono::Duration::minutes(10);
+    store.create_local_login(&trellis_api::auth::token_hash(&secret), expires).await.unwrap();
+    store.close().await;
+    format!("{}/auth/local?token={secret}", t.base)
+}
+
+/// Follows a local login link: the local admin's session.
+async fn local_login(t: &Trellis, link: &str) -> Session {
+    let browser = Browser::new();
+    let res = browser.get(link).await;
+    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap_or_default());
+    Session::from_browser(t, browser).await
+}
+
+/// (slug, role) of each organization a session belongs to.
+fn orgs_of(s: &Session) -> Vec<(String, String)> {
+    s.me["organizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["slug"].as_str().unwrap().to_owned(), o["role"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+async fn member_ids(api: &Api) -> Vec<String> {
+    let (status, members) = api.get("/members").await;
+    assert_eq!(status, 200, "{members}");
+    members["items"].as_array().unwrap().iter().map(|m| m["userId"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Issue #10, item 7: the local admin is bound to the organization it created, by id. A
+/// tenant holding `TRELLIS_LOCAL_ORG`'s slug — before the first local login, or after the
+/// local organization renamed itself away — gains no owner.
+#[tokio::test]
+async fn the_local_admin_never_takes_over_an_organization_that_holds_its_slug() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["serve", "--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+
+    // Before the first local login, another tenant renames itself to the local slug.
+    let mut squatter = Api::new(&t, "squatter", &token(&db, "squatter", Role::Owner).await);
+    let (status, body) = send(squatter.req(Method::PATCH, "").json(&json!({"slug": "default"}))).await;
+    assert_eq!(status, 200, "{body}");
+    squatter.org = "default".into();
+    let admin = local_login(&t, &local_link(&db, &t).await).await;
+    let mine = orgs_of(&admin);
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    let (own_slug, role) = mine[0].clone();
+    assert!(own_slug.starts_with("default-") && role == "owner", "an organization of its own: {mine:?}");
+    let own_id = admin.me["organizations"][0]["id"].clone();
+    assert!(!member_ids(&squatter).await.contains(&admin.user_id()), "not a member of the squatter's");
+    assert_eq!(admin.call(Method::GET, "/api/v1/orgs/default", None).await.0, 404);
+
+    // The local admin renames its organization away; another tenant takes the old slug.
+    let (status, body) =
+        admin.call(Method::PATCH, &format!("/api/v1/orgs/{own_slug}"), Some(&json!({"slug": "home"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let mut victim = Api::new(&t, "victim", &token(&db, "victim", Role::Owner).await);
+    let (status, body) = send(victim.req(Method::PATCH, "").json(&json!({"slug": own_slug}))).await;
+    assert_eq!(status, 200, "{body}");
+    victim.org = own_slug.clone();
+
+    // The next link (a restart of `trellis serve` prints one) logs in to its own
+    // organization, by id, and nothing else.
+    let again = local_login(&t, &local_link(&db, &t).await).await;
+    assert_eq!(again.user_id(), admin.user_id());
+    assert_eq!(orgs_of(&again), [("home".to_owned(), "owner".to_owned())]);
+    assert_eq!(again.me["organizations"][0]["id"], own_id);
+    assert!(member_ids(&victim).await.is_empty(), "the victim's organization gained no member");
+    assert!(member_ids(&squatter).await.is_empty(), "nor the squatter's");
+    let (status, problem) = again.call(Method::GET, &format!("/api/v1/orgs/{own_slug}"), None).await;
+    assert_eq!(status, 404, "{problem}");
+
+    // Once its organization is deleted, the next login creates a new one of its own.
+    let (status, body) = again.call(Method::DELETE, "/api/v1/orgs/home", None).await;
+    assert_eq!(status, 204, "{body}");
+    let third = local_login(&t, &local_link(&db, &t).await).await;
+    let mine = orgs_of(&third);
+    assert!(mine.len() == 1 && mine[0].0.starts_with("default-") && mine[0].1 == "owner", "{mine:?}");
+    assert_ne!(third.me["organizations"][0]["id"], own_id);
+    assert!(member_ids(&squatter).await.is_empty() && member_ids(&victim).await.is_empty());
+}

@@ -321,6 +321,128 @@ async fn a_mesh_never_sees_another_tenants_resources() {
     assert!(!text.contains("secretsvc") && !text.contains("globex"), "nothing of the other tenant");
 }
 
+/// Issue #10, item 9: an owner deletes an organization. Only the owner may; everything of it
+/// goes in one transaction (its credentials stop working, its slug and trust domain are free),
+/// its live xDS streams end, and its audit trail stays out of every API caller's reach until
+/// the leader purges it.
+#[tokio::test]
+async fn deleting_an_organization_removes_it_whole_and_ends_its_streams() {
+    let f = fixture().await;
+    let owner = Api::new(&f.t, "acme", &token(&f._db, "acme", Role::Owner).await);
+    let viewer = Api::new(&f.t, "acme", &token(&f._db, "acme", Role::Viewer).await);
+    let outsider = Api::new(&f.t, "acme", &token(&f._db, "globex", Role::Owner).await);
+    let (_, org) = owner.get("").await;
+    let org_id: uuid::Uuid = org["id"].as_str().unwrap().parse().unwrap();
+    let (_, mesh) = owner.get("/meshes/shop").await;
+    let trust_domain = mesh["spec"]["trustDomain"].as_str().unwrap().to_owned();
+
+    // A live stream of the mesh, registered, and a join token not used yet.
+    let svid = f.svid("productpage").await;
+    let unused_join = join_token(&f.store, "acme", "shop", "reviews").await;
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(Cluster::type_url(), &[], "", "");
+    first.node = Some(node("envoy-1", "envoy"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    s.next().await.unwrap();
+    wait_for(&f.api, "envoy-1", "registered", |d| d["online"] == true).await;
+    let (status, body) = owner.post("/invites", &json!({"email": "ann@example.com", "role": "viewer"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = owner.post("/tokens", &json!({"name": "ci", "role": "editor"})).await;
+    assert_eq!(status, 201, "{body}");
+
+    // Only the owner may delete it; another tenant cannot tell it exists.
+    for (who, api, expected) in
+        [("viewer", &viewer, 403), ("admin", &f.api, 403), ("outsider", &outsider, 404)]
+    {
+        let (status, problem) = api.delete("").await;
+        assert_eq!(status, expected, "{who}: {problem}");
+        assert!(problem["detail"].is_string(), "{who}: {problem}");
+    }
+    assert_eq!(owner.get("/meshes/shop").await.0, 200, "a refused delete deleted nothing");
+
+    let (status, body) = owner.delete("").await;
+    assert_eq!(status, 204, "{body}");
+
+    // Its stream ends, and its identities open no other.
+    let ended = loop {
+        match s.next().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::NotFound, "{ended:?}");
+    let mut again = req(Cluster::type_url(), &[], "", "");
+    again.node = Some(node("envoy-2", "envoy"));
+    let mut c = f.client(Some(&svid)).await;
+    let refused = match sotw(&mut c, again).await {
+        Err(e) => e,
+        Ok(mut s) => s.next().await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let join = issue(&f.t.xds, &f.root, &unused_join).await.unwrap_err();
+    assert_eq!(join.code(), tonic::Code::Unauthenticated, "{join:?}");
+
+    // Its API tokens no longer authenticate; to anyone else it does not exist.
+    for path in ["", "/meshes/shop", "/audit-events"] {
+        assert_eq!(owner.get(path).await.0, 401, "{path}");
+        assert_eq!(viewer.get(path).await.0, 401, "{path}");
+        assert_eq!(outsider.get(path).await.0, 404, "{path}");
+    }
+
+    // Nothing of it is left in any tenant table but its audit trail.
+    let mut admin = f._db.admin_conn().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
+         WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(tables.len() > 10, "{tables:?}");
+    for t in tables.iter().filter(|t| *t != "audit_events") {
+        let left: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t} WHERE org_id = $1")))
+                .bind(org_id)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert_eq!(left, 0, "{t} keeps rows of the deleted organization");
+    }
+    drop(admin);
+
+    // The slug and the trust domain are free: a new organization takes both, and sees
+    // nothing of the old one.
+    let successor = Api::new(&f.t, "acme", &token(&f._db, "acme", Role::Owner).await);
+    let (status, new_org) = successor.get("").await;
+    assert_eq!(status, 200, "{new_org}");
+    assert_ne!(new_org["id"], org["id"]);
+    assert_eq!(successor.get("/meshes/shop").await.0, 404);
+    let (_, log) = successor.get("/audit-events").await;
+    assert_eq!(log["items"], json!([]), "none of the old organization's audit trail");
+    let (status, mesh) = successor.put("/meshes/shop", &json!({"spec": {"trustDomain": trust_domain}})).await;
+    assert_eq!(status, 201, "{mesh}");
+    assert_eq!(mesh["spec"]["trustDomain"], trust_domain.as_str());
+    let (_, dataplanes) = successor.get("/meshes/shop/dataplanes").await;
+    assert_eq!(dataplanes["items"], json!([]));
+
+    // The old audit trail, the deletion last, is kept until the retention passes.
+    let old = trellis_model::OrgId::from_uuid(org_id);
+    let mut tx = f.store.tenant(old).await.unwrap();
+    let kept =
+        tx.list_audit_events(&trellis_store::AuditFilter { limit: 500, ..Default::default() }).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(kept.first().map(|e| e.action.as_str()), Some("org.delete"), "{kept:?}");
+    assert_eq!(kept[0].details["meshes"], json!(["shop"]));
+    assert_eq!(f.store.purge_deleted_orgs(Duration::from_secs(3600)).await.unwrap(), 0, "within retention");
+    assert_eq!(f.store.purge_deleted_orgs(Duration::ZERO).await.unwrap(), 1);
+    let mut tx = f.store.tenant(old).await.unwrap();
+    assert_eq!(tx.count_audit_events().await.unwrap(), 0, "purged after the retention");
+    tx.commit().await.unwrap();
+    let (_, log) = successor.get("/audit-events").await;
+    assert_eq!(log["items"][0]["action"], "mesh.create", "the successor's trail is its own: {log}");
+}
+
 /// A Delta stream.
 struct Delta {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
