@@ -14,8 +14,7 @@ use trellis_model::{MeshId, OrgId};
 use trellis_model::{Token, TokenKind, token_sha256};
 use trellis_store::MeshChange;
 use trellis_store::{
-    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, StoreError,
-    TenantTx,
+    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, TenantTx,
 };
 use uuid::Uuid;
 
@@ -193,19 +192,6 @@ impl Authority {
             sealed_key: sealed_bytes(&sealed),
         };
         Ok(tx.insert_ca(mesh.id, &record).await?)
-    }
-
-    /// Makes sure a mesh has a CA, in a transaction of its own (for meshes that predate the
-    /// CA, or whose creator did not make one).
-    pub async fn ensure_ca(&self, org: OrgId, mesh: MeshId) -> Result<(), PkiError> {
-        let mut tx = self.inner.store.tenant(org).await?;
-        let Some(m) = tx.mesh_by_id(mesh).await? else { return Err(PkiError::NotFound("mesh")) };
-        match self.create_root(&mut tx, &m).await {
-            // Another replica made it first.
-            Err(PkiError::Store(StoreError::Conflict { .. })) => Ok(()),
-            Err(e) => Err(e),
-            Ok(()) => Ok(tx.commit().await?),
-        }
     }
 
     /// The unsealed CA of a record, from the cache when it was loaded before.

@@ -110,11 +110,6 @@ impl Duration {
         self.millis
     }
 
-    /// The length as a std duration.
-    pub fn to_std(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.millis)
-    }
-
     /// Parses `1h30m`, `10s`, `250ms`: one to four number-unit pairs, each number at most
     /// five digits, units h, m, s, ms.
     pub fn parse(s: &str) -> Result<Self, String> {
