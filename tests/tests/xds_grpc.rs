@@ -38,6 +38,7 @@ async fn bootstrap(api: &Api, dir: &Path, node: &str, service: &str, tags: Value
         doc["certificate_providers"]["trellis"]["config"]["ca_certificate_file"],
         json!(format!("{}/bundle.pem", dir.display()))
     );
+    assert!(doc["node"]["locality"].is_object(), "gRPC for Node.js requires node.locality: {doc}");
     doc["node"]["metadata"]["tags"] = tags;
     doc["node"]["locality"] = json!({"zone": "z1"});
     let path = dir.join("bootstrap.json");
