@@ -215,19 +215,6 @@ async fn grpc_xds_clients_follow_routes_over_mtls_and_the_ledger_shows_acks() {
         }
     }
 
-    // The route's status says where it took effect: both backends hold it (the client has
-    // gone offline, and only online proxies count).
-    let mut status_line = Value::Null;
-    for _ in 0..50 {
-        let (_, route) = api.get("/meshes/shop/http-routes/reviews").await;
-        status_line = route["status"]["propagation"].clone();
-        if status_line["applied"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status_line["summary"], "applied by 2 of 2 proxies", "{status_line}");
-
     // Without the route, the default: all of reviews, both versions.
     let (status, body) = api.delete("/meshes/shop/http-routes/reviews").await;
     assert!(status == 204 || status == 200, "{body}");
@@ -346,4 +333,67 @@ async fn a_grpc_client_is_answered_once_per_type_also_for_a_missing_target() {
             "{ty} is answered a few times, not on every ACK: {existing:?}"
         );
     }
+}
+
+/// The status' summary of the resource at `path` once it reads `want` (proxies ACK
+/// asynchronously), or the last one read.
+async fn propagation_summary(api: &Api, path: &str, want: &str) -> Value {
+    let mut line = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, 200, "{body}");
+        line = body["status"]["propagation"].clone();
+        if line["summary"] == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    line
+}
+
+/// A resource's status counts the proxies it configures, not the whole mesh: with one gRPC
+/// client of reviews and two xDS-enabled reviews servers online, the route and the circuit
+/// breaker reach the client only, the access policy the servers only, the service all
+/// three, and the db service and its TCP route nobody.
+#[tokio::test]
+async fn propagation_counts_only_the_proxies_a_resource_configures() {
+    let f = fixture().await;
+    let _backends = start_backends(&f.t, &f.api, &f.store, &f.root, f.dir.path()).await;
+    wait_registered(&f.api).await;
+    let boot = f.workload("productpage", "productpage-1").await;
+    // The client keeps its channel (and its xDS stream) open after its calls.
+    let mut args = client_args(REVIEWS, 10, &[], 30);
+    args.extend(["--hold".to_owned(), "120".to_owned()]);
+    let mut client = peer(&boot, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python runs");
+    let stdout = client.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("the client reports within a minute")
+        .unwrap()
+        .unwrap_or_default();
+    let out: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("client output is not JSON: {line}"));
+    assert_eq!(count(&out, "v1") + count(&out, "v2"), 10, "{out}");
+
+    for (path, want) in [
+        ("/meshes/shop/http-routes/reviews", "applied by 1 of 1 proxies"),
+        ("/meshes/shop/circuit-breakers/reviews", "applied by 1 of 1 proxies"),
+        ("/meshes/shop/access-policies/reviews-callers", "applied by 2 of 2 proxies"),
+        ("/meshes/shop/services/reviews", "applied by 3 of 3 proxies"),
+        ("/meshes/shop/services/db", "applied by 0 of 0 proxies"),
+        ("/meshes/shop/tcp-routes/db", "applied by 0 of 0 proxies"),
+    ] {
+        let line = propagation_summary(&f.api, path, want).await;
+        assert_eq!(line["summary"], want, "{path}: {line}");
+    }
+    // The list shows the same counts as the single resource.
+    let (status, list) = f.api.get("/meshes/shop/http-routes").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"][0]["status"]["propagation"]["summary"], "applied by 1 of 1 proxies", "{list}");
+    client.kill().await.unwrap();
 }

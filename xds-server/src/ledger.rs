@@ -36,6 +36,13 @@ pub enum LedgerOp {
         /// When the closing stream registered: a newer registration stays online.
         connected_at: chrono::DateTime<chrono::Utc>,
     },
+    /// What the resources sent to the dataplane configure: the services it calls, and
+    /// whether its own inbound side.
+    Reach {
+        dataplane: Uuid,
+        calls: Vec<String>,
+        serves: bool,
+    },
     /// Every type the stream subscribes to is ACKed at this mesh revision.
     Synced {
         dataplane: Uuid,
@@ -178,6 +185,7 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
             tx.dataplane_offline(*dataplane, *connected_at).await
         }
         LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await,
+        LedgerOp::Reach { dataplane, calls, serves } => tx.dataplane_reach(*dataplane, calls, *serves).await,
         LedgerOp::Content { mesh, type_url, version, resources } => {
             tx.record_xds_config(*mesh, type_url, version, resources).await
         }
