@@ -391,6 +391,13 @@ async fn propagation_counts_only_the_proxies_a_resource_configures() {
         let line = propagation_summary(&f.api, path, want).await;
         assert_eq!(line["summary"], want, "{path}: {line}");
     }
+    // Why: what each proxy's resources configure.
+    let (_, dataplanes) = f.api.get("/meshes/shop/dataplanes").await;
+    for d in dataplanes["items"].as_array().unwrap() {
+        let want =
+            if d["service"] == "productpage" { (json!(["reviews"]), false) } else { (json!([]), true) };
+        assert_eq!((d["calls"].clone(), d["serves"].as_bool().unwrap()), want, "{d}");
+    }
     // The list shows the same counts as the single resource.
     let (status, list) = f.api.get("/meshes/shop/http-routes").await;
     assert_eq!(status, 200, "{list}");

@@ -717,15 +717,15 @@ impl<P: Protocol> Session<'_, P> {
         if self.reach.as_ref() == Some(&reach) {
             return;
         }
-        self.ctx.ledger.record(
-            self.peer.org,
-            LedgerOp::Reach {
-                dataplane: self.dataplane,
-                calls: reach.calls.iter().cloned().collect(),
-                serves: reach.serves,
-            },
-        );
-        self.reach = Some(reach);
+        let op = LedgerOp::Reach {
+            dataplane: self.dataplane,
+            calls: reach.calls.iter().cloned().collect(),
+            serves: reach.serves,
+        };
+        // Written only on a change, so a dropped fact is tried again with the next response.
+        if self.ctx.ledger.record(self.peer.org, op) {
+            self.reach = Some(reach);
+        }
     }
 
     async fn send(&mut self, responses: Vec<P::Resp>) -> Step {

@@ -99,10 +99,13 @@ impl Ledger {
         Ledger { tx }
     }
 
-    pub fn record(&self, org: OrgId, op: LedgerOp) {
-        if self.tx.try_send((org, Item::Fact(op))).is_err() {
+    /// Queues a fact; false when the queue was full and it was dropped.
+    pub fn record(&self, org: OrgId, op: LedgerOp) -> bool {
+        let queued = self.tx.try_send((org, Item::Fact(op))).is_ok();
+        if !queued {
             tracing::debug!("xDS ledger queue full; a fact was dropped");
         }
+        queued
     }
 
     /// Writes a fact and waits for it (a stream's end, which must not be lost).
