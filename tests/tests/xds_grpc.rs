@@ -323,8 +323,9 @@ async fn a_grpc_client_is_answered_once_per_type_also_for_a_missing_target() {
     }
 
     // An existing target (with no backend running, so the client keeps waiting on it). The
-    // client names the route's clusters (v1, v2) as it finds them, and each new name is
-    // answered: a few responses per type, not one per ACK.
+    // client names the endpoints of the route's clusters one request at a time as it finds
+    // them (three EDS names: three responses), and each new name is answered: a few
+    // responses per type, not one per ACK.
     let (existing, out) = responses_during(&f.t, call_within(&boot, REVIEWS, 1, &[], 4)).await;
     eprintln!("existing target: responses {existing:?}; client {out}");
     for ty in CLIENT_TYPES {
