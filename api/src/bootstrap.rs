@@ -123,7 +123,9 @@ fn grpc_bootstrap(t: &Target, xds_address: &str) -> Value {
             }],
             "server_features": ["xds_v3"],
         }],
-        "node": { "id": t.node, "cluster": t.service, "metadata": { "mesh": t.mesh } },
+        // gRPC for Node.js refuses a bootstrap whose node has no `locality`; operators put
+        // the workload's `zone` in it (it becomes the dataplane's zone).
+        "node": { "id": t.node, "cluster": t.service, "locality": {}, "metadata": { "mesh": t.mesh } },
         "certificate_providers": {
             (trellis_xds::CERT_PROVIDER): {
                 "plugin_name": "file_watcher",
@@ -279,6 +281,7 @@ mod tests {
         assert_eq!(b["xds_servers"][0]["channel_creds"][0]["config"]["ca_certificate_file"], "/d/ca.pem");
         assert_eq!(b["certificate_providers"]["trellis"]["config"]["ca_certificate_file"], "/d/bundle.pem");
         assert_eq!(b["node"]["cluster"], "echo");
+        assert!(b["node"]["locality"].is_object(), "gRPC for Node.js requires node.locality: {b}");
         let e = envoy_bootstrap(&t, "[::1]:18000");
         let cluster = &e["static_resources"]["clusters"][0];
         assert_eq!(cluster["type"], "STATIC");

@@ -399,10 +399,31 @@ pub(crate) async fn delete_mesh(
 
 // ----- mesh-scoped resources -----
 
-/// The online proxies of a mesh: the revision each is fully in sync with, and the reason it
-/// last rejected a response (if it did and has not accepted one since).
+/// The online proxies of a mesh, each with what its resources configure, the revision it is
+/// fully in sync with, and the reason it last rejected a response (if it did and has not
+/// accepted one since).
 pub(crate) struct Fleet {
-    proxies: Vec<(Option<i64>, Option<String>)>,
+    proxies: Vec<Proxy>,
+}
+
+struct Proxy {
+    service: String,
+    calls: Vec<String>,
+    serves: bool,
+    synced: Option<i64>,
+    nack: Option<String>,
+}
+
+impl Proxy {
+    /// A resource whose kind has `reach`, targeting `service`, configures this proxy.
+    fn reached_by(&self, reach: config::Reach, service: &str) -> bool {
+        (reach.callers && self.calls.iter().any(|c| c == service))
+            || (reach.instances && self.serves && self.service == service)
+    }
+
+    fn applied(&self, revision: i64) -> bool {
+        self.synced.is_some_and(|s| s >= revision)
+    }
 }
 
 async fn fleet(tx: &mut TenantTx, mesh: &Mesh) -> Result<Fleet, ApiError> {
@@ -419,7 +440,13 @@ async fn fleet(tx: &mut TenantTx, mesh: &Mesh) -> Result<Fleet, ApiError> {
         .await?
         .into_iter()
         .filter(|d| d.online)
-        .map(|d| (d.synced_revision, nacks.remove(&d.id)))
+        .map(|d| Proxy {
+            nack: nacks.remove(&d.id),
+            service: d.service,
+            calls: d.calls,
+            serves: d.serves,
+            synced: d.synced_revision,
+        })
         .collect();
     Ok(Fleet { proxies })
 }
@@ -428,17 +455,27 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// "applied by N of M proxies; rejected by K: reason" for a resource written at `revision`.
-fn propagation(fleet: &Fleet, revision: Option<i64>) -> Value {
-    let Some(rev) = revision else { return Value::Null };
-    let total = fleet.proxies.len();
-    let applied = fleet.proxies.iter().filter(|(synced, _)| synced.is_some_and(|s| s >= rev)).count();
-    let errors: Vec<&str> = fleet
-        .proxies
-        .iter()
-        .filter(|(synced, nack)| !synced.is_some_and(|s| s >= rev) && nack.is_some())
-        .filter_map(|(_, nack)| nack.as_deref())
-        .collect();
+/// "applied by N of M proxies; rejected by K: reason" for the last write of `r`, counting
+/// the proxies it configures: those that were sent resources of its target service on the
+/// side its kind acts on.
+fn propagation(fleet: &Fleet, r: &Resource) -> Value {
+    let Some(rev) = r.mesh_revision else { return Value::Null };
+    // A stored spec always parses (it was checked when written).
+    let target = Kind::ALL
+        .into_iter()
+        .find(|k| k.name() == r.kind)
+        .and_then(|k| Some((k.reach(), Spec::parse(k, "spec", r.spec.clone()).ok()?)));
+    let proxies: Vec<&Proxy> = match &target {
+        Some((reach, spec)) => {
+            let service = spec.spec.target_service(r.name.as_str());
+            fleet.proxies.iter().filter(|p| p.reached_by(*reach, service)).collect()
+        }
+        None => fleet.proxies.iter().collect(),
+    };
+    let total = proxies.len();
+    let applied = proxies.iter().filter(|p| p.applied(rev)).count();
+    let errors: Vec<&str> =
+        proxies.iter().filter(|p| !p.applied(rev)).filter_map(|p| p.nack.as_deref()).collect();
     let mut summary = format!("applied by {applied} of {total} proxies");
     if let Some(first) = errors.first() {
         summary.push_str(&format!("; rejected by {}: {first}", errors.len()));
@@ -469,7 +506,7 @@ fn render_resource(mesh: &Mesh, r: &Resource, fleet: &Fleet) -> Value {
         },
         "spec": r.spec,
         // The xDS server fills `propagation` ("applied by N of M proxies …").
-        "status": { "observedGeneration": r.generation, "propagation": propagation(fleet, r.mesh_revision) },
+        "status": { "observedGeneration": r.generation, "propagation": propagation(fleet, r) },
     })
 }
 

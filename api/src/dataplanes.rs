@@ -58,6 +58,9 @@ pub(crate) async fn list(
                 "address": d.address.map(|a| a.addr().to_string()),
                 "ports": d.ports,
                 "tags": d.tags,
+                // What its resources configure: the services it calls, its own inbound side.
+                "calls": d.calls,
+                "serves": d.serves,
                 "zone": d.zone,
                 "online": d.online,
                 "state": state,

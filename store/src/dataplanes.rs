@@ -41,6 +41,10 @@ pub struct Dataplane {
     pub last_seen_at: DateTime<Utc>,
     pub offline_since: Option<DateTime<Utc>>,
     pub synced_revision: Option<i64>,
+    /// The services whose caller-side resources it was sent.
+    pub calls: Vec<String>,
+    /// It was sent its own service's inbound resources.
+    pub serves: bool,
 }
 
 /// One line of the ledger: a dataplane's sync state for one type URL.
@@ -61,7 +65,7 @@ pub struct LedgerEntry {
 macro_rules! dataplane_columns {
     () => {
         "id, mesh_id, service, node_id, client, address, ports, tags, zone, online, replica, \
-         connected_at, last_seen_at, offline_since, synced_revision"
+         connected_at, last_seen_at, offline_since, synced_revision, calls, serves"
     };
 }
 
@@ -120,6 +124,22 @@ impl TenantTx {
         .bind(revision)
         .execute(self.conn())
         .await?;
+        Ok(())
+    }
+
+    /// What the resources sent to the dataplane configure (see `Dataplane::calls`).
+    pub async fn dataplane_reach(
+        &mut self,
+        id: Uuid,
+        calls: &[String],
+        serves: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE dataplanes SET calls = $2, serves = $3 WHERE id = $1")
+            .bind(id)
+            .bind(calls)
+            .bind(serves)
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 

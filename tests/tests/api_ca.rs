@@ -239,7 +239,11 @@ async fn join_tokens_yield_conformant_svids_and_are_refused_when_spent_expired_o
         "/etc/trellis/ca.pem"
     );
     assert_eq!(grpc["xds_servers"][0]["server_features"], json!(["xds_v3"]));
-    assert_eq!(grpc["node"], json!({"id": "reviews-1", "cluster": "reviews", "metadata": {"mesh": "shop"}}));
+    // node.locality: gRPC for Node.js refuses a bootstrap without one.
+    assert_eq!(
+        grpc["node"],
+        json!({"id": "reviews-1", "cluster": "reviews", "locality": {}, "metadata": {"mesh": "shop"}})
+    );
     let provider = &grpc["certificate_providers"]["trellis"];
     assert_eq!(provider["plugin_name"], "file_watcher");
     assert_eq!(provider["config"]["ca_certificate_file"], "/etc/trellis/bundle.pem");

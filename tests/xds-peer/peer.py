@@ -2,9 +2,10 @@
 
     peer.py server --port P --reply TEXT    an xDS-enabled gRPC server (its Listener, RBAC
                                             and mTLS come from the control plane)
-    peer.py client --target xds:///svc.mesh:port --calls N [--header k=v]
+    peer.py client --target xds:///svc.mesh:port --calls N [--header k=v] [--hold S]
                                             N unary calls; prints {"replies": {TEXT: count},
-                                            "errors": {code: count}} as JSON
+                                            "errors": {code: count}} as JSON, then keeps
+                                            the channel (and its xDS stream) open S seconds
 
 Both read GRPC_XDS_BOOTSTRAP. The service is `reviews.Reviews/Get`, bytes in, bytes out, so
 that no generated code is needed.
@@ -41,6 +42,12 @@ def serve(args):
     server.wait_for_termination()
 
 
+def report(replies, errors, details, args, channel):
+    print(json.dumps({"replies": replies, "errors": errors, "details": details}), flush=True)
+    time.sleep(args.hold)
+    channel.close()
+
+
 def client(args):
     creds = grpc.xds_channel_credentials(grpc.experimental.insecure_channel_credentials())
     channel = grpc.secure_channel(args.target, creds)
@@ -59,7 +66,7 @@ def client(args):
             if time.time() > deadline:
                 errors[e.code().name] += 1
                 details[e.code().name] = e.details()
-                print(json.dumps({"replies": replies, "errors": errors, "details": details}), flush=True)
+                report(replies, errors, details, args, channel)
                 return 1
             time.sleep(0.2)
     for _ in range(args.calls - 1):
@@ -68,8 +75,7 @@ def client(args):
         except grpc.RpcError as e:
             errors[e.code().name] += 1
             details[e.code().name] = e.details()
-    print(json.dumps({"replies": replies, "errors": errors, "details": details}), flush=True)
-    channel.close()
+    report(replies, errors, details, args, channel)
     return 0
 
 
@@ -84,6 +90,7 @@ def main():
     c.add_argument("--calls", type=int, default=1)
     c.add_argument("--header", action="append", default=[])
     c.add_argument("--ready-timeout", type=float, default=30)
+    c.add_argument("--hold", type=float, default=0)
     args = p.parse_args()
     sys.exit(serve(args) if args.mode == "server" else client(args))
 

@@ -23,8 +23,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_pki::{Authority, Peer};
 use trellis_store::Registration;
-use trellis_xds::delta;
 use trellis_xds::sotw::{self, Reply, Snapshot, StreamError};
+use trellis_xds::{ProxyReach, delta};
 use uuid::Uuid;
 
 use crate::identity::status;
@@ -33,8 +33,6 @@ use crate::metrics::{TypeLabel, XdsMetrics};
 use crate::snapshots::{MeshState, Snapshots};
 use crate::tls::PeerInfo;
 
-/// The Listener names xDS-enabled gRPC servers ask for start with this.
-const SERVER_LISTENER_PREFIX: &str = "grpc/server?xds.resource.listening_address=";
 /// Bounds on what a node may declare.
 const MAX_NODE_ID: usize = 256;
 const MAX_PORTS: usize = 32;
@@ -322,6 +320,8 @@ trait Protocol: Default + Send + 'static {
     fn acked_version(&self, type_url: &str, nonce: &str) -> Option<String>;
     /// Every type sent was ACKed and nothing awaits an answer.
     fn in_sync(&self) -> bool;
+    /// What the resources the client holds configure (for the propagation status).
+    fn reach(&self) -> ProxyReach;
 }
 
 /// How a request relates to what was sent, in the terms the ledger needs.
@@ -374,6 +374,11 @@ impl Protocol for Sotw {
     fn in_sync(&self) -> bool {
         self.0.types.values().all(|t| t.nacked.is_none() && t.acked_version == t.sent_version)
     }
+    fn reach(&self) -> ProxyReach {
+        ProxyReach::of(
+            self.0.types.iter().flat_map(|(t, s)| s.sent_names.iter().map(move |n| (t.as_str(), n.as_str()))),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -425,6 +430,11 @@ impl Protocol for Delta {
     }
     fn in_sync(&self) -> bool {
         self.0.types.values().all(|t| t.nacked.is_none() && (t.sent_nonce.is_none() || t.acked()))
+    }
+    fn reach(&self) -> ProxyReach {
+        ProxyReach::of(
+            self.0.types.iter().flat_map(|(t, s)| s.held().keys().map(move |n| (t.as_str(), n.as_str()))),
+        )
     }
 }
 
@@ -497,6 +507,7 @@ async fn run<P: Protocol>(
         sent_at_revision: HashMap::new(),
         synced_at: None,
         reregistered_at: None,
+        reach: None,
     };
     session.refresh();
     let mut next = Some(first);
@@ -549,6 +560,8 @@ struct Session<'a, P: Protocol> {
     synced_at: Option<i64>,
     /// When this stream last registered again (it learned a port).
     reregistered_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The reach last recorded for this proxy.
+    reach: Option<ProxyReach>,
 }
 
 /// `Err(Some(status))` ends the stream with that status; `Err(None)` ends it quietly.
@@ -569,7 +582,7 @@ impl<P: Protocol> Session<'_, P> {
         if type_url == Listener::type_url() && self.selection.client == "grpc" {
             let addrs: BTreeSet<SocketAddr> = P::subscribed(&req)
                 .into_iter()
-                .filter_map(|n| n.strip_prefix(SERVER_LISTENER_PREFIX))
+                .filter_map(|n| n.strip_prefix(trellis_xds::GRPC_SERVER_LISTENER_PREFIX))
                 .filter_map(|a| a.parse().ok())
                 .collect();
             if !addrs.is_subset(&self.selection.servers) {
@@ -697,7 +710,28 @@ impl<P: Protocol> Session<'_, P> {
         self.ctx.ledger.record(self.peer.org, LedgerOp::Synced { dataplane: self.dataplane, revision });
     }
 
+    /// Records what the proxy's resources configure when a response changed it, so that a
+    /// resource's status counts only the proxies it reaches.
+    fn note_reach(&mut self) {
+        let reach = self.proto.reach();
+        if self.reach.as_ref() == Some(&reach) {
+            return;
+        }
+        let op = LedgerOp::Reach {
+            dataplane: self.dataplane,
+            calls: reach.calls.iter().cloned().collect(),
+            serves: reach.serves,
+        };
+        // Written only on a change, so a dropped fact is tried again with the next response.
+        if self.ctx.ledger.record(self.peer.org, op) {
+            self.reach = Some(reach);
+        }
+    }
+
     async fn send(&mut self, responses: Vec<P::Resp>) -> Step {
+        if !responses.is_empty() {
+            self.note_reach();
+        }
         let revision = self.state.as_ref().map_or(0, |s| s.revision);
         for resp in responses {
             let (type_url, version, nonce) = P::describe(&resp);

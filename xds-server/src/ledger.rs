@@ -36,6 +36,13 @@ pub enum LedgerOp {
         /// When the closing stream registered: a newer registration stays online.
         connected_at: chrono::DateTime<chrono::Utc>,
     },
+    /// What the resources sent to the dataplane configure: the services it calls, and
+    /// whether its own inbound side.
+    Reach {
+        dataplane: Uuid,
+        calls: Vec<String>,
+        serves: bool,
+    },
     /// Every type the stream subscribes to is ACKed at this mesh revision.
     Synced {
         dataplane: Uuid,
@@ -92,10 +99,13 @@ impl Ledger {
         Ledger { tx }
     }
 
-    pub fn record(&self, org: OrgId, op: LedgerOp) {
-        if self.tx.try_send((org, Item::Fact(op))).is_err() {
+    /// Queues a fact; false when the queue was full and it was dropped.
+    pub fn record(&self, org: OrgId, op: LedgerOp) -> bool {
+        let queued = self.tx.try_send((org, Item::Fact(op))).is_ok();
+        if !queued {
             tracing::debug!("xDS ledger queue full; a fact was dropped");
         }
+        queued
     }
 
     /// Writes a fact and waits for it (a stream's end, which must not be lost).
@@ -178,6 +188,7 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
             tx.dataplane_offline(*dataplane, *connected_at).await
         }
         LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await,
+        LedgerOp::Reach { dataplane, calls, serves } => tx.dataplane_reach(*dataplane, calls, *serves).await,
         LedgerOp::Content { mesh, type_url, version, resources } => {
             tx.record_xds_config(*mesh, type_url, version, resources).await
         }

@@ -459,6 +459,30 @@ mod tests {
     }
 
     #[test]
+    fn an_ack_of_a_missing_name_gets_no_reply_for_every_type() {
+        let mut s1 = Snapshot::default();
+        for t in type_order() {
+            put(&mut s1, t, &[("here", "1")]);
+        }
+        for t in type_order() {
+            for names in [&["nope"][..], &["here"], &["here", "nope"]] {
+                let mut s = Stream::default();
+                let (_, out) = s.on_request(&req(&t, names, &[], ""), &s1).unwrap();
+                assert_eq!(out.len(), 1, "{t} {names:?}");
+                let mut last = out[0].clone();
+                for _ in 0..50 {
+                    let (_, out) = s.on_request(&ack(&last), &s1).unwrap();
+                    assert!(out.is_empty(), "{t} {names:?}: an ACK needs no reply");
+                    if let Some(r) = out.last() {
+                        last = r.clone();
+                    }
+                }
+                assert!(s.on_snapshot(&s1).is_empty(), "{t} {names:?}");
+            }
+        }
+    }
+
+    #[test]
     fn unsubscribe_needs_no_reply_and_stops_pushes() {
         let rds = RouteConfiguration::type_url();
         let mut s = Stream::default();

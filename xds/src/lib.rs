@@ -31,8 +31,8 @@ mod view;
 
 pub use access::{AUDIT_STAT_PREFIX, RBAC_ALLOW, RBAC_AUDIT, RBAC_DENY};
 pub use names::{
-    cluster_name, grpc_listener_name, grpc_server_listener_name, sidecar_inbound_name, sidecar_outbound_name,
-    spiffe_id,
+    GRPC_SERVER_LISTENER_PREFIX, ProxyReach, cluster_name, grpc_listener_name, grpc_server_listener_name,
+    sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
 };
 pub use secrets::{CERT_FILE, KEY_FILE, TRUST_BUNDLE_SECRET, WORKLOAD_SECRET, sds_secrets};
 pub use sidecar::{RATE_LIMIT_FILTER, envoy_sidecar, outbound_addresses};

@@ -1,6 +1,18 @@
 //! Resource names: stable, readable, and unique within a mesh.
 
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Name;
 use trellis_model::config::Tags;
+
+/// How the Listener names of xDS-enabled gRPC servers begin (the bootstrap's template).
+pub const GRPC_SERVER_LISTENER_PREFIX: &str = "grpc/server?xds.resource.listening_address=";
+const INBOUND_PREFIX: &str = "inbound:";
+const OUTBOUND_PREFIX: &str = "outbound:";
 
 /// The Listener (and RouteConfiguration) name gRPC clients dial: `<service>.<mesh>:<port>`.
 pub fn grpc_listener_name(service: &str, mesh: &str, port: u32) -> String {
@@ -10,7 +22,7 @@ pub fn grpc_listener_name(service: &str, mesh: &str, port: u32) -> String {
 /// The Listener name an xDS-enabled gRPC server asks for, with the template
 /// `grpc/server?xds.resource.listening_address=%s`.
 pub fn grpc_server_listener_name(addr: std::net::SocketAddr) -> String {
-    format!("grpc/server?xds.resource.listening_address={addr}")
+    format!("{GRPC_SERVER_LISTENER_PREFIX}{addr}")
 }
 
 /// The cluster of a service's instances that carry `tags` (all of them when empty):
@@ -36,11 +48,91 @@ pub fn spiffe_id(trust_domain: &trellis_ca::TrustDomain, mesh: &str, service: &s
 /// An Envoy sidecar's inbound Listener for `port`, and the local cluster of the application
 /// behind it: `inbound:<port>`.
 pub fn sidecar_inbound_name(port: u32) -> String {
-    format!("inbound:{port}")
+    format!("{INBOUND_PREFIX}{port}")
 }
 
 /// An Envoy sidecar's outbound Listener (and its RouteConfiguration) for one port of a
 /// service: `outbound:<service>.<mesh>:<port>`.
 pub fn sidecar_outbound_name(service: &str, mesh: &str, port: u32) -> String {
-    format!("outbound:{service}.{mesh}:{port}")
+    format!("{OUTBOUND_PREFIX}{service}.{mesh}:{port}")
+}
+
+/// What the resources a proxy holds configure: its side as a caller of some services (their
+/// listeners, routes, clusters and endpoints) and its own inbound side. Read back from the
+/// names above; secrets configure neither.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyReach {
+    /// The services it holds caller-side resources of.
+    pub calls: BTreeSet<String>,
+    /// It holds inbound resources of its own service (a server Listener, inbound listeners).
+    pub serves: bool,
+}
+
+impl ProxyReach {
+    /// The reach of the resources named, given as (type URL, name).
+    pub fn of<'a>(held: impl IntoIterator<Item = (&'a str, &'a str)>) -> ProxyReach {
+        let mut reach = ProxyReach::default();
+        for (type_url, name) in held {
+            if name.starts_with(INBOUND_PREFIX) || name.starts_with(GRPC_SERVER_LISTENER_PREFIX) {
+                reach.serves = true;
+                continue;
+            }
+            let service = if type_url == Listener::type_url() || type_url == RouteConfiguration::type_url() {
+                // `<service>.<mesh>:<port>`, for gRPC plain, for sidecars after `outbound:`.
+                name.strip_prefix(OUTBOUND_PREFIX).unwrap_or(name).split('.').next()
+            } else if type_url == Cluster::type_url() || type_url == ClusterLoadAssignment::type_url() {
+                // `<service>` or `<service>~<tags>`.
+                name.split('~').next()
+            } else {
+                None
+            };
+            if let Some(service) = service.filter(|s| !s.is_empty()) {
+                reach.calls.insert(service.to_owned());
+            }
+        }
+        reach
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+
+    use super::*;
+
+    #[test]
+    fn a_proxys_reach_is_read_back_from_the_names_it_holds() {
+        let tags: Tags = [("version".to_owned(), "v2".to_owned())].into_iter().collect();
+        let (lds, rds, cds, eds, sds) = (
+            Listener::type_url(),
+            RouteConfiguration::type_url(),
+            Cluster::type_url(),
+            ClusterLoadAssignment::type_url(),
+            Secret::type_url(),
+        );
+        let grpc_client = [
+            (lds.as_str(), grpc_listener_name("reviews", "shop", 9080)),
+            (rds.as_str(), grpc_listener_name("reviews", "shop", 9080)),
+            (cds.as_str(), cluster_name("reviews", &tags)),
+            (eds.as_str(), cluster_name("ratings", &Tags::default())),
+        ];
+        let reach = ProxyReach::of(grpc_client.iter().map(|(t, n)| (*t, n.as_str())));
+        assert_eq!(reach.calls, ["ratings".to_owned(), "reviews".to_owned()].into());
+        assert!(!reach.serves);
+
+        let addr = "127.0.0.1:9080".parse().unwrap();
+        let grpc_server = [(lds.as_str(), grpc_server_listener_name(addr))];
+        let reach = ProxyReach::of(grpc_server.iter().map(|(t, n)| (*t, n.as_str())));
+        assert_eq!(reach, ProxyReach { calls: BTreeSet::new(), serves: true });
+
+        let sidecar = [
+            (lds.as_str(), sidecar_inbound_name(9080)),
+            (cds.as_str(), sidecar_inbound_name(9080)),
+            (lds.as_str(), sidecar_outbound_name("details", "shop", 8080)),
+            (rds.as_str(), sidecar_outbound_name("details", "shop", 8080)),
+            (sds.as_str(), "workload".to_owned()),
+        ];
+        let reach = ProxyReach::of(sidecar.iter().map(|(t, n)| (*t, n.as_str())));
+        assert_eq!(reach, ProxyReach { calls: ["details".to_owned()].into(), serves: true });
+    }
 }

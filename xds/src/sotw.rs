@@ -83,10 +83,10 @@ pub struct TypeState {
     pub wildcard: bool,
     ever_named: bool,
     pub names: BTreeSet<String>,
-    /// Last response sent: version, nonce, and the names it carried.
+    /// Last response sent: version, nonce, and the names it carried (what the client holds).
     pub sent_version: Option<String>,
     pub sent_nonce: Option<String>,
-    sent_names: BTreeSet<String>,
+    pub sent_names: BTreeSet<String>,
     /// The version the client last accepted.
     pub acked_version: Option<String>,
     /// The version the client last rejected, and its reason; cleared by an ACK.
@@ -163,7 +163,10 @@ impl Stream {
             state.wildcard = star;
             state.ever_named = true;
         }
-        let grew = names.iter().any(|n| !state.sent_names.contains(n));
+        // A name the client did not ask for before gets an answer even if nothing changed;
+        // a name it keeps asking for does not, whether or not it exists (XDS.md §1: an ACK of
+        // the current version needs no reply, or a missing name would make every ACK loop).
+        let grew = names.iter().any(|n| !state.names.contains(n));
         state.names = names;
         let type_url = req.type_url.clone();
         let force = reply == Reply::Initial || grew;
@@ -329,6 +332,80 @@ mod tests {
         s3.types.get_mut(&rds).unwrap().insert("r3".into(), any("r3", "1"));
         s.on_request(&req(rds.clone(), &["r1", "r2"], &out[0].version_info, &out[0].nonce), &s2).unwrap();
         assert!(s.on_snapshot(&s3).is_empty());
+    }
+
+    /// A client that ACKs every response, as gRPC's does: how many responses it gets for
+    /// `names` while it ACKs `acks` times.
+    fn responses_while_acking(
+        s: &mut Stream,
+        type_url: &str,
+        names: &[&str],
+        snap: &Snapshot,
+        acks: usize,
+    ) -> usize {
+        let (_, mut out) = s.on_request(&req(type_url.to_owned(), names, "", ""), snap).unwrap();
+        let mut count = 0;
+        let mut last = None;
+        for _ in 0..acks {
+            count += out.len();
+            if let Some(r) = out.last() {
+                last = Some((r.version_info.clone(), r.nonce.clone()));
+            }
+            let (v, n) = last.clone().expect("the first request is answered");
+            out = s.on_request(&req(type_url.to_owned(), names, &v, &n), snap).unwrap().1;
+        }
+        count + out.len()
+    }
+
+    fn every_type(names: &[&str]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for t in type_order() {
+            s.types.insert(t, names.iter().map(|n| ((*n).to_owned(), any(n, "1"))).collect());
+        }
+        s
+    }
+
+    #[test]
+    fn an_ack_of_a_missing_name_gets_no_reply_for_every_type() {
+        let s1 = every_type(&["here"]);
+        for t in type_order() {
+            for names in [&["nope"][..], &["here"], &["here", "nope"]] {
+                let mut s = Stream::default();
+                assert_eq!(responses_while_acking(&mut s, &t, names, &s1, 50), 1, "{t} {names:?}");
+            }
+            // The missing name is answered once, without it; it appears: pushed once.
+            let mut s = Stream::default();
+            let (_, out) = s.on_request(&req(t.clone(), &["nope"], "", ""), &s1).unwrap();
+            assert!(out[0].resources.is_empty(), "{t}");
+            s.on_request(&req(t.clone(), &["nope"], &out[0].version_info, &out[0].nonce), &s1).unwrap();
+            let s2 = every_type(&["here", "nope"]);
+            let out = s.on_snapshot(&s2);
+            assert_eq!(out.len(), 1, "{t}");
+            assert_eq!(out[0].resources.len(), 1, "{t}");
+            let (_, again) =
+                s.on_request(&req(t.clone(), &["nope"], &out[0].version_info, &out[0].nonce), &s2).unwrap();
+            assert!(again.is_empty(), "{t}");
+            assert!(s.on_snapshot(&s2).is_empty(), "{t}");
+        }
+    }
+
+    #[test]
+    fn naming_another_missing_name_is_answered_once() {
+        let rds = RouteConfiguration::type_url();
+        let s1 = every_type(&["here"]);
+        let mut s = Stream::default();
+        let (_, out) = s.on_request(&req(rds.clone(), &["here"], "", ""), &s1).unwrap();
+        let (v, n) = (out[0].version_info.clone(), out[0].nonce.clone());
+        let (_, out) = s.on_request(&req(rds.clone(), &["here", "nope"], &v, &n), &s1).unwrap();
+        assert_eq!(out.len(), 1, "a new name is answered even when nothing changed");
+        let (v, n) = (out[0].version_info.clone(), out[0].nonce.clone());
+        for _ in 0..10 {
+            let (_, out) = s.on_request(&req(rds.clone(), &["here", "nope"], &v, &n), &s1).unwrap();
+            assert!(out.is_empty(), "the same names again need no reply");
+        }
+        // Dropping a name that does not exist changes nothing the client holds.
+        let (_, out) = s.on_request(&req(rds.clone(), &["here"], &v, &n), &s1).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -84,6 +84,20 @@ impl Kind {
         }
     }
 
+    /// Which proxies a resource of this kind configures, relative to its target service: the
+    /// translation puts routes, circuit breakers and health checks into what callers of the
+    /// service get (listeners, routes, clusters), access policies and rate limits into the
+    /// service's own inbound side, and a service into both.
+    pub fn reach(self) -> Reach {
+        match self {
+            Kind::Service => Reach { callers: true, instances: true },
+            Kind::AccessPolicy | Kind::RateLimit => Reach { callers: false, instances: true },
+            Kind::HttpRoute | Kind::TcpRoute | Kind::CircuitBreaker | Kind::HealthCheck => {
+                Reach { callers: true, instances: false }
+            }
+        }
+    }
+
     /// Finds a kind by document name, URL segment or a CLI spelling (`httproute`, `svc`).
     pub fn lookup(s: &str) -> Option<Kind> {
         let norm = |s: &str| -> String {
@@ -98,6 +112,13 @@ impl Kind {
                 || (*k == Kind::Service && want == "svc")
         })
     }
+}
+
+/// The proxies a kind configures: those that call its target service, those that run it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reach {
+    pub callers: bool,
+    pub instances: bool,
 }
 
 /// A parsed spec of one of the kinds.
