@@ -38,6 +38,13 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the database is unreachable or going away (then retrying later may work).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
 /// Whether an error means the database is unreachable or going away (connection lost or
 /// refused, no connection within the pool's timeout, server shutting down or starting up,
 /// too many connections), as opposed to a statement that failed.

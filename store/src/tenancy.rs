@@ -44,6 +44,20 @@ impl TenantTx {
         Ok(())
     }
 
+    /// Marks a point that [`TenantTx::rollback_to`] returns to, undoing only what follows
+    /// it: for batch writers, so that one tenant's failed write does not fail the others'.
+    pub async fn savepoint(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SAVEPOINT batch_part").execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    /// Undoes everything since the last [`TenantTx::savepoint`]; the transaction goes on
+    /// (bound to the same tenant).
+    pub async fn rollback_to(&mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK TO SAVEPOINT batch_part").execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
     pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }

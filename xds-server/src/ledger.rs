@@ -57,11 +57,14 @@ pub enum LedgerOp {
     },
 }
 
+/// A registered dataplane: its id and the time of this registration.
+type Joined = (Uuid, DateTime<Utc>);
+
 /// A dataplane's registration, answered once it is committed.
 struct Register {
     mesh: MeshId,
     registration: Registration,
-    done: oneshot::Sender<Result<(Uuid, DateTime<Utc>), String>>,
+    done: oneshot::Sender<Result<Joined, String>>,
 }
 
 enum Item {
@@ -120,7 +123,7 @@ impl Ledger {
         org: OrgId,
         mesh: MeshId,
         registration: Registration,
-    ) -> Result<(Uuid, DateTime<Utc>), String> {
+    ) -> Result<Joined, String> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send((org, Item::Register(Register { mesh, registration, done })))
@@ -131,9 +134,13 @@ impl Ledger {
 }
 
 /// Writes one batch in one transaction (one commit), tenant by tenant: registrations first,
-/// then the facts, which may name a dataplane registered in the same batch.
+/// then the facts, which may name a dataplane registered in the same batch. A part that fails
+/// (a fact about a dataplane whose mesh was just deleted, a registration into a deleted mesh)
+/// is undone alone: those registrations are refused, or those facts dropped, and everything
+/// else still commits.
 async fn write(store: &Store, by_org: BTreeMap<OrgId, (Vec<Register>, Vec<LedgerOp>)>) {
-    let mut answers = Vec::new();
+    // Per tenant: the registrations' answers, or why its part failed.
+    let mut parts: Vec<Result<Vec<Joined>, String>> = Vec::with_capacity(by_org.len());
     let result = async {
         let mut tx: Option<trellis_store::TenantTx> = None;
         for (org, (regs, ops)) in &by_org {
@@ -144,13 +151,13 @@ async fn write(store: &Store, by_org: BTreeMap<OrgId, (Vec<Register>, Vec<Ledger
                 }
                 None => tx.insert(store.tenant(*org).await?),
             };
-            for r in regs {
-                let dp = tx.register_dataplane(r.mesh, &r.registration).await?;
-                answers.push((dp.id, dp.connected_at));
-            }
-            for op in ops {
-                apply(tx, op).await?;
-            }
+            tx.savepoint().await?;
+            let registered = register_all(tx, regs).await;
+            parts.push(settle(tx, *org, registered).await?);
+            // Facts lost here are written again by the stream's next response or ACK.
+            tx.savepoint().await?;
+            let applied = apply_all(tx, ops).await;
+            settle(tx, *org, applied).await?.ok();
         }
         match tx {
             Some(tx) => tx.commit().await,
@@ -161,16 +168,57 @@ async fn write(store: &Store, by_org: BTreeMap<OrgId, (Vec<Register>, Vec<Ledger
     if let Err(e) = &result {
         tracing::warn!(error = %e, "writing the xDS ledger failed");
     }
-    let mut answers = answers.into_iter();
+    let mut parts = parts.into_iter();
     for (_, (regs, _)) in by_org {
-        for r in regs {
-            let answer = match &result {
-                Ok(()) => answers.next().ok_or_else(|| "registration lost".to_owned()),
-                Err(e) => Err(e.to_string()),
+        let part = match &result {
+            Ok(()) => parts.next().unwrap_or_else(|| Err("registration lost".to_owned())),
+            Err(e) => Err(e.to_string()),
+        };
+        for (i, r) in regs.into_iter().enumerate() {
+            let answer = match &part {
+                Ok(answers) => answers.get(i).copied().ok_or_else(|| "registration lost".to_owned()),
+                Err(e) => Err(e.clone()),
             };
             let _ = r.done.send(answer);
         }
     }
+}
+
+/// The outcome of one tenant's part of a batch, written after a savepoint: a failed part is
+/// undone alone (`Ok(Err(why))`); only a database outage fails the whole batch.
+async fn settle<T>(
+    tx: &mut trellis_store::TenantTx,
+    org: OrgId,
+    part: Result<T, StoreError>,
+) -> Result<Result<T, String>, StoreError> {
+    match part {
+        Ok(done) => Ok(Ok(done)),
+        Err(e) if e.is_unavailable() => Err(e),
+        Err(e) => {
+            tracing::warn!(%org, error = %e, "a tenant's part of an xDS ledger batch failed; the others are written");
+            tx.rollback_to().await?;
+            Ok(Err(e.to_string()))
+        }
+    }
+}
+
+async fn register_all(
+    tx: &mut trellis_store::TenantTx,
+    regs: &[Register],
+) -> Result<Vec<Joined>, StoreError> {
+    let mut answers = Vec::with_capacity(regs.len());
+    for r in regs {
+        let dp = tx.register_dataplane(r.mesh, &r.registration).await?;
+        answers.push((dp.id, dp.connected_at));
+    }
+    Ok(answers)
+}
+
+async fn apply_all(tx: &mut trellis_store::TenantTx, ops: &[LedgerOp]) -> Result<(), StoreError> {
+    for op in ops {
+        apply(tx, op).await?;
+    }
+    Ok(())
 }
 
 async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), StoreError> {
@@ -191,6 +239,82 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
         LedgerOp::Reach { dataplane, calls, serves } => tx.dataplane_reach(*dataplane, calls, *serves).await,
         LedgerOp::Content { mesh, type_url, version, resources } => {
             tx.record_xds_config(*mesh, type_url, version, resources).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use trellis_model::{MeshName, OrgSlug};
+    use trellis_store::Precondition;
+    use trellis_store::testing::TestDb;
+
+    use super::*;
+
+    fn registration(node: &str) -> Registration {
+        Registration {
+            service: "web".into(),
+            node_id: node.into(),
+            client: "envoy".into(),
+            address: None,
+            ports: vec![8080],
+            tags: json!({}),
+            zone: String::new(),
+            replica: "r1".into(),
+        }
+    }
+
+    fn register(mesh: MeshId, node: &str) -> (Register, oneshot::Receiver<Result<Joined, String>>) {
+        let (done, answer) = oneshot::channel();
+        (Register { mesh, registration: registration(node), done }, answer)
+    }
+
+    #[tokio::test]
+    async fn one_tenants_failing_part_fails_no_other_tenants_writes() {
+        let db = TestDb::create().await;
+        let store = db.store().await;
+        let mut meshes = Vec::new();
+        for slug in ["a", "b", "c"] {
+            let org = store.create_org(&OrgSlug::parse(slug).unwrap(), slug).await.unwrap();
+            let mut tx = store.tenant(org.id).await.unwrap();
+            let name = MeshName::parse("shop").unwrap();
+            let td = format!("shop.{slug}.test");
+            let mesh =
+                tx.put_mesh(&name, &td, &json!({}), &json!({}), Precondition::Unconditional).await.unwrap();
+            tx.commit().await.unwrap();
+            meshes.push((org.id, mesh.value.id));
+        }
+        // b's mesh is deleted while its registration and a fact about its dataplane are queued.
+        let (b, b_mesh) = meshes[1];
+        let mut tx = store.tenant(b).await.unwrap();
+        tx.delete_mesh(b_mesh).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let mut batch = BTreeMap::new();
+        let mut answers = Vec::new();
+        for (i, (org, mesh)) in meshes.iter().enumerate() {
+            let (reg, answer) = register(*mesh, &format!("node-{i}"));
+            answers.push(answer);
+            let fact = LedgerOp::Sent {
+                dataplane: Uuid::new_v4(),
+                type_url: "t".into(),
+                version: "v".into(),
+                nonce: "1".into(),
+                revision: 1,
+            };
+            let facts = if *org == b { vec![fact] } else { Vec::new() };
+            batch.insert(*org, (vec![reg], facts));
+        }
+        write(&store, batch).await;
+
+        let answers: Vec<bool> =
+            futures::future::join_all(answers).await.into_iter().map(|a| a.unwrap().is_ok()).collect();
+        assert_eq!(answers, [true, false, true], "only b's registration is refused");
+        for (i, (org, mesh)) in meshes.iter().enumerate() {
+            let mut tx = store.tenant(*org).await.unwrap();
+            let registered = tx.list_dataplanes(*mesh).await.unwrap();
+            assert_eq!(registered.len(), usize::from(i != 1), "tenant {i}");
         }
     }
 }
