@@ -43,5 +43,5 @@ pub use svid::{IssuedSvid, SvidTtl, TtlError};
 pub use tls::{SvidClientVerifier, SvidServerVerifier};
 pub use validity::{CLOCK_SKEW, ExpiryError, days_until_expiry, ensure_min_days};
 pub use verify::{
-    PeerRole, VerifyError, claimed_spiffe_id_and_validity, spiffe_id_of, verify_svid, verify_svid_root,
+    ClaimedLeaf, PeerRole, VerifyError, claimed_leaf, spiffe_id_of, verify_svid, verify_svid_root,
 };

@@ -117,15 +117,34 @@ pub(crate) fn verify_chain(
     Ok((id, index))
 }
 
-/// The SPIFFE ID a certificate claims (its one URI SAN), unverified, with its validity
-/// window (not before, not after): for finding the bundle to verify it against, and for how
-/// long a cache of verified peers may keep it.
-pub fn claimed_spiffe_id_and_validity(
-    leaf: &CertificateDer<'_>,
-) -> Result<(SpiffeId, SystemTime, SystemTime), VerifyError> {
+/// What a leaf certificate claims, unverified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedLeaf {
+    /// Its one URI SAN.
+    pub id: SpiffeId,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    /// Its serial number in lowercase hex without leading zeros, as [`crate::IssuedSvid`]
+    /// names it: the key of its issuance record.
+    pub serial_hex: String,
+}
+
+/// What a leaf claims, unverified: its SPIFFE ID (for finding the bundle to verify it
+/// against), its validity window (for how long a cache of verified peers may keep it) and
+/// its serial (for finding its issuance record).
+pub fn claimed_leaf(leaf: &CertificateDer<'_>) -> Result<ClaimedLeaf, VerifyError> {
     let c = cert::parse(leaf)?;
     let (from, to) = cert::validity_secs(&c);
-    Ok((claimed(&c)?, validity::from_unix(from), validity::from_unix(to)))
+    // DER integers carry a leading zero byte when the top bit is set; the serial is the
+    // magnitude.
+    let raw = c.raw_serial();
+    let magnitude = &raw[raw.iter().position(|b| *b != 0).unwrap_or(raw.len())..];
+    Ok(ClaimedLeaf {
+        id: claimed(&c)?,
+        not_before: validity::from_unix(from),
+        not_after: validity::from_unix(to),
+        serial_hex: cert::hex(magnitude),
+    })
 }
 
 fn claimed(c: &x509_parser::certificate::X509Certificate<'_>) -> Result<SpiffeId, VerifyError> {

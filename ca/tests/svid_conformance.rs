@@ -141,6 +141,9 @@ fn not_after_is_capped_at_the_issuer_and_serials_are_distinct_minimal_and_positi
             17 => assert!(raw[0] == 0 && raw[1] >= 0x80, "{}", svid.serial_hex),
             n => panic!("serial of {n} bytes: {}", svid.serial_hex),
         }
+        // A presented leaf names its issuance record by this same serial.
+        let claimed = trellis_ca::claimed_leaf(&svid.cert_der).unwrap();
+        assert_eq!(claimed.serial_hex, svid.serial_hex);
         assert!(seen.insert(svid.serial_hex), "serials never repeat");
     }
 

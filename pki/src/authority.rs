@@ -10,6 +10,7 @@ use trellis_ca::{
     ByoError, IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
+use trellis_model::config::Tags;
 use trellis_model::{MeshId, OrgId};
 use trellis_model::{Token, TokenKind, token_sha256};
 use trellis_store::MeshChange;
@@ -36,7 +37,8 @@ impl Default for AuthorityOptions {
     }
 }
 
-/// An authenticated workload: everything comes from its verified certificate.
+/// An authenticated workload: everything comes from its verified certificate and the
+/// issuance record of that certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     pub org: OrgId,
@@ -45,6 +47,9 @@ pub struct Peer {
     pub trust_domain: TrustDomain,
     pub id: SpiffeId,
     pub service: String,
+    /// The tags of the join token this identity descends from: its dataplanes carry exactly
+    /// these values for these keys.
+    pub tags: Tags,
 }
 
 /// A signed SVID and what the workload needs beside it.
@@ -349,12 +354,15 @@ impl Authority {
         }
     }
 
-    fn leaf(ca_id: Uuid, svid: &IssuedSvid) -> IssuedLeaf {
+    /// The record of a leaf for `service`, bounded by `tags`.
+    fn leaf(ca_id: Uuid, svid: &IssuedSvid, service: &str, tags: &Tags) -> IssuedLeaf {
         IssuedLeaf {
             serial: svid.serial_hex.clone(),
             ca_id,
             spiffe_id: svid.spiffe_id.as_str().to_owned(),
             not_after: utc(svid.not_after),
+            service: service.to_owned(),
+            tags: serde_json::to_value(tags).unwrap_or_default(),
             join_token: None,
         }
     }
@@ -401,12 +409,15 @@ impl Authority {
             };
             let id = SpiffeId::workload(&ident.trust_domain, &ident.mesh, &record.service)
                 .map_err(PkiError::internal)?;
+            // Tokens are made with checked tags; a stored value that is not a map of strings
+            // binds nothing it could not, so it is refused rather than ignored.
+            let tags: Tags = serde_json::from_value(record.tags.clone())
+                .map_err(|e| PkiError::internal(format!("join token tags: {e}")))?;
             let recorded = if record.single_use {
                 tx.redeem_join_token(&sha).await.map_err(refused)?;
                 let (ca_id, svid) = Self::sign_with(&ident, &id, csr)?;
-                if tx.record_leaves_if_active(&[(mesh_id, Self::leaf(ca_id, &svid))]).await?.first()
-                    == Some(&true)
-                {
+                let leaf = Self::leaf(ca_id, &svid, &record.service, &tags);
+                if tx.record_leaves_if_active(&[(mesh_id, leaf)]).await?.first() == Some(&true) {
                     tx.commit().await?;
                     Some(svid)
                 } else {
@@ -415,7 +426,10 @@ impl Authority {
             } else {
                 tx.commit().await?;
                 let (ca_id, svid) = Self::sign_with(&ident, &id, csr)?;
-                let leaf = IssuedLeaf { join_token: Some(record.id), ..Self::leaf(ca_id, &svid) };
+                let leaf = IssuedLeaf {
+                    join_token: Some(record.id),
+                    ..Self::leaf(ca_id, &svid, &record.service, &tags)
+                };
                 self.record(parsed.org, mesh_id, leaf).await?.then_some(svid)
             };
             if let Some(svid) = recorded {
@@ -430,14 +444,15 @@ impl Authority {
         Err(PkiError::Conflict("the mesh's certificate authority is changing; retry".into()))
     }
 
-    /// Renewal: a new SVID for exactly the identity the caller authenticated with. Signed
-    /// from the cached mesh; the leaf's record is committed (in a batch with concurrent
-    /// issuances) before the SVID is returned.
+    /// Renewal: a new SVID for exactly the identity the caller authenticated with, bounded
+    /// by the same tags. Signed from the cached mesh; the leaf's record is committed (in a
+    /// batch with concurrent issuances) before the SVID is returned.
     pub async fn renew(&self, peer: &Peer, csr: &[u8]) -> Result<Issued, PkiError> {
         for attempt in 0..2 {
             let ident = self.identity(peer.org, peer.mesh_id).await?;
             let (ca_id, svid) = Self::sign_with(&ident, &peer.id, csr)?;
-            if self.record(peer.org, peer.mesh_id, Self::leaf(ca_id, &svid)).await? {
+            let leaf = Self::leaf(ca_id, &svid, &peer.service, &peer.tags);
+            if self.record(peer.org, peer.mesh_id, leaf).await? {
                 return Ok(Self::issued(&ident, svid));
             }
             self.forget(peer.mesh_id);
@@ -449,8 +464,9 @@ impl Authority {
     }
 
     /// Authenticates a workload by the certificate chain it presented in TLS (leaf first):
-    /// the chain must verify against its mesh's current bundle, and the SVID must name a
-    /// service of that mesh.
+    /// the chain must verify against its mesh's current bundle, the SVID must name a
+    /// service of that mesh, and its issuance record must exist and be unrevoked (it holds
+    /// the tags that bound the identity).
     pub async fn authenticate_peer(&self, chain: &[CertificateDer<'_>]) -> Result<Peer, PkiError> {
         let now = SystemTime::now();
         let digest = chain_digest(chain);
@@ -458,9 +474,9 @@ impl Authority {
             return Ok(peer);
         }
         let leaf = chain.first().ok_or_else(|| PkiError::Unauthenticated("no client certificate".into()))?;
-        let (claimed, _, not_after) = trellis_ca::claimed_spiffe_id_and_validity(leaf)
+        let claimed = trellis_ca::claimed_leaf(leaf)
             .map_err(|e| PkiError::Unauthenticated(format!("client certificate: {e}")))?;
-        let td = claimed.trust_domain();
+        let td = claimed.id.trust_domain();
         let unknown = || PkiError::Unauthenticated(format!("no mesh has the trust domain {td}"));
         let (mut org, mut mesh_id) = self.mesh_of_trust_domain(td.as_str()).await?.ok_or_else(unknown)?;
         let ident = match self.identity(org, mesh_id).await {
@@ -484,9 +500,34 @@ impl Authority {
             .filter(|s| !s.is_empty() && !s.contains('/'))
             .ok_or_else(|| PkiError::Unauthenticated(format!("{id} does not name a service of this mesh")))?
             .to_owned();
-        let peer = Peer { org, mesh_id, mesh: ident.mesh.clone(), trust_domain: td, id, service };
-        self.inner.cache.remember_verified(digest, &ident, peer.clone(), not_after);
+        let tags = self.issued_tags(org, mesh_id, &claimed.serial_hex, &service).await?;
+        let peer = Peer { org, mesh_id, mesh: ident.mesh.clone(), trust_domain: td, id, service, tags };
+        self.inner.cache.remember_verified(digest, &ident, peer.clone(), claimed.not_after);
         Ok(peer)
+    }
+
+    /// The tags that bound a verified leaf, from its issuance record. A leaf without one was
+    /// not issued by Trellis (a key uploaded with its CA could sign one), and a revoked one
+    /// belongs to a deleted service: neither authenticates.
+    async fn issued_tags(
+        &self,
+        org: OrgId,
+        mesh: MeshId,
+        serial: &str,
+        service: &str,
+    ) -> Result<Tags, PkiError> {
+        let mut tx = self.inner.store.tenant(org).await?;
+        let record = tx.issued_leaf(mesh, serial).await?;
+        tx.commit().await?;
+        let record = record.filter(|r| r.service == service).ok_or_else(|| {
+            PkiError::Unauthenticated(format!("certificate {serial} has no issuance record for {service}"))
+        })?;
+        if record.revoked_at.is_some() {
+            return Err(PkiError::Unauthenticated(format!(
+                "certificate {serial} was revoked: service {service} was deleted"
+            )));
+        }
+        serde_json::from_value(record.tags).map_err(|e| PkiError::internal(format!("issued leaf tags: {e}")))
     }
 
     /// The mesh's CA status.

@@ -225,9 +225,24 @@ pub struct IssuedLeaf {
     pub ca_id: Uuid,
     pub spiffe_id: String,
     pub not_after: DateTime<Utc>,
+    /// The service the leaf names: deleting it revokes the leaf.
+    pub service: String,
+    /// The tags of the join token the identity descends from (a JSON object of strings):
+    /// its dataplanes may not claim other values for them.
+    pub tags: Value,
     /// The multi-use join token this issuance spent a use of: counted when the leaf is
     /// recorded by [`TenantTx::record_leaves_if_active`].
     pub join_token: Option<Uuid>,
+}
+
+/// What the issuance record of a leaf says about its identity.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LeafRecord {
+    pub service: String,
+    /// The join token's tags (a JSON object of strings).
+    pub tags: Value,
+    /// Set when the leaf's service was deleted: the leaf no longer authenticates.
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 impl TenantTx {
@@ -451,17 +466,21 @@ impl TenantTx {
         let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
         let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut services, mut tags) = (Vec::new(), Vec::new());
         for (mesh, l) in kept {
             meshes.push(mesh.as_uuid());
             serials.push(l.serial.as_str());
             ca_ids.push(l.ca_id);
             ids.push(l.spiffe_id.as_str());
             not_after.push(l.not_after);
+            services.push(l.service.as_str());
+            tags.push(l.tags.clone());
         }
         if !serials.is_empty() {
             sqlx::query(
-                "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after) \
-                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[])",
+                "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after, service, tags) \
+                 SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[], \
+                   $7::text[], $8::jsonb[])",
             )
             .bind(self.org().as_uuid())
             .bind(&meshes)
@@ -469,6 +488,8 @@ impl TenantTx {
             .bind(&ca_ids)
             .bind(&ids)
             .bind(&not_after)
+            .bind(&services)
+            .bind(&tags)
             .execute(self.conn())
             .await?;
         }
@@ -491,6 +512,21 @@ impl TenantTx {
             .await?;
         }
         Ok(keep)
+    }
+
+    /// The issuance record of the leaf with this serial in a mesh: what bounds its identity.
+    pub async fn issued_leaf(
+        &mut self,
+        mesh: MeshId,
+        serial: &str,
+    ) -> Result<Option<LeafRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT service, tags, revoked_at FROM issued_svids WHERE mesh_id = $1 AND serial = $2",
+        )
+        .bind(mesh.as_uuid())
+        .bind(serial)
+        .fetch_optional(self.conn())
+        .await?)
     }
 
     /// Unexpired leaves per CA of a mesh.
@@ -614,8 +650,9 @@ type PlatformRow = (Vec<u8>, String, Vec<u8>, Vec<u8>);
 impl Store {
     /// Which organization and mesh own this trust domain (from a verified certificate).
     pub async fn mesh_of_trust_domain(&self, td: &str) -> Result<Option<(OrgId, MeshId)>, StoreError> {
+        // An exact lookup: the server role cannot read (or list) the directory itself.
         let row: Option<(Uuid, Uuid)> =
-            sqlx::query_as("SELECT org_id, mesh_id FROM trust_domain_directory WHERE trust_domain = $1")
+            sqlx::query_as("SELECT org_id, mesh_id FROM trellis_mesh_of_trust_domain($1)")
                 .bind(td)
                 .fetch_optional(&self.pool)
                 .await?;

@@ -28,7 +28,7 @@ mod users;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use ca::{
-    CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, NewCa,
+    CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafRecord, NewCa,
     PlatformCaRecord, SealedBytes,
 };
 pub use dataplanes::{Dataplane, LedgerEntry, Registration};

@@ -21,19 +21,30 @@ async fn tables_missing_rls(conn: &mut PgConnection) -> Vec<String> {
     .unwrap()
 }
 
-/// Directories: tables with an `org_id` column that anyone may read (ids only), like the
-/// organization directory. Their write rules are tested on their own.
+/// Directories: tables with an `org_id` column that the server role resolves one exact key
+/// in, through a function, and cannot read at all. They show nothing without a tenant like
+/// every other table (`without_a_tenant_every_tenant_table_is_empty`); their rules are
+/// tested on their own.
 const DIRECTORIES: [&str; 1] = ["trust_domain_directory"];
+
+/// Every table with an `org_id` column.
+async fn org_tables(conn: &mut PgConnection) -> Vec<String> {
+    tenant_tables_except(conn, &[]).await
+}
 
 /// Every table with an `org_id` column, except the directories.
 async fn tenant_tables(conn: &mut PgConnection) -> Vec<String> {
+    tenant_tables_except(conn, &DIRECTORIES).await
+}
+
+async fn tenant_tables_except(conn: &mut PgConnection, except: &[&str]) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'org_id' AND NOT a.attisdropped \
          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> ALL($1) ORDER BY 1",
     )
-    .bind(&DIRECTORIES[..])
+    .bind(except)
     .fetch_all(conn)
     .await
     .unwrap()
@@ -125,6 +136,8 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
                     ca_id: ca.id,
                     spiffe_id: "spiffe://x/ns/prod/sa/web".into(),
                     not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+                    service: "web".into(),
+                    tags: json!({}),
                     join_token: None,
                 },
             )])
@@ -200,7 +213,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
     seed(&db, &store).await;
 
     let mut admin = db.admin_conn().await;
-    let tables = tenant_tables(&mut admin).await;
+    let tables = org_tables(&mut admin).await;
     assert_eq!(
         tables,
         [
@@ -215,6 +228,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "mesh_cas",
             "meshes",
             "resources",
+            "trust_domain_directory",
             "xds_configs",
             "xds_ledger"
         ]
@@ -227,11 +241,17 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             .await
             .unwrap();
         assert_eq!(as_admin, 2, "the seed wrote one {t} row per organization");
-        let as_app: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
-            .fetch_one(&mut app)
-            .await
-            .unwrap();
-        assert_eq!(as_app, 0, "{t} shows rows to the server role with no tenant set");
+        let as_app: Result<i64, _> =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {t}")))
+                .fetch_one(&mut app)
+                .await;
+        // A directory cannot be read at all; everything else reads as empty.
+        if DIRECTORIES.contains(&t.as_str()) {
+            let err = as_app.expect_err("the server role reads a directory");
+            assert!(err.to_string().contains("permission denied"), "{t}: {err}");
+        } else {
+            assert_eq!(as_app.unwrap(), 0, "{t} shows rows to the server role with no tenant set");
+        }
     }
     // A tenant set in one transaction does not outlive it.
     let mut tx = app.begin().await.unwrap();
@@ -457,45 +477,111 @@ async fn a_user_sees_only_their_own_memberships_across_tenants() {
     tx.rollback().await.unwrap();
 }
 
+/// Issue #10, item 8: a trust domain resolves to its mesh only when named exactly, through
+/// `trellis_mesh_of_trust_domain` (SECURITY DEFINER, owned by the owner role, fixed
+/// search_path); the server role can neither list the directory nor write another tenant's
+/// entry, and a tenant's own entries come and go with its meshes.
 #[tokio::test]
-async fn the_trust_domain_directory_is_readable_but_written_only_by_its_tenant() {
+async fn the_trust_domain_directory_answers_one_exact_name_and_lists_nothing() {
     let db = TestDb::create().await;
     let store = db.store().await;
     let Seeded { a, b } = seed(&db, &store).await;
-    // Without a tenant: a trust domain resolves to its mesh (what a TLS client proves).
+    // Without a tenant: one exact trust domain resolves to its mesh (what a TLS client proves).
     let (org, _) = store.mesh_of_trust_domain("prod.org-a.test").await.unwrap().expect("listed");
     assert_eq!(org, a);
-    assert!(store.mesh_of_trust_domain("nope.test").await.unwrap().is_none());
     let mut app = db.app_conn().await;
+    let lookup = "SELECT org_id FROM trellis_mesh_of_trust_domain($1)";
+    let found: Vec<uuid::Uuid> =
+        sqlx::query_scalar(lookup).bind("prod.org-a.test").fetch_all(&mut app).await.unwrap();
+    assert_eq!(found, [a.as_uuid()], "exactly one row for the exact name");
+    for near in
+        ["nope.test", "prod.org-a", "prod.org-a.%", "%", "_rod.org-a.test", "PROD.ORG-A.TEST", "", ".*"]
+    {
+        let rows: Vec<uuid::Uuid> = sqlx::query_scalar(lookup).bind(near).fetch_all(&mut app).await.unwrap();
+        assert!(rows.is_empty(), "{near:?} resolved to {rows:?}");
+        assert!(store.mesh_of_trust_domain(near).await.unwrap().is_none(), "{near:?}");
+    }
+    // The table itself is out of the server role's reach, with or without a tenant.
+    let mut admin = db.admin_conn().await;
+    let readable: bool =
+        sqlx::query_scalar("SELECT has_table_privilege($1, 'trust_domain_directory', 'SELECT')")
+            .bind(APP_ROLE)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert!(!readable, "the server role may SELECT the directory");
+    let (definer, config, owner): (bool, Vec<String>, String) = sqlx::query_as(
+        "SELECT prosecdef, coalesce(proconfig, '{}'), pg_get_userbyid(proowner)::text FROM pg_proc \
+         WHERE proname = 'trellis_mesh_of_trust_domain'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(definer, "the lookup runs as its owner");
+    assert!(config.iter().any(|c| c.starts_with("search_path=")), "no fixed search_path: {config:?}");
+    let owner_role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut PgConnection::connect_with(&db.roles.owner).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(owner, owner_role, "owned by the role that owns the schema");
+
     let mut tx = app.begin().await.unwrap();
     sqlx::query("SELECT set_config('app.org_id', $1, true)")
         .bind(a.to_string())
         .execute(&mut *tx)
         .await
         .unwrap();
-    // Org A cannot list a trust domain under B, nor delete B's entry.
+    let mut sp = tx.begin().await.unwrap();
+    let err = sqlx::query("SELECT count(*) FROM trust_domain_directory").execute(&mut *sp).await.unwrap_err();
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    sp.rollback().await.unwrap();
+    // Org A cannot list a trust domain under B.
+    let b_mesh: uuid::Uuid = sqlx::query_scalar("SELECT id FROM meshes WHERE org_id = $1")
+        .bind(b.as_uuid())
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
     let mut sp = tx.begin().await.unwrap();
     let err = sqlx::query(
-        "INSERT INTO trust_domain_directory (trust_domain, org_id, mesh_id) \
-         SELECT 'stolen.test', org_id, mesh_id FROM trust_domain_directory WHERE org_id = $1",
+        "INSERT INTO trust_domain_directory (trust_domain, org_id, mesh_id) VALUES ('stolen.test', $1, $2)",
     )
     .bind(b.as_uuid())
+    .bind(b_mesh)
     .execute(&mut *sp)
     .await
     .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     sp.rollback().await.unwrap();
-    let gone = sqlx::query("DELETE FROM trust_domain_directory WHERE org_id = $1")
-        .bind(b.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(gone.rows_affected(), 0);
-    let updated = sqlx::query("UPDATE trust_domain_directory SET org_id = $2 WHERE org_id = $1")
-        .bind(b.as_uuid())
+    // A delete reaches A's own entry only, and no UPDATE is allowed at all.
+    let gone = sqlx::query("DELETE FROM trust_domain_directory").execute(&mut *tx).await.unwrap();
+    assert_eq!(gone.rows_affected(), 1, "A's own entry");
+    let mut sp = tx.begin().await.unwrap();
+    let updated = sqlx::query("UPDATE trust_domain_directory SET org_id = $1")
         .bind(a.as_uuid())
-        .execute(&mut *tx)
+        .execute(&mut *sp)
         .await;
     assert!(updated.is_err(), "no UPDATE privilege on the directory");
+    sp.rollback().await.unwrap();
     tx.rollback().await.unwrap();
+    assert!(store.mesh_of_trust_domain("prod.org-b.test").await.unwrap().is_some(), "B's entry survived");
+
+    // A mesh brings its entry and takes it away, in the tenant's own transaction.
+    let mut ta = store.tenant(a).await.unwrap();
+    let made = ta
+        .put_mesh(
+            &MeshName::parse("staging").unwrap(),
+            "staging.org-a.test",
+            &json!({}),
+            &json!({}),
+            Precondition::Unconditional,
+        )
+        .await
+        .unwrap()
+        .value;
+    ta.commit().await.unwrap();
+    assert_eq!(store.mesh_of_trust_domain("staging.org-a.test").await.unwrap(), Some((a, made.id)));
+    let mut ta = store.tenant(a).await.unwrap();
+    ta.delete_mesh(made.id).await.unwrap();
+    ta.commit().await.unwrap();
+    assert!(store.mesh_of_trust_domain("staging.org-a.test").await.unwrap().is_none());
 }

@@ -573,3 +573,155 @@ async fn a_write_through_one_replica_reaches_a_client_of_the_other() {
     .await;
     assert_eq!(d["state"], "in-sync", "{d}");
 }
+
+/// A join token made through the REST API (tags and all), as an operator makes one.
+async fn api_join_token(api: &Api, service: &str, tags: Value) -> String {
+    let (status, body) =
+        api.post("/meshes/shop/join-tokens", &json!({"service": service, "tags": tags})).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// A node that declares `tags` in its metadata, as a bootstrap's `node.metadata.tags` does.
+fn tagged_node(id: &str, tags: &[(&str, &str)]) -> Node {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use envoy_types::pb::google::protobuf::{Struct, Value as PbValue};
+    let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_owned())) };
+    let tags = Struct { fields: tags.iter().map(|(k, v)| ((*k).to_owned(), string(v))).collect() };
+    let metadata = Struct {
+        fields: [("tags".to_owned(), PbValue { kind: Some(Kind::StructValue(tags)) })].into_iter().collect(),
+    };
+    Node { metadata: Some(metadata), ..node(id, "grpc-test") }
+}
+
+/// Opens an EDS stream for `reviews` as `svid` with `node`: the first response, or the
+/// status the server ended the stream with.
+async fn eds_stream(
+    f: &Fixture,
+    svid: &Svid,
+    node: Node,
+) -> Result<(Sotw, DiscoveryResponse), tonic::Status> {
+    let eds = envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::type_url();
+    let mut c = f.client(Some(svid)).await;
+    let mut first = req(eds, &["reviews"], "", "");
+    first.node = Some(node);
+    let mut s = sotw(&mut c, first).await?;
+    let r = s.next().await?;
+    Ok((s, r))
+}
+
+/// Issue #10, item 5: a join token's tags bound what its dataplanes may register as — on
+/// the first SVID and on every renewal. A `version: v1` identity that claims `version: v2`
+/// is refused and never becomes a v2 endpoint; one that says nothing is registered as v1.
+#[tokio::test]
+async fn a_join_tokens_tags_bound_the_registration_of_its_dataplanes_and_renewals() {
+    let f = fixture().await;
+    let token = api_join_token(&f.api, "reviews", json!({"version": "v1"})).await;
+    let v1 = issue(&f.t.xds, &f.root, &token).await.unwrap();
+
+    let err =
+        eds_stream(&f, &v1, tagged_node("impostor", &[("version", "v2")])).await.err().expect("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("version") && err.message().contains("v1"), "{err:?}");
+    assert!(dataplane(&f.api, "impostor").await.is_null(), "a refused node is not registered");
+
+    // Leaving the tag out registers the token's value; other tags of its own are kept.
+    let (_open, _) = eds_stream(&f, &v1, tagged_node("honest", &[("zone-hint", "a")])).await.unwrap();
+    let d = wait_for(&f.api, "honest", "registered", |d| d["online"] == json!(true)).await;
+    assert_eq!(d["tags"], json!({"version": "v1", "zone-hint": "a"}), "{d}");
+
+    // A renewed SVID carries the same bound: v2 refused, v1 accepted.
+    let renewed = renew(&f.t.xds, &f.root, &v1).await.unwrap();
+    let again = renew(&f.t.xds, &f.root, &renewed).await.unwrap();
+    let err =
+        eds_stream(&f, &again, tagged_node("impostor", &[("version", "v2")])).await.err().expect("refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let (_open2, _) = eds_stream(&f, &again, tagged_node("renewed", &[("version", "v1")])).await.unwrap();
+    wait_for(&f.api, "renewed", "registered as v1", |d| d["tags"] == json!({"version": "v1"})).await;
+
+    // No v2 endpoint of reviews came from this identity.
+    let (status, body) = f.api.get("/meshes/shop/dataplanes").await;
+    assert_eq!(status, 200);
+    let v2: Vec<&Value> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["service"] == "reviews" && d["tags"]["version"] == "v2")
+        .collect();
+    assert!(v2.is_empty(), "{v2:?}");
+}
+
+/// `token` issues no SVID (a 401 problem), and `svid` neither renews nor opens a stream.
+async fn assert_identity_revoked(f: &Fixture, token: &str, svid: &Svid, when: &str) {
+    let (_key, csr) = trellis_ca::workload_key_and_csr().unwrap();
+    let res =
+        f.t.http
+            .post(format!("{}/api/v1/svids", f.t.base))
+            .bearer_auth(token)
+            .json(&json!({"csr": csr}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(res.status(), 401, "{when}");
+    assert_eq!(res.headers()["content-type"], "application/problem+json", "{when}");
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["status"], 401, "{when}: {problem}");
+    let err = renew(&f.t.xds, &f.root, svid).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{when}: {err:?}");
+    let mut c = f.client(Some(svid)).await;
+    let mut first = req(Cluster::type_url(), &[], "", "");
+    first.node = Some(node("ratings-2", "envoy"));
+    let err = match sotw(&mut c, first).await {
+        Err(e) => e,
+        Ok(mut s) => s.next().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{when}: {err:?}");
+}
+
+/// Issue #10, item 6: deleting a service revokes its identity. Its join tokens issue nothing
+/// (a precise 401 problem), its open xDS streams are closed by the server, its SVIDs neither
+/// renew nor open a stream — and making the service again under the same name revives none
+/// of them.
+#[tokio::test]
+async fn deleting_a_service_revokes_its_tokens_and_svids_and_ends_its_streams() {
+    let f = fixture().await;
+    let svc = json!({"spec": {"ports": [{"port": 8000, "protocol": "http"}]}});
+    let (status, body) = f.api.put("/meshes/shop/services/ratings", &svc).await;
+    assert_eq!(status, 201, "{body}");
+    let token = api_join_token(&f.api, "ratings", json!({})).await;
+    let svid = issue(&f.t.xds, &f.root, &token).await.unwrap();
+    let cds = Cluster::type_url();
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(cds.clone(), &[], "", "");
+    first.node = Some(node("ratings-1", "envoy"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let r = s.next().await.unwrap();
+    s.tx.send(req(cds.clone(), &[], &r.version_info, &r.nonce)).await.unwrap();
+    wait_for(&f.api, "ratings-1", "online", |d| d["online"] == json!(true)).await;
+
+    let (status, _) = f.api.delete("/meshes/shop/services/ratings").await;
+    assert!(status == 204 || status == 200, "{status}");
+    // The server ends the open stream.
+    let ended = loop {
+        match s.next().await {
+            Ok(_) => continue,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended:?}");
+    assert!(ended.message().contains("service deleted"), "{ended:?}");
+
+    assert_identity_revoked(&f, &token, &svid, "after the delete").await;
+    let (status, body) = f.api.get("/meshes/shop/join-tokens").await;
+    assert_eq!(status, 200);
+    let listed = body["items"].as_array().unwrap().iter().find(|t| t["service"] == "ratings").unwrap();
+    assert_eq!(listed["status"], "revoked", "{listed}");
+
+    // The same name again is a new service: the old token and SVID stay dead.
+    let (status, body) = f.api.put("/meshes/shop/services/ratings", &svc).await;
+    assert_eq!(status, 201, "{body}");
+    assert_identity_revoked(&f, &token, &svid, "after the service was made again").await;
+    // A new token for it works.
+    let fresh = api_join_token(&f.api, "ratings", json!({})).await;
+    issue(&f.t.xds, &f.root, &fresh).await.unwrap();
+}

@@ -176,7 +176,9 @@ fn string_of(v: &PbValue) -> Option<String> {
     }
 }
 
-/// The registration a node asks for, bounded; the service comes from the identity only.
+/// The registration a node asks for, bounded; the service comes from the identity only, and
+/// the identity's tags (its join token's) are the node's: a node that claims another value
+/// for one of them is refused, and one that leaves it out gets it.
 fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> Result<Registration, Status> {
     let bad = |m: String| Status::invalid_argument(format!("node: {m}"));
     if node.id.is_empty() || node.id.len() > MAX_NODE_ID {
@@ -238,6 +240,21 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
             tags.insert(k.clone(), serde_json::Value::String(v));
         }
     }
+    for (k, bound) in &peer.tags {
+        match tags.get(k).and_then(|v| v.as_str()) {
+            Some(claimed) if claimed != bound => {
+                return Err(Status::permission_denied(format!(
+                    "node: metadata.tags.{k} is {claimed:?}, but the identity {} is bound to {k}={bound:?} \
+                     by its join token",
+                    peer.id
+                )));
+            }
+            Some(_) => {}
+            None => {
+                tags.insert(k.clone(), serde_json::Value::String(bound.clone()));
+            }
+        }
+    }
     let zone: String = node.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default();
     if zone.len() > MAX_TAG_LEN {
         return Err(bad(format!("locality.zone: at most {MAX_TAG_LEN} characters")));
@@ -262,6 +279,17 @@ async fn register(
     ctx.ledger.register(peer.org, peer.mesh_id, reg.clone()).await.map_err(|e| {
         tracing::error!(error = %e, "registering a dataplane failed");
         Status::unavailable("could not register the dataplane; retry")
+    })
+}
+
+/// A stream is served only while its service exists: deleting the service revokes the
+/// identity (its join tokens and SVIDs), and this ends the streams that were open.
+fn service_gone(state: &MeshState, peer: &Peer) -> Option<Status> {
+    (!state.services.contains(&peer.service)).then(|| {
+        Status::permission_denied(format!(
+            "service deleted: mesh {:?} has no service {:?}, so {} is no longer served",
+            peer.mesh, peer.service, peer.id
+        ))
     })
 }
 
@@ -472,6 +500,12 @@ async fn run<P: Protocol>(
             return;
         }
     };
+    let service_gone = watch.borrow().as_deref().and_then(|state| service_gone(state, &peer));
+    if let Some(s) = service_gone {
+        ctx.metrics.streams_refused.inc();
+        let _ = out.send(Err(s)).await;
+        return;
+    }
     let (dataplane, mut connected_at) = match register(&ctx, &peer, &reg).await {
         Ok(r) => r,
         Err(s) => {
@@ -650,8 +684,11 @@ impl<P: Protocol> Session<'_, P> {
     }
 
     async fn on_change(&mut self) -> Step {
-        if self.state.is_none() {
+        let Some(state) = &self.state else {
             return Err(Some(Status::not_found("the mesh was deleted")));
+        };
+        if let Some(s) = service_gone(state, self.peer) {
+            return Err(Some(s));
         }
         let _permit = self.ctx.pushes.acquire().await.ok();
         self.refresh();

@@ -2,7 +2,7 @@
 //! rebuilt from the store when the change feed names the mesh — once per debounce window,
 //! with a bound on concurrent rebuilds — and shared (`Arc`) by every stream of the mesh.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,9 @@ pub struct MeshState {
     /// When the mesh's latest write committed (for the ledger's convergence times).
     pub committed_at: DateTime<Utc>,
     pub view: Arc<MeshView>,
+    /// Every Service of the mesh by name, whether or not its stored spec still parses: the
+    /// services whose workloads may be served.
+    pub services: BTreeSet<String>,
     pub grpc: Arc<Snapshot>,
     /// The mesh's trust bundle (PEM), for the SDS secret sidecars verify peers with.
     pub bundle_pem: String,
@@ -206,9 +209,13 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         return Ok(None);
     };
     let mut view = MeshView::new(mesh.name.as_str(), trust_domain, spec.mtls.mode, spec.default_access);
+    let mut services = BTreeSet::new();
     for r in resources {
         let Some(kind) = Kind::lookup(&r.kind) else { continue };
         let name = r.name.as_str().to_owned();
+        if kind == Kind::Service {
+            services.insert(name.clone());
+        }
         // Stored specs were validated on the way in; one that no longer parses (a model
         // change) is left out rather than breaking the whole mesh.
         let Ok(parsed) = Spec::parse(kind, "spec", r.spec) else {
@@ -241,6 +248,7 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
         revision: mesh.revision,
         committed_at: mesh.updated_at,
         view: Arc::new(view),
+        services,
         grpc,
         bundle_pem,
         sidecars: Mutex::new(HashMap::new()),
