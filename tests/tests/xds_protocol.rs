@@ -724,4 +724,8 @@ async fn deleting_a_service_revokes_its_tokens_and_svids_and_ends_its_streams() 
     // A new token for it works.
     let fresh = api_join_token(&f.api, "ratings", json!({})).await;
     issue(&f.t.xds, &f.root, &fresh).await.unwrap();
+    // Deleting the mesh deletes its services, tokens and leaves together (the revoking
+    // trigger runs inside the cascade).
+    let (status, body) = f.api.delete("/meshes/shop").await;
+    assert!(status == 204 || status == 200, "{status} {body}");
 }
