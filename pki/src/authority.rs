@@ -15,7 +15,8 @@ use trellis_model::{MeshId, OrgId};
 use trellis_model::{Token, TokenKind, token_sha256};
 use trellis_store::MeshChange;
 use trellis_store::{
-    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, Mesh, NewCa, SealedBytes, Store, TenantTx,
+    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, LeafOutcome, Mesh, NewCa, SealedBytes, Store,
+    TenantTx,
 };
 use uuid::Uuid;
 
@@ -329,7 +330,19 @@ impl Authority {
     /// being the active one before the record could commit.
     async fn record(&self, org: OrgId, mesh: MeshId, leaf: IssuedLeaf) -> Result<bool, PkiError> {
         let writer = self.inner.leaves.get_or_init(|| LeafWriter::start(self.inner.store.clone()));
-        writer.record(org, mesh, leaf).await
+        let service = leaf.service.clone();
+        Self::recorded(writer.record(org, mesh, leaf).await?, &service)
+    }
+
+    /// `true` when a leaf was recorded, `false` when it must be signed again by the new CA.
+    fn recorded(outcome: LeafOutcome, service: &str) -> Result<bool, PkiError> {
+        match outcome {
+            LeafOutcome::Recorded => Ok(true),
+            LeafOutcome::CaNotActive => Ok(false),
+            LeafOutcome::ServiceGone => {
+                Err(PkiError::Unauthenticated(format!("service {service} was deleted during issuance")))
+            }
+        }
     }
 
     /// Signs an SVID for `id` with the mesh's active CA (no database round trip).
@@ -414,10 +427,14 @@ impl Authority {
             let tags: Tags = serde_json::from_value(record.tags.clone())
                 .map_err(|e| PkiError::internal(format!("join token tags: {e}")))?;
             let recorded = if record.single_use {
-                tx.redeem_join_token(&sha).await.map_err(refused)?;
+                // Recorded before the token is spent (the lock order of
+                // `record_leaves_if_active`); a refused redemption rolls the record back.
                 let (ca_id, svid) = Self::sign_with(&ident, &id, csr)?;
                 let leaf = Self::leaf(ca_id, &svid, &record.service, &tags);
-                if tx.record_leaves_if_active(&[(mesh_id, leaf)]).await?.first() == Some(&true) {
+                let outcome = tx.record_leaves_if_active(&[(mesh_id, leaf)]).await?;
+                let outcome = outcome.first().copied().unwrap_or(LeafOutcome::CaNotActive);
+                if Self::recorded(outcome, &record.service)? {
+                    tx.redeem_join_token(&sha).await.map_err(refused)?;
                     tx.commit().await?;
                     Some(svid)
                 } else {

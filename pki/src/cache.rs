@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use trellis_ca::{MeshCa, SvidTtl, TrustBundle, TrustDomain};
 use trellis_model::{MeshId, OrgId};
-use trellis_store::{IssuedLeaf, Store};
+use trellis_store::{IssuedLeaf, LeafOutcome, Store};
 use uuid::Uuid;
 
 use crate::{Peer, PkiError};
@@ -146,7 +146,7 @@ struct LeafJob {
     org: OrgId,
     mesh: MeshId,
     leaf: IssuedLeaf,
-    done: oneshot::Sender<Result<bool, String>>,
+    done: oneshot::Sender<Result<LeafOutcome, String>>,
 }
 
 /// Records issued leaves in batches: whatever arrives while one transaction commits goes
@@ -163,8 +163,8 @@ impl LeafWriter {
         Self { tx }
     }
 
-    /// Records one leaf; `Ok(false)` when its CA is no longer the active one.
-    pub async fn record(&self, org: OrgId, mesh: MeshId, leaf: IssuedLeaf) -> Result<bool, PkiError> {
+    /// Records one leaf, unless its CA is no longer the active one or its service is gone.
+    pub async fn record(&self, org: OrgId, mesh: MeshId, leaf: IssuedLeaf) -> Result<LeafOutcome, PkiError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(LeafJob { org, mesh, leaf, done })

@@ -235,6 +235,16 @@ pub struct IssuedLeaf {
     pub join_token: Option<Uuid>,
 }
 
+/// What became of a leaf handed to [`TenantTx::record_leaves_if_active`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafOutcome {
+    Recorded,
+    /// Its CA stopped being the mesh's active one: sign it again with the new one.
+    CaNotActive,
+    /// Its service was deleted: the identity no longer exists.
+    ServiceGone,
+}
+
 /// What the issuance record of a leaf says about its identity.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LeafRecord {
@@ -441,15 +451,19 @@ impl TenantTx {
         Ok(())
     }
 
-    /// Records issued leaves, but only those whose CA is still the active one of its mesh;
-    /// returns, per leaf, whether it was recorded. The CA rows are share-locked, so a
-    /// rotation step that moves a CA out of `active` either waits for this transaction (and
-    /// then counts these leaves) or commits first (and these leaves are refused, to be signed
-    /// again by the new CA).
+    /// Records issued leaves, but only those whose CA is still the active one of its mesh
+    /// and whose service still exists; returns what became of each leaf.
+    ///
+    /// The CA rows are share-locked, so a rotation step that moves a CA out of `active`
+    /// either waits for this transaction (and then counts these leaves) or commits first (and
+    /// these leaves are refused, to be signed again by the new CA). The Service rows are
+    /// key-share-locked, so deleting a service either waits (and its trigger then revokes
+    /// these leaves) or commits first (and these leaves are refused). Lock order: CA rows,
+    /// Service rows, then join tokens, as the deleting trigger takes services before tokens.
     pub async fn record_leaves_if_active(
         &mut self,
         leaves: &[(MeshId, IssuedLeaf)],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<LeafOutcome>, StoreError> {
         if leaves.is_empty() {
             return Ok(Vec::new());
         }
@@ -462,7 +476,30 @@ impl TenantTx {
         .bind(&cas)
         .fetch_all(self.conn())
         .await?;
-        let keep: Vec<bool> = leaves.iter().map(|(_, l)| active.iter().any(|(id,)| *id == l.ca_id)).collect();
+        let (wanted_meshes, wanted_names): (Vec<Uuid>, Vec<&str>) =
+            leaves.iter().map(|(m, l)| (m.as_uuid(), l.service.as_str())).unzip();
+        let services: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT mesh_id, name FROM resources WHERE kind = 'Service' \
+               AND (mesh_id, name) IN (SELECT * FROM unnest($1::uuid[], $2::text[])) \
+             ORDER BY mesh_id, name FOR KEY SHARE",
+        )
+        .bind(&wanted_meshes)
+        .bind(&wanted_names)
+        .fetch_all(self.conn())
+        .await?;
+        let outcomes: Vec<LeafOutcome> = leaves
+            .iter()
+            .map(|(m, l)| {
+                if !active.iter().any(|(id,)| *id == l.ca_id) {
+                    LeafOutcome::CaNotActive
+                } else if !services.iter().any(|(sm, name)| *sm == m.as_uuid() && *name == l.service) {
+                    LeafOutcome::ServiceGone
+                } else {
+                    LeafOutcome::Recorded
+                }
+            })
+            .collect();
+        let keep: Vec<bool> = outcomes.iter().map(|o| *o == LeafOutcome::Recorded).collect();
         let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
         let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -511,7 +548,7 @@ impl TenantTx {
             .execute(self.conn())
             .await?;
         }
-        Ok(keep)
+        Ok(outcomes)
     }
 
     /// The issuance record of the leaf with this serial in a mesh: what bounds its identity.
@@ -660,12 +697,12 @@ impl Store {
     }
 
     /// Records the leaves of several tenants in one transaction (one commit for a whole
-    /// batch of issuances): per leaf, whether it was recorded (see
+    /// batch of issuances): what became of each leaf (see
     /// [`TenantTx::record_leaves_if_active`]).
     pub async fn record_leaves_batch(
         &self,
         groups: &[(OrgId, Vec<(MeshId, IssuedLeaf)>)],
-    ) -> Result<Vec<Vec<bool>>, StoreError> {
+    ) -> Result<Vec<Vec<LeafOutcome>>, StoreError> {
         let Some((first, _)) = groups.first() else { return Ok(Vec::new()) };
         let mut tx = self.tenant(*first).await?;
         let mut out = Vec::with_capacity(groups.len());

@@ -28,8 +28,8 @@ mod users;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
 pub use ca::{
-    CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafRecord, NewCa,
-    PlatformCaRecord, SealedBytes,
+    CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafOutcome,
+    LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
 pub use dataplanes::{Dataplane, LedgerEntry, Registration};
 pub use error::StoreError;

@@ -179,6 +179,10 @@ async fn main() {
     let api = Api::new(&t, "bench", &token(&db, "bench", Role::Admin).await);
     let (status, body) = api.put("/meshes/shop", &json!({"spec": {}})).await;
     assert!(status == 200 || status == 201, "{body}");
+    // Leaves are recorded only for a service that exists.
+    let svc = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    let (status, body) = api.put("/meshes/shop/services/reviews", &svc).await;
+    assert!(status == 200 || status == 201, "{body}");
     let store = db.store().await;
     let root = platform_root(&store).await;
     // A multi-use join token, valid for an hour.

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use trellis_ca::{Kek, KeyRing};
-use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Token, TokenKind, token_sha256};
+use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, ResourceName, Token, TokenKind, token_sha256};
 use trellis_pki::{Authority, Issued, PkiError};
 use trellis_store::testing::TestDb;
 use trellis_store::{MeshChange, Precondition, Store};
+
+static REVIEWS: std::sync::LazyLock<ResourceName> =
+    std::sync::LazyLock::new(|| ResourceName::parse("reviews").unwrap());
 
 struct Fixture {
     org: OrgId,
@@ -23,7 +26,8 @@ async fn mesh(store: &Store, a: &Authority) -> Fixture {
     mesh_in(store, a, org.id).await
 }
 
-/// The mesh `shop` (trust domain `shop.acme.test`) with its root, in `org`.
+/// The mesh `shop` (trust domain `shop.acme.test`) with its root and the service `reviews`,
+/// in `org`.
 async fn mesh_in(store: &Store, a: &Authority, org: OrgId) -> Fixture {
     let mut tx = store.tenant(org).await.unwrap();
     let put = tx
@@ -37,6 +41,10 @@ async fn mesh_in(store: &Store, a: &Authority, org: OrgId) -> Fixture {
         .await
         .unwrap();
     a.create_root(&mut tx, &put.value).await.unwrap();
+    let spec = json!({"ports": [{"port": 9080, "protocol": "http"}]});
+    tx.put_resource(put.value.id, "Service", &REVIEWS, &spec, &json!({}), Precondition::Unconditional)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     Fixture { org, mesh: put.value.id }
 }
@@ -206,5 +214,33 @@ async fn a_deleted_mesh_stops_authenticating_and_one_made_again_under_its_trust_
     let renewal = a.renew(&old_peer, &csr()).await;
     assert!(renewal.is_err(), "nothing is signed for the deleted mesh: {renewal:?}");
     assert_eq!(live(&store, &a, &g).await, vec![("active", 1)]);
+    store.close().await;
+}
+
+/// Issue #10, item 6, the race: a service deleted while one of its SVIDs is being issued
+/// (its token read, its leaf not yet recorded) leaves no live identity behind. Either the
+/// delete commits first and the leaf is not recorded (the issuance is refused), or the leaf
+/// commits first and the delete revokes it. Here the delete lands between the two.
+#[tokio::test]
+async fn a_leaf_whose_service_was_deleted_meanwhile_is_not_recorded() {
+    let (_db, store, a, _b, f) = setup().await;
+    let token = join_token(&store, &f, false).await;
+    let first = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    let peer = a.authenticate_peer(&chain(&first)).await.unwrap();
+    assert!(peer.tags.is_empty(), "{peer:?}");
+
+    let mut tx = store.tenant(f.org).await.unwrap();
+    tx.delete_resource(f.mesh, "Service", &REVIEWS, None).await.unwrap();
+    tx.commit().await.unwrap();
+    // `a` hears nothing of the delete: its cached mesh and remembered chain are stale, so
+    // only the leaf's record stands between the renewal and a new SVID.
+    let renewal = a.renew(&peer, &csr()).await;
+    assert!(matches!(renewal, Err(PkiError::Unauthenticated(_))), "{renewal:?}");
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 1)], "no leaf recorded after the delete");
+    let refused = a.issue_with_join_token(&token, &csr()).await;
+    assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "the token was revoked: {refused:?}");
+    a.on_change(&MeshChange { org: f.org, mesh: f.mesh, revision: 99 });
+    let stale = a.authenticate_peer(&chain(&first)).await;
+    assert!(matches!(stale, Err(PkiError::Unauthenticated(_))), "the leaf was revoked: {stale:?}");
     store.close().await;
 }

@@ -143,7 +143,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             )])
             .await
             .unwrap();
-        assert_eq!(recorded, vec![true], "the active CA's leaf is recorded");
+        assert_eq!(recorded, vec![trellis_store::LeafOutcome::Recorded], "the active CA's leaf is recorded");
         tx.record_xds_config(
             mesh.id,
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
