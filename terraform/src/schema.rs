@@ -15,6 +15,8 @@ pub enum Ty {
     Bool,
     /// `list(string)`
     List,
+    /// `list(number)`
+    NumberList,
     /// `map(string)`
     Map,
 }
@@ -27,6 +29,7 @@ impl Ty {
             Ty::Number => "\"number\"",
             Ty::Bool => "\"bool\"",
             Ty::List => "[\"list\",\"string\"]",
+            Ty::NumberList => "[\"list\",\"number\"]",
             Ty::Map => "[\"map\",\"string\"]",
         }
     }
@@ -229,8 +232,12 @@ impl Components {
                 .to_owned();
             let nullable = nullable
                 || matches!(resolved.get("type"), Some(Json::Array(ts)) if ts.iter().any(|t| t == "null"));
+            // An object of named fields (or of none, like `tcp: {}`) is a block; one of any
+            // keys is a map.
+            let fixed_fields = resolved.get("properties").is_some()
+                || resolved.get("additionalProperties") == Some(&Json::Bool(false));
             match Self::simple_type(resolved) {
-                Some("object") if resolved.get("properties").is_some() => {
+                Some("object") if fixed_fields => {
                     let mut inner = self.object_block(resolved);
                     inner.description = description;
                     block.blocks.push(Nested {
@@ -259,7 +266,11 @@ impl Components {
                             required: is_required,
                         });
                     } else {
-                        let mut attr = self.attr(&name, json_name, Ty::List, items, is_required);
+                        let ty = match Self::simple_type(items) {
+                            Some("integer" | "number") => Ty::NumberList,
+                            _ => Ty::List,
+                        };
+                        let mut attr = self.attr(&name, json_name, ty, items, is_required);
                         attr.description = description;
                         block.attrs.push(attr);
                     }
@@ -334,5 +345,10 @@ mod tests {
         let mesh = Components::load().block("MeshSpec");
         assert!(mesh.blocks.iter().find(|b| b.name == "mtls").unwrap().always_present);
         assert_eq!(mesh.attr("default_access").unwrap().allowed, ["deny", "allow"]);
+        let health = Components::load().block("HealthCheckSpec");
+        let tcp = health.blocks.iter().find(|b| b.name == "tcp").unwrap();
+        assert!(tcp.single && tcp.block.attrs.is_empty());
+        let http = health.blocks.iter().find(|b| b.name == "http").unwrap();
+        assert_eq!(http.block.attr("expected_statuses").unwrap().ty, Ty::NumberList);
     }
 }

@@ -145,6 +145,9 @@ fn scalar_to_json(ty: Ty, v: &Value) -> Option<Json> {
             _ => return None,
         },
         Ty::List => Json::Array(elements(v).iter().filter_map(|i| i.as_str().map(Json::from)).collect()),
+        Ty::NumberList => {
+            Json::Array(elements(v).iter().filter_map(|i| scalar_to_json(Ty::Number, i)).collect())
+        }
         Ty::Map => match v {
             Value::Map(pairs) => Json::Object(
                 pairs
@@ -203,6 +206,9 @@ fn scalar_from_json(ty: Ty, j: Option<&Json>) -> Value {
                 .map(|i| Value::from(i.as_str().map(str::to_owned).unwrap_or_else(|| i.to_string())))
                 .collect(),
         ),
+        (Ty::NumberList, Some(Json::Array(a))) if !a.is_empty() => {
+            Value::Array(a.iter().map(|i| scalar_from_json(Ty::Number, Some(i))).collect())
+        }
         (Ty::Map, Some(Json::Object(o))) if !o.is_empty() => Value::Map(
             o.iter()
                 .map(|(k, v)| {
@@ -283,7 +289,7 @@ pub fn validate(block: &Block, v: &Value, path: &mut Vec<Step>, problems: &mut V
             }
         };
         match attr.ty {
-            Ty::List => {
+            Ty::List | Ty::NumberList => {
                 for (i, item) in elements(value).iter().enumerate() {
                     if !item.is_nil() && !is_unknown(item) {
                         let mut at = path.clone();

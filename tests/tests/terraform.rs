@@ -307,3 +307,71 @@ async fn terraform_plans_applies_imports_and_destroys_the_seed_mesh() {
     assert_eq!(status, 200);
     assert_eq!(meshes["items"], json!([]), "{meshes}");
 }
+
+/// The configuration users copy: examples/terraform/main.tf.
+const EXAMPLE: &str = include_str!("../../examples/terraform/main.tf");
+
+#[tokio::test]
+async fn the_terraform_example_creates_every_kind_of_the_seed_and_each_imports_without_a_diff() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let secret = token(&db, "acme", Role::Editor).await;
+    let api = Api::new(&t, "acme", &secret);
+    let tf = Workspace::new(&t.base, &secret);
+
+    // Plan-time validation: the API document's bounds, on the attribute, before any call.
+    tf.write(
+        &EXAMPLE.replace(r#"retry_on        = ["5xx", "connect-failure"]"#, r#"retry_on = ["sometimes"]"#),
+    );
+    let run = tf.run(&["plan"]).await;
+    assert_ne!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("must be one of 5xx, gateway-error"), "{}", run.out);
+    assert!(
+        run.out.contains(r#"retry_on = ["sometimes"]"#),
+        "the error must point at the attribute:\n{}",
+        run.out
+    );
+
+    tf.write(EXAMPLE);
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("10 added, 0 changed, 0 destroyed"), "{}", run.out);
+    // What Terraform made is what `trellis apply -f examples/reviews.yaml` makes.
+    for doc in trellis_tests::example_documents() {
+        let path = trellis_tests::document_path(&doc);
+        let (status, stored) = api.get(&path).await;
+        assert_eq!(status, 200, "{path}: {stored}");
+        let (_, applied) = api.put(&path, &doc).await;
+        assert_eq!(
+            applied["metadata"]["version"], stored["metadata"]["version"],
+            "{path} differs from the seed"
+        );
+    }
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "a second plan must show no changes:\n{}", run.out);
+
+    // Every kind imports by its ID with no diff.
+    for (address, id) in [
+        ("trellis_mesh.shop", "shop"),
+        ("trellis_service.db", "shop/db"),
+        ("trellis_tcp_route.db", "shop/db"),
+        ("trellis_access_policy.reviews_callers", "shop/reviews-callers"),
+        ("trellis_circuit_breaker.reviews", "shop/reviews"),
+        ("trellis_health_check.reviews", "shop/reviews"),
+        ("trellis_rate_limit.reviews", "shop/reviews"),
+    ] {
+        let run = tf.run(&["state", "rm", address]).await;
+        assert_eq!(run.code, 0, "{}", run.out);
+        let run = tf.run(&["import", address, id]).await;
+        assert_eq!(run.code, 0, "{}", run.out);
+    }
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "imported objects must show no changes:\n{}", run.out);
+
+    let run = tf.run(&["destroy", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let (_, meshes) = api.get("/meshes").await;
+    assert_eq!(meshes["items"], json!([]), "{meshes}");
+}
