@@ -96,6 +96,11 @@ impl Client {
         self.send(req).await
     }
 
+    /// POST creates (tokens).
+    pub async fn post(&self, path: &str, body: &Json) -> Result<Document, ApiError> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
     /// Deleting what is already gone succeeds.
     pub async fn delete(&self, path: &str) -> Result<(), ApiError> {
         match self.send(self.http.delete(self.url(path))).await {

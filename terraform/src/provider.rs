@@ -9,6 +9,7 @@ use tokio::sync::{Notify, RwLock};
 use tonic::{Request, Response, Status};
 
 use crate::client::{ApiError, Client, Precondition};
+use crate::minted::Minted;
 use crate::schema::{Attr, Block, Components, Ty};
 use crate::value::{self, Problem, Step, get, get_str, set};
 
@@ -225,6 +226,19 @@ fn attribute_path(steps: Vec<Step>) -> AttributePath {
     }
 }
 
+fn minted_diagnostics(summary: &str, e: &ApiError) -> Vec<Diagnostic> {
+    if e.fields.is_empty() {
+        return vec![error(summary, &e.detail, None)];
+    }
+    e.fields
+        .iter()
+        .map(|(field, message)| {
+            let attr = crate::schema::camel_to_snake(field.split(['.', '[']).next().unwrap_or(field));
+            error(summary, &format!("{field}: {message}"), Some(vec![Step::Attr(attr)]))
+        })
+        .collect()
+}
+
 fn problems_to_diagnostics(problems: Vec<Problem>) -> Vec<Diagnostic> {
     problems.into_iter().map(|p| error("Invalid value", &p.message, Some(p.path))).collect()
 }
@@ -289,6 +303,7 @@ fn known_str(v: &Value, key: &str) -> Option<String> {
 
 pub struct Provider {
     resources: Vec<Resource>,
+    minted: Vec<Minted>,
     client: RwLock<Option<Client>>,
 }
 
@@ -319,7 +334,32 @@ impl Provider {
                 Resource { kind, top, spec: components.block(kind.spec_schema) }
             })
             .collect();
-        Provider { resources, client: RwLock::new(None) }
+        Provider { resources, minted: Minted::all(), client: RwLock::new(None) }
+    }
+
+    fn minted(&self, type_name: &str) -> Option<&Minted> {
+        self.minted.iter().find(|m| m.type_name == type_name)
+    }
+
+    /// Apply for a minted object: create or revoke (every change replaces).
+    async fn apply_minted(
+        &self,
+        m: &Minted,
+        prior: &Value,
+        planned: &Value,
+    ) -> Result<Value, Vec<Diagnostic>> {
+        let client = self.client().await?;
+        let what = m.type_name;
+        if planned.is_nil() {
+            m.revoke(&client, prior)
+                .await
+                .map_err(|e| minted_diagnostics(&format!("Revoking {what}"), &e))?;
+            return Ok(Value::Nil);
+        }
+        if !prior.is_nil() {
+            return Err(vec![error(&format!("{what} cannot change"), "every change replaces it", None)]);
+        }
+        m.create(&client, planned).await.map_err(|e| minted_diagnostics(&format!("Creating {what}"), &e))
     }
 
     fn resource(&self, type_name: &str) -> Result<&Resource, Status> {
@@ -488,6 +528,24 @@ impl Provider {
     }
 }
 
+impl Provider {
+    async fn import_minted(&self, m: &Minted, id: &str) -> Result<Value, Vec<Diagnostic>> {
+        let client = self.client().await?;
+        match m.import(&client, id).await {
+            Ok(Some(state)) => Ok(state),
+            Ok(None) => {
+                let form = if m.in_mesh { "MESH/ID" } else { "ID" };
+                Err(vec![error(
+                    "Cannot import",
+                    &format!("no active {} {id:?} (import by {form})", m.type_name),
+                    None,
+                )])
+            }
+            Err(e) => Err(minted_diagnostics(&format!("Importing {id}"), &e)),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl proto::provider_server::Provider for Provider {
     async fn get_provider_schema(
@@ -497,8 +555,10 @@ impl proto::provider_server::Provider for Provider {
         let resource_schemas = self
             .resources
             .iter()
-            .map(|r| {
-                (r.kind.type_name.to_owned(), Schema { version: 0, block: Some(to_proto_block(&r.block())) })
+            .map(|r| (r.kind.type_name, r.block()))
+            .chain(self.minted.iter().map(|m| (m.type_name, m.block())))
+            .map(|(name, block)| {
+                (name.to_owned(), Schema { version: 0, block: Some(to_proto_block(&block)) })
             })
             .collect();
         Ok(Response::new(proto::get_provider_schema::Response {
@@ -522,10 +582,13 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::validate_resource_config::Request>,
     ) -> Result<Response<proto::validate_resource_config::Response>, Status> {
         let request = request.into_inner();
-        let res = self.resource(&request.type_name)?;
         let config = decode(request.config.as_ref())?;
+        let block = match self.minted(&request.type_name) {
+            Some(m) => m.block(),
+            None => self.resource(&request.type_name)?.block(),
+        };
         let mut problems = Vec::new();
-        value::validate(&res.block(), &config, &mut Vec::new(), &mut problems);
+        value::validate(&block, &config, &mut Vec::new(), &mut problems);
         Ok(Response::new(proto::validate_resource_config::Response {
             diagnostics: problems_to_diagnostics(problems),
         }))
@@ -543,7 +606,9 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::upgrade_resource_state::Request>,
     ) -> Result<Response<proto::upgrade_resource_state::Response>, Status> {
         let request = request.into_inner();
-        self.resource(&request.type_name)?;
+        if self.minted(&request.type_name).is_none() {
+            self.resource(&request.type_name)?;
+        }
         let raw = request.raw_state.map(|r| r.json).unwrap_or_default();
         let json: Json =
             serde_json::from_slice(&raw).map_err(|e| Status::invalid_argument(format!("state: {e}")))?;
@@ -566,8 +631,22 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::read_resource::Request>,
     ) -> Result<Response<proto::read_resource::Response>, Status> {
         let request = request.into_inner();
-        let res = self.resource(&request.type_name)?;
         let current = decode(request.current_state.as_ref())?;
+        if let Some(m) = self.minted(&request.type_name) {
+            let (state, diagnostics) = match self.client().await {
+                Ok(client) => match m.read(&client, current.clone()).await {
+                    Ok(state) => (state, Vec::new()),
+                    Err(e) => (current, minted_diagnostics(&format!("Reading {}", m.type_name), &e)),
+                },
+                Err(d) => (current, d),
+            };
+            return Ok(Response::new(proto::read_resource::Response {
+                new_state: dynamic(&state),
+                diagnostics,
+                private: request.private,
+            }));
+        }
+        let res = self.resource(&request.type_name)?;
         let (state, diagnostics) = match self.read(res, current.clone()).await {
             Ok(r) => r,
             Err(d) => (current, d),
@@ -584,7 +663,6 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::plan_resource_change::Request>,
     ) -> Result<Response<proto::plan_resource_change::Response>, Status> {
         let request = request.into_inner();
-        let res = self.resource(&request.type_name)?;
         let prior = decode(request.prior_state.as_ref())?;
         let proposed = decode(request.proposed_new_state.as_ref())?;
         if proposed.is_nil() {
@@ -594,7 +672,13 @@ impl proto::provider_server::Provider for Provider {
             }));
         }
         let config = decode(request.config.as_ref())?;
-        let (planned, requires_replace) = self.plan(res, &prior, &config);
+        let (planned, requires_replace) = match self.minted(&request.type_name) {
+            Some(m) => {
+                let (planned, replace) = m.plan(&prior, &config);
+                (planned, replace.into_iter().map(attribute_path).collect())
+            }
+            None => self.plan(self.resource(&request.type_name)?, &prior, &config),
+        };
         Ok(Response::new(proto::plan_resource_change::Response {
             planned_state: dynamic(&planned),
             requires_replace,
@@ -608,10 +692,13 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::apply_resource_change::Request>,
     ) -> Result<Response<proto::apply_resource_change::Response>, Status> {
         let request = request.into_inner();
-        let res = self.resource(&request.type_name)?;
         let prior = decode(request.prior_state.as_ref())?;
         let planned = decode(request.planned_state.as_ref())?;
-        let (state, diagnostics) = match self.apply(res, &prior, &planned).await {
+        let applied = match self.minted(&request.type_name) {
+            Some(m) => self.apply_minted(m, &prior, &planned).await,
+            None => self.apply(self.resource(&request.type_name)?, &prior, &planned).await,
+        };
+        let (state, diagnostics) = match applied {
             Ok(state) => (state, Vec::new()),
             // Nothing changed: the state stays what it was.
             Err(d) => (prior, d),
@@ -628,8 +715,11 @@ impl proto::provider_server::Provider for Provider {
         request: Request<proto::import_resource_state::Request>,
     ) -> Result<Response<proto::import_resource_state::Response>, Status> {
         let request = request.into_inner();
-        let res = self.resource(&request.type_name)?;
-        let response = match self.import(res, &request.id).await {
+        let imported = match self.minted(&request.type_name) {
+            Some(m) => self.import_minted(m, &request.id).await,
+            None => self.import(self.resource(&request.type_name)?, &request.id).await,
+        };
+        let response = match imported {
             Ok(state) => proto::import_resource_state::Response {
                 imported_resources: vec![proto::import_resource_state::ImportedResource {
                     type_name: request.type_name,

@@ -128,6 +128,21 @@ pub fn to_json(block: &Block, v: &Value) -> serde_json::Map<String, Json> {
     out
 }
 
+/// The API's name of a Terraform attribute name.
+pub fn camel(name: &str) -> String {
+    crate::schema::snake_to_camel(name)
+}
+
+/// One attribute's value as the API's JSON (`None` when null or unknown).
+pub fn attr_to_json(attr: &crate::schema::Attr, v: &Value) -> Option<Json> {
+    scalar_to_json(attr.ty, v)
+}
+
+/// One attribute's value from the API's JSON.
+pub fn attr_from_json(attr: &crate::schema::Attr, j: Option<&Json>) -> Value {
+    scalar_from_json(attr.ty, j)
+}
+
 fn scalar_to_json(ty: Ty, v: &Value) -> Option<Json> {
     if v.is_nil() || is_unknown(v) {
         return None;

@@ -375,3 +375,125 @@ async fn the_terraform_example_creates_every_kind_of_the_seed_and_each_imports_w
     let (_, meshes) = api.get("/meshes").await;
     assert_eq!(meshes["items"], json!([]), "{meshes}");
 }
+
+fn tokens_config(single_use: bool) -> String {
+    format!(
+        r#"
+terraform {{
+  required_providers {{
+    trellis = {{ source = "trellis.dev/trellis/trellis" }}
+  }}
+}}
+
+provider "trellis" {{}}
+
+resource "trellis_mesh" "shop" {{
+  name = "shop"
+}}
+
+resource "trellis_service" "reviews" {{
+  mesh = trellis_mesh.shop.name
+  name = "reviews"
+  ports {{
+    port     = 9080
+    protocol = "http"
+  }}
+}}
+
+resource "trellis_join_token" "reviews" {{
+  mesh       = trellis_mesh.shop.name
+  service    = trellis_service.reviews.name
+  single_use = {single_use}
+}}
+
+resource "trellis_api_token" "ci" {{
+  name = "ci"
+  role = "viewer"
+}}
+
+output "join_token" {{
+  value     = trellis_join_token.reviews.token
+  sensitive = true
+}}
+
+output "api_token" {{
+  value     = trellis_api_token.ci.token
+  sensitive = true
+}}
+"#
+    )
+}
+
+#[tokio::test]
+async fn terraform_mints_join_and_api_tokens_once_imports_and_revokes_them() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let secret = token(&db, "acme", Role::Admin).await;
+    let api = Api::new(&t, "acme", &secret);
+    let tf = Workspace::new(&t.base, &secret);
+
+    tf.write(&tokens_config(true));
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert!(!run.out.contains("trls_"), "a secret was printed:\n{}", run.out);
+    let join = tf.run(&["output", "-raw", "join_token"]).await;
+    assert!(join.out.trim().starts_with("trls_join_"), "{}", join.out);
+    let pat = tf.run(&["output", "-raw", "api_token"]).await;
+    let pat = pat.out.trim().to_owned();
+    assert!(pat.starts_with("trls_pat_"), "{pat}");
+    // The minted API token works, with its role.
+    let (status, me) =
+        trellis_tests::send(api.http.get(format!("{}/api/v1/me", t.base)).bearer_auth(&pat)).await;
+    assert_eq!((status, me["role"].as_str()), (200, Some("viewer")), "{me}");
+    let (_, joins) = api.get("/meshes/shop/join-tokens").await;
+    let joins = joins["items"].as_array().unwrap().clone();
+    assert_eq!(joins.len(), 1, "{joins:?}");
+    assert_eq!(
+        (joins[0]["service"].as_str(), joins[0]["singleUse"].as_bool()),
+        (Some("reviews"), Some(true))
+    );
+    let join_id = joins[0]["id"].as_str().unwrap().to_owned();
+
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+
+    // Imports of both (by MESH/ID and ID) plan no change.
+    let (_, tokens) = api.get("/tokens").await;
+    let ci_id = tokens["items"].as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for (address, id) in
+        [("trellis_join_token.reviews", format!("shop/{join_id}")), ("trellis_api_token.ci", ci_id)]
+    {
+        let run = tf.run(&["state", "rm", address]).await;
+        assert_eq!(run.code, 0, "{}", run.out);
+        let run = tf.run(&["import", address, &id]).await;
+        assert_eq!(run.code, 0, "{}", run.out);
+    }
+    let run = tf.run(&["plan", "-detailed-exitcode"]).await;
+    assert_eq!(run.code, 0, "imported tokens must show no changes:\n{}", run.out);
+
+    // A token cannot change: a changed input replaces it (the old one is revoked).
+    tf.write(&tokens_config(false));
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("1 added, 0 changed, 1 destroyed"), "{}", run.out);
+    let (_, joins) = api.get("/meshes/shop/join-tokens").await;
+    let statuses: Vec<(&str, &str)> = joins["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["id"].as_str().unwrap(), j["status"].as_str().unwrap()))
+        .collect();
+    assert!(statuses.contains(&(join_id.as_str(), "revoked")), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|(_, s)| *s == "active").count(), 1, "{statuses:?}");
+
+    // Destroy revokes the API token: it stops authenticating.
+    let run = tf.run(&["destroy", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let res = api.http.get(format!("{}/api/v1/me", t.base)).bearer_auth(&pat).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+}
