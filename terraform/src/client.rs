@@ -96,6 +96,31 @@ impl Client {
         self.send(req).await
     }
 
+    /// A text document and one header of it; `None` when it does not exist.
+    pub async fn get_text(
+        &self,
+        path: &str,
+        header: &str,
+    ) -> Result<Option<(String, Option<String>)>, ApiError> {
+        let res = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(ApiError::transport)?;
+        match res.status().as_u16() {
+            404 => return Ok(None),
+            s if s >= 400 => {
+                let detail = res.text().await.unwrap_or_default();
+                return Err(ApiError { status: Some(s), detail, fields: Vec::new() });
+            }
+            _ => {}
+        }
+        let value = res.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok(Some((res.text().await.map_err(ApiError::transport)?, value)))
+    }
+
     /// POST creates (tokens).
     pub async fn post(&self, path: &str, body: &Json) -> Result<Document, ApiError> {
         self.send(self.http.post(self.url(path)).json(body)).await

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod data;
 mod minted;
 mod provider;
 mod schema;

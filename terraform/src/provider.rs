@@ -9,6 +9,7 @@ use tokio::sync::{Notify, RwLock};
 use tonic::{Request, Response, Status};
 
 use crate::client::{ApiError, Client, Precondition};
+use crate::data::{self, Source};
 use crate::minted::Minted;
 use crate::schema::{Attr, Block, Components, Ty};
 use crate::value::{self, Problem, Step, get, get_str, set};
@@ -302,6 +303,7 @@ fn known_str(v: &Value, key: &str) -> Option<String> {
 }
 
 pub struct Provider {
+    data_sources: Vec<(&'static str, Source, Block)>,
     resources: Vec<Resource>,
     minted: Vec<Minted>,
     client: RwLock<Option<Client>>,
@@ -310,7 +312,7 @@ pub struct Provider {
 impl Provider {
     pub fn new() -> Provider {
         let components = Components::load();
-        let resources = KINDS
+        let resources: Vec<Resource> = KINDS
             .iter()
             .map(|kind| {
                 let mut top = vec![
@@ -334,7 +336,20 @@ impl Provider {
                 Resource { kind, top, spec: components.block(kind.spec_schema) }
             })
             .collect();
-        Provider { resources, minted: Minted::all(), client: RwLock::new(None) }
+        let mesh_block =
+            resources.iter().find(|r: &&Resource| !r.in_mesh()).expect("the mesh resource").block();
+        let data_sources = data::SOURCES
+            .iter()
+            .map(|(name, source)| (*name, *source, data::schema(*source, &mesh_block, &components)))
+            .collect();
+        Provider { data_sources, resources, minted: Minted::all(), client: RwLock::new(None) }
+    }
+
+    fn data_source(&self, type_name: &str) -> Result<&(&'static str, Source, Block), Status> {
+        self.data_sources
+            .iter()
+            .find(|(name, _, _)| *name == type_name)
+            .ok_or_else(|| Status::not_found(format!("no data source {type_name}")))
     }
 
     fn minted(&self, type_name: &str) -> Option<&Minted> {
@@ -564,7 +579,13 @@ impl proto::provider_server::Provider for Provider {
         Ok(Response::new(proto::get_provider_schema::Response {
             provider: Some(Schema { version: 0, block: Some(to_proto_block(&Self::provider_schema())) }),
             resource_schemas,
-            data_source_schemas: Default::default(),
+            data_source_schemas: self
+                .data_sources
+                .iter()
+                .map(|(name, _, block)| {
+                    ((*name).to_owned(), Schema { version: 0, block: Some(to_proto_block(block)) })
+                })
+                .collect(),
             diagnostics: Vec::new(),
             provider_meta: None,
         }))
@@ -598,7 +619,8 @@ impl proto::provider_server::Provider for Provider {
         &self,
         request: Request<proto::validate_data_resource_config::Request>,
     ) -> Result<Response<proto::validate_data_resource_config::Response>, Status> {
-        Err(Status::not_found(format!("no data source {}", request.into_inner().type_name)))
+        self.data_source(&request.into_inner().type_name)?;
+        Ok(Response::new(Default::default()))
     }
 
     async fn upgrade_resource_state(
@@ -739,7 +761,24 @@ impl proto::provider_server::Provider for Provider {
         &self,
         request: Request<proto::read_data_source::Request>,
     ) -> Result<Response<proto::read_data_source::Response>, Status> {
-        Err(Status::not_found(format!("no data source {}", request.into_inner().type_name)))
+        let request = request.into_inner();
+        let (name, source, block) = self.data_source(&request.type_name)?;
+        let config = decode(request.config.as_ref())?;
+        let mesh = self.resources.iter().find(|r| !r.in_mesh()).expect("the mesh resource");
+        let read = match self.client().await {
+            Ok(client) => {
+                data::read(*source, block, &client, &config, |doc, etag| mesh.state(doc, etag, "", None))
+                    .await
+                    .map_err(|e| mesh.api_diagnostics(&format!("Reading {name}"), &e))
+            }
+            Err(d) => Err(d),
+        };
+        let (state, diagnostics) = match read {
+            Ok(Some(state)) => (state, Vec::new()),
+            Ok(None) => (config, vec![error(&format!("Reading {name}"), "it does not exist", None)]),
+            Err(d) => (config, d),
+        };
+        Ok(Response::new(proto::read_data_source::Response { state: dynamic(&state), diagnostics }))
     }
 
     async fn stop_provider(

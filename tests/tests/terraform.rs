@@ -497,3 +497,87 @@ async fn terraform_mints_join_and_api_tokens_once_imports_and_revokes_them() {
     let res = api.http.get(format!("{}/api/v1/me", t.base)).bearer_auth(&pat).send().await.unwrap();
     assert_eq!(res.status(), 401);
 }
+
+#[tokio::test]
+async fn terraform_data_sources_read_a_mesh_its_trust_bundle_and_a_services_effective_policies() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let secret = token(&db, "acme", Role::Viewer).await;
+    let admin = token(&db, "acme", Role::Editor).await;
+    let api = Api::new(&t, "acme", &admin);
+    // The seed, made through the REST API; Terraform only reads (with a viewer's token).
+    for doc in trellis_tests::example_documents() {
+        let (status, body) = api.put(&trellis_tests::document_path(&doc), &doc).await;
+        assert!(status == 201 || status == 200, "{body}");
+    }
+    let tf = Workspace::new(&t.base, &secret);
+    tf.write(
+        r#"
+terraform {
+  required_providers {
+    trellis = { source = "trellis.dev/trellis/trellis" }
+  }
+}
+
+provider "trellis" {}
+
+data "trellis_mesh" "shop" {
+  name = "shop"
+}
+
+data "trellis_mesh_trust_bundle" "shop" {
+  mesh = data.trellis_mesh.shop.name
+}
+
+data "trellis_service_effective_policies" "reviews" {
+  mesh    = "shop"
+  service = "reviews"
+}
+
+output "trust_domain" {
+  value = data.trellis_mesh.shop.trust_domain
+}
+
+output "mtls_mode" {
+  value = data.trellis_mesh.shop.mtls[0].mode
+}
+
+output "bundle" {
+  value = data.trellis_mesh_trust_bundle.shop.pem
+}
+
+output "policies" {
+  value = [for p in data.trellis_service_effective_policies.reviews.policies : "${p.kind}/${p.name}"]
+}
+"#,
+    );
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let run = tf.run(&["output", "-json"]).await;
+    assert_eq!(run.code, 0, "{}", run.out);
+    let json_start = run.out.find('{').unwrap();
+    let outputs: serde_json::Value = serde_json::Deserializer::from_str(&run.out[json_start..])
+        .into_iter::<serde_json::Value>()
+        .next()
+        .unwrap()
+        .unwrap();
+
+    let (_, mesh) = api.get("/meshes/shop").await;
+    assert_eq!(outputs["trust_domain"]["value"], mesh["spec"]["trustDomain"], "{outputs}");
+    assert_eq!(outputs["mtls_mode"]["value"], "STRICT");
+    let pem = api.req(reqwest::Method::GET, "/meshes/shop/ca/bundle?format=pem").send().await.unwrap();
+    let pem = pem.text().await.unwrap();
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    assert_eq!(outputs["bundle"]["value"].as_str(), Some(pem.as_str()));
+    let (_, effective) = api.get("/meshes/shop/services/reviews/effective").await;
+    let expected: Vec<String> = effective["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{}/{}", p["kind"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    assert!(expected.iter().any(|p| p == "AccessPolicy/reviews-callers"), "{expected:?}");
+    assert_eq!(outputs["policies"]["value"], json!(expected));
+}
