@@ -97,9 +97,13 @@ impl ExactClientCert {
 }
 
 fn verify_p521(message: &[u8], cert: &CertificateDer<'_>, signature: &[u8]) -> Result<(), ()> {
-    use p521::ecdsa::signature::Verifier;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| ())?;
-    let point = &parsed.public_key().subject_public_key.data;
+    verify_p521_point(&parsed.public_key().subject_public_key.data, message, signature)
+}
+
+/// An ECDSA P-521 / SHA-512 signature (DER) by the key `point` (SEC1).
+fn verify_p521_point(point: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ()> {
+    use p521::ecdsa::signature::Verifier;
     let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| ())?;
     let signature = p521::ecdsa::Signature::from_der(signature).map_err(|_| ())?;
     key.verify(message, &signature).map_err(|_| ())
@@ -206,4 +210,27 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p521::ecdsa::signature::Signer;
+
+    #[test]
+    fn a_p521_handshake_signature_is_checked_against_the_certificates_key() {
+        let scalar = |last: u8| {
+            let mut bytes = [0u8; 66];
+            bytes[65] = last;
+            p521::ecdsa::SigningKey::from_slice(&bytes).unwrap()
+        };
+        let (key, other) = (scalar(7), scalar(11));
+        let point = key.verifying_key().to_sec1_point(false);
+        let signature: p521::ecdsa::Signature = key.sign(b"transcript");
+        let der = signature.to_der();
+        assert_eq!(verify_p521_point(point.as_bytes(), b"transcript", der.as_bytes()), Ok(()));
+        assert_eq!(verify_p521_point(point.as_bytes(), b"another transcript", der.as_bytes()), Err(()));
+        let forged: p521::ecdsa::Signature = other.sign(b"transcript");
+        assert_eq!(verify_p521_point(point.as_bytes(), b"transcript", forged.to_der().as_bytes()), Err(()));
+    }
 }
