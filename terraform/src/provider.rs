@@ -327,9 +327,6 @@ impl Provider {
                     "The ETag of the object as Terraform last read it; updates send it as If-Match, so a change made \
                      meanwhile is an error, not overwritten.",
                 ));
-                for attr in &mut top {
-                    attr.json = String::new();
-                }
                 let name = top.iter_mut().find(|a| a.name == "name").expect("name");
                 name.min_length = Some(1);
                 name.max_length = Some(63);
@@ -473,7 +470,6 @@ impl Provider {
             }
         }
         let id = match res.address(&planned) {
-            Some((mesh, name)) if replace.is_empty() || prior.is_none() => Value::from(res.id(mesh, name)),
             Some((mesh, name)) => Value::from(res.id(mesh, name)),
             None => value::unknown(),
         };
