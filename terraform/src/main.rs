@@ -51,6 +51,9 @@ async fn run() -> anyhow::Result<()> {
     let cert = base64::engine::general_purpose::STANDARD_NO_PAD.encode(tls.certificate.as_ref());
     // The handshake line: core protocol 1, plugin protocol 6, where, how, and our certificate.
     println!("1|{PROTOCOL_VERSION}|tcp|{addr}|grpc|{cert}");
+    // Terraform answers Ctrl-C itself (StopProvider, then Shutdown) and signals the whole
+    // process group: like go-plugin's servers, let a request in flight finish.
+    tokio::spawn(async { while tokio::signal::ctrl_c().await.is_ok() {} });
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let provider = provider::Provider::new();
     let stopped = shutdown.clone();

@@ -146,12 +146,20 @@ async fn it_announces_itself_and_admits_only_terraforms_client_certificate() {
     assert!(format!("{names:?}").contains("localhost"), "{names:?}");
 
     let _ = rustls::crypto::ring::default_provider().install_default();
-    assert!(connects(parts[3], &server, Some((cert, key))).await, "Terraform's certificate must be admitted");
+    let terraform = || Some((cert.clone(), key.clone_key()));
+    assert!(connects(parts[3], &server, terraform()).await, "Terraform's certificate must be admitted");
     let (_, other_cert, other_key) = client_identity();
     assert!(
         !connects(parts[3], &server, Some((other_cert, other_key))).await,
         "another certificate must be refused"
     );
     assert!(!connects(parts[3], &server, None).await, "no certificate must be refused");
+
+    // Ctrl-C in Terraform reaches the plugin too; it keeps serving (Terraform stops it).
+    let pid = child.id().unwrap().to_string();
+    let sent = tokio::process::Command::new("kill").args(["-INT", &pid]).status().await.unwrap();
+    assert!(sent.success());
+    assert!(connects(parts[3], &server, terraform()).await, "the plugin must still serve after SIGINT");
+    assert!(child.try_wait().unwrap().is_none(), "SIGINT must not end the plugin");
     child.kill().await.unwrap();
 }
