@@ -177,8 +177,7 @@ impl Resource {
         };
         let detail = match e.status {
             Some(412) => format!(
-                "{} Someone changed or created it outside this run; run `terraform plan` again to see the change \
-                 (or `terraform import` an object that exists).",
+                "{} Someone changed it outside this run; run `terraform plan` again to see the change.",
                 e.detail
             ),
             _ => e.detail.clone(),
@@ -507,11 +506,25 @@ impl Provider {
             Some(etag) => Precondition::Unchanged(etag),
             None => Precondition::Create,
         };
-        let what = if prior.is_nil() { "Creating" } else { "Updating" };
-        let doc = client
+        let id = res.id(mesh, name);
+        let doc = match client
             .put(&res.path(mesh, name), &res.document(planned, mesh, name), precondition)
             .await
-            .map_err(|e| res.api_diagnostics(&format!("{what} {}", res.id(mesh, name)), &e))?;
+        {
+            Ok(doc) => doc,
+            // If-None-Match: * failed: someone else's object of that name.
+            Err(e) if prior.is_nil() && e.status == Some(412) => {
+                let detail = format!(
+                    "{} {id} already exists; bring it under Terraform with `terraform import {}.<name> {id}`",
+                    res.kind.kind, res.kind.type_name
+                );
+                return Err(vec![error(&format!("Creating {id}: it already exists"), &detail, None)]);
+            }
+            Err(e) => {
+                let what = if prior.is_nil() { "Creating" } else { "Updating" };
+                return Err(res.api_diagnostics(&format!("{what} {id}"), &e));
+            }
+        };
         Ok(res.state(&doc.body, doc.etag, mesh, Some(planned)))
     }
 

@@ -499,7 +499,7 @@ async fn terraform_mints_join_and_api_tokens_once_imports_and_revokes_them() {
 }
 
 #[tokio::test]
-async fn terraform_data_sources_read_a_mesh_its_trust_bundle_and_a_services_effective_policies() {
+async fn terraform_reads_data_sources_and_never_creates_over_an_existing_object() {
     let db = TestDb::create().await;
     let mut cmd = trellis();
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
@@ -580,4 +580,34 @@ output "policies" {
         .collect();
     assert!(expected.iter().any(|p| p == "AccessPolicy/reviews-callers"), "{expected:?}");
     assert_eq!(outputs["policies"]["value"], json!(expected));
+
+    // Creating what exists already fails (If-None-Match: *) and leaves it as it was.
+    let (_, before) = api.get("/meshes/shop/services/productpage").await;
+    let tf = Workspace::new(&t.base, &admin);
+    tf.write(
+        r#"
+terraform {
+  required_providers {
+    trellis = { source = "trellis.dev/trellis/trellis" }
+  }
+}
+
+provider "trellis" {}
+
+resource "trellis_service" "productpage" {
+  mesh = "shop"
+  name = "productpage"
+  ports {
+    port     = 8080
+    protocol = "http2"
+  }
+}
+"#,
+    );
+    let run = tf.run(&["apply", "-auto-approve"]).await;
+    assert_ne!(run.code, 0, "{}", run.out);
+    assert!(run.out.contains("Service shop/productpage already exists"), "{}", run.out);
+    assert!(run.out.contains("terraform import trellis_service.<name> shop/productpage"), "{}", run.out);
+    let (_, after) = api.get("/meshes/shop/services/productpage").await;
+    assert_eq!(after, before);
 }
