@@ -728,4 +728,100 @@ async fn deleting_a_service_revokes_its_tokens_and_svids_and_ends_its_streams() 
     // trigger runs inside the cascade).
     let (status, body) = f.api.delete("/meshes/shop").await;
     assert!(status == 204 || status == 200, "{status} {body}");
+
+/// The node of a bootstrap served by Trellis, as Envoy sends it (`node.metadata` from JSON).
+fn node_from_bootstrap(bootstrap: &Value, agent: &str) -> Node {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue};
+    fn pb(v: &Value) -> PbValue {
+        let kind = match v {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(*b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            Value::String(s) => Kind::StringValue(s.clone()),
+            Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(pb).collect() }),
+            Value::Object(o) => {
+                Kind::StructValue(Struct { fields: o.iter().map(|(k, v)| (k.clone(), pb(v))).collect() })
+            }
+        };
+        PbValue { kind: Some(kind) }
+    }
+    let Some(Kind::StructValue(metadata)) = pb(&bootstrap["node"]["metadata"]).kind else { panic!() };
+    Node {
+        id: bootstrap["node"]["id"].as_str().unwrap().into(),
+        cluster: bootstrap["node"]["cluster"].as_str().unwrap().into(),
+        user_agent_name: agent.into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+/// A sidecar started from the served Envoy bootstrap (issue #12): SDS points at the
+/// certificate directory it was fetched with, its ports become inbound listeners, and it is
+/// an endpoint of its service's subset by the tags it was fetched with.
+#[tokio::test]
+async fn a_sidecar_from_the_served_bootstrap_gets_its_cert_dir_inbound_listener_and_subset() {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
+    let f = fixture().await;
+    let (status, boot) = f
+        .api
+        .get("/meshes/shop/bootstrap/envoy?service=reviews&node=rv-9&certDir=/etc/x&ports=9080&tags=version=v2")
+        .await;
+    assert_eq!(status, 200, "{boot}");
+    let svid = f.svid("reviews").await;
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(Secret::type_url(), &["workload"], "", "");
+    first.node = Some(node_from_bootstrap(&boot, "envoy"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let r = s.next().await.unwrap();
+    let secret = Secret::decode(r.resources[0].value.as_slice()).unwrap();
+    let Some(SecretType::TlsCertificate(cert)) = secret.r#type else { panic!("{secret:?}") };
+    let file = |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d.unwrap().specifier {
+        Some(Specifier::Filename(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(cert.certificate_chain), "/etc/x/cert.pem");
+    assert_eq!(file(cert.private_key), "/etc/x/key.pem");
+    assert_eq!(cert.watched_directory.unwrap().path, "/etc/x");
+
+    s.tx.send(req(Listener::type_url(), &[], "", "")).await.unwrap();
+    let l = s.next().await.unwrap();
+    let names: Vec<String> =
+        l.resources.iter().map(|a| Listener::decode(a.value.as_slice()).unwrap().name).collect();
+    assert!(names.contains(&"inbound:9080".to_owned()), "{names:?}");
+
+    let d = wait_for(&f.api, "rv-9", "registered with its ports and tags", |d| d["online"] == true).await;
+    assert_eq!(d["ports"], json!([9080]), "{d}");
+    assert_eq!(d["tags"], json!({"version": "v2"}), "{d}");
+    // The canary's subset cluster holds this instance.
+    s.tx.send(req(ClusterLoadAssignment::type_url(), &["reviews~version=v2"], "", "")).await.unwrap();
+    let e = s.next().await.unwrap();
+    let cla = ClusterLoadAssignment::decode(e.resources[0].value.as_slice()).unwrap();
+    assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1, "{cla:?}");
+}
+
+/// Bad bootstrap parameters are precise problems naming the parameter.
+#[tokio::test]
+async fn bootstrap_ports_and_tags_are_checked_and_named() {
+    let f = fixture().await;
+    let base = "/meshes/shop/bootstrap/envoy?service=reviews&node=rv-1";
+    for (query, field) in [
+        ("&ports=1234", "ports"),
+        ("&ports=9080,9080", "ports"),
+        ("&ports=http", "ports"),
+        ("&tags=version", "tags"),
+        ("&tags=service=ratings", "tags.service"),
+        ("&tags=version=no%20spaces", "tags.version"),
+        ("&certDir=relative", "certDir"),
+    ] {
+        let (status, body) = f.api.get(&format!("{base}{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+    }
+    let (status, body) = f.api.get("/meshes/shop/bootstrap/grpc?service=reviews&node=rv-1&ports=9080").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ports", "{body}");
 }

@@ -19,6 +19,7 @@
 
 mod access;
 mod clusters;
+pub mod contract;
 pub mod delta;
 mod names;
 pub mod readable;

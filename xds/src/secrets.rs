@@ -34,9 +34,9 @@ pub const KEY_FILE: &str = "key.pem";
 /// The SDS secrets of a sidecar, by name: the mesh's `trust_bundle_pem` inline, and the
 /// workload certificate as files under `cert_dir` (the agent keeps them fresh).
 pub fn sds_secrets(trust_bundle_pem: &str, cert_dir: &str) -> BTreeMap<String, Secret> {
-    let dir = cert_dir.trim_end_matches('/');
+    let dir = if cert_dir == "/" { "/" } else { cert_dir.trim_end_matches('/') };
     let file = |name: &str| DataSource {
-        specifier: Some(Specifier::Filename(format!("{dir}/{name}"))),
+        specifier: Some(Specifier::Filename(crate::contract::cert_path(dir, name))),
         ..Default::default()
     };
     let workload = Secret {
