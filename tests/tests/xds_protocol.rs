@@ -234,7 +234,7 @@ async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
     assert_eq!(rds_dump["sentVersion"], json!(r2.version_info), "{rds_dump}");
     assert_eq!(rds_dump["nack"]["error"], "weights not acceptable here");
     let text = rds_dump["resources"][0]["config"].as_str().unwrap_or_default();
-    assert!(text.contains("reviews~version=v1") && text.contains("value: 50"), "{text}");
+    assert!(text.contains("reviews.shop:9080~version=v1") && text.contains("value: 50"), "{text}");
     let (status, _) = f.api.get(&format!("/meshes/shop/dataplanes/{}/config", uuid::Uuid::new_v4())).await;
     assert_eq!(status, 404);
     let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
@@ -275,7 +275,7 @@ async fn a_second_node_on_one_stream_is_refused() {
     let f = fixture().await;
     let svid = f.svid("productpage").await;
     let mut c = f.client(Some(&svid)).await;
-    let mut first = req(Cluster::type_url(), &["reviews"], "", "");
+    let mut first = req(Cluster::type_url(), &["reviews.shop:9080"], "", "");
     first.node = Some(node("pp-1", "grpc-test"));
     let mut s = sotw(&mut c, first).await.unwrap();
     s.next().await.unwrap();
@@ -483,7 +483,7 @@ async fn delta_subscribe_push_unsubscribe_and_removal() {
     let mut s = Delta { tx, rx };
     let r = s.next().await;
     let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
-    assert!(names.contains(&"reviews~version=v2"), "{names:?}");
+    assert!(names.contains(&"reviews.shop:9080~version=v2"), "{names:?}");
     assert!(r.resources.iter().all(|x| !x.version.is_empty()));
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
@@ -493,14 +493,14 @@ async fn delta_subscribe_push_unsubscribe_and_removal() {
     assert_eq!(status, 201, "{body}");
     let r = s.next().await;
     let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["ratings"], "only what changed");
+    assert_eq!(names, ["ratings.shop:8000"], "only what changed");
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
     // Deleted: announced as removed.
     let (status, _) = f.api.delete("/meshes/shop/services/ratings").await;
     assert!(status == 204 || status == 200);
     let r = s.next().await;
-    assert_eq!(r.removed_resources, ["ratings"]);
+    assert_eq!(r.removed_resources, ["ratings.shop:8000"]);
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
     // Named subscriptions on another type, then unsubscribe: no more pushes for it.
@@ -796,10 +796,23 @@ async fn a_sidecar_from_the_served_bootstrap_gets_its_cert_dir_inbound_listener_
     let d = wait_for(&f.api, "rv-9", "registered with its ports and tags", |d| d["online"] == true).await;
     assert_eq!(d["ports"], json!([9080]), "{d}");
     assert_eq!(d["tags"], json!({"version": "v2"}), "{d}");
-    // The canary's subset cluster holds this instance.
-    s.tx.send(req(ClusterLoadAssignment::type_url(), &["reviews~version=v2"], "", "")).await.unwrap();
-    let e = s.next().await.unwrap();
-    let cla = ClusterLoadAssignment::decode(e.resources[0].value.as_slice()).unwrap();
+    // The canary's subset cluster holds this instance. (The registration reaches the mesh's
+    // snapshot after a rebuild: ACK until it does.)
+    let eds = ClusterLoadAssignment::type_url();
+    let cluster = ["reviews.shop:9080~version=v2"];
+    s.tx.send(req(eds.clone(), &cluster, "", "")).await.unwrap();
+    let mut cla = ClusterLoadAssignment::default();
+    for _ in 0..20 {
+        let e = s.next().await.unwrap();
+        if e.type_url != eds {
+            continue;
+        }
+        cla = ClusterLoadAssignment::decode(e.resources[0].value.as_slice()).unwrap();
+        if !cla.endpoints.is_empty() {
+            break;
+        }
+        s.tx.send(req(eds.clone(), &cluster, &e.version_info, &e.nonce)).await.unwrap();
+    }
     assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1, "{cla:?}");
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Two client kinds, shaped apart (XDS.md §7, "one config for everyone"):
 //! - proxyless gRPC ([`grpc_client`], [`grpc_server`], XDS.md §3, §4): `api_listener`
-//!   Listeners named after the `xds:///` target, RDS, EDS clusters per service subset with mTLS
+//!   Listeners named after the `xds:///` target, RDS, EDS clusters per service port and subset with mTLS
 //!   through certificate-provider instances, and server Listeners with RBAC;
 //! - Envoy sidecars ([`envoy_sidecar`], [`sds_secrets`], XDS.md §6): inbound Listeners that
 //!   terminate mTLS with RBAC, rate limits and shadow (audit) rules, outbound Listeners per
@@ -59,7 +59,10 @@ pub fn grpc_client(view: &MeshView) -> Resources {
         for port in spec.ports.iter().filter(|p| p.protocol.is_http()) {
             let name = grpc_listener_name(service, &view.mesh, port.port);
             out.listeners.insert(name.clone(), routes::api_listener(&name));
-            out.routes.insert(name.clone(), routes::route_config(view, service, &name, vec![name.clone()]));
+            out.routes.insert(
+                name.clone(),
+                routes::route_config(view, service, port.port, &name, vec![name.clone()]),
+            );
         }
     }
     for cluster in clusters::clusters(view, clusters::Client::Grpc) {

@@ -20,7 +20,7 @@
 //! same route translation as gRPC clients (domains `*`: the listener carries one service).
 //! TCP ports: a TCP proxy, weighted per the service's TCP route (first by name).
 //!
-//! **Clusters.** The gRPC clusters per service subset, with SDS instead of certificate
+//! **Clusters.** The gRPC clusters per service port and subset, with SDS instead of certificate
 //! providers ([`crate::clusters::Client::Envoy`]), and their endpoint assignments.
 //!
 //! Deployment note: Envoy's `0.0.0.0:<port>` and the application's `127.0.0.1:<port>` overlap,
@@ -63,10 +63,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::r#type::v3::TokenBucket;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
-use trellis_model::config::Protocol;
+use trellis_model::config::{Protocol, Tags};
 
 use crate::access::{sidecar_http_filters, sidecar_network_filters};
-use crate::clusters::{self, Client, http2_options};
+use crate::clusters::{self, Client, backend_port, http2_options};
 use crate::names::{cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 use crate::routes::{fault_filter, no_timeout, route_config, router_filter};
 use crate::secrets::downstream_tls;
@@ -97,7 +97,8 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
             let name = sidecar_outbound_name(upstream, &view.mesh, p.port);
             let stat_prefix = format!("outbound_{upstream}_{}", p.port);
             let filter = if p.protocol.is_http() {
-                out.routes.insert(name.clone(), route_config(view, upstream, &name, vec!["*".into()]));
+                out.routes
+                    .insert(name.clone(), route_config(view, upstream, p.port, &name, vec!["*".into()]));
                 let hcm = HttpConnectionManager {
                     stat_prefix,
                     route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -109,7 +110,7 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
                 };
                 network_filter(HCM, pack_any(hcm))
             } else {
-                network_filter(TCP_PROXY, pack_any(outbound_tcp_proxy(view, upstream, stat_prefix)))
+                network_filter(TCP_PROXY, pack_any(outbound_tcp_proxy(view, upstream, p.port, stat_prefix)))
             };
             let listener = Listener {
                 name: name.clone(),
@@ -156,20 +157,24 @@ fn network_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) ->
     Filter { name: name.into(), config_type: Some(FilterConfig::TypedConfig(config)) }
 }
 
-/// TCP to a service: split by weight per its TCP route (the first by name), else to all
-/// of its instances.
-fn outbound_tcp_proxy(view: &MeshView, upstream: &str, stat_prefix: String) -> TcpProxy {
+/// TCP to a service port: split by weight per its TCP route (the first by name), else to
+/// all of its instances on that port.
+fn outbound_tcp_proxy(view: &MeshView, upstream: &str, port: u32, stat_prefix: String) -> TcpProxy {
     let route = view.tcp_routes.values().find(|r| r.target_ref.service == upstream);
     let live: Vec<_> =
         route.map(|r| r.backend_refs.iter().filter(|b| b.weight > 0).collect()).unwrap_or_default();
+    let cluster = |service: &str, named: Option<u32>, tags: &Tags| {
+        let to = backend_port(view, service, named, port).unwrap_or(port);
+        cluster_name(service, &view.mesh, to, tags)
+    };
     let specifier = match live.as_slice() {
-        [] => TcpClusterSpecifier::Cluster(upstream.to_owned()),
-        [one] => TcpClusterSpecifier::Cluster(cluster_name(&one.service, &one.tags)),
+        [] => TcpClusterSpecifier::Cluster(cluster(upstream, None, &Tags::new())),
+        [one] => TcpClusterSpecifier::Cluster(cluster(&one.service, one.port, &one.tags)),
         many => TcpClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
                 .map(|b| ClusterWeight {
-                    name: cluster_name(&b.service, &b.tags),
+                    name: cluster(&b.service, b.port, &b.tags),
                     weight: b.weight,
                     ..Default::default()
                 })
