@@ -118,6 +118,17 @@ fn inbound_ports(ports: Option<String>, service: &ServiceSpec) -> Result<Vec<u32
         if out.contains(&port) {
             return Err(bad("ports", &format!("port {port} is listed twice")));
         }
+        // The sidecar's inbound listener takes `0.0.0.0:<port>`: the application must be told
+        // where else it listens.
+        if let Some(i) = service.ports.iter().position(|p| p.port == port && p.app_port.is_none()) {
+            return Err(bad(
+                "ports",
+                &format!(
+                    "port {port} declares no appPort: the sidecar listens on {port}, so set the \
+                     application's own port in the Service's spec.ports[{i}].appPort"
+                ),
+            ));
+        }
         out.push(port);
     }
     out.sort_unstable();
@@ -375,7 +386,11 @@ mod tests {
         let Spec::Service(s) = Spec::parse(
             Kind::Service,
             "spec",
-            json!({"ports": [{"port": 9080, "protocol": "http"}, {"port": 9090, "protocol": "grpc"}]}),
+            json!({"ports": [
+                {"port": 9080, "protocol": "http", "appPort": 19080},
+                {"port": 9090, "protocol": "grpc", "appPort": 19090},
+                {"port": 9100, "protocol": "http"},
+            ]}),
         )
         .unwrap()
         .spec
@@ -398,7 +413,10 @@ mod tests {
             assert_eq!(field, "ports", "{bad:?}: {detail}");
         }
         let (_, detail) = field_of(inbound_ports(Some("9081".into()), &reviews()).unwrap_err());
-        assert!(detail.contains("its ports are 9080, 9090"), "{detail}");
+        assert!(detail.contains("its ports are 9080, 9090, 9100"), "{detail}");
+        let (field, detail) = field_of(inbound_ports(Some("9100".into()), &reviews()).unwrap_err());
+        assert_eq!(field, "ports");
+        assert!(detail.contains("spec.ports[2].appPort"), "{detail}");
     }
 
     #[test]

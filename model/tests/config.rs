@@ -330,3 +330,37 @@ fn a_rule_after_a_catch_all_rule_is_refused_as_unreachable() {
             .is_empty()
     );
 }
+
+#[test]
+fn an_app_port_is_never_a_port_the_sidecar_listens_on() {
+    let svc = |ports: Value| json!({ "ports": ports });
+    assert!(
+        errors(Kind::Service, svc(json!([{"port": 9080, "protocol": "http", "appPort": 19080}]))).is_empty()
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 9080, "protocol": "http", "appPort": 9090}, {"port": 9090, "protocol": "grpc"}])),
+        "spec.ports[0].appPort",
+        "a port of the service",
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 9080, "protocol": "http", "appPort": 9080}])),
+        "spec.ports[0].appPort",
+        "a port of the service",
+    );
+    assert_error(
+        Kind::Service,
+        svc(
+            json!([{"port": 1, "protocol": "http", "appPort": 7}, {"port": 2, "protocol": "http", "appPort": 7}]),
+        ),
+        "spec.ports[1].appPort",
+        "listed twice",
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 1, "protocol": "http", "appPort": 70000}])),
+        "spec.ports[0].appPort",
+        "between 1 and 65535",
+    );
+}

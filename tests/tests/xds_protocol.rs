@@ -728,6 +728,18 @@ async fn deleting_a_service_revokes_its_tokens_and_svids_and_ends_its_streams() 
     // trigger runs inside the cascade).
     let (status, body) = f.api.delete("/meshes/shop").await;
     assert!(status == 204 || status == 200, "{status} {body}");
+}
+
+/// The example's reviews with its application on 127.0.0.1:19080, behind a sidecar on 9080.
+async fn put_reviews_with_app_port(api: &Api) {
+    let mut doc = example_documents()
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "reviews" && d["kind"] == "Service")
+        .unwrap();
+    doc["spec"]["ports"][0]["appPort"] = json!(19080);
+    let (status, body) = api.put(&document_path(&doc), &doc).await;
+    assert_eq!(status, 200, "{body}");
+}
 
 /// The node of a bootstrap served by Trellis, as Envoy sends it (`node.metadata` from JSON).
 fn node_from_bootstrap(bootstrap: &Value, agent: &str) -> Node {
@@ -766,6 +778,7 @@ async fn a_sidecar_from_the_served_bootstrap_gets_its_cert_dir_inbound_listener_
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
     let f = fixture().await;
+    put_reviews_with_app_port(&f.api).await;
     let (status, boot) = f
         .api
         .get("/meshes/shop/bootstrap/envoy?service=reviews&node=rv-9&certDir=/etc/x&ports=9080&tags=version=v2")
@@ -821,6 +834,12 @@ async fn a_sidecar_from_the_served_bootstrap_gets_its_cert_dir_inbound_listener_
 async fn bootstrap_ports_and_tags_are_checked_and_named() {
     let f = fixture().await;
     let base = "/meshes/shop/bootstrap/envoy?service=reviews&node=rv-1";
+    // The example's reviews declares no appPort: its sidecar would take the application's port.
+    let (status, body) = f.api.get(&format!("{base}&ports=9080")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ports", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("spec.ports[0].appPort"), "{body}");
+    put_reviews_with_app_port(&f.api).await;
     for (query, field) in [
         ("&ports=1234", "ports"),
         ("&ports=9080,9080", "ports"),

@@ -5,7 +5,8 @@
 //! filter chain terminates mTLS with the SDS secrets ([`crate::secrets`]). HTTP-family ports
 //! (`http`, `http2`, `grpc`) run an HCM with the RBAC filters of the service's access
 //! policies, the local rate limit, and the router to the STATIC cluster `inbound:<port>`
-//! (`127.0.0.1:<port>`, the application). TCP ports, and ports the service does not declare,
+//! (`127.0.0.1:<appPort>`, the application: the service port's `appPort`, so that the
+//! listener and the application never share a port). TCP ports, and ports the service does not declare,
 //! run network RBAC and a TCP proxy to the same cluster. In a PERMISSIVE mesh the listener
 //! also has a plaintext filter chain (chosen by the TLS inspector, `raw_buffer`) with the same
 //! filters. A plaintext caller has no principal, so no rule matches it (every rule names its
@@ -23,9 +24,10 @@
 //! **Clusters.** The gRPC clusters per service port and subset, with SDS instead of certificate
 //! providers ([`crate::clusters::Client::Envoy`]), and their endpoint assignments.
 //!
-//! Deployment note: Envoy's `0.0.0.0:<port>` and the application's `127.0.0.1:<port>` overlap,
-//! and Linux refuses the second listening socket unless both set `SO_REUSEPORT`; the agent
-//! must arrange it (or redirect inbound traffic) until the listen address is configurable.
+//! Ports: the inbound listener takes `0.0.0.0:<port>`, the application `127.0.0.1:<appPort>`
+//! (Kuma's `port` and `servicePort`), and the served Envoy bootstrap refuses a port without
+//! `appPort`. A node whose own metadata names a port without one gets `127.0.0.1:<port>`,
+//! which works only where traffic is redirected to the listener instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -85,10 +87,12 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
     let mut out = Resources::default();
     let declared = view.services.get(service).map(|s| s.ports.as_slice()).unwrap_or_default();
     for port in inbound_ports.iter().copied().collect::<BTreeSet<u32>>() {
-        let protocol = declared.iter().find(|p| p.port == port).map_or(Protocol::Tcp, |p| p.protocol);
+        let decl = declared.iter().find(|p| p.port == port);
+        let protocol = decl.map_or(Protocol::Tcp, |p| p.protocol);
+        let app_port = decl.map_or(port, |p| p.application_port());
         let name = sidecar_inbound_name(port);
         out.listeners.insert(name.clone(), inbound_listener(view, service, port, protocol));
-        out.clusters.insert(name.clone(), local_cluster(port, protocol));
+        out.clusters.insert(name.clone(), local_cluster(port, app_port, protocol));
     }
     let addresses = outbound_addresses(view);
     for (upstream, spec) in &view.services {
@@ -184,8 +188,9 @@ fn outbound_tcp_proxy(view: &MeshView, upstream: &str, port: u32, stat_prefix: S
     TcpProxy { stat_prefix, cluster_specifier: Some(specifier), ..Default::default() }
 }
 
-/// The application behind an inbound port, spoken to in the port's protocol.
-fn local_cluster(port: u32, protocol: Protocol) -> Cluster {
+/// The application behind an inbound port, on `127.0.0.1:<app_port>`, spoken to in the
+/// port's protocol.
+fn local_cluster(port: u32, app_port: u32, protocol: Protocol) -> Cluster {
     let name = sidecar_inbound_name(port);
     Cluster {
         name: name.clone(),
@@ -196,7 +201,7 @@ fn local_cluster(port: u32, protocol: Protocol) -> Cluster {
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket_address("127.0.0.1", port)),
+                        address: Some(socket_address("127.0.0.1", app_port)),
                         ..Default::default()
                     })),
                     ..Default::default()

@@ -429,6 +429,7 @@ fn services_with_several_ports_get_clusters_and_endpoints_per_port() {
         name: None,
         port: 8081,
         protocol: trellis_model::config::Protocol::Http,
+        app_port: None,
     });
     let second: Vec<Endpoint> = view
         .endpoints
@@ -728,6 +729,7 @@ fn local_clusters_speak_each_ports_protocol() {
         name: None,
         port: 8081,
         protocol: trellis_model::config::Protocol::Http,
+        app_port: None,
     });
     let r = envoy_sidecar(&view, "api", &[9090, 8081]);
     let h2 = |c: &str| {
@@ -740,4 +742,21 @@ fn local_clusters_speak_each_ports_protocol() {
     assert!(
         r.listeners.contains_key("outbound:api.shop:8081") && r.routes.contains_key("outbound:api.shop:8081")
     );
+}
+
+/// Issue #12: the inbound listener took `0.0.0.0:<port>`, the port the application listens
+/// on, so one of the two failed to bind. The application is on `127.0.0.1:<appPort>`.
+#[test]
+fn the_inbound_listener_and_the_application_never_share_a_port() {
+    let mut view = mesh("");
+    view.services.get_mut("api").unwrap().ports[0].app_port = Some(19090);
+    let r = envoy_sidecar(&view, "api", &[9090]);
+    assert_eq!(port_of(&r.listeners["inbound:9090"]), ("0.0.0.0".into(), 9090));
+    let local = &r.clusters["inbound:9090"];
+    let endpoint = format!("{:?}", local.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0]);
+    assert!(endpoint.contains("\"127.0.0.1\"") && endpoint.contains("PortValue(19090)"), "{endpoint}");
+    // Callers still dial the service port, and reach instances on it.
+    let caller = envoy_sidecar(&view, "web", &[8080]);
+    assert_eq!(port_of(&caller.listeners["outbound:api.shop:9090"]).1, 9090);
+    assert!(format!("{:?}", caller.endpoints["api.shop:9090"]).contains("PortValue(9090)"));
 }
