@@ -218,7 +218,7 @@ fn cluster(view: &MeshView, name: String, subset: &Subset, client: Client) -> Cl
             });
         }
     }
-    if let Some(hc) = view.health_checks.values().find(|h| h.target_ref.service == service) {
+    if let Some(hc) = view.health_check(service) {
         // An HTTP check on a TCP port would fail on every instance: TCP ports are checked
         // by connecting.
         let checker = match hc.http.as_ref().filter(|_| protocol.is_http()) {

@@ -760,3 +760,46 @@ fn the_inbound_listener_and_the_application_never_share_a_port() {
     assert_eq!(port_of(&caller.listeners["outbound:api.shop:9090"]).1, 9090);
     assert!(format!("{:?}", caller.endpoints["api.shop:9090"]).contains("PortValue(9090)"));
 }
+
+/// Issue #12: a caller's sidecar checks `GET /healthz` with its own identity, which the
+/// destination's access policies need not allow: under default deny every instance failed its
+/// check. The check's request is allowed from any identity of the mesh, and nothing else is.
+#[test]
+fn active_health_checks_pass_the_destinations_default_deny() {
+    use envoy_types::pb::envoy::config::rbac::v3::permission::Rule;
+    use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier;
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
+    let view = mesh(&format!("{ACCESS}\n---\n{HEALTH_CHECK}"));
+    let r = envoy_sidecar(&view, "api", &[9090]);
+    let allow: HttpRbac = http_filter(&hcm(&r.listeners["inbound:9090"]), crate::RBAC_ALLOW);
+    let policies = allow.rules.unwrap().policies;
+    let mut names: Vec<&String> = policies.keys().collect();
+    names.sort();
+    assert_eq!(names, ["api-callers/0", crate::access::HEALTH_CHECK_POLICY]);
+    let p = &policies[crate::access::HEALTH_CHECK_POLICY];
+    // Any mesh identity (db, which no policy lets call api, included) …
+    let [principal] = p.principals.as_slice() else { panic!("{p:?}") };
+    let Some(Identifier::Authenticated(a)) = &principal.identifier else { panic!("{principal:?}") };
+    let Some(MatchPattern::Prefix(prefix)) = &a.principal_name.as_ref().unwrap().match_pattern else {
+        panic!()
+    };
+    assert_eq!(prefix, "spiffe://shop.acme.trellis.internal/");
+    assert!("spiffe://shop.acme.trellis.internal/ns/shop/sa/db".starts_with(prefix.as_str()));
+    assert!(!"spiffe://other.example/ns/x/sa/bad".starts_with(prefix.as_str()));
+    // … for exactly GET /healthz.
+    let [permission] = p.permissions.as_slice() else { panic!("{p:?}") };
+    let Some(Rule::AndRules(and)) = &permission.rule else { panic!("{permission:?}") };
+    let [path, method] = and.rules.as_slice() else { panic!("{and:?}") };
+    let Some(Rule::UrlPath(u)) = &path.rule else { panic!("{path:?}") };
+    let Some(PathRule::Path(m)) = &u.rule else { panic!() };
+    assert_eq!(m.match_pattern, Some(MatchPattern::Exact("/healthz".into())));
+    let Some(Rule::Header(h)) = &method.rule else { panic!("{method:?}") };
+    assert_eq!(h.name, ":method");
+    let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else { panic!() };
+    assert_eq!(m.match_pattern, Some(MatchPattern::Exact("GET".into())));
+    // Without a health check, nothing is opened.
+    let plain = envoy_sidecar(&mesh(ACCESS), "api", &[9090]);
+    let allow: HttpRbac = http_filter(&hcm(&plain.listeners["inbound:9090"]), crate::RBAC_ALLOW);
+    assert!(!allow.rules.unwrap().policies.contains_key(crate::access::HEALTH_CHECK_POLICY));
+}
