@@ -22,8 +22,9 @@ use crate::config::find_mesh;
 use crate::{ApiError, AppState};
 
 pub use trellis_xds::contract::DEFAULT_CERT_DIR;
-use trellis_xds::contract::{BUNDLE_FILE, PLATFORM_CA_FILE, cert_path, node_metadata};
-use trellis_xds::{CERT_FILE, KEY_FILE};
+use trellis_xds::contract::{
+    BUNDLE_FILE, CERT_FILE, CERT_PROVIDER, KEY_FILE, PLATFORM_CA_FILE, cert_path, node_metadata,
+};
 
 /// Longest accepted node id.
 pub const MAX_NODE_ID: usize = 128;
@@ -227,7 +228,7 @@ fn grpc_bootstrap(t: &Target, xds_address: &str) -> Value {
         // the workload's `zone` in it (it becomes the dataplane's zone).
         "node": { "id": t.node, "cluster": t.service, "locality": {}, "metadata": { "mesh": t.mesh } },
         "certificate_providers": {
-            (trellis_xds::CERT_PROVIDER): {
+            (CERT_PROVIDER): {
                 "plugin_name": "file_watcher",
                 "config": {
                     "certificate_file": t.file(CERT_FILE),

@@ -45,7 +45,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use envoy_types::util::pack_any;
 use trellis_model::config::{AccessAction, AccessRule, DefaultAccess, MtlsMode, PathMatchType, ValueMatchType};
 
-use crate::CERT_PROVIDER;
+use crate::contract::CERT_PROVIDER;
 use crate::names::{grpc_server_listener_name, spiffe_id};
 use crate::routes::router_filter;
 use crate::util::{exact, regex, safe_regex};

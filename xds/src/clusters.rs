@@ -37,10 +37,11 @@ use envoy_types::util::pack_any;
 use prost::Name;
 use trellis_model::config::{Protocol, Tags};
 
+use crate::contract::CERT_PROVIDER;
 use crate::names::{cluster_name, spiffe_id};
+use crate::secrets;
 use crate::util::{ads, duration, exact, u32v};
 use crate::view::MeshView;
-use crate::{CERT_PROVIDER, secrets};
 
 /// What a cluster holds: the instances of one service that serve `port` and carry `tags`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,14 @@
 //! The proxy wire contract: what the bootstraps Trellis serves write and what the xDS server
-//! reads back from a node, in one place, so that the two cannot drift apart.
-//! (Issue #11 gathers the rest of the contract here; names live in `names.rs` and
-//! `secrets.rs` until then.)
+//! reads back from a node, in one place, so that the two cannot drift apart. It knows no
+//! Envoy types: the REST API uses it with this crate's `envoy` feature off.
+//! (Resource names still live in `names.rs`.)
+
+/// The certificate-provider instance name the generated gRPC bootstrap defines and the
+/// translation's TLS contexts refer to.
+pub const CERT_PROVIDER: &str = "trellis";
+/// The workload's certificate and key, under the certificate directory.
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
 
 /// Where a workload keeps its certificate files unless its bootstrap says otherwise.
 pub const DEFAULT_CERT_DIR: &str = "/var/run/trellis";
