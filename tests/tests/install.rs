@@ -5,8 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use serde_json::Value;
-use trellis_tests::trellis;
+use trellis_store::testing::TestDb;
+use trellis_tests::{TEST_KEK, Trellis, trellis};
 
 /// Kubernetes versions the manifests must validate against: the oldest we support and a current one.
 const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.33.0"];
@@ -317,4 +321,132 @@ async fn systemd_unit_verifies_and_is_hardened() {
 
     let (ok, _, err) = run(&["install", "systemd", "--binary", "relative/trellis"]).await;
     assert!(!ok && err.contains("--binary"), "{err}");
+}
+
+/// `trellis` with only the given environment (and a HOME of its own, to see what it writes).
+fn trellis_with_env(env: &BTreeMap<String, String>, home: &Path) -> tokio::process::Command {
+    let mut cmd = trellis();
+    cmd.env_remove("TRELLIS_KEK")
+        .env_remove("TRELLIS_XDS_ADDR")
+        .env_remove("XDG_DATA_HOME")
+        .env("HOME", home);
+    cmd.current_dir(home).envs(env);
+    cmd
+}
+
+/// Loopback on a free port instead of the fixed ones, so that tests run side by side.
+fn on_loopback(env: &mut BTreeMap<String, String>) {
+    for var in ["TRELLIS_HTTP_ADDR", "TRELLIS_XDS_ADDR"] {
+        let addr = env.get(var).unwrap_or_else(|| panic!("{var} is set"));
+        assert!(addr.starts_with("0.0.0.0:"), "{var}={addr} listens beyond loopback");
+        env.insert(var.into(), "127.0.0.1:0".into());
+    }
+}
+
+async fn wait_ready(t: &Trellis) {
+    for _ in 0..150 {
+        if t.get("/readyz").await.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("trellis did not become ready: {:?}", t.output());
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[tokio::test]
+async fn the_manifests_environment_migrates_and_serves_without_writing_a_file() {
+    let db = TestDb::create().await;
+    let secret = BTreeMap::from([("database-url", db.owner_url()), ("kek", TEST_KEK.to_owned())]);
+    // A container's environment as Kubernetes builds it from the manifest and the Secret.
+    let container_env = |container: &Value| -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for e in container["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap().to_owned();
+            if let Some(value) = e["value"].as_str() {
+                env.insert(name, value.to_owned());
+            } else {
+                let from = &e["valueFrom"]["secretKeyRef"];
+                match secret.get(from["key"].as_str().unwrap()) {
+                    Some(value) => env.insert(name, value.clone()),
+                    None => {
+                        assert_eq!(
+                            from["optional"], true,
+                            "{name} needs a Secret key the README does not ask for"
+                        );
+                        None
+                    }
+                };
+            }
+        }
+        env
+    };
+    let args = |container: &Value| -> Vec<String> {
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    };
+    let docs = documents(&install(&["install", "kubernetes"]).await);
+    let home = temp_dir("kubernetes-home");
+
+    let job = &find(&docs, "Job")["spec"]["template"]["spec"]["containers"][0];
+    let out = trellis_with_env(&container_env(job), &home).args(args(job)).output().await.unwrap();
+    assert!(out.status.success(), "the migration Job fails: {}", String::from_utf8_lossy(&out.stderr));
+
+    let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mut env = container_env(container);
+    on_loopback(&mut env);
+    let mut cmd = trellis_with_env(&env, &home);
+    cmd.args(args(container));
+    let t = Trellis::start(cmd).await;
+    wait_ready(&t).await;
+    assert!(is_empty_dir(&home), "trellis wrote files, which a read-only root filesystem refuses");
+    t.stop(Duration::from_secs(15)).await;
+    std::fs::remove_dir_all(home).unwrap();
+}
+
+#[tokio::test]
+async fn the_units_environment_serves_with_the_kek_credential() {
+    let db = TestDb::create().await;
+    let binary = trellis_tests::trellis_bin();
+    let unit = install(&["install", "systemd", "--binary", binary.to_str().unwrap()]).await;
+    let root = temp_dir("systemd-run");
+    let (credentials, state, home) = (root.join("credentials"), root.join("state"), root.join("home"));
+    for dir in [&credentials, &state, &home] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // The KEK file as the operator writes it; systemd copies it into the credentials directory.
+    let (id, key) = TEST_KEK.split_once(':').unwrap();
+    let kek_file = format!("{id} {key}\n");
+    std::fs::write(credentials.join("kek"), &kek_file).unwrap();
+
+    // The environment systemd gives the service: Environment= with its specifiers, then the
+    // environment file's settings over them.
+    let mut env = BTreeMap::new();
+    let mut exec = Vec::new();
+    for line in unit.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(assignment) = line.strip_prefix("Environment=") {
+            let (k, v) = assignment.split_once('=').unwrap();
+            let v = v.replace("%d", credentials.to_str().unwrap()).replace("%S", state.to_str().unwrap());
+            assert!(!v.contains('%'), "a specifier this test does not resolve: {line}");
+            env.insert(k.to_owned(), v);
+        } else if let Some(command) = line.strip_prefix("ExecStart=") {
+            exec = command.split_whitespace().map(str::to_owned).collect();
+        }
+    }
+    env.insert("TRELLIS_DATABASE_URL".into(), db.owner_url());
+    on_loopback(&mut env);
+
+    let mut cmd = trellis_with_env(&env, &home);
+    assert_eq!(Path::new(&exec[0]), binary);
+    cmd.args(&exec[1..]);
+    let t = Trellis::start(cmd).await;
+    wait_ready(&t).await;
+    // The KEK is the credential's (no key was made), and nothing else was written.
+    assert!(!t.output().0.contains("Created a key-encryption key"), "{:?}", t.output());
+    assert_eq!(std::fs::read_to_string(credentials.join("kek")).unwrap(), kek_file);
+    assert!(is_empty_dir(&state) && is_empty_dir(&home));
+    t.stop(Duration::from_secs(15)).await;
+    std::fs::remove_dir_all(root).unwrap();
 }
