@@ -7,6 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
+/// Default port of the REST API, console and operational endpoints.
+pub const HTTP_PORT: u16 = 8080;
+/// Default port of the TLS port (xDS and the identity service).
+pub const XDS_PORT: u16 = 15012;
+
 /// Trellis: a hosted, multi-tenant service-mesh control plane.
 ///
 /// With no database configured, Trellis uses the PostgreSQL on 127.0.0.1:5432 when one
@@ -46,12 +51,18 @@ pub enum Command {
     /// Operator bootstrap: create an organization (if needed) and an API token for it,
     /// printed once. For the first token of an installation; later ones come from the API.
     CreateToken(CreateToken),
+    /// Print what installs Trellis: Kubernetes manifests or a systemd unit (no database).
+    #[command(subcommand)]
+    Install(InstallTarget),
 }
 
 impl Command {
     /// Whether this is a client of the REST API (or prints a document), needing no database.
     pub fn is_client(&self) -> bool {
-        matches!(self, Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Openapi)
+        matches!(
+            self,
+            Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Openapi | Command::Install(_)
+        )
     }
 }
 
@@ -60,6 +71,51 @@ pub enum KekCommand {
     /// Add a new current KEK to the KEK file (keeping the old ones to unseal) and re-wrap every
     /// CA key under it. Restart the other replicas afterwards so that they load the new key.
     Rotate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstallTarget {
+    /// Print the control plane's Kubernetes manifests as multi-document YAML, for
+    /// `kubectl apply -f -`. They read the database URL and the KEK from a Secret.
+    Kubernetes(KubernetesInstall),
+    /// Print a hardened systemd unit that runs `trellis serve`.
+    Systemd(SystemdInstall),
+}
+
+/// The image `trellis install kubernetes` refers to unless told otherwise: what
+/// deploy/trellis.Containerfile's build command tags.
+pub const DEFAULT_IMAGE: &str = concat!("trellis:", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Args)]
+pub struct KubernetesInstall {
+    /// Image of the `trellis` binary (built from deploy/trellis.Containerfile).
+    #[arg(long, default_value = DEFAULT_IMAGE, value_parser = parse_image)]
+    pub image: String,
+    /// Namespace to install into (the manifests create it).
+    #[arg(long, default_value = "trellis", value_parser = parse_kube_name)]
+    pub namespace: trellis_model::KubeName,
+    /// Replicas of the control plane.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub replicas: u16,
+    /// Secret in that namespace with the keys `database-url`, `kek` and, when the database
+    /// asks for one, `app-database-password`.
+    #[arg(long, default_value = "trellis", value_parser = parse_kube_name)]
+    pub secret: trellis_model::KubeName,
+}
+
+#[derive(Debug, Args)]
+pub struct SystemdInstall {
+    /// Where the `trellis` binary is installed.
+    #[arg(long, default_value = "/usr/local/bin/trellis", value_parser = parse_absolute_path)]
+    pub binary: PathBuf,
+    /// KEK file that systemd hands to the service as its credential `kek` (the KEK file
+    /// format: `<id> <base64>` per line, current first), readable by root only.
+    #[arg(long, default_value = "/etc/trellis/kek", value_parser = parse_absolute_path)]
+    pub kek_source: PathBuf,
+    /// Environment file with `TRELLIS_DATABASE_URL=…` (and any other setting), readable by
+    /// root only: systemd reads it before dropping privileges.
+    #[arg(long, default_value = "/etc/trellis/trellis.env", value_parser = parse_absolute_path)]
+    pub environment_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -147,7 +203,7 @@ pub struct Global {
 #[derive(Debug, Args)]
 pub struct Serve {
     /// Address of the REST API, console, /healthz, /readyz and /metrics.
-    #[arg(long, env = "TRELLIS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "TRELLIS_HTTP_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT)))]
     pub http_addr: SocketAddr,
 
     /// Largest number of pooled database connections.
@@ -225,7 +281,7 @@ pub struct Serve {
     pub local_org: trellis_model::OrgSlug,
 
     /// Address of the TLS port: xDS (ADS) and the workload identity service (gRPC).
-    #[arg(long, env = "TRELLIS_XDS_ADDR", default_value = "127.0.0.1:15012")]
+    #[arg(long, env = "TRELLIS_XDS_ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], XDS_PORT)))]
     pub xds_addr: SocketAddr,
 
     /// DNS names in the TLS port's server certificate (comma-separated), besides its IP.
@@ -290,6 +346,30 @@ impl Global {
             _ => PathBuf::from(".trellis"),
         }
     }
+}
+
+fn parse_kube_name(s: &str) -> Result<trellis_model::KubeName, String> {
+    trellis_model::KubeName::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// An image reference goes into YAML and a container runtime: one printable token.
+fn parse_image(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 512 || !s.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "{s:?}: an image reference is 1 to 512 printable ASCII characters without spaces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A path written into a systemd unit: absolute, and free of what unit syntax would read
+/// as something else (whitespace, specifiers, quotes, escapes).
+fn parse_absolute_path(s: &str) -> Result<PathBuf, String> {
+    let plain = s.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '%' | '"' | '\'' | '\\' | ';'));
+    if !s.starts_with('/') || !plain {
+        return Err(format!("{s:?}: expected an absolute path without spaces, quotes, '%', ';' or '\\'"));
+    }
+    Ok(PathBuf::from(s))
 }
 
 fn parse_slug(s: &str) -> Result<trellis_model::OrgSlug, String> {

@@ -6,6 +6,7 @@
 mod cli;
 mod config;
 mod embedded;
+mod install;
 mod serve;
 
 use std::str::FromStr;
@@ -49,6 +50,14 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&trellis_api::openapi::document())?);
             return Ok(());
         }
+        Command::Install(config::InstallTarget::Kubernetes(args)) => {
+            print!("{}", install::kubernetes(&args)?);
+            return Ok(());
+        }
+        Command::Install(config::InstallTarget::Systemd(args)) => {
+            print!("{}", install::systemd(&args));
+            return Ok(());
+        }
         Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
         Command::Get(a) => return cli::get(a, xdg_config, home).await,
         Command::Delete(a) => return cli::delete(a, xdg_config, home).await,
@@ -71,7 +80,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         },
         Command::Kek(config::KekCommand::Rotate) => rotate_kek(&global, &data_dir, &database).await,
         Command::CreateToken(args) => create_token(args, &database).await,
-        Command::Openapi | Command::Apply(_) | Command::Get(_) | Command::Delete(_) => {
+        Command::Openapi | Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Install(_) => {
             unreachable!("handled before the database")
         }
     };

@@ -12,6 +12,6 @@ mod roles;
 mod token;
 
 pub use ids::{MeshId, OrgId};
-pub use names::{MeshName, NameError, OrgSlug, ResourceName};
+pub use names::{KubeName, MeshName, NameError, OrgSlug, ResourceName};
 pub use roles::{Action, Role};
 pub use token::{SECRET_LEN, Token, TokenError, TokenKind, token_sha256};

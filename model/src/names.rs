@@ -99,6 +99,12 @@ name_type!(
     ResourceName,
     63
 );
+name_type!(
+    /// A Kubernetes namespace or object name that `trellis install kubernetes` writes,
+    /// e.g. `trellis`.
+    KubeName,
+    63
+);
 
 impl OrgSlug {
     /// A valid slug made from a display name or an email address (its local part), for a

@@ -1,0 +1,452 @@
+//! `trellis install kubernetes` and `trellis install systemd`, run as the real binary: the
+//! manifests validate against Kubernetes' own schemas (PyPI kubernetes-validate, installed into
+//! .venv by scripts/test), the unit passes `systemd-analyze verify`, and both keep the security
+//! properties an operator relies on.
+
+use std::path::{Path, PathBuf};
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use trellis_store::testing::TestDb;
+use trellis_tests::{TEST_KEK, Trellis, trellis};
+
+/// Kubernetes versions the manifests must validate against: the oldest we support and a current one.
+const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.33.0"];
+
+async fn run(args: &[&str]) -> (bool, String, String) {
+    let out = trellis().args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+async fn install(args: &[&str]) -> String {
+    let (ok, out, err) = run(args).await;
+    assert!(ok, "trellis {args:?} failed: {err}");
+    out
+}
+
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_yaml::with::singleton_map_recursive::deserialize(d).unwrap())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let mut of_kind = docs.iter().filter(|d| d["kind"] == kind);
+    let doc = of_kind.next().unwrap_or_else(|| panic!("no {kind} in the manifests"));
+    assert!(of_kind.next().is_none(), "more than one {kind}");
+    doc
+}
+
+/// A fresh directory for files the tools read.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trellis-install-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/kubernetes-validate");
+    assert!(
+        venv.is_file(),
+        "kubernetes-validate is missing: run scripts/test, which installs it into .venv from tests/requirements.txt \
+         (PyPI kubernetes-validate)"
+    );
+    venv
+}
+
+/// Validates every document strictly (unknown fields are errors) against each version's schemas.
+async fn assert_valid(yaml: &str, name: &str) {
+    let dir = temp_dir(name);
+    let file = dir.join("manifests.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    for version in KUBERNETES_VERSIONS {
+        let out = tokio::process::Command::new(kubernetes_validate())
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "Kubernetes {version} rejects the manifests:\n{stdout}{}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // One line per document: none was skipped for a kind the schemas lack.
+        assert_eq!(stdout.matches("passed for resource").count(), documents(yaml).len(), "{stdout}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Every `TRELLIS_*` variable in `text` is one that `trellis` reads (its --help lists each).
+async fn assert_known_variables(text: &str) {
+    let mut help = install(&["--help"]).await;
+    for sub in ["migrate", "serve"] {
+        help.push_str(&install(&[sub, "--help"]).await);
+    }
+    let mut seen = 0;
+    for (at, _) in text.match_indices("TRELLIS_") {
+        let var: String = text[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        assert!(help.contains(&format!("[env: {var}")), "{var} is not a variable trellis reads");
+        seen += 1;
+    }
+    assert!(seen > 3, "expected the output to configure trellis through its variables");
+}
+
+#[tokio::test]
+async fn kubernetes_manifests_are_deterministic_and_valid() {
+    let first = install(&["install", "kubernetes"]).await;
+    let second = install(&["install", "kubernetes"]).await;
+    assert_eq!(first, second, "two runs must print the same bytes");
+    assert_valid(&first, "default").await;
+
+    let custom = install(&[
+        "install",
+        "kubernetes",
+        "--namespace",
+        "mesh-system",
+        "--replicas",
+        "3",
+        "--image",
+        "registry.example/trellis:1",
+    ])
+    .await;
+    assert_valid(&custom, "custom").await;
+    assert_known_variables(&first).await;
+}
+
+#[tokio::test]
+async fn kubernetes_manifests_run_a_locked_down_replicated_control_plane() {
+    let docs = documents(&install(&["install", "kubernetes"]).await);
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Namespace", "ServiceAccount", "Job", "Deployment", "PodDisruptionBudget", "Service"]);
+    for doc in &docs[1..] {
+        assert_eq!(doc["metadata"]["namespace"], "trellis", "{doc}");
+    }
+
+    let deployment = find(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    for (k, v) in selector.as_object().unwrap() {
+        assert_eq!(&labels[k], v, "the Deployment's selector must match its pods");
+    }
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_ne!(pod["securityContext"]["runAsUser"], 0);
+    let container = &pod["containers"][0];
+    assert_eq!(container["args"], serde_json::json!(["serve"]));
+    let security = &container["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert!(container["resources"]["requests"]["memory"].is_string());
+    // With the KEK and the database URL from the Secret, trellis writes nothing: no volume.
+    assert!(pod.get("volumes").is_none());
+
+    let env = |c: &Value, name: &str| -> Value {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    for (var, key) in [("TRELLIS_KEK", "kek"), ("TRELLIS_DATABASE_URL", "database-url")] {
+        let from = &env(container, var)["valueFrom"]["secretKeyRef"];
+        assert_eq!(from["name"], "trellis", "{var}");
+        assert_eq!(from["key"], key, "{var}");
+        assert_eq!(from["optional"], false, "{var}");
+    }
+    // The ports listen beyond loopback and the TLS certificate names the Service.
+    assert_eq!(env(container, "TRELLIS_HTTP_ADDR")["value"], "0.0.0.0:8080");
+    assert_eq!(env(container, "TRELLIS_XDS_ADDR")["value"], "0.0.0.0:15012");
+    assert!(
+        env(container, "TRELLIS_XDS_SERVER_NAMES")["value"].as_str().unwrap().contains("trellis.trellis.svc")
+    );
+
+    let pdb = find(&docs, "PodDisruptionBudget");
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+
+    let service = find(&docs, "Service");
+    assert_eq!(&service["spec"]["selector"], selector);
+    let ports: Vec<(u64, &str)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["port"].as_u64().unwrap(), p["targetPort"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ports, [(8080, "http"), (15012, "xds")]);
+    let container_ports: Vec<&str> =
+        container["ports"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(container_ports, ["http", "xds"]);
+
+    let job = find(&docs, "Job");
+    let migrate = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(migrate["args"], serde_json::json!(["migrate"]));
+    assert_eq!(migrate["image"], container["image"]);
+    assert_eq!(migrate["securityContext"], container["securityContext"]);
+    assert_eq!(env(migrate, "TRELLIS_DATABASE_URL")["valueFrom"]["secretKeyRef"]["key"], "database-url");
+}
+
+#[tokio::test]
+async fn kubernetes_flags_set_namespace_replicas_image_and_secret() {
+    let docs = documents(
+        &install(&[
+            "install",
+            "kubernetes",
+            "--namespace",
+            "mesh-system",
+            "--replicas",
+            "3",
+            "--image",
+            "registry.example/trellis:1",
+            "--secret",
+            "trellis-secrets",
+        ])
+        .await,
+    );
+    assert_eq!(find(&docs, "Namespace")["metadata"]["name"], "mesh-system");
+    assert!(docs[1..].iter().all(|d| d["metadata"]["namespace"] == "mesh-system"));
+    let deployment = find(&docs, "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "registry.example/trellis:1");
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["valueFrom"]["secretKeyRef"]["name"] == "trellis-secrets")
+    );
+
+    for (flag, value) in [("--namespace", "Not_A_Namespace"), ("--replicas", "0"), ("--image", "two words")] {
+        let (ok, out, err) = run(&["install", "kubernetes", flag, value]).await;
+        assert!(!ok && out.is_empty(), "{flag} {value} was accepted");
+        assert!(err.contains(flag), "the error names the flag: {err}");
+    }
+}
+
+#[tokio::test]
+async fn kubernetes_manifests_run_the_image_the_containerfile_builds() {
+    let containerfile = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/trellis.Containerfile"),
+    )
+    .unwrap();
+    let version = install(&["--version"]).await;
+    let version = version.trim().strip_prefix("trellis ").unwrap();
+    let build_line = containerfile.lines().find(|l| l.contains("podman build")).expect("the build command");
+    let tag = build_line.split_whitespace().skip_while(|w| *w != "-t").nth(1).expect("a -t tag");
+    assert_eq!(tag, format!("trellis:{version}"), "the build command tags this version");
+    let user = containerfile.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
+    let (uid, gid) = user.split_once(':').unwrap();
+    assert!(containerfile.contains("ENTRYPOINT [\"/usr/local/bin/trellis\"]"));
+
+    let docs = documents(&install(&["install", "kubernetes"]).await);
+    for kind in ["Deployment", "Job"] {
+        let pod = &find(&docs, kind)["spec"]["template"]["spec"];
+        assert_eq!(pod["containers"][0]["image"], tag, "{kind}");
+        assert_eq!(pod["securityContext"]["runAsUser"].to_string(), uid, "{kind}");
+        assert_eq!(pod["securityContext"]["runAsGroup"].to_string(), gid, "{kind}");
+    }
+}
+
+fn systemd_analyze() -> &'static str {
+    let found = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(found, "systemd-analyze is missing: install it (Debian/Ubuntu: apt install systemd)");
+    "systemd-analyze"
+}
+
+#[tokio::test]
+async fn systemd_unit_verifies_and_is_hardened() {
+    let binary = trellis_tests::trellis_bin();
+    let binary = binary.to_str().unwrap();
+    let unit = install(&["install", "systemd", "--binary", binary]).await;
+    assert_eq!(unit, install(&["install", "systemd", "--binary", binary]).await, "deterministic");
+
+    let dir = temp_dir("systemd");
+    let file = dir.join("trellis.service");
+    std::fs::write(&file, &unit).unwrap();
+    let out = tokio::process::Command::new(systemd_analyze())
+        .args(["verify", "--man=no"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Unknown or malformed settings are only warnings to verify: any line about the unit fails.
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("trellis.service")).collect();
+    assert!(out.status.success() && about_unit.is_empty(), "systemd-analyze verify:\n{stderr}\n{unit}");
+    std::fs::remove_dir_all(dir).unwrap();
+
+    let settings: Vec<(&str, &str)> =
+        unit.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+    let has = |k: &str, v: &str| settings.contains(&(k, v));
+    assert!(has("ExecStart", &format!("{binary} serve")));
+    for (k, v) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "trellis"),
+        ("LoadCredential", "kek:/etc/trellis/kek"),
+        ("Environment", "TRELLIS_KEK_FILE=%d/kek"),
+        ("EnvironmentFile", "/etc/trellis/trellis.env"),
+    ] {
+        assert!(has(k, v), "{k}={v} is missing from\n{unit}");
+    }
+    // The KEK never travels in the environment.
+    assert!(!unit.contains("TRELLIS_KEK="));
+    assert_known_variables(&unit).await;
+
+    let (ok, _, err) = run(&["install", "systemd", "--binary", "relative/trellis"]).await;
+    assert!(!ok && err.contains("--binary"), "{err}");
+}
+
+/// `trellis` with only the given environment (and a HOME of its own, to see what it writes).
+fn trellis_with_env(env: &BTreeMap<String, String>, home: &Path) -> tokio::process::Command {
+    let mut cmd = trellis();
+    cmd.env_remove("TRELLIS_KEK")
+        .env_remove("TRELLIS_XDS_ADDR")
+        .env_remove("XDG_DATA_HOME")
+        .env("HOME", home);
+    cmd.current_dir(home).envs(env);
+    cmd
+}
+
+/// Loopback on a free port instead of the fixed ones, so that tests run side by side.
+fn on_loopback(env: &mut BTreeMap<String, String>) {
+    for var in ["TRELLIS_HTTP_ADDR", "TRELLIS_XDS_ADDR"] {
+        let addr = env.get(var).unwrap_or_else(|| panic!("{var} is set"));
+        assert!(addr.starts_with("0.0.0.0:"), "{var}={addr} listens beyond loopback");
+        env.insert(var.into(), "127.0.0.1:0".into());
+    }
+}
+
+async fn wait_ready(t: &Trellis) {
+    for _ in 0..150 {
+        if t.get("/readyz").await.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("trellis did not become ready: {:?}", t.output());
+}
+
+fn is_empty_dir(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+#[tokio::test]
+async fn the_manifests_environment_migrates_and_serves_without_writing_a_file() {
+    let db = TestDb::create().await;
+    let secret = BTreeMap::from([("database-url", db.owner_url()), ("kek", TEST_KEK.to_owned())]);
+    // A container's environment as Kubernetes builds it from the manifest and the Secret.
+    let container_env = |container: &Value| -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for e in container["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap().to_owned();
+            if let Some(value) = e["value"].as_str() {
+                env.insert(name, value.to_owned());
+            } else {
+                let from = &e["valueFrom"]["secretKeyRef"];
+                match secret.get(from["key"].as_str().unwrap()) {
+                    Some(value) => env.insert(name, value.clone()),
+                    None => {
+                        assert_eq!(
+                            from["optional"], true,
+                            "{name} needs a Secret key the README does not ask for"
+                        );
+                        None
+                    }
+                };
+            }
+        }
+        env
+    };
+    let args = |container: &Value| -> Vec<String> {
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    };
+    let docs = documents(&install(&["install", "kubernetes"]).await);
+    let home = temp_dir("kubernetes-home");
+
+    let job = &find(&docs, "Job")["spec"]["template"]["spec"]["containers"][0];
+    let out = trellis_with_env(&container_env(job), &home).args(args(job)).output().await.unwrap();
+    assert!(out.status.success(), "the migration Job fails: {}", String::from_utf8_lossy(&out.stderr));
+
+    let container = &find(&docs, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let mut env = container_env(container);
+    on_loopback(&mut env);
+    let mut cmd = trellis_with_env(&env, &home);
+    cmd.args(args(container));
+    let t = Trellis::start(cmd).await;
+    wait_ready(&t).await;
+    assert!(is_empty_dir(&home), "trellis wrote files, which a read-only root filesystem refuses");
+    t.stop(Duration::from_secs(15)).await;
+    std::fs::remove_dir_all(home).unwrap();
+}
+
+#[tokio::test]
+async fn the_units_environment_serves_with_the_kek_credential() {
+    let db = TestDb::create().await;
+    let binary = trellis_tests::trellis_bin();
+    let unit = install(&["install", "systemd", "--binary", binary.to_str().unwrap()]).await;
+    let root = temp_dir("systemd-run");
+    let (credentials, state, home) = (root.join("credentials"), root.join("state"), root.join("home"));
+    for dir in [&credentials, &state, &home] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    // The KEK file as the operator writes it; systemd copies it into the credentials directory.
+    let (id, key) = TEST_KEK.split_once(':').unwrap();
+    let kek_file = format!("{id} {key}\n");
+    std::fs::write(credentials.join("kek"), &kek_file).unwrap();
+
+    // The environment systemd gives the service: Environment= with its specifiers, then the
+    // environment file's settings over them.
+    let mut env = BTreeMap::new();
+    let mut exec = Vec::new();
+    for line in unit.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(assignment) = line.strip_prefix("Environment=") {
+            let (k, v) = assignment.split_once('=').unwrap();
+            let v = v.replace("%d", credentials.to_str().unwrap()).replace("%S", state.to_str().unwrap());
+            assert!(!v.contains('%'), "a specifier this test does not resolve: {line}");
+            env.insert(k.to_owned(), v);
+        } else if let Some(command) = line.strip_prefix("ExecStart=") {
+            exec = command.split_whitespace().map(str::to_owned).collect();
+        }
+    }
+    env.insert("TRELLIS_DATABASE_URL".into(), db.owner_url());
+    on_loopback(&mut env);
+
+    let mut cmd = trellis_with_env(&env, &home);
+    assert_eq!(Path::new(&exec[0]), binary);
+    cmd.args(&exec[1..]);
+    let t = Trellis::start(cmd).await;
+    wait_ready(&t).await;
+    // The KEK is the credential's (no key was made), and nothing else was written.
+    assert!(!t.output().0.contains("Created a key-encryption key"), "{:?}", t.output());
+    assert_eq!(std::fs::read_to_string(credentials.join("kek")).unwrap(), kek_file);
+    assert!(is_empty_dir(&state) && is_empty_dir(&home));
+    t.stop(Duration::from_secs(15)).await;
+    std::fs::remove_dir_all(root).unwrap();
+}
