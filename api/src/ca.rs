@@ -11,7 +11,8 @@ use chrono::{Duration, Utc};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::config::{self, Kind, Labels};
+use trellis_model::Tags;
+use trellis_model::config::{Kind, Labels};
 use trellis_model::{Action, ResourceName, SECRET_LEN, Token, TokenKind};
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{AuditEvent, JoinToken, Mesh, TenantTx};
@@ -393,7 +394,8 @@ pub(crate) async fn create_join_token(
     let (caller, mut tx, m) = mesh_tx(&s, &headers, &org, &mesh, Action::ManageTokens).await?;
     crate::schema_check::check("NewJoinToken", &body.value)?;
     let req: NewJoinToken = from_value(body.value)?;
-    config::check_labels("tags", &req.tags).map_err(ApiError::invalid)?;
+    // A token's tags become its dataplanes' tags: the same rule as a node's own.
+    let tags = Tags::parse(&req.tags).map_err(|e| ApiError::invalid_field("tags", e.to_string()))?;
     let ttl = req.ttl_seconds.unwrap_or(JOIN_TTL_DEFAULT);
     if !(JOIN_TTL_MIN..=JOIN_TTL_MAX).contains(&ttl) {
         return Err(ApiError::invalid_field(
@@ -414,7 +416,7 @@ pub(crate) async fn create_join_token(
     let mut secret = [0u8; SECRET_LEN];
     rand::rng().fill_bytes(&mut secret);
     let token = Token::new(TokenKind::Join, caller.org.id, secret).to_string();
-    let tags = serde_json::to_value(&req.tags).expect("labels serialize");
+    let tags = serde_json::to_value(&tags).expect("tags serialize");
     let record = tx
         .create_join_token(
             m.id,

@@ -9,9 +9,11 @@ pub mod config;
 mod ids;
 mod names;
 mod roles;
+mod tags;
 mod token;
 
 pub use ids::{MeshId, OrgId};
 pub use names::{MeshName, NameError, OrgSlug, ResourceName};
 pub use roles::{Action, Role};
+pub use tags::{TagError, TagKey, TagValue, Tags};
 pub use token::{SECRET_LEN, Token, TokenError, TokenKind, token_sha256};

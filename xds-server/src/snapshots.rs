@@ -226,7 +226,12 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     }
     for dp in dataplanes {
         let Some(address) = dp.address.map(|a| a.addr()) else { continue };
-        let tags: Tags = serde_json::from_value(dp.tags.clone()).unwrap_or_default();
+        // Tags are parsed at registration; a row written under older rules that no longer
+        // parses keeps its endpoint in the service's cluster, in no subset, until it re-registers.
+        let tags: Tags = serde_json::from_value(dp.tags.clone()).unwrap_or_else(|e| {
+            tracing::warn!(node = %dp.node_id, error = %e, "stored dataplane tags do not parse; in no subset");
+            Tags::new()
+        });
         for port in dp.ports.iter().filter_map(|p| u32::try_from(*p).ok()) {
             view.endpoints.push(Endpoint {
                 service: dp.service.clone(),

@@ -10,11 +10,9 @@ mod resilience;
 mod service;
 mod tcp_route;
 
+pub use crate::tags::{Tags, valid_label_key, valid_label_part};
 pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source, check_spiffe_id};
-pub use common::{
-    Checker, Duration, FieldError, Labels, PortReference, ServiceReference, Tags, TargetRef, valid_label_key,
-    valid_label_part,
-};
+pub use common::{Checker, Duration, FieldError, Labels, PortReference, ServiceReference, TargetRef};
 pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,
     HttpRouteRule, HttpRouteSpec, Mirror, Retry, RetryOn, Timeouts,
