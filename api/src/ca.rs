@@ -11,9 +11,9 @@ use chrono::{Duration, Utc};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::Tags;
 use trellis_model::config::{Kind, Labels};
 use trellis_model::{Action, ResourceName, SECRET_LEN, Token, TokenKind};
+use trellis_model::{SvidTtl, Tags};
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{AuditEvent, JoinToken, Mesh, TenantTx};
 use uuid::Uuid;
@@ -33,9 +33,6 @@ pub const MAX_KEY_PEM: usize = 16 * 1024;
 pub const JOIN_TTL_DEFAULT: i64 = 3600;
 pub const JOIN_TTL_MIN: i64 = 60;
 pub const JOIN_TTL_MAX: i64 = 7 * 24 * 3600;
-/// SVID lifetime bounds, in seconds (the database checks them too).
-pub const SVID_TTL_MIN: i64 = 3600;
-pub const SVID_TTL_MAX: i64 = 7 * 24 * 3600;
 
 const PEM_TYPE: &str = "application/x-pem-file";
 
@@ -328,18 +325,16 @@ pub(crate) async fn put_settings(
     let (caller, mut tx, m) = mesh_tx(&s, &headers, &org, &mesh, Action::ManageCa).await?;
     crate::schema_check::check("CaSettings", &body.value)?;
     let req: CaSettings = from_value(body.value)?;
-    let ttl = i32::try_from(req.svid_ttl_seconds)
-        .ok()
-        .filter(|t| (SVID_TTL_MIN..=SVID_TTL_MAX).contains(&i64::from(*t)))
-        .ok_or_else(|| {
-            ApiError::invalid_field(
-                "svidTtlSeconds",
-                format!("must be from {SVID_TTL_MIN} (1 hour) to {SVID_TTL_MAX} (7 days)"),
-            )
-        })?;
+    let ttl = SvidTtl::from_secs(req.svid_ttl_seconds).map_err(|_| {
+        ApiError::invalid_field(
+            "svidTtlSeconds",
+            format!("must be from {} (1 hour) to {} (7 days)", SvidTtl::MIN_SECS, SvidTtl::MAX_SECS),
+        )
+    })?;
     tx.set_svid_ttl(m.id, ttl).await?;
     let target = format!("meshes/{}/ca", m.name);
-    audit(&mut tx, &caller, &headers, "ca.settings.update", target, json!({"svidTtlSeconds": ttl})).await?;
+    let audited = json!({"svidTtlSeconds": ttl.as_secs_i32()});
+    audit(&mut tx, &caller, &headers, "ca.settings.update", target, audited).await?;
     finish(&s, tx, &m).await
 }
 

@@ -11,7 +11,7 @@ mod service;
 mod tcp_route;
 
 pub use crate::tags::{Tags, valid_label_key, valid_label_part};
-pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source, check_spiffe_id};
+pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source};
 pub use common::{Checker, Duration, FieldError, Labels, PortReference, ServiceReference, TargetRef};
 pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,
@@ -19,8 +19,8 @@ pub use http_route::{
 };
 pub use matching::{PathMatch, PathMatchType, ValueMatch, ValueMatchType};
 pub use mesh::{
-    DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain,
-    check_trust_domain_owner, default_trust_domain,
+    DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain_owner,
+    default_trust_domain,
 };
 pub use resilience::{
     CircuitBreakerSpec, HealthCheckSpec, HttpHealthCheck, OutlierDetection, RateLimitSpec, TcpHealthCheck,
