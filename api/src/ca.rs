@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use trellis_model::config::{Kind, Labels};
 use trellis_model::{Action, ResourceName, SECRET_LEN, Token, TokenKind};
-use trellis_model::{SpiffeId, SvidTtl, Tags, TrustDomain};
+use trellis_model::{SpiffeId, SvidTtl, Tags};
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{AuditEvent, JoinToken, Mesh, TenantTx};
 use uuid::Uuid;
@@ -353,10 +353,9 @@ struct NewJoinToken {
 }
 
 /// The identity a join token's SVIDs carry, by the one layout in [`SpiffeId::workload`]; null
-/// only if a stored name no longer parses.
+/// only if a stored service name no longer parses.
 fn workload_id(mesh: &Mesh, service: &str) -> Option<String> {
-    let td = TrustDomain::parse(&mesh.trust_domain).ok()?;
-    SpiffeId::workload(&td, mesh.name.as_str(), service).ok().map(|id| id.to_string())
+    SpiffeId::workload(&mesh.trust_domain, mesh.name.as_str(), service).ok().map(|id| id.to_string())
 }
 
 fn render_join_token(mesh: &Mesh, t: &JoinToken) -> Value {

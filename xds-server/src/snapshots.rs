@@ -204,11 +204,8 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     tx.commit().await?;
 
     let spec: MeshSpec = parse_mesh_spec("spec", mesh.spec.clone()).unwrap_or_default();
-    let Ok(trust_domain) = trellis_ca::TrustDomain::parse(&mesh.trust_domain) else {
-        tracing::error!(mesh = %mesh.name.as_str(), "stored trust domain does not parse");
-        return Ok(None);
-    };
-    let mut view = MeshView::new(mesh.name.as_str(), trust_domain, spec.mtls.mode, spec.default_access);
+    let mut view =
+        MeshView::new(mesh.name.as_str(), mesh.trust_domain.clone(), spec.mtls.mode, spec.default_access);
     let mut services = BTreeSet::new();
     for r in resources {
         let Some(kind) = Kind::lookup(&r.kind) else { continue };
