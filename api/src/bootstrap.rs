@@ -13,19 +13,25 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::config::Kind;
+use trellis_model::config::{Kind, MAX_RE2_PROGRAM, ServiceSpec, Spec};
 use trellis_model::{Action, ResourceName};
+use trellis_model::{TagKey, TagValue, Tags};
 
 use crate::auth::authorize;
 use crate::body::ApiQuery;
 use crate::config::find_mesh;
 use crate::{ApiError, AppState};
 
-/// Where a workload keeps its certificates unless told otherwise.
-pub const DEFAULT_CERT_DIR: &str = "/var/run/trellis";
-/// Longest accepted node id and certificate directory.
+pub use trellis_xds::contract::DEFAULT_CERT_DIR;
+use trellis_xds::contract::{
+    BUNDLE_FILE, CERT_FILE, CERT_PROVIDER, KEY_FILE, PLATFORM_CA_FILE, cert_path, node_metadata,
+};
+
+/// Longest accepted node id.
 pub const MAX_NODE_ID: usize = 128;
-pub const MAX_CERT_DIR: usize = 256;
+/// Longest accepted `ports` and `tags` parameters.
+pub const MAX_PORTS_PARAM: usize = 512;
+pub const MAX_TAGS_PARAM: usize = 8192;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -36,6 +42,12 @@ pub(crate) struct BootstrapQuery {
     node: Option<String>,
     #[serde(default)]
     cert_dir: Option<String>,
+    /// Comma-separated service ports the sidecar serves: `9080,9090`.
+    #[serde(default)]
+    ports: Option<String>,
+    /// Comma-separated instance tags: `version=v2,track=beta`.
+    #[serde(default)]
+    tags: Option<String>,
 }
 
 /// A checked bootstrap request.
@@ -44,11 +56,24 @@ struct Target {
     service: String,
     node: String,
     dir: String,
+    /// Inbound service ports (sidecars only), ascending.
+    ports: Vec<u32>,
+    tags: Tags,
 }
 
 impl Target {
     fn file(&self, name: &str) -> String {
-        if self.dir == "/" { format!("/{name}") } else { format!("{}/{name}", self.dir) }
+        cert_path(&self.dir, name)
+    }
+
+    /// The node's metadata, as the xDS server reads it back (`trellis_xds::contract`).
+    fn sidecar_metadata(&self) -> Value {
+        json!({
+            (node_metadata::MESH): self.mesh,
+            (node_metadata::CERT_DIR): self.dir,
+            (node_metadata::PORTS): self.ports,
+            (node_metadata::TAGS): self.tags,
+        })
     }
 }
 
@@ -69,25 +94,85 @@ fn node_id(node: Option<String>) -> Result<String, ApiError> {
 
 fn cert_dir(dir: Option<String>) -> Result<String, ApiError> {
     let dir = dir.unwrap_or_else(|| DEFAULT_CERT_DIR.to_owned());
-    let msg = "must be an absolute path of at most 256 characters, without `..`, `.` or control characters";
-    let ok = dir.starts_with('/')
-        && dir.len() <= MAX_CERT_DIR
-        && !dir.chars().any(char::is_control)
-        && !dir.split('/').any(|seg| seg == ".." || seg == ".");
-    if !ok {
-        return Err(bad("certDir", msg));
-    }
-    let trimmed = dir.trim_end_matches('/');
-    Ok(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+    trellis_xds::contract::parse_cert_dir(&dir).map_err(|msg| bad("certDir", &msg))
 }
 
-/// Authorizes (Read), checks the parameters and that the service is a Service of the mesh.
+/// The sidecar's inbound ports: each a port of the service, at most once.
+fn inbound_ports(ports: Option<String>, service: &ServiceSpec) -> Result<Vec<u32>, ApiError> {
+    let Some(list) = ports else { return Ok(Vec::new()) };
+    if list.len() > MAX_PORTS_PARAM {
+        return Err(bad("ports", &format!("must be at most {MAX_PORTS_PARAM} characters")));
+    }
+    let declared: Vec<String> = service.ports.iter().map(|p| p.port.to_string()).collect();
+    let mut out = Vec::new();
+    for item in list.split(',') {
+        let item = item.trim();
+        let port = item.parse::<u32>().ok().filter(|p| service.ports.iter().any(|d| d.port == *p));
+        let Some(port) = port else {
+            return Err(bad(
+                "ports",
+                &format!(
+                    "{item:?} is not a port of the service; its ports are {} (comma-separated)",
+                    declared.join(", ")
+                ),
+            ));
+        };
+        if out.contains(&port) {
+            return Err(bad("ports", &format!("port {port} is listed twice")));
+        }
+        // The sidecar's inbound listener takes `0.0.0.0:<port>`: the application must be told
+        // where else it listens.
+        if let Some(i) = service.ports.iter().position(|p| p.port == port && p.app_port.is_none()) {
+            return Err(bad(
+                "ports",
+                &format!(
+                    "port {port} declares no appPort: the sidecar listens on {port}, so set the \
+                     application's own port in the Service's spec.ports[{i}].appPort"
+                ),
+            ));
+        }
+        out.push(port);
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The instance's tags, `key=value` pairs separated by commas, checked by the model's tag
+/// rules; the service and mesh come from the certificate, never from tags.
+fn instance_tags(tags: Option<String>) -> Result<Tags, ApiError> {
+    let Some(list) = tags else { return Ok(Tags::new()) };
+    if list.len() > MAX_TAGS_PARAM {
+        return Err(bad("tags", &format!("must be at most {MAX_TAGS_PARAM} characters")));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(bad("tags", &format!("{pair:?} is not key=value")));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if node_metadata::RESERVED_TAGS.contains(&k) {
+            return Err(bad(&format!("tags.{k}"), "is set from the workload's certificate, not by a tag"));
+        }
+        // The model's tag rule, the one registration and routes use.
+        if let Err(e) = TagKey::parse(k).and_then(|_| TagValue::parse(k, v)) {
+            return Err(bad(&format!("tags.{k}"), &e.to_string()));
+        }
+        if out.insert(k.to_owned(), v.to_owned()).is_some() {
+            return Err(bad(&format!("tags.{k}"), "is given twice"));
+        }
+    }
+    Tags::parse(&out).map_err(|e| bad("tags", &e.to_string()))
+}
+
+/// Authorizes (Read), checks the parameters and that the service is a Service of the mesh;
+/// ports and tags only where `sidecar`.
 async fn target(
     s: &AppState,
     headers: &HeaderMap,
     org: &str,
     mesh: &str,
     q: BootstrapQuery,
+    sidecar: bool,
 ) -> Result<Target, ApiError> {
     let caller = authorize(s, headers, org, Action::Read).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
@@ -95,15 +180,30 @@ async fn target(
     let service = q.service.ok_or_else(|| bad("service", "required: the Service the workload runs as"))?;
     let node = node_id(q.node)?;
     let dir = cert_dir(q.cert_dir)?;
+    if !sidecar {
+        for (field, given) in [("ports", &q.ports), ("tags", &q.tags)] {
+            if given.is_some() {
+                return Err(bad(field, "is for sidecars (the Envoy bootstrap) only"));
+            }
+        }
+    }
     let unknown = || {
         ApiError::invalid_field("service", format!("no Service {service:?} in mesh {:?}", m.name.as_str()))
     };
     let name = ResourceName::parse(&service).map_err(|_| unknown())?;
-    if tx.get_resource(m.id, Kind::Service.name(), &name).await?.is_none() {
+    let Some(stored) = tx.get_resource(m.id, Kind::Service.name(), &name).await? else {
         return Err(unknown());
-    }
+    };
     tx.commit().await?;
-    Ok(Target { mesh: m.name.as_str().to_owned(), service, node, dir })
+    let Ok(parsed) = Spec::parse(Kind::Service, "spec", stored.spec.clone()) else {
+        return Err(ApiError::internal(&"a stored Service does not parse"));
+    };
+    let Spec::Service(spec) = parsed.spec else {
+        return Err(ApiError::internal(&"a Service is not a Service"));
+    };
+    let ports = inbound_ports(q.ports, &spec)?;
+    let tags = instance_tags(q.tags)?;
+    Ok(Target { mesh: m.name.as_str().to_owned(), service, node, dir, ports, tags })
 }
 
 /// The gRPC xDS bootstrap (gRFC A27/A65): mTLS to the xDS server, and the `trellis`
@@ -115,9 +215,9 @@ fn grpc_bootstrap(t: &Target, xds_address: &str) -> Value {
             "channel_creds": [{
                 "type": "tls",
                 "config": {
-                    "ca_certificate_file": t.file("ca.pem"),
-                    "certificate_file": t.file("cert.pem"),
-                    "private_key_file": t.file("key.pem"),
+                    "ca_certificate_file": t.file(PLATFORM_CA_FILE),
+                    "certificate_file": t.file(CERT_FILE),
+                    "private_key_file": t.file(KEY_FILE),
                     "refresh_interval": "600s",
                 },
             }],
@@ -127,12 +227,12 @@ fn grpc_bootstrap(t: &Target, xds_address: &str) -> Value {
         // the workload's `zone` in it (it becomes the dataplane's zone).
         "node": { "id": t.node, "cluster": t.service, "locality": {}, "metadata": { "mesh": t.mesh } },
         "certificate_providers": {
-            (trellis_xds::CERT_PROVIDER): {
+            (CERT_PROVIDER): {
                 "plugin_name": "file_watcher",
                 "config": {
-                    "certificate_file": t.file("cert.pem"),
-                    "private_key_file": t.file("key.pem"),
-                    "ca_certificate_file": t.file("bundle.pem"),
+                    "certificate_file": t.file(CERT_FILE),
+                    "private_key_file": t.file(KEY_FILE),
+                    "ca_certificate_file": t.file(BUNDLE_FILE),
                     "refresh_interval": "60s",
                 },
             },
@@ -151,11 +251,11 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {
             "tls_certificates": [{
-                "certificate_chain": { "filename": t.file("cert.pem") },
-                "private_key": { "filename": t.file("key.pem") },
+                "certificate_chain": { "filename": t.file(CERT_FILE) },
+                "private_key": { "filename": t.file(KEY_FILE) },
             }],
             "validation_context": {
-                "trusted_ca": { "filename": t.file("ca.pem") },
+                "trusted_ca": { "filename": t.file(PLATFORM_CA_FILE) },
                 "match_typed_subject_alt_names": [{
                     "san_type": if ip { "IP_ADDRESS" } else { "DNS" },
                     "matcher": { "exact": host },
@@ -167,7 +267,15 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
         tls["sni"] = json!(host);
     }
     json!({
-        "node": { "id": t.node, "cluster": t.service, "metadata": { "mesh": t.mesh } },
+        "node": { "id": t.node, "cluster": t.service, "metadata": t.sidecar_metadata() },
+        // Envoy refuses a regex whose RE2 program is larger than this runtime value (100
+        // unless set); the API bounds every regex by the same number.
+        "layered_runtime": { "layers": [
+            { "name": "trellis", "static_layer": {
+                (trellis_xds::contract::RE2_MAX_PROGRAM_SIZE_KEY): MAX_RE2_PROGRAM,
+            } },
+            { "name": "admin", "admin_layer": {} },
+        ] },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
@@ -221,7 +329,7 @@ pub(crate) async fn grpc(
     ApiQuery(q): ApiQuery<BootstrapQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let t = target(&s, &headers, &org, &mesh, q).await?;
+    let t = target(&s, &headers, &org, &mesh, q, false).await?;
     Ok(Json(grpc_bootstrap(&t, &s.xds.address)))
 }
 
@@ -232,7 +340,7 @@ pub(crate) async fn envoy(
     ApiQuery(q): ApiQuery<BootstrapQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let t = target(&s, &headers, &org, &mesh, q).await?;
+    let t = target(&s, &headers, &org, &mesh, q, true).await?;
     Ok(Json(envoy_bootstrap(&t, &s.xds.address)))
 }
 
@@ -274,9 +382,92 @@ mod tests {
         assert!(node_id(Some("x".repeat(129))).is_err());
     }
 
+    fn reviews() -> ServiceSpec {
+        let Spec::Service(s) = Spec::parse(
+            Kind::Service,
+            "spec",
+            json!({"ports": [
+                {"port": 9080, "protocol": "http", "appPort": 19080},
+                {"port": 9090, "protocol": "grpc", "appPort": 19090},
+                {"port": 9100, "protocol": "http"},
+            ]}),
+        )
+        .unwrap()
+        .spec
+        else {
+            panic!()
+        };
+        s
+    }
+
+    fn field_of(e: ApiError) -> (String, String) {
+        (e.errors[0].field.clone(), e.detail)
+    }
+
+    #[test]
+    fn inbound_ports_are_ports_of_the_service_each_once() {
+        assert_eq!(inbound_ports(Some("9090, 9080".into()), &reviews()).unwrap(), [9080, 9090]);
+        assert!(inbound_ports(None, &reviews()).unwrap().is_empty());
+        for bad in ["9081", "abc", "0", "9080,9080", "", "9080,", &"9".repeat(600)] {
+            let (field, detail) = field_of(inbound_ports(Some(bad.into()), &reviews()).unwrap_err());
+            assert_eq!(field, "ports", "{bad:?}: {detail}");
+        }
+        let (_, detail) = field_of(inbound_ports(Some("9081".into()), &reviews()).unwrap_err());
+        assert!(detail.contains("its ports are 9080, 9090, 9100"), "{detail}");
+        let (field, detail) = field_of(inbound_ports(Some("9100".into()), &reviews()).unwrap_err());
+        assert_eq!(field, "ports");
+        assert!(detail.contains("spec.ports[2].appPort"), "{detail}");
+    }
+
+    #[test]
+    fn instance_tags_follow_the_models_tag_rules() {
+        let t = instance_tags(Some("version=v2,track=beta".into())).unwrap();
+        assert_eq!(t.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(t.len(), 2);
+        for (bad, field) in [
+            ("version", "tags"),
+            ("-bad=v", "tags.-bad"),
+            ("version=no spaces", "tags.version"),
+            ("service=other", "tags.service"),
+            ("mesh=other", "tags.mesh"),
+            ("a=1,a=2", "tags.a"),
+        ] {
+            let (f, detail) = field_of(instance_tags(Some(bad.into())).unwrap_err());
+            assert_eq!(f, field, "{bad:?}: {detail}");
+        }
+        let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
+        assert_eq!(field_of(instance_tags(Some(many.join(","))).unwrap_err()).0, "tags");
+    }
+
+    #[test]
+    fn the_envoy_bootstrap_carries_what_the_translation_reads_and_raises_the_regex_limit() {
+        let t = Target {
+            mesh: "m1".into(),
+            service: "reviews".into(),
+            node: "n1".into(),
+            dir: "/etc/x".into(),
+            ports: vec![9080],
+            tags: Tags::parse([("version", "v2")]).unwrap(),
+        };
+        let e = envoy_bootstrap(&t, "xds.example:18000");
+        assert_eq!(
+            e["node"]["metadata"],
+            json!({"mesh": "m1", "certDir": "/etc/x", "ports": [9080], "tags": {"version": "v2"}})
+        );
+        let layer = &e["layered_runtime"]["layers"][0]["static_layer"];
+        assert_eq!(layer["re2.max_program_size.error_level"], json!(MAX_RE2_PROGRAM));
+    }
+
     #[test]
     fn the_grpc_bootstrap_pins_the_platform_root_and_names_the_provider() {
-        let t = Target { mesh: "m1".into(), service: "echo".into(), node: "n1".into(), dir: "/d".into() };
+        let t = Target {
+            mesh: "m1".into(),
+            service: "echo".into(),
+            node: "n1".into(),
+            dir: "/d".into(),
+            ports: vec![],
+            tags: Tags::new(),
+        };
         let b = grpc_bootstrap(&t, "xds.example:18000");
         assert_eq!(b["xds_servers"][0]["channel_creds"][0]["config"]["ca_certificate_file"], "/d/ca.pem");
         assert_eq!(b["certificate_providers"]["trellis"]["config"]["ca_certificate_file"], "/d/bundle.pem");

@@ -876,6 +876,15 @@ fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
             &[400, 401, 403, 404, 422],
         );
         o["parameters"] = bootstrap_params.clone();
+        if kind == "envoy" {
+            let sidecar = o["parameters"].as_array_mut().expect("a list");
+            sidecar.push(json!({ "name": "ports", "in": "query",
+                "description": "The service ports this sidecar serves, comma-separated (`9080,9090`): one inbound listener each",
+                "schema": { "type": "string", "maxLength": crate::bootstrap::MAX_PORTS_PARAM } }));
+            sidecar.push(json!({ "name": "tags", "in": "query",
+                "description": "The instance's tags, comma-separated `key=value` pairs (`version=v2`): the subsets routes select",
+                "schema": { "type": "string", "maxLength": crate::bootstrap::MAX_TAGS_PARAM } }));
+        }
         paths.insert(format!("{mesh}/bootstrap/{kind}"), json!({ "get": o }));
     }
     let mut root = op(

@@ -254,6 +254,117 @@ fn effective_lists_what_applies_in_evaluation_order() {
     assert!(effective("nobody", parsed.iter().map(|(n, s)| (n.as_str(), s))).is_empty());
 }
 
+/// RE2's own `ProgramSize()` for these patterns, measured with RE2 (the `google-re2` 1.1.20251105
+/// Python binding): the estimate must never be below it, or Envoy could refuse a route the API
+/// accepted.
+const RE2_MEASURED: &[(&str, usize)] = &[
+    ("abc", 7),
+    ("^/api/.*", 12),
+    ("/api/v[0-9]+/items/.*", 27),
+    (r"[\w-]+", 9),
+    (r"^/v1/[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$", 72),
+    ("(?i)hello", 9),
+    ("(?i)k", 8),
+    ("[a-z]{1,20}", 43),
+    (r"\pL+", 1201),
+    (r"\W+", 16),
+    ("[^a-z]", 12),
+    (".{10}", 84),
+    ("x{0,30}", 64),
+    ("((a*)*)*", 17),
+    ("(?:(^)*){4}", 32),
+    ("(?:(?:($)+){1,}){5}", 28),
+    (r"^/static/.*\.(css|js|png)$", 23),
+    (r"[a-zA-Z0-9._%+-]+@[a-zA-Z0-9.-]+\.[a-zA-Z]{2,}", 20),
+    (r"[\x{100}-\x{2000}]", 13),
+    ("[a-z0-9]{600}", 1204),
+];
+
+#[test]
+fn the_re2_program_size_estimate_is_never_below_re2s_own_count() {
+    for (re, measured) in RE2_MEASURED {
+        let estimate = trellis_model::config::re2_program_size(re).unwrap();
+        assert!(estimate >= *measured, "{re}: estimated {estimate}, RE2 counts {measured}");
+    }
+}
+
+#[test]
+fn a_regex_envoy_would_refuse_is_refused_with_its_field_path() {
+    let route = |re: &str| json!({"targetRef": {"service": "r"}, "rules": [{"matches": [{"headers": [{"type": "RegularExpression", "name": "x-id", "value": re}]}], "backendRefs": [{"service": "a"}]}]});
+    // Unicode letters are a thousand RE2 instructions on their own (RE2 counts 1201).
+    assert_error(
+        Kind::HttpRoute,
+        route(r"\pL+"),
+        "spec.rules[0].matches[0].headers[0].value",
+        "too complex for Envoy",
+    );
+    // Small enough for the `regex` crate's own limit, too big for RE2 (1204 instructions).
+    assert_error(Kind::HttpRoute, route("[a-z0-9]{600}"), "spec.rules[0].matches[0].headers[0].value", "RE2");
+    // A UUID in a path is fine.
+    assert!(
+        errors(Kind::HttpRoute, route(r"^/v1/[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}$"))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_rule_after_a_catch_all_rule_is_refused_as_unreachable() {
+    let catch_all = json!({"backendRefs": [{"service": "a"}]});
+    let beta = json!({"matches": [{"headers": [{"name": "x-beta", "value": "true"}]}], "backendRefs": [{"service": "b"}]});
+    let slash = json!({"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"service": "a"}]});
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [catch_all, beta]}),
+        "spec.rules[1]",
+        "unreachable: rules[0] matches every request",
+    );
+    assert_error(
+        Kind::HttpRoute,
+        json!({"targetRef": {"service": "r"}, "rules": [beta, slash, beta]}),
+        "spec.rules[2]",
+        "unreachable: rules[1]",
+    );
+    // The catch-all last is the way to write it.
+    assert!(
+        errors(Kind::HttpRoute, json!({"targetRef": {"service": "r"}, "rules": [beta, catch_all]}))
+            .is_empty()
+    );
+}
+
+#[test]
+fn an_app_port_is_never_a_port_the_sidecar_listens_on() {
+    let svc = |ports: Value| json!({ "ports": ports });
+    assert!(
+        errors(Kind::Service, svc(json!([{"port": 9080, "protocol": "http", "appPort": 19080}]))).is_empty()
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 9080, "protocol": "http", "appPort": 9090}, {"port": 9090, "protocol": "grpc"}])),
+        "spec.ports[0].appPort",
+        "a port of the service",
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 9080, "protocol": "http", "appPort": 9080}])),
+        "spec.ports[0].appPort",
+        "a port of the service",
+    );
+    assert_error(
+        Kind::Service,
+        svc(
+            json!([{"port": 1, "protocol": "http", "appPort": 7}, {"port": 2, "protocol": "http", "appPort": 7}]),
+        ),
+        "spec.ports[1].appPort",
+        "listed twice",
+    );
+    assert_error(
+        Kind::Service,
+        svc(json!([{"port": 1, "protocol": "http", "appPort": 70000}])),
+        "spec.ports[0].appPort",
+        "between 1 and 65535",
+    );
+}
+
 /// Issue #11, item 3: the tags a node registers with (`Tags::parse`, what the xDS server calls)
 /// and the tags a route's backend or mirror selects are accepted by one rule: over a table of
 /// edge cases, each pair is accepted by both or refused by both.

@@ -119,45 +119,38 @@ impl TenantTx {
                     .map(|r| Ok(Put { value: r.try_into()?, created: false, changed: true }))
                     .unwrap_or(Err(StoreError::Stale));
             }
-            Precondition::Absent => {
-                let row: Option<MeshRow> = sqlx::query_as(concat!(
-                    "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT ON CONSTRAINT meshes_name_key DO NOTHING RETURNING ",
-                    mesh_columns!()
-                ))
-                .bind(org)
-                .bind(name.as_str())
-                .bind(trust_domain)
-                .bind(spec)
-                .bind(labels)
-                .fetch_optional(self.conn())
-                .await?;
-                return row
-                    .map(|r| Ok(Put { value: r.try_into()?, created: true, changed: true }))
-                    .unwrap_or(Err(StoreError::Exists));
-            }
-            Precondition::Unconditional => {}
+            Precondition::Absent | Precondition::Unconditional => {}
         }
-        let row: Option<(bool, MeshRow)> = sqlx::query_as::<_, MeshRowCreated>(concat!(
-            "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT ON CONSTRAINT meshes_name_key DO UPDATE \
-               SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, generation = meshes.generation + 1, \
-                   version = gen_random_uuid(), updated_at = now() \
-               WHERE (meshes.spec, meshes.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
-             RETURNING (xmax = 0) AS created, ",
-            mesh_columns!()
-        ))
-        .bind(org)
-        .bind(name.as_str())
-        .bind(trust_domain)
-        .bind(spec)
-        .bind(labels)
-        .fetch_optional(self.conn())
-        .await?
-        .map(|r| (r.created, r.row));
-        match row {
-            Some((created, r)) => Ok(Put { value: r.try_into()?, created, changed: true }),
-            None => {
+        // Create only: an existing mesh is left alone. Otherwise an existing mesh gets the
+        // new content, unless it is already exactly that.
+        let sql = match pre {
+            Precondition::Absent => concat!(
+                "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT ON CONSTRAINT meshes_name_key DO NOTHING RETURNING true AS created, ",
+                mesh_columns!()
+            ),
+            _ => concat!(
+                "INSERT INTO meshes (org_id, name, trust_domain, spec, labels) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT ON CONSTRAINT meshes_name_key DO UPDATE \
+                   SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, generation = meshes.generation + 1, \
+                       version = gen_random_uuid(), updated_at = now() \
+                   WHERE (meshes.spec, meshes.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
+                 RETURNING (xmax = 0) AS created, ",
+                mesh_columns!()
+            ),
+        };
+        let row: Option<MeshRowCreated> = sqlx::query_as(sql)
+            .bind(org)
+            .bind(name.as_str())
+            .bind(trust_domain)
+            .bind(spec)
+            .bind(labels)
+            .fetch_optional(self.conn())
+            .await?;
+        match (row, pre) {
+            (Some(r), _) => Ok(Put { value: r.row.try_into()?, created: r.created, changed: true }),
+            (None, Precondition::Absent) => Err(StoreError::Exists),
+            (None, _) => {
                 let m = self.mesh_by_name(name).await?.ok_or(StoreError::NotFound("mesh"))?;
                 Ok(Put { value: m, created: false, changed: false })
             }

@@ -121,36 +121,13 @@ impl TenantTx {
                     None => Err(StoreError::Stale),
                 };
             }
-            Precondition::Absent => {
-                return match self.insert_resource(mesh, kind, name, spec, labels).await? {
-                    Some(r) => Ok(Put { value: r, created: true, changed: true }),
-                    None => Err(StoreError::Exists),
-                };
-            }
-            Precondition::Unconditional => {}
+            Precondition::Absent | Precondition::Unconditional => {}
         }
-        let row: Option<ResourceRowCreated> = sqlx::query_as(concat!(
-            "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT ON CONSTRAINT resources_name_key DO UPDATE \
-               SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, \
-                   generation = resources.generation + 1, version = gen_random_uuid(), \
-                   updated_at = now() \
-               WHERE (resources.spec, resources.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
-             RETURNING (xmax = 0) AS created, ",
-            resource_columns!()
-        ))
-        .bind(org)
-        .bind(mesh.as_uuid())
-        .bind(kind)
-        .bind(name.as_str())
-        .bind(spec)
-        .bind(labels)
-        .fetch_optional(self.conn())
-        .await?;
-        match row {
-            Some(r) => Ok(Put { value: r.row.try_into()?, created: r.created, changed: true }),
-            None => {
+        let row = self.insert_resource(pre, mesh, kind, name, spec, labels).await?;
+        match (row, pre) {
+            (Some(r), _) => Ok(Put { value: r.row.try_into()?, created: r.created, changed: true }),
+            (None, Precondition::Absent) => Err(StoreError::Exists),
+            (None, _) => {
                 let r = self.get_resource(mesh, kind, name).await?.ok_or(StoreError::NotFound("resource"))?;
                 Ok(Put { value: r, created: false, changed: false })
             }
@@ -166,36 +143,53 @@ impl TenantTx {
         spec: &Value,
         labels: &Value,
     ) -> Result<Resource, StoreError> {
-        self.insert_resource(mesh, kind, name, spec, labels)
-            .await?
-            .ok_or_else(|| StoreError::Conflict { constraint: "resources_name_key".into() })
+        match self.insert_resource(Precondition::Absent, mesh, kind, name, spec, labels).await? {
+            Some(r) => r.row.try_into(),
+            None => Err(StoreError::Conflict { constraint: "resources_name_key".into() }),
+        }
     }
 
-    /// Inserts a resource unless one of that kind and name exists (then `None`). A
-    /// concurrent insert of the same name waits for the other and then finds it.
+    /// Inserts a resource. An existing one of that kind and name is left alone when `pre` is
+    /// create-only (then `None`), and otherwise gets the new content unless it already is
+    /// exactly that (then `None` too). A concurrent insert of the same name waits for the
+    /// other and then finds it.
     async fn insert_resource(
         &mut self,
+        pre: Precondition,
         mesh: MeshId,
         kind: &str,
         name: &ResourceName,
         spec: &Value,
         labels: &Value,
-    ) -> Result<Option<Resource>, StoreError> {
-        let row: Option<ResourceRow> = sqlx::query_as(concat!(
-            "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT ON CONSTRAINT resources_name_key DO NOTHING RETURNING ",
-            resource_columns!()
-        ))
-        .bind(self.org().as_uuid())
-        .bind(mesh.as_uuid())
-        .bind(kind)
-        .bind(name.as_str())
-        .bind(spec)
-        .bind(labels)
-        .fetch_optional(self.conn())
-        .await?;
-        row.map(Resource::try_from).transpose()
+    ) -> Result<Option<ResourceRowCreated>, StoreError> {
+        let sql = match pre {
+            Precondition::Absent => concat!(
+                "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT ON CONSTRAINT resources_name_key DO NOTHING RETURNING true AS created, ",
+                resource_columns!()
+            ),
+            _ => concat!(
+                "INSERT INTO resources (org_id, mesh_id, kind, name, spec, labels) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT ON CONSTRAINT resources_name_key DO UPDATE \
+                   SET spec = EXCLUDED.spec, labels = EXCLUDED.labels, \
+                       generation = resources.generation + 1, version = gen_random_uuid(), \
+                       updated_at = now() \
+                   WHERE (resources.spec, resources.labels) IS DISTINCT FROM (EXCLUDED.spec, EXCLUDED.labels) \
+                 RETURNING (xmax = 0) AS created, ",
+                resource_columns!()
+            ),
+        };
+        Ok(sqlx::query_as(sql)
+            .bind(self.org().as_uuid())
+            .bind(mesh.as_uuid())
+            .bind(kind)
+            .bind(name.as_str())
+            .bind(spec)
+            .bind(labels)
+            .fetch_optional(self.conn())
+            .await?)
     }
 
     /// One resource by mesh, kind and name.

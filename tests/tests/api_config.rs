@@ -156,6 +156,23 @@ async fn bad_input_gets_a_precise_problem_and_changes_nothing() {
     assert_eq!(p["errors"][0]["field"], "spec.rules[0].backendRefs[0].service");
     assert!(p["errors"][0]["message"].as_str().unwrap().contains("no service named \"nope\""));
 
+    // A regex Envoy would refuse (its RE2 program is over 1000 instructions), and a rule that
+    // can never match (after one that takes every request), name their fields (#12).
+    let mut route3 = api.get("/meshes/shop/http-routes/reviews").await.1;
+    route3["spec"]["rules"][0]["matches"][0]["headers"][0] =
+        json!({"type": "RegularExpression", "name": "x-beta", "value": r"\pL+"});
+    let (status, p) = api.put("/meshes/shop/http-routes/reviews", &route3).await;
+    assert_eq!(status, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "spec.rules[0].matches[0].headers[0].value", "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("too complex for Envoy"), "{p}");
+    let mut route4 = api.get("/meshes/shop/http-routes/reviews").await.1;
+    let rules = route4["spec"]["rules"].as_array_mut().unwrap();
+    rules.swap(0, 1);
+    let (status, p) = api.put("/meshes/shop/http-routes/reviews", &route4).await;
+    assert_eq!(status, 422, "{p}");
+    assert_eq!(p["errors"][0]["field"], "spec.rules[1]", "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("unreachable"), "{p}");
+
     let (status, p) = api.put("/meshes/shop/services/x", &json!({"spec": {"ports": []}, "colour": 1})).await;
     assert_eq!(status, 422);
     assert_eq!(p["errors"][0]["field"], "colour");

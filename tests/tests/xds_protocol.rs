@@ -234,7 +234,7 @@ async fn acks_and_nacks_are_recorded_and_a_rejected_version_is_not_resent() {
     assert_eq!(rds_dump["sentVersion"], json!(r2.version_info), "{rds_dump}");
     assert_eq!(rds_dump["nack"]["error"], "weights not acceptable here");
     let text = rds_dump["resources"][0]["config"].as_str().unwrap_or_default();
-    assert!(text.contains("reviews~version=v1") && text.contains("value: 50"), "{text}");
+    assert!(text.contains("reviews.shop:9080~version=v1") && text.contains("value: 50"), "{text}");
     let (status, _) = f.api.get(&format!("/meshes/shop/dataplanes/{}/config", uuid::Uuid::new_v4())).await;
     assert_eq!(status, 404);
     let (_, route) = f.api.get("/meshes/shop/http-routes/reviews").await;
@@ -275,7 +275,7 @@ async fn a_second_node_on_one_stream_is_refused() {
     let f = fixture().await;
     let svid = f.svid("productpage").await;
     let mut c = f.client(Some(&svid)).await;
-    let mut first = req(Cluster::type_url(), &["reviews"], "", "");
+    let mut first = req(Cluster::type_url(), &["reviews.shop:9080"], "", "");
     first.node = Some(node("pp-1", "grpc-test"));
     let mut s = sotw(&mut c, first).await.unwrap();
     s.next().await.unwrap();
@@ -483,7 +483,7 @@ async fn delta_subscribe_push_unsubscribe_and_removal() {
     let mut s = Delta { tx, rx };
     let r = s.next().await;
     let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
-    assert!(names.contains(&"reviews~version=v2"), "{names:?}");
+    assert!(names.contains(&"reviews.shop:9080~version=v2"), "{names:?}");
     assert!(r.resources.iter().all(|x| !x.version.is_empty()));
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
@@ -493,14 +493,14 @@ async fn delta_subscribe_push_unsubscribe_and_removal() {
     assert_eq!(status, 201, "{body}");
     let r = s.next().await;
     let names: Vec<&str> = r.resources.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["ratings"], "only what changed");
+    assert_eq!(names, ["ratings.shop:8000"], "only what changed");
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
     // Deleted: announced as removed.
     let (status, _) = f.api.delete("/meshes/shop/services/ratings").await;
     assert!(status == 204 || status == 200);
     let r = s.next().await;
-    assert_eq!(r.removed_resources, ["ratings"]);
+    assert_eq!(r.removed_resources, ["ratings.shop:8000"]);
     s.tx.send(dreq(cds.clone(), &[], &[], &r.nonce)).await.unwrap();
 
     // Named subscriptions on another type, then unsubscribe: no more pushes for it.
@@ -730,6 +730,134 @@ async fn deleting_a_service_revokes_its_tokens_and_svids_and_ends_its_streams() 
     assert!(status == 204 || status == 200, "{status} {body}");
 }
 
+/// The example's reviews with its application on 127.0.0.1:19080, behind a sidecar on 9080.
+async fn put_reviews_with_app_port(api: &Api) {
+    let mut doc = example_documents()
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "reviews" && d["kind"] == "Service")
+        .unwrap();
+    doc["spec"]["ports"][0]["appPort"] = json!(19080);
+    let (status, body) = api.put(&document_path(&doc), &doc).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// The node of a bootstrap served by Trellis, as Envoy sends it (`node.metadata` from JSON).
+fn node_from_bootstrap(bootstrap: &Value, agent: &str) -> Node {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use envoy_types::pb::google::protobuf::{ListValue, Struct, Value as PbValue};
+    fn pb(v: &Value) -> PbValue {
+        let kind = match v {
+            Value::Null => Kind::NullValue(0),
+            Value::Bool(b) => Kind::BoolValue(*b),
+            Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap()),
+            Value::String(s) => Kind::StringValue(s.clone()),
+            Value::Array(a) => Kind::ListValue(ListValue { values: a.iter().map(pb).collect() }),
+            Value::Object(o) => {
+                Kind::StructValue(Struct { fields: o.iter().map(|(k, v)| (k.clone(), pb(v))).collect() })
+            }
+        };
+        PbValue { kind: Some(kind) }
+    }
+    let Some(Kind::StructValue(metadata)) = pb(&bootstrap["node"]["metadata"]).kind else { panic!() };
+    Node {
+        id: bootstrap["node"]["id"].as_str().unwrap().into(),
+        cluster: bootstrap["node"]["cluster"].as_str().unwrap().into(),
+        user_agent_name: agent.into(),
+        metadata: Some(metadata),
+        ..Default::default()
+    }
+}
+
+/// A sidecar started from the served Envoy bootstrap (issue #12): SDS points at the
+/// certificate directory it was fetched with, its ports become inbound listeners, and it is
+/// an endpoint of its service's subset by the tags it was fetched with.
+#[tokio::test]
+async fn a_sidecar_from_the_served_bootstrap_gets_its_cert_dir_inbound_listener_and_subset() {
+    use envoy_types::pb::envoy::config::core::v3::data_source::Specifier;
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::secret::Type as SecretType;
+    let f = fixture().await;
+    put_reviews_with_app_port(&f.api).await;
+    let (status, boot) = f
+        .api
+        .get("/meshes/shop/bootstrap/envoy?service=reviews&node=rv-9&certDir=/etc/x&ports=9080&tags=version=v2")
+        .await;
+    assert_eq!(status, 200, "{boot}");
+    let svid = f.svid("reviews").await;
+    let mut c = f.client(Some(&svid)).await;
+    let mut first = req(Secret::type_url(), &["workload"], "", "");
+    first.node = Some(node_from_bootstrap(&boot, "envoy"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let r = s.next().await.unwrap();
+    let secret = Secret::decode(r.resources[0].value.as_slice()).unwrap();
+    let Some(SecretType::TlsCertificate(cert)) = secret.r#type else { panic!("{secret:?}") };
+    let file = |d: Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d.unwrap().specifier {
+        Some(Specifier::Filename(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(cert.certificate_chain), "/etc/x/cert.pem");
+    assert_eq!(file(cert.private_key), "/etc/x/key.pem");
+    assert_eq!(cert.watched_directory.unwrap().path, "/etc/x");
+
+    s.tx.send(req(Listener::type_url(), &[], "", "")).await.unwrap();
+    let l = s.next().await.unwrap();
+    let names: Vec<String> =
+        l.resources.iter().map(|a| Listener::decode(a.value.as_slice()).unwrap().name).collect();
+    assert!(names.contains(&"inbound:9080".to_owned()), "{names:?}");
+
+    let d = wait_for(&f.api, "rv-9", "registered with its ports and tags", |d| d["online"] == true).await;
+    assert_eq!(d["ports"], json!([9080]), "{d}");
+    assert_eq!(d["tags"], json!({"version": "v2"}), "{d}");
+    // The canary's subset cluster holds this instance. (The registration reaches the mesh's
+    // snapshot after a rebuild: ACK until it does.)
+    let eds = ClusterLoadAssignment::type_url();
+    let cluster = ["reviews.shop:9080~version=v2"];
+    s.tx.send(req(eds.clone(), &cluster, "", "")).await.unwrap();
+    let mut cla = ClusterLoadAssignment::default();
+    for _ in 0..20 {
+        let e = s.next().await.unwrap();
+        if e.type_url != eds {
+            continue;
+        }
+        cla = ClusterLoadAssignment::decode(e.resources[0].value.as_slice()).unwrap();
+        if !cla.endpoints.is_empty() {
+            break;
+        }
+        s.tx.send(req(eds.clone(), &cluster, &e.version_info, &e.nonce)).await.unwrap();
+    }
+    assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1, "{cla:?}");
+}
+
+/// Bad bootstrap parameters are precise problems naming the parameter.
+#[tokio::test]
+async fn bootstrap_ports_and_tags_are_checked_and_named() {
+    let f = fixture().await;
+    let base = "/meshes/shop/bootstrap/envoy?service=reviews&node=rv-1";
+    // The example's reviews declares no appPort: its sidecar would take the application's port.
+    let (status, body) = f.api.get(&format!("{base}&ports=9080")).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ports", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("spec.ports[0].appPort"), "{body}");
+    put_reviews_with_app_port(&f.api).await;
+    for (query, field) in [
+        ("&ports=1234", "ports"),
+        ("&ports=9080,9080", "ports"),
+        ("&ports=http", "ports"),
+        ("&tags=version", "tags"),
+        ("&tags=service=ratings", "tags.service"),
+        ("&tags=version=no%20spaces", "tags.version"),
+        ("&certDir=relative", "certDir"),
+    ] {
+        let (status, body) = f.api.get(&format!("{base}{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+    }
+    let (status, body) = f.api.get("/meshes/shop/bootstrap/grpc?service=reviews&node=rv-1&ports=9080").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "ports", "{body}");
+}
+
 /// A node of `reviews` at `address:9080` that declares `tags`, as a bootstrap does.
 fn tagged_endpoint(id: &str, address: &str, tags: &[(&str, &str)]) -> Node {
     use envoy_types::pb::google::protobuf::value::Kind;
@@ -813,7 +941,7 @@ async fn a_tag_accepted_at_registration_is_selectable_by_a_route_and_the_reverse
         eds_stream(&f, &reviews, tagged_endpoint("rc-1", "10.9.8.7", &[(key, value)])).await.unwrap();
     let d = wait_for(&f.api, "rc-1", "registered", |d| d["online"] == json!(true)).await;
     assert_eq!(d["tags"], json!({ key: value }), "{d}");
-    let subset = format!("reviews~{key}={value}");
+    let subset = format!("reviews.shop:9080~{key}={value}");
     let productpage = f.svid("productpage").await;
     let mut found = Vec::new();
     for _ in 0..50 {

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use trellis_model::Tags;
 use trellis_pki::{Authority, Peer};
 use trellis_store::Registration;
+use trellis_xds::contract::{DEFAULT_CERT_DIR, node_metadata, parse_cert_dir};
 use trellis_xds::sotw::{self, Reply, Snapshot, StreamError};
 use trellis_xds::{ProxyReach, delta};
 use uuid::Uuid;
@@ -293,9 +294,6 @@ struct Selection {
     cert_dir: String,
 }
 
-/// Default directory of the workload certificate files (the bootstraps use it too).
-const DEFAULT_CERT_DIR: &str = "/var/run/trellis";
-
 /// The resources one stream may be sent, all of its own mesh: for gRPC the mesh's shared
 /// client resources plus the server Listeners it asked for (of its own service only); for
 /// Envoy and the agent the sidecar resources of its service.
@@ -505,12 +503,14 @@ async fn run<P: Protocol>(
     tracing::info!(mesh = %peer.mesh, service = %peer.service, node = %node.id, client = %reg.client,
         %dataplane, "xDS stream opened");
     ctx.metrics.streams.inc();
+    // The bootstrap writes the directory it was fetched with; one it would not write falls
+    // back to the default rather than pointing SDS at an odd path.
     let cert_dir = node
         .metadata
         .as_ref()
-        .and_then(|m| m.fields.get("certDir"))
+        .and_then(|m| m.fields.get(node_metadata::CERT_DIR))
         .and_then(string_of)
-        .filter(|d| d.starts_with('/') && !d.contains("..") && d.len() <= 256)
+        .and_then(|d| parse_cert_dir(&d).ok())
         .unwrap_or_else(|| DEFAULT_CERT_DIR.to_owned());
     let selection = Selection {
         client: reg.client.clone(),

@@ -45,7 +45,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use envoy_types::util::pack_any;
 use trellis_model::config::{AccessAction, AccessRule, DefaultAccess, MtlsMode, PathMatchType, ValueMatchType};
 
-use crate::CERT_PROVIDER;
+use crate::contract::CERT_PROVIDER;
 use crate::names::{grpc_server_listener_name, spiffe_id};
 use crate::routes::router_filter;
 use crate::util::{exact, regex, safe_regex};
@@ -251,10 +251,51 @@ pub(crate) fn sidecar_http_filters(view: &MeshView, service: &str) -> Vec<HttpFi
         filters.push(http_rbac_filter(RBAC_DENY, config));
     }
     if view.default_access == DefaultAccess::Deny {
-        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Allow, &rules.allow)), None);
+        let mut allow = rules.allow;
+        if let Some((name, policy)) = health_check_policy(view, service) {
+            allow.insert(name, policy);
+        }
+        let config = rbac_any(RbacFilter::default(), Some((RbacAction::Allow, &allow)), None);
         filters.push(http_rbac_filter(RBAC_ALLOW, config));
     }
     filters
+}
+
+/// Name of the allow policy that lets active health checks through; rule policies are
+/// `<policy>/<index>`, so a name without `/` never meets one.
+pub const HEALTH_CHECK_POLICY: &str = "trellis-health-check";
+
+/// Under default deny, the active health checks of the service's callers: their sidecars
+/// check with their own identity, which the service's access policies need not allow, and a
+/// refused check marks every instance unhealthy (Envoy then routes in panic mode). The
+/// check's request, `GET <path>` and nothing else, is allowed from every identity of the
+/// mesh (an mTLS peer verified against the mesh's roots, whose SPIFFE ID is in the mesh's
+/// trust domain). Deny rules still apply: a caller denied the service is denied its check,
+/// and it sends no traffic there anyway.
+fn health_check_policy(view: &MeshView, service: &str) -> Option<(String, Policy)> {
+    let path = &view.health_check(service)?.http.as_ref()?.path;
+    let check = Permission {
+        rule: Some(Rule::AndRules(PermissionSet {
+            rules: vec![
+                Permission {
+                    rule: Some(Rule::UrlPath(PathMatcher { rule: Some(PathRule::Path(exact(path))) })),
+                },
+                header_permission(":method", exact("GET")),
+            ],
+        })),
+    };
+    let mesh_identity = Principal {
+        identifier: Some(Identifier::Authenticated(Authenticated {
+            principal_name: Some(StringMatcher {
+                match_pattern: Some(MatchPattern::Prefix(format!("spiffe://{}/", view.trust_domain))),
+                ..Default::default()
+            }),
+        })),
+    };
+    Some((
+        HEALTH_CHECK_POLICY.to_owned(),
+        Policy { permissions: vec![check], principals: vec![mesh_identity], ..Default::default() },
+    ))
 }
 
 /// The network RBAC filters of a sidecar's inbound TCP port (checked once per connection),

@@ -1,4 +1,4 @@
-//! Clusters per service subset (EDS, mTLS pinned to the service's SPIFFE ID, circuit
+//! Clusters per service port and subset (EDS, mTLS pinned to the service's SPIFFE ID, circuit
 //! breakers, outlier detection, health checks) and their endpoint assignments.
 
 use std::collections::{BTreeMap, HashMap};
@@ -37,36 +37,71 @@ use envoy_types::util::pack_any;
 use prost::Name;
 use trellis_model::config::{Protocol, Tags};
 
+use crate::contract::CERT_PROVIDER;
 use crate::names::{cluster_name, spiffe_id};
+use crate::secrets;
 use crate::util::{ads, duration, exact, u32v};
 use crate::view::MeshView;
-use crate::{CERT_PROVIDER, secrets};
 
-/// Every cluster of the mesh: one per service, plus one per subset of tags that a route,
-/// TCP route or mirror names. Name → (service, tags).
-pub(crate) fn subsets(view: &MeshView) -> BTreeMap<String, (String, Tags)> {
-    let mut out: BTreeMap<String, (String, Tags)> = BTreeMap::new();
-    let mut add = |service: &str, tags: &Tags| {
-        if view.services.contains_key(service) {
-            out.insert(cluster_name(service, tags), (service.to_owned(), tags.clone()));
+/// What a cluster holds: the instances of one service that serve `port` and carry `tags`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Subset {
+    pub service: String,
+    pub port: u32,
+    pub tags: Tags,
+}
+
+/// The port of `service` that a backend reference reaches from a listener on `from_port`:
+/// the port it names, else the same port when the service has it, else its first port.
+/// `None` when the service does not exist.
+pub(crate) fn backend_port(
+    view: &MeshView,
+    service: &str,
+    named: Option<u32>,
+    from_port: u32,
+) -> Option<u32> {
+    let spec = view.services.get(service)?;
+    named
+        .or_else(|| spec.ports.iter().find(|p| p.port == from_port).map(|p| p.port))
+        .or_else(|| spec.ports.first().map(|p| p.port))
+}
+
+/// Every cluster of the mesh: one per service port, plus one per port and subset of tags
+/// that a route, TCP route or mirror names. Name → subset.
+pub(crate) fn subsets(view: &MeshView) -> BTreeMap<String, Subset> {
+    let mut out: BTreeMap<String, Subset> = BTreeMap::new();
+    let mut add = |service: &str, named: Option<u32>, from_port: u32, tags: &Tags| {
+        if let Some(port) = backend_port(view, service, named, from_port) {
+            let subset = Subset { service: service.to_owned(), port, tags: tags.clone() };
+            out.insert(cluster_name(service, &view.mesh, port, tags), subset);
         }
     };
-    for s in view.services.keys() {
-        add(s, &Tags::new());
+    for (s, spec) in &view.services {
+        for p in &spec.ports {
+            add(s, Some(p.port), p.port, &Tags::new());
+        }
     }
+    let target_ports = |service: &str, http: bool| -> Vec<u32> {
+        let ports = view.services.get(service).map(|s| s.ports.as_slice()).unwrap_or_default();
+        ports.iter().filter(|p| p.protocol.is_http() == http).map(|p| p.port).collect()
+    };
     for r in view.http_routes.values() {
-        for rule in &r.rules {
-            for b in &rule.backend_refs {
-                add(&b.service, &b.tags);
-            }
-            if let Some(m) = &rule.mirror {
-                add(&m.service, &m.tags);
+        for from in target_ports(&r.target_ref.service, true) {
+            for rule in &r.rules {
+                for b in &rule.backend_refs {
+                    add(&b.service, b.port, from, &b.tags);
+                }
+                if let Some(m) = &rule.mirror {
+                    add(&m.service, None, from, &m.tags);
+                }
             }
         }
     }
     for r in view.tcp_routes.values() {
-        for b in &r.backend_refs {
-            add(&b.service, &b.tags);
+        for from in target_ports(&r.target_ref.service, false) {
+            for b in &r.backend_refs {
+                add(&b.service, b.port, from, &b.tags);
+            }
         }
     }
     out
@@ -116,7 +151,7 @@ pub(crate) enum Client {
 }
 
 pub(crate) fn clusters(view: &MeshView, client: Client) -> Vec<Cluster> {
-    subsets(view).into_iter().map(|(name, (service, _))| cluster(view, name, &service, client)).collect()
+    subsets(view).into_iter().map(|(name, subset)| cluster(view, name, &subset, client)).collect()
 }
 
 /// Envoy's upstream protocol options for HTTP/2, which Envoy would not otherwise speak
@@ -131,18 +166,20 @@ pub(crate) fn http2_options() -> HashMap<String, Any> {
     HashMap::from([(HttpProtocolOptions::full_name(), pack_any(options))])
 }
 
-fn cluster(view: &MeshView, name: String, service: &str, client: Client) -> Cluster {
+fn cluster(view: &MeshView, name: String, subset: &Subset, client: Client) -> Cluster {
+    let service = subset.service.as_str();
     let transport_socket = match client {
         Client::Grpc => upstream_tls(view, service),
         Client::Envoy => secrets::upstream_tls(&spiffe_id(&view.trust_domain, &view.mesh, service)),
     };
-    // A service with any HTTP/2 port (`http2`, `grpc`) gets HTTP/2 between sidecars: the
-    // peer's inbound HCM detects the codec and speaks each port's own protocol to its
-    // application, so its HTTP/1 ports work over it too.
-    let h2 = view
+    let protocol = view
         .services
         .get(service)
-        .is_some_and(|s| s.ports.iter().any(|p| matches!(p.protocol, Protocol::Http2 | Protocol::Grpc)));
+        .and_then(|s| s.ports.iter().find(|p| p.port == subset.port))
+        .map_or(Protocol::Tcp, |p| p.protocol);
+    // HTTP/2 between sidecars where the port speaks it (`http2`, `grpc`); the peer's inbound
+    // HCM detects the codec either way.
+    let h2 = matches!(protocol, Protocol::Http2 | Protocol::Grpc);
     let typed_extension_protocol_options =
         if client == Client::Envoy && h2 { http2_options() } else { HashMap::new() };
     let mut c = Cluster {
@@ -182,8 +219,10 @@ fn cluster(view: &MeshView, name: String, service: &str, client: Client) -> Clus
             });
         }
     }
-    if let Some(hc) = view.health_checks.values().find(|h| h.target_ref.service == service) {
-        let checker = match &hc.http {
+    if let Some(hc) = view.health_check(service) {
+        // An HTTP check on a TCP port would fail on every instance: TCP ports are checked
+        // by connecting.
+        let checker = match hc.http.as_ref().filter(|_| protocol.is_http()) {
             Some(h) => HealthChecker::HttpHealthCheck(HttpHealthCheck {
                 path: h.path.clone(),
                 expected_statuses: h
@@ -207,14 +246,22 @@ fn cluster(view: &MeshView, name: String, service: &str, client: Client) -> Clus
     c
 }
 
-/// The endpoints of a cluster: the service's instances that carry every tag of the subset,
-/// grouped by zone. Each locality gets weight 1 (gRPC drops a locality without a weight).
+/// The endpoints of a cluster: the service's instances on the cluster's port that carry
+/// every tag of the subset, grouped by zone. Each locality gets weight 1 (gRPC drops a locality without a weight).
 pub(crate) fn load_assignment(view: &MeshView, cluster: &str) -> ClusterLoadAssignment {
     let subsets = subsets(view);
     let mut by_zone: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    if let Some((service, tags)) = subsets.get(cluster) {
+    if let Some(Subset { service, port, tags }) = subsets.get(cluster) {
+        let declared: Vec<u32> =
+            view.services.get(service).map(|s| s.ports.iter().map(|p| p.port).collect()).unwrap_or_default();
+        // An instance serves a port it registered. An xDS-enabled gRPC server registers the
+        // port it listens on, which may be none the service declares: it counts for the
+        // service's port when there is only one, and for none otherwise (never for two).
+        let serves = |e: &&crate::view::Endpoint| {
+            e.port == *port || (declared.len() == 1 && !declared.contains(&e.port))
+        };
         let mut seen = std::collections::BTreeSet::new();
-        for e in view.endpoints.iter().filter(|e| &e.service == service) {
+        for e in view.endpoints.iter().filter(|e| &e.service == service).filter(serves) {
             if !e.tags.selected_by(tags) || !seen.insert((e.address, e.port)) {
                 continue;
             }

@@ -25,14 +25,17 @@ pub fn grpc_server_listener_name(addr: std::net::SocketAddr) -> String {
     format!("{GRPC_SERVER_LISTENER_PREFIX}{addr}")
 }
 
-/// The cluster of a service's instances that carry `tags` (all of them when empty):
-/// `reviews` or `reviews~version=v2`. Tags are sorted, so equal subsets share a cluster.
-pub fn cluster_name(service: &str, tags: &Tags) -> String {
+/// The cluster of one port of a service, over its instances that carry `tags` (all of them
+/// when empty): `reviews.shop:9080` or `reviews.shop:9080~version=v2`. One cluster per port,
+/// so that EDS for `:9080` never holds the instances' `:9090`; tags are sorted, so equal
+/// subsets share a cluster. The dot keeps it apart from a sidecar's `inbound:<port>`.
+pub fn cluster_name(service: &str, mesh: &str, port: u32, tags: &Tags) -> String {
+    let base = format!("{service}.{mesh}:{port}");
     if tags.is_empty() {
-        return service.to_owned();
+        return base;
     }
     let subset: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{service}~{}", subset.join(","))
+    format!("{base}~{}", subset.join(","))
 }
 
 /// The workload identity of a service: `spiffe://<trust domain>/ns/<mesh>/sa/<service>`, the
@@ -77,15 +80,19 @@ impl ProxyReach {
                 reach.serves = true;
                 continue;
             }
-            let service = if type_url == Listener::type_url() || type_url == RouteConfiguration::type_url() {
-                // `<service>.<mesh>:<port>`, for gRPC plain, for sidecars after `outbound:`.
-                name.strip_prefix(OUTBOUND_PREFIX).unwrap_or(name).split('.').next()
-            } else if type_url == Cluster::type_url() || type_url == ClusterLoadAssignment::type_url() {
-                // `<service>` or `<service>~<tags>`.
-                name.split('~').next()
-            } else {
-                None
-            };
+            let caller_side = [
+                Listener::type_url(),
+                RouteConfiguration::type_url(),
+                Cluster::type_url(),
+                ClusterLoadAssignment::type_url(),
+            ]
+            .iter()
+            .any(|t| t == type_url);
+            // Every caller-side name starts `<service>.<mesh>:<port>`: for gRPC plain, for a
+            // sidecar's listeners and routes after `outbound:`, for clusters before `~<tags>`.
+            let service = caller_side
+                .then(|| name.strip_prefix(OUTBOUND_PREFIX).unwrap_or(name).split('.').next())
+                .flatten();
             if let Some(service) = service.filter(|s| !s.is_empty()) {
                 reach.calls.insert(service.to_owned());
             }
@@ -113,8 +120,8 @@ mod tests {
         let grpc_client = [
             (lds.as_str(), grpc_listener_name("reviews", "shop", 9080)),
             (rds.as_str(), grpc_listener_name("reviews", "shop", 9080)),
-            (cds.as_str(), cluster_name("reviews", &tags)),
-            (eds.as_str(), cluster_name("ratings", &Tags::default())),
+            (cds.as_str(), cluster_name("reviews", "shop", 9080, &tags)),
+            (eds.as_str(), cluster_name("ratings", "shop", 9080, &Tags::default())),
         ];
         let reach = ProxyReach::of(grpc_client.iter().map(|(t, n)| (*t, n.as_str())));
         assert_eq!(reach.calls, ["ratings".to_owned(), "reviews".to_owned()].into());

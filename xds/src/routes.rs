@@ -29,9 +29,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use trellis_model::config::{
-    BackendRef, HttpRouteMatch, HttpRouteRule, PathMatchType, RetryOn, ValueMatch, ValueMatchType,
+    BackendRef, HttpRouteMatch, HttpRouteRule, PathMatchType, RetryOn, Tags, ValueMatch, ValueMatchType,
 };
 
+use crate::clusters::backend_port;
 use crate::names::cluster_name;
 use crate::util::{ads, duration, exact, percent, regex, safe_regex, u32v};
 use crate::view::MeshView;
@@ -85,6 +86,7 @@ pub(crate) fn api_listener(name: &str) -> Listener {
 pub(crate) fn route_config(
     view: &MeshView,
     service: &str,
+    port: u32,
     name: &str,
     domains: Vec<String>,
 ) -> RouteConfiguration {
@@ -94,7 +96,7 @@ pub(crate) fn route_config(
             let matches: Vec<Option<&HttpRouteMatch>> =
                 if rule.matches.is_empty() { vec![None] } else { rule.matches.iter().map(Some).collect() };
             for (j, m) in matches.into_iter().enumerate() {
-                routes.push(route(format!("{route_name}/{i}/{j}"), m, rule));
+                routes.push(route(view, port, format!("{route_name}/{i}/{j}"), m, rule));
             }
         }
     }
@@ -105,7 +107,12 @@ pub(crate) fn route_config(
             ..Default::default()
         }),
         action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(service.to_owned())),
+            cluster_specifier: Some(ClusterSpecifier::Cluster(cluster_name(
+                service,
+                &view.mesh,
+                port,
+                &Default::default(),
+            ))),
             timeout: Some(no_timeout()),
             ..Default::default()
         })),
@@ -173,8 +180,11 @@ fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
     RouteMatch { path_specifier: Some(path), headers, query_parameters, ..Default::default() }
 }
 
-fn backend_cluster(b: &BackendRef) -> String {
-    cluster_name(&b.service, &b.tags)
+/// The cluster a backend reference reaches from a listener on `from_port` (the API checks
+/// that the service exists, so the fallback is never used).
+fn backend_cluster(view: &MeshView, from_port: u32, service: &str, port: Option<u32>, tags: &Tags) -> String {
+    let port = backend_port(view, service, port, from_port).unwrap_or(from_port);
+    cluster_name(service, &view.mesh, port, tags)
 }
 
 fn retry_on(r: RetryOn) -> &'static str {
@@ -192,20 +202,23 @@ fn retry_on(r: RetryOn) -> &'static str {
     }
 }
 
-fn route(name: String, m: Option<&HttpRouteMatch>, rule: &HttpRouteRule) -> Route {
+fn route(
+    view: &MeshView,
+    port: u32,
+    name: String,
+    m: Option<&HttpRouteMatch>,
+    rule: &HttpRouteRule,
+) -> Route {
+    let backend = |b: &BackendRef| backend_cluster(view, port, &b.service, b.port, &b.tags);
     // Weight-0 backends carry no traffic; gRPC drops them too, and validation guarantees
     // that at least one weight is positive.
     let live: Vec<&BackendRef> = rule.backend_refs.iter().filter(|b| b.weight > 0).collect();
     let cluster_specifier = if live.len() == 1 {
-        ClusterSpecifier::Cluster(backend_cluster(live[0]))
+        ClusterSpecifier::Cluster(backend(live[0]))
     } else {
         let clusters: Vec<ClusterWeight> = live
             .iter()
-            .map(|b| ClusterWeight {
-                name: backend_cluster(b),
-                weight: Some(u32v(b.weight)),
-                ..Default::default()
-            })
+            .map(|b| ClusterWeight { name: backend(b), weight: Some(u32v(b.weight)), ..Default::default() })
             .collect();
         ClusterSpecifier::WeightedClusters(WeightedCluster { clusters, ..Default::default() })
     };
@@ -237,7 +250,7 @@ fn route(name: String, m: Option<&HttpRouteMatch>, rule: &HttpRouteRule) -> Rout
     }
     if let Some(m) = &rule.mirror {
         action.request_mirror_policies = vec![RequestMirrorPolicy {
-            cluster: cluster_name(&m.service, &m.tags),
+            cluster: backend_cluster(view, port, &m.service, None, &m.tags),
             runtime_fraction: Some(RuntimeFractionalPercent {
                 default_value: Some(percent(m.percent)),
                 ..Default::default()

@@ -21,22 +21,20 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
+use crate::contract::{CERT_FILE, KEY_FILE};
 use crate::util::{ads, exact, tls_socket};
 
 /// The secret holding the sidecar's certificate chain and private key.
 pub const WORKLOAD_SECRET: &str = "workload";
 /// The secret holding the mesh's trusted roots.
 pub const TRUST_BUNDLE_SECRET: &str = "trust-bundle";
-/// File names the agent writes under its certificate directory.
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
 
 /// The SDS secrets of a sidecar, by name: the mesh's `trust_bundle_pem` inline, and the
 /// workload certificate as files under `cert_dir` (the agent keeps them fresh).
 pub fn sds_secrets(trust_bundle_pem: &str, cert_dir: &str) -> BTreeMap<String, Secret> {
-    let dir = cert_dir.trim_end_matches('/');
+    let dir = if cert_dir == "/" { "/" } else { cert_dir.trim_end_matches('/') };
     let file = |name: &str| DataSource {
-        specifier: Some(Specifier::Filename(format!("{dir}/{name}"))),
+        specifier: Some(Specifier::Filename(crate::contract::cert_path(dir, name))),
         ..Default::default()
     };
     let workload = Secret {

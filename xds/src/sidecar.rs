@@ -5,7 +5,8 @@
 //! filter chain terminates mTLS with the SDS secrets ([`crate::secrets`]). HTTP-family ports
 //! (`http`, `http2`, `grpc`) run an HCM with the RBAC filters of the service's access
 //! policies, the local rate limit, and the router to the STATIC cluster `inbound:<port>`
-//! (`127.0.0.1:<port>`, the application). TCP ports, and ports the service does not declare,
+//! (`127.0.0.1:<appPort>`, the application: the service port's `appPort`, so that the
+//! listener and the application never share a port). TCP ports, and ports the service does not declare,
 //! run network RBAC and a TCP proxy to the same cluster. In a PERMISSIVE mesh the listener
 //! also has a plaintext filter chain (chosen by the TLS inspector, `raw_buffer`) with the same
 //! filters. A plaintext caller has no principal, so no rule matches it (every rule names its
@@ -20,12 +21,13 @@
 //! same route translation as gRPC clients (domains `*`: the listener carries one service).
 //! TCP ports: a TCP proxy, weighted per the service's TCP route (first by name).
 //!
-//! **Clusters.** The gRPC clusters per service subset, with SDS instead of certificate
+//! **Clusters.** The gRPC clusters per service port and subset, with SDS instead of certificate
 //! providers ([`crate::clusters::Client::Envoy`]), and their endpoint assignments.
 //!
-//! Deployment note: Envoy's `0.0.0.0:<port>` and the application's `127.0.0.1:<port>` overlap,
-//! and Linux refuses the second listening socket unless both set `SO_REUSEPORT`; the agent
-//! must arrange it (or redirect inbound traffic) until the listen address is configurable.
+//! Ports: the inbound listener takes `0.0.0.0:<port>`, the application `127.0.0.1:<appPort>`
+//! (Kuma's `port` and `servicePort`), and the served Envoy bootstrap refuses a port without
+//! `appPort`. A node whose own metadata names a port without one gets `127.0.0.1:<port>`,
+//! which works only where traffic is redirected to the listener instead.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -63,10 +65,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_pro
 use envoy_types::pb::envoy::r#type::v3::TokenBucket;
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
-use trellis_model::config::Protocol;
+use trellis_model::config::{Protocol, Tags};
 
 use crate::access::{sidecar_http_filters, sidecar_network_filters};
-use crate::clusters::{self, Client, http2_options};
+use crate::clusters::{self, Client, backend_port, http2_options};
 use crate::names::{cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 use crate::routes::{fault_filter, no_timeout, route_config, router_filter};
 use crate::secrets::downstream_tls;
@@ -85,10 +87,12 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
     let mut out = Resources::default();
     let declared = view.services.get(service).map(|s| s.ports.as_slice()).unwrap_or_default();
     for port in inbound_ports.iter().copied().collect::<BTreeSet<u32>>() {
-        let protocol = declared.iter().find(|p| p.port == port).map_or(Protocol::Tcp, |p| p.protocol);
+        let decl = declared.iter().find(|p| p.port == port);
+        let protocol = decl.map_or(Protocol::Tcp, |p| p.protocol);
+        let app_port = decl.map_or(port, |p| p.application_port());
         let name = sidecar_inbound_name(port);
         out.listeners.insert(name.clone(), inbound_listener(view, service, port, protocol));
-        out.clusters.insert(name.clone(), local_cluster(port, protocol));
+        out.clusters.insert(name.clone(), local_cluster(port, app_port, protocol));
     }
     let addresses = outbound_addresses(view);
     for (upstream, spec) in &view.services {
@@ -97,7 +101,8 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
             let name = sidecar_outbound_name(upstream, &view.mesh, p.port);
             let stat_prefix = format!("outbound_{upstream}_{}", p.port);
             let filter = if p.protocol.is_http() {
-                out.routes.insert(name.clone(), route_config(view, upstream, &name, vec!["*".into()]));
+                out.routes
+                    .insert(name.clone(), route_config(view, upstream, p.port, &name, vec!["*".into()]));
                 let hcm = HttpConnectionManager {
                     stat_prefix,
                     route_specifier: Some(RouteSpecifier::Rds(Rds {
@@ -109,7 +114,7 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
                 };
                 network_filter(HCM, pack_any(hcm))
             } else {
-                network_filter(TCP_PROXY, pack_any(outbound_tcp_proxy(view, upstream, stat_prefix)))
+                network_filter(TCP_PROXY, pack_any(outbound_tcp_proxy(view, upstream, p.port, stat_prefix)))
             };
             let listener = Listener {
                 name: name.clone(),
@@ -156,20 +161,24 @@ fn network_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) ->
     Filter { name: name.into(), config_type: Some(FilterConfig::TypedConfig(config)) }
 }
 
-/// TCP to a service: split by weight per its TCP route (the first by name), else to all
-/// of its instances.
-fn outbound_tcp_proxy(view: &MeshView, upstream: &str, stat_prefix: String) -> TcpProxy {
+/// TCP to a service port: split by weight per its TCP route (the first by name), else to
+/// all of its instances on that port.
+fn outbound_tcp_proxy(view: &MeshView, upstream: &str, port: u32, stat_prefix: String) -> TcpProxy {
     let route = view.tcp_routes.values().find(|r| r.target_ref.service == upstream);
     let live: Vec<_> =
         route.map(|r| r.backend_refs.iter().filter(|b| b.weight > 0).collect()).unwrap_or_default();
+    let cluster = |service: &str, named: Option<u32>, tags: &Tags| {
+        let to = backend_port(view, service, named, port).unwrap_or(port);
+        cluster_name(service, &view.mesh, to, tags)
+    };
     let specifier = match live.as_slice() {
-        [] => TcpClusterSpecifier::Cluster(upstream.to_owned()),
-        [one] => TcpClusterSpecifier::Cluster(cluster_name(&one.service, &one.tags)),
+        [] => TcpClusterSpecifier::Cluster(cluster(upstream, None, &Tags::new())),
+        [one] => TcpClusterSpecifier::Cluster(cluster(&one.service, one.port, &one.tags)),
         many => TcpClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: many
                 .iter()
                 .map(|b| ClusterWeight {
-                    name: cluster_name(&b.service, &b.tags),
+                    name: cluster(&b.service, b.port, &b.tags),
                     weight: b.weight,
                     ..Default::default()
                 })
@@ -179,8 +188,9 @@ fn outbound_tcp_proxy(view: &MeshView, upstream: &str, stat_prefix: String) -> T
     TcpProxy { stat_prefix, cluster_specifier: Some(specifier), ..Default::default() }
 }
 
-/// The application behind an inbound port, spoken to in the port's protocol.
-fn local_cluster(port: u32, protocol: Protocol) -> Cluster {
+/// The application behind an inbound port, on `127.0.0.1:<app_port>`, spoken to in the
+/// port's protocol.
+fn local_cluster(port: u32, app_port: u32, protocol: Protocol) -> Cluster {
     let name = sidecar_inbound_name(port);
     Cluster {
         name: name.clone(),
@@ -191,7 +201,7 @@ fn local_cluster(port: u32, protocol: Protocol) -> Cluster {
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: vec![LbEndpoint {
                     host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                        address: Some(socket_address("127.0.0.1", port)),
+                        address: Some(socket_address("127.0.0.1", app_port)),
                         ..Default::default()
                     })),
                     ..Default::default()

@@ -227,17 +227,19 @@ fn service_inbound_mtls_outbound_per_service_port_and_subset_clusters() {
     assert_eq!(r.routes.keys().collect::<Vec<_>>(), ["outbound:api.shop:9090", "outbound:web.shop:8080"]);
     assert_eq!(r.routes["outbound:web.shop:8080"].virtual_hosts[0].domains, ["*"]);
 
-    // Clusters: one per service (subsets only when a route names them), EDS over ADS, zones.
+    // Clusters: one per service port (subsets only when a route names them), EDS over ADS, zones.
     let clusters: Vec<&str> = r.clusters.keys().map(String::as_str).collect();
-    assert_eq!(clusters, ["api", "db", "inbound:9090", "web"]);
+    assert_eq!(clusters, ["api.shop:9090", "db.shop:5432", "inbound:9090", "web.shop:8080"]);
     let zones: Vec<_> =
-        r.endpoints["api"].endpoints.iter().map(|l| l.locality.clone().unwrap().zone).collect();
+        r.endpoints["api.shop:9090"].endpoints.iter().map(|l| l.locality.clone().unwrap().zone).collect();
     assert_eq!(zones, ["z1", "z2"]);
     // api speaks gRPC: Envoy must use HTTP/2 upstream; web speaks HTTP/1.
     assert!(
-        r.clusters["api"].typed_extension_protocol_options.contains_key(&HttpProtocolOptions::full_name())
+        r.clusters["api.shop:9090"]
+            .typed_extension_protocol_options
+            .contains_key(&HttpProtocolOptions::full_name())
     );
-    assert!(r.clusters["web"].typed_extension_protocol_options.is_empty());
+    assert!(r.clusters["web.shop:8080"].typed_extension_protocol_options.is_empty());
 }
 
 #[test]
@@ -403,18 +405,67 @@ fn http_routes_become_the_outbound_route_configuration() {
     let Some(Action::Route(split)) = &routes[1].action else { panic!() };
     let Some(ClusterSpecifier::WeightedClusters(w)) = &split.cluster_specifier else { panic!() };
     let weights: Vec<_> = w.clusters.iter().map(|c| (c.name.as_str(), c.weight.unwrap().value)).collect();
-    assert_eq!(weights, [("api~version=v1", 80), ("api~version=v2", 20)]);
+    assert_eq!(weights, [("api.shop:9090~version=v1", 80), ("api.shop:9090~version=v2", 20)]);
     assert_eq!(split.timeout.unwrap().seconds, 3);
-    assert_eq!(split.request_mirror_policies[0].cluster, "api~version=v2");
+    assert_eq!(split.request_mirror_policies[0].cluster, "api.shop:9090~version=v2");
     // Without a request timeout, no timeout (Envoy's default 15 s would cut streams).
     let Some(Action::Route(last)) = &routes[2].action else { panic!() };
     assert_eq!(last.timeout.unwrap(), Default::default());
     // Every cluster a route names exists, with its endpoints.
-    for c in ["api~version=v1", "api~version=v2", "api"] {
+    for c in ["api.shop:9090~version=v1", "api.shop:9090~version=v2", "api.shop:9090"] {
         assert!(r.clusters.contains_key(c) && r.endpoints.contains_key(c), "{c}");
     }
-    assert!(format!("{:?}", r.endpoints["api~version=v2"]).contains("10.0.1.2"));
-    assert!(!format!("{:?}", r.endpoints["api~version=v2"]).contains("10.0.1.1"));
+    assert!(format!("{:?}", r.endpoints["api.shop:9090~version=v2"]).contains("10.0.1.2"));
+    assert!(!format!("{:?}", r.endpoints["api.shop:9090~version=v2"]).contains("10.0.1.1"));
+}
+
+/// Issue #12: a service with two ports had one cluster, whose EDS mixed both ports, so half
+/// of each port's requests landed on the other. Clusters (and EDS) are per port and subset,
+/// for sidecars and gRPC clients alike.
+#[test]
+fn services_with_several_ports_get_clusters_and_endpoints_per_port() {
+    let mut view = mesh(HTTP_ROUTE);
+    view.services.get_mut("api").unwrap().ports.push(trellis_model::config::ServicePort {
+        name: None,
+        port: 8081,
+        protocol: trellis_model::config::Protocol::Http,
+        app_port: None,
+    });
+    let second: Vec<Endpoint> = view
+        .endpoints
+        .iter()
+        .filter(|e| e.service == "api")
+        .map(|e| Endpoint { port: 8081, ..e.clone() })
+        .collect();
+    view.endpoints.extend(second);
+    for (r, route) in [
+        (envoy_sidecar(&view, "web", &[8080]), "outbound:api.shop:8081"),
+        (crate::grpc_client(&view), "api.shop:8081"),
+    ] {
+        for (name, cla) in r.endpoints.iter().filter(|(n, _)| n.starts_with("api.shop:")) {
+            let port: u32 = name["api.shop:".len()..].split('~').next().unwrap().parse().unwrap();
+            let ports: Vec<u32> = cla
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .map(|e| {
+                    let text = format!("{e:?}");
+                    if text.contains("PortValue(8081)") { 8081 } else { 9090 }
+                })
+                .collect();
+            assert!(!ports.is_empty() && ports.iter().all(|p| *p == port), "{name}: {ports:?}");
+        }
+        assert_eq!(r.endpoints["api.shop:8081"].endpoints.len(), 2, "both zones, port 8081 only");
+        // The route of port 8081 splits between the subsets of port 8081.
+        let routes = &r.routes[route].virtual_hosts[0].routes;
+        let Some(Action::Route(split)) = &routes[1].action else { panic!() };
+        let Some(ClusterSpecifier::WeightedClusters(w)) = &split.cluster_specifier else { panic!() };
+        let names: Vec<_> = w.clusters.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["api.shop:8081~version=v1", "api.shop:8081~version=v2"]);
+        for c in names {
+            assert!(r.clusters.contains_key(c), "{c}");
+        }
+    }
 }
 
 // ---- TCPRoute ------------------------------------------------------------------------------
@@ -433,19 +484,19 @@ fn tcp_routes_become_weighted_tcp_proxies() {
     let view = mesh(TCP_ROUTE);
     let r = envoy_sidecar(&view, "web", &[8080]);
     check(
-        &only(&r, &["outbound:db.shop:5432", "db~role=primary", "db~role=replica"]),
+        &only(&r, &["outbound:db.shop:5432", "db.shop:5432~role=primary", "db.shop:5432~role=replica"]),
         expect_file!["snapshots/sidecar_tcp_route.txt"],
     );
     let proxy: TcpProxy =
         network_filter(&r.listeners["outbound:db.shop:5432"], "envoy.filters.network.tcp_proxy");
     let Some(TcpClusterSpecifier::WeightedClusters(w)) = proxy.cluster_specifier else { panic!() };
     let weights: Vec<_> = w.clusters.iter().map(|c| (c.name.as_str(), c.weight)).collect();
-    assert_eq!(weights, [("db~role=primary", 90), ("db~role=replica", 10)]);
+    assert_eq!(weights, [("db.shop:5432~role=primary", 90), ("db.shop:5432~role=replica", 10)]);
     // Without a TCP route, all instances.
     let r = envoy_sidecar(&mesh(""), "web", &[8080]);
     let proxy: TcpProxy =
         network_filter(&r.listeners["outbound:db.shop:5432"], "envoy.filters.network.tcp_proxy");
-    assert_eq!(proxy.cluster_specifier, Some(TcpClusterSpecifier::Cluster("db".into())));
+    assert_eq!(proxy.cluster_specifier, Some(TcpClusterSpecifier::Cluster("db.shop:5432".into())));
 }
 
 // ---- CircuitBreaker ------------------------------------------------------------------------
@@ -467,8 +518,8 @@ spec:
 fn circuit_breakers_set_thresholds_and_outlier_detection_on_pinned_clusters() {
     let view = mesh(CIRCUIT_BREAKER);
     let r = envoy_sidecar(&view, "web", &[8080]);
-    check(&only(&r, &["api"]), expect_file!["snapshots/sidecar_circuit_breaker.txt"]);
-    let c = &r.clusters["api"];
+    check(&only(&r, &["api.shop:9090"]), expect_file!["snapshots/sidecar_circuit_breaker.txt"]);
+    let c = &r.clusters["api.shop:9090"];
     let th = &c.circuit_breakers.as_ref().unwrap().thresholds[0];
     assert_eq!(
         (
@@ -492,7 +543,7 @@ fn circuit_breakers_set_thresholds_and_outlier_detection_on_pinned_clusters() {
     let san = &v.default_validation_context.unwrap().match_typed_subject_alt_names[0];
     assert_eq!(san.san_type, 3, "URI SAN");
     assert_eq!(san.matcher.as_ref().unwrap().match_pattern, Some(MatchPattern::Exact(API_ID.into())));
-    assert!(r.clusters["web"].circuit_breakers.is_none());
+    assert!(r.clusters["web.shop:8080"].circuit_breakers.is_none());
 }
 
 // ---- HealthCheck ---------------------------------------------------------------------------
@@ -522,8 +573,8 @@ spec:
 fn health_checks_become_active_http_and_tcp_checks() {
     let view = mesh(HEALTH_CHECK);
     let r = envoy_sidecar(&view, "web", &[8080]);
-    check(&only(&r, &["api", "db"]), expect_file!["snapshots/sidecar_health_check.txt"]);
-    let hc = &r.clusters["api"].health_checks[0];
+    check(&only(&r, &["api.shop:9090", "db.shop:5432"]), expect_file!["snapshots/sidecar_health_check.txt"]);
+    let hc = &r.clusters["api.shop:9090"].health_checks[0];
     let Some(HealthChecker::HttpHealthCheck(h)) = &hc.health_checker else { panic!() };
     assert_eq!(h.path, "/healthz");
     assert_eq!(
@@ -531,9 +582,9 @@ fn health_checks_become_active_http_and_tcp_checks() {
         [(200, 201), (204, 205)]
     );
     assert_eq!(hc.interval.unwrap().seconds, 10);
-    let hc = &r.clusters["db"].health_checks[0];
+    let hc = &r.clusters["db.shop:5432"].health_checks[0];
     assert!(matches!(hc.health_checker, Some(HealthChecker::TcpHealthCheck(_))));
-    assert!(r.clusters["web"].health_checks.is_empty());
+    assert!(r.clusters["web.shop:8080"].health_checks.is_empty());
 }
 
 // ---- RateLimit -----------------------------------------------------------------------------
@@ -678,6 +729,7 @@ fn local_clusters_speak_each_ports_protocol() {
         name: None,
         port: 8081,
         protocol: trellis_model::config::Protocol::Http,
+        app_port: None,
     });
     let r = envoy_sidecar(&view, "api", &[9090, 8081]);
     let h2 = |c: &str| {
@@ -685,8 +737,69 @@ fn local_clusters_speak_each_ports_protocol() {
     };
     assert!(h2("inbound:9090"), "the gRPC port's application speaks HTTP/2");
     assert!(!h2("inbound:8081"), "the HTTP/1 port's application must not get HTTP/2");
-    assert!(h2("api"), "between sidecars, HTTP/2 when the service has an HTTP/2 port");
+    assert!(h2("api.shop:9090"), "between sidecars, HTTP/2 to the gRPC port");
+    assert!(!h2("api.shop:8081"), "and HTTP/1 to the HTTP/1 port");
     assert!(
         r.listeners.contains_key("outbound:api.shop:8081") && r.routes.contains_key("outbound:api.shop:8081")
     );
+}
+
+/// Issue #12: the inbound listener took `0.0.0.0:<port>`, the port the application listens
+/// on, so one of the two failed to bind. The application is on `127.0.0.1:<appPort>`.
+#[test]
+fn the_inbound_listener_and_the_application_never_share_a_port() {
+    let mut view = mesh("");
+    view.services.get_mut("api").unwrap().ports[0].app_port = Some(19090);
+    let r = envoy_sidecar(&view, "api", &[9090]);
+    assert_eq!(port_of(&r.listeners["inbound:9090"]), ("0.0.0.0".into(), 9090));
+    let local = &r.clusters["inbound:9090"];
+    let endpoint = format!("{:?}", local.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0]);
+    assert!(endpoint.contains("\"127.0.0.1\"") && endpoint.contains("PortValue(19090)"), "{endpoint}");
+    // Callers still dial the service port, and reach instances on it.
+    let caller = envoy_sidecar(&view, "web", &[8080]);
+    assert_eq!(port_of(&caller.listeners["outbound:api.shop:9090"]).1, 9090);
+    assert!(format!("{:?}", caller.endpoints["api.shop:9090"]).contains("PortValue(9090)"));
+}
+
+/// Issue #12: a caller's sidecar checks `GET /healthz` with its own identity, which the
+/// destination's access policies need not allow: under default deny every instance failed its
+/// check. The check's request is allowed from any identity of the mesh, and nothing else is.
+#[test]
+fn active_health_checks_pass_the_destinations_default_deny() {
+    use envoy_types::pb::envoy::config::rbac::v3::permission::Rule;
+    use envoy_types::pb::envoy::config::rbac::v3::principal::Identifier;
+    use envoy_types::pb::envoy::config::route::v3::header_matcher::HeaderMatchSpecifier;
+    use envoy_types::pb::envoy::r#type::matcher::v3::path_matcher::Rule as PathRule;
+    let view = mesh(&format!("{ACCESS}\n---\n{HEALTH_CHECK}"));
+    let r = envoy_sidecar(&view, "api", &[9090]);
+    let allow: HttpRbac = http_filter(&hcm(&r.listeners["inbound:9090"]), crate::RBAC_ALLOW);
+    let policies = allow.rules.unwrap().policies;
+    let mut names: Vec<&String> = policies.keys().collect();
+    names.sort();
+    assert_eq!(names, ["api-callers/0", crate::access::HEALTH_CHECK_POLICY]);
+    let p = &policies[crate::access::HEALTH_CHECK_POLICY];
+    // Any mesh identity (db, which no policy lets call api, included) …
+    let [principal] = p.principals.as_slice() else { panic!("{p:?}") };
+    let Some(Identifier::Authenticated(a)) = &principal.identifier else { panic!("{principal:?}") };
+    let Some(MatchPattern::Prefix(prefix)) = &a.principal_name.as_ref().unwrap().match_pattern else {
+        panic!()
+    };
+    assert_eq!(prefix, "spiffe://shop.acme.trellis.internal/");
+    assert!("spiffe://shop.acme.trellis.internal/ns/shop/sa/db".starts_with(prefix.as_str()));
+    assert!(!"spiffe://other.example/ns/x/sa/bad".starts_with(prefix.as_str()));
+    // … for exactly GET /healthz.
+    let [permission] = p.permissions.as_slice() else { panic!("{p:?}") };
+    let Some(Rule::AndRules(and)) = &permission.rule else { panic!("{permission:?}") };
+    let [path, method] = and.rules.as_slice() else { panic!("{and:?}") };
+    let Some(Rule::UrlPath(u)) = &path.rule else { panic!("{path:?}") };
+    let Some(PathRule::Path(m)) = &u.rule else { panic!() };
+    assert_eq!(m.match_pattern, Some(MatchPattern::Exact("/healthz".into())));
+    let Some(Rule::Header(h)) = &method.rule else { panic!("{method:?}") };
+    assert_eq!(h.name, ":method");
+    let Some(HeaderMatchSpecifier::StringMatch(m)) = &h.header_match_specifier else { panic!() };
+    assert_eq!(m.match_pattern, Some(MatchPattern::Exact("GET".into())));
+    // Without a health check, nothing is opened.
+    let plain = envoy_sidecar(&mesh(ACCESS), "api", &[9090]);
+    let allow: HttpRbac = http_filter(&hcm(&plain.listeners["inbound:9090"]), crate::RBAC_ALLOW);
+    assert!(!allow.rules.unwrap().policies.contains_key(crate::access::HEALTH_CHECK_POLICY));
 }

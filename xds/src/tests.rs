@@ -132,12 +132,12 @@ fn the_canary_and_the_beta_channel_become_routes() {
     let m = beta.r#match.as_ref().unwrap();
     assert_eq!(m.headers[0].name, "x-beta");
     assert!(format!("{:?}", m.headers[0].header_match_specifier).contains("Exact(\"true\")"));
-    assert_eq!(clusters_of(route_action(beta)), [("reviews~version=v2".to_owned(), 1)]);
+    assert_eq!(clusters_of(route_action(beta)), [("reviews.shop:9080~version=v2".to_owned(), 1)]);
     // Then the 75/25 canary, with the rule's retry and timeout.
     let canary = route_action(&vh.routes[1]);
     assert_eq!(
         clusters_of(canary),
-        [("reviews~version=v1".to_owned(), 75), ("reviews~version=v2".to_owned(), 25)]
+        [("reviews.shop:9080~version=v1".to_owned(), 75), ("reviews.shop:9080~version=v2".to_owned(), 25)]
     );
     let retry = canary.retry_policy.as_ref().unwrap();
     assert_eq!(retry.retry_on, "5xx,connect-failure");
@@ -149,7 +149,7 @@ fn the_canary_and_the_beta_channel_become_routes() {
     );
     // Last, everything else goes to every instance.
     let last = vh.routes.last().unwrap();
-    assert_eq!(clusters_of(route_action(last)), [("reviews".to_owned(), 1)]);
+    assert_eq!(clusters_of(route_action(last)), [("reviews.shop:9080".to_owned(), 1)]);
     // A service without routes has only the catch-all.
     assert_eq!(r.routes["productpage.shop:9080"].virtual_hosts[0].routes.len(), 1);
 }
@@ -164,7 +164,7 @@ fn every_referenced_cluster_exists_with_endpoints_of_its_subset() {
             }
         }
     }
-    assert!(r.clusters.contains_key("db~role=primary"), "TCP route subsets get clusters too");
+    assert!(r.clusters.contains_key("db.shop:5432~role=primary"), "TCP route subsets get clusters too");
     for (name, c) in &r.clusters {
         let eds = c.eds_cluster_config.as_ref().unwrap();
         assert_eq!(&eds.service_name, name);
@@ -181,14 +181,14 @@ fn every_referenced_cluster_exists_with_endpoints_of_its_subset() {
             .map(|e| format!("{e:?}"))
             .collect()
     };
-    let v1 = addrs("reviews~version=v1");
+    let v1 = addrs("reviews.shop:9080~version=v1");
     assert_eq!(v1.len(), 2);
     assert!(v1.iter().all(|e| e.contains("10.0.0.1") || e.contains("10.0.0.2")));
-    let v2 = addrs("reviews~version=v2");
+    let v2 = addrs("reviews.shop:9080~version=v2");
     assert_eq!(v2.len(), 1);
     assert!(v2[0].contains("10.0.0.3"));
-    assert_eq!(addrs("reviews").len(), 3);
-    assert!(addrs("db~role=primary").is_empty(), "no db instance registered");
+    assert_eq!(addrs("reviews.shop:9080").len(), 3);
+    assert!(addrs("db.shop:5432~role=primary").is_empty(), "no db instance registered");
 }
 
 fn upstream_tls(c: &Cluster) -> UpstreamTlsContext {
@@ -201,7 +201,7 @@ fn upstream_tls(c: &Cluster) -> UpstreamTlsContext {
 #[test]
 fn clusters_pin_the_service_identity_and_carry_resilience_settings() {
     let r = grpc_client(&example());
-    let c = &r.clusters["reviews~version=v2"];
+    let c = &r.clusters["reviews.shop:9080~version=v2"];
     let tls = upstream_tls(c);
     let ctx = tls.common_tls_context.unwrap();
     assert_eq!(ctx.tls_certificate_provider_instance.unwrap().instance_name, "trellis");
@@ -220,7 +220,7 @@ fn clusters_pin_the_service_identity_and_carry_resilience_settings() {
     assert_eq!(od.max_ejection_percent.as_ref().unwrap().value, 50);
     assert_eq!(c.health_checks.len(), 1);
     // productpage has no circuit breaker.
-    assert!(r.clusters["productpage"].circuit_breakers.is_none());
+    assert!(r.clusters["productpage.shop:9080"].circuit_breakers.is_none());
 }
 
 fn server_filters(l: &Listener) -> (HttpConnectionManager, DownstreamTlsContext) {

@@ -68,6 +68,13 @@ impl MeshView {
     }
 }
 
+impl MeshView {
+    /// The health check of a service: the first by name that targets it.
+    pub fn health_check(&self, service: &str) -> Option<&HealthCheckSpec> {
+        self.health_checks.values().find(|h| h.target_ref.service == service)
+    }
+}
+
 /// A registered instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {

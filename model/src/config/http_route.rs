@@ -248,11 +248,40 @@ impl HttpRouteSpec {
             for (i, rule) in self.rules.iter().enumerate() {
                 c.index(i, |c| rule.check(c, refs));
             }
+            // Rules are tried in order, so nothing after a rule that takes every request is
+            // ever used: a mistake in the order, refused rather than silently ignored.
+            if let Some(all) = self.rules.iter().position(HttpRouteRule::matches_every_request) {
+                for i in all + 1..self.rules.len() {
+                    c.index(i, |c| {
+                        c.error(format!(
+                            "unreachable: rules[{all}] matches every request (no match condition), and \
+                             rules are tried in order; move this rule before it"
+                        ))
+                    });
+                }
+            }
         });
     }
 }
 
+impl HttpRouteMatch {
+    /// True when no condition narrows the match (no path but `/` as a prefix, no header,
+    /// query parameter or method).
+    pub fn matches_every_request(&self) -> bool {
+        let any_path = match &self.path {
+            None => true,
+            Some(p) => p.kind == super::matching::PathMatchType::PathPrefix && p.value == "/",
+        };
+        any_path && self.headers.is_empty() && self.query_params.is_empty() && self.method.is_none()
+    }
+}
+
 impl HttpRouteRule {
+    /// True when the rule takes every request: no matches, or one without conditions.
+    pub fn matches_every_request(&self) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(HttpRouteMatch::matches_every_request)
+    }
+
     fn check(&self, c: &mut Checker, refs: &mut Vec<ServiceReference>) {
         c.bounded("matches", &self.matches, 0, MAX_MATCHES);
         c.field("matches", |c| {

@@ -9,11 +9,17 @@ use super::common::Checker;
 pub const MAX_REGEX_LEN: usize = 256;
 /// Largest compiled program a regular expression may produce, in bytes.
 pub const MAX_REGEX_PROGRAM: usize = 64 * 1024;
+/// Largest RE2 program a regular expression may compile to, in instructions. Envoy refuses
+/// a whole resource holding a regex past its runtime value `re2.max_program_size.error_level`
+/// (100 unless set); the Envoy bootstrap Trellis serves sets it to this bound, and the bound
+/// applies to an estimate that is never below RE2's own count ([`super::re2_program_size`]).
+pub const MAX_RE2_PROGRAM: usize = 1000;
 /// Longest literal match value.
 pub const MAX_VALUE_LEN: usize = 1024;
 
 /// Checks that `re` is a regular expression within bounds, in the RE2 dialect Envoy and gRPC
-/// use (the Rust `regex` crate shares RE2's syntax and linear-time guarantee).
+/// use (the Rust `regex` crate shares RE2's syntax and linear-time guarantee), and small
+/// enough for Envoy's RE2 program size limit.
 pub fn check_regex(c: &mut Checker, field: &str, re: &str) {
     if re.len() > MAX_REGEX_LEN {
         c.error_at(
@@ -30,6 +36,18 @@ pub fn check_regex(c: &mut Checker, field: &str, re: &str) {
             }
         };
         c.error_at(field, msg);
+        return;
+    }
+    match super::re2_program_size(re) {
+        Some(size) if size <= MAX_RE2_PROGRAM => {}
+        Some(size) => c.error_at(
+            field,
+            format!(
+                "regular expression is too complex for Envoy: it compiles to up to {size} RE2 instructions, \
+                 at most {MAX_RE2_PROGRAM} are accepted; use fewer or smaller repetitions and character classes"
+            ),
+        ),
+        None => c.error_at(field, "invalid regular expression"),
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 mod http_route;
 mod matching;
 mod mesh;
+mod re2_size;
 mod resilience;
 mod service;
 mod tcp_route;
@@ -17,11 +18,12 @@ pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,
     HttpRouteRule, HttpRouteSpec, Mirror, Retry, RetryOn, Timeouts,
 };
-pub use matching::{PathMatch, PathMatchType, ValueMatch, ValueMatchType};
+pub use matching::{MAX_RE2_PROGRAM, PathMatch, PathMatchType, ValueMatch, ValueMatchType};
 pub use mesh::{
     DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain_owner,
     default_trust_domain,
 };
+pub use re2_size::re2_program_size;
 pub use resilience::{
     CircuitBreakerSpec, HealthCheckSpec, HttpHealthCheck, OutlierDetection, RateLimitSpec, TcpHealthCheck,
     Thresholds, TokenBucket,

@@ -1,0 +1,59 @@
+//! The proxy wire contract: what the bootstraps Trellis serves write and what the xDS server
+//! reads back from a node, in one place, so that the two cannot drift apart. It knows no
+//! Envoy types: the REST API uses it with this crate's `envoy` feature off.
+//! (Resource names still live in `names.rs`.)
+
+/// The certificate-provider instance name the generated gRPC bootstrap defines and the
+/// translation's TLS contexts refer to.
+pub const CERT_PROVIDER: &str = "trellis";
+/// The workload's certificate and key, under the certificate directory.
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+
+/// Where a workload keeps its certificate files unless its bootstrap says otherwise.
+pub const DEFAULT_CERT_DIR: &str = "/var/run/trellis";
+/// Longest accepted certificate directory.
+pub const MAX_CERT_DIR: usize = 256;
+/// The platform root that verifies the xDS server, under the certificate directory.
+pub const PLATFORM_CA_FILE: &str = "ca.pem";
+/// The mesh trust bundle that verifies peers, under the certificate directory.
+pub const BUNDLE_FILE: &str = "bundle.pem";
+
+/// Keys of a node's metadata (`node.metadata` in a bootstrap).
+pub mod node_metadata {
+    /// The mesh the node belongs to (informational: the certificate decides).
+    pub const MESH: &str = "mesh";
+    /// The node's certificate directory; SDS `workload` points at the files in it.
+    pub const CERT_DIR: &str = "certDir";
+    /// The service ports the node serves (a list of numbers): its inbound listeners.
+    pub const PORTS: &str = "ports";
+    /// The instance's tags (a map of strings), e.g. `{"version": "v2"}`.
+    pub const TAGS: &str = "tags";
+    /// Tag keys a node may not set: the certificate decides its service and mesh.
+    pub const RESERVED_TAGS: [&str; 2] = ["service", "mesh"];
+}
+
+/// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
+/// bootstrap sets it to [`trellis_model::config::MAX_RE2_PROGRAM`], the bound the API checks.
+pub const RE2_MAX_PROGRAM_SIZE_KEY: &str = "re2.max_program_size.error_level";
+
+/// A certificate directory, normalized (no trailing `/`): an absolute path of at most
+/// [`MAX_CERT_DIR`] bytes, without `.` or `..` segments or control characters.
+pub fn parse_cert_dir(dir: &str) -> Result<String, String> {
+    let ok = dir.starts_with('/')
+        && dir.len() <= MAX_CERT_DIR
+        && !dir.chars().any(char::is_control)
+        && !dir.split('/').any(|seg| seg == ".." || seg == ".");
+    if !ok {
+        return Err(format!(
+            "must be an absolute path of at most {MAX_CERT_DIR} characters, without `..`, `.` or control characters"
+        ));
+    }
+    let trimmed = dir.trim_end_matches('/');
+    Ok(if trimmed.is_empty() { "/".to_owned() } else { trimmed.to_owned() })
+}
+
+/// `<dir>/<file>`.
+pub fn cert_path(dir: &str, file: &str) -> String {
+    if dir == "/" { format!("/{file}") } else { format!("{}/{file}", dir.trim_end_matches('/')) }
+}
