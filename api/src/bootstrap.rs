@@ -13,8 +13,9 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::config::{Checker, Kind, MAX_RE2_PROGRAM, ServiceSpec, Spec, Tags, check_tags};
+use trellis_model::config::{Kind, MAX_RE2_PROGRAM, ServiceSpec, Spec};
 use trellis_model::{Action, ResourceName};
+use trellis_model::{TagKey, TagValue, Tags};
 
 use crate::auth::authorize;
 use crate::body::ApiQuery;
@@ -143,7 +144,7 @@ fn instance_tags(tags: Option<String>) -> Result<Tags, ApiError> {
     if list.len() > MAX_TAGS_PARAM {
         return Err(bad("tags", &format!("must be at most {MAX_TAGS_PARAM} characters")));
     }
-    let mut out = Tags::new();
+    let mut out = std::collections::BTreeMap::new();
     for pair in list.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
             return Err(bad("tags", &format!("{pair:?} is not key=value")));
@@ -152,17 +153,15 @@ fn instance_tags(tags: Option<String>) -> Result<Tags, ApiError> {
         if node_metadata::RESERVED_TAGS.contains(&k) {
             return Err(bad(&format!("tags.{k}"), "is set from the workload's certificate, not by a tag"));
         }
+        // The model's tag rule, the one registration and routes use.
+        if let Err(e) = TagKey::parse(k).and_then(|_| TagValue::parse(k, v)) {
+            return Err(bad(&format!("tags.{k}"), &e.to_string()));
+        }
         if out.insert(k.to_owned(), v.to_owned()).is_some() {
             return Err(bad(&format!("tags.{k}"), "is given twice"));
         }
     }
-    // The model's tag rules; the checker's root is empty, so paths start at `tags`.
-    let mut c = Checker::new("");
-    check_tags(&mut c, "tags", &out);
-    if let Some(e) = c.errors.into_iter().next() {
-        return Err(bad(e.field.trim_start_matches('.'), &e.message));
-    }
-    Ok(out)
+    Tags::parse(&out).map_err(|e| bad("tags", &e.to_string()))
 }
 
 /// Authorizes (Read), checks the parameters and that the service is a Service of the mesh;
@@ -448,7 +447,7 @@ mod tests {
             node: "n1".into(),
             dir: "/etc/x".into(),
             ports: vec![9080],
-            tags: Tags::from([("version".to_owned(), "v2".to_owned())]),
+            tags: Tags::parse([("version", "v2")]).unwrap(),
         };
         let e = envoy_bootstrap(&t, "xds.example:18000");
         assert_eq!(

@@ -11,8 +11,9 @@ use chrono::{Duration, Utc};
 use rand::RngCore;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::config::{self, Kind, Labels};
+use trellis_model::config::{Kind, Labels};
 use trellis_model::{Action, ResourceName, SECRET_LEN, Token, TokenKind};
+use trellis_model::{SpiffeId, SvidTtl, Tags};
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{AuditEvent, JoinToken, Mesh, TenantTx};
 use uuid::Uuid;
@@ -32,9 +33,6 @@ pub const MAX_KEY_PEM: usize = 16 * 1024;
 pub const JOIN_TTL_DEFAULT: i64 = 3600;
 pub const JOIN_TTL_MIN: i64 = 60;
 pub const JOIN_TTL_MAX: i64 = 7 * 24 * 3600;
-/// SVID lifetime bounds, in seconds (the database checks them too).
-pub const SVID_TTL_MIN: i64 = 3600;
-pub const SVID_TTL_MAX: i64 = 7 * 24 * 3600;
 
 const PEM_TYPE: &str = "application/x-pem-file";
 
@@ -327,18 +325,16 @@ pub(crate) async fn put_settings(
     let (caller, mut tx, m) = mesh_tx(&s, &headers, &org, &mesh, Action::ManageCa).await?;
     crate::schema_check::check("CaSettings", &body.value)?;
     let req: CaSettings = from_value(body.value)?;
-    let ttl = i32::try_from(req.svid_ttl_seconds)
-        .ok()
-        .filter(|t| (SVID_TTL_MIN..=SVID_TTL_MAX).contains(&i64::from(*t)))
-        .ok_or_else(|| {
-            ApiError::invalid_field(
-                "svidTtlSeconds",
-                format!("must be from {SVID_TTL_MIN} (1 hour) to {SVID_TTL_MAX} (7 days)"),
-            )
-        })?;
+    let ttl = SvidTtl::from_secs(req.svid_ttl_seconds).map_err(|_| {
+        ApiError::invalid_field(
+            "svidTtlSeconds",
+            format!("must be from {} (1 hour) to {} (7 days)", SvidTtl::MIN_SECS, SvidTtl::MAX_SECS),
+        )
+    })?;
     tx.set_svid_ttl(m.id, ttl).await?;
     let target = format!("meshes/{}/ca", m.name);
-    audit(&mut tx, &caller, &headers, "ca.settings.update", target, json!({"svidTtlSeconds": ttl})).await?;
+    let audited = json!({"svidTtlSeconds": ttl.as_secs_i32()});
+    audit(&mut tx, &caller, &headers, "ca.settings.update", target, audited).await?;
     finish(&s, tx, &m).await
 }
 
@@ -356,6 +352,12 @@ struct NewJoinToken {
     single_use: bool,
 }
 
+/// The identity a join token's SVIDs carry, by the one layout in [`SpiffeId::workload`]; null
+/// only if a stored service name no longer parses.
+fn workload_id(mesh: &Mesh, service: &str) -> Option<String> {
+    SpiffeId::workload(&mesh.trust_domain, mesh.name.as_str(), service).ok().map(|id| id.to_string())
+}
+
 fn render_join_token(mesh: &Mesh, t: &JoinToken) -> Value {
     let status = if t.revoked_at.is_some() {
         "revoked"
@@ -370,7 +372,7 @@ fn render_join_token(mesh: &Mesh, t: &JoinToken) -> Value {
         "id": t.id,
         "mesh": mesh.name.as_str(),
         "service": t.service,
-        "spiffeId": format!("spiffe://{}/ns/{}/sa/{}", mesh.trust_domain, mesh.name, t.service),
+        "spiffeId": workload_id(mesh, &t.service),
         "tags": t.tags,
         "singleUse": t.single_use,
         "status": status,
@@ -393,7 +395,8 @@ pub(crate) async fn create_join_token(
     let (caller, mut tx, m) = mesh_tx(&s, &headers, &org, &mesh, Action::ManageTokens).await?;
     crate::schema_check::check("NewJoinToken", &body.value)?;
     let req: NewJoinToken = from_value(body.value)?;
-    config::check_labels("tags", &req.tags).map_err(ApiError::invalid)?;
+    // A token's tags become its dataplanes' tags: the same rule as a node's own.
+    let tags = Tags::parse(&req.tags).map_err(|e| ApiError::invalid_field("tags", e.to_string()))?;
     let ttl = req.ttl_seconds.unwrap_or(JOIN_TTL_DEFAULT);
     if !(JOIN_TTL_MIN..=JOIN_TTL_MAX).contains(&ttl) {
         return Err(ApiError::invalid_field(
@@ -414,7 +417,7 @@ pub(crate) async fn create_join_token(
     let mut secret = [0u8; SECRET_LEN];
     rand::rng().fill_bytes(&mut secret);
     let token = Token::new(TokenKind::Join, caller.org.id, secret).to_string();
-    let tags = serde_json::to_value(&req.tags).expect("labels serialize");
+    let tags = serde_json::to_value(&tags).expect("tags serialize");
     let record = tx
         .create_join_token(
             m.id,

@@ -322,16 +322,16 @@ pub(crate) async fn put_mesh(
     let mut tx = s.store.tenant(caller.org.id).await?;
     let existing = tx.mesh_by_name(&name).await?;
     let trust_domain = match (&existing, &spec.trust_domain) {
-        (Some(m), Some(td)) if *td != m.trust_domain => {
+        (Some(m), Some(td)) if td != m.trust_domain.as_str() => {
             return Err(ApiError::invalid_field(
                 "spec.trustDomain",
                 format!(
                     "cannot change once set (it is {:?}): every identity in the mesh names it",
-                    m.trust_domain
+                    m.trust_domain.as_str()
                 ),
             ));
         }
-        (Some(m), _) => m.trust_domain.clone(),
+        (Some(m), _) => m.trust_domain.to_string(),
         (None, Some(td)) => {
             config::check_trust_domain_owner(td, &caller.org.slug)
                 .map_err(|e| ApiError::invalid_field("spec.trustDomain", e))?;

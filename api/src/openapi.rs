@@ -620,7 +620,8 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
 }
 
 fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
-    use crate::ca::{JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM, SVID_TTL_MAX, SVID_TTL_MIN};
+    use crate::ca::{JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM};
+    use trellis_model::SvidTtl;
     let time = json!({ "type": ["string", "null"], "format": "date-time" });
     schemas.insert(
         "CertificateAuthority".into(),
@@ -696,7 +697,7 @@ fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
         json!({
             "type": "object",
             "required": ["svidTtlSeconds"],
-            "properties": { "svidTtlSeconds": { "type": "integer", "minimum": SVID_TTL_MIN, "maximum": SVID_TTL_MAX } },
+            "properties": { "svidTtlSeconds": { "type": "integer", "minimum": SvidTtl::MIN_SECS, "maximum": SvidTtl::MAX_SECS } },
             "additionalProperties": false,
         }),
     );

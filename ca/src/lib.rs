@@ -18,7 +18,6 @@ mod bundle;
 mod byo;
 mod cert;
 mod csr;
-mod id;
 mod keys;
 mod mesh_ca;
 mod pem;
@@ -33,14 +32,15 @@ pub use bundle::{BundleError, RootCert, TrustBundle};
 pub use byo::{ByoError, MAX_CHAIN_LEN, accept_intermediate, accept_uploaded_ca, generate_intermediate_csr};
 pub use cert::CertError;
 pub use csr::{CsrError, MAX_CSR_DER, MAX_CSR_INPUT};
-pub use id::{IdError, SpiffeId, TrustDomain};
+// Identities are domain types: parsed in `model`, the same for the CA as for the configuration.
 pub use keys::{KeyError, KeyKind, SecretKey, workload_key_and_csr};
 pub use mesh_ca::{CaError, MAX_CA_VALIDITY, MIN_CA_VALIDITY, MeshCa};
 pub use pem::encode as pem_encode;
 pub use platform::{PlatformCa, PlatformError, ServerCert};
 pub use seal::{Kek, KekError, KeyRing, SealError, SealedKey, owner_aad, reseal, seal, unseal};
-pub use svid::{IssuedSvid, SvidTtl, TtlError};
+pub use svid::IssuedSvid;
 pub use tls::{SvidClientVerifier, SvidServerVerifier};
+pub use trellis_model::{IdError, SpiffeId, SvidTtl, TrustDomain, TtlError};
 pub use validity::{CLOCK_SKEW, ExpiryError, days_until_expiry, ensure_min_days};
 pub use verify::{
     ClaimedLeaf, PeerRole, VerifyError, claimed_leaf, spiffe_id_of, verify_svid, verify_svid_root,

@@ -9,9 +9,15 @@ pub mod config;
 mod ids;
 mod names;
 mod roles;
+mod spiffe;
+mod svid_ttl;
+mod tags;
 mod token;
 
 pub use ids::{MeshId, OrgId};
 pub use names::{KubeName, MeshName, NameError, OrgSlug, ResourceName};
 pub use roles::{Action, Role};
+pub use spiffe::{IdError, SpiffeId, TrustDomain};
+pub use svid_ttl::{SvidTtl, TtlError};
+pub use tags::{TagError, TagKey, TagValue, Tags};
 pub use token::{SECRET_LEN, Token, TokenError, TokenKind, token_sha256};

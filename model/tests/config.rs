@@ -364,3 +364,55 @@ fn an_app_port_is_never_a_port_the_sidecar_listens_on() {
         "between 1 and 65535",
     );
 }
+
+/// Issue #11, item 3: the tags a node registers with (`Tags::parse`, what the xDS server calls)
+/// and the tags a route's backend or mirror selects are accepted by one rule: over a table of
+/// edge cases, each pair is accepted by both or refused by both.
+#[test]
+fn a_tag_accepted_at_registration_is_selectable_by_a_route_and_the_reverse() {
+    use trellis_model::Tags;
+    let keys = [
+        "version",
+        "app.kubernetes.io/version",
+        "example.com/tier",
+        "a_b.c-d",
+        "A1",
+        &"k".repeat(63),
+        "",
+        "-canary",
+        "_zone",
+        "canary-",
+        "a/b/c",
+        "Example.com/x",
+        "/x",
+        "x/",
+        "zone hint",
+        &"k".repeat(64),
+        "service",
+        "mesh",
+    ];
+    let values = ["v2", "v1.2-rc", "", "X_1", &"v".repeat(63), "-v", "v_", "a b", "ü", &"v".repeat(64)];
+    let (mut accepted, mut refused) = (0, 0);
+    for k in keys {
+        for v in values {
+            let registers = Tags::parse([(k, v)]).is_ok();
+            let backend = json!({"targetRef": {"service": "reviews"}, "rules": [{"backendRefs": [
+                {"service": "reviews", "tags": {k: v}}
+            ]}]});
+            let mirror = json!({"targetRef": {"service": "reviews"}, "rules": [{
+                "backendRefs": [{"service": "reviews"}],
+                "mirror": {"service": "reviews", "tags": {k: v}}
+            }]});
+            for (what, spec) in [("backendRef", backend), ("mirror", mirror)] {
+                let selectable = errors(Kind::HttpRoute, spec).is_empty();
+                assert_eq!(
+                    registers, selectable,
+                    "{k:?}: {v:?}: registers {registers}, {what} selects {selectable}"
+                );
+            }
+            if registers { accepted += 1 } else { refused += 1 }
+        }
+    }
+    // Both sides of the rule are exercised.
+    assert!(accepted >= 30 && refused >= 30, "{accepted} accepted, {refused} refused");
+}

@@ -141,7 +141,7 @@ fn chain_digest(chain: &[CertificateDer<'_>]) -> [u8; 32] {
 }
 
 fn trust_domain(mesh: &Mesh) -> Result<TrustDomain, PkiError> {
-    TrustDomain::parse(&mesh.trust_domain).map_err(PkiError::internal)
+    Ok(mesh.trust_domain.clone())
 }
 
 impl Authority {
@@ -295,9 +295,10 @@ impl Authority {
             None => None,
         };
         let settings = tx.ca_settings(mesh_id).await?;
-        let ttl =
-            SvidTtl::new(Duration::from_secs(u64::try_from(settings.svid_ttl_seconds).unwrap_or(86_400)))
-                .map_err(PkiError::internal)?;
+        // Written only as a parsed `SvidTtl`: a value that does not parse is an error to see,
+        // never replaced by a default.
+        let ttl = SvidTtl::from_secs(settings.svid_ttl_seconds.into())
+            .map_err(|e| PkiError::internal(format!("mesh {mesh_id}: stored SVID lifetime: {e}")))?;
         let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
         let bundle = Self::read_bundle(tx, mesh_id, &td, seq).await?;
         let ident = Arc::new(MeshIdentity {
@@ -581,7 +582,7 @@ impl Authority {
             .collect();
         Ok(CaStatus {
             phase,
-            trust_domain: mesh.trust_domain.clone(),
+            trust_domain: mesh.trust_domain.to_string(),
             bundle_sequence: settings.bundle_sequence,
             svid_ttl_seconds: settings.svid_ttl_seconds,
             cas: infos,

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use trellis_model::{MeshId, OrgId};
+use trellis_model::{MeshId, OrgId, SvidTtl};
 use uuid::Uuid;
 
 use crate::{Store, StoreError, TenantTx};
@@ -441,11 +441,11 @@ impl TenantTx {
         Ok(CaSettings { svid_ttl_seconds, bundle_sequence })
     }
 
-    /// Sets a mesh's SVID lifetime (the database bounds it to 1 h .. 7 d).
-    pub async fn set_svid_ttl(&mut self, mesh: MeshId, seconds: i32) -> Result<(), StoreError> {
+    /// Sets a mesh's SVID lifetime (parsed in `model`; the database bounds it the same way).
+    pub async fn set_svid_ttl(&mut self, mesh: MeshId, ttl: SvidTtl) -> Result<(), StoreError> {
         sqlx::query("UPDATE meshes SET svid_ttl_seconds = $2 WHERE id = $1")
             .bind(mesh.as_uuid())
-            .bind(seconds)
+            .bind(ttl.as_secs_i32())
             .execute(self.conn())
             .await?;
         Ok(())

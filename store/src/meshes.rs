@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use trellis_model::{MeshId, MeshName};
+use trellis_model::{MeshId, MeshName, TrustDomain};
 use uuid::Uuid;
 
 use crate::{StoreError, TenantTx};
@@ -10,7 +10,7 @@ use crate::{StoreError, TenantTx};
 pub struct Mesh {
     pub id: MeshId,
     pub name: MeshName,
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     pub spec: Value,
     pub labels: Value,
     pub generation: i64,
@@ -44,7 +44,11 @@ impl TryFrom<MeshRow> for Mesh {
             name: MeshName::parse(&r.name).map_err(|e| {
                 StoreError::Db(sqlx::Error::Decode(format!("stored mesh name {:?}: {e}", r.name).into()))
             })?,
-            trust_domain: r.trust_domain,
+            trust_domain: TrustDomain::parse(&r.trust_domain).map_err(|e| {
+                StoreError::Db(sqlx::Error::Decode(
+                    format!("stored trust domain {:?}: {e}", r.trust_domain).into(),
+                ))
+            })?,
             spec: r.spec,
             labels: r.labels,
             generation: r.generation,

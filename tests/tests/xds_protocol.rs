@@ -857,3 +857,99 @@ async fn bootstrap_ports_and_tags_are_checked_and_named() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["errors"][0]["field"], "ports", "{body}");
 }
+
+/// A node of `reviews` at `address:9080` that declares `tags`, as a bootstrap does.
+fn tagged_endpoint(id: &str, address: &str, tags: &[(&str, &str)]) -> Node {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    use envoy_types::pb::google::protobuf::{ListValue, Value as PbValue};
+    let string = |s: &str| PbValue { kind: Some(Kind::StringValue(s.to_owned())) };
+    let mut n = tagged_node(id, tags);
+    let fields = &mut n.metadata.as_mut().unwrap().fields;
+    fields.insert("address".to_owned(), string(address));
+    let ports = ListValue { values: vec![string("9080")] };
+    fields.insert("ports".to_owned(), PbValue { kind: Some(Kind::ListValue(ports)) });
+    n
+}
+
+/// The addresses that one EDS request for `cluster` returns, asked as `svid`.
+async fn endpoints_of(f: &Fixture, svid: &Svid, cluster: &str) -> Vec<String> {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    let mut c = f.client(Some(svid)).await;
+    let mut first = req(ClusterLoadAssignment::type_url(), &[cluster], "", "");
+    first.node = Some(node("watcher", "grpc-test"));
+    let mut s = sotw(&mut c, first).await.unwrap();
+    let r = s.next().await.unwrap();
+    let mut out = Vec::new();
+    for any in &r.resources {
+        let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+        assert_eq!(cla.cluster_name, cluster);
+        for lb in cla.endpoints.iter().flat_map(|l| &l.lb_endpoints) {
+            if let Some(HostIdentifier::Endpoint(e)) = &lb.host_identifier {
+                let sock = e.address.as_ref().and_then(|a| a.address.as_ref());
+                if let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(sa)) =
+                    sock
+                {
+                    out.push(format!("{}:{}", sa.address, match sa.port_specifier {
+                        Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => p,
+                        _ => 0,
+                    }));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Issue #11, item 3: a dataplane's tags and a route's subset follow one rule (the model's,
+/// Kubernetes label syntax). A node tag that no route could select is refused at registration
+/// with a message naming it; a Kubernetes-style tag (`app.kubernetes.io/version: v1.2-rc`, which
+/// registration used to refuse) registers, and the node becomes an endpoint of the route subset
+/// that selects it.
+#[tokio::test]
+async fn a_tag_accepted_at_registration_is_selectable_by_a_route_and_the_reverse() {
+    let f = fixture().await;
+    let (key, value) = ("app.kubernetes.io/version", "v1.2-rc");
+    let mut route = example_documents().into_iter().find(|d| d["kind"] == "HTTPRoute").unwrap();
+    route["spec"]["rules"][1]["backendRefs"][1]["tags"] = json!({ key: value });
+    let (status, body) = f.api.put(&document_path(&route), &route).await;
+    assert_eq!(status, 200, "{body}");
+    let reviews = f.svid("reviews").await;
+
+    // What a route cannot select, a node cannot register: each refusal names the tag.
+    for (k, v, named) in [("-canary", "yes", "-canary"), ("_zone", "a", "_zone"), ("version", "v2-", "v2-")] {
+        let err = eds_stream(&f, &reviews, tagged_endpoint("odd", "10.9.8.1", &[(k, v)])).await.err();
+        let err = err.unwrap_or_else(|| panic!("{k}: {v} registered"));
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("metadata.tags") && err.message().contains(named), "{err:?}");
+        let (status, problem) = f
+            .api
+            .put(&document_path(&route), &{
+                let mut r = route.clone();
+                r["spec"]["rules"][1]["backendRefs"][1]["tags"] = json!({ k: v });
+                r
+            })
+            .await;
+        assert_eq!(status, 422, "a route selecting {k}: {v} was accepted: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "spec.rules[1].backendRefs[1].tags", "{problem}");
+        assert!(problem["errors"][0]["message"].as_str().unwrap().contains(named), "{problem}");
+    }
+    assert!(dataplane(&f.api, "odd").await.is_null(), "a refused node is not registered");
+
+    // What a route selects, a node registers, and becomes an endpoint of that subset.
+    let (_open, _) =
+        eds_stream(&f, &reviews, tagged_endpoint("rc-1", "10.9.8.7", &[(key, value)])).await.unwrap();
+    let d = wait_for(&f.api, "rc-1", "registered", |d| d["online"] == json!(true)).await;
+    assert_eq!(d["tags"], json!({ key: value }), "{d}");
+    let subset = format!("reviews.shop:9080~{key}={value}");
+    let productpage = f.svid("productpage").await;
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = endpoints_of(&f, &productpage, &subset).await;
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found, ["10.9.8.7:9080"], "the subset {subset} holds the node");
+}

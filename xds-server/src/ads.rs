@@ -21,6 +21,7 @@ use prost::Name;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use trellis_model::Tags;
 use trellis_pki::{Authority, Peer};
 use trellis_store::Registration;
 use trellis_xds::contract::{DEFAULT_CERT_DIR, node_metadata, parse_cert_dir};
@@ -37,8 +38,8 @@ use crate::tls::PeerInfo;
 /// Bounds on what a node may declare.
 const MAX_NODE_ID: usize = 256;
 const MAX_PORTS: usize = 32;
-const MAX_TAGS: usize = 16;
-const MAX_TAG_LEN: usize = 63;
+/// Longest locality zone.
+const MAX_ZONE_LEN: usize = 63;
 /// Most resources of one response kept for the config dump.
 const MAX_DUMPED: usize = 1_000;
 
@@ -214,51 +215,39 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
     if ports.len() > MAX_PORTS {
         return Err(bad(format!("at most {MAX_PORTS} ports")));
     }
-    let mut tags = serde_json::Map::new();
-    if let Some(v) = meta.fields.get("tags") {
-        let Some(PbKind::StructValue(s)) = &v.kind else {
-            return Err(bad("metadata.tags must be a map of strings".into()));
-        };
-        if s.fields.len() > MAX_TAGS {
-            return Err(bad(format!("at most {MAX_TAGS} tags")));
-        }
-        for (k, v) in &s.fields {
-            let v = string_of(v).ok_or_else(|| bad(format!("metadata.tags.{k} must be a string")))?;
-            let ok = |s: &str| {
-                !s.is_empty()
-                    && s.len() <= MAX_TAG_LEN
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            };
-            if !ok(k) || !ok(&v) {
-                return Err(bad(format!(
-                    "metadata.tags.{k}: keys and values are 1 to {MAX_TAG_LEN} letters, digits, '-', '_' or '.'"
-                )));
+    let mut tags = match meta.fields.get("tags") {
+        None => Tags::new(),
+        Some(PbValue { kind: Some(PbKind::StructValue(s)) }) => {
+            let mut pairs = Vec::with_capacity(s.fields.len());
+            for (k, v) in &s.fields {
+                let v = string_of(v).ok_or_else(|| bad(format!("metadata.tags.{k} must be a string")))?;
+                pairs.push((k.as_str(), v));
             }
-            // The identity decides which service and mesh this is; tags cannot say otherwise.
-            if matches!(k.as_str(), "service" | "mesh") {
-                return Err(bad(format!("metadata.tags.{k} is set from the certificate, not the node")));
-            }
-            tags.insert(k.clone(), serde_json::Value::String(v));
+            // The model's rule, the one routes and policies select by: a tag registered here
+            // is a tag they can name.
+            Tags::parse(pairs).map_err(|e| bad(format!("metadata.tags: {e}")))?
         }
-    }
-    for (k, bound) in &peer.tags {
-        match tags.get(k).and_then(|v| v.as_str()) {
-            Some(claimed) if claimed != bound => {
+        Some(_) => return Err(bad("metadata.tags must be a map of strings".into())),
+    };
+    for (k, bound) in peer.tags.pairs() {
+        match tags.get(k.as_str()) {
+            Some(claimed) if claimed != bound.as_str() => {
                 return Err(Status::permission_denied(format!(
-                    "node: metadata.tags.{k} is {claimed:?}, but the identity {} is bound to {k}={bound:?} \
+                    "node: metadata.tags.{k} is {claimed:?}, but the identity {} is bound to {k}={:?} \
                      by its join token",
-                    peer.id
+                    peer.id,
+                    bound.as_str()
                 )));
             }
             Some(_) => {}
-            None => {
-                tags.insert(k.clone(), serde_json::Value::String(bound.clone()));
-            }
+            None => tags
+                .insert_absent(&k, &bound)
+                .map_err(|e| bad(format!("metadata.tags with the join token's: {e}")))?,
         }
     }
     let zone: String = node.locality.as_ref().map(|l| l.zone.clone()).unwrap_or_default();
-    if zone.len() > MAX_TAG_LEN {
-        return Err(bad(format!("locality.zone: at most {MAX_TAG_LEN} characters")));
+    if zone.len() > MAX_ZONE_LEN {
+        return Err(bad(format!("locality.zone: at most {MAX_ZONE_LEN} characters")));
     }
     Ok(Registration {
         service: peer.service.clone(),
@@ -266,7 +255,7 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
         client: client_kind(node).to_owned(),
         address: Some(address),
         ports,
-        tags: serde_json::Value::Object(tags),
+        tags: serde_json::to_value(&tags).expect("tags serialize"),
         zone,
         replica: replica.to_owned(),
     })

@@ -204,11 +204,8 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     tx.commit().await?;
 
     let spec: MeshSpec = parse_mesh_spec("spec", mesh.spec.clone()).unwrap_or_default();
-    let Ok(trust_domain) = trellis_ca::TrustDomain::parse(&mesh.trust_domain) else {
-        tracing::error!(mesh = %mesh.name.as_str(), "stored trust domain does not parse");
-        return Ok(None);
-    };
-    let mut view = MeshView::new(mesh.name.as_str(), trust_domain, spec.mtls.mode, spec.default_access);
+    let mut view =
+        MeshView::new(mesh.name.as_str(), mesh.trust_domain.clone(), spec.mtls.mode, spec.default_access);
     let mut services = BTreeSet::new();
     for r in resources {
         let Some(kind) = Kind::lookup(&r.kind) else { continue };
@@ -226,7 +223,12 @@ pub async fn build(store: &Store, org: OrgId, mesh_id: MeshId) -> Result<Option<
     }
     for dp in dataplanes {
         let Some(address) = dp.address.map(|a| a.addr()) else { continue };
-        let tags: Tags = serde_json::from_value(dp.tags.clone()).unwrap_or_default();
+        // Tags are parsed at registration; a row written under older rules that no longer
+        // parses keeps its endpoint in the service's cluster, in no subset, until it re-registers.
+        let tags: Tags = serde_json::from_value(dp.tags.clone()).unwrap_or_else(|e| {
+            tracing::warn!(node = %dp.node_id, error = %e, "stored dataplane tags do not parse; in no subset");
+            Tags::new()
+        });
         for port in dp.ports.iter().filter_map(|p| u32::try_from(*p).ok()) {
             view.endpoints.push(Endpoint {
                 service: dp.service.clone(),

@@ -262,7 +262,7 @@ pub(crate) fn load_assignment(view: &MeshView, cluster: &str) -> ClusterLoadAssi
         };
         let mut seen = std::collections::BTreeSet::new();
         for e in view.endpoints.iter().filter(|e| &e.service == service).filter(serves) {
-            if !tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)) || !seen.insert((e.address, e.port)) {
+            if !e.tags.selected_by(tags) || !seen.insert((e.address, e.port)) {
                 continue;
             }
             by_zone.entry(e.zone.as_str()).or_default().push(LbEndpoint {

@@ -109,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_proxys_reach_is_read_back_from_the_names_it_holds() {
-        let tags: Tags = [("version".to_owned(), "v2".to_owned())].into_iter().collect();
+        let tags = Tags::parse([("version", "v2")]).unwrap();
         let (lds, rds, cds, eds, sds) = (
             Listener::type_url(),
             RouteConfiguration::type_url(),

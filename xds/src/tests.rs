@@ -30,7 +30,7 @@ pub(crate) fn unpack<T: Message + Name + Default>(any: &Any) -> T {
 }
 
 pub(crate) fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    Tags::parse(pairs.iter().copied()).expect("test tags parse")
 }
 
 /// A mesh from YAML documents: the `Mesh` document's settings (STRICT, default deny when

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Checker, ServiceReference, TargetRef};
 use super::matching::{MAX_VALUE_MATCHES, PathMatch, ValueMatch, check_method};
-use super::mesh::check_trust_domain;
+use crate::{IdError, SpiffeId, TrustDomain};
 
 /// What a matching rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,8 +84,8 @@ impl AccessPolicySpec {
                                     });
                                 }
                                 (None, Some(id)) => {
-                                    if let Err(e) = check_spiffe_id(id) {
-                                        c.error_at("identity", e);
+                                    if let Err(e) = check_identity(id) {
+                                        c.error_at("identity", e.to_string());
                                     }
                                 }
                                 _ => c.error("must name exactly one of service or identity"),
@@ -120,23 +120,11 @@ impl AccessPolicySpec {
     }
 }
 
-/// A SPIFFE ID: `spiffe://<trust domain>/<path>`, bounded.
-pub fn check_spiffe_id(id: &str) -> Result<(), String> {
-    if id.len() > 2048 {
-        return Err("must be at most 2048 bytes".into());
+/// A caller's identity: a workload SPIFFE ID, or, as before, a trust domain's own ID
+/// (`spiffe://<trust domain>`); both parsed by the one SPIFFE rule in [`crate::SpiffeId`].
+fn check_identity(id: &str) -> Result<(), IdError> {
+    match id.strip_prefix("spiffe://") {
+        Some(td) if !td.contains('/') => TrustDomain::parse(td).map(drop),
+        _ => SpiffeId::parse(id).map(drop),
     }
-    let rest = id.strip_prefix("spiffe://").ok_or("must start with spiffe://")?;
-    let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
-    check_trust_domain(td).map_err(|e| format!("trust domain {e}"))?;
-    if !path.is_empty() {
-        for seg in path.split('/') {
-            if seg.is_empty() || seg == "." || seg == ".." {
-                return Err("path segments must be non-empty and not '.' or '..'".into());
-            }
-            if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
-                return Err("path may contain only letters, digits, '.', '-', '_' and '/'".into());
-            }
-        }
-    }
-    Ok(())
 }

@@ -1,5 +1,5 @@
 //! Pieces shared by every configuration kind: field-path errors, bounded durations, service
-//! references, tags and labels.
+//! references and labels.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,6 +7,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::names::parse_label;
+#[cfg(test)]
+use crate::tags::valid_label_key;
 
 /// One problem with one field, e.g. `spec.rules[0].backendRefs[1].weight`: "must be …".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -189,60 +191,6 @@ impl utoipa::PartialSchema for Duration {
 }
 #[cfg(feature = "openapi")]
 impl utoipa::ToSchema for Duration {}
-
-/// Tags that select a subset of a service's instances, e.g. `{"version": "v2"}`.
-pub type Tags = BTreeMap<String, String>;
-
-/// Most tags in one selector.
-pub const MAX_TAGS: usize = 16;
-
-/// Checks tag keys and values: Kubernetes label syntax, bounded.
-pub fn check_tags(c: &mut Checker, name: &str, tags: &Tags) {
-    c.field(name, |c| {
-        if tags.len() > MAX_TAGS {
-            c.error(format!("must have at most {MAX_TAGS} entries, got {}", tags.len()));
-        }
-        for (k, v) in tags {
-            c.field(k, |c| {
-                if !valid_label_key(k) {
-                    c.error("key must be an optional DNS prefix and '/', then 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric");
-                }
-                if !v.is_empty() && !valid_label_part(v, 63) {
-                    c.error("value must be at most 63 characters of letters, digits, '-', '_' or '.', starting and ending alphanumeric");
-                }
-            });
-        }
-    });
-}
-
-/// A Kubernetes label key: an optional DNS-subdomain prefix and '/', then a name part
-/// (`app.kubernetes.io/name`, `version`).
-pub fn valid_label_key(k: &str) -> bool {
-    match k.split_once('/') {
-        None => valid_label_part(k, 63),
-        Some((prefix, name)) => {
-            prefix.len() <= 253
-                && !prefix.is_empty()
-                && prefix.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                })
-                && valid_label_part(name, 63)
-        }
-    }
-}
-
-/// A Kubernetes label name or value part.
-pub fn valid_label_part(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.as_bytes()[0].is_ascii_alphanumeric()
-        && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
-}
 
 /// Names the service a policy applies to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,8 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{Checker, Duration, PortReference, ServiceReference, Tags, TargetRef, check_tags};
+use super::common::{Checker, Duration, PortReference, ServiceReference, TargetRef};
 use super::matching::{MAX_VALUE_MATCHES, PathMatch, ValueMatch, check_method};
+use crate::Tags;
 
 /// One way a request can match a rule; all given conditions must hold.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -214,7 +215,6 @@ pub(crate) fn check_backends(c: &mut Checker, backends: &[BackendRef], refs: &mu
                     service: b.service.clone(),
                     port: b.port.map(|port| PortReference { field: format!("{}.port", c.here()), port }),
                 });
-                check_tags(c, "tags", &b.tags);
                 c.range("weight", b.weight, 0, MAX_WEIGHT);
                 if let Some(p) = b.port {
                     c.range("port", p, 1, 65535);
@@ -360,7 +360,6 @@ impl HttpRouteRule {
                     service: m.service.clone(),
                     port: None,
                 });
-                check_tags(c, "tags", &m.tags);
                 c.range("percent", m.percent, 0, 100);
             });
         }

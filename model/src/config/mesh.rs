@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::common::Checker;
-use crate::{MeshName, OrgSlug};
+use crate::{MeshName, OrgSlug, TrustDomain};
 
 /// How a mesh treats plaintext traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -51,37 +51,16 @@ pub struct MeshSpec {
     pub default_access: DefaultAccess,
 }
 
-/// Longest trust domain accepted (the SPIFFE limit).
-pub const MAX_TRUST_DOMAIN: usize = 255;
-
 impl MeshSpec {
     pub(crate) fn check(&self, c: &mut Checker) {
         if let Some(td) = &self.trust_domain {
             c.field("trustDomain", |c| {
-                if let Err(e) = check_trust_domain(td) {
-                    c.error(e);
+                if let Err(e) = TrustDomain::parse(td) {
+                    c.error(e.to_string());
                 }
             });
         }
     }
-}
-
-/// A mesh's trust domain: 1-255 characters of lowercase letters, digits, '.', '-' and '_',
-/// in dot-separated non-empty labels. One spelling per name: a leading, trailing or doubled
-/// dot is refused rather than kept as a second trust domain for the same name.
-pub fn check_trust_domain(td: &str) -> Result<(), String> {
-    if td.is_empty() || td.len() > MAX_TRUST_DOMAIN {
-        return Err(format!("must be 1 to {MAX_TRUST_DOMAIN} characters"));
-    }
-    if let Some(c) =
-        td.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')))
-    {
-        return Err(format!("may contain only lowercase letters, digits, '.', '-' and '_', found {c:?}"));
-    }
-    if td.split('.').any(str::is_empty) {
-        return Err("must be dot-separated labels: no leading, trailing or doubled '.'".into());
-    }
-    Ok(())
 }
 
 /// Trust domains under this domain are Trellis's own.
@@ -123,9 +102,9 @@ mod tests {
 
     #[test]
     fn a_trust_domain_has_one_spelling() {
-        assert!(check_trust_domain("shop.acme.trellis.internal").is_ok());
+        assert!(TrustDomain::parse("shop.acme.trellis.internal").is_ok());
         for bad in ["shop.acme.trellis.internal.", ".shop.acme", "shop..acme", ".", "Shop.acme"] {
-            assert!(check_trust_domain(bad).is_err(), "{bad:?} must be refused");
+            assert!(TrustDomain::parse(bad).is_err(), "{bad:?} must be refused");
         }
     }
 

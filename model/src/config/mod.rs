@@ -11,19 +11,17 @@ mod resilience;
 mod service;
 mod tcp_route;
 
-pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source, check_spiffe_id};
-pub use common::{
-    Checker, Duration, FieldError, Labels, PortReference, ServiceReference, Tags, TargetRef, check_tags,
-    valid_label_key, valid_label_part,
-};
+pub use crate::tags::{Tags, valid_label_key, valid_label_part};
+pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source};
+pub use common::{Checker, Duration, FieldError, Labels, PortReference, ServiceReference, TargetRef};
 pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,
     HttpRouteRule, HttpRouteSpec, Mirror, Retry, RetryOn, Timeouts,
 };
 pub use matching::{MAX_RE2_PROGRAM, PathMatch, PathMatchType, ValueMatch, ValueMatchType};
 pub use mesh::{
-    DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain,
-    check_trust_domain_owner, default_trust_domain,
+    DefaultAccess, MeshSpec, Mtls, MtlsMode, PLATFORM_TRUST_DOMAIN, check_trust_domain_owner,
+    default_trust_domain,
 };
 pub use re2_size::re2_program_size;
 pub use resilience::{

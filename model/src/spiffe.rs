@@ -1,9 +1,12 @@
-//! SPIFFE identities: trust domains and SPIFFE IDs, parsed once per the SPIFFE ID spec.
+//! SPIFFE identities: trust domains and SPIFFE IDs, parsed once here for the whole of Trellis
+//! (the configuration, the CA, the xDS server).
 //!
 //! The rules are the strict form of the spec (SPIFFE-ID.md §2, "security considerations"): the
 //! scheme is exactly `spiffe`, the trust domain holds only `[a-z0-9._-]`, path segments only
 //! `[A-Za-z0-9._-]`, and nothing that two parsers could read differently (percent-encoding, `.`
-//! and `..` segments, empty segments, ports, userinfo, queries, fragments) is accepted.
+//! and `..` segments, empty segments, ports, userinfo, queries, fragments) is accepted. Stricter
+//! than the spec, a trust domain is dot-separated non-empty labels: one spelling per name, so
+//! `shop.acme.` or `shop..acme` is not a second trust domain for `shop.acme`.
 
 use std::fmt;
 
@@ -16,6 +19,8 @@ pub enum IdError {
     EmptyTrustDomain,
     #[error("trust domain must be at most {max} characters, got {len}")]
     TrustDomainTooLong { max: usize, len: usize },
+    #[error("trust domain must be dot-separated labels: no leading, trailing or doubled '.'")]
+    TrustDomainEmptyLabel,
     #[error(
         "trust domain may contain only lowercase letters, digits, '.', '-' and '_', found {found:?} at {at}"
     )]
@@ -107,6 +112,9 @@ fn check_trust_domain(s: &str) -> Result<(), IdError> {
     // Checked after the characters, so that the length counts ASCII characters only.
     if s.len() > TrustDomain::MAX_LEN {
         return Err(IdError::TrustDomainTooLong { max: TrustDomain::MAX_LEN, len: s.len() });
+    }
+    if s.split('.').any(str::is_empty) {
+        return Err(IdError::TrustDomainEmptyLabel);
     }
     Ok(())
 }
@@ -334,5 +342,14 @@ mod tests {
         assert_eq!(id.path(), "/b");
         assert!(serde_json::from_str::<SpiffeId>("\"spiffe://a\"").is_err());
         assert!(serde_json::from_str::<TrustDomain>("\"A\"").is_err());
+    }
+
+    #[test]
+    fn a_trust_domain_has_one_spelling_in_ids_too() {
+        for bad in ["shop.acme.", ".shop.acme", "shop..acme", "."] {
+            assert_eq!(TrustDomain::parse(bad), Err(IdError::TrustDomainEmptyLabel), "{bad:?}");
+            let id = format!("spiffe://{bad}/ns/shop/sa/web");
+            assert_eq!(SpiffeId::parse(&id), Err(IdError::TrustDomainEmptyLabel), "{id:?}");
+        }
     }
 }
