@@ -150,10 +150,8 @@ fn instance_tags(tags: Option<String>) -> Result<Tags, ApiError> {
             return Err(bad("tags", &format!("{pair:?} is not key=value")));
         };
         let (k, v) = (k.trim(), v.trim());
-        if node_metadata::RESERVED_TAGS.contains(&k) {
-            return Err(bad(&format!("tags.{k}"), "is set from the workload's certificate, not by a tag"));
-        }
-        // The model's tag rule, the one registration and routes use.
+        // The model's tag rule, the one registration and routes use (it also keeps `service`
+        // and `mesh`, which the certificate decides).
         if let Err(e) = TagKey::parse(k).and_then(|_| TagValue::parse(k, v)) {
             return Err(bad(&format!("tags.{k}"), &e.to_string()));
         }

@@ -29,8 +29,6 @@ pub mod node_metadata {
     pub const PORTS: &str = "ports";
     /// The instance's tags (a map of strings), e.g. `{"version": "v2"}`.
     pub const TAGS: &str = "tags";
-    /// Tag keys a node may not set: the certificate decides its service and mesh.
-    pub const RESERVED_TAGS: [&str; 2] = ["service", "mesh"];
 }
 
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
