@@ -22,8 +22,8 @@ use crate::body::ApiQuery;
 use crate::config::find_mesh;
 use crate::{ApiError, AppState};
 
-pub use trellis_xds::contract::DEFAULT_CERT_DIR;
-use trellis_xds::contract::{
+pub use trellis_model::contract::DEFAULT_CERT_DIR;
+use trellis_model::contract::{
     BUNDLE_FILE, CERT_FILE, CERT_PROVIDER, KEY_FILE, PLATFORM_CA_FILE, cert_path, node_metadata,
 };
 
@@ -66,7 +66,7 @@ impl Target {
         cert_path(&self.dir, name)
     }
 
-    /// The node's metadata, as the xDS server reads it back (`trellis_xds::contract`).
+    /// The node's metadata, as the xDS server reads it back (`trellis_model::contract`).
     fn sidecar_metadata(&self) -> Value {
         json!({
             (node_metadata::MESH): self.mesh,
@@ -94,7 +94,7 @@ fn node_id(node: Option<String>) -> Result<String, ApiError> {
 
 fn cert_dir(dir: Option<String>) -> Result<String, ApiError> {
     let dir = dir.unwrap_or_else(|| DEFAULT_CERT_DIR.to_owned());
-    trellis_xds::contract::parse_cert_dir(&dir).map_err(|msg| bad("certDir", &msg))
+    trellis_model::contract::parse_cert_dir(&dir).map_err(|msg| bad("certDir", &msg))
 }
 
 /// The sidecar's inbound ports: each a port of the service, at most once.
@@ -270,7 +270,7 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
         // unless set); the API bounds every regex by the same number.
         "layered_runtime": { "layers": [
             { "name": "trellis", "static_layer": {
-                (trellis_xds::contract::RE2_MAX_PROGRAM_SIZE_KEY): MAX_RE2_PROGRAM,
+                (trellis_model::contract::RE2_MAX_PROGRAM_SIZE_KEY): MAX_RE2_PROGRAM,
             } },
             { "name": "admin", "admin_layer": {} },
         ] },

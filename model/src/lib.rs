@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod contract;
 mod ids;
 mod names;
 mod roles;

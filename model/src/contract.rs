@@ -1,7 +1,7 @@
 //! The proxy wire contract: what the bootstraps Trellis serves write and what the xDS server
-//! reads back from a node, in one place, so that the two cannot drift apart. It knows no
-//! Envoy types: the REST API uses it with this crate's `envoy` feature off.
-//! (Resource names still live in `names.rs`.)
+//! and the agent read back, in one place, so that they cannot drift apart. Plain names and
+//! rules, no Envoy types: the REST API takes it from here (it may not use `xds`), and `xds`
+//! re-exports it as `trellis_xds::contract`. (Resource names still live in `xds`'s `names.rs`.)
 
 /// The certificate-provider instance name the generated gRPC bootstrap defines and the
 /// translation's TLS contexts refer to.
@@ -32,7 +32,7 @@ pub mod node_metadata {
 }
 
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
-/// bootstrap sets it to [`trellis_model::config::MAX_RE2_PROGRAM`], the bound the API checks.
+/// bootstrap sets it to [`crate::config::MAX_RE2_PROGRAM`], the bound the API checks.
 pub const RE2_MAX_PROGRAM_SIZE_KEY: &str = "re2.max_program_size.error_level";
 
 /// A certificate directory, normalized (no trailing `/`): an absolute path of at most
