@@ -460,16 +460,11 @@ fn short_type(type_url: &str) -> &str {
 /// side its kind acts on.
 fn propagation(fleet: &Fleet, r: &Resource) -> Value {
     let Some(rev) = r.mesh_revision else { return Value::Null };
-    // A stored spec always parses (it was checked when written).
-    let target = Kind::ALL
-        .into_iter()
-        .find(|k| k.name() == r.kind)
-        .and_then(|k| Some((k.reach(), Spec::parse(k, "spec", r.spec.clone()).ok()?)));
-    let proxies: Vec<&Proxy> = match &target {
-        Some((reach, spec)) => {
-            let service = spec.spec.target_service(r.name.as_str());
-            fleet.proxies.iter().filter(|p| p.reached_by(*reach, service)).collect()
-        }
+    // Read from the stored spec (checked when written), not parsed again on every read.
+    let target =
+        Kind::lookup(&r.kind).and_then(|k| Some((k.reach(), k.stored_target(&r.spec, r.name.as_str())?)));
+    let proxies: Vec<&Proxy> = match target {
+        Some((reach, service)) => fleet.proxies.iter().filter(|p| p.reached_by(reach, service)).collect(),
         None => fleet.proxies.iter().collect(),
     };
     let total = proxies.len();
