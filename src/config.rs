@@ -92,6 +92,8 @@ pub enum InstallTarget {
     Kubernetes(KubernetesInstall),
     /// Print a hardened systemd unit that runs `trellis serve`.
     Systemd(SystemdInstall),
+    /// Print a hardened systemd unit that runs `trellis-agent run` beside a workload on a VM.
+    AgentSystemd(AgentSystemdInstall),
 }
 
 /// The image `trellis install kubernetes` refers to unless told otherwise: what
@@ -195,6 +197,24 @@ pub struct Demo {
     /// [default: <temp dir>/trellis-demo].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentSystemdInstall {
+    /// Where the `trellis-agent` binary is installed.
+    #[arg(long, default_value = "/usr/local/bin/trellis-agent", value_parser = parse_absolute_path)]
+    pub binary: PathBuf,
+    /// The join token's file, readable by root only; systemd hands it to the agent as its
+    /// credential `join-token` (needed until the agent holds an SVID).
+    #[arg(long, default_value = "/etc/trellis-agent/join-token", value_parser = parse_absolute_path)]
+    pub join_token_source: PathBuf,
+    /// The control plane's platform root (`…/bootstrap/ca.pem` of the REST API).
+    #[arg(long, default_value = "/etc/trellis-agent/platform-ca.pem", value_parser = parse_absolute_path)]
+    pub platform_ca: PathBuf,
+    /// Environment file with the workload's settings (`TRELLIS_SERVER`, `TRELLIS_MESH`,
+    /// `TRELLIS_SERVICE`, `TRELLIS_PORTS`, …; see `trellis-agent run --help`).
+    #[arg(long, default_value = "/etc/trellis-agent/agent.env", value_parser = parse_absolute_path)]
+    pub environment_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

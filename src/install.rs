@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::config::{HTTP_PORT, KubernetesInstall, SystemdInstall, XDS_PORT};
+use crate::config::{AgentSystemdInstall, HTTP_PORT, KubernetesInstall, SystemdInstall, XDS_PORT};
 
 /// The user and group the image runs as (deploy/trellis.Containerfile's `USER`): a numeric
 /// id, so that Kubernetes can check `runAsNonRoot` without reading the image.
@@ -224,6 +224,55 @@ pub fn systemd(args: &SystemdInstall) -> String {
     line(&format!("Environment=TRELLIS_HTTP_ADDR=0.0.0.0:{HTTP_PORT}"));
     line(&format!("Environment=TRELLIS_XDS_ADDR=0.0.0.0:{XDS_PORT}"));
     line("Environment=TRELLIS_LOG_FORMAT=json");
+    line("# Settings in this file override the ones above.");
+    line(&format!("EnvironmentFile={}", args.environment_file.display()));
+    for setting in HARDENING {
+        line(setting);
+    }
+    line("");
+    line("[Install]");
+    line("WantedBy=multi-user.target");
+    unit
+}
+
+/// A hardened unit for `trellis-agent run` beside a workload. The join token comes as a
+/// systemd credential; the SVID and the last accepted configuration are kept in the state
+/// directory, so that a restarted agent serves while the control plane is away.
+pub fn agent_systemd(args: &AgentSystemdInstall) -> String {
+    let mut unit = String::new();
+    let mut line = |s: &str| {
+        unit.push_str(s);
+        unit.push('\n');
+    };
+    line(&format!("# Trellis {} agent, printed by `trellis install agent-systemd`.", env!("CARGO_PKG_VERSION")));
+    line(&format!(
+        "# Put the join token at {} (root, mode 0600), the platform root at {},",
+        args.join_token_source.display(),
+        args.platform_ca.display()
+    ));
+    line(&format!(
+        "# and the workload's settings in {} (TRELLIS_SERVER=…, TRELLIS_MESH=…, TRELLIS_SERVICE=…, TRELLIS_PORTS=…).",
+        args.environment_file.display()
+    ));
+    line("[Unit]");
+    line("Description=Trellis agent: the workload's service-mesh data plane");
+    line("Wants=network-online.target");
+    line("After=network-online.target");
+    line("");
+    line("[Service]");
+    line("Type=exec");
+    line(&format!("ExecStart={} run", args.binary.display()));
+    line("# The mesh is down for the workload while the agent is: restart it whatever ended it.");
+    line("Restart=always");
+    line("RestartSec=1s");
+    line("TimeoutStopSec=30s");
+    line("DynamicUser=yes");
+    line("StateDirectory=trellis-agent");
+    line("StateDirectoryMode=0700");
+    line("Environment=TRELLIS_CERT_DIR=%S/trellis-agent");
+    line(&format!("LoadCredential=join-token:{}", args.join_token_source.display()));
+    line("Environment=TRELLIS_JOIN_TOKEN_FILE=%d/join-token");
+    line(&format!("Environment=TRELLIS_PLATFORM_CA={}", args.platform_ca.display()));
     line("# Settings in this file override the ones above.");
     line(&format!("EnvironmentFile={}", args.environment_file.display()));
     for setting in HARDENING {

@@ -59,6 +59,10 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             print!("{}", install::systemd(&args));
             return Ok(());
         }
+        Command::Install(config::InstallTarget::AgentSystemd(args)) => {
+            print!("{}", install::agent_systemd(&args));
+            return Ok(());
+        }
         Command::Demo(args) => return demo::run(args, &global).await,
         Command::DemoApp(args) => return demo::apps::run(args).await,
         Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
