@@ -244,7 +244,10 @@ pub fn agent_systemd(args: &AgentSystemdInstall) -> String {
         unit.push_str(s);
         unit.push('\n');
     };
-    line(&format!("# Trellis {} agent, printed by `trellis install agent-systemd`.", env!("CARGO_PKG_VERSION")));
+    line(&format!(
+        "# Trellis {} agent, printed by `trellis install agent-systemd`.",
+        env!("CARGO_PKG_VERSION")
+    ));
     line(&format!(
         "# Put the join token at {} (root, mode 0600), the platform root at {},",
         args.join_token_source.display(),
