@@ -130,6 +130,31 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         d
     };
 
+    // Clear one-line errors: a refused join token, an unreachable server.
+    for (server, token, expected) in [
+        (t.xds.as_str(), "trls_join_notarealtoken", "refused the credential"),
+        ("127.0.0.1:1", "trls_join_notarealtoken", "cannot reach the control plane at 127.0.0.1:1"),
+    ] {
+        let d = dir("refused");
+        let out = Command::new(agent_bin())
+            .args(["run", "--server", server, "--mesh", "shop", "--service", "reviews", "--platform-ca"])
+            .arg(&ca)
+            .arg("--cert-dir")
+            .arg(d.join("certs"))
+            .env("TRELLIS_JOIN_TOKEN", token)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(
+            !stderr.contains(token) && !String::from_utf8_lossy(&out.stdout).contains(token),
+            "the token is never printed"
+        );
+    }
+
     let (v1_port, v2_port) = (app("v1").await, app("v2").await);
     let mut agents = Vec::new();
     for (version, address, port) in [("v1", "127.0.0.2", v1_port), ("v2", "127.0.0.3", v2_port)] {
