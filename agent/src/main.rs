@@ -37,7 +37,8 @@ use crate::identity::Files;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Run(args) => run(args).await,

@@ -14,6 +14,9 @@ use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::platform_root;
 use trellis_tests::{Api, Process, Trellis, agent_bin, document_path, example_documents, token, trellis};
+use trellis_xds_server::proto::identity_client::IdentityClient;
+use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
+use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
 /// as the agent forwarded it), on 127.0.0.1 at a port the system picks.
@@ -27,6 +30,53 @@ async fn app(version: &'static str) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     port
+}
+
+/// A gRPC application (the identity service's shape, reused as a plain echo): answers with
+/// `version` and the caller's identity, and fails with NOT_FOUND when the CSR says `fail`, so
+/// that both a response and a trailers-only status cross the agents.
+struct GrpcApp(&'static str);
+
+#[tonic::async_trait]
+impl Identity for GrpcApp {
+    async fn issue_svid(
+        &self,
+        req: tonic::Request<IssueSvidRequest>,
+    ) -> Result<tonic::Response<IssueSvidResponse>, tonic::Status> {
+        let caller = req
+            .metadata()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if req.get_ref().csr == b"fail" {
+            return Err(tonic::Status::not_found("no such rating"));
+        }
+        Ok(tonic::Response::new(IssueSvidResponse {
+            spiffe_id: format!("{} {caller}", self.0),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn grpc_app(version: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(GrpcApp(version)))
+            .serve_with_incoming(incoming),
+    );
+    port
+}
+
+/// One unary call to the gRPC app through the outbound listener at `addr`.
+async fn grpc_call(addr: &str, csr: &[u8]) -> Result<String, tonic::Status> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let req = IssueSvidRequest { csr: csr.to_vec(), join_token: String::new() };
+    IdentityClient::new(channel).issue_svid(req).await.map(|r| r.into_inner().spiffe_id)
 }
 
 async fn join_token(api: &Api, service: &str, tags: Value) -> String {
@@ -116,6 +166,12 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         let (status, body) = api.put(&document_path(doc), doc).await;
         assert!(status == 200 || status == 201, "{body}");
     }
+    let ratings = json!({"spec": {"ports": [{"port": 9090, "protocol": "grpc"}]}});
+    let (status, body) = api.put("/meshes/shop/services/ratings", &ratings).await;
+    assert_eq!(status, 201, "{body}");
+    let policy = json!({"spec": {"targetRef": {"service": "ratings"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/ratings-callers", &policy).await;
+    assert_eq!(status, 201, "{body}");
     let stranger = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
     let (status, body) = api.put("/meshes/shop/services/stranger", &stranger).await;
     assert_eq!(status, 201, "{body}");
@@ -172,11 +228,25 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         p.wait_for_line(&format!("listening inbound:9080 on {address}:9080"), Duration::from_secs(20)).await;
         agents.push(p);
     }
+    let tok = join_token(&api, "ratings", json!({})).await;
+    let app_port = format!("9090={}", grpc_app("ratings-v1").await);
+    let mut p = agent(
+        &t,
+        &ca,
+        &dir("ratings"),
+        &tok,
+        "ratings",
+        "127.0.0.6",
+        &["--port", "9090", "--app-port", &app_port, "--outbound", "none"],
+    );
+    p.wait_for_line("listening inbound:9090 on 127.0.0.6:9090", Duration::from_secs(20)).await;
+    agents.push(p);
     let tok = join_token(&api, "productpage", json!({})).await;
     let caller_dir = dir("productpage");
     let mut caller =
-        agent(&t, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews"]);
+        agent(&t, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
+    let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
 
     // The identity files, written for co-located clients; the key private.
     use std::os::unix::fs::PermissionsExt;
@@ -216,6 +286,23 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let body = client.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(body.contains("URI=spiffe://") && body.ends_with("/ns/shop/sa/productpage"), "{body}");
 
+    // gRPC (h2) through two agents: the answer, and a status carried in trailers.
+    let mut answer = Err(tonic::Status::unknown("not called"));
+    for _ in 0..100 {
+        answer = grpc_call(&ratings, b"ok").await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.unwrap_or_else(|s| panic!("{s:?}\n{}", caller.output()));
+    assert!(
+        answer.starts_with("ratings-v1 URI=spiffe://") && answer.ends_with("/sa/productpage"),
+        "{answer}"
+    );
+    let err = grpc_call(&ratings, b"fail").await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
+
     // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
     plain.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\n\r\n").await.unwrap();
@@ -227,7 +314,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     caller.kill().await;
     let tok = join_token(&api, "stranger", json!({})).await;
     let mut stranger =
-        agent(&t, &ca, &dir("stranger"), &tok, "stranger", "127.0.0.5", &["--outbound", "reviews"]);
+        agent(&t, &ca, &dir("stranger"), &tok, "stranger", "127.0.0.5", &["--outbound", "reviews,ratings"]);
     let addr = outbound_addr(&mut stranger, "outbound:reviews.shop:9080").await;
     assert_eq!(addr, reviews, "a service keeps its outbound address");
     let mut status = 0;
@@ -244,6 +331,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, 403, "{}", stranger.output());
+    let ratings_again = outbound_addr(&mut stranger, "outbound:ratings.shop:9090").await;
+    let err = grpc_call(&ratings_again, b"ok").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
     let cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
