@@ -29,6 +29,9 @@ pub mod node_metadata {
     pub const PORTS: &str = "ports";
     /// The instance's tags (a map of strings), e.g. `{"version": "v2"}`.
     pub const TAGS: &str = "tags";
+    /// The address the node serves its inbound ports on, advertised as its endpoint
+    /// (defaults to the stream's remote address).
+    pub const ADDRESS: &str = "address";
 }
 
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy

@@ -39,6 +39,86 @@ pub fn trellis_bin() -> PathBuf {
     bin
 }
 
+/// The `trellis-agent` binary built beside this test executable.
+pub fn agent_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis-agent");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build --bin trellis-agent` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running process whose output lines are kept (stdout and stderr together), killed
+/// when dropped.
+pub struct Process {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `cmd` with its output captured.
+    pub fn start(mut cmd: Command) -> Process {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let err = BufReader::new(child.stderr.take().unwrap()).lines();
+        for mut reader in [Box::new(out) as Box<dyn LineSource>, Box::new(err)] {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                while let Some(line) = reader.next().await {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        Process { child, lines }
+    }
+
+    /// The first output line containing `needle`, waiting up to `within`.
+    pub async fn wait_for_line(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            if exited.is_some() || tokio::time::Instant::now() > deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("no line with {needle:?} (exit: {exited:?}); output:\n{}", self.output());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for the exit, at most `within`.
+    pub async fn wait(&mut self, within: Duration) -> ExitStatus {
+        tokio::time::timeout(within, self.child.wait()).await.expect("exits in time").unwrap()
+    }
+
+    /// Kills the process without a chance to clean up.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+trait LineSource: Send {
+    fn next(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>>;
+}
+
+impl<R: tokio::io::AsyncBufRead + Unpin + Send> LineSource for tokio::io::Lines<R> {
+    fn next(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send + '_>> {
+        Box::pin(async move { self.next_line().await.ok().flatten() })
+    }
+}
+
 /// A command that runs `trellis` with a clean environment: no inherited TRELLIS_* or
 /// DATABASE_URL, logs at info.
 pub fn trellis() -> Command {

@@ -188,7 +188,7 @@ fn registration(peer: &Peer, node: &Node, remote: SocketAddr, replica: &str) -> 
     }
     let empty = Struct::default();
     let meta = node.metadata.as_ref().unwrap_or(&empty);
-    let address = match meta.fields.get("address").and_then(string_of) {
+    let address = match meta.fields.get(node_metadata::ADDRESS).and_then(string_of) {
         Some(a) => {
             a.parse::<IpAddr>().map_err(|_| bad(format!("metadata.address {a:?} is not an IP address")))?
         }

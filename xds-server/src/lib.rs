@@ -16,10 +16,8 @@ mod metrics;
 pub mod snapshots;
 pub mod tls;
 
-/// Trellis's own protos (the identity service).
-pub mod proto {
-    tonic::include_proto!("trellis.identity.v1");
-}
+/// Trellis's own protos (the identity service), generated in `trellis-proto`.
+pub use trellis_proto::identity as proto;
 
 use std::future::Future;
 use std::sync::Arc;

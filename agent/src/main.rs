@@ -1,0 +1,132 @@
+//! `trellis-agent`: joins a mesh with a join token, keeps its SVID fresh, takes the sidecar
+//! configuration over Delta ADS and carries the workload's traffic over mTLS.
+//!
+//! - [`cli`]: the flags (every one also an environment variable).
+//! - [`identity`]: key, CSR, SVID, renewal, and the certificate files.
+//! - [`control`]: channels to the control plane.
+//! - [`xds_client`]: the Delta ADS stream, behind [`state::ConfigSink`].
+//! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
+//! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod control;
+mod convert;
+mod identity;
+mod proxy;
+mod state;
+mod xds_client;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
+use trellis_xds::contract::node_metadata;
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::control::ControlPlane;
+use crate::identity::Files;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match cli.command {
+        Command::Run(args) => run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.check().map_err(|e| anyhow!(e))?;
+    let platform_root_pem = std::fs::read_to_string(&args.platform_ca)
+        .with_context(|| format!("--platform-ca {}", args.platform_ca.display()))?;
+    let cp = ControlPlane::new(&args.server, &platform_root_pem)?;
+    let token = match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--join-token-file {}", file.display()))?;
+            Some(
+                cli::token_from_file(&text)
+                    .map_err(|e| anyhow!("--join-token-file {}: {e}", file.display()))?,
+            )
+        }
+        (None, None) => None,
+    };
+    let files = || Files { dir: args.cert_dir.clone(), platform_root_pem: platform_root_pem.clone() };
+    let identity = Arc::new(identity::obtain(&cp, &files(), token.as_ref()).await?);
+    drop(token);
+    tokio::spawn(identity::renew_forever(identity.clone(), cp.clone(), files()));
+
+    let local = convert::Local {
+        address: args.address,
+        app_ports: args.app_port_overrides(),
+        id: identity.current().id.clone(),
+    };
+    let state = Arc::new(state::State::new(local));
+    let proxy = proxy::Proxy::new(state, identity.clone(), args.outbound.clone())?;
+    let mut renewed = identity.changed.subscribe();
+    let for_renewal = proxy.clone();
+    tokio::spawn(async move {
+        while renewed.changed().await.is_ok() {
+            if let Err(e) = for_renewal.refresh_tls() {
+                tracing::error!(error = %format!("{e:#}"), "cannot use the renewed SVID");
+            }
+        }
+    });
+    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy));
+
+    shutdown().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+/// The node as the control plane registers it: the metadata keys of the wire contract.
+fn node(args: &RunArgs) -> Node {
+    let s = |v: String| Value { kind: Some(Kind::StringValue(v)) };
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(node_metadata::MESH.to_owned(), s(args.mesh.clone()));
+    fields.insert(node_metadata::CERT_DIR.to_owned(), s(args.cert_dir.display().to_string()));
+    fields.insert(node_metadata::ADDRESS.to_owned(), s(args.address.to_string()));
+    let ports = args.ports.iter().map(|p| Value { kind: Some(Kind::NumberValue(f64::from(*p))) }).collect();
+    fields.insert(
+        node_metadata::PORTS.to_owned(),
+        Value { kind: Some(Kind::ListValue(ListValue { values: ports })) },
+    );
+    let tags = args.tags.iter().map(|(k, v)| (k.clone(), s(v.clone()))).collect();
+    fields.insert(
+        node_metadata::TAGS.to_owned(),
+        Value { kind: Some(Kind::StructValue(Struct { fields: tags })) },
+    );
+    Node {
+        id: args.node_id(),
+        user_agent_name: "trellis-agent".into(),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    }
+}
+
+async fn shutdown() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,626 @@
+//! The data path: listeners bound from the applied configuration, inbound mTLS with access
+//! control in front of the application, outbound routing to mesh services over mTLS that
+//! accepts only the destination's SPIFFE ID. HTTP/1.1 and HTTP/2 (gRPC trailers pass
+//! through), and raw TCP.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prost::Name;
+use rand::Rng;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
+
+use crate::cli::Outbound;
+use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
+use crate::identity::Identity;
+use crate::state::{ConfigSink, State};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type MeshClient = Client<MeshConnector, Body>;
+
+/// Largest request body buffered so that a retry can send it again; larger ones are
+/// streamed and not retried.
+const MAX_REPLAY_BODY: u64 = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The agent's data path.
+pub struct Proxy {
+    me: Weak<Proxy>,
+    state: Arc<State>,
+    identity: Arc<Identity>,
+    outbound: Outbound,
+    server_tls: ArcSwap<rustls::ServerConfig>,
+    bundle: ArcSwap<TrustBundle>,
+    /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
+    generation: AtomicU64,
+    bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
+    local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
+    /// By peer identity and HTTP/2: the generation they were built in, and the client.
+    mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<State>, identity: Arc<Identity>, outbound: Outbound) -> anyhow::Result<Arc<Proxy>> {
+        let svid = identity.current();
+        let bundle = Arc::new(svid.bundle()?);
+        let server = server_config(&identity, &bundle)?;
+        Ok(Arc::new_cyclic(|me| Proxy {
+            me: me.clone(),
+            state,
+            identity,
+            outbound,
+            server_tls: ArcSwap::from(server),
+            bundle: ArcSwap::from(bundle),
+            generation: AtomicU64::new(0),
+            bound: Mutex::default(),
+            local_clients: Mutex::default(),
+            mesh_clients: Mutex::default(),
+        }))
+    }
+
+    /// Rebuilds the TLS material from the current SVID and bundle. Open connections keep
+    /// theirs; new ones get the new.
+    pub fn refresh_tls(&self) -> anyhow::Result<()> {
+        let bundle = match self.state.config().bundle.clone() {
+            Some(b) => b,
+            None => Arc::new(self.identity.current().bundle()?),
+        };
+        self.server_tls.store(server_config(&self.identity, &bundle)?);
+        self.bundle.store(bundle);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn should_bind(&self, l: &Listener) -> bool {
+        match &l.side {
+            Side::Inbound { .. } => true,
+            Side::Outbound { service } => service.as_deref().is_some_and(|s| self.outbound.binds(s)),
+        }
+    }
+
+    /// Binds what `listeners` adds or moves, stops what it drops. A listener that cannot
+    /// bind fails the update (and so is NACKed).
+    fn bind(&self, listeners: &std::collections::BTreeMap<String, Arc<Listener>>) -> Result<(), String> {
+        let mut bound = self.bound.lock().expect("not poisoned");
+        bound.retain(|name, (addr, task)| {
+            let keep = listeners.get(name).is_some_and(|l| l.addr == *addr && self.should_bind(l));
+            if !keep {
+                task.abort();
+                tracing::info!(listener = %name, %addr, "listener stopped");
+            }
+            keep
+        });
+        for (name, l) in listeners {
+            if bound.contains_key(name) || !self.should_bind(l) {
+                continue;
+            }
+            let std = std::net::TcpListener::bind(l.addr)
+                .map_err(|e| format!("listener {name:?}: cannot bind {}: {e}", l.addr))?;
+            std.set_nonblocking(true).map_err(|e| format!("listener {name:?}: {e}"))?;
+            let tokio = TcpListener::from_std(std).map_err(|e| format!("listener {name:?}: {e}"))?;
+            let me = self.me.upgrade().expect("alive while applying");
+            tracing::info!(listener = %name, addr = %l.addr, "listening {name} on {}", l.addr);
+            bound.insert(name.clone(), (l.addr, tokio::spawn(me.accept(name.clone(), tokio))));
+        }
+        Ok(())
+    }
+
+    async fn accept(self: Arc<Self>, name: String, listener: TcpListener) {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (me, name) = (self.clone(), name.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.connection(&name, tcp).await {
+                    tracing::debug!(listener = %name, %remote, error = %format!("{e:#}"), "connection ended");
+                }
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, name: &str, tcp: TcpStream) -> anyhow::Result<()> {
+        let Some(l) = self.state.config().listeners.get(name).cloned() else { return Ok(()) };
+        match l.side {
+            Side::Inbound { plaintext } => {
+                let mut first = [0u8; 1];
+                // A TLS record starts with 0x16 (handshake); PERMISSIVE takes anything else as plaintext.
+                let tls = !plaintext || (tcp.peek(&mut first).await? == 1 && first[0] == 0x16);
+                if !tls {
+                    return self.serve(l, tcp, None).await;
+                }
+                let acceptor = tokio_rustls::TlsAcceptor::from(self.server_tls.load_full());
+                let stream = acceptor.accept(tcp).await.context("TLS handshake refused")?;
+                let peer = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| claimed_leaf(c).ok())
+                    .map(|c| c.id);
+                self.serve(l, stream, peer).await
+            }
+            Side::Outbound { .. } => self.serve(l, tcp, None).await,
+        }
+    }
+
+    async fn serve<IO>(
+        self: Arc<Self>,
+        l: Arc<Listener>,
+        io: IO,
+        peer: Option<SpiffeId>,
+    ) -> anyhow::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match &l.handler {
+            Handler::Http { .. } => {
+                let peer = Arc::new(peer);
+                let me = self.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let (me, l, peer) = (me.clone(), l.clone(), peer.clone());
+                    async move { Ok::<_, Infallible>(me.request(&l, (*peer).as_ref(), req).await) }
+                });
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))
+            }
+            Handler::Tcp { access, backends } => {
+                if matches!(l.side, Side::Inbound { .. }) {
+                    let v = evaluate(access, peer.as_ref(), None);
+                    if let Some(why) = v.denied {
+                        tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.as_ref().map(SpiffeId::as_str), rule = %why, "connection denied");
+                        return Ok(());
+                    }
+                }
+                let total: u64 = backends.iter().map(|(_, w)| u64::from(*w)).sum();
+                let mut roll = rand::rng().random_range(0..total.max(1));
+                let cluster = backends
+                    .iter()
+                    .find(|(_, w)| {
+                        let hit = roll < u64::from(*w);
+                        roll = roll.saturating_sub(u64::from(*w));
+                        hit
+                    })
+                    .map(|(c, _)| c.clone())
+                    .unwrap_or_default();
+                self.tcp_forward(&cluster, io).await
+            }
+        }
+    }
+
+    async fn tcp_forward<IO>(&self, cluster: &str, mut down: IO) -> anyhow::Result<()>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (target, addr) = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
+        tcp.set_nodelay(true)?;
+        match target {
+            Target::Local(_) => {
+                let mut up = tcp;
+                tokio::io::copy_bidirectional(&mut down, &mut up).await?;
+            }
+            Target::Mesh { peer, .. } => {
+                let tls = tokio_rustls::TlsConnector::from(self.client_config(&peer, false)?);
+                let mut up = tls.connect(ServerName::from(addr.ip()), tcp).await?;
+                tokio::io::copy_bidirectional(&mut down, &mut up).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A cluster's target and one of its endpoints (random), or a status and reason.
+    fn endpoint(&self, cluster: &str) -> Result<(Target, SocketAddr), (StatusCode, String)> {
+        let cfg = self.state.config();
+        let c = cfg
+            .clusters
+            .get(cluster)
+            .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("no cluster {cluster:?}")))?;
+        let addr = match &c.target {
+            Target::Local(a) => *a,
+            Target::Mesh { eds, .. } => {
+                let eps = cfg.endpoints.get(eds).map(|e| e.as_slice()).unwrap_or_default();
+                if eps.is_empty() {
+                    return Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("no healthy upstream in {cluster:?}"),
+                    ));
+                }
+                eps[rand::rng().random_range(0..eps.len())]
+            }
+        };
+        Ok((c.target.clone(), addr))
+    }
+
+    fn client_config(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+        let svid = self.identity.current();
+        let verifier = SvidServerVerifier::new((*self.bundle.load_full()).clone(), peer.clone());
+        let mut c = rustls::ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(svid.chain(), svid.key())?;
+        c.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        Ok(Arc::new(c))
+    }
+
+    async fn request(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
+        let grpc = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
+        let Handler::Http { access, routes, forward_client_cert } = &l.handler else {
+            return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
+        };
+        let inbound = matches!(l.side, Side::Inbound { .. });
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        });
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority: authority.as_deref(),
+            headers: req.headers(),
+        };
+        if inbound {
+            let verdict = evaluate(access, peer, Some(&view));
+            for rule in &verdict.audited {
+                tracing::info!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), path = %view.path, rule = %rule, "audit: an audit rule matched");
+            }
+            if let Some(rule) = verdict.denied {
+                tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), method = %view.method, path = %view.path, rule = %rule, "request denied");
+                return local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
+            }
+        }
+        let cfg = self.state.config();
+        let table = match routes {
+            RouteSource::Inline(t) => Some(t.clone()),
+            RouteSource::Rds(name) => cfg.routes.get(name).cloned(),
+        };
+        let Some(table) = table else {
+            return local_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, 14, "no route configuration yet");
+        };
+        let Some(route) = table.find(&view).cloned() else {
+            return local_reply(grpc, StatusCode::NOT_FOUND, 12, "no route matches");
+        };
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        for name in &route.remove_headers {
+            parts.headers.remove(name);
+        }
+        for (name, value, overwrite) in &route.set_headers {
+            if *overwrite {
+                parts.headers.insert(name.clone(), value.clone());
+            } else {
+                parts.headers.append(name.clone(), value.clone());
+            }
+        }
+        if inbound && *forward_client_cert {
+            parts.headers.remove("x-forwarded-client-cert");
+            if let Some(p) = peer.and_then(|p| HeaderValue::try_from(format!("URI={p}")).ok()) {
+                parts.headers.insert("x-forwarded-client-cert", p);
+            }
+        }
+        let replay = match &route.retry {
+            Some(_) if body.size_hint().upper().is_some_and(|u| u <= MAX_REPLAY_BODY) => {
+                match http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
+                    Ok(b) => Ok(b.to_bytes()),
+                    Err(_) => {
+                        return local_reply(grpc, StatusCode::BAD_REQUEST, 3, "request body unreadable");
+                    }
+                }
+            }
+            _ => Err(body),
+        };
+        let attempts = self.attempts(&route, parts, replay);
+        let outcome = match route.timeout {
+            Some(t) => tokio::time::timeout(t, attempts)
+                .await
+                .unwrap_or_else(|_| Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into()))),
+            None => attempts.await,
+        };
+        match outcome {
+            Ok(resp) => resp.map(BodyExt::boxed),
+            Err((status, why)) => {
+                tracing::warn!(direction = if inbound { "inbound" } else { "outbound" }, listener = %l.name, route = %route.name, %status, error = %why, "request failed");
+                let code = if status == StatusCode::GATEWAY_TIMEOUT { 4 } else { 14 };
+                local_reply(grpc, status, code, &why)
+            }
+        }
+    }
+
+    /// Sends the request, trying again as the route's retry policy says when the body can
+    /// be sent again.
+    async fn attempts(
+        &self,
+        route: &crate::config::Route,
+        parts: http::request::Parts,
+        body: Result<Bytes, Incoming>,
+    ) -> Result<Response<Incoming>, (StatusCode, String)> {
+        let total = route.total_weight();
+        let (bytes, mut streaming) = match body {
+            Ok(b) => (Some(b), None),
+            Err(s) => (None, Some(s)),
+        };
+        let retry = route.retry.as_ref().filter(|_| bytes.is_some());
+        let tries = retry.map_or(1, |r| r.retries + 1);
+        let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
+        for attempt in 0..tries {
+            let cluster = route.pick(rand::rng().random_range(0..total.max(1))).to_owned();
+            let body: Body = match (&bytes, streaming.take()) {
+                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+                (None, Some(s)) => s.boxed(),
+                (None, None) => unreachable!("a streamed body is tried once"),
+            };
+            let req = Request::from_parts(parts.clone(), body);
+            let sent = self.send(&cluster, req);
+            let result = match retry.and_then(|r| r.per_try) {
+                Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
+                None => sent.await,
+            };
+            let again = retry.is_some_and(|r| should_retry(r, &result)) && attempt + 1 < tries;
+            last = result.map_err(Failure::into_status);
+            if !again {
+                break;
+            }
+            let r = retry.expect("checked");
+            let backoff = r.base.saturating_mul(1 << attempt.min(10)).min(r.max);
+            let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+            tokio::time::sleep(jittered).await;
+        }
+        last
+    }
+
+    async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Incoming>, Failure> {
+        let (target, addr) = self.endpoint(cluster).map_err(Failure::Local)?;
+        let h2 = self.state.config().clusters.get(cluster).is_some_and(|c| c.h2);
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
+            .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
+        *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        let result = match target {
+            Target::Local(_) => self.local_client(h2).request(req).await,
+            Target::Mesh { peer, .. } => {
+                let client = self
+                    .mesh_client(&peer, h2)
+                    .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
+                client.request(req).await
+            }
+        };
+        result.map_err(|e| {
+            let why = format!(
+                "{e}: {}",
+                std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
+            );
+            if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
+        })
+    }
+
+    fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
+        let mut clients = self.local_clients.lock().expect("not poisoned");
+        clients
+            .entry(h2)
+            .or_insert_with(|| {
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                Client::builder(TokioExecutor::new()).http2_only(h2).build(http)
+            })
+            .clone()
+    }
+
+    fn mesh_client(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<MeshClient> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut clients = self.mesh_clients.lock().expect("not poisoned");
+        if let Some((_, c)) = clients.get(&(peer.clone(), h2)).filter(|(g, _)| *g == generation) {
+            return Ok(c.clone());
+        }
+        let connector =
+            MeshConnector { tls: tokio_rustls::TlsConnector::from(self.client_config(peer, h2)?) };
+        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(connector);
+        clients.insert((peer.clone(), h2), (generation, client.clone()));
+        Ok(client)
+    }
+}
+
+fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let svid = identity.current();
+    let verifier = SvidClientVerifier::new(bundle.clone());
+    let mut c = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(svid.chain(), svid.key())?;
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// Why one try failed.
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout,
+    Local((StatusCode, String)),
+}
+
+impl Failure {
+    fn into_status(self) -> (StatusCode, String) {
+        match self {
+            Failure::Connect(why) => {
+                (StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error: {why}"))
+            }
+            Failure::Reset(why) => (StatusCode::BAD_GATEWAY, format!("upstream reset: {why}")),
+            Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout".into()),
+            Failure::Local(s) => s,
+        }
+    }
+}
+
+fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool {
+    r.on.iter().any(|on| match (on, result) {
+        (RetryOn::ConnectFailure, Err(Failure::Connect(_))) => true,
+        (
+            RetryOn::Reset | RetryOn::FiveXx | RetryOn::GatewayError,
+            Err(Failure::Reset(_) | Failure::Timeout),
+        ) => true,
+        (RetryOn::FiveXx, Err(Failure::Connect(_))) => true,
+        (RetryOn::FiveXx, Ok(resp)) => resp.status().is_server_error(),
+        (RetryOn::GatewayError, Ok(resp)) => matches!(resp.status().as_u16(), 502..=504),
+        (RetryOn::Retriable4xx, Ok(resp)) => resp.status() == StatusCode::CONFLICT,
+        (RetryOn::Grpc(code), Ok(resp)) => {
+            resp.headers().get("grpc-status").and_then(|v| v.to_str().ok()) == Some(code.to_string().as_str())
+        }
+        _ => false,
+    })
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+        headers.remove(h);
+    }
+    if headers.get("te").is_some_and(|v| v != "trailers") {
+        headers.remove("te");
+    }
+}
+
+/// A response made by the agent: plain text for HTTP, a trailers-only status for gRPC.
+fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
+    let body = |s: &str| Full::new(Bytes::from(s.to_owned())).map_err(|never| match never {}).boxed();
+    if grpc {
+        let mut r = Response::new(body(""));
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
+        if let Ok(v) = HeaderValue::try_from(message) {
+            h.insert("grpc-message", v);
+        }
+        return r;
+    }
+    let mut r = Response::new(body(&format!("{message}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+impl ConfigSink for Proxy {
+    fn held(&self, type_url: &str) -> HashMap<String, String> {
+        self.state
+            .config()
+            .versions
+            .get(type_url)
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    fn apply(&self, type_url: &str, updated: &[Resource], removed: &[String]) -> Result<(), String> {
+        let next = self.state.next(type_url, updated, removed)?;
+        if type_url == PbListener::type_url() {
+            self.bind(&next.listeners)?;
+        }
+        self.state.store(next);
+        if type_url == Secret::type_url() {
+            self.refresh_tls().map_err(|e| format!("{e:#}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens mTLS connections to mesh endpoints for the pooled HTTP client.
+#[derive(Clone)]
+struct MeshConnector {
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl tower::Service<Uri> for MeshConnector {
+    type Response = MeshConn;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = std::io::Result<MeshConn>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "endpoint is not ip:port");
+            let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
+            let ip: std::net::IpAddr = host.parse().map_err(|_| bad())?;
+            let addr = SocketAddr::new(ip, uri.port_u16().ok_or_else(bad)?);
+            let tcp =
+                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connecting to {addr} timed out"),
+                    )
+                })??;
+            tcp.set_nodelay(true)?;
+            let stream = tls.connect(ServerName::from(ip), tcp).await?;
+            Ok(MeshConn(TokioIo::new(stream)))
+        })
+    }
+}
+
+/// An mTLS connection to a mesh endpoint, as hyper's client wants it.
+struct MeshConn(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+
+impl Connection for MeshConn {
+    fn connected(&self) -> Connected {
+        let c = Connected::new();
+        if self.0.inner().get_ref().1.alpn_protocol() == Some(b"h2") { c.negotiated_h2() } else { c }
+    }
+}
+
+impl hyper::rt::Read for MeshConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for MeshConn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}

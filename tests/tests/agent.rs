@@ -1,0 +1,362 @@
+//! The Trellis agent as users run it: real `trellis`, real `trellis-agent` processes joined
+//! with join tokens, real HTTP applications behind them, all on loopback (each agent on its
+//! own 127.0.0.N). Issue #12.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::grpc::platform_root;
+use trellis_tests::{Api, Process, Trellis, agent_bin, document_path, example_documents, token, trellis};
+use trellis_xds_server::proto::identity_client::IdentityClient;
+use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
+use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
+
+/// An application that answers every request with `version` (and its caller's identity
+/// as the agent forwarded it), on 127.0.0.1 at a port the system picks.
+async fn app(version: &'static str) -> u16 {
+    let router = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+        let caller =
+            headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        format!("{version} {caller}")
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}
+
+/// A gRPC application (the identity service's shape, reused as a plain echo): answers with
+/// `version` and the caller's identity, and fails with NOT_FOUND when the CSR says `fail`, so
+/// that both a response and a trailers-only status cross the agents.
+struct GrpcApp(&'static str);
+
+#[tonic::async_trait]
+impl Identity for GrpcApp {
+    async fn issue_svid(
+        &self,
+        req: tonic::Request<IssueSvidRequest>,
+    ) -> Result<tonic::Response<IssueSvidResponse>, tonic::Status> {
+        let caller = req
+            .metadata()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if req.get_ref().csr == b"fail" {
+            return Err(tonic::Status::not_found("no such rating"));
+        }
+        Ok(tonic::Response::new(IssueSvidResponse {
+            spiffe_id: format!("{} {caller}", self.0),
+            ..Default::default()
+        }))
+    }
+}
+
+async fn grpc_app(version: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(GrpcApp(version)))
+            .serve_with_incoming(incoming),
+    );
+    port
+}
+
+/// One unary call to the gRPC app through the outbound listener at `addr`.
+async fn grpc_call(addr: &str, csr: &[u8]) -> Result<String, tonic::Status> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let req = IssueSvidRequest { csr: csr.to_vec(), join_token: String::new() };
+    IdentityClient::new(channel).issue_svid(req).await.map(|r| r.into_inner().spiffe_id)
+}
+
+async fn join_token(api: &Api, service: &str, tags: Value) -> String {
+    let (status, body) =
+        api.post("/meshes/shop/join-tokens", &json!({"service": service, "tags": tags})).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// Starts an agent for `service` on `address`; `extra` are further flags.
+fn agent(
+    t: &Trellis,
+    ca: &Path,
+    dir: &Path,
+    token: &str,
+    service: &str,
+    address: &str,
+    extra: &[&str],
+) -> Process {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .args(["--server", &t.xds, "--mesh", "shop", "--service", service, "--address", address])
+        .arg("--platform-ca")
+        .arg(ca)
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .args(extra)
+        .env("TRELLIS_LOG", "info,trellis_agent=debug")
+        .env_remove("TRELLIS_JOIN_TOKEN");
+    Process::start(cmd)
+}
+
+/// The address an agent's outbound listener for `listener` is bound to, from its log.
+async fn outbound_addr(p: &mut Process, listener: &str) -> String {
+    let line = p.wait_for_line(&format!("listening {listener} on "), Duration::from_secs(20)).await;
+    let rest = line.split(&format!("listening {listener} on ")).nth(1).unwrap();
+    rest.split_whitespace().next().unwrap().to_owned()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// Sends `n` requests (16 at a time) and counts the answers by body's first word, or status.
+async fn tally(client: &reqwest::Client, url: &str, beta: bool, n: usize) -> BTreeMap<String, usize> {
+    let results: Vec<String> = futures::stream::iter(0..n)
+        .map(|_| async {
+            let mut req = client.get(url);
+            if beta {
+                req = req.header("x-beta", "true");
+            }
+            match req.send().await {
+                Ok(r) if r.status() == 200 => {
+                    r.text().await.unwrap().split_whitespace().next().unwrap_or("").to_owned()
+                }
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => format!("error {e}"),
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    for r in results {
+        *out.entry(r).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test]
+async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cannot_do() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    // The seed without its resilience kinds (the agent refuses those, below).
+    let docs: Vec<Value> = example_documents()
+        .into_iter()
+        .filter(|d| ["Mesh", "Service", "HTTPRoute", "AccessPolicy"].contains(&d["kind"].as_str().unwrap()))
+        .collect();
+    for doc in &docs {
+        let (status, body) = api.put(&document_path(doc), doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let ratings = json!({"spec": {"ports": [{"port": 9090, "protocol": "grpc"}]}});
+    let (status, body) = api.put("/meshes/shop/services/ratings", &ratings).await;
+    assert_eq!(status, 201, "{body}");
+    let policy = json!({"spec": {"targetRef": {"service": "ratings"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/ratings-callers", &policy).await;
+    assert_eq!(status, 201, "{body}");
+    let stranger = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    let (status, body) = api.put("/meshes/shop/services/stranger", &stranger).await;
+    assert_eq!(status, 201, "{body}");
+
+    let store = db.store().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&store).await).unwrap();
+    let dir = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+
+    // Clear one-line errors: a refused join token, an unreachable server.
+    for (server, token, expected) in [
+        (t.xds.as_str(), "trls_join_notarealtoken", "refused the credential"),
+        ("127.0.0.1:1", "trls_join_notarealtoken", "cannot reach the control plane at 127.0.0.1:1"),
+    ] {
+        let d = dir("refused");
+        let out = Command::new(agent_bin())
+            .args(["run", "--server", server, "--mesh", "shop", "--service", "reviews", "--platform-ca"])
+            .arg(&ca)
+            .arg("--cert-dir")
+            .arg(d.join("certs"))
+            .env("TRELLIS_JOIN_TOKEN", token)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(
+            !stderr.contains(token) && !String::from_utf8_lossy(&out.stdout).contains(token),
+            "the token is never printed"
+        );
+    }
+
+    let (v1_port, v2_port) = (app("v1").await, app("v2").await);
+    let mut agents = Vec::new();
+    for (version, address, port) in [("v1", "127.0.0.2", v1_port), ("v2", "127.0.0.3", v2_port)] {
+        let tok = join_token(&api, "reviews", json!({"version": version})).await;
+        let app_port = format!("9080={port}");
+        let mut p = agent(
+            &t,
+            &ca,
+            &dir(version),
+            &tok,
+            "reviews",
+            address,
+            &["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
+        );
+        p.wait_for_line(&format!("listening inbound:9080 on {address}:9080"), Duration::from_secs(20)).await;
+        agents.push(p);
+    }
+    let tok = join_token(&api, "ratings", json!({})).await;
+    let app_port = format!("9090={}", grpc_app("ratings-v1").await);
+    let mut p = agent(
+        &t,
+        &ca,
+        &dir("ratings"),
+        &tok,
+        "ratings",
+        "127.0.0.6",
+        &["--port", "9090", "--app-port", &app_port, "--outbound", "none"],
+    );
+    p.wait_for_line("listening inbound:9090 on 127.0.0.6:9090", Duration::from_secs(20)).await;
+    agents.push(p);
+    let tok = join_token(&api, "productpage", json!({})).await;
+    let caller_dir = dir("productpage");
+    let mut caller =
+        agent(&t, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
+    let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
+    let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
+
+    // The identity files, written for co-located clients; the key private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["cert.pem", "key.pem", "bundle.pem", "ca.pem"] {
+        assert!(caller_dir.join("certs").join(f).is_file(), "{f} written");
+    }
+    let mode = std::fs::metadata(caller_dir.join("certs/key.pem")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!caller.output().contains(&tok), "the join token is never logged");
+
+    // Wait until both versions are endpoints the caller's agent knows.
+    let client = http();
+    let url = format!("http://{reviews}/reviews/1");
+    let mut seen = BTreeMap::new();
+    for _ in 0..100 {
+        seen = tally(&client, &url, false, 40).await;
+        if seen.contains_key("v1") && seen.contains_key("v2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.contains_key("v1") && seen.contains_key("v2"), "{seen:?}\n{}", caller.output());
+
+    // 75/25 within ±3 points, every request answered.
+    let split = tally(&client, &url, false, 2000).await;
+    let v2 = split.get("v2").copied().unwrap_or(0) as f64 / 2000.0 * 100.0;
+    assert_eq!(
+        split.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "every request answered: {split:?}"
+    );
+    assert!((22.0..=28.0).contains(&v2), "v2 got {v2:.1}% of 2000: {split:?}");
+    // Beta testers always reach v2.
+    let beta = tally(&client, &url, true, 200).await;
+    assert_eq!(beta, BTreeMap::from([("v2".to_owned(), 200)]), "x-beta: true");
+    // The application learns its caller from the agent, over mTLS.
+    let body = client.get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains("URI=spiffe://") && body.ends_with("/ns/shop/sa/productpage"), "{body}");
+
+    // gRPC (h2) through two agents: the answer, and a status carried in trailers.
+    let mut answer = Err(tonic::Status::unknown("not called"));
+    for _ in 0..100 {
+        answer = grpc_call(&ratings, b"ok").await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.unwrap_or_else(|s| panic!("{s:?}\n{}", caller.output()));
+    assert!(
+        answer.starts_with("ratings-v1 URI=spiffe://") && answer.ends_with("/sa/productpage"),
+        "{answer}"
+    );
+    let err = grpc_call(&ratings, b"fail").await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
+
+    // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
+    plain.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "plaintext was served: {}", String::from_utf8_lossy(&answer));
+
+    // A caller no access policy allows gets 403 (its agent takes over the outbound address).
+    caller.kill().await;
+    let tok = join_token(&api, "stranger", json!({})).await;
+    let mut stranger =
+        agent(&t, &ca, &dir("stranger"), &tok, "stranger", "127.0.0.5", &["--outbound", "reviews,ratings"]);
+    let addr = outbound_addr(&mut stranger, "outbound:reviews.shop:9080").await;
+    assert_eq!(addr, reviews, "a service keeps its outbound address");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = client
+            .get(format!("http://{addr}/reviews/1"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 403, "{}", stranger.output());
+    let ratings_again = outbound_addr(&mut stranger, "outbound:ratings.shop:9090").await;
+    let err = grpc_call(&ratings_again, b"ok").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // What the agent cannot honour is NACKed, and the resource's status says why.
+    let cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
+    let (status, body) = api.put(&document_path(&cb), &cb).await;
+    assert_eq!(status, 201, "{body}");
+    let mut propagation = Value::Null;
+    for _ in 0..100 {
+        let (_, doc) = api.get(&document_path(&cb)).await;
+        propagation = doc["status"]["propagation"].clone();
+        if propagation["rejected"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reason = propagation["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("reviews.shop:9080")
+            && reason.contains("circuit_breakers is not supported by trellis-agent"),
+        "{propagation}"
+    );
+    // Traffic keeps flowing on the last configuration it accepted.
+    let after = client.get(format!("http://{addr}/reviews/1")).send().await.unwrap();
+    assert_eq!(after.status(), 403);
+    drop(agents);
+    store.close().await;
+}
