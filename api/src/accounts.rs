@@ -19,7 +19,7 @@ use crate::oidc::{Identity, LoginError, OidcProvider};
 use crate::session::{
     LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie, random_secret, session_secret, set_cookie,
 };
-use crate::{ApiError, AppState, request_id};
+use crate::{ApiError, AppState};
 
 /// The issuer recorded for the no-IdP mode's local admin.
 pub const LOCAL_ISSUER: &str = "trellis:local";
@@ -180,7 +180,7 @@ async fn finish_login(s: &AppState, q: CallbackQuery, headers: &HeaderMap) -> Re
         }
         other => idp_unreachable(other),
     })?;
-    let (user, _) = find_or_sign_up(&s.store, &identity, request_id(headers)).await?;
+    let (user, _) = find_or_sign_up(&s.store, &identity, crate::auth::request(headers).request_id).await?;
     start_session(s, &user, headers, &pending.return_to).await
 }
 
@@ -282,8 +282,14 @@ async fn start_session(
         .store
         .create_session(&token_hash(&secret), user.id, Utc::now() + s.accounts.session_lifetime)
         .await?;
-    audit_in_every_org(s, user, "session.login", request_id(headers), json!({ "session": session.id }))
-        .await?;
+    audit_in_every_org(
+        s,
+        user,
+        "session.login",
+        crate::auth::request(headers).request_id,
+        json!({ "session": session.id }),
+    )
+    .await?;
     let mut res = redirect(return_to);
     res.headers_mut().append(
         header::SET_COOKIE,
@@ -330,7 +336,7 @@ pub(crate) async fn logout(State(s): State<AppState>, headers: HeaderMap) -> Res
                 &s,
                 &user,
                 "session.logout",
-                request_id(&headers),
+                crate::auth::request(&headers).request_id,
                 json!({ "session": session.id }),
             )
             .await?;
@@ -365,7 +371,7 @@ pub(crate) async fn local_login(
             "this login link was already used or has expired; restart `trellis serve` for a new one",
         ));
     }
-    let user = ensure_local_admin(&s, request_id(&headers)).await?;
+    let user = ensure_local_admin(&s, crate::auth::request(&headers).request_id).await?;
     start_session(&s, &user, &headers, "/").await
 }
 

@@ -4,26 +4,20 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use trellis_model::{Action, MeshName};
+use trellis_control::{Control, DataplaneConfig, Dataplanes};
 
-use crate::auth::authorize;
-use crate::{ApiError, AppState};
+use crate::ApiError;
+use crate::auth::OrgScope;
 
 pub(crate) async fn list(
-    State(s): State<AppState>,
-    Path((org, mesh)): Path<(String, String)>,
-    headers: HeaderMap,
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s, &headers, &org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    let not_found = || ApiError::not_found(format!("mesh {mesh:?} not found"));
-    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
-    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
-    let dataplanes = tx.list_dataplanes(m.id).await?;
+    let Dataplanes { mesh: m, dataplanes, ledger: lines } = ctl.list_dataplanes(scope, &mesh).await?;
     let mut ledger: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
-    for l in tx.ledger(m.id).await? {
+    for l in lines {
         let in_sync = l.sent_version.is_some() && l.sent_version == l.acked_version;
         ledger.entry(l.dataplane_id).or_default().push(json!({
             "typeUrl": l.type_url,
@@ -77,20 +71,12 @@ pub(crate) async fn list(
 /// `GET …/dataplanes/{id}/config`: per type URL, what the proxy was last sent (the readable
 /// form of each resource), which version it accepted, and any rejection.
 pub(crate) async fn config(
-    State(s): State<AppState>,
-    Path((org, mesh, dataplane)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    State(ctl): State<Control>,
+    Path((_, mesh, dataplane)): Path<(String, String, String)>,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s, &headers, &org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    let not_found = || ApiError::not_found(format!("dataplane {dataplane:?} not found in mesh {mesh:?}"));
-    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
-    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
-    let id: uuid::Uuid = dataplane.parse().map_err(|_| not_found())?;
-    let d = tx.list_dataplanes(m.id).await?.into_iter().find(|d| d.id == id).ok_or_else(not_found)?;
-    let types: Vec<Value> = tx
-        .dataplane_config(id)
-        .await?
+    let DataplaneConfig { dataplane: d, types } = ctl.dataplane_config(scope, &mesh, &dataplane).await?;
+    let types: Vec<Value> = types
         .into_iter()
         .map(|(l, resources)| {
             json!({
