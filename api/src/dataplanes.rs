@@ -1,11 +1,9 @@
 //! Registered dataplanes of a mesh and their sync state (the propagation ledger).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::{Value, json};
-use trellis_control::{Control, DataplaneConfig, Dataplanes};
+use trellis_control::{Control, DataplaneConfig, in_sync};
 
 use crate::ApiError;
 use crate::auth::OrgScope;
@@ -15,35 +13,28 @@ pub(crate) async fn list(
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let Dataplanes { mesh: m, dataplanes, ledger: lines } = ctl.list_dataplanes(scope, &mesh).await?;
-    let mut ledger: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
-    for l in lines {
-        let in_sync = l.sent_version.is_some() && l.sent_version == l.acked_version;
-        ledger.entry(l.dataplane_id).or_default().push(json!({
-            "typeUrl": l.type_url,
-            "sentVersion": l.sent_version,
-            "sentAt": l.sent_at,
-            "ackedVersion": l.acked_version,
-            "ackedAt": l.acked_at,
-            "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
-            "meshRevision": l.mesh_revision,
-            "convergenceMs": l.convergence_ms,
-            "inSync": in_sync,
-        }));
-    }
-    let items: Vec<Value> = dataplanes
+    let fleet = ctl.list_dataplanes(scope, &mesh).await?;
+    let items: Vec<Value> = fleet
+        .dataplanes
         .iter()
         .map(|d| {
-            let sync = ledger.remove(&d.id).unwrap_or_default();
-            let state = if !d.online {
-                "offline"
-            } else if sync.iter().any(|e| !e["nack"].is_null()) {
-                "rejected"
-            } else if !sync.is_empty() && sync.iter().all(|e| e["inSync"] == true) {
-                "in-sync"
-            } else {
-                "syncing"
-            };
+            let sync: Vec<Value> = fleet
+                .lines_of(d)
+                .map(|l| {
+                    json!({
+                        "typeUrl": l.type_url,
+                        "sentVersion": l.sent_version,
+                        "sentAt": l.sent_at,
+                        "ackedVersion": l.acked_version,
+                        "ackedAt": l.acked_at,
+                        "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
+                        "meshRevision": l.mesh_revision,
+                        "convergenceMs": l.convergence_ms,
+                        "inSync": in_sync(l),
+                    })
+                })
+                .collect();
+            let state = fleet.state(d).as_str();
             json!({
                 "id": d.id,
                 "service": d.service,
@@ -65,7 +56,7 @@ pub(crate) async fn list(
             })
         })
         .collect();
-    Ok(Json(json!({ "mesh": m.name.as_str(), "revision": m.revision, "items": items })))
+    Ok(Json(json!({ "mesh": fleet.mesh.name.as_str(), "revision": fleet.mesh.revision, "items": items })))
 }
 
 /// `GET …/dataplanes/{id}/config`: per type URL, what the proxy was last sent (the readable

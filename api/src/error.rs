@@ -165,8 +165,10 @@ const MAX_FOREIGN_DETAIL: usize = 4096;
 pub(crate) async fn problem_json(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    let content_type = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The console's error pages are HTML made for a person; everything else becomes a problem.
+    let answered = content_type == "application/problem+json" || content_type.starts_with("text/html");
+    if !(status.is_client_error() || status.is_server_error()) || answered {
         return res;
     }
     let (parts, body) = res.into_parts();

@@ -56,9 +56,10 @@ impl Default for RequestLimits {
     }
 }
 
-/// The whole HTTP surface: operational endpoints, with request ids, metrics, request limits
-/// and problem+json for every error.
-pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits) -> Router {
+/// The whole HTTP surface: operational endpoints and the API, with the console's `pages`
+/// beside them, all with request ids, metrics and request limits, and problem+json for every
+/// error that is not a page.
+pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits, pages: Router) -> Router {
     use axum::routing::{delete, get, post, put};
     const ORG: &str = "/api/v1/orgs/{org}";
     const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
@@ -122,6 +123,8 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits)
         .with_state(state::Shared::new(state))
         // Before any handler: a cookie-authenticated write without its CSRF token is refused.
         .layer(axum::middleware::from_fn(session::csrf_guard))
+        // The console's pages check the CSRF token their forms carry themselves.
+        .merge(pages)
         .layer(DefaultBodyLimit::max(limits.body))
         .layer(RequestBodyTimeoutLayer::new(limits.time / 2))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.time))

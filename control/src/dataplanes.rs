@@ -22,6 +22,57 @@ pub struct DataplaneConfig {
     pub types: Vec<(LedgerEntry, Option<Value>)>,
 }
 
+/// Where a dataplane stands with its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Not connected.
+    Offline,
+    /// It rejected (NACKed) the last version of some type.
+    Rejected,
+    /// It acknowledged every version it was sent.
+    InSync,
+    /// A version is on its way or unanswered.
+    Syncing,
+}
+
+impl SyncState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Offline => "offline",
+            SyncState::Rejected => "rejected",
+            SyncState::InSync => "in-sync",
+            SyncState::Syncing => "syncing",
+        }
+    }
+}
+
+impl Dataplanes {
+    /// The ledger lines of one dataplane.
+    pub fn lines_of(&self, dataplane: &Dataplane) -> impl Iterator<Item = &LedgerEntry> {
+        let id = dataplane.id;
+        self.ledger.iter().filter(move |l| l.dataplane_id == id)
+    }
+
+    /// Where `dataplane` stands, from its connection and its ledger lines.
+    pub fn state(&self, dataplane: &Dataplane) -> SyncState {
+        let lines: Vec<&LedgerEntry> = self.lines_of(dataplane).collect();
+        if !dataplane.online {
+            SyncState::Offline
+        } else if lines.iter().any(|l| l.nacked_version.is_some()) {
+            SyncState::Rejected
+        } else if !lines.is_empty() && lines.iter().all(|l| in_sync(l)) {
+            SyncState::InSync
+        } else {
+            SyncState::Syncing
+        }
+    }
+}
+
+/// Whether the proxy acknowledged the last version it was sent of this type.
+pub fn in_sync(line: &LedgerEntry) -> bool {
+    line.sent_version.is_some() && line.sent_version == line.acked_version
+}
+
 impl Control {
     /// The mesh's dataplanes and their ledger.
     pub async fn list_dataplanes(&self, scope: Scope, mesh: &str) -> Result<Dataplanes, AppError> {

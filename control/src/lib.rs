@@ -14,6 +14,7 @@ mod error;
 mod members;
 mod meshes;
 mod orgs;
+mod overview;
 mod precondition;
 mod resources;
 
@@ -21,11 +22,12 @@ pub use ca::{
     JOIN_TTL_DEFAULT, JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM, MintedJoinToken, NewJoinToken,
 };
 pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash};
-pub use dataplanes::{DataplaneConfig, Dataplanes};
+pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
 pub use error::{AppError, Problem};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
 pub use orgs::{AuditQuery, Me, NewToken};
+pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, Propagation,

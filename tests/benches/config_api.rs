@@ -118,6 +118,7 @@ async fn main() {
         },
         http_metrics,
         trellis_api::RequestLimits::default(),
+        axum::Router::new(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api/v1/orgs/bench", listener.local_addr().unwrap());

@@ -7,7 +7,7 @@ use fantoccini::{Client, ClientBuilder};
 use tokio::process::{Child, Command};
 
 /// A chromedriver process and one browser session of it, with a fresh profile.
-pub struct Browser {
+pub struct Chromium {
     pub client: Client,
     _driver: Child,
     _profile: tempfile::TempDir,
@@ -20,8 +20,8 @@ fn find(candidates: &[&str], what: &str) -> String {
     )
 }
 
-impl Browser {
-    pub async fn start() -> Browser {
+impl Chromium {
+    pub async fn start() -> Chromium {
         let driver_bin = find(&["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"], "chromedriver");
         let chromium = find(&["/usr/bin/chromium", "/usr/lib/chromium/chromium"], "chromium");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -55,7 +55,7 @@ impl Browser {
         for _ in 0..100 {
             let connector = hyper_util::client::legacy::connect::HttpConnector::new();
             match ClientBuilder::new(connector).capabilities(capabilities.clone()).connect(&url).await {
-                Ok(client) => return Browser { client, _driver: driver, _profile: profile },
+                Ok(client) => return Chromium { client, _driver: driver, _profile: profile },
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
