@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, header};
 use std::collections::HashMap;
 use trellis_control::{Control, Credential, Request, Scope};
 
-use crate::ApiError;
+use crate::error::ApiError;
 use crate::session::session_secret;
 use crate::state::REQUEST_ID;
 

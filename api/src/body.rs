@@ -9,7 +9,7 @@ use trellis_control::{Condition, IfMatch};
 use trellis_model::config::FieldError;
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// A JSON request body, bounded by the router's body limit.
 pub struct JsonBody {

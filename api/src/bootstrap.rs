@@ -19,7 +19,8 @@ use trellis_model::{TagKey, TagValue, Tags};
 
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 pub use trellis_model::contract::DEFAULT_CERT_DIR;
 use trellis_model::contract::{

@@ -15,9 +15,9 @@ use trellis_model::SpiffeId;
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{JoinToken, Mesh};
 
-use crate::ApiError;
 use crate::auth::{OrgScope, Scoped, bearer};
 use crate::body::{ApiQuery, JsonBody, OptionalJsonBody, from_value};
+use crate::error::ApiError;
 
 const PEM_TYPE: &str = "application/x-pem-file";
 

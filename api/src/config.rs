@@ -13,9 +13,9 @@ use trellis_control::{API_VERSION, Control, Created, Document, Idempotency, Mesh
 use trellis_model::config::{self, FieldError, Kind, Labels};
 use trellis_store::Mesh;
 
-use crate::ApiError;
 use crate::auth::{OrgScope, Scoped};
 use crate::body::{ApiQuery, JsonBody, condition, etag, from_value, if_match};
+use crate::error::ApiError;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;

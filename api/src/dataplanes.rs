@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use serde_json::{Value, json};
 use trellis_control::{Control, DataplaneConfig, in_sync};
 
-use crate::ApiError;
 use crate::auth::OrgScope;
+use crate::error::ApiError;
 
 pub(crate) async fn list(
     State(ctl): State<Control>,

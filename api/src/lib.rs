@@ -22,11 +22,10 @@ mod schema_check;
 pub mod session;
 mod state;
 
-pub use accounts::Accounts;
 pub use error::ApiError;
 pub use metrics::{CaExpiryMetrics, HttpMetrics, metrics_handler};
 pub use process::ProcessCollector;
-pub use state::{AppState, REQUEST_ID, XdsEndpoint};
+pub use state::{Accounts, AppState, REQUEST_ID, XdsEndpoint};
 pub use trellis_control::API_VERSION;
 
 use axum::Router;

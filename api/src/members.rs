@@ -13,7 +13,8 @@ use trellis_store::{Invite, Member};
 
 use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{JsonBody, from_value};
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 fn render_member(m: &Member) -> Value {
     json!({

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 use trellis_control::{AuditQuery, Caller, Control, Me, NewToken, Via};
 use trellis_store::{ApiToken, Org};
 
-use crate::ApiError;
 use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{ApiQuery, JsonBody, from_value};
+use crate::error::ApiError;
 use crate::session::{csrf_token, session_secret};
 
 pub(crate) async fn get_org(

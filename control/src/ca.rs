@@ -9,10 +9,11 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 use trellis_ca::TrustBundle;
+use trellis_model::OrgSlug;
 use trellis_model::config::{Kind, Labels};
 use trellis_model::{Action, ResourceName, SECRET_LEN, SvidTtl, Tags, Token, TokenKind};
 use trellis_pki::{CaStatus, Issued};
-use trellis_store::{CaRecord, JoinToken, Mesh};
+use trellis_store::{CaExpiry, CaRecord, JoinToken, Mesh, Store, StoreError};
 use uuid::Uuid;
 
 use crate::caller::token_hash;
@@ -285,4 +286,17 @@ impl Control {
             "issued an SVID for a join token");
         Ok(issued)
     }
+}
+
+/// Every tenant's CA expiries (not retired CAs), one tenant transaction each: for the
+/// expiry gauges, which a scrape never reads from the database.
+pub async fn ca_expiries(store: &Store) -> Result<Vec<(OrgSlug, CaExpiry)>, StoreError> {
+    let mut out = Vec::new();
+    for org in store.org_ids().await? {
+        let mut tx = store.tenant(org).await?;
+        let slug = tx.own_org().await?.slug;
+        out.extend(tx.ca_expiries().await?.into_iter().map(|e| (slug.clone(), e)));
+        tx.commit().await?;
+    }
+    Ok(out)
 }

@@ -2,8 +2,6 @@
 //! session) authenticated, the organization resolved, and the role checked against the
 //! permission matrix in `model` — in this one place, for every front end.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use trellis_model::MeshName;
 use trellis_model::{Action, OrgId, OrgSlug, Role, Token, TokenKind};
@@ -208,7 +206,8 @@ impl Control {
     /// The live session with this secret and its user, or 401.
     async fn session(&self, secret: &str) -> Result<(User, Session), AppError> {
         let ended = || AppError::unauthorized("the session has ended; log in again");
-        let session = self.store.session(&token_hash(secret), self.session_idle).await?.ok_or_else(ended)?;
+        let session =
+            self.store.session(&token_hash(secret), self.accounts.session_idle).await?.ok_or_else(ended)?;
         let user = self.store.user(session.user_id).await?.ok_or_else(ended)?;
         Ok((user, session))
     }
@@ -216,11 +215,6 @@ impl Control {
     /// A tenant transaction of `org` outside any caller: for sign-up and invitations.
     pub(crate) async fn tenant(&self, org: OrgId) -> Result<TenantTx, AppError> {
         Ok(self.store.tenant(org).await?)
-    }
-
-    /// How long a session may idle.
-    pub fn session_idle(&self) -> Duration {
-        self.session_idle
     }
 }
 

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accounts;
 mod ca;
 mod caller;
 mod dataplanes;
@@ -18,8 +19,10 @@ mod overview;
 mod precondition;
 mod resources;
 
+pub use accounts::{AccountSettings, Identity, LOCAL_ISSUER, NewSession, mint_local_login, random_secret};
 pub use ca::{
     JOIN_TTL_DEFAULT, JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM, MintedJoinToken, NewJoinToken,
+    ca_expiries,
 };
 pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash};
 pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
@@ -34,8 +37,6 @@ pub use resources::{
     ResourceView, Written, parse_selector,
 };
 
-use std::time::Duration;
-
 use trellis_pki::Authority;
 use trellis_store::Store;
 
@@ -44,12 +45,12 @@ use trellis_store::Store;
 pub struct Control {
     pub(crate) store: Store,
     pub(crate) authority: Authority,
-    session_idle: Duration,
+    pub(crate) accounts: AccountSettings,
 }
 
 impl Control {
-    /// The core over `store` and `authority`; sessions idle out after `session_idle`.
-    pub fn new(store: Store, authority: Authority, session_idle: Duration) -> Self {
-        Control { store, authority, session_idle }
+    /// The core over `store` and `authority`, with this installation's account settings.
+    pub fn new(store: Store, authority: Authority, accounts: AccountSettings) -> Self {
+        Control { store, authority, accounts }
     }
 }

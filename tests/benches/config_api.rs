@@ -102,7 +102,7 @@ async fn main() {
         AppState {
             store: store.clone(),
             registry: Arc::new(registry),
-            accounts: Arc::new(trellis_api::accounts::Accounts {
+            accounts: Arc::new(trellis_api::Accounts {
                 public_url: "http://127.0.0.1/".parse().unwrap(),
                 oidc: None,
                 session_idle: Duration::from_secs(3600),
