@@ -110,10 +110,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         authority: authority.clone(),
         xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
     };
-    let console = trellis_web::Console {
-        control: trellis_control::Control::new(store.clone(), authority.clone(), accounts.session_idle),
-        oidc: accounts.oidc.is_some(),
-    };
+    let console = trellis_web::Console { control: state.control(), oidc: accounts.oidc.is_some() };
     let app = trellis_api::router(
         state,
         http_metrics,

@@ -65,14 +65,21 @@ pub(crate) struct Shared {
     pub control: Control,
 }
 
+impl AppState {
+    /// The application core over this state's store, authority and account settings.
+    pub fn control(&self) -> Control {
+        let settings = AccountSettings {
+            session_idle: self.accounts.session_idle,
+            session_lifetime: self.accounts.session_lifetime,
+            local_org: self.accounts.local_org.clone(),
+        };
+        Control::new(self.store.clone(), self.authority.clone(), settings)
+    }
+}
+
 impl Shared {
     pub fn new(app: AppState) -> Self {
-        let settings = AccountSettings {
-            session_idle: app.accounts.session_idle,
-            session_lifetime: app.accounts.session_lifetime,
-            local_org: app.accounts.local_org.clone(),
-        };
-        let control = Control::new(app.store.clone(), app.authority.clone(), settings);
+        let control = app.control();
         Shared { app, control }
     }
 }

@@ -145,6 +145,17 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     for url in loaded.as_array().unwrap() {
         assert!(url.as_str().unwrap().starts_with(&t.base), "a page loaded {url} from another host");
     }
+
+    // Signing out ends the session: the console asks to sign in again.
+    b.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::XPath("//h1[text()='Sign in to Trellis']"))
+        .await
+        .unwrap();
+    b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
+    let h1 = b.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+    assert_eq!(h1, "Sign in to Trellis");
     chromium.close().await;
 }
 

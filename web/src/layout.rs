@@ -1,5 +1,5 @@
-//! The page shell every console page shares: the top bar with the organization switcher
-//! and who is signed in, and the main column.
+//! The page shell every console page shares: the top bar with the organization switcher,
+//! who is signed in and sign-out, and the main column.
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -41,6 +41,10 @@ pub fn page(title: &str, chrome: Option<&Chrome<'_>>, body: Markup) -> Markup {
                             }
                         }
                         span.muted { (c.user) }
+                        form method="post" action="/sign-out" {
+                            (csrf_field(c.csrf))
+                            button.secondary type="submit" { "Sign out" }
+                        }
                     }
                 }
                 main { (body) }

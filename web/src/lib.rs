@@ -44,6 +44,7 @@ pub fn router(console: Console) -> Router {
         .route("/static/console.css", get(stylesheet))
         .route("/orgs/{org}", get(org_page).post(create_mesh))
         .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
+        .route("/sign-out", axum::routing::post(sign_out))
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
 }
@@ -160,6 +161,29 @@ async fn home(State(c): State<Console>, headers: HeaderMap) -> Response {
     }
 }
 
+#[derive(Deserialize)]
+struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// Ends the session and goes back to the sign-in page.
+async fn sign_out(
+    State(c): State<Console>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Response, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    if let trellis_control::Credential::Session(secret) = &v.request.credential {
+        c.control.log_out(secret, v.request.request_id.clone()).await?;
+    }
+    let mut res = Redirect::to("/").into_response();
+    res.headers_mut()
+        .append(header::SET_COOKIE, trellis_api::session::clear_cookie(trellis_api::session::SESSION_COOKIE));
+    Ok(res)
+}
+
 /// An organization's page: its meshes, and the form that creates one.
 async fn org_page(
     State(c): State<Console>,
@@ -182,6 +206,7 @@ async fn render_org(c: &Console, v: &Viewer, org: &str, form: &pages::MeshForm) 
 
 #[derive(Deserialize)]
 struct NewMesh {
+    #[serde(default)]
     csrf: String,
     name: String,
     mtls: String,
