@@ -2,7 +2,7 @@
 //! function of its inputs; nothing here reads files or the network.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -67,6 +67,9 @@ pub struct RunArgs {
     /// of the services the workload calls. Agents that share a host must not bind the same ones.
     #[arg(long, env = "TRELLIS_OUTBOUND", default_value = "all", value_parser = parse_outbound)]
     pub outbound: Outbound,
+    /// The admin port (`/metrics`, `/ready`, `/config`); loopback only.
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = parse_admin)]
+    pub admin_addr: SocketAddr,
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
@@ -114,6 +117,11 @@ fn parse_token(s: &str) -> Result<JoinToken, String> {
 /// A join token read from a file's contents.
 pub fn token_from_file(contents: &str) -> Result<JoinToken, String> {
     parse_token(contents)
+}
+
+fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))?;
+    crate::admin::check_addr(addr)
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {
@@ -209,6 +217,7 @@ mod tests {
             (&["--cert-dir", "relative"][..], "--cert-dir"),
             (&["--join-token", "hello"][..], "join token"),
             (&["--tags", "novalue"][..], "key=value"),
+            (&["--admin-addr", "0.0.0.0:15000"][..], "loopback"),
         ] {
             let e = parse(args).err().expect("refused").to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

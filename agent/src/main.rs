@@ -7,9 +7,11 @@
 //! - [`xds_client`]: the Delta ADS stream, behind [`state::ConfigSink`].
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
+//! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod config;
 mod control;
@@ -80,7 +82,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         id: identity.current().id.clone(),
     };
     let state = Arc::new(state::State::new(local));
-    let proxy = proxy::Proxy::new(state, identity.clone(), args.outbound.clone())?;
+    let proxy = proxy::Proxy::new(state, identity.clone(), args.outbound.clone(), admin::Metrics::default())?;
+    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("--admin-addr {}: cannot listen", args.admin_addr))?;
+    tracing::info!("admin (/metrics, /ready, /config) on {}", args.admin_addr);
+    tokio::spawn(admin::serve(admin, proxy.clone()));
     let mut renewed = identity.changed.subscribe();
     let for_renewal = proxy.clone();
     tokio::spawn(async move {

@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
 
+use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
 use crate::identity::Identity;
@@ -52,6 +53,7 @@ pub struct Proxy {
     state: Arc<State>,
     identity: Arc<Identity>,
     outbound: Outbound,
+    metrics: Metrics,
     server_tls: ArcSwap<rustls::ServerConfig>,
     bundle: ArcSwap<TrustBundle>,
     /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
@@ -63,7 +65,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(state: Arc<State>, identity: Arc<Identity>, outbound: Outbound) -> anyhow::Result<Arc<Proxy>> {
+    pub fn new(
+        state: Arc<State>,
+        identity: Arc<Identity>,
+        outbound: Outbound,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Proxy>> {
         let svid = identity.current();
         let bundle = Arc::new(svid.bundle()?);
         let server = server_config(&identity, &bundle)?;
@@ -72,6 +79,7 @@ impl Proxy {
             state,
             identity,
             outbound,
+            metrics,
             server_tls: ArcSwap::from(server),
             bundle: ArcSwap::from(bundle),
             generation: AtomicU64::new(0),
@@ -79,6 +87,66 @@ impl Proxy {
             local_clients: Mutex::default(),
             mesh_clients: Mutex::default(),
         }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Why the agent is not ready to carry traffic yet, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        let cfg = self.state.config();
+        for t in [PbListener::type_url(), envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url()] {
+            if !cfg.applied.contains(&t) {
+                return Some(format!("waiting for {t} from the control plane"));
+            }
+        }
+        let bound = self.bound.lock().expect("not poisoned");
+        let missing: Vec<&str> = cfg
+            .listeners
+            .values()
+            .filter(|l| self.should_bind(l) && !bound.contains_key(&l.name))
+            .map(|l| l.name.as_str())
+            .collect();
+        (!missing.is_empty()).then(|| format!("listeners not bound: {}", missing.join(", ")))
+    }
+
+    /// What the agent applies, for `/config`.
+    pub fn dump(&self) -> serde_json::Value {
+        let cfg = self.state.config();
+        let svid = self.identity.current();
+        let bound = self.bound.lock().expect("not poisoned");
+        let listeners: Vec<_> = cfg
+            .listeners
+            .values()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.name, "address": l.addr.to_string(), "side": format!("{:?}", l.side),
+                    "bound": bound.contains_key(&l.name),
+                })
+            })
+            .collect();
+        let clusters: Vec<_> = cfg
+            .clusters
+            .values()
+            .map(|c| serde_json::json!({"name": c.name, "target": format!("{:?}", c.target), "http2": c.h2}))
+            .collect();
+        let endpoints: serde_json::Map<String, serde_json::Value> = cfg
+            .endpoints
+            .iter()
+            .map(|(n, e)| (n.clone(), e.iter().map(ToString::to_string).collect::<Vec<_>>().into()))
+            .collect();
+        serde_json::json!({
+            "identity": {
+                "spiffeId": svid.id.as_str(),
+                "notAfter": svid.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            },
+            "listeners": listeners,
+            "clusters": clusters,
+            "endpoints": endpoints,
+            "routes": cfg.routes.keys().collect::<Vec<_>>(),
+            "versions": cfg.versions,
+        })
     }
 
     /// Rebuilds the TLS material from the current SVID and bundle. Open connections keep
@@ -196,6 +264,8 @@ impl Proxy {
                     .map_err(|e| anyhow!("{e}"))
             }
             Handler::Tcp { access, backends } => {
+                let (inbound, service) = peer_service(&l, peer.as_ref());
+                self.metrics.connection(inbound, service);
                 if matches!(l.side, Side::Inbound { .. }) {
                     let v = evaluate(access, peer.as_ref(), None);
                     if let Some(why) = v.denied {
@@ -274,7 +344,16 @@ impl Proxy {
         Ok(Arc::new(c))
     }
 
+    /// Handles one request and counts it.
     async fn request(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let resp = self.handle(l, peer, req).await;
+        let (inbound, peer_service) = peer_service(l, peer);
+        self.metrics.request(inbound, peer_service, resp.status(), started.elapsed());
+        resp
+    }
+
+    async fn handle(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
         let grpc = req
             .headers()
             .get(CONTENT_TYPE)
@@ -452,6 +531,15 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(connector);
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
+    }
+}
+
+/// Whether `l` is inbound, and the service on the other side: the caller's (from its
+/// SPIFFE ID, `…/sa/<service>`) or the destination's.
+fn peer_service<'a>(l: &'a Listener, peer: Option<&'a SpiffeId>) -> (bool, &'a str) {
+    match &l.side {
+        Side::Inbound { .. } => (true, peer.and_then(|p| p.path().rsplit('/').next()).unwrap_or("unknown")),
+        Side::Outbound { service } => (false, service.as_deref().unwrap_or("unknown")),
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub endpoints: BTreeMap<String, Arc<Vec<SocketAddr>>>,
     /// The mesh's roots from SDS, once received.
     pub bundle: Option<Arc<TrustBundle>>,
+    /// Types of which a response was applied.
+    pub applied: std::collections::BTreeSet<String>,
     /// type URL → name → version.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -117,6 +119,7 @@ impl State {
         if versions.len() > MAX_RESOURCES {
             return Err(format!("more than {MAX_RESOURCES} resources of {type_url}"));
         }
+        next.applied.insert(type_url.to_owned());
         Ok(next)
     }
 

@@ -101,6 +101,7 @@ fn agent(
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .args(["--server", &t.xds, "--mesh", "shop", "--service", service, "--address", address])
+        .args(["--admin-addr", &format!("{address}:15000")])
         .arg("--platform-ca")
         .arg(ca)
         .arg("--join-token-file")
@@ -279,6 +280,33 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         "every request answered: {split:?}"
     );
     assert!((22.0..=28.0).contains(&v2), "v2 got {v2:.1}% of 2000: {split:?}");
+    // The agents count what they carried, by direction and peer service, on their admin port.
+    let metric = |text: &str, name_and_labels: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let caller_metrics =
+        client.get("http://127.0.0.4:15000/metrics").send().await.unwrap().text().await.unwrap();
+    let sent = metric(
+        &caller_metrics,
+        r#"trellis_agent_requests_total{direction="outbound",peer_service="reviews",status_class="2xx"}"#,
+    );
+    assert!(sent >= 2000.0, "{caller_metrics}");
+    let v1_metrics = client.get("http://127.0.0.2:15000/metrics").send().await.unwrap().text().await.unwrap();
+    let received = metric(
+        &v1_metrics,
+        r#"trellis_agent_requests_total{direction="inbound",peer_service="productpage",status_class="2xx"}"#,
+    );
+    assert!(received > 1000.0 && received < sent, "{v1_metrics}");
+    assert!(v1_metrics.contains("trellis_agent_request_duration_seconds_bucket"), "{v1_metrics}");
+    let ready = client.get("http://127.0.0.4:15000/ready").send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let dump: Value = client.get("http://127.0.0.4:15000/config").send().await.unwrap().json().await.unwrap();
+    assert!(dump["identity"]["spiffeId"].as_str().unwrap().ends_with("/sa/productpage"), "{dump}");
+    let listener =
+        dump["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "outbound:reviews.shop:9080");
+    assert_eq!(listener.unwrap()["bound"], true, "{dump}");
+    assert!(!dump["versions"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["reviews.shop:9080~version=v2"].is_null());
+
     // Beta testers always reach v2.
     let beta = tally(&client, &url, true, 200).await;
     assert_eq!(beta, BTreeMap::from([("v2".to_owned(), 200)]), "x-beta: true");
