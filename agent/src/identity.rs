@@ -166,21 +166,26 @@ async fn issue(cp: &ControlPlane, client: Option<&Svid>, token: Option<&JoinToke
 }
 
 /// The SVID in the certificate directory if it is still valid, else a new one for the join
-/// token; either way written to the directory.
-pub async fn obtain(cp: &ControlPlane, files: &Files, token: Option<&JoinToken>) -> anyhow::Result<Identity> {
+/// token (read only then: once an SVID exists the token is not needed); either way written
+/// to the directory.
+pub async fn obtain(
+    cp: &ControlPlane,
+    files: &Files,
+    token: impl FnOnce() -> anyhow::Result<Option<JoinToken>>,
+) -> anyhow::Result<Identity> {
     let svid = match files.load() {
         Some(svid) => {
             tracing::info!(id = %svid.id, "using the SVID in {}", files.dir.display());
             svid
         }
         None => {
-            let token = token.ok_or_else(|| {
+            let token = token()?.ok_or_else(|| {
                 anyhow!(
                     "{} holds no valid SVID and no join token was given: pass --join-token-file or set TRELLIS_JOIN_TOKEN",
                     files.dir.display()
                 )
             })?;
-            let svid = issue(cp, None, Some(token)).await.context("joining the mesh")?;
+            let svid = issue(cp, None, Some(&token)).await.context("joining the mesh")?;
             tracing::info!(id = %svid.id, "joined the mesh");
             svid
         }

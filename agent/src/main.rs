@@ -8,6 +8,8 @@
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
 //! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
+//! - [`persist`]: the last accepted configuration, served after a restart without the
+//!   control plane.
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ mod config;
 mod control;
 mod convert;
 mod identity;
+mod persist;
 mod proxy;
 mod state;
 mod xds_client;
@@ -59,21 +62,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let platform_root_pem = std::fs::read_to_string(&args.platform_ca)
         .with_context(|| format!("--platform-ca {}", args.platform_ca.display()))?;
     let cp = ControlPlane::new(&args.server, &platform_root_pem)?;
-    let token = match (&args.join_token, &args.join_token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("--join-token-file {}", file.display()))?;
-            Some(
-                cli::token_from_file(&text)
-                    .map_err(|e| anyhow!("--join-token-file {}: {e}", file.display()))?,
-            )
-        }
-        (None, None) => None,
-    };
     let files = || Files { dir: args.cert_dir.clone(), platform_root_pem: platform_root_pem.clone() };
-    let identity = Arc::new(identity::obtain(&cp, &files(), token.as_ref()).await?);
-    drop(token);
+    let identity = Arc::new(identity::obtain(&cp, &files(), || join_token(&args)).await?);
     tokio::spawn(identity::renew_forever(identity.clone(), cp.clone(), files()));
 
     let local = convert::Local {
@@ -82,7 +72,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         id: identity.current().id.clone(),
     };
     let state = Arc::new(state::State::new(local));
-    let proxy = proxy::Proxy::new(state, identity.clone(), args.outbound.clone(), admin::Metrics::default())?;
+    let proxy = proxy::Proxy::new(
+        state,
+        identity.clone(),
+        args.outbound.clone(),
+        admin::Metrics::default(),
+        args.cert_dir.clone(),
+    )?;
+    serve_last_good(&proxy, &args.cert_dir);
     let admin = tokio::net::TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("--admin-addr {}: cannot listen", args.admin_addr))?;
@@ -102,6 +99,39 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     shutdown().await;
     tracing::info!("shutting down");
     Ok(())
+}
+
+/// Applies the configuration accepted before a restart, so that the agent serves while the
+/// control plane is unreachable; the xDS stream then brings only what changed.
+fn serve_last_good(proxy: &proxy::Proxy, dir: &std::path::Path) {
+    use state::ConfigSink;
+    let applied = persist::load(dir).and_then(|responses| {
+        let any = !responses.is_empty();
+        for r in responses {
+            proxy.apply(&r.type_url, &r.resources, &[]).map_err(|e| anyhow!("{}: {e}", r.type_url))?;
+        }
+        Ok(any)
+    });
+    match applied {
+        Ok(true) => tracing::info!("serving the last accepted configuration until the control plane answers"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "ignoring the kept configuration"),
+    }
+}
+
+/// The join token from the flag or environment, else from its file.
+fn join_token(args: &RunArgs) -> anyhow::Result<Option<cli::JoinToken>> {
+    match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Ok(Some(t.clone())),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--join-token-file {}", file.display()))?;
+            let token = cli::token_from_file(&text)
+                .map_err(|e| anyhow!("--join-token-file {}: {e}", file.display()))?;
+            Ok(Some(token))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The node as the control plane registers it: the metadata keys of the wire contract.

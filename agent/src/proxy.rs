@@ -54,6 +54,8 @@ pub struct Proxy {
     identity: Arc<Identity>,
     outbound: Outbound,
     metrics: Metrics,
+    /// Where the last accepted configuration is kept.
+    cert_dir: std::path::PathBuf,
     server_tls: ArcSwap<rustls::ServerConfig>,
     bundle: ArcSwap<TrustBundle>,
     /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
@@ -70,6 +72,7 @@ impl Proxy {
         identity: Arc<Identity>,
         outbound: Outbound,
         metrics: Metrics,
+        cert_dir: std::path::PathBuf,
     ) -> anyhow::Result<Arc<Proxy>> {
         let svid = identity.current();
         let bundle = Arc::new(svid.bundle()?);
@@ -80,6 +83,7 @@ impl Proxy {
             identity,
             outbound,
             metrics,
+            cert_dir,
             server_tls: ArcSwap::from(server),
             bundle: ArcSwap::from(bundle),
             generation: AtomicU64::new(0),
@@ -638,6 +642,9 @@ impl ConfigSink for Proxy {
         self.state.store(next);
         if type_url == Secret::type_url() {
             self.refresh_tls().map_err(|e| format!("{e:#}"))?;
+        }
+        if let Err(e) = crate::persist::save(&self.cert_dir, &self.state.config()) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the accepted configuration on disk");
         }
         Ok(())
     }

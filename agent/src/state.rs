@@ -31,6 +31,8 @@ pub struct Config {
     pub applied: std::collections::BTreeSet<String>,
     /// type URL → name → version.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
+    /// type URL → name → the resource as received, for [`crate::persist`].
+    pub raw: BTreeMap<String, BTreeMap<String, Resource>>,
 }
 
 /// Where applied configuration lives; `changed` ticks after each swap.
@@ -80,6 +82,7 @@ impl State {
         let mut next = (*self.config()).clone();
         let mut errors = Vec::new();
         let versions = next.versions.entry(type_url.to_owned()).or_default();
+        let raw = next.raw.entry(type_url.to_owned()).or_default();
         for r in updated {
             let Some(any) = &r.resource else {
                 errors.push(format!("{}: no resource", r.name));
@@ -88,6 +91,7 @@ impl State {
             match convert(type_url, any, &self.local) {
                 Ok(c) => {
                     versions.insert(r.name.clone(), r.version.clone());
+                    raw.insert(r.name.clone(), r.clone());
                     let name = r.name.clone();
                     match c {
                         Converted::Listener(l) => drop(next.listeners.insert(name, l)),
@@ -106,6 +110,7 @@ impl State {
         }
         for name in removed {
             versions.remove(name);
+            raw.remove(name);
             if type_url == PbListener::type_url() {
                 next.listeners.remove(name);
             } else if type_url == RouteConfiguration::type_url() {

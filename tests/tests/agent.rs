@@ -86,9 +86,10 @@ async fn join_token(api: &Api, service: &str, tags: Value) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-/// Starts an agent for `service` on `address`; `extra` are further flags.
+/// Starts an agent of the control plane at `server` for `service` on `address`; `extra`
+/// are further flags.
 fn agent(
-    t: &Trellis,
+    server: &str,
     ca: &Path,
     dir: &Path,
     token: &str,
@@ -100,7 +101,7 @@ fn agent(
     std::fs::write(&token_file, token).unwrap();
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
-        .args(["--server", &t.xds, "--mesh", "shop", "--service", service, "--address", address])
+        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
         .args(["--admin-addr", &format!("{address}:15000")])
         .arg("--platform-ca")
         .arg(ca)
@@ -218,7 +219,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         let tok = join_token(&api, "reviews", json!({"version": version})).await;
         let app_port = format!("9080={port}");
         let mut p = agent(
-            &t,
+            &t.xds,
             &ca,
             &dir(version),
             &tok,
@@ -232,7 +233,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let tok = join_token(&api, "ratings", json!({})).await;
     let app_port = format!("9090={}", grpc_app("ratings-v1").await);
     let mut p = agent(
-        &t,
+        &t.xds,
         &ca,
         &dir("ratings"),
         &tok,
@@ -245,7 +246,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let tok = join_token(&api, "productpage", json!({})).await;
     let caller_dir = dir("productpage");
     let mut caller =
-        agent(&t, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
+        agent(&t.xds, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
     let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
 
@@ -341,8 +342,15 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
     caller.kill().await;
     let tok = join_token(&api, "stranger", json!({})).await;
-    let mut stranger =
-        agent(&t, &ca, &dir("stranger"), &tok, "stranger", "127.0.0.5", &["--outbound", "reviews,ratings"]);
+    let mut stranger = agent(
+        &t.xds,
+        &ca,
+        &dir("stranger"),
+        &tok,
+        "stranger",
+        "127.0.0.5",
+        &["--outbound", "reviews,ratings"],
+    );
     let addr = outbound_addr(&mut stranger, "outbound:reviews.shop:9080").await;
     assert_eq!(addr, reviews, "a service keeps its outbound address");
     let mut status = 0;
@@ -385,6 +393,30 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     // Traffic keeps flowing on the last configuration it accepted.
     let after = client.get(format!("http://{addr}/reviews/1")).send().await.unwrap();
     assert_eq!(after.status(), 403);
-    drop(agents);
+
+    // The control plane goes away. An agent restarted meanwhile serves from the configuration
+    // it accepted last and the SVID it kept: its join token is not read again.
+    stranger.kill().await;
     store.close().await;
+    let xds = t.xds.clone();
+    t.kill().await;
+    let mut restarted = agent(
+        &xds,
+        &ca,
+        &caller_dir,
+        "not a token",
+        "productpage",
+        "127.0.0.4",
+        &["--outbound", "reviews,ratings"],
+    );
+    assert_eq!(outbound_addr(&mut restarted, "outbound:reviews.shop:9080").await, reviews);
+    let served = tally(&client, &url, false, 200).await;
+    assert_eq!(
+        served.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["v1", "v2"],
+        "{served:?}\n{}",
+        restarted.output()
+    );
+    restarted.wait_for_line("serving the last accepted configuration", Duration::from_secs(1)).await;
+    drop(agents);
 }
