@@ -79,6 +79,30 @@ async fn grpc_call(addr: &str, csr: &[u8]) -> Result<String, tonic::Status> {
     IdentityClient::new(channel).issue_svid(req).await.map(|r| r.into_inner().spiffe_id)
 }
 
+/// A TCP application that echoes what it reads.
+async fn echo_app() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `ping` to `addr` and reads four bytes back, if they come within 5 s.
+async fn echo(addr: &str) -> Option<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"ping").await.ok()?;
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.ok()?.ok()?;
+    Some(buf.to_vec())
+}
+
 async fn join_token(api: &Api, service: &str, tags: Value) -> String {
     let (status, body) =
         api.post("/meshes/shop/join-tokens", &json!({"service": service, "tags": tags})).await;
@@ -162,7 +186,10 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     // The seed without its resilience kinds (the agent refuses those, below).
     let docs: Vec<Value> = example_documents()
         .into_iter()
-        .filter(|d| ["Mesh", "Service", "HTTPRoute", "AccessPolicy"].contains(&d["kind"].as_str().unwrap()))
+        .filter(|d| {
+            ["Mesh", "Service", "HTTPRoute", "TCPRoute", "AccessPolicy"]
+                .contains(&d["kind"].as_str().unwrap())
+        })
         .collect();
     for doc in &docs {
         let (status, body) = api.put(&document_path(doc), doc).await;
@@ -173,6 +200,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(status, 201, "{body}");
     let policy = json!({"spec": {"targetRef": {"service": "ratings"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
     let (status, body) = api.put("/meshes/shop/access-policies/ratings-callers", &policy).await;
+    assert_eq!(status, 201, "{body}");
+    let policy = json!({"spec": {"targetRef": {"service": "db"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/db-callers", &policy).await;
     assert_eq!(status, 201, "{body}");
     let stranger = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
     let (status, body) = api.put("/meshes/shop/services/stranger", &stranger).await;
@@ -243,12 +273,33 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     );
     p.wait_for_line("listening inbound:9090 on 127.0.0.6:9090", Duration::from_secs(20)).await;
     agents.push(p);
+    let tok = join_token(&api, "db", json!({"role": "primary"})).await;
+    let app_port = format!("5432={}", echo_app().await);
+    let mut p = agent(
+        &t.xds,
+        &ca,
+        &dir("db"),
+        &tok,
+        "db",
+        "127.0.0.7",
+        &["--port", "5432", "--app-port", &app_port, "--outbound", "none"],
+    );
+    p.wait_for_line("listening inbound:5432 on 127.0.0.7:5432", Duration::from_secs(20)).await;
+    agents.push(p);
     let tok = join_token(&api, "productpage", json!({})).await;
     let caller_dir = dir("productpage");
-    let mut caller =
-        agent(&t.xds, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
+    let mut caller = agent(
+        &t.xds,
+        &ca,
+        &caller_dir,
+        &tok,
+        "productpage",
+        "127.0.0.4",
+        &["--outbound", "reviews,ratings,db"],
+    );
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
     let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
+    let db = outbound_addr(&mut caller, "outbound:db.shop:5432").await;
 
     // The identity files, written for co-located clients; the key private.
     use std::os::unix::fs::PermissionsExt;
@@ -332,6 +383,55 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let err = grpc_call(&ratings, b"fail").await.unwrap_err();
     assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
 
+    // TCP through two agents, to the TCP route's `role: primary` backend.
+    let mut echoed = None;
+    for _ in 0..100 {
+        echoed = echo(&db).await;
+        if echoed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(echoed.as_deref(), Some(&b"ping"[..]), "{}", caller.output());
+
+    // A route change under load: followed, and no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => r.text().await.unwrap()[..2].to_owned(),
+                    Ok(r) => format!("status {}", r.status()),
+                    Err(e) => format!("error {e}"),
+                });
+            }
+            answers
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(0);
+    route["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(100);
+    let changed_at = std::time::Instant::now();
+    let (status, body) = api.put(&document_path(&route), &route).await;
+    assert_eq!(status, 200, "{body}");
+    let mut all_v2_after = None;
+    for _ in 0..100 {
+        if tally(&client, &url, false, 20).await == BTreeMap::from([("v2".to_owned(), 20)]) {
+            all_v2_after = Some(changed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    let took = all_v2_after.expect("the route change reached the caller's agent");
+    println!("route change followed within {took:?}; {} requests under load, none failed", answers.len());
+
     // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
     plain.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\n\r\n").await.unwrap();
@@ -349,7 +449,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         &tok,
         "stranger",
         "127.0.0.5",
-        &["--outbound", "reviews,ratings"],
+        &["--outbound", "reviews,ratings,db"],
     );
     let addr = outbound_addr(&mut stranger, "outbound:reviews.shop:9080").await;
     assert_eq!(addr, reviews, "a service keeps its outbound address");
@@ -370,6 +470,8 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let ratings_again = outbound_addr(&mut stranger, "outbound:ratings.shop:9090").await;
     let err = grpc_call(&ratings_again, b"ok").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let db_again = outbound_addr(&mut stranger, "outbound:db.shop:5432").await;
+    assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
     let cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
@@ -410,13 +512,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         &["--outbound", "reviews,ratings"],
     );
     assert_eq!(outbound_addr(&mut restarted, "outbound:reviews.shop:9080").await, reviews);
+    // The last route it accepted sends everything to v2.
     let served = tally(&client, &url, false, 200).await;
-    assert_eq!(
-        served.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["v1", "v2"],
-        "{served:?}\n{}",
-        restarted.output()
-    );
+    assert_eq!(served, BTreeMap::from([("v2".to_owned(), 200)]), "{}", restarted.output());
     restarted.wait_for_line("serving the last accepted configuration", Duration::from_secs(1)).await;
     drop(agents);
 }
