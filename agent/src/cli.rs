@@ -70,6 +70,9 @@ pub struct RunArgs {
     /// The admin port (`/metrics`, `/ready`, `/config`); loopback only.
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = parse_admin)]
     pub admin_addr: SocketAddr,
+    /// How long open connections may take to finish after SIGTERM (e.g. `10s`, `500ms`).
+    #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
@@ -117,6 +120,17 @@ fn parse_token(s: &str) -> Result<JoinToken, String> {
 /// A join token read from a file's contents.
 pub fn token_from_file(contents: &str) -> Result<JoinToken, String> {
     parse_token(contents)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 10s"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
+    }
 }
 
 fn parse_admin(s: &str) -> Result<SocketAddr, String> {
@@ -209,6 +223,8 @@ mod tests {
         assert_eq!(a.tags, [("version".to_owned(), "v2".to_owned())]);
         assert_eq!(a.outbound, Outbound::Only(vec!["reviews".into(), "db".into()]));
         assert!(a.check().is_ok());
+        assert_eq!(a.drain_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(parse(&["--drain-timeout", "250ms"]).unwrap().drain_timeout.as_millis(), 250);
         assert_eq!(parse(&["--outbound", "none"]).unwrap().outbound, Outbound::Only(vec![]));
         let bad = parse(&["--app-port", "9081=1"]).unwrap();
         assert!(bad.check().unwrap_err().contains("9081"));
@@ -218,6 +234,7 @@ mod tests {
             (&["--join-token", "hello"][..], "join token"),
             (&["--tags", "novalue"][..], "key=value"),
             (&["--admin-addr", "0.0.0.0:15000"][..], "loopback"),
+            (&["--drain-timeout", "10 hours"][..], "unit"),
         ] {
             let e = parse(args).err().expect("refused").to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

@@ -94,10 +94,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy));
+    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 
     shutdown().await;
-    tracing::info!("shutting down");
+    tracing::info!(within = ?args.drain_timeout, "draining");
+    match proxy.drain(args.drain_timeout).await {
+        0 => tracing::info!("drained"),
+        open => tracing::warn!(open, "drain timed out; closing the connections still open"),
+    }
     Ok(())
 }
 

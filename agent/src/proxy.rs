@@ -61,6 +61,10 @@ pub struct Proxy {
     /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
     generation: AtomicU64,
     bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
+    /// Set on SIGTERM: HTTP connections finish what they carry and close.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Connections open; the count falls to zero when a drain is done.
+    open: tokio::sync::watch::Sender<usize>,
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
@@ -88,6 +92,8 @@ impl Proxy {
             bundle: ArcSwap::from(bundle),
             generation: AtomicU64::new(0),
             bound: Mutex::default(),
+            draining: tokio::sync::watch::channel(false).0,
+            open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
             mesh_clients: Mutex::default(),
         }))
@@ -200,6 +206,19 @@ impl Proxy {
         Ok(())
     }
 
+    /// Stops accepting, lets open HTTP connections finish their requests and close, and
+    /// waits for every connection to end, at most `within`. Returns how many were still open.
+    pub async fn drain(&self, within: Duration) -> usize {
+        for (name, (_, task)) in self.bound.lock().expect("not poisoned").drain() {
+            task.abort();
+            tracing::debug!(listener = %name, "stopped accepting");
+        }
+        self.draining.send_replace(true);
+        let mut open = self.open.subscribe();
+        let _ = tokio::time::timeout(within, open.wait_for(|n| *n == 0)).await;
+        *open.borrow()
+    }
+
     async fn accept(self: Arc<Self>, name: String, listener: TcpListener) {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -212,7 +231,10 @@ impl Proxy {
             };
             let _ = tcp.set_nodelay(true);
             let (me, name) = (self.clone(), name.clone());
+            self.open.send_modify(|n| *n += 1);
+            let open = OpenConnection(self.open.clone());
             tokio::spawn(async move {
+                let _open = open;
                 if let Err(e) = me.connection(&name, tcp).await {
                     tracing::debug!(listener = %name, %remote, error = %format!("{e:#}"), "connection ended");
                 }
@@ -262,10 +284,18 @@ impl Proxy {
                     let (me, l, peer) = (me.clone(), l.clone(), peer.clone());
                     async move { Ok::<_, Infallible>(me.request(&l, (*peer).as_ref(), req).await) }
                 });
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await
-                    .map_err(|e| anyhow!("{e}"))
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
+                tokio::pin!(conn);
+                let mut draining = self.draining.subscribe();
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                result.map_err(|e| anyhow!("{e}"))
             }
             Handler::Tcp { access, backends } => {
                 let (inbound, service) = peer_service(&l, peer.as_ref());
@@ -535,6 +565,15 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(connector);
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(tokio::sync::watch::Sender<usize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 

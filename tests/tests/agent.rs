@@ -19,13 +19,19 @@ use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
 use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
-/// as the agent forwarded it), on 127.0.0.1 at a port the system picks.
+/// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
+/// answers after a second.
 async fn app(version: &'static str) -> u16 {
-    let router = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
-        let caller =
-            headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        format!("{version} {caller}")
-    });
+    let router = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            if uri.path().starts_with("/reviews/slow") {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let caller =
+                headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            format!("{version} {caller}")
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -440,7 +446,15 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert!(!answer.starts_with(b"HTTP/"), "plaintext was served: {}", String::from_utf8_lossy(&answer));
 
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
-    caller.kill().await;
+    // SIGTERM drains: a request in flight is answered, then the agent exits cleanly.
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{reviews}/reviews/slow"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    caller.signal("TERM").await;
+    assert_eq!(slow.await.unwrap().unwrap(), 200, "{}", caller.output());
+    assert!(caller.wait(Duration::from_secs(10)).await.success(), "{}", caller.output());
     let tok = join_token(&api, "stranger", json!({})).await;
     let mut stranger = agent(
         &t.xds,
