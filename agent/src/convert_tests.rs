@@ -207,3 +207,23 @@ fn arbitrary_input_is_refused_or_converted_never_a_panic() {
         "a resource without a body"
     );
 }
+
+#[test]
+fn an_audit_rule_logs_and_lets_the_request_through() {
+    let mut mesh = seed(&["Service", "AccessPolicy"]);
+    let audit = serde_json::json!({
+        "targetRef": {"service": "reviews"},
+        "rules": [{"action": "Audit", "from": [{"service": "productpage"}]}],
+    });
+    let kind = Kind::lookup("AccessPolicy").unwrap();
+    mesh.add("watch".into(), Spec::parse(kind, "spec", audit).unwrap().spec);
+    let r = trellis_xds::envoy_sidecar(&mesh, "reviews", &[9080]);
+    let any = pack_any(r.listeners["inbound:9080"].clone());
+    let Converted::Listener(inbound) = convert(&PbListener::type_url(), &any, &local()).unwrap() else {
+        panic!("a listener")
+    };
+    let Handler::Http { access, .. } = &inbound.handler else { panic!("HTTP") };
+    let (h, get) = (HeaderMap::new(), Method::GET);
+    let verdict = evaluate(access, Some(&id("productpage")), Some(&view(&get, "/reviews/1", &h)));
+    assert_eq!(verdict, Verdict { denied: None, audited: vec!["watch/0".into()] });
+}

@@ -254,6 +254,23 @@ mod tests {
     }
 
     #[test]
+    fn renewal_is_due_at_half_the_lifetime_give_or_take_a_tenth() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(24 * 3600);
+        let svid = Svid {
+            key_pem: Zeroizing::new(String::new()),
+            chain_pem: String::new(),
+            bundle_pem: String::new(),
+            id: SpiffeId::parse("spiffe://td.example/ns/m/sa/s").unwrap(),
+            not_before: t0,
+            not_after: t0 + day,
+        };
+        assert_eq!(svid.renew_at(0.0), t0 + day / 2);
+        assert_eq!(svid.renew_at(-0.1), t0 + day.mul_f64(0.4));
+        assert_eq!(svid.renew_at(0.7), t0 + day.mul_f64(0.6), "jitter is bounded");
+    }
+
+    #[test]
     fn backoff_grows_and_is_bounded() {
         let mut b = Backoff::default();
         let first = b.next();

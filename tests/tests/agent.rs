@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
-use trellis_tests::grpc::platform_root;
+use trellis_tests::grpc::{Svid, certs, issue, platform_root};
 use trellis_tests::{Api, Process, Trellis, agent_bin, document_path, example_documents, token, trellis};
 use trellis_xds_server::proto::identity_client::IdentityClient;
 use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
@@ -107,6 +107,74 @@ async fn echo(addr: &str) -> Option<Vec<u8>> {
     let mut buf = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.ok()?.ok()?;
     Some(buf.to_vec())
+}
+
+/// Any server certificate: the test checks what the agent accepts, not what it presents.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1: the start of the answer, or the
+/// error that ended the exchange.
+async fn mtls_get(addr: &str, svid: &Svid) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs(&svid.chain_pem), key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("reviews").unwrap();
+    let exchange = async {
+        let mut tls =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        tls.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timed out".into(),
+    }
 }
 
 async fn join_token(api: &Api, service: &str, tags: Value) -> String {
@@ -444,6 +512,32 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/"), "plaintext was served: {}", String::from_utf8_lossy(&answer));
+
+    // mTLS with a certificate of another mesh (another CA) is refused; the same request with
+    // the caller's own certificate, from its certificate directory, is answered.
+    let mut other = docs.iter().find(|d| d["kind"] == "Mesh").unwrap().clone();
+    other["metadata"]["name"] = json!("other");
+    let (status, body) = api.put(&document_path(&other), &other).await;
+    assert_eq!(status, 201, "{body}");
+    let svc = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    let (status, body) = api.put("/meshes/other/services/productpage", &svc).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.post("/meshes/other/join-tokens", &json!({"service": "productpage"})).await;
+    assert_eq!(status, 201, "{body}");
+    let root = std::fs::read_to_string(&ca).unwrap();
+    let foreign = issue(&t.xds, &root, body["token"].as_str().unwrap()).await.unwrap();
+    assert!(foreign.spiffe_id.ends_with("/ns/other/sa/productpage"), "{}", foreign.spiffe_id);
+    let answer = mtls_get("127.0.0.2:9080", &foreign).await;
+    assert!(!answer.starts_with("HTTP/"), "another mesh's certificate was served: {answer}");
+    let read = |f: &str| std::fs::read_to_string(caller_dir.join("certs").join(f)).unwrap();
+    let own = Svid {
+        key_pem: read("key.pem"),
+        chain_pem: read("cert.pem"),
+        bundle_pem: read("bundle.pem"),
+        spiffe_id: String::new(),
+    };
+    let answer = mtls_get("127.0.0.2:9080", &own).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
     // SIGTERM drains: a request in flight is answered, then the agent exits cleanly.
