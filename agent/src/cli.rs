@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// The admin port (`/metrics`, `/ready`, `/config`); loopback only.
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = parse_admin)]
     pub admin_addr: SocketAddr,
+    /// A plaintext xDS endpoint on loopback that relays to the control plane over this
+    /// agent's mTLS, for co-located clients that cannot present a certificate (off unless set).
+    #[arg(long, env = "TRELLIS_XDS_RELAY_ADDR", value_parser = parse_admin)]
+    pub xds_relay_addr: Option<SocketAddr>,
     /// How long open connections may take to finish after SIGTERM (e.g. `10s`, `500ms`).
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
@@ -133,6 +137,7 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// A loopback `ip:port`.
 fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))?;
     crate::admin::check_addr(addr)
@@ -234,6 +239,7 @@ mod tests {
             (&["--join-token", "hello"][..], "join token"),
             (&["--tags", "novalue"][..], "key=value"),
             (&["--admin-addr", "0.0.0.0:15000"][..], "loopback"),
+            (&["--xds-relay-addr", "10.0.0.1:15010"][..], "loopback"),
             (&["--drain-timeout", "10 hours"][..], "unit"),
         ] {
             let e = parse(args).err().expect("refused").to_string();

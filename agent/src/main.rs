@@ -8,6 +8,7 @@
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
 //! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
+//! - [`relay`]: the local xDS relay for clients that cannot present a certificate.
 //! - [`persist`]: the last accepted configuration, served after a restart without the
 //!   control plane.
 
@@ -21,6 +22,7 @@ mod convert;
 mod identity;
 mod persist;
 mod proxy;
+mod relay;
 mod state;
 mod xds_client;
 
@@ -94,6 +96,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
+    if let Some(addr) = args.xds_relay_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--xds-relay-addr {addr}: cannot listen"))?;
+        tracing::info!("xDS relay (plaintext, for co-located clients) on {addr}");
+        tokio::spawn(relay::serve(listener, cp.clone(), identity.clone()));
+    }
     tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 
     shutdown().await;

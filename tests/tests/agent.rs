@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use futures::StreamExt;
+use prost::{Message, Name};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -369,7 +374,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         &tok,
         "productpage",
         "127.0.0.4",
-        &["--outbound", "reviews,ratings,db"],
+        &["--outbound", "reviews,ratings,db", "--xds-relay-addr", "127.0.0.4:15010"],
     );
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
     let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
@@ -456,6 +461,42 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     );
     let err = grpc_call(&ratings, b"fail").await.unwrap_err();
     assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
+
+    // The local xDS relay: a client with no certificate gets the configuration of the
+    // agent's identity, and is registered as a dataplane of the agent's service.
+    let relay = tonic::transport::Endpoint::from_static("http://127.0.0.4:15010").connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let node =
+        Node { id: "proxyless-1".into(), user_agent_name: "grpc-node-js".into(), ..Default::default() };
+    let first = DiscoveryRequest { type_url: Cluster::type_url(), node: Some(node), ..Default::default() };
+    tx.send(first).await.unwrap();
+    let mut relayed = AggregatedDiscoveryServiceClient::new(relay)
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let clusters =
+        tokio::time::timeout(Duration::from_secs(10), relayed.message()).await.unwrap().unwrap().unwrap();
+    let names: Vec<String> =
+        clusters.resources.iter().map(|a| Cluster::decode(a.value.as_slice()).unwrap().name).collect();
+    assert!(names.contains(&"reviews.shop:9080~version=v2".to_owned()), "{names:?}");
+    let mut registered = Value::Null;
+    for _ in 0..50 {
+        let (_, list) = api.get("/meshes/shop/dataplanes").await;
+        registered = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["nodeId"] == "proxyless-1")
+            .cloned()
+            .unwrap_or_default();
+        if !registered.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(registered["service"], "productpage", "{registered}");
+    drop((tx, relayed));
 
     // TCP through two agents, to the TCP route's `role: primary` backend.
     let mut echoed = None;
