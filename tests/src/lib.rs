@@ -102,6 +102,11 @@ impl Process {
         self.child.kill().await.unwrap();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     /// Sends a signal by name (`TERM`, `INT`).
     pub async fn signal(&self, sig: &str) {
         let pid = self.child.id().expect("running").to_string();

@@ -25,16 +25,22 @@ use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
 /// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
-/// answers after a second.
+/// answers after a second, and v1 answers every third `/reviews/flaky…` with 503.
 async fn app(version: &'static str) -> u16 {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let router = axum::Router::new().fallback(
         move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
             if uri.path().starts_with("/reviews/slow") {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            // v1 fails every third call here: what retries are for.
+            let nth = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if uri.path().starts_with("/reviews/flaky") && version == "v1" && nth % 3 == 0 {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "v1 is having a moment".to_owned());
+            }
             let caller =
                 headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            format!("{version} {caller}")
+            (axum::http::StatusCode::OK, format!("{version} {caller}"))
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -429,6 +435,8 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     );
     assert!(received > 1000.0 && received < sent, "{v1_metrics}");
     assert!(v1_metrics.contains("trellis_agent_request_duration_seconds_bucket"), "{v1_metrics}");
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", caller.pid())).unwrap();
+    println!("caller agent after 2,000 requests: {}", rss.lines().find(|l| l.starts_with("VmRSS")).unwrap());
     let ready = client.get("http://127.0.0.4:15000/ready").send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let dump: Value = client.get("http://127.0.0.4:15000/config").send().await.unwrap().json().await.unwrap();
@@ -438,6 +446,12 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(listener.unwrap()["bound"], true, "{dump}");
     assert!(!dump["versions"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["reviews.shop:9080~version=v2"].is_null());
 
+    // The route's retries (5xx, two more attempts) turn v1's intermittent 503s into answers:
+    // without them a quarter of these would fail (75 % go to v1, a third of those fail), with
+    // them about 1.6 % (three failed tries in a row).
+    let flaky = tally(&client, &format!("http://{reviews}/reviews/flaky"), false, 400).await;
+    let failed = 400 - flaky.get("v1").unwrap_or(&0) - flaky.get("v2").unwrap_or(&0);
+    assert!(flaky.contains_key("v1") && failed < 40, "{flaky:?}");
     // Beta testers always reach v2.
     let beta = tally(&client, &url, true, 200).await;
     assert_eq!(beta, BTreeMap::from([("v2".to_owned(), 200)]), "x-beta: true");
