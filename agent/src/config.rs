@@ -54,6 +54,9 @@ pub struct Cluster {
     pub target: Target,
     /// Speak HTTP/2 upstream.
     pub h2: bool,
+    /// Most requests (or TCP connections) in flight: the circuit breaker.
+    pub limit: Option<u32>,
+    pub outlier: Option<crate::resilience::OutlierPolicy>,
 }
 
 /// An HTTP route table: virtual hosts in order.

@@ -520,12 +520,16 @@ fn retry(p: &envoy_types::pb::envoy::config::route::v3::RetryPolicy) -> R<Retry>
 
 fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
     let at = |f: &str| format!("cluster {:?}: {f}", c.name);
-    if c.circuit_breakers.is_some() {
-        return Err(at(&unsupported("circuit_breakers")));
-    }
-    if c.outlier_detection.is_some() {
-        return Err(at(&unsupported("outlier_detection")));
-    }
+    let limit = match &c.circuit_breakers {
+        None => None,
+        Some(cb) => circuit_breaker(cb).map_err(|e| at(&format!("circuit_breakers: {e}")))?,
+    };
+    let outlier = c
+        .outlier_detection
+        .as_ref()
+        .map(outlier)
+        .transpose()
+        .map_err(|e| at(&format!("outlier_detection: {e}")))?;
     if !c.health_checks.is_empty() {
         return Err(at(&unsupported("active health_checks")));
     }
@@ -577,7 +581,52 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
         }
         other => return Err(at(&unsupported(&format!("cluster type {other:?}")))),
     };
-    Ok(Cluster { name: c.name.clone(), target, h2 })
+    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier })
+}
+
+/// The one limit the agent keeps: requests (or TCP connections) in flight, the smaller of
+/// `max_requests` and `max_connections`. Nothing queues, so `max_pending_requests` is met
+/// by failing at once.
+fn circuit_breaker(cb: &envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers) -> R<Option<u32>> {
+    let mut limit: Option<u32> = None;
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        if t.priority != 0 {
+            return Err(format!("thresholds[{i}]: {}", unsupported("a non-default priority")));
+        }
+        if t.max_retries.is_some() || t.retry_budget.is_some() || t.max_connection_pools.is_some() {
+            return Err(format!(
+                "thresholds[{i}]: {}",
+                unsupported("max_retries, retry budgets and pool limits")
+            ));
+        }
+        for v in [&t.max_connections, &t.max_requests].into_iter().flatten() {
+            limit = Some(limit.map_or(v.value, |l| l.min(v.value)));
+        }
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(unsupported("per_host_thresholds"));
+    }
+    Ok(limit)
+}
+
+fn outlier(
+    o: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> R<crate::resilience::OutlierPolicy> {
+    if o.consecutive_gateway_failure.is_some() || o.consecutive_local_origin_failure.is_some() {
+        return Err(unsupported("gateway and local-origin failure counts"));
+    }
+    if o.enforcing_success_rate.is_some() || o.failure_percentage_threshold.is_some() {
+        return Err(unsupported("success-rate and failure-percentage ejection"));
+    }
+    let base = o.base_ejection_time.as_ref().map_or(Duration::from_secs(30), duration);
+    if base.is_zero() {
+        return Err("base_ejection_time must be positive".into());
+    }
+    Ok(crate::resilience::OutlierPolicy {
+        consecutive_5xx: o.consecutive_5xx.as_ref().map_or(5, |v| v.value).max(1),
+        base_ejection: base.min(Duration::from_secs(3600)),
+        max_ejection_percent: o.max_ejection_percent.as_ref().map_or(10, |v| v.value).min(100),
+    })
 }
 
 /// The one SPIFFE ID an upstream must present (a URI SAN matched exactly).

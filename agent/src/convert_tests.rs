@@ -160,7 +160,7 @@ fn what_the_agent_cannot_honour_is_refused_with_its_path() {
         &[9080],
     );
     let e = refusal(&full, &PbCluster::type_url(), "reviews.shop:9080");
-    assert_eq!(e, "cluster \"reviews.shop:9080\": circuit_breakers is not supported by trellis-agent");
+    assert_eq!(e, "cluster \"reviews.shop:9080\": active health_checks is not supported by trellis-agent");
     let e = refusal(&full, &PbListener::type_url(), "inbound:9080");
     assert!(
         e.starts_with("listener \"inbound:9080\": filter_chains[0].filters[0]")
@@ -226,4 +226,21 @@ fn an_audit_rule_logs_and_lets_the_request_through() {
     let (h, get) = (HeaderMap::new(), Method::GET);
     let verdict = evaluate(access, Some(&id("productpage")), Some(&view(&get, "/reviews/1", &h)));
     assert_eq!(verdict, Verdict { denied: None, audited: vec!["watch/0".into()] });
+}
+
+#[test]
+fn circuit_breakers_and_outlier_detection_are_honoured() {
+    let r =
+        trellis_xds::envoy_sidecar(&seed(&["Service", "HTTPRoute", "CircuitBreaker"]), "reviews", &[9080]);
+    let any = pack_any(r.clusters["reviews.shop:9080~version=v1"].clone());
+    let Converted::Cluster(c) = convert(&PbCluster::type_url(), &any, &local()).unwrap() else {
+        panic!("a cluster")
+    };
+    assert_eq!(c.limit, Some(100), "the smaller of maxConnections 100 and maxRequests 200");
+    let policy = crate::resilience::OutlierPolicy {
+        consecutive_5xx: 5,
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 50,
+    };
+    assert_eq!(c.outlier, Some(policy));
 }

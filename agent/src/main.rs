@@ -23,6 +23,7 @@ mod identity;
 mod persist;
 mod proxy;
 mod relay;
+mod resilience;
 mod state;
 mod xds_client;
 

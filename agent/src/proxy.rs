@@ -37,6 +37,7 @@ use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
 use crate::identity::Identity;
+use crate::resilience::ClusterHealth;
 use crate::state::{ConfigSink, State};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -61,6 +62,8 @@ pub struct Proxy {
     /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
     generation: AtomicU64,
     bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
+    /// Circuit-breaker counts and outlier state, by cluster name.
+    health: Mutex<HashMap<String, Arc<ClusterHealth>>>,
     /// Set on SIGTERM: HTTP connections finish what they carry and close.
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open; the count falls to zero when a drain is done.
@@ -92,6 +95,7 @@ impl Proxy {
             bundle: ArcSwap::from(bundle),
             generation: AtomicU64::new(0),
             bound: Mutex::default(),
+            health: Mutex::default(),
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
@@ -327,7 +331,12 @@ impl Proxy {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (target, addr) = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let pick = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let (target, addr) = (pick.cluster.target.clone(), pick.addr);
+        let _in_flight = pick
+            .health
+            .admit(pick.cluster.limit)
+            .ok_or_else(|| anyhow!("circuit breaker open: {cluster}"))?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
         tcp.set_nodelay(true)?;
         match target {
@@ -344,27 +353,30 @@ impl Proxy {
         Ok(())
     }
 
-    /// A cluster's target and one of its endpoints (random), or a status and reason.
-    fn endpoint(&self, cluster: &str) -> Result<(Target, SocketAddr), (StatusCode, String)> {
+    /// A cluster and one of its endpoints (random among those not ejected), or a status and
+    /// reason.
+    fn endpoint(&self, cluster: &str) -> Result<Pick, (StatusCode, String)> {
         let cfg = self.state.config();
         let c = cfg
             .clusters
             .get(cluster)
             .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("no cluster {cluster:?}")))?;
-        let addr = match &c.target {
-            Target::Local(a) => *a,
+        let health = self.health.lock().expect("not poisoned").entry(cluster.to_owned()).or_default().clone();
+        let (addr, hosts) = match &c.target {
+            Target::Local(a) => (*a, 1),
             Target::Mesh { eds, .. } => {
                 let eps = cfg.endpoints.get(eds).map(|e| e.as_slice()).unwrap_or_default();
-                if eps.is_empty() {
+                let usable = health.usable(eps, std::time::Instant::now());
+                if usable.is_empty() {
                     return Err((
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("no healthy upstream in {cluster:?}"),
                     ));
                 }
-                eps[rand::rng().random_range(0..eps.len())]
+                (usable[rand::rng().random_range(0..usable.len())], eps.len())
             }
         };
-        Ok((c.target.clone(), addr))
+        Ok(Pick { cluster: c.clone(), addr, hosts, health })
     }
 
     fn client_config(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -517,28 +529,44 @@ impl Proxy {
     }
 
     async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Incoming>, Failure> {
-        let (target, addr) = self.endpoint(cluster).map_err(Failure::Local)?;
-        let h2 = self.state.config().clusters.get(cluster).is_some_and(|c| c.h2);
+        let pick = self.endpoint(cluster).map_err(Failure::Local)?;
+        let (addr, h2) = (pick.addr, pick.cluster.h2);
+        let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
+            Failure::Local((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("circuit breaker open: {cluster} is at its limit"),
+            ))
+        })?;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let result = match target {
+        let result = match &pick.cluster.target {
             Target::Local(_) => self.local_client(h2).request(req).await,
             Target::Mesh { peer, .. } => {
                 let client = self
-                    .mesh_client(&peer, h2)
+                    .mesh_client(peer, h2)
                     .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
                 client.request(req).await
             }
         };
-        result.map_err(|e| {
+        let result = result.map_err(|e| {
             let why = format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             );
             if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
-        })
+        });
+        if let Some(policy) = &pick.cluster.outlier {
+            let failed = match &result {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(_) => true,
+            };
+            if pick.health.record(policy, addr, failed, pick.hosts, std::time::Instant::now()) {
+                tracing::warn!(cluster, host = %addr, "outlier ejected after consecutive failures");
+            }
+        }
+        result
     }
 
     fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
@@ -594,6 +622,15 @@ fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Ar
         .with_single_cert(svid.chain(), svid.key())?;
     c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
+}
+
+/// Where one request or connection goes.
+struct Pick {
+    cluster: Arc<crate::config::Cluster>,
+    addr: SocketAddr,
+    /// Hosts of the cluster, ejected ones included.
+    hosts: usize,
+    health: Arc<ClusterHealth>,
 }
 
 /// Why one try failed.

@@ -113,11 +113,16 @@ async fn echo_app() -> u16 {
 
 /// Sends `ping` to `addr` and reads four bytes back, if they come within 5 s.
 async fn echo(addr: &str) -> Option<Vec<u8>> {
+    echo_connection(addr).await.map(|_| b"ping".to_vec())
+}
+
+/// A connection to `addr` that echoed `ping` within 5 s, kept open.
+async fn echo_connection(addr: &str) -> Option<tokio::net::TcpStream> {
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(b"ping").await.ok()?;
     let mut buf = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.ok()?.ok()?;
-    Some(buf.to_vec())
+    (&buf == b"ping").then_some(s)
 }
 
 /// Any server certificate: the test checks what the agent accepts, not what it presents.
@@ -523,6 +528,33 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     }
     assert_eq!(echoed.as_deref(), Some(&b"ping"[..]), "{}", caller.output());
 
+    // A circuit breaker of one connection: a second one at the same time fails at once.
+    let mut cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
+    cb["metadata"]["name"] = json!("db");
+    cb["spec"] = json!({"targetRef": {"service": "db"}, "thresholds": {"maxConnections": 1}});
+    let (status, body) = api.put(&document_path(&cb), &cb).await;
+    assert_eq!(status, 201, "{body}");
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One connection holds the one place (once the limit has arrived).
+        let Some(_held) = echo_connection(&db).await else { continue };
+        if echo(&db).await.is_none() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a second connection past maxConnections 1 was served");
+    let mut again = None;
+    for _ in 0..20 {
+        again = echo(&db).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.as_deref(), Some(&b"ping"[..]), "served again once the first one closed");
+
     // A route change under load: followed, and no request fails.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn({
@@ -637,12 +669,12 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
-    let cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
-    let (status, body) = api.put(&document_path(&cb), &cb).await;
+    let hc = example_documents().into_iter().find(|d| d["kind"] == "HealthCheck").unwrap();
+    let (status, body) = api.put(&document_path(&hc), &hc).await;
     assert_eq!(status, 201, "{body}");
     let mut propagation = Value::Null;
     for _ in 0..100 {
-        let (_, doc) = api.get(&document_path(&cb)).await;
+        let (_, doc) = api.get(&document_path(&hc)).await;
         propagation = doc["status"]["propagation"].clone();
         if propagation["rejected"].as_u64().unwrap_or(0) > 0 {
             break;
@@ -652,7 +684,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let reason = propagation["errors"][0].as_str().unwrap_or_default();
     assert!(
         reason.contains("reviews.shop:9080")
-            && reason.contains("circuit_breakers is not supported by trellis-agent"),
+            && reason.contains("active health_checks is not supported by trellis-agent"),
         "{propagation}"
     );
     // Traffic keeps flowing on the last configuration it accepted.
