@@ -67,9 +67,11 @@ pub struct RunArgs {
     /// of the services the workload calls. Agents that share a host must not bind the same ones.
     #[arg(long, env = "TRELLIS_OUTBOUND", default_value = "all", value_parser = parse_outbound)]
     pub outbound: Outbound,
-    /// The admin port (`/metrics`, `/ready`, `/config`); loopback only.
-    #[arg(long, env = "TRELLIS_ADMIN_ADDR", default_value = "127.0.0.1:15000", value_parser = parse_admin)]
-    pub admin_addr: SocketAddr,
+    /// The admin port (`/metrics`, `/ready`, `/config`); loopback only. Default: port 15000
+    /// on `--address` when that is a loopback address (so agents sharing a host do not
+    /// collide), else on 127.0.0.1.
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR", value_parser = parse_admin)]
+    pub admin_addr: Option<SocketAddr>,
     /// A plaintext xDS endpoint on loopback that relays to the control plane over this
     /// agent's mTLS, for co-located clients that cannot present a certificate (off unless set).
     #[arg(long, env = "TRELLIS_XDS_RELAY_ADDR", value_parser = parse_admin)]
@@ -86,6 +88,11 @@ impl RunArgs {
     /// The application's port behind service port `port`, when the flags override it.
     pub fn app_port_overrides(&self) -> BTreeMap<u16, u16> {
         self.app_ports.iter().copied().collect()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        let ip = if self.address.is_loopback() { self.address } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        self.admin_addr.unwrap_or(SocketAddr::new(ip, 15000))
     }
 
     pub fn node_id(&self) -> String {
@@ -229,6 +236,9 @@ mod tests {
         assert_eq!(a.outbound, Outbound::Only(vec!["reviews".into(), "db".into()]));
         assert!(a.check().is_ok());
         assert_eq!(a.drain_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(a.admin_addr().to_string(), "127.0.0.1:15000");
+        assert_eq!(parse(&["--address", "127.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.3:15000");
+        assert_eq!(parse(&["--address", "10.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.1:15000");
         assert_eq!(parse(&["--drain-timeout", "250ms"]).unwrap().drain_timeout.as_millis(), 250);
         assert_eq!(parse(&["--outbound", "none"]).unwrap().outbound, Outbound::Only(vec![]));
         let bad = parse(&["--app-port", "9081=1"]).unwrap();

@@ -83,10 +83,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.cert_dir.clone(),
     )?;
     serve_last_good(&proxy, &args.cert_dir);
-    let admin = tokio::net::TcpListener::bind(args.admin_addr)
+    let admin_addr = args.admin_addr();
+    let admin = tokio::net::TcpListener::bind(admin_addr)
         .await
-        .with_context(|| format!("--admin-addr {}: cannot listen", args.admin_addr))?;
-    tracing::info!("admin (/metrics, /ready, /config) on {}", args.admin_addr);
+        .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
+    tracing::info!("admin (/metrics, /ready, /config) on {admin_addr}");
     tokio::spawn(admin::serve(admin, proxy.clone()));
     let mut renewed = identity.changed.subscribe();
     let for_renewal = proxy.clone();

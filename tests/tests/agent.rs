@@ -216,7 +216,6 @@ fn agent(
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
         .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
-        .args(["--admin-addr", &format!("{address}:15000")])
         .arg("--platform-ca")
         .arg(ca)
         .arg("--join-token-file")
