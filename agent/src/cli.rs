@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// agent's mTLS, for co-located clients that cannot present a certificate (off unless set).
     #[arg(long, env = "TRELLIS_XDS_RELAY_ADDR", value_parser = parse_admin)]
     pub xds_relay_addr: Option<SocketAddr>,
+    /// An HTTP proxy on loopback for the application (`HTTP_PROXY=http://<this>`): requests
+    /// for `http://<service>.<mesh>:<port>` are routed as by that service's outbound listener,
+    /// with no name resolution and no outbound address to bind (off unless set).
+    #[arg(long, env = "TRELLIS_HTTP_PROXY_ADDR", value_parser = parse_admin)]
+    pub http_proxy_addr: Option<SocketAddr>,
     /// How long open connections may take to finish after SIGTERM (e.g. `10s`, `500ms`).
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,

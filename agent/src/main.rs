@@ -98,6 +98,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
+    if let Some(addr) = args.http_proxy_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--http-proxy-addr {addr}: cannot listen"))?;
+        tracing::info!("HTTP proxy (explicit mode, http://<service>.<mesh>:<port>) on {addr}");
+        tokio::spawn(proxy.clone().serve_http_proxy(listener));
+    }
     if let Some(addr) = args.xds_relay_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -223,6 +223,59 @@ impl Proxy {
         *open.borrow()
     }
 
+    /// Explicit mode without name resolution: an HTTP proxy on loopback. A request for
+    /// `http://<service>.<mesh>:<port>/…` (or with that `Host`) is handled as the outbound
+    /// listener of that service port would, bound or not.
+    pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
+        let mut draining = self.draining.subscribe();
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => continue,
+                },
+                _ = async { drop(draining.wait_for(|d| *d).await) } => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            self.open.send_modify(|n| *n += 1);
+            let open = OpenConnection(self.open.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _open = open;
+                let svc = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.proxied(req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    }
+
+    async fn proxied(&self, req: Request<Incoming>) -> Response<Body> {
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        });
+        let target = authority.as_deref().and_then(|a| {
+            let (host, port) = a.rsplit_once(':').unwrap_or((a, "80"));
+            let (service, mesh) = host.split_once('.')?;
+            Some(trellis_xds::sidecar_outbound_name(service, mesh, port.parse().ok()?))
+        });
+        let listener = target.as_ref().and_then(|name| self.state.config().listeners.get(name).cloned());
+        match listener {
+            Some(l) if matches!(l.handler, Handler::Http { .. }) => self.request(&l, None, req).await,
+            _ => local_reply(
+                false,
+                StatusCode::BAD_GATEWAY,
+                14,
+                &format!(
+                    "{} is no HTTP service port of this mesh (<service>.<mesh>:<port>)",
+                    authority.unwrap_or_default()
+                ),
+            ),
+        }
+    }
+
     async fn accept(self: Arc<Self>, name: String, listener: TcpListener) {
         loop {
             let (tcp, remote) = match listener.accept().await {

@@ -384,7 +384,14 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         &tok,
         "productpage",
         "127.0.0.4",
-        &["--outbound", "reviews,ratings,db", "--xds-relay-addr", "127.0.0.4:15010"],
+        &[
+            "--outbound",
+            "reviews,ratings,db",
+            "--xds-relay-addr",
+            "127.0.0.4:15010",
+            "--http-proxy-addr",
+            "127.0.0.4:15001",
+        ],
     );
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
     let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
@@ -459,6 +466,18 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     // Beta testers always reach v2.
     let beta = tally(&client, &url, true, 200).await;
     assert_eq!(beta, BTreeMap::from([("v2".to_owned(), 200)]), "x-beta: true");
+    // Explicit mode through the agent's HTTP proxy: the application names the service.
+    let proxied = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http("http://127.0.0.4:15001").unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let answer =
+        proxied.get("http://reviews.shop:9080/reviews/1").header("x-beta", "true").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().starts_with("v2 "), "x-beta through the proxy");
+    let unknown = proxied.get("http://nothing.shop:9080/").send().await.unwrap();
+    assert_eq!(unknown.status(), 502);
     // The application learns its caller from the agent, over mTLS.
     let body = client.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(body.contains("URI=spiffe://") && body.ends_with("/ns/shop/sa/productpage"), "{body}");
