@@ -29,8 +29,17 @@ pub enum Side {
 
 #[derive(Debug, Clone)]
 pub enum Handler {
-    Http { access: Vec<RbacFilter>, routes: RouteSource, forward_client_cert: bool },
-    Tcp { access: Vec<RbacFilter>, backends: Vec<(String, u32)> },
+    Http {
+        access: Vec<RbacFilter>,
+        /// The listener's local rate limit, checked after access.
+        rate_limit: Option<crate::resilience::RateLimit>,
+        routes: RouteSource,
+        forward_client_cert: bool,
+    },
+    Tcp {
+        access: Vec<RbacFilter>,
+        backends: Vec<(String, u32)>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -262,6 +263,7 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         _ => return Err(unsupported("this route specifier")),
     };
     let mut access = Vec::new();
+    let mut rate_limit = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let at = |e: String| format!("http_filters[{i}] {:?}: {e}", f.name);
         let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
@@ -270,6 +272,8 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         if any.type_url == HttpRbac::type_url() {
             let r: HttpRbac = decode(any, "rbac").map_err(at)?;
             access.extend(rbac_filters(&f.name, r.rules.as_ref(), r.shadow_rules.as_ref()).map_err(at)?);
+        } else if any.type_url == LocalRateLimit::type_url() && inbound {
+            rate_limit = Some(local_rate_limit(&decode(any, "local_ratelimit").map_err(at)?).map_err(at)?);
         } else if any.type_url == HttpFault::type_url() {
             // The empty fault filter every outbound HCM carries injects nothing; a route that
             // configures faults is refused where it is.
@@ -285,7 +289,34 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         return Err(unsupported("access filters on an outbound listener"));
     }
     let forward_client_cert = h.forward_client_cert_details == ForwardClientCertDetails::SanitizeSet as i32;
-    Ok(Handler::Http { access, routes, forward_client_cert })
+    Ok(Handler::Http { access, rate_limit, routes, forward_client_cert })
+}
+
+/// A local rate limit enforced for every request (429 past it); anything subtler is refused.
+fn local_rate_limit(l: &LocalRateLimit) -> R<crate::resilience::RateLimit> {
+    let everyone = |p: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>| {
+        p.as_ref()
+            .and_then(|p| p.default_value.as_ref())
+            .is_some_and(|v| v.numerator == 100 && v.denominator == 0)
+    };
+    if !everyone(&l.filter_enabled) || !everyone(&l.filter_enforced) {
+        return Err(unsupported("a rate limit enabled or enforced for only part of the requests"));
+    }
+    if !l.descriptors.is_empty() || l.status.is_some() || !l.response_headers_to_add.is_empty() {
+        return Err(unsupported("rate-limit descriptors, statuses and headers"));
+    }
+    let b = l.token_bucket.as_ref().ok_or("no token_bucket")?;
+    let interval = b
+        .fill_interval
+        .as_ref()
+        .map(duration)
+        .filter(|d| !d.is_zero())
+        .ok_or("fill_interval must be positive")?;
+    let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if b.max_tokens == 0 || per_fill == 0 {
+        return Err("max_tokens and tokens_per_fill must be positive".into());
+    }
+    Ok(crate::resilience::RateLimit { max: b.max_tokens, per_fill, interval })
 }
 
 fn rbac_filters(name: &str, rules: Option<&Rbac>, shadow: Option<&Rbac>) -> R<Vec<RbacFilter>> {

@@ -161,12 +161,14 @@ fn what_the_agent_cannot_honour_is_refused_with_its_path() {
     );
     let e = refusal(&full, &PbCluster::type_url(), "reviews.shop:9080");
     assert_eq!(e, "cluster \"reviews.shop:9080\": active health_checks is not supported by trellis-agent");
-    let e = refusal(&full, &PbListener::type_url(), "inbound:9080");
-    assert!(
-        e.starts_with("listener \"inbound:9080\": filter_chains[0].filters[0]")
-            && e.contains("LocalRateLimit is not supported"),
-        "{e}"
-    );
+    let any = pack_any(full.listeners["inbound:9080"].clone());
+    let Converted::Listener(inbound) = convert(&PbListener::type_url(), &any, &local()).unwrap() else {
+        panic!("a listener")
+    };
+    let Handler::Http { rate_limit, .. } = &inbound.handler else { panic!("HTTP") };
+    let seed_limit =
+        crate::resilience::RateLimit { max: 200, per_fill: 100, interval: Duration::from_secs(1) };
+    assert_eq!(*rate_limit, Some(seed_limit), "the seed's local rate limit is honoured");
 
     let mut view = seed(&["Service", "HTTPRoute"]);
     let route = view.http_routes.get_mut("reviews").unwrap();

@@ -37,7 +37,7 @@ use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
 use crate::identity::Identity;
-use crate::resilience::ClusterHealth;
+use crate::resilience::{Bucket, ClusterHealth, RateLimit};
 use crate::state::{ConfigSink, State};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -64,6 +64,8 @@ pub struct Proxy {
     bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
     /// Circuit-breaker counts and outlier state, by cluster name.
     health: Mutex<HashMap<String, Arc<ClusterHealth>>>,
+    /// Local rate limits, by inbound listener.
+    buckets: Mutex<HashMap<String, Bucket>>,
     /// Set on SIGTERM: HTTP connections finish what they carry and close.
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open; the count falls to zero when a drain is done.
@@ -96,6 +98,7 @@ impl Proxy {
             generation: AtomicU64::new(0),
             bound: Mutex::default(),
             health: Mutex::default(),
+            buckets: Mutex::default(),
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
@@ -458,7 +461,7 @@ impl Proxy {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let Handler::Http { access, routes, forward_client_cert } = &l.handler else {
+        let Handler::Http { access, rate_limit, routes, forward_client_cert } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
@@ -480,6 +483,12 @@ impl Proxy {
             if let Some(rule) = verdict.denied {
                 tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), method = %view.method, path = %view.path, rule = %rule, "request denied");
                 return local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
+            }
+        }
+        if let Some(limit) = rate_limit {
+            if !self.take_token(&l.name, *limit) {
+                tracing::info!(listener = %l.name, "rate limited");
+                return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
             }
         }
         let cfg = self.state.config();
@@ -537,6 +546,17 @@ impl Proxy {
                 local_reply(grpc, status, code, &why)
             }
         }
+    }
+
+    /// Takes a token from the listener's bucket (a new one when its limit changed).
+    fn take_token(&self, listener: &str, limit: RateLimit) -> bool {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().expect("not poisoned");
+        let bucket = buckets.entry(listener.to_owned()).or_insert_with(|| Bucket::new(limit, now));
+        if bucket.limit() != limit {
+            *bucket = Bucket::new(limit, now);
+        }
+        bucket.take(now)
     }
 
     /// Sends the request, trying again as the route's retry policy says when the body can

@@ -3,7 +3,8 @@
 //! with 503 / UNAVAILABLE, nothing waits. A host that answers `consecutive_5xx` failures in a
 //! row (5xx or no connection) is ejected for `base_ejection × times ejected`, while at most
 //! `max_ejection_percent` of the cluster's hosts are out (always at least one may be); when
-//! every host is out, all are used again.
+//! every host is out, all are used again. A local rate limit is a token bucket per inbound
+//! listener.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -92,6 +93,48 @@ impl ClusterHealth {
     }
 }
 
+/// A token bucket: `max` tokens, `per_fill` added every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub per_fill: u32,
+    pub interval: Duration,
+}
+
+/// The bucket's state.
+#[derive(Debug)]
+pub struct Bucket {
+    limit: RateLimit,
+    tokens: u32,
+    filled_at: Instant,
+}
+
+impl Bucket {
+    pub fn new(limit: RateLimit, now: Instant) -> Bucket {
+        Bucket { limit, tokens: limit.max, filled_at: now }
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    /// Takes a token if there is one (after the fills due at `now`).
+    pub fn take(&mut self, now: Instant) -> bool {
+        let fills = (now.saturating_duration_since(self.filled_at).as_nanos()
+            / self.limit.interval.as_nanos()) as u64;
+        if fills > 0 {
+            let added = fills.saturating_mul(u64::from(self.limit.per_fill));
+            self.tokens = (u64::from(self.tokens) + added).min(u64::from(self.limit.max)) as u32;
+            self.filled_at += self.limit.interval * u32::try_from(fills).unwrap_or(u32::MAX);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +167,19 @@ mod tests {
         }
         assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
         assert_eq!(health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let limit = RateLimit { max: 3, per_fill: 2, interval: Duration::from_secs(1) };
+        let mut b = Bucket::new(limit, t0);
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3, "the burst");
+        assert!(!b.take(t0 + Duration::from_millis(999)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..5).filter(|_| b.take(t1)).count(), 2, "one fill");
+        let t9 = t0 + Duration::from_secs(9);
+        assert_eq!((0..5).filter(|_| b.take(t9)).count(), 3, "never above max");
     }
 
     #[test]
