@@ -485,11 +485,9 @@ impl Proxy {
                 return local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
             }
         }
-        if let Some(limit) = rate_limit {
-            if !self.take_token(&l.name, *limit) {
-                tracing::info!(listener = %l.name, "rate limited");
-                return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
-            }
+        if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
+            tracing::info!(listener = %l.name, "rate limited");
+            return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
         }
         let cfg = self.state.config();
         let table = match routes {
