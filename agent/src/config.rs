@@ -66,6 +66,7 @@ pub struct Cluster {
     /// Most requests (or TCP connections) in flight: the circuit breaker.
     pub limit: Option<u32>,
     pub outlier: Option<crate::resilience::OutlierPolicy>,
+    pub health_check: Option<crate::resilience::HealthCheckPolicy>,
 }
 
 /// An HTTP route table: virtual hosts in order.

@@ -104,7 +104,9 @@ pub fn convert(type_url: &str, any: &Any, local: &Local) -> R<Converted> {
     if type_url == PbListener::type_url() {
         listener(&decode(any, "listener")?, local).map(|l| Converted::Listener(Arc::new(l)))
     } else if type_url == RouteConfiguration::type_url() {
-        route_table(&decode(any, "route configuration")?, "").map(|r| Converted::Routes(Arc::new(r)))
+        let rc: RouteConfiguration = decode(any, "route configuration")?;
+        let table = route_table(&rc, "").map_err(|e| format!("route configuration {:?}: {e}", rc.name))?;
+        Ok(Converted::Routes(Arc::new(table)))
     } else if type_url == PbCluster::type_url() {
         cluster(&decode(any, "cluster")?, local).map(|c| Converted::Cluster(Arc::new(c)))
     } else if type_url == ClusterLoadAssignment::type_url() {
@@ -561,9 +563,11 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
         .map(outlier)
         .transpose()
         .map_err(|e| at(&format!("outlier_detection: {e}")))?;
-    if !c.health_checks.is_empty() {
-        return Err(at(&unsupported("active health_checks")));
-    }
+    let health_check = match c.health_checks.as_slice() {
+        [] => None,
+        [one] => Some(health_check(one).map_err(|e| at(&format!("health_checks[0]: {e}")))?),
+        _ => return Err(at(&unsupported("several health_checks"))),
+    };
     if c.lb_policy != LbPolicy::RoundRobin as i32 {
         return Err(at(&unsupported(&format!("lb_policy {}", c.lb_policy))));
     }
@@ -612,7 +616,53 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
         }
         other => return Err(at(&unsupported(&format!("cluster type {other:?}")))),
     };
-    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier })
+    if health_check.is_some() && !matches!(target, Target::Mesh { .. }) {
+        return Err(at(&unsupported("health checks of a static cluster")));
+    }
+    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier, health_check })
+}
+
+/// Shortest interval between checks, a bound on what a route can make the agent send.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+fn health_check(
+    h: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+) -> R<crate::resilience::HealthCheckPolicy> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    let (http_path, expected) = match &h.health_checker {
+        Some(HealthChecker::HttpHealthCheck(http)) => {
+            if !http.host.is_empty() || !http.request_headers_to_add.is_empty() || http.send.is_some() {
+                return Err(unsupported("health-check hosts, headers and payloads"));
+            }
+            let expected = http
+                .expected_statuses
+                .iter()
+                .map(|r| {
+                    Ok((
+                        u16::try_from(r.start).map_err(|_| "status")?,
+                        u16::try_from(r.end).map_err(|_| "status")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, &str>>()
+                .map_err(|e| format!("expected_statuses: bad {e}"))?;
+            (Some(http.path.clone()), expected)
+        }
+        Some(HealthChecker::TcpHealthCheck(tcp)) if tcp.send.is_none() && tcp.receive.is_empty() => {
+            (None, vec![])
+        }
+        other => return Err(unsupported(&format!("health checker {other:?}"))),
+    };
+    let need = |d: &Option<PbDuration>, f: &str| {
+        d.as_ref().map(duration).filter(|d| !d.is_zero()).ok_or(format!("{f} must be positive"))
+    };
+    Ok(crate::resilience::HealthCheckPolicy {
+        interval: need(&h.interval, "interval")?.max(MIN_CHECK_INTERVAL),
+        timeout: need(&h.timeout, "timeout")?,
+        unhealthy_threshold: h.unhealthy_threshold.as_ref().map_or(1, |v| v.value).max(1),
+        healthy_threshold: h.healthy_threshold.as_ref().map_or(1, |v| v.value).max(1),
+        http_path,
+        expected,
+    })
 }
 
 /// The one limit the agent keeps: requests (or TCP connections) in flight, the smaller of

@@ -37,7 +37,7 @@ use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
 use crate::identity::Identity;
-use crate::resilience::{Bucket, ClusterHealth, RateLimit};
+use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
 use crate::state::{ConfigSink, State};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -66,6 +66,8 @@ pub struct Proxy {
     health: Mutex<HashMap<String, Arc<ClusterHealth>>>,
     /// Local rate limits, by inbound listener.
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Active health checkers, by cluster, with the policy they run.
+    checkers: Mutex<HashMap<String, (HealthCheckPolicy, JoinHandle<()>)>>,
     /// Set on SIGTERM: HTTP connections finish what they carry and close.
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open; the count falls to zero when a drain is done.
@@ -99,6 +101,7 @@ impl Proxy {
             bound: Mutex::default(),
             health: Mutex::default(),
             buckets: Mutex::default(),
+            checkers: Mutex::default(),
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
@@ -417,7 +420,7 @@ impl Proxy {
             .clusters
             .get(cluster)
             .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("no cluster {cluster:?}")))?;
-        let health = self.health.lock().expect("not poisoned").entry(cluster.to_owned()).or_default().clone();
+        let health = self.cluster_health(cluster);
         let (addr, hosts) = match &c.target {
             Target::Local(a) => (*a, 1),
             Target::Mesh { eds, .. } => {
@@ -544,6 +547,72 @@ impl Proxy {
                 local_reply(grpc, status, code, &why)
             }
         }
+    }
+
+    fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {
+        self.health.lock().expect("not poisoned").entry(cluster.to_owned()).or_default().clone()
+    }
+
+    /// Runs one health checker per cluster that asks for one, and no other.
+    fn reconcile_checkers(&self) {
+        let cfg = self.state.config();
+        let mut checkers = self.checkers.lock().expect("not poisoned");
+        checkers.retain(|name, (policy, task)| {
+            let keep = cfg.clusters.get(name).and_then(|c| c.health_check.as_ref()) == Some(policy);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, c) in &cfg.clusters {
+            let Some(policy) = &c.health_check else { continue };
+            if checkers.contains_key(name) {
+                continue;
+            }
+            let me = self.me.upgrade().expect("alive while applying");
+            let task = tokio::spawn(me.check_forever(name.clone(), policy.clone()));
+            checkers.insert(name.clone(), (policy.clone(), task));
+        }
+    }
+
+    async fn check_forever(self: Arc<Self>, cluster: String, policy: HealthCheckPolicy) {
+        let mut tick = tokio::time::interval(policy.interval);
+        loop {
+            tick.tick().await;
+            let cfg = self.state.config();
+            let Some(c) = cfg.clusters.get(&cluster).cloned() else { return };
+            let Target::Mesh { eds, peer } = &c.target else { return };
+            let hosts = cfg.endpoints.get(eds).cloned().unwrap_or_default();
+            let health = self.cluster_health(&cluster);
+            for host in hosts.iter().copied() {
+                let ok = tokio::time::timeout(policy.timeout, self.check(&c, peer, host, &policy))
+                    .await
+                    .unwrap_or(false);
+                if let Some(failing) = health.checked(&policy, host, ok) {
+                    tracing::warn!(%cluster, %host, healthy = !failing, "health check verdict changed");
+                }
+            }
+        }
+    }
+
+    /// One check of `host`: `GET <path>` over the cluster's mTLS, or a TCP connect.
+    async fn check(
+        &self,
+        c: &crate::config::Cluster,
+        peer: &SpiffeId,
+        host: SocketAddr,
+        policy: &HealthCheckPolicy,
+    ) -> bool {
+        let Some(path) = &policy.http_path else {
+            return TcpStream::connect(host).await.is_ok();
+        };
+        let Ok(client) = self.mesh_client(peer, c.h2) else { return false };
+        let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) else { return false };
+        let body: Body = http_body_util::Empty::new().map_err(|never| match never {}).boxed();
+        let mut req = Request::new(body);
+        *req.uri_mut() = uri;
+        *req.version_mut() = if c.h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        client.request(req).await.is_ok_and(|r| policy.accepts(r.status().as_u16()))
     }
 
     /// Takes a token from the listener's bucket (a new one when its limit changed).
@@ -787,6 +856,9 @@ impl ConfigSink for Proxy {
             self.bind(&next.listeners)?;
         }
         self.state.store(next);
+        if type_url == envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url() {
+            self.reconcile_checkers();
+        }
         if type_url == Secret::type_url() {
             self.refresh_tls().map_err(|e| format!("{e:#}"))?;
         }

@@ -25,6 +25,33 @@ struct Host {
     consecutive: u32,
     ejections: u32,
     ejected_until: Option<Instant>,
+    /// Active health checks: failed or passed in a row, and the verdict. A host is healthy
+    /// until checks say otherwise.
+    checks_failed: u32,
+    checks_passed: u32,
+    failing: bool,
+}
+
+/// How a cluster's hosts are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckPolicy {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// `GET <path>` over the cluster's mTLS; `None`: a TCP connect.
+    pub http_path: Option<String>,
+    /// Accepted statuses as `[start, end)` ranges; empty: 200 only.
+    pub expected: Vec<(u16, u16)>,
+}
+
+impl HealthCheckPolicy {
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expected.is_empty() {
+            return status == 200;
+        }
+        self.expected.iter().any(|(from, to)| (*from..*to).contains(&status))
+    }
 }
 
 /// What one cluster's requests have seen.
@@ -60,9 +87,32 @@ impl ClusterHealth {
         let up: Vec<SocketAddr> = hosts
             .iter()
             .copied()
-            .filter(|h| state.get(h).and_then(|s| s.ejected_until).is_none_or(|t| t <= now))
+            .filter(|h| state.get(h).is_none_or(|s| !s.failing && s.ejected_until.is_none_or(|t| t <= now)))
             .collect();
         if up.is_empty() { hosts.to_vec() } else { up }
+    }
+
+    /// Records one health check of `host`; returns its new verdict (`true`: failing) when it
+    /// changed.
+    pub fn checked(&self, policy: &HealthCheckPolicy, host: SocketAddr, ok: bool) -> Option<bool> {
+        let mut state = self.hosts.lock().expect("not poisoned");
+        let h = state.entry(host).or_default();
+        if ok {
+            h.checks_passed += 1;
+            h.checks_failed = 0;
+            if h.failing && h.checks_passed >= policy.healthy_threshold {
+                h.failing = false;
+                return Some(false);
+            }
+        } else {
+            h.checks_failed += 1;
+            h.checks_passed = 0;
+            if !h.failing && h.checks_failed >= policy.unhealthy_threshold {
+                h.failing = true;
+                return Some(true);
+            }
+        }
+        None
     }
 
     /// Records one answer of `host` (out of `total` hosts); returns whether it was ejected now.
@@ -167,6 +217,32 @@ mod tests {
         }
         assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
         assert_eq!(health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
+    }
+
+    #[test]
+    fn health_checks_take_a_host_out_and_bring_it_back_by_their_thresholds() {
+        let policy = HealthCheckPolicy {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            http_path: Some("/health".into()),
+            expected: vec![],
+        };
+        let health = ClusterHealth::default();
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let now = Instant::now();
+        assert_eq!(health.checked(&policy, a, false), None);
+        assert_eq!(health.checked(&policy, a, false), None);
+        assert_eq!(health.checked(&policy, a, false), Some(true), "three failures");
+        assert_eq!(health.usable(&[a, b], now), [b]);
+        assert_eq!(health.checked(&policy, a, true), None);
+        assert_eq!(health.checked(&policy, a, true), Some(false), "two passes");
+        assert_eq!(health.usable(&[a, b], now), [a, b]);
+        assert!(policy.accepts(200) && !policy.accepts(204));
+        let ranged = HealthCheckPolicy { expected: vec![(200, 300)], ..policy };
+        assert!(ranged.accepts(204) && !ranged.accepts(503));
     }
 
     #[test]

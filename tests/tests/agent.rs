@@ -272,11 +272,11 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
     let t = Trellis::start(cmd).await;
     let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    // The seed without its resilience kinds (the agent refuses those, below).
+    // The seed without its rate limit (100 requests a second would refuse most of the 2,000).
     let docs: Vec<Value> = example_documents()
         .into_iter()
         .filter(|d| {
-            ["Mesh", "Service", "HTTPRoute", "TCPRoute", "AccessPolicy"]
+            ["Mesh", "Service", "HTTPRoute", "TCPRoute", "AccessPolicy", "CircuitBreaker", "HealthCheck"]
                 .contains(&d["kind"].as_str().unwrap())
         })
         .collect();
@@ -687,12 +687,13 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
-    let hc = example_documents().into_iter().find(|d| d["kind"] == "HealthCheck").unwrap();
-    let (status, body) = api.put(&document_path(&hc), &hc).await;
-    assert_eq!(status, 201, "{body}");
+    let mut faulty = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    faulty["spec"]["rules"][0]["fault"] = json!({"abort": {"httpStatus": 503, "percent": 10}});
+    let (status, body) = api.put(&document_path(&faulty), &faulty).await;
+    assert_eq!(status, 200, "{body}");
     let mut propagation = Value::Null;
     for _ in 0..100 {
-        let (_, doc) = api.get(&document_path(&hc)).await;
+        let (_, doc) = api.get(&document_path(&faulty)).await;
         propagation = doc["status"]["propagation"].clone();
         if propagation["rejected"].as_u64().unwrap_or(0) > 0 {
             break;
@@ -701,8 +702,8 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     }
     let reason = propagation["errors"][0].as_str().unwrap_or_default();
     assert!(
-        reason.contains("reviews.shop:9080")
-            && reason.contains("active health_checks is not supported by trellis-agent"),
+        reason.contains("outbound:reviews.shop:9080")
+            && reason.contains("(fault injection) is not supported by trellis-agent"),
         "{propagation}"
     );
     // Traffic keeps flowing on the last configuration it accepted.
