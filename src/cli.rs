@@ -90,7 +90,7 @@ struct ConfigFile {
 }
 
 /// A connected client: base URL, token, organization and default mesh.
-struct Client {
+pub struct Client {
     http: reqwest::Client,
     server: String,
     token: String,
@@ -144,11 +144,8 @@ impl Client {
         let token = args.token.clone().or(file.token).ok_or_else(|| {
             anyhow!("no API token: pass --token, set TRELLIS_TOKEN, or put `token:` in the config file")
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        let mut client = Client { http, server, token, org: String::new(), mesh: file.mesh };
+        let mut client = Client::new(server, token, String::new())?;
+        client.mesh = file.mesh;
         client.org = match args.org.clone().or(file.org) {
             Some(o) => o,
             None => {
@@ -160,6 +157,33 @@ impl Client {
             }
         };
         Ok(client)
+    }
+
+    /// A client of the API at `server` (no trailing `/`) for organization `org`.
+    pub fn new(server: String, token: String, org: String) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Client { http, server, token, org, mesh: None })
+    }
+
+    /// Sends a JSON body (none when `Null`) and returns the JSON answer.
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<Value> {
+        Ok(self.call(method, path, (!body.is_null()).then_some(body)).await?.1)
+    }
+
+    /// GETs a document that is not JSON (a PEM file, say).
+    pub async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        match self.call(reqwest::Method::GET, path, None).await?.1 {
+            Value::String(text) => Ok(text),
+            other => bail!("{path} answered JSON where text was expected: {other}"),
+        }
     }
 
     /// Sends a request; a problem response becomes an error that prints like the server said it.
@@ -200,7 +224,7 @@ impl Client {
         Ok((status, value, unchanged))
     }
 
-    fn org_path(&self, rest: &str) -> String {
+    pub fn org_path(&self, rest: &str) -> String {
         format!("/api/v1/orgs/{}{rest}", self.org)
     }
 
@@ -241,15 +265,22 @@ fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, Value)>> {
                 std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
             )
         };
-        // YAML is a superset of JSON: one parser reads both, document by document.
-        for (i, d) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let v = Value::deserialize(d)
-                .with_context(|| format!("{label}: document {} is not valid YAML or JSON", i + 1))?;
-            if v.is_null() {
-                continue;
-            }
-            docs.push((format!("{label}#{}", i + 1), v));
+        docs.extend(parse_documents(&label, &text)?);
+    }
+    Ok(docs)
+}
+
+/// The documents of one file, each labelled `<label>#<n>`.
+pub fn parse_documents(label: &str, text: &str) -> anyhow::Result<Vec<(String, Value)>> {
+    let mut docs = Vec::new();
+    // YAML is a superset of JSON: one parser reads both, document by document.
+    for (i, d) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v = Value::deserialize(d)
+            .with_context(|| format!("{label}: document {} is not valid YAML or JSON", i + 1))?;
+        if v.is_null() {
+            continue;
         }
+        docs.push((format!("{label}#{}", i + 1), v));
     }
     Ok(docs)
 }
@@ -257,6 +288,17 @@ fn read_documents(files: &[PathBuf]) -> anyhow::Result<Vec<(String, Value)>> {
 pub async fn apply(args: Apply, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
     let docs = read_documents(&args.files)?;
     let client = Client::connect(&args.client, xdg, home).await?;
+    apply_documents(&client, &docs, args.mesh.as_deref(), |line| println!("{line}")).await
+}
+
+/// Creates or updates every document, reporting one line per document; an error names the
+/// documents that failed (the others are applied all the same).
+pub async fn apply_documents(
+    client: &Client,
+    docs: &[(String, Value)],
+    default_mesh: Option<&str>,
+    report: impl Fn(&str),
+) -> anyhow::Result<()> {
     // Meshes first, then services (which routes and policies reference), then the rest.
     let rank = |v: &Value| match v["kind"].as_str() {
         Some("Mesh") => 0,
@@ -267,8 +309,8 @@ pub async fn apply(args: Apply, xdg: Option<PathBuf>, home: Option<PathBuf>) -> 
     ordered.sort_by_key(|(_, v)| rank(v));
     let mut failed = 0;
     for (label, doc) in ordered {
-        match apply_one(&client, doc, args.mesh.as_deref()).await {
-            Ok(line) => println!("{line}"),
+        match apply_one(client, doc, default_mesh).await {
+            Ok(line) => report(&line),
             Err(e) => {
                 failed += 1;
                 eprintln!("{label}: {e:#}");

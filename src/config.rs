@@ -54,6 +54,12 @@ pub enum Command {
     /// Print what installs Trellis: Kubernetes manifests or a systemd unit (no database).
     #[command(subcommand)]
     Install(InstallTarget),
+    /// Run a demo mesh on this machine: the control plane, the book shop's applications each
+    /// behind its own trellis-agent, and steady traffic. Ctrl-C stops everything it started.
+    Demo(Demo),
+    /// One of `trellis demo`'s applications (started by the demo, not by hand).
+    #[command(hide = true)]
+    DemoApp(DemoApp),
 }
 
 impl Command {
@@ -61,7 +67,13 @@ impl Command {
     pub fn is_client(&self) -> bool {
         matches!(
             self,
-            Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Openapi | Command::Install(_)
+            Command::Apply(_)
+                | Command::Get(_)
+                | Command::Delete(_)
+                | Command::Openapi
+                | Command::Install(_)
+                | Command::Demo(_)
+                | Command::DemoApp(_)
         )
     }
 }
@@ -80,6 +92,8 @@ pub enum InstallTarget {
     Kubernetes(KubernetesInstall),
     /// Print a hardened systemd unit that runs `trellis serve`.
     Systemd(SystemdInstall),
+    /// Print a hardened systemd unit that runs `trellis-agent run` beside a workload on a VM.
+    AgentSystemd(AgentSystemdInstall),
 }
 
 /// The image `trellis install kubernetes` refers to unless told otherwise: what
@@ -115,6 +129,91 @@ pub struct SystemdInstall {
     /// Environment file with `TRELLIS_DATABASE_URL=…` (and any other setting), readable by
     /// root only: systemd reads it before dropping privileges.
     #[arg(long, default_value = "/etc/trellis/trellis.env", value_parser = parse_absolute_path)]
+    pub environment_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoApp {
+    /// Which application to be.
+    #[arg(value_enum)]
+    pub role: DemoRole,
+    /// Where to listen.
+    #[arg(long, default_value_t = crate::demo::apps::default_listen())]
+    pub listen: SocketAddr,
+    /// The version it reports (`reviews` v1 has no stars, later versions ask `ratings`).
+    #[arg(long, default_value = "v1")]
+    pub version: String,
+    /// Where `reviews` is, e.g. `http://reviews.shop:9080` (productpage calls it).
+    #[arg(long)]
+    pub reviews: Option<url::Url>,
+    /// Where `ratings` is (reviews v2 and later call it).
+    #[arg(long)]
+    pub ratings: Option<url::Url>,
+    /// Where `details` is (productpage calls it for `/details`).
+    #[arg(long)]
+    pub details: Option<url::Url>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DemoRole {
+    Productpage,
+    Reviews,
+    Ratings,
+    Details,
+}
+
+impl DemoRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            DemoRole::Productpage => "productpage",
+            DemoRole::Reviews => "reviews",
+            DemoRole::Ratings => "ratings",
+            DemoRole::Details => "details",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct Demo {
+    /// Address of the demo control plane's REST API and console.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], HTTP_PORT)))]
+    pub http_addr: SocketAddr,
+    /// Address of its TLS port (xDS and identity), which the agents dial.
+    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], XDS_PORT)))]
+    pub xds_addr: SocketAddr,
+    /// Organization the demo mesh is created in (the local admin's, who the login link signs in).
+    #[arg(long, default_value = "default", value_parser = parse_slug)]
+    pub org: trellis_model::OrgSlug,
+    /// First of the ports the demo applications listen on (127.0.0.1, one each).
+    #[arg(long, default_value_t = 19080)]
+    pub app_port: u16,
+    /// Calls per second the traffic generator makes to productpage.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: u32,
+    /// The trellis-agent binary [default: beside this `trellis`].
+    #[arg(long)]
+    pub agent: Option<PathBuf>,
+    /// Working directory for certificates, join tokens and logs, cleared at start
+    /// [default: <temp dir>/trellis-demo].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentSystemdInstall {
+    /// Where the `trellis-agent` binary is installed.
+    #[arg(long, default_value = "/usr/local/bin/trellis-agent", value_parser = parse_absolute_path)]
+    pub binary: PathBuf,
+    /// The join token's file, readable by root only; systemd hands it to the agent as its
+    /// credential `join-token` (needed until the agent holds an SVID).
+    #[arg(long, default_value = "/etc/trellis-agent/join-token", value_parser = parse_absolute_path)]
+    pub join_token_source: PathBuf,
+    /// The control plane's platform root (`…/bootstrap/ca.pem` of the REST API).
+    #[arg(long, default_value = "/etc/trellis-agent/platform-ca.pem", value_parser = parse_absolute_path)]
+    pub platform_ca: PathBuf,
+    /// Environment file with the workload's settings (`TRELLIS_SERVER`, `TRELLIS_MESH`,
+    /// `TRELLIS_SERVICE`, `TRELLIS_PORTS`, …; see `trellis-agent run --help`).
+    #[arg(long, default_value = "/etc/trellis-agent/agent.env", value_parser = parse_absolute_path)]
     pub environment_file: PathBuf,
 }
 
@@ -198,6 +297,39 @@ pub struct Global {
     /// Log filter, in `tracing` EnvFilter syntax.
     #[arg(long, env = "TRELLIS_LOG", default_value = "info", global = true)]
     pub log: String,
+}
+
+impl Global {
+    /// These settings as the environment of a child `trellis` process (`trellis demo` starts
+    /// its control plane so), whether they came from flags or the environment.
+    pub fn child_env(&self) -> Vec<(&'static str, String)> {
+        use secrecy::ExposeSecret;
+        let name = |v: clap::builder::PossibleValue| v.get_name().to_owned();
+        let mut env = vec![
+            (
+                "TRELLIS_EMBEDDED_POSTGRES",
+                name(self.embedded_postgres.to_possible_value().expect("no skipped variant")),
+            ),
+            ("TRELLIS_EMBEDDED_POSTGRES_ADDR", self.embedded_postgres_addr.to_string()),
+            ("TRELLIS_EMBEDDED_POSTGRES_USER", self.embedded_postgres_user.clone()),
+            ("TRELLIS_EMBEDDED_DATABASE", self.embedded_database.clone()),
+            ("TRELLIS_LOG_FORMAT", name(self.log_format.to_possible_value().expect("no skipped variant"))),
+            ("TRELLIS_LOG", self.log.clone()),
+        ];
+        let secrets = [
+            ("TRELLIS_DATABASE_URL", self.database_url.as_ref().or(self.database_url_fallback.as_ref())),
+            ("TRELLIS_APP_DATABASE_PASSWORD", self.app_database_password.as_ref()),
+            ("TRELLIS_KEK", self.kek.as_ref()),
+        ];
+        env.extend(secrets.into_iter().filter_map(|(k, v)| Some((k, v?.expose_secret().to_owned()))));
+        let paths = [
+            ("TRELLIS_DATA_DIR", &self.data_dir),
+            ("TRELLIS_KEK_FILE", &self.kek_file),
+            ("TRELLIS_POSTGRES_BIN_DIR", &self.postgres_bin_dir),
+        ];
+        env.extend(paths.into_iter().filter_map(|(k, v)| Some((k, v.as_ref()?.display().to_string()))));
+        env
+    }
 }
 
 #[derive(Debug, Args)]

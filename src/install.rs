@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::config::{HTTP_PORT, KubernetesInstall, SystemdInstall, XDS_PORT};
+use crate::config::{AgentSystemdInstall, HTTP_PORT, KubernetesInstall, SystemdInstall, XDS_PORT};
 
 /// The user and group the image runs as (deploy/trellis.Containerfile's `USER`): a numeric
 /// id, so that Kubernetes can check `runAsNonRoot` without reading the image.
@@ -188,51 +188,100 @@ pub fn kubernetes(args: &KubernetesInstall) -> anyhow::Result<String> {
 /// A hardened unit for `trellis serve`. The KEK comes as a systemd credential (never in the
 /// environment); the database URL from an environment file that only root reads.
 pub fn systemd(args: &SystemdInstall) -> String {
-    let mut unit = String::new();
-    let mut line = |s: &str| {
-        unit.push_str(s);
-        unit.push('\n');
-    };
-    line(&format!(
-        "# Trellis {} control plane, printed by `trellis install systemd`.",
-        env!("CARGO_PKG_VERSION")
-    ));
-    line(&format!(
-        "# Put the KEK file (`<id> <base64>` per line) at {} and `TRELLIS_DATABASE_URL=postgres://…`",
-        args.kek_source.display()
-    ));
-    line(&format!("# in {}, both owned by root with mode 0600.", args.environment_file.display()));
-    line("[Unit]");
-    line("Description=Trellis service-mesh control plane");
-    line("Wants=network-online.target");
-    line("After=network-online.target postgresql.service");
-    line("");
-    line("[Service]");
-    line("Type=exec");
-    line(&format!("ExecStart={} serve", args.binary.display()));
-    line("Restart=on-failure");
-    line("RestartSec=2s");
-    line("TimeoutStopSec=30s");
-    line("# A user of its own, made for the service; its state directory is /var/lib/trellis.");
-    line("DynamicUser=yes");
-    line("StateDirectory=trellis");
-    line("StateDirectoryMode=0700");
-    line("Environment=TRELLIS_DATA_DIR=%S/trellis");
-    line("# The KEK is read from the credentials directory, which only this service can see.");
-    line(&format!("LoadCredential=kek:{}", args.kek_source.display()));
-    line("Environment=TRELLIS_KEK_FILE=%d/kek");
-    line(&format!("Environment=TRELLIS_HTTP_ADDR=0.0.0.0:{HTTP_PORT}"));
-    line(&format!("Environment=TRELLIS_XDS_ADDR=0.0.0.0:{XDS_PORT}"));
-    line("Environment=TRELLIS_LOG_FORMAT=json");
-    line("# Settings in this file override the ones above.");
-    line(&format!("EnvironmentFile={}", args.environment_file.display()));
-    for setting in HARDENING {
-        line(setting);
-    }
-    line("");
-    line("[Install]");
-    line("WantedBy=multi-user.target");
-    unit
+    unit_file(
+        &[
+            format!(
+                "Trellis {} control plane, printed by `trellis install systemd`.",
+                env!("CARGO_PKG_VERSION")
+            ),
+            format!(
+                "Put the KEK file (`<id> <base64>` per line) at {} and `TRELLIS_DATABASE_URL=postgres://…`",
+                args.kek_source.display()
+            ),
+            format!("in {}, both owned by root with mode 0600.", args.environment_file.display()),
+        ],
+        "Trellis service-mesh control plane",
+        "network-online.target postgresql.service",
+        &[
+            format!("ExecStart={} serve", args.binary.display()),
+            "Restart=on-failure".into(),
+            "RestartSec=2s".into(),
+            "TimeoutStopSec=30s".into(),
+            "# A user of its own, made for the service; its state directory is /var/lib/trellis.".into(),
+            "DynamicUser=yes".into(),
+            "StateDirectory=trellis".into(),
+            "StateDirectoryMode=0700".into(),
+            "Environment=TRELLIS_DATA_DIR=%S/trellis".into(),
+            "# The KEK is read from the credentials directory, which only this service can see.".into(),
+            format!("LoadCredential=kek:{}", args.kek_source.display()),
+            "Environment=TRELLIS_KEK_FILE=%d/kek".into(),
+            format!("Environment=TRELLIS_HTTP_ADDR=0.0.0.0:{HTTP_PORT}"),
+            format!("Environment=TRELLIS_XDS_ADDR=0.0.0.0:{XDS_PORT}"),
+            "Environment=TRELLIS_LOG_FORMAT=json".into(),
+            "# Settings in this file override the ones above.".into(),
+            format!("EnvironmentFile={}", args.environment_file.display()),
+        ],
+    )
+}
+
+/// A hardened unit for `trellis-agent run` beside a workload. The join token comes as a
+/// systemd credential; the SVID and the last accepted configuration are kept in the state
+/// directory, so that a restarted agent serves while the control plane is away.
+pub fn agent_systemd(args: &AgentSystemdInstall) -> String {
+    unit_file(
+        &[
+            format!(
+                "Trellis {} agent, printed by `trellis install agent-systemd`.",
+                env!("CARGO_PKG_VERSION")
+            ),
+            format!(
+                "Put the join token at {} (root, mode 0600), the platform root at {},",
+                args.join_token_source.display(),
+                args.platform_ca.display()
+            ),
+            format!(
+                "and the workload's settings in {} (TRELLIS_SERVER=…, TRELLIS_MESH=…, TRELLIS_SERVICE=…, TRELLIS_PORTS=…).",
+                args.environment_file.display()
+            ),
+        ],
+        "Trellis agent: the workload's service-mesh data plane",
+        "network-online.target",
+        &[
+            format!("ExecStart={} run", args.binary.display()),
+            "# The mesh is down for the workload while the agent is: restart it whatever ended it.".into(),
+            "Restart=always".into(),
+            "RestartSec=1s".into(),
+            "TimeoutStopSec=30s".into(),
+            "DynamicUser=yes".into(),
+            "StateDirectory=trellis-agent".into(),
+            "StateDirectoryMode=0700".into(),
+            "Environment=TRELLIS_CERT_DIR=%S/trellis-agent".into(),
+            format!("LoadCredential=join-token:{}", args.join_token_source.display()),
+            "Environment=TRELLIS_JOIN_TOKEN_FILE=%d/join-token".into(),
+            format!("Environment=TRELLIS_PLATFORM_CA={}", args.platform_ca.display()),
+            "# Settings in this file override the ones above.".into(),
+            format!("EnvironmentFile={}", args.environment_file.display()),
+        ],
+    )
+}
+
+/// A unit file: the comments, `[Unit]`, `[Service]` with the settings and [`HARDENING`], and
+/// `[Install]`.
+fn unit_file(comments: &[String], description: &str, after: &str, service: &[String]) -> String {
+    let mut unit: Vec<String> = comments.iter().map(|c| format!("# {c}")).collect();
+    unit.extend([
+        "[Unit]".into(),
+        format!("Description={description}"),
+        "Wants=network-online.target".into(),
+        format!("After={after}"),
+        String::new(),
+        "[Service]".into(),
+        "Type=exec".into(),
+    ]);
+    unit.extend(service.iter().cloned());
+    unit.extend(HARDENING.iter().map(|s| (*s).to_owned()));
+    unit.extend([String::new(), "[Install]".into(), "WantedBy=multi-user.target".into(), String::new()]);
+    unit.join("\n")
 }
 
 /// What the service may not do: it needs only its state directory, TCP and Unix sockets,

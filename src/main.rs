@@ -5,6 +5,7 @@
 
 mod cli;
 mod config;
+mod demo;
 mod embedded;
 mod install;
 mod serve;
@@ -58,6 +59,12 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             print!("{}", install::systemd(&args));
             return Ok(());
         }
+        Command::Install(config::InstallTarget::AgentSystemd(args)) => {
+            print!("{}", install::agent_systemd(&args));
+            return Ok(());
+        }
+        Command::Demo(args) => return demo::run(args, &global).await,
+        Command::DemoApp(args) => return demo::apps::run(args).await,
         Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
         Command::Get(a) => return cli::get(a, xdg_config, home).await,
         Command::Delete(a) => return cli::delete(a, xdg_config, home).await,
@@ -80,7 +87,13 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         },
         Command::Kek(config::KekCommand::Rotate) => rotate_kek(&global, &data_dir, &database).await,
         Command::CreateToken(args) => create_token(args, &database).await,
-        Command::Openapi | Command::Apply(_) | Command::Get(_) | Command::Delete(_) | Command::Install(_) => {
+        Command::Openapi
+        | Command::Apply(_)
+        | Command::Get(_)
+        | Command::Delete(_)
+        | Command::Install(_)
+        | Command::Demo(_)
+        | Command::DemoApp(_) => {
             unreachable!("handled before the database")
         }
     };

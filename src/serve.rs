@@ -110,10 +110,15 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         authority: authority.clone(),
         xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
     };
+    let console = trellis_web::Console {
+        control: trellis_control::Control::new(store.clone(), authority.clone(), accounts.session_idle),
+        oidc: accounts.oidc.is_some(),
+    };
     let app = trellis_api::router(
         state,
         http_metrics,
         trellis_api::RequestLimits { body: cfg.body_limit, time: cfg.request_timeout },
+        trellis_web::router(console),
     );
     // Minted before the address is announced: whoever waits for that line (an operator, a
     // supervisor, a test) may signal the process right away.
@@ -281,7 +286,7 @@ async fn leader_duties(
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");

@@ -1,152 +1,110 @@
-//! Who is calling: an API token (`Authorization: Bearer trls_pat_…`) or a console session
-//! (the `__Host-trellis_session` cookie), checked against the permission matrix in `model`
-//! — in this one place. A session user's role is their membership role in the organization
-//! the request addresses.
+//! Who is calling, as the REST API reads it: an API token (`Authorization: Bearer
+//! trls_pat_…`) or a console session (the `__Host-trellis_session` cookie), handed to the
+//! application core, which authenticates it, resolves the organization and checks roles.
+//! The extractors here replace the opening every handler once wrote for itself.
 
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use trellis_model::{Action, OrgId, OrgSlug, Role, Token, TokenKind};
-use trellis_store::{ApiToken, Org, Session, Store, User};
-use uuid::Uuid;
+use std::collections::HashMap;
+use trellis_control::{Control, Credential, Request, Scope};
 
+use crate::error::ApiError;
 use crate::session::session_secret;
-use crate::{ApiError, AppState};
-
-/// An authenticated caller acting within one organization.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub org: Org,
-    pub role: Role,
-    pub via: Via,
-    /// How the audit log names the caller: `token:<id>` or `user:<id>`.
-    pub actor: String,
-}
-
-/// How the caller authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// An API token, by id.
-    Token(Uuid),
-    /// A console session of this user.
-    Session { user: Uuid },
-}
-
-/// Whoever is calling, before any organization is involved.
-#[derive(Debug, Clone)]
-pub enum Principal {
-    /// An API token: bound to one organization and a role.
-    Token { org: OrgId, record: ApiToken },
-    /// A logged-in user: the role depends on the organization.
-    User { user: User, session: Session },
-}
-
-impl Principal {
-    /// How the audit log names this principal.
-    pub fn actor(&self) -> String {
-        match self {
-            Principal::Token { record, .. } => format!("token:{}", record.id),
-            Principal::User { user, .. } => format!("user:{}", user.id),
-        }
-    }
-}
+use crate::state::REQUEST_ID;
 
 /// SHA-256 of a token's text: what is stored and looked up.
-pub use trellis_model::token_sha256 as token_hash;
+pub use trellis_control::token_hash;
 
-/// Authenticates the request and checks that the caller may do `action` in the
-/// organization `org_slug`. Another organization's (or a missing) organization is a 404,
-/// exactly as if it did not exist; a role that lacks the action is a 403. (CSRF tokens of
-/// cookie-authenticated writes are checked before any handler, by `session::csrf_guard`.)
-pub async fn authorize(
-    s: &AppState,
-    headers: &HeaderMap,
-    org_slug: &str,
-    action: Action,
-) -> Result<Caller, ApiError> {
-    let principal = authenticate(s, headers).await?;
-    let not_found = || ApiError::not_found(format!("organization {org_slug:?} not found"));
-    let slug = OrgSlug::parse(org_slug).map_err(|_| not_found())?;
-    let org = s.store.org_by_slug(&slug).await?.ok_or_else(not_found)?;
-    let (role, via) = match &principal {
-        Principal::Token { org: token_org, record } => {
-            if *token_org != org.id {
-                return Err(not_found());
-            }
-            (record.role, Via::Token(record.id))
+/// The request as the application core sees it: its credential (a bearer token when the
+/// Authorization header is present, a cookie then being ignored; else the session cookie)
+/// and its request id.
+pub fn request(headers: &HeaderMap) -> Request {
+    let credential = if headers.contains_key(header::AUTHORIZATION) {
+        match bearer(headers) {
+            Ok(token) => Credential::ApiToken(token.to_owned()),
+            Err(why) => Credential::Malformed(why),
         }
-        Principal::User { user, .. } => {
-            let mut tx = s.store.tenant(org.id).await?;
-            let role = tx.member_role(user.id).await?.ok_or_else(not_found)?;
-            tx.commit().await?;
-            (role, Via::Session { user: user.id })
+    } else {
+        match session_secret(headers) {
+            Some(secret) => Credential::Session(secret.to_owned()),
+            None => Credential::None,
         }
     };
-    if !role.allows(action) {
-        return Err(ApiError::forbidden(format!("the role {role} may not {}", describe(action))));
-    }
-    Ok(Caller { org, role, via, actor: principal.actor() })
+    let request_id = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Request { credential, request_id }
 }
 
-/// Authenticates the request: a bearer token when the Authorization header is present
-/// (a cookie is then ignored), else the session cookie.
-pub async fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    if headers.contains_key(header::AUTHORIZATION) {
-        return authenticate_token(&s.store, headers).await;
-    }
-    match session_secret(headers) {
-        Some(secret) => {
-            let session = s
-                .store
-                .session(&token_hash(secret), s.accounts.session_idle)
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))?;
-            let user = s
-                .store
-                .user(session.user_id)
-                .await?
-                .ok_or_else(|| ApiError::unauthorized("the session has ended; log in again"))?;
-            Ok(Principal::User { user, session })
-        }
-        None => Err(ApiError::unauthorized(
-            "log in (session cookie) or send an API token as `Authorization: Bearer trls_pat_…`",
-        )),
-    }
-}
-
-async fn authenticate_token(store: &Store, headers: &HeaderMap) -> Result<Principal, ApiError> {
-    let text = bearer(headers)?;
-    let token = Token::parse(TokenKind::Pat, text).map_err(|e| {
-        ApiError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
-    })?;
-    let mut tx = store.tenant(token.org).await?;
-    let record = tx
-        .authenticate_token(&token_hash(text))
-        .await?
-        .ok_or_else(|| ApiError::unauthorized("the API token is unknown, revoked or expired"))?;
-    tx.commit().await?;
-    Ok(Principal::Token { org: token.org, record })
-}
-
-pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+/// The bearer token of the Authorization header, or why it is not one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, &'static str> {
     let value = headers
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("send an API token as `Authorization: Bearer trls_pat_…`"))?;
-    let value = value.to_str().map_err(|_| ApiError::unauthorized("the Authorization header is not text"))?;
+        .ok_or("send an API token as `Authorization: Bearer trls_pat_…`")?;
+    let value = value.to_str().map_err(|_| "the Authorization header is not text")?;
     let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(ApiError::unauthorized("use the Bearer scheme: `Authorization: Bearer trls_pat_…`"));
+        return Err("use the Bearer scheme: `Authorization: Bearer trls_pat_…`");
     }
     Ok(token.trim())
 }
 
-fn describe(action: Action) -> &'static str {
-    match action {
-        Action::Read => "read this organization",
-        Action::WriteConfig => "change mesh configuration",
-        Action::ReadAudit => "read the audit log",
-        Action::ManageMembers => "manage members",
-        Action::ManageTokens => "manage tokens",
-        Action::ManageCa => "manage certificate authorities",
-        Action::ManageOrg => "change the organization",
-        Action::DeleteOrg => "delete the organization",
+/// The request's credential and id, not yet checked: for the routes outside any organization.
+pub struct Who(pub Request);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Ok(Who(request(&parts.headers)))
     }
+}
+
+/// The caller, authenticated, in the organization of the path's `{org}`, with that tenant's
+/// transaction open (one pool connection for the whole request).
+pub struct OrgScope(pub Scope);
+
+impl<S: Send + Sync> FromRequestParts<S> for OrgScope
+where
+    Control: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let org = org_param(parts, state).await?;
+        let scope = Control::from_ref(state).open(&request(&parts.headers), &org).await?;
+        Ok(OrgScope(scope))
+    }
+}
+
+/// [`OrgScope`] with a request body `B`, read first: no pool connection waits on a client's
+/// upload.
+pub struct Scoped<B> {
+    pub scope: Scope,
+    pub body: B,
+}
+
+impl<S, B> FromRequest<S> for Scoped<B>
+where
+    S: Send + Sync,
+    Control: FromRef<S>,
+    B: FromRequest<S> + Send,
+    ApiError: From<B::Rejection>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let org = org_param(&mut parts, state).await?;
+        let request = request(&parts.headers);
+        let body = B::from_request(axum::extract::Request::from_parts(parts, body), state).await?;
+        let scope = Control::from_ref(state).open(&request, &org).await?;
+        Ok(Scoped { scope, body })
+    }
+}
+
+async fn org_param<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<String, ApiError> {
+    let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::bad_request(e.body_text()))?;
+    params.remove("org").ok_or_else(|| ApiError::internal(&"a scoped route without {org}"))
 }

@@ -5,11 +5,11 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use trellis_control::{Condition, IfMatch};
 use trellis_model::config::FieldError;
-use trellis_store::Precondition;
 use uuid::Uuid;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// A JSON request body, bounded by the router's body limit.
 pub struct JsonBody {
@@ -118,65 +118,22 @@ pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ApiError> {
     })
 }
 
-/// An `If-Match` precondition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `*`: the resource must exist.
-    Any,
-    /// One of these versions must be current.
-    Versions(Vec<Uuid>),
+/// `If-Match`; entity tags that are not ours (or weak) can never match.
+pub fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+    let v = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
+    if v.trim() == "*" {
+        return Some(IfMatch::Any);
+    }
+    Some(IfMatch::Versions(
+        v.split(',').filter_map(|t| t.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok()).collect(),
+    ))
 }
 
-impl IfMatch {
-    /// Reads `If-Match`; entity tags that are not ours (or weak) can never match.
-    pub fn from_headers(headers: &HeaderMap) -> Option<IfMatch> {
-        let v = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
-        if v.trim() == "*" {
-            return Some(IfMatch::Any);
-        }
-        Some(IfMatch::Versions(
-            v.split(',')
-                .filter_map(|t| t.trim().strip_prefix('"')?.strip_suffix('"')?.parse().ok())
-                .collect(),
-        ))
-    }
-
-    /// The version to write against, given the current one (None when absent).
-    pub fn expect(&self, current: Option<Uuid>) -> Result<Uuid, ApiError> {
-        let fail = || {
-            ApiError::precondition_failed(
-                "If-Match does not name the current version; read the resource again and retry",
-            )
-        };
-        let current = current.ok_or_else(fail)?;
-        match self {
-            IfMatch::Any => Ok(current),
-            IfMatch::Versions(v) if v.contains(&current) => Ok(current),
-            IfMatch::Versions(_) => Err(fail()),
-        }
-    }
-}
-
-/// The precondition of a write from `If-Match` and `If-None-Match: *`, given the version
-/// stored now (None when absent). A precondition that already fails is refused here; the
-/// store checks it again in the statement that writes.
-pub fn precondition(headers: &HeaderMap, current: Option<Uuid>) -> Result<Precondition, ApiError> {
+/// A write's conditions: `If-Match` and `If-None-Match: *`.
+pub fn condition(headers: &HeaderMap) -> Condition {
     let create_only =
         headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "*");
-    match (IfMatch::from_headers(headers), create_only) {
-        (Some(_), true) => Err(ApiError::bad_request(
-            "If-Match and If-None-Match: * contradict each other; send one of them",
-        )),
-        (Some(im), false) => Ok(Precondition::Version(im.expect(current)?)),
-        (None, true) if current.is_some() => Err(already_exists()),
-        (None, true) => Ok(Precondition::Absent),
-        (None, false) => Ok(Precondition::Unconditional),
-    }
-}
-
-/// The answer to a create-only write of something that exists.
-pub fn already_exists() -> ApiError {
-    ApiError::precondition_failed("If-None-Match: * was sent, and the resource already exists")
+    Condition { if_match: if_match(headers), create_only }
 }
 
 /// The strong entity tag of a version.

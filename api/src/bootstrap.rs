@@ -9,18 +9,18 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_model::config::{Kind, MAX_RE2_PROGRAM, ServiceSpec, Spec};
-use trellis_model::{Action, ResourceName};
+use trellis_control::{Control, Scope};
+use trellis_model::config::{MAX_RE2_PROGRAM, ServiceSpec};
 use trellis_model::{TagKey, TagValue, Tags};
 
-use crate::auth::authorize;
+use crate::auth::OrgScope;
 use crate::body::ApiQuery;
-use crate::config::find_mesh;
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 pub use trellis_model::contract::DEFAULT_CERT_DIR;
 use trellis_model::contract::{
@@ -162,19 +162,15 @@ fn instance_tags(tags: Option<String>) -> Result<Tags, ApiError> {
     Tags::parse(&out).map_err(|e| bad("tags", &e.to_string()))
 }
 
-/// Authorizes (Read), checks the parameters and that the service is a Service of the mesh;
-/// ports and tags only where `sidecar`.
+/// Checks the parameters, then (as a reader of the mesh) that the service is a Service of
+/// the mesh; ports and tags only where `sidecar`.
 async fn target(
-    s: &AppState,
-    headers: &HeaderMap,
-    org: &str,
+    ctl: &Control,
+    scope: Scope,
     mesh: &str,
     q: BootstrapQuery,
     sidecar: bool,
 ) -> Result<Target, ApiError> {
-    let caller = authorize(s, headers, org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    let m = find_mesh(&mut tx, mesh).await?;
     let service = q.service.ok_or_else(|| bad("service", "required: the Service the workload runs as"))?;
     let node = node_id(q.node)?;
     let dir = cert_dir(q.cert_dir)?;
@@ -185,20 +181,7 @@ async fn target(
             }
         }
     }
-    let unknown = || {
-        ApiError::invalid_field("service", format!("no Service {service:?} in mesh {:?}", m.name.as_str()))
-    };
-    let name = ResourceName::parse(&service).map_err(|_| unknown())?;
-    let Some(stored) = tx.get_resource(m.id, Kind::Service.name(), &name).await? else {
-        return Err(unknown());
-    };
-    tx.commit().await?;
-    let Ok(parsed) = Spec::parse(Kind::Service, "spec", stored.spec.clone()) else {
-        return Err(ApiError::internal(&"a stored Service does not parse"));
-    };
-    let Spec::Service(spec) = parsed.spec else {
-        return Err(ApiError::internal(&"a Service is not a Service"));
-    };
+    let (m, spec) = ctl.bootstrap_service(scope, mesh, &service).await?;
     let ports = inbound_ports(q.ports, &spec)?;
     let tags = instance_tags(q.tags)?;
     Ok(Target { mesh: m.name.as_str().to_owned(), service, node, dir, ports, tags })
@@ -323,35 +306,35 @@ fn split_host_port(addr: &str) -> (String, u16) {
 /// `GET …/bootstrap/grpc`.
 pub(crate) async fn grpc(
     State(s): State<AppState>,
-    Path((org, mesh)): Path<(String, String)>,
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<BootstrapQuery>,
-    headers: HeaderMap,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let t = target(&s, &headers, &org, &mesh, q, false).await?;
+    let t = target(&ctl, scope, &mesh, q, false).await?;
     Ok(Json(grpc_bootstrap(&t, &s.xds.address)))
 }
 
 /// `GET …/bootstrap/envoy`.
 pub(crate) async fn envoy(
     State(s): State<AppState>,
-    Path((org, mesh)): Path<(String, String)>,
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<BootstrapQuery>,
-    headers: HeaderMap,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let t = target(&s, &headers, &org, &mesh, q, true).await?;
+    let t = target(&ctl, scope, &mesh, q, true).await?;
     Ok(Json(envoy_bootstrap(&t, &s.xds.address)))
 }
 
 /// `GET …/bootstrap/ca.pem`: the platform root, for `<certDir>/ca.pem`.
 pub(crate) async fn platform_root(
     State(s): State<AppState>,
-    Path((org, mesh)): Path<(String, String)>,
-    headers: HeaderMap,
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    OrgScope(scope): OrgScope,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&s, &headers, &org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    find_mesh(&mut tx, &mesh).await?;
-    tx.commit().await?;
+    ctl.get_mesh(scope, &mesh).await?;
     let mut res = Body::from(s.xds.ca_pem.clone()).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-pem-file"));
     Ok(res)
@@ -360,6 +343,7 @@ pub(crate) async fn platform_root(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trellis_model::config::{Kind, Spec};
 
     #[test]
     fn cert_dirs_are_absolute_and_plain() {

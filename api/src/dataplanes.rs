@@ -1,55 +1,40 @@
 //! Registered dataplanes of a mesh and their sync state (the propagation ledger).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use trellis_model::{Action, MeshName};
+use trellis_control::{Control, DataplaneConfig, in_sync};
 
-use crate::auth::authorize;
-use crate::{ApiError, AppState};
+use crate::auth::OrgScope;
+use crate::error::ApiError;
 
 pub(crate) async fn list(
-    State(s): State<AppState>,
-    Path((org, mesh)): Path<(String, String)>,
-    headers: HeaderMap,
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s, &headers, &org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    let not_found = || ApiError::not_found(format!("mesh {mesh:?} not found"));
-    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
-    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
-    let dataplanes = tx.list_dataplanes(m.id).await?;
-    let mut ledger: BTreeMap<uuid::Uuid, Vec<Value>> = BTreeMap::new();
-    for l in tx.ledger(m.id).await? {
-        let in_sync = l.sent_version.is_some() && l.sent_version == l.acked_version;
-        ledger.entry(l.dataplane_id).or_default().push(json!({
-            "typeUrl": l.type_url,
-            "sentVersion": l.sent_version,
-            "sentAt": l.sent_at,
-            "ackedVersion": l.acked_version,
-            "ackedAt": l.acked_at,
-            "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
-            "meshRevision": l.mesh_revision,
-            "convergenceMs": l.convergence_ms,
-            "inSync": in_sync,
-        }));
-    }
-    let items: Vec<Value> = dataplanes
+    let fleet = ctl.list_dataplanes(scope, &mesh).await?;
+    let items: Vec<Value> = fleet
+        .dataplanes
         .iter()
         .map(|d| {
-            let sync = ledger.remove(&d.id).unwrap_or_default();
-            let state = if !d.online {
-                "offline"
-            } else if sync.iter().any(|e| !e["nack"].is_null()) {
-                "rejected"
-            } else if !sync.is_empty() && sync.iter().all(|e| e["inSync"] == true) {
-                "in-sync"
-            } else {
-                "syncing"
-            };
+            let sync: Vec<Value> = fleet
+                .lines_of(d)
+                .map(|l| {
+                    json!({
+                        "typeUrl": l.type_url,
+                        "sentVersion": l.sent_version,
+                        "sentAt": l.sent_at,
+                        "ackedVersion": l.acked_version,
+                        "ackedAt": l.acked_at,
+                        "nack": l.nacked_version.as_ref().map(|v| json!({ "version": v, "error": l.nack_error })),
+                        "meshRevision": l.mesh_revision,
+                        "convergenceMs": l.convergence_ms,
+                        "inSync": in_sync(l),
+                    })
+                })
+                .collect();
+            let state = fleet.state(d).as_str();
             json!({
                 "id": d.id,
                 "service": d.service,
@@ -71,26 +56,18 @@ pub(crate) async fn list(
             })
         })
         .collect();
-    Ok(Json(json!({ "mesh": m.name.as_str(), "revision": m.revision, "items": items })))
+    Ok(Json(json!({ "mesh": fleet.mesh.name.as_str(), "revision": fleet.mesh.revision, "items": items })))
 }
 
 /// `GET …/dataplanes/{id}/config`: per type URL, what the proxy was last sent (the readable
 /// form of each resource), which version it accepted, and any rejection.
 pub(crate) async fn config(
-    State(s): State<AppState>,
-    Path((org, mesh, dataplane)): Path<(String, String, String)>,
-    headers: HeaderMap,
+    State(ctl): State<Control>,
+    Path((_, mesh, dataplane)): Path<(String, String, String)>,
+    OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = authorize(&s, &headers, &org, Action::Read).await?;
-    let mut tx = s.store.tenant(caller.org.id).await?;
-    let not_found = || ApiError::not_found(format!("dataplane {dataplane:?} not found in mesh {mesh:?}"));
-    let name = MeshName::parse(&mesh).map_err(|_| not_found())?;
-    let m = tx.mesh_by_name(&name).await?.ok_or_else(not_found)?;
-    let id: uuid::Uuid = dataplane.parse().map_err(|_| not_found())?;
-    let d = tx.list_dataplanes(m.id).await?.into_iter().find(|d| d.id == id).ok_or_else(not_found)?;
-    let types: Vec<Value> = tx
-        .dataplane_config(id)
-        .await?
+    let DataplaneConfig { dataplane: d, types } = ctl.dataplane_config(scope, &mesh, &dataplane).await?;
+    let types: Vec<Value> = types
         .into_iter()
         .map(|(l, resources)| {
             json!({

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use trellis_control::AppError;
 use trellis_model::config::FieldError;
 use trellis_store::StoreError;
 
@@ -68,17 +69,7 @@ constructors! {
 impl ApiError {
     /// The request is well-formed but names fields with bad values.
     pub fn invalid(errors: Vec<FieldError>) -> Self {
-        let detail = match errors.as_slice() {
-            [one] => format!("{}: {}", one.field, one.message),
-            many => format!("{} fields are invalid; see errors", many.len()),
-        };
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            kind: "validation",
-            title: "Validation failed",
-            detail,
-            errors,
-        }
+        AppError::invalid(errors).into()
     }
 
     /// One invalid field.
@@ -88,68 +79,35 @@ impl ApiError {
 
     /// A failure of ours: logged here with its cause, reported without it.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            kind: "internal",
-            title: "Internal error",
-            detail: "internal error; the request id in x-request-id identifies it in the server's logs"
-                .into(),
-            errors: Vec::new(),
-        }
+        AppError::internal(cause).into()
+    }
+}
+
+impl From<AppError> for ApiError {
+    /// The one mapping of the application core's failures to HTTP.
+    fn from(e: AppError) -> Self {
+        use trellis_control::Problem as P;
+        let (status, kind, title) = match e.problem {
+            P::BadRequest => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            P::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            P::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
+            P::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            P::Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            P::PreconditionFailed => {
+                (StatusCode::PRECONDITION_FAILED, "precondition-failed", "Precondition failed")
+            }
+            P::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", "Unprocessable request"),
+            P::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed"),
+            P::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            P::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+        };
+        ApiError { status, kind, title, detail: e.detail, errors: e.errors }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            StoreError::Stale => ApiError::precondition_failed(
-                "the resource changed since the version in If-Match; read it again and retry",
-            ),
-            StoreError::Exists => crate::body::already_exists(),
-            StoreError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                ApiError::unavailable("the database is unavailable; retry shortly")
-            }
-            StoreError::Conflict { constraint } => conflict_for(&constraint),
-            other => ApiError::internal(&other),
-        }
-    }
-}
-
-impl From<trellis_pki::PkiError> for ApiError {
-    fn from(e: trellis_pki::PkiError) -> Self {
-        use trellis_pki::PkiError;
-        match e {
-            PkiError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            PkiError::Unauthenticated(why) => {
-                tracing::info!(reason = %why, "credential refused");
-                ApiError::unauthorized(
-                    "the credential was refused (unknown, revoked, expired or already used)",
-                )
-            }
-            PkiError::Invalid { field, message } => ApiError::invalid_field(field, message),
-            PkiError::Conflict(m) => ApiError::conflict(m),
-            PkiError::Store(e) => e.into(),
-            other => ApiError::internal(&other),
-        }
-    }
-}
-
-/// Unique-constraint violations, by constraint name, in words a user can act on.
-fn conflict_for(constraint: &str) -> ApiError {
-    match constraint {
-        "meshes_trust_domain_key" | "trust_domain_directory_pkey" => {
-            ApiError::conflict("this trust domain is already used by another mesh")
-                .with_field("spec.trustDomain", "already used by another mesh; choose another")
-        }
-        "meshes_name_key" => ApiError::conflict("a mesh with this name already exists"),
-        "resources_name_key" => ApiError::conflict("a resource of this kind and name already exists"),
-        "organizations_slug_key" => ApiError::conflict("this organization slug is taken")
-            .with_field("slug", "already taken; choose another"),
-        "memberships_pkey" => ApiError::conflict("already a member of this organization"),
-        other => ApiError::conflict(format!("conflicts with existing data ({other})")),
+        AppError::from(e).into()
     }
 }
 
@@ -207,8 +165,10 @@ const MAX_FOREIGN_DETAIL: usize = 4096;
 pub(crate) async fn problem_json(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let res = next.run(req).await;
     let status = res.status();
-    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v == "application/problem+json");
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    let content_type = res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The console's error pages are HTML made for a person; everything else becomes a problem.
+    let answered = content_type == "application/problem+json" || content_type.starts_with("text/html");
+    if !(status.is_client_error() || status.is_server_error()) || answered {
         return res;
     }
     let (parts, body) = res.into_parts();

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use trellis_store::StoreError;
 
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Liveness: the process answers. Never touches the database, so a database outage does
 /// not get healthy replicas restarted.

@@ -20,24 +20,20 @@ mod orgs;
 mod process;
 mod schema_check;
 pub mod session;
+mod state;
 
-pub use accounts::Accounts;
-pub use config::API_VERSION;
 pub use error::ApiError;
 pub use metrics::{CaExpiryMetrics, HttpMetrics, metrics_handler};
 pub use process::ProcessCollector;
-
-use std::sync::Arc;
+pub use state::{Accounts, AppState, REQUEST_ID, XdsEndpoint};
+pub use trellis_control::API_VERSION;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
 use axum::http::StatusCode;
-use prometheus_client::registry::Registry;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
-use trellis_store::Store;
 
 /// Largest request body accepted anywhere, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -59,37 +55,10 @@ impl Default for RequestLimits {
     }
 }
 
-/// Header that carries the request id in and out (generated when absent).
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub registry: Arc<Registry>,
-    pub accounts: Arc<Accounts>,
-    pub authority: trellis_pki::Authority,
-    /// Where workloads reach the TLS port (xDS and identity), and the platform root they pin.
-    pub xds: XdsEndpoint,
-}
-
-/// The TLS port as workloads see it: for bootstraps and agent install lines.
-#[derive(Debug, Clone)]
-pub struct XdsEndpoint {
-    /// `host:port` that workloads dial.
-    pub address: String,
-    /// The platform CA's root (PEM), which workloads pin.
-    pub ca_pem: String,
-}
-
-/// The request id of a request, for the audit log.
-pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> Option<String> {
-    headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-/// The whole HTTP surface: operational endpoints, with request ids, metrics, request limits
-/// and problem+json for every error.
-pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits) -> Router {
+/// The whole HTTP surface: operational endpoints and the API, with the console's `pages`
+/// beside them, all with request ids, metrics and request limits, and problem+json for every
+/// error that is not a page.
+pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits, pages: Router) -> Router {
     use axum::routing::{delete, get, post, put};
     const ORG: &str = "/api/v1/orgs/{org}";
     const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
@@ -150,9 +119,11 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits)
         )
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
-        .with_state(state)
+        .with_state(state::Shared::new(state))
         // Before any handler: a cookie-authenticated write without its CSRF token is refused.
         .layer(axum::middleware::from_fn(session::csrf_guard))
+        // The console's pages check the CSRF token their forms carry themselves.
+        .merge(pages)
         .layer(DefaultBodyLimit::max(limits.body))
         .layer(RequestBodyTimeoutLayer::new(limits.time / 2))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.time))

@@ -15,7 +15,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use trellis_store::Store;
 
-use crate::{ApiError, AppState};
+use crate::error::ApiError;
+use crate::state::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -107,19 +108,10 @@ impl CaExpiryMetrics {
     pub async fn refresh(&self, store: &Store) -> Result<(), trellis_store::StoreError> {
         let now = chrono::Utc::now();
         let mut readings = Vec::new();
-        for org in store.org_ids().await? {
-            let mut tx = store.tenant(org).await?;
-            let slug = tx.own_org().await?.slug;
-            for e in tx.ca_expiries().await? {
-                let labels = CaLabels {
-                    org: slug.as_str().to_owned(),
-                    mesh: e.mesh,
-                    ca: e.id.to_string(),
-                    state: e.state,
-                };
-                readings.push((labels, (e.not_after - now).num_days()));
-            }
-            tx.commit().await?;
+        for (org, e) in trellis_control::ca_expiries(store).await? {
+            let labels =
+                CaLabels { org: org.as_str().to_owned(), mesh: e.mesh, ca: e.id.to_string(), state: e.state };
+            readings.push((labels, (e.not_after - now).num_days()));
         }
         // Gone CAs (retired, deleted meshes) leave the family.
         self.days.clear();

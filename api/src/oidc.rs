@@ -107,13 +107,7 @@ pub struct AuthorizationRequest {
 }
 
 /// The verified identity from an ID token.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub issuer: String,
-    pub subject: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-}
+pub use trellis_control::Identity;
 
 /// How long provider metadata (and its JWKS) is reused before discovery runs again (sooner
 /// when an ID token names a key it does not have).

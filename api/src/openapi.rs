@@ -10,7 +10,7 @@ use trellis_model::config::{
 };
 use utoipa::ToSchema;
 
-use crate::config::{API_VERSION, MAX_LIMIT};
+use trellis_control::{API_VERSION, MAX_LIMIT};
 
 fn add<T: ToSchema>(schemas: &mut BTreeMap<String, Value>) {
     let mut nested = Vec::new();
@@ -509,7 +509,7 @@ fn account_schemas(schemas: &mut BTreeMap<String, Value>) {
             "properties": {
                 "email": { "type": "string", "minLength": 3, "maxLength": 320 },
                 "role": r("Role"),
-                "expiresInHours": { "type": "integer", "minimum": 1, "maximum": crate::members::MAX_INVITE_HOURS },
+                "expiresInHours": { "type": "integer", "minimum": 1, "maximum": trellis_control::MAX_INVITE_HOURS },
             },
             "additionalProperties": false,
         }),
@@ -620,7 +620,7 @@ fn account_paths(paths: &mut serde_json::Map<String, Value>) {
 }
 
 fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
-    use crate::ca::{JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM};
+    use trellis_control::{JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM};
     use trellis_model::SvidTtl;
     let time = json!({ "type": ["string", "null"], "format": "date-time" });
     schemas.insert(

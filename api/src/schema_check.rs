@@ -8,7 +8,7 @@ use jsonschema::error::ValidationErrorKind;
 use serde_json::{Value, json};
 use trellis_model::config::{FieldError, Kind};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// Most problems reported for one body.
 const MAX_ERRORS: usize = 20;

@@ -11,10 +11,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore;
 use ring::hmac;
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// The session cookie. `__Host-` makes browsers insist on Secure, Path=/ and no Domain.
 pub const SESSION_COOKIE: &str = "__Host-trellis_session";
@@ -25,12 +24,7 @@ pub static CSRF_HEADER: HeaderName = HeaderName::from_static("x-csrf-token");
 
 const CSRF_LABEL: &[u8] = b"trellis csrf token v1";
 
-/// 256 random bits, URL-safe base64: session ids, login ids, local login links.
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use trellis_control::random_secret;
 
 /// The CSRF token of the session whose cookie holds `secret`.
 pub fn csrf_token(secret: &str) -> String {

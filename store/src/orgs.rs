@@ -13,15 +13,15 @@ pub struct Org {
 }
 
 #[derive(sqlx::FromRow)]
-struct OrgRow {
-    id: uuid::Uuid,
-    slug: String,
-    name: String,
-    created_at: DateTime<Utc>,
+pub(crate) struct OrgRow {
+    pub(crate) id: uuid::Uuid,
+    pub(crate) slug: String,
+    pub(crate) name: String,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl OrgRow {
-    fn into_org(self) -> Result<Org, StoreError> {
+    pub(crate) fn into_org(self) -> Result<Org, StoreError> {
         Ok(Org {
             id: OrgId::from_uuid(self.id),
             // A slug in the table was parsed on the way in; failing here means corruption.

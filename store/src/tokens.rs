@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use trellis_model::Role;
 use uuid::Uuid;
 
+use crate::orgs::{Org, OrgRow};
 use crate::{StoreError, TenantTx};
 
 /// A token's record (never the token itself).
@@ -47,6 +48,16 @@ impl TryFrom<TokenRow> for ApiToken {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct TokenOrgRow {
+    #[sqlx(flatten)]
+    token: TokenRow,
+    org_id: Uuid,
+    org_slug: String,
+    org_name: String,
+    org_created_at: DateTime<Utc>,
+}
+
 macro_rules! token_columns {
     () => {
         "id, name, role, created_by, created_at, expires_at, revoked_at, last_used_at"
@@ -80,27 +91,35 @@ impl TenantTx {
         row.try_into()
     }
 
-    /// The live token with this hash (not revoked, not expired), marking it used (at most
-    /// once a minute, so that reads do not each become a write).
-    pub async fn authenticate_token(&mut self, sha256: &[u8; 32]) -> Result<Option<ApiToken>, StoreError> {
-        let row: Option<TokenRow> = sqlx::query_as(concat!(
-            "SELECT ",
+    /// The live token with this hash (not revoked, not expired) and its organization, in one
+    /// statement, marking the token used at most once a minute. The mark skips a row another
+    /// request is marking (`SKIP LOCKED`), so concurrent reads with one token never wait on
+    /// each other; a read that marks nothing stays a read-only transaction.
+    pub async fn authenticate_token(
+        &mut self,
+        sha256: &[u8; 32],
+    ) -> Result<Option<(ApiToken, Org)>, StoreError> {
+        let row: Option<TokenOrgRow> = sqlx::query_as(concat!(
+            "WITH tok AS (SELECT org_id, ",
             token_columns!(),
             " FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL \
-               AND (expires_at IS NULL OR expires_at > now())"
+               AND (expires_at IS NULL OR expires_at > now())), \
+             marked AS (UPDATE api_tokens SET last_used_at = now() WHERE id IN ( \
+               SELECT a.id FROM api_tokens a JOIN tok ON tok.id = a.id \
+               WHERE a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute' \
+               FOR UPDATE OF a SKIP LOCKED)) \
+             SELECT tok.id, tok.name, tok.role, tok.created_by, tok.created_at, tok.expires_at, \
+               tok.revoked_at, tok.last_used_at, o.id AS org_id, o.slug AS org_slug, \
+               o.name AS org_name, o.created_at AS org_created_at \
+             FROM tok JOIN organizations o ON o.id = tok.org_id"
         ))
         .bind(&sha256[..])
         .fetch_optional(self.conn())
         .await?;
         let Some(row) = row else { return Ok(None) };
-        sqlx::query(
-            "UPDATE api_tokens SET last_used_at = now() WHERE id = $1 \
-             AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-        )
-        .bind(row.id)
-        .execute(self.conn())
-        .await?;
-        row.try_into().map(Some)
+        let org =
+            OrgRow { id: row.org_id, slug: row.org_slug, name: row.org_name, created_at: row.org_created_at };
+        Ok(Some((row.token.try_into()?, org.into_org()?)))
     }
 
     /// Every token of this tenant, newest first.

@@ -102,7 +102,7 @@ async fn main() {
         AppState {
             store: store.clone(),
             registry: Arc::new(registry),
-            accounts: Arc::new(trellis_api::accounts::Accounts {
+            accounts: Arc::new(trellis_api::Accounts {
                 public_url: "http://127.0.0.1/".parse().unwrap(),
                 oidc: None,
                 session_idle: Duration::from_secs(3600),
@@ -118,6 +118,7 @@ async fn main() {
         },
         http_metrics,
         trellis_api::RequestLimits::default(),
+        axum::Router::new(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/api/v1/orgs/bench", listener.local_addr().unwrap());

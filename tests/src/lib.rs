@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod grpc;
 pub mod oidc;
 

@@ -1,0 +1,55 @@
+//! The page shell every console page shares: the top bar with the organization switcher
+//! and who is signed in, and the main column.
+
+use maud::{DOCTYPE, Markup, html};
+
+/// The stylesheet's URL (served by [`crate::assets`]).
+pub const STYLESHEET: &str = "/static/console.css";
+
+/// Who is signed in, for the top bar.
+pub struct Chrome<'a> {
+    pub user: &'a str,
+    /// The organizations the user can switch to, as (slug, name), and the current one.
+    pub orgs: &'a [(String, String)],
+    pub current_org: Option<&'a str>,
+    /// The session's CSRF token, carried by every form.
+    pub csrf: &'a str,
+}
+
+/// A whole page: `title`, the top bar (when someone is signed in) and `body`.
+pub fn page(title: &str, chrome: Option<&Chrome<'_>>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Trellis" }
+                link rel="stylesheet" href=(STYLESHEET);
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "Trellis" }
+                    @if let Some(c) = chrome {
+                        nav aria-label="Organizations" {
+                            @for (slug, name) in c.orgs {
+                                @if c.current_org == Some(slug.as_str()) {
+                                    a href={ "/orgs/" (slug) } aria-current="page" { strong { (name) } }
+                                } @else {
+                                    a href={ "/orgs/" (slug) } { (name) }
+                                }
+                            }
+                        }
+                        span.muted { (c.user) }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+/// The hidden field that carries the session's CSRF token in a form.
+pub fn csrf_field(token: &str) -> Markup {
+    html! { input type="hidden" name=(crate::CSRF_FIELD) value=(token); }
+}

@@ -1,0 +1,241 @@
+//! The web console: server-rendered HTML pages, the second adapter (after the REST API) over
+//! the application core. A page calls the same use cases with the same caller as the API
+//! would, so it never shows what the API would refuse; forms carry the session's CSRF token;
+//! no page needs JavaScript.
+//!
+//! - [`layout`]: the page shell; [`pages`]: each page as a pure function of what it shows.
+//! - [`security`]: the headers every response carries (CSP, framing, caching).
+//! - this file: the routes, and the glue from a request to a use case to a page.
+
+#![forbid(unsafe_code)]
+
+mod layout;
+mod pages;
+mod security;
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use maud::Markup;
+use serde::Deserialize;
+use serde_json::json;
+use trellis_control::{AppError, Condition, Control, Me, MeshWrite, Problem, Request};
+use trellis_model::{Action, Role};
+
+pub use security::CONTENT_SECURITY_POLICY;
+
+/// The form field that carries the session's CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// What the console's handlers reach.
+#[derive(Clone)]
+pub struct Console {
+    pub control: Control,
+    /// Whether an OpenID provider is configured (the sign-in page offers it).
+    pub oidc: bool,
+}
+
+/// The console's routes, for the server to merge beside the API's.
+pub fn router(console: Console) -> Router {
+    Router::new()
+        .route("/", get(home))
+        .route("/static/console.css", get(stylesheet))
+        .route("/orgs/{org}", get(org_page).post(create_mesh))
+        .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
+        .layer(axum::middleware::from_fn(security::headers))
+        .with_state(console)
+}
+
+/// The signed-in user as every page shows them: name, organizations, CSRF token.
+struct Viewer {
+    request: Request,
+    name: String,
+    orgs: Vec<(String, String, Role)>,
+    csrf: String,
+}
+
+impl Viewer {
+    /// The user of the request's session; API tokens do not open the console.
+    async fn of(console: &Console, headers: &HeaderMap) -> Result<Viewer, PageError> {
+        let request = trellis_api::auth::request(headers);
+        let secret = match &request.credential {
+            trellis_control::Credential::Session(s) => s.clone(),
+            _ => return Err(PageError::SignIn),
+        };
+        match console.control.me(&request).await? {
+            Me::User { user, memberships, .. } => Ok(Viewer {
+                name: user.display_name.or(user.email).unwrap_or_else(|| "signed in".into()),
+                orgs: memberships
+                    .into_iter()
+                    .map(|m| (m.org.slug.as_str().to_owned(), m.org.name, m.role))
+                    .collect(),
+                csrf: trellis_api::session::csrf_token(&secret),
+                request,
+            }),
+            Me::Token { .. } => Err(PageError::SignIn),
+        }
+    }
+
+    fn chrome<'a>(&'a self, org: Option<&'a str>, orgs: &'a [(String, String)]) -> layout::Chrome<'a> {
+        layout::Chrome { user: &self.name, orgs, current_org: org, csrf: &self.csrf }
+    }
+
+    fn org_list(&self) -> Vec<(String, String)> {
+        self.orgs.iter().map(|(slug, name, _)| (slug.clone(), name.clone())).collect()
+    }
+
+    fn role_in(&self, org: &str) -> Option<Role> {
+        self.orgs.iter().find(|(slug, ..)| slug == org).map(|(.., role)| *role)
+    }
+
+    /// Refuses a form whose CSRF field is not this session's token.
+    fn check_csrf(&self, presented: &str) -> Result<(), PageError> {
+        if presented == self.csrf {
+            Ok(())
+        } else {
+            Err(PageError::App(AppError::forbidden(
+                "the form's CSRF token does not match this session; reload the page",
+            )))
+        }
+    }
+}
+
+/// Why a page could not be shown.
+enum PageError {
+    /// Nobody is signed in (or the session ended): the sign-in page.
+    SignIn,
+    App(AppError),
+}
+
+impl From<AppError> for PageError {
+    fn from(e: AppError) -> Self {
+        match e.problem {
+            Problem::Unauthenticated => PageError::SignIn,
+            _ => PageError::App(e),
+        }
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::SignIn => Redirect::to("/").into_response(),
+            PageError::App(e) => {
+                let status = match e.problem {
+                    Problem::NotFound => StatusCode::NOT_FOUND,
+                    Problem::Forbidden => StatusCode::FORBIDDEN,
+                    Problem::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+                    Problem::Conflict => StatusCode::CONFLICT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (status, pages::error(status.as_u16(), &e.detail)).into_response()
+            }
+        }
+    }
+}
+
+async fn stylesheet() -> Response {
+    let mut res = include_str!("../static/console.css").into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    res
+}
+
+/// `/`: the sign-in page, or the first organization of the signed-in user.
+async fn home(State(c): State<Console>, headers: HeaderMap) -> Response {
+    match Viewer::of(&c, &headers).await {
+        Ok(v) => match v.orgs.first() {
+            Some((slug, ..)) => Redirect::to(&format!("/orgs/{slug}")).into_response(),
+            None => {
+                let orgs = v.org_list();
+                pages::no_organization(&v.chrome(None, &orgs)).into_response()
+            }
+        },
+        Err(PageError::SignIn) => pages::sign_in(c.oidc).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// An organization's page: its meshes, and the form that creates one.
+async fn org_page(
+    State(c): State<Console>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    render_org(&c, &v, &org, &pages::MeshForm::default()).await
+}
+
+async fn render_org(c: &Console, v: &Viewer, org: &str, form: &pages::MeshForm) -> Result<Markup, PageError> {
+    let scope = c.control.open(&v.request, org).await?;
+    let org_name = scope.caller.org.name.clone();
+    let page = trellis_control::Page::parse(Some("500"), None, None)?;
+    let (meshes, _) = c.control.list_meshes(scope, &page).await?;
+    let can_write = v.role_in(org).is_some_and(|r| r.allows(Action::WriteConfig));
+    let orgs = v.org_list();
+    Ok(pages::org(&v.chrome(Some(org), &orgs), org, &org_name, &meshes, can_write.then_some(form)))
+}
+
+#[derive(Deserialize)]
+struct NewMesh {
+    csrf: String,
+    name: String,
+    mtls: String,
+    default_access: String,
+}
+
+/// Creates a mesh from the form; a refused one shows the form again with the server's
+/// field errors beside the fields.
+async fn create_mesh(
+    State(c): State<Console>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<NewMesh>,
+) -> Result<Response, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let write = MeshWrite {
+        labels: Default::default(),
+        spec: json!({ "mtls": { "mode": form.mtls }, "defaultAccess": form.default_access }),
+    };
+    let condition = Condition { if_match: None, create_only: true };
+    match c.control.put_mesh(scope, &form.name, write, &condition).await {
+        Ok(w) => Ok(Redirect::to(&format!("/orgs/{org}/meshes/{}", w.value.name.as_str())).into_response()),
+        Err(e) if matches!(e.problem, Problem::Invalid | Problem::PreconditionFailed | Problem::Conflict) => {
+            let values = pages::MeshForm {
+                name: form.name,
+                mtls: form.mtls,
+                default_access: form.default_access,
+                errors: pages::field_errors(
+                    &e,
+                    &[
+                        ("metadata.name", "name"),
+                        ("spec.mtls", "mtls"),
+                        ("spec.defaultAccess", "default_access"),
+                    ],
+                ),
+            };
+            let page = render_org(&c, &v, &org, &values).await?;
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A mesh's overview: settings, configuration by kind, dataplanes, the CA.
+async fn mesh_page(
+    State(c): State<Console>,
+    Path((org, mesh)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let overview = c.control.mesh_overview(scope, &mesh).await?;
+    let orgs = v.org_list();
+    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview))
+}
