@@ -2,7 +2,7 @@
 //! function of its inputs; nothing here reads files or the network.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -67,6 +67,23 @@ pub struct RunArgs {
     /// of the services the workload calls. Agents that share a host must not bind the same ones.
     #[arg(long, env = "TRELLIS_OUTBOUND", default_value = "all", value_parser = parse_outbound)]
     pub outbound: Outbound,
+    /// The admin port (`/metrics`, `/ready`, `/config`); loopback only. Default: port 15000
+    /// on `--address` when that is a loopback address (so agents sharing a host do not
+    /// collide), else on 127.0.0.1.
+    #[arg(long, env = "TRELLIS_ADMIN_ADDR", value_parser = parse_admin)]
+    pub admin_addr: Option<SocketAddr>,
+    /// A plaintext xDS endpoint on loopback that relays to the control plane over this
+    /// agent's mTLS, for co-located clients that cannot present a certificate (off unless set).
+    #[arg(long, env = "TRELLIS_XDS_RELAY_ADDR", value_parser = parse_admin)]
+    pub xds_relay_addr: Option<SocketAddr>,
+    /// An HTTP proxy on loopback for the application (`HTTP_PROXY=http://<this>`): requests
+    /// for `http://<service>.<mesh>:<port>` are routed as by that service's outbound listener,
+    /// with no name resolution and no outbound address to bind (off unless set).
+    #[arg(long, env = "TRELLIS_HTTP_PROXY_ADDR", value_parser = parse_admin)]
+    pub http_proxy_addr: Option<SocketAddr>,
+    /// How long open connections may take to finish after SIGTERM (e.g. `10s`, `500ms`).
+    #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
@@ -76,6 +93,11 @@ impl RunArgs {
     /// The application's port behind service port `port`, when the flags override it.
     pub fn app_port_overrides(&self) -> BTreeMap<u16, u16> {
         self.app_ports.iter().copied().collect()
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        let ip = if self.address.is_loopback() { self.address } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+        self.admin_addr.unwrap_or(SocketAddr::new(ip, 15000))
     }
 
     pub fn node_id(&self) -> String {
@@ -114,6 +136,23 @@ fn parse_token(s: &str) -> Result<JoinToken, String> {
 /// A join token read from a file's contents.
 pub fn token_from_file(contents: &str) -> Result<JoinToken, String> {
     parse_token(contents)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: expected a number and a unit, e.g. 10s"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
+    }
+}
+
+/// A loopback `ip:port`.
+fn parse_admin(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))?;
+    crate::admin::check_addr(addr)
 }
 
 fn parse_dir(s: &str) -> Result<PathBuf, String> {
@@ -201,6 +240,11 @@ mod tests {
         assert_eq!(a.tags, [("version".to_owned(), "v2".to_owned())]);
         assert_eq!(a.outbound, Outbound::Only(vec!["reviews".into(), "db".into()]));
         assert!(a.check().is_ok());
+        assert_eq!(a.drain_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(a.admin_addr().to_string(), "127.0.0.1:15000");
+        assert_eq!(parse(&["--address", "127.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.3:15000");
+        assert_eq!(parse(&["--address", "10.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.1:15000");
+        assert_eq!(parse(&["--drain-timeout", "250ms"]).unwrap().drain_timeout.as_millis(), 250);
         assert_eq!(parse(&["--outbound", "none"]).unwrap().outbound, Outbound::Only(vec![]));
         let bad = parse(&["--app-port", "9081=1"]).unwrap();
         assert!(bad.check().unwrap_err().contains("9081"));
@@ -209,6 +253,9 @@ mod tests {
             (&["--cert-dir", "relative"][..], "--cert-dir"),
             (&["--join-token", "hello"][..], "join token"),
             (&["--tags", "novalue"][..], "key=value"),
+            (&["--admin-addr", "0.0.0.0:15000"][..], "loopback"),
+            (&["--xds-relay-addr", "10.0.0.1:15010"][..], "loopback"),
+            (&["--drain-timeout", "10 hours"][..], "unit"),
         ] {
             let e = parse(args).err().expect("refused").to_string();
             assert!(e.contains(needle), "{args:?}: {e}");

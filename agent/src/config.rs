@@ -29,8 +29,17 @@ pub enum Side {
 
 #[derive(Debug, Clone)]
 pub enum Handler {
-    Http { access: Vec<RbacFilter>, routes: RouteSource, forward_client_cert: bool },
-    Tcp { access: Vec<RbacFilter>, backends: Vec<(String, u32)> },
+    Http {
+        access: Vec<RbacFilter>,
+        /// The listener's local rate limit, checked after access.
+        rate_limit: Option<crate::resilience::RateLimit>,
+        routes: RouteSource,
+        forward_client_cert: bool,
+    },
+    Tcp {
+        access: Vec<RbacFilter>,
+        backends: Vec<(String, u32)>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +63,10 @@ pub struct Cluster {
     pub target: Target,
     /// Speak HTTP/2 upstream.
     pub h2: bool,
+    /// Most requests (or TCP connections) in flight: the circuit breaker.
+    pub limit: Option<u32>,
+    pub outlier: Option<crate::resilience::OutlierPolicy>,
+    pub health_check: Option<crate::resilience::HealthCheckPolicy>,
 }
 
 /// An HTTP route table: virtual hosts in order.

@@ -30,6 +30,7 @@ use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier;
 use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteConfiguration};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -103,7 +104,9 @@ pub fn convert(type_url: &str, any: &Any, local: &Local) -> R<Converted> {
     if type_url == PbListener::type_url() {
         listener(&decode(any, "listener")?, local).map(|l| Converted::Listener(Arc::new(l)))
     } else if type_url == RouteConfiguration::type_url() {
-        route_table(&decode(any, "route configuration")?, "").map(|r| Converted::Routes(Arc::new(r)))
+        let rc: RouteConfiguration = decode(any, "route configuration")?;
+        let table = route_table(&rc, "").map_err(|e| format!("route configuration {:?}: {e}", rc.name))?;
+        Ok(Converted::Routes(Arc::new(table)))
     } else if type_url == PbCluster::type_url() {
         cluster(&decode(any, "cluster")?, local).map(|c| Converted::Cluster(Arc::new(c)))
     } else if type_url == ClusterLoadAssignment::type_url() {
@@ -262,6 +265,7 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         _ => return Err(unsupported("this route specifier")),
     };
     let mut access = Vec::new();
+    let mut rate_limit = None;
     for (i, f) in h.http_filters.iter().enumerate() {
         let at = |e: String| format!("http_filters[{i}] {:?}: {e}", f.name);
         let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
@@ -270,6 +274,8 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         if any.type_url == HttpRbac::type_url() {
             let r: HttpRbac = decode(any, "rbac").map_err(at)?;
             access.extend(rbac_filters(&f.name, r.rules.as_ref(), r.shadow_rules.as_ref()).map_err(at)?);
+        } else if any.type_url == LocalRateLimit::type_url() && inbound {
+            rate_limit = Some(local_rate_limit(&decode(any, "local_ratelimit").map_err(at)?).map_err(at)?);
         } else if any.type_url == HttpFault::type_url() {
             // The empty fault filter every outbound HCM carries injects nothing; a route that
             // configures faults is refused where it is.
@@ -285,7 +291,34 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         return Err(unsupported("access filters on an outbound listener"));
     }
     let forward_client_cert = h.forward_client_cert_details == ForwardClientCertDetails::SanitizeSet as i32;
-    Ok(Handler::Http { access, routes, forward_client_cert })
+    Ok(Handler::Http { access, rate_limit, routes, forward_client_cert })
+}
+
+/// A local rate limit enforced for every request (429 past it); anything subtler is refused.
+fn local_rate_limit(l: &LocalRateLimit) -> R<crate::resilience::RateLimit> {
+    let everyone = |p: &Option<envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent>| {
+        p.as_ref()
+            .and_then(|p| p.default_value.as_ref())
+            .is_some_and(|v| v.numerator == 100 && v.denominator == 0)
+    };
+    if !everyone(&l.filter_enabled) || !everyone(&l.filter_enforced) {
+        return Err(unsupported("a rate limit enabled or enforced for only part of the requests"));
+    }
+    if !l.descriptors.is_empty() || l.status.is_some() || !l.response_headers_to_add.is_empty() {
+        return Err(unsupported("rate-limit descriptors, statuses and headers"));
+    }
+    let b = l.token_bucket.as_ref().ok_or("no token_bucket")?;
+    let interval = b
+        .fill_interval
+        .as_ref()
+        .map(duration)
+        .filter(|d| !d.is_zero())
+        .ok_or("fill_interval must be positive")?;
+    let per_fill = b.tokens_per_fill.as_ref().map_or(1, |v| v.value);
+    if b.max_tokens == 0 || per_fill == 0 {
+        return Err("max_tokens and tokens_per_fill must be positive".into());
+    }
+    Ok(crate::resilience::RateLimit { max: b.max_tokens, per_fill, interval })
 }
 
 fn rbac_filters(name: &str, rules: Option<&Rbac>, shadow: Option<&Rbac>) -> R<Vec<RbacFilter>> {
@@ -520,15 +553,21 @@ fn retry(p: &envoy_types::pb::envoy::config::route::v3::RetryPolicy) -> R<Retry>
 
 fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
     let at = |f: &str| format!("cluster {:?}: {f}", c.name);
-    if c.circuit_breakers.is_some() {
-        return Err(at(&unsupported("circuit_breakers")));
-    }
-    if c.outlier_detection.is_some() {
-        return Err(at(&unsupported("outlier_detection")));
-    }
-    if !c.health_checks.is_empty() {
-        return Err(at(&unsupported("active health_checks")));
-    }
+    let limit = match &c.circuit_breakers {
+        None => None,
+        Some(cb) => circuit_breaker(cb).map_err(|e| at(&format!("circuit_breakers: {e}")))?,
+    };
+    let outlier = c
+        .outlier_detection
+        .as_ref()
+        .map(outlier)
+        .transpose()
+        .map_err(|e| at(&format!("outlier_detection: {e}")))?;
+    let health_check = match c.health_checks.as_slice() {
+        [] => None,
+        [one] => Some(health_check(one).map_err(|e| at(&format!("health_checks[0]: {e}")))?),
+        _ => return Err(at(&unsupported("several health_checks"))),
+    };
     if c.lb_policy != LbPolicy::RoundRobin as i32 {
         return Err(at(&unsupported(&format!("lb_policy {}", c.lb_policy))));
     }
@@ -577,7 +616,98 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
         }
         other => return Err(at(&unsupported(&format!("cluster type {other:?}")))),
     };
-    Ok(Cluster { name: c.name.clone(), target, h2 })
+    if health_check.is_some() && !matches!(target, Target::Mesh { .. }) {
+        return Err(at(&unsupported("health checks of a static cluster")));
+    }
+    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier, health_check })
+}
+
+/// Shortest interval between checks, a bound on what a route can make the agent send.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+fn health_check(
+    h: &envoy_types::pb::envoy::config::core::v3::HealthCheck,
+) -> R<crate::resilience::HealthCheckPolicy> {
+    use envoy_types::pb::envoy::config::core::v3::health_check::HealthChecker;
+    let (http_path, expected) = match &h.health_checker {
+        Some(HealthChecker::HttpHealthCheck(http)) => {
+            if !http.host.is_empty() || !http.request_headers_to_add.is_empty() || http.send.is_some() {
+                return Err(unsupported("health-check hosts, headers and payloads"));
+            }
+            let expected = http
+                .expected_statuses
+                .iter()
+                .map(|r| {
+                    Ok((
+                        u16::try_from(r.start).map_err(|_| "status")?,
+                        u16::try_from(r.end).map_err(|_| "status")?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, &str>>()
+                .map_err(|e| format!("expected_statuses: bad {e}"))?;
+            (Some(http.path.clone()), expected)
+        }
+        Some(HealthChecker::TcpHealthCheck(tcp)) if tcp.send.is_none() && tcp.receive.is_empty() => {
+            (None, vec![])
+        }
+        other => return Err(unsupported(&format!("health checker {other:?}"))),
+    };
+    let need = |d: &Option<PbDuration>, f: &str| {
+        d.as_ref().map(duration).filter(|d| !d.is_zero()).ok_or(format!("{f} must be positive"))
+    };
+    Ok(crate::resilience::HealthCheckPolicy {
+        interval: need(&h.interval, "interval")?.max(MIN_CHECK_INTERVAL),
+        timeout: need(&h.timeout, "timeout")?,
+        unhealthy_threshold: h.unhealthy_threshold.as_ref().map_or(1, |v| v.value).max(1),
+        healthy_threshold: h.healthy_threshold.as_ref().map_or(1, |v| v.value).max(1),
+        http_path,
+        expected,
+    })
+}
+
+/// The one limit the agent keeps: requests (or TCP connections) in flight, the smaller of
+/// `max_requests` and `max_connections`. Nothing queues, so `max_pending_requests` is met
+/// by failing at once.
+fn circuit_breaker(cb: &envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers) -> R<Option<u32>> {
+    let mut limit: Option<u32> = None;
+    for (i, t) in cb.thresholds.iter().enumerate() {
+        if t.priority != 0 {
+            return Err(format!("thresholds[{i}]: {}", unsupported("a non-default priority")));
+        }
+        if t.max_retries.is_some() || t.retry_budget.is_some() || t.max_connection_pools.is_some() {
+            return Err(format!(
+                "thresholds[{i}]: {}",
+                unsupported("max_retries, retry budgets and pool limits")
+            ));
+        }
+        for v in [&t.max_connections, &t.max_requests].into_iter().flatten() {
+            limit = Some(limit.map_or(v.value, |l| l.min(v.value)));
+        }
+    }
+    if !cb.per_host_thresholds.is_empty() {
+        return Err(unsupported("per_host_thresholds"));
+    }
+    Ok(limit)
+}
+
+fn outlier(
+    o: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> R<crate::resilience::OutlierPolicy> {
+    if o.consecutive_gateway_failure.is_some() || o.consecutive_local_origin_failure.is_some() {
+        return Err(unsupported("gateway and local-origin failure counts"));
+    }
+    if o.enforcing_success_rate.is_some() || o.failure_percentage_threshold.is_some() {
+        return Err(unsupported("success-rate and failure-percentage ejection"));
+    }
+    let base = o.base_ejection_time.as_ref().map_or(Duration::from_secs(30), duration);
+    if base.is_zero() {
+        return Err("base_ejection_time must be positive".into());
+    }
+    Ok(crate::resilience::OutlierPolicy {
+        consecutive_5xx: o.consecutive_5xx.as_ref().map_or(5, |v| v.value).max(1),
+        base_ejection: base.min(Duration::from_secs(3600)),
+        max_ejection_percent: o.max_ejection_percent.as_ref().map_or(10, |v| v.value).min(100),
+    })
 }
 
 /// The one SPIFFE ID an upstream must present (a URI SAN matched exactly).

@@ -159,14 +159,27 @@ fn what_the_agent_cannot_honour_is_refused_with_its_path() {
         "reviews",
         &[9080],
     );
-    let e = refusal(&full, &PbCluster::type_url(), "reviews.shop:9080");
-    assert_eq!(e, "cluster \"reviews.shop:9080\": circuit_breakers is not supported by trellis-agent");
-    let e = refusal(&full, &PbListener::type_url(), "inbound:9080");
-    assert!(
-        e.starts_with("listener \"inbound:9080\": filter_chains[0].filters[0]")
-            && e.contains("LocalRateLimit is not supported"),
-        "{e}"
+    for (name, any) in all(&full) {
+        convert(&any.type_url, &any, &local())
+            .unwrap_or_else(|e| panic!("the whole seed is honoured: {name}: {e}"));
+    }
+    let any = pack_any(full.clusters["reviews.shop:9080"].clone());
+    let Converted::Cluster(c) = convert(&PbCluster::type_url(), &any, &local()).unwrap() else {
+        panic!("a cluster")
+    };
+    let check = c.health_check.as_ref().unwrap();
+    assert_eq!(
+        (check.http_path.as_deref(), check.interval, check.unhealthy_threshold),
+        (Some("/health"), Duration::from_secs(10), 3)
     );
+    let any = pack_any(full.listeners["inbound:9080"].clone());
+    let Converted::Listener(inbound) = convert(&PbListener::type_url(), &any, &local()).unwrap() else {
+        panic!("a listener")
+    };
+    let Handler::Http { rate_limit, .. } = &inbound.handler else { panic!("HTTP") };
+    let seed_limit =
+        crate::resilience::RateLimit { max: 200, per_fill: 100, interval: Duration::from_secs(1) };
+    assert_eq!(*rate_limit, Some(seed_limit), "the seed's local rate limit is honoured");
 
     let mut view = seed(&["Service", "HTTPRoute"]);
     let route = view.http_routes.get_mut("reviews").unwrap();
@@ -206,4 +219,41 @@ fn arbitrary_input_is_refused_or_converted_never_a_panic() {
         crate::state::State::new(local()).next(&PbListener::type_url(), &[r], &[]).is_err(),
         "a resource without a body"
     );
+}
+
+#[test]
+fn an_audit_rule_logs_and_lets_the_request_through() {
+    let mut mesh = seed(&["Service", "AccessPolicy"]);
+    let audit = serde_json::json!({
+        "targetRef": {"service": "reviews"},
+        "rules": [{"action": "Audit", "from": [{"service": "productpage"}]}],
+    });
+    let kind = Kind::lookup("AccessPolicy").unwrap();
+    mesh.add("watch".into(), Spec::parse(kind, "spec", audit).unwrap().spec);
+    let r = trellis_xds::envoy_sidecar(&mesh, "reviews", &[9080]);
+    let any = pack_any(r.listeners["inbound:9080"].clone());
+    let Converted::Listener(inbound) = convert(&PbListener::type_url(), &any, &local()).unwrap() else {
+        panic!("a listener")
+    };
+    let Handler::Http { access, .. } = &inbound.handler else { panic!("HTTP") };
+    let (h, get) = (HeaderMap::new(), Method::GET);
+    let verdict = evaluate(access, Some(&id("productpage")), Some(&view(&get, "/reviews/1", &h)));
+    assert_eq!(verdict, Verdict { denied: None, audited: vec!["watch/0".into()] });
+}
+
+#[test]
+fn circuit_breakers_and_outlier_detection_are_honoured() {
+    let r =
+        trellis_xds::envoy_sidecar(&seed(&["Service", "HTTPRoute", "CircuitBreaker"]), "reviews", &[9080]);
+    let any = pack_any(r.clusters["reviews.shop:9080~version=v1"].clone());
+    let Converted::Cluster(c) = convert(&PbCluster::type_url(), &any, &local()).unwrap() else {
+        panic!("a cluster")
+    };
+    assert_eq!(c.limit, Some(100), "the smaller of maxConnections 100 and maxRequests 200");
+    let policy = crate::resilience::OutlierPolicy {
+        consecutive_5xx: 5,
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 50,
+    };
+    assert_eq!(c.outlier, Some(policy));
 }

@@ -166,21 +166,26 @@ async fn issue(cp: &ControlPlane, client: Option<&Svid>, token: Option<&JoinToke
 }
 
 /// The SVID in the certificate directory if it is still valid, else a new one for the join
-/// token; either way written to the directory.
-pub async fn obtain(cp: &ControlPlane, files: &Files, token: Option<&JoinToken>) -> anyhow::Result<Identity> {
+/// token (read only then: once an SVID exists the token is not needed); either way written
+/// to the directory.
+pub async fn obtain(
+    cp: &ControlPlane,
+    files: &Files,
+    token: impl FnOnce() -> anyhow::Result<Option<JoinToken>>,
+) -> anyhow::Result<Identity> {
     let svid = match files.load() {
         Some(svid) => {
             tracing::info!(id = %svid.id, "using the SVID in {}", files.dir.display());
             svid
         }
         None => {
-            let token = token.ok_or_else(|| {
+            let token = token()?.ok_or_else(|| {
                 anyhow!(
                     "{} holds no valid SVID and no join token was given: pass --join-token-file or set TRELLIS_JOIN_TOKEN",
                     files.dir.display()
                 )
             })?;
-            let svid = issue(cp, None, Some(token)).await.context("joining the mesh")?;
+            let svid = issue(cp, None, Some(&token)).await.context("joining the mesh")?;
             tracing::info!(id = %svid.id, "joined the mesh");
             svid
         }
@@ -246,6 +251,23 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.join("key.pem")).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(!dir.join(".key.pem.tmp").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn renewal_is_due_at_half_the_lifetime_give_or_take_a_tenth() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(24 * 3600);
+        let svid = Svid {
+            key_pem: Zeroizing::new(String::new()),
+            chain_pem: String::new(),
+            bundle_pem: String::new(),
+            id: SpiffeId::parse("spiffe://td.example/ns/m/sa/s").unwrap(),
+            not_before: t0,
+            not_after: t0 + day,
+        };
+        assert_eq!(svid.renew_at(0.0), t0 + day / 2);
+        assert_eq!(svid.renew_at(-0.1), t0 + day.mul_f64(0.4));
+        assert_eq!(svid.renew_at(0.7), t0 + day.mul_f64(0.6), "jitter is bounded");
     }
 
     #[test]

@@ -7,15 +7,23 @@
 //! - [`xds_client`]: the Delta ADS stream, behind [`state::ConfigSink`].
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
+//! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
+//! - [`relay`]: the local xDS relay for clients that cannot present a certificate.
+//! - [`persist`]: the last accepted configuration, served after a restart without the
+//!   control plane.
 
 #![forbid(unsafe_code)]
 
+mod admin;
 mod cli;
 mod config;
 mod control;
 mod convert;
 mod identity;
+mod persist;
 mod proxy;
+mod relay;
+mod resilience;
 mod state;
 mod xds_client;
 
@@ -57,21 +65,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let platform_root_pem = std::fs::read_to_string(&args.platform_ca)
         .with_context(|| format!("--platform-ca {}", args.platform_ca.display()))?;
     let cp = ControlPlane::new(&args.server, &platform_root_pem)?;
-    let token = match (&args.join_token, &args.join_token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("--join-token-file {}", file.display()))?;
-            Some(
-                cli::token_from_file(&text)
-                    .map_err(|e| anyhow!("--join-token-file {}: {e}", file.display()))?,
-            )
-        }
-        (None, None) => None,
-    };
     let files = || Files { dir: args.cert_dir.clone(), platform_root_pem: platform_root_pem.clone() };
-    let identity = Arc::new(identity::obtain(&cp, &files(), token.as_ref()).await?);
-    drop(token);
+    let identity = Arc::new(identity::obtain(&cp, &files(), || join_token(&args)).await?);
     tokio::spawn(identity::renew_forever(identity.clone(), cp.clone(), files()));
 
     let local = convert::Local {
@@ -80,7 +75,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         id: identity.current().id.clone(),
     };
     let state = Arc::new(state::State::new(local));
-    let proxy = proxy::Proxy::new(state, identity.clone(), args.outbound.clone())?;
+    let proxy = proxy::Proxy::new(
+        state,
+        identity.clone(),
+        args.outbound.clone(),
+        admin::Metrics::default(),
+        args.cert_dir.clone(),
+    )?;
+    serve_last_good(&proxy, &args.cert_dir);
+    let admin_addr = args.admin_addr();
+    let admin = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
+    tracing::info!("admin (/metrics, /ready, /config) on {admin_addr}");
+    tokio::spawn(admin::serve(admin, proxy.clone()));
     let mut renewed = identity.changed.subscribe();
     let for_renewal = proxy.clone();
     tokio::spawn(async move {
@@ -90,11 +98,62 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
-    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy));
+    if let Some(addr) = args.http_proxy_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--http-proxy-addr {addr}: cannot listen"))?;
+        tracing::info!("HTTP proxy (explicit mode, http://<service>.<mesh>:<port>) on {addr}");
+        tokio::spawn(proxy.clone().serve_http_proxy(listener));
+    }
+    if let Some(addr) = args.xds_relay_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--xds-relay-addr {addr}: cannot listen"))?;
+        tracing::info!("xDS relay (plaintext, for co-located clients) on {addr}");
+        tokio::spawn(relay::serve(listener, cp.clone(), identity.clone()));
+    }
+    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 
     shutdown().await;
-    tracing::info!("shutting down");
+    tracing::info!(within = ?args.drain_timeout, "draining");
+    match proxy.drain(args.drain_timeout).await {
+        0 => tracing::info!("drained"),
+        open => tracing::warn!(open, "drain timed out; closing the connections still open"),
+    }
     Ok(())
+}
+
+/// Applies the configuration accepted before a restart, so that the agent serves while the
+/// control plane is unreachable; the xDS stream then brings only what changed.
+fn serve_last_good(proxy: &proxy::Proxy, dir: &std::path::Path) {
+    use state::ConfigSink;
+    let applied = persist::load(dir).and_then(|responses| {
+        let any = !responses.is_empty();
+        for r in responses {
+            proxy.apply(&r.type_url, &r.resources, &[]).map_err(|e| anyhow!("{}: {e}", r.type_url))?;
+        }
+        Ok(any)
+    });
+    match applied {
+        Ok(true) => tracing::info!("serving the last accepted configuration until the control plane answers"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "ignoring the kept configuration"),
+    }
+}
+
+/// The join token from the flag or environment, else from its file.
+fn join_token(args: &RunArgs) -> anyhow::Result<Option<cli::JoinToken>> {
+    match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Ok(Some(t.clone())),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--join-token-file {}", file.display()))?;
+            let token = cli::token_from_file(&text)
+                .map_err(|e| anyhow!("--join-token-file {}: {e}", file.display()))?;
+            Ok(Some(token))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// The node as the control plane registers it: the metadata keys of the wire contract.

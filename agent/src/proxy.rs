@@ -33,9 +33,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
 
+use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
 use crate::identity::Identity;
+use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
 use crate::state::{ConfigSink, State};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -52,18 +54,37 @@ pub struct Proxy {
     state: Arc<State>,
     identity: Arc<Identity>,
     outbound: Outbound,
+    metrics: Metrics,
+    /// Where the last accepted configuration is kept.
+    cert_dir: std::path::PathBuf,
     server_tls: ArcSwap<rustls::ServerConfig>,
     bundle: ArcSwap<TrustBundle>,
     /// Bumped whenever the SVID or the bundle changes: pooled upstream clients are rebuilt.
     generation: AtomicU64,
     bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
+    /// Circuit-breaker counts and outlier state, by cluster name.
+    health: Mutex<HashMap<String, Arc<ClusterHealth>>>,
+    /// Local rate limits, by inbound listener.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Active health checkers, by cluster, with the policy they run.
+    checkers: Mutex<HashMap<String, (HealthCheckPolicy, JoinHandle<()>)>>,
+    /// Set on SIGTERM: HTTP connections finish what they carry and close.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Connections open; the count falls to zero when a drain is done.
+    open: tokio::sync::watch::Sender<usize>,
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<State>, identity: Arc<Identity>, outbound: Outbound) -> anyhow::Result<Arc<Proxy>> {
+    pub fn new(
+        state: Arc<State>,
+        identity: Arc<Identity>,
+        outbound: Outbound,
+        metrics: Metrics,
+        cert_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Arc<Proxy>> {
         let svid = identity.current();
         let bundle = Arc::new(svid.bundle()?);
         let server = server_config(&identity, &bundle)?;
@@ -72,13 +93,80 @@ impl Proxy {
             state,
             identity,
             outbound,
+            metrics,
+            cert_dir,
             server_tls: ArcSwap::from(server),
             bundle: ArcSwap::from(bundle),
             generation: AtomicU64::new(0),
             bound: Mutex::default(),
+            health: Mutex::default(),
+            buckets: Mutex::default(),
+            checkers: Mutex::default(),
+            draining: tokio::sync::watch::channel(false).0,
+            open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
             mesh_clients: Mutex::default(),
         }))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Why the agent is not ready to carry traffic yet, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        let cfg = self.state.config();
+        for t in [PbListener::type_url(), envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url()] {
+            if !cfg.applied.contains(&t) {
+                return Some(format!("waiting for {t} from the control plane"));
+            }
+        }
+        let bound = self.bound.lock().expect("not poisoned");
+        let missing: Vec<&str> = cfg
+            .listeners
+            .values()
+            .filter(|l| self.should_bind(l) && !bound.contains_key(&l.name))
+            .map(|l| l.name.as_str())
+            .collect();
+        (!missing.is_empty()).then(|| format!("listeners not bound: {}", missing.join(", ")))
+    }
+
+    /// What the agent applies, for `/config`.
+    pub fn dump(&self) -> serde_json::Value {
+        let cfg = self.state.config();
+        let svid = self.identity.current();
+        let bound = self.bound.lock().expect("not poisoned");
+        let listeners: Vec<_> = cfg
+            .listeners
+            .values()
+            .map(|l| {
+                serde_json::json!({
+                    "name": l.name, "address": l.addr.to_string(), "side": format!("{:?}", l.side),
+                    "bound": bound.contains_key(&l.name),
+                })
+            })
+            .collect();
+        let clusters: Vec<_> = cfg
+            .clusters
+            .values()
+            .map(|c| serde_json::json!({"name": c.name, "target": format!("{:?}", c.target), "http2": c.h2}))
+            .collect();
+        let endpoints: serde_json::Map<String, serde_json::Value> = cfg
+            .endpoints
+            .iter()
+            .map(|(n, e)| (n.clone(), e.iter().map(ToString::to_string).collect::<Vec<_>>().into()))
+            .collect();
+        serde_json::json!({
+            "identity": {
+                "spiffeId": svid.id.as_str(),
+                "notAfter": svid.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            },
+            "listeners": listeners,
+            "clusters": clusters,
+            "endpoints": endpoints,
+            "routes": cfg.routes.keys().collect::<Vec<_>>(),
+            "versions": cfg.versions,
+        })
     }
 
     /// Rebuilds the TLS material from the current SVID and bundle. Open connections keep
@@ -128,6 +216,72 @@ impl Proxy {
         Ok(())
     }
 
+    /// Stops accepting, lets open HTTP connections finish their requests and close, and
+    /// waits for every connection to end, at most `within`. Returns how many were still open.
+    pub async fn drain(&self, within: Duration) -> usize {
+        for (name, (_, task)) in self.bound.lock().expect("not poisoned").drain() {
+            task.abort();
+            tracing::debug!(listener = %name, "stopped accepting");
+        }
+        self.draining.send_replace(true);
+        let mut open = self.open.subscribe();
+        let _ = tokio::time::timeout(within, open.wait_for(|n| *n == 0)).await;
+        *open.borrow()
+    }
+
+    /// Explicit mode without name resolution: an HTTP proxy on loopback. A request for
+    /// `http://<service>.<mesh>:<port>/…` (or with that `Host`) is handled as the outbound
+    /// listener of that service port would, bound or not.
+    pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
+        let mut draining = self.draining.subscribe();
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(_) => continue,
+                },
+                _ = async { drop(draining.wait_for(|d| *d).await) } => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            self.open.send_modify(|n| *n += 1);
+            let open = OpenConnection(self.open.clone());
+            let me = self.clone();
+            tokio::spawn(async move {
+                let _open = open;
+                let svc = hyper::service::service_fn(move |req| {
+                    let me = me.clone();
+                    async move { Ok::<_, Infallible>(me.proxied(req).await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    }
+
+    async fn proxied(&self, req: Request<Incoming>) -> Response<Body> {
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        });
+        let target = authority.as_deref().and_then(|a| {
+            let (host, port) = a.rsplit_once(':').unwrap_or((a, "80"));
+            let (service, mesh) = host.split_once('.')?;
+            Some(trellis_xds::sidecar_outbound_name(service, mesh, port.parse().ok()?))
+        });
+        let listener = target.as_ref().and_then(|name| self.state.config().listeners.get(name).cloned());
+        match listener {
+            Some(l) if matches!(l.handler, Handler::Http { .. }) => self.request(&l, None, req).await,
+            _ => local_reply(
+                false,
+                StatusCode::BAD_GATEWAY,
+                14,
+                &format!(
+                    "{} is no HTTP service port of this mesh (<service>.<mesh>:<port>)",
+                    authority.unwrap_or_default()
+                ),
+            ),
+        }
+    }
+
     async fn accept(self: Arc<Self>, name: String, listener: TcpListener) {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -140,7 +294,10 @@ impl Proxy {
             };
             let _ = tcp.set_nodelay(true);
             let (me, name) = (self.clone(), name.clone());
+            self.open.send_modify(|n| *n += 1);
+            let open = OpenConnection(self.open.clone());
             tokio::spawn(async move {
+                let _open = open;
                 if let Err(e) = me.connection(&name, tcp).await {
                     tracing::debug!(listener = %name, %remote, error = %format!("{e:#}"), "connection ended");
                 }
@@ -190,12 +347,22 @@ impl Proxy {
                     let (me, l, peer) = (me.clone(), l.clone(), peer.clone());
                     async move { Ok::<_, Infallible>(me.request(&l, (*peer).as_ref(), req).await) }
                 });
-                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await
-                    .map_err(|e| anyhow!("{e}"))
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
+                tokio::pin!(conn);
+                let mut draining = self.draining.subscribe();
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                result.map_err(|e| anyhow!("{e}"))
             }
             Handler::Tcp { access, backends } => {
+                let (inbound, service) = peer_service(&l, peer.as_ref());
+                self.metrics.connection(inbound, service);
                 if matches!(l.side, Side::Inbound { .. }) {
                     let v = evaluate(access, peer.as_ref(), None);
                     if let Some(why) = v.denied {
@@ -223,7 +390,12 @@ impl Proxy {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (target, addr) = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let pick = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let (target, addr) = (pick.cluster.target.clone(), pick.addr);
+        let _in_flight = pick
+            .health
+            .admit(pick.cluster.limit)
+            .ok_or_else(|| anyhow!("circuit breaker open: {cluster}"))?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
         tcp.set_nodelay(true)?;
         match target {
@@ -240,27 +412,30 @@ impl Proxy {
         Ok(())
     }
 
-    /// A cluster's target and one of its endpoints (random), or a status and reason.
-    fn endpoint(&self, cluster: &str) -> Result<(Target, SocketAddr), (StatusCode, String)> {
+    /// A cluster and one of its endpoints (random among those not ejected), or a status and
+    /// reason.
+    fn endpoint(&self, cluster: &str) -> Result<Pick, (StatusCode, String)> {
         let cfg = self.state.config();
         let c = cfg
             .clusters
             .get(cluster)
             .ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, format!("no cluster {cluster:?}")))?;
-        let addr = match &c.target {
-            Target::Local(a) => *a,
+        let health = self.cluster_health(cluster);
+        let (addr, hosts) = match &c.target {
+            Target::Local(a) => (*a, 1),
             Target::Mesh { eds, .. } => {
                 let eps = cfg.endpoints.get(eds).map(|e| e.as_slice()).unwrap_or_default();
-                if eps.is_empty() {
+                let usable = health.usable(eps, std::time::Instant::now());
+                if usable.is_empty() {
                     return Err((
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("no healthy upstream in {cluster:?}"),
                     ));
                 }
-                eps[rand::rng().random_range(0..eps.len())]
+                (usable[rand::rng().random_range(0..usable.len())], eps.len())
             }
         };
-        Ok((c.target.clone(), addr))
+        Ok(Pick { cluster: c.clone(), addr, hosts, health })
     }
 
     fn client_config(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -274,13 +449,22 @@ impl Proxy {
         Ok(Arc::new(c))
     }
 
+    /// Handles one request and counts it.
     async fn request(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
+        let started = std::time::Instant::now();
+        let resp = self.handle(l, peer, req).await;
+        let (inbound, peer_service) = peer_service(l, peer);
+        self.metrics.request(inbound, peer_service, resp.status(), started.elapsed());
+        resp
+    }
+
+    async fn handle(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
         let grpc = req
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let Handler::Http { access, routes, forward_client_cert } = &l.handler else {
+        let Handler::Http { access, rate_limit, routes, forward_client_cert } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
@@ -303,6 +487,10 @@ impl Proxy {
                 tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), method = %view.method, path = %view.path, rule = %rule, "request denied");
                 return local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
             }
+        }
+        if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
+            tracing::info!(listener = %l.name, "rate limited");
+            return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
         }
         let cfg = self.state.config();
         let table = match routes {
@@ -361,6 +549,83 @@ impl Proxy {
         }
     }
 
+    fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {
+        self.health.lock().expect("not poisoned").entry(cluster.to_owned()).or_default().clone()
+    }
+
+    /// Runs one health checker per cluster that asks for one, and no other.
+    fn reconcile_checkers(&self) {
+        let cfg = self.state.config();
+        let mut checkers = self.checkers.lock().expect("not poisoned");
+        checkers.retain(|name, (policy, task)| {
+            let keep = cfg.clusters.get(name).and_then(|c| c.health_check.as_ref()) == Some(policy);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, c) in &cfg.clusters {
+            let Some(policy) = &c.health_check else { continue };
+            if checkers.contains_key(name) {
+                continue;
+            }
+            let me = self.me.upgrade().expect("alive while applying");
+            let task = tokio::spawn(me.check_forever(name.clone(), policy.clone()));
+            checkers.insert(name.clone(), (policy.clone(), task));
+        }
+    }
+
+    async fn check_forever(self: Arc<Self>, cluster: String, policy: HealthCheckPolicy) {
+        let mut tick = tokio::time::interval(policy.interval);
+        loop {
+            tick.tick().await;
+            let cfg = self.state.config();
+            let Some(c) = cfg.clusters.get(&cluster).cloned() else { return };
+            let Target::Mesh { eds, peer } = &c.target else { return };
+            let hosts = cfg.endpoints.get(eds).cloned().unwrap_or_default();
+            let health = self.cluster_health(&cluster);
+            for host in hosts.iter().copied() {
+                let ok = tokio::time::timeout(policy.timeout, self.check(&c, peer, host, &policy))
+                    .await
+                    .unwrap_or(false);
+                if let Some(failing) = health.checked(&policy, host, ok) {
+                    tracing::warn!(%cluster, %host, healthy = !failing, "health check verdict changed");
+                }
+            }
+        }
+    }
+
+    /// One check of `host`: `GET <path>` over the cluster's mTLS, or a TCP connect.
+    async fn check(
+        &self,
+        c: &crate::config::Cluster,
+        peer: &SpiffeId,
+        host: SocketAddr,
+        policy: &HealthCheckPolicy,
+    ) -> bool {
+        let Some(path) = &policy.http_path else {
+            return TcpStream::connect(host).await.is_ok();
+        };
+        let Ok(client) = self.mesh_client(peer, c.h2) else { return false };
+        let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) else { return false };
+        let body: Body = http_body_util::Empty::new().map_err(|never| match never {}).boxed();
+        let mut req = Request::new(body);
+        *req.uri_mut() = uri;
+        *req.version_mut() = if c.h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        client.request(req).await.is_ok_and(|r| policy.accepts(r.status().as_u16()))
+    }
+
+    /// Takes a token from the listener's bucket (a new one when its limit changed).
+    fn take_token(&self, listener: &str, limit: RateLimit) -> bool {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().expect("not poisoned");
+        let bucket = buckets.entry(listener.to_owned()).or_insert_with(|| Bucket::new(limit, now));
+        if bucket.limit() != limit {
+            *bucket = Bucket::new(limit, now);
+        }
+        bucket.take(now)
+    }
+
     /// Sends the request, trying again as the route's retry policy says when the body can
     /// be sent again.
     async fn attempts(
@@ -404,28 +669,44 @@ impl Proxy {
     }
 
     async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Incoming>, Failure> {
-        let (target, addr) = self.endpoint(cluster).map_err(Failure::Local)?;
-        let h2 = self.state.config().clusters.get(cluster).is_some_and(|c| c.h2);
+        let pick = self.endpoint(cluster).map_err(Failure::Local)?;
+        let (addr, h2) = (pick.addr, pick.cluster.h2);
+        let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
+            Failure::Local((
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("circuit breaker open: {cluster} is at its limit"),
+            ))
+        })?;
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let result = match target {
+        let result = match &pick.cluster.target {
             Target::Local(_) => self.local_client(h2).request(req).await,
             Target::Mesh { peer, .. } => {
                 let client = self
-                    .mesh_client(&peer, h2)
+                    .mesh_client(peer, h2)
                     .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
                 client.request(req).await
             }
         };
-        result.map_err(|e| {
+        let result = result.map_err(|e| {
             let why = format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             );
             if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
-        })
+        });
+        if let Some(policy) = &pick.cluster.outlier {
+            let failed = match &result {
+                Ok(resp) => resp.status().is_server_error(),
+                Err(_) => true,
+            };
+            if pick.health.record(policy, addr, failed, pick.hosts, std::time::Instant::now()) {
+                tracing::warn!(cluster, host = %addr, "outlier ejected after consecutive failures");
+            }
+        }
+        result
     }
 
     fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
@@ -455,6 +736,24 @@ impl Proxy {
     }
 }
 
+/// Counts a connection as open until dropped.
+struct OpenConnection(tokio::sync::watch::Sender<usize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Whether `l` is inbound, and the service on the other side: the caller's (from its
+/// SPIFFE ID, `…/sa/<service>`) or the destination's.
+fn peer_service<'a>(l: &'a Listener, peer: Option<&'a SpiffeId>) -> (bool, &'a str) {
+    match &l.side {
+        Side::Inbound { .. } => (true, peer.and_then(|p| p.path().rsplit('/').next()).unwrap_or("unknown")),
+        Side::Outbound { service } => (false, service.as_deref().unwrap_or("unknown")),
+    }
+}
+
 fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let svid = identity.current();
     let verifier = SvidClientVerifier::new(bundle.clone());
@@ -463,6 +762,15 @@ fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Ar
         .with_single_cert(svid.chain(), svid.key())?;
     c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(c))
+}
+
+/// Where one request or connection goes.
+struct Pick {
+    cluster: Arc<crate::config::Cluster>,
+    addr: SocketAddr,
+    /// Hosts of the cluster, ejected ones included.
+    hosts: usize,
+    health: Arc<ClusterHealth>,
 }
 
 /// Why one try failed.
@@ -548,8 +856,14 @@ impl ConfigSink for Proxy {
             self.bind(&next.listeners)?;
         }
         self.state.store(next);
+        if type_url == envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url() {
+            self.reconcile_checkers();
+        }
         if type_url == Secret::type_url() {
             self.refresh_tls().map_err(|e| format!("{e:#}"))?;
+        }
+        if let Err(e) = crate::persist::save(&self.cert_dir, &self.state.config()) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot keep the accepted configuration on disk");
         }
         Ok(())
     }

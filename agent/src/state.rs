@@ -27,8 +27,12 @@ pub struct Config {
     pub endpoints: BTreeMap<String, Arc<Vec<SocketAddr>>>,
     /// The mesh's roots from SDS, once received.
     pub bundle: Option<Arc<TrustBundle>>,
+    /// Types of which a response was applied.
+    pub applied: std::collections::BTreeSet<String>,
     /// type URL → name → version.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
+    /// type URL → name → the resource as received, for [`crate::persist`].
+    pub raw: BTreeMap<String, BTreeMap<String, Resource>>,
 }
 
 /// Where applied configuration lives; `changed` ticks after each swap.
@@ -78,6 +82,7 @@ impl State {
         let mut next = (*self.config()).clone();
         let mut errors = Vec::new();
         let versions = next.versions.entry(type_url.to_owned()).or_default();
+        let raw = next.raw.entry(type_url.to_owned()).or_default();
         for r in updated {
             let Some(any) = &r.resource else {
                 errors.push(format!("{}: no resource", r.name));
@@ -86,6 +91,7 @@ impl State {
             match convert(type_url, any, &self.local) {
                 Ok(c) => {
                     versions.insert(r.name.clone(), r.version.clone());
+                    raw.insert(r.name.clone(), r.clone());
                     let name = r.name.clone();
                     match c {
                         Converted::Listener(l) => drop(next.listeners.insert(name, l)),
@@ -104,6 +110,7 @@ impl State {
         }
         for name in removed {
             versions.remove(name);
+            raw.remove(name);
             if type_url == PbListener::type_url() {
                 next.listeners.remove(name);
             } else if type_url == RouteConfiguration::type_url() {
@@ -117,6 +124,7 @@ impl State {
         if versions.len() > MAX_RESOURCES {
             return Err(format!("more than {MAX_RESOURCES} resources of {type_url}"));
         }
+        next.applied.insert(type_url.to_owned());
         Ok(next)
     }
 

@@ -103,6 +103,18 @@ impl Process {
         self.child.kill().await.unwrap();
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`).
+    pub async fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid).status().await.unwrap();
+        assert!(ok.success(), "kill -{sig} failed");
+    }
+
     /// Everything printed so far.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

@@ -6,26 +6,43 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use futures::StreamExt;
+use prost::{Message, Name};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
-use trellis_tests::grpc::platform_root;
+use trellis_tests::grpc::{Svid, certs, issue, platform_root};
 use trellis_tests::{Api, Process, Trellis, agent_bin, document_path, example_documents, token, trellis};
 use trellis_xds_server::proto::identity_client::IdentityClient;
 use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
 use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
-/// as the agent forwarded it), on 127.0.0.1 at a port the system picks.
+/// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
+/// answers after a second, and v1 answers every third `/reviews/flaky…` with 503.
 async fn app(version: &'static str) -> u16 {
-    let router = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
-        let caller =
-            headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        format!("{version} {caller}")
-    });
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let router = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            if uri.path().starts_with("/reviews/slow") {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // v1 fails every third call here: what retries are for.
+            let nth = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if uri.path().starts_with("/reviews/flaky") && version == "v1" && nth.is_multiple_of(3) {
+                return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "v1 is having a moment".to_owned());
+            }
+            let caller =
+                headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            (axum::http::StatusCode::OK, format!("{version} {caller}"))
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
@@ -79,6 +96,103 @@ async fn grpc_call(addr: &str, csr: &[u8]) -> Result<String, tonic::Status> {
     IdentityClient::new(channel).issue_svid(req).await.map(|r| r.into_inner().spiffe_id)
 }
 
+/// A TCP application that echoes what it reads.
+async fn echo_app() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Sends `ping` to `addr` and reads four bytes back, if they come within 5 s.
+async fn echo(addr: &str) -> Option<Vec<u8>> {
+    echo_connection(addr).await.map(|_| b"ping".to_vec())
+}
+
+/// A connection to `addr` that echoed `ping` within 5 s, kept open.
+async fn echo_connection(addr: &str) -> Option<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"ping").await.ok()?;
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.ok()?.ok()?;
+    (&buf == b"ping").then_some(s)
+}
+
+/// Any server certificate: the test checks what the agent accepts, not what it presents.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1: the start of the answer, or the
+/// error that ended the exchange.
+async fn mtls_get(addr: &str, svid: &Svid) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(certs(&svid.chain_pem), key)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("reviews").unwrap();
+    let exchange = async {
+        let mut tls =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp).await?;
+        tls.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\nConnection: close\r\n\r\n").await?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&answer).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timed out".into(),
+    }
+}
+
 async fn join_token(api: &Api, service: &str, tags: Value) -> String {
     let (status, body) =
         api.post("/meshes/shop/join-tokens", &json!({"service": service, "tags": tags})).await;
@@ -86,9 +200,10 @@ async fn join_token(api: &Api, service: &str, tags: Value) -> String {
     body["token"].as_str().unwrap().to_owned()
 }
 
-/// Starts an agent for `service` on `address`; `extra` are further flags.
+/// Starts an agent of the control plane at `server` for `service` on `address`; `extra`
+/// are further flags.
 fn agent(
-    t: &Trellis,
+    server: &str,
     ca: &Path,
     dir: &Path,
     token: &str,
@@ -100,7 +215,7 @@ fn agent(
     std::fs::write(&token_file, token).unwrap();
     let mut cmd = Command::new(agent_bin());
     cmd.arg("run")
-        .args(["--server", &t.xds, "--mesh", "shop", "--service", service, "--address", address])
+        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
         .arg("--platform-ca")
         .arg(ca)
         .arg("--join-token-file")
@@ -157,10 +272,13 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
     let t = Trellis::start(cmd).await;
     let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    // The seed without its resilience kinds (the agent refuses those, below).
+    // The seed without its rate limit (100 requests a second would refuse most of the 2,000).
     let docs: Vec<Value> = example_documents()
         .into_iter()
-        .filter(|d| ["Mesh", "Service", "HTTPRoute", "AccessPolicy"].contains(&d["kind"].as_str().unwrap()))
+        .filter(|d| {
+            ["Mesh", "Service", "HTTPRoute", "TCPRoute", "AccessPolicy", "CircuitBreaker", "HealthCheck"]
+                .contains(&d["kind"].as_str().unwrap())
+        })
         .collect();
     for doc in &docs {
         let (status, body) = api.put(&document_path(doc), doc).await;
@@ -171,6 +289,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(status, 201, "{body}");
     let policy = json!({"spec": {"targetRef": {"service": "ratings"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
     let (status, body) = api.put("/meshes/shop/access-policies/ratings-callers", &policy).await;
+    assert_eq!(status, 201, "{body}");
+    let policy = json!({"spec": {"targetRef": {"service": "db"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/db-callers", &policy).await;
     assert_eq!(status, 201, "{body}");
     let stranger = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
     let (status, body) = api.put("/meshes/shop/services/stranger", &stranger).await;
@@ -217,7 +338,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         let tok = join_token(&api, "reviews", json!({"version": version})).await;
         let app_port = format!("9080={port}");
         let mut p = agent(
-            &t,
+            &t.xds,
             &ca,
             &dir(version),
             &tok,
@@ -231,7 +352,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let tok = join_token(&api, "ratings", json!({})).await;
     let app_port = format!("9090={}", grpc_app("ratings-v1").await);
     let mut p = agent(
-        &t,
+        &t.xds,
         &ca,
         &dir("ratings"),
         &tok,
@@ -241,12 +362,40 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     );
     p.wait_for_line("listening inbound:9090 on 127.0.0.6:9090", Duration::from_secs(20)).await;
     agents.push(p);
+    let tok = join_token(&api, "db", json!({"role": "primary"})).await;
+    let app_port = format!("5432={}", echo_app().await);
+    let mut p = agent(
+        &t.xds,
+        &ca,
+        &dir("db"),
+        &tok,
+        "db",
+        "127.0.0.7",
+        &["--port", "5432", "--app-port", &app_port, "--outbound", "none"],
+    );
+    p.wait_for_line("listening inbound:5432 on 127.0.0.7:5432", Duration::from_secs(20)).await;
+    agents.push(p);
     let tok = join_token(&api, "productpage", json!({})).await;
     let caller_dir = dir("productpage");
-    let mut caller =
-        agent(&t, &ca, &caller_dir, &tok, "productpage", "127.0.0.4", &["--outbound", "reviews,ratings"]);
+    let mut caller = agent(
+        &t.xds,
+        &ca,
+        &caller_dir,
+        &tok,
+        "productpage",
+        "127.0.0.4",
+        &[
+            "--outbound",
+            "reviews,ratings,db",
+            "--xds-relay-addr",
+            "127.0.0.4:15010",
+            "--http-proxy-addr",
+            "127.0.0.4:15001",
+        ],
+    );
     let reviews = outbound_addr(&mut caller, "outbound:reviews.shop:9080").await;
     let ratings = outbound_addr(&mut caller, "outbound:ratings.shop:9090").await;
+    let db = outbound_addr(&mut caller, "outbound:db.shop:5432").await;
 
     // The identity files, written for co-located clients; the key private.
     use std::os::unix::fs::PermissionsExt;
@@ -279,9 +428,56 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         "every request answered: {split:?}"
     );
     assert!((22.0..=28.0).contains(&v2), "v2 got {v2:.1}% of 2000: {split:?}");
+    // The agents count what they carried, by direction and peer service, on their admin port.
+    let metric = |text: &str, name_and_labels: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
+    };
+    let caller_metrics =
+        client.get("http://127.0.0.4:15000/metrics").send().await.unwrap().text().await.unwrap();
+    let sent = metric(
+        &caller_metrics,
+        r#"trellis_agent_requests_total{direction="outbound",peer_service="reviews",status_class="2xx"}"#,
+    );
+    assert!(sent >= 2000.0, "{caller_metrics}");
+    let v1_metrics = client.get("http://127.0.0.2:15000/metrics").send().await.unwrap().text().await.unwrap();
+    let received = metric(
+        &v1_metrics,
+        r#"trellis_agent_requests_total{direction="inbound",peer_service="productpage",status_class="2xx"}"#,
+    );
+    assert!(received > 1000.0 && received < sent, "{v1_metrics}");
+    assert!(v1_metrics.contains("trellis_agent_request_duration_seconds_bucket"), "{v1_metrics}");
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", caller.pid())).unwrap();
+    println!("caller agent after 2,000 requests: {}", rss.lines().find(|l| l.starts_with("VmRSS")).unwrap());
+    let ready = client.get("http://127.0.0.4:15000/ready").send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let dump: Value = client.get("http://127.0.0.4:15000/config").send().await.unwrap().json().await.unwrap();
+    assert!(dump["identity"]["spiffeId"].as_str().unwrap().ends_with("/sa/productpage"), "{dump}");
+    let listener =
+        dump["listeners"].as_array().unwrap().iter().find(|l| l["name"] == "outbound:reviews.shop:9080");
+    assert_eq!(listener.unwrap()["bound"], true, "{dump}");
+    assert!(!dump["versions"]["type.googleapis.com/envoy.config.cluster.v3.Cluster"]["reviews.shop:9080~version=v2"].is_null());
+
+    // The route's retries (5xx, two more attempts) turn v1's intermittent 503s into answers:
+    // without them a quarter of these would fail (75 % go to v1, a third of those fail), with
+    // them about 1.6 % (three failed tries in a row).
+    let flaky = tally(&client, &format!("http://{reviews}/reviews/flaky"), false, 400).await;
+    let failed = 400 - flaky.get("v1").unwrap_or(&0) - flaky.get("v2").unwrap_or(&0);
+    assert!(flaky.contains_key("v1") && failed < 40, "{flaky:?}");
     // Beta testers always reach v2.
     let beta = tally(&client, &url, true, 200).await;
     assert_eq!(beta, BTreeMap::from([("v2".to_owned(), 200)]), "x-beta: true");
+    // Explicit mode through the agent's HTTP proxy: the application names the service.
+    let proxied = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http("http://127.0.0.4:15001").unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let answer =
+        proxied.get("http://reviews.shop:9080/reviews/1").header("x-beta", "true").send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(answer.text().await.unwrap().starts_with("v2 "), "x-beta through the proxy");
+    let unknown = proxied.get("http://nothing.shop:9080/").send().await.unwrap();
+    assert_eq!(unknown.status(), 502);
     // The application learns its caller from the agent, over mTLS.
     let body = client.get(&url).send().await.unwrap().text().await.unwrap();
     assert!(body.contains("URI=spiffe://") && body.ends_with("/ns/shop/sa/productpage"), "{body}");
@@ -303,6 +499,118 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let err = grpc_call(&ratings, b"fail").await.unwrap_err();
     assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
 
+    // The local xDS relay: a client with no certificate gets the configuration of the
+    // agent's identity, and is registered as a dataplane of the agent's service.
+    let relay = tonic::transport::Endpoint::from_static("http://127.0.0.4:15010").connect().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let node =
+        Node { id: "proxyless-1".into(), user_agent_name: "grpc-node-js".into(), ..Default::default() };
+    let first = DiscoveryRequest { type_url: Cluster::type_url(), node: Some(node), ..Default::default() };
+    tx.send(first).await.unwrap();
+    let mut relayed = AggregatedDiscoveryServiceClient::new(relay)
+        .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let clusters =
+        tokio::time::timeout(Duration::from_secs(10), relayed.message()).await.unwrap().unwrap().unwrap();
+    let names: Vec<String> =
+        clusters.resources.iter().map(|a| Cluster::decode(a.value.as_slice()).unwrap().name).collect();
+    assert!(names.contains(&"reviews.shop:9080~version=v2".to_owned()), "{names:?}");
+    let mut registered = Value::Null;
+    for _ in 0..50 {
+        let (_, list) = api.get("/meshes/shop/dataplanes").await;
+        registered = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["nodeId"] == "proxyless-1")
+            .cloned()
+            .unwrap_or_default();
+        if !registered.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(registered["service"], "productpage", "{registered}");
+    drop((tx, relayed));
+
+    // TCP through two agents, to the TCP route's `role: primary` backend.
+    let mut echoed = None;
+    for _ in 0..100 {
+        echoed = echo(&db).await;
+        if echoed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(echoed.as_deref(), Some(&b"ping"[..]), "{}", caller.output());
+
+    // A circuit breaker of one connection: a second one at the same time fails at once.
+    let mut cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
+    cb["metadata"]["name"] = json!("db");
+    cb["spec"] = json!({"targetRef": {"service": "db"}, "thresholds": {"maxConnections": 1}});
+    let (status, body) = api.put(&document_path(&cb), &cb).await;
+    assert_eq!(status, 201, "{body}");
+    let mut refused = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One connection holds the one place (once the limit has arrived).
+        let Some(_held) = echo_connection(&db).await else { continue };
+        if echo(&db).await.is_none() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a second connection past maxConnections 1 was served");
+    let mut again = None;
+    for _ in 0..20 {
+        again = echo(&db).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(again.as_deref(), Some(&b"ping"[..]), "served again once the first one closed");
+
+    // A route change under load: followed, and no request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        async move {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => r.text().await.unwrap()[..2].to_owned(),
+                    Ok(r) => format!("status {}", r.status()),
+                    Err(e) => format!("error {e}"),
+                });
+            }
+            answers
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(0);
+    route["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(100);
+    let changed_at = std::time::Instant::now();
+    let (status, body) = api.put(&document_path(&route), &route).await;
+    assert_eq!(status, 200, "{body}");
+    let mut all_v2_after = None;
+    for _ in 0..100 {
+        if tally(&client, &url, false, 20).await == BTreeMap::from([("v2".to_owned(), 20)]) {
+            all_v2_after = Some(changed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    let took = all_v2_after.expect("the route change reached the caller's agent");
+    println!("route change followed within {took:?}; {} requests under load, none failed", answers.len());
+
     // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
     plain.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\n\r\n").await.unwrap();
@@ -310,11 +618,52 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/"), "plaintext was served: {}", String::from_utf8_lossy(&answer));
 
+    // mTLS with a certificate of another mesh (another CA) is refused; the same request with
+    // the caller's own certificate, from its certificate directory, is answered.
+    let mut other = docs.iter().find(|d| d["kind"] == "Mesh").unwrap().clone();
+    other["metadata"]["name"] = json!("other");
+    let (status, body) = api.put(&document_path(&other), &other).await;
+    assert_eq!(status, 201, "{body}");
+    let svc = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    let (status, body) = api.put("/meshes/other/services/productpage", &svc).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = api.post("/meshes/other/join-tokens", &json!({"service": "productpage"})).await;
+    assert_eq!(status, 201, "{body}");
+    let root = std::fs::read_to_string(&ca).unwrap();
+    let foreign = issue(&t.xds, &root, body["token"].as_str().unwrap()).await.unwrap();
+    assert!(foreign.spiffe_id.ends_with("/ns/other/sa/productpage"), "{}", foreign.spiffe_id);
+    let answer = mtls_get("127.0.0.2:9080", &foreign).await;
+    assert!(!answer.starts_with("HTTP/"), "another mesh's certificate was served: {answer}");
+    let read = |f: &str| std::fs::read_to_string(caller_dir.join("certs").join(f)).unwrap();
+    let own = Svid {
+        key_pem: read("key.pem"),
+        chain_pem: read("cert.pem"),
+        bundle_pem: read("bundle.pem"),
+        spiffe_id: String::new(),
+    };
+    let answer = mtls_get("127.0.0.2:9080", &own).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
-    caller.kill().await;
+    // SIGTERM drains: a request in flight is answered, then the agent exits cleanly.
+    let slow = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{reviews}/reviews/slow"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    caller.signal("TERM").await;
+    assert_eq!(slow.await.unwrap().unwrap(), 200, "{}", caller.output());
+    assert!(caller.wait(Duration::from_secs(10)).await.success(), "{}", caller.output());
     let tok = join_token(&api, "stranger", json!({})).await;
-    let mut stranger =
-        agent(&t, &ca, &dir("stranger"), &tok, "stranger", "127.0.0.5", &["--outbound", "reviews,ratings"]);
+    let mut stranger = agent(
+        &t.xds,
+        &ca,
+        &dir("stranger"),
+        &tok,
+        "stranger",
+        "127.0.0.5",
+        &["--outbound", "reviews,ratings,db"],
+    );
     let addr = outbound_addr(&mut stranger, "outbound:reviews.shop:9080").await;
     assert_eq!(addr, reviews, "a service keeps its outbound address");
     let mut status = 0;
@@ -334,14 +683,17 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let ratings_again = outbound_addr(&mut stranger, "outbound:ratings.shop:9090").await;
     let err = grpc_call(&ratings_again, b"ok").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    let db_again = outbound_addr(&mut stranger, "outbound:db.shop:5432").await;
+    assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
-    let cb = example_documents().into_iter().find(|d| d["kind"] == "CircuitBreaker").unwrap();
-    let (status, body) = api.put(&document_path(&cb), &cb).await;
-    assert_eq!(status, 201, "{body}");
+    let mut faulty = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    faulty["spec"]["rules"][0]["fault"] = json!({"abort": {"httpStatus": 503, "percent": 10}});
+    let (status, body) = api.put(&document_path(&faulty), &faulty).await;
+    assert_eq!(status, 200, "{body}");
     let mut propagation = Value::Null;
     for _ in 0..100 {
-        let (_, doc) = api.get(&document_path(&cb)).await;
+        let (_, doc) = api.get(&document_path(&faulty)).await;
         propagation = doc["status"]["propagation"].clone();
         if propagation["rejected"].as_u64().unwrap_or(0) > 0 {
             break;
@@ -350,13 +702,33 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     }
     let reason = propagation["errors"][0].as_str().unwrap_or_default();
     assert!(
-        reason.contains("reviews.shop:9080")
-            && reason.contains("circuit_breakers is not supported by trellis-agent"),
+        reason.contains("outbound:reviews.shop:9080")
+            && reason.contains("(fault injection) is not supported by trellis-agent"),
         "{propagation}"
     );
     // Traffic keeps flowing on the last configuration it accepted.
     let after = client.get(format!("http://{addr}/reviews/1")).send().await.unwrap();
     assert_eq!(after.status(), 403);
-    drop(agents);
+
+    // The control plane goes away. An agent restarted meanwhile serves from the configuration
+    // it accepted last and the SVID it kept: its join token is not read again.
+    stranger.kill().await;
     store.close().await;
+    let xds = t.xds.clone();
+    t.kill().await;
+    let mut restarted = agent(
+        &xds,
+        &ca,
+        &caller_dir,
+        "not a token",
+        "productpage",
+        "127.0.0.4",
+        &["--outbound", "reviews,ratings"],
+    );
+    assert_eq!(outbound_addr(&mut restarted, "outbound:reviews.shop:9080").await, reviews);
+    // The last route it accepted sends everything to v2.
+    let served = tally(&client, &url, false, 200).await;
+    assert_eq!(served, BTreeMap::from([("v2".to_owned(), 200)]), "{}", restarted.output());
+    restarted.wait_for_line("serving the last accepted configuration", Duration::from_secs(1)).await;
+    drop(agents);
 }

@@ -1,0 +1,148 @@
+//! The admin port, on loopback only: `/metrics` (Prometheus text), `/ready`, and `/config`
+//! (what the agent applies, with the xDS versions it came with).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+use crate::proxy::Proxy;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    direction: &'static str,
+    /// The caller's service (inbound) or the destination's (outbound): services of the
+    /// mesh only, so the cardinality is bounded by the mesh.
+    peer_service: String,
+    status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: &'static str,
+    peer_service: String,
+}
+
+/// The agent's golden signals, by direction and peer service.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<DirectionLabels, Histogram>,
+    connections: Family<DirectionLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("trellis_agent");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<DirectionLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        let connections = Family::<DirectionLabels, Counter>::default();
+        registry.register("requests", "HTTP requests proxied, by response status class", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request to its response's headers",
+            duration.clone(),
+        );
+        registry.register("tcp_connections", "TCP connections proxied", connections.clone());
+        Metrics { registry: Arc::new(registry), requests, duration, connections }
+    }
+}
+
+/// Which way traffic goes through the agent.
+pub fn direction(inbound: bool) -> &'static str {
+    if inbound { "inbound" } else { "outbound" }
+}
+
+impl Metrics {
+    pub fn request(&self, inbound: bool, peer_service: &str, status: StatusCode, took: Duration) {
+        let status_class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let direction = direction(inbound);
+        let peer_service = peer_service.to_owned();
+        self.requests
+            .get_or_create(&RequestLabels { direction, peer_service: peer_service.clone(), status_class })
+            .inc();
+        self.duration.get_or_create(&DirectionLabels { direction, peer_service }).observe(took.as_secs_f64());
+    }
+
+    pub fn connection(&self, inbound: bool, peer_service: &str) {
+        let labels = DirectionLabels { direction: direction(inbound), peer_service: peer_service.to_owned() };
+        self.connections.get_or_create(&labels).inc();
+    }
+
+    fn encode(&self) -> String {
+        let mut body = String::new();
+        prometheus_client::encoding::text::encode(&mut body, &self.registry).expect("writing to a String");
+        body
+    }
+}
+
+/// Serves the admin endpoints on `listener` forever.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(answer(&proxy, &req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+        r
+    };
+    match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            proxy.metrics().encode(),
+        ),
+        (&http::Method::GET, "/ready") => match proxy.not_ready() {
+            None => reply(StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+        },
+        (&http::Method::GET, "/config") => {
+            let body = serde_json::to_string_pretty(&proxy.dump()).expect("JSON values serialize");
+            reply(StatusCode::OK, "application/json", body)
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /ready or /config\n".into()),
+    }
+}
+
+/// Refuses an admin address other peers could reach.
+pub fn check_addr(addr: SocketAddr) -> Result<SocketAddr, String> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!("--admin-addr {addr}: must be a loopback address"))
+    }
+}

@@ -1,0 +1,271 @@
+//! Circuit breaking and outlier detection, per cluster. A cluster's limit bounds the
+//! requests (HTTP) or connections (TCP) in flight to it: past it a request fails at once
+//! with 503 / UNAVAILABLE, nothing waits. A host that answers `consecutive_5xx` failures in a
+//! row (5xx or no connection) is ejected for `base_ejection × times ejected`, while at most
+//! `max_ejection_percent` of the cluster's hosts are out (always at least one may be); when
+//! every host is out, all are used again. A local rate limit is a token bucket per inbound
+//! listener.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// When to eject a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    pub consecutive_5xx: u32,
+    pub base_ejection: Duration,
+    pub max_ejection_percent: u32,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Host {
+    consecutive: u32,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    /// Active health checks: failed or passed in a row, and the verdict. A host is healthy
+    /// until checks say otherwise.
+    checks_failed: u32,
+    checks_passed: u32,
+    failing: bool,
+}
+
+/// How a cluster's hosts are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckPolicy {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_threshold: u32,
+    pub healthy_threshold: u32,
+    /// `GET <path>` over the cluster's mTLS; `None`: a TCP connect.
+    pub http_path: Option<String>,
+    /// Accepted statuses as `[start, end)` ranges; empty: 200 only.
+    pub expected: Vec<(u16, u16)>,
+}
+
+impl HealthCheckPolicy {
+    pub fn accepts(&self, status: u16) -> bool {
+        if self.expected.is_empty() {
+            return status == 200;
+        }
+        self.expected.iter().any(|(from, to)| (*from..*to).contains(&status))
+    }
+}
+
+/// What one cluster's requests have seen.
+#[derive(Debug, Default)]
+pub struct ClusterHealth {
+    in_flight: AtomicU32,
+    hosts: Mutex<HashMap<SocketAddr, Host>>,
+}
+
+/// A request or connection counted against its cluster's limit until dropped.
+pub struct InFlight(Arc<ClusterHealth>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl ClusterHealth {
+    /// Admits one more request, unless `limit` are in flight.
+    pub fn admit(self: &Arc<Self>, limit: Option<u32>) -> Option<InFlight> {
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(self.clone());
+        match limit {
+            Some(max) if before >= max => None,
+            _ => Some(guard),
+        }
+    }
+
+    /// The hosts not ejected at `now`; all of them when every one is.
+    pub fn usable(&self, hosts: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
+        let state = self.hosts.lock().expect("not poisoned");
+        let up: Vec<SocketAddr> = hosts
+            .iter()
+            .copied()
+            .filter(|h| state.get(h).is_none_or(|s| !s.failing && s.ejected_until.is_none_or(|t| t <= now)))
+            .collect();
+        if up.is_empty() { hosts.to_vec() } else { up }
+    }
+
+    /// Records one health check of `host`; returns its new verdict (`true`: failing) when it
+    /// changed.
+    pub fn checked(&self, policy: &HealthCheckPolicy, host: SocketAddr, ok: bool) -> Option<bool> {
+        let mut state = self.hosts.lock().expect("not poisoned");
+        let h = state.entry(host).or_default();
+        if ok {
+            h.checks_passed += 1;
+            h.checks_failed = 0;
+            if h.failing && h.checks_passed >= policy.healthy_threshold {
+                h.failing = false;
+                return Some(false);
+            }
+        } else {
+            h.checks_failed += 1;
+            h.checks_passed = 0;
+            if !h.failing && h.checks_failed >= policy.unhealthy_threshold {
+                h.failing = true;
+                return Some(true);
+            }
+        }
+        None
+    }
+
+    /// Records one answer of `host` (out of `total` hosts); returns whether it was ejected now.
+    pub fn record(
+        &self,
+        policy: &OutlierPolicy,
+        host: SocketAddr,
+        failed: bool,
+        total: usize,
+        now: Instant,
+    ) -> bool {
+        let mut state = self.hosts.lock().expect("not poisoned");
+        let ejected = state.values().filter(|h| h.ejected_until.is_some_and(|t| t > now)).count();
+        let h = state.entry(host).or_default();
+        if !failed {
+            h.consecutive = 0;
+            return false;
+        }
+        h.consecutive += 1;
+        let room = ejected == 0 || (ejected + 1) * 100 <= total * policy.max_ejection_percent as usize;
+        if h.consecutive < policy.consecutive_5xx || !room || h.ejected_until.is_some_and(|t| t > now) {
+            return false;
+        }
+        h.consecutive = 0;
+        h.ejections += 1;
+        h.ejected_until = Some(now + policy.base_ejection * h.ejections);
+        true
+    }
+}
+
+/// A token bucket: `max` tokens, `per_fill` added every `interval`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub max: u32,
+    pub per_fill: u32,
+    pub interval: Duration,
+}
+
+/// The bucket's state.
+#[derive(Debug)]
+pub struct Bucket {
+    limit: RateLimit,
+    tokens: u32,
+    filled_at: Instant,
+}
+
+impl Bucket {
+    pub fn new(limit: RateLimit, now: Instant) -> Bucket {
+        Bucket { limit, tokens: limit.max, filled_at: now }
+    }
+
+    pub fn limit(&self) -> RateLimit {
+        self.limit
+    }
+
+    /// Takes a token if there is one (after the fills due at `now`).
+    pub fn take(&mut self, now: Instant) -> bool {
+        let fills = (now.saturating_duration_since(self.filled_at).as_nanos()
+            / self.limit.interval.as_nanos()) as u64;
+        if fills > 0 {
+            let added = fills.saturating_mul(u64::from(self.limit.per_fill));
+            self.tokens = (u64::from(self.tokens) + added).min(u64::from(self.limit.max)) as u32;
+            self.filled_at += self.limit.interval * u32::try_from(fills).unwrap_or(u32::MAX);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: OutlierPolicy = OutlierPolicy {
+        consecutive_5xx: 3,
+        base_ejection: Duration::from_secs(30),
+        max_ejection_percent: 50,
+    };
+
+    #[test]
+    fn a_host_failing_in_a_row_is_ejected_for_longer_each_time_and_comes_back() {
+        let health = ClusterHealth::default();
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(!health.record(&POLICY, a, true, 2, t0));
+        assert!(!health.record(&POLICY, a, false, 2, t0), "a success resets the count");
+        assert!(!health.record(&POLICY, a, true, 2, t0));
+        assert!(!health.record(&POLICY, a, true, 2, t0));
+        assert!(health.record(&POLICY, a, true, 2, t0), "third failure in a row");
+        assert_eq!(health.usable(&[a, b], t0), [b]);
+        // No more than half of two hosts: b stays in whatever it does.
+        for _ in 0..5 {
+            assert!(!health.record(&POLICY, b, true, 2, t0));
+        }
+        assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(31)), [a, b], "back after 30 s");
+        for _ in 0..3 {
+            health.record(&POLICY, a, true, 2, t0 + Duration::from_secs(31));
+        }
+        assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
+        assert_eq!(health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
+    }
+
+    #[test]
+    fn health_checks_take_a_host_out_and_bring_it_back_by_their_thresholds() {
+        let policy = HealthCheckPolicy {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            http_path: Some("/health".into()),
+            expected: vec![],
+        };
+        let health = ClusterHealth::default();
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let now = Instant::now();
+        assert_eq!(health.checked(&policy, a, false), None);
+        assert_eq!(health.checked(&policy, a, false), None);
+        assert_eq!(health.checked(&policy, a, false), Some(true), "three failures");
+        assert_eq!(health.usable(&[a, b], now), [b]);
+        assert_eq!(health.checked(&policy, a, true), None);
+        assert_eq!(health.checked(&policy, a, true), Some(false), "two passes");
+        assert_eq!(health.usable(&[a, b], now), [a, b]);
+        assert!(policy.accepts(200) && !policy.accepts(204));
+        let ranged = HealthCheckPolicy { expected: vec![(200, 300)], ..policy };
+        assert!(ranged.accepts(204) && !ranged.accepts(503));
+    }
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let t0 = Instant::now();
+        let limit = RateLimit { max: 3, per_fill: 2, interval: Duration::from_secs(1) };
+        let mut b = Bucket::new(limit, t0);
+        assert_eq!((0..5).filter(|_| b.take(t0)).count(), 3, "the burst");
+        assert!(!b.take(t0 + Duration::from_millis(999)));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..5).filter(|_| b.take(t1)).count(), 2, "one fill");
+        let t9 = t0 + Duration::from_secs(9);
+        assert_eq!((0..5).filter(|_| b.take(t9)).count(), 3, "never above max");
+    }
+
+    #[test]
+    fn past_the_limit_requests_are_refused_until_one_ends() {
+        let health = Arc::new(ClusterHealth::default());
+        let one = health.admit(Some(2)).unwrap();
+        let _two = health.admit(Some(2)).unwrap();
+        assert!(health.admit(Some(2)).is_none());
+        drop(one);
+        assert!(health.admit(Some(2)).is_some());
+        assert!(health.admit(None).is_some(), "no limit");
+    }
+}
