@@ -152,6 +152,9 @@ pub struct DemoApp {
     /// Where `details` is (productpage calls it for `/details`).
     #[arg(long)]
     pub details: Option<url::Url>,
+    /// The HTTP proxy its calls go through: its agent's explicit mode.
+    #[arg(long)]
+    pub proxy: Option<url::Url>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -184,7 +187,8 @@ pub struct Demo {
     /// Organization the demo mesh is created in (the local admin's, who the login link signs in).
     #[arg(long, default_value = "default", value_parser = parse_slug)]
     pub org: trellis_model::OrgSlug,
-    /// First of the ports the demo applications listen on (127.0.0.1, one each).
+    /// First of the ports the demo uses on 127.0.0.1: one per application, then one per
+    /// agent's HTTP proxy (ten in all).
     #[arg(long, default_value_t = 19080)]
     pub app_port: u16,
     /// Calls per second the traffic generator makes to productpage.

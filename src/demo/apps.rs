@@ -2,7 +2,7 @@
 //! `reviews`, `reviews` v2 calls `ratings`. Each answers JSON that says who served it, so
 //! that the traffic split and the beta channel can be seen in every response. They know
 //! nothing of the mesh: they call `http://<service>.<mesh>:<port>` like any application,
-//! optionally through an HTTP proxy (the agent's explicit mode).
+//! through an HTTP proxy (their agent's explicit mode).
 
 use std::net::SocketAddr;
 
@@ -36,7 +36,7 @@ pub async fn run(args: DemoApp) -> anyhow::Result<()> {
         reviews: args.reviews,
         ratings: args.ratings,
         details: args.details,
-        client: reqwest::Client::builder().timeout(std::time::Duration::from_secs(10)).build()?,
+        client: client(args.proxy.as_ref())?,
     };
     let router = match args.role {
         DemoRole::Productpage => {
@@ -53,6 +53,15 @@ pub async fn run(args: DemoApp) -> anyhow::Result<()> {
     tracing::info!(role = args.role.name(), listen = %args.listen, "demo application serving");
     axum::serve(listener, router).with_graceful_shutdown(crate::serve::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The HTTP client of the calls to other services, through `proxy` when given.
+fn client(proxy: Option<&Url>) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(10));
+    if let Some(proxy) = proxy {
+        builder = builder.proxy(reqwest::Proxy::http(proxy.as_str()).context("--proxy")?);
+    }
+    Ok(builder.build()?)
 }
 
 /// `productpage`: the page, with the reviews of whichever version served it.

@@ -8,8 +8,9 @@
 //! with the calls. Every process it starts is its child; Ctrl-C (or SIGTERM) stops them all.
 //!
 //! Every workload runs on this host, so each agent gets a loopback address of its own
-//! (127.0.0.2, …) for its inbound listener, its application a port of its own on 127.0.0.1,
-//! and only the callers' agents bind outbound listeners, each for the services it calls.
+//! (127.0.0.2, …) for its inbound listener and admin port, its application a port of its own
+//! on 127.0.0.1, and the application reaches other services through its agent's HTTP proxy
+//! (explicit mode: no name resolution, no outbound listeners that agents would share).
 
 pub mod apps;
 mod processes;
@@ -40,7 +41,7 @@ struct Workload {
     service: &'static str,
     version: &'static str,
     role: DemoRole,
-    /// The services its application calls (its agent binds their outbound listeners).
+    /// The services its application calls (through its agent's HTTP proxy).
     calls: &'static [&'static str],
 }
 
@@ -124,6 +125,7 @@ async fn build_and_run(
 
     for (i, w) in WORKLOADS.iter().enumerate() {
         let app_port = args.app_port + i as u16;
+        let proxy = SocketAddr::from(([127, 0, 0, 1], args.app_port + (WORKLOADS.len() + i) as u16));
         let address = Workload::address(i);
         let dir = work.join(w.name);
         std::fs::create_dir_all(&dir)?;
@@ -147,10 +149,11 @@ async fn build_and_run(
         for upstream in w.calls {
             app.arg(format!("--{upstream}")).arg(format!("http://{upstream}.{MESH}:{SERVICE_PORT}"));
         }
+        app.args(["--proxy", &format!("http://{proxy}")]);
         procs.spawn(w.name, app)?;
 
-        let mut proxy = tokio::process::Command::new(agent);
-        proxy
+        let mut sidecar = tokio::process::Command::new(agent);
+        sidecar
             .arg("run")
             .args(["--server", &args.xds_addr.to_string()])
             .arg("--platform-ca")
@@ -165,8 +168,8 @@ async fn build_and_run(
             .args(["--tags", &format!("version={}", w.version)])
             .args(["--address", &address.to_string()])
             .args(["--node-id", w.name])
-            .args(["--outbound", &if w.calls.is_empty() { "none".to_owned() } else { w.calls.join(",") }]);
-        procs.spawn(&format!("{}-agent", w.name), proxy)?;
+            .args(["--outbound", "none", "--http-proxy-addr", &proxy.to_string()]);
+        procs.spawn(&format!("{}-agent", w.name), sidecar)?;
     }
 
     wait_in_sync(&client, procs).await?;

@@ -1,0 +1,192 @@
+//! `trellis demo` as a newcomer runs it: one command, a working mesh, Ctrl-C leaves nothing.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::trellis;
+
+/// Demo workloads (node ids) and the loopback addresses of their inbound listeners.
+const WORKLOADS: [(&str, [u8; 4]); 5] = [
+    ("productpage", [127, 0, 0, 2]),
+    ("reviews-v1", [127, 0, 0, 3]),
+    ("reviews-v2", [127, 0, 0, 4]),
+    ("ratings", [127, 0, 0, 5]),
+    ("details", [127, 0, 0, 6]),
+];
+const SERVICE_PORT: u16 = 9080;
+
+/// A port nobody listens on now, with the `count - 1` ports after it free too.
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if base < u16::MAX - count && (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+fn listening(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid …: the command may hold spaces, the fields after `)` do not.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1));
+        if ppid == Some(&pid.to_string()) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Stops the demo as a person does (SIGINT), also when the test fails half-way: killed, it
+/// could not stop its children, which would outlive the test.
+struct Interrupt(u32);
+
+impl Drop for Interrupt {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").arg("-INT").arg(self.0.to_string()).status();
+        for _ in 0..300 {
+            if !alive(self.0) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
+    trellis_tests::init();
+    let db = TestDb::create().await;
+    let work = tempfile::tempdir().unwrap();
+    let http = SocketAddr::from(([127, 0, 0, 1], free_ports(1)));
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_ports(1)));
+    let app_port = free_ports(2 * WORKLOADS.len() as u16);
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
+        .args(["demo", "--http-addr", &http.to_string(), "--xds-addr", &xds.to_string()])
+        .args(["--app-port", &app_port.to_string(), "--rate", "20"])
+        .arg("--work-dir")
+        .arg(work.path().join("demo"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut demo = cmd.spawn().expect("starting trellis demo");
+    let pid = demo.id().unwrap();
+    let _stop = Interrupt(pid);
+    let output = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel();
+    for pipe in [
+        Box::new(demo.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+        Box::new(demo.stderr.take().unwrap()),
+    ] {
+        let (output, ready_tx) = (output.clone(), ready_tx.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                // The ready block ends with how to stop the demo.
+                if line.contains("press Ctrl-C") || line.starts_with("last 10s:") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                output.lock().unwrap().push(line);
+            }
+        });
+    }
+    let said = |output: &Arc<Mutex<Vec<String>>>| output.lock().unwrap().join("\n");
+    let ready = tokio::time::timeout(Duration::from_secs(180), ready_rx.recv()).await;
+    assert!(
+        matches!(&ready, Ok(Some(l)) if l.contains("press Ctrl-C")),
+        "the demo never said it was ready:\n{}",
+        said(&output)
+    );
+    let text = said(&output);
+    assert!(text.contains("The demo is ready"), "{text}");
+    assert!(text.contains("/auth/local"), "no one-time login link:\n{text}");
+
+    // Every demo dataplane is connected and has acknowledged its configuration.
+    let token = trellis_tests::token(&db, "default", Role::Viewer).await;
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("http://{http}/api/v1/orgs/default/meshes/shop/dataplanes"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (node, _) in WORKLOADS {
+        let dp = list["items"].as_array().unwrap().iter().find(|d| d["nodeId"] == node);
+        let dp = dp.unwrap_or_else(|| panic!("no dataplane {node}: {list:#}"));
+        assert_eq!(dp["online"], true, "{dp:#}");
+        assert_eq!(dp["state"], "in-sync", "{dp:#}");
+    }
+
+    // productpage -> reviews through the agents: about 75/25, beta always v2, details denied.
+    let page = format!("http://127.0.0.1:{app_port}");
+    let mut versions: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..400 {
+        let body: Value = client.get(format!("{page}/")).send().await.unwrap().json().await.unwrap();
+        *versions.entry(body["reviews"]["version"].as_str().unwrap_or("none").to_owned()).or_default() += 1;
+    }
+    let v1 = f64::from(versions.get("v1").copied().unwrap_or(0)) / 400.0;
+    assert!((0.69..=0.81).contains(&v1), "v1 share {v1}: {versions:?}");
+    assert_eq!(versions.keys().filter(|v| !["v1", "v2"].contains(&v.as_str())).count(), 0, "{versions:?}");
+    for _ in 0..20 {
+        let body: Value = client
+            .get(format!("{page}/"))
+            .header("x-beta", "true")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["reviews"]["version"], "v2", "{body:#}");
+        assert_eq!(body["reviews"]["ratings"]["service"], "ratings", "{body:#}");
+    }
+    let res = client.get(format!("{page}/details")).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["details"]["error"].as_str().unwrap().contains("403"), "{body:#}");
+
+    // The traffic generator reports what the mesh did.
+    let report = tokio::time::timeout(Duration::from_secs(15), ready_rx.recv()).await;
+    assert!(
+        matches!(&report, Ok(Some(l)) if l.contains("reviews v1")),
+        "no traffic report:\n{}",
+        said(&output)
+    );
+
+    // Ctrl-C: every process it started stops, and nothing it listened on stays open.
+    let started = children_of(pid);
+    assert!(started.len() > 2 * WORKLOADS.len(), "children {started:?}");
+    let ok = tokio::process::Command::new("kill").arg("-INT").arg(pid.to_string()).status().await.unwrap();
+    assert!(ok.success());
+    let status = tokio::time::timeout(Duration::from_secs(60), demo.wait()).await;
+    let status = status.unwrap_or_else(|_| panic!("the demo did not stop:\n{}", said(&output))).unwrap();
+    assert!(status.success(), "{status}:\n{}", said(&output));
+    let left: Vec<u32> = started.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    let mut addrs = vec![http, xds];
+    addrs.extend((0..WORKLOADS.len() as u16).map(|i| SocketAddr::from(([127, 0, 0, 1], app_port + i))));
+    addrs.extend(WORKLOADS.iter().map(|(_, ip)| SocketAddr::from((*ip, SERVICE_PORT))));
+    let open: Vec<SocketAddr> = addrs.into_iter().filter(|a| listening(*a)).collect();
+    assert!(open.is_empty(), "still listening: {open:?}");
+}
