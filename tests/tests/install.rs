@@ -84,19 +84,26 @@ async fn assert_valid(yaml: &str, name: &str) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Every `TRELLIS_*` variable in `text` is one that `trellis` reads (its --help lists each).
-async fn assert_known_variables(text: &str) {
+/// What `trellis` reads from the environment: its --help lists each variable.
+async fn trellis_help() -> String {
     let mut help = install(&["--help"]).await;
     for sub in ["migrate", "serve"] {
         help.push_str(&install(&[sub, "--help"]).await);
     }
+    help
+}
+
+/// Every `TRELLIS_*` variable in `text` is one that `help` lists.
+fn assert_known_variables(text: &str, help: &str) {
+    // Help text is wrapped to the terminal's width, sometimes inside `[env: …]`.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut seen = 0;
     for (at, _) in text.match_indices("TRELLIS_") {
         let var: String = text[at..]
             .chars()
             .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
             .collect();
-        assert!(help.contains(&format!("[env: {var}")), "{var} is not a variable trellis reads");
+        assert!(help.contains(&format!("[env: {var}")), "{var} is not a variable the program reads");
         seen += 1;
     }
     assert!(seen > 3, "expected the output to configure trellis through its variables");
@@ -121,7 +128,7 @@ async fn kubernetes_manifests_are_deterministic_and_valid() {
     ])
     .await;
     assert_valid(&custom, "custom").await;
-    assert_known_variables(&first).await;
+    assert_known_variables(&first, &trellis_help().await);
 }
 
 #[tokio::test]
@@ -282,20 +289,7 @@ async fn systemd_unit_verifies_and_is_hardened() {
     let unit = install(&["install", "systemd", "--binary", binary]).await;
     assert_eq!(unit, install(&["install", "systemd", "--binary", binary]).await, "deterministic");
 
-    let dir = temp_dir("systemd");
-    let file = dir.join("trellis.service");
-    std::fs::write(&file, &unit).unwrap();
-    let out = tokio::process::Command::new(systemd_analyze())
-        .args(["verify", "--man=no"])
-        .arg(&file)
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Unknown or malformed settings are only warnings to verify: any line about the unit fails.
-    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains("trellis.service")).collect();
-    assert!(out.status.success() && about_unit.is_empty(), "systemd-analyze verify:\n{stderr}\n{unit}");
-    std::fs::remove_dir_all(dir).unwrap();
+    assert_unit_verifies("trellis.service", &unit).await;
 
     let settings: Vec<(&str, &str)> =
         unit.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
@@ -317,10 +311,60 @@ async fn systemd_unit_verifies_and_is_hardened() {
     }
     // The KEK never travels in the environment.
     assert!(!unit.contains("TRELLIS_KEK="));
-    assert_known_variables(&unit).await;
+    assert_known_variables(&unit, &trellis_help().await);
 
     let (ok, _, err) = run(&["install", "systemd", "--binary", "relative/trellis"]).await;
     assert!(!ok && err.contains("--binary"), "{err}");
+}
+
+/// `systemd-analyze verify` on a unit. Unknown or malformed settings are only warnings to
+/// verify: any line about the unit fails.
+async fn assert_unit_verifies(name: &str, unit: &str) {
+    let dir = temp_dir(name);
+    let file = dir.join(name);
+    std::fs::write(&file, unit).unwrap();
+    let out = tokio::process::Command::new(systemd_analyze())
+        .args(["verify", "--man=no"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let about_unit: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
+    assert!(out.status.success() && about_unit.is_empty(), "systemd-analyze verify:\n{stderr}\n{unit}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_agent_unit_verifies_is_hardened_and_sets_only_what_the_agent_reads() {
+    let agent = trellis_tests::agent_bin();
+    let agent = agent.to_str().unwrap();
+    let args = ["install", "agent-systemd", "--binary", agent];
+    let unit = install(&args).await;
+    assert_eq!(unit, install(&args).await, "deterministic");
+    assert_unit_verifies("trellis-agent.service", &unit).await;
+
+    let settings: Vec<(&str, &str)> =
+        unit.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+    let has = |k: &str, v: &str| settings.contains(&(k, v));
+    assert!(has("ExecStart", &format!("{agent} run")));
+    for (k, v) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("CapabilityBoundingSet", ""),
+        ("StateDirectory", "trellis-agent"),
+        ("Environment", "TRELLIS_CERT_DIR=%S/trellis-agent"),
+        ("LoadCredential", "join-token:/etc/trellis-agent/join-token"),
+        ("Environment", "TRELLIS_JOIN_TOKEN_FILE=%d/join-token"),
+        ("EnvironmentFile", "/etc/trellis-agent/agent.env"),
+    ] {
+        assert!(has(k, v), "{k}={v} is missing from\n{unit}");
+    }
+    // The join token never travels in the environment.
+    assert!(!unit.contains("TRELLIS_JOIN_TOKEN="));
+    let out = tokio::process::Command::new(agent).args(["run", "--help"]).output().await.unwrap();
+    assert_known_variables(&unit, &String::from_utf8_lossy(&out.stdout));
 }
 
 /// `trellis` with only the given environment (and a HOME of its own, to see what it writes).
