@@ -233,6 +233,22 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_DELETED_ORG_AUDIT_RETENTION", default_value = "2160h", value_parser = parse_duration)]
     pub deleted_org_audit_retention: Duration,
 
+    /// How long telemetry's 10 s buckets are kept (whole partitions of an hour are dropped).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_10S", default_value = "6h", value_parser = parse_duration)]
+    pub telemetry_retention_10s: Duration,
+
+    /// How long telemetry's 1 min rollups are kept (partitions of a day).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_1M", default_value = "48h", value_parser = parse_duration)]
+    pub telemetry_retention_1m: Duration,
+
+    /// How long telemetry's 1 h rollups are kept (partitions of 30 days).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_1H", default_value = "2160h", value_parser = parse_duration)]
+    pub telemetry_retention_1h: Duration,
+
+    /// How long access-log entries are kept (partitions of a day).
+    #[arg(long, env = "TRELLIS_ACCESS_LOG_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub access_log_retention: Duration,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,

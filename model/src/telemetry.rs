@@ -343,6 +343,93 @@ impl GoldenMetrics {
     }
 }
 
+/// The width of a stored time bucket: raw 10 s buckets and their rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolution {
+    TenSeconds,
+    Minute,
+    Hour,
+}
+
+impl Resolution {
+    /// Finest first.
+    pub const ALL: [Resolution; 3] = [Resolution::TenSeconds, Resolution::Minute, Resolution::Hour];
+
+    /// The bucket width in seconds (the stored `resolution_s`).
+    pub fn seconds(self) -> i64 {
+        match self {
+            Resolution::TenSeconds => 10,
+            Resolution::Minute => 60,
+            Resolution::Hour => 3600,
+        }
+    }
+
+    /// The start (Unix seconds) of the bucket holding `unix_secs`.
+    pub fn bucket_start(self, unix_secs: i64) -> i64 {
+        unix_secs.div_euclid(self.seconds()) * self.seconds()
+    }
+
+    /// The finest resolution still kept for a window that began `age_secs` ago, given each
+    /// resolution's retention in seconds (finest first); the coarsest when none is.
+    pub fn finest_kept(age_secs: i64, retention_secs: [i64; 3]) -> Resolution {
+        Resolution::ALL
+            .into_iter()
+            .zip(retention_secs)
+            .find(|(_, keep)| age_secs <= *keep)
+            .map_or(Resolution::Hour, |(r, _)| r)
+    }
+}
+
+/// What crossed from one service to another over a window, every route and class merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTotal {
+    pub source: String,
+    pub destination: String,
+    pub counts: EdgeCounts,
+}
+
+/// One edge of a mesh's topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopologyEdge {
+    pub source: String,
+    pub destination: String,
+    pub metrics: GoldenMetrics,
+}
+
+/// Who calls whom in a mesh over a window: the services that carried traffic, and the edges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    /// Every service at either end of an edge, sorted.
+    pub nodes: Vec<String>,
+    pub edges: Vec<TopologyEdge>,
+}
+
+impl Topology {
+    /// The topology of the edge totals of a window of `window_secs`.
+    pub fn of(totals: &[EdgeTotal], window_secs: f64) -> Topology {
+        let mut nodes: Vec<String> =
+            totals.iter().flat_map(|t| [t.source.clone(), t.destination.clone()]).collect();
+        nodes.sort();
+        nodes.dedup();
+        let edges = totals
+            .iter()
+            .map(|t| TopologyEdge {
+                source: t.source.clone(),
+                destination: t.destination.clone(),
+                metrics: GoldenMetrics::of(&t.counts, window_secs),
+            })
+            .collect();
+        Topology { nodes, edges }
+    }
+}
+
+/// A service's golden metrics: every call it received (the edges into it, merged).
+pub fn service_metrics(totals: &[EdgeTotal], service: &str, window_secs: f64) -> GoldenMetrics {
+    let mut inbound = EdgeCounts::default();
+    totals.iter().filter(|t| t.destination == service).for_each(|t| inbound.merge(&t.counts));
+    GoldenMetrics::of(&inbound, window_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +590,37 @@ mod tests {
             assert_eq!(ResponseClass::parse(c.as_str()), Some(c));
         }
         assert_eq!(ResponseClass::parse("6xx"), None);
+    }
+
+    #[test]
+    fn resolutions_and_their_buckets() {
+        assert_eq!(Resolution::Minute.bucket_start(125), 120);
+        assert_eq!(Resolution::TenSeconds.bucket_start(-5), -10);
+        let keep = [6 * 3600, 2 * 86_400, 30 * 86_400];
+        assert_eq!(Resolution::finest_kept(300, keep), Resolution::TenSeconds);
+        assert_eq!(Resolution::finest_kept(86_400, keep), Resolution::Minute);
+        assert_eq!(Resolution::finest_kept(365 * 86_400, keep), Resolution::Hour);
+    }
+
+    #[test]
+    fn topology_and_service_metrics_merge_the_edges() {
+        let edge = |s: &str, d: &str, requests, successes| EdgeTotal {
+            source: s.into(),
+            destination: d.into(),
+            counts: EdgeCounts { requests, successes, ..Default::default() },
+        };
+        let totals = [
+            edge("web", "reviews", 100, 90),
+            edge("admin", "reviews", 100, 100),
+            edge("reviews", "db", 5, 5),
+        ];
+        let t = Topology::of(&totals, 10.0);
+        assert_eq!(t.nodes, ["admin", "db", "reviews", "web"]);
+        assert_eq!(t.edges.len(), 3);
+        assert_eq!(t.edges[0].metrics.success_rate, Some(0.9));
+        let reviews = service_metrics(&totals, "reviews", 10.0);
+        assert_eq!((reviews.requests, reviews.rps, reviews.success_rate), (200, 20.0, Some(0.95)));
+        assert_eq!(service_metrics(&totals, "nobody", 10.0).requests, 0);
     }
 
     #[test]
