@@ -249,6 +249,12 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_ACCESS_LOG_RETENTION", default_value = "168h", value_parser = parse_duration)]
     pub access_log_retention: Duration,
 
+    /// Most telemetry items (metric families and access-log entries) one organization may
+    /// send per second, to one replica; the excess is dropped
+    /// and counted.
+    #[arg(long, env = "TRELLIS_TELEMETRY_INGEST_RATE", default_value_t = 20_000)]
+    pub telemetry_ingest_rate: u32,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,

@@ -19,7 +19,8 @@ use trellis_store::{
     ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store, TelemetryRetention,
 };
 use trellis_xds_server::{
-    AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, XdsMetrics,
+    AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, TelemetryOptions,
+    TelemetryService, XdsMetrics,
 };
 
 use crate::Database;
@@ -95,10 +96,17 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         AdsOptions { send_timeout: cfg.xds_send_timeout, replica: replica_name(), ..Default::default() },
     );
     let identity = IdentityService::new(authority.clone());
+    let telemetry = TelemetryService::start(
+        store.clone(),
+        authority.clone(),
+        xds_metrics.clone(),
+        TelemetryOptions { rate_per_org: cfg.telemetry_ingest_rate },
+    );
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let xds_server = tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, async {
-        let _ = xds_stop_rx.await;
-    }));
+    let xds_server =
+        tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, telemetry, async {
+            let _ = xds_stop_rx.await;
+        }));
 
     let listener = TcpListener::bind(cfg.http_addr)
         .await
