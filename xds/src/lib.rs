@@ -21,6 +21,7 @@
 pub use trellis_model::contract;
 
 mod access;
+mod access_log;
 mod clusters;
 pub mod delta;
 mod names;
