@@ -369,14 +369,14 @@ impl Resolution {
         unix_secs.div_euclid(self.seconds()) * self.seconds()
     }
 
-    /// The finest resolution still kept for a window that began `age_secs` ago, given each
-    /// resolution's retention in seconds (finest first); the coarsest when none is.
-    pub fn finest_kept(age_secs: i64, retention_secs: [i64; 3]) -> Resolution {
-        Resolution::ALL
-            .into_iter()
-            .zip(retention_secs)
-            .find(|(_, keep)| age_secs <= *keep)
-            .map_or(Resolution::Hour, |(r, _)| r)
+    /// The resolution a read of the last `window_secs` uses: 10 s buckets up to an hour,
+    /// minutes up to two days, hours beyond (the default retentions keep each that long).
+    pub fn for_window(window_secs: i64) -> Resolution {
+        match window_secs {
+            ..=3_600 => Resolution::TenSeconds,
+            3_601..=172_800 => Resolution::Minute,
+            _ => Resolution::Hour,
+        }
     }
 }
 
@@ -596,10 +596,10 @@ mod tests {
     fn resolutions_and_their_buckets() {
         assert_eq!(Resolution::Minute.bucket_start(125), 120);
         assert_eq!(Resolution::TenSeconds.bucket_start(-5), -10);
-        let keep = [6 * 3600, 2 * 86_400, 30 * 86_400];
-        assert_eq!(Resolution::finest_kept(300, keep), Resolution::TenSeconds);
-        assert_eq!(Resolution::finest_kept(86_400, keep), Resolution::Minute);
-        assert_eq!(Resolution::finest_kept(365 * 86_400, keep), Resolution::Hour);
+        assert_eq!(Resolution::for_window(300), Resolution::TenSeconds);
+        assert_eq!(Resolution::for_window(3_600), Resolution::TenSeconds);
+        assert_eq!(Resolution::for_window(86_400), Resolution::Minute);
+        assert_eq!(Resolution::for_window(30 * 86_400), Resolution::Hour);
     }
 
     #[test]

@@ -61,13 +61,6 @@ pub struct TelemetryRetention {
     pub access_log: Duration,
 }
 
-impl TelemetryRetention {
-    /// Retention in seconds per resolution, finest first (for `Resolution::finest_kept`).
-    pub fn edge_seconds(&self) -> [i64; 3] {
-        [self.edges_10s, self.edges_1m, self.edges_1h].map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-    }
-}
-
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -34,6 +34,7 @@ use trellis_tests::{Api, Trellis, document_path, example_documents, token, trell
 struct Fixture {
     db: TestDb,
     t: Trellis,
+    api: Api,
     store: trellis_store::Store,
     root: String,
 }
@@ -53,7 +54,7 @@ async fn fixture(env: &[(&str, &str)]) -> Fixture {
     }
     let store = db.store().await;
     let root = platform_root(&store).await;
-    Fixture { db, t, store, root }
+    Fixture { db, t, api, store, root }
 }
 
 impl Fixture {
@@ -218,6 +219,24 @@ async fn envoy_shaped_metrics_become_edges_of_the_certificates_service_counting_
     assert_eq!(e.counts.latency.total(), 5, "the five requests observed after the first flush");
     let p99 = e.counts.latency.quantile_ms(0.99).unwrap();
     assert!((p99 - 900.0).abs() / 900.0 <= trellis_model::telemetry::QUANTILE_RELATIVE_ERROR, "{p99}");
+    // The REST API shows the same figures: topology and the service's golden metrics.
+    let (status, body) = f.api.get("/meshes/shop/topology?window=600").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["edges"][0]["source"], "productpage");
+    assert_eq!(body["edges"][0]["metrics"]["requests"], 33);
+    let rate = body["edges"][0]["metrics"]["successRate"].as_f64().unwrap();
+    assert!((rate - 30.0 / 33.0).abs() < 1e-9, "{rate}");
+    assert_eq!(body["resolutionSeconds"], 10);
+    let (status, body) = f.api.get("/meshes/shop/services/reviews/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["inbound"]["requests"], 33);
+    assert_eq!(body["callers"][0]["source"], "productpage");
+    assert_eq!(body["callees"], json!([]));
+    let p99 = body["inbound"]["p99Ms"].as_f64().unwrap();
+    assert!((p99 - 900.0).abs() / 900.0 <= trellis_model::telemetry::QUANTILE_RELATIVE_ERROR, "{p99}");
+    let (status, body) = f.api.get("/meshes/shop/topology?window=5").await;
+    assert_eq!(status, 400, "{body}");
     // A new stream (a reconnect) starts from a new baseline: nothing is counted twice.
     stream_metrics(&mut client, vec![flush(true, 40, 4, &later)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -253,6 +272,10 @@ async fn a_proxy_reports_only_for_its_own_mesh_and_service_and_needs_a_certifica
     assert_eq!(globex.len(), 1);
     assert_eq!((globex[0].source.as_str(), globex[0].counts.requests), ("reviews", 50));
     assert!(f.edges("acme").await.is_empty(), "nothing reached acme's mesh of the same name");
+    let (_, body) = f.api.get("/meshes/shop/topology").await;
+    assert_eq!(body["edges"], json!([]), "acme's API shows none of globex's traffic");
+    let (_, body) = other.get("/meshes/shop/topology").await;
+    assert_eq!(body["edges"][0]["metrics"]["requests"], 50);
 
     // Without a client certificate, or with none the mesh issued, no stream.
     let refused = stream_metrics(&mut f.metrics(None).await, vec![flush(true, 1, 0, &[])]).await.unwrap_err();
