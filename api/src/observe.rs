@@ -33,13 +33,13 @@ async fn totals(
     mesh: &str,
     window: Option<i64>,
 ) -> Result<(i64, Resolution, Vec<EdgeTotal>), ApiError> {
+    let caller = authorize(s, headers, org, Action::Read).await?;
     let secs = window.unwrap_or(DEFAULT_WINDOW_SECS);
     if !(10..=MAX_WINDOW_SECS).contains(&secs) {
         return Err(ApiError::bad_request(format!(
             "window must be 10 to {MAX_WINDOW_SECS} seconds, got {secs}"
         )));
     }
-    let caller = authorize(s, headers, org, Action::Read).await?;
     let mut tx = s.store.tenant(caller.org.id).await?;
     let not_found = || ApiError::not_found(format!("mesh {mesh:?} not found"));
     let name = MeshName::parse(mesh).map_err(|_| not_found())?;
@@ -102,9 +102,9 @@ pub(crate) async fn service(
     ApiQuery(q): ApiQuery<WindowQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    let (secs, resolution, totals) = totals(&s, &headers, &org, &mesh, q.window).await?;
     let service =
         ResourceName::parse(&service).map_err(|e| ApiError::bad_request(format!("service name: {e}")))?;
-    let (secs, resolution, totals) = totals(&s, &headers, &org, &mesh, q.window).await?;
     let window = secs as f64;
     let edge = |e: &EdgeTotal| {
         json!({
