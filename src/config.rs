@@ -369,6 +369,28 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_DELETED_ORG_AUDIT_RETENTION", default_value = "2160h", value_parser = parse_duration)]
     pub deleted_org_audit_retention: Duration,
 
+    /// How long telemetry's 10 s buckets are kept (whole partitions of an hour are dropped).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_10S", default_value = "6h", value_parser = parse_duration)]
+    pub telemetry_retention_10s: Duration,
+
+    /// How long telemetry's 1 min rollups are kept (partitions of a day).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_1M", default_value = "48h", value_parser = parse_duration)]
+    pub telemetry_retention_1m: Duration,
+
+    /// How long telemetry's 1 h rollups are kept (partitions of 30 days).
+    #[arg(long, env = "TRELLIS_TELEMETRY_RETENTION_1H", default_value = "2160h", value_parser = parse_duration)]
+    pub telemetry_retention_1h: Duration,
+
+    /// How long access-log entries are kept (partitions of a day).
+    #[arg(long, env = "TRELLIS_ACCESS_LOG_RETENTION", default_value = "168h", value_parser = parse_duration)]
+    pub access_log_retention: Duration,
+
+    /// Most telemetry items (metric families and access-log entries) one organization may
+    /// send per second, to one replica; the excess is dropped
+    /// and counted.
+    #[arg(long, env = "TRELLIS_TELEMETRY_INGEST_RATE", default_value_t = 20_000)]
+    pub telemetry_ingest_rate: u32,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,

@@ -15,9 +15,12 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use trellis_api::{AppState, CaExpiryMetrics, HttpMetrics, ProcessCollector, XdsEndpoint};
 use trellis_pki::{Authority, AuthorityOptions};
-use trellis_store::{ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store};
+use trellis_store::{
+    ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store, TelemetryRetention,
+};
 use trellis_xds_server::{
-    AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, XdsMetrics,
+    AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, TelemetryOptions,
+    TelemetryService, XdsMetrics,
 };
 
 use crate::Database;
@@ -48,6 +51,12 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         leader.clone(),
         cfg.dataplane_grace,
         cfg.deleted_org_audit_retention,
+        TelemetryRetention {
+            edges_10s: cfg.telemetry_retention_10s,
+            edges_1m: cfg.telemetry_retention_1m,
+            edges_1h: cfg.telemetry_retention_1h,
+            access_log: cfg.access_log_retention,
+        },
     ));
 
     let mut registry = Registry::default();
@@ -87,10 +96,17 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         AdsOptions { send_timeout: cfg.xds_send_timeout, replica: replica_name(), ..Default::default() },
     );
     let identity = IdentityService::new(authority.clone());
+    let telemetry = TelemetryService::start(
+        store.clone(),
+        authority.clone(),
+        xds_metrics.clone(),
+        TelemetryOptions { rate_per_org: cfg.telemetry_ingest_rate },
+    );
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let xds_server = tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, async {
-        let _ = xds_stop_rx.await;
-    }));
+    let xds_server =
+        tokio::spawn(trellis_xds_server::serve(xds_listener, tls, ads, identity, telemetry, async {
+            let _ = xds_stop_rx.await;
+        }));
 
     let listener = TcpListener::bind(cfg.http_addr)
         .await
@@ -252,13 +268,17 @@ fn replica_name() -> String {
 
 /// Background duties that exactly one replica runs: removing dataplanes that stayed offline
 /// past the grace period, sent xDS contents no proxy holds any more, and the audit trail of
-/// organizations deleted longer than the retention ago.
+/// organizations deleted longer than the retention ago; preparing the next telemetry
+/// partitions, rolling telemetry up and dropping its partitions past retention.
 async fn leader_duties(
     store: Store,
     leader: Arc<LeaderElector>,
     grace: std::time::Duration,
     audit_retention: std::time::Duration,
+    telemetry_retention: TelemetryRetention,
 ) {
+    // A 10 s bucket is rolled up this long after it ends: writers flush well within it.
+    const ROLLUP_LAG: std::time::Duration = std::time::Duration::from_secs(30);
     let mut tick = tokio::time::interval(
         grace.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(30)),
     );
@@ -279,6 +299,18 @@ async fn leader_duties(
             Ok(0) => {}
             Ok(n) => tracing::info!(organizations = n, "purged the audit trail of deleted organizations"),
             Err(e) => tracing::warn!(error = %e, "purging the audit trail of deleted organizations failed"),
+        }
+        // Partitions are made ahead, so that writers rarely wait on their creation.
+        if let Err(e) = store.prepare_telemetry(chrono::Utc::now() + chrono::TimeDelta::hours(1)).await {
+            tracing::warn!(error = %e, "preparing the next telemetry partitions failed");
+        }
+        if let Err(e) = store.rollup_telemetry(ROLLUP_LAG).await {
+            tracing::warn!(error = %e, "rolling telemetry up failed");
+        }
+        match store.expire_telemetry(&telemetry_retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(partitions = n, "dropped telemetry partitions past retention"),
+            Err(e) => tracing::warn!(error = %e, "dropping telemetry partitions past retention failed"),
         }
     }
 }

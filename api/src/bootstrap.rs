@@ -257,11 +257,29 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
             } },
             { "name": "admin", "admin_layer": {} },
         ] },
+        // Stats go to the control plane every 10 s (its bucket width) under their full names
+        // (the default tag extractors cut a cluster name at its first dot), and request
+        // latency is bucketed with the control plane's bounds, so that it is stored exactly.
+        "stats_sinks": [{
+            "name": "envoy.stat_sinks.metrics_service",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
+                "transport_api_version": "V3",
+                "grpc_service": { "envoy_grpc": { "cluster_name": trellis_model::contract::XDS_CLUSTER } },
+            },
+        }],
+        "stats_flush_interval": "10s",
+        "stats_config": {
+            "histogram_bucket_settings": [{
+                "match": { "suffix": ".upstream_rq_time" },
+                "buckets": trellis_model::telemetry::bucket_upper_bounds_ms(),
+            }],
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds" } }],
+                "grpc_services": [{ "envoy_grpc": { "cluster_name": trellis_model::contract::XDS_CLUSTER } }],
                 "set_node_on_first_message_only": true,
             },
             "lds_config": { "ads": {}, "resource_api_version": "V3" },
@@ -269,7 +287,7 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
         },
         "static_resources": {
             "clusters": [{
-                "name": "xds",
+                "name": trellis_model::contract::XDS_CLUSTER,
                 "type": if ip { "STATIC" } else { "STRICT_DNS" },
                 "connect_timeout": "5s",
                 "typed_extension_protocol_options": {
@@ -284,7 +302,7 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
                 },
                 "upstream_connection_options": { "tcp_keepalive": {} },
                 "load_assignment": {
-                    "cluster_name": "xds",
+                    "cluster_name": trellis_model::contract::XDS_CLUSTER,
                     "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
                         "socket_address": { "address": host, "port_value": port },
                     } } }] }],
@@ -438,6 +456,15 @@ mod tests {
         );
         let layer = &e["layered_runtime"]["layers"][0]["static_layer"];
         assert_eq!(layer["re2.max_program_size.error_level"], json!(MAX_RE2_PROGRAM));
+        // Stats reach the control plane through the xDS cluster, latency in its own buckets.
+        let sink = &e["stats_sinks"][0];
+        assert_eq!(sink["name"], "envoy.stat_sinks.metrics_service");
+        assert_eq!(sink["typed_config"]["transport_api_version"], "V3");
+        assert_eq!(sink["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"], "xds");
+        assert_eq!(e["static_resources"]["clusters"][0]["name"], "xds");
+        let buckets = &e["stats_config"]["histogram_bucket_settings"][0];
+        assert_eq!(buckets["match"]["suffix"], ".upstream_rq_time");
+        assert_eq!(buckets["buckets"], json!(trellis_model::telemetry::bucket_upper_bounds_ms()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod error;
 mod health;
 mod members;
 mod metrics;
+mod observe;
 pub mod oidc;
 pub mod openapi;
 mod orgs;
@@ -92,6 +93,8 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         )
         .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
+        .route(&format!("{MESH}/topology"), get(observe::topology))
+        .route(&format!("{MESH}/services/{{service}}/metrics"), get(observe::service))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"), get(dataplanes::config))
         .route(&format!("{MESH}/ca"), get(ca::status))
         .route(&format!("{MESH}/ca/bundle"), get(ca::bundle))

@@ -316,6 +316,49 @@ pub fn document() -> Value {
                 },
             }), false)], READ) }),
     );
+    let golden = json!({
+        "type": "object",
+        "description": "Golden metrics over the window; latency quantiles are within 9.05 % of the true value",
+        "required": ["requests", "rps", "successRate", "p50Ms", "p95Ms", "p99Ms", "tcpConnections", "bytes"],
+        "properties": {
+            "requests": {"type": "integer"}, "rps": {"type": "number"},
+            "successRate": {"type": ["number", "null"], "description": "Non-5xx share; null without requests"},
+            "p50Ms": {"type": ["number", "null"]}, "p95Ms": {"type": ["number", "null"]}, "p99Ms": {"type": ["number", "null"]},
+            "tcpConnections": {"type": "integer"}, "bytes": {"type": "integer"},
+        },
+    });
+    let edge = json!({
+        "type": "object",
+        "required": ["source", "destination", "metrics"],
+        "properties": {"source": {"type": "string"}, "destination": {"type": "string"}, "metrics": golden},
+    });
+    paths.insert(
+        format!("{org}/meshes/{{mesh}}/topology"),
+        json!({ "get": op("getTopology", "Who called whom in the window: services with their golden metrics, and edges with theirs", &["org", "mesh", "window"],
+            vec![ok(200, "The topology", json!({
+                "type": "object",
+                "required": ["mesh", "windowSeconds", "resolutionSeconds", "nodes", "edges"],
+                "properties": {
+                    "mesh": {"type": "string"}, "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer"},
+                    "nodes": {"type": "array", "items": {"type": "object", "required": ["service", "metrics"],
+                        "properties": {"service": {"type": "string"}, "metrics": golden}}},
+                    "edges": {"type": "array", "items": edge},
+                },
+            }), false)], READ) }),
+    );
+    paths.insert(
+        format!("{org}/meshes/{{mesh}}/services/{{service}}/metrics"),
+        json!({ "get": op("getServiceMetrics", "A service's golden metrics over the window (the calls it received), and each edge into and out of it", &["org", "mesh", "service", "window"],
+            vec![ok(200, "Golden metrics", json!({
+                "type": "object",
+                "required": ["mesh", "service", "windowSeconds", "resolutionSeconds", "inbound", "callers", "callees"],
+                "properties": {
+                    "mesh": {"type": "string"}, "service": {"type": "string"},
+                    "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer"},
+                    "inbound": golden, "callers": {"type": "array", "items": edge}, "callees": {"type": "array", "items": edge},
+                },
+            }), false)], READ) }),
+    );
     paths.insert(
         format!("{org}/meshes/{{mesh}}/services/{{service}}/effective"),
         json!({ "get": op("getEffectivePolicies", "Every policy that applies to a service, in evaluation order", &["org", "mesh", "service"],
@@ -384,6 +427,8 @@ pub fn document() -> Value {
                 "joinTokenId": path_param("id", "Join token id"),
                 "limit": { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT } },
                 "cursor": { "name": "cursor", "in": "query", "schema": { "type": "string" } },
+                "window": { "name": "window", "in": "query", "description": "Seconds back from now (default 300); up to an hour reads 10 s buckets, up to two days 1 min rollups, beyond 1 h rollups",
+                    "schema": { "type": "integer", "minimum": 10, "maximum": trellis_control::MAX_WINDOW_SECS } },
                 "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
                 "ifMatch": { "name": "If-Match", "in": "header", "description": "An ETag from a previous response, or *", "schema": { "type": "string" } },
                 "ifNoneMatch": { "name": "If-None-Match", "in": "header", "description": "* to create only", "schema": { "type": "string" } },

@@ -14,6 +14,7 @@ mod dataplanes;
 mod error;
 mod members;
 mod meshes;
+mod observe;
 mod orgs;
 mod overview;
 mod precondition;
@@ -30,6 +31,7 @@ pub use error::{AppError, Problem};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
 pub use orgs::{AuditQuery, Me, NewToken};
+pub use observe::{DEFAULT_WINDOW_SECS, EdgeWindow, MAX_WINDOW_SECS};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
 pub use resources::{

@@ -34,6 +34,19 @@ pub mod node_metadata {
     pub const ADDRESS: &str = "address";
 }
 
+/// The Envoy bootstrap's cluster for the control plane's TLS port: ADS, and where the proxy
+/// streams its stats and access logs.
+pub const XDS_CLUSTER: &str = "xds";
+
+/// The `log_name` of a sidecar's gRPC access loggers: which side of the proxy logged an
+/// entry (the control plane reads it from the stream's first message).
+pub mod access_log_name {
+    /// Calls the proxy's own service received.
+    pub const INBOUND: &str = "trellis-inbound";
+    /// Calls the proxy's service made.
+    pub const OUTBOUND: &str = "trellis-outbound";
+}
+
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
 /// bootstrap sets it to [`crate::config::MAX_RE2_PROGRAM`], the bound the API checks.
 pub const RE2_MAX_PROGRAM_SIZE_KEY: &str = "re2.max_program_size.error_level";

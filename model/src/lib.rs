@@ -13,6 +13,7 @@ mod roles;
 mod spiffe;
 mod svid_ttl;
 mod tags;
+pub mod telemetry;
 mod token;
 
 pub use ids::{MeshId, OrgId};

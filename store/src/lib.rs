@@ -20,6 +20,7 @@ mod orgs;
 mod provision;
 mod resources;
 mod sessions;
+mod telemetry;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -42,6 +43,7 @@ pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use resources::{Resource, Selector};
 pub use sessions::{PendingLogin, Session};
+pub use telemetry::{AccessLogRecord, EdgeSample, TelemetryRetention};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
 pub use users::{LocalAdmin, Member, Membership, NewUser, User, UserTx};

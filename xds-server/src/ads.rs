@@ -103,10 +103,13 @@ impl AdsService {
 type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The verified workload behind a request, from its TLS client certificate only.
-async fn authenticate<T>(authority: &Authority, request: &Request<T>) -> Result<(Peer, SocketAddr), Status> {
+pub(crate) async fn authenticate<T>(
+    authority: &Authority,
+    request: &Request<T>,
+) -> Result<(Peer, SocketAddr), Status> {
     let info =
         request.extensions().get::<PeerInfo>().cloned().ok_or_else(|| {
-            Status::unauthenticated("xDS is served only over TLS with a client certificate")
+            Status::unauthenticated("this port serves only over TLS with a client certificate")
         })?;
     let certs = info
         .certs

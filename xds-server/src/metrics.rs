@@ -1,6 +1,6 @@
 //! The xDS server's Prometheus metrics.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -10,6 +10,45 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub type_url: String,
+}
+
+/// Why telemetry was not stored.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// The organization sent more than its rate.
+    RateLimited,
+    /// A message held more families or entries than allowed (the stream was ended).
+    TooLarge,
+    /// A stream reported more series than it may keep a baseline for.
+    TooManySeries,
+    /// The writer lagged and its queue was full.
+    QueueFull,
+    /// The database refused the rows.
+    WriteFailed,
+}
+
+impl DropReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RateLimited => "rate_limited",
+            DropReason::TooLarge => "too_large",
+            DropReason::TooManySeries => "too_many_series",
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteFailed => "write_failed",
+        }
+    }
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: DropReason,
 }
 
 /// Counters shared by every stream.
@@ -23,6 +62,13 @@ pub struct XdsMetrics {
     pub slow_streams_closed: Counter,
     pub convergence: Histogram,
     pub svids_issued: Counter,
+    /// Edge increments queued for storage.
+    pub telemetry_edges: Counter,
+    /// Access-log entries queued for storage.
+    pub telemetry_log_entries: Counter,
+    /// Telemetry items (families, edges or entries) not stored, by reason.
+    pub telemetry_dropped: Family<DropLabel, Counter>,
+    pub telemetry_streams_refused: Counter,
 }
 
 impl Default for XdsMetrics {
@@ -37,11 +83,22 @@ impl Default for XdsMetrics {
             slow_streams_closed: Counter::default(),
             convergence: Histogram::new(buckets),
             svids_issued: Counter::default(),
+            telemetry_edges: Counter::default(),
+            telemetry_log_entries: Counter::default(),
+            telemetry_dropped: Family::default(),
+            telemetry_streams_refused: Counter::default(),
         }
     }
 }
 
 impl XdsMetrics {
+    /// Counts `items` of telemetry dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason, items: usize) {
+        if items > 0 {
+            self.telemetry_dropped.get_or_create(&DropLabel { reason }).inc_by(items as u64);
+        }
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register("trellis_xds_streams", "Open ADS streams", self.streams.clone());
         registry.register(
@@ -61,6 +118,26 @@ impl XdsMetrics {
             "trellis_xds_convergence_seconds",
             "Time from a mesh revision's commit to a client's ACK of it",
             self.convergence.clone(),
+        );
+        registry.register(
+            "trellis_telemetry_edges",
+            "Edge increments received from proxies and queued for storage",
+            self.telemetry_edges.clone(),
+        );
+        registry.register(
+            "trellis_telemetry_log_entries",
+            "Access-log entries received from proxies and queued for storage",
+            self.telemetry_log_entries.clone(),
+        );
+        registry.register(
+            "trellis_telemetry_dropped",
+            "Telemetry items not stored, by reason (rate_limited, too_large, too_many_series, queue_full, write_failed)",
+            self.telemetry_dropped.clone(),
+        );
+        registry.register(
+            "trellis_telemetry_streams_refused",
+            "Telemetry streams refused (no or unknown client certificate)",
+            self.telemetry_streams_refused.clone(),
         );
     }
 }

@@ -21,6 +21,7 @@
 pub use trellis_model::contract;
 
 mod access;
+mod access_log;
 mod clusters;
 pub mod delta;
 mod names;
@@ -35,7 +36,7 @@ mod view;
 pub use access::{AUDIT_STAT_PREFIX, RBAC_ALLOW, RBAC_AUDIT, RBAC_DENY};
 pub use names::{
     GRPC_SERVER_LISTENER_PREFIX, ProxyReach, cluster_name, grpc_listener_name, grpc_server_listener_name,
-    sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
+    parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
 };
 pub use secrets::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET, sds_secrets};
 pub use sidecar::{RATE_LIMIT_FILTER, envoy_sidecar, outbound_addresses};

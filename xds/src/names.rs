@@ -38,6 +38,17 @@ pub fn cluster_name(service: &str, mesh: &str, port: u32, tags: &Tags) -> String
     format!("{base}~{}", subset.join(","))
 }
 
+/// A cluster name read back: the service, mesh and port of `<service>.<mesh>:<port>[~tags]`
+/// (what [`cluster_name`] writes); None for any other name (`inbound:<port>`, the xDS
+/// cluster). The tags are not read back: telemetry counts per service.
+pub fn parse_cluster_name(name: &str) -> Option<(&str, &str, u32)> {
+    let base = name.split_once('~').map_or(name, |(base, _)| base);
+    let (service_mesh, port) = base.rsplit_once(':')?;
+    let (service, mesh) = service_mesh.split_once('.')?;
+    let port = port.parse().ok()?;
+    (!service.is_empty() && !mesh.is_empty() && !mesh.contains('.')).then_some((service, mesh, port))
+}
+
 /// The workload identity of a service: `spiffe://<trust domain>/ns/<mesh>/sa/<service>`, the
 /// same scheme the CA signs.
 pub fn spiffe_id(trust_domain: &trellis_ca::TrustDomain, mesh: &str, service: &str) -> String {
@@ -106,6 +117,22 @@ mod tests {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
     use super::*;
+
+    #[test]
+    fn cluster_names_read_back_to_service_mesh_and_port() {
+        let tags = Tags::parse([("version", "v2"), ("zone", "a")]).unwrap();
+        assert_eq!(
+            parse_cluster_name(&cluster_name("reviews", "shop", 9080, &tags)),
+            Some(("reviews", "shop", 9080))
+        );
+        assert_eq!(
+            parse_cluster_name(&cluster_name("db", "m1", 5432, &Tags::default())),
+            Some(("db", "m1", 5432))
+        );
+        for other in ["inbound:9080", "xds", "reviews.shop", "reviews.shop:x", ".shop:80", "a.b.c:80", ""] {
+            assert_eq!(parse_cluster_name(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn a_proxys_reach_is_read_back_from_the_names_it_holds() {

@@ -3,6 +3,9 @@
 //! the translation's snapshot tests use it. envoy-types messages do not implement serde, so
 //! this is text, not proto3 JSON; RBAC policy maps are printed in name order.
 
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+    HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+};
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -114,6 +117,8 @@ fn show_any(type_url: &str, value: &[u8]) -> String {
         .or_else(|| d::<HttpFault>(type_url, value))
         .or_else(|| d::<LocalRateLimit>(type_url, value))
         .or_else(|| d::<TcpProxy>(type_url, value))
+        .or_else(|| d::<HttpGrpcAccessLogConfig>(type_url, value))
+        .or_else(|| d::<TcpGrpcAccessLogConfig>(type_url, value))
         .or_else(|| d::<TlsInspector>(type_url, value))
         .or_else(|| d::<DownstreamTlsContext>(type_url, value))
         .or_else(|| d::<UpstreamTlsContext>(type_url, value))

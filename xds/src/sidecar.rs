@@ -21,6 +21,9 @@
 //! same route translation as gRPC clients (domains `*`: the listener carries one service).
 //! TCP ports: a TCP proxy, weighted per the service's TCP route (first by name).
 //!
+//! **Access logs.** Every HCM and TCP proxy logs over gRPC to the control plane
+//! ([`crate::access_log`]), named by side (`trellis-inbound`, `trellis-outbound`).
+//!
 //! **Clusters.** The gRPC clusters per service port and subset, with SDS instead of certificate
 //! providers ([`crate::clusters::Client::Envoy`]), and their endpoint assignments.
 //!
@@ -68,6 +71,7 @@ use envoy_types::util::pack_any;
 use trellis_model::config::{Protocol, Tags};
 
 use crate::access::{sidecar_http_filters, sidecar_network_filters};
+use crate::access_log::{Side, http_access_log, tcp_access_log};
 use crate::clusters::{self, Client, backend_port, http2_options};
 use crate::names::{cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 use crate::routes::{fault_filter, no_timeout, route_config, router_filter};
@@ -110,6 +114,7 @@ pub fn envoy_sidecar(view: &MeshView, service: &str, inbound_ports: &[u32]) -> R
                         route_config_name: name.clone(),
                     })),
                     http_filters: vec![fault_filter(), router_filter()],
+                    access_log: vec![http_access_log(Side::Outbound)],
                     ..Default::default()
                 };
                 network_filter(HCM, pack_any(hcm))
@@ -185,7 +190,12 @@ fn outbound_tcp_proxy(view: &MeshView, upstream: &str, port: u32, stat_prefix: S
                 .collect(),
         }),
     };
-    TcpProxy { stat_prefix, cluster_specifier: Some(specifier), ..Default::default() }
+    TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(specifier),
+        access_log: vec![tcp_access_log(Side::Outbound)],
+        ..Default::default()
+    }
 }
 
 /// The application behind an inbound port, on `127.0.0.1:<app_port>`, spoken to in the
@@ -228,6 +238,7 @@ fn inbound_listener(view: &MeshView, service: &str, port: u32, protocol: Protoco
         let proxy = TcpProxy {
             stat_prefix: stat_prefix.clone(),
             cluster_specifier: Some(TcpClusterSpecifier::Cluster(name.clone())),
+            access_log: vec![tcp_access_log(Side::Inbound)],
             ..Default::default()
         };
         f.push(network_filter(TCP_PROXY, pack_any(proxy)));
@@ -277,6 +288,7 @@ fn inbound_hcm(view: &MeshView, service: &str, port: u32, stat_prefix: &str) -> 
     http_filters.push(router_filter());
     HttpConnectionManager {
         stat_prefix: stat_prefix.into(),
+        access_log: vec![http_access_log(Side::Inbound)],
         route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
             name: cluster.clone(),
             virtual_hosts: vec![VirtualHost {

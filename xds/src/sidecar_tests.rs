@@ -803,3 +803,52 @@ fn active_health_checks_pass_the_destinations_default_deny() {
     let allow: HttpRbac = http_filter(&hcm(&plain.listeners["inbound:9090"]), crate::RBAC_ALLOW);
     assert!(!allow.rules.unwrap().policies.contains_key(crate::access::HEALTH_CHECK_POLICY));
 }
+
+// ---- Access logs: every listener reports to the control plane -------------------------------
+
+#[test]
+fn every_listener_logs_to_the_control_plane_named_by_its_side() {
+    use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
+    use envoy_types::pb::envoy::config::accesslog::v3::access_log::ConfigType as LogConfig;
+    use envoy_types::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+    use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
+        CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
+    };
+
+    fn common(log: &AccessLog) -> CommonGrpcAccessLogConfig {
+        let Some(LogConfig::TypedConfig(any)) = &log.config_type else { panic!() };
+        match log.name.as_str() {
+            "envoy.access_loggers.http_grpc" => unpack::<HttpGrpcAccessLogConfig>(any).common_config.unwrap(),
+            "envoy.access_loggers.tcp_grpc" => unpack::<TcpGrpcAccessLogConfig>(any).common_config.unwrap(),
+            other => panic!("unexpected logger {other}"),
+        }
+    }
+    let view = mesh("");
+    let mut seen = (0, 0);
+    for (service, port) in [("api", 9090), ("db", 5432)] {
+        let r = envoy_sidecar(&view, service, &[port]);
+        for (name, l) in &r.listeners {
+            let f = &chain_filters(l, 0)[chain_filters(l, 0).len() - 1];
+            let Some(FilterConfig::TypedConfig(any)) = &f.config_type else { panic!() };
+            let logs = if f.name == "envoy.filters.network.http_connection_manager" {
+                seen.0 += 1;
+                unpack::<HttpConnectionManager>(any).access_log
+            } else {
+                seen.1 += 1;
+                unpack::<envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy>(any)
+                    .access_log
+            };
+            assert_eq!(logs.len(), 1, "{name}");
+            let c = common(&logs[0]);
+            let side = if name.starts_with("inbound:") { "trellis-inbound" } else { "trellis-outbound" };
+            assert_eq!(c.log_name, side, "{name}");
+            let Some(TargetSpecifier::EnvoyGrpc(g)) = c.grpc_service.unwrap().target_specifier else {
+                panic!()
+            };
+            assert_eq!(g.cluster_name, crate::contract::XDS_CLUSTER, "{name}");
+            // HTTP logs only what matters (errors, flags, a sample); TCP every connection.
+            assert_eq!(logs[0].filter.is_some(), f.name == "envoy.filters.network.http_connection_manager");
+        }
+    }
+    assert!(seen.0 > 0 && seen.1 > 0, "both HTTP and TCP listeners were checked: {seen:?}");
+}

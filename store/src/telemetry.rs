@@ -1,0 +1,309 @@
+//! Telemetry: edge figures per time bucket and access-log entries (partitioned by time; the
+//! leader prepares partitions, rolls buckets up and drops what is past retention).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use trellis_model::MeshId;
+use trellis_model::telemetry::{EdgeCounts, EdgeKey, EdgeTotal, LatencyHistogram, Resolution};
+use uuid::Uuid;
+
+use crate::{Store, StoreError, TenantTx};
+
+/// What crossed one edge of a mesh in one 10 s bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeSample {
+    pub mesh: MeshId,
+    pub bucket_start: DateTime<Utc>,
+    pub key: EdgeKey,
+    pub counts: EdgeCounts,
+}
+
+/// One access-log entry as stored. `reporter` is the service of the proxy that logged it,
+/// from its certificate; the rest is what the proxy logged.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AccessLogRecord {
+    pub mesh_id: Uuid,
+    pub logged_at: DateTime<Utc>,
+    pub reporter: String,
+    /// `inbound` (the reporter was called) or `outbound` (it called).
+    pub direction: String,
+    /// `http` or `tcp`.
+    pub protocol: String,
+    /// `denied`, `error` or `sampled`.
+    pub outcome: String,
+    pub source_service: Option<String>,
+    pub source_identity: Option<String>,
+    pub source_address: Option<String>,
+    pub destination_service: Option<String>,
+    pub destination_identity: Option<String>,
+    pub method: Option<String>,
+    pub authority: Option<String>,
+    pub path: Option<String>,
+    pub status: Option<i32>,
+    pub response_flags: String,
+    pub response_details: String,
+    pub rbac_policy: Option<String>,
+    pub route: Option<String>,
+    pub upstream_cluster: Option<String>,
+    pub duration_ms: Option<f64>,
+    pub bytes_received: Option<i64>,
+    pub bytes_sent: Option<i64>,
+}
+
+/// How long each kind of telemetry is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryRetention {
+    pub edges_10s: Duration,
+    pub edges_1m: Duration,
+    pub edges_1h: Duration,
+    pub access_log: Duration,
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl TenantTx {
+    /// Adds edge figures to their 10 s buckets (one statement; samples of the same edge and
+    /// bucket are merged first). Returns the rows written.
+    pub async fn record_edges(&mut self, samples: &[EdgeSample]) -> Result<u64, StoreError> {
+        let mut merged: BTreeMap<(MeshId, DateTime<Utc>, &EdgeKey), EdgeCounts> = BTreeMap::new();
+        for s in samples {
+            merged.entry((s.mesh, s.bucket_start, &s.key)).or_default().merge(&s.counts);
+        }
+        if merged.is_empty() {
+            return Ok(0);
+        }
+        let n = merged.len();
+        let (mut meshes, mut buckets, mut sources, mut destinations, mut routes, mut classes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut requests, mut successes, mut bytes, mut latency, mut tcp_connections, mut tcp_bytes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for ((mesh, bucket, key), c) in merged {
+            meshes.push(mesh.as_uuid());
+            buckets.push(bucket);
+            sources.push(key.source.as_str().to_owned());
+            destinations.push(key.destination.as_str().to_owned());
+            routes.push(key.route.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default());
+            classes.push(key.class.as_str());
+            requests.push(to_i64(c.requests));
+            successes.push(to_i64(c.successes.min(c.requests)));
+            bytes.push(to_i64(c.bytes));
+            // An array of arrays does not bind; each histogram goes as its array literal.
+            let counts: Vec<String> = c.latency.to_stored().iter().map(i64::to_string).collect();
+            latency.push(format!("{{{}}}", counts.join(",")));
+            tcp_connections.push(to_i64(c.tcp_connections));
+            tcp_bytes.push(to_i64(c.tcp_bytes));
+        }
+        let done = sqlx::query(
+            "INSERT INTO telemetry_edges AS e (org_id, mesh_id, resolution_s, bucket_start, source, \
+                 destination, route, response_class, requests, successes, bytes, latency, \
+                 tcp_connections, tcp_bytes) \
+             SELECT $1, t.m, 10, t.b, t.s, t.d, t.r, t.c, t.rq, t.ok, t.bt, t.l::bigint[], t.tc, t.tb \
+             FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                         $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[]) \
+                  AS t(m, b, s, d, r, c, rq, ok, bt, l, tc, tb) \
+             ON CONFLICT ON CONSTRAINT telemetry_edges_pkey DO UPDATE SET \
+                 requests = e.requests + EXCLUDED.requests, \
+                 successes = e.successes + EXCLUDED.successes, \
+                 bytes = e.bytes + EXCLUDED.bytes, \
+                 latency = trellis_add_buckets(e.latency, EXCLUDED.latency), \
+                 tcp_connections = e.tcp_connections + EXCLUDED.tcp_connections, \
+                 tcp_bytes = e.tcp_bytes + EXCLUDED.tcp_bytes",
+        )
+        .bind(self.org().as_uuid())
+        .bind(meshes)
+        .bind(buckets)
+        .bind(sources)
+        .bind(destinations)
+        .bind(routes)
+        .bind(classes)
+        .bind(requests)
+        .bind(successes)
+        .bind(bytes)
+        .bind(latency)
+        .bind(tcp_connections)
+        .bind(tcp_bytes)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Stores access-log entries (one statement). Returns how many.
+    pub async fn record_access_log(&mut self, entries: &[AccessLogRecord]) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        macro_rules! column {
+            ($field:ident) => {
+                entries.iter().map(|e| e.$field.clone()).collect::<Vec<_>>()
+            };
+        }
+        let done = sqlx::query(
+            "INSERT INTO access_log (org_id, mesh_id, logged_at, reporter, direction, protocol, outcome, \
+                 source_service, source_identity, source_address, destination_service, \
+                 destination_identity, method, authority, path, status, response_flags, \
+                 response_details, rbac_policy, route, upstream_cluster, duration_ms, bytes_received, \
+                 bytes_sent) \
+             SELECT $1, * FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+                 $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[], \
+                 $21::text[], $22::float8[], $23::int8[], $24::int8[])",
+        )
+        .bind(self.org().as_uuid())
+        .bind(column!(mesh_id))
+        .bind(column!(logged_at))
+        .bind(column!(reporter))
+        .bind(column!(direction))
+        .bind(column!(protocol))
+        .bind(column!(outcome))
+        .bind(column!(source_service))
+        .bind(column!(source_identity))
+        .bind(column!(source_address))
+        .bind(column!(destination_service))
+        .bind(column!(destination_identity))
+        .bind(column!(method))
+        .bind(column!(authority))
+        .bind(column!(path))
+        .bind(column!(status))
+        .bind(column!(response_flags))
+        .bind(column!(response_details))
+        .bind(column!(rbac_policy))
+        .bind(column!(route))
+        .bind(column!(upstream_cluster))
+        .bind(column!(duration_ms))
+        .bind(column!(bytes_received))
+        .bind(column!(bytes_sent))
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Per (source, destination): every route and class of `[from, to)` merged, from the
+    /// buckets of `resolution`. The one read behind golden metrics and topology.
+    pub async fn edge_totals(
+        &mut self,
+        mesh: MeshId,
+        resolution: Resolution,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<EdgeTotal>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            source: String,
+            destination: String,
+            requests: i64,
+            successes: i64,
+            bytes: i64,
+            latency: Vec<i64>,
+            tcp_connections: i64,
+            tcp_bytes: i64,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT source, destination, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
+                    sum(bytes)::int8 AS bytes, trellis_sum_buckets(latency) AS latency, \
+                    sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
+             FROM telemetry_edges \
+             WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
+             GROUP BY source, destination ORDER BY source, destination",
+        )
+        .bind(mesh.as_uuid())
+        .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.conn())
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let latency = LatencyHistogram::from_stored(&r.latency)
+                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
+                Ok(EdgeTotal {
+                    source: r.source,
+                    destination: r.destination,
+                    counts: EdgeCounts {
+                        requests: to_u64(r.requests),
+                        successes: to_u64(r.successes),
+                        bytes: to_u64(r.bytes),
+                        latency,
+                        tcp_connections: to_u64(r.tcp_connections),
+                        tcp_bytes: to_u64(r.tcp_bytes),
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The newest access-log entries of a mesh received in `[from, to)`, at most `limit`;
+    /// only denials when `denied_only`.
+    pub async fn access_log(
+        &mut self,
+        mesh: MeshId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        denied_only: bool,
+        limit: i64,
+    ) -> Result<Vec<AccessLogRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT mesh_id, logged_at, reporter, direction, protocol, outcome, source_service, \
+                    source_identity, source_address, destination_service, destination_identity, method, \
+                    authority, path, status, response_flags, response_details, rbac_policy, route, \
+                    upstream_cluster, duration_ms, bytes_received, bytes_sent \
+             FROM access_log \
+             WHERE mesh_id = $1 AND received_at >= $2 AND received_at < $3 AND (NOT $4 OR outcome = 'denied') \
+             ORDER BY received_at DESC, id LIMIT $5",
+        )
+        .bind(mesh.as_uuid())
+        .bind(from)
+        .bind(to)
+        .bind(denied_only)
+        .bind(limit)
+        .fetch_all(self.conn())
+        .await?)
+    }
+}
+
+impl Store {
+    /// Makes sure the partitions holding `at` exist (a no-op when they do).
+    pub async fn prepare_telemetry(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("SELECT trellis_telemetry_prepare($1)").bind(at).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Rolls finished 10 s buckets up to minutes and minutes to hours, `lag` after a bucket
+    /// ends (a leader duty). Returns the rows written.
+    pub async fn rollup_telemetry(&self, lag: Duration) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT trellis_telemetry_rollup(make_interval(secs => $1))")
+            .bind(lag.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Drops the partitions past `retention` (a leader duty). Returns how many went.
+    pub async fn expire_telemetry(&self, retention: &TelemetryRetention) -> Result<i64, StoreError> {
+        let keep = serde_json::json!({
+            "telemetry_edges_10s": retention.edges_10s.as_secs_f64(),
+            "telemetry_edges_1m": retention.edges_1m.as_secs_f64(),
+            "telemetry_edges_1h": retention.edges_1h.as_secs_f64(),
+            "access_log": retention.access_log.as_secs_f64(),
+        });
+        Ok(sqlx::query_scalar("SELECT trellis_telemetry_expire($1)").bind(keep).fetch_one(&self.pool).await?)
+    }
+}

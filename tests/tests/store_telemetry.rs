@@ -1,0 +1,230 @@
+//! Telemetry storage against real PostgreSQL: edge buckets merge by addition, rollups keep
+//! every count, retention drops whole partitions, and tenants never see each other's figures.
+
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use serde_json::json;
+use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, Resolution, ResponseClass, Topology};
+use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, ResourceName};
+use trellis_store::testing::TestDb;
+use trellis_store::{AccessLogRecord, EdgeSample, Precondition, Store, TelemetryRetention};
+
+async fn org_with_mesh(store: &Store, slug: &str) -> (OrgId, MeshId) {
+    let org = store.create_org(&OrgSlug::parse(slug).unwrap(), slug).await.unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let mesh = tx
+        .put_mesh(
+            &MeshName::parse("prod").unwrap(),
+            &format!("prod.{slug}.test"),
+            &json!({}),
+            &json!({}),
+            Precondition::Unconditional,
+        )
+        .await
+        .unwrap()
+        .value;
+    tx.commit().await.unwrap();
+    (org.id, mesh.id)
+}
+
+fn name(s: &str) -> ResourceName {
+    ResourceName::parse(s).unwrap()
+}
+
+fn sample(
+    mesh: MeshId,
+    at: DateTime<Utc>,
+    class: ResponseClass,
+    requests: u64,
+    latencies: &[f64],
+) -> EdgeSample {
+    let mut latency = LatencyHistogram::default();
+    latencies.iter().for_each(|ms| latency.record_ms(*ms));
+    EdgeSample {
+        mesh,
+        bucket_start: at,
+        key: EdgeKey { source: name("web"), destination: name("reviews"), route: None, class },
+        counts: EdgeCounts {
+            requests,
+            successes: if class.is_success() { requests } else { 0 },
+            bytes: requests * 100,
+            latency,
+            ..Default::default()
+        },
+    }
+}
+
+fn bucket(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::seconds(10)).unwrap()
+}
+
+#[tokio::test]
+async fn edges_from_several_proxies_merge_by_addition_and_read_back_as_golden_metrics() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (org, mesh) = org_with_mesh(&store, "acme").await;
+    let (other, other_mesh) = org_with_mesh(&store, "other").await;
+    let now = bucket(Utc::now());
+
+    // Two instances of `web` report the same edge and bucket, in two transactions.
+    for latencies in [[5.0, 5.0, 7.0].as_slice(), [5.0, 900.0].as_slice()] {
+        let mut tx = store.tenant(org).await.unwrap();
+        tx.record_edges(&[
+            sample(mesh, now, ResponseClass::Success, latencies.len() as u64, latencies),
+            sample(mesh, now, ResponseClass::ServerError, 1, &[]),
+        ])
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let mut tx = store.tenant(org).await.unwrap();
+    let totals =
+        tx.edge_totals(mesh, Resolution::TenSeconds, now, now + TimeDelta::seconds(10)).await.unwrap();
+    assert_eq!(totals.len(), 1);
+    let c = &totals[0].counts;
+    assert_eq!((c.requests, c.successes, c.bytes, c.latency.total()), (7, 5, 700, 5));
+    let topology = Topology::of(&totals, 10.0);
+    assert_eq!(topology.nodes, ["reviews", "web"]);
+    let m = &topology.edges[0].metrics;
+    assert_eq!(m.success_rate, Some(5.0 / 7.0));
+    assert!((m.p50_ms.unwrap() - 5.0).abs() / 5.0 < 0.1, "{m:?}");
+    assert!((m.p99_ms.unwrap() - 900.0).abs() / 900.0 < 0.1, "{m:?}");
+    // Outside the window, or in another mesh, nothing.
+    let before = tx.edge_totals(mesh, Resolution::TenSeconds, now - TimeDelta::hours(1), now).await.unwrap();
+    assert!(before.is_empty());
+    tx.commit().await.unwrap();
+    // Another tenant sees nothing of it, even naming the mesh.
+    let mut tx = store.tenant(other).await.unwrap();
+    let theirs =
+        tx.edge_totals(mesh, Resolution::TenSeconds, now, now + TimeDelta::seconds(10)).await.unwrap();
+    assert!(theirs.is_empty());
+    assert!(
+        tx.edge_totals(other_mesh, Resolution::TenSeconds, now, now + TimeDelta::seconds(10))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Nor can it write into the first tenant's mesh: the foreign key is (org, mesh).
+    let err = tx.record_edges(&[sample(mesh, now, ResponseClass::Success, 1, &[])]).await.unwrap_err();
+    assert!(err.to_string().contains("telemetry_edges_mesh_fkey"), "{err}");
+}
+
+#[tokio::test]
+async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (org, mesh) = org_with_mesh(&store, "acme").await;
+    let hour = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
+    // Buckets of the previous hour (finished), and the rollups' watermarks before them.
+    let mut admin = db.admin_conn().await;
+    sqlx::query("UPDATE telemetry_rollups SET done_until = $1")
+        .bind(hour - TimeDelta::hours(2))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let times: Vec<DateTime<Utc>> =
+        (0..12).map(|i| hour - TimeDelta::minutes(50) + TimeDelta::seconds(i * 40)).collect();
+    for t in &times {
+        store.prepare_telemetry(*t).await.unwrap();
+    }
+    let mut tx = store.tenant(org).await.unwrap();
+    let samples: Vec<EdgeSample> = times
+        .iter()
+        .map(|t| sample(mesh, bucket(*t), ResponseClass::Success, 3, &[1.0, 20.0, 300.0]))
+        .collect();
+    tx.record_edges(&samples).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let written = store.rollup_telemetry(Duration::ZERO).await.unwrap();
+    assert!(written > 0);
+    let window = (hour - TimeDelta::hours(1), hour);
+    let mut tx = store.tenant(org).await.unwrap();
+    let mut per_resolution = Vec::new();
+    for r in Resolution::ALL {
+        let totals = tx.edge_totals(mesh, r, window.0, window.1).await.unwrap();
+        assert_eq!(totals.len(), 1, "{r:?}");
+        per_resolution.push(totals[0].counts.clone());
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(per_resolution[0].requests, 36);
+    assert_eq!(per_resolution[0], per_resolution[1], "10 s → 1 min loses nothing");
+    assert_eq!(per_resolution[1], per_resolution[2], "1 min → 1 h loses nothing");
+    // A second run finds nothing new to roll up: nothing is counted twice.
+    store.rollup_telemetry(Duration::ZERO).await.unwrap();
+    let mut tx = store.tenant(org).await.unwrap();
+    let again = tx.edge_totals(mesh, Resolution::Hour, window.0, window.1).await.unwrap();
+    assert_eq!(again[0].counts, per_resolution[2]);
+    tx.commit().await.unwrap();
+
+    // Old partitions go; the current ones stay.
+    let old = Utc::now() - TimeDelta::days(3);
+    store.prepare_telemetry(old).await.unwrap();
+    let partitions = |parent: &'static str| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_inherits WHERE inhparent = $1::regclass")
+            .bind(parent)
+    };
+    let before = partitions("telemetry_edges_10s").fetch_one(&mut admin).await.unwrap();
+    let day = Duration::from_secs(86_400);
+    let retention =
+        TelemetryRetention { edges_10s: day, edges_1m: day, edges_1h: day * 400, access_log: day };
+    let dropped = store.expire_telemetry(&retention).await.unwrap();
+    assert!(dropped >= 2, "the 10 s and access-log partitions of three days ago: {dropped}");
+    let after = partitions("telemetry_edges_10s").fetch_one(&mut admin).await.unwrap();
+    assert_eq!(after, before - 1);
+    let mut tx = store.tenant(org).await.unwrap();
+    assert_eq!(tx.edge_totals(mesh, Resolution::TenSeconds, window.0, window.1).await.unwrap().len(), 1);
+    tx.commit().await.unwrap();
+    // Every partition, however made, has forced row-level security.
+    let unprotected: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_inherits i ON i.inhrelid = c.oid \
+         WHERE (c.relname LIKE 'telemetry_edges%' OR c.relname LIKE 'access_log%') \
+           AND c.relkind IN ('r', 'p') AND NOT (c.relrowsecurity AND c.relforcerowsecurity)",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(unprotected.is_empty(), "{unprotected:?}");
+}
+
+#[tokio::test]
+async fn access_log_entries_round_trip_and_filter_denials() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (org, mesh) = org_with_mesh(&store, "acme").await;
+    let entry = |outcome: &str, status| AccessLogRecord {
+        mesh_id: mesh.as_uuid(),
+        logged_at: Utc::now(),
+        reporter: "reviews".into(),
+        direction: "inbound".into(),
+        protocol: "http".into(),
+        outcome: outcome.into(),
+        source_service: Some("web".into()),
+        source_identity: Some("spiffe://prod.acme.test/ns/prod/sa/web".into()),
+        source_address: Some("10.0.0.1:5555".into()),
+        destination_service: Some("reviews".into()),
+        destination_identity: None,
+        method: Some("GET".into()),
+        authority: Some("reviews".into()),
+        path: Some("/admin".into()),
+        status: Some(status),
+        response_flags: String::new(),
+        response_details: "rbac_access_denied_matched_policy[deny-admin]".into(),
+        rbac_policy: Some("deny-admin".into()),
+        route: None,
+        upstream_cluster: None,
+        duration_ms: Some(1.5),
+        bytes_received: Some(0),
+        bytes_sent: Some(19),
+    };
+    let mut tx = store.tenant(org).await.unwrap();
+    assert_eq!(tx.record_access_log(&[entry("denied", 403), entry("error", 503)]).await.unwrap(), 2);
+    let window = (Utc::now() - TimeDelta::minutes(1), Utc::now() + TimeDelta::minutes(1));
+    let all = tx.access_log(mesh, window.0, window.1, false, 10).await.unwrap();
+    assert_eq!(all.len(), 2);
+    let denied = tx.access_log(mesh, window.0, window.1, true, 10).await.unwrap();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].rbac_policy.as_deref(), Some("deny-admin"));
+    assert_eq!(denied[0].path.as_deref(), Some("/admin"));
+    tx.commit().await.unwrap();
+}

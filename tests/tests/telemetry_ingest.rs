@@ -1,0 +1,405 @@
+//! Telemetry ingestion as a proxy meets it on the TLS port, with a real tonic client and
+//! SVIDs issued through join tokens: Envoy-shaped `StreamMetrics` and `StreamAccessLogs`
+//! messages are stored under the certificate's organization, mesh and service, cumulative
+//! counters as what grew, and hostile input is refused, bounded and counted.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties;
+use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::certificate_properties::SubjectAltName;
+use envoy_types::pb::envoy::data::accesslog::v3::tls_properties::certificate_properties::subject_alt_name::San;
+use envoy_types::pb::envoy::data::accesslog::v3::{
+    AccessLogCommon, HttpAccessLogEntry, HttpRequestProperties, HttpResponseProperties, TlsProperties,
+};
+use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
+use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+    HttpAccessLogEntries, Identifier as LogIdentifier, LogEntries,
+};
+use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
+use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
+use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram, Metric, MetricFamily, MetricType};
+use serde_json::json;
+use tokio_stream::wrappers::ReceiverStream;
+use trellis_model::telemetry::{EdgeTotal, Resolution, bucket_upper_bounds_ms};
+use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Role};
+use trellis_store::testing::TestDb;
+use trellis_tests::grpc::{Svid, channel, issue, join_token, platform_root};
+use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
+
+struct Fixture {
+    db: TestDb,
+    t: Trellis,
+    api: Api,
+    store: trellis_store::Store,
+    root: String,
+}
+
+async fn fixture(env: &[(&str, &str)]) -> Fixture {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    for doc in example_documents() {
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let store = db.store().await;
+    let root = platform_root(&store).await;
+    Fixture { db, t, api, store, root }
+}
+
+impl Fixture {
+    async fn svid(&self, org: &str, service: &str) -> Svid {
+        issue(&self.t.xds, &self.root, &join_token(&self.store, org, "shop", service).await).await.unwrap()
+    }
+
+    async fn metrics(&self, svid: Option<&Svid>) -> MetricsServiceClient<tonic::transport::Channel> {
+        MetricsServiceClient::new(channel(&self.t.xds, &self.root, svid).await.unwrap())
+    }
+
+    async fn logs(&self, svid: Option<&Svid>) -> AccessLogServiceClient<tonic::transport::Channel> {
+        AccessLogServiceClient::new(channel(&self.t.xds, &self.root, svid).await.unwrap())
+    }
+
+    async fn mesh(&self, org: &str) -> (OrgId, MeshId) {
+        let org = self.store.org_by_slug(&OrgSlug::parse(org).unwrap()).await.unwrap().unwrap();
+        let mut tx = self.store.tenant(org.id).await.unwrap();
+        let mesh = tx.mesh_by_name(&MeshName::parse("shop").unwrap()).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        (org.id, mesh.id)
+    }
+
+    /// The edges of `org`'s mesh `shop` over the last ten minutes.
+    async fn edges(&self, org: &str) -> Vec<EdgeTotal> {
+        let (org, mesh) = self.mesh(org).await;
+        let mut tx = self.store.tenant(org).await.unwrap();
+        let now = Utc::now();
+        let edges = tx
+            .edge_totals(
+                mesh,
+                Resolution::TenSeconds,
+                now - TimeDelta::minutes(10),
+                now + TimeDelta::minutes(1),
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        edges
+    }
+
+    /// Polls until `org`'s edges satisfy `done` (the writer stores behind the stream).
+    async fn edges_when(&self, org: &str, done: impl Fn(&[EdgeTotal]) -> bool) -> Vec<EdgeTotal> {
+        for _ in 0..100 {
+            let edges = self.edges(org).await;
+            if done(&edges) {
+                return edges;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("edges never came: {:?}", self.edges(org).await);
+    }
+
+    /// A labelled counter of the server's `/metrics`, 0 when absent.
+    async fn dropped(&self, reason: &str) -> f64 {
+        let body = self.t.get("/metrics").await.text().await.unwrap();
+        let series = format!("trellis_telemetry_dropped_total{{reason=\"{reason}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&series)?.trim().parse().ok()).unwrap_or(0.0)
+    }
+}
+
+fn counter(name: &str, value: f64) -> MetricFamily {
+    MetricFamily {
+        name: Some(name.into()),
+        r#type: Some(MetricType::Counter as i32),
+        metric: vec![Metric {
+            counter: Some(Counter { value: Some(value), ..Default::default() }),
+            timestamp_ms: Some(Utc::now().timestamp_millis()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Envoy's histogram with the bounds the bootstrap gives it (ours): `latencies_ms` recorded.
+fn rq_time(cluster: &str, latencies_ms: &[f64]) -> MetricFamily {
+    let bounds = bucket_upper_bounds_ms();
+    let bucket = bounds
+        .iter()
+        .map(|b| Bucket {
+            upper_bound: Some(*b),
+            cumulative_count: Some(latencies_ms.iter().filter(|l| **l <= *b).count() as u64),
+            ..Default::default()
+        })
+        .collect();
+    MetricFamily {
+        name: Some(format!("cluster.{cluster}.upstream_rq_time")),
+        r#type: Some(MetricType::Histogram as i32),
+        metric: vec![Metric {
+            histogram: Some(Histogram {
+                sample_count: Some(latencies_ms.len() as u64),
+                sample_sum: Some(latencies_ms.iter().sum()),
+                bucket,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// One flush of an Envoy whose cluster `reviews.shop:9080~version=v2` has served `ok` 2xx
+/// and `failed` 5xx requests since it started, with these latencies.
+fn flush(first: bool, ok: u32, failed: u32, latencies_ms: &[f64]) -> StreamMetricsMessage {
+    let c = "reviews.shop:9080~version=v2";
+    StreamMetricsMessage {
+        // Envoy names itself on the first message only.
+        identifier: first.then(|| Identifier {
+            node: Some(Node {
+                id: "productpage-1".into(),
+                cluster: "productpage".into(),
+                ..Default::default()
+            }),
+        }),
+        envoy_metrics: vec![
+            counter(&format!("cluster.{c}.upstream_rq_2xx"), f64::from(ok)),
+            counter(&format!("cluster.{c}.upstream_rq_200"), f64::from(ok)),
+            counter(&format!("cluster.{c}.upstream_rq_5xx"), f64::from(failed)),
+            counter(&format!("cluster.{c}.upstream_rq_total"), f64::from(ok + failed)),
+            counter(&format!("cluster.{c}.upstream_cx_total"), 2.0),
+            counter("cluster.inbound:9080.upstream_rq_2xx", 1_000.0),
+            counter("cluster.xds.upstream_rq_2xx", 7.0),
+            counter("server.uptime", 30.0),
+            rq_time(c, latencies_ms),
+        ],
+    }
+}
+
+/// Sends `messages` on one stream, then closes it; the server's answer.
+async fn stream_metrics(
+    client: &mut MetricsServiceClient<tonic::transport::Channel>,
+    messages: Vec<StreamMetricsMessage>,
+) -> Result<(), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel(messages.len().max(1));
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    drop(tx);
+    client.stream_metrics(ReceiverStream::new(rx)).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn envoy_shaped_metrics_become_edges_of_the_certificates_service_counting_what_grew() {
+    let f = fixture(&[]).await;
+    let svid = f.svid("acme", "productpage").await;
+    let mut client = f.metrics(Some(&svid)).await;
+    let early = [3.0, 4.0, 250.0];
+    let later = [3.0, 4.0, 250.0, 5.0, 5.0, 6.0, 900.0, 40.0];
+    stream_metrics(
+        &mut client,
+        vec![flush(true, 10, 1, &early), flush(false, 25, 3, &later[..5]), flush(false, 40, 4, &later)],
+    )
+    .await
+    .unwrap();
+    let edges = f.edges_when("acme", |e| e.iter().map(|e| e.counts.requests).sum::<u64>() >= 33).await;
+    // Exactly one edge, from the certificate's service to the cluster's; the inbound and xDS
+    // clusters are not edges. The first flush is the baseline: 40 − 10 and 4 − 1 grew since.
+    assert_eq!(edges.len(), 1, "{edges:?}");
+    let e = &edges[0];
+    assert_eq!((e.source.as_str(), e.destination.as_str()), ("productpage", "reviews"));
+    assert_eq!((e.counts.requests, e.counts.successes), (33, 30));
+    assert_eq!(e.counts.latency.total(), 5, "the five requests observed after the first flush");
+    let p99 = e.counts.latency.quantile_ms(0.99).unwrap();
+    assert!((p99 - 900.0).abs() / 900.0 <= trellis_model::telemetry::QUANTILE_RELATIVE_ERROR, "{p99}");
+    // The REST API shows the same figures: topology and the service's golden metrics.
+    let (status, body) = f.api.get("/meshes/shop/topology?window=600").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodes"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["edges"][0]["source"], "productpage");
+    assert_eq!(body["edges"][0]["metrics"]["requests"], 33);
+    let rate = body["edges"][0]["metrics"]["successRate"].as_f64().unwrap();
+    assert!((rate - 30.0 / 33.0).abs() < 1e-9, "{rate}");
+    assert_eq!(body["resolutionSeconds"], 10);
+    let (status, body) = f.api.get("/meshes/shop/services/reviews/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["inbound"]["requests"], 33);
+    assert_eq!(body["callers"][0]["source"], "productpage");
+    assert_eq!(body["callees"], json!([]));
+    let p99 = body["inbound"]["p99Ms"].as_f64().unwrap();
+    assert!((p99 - 900.0).abs() / 900.0 <= trellis_model::telemetry::QUANTILE_RELATIVE_ERROR, "{p99}");
+    let (status, body) = f.api.get("/meshes/shop/topology?window=5").await;
+    assert_eq!(status, 400, "{body}");
+    // A new stream (a reconnect) starts from a new baseline: nothing is counted twice.
+    stream_metrics(&mut client, vec![flush(true, 40, 4, &later)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(f.edges("acme").await[0].counts.requests, 33);
+}
+
+#[tokio::test]
+async fn a_proxy_reports_only_for_its_own_mesh_and_service_and_needs_a_certificate() {
+    let f = fixture(&[]).await;
+    // Another organization with a mesh of the same name and the same services.
+    let other = Api::new(&f.t, "globex", &token(&f.db, "globex", Role::Admin).await);
+    let (status, body) = other.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201, "{body}");
+    let svc = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    for name in ["reviews", "productpage"] {
+        let (status, body) = other.put(&format!("/meshes/shop/services/{name}"), &svc).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // Globex's proxy reports with a node that claims to be acme's productpage.
+    let theirs = f.svid("globex", "reviews").await;
+    let mut node_claim = flush(true, 0, 0, &[]);
+    node_claim.identifier = Some(Identifier {
+        node: Some(Node {
+            id: "productpage-1".into(),
+            cluster: "acme/productpage".into(),
+            ..Default::default()
+        }),
+    });
+    stream_metrics(&mut f.metrics(Some(&theirs)).await, vec![node_claim, flush(false, 50, 0, &[])])
+        .await
+        .unwrap();
+    let globex = f.edges_when("globex", |e| !e.is_empty()).await;
+    assert_eq!(globex.len(), 1);
+    assert_eq!((globex[0].source.as_str(), globex[0].counts.requests), ("reviews", 50));
+    assert!(f.edges("acme").await.is_empty(), "nothing reached acme's mesh of the same name");
+    let (_, body) = f.api.get("/meshes/shop/topology").await;
+    assert_eq!(body["edges"], json!([]), "acme's API shows none of globex's traffic");
+    let (_, body) = other.get("/meshes/shop/topology").await;
+    assert_eq!(body["edges"][0]["metrics"]["requests"], 50);
+
+    // Without a client certificate, or with none the mesh issued, no stream.
+    let refused = stream_metrics(&mut f.metrics(None).await, vec![flush(true, 1, 0, &[])]).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(StreamAccessLogsMessage::default()).await.unwrap();
+    drop(tx);
+    let refused = f.logs(None).await.stream_access_logs(ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}
+
+fn denied_call(path: &str) -> HttpAccessLogEntry {
+    HttpAccessLogEntry {
+        common_properties: Some(AccessLogCommon {
+            start_time: Some(envoy_types::pb::google::protobuf::Timestamp {
+                seconds: Utc::now().timestamp(),
+                nanos: 0,
+            }),
+            tls_properties: Some(TlsProperties {
+                peer_certificate_properties: Some(CertificateProperties {
+                    subject_alt_name: vec![SubjectAltName {
+                        san: Some(San::Uri(
+                            "spiffe://shop.acme.trellis.internal/ns/shop/sa/productpage".into(),
+                        )),
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            upstream_cluster: "inbound:9080".into(),
+            ..Default::default()
+        }),
+        request: Some(HttpRequestProperties {
+            request_method: envoy_types::pb::envoy::config::core::v3::RequestMethod::Post as i32,
+            path: path.into(),
+            authority: "reviews".into(),
+            ..Default::default()
+        }),
+        response: Some(HttpResponseProperties {
+            response_code: Some(UInt32Value { value: 403 }),
+            response_code_details: "rbac_access_denied_matched_policy[reviews-callers]".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn access_logs_keep_denials_with_the_policy_and_hostile_input_is_refused_and_counted() {
+    let f = fixture(&[("TRELLIS_TELEMETRY_INGEST_RATE", "50")]).await;
+    let svid = f.svid("acme", "reviews").await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(StreamAccessLogsMessage {
+        identifier: Some(LogIdentifier { node: None, log_name: "trellis-inbound".into() }),
+        log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+            log_entry: vec![denied_call("/reviews/1"), denied_call("/reviews/2")],
+        })),
+    })
+    .await
+    .unwrap();
+    drop(tx);
+    f.logs(Some(&svid)).await.stream_access_logs(ReceiverStream::new(rx)).await.unwrap();
+    let (org, mesh) = f.mesh("acme").await;
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        let mut tx = f.store.tenant(org).await.unwrap();
+        found = tx
+            .access_log(
+                mesh,
+                Utc::now() - TimeDelta::minutes(5),
+                Utc::now() + TimeDelta::minutes(1),
+                true,
+                10,
+            )
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        if found.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found.len(), 2);
+    let d = &found[0];
+    assert_eq!(d.reporter, "reviews");
+    assert_eq!(d.direction, "inbound");
+    assert_eq!(d.source_service.as_deref(), Some("productpage"));
+    assert_eq!(d.destination_service.as_deref(), Some("reviews"));
+    assert_eq!(d.rbac_policy.as_deref(), Some("reviews-callers"));
+    assert_eq!((d.method.as_deref(), d.status), (Some("POST"), Some(403)));
+
+    let mut client = f.metrics(Some(&svid)).await;
+    // More families in a message than allowed: an error naming the bound, counted.
+    let flood: Vec<MetricFamily> =
+        (0..=trellis_xds_server::MAX_FAMILIES).map(|i| counter(&format!("x{i}"), 1.0)).collect();
+    let err =
+        stream_metrics(&mut client, vec![StreamMetricsMessage { identifier: None, envoy_metrics: flood }])
+            .await
+            .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("at most"), "{err:?}");
+    assert_eq!(f.dropped("too_large").await, (trellis_xds_server::MAX_FAMILIES + 1) as f64);
+    // A message over the size bound is refused by the transport, and the server lives on.
+    let huge = counter(&"y".repeat(5 * 1024 * 1024), 1.0);
+    let err = stream_metrics(
+        &mut client,
+        vec![StreamMetricsMessage { identifier: None, envoy_metrics: vec![huge] }],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "{err:?}");
+    // Garbage values and names are ignored without harm.
+    let garbage = vec![
+        counter("cluster.reviews.shop:9080.upstream_rq_2xx", f64::NAN),
+        counter("cluster..upstream_rq_2xx", 1.0),
+        counter("cluster.reviews.shop:99999999999.upstream_rq_5xx", 1.0),
+        MetricFamily::default(),
+    ];
+    let garbage = StreamMetricsMessage { identifier: None, envoy_metrics: garbage };
+    stream_metrics(&mut client, vec![garbage.clone(), garbage]).await.unwrap();
+    // Over the organization's rate (50 a second, bursts of 100): dropped and counted.
+    let burst: Vec<StreamMetricsMessage> = (0..3).map(|_| flush(false, 1, 0, &[])).collect();
+    let before = f.dropped("rate_limited").await;
+    stream_metrics(&mut client, [burst.clone(), burst.clone(), burst.clone(), burst].concat()).await.unwrap();
+    assert!(f.dropped("rate_limited").await > before, "the excess is counted");
+    assert!(f.edges("acme").await.is_empty(), "nothing of the garbage became an edge");
+}
