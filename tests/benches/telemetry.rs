@@ -15,11 +15,10 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::Metric
 use envoy_types::pb::io::prometheus::client::{Counter, Metric, MetricFamily, MetricType};
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_model::telemetry::{EdgeCounts, EdgeKey, Resolution, ResponseClass};
-use trellis_model::{MeshName, OrgSlug, ResourceName, Role};
+use trellis_model::{MeshName, OrgSlug, ResourceName};
 use trellis_store::EdgeSample;
 use trellis_store::testing::TestDb;
-use trellis_tests::grpc::{channel, issue, join_token, platform_root};
-use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
+use trellis_tests::grpc::{channel, issue, join_token};
 
 const EDGES: usize = 50;
 
@@ -61,19 +60,8 @@ async fn main() {
     let proxies = env("BENCH_PROXIES", 50);
     let rounds = env("BENCH_ROUNDS", 40) as u32;
     let db = TestDb::create().await;
-    let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
-        .env("TRELLIS_TELEMETRY_INGEST_RATE", "100000000")
-        .env("TRELLIS_LOG", "warn")
-        .args(["--http-addr", "127.0.0.1:0"]);
-    let t = Trellis::start(cmd).await;
-    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    for doc in example_documents() {
-        let (status, body) = api.put(&document_path(&doc), &doc).await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-    let store = db.store().await;
-    let root = platform_root(&store).await;
+    let env = [("TRELLIS_TELEMETRY_INGEST_RATE", "100000000"), ("TRELLIS_LOG", "warn")];
+    let (t, _api, store, root) = trellis_tests::serve_example_mesh(&db, &env).await;
     let mut clients = Vec::with_capacity(proxies);
     for _ in 0..proxies {
         let svid =

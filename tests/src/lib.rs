@@ -278,6 +278,29 @@ pub async fn token(db: &trellis_store::testing::TestDb, slug: &str, role: trelli
     token
 }
 
+/// `trellis serve` on `db` (with `env` on top of the test environment), organization
+/// `acme` holding the example mesh `shop` (examples/reviews.yaml), an admin client of it,
+/// and the platform root that the TLS port's certificate chains to.
+pub async fn serve_example_mesh(
+    db: &trellis_store::testing::TestDb,
+    env: &[(&str, &str)],
+) -> (Trellis, Api, trellis_store::Store, String) {
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(db, "acme", trellis_model::Role::Admin).await);
+    for doc in example_documents() {
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let store = db.store().await;
+    let root = grpc::platform_root(&store).await;
+    (t, api, store, root)
+}
+
 /// A REST client for one organization with one token.
 #[derive(Clone)]
 pub struct Api {

@@ -51,6 +51,10 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
+async fn json(req: reqwest::RequestBuilder) -> Value {
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -122,15 +126,10 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     // Every demo dataplane is connected and has acknowledged its configuration.
     let token = trellis_tests::token(&db, "default", Role::Viewer).await;
     let client = reqwest::Client::new();
-    let list: Value = client
-        .get(format!("http://{http}/api/v1/orgs/default/meshes/shop/dataplanes"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = json(
+        client.get(format!("http://{http}/api/v1/orgs/default/meshes/shop/dataplanes")).bearer_auth(&token),
+    )
+    .await;
     for (node, _) in WORKLOADS {
         let dp = list["items"].as_array().unwrap().iter().find(|d| d["nodeId"] == node);
         let dp = dp.unwrap_or_else(|| panic!("no dataplane {node}: {list:#}"));
@@ -142,22 +141,14 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     let page = format!("http://127.0.0.1:{app_port}");
     let mut versions: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..400 {
-        let body: Value = client.get(format!("{page}/")).send().await.unwrap().json().await.unwrap();
+        let body = json(client.get(format!("{page}/"))).await;
         *versions.entry(body["reviews"]["version"].as_str().unwrap_or("none").to_owned()).or_default() += 1;
     }
     let v1 = f64::from(versions.get("v1").copied().unwrap_or(0)) / 400.0;
     assert!((0.69..=0.81).contains(&v1), "v1 share {v1}: {versions:?}");
     assert_eq!(versions.keys().filter(|v| !["v1", "v2"].contains(&v.as_str())).count(), 0, "{versions:?}");
     for _ in 0..20 {
-        let body: Value = client
-            .get(format!("{page}/"))
-            .header("x-beta", "true")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json(client.get(format!("{page}/")).header("x-beta", "true")).await;
         assert_eq!(body["reviews"]["version"], "v2", "{body:#}");
         assert_eq!(body["reviews"]["ratings"]["service"], "ratings", "{body:#}");
     }

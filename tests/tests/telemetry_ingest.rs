@@ -28,8 +28,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use trellis_model::telemetry::{EdgeTotal, Resolution, bucket_upper_bounds_ms};
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Role};
 use trellis_store::testing::TestDb;
-use trellis_tests::grpc::{Svid, channel, issue, join_token, platform_root};
-use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
+use trellis_tests::grpc::{Svid, channel, issue, join_token};
+use trellis_tests::{Api, Trellis, token};
 
 struct Fixture {
     db: TestDb,
@@ -41,19 +41,7 @@ struct Fixture {
 
 async fn fixture(env: &[(&str, &str)]) -> Fixture {
     let db = TestDb::create().await;
-    let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let t = Trellis::start(cmd).await;
-    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    for doc in example_documents() {
-        let (status, body) = api.put(&document_path(&doc), &doc).await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-    let store = db.store().await;
-    let root = platform_root(&store).await;
+    let (t, api, store, root) = trellis_tests::serve_example_mesh(&db, env).await;
     Fixture { db, t, api, store, root }
 }
 

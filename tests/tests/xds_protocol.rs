@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
-use trellis_tests::grpc::{Svid, channel, issue, join_token, platform_root, renew};
+use trellis_tests::grpc::{Svid, channel, issue, join_token, renew};
 use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
 
 struct Fixture {
@@ -33,16 +33,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let db = TestDb::create().await;
-    let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
-    let t = Trellis::start(cmd).await;
-    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    for doc in example_documents() {
-        let (status, body) = api.put(&document_path(&doc), &doc).await;
-        assert!(status == 200 || status == 201, "{body}");
-    }
-    let store = db.store().await;
-    let root = platform_root(&store).await;
+    let (t, api, store, root) = trellis_tests::serve_example_mesh(&db, &[]).await;
     Fixture { _db: db, t, api, store, root }
 }
 
