@@ -41,7 +41,8 @@ pub(crate) async fn topology(
     ApiQuery(q): ApiQuery<WindowQuery>,
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let EdgeWindow { seconds: secs, resolution, totals, .. } = ctl.edge_totals(scope, &mesh, q.window).await?;
+    let EdgeWindow { seconds: secs, resolution, totals, .. } =
+        ctl.edge_totals(scope, &mesh, q.window).await?;
     let window = secs as f64;
     let t = Topology::of(&totals, window);
     let nodes: Vec<Value> = t
@@ -71,7 +72,8 @@ pub(crate) async fn service(
     ApiQuery(q): ApiQuery<WindowQuery>,
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let EdgeWindow { seconds: secs, resolution, totals, .. } = ctl.edge_totals(scope, &mesh, q.window).await?;
+    let EdgeWindow { seconds: secs, resolution, totals, .. } =
+        ctl.edge_totals(scope, &mesh, q.window).await?;
     let service =
         ResourceName::parse(&service).map_err(|e| ApiError::bad_request(format!("service name: {e}")))?;
     let window = secs as f64;

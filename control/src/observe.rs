@@ -23,7 +23,12 @@ pub struct EdgeWindow {
 
 impl Control {
     /// The edge totals of `mesh` over the last `window` seconds (default five minutes).
-    pub async fn edge_totals(&self, scope: Scope, mesh: &str, window: Option<i64>) -> Result<EdgeWindow, AppError> {
+    pub async fn edge_totals(
+        &self,
+        scope: Scope,
+        mesh: &str,
+        window: Option<i64>,
+    ) -> Result<EdgeWindow, AppError> {
         // Authorized before the parameters are judged: a stranger learns nothing from them.
         let mut scope = scope.allow(Action::Read)?;
         let seconds = window.unwrap_or(DEFAULT_WINDOW_SECS);
