@@ -433,21 +433,15 @@ impl Proxy {
 }
 
 async fn fleet(tx: &mut TenantTx, mesh: &Mesh) -> Result<Fleet, AppError> {
-    let mut nacks: HashMap<uuid::Uuid, String> = HashMap::new();
-    for l in tx.ledger(mesh.id).await? {
-        if let (Some(v), Some(e)) = (l.nacked_version, l.nack_error) {
-            nacks
-                .entry(l.dataplane_id)
-                .or_insert_with(|| format!("{}: {e} (version {v})", short_type(&l.type_url)));
-        }
-    }
     let proxies = tx
-        .list_dataplanes(mesh.id)
+        .online_proxies(mesh.id)
         .await?
         .into_iter()
-        .filter(|d| d.online)
         .map(|d| Proxy {
-            nack: nacks.remove(&d.id),
+            nack: match (d.nack_type_url, d.nacked_version, d.nack_error) {
+                (Some(t), Some(v), Some(e)) => Some(format!("{}: {e} (version {v})", short_type(&t))),
+                _ => None,
+            },
             service: d.service,
             calls: d.calls,
             serves: d.serves,

@@ -47,6 +47,21 @@ pub struct Dataplane {
     pub serves: bool,
 }
 
+/// An online dataplane as a resource's propagation status sees it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OnlineProxy {
+    pub service: String,
+    /// The services whose caller-side resources it was sent.
+    pub calls: Vec<String>,
+    /// It was sent its own service's inbound resources.
+    pub serves: bool,
+    pub synced_revision: Option<i64>,
+    /// Its first unanswered rejection: type URL, version and error.
+    pub nack_type_url: Option<String>,
+    pub nacked_version: Option<String>,
+    pub nack_error: Option<String>,
+}
+
 /// One line of the ledger: a dataplane's sync state for one type URL.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LedgerEntry {
@@ -169,6 +184,24 @@ impl TenantTx {
             dataplane_columns!(),
             " FROM dataplanes WHERE mesh_id = $1 ORDER BY service, node_id"
         ))
+        .bind(mesh.as_uuid())
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// The mesh's online dataplanes as the propagation status counts them, each with the
+    /// first response it rejected and has not accepted since (by type URL), in one statement.
+    pub async fn online_proxies(&mut self, mesh: MeshId) -> Result<Vec<OnlineProxy>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT d.service, d.calls, d.serves, d.synced_revision, \
+                    n.type_url AS nack_type_url, n.nacked_version, n.nack_error \
+             FROM dataplanes d LEFT JOIN LATERAL ( \
+               SELECT l.type_url, l.nacked_version, l.nack_error FROM xds_ledger l \
+               WHERE l.org_id = d.org_id AND l.dataplane_id = d.id \
+                 AND l.nacked_version IS NOT NULL AND l.nack_error IS NOT NULL \
+               ORDER BY l.type_url LIMIT 1) n ON true \
+             WHERE d.mesh_id = $1 AND d.online ORDER BY d.service, d.node_id",
+        )
         .bind(mesh.as_uuid())
         .fetch_all(self.conn())
         .await?)

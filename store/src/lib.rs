@@ -32,7 +32,7 @@ pub use ca::{
     CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafOutcome,
     LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
-pub use dataplanes::{Dataplane, LedgerEntry, Registration};
+pub use dataplanes::{Dataplane, LedgerEntry, OnlineProxy, Registration};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
@@ -53,6 +53,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+/// How long a pooled connection may sit idle before it is pinged again on its way out.
+const IDLE_RECHECK: Duration = Duration::from_secs(2);
+
 /// The application's handle on the database, connected as the unprivileged server role.
 #[derive(Clone)]
 pub struct Store {
@@ -66,6 +69,18 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection as it returns to the pool; a second ping as it
+            // leaves would add a round trip to every request. Only a connection that sat idle
+            // (where the database may have dropped it meanwhile) is checked again.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_RECHECK {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         Ok(Self { pool, options })
