@@ -242,6 +242,9 @@ impl TenantTx {
             tcp_connections: i64,
             tcp_bytes: i64,
         }
+        // The planner overestimates the edges and would sort every wide row (on disk) to group
+        // them; one mesh's edges hash in a few MB. For the rest of this transaction only.
+        sqlx::query("SELECT set_config('work_mem', '256MB', true)").execute(self.conn()).await?;
         let rows: Vec<Row> = sqlx::query_as(edge_totals_sql())
             .bind(mesh.as_uuid())
             .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
