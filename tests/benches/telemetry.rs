@@ -6,6 +6,11 @@
 //! (needs PostgreSQL like the tests). `BENCH_PROXIES` (default 50) and `BENCH_ROUNDS` (reports
 //! per proxy, default 40) set the load. The control plane's CPU time is read from
 //! `/proc/<pid>/stat`.
+//!
+//! Then the read behind topology and golden metrics (`TenantTx::edge_totals` at the
+//! resolution `Resolution::for_window` picks): `BENCH_READ_SERVICES` (default 200) services
+//! with `BENCH_READ_EDGES` (default 1,000) edges between them, each with a 10 s row in every
+//! bucket of the last hour, read `BENCH_READS` (default 30) times per window.
 
 use std::time::{Duration, Instant};
 
@@ -186,5 +191,75 @@ async fn main() {
         "at 1,000 proxies × {EDGES} edges × 2 classes every 10 s ({goal:.0} increments/s): {:.1} % of one core",
         goal * cpu / increments * 100.0
     );
+    read_bench(&store, org, mesh).await;
     t.stop(Duration::from_secs(10)).await;
+}
+
+/// Seeds an hour of 10 s rows for a mesh of `BENCH_READ_SERVICES` services and
+/// `BENCH_READ_EDGES` edges, then times `edge_totals` over the last 5 minutes and hour.
+async fn read_bench(store: &trellis_store::Store, org: trellis_model::OrgId, mesh: trellis_model::MeshId) {
+    let services = env("BENCH_READ_SERVICES", 200);
+    let edges = env("BENCH_READ_EDGES", 1_000);
+    let reads = env("BENCH_READS", 30);
+    let now = Utc::now();
+    let newest = now.duration_trunc(TimeDelta::seconds(10)).unwrap();
+    store.prepare_telemetry(now - TimeDelta::hours(1)).await.unwrap();
+    store.prepare_telemetry(now).await.unwrap();
+    let name = |i: usize| ResourceName::parse(&format!("svc-{i}")).unwrap();
+    // Edge `e` goes from service `e % services` to one of the services after it: distinct pairs.
+    let keys: Vec<EdgeKey> = (0..edges)
+        .map(|e| EdgeKey {
+            source: name(e % services),
+            destination: name((e % services + e / services + 1) % services),
+            route: None,
+            class: ResponseClass::Success,
+        })
+        .collect();
+    let mut counts = EdgeCounts { requests: 20, successes: 19, bytes: 4_000, ..Default::default() };
+    for ms in [1.0, 2.5, 4.0, 8.0, 12.0, 30.0, 95.0, 250.0] {
+        counts.latency.record_ms(ms);
+    }
+    let buckets = 360;
+    let seeded = Instant::now();
+    for b in 0..buckets {
+        let bucket_start = newest - TimeDelta::seconds(10 * b);
+        let samples: Vec<EdgeSample> = keys
+            .iter()
+            .map(|key| EdgeSample { mesh, bucket_start, key: key.clone(), counts: counts.clone() })
+            .collect();
+        let mut tx = store.tenant(org).await.unwrap();
+        tx.record_edges(&samples).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let seed_wall = seeded.elapsed();
+    println!(
+        "\nread: {services} services, {edges} edges × {buckets} buckets of 10 s seeded in {:.1} s",
+        seed_wall.as_secs_f64()
+    );
+    println!("\n| window | resolution read | edges returned | reads | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|");
+    for window in [300, 3_600] {
+        let resolution = Resolution::for_window(window);
+        let mut times = Vec::with_capacity(reads);
+        let mut returned = 0;
+        for _ in 0..reads {
+            let to = Utc::now();
+            let started = Instant::now();
+            let mut tx = store.tenant(org).await.unwrap();
+            returned =
+                tx.edge_totals(mesh, resolution, to - TimeDelta::seconds(window), to).await.unwrap().len();
+            tx.commit().await.unwrap();
+            times.push(started.elapsed());
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {window} s | {} s | {returned} | {reads} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            resolution.seconds(),
+            ms(at(0.50)),
+            ms(at(0.99)),
+            ms(times[times.len() - 1])
+        );
+    }
 }
