@@ -126,7 +126,12 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         authority: authority.clone(),
         xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
     };
-    let console = trellis_web::Console { control: state.control(), oidc: accounts.oidc.is_some() };
+    let console = trellis_web::Console {
+        control: state.control(),
+        oidc: accounts.oidc.is_some(),
+        xds_address: state.xds.address.clone(),
+        platform_ca_pem: state.xds.ca_pem.clone(),
+    };
     let app = trellis_api::router(
         state,
         http_metrics,

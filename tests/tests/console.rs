@@ -135,6 +135,36 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     assert!(page.contains("active"), "the mesh's CA is listed:\n{page}");
     std::fs::write(shots.join("mesh.png"), b.screenshot().await.unwrap()).unwrap();
 
+    // Connect a workload: a join token for one of the mesh's services, shown once with the
+    // commands that run an agent, and good for an SVID.
+    let api =
+        trellis_tests::Api::new(&t, "default", &trellis_tests::token(&db, "default", Role::Editor).await);
+    let service = serde_json::json!({
+        "apiVersion": "trellis.dev/v1", "kind": "Service", "metadata": { "name": "reviews", "mesh": "shop" },
+        "spec": { "ports": [{ "port": 9080, "protocol": "http" }] },
+    });
+    let (status, body) = api.put("/meshes/shop/services/reviews", &service).await;
+    assert_eq!(status, 201, "{body}");
+    b.refresh().await.unwrap();
+    b.find(Locator::Css("#workload-service option[value=reviews]")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("workload-tags")).await.unwrap().send_keys("version=v2").await.unwrap();
+    b.find(Locator::XPath("//button[text()='Create a join token']")).await.unwrap().click().await.unwrap();
+    let token =
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("join-token")).await.unwrap();
+    let token = token.text().await.unwrap();
+    assert!(token.starts_with("trls_join_"), "{token}");
+    let run = b.find(Locator::Id("agent-run")).await.unwrap().text().await.unwrap();
+    for part in [format!("--server {}", t.xds), "--mesh shop --service reviews --tags version=v2".into()] {
+        assert!(run.contains(&part), "{part:?} missing from:\n{run}");
+    }
+    let files = b.find(Locator::Id("agent-files")).await.unwrap().text().await.unwrap();
+    assert!(files.contains(&token) && files.contains("BEGIN CERTIFICATE"), "{files}");
+    std::fs::write(shots.join("connect-workload.png"), b.screenshot().await.unwrap()).unwrap();
+    let store = db.store().await;
+    let root = trellis_tests::grpc::platform_root(&store).await;
+    store.close().await;
+    trellis_tests::grpc::issue(&t.xds, &root, &token).await.expect("the token shown is good for an SVID");
+
     // Back on the organization's page, the mesh is listed.
     b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
     b.find(Locator::LinkText("shop")).await.unwrap();

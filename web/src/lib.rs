@@ -35,6 +35,10 @@ pub struct Console {
     pub control: Control,
     /// Whether an OpenID provider is configured (the sign-in page offers it).
     pub oidc: bool,
+    /// Where agents reach the TLS port, and the platform root they pin: for the commands
+    /// the console shows.
+    pub xds_address: String,
+    pub platform_ca_pem: String,
 }
 
 /// The console's routes, for the server to merge beside the API's.
@@ -44,6 +48,7 @@ pub fn router(console: Console) -> Router {
         .route("/static/console.css", get(stylesheet))
         .route("/orgs/{org}", get(org_page).post(create_mesh))
         .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
+        .route("/orgs/{org}/meshes/{mesh}/workloads", axum::routing::post(connect_workload))
         .route("/sign-out", axum::routing::post(sign_out))
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
@@ -262,5 +267,42 @@ async fn mesh_page(
     let scope = c.control.open(&v.request, &org).await?;
     let overview = c.control.mesh_overview(scope, &mesh).await?;
     let orgs = v.org_list();
-    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview))
+    let can_connect = v.role_in(&org).is_some_and(|r| r.allows(Action::ManageTokens));
+    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview, can_connect))
+}
+
+#[derive(Deserialize)]
+struct NewWorkload {
+    #[serde(default)]
+    csrf: String,
+    service: String,
+    #[serde(default)]
+    tags: String,
+}
+
+/// Mints a join token for a workload of the mesh and shows it once, with the commands that
+/// run an agent with it.
+async fn connect_workload(
+    State(c): State<Console>,
+    Path((org, mesh)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<NewWorkload>,
+) -> Result<Response, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    let tags =
+        pages::parse_tags(&form.tags).map_err(|e| PageError::App(AppError::invalid_field("tags", e)))?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let req =
+        trellis_control::NewJoinToken { service: form.service, tags, ttl_seconds: None, single_use: false };
+    let (m, minted) = c.control.create_join_token(scope, &mesh, req).await?;
+    let orgs = v.org_list();
+    let agent = pages::AgentSetup {
+        server: &c.xds_address,
+        platform_ca_pem: &c.platform_ca_pem,
+        mesh: m.name.as_str(),
+        token: &minted.token,
+        record: &minted.record,
+    };
+    Ok(pages::workload_token(&v.chrome(Some(&org), &orgs), &org, &agent).into_response())
 }

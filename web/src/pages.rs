@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use maud::{Markup, html};
 use trellis_control::{AppError, MeshOverview};
-use trellis_store::Mesh;
+use trellis_model::config::Labels;
+use trellis_store::{JoinToken, Mesh};
 
 use crate::layout::{Chrome, csrf_field, page};
 
@@ -155,8 +156,9 @@ fn error_of(form: &MeshForm, field: &str, id: &str) -> Markup {
     }
 }
 
-/// A mesh: its settings, services and policies, dataplanes and certificate authority.
-pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
+/// A mesh: its settings, services and policies, dataplanes and certificate authority, and
+/// (for those who may mint join tokens) the form that connects a workload.
+pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, can_connect: bool) -> Markup {
     let m = &o.fleet.mesh;
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &o.resources {
@@ -208,6 +210,9 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
                     }
                 }
             }
+            @if can_connect {
+                (connect_form(chrome, org, o))
+            }
             h2 { "Certificate authority" }
             div.panel {
                 p { "Phase " strong { (o.ca.phase) } "; workload certificates live "
@@ -226,6 +231,126 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
                     }
                 }
             }
+        },
+    )
+}
+
+/// The form that mints a join token for one of the mesh's services.
+fn connect_form(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
+    let mesh = o.fleet.mesh.name.as_str();
+    let services: Vec<&str> =
+        o.resources.iter().filter(|r| r.kind == "Service").map(|r| r.name.as_str()).collect();
+    html! {
+        h2 { "Connect a workload" }
+        @if services.is_empty() {
+            p.muted { "Create a Service first: a workload joins the mesh as an instance of one." }
+        } @else {
+            form.panel method="post" action={ "/orgs/" (org) "/meshes/" (mesh) "/workloads" } {
+                (csrf_field(chrome.csrf))
+                label for="workload-service" { "Service" }
+                select #workload-service name="service" {
+                    @for s in &services { option value=(s) { (s) } }
+                }
+                label for="workload-tags" { "Tags of the instance (optional), e.g. " code { "version=v2" } }
+                input #workload-tags type="text" name="tags" placeholder="version=v1";
+                p { button type="submit" { "Create a join token" } }
+            }
+        }
+    }
+}
+
+/// `k=v, k2=v2` as labels (the core checks the tag rules).
+pub fn parse_tags(text: &str) -> Result<Labels, String> {
+    let mut tags = Labels::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        tags.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(tags)
+}
+
+/// What the commands that run an agent need.
+pub struct AgentSetup<'a> {
+    pub server: &'a str,
+    pub platform_ca_pem: &'a str,
+    pub mesh: &'a str,
+    pub token: &'a str,
+    pub record: &'a JoinToken,
+}
+
+/// A new join token, shown once, and the commands that run an agent with it.
+pub fn workload_token(chrome: &Chrome<'_>, org: &str, a: &AgentSetup<'_>) -> Markup {
+    let tags: Vec<String> = a
+        .record
+        .tags
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let tags_flag = if tags.is_empty() { String::new() } else { format!(" --tags {}", tags.join(",")) };
+    let files = format!(
+        "sudo install -d -m 0700 /etc/trellis-agent
+         echo '{token}' | sudo tee /etc/trellis-agent/join-token >/dev/null
+         sudo chmod 0600 /etc/trellis-agent/join-token
+         sudo tee /etc/trellis-agent/platform-ca.pem >/dev/null <<'END'
+{ca}END",
+        token = a.token,
+        ca = a.platform_ca_pem,
+    );
+    let run = format!(
+        "sudo trellis-agent run --server {server} \
+  --platform-ca /etc/trellis-agent/platform-ca.pem          --join-token-file /etc/trellis-agent/join-token \
+  --mesh {mesh} --service {service}{tags_flag} \
+           --port <service port> --app-port <service port>=<application port> --address <this host's address>",
+        server = a.server,
+        mesh = a.mesh,
+        service = a.record.service,
+    );
+    let systemd = format!(
+        "sudo tee /etc/trellis-agent/agent.env >/dev/null <<'END'
+         TRELLIS_SERVER={server}
+TRELLIS_MESH={mesh}
+TRELLIS_SERVICE={service}
+{tags_env}         TRELLIS_PORTS=<service port>
+TRELLIS_APP_PORTS=<service port>=<application port>
+         TRELLIS_ADDRESS=<this host's address>
+END
+         trellis install agent-systemd | sudo tee /etc/systemd/system/trellis-agent.service >/dev/null
+         sudo systemctl daemon-reload && sudo systemctl enable --now trellis-agent",
+        server = a.server,
+        mesh = a.mesh,
+        service = a.record.service,
+        tags_env = if tags.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "TRELLIS_TAGS={}
+",
+                tags.join(",")
+            )
+        },
+    );
+    page(
+        "Connect a workload",
+        Some(chrome),
+        html! {
+            p.muted { a href={ "/orgs/" (org) "/meshes/" (a.mesh) } { "Mesh " (a.mesh) } " / connect a workload" }
+            h1 { "Connect a workload to " (a.record.service) }
+            div.notice role="status" {
+                p { "The join token is shown this once; it expires "
+                    (a.record.expires_at.format("%Y-%m-%d %H:%M UTC")) " and is needed only until the agent holds its certificate." }
+                p { code #join-token { (a.token) } }
+            }
+            h2 { "1. On the workload's machine: the token and the control plane's root" }
+            pre { code #agent-files { (files) } }
+            h2 { "2. Run the agent beside the application" }
+            p { "Explicit mode, no privileges: the application listens on 127.0.0.1:<application port> and calls other services through the agent (see README, Running the agent)." }
+            pre { code #agent-run { (run) } }
+            h2 { "Or as a systemd service" }
+            pre { code #agent-systemd { (systemd) } }
+            p { "The agent appears under Dataplanes on "
+                a href={ "/orgs/" (org) "/meshes/" (a.mesh) } { "the mesh's page" } " once it connects." }
         },
     )
 }
