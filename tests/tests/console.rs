@@ -165,6 +165,19 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     store.close().await;
     trellis_tests::grpc::issue(&t.xds, &root, &token).await.expect("the token shown is good for an SVID");
 
+    // Rotate the mesh's root, one step at a time, each saying what it will do.
+    b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
+    for (button, phase) in [("Prepare a new root", "prepared"), ("Activate the new root", "rotated")] {
+        b.find(Locator::XPath(&format!("//button[text()='{button}']"))).await.unwrap().click().await.unwrap();
+        let xpath = format!("//p[contains(., 'Phase')]/strong[text()='{phase}']");
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::XPath(&xpath)).await.unwrap();
+    }
+    std::fs::write(shots.join("ca-rotated.png"), b.screenshot().await.unwrap()).unwrap();
+    // The old root signed the SVID above, which has not expired: retiring it is refused, saying why.
+    b.find(Locator::XPath("//button[text()='Retire the old root']")).await.unwrap().click().await.unwrap();
+    let page = b.source().await.unwrap();
+    assert!(page.contains("unexpired certificates still chain to this CA"), "{page}");
+
     // Back on the organization's page, the mesh is listed.
     b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
     b.find(Locator::LinkText("shop")).await.unwrap();

@@ -49,6 +49,7 @@ pub fn router(console: Console) -> Router {
         .route("/orgs/{org}", get(org_page).post(create_mesh))
         .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
         .route("/orgs/{org}/meshes/{mesh}/workloads", axum::routing::post(connect_workload))
+        .route("/orgs/{org}/meshes/{mesh}/ca", axum::routing::post(rotate_ca))
         .route("/sign-out", axum::routing::post(sign_out))
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
@@ -267,8 +268,45 @@ async fn mesh_page(
     let scope = c.control.open(&v.request, &org).await?;
     let overview = c.control.mesh_overview(scope, &mesh).await?;
     let orgs = v.org_list();
-    let can_connect = v.role_in(&org).is_some_and(|r| r.allows(Action::ManageTokens));
-    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview, can_connect))
+    let role = v.role_in(&org);
+    let may = pages::MeshControls {
+        connect: role.is_some_and(|r| r.allows(Action::ManageTokens)),
+        rotate: role.is_some_and(|r| r.allows(Action::ManageCa)),
+    };
+    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview, may))
+}
+
+#[derive(Deserialize)]
+struct CaStep {
+    #[serde(default)]
+    csrf: String,
+    step: String,
+    #[serde(default)]
+    id: String,
+}
+
+/// One step of a CA rotation (prepare → activate → retire), then the mesh's page again.
+async fn rotate_ca(
+    State(c): State<Console>,
+    Path((org, mesh)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<CaStep>,
+) -> Result<Response, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    let scope = c.control.open(&v.request, &org).await?;
+    match form.step.as_str() {
+        "prepare" => c.control.prepare_rotation(scope, &mesh).await?,
+        "activate" => c.control.activate_rotation(scope, &mesh).await?,
+        "retire" => c.control.retire_ca(scope, &mesh, &form.id, false).await?,
+        other => {
+            return Err(PageError::App(AppError::invalid_field(
+                "step",
+                format!("no rotation step {other:?}"),
+            )));
+        }
+    };
+    Ok(Redirect::to(&format!("/orgs/{org}/meshes/{mesh}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -156,9 +156,17 @@ fn error_of(form: &MeshForm, field: &str, id: &str) -> Markup {
     }
 }
 
+/// What the viewer of a mesh's page may do there.
+pub struct MeshControls {
+    /// Mint join tokens: connect a workload.
+    pub connect: bool,
+    /// Rotate the CA.
+    pub rotate: bool,
+}
+
 /// A mesh: its settings, services and policies, dataplanes and certificate authority, and
-/// (for those who may mint join tokens) the form that connects a workload.
-pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, can_connect: bool) -> Markup {
+/// the forms the viewer may use.
+pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls) -> Markup {
     let m = &o.fleet.mesh;
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &o.resources {
@@ -210,7 +218,7 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, can_connect: bool)
                     }
                 }
             }
-            @if can_connect {
+            @if may.connect {
                 (connect_form(chrome, org, o))
             }
             h2 { "Certificate authority" }
@@ -230,9 +238,36 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, can_connect: bool)
                         }
                     }
                 }
+                @if may.rotate {
+                    (rotation_step(chrome, org, o))
+                }
             }
         },
     )
+}
+
+/// The next step of a root rotation, with what it will do.
+fn rotation_step(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
+    let action = format!("/orgs/{org}/meshes/{}/ca", o.fleet.mesh.name.as_str());
+    let previous = o.ca.cas.iter().find(|c| c.state == "previous");
+    let (step, id, label, what) = match (o.ca.phase, previous) {
+        ("stable", _) => ("prepare", String::new(), "Prepare a new root",
+            "Adds a new root to the trust bundle without signing with it, so that every proxy trusts it before any certificate needs it.".to_owned()),
+        ("prepared", _) => ("activate", String::new(), "Activate the new root",
+            "New workload certificates are signed by the new root; the old root stays in the bundle, so certificates it signed keep working until they renew.".to_owned()),
+        ("rotated", Some(prev)) => ("retire", prev.id.to_string(), "Retire the old root",
+            format!("Removes the old root from the trust bundle. {} unexpired certificates it signed remain; retiring is refused while any does.", prev.live_leaves)),
+        _ => return html! {},
+    };
+    html! {
+        form method="post" action=(action) {
+            (csrf_field(chrome.csrf))
+            input type="hidden" name="step" value=(step);
+            input type="hidden" name="id" value=(id);
+            p { (what) }
+            button type="submit" { (label) }
+        }
+    }
 }
 
 /// The form that mints a join token for one of the mesh's services.
