@@ -62,7 +62,7 @@ async fn sign_up_then_log_in_again_with_session_cookies_and_csrf() {
 
     // Provider → callback → the page we asked for, with a session cookie.
     let (res, landed) = browser.follow(&authorize, |_| false).await;
-    assert_eq!(res.status(), 404, "the console is not served yet; the redirect target is");
+    assert_eq!(res.status(), 404, "the login lands on the path it was asked for (no page there)");
     assert_eq!(landed, format!("{}/meshes", t.base));
     let session_line = browser
         .set_cookies
@@ -113,8 +113,9 @@ async fn sign_up_then_log_in_again_with_session_cookies_and_csrf() {
     );
     let res = s2.browser.get(&format!("{}/auth/login", t.base)).await;
     let authorize = res.headers()["location"].to_str().unwrap().to_owned();
-    let (res, _) = s2.browser.follow(&authorize, |_| false).await;
-    assert_eq!(res.status(), 404);
+    let (res, landed) = s2.browser.follow(&authorize, |_| false).await;
+    assert_eq!(res.status(), 200, "the login ends on the console's page of the user's organization");
+    assert!(landed.starts_with(&format!("{}/orgs/", t.base)), "{landed}");
     let new = s2.browser.cookie("__Host-trellis_session").unwrap();
     assert_ne!(old, new);
     let stale = Browser::new();
