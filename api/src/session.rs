@@ -32,7 +32,9 @@ pub fn csrf_token(secret: &str) -> String {
     URL_SAFE_NO_PAD.encode(hmac::sign(&key, CSRF_LABEL).as_ref())
 }
 
-fn csrf_matches(secret: &str, presented: &str) -> bool {
+/// Whether `presented` is the CSRF token of the session whose cookie holds `secret`, compared
+/// in constant time.
+pub fn csrf_matches(secret: &str, presented: &str) -> bool {
     let Ok(tag) = URL_SAFE_NO_PAD.decode(presented) else { return false };
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
     hmac::verify(&key, CSRF_LABEL, &tag).is_ok()

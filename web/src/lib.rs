@@ -24,8 +24,6 @@ use serde_json::json;
 use trellis_control::{AppError, Condition, Control, Me, MeshWrite, Problem, Request};
 use trellis_model::{Action, Role};
 
-pub use security::CONTENT_SECURITY_POLICY;
-
 /// The form field that carries the session's CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
@@ -97,9 +95,12 @@ impl Viewer {
         self.orgs.iter().find(|(slug, ..)| slug == org).map(|(.., role)| *role)
     }
 
-    /// Refuses a form whose CSRF field is not this session's token.
+    /// Refuses a form whose CSRF field is not this session's token (the API's rule).
     fn check_csrf(&self, presented: &str) -> Result<(), PageError> {
-        if presented == self.csrf {
+        let trellis_control::Credential::Session(secret) = &self.request.credential else {
+            return Err(PageError::SignIn);
+        };
+        if trellis_api::session::csrf_matches(secret, presented) {
             Ok(())
         } else {
             Err(PageError::App(AppError::forbidden(
