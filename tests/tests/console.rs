@@ -175,8 +175,8 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     std::fs::write(shots.join("ca-rotated.png"), b.screenshot().await.unwrap()).unwrap();
     // The old root signed the SVID above, which has not expired: retiring it is refused, saying why.
     b.find(Locator::XPath("//button[text()='Retire the old root']")).await.unwrap().click().await.unwrap();
-    let page = b.source().await.unwrap();
-    assert!(page.contains("unexpired certificates still chain to this CA"), "{page}");
+    let refusal = Locator::XPath("//p[contains(., 'unexpired certificates still chain to this CA')]");
+    b.wait().at_most(Duration::from_secs(5)).for_element(refusal).await.unwrap();
 
     // Back on the organization's page, the mesh is listed.
     b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
@@ -188,6 +188,46 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     for url in loaded.as_array().unwrap() {
         assert!(url.as_str().unwrap().starts_with(&t.base), "a page loaded {url} from another host");
     }
+
+    // An API token, shown once, works against the API until it is revoked here.
+    b.goto(&format!("{}/orgs/default/tokens", t.base)).await.unwrap();
+    b.find(Locator::Id("token-name")).await.unwrap().send_keys("ci").await.unwrap();
+    b.find(Locator::XPath("//button[text()='Create token']")).await.unwrap().click().await.unwrap();
+    let pat = b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("new-token")).await.unwrap();
+    let pat = pat.text().await.unwrap();
+    assert!(pat.starts_with("trls_pat_"), "{pat}");
+    let meshes = format!("{}/api/v1/orgs/default/meshes", t.base);
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&meshes).bearer_auth(&pat).send().await.unwrap().status(), 200);
+    b.find(Locator::Css("button[aria-label='Revoke ci']")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::XPath("//td[text()='revoked']"))
+        .await
+        .unwrap();
+    assert_eq!(http.get(&meshes).bearer_auth(&pat).send().await.unwrap().status(), 401);
+
+    // The audit log shows each step, and filters.
+    b.goto(&format!("{}/orgs/default/audit", t.base)).await.unwrap();
+    let log = b.find(Locator::Id("audit-events")).await.unwrap().text().await.unwrap();
+    for action in
+        ["join-token.create", "ca.rotation.prepare", "ca.rotation.activate", "token.create", "token.revoke"]
+    {
+        assert!(log.contains(action), "{action} missing from the audit log:\n{log}");
+    }
+    b.find(Locator::Id("audit-action")).await.unwrap().send_keys("token.revoke").await.unwrap();
+    b.find(Locator::XPath("//button[text()='Filter']")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_url(&url.join("/orgs/default/audit?actor=&action=token.revoke&target=").unwrap())
+        .await
+        .unwrap();
+    // The filtered page has loaded once its filter field shows the filter.
+    let field = Locator::XPath("//input[@id='audit-action' and @value='token.revoke']");
+    b.wait().at_most(Duration::from_secs(5)).for_element(field).await.unwrap();
+    let rows = b.find_all(Locator::Css("#audit-events tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 1, "one revocation");
+    std::fs::write(shots.join("audit.png"), b.screenshot().await.unwrap()).unwrap();
 
     // Signing out ends the session: the console asks to sign in again.
     b.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();

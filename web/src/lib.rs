@@ -14,7 +14,7 @@ mod pages;
 mod security;
 
 use axum::Router;
-use axum::extract::{Form, Path, State};
+use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -48,6 +48,9 @@ pub fn router(console: Console) -> Router {
         .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
         .route("/orgs/{org}/meshes/{mesh}/workloads", axum::routing::post(connect_workload))
         .route("/orgs/{org}/meshes/{mesh}/ca", axum::routing::post(rotate_ca))
+        .route("/orgs/{org}/tokens", get(tokens_page).post(create_token))
+        .route("/orgs/{org}/tokens/{id}/revoke", axum::routing::post(revoke_token))
+        .route("/orgs/{org}/audit", get(audit_page))
         .route("/sign-out", axum::routing::post(sign_out))
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
@@ -344,4 +347,86 @@ async fn connect_workload(
         record: &minted.record,
     };
     Ok(pages::workload_token(&v.chrome(Some(&org), &orgs), &org, &agent).into_response())
+}
+
+/// The organization's API tokens: who may call the API, with the form that mints one.
+async fn tokens_page(
+    State(c): State<Console>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    render_tokens(&c, &v, &org, None).await
+}
+
+async fn render_tokens(
+    c: &Console,
+    v: &Viewer,
+    org: &str,
+    minted: Option<(&str, &str)>,
+) -> Result<Markup, PageError> {
+    let scope = c.control.open(&v.request, org).await?;
+    let tokens = c.control.list_tokens(scope).await?;
+    let orgs = v.org_list();
+    Ok(pages::tokens(&v.chrome(Some(org), &orgs), org, &tokens, minted))
+}
+
+#[derive(Deserialize)]
+struct NewTokenForm {
+    #[serde(default)]
+    csrf: String,
+    name: String,
+    role: Role,
+}
+
+/// Mints an API token and shows it this once, above the list.
+async fn create_token(
+    State(c): State<Console>,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<NewTokenForm>,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let req = trellis_control::NewToken { name: form.name, role: form.role, expires_at: None };
+    let (record, token) = c.control.create_token(scope, req).await?;
+    render_tokens(&c, &v, &org, Some((&record.name, &token))).await
+}
+
+/// Revokes an API token: refused at once on every replica.
+async fn revoke_token(
+    State(c): State<Console>,
+    Path((org, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfOnly>,
+) -> Result<Response, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    v.check_csrf(&form.csrf)?;
+    let scope = c.control.open(&v.request, &org).await?;
+    c.control.revoke_token(scope, &id).await?;
+    Ok(Redirect::to(&format!("/orgs/{org}/tokens")).into_response())
+}
+
+/// The organization's audit log, newest first, filtered by actor, action or target.
+async fn audit_page(
+    State(c): State<Console>,
+    Path(org): Path<String>,
+    Query(mut query): Query<trellis_control::AuditQuery>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    // The filter form sends its empty fields too: an empty filter is no filter.
+    for field in [&mut query.actor, &mut query.action, &mut query.target] {
+        *field = field.take().filter(|f| !f.is_empty());
+    }
+    let scope = c.control.open(&v.request, &org).await?;
+    let filters = pages::AuditFilters {
+        actor: query.actor.clone().unwrap_or_default(),
+        action: query.action.clone().unwrap_or_default(),
+        target: query.target.clone().unwrap_or_default(),
+    };
+    let (events, next) = c.control.audit_events(scope, query).await?;
+    let orgs = v.org_list();
+    Ok(pages::audit(&v.chrome(Some(&org), &orgs), &org, &events, &filters, next.as_deref()))
 }

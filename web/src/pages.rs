@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use maud::{Markup, html};
 use trellis_control::{AppError, MeshOverview};
+use trellis_model::Role;
 use trellis_model::config::Labels;
-use trellis_store::{JoinToken, Mesh};
+use trellis_store::{ApiToken, AuditRecord, JoinToken, Mesh};
 
 use crate::layout::{Chrome, csrf_field, page};
 
@@ -95,6 +96,7 @@ pub fn org(chrome: &Chrome<'_>, slug: &str, name: &str, meshes: &[Mesh], form: O
         Some(chrome),
         html! {
             h1 { (name) }
+            p { a href={ "/orgs/" (slug) "/tokens" } { "API tokens" } " · " a href={ "/orgs/" (slug) "/audit" } { "Audit log" } }
             h2 { "Meshes" }
             @if meshes.is_empty() {
                 p.muted { "No meshes yet." }
@@ -386,6 +388,125 @@ END
             pre { code #agent-systemd { (systemd) } }
             p { "The agent appears under Dataplanes on "
                 a href={ "/orgs/" (org) "/meshes/" (a.mesh) } { "the mesh's page" } " once it connects." }
+        },
+    )
+}
+
+/// The organization's API tokens, a new one shown once (`minted`: its name and text), and the
+/// form that mints one.
+pub fn tokens(chrome: &Chrome<'_>, org: &str, tokens: &[ApiToken], minted: Option<(&str, &str)>) -> Markup {
+    page(
+        "API tokens",
+        Some(chrome),
+        html! {
+            p.muted { a href={ "/orgs/" (org) } { "Organization" } " / API tokens" }
+            h1 { "API tokens" }
+            @if let Some((name, token)) = minted {
+                div.notice role="status" {
+                    p { "The token " strong { (name) } " is shown this once: copy it now." }
+                    p { code #new-token { (token) } }
+                }
+            }
+            @if tokens.is_empty() {
+                p.muted { "No API tokens yet." }
+            } @else {
+                table {
+                    thead { tr { th { "Name" } th { "Role" } th { "Created" } th { "Last used" } th { "State" } th { span.muted { "Action" } } } }
+                    tbody {
+                        @for t in tokens {
+                            tr {
+                                td { (t.name) }
+                                td { (t.role.as_str()) }
+                                td { (t.created_at.format("%Y-%m-%d %H:%M")) " by " code { (t.created_by) } }
+                                td { (t.last_used_at.map(|at| at.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into())) }
+                                @if t.revoked_at.is_some() {
+                                    td.bad { "revoked" } td {}
+                                } @else {
+                                    td.ok { "active" }
+                                    td {
+                                        form method="post" action={ "/orgs/" (org) "/tokens/" (t.id) "/revoke" } {
+                                            (csrf_field(chrome.csrf))
+                                            button.secondary type="submit" aria-label={ "Revoke " (t.name) } { "Revoke" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Create a token" }
+            form.panel method="post" action={ "/orgs/" (org) "/tokens" } {
+                (csrf_field(chrome.csrf))
+                label for="token-name" { "Name" }
+                input #token-name type="text" name="name" required maxlength="100";
+                label for="token-role" { "Role (at most your own)" }
+                select #token-role name="role" {
+                    @for r in Role::ALL { option value=(r.as_str()) selected[r == Role::Viewer] { (r.as_str()) } }
+                }
+                p { button type="submit" { "Create token" } }
+            }
+        },
+    )
+}
+
+/// What the audit log is filtered by.
+pub struct AuditFilters {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+}
+
+/// The organization's audit log, newest first, with its filters and the next page's link.
+pub fn audit(
+    chrome: &Chrome<'_>,
+    org: &str,
+    events: &[AuditRecord],
+    f: &AuditFilters,
+    next: Option<&str>,
+) -> Markup {
+    page(
+        "Audit log",
+        Some(chrome),
+        html! {
+            p.muted { a href={ "/orgs/" (org) } { "Organization" } " / audit log" }
+            h1 { "Audit log" }
+            form.panel method="get" action={ "/orgs/" (org) "/audit" } {
+                label for="audit-actor" { "Actor (e.g. user:…, token:…)" }
+                input #audit-actor type="text" name="actor" value=(f.actor);
+                label for="audit-action" { "Action (e.g. mesh.put, token.revoke)" }
+                input #audit-action type="text" name="action" value=(f.action);
+                label for="audit-target" { "Target starts with (e.g. meshes/shop)" }
+                input #audit-target type="text" name="target" value=(f.target);
+                p { button type="submit" { "Filter" } }
+            }
+            @if events.is_empty() {
+                p.muted { "No events." }
+            } @else {
+                table #audit-events {
+                    thead { tr { th { "When" } th { "Actor" } th { "Action" } th { "Target" } th { "Request" } } }
+                    tbody {
+                        @for e in events {
+                            tr {
+                                td { (e.at.format("%Y-%m-%d %H:%M:%S UTC")) }
+                                td { code { (e.actor) } }
+                                td { (e.action) }
+                                td { code { (e.target) } }
+                                td { code { (e.request_id.as_deref().unwrap_or("")) } }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = next {
+                form method="get" action={ "/orgs/" (org) "/audit" } {
+                    input type="hidden" name="actor" value=(f.actor);
+                    input type="hidden" name="action" value=(f.action);
+                    input type="hidden" name="target" value=(f.target);
+                    input type="hidden" name="cursor" value=(cursor);
+                    button.secondary type="submit" { "Older events" }
+                }
+            }
         },
     )
 }
