@@ -84,6 +84,9 @@ pub struct RunArgs {
     /// How long open connections may take to finish after SIGTERM (e.g. `10s`, `500ms`).
     #[arg(long, env = "TRELLIS_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// How often golden metrics are reported to the control plane (`off`: never).
+    #[arg(long, env = "TRELLIS_TELEMETRY_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub telemetry_interval: Every,
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
@@ -150,6 +153,20 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// A loopback `ip:port`.
+/// How often something periodic runs; `None` when it is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Every(pub Option<std::time::Duration>);
+
+fn parse_interval(s: &str) -> Result<Every, String> {
+    match s {
+        "off" => Ok(Every(None)),
+        s => match parse_duration(s)? {
+            d if d >= std::time::Duration::from_secs(1) => Ok(Every(Some(d))),
+            _ => Err("at least 1s, or `off`".into()),
+        },
+    }
+}
+
 fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))?;
     crate::admin::check_addr(addr)
@@ -241,6 +258,7 @@ mod tests {
         assert_eq!(a.outbound, Outbound::Only(vec!["reviews".into(), "db".into()]));
         assert!(a.check().is_ok());
         assert_eq!(a.drain_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(a.telemetry_interval, Every(Some(std::time::Duration::from_secs(10))));
         assert_eq!(a.admin_addr().to_string(), "127.0.0.1:15000");
         assert_eq!(parse(&["--address", "127.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.3:15000");
         assert_eq!(parse(&["--address", "10.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.1:15000");

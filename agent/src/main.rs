@@ -25,6 +25,7 @@ mod proxy;
 mod relay;
 mod resilience;
 mod state;
+mod telemetry;
 mod xds_client;
 
 use std::process::ExitCode;
@@ -75,11 +76,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         id: identity.current().id.clone(),
     };
     let state = Arc::new(state::State::new(local));
+    let upstreams = Arc::new(telemetry::Upstreams::default());
     let proxy = proxy::Proxy::new(
         state,
         identity.clone(),
         args.outbound.clone(),
         admin::Metrics::default(),
+        upstreams.clone(),
         args.cert_dir.clone(),
     )?;
     serve_last_good(&proxy, &args.cert_dir);
@@ -111,6 +114,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--xds-relay-addr {addr}: cannot listen"))?;
         tracing::info!("xDS relay (plaintext, for co-located clients) on {addr}");
         tokio::spawn(relay::serve(listener, cp.clone(), identity.clone()));
+    }
+    if let Some(every) = args.telemetry_interval.0 {
+        tokio::spawn(telemetry::push_forever(upstreams, cp.clone(), identity.clone(), node(&args), every));
     }
     tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 

@@ -39,6 +39,7 @@ use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource,
 use crate::identity::Identity;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
 use crate::state::{ConfigSink, State};
+use crate::telemetry::Upstreams;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type MeshClient = Client<MeshConnector, Body>;
@@ -75,6 +76,8 @@ pub struct Proxy {
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
+    /// Upstream requests per cluster, for the control plane's golden metrics.
+    upstreams: Arc<Upstreams>,
 }
 
 impl Proxy {
@@ -83,6 +86,7 @@ impl Proxy {
         identity: Arc<Identity>,
         outbound: Outbound,
         metrics: Metrics,
+        upstreams: Arc<Upstreams>,
         cert_dir: std::path::PathBuf,
     ) -> anyhow::Result<Arc<Proxy>> {
         let svid = identity.current();
@@ -106,6 +110,7 @@ impl Proxy {
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
             mesh_clients: Mutex::default(),
+            upstreams,
         }))
     }
 
@@ -687,7 +692,11 @@ impl Proxy {
                 let client = self
                     .mesh_client(peer, h2)
                     .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
-                client.request(req).await
+                let started = std::time::Instant::now();
+                let result = client.request(req).await;
+                let status = result.as_ref().ok().map(|r| r.status().as_u16());
+                self.upstreams.record(cluster, status, started.elapsed());
+                result
             }
         };
         let result = result.map_err(|e| {

@@ -157,6 +157,30 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     let body: Value = res.json().await.unwrap();
     assert!(body["details"]["error"].as_str().unwrap().contains("403"), "{body:#}");
 
+    // The agents report golden metrics: the mesh's topology shows the calls between services.
+    let topology_url = format!("http://{http}/api/v1/orgs/default/meshes/shop/topology?window=300");
+    let requests = |topology: &Value, source: &str, destination: &str| {
+        topology["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["source"] == source && e["destination"] == destination)
+            .and_then(|e| e["metrics"]["requests"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let mut topology = Value::Null;
+    for _ in 0..60 {
+        topology = json(client.get(&topology_url).bearer_auth(&token)).await;
+        if requests(&topology, "productpage", "reviews") > 0.0
+            && requests(&topology, "reviews", "ratings") > 0.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(requests(&topology, "productpage", "reviews") > 0.0, "{topology:#}");
+    assert!(requests(&topology, "reviews", "ratings") > 0.0, "{topology:#}");
+
     // The traffic generator reports what the mesh did.
     let report = tokio::time::timeout(Duration::from_secs(15), ready_rx.recv()).await;
     assert!(

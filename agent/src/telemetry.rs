@@ -1,0 +1,205 @@
+//! Golden metrics pushed to the control plane through Envoy's own MetricsService, in Envoy's
+//! stat names (`cluster.<name>.upstream_rq_<class>xx`, `cluster.<name>.upstream_rq_time` in the
+//! control plane's latency buckets), so that one ingestion path serves Envoy and the agent.
+//! Values are cumulative since the agent started, as Envoy's are: the control plane counts
+//! what grew between two reports of one stream.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
+use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
+use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
+use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram, Metric, MetricFamily, MetricType};
+use rand::Rng;
+use trellis_model::telemetry::{LATENCY_BUCKETS, bucket_of_ms, bucket_upper_bounds_ms};
+
+use crate::control::ControlPlane;
+use crate::identity::Identity;
+
+/// Most clusters counted: the mesh's configuration names them, but a bound keeps a flood of
+/// clusters from growing the agent's memory.
+const MAX_CLUSTERS: usize = 10_000;
+
+/// Requests to one upstream cluster since the agent started.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct ClusterStats {
+    /// By response class: 1xx … 5xx (a request without a response counts as 5xx).
+    by_class: [u64; 5],
+    /// By latency bucket (not cumulative).
+    latency: Vec<u64>,
+    sum_ms: f64,
+}
+
+/// What the agent's upstream requests came to, per cluster.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    clusters: Mutex<HashMap<String, ClusterStats>>,
+}
+
+impl Upstreams {
+    /// Counts one upstream request: its status (None: no response) and time to response.
+    pub fn record(&self, cluster: &str, status: Option<u16>, elapsed: Duration) {
+        let class = status.map_or(5, |s| usize::from(s / 100)).clamp(1, 5);
+        let ms = elapsed.as_secs_f64() * 1e3;
+        let mut clusters = self.clusters.lock().expect("not poisoned");
+        if !clusters.contains_key(cluster) && clusters.len() >= MAX_CLUSTERS {
+            return;
+        }
+        let stats = clusters.entry(cluster.to_owned()).or_default();
+        stats.by_class[class - 1] += 1;
+        if stats.latency.is_empty() {
+            stats.latency = vec![0; LATENCY_BUCKETS];
+        }
+        stats.latency[bucket_of_ms(ms)] += 1;
+        stats.sum_ms += ms;
+    }
+
+    /// Every cluster's figures as Envoy reports them.
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let clusters = self.clusters.lock().expect("not poisoned").clone();
+        let bounds = bucket_upper_bounds_ms();
+        let mut out = Vec::with_capacity(clusters.len() * 6);
+        for (name, stats) in clusters {
+            for (i, count) in stats.by_class.iter().enumerate() {
+                out.push(family(
+                    format!("cluster.{name}.upstream_rq_{}xx", i + 1),
+                    MetricType::Counter,
+                    Metric {
+                        counter: Some(Counter { value: Some(*count as f64), ..Default::default() }),
+                        ..Default::default()
+                    },
+                ));
+            }
+            let mut cumulative = 0;
+            let bucket = bounds
+                .iter()
+                .zip(&stats.latency)
+                .map(|(bound, n)| {
+                    cumulative += n;
+                    Bucket {
+                        upper_bound: Some(*bound),
+                        cumulative_count: Some(cumulative),
+                        ..Default::default()
+                    }
+                })
+                .collect();
+            let histogram = Histogram {
+                sample_count: Some(stats.by_class.iter().sum()),
+                sample_sum: Some(stats.sum_ms),
+                bucket,
+                ..Default::default()
+            };
+            out.push(family(
+                format!("cluster.{name}.upstream_rq_time"),
+                MetricType::Histogram,
+                Metric { histogram: Some(histogram), ..Default::default() },
+            ));
+        }
+        out
+    }
+}
+
+fn family(name: String, kind: MetricType, metric: Metric) -> MetricFamily {
+    MetricFamily { name: Some(name), r#type: Some(kind as i32), metric: vec![metric], ..Default::default() }
+}
+
+/// Reports every `every` over one long-lived stream, reconnecting with jittered backoff. The
+/// first report of each stream is sent at once: it is the baseline the next one counts from.
+pub async fn push_forever(
+    upstreams: Arc<Upstreams>,
+    cp: ControlPlane,
+    identity: Arc<Identity>,
+    node: Node,
+    every: Duration,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match push(&upstreams, &cp, &identity, &node, every).await {
+            Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "telemetry stream ended"),
+        }
+        let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
+        tokio::time::sleep(jittered).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One stream: reports until the control plane ends it.
+async fn push(
+    upstreams: &Upstreams,
+    cp: &ControlPlane,
+    identity: &Identity,
+    node: &Node,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let channel = cp.channel(Some(&identity.current()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let mut call = tokio::spawn(async move {
+        MetricsServiceClient::new(channel)
+            .stream_metrics(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let mut identifier = Some(Identifier { node: Some(node.clone()) });
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let message = StreamMetricsMessage { identifier: identifier.take(), envoy_metrics: upstreams.families() };
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+            ended = &mut call => {
+                ended??;
+                return Ok(());
+            }
+        }
+    }
+    call.await??;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_cumulative_per_cluster_in_envoys_names() {
+        let u = Upstreams::default();
+        u.record("reviews.shop:9080~version=v1", Some(200), Duration::from_millis(3));
+        u.record("reviews.shop:9080~version=v1", Some(503), Duration::from_millis(40));
+        u.record("reviews.shop:9080~version=v1", None, Duration::from_secs(2));
+        let families = u.families();
+        let counter = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.name.as_deref() == Some(name))
+                .and_then(|f| f.metric[0].counter.as_ref()?.value)
+        };
+        assert_eq!(counter("cluster.reviews.shop:9080~version=v1.upstream_rq_2xx"), Some(1.0));
+        assert_eq!(counter("cluster.reviews.shop:9080~version=v1.upstream_rq_5xx"), Some(2.0));
+        let time = families
+            .iter()
+            .find(|f| f.name.as_deref() == Some("cluster.reviews.shop:9080~version=v1.upstream_rq_time"))
+            .unwrap();
+        let h = time.metric[0].histogram.as_ref().unwrap();
+        assert_eq!(h.sample_count, Some(3));
+        let counts: Vec<u64> = h.bucket.iter().map(|b| b.cumulative_count.unwrap()).collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+        assert_eq!(counts.last(), Some(&3));
+        let at = |ms: f64| {
+            h.bucket.iter().find(|b| b.upper_bound.unwrap() >= ms).unwrap().cumulative_count.unwrap()
+        };
+        assert_eq!((at(3.0), at(40.0), at(2_000.0)), (1, 2, 3));
+        u.record("reviews.shop:9080~version=v1", Some(200), Duration::from_millis(1));
+        let again = u.families();
+        let ok = again
+            .iter()
+            .find(|f| f.name.as_deref() == Some("cluster.reviews.shop:9080~version=v1.upstream_rq_2xx"))
+            .unwrap();
+        assert_eq!(ok.metric[0].counter.as_ref().unwrap().value, Some(2.0), "totals since start");
+    }
+}
