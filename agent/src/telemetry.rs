@@ -24,13 +24,19 @@ use crate::identity::Identity;
 const MAX_CLUSTERS: usize = 10_000;
 
 /// Requests to one upstream cluster since the agent started.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct ClusterStats {
     /// By response class: 1xx … 5xx (a request without a response counts as 5xx).
     by_class: [u64; 5],
     /// By latency bucket (not cumulative).
     latency: Vec<u64>,
     sum_ms: f64,
+}
+
+impl ClusterStats {
+    fn new() -> Self {
+        ClusterStats { by_class: [0; 5], latency: vec![0; LATENCY_BUCKETS], sum_ms: 0.0 }
+    }
 }
 
 /// What the agent's upstream requests came to, per cluster.
@@ -45,14 +51,15 @@ impl Upstreams {
         let class = status.map_or(5, |s| usize::from(s / 100)).clamp(1, 5);
         let ms = elapsed.as_secs_f64() * 1e3;
         let mut clusters = self.clusters.lock().expect("not poisoned");
-        if !clusters.contains_key(cluster) && clusters.len() >= MAX_CLUSTERS {
-            return;
+        // Per request: the cluster's name is copied only the first time it is seen.
+        if !clusters.contains_key(cluster) {
+            if clusters.len() >= MAX_CLUSTERS {
+                return;
+            }
+            clusters.insert(cluster.to_owned(), ClusterStats::new());
         }
-        let stats = clusters.entry(cluster.to_owned()).or_default();
+        let stats = clusters.get_mut(cluster).expect("inserted above");
         stats.by_class[class - 1] += 1;
-        if stats.latency.is_empty() {
-            stats.latency = vec![0; LATENCY_BUCKETS];
-        }
         stats.latency[bucket_of_ms(ms)] += 1;
         stats.sum_ms += ms;
     }
