@@ -337,3 +337,35 @@ pub(crate) async fn effective(
         "policies": e.policies,
     })))
 }
+
+// ----- impact preview -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ImpactQuery {
+    /// Seconds back from now.
+    window: Option<i64>,
+}
+
+/// `POST …/meshes/{mesh}/impact-preview`: what saving this AccessPolicy would deny or newly
+/// allow among the mesh's calls of the last hour (`?window=` seconds), edge by edge, most
+/// calls first; saves nothing.
+pub(crate) async fn impact_preview(
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<ImpactQuery>,
+    Scoped { scope, body }: Scoped<JsonBody>,
+) -> Result<Json<Value>, ApiError> {
+    let env = Envelope::parse(body.value, Kind::AccessPolicy.name(), None, Some(&mesh))?;
+    let name = env.metadata.name.clone();
+    let preview = ctl.access_impact(scope, &mesh, name.as_deref(), env.document(), q.window).await?;
+    let limit = usize::try_from(trellis_control::MAX_LIMIT).unwrap_or(usize::MAX);
+    Ok(Json(json!({
+        "mesh": preview.mesh.name,
+        "policy": preview.policy,
+        "windowSeconds": preview.seconds,
+        "calls": config::ImpactTotals::of(&preview.edges),
+        "edgesChanged": preview.edges.len(),
+        "edges": &preview.edges[..preview.edges.len().min(limit)],
+    })))
+}

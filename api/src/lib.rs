@@ -94,6 +94,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
         .route(&format!("{MESH}/topology"), get(observe::topology))
+        .route(&format!("{MESH}/impact-preview"), post(config::impact_preview))
         .route(&format!("{MESH}/services/{{service}}/metrics"), get(observe::service))
         .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"), get(dataplanes::config))
         .route(&format!("{MESH}/ca"), get(ca::status))

@@ -346,6 +346,45 @@ pub fn document() -> Value {
                 },
             }), false)], READ) }),
     );
+    let decision = json!({
+        "type": "object", "required": ["verdict"],
+        "properties": {
+            "verdict": {"type": "string", "enum": ["allowed", "dependsOnRequest", "denied"],
+                "description": "dependsOnRequest: rules with request conditions (methods, paths, headers) decide call by call"},
+            "rule": {"type": "string", "description": "The deciding rule, `<policy>/<rule index>`, or `default deny`"},
+        },
+    });
+    let mut preview = with_body(
+        op(
+            "previewAccessImpact",
+            "What saving this AccessPolicy would deny or newly allow among the mesh's recorded calls, edge by edge (most calls first, at most 500); saves nothing",
+            &["org", "mesh"],
+            vec![ok(
+                200,
+                "The edges whose verdict changes",
+                json!({
+                    "type": "object",
+                    "required": ["mesh", "policy", "windowSeconds", "calls", "edgesChanged", "edges"],
+                    "properties": {
+                        "mesh": {"type": "string"}, "policy": {"type": "string"}, "windowSeconds": {"type": "integer"},
+                        "calls": {"type": "object", "required": ["newlyDenied", "newlyAllowed", "dependsOnRequest"], "properties": {
+                            "newlyDenied": {"type": "integer"}, "newlyAllowed": {"type": "integer"}, "dependsOnRequest": {"type": "integer"}}},
+                        "edgesChanged": {"type": "integer"},
+                        "edges": {"type": "array", "items": {"type": "object", "required": ["source", "destination", "calls", "before", "after"],
+                            "properties": {"source": {"type": "string"}, "destination": {"type": "string"}, "calls": {"type": "integer"},
+                                "before": decision, "after": decision}}},
+                    },
+                }),
+                false,
+            )],
+            WRITE,
+        ),
+        r("AccessPolicy"),
+    );
+    preview["parameters"].as_array_mut().expect("a list").push(json!({ "name": "window", "in": "query",
+        "description": "Seconds back from now (default 3600)",
+        "schema": { "type": "integer", "minimum": 10, "maximum": trellis_control::MAX_WINDOW_SECS } }));
+    paths.insert(format!("{org}/meshes/{{mesh}}/impact-preview"), json!({ "post": preview }));
     paths.insert(
         format!("{org}/meshes/{{mesh}}/services/{{service}}/metrics"),
         json!({ "get": op("getServiceMetrics", "A service's golden metrics over the window (the calls it received), and each edge into and out of it", &["org", "mesh", "service", "window"],

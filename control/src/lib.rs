@@ -12,6 +12,7 @@ mod ca;
 mod caller;
 mod dataplanes;
 mod error;
+mod impact;
 mod members;
 mod meshes;
 mod observe;
@@ -28,6 +29,7 @@ pub use ca::{
 pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash};
 pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
 pub use error::{AppError, Problem};
+pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
 pub use observe::{DEFAULT_WINDOW_SECS, EdgeWindow, MAX_WINDOW_SECS};

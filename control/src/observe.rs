@@ -31,12 +31,7 @@ impl Control {
     ) -> Result<EdgeWindow, AppError> {
         // Authorized before the parameters are judged: a stranger learns nothing from them.
         let mut scope = scope.allow(Action::Read)?;
-        let seconds = window.unwrap_or(DEFAULT_WINDOW_SECS);
-        if !(10..=MAX_WINDOW_SECS).contains(&seconds) {
-            return Err(AppError::bad_request(format!(
-                "window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"
-            )));
-        }
+        let seconds = window_seconds(window, DEFAULT_WINDOW_SECS)?;
         let m = scope.mesh(mesh).await?;
         let resolution = Resolution::for_window(seconds);
         let to = Utc::now();
@@ -44,4 +39,17 @@ impl Control {
         scope.commit().await?;
         Ok(EdgeWindow { mesh: m, seconds, resolution, totals })
     }
+}
+
+/// A read's window in seconds: `window`, or `default` when it names none; 10 s to
+/// [`MAX_WINDOW_SECS`].
+pub(crate) fn window_seconds(window: Option<i64>, default: i64) -> Result<i64, AppError> {
+    let seconds = window.unwrap_or(default);
+    if !(10..=MAX_WINDOW_SECS).contains(&seconds) {
+        return Err(AppError::bad_request(format!(
+            "window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"
+        ))
+        .with_field("window", &format!("must be 10 to {MAX_WINDOW_SECS}")));
+    }
+    Ok(seconds)
 }

@@ -350,7 +350,7 @@ impl Control {
     }
 }
 
-fn resource_name(s: &str) -> Result<ResourceName, AppError> {
+pub(crate) fn resource_name(s: &str) -> Result<ResourceName, AppError> {
     ResourceName::parse(s).map_err(|e| AppError::invalid_field("metadata.name", e.to_string()))
 }
 
@@ -359,7 +359,12 @@ fn fe(field: &str, message: String) -> FieldError {
 }
 
 /// Parses a spec and resolves the services it names within the mesh.
-async fn checked_spec(tx: &mut TenantTx, mesh: &Mesh, kind: Kind, spec: Value) -> Result<Spec, AppError> {
+pub(crate) async fn checked_spec(
+    tx: &mut TenantTx,
+    mesh: &Mesh,
+    kind: Kind,
+    spec: Value,
+) -> Result<Spec, AppError> {
     let parsed = Spec::parse(kind, "spec", spec).map_err(AppError::invalid)?;
     let mut errors = Vec::new();
     // Each referenced service's ports, or None when there is no such service.

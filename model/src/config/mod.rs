@@ -10,6 +10,7 @@ mod re2_size;
 mod resilience;
 mod service;
 mod tcp_route;
+mod verdict;
 
 pub use crate::tags::{Tags, valid_label_key, valid_label_part};
 pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source};
@@ -29,6 +30,10 @@ pub use resilience::{
     Thresholds, TokenBucket,
 };
 pub use service::{Protocol, ServicePort, ServiceSpec};
+pub use verdict::{
+    AccessConfig, DEFAULT_DENY, Decision, EdgeCalls, EdgeImpact, ImpactTotals, ServiceIdentity, Verdict,
+    decide, impact,
+};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
