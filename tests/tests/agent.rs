@@ -690,6 +690,78 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let took = all_v2_after.expect("the route change reached the caller's agent");
     println!("route change followed within {took:?}; {} requests under load, none failed", answers.len());
 
+    // A CA root rotation under load. Prepare puts the new root beside the old one in every
+    // agent's trust bundle; activate makes it sign: an instance that joins then holds a
+    // new-root SVID, the agents from before old-root ones, and they call each other with no
+    // failed request.
+    let bundle_version = |dump: &Value| {
+        dump["versions"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"]["trust-bundle"]
+            .clone()
+    };
+    let dump_of = |ip: &'static str| {
+        let client = client.clone();
+        async move {
+            let url = format!("http://{ip}:15000/config");
+            client.get(url).send().await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    let bundle_before = bundle_version(&dump_of("127.0.0.4").await);
+    assert!(!bundle_before.is_null(), "{}", dump_of("127.0.0.4").await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&client, &url, &stop);
+    let (status, body) = api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut changed = false;
+        for _ in 0..100 {
+            if bundle_version(&dump_of(ip).await) != bundle_before {
+                changed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(changed, "the agent on {ip} got the prepared bundle");
+    }
+    let (status, body) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let tok = join_token(&api, "reviews", json!({"version": "v2"})).await;
+    let app_port = format!("9080={v2_port}");
+    let mut newcomer = agent(
+        &t.xds,
+        &ca,
+        &dir("v2-after-rotation"),
+        &tok,
+        "reviews",
+        "127.0.0.8",
+        &["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
+    );
+    newcomer.wait_for_line("listening inbound:9080 on 127.0.0.8:9080", Duration::from_secs(20)).await;
+    let received = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"trellis_agent_requests_total{direction="inbound",peer_service="productpage",status_class="2xx"}"#)?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let mut served = 0.0;
+    for _ in 0..100 {
+        let text = client.get("http://127.0.0.8:15000/metrics").send().await.unwrap().text().await.unwrap();
+        served = received(&text);
+        if served >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 10.0, "the new-root instance was called: {}", newcomer.output());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    println!("rotation prepared and activated: {} requests under load, none failed", answers.len());
+
     // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
     plain.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews\r\n\r\n").await.unwrap();
@@ -870,5 +942,5 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
     assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
     println!("control plane killed and back: {} requests under load, none failed", answers.len());
-    drop((agents, db_agent, restarted));
+    drop((agents, db_agent, restarted, newcomer));
 }
