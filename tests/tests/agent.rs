@@ -8,8 +8,13 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
 use futures::StreamExt;
 use prost::{Message, Name};
 use serde_json::{Value, json};
@@ -76,6 +81,42 @@ impl Identity for GrpcApp {
     }
 }
 
+type Replies<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+/// A streaming gRPC service (ADS's shape, reused as a ping-pong): it answers each of the
+/// first three messages of a call with one of its own, naming the message's `type_url`, then
+/// ends the call with OK. A proxy that buffered either direction would stall the call.
+struct PingPong;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for PingPong {
+    type StreamAggregatedResourcesStream = Replies<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = Replies<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: tonic::Request<tonic::Streaming<DiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, tonic::Status> {
+        let replies = futures::stream::unfold((req.into_inner(), 1), |(mut incoming, n)| async move {
+            if n > 3 {
+                return None;
+            }
+            let ping = incoming.message().await.ok()??;
+            let pong =
+                DiscoveryResponse { version_info: format!("{n} {}", ping.type_url), ..Default::default() };
+            Some((Ok(pong), (incoming, n + 1)))
+        });
+        Ok(tonic::Response::new(Box::pin(replies)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        _: tonic::Request<tonic::Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not this one"))
+    }
+}
+
 async fn grpc_app(version: &'static str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -83,9 +124,41 @@ async fn grpc_app(version: &'static str) -> u16 {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(IdentityServer::new(GrpcApp(version)))
+            .add_service(AggregatedDiscoveryServiceServer::new(PingPong))
             .serve_with_incoming(incoming),
     );
     port
+}
+
+/// A streaming call through the outbound listener at `addr`: three pings, each sent only
+/// after the previous pong arrived, then the end of the call; the pongs, or what failed.
+async fn ping_pong(addr: &str) -> Result<Vec<String>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut client = AggregatedDiscoveryServiceClient::new(channel);
+    let call = client.stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx));
+    // The first ping is queued before the call starts.
+    tx.send(DiscoveryRequest { type_url: "ping1".into(), ..Default::default() }).await.unwrap();
+    let mut pongs = call.await.map_err(|s| format!("{s:?}"))?.into_inner();
+    let mut got = Vec::new();
+    for n in 1..=3 {
+        if n > 1 {
+            tx.send(DiscoveryRequest { type_url: format!("ping{n}"), ..Default::default() }).await.unwrap();
+        }
+        let pong = tokio::time::timeout(Duration::from_secs(5), pongs.message()).await;
+        match pong {
+            Ok(Ok(Some(p))) => got.push(p.version_info),
+            other => return Err(format!("pong {n}: {other:?} after {got:?}")),
+        }
+    }
+    match tokio::time::timeout(Duration::from_secs(5), pongs.message()).await {
+        Ok(Ok(None)) => Ok(got),
+        other => Err(format!("the end of the call: {other:?}")),
+    }
 }
 
 /// One unary call to the gRPC app through the outbound listener at `addr`.
@@ -235,6 +308,27 @@ async fn outbound_addr(p: &mut Process, listener: &str) -> String {
     rest.split_whitespace().next().unwrap().to_owned()
 }
 
+/// Requests `url` one after another until `stop`; each answer's first two characters (the
+/// version) or what went wrong instead.
+fn steady_load(
+    client: &reqwest::Client,
+    url: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (client, url, stop) = (client.clone(), url.to_owned(), stop.clone());
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            answers.push(match client.get(&url).send().await {
+                Ok(r) if r.status() == 200 => r.text().await.unwrap()[..2].to_owned(),
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => format!("error {e}"),
+            });
+        }
+        answers
+    })
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
 }
@@ -268,10 +362,12 @@ async fn tally(client: &reqwest::Client, url: &str, beta: bool, n: usize) -> BTr
 #[tokio::test]
 async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cannot_do() {
     let db = TestDb::create().await;
+    let database_url = db.owner_url();
     let mut cmd = trellis();
-    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    cmd.env("TRELLIS_DATABASE_URL", &database_url).args(["--http-addr", "127.0.0.1:0"]);
     let t = Trellis::start(cmd).await;
-    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    let admin = token(&db, "acme", Role::Admin).await;
+    let api = Api::new(&t, "acme", &admin);
     // The seed without its rate limit (100 requests a second would refuse most of the 2,000).
     let docs: Vec<Value> = example_documents()
         .into_iter()
@@ -363,16 +459,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     p.wait_for_line("listening inbound:9090 on 127.0.0.6:9090", Duration::from_secs(20)).await;
     agents.push(p);
     let tok = join_token(&api, "db", json!({"role": "primary"})).await;
-    let app_port = format!("5432={}", echo_app().await);
-    let mut p = agent(
-        &t.xds,
-        &ca,
-        &dir("db"),
-        &tok,
-        "db",
-        "127.0.0.7",
-        &["--port", "5432", "--app-port", &app_port, "--outbound", "none"],
-    );
+    let db_app_port = format!("5432={}", echo_app().await);
+    let db_flags = ["--port", "5432", "--app-port", &db_app_port, "--outbound", "none"];
+    let mut p = agent(&t.xds, &ca, &dir("db"), &tok, "db", "127.0.0.7", &db_flags);
     p.wait_for_line("listening inbound:5432 on 127.0.0.7:5432", Duration::from_secs(20)).await;
     agents.push(p);
     let tok = join_token(&api, "productpage", json!({})).await;
@@ -498,6 +587,9 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     );
     let err = grpc_call(&ratings, b"fail").await.unwrap_err();
     assert_eq!((err.code(), err.message()), (tonic::Code::NotFound, "no such rating"));
+    // A streaming call: each message crosses both agents on its own, and the end with OK.
+    let pongs = ping_pong(&ratings).await.unwrap_or_else(|e| panic!("{e}\n{}", caller.output()));
+    assert_eq!(pongs, ["1 ping1", "2 ping2", "3 ping3"]);
 
     // The local xDS relay: a client with no certificate gets the configuration of the
     // agent's identity, and is registered as a dataplane of the agent's service.
@@ -575,20 +667,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
 
     // A route change under load: followed, and no request fails.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = tokio::spawn({
-        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
-        async move {
-            let mut answers = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                answers.push(match client.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => r.text().await.unwrap()[..2].to_owned(),
-                    Ok(r) => format!("status {}", r.status()),
-                    Err(e) => format!("error {e}"),
-                });
-            }
-            answers
-        }
-    });
+    let load = steady_load(&client, &url, &stop);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
     route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(0);
@@ -610,6 +689,78 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
     let took = all_v2_after.expect("the route change reached the caller's agent");
     println!("route change followed within {took:?}; {} requests under load, none failed", answers.len());
+
+    // A CA root rotation under load. Prepare puts the new root beside the old one in every
+    // agent's trust bundle; activate makes it sign: an instance that joins then holds a
+    // new-root SVID, the agents from before old-root ones, and they call each other with no
+    // failed request.
+    let bundle_version = |dump: &Value| {
+        dump["versions"]["type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"]["trust-bundle"]
+            .clone()
+    };
+    let dump_of = |ip: &'static str| {
+        let client = client.clone();
+        async move {
+            let url = format!("http://{ip}:15000/config");
+            client.get(url).send().await.unwrap().json::<Value>().await.unwrap()
+        }
+    };
+    let bundle_before = bundle_version(&dump_of("127.0.0.4").await);
+    assert!(!bundle_before.is_null(), "{}", dump_of("127.0.0.4").await);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&client, &url, &stop);
+    let (status, body) = api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        let mut changed = false;
+        for _ in 0..100 {
+            if bundle_version(&dump_of(ip).await) != bundle_before {
+                changed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(changed, "the agent on {ip} got the prepared bundle");
+    }
+    let (status, body) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let tok = join_token(&api, "reviews", json!({"version": "v2"})).await;
+    let app_port = format!("9080={v2_port}");
+    let mut newcomer = agent(
+        &t.xds,
+        &ca,
+        &dir("v2-after-rotation"),
+        &tok,
+        "reviews",
+        "127.0.0.8",
+        &["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
+    );
+    newcomer.wait_for_line("listening inbound:9080 on 127.0.0.8:9080", Duration::from_secs(20)).await;
+    let received = |text: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"trellis_agent_requests_total{direction="inbound",peer_service="productpage",status_class="2xx"}"#)?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let mut served = 0.0;
+    for _ in 0..100 {
+        let text = client.get("http://127.0.0.8:15000/metrics").send().await.unwrap().text().await.unwrap();
+        served = received(&text);
+        if served >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 10.0, "the new-root instance was called: {}", newcomer.output());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    println!("rotation prepared and activated: {} requests under load, none failed", answers.len());
 
     // STRICT: a plaintext connection to an inbound port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect("127.0.0.2:9080").await.unwrap();
@@ -710,25 +861,86 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let after = client.get(format!("http://{addr}/reviews/1")).send().await.unwrap();
     assert_eq!(after.status(), 403);
 
-    // The control plane goes away. An agent restarted meanwhile serves from the configuration
-    // it accepted last and the SVID it kept: its join token is not read again.
+    // The control plane is killed (SIGKILL) under steady load, and not one request fails. The
+    // caller's agent is back first, from the SVID it kept: its join token is not read again.
     stranger.kill().await;
-    store.close().await;
-    let xds = t.xds.clone();
-    t.kill().await;
     let mut restarted = agent(
-        &xds,
+        &t.xds,
         &ca,
         &caller_dir,
         "not a token",
         "productpage",
         "127.0.0.4",
-        &["--outbound", "reviews,ratings"],
+        &["--outbound", "reviews,db"],
     );
     assert_eq!(outbound_addr(&mut restarted, "outbound:reviews.shop:9080").await, reviews);
-    // The last route it accepted sends everything to v2.
-    let served = tally(&client, &url, false, 200).await;
-    assert_eq!(served, BTreeMap::from([("v2".to_owned(), 200)]), "{}", restarted.output());
-    restarted.wait_for_line("serving the last accepted configuration", Duration::from_secs(1)).await;
-    drop(agents);
+    let db_out = outbound_addr(&mut restarted, "outbound:db.shop:5432").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&client, &url, &stop);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.close().await;
+    let xds = t.xds.clone();
+    t.kill().await;
+
+    // An agent restarted while the control plane is down serves from the configuration it
+    // accepted last.
+    agents[3].kill().await;
+    let mut db_agent = agent(&xds, &ca, &dir("db"), "not a token", "db", "127.0.0.7", &db_flags);
+    db_agent.wait_for_line("serving the last accepted configuration", Duration::from_secs(20)).await;
+    db_agent.wait_for_line("listening inbound:5432 on 127.0.0.7:5432", Duration::from_secs(20)).await;
+    let mut echoed = None;
+    for _ in 0..100 {
+        echoed = echo(&db_out).await;
+        if echoed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(echoed.as_deref(), Some(&b"ping"[..]), "{}", db_agent.output());
+
+    // The control plane comes back on its address: the agents reconnect, take a change
+    // (the NACKed route repaired, everything to v1), ACK it, and traffic follows.
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", &database_url)
+        .env("TRELLIS_XDS_ADDR", &xds)
+        .args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    assert_eq!(t.xds, xds);
+    let api = Api::new(&t, "acme", &admin);
+    let mut route = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    route["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(100);
+    route["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(0);
+    let (status, body) = api.put(&document_path(&route), &route).await;
+    assert_eq!(status, 200, "{body}");
+    let mut propagation = Value::Null;
+    for _ in 0..300 {
+        let (_, doc) = api.get(&document_path(&route)).await;
+        propagation = doc["status"]["propagation"].clone();
+        let count = |k: &str| propagation[k].as_u64().unwrap_or(0);
+        if count("proxies") > 0 && count("applied") == count("proxies") && count("rejected") == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let count = |k: &str| propagation[k].as_u64().unwrap_or(0);
+    assert!(
+        count("proxies") > 0 && count("applied") == count("proxies") && count("rejected") == 0,
+        "{propagation}\n{}",
+        restarted.output()
+    );
+    let (_, fleet) = api.get("/meshes/shop/dataplanes").await;
+    let me = fleet["items"].as_array().unwrap().iter().find(|d| d["nodeId"] == "productpage-127.0.0.4");
+    let me = me.unwrap_or_else(|| panic!("{fleet}"));
+    assert_eq!(me["online"], true, "{me}");
+    let acked: Vec<&Value> =
+        me["sync"].as_array().unwrap().iter().filter(|l| !l["ackedVersion"].is_null()).collect();
+    assert!(!acked.is_empty() && me["sync"].as_array().unwrap().iter().all(|l| l["inSync"] == true), "{me}");
+    let served = tally(&client, &url, false, 100).await;
+    assert_eq!(served, BTreeMap::from([("v1".to_owned(), 100)]), "{}", restarted.output());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    println!("control plane killed and back: {} requests under load, none failed", answers.len());
+    drop((agents, db_agent, restarted, newcomer));
 }

@@ -1,0 +1,552 @@
+//! Benchmark: the agent's data path on loopback, in the shape of ztunnel's and linkerd2-proxy's
+//! benchmarks. An upstream nginx serves 1 KiB (HTTP/1.1, and a gRPC-framed 1 KiB reply with
+//! `grpc-status` trailers over h2c); `h2load` sends a fixed 1,000 requests/s to it
+//!
+//! - directly (the baseline),
+//! - through nginx as a plain reverse proxy (pooled upstream connections): one plain hop,
+//! - through one agent: its inbound listener taking plaintext (the mesh in PERMISSIVE mode)
+//!   and forwarding to the application, the same one plain hop nginx makes,
+//! - through two agents with mTLS: the caller's outbound listener → the callee's inbound
+//!   listener (the mesh in STRICT mode) → nginx,
+//!
+//! and reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy
+//! (utime + stime from /proc over the run, as vCPU per 1,000 requests/s) and its RSS at idle
+//! and under load; then TCP throughput with `iperf3`, direct and through two agents.
+//!
+//! Run: `cargo build --release --bins && flock /tmp/trellis-fixed-ports.lock cargo bench -p
+//! trellis-tests --bench agent_proxy` (needs PostgreSQL like the tests, and nginx, h2load and
+//! iperf3; the agents bind 127.0.0.40 and 127.0.0.41). `BENCH_SECS` sets the seconds per row
+//! (default 10).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::Command;
+use trellis_model::Role;
+use trellis_store::testing::TestDb;
+use trellis_tests::grpc::platform_root;
+use trellis_tests::{Api, Process, Trellis, agent_bin, token, trellis};
+
+const RATE: u32 = 1_000;
+const CLIENTS: u32 = 10;
+const BODY: usize = 1024;
+const CALLER: &str = "127.0.0.40";
+const CALLEE: &str = "127.0.0.41";
+const HTTP_PORT: u16 = 8080;
+const GRPC_PORT: u16 = 9090;
+const TCP_PORT: u16 = 5201;
+
+/// The path of `tool`, or a panic that names it and its Debian package.
+fn need(tool: &str, package: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("agent_proxy bench: `{tool}` is required (Debian/Ubuntu: apt install {package})")
+        })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn secs() -> u64 {
+    std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+}
+
+/// One nginx process (no master, no workers: its pid's CPU is all of it) with its own
+/// configuration and temporary files in a directory of its own; killed when dropped.
+struct Nginx {
+    _dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl Nginx {
+    fn start(nginx: &Path, servers: &str) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        // Readable by nginx whichever user it runs as.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let payload = vec![b'x'; BODY - 5];
+        let mut reply = vec![0u8];
+        reply.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        reply.extend_from_slice(&payload);
+        std::fs::write(dir.path().join("reply.grpc"), reply).unwrap();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  root {d};\n{servers}}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p").arg(dir.path()).arg("-c").arg(&path);
+        Nginx { process: Process::start(cmd), _dir: dir }
+    }
+
+    /// The application: 1 KiB over HTTP/1.1 on `http`, a 1 KiB gRPC reply (status in
+    /// trailers, as a gRPC server sends it) over h2c on `grpc`, to any method.
+    fn upstream(nginx: &Path, http: u16, grpc: u16) -> Nginx {
+        let body = "a".repeat(BODY);
+        Self::start(
+            nginx,
+            &format!(
+                "  server {{ listen 127.0.0.1:{http}; location / {{ default_type text/plain; return 200 \"{body}\"; }} }}\n\
+                 server {{ listen 127.0.0.1:{grpc} http2; location / {{ default_type application/grpc; \
+                 error_page 405 =200 /reply.grpc; try_files /reply.grpc =404; add_trailer grpc-status 0 always; }} }}\n"
+            ),
+        )
+    }
+
+    /// nginx as a plain reverse proxy to the upstream, keeping upstream connections open.
+    fn reverse_proxy(nginx: &Path, http: u16, grpc: u16, up_http: u16, up_grpc: u16) -> Nginx {
+        Self::start(
+            nginx,
+            &format!(
+                "  upstream app {{ server 127.0.0.1:{up_http}; keepalive 32; }}\n  \
+                 upstream rpc {{ server 127.0.0.1:{up_grpc}; keepalive 32; }}\n  \
+                 server {{ listen 127.0.0.1:{http}; location / {{ proxy_pass http://app; proxy_http_version 1.1; \
+                 proxy_set_header Connection \"\"; }} }}\n  \
+                 server {{ listen 127.0.0.1:{grpc} http2; location / {{ grpc_pass grpc://rpc; }} }}\n"
+            ),
+        )
+    }
+}
+
+/// What a process has used so far.
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu_ticks: u64,
+    rss_kib: u64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let cpu_ticks = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    Usage { cpu_ticks, rss_kib }
+}
+
+/// CPU and peak RSS of the watched processes over a run.
+struct Watch {
+    pids: Vec<u32>,
+    before: Vec<Usage>,
+    peak: Arc<Vec<AtomicU64>>,
+    started: Instant,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(pids: &[u32]) -> Watch {
+        let before: Vec<Usage> = pids.iter().map(|p| usage(*p)).collect();
+        let peak: Arc<Vec<AtomicU64>> = Arc::new(before.iter().map(|u| AtomicU64::new(u.rss_kib)).collect());
+        let sampler = tokio::spawn({
+            let (pids, peak) = (pids.to_vec(), peak.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    for (i, p) in pids.iter().enumerate() {
+                        peak[i].fetch_max(usage(*p).rss_kib, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        Watch { pids: pids.to_vec(), before, peak, started: Instant::now(), sampler }
+    }
+
+    /// Per process: vCPU used on average, and peak RSS in MiB.
+    fn stop(self) -> Vec<(f64, f64)> {
+        self.sampler.abort();
+        let wall = self.started.elapsed().as_secs_f64();
+        let ticks_per_sec = 100.0; // USER_HZ on Linux
+        self.pids
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let after = usage(*p);
+                let peak = self.peak[i].load(Ordering::Relaxed).max(after.rss_kib);
+                let cpu = (after.cpu_ticks - self.before[i].cpu_ticks) as f64 / ticks_per_sec / wall;
+                (cpu, peak as f64 / 1024.0)
+            })
+            .collect()
+    }
+}
+
+/// Latencies of one run at the fixed rate, in microseconds, sorted, and the failures.
+struct Run {
+    micros: Vec<u64>,
+    failed: u64,
+}
+
+impl Run {
+    fn pct(&self, p: f64) -> f64 {
+        if self.micros.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((self.micros.len() as f64) * p).ceil() as usize;
+        self.micros[rank.clamp(1, self.micros.len()) - 1] as f64 / 1000.0
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    Http1,
+    Grpc,
+}
+
+/// `h2load` at `RATE` requests/s (`CLIENTS` connections, one request in flight each) for
+/// `BENCH_SECS` after a second of warm-up; latency from its per-request log.
+async fn h2load(h2load: &Path, proto: Proto, url: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.tsv");
+    let mut cmd = Command::new(h2load);
+    cmd.args(["-c", &CLIENTS.to_string(), "-m", "1", "--rps", &(RATE / CLIENTS).to_string()])
+        .args(["-D", &secs().to_string(), "--warm-up-time", "1"])
+        .arg(format!("--log-file={}", log.display()));
+    match proto {
+        Proto::Http1 => {
+            cmd.arg("--h1");
+        }
+        Proto::Grpc => {
+            // An empty message: 5 bytes of gRPC framing.
+            let request = dir.path().join("request.grpc");
+            std::fs::write(&request, [0u8; 5]).unwrap();
+            cmd.arg("-d").arg(&request).args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+        }
+    }
+    let out = cmd.arg(url).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load {url}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let counts = stdout.lines().find(|l| l.starts_with("requests:")).unwrap_or_default();
+    let count = |what: &str| -> u64 {
+        counts
+            .split(',')
+            .find(|c| c.trim_end().ends_with(what))
+            .and_then(|c| c.split_whitespace().rev().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut micros = Vec::new();
+    let mut not_ok = 0;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() == 3 && cols[1] == "200" {
+            micros.push(cols[2].parse().unwrap());
+        } else {
+            not_ok += 1;
+        }
+    }
+    micros.sort_unstable();
+    Run { micros, failed: count("failed") + count("errored") + count("timeout") + not_ok }
+}
+
+struct Row {
+    label: &'static str,
+    run: Run,
+    proxies: Vec<(&'static str, f64, f64)>,
+}
+
+fn table(title: &str, rows: &[Row]) {
+    let direct = &rows[0].run;
+    println!("\n{title}, {RATE} requests/s, {} s:\n", secs());
+    // h2load keeps one request in flight per connection: a path slower than the rate allows
+    // sends fewer requests, which the achieved rate shows.
+    println!("| path | achieved | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let ms = |v: f64| format!("{v:.3} ms");
+        let added = |p: f64| format!("{:+.3} ms", r.run.pct(p) - direct.pct(p));
+        let sent = r.run.micros.len() as u64 + r.run.failed;
+        println!(
+            "| {} | {:.0}/s | {} | {} | {} | {} | {} | {} | {} of {sent} |",
+            r.label,
+            sent as f64 / secs() as f64,
+            ms(r.run.pct(0.50)),
+            ms(r.run.pct(0.99)),
+            ms(r.run.pct(0.999)),
+            added(0.50),
+            added(0.99),
+            added(0.999),
+            r.run.failed,
+        );
+    }
+    println!("\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | peak RSS |");
+    println!("|---|---|---|---|");
+    for r in rows {
+        for (who, cpu, rss) in &r.proxies {
+            let per_k = cpu / (f64::from(RATE) / 1000.0);
+            println!("| {who} ({}) | {cpu:.3} | {per_k:.3} | {rss:.1} MiB |", r.label);
+        }
+    }
+}
+
+/// Measures `url` at the fixed rate while watching `proxies` (name, pid).
+async fn row(
+    tool: &Path,
+    label: &'static str,
+    proto: Proto,
+    url: &str,
+    proxies: &[(&'static str, u32)],
+) -> Row {
+    let pids: Vec<u32> = proxies.iter().map(|(_, p)| *p).collect();
+    let watch = Watch::start(&pids);
+    let run = h2load(tool, proto, url).await;
+    let used = watch.stop();
+    let proxies = proxies.iter().zip(used).map(|((n, _), (cpu, rss))| (*n, cpu, rss)).collect();
+    Row { label, run, proxies }
+}
+
+/// `iperf3` for `BENCH_SECS` to `host:port`: bits/s received.
+async fn iperf(tool: &Path, host: &str, port: u16) -> f64 {
+    let out = Command::new(tool)
+        .args(["-c", host, "-p", &port.to_string(), "-t", &secs().to_string(), "-J"])
+        .output()
+        .await
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("iperf3: {}", String::from_utf8_lossy(&out.stderr)));
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("iperf3 to {host}:{port}: {report}"))
+}
+
+async fn put(api: &Api, path: &str, doc: Value) {
+    let (status, body) = api.put(path, &doc).await;
+    assert!(status == 200 || status == 201, "PUT {path}: {body}");
+}
+
+fn mesh(mode: &str) -> Value {
+    json!({"spec": {"mtls": {"mode": mode}, "defaultAccess": "allow"}})
+}
+
+/// An agent of `service` on `address`.
+fn agent(
+    server: &str,
+    ca: &Path,
+    dir: &Path,
+    token: &str,
+    service: &str,
+    address: &str,
+    extra: &[&str],
+) -> Process {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .args(["--server", server, "--mesh", "bench", "--service", service, "--address", address])
+        .arg("--platform-ca")
+        .arg(ca)
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .args(extra)
+        .env("TRELLIS_LOG", "info")
+        .env_remove("TRELLIS_JOIN_TOKEN");
+    Process::start(cmd)
+}
+
+async fn outbound_addr(p: &mut Process, listener: &str) -> String {
+    let needle = format!("listening {listener} on ");
+    let line = p.wait_for_line(&needle, Duration::from_secs(30)).await;
+    line.split(&needle).nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+/// Waits until `url` answers 200 (the configuration has reached the agents).
+async fn until_served(url: &str) {
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().unwrap();
+    for _ in 0..300 {
+        if client.get(url).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} was never served");
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port`.
+async fn listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    usage(pid).rss_kib as f64 / 1024.0
+}
+
+#[tokio::main]
+async fn main() {
+    let nginx = need("nginx", "nginx");
+    let h2 = need("h2load", "nghttp2-client");
+    let iperf3 = need("iperf3", "iperf3");
+    let (up_http, up_grpc, px_http, px_grpc, up_tcp) =
+        (free_port(), free_port(), free_port(), free_port(), free_port());
+    let upstream = Nginx::upstream(&nginx, up_http, up_grpc);
+    let proxy = Nginx::reverse_proxy(&nginx, px_http, px_grpc, up_http, up_grpc);
+    let iperf_server = Process::start({
+        let mut c = Command::new(&iperf3);
+        c.args(["-s", "-B", "127.0.0.1", "-p", &up_tcp.to_string()]);
+        c
+    });
+    listening(up_tcp).await;
+    listening(up_http).await;
+    listening(px_http).await;
+
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    put(&api, "/meshes/bench", mesh("STRICT")).await;
+    let ports = json!([
+        {"name": "http", "port": HTTP_PORT, "protocol": "http"},
+        {"name": "grpc", "port": GRPC_PORT, "protocol": "grpc"},
+        {"name": "tcp", "port": TCP_PORT, "protocol": "tcp"},
+    ]);
+    put(&api, "/meshes/bench/services/app", json!({"spec": {"ports": ports}})).await;
+    put(
+        &api,
+        "/meshes/bench/services/client",
+        json!({"spec": {"ports": [{"port": 9000, "protocol": "http"}]}}),
+    )
+    .await;
+    let store = db.store().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&store).await).unwrap();
+    store.close().await;
+    let join = |service: &'static str| {
+        let api = &api;
+        async move {
+            let (status, body) = api.post("/meshes/bench/join-tokens", &json!({"service": service})).await;
+            assert_eq!(status, 201, "{body}");
+            body["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let dir = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let app_ports = format!("{HTTP_PORT}={up_http},{GRPC_PORT}={up_grpc},{TCP_PORT}={up_tcp}");
+    let ports = format!("{HTTP_PORT},{GRPC_PORT},{TCP_PORT}");
+    let mut callee = agent(
+        &t.xds,
+        &ca,
+        &dir("callee"),
+        &join("app").await,
+        "app",
+        CALLEE,
+        &["--port", &ports, "--app-port", &app_ports, "--outbound", "none"],
+    );
+    callee.wait_for_line(&format!("listening inbound:{HTTP_PORT} on "), Duration::from_secs(30)).await;
+    let mut caller =
+        agent(&t.xds, &ca, &dir("caller"), &join("client").await, "client", CALLER, &["--outbound", "app"]);
+    let out_http = outbound_addr(&mut caller, &format!("outbound:app.bench:{HTTP_PORT}")).await;
+    let out_grpc = outbound_addr(&mut caller, &format!("outbound:app.bench:{GRPC_PORT}")).await;
+    let out_tcp = outbound_addr(&mut caller, &format!("outbound:app.bench:{TCP_PORT}")).await;
+    until_served(&format!("http://{out_http}/")).await;
+    let (caller_pid, callee_pid) = (caller.pid(), callee.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = (rss_mib(caller_pid), rss_mib(callee_pid));
+
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("agent_proxy: load average at start {}", uptime.trim());
+    let mut tables = Vec::new();
+    for (proto, title, direct, through_nginx, through_two, path) in [
+        (Proto::Http1, "HTTP/1.1", up_http, px_http, &out_http, "/"),
+        (Proto::Grpc, "gRPC (h2c)", up_grpc, px_grpc, &out_grpc, "/bench.Echo/Get"),
+    ] {
+        let rows = vec![
+            row(&h2, "direct", proto, &format!("http://127.0.0.1:{direct}{path}"), &[]).await,
+            row(
+                &h2,
+                "nginx, one plain hop",
+                proto,
+                &format!("http://127.0.0.1:{through_nginx}{path}"),
+                &[("nginx", proxy.process.pid())],
+            )
+            .await,
+            row(
+                &h2,
+                "two agents, mTLS",
+                proto,
+                &format!("http://{through_two}{path}"),
+                &[("caller agent", caller_pid), ("callee agent", callee_pid)],
+            )
+            .await,
+        ];
+        tables.push((proto, title, rows));
+    }
+
+    // One plain hop through an agent: its inbound listener takes plaintext once the mesh is
+    // PERMISSIVE, and forwards to the application as nginx does.
+    put(&api, "/meshes/bench", mesh("PERMISSIVE")).await;
+    until_served(&format!("http://{CALLEE}:{HTTP_PORT}/")).await;
+    for (proto, _, rows) in &mut tables {
+        let (port, path) = match proto {
+            Proto::Http1 => (HTTP_PORT, "/"),
+            Proto::Grpc => (GRPC_PORT, "/bench.Echo/Get"),
+        };
+        let r = row(
+            &h2,
+            "one agent, plain hop",
+            *proto,
+            &format!("http://{CALLEE}:{port}{path}"),
+            &[("callee agent", callee_pid)],
+        )
+        .await;
+        rows.insert(2, r);
+    }
+    for (_, title, rows) in &tables {
+        table(title, rows);
+    }
+
+    let direct = iperf(&iperf3, "127.0.0.1", up_tcp).await;
+    let watch = Watch::start(&[caller_pid, callee_pid]);
+    let (host, port) = out_tcp.rsplit_once(':').unwrap();
+    let through = iperf(&iperf3, host, port.parse().unwrap()).await;
+    let used = watch.stop();
+    println!("\nTCP throughput (iperf3, one stream, {} s):\n", secs());
+    println!("| path | throughput | ratio | caller agent vCPU | callee agent vCPU |");
+    println!("|---|---|---|---|---|");
+    println!("| direct | {:.2} Gbit/s | 1.00× | | |", direct / 1e9);
+    println!(
+        "| two agents, mTLS | {:.2} Gbit/s | {:.2}× | {:.2} | {:.2} |",
+        through / 1e9,
+        through / direct,
+        used[0].0,
+        used[1].0
+    );
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "\nagent RSS: idle before the runs caller {:.1} MiB, callee {:.1} MiB; idle after them caller {:.1} MiB, callee {:.1} MiB",
+        idle.0,
+        idle.1,
+        rss_mib(caller_pid),
+        rss_mib(callee_pid)
+    );
+    let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("agent_proxy: load average at end {}", uptime.trim());
+    drop((caller, callee, upstream, iperf_server));
+    t.kill().await;
+}
