@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use trellis_xds::contract::{DEFAULT_CERT_DIR, parse_cert_dir};
 
+use crate::iptables::{Cidr, Plan, Ports};
+
 #[derive(Parser)]
 #[command(
     name = "trellis-agent",
@@ -22,7 +24,84 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Join the mesh (or reuse the SVID in the certificate directory), then proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Install the iptables rules of transparent mode in this network namespace (a pod's
+    /// init container; needs NET_ADMIN), replacing any installed before.
+    Init(InitArgs),
+}
+
+/// The capture ports and the agent's UID: `init` redirects to the ports and spares the UID,
+/// `run --transparent` listens on the ports and must run as the UID.
+#[derive(Args, Clone, Debug)]
+pub struct Capture {
+    /// Where inbound connections are redirected.
+    #[arg(long, env = "TRELLIS_INBOUND_CAPTURE_PORT", default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_capture_port: u16,
+    /// Where the pod's outbound connections are redirected (the agent listens on 127.0.0.1).
+    #[arg(long, env = "TRELLIS_OUTBOUND_CAPTURE_PORT", default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
+    pub outbound_capture_port: u16,
+    /// The UID the agent runs as: its own connections are never redirected.
+    #[arg(long, env = "TRELLIS_PROXY_UID", default_value_t = 1337)]
+    pub proxy_uid: u32,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub capture: Capture,
+    /// Inbound ports to capture: `*` (all), or a comma-separated list (the service ports).
+    #[arg(long, env = "TRELLIS_INBOUND_PORTS", default_value = "*", value_parser = parse_ports)]
+    pub inbound_ports: Ports,
+    /// Inbound ports never captured (comma-separated).
+    #[arg(long, env = "TRELLIS_EXCLUDE_INBOUND_PORTS", value_delimiter = ',', default_value = "15000", value_parser = clap::value_parser!(u16).range(1..))]
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Destination ports of outbound connections never captured (comma-separated).
+    #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Destination networks of outbound connections never captured (IPv4, comma-separated
+    /// `a.b.c.d/len`).
+    #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<Cidr>,
+    /// Print the `iptables-restore` input instead of applying it.
+    #[arg(long, env = "TRELLIS_INIT_DRY_RUN")]
+    pub dry_run: bool,
+    /// Remove the rules instead (`--remove` too).
+    #[arg(long, alias = "remove", env = "TRELLIS_INIT_UNINSTALL")]
+    pub uninstall: bool,
+}
+
+impl InitArgs {
+    pub fn plan(&self) -> Plan {
+        Plan {
+            inbound_capture_port: self.capture.inbound_capture_port,
+            outbound_capture_port: self.capture.outbound_capture_port,
+            proxy_uid: self.capture.proxy_uid,
+            inbound_ports: self.inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
+        }
+    }
+
+    /// Checks between flags that clap cannot express.
+    pub fn check(&self) -> Result<(), String> {
+        let Capture { inbound_capture_port: inbound, outbound_capture_port: outbound, .. } = self.capture;
+        if inbound == outbound {
+            return Err(format!("--inbound-capture-port and --outbound-capture-port are both {inbound}"));
+        }
+        Ok(())
+    }
+}
+
+fn parse_ports(s: &str) -> Result<Ports, String> {
+    if s.trim() == "*" {
+        return Ok(Ports::All);
+    }
+    let ports = s
+        .split(',')
+        .map(|p| p.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or(format!("{p:?} is not a port")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Ports::Only(ports))
 }
 
 #[derive(Args, Clone)]
@@ -90,12 +169,22 @@ pub struct RunArgs {
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
+    /// Transparent mode: take the connections `trellis-agent init`'s rules redirect to the
+    /// capture ports instead of binding a listener per service port; the application listens
+    /// on its service ports and calls other services by their addresses. Give `--address`
+    /// the pod's IP.
+    #[arg(long, env = "TRELLIS_TRANSPARENT")]
+    pub transparent: bool,
+    #[command(flatten)]
+    pub capture: Capture,
 }
 
 impl RunArgs {
-    /// The application's port behind service port `port`, when the flags override it.
+    /// The application's port behind service port `port`, when the flags override it. In
+    /// transparent mode the application listens on the service port itself.
     pub fn app_port_overrides(&self) -> BTreeMap<u16, u16> {
-        self.app_ports.iter().copied().collect()
+        let same = self.ports.iter().filter(|_| self.transparent).map(|p| (*p, *p));
+        same.chain(self.app_ports.iter().copied()).collect()
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
@@ -113,6 +202,12 @@ impl RunArgs {
             if !self.ports.contains(port) {
                 return Err(format!("--app-port {port}=…: {port} is not one of --port {:?}", self.ports));
             }
+        }
+        if self.transparent && self.address.is_loopback() {
+            return Err(format!(
+                "--transparent: --address {} is loopback; give the pod's IP, where peers reach it",
+                self.address
+            ));
         }
         Ok(())
     }
@@ -235,8 +330,8 @@ mod tests {
             "reviews",
         ];
         let cli = Cli::try_parse_from(base.iter().chain(args))?;
-        let Command::Run(a) = cli.command;
-        Ok(a)
+        let Command::Run(a) = cli.command else { panic!("a run command") };
+        Ok(*a)
     }
 
     #[test]
@@ -276,6 +371,67 @@ mod tests {
             (&["--drain-timeout", "10 hours"][..], "unit"),
         ] {
             let e = parse(args).err().expect("refused").to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn transparent_mode_forwards_to_the_service_port_unless_told_otherwise() {
+        let a = parse(&[
+            "--transparent",
+            "--address",
+            "10.0.0.2",
+            "--port",
+            "9080,9090",
+            "--app-port",
+            "9090=19090",
+        ])
+        .unwrap();
+        assert!(a.check().is_ok());
+        assert_eq!(a.app_port_overrides(), BTreeMap::from([(9080, 9080), (9090, 19090)]));
+        assert_eq!((a.capture.inbound_capture_port, a.capture.outbound_capture_port), (15006, 15001));
+        assert!(parse(&["--port", "9080"]).unwrap().app_port_overrides().is_empty(), "explicit mode");
+        let e = parse(&["--transparent"]).unwrap().check().unwrap_err();
+        assert!(e.contains("pod's IP"), "{e}");
+    }
+
+    fn init(args: &[&str]) -> Result<InitArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["trellis-agent", "init"].iter().chain(args))?;
+        let Command::Init(a) = cli.command else { panic!("an init command") };
+        Ok(a)
+    }
+
+    #[test]
+    fn init_flags_make_the_plan_and_bad_ones_are_named() {
+        let p = init(&[]).unwrap().plan();
+        assert_eq!((p.inbound_capture_port, p.outbound_capture_port, p.proxy_uid), (15006, 15001, 1337));
+        assert_eq!((p.inbound_ports, p.exclude_inbound_ports), (Ports::All, vec![15000]));
+        let a = init(&[
+            "--inbound-ports",
+            "9080,9090",
+            "--exclude-outbound-cidrs",
+            "10.0.0.0/8,169.254.169.254",
+            "--exclude-outbound-ports",
+            "5432",
+            "--proxy-uid",
+            "2020",
+            "--remove",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(a.uninstall && a.dry_run);
+        let p = a.plan();
+        assert_eq!(p.inbound_ports, Ports::Only(vec![9080, 9090]));
+        assert_eq!(p.exclude_outbound_cidrs.len(), 2);
+        assert_eq!((p.exclude_outbound_ports, p.proxy_uid), (vec![5432], 2020));
+        let same = init(&["--inbound-capture-port", "15001"]).unwrap();
+        assert!(same.check().unwrap_err().contains("both 15001"));
+        for (args, needle) in [
+            (&["--inbound-ports", "80,x"][..], "\"x\""),
+            (&["--exclude-outbound-cidrs", "10.0.0.0/40"][..], "IPv4 network"),
+            (&["--exclude-inbound-ports", "0"][..], "--exclude-inbound-ports"),
+        ] {
+            let e = init(args).expect_err("refused").to_string();
             assert!(e.contains(needle), "{args:?}: {e}");
         }
     }

@@ -7,6 +7,8 @@
 //! - [`xds_client`]: the Delta ADS stream, behind [`state::ConfigSink`].
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
+//! - [`transparent`]: transparent mode's capture listeners, and [`iptables`]: the rules of
+//!   `trellis-agent init` that redirect a pod's traffic to them.
 //! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
 //! - [`relay`]: the local xDS relay for clients that cannot present a certificate.
 //! - [`persist`]: the last accepted configuration, served after a restart without the
@@ -20,12 +22,14 @@ mod config;
 mod control;
 mod convert;
 mod identity;
+mod iptables;
 mod persist;
 mod proxy;
 mod relay;
 mod resilience;
 mod state;
 mod telemetry;
+mod transparent;
 mod xds_client;
 
 use std::process::ExitCode;
@@ -38,7 +42,7 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value};
 use trellis_xds::contract::node_metadata;
 
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, InitArgs, RunArgs};
 use crate::control::ControlPlane;
 use crate::identity::Files;
 
@@ -50,7 +54,8 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
+        Command::Init(args) => init(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,8 +66,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Installs (or removes, or prints) the capture rules of transparent mode.
+fn init(args: &InitArgs) -> anyhow::Result<()> {
+    args.check().map_err(|e| anyhow!(e))?;
+    match (args.uninstall, args.dry_run) {
+        (false, true) => print!("{}", iptables::rules(&args.plan())),
+        (true, true) => print!("{}", iptables::removal(&iptables::save()?).unwrap_or_default()),
+        (false, false) => {
+            iptables::install(&args.plan())?;
+            tracing::info!("capture rules installed (iptables nat table, chains TRELLIS_*)");
+        }
+        (true, false) => match iptables::uninstall()? {
+            true => tracing::info!("capture rules removed"),
+            false => tracing::info!("no capture rules to remove"),
+        },
+    }
+    Ok(())
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.check().map_err(|e| anyhow!(e))?;
+    if args.transparent {
+        transparent::check_uid(&args.capture)?;
+    }
     let platform_root_pem = std::fs::read_to_string(&args.platform_ca)
         .with_context(|| format!("--platform-ca {}", args.platform_ca.display()))?;
     let cp = ControlPlane::new(&args.server, &platform_root_pem)?;
@@ -77,10 +103,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let state = Arc::new(state::State::new(local));
     let upstreams = Arc::new(telemetry::Upstreams::default());
+    let binding = match args.transparent {
+        true => proxy::Binding::Transparent,
+        false => proxy::Binding::Explicit(args.outbound.clone()),
+    };
     let proxy = proxy::Proxy::new(
         state,
         identity.clone(),
-        args.outbound.clone(),
+        binding,
         admin::Metrics::default(),
         upstreams.clone(),
         args.cert_dir.clone(),
@@ -101,6 +131,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     });
+    if args.transparent {
+        let (inbound, outbound) = transparent::bind(&args.capture).await?;
+        transparent::serve(proxy.clone(), inbound, outbound, &identity.current().id);
+    }
     if let Some(addr) = args.http_proxy_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -41,20 +41,29 @@ use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 type MeshClient = Client<MeshConnector, Body>;
 
 /// Largest request body buffered so that a retry can send it again; larger ones are
 /// streamed and not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which of the configured listeners the agent binds.
+pub enum Binding {
+    /// Explicit mode: every inbound listener, and the outbound ones of the services named.
+    Explicit(Outbound),
+    /// Transparent mode: none; the capture listeners ([`crate::transparent`]) take their
+    /// connections and hand each to the listener it was meant for.
+    Transparent,
+}
 
 /// The agent's data path.
 pub struct Proxy {
     me: Weak<Proxy>,
     state: Arc<State>,
     identity: Arc<Identity>,
-    outbound: Outbound,
+    binding: Binding,
     metrics: Metrics,
     /// Where the last accepted configuration is kept.
     cert_dir: std::path::PathBuf,
@@ -84,7 +93,7 @@ impl Proxy {
     pub fn new(
         state: Arc<State>,
         identity: Arc<Identity>,
-        outbound: Outbound,
+        binding: Binding,
         metrics: Metrics,
         upstreams: Arc<Upstreams>,
         cert_dir: std::path::PathBuf,
@@ -96,7 +105,7 @@ impl Proxy {
             me: me.clone(),
             state,
             identity,
-            outbound,
+            binding,
             metrics,
             cert_dir,
             server_tls: ArcSwap::from(server),
@@ -188,9 +197,46 @@ impl Proxy {
     }
 
     fn should_bind(&self, l: &Listener) -> bool {
+        let Binding::Explicit(outbound) = &self.binding else { return false };
         match &l.side {
             Side::Inbound { .. } => true,
-            Side::Outbound { service } => service.as_deref().is_some_and(|s| self.outbound.binds(s)),
+            Side::Outbound { service } => service.as_deref().is_some_and(|s| outbound.binds(s)),
+        }
+    }
+
+    /// The applied configuration.
+    pub(crate) fn config(&self) -> Arc<crate::state::Config> {
+        self.state.config()
+    }
+
+    /// Accepts on `listener` until the drain begins, handing each connection to `handle`;
+    /// a connection counts as open until its handler returns.
+    pub(crate) async fn accept_until_drained<F, Fut>(self: Arc<Self>, listener: TcpListener, handle: F)
+    where
+        F: Fn(Arc<Proxy>, TcpStream) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut draining = self.draining.subscribe();
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = async { drop(draining.wait_for(|d| *d).await) } => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            self.open.send_modify(|n| *n += 1);
+            let open = OpenConnection(self.open.clone());
+            let handled = handle(self.clone(), tcp);
+            tokio::spawn(async move {
+                let _open = open;
+                handled.await;
+            });
         }
     }
 
@@ -238,35 +284,19 @@ impl Proxy {
     /// `http://<service>.<mesh>:<port>/…` (or with that `Host`) is handled as the outbound
     /// listener of that service port would, bound or not.
     pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
-        let mut draining = self.draining.subscribe();
-        loop {
-            let tcp = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(_) => continue,
-                },
-                _ = async { drop(draining.wait_for(|d| *d).await) } => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            self.open.send_modify(|n| *n += 1);
-            let open = OpenConnection(self.open.clone());
-            let me = self.clone();
-            tokio::spawn(async move {
-                let _open = open;
-                let svc = hyper::service::service_fn(move |req| {
-                    let me = me.clone();
-                    async move { Ok::<_, Infallible>(me.proxied(req).await) }
-                });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        self.accept_until_drained(listener, |me, tcp| async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let me = me.clone();
+                async move { Ok::<_, Infallible>(me.proxied(req).await) }
             });
-        }
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+        })
+        .await
     }
 
     async fn proxied(&self, req: Request<Incoming>) -> Response<Body> {
-        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
-            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
-        });
+        let authority = authority(&req);
         let target = authority.as_deref().and_then(|a| {
             let (host, port) = a.rsplit_once(':').unwrap_or((a, "80"));
             let (service, mesh) = host.split_once('.')?;
@@ -310,7 +340,8 @@ impl Proxy {
         }
     }
 
-    async fn connection(self: Arc<Self>, name: &str, tcp: TcpStream) -> anyhow::Result<()> {
+    /// Serves one connection as the listener `name` does (the listener need not be bound).
+    pub(crate) async fn connection(self: Arc<Self>, name: &str, tcp: TcpStream) -> anyhow::Result<()> {
         let Some(l) = self.state.config().listeners.get(name).cloned() else { return Ok(()) };
         match l.side {
             Side::Inbound { plaintext } => {
@@ -454,8 +485,13 @@ impl Proxy {
         Ok(Arc::new(c))
     }
 
-    /// Handles one request and counts it.
-    async fn request(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
+    /// Handles one request as listener `l` does, and counts it.
+    pub(crate) async fn request(
+        &self,
+        l: &Listener,
+        peer: Option<&SpiffeId>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let started = std::time::Instant::now();
         let resp = self.handle(l, peer, req).await;
         let (inbound, peer_service) = peer_service(l, peer);
@@ -473,9 +509,7 @@ impl Proxy {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
-        let authority = req.uri().authority().map(|a| a.as_str().to_owned()).or_else(|| {
-            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
-        });
+        let authority = authority(&req);
         let view = RequestView {
             method: req.method(),
             path: req.uri().path(),
@@ -718,7 +752,8 @@ impl Proxy {
         result
     }
 
-    fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
+    /// The pooled plaintext client (to the local application, or passed through).
+    pub(crate) fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
         let mut clients = self.local_clients.lock().expect("not poisoned");
         clients
             .entry(h2)
@@ -821,6 +856,14 @@ fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool
     })
 }
 
+/// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
+pub(crate) fn authority<B>(req: &Request<B>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+}
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
         headers.remove(h);
@@ -831,7 +874,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// A response made by the agent: plain text for HTTP, a trailers-only status for gRPC.
-fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
+pub(crate) fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
     let body = |s: &str| Full::new(Bytes::from(s.to_owned())).map_err(|never| match never {}).boxed();
     if grpc {
         let mut r = Response::new(body(""));
