@@ -54,6 +54,9 @@ pub enum Command {
     /// Print what installs Trellis: Kubernetes manifests or a systemd unit (no database).
     #[command(subcommand)]
     Install(InstallTarget),
+    /// Add trellis-agent to the pods of workload manifests (Deployment, StatefulSet,
+    /// DaemonSet, Pod; other kinds pass unchanged), for `… | kubectl apply -f -`.
+    Inject(Inject),
     /// Run a demo mesh on this machine: the control plane, the book shop's applications each
     /// behind its own trellis-agent, and steady traffic. Ctrl-C stops everything it started.
     Demo(Demo),
@@ -72,6 +75,7 @@ impl Command {
                 | Command::Delete(_)
                 | Command::Openapi
                 | Command::Install(_)
+                | Command::Inject(_)
                 | Command::Demo(_)
                 | Command::DemoApp(_)
         )
@@ -115,6 +119,41 @@ pub struct KubernetesInstall {
     /// asks for one, `app-database-password`.
     #[arg(long, default_value = "trellis", value_parser = parse_kube_name)]
     pub secret: trellis_model::KubeName,
+}
+
+/// The agent image `trellis inject` refers to unless told otherwise: what
+/// deploy/trellis-agent.Containerfile's build command tags.
+pub const DEFAULT_AGENT_IMAGE: &str = concat!("trellis-agent:", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Args)]
+pub struct Inject {
+    /// Files of YAML or JSON manifests, several documents each (`-`: stdin) [default: stdin].
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// Image of `trellis-agent` (built from deploy/trellis-agent.Containerfile), for the
+    /// sidecar and the init container.
+    #[arg(long, default_value = DEFAULT_AGENT_IMAGE, value_parser = parse_image)]
+    pub agent_image: String,
+    /// The mesh the workloads join.
+    #[arg(long, value_parser = parse_mesh)]
+    pub mesh: trellis_model::MeshName,
+    /// The control plane's TLS port, `host:port` [default: the Service of `trellis install
+    /// kubernetes`].
+    #[arg(long, default_value_t = format!("trellis.trellis.svc:{XDS_PORT}"), value_parser = parse_host_port)]
+    pub server: String,
+    /// The mesh service of every workload [default: each pod's `app` label, else the workload's name].
+    #[arg(long, value_parser = parse_resource_name)]
+    pub service: Option<trellis_model::ResourceName>,
+    /// The service ports, comma-separated [default: each pod's TCP containerPorts].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Option<Vec<u16>>,
+    /// Secret in the workload's namespace with the join token under the key `token`
+    /// [default: `trellis-join-<service>`: a join token is bound to one service].
+    #[arg(long, value_parser = parse_kube_name)]
+    pub token_secret: Option<trellis_model::KubeName>,
+    /// ConfigMap in the workload's namespace with the platform root under the key `ca.pem`.
+    #[arg(long, default_value = "trellis-platform-ca", value_parser = parse_kube_name)]
+    pub platform_ca_configmap: trellis_model::KubeName,
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +547,26 @@ impl Global {
 
 fn parse_kube_name(s: &str) -> Result<trellis_model::KubeName, String> {
     trellis_model::KubeName::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_mesh(s: &str) -> Result<trellis_model::MeshName, String> {
+    trellis_model::MeshName::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn parse_resource_name(s: &str) -> Result<trellis_model::ResourceName, String> {
+    trellis_model::ResourceName::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// `host:port`, going into YAML as one token.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let port = s.rsplit_once(':').and_then(|(host, port)| (!host.is_empty()).then_some(port));
+    let valid = port.and_then(|p| p.parse::<u16>().ok()).is_some_and(|p| p > 0)
+        && s.len() <= 253 + 6
+        && s.chars().all(|c| c.is_ascii_graphic());
+    if !valid {
+        return Err(format!("{s:?}: expected host:port, e.g. trellis.trellis.svc:{XDS_PORT}"));
+    }
+    Ok(s.to_owned())
 }
 
 /// An image reference goes into YAML and a container runtime: one printable token.

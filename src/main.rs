@@ -7,6 +7,7 @@ mod cli;
 mod config;
 mod demo;
 mod embedded;
+mod inject;
 mod install;
 mod serve;
 
@@ -63,6 +64,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
             print!("{}", install::agent_systemd(&args));
             return Ok(());
         }
+        Command::Inject(args) => return inject_files(&args),
         Command::Demo(args) => return demo::run(args, &global).await,
         Command::DemoApp(args) => return demo::apps::run(args).await,
         Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
@@ -92,6 +94,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         | Command::Get(_)
         | Command::Delete(_)
         | Command::Install(_)
+        | Command::Inject(_)
         | Command::Demo(_)
         | Command::DemoApp(_) => {
             unreachable!("handled before the database")
@@ -103,6 +106,49 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         tracing::error!("stopping the private PostgreSQL: {e:#}");
     }
     result
+}
+
+/// `trellis inject`: the manifests to stdout, what happened to each document to stderr.
+fn inject_files(args: &config::Inject) -> anyhow::Result<()> {
+    use std::io::Read;
+    let files = if args.files.is_empty() { vec!["-".into()] } else { args.files.clone() };
+    let mut texts = Vec::new();
+    for f in &files {
+        texts.push(if f == std::path::Path::new("-") {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+            ("stdin".to_owned(), s)
+        } else {
+            (
+                f.display().to_string(),
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            )
+        });
+    }
+    let settings = inject::Settings {
+        image: args.agent_image.clone(),
+        mesh: args.mesh.clone(),
+        server: args.server.clone(),
+        service: args.service.clone(),
+        ports: args.ports.clone(),
+        token_secret: args.token_secret.clone(),
+        platform_ca: args.platform_ca_configmap.clone(),
+    };
+    let injected = inject::inject(&texts, &settings)?;
+    print!("{}", injected.yaml);
+    for (name, outcome) in &injected.outcomes {
+        match outcome {
+            inject::Outcome::Injected { service } => eprintln!("{name} injected (service {service})"),
+            inject::Outcome::AlreadyInjected => {
+                eprintln!("{name} skipped: it already has {}", inject::AGENT_CONTAINER)
+            }
+            inject::Outcome::HostNetwork => {
+                eprintln!("{name} skipped: it uses the host's network, which the redirect would capture")
+            }
+            inject::Outcome::NotAWorkload => {}
+        }
+    }
+    Ok(())
 }
 
 /// The key-encryption keys: `TRELLIS_KEK`, or the KEK file (created on first start).

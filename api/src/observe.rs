@@ -53,7 +53,14 @@ pub(crate) async fn topology(
     let edges: Vec<Value> = t
         .edges
         .iter()
-        .map(|e| json!({ "source": e.source, "destination": e.destination, "metrics": metrics_json(&e.metrics) }))
+        .map(|e| {
+            let subsets: Vec<Value> = e
+                .subsets
+                .iter()
+                .map(|s| json!({ "tags": s.subset, "requests": s.requests, "share": s.share }))
+                .collect();
+            json!({ "source": e.source, "destination": e.destination, "metrics": metrics_json(&e.metrics), "subsets": subsets })
+        })
         .collect();
     Ok(Json(json!({
         "mesh": mesh,

@@ -332,6 +332,17 @@ pub fn document() -> Value {
         "required": ["source", "destination", "metrics"],
         "properties": {"source": {"type": "string"}, "destination": {"type": "string"}, "metrics": golden},
     });
+    let mut topology_edge = edge.clone();
+    topology_edge["required"] = json!(["source", "destination", "metrics", "subsets"]);
+    topology_edge["properties"]["subsets"] = json!({
+        "type": "array",
+        "description": "How the edge's requests split between subsets of the destination (a route's weighted backends, e.g. versions), in tag order",
+        "items": {"type": "object", "required": ["tags", "requests", "share"], "properties": {
+            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+            "requests": {"type": "integer"},
+            "share": {"type": ["number", "null"], "description": "Of every request on the edge; null without requests"},
+        }},
+    });
     paths.insert(
         format!("{org}/meshes/{{mesh}}/topology"),
         json!({ "get": op("getTopology", "Who called whom in the window: services with their golden metrics, and edges with theirs", &["org", "mesh", "window"],
@@ -342,7 +353,7 @@ pub fn document() -> Value {
                     "mesh": {"type": "string"}, "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer"},
                     "nodes": {"type": "array", "items": {"type": "object", "required": ["service", "metrics"],
                         "properties": {"service": {"type": "string"}, "metrics": golden}}},
-                    "edges": {"type": "array", "items": edge},
+                    "edges": {"type": "array", "items": topology_edge},
                 },
             }), false)], READ) }),
     );

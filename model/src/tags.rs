@@ -142,6 +142,25 @@ impl Tags {
         selector.0.iter().all(|(k, v)| self.0.get(k) == Some(v))
     }
 
+    /// `key=value` pairs joined by `,`, in key order (`version=v2`; empty for no tags): how a
+    /// subset is written in a cluster name, the agent's `--tags` and stored telemetry.
+    pub fn joined(&self) -> String {
+        let pairs: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.join(",")
+    }
+
+    /// Reads back what [`Tags::joined`] writes.
+    pub fn parse_joined(s: &str) -> Result<Self, TagError> {
+        if s.is_empty() {
+            return Ok(Tags::new());
+        }
+        let pairs: Vec<(&str, &str)> = s
+            .split(',')
+            .map(|pair| pair.split_once('=').ok_or_else(|| TagError::BadKey { key: pair.to_owned() }))
+            .collect::<Result<_, _>>()?;
+        Tags::parse(pairs)
+    }
+
     /// The checked pairs.
     pub fn pairs(&self) -> impl Iterator<Item = (TagKey, TagValue)> + '_ {
         self.0.iter().map(|(k, v)| (TagKey(k.clone()), TagValue(v.clone())))
@@ -228,6 +247,17 @@ pub fn valid_label_part(s: &str, max: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_joined_form_reads_back_and_refuses_what_is_not_tags() {
+        let tags = Tags::parse([("version", "v2"), ("app.kubernetes.io/track", "beta")]).unwrap();
+        assert_eq!(tags.joined(), "app.kubernetes.io/track=beta,version=v2");
+        assert_eq!(Tags::parse_joined(&tags.joined()), Ok(tags));
+        assert_eq!(Tags::parse_joined(""), Ok(Tags::new()));
+        for bad in ["version", "version=v2,", "=v2", "version=a b", "service=web"] {
+            assert!(Tags::parse_joined(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn tags_follow_the_kubernetes_label_rule() {

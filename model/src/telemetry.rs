@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::ResourceName;
+use crate::{ResourceName, Tags};
 
 /// Bucket bounds grow by 2^(1/4) per bucket: a quantile estimate is off by at most
 /// [`QUANTILE_RELATIVE_ERROR`] of the true value (see [`LatencyHistogram::quantile_ms`]).
@@ -272,12 +272,16 @@ impl fmt::Display for ResponseClass {
     }
 }
 
-/// The edge a request or connection travels within one mesh: who called, whom, by which
-/// route (None when the sender cannot tell), and how it ended.
+/// The edge a request or connection travels within one mesh: who called, whom (and which
+/// subset of its instances), by which route (None when the sender cannot tell), and how it
+/// ended.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EdgeKey {
     pub source: ResourceName,
     pub destination: ResourceName,
+    /// The subset a route sent the call to (`version=v2` of a weighted backend); no tags for
+    /// the whole service.
+    pub destination_subset: Tags,
     pub route: Option<ResourceName>,
     pub class: ResponseClass,
 }
@@ -380,12 +384,59 @@ impl Resolution {
     }
 }
 
-/// What crossed from one service to another over a window, every route and class merged.
+/// What crossed from one service to another over a window, every route, class and subset
+/// merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeTotal {
     pub source: String,
     pub destination: String,
     pub counts: EdgeCounts,
+    /// The requests that went to each named subset of the destination, in subset order
+    /// (none when every call went to the whole service).
+    pub subsets: Vec<SubsetRequests>,
+}
+
+/// An edge's requests to one subset of its destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubsetRequests {
+    pub subset: Tags,
+    pub requests: u64,
+}
+
+impl EdgeTotal {
+    /// One total per (source, destination) of per-subset figures sorted by source and
+    /// destination: the counts merged, each named subset's requests kept.
+    pub fn merge_subsets(
+        rows: impl IntoIterator<Item = (String, String, Tags, EdgeCounts)>,
+    ) -> Vec<EdgeTotal> {
+        let mut out: Vec<EdgeTotal> = Vec::new();
+        for (source, destination, subset, counts) in rows {
+            let same = out.last().is_some_and(|t| t.source == source && t.destination == destination);
+            if !same {
+                out.push(EdgeTotal {
+                    source,
+                    destination,
+                    counts: EdgeCounts::default(),
+                    subsets: Vec::new(),
+                });
+            }
+            let total = out.last_mut().expect("pushed above");
+            total.counts.merge(&counts);
+            if !subset.is_empty() {
+                total.subsets.push(SubsetRequests { subset, requests: counts.requests });
+            }
+        }
+        out
+    }
+}
+
+/// An edge's requests to one subset, and their share of the edge's requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubsetShare {
+    pub subset: Tags,
+    pub requests: u64,
+    /// Of every request on the edge; None without requests.
+    pub share: Option<f64>,
 }
 
 /// One edge of a mesh's topology.
@@ -394,6 +445,8 @@ pub struct TopologyEdge {
     pub source: String,
     pub destination: String,
     pub metrics: GoldenMetrics,
+    /// How the edge's requests split between subsets of the destination (e.g. versions).
+    pub subsets: Vec<SubsetShare>,
 }
 
 /// Who calls whom in a mesh over a window: the services that carried traffic, and the edges.
@@ -417,6 +470,15 @@ impl Topology {
                 source: t.source.clone(),
                 destination: t.destination.clone(),
                 metrics: GoldenMetrics::of(&t.counts, window_secs),
+                subsets: t
+                    .subsets
+                    .iter()
+                    .map(|s| SubsetShare {
+                        subset: s.subset.clone(),
+                        requests: s.requests,
+                        share: (t.counts.requests > 0).then(|| s.requests as f64 / t.counts.requests as f64),
+                    })
+                    .collect(),
             })
             .collect();
         Topology { nodes, edges }
@@ -608,6 +670,7 @@ mod tests {
             source: s.into(),
             destination: d.into(),
             counts: EdgeCounts { requests, successes, ..Default::default() },
+            subsets: Vec::new(),
         };
         let totals = [
             edge("web", "reviews", 100, 90),
@@ -621,6 +684,27 @@ mod tests {
         let reviews = service_metrics(&totals, "reviews", 10.0);
         assert_eq!((reviews.requests, reviews.rps, reviews.success_rate), (200, 20.0, Some(0.95)));
         assert_eq!(service_metrics(&totals, "nobody", 10.0).requests, 0);
+    }
+
+    #[test]
+    fn an_edges_subsets_keep_their_requests_and_share_of_the_edge() {
+        let v = |version: &str| Tags::parse([("version", version)]).unwrap();
+        let counts = |requests| EdgeCounts { requests, successes: requests, ..Default::default() };
+        let row =
+            |s: &str, d: &str, subset: Tags, requests| (s.to_owned(), d.to_owned(), subset, counts(requests));
+        let totals = EdgeTotal::merge_subsets([
+            row("productpage", "reviews", Tags::new(), 20),
+            row("productpage", "reviews", v("v1"), 135),
+            row("productpage", "reviews", v("v2"), 45),
+            row("reviews", "ratings", Tags::new(), 7),
+        ]);
+        assert_eq!(totals.len(), 2);
+        assert_eq!(totals[0].counts.requests, 200);
+        assert_eq!(totals[1].subsets, []);
+        let t = Topology::of(&totals, 10.0);
+        let split: Vec<(String, u64, Option<f64>)> =
+            t.edges[0].subsets.iter().map(|s| (s.subset.joined(), s.requests, s.share)).collect();
+        assert_eq!(split, [("version=v1".into(), 135, Some(0.675)), ("version=v2".into(), 45, Some(0.225))]);
     }
 
     #[test]

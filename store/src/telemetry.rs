@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use trellis_model::MeshId;
+use trellis_model::Tags;
 use trellis_model::telemetry::{
     EdgeCounts, EdgeKey, EdgeTotal, LATENCY_BUCKETS, LatencyHistogram, Resolution,
 };
@@ -83,12 +84,13 @@ fn edge_totals_sql() -> &'static str {
         let latency: Vec<String> =
             (1..=LATENCY_BUCKETS).map(|i| format!("sum(latency[{i}])::int8")).collect();
         format!(
-            "SELECT source, destination, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
+            "SELECT source, destination, destination_subset, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
                     sum(bytes)::int8 AS bytes, ARRAY[{}] AS latency, \
                     sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
              FROM telemetry_edges \
              WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
-             GROUP BY source, destination ORDER BY source, destination",
+             GROUP BY source, destination, destination_subset \
+             ORDER BY source, destination, destination_subset",
             latency.join(", ")
         )
     })
@@ -106,6 +108,7 @@ impl TenantTx {
             return Ok(0);
         }
         let n = merged.len();
+        let mut subsets = Vec::with_capacity(n);
         let (mut meshes, mut buckets, mut sources, mut destinations, mut routes, mut classes) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -127,6 +130,7 @@ impl TenantTx {
             buckets.push(bucket);
             sources.push(key.source.as_str().to_owned());
             destinations.push(key.destination.as_str().to_owned());
+            subsets.push(key.destination_subset.joined());
             routes.push(key.route.as_ref().map(|r| r.as_str().to_owned()).unwrap_or_default());
             classes.push(key.class.as_str());
             requests.push(to_i64(c.requests));
@@ -141,11 +145,12 @@ impl TenantTx {
         let done = sqlx::query(
             "INSERT INTO telemetry_edges AS e (org_id, mesh_id, resolution_s, bucket_start, source, \
                  destination, route, response_class, requests, successes, bytes, latency, \
-                 tcp_connections, tcp_bytes) \
-             SELECT $1, t.m, 10, t.b, t.s, t.d, t.r, t.c, t.rq, t.ok, t.bt, t.l::bigint[], t.tc, t.tb \
+                 tcp_connections, tcp_bytes, destination_subset) \
+             SELECT $1, t.m, 10, t.b, t.s, t.d, t.r, t.c, t.rq, t.ok, t.bt, t.l::bigint[], t.tc, t.tb, t.ds \
              FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                         $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[]) \
-                  AS t(m, b, s, d, r, c, rq, ok, bt, l, tc, tb) \
+                         $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[], \
+                         $14::text[]) \
+                  AS t(m, b, s, d, r, c, rq, ok, bt, l, tc, tb, ds) \
              ON CONFLICT ON CONSTRAINT telemetry_edges_pkey DO UPDATE SET \
                  requests = e.requests + EXCLUDED.requests, \
                  successes = e.successes + EXCLUDED.successes, \
@@ -167,6 +172,7 @@ impl TenantTx {
         .bind(latency)
         .bind(tcp_connections)
         .bind(tcp_bytes)
+        .bind(subsets)
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected())
@@ -222,8 +228,9 @@ impl TenantTx {
         Ok(done.rows_affected())
     }
 
-    /// Per (source, destination): every route and class of `[from, to)` merged, from the
-    /// buckets of `resolution`. The one read behind golden metrics and topology.
+    /// Per (source, destination): every route, class and subset of `[from, to)` merged (each
+    /// subset's requests kept), from the buckets of `resolution`. The one read behind golden
+    /// metrics and topology.
     pub async fn edge_totals(
         &mut self,
         mesh: MeshId,
@@ -235,6 +242,7 @@ impl TenantTx {
         struct Row {
             source: String,
             destination: String,
+            destination_subset: String,
             requests: i64,
             successes: i64,
             bytes: i64,
@@ -252,24 +260,26 @@ impl TenantTx {
             .bind(to)
             .fetch_all(self.conn())
             .await?;
-        rows.into_iter()
+        let rows = rows
+            .into_iter()
             .map(|r| {
-                let latency = LatencyHistogram::from_stored(&r.latency)
-                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
-                Ok(EdgeTotal {
-                    source: r.source,
-                    destination: r.destination,
-                    counts: EdgeCounts {
-                        requests: to_u64(r.requests),
-                        successes: to_u64(r.successes),
-                        bytes: to_u64(r.bytes),
-                        latency,
-                        tcp_connections: to_u64(r.tcp_connections),
-                        tcp_bytes: to_u64(r.tcp_bytes),
-                    },
-                })
+                let decode =
+                    |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Db(sqlx::Error::Decode(e));
+                let latency = LatencyHistogram::from_stored(&r.latency).map_err(|e| decode(Box::new(e)))?;
+                // Written by `record_edges` from `Tags::joined`.
+                let subset = Tags::parse_joined(&r.destination_subset).map_err(|e| decode(Box::new(e)))?;
+                let counts = EdgeCounts {
+                    requests: to_u64(r.requests),
+                    successes: to_u64(r.successes),
+                    bytes: to_u64(r.bytes),
+                    latency,
+                    tcp_connections: to_u64(r.tcp_connections),
+                    tcp_bytes: to_u64(r.tcp_bytes),
+                };
+                Ok((r.source, r.destination, subset, counts))
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(EdgeTotal::merge_subsets(rows))
     }
 
     /// The newest access-log entries of a mesh received in `[from, to)`, at most `limit`;

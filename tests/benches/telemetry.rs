@@ -133,6 +133,7 @@ async fn main() {
                     key: EdgeKey {
                         source: source.clone(),
                         destination: ResourceName::parse(&format!("s{e}")).unwrap(),
+                        destination_subset: Default::default(),
                         route: None,
                         class,
                     },
@@ -211,6 +212,7 @@ async fn read_bench(store: &trellis_store::Store, org: trellis_model::OrgId, mes
         .map(|e| EdgeKey {
             source: name(e % services),
             destination: name((e % services + e / services + 1) % services),
+            destination_subset: Default::default(),
             route: None,
             class: ResponseClass::Success,
         })

@@ -86,7 +86,9 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     let mut cmd = trellis();
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
         .args(["demo", "--http-addr", &http.to_string(), "--xds-addr", &xds.to_string()])
-        .args(["--app-port", &app_port.to_string(), "--rate", "20"])
+        // A slow generator: one call in ten of its goes on the beta channel (always v2), which
+        // would blur the 75/25 split of the test's own calls in the topology.
+        .args(["--app-port", &app_port.to_string(), "--rate", "2"])
         .arg("--work-dir")
         .arg(work.path().join("demo"))
         .stdout(Stdio::piped())
@@ -138,19 +140,53 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     }
 
     // productpage -> reviews through the agents: about 75/25, beta always v2, details denied.
-    // Paced at 40 calls/s: with the generator's 20/s that stays within the local rate limit
+    // Paced at 40 calls/s: with the generator's 2/s that stays within the local rate limit
     // examples/reviews.yaml puts on reviews (100/s), past which the agent answers 429.
+    const CALLS: u32 = 800;
     let page = format!("http://127.0.0.1:{app_port}");
     let mut pace = tokio::time::interval(Duration::from_millis(25));
     let mut versions: BTreeMap<String, u32> = BTreeMap::new();
-    for _ in 0..400 {
+    for _ in 0..CALLS {
         pace.tick().await;
         let body = json(client.get(format!("{page}/"))).await;
         *versions.entry(body["reviews"]["version"].as_str().unwrap_or("none").to_owned()).or_default() += 1;
     }
-    let v1 = f64::from(versions.get("v1").copied().unwrap_or(0)) / 400.0;
+    let v1 = f64::from(versions.get("v1").copied().unwrap_or(0)) / f64::from(CALLS);
     assert!((0.69..=0.81).contains(&v1), "v1 share {v1}: {versions:?}");
     assert_eq!(versions.keys().filter(|v| !["v1", "v2"].contains(&v.as_str())).count(), 0, "{versions:?}");
+
+    // The topology sees the same split: productpage → reviews, about 75 % to v1, 25 % to v2.
+    let topology_url = format!("http://{http}/api/v1/orgs/default/meshes/shop/topology?window=300");
+    let edge = |topology: &Value, source: &str, destination: &str| -> Value {
+        topology["edges"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["source"] == source && e["destination"] == destination)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let mut to_reviews = Value::Null;
+    for _ in 0..60 {
+        let topology = json(client.get(&topology_url).bearer_auth(&token)).await;
+        to_reviews = edge(&topology, "productpage", "reviews");
+        if to_reviews["metrics"]["requests"].as_f64().unwrap_or(0.0) >= f64::from(CALLS) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let share = |version: &str| -> f64 {
+        to_reviews["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["tags"] == serde_json::json!({ "version": version }))
+            .and_then(|s| s["share"].as_f64())
+            .unwrap_or(0.0)
+    };
+    assert!((0.70..=0.80).contains(&share("v1")), "v1 share in the topology: {to_reviews:#}");
+    assert!((0.20..=0.30).contains(&share("v2")), "v2 share in the topology: {to_reviews:#}");
+    assert!((share("v1") + share("v2") - 1.0).abs() < 1e-9, "every call went to a version: {to_reviews:#}");
     for _ in 0..20 {
         pace.tick().await;
         let body = json(client.get(format!("{page}/")).header("x-beta", "true")).await;
@@ -163,7 +199,6 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     assert!(body["details"]["error"].as_str().unwrap().contains("403"), "{body:#}");
 
     // The agents report golden metrics: the mesh's topology shows the calls between services.
-    let topology_url = format!("http://{http}/api/v1/orgs/default/meshes/shop/topology?window=300");
     let requests = |topology: &Value, source: &str, destination: &str| {
         topology["edges"]
             .as_array()

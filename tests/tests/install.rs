@@ -1,7 +1,8 @@
-//! `trellis install kubernetes` and `trellis install systemd`, run as the real binary: the
-//! manifests validate against Kubernetes' own schemas (PyPI kubernetes-validate, installed into
-//! .venv by scripts/test), the unit passes `systemd-analyze verify`, and both keep the security
-//! properties an operator relies on.
+//! `trellis install kubernetes`, `trellis install systemd` and `trellis inject`, run as the
+//! real binary: the manifests validate against Kubernetes' own schemas (PyPI
+//! kubernetes-validate, installed into .venv by scripts/test), the unit passes `systemd-analyze
+//! verify`, and all keep the security properties an operator relies on. The injected manifests
+//! are golden files (tests/golden/inject; `UPDATE_EXPECT=1` rewrites them).
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,27 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.29.0", "1.33.0"];
 
 async fn run(args: &[&str]) -> (bool, String, String) {
     let out = trellis().args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// `trellis` with `stdin` as its standard input.
+async fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = trellis()
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -493,4 +515,234 @@ async fn the_units_environment_serves_with_the_kek_credential() {
     assert!(is_empty_dir(&state) && is_empty_dir(&home));
     t.stop(Duration::from_secs(15)).await;
     std::fs::remove_dir_all(root).unwrap();
+}
+
+/// The flags of the golden files: an image tag that no release changes.
+const INJECT: &[&str] = &["inject", "--mesh", "shop", "--agent-image", "registry.example/trellis-agent:1"];
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden/inject").join(name)
+}
+
+async fn inject(extra: &[&str]) -> String {
+    install(&[INJECT, extra].concat()).await
+}
+
+fn container<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env_of<'a>(container: &'a Value, name: &str) -> &'a Value {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+}
+
+#[tokio::test]
+async fn inject_matches_the_golden_files_validates_and_injects_once() {
+    for case in ["deployment", "statefulset", "daemonset", "pod", "multi", "already-injected"] {
+        let input = golden(&format!("{case}.in.yaml"));
+        let out = inject(&["-f", input.to_str().unwrap()]).await;
+        expect_test::expect_file![golden(&format!("{case}.out.yaml"))].assert_eq(&out);
+        assert_valid(&out, &format!("inject-{case}")).await;
+        let (ok, again, err) = run_with_stdin(INJECT, &out).await;
+        assert!(ok, "{err}");
+        assert_eq!(again, out, "{case}: injecting the injected manifests changed them");
+    }
+    // A workload that has an agent, and kinds that are not workloads, pass unchanged.
+    let read = |name: &str| documents(&std::fs::read_to_string(golden(name)).unwrap());
+    assert_eq!(read("already-injected.out.yaml"), read("already-injected.in.yaml"));
+    let (multi_in, multi_out) = (read("multi.in.yaml"), read("multi.out.yaml"));
+    assert_eq!(multi_out[0], multi_in[0], "the Service");
+    assert_eq!(multi_out[2], multi_in[2], "the host-network DaemonSet");
+    assert_ne!(multi_out[1], multi_in[1], "the Deployment");
+}
+
+#[tokio::test]
+async fn inject_adds_a_locked_down_agent_and_a_redirecting_init_container() {
+    let out = inject(&["-f", golden("deployment.in.yaml").to_str().unwrap()]).await;
+    let docs = documents(&out);
+    let pod = &docs[0]["spec"]["template"]["spec"];
+    let names = |list: &Value| -> Vec<String> {
+        list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_owned()).collect()
+    };
+    // The agent starts before the application; the redirect is set up after the pod's own
+    // init containers, whose traffic no agent would carry yet.
+    assert_eq!(names(&pod["containers"]), ["trellis-agent", "reviews"]);
+    assert_eq!(names(&pod["initContainers"]), ["warm-cache", "trellis-init"]);
+
+    let init = container(&pod["initContainers"], "trellis-init");
+    assert_eq!(
+        init["args"],
+        serde_json::json!([
+            "init",
+            "--inbound-port",
+            "15006",
+            "--outbound-port",
+            "15001",
+            "--proxy-uid",
+            "1337",
+            "--exclude-inbound-ports",
+            "15000"
+        ])
+    );
+    let security = &init["securityContext"];
+    assert_eq!(security["capabilities"]["add"], serde_json::json!(["NET_ADMIN", "NET_RAW"]));
+    assert_eq!((&security["runAsUser"], &security["runAsNonRoot"]), (&0.into(), &false.into()));
+
+    let agent = container(&pod["containers"], "trellis-agent");
+    assert_eq!(agent["image"], "registry.example/trellis-agent:1");
+    assert_eq!(init["image"], agent["image"]);
+    assert_eq!(agent["args"], serde_json::json!(["run", "--transparent"]));
+    let security = &agent["securityContext"];
+    assert_eq!(security["runAsUser"], 1337, "the uid the init container exempts from the redirect");
+    assert_eq!(security["runAsNonRoot"], true);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(agent["readinessProbe"]["httpGet"]["port"], 15000, "the port the redirect leaves alone");
+    assert!(
+        agent["resources"]["requests"]["cpu"].is_string()
+            && agent["resources"]["requests"]["memory"].is_string()
+    );
+
+    // The service and its version from the pod's labels, the ports from its TCP containerPorts.
+    assert_eq!(env_of(agent, "TRELLIS_MESH")["value"], "shop");
+    assert_eq!(env_of(agent, "TRELLIS_SERVICE")["value"], "reviews");
+    assert_eq!(env_of(agent, "TRELLIS_PORTS")["value"], "9080,9090");
+    assert_eq!(env_of(agent, "TRELLIS_TAGS")["value"], "version=v1");
+    assert_eq!(env_of(agent, "TRELLIS_ADDRESS")["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+    let token = &env_of(agent, "TRELLIS_JOIN_TOKEN")["valueFrom"]["secretKeyRef"];
+    assert_eq!((&token["name"], &token["key"]), (&"trellis-join-reviews".into(), &"token".into()));
+
+    // The default server is the Service of `trellis install kubernetes`, a name its
+    // certificate carries.
+    let server = env_of(agent, "TRELLIS_SERVER")["value"].as_str().unwrap().to_owned();
+    let control_plane = documents(&install(&["install", "kubernetes"]).await);
+    let cp = &find(&control_plane, "Deployment")["spec"]["template"]["spec"]["containers"][0];
+    let (host, port) = server.rsplit_once(':').unwrap();
+    assert!(env_of(cp, "TRELLIS_XDS_SERVER_NAMES")["value"].as_str().unwrap().split(',').any(|n| n == host));
+    assert_eq!(port, env_of(cp, "TRELLIS_XDS_ADDR")["value"].as_str().unwrap().rsplit_once(':').unwrap().1);
+
+    // The files the agent reads are on the pod's volumes: the platform root from the
+    // ConfigMap, the certificate directory in memory.
+    let mounted = |path: &str| -> Value {
+        let mount = agent["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+            .unwrap_or_else(|| panic!("{path} is on no volume"));
+        pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap().clone()
+    };
+    let ca = env_of(agent, "TRELLIS_PLATFORM_CA")["value"].as_str().unwrap();
+    let ca_volume = mounted(ca);
+    assert_eq!(ca_volume["configMap"]["name"], "trellis-platform-ca");
+    assert!(ca.ends_with(&format!("/{}", ca_volume["configMap"]["items"][0]["path"].as_str().unwrap())));
+    assert_eq!(ca_volume["configMap"]["items"][0]["key"], "ca.pem");
+    assert!(mounted(env_of(agent, "TRELLIS_CERT_DIR")["value"].as_str().unwrap())["emptyDir"].is_object());
+
+    let agent_bin = trellis_tests::agent_bin();
+    let help = tokio::process::Command::new(agent_bin).args(["run", "--help"]).output().await.unwrap();
+    assert_known_variables(&out, &String::from_utf8_lossy(&help.stdout));
+}
+
+#[tokio::test]
+async fn inject_flags_override_the_defaults_and_it_reports_each_workload() {
+    let multi = golden("multi.in.yaml");
+    let args = [
+        "-f",
+        multi.to_str().unwrap(),
+        "--service",
+        "storefront",
+        "--ports",
+        "8080,8443",
+        "--token-secret",
+        "storefront-token",
+        "--server",
+        "trellis.example.com:443",
+        "--platform-ca-configmap",
+        "mesh-root",
+    ];
+    let (ok, out, err) = run(&[INJECT, &args].concat()).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        err,
+        "Deployment/productpage-v1 injected (service storefront)\n\
+         DaemonSet/node-exporter skipped: it uses the host's network, which the redirect would capture\n"
+    );
+    let docs = documents(&out);
+    let pod = &docs[1]["spec"]["template"]["spec"];
+    let agent = container(&pod["containers"], "trellis-agent");
+    assert_eq!(env_of(agent, "TRELLIS_SERVICE")["value"], "storefront");
+    assert_eq!(env_of(agent, "TRELLIS_PORTS")["value"], "8080,8443");
+    assert_eq!(env_of(agent, "TRELLIS_SERVER")["value"], "trellis.example.com:443");
+    assert_eq!(env_of(agent, "TRELLIS_JOIN_TOKEN")["valueFrom"]["secretKeyRef"]["name"], "storefront-token");
+    assert!(pod["volumes"].as_array().unwrap().iter().any(|v| v["configMap"]["name"] == "mesh-root"));
+    assert_valid(&out, "inject-flags").await;
+
+    // With no app label, the workload's name; with no port, no TRELLIS_PORTS (a client only).
+    let (ok, out, err) =
+        run(&[INJECT, &["-f", golden("daemonset.in.yaml").to_str().unwrap()]].concat()).await;
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let agent = container(&docs[0]["spec"]["template"]["spec"]["containers"], "trellis-agent");
+    assert_eq!(env_of(agent, "TRELLIS_SERVICE")["value"], "log-shipper");
+    assert!(!agent["env"].as_array().unwrap().iter().any(|e| e["name"] == "TRELLIS_PORTS"));
+    assert_eq!(err, "DaemonSet/log-shipper injected (service log-shipper)\n");
+}
+
+#[tokio::test]
+async fn inject_refuses_what_it_cannot_inject_and_prints_nothing() {
+    let deployment = |pod: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\n\
+             spec: {{selector: {{matchLabels: {{app: web}}}}, template: {pod}}}\n"
+        )
+    };
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\n";
+    let cases: Vec<(Vec<&str>, String, &str)> = vec![
+        (
+            vec![],
+            deployment("{metadata: {labels: {app: web}}, spec: {containers: []}}"),
+            "stdin#1 (Deployment/web): no containers",
+        ),
+        (
+            vec![],
+            format!(
+                "{service}{}",
+                deployment("{spec: {containers: [{name: a, image: b}]}, metadata: {labels: {app: Web_App}}}")
+            ),
+            "stdin#2 (Deployment/web): the service name \"Web_App\"",
+        ),
+        (vec![], deployment("7"), "stdin#1 (Deployment/web): no pod spec"),
+        (
+            vec![],
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: 3\n".into(),
+            "no spec.template",
+        ),
+        (vec![], "kind: [\n".into(), "not valid YAML"),
+        (vec!["--ports", "0"], deployment("{}"), "--ports"),
+        (vec!["--server", "no-port"], deployment("{}"), "--server"),
+        (vec!["--service", "Not_A_Name"], deployment("{}"), "--service"),
+        (vec!["--token-secret", "a b"], deployment("{}"), "--token-secret"),
+        (vec!["--agent-image", "two words"], deployment("{}"), "--agent-image"),
+    ];
+    for (flags, input, expected) in cases {
+        let (ok, out, err) = run_with_stdin(&[INJECT, &flags].concat(), &input).await;
+        assert!(!ok && out.is_empty(), "{flags:?} {input:?} was accepted: {out}");
+        assert!(err.contains(expected), "{flags:?} {input:?}: expected {expected:?} in {err}");
+    }
+    let (ok, _, err) = run_with_stdin(&["inject"], "").await;
+    assert!(!ok && err.contains("--mesh"), "{err}");
+    let (ok, _, err) = run_with_stdin(&["inject", "--mesh", "Bad Mesh"], "").await;
+    assert!(!ok && err.contains("--mesh"), "{err}");
 }

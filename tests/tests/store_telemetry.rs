@@ -1,5 +1,5 @@
 //! Telemetry storage against real PostgreSQL: edge buckets merge by addition, rollups keep
-//! every count, retention drops whole partitions, and tenants never see each other's figures.
+//! every count (and each destination subset's), retention drops whole partitions, and tenants never see each other's figures.
 
 use std::time::Duration;
 
@@ -44,7 +44,13 @@ fn sample(
     EdgeSample {
         mesh,
         bucket_start: at,
-        key: EdgeKey { source: name("web"), destination: name("reviews"), route: None, class },
+        key: EdgeKey {
+            source: name("web"),
+            destination: name("reviews"),
+            destination_subset: Default::default(),
+            route: None,
+            class,
+        },
         counts: EdgeCounts {
             requests,
             successes: if class.is_success() { requests } else { 0 },
@@ -129,9 +135,16 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
         store.prepare_telemetry(*t).await.unwrap();
     }
     let mut tx = store.tenant(org).await.unwrap();
+    // Half of the calls went to v1, half to v2 (a route's weighted backends).
+    let version = |v: &str| trellis_model::Tags::parse([("version", v)]).unwrap();
     let samples: Vec<EdgeSample> = times
         .iter()
-        .map(|t| sample(mesh, bucket(*t), ResponseClass::Success, 3, &[1.0, 20.0, 300.0]))
+        .enumerate()
+        .map(|(i, t)| {
+            let mut s = sample(mesh, bucket(*t), ResponseClass::Success, 3, &[1.0, 20.0, 300.0]);
+            s.key.destination_subset = version(if i % 2 == 0 { "v1" } else { "v2" });
+            s
+        })
         .collect();
     tx.record_edges(&samples).await.unwrap();
     tx.commit().await.unwrap();
@@ -145,6 +158,9 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
         let totals = tx.edge_totals(mesh, r, window.0, window.1).await.unwrap();
         assert_eq!(totals.len(), 1, "{r:?}");
         per_resolution.push(totals[0].counts.clone());
+        let split: Vec<(String, u64)> =
+            totals[0].subsets.iter().map(|s| (s.subset.joined(), s.requests)).collect();
+        assert_eq!(split, [("version=v1".into(), 18), ("version=v2".into(), 18)], "{r:?} keeps the subsets");
     }
     tx.commit().await.unwrap();
     assert_eq!(per_resolution[0].requests, 36);

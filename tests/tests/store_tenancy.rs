@@ -171,6 +171,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             key: trellis_model::telemetry::EdgeKey {
                 source: ResourceName::parse("web").unwrap(),
                 destination: ResourceName::parse("web").unwrap(),
+                destination_subset: Default::default(),
                 route: None,
                 class: trellis_model::telemetry::ResponseClass::Success,
             },

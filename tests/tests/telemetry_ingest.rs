@@ -215,6 +215,11 @@ async fn envoy_shaped_metrics_become_edges_of_the_certificates_service_counting_
     assert_eq!(body["edges"][0]["metrics"]["requests"], 33);
     let rate = body["edges"][0]["metrics"]["successRate"].as_f64().unwrap();
     assert!((rate - 30.0 / 33.0).abs() < 1e-9, "{rate}");
+    // The cluster's subset is kept: every call went to reviews v2.
+    assert_eq!(
+        body["edges"][0]["subsets"],
+        json!([{ "tags": { "version": "v2" }, "requests": 33, "share": 1.0 }])
+    );
     assert_eq!(body["resolutionSeconds"], 10);
     let (status, body) = f.api.get("/meshes/shop/services/reviews/metrics").await;
     assert_eq!(status, 200, "{body}");

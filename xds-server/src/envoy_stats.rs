@@ -12,10 +12,11 @@ use envoy_types::pb::envoy::data::accesslog::v3::{
 };
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
 use trellis_model::ResourceName;
+use trellis_model::Tags;
 use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, ResponseClass};
 use trellis_store::AccessLogRecord;
 use trellis_xds::contract::access_log_name;
-use trellis_xds::parse_cluster_name;
+use trellis_xds::{cluster_subset, parse_cluster_name};
 
 /// Most series (cluster and stat) one stream's baseline holds: a label or cluster flood
 /// cannot grow a stream's memory past it.
@@ -69,7 +70,7 @@ impl Baseline {
         let mut over_limit = 0;
         for family in families {
             let Some((cluster, stat)) = family.name.as_deref().and_then(split_stat) else { continue };
-            let Some(destination) = destination_of(cluster, reporter) else { continue };
+            let Some((destination, subset)) = destination_of(cluster, reporter) else { continue };
             let class = match classify(stat) {
                 Some(Stat::Requests(c)) => Some((Stat::Requests(c), c)),
                 Some(s) => Some((s, ResponseClass::Unclassified)),
@@ -78,6 +79,7 @@ impl Baseline {
             let edge = |class| EdgeKey {
                 source: reporter.service.clone(),
                 destination: destination.clone(),
+                destination_subset: subset.clone(),
                 route: None,
                 class,
             };
@@ -168,13 +170,14 @@ fn classify(stat: &str) -> Option<Stat> {
     }
 }
 
-/// The service a cluster of the reporter's own mesh leads to; None for any other cluster.
-fn destination_of(cluster: &str, reporter: &Reporter) -> Option<ResourceName> {
+/// The service (and subset) a cluster of the reporter's own mesh leads to; None for any
+/// other cluster.
+fn destination_of(cluster: &str, reporter: &Reporter) -> Option<(ResourceName, Tags)> {
     let (service, mesh, _) = parse_cluster_name(cluster)?;
     if mesh != reporter.mesh {
         return None;
     }
-    ResourceName::parse(service).ok()
+    Some((ResourceName::parse(service).ok()?, cluster_subset(cluster)?))
 }
 
 /// Which side of the proxy a log stream's entries come from.
@@ -299,7 +302,7 @@ fn common_record(
     let me = Some(reporter.service.as_str().to_owned());
     let (source_service, destination_service) = match side {
         Side::Inbound => (peer.as_deref().and_then(|p| service_of_identity(p, &reporter.mesh)), me),
-        Side::Outbound => (me, destination_of(cluster, reporter).map(|s| s.as_str().to_owned())),
+        Side::Outbound => (me, destination_of(cluster, reporter).map(|(s, _)| s.as_str().to_owned())),
     };
     let termination = common.connection_termination_details.as_str();
     AccessLogRecord {
@@ -450,6 +453,7 @@ mod tests {
         EdgeKey {
             source: ResourceName::parse("web").unwrap(),
             destination: ResourceName::parse("reviews").unwrap(),
+            destination_subset: Tags::parse([("version", "v2")]).unwrap(),
             route: None,
             class,
         }

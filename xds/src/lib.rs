@@ -35,8 +35,8 @@ mod view;
 
 pub use access::{AUDIT_STAT_PREFIX, RBAC_ALLOW, RBAC_AUDIT, RBAC_DENY};
 pub use names::{
-    GRPC_SERVER_LISTENER_PREFIX, ProxyReach, cluster_name, grpc_listener_name, grpc_server_listener_name,
-    parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
+    GRPC_SERVER_LISTENER_PREFIX, ProxyReach, cluster_name, cluster_subset, grpc_listener_name,
+    grpc_server_listener_name, parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
 };
 pub use secrets::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET, sds_secrets};
 pub use sidecar::{RATE_LIMIT_FILTER, envoy_sidecar, outbound_addresses};

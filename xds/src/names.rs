@@ -34,19 +34,27 @@ pub fn cluster_name(service: &str, mesh: &str, port: u32, tags: &Tags) -> String
     if tags.is_empty() {
         return base;
     }
-    let subset: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{base}~{}", subset.join(","))
+    format!("{base}~{}", tags.joined())
 }
 
 /// A cluster name read back: the service, mesh and port of `<service>.<mesh>:<port>[~tags]`
 /// (what [`cluster_name`] writes); None for any other name (`inbound:<port>`, the xDS
-/// cluster). The tags are not read back: telemetry counts per service.
+/// cluster). [`cluster_subset`] reads the tags.
 pub fn parse_cluster_name(name: &str) -> Option<(&str, &str, u32)> {
     let base = name.split_once('~').map_or(name, |(base, _)| base);
     let (service_mesh, port) = base.rsplit_once(':')?;
     let (service, mesh) = service_mesh.split_once('.')?;
     let port = port.parse().ok()?;
     (!service.is_empty() && !mesh.is_empty() && !mesh.contains('.')).then_some((service, mesh, port))
+}
+
+/// The subset of a cluster name (`version=v2` of `reviews.shop:9080~version=v2`; no tags for
+/// the whole service); None when what follows `~` is not tags.
+pub fn cluster_subset(name: &str) -> Option<Tags> {
+    match name.split_once('~') {
+        None => Some(Tags::new()),
+        Some((_, subset)) => Tags::parse_joined(subset).ok(),
+    }
 }
 
 /// The workload identity of a service: `spiffe://<trust domain>/ns/<mesh>/sa/<service>`, the
@@ -132,6 +140,9 @@ mod tests {
         for other in ["inbound:9080", "xds", "reviews.shop", "reviews.shop:x", ".shop:80", "a.b.c:80", ""] {
             assert_eq!(parse_cluster_name(other), None, "{other}");
         }
+        assert_eq!(cluster_subset(&cluster_name("reviews", "shop", 9080, &tags)), Some(tags));
+        assert_eq!(cluster_subset("reviews.shop:9080"), Some(Tags::new()));
+        assert_eq!(cluster_subset("reviews.shop:9080~not tags"), None);
     }
 
     #[test]
