@@ -9,102 +9,23 @@ use axum::response::{IntoResponse, Response};
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_control::{API_VERSION, Control, Created, Document, Idempotency, MeshWrite, Page, ResourceView};
-use trellis_model::config::{self, FieldError, Kind, Labels};
+use trellis_control::{API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, ResourceView};
+use trellis_model::config::Kind;
 use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped};
-use crate::body::{ApiQuery, JsonBody, condition, etag, from_value, if_match};
+use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
 use crate::error::ApiError;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// The writable part of a document; read-only fields are accepted (so that a GET can be
-/// PUT back) and ignored.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Envelope {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    metadata: MetadataIn,
-    spec: Value,
-    #[serde(default)]
-    #[allow(dead_code)]
-    status: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct MetadataIn {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    mesh: Option<String>,
-    #[serde(default)]
-    labels: Labels,
-    // Read-only, ignored on input.
-    #[serde(default)]
-    #[allow(dead_code)]
-    generation: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    version: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    revision: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    created_at: Option<Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    updated_at: Option<Value>,
-}
-
-impl Envelope {
-    fn parse(body: Value, kind: &str, name: Option<&str>, mesh: Option<&str>) -> Result<Envelope, ApiError> {
-        if !body.is_object() {
-            return Err(ApiError::invalid_field("(body)", "must be a JSON object with a spec"));
-        }
+/// A document's writable part, checked against its URL after the published schema.
+fn envelope(body: Value, kind: &str, name: Option<&str>, mesh: Option<&str>) -> Result<Envelope, ApiError> {
+    if body.is_object() {
         crate::schema_check::check(kind, &body)?;
-        let env: Envelope = from_value(body)?;
-        let mut errors = Vec::new();
-        if let Some(v) = &env.api_version
-            && v != API_VERSION
-        {
-            errors.push(fe("apiVersion", format!("must be {API_VERSION:?}")));
-        }
-        if let Some(k) = &env.kind
-            && k != kind
-        {
-            errors.push(fe("kind", format!("must be {kind:?} at this URL")));
-        }
-        if let (Some(n), Some(want)) = (&env.metadata.name, name)
-            && n != want
-        {
-            errors.push(fe("metadata.name", format!("must match the name in the URL, {want:?}")));
-        }
-        if let (Some(m), Some(want)) = (&env.metadata.mesh, mesh)
-            && m != want
-        {
-            errors.push(fe("metadata.mesh", format!("must match the mesh in the URL, {want:?}")));
-        }
-        if let Err(e) = config::check_labels("metadata.labels", &env.metadata.labels) {
-            errors.extend(e);
-        }
-        if errors.is_empty() { Ok(env) } else { Err(ApiError::invalid(errors)) }
     }
-
-    fn document(self) -> Document {
-        Document { labels: self.metadata.labels, spec: self.spec }
-    }
-}
-
-fn fe(field: &str, message: String) -> FieldError {
-    FieldError { field: field.to_owned(), message }
+    Ok(Envelope::parse(body, kind, name, mesh)?)
 }
 
 fn kind_of(segment: &str) -> Result<Kind, ApiError> {
@@ -196,7 +117,7 @@ pub(crate) async fn put_mesh(
     headers: HeaderMap,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
-    let env = Envelope::parse(body.value, "Mesh", Some(&mesh), None)?;
+    let env = envelope(body.value, "Mesh", Some(&mesh), None)?;
     let write = MeshWrite { labels: env.metadata.labels, spec: env.spec };
     let put = ctl.put_mesh(scope, &mesh, write, &condition(&headers)).await?;
     let res = with_etag(created_or_ok(put.created), put.value.version, render_mesh(&put.value));
@@ -266,7 +187,7 @@ pub(crate) async fn put_resource(
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
-    let env = Envelope::parse(body.value, kind.name(), Some(&name), Some(&mesh))?;
+    let env = envelope(body.value, kind.name(), Some(&name), Some(&mesh))?;
     let (m, put) = ctl.put_resource(scope, &mesh, kind, &name, env.document(), &condition(&headers)).await?;
     let res =
         with_etag(created_or_ok(put.created), put.value.resource.version, render_resource(&m, &put.value));
@@ -289,7 +210,7 @@ pub(crate) async fn create_resource(
         .as_ref()
         .to_vec(),
     });
-    let env = Envelope::parse(body.value, kind.name(), None, Some(&mesh))?;
+    let env = envelope(body.value, kind.name(), None, Some(&mesh))?;
     let name = env.metadata.name.clone();
     let created = ctl
         .create_resource(scope, &mesh, kind, name.as_deref(), env.document(), idempotency, render_resource)
@@ -356,7 +277,7 @@ pub(crate) async fn impact_preview(
     ApiQuery(q): ApiQuery<ImpactQuery>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let env = Envelope::parse(body.value, Kind::AccessPolicy.name(), None, Some(&mesh))?;
+    let env = envelope(body.value, Kind::AccessPolicy.name(), None, Some(&mesh))?;
     let name = env.metadata.name.clone();
     let preview = ctl.access_impact(scope, &mesh, name.as_deref(), env.document(), q.window).await?;
     let limit = usize::try_from(trellis_control::MAX_LIMIT).unwrap_or(usize::MAX);

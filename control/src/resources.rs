@@ -246,6 +246,25 @@ impl Control {
         Ok((m, written))
     }
 
+    /// Checks a write of `doc` as [`Control::put_resource`] would (role, name, spec,
+    /// references) and writes nothing; returns the spec as it would be stored, for a front
+    /// end that shows a change before it is made.
+    pub async fn check_resource(
+        &self,
+        scope: Scope,
+        mesh: &str,
+        kind: Kind,
+        name: &str,
+        doc: &Document,
+    ) -> Result<Value, AppError> {
+        let mut scope = scope.allow(Action::WriteConfig)?;
+        resource_name(name)?;
+        let m = scope.mesh(mesh).await?;
+        let spec = checked_spec(&mut scope.tx, &m, kind, doc.spec.clone()).await?;
+        scope.commit().await?;
+        Ok(spec.to_json())
+    }
+
     /// Creates a resource named in its document (409 when it exists). With an idempotency
     /// key, the answer (`render`ed in the creating transaction) is stored and a repeat of the
     /// same request gets it again; another request under the same key is refused.

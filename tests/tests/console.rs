@@ -59,6 +59,37 @@ async fn session(db: &TestDb, slug: &str, subject: &str, role: Role) -> String {
     secret
 }
 
+/// A proxy of service `api` as the xDS server records one: registered, its clusters sent
+/// (and kept in readable form) and accepted, its listeners rejected. Its id.
+async fn ledger_of_a_proxy(db: &TestDb, slug: &str, mesh: &str) -> uuid::Uuid {
+    const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    let store = db.store().await;
+    let org = store.org_by_slug(&OrgSlug::parse(slug).unwrap()).await.unwrap().unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let m = tx.mesh_by_name(&trellis_model::MeshName::parse(mesh).unwrap()).await.unwrap().unwrap();
+    let registration = trellis_store::Registration {
+        service: "api".into(),
+        node_id: "api-1".into(),
+        client: "agent".into(),
+        address: Some("10.0.0.7".parse().unwrap()),
+        ports: vec![9080],
+        tags: serde_json::json!({ "version": "v1" }),
+        zone: String::new(),
+        replica: "test".into(),
+    };
+    let d = tx.register_dataplane(m.id, &registration).await.unwrap();
+    let clusters = serde_json::json!([{ "name": "outbound|9080||api", "type": "EDS" }]);
+    tx.record_xds_config(m.id, CLUSTER, "1", &clusters).await.unwrap();
+    tx.ledger_sent(d.id, CLUSTER, "1", "n1", m.revision).await.unwrap();
+    tx.ledger_acked(d.id, CLUSTER, "1", Some(12.0)).await.unwrap();
+    tx.ledger_sent(d.id, LISTENER, "2", "n2", m.revision).await.unwrap();
+    tx.ledger_nacked(d.id, LISTENER, "2", "listener api: bind failed").await.unwrap();
+    tx.commit().await.unwrap();
+    store.close().await;
+    d.id
+}
+
 fn as_user(secret: &str, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     req.header("cookie", format!("{SESSION_COOKIE}={secret}"))
 }
@@ -81,6 +112,32 @@ async fn assert_valid_html(name: &str, html: &str) {
         "{name} is not valid HTML: {}\n{html}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+const SERVICE_YAML: &str = "apiVersion: trellis.dev/v1
+kind: Service
+metadata:
+  name: reviews
+  mesh: shop
+spec:
+  ports:
+    - name: http
+      port: 9080
+      protocol: http
+";
+
+/// Replaces the YAML editor's content by typing `text` into it.
+async fn type_yaml(b: &fantoccini::Client, text: &str) {
+    let editor = b.find(Locator::Id("yaml-editor")).await.unwrap();
+    editor.clear().await.unwrap();
+    editor.send_keys(text).await.unwrap();
+}
+
+/// Replaces the value of the input `id` by typing `value`.
+async fn set_field(b: &fantoccini::Client, id: &str, value: &str) {
+    let input = b.find(Locator::Id(id)).await.unwrap();
+    input.clear().await.unwrap();
+    input.send_keys(value).await.unwrap();
 }
 
 fn screenshot_dir() -> std::path::PathBuf {
@@ -135,17 +192,127 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     assert!(page.contains("active"), "the mesh's CA is listed:\n{page}");
     std::fs::write(shots.join("mesh.png"), b.screenshot().await.unwrap()).unwrap();
 
-    // Connect a workload: a join token for one of the mesh's services, shown once with the
-    // commands that run an agent, and good for an SVID.
+    // Configuration from the mesh's page: a Service created from YAML, reviewed as a diff
+    // from nothing, then saved.
     let api =
         trellis_tests::Api::new(&t, "default", &trellis_tests::token(&db, "default", Role::Editor).await);
-    let service = serde_json::json!({
-        "apiVersion": "trellis.dev/v1", "kind": "Service", "metadata": { "name": "reviews", "mesh": "shop" },
-        "spec": { "ports": [{ "port": 9080, "protocol": "http" }] },
-    });
-    let (status, body) = api.put("/meshes/shop/services/reviews", &service).await;
-    assert_eq!(status, 201, "{body}");
-    b.refresh().await.unwrap();
+    b.find(Locator::Css("a[aria-label='New Service']")).await.unwrap().click().await.unwrap();
+    type_yaml(b, SERVICE_YAML).await;
+    b.find(Locator::XPath("//button[text()='Review the new resource']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let added = b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
+    assert!(added.text().await.unwrap().contains("port: 9080"), "the new document is shown");
+    std::fs::write(shots.join("service-review.png"), b.screenshot().await.unwrap()).unwrap();
+    b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
+    let shop = url.join("/orgs/default/meshes/shop/config/").unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_url(&shop.join("services/reviews?saved=1").unwrap())
+        .await
+        .unwrap();
+    let line = b.find(Locator::Id("propagation")).await.unwrap().text().await.unwrap();
+    assert_eq!(line, "applied by 0 of 0 proxies", "no proxy yet");
+
+    // The seed's route, typed in with an even split, then set to 75/25 through its form.
+    let seed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/reviews.yaml")).unwrap();
+    let route = seed.split("---").find(|d| d.contains("kind: HTTPRoute")).unwrap().trim().to_owned();
+    b.goto(shop.join("http-routes").unwrap().as_str()).await.unwrap();
+    type_yaml(b, &route.replace("weight: 75", "weight: 50").replace("weight: 25", "weight: 50")).await;
+    b.find(Locator::XPath("//button[text()='Review the new resource']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
+    b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_url(&shop.join("http-routes/reviews?saved=1").unwrap())
+        .await
+        .unwrap();
+    let v1 = "spec-rules-1-backendRefs-0-weight";
+    let v2 = "spec-rules-1-backendRefs-1-weight";
+    // A weight the model refuses comes back beside that weight's input, with what was typed.
+    set_field(b, v1, "-5").await;
+    b.find(Locator::XPath("//button[text()='Review weights']")).await.unwrap().click().await.unwrap();
+    let error = b
+        .wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Id(&format!("{v1}-error")))
+        .await
+        .unwrap();
+    assert!(error.text().await.unwrap().contains("-5"), "the error names the bad value");
+    let kept = b.find(Locator::Id(v1)).await.unwrap().prop("value").await.unwrap();
+    assert_eq!(kept.as_deref(), Some("-5"));
+    assert!(b.find(Locator::Id(&format!("{v2}-error"))).await.is_err(), "only the bad field has an error");
+    std::fs::write(shots.join("route-invalid-weight.png"), b.screenshot().await.unwrap()).unwrap();
+    set_field(b, v1, "75").await;
+    set_field(b, v2, "25").await;
+    b.find(Locator::XPath("//button[text()='Review weights']")).await.unwrap().click().await.unwrap();
+    let diff = b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
+    let removed = diff.find_all(Locator::Css("tr.removed")).await.unwrap();
+    let added = diff.find_all(Locator::Css("tr.added")).await.unwrap();
+    let (mut gone, mut come) = (Vec::new(), Vec::new());
+    for r in removed {
+        gone.push(r.text().await.unwrap());
+    }
+    for r in added {
+        come.push(r.text().await.unwrap());
+    }
+    assert_eq!(gone.len(), 2, "two weights go: {gone:?}");
+    assert!(gone.iter().all(|l| l.contains("weight: 50")), "{gone:?}");
+    assert!(
+        come.iter().any(|l| l.contains("weight: 75")) && come.iter().any(|l| l.contains("weight: 25")),
+        "{come:?}"
+    );
+    std::fs::write(shots.join("route-review.png"), b.screenshot().await.unwrap()).unwrap();
+    b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .at_most(Duration::from_secs(5))
+        .for_url(&shop.join("http-routes/reviews?saved=1").unwrap())
+        .await
+        .unwrap();
+    let line = b.find(Locator::Id("propagation")).await.unwrap().text().await.unwrap();
+    assert!(line.starts_with("applied by 0 of 0 proxies"), "{line}");
+    std::fs::write(shots.join("route-saved.png"), b.screenshot().await.unwrap()).unwrap();
+    // What is stored is the seed's route: applying the seed changes nothing.
+    let seed_route: serde_json::Value = serde_yaml::from_str(&route).unwrap();
+    let res = api
+        .req(reqwest::Method::PUT, "/meshes/shop/http-routes/reviews")
+        .json(&seed_route)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers().get("trellis-unchanged").map(|v| v.to_str().unwrap()), Some("true"));
+
+    // An edit reviewed while someone else changes the route is refused at saving, not
+    // written over theirs.
+    set_field(b, v1, "70").await;
+    set_field(b, v2, "30").await;
+    b.find(Locator::XPath("//button[text()='Review weights']")).await.unwrap().click().await.unwrap();
+    b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
+    let mut theirs = seed_route.clone();
+    theirs["metadata"]["labels"] = serde_json::json!({ "owner": "someone-else" });
+    let (status, body) = api.put("/meshes/shop/http-routes/reviews", &theirs).await;
+    assert_eq!(status, 200, "{body}");
+    b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
+    let refusal =
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("edit-error")).await.unwrap();
+    assert!(refusal.text().await.unwrap().contains("changed since you began editing"));
+    let (_, stored) = api.get("/meshes/shop/http-routes/reviews").await;
+    assert_eq!(stored["metadata"]["labels"]["owner"], "someone-else");
+    assert_eq!(stored["spec"]["rules"][1]["backendRefs"][0]["weight"], 75);
+
+    // Connect a workload: a join token for one of the mesh's services, shown once with the
+    // commands that run an agent, and good for an SVID.
+    b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
     b.find(Locator::Css("#workload-service option[value=reviews]")).await.unwrap().click().await.unwrap();
     b.find(Locator::Id("workload-tags")).await.unwrap().send_keys("version=v2").await.unwrap();
     b.find(Locator::XPath("//button[text()='Create a join token']")).await.unwrap().click().await.unwrap();
@@ -163,7 +330,22 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let store = db.store().await;
     let root = trellis_tests::grpc::platform_root(&store).await;
     store.close().await;
+    // Waiting for the first proxy: the page names the step it is at.
+    b.find(Locator::LinkText("Watch for the first proxy")).await.unwrap().click().await.unwrap();
+    let state =
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("first-proxy-state")).await.unwrap();
+    assert_eq!(state.text().await.unwrap(), "Waiting for an agent to use the join token…");
     trellis_tests::grpc::issue(&t.xds, &root, &token).await.expect("the token shown is good for an SVID");
+    b.refresh().await.unwrap();
+    let state = b.find(Locator::Id("first-proxy-state")).await.unwrap().text().await.unwrap();
+    assert_eq!(state, "Identity issued, but no xDS stream yet", "the failing step is named");
+    let steps = b.find(Locator::Id("first-proxy-steps")).await.unwrap().text().await.unwrap();
+    assert!(
+        steps.contains("identity certificate: done")
+            && steps.contains("xDS stream to the control plane: failed"),
+        "{steps}"
+    );
+    std::fs::write(shots.join("first-proxy.png"), b.screenshot().await.unwrap()).unwrap();
 
     // Rotate the mesh's root, one step at a time, each saying what it will do.
     b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
@@ -210,9 +392,16 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     // The audit log shows each step, and filters.
     b.goto(&format!("{}/orgs/default/audit", t.base)).await.unwrap();
     let log = b.find(Locator::Id("audit-events")).await.unwrap().text().await.unwrap();
-    for action in
-        ["join-token.create", "ca.rotation.prepare", "ca.rotation.activate", "token.create", "token.revoke"]
-    {
+    for action in [
+        "service.create",
+        "httproute.create",
+        "httproute.update",
+        "join-token.create",
+        "ca.rotation.prepare",
+        "ca.rotation.activate",
+        "token.create",
+        "token.revoke",
+    ] {
         assert!(log.contains(action), "{action} missing from the audit log:\n{log}");
     }
     b.find(Locator::Id("audit-action")).await.unwrap().send_keys("token.revoke").await.unwrap();
@@ -300,11 +489,126 @@ async fn pages_are_valid_html_with_strict_headers_and_show_each_user_only_their_
     let res = as_user(&viewer, http.post(format!("{}/orgs/acme", t.base)).form(&post)).send().await.unwrap();
     assert_eq!(res.status(), 403);
 
+    // Configuration: a Service saved from YAML, its page, the review of an edit, the
+    // dataplanes: each valid HTML.
+    let config = format!("{}/orgs/acme/meshes/web/config", t.base);
+    let service = SERVICE_YAML.replace("name: reviews", "name: api").replace("mesh: shop", "mesh: web");
+    let post = |secret: &str, url: String, fields: Vec<(&str, String)>| {
+        as_user(secret, http.post(url).form(&fields)).send()
+    };
+    let res = post(
+        &owner,
+        format!("{config}/services"),
+        vec![("csrf", csrf.clone()), ("step", "save".into()), ("yaml", service.clone())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 303, "{}", res.text().await.unwrap());
+    assert_eq!(res.headers()["location"], "/orgs/acme/meshes/web/config/services/api?saved=1");
+    let proxy = ledger_of_a_proxy(&db, "acme", "web").await;
+    let page = get(&owner, "/orgs/acme/meshes/web/dataplanes").send().await.unwrap().text().await.unwrap();
+    for shown in ["api-1", "in sync", "rejected version 2: listener api: bind failed", "rejected"] {
+        assert!(page.contains(shown), "{shown:?} missing from the dataplanes page:\n{page}");
+    }
+    let page = get(&owner, &format!("/orgs/acme/meshes/web/dataplanes/{proxy}")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("outbound|9080||api") && page.contains("type: EDS"),
+        "the config is shown as YAML:\n{page}"
+    );
+    assert_valid_html("dataplane", &page).await;
+    for path in ["/config/services", "/config/services/api?saved=1", "/dataplanes"] {
+        let res = get(&owner, &format!("/orgs/acme/meshes/web{path}")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_valid_html(path, &res.text().await.unwrap()).await;
+    }
+    let page =
+        get(&owner, "/orgs/acme/meshes/web/config/services/api").send().await.unwrap().text().await.unwrap();
+    let version =
+        page.split("name=\"version\" value=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_owned();
+    let edited = service.replace("port: 9080", "port: 9090");
+    let review = |secret: &str, csrf: &str| {
+        post(
+            secret,
+            format!("{config}/services/api"),
+            vec![
+                ("csrf", csrf.to_owned()),
+                ("step", "review".into()),
+                ("source", "yaml".into()),
+                ("version", version.clone()),
+                ("yaml", edited.clone()),
+            ],
+        )
+    };
+    let res = review(&owner, &csrf).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("port: 9090") && page.contains("port: 9080"), "{page}");
+    assert_valid_html("review", &page).await;
+    // A bad document is shown again with the field's path and the model's words.
+    let res = post(
+        &owner,
+        format!("{config}/services/api"),
+        vec![
+            ("csrf", csrf.clone()),
+            ("step", "review".into()),
+            ("source", "yaml".into()),
+            ("version", version.clone()),
+            ("yaml", service.replace("port: 9080", "port: 0")),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 422);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("spec.ports[0].port"), "{page}");
+    assert_valid_html("refused edit", &page).await;
+    // Without the CSRF token an edit is refused and nothing changes.
+    let save_without_csrf = post(
+        &owner,
+        format!("{config}/services/api"),
+        vec![("step", "save".into()), ("version", version.clone()), ("yaml", edited.clone())],
+    );
+    assert_eq!(save_without_csrf.await.unwrap().status(), 403);
+    let page =
+        get(&owner, "/orgs/acme/meshes/web/config/services/api").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("port: 9080") && !page.contains("port: 9090"));
+
+    // A viewer reads configuration without edit controls; posting anyway is a 403.
+    let page =
+        get(&viewer, "/orgs/acme/meshes/web/config/services/api").send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("port: 9080"), "{page}");
+    for control in ["yaml-editor", "Review", "name=\"step\""] {
+        assert!(!page.contains(control), "a viewer sees {control:?}:\n{page}");
+    }
+    let page = get(&viewer, "/orgs/acme/meshes/web").send().await.unwrap().text().await.unwrap();
+    assert!(!page.contains("aria-label=\"New "), "{page}");
+    assert_eq!(review(&viewer, &viewer_csrf).await.unwrap().status(), 403);
+    let res = post(
+        &viewer,
+        format!("{config}/services"),
+        vec![
+            ("csrf", viewer_csrf.clone()),
+            ("step", "save".into()),
+            ("yaml", service.replace("name: api", "name: other")),
+        ],
+    );
+    assert_eq!(res.await.unwrap().status(), 403);
+
     // Another organization's user finds nothing of acme's: every page is a 404.
-    for path in ["/orgs/acme", "/orgs/acme/meshes/web"] {
+    for path in [
+        "/orgs/acme",
+        "/orgs/acme/meshes/web",
+        "/orgs/acme/meshes/web/config/services",
+        "/orgs/acme/meshes/web/config/services/api",
+        "/orgs/acme/meshes/web/dataplanes",
+        &format!("/orgs/acme/meshes/web/dataplanes/{proxy}"),
+    ] {
         let res = get(&stranger, path).send().await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
         let body = res.text().await.unwrap();
+        assert!(!body.contains("9080"), "{path}: {body}");
         assert!(!body.contains("web") || !body.contains("Trust domain"), "{path}: {body}");
     }
     let home = get(&stranger, "/").send().await.unwrap();

@@ -18,12 +18,25 @@ pub struct Chrome<'a> {
 
 /// A whole page: `title`, the top bar (when someone is signed in) and `body`.
 pub fn page(title: &str, chrome: Option<&Chrome<'_>>, body: Markup) -> Markup {
+    shell(title, chrome, body, None)
+}
+
+/// A page that loads itself again every `seconds` (a meta refresh: no script needed), for
+/// a state that is still changing.
+pub fn page_refreshing(title: &str, chrome: Option<&Chrome<'_>>, body: Markup, seconds: u32) -> Markup {
+    shell(title, chrome, body, Some(seconds))
+}
+
+fn shell(title: &str, chrome: Option<&Chrome<'_>>, body: Markup, refresh: Option<u32>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if let Some(seconds) = refresh {
+                    meta http-equiv="refresh" content=(seconds);
+                }
                 title { (title) " · Trellis" }
                 link rel="stylesheet" href=(STYLESHEET);
             }

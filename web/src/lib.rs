@@ -9,9 +9,14 @@
 
 #![forbid(unsafe_code)]
 
+mod dataplanes;
+mod diff;
 mod layout;
 mod pages;
+mod resources;
+mod route_form;
 mod security;
+mod yaml;
 
 use axum::Router;
 use axum::extract::{Form, Path, Query, State};
@@ -47,11 +52,14 @@ pub fn router(console: Console) -> Router {
         .route("/orgs/{org}", get(org_page).post(create_mesh))
         .route("/orgs/{org}/meshes/{mesh}", get(mesh_page))
         .route("/orgs/{org}/meshes/{mesh}/workloads", axum::routing::post(connect_workload))
+        .route("/orgs/{org}/meshes/{mesh}/workloads/{id}", get(first_proxy))
         .route("/orgs/{org}/meshes/{mesh}/ca", axum::routing::post(rotate_ca))
         .route("/orgs/{org}/tokens", get(tokens_page).post(create_token))
         .route("/orgs/{org}/tokens/{id}/revoke", axum::routing::post(revoke_token))
         .route("/orgs/{org}/audit", get(audit_page))
         .route("/sign-out", axum::routing::post(sign_out))
+        .merge(resources::routes())
+        .merge(dataplanes::routes())
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
 }
@@ -94,8 +102,9 @@ impl Viewer {
         self.orgs.iter().map(|(slug, name, _)| (slug.clone(), name.clone())).collect()
     }
 
-    fn role_in(&self, org: &str) -> Option<Role> {
-        self.orgs.iter().find(|(slug, ..)| slug == org).map(|(.., role)| *role)
+    /// Whether the viewer's role in `org` allows `action`: a page shows a control only then.
+    fn may(&self, org: &str, action: Action) -> bool {
+        self.orgs.iter().any(|(slug, _, role)| slug == org && role.allows(action))
     }
 
     /// Refuses a form whose CSRF field is not this session's token (the API's rule).
@@ -209,7 +218,7 @@ async fn render_org(c: &Console, v: &Viewer, org: &str, form: &pages::MeshForm) 
     let org_name = scope.caller.org.name.clone();
     let page = trellis_control::Page::parse(Some("500"), None, None)?;
     let (meshes, _) = c.control.list_meshes(scope, &page).await?;
-    let can_write = v.role_in(org).is_some_and(|r| r.allows(Action::WriteConfig));
+    let can_write = v.may(org, Action::WriteConfig);
     let orgs = v.org_list();
     Ok(pages::org(&v.chrome(Some(org), &orgs), org, &org_name, &meshes, can_write.then_some(form)))
 }
@@ -272,10 +281,10 @@ async fn mesh_page(
     let scope = c.control.open(&v.request, &org).await?;
     let overview = c.control.mesh_overview(scope, &mesh).await?;
     let orgs = v.org_list();
-    let role = v.role_in(&org);
     let may = pages::MeshControls {
-        connect: role.is_some_and(|r| r.allows(Action::ManageTokens)),
-        rotate: role.is_some_and(|r| r.allows(Action::ManageCa)),
+        configure: v.may(&org, Action::WriteConfig),
+        connect: v.may(&org, Action::ManageTokens),
+        rotate: v.may(&org, Action::ManageCa),
     };
     Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview, may))
 }
@@ -347,6 +356,20 @@ async fn connect_workload(
         record: &minted.record,
     };
     Ok(pages::workload_token(&v.chrome(Some(&org), &orgs), &org, &agent).into_response())
+}
+
+/// "Waiting for the first proxy" of a join token: how far its workload has come, reloading
+/// itself until a proxy is in sync or a step has failed.
+async fn first_proxy(
+    State(c): State<Console>,
+    Path((org, mesh, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let onboarding = c.control.first_proxy(scope, &mesh, &id).await?;
+    let orgs = v.org_list();
+    Ok(pages::first_proxy(&v.chrome(Some(&org), &orgs), &org, &onboarding))
 }
 
 /// The organization's API tokens: who may call the API, with the form that mints one.

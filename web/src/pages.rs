@@ -4,12 +4,15 @@
 use std::collections::BTreeMap;
 
 use maud::{Markup, html};
-use trellis_control::{AppError, MeshOverview};
+use trellis_control::{AppError, FirstProxy, MeshOverview, Onboarding};
 use trellis_model::Role;
-use trellis_model::config::Labels;
+use trellis_model::config::{Kind, Labels};
 use trellis_store::{ApiToken, AuditRecord, JoinToken, Mesh};
 
-use crate::layout::{Chrome, csrf_field, page};
+use crate::layout::{Chrome, csrf_field, page, page_refreshing};
+
+pub mod dataplanes;
+pub mod resources;
 
 /// The sign-in page: the identity provider when one is configured, else the one-time link.
 pub fn sign_in(oidc: bool) -> Markup {
@@ -160,6 +163,8 @@ fn error_of(form: &MeshForm, field: &str, id: &str) -> Markup {
 
 /// What the viewer of a mesh's page may do there.
 pub struct MeshControls {
+    /// Create and edit configuration resources.
+    pub configure: bool,
     /// Mint join tokens: connect a workload.
     pub connect: bool,
     /// Rotate the CA.
@@ -170,6 +175,7 @@ pub struct MeshControls {
 /// the forms the viewer may use.
 pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls) -> Markup {
     let m = &o.fleet.mesh;
+    let mesh_url = format!("/orgs/{org}/meshes/{}", m.name.as_str());
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for r in &o.resources {
         by_kind.entry(r.kind.as_str()).or_default().push(r.name.as_str());
@@ -188,19 +194,29 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls)
                 p { (online) " of " (o.fleet.dataplanes.len()) " dataplanes online." }
             }
             h2 { "Configuration" }
-            @if by_kind.is_empty() {
-                p.muted { "Nothing configured yet." }
-            } @else {
-                table {
-                    thead { tr { th { "Kind" } th { "Resources" } } }
-                    tbody {
-                        @for (kind, names) in &by_kind {
-                            tr { td { (kind) } td { (names.join(", ")) } }
+            table #configuration {
+                thead { tr { th { "Kind" } th { "Resources" } th { span.visually-hidden { "Actions" } } } }
+                tbody {
+                    @for kind in Kind::ALL {
+                        @let kind_url = format!("{mesh_url}/config/{}", kind.plural());
+                        tr {
+                            td { a href=(kind_url) { (kind.name()) } }
+                            td {
+                                @match by_kind.get(kind.name()) {
+                                    Some(names) => @for (i, name) in names.iter().enumerate() {
+                                        @if i > 0 { ", " }
+                                        a href={ (kind_url) "/" (name) } { (name) }
+                                    },
+                                    None => span.muted { "none" },
+                                }
+                            }
+                            td { @if may.configure { a href=(kind_url) aria-label={ "New " (kind.name()) } { "New" } } }
                         }
                     }
                 }
             }
             h2 { "Dataplanes" }
+            p { a href={ (mesh_url) "/dataplanes" } { "Sync state and configuration of every proxy" } }
             @if o.fleet.dataplanes.is_empty() {
                 p.muted { "No proxy has connected yet." }
             } @else {
@@ -210,7 +226,7 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls)
                         @for d in &o.fleet.dataplanes {
                             @let state = o.fleet.state(d).as_str();
                             tr {
-                                td { code { (d.node_id) } }
+                                td { a href={ (mesh_url) "/dataplanes/" (d.id) } { code { (d.node_id) } } }
                                 td { (d.service) }
                                 td { (d.address.map(|a| a.addr().to_string()).unwrap_or_default()) }
                                 td class=(state_class(state)) { (state) }
@@ -386,8 +402,8 @@ END
             pre { code #agent-run { (run) } }
             h2 { "Or as a systemd service" }
             pre { code #agent-systemd { (systemd) } }
-            p { "The agent appears under Dataplanes on "
-                a href={ "/orgs/" (org) "/meshes/" (a.mesh) } { "the mesh's page" } " once it connects." }
+            p { a.button href={ "/orgs/" (org) "/meshes/" (a.mesh) "/workloads/" (a.record.id) } { "Watch for the first proxy" }
+                " — the page follows the agent through each step and names the one that fails." }
         },
     )
 }
@@ -516,5 +532,75 @@ fn state_class(state: &str) -> &'static str {
         "in-sync" => "ok",
         "rejected" | "offline" => "bad",
         _ => "warn",
+    }
+}
+
+/// One step on the way to the first proxy: done, failed (with why), or not yet.
+enum Step {
+    Done,
+    Failed(String),
+    Pending,
+}
+
+/// "Waiting for the first proxy": the steps from the join token to a proxy in sync, the
+/// failing one named; the page reloads itself while there is still something to wait for.
+pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
+    use FirstProxy as F;
+    let mesh = o.mesh.name.as_str();
+    let service = &o.token.service;
+    let (identity, stream, config) = match &o.step {
+        F::Waiting => (Step::Pending, Step::Pending, Step::Pending),
+        F::TokenExpired => (
+            Step::Failed("the token expired before an agent used it: create another".into()),
+            Step::Pending,
+            Step::Pending,
+        ),
+        F::TokenRevoked => {
+            (Step::Failed("the token was revoked: create another".into()), Step::Pending, Step::Pending)
+        }
+        F::NoStream => (
+            Step::Done,
+            Step::Failed(
+                "the agent got its certificate, but no xDS stream has opened yet: if this lasts, check that \
+                 the agent still runs and its --server, --mesh and --service flags"
+                    .into(),
+            ),
+            Step::Pending,
+        ),
+        F::Rejected { reason, .. } => (Step::Done, Step::Done, Step::Failed(format!("rejected: {reason}"))),
+        F::Syncing { .. } => (Step::Done, Step::Done, Step::Pending),
+        F::Connected { .. } => (Step::Done, Step::Done, Step::Done),
+    };
+    let (headline, class) = match &o.step {
+        F::Waiting => ("Waiting for an agent to use the join token…".to_owned(), "warn"),
+        F::TokenExpired | F::TokenRevoked => ("The join token was refused".to_owned(), "bad"),
+        F::NoStream => ("Identity issued, but no xDS stream yet".to_owned(), "bad"),
+        F::Rejected { node, .. } => (format!("Proxy {node} rejected its configuration"), "bad"),
+        F::Syncing { node } => (format!("Proxy {node} connected; its configuration is on its way…"), "warn"),
+        F::Connected { node } => (format!("Proxy {node} is connected and in sync"), "ok"),
+    };
+    let body = html! {
+        p.muted { a href={ "/orgs/" (org) "/meshes/" (mesh) } { "Mesh " (mesh) } " / first proxy of " (service) }
+        h1 { "First proxy of " (service) }
+        p #first-proxy-state class=(class) role="status" { strong { (headline) } }
+        ol #first-proxy-steps {
+            (step("The agent used the join token for its identity certificate", &identity))
+            (step("The proxy opened its xDS stream to the control plane", &stream))
+            (step("The proxy accepted its configuration", &config))
+        }
+        p.muted { "The token expires " (o.token.expires_at.format("%Y-%m-%d %H:%M UTC")) "." }
+    };
+    let waiting = matches!(o.step, F::Waiting | F::NoStream | F::Syncing { .. } | F::Rejected { .. });
+    let title = format!("First proxy of {service}");
+    if waiting { page_refreshing(&title, Some(chrome), body, 3) } else { page(&title, Some(chrome), body) }
+}
+
+fn step(what: &str, s: &Step) -> Markup {
+    html! {
+        @match s {
+            Step::Done => li.ok { (what) ": done" },
+            Step::Failed(why) => li.bad { (what) ": " strong { "failed" } " — " (why) },
+            Step::Pending => li.muted { (what) ": not yet" },
+        }
     }
 }
