@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// The xDS node id (default `<service>-<address>`).
     #[arg(long, env = "TRELLIS_NODE_ID")]
     pub node_id: Option<String>,
+    /// The share of successful requests written to the access log, in percent (denied and
+    /// failed ones always are).
+    #[arg(long, env = "TRELLIS_ACCESS_LOG_SAMPLE", default_value = "1", value_parser = crate::access_log::parse_sample_percent)]
+    pub access_log_sample: f64,
 }
 
 impl RunArgs {

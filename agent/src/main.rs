@@ -7,6 +7,7 @@
 //! - [`xds_client`]: the Delta ADS stream, behind [`state::ConfigSink`].
 //! - [`convert`] → [`config`]: xDS resources into the agent's own typed configuration (pure).
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
+//! - [`access_log`]: denied, failed and sampled calls, on stdout and to the control plane.
 //! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
 //! - [`relay`]: the local xDS relay for clients that cannot present a certificate.
 //! - [`persist`]: the last accepted configuration, served after a restart without the
@@ -14,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admin;
 mod cli;
 mod config;
@@ -77,12 +79,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let state = Arc::new(state::State::new(local));
     let upstreams = Arc::new(telemetry::Upstreams::default());
+    let metrics = admin::Metrics::default();
+    let (access_log, entries) = access_log::AccessLog::new(args.access_log_sample, metrics.clone());
+    // Access logs go to the control plane whenever telemetry does.
+    let log_upstream = args.telemetry_interval.0.map(|_| access_log::Upstream {
+        cp: cp.clone(),
+        identity: identity.clone(),
+        node: node(&args),
+    });
+    tokio::spawn(access_log::run(entries, identity.current().id.clone(), metrics.clone(), log_upstream));
     let proxy = proxy::Proxy::new(
         state,
         identity.clone(),
         args.outbound.clone(),
-        admin::Metrics::default(),
+        metrics,
         upstreams.clone(),
+        access_log,
         args.cert_dir.clone(),
     )?;
     serve_last_good(&proxy, &args.cert_dir);

@@ -30,7 +30,10 @@ pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
 pub use error::{AppError, Problem};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
-pub use observe::{DEFAULT_WINDOW_SECS, EdgeWindow, MAX_WINDOW_SECS};
+pub use observe::{
+    AccessLogPage, AccessLogSearch, DEFAULT_WINDOW_SECS, EdgeWindow, MAX_ACCESS_LOG_PAGE, MAX_WINDOW_SECS,
+    RuleNow, Why, attribution_of,
+};
 pub use orgs::{AuditQuery, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
