@@ -34,13 +34,19 @@ struct DirectionLabels {
     peer_service: String,
 }
 
-/// The agent's golden signals, by direction and peer service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The agent's golden signals, by direction and peer service, and what its access log lost.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     duration: Family<DirectionLabels, Histogram>,
     connections: Family<DirectionLabels, Counter>,
+    access_log_dropped: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,7 +64,13 @@ impl Default for Metrics {
             duration.clone(),
         );
         registry.register("tcp_connections", "TCP connections proxied", connections.clone());
-        Metrics { registry: Arc::new(registry), requests, duration, connections }
+        let access_log_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "access_log_dropped",
+            "Access-log entries dropped: the queue was full, or the backlog for the control plane",
+            access_log_dropped.clone(),
+        );
+        Metrics { registry: Arc::new(registry), requests, duration, connections, access_log_dropped }
     }
 }
 
@@ -89,7 +101,12 @@ impl Metrics {
         self.connections.get_or_create(&labels).inc();
     }
 
-    fn encode(&self) -> String {
+    /// Counts access-log entries dropped for `reason` (`queue_full`, `backlog_full`).
+    pub fn access_log_dropped(&self, reason: &'static str, n: u64) {
+        self.access_log_dropped.get_or_create(&ReasonLabels { reason }).inc_by(n);
+    }
+
+    pub(crate) fn encode(&self) -> String {
         let mut body = String::new();
         prometheus_client::encoding::text::encode(&mut body, &self.registry).expect("writing to a String");
         body

@@ -177,6 +177,10 @@ pub struct RunArgs {
     pub transparent: bool,
     #[command(flatten)]
     pub capture: Capture,
+    /// The share of successful requests written to the access log, in percent (denied and
+    /// failed ones always are).
+    #[arg(long, env = "TRELLIS_ACCESS_LOG_SAMPLE", default_value = "1", value_parser = crate::access_log::parse_sample_percent)]
+    pub access_log_sample: f64,
 }
 
 impl RunArgs {

@@ -327,11 +327,29 @@ impl Policy {
     }
 }
 
+/// Why the access filters refused a request or connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The RBAC filter that refused.
+    pub filter: String,
+    /// The policy that matched a deny filter; None when an allow filter matched none.
+    pub policy: Option<String>,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "{}: {p}", self.filter),
+            None => write!(f, "{}: no policy allows it", self.filter),
+        }
+    }
+}
+
 /// The outcome of the access filters for one request or connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// `None`: allowed; else why it was refused (filter and policy).
-    pub denied: Option<String>,
+    /// `None`: allowed; else which filter refused it, and by which policy.
+    pub denied: Option<Denial>,
     /// Audit policies that matched.
     pub audited: Vec<String>,
 }
@@ -341,14 +359,12 @@ pub fn evaluate(filters: &[RbacFilter], peer: Option<&SpiffeId>, req: Option<&Re
     let mut audited = Vec::new();
     for f in filters {
         let hit = f.policies.iter().find(|(_, p)| p.matches(peer, req)).map(|(n, _)| n.clone());
+        let denied =
+            |policy| Verdict { denied: Some(Denial { filter: f.name.clone(), policy }), audited: Vec::new() };
         match (f.mode, hit) {
             (RbacMode::Audit, Some(name)) => audited.push(name),
-            (RbacMode::Deny, Some(name)) => {
-                return Verdict { denied: Some(format!("{}: {name}", f.name)), audited };
-            }
-            (RbacMode::Allow, None) => {
-                return Verdict { denied: Some(format!("{}: no policy allows it", f.name)), audited };
-            }
+            (RbacMode::Deny, Some(name)) => return Verdict { audited, ..denied(Some(name)) },
+            (RbacMode::Allow, None) => return Verdict { audited, ..denied(None) },
             _ => {}
         }
     }

@@ -238,7 +238,7 @@ fn an_audit_rule_logs_and_lets_the_request_through() {
     let Handler::Http { access, .. } = &inbound.handler else { panic!("HTTP") };
     let (h, get) = (HeaderMap::new(), Method::GET);
     let verdict = evaluate(access, Some(&id("productpage")), Some(&view(&get, "/reviews/1", &h)));
-    assert_eq!(verdict, Verdict { denied: None, audited: vec!["watch/0".into()] });
+    assert_eq!(verdict, Verdict { denied: None, audited: vec!["watch/rules/0".into()] });
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! - [`proxy`]: listeners, inbound mTLS and access control, outbound routing.
 //! - [`transparent`]: transparent mode's capture listeners, and [`iptables`]: the rules of
 //!   `trellis-agent init` that redirect a pod's traffic to them.
+//! - [`access_log`]: denied, failed and sampled calls, on stdout and to the control plane.
 //! - [`admin`]: `/metrics`, `/ready`, `/config` on loopback.
 //! - [`relay`]: the local xDS relay for clients that cannot present a certificate.
 //! - [`persist`]: the last accepted configuration, served after a restart without the
@@ -16,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 mod admin;
 mod cli;
 mod config;
@@ -107,12 +109,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         true => proxy::Binding::Transparent,
         false => proxy::Binding::Explicit(args.outbound.clone()),
     };
+    let metrics = admin::Metrics::default();
+    let (access_log, entries) = access_log::AccessLog::new(args.access_log_sample, metrics.clone());
+    // Access logs go to the control plane whenever telemetry does.
+    let log_upstream = args.telemetry_interval.0.map(|_| access_log::Upstream {
+        cp: cp.clone(),
+        identity: identity.clone(),
+        node: node(&args),
+    });
+    tokio::spawn(access_log::run(entries, identity.current().id.clone(), metrics.clone(), log_upstream));
     let proxy = proxy::Proxy::new(
         state,
         identity.clone(),
         binding,
-        admin::Metrics::default(),
+        metrics,
         upstreams.clone(),
+        access_log,
         args.cert_dir.clone(),
     )?;
     serve_last_good(&proxy, &args.cert_dir);

@@ -33,9 +33,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
 
+use crate::access_log::{AccessLog, Entry, HttpCall, Note};
 use crate::admin::Metrics;
 use crate::cli::Outbound;
-use crate::config::{Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate};
+use crate::config::{
+    Denial, Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate,
+};
 use crate::identity::Identity;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
 use crate::state::{ConfigSink, State};
@@ -87,6 +90,7 @@ pub struct Proxy {
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
     /// Upstream requests per cluster, for the control plane's golden metrics.
     upstreams: Arc<Upstreams>,
+    access_log: AccessLog,
 }
 
 impl Proxy {
@@ -96,6 +100,7 @@ impl Proxy {
         binding: Binding,
         metrics: Metrics,
         upstreams: Arc<Upstreams>,
+        access_log: AccessLog,
         cert_dir: std::path::PathBuf,
     ) -> anyhow::Result<Arc<Proxy>> {
         let svid = identity.current();
@@ -120,6 +125,7 @@ impl Proxy {
             local_clients: Mutex::default(),
             mesh_clients: Mutex::default(),
             upstreams,
+            access_log,
         }))
     }
 
@@ -347,7 +353,25 @@ impl Proxy {
             Side::Inbound { plaintext } => {
                 let mut first = [0u8; 1];
                 // A TLS record starts with 0x16 (handshake); PERMISSIVE takes anything else as plaintext.
-                let tls = !plaintext || (tcp.peek(&mut first).await? == 1 && first[0] == 0x16);
+                let tls = tcp.peek(&mut first).await? == 1 && first[0] == 0x16;
+                if !tls && !plaintext {
+                    let denial = Denial { filter: "mtls".into(), policy: None };
+                    let note = Note {
+                        denial: Some(denial),
+                        detail: Some("plaintext caller: the mesh requires mTLS".into()),
+                        ..Default::default()
+                    };
+                    self.log_call(
+                        &l,
+                        None,
+                        None,
+                        tcp.peer_addr().ok(),
+                        std::time::SystemTime::now(),
+                        Duration::ZERO,
+                        note,
+                    );
+                    return Err(anyhow!("plaintext refused: the mesh requires mTLS"));
+                }
                 if !tls {
                     return self.serve(l, tcp, None).await;
                 }
@@ -403,6 +427,20 @@ impl Proxy {
                     let v = evaluate(access, peer.as_ref(), None);
                     if let Some(why) = v.denied {
                         tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.as_ref().map(SpiffeId::as_str), rule = %why, "connection denied");
+                        let note = Note {
+                            denial: Some(why),
+                            audited: v.audited.into_iter().next(),
+                            ..Default::default()
+                        };
+                        self.log_call(
+                            &l,
+                            peer.as_ref(),
+                            None,
+                            None,
+                            std::time::SystemTime::now(),
+                            Duration::ZERO,
+                            note,
+                        );
                         return Ok(());
                     }
                 }
@@ -485,18 +523,77 @@ impl Proxy {
         Ok(Arc::new(c))
     }
 
-    /// Handles one request as listener `l` does, and counts it.
+    /// Handles one request, counts it, and logs it when the access log keeps it.
     pub(crate) async fn request(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let started = std::time::Instant::now();
-        let resp = self.handle(l, peer, req).await;
+        let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+        let (method, uri, host) =
+            (req.method().clone(), req.uri().clone(), req.headers().get(http::header::HOST).cloned());
+        let mut resp = self.handle(l, peer, req).await;
         let (inbound, peer_service) = peer_service(l, peer);
-        self.metrics.request(inbound, peer_service, resp.status(), started.elapsed());
+        let took = started.elapsed();
+        self.metrics.request(inbound, peer_service, resp.status(), took);
+        let note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| host.and_then(|h| h.to_str().ok().map(str::to_owned)));
+        let call = HttpCall {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            authority,
+            status: resp.status().as_u16(),
+        };
+        self.log_call(l, peer, Some(call), None, time, took, note);
         resp
+    }
+
+    /// Logs a request (`call`) or a connection when the access log keeps it: every denial
+    /// and failure, a sample of the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn log_call(
+        &self,
+        l: &Listener,
+        peer: Option<&SpiffeId>,
+        call: Option<HttpCall>,
+        remote: Option<SocketAddr>,
+        time: std::time::SystemTime,
+        duration: Duration,
+        note: Note,
+    ) {
+        let failed = note.timed_out || call.as_ref().is_some_and(|c| c.status >= 500);
+        let Some(outcome) = self.access_log.keeps(note.denial.is_some(), failed, note.audited.is_some())
+        else {
+            return;
+        };
+        let (peer, destination_service) = match &l.side {
+            Side::Inbound { .. } => (peer.cloned(), None),
+            Side::Outbound { service } => {
+                let cfg = self.state.config();
+                let target = note.cluster.as_ref().and_then(|c| cfg.clusters.get(c)).map(|c| &c.target);
+                let peer = match target {
+                    Some(Target::Mesh { peer, .. }) => Some(peer.clone()),
+                    _ => None,
+                };
+                (peer, service.clone())
+            }
+        };
+        let inbound = matches!(l.side, Side::Inbound { .. });
+        self.access_log.log(Entry {
+            time,
+            outcome,
+            inbound,
+            http: call,
+            peer,
+            destination_service,
+            remote,
+            duration,
+            note,
+        });
     }
 
     async fn handle(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
@@ -505,7 +602,7 @@ impl Proxy {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
-        let Handler::Http { access, rate_limit, routes, forward_client_cert } = &l.handler else {
+        let Handler::Http { access, .. } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
@@ -517,16 +614,49 @@ impl Proxy {
             authority: authority.as_deref(),
             headers: req.headers(),
         };
+        let mut audited = None;
         if inbound {
             let verdict = evaluate(access, peer, Some(&view));
             for rule in &verdict.audited {
                 tracing::info!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), path = %view.path, rule = %rule, "audit: an audit rule matched");
             }
+            audited = verdict.audited.into_iter().next();
             if let Some(rule) = verdict.denied {
                 tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), method = %view.method, path = %view.path, rule = %rule, "request denied");
-                return local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
+                let mut r = local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
+                r.extensions_mut().insert(Note { denial: Some(rule), audited, ..Default::default() });
+                return r;
             }
         }
+        let mut resp = self.route(l, peer, req, authority, grpc, inbound).await;
+        if audited.is_some() {
+            let mut note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
+            note.audited = audited;
+            resp.extensions_mut().insert(note);
+        }
+        resp
+    }
+
+    /// Past access control: the rate limit, the route, and the upstream tries.
+    async fn route(
+        &self,
+        l: &Listener,
+        peer: Option<&SpiffeId>,
+        req: Request<Incoming>,
+        authority: Option<String>,
+        grpc: bool,
+        inbound: bool,
+    ) -> Response<Body> {
+        let Handler::Http { rate_limit, routes, forward_client_cert, .. } = &l.handler else {
+            return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
+        };
+        let view = RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority: authority.as_deref(),
+            headers: req.headers(),
+        };
         if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
             tracing::info!(listener = %l.name, "rate limited");
             return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
@@ -571,19 +701,35 @@ impl Proxy {
             }
             _ => Err(body),
         };
-        let attempts = self.attempts(&route, parts, replay);
+        let mut tried = None;
+        let attempts = self.attempts(&route, parts, replay, &mut tried);
         let outcome = match route.timeout {
             Some(t) => tokio::time::timeout(t, attempts)
                 .await
                 .unwrap_or_else(|_| Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into()))),
             None => attempts.await,
         };
+        // Outbound, the cluster names the destination in the access log.
+        let cluster = (!inbound).then(|| tried.map(str::to_owned)).flatten();
         match outcome {
-            Ok(resp) => resp.map(BodyExt::boxed),
+            Ok(mut resp) => {
+                if cluster.is_some() {
+                    resp.extensions_mut().insert(Note { cluster, ..Default::default() });
+                }
+                resp.map(BodyExt::boxed)
+            }
             Err((status, why)) => {
                 tracing::warn!(direction = if inbound { "inbound" } else { "outbound" }, listener = %l.name, route = %route.name, %status, error = %why, "request failed");
-                let code = if status == StatusCode::GATEWAY_TIMEOUT { 4 } else { 14 };
-                local_reply(grpc, status, code, &why)
+                let timed_out = status == StatusCode::GATEWAY_TIMEOUT;
+                let code = if timed_out { 4 } else { 14 };
+                let mut r = local_reply(grpc, status, code, &why);
+                r.extensions_mut().insert(Note {
+                    cluster,
+                    detail: Some(why),
+                    timed_out,
+                    ..Default::default()
+                });
+                r
             }
         }
     }
@@ -667,11 +813,12 @@ impl Proxy {
 
     /// Sends the request, trying again as the route's retry policy says when the body can
     /// be sent again.
-    async fn attempts(
+    async fn attempts<'r>(
         &self,
-        route: &crate::config::Route,
+        route: &'r crate::config::Route,
         parts: http::request::Parts,
         body: Result<Bytes, Incoming>,
+        tried: &mut Option<&'r str>,
     ) -> Result<Response<Incoming>, (StatusCode, String)> {
         let total = route.total_weight();
         let (bytes, mut streaming) = match body {
@@ -682,14 +829,15 @@ impl Proxy {
         let tries = retry.map_or(1, |r| r.retries + 1);
         let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
         for attempt in 0..tries {
-            let cluster = route.pick(rand::rng().random_range(0..total.max(1))).to_owned();
+            let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
+            *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
                 (None, Some(s)) => s.boxed(),
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
             let req = Request::from_parts(parts.clone(), body);
-            let sent = self.send(&cluster, req);
+            let sent = self.send(cluster, req);
             let result = match retry.and_then(|r| r.per_try) {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
                 None => sent.await,

@@ -1,13 +1,16 @@
 //! Observe: golden metrics per service and per edge, and the topology of a mesh, over a
-//! window ending now, read from the stored edge buckets (never from a live scan of proxies).
+//! window ending now, read from the stored edge buckets (never from a live scan of proxies);
+//! the access log, and why one logged call was denied (or let through).
 
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_control::{Control, EdgeWindow};
+use trellis_control::{AccessLogSearch, Control, EdgeWindow, Why, attribution_of};
 use trellis_model::ResourceName;
+use trellis_model::attribution::Attribution;
 use trellis_model::telemetry::{EdgeTotal, GoldenMetrics, Topology, service_metrics};
+use trellis_store::StoredAccessLog;
 
 use crate::ApiError;
 use crate::auth::OrgScope;
@@ -101,4 +104,210 @@ pub(crate) async fn service(
         "callers": totals.iter().filter(|e| e.destination == name).map(edge).collect::<Vec<_>>(),
         "callees": totals.iter().filter(|e| e.source == name).map(edge).collect::<Vec<_>>(),
     })))
+}
+
+/// `…/access-log` query parameters: text, parsed by the core (so its errors name them).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AccessLogParams {
+    service: Option<String>,
+    status: Option<String>,
+    denied: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<String>,
+}
+
+fn decision_json(a: &Attribution) -> Value {
+    let (policy, rule) = a.rule().unzip();
+    json!({ "kind": a.kind(), "policy": policy, "rule": rule, "summary": a.to_string() })
+}
+
+fn entry_json(e: &StoredAccessLog) -> Value {
+    let r = &e.record;
+    json!({
+        "id": e.id,
+        "receivedAt": e.received_at,
+        "loggedAt": r.logged_at,
+        "reporter": r.reporter,
+        "direction": r.direction,
+        "protocol": r.protocol,
+        "outcome": r.outcome,
+        "source": { "service": r.source_service, "identity": r.source_identity, "address": r.source_address },
+        "destination": { "service": r.destination_service, "identity": r.destination_identity },
+        "method": r.method,
+        "authority": r.authority,
+        "path": r.path,
+        "status": r.status,
+        "responseFlags": r.response_flags,
+        "responseDetails": r.response_details,
+        "rbacPolicy": r.rbac_policy,
+        "auditPolicy": r.audit_policy,
+        "durationMs": r.duration_ms,
+        "meshRevision": e.mesh_revision,
+        "decision": decision_json(&attribution_of(r)),
+    })
+}
+
+/// `GET …/meshes/{mesh}/access-log`: the denied, failed and sampled calls proxies logged,
+/// newest first, one page at a time.
+pub(crate) async fn access_log(
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<AccessLogParams>,
+    OrgScope(scope): OrgScope,
+) -> Result<Json<Value>, ApiError> {
+    let search = AccessLogSearch {
+        service: q.service,
+        status: q.status,
+        denied: q.denied,
+        since: q.since,
+        until: q.until,
+        cursor: q.cursor,
+        limit: q.limit,
+    };
+    let page = ctl.access_log(scope, &mesh, &search).await?;
+    Ok(Json(json!({
+        "mesh": page.mesh.name,
+        "items": page.entries.iter().map(entry_json).collect::<Vec<_>>(),
+        "nextCursor": page.next_cursor,
+    })))
+}
+
+/// `GET …/meshes/{mesh}/access-log/{id}/why`: what decided the call an entry records — the
+/// AccessPolicy rule (and that rule now), default deny, or no mTLS identity.
+pub(crate) async fn why(
+    State(ctl): State<Control>,
+    Path((_, mesh, id)): Path<(String, String, String)>,
+    OrgScope(scope): OrgScope,
+) -> Result<Json<Value>, ApiError> {
+    let Why { entry, attribution, rule } = ctl.why(scope, &mesh, &id).await?;
+    let rule = rule.map(|r| {
+        json!({
+            "policy": r.policy,
+            "rule": r.rule,
+            "exists": r.resource.is_some(),
+            "ruleNow": r.rule_spec,
+            "policyRevision": r.resource.as_ref().and_then(|p| p.mesh_revision),
+            "changedSinceEntry": r.changed_since,
+        })
+    });
+    Ok(Json(json!({
+        "entry": entry_json(&entry),
+        "decision": decision_json(&attribution),
+        "meshRevisionAtEntry": entry.mesh_revision,
+        "rule": rule,
+    })))
+}
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The edges of a window in the Prometheus text format, with Linkerd-viz's names and labels
+/// (`request_total{direction, src_service, dst_service, classification}`,
+/// `response_latency_ms_bucket{…, le}`), one mesh's only. The figures are the window's totals
+/// (gauges): a scrape every `window` seconds sees each request once.
+pub(crate) fn prometheus_text(mesh: &str, window_secs: i64, totals: &[EdgeTotal]) -> String {
+    use std::fmt::Write as _;
+    let bounds = trellis_model::telemetry::bucket_upper_bounds_ms();
+    let mut out = String::new();
+    let _ =
+        writeln!(out, "# HELP window_seconds The window every other figure covers, ending at the scrape.");
+    let _ = writeln!(out, "# TYPE window_seconds gauge");
+    let _ = writeln!(out, "window_seconds{{mesh=\"{}\"}} {window_secs}", label(mesh));
+    let edge_labels = |e: &EdgeTotal| {
+        format!(
+            "mesh=\"{}\",direction=\"outbound\",src_service=\"{}\",dst_service=\"{}\"",
+            label(mesh),
+            label(&e.source),
+            label(&e.destination)
+        )
+    };
+    let _ = writeln!(out, "# HELP request_total HTTP requests over the window, by edge and success.");
+    let _ = writeln!(out, "# TYPE request_total gauge");
+    for e in totals.iter().filter(|e| e.counts.requests > 0) {
+        let l = edge_labels(e);
+        let c = &e.counts;
+        let _ = writeln!(out, "request_total{{{l},classification=\"success\"}} {}", c.successes);
+        let _ = writeln!(
+            out,
+            "request_total{{{l},classification=\"failure\"}} {}",
+            c.requests - c.successes.min(c.requests)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP response_latency_ms Time to response over the window, by edge, in milliseconds."
+    );
+    let _ = writeln!(out, "# TYPE response_latency_ms histogram");
+    for e in totals.iter().filter(|e| !e.counts.latency.is_empty()) {
+        let l = edge_labels(e);
+        let mut cumulative = 0;
+        for (bound, n) in bounds.iter().zip(e.counts.latency.counts()) {
+            cumulative += n;
+            let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"{bound}\"}} {cumulative}");
+        }
+        let total = e.counts.latency.total();
+        let _ = writeln!(out, "response_latency_ms_bucket{{{l},le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "response_latency_ms_count{{{l}}} {total}");
+    }
+    let _ = writeln!(out, "# HELP tcp_open_total TCP connections opened over the window, by edge.");
+    let _ = writeln!(out, "# TYPE tcp_open_total gauge");
+    for e in totals.iter().filter(|e| e.counts.tcp_connections > 0) {
+        let _ = writeln!(out, "tcp_open_total{{{}}} {}", edge_labels(e), e.counts.tcp_connections);
+    }
+    out
+}
+
+/// `GET …/meshes/{mesh}/metrics/prometheus`: the mesh's golden metrics for a tenant's own
+/// Prometheus to scrape (with an API token, like every call).
+pub(crate) async fn prometheus(
+    State(ctl): State<Control>,
+    Path((_, mesh)): Path<(String, String)>,
+    ApiQuery(q): ApiQuery<WindowQuery>,
+    OrgScope(scope): OrgScope,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let window = q.window.or(Some(PROMETHEUS_WINDOW_SECS));
+    let EdgeWindow { mesh: m, seconds, totals, .. } = ctl.edge_totals(scope, &mesh, window).await?;
+    let body = prometheus_text(m.name.as_str(), seconds, &totals);
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
+        .into_response())
+}
+
+/// The window of a scrape that names none: a common scrape interval.
+const PROMETHEUS_WINDOW_SECS: i64 = 60;
+
+#[cfg(test)]
+mod tests {
+    use trellis_model::telemetry::{EdgeCounts, LatencyHistogram};
+
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_linkerd_names_one_mesh_and_cumulative_buckets() {
+        let mut latency = LatencyHistogram::default();
+        latency.record_ms(3.0);
+        latency.record_ms(40.0);
+        let totals = [EdgeTotal {
+            source: "web".into(),
+            destination: "reviews".into(),
+            counts: EdgeCounts { requests: 10, successes: 9, latency, ..Default::default() },
+        }];
+        let text = prometheus_text("shop", 60, &totals);
+        let l = "mesh=\"shop\",direction=\"outbound\",src_service=\"web\",dst_service=\"reviews\"";
+        assert!(text.contains(&format!("request_total{{{l},classification=\"success\"}} 9\n")), "{text}");
+        assert!(text.contains(&format!("request_total{{{l},classification=\"failure\"}} 1\n")), "{text}");
+        assert!(text.contains(&format!("response_latency_ms_bucket{{{l},le=\"+Inf\"}} 2\n")), "{text}");
+        let buckets: Vec<u64> = text
+            .lines()
+            .filter(|l| l.starts_with("response_latency_ms_bucket"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative");
+        assert!(text.lines().filter(|l| !l.starts_with('#')).all(|l| l.contains("mesh=\"shop\"")));
+    }
 }

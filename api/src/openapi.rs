@@ -362,7 +362,7 @@ pub fn document() -> Value {
         "properties": {
             "verdict": {"type": "string", "enum": ["allowed", "dependsOnRequest", "denied"],
                 "description": "dependsOnRequest: rules with request conditions (methods, paths, headers) decide call by call"},
-            "rule": {"type": "string", "description": "The deciding rule, `<policy>/<rule index>`, or `default deny`"},
+            "rule": {"type": "string", "description": "The deciding rule, `<policy>/rules/<index>`, or `default-deny`"},
         },
     });
     let mut preview = with_body(
@@ -409,6 +409,120 @@ pub fn document() -> Value {
                 },
             }), false)], READ) }),
     );
+    // ----- access log and "why denied" -----
+    let decision = json!({
+        "type": "object",
+        "description": "What decided the call",
+        "required": ["kind", "summary"],
+        "properties": {
+            "kind": {"type": "string", "enum": ["deny-rule", "default-deny", "no-mtls-identity", "policy", "audit-rule", "allowed"]},
+            "policy": {"type": ["string", "null"], "description": "The AccessPolicy whose rule decided (deny-rule, audit-rule)"},
+            "rule": {"type": ["integer", "null"], "description": "The rule's index in spec.rules"},
+            "summary": {"type": "string"},
+        },
+    });
+    let text = json!({"type": ["string", "null"]});
+    let access_entry = json!({
+        "type": "object",
+        "required": ["id", "receivedAt", "loggedAt", "reporter", "direction", "protocol", "outcome", "source", "destination", "decision"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"}, "receivedAt": {"type": "string"}, "loggedAt": {"type": "string"},
+            "reporter": {"type": "string", "description": "The service of the proxy that logged it (from its certificate)"},
+            "direction": {"type": "string", "enum": ["inbound", "outbound"]},
+            "protocol": {"type": "string", "enum": ["http", "tcp"]},
+            "outcome": {"type": "string", "enum": ["denied", "error", "audited", "sampled"]},
+            "source": {"type": "object", "properties": {"service": text, "identity": text, "address": text}},
+            "destination": {"type": "object", "properties": {"service": text, "identity": text}},
+            "method": text, "authority": text, "path": text, "status": {"type": ["integer", "null"]},
+            "rbacPolicy": text, "auditPolicy": text, "durationMs": {"type": ["number", "null"]},
+            "meshRevision": {"type": ["integer", "null"], "description": "The mesh's revision when the entry was stored"},
+            "decision": decision,
+        },
+    });
+    let query = |name: &str, description: &str, schema: Value| json!({ "name": name, "in": "query", "description": description, "schema": schema });
+    let mut access_log = op(
+        "getAccessLog",
+        "Denied, failed and sampled calls the proxies logged, newest first",
+        &["org", "mesh"],
+        vec![ok(
+            200,
+            "A page of entries",
+            json!({
+                "type": "object",
+                "required": ["mesh", "items"],
+                "properties": {
+                    "mesh": {"type": "string"}, "items": {"type": "array", "items": access_entry},
+                    "nextCursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page; null on the last"},
+                },
+            }),
+            false,
+        )],
+        READ,
+    );
+    access_log["parameters"].as_array_mut().expect("a list").extend([
+        query("service", "Calls to or from this service", json!({"type": "string"})),
+        query("status", "HTTP status", json!({"type": "integer", "minimum": 100, "maximum": 599})),
+        query("denied", "Denials only", json!({"type": "boolean"})),
+        query(
+            "since",
+            "Received at or after (RFC 3339; default an hour before until)",
+            json!({"type": "string", "format": "date-time"}),
+        ),
+        query(
+            "until",
+            "Received before (RFC 3339; default now)",
+            json!({"type": "string", "format": "date-time"}),
+        ),
+        query("cursor", "The nextCursor of the previous page", json!({"type": "string"})),
+        query(
+            "limit",
+            "Entries per page (default 100)",
+            json!({"type": "integer", "minimum": 1, "maximum": trellis_control::MAX_ACCESS_LOG_PAGE}),
+        ),
+    ]);
+    paths.insert(format!("{org}/meshes/{{mesh}}/access-log"), json!({ "get": access_log }));
+    let mut why = op(
+        "getAccessLogWhy",
+        "Why a logged call was denied or let through: the AccessPolicy rule, default deny, or no mTLS identity",
+        &["org", "mesh"],
+        vec![ok(
+            200,
+            "The decision",
+            json!({
+                "type": "object",
+                "required": ["entry", "decision"],
+                "properties": {
+                    "entry": access_entry, "decision": decision,
+                    "meshRevisionAtEntry": {"type": ["integer", "null"]},
+                    "rule": {"type": ["object", "null"], "description": "The deciding rule as it is now",
+                        "required": ["policy", "rule", "exists", "changedSinceEntry"],
+                        "properties": {
+                            "policy": {"type": "string"}, "rule": {"type": "integer"}, "exists": {"type": "boolean"},
+                            "ruleNow": {"type": ["object", "null"]}, "policyRevision": {"type": ["integer", "null"]},
+                            "changedSinceEntry": {"type": "boolean", "description": "The policy was written or deleted after the entry was stored"},
+                        }},
+                },
+            }),
+            false,
+        )],
+        READ,
+    );
+    why["parameters"].as_array_mut().expect("a list").push(json!({
+        "name": "id", "in": "path", "required": true, "description": "Access-log entry id", "schema": {"type": "string"},
+    }));
+    paths.insert(format!("{org}/meshes/{{mesh}}/access-log/{{id}}/why"), json!({ "get": why }));
+    let mut prometheus = op(
+        "getPrometheusMetrics",
+        "The mesh's golden metrics in the Prometheus text format, Linkerd-viz names and labels (request_total, response_latency_ms, tcp_open_total by src_service, dst_service, classification): totals of the window (default 60 s)",
+        &["org", "mesh", "window"],
+        vec![],
+        READ,
+    );
+    prometheus["responses"]["200"] = json!({
+        "description": "The exposition (text/plain; version=0.0.4)",
+        "content": { "text/plain": { "schema": { "type": "string" } } },
+    });
+    paths.insert(format!("{org}/meshes/{{mesh}}/metrics/prometheus"), json!({ "get": prometheus }));
     paths.insert(
         format!("{org}/meshes/{{mesh}}/services/{{service}}/effective"),
         json!({ "get": op("getEffectivePolicies", "Every policy that applies to a service, in evaluation order", &["org", "mesh", "service"],

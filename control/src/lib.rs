@@ -35,7 +35,10 @@ pub use error::{AppError, Problem};
 pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
-pub use observe::{DEFAULT_WINDOW_SECS, EdgeWindow, MAX_WINDOW_SECS};
+pub use observe::{
+    AccessLogPage, AccessLogSearch, DEFAULT_WINDOW_SECS, EdgeWindow, MAX_ACCESS_LOG_PAGE, MAX_WINDOW_SECS,
+    RuleNow, Why, attribution_of,
+};
 pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};

@@ -1,10 +1,17 @@
 //! Observe: a mesh's edge totals over a window ending now, read from the stored buckets
-//! (never from a live scan of proxies), for golden metrics and the topology.
+//! (never from a live scan of proxies), for golden metrics and the topology; its access log
+//! and, for one entry, the rule that decided the call ("why denied").
 
-use chrono::{TimeDelta, Utc};
-use trellis_model::Action;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::Value;
+use trellis_model::attribution::Attribution;
+use trellis_model::config::{FieldError, Kind};
 use trellis_model::telemetry::{EdgeTotal, Resolution};
-use trellis_store::Mesh;
+use trellis_model::{Action, MeshId, ResourceName};
+use trellis_store::{AccessLogQuery, AccessLogRecord, Mesh, Resource, StoredAccessLog};
+use uuid::Uuid;
 
 use crate::{AppError, Control, Scope};
 
@@ -46,10 +53,205 @@ impl Control {
 pub(crate) fn window_seconds(window: Option<i64>, default: i64) -> Result<i64, AppError> {
     let seconds = window.unwrap_or(default);
     if !(10..=MAX_WINDOW_SECS).contains(&seconds) {
-        return Err(AppError::bad_request(format!(
-            "window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"
-        ))
-        .with_field("window", &format!("must be 10 to {MAX_WINDOW_SECS}")));
+        return Err(AppError::bad_request(format!("window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"))
+            .with_field("window", &format!("must be 10 to {MAX_WINDOW_SECS}")));
     }
     Ok(seconds)
+}
+
+/// Most access-log entries one page holds.
+pub const MAX_ACCESS_LOG_PAGE: i64 = 500;
+/// Entries in a page that names no `limit`.
+pub const DEFAULT_ACCESS_LOG_PAGE: i64 = 100;
+/// How far back an access-log search reaches when it names no `since`.
+pub const DEFAULT_ACCESS_LOG_SECS: i64 = 3_600;
+
+/// An access-log search as a front end received it: text, parsed by [`Control::access_log`].
+#[derive(Debug, Default, Clone)]
+pub struct AccessLogSearch {
+    pub service: Option<String>,
+    pub status: Option<String>,
+    pub denied: Option<String>,
+    /// RFC 3339 times.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// One page of a mesh's access log, newest first, and the cursor of the next when it is full.
+pub struct AccessLogPage {
+    pub mesh: Mesh,
+    pub entries: Vec<StoredAccessLog>,
+    pub next_cursor: Option<String>,
+}
+
+/// The AccessPolicy rule an entry names, as it is now.
+pub struct RuleNow {
+    pub policy: String,
+    pub rule: usize,
+    /// The resource, unless it was deleted since.
+    pub resource: Option<Resource>,
+    /// The rule in the resource's spec now, if it still has one at that index.
+    pub rule_spec: Option<Value>,
+    /// The resource was written (or deleted) after the entry was stored.
+    pub changed_since: bool,
+}
+
+/// Why a logged call was let through or refused.
+pub struct Why {
+    pub entry: StoredAccessLog,
+    pub attribution: Attribution,
+    pub rule: Option<RuleNow>,
+}
+
+/// What decided a stored entry (the one reading for every front end).
+pub fn attribution_of(e: &AccessLogRecord) -> Attribution {
+    // Outbound, the caller is the reporter itself, whose identity is its certificate.
+    let identified = e.direction == "outbound" || e.source_identity.is_some();
+    Attribution::of(e.outcome == "denied", e.rbac_policy.as_deref(), e.audit_policy.as_deref(), identified)
+}
+
+fn encode_cursor(e: &StoredAccessLog) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}/{}", e.received_at.timestamp_micros(), e.id))
+}
+
+fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(c.as_bytes()).ok()?).ok()?;
+    let (micros, id) = text.split_once('/')?;
+    Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))
+}
+
+impl AccessLogSearch {
+    /// The store's query, or every parameter that is wrong, by name.
+    fn parse(&self, mesh: MeshId, now: DateTime<Utc>) -> Result<AccessLogQuery, AppError> {
+        let mut errors = Vec::new();
+        let mut bad = |field: &str, message: &str| {
+            errors.push(FieldError { field: field.to_owned(), message: message.to_owned() })
+        };
+        let time =
+            |s: &Option<String>| s.as_deref().map(|t| DateTime::parse_from_rfc3339(t).map(|t| t.to_utc()));
+        let until = match time(&self.until) {
+            None => now,
+            Some(Ok(t)) => t,
+            Some(Err(_)) => {
+                bad("until", "must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z");
+                now
+            }
+        };
+        let since = match time(&self.since) {
+            None => until - TimeDelta::seconds(DEFAULT_ACCESS_LOG_SECS),
+            Some(Ok(t)) if t <= until => t,
+            Some(Ok(_)) => {
+                bad("since", "must not be after until");
+                until
+            }
+            Some(Err(_)) => {
+                bad("since", "must be an RFC 3339 time, e.g. 2026-01-02T15:04:05Z");
+                until
+            }
+        };
+        let service = match self.service.as_deref().map(ResourceName::parse) {
+            None => None,
+            Some(Ok(s)) => Some(s.as_str().to_owned()),
+            Some(Err(e)) => {
+                bad("service", &format!("not a service name: {e}"));
+                None
+            }
+        };
+        let status =
+            match self.status.as_deref().map(|s| s.parse::<i32>().ok().filter(|n| (100..=599).contains(n))) {
+                None => None,
+                Some(Some(n)) => Some(n),
+                Some(None) => {
+                    bad("status", "must be an HTTP status from 100 to 599");
+                    None
+                }
+            };
+        let denied_only = match self.denied.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => {
+                bad("denied", "must be true or false");
+                false
+            }
+        };
+        let after = match self.cursor.as_deref().map(decode_cursor) {
+            None => None,
+            Some(Some(c)) => Some(c),
+            Some(None) => {
+                bad("cursor", "use the nextCursor of the previous page");
+                None
+            }
+        };
+        let limit = match self
+            .limit
+            .as_deref()
+            .map(|s| s.parse::<i64>().ok().filter(|n| (1..=MAX_ACCESS_LOG_PAGE).contains(n)))
+        {
+            None => DEFAULT_ACCESS_LOG_PAGE,
+            Some(Some(n)) => n,
+            Some(None) => {
+                bad("limit", &format!("must be a number from 1 to {MAX_ACCESS_LOG_PAGE}"));
+                DEFAULT_ACCESS_LOG_PAGE
+            }
+        };
+        if !errors.is_empty() {
+            let mut e = AppError::bad_request(match errors.as_slice() {
+                [one] => format!("{}: {}", one.field, one.message),
+                many => format!("{} query parameters are invalid; see errors", many.len()),
+            });
+            e.errors = errors;
+            return Err(e);
+        }
+        Ok(AccessLogQuery { mesh, since, until, service, status, denied_only, after, limit })
+    }
+}
+
+impl Control {
+    /// One page of `mesh`'s access log, newest first.
+    pub async fn access_log(
+        &self,
+        scope: Scope,
+        mesh: &str,
+        search: &AccessLogSearch,
+    ) -> Result<AccessLogPage, AppError> {
+        let mut scope = scope.allow(Action::Read)?;
+        let m = scope.mesh(mesh).await?;
+        let query = search.parse(m.id, Utc::now())?;
+        let entries = scope.tx.access_log(&query).await?;
+        scope.commit().await?;
+        let next_cursor = (entries.len() as i64 == query.limit)
+            .then(|| encode_cursor(entries.last().expect("a full page")));
+        Ok(AccessLogPage { mesh: m, entries, next_cursor })
+    }
+
+    /// Why the call an access-log entry records was let through or refused: the rule that
+    /// decided (and that rule as it is now), default deny, or no mTLS identity.
+    pub async fn why(&self, scope: Scope, mesh: &str, id: &str) -> Result<Why, AppError> {
+        let mut scope = scope.allow(Action::Read)?;
+        let m = scope.mesh(mesh).await?;
+        let not_found = || AppError::not_found(format!("access-log entry {id:?} not found in mesh {mesh:?}"));
+        let id: Uuid = id.parse().map_err(|_| not_found())?;
+        let entry = scope.tx.access_log_entry(m.id, id).await?.ok_or_else(not_found)?;
+        let attribution = attribution_of(&entry.record);
+        let rule = match attribution.rule() {
+            None => None,
+            Some((policy, index)) => {
+                let resource = match ResourceName::parse(policy) {
+                    Ok(name) => scope.tx.get_resource(m.id, Kind::AccessPolicy.name(), &name).await?,
+                    Err(_) => None,
+                };
+                let rule_spec = resource.as_ref().and_then(|r| r.spec.get("rules")?.get(index).cloned());
+                let changed_since = match (&resource, entry.mesh_revision) {
+                    (None, _) => true,
+                    (Some(r), Some(at)) => r.mesh_revision.is_some_and(|written| written > at),
+                    (Some(_), None) => false,
+                };
+                Some(RuleNow { policy: policy.to_owned(), rule: index, resource, rule_spec, changed_since })
+            }
+        };
+        scope.commit().await?;
+        Ok(Why { entry, attribution, rule })
+    }
 }

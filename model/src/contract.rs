@@ -47,6 +47,55 @@ pub mod access_log_name {
     pub const OUTBOUND: &str = "trellis-outbound";
 }
 
+/// How a proxy names the access rule that decided a call. The RBAC policies Trellis generates
+/// are named after the AccessPolicy resource and the rule's index, `<resource>/rules/<i>`;
+/// a denial carries the policy's name in Envoy's response details,
+/// `rbac_access_denied_matched_policy[<name>]`, `none` when no allow rule matched; an audit
+/// rule that matched is Envoy's shadow policy, in the RBAC filter's dynamic metadata under
+/// the audit filter's stat prefix. The agent writes all three as Envoy does.
+pub mod rbac {
+    /// The name Envoy gives a denial no policy matched (an allow filter's default deny).
+    pub const NO_POLICY: &str = "none";
+    /// The stat (and metadata key) prefix of the audit rules' shadow RBAC filter.
+    pub const AUDIT_STAT_PREFIX: &str = "trellis_audit_";
+    /// The dynamic-metadata key of the shadow policy that matched, without the prefix.
+    pub const SHADOW_POLICY_KEY: &str = "shadow_effective_policy_id";
+    /// The dynamic-metadata key of the shadow rules' verdict (`denied` when an audit rule
+    /// matched), without the prefix.
+    pub const SHADOW_RESULT_KEY: &str = "shadow_engine_result";
+    /// The dynamic-metadata namespaces Envoy's RBAC filters write (HTTP, network).
+    pub const METADATA_NAMESPACES: [&str; 2] = ["envoy.filters.http.rbac", "envoy.filters.network.rbac"];
+    const DENIED_PREFIX: &str = "rbac_access_denied_matched_policy[";
+
+    /// The RBAC policy of rule `rule` of the AccessPolicy `resource`.
+    pub fn policy_name(resource: &str, rule: usize) -> String {
+        format!("{resource}/rules/{rule}")
+    }
+
+    /// The AccessPolicy and rule index a policy name stands for; None for any other name.
+    pub fn parse_policy_name(name: &str) -> Option<(&str, usize)> {
+        let (resource, rule) = name.rsplit_once("/rules/")?;
+        let rule = rule.parse().ok().filter(|_| !rule.starts_with('+'))?;
+        (!resource.is_empty() && !resource.contains('/')).then_some((resource, rule))
+    }
+
+    /// Envoy's response details for a denial by `policy` (None: no policy matched).
+    pub fn denied_details(policy: Option<&str>) -> String {
+        format!("{DENIED_PREFIX}{}]", policy.unwrap_or(NO_POLICY))
+    }
+
+    /// Whether response details say an RBAC filter denied.
+    pub fn is_denial(details: &str) -> bool {
+        details.starts_with("rbac_access_denied")
+    }
+
+    /// The policy a denial names; None when the details name none (or are no denial).
+    pub fn policy_of_details(details: &str) -> Option<&str> {
+        let name = details.strip_prefix(DENIED_PREFIX)?.strip_suffix(']')?;
+        (name != NO_POLICY && !name.is_empty()).then_some(name)
+    }
+}
+
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
 /// bootstrap sets it to [`crate::config::MAX_RE2_PROGRAM`], the bound the API checks.
 pub const RE2_MAX_PROGRAM_SIZE_KEY: &str = "re2.max_program_size.error_level";

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attribution;
 pub mod config;
 pub mod contract;
 mod ids;

@@ -43,7 +43,7 @@ pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use resources::{Resource, Selector};
 pub use sessions::{PendingLogin, Session};
-pub use telemetry::{AccessLogRecord, EdgeSample, TelemetryRetention};
+pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
 pub use users::{LocalAdmin, Member, Membership, NewUser, User, UserTx};

@@ -35,7 +35,7 @@ pub struct AccessLogRecord {
     pub direction: String,
     /// `http` or `tcp`.
     pub protocol: String,
-    /// `denied`, `error` or `sampled`.
+    /// `denied`, `error`, `audited` or `sampled`.
     pub outcome: String,
     pub source_service: Option<String>,
     pub source_identity: Option<String>,
@@ -48,12 +48,52 @@ pub struct AccessLogRecord {
     pub status: Option<i32>,
     pub response_flags: String,
     pub response_details: String,
+    /// The RBAC policy a denial named (`<AccessPolicy>/rules/<i>`, or Trellis's own).
     pub rbac_policy: Option<String>,
+    /// The audit rule (shadow policy) that matched, if any.
+    pub audit_policy: Option<String>,
     pub route: Option<String>,
     pub upstream_cluster: Option<String>,
     pub duration_ms: Option<f64>,
     pub bytes_received: Option<i64>,
     pub bytes_sent: Option<i64>,
+}
+
+/// An access-log entry as read back: its id, when it was stored, and the mesh's revision
+/// then (None for entries stored before revisions were kept).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredAccessLog {
+    pub id: Uuid,
+    pub received_at: DateTime<Utc>,
+    pub mesh_revision: Option<i64>,
+    #[sqlx(flatten)]
+    pub record: AccessLogRecord,
+}
+
+/// Which access-log entries a search wants, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogQuery {
+    pub mesh: MeshId,
+    /// Received in `[since, until)`.
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// Called by or calling this service.
+    pub service: Option<String>,
+    pub status: Option<i32>,
+    pub denied_only: bool,
+    /// Entries strictly older than this one (the last of the previous page).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// The columns of a [`StoredAccessLog`], for `concat!` (sqlx takes only static SQL).
+macro_rules! access_log_columns {
+    () => {
+        "id, received_at, mesh_revision, mesh_id, logged_at, reporter, direction, protocol, outcome, \
+         source_service, source_identity, source_address, destination_service, destination_identity, \
+         method, authority, path, status, response_flags, response_details, rbac_policy, audit_policy, \
+         route, upstream_cluster, duration_ms, bytes_received, bytes_sent"
+    };
 }
 
 /// How long each kind of telemetry is kept.
@@ -178,7 +218,8 @@ impl TenantTx {
         Ok(done.rows_affected())
     }
 
-    /// Stores access-log entries (one statement). Returns how many.
+    /// Stores access-log entries (one statement), each with its mesh's current revision.
+    /// Returns how many.
     pub async fn record_access_log(&mut self, entries: &[AccessLogRecord]) -> Result<u64, StoreError> {
         if entries.is_empty() {
             return Ok(0);
@@ -193,11 +234,16 @@ impl TenantTx {
                  source_service, source_identity, source_address, destination_service, \
                  destination_identity, method, authority, path, status, response_flags, \
                  response_details, rbac_policy, route, upstream_cluster, duration_ms, bytes_received, \
-                 bytes_sent) \
-             SELECT $1, * FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                 bytes_sent, audit_policy, mesh_revision) \
+             SELECT $1, t.*, (SELECT m.revision FROM meshes m WHERE m.org_id = $1 AND m.id = t.mesh) \
+             FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
                  $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
                  $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[], $19::text[], $20::text[], \
-                 $21::text[], $22::float8[], $23::int8[], $24::int8[])",
+                 $21::text[], $22::float8[], $23::int8[], $24::int8[], $25::text[]) \
+                 AS t(mesh, logged_at, reporter, direction, protocol, outcome, source_service, source_identity, \
+                      source_address, destination_service, destination_identity, method, authority, path, \
+                      status, response_flags, response_details, rbac_policy, route, upstream_cluster, \
+                      duration_ms, bytes_received, bytes_sent, audit_policy)",
         )
         .bind(self.org().as_uuid())
         .bind(column!(mesh_id))
@@ -223,6 +269,7 @@ impl TenantTx {
         .bind(column!(duration_ms))
         .bind(column!(bytes_received))
         .bind(column!(bytes_sent))
+        .bind(column!(audit_policy))
         .execute(self.conn())
         .await?;
         Ok(done.rows_affected())
@@ -282,31 +329,46 @@ impl TenantTx {
         Ok(EdgeTotal::merge_subsets(rows))
     }
 
-    /// The newest access-log entries of a mesh received in `[from, to)`, at most `limit`;
-    /// only denials when `denied_only`.
-    pub async fn access_log(
+    /// One page of a mesh's access log, newest first (at most `q.limit` entries).
+    pub async fn access_log(&mut self, q: &AccessLogQuery) -> Result<Vec<StoredAccessLog>, StoreError> {
+        let (after_at, after_id) = q.after.unzip();
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            access_log_columns!(),
+            " FROM access_log \
+             WHERE mesh_id = $1 AND received_at >= $2 AND received_at < $3 \
+               AND ($4::text IS NULL OR source_service = $4 OR destination_service = $4) \
+               AND ($5::int4 IS NULL OR status = $5) AND (NOT $6 OR outcome = 'denied') \
+               AND ($7::timestamptz IS NULL OR (received_at, id) < ($7, $8::uuid)) \
+             ORDER BY received_at DESC, id DESC LIMIT $9"
+        ))
+        .bind(q.mesh.as_uuid())
+        .bind(q.since)
+        .bind(q.until)
+        .bind(&q.service)
+        .bind(q.status)
+        .bind(q.denied_only)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(q.limit)
+        .fetch_all(self.conn())
+        .await?)
+    }
+
+    /// One access-log entry of a mesh, by id.
+    pub async fn access_log_entry(
         &mut self,
         mesh: MeshId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        denied_only: bool,
-        limit: i64,
-    ) -> Result<Vec<AccessLogRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT mesh_id, logged_at, reporter, direction, protocol, outcome, source_service, \
-                    source_identity, source_address, destination_service, destination_identity, method, \
-                    authority, path, status, response_flags, response_details, rbac_policy, route, \
-                    upstream_cluster, duration_ms, bytes_received, bytes_sent \
-             FROM access_log \
-             WHERE mesh_id = $1 AND received_at >= $2 AND received_at < $3 AND (NOT $4 OR outcome = 'denied') \
-             ORDER BY received_at DESC, id LIMIT $5",
-        )
+        id: Uuid,
+    ) -> Result<Option<StoredAccessLog>, StoreError> {
+        Ok(sqlx::query_as(concat!(
+            "SELECT ",
+            access_log_columns!(),
+            " FROM access_log WHERE mesh_id = $1 AND id = $2"
+        ))
         .bind(mesh.as_uuid())
-        .bind(from)
-        .bind(to)
-        .bind(denied_only)
-        .bind(limit)
-        .fetch_all(self.conn())
+        .bind(id)
+        .fetch_optional(self.conn())
         .await?)
     }
 }

@@ -111,10 +111,10 @@ async fn a_proposed_deny_reports_exactly_the_calls_of_the_edge_it_closes() {
     assert_eq!(status, 200, "{preview}");
     assert_eq!(
         changed(&preview),
-        [("productpage".into(), "reviews".into(), 900, "denied".into(), "block-productpage/0".into())]
+        [("productpage".into(), "reviews".into(), 900, "denied".into(), "block-productpage/rules/0".into())]
     );
     assert_eq!(preview["edges"][0]["before"]["verdict"], "dependsOnRequest");
-    assert_eq!(preview["edges"][0]["before"]["rule"], "reviews-callers/0");
+    assert_eq!(preview["edges"][0]["before"]["rule"], "reviews-callers/rules/0");
     assert_eq!(preview["calls"], json!({ "newlyDenied": 900, "newlyAllowed": 0, "dependsOnRequest": 0 }));
     assert_eq!(preview["windowSeconds"], 3600);
 
@@ -128,7 +128,7 @@ async fn a_proposed_deny_reports_exactly_the_calls_of_the_edge_it_closes() {
     assert_eq!(status, 200, "{preview}");
     assert_eq!(
         changed(&preview),
-        [("productpage".into(), "reviews".into(), 900, "allowed".into(), "reviews-callers/0".into())]
+        [("productpage".into(), "reviews".into(), 900, "allowed".into(), "reviews-callers/rules/0".into())]
     );
 
     // Nothing was saved: the proposed policy does not exist.
@@ -180,9 +180,9 @@ async fn among_ten_thousand_edges_exactly_the_three_violators_are_flagged() {
     assert_eq!(
         flagged,
         [
-            ("legacy-c".into(), "billing".into(), 12, "denied".into(), "default deny".into()),
-            ("legacy-b".into(), "billing".into(), 11, "denied".into(), "default deny".into()),
-            ("legacy-a".into(), "billing".into(), 10, "denied".into(), "default deny".into()),
+            ("legacy-c".into(), "billing".into(), 12, "denied".into(), "default-deny".into()),
+            ("legacy-b".into(), "billing".into(), 11, "denied".into(), "default-deny".into()),
+            ("legacy-a".into(), "billing".into(), 10, "denied".into(), "default-deny".into()),
         ]
     );
     assert_eq!(preview["edgesChanged"], 3);

@@ -8,7 +8,7 @@ use serde_json::json;
 use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, Resolution, ResponseClass, Topology};
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, ResourceName};
 use trellis_store::testing::TestDb;
-use trellis_store::{AccessLogRecord, EdgeSample, Precondition, Store, TelemetryRetention};
+use trellis_store::{AccessLogQuery, AccessLogRecord, EdgeSample, Precondition, Store, TelemetryRetention};
 
 async fn org_with_mesh(store: &Store, slug: &str) -> (OrgId, MeshId) {
     let org = store.create_org(&OrgSlug::parse(slug).unwrap(), slug).await.unwrap();
@@ -204,19 +204,19 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
 }
 
 #[tokio::test]
-async fn access_log_entries_round_trip_and_filter_denials() {
+async fn access_log_entries_round_trip_filter_and_page() {
     let db = TestDb::create().await;
     let store = db.store().await;
     let (org, mesh) = org_with_mesh(&store, "acme").await;
-    let entry = |outcome: &str, status| AccessLogRecord {
+    let entry = |outcome: &str, status, source: &str| AccessLogRecord {
         mesh_id: mesh.as_uuid(),
         logged_at: Utc::now(),
         reporter: "reviews".into(),
         direction: "inbound".into(),
         protocol: "http".into(),
         outcome: outcome.into(),
-        source_service: Some("web".into()),
-        source_identity: Some("spiffe://prod.acme.test/ns/prod/sa/web".into()),
+        source_service: Some(source.into()),
+        source_identity: Some(format!("spiffe://prod.acme.test/ns/prod/sa/{source}")),
         source_address: Some("10.0.0.1:5555".into()),
         destination_service: Some("reviews".into()),
         destination_identity: None,
@@ -225,8 +225,9 @@ async fn access_log_entries_round_trip_and_filter_denials() {
         path: Some("/admin".into()),
         status: Some(status),
         response_flags: String::new(),
-        response_details: "rbac_access_denied_matched_policy[deny-admin]".into(),
-        rbac_policy: Some("deny-admin".into()),
+        response_details: "rbac_access_denied_matched_policy[deny-admin/rules/0]".into(),
+        rbac_policy: Some("deny-admin/rules/0".into()),
+        audit_policy: Some("watch/rules/1".into()),
         route: None,
         upstream_cluster: None,
         duration_ms: Some(1.5),
@@ -234,13 +235,49 @@ async fn access_log_entries_round_trip_and_filter_denials() {
         bytes_sent: Some(19),
     };
     let mut tx = store.tenant(org).await.unwrap();
-    assert_eq!(tx.record_access_log(&[entry("denied", 403), entry("error", 503)]).await.unwrap(), 2);
-    let window = (Utc::now() - TimeDelta::minutes(1), Utc::now() + TimeDelta::minutes(1));
-    let all = tx.access_log(mesh, window.0, window.1, false, 10).await.unwrap();
-    assert_eq!(all.len(), 2);
-    let denied = tx.access_log(mesh, window.0, window.1, true, 10).await.unwrap();
+    let entries = [entry("denied", 403, "web"), entry("error", 503, "web"), entry("sampled", 200, "cron")];
+    assert_eq!(tx.record_access_log(&entries).await.unwrap(), 3);
+    let query = AccessLogQuery {
+        mesh,
+        since: Utc::now() - TimeDelta::minutes(1),
+        until: Utc::now() + TimeDelta::minutes(1),
+        service: None,
+        status: None,
+        denied_only: false,
+        after: None,
+        limit: 10,
+    };
+    let all = tx.access_log(&query).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|e| e.mesh_revision.is_some_and(|r| r >= 1)), "stored with the mesh's revision");
+    let denied = tx.access_log(&AccessLogQuery { denied_only: true, ..query.clone() }).await.unwrap();
     assert_eq!(denied.len(), 1);
-    assert_eq!(denied[0].rbac_policy.as_deref(), Some("deny-admin"));
-    assert_eq!(denied[0].path.as_deref(), Some("/admin"));
+    let d = &denied[0].record;
+    assert_eq!(d.rbac_policy.as_deref(), Some("deny-admin/rules/0"));
+    assert_eq!(d.audit_policy.as_deref(), Some("watch/rules/1"));
+    assert_eq!(d.path.as_deref(), Some("/admin"));
+    let by_status = tx.access_log(&AccessLogQuery { status: Some(503), ..query.clone() }).await.unwrap();
+    assert_eq!(by_status.iter().map(|e| e.record.outcome.as_str()).collect::<Vec<_>>(), ["error"]);
+    let by_service =
+        tx.access_log(&AccessLogQuery { service: Some("cron".into()), ..query.clone() }).await.unwrap();
+    assert_eq!(by_service.len(), 1);
+    // Pages of one, newest first, each after the last of the previous: every entry once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = tx.access_log(&AccessLogQuery { limit: 1, after, ..query.clone() }).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some((last.received_at, last.id));
+        seen.push(last.id);
+    }
+    assert_eq!(seen, all.iter().map(|e| e.id).collect::<Vec<_>>());
+    let one = tx.access_log_entry(mesh, all[1].id).await.unwrap().unwrap();
+    assert_eq!(one, all[1]);
+    tx.commit().await.unwrap();
+    // Another tenant finds nothing by id.
+    let (other, other_mesh) = org_with_mesh(&store, "globex").await;
+    let mut tx = store.tenant(other).await.unwrap();
+    assert_eq!(tx.access_log_entry(other_mesh, all[0].id).await.unwrap(), None);
+    assert_eq!(tx.access_log_entry(mesh, all[0].id).await.unwrap(), None);
     tx.commit().await.unwrap();
 }

@@ -198,6 +198,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             response_flags: String::new(),
             response_details: String::new(),
             rbac_policy: None,
+            audit_policy: None,
             route: None,
             upstream_cluster: None,
             duration_ms: None,

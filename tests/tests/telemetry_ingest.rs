@@ -27,6 +27,7 @@ use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_model::telemetry::{EdgeTotal, Resolution, bucket_upper_bounds_ms};
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, Role};
+use trellis_store::AccessLogQuery;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::{Svid, channel, issue, join_token};
 use trellis_tests::{Api, Trellis, token};
@@ -309,7 +310,7 @@ fn denied_call(path: &str) -> HttpAccessLogEntry {
         }),
         response: Some(HttpResponseProperties {
             response_code: Some(UInt32Value { value: 403 }),
-            response_code_details: "rbac_access_denied_matched_policy[reviews-callers]".into(),
+            response_code_details: "rbac_access_denied_matched_policy[reviews-callers/rules/0]".into(),
             ..Default::default()
         }),
         ..Default::default()
@@ -336,15 +337,21 @@ async fn access_logs_keep_denials_with_the_policy_and_hostile_input_is_refused_a
     for _ in 0..100 {
         let mut tx = f.store.tenant(org).await.unwrap();
         found = tx
-            .access_log(
+            .access_log(&AccessLogQuery {
                 mesh,
-                Utc::now() - TimeDelta::minutes(5),
-                Utc::now() + TimeDelta::minutes(1),
-                true,
-                10,
-            )
+                since: Utc::now() - TimeDelta::minutes(5),
+                until: Utc::now() + TimeDelta::minutes(1),
+                service: None,
+                status: None,
+                denied_only: true,
+                after: None,
+                limit: 10,
+            })
             .await
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(|e| e.record)
+            .collect();
         tx.commit().await.unwrap();
         if found.len() == 2 {
             break;
@@ -357,7 +364,7 @@ async fn access_logs_keep_denials_with_the_policy_and_hostile_input_is_refused_a
     assert_eq!(d.direction, "inbound");
     assert_eq!(d.source_service.as_deref(), Some("productpage"));
     assert_eq!(d.destination_service.as_deref(), Some("reviews"));
-    assert_eq!(d.rbac_policy.as_deref(), Some("reviews-callers"));
+    assert_eq!(d.rbac_policy.as_deref(), Some("reviews-callers/rules/0"));
     assert_eq!((d.method.as_deref(), d.status), (Some("POST"), Some(403)));
 
     let mut client = f.metrics(Some(&svid)).await;

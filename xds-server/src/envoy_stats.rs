@@ -10,12 +10,13 @@ use envoy_types::pb::envoy::config::core::v3::{Address, RequestMethod, address, 
 use envoy_types::pb::envoy::data::accesslog::v3::{
     AccessLogCommon, HttpAccessLogEntry, ResponseFlags, TcpAccessLogEntry, tls_properties,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
 use trellis_model::ResourceName;
 use trellis_model::Tags;
 use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, ResponseClass};
 use trellis_store::AccessLogRecord;
-use trellis_xds::contract::access_log_name;
+use trellis_xds::contract::{access_log_name, rbac};
 use trellis_xds::{cluster_subset, parse_cluster_name};
 
 /// Most series (cluster and stat) one stream's baseline holds: a label or cluster flood
@@ -224,10 +225,22 @@ fn address_text(a: &Option<Address>) -> Option<String> {
 }
 
 /// `rbac_access_denied_matched_policy[<name>]` → the policy's name; Envoy's own text when
-/// its RBAC filter denied.
+/// its RBAC filter denied (None for `none`: no allow rule matched).
 fn rbac_policy(details: &str) -> Option<String> {
-    let inner = details.strip_prefix("rbac_access_denied_matched_policy[")?.strip_suffix(']')?;
-    bounded(inner)
+    rbac::policy_of_details(details).and_then(bounded)
+}
+
+/// The audit rule that matched: the shadow policy the audit RBAC filter wrote into the
+/// entry's dynamic metadata (`<audit prefix>shadow_effective_policy_id`).
+fn audit_policy(common: &AccessLogCommon) -> Option<String> {
+    let key = format!("{}{}", rbac::AUDIT_STAT_PREFIX, rbac::SHADOW_POLICY_KEY);
+    let metadata = common.metadata.as_ref()?;
+    rbac::METADATA_NAMESPACES.iter().find_map(|ns| {
+        match metadata.filter_metadata.get(*ns)?.fields.get(&key)?.kind.as_ref()? {
+            Kind::StringValue(p) => bounded(p),
+            _ => None,
+        }
+    })
 }
 
 /// Envoy's short response flags (`UF,URX`) of the flags set.
@@ -328,6 +341,7 @@ fn common_record(
         response_flags: flags_text(&common.response_flags),
         response_details: bounded(termination).unwrap_or_default(),
         rbac_policy: rbac_policy(termination),
+        audit_policy: audit_policy(common),
         route: bounded(&common.route_name),
         upstream_cluster: bounded(cluster),
         duration_ms: millis(&common.duration).or_else(|| millis(&common.time_to_last_downstream_tx_byte)),
@@ -336,11 +350,14 @@ fn common_record(
     }
 }
 
-fn outcome(denied: bool, failed: bool) -> String {
-    if denied {
+/// Why an entry was logged: a denial, a failure, an audit rule's match, or the sample.
+fn outcome(r: &AccessLogRecord, failed: bool) -> String {
+    if rbac::is_denial(&r.response_details) {
         "denied"
     } else if failed {
         "error"
+    } else if r.audit_policy.is_some() {
+        "audited"
     } else {
         "sampled"
     }
@@ -375,9 +392,8 @@ pub fn http_record(
         }
     }
     r.status = i32::try_from(status).ok().filter(|s| *s > 0);
-    let denied = r.response_details.starts_with("rbac_access_denied");
-    r.outcome =
-        outcome(denied, !ResponseClass::of_status(status).is_success() || !r.response_flags.is_empty());
+    let failed = !ResponseClass::of_status(status).is_success() || !r.response_flags.is_empty();
+    r.outcome = outcome(&r, failed);
     r
 }
 
@@ -395,8 +411,8 @@ pub fn tcp_record(
         r.bytes_received = i64::try_from(c.received_bytes).ok();
         r.bytes_sent = i64::try_from(c.sent_bytes).ok();
     }
-    let denied = r.response_details.starts_with("rbac_access_denied");
-    r.outcome = outcome(denied, !r.response_flags.is_empty());
+    let failed = !r.response_flags.is_empty();
+    r.outcome = outcome(&r, failed);
     r
 }
 

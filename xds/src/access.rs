@@ -45,7 +45,7 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use envoy_types::util::pack_any;
 use trellis_model::config::{AccessAction, AccessRule, DefaultAccess, MtlsMode, PathMatchType, ValueMatchType};
 
-use crate::contract::CERT_PROVIDER;
+use crate::contract::{CERT_PROVIDER, rbac};
 use crate::names::{grpc_server_listener_name, spiffe_id};
 use crate::routes::router_filter;
 use crate::util::{exact, regex, safe_regex};
@@ -141,7 +141,8 @@ fn policy(view: &MeshView, rule: &AccessRule, l4: bool) -> Policy {
     Policy { permissions, principals, ..Default::default() }
 }
 
-/// The access rules that target one service as RBAC policies named `<policy>/<rule index>`,
+/// The access rules that target one service as RBAC policies named `<policy>/rules/<index>`
+/// (`contract::rbac`, so that a denial names the rule that decided it),
 /// by action.
 #[derive(Debug, Default)]
 pub(crate) struct Rules {
@@ -158,7 +159,7 @@ impl Rules {
         let mut out = Rules::default();
         for (name, p) in view.access_policies.iter().filter(|(_, p)| p.target_ref.service == service) {
             for (i, rule) in p.rules.iter().enumerate() {
-                let id = format!("{name}/{i}");
+                let id = rbac::policy_name(name, i);
                 let set = match rule.action {
                     AccessAction::Deny => &mut out.deny,
                     AccessAction::Allow if l4 && rule.to.is_some() => continue,
@@ -233,7 +234,7 @@ pub(crate) fn http_filters(view: &MeshView, service: &str) -> Vec<HttpFilter> {
 }
 
 /// Prefix of the counters of Audit rules (`<prefix>shadow_denied` counts would-be denials).
-pub const AUDIT_STAT_PREFIX: &str = "trellis_audit_";
+pub const AUDIT_STAT_PREFIX: &str = rbac::AUDIT_STAT_PREFIX;
 
 /// The RBAC HTTP filters of an Envoy sidecar's inbound port, in order: audit (shadow rules
 /// only, so it sees every request and refuses none), deny, then allow under default deny.
@@ -262,7 +263,7 @@ pub(crate) fn sidecar_http_filters(view: &MeshView, service: &str) -> Vec<HttpFi
 }
 
 /// Name of the allow policy that lets active health checks through; rule policies are
-/// `<policy>/<index>`, so a name without `/` never meets one.
+/// `<policy>/rules/<index>`, so a name without `/` never meets one.
 pub const HEALTH_CHECK_POLICY: &str = "trellis-health-check";
 
 /// Under default deny, the active health checks of the service's callers: their sidecars

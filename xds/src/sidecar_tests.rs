@@ -303,19 +303,20 @@ fn access_policies_become_rbac_with_audit_as_shadow_rules() {
     let shadow = audit.shadow_rules.unwrap();
     assert_eq!(shadow.action, RbacAction::Deny as i32);
     assert_eq!(audit.shadow_rules_stat_prefix, "trellis_audit_");
-    assert!(principals(&shadow.policies["api-callers/2"])[0].contains("/sa/db\""));
+    assert!(principals(&shadow.policies["api-callers/rules/2"])[0].contains("/sa/db\""));
     // Allow: the caller's SPIFFE ID, exactly, and the request conditions.
     let allow: HttpRbac = http_filter(&h, "trellis.rbac.allow");
     let rules = allow.rules.unwrap();
     assert_eq!(rules.action, RbacAction::Allow as i32);
-    assert_eq!(rules.policies.keys().collect::<Vec<_>>(), ["api-callers/0"]);
-    let p = &rules.policies["api-callers/0"];
+    assert_eq!(rules.policies.keys().collect::<Vec<_>>(), ["api-callers/rules/0"]);
+    let p = &rules.policies["api-callers/rules/0"];
     let want = format!("Exact(\"{WEB_ID}\")");
     assert!(principals(p)[0].contains(&want), "{:?}", principals(p));
     assert!(format!("{:?}", p.permissions).contains("Prefix(\"/shop.Api/\")"));
     let deny: HttpRbac = http_filter(&h, "trellis.rbac.deny");
     assert!(
-        principals(&deny.rules.unwrap().policies["api-callers/1"])[0].contains("spiffe://other.example/")
+        principals(&deny.rules.unwrap().policies["api-callers/rules/1"])[0]
+            .contains("spiffe://other.example/")
     );
 }
 
@@ -353,10 +354,10 @@ fn tcp_ports_get_network_rbac_that_fails_closed_on_request_conditions() {
     // The Allow rule with a method condition cannot be checked on TCP: it allows nothing.
     let allow: NetworkRbac = network_filter(l, "trellis.rbac.allow");
     assert_eq!(allow.stat_prefix, "inbound_5432");
-    assert_eq!(allow.rules.unwrap().policies.keys().collect::<Vec<_>>(), ["db-callers/0"]);
+    assert_eq!(allow.rules.unwrap().policies.keys().collect::<Vec<_>>(), ["db-callers/rules/0"]);
     // The Deny rule with a path condition refuses the caller's whole connection.
     let deny: NetworkRbac = network_filter(l, "trellis.rbac.deny");
-    let p = &deny.rules.unwrap().policies["db-callers/2"];
+    let p = &deny.rules.unwrap().policies["db-callers/rules/2"];
     assert_eq!(format!("{:?}", p.permissions), "[Permission { rule: Some(Any(true)) }]");
 }
 
@@ -776,7 +777,7 @@ fn active_health_checks_pass_the_destinations_default_deny() {
     let policies = allow.rules.unwrap().policies;
     let mut names: Vec<&String> = policies.keys().collect();
     names.sort();
-    assert_eq!(names, ["api-callers/0", crate::access::HEALTH_CHECK_POLICY]);
+    assert_eq!(names, ["api-callers/rules/0", crate::access::HEALTH_CHECK_POLICY]);
     let p = &policies[crate::access::HEALTH_CHECK_POLICY];
     // Any mesh identity (db, which no policy lets call api, included) …
     let [principal] = p.principals.as_slice() else { panic!("{p:?}") };

@@ -250,7 +250,7 @@ fn grpc_servers_get_rbac_from_access_policies() {
     assert!(rbac.shadow_rules.is_none(), "gRPC does not support shadow rules");
     let rules = rbac.rules.unwrap();
     assert_eq!(rules.action, RbacAction::Allow as i32);
-    let p = &rules.policies["reviews-callers/0"];
+    let p = &rules.policies["reviews-callers/rules/0"];
     let dbg = format!("{:?}", p.principals);
     assert!(dbg.contains("spiffe://shop.acme.trellis.internal/ns/shop/sa/productpage"), "{dbg}");
     let perms = format!("{:?}", p.permissions);

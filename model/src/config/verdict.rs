@@ -12,6 +12,7 @@
 use serde::Serialize;
 
 use super::access::{AccessAction, AccessPolicySpec, AccessRule};
+use crate::contract::rbac;
 use super::mesh::DefaultAccess;
 
 /// What the rules do to every call of an edge.
@@ -24,8 +25,8 @@ pub enum Verdict {
     Denied,
 }
 
-/// A verdict and the rule behind it: `<policy>/<rule index>` (the name the data plane's
-/// RBAC policies carry), or `default deny` when no allow rule matched.
+/// A verdict and the rule behind it: `<policy>/rules/<index>` (the name the data plane's
+/// RBAC policies carry, `contract::rbac`), or `default-deny` when no allow rule matched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
     pub verdict: Verdict,
@@ -34,7 +35,7 @@ pub struct Decision {
 }
 
 /// The name of a denial that no rule made.
-pub const DEFAULT_DENY: &str = "default deny";
+pub const DEFAULT_DENY: &str = "default-deny";
 
 /// Who a rule's `service` sources are: the SPIFFE ID of a service of the mesh.
 pub trait ServiceIdentity {
@@ -72,7 +73,7 @@ pub fn decide(
                 .iter()
                 .enumerate()
                 .filter(move |(_, r)| r.action == action && names_caller(r, caller, ids))
-                .map(move |(i, r)| (format!("{name}/{i}"), r))
+                .map(move |(i, r)| (rbac::policy_name(name, i), r))
         })
     };
     let decision = |verdict, rule: Option<String>| Decision { verdict, rule };

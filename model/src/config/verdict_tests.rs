@@ -29,7 +29,7 @@ fn default_deny_refuses_a_caller_no_rule_allows_and_names_it() {
     let p = [("reviews-access", &allow)];
     assert_eq!(
         verdict(&p, DefaultAccess::Deny, "productpage", false),
-        Decision { verdict: Verdict::Allowed, rule: Some("reviews-access/0".into()) }
+        Decision { verdict: Verdict::Allowed, rule: Some("reviews-access/rules/0".into()) }
     );
     assert_eq!(
         verdict(&p, DefaultAccess::Deny, "ratings", false),
@@ -48,7 +48,7 @@ fn a_deny_rule_wins_over_an_allow_and_is_named() {
         ]),
     );
     let d = verdict(&[("p", &both)], DefaultAccess::Allow, "productpage", false);
-    assert_eq!(d, Decision { verdict: Verdict::Denied, rule: Some("p/1".into()) });
+    assert_eq!(d, Decision { verdict: Verdict::Denied, rule: Some("p/rules/1".into()) });
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn impact_lists_exactly_the_edges_whose_verdict_changes() {
     let summary: Vec<_> = changed.iter().map(|e| (e.source.as_str(), e.calls, e.after.verdict)).collect();
     assert_eq!(summary, [("admin", 7, Verdict::Denied), ("ratings", 3, Verdict::Allowed)]);
     assert_eq!(changed[0].after.rule.as_deref(), Some(DEFAULT_DENY));
-    assert_eq!(changed[1].after.rule.as_deref(), Some("reviews-access/0"));
+    assert_eq!(changed[1].after.rule.as_deref(), Some("reviews-access/rules/0"));
     let totals = ImpactTotals::of(&changed);
     assert_eq!((totals.newly_denied, totals.newly_allowed, totals.depends_on_request), (7, 3, 0));
 }
@@ -113,5 +113,5 @@ fn a_new_policy_is_added_beside_the_others() {
     assert_eq!(after.policies.len(), 2);
     let changed = impact(&before, &after, &[edge("productpage", "reviews", 12)], &id);
     assert_eq!(changed.len(), 1);
-    assert_eq!(changed[0].after, Decision { verdict: Verdict::Denied, rule: Some("b/0".into()) });
+    assert_eq!(changed[0].after, Decision { verdict: Verdict::Denied, rule: Some("b/rules/0".into()) });
 }
