@@ -13,8 +13,8 @@ use trellis_control::{API_VERSION, Control, Created, Envelope, Idempotency, Mesh
 use trellis_model::config::Kind;
 use trellis_store::Mesh;
 
-use crate::auth::{OrgScope, Scoped};
-use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
+use crate::auth::{OrgScope, Scoped, Who};
+use crate::body::{ApiQuery, JsonBody, condition, etag, from_value, if_match};
 use crate::error::ApiError;
 
 /// Longest accepted `Idempotency-Key`.
@@ -172,11 +172,11 @@ pub(crate) async fn list_resources(
 
 pub(crate) async fn get_resource(
     State(ctl): State<Control>,
-    Path((_, mesh, kind, name)): Path<(String, String, String, String)>,
-    OrgScope(scope): OrgScope,
+    Path((org, mesh, kind, name)): Path<(String, String, String, String)>,
+    Who(request): Who,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
-    let (m, view) = ctl.get_resource(scope, &mesh, kind, &name).await?;
+    let (m, view) = ctl.get_resource(&request, &org, &mesh, kind, &name).await?;
     Ok(with_etag(StatusCode::OK, view.resource.version, render_resource(&m, &view)))
 }
 

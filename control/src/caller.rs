@@ -101,9 +101,8 @@ impl Scope {
 
     /// The mesh `name` of this organization (404 when there is none, or the name cannot be one).
     pub(crate) async fn mesh(&mut self, name: &str) -> Result<Mesh, AppError> {
-        let not_found = || AppError::not_found(format!("mesh {name:?} not found"));
-        let n = MeshName::parse(name).map_err(|_| not_found())?;
-        self.tx.mesh_by_name(&n).await?.ok_or_else(not_found)
+        let n = MeshName::parse(name).map_err(|_| mesh_not_found(name))?;
+        self.tx.mesh_by_name(&n).await?.ok_or_else(|| mesh_not_found(name))
     }
 
     /// Records an audit event by this caller, in this transaction.
@@ -155,21 +154,14 @@ impl Control {
     /// revocation, read in the tenant it names), so a revoked token is refused at once on
     /// every replica. The role is checked by each use case ([`Caller::require`]).
     pub async fn open(&self, request: &Request, org_slug: &str) -> Result<Scope, AppError> {
-        let not_found = || AppError::not_found(format!("organization {org_slug:?} not found"));
+        let not_found = || org_not_found(org_slug);
         match &request.credential {
             Credential::ApiToken(text) => {
                 let (tx, org, record) = self.open_token(text).await?;
                 if org.slug.as_str() != org_slug {
                     return Err(not_found());
                 }
-                let caller = Caller {
-                    org,
-                    role: record.role,
-                    via: Via::Token(record.id),
-                    actor: format!("token:{}", record.id),
-                    request_id: request.request_id.clone(),
-                };
-                Ok(Scope { caller, tx })
+                Ok(Scope { caller: token_caller(org, &record, request), tx })
             }
             Credential::Session(secret) => {
                 let (user, _) = self.session(secret).await?;
@@ -192,14 +184,9 @@ impl Control {
 
     /// The token's tenant transaction, organization and record, or 401.
     async fn open_token(&self, text: &str) -> Result<(TenantTx, Org, ApiToken), AppError> {
-        let token = Token::parse(TokenKind::Pat, text).map_err(|e| {
-            AppError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
-        })?;
+        let token = parse_api_token(text)?;
         let mut tx = self.store.tenant(token.org).await?;
-        let (record, org) = tx
-            .authenticate_token(&token_hash(text))
-            .await?
-            .ok_or_else(|| AppError::unauthorized("the API token is unknown, revoked or expired"))?;
+        let (record, org) = tx.authenticate_token(&token_hash(text)).await?.ok_or_else(unknown_token)?;
         Ok((tx, org, record))
     }
 
@@ -216,6 +203,39 @@ impl Control {
     pub(crate) async fn tenant(&self, org: OrgId) -> Result<TenantTx, AppError> {
         Ok(self.store.tenant(org).await?)
     }
+}
+
+/// The text of an API token, parsed (401 when it is not one).
+pub(crate) fn parse_api_token(text: &str) -> Result<Token, AppError> {
+    Token::parse(TokenKind::Pat, text).map_err(|e| {
+        AppError::unauthorized(format!("the bearer token is not a valid Trellis API token: {e}"))
+    })
+}
+
+/// The refusal of a token that parses but is not live.
+pub(crate) fn unknown_token() -> AppError {
+    AppError::unauthorized("the API token is unknown, revoked or expired")
+}
+
+/// The caller a live API token makes of a request.
+pub(crate) fn token_caller(org: Org, record: &ApiToken, request: &Request) -> Caller {
+    Caller {
+        org,
+        role: record.role,
+        via: Via::Token(record.id),
+        actor: format!("token:{}", record.id),
+        request_id: request.request_id.clone(),
+    }
+}
+
+/// Another organization and a missing one answer alike.
+pub(crate) fn org_not_found(slug: &str) -> AppError {
+    AppError::not_found(format!("organization {slug:?} not found"))
+}
+
+/// A missing mesh, or a name that cannot be one.
+pub(crate) fn mesh_not_found(name: &str) -> AppError {
+    AppError::not_found(format!("mesh {name:?} not found"))
 }
 
 /// Why a request without a usable credential is refused.

@@ -9,11 +9,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Value, json};
 use trellis_model::config::{self, EffectiveEntry, FieldError, Kind, Labels, MeshSpec, Spec};
-use trellis_model::{Action, ResourceName};
-use trellis_store::{Mesh, Resource, Selector, StoredResponse, TenantTx};
+use trellis_model::{Action, MeshName, ResourceName};
+use trellis_store::{Mesh, Reached, Resource, ResourceKey, Selector, StoredResponse, TenantTx};
 
+use crate::caller::{parse_api_token, token_caller};
 use crate::precondition::{Condition, IfMatch};
-use crate::{AppError, Control, Scope};
+use crate::{AppError, Control, Credential, Request, Scope, token_hash};
 
 /// The `apiVersion` of every configuration document.
 pub const API_VERSION: &str = "trellis.dev/v1";
@@ -189,29 +190,51 @@ impl Control {
             .await?;
         let names: Vec<&str> = items.iter().map(|r| r.name.as_str()).collect();
         let next = page.cursor_after(&names);
-        let fleet = fleet(&mut scope.tx, &m).await?;
+        let reached = scope.tx.propagation(m.id, kind.reach(), &items.iter().collect::<Vec<_>>()).await?;
         scope.commit().await?;
-        let views = items.into_iter().map(|r| fleet.view(r)).collect();
+        let views = items.into_iter().zip(reached).map(|(r, p)| view(r, p)).collect();
         Ok((m, views, next))
     }
 
-    /// One resource with its propagation.
+    /// One resource with its propagation. With an API token this is one statement, without
+    /// an explicit transaction: the tenant setting, the token (revocation included), the mesh,
+    /// the resource and its propagation (`Store::read_resource_with_token`); its answers,
+    /// errors included, are those of the scope it stands for.
     pub async fn get_resource(
         &self,
-        scope: Scope,
+        request: &Request,
+        org: &str,
         mesh: &str,
         kind: Kind,
         name: &str,
     ) -> Result<(Mesh, ResourceView), AppError> {
-        let mut scope = scope.allow(Action::Read)?;
-        let m = scope.mesh(mesh).await?;
         let not_found =
             || AppError::not_found(format!("{} {name:?} not found in mesh {mesh:?}", kind.name()));
-        let n = ResourceName::parse(name).map_err(|_| not_found())?;
-        let r = scope.tx.get_resource(m.id, kind.name(), &n).await?.ok_or_else(not_found)?;
-        let fleet = fleet(&mut scope.tx, &m).await?;
-        scope.commit().await?;
-        Ok((m, fleet.view(r)))
+        let (Credential::ApiToken(text), Ok(_), Ok(_)) =
+            (&request.credential, MeshName::parse(mesh), ResourceName::parse(name))
+        else {
+            let mut scope = self.open(request, org).await?.allow(Action::Read)?;
+            let m = scope.mesh(mesh).await?;
+            let n = ResourceName::parse(name).map_err(|_| not_found())?;
+            let r = scope.tx.get_resource(m.id, kind.name(), &n).await?.ok_or_else(not_found)?;
+            let reached = scope.tx.propagation(m.id, kind.reach(), &[&r]).await?;
+            scope.commit().await?;
+            return Ok((m, view(r, reached.into_iter().next().flatten())));
+        };
+        let token = parse_api_token(text)?;
+        let key = ResourceKey { mesh, kind: kind.name(), name, reach: kind.reach() };
+        let read = self
+            .store
+            .read_resource_with_token(token.org, &token_hash(text), &key)
+            .await?
+            .ok_or_else(crate::caller::unknown_token)?;
+        if read.org.slug.as_str() != org {
+            return Err(crate::caller::org_not_found(org));
+        }
+        token_caller(read.org, &read.token, request).require(Action::Read)?;
+        let m = read.mesh.ok_or_else(|| crate::caller::mesh_not_found(mesh))?;
+        let (r, reached) = read.resource.ok_or_else(not_found)?;
+        Ok((m, view(r, reached)))
     }
 
     /// Creates or replaces a resource under `condition`, after its references resolve.
@@ -240,9 +263,10 @@ impl Control {
             let target = format!("meshes/{}/{}/{}", m.name, kind.plural(), n);
             scope.audit(action, target, json!({"generation": put.value.generation})).await?;
         }
-        let fleet = fleet(&mut scope.tx, &m).await?;
-        scope.commit().await?;
-        let written = Written { value: fleet.view(put.value), created: put.created, changed: put.changed };
+        let caller = scope.commit().await?;
+        // Read after the commit: the write's transaction never reads the fleet.
+        let reached = self.store.propagation(caller.org.id, kind.reach(), &put.value).await?;
+        let written = Written { value: view(put.value, reached), created: put.created, changed: put.changed };
         Ok((m, written))
     }
 
@@ -300,7 +324,9 @@ impl Control {
             .await?;
         let target = format!("meshes/{}/{}/{}", m.name, kind.plural(), n);
         scope.audit(format!("{}.create", kind.name().to_lowercase()), target, json!({})).await?;
-        let view = fleet(&mut scope.tx, &m).await?.view(r);
+        // Inside the transaction, since the answer is stored with it; counted by PostgreSQL.
+        let reached = scope.tx.propagation(m.id, kind.reach(), &[&r]).await?;
+        let view = view(r, reached.into_iter().next().flatten());
         let body = render(&m, &view);
         if let Some(idem) = idempotency {
             let stored = StoredResponse { fingerprint: idem.fingerprint, status: 201, body: body.clone() };
@@ -429,90 +455,38 @@ async fn referrers(tx: &mut TenantTx, mesh: &Mesh, service: &str) -> Result<Vec<
     Ok(out)
 }
 
-/// The online proxies of a mesh, each with what its resources configure, the revision it is
-/// fully in sync with, and the reason it last rejected a response (if it did and has not
-/// accepted one since).
-struct Fleet {
-    proxies: Vec<Proxy>,
-}
-
-struct Proxy {
-    service: String,
-    calls: Vec<String>,
-    serves: bool,
-    synced: Option<i64>,
-    nack: Option<String>,
-}
-
-impl Proxy {
-    /// A resource whose kind has `reach`, targeting `service`, configures this proxy.
-    fn reached_by(&self, reach: config::Reach, service: &str) -> bool {
-        (reach.callers && self.calls.iter().any(|c| c == service))
-            || (reach.instances && self.serves && self.service == service)
-    }
-
-    fn applied(&self, revision: i64) -> bool {
-        self.synced.is_some_and(|s| s >= revision)
-    }
-}
-
-async fn fleet(tx: &mut TenantTx, mesh: &Mesh) -> Result<Fleet, AppError> {
-    let proxies = tx
-        .online_proxies(mesh.id)
-        .await?
-        .into_iter()
-        .map(|d| Proxy {
-            nack: match (d.nack_type_url, d.nacked_version, d.nack_error) {
-                (Some(t), Some(v), Some(e)) => Some(format!("{}: {e} (version {v})", short_type(&t))),
-                _ => None,
-            },
-            service: d.service,
-            calls: d.calls,
-            serves: d.serves,
-            synced: d.synced_revision,
-        })
-        .collect();
-    Ok(Fleet { proxies })
+/// A resource with how far its last write has reached.
+fn view(resource: Resource, reached: Option<Reached>) -> ResourceView {
+    let propagation = resource.mesh_revision.zip(reached).map(|(rev, r)| Propagation::new(rev, r));
+    ResourceView { resource, propagation }
 }
 
 fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-impl Fleet {
-    fn view(&self, resource: Resource) -> ResourceView {
-        let propagation = self.propagation(&resource);
-        ResourceView { resource, propagation }
-    }
-
-    /// How far the last write of `r` has reached, counting the proxies it configures: those
-    /// that were sent resources of its target service on the side its kind acts on.
-    fn propagation(&self, r: &Resource) -> Option<Propagation> {
-        let rev = r.mesh_revision?;
-        // Read from the stored spec (checked when written), not parsed again on every read.
-        let target =
-            Kind::lookup(&r.kind).and_then(|k| Some((k.reach(), k.stored_target(&r.spec, r.name.as_str())?)));
-        let proxies: Vec<&Proxy> = match target {
-            Some((reach, service)) => self.proxies.iter().filter(|p| p.reached_by(reach, service)).collect(),
-            None => self.proxies.iter().collect(),
-        };
-        let total = proxies.len();
-        let applied = proxies.iter().filter(|p| p.applied(rev)).count();
-        let errors: Vec<&str> =
-            proxies.iter().filter(|p| !p.applied(rev)).filter_map(|p| p.nack.as_deref()).collect();
-        let mut summary = format!("applied by {applied} of {total} proxies");
+impl Propagation {
+    /// The status of mesh revision `rev` from PostgreSQL's counts of the proxies it configures.
+    fn new(rev: i64, r: Reached) -> Propagation {
+        let errors: Vec<String> = r
+            .rejections
+            .iter()
+            .map(|n| format!("{}: {} (version {})", short_type(&n.type_url), n.error, n.version))
+            .collect();
+        let mut summary = format!("applied by {} of {} proxies", r.applied, r.proxies);
         if let Some(first) = errors.first() {
-            summary.push_str(&format!("; rejected by {}: {first}", errors.len()));
+            summary.push_str(&format!("; rejected by {}: {first}", r.rejected));
         }
-        Some(Propagation {
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        Propagation {
             mesh_revision: rev,
-            proxies: total,
-            applied,
-            rejected: errors.len(),
-            pending: total - applied - errors.len(),
-            errors: errors.iter().take(5).map(|e| (*e).to_owned()).collect(),
+            proxies: count(r.proxies),
+            applied: count(r.applied),
+            rejected: count(r.rejected),
+            pending: count(r.proxies - r.applied - r.rejected),
+            errors,
             summary,
-        })
+        }
     }
 }
 

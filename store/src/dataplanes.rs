@@ -4,10 +4,11 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use trellis_model::MeshId;
+use trellis_model::config::Reach;
+use trellis_model::{MeshId, OrgId};
 use uuid::Uuid;
 
-use crate::{Store, StoreError, TenantTx};
+use crate::{Resource, Store, StoreError, TenantTx};
 
 /// What a stream tells about its proxy when it registers.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,19 +48,44 @@ pub struct Dataplane {
     pub serves: bool,
 }
 
-/// An online dataplane as a resource's propagation status sees it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct OnlineProxy {
-    pub service: String,
-    /// The services whose caller-side resources it was sent.
-    pub calls: Vec<String>,
-    /// It was sent its own service's inbound resources.
-    pub serves: bool,
-    pub synced_revision: Option<i64>,
-    /// Its first unanswered rejection: type URL, version and error.
-    pub nack_type_url: Option<String>,
-    pub nacked_version: Option<String>,
-    pub nack_error: Option<String>,
+/// How far a resource's last write (a mesh revision) has reached the online proxies it
+/// configures, counted by PostgreSQL (`trellis_propagation`): one row, whatever the fleet.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Reached {
+    pub proxies: i64,
+    pub applied: i64,
+    /// Proxies that have not applied it and have a rejection outstanding.
+    pub rejected: i64,
+    /// The first five of those (by service and node), each with its first rejected type.
+    pub rejections: Vec<Rejection>,
+}
+
+/// A response a proxy rejected and has not accepted since.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub type_url: String,
+    pub version: String,
+    pub error: String,
+}
+
+/// A row of `trellis_propagation`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ReachedRow {
+    pub(crate) proxies: i64,
+    pub(crate) applied: i64,
+    pub(crate) rejected: i64,
+    pub(crate) nack_type_urls: Vec<String>,
+    pub(crate) nack_versions: Vec<String>,
+    pub(crate) nack_errors: Vec<String>,
+}
+
+impl From<ReachedRow> for Reached {
+    fn from(r: ReachedRow) -> Reached {
+        let rejections = (r.nack_type_urls.into_iter().zip(r.nack_versions).zip(r.nack_errors))
+            .map(|((type_url, version), error)| Rejection { type_url, version, error })
+            .collect();
+        Reached { proxies: r.proxies, applied: r.applied, rejected: r.rejected, rejections }
+    }
 }
 
 /// One line of the ledger: a dataplane's sync state for one type URL.
@@ -189,22 +215,34 @@ impl TenantTx {
         .await?)
     }
 
-    /// The mesh's online dataplanes as the propagation status counts them, each with the
-    /// first response it rejected and has not accepted since (by type URL), in one statement.
-    pub async fn online_proxies(&mut self, mesh: MeshId) -> Result<Vec<OnlineProxy>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT d.service, d.calls, d.serves, d.synced_revision, \
-                    n.type_url AS nack_type_url, n.nacked_version, n.nack_error \
-             FROM dataplanes d LEFT JOIN LATERAL ( \
-               SELECT l.type_url, l.nacked_version, l.nack_error FROM xds_ledger l \
-               WHERE l.org_id = d.org_id AND l.dataplane_id = d.id \
-                 AND l.nacked_version IS NOT NULL AND l.nack_error IS NOT NULL \
-               ORDER BY l.type_url LIMIT 1) n ON true \
-             WHERE d.mesh_id = $1 AND d.online ORDER BY d.service, d.node_id",
-        )
-        .bind(mesh.as_uuid())
-        .fetch_all(self.conn())
-        .await?)
+    /// How far each resource's last write has reached the proxies it configures (resources
+    /// of one kind in `mesh`, whose kind has `reach`), in one statement; None for a resource
+    /// whose write made no mesh revision.
+    pub async fn propagation(
+        &mut self,
+        mesh: MeshId,
+        reach: Reach,
+        resources: &[&Resource],
+    ) -> Result<Vec<Option<Reached>>, StoreError> {
+        let (revisions, targets): (Vec<i64>, Vec<Option<&str>>) =
+            resources.iter().filter_map(|r| Some((r.mesh_revision?, r.target.as_deref()))).unzip();
+        let mut rows: std::vec::IntoIter<ReachedRow> = if revisions.is_empty() {
+            Vec::new().into_iter()
+        } else {
+            sqlx::query_as::<_, ReachedRow>(
+                "SELECT p.* FROM unnest($2::bigint[], $3::text[]) WITH ORDINALITY AS x(revision, target, i) \
+                 CROSS JOIN LATERAL trellis_propagation($1, x.revision, $4, $5, x.target) p ORDER BY x.i",
+            )
+            .bind(mesh.as_uuid())
+            .bind(&revisions)
+            .bind(&targets)
+            .bind(reach.callers)
+            .bind(reach.instances)
+            .fetch_all(self.conn())
+            .await?
+            .into_iter()
+        };
+        Ok(resources.iter().map(|r| r.mesh_revision.and_then(|_| rows.next()).map(Reached::from)).collect())
     }
 
     /// Ledger lines of a mesh's dataplanes.
@@ -343,6 +381,29 @@ impl TenantTx {
 }
 
 impl Store {
+    /// How far a resource's last write has reached the proxies it configures, read in its
+    /// tenant as a statement of its own: for a write, after it committed, so that the write's
+    /// transaction never reads the fleet. None when the write made no mesh revision.
+    pub async fn propagation(
+        &self,
+        org: OrgId,
+        reach: Reach,
+        resource: &Resource,
+    ) -> Result<Option<Reached>, StoreError> {
+        let Some(revision) = resource.mesh_revision else { return Ok(None) };
+        let row: ReachedRow =
+            sqlx::query_as("SELECT * FROM trellis_tenant_propagation($1, $2, $3, $4, $5, $6)")
+                .bind(org.as_uuid())
+                .bind(resource.mesh_id.as_uuid())
+                .bind(revision)
+                .bind(reach.callers)
+                .bind(reach.instances)
+                .bind(resource.target.as_deref())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Some(row.into()))
+    }
+
     /// Removes sent contents that no ledger line refers to, older than `keep` (a leader duty).
     pub async fn prune_xds_configs(&self, keep: std::time::Duration) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT trellis_prune_xds_configs(make_interval(secs => $1))")

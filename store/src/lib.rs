@@ -18,6 +18,7 @@ mod leader;
 mod meshes;
 mod orgs;
 mod provision;
+mod reads;
 mod resources;
 mod sessions;
 mod telemetry;
@@ -32,7 +33,7 @@ pub use ca::{
     CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafOutcome,
     LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
-pub use dataplanes::{Dataplane, LedgerEntry, OnlineProxy, Registration};
+pub use dataplanes::{Dataplane, LedgerEntry, Reached, Registration, Rejection};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
@@ -41,6 +42,7 @@ pub use leader::{LeaderElector, LeaderOptions};
 pub use meshes::{Mesh, Precondition, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
+pub use reads::{ResourceKey, TokenRead};
 pub use resources::{Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};

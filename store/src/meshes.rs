@@ -23,17 +23,17 @@ pub struct Mesh {
 }
 
 #[derive(sqlx::FromRow)]
-struct MeshRow {
-    id: Uuid,
-    name: String,
-    trust_domain: String,
-    spec: Value,
-    labels: Value,
-    generation: i64,
-    version: Uuid,
-    revision: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
+pub(crate) struct MeshRow {
+    pub(crate) id: Uuid,
+    pub(crate) name: String,
+    pub(crate) trust_domain: String,
+    pub(crate) spec: Value,
+    pub(crate) labels: Value,
+    pub(crate) generation: i64,
+    pub(crate) version: Uuid,
+    pub(crate) revision: i64,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
 }
 
 impl TryFrom<MeshRow> for Mesh {
@@ -212,7 +212,7 @@ impl TenantTx {
 }
 
 #[derive(sqlx::FromRow)]
-struct MeshRowCreated {
+pub(crate) struct MeshRowCreated {
     created: bool,
     #[sqlx(flatten)]
     row: MeshRow,

@@ -23,21 +23,25 @@ pub struct Resource {
     pub updated_at: DateTime<Utc>,
     /// The mesh revision this resource's last write made (proxies at or past it have it).
     pub mesh_revision: Option<i64>,
+    /// The service it configures (its own name for a Service, else its `targetRef`); None:
+    /// every proxy of the mesh. Derived by PostgreSQL from the spec.
+    pub target: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
-struct ResourceRow {
-    id: Uuid,
-    mesh_id: Uuid,
-    kind: String,
-    name: String,
-    spec: Value,
-    labels: Value,
-    generation: i64,
-    version: Uuid,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    mesh_revision: Option<i64>,
+pub(crate) struct ResourceRow {
+    pub(crate) id: Uuid,
+    pub(crate) mesh_id: Uuid,
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) spec: Value,
+    pub(crate) labels: Value,
+    pub(crate) generation: i64,
+    pub(crate) version: Uuid,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) mesh_revision: Option<i64>,
+    pub(crate) target: Option<String>,
 }
 
 impl TryFrom<ResourceRow> for Resource {
@@ -57,12 +61,13 @@ impl TryFrom<ResourceRow> for Resource {
             created_at: r.created_at,
             updated_at: r.updated_at,
             mesh_revision: r.mesh_revision,
+            target: r.target,
         })
     }
 }
 
 #[derive(sqlx::FromRow)]
-struct ResourceRowCreated {
+pub(crate) struct ResourceRowCreated {
     created: bool,
     #[sqlx(flatten)]
     row: ResourceRow,
@@ -70,7 +75,8 @@ struct ResourceRowCreated {
 
 macro_rules! resource_columns {
     () => {
-        "id, mesh_id, kind, name, spec, labels, generation, version, created_at, updated_at, mesh_revision"
+        "id, mesh_id, kind, name, spec, labels, generation, version, created_at, updated_at, mesh_revision, \
+         target"
     };
 }
 

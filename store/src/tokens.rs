@@ -48,14 +48,27 @@ impl TryFrom<TokenRow> for ApiToken {
     }
 }
 
+/// A row of `trellis_authenticate_token`: the token and its organization.
 #[derive(sqlx::FromRow)]
-struct TokenOrgRow {
+pub(crate) struct TokenOrgRow {
     #[sqlx(flatten)]
     token: TokenRow,
     org_id: Uuid,
     org_slug: String,
     org_name: String,
     org_created_at: DateTime<Utc>,
+}
+
+impl TokenOrgRow {
+    pub(crate) fn into_parts(self) -> Result<(ApiToken, Org), StoreError> {
+        let org = OrgRow {
+            id: self.org_id,
+            slug: self.org_slug,
+            name: self.org_name,
+            created_at: self.org_created_at,
+        };
+        Ok((self.token.try_into()?, org.into_org()?))
+    }
 }
 
 macro_rules! token_columns {
@@ -92,34 +105,17 @@ impl TenantTx {
     }
 
     /// The live token with this hash (not revoked, not expired) and its organization, in one
-    /// statement, marking the token used at most once a minute. The mark skips a row another
-    /// request is marking (`SKIP LOCKED`), so concurrent reads with one token never wait on
-    /// each other; a read that marks nothing stays a read-only transaction.
+    /// statement (`trellis_authenticate_token`, which also marks the token used at most once a
+    /// minute without making concurrent requests with one token wait on each other).
     pub async fn authenticate_token(
         &mut self,
         sha256: &[u8; 32],
     ) -> Result<Option<(ApiToken, Org)>, StoreError> {
-        let row: Option<TokenOrgRow> = sqlx::query_as(concat!(
-            "WITH tok AS (SELECT org_id, ",
-            token_columns!(),
-            " FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL \
-               AND (expires_at IS NULL OR expires_at > now())), \
-             marked AS (UPDATE api_tokens SET last_used_at = now() WHERE id IN ( \
-               SELECT a.id FROM api_tokens a JOIN tok ON tok.id = a.id \
-               WHERE a.last_used_at IS NULL OR a.last_used_at < now() - interval '1 minute' \
-               FOR UPDATE OF a SKIP LOCKED)) \
-             SELECT tok.id, tok.name, tok.role, tok.created_by, tok.created_at, tok.expires_at, \
-               tok.revoked_at, tok.last_used_at, o.id AS org_id, o.slug AS org_slug, \
-               o.name AS org_name, o.created_at AS org_created_at \
-             FROM tok JOIN organizations o ON o.id = tok.org_id"
-        ))
-        .bind(&sha256[..])
-        .fetch_optional(self.conn())
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let org =
-            OrgRow { id: row.org_id, slug: row.org_slug, name: row.org_name, created_at: row.org_created_at };
-        Ok(Some((row.token.try_into()?, org.into_org()?)))
+        let row: Option<TokenOrgRow> = sqlx::query_as("SELECT * FROM trellis_authenticate_token($1)")
+            .bind(&sha256[..])
+            .fetch_optional(self.conn())
+            .await?;
+        row.map(TokenOrgRow::into_parts).transpose()
     }
 
     /// Every token of this tenant, newest first.

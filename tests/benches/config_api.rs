@@ -2,6 +2,10 @@
 //! into the store (the baseline, measured in the same run), and the change feed's delay from
 //! commit to delivery.
 //!
+//! Then the same REST PUT in a mesh with no proxies and in one with `FLEET` online proxies
+//! that all call the route's service (registered with their ledger lines through the store,
+//! as the xDS server writes them), alternating, so that both rows share the machine's state.
+//!
 //! Run: `cargo bench -p trellis-tests --bench config_api` (needs PostgreSQL like the tests).
 
 use std::sync::Arc;
@@ -13,10 +17,21 @@ use tokio::sync::Mutex;
 use trellis_api::{AppState, HttpMetrics};
 use trellis_model::{MeshName, ResourceName, Role};
 use trellis_store::testing::TestDb;
-use trellis_store::{ChangeFeed, FeedOptions, Precondition};
+use trellis_store::{ChangeFeed, FeedOptions, Precondition, Registration, Store};
 
 const WARMUP: usize = 50;
 const SAMPLES: usize = 1000;
+/// Online proxies in the second mesh of the fleet-size rows.
+const FLEET: usize = 1000;
+/// Of those, how many have a rejection outstanding.
+const REJECTING: usize = 10;
+/// What a sidecar is sent, in the order it ACKs.
+const TYPES: [&str; 4] = [
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+    "type.googleapis.com/envoy.config.listener.v3.Listener",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+];
 
 struct Stats {
     label: String,
@@ -226,5 +241,90 @@ async fn main() {
         Stats { label: "change feed: commit → delivery".into(), samples: delays, wall: start.elapsed() };
     feed_stats.print();
     feed.stop().await;
+
+    // PUT latency against the size of the mesh's fleet.
+    for mesh in ["empty", "fleet"] {
+        put(format!("{base}/meshes/{mesh}"), json!({"spec": {}})).await;
+        for svc in ["reviews", "productpage"] {
+            put(
+                format!("{base}/meshes/{mesh}/services/{svc}"),
+                json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}}),
+            )
+            .await;
+        }
+    }
+    register_fleet(&store, org.id, "fleet").await;
+    let (mut empty, mut fleet) = (Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES));
+    let start = Instant::now();
+    for i in 0..WARMUP + SAMPLES {
+        for (mesh, samples) in [("empty", &mut empty), ("fleet", &mut fleet)] {
+            let t = Instant::now();
+            put(format!("{base}/meshes/{mesh}/http-routes/reviews"), route(i)).await;
+            if i >= WARMUP {
+                samples.push(t.elapsed());
+            }
+        }
+    }
+    let wall = start.elapsed();
+    println!(
+        "REST PUT http-routes/reviews, 1 client, alternating between two meshes, {SAMPLES} samples each"
+    );
+    let empty = Stats { label: "mesh with 0 proxies".into(), samples: empty, wall };
+    let fleet = Stats { label: format!("mesh with {FLEET} online proxies"), samples: fleet, wall };
+    empty.print();
+    fleet.print();
+    println!(
+        "  ratio {FLEET} / 0 proxies: p50 {:.2}x, p99 {:.2}x",
+        fleet.pct(0.5).as_secs_f64() / empty.pct(0.5).as_secs_f64(),
+        fleet.pct(0.99).as_secs_f64() / empty.pct(0.99).as_secs_f64()
+    );
+    let (status, body) = {
+        let res = reqwest::Client::new()
+            .get(format!("{base}/meshes/fleet/http-routes/reviews"))
+            .bearer_auth(trellis_tests::token(&db, "bench", Role::Viewer).await)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json::<serde_json::Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{body}");
+    println!("  status of the route in the big mesh: {}", body["status"]["propagation"]["summary"]);
     store.close().await;
+}
+
+/// Registers `FLEET` online sidecars of `productpage` in `mesh`, each sent and ACKing the four
+/// sidecar types and holding caller-side resources of `reviews` (so the route configures
+/// them all), the first `REJECTING` with a rejected route configuration: what the xDS
+/// server's ledger writer leaves behind, written through the same store calls.
+async fn register_fleet(store: &Store, org: trellis_model::OrgId, mesh: &str) {
+    let mut tx = store.tenant(org).await.unwrap();
+    let mesh = tx.mesh_by_name(&MeshName::parse(mesh).unwrap()).await.unwrap().unwrap();
+    for i in 0..FLEET {
+        let dp = tx
+            .register_dataplane(
+                mesh.id,
+                &Registration {
+                    service: "productpage".into(),
+                    node_id: format!("productpage-{i}"),
+                    client: "envoy".into(),
+                    address: Some(std::net::IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8])),
+                    ports: vec![9080],
+                    tags: json!({"version": "v1"}),
+                    zone: String::new(),
+                    replica: "bench".into(),
+                },
+            )
+            .await
+            .unwrap();
+        tx.dataplane_reach(dp.id, &["reviews".to_owned()], true).await.unwrap();
+        for type_url in TYPES {
+            tx.ledger_sent(dp.id, type_url, "v1", "n1", mesh.revision).await.unwrap();
+            tx.ledger_acked(dp.id, type_url, "v1", Some(1.0)).await.unwrap();
+        }
+        if i < REJECTING {
+            tx.ledger_nacked(dp.id, TYPES[3], "v2", "route: bench rejection").await.unwrap();
+        }
+        tx.dataplane_synced(dp.id, mesh.revision).await.unwrap();
+    }
+    tx.commit().await.unwrap();
 }

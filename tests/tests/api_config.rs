@@ -576,3 +576,36 @@ async fn a_backend_port_must_be_one_its_service_exposes() {
     let (status, p) = api.put("/meshes/shop/http-routes/ported", &route(reviews_port)).await;
     assert_eq!(status, 201, "{p}");
 }
+
+#[tokio::test]
+async fn a_token_reads_a_resource_with_the_answers_of_its_organization_scope() {
+    let db = TestDb::create().await;
+    let t = start(&db).await;
+    let editor = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
+    for doc in example_documents() {
+        let (status, body) = editor.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let viewer = token(&db, "acme", Role::Viewer).await;
+    let other = Api::new(&t, "other", &token(&db, "other", Role::Owner).await);
+    let (status, body) = Api::new(&t, "acme", &viewer).get("/meshes/shop/http-routes/reviews").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"]["propagation"]["summary"], "applied by 0 of 0 proxies");
+    // Another organization's token, a missing or impossible mesh or name: 404 problems, as
+    // for every other read.
+    for (api, path) in [
+        (&other, "/meshes/shop/http-routes/reviews".to_owned()),
+        (&Api::new(&t, "other", &viewer), "/meshes/shop/http-routes/reviews".to_owned()),
+        (&Api::new(&t, "acme", &viewer), "/meshes/nope/http-routes/reviews".to_owned()),
+        (&Api::new(&t, "acme", &viewer), "/meshes/shop/http-routes/nope".to_owned()),
+        (&Api::new(&t, "acme", &viewer), "/meshes/Sh%00p/http-routes/reviews".to_owned()),
+        (&Api::new(&t, "acme", &viewer), format!("/meshes/shop/http-routes/{}", "x".repeat(300))),
+    ] {
+        let (status, body) = api.get(&path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["status"], 404, "{path}: {body}");
+    }
+    // A token that is not one: 401.
+    let (status, _) = Api::new(&t, "acme", "trls_pat_nope").get("/meshes/shop/http-routes/reviews").await;
+    assert_eq!(status, 401);
+}

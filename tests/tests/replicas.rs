@@ -1,10 +1,12 @@
 //! Two `trellis` replicas over one database: one leader at a time, and the role moves when
-//! the leader dies.
+//! the leader dies; a token revoked through one is refused by both at once.
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+use trellis_model::Role;
 use trellis_store::testing::TestDb;
-use trellis_tests::{Trellis, trellis};
+use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
 
 async fn replica(db: &TestDb) -> Trellis {
     let mut cmd = trellis();
@@ -53,4 +55,36 @@ async fn one_leader_at_a_time_and_a_killed_leader_is_replaced_within_the_bound()
     }
     eprintln!("takeover after SIGKILL of the leader: {:?}", killed.elapsed());
     assert!(follower.stop(Duration::from_secs(15)).await.success());
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once_by_every_replica() {
+    let db = TestDb::create().await;
+    let a = replica(&db).await;
+    let b = replica(&db).await;
+    let admin = Api::new(&a, "acme", &token(&db, "acme", Role::Admin).await);
+    let (status, created) = admin.post("/tokens", &json!({"name": "ci", "role": "viewer"})).await;
+    assert_eq!(status, 201, "{created}");
+    let secret = created["token"].as_str().unwrap();
+    let editor = Api::new(&a, "acme", &token(&db, "acme", Role::Editor).await);
+    for doc in example_documents() {
+        let (status, body) = editor.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let route = "/meshes/shop/http-routes/reviews";
+    let (on_a, on_b) = (Api::new(&a, "acme", secret), Api::new(&b, "acme", secret));
+    for api in [&on_a, &on_b] {
+        let (status, body) = api.get(route).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["metadata"]["name"], "reviews");
+    }
+
+    let (status, _) = admin.delete(&format!("/tokens/{}", created["id"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    // The very next request, on either replica, with no wait in between.
+    for api in [&on_b, &on_a] {
+        let (status, body) = api.get(route).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(api.get("/meshes").await.0, 401);
+    }
 }

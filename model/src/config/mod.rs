@@ -89,15 +89,6 @@ impl Kind {
         }
     }
 
-    /// The service a stored spec of this kind applies to (a service applies to itself), read
-    /// without checking the spec again: it was checked when written.
-    pub fn stored_target<'a>(self, spec: &'a Value, own_name: &'a str) -> Option<&'a str> {
-        match self {
-            Kind::Service => Some(own_name),
-            _ => spec.get("targetRef")?.get("service")?.as_str(),
-        }
-    }
-
     /// Which proxies a resource of this kind configures, relative to its target service: the
     /// translation puts routes, circuit breakers and health checks into what callers of the
     /// service get (listeners, routes, clusters), access policies and rate limits into the
