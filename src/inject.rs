@@ -17,7 +17,8 @@ const INIT_CONTAINER: &str = "trellis-init";
 /// The agent's user: `trellis-agent init` exempts its traffic from the outbound redirect.
 const PROXY_UID: u32 = 1337;
 /// Where `trellis-agent init` sends inbound and outbound TCP, and the admin port it leaves
-/// alone (the kubelet's readiness probe reaches it directly).
+/// alone. The admin port listens on loopback only, so the sidecar has no readiness probe
+/// the kubelet could reach yet.
 const INBOUND_CAPTURE_PORT: u16 = 15006;
 const OUTBOUND_CAPTURE_PORT: u16 = 15001;
 const ADMIN_PORT: u16 = 15000;
@@ -201,11 +202,6 @@ fn sidecar(
         "image": settings.image,
         "args": ["run", "--transparent"],
         "env": env,
-        "ports": [{ "name": "trellis-admin", "containerPort": ADMIN_PORT, "protocol": "TCP" }],
-        "readinessProbe": {
-            "httpGet": { "path": "/ready", "port": ADMIN_PORT },
-            "periodSeconds": 2, "failureThreshold": 3,
-        },
         "resources": resources(),
         "securityContext": {
             "runAsUser": PROXY_UID,
@@ -230,8 +226,8 @@ fn init_container(settings: &Settings) -> Value {
         "image": settings.image,
         "args": [
             "init",
-            "--inbound-port", INBOUND_CAPTURE_PORT.to_string(),
-            "--outbound-port", OUTBOUND_CAPTURE_PORT.to_string(),
+            "--inbound-capture-port", INBOUND_CAPTURE_PORT.to_string(),
+            "--outbound-capture-port", OUTBOUND_CAPTURE_PORT.to_string(),
             "--proxy-uid", PROXY_UID.to_string(),
             "--exclude-inbound-ports", ADMIN_PORT.to_string(),
         ],

@@ -10,11 +10,11 @@ use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use trellis_control::{API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, ResourceView};
-use trellis_model::config::Kind;
+use trellis_model::config::{ImpactTotals, Kind};
 use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped, Who};
-use crate::body::{ApiQuery, JsonBody, condition, etag, from_value, if_match};
+use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
 use crate::error::ApiError;
 
 /// Longest accepted `Idempotency-Key`.
@@ -285,7 +285,7 @@ pub(crate) async fn impact_preview(
         "mesh": preview.mesh.name,
         "policy": preview.policy,
         "windowSeconds": preview.seconds,
-        "calls": config::ImpactTotals::of(&preview.edges),
+        "calls": ImpactTotals::of(&preview.edges),
         "edgesChanged": preview.edges.len(),
         "edges": &preview.edges[..preview.edges.len().min(limit)],
     })))

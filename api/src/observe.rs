@@ -296,6 +296,7 @@ mod tests {
             source: "web".into(),
             destination: "reviews".into(),
             counts: EdgeCounts { requests: 10, successes: 9, latency, ..Default::default() },
+            subsets: Vec::new(),
         }];
         let text = prometheus_text("shop", 60, &totals);
         let l = "mesh=\"shop\",direction=\"outbound\",src_service=\"web\",dst_service=\"reviews\"";

@@ -53,8 +53,10 @@ impl Control {
 pub(crate) fn window_seconds(window: Option<i64>, default: i64) -> Result<i64, AppError> {
     let seconds = window.unwrap_or(default);
     if !(10..=MAX_WINDOW_SECS).contains(&seconds) {
-        return Err(AppError::bad_request(format!("window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"))
-            .with_field("window", &format!("must be 10 to {MAX_WINDOW_SECS}")));
+        return Err(AppError::bad_request(format!(
+            "window must be 10 to {MAX_WINDOW_SECS} seconds, got {seconds}"
+        ))
+        .with_field("window", &format!("must be 10 to {MAX_WINDOW_SECS}")));
     }
     Ok(seconds)
 }

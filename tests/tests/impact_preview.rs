@@ -27,6 +27,7 @@ async fn record(store: &Store, edges: &[(String, String, u64, u64)]) {
             key: EdgeKey {
                 source: ResourceName::parse(source).unwrap(),
                 destination: ResourceName::parse(destination).unwrap(),
+                destination_subset: Default::default(),
                 route: None,
                 class: ResponseClass::Success,
             },

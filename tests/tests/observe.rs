@@ -285,6 +285,7 @@ async fn record_calls(store: &trellis_store::Store, org: &str, mesh: &str, reque
         key: EdgeKey {
             source: ResourceName::parse("web").unwrap(),
             destination: ResourceName::parse("reviews").unwrap(),
+            destination_subset: Default::default(),
             route: None,
             class: ResponseClass::Success,
         },

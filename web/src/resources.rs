@@ -201,8 +201,7 @@ async fn resource_page(
 }
 
 async fn read(c: &Console, v: &Viewer, place: &Place<'_>, name: &str) -> Result<ResourceView, AppError> {
-    let scope = c.control.open(&v.request, place.org).await?;
-    Ok(c.control.get_resource(scope, place.mesh, place.kind, name).await?.1)
+    Ok(c.control.get_resource(&v.request, place.org, place.mesh, place.kind, name).await?.1)
 }
 
 fn render_resource(

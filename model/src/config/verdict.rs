@@ -12,8 +12,8 @@
 use serde::Serialize;
 
 use super::access::{AccessAction, AccessPolicySpec, AccessRule};
-use crate::contract::rbac;
 use super::mesh::DefaultAccess;
+use crate::contract::rbac;
 
 /// What the rules do to every call of an edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -107,7 +107,7 @@ pub fn kind(chrome: &Chrome<'_>, at: &Place<'_>, views: &[ResourceView], editor:
                             @let r = &v.resource;
                             tr {
                                 td { a href=(at.resource_url(r.name.as_str())) { (r.name.as_str()) } }
-                                td { (at.kind.stored_target(&r.spec, r.name.as_str()).unwrap_or("")) }
+                                td { (r.target.as_deref().unwrap_or("")) }
                                 td { (r.generation) }
                                 td { (propagation_text(v.propagation.as_ref())) }
                             }
