@@ -24,12 +24,15 @@ const SERVICE_PORT: u16 = 9080;
 
 /// A port nobody listens on now, with the `count - 1` ports after it free too.
 fn free_ports(count: u16) -> u16 {
-    loop {
-        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base < u16::MAX - count && (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
+    // Below the kernel's ephemeral range (from 32768 by default): a port found free there
+    // cannot become an outgoing connection's source port before the demo binds it.
+    const LOW: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let offset = (std::process::id() % u32::from(SPAN)) as u16;
+    (0..SPAN)
+        .map(|k| LOW + (offset + k) % (SPAN - count))
+        .find(|&base| (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()))
+        .expect("a run of free ports below the ephemeral range")
 }
 
 fn listening(addr: SocketAddr) -> bool {
@@ -80,9 +83,12 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     trellis_tests::init();
     let db = TestDb::create().await;
     let work = tempfile::tempdir().unwrap();
-    let http = SocketAddr::from(([127, 0, 0, 1], free_ports(1)));
-    let xds = SocketAddr::from(([127, 0, 0, 1], free_ports(1)));
-    let app_port = free_ports(2 * WORKLOADS.len() as u16);
+    // One run of free ports: the REST port, the TLS port, then the applications' and their
+    // agents' HTTP proxies.
+    let base = free_ports(2 + 2 * WORKLOADS.len() as u16);
+    let http = SocketAddr::from(([127, 0, 0, 1], base));
+    let xds = SocketAddr::from(([127, 0, 0, 1], base + 1));
+    let app_port = base + 2;
     let mut cmd = trellis();
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url())
         .args(["demo", "--http-addr", &http.to_string(), "--xds-addr", &xds.to_string()])
