@@ -305,7 +305,7 @@ async fn pods_call_each_other_by_ip_through_both_agents_with_mtls_access_control
 
     // STRICT: a plaintext caller that bypasses the client agent (here the root namespace)
     // reaches the server agent, not the application, and is refused.
-    let refusals = |p: &Process| p.output().matches("TLS handshake refused").count();
+    let refusals = |p: &Process| p.output().matches("plaintext refused: the mesh requires mTLS").count();
     let before = refusals(&server);
     let bypass = reqwest::Client::builder()
         .no_proxy()
