@@ -165,6 +165,19 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
 }
 
+impl<'a> RequestView<'a> {
+    /// What rules see of `req`, whose authority (`:authority` or `Host`) is `authority`.
+    pub fn of<B>(req: &'a http::Request<B>, authority: Option<&'a str>) -> Self {
+        RequestView {
+            method: req.method(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            authority,
+            headers: req.headers(),
+        }
+    }
+}
+
 impl RequestView<'_> {
     /// A header's value, the pseudo-headers `:method`, `:path` and `:authority` included;
     /// several values are joined with `,` as Envoy does.

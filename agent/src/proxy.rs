@@ -607,13 +607,7 @@ impl Proxy {
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
         let authority = authority(&req);
-        let view = RequestView {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            authority: authority.as_deref(),
-            headers: req.headers(),
-        };
+        let view = RequestView::of(&req, authority.as_deref());
         let mut audited = None;
         if inbound {
             let verdict = evaluate(access, peer, Some(&view));
@@ -650,13 +644,7 @@ impl Proxy {
         let Handler::Http { rate_limit, routes, forward_client_cert, .. } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
-        let view = RequestView {
-            method: req.method(),
-            path: req.uri().path(),
-            query: req.uri().query(),
-            authority: authority.as_deref(),
-            headers: req.headers(),
-        };
+        let view = RequestView::of(&req, authority.as_deref());
         if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
             tracing::info!(listener = %l.name, "rate limited");
             return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
