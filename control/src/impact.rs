@@ -5,7 +5,6 @@ use chrono::{TimeDelta, Utc};
 use trellis_model::config::{
     AccessConfig, AccessPolicySpec, DefaultAccess, EdgeCalls, EdgeImpact, Kind, MeshSpec, Spec, impact,
 };
-use trellis_model::telemetry::Resolution;
 use trellis_model::{Action, SpiffeId};
 use trellis_store::{Mesh, Selector};
 
@@ -50,10 +49,7 @@ impl Control {
             .list_resources(m.id, Some(Kind::AccessPolicy.name()), &Selector::default(), None, i64::MAX)
             .await?;
         let to = Utc::now();
-        let totals = scope
-            .tx
-            .edge_totals(m.id, Resolution::for_window(seconds), to - TimeDelta::seconds(seconds), to)
-            .await?;
+        let (totals, _) = scope.tx.window_totals(m.id, to - TimeDelta::seconds(seconds), to).await?;
         scope.commit().await?;
 
         // Stored policies were checked when written; one that no longer parses enforces

@@ -20,7 +20,7 @@ pub const MAX_WINDOW_SECS: i64 = 90 * 86_400;
 /// The window of a read that names none.
 pub const DEFAULT_WINDOW_SECS: i64 = 300;
 
-/// Every edge's totals over a window, at the resolution that window is read in.
+/// Every edge's totals over a window, and the finest resolution it was read in.
 pub struct EdgeWindow {
     pub mesh: Mesh,
     pub seconds: i64,
@@ -40,9 +40,8 @@ impl Control {
         let mut scope = scope.allow(Action::Read)?;
         let seconds = window_seconds(window, DEFAULT_WINDOW_SECS)?;
         let m = scope.mesh(mesh).await?;
-        let resolution = Resolution::for_window(seconds);
         let to = Utc::now();
-        let totals = scope.tx.edge_totals(m.id, resolution, to - TimeDelta::seconds(seconds), to).await?;
+        let (totals, resolution) = scope.tx.window_totals(m.id, to - TimeDelta::seconds(seconds), to).await?;
         scope.commit().await?;
         Ok(EdgeWindow { mesh: m, seconds, resolution, totals })
     }

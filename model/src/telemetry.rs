@@ -372,16 +372,56 @@ impl Resolution {
     pub fn bucket_start(self, unix_secs: i64) -> i64 {
         unix_secs.div_euclid(self.seconds()) * self.seconds()
     }
+}
 
-    /// The resolution a read of the last `window_secs` uses: 10 s buckets up to an hour,
-    /// minutes up to two days, hours beyond (the default retentions keep each that long).
-    pub fn for_window(window_secs: i64) -> Resolution {
-        match window_secs {
-            ..=3_600 => Resolution::TenSeconds,
-            3_601..=172_800 => Resolution::Minute,
-            _ => Resolution::Hour,
+/// How far the leader has rolled the 10 s buckets up (Unix seconds): minute and hour buckets
+/// that start before these instants are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolledUp {
+    pub minute: i64,
+    pub hour: i64,
+}
+
+/// One piece of a read: the rows of `resolution` whose bucket starts in `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSpan {
+    pub resolution: Resolution,
+    pub from: i64,
+    pub to: i64,
+}
+
+/// The stored rows that add up to the buckets starting in `[from, to)` (Unix seconds): the
+/// final hours inside it, then final minutes, and 10 s buckets for the rest, so that an hour
+/// reads about 60 rows per edge rather than 360 and the figures stay exact (a rollup is the
+/// sum of what it covers). Spans are in time order and do not overlap.
+pub fn read_plan(from: i64, to: i64, rolled_up: RolledUp) -> Vec<ReadSpan> {
+    fn cover(from: i64, to: i64, coarser: &[(Resolution, i64)], out: &mut Vec<ReadSpan>) {
+        if from >= to {
+            return;
+        }
+        let Some((&(resolution, final_until), finer)) = coarser.split_first() else {
+            out.push(ReadSpan { resolution: Resolution::TenSeconds, from, to });
+            return;
+        };
+        let width = resolution.seconds();
+        let start = resolution.bucket_start(from + width - 1);
+        let end = resolution.bucket_start(to).min(resolution.bucket_start(final_until));
+        if start < end {
+            cover(from, start, finer, out);
+            out.push(ReadSpan { resolution, from: start, to: end });
+            cover(end, to, finer, out);
+        } else {
+            cover(from, to, finer, out);
         }
     }
+    let mut spans = Vec::new();
+    cover(
+        from,
+        to,
+        &[(Resolution::Hour, rolled_up.hour), (Resolution::Minute, rolled_up.minute)],
+        &mut spans,
+    );
+    spans
 }
 
 /// What crossed from one service to another over a window, every route, class and subset
@@ -658,10 +698,54 @@ mod tests {
     fn resolutions_and_their_buckets() {
         assert_eq!(Resolution::Minute.bucket_start(125), 120);
         assert_eq!(Resolution::TenSeconds.bucket_start(-5), -10);
-        assert_eq!(Resolution::for_window(300), Resolution::TenSeconds);
-        assert_eq!(Resolution::for_window(3_600), Resolution::TenSeconds);
-        assert_eq!(Resolution::for_window(86_400), Resolution::Minute);
-        assert_eq!(Resolution::for_window(30 * 86_400), Resolution::Hour);
+    }
+
+    #[test]
+    fn a_read_takes_final_rollups_inside_its_window_and_10_s_rows_at_its_ends() {
+        let span = |resolution, from, to| ReadSpan { resolution, from, to };
+        use Resolution::{Hour, Minute, TenSeconds};
+        // An hour from 10:00:25, minutes rolled up to 10:59:00, hours to 10:00:00.
+        let (from, to) = (36_025, 39_625);
+        let plan = read_plan(from, to, RolledUp { minute: 39_540, hour: 36_000 });
+        assert_eq!(
+            plan,
+            [
+                span(TenSeconds, 36_025, 36_060),
+                span(Minute, 36_060, 39_540),
+                span(TenSeconds, 39_540, 39_625)
+            ]
+        );
+        // Rolled up past the window's end: whole minutes up to the last one that started.
+        let plan = read_plan(from, to, RolledUp { minute: 40_000, hour: 36_000 });
+        assert_eq!(plan[1], span(Minute, 36_060, 39_600));
+        assert_eq!(plan[2], span(TenSeconds, 39_600, 39_625));
+        // Two days: whole final hours in the middle, minutes and 10 s rows at both ends.
+        let plan = read_plan(3_590, 3_590 + 172_800, RolledUp { minute: 176_340, hour: 172_800 });
+        assert_eq!(
+            plan,
+            [
+                span(TenSeconds, 3_590, 3_600),
+                span(Hour, 3_600, 172_800),
+                span(Minute, 172_800, 176_340),
+                span(TenSeconds, 176_340, 176_390),
+            ]
+        );
+        // Nothing rolled up yet: 10 s rows only.
+        assert_eq!(read_plan(0, 3_600, RolledUp { minute: 0, hour: 0 }), [span(TenSeconds, 0, 3_600)]);
+        // Every plan covers its window exactly, in order, without overlap.
+        for (from, to, m, h) in
+            [(5, 7_205, 7_000, 3_600), (-65, 125, 60, 0), (100, 100, 0, 0), (0, 59, 60, 0)]
+        {
+            let plan = read_plan(from, to, RolledUp { minute: m, hour: h });
+            let mut at = from;
+            for s in &plan {
+                assert_eq!(s.from, at, "{plan:?}");
+                assert!(s.from < s.to, "{plan:?}");
+                assert!(s.resolution == TenSeconds || s.from % s.resolution.seconds() == 0, "{plan:?}");
+                at = s.to;
+            }
+            assert_eq!(at, to.max(from), "{plan:?}");
+        }
     }
 
     #[test]

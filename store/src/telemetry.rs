@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use trellis_model::MeshId;
 use trellis_model::Tags;
 use trellis_model::telemetry::{
-    EdgeCounts, EdgeKey, EdgeTotal, LATENCY_BUCKETS, LatencyHistogram, Resolution,
+    EdgeCounts, EdgeKey, EdgeTotal, LATENCY_BUCKETS, LatencyHistogram, Resolution, RolledUp, read_plan,
 };
 use uuid::Uuid;
 
@@ -113,27 +113,53 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// The statement behind `edge_totals`. The histograms are summed one bucket index at a time
-/// (`sum(latency[i])` for every `i`): plain aggregates in one pass over the rows, where a SQL
-/// function that merges whole arrays, run once per row, took seconds for an hour of a
+/// Most spans one read sums: 10 s rows, minutes, hours, minutes, 10 s rows (`read_plan`).
+const MAX_SPANS: usize = 5;
+
+/// The statement behind the edge reads, over `spans` ranges of one resolution each
+/// (`$2 + 3i` the resolution, then the range). The histograms are summed one bucket index at a
+/// time (`sum(latency[i])` for every `i`): plain aggregates in one pass over the rows, where a
+/// SQL function that merges whole arrays, run once per row, took seconds for an hour of a
 /// 1,000-edge mesh. The `(org_id, mesh_id, resolution_s, bucket_start)` prefix of the
-/// primary key serves the range scan.
-fn edge_totals_sql() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
+/// primary key serves each range.
+fn edge_totals_sql(spans: usize) -> &'static str {
+    static SQL: [OnceLock<String>; MAX_SPANS] = [const { OnceLock::new() }; MAX_SPANS];
+    SQL[spans - 1].get_or_init(|| {
         let latency: Vec<String> =
             (1..=LATENCY_BUCKETS).map(|i| format!("sum(latency[{i}])::int8")).collect();
+        let ranges: Vec<String> = (0..spans)
+            .map(|i| {
+                let p = 2 + 3 * i;
+                format!(
+                    "SELECT source, destination, destination_subset, requests, successes, bytes, latency, \
+                            tcp_connections, tcp_bytes \
+                     FROM telemetry_edges \
+                     WHERE mesh_id = $1 AND resolution_s = ${p} AND bucket_start >= ${} AND bucket_start < ${}",
+                    p + 1,
+                    p + 2
+                )
+            })
+            .collect();
         format!(
             "SELECT source, destination, destination_subset, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
                     sum(bytes)::int8 AS bytes, ARRAY[{}] AS latency, \
                     sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
-             FROM telemetry_edges \
-             WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
+             FROM ({}) AS e \
              GROUP BY source, destination, destination_subset \
              ORDER BY source, destination, destination_subset",
-            latency.join(", ")
+            latency.join(", "),
+            ranges.join(" UNION ALL ")
         )
     })
+}
+
+/// The whole seconds from which every bucket start (a whole second) at or after `at` counts.
+fn seconds_from(at: DateTime<Utc>) -> i64 {
+    at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0)
+}
+
+fn instant(unix_secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(unix_secs, 0).unwrap_or_default()
 }
 
 impl TenantTx {
@@ -275,15 +301,48 @@ impl TenantTx {
         Ok(done.rows_affected())
     }
 
-    /// Per (source, destination): every route, class and subset of `[from, to)` merged (each
-    /// subset's requests kept), from the buckets of `resolution`. The one read behind golden
-    /// metrics and topology.
+    /// Per (source, destination): every route, class and subset of the buckets that start in
+    /// `[from, to)` merged (each subset's requests kept), read from the final rollups inside
+    /// the window and from 10 s buckets at its ends (`read_plan`): the one read behind golden
+    /// metrics and topology. Also returns the finest resolution it read.
+    pub async fn window_totals(
+        &mut self,
+        mesh: MeshId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<(Vec<EdgeTotal>, Resolution), StoreError> {
+        let (minute, hour): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT (SELECT done_until FROM telemetry_rollups WHERE resolution_s = 60), \
+                    (SELECT done_until FROM telemetry_rollups WHERE resolution_s = 3600)",
+        )
+        .fetch_one(self.conn())
+        .await?;
+        let rolled_up = RolledUp {
+            minute: minute.map_or(i64::MIN, |t| t.timestamp()),
+            hour: hour.map_or(i64::MIN, |t| t.timestamp()),
+        };
+        let plan = read_plan(seconds_from(from), seconds_from(to), rolled_up);
+        let finest =
+            plan.iter().map(|s| s.resolution).min_by_key(|r| r.seconds()).unwrap_or(Resolution::TenSeconds);
+        let spans: Vec<_> = plan.iter().map(|s| (s.resolution, instant(s.from), instant(s.to))).collect();
+        Ok((self.sum_spans(mesh, &spans).await?, finest))
+    }
+
+    /// [`window_totals`](Self::window_totals) from the buckets of one resolution only.
     pub async fn edge_totals(
         &mut self,
         mesh: MeshId,
         resolution: Resolution,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
+    ) -> Result<Vec<EdgeTotal>, StoreError> {
+        self.sum_spans(mesh, &[(resolution, from, to)]).await
+    }
+
+    async fn sum_spans(
+        &mut self,
+        mesh: MeshId,
+        spans: &[(Resolution, DateTime<Utc>, DateTime<Utc>)],
     ) -> Result<Vec<EdgeTotal>, StoreError> {
         #[derive(sqlx::FromRow)]
         struct Row {
@@ -297,16 +356,18 @@ impl TenantTx {
             tcp_connections: i64,
             tcp_bytes: i64,
         }
+        if spans.is_empty() {
+            return Ok(Vec::new());
+        }
+        assert!(spans.len() <= MAX_SPANS, "a read plan has at most {MAX_SPANS} spans");
         // The planner overestimates the edges and would sort every wide row (on disk) to group
         // them; one mesh's edges hash in a few MB. For the rest of this transaction only.
         sqlx::query("SELECT set_config('work_mem', '256MB', true)").execute(self.conn()).await?;
-        let rows: Vec<Row> = sqlx::query_as(edge_totals_sql())
-            .bind(mesh.as_uuid())
-            .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
-            .bind(from)
-            .bind(to)
-            .fetch_all(self.conn())
-            .await?;
+        let mut query = sqlx::query_as::<_, Row>(edge_totals_sql(spans.len())).bind(mesh.as_uuid());
+        for &(resolution, from, to) in spans {
+            query = query.bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX)).bind(from).bind(to);
+        }
+        let rows = query.fetch_all(self.conn()).await?;
         let rows = rows
             .into_iter()
             .map(|r| {

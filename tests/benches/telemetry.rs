@@ -192,13 +192,19 @@ async fn main() {
         "at 1,000 proxies × {EDGES} edges × 2 classes every 10 s ({goal:.0} increments/s): {:.1} % of one core",
         goal * cpu / increments * 100.0
     );
-    read_bench(&store, org, mesh).await;
+    read_bench(&db, &store, org, mesh).await;
     t.stop(Duration::from_secs(10)).await;
 }
 
 /// Seeds an hour of 10 s rows for a mesh of `BENCH_READ_SERVICES` services and
-/// `BENCH_READ_EDGES` edges, then times `edge_totals` over the last 5 minutes and hour.
-async fn read_bench(store: &trellis_store::Store, org: trellis_model::OrgId, mesh: trellis_model::MeshId) {
+/// `BENCH_READ_EDGES` edges, rolls them up as the leader does, then times the read over the
+/// last 5 minutes and hour: from 10 s rows only, and as the API reads (`window_totals`).
+async fn read_bench(
+    db: &TestDb,
+    store: &trellis_store::Store,
+    org: trellis_model::OrgId,
+    mesh: trellis_model::MeshId,
+) {
     let services = env("BENCH_READ_SERVICES", 200);
     let edges = env("BENCH_READ_EDGES", 1_000);
     let reads = env("BENCH_READS", 30);
@@ -206,6 +212,12 @@ async fn read_bench(store: &trellis_store::Store, org: trellis_model::OrgId, mes
     let newest = now.duration_trunc(TimeDelta::seconds(10)).unwrap();
     store.prepare_telemetry(now - TimeDelta::hours(1)).await.unwrap();
     store.prepare_telemetry(now).await.unwrap();
+    // As if the control plane had been rolling up for the last two hours.
+    sqlx::query("UPDATE telemetry_rollups SET done_until = $1")
+        .bind(now.duration_trunc(TimeDelta::hours(1)).unwrap() - TimeDelta::hours(2))
+        .execute(&mut db.admin_conn().await)
+        .await
+        .unwrap();
     let name = |i: usize| ResourceName::parse(&format!("svc-{i}")).unwrap();
     // Edge `e` goes from service `e % services` to one of the services after it: distinct pairs.
     let keys: Vec<EdgeKey> = (0..edges)
@@ -233,35 +245,44 @@ async fn read_bench(store: &trellis_store::Store, org: trellis_model::OrgId, mes
         tx.record_edges(&samples).await.unwrap();
         tx.commit().await.unwrap();
     }
+    let rolled = store.rollup_telemetry(Duration::from_secs(20)).await.unwrap();
     let seed_wall = seeded.elapsed();
     println!(
-        "\nread: {services} services, {edges} edges × {buckets} buckets of 10 s seeded in {:.1} s",
+        "\nread: {services} services, {edges} edges × {buckets} buckets of 10 s seeded and rolled up \
+         ({rolled} rollup rows) in {:.1} s",
         seed_wall.as_secs_f64()
     );
-    println!("\n| window | resolution read | edges returned | reads | p50 | p99 | max |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| window | read | edges returned | requests | reads | p50 | p99 | max |");
+    println!("|---|---|---|---|---|---|---|---|");
     for window in [300, 3_600] {
-        let resolution = Resolution::for_window(window);
-        let mut times = Vec::with_capacity(reads);
-        let mut returned = 0;
-        for _ in 0..reads {
-            let to = Utc::now();
-            let started = Instant::now();
-            let mut tx = store.tenant(org).await.unwrap();
-            returned =
-                tx.edge_totals(mesh, resolution, to - TimeDelta::seconds(window), to).await.unwrap().len();
-            tx.commit().await.unwrap();
-            times.push(started.elapsed());
+        for composed in [false, true] {
+            let mut times = Vec::with_capacity(reads);
+            let (mut returned, mut requests) = (0, 0);
+            for _ in 0..reads {
+                let to = Utc::now();
+                let from = to - TimeDelta::seconds(window);
+                let started = Instant::now();
+                let mut tx = store.tenant(org).await.unwrap();
+                let totals = if composed {
+                    tx.window_totals(mesh, from, to).await.unwrap().0
+                } else {
+                    tx.edge_totals(mesh, Resolution::TenSeconds, from, to).await.unwrap()
+                };
+                tx.commit().await.unwrap();
+                times.push(started.elapsed());
+                returned = totals.len();
+                requests = totals.iter().map(|t| t.counts.requests).sum::<u64>();
+            }
+            times.sort();
+            let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "| {window} s | {} | {returned} | {requests} | {reads} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                if composed { "final rollups inside, 10 s rows at the ends" } else { "10 s rows only" },
+                ms(at(0.50)),
+                ms(at(0.99)),
+                ms(times[times.len() - 1])
+            );
         }
-        times.sort();
-        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        println!(
-            "| {window} s | {} s | {returned} | {reads} | {:.1} ms | {:.1} ms | {:.1} ms |",
-            resolution.seconds(),
-            ms(at(0.50)),
-            ms(at(0.99)),
-            ms(times[times.len() - 1])
-        );
     }
 }

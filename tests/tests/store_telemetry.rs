@@ -204,6 +204,52 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
 }
 
 #[tokio::test]
+async fn a_window_reads_final_rollups_inside_it_and_10_s_rows_only_at_its_ends() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (org, mesh) = org_with_mesh(&store, "acme").await;
+    let hour = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
+    let mut admin = db.admin_conn().await;
+    sqlx::query("UPDATE telemetry_rollups SET done_until = $1")
+        .bind(hour - TimeDelta::hours(2))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    // One sample every 10 s for the 20 minutes before the hour: 120 buckets of 2 calls.
+    let start = hour - TimeDelta::minutes(20);
+    store.prepare_telemetry(start).await.unwrap();
+    let samples: Vec<EdgeSample> = (0..120)
+        .map(|i| sample(mesh, start + TimeDelta::seconds(10 * i), ResponseClass::Success, 2, &[5.0, 50.0]))
+        .collect();
+    let mut tx = store.tenant(org).await.unwrap();
+    tx.record_edges(&samples).await.unwrap();
+    tx.commit().await.unwrap();
+    store.rollup_telemetry(Duration::ZERO).await.unwrap();
+    // From 10 s into a minute to 30 s into another: 10 s rows at both ends, minutes between.
+    let (from, to) = (start + TimeDelta::seconds(75), hour - TimeDelta::seconds(90));
+    let mut tx = store.tenant(org).await.unwrap();
+    let ten_seconds = tx.edge_totals(mesh, Resolution::TenSeconds, from, to).await.unwrap();
+    let (window, finest) = tx.window_totals(mesh, from, to).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(finest, Resolution::TenSeconds);
+    assert_eq!(ten_seconds[0].counts.requests, 2 * 103, "the buckets that start from 1:15 to 18:30 in");
+    assert_eq!(window, ten_seconds, "rollups and 10 s rows add up to the same figures");
+    // The whole minutes come from their rollups: without the 10 s rows inside them (as when
+    // a short 10 s retention dropped them) the window still counts every call.
+    sqlx::query("DELETE FROM telemetry_edges WHERE resolution_s = 10 AND bucket_start >= $1 AND bucket_start < $2")
+        .bind(start + TimeDelta::minutes(2))
+        .bind(hour - TimeDelta::minutes(2))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut tx = store.tenant(org).await.unwrap();
+    assert_eq!(tx.window_totals(mesh, from, to).await.unwrap().0, ten_seconds);
+    let left = tx.edge_totals(mesh, Resolution::TenSeconds, from, to).await.unwrap();
+    assert_eq!(left[0].counts.requests, 2 * (4 + 3), "only the 10 s rows at the ends are left");
+    tx.commit().await.unwrap();
+}
+
+#[tokio::test]
 async fn access_log_entries_round_trip_filter_and_page() {
     let db = TestDb::create().await;
     let store = db.store().await;
