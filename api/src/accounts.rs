@@ -12,7 +12,7 @@ use trellis_store::{Store, StoreError};
 
 use crate::auth::{request, token_hash};
 use crate::body::ApiQuery;
-use crate::error::ApiError;
+use crate::error::{ApiError, BadGateway, BadRequest, Forbidden, NotFound, Unauthorized};
 use crate::oidc::LoginError;
 use crate::session::{
     LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie, random_secret, session_secret, set_cookie,
@@ -33,11 +33,18 @@ pub async fn mint_local_login(
     Ok(accounts.link(&format!("/auth/local?token={token}")))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LoginQuery {
+    /// A local path to land on after login
     #[serde(default)]
+    #[param(nullable = false, max_length = 512)]
     return_to: Option<String>,
 }
+
+/// Longest `return_to` that is followed after login (the document's `max_length` above).
+const MAX_RETURN_TO: usize = 512;
+const _: () = assert!(MAX_RETURN_TO == 512);
 
 /// Only a local absolute path may be a redirect target after login (no open redirect).
 fn safe_return_to(r: Option<String>) -> String {
@@ -46,7 +53,7 @@ fn safe_return_to(r: Option<String>) -> String {
             if p.starts_with('/')
                 && !p.starts_with("//")
                 && !p.contains('\\')
-                && p.len() <= 512
+                && p.len() <= MAX_RETURN_TO
                 && !p.chars().any(char::is_control) =>
         {
             p
@@ -70,6 +77,13 @@ fn redirect(location: &str) -> Response {
 }
 
 /// `GET /auth/login`: starts the authorization code flow.
+#[utoipa::path(get, path = "/auth/login", operation_id = "login",
+    summary = "Start an OpenID Connect login: redirects to the identity provider (code flow, PKCE, state, nonce)",
+    security(),
+    params(LoginQuery),
+    responses(
+        (status = 303, description = "To the identity provider; sets the short-lived login cookie", headers(("Location" = String))),
+        (status = 400, response = BadRequest), (status = 404, response = NotFound), (status = 502, response = BadGateway)))]
 pub(crate) async fn login(
     State(s): State<AppState>,
     State(ctl): State<Control>,
@@ -100,18 +114,30 @@ fn idp_unreachable(e: LoginError) -> ApiError {
     ApiError::bad_gateway("the identity provider could not be reached or answered wrongly; try again later")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct CallbackQuery {
     #[serde(default)]
+    #[param(nullable = false)]
     code: Option<String>,
     #[serde(default)]
+    #[param(nullable = false)]
     state: Option<String>,
     #[serde(default)]
+    #[param(nullable = false)]
     error: Option<String>,
 }
 
 /// `GET /auth/callback`: finishes the login. The pending login is consumed by the first
 /// callback, whatever its outcome, so a callback URL works at most once.
+#[utoipa::path(get, path = "/auth/callback", operation_id = "loginCallback",
+    summary = "The identity provider's redirect back: validates state and the ID token, signs up new users, starts a session",
+    security(),
+    params(CallbackQuery),
+    responses(
+        (status = 303, description = "Logged in; sets the session cookie", headers(("Location" = String))),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound), (status = 502, response = BadGateway)))]
 pub(crate) async fn callback(
     State(s): State<AppState>,
     State(ctl): State<Control>,
@@ -176,6 +202,10 @@ fn session_started(ctl: &Control, session: &NewSession, return_to: &str) -> Resp
 }
 
 /// `POST /auth/logout`: ends the session (the CSRF guard has already checked the token).
+#[utoipa::path(post, path = "/auth/logout", operation_id = "logout",
+    summary = "End the session (with a session cookie it needs x-csrf-token; without one it only clears the cookie)",
+    security(),
+    responses((status = 204, description = "Logged out; the session cookie is cleared"), (status = 403, response = Forbidden)))]
 pub(crate) async fn logout(State(ctl): State<Control>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(secret) = session_secret(&headers) {
         ctl.log_out(secret, request(&headers).request_id).await?;
@@ -185,14 +215,23 @@ pub(crate) async fn logout(State(ctl): State<Control>, headers: HeaderMap) -> Re
     Ok(res)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LocalQuery {
     #[serde(default)]
+    #[param(nullable = false, required = true)]
     token: Option<String>,
 }
 
 /// `GET /auth/local?token=…`: the no-IdP mode's one-time link logs in the local admin,
 /// owner of the organization it created at its first login.
+#[utoipa::path(get, path = "/auth/local", operation_id = "localLogin",
+    summary = "No-IdP mode: the one-time link printed by `trellis serve` logs in the local admin",
+    security(),
+    params(LocalQuery),
+    responses(
+        (status = 303, description = "Logged in; sets the session cookie", headers(("Location" = String))),
+        (status = 400, response = BadRequest), (status = 401, response = Unauthorized), (status = 404, response = NotFound)))]
 pub(crate) async fn local_login(
     State(s): State<AppState>,
     State(ctl): State<Control>,

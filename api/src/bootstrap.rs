@@ -19,7 +19,8 @@ use trellis_model::{TagKey, TagValue, Tags};
 
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
-use crate::error::ApiError;
+use crate::error::{ApiError, ReadErrors, Unprocessable};
+use crate::params::MeshPath;
 use crate::state::AppState;
 
 pub use trellis_model::contract::DEFAULT_CERT_DIR;
@@ -33,22 +34,52 @@ pub const MAX_NODE_ID: usize = 128;
 pub const MAX_PORTS_PARAM: usize = 512;
 pub const MAX_TAGS_PARAM: usize = 8192;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct BootstrapQuery {
+    /// A Service of the mesh
     #[serde(default)]
+    #[param(nullable = false, required = true)]
     service: Option<String>,
+    /// The node id, unique per instance
     #[serde(default)]
+    #[param(nullable = false, required = true, max_length = 128)]
     node: Option<String>,
+    /// Where the workload keeps ca.pem (platform root), cert.pem and key.pem (its SVID) and bundle.pem (mesh trust bundle)
     #[serde(default)]
+    #[param(nullable = false, max_length = 256, default = "/var/run/trellis")]
     cert_dir: Option<String>,
-    /// Comma-separated service ports the sidecar serves: `9080,9090`.
+    /// The service ports this sidecar serves, comma-separated (`9080,9090`): one inbound listener each
     #[serde(default)]
+    #[param(nullable = false, max_length = 512)]
     ports: Option<String>,
-    /// Comma-separated instance tags: `version=v2,track=beta`.
+    /// The instance's tags, comma-separated `key=value` pairs (`version=v2`): the subsets routes select
     #[serde(default)]
+    #[param(nullable = false, max_length = 8192)]
     tags: Option<String>,
 }
+
+/// The parameters of the gRPC bootstrap: [`BootstrapQuery`] less the sidecar's `ports` and
+/// `tags`, which it refuses. Only describes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct WorkloadQuery {
+    /// A Service of the mesh
+    service: String,
+    /// The node id, unique per instance
+    #[param(max_length = 128)]
+    node: String,
+    /// Where the workload keeps ca.pem (platform root), cert.pem and key.pem (its SVID) and bundle.pem (mesh trust bundle)
+    #[param(nullable = false, rename = "certDir", max_length = 256, default = "/var/run/trellis")]
+    cert_dir: Option<String>,
+}
+
+// The bounds the parameters above publish (utoipa takes literals only); the default
+// certificate directory is checked by `the_documented_defaults_are_the_contracts`.
+const _: () = assert!(MAX_NODE_ID == 128 && MAX_PORTS_PARAM == 512 && MAX_TAGS_PARAM == 8192);
+const _: () = assert!(trellis_model::contract::MAX_CERT_DIR == 256);
 
 /// A checked bootstrap request.
 struct Target {
@@ -322,6 +353,10 @@ fn split_host_port(addr: &str) -> (String, u16) {
 }
 
 /// `GET …/bootstrap/grpc`.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/bootstrap/grpc", operation_id = "getGrpcBootstrap",
+    summary = "The gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) of a workload",
+    params(MeshPath, WorkloadQuery),
+    responses((status = 200, description = "The bootstrap", body = Object), ReadErrors, (status = 422, response = Unprocessable)))]
 pub(crate) async fn grpc(
     State(s): State<AppState>,
     State(ctl): State<Control>,
@@ -334,6 +369,10 @@ pub(crate) async fn grpc(
 }
 
 /// `GET …/bootstrap/envoy`.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/bootstrap/envoy", operation_id = "getEnvoyBootstrap",
+    summary = "The Envoy bootstrap of a sidecar: ADS over mTLS to the xDS port",
+    params(MeshPath, BootstrapQuery),
+    responses((status = 200, description = "The bootstrap", body = Object), ReadErrors, (status = 422, response = Unprocessable)))]
 pub(crate) async fn envoy(
     State(s): State<AppState>,
     State(ctl): State<Control>,
@@ -346,6 +385,10 @@ pub(crate) async fn envoy(
 }
 
 /// `GET …/bootstrap/ca.pem`: the platform root, for `<certDir>/ca.pem`.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/bootstrap/ca.pem", operation_id = "getPlatformRoot",
+    summary = "The platform root that verifies the xDS port: write it to <certDir>/ca.pem",
+    params(MeshPath),
+    responses((status = 200, description = "The platform root (PEM)", body = String, content_type = "application/x-pem-file"), ReadErrors))]
 pub(crate) async fn platform_root(
     State(s): State<AppState>,
     State(ctl): State<Control>,

@@ -7,17 +7,22 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_control::{Control, NewJoinToken};
 use trellis_model::SpiffeId;
 use trellis_pki::{CaInfo, CaStatus};
 use trellis_store::{JoinToken, Mesh};
+use uuid::Uuid;
 
 use crate::auth::{OrgScope, Scoped, bearer};
-use crate::body::{ApiQuery, JsonBody, OptionalJsonBody, from_value};
-use crate::error::ApiError;
+use crate::body::{ApiQuery, JsonBody, OptionalJsonBody};
+use crate::error::{
+    ApiError, BadRequest, Conflict, PayloadTooLarge, ReadErrors, StepErrors, Unprocessable,
+    UnsupportedMediaType, WriteErrors,
+};
+use crate::params::{CaPath, JoinTokenPath, MeshPath};
 
 const PEM_TYPE: &str = "application/x-pem-file";
 
@@ -50,6 +55,10 @@ fn render_status((mesh, st): (Mesh, CaStatus)) -> Json<Value> {
 }
 
 /// `GET …/ca`: phase, trust domain, bundle sequence, SVID lifetime and every CA (never a key).
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca", operation_id = "getCa",
+    summary = "The mesh's CA: rotation phase, trust domain, bundle sequence, SVID lifetime, every CA (never a key)",
+    params(MeshPath),
+    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), ReadErrors))]
 pub(crate) async fn status(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -58,15 +67,33 @@ pub(crate) async fn status(
     Ok(render_status(ctl.ca_status(scope, &mesh).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BundleQuery {
     #[serde(default)]
+    #[param(nullable = false, value_type = Option<BundleFormat>, inline)]
     format: Option<String>,
+}
+
+// The formats of a trust bundle (text in the query, so that a wrong one is a field error).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum BundleFormat {
+    Json,
+    Pem,
 }
 
 /// `GET …/ca/bundle`: the SPIFFE bundle (JSON, with `spiffe_sequence`) or, with
 /// `?format=pem`, the roots as PEM. Both carry the sequence in `trellis-bundle-sequence`.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/bundle", operation_id = "getTrustBundle",
+    summary = "The trust bundle: SPIFFE bundle JSON (with spiffe_sequence), or PEM with ?format=pem; the sequence is also in the trellis-bundle-sequence header",
+    params(MeshPath, BundleQuery),
+    responses(
+        (status = 200, description = "The bundle", headers(("trellis-bundle-sequence" = i64)),
+            content((ref("#/components/schemas/SpiffeBundle") = "application/json"), (String = "application/x-pem-file"))),
+        ReadErrors))]
 pub(crate) async fn bundle(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -94,6 +121,10 @@ pub(crate) async fn bundle(
 }
 
 /// `POST …/ca/rotation/prepare`: a new root, in the bundle beside the current one.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/rotation/prepare", operation_id = "prepareCaRotation",
+    summary = "Rotation step 1: a new root, published in the bundle beside the current one",
+    params(MeshPath),
+    responses((status = 200, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), StepErrors))]
 pub(crate) async fn prepare(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -103,6 +134,10 @@ pub(crate) async fn prepare(
 }
 
 /// `POST …/ca/rotation/activate`: the prepared CA signs from now on.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/rotation/activate", operation_id = "activateCaRotation",
+    summary = "Rotation step 2: the prepared CA signs new certificates; the old root stays in the bundle",
+    params(MeshPath),
+    responses((status = 200, description = "The CA status (phase rotated)", body = ref("#/components/schemas/CaStatus")), StepErrors))]
 pub(crate) async fn activate(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -111,31 +146,39 @@ pub(crate) async fn activate(
     Ok(render_status(ctl.activate_rotation(scope, &mesh).await?))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RetireRequest {
+pub(crate) struct CaRetire {
+    /// Retire although unexpired leaves chain to it (they stop verifying)
     #[serde(default)]
     force: bool,
 }
 
 /// `POST …/ca/authorities/{id}/retire`: a previous CA leaves the bundle (409 while unexpired
 /// leaves chain to it, unless `force`).
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/authorities/{id}/retire", operation_id = "retireCa",
+    summary = "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
+    params(CaPath),
+    request_body(content = Option<CaRetire>, content_type = "application/json"),
+    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")),
+        StepErrors, (status = 415, response = UnsupportedMediaType), (status = 422, response = Unprocessable)))]
 pub(crate) async fn retire(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     Scoped { scope, body: OptionalJsonBody(body) }: Scoped<OptionalJsonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let req: RetireRequest = match body {
-        None => RetireRequest::default(),
-        Some(b) => {
-            crate::schema_check::check("CaRetire", &b.value)?;
-            from_value(b.value)?
-        }
+    let req: CaRetire = match body {
+        None => CaRetire::default(),
+        Some(b) => crate::schema_check::parse(b.value)?,
     };
     Ok(render_status(ctl.retire_ca(scope, &mesh, &id, req.force).await?))
 }
 
 /// `DELETE …/ca/authorities/{id}`: abandons a rotation that was not activated.
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/authorities/{id}", operation_id = "discardCa",
+    summary = "Abandon a pending or prepared CA (a rotation that was not activated)",
+    params(CaPath),
+    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), StepErrors))]
 pub(crate) async fn discard(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
@@ -146,6 +189,10 @@ pub(crate) async fn discard(
 
 /// `POST …/ca/intermediate-csr`: a new intermediate key (sealed at once) and its CSR, for
 /// the tenant to sign with its own root.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/intermediate-csr", operation_id = "createIntermediateCsr",
+    summary = "Bring your own root: a new intermediate key (kept sealed) and its CSR to sign offline",
+    params(MeshPath),
+    responses((status = 201, description = "The pending CA and its CSR", body = ref("#/components/schemas/PendingCa")), StepErrors))]
 pub(crate) async fn intermediate_csr(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -156,58 +203,93 @@ pub(crate) async fn intermediate_csr(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ChainUpload {
+pub(crate) struct CaChainUpload {
+    /// PEM certificates: the CA first, its root last
+    #[schema(schema_with = chain_pem)]
     certificate_chain: String,
+}
+
+fn chain_pem() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::params::bounded_string(trellis_control::MAX_CHAIN_PEM)
+        .min_length(Some(1))
+        .description(Some("PEM certificates: the CA first, its root last"))
 }
 
 /// `PUT …/ca/authorities/{id}/chain`: the chain the tenant signed for a pending CSR; checked,
 /// then the CA is `prepared`.
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/authorities/{id}/chain", operation_id = "uploadIntermediateChain",
+    summary = "The chain you signed for a pending CSR (intermediate first, root last); checked, then prepared",
+    params(CaPath),
+    request_body = CaChainUpload,
+    responses((status = 200, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
 pub(crate) async fn upload_chain(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    crate::schema_check::check("CaChainUpload", &body.value)?;
-    let req: ChainUpload = from_value(body.value)?;
+    let req: CaChainUpload = crate::schema_check::parse(body.value)?;
     Ok(render_status(ctl.upload_intermediate(scope, &mesh, &id, &req.certificate_chain).await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CaUpload {
+pub(crate) struct CaUpload {
+    #[schema(schema_with = chain_pem)]
     certificate_chain: String,
+    /// PKCS#8 PEM; sealed at once, never returned
+    #[schema(schema_with = key_pem)]
     private_key: String,
+}
+
+fn key_pem() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::params::bounded_string(trellis_control::MAX_KEY_PEM)
+        .min_length(Some(1))
+        .description(Some("PKCS#8 PEM; sealed at once, never returned"))
 }
 
 /// `POST …/ca/upload`: a CA certificate chain and its key (sealed at once); it becomes
 /// `prepared`. The key is never returned.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/upload", operation_id = "uploadCa",
+    summary = "A CA certificate chain and its private key (sealed at once, never returned); checked, then prepared",
+    params(MeshPath),
+    request_body = CaUpload,
+    responses((status = 201, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
 pub(crate) async fn upload_ca(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
-    crate::schema_check::check("CaUpload", &body.value)?;
-    let req: CaUpload = from_value(body.value)?;
+    let req: CaUpload = crate::schema_check::parse(body.value)?;
     let status = ctl.upload_ca(scope, &mesh, &req.certificate_chain, &req.private_key).await?;
     Ok((StatusCode::CREATED, render_status(status)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CaSettings {
+pub(crate) struct CaSettings {
+    #[schema(schema_with = svid_ttl)]
     svid_ttl_seconds: i64,
 }
 
+fn svid_ttl() -> utoipa::openapi::schema::ObjectBuilder {
+    use trellis_model::SvidTtl;
+    crate::params::bounded_integer(SvidTtl::MIN_SECS, SvidTtl::MAX_SECS)
+}
+
 /// `PUT …/ca/settings`: the lifetime of new SVIDs.
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/settings", operation_id = "putCaSettings",
+    summary = "Set the lifetime of new SVIDs (1 h to 7 d)",
+    params(MeshPath),
+    request_body = CaSettings,
+    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
 pub(crate) async fn put_settings(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Json<Value>, ApiError> {
-    crate::schema_check::check("CaSettings", &body.value)?;
-    let req: CaSettings = from_value(body.value)?;
+    let req: CaSettings = crate::schema_check::parse(body.value)?;
     Ok(render_status(ctl.set_svid_ttl(scope, &mesh, req.svid_ttl_seconds).await?))
 }
 
@@ -219,77 +301,161 @@ fn workload_id(mesh: &Mesh, service: &str) -> Option<String> {
     SpiffeId::workload(&mesh.trust_domain, mesh.name.as_str(), service).ok().map(|id| id.to_string())
 }
 
-fn render_join_token(mesh: &Mesh, t: &JoinToken) -> Value {
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum JoinTokenStatus {
+    Active,
+    Used,
+    Expired,
+    Revoked,
+}
+
+/// A join token as the API shows it: never its hash.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = JoinToken)]
+pub(crate) struct JoinTokenBody {
+    id: Uuid,
+    mesh: String,
+    service: String,
+    /// The identity an SVID for this token carries
+    spiffe_id: Option<String>,
+    #[schema(value_type = Object)]
+    tags: Value,
+    single_use: bool,
+    status: JoinTokenStatus,
+    uses: i64,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    /// trls_join_…: only in the response that creates it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct JoinTokenList {
+    items: Vec<JoinTokenBody>,
+}
+
+fn render_join_token(mesh: &Mesh, t: &JoinToken) -> JoinTokenBody {
     let status = if t.revoked_at.is_some() {
-        "revoked"
+        JoinTokenStatus::Revoked
     } else if t.expires_at <= Utc::now() {
-        "expired"
+        JoinTokenStatus::Expired
     } else if t.single_use && t.uses > 0 {
-        "used"
+        JoinTokenStatus::Used
     } else {
-        "active"
+        JoinTokenStatus::Active
     };
-    json!({
-        "id": t.id,
-        "mesh": mesh.name.as_str(),
-        "service": t.service,
-        "spiffeId": workload_id(mesh, &t.service),
-        "tags": t.tags,
-        "singleUse": t.single_use,
-        "status": status,
-        "uses": t.uses,
-        "createdBy": t.created_by,
-        "createdAt": t.created_at,
-        "expiresAt": t.expires_at,
-        "usedAt": t.used_at,
-        "revokedAt": t.revoked_at,
-    })
+    JoinTokenBody {
+        id: t.id,
+        mesh: mesh.name.as_str().to_owned(),
+        service: t.service.clone(),
+        spiffe_id: workload_id(mesh, &t.service),
+        tags: t.tags.clone(),
+        single_use: t.single_use,
+        status,
+        uses: t.uses,
+        created_by: t.created_by.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        used_at: t.used_at,
+        revoked_at: t.revoked_at,
+        token: None,
+    }
 }
 
 /// `POST …/join-tokens`: a `trls_join_…` token for one service of the mesh, shown once.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/join-tokens", operation_id = "createJoinToken",
+    summary = "A join token (trls_join_…) for one Service of the mesh; the response shows it once",
+    params(MeshPath),
+    request_body = NewJoinToken,
+    responses((status = 201, description = "The join token, with the token", body = JoinTokenBody), WriteErrors))]
 pub(crate) async fn create_join_token(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
-    crate::schema_check::check("NewJoinToken", &body.value)?;
-    let req: NewJoinToken = from_value(body.value)?;
+    let req: NewJoinToken = crate::schema_check::parse(body.value)?;
     let (m, minted) = ctl.create_join_token(scope, &mesh, req).await?;
-    let mut out = render_join_token(&m, &minted.record);
-    out["token"] = Value::String(minted.token);
+    let out = JoinTokenBody { token: Some(minted.token), ..render_join_token(&m, &minted.record) };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
 /// `GET …/join-tokens`: the mesh's join tokens, newest first (never the tokens themselves).
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/join-tokens", operation_id = "listJoinTokens",
+    summary = "Join tokens of the mesh, newest first (never the tokens)",
+    params(MeshPath),
+    responses((status = 200, description = "Join tokens", body = JoinTokenList), ReadErrors))]
 pub(crate) async fn list_join_tokens(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JoinTokenList>, ApiError> {
     let (m, tokens) = ctl.list_join_tokens(scope, &mesh).await?;
-    Ok(Json(json!({ "items": tokens.iter().map(|t| render_join_token(&m, t)).collect::<Vec<_>>() })))
+    Ok(Json(JoinTokenList { items: tokens.iter().map(|t| render_join_token(&m, t)).collect() }))
 }
 
 /// `DELETE …/join-tokens/{id}`: revokes a join token (again: no error).
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/join-tokens/{id}", operation_id = "revokeJoinToken",
+    summary = "Revoke a join token",
+    params(JoinTokenPath),
+    responses((status = 200, description = "The revoked join token", body = JoinTokenBody), ReadErrors))]
 pub(crate) async fn revoke_join_token(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JoinTokenBody>, ApiError> {
     let (m, record) = ctl.revoke_join_token(scope, &mesh, &id).await?;
     Ok(Json(render_join_token(&m, &record)))
 }
 
 // ----- SVIDs for join tokens -----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SvidRequest {
+pub(crate) struct SvidRequest {
+    #[schema(schema_with = csr_pem)]
     csr: String,
+}
+
+fn csr_pem() -> utoipa::openapi::schema::ObjectBuilder {
+    crate::params::bounded_string(trellis_ca::MAX_CSR_INPUT)
+        .min_length(Some(1))
+        .description(Some("PEM CSR (P-256 or Ed25519); only its public key is used"))
+}
+
+/// An issued X.509-SVID with the mesh's trust bundle.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Svid {
+    spiffe_id: String,
+    /// PEM: the leaf, then intermediates
+    certificate_chain: String,
+    /// PEM: the mesh's roots
+    trust_bundle: String,
+    trust_bundle_sequence: u64,
+    expires_at: DateTime<Utc>,
+    serial: String,
 }
 
 /// `POST /api/v1/svids`: join token (bearer) + CSR → an X.509-SVID for the token's service.
 /// The one endpoint a join token opens.
+#[utoipa::path(post, path = "/api/v1/svids", operation_id = "issueSvid",
+    summary = "A workload's X.509-SVID: a join token (Authorization: Bearer trls_join_…) and a CSR. Only this endpoint accepts join tokens.",
+    security(("joinToken" = [])),
+    request_body = SvidRequest,
+    responses(
+        (status = 200, description = "The SVID and the mesh's trust bundle", body = Svid),
+        (status = 400, response = BadRequest),
+        (status = 401, description = "The join token is missing, unknown, revoked, expired or already used",
+            body = ref("#/components/schemas/Problem"), content_type = "application/problem+json"),
+        (status = 409, response = Conflict), (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType), (status = 422, response = Unprocessable)))]
 pub(crate) async fn issue_svid(
     State(ctl): State<Control>,
     headers: HeaderMap,
@@ -297,17 +463,15 @@ pub(crate) async fn issue_svid(
 ) -> Result<Response, ApiError> {
     let token = bearer(&headers)
         .map_err(|_| ApiError::unauthorized("send a join token as `Authorization: Bearer trls_join_…`"))?;
-    crate::schema_check::check("SvidRequest", &body.value)?;
-    let req: SvidRequest = from_value(body.value)?;
+    let req: SvidRequest = crate::schema_check::parse(body.value)?;
     let issued = ctl.issue_svid(token, req.csr.as_bytes()).await?;
-    let expires: chrono::DateTime<Utc> = issued.svid.not_after.into();
-    Ok(Json(json!({
-        "spiffeId": issued.svid.spiffe_id.as_str(),
-        "certificateChain": issued.svid.chain_pem,
-        "trustBundle": issued.bundle_pem,
-        "trustBundleSequence": issued.bundle_sequence,
-        "expiresAt": expires,
-        "serial": issued.svid.serial_hex,
-    }))
+    Ok(Json(Svid {
+        spiffe_id: issued.svid.spiffe_id.as_str().to_owned(),
+        certificate_chain: issued.svid.chain_pem,
+        trust_bundle: issued.bundle_pem,
+        trust_bundle_sequence: issued.bundle_sequence,
+        expires_at: issued.svid.not_after.into(),
+        serial: issued.svid.serial_hex,
+    })
     .into_response())
 }

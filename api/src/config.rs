@@ -15,7 +15,10 @@ use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
-use crate::error::ApiError;
+use crate::error::{ApiError, DeleteErrors, GuardedDeleteErrors, ReadErrors, WriteErrors};
+use crate::params::{
+    DeleteCondition, IdempotencyKey, MeshPath, OrgPath, ResourcePath, ServicePath, WriteConditions,
+};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -56,16 +59,24 @@ fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// Query parameters of a list.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ListQuery {
     #[serde(default)]
+    #[param(nullable = false, value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
     #[serde(default)]
+    #[param(nullable = false)]
     cursor: Option<String>,
+    /// k=v,k!=v,k,!k
     #[serde(default)]
+    #[param(nullable = false)]
     label_selector: Option<String>,
 }
+
+// The bound `limit` publishes (utoipa takes literals only).
+const _: () = assert!(trellis_control::MAX_LIMIT == 500);
 
 impl ListQuery {
     fn page(&self) -> Result<Page, ApiError> {
@@ -93,6 +104,9 @@ fn render_mesh(m: &Mesh) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes", operation_id = "listMeshes", summary = "Meshes, by name",
+    params(OrgPath, ListQuery),
+    responses((status = 200, description = "A page of meshes", body = ref("#/components/schemas/MeshList")), ReadErrors))]
 pub(crate) async fn list_meshes(
     State(ctl): State<Control>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -102,6 +116,10 @@ pub(crate) async fn list_meshes(
     Ok(Json(json!({ "items": meshes.iter().map(render_mesh).collect::<Vec<_>>(), "nextCursor": next })))
 }
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}", operation_id = "getMesh", summary = "A mesh",
+    params(MeshPath),
+    responses((status = 200, description = "The mesh", body = ref("#/components/schemas/Mesh"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        ReadErrors))]
 pub(crate) async fn get_mesh(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -111,6 +129,13 @@ pub(crate) async fn get_mesh(
     Ok(with_etag(StatusCode::OK, m.version, render_mesh(&m)))
 }
 
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}", operation_id = "putMesh", summary = "Create or replace a mesh",
+    params(MeshPath, WriteConditions),
+    request_body = ref("#/components/schemas/Mesh"),
+    responses(
+        (status = 200, description = "Replaced", body = ref("#/components/schemas/Mesh"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        (status = 201, description = "Created", body = ref("#/components/schemas/Mesh"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        WriteErrors))]
 pub(crate) async fn put_mesh(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -124,6 +149,9 @@ pub(crate) async fn put_mesh(
     Ok(unchanged_header(res, put.changed))
 }
 
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}", operation_id = "deleteMesh", summary = "Delete a mesh and everything in it",
+    params(MeshPath, DeleteCondition),
+    responses((status = 204, description = "Deleted"), DeleteErrors))]
 pub(crate) async fn delete_mesh(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -156,6 +184,9 @@ fn render_resource(mesh: &Mesh, view: &ResourceView) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}", operation_id = "list{KindId}s", summary = "{Kind} resources of a mesh",
+    params(MeshPath, ListQuery),
+    responses((status = 200, description = "A page", body = ref("#/components/schemas/{Kind}List")), ReadErrors))]
 pub(crate) async fn list_resources(
     State(ctl): State<Control>,
     Path((_, mesh, kind)): Path<(String, String, String)>,
@@ -170,6 +201,10 @@ pub(crate) async fn list_resources(
     })))
 }
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "get{KindId}", summary = "A {Kind}",
+    params(ResourcePath),
+    responses((status = 200, description = "The resource", body = ref("#/components/schemas/{Kind}"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        ReadErrors))]
 pub(crate) async fn get_resource(
     State(ctl): State<Control>,
     Path((org, mesh, kind, name)): Path<(String, String, String, String)>,
@@ -180,6 +215,13 @@ pub(crate) async fn get_resource(
     Ok(with_etag(StatusCode::OK, view.resource.version, render_resource(&m, &view)))
 }
 
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "put{KindId}", summary = "Create or replace a {Kind}",
+    params(ResourcePath, WriteConditions),
+    request_body = ref("#/components/schemas/{Kind}"),
+    responses(
+        (status = 200, description = "Replaced (or unchanged)", body = ref("#/components/schemas/{Kind}"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        (status = 201, description = "Created", body = ref("#/components/schemas/{Kind}"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        WriteErrors))]
 pub(crate) async fn put_resource(
     State(ctl): State<Control>,
     Path((_, mesh, kind, name)): Path<(String, String, String, String)>,
@@ -194,6 +236,12 @@ pub(crate) async fn put_resource(
     Ok(unchanged_header(res, put.changed))
 }
 
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}", operation_id = "create{KindId}", summary = "Create a {Kind} (name in metadata)",
+    params(MeshPath, IdempotencyKey),
+    request_body = ref("#/components/schemas/{Kind}"),
+    responses(
+        (status = 201, description = "Created", body = ref("#/components/schemas/{Kind}"), headers(("ETag" = String, description = "The version, for If-Match"))),
+        WriteErrors))]
 pub(crate) async fn create_resource(
     State(ctl): State<Control>,
     Path((_, mesh, kind)): Path<(String, String, String)>,
@@ -234,6 +282,9 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     })
 }
 
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "delete{KindId}", summary = "Delete a {Kind}",
+    params(ResourcePath, DeleteCondition),
+    responses((status = 204, description = "Deleted"), GuardedDeleteErrors))]
 pub(crate) async fn delete_resource(
     State(ctl): State<Control>,
     Path((_, mesh, kind, name)): Path<(String, String, String, String)>,
@@ -245,6 +296,10 @@ pub(crate) async fn delete_resource(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/effective", operation_id = "getEffectivePolicies",
+    summary = "Every policy that applies to a service, in evaluation order",
+    params(ServicePath),
+    responses((status = 200, description = "Effective policies", body = ref("#/components/schemas/EffectivePolicies")), ReadErrors))]
 pub(crate) async fn effective(
     State(ctl): State<Control>,
     Path((_, mesh, service)): Path<(String, String, String)>,
@@ -261,16 +316,23 @@ pub(crate) async fn effective(
 
 // ----- impact preview -----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ImpactQuery {
-    /// Seconds back from now.
+    /// Seconds back from now (default 3600)
+    #[param(nullable = false, minimum = 10, maximum = 7_776_000)]
     window: Option<i64>,
 }
 
 /// `POST …/meshes/{mesh}/impact-preview`: what saving this AccessPolicy would deny or newly
 /// allow among the mesh's calls of the last hour (`?window=` seconds), edge by edge, most
 /// calls first; saves nothing.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/impact-preview", operation_id = "previewAccessImpact",
+    summary = "What saving this AccessPolicy would deny or newly allow among the mesh's recorded calls, edge by edge (most calls first, at most 500); saves nothing",
+    params(MeshPath, ImpactQuery),
+    request_body = ref("#/components/schemas/AccessPolicy"),
+    responses((status = 200, description = "The edges whose verdict changes", body = ref("#/components/schemas/AccessImpact")), WriteErrors))]
 pub(crate) async fn impact_preview(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,

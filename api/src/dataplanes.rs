@@ -6,8 +6,13 @@ use serde_json::{Value, json};
 use trellis_control::{Control, DataplaneConfig, in_sync};
 
 use crate::auth::OrgScope;
-use crate::error::ApiError;
+use crate::error::{ApiError, ReadErrors};
+use crate::params::{DataplanePath, MeshPath};
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/dataplanes", operation_id = "listDataplanes",
+    summary = "Proxies registered by their xDS streams, with their sync state",
+    params(MeshPath),
+    responses((status = 200, description = "Dataplanes", body = ref("#/components/schemas/DataplaneList")), ReadErrors))]
 pub(crate) async fn list(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -61,6 +66,10 @@ pub(crate) async fn list(
 
 /// `GET …/dataplanes/{id}/config`: per type URL, what the proxy was last sent (the readable
 /// form of each resource), which version it accepted, and any rejection.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/dataplanes/{dataplane}/config", operation_id = "getDataplaneConfig",
+    summary = "What a proxy was last sent, per type URL, in readable form, with its ACK state",
+    params(DataplanePath),
+    responses((status = 200, description = "The config last sent", body = ref("#/components/schemas/DataplaneConfig")), ReadErrors))]
 pub(crate) async fn config(
     State(ctl): State<Control>,
     Path((_, mesh, dataplane)): Path<(String, String, String)>,

@@ -21,13 +21,15 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The body of every error response (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// For validation problems: every field that is wrong.
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
     errors: &'a [FieldError],
 }
@@ -220,3 +222,107 @@ pub(crate) async fn method_not_allowed() -> ApiError {
         errors: Vec::new(),
     }
 }
+
+// ----- the error responses of the OpenAPI document -----
+
+/// Every error response an operation may document: a reusable response of the document
+/// (`#/components/responses/<name>`), always a `Problem`.
+const PROBLEM_RESPONSES: &[(u16, &str, &str)] = &[
+    (400, "BadRequest", "Malformed request (bad JSON, query parameters or headers)"),
+    (401, "Unauthorized", "No valid API token or session"),
+    (403, "Forbidden", "The caller's role does not allow this, or a session write lacks its x-csrf-token"),
+    (404, "NotFound", "Not found (including another organization's objects)"),
+    (409, "Conflict", "Conflicts with existing data"),
+    (412, "PreconditionFailed", "If-Match does not name the current version"),
+    (413, "PayloadTooLarge", "Body too large"),
+    (415, "UnsupportedMediaType", "Body is not application/json"),
+    (422, "Unprocessable", "Validation failed; `errors` names each field"),
+    (502, "BadGateway", "The identity provider is unreachable"),
+];
+
+fn problem_response(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+    let problem = utoipa::openapi::Ref::from_schema_name("Problem");
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/problem+json", ContentBuilder::new().schema(Some(problem)).build())
+        .build()
+        .into()
+}
+
+/// The reusable error responses, for the document's components.
+pub(crate) fn problem_responses() -> Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Response>)> {
+    PROBLEM_RESPONSES
+        .iter()
+        .map(|(_, name, description)| ((*name).to_owned(), problem_response(description)))
+        .collect()
+}
+
+/// References to the reusable error responses of these status codes.
+fn problem_set(
+    codes: &[u16],
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+    codes
+        .iter()
+        .map(|code| {
+            let (_, name, _) =
+                PROBLEM_RESPONSES.iter().find(|(c, ..)| c == code).expect("a documented status");
+            (code.to_string(), utoipa::openapi::Ref::from_response_name(*name).into())
+        })
+        .collect()
+}
+
+macro_rules! problem_sets {
+    ($($(#[$doc:meta])* $name:ident = [$($code:literal),*];)*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) struct $name;
+            impl utoipa::IntoResponses for $name {
+                fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+                    problem_set(&[$($code),*])
+                }
+            }
+        )*
+    };
+}
+
+problem_sets! {
+    /// What a read can fail with: `responses(…, ReadErrors)` in an operation.
+    ReadErrors = [400, 401, 403, 404];
+    /// What a write with a JSON body can fail with.
+    WriteErrors = [400, 401, 403, 404, 409, 412, 413, 415, 422];
+    /// A step with no body that can conflict with the current state (CA rotation, removals).
+    StepErrors = [400, 401, 403, 404, 409];
+    /// A conditional delete (`If-Match`).
+    DeleteErrors = [400, 401, 403, 404, 412];
+    /// A conditional delete that references can refuse.
+    GuardedDeleteErrors = [400, 401, 403, 404, 409, 412];
+}
+
+macro_rules! problem_refs {
+    ($($name:ident),*) => {
+        $(
+            #[doc = concat!("The reusable `", stringify!($name), "` error response: `(status = …, response = ", stringify!($name), ")`.")]
+            pub(crate) struct $name;
+            impl<'r> utoipa::ToResponse<'r> for $name {
+                fn response() -> (&'r str, utoipa::openapi::RefOr<utoipa::openapi::Response>) {
+                    let (_, name, description) =
+                        PROBLEM_RESPONSES.iter().find(|(_, n, _)| *n == stringify!($name)).expect("listed");
+                    (name, problem_response(description))
+                }
+            }
+        )*
+    };
+}
+
+problem_refs!(
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Unprocessable,
+    BadGateway
+);

@@ -18,8 +18,11 @@ mod observe;
 pub mod oidc;
 pub mod openapi;
 mod orgs;
+mod params;
 mod process;
+mod routes;
 mod schema_check;
+mod schemas;
 pub mod session;
 mod state;
 
@@ -60,70 +63,13 @@ impl Default for RequestLimits {
 /// beside them, all with request ids, metrics and request limits, and problem+json for every
 /// error that is not a page.
 pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits, pages: Router) -> Router {
-    use axum::routing::{delete, get, post, put};
-    const ORG: &str = "/api/v1/orgs/{org}";
-    const MESH: &str = "/api/v1/orgs/{org}/meshes/{mesh}";
-    Router::new()
-        .route("/healthz", get(health::healthz))
+    use axum::routing::get;
+    // The documented operations; their document is `openapi::document`.
+    let (api, _) = routes::api().split_for_parts();
+    api.route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics_handler))
         .route("/api/v1/openapi.json", get(openapi::serve))
-        .route("/auth/login", get(accounts::login))
-        .route("/auth/callback", get(accounts::callback))
-        .route("/auth/logout", post(accounts::logout))
-        .route("/auth/local", get(accounts::local_login))
-        .route("/api/v1/me", get(orgs::me))
-        .route("/api/v1/orgs", get(orgs::list_orgs))
-        .route("/api/v1/invites/{token}/accept", post(members::accept_invite))
-        .route(ORG, get(orgs::get_org).patch(orgs::patch_org).delete(orgs::delete_org))
-        .route(&format!("{ORG}/members"), get(members::list_members))
-        .route(
-            &format!("{ORG}/members/{{user}}"),
-            axum::routing::patch(members::update_member).delete(members::remove_member),
-        )
-        .route(&format!("{ORG}/invites"), get(members::list_invites).post(members::create_invite))
-        .route(&format!("{ORG}/invites/{{id}}"), axum::routing::delete(members::revoke_invite))
-        .route(&format!("{ORG}/tokens"), get(orgs::list_tokens).post(orgs::create_token))
-        .route(&format!("{ORG}/tokens/{{id}}"), axum::routing::delete(orgs::revoke_token))
-        .route(&format!("{ORG}/audit-events"), get(orgs::audit_events))
-        .route(&format!("{ORG}/meshes"), get(config::list_meshes))
-        .route(
-            &format!("{ORG}/meshes/{{mesh}}"),
-            get(config::get_mesh).put(config::put_mesh).delete(config::delete_mesh),
-        )
-        .route(&format!("{ORG}/meshes/{{mesh}}/services/{{service}}/effective"), get(config::effective))
-        .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes"), get(dataplanes::list))
-        .route(&format!("{MESH}/topology"), get(observe::topology))
-        .route(&format!("{MESH}/impact-preview"), post(config::impact_preview))
-        .route(&format!("{MESH}/services/{{service}}/metrics"), get(observe::service))
-        .route(&format!("{MESH}/access-log"), get(observe::access_log))
-        .route(&format!("{MESH}/access-log/{{id}}/why"), get(observe::why))
-        .route(&format!("{MESH}/metrics/prometheus"), get(observe::prometheus))
-        .route(&format!("{ORG}/meshes/{{mesh}}/dataplanes/{{dataplane}}/config"), get(dataplanes::config))
-        .route(&format!("{MESH}/ca"), get(ca::status))
-        .route(&format!("{MESH}/ca/bundle"), get(ca::bundle))
-        .route(&format!("{MESH}/ca/settings"), put(ca::put_settings))
-        .route(&format!("{MESH}/ca/rotation/prepare"), post(ca::prepare))
-        .route(&format!("{MESH}/ca/rotation/activate"), post(ca::activate))
-        .route(&format!("{MESH}/ca/authorities/{{id}}"), delete(ca::discard))
-        .route(&format!("{MESH}/ca/authorities/{{id}}/retire"), post(ca::retire))
-        .route(&format!("{MESH}/ca/authorities/{{id}}/chain"), put(ca::upload_chain))
-        .route(&format!("{MESH}/ca/intermediate-csr"), post(ca::intermediate_csr))
-        .route(&format!("{MESH}/ca/upload"), post(ca::upload_ca))
-        .route(&format!("{MESH}/join-tokens"), get(ca::list_join_tokens).post(ca::create_join_token))
-        .route(&format!("{MESH}/join-tokens/{{id}}"), delete(ca::revoke_join_token))
-        .route(&format!("{MESH}/bootstrap/grpc"), get(bootstrap::grpc))
-        .route(&format!("{MESH}/bootstrap/envoy"), get(bootstrap::envoy))
-        .route(&format!("{MESH}/bootstrap/ca.pem"), get(bootstrap::platform_root))
-        .route("/api/v1/svids", post(ca::issue_svid))
-        .route(
-            &format!("{ORG}/meshes/{{mesh}}/{{kind}}"),
-            get(config::list_resources).merge(post(config::create_resource)),
-        )
-        .route(
-            &format!("{ORG}/meshes/{{mesh}}/{{kind}}/{{name}}"),
-            get(config::get_resource).put(config::put_resource).delete(config::delete_resource),
-        )
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .with_state(state::Shared::new(state))

@@ -15,13 +15,21 @@ use trellis_store::StoredAccessLog;
 use crate::ApiError;
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
+use crate::error::ReadErrors;
+use crate::params::{AccessLogEntryPath, MeshPath, ServicePath};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WindowQuery {
-    /// Seconds back from now.
+    /// Seconds back from now (default 300); up to an hour reads 10 s buckets, up to two days 1 min rollups, beyond 1 h rollups
+    #[param(nullable = false, minimum = 10, maximum = 7_776_000)]
     window: Option<i64>,
 }
+
+// The bounds `window` and the access log's `limit` publish (utoipa takes literals only).
+const _: () = assert!(trellis_control::MAX_WINDOW_SECS == 7_776_000);
+const _: () = assert!(trellis_control::MAX_ACCESS_LOG_PAGE == 500);
 
 fn metrics_json(m: &GoldenMetrics) -> Value {
     json!({
@@ -38,6 +46,10 @@ fn metrics_json(m: &GoldenMetrics) -> Value {
 
 /// `GET …/meshes/{mesh}/topology`: every service that carried traffic in the window, with
 /// its golden metrics, and every edge between two of them.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/topology", operation_id = "getTopology",
+    summary = "Who called whom in the window: services with their golden metrics, and edges with theirs",
+    params(MeshPath, WindowQuery),
+    responses((status = 200, description = "The topology", body = ref("#/components/schemas/Topology")), ReadErrors))]
 pub(crate) async fn topology(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -76,6 +88,10 @@ pub(crate) async fn topology(
 
 /// `GET …/meshes/{mesh}/services/{service}/metrics`: the service's golden metrics (the calls
 /// it received) and each edge into and out of it.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/metrics", operation_id = "getServiceMetrics",
+    summary = "A service's golden metrics over the window (the calls it received), and each edge into and out of it",
+    params(ServicePath, WindowQuery),
+    responses((status = 200, description = "Golden metrics", body = ref("#/components/schemas/ServiceMetrics")), ReadErrors))]
 pub(crate) async fn service(
     State(ctl): State<Control>,
     Path((_, mesh, service)): Path<(String, String, String)>,
@@ -107,15 +123,30 @@ pub(crate) async fn service(
 }
 
 /// `…/access-log` query parameters: text, parsed by the core (so its errors name them).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AccessLogParams {
+    /// Calls to or from this service
+    #[param(nullable = false)]
     service: Option<String>,
+    /// HTTP status
+    #[param(nullable = false, value_type = Option<i64>, minimum = 100, maximum = 599)]
     status: Option<String>,
+    /// Denials only
+    #[param(nullable = false, value_type = Option<bool>)]
     denied: Option<String>,
+    /// Received at or after (RFC 3339; default an hour before until)
+    #[param(nullable = false, value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+    /// Received before (RFC 3339; default now)
+    #[param(nullable = false, value_type = Option<String>, format = DateTime)]
     until: Option<String>,
+    /// The nextCursor of the previous page
+    #[param(nullable = false)]
     cursor: Option<String>,
+    /// Entries per page (default 100)
+    #[param(nullable = false, value_type = Option<i64>, minimum = 1, maximum = 500)]
     limit: Option<String>,
 }
 
@@ -152,6 +183,10 @@ fn entry_json(e: &StoredAccessLog) -> Value {
 
 /// `GET …/meshes/{mesh}/access-log`: the denied, failed and sampled calls proxies logged,
 /// newest first, one page at a time.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/access-log", operation_id = "getAccessLog",
+    summary = "Denied, failed and sampled calls the proxies logged, newest first",
+    params(MeshPath, AccessLogParams),
+    responses((status = 200, description = "A page of entries", body = ref("#/components/schemas/AccessLogPage")), ReadErrors))]
 pub(crate) async fn access_log(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -177,6 +212,10 @@ pub(crate) async fn access_log(
 
 /// `GET …/meshes/{mesh}/access-log/{id}/why`: what decided the call an entry records — the
 /// AccessPolicy rule (and that rule now), default deny, or no mTLS identity.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/access-log/{id}/why", operation_id = "getAccessLogWhy",
+    summary = "Why a logged call was denied or let through: the AccessPolicy rule, default deny, or no mTLS identity",
+    params(AccessLogEntryPath),
+    responses((status = 200, description = "The decision", body = ref("#/components/schemas/AccessLogWhy")), ReadErrors))]
 pub(crate) async fn why(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
@@ -264,6 +303,10 @@ pub(crate) fn prometheus_text(mesh: &str, window_secs: i64, totals: &[EdgeTotal]
 
 /// `GET …/meshes/{mesh}/metrics/prometheus`: the mesh's golden metrics for a tenant's own
 /// Prometheus to scrape (with an API token, like every call).
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/metrics/prometheus", operation_id = "getPrometheusMetrics",
+    summary = "The mesh's golden metrics in the Prometheus text format, Linkerd-viz names and labels (request_total, response_latency_ms, tcp_open_total by src_service, dst_service, classification): totals of the window (default 60 s)",
+    params(MeshPath, WindowQuery),
+    responses((status = 200, description = "The exposition (text/plain; version=0.0.4)", body = String, content_type = "text/plain"), ReadErrors))]
 pub(crate) async fn prometheus(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,

@@ -4,42 +4,73 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_control::{AuditQuery, Caller, Control, Me, NewToken, Via};
+use trellis_model::Role;
 use trellis_store::{ApiToken, Org};
 
 use crate::auth::{OrgScope, Scoped, Who};
-use crate::body::{ApiQuery, JsonBody, from_value};
-use crate::error::ApiError;
+use crate::body::{ApiQuery, JsonBody};
+use crate::error::{ApiError, ReadErrors, Unauthorized, WriteErrors};
+use crate::params::{OrgPath, TokenPath};
 use crate::session::{csrf_token, session_secret};
 
+#[utoipa::path(get, path = "/api/v1/orgs/{org}", operation_id = "getOrg", summary = "The organization and the caller's role",
+    params(OrgPath),
+    responses((status = 200, description = "The organization", body = Organization), ReadErrors))]
 pub(crate) async fn get_org(
     State(ctl): State<Control>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Organization>, ApiError> {
     let caller = ctl.get_org(scope).await?;
     Ok(Json(render_org(&caller.org, Some(&caller))))
 }
 
-fn render_org(org: &Org, caller: Option<&Caller>) -> Value {
-    let mut out = json!({
-        "id": org.id,
-        "slug": org.slug.as_str(),
-        "name": org.name,
-        "createdAt": org.created_at,
+/// An organization as the API shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Organization {
+    id: uuid::Uuid,
+    slug: String,
+    name: String,
+    created_at: DateTime<Utc>,
+    /// The caller's role (in the list of the caller's organizations)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    role: Option<Role>,
+    /// The caller's role and token id or user id
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, value_type = Object)]
+    you: Option<Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OrganizationList {
+    items: Vec<Organization>,
+}
+
+fn render_org(org: &Org, caller: Option<&Caller>) -> Organization {
+    let you = caller.map(|c| match c.via {
+        Via::Token(id) => json!({ "role": c.role, "tokenId": id }),
+        Via::Session { user } => json!({ "role": c.role, "userId": user }),
     });
-    if let Some(c) = caller {
-        out["you"] = match c.via {
-            Via::Token(id) => json!({ "role": c.role, "tokenId": id }),
-            Via::Session { user } => json!({ "role": c.role, "userId": user }),
-        };
+    Organization {
+        id: org.id.as_uuid(),
+        slug: org.slug.as_str().to_owned(),
+        name: org.name.clone(),
+        created_at: org.created_at,
+        role: None,
+        you,
     }
-    out
 }
 
 /// Who the caller is. A token: the token, its role and its organization. A session: the
 /// user, every organization they belong to with their role, and the session's CSRF token.
+#[utoipa::path(get, path = "/api/v1/me", operation_id = "getMe",
+    summary = "The caller: a token (its role and organization) or a session (the user, their organizations and roles, the CSRF token)",
+    responses((status = 200, description = "The caller", body = ref("#/components/schemas/Me")), (status = 401, response = Unauthorized)))]
 pub(crate) async fn me(
     State(ctl): State<Control>,
     headers: HeaderMap,
@@ -69,44 +100,52 @@ pub(crate) async fn me(
 }
 
 /// The organizations the caller belongs to: a token's one, or a user's every one.
+#[utoipa::path(get, path = "/api/v1/orgs", operation_id = "listOrgs", summary = "The organizations the caller belongs to, with the caller's role",
+    responses((status = 200, description = "Organizations", body = OrganizationList), (status = 401, response = Unauthorized)))]
 pub(crate) async fn list_orgs(
     State(ctl): State<Control>,
     Who(request): Who,
-) -> Result<Json<Value>, ApiError> {
-    let items: Vec<Value> = ctl
+) -> Result<Json<OrganizationList>, ApiError> {
+    let items = ctl
         .my_orgs(&request)
         .await?
         .iter()
-        .map(|m| {
-            let mut v = render_org(&m.org, None);
-            v["role"] = json!(m.role);
-            v
-        })
+        .map(|m| Organization { role: Some(m.role), ..render_org(&m.org, None) })
         .collect();
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(OrganizationList { items }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct OrgPatch {
+#[schema(min_properties = 1)]
+pub(crate) struct OrgPatch {
     #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 39, pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$")]
     slug: Option<String>,
     #[serde(default)]
+    #[schema(nullable = false, min_length = 1, max_length = 100)]
     name: Option<String>,
 }
 
 /// Renames an organization and/or changes its slug (its URL handle).
+#[utoipa::path(patch, path = "/api/v1/orgs/{org}", operation_id = "updateOrg", summary = "Change the organization's slug or name (owner, admin)",
+    params(OrgPath),
+    request_body = OrgPatch,
+    responses((status = 200, description = "The organization", body = Organization), WriteErrors))]
 pub(crate) async fn patch_org(
     State(ctl): State<Control>,
     Scoped { scope, body }: Scoped<JsonBody>,
-) -> Result<Json<Value>, ApiError> {
-    crate::schema_check::check("OrgPatch", &body.value)?;
-    let req: OrgPatch = from_value(body.value)?;
+) -> Result<Json<Organization>, ApiError> {
+    let req: OrgPatch = crate::schema_check::parse(body.value)?;
     let (updated, caller) = ctl.update_org(scope, req.slug.as_deref(), req.name.as_deref()).await?;
     Ok(Json(render_org(&updated, Some(&caller))))
 }
 
 /// Deletes the organization (owner only) and everything in it (`Control::delete_org`).
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}", operation_id = "deleteOrg",
+    summary = "Delete the organization and everything in it (owner): members, invitations, tokens, meshes, CAs, dataplanes; its xDS streams end, its slug and trust domains are freed; its audit trail is kept for the retention period, readable by no one through the API",
+    params(OrgPath),
+    responses((status = 204, description = "Deleted"), ReadErrors))]
 pub(crate) async fn delete_org(
     State(ctl): State<Control>,
     OrgScope(scope): OrgScope,
@@ -115,50 +154,85 @@ pub(crate) async fn delete_org(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn render_token(t: &ApiToken) -> Value {
-    json!({
-        "id": t.id,
-        "name": t.name,
-        "role": t.role,
-        "createdBy": t.created_by,
-        "createdAt": t.created_at,
-        "expiresAt": t.expires_at,
-        "revokedAt": t.revoked_at,
-        "lastUsedAt": t.last_used_at,
-    })
+/// An API token as the API shows it: never its hash.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Token {
+    id: uuid::Uuid,
+    name: String,
+    role: Role,
+    created_by: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    /// The token itself: only in the response that creates it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token: Option<String>,
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TokenList {
+    items: Vec<Token>,
+}
+
+fn render_token(t: &ApiToken) -> Token {
+    Token {
+        id: t.id,
+        name: t.name.clone(),
+        role: t.role,
+        created_by: t.created_by.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        revoked_at: t.revoked_at,
+        last_used_at: t.last_used_at,
+        token: None,
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/tokens", operation_id = "listTokens", summary = "API tokens (never their secrets)",
+    params(OrgPath),
+    responses((status = 200, description = "Tokens", body = TokenList), ReadErrors))]
 pub(crate) async fn list_tokens(
     State(ctl): State<Control>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let tokens = ctl.list_tokens(scope).await?;
-    Ok(Json(json!({ "items": tokens.iter().map(render_token).collect::<Vec<_>>() })))
+    Ok(Json(TokenList { items: tokens.iter().map(render_token).collect() }))
 }
 
 /// Creates a token and shows it once.
+#[utoipa::path(post, path = "/api/v1/orgs/{org}/tokens", operation_id = "createToken", summary = "Create an API token; the response shows it once",
+    params(OrgPath),
+    request_body = NewToken,
+    responses((status = 201, description = "The token, with its secret", body = Token), WriteErrors))]
 pub(crate) async fn create_token(
     State(ctl): State<Control>,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
-    crate::schema_check::check("NewToken", &body.value)?;
-    let req: NewToken = from_value(body.value)?;
+    let req: NewToken = crate::schema_check::parse(body.value)?;
     let (record, token) = ctl.create_token(scope, req).await?;
-    let mut out = render_token(&record);
-    out["token"] = Value::String(token);
+    let out = Token { token: Some(token), ..render_token(&record) };
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/tokens/{id}", operation_id = "revokeToken", summary = "Revoke a token, on every replica at once",
+    params(TokenPath),
+    responses((status = 200, description = "The revoked token", body = Token), ReadErrors))]
 pub(crate) async fn revoke_token(
     State(ctl): State<Control>,
     Path((_, id)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Token>, ApiError> {
     Ok(Json(render_token(&ctl.revoke_token(scope, &id).await?)))
 }
 
 /// The audit log: newest first, cursor-paginated, filtered by actor, action, target prefix
 /// and time.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/audit-events", operation_id = "listAuditEvents", summary = "The audit log, newest first",
+    params(OrgPath, crate::params::AuditParams),
+    responses((status = 200, description = "A page of events", body = ref("#/components/schemas/AuditEventList")), ReadErrors))]
 pub(crate) async fn audit_events(
     State(ctl): State<Control>,
     ApiQuery(q): ApiQuery<AuditQuery>,

@@ -2,43 +2,76 @@
 //! publishes, so that what the document says is refused is refused — with field paths.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use jsonschema::error::ValidationErrorKind;
 use serde_json::{Value, json};
 use trellis_model::config::{FieldError, Kind};
 
+use serde::de::DeserializeOwned;
+use utoipa::ToSchema;
+
+use crate::body::from_value;
 use crate::error::ApiError;
 
 /// Most problems reported for one body.
 const MAX_ERRORS: usize = 20;
 
-fn validators() -> &'static HashMap<String, jsonschema::Validator> {
+/// A validator of the schema `name` among `schemas` (every schema it references).
+fn compile(name: &str, schemas: Value) -> jsonschema::Validator {
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": { "schemas": schemas },
+    });
+    jsonschema::draft202012::new(&schema).expect("the published schemas compile")
+}
+
+/// The documents of every configuration kind and of meshes (`crate::schemas`).
+fn document_validators() -> &'static HashMap<String, jsonschema::Validator> {
     static VALIDATORS: OnceLock<HashMap<String, jsonschema::Validator>> = OnceLock::new();
     VALIDATORS.get_or_init(|| {
-        let doc = crate::openapi::document();
-        let components = &doc["components"];
+        let schemas = json!(crate::schemas::components());
         Kind::ALL
             .iter()
             .map(|k| k.name())
-            .chain(["Mesh", "NewToken", "NewInvite", "MemberPatch", "OrgPatch"])
-            .chain(["CaRetire", "CaChainUpload", "CaUpload", "CaSettings", "NewJoinToken", "SvidRequest"])
-            .map(|name| {
-                let schema = json!({
-                    "$schema": "https://json-schema.org/draft/2020-12/schema",
-                    "$ref": format!("#/components/schemas/{name}"),
-                    "components": components,
-                });
-                let v = jsonschema::draft202012::new(&schema).expect("the published schemas compile");
-                (name.to_owned(), v)
-            })
+            .chain(["Mesh"])
+            .map(|name| (name.to_owned(), compile(name, schemas.clone())))
             .collect()
     })
 }
 
-/// Checks `body` against the published schema `name`.
-pub fn check(name: &str, body: &Value) -> Result<(), ApiError> {
-    let validator = validators().get(name).expect("a published schema");
+/// Checks a configuration document (`kind` is `Mesh` or a kind's name) against its
+/// published schema.
+pub fn check(kind: &str, body: &Value) -> Result<(), ApiError> {
+    report(document_validators().get(kind).expect("a published schema"), body)
+}
+
+/// Checks `body` against the schema `T` derives (the one its operations publish), then
+/// reads it as a `T`.
+pub fn parse<T: ToSchema + DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    static VALIDATORS: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let name = T::name();
+    let validator = {
+        let mut cache = VALIDATORS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(name.clone().into_owned())
+            .or_insert_with(|| {
+                let mut schemas = vec![(name.clone().into_owned(), T::schema())];
+                T::schemas(&mut schemas);
+                let schemas: serde_json::Map<String, Value> = schemas
+                    .into_iter()
+                    .map(|(n, s)| (n, serde_json::to_value(s).expect("schemas serialize")))
+                    .collect();
+                Arc::new(compile(&name, Value::Object(schemas)))
+            })
+            .clone()
+    };
+    report(&validator, &body)?;
+    from_value(body)
+}
+
+fn report(validator: &jsonschema::Validator, body: &Value) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     for e in validator.iter_errors(body).take(MAX_ERRORS) {
         let at = field_path(body, e.instance_path().as_str());

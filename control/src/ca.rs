@@ -30,15 +30,31 @@ pub const JOIN_TTL_MAX: i64 = 7 * 24 * 3600;
 
 /// A join token to mint: for one service of the mesh, with the tags its dataplanes carry.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewJoinToken {
+    /// A Service of the mesh
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 63))]
     pub service: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = std::collections::BTreeMap<String, String>))]
     pub tags: Labels,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = join_ttl))]
     pub ttl_seconds: Option<i64>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub single_use: bool,
+}
+
+#[cfg(feature = "openapi")]
+fn join_ttl() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(JOIN_TTL_MIN))
+        .maximum(Some(JOIN_TTL_MAX))
+        .default(Some(JOIN_TTL_DEFAULT.into()))
 }
 
 /// A minted join token: its record and, shown this once, its text.

@@ -40,7 +40,7 @@ pub use observe::{
     RuleNow, Why, attribution_of,
 };
 pub use onboarding::{FirstProxy, Onboarding};
-pub use orgs::{AuditQuery, Me, NewToken};
+pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
 pub use resources::{

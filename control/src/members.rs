@@ -17,12 +17,21 @@ const DEFAULT_INVITE_HOURS: i64 = 168;
 
 /// An invitation to send.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewInvite {
+    #[cfg_attr(feature = "openapi", schema(min_length = 3, max_length = 320))]
     pub email: String,
     pub role: Role,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = invite_hours))]
     pub expires_in_hours: Option<i64>,
+}
+
+#[cfg(feature = "openapi")]
+fn invite_hours() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)).maximum(Some(MAX_INVITE_HOURS))
 }
 
 /// An accepted invitation: the organization joined, with the role.

@@ -21,13 +21,18 @@ pub enum Me {
 
 /// An API token to mint.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 100))]
     pub name: String,
     pub role: Role,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
 }
+
+/// Longest actor, action or target filter of the audit log.
+pub const MAX_AUDIT_FILTER: usize = 256;
 
 /// Which audit events to list (all optional): page size, the previous page's cursor, actor,
 /// action, target prefix and a start time (RFC 3339).
@@ -78,8 +83,8 @@ impl AuditQuery {
             ),
         };
         for (field, v) in [("actor", &self.actor), ("action", &self.action), ("target", &self.target)] {
-            if v.as_ref().is_some_and(|v| v.len() > 256 || v.contains('\0')) {
-                return Err(bad(field, "must be at most 256 characters"));
+            if v.as_ref().is_some_and(|v| v.len() > MAX_AUDIT_FILTER || v.contains('\0')) {
+                return Err(bad(field, &format!("must be at most {MAX_AUDIT_FILTER} characters")));
             }
         }
         Ok(AuditFilter {
