@@ -79,7 +79,7 @@ impl Control {
         let m = scope.mesh(mesh).await?;
         let service = ResourceName::parse(service)
             .map_err(|e| AppError::invalid_field("service", format!("not a service name: {e}")))?;
-        let resolution = Resolution::for_window(seconds);
+        let resolution = series_resolution(seconds);
         let to = Utc::now();
         let from = to - TimeDelta::seconds(seconds);
         let buckets = scope.tx.service_series(m.id, service.as_str(), resolution, from, to).await?;
@@ -89,6 +89,16 @@ impl Control {
         buckets.iter().for_each(|(_, c)| all.merge(c));
         let total = GoldenMetrics::of(&all, seconds as f64);
         Ok(ServiceSeries { mesh: m, service: service.to_string(), seconds, step, points, total })
+    }
+}
+
+/// The buckets a series of `seconds` is read from: one width for every point (10 s up to an
+/// hour, minutes up to two days, hours beyond: each kept that long by default).
+fn series_resolution(seconds: i64) -> Resolution {
+    match seconds {
+        ..=3_600 => Resolution::TenSeconds,
+        3_601..=172_800 => Resolution::Minute,
+        _ => Resolution::Hour,
     }
 }
 
