@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::Value;
 use trellis_model::attribution::Attribution;
 use trellis_model::config::{FieldError, Kind};
-use trellis_model::telemetry::{EdgeTotal, Resolution};
+use trellis_model::telemetry::{EdgeCounts, EdgeTotal, GoldenMetrics, Resolution};
 use trellis_model::{Action, MeshId, ResourceName};
 use trellis_store::{AccessLogQuery, AccessLogRecord, Mesh, Resource, StoredAccessLog};
 use uuid::Uuid;
@@ -47,9 +47,97 @@ impl Control {
     }
 }
 
+/// Most points a service's time series has: finer buckets are merged into this many.
+pub const MAX_SERIES_POINTS: usize = 120;
+
+/// A service's golden metrics over a window, point by point, and over the whole window.
+pub struct ServiceSeries {
+    pub mesh: Mesh,
+    pub service: String,
+    pub seconds: i64,
+    /// The seconds each point covers (a multiple of the stored buckets' width).
+    pub step: i64,
+    /// Oldest first, one per step of the window (empty steps included, with no calls).
+    pub points: Vec<(DateTime<Utc>, GoldenMetrics)>,
+    /// The whole window's figures.
+    pub total: GoldenMetrics,
+}
+
+impl Control {
+    /// What `service` of `mesh` received over the last `window` seconds (default five
+    /// minutes), as about [`MAX_SERIES_POINTS`] points at most, read from the stored buckets.
+    pub async fn service_series(
+        &self,
+        scope: Scope,
+        mesh: &str,
+        service: &str,
+        window: Option<i64>,
+    ) -> Result<ServiceSeries, AppError> {
+        let mut scope = scope.allow(Action::Read)?;
+        let seconds = window_seconds(window, DEFAULT_WINDOW_SECS)?;
+        let m = scope.mesh(mesh).await?;
+        let service = ResourceName::parse(service)
+            .map_err(|e| AppError::invalid_field("service", format!("not a service name: {e}")))?;
+        let resolution = series_resolution(seconds);
+        let to = Utc::now();
+        let from = to - TimeDelta::seconds(seconds);
+        let buckets = scope.tx.service_series(m.id, service.as_str(), resolution, from, to).await?;
+        scope.commit().await?;
+        let (step, points) = series_points(&buckets, resolution.seconds(), from, seconds);
+        let mut all = EdgeCounts::default();
+        buckets.iter().for_each(|(_, c)| all.merge(c));
+        let total = GoldenMetrics::of(&all, seconds as f64);
+        Ok(ServiceSeries { mesh: m, service: service.to_string(), seconds, step, points, total })
+    }
+}
+
+/// The buckets a series of `seconds` is read from: one width for every point (10 s up to an
+/// hour, minutes up to two days, hours beyond: each kept that long by default).
+fn series_resolution(seconds: i64) -> Resolution {
+    match seconds {
+        ..=3_600 => Resolution::TenSeconds,
+        3_601..=172_800 => Resolution::Minute,
+        _ => Resolution::Hour,
+    }
+}
+
+/// Stored buckets (oldest first) merged into steps of a whole number of buckets, so that a
+/// window of `seconds` from `from` has at most [`MAX_SERIES_POINTS`] (one more when the window
+/// does not start on a step); every step present, empty or not.
+fn series_points(
+    buckets: &[(DateTime<Utc>, EdgeCounts)],
+    bucket_secs: i64,
+    from: DateTime<Utc>,
+    seconds: i64,
+) -> (i64, Vec<(DateTime<Utc>, GoldenMetrics)>) {
+    let max = MAX_SERIES_POINTS as i64;
+    let per_step = (seconds / bucket_secs + max - 1) / max;
+    let step = bucket_secs * per_step.max(1);
+    // Steps start on multiples of `step`, the first one holding `from`.
+    let first = from.timestamp().div_euclid(step) * step;
+    let last = (from.timestamp() + seconds - 1).div_euclid(step) * step;
+    let n = usize::try_from((last - first) / step + 1).unwrap_or(0);
+    let mut merged = vec![EdgeCounts::default(); n];
+    for (at, counts) in buckets {
+        let i = (at.timestamp().div_euclid(step) * step - first) / step;
+        if let Some(slot) = usize::try_from(i).ok().and_then(|i| merged.get_mut(i)) {
+            slot.merge(counts);
+        }
+    }
+    let points = merged
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let start = DateTime::from_timestamp(first + i as i64 * step, 0).unwrap_or(from);
+            (start, GoldenMetrics::of(c, step as f64))
+        })
+        .collect();
+    (step, points)
+}
+
 /// A read's window in seconds: `window`, or `default` when it names none; 10 s to
 /// [`MAX_WINDOW_SECS`].
-pub(crate) fn window_seconds(window: Option<i64>, default: i64) -> Result<i64, AppError> {
+pub fn window_seconds(window: Option<i64>, default: i64) -> Result<i64, AppError> {
     let seconds = window.unwrap_or(default);
     if !(10..=MAX_WINDOW_SECS).contains(&seconds) {
         return Err(AppError::bad_request(format!(
@@ -254,5 +342,34 @@ impl Control {
         };
         scope.commit().await?;
         Ok(Why { entry, attribution, rule })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests(n: u64) -> EdgeCounts {
+        EdgeCounts { requests: n, successes: n, ..Default::default() }
+    }
+
+    #[test]
+    fn a_series_has_every_step_of_the_window_and_no_more_than_the_maximum() {
+        let from = DateTime::from_timestamp(1_000_000, 0).unwrap();
+        // Five minutes of 10 s buckets: 30 steps of one bucket (31 when `from` is not on a
+        // bucket boundary), the recorded ones where they belong.
+        let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap();
+        let buckets = vec![(at(1_000_000), requests(10)), (at(1_000_290), requests(30))];
+        let (step, points) = series_points(&buckets, 10, from, 300);
+        assert_eq!(step, 10);
+        assert_eq!(points.len(), 30);
+        assert_eq!(points[0].1.requests, 10);
+        assert_eq!(points[29].1.requests, 30);
+        assert_eq!(points[0].1.rps, 1.0);
+        assert!(points[1..29].iter().all(|(_, m)| m.requests == 0));
+        // A day of minutes: merged into steps of 12 minutes, at most 120 of them.
+        let (step, points) = series_points(&[], 60, from, 86_400);
+        assert_eq!(step, 720);
+        assert!(points.len() <= MAX_SERIES_POINTS + 1, "{}", points.len());
     }
 }

@@ -162,6 +162,26 @@ fn instant(unix_secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(unix_secs, 0).unwrap_or_default()
 }
 
+/// The statement behind `service_series`: the calls into one service, per bucket (the
+/// histograms summed one index at a time, as the edge reads do).
+fn service_series_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let latency: Vec<String> =
+            (1..=LATENCY_BUCKETS).map(|i| format!("sum(latency[{i}])::int8")).collect();
+        format!(
+            "SELECT bucket_start, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
+                    sum(bytes)::int8 AS bytes, ARRAY[{}] AS latency, \
+                    sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
+             FROM telemetry_edges \
+             WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
+               AND destination = $5 \
+             GROUP BY bucket_start ORDER BY bucket_start",
+            latency.join(", ")
+        )
+    })
+}
+
 impl TenantTx {
     /// Adds edge figures to their 10 s buckets (one statement; samples of the same edge and
     /// bucket are merged first). Returns the rows written.
@@ -388,6 +408,52 @@ impl TenantTx {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(EdgeTotal::merge_subsets(rows))
+    }
+
+    /// What `service` received in each bucket of `resolution` in `[from, to)` that carried
+    /// anything (every caller, route, class and subset merged), oldest first: the golden
+    /// metrics' time series.
+    pub async fn service_series(
+        &mut self,
+        mesh: MeshId,
+        service: &str,
+        resolution: Resolution,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<(DateTime<Utc>, EdgeCounts)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            bucket_start: DateTime<Utc>,
+            requests: i64,
+            successes: i64,
+            bytes: i64,
+            latency: Vec<i64>,
+            tcp_connections: i64,
+            tcp_bytes: i64,
+        }
+        let rows: Vec<Row> = sqlx::query_as(service_series_sql())
+            .bind(mesh.as_uuid())
+            .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
+            .bind(from)
+            .bind(to)
+            .bind(service)
+            .fetch_all(self.conn())
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let latency = LatencyHistogram::from_stored(&r.latency)
+                    .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
+                let counts = EdgeCounts {
+                    requests: to_u64(r.requests),
+                    successes: to_u64(r.successes),
+                    bytes: to_u64(r.bytes),
+                    latency,
+                    tcp_connections: to_u64(r.tcp_connections),
+                    tcp_bytes: to_u64(r.tcp_bytes),
+                };
+                Ok((r.bucket_start, counts))
+            })
+            .collect()
     }
 
     /// One page of a mesh's access log, newest first (at most `q.limit` entries).

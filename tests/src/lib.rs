@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod console;
 pub mod grpc;
 pub mod oidc;
 

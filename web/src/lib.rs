@@ -11,11 +11,14 @@
 
 mod dataplanes;
 mod diff;
+mod layered;
 mod layout;
+mod observe;
 mod pages;
 mod resources;
 mod route_form;
 mod security;
+mod topology;
 mod yaml;
 
 use axum::Router;
@@ -60,6 +63,7 @@ pub fn router(console: Console) -> Router {
         .route("/sign-out", axum::routing::post(sign_out))
         .merge(resources::routes())
         .merge(dataplanes::routes())
+        .merge(observe::routes())
         .layer(axum::middleware::from_fn(security::headers))
         .with_state(console)
 }

@@ -12,6 +12,7 @@ use trellis_store::{ApiToken, AuditRecord, JoinToken, Mesh};
 use crate::layout::{Chrome, csrf_field, page, page_refreshing};
 
 pub mod dataplanes;
+pub mod observe;
 pub mod resources;
 
 /// The sign-in page: the identity provider when one is configured, else the one-time link.
@@ -192,6 +193,19 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls)
                     (m.spec["mtls"]["mode"].as_str().unwrap_or("STRICT")) ", default access "
                     (m.spec["defaultAccess"].as_str().unwrap_or("deny")) ", revision " (m.revision) "." }
                 p { (online) " of " (o.fleet.dataplanes.len()) " dataplanes online." }
+            }
+            h2 { "Observe" }
+            p #observe {
+                a href={ (mesh_url) "/topology" } { "Topology" } " · "
+                a href={ (mesh_url) "/denied" } { "Denied calls" }
+                @let services: Vec<&str> = o.resources.iter().filter(|r| r.kind == "Service").map(|r| r.name.as_str()).collect();
+                @if !services.is_empty() {
+                    " · golden metrics of "
+                    @for (i, s) in services.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        a href={ (mesh_url) "/services/" (s) "/metrics" } { (s) }
+                    }
+                }
             }
             h2 { "Configuration" }
             table #configuration {

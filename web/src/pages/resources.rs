@@ -31,6 +31,11 @@ impl Place<'_> {
         format!("{}/{name}", self.kind_url())
     }
 
+    /// Where an AccessPolicy draft is previewed against recent calls; None for other kinds.
+    pub fn impact_url(&self) -> Option<String> {
+        matches!(self.kind, Kind::AccessPolicy).then(|| format!("{}/impact", self.mesh_url()))
+    }
+
     fn breadcrumb(&self) -> Markup {
         html! {
             p.muted {
@@ -117,7 +122,7 @@ pub fn kind(chrome: &Chrome<'_>, at: &Place<'_>, views: &[ResourceView], editor:
             }
             @if let Some(editor) = editor {
                 h2 { "Create a " (kind) }
-                (yaml_form(chrome, &at.kind_url(), editor, "Review the new resource"))
+                (yaml_form(chrome, &at.kind_url(), editor, "Review the new resource", at.impact_url().as_deref()))
             }
         },
     )
@@ -156,7 +161,7 @@ pub fn resource(
                 (backends_form(chrome, &at.resource_url(name), editor))
             }
             h2 { "Edit as YAML" }
-            (yaml_form(chrome, &at.resource_url(name), editor, "Review changes"))
+            (yaml_form(chrome, &at.resource_url(name), editor, "Review changes", at.impact_url().as_deref()))
         }
     };
     let title = format!("{} {name}", at.kind.name());
@@ -182,7 +187,14 @@ fn propagation_text(p: Option<&Propagation>) -> String {
 }
 
 /// The YAML editor; the server's errors are listed beside it, each with its field path.
-fn yaml_form(chrome: &Chrome<'_>, action: &str, editor: &Editor, submit: &str) -> Markup {
+/// `impact`: where a second button posts the draft for an impact preview (AccessPolicy).
+pub(crate) fn yaml_form(
+    chrome: &Chrome<'_>,
+    action: &str,
+    editor: &Editor,
+    submit: &str,
+    impact: Option<&str>,
+) -> Markup {
     let errors: Vec<&FieldError> = editor.errors_in(Source::Yaml).collect();
     html! {
         form.panel method="post" action=(action) {
@@ -198,7 +210,12 @@ fn yaml_form(chrome: &Chrome<'_>, action: &str, editor: &Editor, submit: &str) -
                     @for e in &errors { li { code { (e.field) } ": " (e.message) } }
                 }
             }
-            p { button type="submit" { (submit) } }
+            p {
+                button type="submit" { (submit) }
+                @if let Some(impact) = impact {
+                    " " button.secondary type="submit" formaction=(impact) { "Preview impact" }
+                }
+            }
         }
     }
 }
