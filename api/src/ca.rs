@@ -118,8 +118,8 @@ struct RetireRequest {
     force: bool,
 }
 
-/// `POST …/ca/authorities/{id}/retire`: a previous CA leaves the bundle (409 while unexpired
-/// leaves chain to it, unless `force`).
+/// `POST …/ca/authorities/{id}/retire`: a previous CA leaves the bundle (409 while leaves in
+/// use — unexpired, not renewed — chain to it, unless `force`).
 pub(crate) async fn retire(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,

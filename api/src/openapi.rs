@@ -845,7 +845,7 @@ fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
                 "rootFingerprint": { "type": ["string", "null"], "description": "SHA-256 of the root it chains to" },
                 "notAfter": time,
                 "daysToExpiry": { "type": ["integer", "null"] },
-                "liveLeaves": { "type": "integer", "description": "Unexpired certificates it signed" },
+                "liveLeaves": { "type": "integer", "description": "Certificates it signed still in use: unexpired, and not superseded by a renewal" },
                 "certificatePem": { "type": ["string", "null"] },
                 "csrPem": { "type": ["string", "null"], "description": "While pending: the CSR to sign with your root" },
                 "createdAt": { "type": "string", "format": "date-time" },
@@ -1021,7 +1021,7 @@ fn ca_paths(paths: &mut serde_json::Map<String, Value>) {
     );
     let mut retire = op(
         "retireCa",
-        "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
+        "Rotation step 3: a previous CA leaves the bundle (409 while certificates in use chain to it — unexpired and not renewed — unless force)",
         &["org", "mesh", "caId"],
         vec![status(200, "The CA status")],
         &[400, 401, 403, 404, 409, 415, 422],
