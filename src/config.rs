@@ -497,6 +497,11 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_CA_MIN_DAYS", default_value_t = 30)]
     pub ca_min_days: u32,
 
+    /// Every SVID this installation signs lives this long (10s to 7 days), whatever its
+    /// mesh's setting: to watch renewals happen in a demonstration or a test.
+    #[arg(long, env = "TRELLIS_SVID_TTL_OVERRIDE", hide = true, value_parser = parse_svid_ttl_override)]
+    pub svid_ttl_override: Option<trellis_model::SvidTtl>,
+
     /// How often the `trellis_ca_days_to_expiry` gauges are read from the database (a scrape
     /// never touches it).
     #[arg(long, env = "TRELLIS_CA_EXPIRY_REFRESH", default_value = "5m", value_parser = parse_duration)]
@@ -594,6 +599,10 @@ fn parse_slug(s: &str) -> Result<trellis_model::OrgSlug, String> {
 }
 
 /// Parses `500ms`, `10s`, `5m`, `1h`.
+fn parse_svid_ttl_override(s: &str) -> Result<trellis_model::SvidTtl, String> {
+    trellis_model::SvidTtl::installation_override(parse_duration(s)?)
+}
+
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());

@@ -16,12 +16,15 @@ pub const AGENT_CONTAINER: &str = "trellis-agent";
 const INIT_CONTAINER: &str = "trellis-init";
 /// The agent's user: `trellis-agent init` exempts its traffic from the outbound redirect.
 const PROXY_UID: u32 = 1337;
-/// Where `trellis-agent init` sends inbound and outbound TCP, and the admin port it leaves
-/// alone. The admin port listens on loopback only, so the sidecar has no readiness probe
-/// the kubelet could reach yet.
+/// Where `trellis-agent init` sends inbound and outbound TCP, and the ports it leaves alone:
+/// the admin port (loopback only) and the readiness port, on the pod IP for the kubelet's
+/// probe (`GET /ready` and nothing else).
 const INBOUND_CAPTURE_PORT: u16 = 15006;
 const OUTBOUND_CAPTURE_PORT: u16 = 15001;
 const ADMIN_PORT: u16 = 15000;
+const READINESS_PORT: u16 = 15021;
+/// The readiness port's name in the sidecar's `ports` (at most 15 characters).
+const READINESS_PORT_NAME: &str = "trellis-ready";
 
 /// The key of the join-token Secret and of the platform-root ConfigMap.
 const TOKEN_KEY: &str = "token";
@@ -200,8 +203,16 @@ fn sidecar(
     json!({
         "name": AGENT_CONTAINER,
         "image": settings.image,
-        "args": ["run", "--transparent"],
+        "args": ["run", "--transparent", "--readiness-addr", format!("0.0.0.0:{READINESS_PORT}")],
         "env": env,
+        "ports": [{ "name": READINESS_PORT_NAME, "containerPort": READINESS_PORT, "protocol": "TCP" }],
+        // Ready once it holds an SVID and an accepted configuration: until then the pod
+        // gets no traffic it could not carry.
+        "readinessProbe": {
+            "httpGet": { "path": "/ready", "port": READINESS_PORT_NAME },
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
         "resources": resources(),
         "securityContext": {
             "runAsUser": PROXY_UID,
@@ -229,7 +240,7 @@ fn init_container(settings: &Settings) -> Value {
             "--inbound-capture-port", INBOUND_CAPTURE_PORT.to_string(),
             "--outbound-capture-port", OUTBOUND_CAPTURE_PORT.to_string(),
             "--proxy-uid", PROXY_UID.to_string(),
-            "--exclude-inbound-ports", ADMIN_PORT.to_string(),
+            "--exclude-inbound-ports", format!("{ADMIN_PORT},{READINESS_PORT}"),
         ],
         "resources": resources(),
         "securityContext": {

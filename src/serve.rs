@@ -43,7 +43,11 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
     let authority = Authority::new(
         store.clone(),
         keyring,
-        AuthorityOptions { min_days: cfg.ca_min_days, ..Default::default() },
+        AuthorityOptions {
+            min_days: cfg.ca_min_days,
+            svid_ttl_override: cfg.svid_ttl_override,
+            ..Default::default()
+        },
     );
     let consumer = tokio::spawn(consume(feed, snapshots.clone(), authority.clone()));
     let duties = tokio::spawn(leader_duties(

@@ -151,6 +151,11 @@ pub struct RunArgs {
     /// collide), else on 127.0.0.1.
     #[arg(long, env = "TRELLIS_ADMIN_ADDR", value_parser = parse_admin)]
     pub admin_addr: Option<SocketAddr>,
+    /// A listener that answers only `GET /ready` (200 with an SVID and an accepted
+    /// configuration, else 503), on an address the kubelet reaches: e.g. `0.0.0.0:15021` (off
+    /// unless set; `trellis inject` sets it). The admin port stays on loopback.
+    #[arg(long, env = "TRELLIS_READINESS_ADDR", value_parser = parse_addr)]
+    pub readiness_addr: Option<SocketAddr>,
     /// A plaintext xDS endpoint on loopback that relays to the control plane over this
     /// agent's mTLS, for co-located clients that cannot present a certificate (off unless set).
     #[arg(long, env = "TRELLIS_XDS_RELAY_ADDR", value_parser = parse_admin)]
@@ -271,6 +276,10 @@ fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     crate::admin::check_addr(addr)
 }
 
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))
+}
+
 fn parse_dir(s: &str) -> Result<PathBuf, String> {
     parse_cert_dir(s).map(PathBuf::from)
 }
@@ -362,6 +371,10 @@ mod tests {
         assert_eq!(parse(&["--address", "127.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.3:15000");
         assert_eq!(parse(&["--address", "10.0.0.3"]).unwrap().admin_addr().to_string(), "127.0.0.1:15000");
         assert_eq!(parse(&["--drain-timeout", "250ms"]).unwrap().drain_timeout.as_millis(), 250);
+        assert_eq!(a.readiness_addr, None, "no readiness listener unless asked");
+        let ready = parse(&["--readiness-addr", "0.0.0.0:15021"]).unwrap().readiness_addr;
+        assert_eq!(ready.unwrap().to_string(), "0.0.0.0:15021", "any address, unlike the admin port");
+        assert!(parse(&["--readiness-addr", "15021"]).is_err());
         assert_eq!(parse(&["--outbound", "none"]).unwrap().outbound, Outbound::Only(vec![]));
         let bad = parse(&["--app-port", "9081=1"]).unwrap();
         assert!(bad.check().unwrap_err().contains("9081"));

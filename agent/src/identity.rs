@@ -10,7 +10,7 @@ use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
 use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use trellis_ca::{RootCert, SpiffeId, TrustBundle, claimed_leaf};
+use trellis_ca::{RootCert, SpiffeId, TrustBundle, claimed_leaf, verify_svid};
 use trellis_proto::identity::IssueSvidRequest;
 use trellis_proto::identity::identity_client::IdentityClient;
 use trellis_xds::contract::{BUNDLE_FILE, CERT_FILE, KEY_FILE, PLATFORM_CA_FILE};
@@ -25,8 +25,10 @@ pub struct Svid {
     pub chain_pem: String,
     pub bundle_pem: String,
     pub id: SpiffeId,
-    pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this agent got it (issued, or read back at start): renewal is timed from here,
+    /// since `not_before` is backdated for clock skew.
+    pub received: SystemTime,
 }
 
 impl Svid {
@@ -44,8 +46,8 @@ impl Svid {
             chain_pem,
             bundle_pem,
             id: claimed.id,
-            not_before: claimed.not_before,
             not_after: claimed.not_after,
+            received: SystemTime::now(),
         };
         use rustls::pki_types::pem::PemObject;
         PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes())
@@ -68,12 +70,38 @@ impl Svid {
         bundle_from_pem(&self.id, &self.bundle_pem)
     }
 
-    /// When to renew: at half the lifetime, moved by `jitter` (a fraction of the lifetime,
-    /// within ±0.1) so that a fleet issued together does not renew together.
-    pub fn renew_at(&self, jitter: f64) -> SystemTime {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
-        let frac = 0.5 + jitter.clamp(-0.1, 0.1);
-        self.not_before + life.mul_f64(frac)
+    /// Whether this SVID chains to the first root of `bundle`, the root that signs now (the
+    /// wire contract's bundle order); `None` for an empty bundle.
+    pub fn under_first_root(&self, bundle: &TrustBundle, now: SystemTime) -> Option<bool> {
+        let first = bundle.roots().first()?;
+        let only = TrustBundle::new(bundle.trust_domain(), [first.clone()], 0).ok()?;
+        Some(verify_svid(&only, &self.chain(), now).is_ok())
+    }
+}
+
+/// Longest wait before a prompt renewal: a fleet that hears of an activation together spreads
+/// its renewals over this much time.
+pub const PROMPT_RENEWAL: Duration = Duration::from_secs(3);
+
+/// When to renew an SVID received at `received` and valid until `not_after`, given `jitter`
+/// drawn uniformly from [0, 1]. Normally at half the lifetime left when it was received, moved
+/// by up to a tenth of it either way, so that a fleet issued together does not renew together.
+/// But when `stale` (the mesh's bundle names another root as the one that signs now, after a
+/// rotation's activation), at once: within [`PROMPT_RENEWAL`] of `now`, so that the old root
+/// can be retired within seconds instead of half a lifetime.
+pub fn renew_at(
+    received: SystemTime,
+    not_after: SystemTime,
+    stale: bool,
+    now: SystemTime,
+    jitter: f64,
+) -> SystemTime {
+    let jitter = jitter.clamp(0.0, 1.0);
+    let regular =
+        received + not_after.duration_since(received).unwrap_or_default().mul_f64(0.4 + 0.2 * jitter);
+    match stale {
+        true => regular.min(now + PROMPT_RENEWAL.mul_f64(jitter)),
+        false => regular,
     }
 }
 
@@ -194,14 +222,55 @@ pub async fn obtain(
     Ok(Identity { current: ArcSwap::from_pointee(svid), changed: tokio::sync::watch::channel(0).0 })
 }
 
-/// Renews the SVID over mTLS at about half its lifetime, retrying with backoff, forever.
-pub async fn renew_forever(identity: Arc<Identity>, cp: ControlPlane, files: Files) {
+/// The mesh's trust bundle as last received (SDS), and a receiver that ticks when it may
+/// have changed: what tells renewal that another root signs now.
+pub struct BundleWatch {
+    pub current: Box<dyn Fn() -> Option<Arc<TrustBundle>> + Send + Sync>,
+    pub changed: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Renews the SVID over mTLS at about half its lifetime, or within seconds when the mesh's
+/// bundle names another root as the one that signs now; retries with backoff, forever.
+pub async fn renew_forever(identity: Arc<Identity>, cp: ControlPlane, files: Files, mut bundle: BundleWatch) {
     let mut backoff = Backoff::default();
+    // The first root a prompt renewal was made for: if the control plane still signs under
+    // another, the regular schedule takes over instead of renewing again and again.
+    let mut prompted_for: Option<String> = None;
+    // When the current first root was first seen not to have signed the SVID: the prompt
+    // renewal is timed from then, so that a stream of other updates cannot postpone it.
+    let mut stale_since: Option<(String, SystemTime)> = None;
+    let jitter = rand::rng().random_range(0.0..=1.0);
     loop {
         let current = identity.current();
-        let at = current.renew_at(rand::rng().random_range(-0.1..=0.1));
-        let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
-        tokio::time::sleep(wait).await;
+        let now = SystemTime::now();
+        let first = (bundle.current)();
+        let first_fp = first.as_ref().and_then(|b| b.roots().first()).map(|r| r.fingerprint().to_owned());
+        let stale = first.as_ref().and_then(|b| current.under_first_root(b, now)) == Some(false)
+            && prompted_for != first_fp;
+        let since = match (&stale_since, &first_fp) {
+            (Some((fp, t)), Some(first)) if fp == first => *t,
+            _ => {
+                stale_since = first_fp.clone().map(|fp| (fp, now));
+                now
+            }
+        };
+        let at = renew_at(current.received, current.not_after, stale, since, jitter);
+        let wait = at.duration_since(now).unwrap_or_default();
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            // The bundle changed: decide again.
+            changed = bundle.changed.changed() => {
+                if changed.is_err() {
+                    // No more configuration will come: keep the regular schedule only.
+                    bundle.changed = tokio::sync::watch::channel(0).1;
+                }
+                continue;
+            }
+        }
+        if stale {
+            tracing::info!(id = %current.id, "the mesh's bundle names another signing root: renewing the SVID now");
+            prompted_for = first_fp;
+        }
         loop {
             let renewed = issue(&cp, Some(&current), None).await.and_then(|s| files.store(&s).map(|()| s));
             match renewed {
@@ -254,20 +323,55 @@ mod tests {
     }
 
     #[test]
-    fn renewal_is_due_at_half_the_lifetime_give_or_take_a_tenth() {
+    fn renewal_is_due_at_half_the_lifetime_left_give_or_take_a_tenth() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let day = Duration::from_secs(24 * 3600);
-        let svid = Svid {
-            key_pem: Zeroizing::new(String::new()),
-            chain_pem: String::new(),
-            bundle_pem: String::new(),
-            id: SpiffeId::parse("spiffe://td.example/ns/m/sa/s").unwrap(),
-            not_before: t0,
-            not_after: t0 + day,
-        };
-        assert_eq!(svid.renew_at(0.0), t0 + day / 2);
-        assert_eq!(svid.renew_at(-0.1), t0 + day.mul_f64(0.4));
-        assert_eq!(svid.renew_at(0.7), t0 + day.mul_f64(0.6), "jitter is bounded");
+        let at = |jitter| renew_at(t0, t0 + day, false, t0, jitter);
+        assert_eq!(at(0.5), t0 + day / 2);
+        assert_eq!(at(0.0), t0 + day.mul_f64(0.4));
+        assert_eq!(at(1.0), t0 + day.mul_f64(0.6));
+        assert_eq!(at(7.0), t0 + day.mul_f64(0.6), "jitter is bounded");
+        // Read back at start with six hours left: half of what is left.
+        let later = t0 + day - day / 4;
+        assert_eq!(renew_at(later, t0 + day, false, later, 0.5), later + day / 8);
+    }
+
+    #[test]
+    fn an_svid_the_signing_root_did_not_sign_is_renewed_within_seconds() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(24 * 3600);
+        let now = t0 + Duration::from_secs(3600);
+        for jitter in [0.0, 0.3, 1.0] {
+            let at = renew_at(t0, t0 + day, true, now, jitter);
+            assert!(at >= now && at <= now + PROMPT_RENEWAL, "{jitter}: {at:?}");
+        }
+        assert_ne!(
+            renew_at(t0, t0 + day, true, now, 0.2),
+            renew_at(t0, t0 + day, true, now, 0.8),
+            "jittered"
+        );
+        // Never later than the regular time: one already due stays due.
+        let late = t0 + day;
+        assert_eq!(renew_at(t0, t0 + day, true, late, 1.0), t0 + day.mul_f64(0.6));
+    }
+
+    #[test]
+    fn an_svid_is_stale_when_the_bundle_names_another_root_first() {
+        let td = trellis_ca::TrustDomain::parse("td.example").unwrap();
+        let now = SystemTime::now();
+        let (old, new) = (
+            trellis_ca::MeshCa::generate_root(&td, Duration::from_secs(86_400 * 365), now).unwrap(),
+            trellis_ca::MeshCa::generate_root(&td, Duration::from_secs(86_400 * 365), now).unwrap(),
+        );
+        let id = SpiffeId::parse("spiffe://td.example/ns/m/sa/s").unwrap();
+        let (key, csr) = trellis_ca::workload_key_and_csr().unwrap();
+        let issued = old.sign_svid(csr.as_bytes(), &id, trellis_ca::SvidTtl::DEFAULT, now).unwrap();
+        let pem = |cas: &[&trellis_ca::MeshCa]| cas.iter().map(|c| c.root().pem()).collect::<String>();
+        let svid = Svid::from_pem(key.expose_pkcs8_pem(), issued.chain_pem, pem(&[&old])).unwrap();
+        let prepared = bundle_from_pem(&id, &pem(&[&old, &new])).unwrap();
+        let activated = bundle_from_pem(&id, &pem(&[&new, &old])).unwrap();
+        assert_eq!(svid.under_first_root(&prepared, now), Some(true), "prepared: the old root still signs");
+        assert_eq!(svid.under_first_root(&activated, now), Some(false), "activated: renew");
     }
 
     #[test]

@@ -96,7 +96,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cp = ControlPlane::new(&args.server, &platform_root_pem)?;
     let files = || Files { dir: args.cert_dir.clone(), platform_root_pem: platform_root_pem.clone() };
     let identity = Arc::new(identity::obtain(&cp, &files(), || join_token(&args)).await?);
-    tokio::spawn(identity::renew_forever(identity.clone(), cp.clone(), files()));
 
     let local = convert::Local {
         address: args.address,
@@ -104,6 +103,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         id: identity.current().id.clone(),
     };
     let state = Arc::new(state::State::new(local));
+    let bundle = identity::BundleWatch {
+        current: Box::new({
+            let state = state.clone();
+            move || state.config().bundle.clone()
+        }),
+        changed: state.changed.subscribe(),
+    };
+    tokio::spawn(identity::renew_forever(identity.clone(), cp.clone(), files(), bundle));
     let upstreams = Arc::new(telemetry::Upstreams::default());
     let binding = match args.transparent {
         true => proxy::Binding::Transparent,
@@ -134,6 +141,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("--admin-addr {admin_addr}: cannot listen"))?;
     tracing::info!("admin (/metrics, /ready, /config) on {admin_addr}");
     tokio::spawn(admin::serve(admin, proxy.clone()));
+    if let Some(addr) = args.readiness_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--readiness-addr {addr}: cannot listen"))?;
+        tracing::info!("readiness (GET /ready only) on {addr}");
+        tokio::spawn(admin::serve_readiness(listener, proxy.clone()));
+    }
     let mut renewed = identity.changed.subscribe();
     let for_renewal = proxy.clone();
     tokio::spawn(async move {

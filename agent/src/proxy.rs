@@ -135,6 +135,9 @@ impl Proxy {
 
     /// Why the agent is not ready to carry traffic yet, if it is not.
     pub fn not_ready(&self) -> Option<String> {
+        if self.identity.current().not_after <= std::time::SystemTime::now() {
+            return Some("the SVID has expired; renewing".into());
+        }
         let cfg = self.state.config();
         for t in [PbListener::type_url(), envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url()] {
             if !cfg.applied.contains(&t) {
@@ -176,10 +179,16 @@ impl Proxy {
             .iter()
             .map(|(n, e)| (n.clone(), e.iter().map(ToString::to_string).collect::<Vec<_>>().into()))
             .collect();
+        let bundle = self.bundle.load();
         serde_json::json!({
             "identity": {
                 "spiffeId": svid.id.as_str(),
                 "notAfter": svid.not_after.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            },
+            // The roots peers are verified with; the first signs now (the contract's order).
+            "trustBundle": {
+                "roots": bundle.roots().len(),
+                "fingerprints": bundle.roots().iter().map(|r| r.fingerprint()).collect::<Vec<_>>(),
             },
             "listeners": listeners,
             "clusters": clusters,

@@ -154,10 +154,10 @@ pub(crate) struct CaRetire {
     force: bool,
 }
 
-/// `POST …/ca/authorities/{id}/retire`: a previous CA leaves the bundle (409 while unexpired
-/// leaves chain to it, unless `force`).
+/// `POST …/ca/authorities/{id}/retire`: a previous CA leaves the bundle (409 while leaves in
+/// use — unexpired, not renewed — chain to it, unless `force`).
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/authorities/{id}/retire", operation_id = "retireCa",
-    summary = "Rotation step 3: a previous CA leaves the bundle (409 while unexpired certificates chain to it, unless force)",
+    summary = "Rotation step 3: a previous CA leaves the bundle (409 while certificates in use chain to it — unexpired and not renewed — unless force)",
     params(CaPath),
     request_body(content = Option<CaRetire>, content_type = "application/json"),
     responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")),

@@ -176,7 +176,7 @@ fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
                 "rootFingerprint": { "type": ["string", "null"], "description": "SHA-256 of the root it chains to" },
                 "notAfter": time,
                 "daysToExpiry": { "type": ["integer", "null"] },
-                "liveLeaves": { "type": "integer", "description": "Unexpired certificates it signed" },
+                "liveLeaves": { "type": "integer", "description": "Certificates it signed still in use: unexpired, and not superseded by a renewal" },
                 "certificatePem": { "type": ["string", "null"] },
                 "csrPem": { "type": ["string", "null"], "description": "While pending: the CSR to sign with your root" },
                 "createdAt": { "type": "string", "format": "date-time" },

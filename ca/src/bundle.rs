@@ -177,7 +177,7 @@ impl TrustBundle {
         &self.trust_domain
     }
 
-    /// The roots, oldest first.
+    /// The roots, in the order they were given (a mesh's: the active root first).
     pub fn roots(&self) -> &[RootCert] {
         &self.roots
     }

@@ -114,7 +114,7 @@ impl Control {
         self.ca_finish(scope, m).await
     }
 
-    /// A previous CA leaves the bundle (409 while unexpired leaves chain to it, unless `force`).
+    /// A previous CA leaves the bundle (409 while leaves in use — unexpired, not renewed — chain to it, unless `force`).
     pub async fn retire_ca(
         &self,
         scope: Scope,

@@ -2,6 +2,12 @@
 //! and the agent read back, in one place, so that they cannot drift apart. Plain names and
 //! rules, no Envoy types: the REST API takes it from here (it may not use `xds`), and `xds`
 //! re-exports it as `trellis_xds::contract`. (Resource names still live in `xds`'s `names.rs`.)
+//!
+//! **Trust bundle order.** Wherever a mesh's trust bundle is served as PEM (the SDS
+//! `trust-bundle` secret, an issuance's `trust_bundle_pem`, so `bundle.pem`), the root of the
+//! CA that signs now comes first, then the others oldest first (`store`'s `bundle_roots`).
+//! Peers trust every root alike (Envoy too); a workload whose SVID does not chain to the first
+//! root renews it at once: that is how agents follow an activation.
 
 /// The certificate-provider instance name the generated gRPC bootstrap defines and the
 /// translation's TLS contexts refer to.

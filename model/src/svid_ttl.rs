@@ -27,6 +27,19 @@ impl SvidTtl {
         Ok(Self(ttl))
     }
 
+    /// Shortest lifetime an installation-wide override may set (`trellis serve
+    /// --svid-ttl-override`): short enough to watch renewals happen, far longer than a renewal.
+    pub const MIN_OVERRIDE: Duration = Duration::from_secs(10);
+
+    /// The lifetime an installation imposes on every mesh, for demonstrations and tests of
+    /// renewal: from [`SvidTtl::MIN_OVERRIDE`] to [`SvidTtl::MAX`]. Meshes cannot set it.
+    pub fn installation_override(ttl: Duration) -> Result<Self, String> {
+        if ttl < Self::MIN_OVERRIDE || ttl > Self::MAX {
+            return Err(format!("must be from 10s to 7 days, got {} s", ttl.as_secs()));
+        }
+        Ok(Self(ttl))
+    }
+
     /// Parses a number of seconds (a request's, or a stored setting's).
     pub fn from_secs(secs: i64) -> Result<Self, TtlError> {
         match u64::try_from(secs) {
@@ -71,6 +84,13 @@ mod tests {
         assert!(SvidTtl::new(Duration::from_secs(7 * 86_400)).is_ok());
         assert_eq!(SvidTtl::new(Duration::from_secs(3_599)), Err(TtlError { secs: 3_599 }));
         assert_eq!(SvidTtl::new(Duration::from_secs(7 * 86_400 + 1)), Err(TtlError { secs: 604_801 }));
+    }
+
+    #[test]
+    fn an_installation_may_impose_shorter_lifetimes_than_a_mesh_can_set() {
+        assert_eq!(SvidTtl::installation_override(Duration::from_secs(30)).unwrap().get().as_secs(), 30);
+        assert!(SvidTtl::installation_override(Duration::from_secs(9)).is_err());
+        assert!(SvidTtl::installation_override(Duration::from_secs(7 * 86_400 + 1)).is_err());
     }
 
     #[test]

@@ -30,11 +30,17 @@ pub struct AuthorityOptions {
     pub root_validity: Duration,
     /// A CA with fewer days left than this is refused for activation or upload.
     pub min_days: u32,
+    /// Every SVID lives this long, whatever its mesh's setting (`--svid-ttl-override`).
+    pub svid_ttl_override: Option<SvidTtl>,
 }
 
 impl Default for AuthorityOptions {
     fn default() -> Self {
-        Self { root_validity: Duration::from_secs(10 * 365 * 24 * 60 * 60), min_days: 30 }
+        Self {
+            root_validity: Duration::from_secs(10 * 365 * 24 * 60 * 60),
+            min_days: 30,
+            svid_ttl_override: None,
+        }
     }
 }
 
@@ -51,6 +57,8 @@ pub struct Peer {
     /// The tags of the join token this identity descends from: its dataplanes carry exactly
     /// these values for these keys.
     pub tags: Tags,
+    /// The serial of the certificate it authenticated with: a renewal supersedes it.
+    pub serial: String,
 }
 
 /// A signed SVID and what the workload needs beside it.
@@ -299,6 +307,7 @@ impl Authority {
         // never replaced by a default.
         let ttl = SvidTtl::from_secs(settings.svid_ttl_seconds.into())
             .map_err(|e| PkiError::internal(format!("mesh {mesh_id}: stored SVID lifetime: {e}")))?;
+        let ttl = self.inner.options.svid_ttl_override.unwrap_or(ttl);
         let seq = u64::try_from(settings.bundle_sequence).unwrap_or(0);
         let bundle = Self::read_bundle(tx, mesh_id, &td, seq).await?;
         let ident = Arc::new(MeshIdentity {
@@ -378,6 +387,7 @@ impl Authority {
             service: service.to_owned(),
             tags: serde_json::to_value(tags).unwrap_or_default(),
             join_token: None,
+            replaces: None,
         }
     }
 
@@ -464,12 +474,16 @@ impl Authority {
 
     /// Renewal: a new SVID for exactly the identity the caller authenticated with, bounded
     /// by the same tags. Signed from the cached mesh; the leaf's record is committed (in a
-    /// batch with concurrent issuances) before the SVID is returned.
+    /// batch with concurrent issuances) before the SVID is returned, and marks the leaf the
+    /// caller authenticated with as superseded (no longer in use, for retiring its CA).
     pub async fn renew(&self, peer: &Peer, csr: &[u8]) -> Result<Issued, PkiError> {
         for attempt in 0..2 {
             let ident = self.identity(peer.org, peer.mesh_id).await?;
             let (ca_id, svid) = Self::sign_with(&ident, &peer.id, csr)?;
-            let leaf = Self::leaf(ca_id, &svid, &peer.service, &peer.tags);
+            let leaf = IssuedLeaf {
+                replaces: Some(peer.serial.clone()),
+                ..Self::leaf(ca_id, &svid, &peer.service, &peer.tags)
+            };
             if self.record(peer.org, peer.mesh_id, leaf).await? {
                 return Ok(Self::issued(&ident, svid));
             }
@@ -519,7 +533,16 @@ impl Authority {
             .ok_or_else(|| PkiError::Unauthenticated(format!("{id} does not name a service of this mesh")))?
             .to_owned();
         let tags = self.issued_tags(org, mesh_id, &claimed.serial_hex, &service).await?;
-        let peer = Peer { org, mesh_id, mesh: ident.mesh.clone(), trust_domain: td, id, service, tags };
+        let peer = Peer {
+            org,
+            mesh_id,
+            mesh: ident.mesh.clone(),
+            trust_domain: td,
+            id,
+            service,
+            tags,
+            serial: claimed.serial_hex.clone(),
+        };
         self.inner.cache.remember_verified(digest, &ident, peer.clone(), claimed.not_after);
         Ok(peer)
     }
@@ -624,8 +647,9 @@ impl Authority {
         Ok(tx.set_ca_state(mesh.id, next.id, &[CaState::Prepared], CaState::Active).await?)
     }
 
-    /// Rotation, step 3: a previous CA's root leaves the bundle, once no unexpired leaf it
-    /// signed is left (or at once with `force`, which breaks those leaves).
+    /// Rotation, step 3: a previous CA's root leaves the bundle, once no leaf it signed is in
+    /// use — unexpired and not superseded by a renewal; agents renew as soon as their bundle
+    /// names another active root — (or at once with `force`, which breaks those leaves).
     pub async fn retire(
         &self,
         tx: &mut TenantTx,
@@ -644,8 +668,9 @@ impl Authority {
         let live = tx.live_leaves(mesh.id).await?.into_iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| n);
         if live > 0 && !force {
             return Err(PkiError::Conflict(format!(
-                "{live} unexpired certificates still chain to this CA; retire it after they expire, \
-                 or pass force=true to cut them off"
+                "{live} unexpired certificates still chain to this CA and were not renewed; retire it \
+                 once their workloads renewed (agents do within seconds of the activation) or they \
+                 expire, or pass force=true to cut them off"
             )));
         }
         Ok(tx.set_ca_state(mesh.id, id, &[CaState::Previous], CaState::Retired).await?)

@@ -233,6 +233,9 @@ pub struct IssuedLeaf {
     /// The multi-use join token this issuance spent a use of: counted when the leaf is
     /// recorded by [`TenantTx::record_leaves_if_active`].
     pub join_token: Option<Uuid>,
+    /// The serial of the leaf a renewal replaces (the one it authenticated with): marked
+    /// superseded when this one is recorded, so that it no longer counts as in use.
+    pub replaces: Option<String>,
 }
 
 /// What became of a leaf handed to [`TenantTx::record_leaves_if_active`].
@@ -298,19 +301,19 @@ impl TenantTx {
         rows.into_iter().map(CaRecord::try_from).collect()
     }
 
-    /// The roots (DER) of the mesh's trust bundle: of every CA in a bundle state, oldest first.
+    /// The roots (DER) of the mesh's trust bundle: of every CA in a bundle state, the active
+    /// CA's root first, then the others oldest first (the order of the wire contract,
+    /// `trellis_model::contract`: how a workload tells that its SVID must be renewed).
     pub async fn bundle_roots(&mut self, mesh: MeshId) -> Result<Vec<Vec<u8>>, StoreError> {
-        Ok(self
-            .mesh_cas(mesh)
-            .await?
-            .into_iter()
-            .filter(|c| c.state.in_bundle())
-            .filter_map(|mut c| c.chain.pop())
-            .collect())
+        let mut cas: Vec<CaRecord> =
+            self.mesh_cas(mesh).await?.into_iter().filter(|c| c.state.in_bundle()).collect();
+        // Stable: the others keep their age order.
+        cas.sort_by_key(|c| c.state != CaState::Active);
+        Ok(cas.into_iter().filter_map(|mut c| c.chain.pop()).collect())
     }
 
     /// Moves a CA from one of `from` to `to`, locking it; bumps the bundle sequence when the
-    /// bundle changes. `NotFound` when it is in none of `from`.
+    /// bundle (its roots or their order) changes. `NotFound` when it is in none of `from`.
     pub async fn set_ca_state(
         &mut self,
         mesh: MeshId,
@@ -340,7 +343,10 @@ impl TenantTx {
         .bind(to.as_str())
         .fetch_one(self.conn())
         .await?;
-        if CaState::parse(&before)?.in_bundle() != to.in_bundle() {
+        // The bundle changes when a root enters or leaves it, and when another CA becomes the
+        // active one (its root moves to the front).
+        let before = CaState::parse(&before)?;
+        if before.in_bundle() != to.in_bundle() || (before == CaState::Active) != (to == CaState::Active) {
             self.bump_bundle_sequence(mesh).await?;
         }
         row.try_into()
@@ -530,6 +536,23 @@ impl TenantTx {
             .execute(self.conn())
             .await?;
         }
+        let (mut renewed_meshes, mut renewed) = (Vec::new(), Vec::new());
+        for ((mesh, l), _) in leaves.iter().zip(&keep).filter(|(_, k)| **k) {
+            if let Some(old) = &l.replaces {
+                renewed_meshes.push(mesh.as_uuid());
+                renewed.push(old.as_str());
+            }
+        }
+        if !renewed.is_empty() {
+            sqlx::query(
+                "UPDATE issued_svids SET superseded_at = coalesce(superseded_at, now()) \
+                 WHERE (mesh_id, serial) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
+            )
+            .bind(&renewed_meshes)
+            .bind(&renewed)
+            .execute(self.conn())
+            .await?;
+        }
         let mut uses: Vec<(Uuid, i64)> = Vec::new();
         for t in leaves.iter().zip(&keep).filter(|(_, k)| **k).filter_map(|((_, l), _)| l.join_token) {
             match uses.iter_mut().find(|(id, _)| *id == t) {
@@ -566,10 +589,11 @@ impl TenantTx {
         .await?)
     }
 
-    /// Unexpired leaves per CA of a mesh.
+    /// Leaves in use per CA of a mesh: unexpired, and not replaced by a renewal.
     pub async fn live_leaves(&mut self, mesh: MeshId) -> Result<Vec<(Uuid, i64)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT ca_id, count(*) FROM issued_svids WHERE mesh_id = $1 AND not_after > now() GROUP BY ca_id",
+            "SELECT ca_id, count(*) FROM issued_svids \
+             WHERE mesh_id = $1 AND not_after > now() AND superseded_at IS NULL GROUP BY ca_id",
         )
         .bind(mesh.as_uuid())
         .fetch_all(self.conn())

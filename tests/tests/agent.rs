@@ -944,3 +944,262 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     println!("control plane killed and back: {} requests under load, none failed", answers.len());
     drop((agents, db_agent, restarted, newcomer));
 }
+
+/// Two agents of a small mesh (the seed's Mesh, Services and access policy, no route):
+/// `reviews` v1 on `addrs[0]` and the `productpage` caller on `addrs[1]`, which takes its
+/// calls through its HTTP proxy (it binds no outbound address, so that these tests and the
+/// one above can run side by side). Returns what the tests need of them.
+struct Pair {
+    t: Trellis,
+    api: Api,
+    agents: Vec<Process>,
+    cert_dirs: Vec<std::path::PathBuf>,
+    addrs: [&'static str; 2],
+    /// A client whose requests go through the caller's HTTP proxy.
+    client: reqwest::Client,
+    tmp: tempfile::TempDir,
+}
+
+const PAIR_URL: &str = "http://reviews.shop:9080/reviews/1";
+
+async fn pair(db: &TestDb, addrs: [&'static str; 2], trellis_args: &[&str]) -> Pair {
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]).args(trellis_args);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(db, "acme", Role::Admin).await);
+    for doc in example_documents().into_iter().filter(|d| {
+        ["Mesh", "Service", "AccessPolicy"].contains(&d["kind"].as_str().unwrap())
+            && d["metadata"]["name"] != "db"
+    }) {
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let store = db.store().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&store).await).unwrap();
+    store.close().await;
+    let (mut agents, mut cert_dirs) = (Vec::new(), Vec::new());
+    for (service, address) in [("reviews", addrs[0]), ("productpage", addrs[1])] {
+        let dir = tmp.path().join(service);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tok = join_token(&api, service, json!({"version": "v1"})).await;
+        let (app_port, proxy) = (format!("9080={}", app("v1").await), format!("{address}:15001"));
+        let flags = match service {
+            "reviews" => vec!["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
+            _ => vec!["--outbound", "none", "--http-proxy-addr", &proxy],
+        };
+        let mut p = agent(&t.xds, &ca, &dir, &tok, service, address, &flags);
+        p.wait_for_line("joined the mesh", Duration::from_secs(20)).await;
+        agents.push(p);
+        cert_dirs.push(dir.join("certs"));
+    }
+    let inbound = format!("listening inbound:9080 on {}:9080", addrs[0]);
+    agents[0].wait_for_line(&inbound, Duration::from_secs(20)).await;
+    let client = http_via_proxy(addrs[1]);
+    let mut answered = BTreeMap::new();
+    for _ in 0..100 {
+        answered = tally(&client, PAIR_URL, false, 5).await;
+        if answered.get("v1") == Some(&5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answered.get("v1"), Some(&5), "{answered:?}\n{}", agents[1].output());
+    Pair { t, api, agents, cert_dirs, addrs, client, tmp }
+}
+
+/// Whether the SVID in `cert_dir` chains to the root `root_pem` of `trust_domain`.
+fn chains_to(cert_dir: &Path, trust_domain: &str, root_pem: &str) -> bool {
+    let td = trellis_ca::TrustDomain::parse(trust_domain).unwrap();
+    let root = trellis_ca::RootCert::parse(&td, certs(root_pem).remove(0)).unwrap();
+    let bundle = trellis_ca::TrustBundle::new(&td, [root], 0).unwrap();
+    let chain = std::fs::read_to_string(cert_dir.join("cert.pem")).unwrap();
+    trellis_ca::verify_svid(&bundle, &certs(&chain), std::time::SystemTime::now()).is_ok()
+}
+
+/// The certificate of the CA in `state` (`active`, `previous`), with the CA status.
+async fn ca_in(api: &Api, state: &str) -> (String, Value) {
+    let (status, ca) = api.get("/meshes/shop/ca").await;
+    assert_eq!(status, 200, "{ca}");
+    let found = ca["authorities"].as_array().unwrap().iter().find(|a| a["state"] == state).cloned();
+    let found = found.unwrap_or_else(|| panic!("no {state} CA: {ca}"));
+    (found["certificatePem"].as_str().unwrap().to_owned(), found)
+}
+
+#[tokio::test]
+async fn a_root_rotation_completes_under_load_as_agents_renew_within_seconds_of_the_activation() {
+    let db = TestDb::create().await;
+    let Pair { t, api, agents, cert_dirs, addrs, client, tmp: _tmp } =
+        pair(&db, ["127.0.0.20", "127.0.0.21"], &[]).await;
+    let (_, status) = api.get("/meshes/shop/ca").await;
+    let td = status["trustDomain"].as_str().unwrap().to_owned();
+    let (old_root, old) = ca_in(&api, "active").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&client, PAIR_URL, &stop);
+
+    // Prepare: the new root joins the bundle; nothing is renewed for it.
+    let (status, body) = api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Activate: the bundle names the new root first, and every agent renews under it.
+    let (status, body) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let activated = std::time::Instant::now();
+    let (new_root, _) = ca_in(&api, "active").await;
+    for dir in &cert_dirs {
+        while !chains_to(dir, &td, &new_root) {
+            assert!(activated.elapsed() < Duration::from_secs(15), "{} still old-root", dir.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let renewed_within = activated.elapsed();
+    for a in &agents {
+        assert!(a.output().contains("renewing the SVID now"), "{}", a.output());
+    }
+
+    // Retire, not forced: no leaf of the old root is in use any more.
+    let (_, previous) = ca_in(&api, "previous").await;
+    assert_eq!(previous["liveLeaves"], 0, "{previous}");
+    let id = old["id"].as_str().unwrap();
+    let (status, body) = api.post(&format!("/meshes/shop/ca/authorities/{id}/retire"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phase"], "stable", "{body}");
+    // The agents get the one-root bundle, and keep serving with it.
+    for a in addrs {
+        let mut roots = 0;
+        for _ in 0..100 {
+            let dump: Value =
+                http().get(format!("http://{a}:15000/config")).send().await.unwrap().json().await.unwrap();
+            roots = dump["trustBundle"]["roots"].as_u64().unwrap_or(0);
+            if roots == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(roots, 1, "the agent on {a} has the bundle without the retired root");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    for dir in &cert_dirs {
+        assert!(chains_to(dir, &td, &new_root) && !chains_to(dir, &td, &old_root), "{}", dir.display());
+    }
+    // A new connection after the retirement is served too.
+    let after = tally(&http_via_proxy(addrs[1]), PAIR_URL, false, 20).await;
+    assert_eq!(after, BTreeMap::from([("v1".to_owned(), 20)]));
+    println!(
+        "root rotation: every agent renewed {renewed_within:?} after the activation; retired unforced; \
+         {} requests under load, none failed",
+        answers.len()
+    );
+    drop((agents, t));
+}
+
+/// A client through the HTTP proxy of the agent on `caller` (port 15001).
+fn http_via_proxy(caller: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{caller}:15001")).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn agents_renew_short_lived_svids_again_and_again_under_load() {
+    let db = TestDb::create().await;
+    // Every SVID lives 20 s: renewed every 8 to 12 s.
+    let Pair { t, agents, addrs, client, .. } =
+        pair(&db, ["127.0.0.23", "127.0.0.24"], &["--svid-ttl-override", "20s"]).await;
+    let not_after = |a: &'static str| async move {
+        let dump: Value =
+            http().get(format!("http://{a}:15000/config")).send().await.unwrap().json().await.unwrap();
+        dump["identity"]["notAfter"].as_u64().unwrap()
+    };
+    let first = [not_after(addrs[0]).await, not_after(addrs[1]).await];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = steady_load(&client, PAIR_URL, &stop);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answers = load.await.unwrap();
+    for (i, a) in agents.iter().enumerate() {
+        let renewals = a.output().matches("SVID renewed").count();
+        assert!(renewals >= 2, "{} renewals in 30 s:\n{}", renewals, a.output());
+        assert!(not_after(addrs[i]).await > first[i] + 15, "the agent serves with the renewed SVID");
+    }
+    let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
+    assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
+    println!("SVIDs of 20 s renewed under load: {} requests, none failed", answers.len());
+    drop((agents, t));
+}
+
+#[tokio::test]
+async fn the_readiness_listener_answers_503_until_configured_then_200_and_serves_nothing_else() {
+    let db = TestDb::create().await;
+    let Pair { t, api, agents, tmp, .. } = pair(&db, ["127.0.0.25", "127.0.0.26"], &[]).await;
+    // An agent with an SVID already in its certificate directory, whose control plane is
+    // unreachable at first (a relay in front of it, down).
+    let store = db.store().await;
+    let root = platform_root(&store).await;
+    store.close().await;
+    let tok = join_token(&api, "reviews", json!({"version": "v1"})).await;
+    let svid = issue(&t.xds, &root, &tok).await.unwrap();
+    let dir = tmp.path().join("ready");
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    for (file, text) in
+        [("cert.pem", &svid.chain_pem), ("key.pem", &svid.key_pem), ("bundle.pem", &svid.bundle_pem)]
+    {
+        std::fs::write(dir.join("certs").join(file), text).unwrap();
+    }
+    let ca = dir.join("platform-ca.pem");
+    std::fs::write(&ca, &root).unwrap();
+    let relay = trellis_tests::DbRelay::start(t.xds.clone()).await;
+    relay.down();
+    let app_port = format!("9080={}", app("v1").await);
+    let server = relay.addr.to_string();
+    let flags = [
+        "--port",
+        "9080",
+        "--app-port",
+        &app_port,
+        "--outbound",
+        "none",
+        "--readiness-addr",
+        "127.0.0.22:15021",
+    ];
+    let mut p = agent(&server, &ca, &dir, "not a token", "reviews", "127.0.0.22", &flags);
+    p.wait_for_line("readiness (GET /ready only) on 127.0.0.22:15021", Duration::from_secs(20)).await;
+
+    let client = http();
+    let get = |path: &str| client.get(format!("http://127.0.0.22:15021{path}")).send();
+    let before = get("/ready").await.unwrap();
+    assert_eq!(before.status(), 503);
+    assert!(before.text().await.unwrap().contains("waiting for"), "it says what it waits for");
+    // Nothing else: not the admin port's endpoints, no other method.
+    for path in ["/metrics", "/config", "/", "/ready/"] {
+        assert_eq!(get(path).await.unwrap().status(), 404, "{path}");
+    }
+    let post = client.post("http://127.0.0.22:15021/ready").send().await.unwrap();
+    assert_eq!(post.status(), 404);
+    assert_eq!(
+        client.get("http://127.0.0.22:15000/config").send().await.unwrap().status(),
+        200,
+        "admin port"
+    );
+
+    // The control plane becomes reachable: the configuration arrives, and the agent is ready.
+    relay.up();
+    let mut status = 0;
+    for _ in 0..400 {
+        status = get("/ready").await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "{}", p.output());
+    assert_eq!(get("/metrics").await.unwrap().status(), 404);
+    drop((p, agents, t));
+}

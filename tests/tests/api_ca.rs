@@ -336,8 +336,15 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     let states: Vec<&str> =
         ca["authorities"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["previous", "active"]);
+    // The bundle names the root that signs now first (how agents know to renew), and its
+    // sequence grows: its order changed.
+    let (active_first, seq_active) = pem_bundle(&api).await;
+    assert_eq!(certs(&active_first), [new_pem.clone(), certs(&old_pem)[0].clone()]);
+    assert_eq!(certs(&both)[0], certs(&old_pem)[0], "prepared: the old root still signs, and comes first");
+    assert!(seq_active > seq2);
     let (_, issued) = svid(&t, &join).await;
     assert_eq!(count_certs(issued["trustBundle"].as_str().unwrap()), 2);
+    assert_eq!(certs(issued["trustBundle"].as_str().unwrap())[0], new_pem);
     std::fs::write(dir.path().join("leaf.pem"), issued["certificateChain"].as_str().unwrap()).unwrap();
     openssl_ok(dir.path(), &["verify", "-CAfile", "new.pem", "leaf.pem"]);
     assert!(!openssl(dir.path(), &["verify", "-CAfile", "old.pem", "leaf.pem"]).status.success());
@@ -355,7 +362,7 @@ async fn root_rotation_moves_new_leaves_to_the_new_root_and_retires_the_old() {
     let (after, seq3) = pem_bundle(&api).await;
     assert_eq!(count_certs(&after), 1);
     assert_eq!(after.trim(), new_pem.trim());
-    assert!(seq3 > seq2);
+    assert!(seq3 > seq_active);
     // A retired CA cannot be discarded; an unknown one is 404.
     assert_eq!(api.delete(&format!("/meshes/shop/ca/authorities/{old_id}")).await.0, 409);
     assert_eq!(api.delete("/meshes/shop/ca/authorities/not-an-id").await.0, 404);

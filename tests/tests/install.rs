@@ -590,7 +590,7 @@ async fn inject_adds_a_locked_down_agent_and_a_redirecting_init_container() {
             "--proxy-uid",
             "1337",
             "--exclude-inbound-ports",
-            "15000"
+            "15000,15021"
         ])
     );
     let security = &init["securityContext"];
@@ -600,16 +600,22 @@ async fn inject_adds_a_locked_down_agent_and_a_redirecting_init_container() {
     let agent = container(&pod["containers"], "trellis-agent");
     assert_eq!(agent["image"], "registry.example/trellis-agent:1");
     assert_eq!(init["image"], agent["image"]);
-    assert_eq!(agent["args"], serde_json::json!(["run", "--transparent"]));
+    assert_eq!(
+        agent["args"],
+        serde_json::json!(["run", "--transparent", "--readiness-addr", "0.0.0.0:15021"])
+    );
     let security = &agent["securityContext"];
     assert_eq!(security["runAsUser"], 1337, "the uid the init container exempts from the redirect");
     assert_eq!(security["runAsNonRoot"], true);
     assert_eq!(security["readOnlyRootFilesystem"], true);
     assert_eq!(security["allowPrivilegeEscalation"], false);
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    // The agent's admin port listens on loopback only: a kubelet probe of the pod IP would
-    // never pass, so the sidecar carries none.
-    assert!(agent.get("readinessProbe").is_none(), "{agent}");
+    // The kubelet probes the readiness listener on the pod IP (the admin port is loopback
+    // only), a port the redirect leaves alone.
+    let probe = &agent["readinessProbe"]["httpGet"];
+    assert_eq!(probe["path"], "/ready", "{agent}");
+    let port = agent["ports"].as_array().unwrap().iter().find(|p| p["name"] == probe["port"]).unwrap();
+    assert_eq!(port["containerPort"], 15021, "{agent}");
     assert!(
         agent["resources"]["requests"]["cpu"].is_string()
             && agent["resources"]["requests"]["memory"].is_string()

@@ -130,8 +130,9 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
     let renewed = a.renew(&peer, &csr()).await.unwrap();
     assert_eq!(
         live(&store, &a, &f).await,
-        vec![("active", 2), ("previous", 1)],
-        "both leaves A signed after the rotation are the new CA's"
+        vec![("active", 2), ("previous", 0)],
+        "both leaves A signed after the rotation are the new CA's, and the renewed one is no \
+         longer in use"
     );
     assert!(by_token.bundle_sequence > first.bundle_sequence, "A reloaded the mesh and its bundle");
     assert_eq!(renewed.svid.spiffe_id, peer.id, "renewal keeps the identity");
@@ -142,7 +143,7 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
     tx.commit().await.unwrap();
     assert_eq!(tokens[0].uses, 2);
 
-    // Retire the old root through B (forced: the first leaf still lives). A's cache may
+    // Retire the old root through B (renewed, its one leaf is no longer in use). A's cache may
     // trust it for up to 2 s more; the change notification ends that at once...
     retire_previous(&store, &b, &f).await;
     a.on_change(&MeshChange { org: f.org, mesh: f.mesh, revision: 99 });

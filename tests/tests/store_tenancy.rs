@@ -141,6 +141,7 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
                     service: "web".into(),
                     tags: json!({}),
                     join_token: None,
+                    replaces: None,
                 },
             )])
             .await

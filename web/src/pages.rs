@@ -286,9 +286,9 @@ fn rotation_step(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
         ("stable", _) => ("prepare", String::new(), "Prepare a new root",
             "Adds a new root to the trust bundle without signing with it, so that every proxy trusts it before any certificate needs it.".to_owned()),
         ("prepared", _) => ("activate", String::new(), "Activate the new root",
-            "New workload certificates are signed by the new root; the old root stays in the bundle, so certificates it signed keep working until they renew.".to_owned()),
+            "New workload certificates are signed by the new root; the old root stays in the bundle, so certificates it signed keep working while agents renew under the new root, within seconds.".to_owned()),
         ("rotated", Some(prev)) => ("retire", prev.id.to_string(), "Retire the old root",
-            format!("Removes the old root from the trust bundle. {} unexpired certificates it signed remain; retiring is refused while any does.", prev.live_leaves)),
+            format!("Removes the old root from the trust bundle. {} certificates it signed are still in use (unexpired, not renewed); retiring is refused while any is.", prev.live_leaves)),
         _ => return html! {},
     };
     html! {

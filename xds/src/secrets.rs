@@ -1,8 +1,9 @@
 //! SDS for Envoy sidecars: the two secrets every sidecar asks for over ADS, and the TLS
 //! contexts that name them (XDS.md §6).
 //!
-//! - `trust-bundle`: the mesh's root certificates, inline. The control plane holds them, so a
-//!   root rotation reaches every sidecar with the next push.
+//! - `trust-bundle`: the mesh's root certificates, inline, the one that signs now first (the
+//!   contract's bundle order). The control plane holds them, so a root rotation reaches every
+//!   sidecar with the next push, and tells agents to renew.
 //! - `workload`: the sidecar's own certificate and key, as file names under the agent's
 //!   certificate directory. The agent writes and renews those files; Envoy reloads them when
 //!   the directory changes. The control plane never holds a workload's private key.
