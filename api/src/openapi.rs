@@ -149,7 +149,52 @@ pub fn document() -> Value {
             "properties": {
                 "observedGeneration": { "type": "integer" },
                 "revision": { "type": "integer" },
-                "propagation": { "description": "Filled by the xDS server: applied by N of M proxies" },
+                "propagation": r("Propagation"),
+            },
+        }),
+    );
+    let rejection = json!({
+        "type": "object",
+        "required": ["type", "version", "error"],
+        "properties": {
+            "type": {"type": "string", "description": "The xDS resource type, e.g. RouteConfiguration"},
+            "version": {"type": "string"}, "error": {"type": "string", "description": "The proxy's reason"},
+            "at": {"type": ["string", "null"]},
+        },
+    });
+    schemas.insert(
+        "Propagation".into(),
+        json!({
+            "type": ["object", "null"],
+            "description": "How far the resource's last write has reached the online proxies it configures (null before its write made a mesh revision)",
+            "required": ["meshRevision", "proxies", "applied", "rejected", "pending", "errors", "summary"],
+            "properties": {
+                "meshRevision": {"type": "integer"},
+                "proxies": {"type": "integer"}, "applied": {"type": "integer"},
+                "rejected": {"type": "integer", "description": "Proxies that have not applied it and have a rejection outstanding"},
+                "pending": {"type": "integer"},
+                "errors": {"type": "array", "items": {"type": "string"}},
+                "summary": {"type": "string", "description": "applied by N of M proxies; rejected by K: reason"},
+                "wait": {
+                    "type": "object",
+                    "description": "Only when the write was sent with ?wait=: how the wait ended",
+                    "required": ["outcome", "waitedMs", "timeoutMs", "notApplied", "summary"],
+                    "properties": {
+                        "outcome": {"type": "string", "enum": ["applied", "rejected", "timedOut"],
+                            "description": "applied: by every proxy it configures; rejected: a proxy NACKed it; timedOut: proxies had neither applied nor rejected it when the wait ended"},
+                        "waitedMs": {"type": "integer"}, "timeoutMs": {"type": "integer"},
+                        "notApplied": {"type": "array", "maxItems": trellis_control::WAIT_SHOWN,
+                            "description": "Proxies that have not applied it, rejecting ones first",
+                            "items": {"type": "object", "required": ["service", "node", "state", "lastSeenAt"], "properties": {
+                                "service": {"type": "string"}, "node": {"type": "string"},
+                                "state": {"type": "string", "enum": ["rejected", "stale", "pending"],
+                                    "description": "rejected: it NACKed this write; stale: not applied when the wait timed out; pending: on its way when another proxy's rejection ended the wait"},
+                                "lastSeenAt": {"type": "string"},
+                                "rejection": {"oneOf": [rejection, {"type": "null"}]},
+                            }}},
+                        "summary": {"type": "string"},
+                    },
+                },
             },
         }),
     );
@@ -552,10 +597,17 @@ pub fn document() -> Value {
             format!("{org}/meshes/{{mesh}}/{plural}/{{name}}"),
             json!({
                 "get": op(&format!("get{id}"), &format!("A {name}"), &["org", "mesh", "name"], vec![ok(200, "The resource", r(name), true)], READ),
-                "put": with_body(op(&format!("put{id}"), &format!("Create or replace a {name}"), &["org", "mesh", "name", "ifMatch", "ifNoneMatch"],
+                "put": with_body(op(&format!("put{id}"), &format!("Create or replace a {name}; with ?wait=, answer once every proxy it configures has applied it, one rejected it, or the wait is over (status.propagation.wait)"), &["org", "mesh", "name", "ifMatch", "ifNoneMatch", "wait"],
                     vec![ok(200, "Replaced (or unchanged)", r(name), true), ok(201, "Created", r(name), true)], WRITE), r(name)),
-                "delete": op(&format!("delete{id}"), &format!("Delete a {name}"), &["org", "mesh", "name", "ifMatch"],
-                    vec![("204".into(), json!({"description": "Deleted"}))], &[400, 401, 403, 404, 409, 412]),
+                "delete": op(&format!("delete{id}"), &format!("Delete a {name}; with ?wait=, answer once the proxies it configured have applied the deletion (every proxy of the mesh for a Service), one rejected it, or the wait is over"), &["org", "mesh", "name", "ifMatch", "wait"],
+                    vec![("204".into(), json!({"description": "Deleted"})), ok(200, "Deleted, with ?wait=: the deletion's propagation", json!({
+                        "type": "object", "required": ["apiVersion", "kind", "metadata", "status"],
+                        "properties": {
+                            "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                            "metadata": {"type": "object", "required": ["name", "mesh"], "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
+                            "status": {"type": "object", "required": ["deleted", "propagation"], "properties": {"deleted": {"type": "boolean"}, "propagation": r("Propagation")}},
+                        },
+                    }), false)], &[400, 401, 403, 404, 409, 412]),
             }),
         );
     }
@@ -594,6 +646,9 @@ pub fn document() -> Value {
                 "window": { "name": "window", "in": "query", "description": "Seconds back from now (default 300); up to an hour reads 10 s buckets, up to two days 1 min rollups, beyond 1 h rollups",
                     "schema": { "type": "integer", "minimum": 10, "maximum": trellis_control::MAX_WINDOW_SECS } },
                 "labelSelector": { "name": "labelSelector", "in": "query", "description": "k=v,k!=v,k,!k", "schema": { "type": "string" } },
+                "wait": { "name": "wait", "in": "query",
+                    "description": "Wait up to this long (500ms, 30s, 2m; at most 5m) for every proxy the write configures to apply it; the answer comes then, at the first rejection, or when the wait is over, with status.propagation.wait saying which. The write is committed either way.",
+                    "schema": { "type": "string", "pattern": "^[0-9]{1,6}(ms|s|m)$" } },
                 "ifMatch": { "name": "If-Match", "in": "header", "description": "An ETag from a previous response, or *", "schema": { "type": "string" } },
                 "ifNoneMatch": { "name": "If-None-Match", "in": "header", "description": "* to create only", "schema": { "type": "string" } },
                 "idempotencyKey": { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 255 } },

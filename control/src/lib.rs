@@ -21,6 +21,7 @@ mod onboarding;
 mod orgs;
 mod overview;
 mod precondition;
+mod propagation;
 mod resources;
 
 pub use accounts::{AccountSettings, Identity, LOCAL_ISSUER, NewSession, mint_local_login, random_secret};
@@ -43,6 +44,7 @@ pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
+pub use propagation::{ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport};
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, Propagation,
     ResourceView, Written, parse_selector,

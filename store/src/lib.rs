@@ -33,7 +33,7 @@ pub use ca::{
     CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafOutcome,
     LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
-pub use dataplanes::{Dataplane, LedgerEntry, Reached, Registration, Rejection};
+pub use dataplanes::{Dataplane, LedgerEntry, Reached, ReachedNow, Registration, Rejection, Waiting};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use idempotency::StoredResponse;
@@ -43,7 +43,7 @@ pub use meshes::{Mesh, Precondition, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use reads::{ResourceKey, TokenRead};
-pub use resources::{Resource, Selector};
+pub use resources::{Deleted, Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
 pub use tenancy::TenantTx;
