@@ -163,7 +163,7 @@ fn target(s: &str) -> anyhow::Result<Target> {
 }
 
 impl Client {
-    async fn connect(
+    pub(crate) async fn connect(
         args: &ClientArgs,
         xdg_config: Option<PathBuf>,
         home: Option<PathBuf>,
@@ -502,7 +502,7 @@ pub async fn get(args: Get, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyh
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
