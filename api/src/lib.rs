@@ -97,6 +97,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         .route(&format!("{MESH}/topology"), get(observe::topology))
         .route(&format!("{MESH}/impact-preview"), post(config::impact_preview))
         .route(&format!("{MESH}/services/{{service}}/metrics"), get(observe::service))
+        .route(&format!("{MESH}/services/{{service}}/health"), get(observe::health))
         .route(&format!("{MESH}/access-log"), get(observe::access_log))
         .route(&format!("{MESH}/access-log/{{id}}/why"), get(observe::why))
         .route(&format!("{MESH}/metrics/prometheus"), get(observe::prometheus))

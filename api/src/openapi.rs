@@ -454,6 +454,34 @@ pub fn document() -> Value {
                 },
             }), false)], READ) }),
     );
+    let days =
+        json!({"type": ["integer", "null"], "description": "Whole days from now (negative once past)"});
+    let at = json!({"type": ["string", "null"]});
+    paths.insert(
+        format!("{org}/meshes/{{mesh}}/services/{{service}}/health"),
+        json!({ "get": op("getServiceHealth", "A service's health: its proxies online and offline and where they stand with their configuration, days to the expiry of the SVIDs they hold and of the mesh's CA, and the last rejection (NACK) one of them sent. Endpoints ejected by outlier detection or failing health checks are not reported by the proxies, so they are not here", &["org", "mesh", "service"],
+            vec![ok(200, "The service's health", json!({
+                "type": "object",
+                "required": ["mesh", "service", "at", "dataplanes", "svid", "ca", "lastNack"],
+                "properties": {
+                    "mesh": {"type": "string"}, "service": {"type": "string"}, "at": {"type": "string", "description": "When it was read"},
+                    "dataplanes": {"type": "object", "required": ["total", "online", "offline", "inSync", "syncing", "rejected"],
+                        "description": "The service's registered proxies, by the sync state of the dataplane list (offline, rejected, in-sync, syncing)",
+                        "properties": {"total": {"type": "integer"}, "online": {"type": "integer"}, "offline": {"type": "integer"},
+                            "inSync": {"type": "integer"}, "syncing": {"type": "integer"}, "rejected": {"type": "integer"}}},
+                    "svid": {"type": "object", "required": ["earliestExpiry", "daysToExpiry", "proxies"],
+                        "description": "The SVIDs the online proxies hold (as their xDS streams presented them, moved on by each renewal)",
+                        "properties": {"earliestExpiry": at, "daysToExpiry": days, "proxies": {"type": "integer", "description": "Online proxies whose SVID is known"}}},
+                    "ca": {"type": "object", "required": ["notAfter", "daysToExpiry"], "description": "The mesh's active CA",
+                        "properties": {"notAfter": at, "daysToExpiry": days}},
+                    "lastNack": {"type": ["object", "null"], "description": "The latest rejection any of its proxies sent",
+                        "required": ["dataplane", "node", "type", "version", "error", "at", "outstanding"],
+                        "properties": {"dataplane": {"type": "string", "format": "uuid"}, "node": {"type": "string"},
+                            "type": {"type": "string"}, "version": {"type": "string"}, "error": {"type": "string"}, "at": {"type": "string"},
+                            "outstanding": {"type": "boolean", "description": "The proxy has not accepted a later version of that type since"}}},
+                },
+            }), false)], READ) }),
+    );
     // ----- access log and "why denied" -----
     let decision = json!({
         "type": "object",

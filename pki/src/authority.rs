@@ -51,6 +51,10 @@ pub struct Peer {
     /// The tags of the join token this identity descends from: its dataplanes carry exactly
     /// these values for these keys.
     pub tags: Tags,
+    /// The presented SVID: its serial (lowercase hex, as its issuance record names it) and
+    /// when it expires.
+    pub serial: String,
+    pub not_after: DateTime<Utc>,
 }
 
 /// A signed SVID and what the workload needs beside it.
@@ -470,7 +474,15 @@ impl Authority {
             let ident = self.identity(peer.org, peer.mesh_id).await?;
             let (ca_id, svid) = Self::sign_with(&ident, &peer.id, csr)?;
             let leaf = Self::leaf(ca_id, &svid, &peer.service, &peer.tags);
+            let (serial, not_after) = (leaf.serial.clone(), leaf.not_after);
             if self.record(peer.org, peer.mesh_id, leaf).await? {
+                // The dataplanes that held the old SVID hold this one now (for their
+                // service's health); issuance does not fail when that note does.
+                if let Err(e) =
+                    self.inner.store.svid_renewed(peer.org, &peer.serial, &serial, not_after).await
+                {
+                    tracing::warn!(error = %e, "noting a renewed SVID on its dataplanes failed");
+                }
                 return Ok(Self::issued(&ident, svid));
             }
             self.forget(peer.mesh_id);
@@ -519,7 +531,17 @@ impl Authority {
             .ok_or_else(|| PkiError::Unauthenticated(format!("{id} does not name a service of this mesh")))?
             .to_owned();
         let tags = self.issued_tags(org, mesh_id, &claimed.serial_hex, &service).await?;
-        let peer = Peer { org, mesh_id, mesh: ident.mesh.clone(), trust_domain: td, id, service, tags };
+        let peer = Peer {
+            org,
+            mesh_id,
+            mesh: ident.mesh.clone(),
+            trust_domain: td,
+            id,
+            service,
+            tags,
+            serial: claimed.serial_hex.clone(),
+            not_after: utc(claimed.not_after),
+        };
         self.inner.cache.remember_verified(digest, &ident, peer.clone(), claimed.not_after);
         Ok(peer)
     }

@@ -382,7 +382,8 @@ impl TenantTx {
     ) -> Result<(), StoreError> {
         let error: String = error.chars().filter(|c| *c != '\0').take(4096).collect();
         sqlx::query(
-            "UPDATE xds_ledger SET nacked_version = $3, nack_error = $4, nacked_at = now() \
+            "UPDATE xds_ledger SET nacked_version = $3, nack_error = $4, nacked_at = now(), \
+               last_nack_version = $3, last_nack_error = $4 \
              WHERE dataplane_id = $1 AND type_url = $2",
         )
         .bind(dataplane)

@@ -12,6 +12,7 @@ mod ca;
 mod dataplanes;
 mod error;
 mod feed;
+mod health;
 mod idempotency;
 mod invites;
 mod leader;
@@ -36,6 +37,7 @@ pub use ca::{
 pub use dataplanes::{Dataplane, LedgerEntry, Reached, ReachedNow, Registration, Rejection, Waiting};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
+pub use health::{HeldSvids, LastNack};
 pub use idempotency::StoredResponse;
 pub use invites::Invite;
 pub use leader::{LeaderElector, LeaderOptions};
