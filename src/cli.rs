@@ -8,7 +8,11 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use trellis_model::PropagationWait;
 use trellis_model::config::Kind;
+
+/// How long a request may take, beyond a write's `?wait=`.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where the API is and who calls it: flags, then `TRELLIS_*` variables, then the config file.
 #[derive(Debug, Args, Clone)]
@@ -37,7 +41,46 @@ pub struct Apply {
     #[arg(long)]
     pub mesh: Option<String>,
     #[command(flatten)]
+    pub wait: WaitArgs,
+    #[command(flatten)]
     pub client: ClientArgs,
+}
+
+/// `--wait [--timeout]`: a write returns once the proxies have it.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct WaitArgs {
+    /// Wait until every proxy a resource configures has applied it; fail naming the proxy
+    /// and its reason when one rejects it, or naming the ones that have not applied it when
+    /// the timeout passes. Meshes themselves are not waited on.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits in all (at most 5m).
+    #[arg(long, default_value = "60s", value_parser = parse_wait, requires = "wait")]
+    pub timeout: PropagationWait,
+}
+
+impl WaitArgs {
+    /// When the wait is over, if there is one.
+    fn deadline(self) -> Option<Deadline> {
+        self.wait.then(|| Deadline(tokio::time::Instant::now() + self.timeout.get()))
+    }
+}
+
+fn parse_wait(s: &str) -> Result<PropagationWait, String> {
+    PropagationWait::parse(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// The end of a `--wait`: what is left of it goes with each write as `?wait=`.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(tokio::time::Instant);
+
+impl Deadline {
+    /// What is left, as a write's `wait` (at least 1 ms: a last look at where it stands).
+    fn left(self) -> PropagationWait {
+        let left = self.0.saturating_duration_since(tokio::time::Instant::now());
+        let left = left.max(std::time::Duration::from_millis(1));
+        PropagationWait::new(left.min(PropagationWait::MAX)).expect("between 1 ms and the maximum")
+    }
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +112,8 @@ pub struct Delete {
     /// Mesh of the resource.
     #[arg(long)]
     pub mesh: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -118,7 +163,7 @@ fn target(s: &str) -> anyhow::Result<Target> {
 }
 
 impl Client {
-    async fn connect(
+    pub(crate) async fn connect(
         args: &ClientArgs,
         xdg_config: Option<PathBuf>,
         home: Option<PathBuf>,
@@ -162,7 +207,7 @@ impl Client {
     /// A client of the API at `server` (no trailing `/`) for organization `org`.
     pub fn new(server: String, token: String, org: String) -> anyhow::Result<Client> {
         let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(CLIENT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Client { http, server, token, org, mesh: None })
@@ -203,8 +248,27 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value, bool)> {
-        let url = format!("{}{path}", self.server);
+        self.write(method, path, body, None).await
+    }
+
+    /// A write, with `?wait=` when there is a deadline (the answer may then take that long
+    /// beyond the usual time).
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        deadline: Option<Deadline>,
+    ) -> anyhow::Result<(u16, Value, bool)> {
+        let wait = deadline.map(Deadline::left);
+        let url = match wait {
+            Some(w) => format!("{}{path}?wait={w}", self.server),
+            None => format!("{}{path}", self.server),
+        };
         let mut req = self.http.request(method.clone(), &url).bearer_auth(&self.token);
+        if let Some(w) = wait {
+            req = req.timeout(CLIENT_TIMEOUT + w.get());
+        }
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -288,15 +352,19 @@ pub fn parse_documents(label: &str, text: &str) -> anyhow::Result<Vec<(String, V
 pub async fn apply(args: Apply, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
     let docs = read_documents(&args.files)?;
     let client = Client::connect(&args.client, xdg, home).await?;
-    apply_documents(&client, &docs, args.mesh.as_deref(), |line| println!("{line}")).await
+    let deadline = args.wait.deadline();
+    apply_documents(&client, &docs, args.mesh.as_deref(), deadline, |line| println!("{line}")).await
 }
 
 /// Creates or updates every document, reporting one line per document; an error names the
-/// documents that failed (the others are applied all the same).
+/// documents that failed (the others are applied all the same). With a deadline, each write
+/// waits for the proxies it configures, and one that a proxy rejected, or that some had not
+/// applied by the deadline, fails too.
 pub async fn apply_documents(
     client: &Client,
     docs: &[(String, Value)],
     default_mesh: Option<&str>,
+    deadline: Option<Deadline>,
     report: impl Fn(&str),
 ) -> anyhow::Result<()> {
     // Meshes first, then services (which routes and policies reference), then the rest.
@@ -307,23 +375,51 @@ pub async fn apply_documents(
     };
     let mut ordered: Vec<&(String, Value)> = docs.iter().collect();
     ordered.sort_by_key(|(_, v)| rank(v));
-    let mut failed = 0;
+    let (mut failed, mut unapplied) = (0, 0);
     for (label, doc) in ordered {
-        match apply_one(client, doc, default_mesh).await {
-            Ok(line) => report(&line),
+        match apply_one(client, doc, default_mesh, deadline).await {
+            Ok((line, None)) => report(&line),
+            Ok((line, Some(not_applied))) => {
+                unapplied += 1;
+                report(&line);
+                eprintln!("{not_applied}");
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("{label}: {e:#}");
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} documents failed", docs.len());
+    match (failed, unapplied) {
+        (0, 0) => Ok(()),
+        (0, n) => bail!("{n} of {} documents were not applied by every proxy", docs.len()),
+        (n, 0) => bail!("{n} of {} documents failed", docs.len()),
+        (n, m) => bail!("{n} of {} documents failed, and {m} were not applied by every proxy", docs.len()),
     }
-    Ok(())
 }
 
-async fn apply_one(client: &Client, doc: &Value, default_mesh: Option<&str>) -> anyhow::Result<String> {
+/// After a write that waited: a line for its propagation, and, when a proxy rejected it or
+/// some had not applied it in time, what to say about that (naming them and why).
+fn waited(label: &str, body: &Value) -> (String, Option<String>) {
+    let wait = &body["status"]["propagation"]["wait"];
+    let summary = wait["summary"].as_str().unwrap_or("no propagation status").to_owned();
+    match wait["outcome"].as_str() {
+        Some("applied") => (summary, None),
+        Some("rejected") => ("rejected by a proxy".to_owned(), Some(format!("{label}: {summary}"))),
+        Some("timedOut") => ("not applied in time".to_owned(), Some(format!("{label}: {summary}"))),
+        // A write that made no mesh revision has no status to wait on.
+        _ => (summary, None),
+    }
+}
+
+/// Applies one document: the line to print, and, after a wait, why it is not applied
+/// everywhere.
+async fn apply_one(
+    client: &Client,
+    doc: &Value,
+    default_mesh: Option<&str>,
+    deadline: Option<Deadline>,
+) -> anyhow::Result<(String, Option<String>)> {
     let kind = doc["kind"].as_str().ok_or_else(|| anyhow!("the document has no `kind`"))?;
     let name =
         doc["metadata"]["name"].as_str().ok_or_else(|| anyhow!("the document has no `metadata.name`"))?;
@@ -334,12 +430,19 @@ async fn apply_one(client: &Client, doc: &Value, default_mesh: Option<&str>) -> 
             let mut doc = doc.clone();
             doc["metadata"]["mesh"] = json!(mesh);
             let path = client.org_path(&format!("/meshes/{mesh}/{}/{name}", k.plural()));
-            let (status, body, unchanged) = client.call_full(reqwest::Method::PUT, &path, Some(&doc)).await?;
-            return Ok(outcome(&format!("{}/{name}", k.name().to_lowercase()), status, &body, unchanged));
+            let (status, body, unchanged) =
+                client.write(reqwest::Method::PUT, &path, Some(&doc), deadline).await?;
+            let label = format!("{}/{name}", k.name().to_lowercase());
+            let line = outcome(&label, status, &body, unchanged);
+            if deadline.is_none() {
+                return Ok((line, None));
+            }
+            let (note, failure) = waited(&label, &body);
+            return Ok((format!("{line}; {note}"), failure));
         }
     };
     let (status, body, unchanged) = client.call_full(reqwest::Method::PUT, &path, Some(doc)).await?;
-    Ok(outcome(&label, status, &body, unchanged))
+    Ok((outcome(&label, status, &body, unchanged), None))
 }
 
 fn outcome(label: &str, status: u16, body: &Value, unchanged: bool) -> String {
@@ -399,7 +502,7 @@ pub async fn get(args: Get, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyh
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -453,7 +556,16 @@ pub async fn delete(args: Delete, xdg: Option<PathBuf>, home: Option<PathBuf>) -
             format!("{}/{}", k.name().to_lowercase(), args.name),
         ),
     };
-    client.call(reqwest::Method::DELETE, &path, None).await?;
-    println!("{label} deleted");
-    Ok(())
+    let deadline = args.wait.deadline().filter(|_| t != Target::Mesh);
+    let (_, body, _) = client.write(reqwest::Method::DELETE, &path, None, deadline).await?;
+    if deadline.is_none() {
+        println!("{label} deleted");
+        return Ok(());
+    }
+    let (note, failure) = waited(&label, &body);
+    println!("{label} deleted; {note}");
+    match failure {
+        None => Ok(()),
+        Some(why) => bail!("{why}"),
+    }
 }

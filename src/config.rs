@@ -42,6 +42,12 @@ pub enum Command {
     Get(crate::cli::Get),
     /// Delete a mesh or a mesh resource (client of the REST API).
     Delete(crate::cli::Delete),
+    /// Search a mesh's access log: denied, failed and sampled calls, newest first.
+    Logs(crate::observe::Logs),
+    /// Why a logged call was denied (or let through), in one paragraph.
+    Why(crate::observe::Why),
+    /// What saving an AccessPolicy would deny or newly allow among the recorded calls.
+    Impact(crate::observe::Impact),
     /// Print the OpenAPI document of the REST API.
     Openapi,
     /// Key-encryption keys: `trellis kek rotate` makes a new current KEK and re-wraps every
@@ -73,6 +79,9 @@ impl Command {
             Command::Apply(_)
                 | Command::Get(_)
                 | Command::Delete(_)
+                | Command::Logs(_)
+                | Command::Why(_)
+                | Command::Impact(_)
                 | Command::Openapi
                 | Command::Install(_)
                 | Command::Inject(_)

@@ -9,6 +9,7 @@ mod demo;
 mod embedded;
 mod inject;
 mod install;
+mod observe;
 mod serve;
 
 use std::str::FromStr;
@@ -70,6 +71,9 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Apply(a) => return cli::apply(a, xdg_config, home).await,
         Command::Get(a) => return cli::get(a, xdg_config, home).await,
         Command::Delete(a) => return cli::delete(a, xdg_config, home).await,
+        Command::Logs(a) => return observe::logs(a, xdg_config, home).await,
+        Command::Why(a) => return observe::why(a, xdg_config, home).await,
+        Command::Impact(a) => return observe::impact(a, xdg_config, home).await,
         other => other,
     };
     let data_dir = global.data_dir(
@@ -93,6 +97,9 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         | Command::Apply(_)
         | Command::Get(_)
         | Command::Delete(_)
+        | Command::Logs(_)
+        | Command::Why(_)
+        | Command::Impact(_)
         | Command::Install(_)
         | Command::Inject(_)
         | Command::Demo(_)

@@ -10,6 +10,7 @@ use ring::digest::{SHA256, digest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use trellis_control::{API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, ResourceView};
+use trellis_model::PropagationWait;
 use trellis_model::config::{ImpactTotals, Kind};
 use trellis_store::Mesh;
 
@@ -215,8 +216,49 @@ pub(crate) async fn get_resource(
     Ok(with_etag(StatusCode::OK, view.resource.version, render_resource(&m, &view)))
 }
 
-#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "put{KindId}", summary = "Create or replace a {Kind}",
-    params(ResourcePath, WriteConditions),
+/// `?wait=` on a write: how long to wait for every proxy it configures to apply it.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WaitQuery {
+    /// Wait up to this long (500ms, 30s, 2m; at most 5m) for every proxy the write configures
+    /// to apply it; the answer comes then, at the first rejection, or when the wait is over,
+    /// with status.propagation.wait saying which. The write is committed either way.
+    #[serde(default)]
+    #[param(nullable = false, pattern = "^[0-9]{1,6}(ms|s|m)$")]
+    wait: Option<String>,
+}
+
+impl WaitQuery {
+    fn wait(&self) -> Result<Option<PropagationWait>, ApiError> {
+        self.wait.as_deref().map(parse_wait).transpose()
+    }
+}
+
+/// A `wait` query parameter, or a 400 that names it.
+fn parse_wait(text: &str) -> Result<PropagationWait, ApiError> {
+    PropagationWait::parse(text).map_err(|_| {
+        ApiError::bad_request(format!("wait: {}", PropagationWait::RULE))
+            .with_field("wait", PropagationWait::RULE)
+    })
+}
+
+/// How much longer than the server's request limit a request may take: the `wait` of a
+/// write that asks to wait (a bad one adds nothing, and is refused by the handler).
+pub(crate) fn extra_time(method: &axum::http::Method, uri: &axum::http::Uri) -> std::time::Duration {
+    if !matches!(*method, axum::http::Method::PUT | axum::http::Method::DELETE) {
+        return std::time::Duration::ZERO;
+    }
+    #[derive(Deserialize)]
+    struct Lenient {
+        wait: Option<String>,
+    }
+    let wait = axum::extract::Query::<Lenient>::try_from_uri(uri).ok().and_then(|q| q.0.wait);
+    wait.and_then(|w| PropagationWait::parse(&w).ok()).map_or(std::time::Duration::ZERO, |w| w.get())
+}
+
+#[utoipa::path(put, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "put{KindId}", summary = "Create or replace a {Kind}; with ?wait=, answer once every proxy it configures has applied it, one rejected it, or the wait is over (status.propagation.wait)",
+    params(ResourcePath, WriteConditions, WaitQuery),
     request_body = ref("#/components/schemas/{Kind}"),
     responses(
         (status = 200, description = "Replaced (or unchanged)", body = ref("#/components/schemas/{Kind}"), headers(("ETag" = String, description = "The version, for If-Match"))),
@@ -225,12 +267,15 @@ pub(crate) async fn get_resource(
 pub(crate) async fn put_resource(
     State(ctl): State<Control>,
     Path((_, mesh, kind, name)): Path<(String, String, String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     Scoped { scope, body }: Scoped<JsonBody>,
 ) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
+    let wait = q.wait()?;
     let env = envelope(body.value, kind.name(), Some(&name), Some(&mesh))?;
-    let (m, put) = ctl.put_resource(scope, &mesh, kind, &name, env.document(), &condition(&headers)).await?;
+    let (m, put) =
+        ctl.put_resource(scope, &mesh, kind, &name, env.document(), &condition(&headers), wait).await?;
     let res =
         with_etag(created_or_ok(put.created), put.value.resource.version, render_resource(&m, &put.value));
     Ok(unchanged_header(res, put.changed))
@@ -282,18 +327,33 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     })
 }
 
-#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "delete{KindId}", summary = "Delete a {Kind}",
-    params(ResourcePath, DeleteCondition),
-    responses((status = 204, description = "Deleted"), GuardedDeleteErrors))]
+/// `DELETE`: 204, or with `?wait=` 200 and the deletion's propagation.
+#[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "delete{KindId}", summary = "Delete a {Kind}; with ?wait=, answer once the proxies it configured have applied the deletion (every proxy of the mesh for a Service), one rejected it, or the wait is over",
+    params(ResourcePath, DeleteCondition, WaitQuery),
+    responses((status = 204, description = "Deleted"),
+        (status = 200, description = "Deleted, with ?wait=: the deletion's propagation", body = ref("#/components/schemas/Deletion")),
+        GuardedDeleteErrors))]
 pub(crate) async fn delete_resource(
     State(ctl): State<Control>,
     Path((_, mesh, kind, name)): Path<(String, String, String, String)>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
     headers: HeaderMap,
     OrgScope(scope): OrgScope,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let kind = kind_of(&kind)?;
-    ctl.delete_resource(scope, &mesh, kind, &name, if_match(&headers).as_ref()).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let wait = q.wait()?;
+    let propagation =
+        ctl.delete_resource(scope, &mesh, kind, &name, if_match(&headers).as_ref(), wait).await?;
+    Ok(match propagation {
+        None => StatusCode::NO_CONTENT.into_response(),
+        Some(p) => Json(json!({
+            "apiVersion": API_VERSION,
+            "kind": kind.name(),
+            "metadata": { "name": name, "mesh": mesh },
+            "status": { "deleted": true, "propagation": p },
+        }))
+        .into_response(),
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/effective", operation_id = "getEffectivePolicies",

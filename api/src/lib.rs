@@ -37,7 +37,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Largest request body accepted anywhere, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -47,7 +47,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 pub struct RequestLimits {
     /// Largest body, in bytes (413 beyond it).
     pub body: usize,
-    /// Longest a request may take to be answered (503 after it); its body must arrive in the
+    /// Longest a request may take to be answered (503 after it), plus the `?wait=` of a
+    /// write that waits for its propagation (at most 5 minutes); its body must arrive in the
     /// first half (408 after that). Neither a slow client nor a stalled database holds a
     /// request forever.
     pub time: std::time::Duration,
@@ -79,10 +80,24 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         .merge(pages)
         .layer(DefaultBodyLimit::max(limits.body))
         .layer(RequestBodyTimeoutLayer::new(limits.time / 2))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, limits.time))
+        .layer(axum::middleware::from_fn_with_state(limits.time, deadline))
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::from_fn(error::problem_json))
         .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+/// Answers 503 when a request takes longer than the limit (with its write's `?wait=`).
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let limit = limit + config::extra_time(req.method(), req.uri());
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }

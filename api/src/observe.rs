@@ -240,6 +240,56 @@ pub(crate) async fn why(
     })))
 }
 
+/// `GET …/meshes/{mesh}/services/{service}/health`: the service's proxies online and
+/// offline and where they stand with their configuration, days to the expiry of the SVIDs
+/// they hold and of the mesh's CA, and the last rejection one of them sent.
+#[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/health", operation_id = "getServiceHealth",
+    summary = "A service's health: its proxies online and offline and where they stand with their configuration, days to the expiry of the SVIDs they hold and of the mesh's CA, and the last rejection (NACK) one of them sent. Endpoints ejected by outlier detection or failing health checks are not reported by the proxies, so they are not here",
+    params(ServicePath),
+    responses((status = 200, description = "The service's health", body = ref("#/components/schemas/ServiceHealth")), ReadErrors))]
+pub(crate) async fn health(
+    State(ctl): State<Control>,
+    Path((_, mesh, service)): Path<(String, String, String)>,
+    OrgScope(scope): OrgScope,
+) -> Result<Json<Value>, ApiError> {
+    let h = ctl.service_health(scope, &mesh, &service).await?;
+    let d = h.dataplanes;
+    let last_nack = h.last_nack.as_ref().map(|n| {
+        json!({
+            "dataplane": n.dataplane_id,
+            "node": n.node_id,
+            "type": n.type_url.rsplit('.').next().unwrap_or(&n.type_url),
+            "version": n.version,
+            "error": n.error,
+            "at": n.at,
+            "outstanding": n.outstanding,
+        })
+    });
+    Ok(Json(json!({
+        "mesh": h.mesh.name,
+        "service": h.service.as_str(),
+        "at": h.at,
+        "dataplanes": {
+            "total": d.online + d.offline,
+            "online": d.online,
+            "offline": d.offline,
+            "inSync": d.in_sync,
+            "syncing": d.syncing,
+            "rejected": d.rejected,
+        },
+        "svid": {
+            "earliestExpiry": h.svids.earliest_not_after,
+            "daysToExpiry": h.svids.earliest_not_after.map(|t| h.days_to(t)),
+            "proxies": h.svids.known,
+        },
+        "ca": {
+            "notAfter": h.ca_not_after,
+            "daysToExpiry": h.ca_not_after.map(|t| h.days_to(t)),
+        },
+        "lastNack": last_nack,
+    })))
+}
+
 /// A Prometheus label value, escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

@@ -43,6 +43,7 @@ pub(crate) fn api() -> OpenApiRouter<Shared> {
         .routes(routes!(dataplanes::config))
         .routes(routes!(observe::topology))
         .routes(routes!(observe::service))
+        .routes(routes!(observe::health))
         .routes(routes!(observe::access_log))
         .routes(routes!(observe::why))
         .routes(routes!(observe::prometheus))

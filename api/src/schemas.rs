@@ -81,7 +81,52 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
             "properties": {
                 "observedGeneration": { "type": "integer" },
                 "revision": { "type": "integer" },
-                "propagation": { "description": "Filled by the xDS server: applied by N of M proxies" },
+                "propagation": r("Propagation"),
+            },
+        }),
+    );
+    let rejection = json!({
+        "type": "object",
+        "required": ["type", "version", "error"],
+        "properties": {
+            "type": {"type": "string", "description": "The xDS resource type, e.g. RouteConfiguration"},
+            "version": {"type": "string"}, "error": {"type": "string", "description": "The proxy's reason"},
+            "at": {"type": ["string", "null"]},
+        },
+    });
+    schemas.insert(
+        "Propagation".into(),
+        json!({
+            "type": ["object", "null"],
+            "description": "How far the resource's last write has reached the online proxies it configures (null before its write made a mesh revision)",
+            "required": ["meshRevision", "proxies", "applied", "rejected", "pending", "errors", "summary"],
+            "properties": {
+                "meshRevision": {"type": "integer"},
+                "proxies": {"type": "integer"}, "applied": {"type": "integer"},
+                "rejected": {"type": "integer", "description": "Proxies that have not applied it and have a rejection outstanding"},
+                "pending": {"type": "integer"},
+                "errors": {"type": "array", "items": {"type": "string"}},
+                "summary": {"type": "string", "description": "applied by N of M proxies; rejected by K: reason"},
+                "wait": {
+                    "type": "object",
+                    "description": "Only when the write was sent with ?wait=: how the wait ended",
+                    "required": ["outcome", "waitedMs", "timeoutMs", "notApplied", "summary"],
+                    "properties": {
+                        "outcome": {"type": "string", "enum": ["applied", "rejected", "timedOut"],
+                            "description": "applied: by every proxy it configures; rejected: a proxy NACKed it; timedOut: proxies had neither applied nor rejected it when the wait ended"},
+                        "waitedMs": {"type": "integer"}, "timeoutMs": {"type": "integer"},
+                        "notApplied": {"type": "array", "maxItems": trellis_control::WAIT_SHOWN,
+                            "description": "Proxies that have not applied it, rejecting ones first",
+                            "items": {"type": "object", "required": ["service", "node", "state", "lastSeenAt"], "properties": {
+                                "service": {"type": "string"}, "node": {"type": "string"},
+                                "state": {"type": "string", "enum": ["rejected", "stale", "pending"],
+                                    "description": "rejected: it NACKed this write; stale: not applied when the wait timed out; pending: on its way when another proxy's rejection ended the wait"},
+                                "lastSeenAt": {"type": "string"},
+                                "rejection": {"oneOf": [rejection, {"type": "null"}]},
+                            }}},
+                        "summary": {"type": "string"},
+                    },
+                },
             },
         }),
     );
@@ -206,6 +251,45 @@ fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
 /// The bodies of responses that handlers write with `json!`, named so that operations
 /// reference them (`body = ref("#/components/schemas/<name>")`).
 fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
+    schemas.insert(
+        "Deletion".into(),
+        json!({
+            "type": "object", "required": ["apiVersion", "kind", "metadata", "status"],
+            "description": "A deletion sent with ?wait=, and how far it reached the proxies",
+            "properties": {
+                "apiVersion": {"type": "string"}, "kind": {"type": "string"},
+                "metadata": {"type": "object", "required": ["name", "mesh"], "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
+                "status": {"type": "object", "required": ["deleted", "propagation"], "properties": {"deleted": {"type": "boolean"}, "propagation": r("Propagation")}},
+            },
+        }),
+    );
+    let days =
+        json!({"type": ["integer", "null"], "description": "Whole days from now (negative once past)"});
+    let at = json!({"type": ["string", "null"]});
+    schemas.insert(
+        "ServiceHealth".into(),
+        json!({
+            "type": "object",
+            "required": ["mesh", "service", "at", "dataplanes", "svid", "ca", "lastNack"],
+            "properties": {
+                "mesh": {"type": "string"}, "service": {"type": "string"}, "at": {"type": "string", "description": "When it was read"},
+                "dataplanes": {"type": "object", "required": ["total", "online", "offline", "inSync", "syncing", "rejected"],
+                    "description": "The service's registered proxies, by the sync state of the dataplane list (offline, rejected, in-sync, syncing)",
+                    "properties": {"total": {"type": "integer"}, "online": {"type": "integer"}, "offline": {"type": "integer"},
+                        "inSync": {"type": "integer"}, "syncing": {"type": "integer"}, "rejected": {"type": "integer"}}},
+                "svid": {"type": "object", "required": ["earliestExpiry", "daysToExpiry", "proxies"],
+                    "description": "The SVIDs the online proxies hold (as their xDS streams presented them, moved on by each renewal)",
+                    "properties": {"earliestExpiry": at, "daysToExpiry": days, "proxies": {"type": "integer", "description": "Online proxies whose SVID is known"}}},
+                "ca": {"type": "object", "required": ["notAfter", "daysToExpiry"], "description": "The mesh's active CA",
+                    "properties": {"notAfter": at, "daysToExpiry": days}},
+                "lastNack": {"type": ["object", "null"], "description": "The latest rejection any of its proxies sent",
+                    "required": ["dataplane", "node", "type", "version", "error", "at", "outstanding"],
+                    "properties": {"dataplane": {"type": "string", "format": "uuid"}, "node": {"type": "string"},
+                        "type": {"type": "string"}, "version": {"type": "string"}, "error": {"type": "string"}, "at": {"type": "string"},
+                        "outstanding": {"type": "boolean", "description": "The proxy has not accepted a later version of that type since"}}},
+            },
+        }),
+    );
     schemas.insert(
         "AuditEventList".into(),
         json!({

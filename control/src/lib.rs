@@ -13,6 +13,7 @@ mod caller;
 mod dataplanes;
 mod document;
 mod error;
+mod health;
 mod impact;
 mod members;
 mod meshes;
@@ -21,6 +22,7 @@ mod onboarding;
 mod orgs;
 mod overview;
 mod precondition;
+mod propagation;
 mod resources;
 
 pub use accounts::{AccountSettings, Identity, LOCAL_ISSUER, NewSession, mint_local_login, random_secret};
@@ -32,6 +34,7 @@ pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash}
 pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
 pub use document::{Envelope, Metadata};
 pub use error::{AppError, Problem};
+pub use health::{FleetCounts, ServiceHealth};
 pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
@@ -44,6 +47,7 @@ pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
+pub use propagation::{ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport};
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, Propagation,
     ResourceView, Written, parse_selector,

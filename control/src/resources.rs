@@ -9,11 +9,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use serde_json::{Value, json};
 use trellis_model::config::{self, EffectiveEntry, FieldError, Kind, Labels, MeshSpec, Spec};
-use trellis_model::{Action, MeshName, ResourceName};
+use trellis_model::{Action, MeshName, PropagationWait, ResourceName};
 use trellis_store::{Mesh, Reached, Resource, ResourceKey, Selector, StoredResponse, TenantTx};
 
 use crate::caller::{parse_api_token, token_caller};
 use crate::precondition::{Condition, IfMatch};
+use crate::propagation::{Landing, WaitReport};
 use crate::{AppError, Control, Credential, Request, Scope, token_hash};
 
 /// The `apiVersion` of every configuration document.
@@ -149,6 +150,9 @@ pub struct Propagation {
     /// The first few rejection reasons.
     pub errors: Vec<String>,
     pub summary: String,
+    /// How a wait for it ended, when the write asked to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitReport>,
 }
 
 /// A service's effective policies.
@@ -237,7 +241,10 @@ impl Control {
         Ok((m, view(r, reached)))
     }
 
-    /// Creates or replaces a resource under `condition`, after its references resolve.
+    /// Creates or replaces a resource under `condition`, after its references resolve; with
+    /// `wait`, answers once every proxy it configures has applied it, one rejected it, or the
+    /// wait is over (see [`Control::await_propagation`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put_resource(
         &self,
         scope: Scope,
@@ -246,6 +253,7 @@ impl Control {
         name: &str,
         doc: Document,
         condition: &Condition,
+        wait: Option<PropagationWait>,
     ) -> Result<(Mesh, Written<ResourceView>), AppError> {
         let mut scope = scope.allow(Action::WriteConfig)?;
         let n = resource_name(name)?;
@@ -265,9 +273,24 @@ impl Control {
         }
         let caller = scope.commit().await?;
         // Read after the commit: the write's transaction never reads the fleet.
-        let reached = self.store.propagation(caller.org.id, kind.reach(), &put.value).await?;
-        let written = Written { value: view(put.value, reached), created: put.created, changed: put.changed };
-        Ok((m, written))
+        let value = match (wait, put.value.mesh_revision) {
+            (Some(wait), Some(revision)) => {
+                let landing = Landing {
+                    org: caller.org.id,
+                    mesh: m.id,
+                    revision,
+                    reach: kind.reach(),
+                    target: put.value.target.as_deref(),
+                };
+                let status = self.await_propagation(landing, wait).await?;
+                ResourceView { resource: put.value, propagation: Some(status) }
+            }
+            _ => {
+                let reached = self.store.propagation(caller.org.id, kind.reach(), &put.value).await?;
+                view(put.value, reached)
+            }
+        };
+        Ok((m, Written { value, created: put.created, changed: put.changed }))
     }
 
     /// Checks a write of `doc` as [`Control::put_resource`] would (role, name, spec,
@@ -336,7 +359,10 @@ impl Control {
         Ok(Created::New { view: Box::new(view), body })
     }
 
-    /// Deletes a resource; a service still referenced by another resource stays (409).
+    /// Deletes a resource; a service still referenced by another resource stays (409). With
+    /// `wait`, answers once the proxies it configured have applied the deletion (every proxy
+    /// of the mesh for a Service, whose callers stop calling it with this very change), one
+    /// rejected it, or the wait is over: the deletion's propagation.
     pub async fn delete_resource(
         &self,
         scope: Scope,
@@ -344,7 +370,8 @@ impl Control {
         kind: Kind,
         name: &str,
         if_match: Option<&IfMatch>,
-    ) -> Result<(), AppError> {
+        wait: Option<PropagationWait>,
+    ) -> Result<Option<Propagation>, AppError> {
         let mut scope = scope.allow(Action::WriteConfig)?;
         let m = scope.mesh(mesh).await?;
         let not_found =
@@ -365,11 +392,19 @@ impl Control {
                 )));
             }
         }
-        scope.tx.delete_resource(m.id, kind.name(), &n, if_version).await?;
+        let deleted = scope.tx.delete_resource(m.id, kind.name(), &n, if_version).await?;
         let target = format!("meshes/{}/{}/{}", m.name, kind.plural(), n);
         scope.audit(format!("{}.delete", kind.name().to_lowercase()), target, json!({})).await?;
-        scope.commit().await?;
-        Ok(())
+        let caller = scope.commit().await?;
+        let Some(wait) = wait else { return Ok(None) };
+        let landing = Landing {
+            org: caller.org.id,
+            mesh: m.id,
+            revision: deleted.mesh_revision,
+            reach: kind.reach(),
+            target: if kind == Kind::Service { None } else { deleted.target.as_deref() },
+        };
+        Ok(Some(self.await_propagation(landing, wait).await?))
     }
 
     /// The policies in effect for one service of a mesh, in the order they apply.
@@ -461,13 +496,13 @@ fn view(resource: Resource, reached: Option<Reached>) -> ResourceView {
     ResourceView { resource, propagation }
 }
 
-fn short_type(type_url: &str) -> &str {
+pub(crate) fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
 impl Propagation {
     /// The status of mesh revision `rev` from PostgreSQL's counts of the proxies it configures.
-    fn new(rev: i64, r: Reached) -> Propagation {
+    pub(crate) fn new(rev: i64, r: Reached) -> Propagation {
         let errors: Vec<String> = r
             .rejections
             .iter()
@@ -486,6 +521,7 @@ impl Propagation {
             pending: count(r.proxies - r.applied - r.rejected),
             errors,
             summary,
+            wait: None,
         }
     }
 }

@@ -16,6 +16,7 @@ mod svid_ttl;
 mod tags;
 pub mod telemetry;
 mod token;
+mod wait;
 
 pub use ids::{MeshId, OrgId};
 pub use names::{KubeName, MeshName, NameError, OrgSlug, ResourceName};
@@ -24,3 +25,4 @@ pub use spiffe::{IdError, SpiffeId, TrustDomain};
 pub use svid_ttl::{SvidTtl, TtlError};
 pub use tags::{TagError, TagKey, TagValue, Tags};
 pub use token::{SECRET_LEN, Token, TokenError, TokenKind, token_sha256};
+pub use wait::{PropagationWait, WaitError};

@@ -57,8 +57,10 @@ pub struct Peer {
     /// The tags of the join token this identity descends from: its dataplanes carry exactly
     /// these values for these keys.
     pub tags: Tags,
-    /// The serial of the certificate it authenticated with: a renewal supersedes it.
+    /// The presented SVID: its serial (lowercase hex, as its issuance record names it; a
+    /// renewal supersedes it) and when it expires.
     pub serial: String,
+    pub not_after: DateTime<Utc>,
 }
 
 /// A signed SVID and what the workload needs beside it.
@@ -484,7 +486,15 @@ impl Authority {
                 replaces: Some(peer.serial.clone()),
                 ..Self::leaf(ca_id, &svid, &peer.service, &peer.tags)
             };
+            let (serial, not_after) = (leaf.serial.clone(), leaf.not_after);
             if self.record(peer.org, peer.mesh_id, leaf).await? {
+                // The dataplanes that held the old SVID hold this one now (for their
+                // service's health); issuance does not fail when that note does.
+                if let Err(e) =
+                    self.inner.store.svid_renewed(peer.org, &peer.serial, &serial, not_after).await
+                {
+                    tracing::warn!(error = %e, "noting a renewed SVID on its dataplanes failed");
+                }
                 return Ok(Self::issued(&ident, svid));
             }
             self.forget(peer.mesh_id);
@@ -542,6 +552,7 @@ impl Authority {
             service,
             tags,
             serial: claimed.serial_hex.clone(),
+            not_after: utc(claimed.not_after),
         };
         self.inner.cache.remember_verified(digest, &ident, peer.clone(), claimed.not_after);
         Ok(peer)

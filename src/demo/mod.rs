@@ -116,7 +116,7 @@ async fn build_and_run(
         .map(|text| crate::cli::parse_documents("demo", text))
         .collect::<anyhow::Result<Vec<_>>>()?
         .concat();
-    crate::cli::apply_documents(&client, &documents, None, |line| println!("  {line}")).await?;
+    crate::cli::apply_documents(&client, &documents, None, None, |line| println!("  {line}")).await?;
 
     let mesh_path = format!("/meshes/{MESH}");
     let platform_ca = work.join("platform-ca.pem");

@@ -88,6 +88,71 @@ impl From<ReachedRow> for Reached {
     }
 }
 
+/// Where a write stands with the proxies it configures, read while a client waits for it:
+/// the counts, and the proxies that have not applied it (bounded), rejecting ones first.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ReachedNow {
+    pub reached: Reached,
+    pub waiting: Vec<Waiting>,
+}
+
+/// An online proxy that has not applied a revision yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    pub service: String,
+    pub node_id: String,
+    pub last_seen_at: DateTime<Utc>,
+    /// Its outstanding rejection, if any, with when it came.
+    pub rejection: Option<(Rejection, Option<DateTime<Utc>>)>,
+    /// That rejection is of a response made at or after the revision: the proxy refused the
+    /// write itself.
+    pub rejected: bool,
+}
+
+/// A row of `trellis_tenant_propagation_wait`.
+#[derive(sqlx::FromRow)]
+struct WaitRow {
+    #[sqlx(flatten)]
+    reached: ReachedRow,
+    w_services: Vec<String>,
+    w_nodes: Vec<String>,
+    w_last_seen: Vec<DateTime<Utc>>,
+    w_type_urls: Vec<Option<String>>,
+    w_versions: Vec<Option<String>>,
+    w_errors: Vec<Option<String>>,
+    w_nacked_at: Vec<Option<DateTime<Utc>>>,
+    w_rejected: Vec<bool>,
+}
+
+impl From<WaitRow> for ReachedNow {
+    fn from(r: WaitRow) -> ReachedNow {
+        let rejections = r.w_type_urls.into_iter().zip(r.w_versions).zip(r.w_errors).zip(r.w_nacked_at).map(
+            |(((type_url, version), error), at)| match (type_url, version, error) {
+                (Some(type_url), Some(version), Some(error)) => {
+                    Some((Rejection { type_url, version, error }, at))
+                }
+                _ => None,
+            },
+        );
+        let waiting = r
+            .w_services
+            .into_iter()
+            .zip(r.w_nodes)
+            .zip(r.w_last_seen)
+            .zip(rejections)
+            .zip(r.w_rejected)
+            .map(|((((service, node_id), last_seen_at), rejection), rejected)| Waiting {
+                service,
+                node_id,
+                last_seen_at,
+                rejection,
+                rejected,
+            })
+            .collect();
+        ReachedNow { reached: r.reached.into(), waiting }
+    }
+}
+
 /// One line of the ledger: a dataplane's sync state for one type URL.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LedgerEntry {
@@ -317,7 +382,8 @@ impl TenantTx {
     ) -> Result<(), StoreError> {
         let error: String = error.chars().filter(|c| *c != '\0').take(4096).collect();
         sqlx::query(
-            "UPDATE xds_ledger SET nacked_version = $3, nack_error = $4, nacked_at = now() \
+            "UPDATE xds_ledger SET nacked_version = $3, nack_error = $4, nacked_at = now(), \
+               last_nack_version = $3, last_nack_error = $4 \
              WHERE dataplane_id = $1 AND type_url = $2",
         )
         .bind(dataplane)
@@ -402,6 +468,33 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(Some(row.into()))
+    }
+
+    /// [`Store::propagation`] of mesh revision `revision` for a resource of `reach` targeting
+    /// `target` (None: every proxy of the mesh), with at most `limit` of the proxies that have
+    /// not applied it: one statement of its own, polled by a write that waits.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn propagation_now(
+        &self,
+        org: OrgId,
+        mesh: MeshId,
+        revision: i64,
+        reach: Reach,
+        target: Option<&str>,
+        limit: i32,
+    ) -> Result<ReachedNow, StoreError> {
+        let row: WaitRow =
+            sqlx::query_as("SELECT * FROM trellis_tenant_propagation_wait($1, $2, $3, $4, $5, $6, $7)")
+                .bind(org.as_uuid())
+                .bind(mesh.as_uuid())
+                .bind(revision)
+                .bind(reach.callers)
+                .bind(reach.instances)
+                .bind(target)
+                .bind(limit)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.into())
     }
 
     /// Removes sent contents that no ledger line refers to, older than `keep` (a leader duty).

@@ -12,6 +12,7 @@ mod ca;
 mod dataplanes;
 mod error;
 mod feed;
+mod health;
 mod idempotency;
 mod invites;
 mod leader;
@@ -33,9 +34,10 @@ pub use ca::{
     CaExpiry, CaOrigin, CaRecord, CaSettings, CaState, IssuedLeaf, JoinRefusal, JoinToken, LeafOutcome,
     LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
-pub use dataplanes::{Dataplane, LedgerEntry, Reached, Registration, Rejection};
+pub use dataplanes::{Dataplane, LedgerEntry, Reached, ReachedNow, Registration, Rejection, Waiting};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
+pub use health::{HeldSvids, LastNack};
 pub use idempotency::StoredResponse;
 pub use invites::Invite;
 pub use leader::{LeaderElector, LeaderOptions};
@@ -43,7 +45,7 @@ pub use meshes::{Mesh, Precondition, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
 pub use reads::{ResourceKey, TokenRead};
-pub use resources::{Resource, Selector};
+pub use resources::{Deleted, Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
 pub use tenancy::TenantTx;

@@ -80,6 +80,13 @@ macro_rules! resource_columns {
     };
 }
 
+/// What a deletion left: the mesh revision it made and the service the resource configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub mesh_revision: i64,
+    pub target: Option<String>,
+}
+
 /// A label selector in store terms: `k=v` pairs, `k!=v` pairs, keys that must exist and
 /// keys that must not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -263,23 +270,28 @@ impl TenantTx {
         kind: &str,
         name: &ResourceName,
         if_version: Option<Uuid>,
-    ) -> Result<(), StoreError> {
-        let done = sqlx::query(
+    ) -> Result<Deleted, StoreError> {
+        let target: Option<Option<String>> = sqlx::query_scalar(
             "DELETE FROM resources WHERE mesh_id = $1 AND kind = $2 AND name = $3 \
-             AND ($4::uuid IS NULL OR version = $4)",
+             AND ($4::uuid IS NULL OR version = $4) RETURNING target",
         )
         .bind(mesh.as_uuid())
         .bind(kind)
         .bind(name.as_str())
         .bind(if_version)
-        .execute(self.conn())
+        .fetch_optional(self.conn())
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(target) = target else {
             if if_version.is_some() && self.get_resource(mesh, kind, name).await?.is_some() {
                 return Err(StoreError::Stale);
             }
             return Err(StoreError::NotFound("resource"));
-        }
-        Ok(())
+        };
+        // The trigger bumped the mesh's revision in this transaction: the deletion's revision.
+        let mesh_revision: i64 = sqlx::query_scalar("SELECT revision FROM meshes WHERE id = $1")
+            .bind(mesh.as_uuid())
+            .fetch_one(self.conn())
+            .await?;
+        Ok(Deleted { mesh_revision, target })
     }
 }

@@ -1,9 +1,10 @@
 //! The access log and "why denied", black box: real `trellis`, real `trellis-agent`s in front
 //! of a real HTTP application, calls denied by an explicit deny rule, by default deny and for
 //! want of an mTLS identity, and one an audit rule let through — each found through the REST
-//! API with the rule that decided it. The agents use 127.0.0.20–22 (no other test does) and
-//! bind no outbound listener (the callers use the agent's HTTP proxy), so this test needs no
-//! lock.
+//! API with the rule that decided it; and a write that waits for its propagation (`trellis
+//! apply --wait`, `?wait=`) until real agents applied it, one rejected it, or one is frozen.
+//! The agents use 127.0.0.20–22 and 127.0.0.30–32 (no other test does) and bind no outbound
+//! listener (the callers use the agent's HTTP proxy).
 
 use std::path::Path;
 use std::time::Duration;
@@ -332,4 +333,165 @@ async fn a_meshs_prometheus_series_are_its_own_and_need_a_token() {
     assert_eq!(scrape(&intruder, "alpha").await.0, 404);
     let anonymous = reqwest::get(acme.url("/meshes/alpha/metrics/prometheus")).await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
+}
+
+/// An application that answers every request with the value of its `x-route-version` header.
+async fn echo_app() -> u16 {
+    let router = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        headers.get("x-route-version").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}
+
+/// `GET http://reviews.shop:9080/` through the agent's HTTP proxy at `proxy`: status and body.
+async fn call_body(proxy: &str) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let res = client.get("http://reviews.shop:9080/").send().await.unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// `trellis <args>` as an operator runs it against `t` with `token`: success, stdout, stderr.
+async fn cli(t: &Trellis, token: &str, args: &[&str]) -> (bool, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = trellis()
+        .env("TRELLIS_SERVER", &t.base)
+        .env("TRELLIS_TOKEN", token)
+        .env("TRELLIS_ORG", "acme")
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+fn route(version: &str, fault: bool) -> String {
+    let fault = if fault { "\n      fault: {abort: {httpStatus: 503, percent: 100}}" } else { "" };
+    format!(
+        "kind: HTTPRoute\nmetadata: {{name: reviews, mesh: shop}}\nspec:\n  targetRef: {{service: reviews}}\n  \
+         rules:\n    - backendRefs: [{{service: reviews}}]\n      \
+         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{fault}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_rejected_it() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let secret = token(&db, "acme", Role::Admin).await;
+    let api = Api::new(&t, "acme", &secret);
+    put(&api, "/meshes/shop", json!({"spec": {"defaultAccess": "allow"}})).await;
+    let http_port = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    for service in ["reviews", "productpage"] {
+        put(&api, &format!("/meshes/shop/services/{service}"), http_port.clone()).await;
+    }
+    let store = db.store().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&store).await).unwrap();
+    let app_port = format!("9080={}", echo_app().await);
+    let tok = join_token(&api, "reviews").await;
+    let mut reviews = agent(
+        &t.xds,
+        &ca,
+        &tmp.path().join("reviews"),
+        &tok,
+        "reviews",
+        "127.0.0.30",
+        &["--port", "9080", "--app-port", &app_port],
+    );
+    reviews.wait_for_line("listening inbound:9080 on 127.0.0.30:9080", Duration::from_secs(20)).await;
+    let mut callers = Vec::new();
+    for address in ["127.0.0.31", "127.0.0.32"] {
+        let tok = join_token(&api, "productpage").await;
+        let proxy = format!("{address}:15001");
+        let dir = tmp.path().join(address);
+        let mut p = agent(&t.xds, &ca, &dir, &tok, "productpage", address, &["--http-proxy-addr", &proxy]);
+        p.wait_for_line("HTTP proxy (explicit mode", Duration::from_secs(20)).await;
+        callers.push((p, proxy));
+    }
+    for (_, proxy) in &callers {
+        let mut answer = (0, String::new());
+        for _ in 0..100 {
+            answer = call_body(proxy).await;
+            if answer.0 < 500 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(answer, (200, "none".to_owned()), "{proxy} reaches reviews, no route yet");
+    }
+
+    // `apply --wait` returns once every proxy applied the route: the very next call has it.
+    let file = tmp.path().join("route.yaml");
+    for version in ["v1", "v2"] {
+        std::fs::write(&file, route(version, false)).unwrap();
+        let (ok, out, err) =
+            cli(&t, &secret, &["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "30s"]).await;
+        assert!(ok, "{out}\n{err}");
+        assert!(out.contains("httproute/reviews") && out.contains("applied by all"), "{out}");
+        for (_, proxy) in &callers {
+            assert_eq!(call_body(proxy).await, (200, version.to_owned()), "{proxy} serves {version} at once");
+        }
+    }
+
+    // A wait out of bounds names the parameter.
+    let doc: Value = serde_yaml::from_str(&route("v3", false)).unwrap();
+    let (status, problem) = api.put("/meshes/shop/http-routes/reviews?wait=10m", &doc).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "wait", "{problem}");
+
+    // A frozen proxy keeps its stream and never applies the write: the wait names it stale.
+    let (frozen, _) = &callers[1];
+    frozen.signal("STOP").await;
+    let (status, body) = api.put("/meshes/shop/http-routes/reviews?wait=2s", &doc).await;
+    frozen.signal("CONT").await;
+    assert_eq!(status, 200, "{body}");
+    let wait = &body["status"]["propagation"]["wait"];
+    assert_eq!(wait["outcome"], "timedOut", "{body:#}");
+    let not_applied = wait["notApplied"].as_array().unwrap();
+    assert_eq!(not_applied.len(), 1, "{body:#}");
+    assert_eq!(
+        (&not_applied[0]["node"], &not_applied[0]["state"]),
+        (&json!("productpage-127.0.0.32"), &json!("stale"))
+    );
+    assert!(wait["waitedMs"].as_u64().unwrap() >= 2000, "{wait}");
+
+    // A route the agents cannot apply (fault injection): a failing exit naming a proxy and
+    // its reason, and the agents keep serving what they had.
+    std::fs::write(&file, route("v4", true)).unwrap();
+    let (ok, out, err) =
+        cli(&t, &secret, &["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "30s"]).await;
+    assert!(!ok, "{out}\n{err}");
+    // Whichever proxy answered first is named (every proxy that calls reviews rejects it).
+    assert!(err.contains("httproute/reviews: rejected by "), "{err}");
+    assert!(
+        err.contains("productpage/productpage-127.0.0.3") || err.contains("reviews/reviews-127.0.0.30"),
+        "{err}"
+    );
+    assert!(err.contains("RouteConfiguration") && err.contains("fault injection"), "{err}");
+    assert!(err.contains("not applied by every proxy"), "{err}");
+    for (_, proxy) in &callers {
+        assert_eq!(call_body(proxy).await, (200, "v3".to_owned()), "{proxy} keeps the last route it applied");
+    }
+
+    // Deleting the route, waited on: every caller applied the deletion.
+    let (ok, out, err) =
+        cli(&t, &secret, &["delete", "httproute", "reviews", "--mesh", "shop", "--wait"]).await;
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("httproute/reviews deleted; applied by all"), "{out}");
+    for (_, proxy) in &callers {
+        assert_eq!(call_body(proxy).await, (200, "none".to_owned()));
+    }
 }

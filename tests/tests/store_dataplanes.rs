@@ -120,3 +120,79 @@ async fn by_state(api: &Api, node: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+#[tokio::test]
+async fn a_services_health_counts_its_proxies_and_names_its_last_rejection_and_expiries() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Viewer).await);
+    let editor = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
+    assert_eq!(editor.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
+    let service = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    assert_eq!(editor.put("/meshes/shop/services/reviews", &service).await.0, 201);
+
+    let store = db.store().await;
+    let org = store.org_by_slug(&trellis_model::OrgSlug::parse("acme").unwrap()).await.unwrap().unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let mesh = tx.mesh_by_name(&MeshName::parse("shop").unwrap()).await.unwrap().unwrap().id;
+    // Three proxies: in sync, rejecting, and gone.
+    let a = tx.register_dataplane(mesh, &reg("reviews-a", "v1")).await.unwrap();
+    let b = tx.register_dataplane(mesh, &reg("reviews-b", "v1")).await.unwrap();
+    let c = tx.register_dataplane(mesh, &reg("reviews-c", "v1")).await.unwrap();
+    for d in [&a, &b] {
+        tx.ledger_sent(d.id, CDS, "v1", "n1", 1).await.unwrap();
+    }
+    tx.ledger_acked(a.id, CDS, "v1", None).await.unwrap();
+    tx.ledger_nacked(b.id, CDS, "v1", "cluster reviews: bad").await.unwrap();
+    tx.dataplane_offline(c.id, c.connected_at).await.unwrap();
+    // The SVIDs they presented; b's is renewed later (a later expiry replaces it).
+    let now = chrono::Utc::now();
+    tx.dataplane_svid(a.id, "aa", now + chrono::TimeDelta::days(3)).await.unwrap();
+    tx.dataplane_svid(b.id, "bb", now + chrono::TimeDelta::hours(30)).await.unwrap();
+    tx.dataplane_svid(c.id, "cc", now + chrono::TimeDelta::hours(1)).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (status, h) = api.get("/meshes/shop/services/reviews/health").await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(
+        h["dataplanes"],
+        json!({"total": 3, "online": 2, "offline": 1, "inSync": 1, "syncing": 0, "rejected": 1}),
+        "{h:#}"
+    );
+    // The offline proxy's certificate does not count; b's 30 h is the earliest held.
+    assert_eq!((&h["svid"]["daysToExpiry"], &h["svid"]["proxies"]), (&json!(1), &json!(2)), "{h:#}");
+    assert!(h["ca"]["daysToExpiry"].as_i64().unwrap() > 3000, "a new root lasts ten years: {h:#}");
+    let nack = &h["lastNack"];
+    assert_eq!(
+        (&nack["node"], &nack["type"], &nack["error"], &nack["outstanding"]),
+        (&json!("reviews-b"), &json!("Cluster"), &json!("cluster reviews: bad"), &json!(true)),
+        "{h:#}"
+    );
+    assert!(h["endpoints"].is_null(), "endpoint health is not reported by proxies: {h:#}");
+
+    // A renewal moves b on; a later ACK clears the rejection but the last NACK stays known.
+    store.svid_renewed(org.id, "bb", "bb2", now + chrono::TimeDelta::days(5)).await.unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.ledger_sent(b.id, CDS, "v2", "n2", 2).await.unwrap();
+    tx.ledger_acked(b.id, CDS, "v2", None).await.unwrap();
+    // An older certificate presented again (a reconnect) does not replace the renewed one.
+    tx.dataplane_svid(b.id, "bb", now + chrono::TimeDelta::hours(30)).await.unwrap();
+    tx.commit().await.unwrap();
+    let (_, h) = api.get("/meshes/shop/services/reviews/health").await;
+    assert_eq!((&h["dataplanes"]["inSync"], &h["dataplanes"]["rejected"]), (&json!(2), &json!(0)), "{h:#}");
+    assert_eq!(h["svid"]["daysToExpiry"], 2, "a's 3 days are the earliest now: {h:#}");
+    assert_eq!((&h["lastNack"]["outstanding"], &h["lastNack"]["version"]), (&json!(false), &json!("v1")));
+
+    // Unknown services and other organizations: 404.
+    assert_eq!(api.get("/meshes/shop/services/ratings/health").await.0, 404);
+    let other = Api::new(&t, "globex", &token(&db, "globex", Role::Admin).await);
+    assert_eq!(other.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
+    assert_eq!(other.put("/meshes/shop/services/reviews", &service).await.0, 201);
+    let (status, theirs) = other.get("/meshes/shop/services/reviews/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(theirs["dataplanes"]["total"], 0, "another organization's mesh of the same name: {theirs}");
+    let intruder = Api { org: "acme".into(), ..other.clone() };
+    assert_eq!(intruder.get("/meshes/shop/services/reviews/health").await.0, 404);
+}

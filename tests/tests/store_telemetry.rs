@@ -236,12 +236,14 @@ async fn a_window_reads_final_rollups_inside_it_and_10_s_rows_only_at_its_ends()
     assert_eq!(window, ten_seconds, "rollups and 10 s rows add up to the same figures");
     // The whole minutes come from their rollups: without the 10 s rows inside them (as when
     // a short 10 s retention dropped them) the window still counts every call.
-    sqlx::query("DELETE FROM telemetry_edges WHERE resolution_s = 10 AND bucket_start >= $1 AND bucket_start < $2")
-        .bind(start + TimeDelta::minutes(2))
-        .bind(hour - TimeDelta::minutes(2))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    sqlx::query(
+        "DELETE FROM telemetry_edges WHERE resolution_s = 10 AND bucket_start >= $1 AND bucket_start < $2",
+    )
+    .bind(start + TimeDelta::minutes(2))
+    .bind(hour - TimeDelta::minutes(2))
+    .execute(&mut admin)
+    .await
+    .unwrap();
     let mut tx = store.tenant(org).await.unwrap();
     assert_eq!(tx.window_totals(mesh, from, to).await.unwrap().0, ten_seconds);
     let left = tx.edge_totals(mesh, Resolution::TenSeconds, from, to).await.unwrap();

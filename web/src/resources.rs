@@ -152,7 +152,7 @@ async fn create(
         let scope = c.control.open(&v.request, &org).await?;
         if fields.text("step") == "save" {
             let created = Condition { if_match: None, create_only: true };
-            c.control.put_resource(scope, &mesh, kind, &name, env.document(), &created).await?;
+            c.control.put_resource(scope, &mesh, kind, &name, env.document(), &created, None).await?;
             return Ok(saved(&place, &name));
         }
         let labels = env.metadata.labels.clone();
@@ -240,7 +240,7 @@ async fn edit(
             let versions = version.parse().into_iter().collect();
             let condition = Condition { if_match: Some(IfMatch::Versions(versions)), create_only: false };
             let scope = c.control.open(&v.request, &org).await?;
-            c.control.put_resource(scope, &mesh, kind, &name, env.document(), &condition).await?;
+            c.control.put_resource(scope, &mesh, kind, &name, env.document(), &condition, None).await?;
             return Ok(saved(&place, &name));
         }
         let doc = match source {

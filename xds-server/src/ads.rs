@@ -503,6 +503,9 @@ async fn run<P: Protocol>(
             return;
         }
     };
+    // The SVID it presented, for its service's health (renewals move it on).
+    let svid = LedgerOp::Svid { dataplane, serial: peer.serial.clone(), not_after: peer.not_after };
+    ctx.ledger.record(peer.org, svid);
     tracing::info!(mesh = %peer.mesh, service = %peer.service, node = %node.id, client = %reg.client,
         %dataplane, "xDS stream opened");
     ctx.metrics.streams.inc();

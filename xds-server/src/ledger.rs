@@ -43,6 +43,12 @@ pub enum LedgerOp {
         calls: Vec<String>,
         serves: bool,
     },
+    /// The SVID the stream presented (an older one never replaces a newer one).
+    Svid {
+        dataplane: Uuid,
+        serial: String,
+        not_after: DateTime<Utc>,
+    },
     /// Every type the stream subscribes to is ACKed at this mesh revision.
     Synced {
         dataplane: Uuid,
@@ -236,6 +242,9 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
             tx.dataplane_offline(*dataplane, *connected_at).await
         }
         LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await,
+        LedgerOp::Svid { dataplane, serial, not_after } => {
+            tx.dataplane_svid(*dataplane, serial, *not_after).await
+        }
         LedgerOp::Reach { dataplane, calls, serves } => tx.dataplane_reach(*dataplane, calls, *serves).await,
         LedgerOp::Content { mesh, type_url, version, resources } => {
             tx.record_xds_config(*mesh, type_url, version, resources).await

@@ -1,0 +1,192 @@
+//! A write's propagation, waited on: after the write commits, its status is read again (one
+//! statement each time, with backoff, no connection held in between) until every proxy it
+//! configures has applied it, one of them rejected it, or the wait is over.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+use trellis_model::config::Reach;
+use trellis_model::{MeshId, OrgId, PropagationWait};
+use trellis_store::{ReachedNow, Waiting};
+
+use crate::resources::{Propagation, short_type};
+use crate::{AppError, Control};
+
+/// Most proxies a wait's answer names.
+pub const WAIT_SHOWN: usize = 20;
+/// The first pause between two reads, doubled each time up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(20);
+const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// How a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WaitOutcome {
+    /// Every proxy the write configures applied it.
+    Applied,
+    /// A proxy rejected (NACKed) it.
+    Rejected,
+    /// The wait ended with proxies that had neither applied nor rejected it.
+    TimedOut,
+}
+
+/// What a wait saw last.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaitReport {
+    pub outcome: WaitOutcome,
+    pub waited_ms: u64,
+    pub timeout_ms: u64,
+    /// The proxies that have not applied the write, rejecting ones first (at most
+    /// [`WAIT_SHOWN`]; `pending` in the counts says how many there are).
+    pub not_applied: Vec<ProxyState>,
+    /// One line for a person: "applied by all 3 proxies", or who rejected it and why, or who
+    /// did not apply it in time.
+    pub summary: String,
+}
+
+/// One proxy that has not applied a write.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyState {
+    pub service: String,
+    pub node: String,
+    /// `rejected`: it refused this write; `stale`: it had not applied it when the wait timed
+    /// out; `pending`: still on its way when another proxy's rejection ended the wait.
+    pub state: &'static str,
+    pub last_seen_at: DateTime<Utc>,
+    /// Its outstanding rejection (of this write when `rejected`, of an earlier one otherwise).
+    pub rejection: Option<RejectionNote>,
+}
+
+/// A rejection a proxy sent back.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionNote {
+    /// The resource type, e.g. `RouteConfiguration`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub version: String,
+    pub error: String,
+    pub at: Option<DateTime<Utc>>,
+}
+
+impl ProxyState {
+    fn of(w: Waiting, outcome: WaitOutcome) -> ProxyState {
+        let state = match (w.rejected, outcome) {
+            (true, _) => "rejected",
+            (false, WaitOutcome::TimedOut) => "stale",
+            (false, _) => "pending",
+        };
+        let rejection = w.rejection.map(|(r, at)| RejectionNote {
+            type_name: short_type(&r.type_url).to_owned(),
+            version: r.version,
+            error: r.error,
+            at,
+        });
+        ProxyState { service: w.service, node: w.node_id, state, last_seen_at: w.last_seen_at, rejection }
+    }
+
+    /// `service/node`, as a person names a proxy.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.service, self.node)
+    }
+}
+
+impl WaitReport {
+    fn new(now: ReachedNow, outcome: WaitOutcome, waited: Duration, wait: PropagationWait) -> WaitReport {
+        let proxies = now.reached.proxies;
+        let not_applied: Vec<ProxyState> =
+            now.waiting.into_iter().map(|w| ProxyState::of(w, outcome)).collect();
+        let missing = (proxies - now.reached.applied).max(0);
+        let summary = match outcome {
+            WaitOutcome::Applied => format!("applied by all {proxies} proxies it configures"),
+            WaitOutcome::Rejected => {
+                let lines: Vec<String> = not_applied
+                    .iter()
+                    .filter(|p| p.state == "rejected")
+                    .map(|p| {
+                        let r = p.rejection.as_ref().map_or(String::new(), |r| {
+                            format!(": {} version {}: {}", r.type_name, r.version, r.error)
+                        });
+                        format!("{}{r}", p.name())
+                    })
+                    .collect();
+                format!("rejected by {}", lines.join("; "))
+            }
+            WaitOutcome::TimedOut => {
+                let names: Vec<String> = not_applied.iter().map(ProxyState::name).collect();
+                let more = usize::try_from(missing).unwrap_or(0).saturating_sub(names.len());
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                format!(
+                    "not applied within {wait} by {missing} of {proxies} proxies: {}{more}",
+                    names.join(", ")
+                )
+            }
+        };
+        WaitReport {
+            outcome,
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            timeout_ms: u64::try_from(wait.get().as_millis()).unwrap_or(u64::MAX),
+            not_applied,
+            summary,
+        }
+    }
+}
+
+/// Which proxies a write configures, and the revision that carries it.
+pub(crate) struct Landing<'a> {
+    pub org: OrgId,
+    pub mesh: MeshId,
+    pub revision: i64,
+    pub reach: Reach,
+    /// None: every proxy of the mesh.
+    pub target: Option<&'a str>,
+}
+
+impl Control {
+    /// Reads a committed write's propagation until every proxy it configures has applied
+    /// it, one rejected it, or `wait` is over; its status with how the wait ended.
+    pub(crate) async fn await_propagation(
+        &self,
+        landing: Landing<'_>,
+        wait: PropagationWait,
+    ) -> Result<Propagation, AppError> {
+        let start = Instant::now();
+        let deadline = start + wait.get();
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let now = self
+                .store
+                .propagation_now(
+                    landing.org,
+                    landing.mesh,
+                    landing.revision,
+                    landing.reach,
+                    landing.target,
+                    WAIT_SHOWN as i32,
+                )
+                .await?;
+            let outcome = if now.reached.applied >= now.reached.proxies {
+                Some(WaitOutcome::Applied)
+            } else if now.waiting.iter().any(|w| w.rejected) {
+                Some(WaitOutcome::Rejected)
+            } else if Instant::now() >= deadline {
+                Some(WaitOutcome::TimedOut)
+            } else {
+                None
+            };
+            if let Some(outcome) = outcome {
+                let reached = now.reached.clone();
+                let report = WaitReport::new(now, outcome, start.elapsed(), wait);
+                let mut status = Propagation::new(landing.revision, reached);
+                status.wait = Some(report);
+                return Ok(status);
+            }
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
