@@ -22,7 +22,7 @@ use crate::params::{AccessLogEntryPath, MeshPath, ServicePath};
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WindowQuery {
-    /// Seconds back from now (default 300); up to an hour reads 10 s buckets, up to two days 1 min rollups, beyond 1 h rollups
+    /// Seconds back from now (default 300); read from the final hour and minute rollups inside the window and from 10 s buckets at its ends, exact to 10 s
     #[param(nullable = false, minimum = 10, maximum = 7_776_000)]
     window: Option<i64>,
 }

@@ -387,7 +387,7 @@ fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
             "type": "object",
             "required": ["mesh", "windowSeconds", "resolutionSeconds", "nodes", "edges"],
             "properties": {
-                "mesh": {"type": "string"}, "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer"},
+                "mesh": {"type": "string"}, "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer", "description": "The finest bucket width the window was read in"},
                 "nodes": {"type": "array", "items": {"type": "object", "required": ["service", "metrics"],
                     "properties": {"service": {"type": "string"}, "metrics": golden}}},
                 "edges": {"type": "array", "items": topology_edge},
@@ -425,7 +425,7 @@ fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
             "required": ["mesh", "service", "windowSeconds", "resolutionSeconds", "inbound", "callers", "callees"],
             "properties": {
                 "mesh": {"type": "string"}, "service": {"type": "string"},
-                "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer"},
+                "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer", "description": "The finest bucket width the window was read in"},
                 "inbound": golden, "callers": {"type": "array", "items": edge}, "callees": {"type": "array", "items": edge},
             },
         }),
