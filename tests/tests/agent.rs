@@ -321,7 +321,8 @@ fn steady_load(
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             answers.push(match client.get(&url).send().await {
                 Ok(r) if r.status() == 200 => r.text().await.unwrap()[..2].to_owned(),
-                Ok(r) => format!("status {}", r.status()),
+                // The agent's local replies say why (no healthy upstream, connect error, …).
+                Ok(r) => format!("status {}: {}", r.status(), r.text().await.unwrap_or_default().trim()),
                 Err(e) => format!("error {e}"),
             });
         }
