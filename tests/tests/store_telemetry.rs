@@ -61,6 +61,11 @@ fn sample(
     }
 }
 
+/// Moves the rollups' watermarks back to `at`, as if the leader had been rolling up since.
+async fn rollups_done_until(admin: &mut sqlx::PgConnection, at: DateTime<Utc>) {
+    sqlx::query("UPDATE telemetry_rollups SET done_until = $1").bind(at).execute(admin).await.unwrap();
+}
+
 fn bucket(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::seconds(10)).unwrap()
 }
@@ -124,11 +129,7 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
     let hour = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
     // Buckets of the previous hour (finished), and the rollups' watermarks before them.
     let mut admin = db.admin_conn().await;
-    sqlx::query("UPDATE telemetry_rollups SET done_until = $1")
-        .bind(hour - TimeDelta::hours(2))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    rollups_done_until(&mut admin, hour - TimeDelta::hours(2)).await;
     let times: Vec<DateTime<Utc>> =
         (0..12).map(|i| hour - TimeDelta::minutes(50) + TimeDelta::seconds(i * 40)).collect();
     for t in &times {
@@ -210,11 +211,7 @@ async fn a_window_reads_final_rollups_inside_it_and_10_s_rows_only_at_its_ends()
     let (org, mesh) = org_with_mesh(&store, "acme").await;
     let hour = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap();
     let mut admin = db.admin_conn().await;
-    sqlx::query("UPDATE telemetry_rollups SET done_until = $1")
-        .bind(hour - TimeDelta::hours(2))
-        .execute(&mut admin)
-        .await
-        .unwrap();
+    rollups_done_until(&mut admin, hour - TimeDelta::hours(2)).await;
     // One sample every 10 s for the 20 minutes before the hour: 120 buckets of 2 calls.
     let start = hour - TimeDelta::minutes(20);
     store.prepare_telemetry(start).await.unwrap();
