@@ -59,6 +59,35 @@ fn agent(
     Process::start(cmd)
 }
 
+/// The mesh's platform root written to `dir`, and a `reviews` agent on `address` in front of
+/// the application on `app_port`, listening.
+async fn reviews_instance(
+    t: &Trellis,
+    api: &Api,
+    store: &trellis_store::Store,
+    dir: &Path,
+    address: &str,
+    app_port: u16,
+) -> (std::path::PathBuf, Process) {
+    let ca = dir.join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(store).await).unwrap();
+    let tok = join_token(api, "reviews").await;
+    let app = format!("9080={app_port}");
+    let mut reviews = agent(
+        &t.xds,
+        &ca,
+        &dir.join("reviews"),
+        &tok,
+        "reviews",
+        address,
+        &["--port", "9080", "--app-port", &app],
+    );
+    reviews
+        .wait_for_line(&format!("listening inbound:9080 on {address}:9080"), Duration::from_secs(20))
+        .await;
+    (ca, reviews)
+}
+
 async fn join_token(api: &Api, service: &str) -> String {
     let (status, body) = api.post("/meshes/shop/join-tokens", &json!({"service": service})).await;
     assert_eq!(status, 201, "{body}");
@@ -129,20 +158,7 @@ async fn every_denial_and_audit_match_is_logged_with_the_rule_that_decided_it() 
 
     let store = db.store().await;
     let tmp = tempfile::tempdir().unwrap();
-    let ca = tmp.path().join("platform-ca.pem");
-    std::fs::write(&ca, platform_root(&store).await).unwrap();
-    let app_port = format!("9080={}", app().await);
-    let tok = join_token(&api, "reviews").await;
-    let mut reviews = agent(
-        &t.xds,
-        &ca,
-        &tmp.path().join("reviews"),
-        &tok,
-        "reviews",
-        "127.0.0.21",
-        &["--port", "9080", "--app-port", &app_port],
-    );
-    reviews.wait_for_line("listening inbound:9080 on 127.0.0.21:9080", Duration::from_secs(20)).await;
+    let (ca, mut reviews) = reviews_instance(&t, &api, &store, tmp.path(), "127.0.0.21", app().await).await;
     let mut callers = Vec::new();
     for (service, address) in [("productpage", "127.0.0.20"), ("stranger", "127.0.0.22")] {
         let tok = join_token(&api, service).await;
@@ -398,20 +414,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
     }
     let store = db.store().await;
     let tmp = tempfile::tempdir().unwrap();
-    let ca = tmp.path().join("platform-ca.pem");
-    std::fs::write(&ca, platform_root(&store).await).unwrap();
-    let app_port = format!("9080={}", echo_app().await);
-    let tok = join_token(&api, "reviews").await;
-    let mut reviews = agent(
-        &t.xds,
-        &ca,
-        &tmp.path().join("reviews"),
-        &tok,
-        "reviews",
-        "127.0.0.30",
-        &["--port", "9080", "--app-port", &app_port],
-    );
-    reviews.wait_for_line("listening inbound:9080 on 127.0.0.30:9080", Duration::from_secs(20)).await;
+    let (ca, _reviews) = reviews_instance(&t, &api, &store, tmp.path(), "127.0.0.30", echo_app().await).await;
     let mut callers = Vec::new();
     for address in ["127.0.0.31", "127.0.0.32"] {
         let tok = join_token(&api, "productpage").await;
