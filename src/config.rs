@@ -272,8 +272,17 @@ pub struct AgentSystemdInstall {
 #[derive(Debug, Args)]
 pub struct CreateToken {
     /// Organization slug; the organization is created when it does not exist.
+    #[arg(long, required_unless_present = "local_admin", conflicts_with = "local_admin")]
+    pub org: Option<String>,
+    /// A token of the local admin's organization (no-IdP mode), made as its first login would
+    /// make it, under `--local-org`: the console's one-time link then shows what the token
+    /// creates.
     #[arg(long)]
-    pub org: String,
+    pub local_admin: bool,
+    /// With `--local-admin`: the slug of the organization the local admin creates, as for
+    /// `trellis serve`.
+    #[arg(long, env = "TRELLIS_LOCAL_ORG", default_value = "default", value_parser = parse_slug)]
+    pub local_org: trellis_model::OrgSlug,
     /// Display name for a new organization [default: the slug].
     #[arg(long)]
     pub org_name: Option<String>,

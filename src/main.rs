@@ -205,11 +205,24 @@ async fn create_token(args: config::CreateToken, database: &Database) -> anyhow:
     use rand::RngCore;
     use trellis_model::{OrgSlug, SECRET_LEN, Token, TokenKind};
     trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
-    let slug = OrgSlug::parse(&args.org).map_err(|e| anyhow::anyhow!("--org {:?}: {e}", args.org))?;
     let store = trellis_store::Store::connect(database.roles.app.clone(), 2).await?;
-    let org = match store.org_by_slug(&slug).await? {
-        Some(org) => org,
-        None => store.create_org(&slug, args.org_name.as_deref().unwrap_or(slug.as_str())).await?,
+    let org = match &args.org {
+        Some(slug) => {
+            let slug = OrgSlug::parse(slug).map_err(|e| anyhow::anyhow!("--org {slug:?}: {e}"))?;
+            match store.org_by_slug(&slug).await? {
+                Some(org) => org,
+                None => store.create_org(&slug, args.org_name.as_deref().unwrap_or(slug.as_str())).await?,
+            }
+        }
+        None => {
+            let (_, org) = trellis_control::ensure_local_admin(&store, &args.local_org, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("the local admin's organization: {}", e.detail))?;
+            let mut tx = store.tenant(org).await?;
+            let org = tx.own_org().await?;
+            tx.commit().await?;
+            org
+        }
     };
     let mut secret = [0u8; SECRET_LEN];
     rand::rng().fill_bytes(&mut secret);

@@ -96,7 +96,7 @@ impl Control {
                 "this login link was already used or has expired; restart `trellis serve` for a new one",
             ));
         }
-        let user = self.ensure_local_admin(request_id.clone()).await?;
+        let (user, _) = ensure_local_admin(&self.store, &self.accounts.local_org, request_id.clone()).await?;
         self.start_session(&user, previous, request_id).await
     }
 
@@ -232,88 +232,89 @@ impl Control {
         }
         Ok(())
     }
+}
 
-    /// The local admin, bound by id to the organization it created (never to whatever
-    /// organization holds the local slug today: any tenant may rename itself to that slug).
-    /// A login changes no membership of an existing organization; only when there is none
-    /// yet, or it was deleted, does the local admin get a new organization, under the
-    /// configured slug when that is free.
-    async fn ensure_local_admin(&self, request_id: Option<String>) -> Result<User, AppError> {
-        let store = &self.store;
-        let local_org = &self.accounts.local_org;
-        let mut tx = store.tenant(OrgId::new()).await?;
-        let binding = tx.lock_local_admin().await?;
-        let existing_user = store.user_by_subject(LOCAL_ISSUER, LOCAL_SUBJECT).await?;
-        let bound_org = match (&binding, &existing_user) {
-            (Some(b), _) => b.org,
-            // Installed before the binding existed: the organization it created is the one it
-            // has owned the longest.
-            (None, Some(user)) => {
-                let mut utx = store.user_tx(user.id).await?;
-                let org = utx.oldest_owned_org().await?;
-                utx.commit().await?;
-                org
-            }
-            (None, None) => None,
-        };
-        if let (Some(user), Some(org)) = (&existing_user, bound_org) {
-            if binding.is_none() {
-                tx.bind_local_admin(user.id, org).await?;
-            }
-            tx.commit().await?;
-            return Ok(store.record_login(user.id, None, None).await?);
+/// The local admin, bound by id to the organization it created (never to whatever
+/// organization holds the local slug today: any tenant may rename itself to that slug).
+/// A login changes no membership of an existing organization; only when there is none
+/// yet, or it was deleted, does the local admin get a new organization, under the
+/// configured slug when that is free. Its first login, or `trellis create-token
+/// --local-admin`, makes it; each answers the user and the organization it is bound to.
+pub async fn ensure_local_admin(
+    store: &Store,
+    local_org: &OrgSlug,
+    request_id: Option<String>,
+) -> Result<(User, OrgId), AppError> {
+    let mut tx = store.tenant(OrgId::new()).await?;
+    let binding = tx.lock_local_admin().await?;
+    let existing_user = store.user_by_subject(LOCAL_ISSUER, LOCAL_SUBJECT).await?;
+    let bound_org = match (&binding, &existing_user) {
+        (Some(b), _) => b.org,
+        // Installed before the binding existed: the organization it created is the one it
+        // has owned the longest.
+        (None, Some(user)) => {
+            let mut utx = store.user_tx(user.id).await?;
+            let org = utx.oldest_owned_org().await?;
+            utx.commit().await?;
+            org
         }
-        let user = match existing_user {
-            Some(u) => u,
-            None => {
-                tx.insert_user(&NewUser {
-                    oidc_issuer: LOCAL_ISSUER,
-                    oidc_subject: LOCAL_SUBJECT,
-                    email: None,
-                    display_name: Some("Local admin"),
-                })
-                .await?
-            }
-        };
-        let mut slug = None;
-        for candidate in candidate_slugs(local_org) {
-            if store.org_by_slug(&candidate).await?.is_none() {
-                slug = Some(candidate);
-                break;
-            }
+        (None, None) => None,
+    };
+    if let (Some(user), Some(org)) = (&existing_user, bound_org) {
+        if binding.is_none() {
+            tx.bind_local_admin(user.id, org).await?;
         }
-        let slug = slug.ok_or_else(|| {
-            AppError::conflict(
-                "no free organization slug was found for the local admin; set TRELLIS_LOCAL_ORG",
-            )
-        })?;
-        if &slug != local_org {
-            tracing::warn!(taken = %local_org, %slug,
-                "the local organization's slug belongs to another organization; the local admin gets its own");
-        }
-        let org = tx.create_own_org(&slug, slug.as_str()).await?;
-        tx.add_member(user.id, Role::Owner).await?;
-        tx.bind_local_admin(user.id, org.id).await?;
-        let actor = format!("user:{}", user.id);
-        tx.record_audit(&AuditEvent {
-            actor: actor.clone(),
-            action: "org.create".into(),
-            target: format!("orgs/{}", org.slug),
-            request_id: request_id.clone(),
-            details: json!({ "name": org.name, "via": "local-admin" }),
-        })
-        .await?;
-        tx.record_audit(&AuditEvent {
-            actor,
-            action: "member.add".into(),
-            target: format!("members/{}", user.id),
-            request_id,
-            details: json!({ "role": Role::Owner, "via": "local-admin" }),
-        })
-        .await?;
         tx.commit().await?;
-        Ok(store.record_login(user.id, None, None).await?)
+        return Ok((store.record_login(user.id, None, None).await?, org));
     }
+    let user = match existing_user {
+        Some(u) => u,
+        None => {
+            tx.insert_user(&NewUser {
+                oidc_issuer: LOCAL_ISSUER,
+                oidc_subject: LOCAL_SUBJECT,
+                email: None,
+                display_name: Some("Local admin"),
+            })
+            .await?
+        }
+    };
+    let mut slug = None;
+    for candidate in candidate_slugs(local_org) {
+        if store.org_by_slug(&candidate).await?.is_none() {
+            slug = Some(candidate);
+            break;
+        }
+    }
+    let slug = slug.ok_or_else(|| {
+        AppError::conflict("no free organization slug was found for the local admin; set TRELLIS_LOCAL_ORG")
+    })?;
+    if &slug != local_org {
+        tracing::warn!(taken = %local_org, %slug,
+            "the local organization's slug belongs to another organization; the local admin gets its own");
+    }
+    let org = tx.create_own_org(&slug, slug.as_str()).await?;
+    tx.add_member(user.id, Role::Owner).await?;
+    tx.bind_local_admin(user.id, org.id).await?;
+    let actor = format!("user:{}", user.id);
+    tx.record_audit(&AuditEvent {
+        actor: actor.clone(),
+        action: "org.create".into(),
+        target: format!("orgs/{}", org.slug),
+        request_id: request_id.clone(),
+        details: json!({ "name": org.name, "via": "local-admin" }),
+    })
+    .await?;
+    tx.record_audit(&AuditEvent {
+        actor,
+        action: "member.add".into(),
+        target: format!("members/{}", user.id),
+        request_id,
+        details: json!({ "role": Role::Owner, "via": "local-admin" }),
+    })
+    .await?;
+    tx.commit().await?;
+    Ok((store.record_login(user.id, None, None).await?, org.id))
 }
 
 /// Slugs to try for a new organization: `base`, then `base-<4 random hex digits>`.

@@ -25,7 +25,9 @@ mod precondition;
 mod propagation;
 mod resources;
 
-pub use accounts::{AccountSettings, Identity, LOCAL_ISSUER, NewSession, mint_local_login, random_secret};
+pub use accounts::{
+    AccountSettings, Identity, LOCAL_ISSUER, NewSession, ensure_local_admin, mint_local_login, random_secret,
+};
 pub use ca::{
     JOIN_TTL_DEFAULT, JOIN_TTL_MAX, JOIN_TTL_MIN, MAX_CHAIN_PEM, MAX_KEY_PEM, MintedJoinToken, NewJoinToken,
     ca_expiries,

@@ -110,7 +110,11 @@ async fn build_and_run(
     wait_ready(&api_url, procs).await?;
 
     let token = create_token(exe, global, args.org.as_str()).await?;
-    let client = Client::new(api_url.clone(), token, args.org.as_str().to_owned())?;
+    // The local admin's organization: `args.org` unless that slug was taken before it.
+    let client = Client::new(api_url.clone(), token.clone(), String::new())?;
+    let orgs = client.call_json(reqwest::Method::GET, "/api/v1/orgs", &serde_json::Value::Null).await?;
+    let org = orgs["items"][0]["slug"].as_str().context("the demo token's organization")?.to_owned();
+    let client = Client::new(api_url.clone(), token, org.clone())?;
     let documents = [REVIEWS_YAML, DEMO_YAML]
         .iter()
         .map(|text| crate::cli::parse_documents("demo", text))
@@ -177,7 +181,7 @@ async fn build_and_run(
     wait_in_sync(&client, procs).await?;
     let login = procs.login_link("trellis");
     let productpage = SocketAddr::from(([127, 0, 0, 1], args.app_port));
-    print_ready(&api_url, login.as_deref(), productpage);
+    print_ready(&api_url, &org, login.as_deref(), productpage);
     traffic::generate(productpage, args.rate, procs).await
 }
 
@@ -224,10 +228,11 @@ async fn wait_ready(api_url: &str, procs: &mut Processes) -> anyhow::Result<()> 
     bail!("the control plane was not ready within 2 minutes; see {}", procs.log_of("trellis").display())
 }
 
-/// An owner token of the organization, from `trellis create-token` (same database).
+/// An owner token of the local admin's organization, from `trellis create-token` (same
+/// database), so that the console's one-time link signs in to the demo's mesh.
 async fn create_token(exe: &Path, global: &Global, org: &str) -> anyhow::Result<String> {
     let out = tokio::process::Command::new(exe)
-        .args(["create-token", "--org", org, "--name", "demo"])
+        .args(["create-token", "--local-admin", "--local-org", org, "--name", "demo"])
         .envs(global.child_env())
         .output()
         .await?;
@@ -273,7 +278,7 @@ fn describe_state(dataplane: &Value) -> String {
     if reasons.is_empty() { state.to_owned() } else { format!("{state} ({})", reasons.join("; ")) }
 }
 
-fn print_ready(api_url: &str, login: Option<&str>, productpage: SocketAddr) {
+fn print_ready(api_url: &str, org: &str, login: Option<&str>, productpage: SocketAddr) {
     println!("\nThe demo is ready.");
     match login {
         Some(link) => println!("  console: {api_url}/  (log in once with {link})"),
@@ -281,6 +286,7 @@ fn print_ready(api_url: &str, login: Option<&str>, productpage: SocketAddr) {
     }
     println!("  productpage: curl http://{productpage}/   (add -H 'x-beta: true' for the beta channel)");
     println!("  what to look at:");
+    println!("    - the topology, live: {api_url}/orgs/{org}/meshes/{MESH}/topology");
     println!(
         "    - reviews: 75 % of calls go to v1, 25 % to v2 (examples/reviews.yaml), beta testers always to v2"
     );
@@ -288,6 +294,6 @@ fn print_ready(api_url: &str, login: Option<&str>, productpage: SocketAddr) {
     println!(
         "    - productpage -> details is denied: no access policy allows it (the mesh denies by default)"
     );
-    println!("    - dataplanes and their sync state: {api_url}/api/v1/orgs/<org>/meshes/{MESH}/dataplanes");
+    println!("    - dataplanes and their sync state: {api_url}/orgs/{org}/meshes/{MESH}/dataplanes");
     println!("  press Ctrl-C to stop every process the demo started\n");
 }

@@ -448,3 +448,51 @@ async fn the_local_admin_never_takes_over_an_organization_that_holds_its_slug() 
     assert_ne!(third.me["organizations"][0]["id"], own_id);
     assert!(member_ids(&squatter).await.is_empty() && member_ids(&victim).await.is_empty());
 }
+
+/// `trellis create-token --local-admin --local-org ORG`: the token and what the command said.
+async fn local_admin_token(db: &TestDb, org: &str) -> (String, String) {
+    let out = trellis()
+        .env("TRELLIS_DATABASE_URL", db.owner_url())
+        .args(["create-token", "--local-admin", "--local-org", org])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    (String::from_utf8(out.stdout).unwrap().trim().to_owned(), said)
+}
+
+/// `trellis create-token --local-admin` (what `trellis demo` runs): the token belongs to the
+/// organization the local admin owns, made as its first login would make it, so the one-time
+/// link then shows what the token created. It takes over no tenant holding the slug.
+#[tokio::test]
+async fn a_local_admin_token_belongs_to_the_organization_the_login_link_opens() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["serve", "--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    // The token comes first and creates a mesh; the first login then lands where it is.
+    let api = Api::new(&t, "shop-team", &local_admin_token(&db, "shop-team").await.0);
+    let (status, body) = api.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201, "{body}");
+    let admin = local_login(&t, &local_link(&db, &t).await).await;
+    assert_eq!(orgs_of(&admin), [("shop-team".to_owned(), "owner".to_owned())]);
+    let (status, mesh) = admin.call(Method::GET, "/api/v1/orgs/shop-team/meshes/shop", None).await;
+    assert_eq!(status, 200, "{mesh}");
+    assert_eq!(member_ids(&api).await, [admin.user_id()]);
+    // Again: the same organization, no second one.
+    let again = Api::new(&t, "shop-team", &local_admin_token(&db, "shop-team").await.0);
+    assert_eq!(again.get("/meshes/shop").await.0, 200);
+    let admin = local_login(&t, &local_link(&db, &t).await).await;
+    assert_eq!(orgs_of(&admin), [("shop-team".to_owned(), "owner".to_owned())]);
+
+    // A tenant that holds the slug first is not taken over: the local admin gets its own.
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["serve", "--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let squatter = Api::new(&t, "shop-team", &token(&db, "shop-team", Role::Owner).await);
+    let (_, said) = local_admin_token(&db, "shop-team").await;
+    assert!(said.contains("for organization shop-team-"), "{said}");
+    assert!(member_ids(&squatter).await.is_empty(), "the squatter's organization gained no member");
+}

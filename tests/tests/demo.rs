@@ -6,10 +6,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fantoccini::Locator;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
+use trellis_tests::browser::Chromium;
 use trellis_tests::trellis;
 
 /// Demo workloads (node ids) and the loopback addresses of their inbound listeners.
@@ -99,6 +101,7 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
         .arg(work.path().join("demo"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let started_at = std::time::Instant::now();
     let mut demo = cmd.spawn().expect("starting trellis demo");
     let pid = demo.id().unwrap();
     let _stop = Interrupt(pid);
@@ -226,6 +229,35 @@ async fn the_demo_runs_the_shop_mesh_and_ctrl_c_stops_everything_it_started() {
     }
     assert!(requests(&topology, "productpage", "reviews") > 0.0, "{topology:#}");
     assert!(requests(&topology, "reviews", "ratings") > 0.0, "{topology:#}");
+
+    // What a newcomer does next: the printed one-time link signs in to the console, and the
+    // mesh's topology page draws productpage → reviews with its split between versions.
+    let link = text
+        .split_whitespace()
+        .find(|w| w.contains("/auth/local"))
+        .unwrap_or_else(|| panic!("no one-time login link:\n{text}"))
+        .trim_end_matches(')')
+        .to_owned();
+    let chromium = Chromium::start().await;
+    let b = &chromium.client;
+    b.goto(&link).await.unwrap();
+    b.goto(&format!("http://{http}/orgs/default/meshes/shop/topology")).await.unwrap();
+    let Ok(row) =
+        b.wait().at_most(Duration::from_secs(10)).for_element(Locator::Id("row-productpage-reviews")).await
+    else {
+        panic!(
+            "no productpage → reviews edge on the topology page:\n{}",
+            b.source().await.unwrap_or_default()
+        );
+    };
+    let row = row.text().await.unwrap();
+    assert!(row.contains("version=v1") && row.contains("version=v2"), "the edge's row: {row}");
+    b.find(Locator::Css("#edge-productpage-reviews")).await.expect("the edge is drawn");
+    println!(
+        "the demo's topology was on screen {:.1} s after `trellis demo` started",
+        started_at.elapsed().as_secs_f64()
+    );
+    chromium.close().await;
 
     // The traffic generator reports what the mesh did.
     let report = tokio::time::timeout(Duration::from_secs(15), ready_rx.recv()).await;
