@@ -172,6 +172,13 @@ async fn an_owner_invites_changes_roles_and_removes_members_and_brings_a_tenant_
     b.goto(&members).await.unwrap();
     assert!(!b.source().await.unwrap().contains(&link), "the link is shown only once");
 
+    // Opened signed out, the link asks to sign in first.
+    let res = http.get(&link).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("then open the invitation link again"), "{page}");
+    assert_valid_html("invitation, signed out", &page).await;
+
     // Ivan, signed in with the invited address, opens the link and joins.
     let ivan = session(&db, "ivan", "ivan", Role::Owner).await;
     let res = as_user(&ivan, http.get(&link)).send().await.unwrap();

@@ -188,7 +188,11 @@ async fn accept_page(
     Path(token): Path<String>,
     headers: HeaderMap,
 ) -> Result<Markup, PageError> {
-    let v = Viewer::of(&c, &headers).await?;
+    let v = match Viewer::of(&c, &headers).await {
+        Ok(v) => v,
+        Err(PageError::SignIn) => return Ok(pages::members::sign_in_first(c.oidc)),
+        Err(e) => return Err(e),
+    };
     let orgs = v.org_list();
     Ok(pages::members::accept(&v.chrome(None, &orgs), &token, v.email.as_deref()))
 }

@@ -163,6 +163,24 @@ pub fn members(
     )
 }
 
+/// An invitation link opened by someone not signed in: sign in first (a first sign-in makes
+/// the account), then open the link again.
+pub fn sign_in_first(oidc: bool) -> Markup {
+    page(
+        "Sign in to accept an invitation",
+        None,
+        html! {
+            h1 { "Sign in to accept an invitation" }
+            div.panel {
+                p { "Sign in with the email address the invitation was sent to, then open the invitation link again." }
+                @if oidc {
+                    p { a.button href="/auth/login" { "Sign in" } }
+                }
+            }
+        },
+    )
+}
+
 /// An invitation link opened by a signed-in user: the button that accepts it.
 pub fn accept(chrome: &Chrome<'_>, token: &str, email: Option<&str>) -> Markup {
     page(
