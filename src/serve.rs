@@ -135,6 +135,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         oidc: accounts.oidc.is_some(),
         xds_address: state.xds.address.clone(),
         platform_ca_pem: state.xds.ca_pem.clone(),
+        public_url: accounts.link(""),
     };
     let app = trellis_api::router(
         state,

@@ -9,10 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod dataplanes;
 mod diff;
 mod layered;
 mod layout;
+mod members;
 mod observe;
 mod pages;
 mod resources;
@@ -45,6 +47,9 @@ pub struct Console {
     /// the console shows.
     pub xds_address: String,
     pub platform_ca_pem: String,
+    /// The console's own address as users reach it (no trailing slash): for the links it
+    /// hands out, such as an invitation's.
+    pub public_url: String,
 }
 
 /// The console's routes, for the server to merge beside the API's.
@@ -61,6 +66,8 @@ pub fn router(console: Console) -> Router {
         .route("/orgs/{org}/tokens/{id}/revoke", axum::routing::post(revoke_token))
         .route("/orgs/{org}/audit", get(audit_page))
         .route("/sign-out", axum::routing::post(sign_out))
+        .merge(members::routes())
+        .merge(ca::routes())
         .merge(resources::routes())
         .merge(dataplanes::routes())
         .merge(observe::routes())
@@ -72,6 +79,7 @@ pub fn router(console: Console) -> Router {
 struct Viewer {
     request: Request,
     name: String,
+    email: Option<String>,
     orgs: Vec<(String, String, Role)>,
     csrf: String,
 }
@@ -86,7 +94,8 @@ impl Viewer {
         };
         match console.control.me(&request).await? {
             Me::User { user, memberships, .. } => Ok(Viewer {
-                name: user.display_name.or(user.email).unwrap_or_else(|| "signed in".into()),
+                name: user.display_name.or(user.email.clone()).unwrap_or_else(|| "signed in".into()),
+                email: user.email,
                 orgs: memberships
                     .into_iter()
                     .map(|m| (m.org.slug.as_str().to_owned(), m.org.name, m.role))
@@ -282,15 +291,26 @@ async fn mesh_page(
     headers: HeaderMap,
 ) -> Result<Markup, PageError> {
     let v = Viewer::of(&c, &headers).await?;
-    let scope = c.control.open(&v.request, &org).await?;
-    let overview = c.control.mesh_overview(scope, &mesh).await?;
+    render_mesh(&c, &v, &org, &mesh, &pages::ca::CaForm::default()).await
+}
+
+/// The mesh page with the CA forms' values and errors.
+async fn render_mesh(
+    c: &Console,
+    v: &Viewer,
+    org: &str,
+    mesh: &str,
+    ca: &pages::ca::CaForm,
+) -> Result<Markup, PageError> {
+    let scope = c.control.open(&v.request, org).await?;
+    let overview = c.control.mesh_overview(scope, mesh).await?;
     let orgs = v.org_list();
     let may = pages::MeshControls {
-        configure: v.may(&org, Action::WriteConfig),
-        connect: v.may(&org, Action::ManageTokens),
-        rotate: v.may(&org, Action::ManageCa),
+        configure: v.may(org, Action::WriteConfig),
+        connect: v.may(org, Action::ManageTokens),
+        rotate: v.may(org, Action::ManageCa),
     };
-    Ok(pages::mesh(&v.chrome(Some(&org), &orgs), &org, &overview, may))
+    Ok(pages::mesh(&v.chrome(Some(org), &orgs), org, &overview, may, ca))
 }
 
 #[derive(Deserialize)]

@@ -11,7 +11,9 @@ use trellis_store::{ApiToken, AuditRecord, JoinToken, Mesh};
 
 use crate::layout::{Chrome, csrf_field, page, page_refreshing};
 
+pub mod ca;
 pub mod dataplanes;
+pub mod members;
 pub mod observe;
 pub mod resources;
 
@@ -100,7 +102,7 @@ pub fn org(chrome: &Chrome<'_>, slug: &str, name: &str, meshes: &[Mesh], form: O
         Some(chrome),
         html! {
             h1 { (name) }
-            p { a href={ "/orgs/" (slug) "/tokens" } { "API tokens" } " · " a href={ "/orgs/" (slug) "/audit" } { "Audit log" } }
+            p { a href={ "/orgs/" (slug) "/members" } { "Members" } " · " a href={ "/orgs/" (slug) "/tokens" } { "API tokens" } " · " a href={ "/orgs/" (slug) "/audit" } { "Audit log" } }
             h2 { "Meshes" }
             @if meshes.is_empty() {
                 p.muted { "No meshes yet." }
@@ -174,7 +176,7 @@ pub struct MeshControls {
 
 /// A mesh: its settings, services and policies, dataplanes and certificate authority, and
 /// the forms the viewer may use.
-pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls) -> Markup {
+pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls, ca: &ca::CaForm) -> Markup {
     let m = &o.fleet.mesh;
     let mesh_url = format!("/orgs/{org}/meshes/{}", m.name.as_str());
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -253,11 +255,11 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls)
             @if may.connect {
                 (connect_form(chrome, org, o))
             }
-            h2 { "Certificate authority" }
+            h2 #ca { "Certificate authority" }
             div.panel {
                 p { "Phase " strong { (o.ca.phase) } "; workload certificates live "
                     (o.ca.svid_ttl_seconds / 3600) " h." }
-                table {
+                table #ca-authorities {
                     thead { tr { th { "Origin" } th { "State" } th { "Root fingerprint" } th { "Expires in" } } }
                     tbody {
                         @for ca in &o.ca.cas {
@@ -272,6 +274,7 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls)
                 }
                 @if may.rotate {
                     (rotation_step(chrome, org, o))
+                    (ca::forms(chrome, org, o, ca))
                 }
             }
         },
