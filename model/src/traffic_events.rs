@@ -360,8 +360,10 @@ fn denied_bursts(obs: &Observations, minute: i64, t: &Thresholds, out: &mut Vec<
 fn history(series: &BTreeMap<i64, MinuteCalls>, minute: i64, t: &Thresholds) -> Option<Vec<MinuteCalls>> {
     let start = minute - t.recent_minutes * MINUTE;
     let first = series.range(start..minute).find(|(_, c)| carried(c)).map(|(m, _)| *m)?;
-    let h: Vec<MinuteCalls> =
-        (first..minute).step_by(MINUTE as usize).map(|m| series.get(&m).copied().unwrap_or_default()).collect();
+    let h: Vec<MinuteCalls> = (first..minute)
+        .step_by(MINUTE as usize)
+        .map(|m| series.get(&m).copied().unwrap_or_default())
+        .collect();
     (h.len() >= t.min_history_minutes).then_some(h)
 }
 

@@ -19,7 +19,10 @@ fn steady(obs: &mut Observations, s: &str, d: &str, range: std::ops::Range<i64>,
 }
 
 fn kinds(events: &[TrafficEvent]) -> Vec<(EventKind, i64, Option<&str>, &str)> {
-    events.iter().map(|e| (e.kind, (e.minute - T0) / MINUTE, e.source.as_deref(), e.destination.as_str())).collect()
+    events
+        .iter()
+        .map(|e| (e.kind, (e.minute - T0) / MINUTE, e.source.as_deref(), e.destination.as_str()))
+        .collect()
 }
 
 #[test]
@@ -57,7 +60,10 @@ fn a_caller_known_from_the_look_back_or_a_services_first_callers_raise_nothing()
     steady(&mut obs, "web", "fresh", 3..10, 7);
     steady(&mut obs, "cron", "fresh", 3..4, 1);
     // A TCP edge counts by connections.
-    obs.minutes.insert((at(8), edge("mystery", "reviews")), MinuteCalls { tcp_connections: 2, ..Default::default() });
+    obs.minutes.insert(
+        (at(8), edge("mystery", "reviews")),
+        MinuteCalls { tcp_connections: 2, ..Default::default() },
+    );
     let events = detect(&obs, at(0), at(10), &t);
     assert_eq!(kinds(&events), [(EventKind::NewCaller, 8, Some("mystery"), "reviews")]);
     // But a second, later caller of the new service is new.
@@ -113,8 +119,15 @@ fn a_rate_far_outside_its_recent_range_is_an_event_each_way_and_noise_is_not() {
         kinds(&events),
         [(EventKind::RateJump, 62, Some("web"), "api"), (EventKind::RateJump, 66, Some("web"), "api")]
     );
-    let Evidence::RateJump { direction, calls_per_minute, recent_median, recent_min, recent_max, history_minutes, .. } =
-        &events[0].evidence
+    let Evidence::RateJump {
+        direction,
+        calls_per_minute,
+        recent_median,
+        recent_min,
+        recent_max,
+        history_minutes,
+        ..
+    } = &events[0].evidence
     else {
         panic!("{events:?}")
     };
@@ -146,16 +159,27 @@ fn an_error_rate_far_above_its_range_is_an_event() {
     let mut obs = Observations::default();
     obs.known_edges.insert(edge("web", "api"));
     for i in 0..30 {
-        obs.minutes.insert((at(i), edge("web", "api")), MinuteCalls { requests: 100, failures: i as u64 % 3, ..Default::default() });
+        obs.minutes.insert(
+            (at(i), edge("web", "api")),
+            MinuteCalls { requests: 100, failures: i as u64 % 3, ..Default::default() },
+        );
     }
     // 4 failures in 100 is no jump; 30 in 100 is, once, however long it lasts.
-    obs.minutes.insert((at(30), edge("web", "api")), MinuteCalls { requests: 100, failures: 4, ..Default::default() });
+    obs.minutes.insert(
+        (at(30), edge("web", "api")),
+        MinuteCalls { requests: 100, failures: 4, ..Default::default() },
+    );
     for i in 31..34 {
-        obs.minutes.insert((at(i), edge("web", "api")), MinuteCalls { requests: 100, failures: 30, ..Default::default() });
+        obs.minutes.insert(
+            (at(i), edge("web", "api")),
+            MinuteCalls { requests: 100, failures: 30, ..Default::default() },
+        );
     }
     let events = detect(&obs, at(30), at(34), &t);
     assert_eq!(kinds(&events), [(EventKind::ErrorRateJump, 31, Some("web"), "api")]);
-    let Evidence::ErrorRateJump { error_rate, failures, requests, recent_median, threshold, .. } = &events[0].evidence else {
+    let Evidence::ErrorRateJump { error_rate, failures, requests, recent_median, threshold, .. } =
+        &events[0].evidence
+    else {
         panic!()
     };
     assert_eq!((*error_rate, *failures, *requests, *recent_median), (0.3, 30, 100, 0.01));
@@ -176,8 +200,9 @@ fn a_flood_of_new_edges_records_a_bounded_number_of_events() {
 #[test]
 fn the_draft_denies_the_newcomer_and_allows_the_usual_callers_under_either_default() {
     let source = |s: &str| Source { service: Some(s.to_owned()), identity: None };
-    let spec = draft_policy("reviews", &["intruder".into()], &["productpage".into(), "intruder".into()], source)
-        .unwrap();
+    let spec =
+        draft_policy("reviews", &["intruder".into()], &["productpage".into(), "intruder".into()], source)
+            .unwrap();
     assert_eq!(spec.target_ref.service, "reviews");
     assert_eq!(spec.rules.len(), 2);
     assert_eq!((spec.rules[0].action, spec.rules[1].action), (AccessAction::Deny, AccessAction::Allow));
@@ -188,7 +213,12 @@ fn the_draft_denies_the_newcomer_and_allows_the_usual_callers_under_either_defau
     for default_access in [DefaultAccess::Allow, DefaultAccess::Deny] {
         let config = AccessConfig { policies: vec![(name.as_str(), &spec)], default_access };
         let verdict = |s: &str| {
-            config.decide(&EdgeCalls { source: s.into(), destination: "reviews".into(), calls: 1, l4: false }, &ids).verdict
+            config
+                .decide(
+                    &EdgeCalls { source: s.into(), destination: "reviews".into(), calls: 1, l4: false },
+                    &ids,
+                )
+                .verdict
         };
         assert_eq!(verdict("intruder"), Verdict::Denied, "{default_access:?}");
         assert_eq!(verdict("productpage"), Verdict::Allowed, "{default_access:?}");
