@@ -120,9 +120,19 @@ impl Store {
         for (mesh, s, d) in known {
             meshes.entry(mesh).or_default().known_edges.insert((s, d));
         }
-        let minutes: Vec<(Uuid, DateTime<Utc>, String, String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT mesh_id, bucket_start, source, destination, sum(requests)::int8, \
-                    sum(requests - successes)::int8, sum(tcp_connections)::int8 \
+        #[derive(sqlx::FromRow)]
+        struct MinuteRow {
+            mesh_id: Uuid,
+            bucket_start: DateTime<Utc>,
+            source: String,
+            destination: String,
+            requests: i64,
+            failures: i64,
+            tcp_connections: i64,
+        }
+        let minutes: Vec<MinuteRow> = sqlx::query_as(
+            "SELECT mesh_id, bucket_start, source, destination, sum(requests)::int8 AS requests, \
+                    sum(requests - successes)::int8 AS failures, sum(tcp_connections)::int8 AS tcp_connections \
              FROM telemetry_edges \
              WHERE org_id = $1 AND resolution_s = 60 AND bucket_start >= $2 AND bucket_start < $3 \
              GROUP BY 1, 2, 3, 4",
@@ -132,16 +142,26 @@ impl Store {
         .bind(to)
         .fetch_all(tx.conn())
         .await?;
-        for (mesh, at, s, d, requests, failures, tcp) in minutes {
+        for r in minutes {
             let calls = trellis_model::traffic_events::MinuteCalls {
-                requests: to_u64(requests),
-                failures: to_u64(failures),
-                tcp_connections: to_u64(tcp),
+                requests: to_u64(r.requests),
+                failures: to_u64(r.failures),
+                tcp_connections: to_u64(r.tcp_connections),
             };
-            meshes.entry(mesh).or_default().minutes.insert((at.timestamp(), (s, d)), calls);
+            let key = (r.bucket_start.timestamp(), (r.source, r.destination));
+            meshes.entry(r.mesh_id).or_default().minutes.insert(key, calls);
         }
-        let denied: Vec<(Uuid, DateTime<Utc>, String, Option<String>, i64)> = sqlx::query_as(
-            "SELECT mesh_id, date_trunc('minute', received_at), destination_service, source_service, count(*) \
+        #[derive(sqlx::FromRow)]
+        struct DeniedRow {
+            mesh_id: Uuid,
+            minute: DateTime<Utc>,
+            destination: String,
+            source: Option<String>,
+            denials: i64,
+        }
+        let denied: Vec<DeniedRow> = sqlx::query_as(
+            "SELECT mesh_id, date_trunc('minute', received_at) AS minute, destination_service AS destination, \
+                    source_service AS source, count(*) AS denials \
              FROM access_log \
              WHERE org_id = $1 AND received_at >= $2 AND received_at < $3 AND outcome = 'denied' \
                AND destination_service IS NOT NULL \
@@ -152,9 +172,14 @@ impl Store {
         .bind(to)
         .fetch_all(tx.conn())
         .await?;
-        for (mesh, at, d, s, n) in denied {
-            let by = meshes.entry(mesh).or_default().denied.entry((at.timestamp(), d)).or_default();
-            *by.entry(s).or_default() += to_u64(n);
+        for r in denied {
+            let by = meshes
+                .entry(r.mesh_id)
+                .or_default()
+                .denied
+                .entry((r.minute.timestamp(), r.destination))
+                .or_default();
+            *by.entry(r.source).or_default() += to_u64(r.denials);
         }
 
         let mut recorded = 0;

@@ -12,6 +12,7 @@ use trellis_model::traffic_events::Thresholds;
 use trellis_model::{MeshName, OrgSlug, ResourceName, Role};
 use trellis_store::testing::TestDb;
 use trellis_store::{AccessLogRecord, EdgeSample, Store};
+use trellis_tests::console::{as_user, assert_valid_html, session};
 use trellis_tests::{Api, serve_example_mesh, token, trellis};
 
 /// `requests` calls of `source → destination` (`failures` of them 5xx) in the 10 s bucket
@@ -336,5 +337,37 @@ async fn a_new_caller_is_one_event_with_a_draft_policy_that_denies_it_and_keeps_
     let (ok, _, err) = cli(&api, &home, &["events", "shop", "--draft", jump]).await;
     assert!(!ok && err.contains("409"), "{err}");
     let _ = std::fs::remove_dir_all(&home);
+
+    // The console: the events with a "Draft policy" link for the new caller and the burst,
+    // which opens the AccessPolicy editor holding the draft; valid HTML, hidden from others.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let owner = session(&db, "acme", "olivia", Role::Owner).await;
+    let outsider = session(&db, "other", "sam", Role::Owner).await;
+    let page = |secret: String, path: String| {
+        let req = as_user(&secret, http.get(format!("{}/orgs/acme/meshes/shop{path}", t.base)));
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (status, html) = page(owner.clone(), "/events?window=86400".into()).await;
+    assert_eq!(status, 200, "{html}");
+    assert_valid_html("events", &html).await;
+    assert_eq!(html.matches("Draft policy").count(), 2, "{html}");
+    assert!(html.contains(&format!("/orgs/acme/meshes/shop/events/{id}/draft")), "{html}");
+    assert!(html.contains("knownCallers productpage"), "{html}");
+    let (status, html) = page(owner.clone(), format!("/events/{id}/draft")).await;
+    assert_eq!(status, 200, "{html}");
+    assert_valid_html("draft", &html).await;
+    assert!(html.contains("name: reviews-expected-callers") && html.contains("service: intruder"), "{html}");
+    let (status, _) = page(owner.clone(), "/events?kind=surge".into()).await;
+    assert_eq!(status, 400);
+    let (_, mesh_page) = page(owner.clone(), String::new()).await;
+    assert!(mesh_page.contains("/orgs/acme/meshes/shop/events"), "the mesh page links the events");
+    for path in ["/events".to_owned(), format!("/events/{id}/draft")] {
+        let (status, html) = page(outsider.clone(), path.clone()).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(!html.contains("intruder"), "{path}");
+    }
     store.close().await;
 }
