@@ -371,3 +371,94 @@ async fn a_new_caller_is_one_event_with_a_draft_policy_that_denies_it_and_keeps_
     }
     store.close().await;
 }
+
+#[tokio::test]
+async fn among_a_thousand_steady_edges_the_one_new_caller_is_the_one_event() {
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let org = store.create_org(&OrgSlug::parse("acme").unwrap(), "acme").await.unwrap();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let mesh = tx
+        .put_mesh(
+            &MeshName::parse("prod").unwrap(),
+            "prod.acme.test",
+            &json!({}),
+            &json!({}),
+            trellis_store::Precondition::Unconditional,
+        )
+        .await
+        .unwrap()
+        .value;
+    tx.commit().await.unwrap();
+
+    // 40 minutes of 1,000 edges (20 services calling 50), 20 calls a minute each: too few
+    // for the end of the data to be a rate jump. A newcomer calls dst-7 from minute 35.
+    let end = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let minute = |i: i64| end - TimeDelta::minutes(40) + TimeDelta::minutes(i);
+    for i in [0, 39] {
+        store.prepare_telemetry(minute(i)).await.unwrap();
+    }
+    let mut samples = Vec::new();
+    for i in 0..40 {
+        for e in 0..1000 {
+            samples.extend(calls(
+                mesh.id,
+                minute(i),
+                &format!("svc-{}", e / 50),
+                &format!("dst-{}", e % 50),
+                20,
+                0,
+            ));
+        }
+        if i >= 35 {
+            samples.extend(calls(mesh.id, minute(i), "newcomer", "dst-7", 3, 0));
+        }
+    }
+    let mut tx = store.tenant(org.id).await.unwrap();
+    for chunk in samples.chunks(5000) {
+        tx.record_edges(chunk).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    let hour = minute(0).duration_trunc(TimeDelta::hours(1)).unwrap();
+    let mut admin = db.admin_conn().await;
+    sqlx::query("UPDATE telemetry_rollups SET done_until = $1").bind(hour).execute(&mut admin).await.unwrap();
+    store.rollup_telemetry(Duration::ZERO).await.unwrap();
+    store.rewind_traffic_scan(hour).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let mut events = 0;
+    loop {
+        let r = store.scan_traffic_events(&Thresholds::default()).await.unwrap();
+        events += r.events;
+        if r.minutes == 0 {
+            break;
+        }
+        eprintln!("scan of {} minutes of 1,001 edges: {:?}", r.minutes, started.elapsed());
+    }
+    assert_eq!(events, 1);
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let q = trellis_store::TrafficEventQuery {
+        mesh: mesh.id,
+        since: minute(0),
+        kind: None,
+        service: None,
+        after: None,
+        limit: 10,
+    };
+    let found = tx.traffic_events(&q).await.unwrap();
+    tx.commit().await.unwrap();
+    let found: Vec<_> = found
+        .iter()
+        .map(|e| (e.kind.as_str(), e.source.as_deref(), e.destination.as_str(), e.minute))
+        .collect();
+    assert_eq!(found, [("new-caller", Some("newcomer"), "dst-7", minute(35))]);
+    assert_eq!(found.len(), 1);
+
+    // A minute with nothing new costs one scan of the minutes just rolled up, and finds nothing.
+    let started = std::time::Instant::now();
+    store.rewind_traffic_scan(end - TimeDelta::minutes(1)).await.unwrap();
+    let r = store.scan_traffic_events(&Thresholds::default()).await.unwrap();
+    eprintln!("scan of the last minute of 1,001 edges: {:?}", started.elapsed());
+    assert_eq!((r.minutes, r.events), (1, 0));
+    store.close().await;
+}
