@@ -176,7 +176,8 @@ async fn a_new_caller_is_one_event_with_a_draft_policy_that_denies_it_and_keeps_
     let hour = m0.duration_trunc(TimeDelta::hours(1)).unwrap();
     sqlx::query("UPDATE telemetry_rollups SET done_until = $1").bind(hour).execute(&mut admin).await.unwrap();
     store.rewind_traffic_scan(hour).await.unwrap();
-    assert_eq!(scan(&store).await, 4);
+    // (The server's own leader may record some of them first: the API shows what is stored.)
+    scan(&store).await;
 
     // Newest first: the rate drop, the error-rate jump, the burst, the new caller — once each.
     let (status, page) = api.get("/meshes/shop/events").await;
