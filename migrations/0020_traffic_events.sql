@@ -29,7 +29,8 @@ CREATE TABLE traffic_events (
                AND length(event_key) <= 600),
     CONSTRAINT traffic_events_evidence_check CHECK (pg_column_size(evidence) <= 16384)
 );
--- The API lists a mesh's events newest first (keyset on minute and id).
+-- The API lists a mesh's events newest first (keyset on minute and id); the scans delete
+-- those past retention (90 days).
 CREATE INDEX traffic_events_by_time ON traffic_events (org_id, mesh_id, minute DESC, id DESC);
 
 ALTER TABLE traffic_events ENABLE ROW LEVEL SECURITY;
@@ -67,6 +68,6 @@ CREATE TABLE traffic_event_scans (
 INSERT INTO traffic_event_scans (done_until)
     VALUES (to_timestamp(floor(extract(epoch FROM now()) / 60) * 60));
 
-GRANT SELECT, INSERT ON traffic_events TO trellis_app;
+GRANT SELECT, INSERT, DELETE ON traffic_events TO trellis_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON traffic_edges_seen TO trellis_app;
 GRANT SELECT, UPDATE ON traffic_event_scans TO trellis_app;

@@ -14,6 +14,8 @@ use crate::{Store, StoreError, TenantTx};
 const MAX_SCAN: TimeDelta = TimeDelta::hours(1);
 /// Minutes further back than this are not examined at all once a scan has fallen behind.
 const MAX_CATCH_UP: TimeDelta = TimeDelta::hours(2);
+/// How long events are kept: as long as the hour rollups they can be checked against.
+const EVENT_RETENTION: TimeDelta = TimeDelta::days(90);
 
 /// A recorded event as read back.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -226,6 +228,11 @@ impl Store {
         sqlx::query("DELETE FROM traffic_edges_seen WHERE org_id = $1 AND last_seen < $2")
             .bind(org.as_uuid())
             .bind(to - look_back)
+            .execute(tx.conn())
+            .await?;
+        sqlx::query("DELETE FROM traffic_events WHERE org_id = $1 AND minute < $2")
+            .bind(org.as_uuid())
+            .bind(to - EVENT_RETENTION)
             .execute(tx.conn())
             .await?;
         tx.commit().await?;

@@ -455,11 +455,28 @@ async fn among_a_thousand_steady_edges_the_one_new_caller_is_the_one_event() {
     assert_eq!(found, [("new-caller", Some("newcomer"), "dst-7", minute(35))]);
     assert_eq!(found.len(), 1);
 
+    // An event past retention (90 days) goes at the next scan.
+    sqlx::query(
+        "INSERT INTO traffic_events (org_id, mesh_id, kind, minute, source, destination, event_key, evidence) \
+         VALUES ($1, $2, 'new-caller', now() - interval '91 days', 'old', 'dst-1', 'old', '{}')",
+    )
+    .bind(org.id.as_uuid())
+    .bind(mesh.id.as_uuid())
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(stored_events(&mut admin).await, 2);
+
     // A minute with nothing new costs one scan of the minutes just rolled up, and finds nothing.
     let started = std::time::Instant::now();
     store.rewind_traffic_scan(end - TimeDelta::minutes(1)).await.unwrap();
     let r = store.scan_traffic_events(&Thresholds::default()).await.unwrap();
     eprintln!("scan of the last minute of 1,001 edges: {:?}", started.elapsed());
     assert_eq!((r.minutes, r.events), (1, 0));
+    assert_eq!(stored_events(&mut admin).await, 1, "the old event went, the new caller stays");
     store.close().await;
+}
+
+async fn stored_events(admin: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM traffic_events").fetch_one(admin).await.unwrap()
 }
