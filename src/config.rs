@@ -48,6 +48,9 @@ pub enum Command {
     Why(crate::observe::Why),
     /// What saving an AccessPolicy would deny or newly allow among the recorded calls.
     Impact(crate::observe::Impact),
+    /// Unexpected traffic in a mesh (new callers, denied bursts, rate and error-rate jumps),
+    /// or with `--draft ID`, the AccessPolicy that settles one, as YAML for `apply -f`.
+    Events(crate::observe::Events),
     /// Print the OpenAPI document of the REST API.
     Openapi,
     /// Key-encryption keys: `trellis kek rotate` makes a new current KEK and re-wraps every
@@ -82,6 +85,7 @@ impl Command {
                 | Command::Logs(_)
                 | Command::Why(_)
                 | Command::Impact(_)
+                | Command::Events(_)
                 | Command::Openapi
                 | Command::Install(_)
                 | Command::Inject(_)

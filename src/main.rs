@@ -74,6 +74,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         Command::Logs(a) => return observe::logs(a, xdg_config, home).await,
         Command::Why(a) => return observe::why(a, xdg_config, home).await,
         Command::Impact(a) => return observe::impact(a, xdg_config, home).await,
+        Command::Events(a) => return observe::events(a, xdg_config, home).await,
         other => other,
     };
     let data_dir = global.data_dir(
@@ -100,6 +101,7 @@ async fn run(global: Global, command: Command) -> anyhow::Result<()> {
         | Command::Logs(_)
         | Command::Why(_)
         | Command::Impact(_)
+        | Command::Events(_)
         | Command::Install(_)
         | Command::Inject(_)
         | Command::Demo(_)

@@ -1,6 +1,7 @@
 //! The observe commands, clients of the REST API like `apply`: `logs` (the access log as a
-//! table), `why` (what decided one logged call, as a paragraph) and `impact` (what saving an
-//! AccessPolicy would change among the recorded calls).
+//! table), `why` (what decided one logged call, as a paragraph), `impact` (what saving an
+//! AccessPolicy would change among the recorded calls) and `events` (unexpected traffic, and
+//! the draft AccessPolicy that settles an event).
 
 use std::path::PathBuf;
 
@@ -56,6 +57,30 @@ pub struct Impact {
     /// Most edges listed (all are counted).
     #[arg(long, default_value_t = 20)]
     pub edges: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct Events {
+    /// Mesh whose events to list.
+    pub mesh: String,
+    /// Events whose caller or destination is this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// One kind: new-caller, denied-burst, rate-jump, error-rate-jump.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// How far back: 30m, 2h, 168h.
+    #[arg(long, default_value = "24h", value_parser = crate::config::parse_duration)]
+    pub since: std::time::Duration,
+    /// Most events shown, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=5000))]
+    pub limit: u16,
+    /// Print the AccessPolicy that settles this event (the ID column) as YAML for
+    /// `trellis apply -f`, instead of the list.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["service", "kind"])]
+    pub draft: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -268,6 +293,112 @@ fn impact_summary(p: &Value, shown: usize) -> String {
     out
 }
 
+pub async fn events(args: Events, xdg: Option<PathBuf>, home: Option<PathBuf>) -> anyhow::Result<()> {
+    let client = Client::connect(&args.client, xdg, home).await?;
+    if let Some(id) = &args.draft {
+        let path = client.org_path(&format!("/meshes/{}/events/{}/draft-policy", args.mesh, urlencode(id)));
+        let draft = client.call_json(reqwest::Method::GET, &path, &Value::Null).await?;
+        print!("{}", draft_yaml(&draft)?);
+        return Ok(());
+    }
+    let since = chrono::Utc::now()
+        - chrono::TimeDelta::from_std(args.since).map_err(|_| anyhow!("--since is too long"))?;
+    let mut query = vec![("since", since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))];
+    if let Some(s) = &args.service {
+        query.push(("service", s.clone()));
+    }
+    if let Some(k) = &args.kind {
+        query.push(("kind", k.clone()));
+    }
+    let mut events: Vec<Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    while events.len() < usize::from(args.limit) {
+        let mut q = query.clone();
+        q.push(("limit", (args.limit - events.len() as u16).min(PAGE).to_string()));
+        if let Some(c) = &cursor {
+            q.push(("cursor", c.clone()));
+        }
+        let q: Vec<String> = q.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect();
+        let path = client.org_path(&format!("/meshes/{}/events?{}", args.mesh, q.join("&")));
+        let page = client.call_json(reqwest::Method::GET, &path, &Value::Null).await?;
+        events.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    print!("{}", event_table(&events));
+    Ok(())
+}
+
+/// A draft policy as the YAML document `apply -f` reads, with a comment on where it came from.
+fn draft_yaml(draft: &Value) -> anyhow::Result<String> {
+    Ok(format!(
+        "# A draft: review it, preview it with `trellis impact {} -f FILE`, then `trellis apply -f FILE`.\n{}",
+        text(&draft["metadata"]["mesh"]),
+        serde_yaml::to_string(draft)?
+    ))
+}
+
+/// What an event's evidence says, in a few words.
+fn evidence_summary(e: &Value) -> String {
+    let ev = &e["evidence"];
+    let n = |v: &Value| {
+        v.as_f64().map(|f| format!("{}", (f * 100.0).round() / 100.0)).unwrap_or_else(|| "-".into())
+    };
+    match e["kind"].as_str().unwrap_or("") {
+        "new-caller" => format!(
+            "{} calls; not seen in {} days (known callers: {})",
+            n(&ev["calls"]),
+            n(&ev["lookBackDays"]),
+            ev["knownCallers"]
+                .as_array()
+                .map(|c| c.iter().map(text).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        ),
+        "denied-burst" => format!(
+            "{} denials in the minute (recent median {}/min)",
+            n(&ev["denials"]),
+            n(&ev["recentMedian"])
+        ),
+        "rate-jump" => format!(
+            "{} {} calls/min (recent median {}, range {}..{})",
+            text(&ev["direction"]),
+            n(&ev["callsPerMinute"]),
+            n(&ev["recentMedian"]),
+            n(&ev["recentMin"]),
+            n(&ev["recentMax"])
+        ),
+        "error-rate-jump" => format!(
+            "error rate {}% ({} of {}; recent median {}%)",
+            n(&Value::from(ev["errorRate"].as_f64().unwrap_or(0.0) * 100.0)),
+            n(&ev["failures"]),
+            n(&ev["requests"]),
+            n(&Value::from(ev["recentMedian"].as_f64().unwrap_or(0.0) * 100.0))
+        ),
+        _ => ev.to_string(),
+    }
+}
+
+/// Events, newest first: one row each, with the id `--draft` takes.
+fn event_table(events: &[Value]) -> String {
+    let rows: Vec<[String; 6]> = events
+        .iter()
+        .map(|e| {
+            let minute = e["minute"].as_str().unwrap_or("").to_owned();
+            [
+                minute.split('.').next().unwrap_or(&minute).trim_end_matches('Z').to_owned() + "Z",
+                text(&e["kind"]),
+                e["source"].as_str().unwrap_or("*").to_owned(),
+                text(&e["destination"]),
+                evidence_summary(e),
+                text(&e["id"]),
+            ]
+        })
+        .collect();
+    table(["MINUTE", "KIND", "SOURCE", "DESTINATION", "EVIDENCE", "ID"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -292,6 +423,21 @@ mod tests {
              deleted since. The mesh was at revision 7 when the call was recorded."
         );
         assert!(!text.contains('\n'));
+    }
+
+    #[test]
+    fn events_read_as_a_table_with_their_evidence() {
+        let e = json!({"id": "e1", "kind": "new-caller", "minute": "2026-12-03T07:00:00Z", "source": "intruder",
+            "destination": "reviews", "evidence": {"kind": "new-caller", "calls": 5, "lookBackDays": 7.0,
+            "knownCallers": ["productpage"], "knownCallersTotal": 1}});
+        let b = json!({"id": "e2", "kind": "denied-burst", "minute": "2026-12-03T07:01:00Z", "source": null,
+            "destination": "db", "evidence": {"kind": "denied-burst", "denials": 52, "recentMedian": 2.0}});
+        assert_eq!(
+            event_table(&[e, b]),
+            "MINUTE                 KIND           SOURCE     DESTINATION   EVIDENCE                                                   ID\n\
+             2026-12-03T07:00:00Z   new-caller     intruder   reviews       5 calls; not seen in 7 days (known callers: productpage)   e1\n\
+             2026-12-03T07:01:00Z   denied-burst   *          db            52 denials in the minute (recent median 2/min)             e2\n"
+        );
     }
 
     #[test]

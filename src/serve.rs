@@ -279,7 +279,8 @@ fn replica_name() -> String {
 /// Background duties that exactly one replica runs: removing dataplanes that stayed offline
 /// past the grace period, sent xDS contents no proxy holds any more, and the audit trail of
 /// organizations deleted longer than the retention ago; preparing the next telemetry
-/// partitions, rolling telemetry up and dropping its partitions past retention.
+/// partitions, rolling telemetry up (and examining the new minutes for unexpected traffic)
+/// and dropping its partitions past retention.
 async fn leader_duties(
     store: Store,
     leader: Arc<LeaderElector>,
@@ -316,6 +317,14 @@ async fn leader_duties(
         }
         if let Err(e) = store.rollup_telemetry(ROLLUP_LAG).await {
             tracing::warn!(error = %e, "rolling telemetry up failed");
+        }
+        // The minutes the rollup just made final are examined for unexpected traffic.
+        match store.scan_traffic_events(&trellis_model::traffic_events::Thresholds::default()).await {
+            Ok(r) if r.events > 0 => {
+                tracing::info!(events = r.events, minutes = r.minutes, "recorded unexpected traffic")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "examining traffic for unexpected patterns failed"),
         }
         match store.expire_telemetry(&telemetry_retention).await {
             Ok(0) => {}

@@ -25,6 +25,7 @@ mod schema_check;
 mod schemas;
 pub mod session;
 mod state;
+mod traffic_events;
 
 pub use error::ApiError;
 pub use metrics::{CaExpiryMetrics, HttpMetrics, metrics_handler};

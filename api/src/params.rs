@@ -128,6 +128,17 @@ pub(crate) struct AccessLogEntryPath {
     id: String,
 }
 
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct TrafficEventPath {
+    /// Organization slug
+    org: String,
+    /// Mesh name
+    mesh: String,
+    /// Event id
+    id: String,
+}
+
 /// The preconditions of a write (`crate::body::condition`).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::Shared;
-use crate::{accounts, bootstrap, ca, config, dataplanes, members, observe, orgs};
+use crate::{accounts, bootstrap, ca, config, dataplanes, members, observe, orgs, traffic_events};
 
 /// The API's routes and, from their annotations, the document's operations.
 pub(crate) fn api() -> OpenApiRouter<Shared> {
@@ -47,6 +47,8 @@ pub(crate) fn api() -> OpenApiRouter<Shared> {
         .routes(routes!(observe::access_log))
         .routes(routes!(observe::why))
         .routes(routes!(observe::prometheus))
+        .routes(routes!(traffic_events::list))
+        .routes(routes!(traffic_events::draft))
         // The certificate authority, join tokens, SVIDs and bootstraps.
         .routes(routes!(ca::status))
         .routes(routes!(ca::bundle))

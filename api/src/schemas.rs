@@ -351,6 +351,60 @@ fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
     schemas
         .insert("SpiffeBundle".into(), json!({ "type": "object", "description": "SPIFFE bundle (JWK Set)" }));
     observe_schemas(schemas);
+    traffic_event_schemas(schemas);
+}
+
+fn traffic_event_schemas(schemas: &mut BTreeMap<String, Value>) {
+    let number = json!({"type": "number"});
+    let integer = json!({"type": "integer"});
+    let event = json!({
+        "type": "object",
+        "required": ["id", "kind", "minute", "source", "destination", "evidence", "detectedAt"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "kind": {"type": "string", "enum": ["new-caller", "denied-burst", "rate-jump", "error-rate-jump"]},
+            "minute": {"type": "string", "format": "date-time", "description": "The start of the minute it happened in"},
+            "source": {"type": ["string", "null"], "description": "The caller; null for a denied burst (its callers are in the evidence)"},
+            "destination": {"type": "string"},
+            "evidence": {"type": "object", "required": ["kind"],
+                "description": "The figures that triggered it. new-caller: calls, lookBackDays, knownCallers, knownCallersTotal; denied-burst: denials, recentMedian, threshold, recentMinutes, callers [{source, denials}]; rate-jump: direction (up, down), callsPerMinute, recentMedian, recentMin, recentMax, threshold, historyMinutes; error-rate-jump: errorRate, requests, failures, recentMedian, recentMax, threshold, historyMinutes",
+                "properties": {
+                    "kind": {"type": "string"}, "calls": integer, "lookBackDays": number,
+                    "knownCallers": {"type": "array", "items": {"type": "string"}}, "knownCallersTotal": integer,
+                    "denials": integer, "recentMedian": number, "threshold": number, "recentMinutes": integer,
+                    "callers": {"type": "array", "items": {"type": "object", "properties": {
+                        "source": {"type": ["string", "null"]}, "denials": integer}}},
+                    "direction": {"type": "string", "enum": ["up", "down"]}, "callsPerMinute": integer,
+                    "recentMin": integer, "recentMax": number, "historyMinutes": integer,
+                    "errorRate": number, "requests": integer, "failures": integer,
+                }},
+            "detectedAt": {"type": "string", "format": "date-time"},
+        },
+    });
+    schemas.insert(
+        "TrafficEventPage".into(),
+        json!({
+            "type": "object",
+            "required": ["mesh", "items"],
+            "properties": {
+                "mesh": {"type": "string"}, "items": {"type": "array", "items": event},
+                "nextCursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page; null on the last"},
+            },
+        }),
+    );
+    schemas.insert(
+        "DraftAccessPolicy".into(),
+        json!({
+            "type": "object",
+            "required": ["apiVersion", "kind", "metadata", "spec"],
+            "properties": {
+                "apiVersion": {"type": "string"}, "kind": {"type": "string", "enum": ["AccessPolicy"]},
+                "metadata": {"type": "object", "required": ["name", "mesh"],
+                    "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
+                "spec": r("AccessPolicySpec"),
+            },
+        }),
+    );
 }
 
 fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {

@@ -24,6 +24,7 @@ mod overview;
 mod precondition;
 mod propagation;
 mod resources;
+mod traffic_events;
 
 pub use accounts::{
     AccountSettings, Identity, LOCAL_ISSUER, NewSession, ensure_local_admin, mint_local_login, random_secret,
@@ -53,6 +54,9 @@ pub use propagation::{ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitRe
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, Propagation,
     ResourceView, Written, parse_selector,
+};
+pub use traffic_events::{
+    DEFAULT_EVENT_PAGE, DEFAULT_EVENT_SECS, DraftPolicy, EventPage, EventSearch, MAX_EVENT_PAGE,
 };
 
 use trellis_pki::Authority;

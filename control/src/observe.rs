@@ -202,10 +202,16 @@ pub fn attribution_of(e: &AccessLogRecord) -> Attribution {
 }
 
 fn encode_cursor(e: &StoredAccessLog) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}/{}", e.received_at.timestamp_micros(), e.id))
+    keyset_cursor(e.received_at, e.id)
 }
 
-fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
+/// The cursor of a page that ends at the row (`at`, `id`) of a list ordered newest first.
+pub(crate) fn keyset_cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}/{}", at.timestamp_micros(), id))
+}
+
+/// Reads a [`keyset_cursor`] back.
+pub(crate) fn decode_cursor(c: &str) -> Option<(DateTime<Utc>, Uuid)> {
     let text = String::from_utf8(URL_SAFE_NO_PAD.decode(c.as_bytes()).ok()?).ok()?;
     let (micros, id) = text.split_once('/')?;
     Some((DateTime::from_timestamp_micros(micros.parse().ok()?)?, id.parse().ok()?))

@@ -27,6 +27,7 @@ mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tokens;
+mod traffic_events;
 mod users;
 
 pub use audit::{AuditEvent, AuditFilter, AuditRecord};
@@ -50,6 +51,7 @@ pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
+pub use traffic_events::{ScanReport, StoredTrafficEvent, TrafficEventQuery};
 pub use users::{LocalAdmin, Member, Membership, NewUser, User, UserTx};
 
 use std::time::Duration;

@@ -246,6 +246,15 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
         .execute(&mut *tx)
         .await
         .unwrap();
+        // What a traffic scan writes (normally through `Store::scan_traffic_events`).
+        for insert in [
+            "INSERT INTO traffic_events (org_id, mesh_id, kind, minute, source, destination, event_key, evidence) \
+             SELECT $1, id, 'new-caller', now(), 'web', 'db', 'seed', '{}' FROM meshes",
+            "INSERT INTO traffic_edges_seen (org_id, mesh_id, source, destination, first_seen, last_seen) \
+             SELECT $1, id, 'web', 'db', now(), now() FROM meshes",
+        ] {
+            sqlx::query(insert).bind(org.as_uuid()).execute(&mut *tx).await.unwrap();
+        }
         tx.commit().await.unwrap();
     }
     Seeded { a: ids[0], b: ids[1] }
@@ -275,6 +284,8 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "meshes",
             "resources",
             "telemetry_edges",
+            "traffic_edges_seen",
+            "traffic_events",
             "trust_domain_directory",
             "xds_configs",
             "xds_ledger"

@@ -11,7 +11,8 @@ use chrono::{TimeDelta, Utc};
 use maud::Markup;
 use serde::Deserialize;
 use trellis_control::{
-    AccessLogSearch, AppError, DEFAULT_WINDOW_SECS, Envelope, IMPACT_WINDOW_SECS, Problem, window_seconds,
+    AccessLogSearch, AppError, DEFAULT_EVENT_SECS, DEFAULT_WINDOW_SECS, Envelope, EventSearch,
+    IMPACT_WINDOW_SECS, Problem, window_seconds,
 };
 use trellis_model::config::{FieldError, Kind};
 
@@ -27,6 +28,8 @@ pub(crate) fn routes() -> Router<Console> {
         .route("/orgs/{org}/meshes/{mesh}/denied", get(denied_page))
         .route("/orgs/{org}/meshes/{mesh}/denied/{id}", get(why_page))
         .route("/orgs/{org}/meshes/{mesh}/impact", post(impact_preview))
+        .route("/orgs/{org}/meshes/{mesh}/events", get(events_page))
+        .route("/orgs/{org}/meshes/{mesh}/events/{id}/draft", get(draft_page))
 }
 
 /// The filters of an observe page, as the form sends them (empty fields included).
@@ -38,6 +41,8 @@ struct ObserveQuery {
     service: Option<String>,
     #[serde(default)]
     group: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
 }
 
 /// A field's text, or None when the form left it empty.
@@ -132,6 +137,48 @@ async fn why_page(
     let rule_yaml = why.rule.as_ref().and_then(|r| r.rule_spec.as_ref()).map(yaml::show);
     let orgs = v.org_list();
     Ok(page::why(&v.chrome(Some(&org), &orgs), &org, &mesh, &why, rule_yaml.as_deref()))
+}
+
+/// `…/events`: unexpected traffic over a window, newest first.
+async fn events_page(
+    State(c): State<Console>,
+    Path((org, mesh)): Path<(String, String)>,
+    Query(q): Query<ObserveQuery>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let window = q.window(DEFAULT_EVENT_SECS)?;
+    let search = EventSearch {
+        since: Some((Utc::now() - TimeDelta::seconds(window)).to_rfc3339()),
+        kind: given(&q.kind).map(str::to_owned),
+        service: given(&q.service).map(str::to_owned),
+        ..EventSearch::default()
+    };
+    let events = c.control.traffic_events(scope, &mesh, &search).await?;
+    let orgs = v.org_list();
+    let form = page::EventsForm {
+        window,
+        kind: given(&q.kind).unwrap_or_default(),
+        service: given(&q.service).unwrap_or_default(),
+    };
+    Ok(page::events(&v.chrome(Some(&org), &orgs), &org, &events, &form))
+}
+
+/// `…/events/{id}/draft`: the AccessPolicy editor holding the draft that settles an event,
+/// to review (and preview) before anything is saved.
+async fn draft_page(
+    State(c): State<Console>,
+    Path((org, mesh, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Markup, PageError> {
+    let v = Viewer::of(&c, &headers).await?;
+    let scope = c.control.open(&v.request, &org).await?;
+    let draft = c.control.draft_policy(scope, &mesh, &id).await?;
+    let spec = serde_json::to_value(&draft.spec).map_err(|e| AppError::internal(&e))?;
+    let text = yaml::document(Kind::AccessPolicy.name(), &draft.name, &mesh, &Default::default(), &spec);
+    let place = Place { org: &org, mesh: &mesh, kind: Kind::AccessPolicy };
+    crate::resources::render_kind(&c, &v, &place, Editor::fresh(text, String::new(), Vec::new())).await
 }
 
 /// The AccessPolicy editor's draft, as its form posts it to the impact preview.

@@ -199,7 +199,8 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls,
             h2 { "Observe" }
             p #observe {
                 a href={ (mesh_url) "/topology" } { "Topology" } " · "
-                a href={ (mesh_url) "/denied" } { "Denied calls" }
+                a href={ (mesh_url) "/denied" } { "Denied calls" } " · "
+                a href={ (mesh_url) "/events" } { "Unexpected traffic" }
                 @let services: Vec<&str> = o.resources.iter().filter(|r| r.kind == "Service").map(|r| r.name.as_str()).collect();
                 @if !services.is_empty() {
                     " · golden metrics of "

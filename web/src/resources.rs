@@ -110,7 +110,7 @@ async fn kind_page(
     render_kind(&c, &v, &place, editor).await
 }
 
-async fn render_kind(
+pub(crate) async fn render_kind(
     c: &Console,
     v: &Viewer,
     place: &Place<'_>,

@@ -14,6 +14,7 @@ mod verdict;
 
 pub use crate::tags::{Tags, valid_label_key, valid_label_part};
 pub use access::{AccessAction, AccessPolicySpec, AccessRule, RequestMatch, Source};
+pub(crate) use access::{MAX_RULES as MAX_ACCESS_RULES, MAX_SOURCES as MAX_ACCESS_SOURCES};
 pub use common::{Checker, Duration, FieldError, Labels, PortReference, ServiceReference, TargetRef};
 pub use http_route::{
     BackendRef, Backoff, Fault, FaultAbort, FaultDelay, HeaderModifier, HeaderValue, HttpRouteMatch,

@@ -4,7 +4,7 @@
 //! own (the stylesheet colours it: the CSP allows no inline style) and no script.
 
 use maud::{Markup, html};
-use trellis_control::{AccessLogPage, Impact, ServiceSeries, Why};
+use trellis_control::{AccessLogPage, EventPage, Impact, ServiceSeries, Why};
 use trellis_model::attribution::Attribution;
 use trellis_model::config::{FieldError, Verdict};
 use trellis_model::telemetry::GoldenMetrics;
@@ -387,6 +387,92 @@ pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries) -> Markup {
 }
 
 /// What the denied-calls page is filtered by.
+pub struct EventsForm<'a> {
+    pub window: i64,
+    pub kind: &'a str,
+    pub service: &'a str,
+}
+
+/// An event's evidence in one line: its figures as `name value`, lists joined.
+fn evidence_line(evidence: &serde_json::Value) -> String {
+    let Some(fields) = evidence.as_object() else { return String::new() };
+    let value = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => {
+            n.as_f64().map_or_else(|| n.to_string(), |f| format!("{}", (f * 1000.0).round() / 1000.0))
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|i| match (i.get("source"), i.get("denials")) {
+                (Some(s), Some(n)) => format!("{} ×{n}", s.as_str().unwrap_or("no identity")),
+                _ => i.as_str().map_or_else(|| i.to_string(), str::to_owned),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    };
+    fields
+        .iter()
+        .filter(|(k, _)| *k != "kind")
+        .map(|(k, v)| format!("{k} {}", value(v)))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// Unexpected traffic in a mesh, newest first, each new caller and denied burst with a link
+/// to the AccessPolicy editor holding the policy that settles it.
+pub fn events(chrome: &Chrome<'_>, org: &str, p: &EventPage, form: &EventsForm<'_>) -> Markup {
+    let base = mesh_url(org, p.mesh.name.as_str());
+    page(
+        &format!("Unexpected traffic · {}", p.mesh.name.as_str()),
+        Some(chrome),
+        html! {
+            (breadcrumb(org, p.mesh.name.as_str(), "unexpected traffic"))
+            h1 { "Unexpected traffic in mesh " (p.mesh.name.as_str()) }
+            p.muted { "A caller a service had not had in seven days, a burst of denied calls, or an edge whose calls or error rate left the range of its last hour; each recorded once, with the figures that triggered it." }
+            form.panel.filters method="get" action={ (base) "/events" } {
+                (window_select("events-window", form.window))
+                label for="events-kind" { "Kind" }
+                select #events-kind name="kind" {
+                    option value="" selected[form.kind.is_empty()] { "any" }
+                    @for k in trellis_model::traffic_events::EventKind::ALL {
+                        option value=(k.as_str()) selected[form.kind == k.as_str()] { (k.as_str()) }
+                    }
+                }
+                label for="events-service" { "Service (calling or called)" }
+                input #events-service type="text" name="service" value=(form.service);
+                p { button type="submit" { "Show" } }
+            }
+            @if p.events.is_empty() {
+                p.muted #events-empty { "No unexpected traffic in this window." }
+            } @else {
+                table #events {
+                    thead { tr { th { "Minute" } th { "Kind" } th { "From" } th { "To" } th { "Evidence" } th { span.visually-hidden { "Policy" } } } }
+                    tbody {
+                        @for e in &p.events {
+                            tr {
+                                td { (e.minute.format("%Y-%m-%d %H:%M UTC")) }
+                                td { (e.kind) }
+                                td { (e.source.as_deref().unwrap_or("–")) }
+                                td { (e.destination) }
+                                td { (evidence_line(&e.evidence)) }
+                                td {
+                                    @if trellis_model::traffic_events::EventKind::parse(&e.kind).is_some_and(|k| k.has_draft_policy()) {
+                                        a href={ (base) "/events/" (e.id) "/draft" } aria-label={ "Draft a policy for the " (e.kind) " at " (e.destination) " at " (e.minute.format("%H:%M")) } { "Draft policy" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if p.next_cursor.is_some() {
+                    p.muted { "Showing the newest " (p.events.len()) "; narrow the window or filter to see older ones." }
+                }
+            }
+        },
+    )
+}
+
 pub struct DeniedForm<'a> {
     pub window: i64,
     pub service: &'a str,
