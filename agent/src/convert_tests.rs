@@ -183,11 +183,16 @@ fn what_the_agent_cannot_honour_is_refused_with_its_path() {
 
     let mut view = seed(&["Service", "HTTPRoute"]);
     let route = view.http_routes.get_mut("reviews").unwrap();
-    route.rules[0].fault =
-        serde_json::from_value(serde_json::json!({"abort": {"httpStatus": 503, "percent": 10}})).unwrap();
+    route.rules[0].mirror =
+        serde_json::from_value(serde_json::json!({"service": "reviews", "percent": 10})).unwrap();
     let r = trellis_xds::envoy_sidecar(&view, "reviews", &[9080]);
     let e = refusal(&r, &RouteConfiguration::type_url(), "outbound:reviews.shop:9080");
-    assert!(e.contains("routes[0] \"reviews/0/0\"") && e.contains("fault injection"), "{e}");
+    assert!(e.contains("routes[0] \"reviews/0/0\"") && e.contains("request mirroring"), "{e}");
+
+    let mut ring = r.clusters["reviews.shop:9080"].clone();
+    ring.lb_policy = LbPolicy::RingHash as i32;
+    let e = convert(&PbCluster::type_url(), &pack_any(ring), &local()).unwrap_err();
+    assert!(e.contains("cluster \"reviews.shop:9080\"") && e.contains("lb_policy 2"), "{e}");
 
     let grpc = trellis_xds::grpc_client(&view);
     let e = refusal(&grpc, &PbListener::type_url(), "reviews.shop:9080");
@@ -256,4 +261,152 @@ fn circuit_breakers_and_outlier_detection_are_honoured() {
         max_ejection_percent: 50,
     };
     assert_eq!(c.outlier, Some(policy));
+}
+
+fn outbound_routes(r: &Resources) -> Arc<RouteTable> {
+    let any = pack_any(r.routes["outbound:reviews.shop:9080"].clone());
+    let Converted::Routes(table) = convert(&RouteConfiguration::type_url(), &any, &local()).unwrap() else {
+        panic!("routes")
+    };
+    table
+}
+
+#[test]
+fn a_routes_faults_are_converted_and_decided_per_request() {
+    let mut view = seed(&["Service", "HTTPRoute"]);
+    let route = view.http_routes.get_mut("reviews").unwrap();
+    route.rules[0].fault = serde_json::from_value(serde_json::json!({
+        "abort": {"httpStatus": 503, "percent": 10},
+        "delay": {"fixedDelay": "200ms", "percent": 100},
+    }))
+    .unwrap();
+    let r = trellis_xds::envoy_sidecar(&view, "reviews", &[9080]);
+    let table = outbound_routes(&r);
+    let fault = table.hosts[0].routes[0].fault.clone().expect("the rule's faults");
+    let expected = Fault {
+        delay: Some((Duration::from_millis(200), Share(1_000_000))),
+        abort: Some((Abort::Http(http::StatusCode::SERVICE_UNAVAILABLE), Share(100_000))),
+    };
+    assert_eq!(fault, expected);
+    assert!(table.hosts[0].routes.last().unwrap().fault.is_none(), "the catch-all injects nothing");
+    // The outbound listener carries the (empty) filter the route overrides.
+    let any = pack_any(r.listeners["outbound:reviews.shop:9080"].clone());
+    let Converted::Listener(l) = convert(&PbListener::type_url(), &any, &local()).unwrap() else {
+        panic!("a listener")
+    };
+    let Handler::Http { fault: filter, .. } = &l.handler else { panic!("HTTP") };
+    assert_eq!(filter.as_ref(), Some(&Fault::default()));
+
+    // 10 % of the rolls abort, every one is delayed.
+    let (delayed, aborted) = (0..Share::PER).step_by(1_000).fold((0, 0), |(d, a), roll| {
+        let i = fault.decide(roll, roll);
+        (d + usize::from(i.delay == Some(Duration::from_millis(200))), a + usize::from(i.abort.is_some()))
+    });
+    assert_eq!((delayed, aborted), (1_000, 100));
+    assert_eq!(Fault::default().decide(0, 0), Injected::default(), "an empty filter injects nothing");
+    assert_eq!(grpc_code_of(http::StatusCode::SERVICE_UNAVAILABLE), 14, "UNAVAILABLE");
+    assert_eq!(grpc_code_of(http::StatusCode::IM_A_TEAPOT), 2, "UNKNOWN");
+}
+
+#[test]
+fn fault_configs_take_envoys_fractions_and_grpc_statuses_and_refuse_the_rest() {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::FaultDelay;
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::{
+        FaultDelaySecifier, HeaderDelay,
+    };
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::FaultAbort;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let pct = |numerator, denominator| Some(FractionalPercent { numerator, denominator });
+    let abort = |e, p| Some(FaultAbort { error_type: Some(e), percentage: p, ..Default::default() });
+    let grpc = HttpFault { abort: abort(ErrorType::GrpcStatus(14), pct(25, 1)), ..Default::default() };
+    assert_eq!(fault_config(&grpc).unwrap().abort, Some((Abort::Grpc(14), Share(2_500))), "25 in 10,000");
+    let over = HttpFault { abort: abort(ErrorType::HttpStatus(500), pct(300, 0)), ..Default::default() };
+    let all = Some((Abort::Http(http::StatusCode::INTERNAL_SERVER_ERROR), Share(1_000_000)));
+    assert_eq!(fault_config(&over).unwrap().abort, all, "above the denominator: every request");
+    let unset = HttpFault { abort: abort(ErrorType::HttpStatus(500), None), ..Default::default() };
+    assert_eq!(
+        fault_config(&unset).unwrap().abort.unwrap().1,
+        Share(0),
+        "no percentage: none, as Envoy reads it"
+    );
+
+    let refused = [
+        (
+            HttpFault { abort: abort(ErrorType::HttpStatus(99), pct(1, 0)), ..Default::default() },
+            "http_status 99",
+        ),
+        (
+            HttpFault { abort: abort(ErrorType::GrpcStatus(17), pct(1, 0)), ..Default::default() },
+            "grpc_status 17",
+        ),
+        (
+            HttpFault {
+                delay: Some(FaultDelay {
+                    fault_delay_secifier: Some(FaultDelaySecifier::HeaderDelay(HeaderDelay {})),
+                    percentage: pct(1, 0),
+                }),
+                ..Default::default()
+            },
+            "a delay chosen by a header",
+        ),
+        (
+            HttpFault {
+                delay: Some(FaultDelay {
+                    fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(PbDuration {
+                        seconds: 7_200,
+                        nanos: 0,
+                    })),
+                    percentage: pct(1, 0),
+                }),
+                ..Default::default()
+            },
+            "at most",
+        ),
+        (HttpFault { downstream_nodes: vec!["x".into()], ..Default::default() }, "callers only"),
+        (
+            HttpFault { max_active_faults: Some(Default::default()), ..Default::default() },
+            "max_active_faults",
+        ),
+    ];
+    for (f, why) in refused {
+        let e = fault_config(&f).unwrap_err();
+        assert!(e.contains(why), "{f:?}: {e}");
+    }
+}
+
+#[test]
+fn sidecar_clusters_balance_by_least_request_over_two_choices() {
+    let r = basic();
+    let any = pack_any(r.clusters["reviews.shop:9080~version=v1"].clone());
+    let Converted::Cluster(c) = convert(&PbCluster::type_url(), &any, &local()).unwrap() else {
+        panic!("a cluster")
+    };
+    assert_eq!(c.lb, crate::config::LbPolicy::LeastRequest { choices: 2 });
+    let mut rr = r.clusters["reviews.shop:9080~version=v1"].clone();
+    rr.lb_policy = LbPolicy::RoundRobin as i32;
+    let Converted::Cluster(c) = convert(&PbCluster::type_url(), &pack_any(rr), &local()).unwrap() else {
+        panic!("a cluster")
+    };
+    assert_eq!(c.lb, crate::config::LbPolicy::RoundRobin);
+
+    // The less busy of the two drawn wins, the first drawn on a tie.
+    let lr = crate::config::LbPolicy::LeastRequest { choices: 2 };
+    let draws = |picks: [usize; 2]| {
+        let mut it = picks.into_iter();
+        move || it.next().unwrap()
+    };
+    assert_eq!(lr.choose(&[5, 1, 0], 0, draws([0, 1])), 1);
+    assert_eq!(lr.choose(&[5, 1, 0], 0, draws([2, 0])), 2);
+    assert_eq!(lr.choose(&[3, 3], 0, draws([1, 0])), 1);
+    let rr = crate::config::LbPolicy::RoundRobin;
+    assert_eq!((0..4).map(|t| rr.choose(&[9, 0, 0], t, || unreachable!())).collect::<Vec<_>>(), [0, 1, 2, 0]);
+    // Over many random draws, a host with requests piled up gets few of the new ones.
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut got = [0usize; 2];
+    for _ in 0..10_000 {
+        got[lr.choose(&[10, 0], 0, || rng.random_range(0..2))] += 1;
+    }
+    assert!((2_300..2_700).contains(&got[0]), "the busy host only when drawn twice (1 in 4): {got:?}");
 }
