@@ -939,14 +939,13 @@ impl Proxy {
                 result
             }
         };
-        let result = result.map_err(|e| {
+        let mut result = result.map_err(|e| {
             let why = format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             );
             if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
         });
-        let mut result = result;
         if let Ok(resp) = &mut result {
             resp.extensions_mut().insert(host);
         }
@@ -1198,5 +1197,48 @@ impl hyper::rt::Write for MeshConn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves `http_server()` answering 200 on a loopback port.
+    async fn serve() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(local_reply(false, StatusCode::OK, 0, "ok"))
+                    });
+                    let _ = http_server().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn answer(addr: SocketAddr, request: &[u8]) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_head_past_the_bound_is_answered_431() {
+        let addr = serve().await;
+        let small = answer(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "x".repeat(100 * 1024));
+        let refused = answer(addr, big.as_bytes()).await;
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     }
 }
