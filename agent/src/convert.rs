@@ -342,8 +342,9 @@ fn fault_config(f: &HttpFault) -> R<Fault> {
     Ok(Fault { delay, abort })
 }
 
-/// Longest injected delay, a bound on how long a config can hold a request.
-const MAX_FAULT_DELAY: Duration = Duration::from_secs(3600);
+/// Longest injected delay, a bound on how long a config can hold a request: the longest
+/// duration the API accepts.
+const MAX_FAULT_DELAY: Duration = Duration::from_millis(trellis_model::config::Duration::MAX_MILLIS);
 
 /// A `FractionalPercent` in parts per million (none when absent, as Envoy reads it; a
 /// numerator above its denominator is all).

@@ -354,7 +354,7 @@ fn fault_configs_take_envoys_fractions_and_grpc_statuses_and_refuse_the_rest() {
             HttpFault {
                 delay: Some(FaultDelay {
                     fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(PbDuration {
-                        seconds: 7_200,
+                        seconds: 2 * 24 * 3_600,
                         nanos: 0,
                     })),
                     percentage: pct(1, 0),
@@ -409,4 +409,96 @@ fn sidecar_clusters_balance_by_least_request_over_two_choices() {
         got[lr.choose(&[10, 0], 0, || rng.random_range(0..2))] += 1;
     }
     assert!((2_300..2_700).contains(&got[0]), "the busy host only when drawn twice (1 in 4): {got:?}");
+}
+
+/// Random HTTPRoutes, through the API's own validation and the real translation: every one
+/// the API accepts (mirroring aside, which the agent refuses) is converted, with every share
+/// a fraction of a million and every abort a status the API allowed.
+#[test]
+fn every_route_the_api_accepts_is_converted() {
+    use rand::prelude::IndexedRandom;
+    use rand::{Rng, SeedableRng};
+    use serde_json::{Value, json};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let (mut accepted, mut faults) = (0, 0);
+    for _ in 0..2_000 {
+        let mut rules = Vec::new();
+        for _ in 0..rng.random_range(1..4) {
+            let mut rule = serde_json::Map::new();
+            let matches: Vec<Value> = (0..rng.random_range(0..3))
+                .map(|_| {
+                    let path = match rng.random_range(0..3) {
+                        0 => json!({"type": "PathPrefix", "value": *["/", "/reviews", "/a/b"].choose(&mut rng).unwrap()}),
+                        1 => json!({"type": "Exact", "value": "/reviews/1"}),
+                        _ => json!({"type": "RegularExpression", "value": *["/r.*", "/[0-9]+", "(a|b)*"].choose(&mut rng).unwrap()}),
+                    };
+                    let kind = *["Exact", "RegularExpression"].choose(&mut rng).unwrap();
+                    let header = json!({"type": kind, "name": "x-beta", "value": "tr.e"});
+                    let method = *["GET", "POST", "DELETE"].choose(&mut rng).unwrap();
+                    json!({"path": path, "headers": [header], "method": method})
+                })
+                .collect();
+            if !matches.is_empty() {
+                rule.insert("matches".into(), matches.into());
+            }
+            let backends: Vec<Value> = (0..rng.random_range(1..3))
+                .map(|_| {
+                    let version = *["v1", "v2"].choose(&mut rng).unwrap();
+                    json!({"service": "reviews", "tags": {"version": version}, "weight": rng.random_range(0..1_020_000)})
+                })
+                .collect();
+            rule.insert("backendRefs".into(), backends.into());
+            if rng.random_bool(0.3) {
+                rule.insert(
+                    "timeouts".into(),
+                    json!({"request": format!("{}ms", rng.random_range(0..100_000))}),
+                );
+            }
+            if rng.random_bool(0.3) {
+                let on = *["5xx", "reset", "unavailable", "gateway-error"].choose(&mut rng).unwrap();
+                rule.insert("retry".into(), json!({"attempts": rng.random_range(0..11), "retryOn": [on]}));
+            }
+            if rng.random_bool(0.5) {
+                let mut fault = serde_json::Map::new();
+                if rng.random_bool(0.6) {
+                    let delay = format!("{}ms", rng.random_range(0..90_000_000u64));
+                    fault.insert(
+                        "delay".into(),
+                        json!({"fixedDelay": delay, "percent": rng.random_range(0..102)}),
+                    );
+                }
+                if rng.random_bool(0.6) {
+                    let abort = json!({"httpStatus": rng.random_range(195..605), "percent": rng.random_range(0..102)});
+                    fault.insert("abort".into(), abort);
+                }
+                rule.insert("fault".into(), fault.into());
+            }
+            rules.push(Value::Object(rule));
+        }
+        let spec = json!({"targetRef": {"service": "reviews"}, "rules": rules});
+        let Ok(parsed) = Spec::parse(Kind::lookup("HTTPRoute").unwrap(), "spec", spec.clone()) else {
+            continue;
+        };
+        accepted += 1;
+        let mut view = seed(&["Service"]);
+        view.add("reviews".into(), parsed.spec);
+        let r = trellis_xds::envoy_sidecar(&view, "productpage", &[]);
+        for (name, any) in all(&r) {
+            convert(&any.type_url, &any, &local()).unwrap_or_else(|e| panic!("{spec}\n{name}: {e}"));
+        }
+        for host in &outbound_routes(&r).hosts {
+            for f in host.routes.iter().filter_map(|r| r.fault.as_ref()) {
+                faults += 1;
+                let shares = f.delay.map(|d| d.1).into_iter().chain(f.abort.map(|a| a.1));
+                assert!(shares.into_iter().all(|s| s.0 <= Share::PER), "{f:?}");
+                if let Some((Abort::Http(s), _)) = f.abort {
+                    assert!((200..600).contains(&s.as_u16()), "{f:?}");
+                }
+            }
+        }
+    }
+    assert!(
+        accepted > 300 && faults > 100,
+        "enough accepted to mean something: {accepted} routes, {faults} faults"
+    );
 }
