@@ -711,7 +711,10 @@ impl Proxy {
             };
             let mut r =
                 local_reply(grpc || matches!(abort, Abort::Grpc(_)), status, code, "fault filter abort");
+            // The cluster the route chose names the destination, as in Envoy's log of an abort.
+            let roll = rand::rng().random_range(0..route.total_weight().max(1));
             r.extensions_mut().insert(Note {
+                cluster: (!inbound).then(|| route.pick(roll).to_owned()),
                 detail: Some("fault filter abort".into()),
                 fault_injected: true,
                 delay_injected: injected.delay.is_some(),

@@ -1287,6 +1287,24 @@ async fn a_routes_injected_faults_abort_and_delay_their_share_of_requests_until_
     let marked =
         log.lines().filter(|l| l.contains(r#""responseFlags":"DI,FI""#) && l.contains(r#""status":503"#));
     assert!(marked.count() > 0, "{log}");
+    // And so does the control plane's access log, which the agent feeds as Envoy does.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let (status, body) = api.get("/meshes/shop/access-log").await;
+        assert_eq!(status, 200, "{body}");
+        items = body["items"].as_array().unwrap().clone();
+        if items.iter().any(|e| e["responseFlags"] == "DI,FI") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let faulted =
+        items.iter().find(|e| e["responseFlags"] == "DI,FI").unwrap_or_else(|| panic!("{items:#?}"));
+    assert_eq!(
+        (&faulted["status"], &faulted["outcome"], &faulted["direction"], &faulted["destination"]["service"]),
+        (&json!(503), &json!("error"), &json!("outbound"), &json!("reviews")),
+        "{faulted:#}"
+    );
 
     // Without the fault, nothing fails and nothing waits.
     reviews_route(&api, None).await;
