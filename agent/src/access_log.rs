@@ -83,6 +83,19 @@ pub struct Note {
     pub cluster: Option<String>,
     /// The request timed out (Envoy's `UT`).
     pub timed_out: bool,
+    /// Fault injection aborted it (`FI`) or delayed it (`DI`).
+    pub fault_injected: bool,
+    pub delay_injected: bool,
+}
+
+impl Note {
+    /// Envoy's short response flags for what the note says.
+    pub fn flags(&self) -> Vec<&'static str> {
+        [(self.timed_out, "UT"), (self.delay_injected, "DI"), (self.fault_injected, "FI")]
+            .into_iter()
+            .filter_map(|(set, flag)| set.then_some(flag))
+            .collect()
+    }
 }
 
 /// The request part of an HTTP entry.
@@ -211,6 +224,10 @@ pub fn json_line(e: &Entry, me: &SpiffeId) -> String {
     if let Some(d) = &e.note.detail {
         fields.insert("detail".into(), bounded(d).into());
     }
+    let flags = e.note.flags();
+    if !flags.is_empty() {
+        fields.insert("responseFlags".into(), flags.join(",").into());
+    }
     line.to_string()
 }
 
@@ -258,10 +275,12 @@ fn common(e: &Entry) -> AccessLogCommon {
         tls_properties,
         upstream_cluster: e.note.cluster.clone().unwrap_or_default(),
         metadata,
-        response_flags: e
-            .note
-            .timed_out
-            .then(|| ResponseFlags { upstream_request_timeout: true, ..Default::default() }),
+        response_flags: (!e.note.flags().is_empty()).then(|| ResponseFlags {
+            upstream_request_timeout: e.note.timed_out,
+            delay_injected: e.note.delay_injected,
+            fault_injected: e.note.fault_injected,
+            ..Default::default()
+        }),
         connection_termination_details: match (&e.http, &e.note.denial) {
             (None, Some(d)) => rbac::denied_details(d.policy.as_deref()),
             _ => String::new(),

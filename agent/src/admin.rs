@@ -10,7 +10,7 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -138,9 +138,7 @@ async fn serve_with(
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(answer(&proxy, &req)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let _ = crate::proxy::http_server().serve_connection(TokioIo::new(tcp), svc).await;
         });
     }
 }

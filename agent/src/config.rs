@@ -35,6 +35,10 @@ pub enum Handler {
         rate_limit: Option<crate::resilience::RateLimit>,
         routes: RouteSource,
         forward_client_cert: bool,
+        /// The fault filter's own faults (`Some`, empty, when the filter is there and
+        /// injects nothing): a route's own override them. `None`: no fault filter, so
+        /// routes' faults are not applied either.
+        fault: Option<Fault>,
     },
     Tcp {
         access: Vec<RbacFilter>,
@@ -67,6 +71,39 @@ pub struct Cluster {
     pub limit: Option<u32>,
     pub outlier: Option<crate::resilience::OutlierPolicy>,
     pub health_check: Option<crate::resilience::HealthCheckPolicy>,
+    pub lb: LbPolicy,
+}
+
+/// How a cluster picks one of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Each in turn.
+    RoundRobin,
+    /// The one with the fewest requests in flight of `choices` drawn at random (Envoy's
+    /// default: two, the power of two choices).
+    LeastRequest { choices: u32 },
+}
+
+impl LbPolicy {
+    /// Which of the usable endpoints gets a request, given each one's requests in flight
+    /// (`outstanding`, not empty), the cluster's round-robin turn, and random indices into
+    /// `outstanding` to draw from. Ties go to the first drawn.
+    pub fn choose(self, outstanding: &[u32], turn: u64, mut draws: impl FnMut() -> usize) -> usize {
+        let n = outstanding.len();
+        match self {
+            LbPolicy::RoundRobin => (turn % n as u64) as usize,
+            LbPolicy::LeastRequest { choices } => {
+                let mut best = draws() % n;
+                for _ in 1..choices.max(1) {
+                    let other = draws() % n;
+                    if outstanding[other] < outstanding[best] {
+                        best = other;
+                    }
+                }
+                best
+            }
+        }
+    }
 }
 
 /// An HTTP route table: virtual hosts in order.
@@ -94,6 +131,68 @@ pub struct Route {
     pub retry: Option<Retry>,
     pub set_headers: Vec<(HeaderName, HeaderValue, bool)>,
     pub remove_headers: Vec<HeaderName>,
+    /// Faults injected into the route's requests, overriding the listener's.
+    pub fault: Option<Fault>,
+}
+
+/// A share of requests, in parts per million (Envoy's `FractionalPercent`, whatever its
+/// denominator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share(pub u32);
+
+impl Share {
+    pub const PER: u32 = 1_000_000;
+
+    /// Whether a roll in `0..Share::PER` falls in the share.
+    pub fn hits(self, roll: u32) -> bool {
+        roll < self.0
+    }
+}
+
+/// How an injected abort answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abort {
+    Http(http::StatusCode),
+    /// A gRPC status code, in a trailers-only response.
+    Grpc(u8),
+}
+
+/// Fault injection (Envoy's HTTP fault filter): a share of requests waits, a share fails
+/// without reaching an upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fault {
+    pub delay: Option<(Duration, Share)>,
+    pub abort: Option<(Abort, Share)>,
+}
+
+/// What the fault filter does to one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub delay: Option<Duration>,
+    pub abort: Option<Abort>,
+}
+
+impl Fault {
+    /// The faults for one request, from two independent rolls in `0..Share::PER`.
+    pub fn decide(&self, delay_roll: u32, abort_roll: u32) -> Injected {
+        Injected {
+            delay: self.delay.filter(|(_, s)| s.hits(delay_roll)).map(|(d, _)| d),
+            abort: self.abort.filter(|(_, s)| s.hits(abort_roll)).map(|(a, _)| a),
+        }
+    }
+}
+
+/// The gRPC status a gRPC caller gets for an HTTP status the agent answers with (the
+/// mapping of gRPC's HTTP-to-gRPC status table).
+pub fn grpc_code_of(status: http::StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -55,6 +55,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use http::{HeaderName, HeaderValue};
 use prost::{Message, Name};
 use trellis_ca::{SpiffeId, TrustBundle};
+use trellis_xds::FAULT_FILTER;
 
 use crate::config::*;
 
@@ -265,7 +266,7 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         _ => return Err(unsupported("this route specifier")),
     };
     let mut access = Vec::new();
-    let mut rate_limit = None;
+    let (mut rate_limit, mut fault) = (None, None);
     for (i, f) in h.http_filters.iter().enumerate() {
         let at = |e: String| format!("http_filters[{i}] {:?}: {e}", f.name);
         let Some(HttpFilterConfig::TypedConfig(any)) = &f.config_type else {
@@ -276,13 +277,9 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
             access.extend(rbac_filters(&f.name, r.rules.as_ref(), r.shadow_rules.as_ref()).map_err(at)?);
         } else if any.type_url == LocalRateLimit::type_url() && inbound {
             rate_limit = Some(local_rate_limit(&decode(any, "local_ratelimit").map_err(at)?).map_err(at)?);
-        } else if any.type_url == HttpFault::type_url() {
-            // The empty fault filter every outbound HCM carries injects nothing; a route that
-            // configures faults is refused where it is.
-            let fault: HttpFault = decode(any, "fault").map_err(at)?;
-            if fault != HttpFault::default() {
-                return Err(at(unsupported("fault injection")));
-            }
+        } else if any.type_url == HttpFault::type_url() && f.name == FAULT_FILTER {
+            // Every outbound HCM carries it, empty: routes that inject faults override it.
+            fault = Some(fault_config(&decode(any, "fault").map_err(at)?).map_err(at)?);
         } else if !(f.is_optional || (any.type_url == Router::type_url() && i + 1 == h.http_filters.len())) {
             return Err(at(unsupported(&format!("HTTP filter {}", any.type_url))));
         }
@@ -291,7 +288,75 @@ fn hcm(h: &HttpConnectionManager, inbound: bool) -> R<Handler> {
         return Err(unsupported("access filters on an outbound listener"));
     }
     let forward_client_cert = h.forward_client_cert_details == ForwardClientCertDetails::SanitizeSet as i32;
-    Ok(Handler::Http { access, rate_limit, routes, forward_client_cert })
+    Ok(Handler::Http { access, rate_limit, routes, forward_client_cert, fault })
+}
+
+/// Fault injection's config (a route's, or the filter's): a fixed delay and an abort with
+/// an HTTP or gRPC status, each for a share of requests; anything the agent cannot honour
+/// (faults chosen by headers, for some callers or clusters only, rate-limited responses, a
+/// cap on active faults) is refused.
+fn fault_config(f: &HttpFault) -> R<Fault> {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    if !f.upstream_cluster.is_empty() || !f.headers.is_empty() || !f.downstream_nodes.is_empty() {
+        return Err(unsupported("faults for some clusters, headers or callers only"));
+    }
+    if f.max_active_faults.is_some() || f.response_rate_limit.is_some() {
+        return Err(unsupported("max_active_faults and response_rate_limit"));
+    }
+    let delay = match &f.delay {
+        None => None,
+        Some(d) => match &d.fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(t)) => {
+                let t = duration(t);
+                if t > MAX_FAULT_DELAY {
+                    return Err(format!("delay.fixed_delay: at most {MAX_FAULT_DELAY:?}"));
+                }
+                Some((t, share(d.percentage.as_ref()).map_err(|e| format!("delay.percentage: {e}"))?))
+            }
+            _ => return Err(format!("delay: {}", unsupported("a delay chosen by a header"))),
+        },
+    };
+    let abort = match &f.abort {
+        None => None,
+        Some(a) => {
+            let kind = match a.error_type {
+                Some(ErrorType::HttpStatus(s)) => Abort::Http(
+                    u16::try_from(s)
+                        .ok()
+                        .filter(|s| (200..600).contains(s))
+                        .and_then(|s| http::StatusCode::from_u16(s).ok())
+                        .ok_or(format!("abort.http_status {s}: from 200 to 599"))?,
+                ),
+                Some(ErrorType::GrpcStatus(c)) => Abort::Grpc(
+                    u8::try_from(c).ok().filter(|c| *c <= 16).ok_or(format!("abort.grpc_status {c}"))?,
+                ),
+                _ => return Err(format!("abort: {}", unsupported("an abort chosen by a header"))),
+            };
+            if !a.response_body.is_empty() {
+                return Err(format!("abort: {}", unsupported("a response_body")));
+            }
+            Some((kind, share(a.percentage.as_ref()).map_err(|e| format!("abort.percentage: {e}"))?))
+        }
+    };
+    Ok(Fault { delay, abort })
+}
+
+/// Longest injected delay, a bound on how long a config can hold a request: the longest
+/// duration the API accepts.
+const MAX_FAULT_DELAY: Duration = Duration::from_millis(trellis_model::config::Duration::MAX_MILLIS);
+
+/// A `FractionalPercent` in parts per million (none when absent, as Envoy reads it; a
+/// numerator above its denominator is all).
+fn share(p: Option<&envoy_types::pb::envoy::r#type::v3::FractionalPercent>) -> R<Share> {
+    let Some(p) = p else { return Ok(Share(0)) };
+    let per = match p.denominator {
+        0 => 100,
+        1 => 10_000,
+        2 => 1_000_000,
+        other => return Err(format!("denominator {other}")),
+    };
+    Ok(Share(p.numerator.min(per) * (Share::PER / per)))
 }
 
 /// A local rate limit enforced for every request (429 past it); anything subtler is refused.
@@ -439,11 +504,13 @@ fn route_table(rc: &RouteConfiguration, at: &str) -> R<RouteTable> {
 }
 
 fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> R<Route> {
-    if let Some(name) = r.typed_per_filter_config.keys().next() {
-        return Err(format!(
-            "typed_per_filter_config[{name:?}]: {}",
-            unsupported("a per-route filter config (fault injection)")
-        ));
+    let mut fault = None;
+    for (name, any) in &r.typed_per_filter_config {
+        let at = |e: String| format!("typed_per_filter_config[{name:?}]: {e}");
+        if name != FAULT_FILTER || any.type_url != HttpFault::type_url() {
+            return Err(at(unsupported("a per-route config of a filter other than fault injection")));
+        }
+        fault = Some(fault_config(&decode(any, "fault").map_err(at)?).map_err(at)?);
     }
     let m = r.r#match.as_ref().ok_or("no match")?;
     let path = match &m.path_specifier {
@@ -518,6 +585,7 @@ fn route(r: &envoy_types::pb::envoy::config::route::v3::Route) -> R<Route> {
         retry,
         set_headers,
         remove_headers,
+        fault,
     })
 }
 
@@ -568,9 +636,7 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
         [one] => Some(health_check(one).map_err(|e| at(&format!("health_checks[0]: {e}")))?),
         _ => return Err(at(&unsupported("several health_checks"))),
     };
-    if c.lb_policy != LbPolicy::RoundRobin as i32 {
-        return Err(at(&unsupported(&format!("lb_policy {}", c.lb_policy))));
-    }
+    let lb = lb_policy(c).map_err(|e| at(&e))?;
     let mut h2 = false;
     for (name, any) in &c.typed_extension_protocol_options {
         let opts: HttpProtocolOptions = decode(any, name).map_err(|e| at(&e))?;
@@ -619,7 +685,33 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
     if health_check.is_some() && !matches!(target, Target::Mesh { .. }) {
         return Err(at(&unsupported("health checks of a static cluster")));
     }
-    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier, health_check })
+    Ok(Cluster { name: c.name.clone(), target, h2, limit, outlier, health_check, lb })
+}
+
+/// Most endpoints least request draws for one pick, a bound on a config's per-request work.
+const MAX_CHOICES: u32 = 100;
+
+fn lb_policy(c: &PbCluster) -> R<crate::config::LbPolicy> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
+    if c.load_balancing_policy.is_some() {
+        return Err(unsupported("load_balancing_policy"));
+    }
+    match (LbPolicy::try_from(c.lb_policy), &c.lb_config) {
+        (Ok(LbPolicy::RoundRobin), None) => Ok(crate::config::LbPolicy::RoundRobin),
+        (Ok(LbPolicy::LeastRequest), None) => Ok(crate::config::LbPolicy::LeastRequest { choices: 2 }),
+        (Ok(LbPolicy::LeastRequest), Some(LbConfig::LeastRequestLbConfig(l))) => {
+            if l.active_request_bias.is_some() || l.slow_start_config.is_some() {
+                return Err(unsupported("active_request_bias and slow_start_config"));
+            }
+            let choices = l.choice_count.as_ref().map_or(2, |v| v.value);
+            if !(2..=MAX_CHOICES).contains(&choices) {
+                return Err(format!("choice_count {choices}: from 2 to {MAX_CHOICES}"));
+            }
+            Ok(crate::config::LbPolicy::LeastRequest { choices })
+        }
+        (Ok(LbPolicy::RoundRobin | LbPolicy::LeastRequest), Some(_)) => Err(unsupported("this lb_config")),
+        _ => Err(unsupported(&format!("lb_policy {}", c.lb_policy))),
+    }
 }
 
 /// Shortest interval between checks, a bound on what a route can make the agent send.

@@ -37,10 +37,11 @@ use crate::access_log::{AccessLog, Entry, HttpCall, Note};
 use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{
-    Denial, Handler, Listener, RequestView, Retry, RetryOn, RouteSource, Side, Target, evaluate,
+    Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, Share, Side,
+    Target, evaluate, grpc_code_of,
 };
 use crate::identity::Identity;
-use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, RateLimit};
+use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
 
@@ -51,6 +52,25 @@ type MeshClient = Client<MeshConnector, Body>;
 /// streamed and not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a client may take over a TLS handshake, or over a request's headers: a slow
+/// client is cut off instead of holding a connection (and its task) forever.
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head accepted, HTTP/1.1 or HTTP/2 (Envoy's default is 60 KiB); past it,
+/// 431 (HTTP/1.1) or the stream is refused (HTTP/2).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The one HTTP server configuration of every listener the agent serves HTTP on, with the
+/// bounds above. HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the
+/// connection.
+pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    b.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    b
+}
 
 /// Which of the configured listeners the agent binds.
 pub enum Binding {
@@ -304,8 +324,7 @@ impl Proxy {
                 let me = me.clone();
                 async move { Ok::<_, Infallible>(me.proxied(req).await) }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = http_server().serve_connection(TokioIo::new(tcp), svc).await;
         })
         .await
     }
@@ -362,7 +381,10 @@ impl Proxy {
             Side::Inbound { plaintext } => {
                 let mut first = [0u8; 1];
                 // A TLS record starts with 0x16 (handshake); PERMISSIVE takes anything else as plaintext.
-                let tls = tcp.peek(&mut first).await? == 1 && first[0] == 0x16;
+                let peeked = tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first))
+                    .await
+                    .map_err(|_| anyhow!("nothing sent in {HEADER_TIMEOUT:?}"))??;
+                let tls = peeked == 1 && first[0] == 0x16;
                 if !tls && !plaintext {
                     let denial = Denial { filter: "mtls".into(), policy: None };
                     let note = Note {
@@ -385,7 +407,10 @@ impl Proxy {
                     return self.serve(l, tcp, None).await;
                 }
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.server_tls.load_full());
-                let stream = acceptor.accept(tcp).await.context("TLS handshake refused")?;
+                let stream = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                    .map_err(|_| anyhow!("TLS handshake not done in {HEADER_TIMEOUT:?}"))?
+                    .context("TLS handshake refused")?;
                 let peer = stream
                     .get_ref()
                     .1
@@ -416,7 +441,7 @@ impl Proxy {
                     let (me, l, peer) = (me.clone(), l.clone(), peer.clone());
                     async move { Ok::<_, Infallible>(me.request(&l, (*peer).as_ref(), req).await) }
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let builder = http_server();
                 let conn = builder.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
                 let mut draining = self.draining.subscribe();
@@ -515,7 +540,7 @@ impl Proxy {
                         format!("no healthy upstream in {cluster:?}"),
                     ));
                 }
-                (usable[rand::rng().random_range(0..usable.len())], eps.len())
+                (health.choose(c.lb, &usable), eps.len())
             }
         };
         Ok(Pick { cluster: c.clone(), addr, hosts, health })
@@ -574,7 +599,7 @@ impl Proxy {
         duration: Duration,
         note: Note,
     ) {
-        let failed = note.timed_out || call.as_ref().is_some_and(|c| c.status >= 500);
+        let failed = note.timed_out || note.fault_injected || call.as_ref().is_some_and(|c| c.status >= 500);
         let Some(outcome) = self.access_log.keeps(note.denial.is_some(), failed, note.audited.is_some())
         else {
             return;
@@ -650,7 +675,7 @@ impl Proxy {
         grpc: bool,
         inbound: bool,
     ) -> Response<Body> {
-        let Handler::Http { rate_limit, routes, forward_client_cert, .. } = &l.handler else {
+        let Handler::Http { rate_limit, routes, forward_client_cert, fault, .. } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let view = RequestView::of(&req, authority.as_deref());
@@ -669,6 +694,35 @@ impl Proxy {
         let Some(route) = table.find(&view).cloned() else {
             return local_reply(grpc, StatusCode::NOT_FOUND, 12, "no route matches");
         };
+        // Faults, as Envoy's fault filter injects them before the router: the route's own
+        // config overrides the filter's, and there are none without the filter.
+        let injected = fault.as_ref().map_or_else(Injected::default, |filter| {
+            let mut rng = rand::rng();
+            let (delay_roll, abort_roll) = (rng.random_range(0..Share::PER), rng.random_range(0..Share::PER));
+            route.fault.as_ref().unwrap_or(filter).decide(delay_roll, abort_roll)
+        });
+        if let Some(d) = injected.delay {
+            tokio::time::sleep(d).await;
+        }
+        if let Some(abort) = injected.abort {
+            let (status, code) = match abort {
+                Abort::Http(s) => (s, grpc_code_of(s)),
+                Abort::Grpc(c) => (StatusCode::OK, c),
+            };
+            let mut r =
+                local_reply(grpc || matches!(abort, Abort::Grpc(_)), status, code, "fault filter abort");
+            // The cluster the route chose names the destination, as in Envoy's log of an abort.
+            let roll = rand::rng().random_range(0..route.total_weight().max(1));
+            r.extensions_mut().insert(Note {
+                cluster: (!inbound).then(|| route.pick(roll).to_owned()),
+                detail: Some("fault filter abort".into()),
+                fault_injected: true,
+                delay_injected: injected.delay.is_some(),
+                ..Default::default()
+            });
+            return r;
+        }
+        let delay_injected = injected.delay.is_some();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         for name in &route.remove_headers {
@@ -710,10 +764,18 @@ impl Proxy {
         let cluster = (!inbound).then(|| tried.map(str::to_owned)).flatten();
         match outcome {
             Ok(mut resp) => {
-                if cluster.is_some() {
-                    resp.extensions_mut().insert(Note { cluster, ..Default::default() });
+                if cluster.is_some() || delay_injected {
+                    resp.extensions_mut().insert(Note { cluster, delay_injected, ..Default::default() });
                 }
-                resp.map(BodyExt::boxed)
+                // The host counts the request as in flight until its response body ends.
+                let host = resp.extensions_mut().remove::<Arc<HostRequest>>();
+                resp.map(|b| {
+                    b.map_frame(move |f| {
+                        let _in_flight = &host;
+                        f
+                    })
+                    .boxed()
+                })
             }
             Err((status, why)) => {
                 tracing::warn!(direction = if inbound { "inbound" } else { "outbound" }, listener = %l.name, route = %route.name, %status, error = %why, "request failed");
@@ -724,6 +786,7 @@ impl Proxy {
                     cluster,
                     detail: Some(why),
                     timed_out,
+                    delay_injected,
                     ..Default::default()
                 });
                 r
@@ -861,6 +924,7 @@ impl Proxy {
                 format!("circuit breaker open: {cluster} is at its limit"),
             ))
         })?;
+        let host = Arc::new(pick.health.started(addr));
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
         *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
@@ -878,13 +942,16 @@ impl Proxy {
                 result
             }
         };
-        let result = result.map_err(|e| {
+        let mut result = result.map_err(|e| {
             let why = format!(
                 "{e}: {}",
                 std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
             );
             if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
         });
+        if let Ok(resp) = &mut result {
+            resp.extensions_mut().insert(host);
+        }
         if let Some(policy) = &pick.cluster.outlier {
             let failed = match &result {
                 Ok(resp) => resp.status().is_server_error(),
@@ -1133,5 +1200,48 @@ impl hyper::rt::Write for MeshConn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves `http_server()` answering 200 on a loopback port.
+    async fn serve() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(local_reply(false, StatusCode::OK, 0, "ok"))
+                    });
+                    let _ = http_server().serve_connection(TokioIo::new(tcp), svc).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn answer(addr: SocketAddr, request: &[u8]) -> String {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_head_past_the_bound_is_answered_431() {
+        let addr = serve().await;
+        let small = answer(addr, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(small.starts_with("HTTP/1.1 200"), "{small}");
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "x".repeat(100 * 1024));
+        let refused = answer(addr, big.as_bytes()).await;
+        assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
     }
 }

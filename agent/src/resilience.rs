@@ -3,12 +3,14 @@
 //! with 503 / UNAVAILABLE, nothing waits. A host that answers `consecutive_5xx` failures in a
 //! row (5xx or no connection) is ejected for `base_ejection × times ejected`, while at most
 //! `max_ejection_percent` of the cluster's hosts are out (always at least one may be); when
-//! every host is out, all are used again. A local rate limit is a token bucket per inbound
-//! listener.
+//! every host is out, all are used again. Among the usable hosts, a request goes to the
+//! next in turn or, under least request, to the less busy of two drawn at random (counting
+//! each host's requests in flight until their responses end). A local rate limit is a token
+//! bucket per inbound listener.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +32,8 @@ struct Host {
     checks_failed: u32,
     checks_passed: u32,
     failing: bool,
+    /// Requests in flight to the host, for least-request balancing.
+    active: u32,
 }
 
 /// How a cluster's hosts are checked.
@@ -59,6 +63,22 @@ impl HealthCheckPolicy {
 pub struct ClusterHealth {
     in_flight: AtomicU32,
     hosts: Mutex<HashMap<SocketAddr, Host>>,
+    /// Round robin's next turn.
+    turn: AtomicU64,
+}
+
+/// A request counted as in flight to one host until dropped (its response body ended).
+pub struct HostRequest {
+    health: Arc<ClusterHealth>,
+    host: SocketAddr,
+}
+
+impl Drop for HostRequest {
+    fn drop(&mut self) {
+        if let Some(h) = self.health.hosts.lock().expect("not poisoned").get_mut(&self.host) {
+            h.active = h.active.saturating_sub(1);
+        }
+    }
 }
 
 /// A request or connection counted against its cluster's limit until dropped.
@@ -79,6 +99,23 @@ impl ClusterHealth {
             Some(max) if before >= max => None,
             _ => Some(guard),
         }
+    }
+
+    /// One of `usable` (not empty) for a request, as `lb` balances.
+    pub fn choose(&self, lb: crate::config::LbPolicy, usable: &[SocketAddr]) -> SocketAddr {
+        let outstanding: Vec<u32> = {
+            let state = self.hosts.lock().expect("not poisoned");
+            usable.iter().map(|h| state.get(h).map_or(0, |s| s.active)).collect()
+        };
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut rng = rand::rng();
+        usable[lb.choose(&outstanding, turn, || rand::Rng::random_range(&mut rng, 0..usable.len()))]
+    }
+
+    /// Counts a request to `host` as in flight until the guard is dropped.
+    pub fn started(self: &Arc<Self>, host: SocketAddr) -> HostRequest {
+        self.hosts.lock().expect("not poisoned").entry(host).or_default().active += 1;
+        HostRequest { health: self.clone(), host }
     }
 
     /// The hosts not ejected at `now`; all of them when every one is.
@@ -256,6 +293,23 @@ mod tests {
         assert_eq!((0..5).filter(|_| b.take(t1)).count(), 2, "one fill");
         let t9 = t0 + Duration::from_secs(9);
         assert_eq!((0..5).filter(|_| b.take(t9)).count(), 3, "never above max");
+    }
+
+    #[test]
+    fn least_request_steers_away_from_a_host_with_requests_in_flight_until_they_end() {
+        let health = Arc::new(ClusterHealth::default());
+        let (a, b): (SocketAddr, SocketAddr) =
+            ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
+        let lr = crate::config::LbPolicy::LeastRequest { choices: 2 };
+        let busy: Vec<HostRequest> = (0..3).map(|_| health.started(a)).collect();
+        let to_a = (0..4_000).filter(|_| health.choose(lr, &[a, b]) == a).count();
+        assert!((800..1_200).contains(&to_a), "a only when drawn twice: {to_a} of 4000");
+        drop(busy);
+        let to_a = (0..4_000).filter(|_| health.choose(lr, &[a, b]) == a).count();
+        assert!((1_700..2_300).contains(&to_a), "even again once they ended: {to_a} of 4000");
+        let rr = crate::config::LbPolicy::RoundRobin;
+        let turns: Vec<SocketAddr> = (0..4).map(|_| health.choose(rr, &[a, b])).collect();
+        assert!(turns[0] != turns[1] && turns[0] == turns[2] && turns[1] == turns[3], "{turns:?}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use anyhow::{Context as _, anyhow};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use trellis_ca::SpiffeId;
 use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name};
@@ -216,8 +216,7 @@ async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<s
             })
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.serve_connection(TokioIo::new(tcp), svc).await.map_err(|e| anyhow!("{e}"))
+    crate::proxy::http_server().serve_connection(TokioIo::new(tcp), svc).await.map_err(|e| anyhow!("{e}"))
 }
 
 async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incoming>) -> Response<Body> {
@@ -258,6 +257,7 @@ mod tests {
                 rate_limit: None,
                 routes: RouteSource::Rds(name.to_owned()),
                 forward_client_cert: false,
+                fault: None,
             }
         } else {
             Handler::Tcp { access: vec![], backends: vec![] }
@@ -280,6 +280,7 @@ mod tests {
             limit: None,
             outlier: None,
             health_check: None,
+            lb: crate::config::LbPolicy::RoundRobin,
         };
         let eps = endpoints.iter().map(|e| e.parse().unwrap()).collect();
         ((name.to_owned(), Arc::new(c)), (name.to_owned(), Arc::new(eps)))

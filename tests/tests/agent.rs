@@ -839,13 +839,13 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
-    let mut faulty = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
-    faulty["spec"]["rules"][0]["fault"] = json!({"abort": {"httpStatus": 503, "percent": 10}});
-    let (status, body) = api.put(&document_path(&faulty), &faulty).await;
+    let mut refused = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
+    refused["spec"]["rules"][0]["mirror"] = json!({"service": "reviews", "percent": 10});
+    let (status, body) = api.put(&document_path(&refused), &refused).await;
     assert_eq!(status, 200, "{body}");
     let mut propagation = Value::Null;
     for _ in 0..100 {
-        let (_, doc) = api.get(&document_path(&faulty)).await;
+        let (_, doc) = api.get(&document_path(&refused)).await;
         propagation = doc["status"]["propagation"].clone();
         if propagation["rejected"].as_u64().unwrap_or(0) > 0 {
             break;
@@ -855,7 +855,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let reason = propagation["errors"][0].as_str().unwrap_or_default();
     assert!(
         reason.contains("outbound:reviews.shop:9080")
-            && reason.contains("(fault injection) is not supported by trellis-agent"),
+            && reason.contains("request mirroring is not supported by trellis-agent"),
         "{propagation}"
     );
     // Traffic keeps flowing on the last configuration it accepted.
@@ -964,6 +964,18 @@ struct Pair {
 const PAIR_URL: &str = "http://reviews.shop:9080/reviews/1";
 
 async fn pair(db: &TestDb, addrs: [&'static str; 2], trellis_args: &[&str]) -> Pair {
+    pair_of(db, &[(addrs[0], app("v1").await)], addrs[1], trellis_args).await
+}
+
+/// [`pair`] with an instance of `reviews` (tagged v1) on each address of `reviews` in front
+/// of the application on the port given; the caller's agent is the last of `agents`. Returns
+/// once the caller has had five answers in a row.
+async fn pair_of(
+    db: &TestDb,
+    reviews: &[(&'static str, u16)],
+    caller: &'static str,
+    trellis_args: &[&str],
+) -> Pair {
     let mut cmd = trellis();
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]).args(trellis_args);
     let t = Trellis::start(cmd).await;
@@ -981,33 +993,42 @@ async fn pair(db: &TestDb, addrs: [&'static str; 2], trellis_args: &[&str]) -> P
     std::fs::write(&ca, platform_root(&store).await).unwrap();
     store.close().await;
     let (mut agents, mut cert_dirs) = (Vec::new(), Vec::new());
-    for (service, address) in [("reviews", addrs[0]), ("productpage", addrs[1])] {
-        let dir = tmp.path().join(service);
+    let instances = reviews.iter().map(|(address, port)| ("reviews", *address, Some(*port)));
+    for (service, address, app_port) in instances.chain([("productpage", caller, None)]) {
+        let dir = tmp.path().join(address);
         std::fs::create_dir_all(&dir).unwrap();
         let tok = join_token(&api, service, json!({"version": "v1"})).await;
-        let (app_port, proxy) = (format!("9080={}", app("v1").await), format!("{address}:15001"));
+        let (app_port, proxy) = (format!("9080={}", app_port.unwrap_or(0)), format!("{address}:15001"));
         let flags = match service {
             "reviews" => vec!["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
             _ => vec!["--outbound", "none", "--http-proxy-addr", &proxy],
         };
         let mut p = agent(&t.xds, &ca, &dir, &tok, service, address, &flags);
         p.wait_for_line("joined the mesh", Duration::from_secs(20)).await;
+        if service == "reviews" {
+            let inbound = format!("listening inbound:9080 on {address}:9080");
+            p.wait_for_line(&inbound, Duration::from_secs(20)).await;
+        }
         agents.push(p);
         cert_dirs.push(dir.join("certs"));
     }
-    let inbound = format!("listening inbound:9080 on {}:9080", addrs[0]);
-    agents[0].wait_for_line(&inbound, Duration::from_secs(20)).await;
-    let client = http_via_proxy(addrs[1]);
+    let client = http_via_proxy(caller);
     let mut answered = BTreeMap::new();
+    let answers = |a: &BTreeMap<String, usize>| {
+        a.iter()
+            .filter(|(k, _)| !k.starts_with("status") && !k.starts_with("error"))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
     for _ in 0..100 {
         answered = tally(&client, PAIR_URL, false, 5).await;
-        if answered.get("v1") == Some(&5) {
+        if answers(&answered) == 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(answered.get("v1"), Some(&5), "{answered:?}\n{}", agents[1].output());
-    Pair { t, api, agents, cert_dirs, addrs, client, tmp }
+    assert_eq!(answers(&answered), 5, "{answered:?}\n{}", agents.last().unwrap().output());
+    Pair { t, api, agents, cert_dirs, addrs: [reviews[0].0, caller], client, tmp }
 }
 
 /// Whether the SVID in `cert_dir` chains to the root `root_pem` of `trust_domain`.
@@ -1203,4 +1224,234 @@ async fn the_readiness_listener_answers_503_until_configured_then_200_and_serves
     assert_eq!(status, 200, "{}", p.output());
     assert_eq!(get("/metrics").await.unwrap().status(), 404);
     drop((p, agents, t));
+}
+
+/// Sends `n` requests through `client` (`concurrency` at a time): each one's status and how
+/// long it took.
+async fn timed(client: &reqwest::Client, n: usize, concurrency: usize) -> Vec<(u16, Duration)> {
+    futures::stream::iter(0..n)
+        .map(|_| async {
+            let started = std::time::Instant::now();
+            let status = match client.get(PAIR_URL).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let _ = r.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            (status, started.elapsed())
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Puts the HTTPRoute `reviews` (every request to all of reviews, with `fault` if given) and
+/// waits until every proxy applied it.
+async fn reviews_route(api: &Api, fault: Option<Value>) {
+    let mut rule = json!({"backendRefs": [{"service": "reviews"}]});
+    if let Some(f) = fault {
+        rule["fault"] = f;
+    }
+    let doc = json!({"spec": {"targetRef": {"service": "reviews"}, "rules": [rule]}});
+    let (status, body) = api.put("/meshes/shop/http-routes/reviews?wait=20s", &doc).await;
+    assert!(status == 200 || status == 201, "{body}");
+    assert_eq!(body["status"]["propagation"]["wait"]["outcome"], "applied", "{body:#}");
+}
+
+#[tokio::test]
+async fn a_routes_injected_faults_abort_and_delay_their_share_of_requests_until_removed() {
+    let db = TestDb::create().await;
+    let Pair { t, api, agents, client, .. } =
+        pair_of(&db, &[("127.0.0.50", app("v1").await)], "127.0.0.51", &[]).await;
+
+    // Half aborted with 503, every one delayed 200 ms.
+    let fault = json!({"abort": {"httpStatus": 503, "percent": 50}, "delay": {"fixedDelay": "200ms", "percent": 100}});
+    reviews_route(&api, Some(fault)).await;
+    let n = 200;
+    let answers = timed(&client, n, 20).await;
+    let aborted = answers.iter().filter(|(s, _)| *s == 503).count();
+    let others: Vec<u16> = answers.iter().map(|(s, _)| *s).filter(|s| *s != 503 && *s != 200).collect();
+    assert!(others.is_empty(), "only 200 and 503: {others:?}");
+    // Binomial(200, 0.5): 100 ± 7; within five standard deviations.
+    assert!((65..=135).contains(&aborted), "{aborted} of {n} aborted");
+    let fastest = answers.iter().map(|(_, d)| *d).min().unwrap();
+    assert!(
+        fastest >= Duration::from_millis(200),
+        "every request waits 200 ms; the fastest took {fastest:?}"
+    );
+    // The caller's access log marks the aborts as Envoy does (FI), and their delay (DI).
+    let caller = agents.last().unwrap();
+    let log = caller.output();
+    let marked =
+        log.lines().filter(|l| l.contains(r#""responseFlags":"DI,FI""#) && l.contains(r#""status":503"#));
+    assert!(marked.count() > 0, "{log}");
+    // And so does the control plane's access log, which the agent feeds as Envoy does.
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let (status, body) = api.get("/meshes/shop/access-log").await;
+        assert_eq!(status, 200, "{body}");
+        items = body["items"].as_array().unwrap().clone();
+        if items.iter().any(|e| e["responseFlags"] == "DI,FI") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let faulted =
+        items.iter().find(|e| e["responseFlags"] == "DI,FI").unwrap_or_else(|| panic!("{items:#?}"));
+    assert_eq!(
+        (&faulted["status"], &faulted["outcome"], &faulted["direction"], &faulted["destination"]["service"]),
+        (&json!(503), &json!("error"), &json!("outbound"), &json!("reviews")),
+        "{faulted:#}"
+    );
+
+    // Without the fault, nothing fails and nothing waits.
+    reviews_route(&api, None).await;
+    let answers = timed(&client, 100, 20).await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    let slowest = answers.iter().map(|(_, d)| *d).max().unwrap();
+    assert!(slowest < Duration::from_millis(200), "no delay any more: the slowest took {slowest:?}");
+    println!("fault 503 at 50 %: {aborted} of {n} aborted, the fastest after {fastest:?}");
+    drop((agents, t));
+}
+
+/// An application that answers every request with `body` after `delay`.
+async fn app_after(body: &'static str, delay: Duration) -> u16 {
+    let router = axum::Router::new().fallback(move || async move {
+        tokio::time::sleep(delay).await;
+        body
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}
+
+#[tokio::test]
+async fn least_request_sends_fewer_requests_to_a_slow_instance_than_round_robin_would() {
+    let db = TestDb::create().await;
+    let (slow, fast) =
+        (app_after("slow", Duration::from_millis(200)).await, app_after("fast", Duration::ZERO).await);
+    let Pair { t, agents, client, .. } =
+        pair_of(&db, &[("127.0.0.52", slow), ("127.0.0.53", fast)], "127.0.0.54", &[]).await;
+    // Both instances are endpoints the caller knows.
+    let mut seen = BTreeMap::new();
+    for _ in 0..100 {
+        seen = tally(&client, PAIR_URL, false, 20).await;
+        if seen.contains_key("slow") && seen.contains_key("fast") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(seen.contains_key("slow") && seen.contains_key("fast"), "{seen:?}");
+
+    // 400 requests, 16 at a time: round robin would give the slow one 200.
+    let n = 400;
+    let split = tally(&client, PAIR_URL, false, n).await;
+    let slow_share = split.get("slow").copied().unwrap_or(0);
+    assert_eq!(split.values().sum::<usize>(), n);
+    assert_eq!(
+        split.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["fast", "slow"],
+        "all answered: {split:?}"
+    );
+    // With two choices the slow one (always busier) gets a request only when drawn twice: ~25 %.
+    assert!(slow_share * 100 < n * 35, "the slow instance got {slow_share} of {n}: {split:?}");
+    println!("least request: the slow instance (200 ms) got {slow_share} of {n} concurrent requests");
+    drop((agents, t));
+}
+
+/// Reads from `tcp` until the agent closes the connection (what it answered first, if
+/// anything), or panics after `within`.
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> String {
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    assert!(read.await.is_ok(), "still open after {within:?}");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_headers_slow_clients_and_malformed_http2_are_cut_off_and_others_still_served() {
+    let db = TestDb::create().await;
+    let Pair { t, agents, client, .. } =
+        pair_of(&db, &[("127.0.0.55", app("v1").await)], "127.0.0.56", &[]).await;
+    let edge = "127.0.0.56:15001";
+
+    // A head larger than 64 KiB: 431, as Envoy answers past its 60 KiB.
+    let big = format!(
+        "GET {PAIR_URL} HTTP/1.1\r\nHost: reviews.shop:9080\r\nx-big: {}\r\n\r\n",
+        "x".repeat(100 * 1024)
+    );
+    let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+    let _ = tcp.write_all(big.as_bytes()).await;
+    let answer = closed_within(&mut tcp, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let slowloris = async {
+        // Headers that never end, a byte a second: closed once the header timeout (10 s) is up.
+        let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+        tcp.write_all(b"GET /reviews/1 HTTP/1.1\r\nHost: reviews.shop:9080\r\n").await.unwrap();
+        let started = std::time::Instant::now();
+        let drip = async {
+            while tcp.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if started.elapsed() > Duration::from_secs(20) {
+                    break;
+                }
+            }
+        };
+        drip.await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(20), "a slow client is never cut off");
+        took
+    };
+    let silent_peer = async {
+        // A connection to the inbound mTLS port that never starts its handshake.
+        let mut tcp = tokio::net::TcpStream::connect("127.0.0.55:9080").await.unwrap();
+        let started = std::time::Instant::now();
+        closed_within(&mut tcp, Duration::from_secs(20)).await;
+        started.elapsed()
+    };
+    let malformed = async {
+        // The HTTP/2 preface, then a frame of nonsense (a DATA frame on stream 0): the agent
+        // says GOAWAY and closes.
+        let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        tcp.write_all(&[0, 0, 4, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]).await.unwrap();
+        closed_within(&mut tcp, Duration::from_secs(5)).await;
+        // A preface that is almost HTTP/2's: taken as HTTP/1.1, refused, closed.
+        let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+        tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").await.unwrap();
+        let answer = closed_within(&mut tcp, Duration::from_secs(5)).await;
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+        // Bytes that are no HTTP at all.
+        let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+        tcp.write_all(&[0xff; 64]).await.unwrap();
+        closed_within(&mut tcp, Duration::from_secs(5)).await;
+    };
+    let served = async {
+        // Meanwhile everyone else is served.
+        let mut answers = BTreeMap::new();
+        for _ in 0..10 {
+            for (k, n) in tally(&client, PAIR_URL, false, 20).await {
+                *answers.entry(k).or_insert(0) += n;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        answers
+    };
+    let (slow, silent, (), answers) = tokio::join!(slowloris, silent_peer, malformed, served);
+    assert_eq!(answers, BTreeMap::from([("v1".to_owned(), 200)]));
+    assert!(agents.iter().all(|a| !a.output().contains("panicked")));
+    println!("a slow client cut off after {slow:?}, a silent peer after {silent:?}");
+    drop((agents, t));
 }

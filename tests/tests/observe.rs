@@ -390,12 +390,13 @@ async fn cli(t: &Trellis, token: &str, args: &[&str]) -> (bool, String, String) 
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
-fn route(version: &str, fault: bool) -> String {
-    let fault = if fault { "\n      fault: {abort: {httpStatus: 503, percent: 100}}" } else { "" };
+/// The route `reviews`; `mirrored` adds what the agents refuse (request mirroring).
+fn route(version: &str, mirrored: bool) -> String {
+    let mirror = if mirrored { "\n      mirror: {service: reviews, percent: 100}" } else { "" };
     format!(
         "kind: HTTPRoute\nmetadata: {{name: reviews, mesh: shop}}\nspec:\n  targetRef: {{service: reviews}}\n  \
          rules:\n    - backendRefs: [{{service: reviews}}]\n      \
-         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{fault}\n"
+         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{mirror}\n"
     )
 }
 
@@ -471,7 +472,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
     );
     assert!(wait["waitedMs"].as_u64().unwrap() >= 2000, "{wait}");
 
-    // A route the agents cannot apply (fault injection): a failing exit naming a proxy and
+    // A route the agents cannot apply (request mirroring): a failing exit naming a proxy and
     // its reason, and the agents keep serving what they had.
     std::fs::write(&file, route("v4", true)).unwrap();
     let (ok, out, err) =
@@ -483,7 +484,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
         err.contains("productpage/productpage-127.0.0.3") || err.contains("reviews/reviews-127.0.0.30"),
         "{err}"
     );
-    assert!(err.contains("RouteConfiguration") && err.contains("fault injection"), "{err}");
+    assert!(err.contains("RouteConfiguration") && err.contains("request mirroring"), "{err}");
     assert!(err.contains("not applied by every proxy"), "{err}");
     for (_, proxy) in &callers {
         assert_eq!(call_body(proxy).await, (200, "v3".to_owned()), "{proxy} keeps the last route it applied");

@@ -392,7 +392,9 @@ pub fn http_record(
         }
     }
     r.status = i32::try_from(status).ok().filter(|s| *s > 0);
-    let failed = !ResponseClass::of_status(status).is_success() || !r.response_flags.is_empty();
+    // An injected delay (`DI`) alone is no failure: the request was answered, only later.
+    let flagged = r.response_flags.split(',').any(|f| !f.is_empty() && f != "DI");
+    let failed = !ResponseClass::of_status(status).is_success() || flagged;
     r.outcome = outcome(&r, failed);
     r
 }
@@ -615,5 +617,21 @@ mod tests {
             ("error", "outbound", "UF")
         );
         assert_eq!(r.destination_service.as_deref(), Some("reviews"));
+        // A delayed success is a success; an injected abort is an error.
+        let mut delayed = failed.clone();
+        let common = delayed.common_properties.as_mut().unwrap();
+        common.response_flags = Some(ResponseFlags { delay_injected: true, ..Default::default() });
+        delayed.response.as_mut().unwrap().response_code =
+            Some(envoy_types::pb::google::protobuf::UInt32Value { value: 200 });
+        let r = http_record(&delayed, &reporter(), None, uuid::Uuid::nil(), received);
+        assert_eq!((r.outcome.as_str(), r.response_flags.as_str()), ("sampled", "DI"));
+        let mut aborted = delayed.clone();
+        let common = aborted.common_properties.as_mut().unwrap();
+        common.response_flags =
+            Some(ResponseFlags { delay_injected: true, fault_injected: true, ..Default::default() });
+        aborted.response.as_mut().unwrap().response_code =
+            Some(envoy_types::pb::google::protobuf::UInt32Value { value: 200 });
+        let r = http_record(&aborted, &reporter(), None, uuid::Uuid::nil(), received);
+        assert_eq!((r.outcome.as_str(), r.response_flags.as_str()), ("error", "DI,FI"));
     }
 }

@@ -166,6 +166,16 @@ pub(crate) fn http2_options() -> HashMap<String, Any> {
     HashMap::from([(HttpProtocolOptions::full_name(), pack_any(options))])
 }
 
+/// Sidecars send each request to the less busy of two instances drawn at random (least
+/// request, Envoy's default two choices), which keeps slow instances from piling up
+/// requests; proxyless gRPC keeps round robin, the one policy every gRPC xDS client has.
+fn lb_policy(client: Client) -> LbPolicy {
+    match client {
+        Client::Envoy => LbPolicy::LeastRequest,
+        Client::Grpc => LbPolicy::RoundRobin,
+    }
+}
+
 fn cluster(view: &MeshView, name: String, subset: &Subset, client: Client) -> Cluster {
     let service = subset.service.as_str();
     let transport_socket = match client {
@@ -186,7 +196,7 @@ fn cluster(view: &MeshView, name: String, subset: &Subset, client: Client) -> Cl
         name: name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: name }),
-        lb_policy: LbPolicy::RoundRobin as i32,
+        lb_policy: lb_policy(client) as i32,
         connect_timeout: Some(PbDuration { seconds: 5, nanos: 0 }),
         transport_socket: Some(transport_socket),
         typed_extension_protocol_options,

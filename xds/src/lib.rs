@@ -38,6 +38,7 @@ pub use names::{
     GRPC_SERVER_LISTENER_PREFIX, ProxyReach, cluster_name, cluster_subset, grpc_listener_name,
     grpc_server_listener_name, parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name, spiffe_id,
 };
+pub use routes::FAULT_FILTER;
 pub use secrets::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET, sds_secrets};
 pub use sidecar::{RATE_LIMIT_FILTER, envoy_sidecar, outbound_addresses};
 pub use view::{Endpoint, MeshView, Resources};
