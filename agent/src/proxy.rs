@@ -55,6 +55,10 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a client may take over a TLS handshake, or over a request's headers: a slow
 /// client is cut off instead of holding a connection (and its task) forever.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an upstream connection may sit idle in a pool. Shorter than `HEADER_TIMEOUT`,
+/// after which a peer agent closes an idle connection (hyper's header timer also runs between
+/// requests): a request sent on a connection the peer is closing at that moment would fail.
+const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 /// Largest request head accepted, HTTP/1.1 or HTTP/2 (Envoy's default is 60 KiB); past it,
 /// 431 (HTTP/1.1) or the stream is refused (HTTP/2).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -69,6 +73,14 @@ pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExec
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES);
     b.http2().max_header_list_size(MAX_HEAD_BYTES as u32);
+    b
+}
+
+/// The one upstream pool configuration: HTTP/2 only for h2 clusters, idle connections
+/// dropped after `UPSTREAM_IDLE`.
+fn pooled_client(h2: bool) -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(h2).pool_timer(hyper_util::rt::TokioTimer::new()).pool_idle_timeout(UPSTREAM_IDLE);
     b
 }
 
@@ -973,7 +985,7 @@ impl Proxy {
                 let mut http = HttpConnector::new();
                 http.set_nodelay(true);
                 http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                Client::builder(TokioExecutor::new()).http2_only(h2).build(http)
+                pooled_client(h2).build(http)
             })
             .clone()
     }
@@ -986,7 +998,7 @@ impl Proxy {
         }
         let connector =
             MeshConnector { tls: tokio_rustls::TlsConnector::from(self.client_config(peer, h2)?) };
-        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build(connector);
+        let client = pooled_client(h2).build(connector);
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
     }
