@@ -43,14 +43,14 @@ pub enum Command {
     /// Delete a mesh or a mesh resource (client of the REST API).
     Delete(crate::cli::Delete),
     /// Search a mesh's access log: denied, failed and sampled calls, newest first.
-    Logs(crate::observe::Logs),
+    Logs(Logs),
     /// Why a logged call was denied (or let through), in one paragraph.
-    Why(crate::observe::Why),
+    Why(Why),
     /// What saving an AccessPolicy would deny or newly allow among the recorded calls.
-    Impact(crate::observe::Impact),
+    Impact(Impact),
     /// Unexpected traffic in a mesh (new callers, denied bursts, rate and error-rate jumps),
     /// or with `--draft ID`, the AccessPolicy that settles one, as YAML for `apply -f`.
-    Events(crate::observe::Events),
+    Events(Events),
     /// Print the OpenAPI document of the REST API.
     Openapi,
     /// Key-encryption keys: `trellis kek rotate` makes a new current KEK and re-wraps every
@@ -190,7 +190,7 @@ pub struct DemoApp {
     #[arg(value_enum)]
     pub role: DemoRole,
     /// Where to listen.
-    #[arg(long, default_value_t = crate::demo::apps::default_listen())]
+    #[arg(long, default_value_t = default_listen())]
     pub listen: SocketAddr,
     /// The version it reports (`reviews` v1 has no stars, later versions ask `ratings`).
     #[arg(long, default_value = "v1")]
@@ -271,6 +271,84 @@ pub struct AgentSystemdInstall {
     /// `TRELLIS_SERVICE`, `TRELLIS_PORTS`, …; see `trellis-agent run --help`).
     #[arg(long, default_value = "/etc/trellis-agent/agent.env", value_parser = parse_absolute_path)]
     pub environment_file: PathBuf,
+}
+
+/// `trellis logs`.
+#[derive(Debug, Args)]
+pub struct Logs {
+    /// Mesh whose access log to search.
+    pub mesh: String,
+    /// Calls to or from this service only.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Denied calls only.
+    #[arg(long)]
+    pub denied: bool,
+    /// HTTP status, e.g. 503.
+    #[arg(long)]
+    pub status: Option<u16>,
+    /// How far back: 30s, 10m, 2h.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub since: std::time::Duration,
+    /// Most entries shown, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=5000))]
+    pub limit: u16,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
+}
+
+/// `trellis why`.
+#[derive(Debug, Args)]
+pub struct Why {
+    /// Mesh of the entry.
+    pub mesh: String,
+    /// The access-log entry's id (the ID column of `trellis logs`).
+    pub entry: String,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
+}
+
+/// `trellis impact`.
+#[derive(Debug, Args)]
+pub struct Impact {
+    /// Mesh the policy would be saved in.
+    pub mesh: String,
+    /// The AccessPolicy document (YAML or JSON; `-` for stdin).
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Recorded calls of how long back: 10m, 1h, 1d is `24h`.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub window: std::time::Duration,
+    /// Most edges listed (all are counted).
+    #[arg(long, default_value_t = 20)]
+    pub edges: usize,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
+}
+
+/// `trellis events`.
+#[derive(Debug, Args)]
+pub struct Events {
+    /// Mesh whose events to list.
+    pub mesh: String,
+    /// Events whose caller or destination is this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// One kind: new-caller, denied-burst, rate-jump, error-rate-jump.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// How far back: 30m, 2h, 168h.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub since: std::time::Duration,
+    /// Most events shown, newest first.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=5000))]
+    pub limit: u16,
+    /// Print the AccessPolicy that settles this event (the ID column) as YAML for
+    /// `trellis apply -f`, instead of the list.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["service", "kind"])]
+    pub draft: Option<String>,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -570,6 +648,11 @@ impl Global {
             _ => PathBuf::from(".trellis"),
         }
     }
+}
+
+/// Where a demo application listens unless told otherwise.
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9080))
 }
 
 fn parse_kube_name(s: &str) -> Result<trellis_model::KubeName, String> {

@@ -6,84 +6,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
-use clap::Args;
 use serde_json::Value;
 
-use crate::cli::{Client, ClientArgs, parse_documents, urlencode};
-
-#[derive(Debug, Args)]
-pub struct Logs {
-    /// Mesh whose access log to search.
-    pub mesh: String,
-    /// Calls to or from this service only.
-    #[arg(long)]
-    pub service: Option<String>,
-    /// Denied calls only.
-    #[arg(long)]
-    pub denied: bool,
-    /// HTTP status, e.g. 503.
-    #[arg(long)]
-    pub status: Option<u16>,
-    /// How far back: 30s, 10m, 2h.
-    #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
-    pub since: std::time::Duration,
-    /// Most entries shown, newest first.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=5000))]
-    pub limit: u16,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct Why {
-    /// Mesh of the entry.
-    pub mesh: String,
-    /// The access-log entry's id (the ID column of `trellis logs`).
-    pub entry: String,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct Impact {
-    /// Mesh the policy would be saved in.
-    pub mesh: String,
-    /// The AccessPolicy document (YAML or JSON; `-` for stdin).
-    #[arg(short = 'f', long = "filename")]
-    pub file: PathBuf,
-    /// Recorded calls of how long back: 10m, 1h, 1d is `24h`.
-    #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
-    pub window: std::time::Duration,
-    /// Most edges listed (all are counted).
-    #[arg(long, default_value_t = 20)]
-    pub edges: usize,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct Events {
-    /// Mesh whose events to list.
-    pub mesh: String,
-    /// Events whose caller or destination is this service.
-    #[arg(long)]
-    pub service: Option<String>,
-    /// One kind: new-caller, denied-burst, rate-jump, error-rate-jump.
-    #[arg(long)]
-    pub kind: Option<String>,
-    /// How far back: 30m, 2h, 168h.
-    #[arg(long, default_value = "24h", value_parser = crate::config::parse_duration)]
-    pub since: std::time::Duration,
-    /// Most events shown, newest first.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=5000))]
-    pub limit: u16,
-    /// Print the AccessPolicy that settles this event (the ID column) as YAML for
-    /// `trellis apply -f`, instead of the list.
-    #[arg(long, value_name = "ID", conflicts_with_all = ["service", "kind"])]
-    pub draft: Option<String>,
-    #[command(flatten)]
-    pub client: ClientArgs,
-}
+use crate::cli::{Client, parse_documents, urlencode};
+use crate::config::{Events, Impact, Logs, Why};
 
 /// Most entries one page of the access log holds (the API's bound).
 const PAGE: u16 = 500;

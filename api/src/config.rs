@@ -18,11 +18,9 @@ use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
 use crate::error::{ApiError, DeleteErrors, GuardedDeleteErrors, ReadErrors, WriteErrors};
 use crate::params::{
-    DeleteCondition, IdempotencyKey, MeshPath, OrgPath, ResourcePath, ServicePath, WriteConditions,
+    DeleteCondition, IdempotencyKey, MAX_IDEMPOTENCY_KEY, MeshPath, OrgPath, ResourcePath, ServicePath,
+    WriteConditions,
 };
-
-/// Longest accepted `Idempotency-Key`.
-pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// A document's writable part, checked against its URL after the published schema.
 fn envelope(body: Value, kind: &str, name: Option<&str>, mesh: Option<&str>) -> Result<Envelope, ApiError> {

@@ -160,14 +160,15 @@ pub(crate) struct DeleteCondition {
     if_match: Option<String>,
 }
 
-/// `crate::config::idempotency_key`.
+/// The `Idempotency-Key` header of a write, as the write handlers read it.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header)]
 pub(crate) struct IdempotencyKey {
     #[param(nullable = false, rename = "Idempotency-Key", max_length = 255)]
     idempotency_key: Option<String>,
 }
-const _: () = assert!(crate::config::MAX_IDEMPOTENCY_KEY == 255);
+/// Longest `Idempotency-Key` accepted (the `max_length` above, which takes only a literal).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `trellis_control::AuditQuery`, which the core parses (the core knows no OpenAPI).
 #[derive(IntoParams)]

@@ -50,10 +50,10 @@ pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
-pub use propagation::{ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport};
+pub use propagation::{Propagation, ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport};
 pub use resources::{
-    API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, Propagation,
-    ResourceView, Written, parse_selector,
+    API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, ResourceView,
+    Written, parse_selector,
 };
 pub use traffic_events::{
     DEFAULT_EVENT_PAGE, DEFAULT_EVENT_SECS, DraftPolicy, EventPage, EventSearch, MAX_EVENT_PAGE,

@@ -9,9 +9,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use trellis_model::config::Reach;
 use trellis_model::{MeshId, OrgId, PropagationWait};
-use trellis_store::{ReachedNow, Waiting};
+use trellis_store::{Reached, ReachedNow, Waiting};
 
-use crate::resources::{Propagation, short_type};
 use crate::{AppError, Control};
 
 /// Most proxies a wait's answer names.
@@ -187,6 +186,53 @@ impl Control {
             }
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+}
+
+/// "applied by N of M proxies; rejected by K: reason" for a resource's last write.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Propagation {
+    pub mesh_revision: i64,
+    pub proxies: usize,
+    pub applied: usize,
+    pub rejected: usize,
+    pub pending: usize,
+    /// The first few rejection reasons.
+    pub errors: Vec<String>,
+    pub summary: String,
+    /// How a wait for it ended, when the write asked to wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitReport>,
+}
+
+pub(crate) fn short_type(type_url: &str) -> &str {
+    type_url.rsplit('.').next().unwrap_or(type_url)
+}
+
+impl Propagation {
+    /// The status of mesh revision `rev` from PostgreSQL's counts of the proxies it configures.
+    pub(crate) fn new(rev: i64, r: Reached) -> Propagation {
+        let errors: Vec<String> = r
+            .rejections
+            .iter()
+            .map(|n| format!("{}: {} (version {})", short_type(&n.type_url), n.error, n.version))
+            .collect();
+        let mut summary = format!("applied by {} of {} proxies", r.applied, r.proxies);
+        if let Some(first) = errors.first() {
+            summary.push_str(&format!("; rejected by {}: {first}", r.rejected));
+        }
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        Propagation {
+            mesh_revision: rev,
+            proxies: count(r.proxies),
+            applied: count(r.applied),
+            rejected: count(r.rejected),
+            pending: count(r.proxies - r.applied - r.rejected),
+            errors,
+            summary,
+            wait: None,
         }
     }
 }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Serialize;
 use serde_json::{Value, json};
 use trellis_model::config::{self, EffectiveEntry, FieldError, Kind, Labels, MeshSpec, Spec};
 use trellis_model::{Action, MeshName, PropagationWait, ResourceName};
@@ -14,7 +13,7 @@ use trellis_store::{Mesh, Reached, Resource, ResourceKey, Selector, StoredRespon
 
 use crate::caller::{parse_api_token, token_caller};
 use crate::precondition::{Condition, IfMatch};
-use crate::propagation::{Landing, WaitReport};
+use crate::propagation::{Landing, Propagation};
 use crate::{AppError, Control, Credential, Request, Scope, token_hash};
 
 /// The `apiVersion` of every configuration document.
@@ -136,23 +135,6 @@ pub struct ResourceView {
     pub resource: Resource,
     /// None before the resource's write made a mesh revision.
     pub propagation: Option<Propagation>,
-}
-
-/// "applied by N of M proxies; rejected by K: reason" for a resource's last write.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Propagation {
-    pub mesh_revision: i64,
-    pub proxies: usize,
-    pub applied: usize,
-    pub rejected: usize,
-    pub pending: usize,
-    /// The first few rejection reasons.
-    pub errors: Vec<String>,
-    pub summary: String,
-    /// How a wait for it ended, when the write asked to wait.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wait: Option<WaitReport>,
 }
 
 /// A service's effective policies.
@@ -494,36 +476,6 @@ async fn referrers(tx: &mut TenantTx, mesh: &Mesh, service: &str) -> Result<Vec<
 fn view(resource: Resource, reached: Option<Reached>) -> ResourceView {
     let propagation = resource.mesh_revision.zip(reached).map(|(rev, r)| Propagation::new(rev, r));
     ResourceView { resource, propagation }
-}
-
-pub(crate) fn short_type(type_url: &str) -> &str {
-    type_url.rsplit('.').next().unwrap_or(type_url)
-}
-
-impl Propagation {
-    /// The status of mesh revision `rev` from PostgreSQL's counts of the proxies it configures.
-    pub(crate) fn new(rev: i64, r: Reached) -> Propagation {
-        let errors: Vec<String> = r
-            .rejections
-            .iter()
-            .map(|n| format!("{}: {} (version {})", short_type(&n.type_url), n.error, n.version))
-            .collect();
-        let mut summary = format!("applied by {} of {} proxies", r.applied, r.proxies);
-        if let Some(first) = errors.first() {
-            summary.push_str(&format!("; rejected by {}: {first}", r.rejected));
-        }
-        let count = |n: i64| usize::try_from(n).unwrap_or(0);
-        Propagation {
-            mesh_revision: rev,
-            proxies: count(r.proxies),
-            applied: count(r.applied),
-            rejected: count(r.rejected),
-            pending: count(r.proxies - r.applied - r.rejected),
-            errors,
-            summary,
-            wait: None,
-        }
-    }
 }
 
 #[cfg(test)]

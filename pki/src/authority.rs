@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use rustls::pki_types::CertificateDer;
 use trellis_ca::{
-    ByoError, IssuedSvid, KeyRing, MeshCa, RootCert, SealedKey, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
+    ByoError, IssuedSvid, KeyRing, MeshCa, RootCert, SpiffeId, SvidTtl, TrustBundle, TrustDomain,
     accept_intermediate, accept_uploaded_ca, generate_intermediate_csr, owner_aad, seal, unseal, verify_svid,
 };
 use trellis_model::config::Tags;
@@ -15,13 +15,13 @@ use trellis_model::{MeshId, OrgId};
 use trellis_model::{Token, TokenKind, token_sha256};
 use trellis_store::MeshChange;
 use trellis_store::{
-    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, LeafOutcome, Mesh, NewCa, SealedBytes, Store,
-    TenantTx,
+    CaOrigin, CaRecord, CaState, IssuedLeaf, JoinRefusal, LeafOutcome, Mesh, NewCa, Store, TenantTx,
 };
 use uuid::Uuid;
 
 use crate::PkiError;
 use crate::cache::{IdentityCache, LeafWriter, MeshIdentity};
+use crate::sealed::{sealed_bytes, sealed_key};
 
 /// Settings of the authority.
 #[derive(Debug, Clone)]
@@ -119,15 +119,6 @@ struct Inner {
     cache: IdentityCache,
     /// Records issued leaves in batches; started on first use, inside the runtime.
     leaves: OnceLock<LeafWriter>,
-}
-
-pub(crate) fn sealed_bytes(k: &SealedKey) -> SealedBytes {
-    SealedBytes { kek_id: k.kek_id.clone(), nonce: k.nonce.to_vec(), ciphertext: k.ciphertext.clone() }
-}
-
-pub(crate) fn sealed_key(b: &SealedBytes) -> Result<SealedKey, PkiError> {
-    let nonce = b.nonce.as_slice().try_into().map_err(|_| PkiError::internal("stored nonce length"))?;
-    Ok(SealedKey { kek_id: b.kek_id.clone(), nonce, ciphertext: b.ciphertext.clone() })
 }
 
 fn aad(org: OrgId, mesh: MeshId) -> Vec<u8> {

@@ -13,6 +13,7 @@ mod cache;
 mod error;
 pub mod keyring;
 mod platform;
+mod sealed;
 
 pub use authority::{Authority, AuthorityOptions, CaInfo, CaStatus, Issued, Peer};
 pub use error::PkiError;

@@ -9,7 +9,7 @@ use trellis_ca::{KeyRing, PlatformCa, SecretKey, owner_aad, seal, unseal};
 use trellis_store::{PlatformCaRecord, Store};
 
 use crate::PkiError;
-use crate::authority::{sealed_bytes, sealed_key};
+use crate::sealed::{sealed_bytes, sealed_key};
 
 /// The platform root's lifetime.
 const PLATFORM_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);

@@ -4,8 +4,6 @@
 //! nothing of the mesh: they call `http://<service>.<mesh>:<port>` like any application,
 //! through an HTTP proxy (their agent's explicit mode).
 
-use std::net::SocketAddr;
-
 use anyhow::Context;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -120,9 +118,4 @@ impl App {
             Err(e) => (StatusCode::BAD_GATEWAY, json!({ "error": format!("{upstream}{path}: {e}") })),
         }
     }
-}
-
-/// Where a demo application listens unless told otherwise.
-pub fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9080))
 }
