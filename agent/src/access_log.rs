@@ -34,10 +34,10 @@ use tokio::sync::mpsc;
 use trellis_ca::SpiffeId;
 use trellis_xds::contract::{access_log_name, rbac};
 
-use crate::admin::Metrics;
 use crate::config::Denial;
 use crate::control::ControlPlane;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 
 /// Entries queued between the data path and the writer; more are dropped.
 const QUEUE: usize = 4_096;
@@ -130,14 +130,6 @@ pub struct AccessLog {
     /// Share of successes kept, 0 to 1.
     sample: f64,
     metrics: Metrics,
-}
-
-/// `--access-log-sample`: a percentage, 0 to 100.
-pub fn parse_sample_percent(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err("a percentage from 0 to 100".into()),
-    }
 }
 
 impl AccessLog {
@@ -491,8 +483,6 @@ mod tests {
         assert_eq!(never.keeps(false, false, false), None);
         let (always, _rx) = AccessLog::new(100.0, Metrics::default());
         assert_eq!(always.keeps(false, false, false), Some(Outcome::Sampled));
-        assert!(parse_sample_percent("101").is_err() && parse_sample_percent("-1").is_err());
-        assert_eq!(parse_sample_percent("0.5"), Ok(0.5));
     }
 
     #[test]

@@ -3,116 +3,15 @@
 //! (`--readiness-addr`), reachable by a kubelet, that answers `GET /ready` and nothing else.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use crate::proxy::Proxy;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    direction: &'static str,
-    /// The caller's service (inbound) or the destination's (outbound): services of the
-    /// mesh only, so the cardinality is bounded by the mesh.
-    peer_service: String,
-    status_class: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DirectionLabels {
-    direction: &'static str,
-    peer_service: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-/// The agent's golden signals, by direction and peer service, and what its access log lost.
-#[derive(Clone)]
-pub struct Metrics {
-    registry: Arc<Registry>,
-    requests: Family<RequestLabels, Counter>,
-    duration: Family<DirectionLabels, Histogram>,
-    connections: Family<DirectionLabels, Counter>,
-    access_log_dropped: Family<ReasonLabels, Counter>,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("trellis_agent");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<DirectionLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-        });
-        let connections = Family::<DirectionLabels, Counter>::default();
-        registry.register("requests", "HTTP requests proxied, by response status class", requests.clone());
-        registry.register(
-            "request_duration_seconds",
-            "Time from a request to its response's headers",
-            duration.clone(),
-        );
-        registry.register("tcp_connections", "TCP connections proxied", connections.clone());
-        let access_log_dropped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "access_log_dropped",
-            "Access-log entries dropped: the queue was full, or the backlog for the control plane",
-            access_log_dropped.clone(),
-        );
-        Metrics { registry: Arc::new(registry), requests, duration, connections, access_log_dropped }
-    }
-}
-
-/// Which way traffic goes through the agent.
-pub fn direction(inbound: bool) -> &'static str {
-    if inbound { "inbound" } else { "outbound" }
-}
-
-impl Metrics {
-    pub fn request(&self, inbound: bool, peer_service: &str, status: StatusCode, took: Duration) {
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        let direction = direction(inbound);
-        let peer_service = peer_service.to_owned();
-        self.requests
-            .get_or_create(&RequestLabels { direction, peer_service: peer_service.clone(), status_class })
-            .inc();
-        self.duration.get_or_create(&DirectionLabels { direction, peer_service }).observe(took.as_secs_f64());
-    }
-
-    pub fn connection(&self, inbound: bool, peer_service: &str) {
-        let labels = DirectionLabels { direction: direction(inbound), peer_service: peer_service.to_owned() };
-        self.connections.get_or_create(&labels).inc();
-    }
-
-    /// Counts access-log entries dropped for `reason` (`queue_full`, `backlog_full`).
-    pub fn access_log_dropped(&self, reason: &'static str, n: u64) {
-        self.access_log_dropped.get_or_create(&ReasonLabels { reason }).inc_by(n);
-    }
-
-    pub(crate) fn encode(&self) -> String {
-        let mut body = String::new();
-        prometheus_client::encoding::text::encode(&mut body, &self.registry).expect("writing to a String");
-        body
-    }
-}
 
 /// Serves the admin endpoints on `listener` forever.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -178,14 +77,5 @@ fn answer(proxy: &Proxy, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             reply(StatusCode::OK, "application/json", body)
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics, /ready or /config\n".into()),
-    }
-}
-
-/// Refuses an admin address other peers could reach.
-pub fn check_addr(addr: SocketAddr) -> Result<SocketAddr, String> {
-    if addr.ip().is_loopback() {
-        Ok(addr)
-    } else {
-        Err(format!("--admin-addr {addr}: must be a loopback address"))
     }
 }

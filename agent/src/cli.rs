@@ -184,7 +184,7 @@ pub struct RunArgs {
     pub capture: Capture,
     /// The share of successful requests written to the access log, in percent (denied and
     /// failed ones always are).
-    #[arg(long, env = "TRELLIS_ACCESS_LOG_SAMPLE", default_value = "1", value_parser = crate::access_log::parse_sample_percent)]
+    #[arg(long, env = "TRELLIS_ACCESS_LOG_SAMPLE", default_value = "1", value_parser = parse_sample_percent)]
     pub access_log_sample: f64,
 }
 
@@ -273,7 +273,24 @@ fn parse_interval(s: &str) -> Result<Every, String> {
 
 fn parse_admin(s: &str) -> Result<SocketAddr, String> {
     let addr: SocketAddr = s.parse().map_err(|_| format!("{s:?} is not an address (ip:port)"))?;
-    crate::admin::check_addr(addr)
+    check_addr(addr)
+}
+
+/// Refuses an admin address other peers could reach.
+fn check_addr(addr: SocketAddr) -> Result<SocketAddr, String> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(format!("--admin-addr {addr}: must be a loopback address"))
+    }
+}
+
+/// `--access-log-sample`: a percentage, 0 to 100.
+fn parse_sample_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err("a percentage from 0 to 100".into()),
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -328,6 +345,12 @@ fn parse_outbound(s: &str) -> Result<Outbound, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_log_sample_is_a_percentage() {
+        assert!(parse_sample_percent("101").is_err() && parse_sample_percent("-1").is_err());
+        assert_eq!(parse_sample_percent("0.5"), Ok(0.5));
+    }
 
     fn parse(args: &[&str]) -> Result<RunArgs, clap::Error> {
         let base = [

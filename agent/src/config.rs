@@ -1,5 +1,5 @@
 //! The agent's own configuration: what it applies, typed, with every decision it makes on a
-//! request (route match, backend choice, access verdict) as a pure function. [`crate::convert`]
+//! request (route match, backend choice, access verdict) as a pure function. The conversion
 //! builds these values from xDS resources; the proxy only ever sees them.
 
 use std::net::SocketAddr;
@@ -71,39 +71,7 @@ pub struct Cluster {
     pub limit: Option<u32>,
     pub outlier: Option<crate::resilience::OutlierPolicy>,
     pub health_check: Option<crate::resilience::HealthCheckPolicy>,
-    pub lb: LbPolicy,
-}
-
-/// How a cluster picks one of its endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbPolicy {
-    /// Each in turn.
-    RoundRobin,
-    /// The one with the fewest requests in flight of `choices` drawn at random (Envoy's
-    /// default: two, the power of two choices).
-    LeastRequest { choices: u32 },
-}
-
-impl LbPolicy {
-    /// Which of the usable endpoints gets a request, given each one's requests in flight
-    /// (`outstanding`, not empty), the cluster's round-robin turn, and random indices into
-    /// `outstanding` to draw from. Ties go to the first drawn.
-    pub fn choose(self, outstanding: &[u32], turn: u64, mut draws: impl FnMut() -> usize) -> usize {
-        let n = outstanding.len();
-        match self {
-            LbPolicy::RoundRobin => (turn % n as u64) as usize,
-            LbPolicy::LeastRequest { choices } => {
-                let mut best = draws() % n;
-                for _ in 1..choices.max(1) {
-                    let other = draws() % n;
-                    if outstanding[other] < outstanding[best] {
-                        best = other;
-                    }
-                }
-                best
-            }
-        }
-    }
+    pub lb: crate::resilience::LbPolicy,
 }
 
 /// An HTTP route table: virtual hosts in order.

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::identity::Svid;
+use crate::svid::{Svid, pem_certs};
 
 /// Where the control plane is and how to recognise it.
 #[derive(Clone)]
@@ -66,14 +66,6 @@ impl ControlPlane {
             }
         })))
     }
-}
-
-/// Every certificate in a PEM text.
-pub fn pem_certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow!("bad PEM: {e}"))
 }
 
 /// One line for a failed call to the control plane, naming what the user can fix.

@@ -691,14 +691,14 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
 /// Most endpoints least request draws for one pick, a bound on a config's per-request work.
 const MAX_CHOICES: u32 = 100;
 
-fn lb_policy(c: &PbCluster) -> R<crate::config::LbPolicy> {
+fn lb_policy(c: &PbCluster) -> R<crate::resilience::LbPolicy> {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig;
     if c.load_balancing_policy.is_some() {
         return Err(unsupported("load_balancing_policy"));
     }
     match (LbPolicy::try_from(c.lb_policy), &c.lb_config) {
-        (Ok(LbPolicy::RoundRobin), None) => Ok(crate::config::LbPolicy::RoundRobin),
-        (Ok(LbPolicy::LeastRequest), None) => Ok(crate::config::LbPolicy::LeastRequest { choices: 2 }),
+        (Ok(LbPolicy::RoundRobin), None) => Ok(crate::resilience::LbPolicy::RoundRobin),
+        (Ok(LbPolicy::LeastRequest), None) => Ok(crate::resilience::LbPolicy::LeastRequest { choices: 2 }),
         (Ok(LbPolicy::LeastRequest), Some(LbConfig::LeastRequestLbConfig(l))) => {
             if l.active_request_bias.is_some() || l.slow_start_config.is_some() {
                 return Err(unsupported("active_request_bias and slow_start_config"));
@@ -707,7 +707,7 @@ fn lb_policy(c: &PbCluster) -> R<crate::config::LbPolicy> {
             if !(2..=MAX_CHOICES).contains(&choices) {
                 return Err(format!("choice_count {choices}: from 2 to {MAX_CHOICES}"));
             }
-            Ok(crate::config::LbPolicy::LeastRequest { choices })
+            Ok(crate::resilience::LbPolicy::LeastRequest { choices })
         }
         (Ok(LbPolicy::RoundRobin | LbPolicy::LeastRequest), Some(_)) => Err(unsupported("this lb_config")),
         _ => Err(unsupported(&format!("lb_policy {}", c.lb_policy))),
@@ -868,7 +868,7 @@ fn secret(s: &Secret, local: &Local) -> R<Option<Arc<TrustBundle>>> {
                     ));
                 }
             };
-            crate::identity::bundle_from_pem(&local.id, &pem)
+            crate::svid::bundle_from_pem(&local.id, &pem)
                 .map(|b| Some(Arc::new(b)))
                 .map_err(|e| format!("secret {:?}: {e:#}", s.name))
         }

@@ -382,16 +382,16 @@ fn sidecar_clusters_balance_by_least_request_over_two_choices() {
     let Converted::Cluster(c) = convert(&PbCluster::type_url(), &any, &local()).unwrap() else {
         panic!("a cluster")
     };
-    assert_eq!(c.lb, crate::config::LbPolicy::LeastRequest { choices: 2 });
+    assert_eq!(c.lb, crate::resilience::LbPolicy::LeastRequest { choices: 2 });
     let mut rr = r.clusters["reviews.shop:9080~version=v1"].clone();
     rr.lb_policy = LbPolicy::RoundRobin as i32;
     let Converted::Cluster(c) = convert(&PbCluster::type_url(), &pack_any(rr), &local()).unwrap() else {
         panic!("a cluster")
     };
-    assert_eq!(c.lb, crate::config::LbPolicy::RoundRobin);
+    assert_eq!(c.lb, crate::resilience::LbPolicy::RoundRobin);
 
     // The less busy of the two drawn wins, the first drawn on a tie.
-    let lr = crate::config::LbPolicy::LeastRequest { choices: 2 };
+    let lr = crate::resilience::LbPolicy::LeastRequest { choices: 2 };
     let draws = |picks: [usize; 2]| {
         let mut it = picks.into_iter();
         move || it.next().unwrap()
@@ -399,7 +399,7 @@ fn sidecar_clusters_balance_by_least_request_over_two_choices() {
     assert_eq!(lr.choose(&[5, 1, 0], 0, draws([0, 1])), 1);
     assert_eq!(lr.choose(&[5, 1, 0], 0, draws([2, 0])), 2);
     assert_eq!(lr.choose(&[3, 3], 0, draws([1, 0])), 1);
-    let rr = crate::config::LbPolicy::RoundRobin;
+    let rr = crate::resilience::LbPolicy::RoundRobin;
     assert_eq!((0..4).map(|t| rr.choose(&[9, 0, 0], t, || unreachable!())).collect::<Vec<_>>(), [0, 1, 2, 0]);
     // Over many random draws, a host with requests piled up gets few of the new ones.
     use rand::{Rng, SeedableRng};

@@ -2,82 +2,23 @@
 //! control plane's identity service — with the join token the first time, with the current
 //! SVID over mTLS after that — and the files co-located clients read, written atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use arc_swap::ArcSwap;
 use rand::Rng;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use trellis_ca::{RootCert, SpiffeId, TrustBundle, claimed_leaf, verify_svid};
+use trellis_ca::TrustBundle;
 use trellis_proto::identity::IssueSvidRequest;
 use trellis_proto::identity::identity_client::IdentityClient;
 use trellis_xds::contract::{BUNDLE_FILE, CERT_FILE, KEY_FILE, PLATFORM_CA_FILE};
 use zeroize::Zeroizing;
 
 use crate::cli::JoinToken;
-use crate::control::{ControlPlane, explain, pem_certs};
-
-/// An SVID with its key and the mesh's trust bundle.
-pub struct Svid {
-    key_pem: Zeroizing<String>,
-    pub chain_pem: String,
-    pub bundle_pem: String,
-    pub id: SpiffeId,
-    pub not_after: SystemTime,
-    /// When this agent got it (issued, or read back at start): renewal is timed from here,
-    /// since `not_before` is backdated for clock skew.
-    pub received: SystemTime,
-}
-
-impl Svid {
-    /// Reads the leaf's identity and validity; checks that the key parses.
-    pub fn from_pem(
-        key_pem: Zeroizing<String>,
-        chain_pem: String,
-        bundle_pem: String,
-    ) -> anyhow::Result<Svid> {
-        let chain = pem_certs(&chain_pem)?;
-        let leaf = chain.first().ok_or_else(|| anyhow!("no certificate in the chain"))?;
-        let claimed = claimed_leaf(leaf).map_err(|e| anyhow!("not an SVID: {e}"))?;
-        let svid = Svid {
-            key_pem,
-            chain_pem,
-            bundle_pem,
-            id: claimed.id,
-            not_after: claimed.not_after,
-            received: SystemTime::now(),
-        };
-        use rustls::pki_types::pem::PemObject;
-        PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes())
-            .map_err(|e| anyhow!("bad private key: {e}"))?;
-        svid.bundle()?;
-        Ok(svid)
-    }
-
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        pem_certs(&self.chain_pem).unwrap_or_default()
-    }
-
-    pub fn key(&self) -> PrivateKeyDer<'static> {
-        use rustls::pki_types::pem::PemObject;
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("checked in from_pem")
-    }
-
-    /// The mesh's roots as issued with this SVID.
-    pub fn bundle(&self) -> anyhow::Result<TrustBundle> {
-        bundle_from_pem(&self.id, &self.bundle_pem)
-    }
-
-    /// Whether this SVID chains to the first root of `bundle`, the root that signs now (the
-    /// wire contract's bundle order); `None` for an empty bundle.
-    pub fn under_first_root(&self, bundle: &TrustBundle, now: SystemTime) -> Option<bool> {
-        let first = bundle.roots().first()?;
-        let only = TrustBundle::new(bundle.trust_domain(), [first.clone()], 0).ok()?;
-        Some(verify_svid(&only, &self.chain(), now).is_ok())
-    }
-}
+use crate::control::{ControlPlane, explain};
+use crate::persist::write_atomic;
+use crate::svid::Svid;
 
 /// Longest wait before a prompt renewal: a fleet that hears of an activation together spreads
 /// its renewals over this much time.
@@ -103,19 +44,6 @@ pub fn renew_at(
         true => regular.min(now + PROMPT_RENEWAL.mul_f64(jitter)),
         false => regular,
     }
-}
-
-/// The roots in `pem`, as the trust bundle of `id`'s trust domain.
-pub fn bundle_from_pem(id: &SpiffeId, pem: &str) -> anyhow::Result<TrustBundle> {
-    let td = id.trust_domain();
-    let roots = pem_certs(pem)?
-        .into_iter()
-        .map(|c| RootCert::parse(&td, c).map_err(|e| anyhow!("trust bundle: {e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if roots.is_empty() {
-        return Err(anyhow!("trust bundle: no root certificate"));
-    }
-    TrustBundle::new(&td, roots, 0).map_err(|e| anyhow!("trust bundle: {e}"))
 }
 
 /// The current SVID, swapped on renewal; `changed` ticks after each swap.
@@ -158,25 +86,6 @@ impl Files {
         write_atomic(&self.dir, KEY_FILE, svid.key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.dir, CERT_FILE, svid.chain_pem.as_bytes(), 0o644)
     }
-}
-
-/// Writes `dir/name` by writing a temporary file beside it and renaming it over, so that a
-/// reader sees the old file or the new one, never half of one.
-pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let target = dir.join(name);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot replace {}", target.display()))
 }
 
 async fn issue(cp: &ControlPlane, client: Option<&Svid>, token: Option<&JoinToken>) -> anyhow::Result<Svid> {
@@ -353,25 +262,6 @@ mod tests {
         // Never later than the regular time: one already due stays due.
         let late = t0 + day;
         assert_eq!(renew_at(t0, t0 + day, true, late, 1.0), t0 + day.mul_f64(0.6));
-    }
-
-    #[test]
-    fn an_svid_is_stale_when_the_bundle_names_another_root_first() {
-        let td = trellis_ca::TrustDomain::parse("td.example").unwrap();
-        let now = SystemTime::now();
-        let (old, new) = (
-            trellis_ca::MeshCa::generate_root(&td, Duration::from_secs(86_400 * 365), now).unwrap(),
-            trellis_ca::MeshCa::generate_root(&td, Duration::from_secs(86_400 * 365), now).unwrap(),
-        );
-        let id = SpiffeId::parse("spiffe://td.example/ns/m/sa/s").unwrap();
-        let (key, csr) = trellis_ca::workload_key_and_csr().unwrap();
-        let issued = old.sign_svid(csr.as_bytes(), &id, trellis_ca::SvidTtl::DEFAULT, now).unwrap();
-        let pem = |cas: &[&trellis_ca::MeshCa]| cas.iter().map(|c| c.root().pem()).collect::<String>();
-        let svid = Svid::from_pem(key.expose_pkcs8_pem(), issued.chain_pem, pem(&[&old])).unwrap();
-        let prepared = bundle_from_pem(&id, &pem(&[&old, &new])).unwrap();
-        let activated = bundle_from_pem(&id, &pem(&[&new, &old])).unwrap();
-        assert_eq!(svid.under_first_root(&prepared, now), Some(true), "prepared: the old root still signs");
-        assert_eq!(svid.under_first_root(&activated, now), Some(false), "activated: renew");
     }
 
     #[test]

@@ -25,11 +25,13 @@ mod control;
 mod convert;
 mod identity;
 mod iptables;
+mod metrics;
 mod persist;
 mod proxy;
 mod relay;
 mod resilience;
 mod state;
+mod svid;
 mod telemetry;
 mod transparent;
 mod xds_client;
@@ -116,7 +118,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         true => proxy::Binding::Transparent,
         false => proxy::Binding::Explicit(args.outbound.clone()),
     };
-    let metrics = admin::Metrics::default();
+    let metrics = metrics::Metrics::default();
     let (access_log, entries) = access_log::AccessLog::new(args.access_log_sample, metrics.clone());
     // Access logs go to the control plane whenever telemetry does.
     let log_upstream = args.telemetry_interval.0.map(|_| access_log::Upstream {

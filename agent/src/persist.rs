@@ -8,7 +8,6 @@ use anyhow::{Context, anyhow};
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use prost::Message;
 
-use crate::identity::write_atomic;
 use crate::state::{Config, type_urls};
 
 /// The file, under the certificate directory.
@@ -50,4 +49,23 @@ pub fn load(dir: &Path) -> anyhow::Result<Vec<DeltaDiscoveryResponse>> {
     let order = type_urls();
     out.sort_by_key(|r| order.iter().position(|t| *t == r.type_url).unwrap_or(order.len()));
     Ok(out)
+}
+
+/// Writes `dir/name` by writing a temporary file beside it and renaming it over, so that a
+/// reader sees the old file or the new one, never half of one.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let target = dir.join(name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot replace {}", target.display()))
 }

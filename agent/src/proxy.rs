@@ -34,13 +34,13 @@ use tokio::task::JoinHandle;
 use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
-use crate::admin::Metrics;
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, Share, Side,
     Target, evaluate, grpc_code_of,
 };
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
@@ -88,7 +88,7 @@ fn pooled_client(h2: bool) -> hyper_util::client::legacy::Builder {
 pub enum Binding {
     /// Explicit mode: every inbound listener, and the outbound ones of the services named.
     Explicit(Outbound),
-    /// Transparent mode: none; the capture listeners ([`crate::transparent`]) take their
+    /// Transparent mode: none; the capture listeners take their
     /// connections and hand each to the listener it was meant for.
     Transparent,
 }

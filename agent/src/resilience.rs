@@ -14,6 +14,38 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How a cluster picks one of its endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// Each in turn.
+    RoundRobin,
+    /// The one with the fewest requests in flight of `choices` drawn at random (Envoy's
+    /// default: two, the power of two choices).
+    LeastRequest { choices: u32 },
+}
+
+impl LbPolicy {
+    /// Which of the usable endpoints gets a request, given each one's requests in flight
+    /// (`outstanding`, not empty), the cluster's round-robin turn, and random indices into
+    /// `outstanding` to draw from. Ties go to the first drawn.
+    pub fn choose(self, outstanding: &[u32], turn: u64, mut draws: impl FnMut() -> usize) -> usize {
+        let n = outstanding.len();
+        match self {
+            LbPolicy::RoundRobin => (turn % n as u64) as usize,
+            LbPolicy::LeastRequest { choices } => {
+                let mut best = draws() % n;
+                for _ in 1..choices.max(1) {
+                    let other = draws() % n;
+                    if outstanding[other] < outstanding[best] {
+                        best = other;
+                    }
+                }
+                best
+            }
+        }
+    }
+}
+
 /// When to eject a host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutlierPolicy {
@@ -102,7 +134,7 @@ impl ClusterHealth {
     }
 
     /// One of `usable` (not empty) for a request, as `lb` balances.
-    pub fn choose(&self, lb: crate::config::LbPolicy, usable: &[SocketAddr]) -> SocketAddr {
+    pub fn choose(&self, lb: LbPolicy, usable: &[SocketAddr]) -> SocketAddr {
         let outstanding: Vec<u32> = {
             let state = self.hosts.lock().expect("not poisoned");
             usable.iter().map(|h| state.get(h).map_or(0, |s| s.active)).collect()
@@ -300,14 +332,14 @@ mod tests {
         let health = Arc::new(ClusterHealth::default());
         let (a, b): (SocketAddr, SocketAddr) =
             ("10.0.0.1:80".parse().unwrap(), "10.0.0.2:80".parse().unwrap());
-        let lr = crate::config::LbPolicy::LeastRequest { choices: 2 };
+        let lr = LbPolicy::LeastRequest { choices: 2 };
         let busy: Vec<HostRequest> = (0..3).map(|_| health.started(a)).collect();
         let to_a = (0..4_000).filter(|_| health.choose(lr, &[a, b]) == a).count();
         assert!((800..1_200).contains(&to_a), "a only when drawn twice: {to_a} of 4000");
         drop(busy);
         let to_a = (0..4_000).filter(|_| health.choose(lr, &[a, b]) == a).count();
         assert!((1_700..2_300).contains(&to_a), "even again once they ended: {to_a} of 4000");
-        let rr = crate::config::LbPolicy::RoundRobin;
+        let rr = LbPolicy::RoundRobin;
         let turns: Vec<SocketAddr> = (0..4).map(|_| health.choose(rr, &[a, b])).collect();
         assert!(turns[0] != turns[1] && turns[0] == turns[2] && turns[1] == turns[3], "{turns:?}");
     }

@@ -31,7 +31,7 @@ pub struct Config {
     pub applied: std::collections::BTreeSet<String>,
     /// type URL → name → version.
     pub versions: BTreeMap<String, BTreeMap<String, String>>,
-    /// type URL → name → the resource as received, for [`crate::persist`].
+    /// type URL → name → the resource as received, for the copy kept on disk.
     pub raw: BTreeMap<String, BTreeMap<String, Resource>>,
 }
 

@@ -280,7 +280,7 @@ mod tests {
             limit: None,
             outlier: None,
             health_check: None,
-            lb: crate::config::LbPolicy::RoundRobin,
+            lb: crate::resilience::LbPolicy::RoundRobin,
         };
         let eps = endpoints.iter().map(|e| e.parse().unwrap()).collect();
         ((name.to_owned(), Arc::new(c)), (name.to_owned(), Arc::new(eps)))
