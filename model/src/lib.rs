@@ -16,6 +16,7 @@ mod svid_ttl;
 mod tags;
 pub mod telemetry;
 mod token;
+pub mod topology;
 mod wait;
 
 pub use ids::{MeshId, OrgId};
