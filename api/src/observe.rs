@@ -18,7 +18,7 @@ use trellis_store::StoredAccessLog;
 use crate::ApiError;
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
-use crate::error::ReadErrors;
+use crate::error::{BoundedReadErrors, ReadErrors};
 use crate::params::{AccessLogEntryPath, MeshPath, ServicePath};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -74,7 +74,7 @@ const _: () = assert!(trellis_model::topology::MAX_UNGROUPED_EDGES == 5_000);
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/topology", operation_id = "getTopology",
     summary = "Who called whom in the window: services (grouped by name prefix over 150) with their golden metrics, and edges with theirs",
     params(MeshPath, TopologyQuery),
-    responses((status = 200, description = "The topology", body = ref("#/components/schemas/Topology")), ReadErrors))]
+    responses((status = 200, description = "The topology", body = ref("#/components/schemas/Topology")), BoundedReadErrors))]
 pub(crate) async fn topology(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,

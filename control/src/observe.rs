@@ -80,7 +80,10 @@ impl Control {
         let seconds = window_seconds(window, DEFAULT_WINDOW_SECS)?;
         let filter =
             Filter::parse(search.service.as_deref(), search.group.as_deref(), search.grouping.as_deref())
-                .map_err(|e| AppError::invalid(vec![e]))?;
+                .map_err(|e| {
+                    AppError::bad_request(format!("{}: {}", e.field, e.message))
+                        .with_field(&e.field, &e.message)
+                })?;
         let m = scope.mesh(mesh).await?;
         let to = Utc::now();
         let (totals, resolution) = scope.tx.window_totals(m.id, to - TimeDelta::seconds(seconds), to).await?;
