@@ -60,8 +60,8 @@ pub(crate) struct TopologyQuery {
     /// Only the services of this group (a name's part before its first `-`) one by one, with the nodes they call or are called by
     #[param(nullable = false)]
     group: Option<String>,
-    /// `prefix` (default): over 150 services, services are grouped by name prefix, and past 150 groups the least busy share the node `(other)`; `none`: every service its own node, refused over 5,000 edges
-    #[param(nullable = false, value_type = Option<String>, pattern = "^(prefix|none)$")]
+    /// `prefix` (the default, also when empty): over 150 services, services are grouped by name prefix, and past 150 groups the least busy share the node `(other)`; `none`: every service its own node, refused over 5,000 edges
+    #[param(nullable = false, value_type = Option<String>, pattern = "^(prefix|none)?$")]
     grouping: Option<String>,
 }
 
