@@ -289,6 +289,8 @@ macro_rules! problem_sets {
 problem_sets! {
     /// What a read can fail with: `responses(…, ReadErrors)` in an operation.
     ReadErrors = [400, 401, 403, 404];
+    /// A read that can refuse an answer too large to give (the topology without grouping).
+    BoundedReadErrors = [400, 401, 403, 404, 422];
     /// What a write with a JSON body can fail with.
     WriteErrors = [400, 401, 403, 404, 409, 412, 413, 415, 422];
     /// A step with no body that can conflict with the current state (CA rotation, removals).

@@ -6,16 +6,19 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use trellis_control::{AccessLogSearch, Control, EdgeWindow, Why, attribution_of};
+use trellis_control::{
+    AccessLogSearch, Control, EdgeWindow, TopologySearch, TopologyWindow, Why, attribution_of,
+};
 use trellis_model::ResourceName;
 use trellis_model::attribution::Attribution;
-use trellis_model::telemetry::{EdgeTotal, GoldenMetrics, Topology, service_metrics};
+use trellis_model::telemetry::{EdgeTotal, GoldenMetrics, service_metrics};
+use trellis_model::topology::{API_MAX_NODES, NodeKind};
 use trellis_store::StoredAccessLog;
 
 use crate::ApiError;
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
-use crate::error::ReadErrors;
+use crate::error::{BoundedReadErrors, ReadErrors};
 use crate::params::{AccessLogEntryPath, MeshPath, ServicePath};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -44,28 +47,63 @@ fn metrics_json(m: &GoldenMetrics) -> Value {
     })
 }
 
-/// `GET …/meshes/{mesh}/topology`: every service that carried traffic in the window, with
-/// its golden metrics, and every edge between two of them.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopologyQuery {
+    /// Seconds back from now (default 300); read from the final hour and minute rollups inside the window and from 10 s buckets at its ends, exact to 10 s
+    #[param(nullable = false, minimum = 10, maximum = 7_776_000)]
+    window: Option<i64>,
+    /// Only this service, its callers and its callees (the service stays one node)
+    #[param(nullable = false)]
+    service: Option<String>,
+    /// Only the services of this group (a name's part before its first `-`) one by one, with the nodes they call or are called by
+    #[param(nullable = false)]
+    group: Option<String>,
+    /// `prefix` (the default, also when empty): over 150 services, services are grouped by name prefix, and past 150 groups the least busy share the node `(other)`; `none`: every service its own node, refused over 5,000 edges
+    #[param(nullable = false, value_type = Option<String>, pattern = "^(prefix|none)?$")]
+    grouping: Option<String>,
+}
+
+// The bounds the topology's parameters publish.
+const _: () = assert!(trellis_model::topology::API_MAX_NODES == 150);
+const _: () = assert!(trellis_model::topology::MAX_UNGROUPED_EDGES == 5_000);
+
+/// `GET …/meshes/{mesh}/topology`: who called whom in the window, services (or groups of
+/// them, over 150) as nodes with their golden metrics, and the edges between them.
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/topology", operation_id = "getTopology",
-    summary = "Who called whom in the window: services with their golden metrics, and edges with theirs",
-    params(MeshPath, WindowQuery),
-    responses((status = 200, description = "The topology", body = ref("#/components/schemas/Topology")), ReadErrors))]
+    summary = "Who called whom in the window: services (grouped by name prefix over 150) with their golden metrics, and edges with theirs",
+    params(MeshPath, TopologyQuery),
+    responses((status = 200, description = "The topology", body = ref("#/components/schemas/Topology")), BoundedReadErrors))]
 pub(crate) async fn topology(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
-    ApiQuery(q): ApiQuery<WindowQuery>,
+    ApiQuery(q): ApiQuery<TopologyQuery>,
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
-    let EdgeWindow { seconds: secs, resolution, totals, .. } =
-        ctl.edge_totals(scope, &mesh, q.window).await?;
-    let window = secs as f64;
-    let t = Topology::of(&totals, window);
-    let nodes: Vec<Value> = t
+    let search = TopologySearch { service: q.service, group: q.group, grouping: q.grouping };
+    let TopologyWindow { seconds, resolution, view, .. } =
+        ctl.topology(scope, &mesh, q.window, &search, API_MAX_NODES).await?;
+    let nodes: Vec<Value> = view
         .nodes
         .iter()
-        .map(|n| json!({ "service": n, "metrics": metrics_json(&service_metrics(&totals, n, window)) }))
+        .map(|n| {
+            let (kind, service, group) = match &n.kind {
+                NodeKind::Service => ("service", Some(n.name.as_str()), None),
+                NodeKind::Group(g) => ("group", None, Some(g.as_str())),
+                NodeKind::Other => ("other", None, None),
+            };
+            json!({
+                "name": n.name,
+                "kind": kind,
+                "service": service,
+                "group": group,
+                "members": n.members,
+                "metrics": metrics_json(&n.metrics),
+            })
+        })
         .collect();
-    let edges: Vec<Value> = t
+    let edges: Vec<Value> = view
         .edges
         .iter()
         .map(|e| {
@@ -74,13 +112,21 @@ pub(crate) async fn topology(
                 .iter()
                 .map(|s| json!({ "tags": s.subset, "requests": s.requests, "share": s.share }))
                 .collect();
-            json!({ "source": e.source, "destination": e.destination, "metrics": metrics_json(&e.metrics), "subsets": subsets })
+            json!({
+                "source": view.nodes[e.source].name,
+                "destination": view.nodes[e.destination].name,
+                "metrics": metrics_json(&e.metrics),
+                "subsets": subsets,
+                "merged": e.merged,
+            })
         })
         .collect();
     Ok(Json(json!({
         "mesh": mesh,
-        "windowSeconds": secs,
+        "windowSeconds": seconds,
         "resolutionSeconds": resolution.seconds(),
+        "services": view.services,
+        "grouped": view.grouped,
         "nodes": nodes,
         "edges": edges,
     })))

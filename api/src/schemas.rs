@@ -425,7 +425,8 @@ fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
         "properties": {"source": {"type": "string"}, "destination": {"type": "string"}, "metrics": golden},
     });
     let mut topology_edge = edge.clone();
-    topology_edge["required"] = json!(["source", "destination", "metrics", "subsets"]);
+    topology_edge["required"] = json!(["source", "destination", "metrics", "subsets", "merged"]);
+    topology_edge["properties"]["merged"] = json!({"type": "integer", "description": "Service edges merged into this one (1 between two services)"});
     topology_edge["properties"]["subsets"] = json!({
         "type": "array",
         "description": "How the edge's requests split between subsets of the destination (a route's weighted backends, e.g. versions), in tag order",
@@ -439,11 +440,20 @@ fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
         "Topology".into(),
         json!({
             "type": "object",
-            "required": ["mesh", "windowSeconds", "resolutionSeconds", "nodes", "edges"],
+            "description": "Over 150 services, services are grouped by name prefix (`billing-api` is in `billing-*`) and past 150 groups the least busy share the node `(other)`; an edge between two nodes merges exactly the service edges it stands for (calls inside a group are its loop), so the edges' requests add up to every call the filter kept",
+            "required": ["mesh", "windowSeconds", "resolutionSeconds", "services", "grouped", "nodes", "edges"],
             "properties": {
                 "mesh": {"type": "string"}, "windowSeconds": {"type": "integer"}, "resolutionSeconds": {"type": "integer", "description": "The finest bucket width the window was read in"},
-                "nodes": {"type": "array", "items": {"type": "object", "required": ["service", "metrics"],
-                    "properties": {"service": {"type": "string"}, "metrics": golden}}},
+                "services": {"type": "integer", "description": "Services at either end of an edge the filter kept"},
+                "grouped": {"type": "boolean", "description": "Were services grouped to stay within 150 nodes?"},
+                "nodes": {"type": "array", "items": {"type": "object", "required": ["name", "kind", "service", "group", "members", "metrics"],
+                    "properties": {
+                        "name": {"type": "string", "description": "The service, `<group>-*` for a group, or `(other)`; what edges name"},
+                        "kind": {"type": "string", "enum": ["service", "group", "other"]},
+                        "service": {"type": ["string", "null"], "description": "The service, for a service's node"},
+                        "group": {"type": ["string", "null"], "description": "The name prefix, for a group's node (`?group=` opens it)"},
+                        "members": {"type": "integer", "description": "Services the node stands for"},
+                        "metrics": golden}}},
                 "edges": {"type": "array", "items": topology_edge},
             },
         }),

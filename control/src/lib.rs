@@ -43,8 +43,8 @@ pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
 pub use observe::{
     AccessLogPage, AccessLogSearch, DEFAULT_ACCESS_LOG_SECS, DEFAULT_WINDOW_SECS, EdgeWindow,
-    MAX_ACCESS_LOG_PAGE, MAX_SERIES_POINTS, MAX_WINDOW_SECS, RuleNow, ServiceSeries, Why, attribution_of,
-    window_seconds,
+    MAX_ACCESS_LOG_PAGE, MAX_SERIES_POINTS, MAX_WINDOW_SECS, RuleNow, ServiceSeries, TopologySearch,
+    TopologyWindow, Why, attribution_of, window_seconds,
 };
 pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};

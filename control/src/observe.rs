@@ -9,6 +9,7 @@ use serde_json::Value;
 use trellis_model::attribution::Attribution;
 use trellis_model::config::{FieldError, Kind};
 use trellis_model::telemetry::{EdgeCounts, EdgeTotal, GoldenMetrics, Resolution};
+use trellis_model::topology::{Filter, View, ViewError, view};
 use trellis_model::{Action, MeshId, ResourceName};
 use trellis_store::{AccessLogQuery, AccessLogRecord, Mesh, Resource, StoredAccessLog};
 use uuid::Uuid;
@@ -44,6 +45,54 @@ impl Control {
         let (totals, resolution) = scope.tx.window_totals(m.id, to - TimeDelta::seconds(seconds), to).await?;
         scope.commit().await?;
         Ok(EdgeWindow { mesh: m, seconds, resolution, totals })
+    }
+}
+
+/// A mesh's topology over a window, as [`trellis_model::topology::view`] shows it.
+pub struct TopologyWindow {
+    pub mesh: Mesh,
+    pub seconds: i64,
+    pub resolution: Resolution,
+    pub view: View,
+}
+
+/// A topology request's filter as a front end received it: text, parsed by the core.
+#[derive(Debug, Default, Clone)]
+pub struct TopologySearch {
+    pub service: Option<String>,
+    pub group: Option<String>,
+    pub grouping: Option<String>,
+}
+
+impl Control {
+    /// The topology of `mesh` over the last `window` seconds (default five minutes),
+    /// narrowed by `search`, in at most `max_nodes` nodes unless it asks for no grouping:
+    /// the one rule behind the REST topology and the console's drawing.
+    pub async fn topology(
+        &self,
+        scope: Scope,
+        mesh: &str,
+        window: Option<i64>,
+        search: &TopologySearch,
+        max_nodes: usize,
+    ) -> Result<TopologyWindow, AppError> {
+        let mut scope = scope.allow(Action::Read)?;
+        let seconds = window_seconds(window, DEFAULT_WINDOW_SECS)?;
+        let filter =
+            Filter::parse(search.service.as_deref(), search.group.as_deref(), search.grouping.as_deref())
+                .map_err(|e| {
+                    AppError::bad_request(format!("{}: {}", e.field, e.message))
+                        .with_field(&e.field, &e.message)
+                })?;
+        let m = scope.mesh(mesh).await?;
+        let to = Utc::now();
+        let (totals, resolution) = scope.tx.window_totals(m.id, to - TimeDelta::seconds(seconds), to).await?;
+        scope.commit().await?;
+        let view = view(&totals, seconds as f64, &filter, max_nodes).map_err(|e| match e {
+            ViewError::TooManyEdges { .. } => AppError::unprocessable(e.to_string())
+                .with_field("grouping", "none is refused over this many edges"),
+        })?;
+        Ok(TopologyWindow { mesh: m, seconds, resolution, view })
     }
 }
 

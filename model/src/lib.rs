@@ -16,6 +16,7 @@ mod svid_ttl;
 mod tags;
 pub mod telemetry;
 mod token;
+pub mod topology;
 pub mod traffic_events;
 mod wait;
 

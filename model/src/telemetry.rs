@@ -352,18 +352,21 @@ impl GoldenMetrics {
 pub enum Resolution {
     TenSeconds,
     Minute,
+    TenMinutes,
     Hour,
 }
 
 impl Resolution {
     /// Finest first.
-    pub const ALL: [Resolution; 3] = [Resolution::TenSeconds, Resolution::Minute, Resolution::Hour];
+    pub const ALL: [Resolution; 4] =
+        [Resolution::TenSeconds, Resolution::Minute, Resolution::TenMinutes, Resolution::Hour];
 
     /// The bucket width in seconds (the stored `resolution_s`).
     pub fn seconds(self) -> i64 {
         match self {
             Resolution::TenSeconds => 10,
             Resolution::Minute => 60,
+            Resolution::TenMinutes => 600,
             Resolution::Hour => 3600,
         }
     }
@@ -374,11 +377,12 @@ impl Resolution {
     }
 }
 
-/// How far the leader has rolled the 10 s buckets up (Unix seconds): minute and hour buckets
-/// that start before these instants are final.
+/// How far the leader has rolled the 10 s buckets up (Unix seconds): minute, 10-minute and
+/// hour buckets that start before these instants are final.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RolledUp {
     pub minute: i64,
+    pub ten_minutes: i64,
     pub hour: i64,
 }
 
@@ -391,9 +395,10 @@ pub struct ReadSpan {
 }
 
 /// The stored rows that add up to the buckets starting in `[from, to)` (Unix seconds): the
-/// final hours inside it, then final minutes, and 10 s buckets for the rest, so that an hour
-/// reads about 60 rows per edge rather than 360 and the figures stay exact (a rollup is the
-/// sum of what it covers). Spans are in time order and do not overlap.
+/// final hours inside it, then final 10-minute buckets, final minutes, and 10 s buckets for
+/// the rest, so that an hour reads about 20 rows per edge rather than 360 and the figures
+/// stay exact (a rollup is the sum of what it covers). Spans are in time order and do not
+/// overlap: at most seven (coarser in the middle, finer at each end).
 pub fn read_plan(from: i64, to: i64, rolled_up: RolledUp) -> Vec<ReadSpan> {
     fn cover(from: i64, to: i64, coarser: &[(Resolution, i64)], out: &mut Vec<ReadSpan>) {
         if from >= to {
@@ -418,7 +423,11 @@ pub fn read_plan(from: i64, to: i64, rolled_up: RolledUp) -> Vec<ReadSpan> {
     cover(
         from,
         to,
-        &[(Resolution::Hour, rolled_up.hour), (Resolution::Minute, rolled_up.minute)],
+        &[
+            (Resolution::Hour, rolled_up.hour),
+            (Resolution::TenMinutes, rolled_up.ten_minutes),
+            (Resolution::Minute, rolled_up.minute),
+        ],
         &mut spans,
     );
     spans
@@ -703,10 +712,10 @@ mod tests {
     #[test]
     fn a_read_takes_final_rollups_inside_its_window_and_10_s_rows_at_its_ends() {
         let span = |resolution, from, to| ReadSpan { resolution, from, to };
-        use Resolution::{Hour, Minute, TenSeconds};
+        use Resolution::{Hour, Minute, TenMinutes, TenSeconds};
         // An hour from 10:00:25, minutes rolled up to 10:59:00, hours to 10:00:00.
         let (from, to) = (36_025, 39_625);
-        let plan = read_plan(from, to, RolledUp { minute: 39_540, hour: 36_000 });
+        let plan = read_plan(from, to, RolledUp { minute: 39_540, ten_minutes: 36_000, hour: 36_000 });
         assert_eq!(
             plan,
             [
@@ -716,11 +725,15 @@ mod tests {
             ]
         );
         // Rolled up past the window's end: whole minutes up to the last one that started.
-        let plan = read_plan(from, to, RolledUp { minute: 40_000, hour: 36_000 });
+        let plan = read_plan(from, to, RolledUp { minute: 40_000, ten_minutes: 36_000, hour: 36_000 });
         assert_eq!(plan[1], span(Minute, 36_060, 39_600));
         assert_eq!(plan[2], span(TenSeconds, 39_600, 39_625));
         // Two days: whole final hours in the middle, minutes and 10 s rows at both ends.
-        let plan = read_plan(3_590, 3_590 + 172_800, RolledUp { minute: 176_340, hour: 172_800 });
+        let plan = read_plan(
+            3_590,
+            3_590 + 172_800,
+            RolledUp { minute: 176_340, ten_minutes: 172_800, hour: 172_800 },
+        );
         assert_eq!(
             plan,
             [
@@ -730,13 +743,50 @@ mod tests {
                 span(TenSeconds, 176_340, 176_390),
             ]
         );
+        // With 10-minute rollups: hours, then 10 minutes, then minutes, then 10 s at each end.
+        let plan =
+            read_plan(3_590, 3_590 + 7_200, RolledUp { minute: 10_740, ten_minutes: 10_200, hour: 7_200 });
+        assert_eq!(
+            plan,
+            [
+                span(TenSeconds, 3_590, 3_600),
+                span(Hour, 3_600, 7_200),
+                span(TenMinutes, 7_200, 10_200),
+                span(Minute, 10_200, 10_740),
+                span(TenSeconds, 10_740, 10_790),
+            ]
+        );
+        // The last hour at 10:43:25, rolled up as the leader does: about 20 rows per edge.
+        let now = 38_605;
+        let plan =
+            read_plan(now - 3_600, now, RolledUp { minute: 38_520, ten_minutes: 38_400, hour: 36_000 });
+        assert_eq!(
+            plan,
+            [
+                span(TenSeconds, 35_005, 35_040),
+                span(Minute, 35_040, 35_400),
+                span(TenMinutes, 35_400, 38_400),
+                span(Minute, 38_400, 38_520),
+                span(TenSeconds, 38_520, 38_605),
+            ]
+        );
+        let rows: i64 =
+            plan.iter().map(|s| (s.to - s.from + s.resolution.seconds() - 1) / s.resolution.seconds()).sum();
+        assert_eq!(rows, 4 + 6 + 5 + 2 + 9, "instead of 60 minutes and 10 s rows at the ends");
         // Nothing rolled up yet: 10 s rows only.
-        assert_eq!(read_plan(0, 3_600, RolledUp { minute: 0, hour: 0 }), [span(TenSeconds, 0, 3_600)]);
+        assert_eq!(
+            read_plan(0, 3_600, RolledUp { minute: 0, ten_minutes: 0, hour: 0 }),
+            [span(TenSeconds, 0, 3_600)]
+        );
         // Every plan covers its window exactly, in order, without overlap.
-        for (from, to, m, h) in
-            [(5, 7_205, 7_000, 3_600), (-65, 125, 60, 0), (100, 100, 0, 0), (0, 59, 60, 0)]
-        {
-            let plan = read_plan(from, to, RolledUp { minute: m, hour: h });
+        for (from, to, m, t, h) in [
+            (5, 7_205, 7_000, 6_600, 3_600),
+            (-65, 125, 60, 0, 0),
+            (100, 100, 0, 0, 0),
+            (0, 59, 60, 0, 0),
+            (-605, 9_999, 9_960, 9_600, 7_200),
+        ] {
+            let plan = read_plan(from, to, RolledUp { minute: m, ten_minutes: t, hour: h });
             let mut at = from;
             for s in &plan {
                 assert_eq!(s.from, at, "{plan:?}");

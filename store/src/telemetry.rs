@@ -113,8 +113,9 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// Most spans one read sums: 10 s rows, minutes, hours, minutes, 10 s rows (`read_plan`).
-const MAX_SPANS: usize = 5;
+/// Most spans one read sums: 10 s rows, minutes, 10 minutes, hours, 10 minutes, minutes,
+/// 10 s rows (`read_plan`).
+const MAX_SPANS: usize = 7;
 
 /// The statement behind the edge reads, over `spans` ranges of one resolution each
 /// (`$2 + 3i` the resolution, then the range). The histograms are summed one bucket index at a
@@ -331,15 +332,19 @@ impl TenantTx {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<(Vec<EdgeTotal>, Resolution), StoreError> {
-        let (minute, hour): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+        type Watermark = Option<DateTime<Utc>>;
+        let (minute, ten_minutes, hour): (Watermark, Watermark, Watermark) = sqlx::query_as(
             "SELECT (SELECT done_until FROM telemetry_rollups WHERE resolution_s = 60), \
+                    (SELECT done_until FROM telemetry_rollups WHERE resolution_s = 600), \
                     (SELECT done_until FROM telemetry_rollups WHERE resolution_s = 3600)",
         )
         .fetch_one(self.conn())
         .await?;
+        let final_until = |w: Watermark| w.map_or(i64::MIN, |t| t.timestamp());
         let rolled_up = RolledUp {
-            minute: minute.map_or(i64::MIN, |t| t.timestamp()),
-            hour: hour.map_or(i64::MIN, |t| t.timestamp()),
+            minute: final_until(minute),
+            ten_minutes: final_until(ten_minutes),
+            hour: final_until(hour),
         };
         let plan = read_plan(seconds_from(from), seconds_from(to), rolled_up);
         let finest =
@@ -507,8 +512,8 @@ impl Store {
         Ok(())
     }
 
-    /// Rolls finished 10 s buckets up to minutes and minutes to hours, `lag` after a bucket
-    /// ends (a leader duty). Returns the rows written.
+    /// Rolls finished 10 s buckets up to minutes, minutes to 10 minutes and those to hours,
+    /// `lag` after a bucket ends (a leader duty). Returns the rows written.
     pub async fn rollup_telemetry(&self, lag: Duration) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT trellis_telemetry_rollup(make_interval(secs => $1))")
             .bind(lag.as_secs_f64())
@@ -521,6 +526,8 @@ impl Store {
         let keep = serde_json::json!({
             "telemetry_edges_10s": retention.edges_10s.as_secs_f64(),
             "telemetry_edges_1m": retention.edges_1m.as_secs_f64(),
+            // The 10-minute rows are kept as long as the minutes they add up.
+            "telemetry_edges_10m": retention.edges_1m.as_secs_f64(),
             "telemetry_edges_1h": retention.edges_1h.as_secs_f64(),
             "access_log": retention.access_log.as_secs_f64(),
         });

@@ -11,6 +11,11 @@
 //! resolution `Resolution::for_window` picks): `BENCH_READ_SERVICES` (default 200) services
 //! with `BENCH_READ_EDGES` (default 1,000) edges between them, each with a 10 s row in every
 //! bucket of the last hour, read `BENCH_READS` (default 30) times per window.
+//! `BENCH_ONLY=reads` runs only that part (it needs no `trellis` binary).
+//!
+//! Then the REST topology of a synthetic mesh of 1,000 services and 10,000 edges
+//! (`trellis_tests::synthetic`, one 10 s bucket), `BENCH_READS` GETs of each view through
+//! the running server on loopback. `BENCH_ONLY=topology` runs only that part.
 
 use std::time::{Duration, Instant};
 
@@ -62,6 +67,11 @@ fn cpu_seconds(pid: u32) -> f64 {
 #[tokio::main]
 async fn main() {
     trellis_tests::init();
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("reads") => return read_bench().await,
+        Ok("topology") => return topology_bench().await,
+        _ => {}
+    }
     let proxies = env("BENCH_PROXIES", 50);
     let rounds = env("BENCH_ROUNDS", 40) as u32;
     let db = TestDb::create().await;
@@ -194,6 +204,65 @@ async fn main() {
     );
     t.stop(Duration::from_secs(10)).await;
     read_bench().await;
+    topology_bench().await;
+}
+
+/// Times the REST topology of 1,000 services and 10,000 edges: the first (grouped) view, a
+/// group opened and a service's neighbourhood, at the client on loopback (the server's time
+/// plus one loopback HTTP exchange).
+async fn topology_bench() {
+    let db = TestDb::create().await;
+    let (t, api, store, _) = trellis_tests::serve_example_mesh(&db, &[("TRELLIS_LOG", "warn")]).await;
+    let org = store.org_by_slug(&OrgSlug::parse("acme").unwrap()).await.unwrap().unwrap().id;
+    let mut tx = store.tenant(org).await.unwrap();
+    let mesh = tx.mesh_by_name(&MeshName::parse("shop").unwrap()).await.unwrap().unwrap().id;
+    tx.commit().await.unwrap();
+    let edges = trellis_tests::synthetic::edges(1_000, 10);
+    let bucket = Utc::now().duration_trunc(TimeDelta::seconds(10)).unwrap();
+    let written = trellis_tests::synthetic::record(&store, org, mesh, &edges, bucket).await;
+    let reads = env("BENCH_READS", 30);
+    println!("\ntopology: 1,000 services, 10,000 edges, {written} requests in one 10 s bucket");
+    println!("\n| view | nodes | edges | body | reads | p50 | p95 | max |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, query) in [
+        ("first view (grouped)", ""),
+        ("one group opened", "&group=team3"),
+        ("one service's neighbourhood", "&service=team3-svc80"),
+    ] {
+        let path = format!("/meshes/shop/topology?window=300{query}");
+        let mut times = Vec::with_capacity(reads);
+        let (mut nodes, mut edges, mut size) = (0, 0, 0);
+        for _ in 0..reads {
+            let started = Instant::now();
+            let res = api.req(reqwest::Method::GET, &path).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let body = res.bytes().await.unwrap();
+            times.push(started.elapsed());
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let requests: u64 = v["edges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["metrics"]["requests"].as_u64().unwrap())
+                .sum();
+            if query.is_empty() {
+                assert_eq!(requests, written, "the grouped view counts every call");
+            }
+            (nodes, edges, size) =
+                (v["nodes"].as_array().unwrap().len(), v["edges"].as_array().unwrap().len(), body.len());
+        }
+        times.sort();
+        let at = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "| {name} | {nodes} | {edges} | {:.0} KB | {reads} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            size as f64 / 1024.0,
+            ms(at(0.50)),
+            ms(at(0.95)),
+            ms(times[times.len() - 1])
+        );
+    }
+    t.stop(Duration::from_secs(10)).await;
 }
 
 /// Seeds an hour of 10 s rows for a mesh of `BENCH_READ_SERVICES` services and

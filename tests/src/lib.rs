@@ -6,6 +6,7 @@ pub mod browser;
 pub mod console;
 pub mod grpc;
 pub mod oidc;
+pub mod synthetic;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

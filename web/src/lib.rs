@@ -20,7 +20,6 @@ mod pages;
 mod resources;
 mod route_form;
 mod security;
-mod topology;
 mod yaml;
 
 use axum::Router;

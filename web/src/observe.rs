@@ -12,13 +12,12 @@ use maud::Markup;
 use serde::Deserialize;
 use trellis_control::{
     AccessLogSearch, AppError, DEFAULT_EVENT_SECS, DEFAULT_WINDOW_SECS, Envelope, EventSearch,
-    IMPACT_WINDOW_SECS, Problem, window_seconds,
+    IMPACT_WINDOW_SECS, Problem, TopologySearch, window_seconds,
 };
 use trellis_model::config::{FieldError, Kind};
 
 use crate::pages::observe as page;
 use crate::pages::resources::{Editor, Place};
-use crate::topology::{self, Filter};
 use crate::{Console, PageError, Viewer, yaml};
 
 pub(crate) fn routes() -> Router<Console> {
@@ -74,17 +73,19 @@ async fn topology_page(
     let v = Viewer::of(&c, &headers).await?;
     let scope = c.control.open(&v.request, &org).await?;
     let window = q.window(DEFAULT_WINDOW_SECS)?;
-    let w = c.control.edge_totals(scope, &mesh, Some(window)).await?;
-    let filter =
-        Filter { service: given(&q.service).map(str::to_owned), group: given(&q.group).map(str::to_owned) };
-    let view = topology::view(&w.totals, w.seconds as f64, &filter);
+    let search = TopologySearch {
+        service: given(&q.service).map(str::to_owned),
+        group: given(&q.group).map(str::to_owned),
+        grouping: None,
+    };
+    let t = c.control.topology(scope, &mesh, Some(window), &search, page::MAX_DRAWN_NODES).await?;
     let form = page::TopologyForm {
-        window: w.seconds,
-        service: filter.service.as_deref().unwrap_or_default(),
-        group: filter.group.as_deref().unwrap_or_default(),
+        window: t.seconds,
+        service: search.service.as_deref().unwrap_or_default(),
+        group: search.group.as_deref().unwrap_or_default(),
     };
     let orgs = v.org_list();
-    Ok(page::topology(&v.chrome(Some(&org), &orgs), &org, &w.mesh, &view, &form))
+    Ok(page::topology(&v.chrome(Some(&org), &orgs), &org, &t.mesh, &t.view, &form))
 }
 
 /// `…/services/{service}/metrics`: a service's golden metrics over a window, with charts.

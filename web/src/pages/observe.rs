@@ -13,7 +13,7 @@ use trellis_store::{Mesh, StoredAccessLog};
 use crate::layered;
 use crate::layout::{Chrome, page};
 use crate::pages::resources::{Editor, yaml_form};
-use crate::topology::{MAX_NODES, View};
+use trellis_model::topology::{NodeKind, OTHER, View};
 
 /// The windows a viewer can pick, in seconds, with their names.
 pub const WINDOWS: [(i64, &str); 6] = [
@@ -96,6 +96,10 @@ pub fn edge_figures(m: &GoldenMetrics) -> String {
     format!("{} rps · {} · p99 {}", rps(m.rps), percent(m.success_rate), millis(m.p99_ms))
 }
 
+/// Most boxes a topology drawing holds: services are grouped over it (the model's rule, with
+/// the drawing's budget; the REST view holds more).
+pub const MAX_DRAWN_NODES: usize = 30;
+
 /// What the topology page's form says.
 pub struct TopologyForm<'a> {
     pub window: i64,
@@ -114,7 +118,10 @@ const MARGIN: f64 = 24.0;
 pub fn topology(chrome: &Chrome<'_>, org: &str, mesh: &Mesh, v: &View, form: &TopologyForm<'_>) -> Markup {
     let base = mesh_url(org, mesh.name.as_str());
     let strict = strict_mtls(mesh);
-    let edges: Vec<(usize, usize)> = v.edges.iter().map(|e| (e.source, e.destination)).collect();
+    // Calls inside a group are its loop: counted in the table, not drawn.
+    let drawn: Vec<&trellis_model::topology::Edge> =
+        v.edges.iter().filter(|e| e.source != e.destination).collect();
+    let edges: Vec<(usize, usize)> = drawn.iter().map(|e| (e.source, e.destination)).collect();
     let l = layered::layout(v.nodes.len(), &edges);
     let width = MARGIN * 2.0 + (l.layers.max(1) as f64 - 1.0) * COLUMN + NODE_W;
     let height = MARGIN * 2.0 + (l.rows.max(1) as f64 - 1.0) * ROW + NODE_H + 24.0;
@@ -128,9 +135,10 @@ pub fn topology(chrome: &Chrome<'_>, org: &str, mesh: &Mesh, v: &View, form: &To
         let offset = (l.rows - per_layer[layer]) as f64 * ROW / 2.0;
         (MARGIN + layer as f64 * COLUMN, MARGIN + 24.0 + offset + row as f64 * ROW)
     };
-    let node_href = |name: &str, members: Option<usize>| match members {
-        Some(_) => format!("{base}/topology?window={}&group={}", form.window, name.trim_end_matches("-*")),
-        None => format!("{base}/services/{name}/metrics?window={}", form.window),
+    let node_href = |name: &str, kind: &NodeKind| match kind {
+        NodeKind::Group(g) => Some(format!("{base}/topology?window={}&group={g}", form.window)),
+        NodeKind::Service => Some(format!("{base}/services/{name}/metrics?window={}", form.window)),
+        NodeKind::Other => None,
     };
     let edge_class = if strict { "edge mtls" } else { "edge permissive" };
     page(
@@ -154,13 +162,13 @@ pub fn topology(chrome: &Chrome<'_>, org: &str, mesh: &Mesh, v: &View, form: &To
                 } @else {
                     "The mesh is PERMISSIVE: services accept plaintext too, so edges are dashed. "
                 }
-                "Over " (MAX_NODES) " services, services are grouped by name prefix; open a group to see its members."
+                "Over " (MAX_DRAWN_NODES) " services, services are grouped by name prefix; open a group to see its members."
             }
-            @if v.left_out > 0 {
-                p.notice role="status" { (v.left_out) " less busy services or groups are not shown: filter by a service or a group." }
+            @if let Some(other) = v.nodes.iter().find(|n| n.kind == NodeKind::Other) {
+                p.notice role="status" { (other.members) " less busy services are drawn as one box, " (OTHER) ": filter by a service or a group." }
             }
-            @if v.hidden_inside_groups > 0 {
-                p.muted { (v.hidden_inside_groups) " edges inside groups are not drawn." }
+            @if v.edges_inside_groups() > 0 {
+                p.muted { (v.edges_inside_groups()) " edges inside groups are not drawn (the table lists them)." }
             }
             @if v.nodes.is_empty() {
                 p.muted #topology-empty { "No calls in this window." }
@@ -174,7 +182,7 @@ pub fn topology(chrome: &Chrome<'_>, org: &str, mesh: &Mesh, v: &View, form: &To
                                 path d="M 0 0 L 10 5 L 0 10 z" {}
                             }
                         }
-                        @for e in &v.edges {
+                        @for e in &drawn {
                             @let (sx, sy) = at(e.source);
                             @let (dx, dy) = at(e.destination);
                             @let (x1, y1) = (sx + NODE_W, sy + NODE_H / 2.0);
@@ -199,19 +207,24 @@ pub fn topology(chrome: &Chrome<'_>, org: &str, mesh: &Mesh, v: &View, form: &To
                         }
                         @for (i, n) in v.nodes.iter().enumerate() {
                             @let (x, y) = at(i);
-                            @let class = match (n.focus, n.members.is_some()) {
+                            @let class = match (n.focus, &n.kind) {
                                 (true, _) => "node focus",
-                                (_, true) => "node group",
-                                _ => "node",
+                                (_, NodeKind::Service) => "node",
+                                _ => "node group",
                             };
-                            a href=(node_href(&n.name, n.members)) {
+                            @let node = html! {
                                 g class=(class) id={ "node-" (n.name) } {
                                     rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {}
                                     text x=(x + NODE_W / 2.0) y=(y + NODE_H / 2.0 + 5.0) text-anchor="middle" {
                                         (n.name)
-                                        @if let Some(k) = n.members { " (" (k) ")" }
+                                        @if n.kind != NodeKind::Service { " (" (n.members) ")" }
                                     }
                                 }
+                            };
+                            @if let Some(href) = node_href(&n.name, &n.kind) {
+                                a href=(href) { (node) }
+                            } @else {
+                                (node)
                             }
                         }
                     }
