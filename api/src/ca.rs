@@ -558,3 +558,69 @@ pub(crate) async fn issue_svid(
     })
     .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use trellis_model::{MeshId, MeshName, TrustDomain};
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    #[test]
+    fn bodies_match_their_published_schemas() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let active = CaInfo {
+            id: Uuid::new_v4(),
+            origin: "generated",
+            state: "active",
+            root_fingerprint: Some("ab12".into()),
+            not_after: Some(at),
+            days_to_expiry: Some(-3),
+            live_leaves: 4,
+            certificate_pem: Some("PEM".into()),
+            csr_pem: None,
+            created_at: at,
+            activated_at: Some(at),
+            retired_at: None,
+        };
+        let pending = CaInfo {
+            origin: "intermediate_csr",
+            state: "pending",
+            root_fingerprint: None,
+            not_after: None,
+            days_to_expiry: None,
+            live_leaves: 0,
+            certificate_pem: None,
+            csr_pem: Some("CSR".into()),
+            activated_at: None,
+            ..active.clone()
+        };
+        let mesh = Mesh {
+            id: MeshId::new(),
+            name: MeshName::parse("shop").unwrap(),
+            trust_domain: TrustDomain::parse("shop.acme.trellis").unwrap(),
+            spec: json!({}),
+            labels: json!({}),
+            generation: 1,
+            version: Uuid::new_v4(),
+            revision: 7,
+            created_at: at,
+            updated_at: at,
+        };
+        let st = CaStatus {
+            phase: "awaiting-chain",
+            trust_domain: "shop.acme.trellis".into(),
+            bundle_sequence: 3,
+            svid_ttl_seconds: 3600,
+            cas: vec![active, pending],
+        };
+        let Json(status) = render_status((mesh, st));
+        let status = serde_json::to_value(status).unwrap();
+        assert_eq!(status["authorities"][1]["notAfter"], Value::Null);
+        assert_published("CaStatus", &status);
+        let csr = PendingCa { id: Uuid::new_v4(), state: "pending", csr: Some("CSR".into()) };
+        assert_published("PendingCa", &serde_json::to_value(csr).unwrap());
+    }
+}

@@ -231,3 +231,84 @@ pub(crate) async fn config(
 ) -> Result<Json<DataplaneConfigBody>, ApiError> {
     Ok(Json(render_config(ctl.dataplane_config(scope, &mesh, &dataplane).await?)))
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use trellis_model::{MeshId, MeshName, TrustDomain};
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    /// Online with everything known, or offline with nothing.
+    fn dataplane(known: bool) -> Dataplane {
+        Dataplane {
+            id: Uuid::new_v4(),
+            mesh_id: Uuid::new_v4(),
+            service: "reviews".into(),
+            node_id: "n1".into(),
+            client: "envoy".into(),
+            address: known.then(|| "10.0.0.1/32".parse().unwrap()),
+            ports: vec![9080],
+            tags: json!({"version": "v1"}),
+            zone: "z".into(),
+            online: known,
+            replica: None,
+            connected_at: at(),
+            last_seen_at: at(),
+            offline_since: (!known).then(at),
+            synced_revision: known.then_some(5),
+            calls: vec!["ratings".into()],
+            serves: known,
+        }
+    }
+
+    /// Sent, acknowledged and rejected with a reason, or never sent.
+    fn line(d: &Dataplane, known: bool) -> LedgerEntry {
+        LedgerEntry {
+            dataplane_id: d.id,
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            sent_version: known.then(|| "v3".into()),
+            sent_at: known.then(at),
+            acked_version: known.then(|| "v2".into()),
+            acked_at: known.then(at),
+            nacked_version: known.then(|| "v3".into()),
+            nack_error: known.then(|| "bad cluster".into()),
+            mesh_revision: known.then_some(3),
+            convergence_ms: known.then_some(12.5),
+        }
+    }
+
+    #[test]
+    fn bodies_match_their_published_schemas() {
+        let (a, b) = (dataplane(true), dataplane(false));
+        let mesh = trellis_store::Mesh {
+            id: MeshId::new(),
+            name: MeshName::parse("shop").unwrap(),
+            trust_domain: TrustDomain::parse("shop.acme.trellis").unwrap(),
+            spec: json!({}),
+            labels: json!({}),
+            generation: 1,
+            version: Uuid::new_v4(),
+            revision: 7,
+            created_at: at(),
+            updated_at: at(),
+        };
+        let ledger = vec![line(&a, true), line(&b, false)];
+        let fleet = Dataplanes { mesh, dataplanes: vec![a.clone(), b], ledger };
+        let list = serde_json::to_value(render_list(&fleet)).unwrap();
+        assert_eq!(list["items"][0]["sync"][0]["nack"], json!({"version": "v3", "error": "bad cluster"}));
+        assert_eq!(list["items"][1]["address"], Value::Null);
+        assert_published("DataplaneList", &list);
+
+        let types = vec![(line(&a, true), Some(json!([{"name": "reviews"}]))), (line(&a, false), None)];
+        let config = serde_json::to_value(render_config(DataplaneConfig { dataplane: a, types })).unwrap();
+        assert_eq!(config["types"][1]["resources"], Value::Null);
+        assert_published("DataplaneConfig", &config);
+    }
+}

@@ -348,3 +348,82 @@ pub(crate) async fn audit_events(
     let (events, next_cursor) = ctl.audit_events(scope, q).await?;
     Ok(Json(AuditEventList { items: events.iter().map(render_audit_event).collect(), next_cursor }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use chrono::TimeZone;
+    use trellis_model::{OrgId, OrgSlug};
+    use trellis_store::{Membership, Session, User};
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    fn org(slug: &str) -> Org {
+        Org { id: OrgId::new(), slug: OrgSlug::parse(slug).unwrap(), name: "Acme".into(), created_at: at() }
+    }
+
+    #[test]
+    fn bodies_match_their_published_schemas() {
+        let mut headers = HeaderMap::new();
+        let cookie = format!("{}=secret", crate::session::SESSION_COOKIE);
+        headers.insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+        let record = ApiToken {
+            id: uuid::Uuid::new_v4(),
+            name: "ci".into(),
+            role: Role::Admin,
+            created_by: "user:x".into(),
+            created_at: at(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let token =
+            serde_json::to_value(render_me(Me::Token { record, org: org("acme") }, &headers)).unwrap();
+        assert_eq!(token["kind"], "token");
+        assert!(token["org"].get("role").is_none());
+        assert_published("Me", &token);
+
+        let user = User {
+            id: uuid::Uuid::new_v4(),
+            oidc_issuer: "https://login.example.com".into(),
+            oidc_subject: "s".into(),
+            email: None,
+            display_name: Some("Ann".into()),
+            created_at: at(),
+            last_login_at: None,
+        };
+        let session = Session {
+            id: uuid::Uuid::new_v4(),
+            user_id: user.id,
+            created_at: at(),
+            last_seen_at: at(),
+            expires_at: at(),
+        };
+        let memberships = vec![Membership { org: org("acme"), role: Role::Owner }];
+        let me = serde_json::to_value(render_me(Me::User { user, session, memberships }, &headers)).unwrap();
+        assert_eq!(
+            (&me["kind"], &me["user"]["email"], &me["organizations"][0]["role"]),
+            (&json!("session"), &Value::Null, &json!("owner"))
+        );
+        assert_published("Me", &me);
+
+        let event = AuditRecord {
+            id: 4,
+            at: at(),
+            actor: "user:x".into(),
+            action: "mesh.create".into(),
+            target: "meshes/shop".into(),
+            request_id: None,
+            details: json!({"name": "shop"}),
+        };
+        let page = AuditEventList { items: vec![render_audit_event(&event)], next_cursor: None };
+        let page = serde_json::to_value(page).unwrap();
+        assert_eq!(page["nextCursor"], Value::Null);
+        assert_published("AuditEventList", &page);
+    }
+}
