@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use trellis_control::{AuditQuery, Caller, Control, Me, NewToken, Via};
 use trellis_model::Role;
 use trellis_store::{ApiToken, AuditRecord, Org};
@@ -42,8 +42,21 @@ pub(crate) struct Organization {
     role: Option<Role>,
     /// The caller's role and token id or user id
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, value_type = Object)]
-    you: Option<Value>,
+    #[schema(nullable = false)]
+    you: Option<You>,
+}
+
+/// The caller's role in the organization, and its token id (a token) or user id (a session).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct You {
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    user_id: Option<uuid::Uuid>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -53,8 +66,8 @@ pub(crate) struct OrganizationList {
 
 fn render_org(org: &Org, caller: Option<&Caller>) -> Organization {
     let you = caller.map(|c| match c.via {
-        Via::Token(id) => json!({ "role": c.role, "tokenId": id }),
-        Via::Session { user } => json!({ "role": c.role, "userId": user }),
+        Via::Token(id) => You { role: c.role, token_id: Some(id), user_id: None },
+        Via::Session { user } => You { role: c.role, token_id: None, user_id: Some(user) },
     });
     Organization {
         id: org.id.as_uuid(),
@@ -356,6 +369,8 @@ mod tests {
     use trellis_model::{OrgId, OrgSlug};
     use trellis_store::{Membership, Session, User};
 
+    use serde_json::json;
+
     use super::*;
     use crate::schema_check::assert_published;
 
@@ -425,5 +440,25 @@ mod tests {
         let page = serde_json::to_value(page).unwrap();
         assert_eq!(page["nextCursor"], Value::Null);
         assert_published("AuditEventList", &page);
+
+        for (via, you) in [
+            (Via::Token(some_id()), json!({"role": "editor", "tokenId": some_id()})),
+            (Via::Session { user: some_id() }, json!({"role": "editor", "userId": some_id()})),
+        ] {
+            let caller = Caller {
+                org: org("acme"),
+                role: Role::Editor,
+                via,
+                actor: "user:x".into(),
+                request_id: None,
+            };
+            let body = serde_json::to_value(render_org(&caller.org, Some(&caller))).unwrap();
+            assert_eq!(body["you"], you);
+            assert_published("Organization", &body);
+        }
+    }
+
+    fn some_id() -> uuid::Uuid {
+        uuid::Uuid::from_u128(42)
     }
 }
