@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use trellis_control::{Control, NewJoinToken};
 use trellis_model::SpiffeId;
 use trellis_pki::{CaInfo, CaStatus};
@@ -26,44 +26,116 @@ use crate::params::{CaPath, JoinTokenPath, MeshPath};
 
 const PEM_TYPE: &str = "application/x-pem-file";
 
-fn render_ca(c: &CaInfo) -> Value {
-    json!({
-        "id": c.id,
-        "origin": c.origin,
-        "state": c.state,
-        "rootFingerprint": c.root_fingerprint,
-        "notAfter": c.not_after,
-        "daysToExpiry": c.days_to_expiry,
-        "liveLeaves": c.live_leaves,
-        "certificatePem": c.certificate_pem,
-        "csrPem": c.csr_pem,
-        "createdAt": c.created_at,
-        "activatedAt": c.activated_at,
-        "retiredAt": c.retired_at,
-    })
+/// One CA of a mesh. Its private key is never returned.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CertificateAuthority)]
+pub(crate) struct CaBody {
+    id: Uuid,
+    #[schema(schema_with = ca_origin)]
+    origin: &'static str,
+    #[schema(schema_with = ca_state)]
+    state: &'static str,
+    /// SHA-256 of the root it chains to
+    #[schema(required)]
+    root_fingerprint: Option<String>,
+    #[schema(required)]
+    not_after: Option<DateTime<Utc>>,
+    /// Whole days from now (negative once past)
+    #[schema(required)]
+    days_to_expiry: Option<i64>,
+    /// Certificates it signed still in use: unexpired, and not superseded by a renewal
+    live_leaves: i64,
+    #[schema(required)]
+    certificate_pem: Option<String>,
+    /// While pending: the CSR to sign with your root
+    #[schema(required)]
+    csr_pem: Option<String>,
+    created_at: DateTime<Utc>,
+    #[schema(required)]
+    activated_at: Option<DateTime<Utc>>,
+    #[schema(required)]
+    retired_at: Option<DateTime<Utc>>,
 }
 
-fn render_status((mesh, st): (Mesh, CaStatus)) -> Json<Value> {
-    Json(json!({
-        "mesh": mesh.name.as_str(),
-        "phase": st.phase,
-        "trustDomain": st.trust_domain,
-        "bundleSequence": st.bundle_sequence,
-        "svidTtlSeconds": st.svid_ttl_seconds,
-        "authorities": st.cas.iter().map(render_ca).collect::<Vec<_>>(),
-    }))
+fn string_enum(values: &[&str], description: Option<&str>) -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(description)
+}
+
+fn ca_origin() -> utoipa::openapi::schema::ObjectBuilder {
+    string_enum(&["generated", "intermediate_csr", "uploaded"], None)
+}
+
+fn ca_state() -> utoipa::openapi::schema::ObjectBuilder {
+    string_enum(&["pending", "prepared", "active", "previous", "retired"], None)
+}
+
+fn ca_phase() -> utoipa::openapi::schema::ObjectBuilder {
+    string_enum(
+        &["stable", "awaiting-chain", "prepared", "rotated"],
+        Some(
+            "stable; awaiting-chain (a CSR is out); prepared (a new root is in the bundle, not signing); rotated (the old root is still in the bundle)",
+        ),
+    )
+}
+
+/// A mesh's CA: the rotation phase, the trust domain, the SVID lifetime and every CA.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CaStatus)]
+pub(crate) struct CaStatusBody {
+    mesh: String,
+    #[schema(schema_with = ca_phase)]
+    phase: &'static str,
+    trust_domain: String,
+    /// Grows on every change of the trust bundle
+    bundle_sequence: i64,
+    svid_ttl_seconds: i32,
+    authorities: Vec<CaBody>,
+}
+
+fn render_ca(c: &CaInfo) -> CaBody {
+    CaBody {
+        id: c.id,
+        origin: c.origin,
+        state: c.state,
+        root_fingerprint: c.root_fingerprint.clone(),
+        not_after: c.not_after,
+        days_to_expiry: c.days_to_expiry,
+        live_leaves: c.live_leaves,
+        certificate_pem: c.certificate_pem.clone(),
+        csr_pem: c.csr_pem.clone(),
+        created_at: c.created_at,
+        activated_at: c.activated_at,
+        retired_at: c.retired_at,
+    }
+}
+
+fn render_status((mesh, st): (Mesh, CaStatus)) -> Json<CaStatusBody> {
+    Json(CaStatusBody {
+        mesh: mesh.name.as_str().to_owned(),
+        phase: st.phase,
+        trust_domain: st.trust_domain,
+        bundle_sequence: st.bundle_sequence,
+        svid_ttl_seconds: st.svid_ttl_seconds,
+        authorities: st.cas.iter().map(render_ca).collect(),
+    })
 }
 
 /// `GET …/ca`: phase, trust domain, bundle sequence, SVID lifetime and every CA (never a key).
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca", operation_id = "getCa",
     summary = "The mesh's CA: rotation phase, trust domain, bundle sequence, SVID lifetime, every CA (never a key)",
     params(MeshPath),
-    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), ReadErrors))]
+    responses((status = 200, description = "The CA status", body = CaStatusBody), ReadErrors))]
 pub(crate) async fn status(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     Ok(render_status(ctl.ca_status(scope, &mesh).await?))
 }
 
@@ -124,12 +196,12 @@ pub(crate) async fn bundle(
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/rotation/prepare", operation_id = "prepareCaRotation",
     summary = "Rotation step 1: a new root, published in the bundle beside the current one",
     params(MeshPath),
-    responses((status = 200, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), StepErrors))]
+    responses((status = 200, description = "The CA status (phase prepared)", body = CaStatusBody), StepErrors))]
 pub(crate) async fn prepare(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     Ok(render_status(ctl.prepare_rotation(scope, &mesh).await?))
 }
 
@@ -137,12 +209,12 @@ pub(crate) async fn prepare(
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/rotation/activate", operation_id = "activateCaRotation",
     summary = "Rotation step 2: the prepared CA signs new certificates; the old root stays in the bundle",
     params(MeshPath),
-    responses((status = 200, description = "The CA status (phase rotated)", body = ref("#/components/schemas/CaStatus")), StepErrors))]
+    responses((status = 200, description = "The CA status (phase rotated)", body = CaStatusBody), StepErrors))]
 pub(crate) async fn activate(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     Ok(render_status(ctl.activate_rotation(scope, &mesh).await?))
 }
 
@@ -160,13 +232,13 @@ pub(crate) struct CaRetire {
     summary = "Rotation step 3: a previous CA leaves the bundle (409 while certificates in use chain to it — unexpired and not renewed — unless force)",
     params(CaPath),
     request_body(content = Option<CaRetire>, content_type = "application/json"),
-    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")),
+    responses((status = 200, description = "The CA status", body = CaStatusBody),
         StepErrors, (status = 415, response = UnsupportedMediaType), (status = 422, response = Unprocessable)))]
 pub(crate) async fn retire(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     Scoped { scope, body: OptionalJsonBody(body) }: Scoped<OptionalJsonBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     let req: CaRetire = match body {
         None => CaRetire::default(),
         Some(b) => crate::schema_check::parse(b.value)?,
@@ -178,12 +250,12 @@ pub(crate) async fn retire(
 #[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/authorities/{id}", operation_id = "discardCa",
     summary = "Abandon a pending or prepared CA (a rotation that was not activated)",
     params(CaPath),
-    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), StepErrors))]
+    responses((status = 200, description = "The CA status", body = CaStatusBody), StepErrors))]
 pub(crate) async fn discard(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     Ok(render_status(ctl.discard_ca(scope, &mesh, &id).await?))
 }
 
@@ -192,15 +264,26 @@ pub(crate) async fn discard(
 #[utoipa::path(post, path = "/api/v1/orgs/{org}/meshes/{mesh}/ca/intermediate-csr", operation_id = "createIntermediateCsr",
     summary = "Bring your own root: a new intermediate key (kept sealed) and its CSR to sign offline",
     params(MeshPath),
-    responses((status = 201, description = "The pending CA and its CSR", body = ref("#/components/schemas/PendingCa")), StepErrors))]
+    responses((status = 201, description = "The pending CA and its CSR", body = PendingCa), StepErrors))]
 pub(crate) async fn intermediate_csr(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     OrgScope(scope): OrgScope,
 ) -> Result<Response, ApiError> {
     let ca = ctl.intermediate_csr(scope, &mesh).await?;
-    Ok((StatusCode::CREATED, Json(json!({ "id": ca.id, "state": ca.state.as_str(), "csr": ca.csr_pem })))
-        .into_response())
+    let pending = PendingCa { id: ca.id, state: ca.state.as_str(), csr: ca.csr_pem };
+    Ok((StatusCode::CREATED, Json(pending)).into_response())
+}
+
+/// A CA waiting for the chain its CSR is signed into.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct PendingCa {
+    id: Uuid,
+    #[schema(schema_with = ca_state)]
+    state: &'static str,
+    /// PEM: the CSR to sign with your root
+    #[schema(required)]
+    csr: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -223,12 +306,12 @@ fn chain_pem() -> utoipa::openapi::schema::ObjectBuilder {
     summary = "The chain you signed for a pending CSR (intermediate first, root last); checked, then prepared",
     params(CaPath),
     request_body = CaChainUpload,
-    responses((status = 200, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
+    responses((status = 200, description = "The CA status (phase prepared)", body = CaStatusBody), WriteErrors))]
 pub(crate) async fn upload_chain(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     let req: CaChainUpload = crate::schema_check::parse(body.value)?;
     Ok(render_status(ctl.upload_intermediate(scope, &mesh, &id, &req.certificate_chain).await?))
 }
@@ -255,7 +338,7 @@ fn key_pem() -> utoipa::openapi::schema::ObjectBuilder {
     summary = "A CA certificate chain and its private key (sealed at once, never returned); checked, then prepared",
     params(MeshPath),
     request_body = CaUpload,
-    responses((status = 201, description = "The CA status (phase prepared)", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
+    responses((status = 201, description = "The CA status (phase prepared)", body = CaStatusBody), WriteErrors))]
 pub(crate) async fn upload_ca(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
@@ -283,12 +366,12 @@ fn svid_ttl() -> utoipa::openapi::schema::ObjectBuilder {
     summary = "Set the lifetime of new SVIDs (1 h to 7 d)",
     params(MeshPath),
     request_body = CaSettings,
-    responses((status = 200, description = "The CA status", body = ref("#/components/schemas/CaStatus")), WriteErrors))]
+    responses((status = 200, description = "The CA status", body = CaStatusBody), WriteErrors))]
 pub(crate) async fn put_settings(
     State(ctl): State<Control>,
     Path((_, mesh)): Path<(String, String)>,
     Scoped { scope, body }: Scoped<JsonBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CaStatusBody>, ApiError> {
     let req: CaSettings = crate::schema_check::parse(body.value)?;
     Ok(render_status(ctl.set_svid_ttl(scope, &mesh, req.svid_ttl_seconds).await?))
 }
@@ -474,4 +557,70 @@ pub(crate) async fn issue_svid(
         serial: issued.svid.serial_hex,
     })
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use trellis_model::{MeshId, MeshName, TrustDomain};
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    #[test]
+    fn bodies_match_their_published_schemas() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let active = CaInfo {
+            id: Uuid::new_v4(),
+            origin: "generated",
+            state: "active",
+            root_fingerprint: Some("ab12".into()),
+            not_after: Some(at),
+            days_to_expiry: Some(-3),
+            live_leaves: 4,
+            certificate_pem: Some("PEM".into()),
+            csr_pem: None,
+            created_at: at,
+            activated_at: Some(at),
+            retired_at: None,
+        };
+        let pending = CaInfo {
+            origin: "intermediate_csr",
+            state: "pending",
+            root_fingerprint: None,
+            not_after: None,
+            days_to_expiry: None,
+            live_leaves: 0,
+            certificate_pem: None,
+            csr_pem: Some("CSR".into()),
+            activated_at: None,
+            ..active.clone()
+        };
+        let mesh = Mesh {
+            id: MeshId::new(),
+            name: MeshName::parse("shop").unwrap(),
+            trust_domain: TrustDomain::parse("shop.acme.trellis").unwrap(),
+            spec: json!({}),
+            labels: json!({}),
+            generation: 1,
+            version: Uuid::new_v4(),
+            revision: 7,
+            created_at: at,
+            updated_at: at,
+        };
+        let st = CaStatus {
+            phase: "awaiting-chain",
+            trust_domain: "shop.acme.trellis".into(),
+            bundle_sequence: 3,
+            svid_ttl_seconds: 3600,
+            cas: vec![active, pending],
+        };
+        let Json(status) = render_status((mesh, st));
+        let status = serde_json::to_value(status).unwrap();
+        assert_eq!(status["authorities"][1]["notAfter"], Value::Null);
+        assert_published("CaStatus", &status);
+        let csr = PendingCa { id: Uuid::new_v4(), state: "pending", csr: Some("CSR".into()) };
+        assert_published("PendingCa", &serde_json::to_value(csr).unwrap());
+    }
 }

@@ -7,11 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use ring::digest::{SHA256, digest};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use trellis_control::{API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, ResourceView};
+use trellis_control::{
+    API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, Propagation, ResourceView,
+};
 use trellis_model::PropagationWait;
-use trellis_model::config::{ImpactTotals, Kind};
+use trellis_model::config::{DefaultAccess, EffectiveEntry, ImpactTotals, Kind};
 use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped, Who};
@@ -329,7 +331,7 @@ pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
 #[utoipa::path(delete, path = "/api/v1/orgs/{org}/meshes/{mesh}/{kind}/{name}", operation_id = "delete{KindId}", summary = "Delete a {Kind}; with ?wait=, answer once the proxies it configured have applied the deletion (every proxy of the mesh for a Service), one rejected it, or the wait is over",
     params(ResourcePath, DeleteCondition, WaitQuery),
     responses((status = 204, description = "Deleted"),
-        (status = 200, description = "Deleted, with ?wait=: the deletion's propagation", body = ref("#/components/schemas/Deletion")),
+        (status = 200, description = "Deleted, with ?wait=: the deletion's propagation", body = Deletion),
         GuardedDeleteErrors))]
 pub(crate) async fn delete_resource(
     State(ctl): State<Control>,
@@ -344,32 +346,73 @@ pub(crate) async fn delete_resource(
         ctl.delete_resource(scope, &mesh, kind, &name, if_match(&headers).as_ref(), wait).await?;
     Ok(match propagation {
         None => StatusCode::NO_CONTENT.into_response(),
-        Some(p) => Json(json!({
-            "apiVersion": API_VERSION,
-            "kind": kind.name(),
-            "metadata": { "name": name, "mesh": mesh },
-            "status": { "deleted": true, "propagation": p },
-        }))
+        Some(propagation) => Json(Deletion {
+            api_version: API_VERSION,
+            kind: kind.name(),
+            metadata: DeletedResource { name, mesh },
+            status: DeletionStatus { deleted: true, propagation },
+        })
         .into_response(),
     })
+}
+
+/// A deletion sent with ?wait=, and how far it reached the proxies.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Deletion {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: DeletedResource,
+    status: DeletionStatus,
+}
+
+/// The deleted resource.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeletedResource {
+    name: String,
+    mesh: String,
+}
+
+/// The deletion and how far it has reached the proxies it configured.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeletionStatus {
+    deleted: bool,
+    #[schema(schema_with = propagation)]
+    propagation: Propagation,
+}
+
+/// The `Propagation` component (`schemas`), which resource documents share.
+fn propagation() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("Propagation")
 }
 
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/effective", operation_id = "getEffectivePolicies",
     summary = "Every policy that applies to a service, in evaluation order",
     params(ServicePath),
-    responses((status = 200, description = "Effective policies", body = ref("#/components/schemas/EffectivePolicies")), ReadErrors))]
+    responses((status = 200, description = "Effective policies", body = EffectivePolicies), ReadErrors))]
 pub(crate) async fn effective(
     State(ctl): State<Control>,
     Path((_, mesh, service)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EffectivePolicies>, ApiError> {
     let e = ctl.effective(scope, &mesh, &service).await?;
-    Ok(Json(json!({
-        "mesh": e.mesh.name.as_str(),
-        "service": e.service.as_str(),
-        "defaultAccess": e.default_access,
-        "policies": e.policies,
-    })))
+    Ok(Json(EffectivePolicies {
+        mesh: e.mesh.name.as_str().to_owned(),
+        service: e.service.as_str().to_owned(),
+        default_access: e.default_access,
+        policies: e.policies,
+    }))
+}
+
+/// Every policy that applies to a service, in evaluation order, and what the mesh does with
+/// a call none of them allows.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EffectivePolicies {
+    mesh: String,
+    service: String,
+    default_access: DefaultAccess,
+    policies: Vec<EffectiveEntry>,
 }
 
 // ----- impact preview -----

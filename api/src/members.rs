@@ -6,7 +6,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use trellis_control::{Control, NewInvite};
 use trellis_model::Role;
 use trellis_store::{Invite, Member};
@@ -17,6 +16,7 @@ use crate::body::JsonBody;
 use crate::error::{
     ApiError, Conflict, Forbidden, NotFound, ReadErrors, StepErrors, Unauthorized, WriteErrors,
 };
+use crate::orgs::OrgRef;
 use crate::params::{InvitePath, MemberPath, OrgPath, TokenPath};
 use crate::state::AppState;
 
@@ -206,17 +206,21 @@ pub(crate) async fn revoke_invite(
     security(("session" = [])),
     params(InvitePath),
     responses(
-        (status = 200, description = "Now a member", body = ref("#/components/schemas/AcceptedInvite")),
+        (status = 200, description = "Now a member", body = AcceptedInvite),
         (status = 401, response = Unauthorized), (status = 403, response = Forbidden),
         (status = 404, response = NotFound), (status = 409, response = Conflict)))]
 pub(crate) async fn accept_invite(
     State(ctl): State<Control>,
     Path(token): Path<String>,
     Who(request): Who,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AcceptedInvite>, ApiError> {
     let a = ctl.accept_invite(&request, &token).await?;
-    Ok(Json(json!({
-        "org": { "id": a.org.id, "slug": a.org.slug.as_str(), "name": a.org.name },
-        "role": a.role,
-    })))
+    Ok(Json(AcceptedInvite { org: OrgRef::of(&a.org, None), role: a.role }))
+}
+
+/// An accepted invitation: the organization joined, with the role.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AcceptedInvite {
+    org: OrgRef,
+    role: Role,
 }

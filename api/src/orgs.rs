@@ -6,10 +6,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use trellis_control::{AuditQuery, Caller, Control, Me, NewToken, Via};
 use trellis_model::Role;
-use trellis_store::{ApiToken, Org};
+use trellis_store::{ApiToken, AuditRecord, Org};
 
 use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{ApiQuery, JsonBody};
@@ -42,8 +42,21 @@ pub(crate) struct Organization {
     role: Option<Role>,
     /// The caller's role and token id or user id
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false, value_type = Object)]
-    you: Option<Value>,
+    #[schema(nullable = false)]
+    you: Option<You>,
+}
+
+/// The caller's role in the organization, and its token id (a token) or user id (a session).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct You {
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token_id: Option<uuid::Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    user_id: Option<uuid::Uuid>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -53,8 +66,8 @@ pub(crate) struct OrganizationList {
 
 fn render_org(org: &Org, caller: Option<&Caller>) -> Organization {
     let you = caller.map(|c| match c.via {
-        Via::Token(id) => json!({ "role": c.role, "tokenId": id }),
-        Via::Session { user } => json!({ "role": c.role, "userId": user }),
+        Via::Token(id) => You { role: c.role, token_id: Some(id), user_id: None },
+        Via::Session { user } => You { role: c.role, token_id: None, user_id: Some(user) },
     });
     Organization {
         id: org.id.as_uuid(),
@@ -66,37 +79,104 @@ fn render_org(org: &Org, caller: Option<&Caller>) -> Organization {
     }
 }
 
+/// The caller: an API token, or a logged-in user's session.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+#[schema(as = Me)]
+pub(crate) enum MeBody {
+    Token(TokenCaller),
+    Session(SessionCaller),
+}
+
+/// An API token, its role and its organization.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TokenCaller {
+    token_id: uuid::Uuid,
+    name: String,
+    role: Role,
+    org: OrgRef,
+}
+
+/// A logged-in user, every organization they belong to with their role, and the session.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionCaller {
+    user: SessionUser,
+    organizations: Vec<OrgRef>,
+    /// Send it as x-csrf-token on every write made with the session cookie
+    csrf_token: String,
+    session: SessionTimes,
+}
+
+/// The logged-in user.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionUser {
+    id: uuid::Uuid,
+    /// As the OpenID provider gave it
+    #[schema(required)]
+    email: Option<String>,
+    #[schema(required)]
+    name: Option<String>,
+}
+
+/// When the session began and when it ends.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionTimes {
+    created_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+}
+
+/// An organization named in another body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OrgRef {
+    id: uuid::Uuid,
+    slug: String,
+    name: String,
+    /// The caller's role in it (in a list of the caller's organizations)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    role: Option<Role>,
+}
+
+impl OrgRef {
+    pub(crate) fn of(org: &Org, role: Option<Role>) -> OrgRef {
+        OrgRef { id: org.id.as_uuid(), slug: org.slug.as_str().to_owned(), name: org.name.clone(), role }
+    }
+}
+
+fn render_me(me: Me, headers: &HeaderMap) -> MeBody {
+    match me {
+        Me::Token { record, org } => MeBody::Token(TokenCaller {
+            token_id: record.id,
+            name: record.name,
+            role: record.role,
+            org: OrgRef::of(&org, None),
+        }),
+        Me::User { user, session, memberships } => {
+            let secret = session_secret(headers).expect("a session principal came from the cookie");
+            MeBody::Session(SessionCaller {
+                user: SessionUser { id: user.id, email: user.email, name: user.display_name },
+                organizations: memberships.iter().map(|m| OrgRef::of(&m.org, Some(m.role))).collect(),
+                csrf_token: csrf_token(secret),
+                session: SessionTimes { created_at: session.created_at, expires_at: session.expires_at },
+            })
+        }
+    }
+}
+
 /// Who the caller is. A token: the token, its role and its organization. A session: the
 /// user, every organization they belong to with their role, and the session's CSRF token.
 #[utoipa::path(get, path = "/api/v1/me", operation_id = "getMe",
     summary = "The caller: a token (its role and organization) or a session (the user, their organizations and roles, the CSRF token)",
-    responses((status = 200, description = "The caller", body = ref("#/components/schemas/Me")), (status = 401, response = Unauthorized)))]
+    responses((status = 200, description = "The caller", body = MeBody), (status = 401, response = Unauthorized)))]
 pub(crate) async fn me(
     State(ctl): State<Control>,
     headers: HeaderMap,
     Who(request): Who,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(match ctl.me(&request).await? {
-        Me::Token { record, org } => json!({
-            "kind": "token",
-            "tokenId": record.id,
-            "name": record.name,
-            "role": record.role,
-            "org": { "id": org.id, "slug": org.slug.as_str(), "name": org.name },
-        }),
-        Me::User { user, session, memberships } => {
-            let secret = session_secret(&headers).expect("a session principal came from the cookie");
-            json!({
-                "kind": "session",
-                "user": { "id": user.id, "email": user.email, "name": user.display_name },
-                "organizations": memberships.iter().map(|m| json!({
-                    "id": m.org.id, "slug": m.org.slug.as_str(), "name": m.org.name, "role": m.role,
-                })).collect::<Vec<_>>(),
-                "csrfToken": csrf_token(secret),
-                "session": { "createdAt": session.created_at, "expiresAt": session.expires_at },
-            })
-        }
-    }))
+) -> Result<Json<MeBody>, ApiError> {
+    Ok(Json(render_me(ctl.me(&request).await?, &headers)))
 }
 
 /// The organizations the caller belongs to: a token's one, or a user's every one.
@@ -228,22 +308,157 @@ pub(crate) async fn revoke_token(
     Ok(Json(render_token(&ctl.revoke_token(scope, &id).await?)))
 }
 
+/// A page of the audit log.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AuditEventList {
+    items: Vec<AuditEventBody>,
+    /// Pass as cursor for the next page; null on the last
+    #[schema(required)]
+    next_cursor: Option<String>,
+}
+
+/// One state-changing call, as the audit log keeps it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = AuditEvent)]
+pub(crate) struct AuditEventBody {
+    id: i64,
+    at: DateTime<Utc>,
+    /// Who made it: `token:<id>`, `user:<id>`, …
+    actor: String,
+    action: String,
+    target: String,
+    /// The request's id, as its response's `x-request-id` gave it
+    #[schema(required)]
+    request_id: Option<String>,
+    #[schema(value_type = Object)]
+    details: Value,
+}
+
+fn render_audit_event(e: &AuditRecord) -> AuditEventBody {
+    AuditEventBody {
+        id: e.id,
+        at: e.at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        request_id: e.request_id.clone(),
+        details: e.details.clone(),
+    }
+}
+
 /// The audit log: newest first, cursor-paginated, filtered by actor, action, target prefix
 /// and time.
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/audit-events", operation_id = "listAuditEvents", summary = "The audit log, newest first",
     params(OrgPath, crate::params::AuditParams),
-    responses((status = 200, description = "A page of events", body = ref("#/components/schemas/AuditEventList")), ReadErrors))]
+    responses((status = 200, description = "A page of events", body = AuditEventList), ReadErrors))]
 pub(crate) async fn audit_events(
     State(ctl): State<Control>,
     ApiQuery(q): ApiQuery<AuditQuery>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
-    let (events, next) = ctl.audit_events(scope, q).await?;
-    Ok(Json(json!({
-        "items": events.iter().map(|e| json!({
-            "id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
-            "requestId": e.request_id, "details": e.details,
-        })).collect::<Vec<_>>(),
-        "nextCursor": next,
-    })))
+) -> Result<Json<AuditEventList>, ApiError> {
+    let (events, next_cursor) = ctl.audit_events(scope, q).await?;
+    Ok(Json(AuditEventList { items: events.iter().map(render_audit_event).collect(), next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+    use chrono::TimeZone;
+    use trellis_model::{OrgId, OrgSlug};
+    use trellis_store::{Membership, Session, User};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    fn at() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
+    }
+
+    fn org(slug: &str) -> Org {
+        Org { id: OrgId::new(), slug: OrgSlug::parse(slug).unwrap(), name: "Acme".into(), created_at: at() }
+    }
+
+    #[test]
+    fn bodies_match_their_published_schemas() {
+        let mut headers = HeaderMap::new();
+        let cookie = format!("{}=secret", crate::session::SESSION_COOKIE);
+        headers.insert("cookie", HeaderValue::from_str(&cookie).unwrap());
+        let record = ApiToken {
+            id: uuid::Uuid::new_v4(),
+            name: "ci".into(),
+            role: Role::Admin,
+            created_by: "user:x".into(),
+            created_at: at(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let token =
+            serde_json::to_value(render_me(Me::Token { record, org: org("acme") }, &headers)).unwrap();
+        assert_eq!(token["kind"], "token");
+        assert!(token["org"].get("role").is_none());
+        assert_published("Me", &token);
+
+        let user = User {
+            id: uuid::Uuid::new_v4(),
+            oidc_issuer: "https://login.example.com".into(),
+            oidc_subject: "s".into(),
+            email: None,
+            display_name: Some("Ann".into()),
+            created_at: at(),
+            last_login_at: None,
+        };
+        let session = Session {
+            id: uuid::Uuid::new_v4(),
+            user_id: user.id,
+            created_at: at(),
+            last_seen_at: at(),
+            expires_at: at(),
+        };
+        let memberships = vec![Membership { org: org("acme"), role: Role::Owner }];
+        let me = serde_json::to_value(render_me(Me::User { user, session, memberships }, &headers)).unwrap();
+        assert_eq!(
+            (&me["kind"], &me["user"]["email"], &me["organizations"][0]["role"]),
+            (&json!("session"), &Value::Null, &json!("owner"))
+        );
+        assert_published("Me", &me);
+
+        let event = AuditRecord {
+            id: 4,
+            at: at(),
+            actor: "user:x".into(),
+            action: "mesh.create".into(),
+            target: "meshes/shop".into(),
+            request_id: None,
+            details: json!({"name": "shop"}),
+        };
+        let page = AuditEventList { items: vec![render_audit_event(&event)], next_cursor: None };
+        let page = serde_json::to_value(page).unwrap();
+        assert_eq!(page["nextCursor"], Value::Null);
+        assert_published("AuditEventList", &page);
+
+        for (via, you) in [
+            (Via::Token(some_id()), json!({"role": "editor", "tokenId": some_id()})),
+            (Via::Session { user: some_id() }, json!({"role": "editor", "userId": some_id()})),
+        ] {
+            let caller = Caller {
+                org: org("acme"),
+                role: Role::Editor,
+                via,
+                actor: "user:x".into(),
+                request_id: None,
+            };
+            let body = serde_json::to_value(render_org(&caller.org, Some(&caller))).unwrap();
+            assert_eq!(body["you"], you);
+            assert_published("Organization", &body);
+        }
+    }
+
+    fn some_id() -> uuid::Uuid {
+        uuid::Uuid::from_u128(42)
+    }
 }

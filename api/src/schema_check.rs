@@ -112,6 +112,16 @@ fn field_path(root: &Value, pointer: &str) -> String {
     if out.is_empty() { "(body)".into() } else { out }
 }
 
+/// Test support: `body` conforms to the component schema `name` as the OpenAPI document
+/// publishes it (what a client generated from the document expects).
+#[cfg(test)]
+pub(crate) fn assert_published(name: &str, body: &Value) {
+    let validator = compile(name, crate::openapi::document()["components"]["schemas"].clone());
+    let errors: Vec<String> =
+        validator.iter_errors(body).map(|e| format!("{}: {e}", e.instance_path().as_str())).collect();
+    assert!(errors.is_empty(), "{name}: {errors:?} in {body}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

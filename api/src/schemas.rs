@@ -1,15 +1,15 @@
 //! The component schemas of the OpenAPI document that are not derived from a type: the
 //! envelope of every configuration kind (from the kind table, around the model's derived
-//! spec schemas), and the bodies the handlers still write with `json!`, by name, for the
-//! operations' `body = ref(…)`. Request bodies are checked against these same schemas
+//! spec schemas), and the few response bodies not yet typed, by name, for the operations'
+//! `body = ref(…)`. Request bodies are checked against these same schemas
 //! (`schema_check`), so this module depends on no handler.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 use trellis_model::config::{
-    AccessPolicySpec, CircuitBreakerSpec, EffectiveEntry, FieldError, HealthCheckSpec, HttpRouteSpec, Kind,
-    MeshSpec, RateLimitSpec, ServiceSpec, TcpRouteSpec,
+    AccessPolicySpec, CircuitBreakerSpec, FieldError, HealthCheckSpec, HttpRouteSpec, Kind, MeshSpec,
+    RateLimitSpec, ServiceSpec, TcpRouteSpec,
 };
 use utoipa::ToSchema;
 
@@ -52,7 +52,6 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
     add::<RateLimitSpec>(&mut schemas);
     add::<MeshSpec>(&mut schemas);
     add::<FieldError>(&mut schemas);
-    add::<EffectiveEntry>(&mut schemas);
     add::<trellis_model::Role>(&mut schemas);
 
     let label_map = json!({ "type": "object", "additionalProperties": { "type": "string" } });
@@ -162,107 +161,13 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
         );
     }
 
-    account_schemas(&mut schemas);
-    ca_schemas(&mut schemas);
     response_schemas(&mut schemas);
     schemas
-}
-
-fn account_schemas(schemas: &mut BTreeMap<String, Value>) {
-    let org_ref = json!({
-        "type": "object",
-        "required": ["id", "slug", "name"],
-        "properties": {
-            "id": { "type": "string", "format": "uuid" },
-            "slug": { "type": "string" },
-            "name": { "type": "string" },
-            "role": r("Role"),
-        },
-    });
-    schemas.insert(
-        "Me".into(),
-        json!({
-            "type": "object",
-            "required": ["kind"],
-            "properties": {
-                "kind": { "type": "string", "enum": ["token", "session"] },
-                "tokenId": { "type": "string", "format": "uuid" },
-                "name": { "type": "string" },
-                "role": r("Role"),
-                "org": org_ref,
-                "user": {
-                    "type": "object",
-                    "properties": {
-                        "id": { "type": "string", "format": "uuid" },
-                        "email": { "type": ["string", "null"] },
-                        "name": { "type": ["string", "null"] },
-                    },
-                },
-                "organizations": { "type": "array", "items": org_ref },
-                "csrfToken": { "type": "string", "description": "Send it as x-csrf-token on every write made with the session cookie" },
-                "session": { "type": "object" },
-            },
-        }),
-    );
-}
-
-fn ca_schemas(schemas: &mut BTreeMap<String, Value>) {
-    let time = json!({ "type": ["string", "null"], "format": "date-time" });
-    schemas.insert(
-        "CertificateAuthority".into(),
-        json!({
-            "type": "object",
-            "description": "One CA of a mesh. Its private key is never returned.",
-            "required": ["id", "origin", "state", "liveLeaves", "createdAt"],
-            "properties": {
-                "id": { "type": "string", "format": "uuid" },
-                "origin": { "type": "string", "enum": ["generated", "intermediate_csr", "uploaded"] },
-                "state": { "type": "string", "enum": ["pending", "prepared", "active", "previous", "retired"] },
-                "rootFingerprint": { "type": ["string", "null"], "description": "SHA-256 of the root it chains to" },
-                "notAfter": time,
-                "daysToExpiry": { "type": ["integer", "null"] },
-                "liveLeaves": { "type": "integer", "description": "Certificates it signed still in use: unexpired, and not superseded by a renewal" },
-                "certificatePem": { "type": ["string", "null"] },
-                "csrPem": { "type": ["string", "null"], "description": "While pending: the CSR to sign with your root" },
-                "createdAt": { "type": "string", "format": "date-time" },
-                "activatedAt": time,
-                "retiredAt": time,
-            },
-        }),
-    );
-    schemas.insert(
-        "CaStatus".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "phase", "trustDomain", "bundleSequence", "svidTtlSeconds", "authorities"],
-            "properties": {
-                "mesh": { "type": "string" },
-                "phase": { "type": "string", "enum": ["stable", "awaiting-chain", "prepared", "rotated"],
-                    "description": "stable; awaiting-chain (a CSR is out); prepared (a new root is in the bundle, not signing); rotated (the old root is still in the bundle)" },
-                "trustDomain": { "type": "string" },
-                "bundleSequence": { "type": "integer", "description": "Grows on every change of the trust bundle" },
-                "svidTtlSeconds": { "type": "integer" },
-                "authorities": { "type": "array", "items": r("CertificateAuthority") },
-            },
-        }),
-    );
 }
 
 /// The bodies of responses that handlers write with `json!`, named so that operations
 /// reference them (`body = ref("#/components/schemas/<name>")`).
 fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
-    schemas.insert(
-        "Deletion".into(),
-        json!({
-            "type": "object", "required": ["apiVersion", "kind", "metadata", "status"],
-            "description": "A deletion sent with ?wait=, and how far it reached the proxies",
-            "properties": {
-                "apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                "metadata": {"type": "object", "required": ["name", "mesh"], "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
-                "status": {"type": "object", "required": ["deleted", "propagation"], "properties": {"deleted": {"type": "boolean"}, "propagation": r("Propagation")}},
-            },
-        }),
-    );
     let days =
         json!({"type": ["integer", "null"], "description": "Whole days from now (negative once past)"});
     let at = json!({"type": ["string", "null"]});
@@ -288,64 +193,6 @@ fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
                         "type": {"type": "string"}, "version": {"type": "string"}, "error": {"type": "string"}, "at": {"type": "string"},
                         "outstanding": {"type": "boolean", "description": "The proxy has not accepted a later version of that type since"}}},
             },
-        }),
-    );
-    schemas.insert(
-        "AuditEventList".into(),
-        json!({
-            "type": "object", "required": ["items", "nextCursor"],
-            "properties": {
-                "items": { "type": "array", "items": { "type": "object", "required": ["id", "at", "actor", "action", "target"] } },
-                "nextCursor": { "type": ["string", "null"] },
-            },
-        }),
-    );
-    schemas.insert(
-        "AcceptedInvite".into(),
-        json!({
-            "type": "object", "required": ["org", "role"],
-            "properties": { "org": { "type": "object" }, "role": r("Role") },
-        }),
-    );
-    schemas.insert(
-        "DataplaneList".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "revision", "items"],
-            "properties": {
-                "mesh": {"type": "string"}, "revision": {"type": "integer"},
-                "items": {"type": "array", "items": {"type": "object", "required": ["id", "service", "nodeId", "online", "state", "sync"]}},
-            },
-        }),
-    );
-    schemas.insert(
-        "DataplaneConfig".into(),
-        json!({
-            "type": "object",
-            "required": ["dataplane", "types"],
-            "properties": {
-                "dataplane": {"type": "object"},
-                "types": {"type": "array", "items": {"type": "object", "required": ["typeUrl"]}},
-            },
-        }),
-    );
-    schemas.insert(
-        "EffectivePolicies".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "service", "defaultAccess", "policies"],
-            "properties": {
-                "mesh": {"type": "string"}, "service": {"type": "string"},
-                "defaultAccess": {"type": "string", "enum": ["deny", "allow"]},
-                "policies": {"type": "array", "items": r("EffectiveEntry")},
-            },
-        }),
-    );
-    schemas.insert(
-        "PendingCa".into(),
-        json!({
-            "type": "object", "required": ["id", "csr"],
-            "properties": { "id": { "type": "string", "format": "uuid" }, "state": { "type": "string" }, "csr": { "type": "string" } },
         }),
     );
     schemas
