@@ -104,7 +104,11 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         store.clone(),
         authority.clone(),
         xds_metrics.clone(),
-        TelemetryOptions { rate_per_org: cfg.telemetry_ingest_rate },
+        TelemetryOptions {
+            rate_per_org: cfg.telemetry_ingest_rate,
+            series_per_bucket: cfg.telemetry_series_budget,
+            log_entries_per_bucket: cfg.telemetry_log_budget,
+        },
     );
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let xds_server =
