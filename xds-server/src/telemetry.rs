@@ -97,7 +97,10 @@ struct Rows {
 
 /// Items dropped per tenant, mesh, minute and reason, until the writer stores them.
 #[derive(Default)]
-struct PendingDrops(Mutex<HashMap<(OrgId, MeshId, DateTime<Utc>, DropReason), u64>>);
+struct PendingDrops(Mutex<HashMap<DropKey, u64>>);
+
+/// Whose items, in which mesh and minute, and why.
+type DropKey = (OrgId, MeshId, DateTime<Utc>, DropReason);
 
 impl PendingDrops {
     fn add(&self, org: OrgId, mesh: MeshId, minute: DateTime<Utc>, reason: DropReason, items: u64) {
@@ -342,9 +345,9 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Rows>, drops: Drops)
     let mut batch = Vec::with_capacity(BATCH);
     let mut prepared_hour = None;
     loop {
-        match tokio::time::timeout(FLUSH, rx.recv_many(&mut batch, BATCH)).await {
-            Ok(0) => break,
-            Ok(_) | Err(_) => {}
+        // A timeout is the drop counts' turn: they are written without rows.
+        if let Ok(0) = tokio::time::timeout(FLUSH, rx.recv_many(&mut batch, BATCH)).await {
+            break;
         }
         let mut by_org: BTreeMap<OrgId, Part> = BTreeMap::new();
         for (org, counts) in drops.pending.take() {
