@@ -50,7 +50,7 @@ pub use reads::{ResourceKey, TokenRead};
 pub use resources::{Deleted, Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
-pub use telemetry_drops::DropCount;
+pub use telemetry_drops::{DROP_RETENTION, DropCount};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
 pub use traffic_events::{ScanReport, StoredTrafficEvent, TrafficEventQuery};

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use trellis_model::MeshId;
 
-use crate::{StoreError, TenantTx};
+use crate::{Store, StoreError, TenantTx};
 
 /// Items of one mesh dropped for one reason within one minute (`minute` its start).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,20 @@ pub struct DropCount {
     /// `queue_full` or `write_failed` (the table's check names them all).
     pub reason: &'static str,
     pub items: u64,
+}
+
+/// How long drop counts are kept: the longest window a read covers.
+pub const DROP_RETENTION: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+
+impl Store {
+    /// Deletes, in every organization, the drop counts of minutes that started longer than
+    /// `keep` ago; returns how many rows went (a leader duty).
+    pub async fn expire_telemetry_drops(&self, keep: std::time::Duration) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT trellis_telemetry_drops_expire(make_interval(secs => $1))")
+            .bind(keep.as_secs_f64())
+            .fetch_one(&self.pool)
+            .await?)
+    }
 }
 
 fn to_i64(n: u64) -> i64 {
