@@ -530,6 +530,17 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_TELEMETRY_INGEST_RATE", default_value_t = 20_000)]
     pub telemetry_ingest_rate: u32,
 
+    /// Most distinct edge series (mesh, source, destination, subset, route, response class)
+    /// one organization may add to one 10 s telemetry bucket through one replica: the
+    /// cardinality budget. A new series past it is dropped and counted; a known one is kept.
+    #[arg(long, env = "TRELLIS_TELEMETRY_SERIES_BUDGET", default_value_t = 10_000)]
+    pub telemetry_series_budget: usize,
+
+    /// Most access-log entries one organization may store per 10 s bucket through one
+    /// replica; the excess is dropped and counted.
+    #[arg(long, env = "TRELLIS_TELEMETRY_LOG_BUDGET", default_value_t = 5_000)]
+    pub telemetry_log_budget: usize,
+
     /// How often the change feed compares every mesh head, notification or not.
     #[arg(long, env = "TRELLIS_RECONCILE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,

@@ -104,7 +104,11 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         store.clone(),
         authority.clone(),
         xds_metrics.clone(),
-        TelemetryOptions { rate_per_org: cfg.telemetry_ingest_rate },
+        TelemetryOptions {
+            rate_per_org: cfg.telemetry_ingest_rate,
+            series_per_bucket: cfg.telemetry_series_budget,
+            log_entries_per_bucket: cfg.telemetry_log_budget,
+        },
     );
     let (xds_stop_tx, xds_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let xds_server =
@@ -280,7 +284,7 @@ fn replica_name() -> String {
 /// past the grace period, sent xDS contents no proxy holds any more, and the audit trail of
 /// organizations deleted longer than the retention ago; preparing the next telemetry
 /// partitions, rolling telemetry up (and examining the new minutes for unexpected traffic)
-/// and dropping its partitions past retention.
+/// and dropping its partitions (and the tenants' drop counts) past retention.
 async fn leader_duties(
     store: Store,
     leader: Arc<LeaderElector>,
@@ -330,6 +334,9 @@ async fn leader_duties(
             Ok(0) => {}
             Ok(n) => tracing::info!(partitions = n, "dropped telemetry partitions past retention"),
             Err(e) => tracing::warn!(error = %e, "dropping telemetry partitions past retention failed"),
+        }
+        if let Err(e) = store.expire_telemetry_drops(trellis_store::DROP_RETENTION).await {
+            tracing::warn!(error = %e, "deleting telemetry drop counts past retention failed");
         }
     }
 }

@@ -25,6 +25,7 @@ mod schema_check;
 mod schemas;
 pub mod session;
 mod state;
+mod telemetry_status;
 mod traffic_events;
 
 pub use error::ApiError;

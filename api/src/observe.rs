@@ -337,7 +337,7 @@ pub(crate) async fn health(
 }
 
 /// A Prometheus label value, escaped.
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
@@ -400,7 +400,7 @@ pub(crate) fn prometheus_text(mesh: &str, window_secs: i64, totals: &[EdgeTotal]
 /// `GET …/meshes/{mesh}/metrics/prometheus`: the mesh's golden metrics for a tenant's own
 /// Prometheus to scrape (with an API token, like every call).
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/metrics/prometheus", operation_id = "getPrometheusMetrics",
-    summary = "The mesh's golden metrics in the Prometheus text format, Linkerd-viz names and labels (request_total, response_latency_ms, tcp_open_total by src_service, dst_service, classification): totals of the window (default 60 s)",
+    summary = "The mesh's golden metrics in the Prometheus text format, Linkerd-viz names and labels (request_total, response_latency_ms, tcp_open_total by src_service, dst_service, classification), and its telemetry not stored (trellis_telemetry_dropped_total by reason): totals of the window (default 60 s)",
     params(MeshPath, WindowQuery),
     responses((status = 200, description = "The exposition (text/plain; version=0.0.4)", body = String, content_type = "text/plain"), ReadErrors))]
 pub(crate) async fn prometheus(
@@ -411,8 +411,9 @@ pub(crate) async fn prometheus(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let window = q.window.or(Some(PROMETHEUS_WINDOW_SECS));
-    let EdgeWindow { mesh: m, seconds, totals, .. } = ctl.edge_totals(scope, &mesh, window).await?;
-    let body = prometheus_text(m.name.as_str(), seconds, &totals);
+    let (EdgeWindow { mesh: m, seconds, totals, .. }, dropped) = ctl.exposition(scope, &mesh, window).await?;
+    let mut body = prometheus_text(m.name.as_str(), seconds, &totals);
+    body.push_str(&crate::telemetry_status::dropped_text(m.name.as_str(), &dropped));
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
         .into_response())
 }

@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::state::Shared;
-use crate::{accounts, bootstrap, ca, config, dataplanes, members, observe, orgs, traffic_events};
+use crate::{
+    accounts, bootstrap, ca, config, dataplanes, members, observe, orgs, telemetry_status, traffic_events,
+};
 
 /// The API's routes and, from their annotations, the document's operations.
 pub(crate) fn api() -> OpenApiRouter<Shared> {
@@ -47,6 +49,7 @@ pub(crate) fn api() -> OpenApiRouter<Shared> {
         .routes(routes!(observe::access_log))
         .routes(routes!(observe::why))
         .routes(routes!(observe::prometheus))
+        .routes(routes!(telemetry_status::status))
         .routes(routes!(traffic_events::list))
         .routes(routes!(traffic_events::draft))
         // The certificate authority, join tokens, SVIDs and bootstraps.

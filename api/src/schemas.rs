@@ -198,6 +198,7 @@ fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
     schemas
         .insert("SpiffeBundle".into(), json!({ "type": "object", "description": "SPIFFE bundle (JWK Set)" }));
     observe_schemas(schemas);
+    telemetry_status_schemas(schemas);
     traffic_event_schemas(schemas);
 }
 
@@ -249,6 +250,28 @@ fn traffic_event_schemas(schemas: &mut BTreeMap<String, Value>) {
                 "metadata": {"type": "object", "required": ["name", "mesh"],
                     "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
                 "spec": r("AccessPolicySpec"),
+            },
+        }),
+    );
+}
+
+fn telemetry_status_schemas(schemas: &mut BTreeMap<String, Value>) {
+    schemas.insert(
+        "TelemetryStatus".into(),
+        json!({
+            "type": "object",
+            "required": ["mesh", "windowSeconds", "since", "droppedTotal", "dropped"],
+            "properties": {
+                "mesh": {"type": "string"},
+                "windowSeconds": {"type": "integer"},
+                "since": {"type": "string", "format": "date-time", "description": "The start of the first minute counted"},
+                "droppedTotal": {"type": "integer", "minimum": 0},
+                "dropped": {"type": "array", "description": "Items not stored, by reason; reasons with none are left out",
+                    "items": {"type": "object", "required": ["reason", "items"], "properties": {
+                        "reason": {"type": "string", "enum": ["rate_limited", "series_budget", "log_budget", "too_large",
+                            "too_many_series", "queue_full", "write_failed"]},
+                        "items": {"type": "integer", "minimum": 0},
+                    }}},
             },
         }),
     );

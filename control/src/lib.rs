@@ -24,6 +24,7 @@ mod overview;
 mod precondition;
 mod propagation;
 mod resources;
+mod telemetry_status;
 mod traffic_events;
 
 pub use accounts::{
@@ -55,6 +56,7 @@ pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, ResourceView,
     Written, parse_selector,
 };
+pub use telemetry_status::{DEFAULT_STATUS_SECS, TelemetryStatus};
 pub use traffic_events::{
     DEFAULT_EVENT_PAGE, DEFAULT_EVENT_SECS, DraftPolicy, EventPage, EventSearch, MAX_EVENT_PAGE,
 };

@@ -23,6 +23,7 @@ mod reads;
 mod resources;
 mod sessions;
 mod telemetry;
+mod telemetry_drops;
 mod tenancy;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -49,6 +50,7 @@ pub use reads::{ResourceKey, TokenRead};
 pub use resources::{Deleted, Resource, Selector};
 pub use sessions::{PendingLogin, Session};
 pub use telemetry::{AccessLogQuery, AccessLogRecord, EdgeSample, StoredAccessLog, TelemetryRetention};
+pub use telemetry_drops::{DROP_RETENTION, DropCount};
 pub use tenancy::TenantTx;
 pub use tokens::ApiToken;
 pub use traffic_events::{ScanReport, StoredTrafficEvent, TrafficEventQuery};

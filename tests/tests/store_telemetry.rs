@@ -326,3 +326,54 @@ async fn access_log_entries_round_trip_filter_and_page() {
     assert_eq!(tx.access_log_entry(mesh, all[0].id).await.unwrap(), None);
     tx.commit().await.unwrap();
 }
+
+#[tokio::test]
+async fn drop_counts_add_up_per_reason_stay_with_their_tenant_and_expire() {
+    use trellis_store::DropCount;
+    let db = TestDb::create().await;
+    let store = db.store().await;
+    let (org, mesh) = org_with_mesh(&store, "acme").await;
+    let (other, other_mesh) = org_with_mesh(&store, "globex").await;
+    let minute = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let old = minute - TimeDelta::days(100);
+    let count = |mesh, minute, reason, items| DropCount { mesh, minute, reason, items };
+    let mut tx = store.tenant(org).await.unwrap();
+    tx.record_drops(&[
+        count(mesh, minute, "series_budget", 3),
+        count(mesh, minute, "rate_limited", 100),
+        count(mesh, old, "rate_limited", 7),
+    ])
+    .await
+    .unwrap();
+    // A second writer's counts of the same minute add up.
+    tx.record_drops(&[count(mesh, minute, "series_budget", 2)]).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = store.tenant(other).await.unwrap();
+    tx.record_drops(&[count(other_mesh, minute, "log_budget", 9)]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let read = |org, mesh| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.tenant(org).await.unwrap();
+            let d =
+                tx.drops(mesh, minute - TimeDelta::days(200), minute + TimeDelta::minutes(1)).await.unwrap();
+            tx.commit().await.unwrap();
+            d
+        }
+    };
+    assert_eq!(read(org, mesh).await, [("rate_limited".into(), 107), ("series_budget".into(), 5)]);
+    // Another tenant's mesh id reads nothing from this one's rows.
+    assert_eq!(read(org, other_mesh).await, []);
+    assert_eq!(read(other, other_mesh).await, [("log_budget".to_string(), 9)]);
+    // A reason the schema does not know is refused.
+    let mut tx = store.tenant(org).await.unwrap();
+    assert!(tx.record_drops(&[count(mesh, minute, "whatever", 1)]).await.is_err());
+    drop(tx);
+
+    // Retention deletes the old minute only, in every tenant.
+    let gone = store.expire_telemetry_drops(trellis_store::DROP_RETENTION).await.unwrap();
+    assert_eq!(gone, 1);
+    assert_eq!(read(org, mesh).await, [("rate_limited".into(), 100), ("series_budget".into(), 5)]);
+    assert_eq!(read(other, other_mesh).await, [("log_budget".to_string(), 9)]);
+}

@@ -252,6 +252,9 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
              SELECT $1, id, 'new-caller', now(), 'web', 'db', 'seed', '{}' FROM meshes",
             "INSERT INTO traffic_edges_seen (org_id, mesh_id, source, destination, first_seen, last_seen) \
              SELECT $1, id, 'web', 'db', now(), now() FROM meshes",
+            // What the telemetry writer counts as dropped (normally `TenantTx::record_drops`).
+            "INSERT INTO telemetry_drops (org_id, mesh_id, minute, reason, items) \
+             SELECT $1, id, date_trunc('minute', now()), 'series_budget', 3 FROM meshes",
         ] {
             sqlx::query(insert).bind(org.as_uuid()).execute(&mut *tx).await.unwrap();
         }
@@ -283,6 +286,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "mesh_cas",
             "meshes",
             "resources",
+            "telemetry_drops",
             "telemetry_edges",
             "traffic_edges_seen",
             "traffic_events",

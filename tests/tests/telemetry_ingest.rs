@@ -403,3 +403,157 @@ async fn access_logs_keep_denials_with_the_policy_and_hostile_input_is_refused_a
     assert!(f.dropped("rate_limited").await > before, "the excess is counted");
     assert!(f.edges("acme").await.is_empty(), "nothing of the garbage became an edge");
 }
+
+/// Organization `globex` with a mesh `shop` holding `reviews` and `productpage`, as acme's.
+async fn second_org(f: &Fixture) -> Api {
+    let other = Api::new(&f.t, "globex", &token(&f.db, "globex", Role::Admin).await);
+    let (status, body) = other.put("/meshes/shop", &json!({"spec": {}})).await;
+    assert_eq!(status, 201, "{body}");
+    let svc = json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}});
+    for name in ["reviews", "productpage"] {
+        let (status, body) = other.put(&format!("/meshes/shop/services/{name}"), &svc).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    other
+}
+
+/// A flush reporting `value` 2xx responses from each of `n` destination services.
+fn fan_out(n: usize, value: f64) -> StreamMetricsMessage {
+    let envoy_metrics =
+        (0..n).map(|i| counter(&format!("cluster.svc{i}.shop:9080.upstream_rq_2xx"), value)).collect();
+    StreamMetricsMessage { identifier: None, envoy_metrics }
+}
+
+/// Polls a mesh's telemetry status until `done` (the writer stores drop counts each second).
+async fn status_when(api: &Api, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, body) = api.get("/meshes/shop/telemetry/status?window=600").await;
+        assert_eq!(status, 200, "{body}");
+        if done(&body) {
+            return body;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the status never came: {last}");
+}
+
+fn dropped_for(status: &serde_json::Value, reason: &str) -> u64 {
+    status["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == reason)
+        .map_or(0, |d| d["items"].as_u64().unwrap())
+}
+
+#[tokio::test]
+async fn a_noisy_tenant_is_throttled_and_told_while_a_quiet_one_keeps_exact_figures() {
+    let f = fixture(&[
+        ("TRELLIS_TELEMETRY_INGEST_RATE", "100"),
+        ("TRELLIS_TELEMETRY_SERIES_BUDGET", "5"),
+        ("TRELLIS_TELEMETRY_LOG_BUDGET", "3"),
+    ])
+    .await;
+    let noisy_api = second_org(&f).await;
+    let quiet = f.svid("acme", "productpage").await;
+    let noisy = f.svid("globex", "productpage").await;
+    let (mut quiet_metrics, mut noisy_metrics, mut noisy_logs) =
+        (f.metrics(Some(&quiet)).await, f.metrics(Some(&noisy)).await, f.logs(Some(&noisy)).await);
+
+    // Both report at once. The quiet one: an ordinary proxy, 33 requests after its baseline.
+    let quiet_reports = stream_metrics(
+        &mut quiet_metrics,
+        vec![flush(true, 10, 1, &[3.0]), flush(false, 25, 3, &[3.0, 4.0]), flush(false, 40, 4, &[3.0, 4.0])],
+    );
+    // The noisy one: 20 new series in one bucket against a budget of 5, five log entries
+    // against 3, then floods far past its rate (100 a second, bursts of 200).
+    let noisy_reports = async {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(StreamAccessLogsMessage {
+            identifier: Some(LogIdentifier { node: None, log_name: "trellis-inbound".into() }),
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: (0..5).map(|i| denied_call(&format!("/reviews/{i}"))).collect(),
+            })),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        noisy_logs.stream_access_logs(ReceiverStream::new(rx)).await.unwrap();
+        let flood = StreamMetricsMessage {
+            identifier: None,
+            envoy_metrics: (0..150).map(|i| counter(&format!("server.noise_{i}"), 1.0)).collect(),
+        };
+        let mut messages = vec![fan_out(20, 0.0), fan_out(20, 5.0)];
+        messages.extend(std::iter::repeat_n(flood, 5));
+        stream_metrics(&mut noisy_metrics, messages).await
+    };
+    let (quiet_result, noisy_result) = tokio::join!(quiet_reports, noisy_reports);
+    quiet_result.unwrap();
+    noisy_result.unwrap();
+
+    // The noisy tenant sees what was dropped, by reason, through its own API.
+    let status = status_when(&noisy_api, |s| {
+        dropped_for(s, "series_budget") > 0
+            && dropped_for(s, "rate_limited") > 0
+            && dropped_for(s, "log_budget") > 0
+    })
+    .await;
+    assert_eq!(dropped_for(&status, "series_budget"), 15, "20 new series, 5 fit: {status}");
+    assert_eq!(dropped_for(&status, "log_budget"), 2, "5 entries, 3 fit: {status}");
+    let rate_limited = dropped_for(&status, "rate_limited");
+    assert!(
+        rate_limited >= 450 && rate_limited.is_multiple_of(150),
+        "whole flood messages refused: {status}"
+    );
+    assert_eq!(status["droppedTotal"].as_u64().unwrap(), 17 + rate_limited, "{status}");
+    // What was kept of it: exactly the five series that fit, each with its 5 requests.
+    let kept = f.edges_when("globex", |e| e.len() == 5).await;
+    assert!(kept.iter().all(|e| e.counts.requests == 5), "{kept:?}");
+    // The same figures in its Prometheus exposition.
+    let (status_code, text) = {
+        let r = noisy_api
+            .req(reqwest::Method::GET, "/meshes/shop/metrics/prometheus?window=600")
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(status_code, 200, "{text}");
+    assert!(
+        text.contains("trellis_telemetry_dropped_total{mesh=\"shop\",reason=\"series_budget\"} 15\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "trellis_telemetry_dropped_total{{mesh=\"shop\",reason=\"rate_limited\"}} {rate_limited}\n"
+        )),
+        "{text}"
+    );
+
+    // The quiet tenant's figures are exactly what it sent, and nothing is dropped in its name.
+    let edges = f.edges_when("acme", |e| e.iter().map(|e| e.counts.requests).sum::<u64>() >= 33).await;
+    assert_eq!(edges.len(), 1, "{edges:?}");
+    assert_eq!((edges[0].counts.requests, edges[0].counts.successes), (33, 30));
+    let (status_code, body) = f.api.get("/meshes/shop/telemetry/status?window=600").await;
+    assert_eq!(status_code, 200, "{body}");
+    assert_eq!((body["droppedTotal"].as_u64(), &body["dropped"]), (Some(0), &json!([])), "{body}");
+    let r =
+        f.api.req(reqwest::Method::GET, "/meshes/shop/metrics/prometheus?window=600").send().await.unwrap();
+    let text = r.text().await.unwrap();
+    assert!(!text.lines().any(|l| l.starts_with("trellis_telemetry_dropped_total{")), "{text}");
+    // The platform metric counts the noisy tenant's drops too.
+    assert!(f.dropped("series_budget").await >= 15.0);
+
+    // One tenant cannot read another's status, whatever its role there.
+    let stranger = Api { org: "globex".into(), ..f.api.clone() };
+    let (status_code, body) = stranger.get("/meshes/shop/telemetry/status").await;
+    assert_eq!(status_code, 404, "{body}");
+    // A viewer of its own organization can.
+    let viewer = Api::new(&f.t, "globex", &token(&f.db, "globex", Role::Viewer).await);
+    let (status_code, body) = viewer.get("/meshes/shop/telemetry/status").await;
+    assert_eq!(status_code, 200, "{body}");
+    let (status_code, body) = viewer.get("/meshes/shop/telemetry/status?window=5").await;
+    assert_eq!(status_code, 400, "{body}");
+}

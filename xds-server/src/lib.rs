@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod ads;
+mod budget;
 mod envoy_stats;
 mod identity;
 mod ledger;

@@ -17,6 +17,10 @@ pub struct TypeLabel {
 pub enum DropReason {
     /// The organization sent more than its rate.
     RateLimited,
+    /// A new edge series past the organization's budget for the bucket.
+    SeriesBudget,
+    /// Access-log entries past the organization's budget for the bucket.
+    LogBudget,
     /// A message held more families or entries than allowed (the stream was ended).
     TooLarge,
     /// A stream reported more series than it may keep a baseline for.
@@ -28,10 +32,28 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    /// The label value.
+    /// Every reason, in the order they are shown.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::RateLimited,
+        DropReason::SeriesBudget,
+        DropReason::LogBudget,
+        DropReason::TooLarge,
+        DropReason::TooManySeries,
+        DropReason::QueueFull,
+        DropReason::WriteFailed,
+    ];
+
+    /// The reason a label value names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The label value (also what the store keeps per tenant).
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::RateLimited => "rate_limited",
+            DropReason::SeriesBudget => "series_budget",
+            DropReason::LogBudget => "log_budget",
             DropReason::TooLarge => "too_large",
             DropReason::TooManySeries => "too_many_series",
             DropReason::QueueFull => "queue_full",
@@ -131,7 +153,7 @@ impl XdsMetrics {
         );
         registry.register(
             "trellis_telemetry_dropped",
-            "Telemetry items not stored, by reason (rate_limited, too_large, too_many_series, queue_full, write_failed)",
+            "Telemetry items not stored, by reason (rate_limited, series_budget, log_budget, too_large, too_many_series, queue_full, write_failed)",
             self.telemetry_dropped.clone(),
         );
         registry.register(

@@ -2,8 +2,10 @@
 //! `AccessLogService/StreamAccessLogs`, for Envoy and the agent alike. A stream is
 //! authenticated by its SVID like ADS, and its organization, mesh and service come from that
 //! certificate only. Everything a peer controls is bounded (message size, families and
-//! entries per message, series per stream, items per second per organization); what is
-//! dropped is counted in `trellis_telemetry_dropped_total`. One task writes batches.
+//! entries per message, series per stream, items per second per organization, new edge
+//! series and access-log entries per organization and 10 s bucket); what is dropped is counted
+//! in `trellis_telemetry_dropped_total` and, per tenant, mesh and minute, in the store, where
+//! the tenant reads it. One task writes batches, and the drop counts with them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -17,11 +19,12 @@ use envoy_types::pb::envoy::service::metrics::v3::metrics_service_server::Metric
 use envoy_types::pb::envoy::service::metrics::v3::{StreamMetricsMessage, StreamMetricsResponse};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
-use trellis_model::{OrgId, ResourceName};
+use trellis_model::{MeshId, OrgId, ResourceName};
 use trellis_pki::{Authority, Peer};
-use trellis_store::{AccessLogRecord, EdgeSample, Store, StoreError, TenantTx};
+use trellis_store::{AccessLogRecord, DropCount, EdgeSample, Store, StoreError, TenantTx};
 
 use crate::ads::authenticate;
+use crate::budget::Budgets;
 use crate::envoy_stats::{Baseline, Reporter, Side, http_record, tcp_record};
 use crate::metrics::{DropReason, XdsMetrics};
 
@@ -33,6 +36,11 @@ pub const MAX_ENTRIES: usize = 1_000;
 const QUEUE: usize = 4_096;
 /// Most queued items written in one transaction.
 const BATCH: usize = 256;
+/// How often drop counts are written when no rows come to carry them.
+const FLUSH: Duration = Duration::from_secs(1);
+/// Most distinct (organization, mesh, minute, reason) drop counts held for the writer; past
+/// it (the database is away) new keys are counted in the platform metric only.
+const MAX_PENDING_DROPS: usize = 10_000;
 
 /// Settings of the ingestion services.
 #[derive(Debug, Clone)]
@@ -40,11 +48,16 @@ pub struct TelemetryOptions {
     /// Items (metric families and log entries) one organization may send per second to
     /// this replica; a burst of two seconds' worth is allowed.
     pub rate_per_org: u32,
+    /// Distinct edge series one organization may add to one 10 s bucket through this
+    /// replica; a new series past it is dropped, a known one always merged.
+    pub series_per_bucket: usize,
+    /// Access-log entries one organization may store per 10 s bucket through this replica.
+    pub log_entries_per_bucket: usize,
 }
 
 impl Default for TelemetryOptions {
     fn default() -> Self {
-        Self { rate_per_org: 20_000 }
+        Self { rate_per_org: 20_000, series_per_bucket: 10_000, log_entries_per_bucket: 5_000 }
     }
 }
 
@@ -74,17 +87,77 @@ impl RateLimits {
     }
 }
 
-/// One message's worth of rows for one organization.
+/// One message's worth of rows for one mesh of one organization.
 struct Rows {
     org: OrgId,
+    mesh: MeshId,
     edges: Vec<EdgeSample>,
     logs: Vec<AccessLogRecord>,
+}
+
+/// Items dropped per tenant, mesh, minute and reason, until the writer stores them.
+#[derive(Default)]
+struct PendingDrops(Mutex<HashMap<DropKey, u64>>);
+
+/// Whose items, in which mesh and minute, and why.
+type DropKey = (OrgId, MeshId, DateTime<Utc>, DropReason);
+
+impl PendingDrops {
+    fn add(&self, org: OrgId, mesh: MeshId, minute: DateTime<Utc>, reason: DropReason, items: u64) {
+        let mut pending = self.0.lock().expect("pending drops lock");
+        let len = pending.len();
+        match pending.get_mut(&(org, mesh, minute, reason)) {
+            Some(n) => *n = n.saturating_add(items),
+            None if len < MAX_PENDING_DROPS => {
+                pending.insert((org, mesh, minute, reason), items);
+            }
+            None => {}
+        }
+    }
+
+    /// Everything pending, by organization.
+    fn take(&self) -> BTreeMap<OrgId, Vec<DropCount>> {
+        let pending = std::mem::take(&mut *self.0.lock().expect("pending drops lock"));
+        let mut by_org: BTreeMap<OrgId, Vec<DropCount>> = BTreeMap::new();
+        for ((org, mesh, minute, reason), items) in pending {
+            by_org.entry(org).or_default().push(DropCount { mesh, minute, reason: reason.as_str(), items });
+        }
+        by_org
+    }
+
+    /// Puts back counts a failed write took.
+    fn restore(&self, org: OrgId, counts: &[DropCount]) {
+        for c in counts {
+            if let Some(reason) = DropReason::parse(c.reason) {
+                self.add(org, c.mesh, c.minute, reason, c.items);
+            }
+        }
+    }
+}
+
+/// Counts dropped items in the platform metric and for their tenant.
+#[derive(Clone)]
+struct Drops {
+    metrics: XdsMetrics,
+    pending: Arc<PendingDrops>,
+}
+
+impl Drops {
+    fn count(&self, org: OrgId, mesh: MeshId, reason: DropReason, items: usize) {
+        if items == 0 {
+            return;
+        }
+        self.metrics.dropped(reason, items);
+        self.pending.add(org, mesh, current_minute(), reason, items as u64);
+    }
 }
 
 struct Ctx {
     authority: Authority,
     metrics: XdsMetrics,
     limits: RateLimits,
+    budgets: Mutex<Budgets>,
+    drops: Drops,
     queue: mpsc::Sender<Rows>,
 }
 
@@ -98,9 +171,11 @@ impl TelemetryService {
     /// Starts the writer task.
     pub fn start(store: Store, authority: Authority, metrics: XdsMetrics, options: TelemetryOptions) -> Self {
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, rx, metrics.clone()));
+        let drops = Drops { metrics: metrics.clone(), pending: Arc::default() };
+        tokio::spawn(write_batches(store, rx, drops.clone()));
         let limits = RateLimits { rate: f64::from(options.rate_per_org.max(1)), buckets: Mutex::default() };
-        Self { ctx: Arc::new(Ctx { authority, metrics, limits, queue }) }
+        let budgets = Mutex::new(Budgets::new(options.series_per_bucket, options.log_entries_per_bucket));
+        Self { ctx: Arc::new(Ctx { authority, metrics, limits, budgets, drops, queue }) }
     }
 
     async fn open<T>(&self, request: &Request<T>) -> Result<(Peer, Reporter), Status> {
@@ -113,24 +188,29 @@ impl TelemetryService {
         Ok((peer, reporter))
     }
 
-    /// Admits `items` of `org` under its rate, counting what is refused.
-    fn admit(&self, org: OrgId, items: usize) -> bool {
-        let admitted = self.ctx.limits.take(org, items);
+    /// Counts `items` of the peer's dropped for `reason`.
+    fn dropped(&self, peer: &Peer, reason: DropReason, items: usize) {
+        self.ctx.drops.count(peer.org, peer.mesh_id, reason, items);
+    }
+
+    /// Admits `items` of the peer's organization under its rate, counting what is refused.
+    fn admit(&self, peer: &Peer, items: usize) -> bool {
+        let admitted = self.ctx.limits.take(peer.org, items);
         if !admitted {
-            self.ctx.metrics.dropped(DropReason::RateLimited, items);
+            self.dropped(peer, DropReason::RateLimited, items);
         }
         admitted
     }
 
     /// Queues rows for the writer, counting them, or what is dropped when it lags.
     fn queue(&self, rows: Rows) {
-        let (edges, logs) = (rows.edges.len(), rows.logs.len());
+        let (org, mesh, edges, logs) = (rows.org, rows.mesh, rows.edges.len(), rows.logs.len());
         match self.ctx.queue.try_send(rows) {
             Ok(()) => {
                 self.ctx.metrics.telemetry_edges.inc_by(edges as u64);
                 self.ctx.metrics.telemetry_log_entries.inc_by(logs as u64);
             }
-            Err(_) => self.ctx.metrics.dropped(DropReason::QueueFull, edges + logs),
+            Err(_) => self.ctx.drops.count(org, mesh, DropReason::QueueFull, edges + logs),
         }
     }
 }
@@ -139,6 +219,12 @@ impl TelemetryService {
 fn current_bucket() -> DateTime<Utc> {
     let now = Utc::now();
     now.duration_trunc(TimeDelta::seconds(10)).unwrap_or(now)
+}
+
+/// The minute drops are counted in.
+fn current_minute() -> DateTime<Utc> {
+    let now = Utc::now();
+    now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now)
 }
 
 fn too_many(what: &str, n: usize, max: usize) -> Status {
@@ -157,26 +243,34 @@ impl MetricsService for TelemetryService {
         while let Some(message) = inbound.message().await? {
             let families = &message.envoy_metrics;
             if families.len() > MAX_FAMILIES {
-                self.ctx.metrics.dropped(DropReason::TooLarge, families.len());
+                self.dropped(&peer, DropReason::TooLarge, families.len());
                 return Err(too_many("metric families", families.len(), MAX_FAMILIES));
             }
             // Refused messages leave the baseline as it was: the next admitted report of a
             // cumulative counter still counts everything since.
-            if !self.admit(peer.org, families.len()) {
+            if !self.admit(&peer, families.len()) {
                 continue;
             }
             let read = baseline.read(&reporter, families);
-            self.ctx.metrics.dropped(DropReason::TooManySeries, read.over_limit as usize);
+            self.dropped(&peer, DropReason::TooManySeries, read.over_limit as usize);
             if read.edges.is_empty() {
                 continue;
             }
             let bucket_start = current_bucket();
-            let edges = read
+            let mut edges = read
                 .edges
                 .into_iter()
                 .map(|(key, counts)| EdgeSample { mesh: peer.mesh_id, bucket_start, key, counts })
                 .collect();
-            self.queue(Rows { org: peer.org, edges, logs: Vec::new() });
+            let over = self.ctx.budgets.lock().expect("budgets lock").admit_edges(
+                peer.org,
+                bucket_start,
+                &mut edges,
+            );
+            self.dropped(&peer, DropReason::SeriesBudget, over);
+            if !edges.is_empty() {
+                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges, logs: Vec::new() });
+            }
         }
         Ok(Response::new(StreamMetricsResponse {}))
     }
@@ -200,11 +294,11 @@ impl AccessLogService for TelemetryService {
             let logs: Vec<AccessLogRecord> = match &message.log_entries {
                 None => continue,
                 Some(LogEntries::HttpLogs(l)) if l.log_entry.len() > MAX_ENTRIES => {
-                    self.ctx.metrics.dropped(DropReason::TooLarge, l.log_entry.len());
+                    self.dropped(&peer, DropReason::TooLarge, l.log_entry.len());
                     return Err(too_many("log entries", l.log_entry.len(), MAX_ENTRIES));
                 }
                 Some(LogEntries::TcpLogs(l)) if l.log_entry.len() > MAX_ENTRIES => {
-                    self.ctx.metrics.dropped(DropReason::TooLarge, l.log_entry.len());
+                    self.dropped(&peer, DropReason::TooLarge, l.log_entry.len());
                     return Err(too_many("log entries", l.log_entry.len(), MAX_ENTRIES));
                 }
                 Some(LogEntries::HttpLogs(l)) => {
@@ -214,45 +308,83 @@ impl AccessLogService for TelemetryService {
                     l.log_entry.iter().map(|e| tcp_record(e, &reporter, side, mesh, received)).collect()
                 }
             };
-            if logs.is_empty() || !self.admit(peer.org, logs.len()) {
+            let mut logs = logs;
+            if logs.is_empty() || !self.admit(&peer, logs.len()) {
                 continue;
             }
-            self.queue(Rows { org: peer.org, edges: Vec::new(), logs });
+            let fit = self.ctx.budgets.lock().expect("budgets lock").admit_log_entries(
+                peer.org,
+                current_bucket(),
+                logs.len(),
+            );
+            self.dropped(&peer, DropReason::LogBudget, logs.len() - fit);
+            logs.truncate(fit);
+            if !logs.is_empty() {
+                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges: Vec::new(), logs });
+            }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
     }
 }
 
+/// One organization's part of a batch.
+#[derive(Default)]
+struct Part {
+    edges: Vec<EdgeSample>,
+    logs: Vec<AccessLogRecord>,
+    /// Items per mesh, to count them per tenant if the part fails.
+    items: BTreeMap<MeshId, usize>,
+    drops: Vec<DropCount>,
+}
+
 /// Writes queued rows in batches: one transaction per batch, each organization's part after
 /// a savepoint, so that one tenant's failure (a mesh deleted a moment ago) drops only its
-/// rows. The partitions of the current hour are made sure of once per hour.
-async fn write_batches(store: Store, mut rx: mpsc::Receiver<Rows>, metrics: XdsMetrics) {
+/// rows; the drop counts pending go in the same transaction, or alone every [`FLUSH`] when
+/// no rows come. The partitions of the current hour are made sure of once per hour.
+async fn write_batches(store: Store, mut rx: mpsc::Receiver<Rows>, drops: Drops) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut prepared_hour = None;
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
+    loop {
+        // A timeout is the drop counts' turn: they are written without rows.
+        if let Ok(0) = tokio::time::timeout(FLUSH, rx.recv_many(&mut batch, BATCH)).await {
+            break;
+        }
+        let mut by_org: BTreeMap<OrgId, Part> = BTreeMap::new();
+        for (org, counts) in drops.pending.take() {
+            by_org.entry(org).or_default().drops = counts;
+        }
+        if batch.is_empty() && by_org.is_empty() {
+            continue;
+        }
         let now = Utc::now();
         let hour = now.duration_trunc(TimeDelta::hours(1)).ok();
-        if hour != prepared_hour {
+        if !batch.is_empty() && hour != prepared_hour {
             match store.prepare_telemetry(now).await {
                 Ok(()) => prepared_hour = hour,
                 Err(e) => tracing::warn!(error = %e, "preparing this hour's telemetry partitions failed"),
             }
         }
-        let mut by_org: BTreeMap<OrgId, (Vec<EdgeSample>, Vec<AccessLogRecord>)> = BTreeMap::new();
         for rows in batch.drain(..) {
             let part = by_org.entry(rows.org).or_default();
-            part.0.extend(rows.edges);
-            part.1.extend(rows.logs);
+            *part.items.entry(rows.mesh).or_default() += rows.edges.len() + rows.logs.len();
+            part.edges.extend(rows.edges);
+            part.logs.extend(rows.logs);
         }
-        let items = |p: &(Vec<EdgeSample>, Vec<AccessLogRecord>)| p.0.len() + p.1.len();
-        let total: usize = by_org.values().map(items).sum();
+        let failed_part = |org: &OrgId, part: &Part| {
+            part.items.iter().for_each(|(mesh, n)| drops.count(*org, *mesh, DropReason::WriteFailed, *n));
+        };
         match write(&store, &by_org).await {
             Ok(failed) => failed.iter().for_each(|org| {
-                metrics.dropped(DropReason::WriteFailed, by_org.get(org).map_or(0, items));
+                if let Some(part) = by_org.get(org) {
+                    failed_part(org, part);
+                }
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "writing telemetry failed");
-                metrics.dropped(DropReason::WriteFailed, total);
+                for (org, part) in &by_org {
+                    failed_part(org, part);
+                    drops.pending.restore(*org, &part.drops);
+                }
                 // Let an outage pass before the next batch.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -260,15 +392,12 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Rows>, metrics: XdsM
     }
 }
 
-/// One transaction over every organization's part; returns the organizations whose part
-/// failed alone.
-async fn write(
-    store: &Store,
-    by_org: &BTreeMap<OrgId, (Vec<EdgeSample>, Vec<AccessLogRecord>)>,
-) -> Result<Vec<OrgId>, StoreError> {
+/// One transaction over every organization's part; returns the organizations whose rows
+/// failed alone (their drop counts, after a savepoint of their own, may still be written).
+async fn write(store: &Store, by_org: &BTreeMap<OrgId, Part>) -> Result<Vec<OrgId>, StoreError> {
     let mut failed = Vec::new();
     let mut tx: Option<TenantTx> = None;
-    for (org, (edges, logs)) in by_org {
+    for (org, part) in by_org {
         let tx = match &mut tx {
             Some(tx) => {
                 tx.rebind(*org).await?;
@@ -276,19 +405,33 @@ async fn write(
             }
             None => tx.insert(store.tenant(*org).await?),
         };
-        tx.savepoint().await?;
-        let part = async {
-            tx.record_edges(edges).await?;
-            tx.record_access_log(logs).await
+        if !part.items.is_empty() {
+            tx.savepoint().await?;
+            let rows = async {
+                tx.record_edges(&part.edges).await?;
+                tx.record_access_log(&part.logs).await
+            }
+            .await;
+            match rows {
+                Ok(_) => {}
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%org, error = %e, "a tenant's telemetry was not written; the others are");
+                    tx.rollback_to().await?;
+                    failed.push(*org);
+                }
+            }
         }
-        .await;
-        match part {
-            Ok(_) => {}
-            Err(e) if e.is_unavailable() => return Err(e),
-            Err(e) => {
-                tracing::warn!(%org, error = %e, "a tenant's telemetry was not written; the others are");
-                tx.rollback_to().await?;
-                failed.push(*org);
+        if !part.drops.is_empty() {
+            tx.savepoint().await?;
+            match tx.record_drops(&part.drops).await {
+                Ok(_) => {}
+                Err(e) if e.is_unavailable() => return Err(e),
+                Err(e) => {
+                    // A mesh deleted since: its counts go with it.
+                    tracing::warn!(%org, error = %e, "a tenant's telemetry drop counts were not written");
+                    tx.rollback_to().await?;
+                }
             }
         }
     }
