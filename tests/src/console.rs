@@ -69,12 +69,43 @@ pub fn csrf_of(page: &str) -> String {
         .to_owned()
 }
 
-/// Checks a page with a strict HTML5 parser (html5lib from the test peers' .venv).
+/// What every console page must be, read by html5lib: valid HTML (the strict parser raises
+/// otherwise); every form control named for assistive technology (a `<label for>`, an
+/// enclosing `<label>`, or `aria-label`/`aria-labelledby`); and usable with the keyboard
+/// alone (no positive or negative `tabindex`, every link with an `href`, no scripted clicks).
+const PAGE_CHECK: &str = r#"
+import sys, html5lib
+doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(sys.stdin.read())
+parents = {c: p for p in doc.iter() for c in p}
+labelled = {l.get("for") for l in doc.iter("label") if l.get("for")}
+def in_label(e):
+    while e in parents:
+        e = parents[e]
+        if e.tag == "label":
+            return True
+    return False
+wrong = []
+for e in doc.iter():
+    kind = e.get("type", "text")
+    control = e.tag in ("select", "textarea") or (e.tag == "input" and kind not in ("hidden", "submit", "button", "reset", "image"))
+    if control and not (e.get("id") in labelled or e.get("aria-label") or e.get("aria-labelledby") or in_label(e)):
+        wrong.append(f"<{e.tag} name={e.get('name')!r}> has no label")
+    if e.get("tabindex") not in (None, "0"):
+        wrong.append(f"<{e.tag}> has tabindex={e.get('tabindex')}: out of the keyboard's order")
+    if e.tag == "a" and e.get("href") is None:
+        wrong.append(f"<a> without href cannot be reached with the keyboard: {''.join(e.itertext())!r}")
+    if any(k.startswith("on") for k in e.keys()):
+        wrong.append(f"<{e.tag}> has an inline event handler")
+if wrong:
+    sys.exit("\n".join(wrong))
+"#;
+
+/// Checks a page with [`PAGE_CHECK`] (html5lib from the test peers' .venv).
 pub async fn assert_valid_html(name: &str, html: &str) {
     let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     assert!(python.is_file(), "{} is missing: run scripts/test, which installs html5lib", python.display());
     let mut child = tokio::process::Command::new(python)
-        .args(["-c", "import sys, html5lib; html5lib.HTMLParser(strict=True).parse(sys.stdin.read())"])
+        .args(["-c", PAGE_CHECK])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -84,7 +115,7 @@ pub async fn assert_valid_html(name: &str, html: &str) {
     let out = child.wait_with_output().await.unwrap();
     assert!(
         out.status.success(),
-        "{name} is not valid HTML: {}\n{html}",
+        "{name} is not a valid, labelled, keyboard-usable page: {}\n{html}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
