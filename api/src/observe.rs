@@ -4,7 +4,8 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use trellis_control::{
     AccessLogSearch, Control, EdgeWindow, TopologySearch, TopologyWindow, Why, attribution_of,
@@ -292,48 +293,115 @@ pub(crate) async fn why(
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/health", operation_id = "getServiceHealth",
     summary = "A service's health: its proxies online and offline and where they stand with their configuration, days to the expiry of the SVIDs they hold and of the mesh's CA, and the last rejection (NACK) one of them sent. Endpoints ejected by outlier detection or failing health checks are not reported by the proxies, so they are not here",
     params(ServicePath),
-    responses((status = 200, description = "The service's health", body = ref("#/components/schemas/ServiceHealth")), ReadErrors))]
+    responses((status = 200, description = "The service's health", body = ServiceHealth), ReadErrors))]
 pub(crate) async fn health(
     State(ctl): State<Control>,
     Path((_, mesh, service)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServiceHealth>, ApiError> {
     let h = ctl.service_health(scope, &mesh, &service).await?;
-    let d = h.dataplanes;
-    let last_nack = h.last_nack.as_ref().map(|n| {
-        json!({
-            "dataplane": n.dataplane_id,
-            "node": n.node_id,
-            "type": n.type_url.rsplit('.').next().unwrap_or(&n.type_url),
-            "version": n.version,
-            "error": n.error,
-            "at": n.at,
-            "outstanding": n.outstanding,
-        })
-    });
-    Ok(Json(json!({
-        "mesh": h.mesh.name,
-        "service": h.service.as_str(),
-        "at": h.at,
-        "dataplanes": {
-            "total": d.online + d.offline,
-            "online": d.online,
-            "offline": d.offline,
-            "inSync": d.in_sync,
-            "syncing": d.syncing,
-            "rejected": d.rejected,
+    let d = &h.dataplanes;
+    Ok(Json(ServiceHealth {
+        mesh: h.mesh.name.to_string(),
+        service: h.service.to_string(),
+        at: h.at,
+        dataplanes: HealthDataplanes {
+            total: d.online + d.offline,
+            online: d.online,
+            offline: d.offline,
+            in_sync: d.in_sync,
+            syncing: d.syncing,
+            rejected: d.rejected,
         },
-        "svid": {
-            "earliestExpiry": h.svids.earliest_not_after,
-            "daysToExpiry": h.svids.earliest_not_after.map(|t| h.days_to(t)),
-            "proxies": h.svids.known,
+        svid: HeldSvids {
+            earliest_expiry: h.svids.earliest_not_after,
+            days_to_expiry: h.svids.earliest_not_after.map(|t| h.days_to(t)),
+            proxies: h.svids.known,
         },
-        "ca": {
-            "notAfter": h.ca_not_after,
-            "daysToExpiry": h.ca_not_after.map(|t| h.days_to(t)),
+        ca: ActiveCaExpiry {
+            not_after: h.ca_not_after,
+            days_to_expiry: h.ca_not_after.map(|t| h.days_to(t)),
         },
-        "lastNack": last_nack,
-    })))
+        last_nack: h.last_nack.as_ref().map(|n| LastNack {
+            dataplane: n.dataplane_id,
+            node: n.node_id.clone(),
+            type_name: n.type_url.rsplit('.').next().unwrap_or(&n.type_url).to_owned(),
+            version: n.version.clone(),
+            error: n.error.clone(),
+            at: n.at,
+            outstanding: n.outstanding,
+        }),
+    }))
+}
+
+/// A service's health.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceHealth {
+    mesh: String,
+    service: String,
+    /// When it was read.
+    at: DateTime<Utc>,
+    dataplanes: HealthDataplanes,
+    svid: HeldSvids,
+    ca: ActiveCaExpiry,
+    /// The latest rejection any of its proxies sent.
+    #[schema(required)]
+    last_nack: Option<LastNack>,
+}
+
+/// The service's registered proxies, by the sync state of the dataplane list (offline,
+/// rejected, in-sync, syncing).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HealthDataplanes {
+    total: usize,
+    online: usize,
+    offline: usize,
+    in_sync: usize,
+    syncing: usize,
+    rejected: usize,
+}
+
+/// The SVIDs the online proxies hold (as their xDS streams presented them, moved on by each
+/// renewal).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HeldSvids {
+    #[schema(required)]
+    earliest_expiry: Option<DateTime<Utc>>,
+    /// Whole days from now (negative once past).
+    #[schema(required)]
+    days_to_expiry: Option<i64>,
+    /// Online proxies whose SVID is known.
+    proxies: i64,
+}
+
+/// The mesh's active CA.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ActiveCaExpiry {
+    #[schema(required)]
+    not_after: Option<DateTime<Utc>>,
+    /// Whole days from now (negative once past).
+    #[schema(required)]
+    days_to_expiry: Option<i64>,
+}
+
+/// A rejection (NACK) one of the service's proxies sent.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LastNack {
+    dataplane: uuid::Uuid,
+    node: String,
+    /// The resource type, e.g. `RouteConfiguration`.
+    #[serde(rename = "type")]
+    type_name: String,
+    version: String,
+    error: String,
+    at: DateTime<Utc>,
+    /// The proxy has not accepted a later version of that type since.
+    outstanding: bool,
 }
 
 /// A Prometheus label value, escaped.

@@ -168,33 +168,6 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
 /// The bodies of responses that handlers write with `json!`, named so that operations
 /// reference them (`body = ref("#/components/schemas/<name>")`).
 fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
-    let days =
-        json!({"type": ["integer", "null"], "description": "Whole days from now (negative once past)"});
-    let at = json!({"type": ["string", "null"]});
-    schemas.insert(
-        "ServiceHealth".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "service", "at", "dataplanes", "svid", "ca", "lastNack"],
-            "properties": {
-                "mesh": {"type": "string"}, "service": {"type": "string"}, "at": {"type": "string", "description": "When it was read"},
-                "dataplanes": {"type": "object", "required": ["total", "online", "offline", "inSync", "syncing", "rejected"],
-                    "description": "The service's registered proxies, by the sync state of the dataplane list (offline, rejected, in-sync, syncing)",
-                    "properties": {"total": {"type": "integer"}, "online": {"type": "integer"}, "offline": {"type": "integer"},
-                        "inSync": {"type": "integer"}, "syncing": {"type": "integer"}, "rejected": {"type": "integer"}}},
-                "svid": {"type": "object", "required": ["earliestExpiry", "daysToExpiry", "proxies"],
-                    "description": "The SVIDs the online proxies hold (as their xDS streams presented them, moved on by each renewal)",
-                    "properties": {"earliestExpiry": at, "daysToExpiry": days, "proxies": {"type": "integer", "description": "Online proxies whose SVID is known"}}},
-                "ca": {"type": "object", "required": ["notAfter", "daysToExpiry"], "description": "The mesh's active CA",
-                    "properties": {"notAfter": at, "daysToExpiry": days}},
-                "lastNack": {"type": ["object", "null"], "description": "The latest rejection any of its proxies sent",
-                    "required": ["dataplane", "node", "type", "version", "error", "at", "outstanding"],
-                    "properties": {"dataplane": {"type": "string", "format": "uuid"}, "node": {"type": "string"},
-                        "type": {"type": "string"}, "version": {"type": "string"}, "error": {"type": "string"}, "at": {"type": "string"},
-                        "outstanding": {"type": "boolean", "description": "The proxy has not accepted a later version of that type since"}}},
-            },
-        }),
-    );
     schemas
         .insert("SpiffeBundle".into(), json!({ "type": "object", "description": "SPIFFE bundle (JWK Set)" }));
     observe_schemas(schemas);
