@@ -202,6 +202,22 @@ async fn topology_metrics_why_denied_and_impact_preview_show_the_recorded_traffi
     }
     let rect = b.find(Locator::Id("chart-rps")).await.unwrap().rectangle().await.unwrap();
     assert!(rect.2 > 100.0 && rect.3 > 50.0, "the chart is drawn at a readable size: {rect:?}");
+    // Its health, as the API reports it: proxies, certificates, the CA, the last rejection.
+    let (status, health) = api.get("/meshes/shop/services/reviews/health").await;
+    assert_eq!(status, 200, "{health}");
+    let dp = &health["dataplanes"];
+    assert_eq!(
+        text_of(b, Locator::Id("health-proxies")).await,
+        format!("{} online, {} offline", dp["online"], dp["offline"])
+    );
+    assert_eq!(
+        text_of(b, Locator::Id("health-sync")).await,
+        format!("{} in sync, {} syncing, {} rejecting it", dp["inSync"], dp["syncing"], dp["rejected"])
+    );
+    let ca_days = health["ca"]["daysToExpiry"].as_i64().expect("the mesh has an active CA");
+    assert!(text_of(b, Locator::Id("health-ca")).await.starts_with(&format!("in {ca_days} days (")));
+    assert!(health["lastNack"].is_null(), "{health}");
+    assert_eq!(text_of(b, Locator::Id("health-nack")).await, "none");
     std::fs::write(shots.join("service-metrics.png"), b.screenshot().await.unwrap()).unwrap();
 
     // Denied calls, and why: rule 0 of reviews-callers, unchanged since.

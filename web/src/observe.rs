@@ -99,8 +99,15 @@ async fn service_page(
     let scope = c.control.open(&v.request, &org).await?;
     let window = q.window(DEFAULT_WINDOW_SECS)?;
     let series = c.control.service_series(scope, &mesh, &service, Some(window)).await?;
+    // Health is the Service resource's: a name seen only in telemetry has none.
+    let scope = c.control.open(&v.request, &org).await?;
+    let health = match c.control.service_health(scope, &mesh, &service).await {
+        Ok(h) => Some(h),
+        Err(e) if e.problem == Problem::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
     let orgs = v.org_list();
-    Ok(page::service(&v.chrome(Some(&org), &orgs), &org, &series))
+    Ok(page::service(&v.chrome(Some(&org), &orgs), &org, &series, health.as_ref()))
 }
 
 /// `…/denied`: the calls proxies denied over a window, newest first.

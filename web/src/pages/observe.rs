@@ -4,7 +4,7 @@
 //! own (the stylesheet colours it: the CSP allows no inline style) and no script.
 
 use maud::{Markup, html};
-use trellis_control::{AccessLogPage, EventPage, Impact, ServiceSeries, Why};
+use trellis_control::{AccessLogPage, EventPage, Impact, ServiceHealth, ServiceSeries, Why};
 use trellis_model::attribution::Attribution;
 use trellis_model::config::{FieldError, Verdict};
 use trellis_model::telemetry::GoldenMetrics;
@@ -351,7 +351,7 @@ fn axis_value(v: f64) -> String {
 }
 
 /// A service's golden metrics over a window: the totals, and charts point by point.
-pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries) -> Markup {
+pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries, health: Option<&ServiceHealth>) -> Markup {
     let base = mesh_url(org, s.mesh.name.as_str());
     let times: Vec<String> = s.points.iter().map(|(at, _)| at.format("%H:%M").to_string()).collect();
     let values =
@@ -386,6 +386,7 @@ pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries) -> Markup {
                 }
             }
             p.muted { "Each point covers " (s.step) " s." }
+            @if let Some(h) = health { (health_table(h)) }
             (chart("chart-rps", "Requests per second", "rps", &times,
                 &[Line { name: "requests per second", class: "rps", values: values(|m| Some(m.rps)) }]))
             (chart("chart-success", "Success rate", "%", &times,
@@ -397,6 +398,48 @@ pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries) -> Markup {
             ]))
         },
     )
+}
+
+/// A service's health now: its proxies by sync state, the expiry of the SVIDs they hold and
+/// of the mesh's CA, and the last rejection one of them sent.
+fn health_table(h: &ServiceHealth) -> Markup {
+    let d = &h.dataplanes;
+    let expiry = |t: Option<chrono::DateTime<chrono::Utc>>, none: &'static str| match t {
+        Some(t) => format!("in {} days ({})", h.days_to(t), t.format("%Y-%m-%d %H:%M UTC")),
+        None => none.to_owned(),
+    };
+    html! {
+        h2 { "Health" }
+        table #health {
+            tbody {
+                tr { th scope="row" { "Proxies" } td #health-proxies { (d.online) " online, " (d.offline) " offline" } }
+                tr {
+                    th scope="row" { "Configuration" }
+                    td #health-sync { (d.in_sync) " in sync, " (d.syncing) " syncing, " (d.rejected) " rejecting it" }
+                }
+                tr {
+                    th scope="row" { "Workload certificates" }
+                    td #health-svid {
+                        (expiry(h.svids.earliest_not_after, "none known")) @if h.svids.known > 0 { " (the earliest of " (h.svids.known) ")" }
+                    }
+                }
+                tr { th scope="row" { "Mesh CA" } td #health-ca { (expiry(h.ca_not_after, "none active")) } }
+                tr {
+                    th scope="row" { "Last rejection" }
+                    td #health-nack {
+                        @match &h.last_nack {
+                            None => "none",
+                            Some(n) => {
+                                (n.type_url.rsplit('.').next().unwrap_or(&n.type_url)) " version " (n.version)
+                                " by " (n.node_id) " at " (n.at.format("%Y-%m-%d %H:%M:%S UTC")) ": " (n.error)
+                                @if n.outstanding { " (still rejected)" } @else { " (a later version was accepted)" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What the denied-calls page is filtered by.
