@@ -405,8 +405,29 @@ pub(crate) struct LastNack {
 }
 
 /// A Prometheus label value, escaped.
-pub(crate) fn label(v: &str) -> String {
+fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The drops of a window in the Prometheus text format, one mesh's only, as the window's
+/// totals (gauges, like the rest of the exposition).
+pub(crate) fn dropped_text(mesh: &str, dropped: &[(String, u64)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP trellis_telemetry_dropped_total Telemetry items this mesh's proxies sent that were not stored, over the window, by reason."
+    );
+    let _ = writeln!(out, "# TYPE trellis_telemetry_dropped_total gauge");
+    for (reason, items) in dropped {
+        let _ = writeln!(
+            out,
+            "trellis_telemetry_dropped_total{{mesh=\"{}\",reason=\"{}\"}} {items}",
+            label(mesh),
+            label(reason)
+        );
+    }
+    out
 }
 
 /// The edges of a window in the Prometheus text format, with Linkerd-viz's names and labels
@@ -481,7 +502,7 @@ pub(crate) async fn prometheus(
     let window = q.window.or(Some(PROMETHEUS_WINDOW_SECS));
     let (EdgeWindow { mesh: m, seconds, totals, .. }, dropped) = ctl.exposition(scope, &mesh, window).await?;
     let mut body = prometheus_text(m.name.as_str(), seconds, &totals);
-    body.push_str(&crate::telemetry_status::dropped_text(m.name.as_str(), &dropped));
+    body.push_str(&dropped_text(m.name.as_str(), &dropped));
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body)
         .into_response())
 }
@@ -494,6 +515,19 @@ mod tests {
     use trellis_model::telemetry::{EdgeCounts, LatencyHistogram};
 
     use super::*;
+
+    #[test]
+    fn drops_are_labelled_with_the_mesh_and_reason() {
+        let text = dropped_text("shop", &[("rate_limited".into(), 12), ("series_budget".into(), 3)]);
+        assert!(
+            text.contains("trellis_telemetry_dropped_total{mesh=\"shop\",reason=\"rate_limited\"} 12\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("trellis_telemetry_dropped_total{mesh=\"shop\",reason=\"series_budget\"} 3\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn the_exposition_has_linkerd_names_one_mesh_and_cumulative_buckets() {

@@ -11,7 +11,6 @@ use crate::ApiError;
 use crate::auth::OrgScope;
 use crate::body::ApiQuery;
 use crate::error::ReadErrors;
-use crate::observe::label;
 use crate::params::MeshPath;
 
 // The bound `window` publishes (utoipa takes literals only).
@@ -47,43 +46,4 @@ pub(crate) async fn status(
         "droppedTotal": total,
         "dropped": dropped.iter().map(|(reason, items)| json!({"reason": reason, "items": items})).collect::<Vec<_>>(),
     })))
-}
-
-/// The drops of a window in the Prometheus text format, one mesh's only, as the window's
-/// totals (gauges, like the rest of the exposition).
-pub(crate) fn dropped_text(mesh: &str, dropped: &[(String, u64)]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP trellis_telemetry_dropped_total Telemetry items this mesh's proxies sent that were not stored, over the window, by reason."
-    );
-    let _ = writeln!(out, "# TYPE trellis_telemetry_dropped_total gauge");
-    for (reason, items) in dropped {
-        let _ = writeln!(
-            out,
-            "trellis_telemetry_dropped_total{{mesh=\"{}\",reason=\"{}\"}} {items}",
-            label(mesh),
-            label(reason)
-        );
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drops_are_labelled_with_the_mesh_and_reason() {
-        let text = dropped_text("shop", &[("rate_limited".into(), 12), ("series_budget".into(), 3)]);
-        assert!(
-            text.contains("trellis_telemetry_dropped_total{mesh=\"shop\",reason=\"rate_limited\"} 12\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("trellis_telemetry_dropped_total{mesh=\"shop\",reason=\"series_budget\"} 3\n"),
-            "{text}"
-        );
-    }
 }
