@@ -5,6 +5,7 @@
 //! (`schema_check`), so this module depends on no handler.
 
 use std::collections::BTreeMap;
+use trellis_model::telemetry::DropReason;
 
 use serde_json::{Value, json};
 use trellis_model::config::{
@@ -241,8 +242,7 @@ fn telemetry_status_schemas(schemas: &mut BTreeMap<String, Value>) {
                 "droppedTotal": {"type": "integer", "minimum": 0},
                 "dropped": {"type": "array", "description": "Items not stored, by reason; reasons with none are left out",
                     "items": {"type": "object", "required": ["reason", "items"], "properties": {
-                        "reason": {"type": "string", "enum": ["rate_limited", "series_budget", "log_budget", "too_large",
-                            "too_many_series", "queue_full", "write_failed"]},
+                        "reason": {"type": "string", "enum": DropReason::ALL.map(DropReason::as_str)},
                         "items": {"type": "integer", "minimum": 0},
                     }}},
             },

@@ -541,6 +541,53 @@ pub fn service_metrics(totals: &[EdgeTotal], service: &str, window_secs: f64) ->
     GoldenMetrics::of(&inbound, window_secs)
 }
 
+/// Why telemetry a proxy sent was not stored: the label of the platform's
+/// `trellis_telemetry_dropped_total`, what the store keeps per tenant (`telemetry_drops`,
+/// whose CHECK lists the same values) and what a tenant's telemetry status shows.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DropReason {
+    /// The organization sent more than its rate.
+    RateLimited,
+    /// A new edge series past the organization's budget for the bucket.
+    SeriesBudget,
+    /// Access-log entries past the organization's budget for the bucket.
+    LogBudget,
+    /// A message held more families or entries than allowed (the stream was ended).
+    TooLarge,
+    /// A stream reported more series than it may keep a baseline for.
+    TooManySeries,
+    /// The writer lagged and its queue was full.
+    QueueFull,
+    /// The database refused the rows.
+    WriteFailed,
+}
+
+impl DropReason {
+    /// Every reason, in the order they are shown.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::RateLimited,
+        DropReason::SeriesBudget,
+        DropReason::LogBudget,
+        DropReason::TooLarge,
+        DropReason::TooManySeries,
+        DropReason::QueueFull,
+        DropReason::WriteFailed,
+    ];
+
+    /// The label value, also what the store keeps and the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SeriesBudget => "series_budget",
+            DropReason::LogBudget => "log_budget",
+            DropReason::TooLarge => "too_large",
+            DropReason::TooManySeries => "too_many_series",
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteFailed => "write_failed",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

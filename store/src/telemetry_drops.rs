@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use trellis_model::MeshId;
+use trellis_model::telemetry::DropReason;
 
 use crate::{Store, StoreError, TenantTx};
 
@@ -11,9 +12,8 @@ use crate::{Store, StoreError, TenantTx};
 pub struct DropCount {
     pub mesh: MeshId,
     pub minute: DateTime<Utc>,
-    /// `rate_limited`, `series_budget`, `log_budget`, `too_large`, `too_many_series`,
-    /// `queue_full` or `write_failed` (the table's check names them all).
-    pub reason: &'static str,
+    /// Kept as `DropReason::as_str` (the table's check names them all).
+    pub reason: DropReason,
     pub items: u64,
 }
 
@@ -44,7 +44,7 @@ impl TenantTx {
         }
         let meshes: Vec<uuid::Uuid> = counts.iter().map(|c| c.mesh.as_uuid()).collect();
         let minutes: Vec<DateTime<Utc>> = counts.iter().map(|c| c.minute).collect();
-        let reasons: Vec<&str> = counts.iter().map(|c| c.reason).collect();
+        let reasons: Vec<&str> = counts.iter().map(|c| c.reason.as_str()).collect();
         let items: Vec<i64> = counts.iter().map(|c| to_i64(c.items)).collect();
         let done = sqlx::query(
             "INSERT INTO telemetry_drops AS d (org_id, mesh_id, minute, reason, items) \

@@ -1,76 +1,22 @@
 //! The xDS server's Prometheus metrics.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use trellis_model::telemetry::DropReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabel {
     pub type_url: String,
 }
 
-/// Why telemetry was not stored.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum DropReason {
-    /// The organization sent more than its rate.
-    RateLimited,
-    /// A new edge series past the organization's budget for the bucket.
-    SeriesBudget,
-    /// Access-log entries past the organization's budget for the bucket.
-    LogBudget,
-    /// A message held more families or entries than allowed (the stream was ended).
-    TooLarge,
-    /// A stream reported more series than it may keep a baseline for.
-    TooManySeries,
-    /// The writer lagged and its queue was full.
-    QueueFull,
-    /// The database refused the rows.
-    WriteFailed,
-}
-
-impl DropReason {
-    /// Every reason, in the order they are shown.
-    pub const ALL: [DropReason; 7] = [
-        DropReason::RateLimited,
-        DropReason::SeriesBudget,
-        DropReason::LogBudget,
-        DropReason::TooLarge,
-        DropReason::TooManySeries,
-        DropReason::QueueFull,
-        DropReason::WriteFailed,
-    ];
-
-    /// The reason a label value names.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// The label value (also what the store keeps per tenant).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::RateLimited => "rate_limited",
-            DropReason::SeriesBudget => "series_budget",
-            DropReason::LogBudget => "log_budget",
-            DropReason::TooLarge => "too_large",
-            DropReason::TooManySeries => "too_many_series",
-            DropReason::QueueFull => "queue_full",
-            DropReason::WriteFailed => "write_failed",
-        }
-    }
-}
-
-impl EncodeLabelValue for DropReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        std::fmt::Write::write_str(encoder, self.as_str())
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
-    pub reason: DropReason,
+    /// `DropReason::as_str`.
+    pub reason: &'static str,
 }
 
 /// Counters shared by every stream.
@@ -117,7 +63,7 @@ impl XdsMetrics {
     /// Counts `items` of telemetry dropped for `reason`.
     pub fn dropped(&self, reason: DropReason, items: usize) {
         if items > 0 {
-            self.telemetry_dropped.get_or_create(&DropLabel { reason }).inc_by(items as u64);
+            self.telemetry_dropped.get_or_create(&DropLabel { reason: reason.as_str() }).inc_by(items as u64);
         }
     }
 

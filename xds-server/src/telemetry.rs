@@ -26,7 +26,9 @@ use trellis_store::{AccessLogRecord, DropCount, EdgeSample, Store, StoreError, T
 use crate::ads::authenticate;
 use crate::budget::Budgets;
 use crate::envoy_stats::{Baseline, Reporter, Side, http_record, tcp_record};
-use crate::metrics::{DropReason, XdsMetrics};
+use trellis_model::telemetry::DropReason;
+
+use crate::metrics::XdsMetrics;
 
 /// Most metric families in one message (Envoy sends every stat it has each flush).
 pub const MAX_FAMILIES: usize = 20_000;
@@ -120,7 +122,7 @@ impl PendingDrops {
         let pending = std::mem::take(&mut *self.0.lock().expect("pending drops lock"));
         let mut by_org: BTreeMap<OrgId, Vec<DropCount>> = BTreeMap::new();
         for ((org, mesh, minute, reason), items) in pending {
-            by_org.entry(org).or_default().push(DropCount { mesh, minute, reason: reason.as_str(), items });
+            by_org.entry(org).or_default().push(DropCount { mesh, minute, reason, items });
         }
         by_org
     }
@@ -128,9 +130,7 @@ impl PendingDrops {
     /// Puts back counts a failed write took.
     fn restore(&self, org: OrgId, counts: &[DropCount]) {
         for c in counts {
-            if let Some(reason) = DropReason::parse(c.reason) {
-                self.add(org, c.mesh, c.minute, reason, c.items);
-            }
+            self.add(org, c.mesh, c.minute, c.reason, c.items);
         }
     }
 }
