@@ -7,6 +7,7 @@ pub mod console;
 pub mod grpc;
 pub mod oidc;
 pub mod synthetic;
+pub mod tenant_root;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

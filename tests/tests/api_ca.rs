@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
+use trellis_tests::tenant_root::{TenantRoot, openssl, openssl_ok};
 use trellis_tests::{Api, Trellis, assert_no_secret_in, pg_dump, send, token, trellis};
 
 async fn start(db: &TestDb) -> Trellis {
@@ -34,26 +35,6 @@ async fn expiry_gauges(t: &Trellis, n: usize) -> Vec<String> {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("expected {n} CA expiry gauges, got {lines:?}");
-}
-
-/// Runs `openssl` with `args` in `dir`; fails the test, naming the tool, when it is missing.
-fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
-    std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-        panic!("these tests need the `openssl` command (Debian/Ubuntu: apt install openssl): {e}")
-    })
-}
-
-/// `openssl …` that must succeed; returns stdout.
-fn openssl_ok(dir: &Path, args: &[&str]) -> String {
-    let out = openssl(dir, args);
-    assert!(
-        out.status.success(),
-        "openssl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Creates mesh `shop` with the Service `reviews`.
@@ -392,94 +373,26 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     mesh_with_service(&api).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let td = "shop.acme.trellis.internal";
-
-    // The tenant's root, made offline with openssl: its key never reaches Trellis.
-    write(
-        d,
-        "root.cnf",
-        "[req]\ndistinguished_name=dn\n[dn]\n[v3_root]\nbasicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
-    );
-    openssl_ok(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "root.key"]);
-    openssl_ok(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "root.key",
-            "-sha256",
-            "-days",
-            "3650",
-            "-subj",
-            "/O=Tenant/CN=Tenant root",
-            "-config",
-            "root.cnf",
-            "-extensions",
-            "v3_root",
-            "-out",
-            "root.pem",
-        ],
-    );
-    let san = format!("subjectAltName=URI:spiffe://{td}\n");
-    write(
-        d,
-        "inter.ext",
-        &format!("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n{san}"),
-    );
-    write(
-        d,
-        "notca.ext",
-        &format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{san}"),
-    );
+    let root = TenantRoot::new("shop.acme.trellis.internal");
 
     // Trellis makes the key and the CSR.
     let (status, created) = api.post("/meshes/shop/ca/intermediate-csr", &json!({})).await;
     assert_eq!(status, 201, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    write(d, "inter.csr", created["csr"].as_str().unwrap());
+    let csr = created["csr"].as_str().unwrap();
     let (_, ca) = api.get("/meshes/shop/ca").await;
     assert_eq!(ca["phase"], "awaiting-chain");
     assert_eq!(api.post("/meshes/shop/ca/rotation/prepare", &json!({})).await.0, 409);
-    let sign = |csr: &str, ext: &str, out: &str| {
-        openssl_ok(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                csr,
-                "-CA",
-                "root.pem",
-                "-CAkey",
-                "root.key",
-                "-CAcreateserial",
-                "-days",
-                "365",
-                "-sha256",
-                "-extfile",
-                ext,
-                "-out",
-                out,
-            ],
-        );
-        format!(
-            "{}{}",
-            std::fs::read_to_string(d.join(out)).unwrap(),
-            std::fs::read_to_string(d.join("root.pem")).unwrap()
-        )
-    };
     let chain_path = format!("/meshes/shop/ca/authorities/{id}/chain");
 
     // Bad chains: not a CA; a certificate for another key; not PEM; too large.
-    let not_ca = sign("inter.csr", "notca.ext", "notca.pem");
+    let not_ca = root.sign(csr, false);
     let (status, problem) = api.put(&chain_path, &json!({"certificateChain": not_ca})).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "certificateChain");
     openssl_ok(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "other.key"]);
     openssl_ok(d, &["req", "-new", "-key", "other.key", "-subj", "/CN=other", "-out", "other.csr"]);
-    let wrong_key = sign("other.csr", "inter.ext", "other.pem");
+    let wrong_key = root.sign(&std::fs::read_to_string(d.join("other.csr")).unwrap(), true);
     let (status, problem) = api.put(&chain_path, &json!({"certificateChain": wrong_key})).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "certificateChain");
@@ -493,13 +406,13 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     assert_eq!(status, 422, "{problem}");
 
     // The right chain: prepared, then active; new leaves verify with the tenant root.
-    let good = sign("inter.csr", "inter.ext", "inter.pem");
+    let good = root.sign(csr, true);
     let (status, ca) = api.put(&chain_path, &json!({"certificateChain": good})).await;
     assert_eq!(status, 200, "{ca}");
     assert_eq!(ca["phase"], "prepared");
     let (bundle, _) = pem_bundle(&api).await;
     assert_eq!(count_certs(&bundle), 2);
-    let tenant_root = std::fs::read_to_string(d.join("root.pem")).unwrap();
+    let tenant_root = root.root_pem();
     assert!(bundle.contains(tenant_root.trim()), "the tenant root is in the bundle");
     assert_eq!(api.put(&chain_path, &json!({"certificateChain": good})).await.0, 404, "no longer pending");
     let (status, ca) = api.post("/meshes/shop/ca/rotation/activate", &json!({})).await;
@@ -513,6 +426,7 @@ async fn a_tenant_intermediate_signed_offline_becomes_the_signing_ca() {
     assert_eq!(status, 200, "{issued}");
     let chain = issued["certificateChain"].as_str().unwrap();
     assert_eq!(count_certs(chain), 2, "leaf and the tenant intermediate");
+    write(d, "root.pem", &tenant_root);
     write(d, "chain.pem", chain);
     write(d, "leaf.pem", &certs(chain)[0]);
     openssl_ok(d, &["verify", "-CAfile", "root.pem", "-untrusted", "chain.pem", "leaf.pem"]);

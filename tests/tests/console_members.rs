@@ -6,7 +6,6 @@
 //! HTTP, the same rules as the API: a viewer sees no controls and gets 403 posting anyway, a
 //! post without the CSRF token is refused, another organization finds nothing (404).
 
-use std::path::Path;
 use std::time::Duration;
 
 use fantoccini::{Client, Locator};
@@ -17,104 +16,10 @@ use trellis_tests::browser::Chromium;
 use trellis_tests::console::{
     SESSION_COOKIE, as_user, assert_valid_html, csrf_of, login_link, screenshot_dir, session, start,
 };
+use trellis_tests::tenant_root::TenantRoot;
 use trellis_tests::{Api, token};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-/// Runs `openssl` with `args` in `dir`; fails the test, naming the tool, when it is missing
-/// or refuses.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out =
-        std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-            panic!("these tests need the `openssl` command (Debian/Ubuntu: apt install openssl): {e}")
-        });
-    assert!(out.status.success(), "openssl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-}
-
-/// A tenant's own root, made offline (its key never reaches Trellis), that signs CSRs as CA
-/// certificates (or, with `ca: false`, as leaves) for `trust_domain`.
-struct TenantRoot {
-    dir: tempfile::TempDir,
-}
-
-impl TenantRoot {
-    fn new(trust_domain: &str) -> TenantRoot {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(
-            d.join("root.cnf"),
-            "[req]\ndistinguished_name=dn\n[dn]\n[v3_root]\nbasicConstraints=critical,CA:TRUE\n\
-             keyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n",
-        )
-        .unwrap();
-        let san = format!("subjectAltName=URI:spiffe://{trust_domain}\n");
-        std::fs::write(
-            d.join("ca.ext"),
-            format!(
-                "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n{san}"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("leaf.ext"),
-            format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n{san}"),
-        )
-        .unwrap();
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "root.key"]);
-        openssl(
-            d,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "root.key",
-                "-sha256",
-                "-days",
-                "3650",
-                "-subj",
-                "/O=Tenant/CN=Tenant root",
-                "-config",
-                "root.cnf",
-                "-extensions",
-                "v3_root",
-                "-out",
-                "root.pem",
-            ],
-        );
-        TenantRoot { dir }
-    }
-
-    /// `csr` signed, then the root: the chain to upload.
-    fn sign(&self, csr: &str, ca: bool) -> String {
-        let d = self.dir.path();
-        std::fs::write(d.join("in.csr"), csr).unwrap();
-        let ext = if ca { "ca.ext" } else { "leaf.ext" };
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "in.csr",
-                "-CA",
-                "root.pem",
-                "-CAkey",
-                "root.key",
-                "-CAcreateserial",
-                "-days",
-                "365",
-                "-sha256",
-                "-extfile",
-                ext,
-                "-out",
-                "out.pem",
-            ],
-        );
-        let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-        format!("{}{}", read("out.pem"), read("root.pem"))
-    }
-}
 
 async fn click(b: &Client, xpath: &str) {
     b.find(Locator::XPath(xpath)).await.unwrap_or_else(|e| panic!("{xpath}: {e}")).click().await.unwrap();
