@@ -36,7 +36,11 @@ async fn run_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
+    // A refusal may come before `trellis` has read all of its input; the pipe is then closed.
+    match input.write_all(stdin.as_bytes()).await {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        written => written.unwrap(),
+    }
     drop(input);
     let out = child.wait_with_output().await.unwrap();
     (
