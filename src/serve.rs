@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use trellis_api::{AppState, CaExpiryMetrics, HttpMetrics, ProcessCollector, XdsEndpoint};
 use trellis_pki::{Authority, AuthorityOptions};
 use trellis_store::{
-    ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, Store, TelemetryRetention,
+    ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, ReadCacheStats, Store, TelemetryRetention,
 };
 use trellis_xds_server::{
     AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, TelemetryOptions,
@@ -63,9 +63,15 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         },
     ));
 
+    // The REST API and the console read through the cache; the rest of the server does not.
+    let api_store = store.clone().with_read_cache();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(ProcessCollector));
-    registry.register_collector(Box::new(ControlPlaneCollector { leader: leader.clone(), feed: feed_stats }));
+    registry.register_collector(Box::new(ControlPlaneCollector {
+        leader: leader.clone(),
+        feed: feed_stats,
+        reads: api_store.read_cache_stats().unwrap_or_default(),
+    }));
     let http_metrics = HttpMetrics::register(&mut registry);
     let ca_expiry = CaExpiryMetrics::register(&mut registry);
     let ca_expiry_task = tokio::spawn(refresh_ca_expiry(store.clone(), ca_expiry, cfg.ca_expiry_refresh));
@@ -128,7 +134,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         _ => xds_addr.to_string(),
     };
     let state = AppState {
-        store: store.clone(),
+        store: api_store,
         registry: Arc::new(registry),
         accounts: accounts.clone(),
         authority: authority.clone(),
@@ -351,11 +357,12 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Leader role and change-feed counters, read at scrape time.
+/// Leader role, change-feed and read-cache counters, read at scrape time.
 #[derive(Debug)]
 struct ControlPlaneCollector {
     leader: Arc<LeaderElector>,
     feed: Arc<FeedStats>,
+    reads: Arc<ReadCacheStats>,
 }
 
 impl Collector for ControlPlaneCollector {
@@ -386,6 +393,17 @@ impl Collector for ControlPlaneCollector {
                 "trellis_change_feed_recovered",
                 "Mesh changes found by resync that no notification delivered",
                 &self.feed.recovered,
+            ),
+            ("trellis_read_cache_hits", "API-token reads of a resource answered from the cache", &self.reads.hits),
+            (
+                "trellis_read_cache_misses",
+                "API-token reads of a resource read from the database while the cache vouched for itself",
+                &self.reads.misses,
+            ),
+            (
+                "trellis_read_cache_bypassed",
+                "API-token reads of a resource read from the database because the cache could not vouch for itself",
+                &self.reads.bypassed,
             ),
         ] {
             ConstCounter::new(v.load(Ordering::Relaxed)).encode(encoder.encode_descriptor(

@@ -28,7 +28,7 @@ pub struct MeshChange {
 
 impl MeshChange {
     /// Parses a notification payload `<org>/<mesh>/<revision>`.
-    fn parse(payload: &str) -> Option<Self> {
+    pub(crate) fn parse(payload: &str) -> Option<Self> {
         let mut parts = payload.split('/');
         let org = parts.next()?.parse().ok()?;
         let mesh = parts.next()?.parse().ok()?;

@@ -19,6 +19,7 @@ mod leader;
 mod meshes;
 mod orgs;
 mod provision;
+mod read_cache;
 mod reads;
 mod resources;
 mod sessions;
@@ -46,6 +47,7 @@ pub use leader::{LeaderElector, LeaderOptions};
 pub use meshes::{Mesh, Precondition, Put};
 pub use orgs::Org;
 pub use provision::{APP_ROLE, DbRoles, OWNER_ROLE, SchemaStatus, ensure_database, migrate, migrator};
+pub use read_cache::ReadCacheStats;
 pub use reads::{ResourceKey, TokenRead};
 pub use resources::{Deleted, Resource, Selector};
 pub use sessions::{PendingLogin, Session};
@@ -69,6 +71,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(2);
 pub struct Store {
     pool: PgPool,
     options: PgConnectOptions,
+    /// Answers repeated API-token reads of a resource (see [`Store::with_read_cache`]).
+    reads: Option<read_cache::ReadCache>,
 }
 
 impl Store {
@@ -91,7 +95,20 @@ impl Store {
             })
             .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, options })
+        Ok(Self { pool, options, reads: None })
+    }
+
+    /// This store, answering API-token reads of a resource from a cache that follows the
+    /// database's notifications and never answers staler than a read made when the request
+    /// arrived (see `read_cache.rs`). For a serving replica; must run inside a Tokio runtime.
+    pub fn with_read_cache(mut self) -> Self {
+        self.reads = Some(read_cache::ReadCache::start(&self));
+        self
+    }
+
+    /// How the read cache's answers went, if this store has one.
+    pub fn read_cache_stats(&self) -> Option<std::sync::Arc<ReadCacheStats>> {
+        self.reads.as_ref().map(|c| c.stats())
     }
 
     /// Connection options of the server role, for dedicated connections (feed, leader).

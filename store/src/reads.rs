@@ -72,10 +72,24 @@ fn present<T>(v: Option<T>, column: &str) -> Result<T, StoreError> {
 }
 
 impl Store {
-    /// One resource as the API token with hash `sha256` of organization `org` reads it, in one
-    /// statement. None: the token is unknown, revoked or expired (checked on every call, so a
-    /// revocation holds at once on every replica).
+    /// One resource as the API token with hash `sha256` of organization `org` reads it.
+    /// None: the token is unknown, revoked or expired — as of the request's arrival on every
+    /// replica, so a revocation holds at once everywhere. From the read cache when this store
+    /// has one and it can vouch for the answer, otherwise in one statement.
     pub async fn read_resource_with_token(
+        &self,
+        org: OrgId,
+        sha256: &[u8; 32],
+        key: &ResourceKey<'_>,
+    ) -> Result<Option<TokenRead>, StoreError> {
+        match &self.reads {
+            Some(cache) => cache.read(self, org, sha256, key).await,
+            None => self.read_resource_uncached(org, sha256, key).await,
+        }
+    }
+
+    /// `read_resource_with_token` from the database: one call of `trellis_read_resource`.
+    pub(crate) async fn read_resource_uncached(
         &self,
         org: OrgId,
         sha256: &[u8; 32],
@@ -93,6 +107,19 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         row.map(ReadRow::into_read).transpose()
+    }
+
+    /// Marks an API token used, as its check in the database does at most once a minute.
+    pub(crate) async fn mark_token_used(&self, org: OrgId, sha256: &[u8; 32]) -> Result<(), StoreError> {
+        let mut tx = self.tenant(org).await?;
+        tx.authenticate_token(sha256).await?;
+        tx.commit().await
+    }
+
+    /// Sends a notification on `channel` (a statement of its own, so it is delivered at once).
+    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&self.pool).await?;
+        Ok(())
     }
 }
 

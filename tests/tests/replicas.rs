@@ -88,3 +88,85 @@ async fn a_revoked_token_is_refused_at_once_by_every_replica() {
         assert_eq!(api.get("/meshes").await.0, 401);
     }
 }
+
+/// Reads of a resource with an API token are answered from each replica's cache; whatever
+/// changes through the other replica (or straight in the database, as the xDS ledger writes
+/// propagation) shows in the very next read, with no wait in between.
+#[tokio::test]
+async fn cached_reads_show_every_change_made_anywhere_at_once() {
+    let db = TestDb::create().await;
+    let a = replica(&db).await;
+    let b = replica(&db).await;
+    let editor = Api::new(&a, "acme", &token(&db, "acme", Role::Editor).await);
+    for doc in example_documents() {
+        let (status, body) = editor.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let route = "/meshes/shop/http-routes/reviews";
+    let (_, read) = editor.get(route).await;
+    let mut doc = json!({"kind": "HTTPRoute", "metadata": {"name": "reviews", "mesh": "shop"}, "spec": read["spec"]});
+    let viewer = Api::new(&b, "acme", &token(&db, "acme", Role::Viewer).await);
+    for _ in 0..3 {
+        assert_eq!(viewer.get(route).await.0, 200);
+    }
+    let hits = b.metric("trellis_read_cache_hits_total").await.unwrap_or(0.0);
+    assert!(hits >= 2.0, "repeated reads were not answered from the cache: {hits} hits");
+
+    // A write through A, read through B at once, twenty times over.
+    for i in 0..20u64 {
+        doc["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(50 + i);
+        let (status, written) = editor.put(route, &doc).await;
+        assert_eq!(status, 200, "{written}");
+        let (status, read) = viewer.get(route).await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["metadata"]["generation"], written["metadata"]["generation"], "write {i} not seen");
+        assert_eq!(read["spec"]["rules"][1]["backendRefs"][0]["weight"], json!(50 + i));
+    }
+
+    // Propagation as the xDS ledger writes it: a proxy that calls `reviews` registers, syncs
+    // and goes offline; each step shows in the next read.
+    let store = db.store().await;
+    let org = store.org_by_slug(&trellis_model::OrgSlug::parse("acme").unwrap()).await.unwrap().unwrap();
+    let mesh = {
+        let mut tx = store.tenant(org.id).await.unwrap();
+        tx.mesh_by_name(&trellis_model::MeshName::parse("shop").unwrap()).await.unwrap().unwrap()
+    };
+    let summary = || async { viewer.get(route).await.1["status"]["propagation"]["summary"].clone() };
+    assert_eq!(summary().await, "applied by 0 of 0 proxies");
+    let mut tx = store.tenant(org.id).await.unwrap();
+    let registration = trellis_store::Registration {
+        service: "productpage".into(),
+        node_id: "productpage-1".into(),
+        client: "agent".into(),
+        address: Some("10.0.0.9".parse().unwrap()),
+        ports: vec![9080],
+        tags: json!({}),
+        zone: String::new(),
+        replica: "test".into(),
+    };
+    let proxy = tx.register_dataplane(mesh.id, &registration).await.unwrap();
+    tx.dataplane_reach(proxy.id, &["reviews".into()], false).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(summary().await, "applied by 0 of 1 proxies");
+    let revision = viewer.get(route).await.1["status"]["propagation"]["meshRevision"].as_i64();
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.dataplane_synced(proxy.id, revision.unwrap_or(i64::MAX / 2)).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(summary().await, "applied by 1 of 1 proxies");
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.dataplane_offline(proxy.id, proxy.connected_at).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(summary().await, "applied by 0 of 0 proxies");
+    store.close().await;
+
+    // The organization's new slug: the old one is gone at once.
+    let owner = Api::new(&a, "acme", &token(&db, "acme", Role::Owner).await);
+    let (status, body) =
+        trellis_tests::send(owner.req(reqwest::Method::PATCH, "").json(&json!({"slug": "acme-two"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(viewer.get(route).await.0, 404);
+    let renamed = Api::new(&b, "acme-two", &viewer.token);
+    assert_eq!(renamed.get(route).await.0, 200);
+    let misses = b.metric("trellis_read_cache_misses_total").await.unwrap_or(0.0);
+    assert!(misses >= 20.0, "changes did not make reads go to the database: {misses} misses");
+}
