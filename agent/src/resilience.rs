@@ -328,7 +328,11 @@ mod tests {
         assert_eq!(health.checked(&policy, a, false), Some(true), "three failures");
         assert_eq!(health.usable(&[a, b], now), [b]);
         let seen = health.membership(&[a, b], now);
-        assert_eq!((seen.total, seen.healthy, seen.ejected, seen.unhealthy()), (2, 1, 0, 1), "failing, not ejected");
+        assert_eq!(
+            (seen.total, seen.healthy, seen.ejected, seen.unhealthy()),
+            (2, 1, 0, 1),
+            "failing, not ejected"
+        );
         assert_eq!(health.checked(&policy, a, true), None);
         assert_eq!(health.checked(&policy, a, true), Some(false), "two passes");
         assert_eq!(health.usable(&[a, b], now), [a, b]);

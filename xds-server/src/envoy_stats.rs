@@ -205,9 +205,9 @@ pub fn memberships(reporter: &Reporter, families: &[MetricFamily]) -> Vec<(Upstr
             continue;
         }
         let Some(name) = family.name.as_deref().and_then(|n| n.strip_prefix("cluster.")) else { continue };
-        let Some((cluster, gauge)) = CLUSTER_GAUGES.iter().find_map(|g| {
-            Some((name.strip_suffix(g)?.strip_suffix('.')?, *g))
-        }) else {
+        let Some((cluster, gauge)) =
+            CLUSTER_GAUGES.iter().find_map(|g| Some((name.strip_suffix(g)?.strip_suffix('.')?, *g)))
+        else {
             continue;
         };
         let Some(value) = family.metric.first().and_then(|m| m.gauge.as_ref()?.value) else { continue };

@@ -293,7 +293,13 @@ impl MetricsService for TelemetryService {
                 None => Vec::new(),
             };
             if !endpoints.is_empty() {
-                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges: Vec::new(), logs: Vec::new(), endpoints });
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges: Vec::new(),
+                    logs: Vec::new(),
+                    endpoints,
+                });
             }
             if read.edges.is_empty() {
                 continue;
@@ -311,7 +317,13 @@ impl MetricsService for TelemetryService {
             );
             self.dropped(&peer, DropReason::SeriesBudget, over);
             if !edges.is_empty() {
-                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges, logs: Vec::new(), endpoints: Vec::new() });
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges,
+                    logs: Vec::new(),
+                    endpoints: Vec::new(),
+                });
             }
         }
         Ok(Response::new(StreamMetricsResponse {}))
@@ -362,7 +374,13 @@ impl AccessLogService for TelemetryService {
             self.dropped(&peer, DropReason::LogBudget, logs.len() - fit);
             logs.truncate(fit);
             if !logs.is_empty() {
-                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges: Vec::new(), logs, endpoints: Vec::new() });
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges: Vec::new(),
+                    logs,
+                    endpoints: Vec::new(),
+                });
             }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
