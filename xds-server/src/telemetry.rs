@@ -5,7 +5,9 @@
 //! entries per message, series per stream, items per second per organization, new edge
 //! series and access-log entries per organization and 10 s bucket); what is dropped is counted
 //! in `trellis_telemetry_dropped_total` and, per tenant, mesh and minute, in the store, where
-//! the tenant reads it. One task writes batches, and the drop counts with them.
+//! the tenant reads it. One task writes batches, and the drop counts with them. The cluster
+//! gauges of a metrics message (what the proxy sees of its upstreams' endpoints) are kept as
+//! the latest report of the node the stream's first message named, never summed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
