@@ -720,6 +720,29 @@ async fn envoys_cluster_gauges_show_which_callers_see_a_services_endpoints_eject
         "each proxy's clusters of its own mesh under its own tenant, nothing of othermesh or inbound"
     );
 
+    // A report older than the bound (60 s) is not shown; the next flush shows again.
+    sqlx::query("UPDATE endpoint_health SET reported_at = now() - interval '61 seconds'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let aged = health_when(&f.api, "reviews", |_| true).await;
+    assert_eq!(aged["endpoints"]["reports"], json!([]), "{aged:#}");
+    // The leader deletes reports past retention (an hour), in every tenant.
+    sqlx::query(
+        "UPDATE endpoint_health SET reported_at = now() - interval '2 hours' WHERE node_id = 'ghost-1'",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(f.store.expire_endpoint_health(trellis_store::ENDPOINT_HEALTH_RETENTION).await.unwrap(), 1);
+    stream_metrics(
+        &mut client,
+        vec![flush_of("productpage-1", cluster_gauges("reviews.shop:9080", 3, 2, 1))],
+    )
+    .await
+    .unwrap();
+    health_when(&f.api, "reviews", |h| h["endpoints"]["ejected"] == 1).await;
+
     // The caller's proxy goes offline: its report is no longer shown.
     drop(ads);
     let h = health_when(&f.api, "reviews", |h| h["endpoints"]["reports"] == json!([])).await;
