@@ -219,31 +219,28 @@ impl TelemetryService {
     }
 }
 
-impl TelemetryService {
-    /// The cluster gauges of one message as the reporter's latest view of its upstreams'
-    /// endpoints, stamped with the control plane's clock.
-    fn endpoint_reports(
-        &self,
-        peer: &Peer,
-        reporter: &Reporter,
-        node_id: &str,
-        families: &[envoy_types::pb::io::prometheus::client::MetricFamily],
-    ) -> Vec<EndpointReport> {
-        let reported_at = Utc::now();
-        memberships(reporter, families)
-            .into_iter()
-            .map(|(upstream, membership)| EndpointReport {
-                mesh: peer.mesh_id,
-                node_id: node_id.to_owned(),
-                source: reporter.service.clone(),
-                destination: upstream.service,
-                port: upstream.port,
-                subset: upstream.subset,
-                membership,
-                reported_at,
-            })
-            .collect()
-    }
+/// The cluster gauges of one message as the reporter's latest view of its upstreams'
+/// endpoints, stamped with the control plane's clock.
+fn endpoint_reports(
+    peer: &Peer,
+    reporter: &Reporter,
+    node_id: &str,
+    families: &[envoy_types::pb::io::prometheus::client::MetricFamily],
+) -> Vec<EndpointReport> {
+    let reported_at = Utc::now();
+    memberships(reporter, families)
+        .into_iter()
+        .map(|(upstream, membership)| EndpointReport {
+            mesh: peer.mesh_id,
+            node_id: node_id.to_owned(),
+            source: reporter.service.clone(),
+            destination: upstream.service,
+            port: upstream.port,
+            subset: upstream.subset,
+            membership,
+            reported_at,
+        })
+        .collect()
 }
 
 /// The 10 s bucket a report received now belongs to (the control plane's clock decides).
@@ -291,7 +288,7 @@ impl MetricsService for TelemetryService {
             let read = baseline.read(&reporter, families);
             self.dropped(&peer, DropReason::TooManySeries, read.over_limit as usize);
             let endpoints = match &node_id {
-                Some(node_id) => self.endpoint_reports(&peer, &reporter, node_id, families),
+                Some(node_id) => endpoint_reports(&peer, &reporter, node_id, families),
                 None => Vec::new(),
             };
             if !endpoints.is_empty() {
