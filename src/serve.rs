@@ -344,6 +344,9 @@ async fn leader_duties(
         if let Err(e) = store.expire_telemetry_drops(trellis_store::DROP_RETENTION).await {
             tracing::warn!(error = %e, "deleting telemetry drop counts past retention failed");
         }
+        if let Err(e) = store.expire_endpoint_health(trellis_store::ENDPOINT_HEALTH_RETENTION).await {
+            tracing::warn!(error = %e, "deleting stale endpoint reports failed");
+        }
     }
 }
 

@@ -178,7 +178,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(relay::serve(listener, cp.clone(), identity.clone()));
     }
     if let Some(every) = args.telemetry_interval.0 {
-        tokio::spawn(telemetry::push_forever(upstreams, cp.clone(), identity.clone(), node(&args), every));
+        let memberships: telemetry::Memberships = {
+            let proxy = proxy.clone();
+            Arc::new(move || proxy.memberships())
+        };
+        tokio::spawn(telemetry::push_forever(
+            upstreams,
+            memberships,
+            cp.clone(),
+            identity.clone(),
+            node(&args),
+            every,
+        ));
     }
     tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 

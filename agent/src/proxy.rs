@@ -32,6 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, claimed_leaf};
+use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
 use crate::cli::Outbound;
@@ -804,6 +805,23 @@ impl Proxy {
                 r
             }
         }
+    }
+
+    /// What the agent sees now of each mesh cluster's endpoints, by cluster name (reported
+    /// to the control plane as Envoy's cluster gauges).
+    pub fn memberships(&self) -> Vec<(String, Membership)> {
+        let cfg = self.state.config();
+        let now = std::time::Instant::now();
+        cfg.clusters
+            .iter()
+            .filter_map(|(name, c)| match &c.target {
+                Target::Mesh { eds, .. } => {
+                    let eps = cfg.endpoints.get(eds).map(|e| e.as_slice()).unwrap_or_default();
+                    Some((name.clone(), self.cluster_health(name).membership(eps, now)))
+                }
+                Target::Local(_) => None,
+            })
+            .collect()
     }
 
     fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {

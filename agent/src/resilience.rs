@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use trellis_model::telemetry::Membership;
+
 /// How a cluster picks one of its endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LbPolicy {
@@ -161,6 +163,21 @@ impl ClusterHealth {
         if up.is_empty() { hosts.to_vec() } else { up }
     }
 
+    /// What the proxy sees of `hosts` at `now`, as Envoy's cluster gauges count it: an
+    /// ejected host or one failing its health checks is not healthy (even while every host
+    /// is out and all are used again).
+    pub fn membership(&self, hosts: &[SocketAddr], now: Instant) -> Membership {
+        let state = self.hosts.lock().expect("not poisoned");
+        let (mut healthy, mut ejected) = (0, 0);
+        for h in hosts {
+            let s = state.get(h);
+            let out = s.is_some_and(|s| s.ejected_until.is_some_and(|t| t > now));
+            ejected += u64::from(out);
+            healthy += u64::from(!out && s.is_none_or(|s| !s.failing));
+        }
+        Membership { total: hosts.len() as u64, healthy, degraded: 0, ejected }
+    }
+
     /// Records one health check of `host`; returns its new verdict (`true`: failing) when it
     /// changed.
     pub fn checked(&self, policy: &HealthCheckPolicy, host: SocketAddr, ok: bool) -> Option<bool> {
@@ -286,6 +303,10 @@ mod tests {
         }
         assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
         assert_eq!(health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
+        let seen = health.membership(&[a, b], t0 + Duration::from_secs(80));
+        assert_eq!(seen, Membership { total: 2, healthy: 1, degraded: 0, ejected: 1 });
+        let back = health.membership(&[a, b], t0 + Duration::from_secs(92));
+        assert_eq!(back, Membership { total: 2, healthy: 2, degraded: 0, ejected: 0 });
     }
 
     #[test]
@@ -306,6 +327,12 @@ mod tests {
         assert_eq!(health.checked(&policy, a, false), None);
         assert_eq!(health.checked(&policy, a, false), Some(true), "three failures");
         assert_eq!(health.usable(&[a, b], now), [b]);
+        let seen = health.membership(&[a, b], now);
+        assert_eq!(
+            (seen.total, seen.healthy, seen.ejected, seen.unhealthy()),
+            (2, 1, 0, 1),
+            "failing, not ejected"
+        );
         assert_eq!(health.checked(&policy, a, true), None);
         assert_eq!(health.checked(&policy, a, true), Some(false), "two passes");
         assert_eq!(health.usable(&[a, b], now), [a, b]);

@@ -2,7 +2,10 @@
 //! stat names (`cluster.<name>.upstream_rq_<class>xx`, `cluster.<name>.upstream_rq_time` in the
 //! control plane's latency buckets), so that one ingestion path serves Envoy and the agent.
 //! Values are cumulative since the agent started, as Envoy's are: the control plane counts
-//! what grew between two reports of one stream.
+//! what grew between two reports of one stream. Beside them, each report carries what the
+//! agent sees of every mesh cluster's endpoints now (ejected by outlier detection, failing
+//! health checks) as Envoy's cluster gauges (`contract::cluster_gauge`), which the control
+//! plane keeps as the latest values.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,9 +15,12 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
-use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram, Metric, MetricFamily, MetricType};
+use envoy_types::pb::io::prometheus::client::{
+    Bucket, Counter, Gauge, Histogram, Metric, MetricFamily, MetricType,
+};
 use rand::Rng;
-use trellis_model::telemetry::{LATENCY_BUCKETS, bucket_of_ms, bucket_upper_bounds_ms};
+use trellis_model::contract::cluster_gauge;
+use trellis_model::telemetry::{LATENCY_BUCKETS, Membership, bucket_of_ms, bucket_upper_bounds_ms};
 
 use crate::control::ControlPlane;
 use crate::identity::Identity;
@@ -109,6 +115,32 @@ impl Upstreams {
     }
 }
 
+/// What the agent sees of its mesh clusters' endpoints, by cluster name.
+pub type Memberships = Arc<dyn Fn() -> Vec<(String, Membership)> + Send + Sync>;
+
+/// Each cluster's endpoints as Envoy's cluster gauges (at most [`MAX_CLUSTERS`] clusters).
+pub fn membership_families(memberships: &[(String, Membership)]) -> Vec<MetricFamily> {
+    let gauge = |cluster: &str, name: &str, value: u64| {
+        family(
+            format!("cluster.{cluster}.{name}"),
+            MetricType::Gauge,
+            Metric { gauge: Some(Gauge { value: Some(value as f64) }), ..Default::default() },
+        )
+    };
+    memberships
+        .iter()
+        .take(MAX_CLUSTERS)
+        .flat_map(|(cluster, m)| {
+            [
+                gauge(cluster, cluster_gauge::MEMBERSHIP_TOTAL, m.total),
+                gauge(cluster, cluster_gauge::MEMBERSHIP_HEALTHY, m.healthy),
+                gauge(cluster, cluster_gauge::MEMBERSHIP_DEGRADED, m.degraded),
+                gauge(cluster, cluster_gauge::EJECTIONS_ACTIVE, m.ejected),
+            ]
+        })
+        .collect()
+}
+
 fn family(name: String, kind: MetricType, metric: Metric) -> MetricFamily {
     MetricFamily { name: Some(name), r#type: Some(kind as i32), metric: vec![metric], ..Default::default() }
 }
@@ -117,6 +149,7 @@ fn family(name: String, kind: MetricType, metric: Metric) -> MetricFamily {
 /// first report of each stream is sent at once: it is the baseline the next one counts from.
 pub async fn push_forever(
     upstreams: Arc<Upstreams>,
+    memberships: Memberships,
     cp: ControlPlane,
     identity: Arc<Identity>,
     node: Node,
@@ -124,7 +157,7 @@ pub async fn push_forever(
 ) {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match push(&upstreams, &cp, &identity, &node, every).await {
+        match push(&upstreams, &memberships, &cp, &identity, &node, every).await {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "telemetry stream ended"),
         }
@@ -137,6 +170,7 @@ pub async fn push_forever(
 /// One stream: reports until the control plane ends it.
 async fn push(
     upstreams: &Upstreams,
+    memberships: &Memberships,
     cp: &ControlPlane,
     identity: &Identity,
     node: &Node,
@@ -154,7 +188,9 @@ async fn push(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let message = StreamMetricsMessage { identifier: identifier.take(), envoy_metrics: upstreams.families() };
+                let mut envoy_metrics = upstreams.families();
+                envoy_metrics.extend(membership_families(&memberships()));
+                let message = StreamMetricsMessage { identifier: identifier.take(), envoy_metrics };
                 if tx.send(message).await.is_err() {
                     break;
                 }
@@ -208,5 +244,20 @@ mod tests {
             .find(|f| f.name.as_deref() == Some("cluster.reviews.shop:9080~version=v1.upstream_rq_2xx"))
             .unwrap();
         assert_eq!(ok.metric[0].counter.as_ref().unwrap().value, Some(2.0), "totals since start");
+    }
+
+    #[test]
+    fn endpoints_seen_are_reported_as_envoys_cluster_gauges() {
+        let seen = Membership { total: 3, healthy: 1, degraded: 0, ejected: 1 };
+        let families = membership_families(&[("reviews.shop:9080".into(), seen)]);
+        let gauge = |name: &str| {
+            let f = families.iter().find(|f| f.name.as_deref() == Some(name)).unwrap();
+            assert_eq!(f.r#type, Some(MetricType::Gauge as i32));
+            f.metric[0].gauge.as_ref().unwrap().value.unwrap()
+        };
+        assert_eq!(gauge("cluster.reviews.shop:9080.membership_total"), 3.0);
+        assert_eq!(gauge("cluster.reviews.shop:9080.membership_healthy"), 1.0);
+        assert_eq!(gauge("cluster.reviews.shop:9080.membership_degraded"), 0.0);
+        assert_eq!(gauge("cluster.reviews.shop:9080.outlier_detection.ejections_active"), 1.0);
     }
 }

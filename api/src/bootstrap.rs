@@ -291,6 +291,8 @@ fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
         // Stats go to the control plane every 10 s (its bucket width) under their full names
         // (the default tag extractors cut a cluster name at its first dot), and request
         // latency is bucketed with the control plane's bounds, so that it is stored exactly.
+        // No stats matcher: every stat reaches the sink, the cluster gauges of service
+        // health (`contract::cluster_gauge`) among them.
         "stats_sinks": [{
             "name": "envoy.stat_sinks.metrics_service",
             "typed_config": {
@@ -508,6 +510,9 @@ mod tests {
         let buckets = &e["stats_config"]["histogram_bucket_settings"][0];
         assert_eq!(buckets["match"]["suffix"], ".upstream_rq_time");
         assert_eq!(buckets["buckets"], json!(trellis_model::telemetry::bucket_upper_bounds_ms()));
+        // Nothing filters the stats: the membership and ejection gauges are sent too.
+        assert!(e["stats_config"].get("stats_matcher").is_none(), "{e:#}");
+        assert_eq!(e["stats_config"].as_object().unwrap().len(), 1, "only the histogram buckets");
     }
 
     #[test]

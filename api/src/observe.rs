@@ -289,9 +289,10 @@ pub(crate) async fn why(
 
 /// `GET …/meshes/{mesh}/services/{service}/health`: the service's proxies online and
 /// offline and where they stand with their configuration, days to the expiry of the SVIDs
-/// they hold and of the mesh's CA, and the last rejection one of them sent.
+/// they hold and of the mesh's CA, the last rejection one of them sent, and its endpoints
+/// that its callers see ejected or failing health checks.
 #[utoipa::path(get, path = "/api/v1/orgs/{org}/meshes/{mesh}/services/{service}/health", operation_id = "getServiceHealth",
-    summary = "A service's health: its proxies online and offline and where they stand with their configuration, days to the expiry of the SVIDs they hold and of the mesh's CA, and the last rejection (NACK) one of them sent. Endpoints ejected by outlier detection or failing health checks are not reported by the proxies, so they are not here",
+    summary = "A service's health: its proxies online and offline and where they stand with their configuration, days to the expiry of the SVIDs they hold and of the mesh's CA, and the last rejection (NACK) one of them sent, and how many of its endpoints its callers currently see ejected by outlier detection or failing health checks, and which callers (reports of online proxies only, no older than `maxReportAgeSeconds`)",
     params(ServicePath),
     responses((status = 200, description = "The service's health", body = ServiceHealth), ReadErrors))]
 pub(crate) async fn health(
@@ -331,6 +332,30 @@ pub(crate) async fn health(
             at: n.at,
             outstanding: n.outstanding,
         }),
+        endpoints: EndpointsSeen {
+            ejected: h.endpoints.ejected(),
+            unhealthy: h.endpoints.unhealthy(),
+            impaired_callers: h.endpoints.impaired_callers(),
+            max_report_age_seconds: trellis_model::telemetry::ENDPOINT_REPORT_MAX_AGE.as_secs(),
+            reports: h
+                .endpoints
+                .reports
+                .iter()
+                .map(|r| CallerEndpoints {
+                    caller: r.caller.clone(),
+                    dataplane: r.dataplane,
+                    node: r.node.clone(),
+                    port: r.port,
+                    subset: r.subset.pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    total: r.membership.total,
+                    healthy: r.membership.healthy,
+                    degraded: r.membership.degraded,
+                    ejected: r.membership.ejected,
+                    unhealthy: r.membership.unhealthy(),
+                    reported_at: r.reported_at,
+                })
+                .collect(),
+        },
     }))
 }
 
@@ -348,6 +373,50 @@ pub(crate) struct ServiceHealth {
     /// The latest rejection any of its proxies sent.
     #[schema(required)]
     last_nack: Option<LastNack>,
+    endpoints: EndpointsSeen,
+}
+
+/// The service's endpoints as its callers' proxies see them: each online caller proxy's
+/// latest report per cluster (port and subset), received within `maxReportAgeSeconds`.
+/// Proxies report Envoy's cluster gauges (`membership_total`, `membership_healthy`,
+/// `membership_degraded`, `outlier_detection.ejections_active`); Envoy by its bootstrap's
+/// stats sink, the agent the same way.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EndpointsSeen {
+    /// The most endpoints one caller sees ejected by outlier detection (each caller has its
+    /// own view; they are not added).
+    ejected: u64,
+    /// The most endpoints one caller sees unhealthy: failing health checks or ejected.
+    unhealthy: u64,
+    /// Caller proxies that see any endpoint ejected or unhealthy.
+    impaired_callers: usize,
+    /// The oldest report shown, in seconds.
+    max_report_age_seconds: u64,
+    /// The impaired first (at most 500).
+    reports: Vec<CallerEndpoints>,
+}
+
+/// What one caller proxy reported of one cluster of the service.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallerEndpoints {
+    /// The caller's service.
+    caller: String,
+    dataplane: uuid::Uuid,
+    node: String,
+    port: u32,
+    /// The cluster's subset (empty: the whole service).
+    subset: std::collections::BTreeMap<String, String>,
+    /// Endpoints the caller knows of.
+    total: u64,
+    healthy: u64,
+    degraded: u64,
+    /// Ejected by outlier detection.
+    ejected: u64,
+    /// Failing health checks or ejected: not sent to.
+    unhealthy: u64,
+    reported_at: DateTime<Utc>,
 }
 
 /// The service's registered proxies, by the sync state of the dataplane list (offline,

@@ -38,7 +38,7 @@ pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash}
 pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
 pub use document::{Envelope, Metadata};
 pub use error::{AppError, Problem};
-pub use health::{FleetCounts, ServiceHealth};
+pub use health::{CallerReport, CallersView, FleetCounts, ServiceHealth};
 pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;

@@ -102,6 +102,21 @@ pub mod rbac {
     }
 }
 
+/// The gauges of an upstream cluster that tell how many of its endpoints a proxy can use, in
+/// Envoy's stat names (`cluster.<cluster name>.<gauge>`): Envoy reports them through its
+/// `metrics_service` sink by configuration alone, the agent reports the same names, and the
+/// control plane reads them back into service health.
+pub mod cluster_gauge {
+    /// Endpoints ejected by outlier detection now.
+    pub const EJECTIONS_ACTIVE: &str = "outlier_detection.ejections_active";
+    /// Endpoints the proxy knows of.
+    pub const MEMBERSHIP_TOTAL: &str = "membership_total";
+    /// Endpoints usable: neither failing active health checks nor ejected.
+    pub const MEMBERSHIP_HEALTHY: &str = "membership_healthy";
+    /// Endpoints degraded (used only when too few are healthy).
+    pub const MEMBERSHIP_DEGRADED: &str = "membership_degraded";
+}
+
 /// Envoy's runtime key for the largest RE2 program a regex may compile to; the Envoy
 /// bootstrap sets it to [`crate::config::MAX_RE2_PROGRAM`], the bound the API checks.
 pub const RE2_MAX_PROGRAM_SIZE_KEY: &str = "re2.max_program_size.error_level";

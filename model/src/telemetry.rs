@@ -588,6 +588,34 @@ impl DropReason {
     }
 }
 
+/// What one proxy sees of one upstream cluster's endpoints: the latest values of its cluster
+/// gauges (`contract::cluster_gauge`), not sums. A proxy that never ejected keeps no
+/// ejection gauge; that reads as none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub total: u64,
+    pub healthy: u64,
+    pub degraded: u64,
+    /// Ejected by outlier detection (Envoy counts them out of `healthy` too).
+    pub ejected: u64,
+}
+
+impl Membership {
+    /// Endpoints the proxy does not send to: failing active health checks or ejected.
+    pub fn unhealthy(&self) -> u64 {
+        self.total.saturating_sub(self.healthy).saturating_sub(self.degraded)
+    }
+
+    /// Any endpoint ejected or unhealthy.
+    pub fn is_impaired(&self) -> bool {
+        self.ejected > 0 || self.unhealthy() > 0
+    }
+}
+
+/// How old a proxy's endpoint report may be for service health to show it: six of Envoy's
+/// 10 s stats flushes. Older reports (a proxy gone quiet) are not shown.
+pub const ENDPOINT_REPORT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[cfg(test)]
 mod tests {
     use super::*;

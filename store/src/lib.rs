@@ -10,6 +10,7 @@
 mod audit;
 mod ca;
 mod dataplanes;
+mod endpoint_health;
 mod error;
 mod feed;
 mod health;
@@ -38,6 +39,7 @@ pub use ca::{
     LeafRecord, NewCa, PlatformCaRecord, SealedBytes,
 };
 pub use dataplanes::{Dataplane, LedgerEntry, Reached, ReachedNow, Registration, Rejection, Waiting};
+pub use endpoint_health::{ENDPOINT_HEALTH_RETENTION, EndpointReport, MAX_SEEN_ENDPOINTS, SeenEndpoints};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedOptions, FeedStats, MeshChange};
 pub use health::{HeldSvids, LastNack};

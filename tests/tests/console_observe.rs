@@ -218,6 +218,15 @@ async fn topology_metrics_why_denied_and_impact_preview_show_the_recorded_traffi
     assert!(text_of(b, Locator::Id("health-ca")).await.starts_with(&format!("in {ca_days} days (")));
     assert!(health["lastNack"].is_null(), "{health}");
     assert_eq!(text_of(b, Locator::Id("health-nack")).await, "none");
+    // No caller proxy reported reviews' endpoints: the page says so, with the age it reads.
+    assert_eq!(health["endpoints"]["reports"], serde_json::json!([]), "{health}");
+    assert_eq!(
+        text_of(b, Locator::Id("health-endpoints")).await,
+        format!(
+            "no caller proxy online reported them in the last {} s",
+            health["endpoints"]["maxReportAgeSeconds"]
+        )
+    );
     std::fs::write(shots.join("service-metrics.png"), b.screenshot().await.unwrap()).unwrap();
 
     // Denied calls, and why: rule 0 of reviews-callers, unchanged since.

@@ -255,6 +255,10 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             // What the telemetry writer counts as dropped (normally `TenantTx::record_drops`).
             "INSERT INTO telemetry_drops (org_id, mesh_id, minute, reason, items) \
              SELECT $1, id, date_trunc('minute', now()), 'series_budget', 3 FROM meshes",
+            // A proxy's view of an upstream's endpoints (normally `TenantTx::record_endpoint_health`).
+            "INSERT INTO endpoint_health (org_id, mesh_id, node_id, source_service, destination_service, \
+                 destination_port, destination_subset, total, healthy, degraded, ejected, reported_at) \
+             SELECT $1, id, 'web-1', 'web', 'db', 5432, '', 2, 1, 0, 1, now() FROM meshes",
         ] {
             sqlx::query(insert).bind(org.as_uuid()).execute(&mut *tx).await.unwrap();
         }
@@ -278,6 +282,7 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "api_tokens",
             "audit_events",
             "dataplanes",
+            "endpoint_health",
             "idempotency_keys",
             "invites",
             "issued_svids",

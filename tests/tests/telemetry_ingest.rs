@@ -18,11 +18,15 @@ use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::A
 use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
     HttpAccessLogEntries, Identifier as LogIdentifier, LogEntries,
 };
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::StreamMetricsMessage;
 use envoy_types::pb::envoy::service::metrics::v3::metrics_service_client::MetricsServiceClient;
 use envoy_types::pb::envoy::service::metrics::v3::stream_metrics_message::Identifier;
 use envoy_types::pb::google::protobuf::UInt32Value;
-use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram, Metric, MetricFamily, MetricType};
+use envoy_types::pb::io::prometheus::client::{
+    Bucket, Counter, Gauge, Histogram, Metric, MetricFamily, MetricType,
+};
 use serde_json::json;
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_model::telemetry::{EdgeTotal, Resolution, bucket_upper_bounds_ms};
@@ -556,4 +560,191 @@ async fn a_noisy_tenant_is_throttled_and_told_while_a_quiet_one_keeps_exact_figu
     assert_eq!(status_code, 200, "{body}");
     let (status_code, body) = viewer.get("/meshes/shop/telemetry/status?window=5").await;
     assert_eq!(status_code, 400, "{body}");
+}
+
+/// Envoy's cluster gauges for one upstream cluster, as its `metrics_service` sink sends them
+/// (full stat names, gauges): `total` endpoints, `healthy` of them, `ejected` by outlier
+/// detection.
+fn cluster_gauges(cluster: &str, total: u32, healthy: u32, ejected: u32) -> Vec<MetricFamily> {
+    let gauge = |stat: &str, value: u32| MetricFamily {
+        name: Some(format!("cluster.{cluster}.{stat}")),
+        r#type: Some(MetricType::Gauge as i32),
+        metric: vec![Metric {
+            gauge: Some(Gauge { value: Some(f64::from(value)) }),
+            timestamp_ms: Some(Utc::now().timestamp_millis()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    vec![
+        gauge("membership_total", total),
+        gauge("membership_healthy", healthy),
+        gauge("membership_degraded", 0),
+        gauge("membership_excluded", 0),
+        gauge("outlier_detection.ejections_active", ejected),
+        gauge("upstream_cx_active", 2),
+    ]
+}
+
+/// One flush naming `node` (as Envoy's first message does) with these families.
+fn flush_of(node: &str, envoy_metrics: Vec<MetricFamily>) -> StreamMetricsMessage {
+    StreamMetricsMessage {
+        identifier: Some(Identifier { node: Some(Node { id: node.into(), ..Default::default() }) }),
+        envoy_metrics,
+    }
+}
+
+/// An ADS stream of the proxy `node` holding `svid`, open (its dataplane online) while the
+/// returned sender lives.
+async fn ads_online(f: &Fixture, svid: &Svid, node: &str) -> tokio::sync::mpsc::Sender<DiscoveryRequest> {
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel(&f.t.xds, &f.root, Some(svid)).await.unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(DiscoveryRequest {
+        node: Some(Node { id: node.into(), user_agent_name: "envoy".into(), ..Default::default() }),
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut responses =
+        client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    tokio::spawn(async move { while let Ok(Some(_)) = responses.message().await {} });
+    tx
+}
+
+/// Polls `service`'s health until `done`.
+async fn health_when(
+    api: &Api,
+    service: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut body = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (status, b) = api.get(&format!("/meshes/shop/services/{service}/health")).await;
+        assert_eq!(status, 200, "{b}");
+        body = b;
+        if done(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the health never came to what was expected: {body:#}");
+}
+
+#[tokio::test]
+async fn envoys_cluster_gauges_show_which_callers_see_a_services_endpoints_ejected_or_unhealthy() {
+    let f = fixture(&[]).await;
+    let svid = f.svid("acme", "productpage").await;
+    let ads = ads_online(&f, &svid, "productpage-1").await;
+    health_when(&f.api, "productpage", |h| h["dataplanes"]["online"] == 1).await;
+    let quiet = health_when(&f.api, "reviews", |_| true).await;
+    assert_eq!(quiet["endpoints"]["reports"], json!([]), "no report yet: {quiet:#}");
+    assert_eq!(quiet["endpoints"]["maxReportAgeSeconds"], 60);
+
+    // productpage's Envoy sees three reviews endpoints: one ejected, one failing its health
+    // checks; in the v2 subset, one healthy. Gauges of another mesh's cluster are ignored.
+    let mut client = f.metrics(Some(&svid)).await;
+    let seen = [
+        cluster_gauges("reviews.shop:9080", 3, 1, 1),
+        cluster_gauges("reviews.shop:9080~version=v2", 1, 1, 0),
+        cluster_gauges("reviews.othermesh:9080", 4, 0, 4),
+        cluster_gauges("inbound:9080", 1, 1, 0),
+    ]
+    .concat();
+    stream_metrics(&mut client, vec![flush_of("productpage-1", seen)]).await.unwrap();
+    let h = health_when(&f.api, "reviews", |h| h["endpoints"]["ejected"] == 1).await;
+    let e = &h["endpoints"];
+    assert_eq!((&e["unhealthy"], &e["impairedCallers"]), (&json!(2), &json!(1)), "{e:#}");
+    let reports = e["reports"].as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{e:#}");
+    let worst = &reports[0];
+    assert_eq!(
+        (&worst["caller"], &worst["node"], &worst["port"], &worst["subset"]),
+        (&json!("productpage"), &json!("productpage-1"), &json!(9080), &json!({}))
+    );
+    assert_eq!(
+        (&worst["total"], &worst["healthy"], &worst["ejected"], &worst["unhealthy"]),
+        (&json!(3), &json!(1), &json!(1), &json!(2))
+    );
+    assert_eq!(reports[1]["subset"], json!({"version": "v2"}));
+    assert_eq!(reports[1]["unhealthy"], 0);
+
+    // A gauge is the latest value: the next flush, all three healthy again, replaces it.
+    stream_metrics(
+        &mut client,
+        vec![flush_of("productpage-1", cluster_gauges("reviews.shop:9080", 3, 3, 0))],
+    )
+    .await
+    .unwrap();
+    let h = health_when(&f.api, "reviews", |h| h["endpoints"]["unhealthy"] == 0).await;
+    assert_eq!((&h["endpoints"]["ejected"], &h["endpoints"]["impairedCallers"]), (&json!(0), &json!(0)));
+    assert_eq!(h["endpoints"]["reports"][0]["total"], 3);
+
+    // A proxy with no xDS stream (no dataplane online) is not shown, whatever it reports.
+    stream_metrics(&mut client, vec![flush_of("ghost-1", cluster_gauges("reviews.shop:9080", 3, 0, 3))])
+        .await
+        .unwrap();
+    // Another tenant's proxy, in a mesh of the same name, claiming acme's node: its own
+    // tenant's rows only.
+    let other = second_org(&f).await;
+    let theirs = f.svid("globex", "productpage").await;
+    let _their_ads = ads_online(&f, &theirs, "productpage-1").await;
+    stream_metrics(
+        &mut f.metrics(Some(&theirs)).await,
+        vec![flush_of("productpage-1", cluster_gauges("reviews.shop:9080", 2, 0, 2))],
+    )
+    .await
+    .unwrap();
+    let theirs_seen = health_when(&other, "reviews", |h| h["endpoints"]["ejected"] == 2).await;
+    assert_eq!(theirs_seen["endpoints"]["reports"].as_array().unwrap().len(), 1);
+    let h = health_when(&f.api, "reviews", |_| true).await;
+    assert_eq!((&h["endpoints"]["ejected"], &h["endpoints"]["unhealthy"]), (&json!(0), &json!(0)), "{h:#}");
+    let mut admin = f.db.admin_conn().await;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT o.slug::text, e.node_id, e.destination_service FROM endpoint_health e \
+         JOIN organizations o ON o.id = e.org_id ORDER BY 1, 2, 3",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(o, n, _)| (o.as_str(), n.as_str())).collect();
+    assert_eq!(
+        rows,
+        [
+            ("acme", "ghost-1"),
+            ("acme", "productpage-1"),
+            ("acme", "productpage-1"),
+            ("globex", "productpage-1")
+        ],
+        "each proxy's clusters of its own mesh under its own tenant, nothing of othermesh or inbound"
+    );
+
+    // A report older than the bound (60 s) is not shown; the next flush shows again.
+    sqlx::query("UPDATE endpoint_health SET reported_at = now() - interval '61 seconds'")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let aged = health_when(&f.api, "reviews", |_| true).await;
+    assert_eq!(aged["endpoints"]["reports"], json!([]), "{aged:#}");
+    // The leader deletes reports past retention (an hour), in every tenant.
+    sqlx::query(
+        "UPDATE endpoint_health SET reported_at = now() - interval '2 hours' WHERE node_id = 'ghost-1'",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(f.store.expire_endpoint_health(trellis_store::ENDPOINT_HEALTH_RETENTION).await.unwrap(), 1);
+    stream_metrics(
+        &mut client,
+        vec![flush_of("productpage-1", cluster_gauges("reviews.shop:9080", 3, 2, 1))],
+    )
+    .await
+    .unwrap();
+    health_when(&f.api, "reviews", |h| h["endpoints"]["ejected"] == 1).await;
+
+    // The caller's proxy goes offline: its report is no longer shown.
+    drop(ads);
+    let h = health_when(&f.api, "reviews", |h| h["endpoints"]["reports"] == json!([])).await;
+    assert_eq!(h["endpoints"]["ejected"], 0);
 }

@@ -36,7 +36,7 @@ use crate::snapshots::{MeshState, Snapshots};
 use crate::tls::PeerInfo;
 
 /// Bounds on what a node may declare.
-const MAX_NODE_ID: usize = 256;
+pub(crate) const MAX_NODE_ID: usize = 256;
 const MAX_PORTS: usize = 32;
 /// Longest locality zone.
 const MAX_ZONE_LEN: usize = 63;

@@ -14,9 +14,9 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use envoy_types::pb::io::prometheus::client::{MetricFamily, MetricType};
 use trellis_model::ResourceName;
 use trellis_model::Tags;
-use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, ResponseClass};
+use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, Membership, ResponseClass};
 use trellis_store::AccessLogRecord;
-use trellis_xds::contract::{access_log_name, rbac};
+use trellis_xds::contract::{access_log_name, cluster_gauge, rbac};
 use trellis_xds::{cluster_subset, parse_cluster_name};
 
 /// Most series (cluster and stat) one stream's baseline holds: a label or cluster flood
@@ -171,15 +171,81 @@ fn classify(stat: &str) -> Option<Stat> {
     }
 }
 
-/// The service (and subset) a cluster of the reporter's own mesh leads to; None for any
-/// other cluster.
-fn destination_of(cluster: &str, reporter: &Reporter) -> Option<(ResourceName, Tags)> {
-    let (service, mesh, _) = parse_cluster_name(cluster)?;
+/// An upstream cluster of the reporter's mesh, read back from its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Upstream {
+    pub service: ResourceName,
+    pub port: u32,
+    pub subset: Tags,
+}
+
+/// The service, port and subset a cluster of the reporter's own mesh leads to; None for any
+/// other cluster (another mesh's, `inbound:<port>`, the xDS cluster).
+fn upstream_of(cluster: &str, reporter: &Reporter) -> Option<Upstream> {
+    let (service, mesh, port) = parse_cluster_name(cluster)?;
     if mesh != reporter.mesh {
         return None;
     }
-    Some((ResourceName::parse(service).ok()?, cluster_subset(cluster)?))
+    Some(Upstream { service: ResourceName::parse(service).ok()?, port, subset: cluster_subset(cluster)? })
 }
+
+/// The service (and subset) a cluster of the reporter's own mesh leads to.
+fn destination_of(cluster: &str, reporter: &Reporter) -> Option<(ResourceName, Tags)> {
+    upstream_of(cluster, reporter).map(|u| (u.service, u.subset))
+}
+
+/// The endpoints one message says the reporter sees, per upstream cluster of its own mesh:
+/// the latest values of the cluster gauges (`contract::cluster_gauge`). A cluster counts once
+/// its `membership_total` is reported; other meshes' clusters, values that are not finite
+/// counts, and clusters past [`MAX_SERIES`] are ignored.
+pub fn memberships(reporter: &Reporter, families: &[MetricFamily]) -> Vec<(Upstream, Membership)> {
+    let mut seen: HashMap<&str, (Upstream, Membership, bool)> = HashMap::new();
+    for family in families {
+        if family.r#type.is_some_and(|t| t != MetricType::Gauge as i32) {
+            continue;
+        }
+        let Some(name) = family.name.as_deref().and_then(|n| n.strip_prefix("cluster.")) else { continue };
+        let Some((cluster, gauge)) =
+            CLUSTER_GAUGES.iter().find_map(|g| Some((name.strip_suffix(g)?.strip_suffix('.')?, *g)))
+        else {
+            continue;
+        };
+        let Some(value) = family.metric.first().and_then(|m| m.gauge.as_ref()?.value) else { continue };
+        if !(value.is_finite() && value >= 0.0) {
+            continue;
+        }
+        if !seen.contains_key(cluster) {
+            if seen.len() >= MAX_SERIES {
+                continue;
+            }
+            let Some(upstream) = upstream_of(cluster, reporter) else { continue };
+            seen.insert(cluster, (upstream, Membership::default(), false));
+        }
+        let (_, m, counted) = seen.get_mut(cluster).expect("inserted above");
+        let value = value as u64;
+        match gauge {
+            cluster_gauge::MEMBERSHIP_TOTAL => {
+                m.total = value;
+                *counted = true;
+            }
+            cluster_gauge::MEMBERSHIP_HEALTHY => m.healthy = value,
+            cluster_gauge::MEMBERSHIP_DEGRADED => m.degraded = value,
+            _ => m.ejected = value,
+        }
+    }
+    let mut out: Vec<(Upstream, Membership)> =
+        seen.into_values().filter(|(_, _, counted)| *counted).map(|(u, m, _)| (u, m)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every gauge [`memberships`] reads.
+const CLUSTER_GAUGES: [&str; 4] = [
+    cluster_gauge::EJECTIONS_ACTIVE,
+    cluster_gauge::MEMBERSHIP_TOTAL,
+    cluster_gauge::MEMBERSHIP_HEALTHY,
+    cluster_gauge::MEMBERSHIP_DEGRADED,
+];
 
 /// Which side of the proxy a log stream's entries come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,7 +490,7 @@ mod tests {
         HttpRequestProperties, HttpResponseProperties, TlsProperties, tls_properties::CertificateProperties,
         tls_properties::certificate_properties::SubjectAltName,
     };
-    use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Histogram, Metric};
+    use envoy_types::pb::io::prometheus::client::{Bucket, Counter, Gauge, Histogram, Metric};
 
     use super::*;
 
@@ -526,6 +592,48 @@ mod tests {
                 .tcp_connections,
             1
         );
+    }
+
+    fn gauge(name: &str, value: f64) -> MetricFamily {
+        MetricFamily {
+            name: Some(name.into()),
+            r#type: Some(MetricType::Gauge as i32),
+            metric: vec![Metric { gauge: Some(Gauge { value: Some(value) }), ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cluster_gauges_are_read_per_upstream_cluster_of_the_reporters_mesh_only() {
+        let c = "cluster.reviews.shop:9080~version=v2";
+        let families = vec![
+            gauge(&format!("{c}.membership_total"), 3.0),
+            gauge(&format!("{c}.membership_healthy"), 1.0),
+            gauge(&format!("{c}.membership_degraded"), 0.0),
+            gauge(&format!("{c}.outlier_detection.ejections_active"), 1.0),
+            // A counter of the same cluster and Envoy's other gauges are not memberships.
+            counter(&format!("{c}.upstream_rq_2xx"), 5.0),
+            gauge(&format!("{c}.upstream_cx_active"), 4.0),
+            // Another mesh's cluster, the inbound and xDS clusters, hostile values.
+            gauge("cluster.reviews.othermesh:9080.membership_total", 9.0),
+            gauge("cluster.inbound:9080.membership_total", 1.0),
+            gauge("cluster.xds.membership_total", 1.0),
+            gauge("cluster.ratings.shop:9080.membership_total", f64::NAN),
+            gauge("cluster.ratings.shop:9080.outlier_detection.ejections_active", 2.0),
+        ];
+        let read = memberships(&reporter(), &families);
+        let reviews = Upstream {
+            service: ResourceName::parse("reviews").unwrap(),
+            port: 9080,
+            subset: Tags::parse([("version", "v2")]).unwrap(),
+        };
+        let m = Membership { total: 3, healthy: 1, degraded: 0, ejected: 1 };
+        assert_eq!(read, vec![(reviews, m)], "ratings never reported its membership");
+        assert_eq!((m.unhealthy(), m.is_impaired()), (2, true));
+        let flood: Vec<MetricFamily> = (0..MAX_SERIES + 10)
+            .map(|i| gauge(&format!("cluster.s{i}.shop:80.membership_total"), 1.0))
+            .collect();
+        assert_eq!(memberships(&reporter(), &flood).len(), MAX_SERIES);
     }
 
     #[test]

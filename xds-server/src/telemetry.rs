@@ -5,7 +5,9 @@
 //! entries per message, series per stream, items per second per organization, new edge
 //! series and access-log entries per organization and 10 s bucket); what is dropped is counted
 //! in `trellis_telemetry_dropped_total` and, per tenant, mesh and minute, in the store, where
-//! the tenant reads it. One task writes batches, and the drop counts with them.
+//! the tenant reads it. One task writes batches, and the drop counts with them. The cluster
+//! gauges of a metrics message (what the proxy sees of its upstreams' endpoints) are kept as
+//! the latest report of the node the stream's first message named, never summed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -21,11 +23,11 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_model::{MeshId, OrgId, ResourceName};
 use trellis_pki::{Authority, Peer};
-use trellis_store::{AccessLogRecord, DropCount, EdgeSample, Store, StoreError, TenantTx};
+use trellis_store::{AccessLogRecord, DropCount, EdgeSample, EndpointReport, Store, StoreError, TenantTx};
 
-use crate::ads::authenticate;
+use crate::ads::{MAX_NODE_ID, authenticate};
 use crate::budget::Budgets;
-use crate::envoy_stats::{Baseline, Reporter, Side, http_record, tcp_record};
+use crate::envoy_stats::{Baseline, Reporter, Side, http_record, memberships, tcp_record};
 use trellis_model::telemetry::DropReason;
 
 use crate::metrics::XdsMetrics;
@@ -95,6 +97,7 @@ struct Rows {
     mesh: MeshId,
     edges: Vec<EdgeSample>,
     logs: Vec<AccessLogRecord>,
+    endpoints: Vec<EndpointReport>,
 }
 
 /// Items dropped per tenant, mesh, minute and reason, until the writer stores them.
@@ -205,14 +208,39 @@ impl TelemetryService {
     /// Queues rows for the writer, counting them, or what is dropped when it lags.
     fn queue(&self, rows: Rows) {
         let (org, mesh, edges, logs) = (rows.org, rows.mesh, rows.edges.len(), rows.logs.len());
+        let endpoints = rows.endpoints.len();
         match self.ctx.queue.try_send(rows) {
             Ok(()) => {
                 self.ctx.metrics.telemetry_edges.inc_by(edges as u64);
                 self.ctx.metrics.telemetry_log_entries.inc_by(logs as u64);
             }
-            Err(_) => self.ctx.drops.count(org, mesh, DropReason::QueueFull, edges + logs),
+            Err(_) => self.ctx.drops.count(org, mesh, DropReason::QueueFull, edges + logs + endpoints),
         }
     }
+}
+
+/// The cluster gauges of one message as the reporter's latest view of its upstreams'
+/// endpoints, stamped with the control plane's clock.
+fn endpoint_reports(
+    peer: &Peer,
+    reporter: &Reporter,
+    node_id: &str,
+    families: &[envoy_types::pb::io::prometheus::client::MetricFamily],
+) -> Vec<EndpointReport> {
+    let reported_at = Utc::now();
+    memberships(reporter, families)
+        .into_iter()
+        .map(|(upstream, membership)| EndpointReport {
+            mesh: peer.mesh_id,
+            node_id: node_id.to_owned(),
+            source: reporter.service.clone(),
+            destination: upstream.service,
+            port: upstream.port,
+            subset: upstream.subset,
+            membership,
+            reported_at,
+        })
+        .collect()
 }
 
 /// The 10 s bucket a report received now belongs to (the control plane's clock decides).
@@ -240,7 +268,13 @@ impl MetricsService for TelemetryService {
         let (peer, reporter) = self.open(&request).await?;
         let mut inbound = request.into_inner();
         let mut baseline = Baseline::default();
+        // The node Envoy names on a stream's first message: whose view of the endpoints the
+        // cluster gauges are (service health counts it only while that dataplane is online).
+        let mut node_id = None;
         while let Some(message) = inbound.message().await? {
+            if let Some(node) = message.identifier.as_ref().and_then(|i| i.node.as_ref()) {
+                node_id = Some(node.id.clone()).filter(|id| !id.is_empty() && id.len() <= MAX_NODE_ID);
+            }
             let families = &message.envoy_metrics;
             if families.len() > MAX_FAMILIES {
                 self.dropped(&peer, DropReason::TooLarge, families.len());
@@ -253,6 +287,19 @@ impl MetricsService for TelemetryService {
             }
             let read = baseline.read(&reporter, families);
             self.dropped(&peer, DropReason::TooManySeries, read.over_limit as usize);
+            let endpoints = match &node_id {
+                Some(node_id) => endpoint_reports(&peer, &reporter, node_id, families),
+                None => Vec::new(),
+            };
+            if !endpoints.is_empty() {
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges: Vec::new(),
+                    logs: Vec::new(),
+                    endpoints,
+                });
+            }
             if read.edges.is_empty() {
                 continue;
             }
@@ -269,7 +316,13 @@ impl MetricsService for TelemetryService {
             );
             self.dropped(&peer, DropReason::SeriesBudget, over);
             if !edges.is_empty() {
-                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges, logs: Vec::new() });
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges,
+                    logs: Vec::new(),
+                    endpoints: Vec::new(),
+                });
             }
         }
         Ok(Response::new(StreamMetricsResponse {}))
@@ -320,7 +373,13 @@ impl AccessLogService for TelemetryService {
             self.dropped(&peer, DropReason::LogBudget, logs.len() - fit);
             logs.truncate(fit);
             if !logs.is_empty() {
-                self.queue(Rows { org: peer.org, mesh: peer.mesh_id, edges: Vec::new(), logs });
+                self.queue(Rows {
+                    org: peer.org,
+                    mesh: peer.mesh_id,
+                    edges: Vec::new(),
+                    logs,
+                    endpoints: Vec::new(),
+                });
             }
         }
         Ok(Response::new(StreamAccessLogsResponse {}))
@@ -332,6 +391,7 @@ impl AccessLogService for TelemetryService {
 struct Part {
     edges: Vec<EdgeSample>,
     logs: Vec<AccessLogRecord>,
+    endpoints: Vec<EndpointReport>,
     /// Items per mesh, to count them per tenant if the part fails.
     items: BTreeMap<MeshId, usize>,
     drops: Vec<DropCount>,
@@ -366,9 +426,11 @@ async fn write_batches(store: Store, mut rx: mpsc::Receiver<Rows>, drops: Drops)
         }
         for rows in batch.drain(..) {
             let part = by_org.entry(rows.org).or_default();
-            *part.items.entry(rows.mesh).or_default() += rows.edges.len() + rows.logs.len();
+            *part.items.entry(rows.mesh).or_default() +=
+                rows.edges.len() + rows.logs.len() + rows.endpoints.len();
             part.edges.extend(rows.edges);
             part.logs.extend(rows.logs);
+            part.endpoints.extend(rows.endpoints);
         }
         let failed_part = |org: &OrgId, part: &Part| {
             part.items.iter().for_each(|(mesh, n)| drops.count(*org, *mesh, DropReason::WriteFailed, *n));
@@ -409,6 +471,7 @@ async fn write(store: &Store, by_org: &BTreeMap<OrgId, Part>) -> Result<Vec<OrgI
             tx.savepoint().await?;
             let rows = async {
                 tx.record_edges(&part.edges).await?;
+                tx.record_endpoint_health(&part.endpoints).await?;
                 tx.record_access_log(&part.logs).await
             }
             .await;

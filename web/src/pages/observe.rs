@@ -4,7 +4,7 @@
 //! own (the stylesheet colours it: the CSP allows no inline style) and no script.
 
 use maud::{Markup, html};
-use trellis_control::{AccessLogPage, EventPage, Impact, ServiceHealth, ServiceSeries, Why};
+use trellis_control::{AccessLogPage, CallersView, EventPage, Impact, ServiceHealth, ServiceSeries, Why};
 use trellis_model::attribution::Attribution;
 use trellis_model::config::{FieldError, Verdict};
 use trellis_model::telemetry::GoldenMetrics;
@@ -401,7 +401,8 @@ pub fn service(chrome: &Chrome<'_>, org: &str, s: &ServiceSeries, health: Option
 }
 
 /// A service's health now: its proxies by sync state, the expiry of the SVIDs they hold and
-/// of the mesh's CA, and the last rejection one of them sent.
+/// of the mesh's CA, the last rejection one of them sent, and the endpoints its callers see
+/// ejected or unhealthy, with the callers that see them.
 fn health_table(h: &ServiceHealth) -> Markup {
     let d = &h.dataplanes;
     let expiry = |t: Option<chrono::DateTime<chrono::Utc>>, none: &'static str| match t {
@@ -437,8 +438,48 @@ fn health_table(h: &ServiceHealth) -> Markup {
                         }
                     }
                 }
+                tr {
+                    th scope="row" { "Endpoints" }
+                    td #health-endpoints { (endpoints_line(&h.endpoints)) }
+                }
             }
         }
+        @let impaired: Vec<_> = h.endpoints.reports.iter().filter(|r| r.membership.is_impaired()).collect();
+        @if !impaired.is_empty() {
+            table #health-endpoint-callers {
+                thead { tr { th { "Caller" } th { "Proxy" } th { "Cluster" } th { "Ejected" } th { "Unhealthy" } th { "Of" } th { "Reported" } } }
+                tbody {
+                    @for r in impaired {
+                        tr {
+                            td { (r.caller) }
+                            td { (r.node) }
+                            td { (r.port) @if !r.subset.is_empty() { " " (r.subset.joined()) } }
+                            td { (r.membership.ejected) }
+                            td { (r.membership.unhealthy()) }
+                            td { (r.membership.total) }
+                            td { (r.reported_at.format("%H:%M:%S UTC")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The endpoints' summary: what the callers worst placed see, or that none see a problem.
+fn endpoints_line(v: &CallersView) -> String {
+    let age = trellis_model::telemetry::ENDPOINT_REPORT_MAX_AGE.as_secs();
+    if v.reports.is_empty() {
+        return format!("no caller proxy online reported them in the last {age} s");
+    }
+    match v.impaired_callers() {
+        0 => format!("all healthy as {} recent reports of its callers see them", v.reports.len()),
+        n => format!(
+            "{} ejected by outlier detection, {} unhealthy (the most one caller sees), seen by {n} caller {}",
+            v.ejected(),
+            v.unhealthy(),
+            if n == 1 { "proxy" } else { "proxies" }
+        ),
     }
 }
 
