@@ -22,6 +22,12 @@ use trellis_store::DbRoles;
 
 use config::{Cli, Command, Global, LogFormat};
 
+// A REST request allocates and frees many small values across worker threads; glibc's
+// allocator spent about a fifth of the server's CPU on them under load (BENCHMARKS.md, "REST
+// reads against `pgbench -S`").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let (global, command) = Cli::parse().into_command();
     // A client command reports to the person at the terminal, once and plainly; the server's

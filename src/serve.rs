@@ -138,7 +138,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         registry: Arc::new(registry),
         accounts: accounts.clone(),
         authority: authority.clone(),
-        xds: XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() },
+        xds: Arc::new(XdsEndpoint { address: xds_host.clone(), ca_pem: server_identity.root_pem.clone() }),
     };
     let console = trellis_web::Console {
         control: state.control(),

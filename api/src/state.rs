@@ -45,8 +45,9 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub accounts: Arc<Accounts>,
     pub authority: trellis_pki::Authority,
-    /// Where workloads reach the TLS port (xDS and identity), and the platform root they pin.
-    pub xds: XdsEndpoint,
+    /// Where workloads reach the TLS port (xDS and identity), and the platform root they pin
+    /// (shared: the state is cloned for every request).
+    pub xds: Arc<XdsEndpoint>,
 }
 
 /// The TLS port as workloads see it: for bootstraps and agent install lines.

@@ -72,7 +72,8 @@ const IDLE_RECHECK: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
-    options: PgConnectOptions,
+    /// Shared: a store is cloned for every request.
+    options: std::sync::Arc<PgConnectOptions>,
     /// Answers repeated API-token reads of a resource (see [`Store::with_read_cache`]).
     reads: Option<read_cache::ReadCache>,
 }
@@ -97,7 +98,7 @@ impl Store {
             })
             .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, options, reads: None })
+        Ok(Self { pool, options: options.into(), reads: None })
     }
 
     /// This store, answering API-token reads of a resource from a cache that follows the

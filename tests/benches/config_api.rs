@@ -129,7 +129,10 @@ async fn main() {
                 trellis_ca::KeyRing::new(trellis_ca::Kek::generate("bench").unwrap()),
                 Default::default(),
             ),
-            xds: trellis_api::XdsEndpoint { address: "127.0.0.1:15012".into(), ca_pem: String::new() },
+            xds: std::sync::Arc::new(trellis_api::XdsEndpoint {
+                address: "127.0.0.1:15012".into(),
+                ca_pem: String::new(),
+            }),
         },
         http_metrics,
         trellis_api::RequestLimits::default(),
