@@ -16,7 +16,8 @@ use tokio::net::TcpListener;
 use trellis_api::{AppState, CaExpiryMetrics, HttpMetrics, ProcessCollector, XdsEndpoint};
 use trellis_pki::{Authority, AuthorityOptions};
 use trellis_store::{
-    ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, ReadCacheStats, Store, TelemetryRetention,
+    ChangeFeed, FeedOptions, FeedStats, LeaderElector, LeaderOptions, ReadCacheStats, Store,
+    TelemetryRetention,
 };
 use trellis_xds_server::{
     AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, TelemetryOptions,
@@ -397,7 +398,11 @@ impl Collector for ControlPlaneCollector {
                 "Mesh changes found by resync that no notification delivered",
                 &self.feed.recovered,
             ),
-            ("trellis_read_cache_hits", "API-token reads of a resource answered from the cache", &self.reads.hits),
+            (
+                "trellis_read_cache_hits",
+                "API-token reads of a resource answered from the cache",
+                &self.reads.hits,
+            ),
             (
                 "trellis_read_cache_misses",
                 "API-token reads of a resource read from the database while the cache vouched for itself",

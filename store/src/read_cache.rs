@@ -87,6 +87,10 @@ struct Shared {
 struct State {
     /// Bumped whenever everything is forgotten (the listener reconnected or was lost).
     epoch: u64,
+    /// Bumped whenever an organization with no entries is named by a notification. An
+    /// organization gets entries only when one of its tokens read something, so that
+    /// requests naming made-up organizations leave nothing behind.
+    absent_forgets: u64,
     orgs: HashMap<OrgId, OrgEntries>,
     entries: usize,
 }
@@ -117,7 +121,8 @@ struct View {
 /// if nothing of its organization was forgotten since.
 struct Snapshot {
     epoch: u64,
-    org_epoch: u64,
+    /// The organization's epoch, or what was forgotten of absent ones when it had no entries.
+    org: Result<u64, u64>,
 }
 
 impl ReadCache {
@@ -215,9 +220,11 @@ impl Shared {
         now: DateTime<Utc>,
     ) -> (Option<(TokenRead, bool)>, Snapshot) {
         let mut state = self.state();
-        let epoch = state.epoch;
-        let entries = state.orgs.entry(org).or_default();
-        let snapshot = Snapshot { epoch, org_epoch: entries.epoch };
+        let (epoch, absent_forgets) = (state.epoch, state.absent_forgets);
+        let Some(entries) = state.orgs.get_mut(&org) else {
+            return (None, Snapshot { epoch, org: Err(absent_forgets) });
+        };
+        let snapshot = Snapshot { epoch, org: Ok(entries.epoch) };
         let view_key = ViewKey { mesh: key.mesh.into(), kind: key.kind.into(), name: key.name.into() };
         let Some((token, org_row)) = entries.tokens.get_mut(sha256) else { return (None, snapshot) };
         let live = token.revoked_at.is_none() && token.expires_at.is_none_or(|e| e > now);
@@ -252,10 +259,11 @@ impl Shared {
         if state.epoch != snapshot.epoch || state.entries + 2 > MAX_ENTRIES {
             return;
         }
-        let entries = state.orgs.entry(org).or_default();
-        if entries.epoch != snapshot.org_epoch {
+        let now_org = state.orgs.get(&org).map(|e| e.epoch).ok_or(state.absent_forgets);
+        if now_org != snapshot.org {
             return;
         }
+        let entries = state.orgs.entry(org).or_default();
         // The database marked the token used as it read it (or had within the minute).
         let token = ApiToken { last_used_at: Some(now), ..read.token.clone() };
         let mut added = usize::from(entries.tokens.insert(*sha256, (token, read.org.clone())).is_none());
@@ -268,7 +276,10 @@ impl Shared {
     /// Forgets an organization's entries.
     fn forget(&self, org: OrgId) {
         let mut state = self.state();
-        let Some(entries) = state.orgs.get_mut(&org) else { return };
+        let Some(entries) = state.orgs.get_mut(&org) else {
+            state.absent_forgets += 1;
+            return;
+        };
         entries.epoch += 1;
         let dropped = entries.tokens.len() + entries.views.len();
         entries.tokens.clear();
@@ -378,5 +389,149 @@ async fn send_fences(store: Store, shared: Arc<Shared>) {
             continue;
         }
         let _ = tokio::time::timeout(FENCE_TIMEOUT, arrived.wait_for(|a| *a >= n)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use trellis_model::config::Reach;
+    use trellis_model::{MeshId, MeshName, OrgSlug, ResourceName, Role, TrustDomain};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn shared() -> Shared {
+        Shared {
+            state: Mutex::new(State::default()),
+            instance: 7,
+            issued: AtomicU64::new(0),
+            demand: watch::Sender::new(0),
+            arrived: watch::Sender::new(0),
+            listening: AtomicBool::new(true),
+            stats: Arc::default(),
+        }
+    }
+
+    const KEY: ResourceKey<'static> = ResourceKey {
+        mesh: "shop",
+        kind: "HTTPRoute",
+        name: "reviews",
+        reach: Reach { callers: true, instances: false },
+    };
+
+    fn read(org: OrgId, expires_at: Option<DateTime<Utc>>) -> TokenRead {
+        let now = Utc::now();
+        let mesh = Mesh {
+            id: MeshId::new(),
+            name: MeshName::parse("shop").unwrap(),
+            trust_domain: TrustDomain::parse("shop.acme.trellis").unwrap(),
+            spec: json!({}),
+            labels: json!({}),
+            generation: 1,
+            version: Uuid::new_v4(),
+            revision: 3,
+            created_at: now,
+            updated_at: now,
+        };
+        let resource = Resource {
+            id: Uuid::new_v4(),
+            mesh_id: mesh.id,
+            kind: "HTTPRoute".into(),
+            name: ResourceName::parse("reviews").unwrap(),
+            spec: json!({"rules": []}),
+            labels: json!({}),
+            generation: 1,
+            version: Uuid::new_v4(),
+            created_at: now,
+            updated_at: now,
+            mesh_revision: Some(3),
+            target: Some("reviews".into()),
+        };
+        TokenRead {
+            token: ApiToken {
+                id: Uuid::new_v4(),
+                name: "ci".into(),
+                role: Role::Viewer,
+                created_by: "test".into(),
+                created_at: now,
+                expires_at,
+                revoked_at: None,
+                last_used_at: None,
+            },
+            org: Org { id: org, slug: OrgSlug::parse("acme").unwrap(), name: "Acme".into(), created_at: now },
+            mesh: Some(mesh),
+            resource: Some((resource, Some(Reached::default()))),
+        }
+    }
+
+    /// A miss's lookup, its read from the database, then what the cache keeps of it.
+    fn miss_then_keep(cache: &Shared, org: OrgId, sha: &[u8; 32], between: impl FnOnce()) {
+        let (hit, snapshot) = cache.lookup(org, sha, &KEY, Utc::now());
+        assert!(hit.is_none());
+        between();
+        cache.keep(snapshot, org, sha, &KEY, &read(org, None), Utc::now());
+    }
+
+    fn hits(cache: &Shared, org: OrgId, sha: &[u8; 32]) -> bool {
+        cache.lookup(org, sha, &KEY, Utc::now()).0.is_some()
+    }
+
+    #[test]
+    fn a_kept_answer_is_a_hit_until_its_organization_changes() {
+        let cache = shared();
+        let (acme, other, sha) = (OrgId::new(), OrgId::new(), [1; 32]);
+        miss_then_keep(&cache, acme, &sha, || {});
+        assert!(hits(&cache, acme, &sha));
+        assert!(!hits(&cache, acme, &[2; 32]), "another token");
+        assert!(!hits(&cache, other, &sha), "another organization");
+        cache.apply(READS_CHANNEL, &other.to_string());
+        assert!(hits(&cache, acme, &sha), "another organization's change");
+        cache.apply(MESH_CHANNEL, &format!("{acme}/{}/9", MeshId::new()));
+        assert!(!hits(&cache, acme, &sha));
+        assert_eq!(cache.state().entries, 0);
+    }
+
+    #[test]
+    fn an_answer_read_while_its_organization_changed_is_not_kept() {
+        let cache = shared();
+        let (acme, sha) = (OrgId::new(), [1; 32]);
+        // The organization has no entries yet, then it has.
+        miss_then_keep(&cache, acme, &sha, || cache.apply(READS_CHANNEL, &acme.to_string()));
+        assert!(!hits(&cache, acme, &sha));
+        miss_then_keep(&cache, acme, &sha, || {});
+        let sha2 = [2; 32];
+        miss_then_keep(&cache, acme, &sha2, || cache.apply(READS_CHANNEL, &acme.to_string()));
+        assert!(!hits(&cache, acme, &sha2) && !hits(&cache, acme, &sha));
+        // Everything forgotten (a reconnect), and an unreadable notification.
+        miss_then_keep(&cache, acme, &sha, || cache.forget_all());
+        assert!(!hits(&cache, acme, &sha));
+        miss_then_keep(&cache, acme, &sha, || {});
+        cache.apply(READS_CHANNEL, "not an organization");
+        assert!(!hits(&cache, acme, &sha));
+    }
+
+    #[test]
+    fn expired_tokens_miss_and_made_up_organizations_leave_nothing() {
+        let cache = shared();
+        let (acme, sha) = (OrgId::new(), [1; 32]);
+        let (_, snapshot) = cache.lookup(acme, &sha, &KEY, Utc::now());
+        let expired = read(acme, Some(Utc::now() - chrono::TimeDelta::seconds(1)));
+        cache.keep(snapshot, acme, &sha, &KEY, &expired, Utc::now());
+        assert!(!hits(&cache, acme, &sha));
+        for _ in 0..100 {
+            assert!(!hits(&cache, OrgId::new(), &sha));
+        }
+        assert_eq!(cache.state().orgs.len(), 1);
+    }
+
+    #[test]
+    fn only_this_caches_fences_count() {
+        let cache = shared();
+        cache.apply(FENCE_CHANNEL, "8/5");
+        assert_eq!(*cache.arrived.borrow(), 0);
+        cache.apply(FENCE_CHANNEL, "7/5");
+        cache.apply(FENCE_CHANNEL, "7/4");
+        assert_eq!(*cache.arrived.borrow(), 5);
     }
 }

@@ -104,7 +104,8 @@ async fn cached_reads_show_every_change_made_anywhere_at_once() {
     }
     let route = "/meshes/shop/http-routes/reviews";
     let (_, read) = editor.get(route).await;
-    let mut doc = json!({"kind": "HTTPRoute", "metadata": {"name": "reviews", "mesh": "shop"}, "spec": read["spec"]});
+    let mut doc =
+        json!({"kind": "HTTPRoute", "metadata": {"name": "reviews", "mesh": "shop"}, "spec": read["spec"]});
     let viewer = Api::new(&b, "acme", &token(&db, "acme", Role::Viewer).await);
     for _ in 0..3 {
         assert_eq!(viewer.get(route).await.0, 200);
