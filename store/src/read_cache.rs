@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -137,9 +138,19 @@ impl ReadCache {
             listening: AtomicBool::new(false),
             stats: Arc::default(),
         });
+        // A fence commits a transaction (PostgreSQL gives a notification's transaction an id);
+        // waiting for its commit to reach the disk would make every read wait for an fsync.
+        let fences =
+            PgPoolOptions::new().max_connections(1).acquire_timeout(FENCE_TIMEOUT).connect_lazy_with(
+                store
+                    .connect_options()
+                    .clone()
+                    .application_name("trellis-read-fence")
+                    .options([("synchronous_commit", "off")]),
+            );
         let tasks = vec![
             tokio::spawn(listen(store.clone(), shared.clone())),
-            tokio::spawn(send_fences(store.clone(), shared.clone())),
+            tokio::spawn(send_fences(fences, shared.clone())),
         ];
         ReadCache { shared, _tasks: Arc::new(Tasks(tasks)) }
     }
@@ -373,7 +384,7 @@ async fn follow(store: &Store, shared: &Shared) -> String {
 /// Sends the fence the waiting reads need, one at a time: a read that arrives while one is
 /// in flight waits for the next, which goes out as soon as the one in flight came back (or
 /// was given up).
-async fn send_fences(store: Store, shared: Arc<Shared>) {
+async fn send_fences(pool: PgPool, shared: Arc<Shared>) {
     let mut demand = shared.demand.subscribe();
     let mut arrived = shared.arrived.subscribe();
     loop {
@@ -383,7 +394,12 @@ async fn send_fences(store: Store, shared: Arc<Shared>) {
         }
         let n = issued + 1;
         shared.issued.store(n, Ordering::SeqCst);
-        if let Err(e) = store.notify(FENCE_CHANNEL, &format!("{}/{n}", shared.instance)).await {
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(FENCE_CHANNEL)
+            .bind(format!("{}/{n}", shared.instance))
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
             tracing::debug!(error = %e, "sending a read fence");
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;

@@ -115,12 +115,6 @@ impl Store {
         tx.authenticate_token(sha256).await?;
         tx.commit().await
     }
-
-    /// Sends a notification on `channel` (a statement of its own, so it is delivered at once).
-    pub(crate) async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)").bind(channel).bind(payload).execute(&self.pool).await?;
-        Ok(())
-    }
 }
 
 impl ReadRow {
