@@ -158,7 +158,6 @@ fn instant(unix_secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(unix_secs, 0).unwrap_or_default()
 }
 
-
 impl TenantTx {
     /// Adds edge figures to their 10 s buckets (one statement; samples of the same edge and
     /// bucket are merged first). Returns the rows written.
@@ -419,13 +418,13 @@ impl TenantTx {
                AND destination = $5 \
              GROUP BY bucket_start ORDER BY bucket_start",
         )
-            .bind(mesh.as_uuid())
-            .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
-            .bind(from)
-            .bind(to)
-            .bind(service)
-            .fetch_all(self.conn())
-            .await?;
+        .bind(mesh.as_uuid())
+        .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
+        .bind(from)
+        .bind(to)
+        .bind(service)
+        .fetch_all(self.conn())
+        .await?;
         rows.into_iter()
             .map(|r| {
                 let latency = LatencyHistogram::from_packed(&r.latency)
