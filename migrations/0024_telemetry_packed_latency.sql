@@ -1,7 +1,8 @@
 -- Latency histograms as one exact decimal instead of an array of 73 counts: bucket i's count
 -- is in the decimal digits 20·i to 20·i + 19 counted from the right (model::telemetry,
--- `LatencyHistogram::to_packed`). Every count a bucket can hold is below 10^20, so adding two
--- packed histograms adds them bucket by bucket: reads and rollups merge with `sum()` and
+-- `LatencyHistogram::to_packed`). A bucket's count (a u64, below 1.9·10^19) and its sum over
+-- any window stay below 10^20, so adding two packed histograms adds them bucket by bucket
+-- (nothing carries into the next bucket): reads and rollups merge with `sum()` and
 -- writers with `+`, one numeric addition per row where the array took 73 subscripts and 73
 -- aggregates (≈ 2 µs a row, most of the time of an hour's read of a 1,000-edge mesh), and
 -- the digits are five of PostgreSQL's base-10,000 numeric digits per bucket, leading and

@@ -76,7 +76,7 @@ impl fmt::Debug for LatencyHistogram {
 /// Why stored counts were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HistogramError {
-    #[error("a packed latency histogram is at most {} decimal digits", PACKED_DIGITS)]
+    #[error("a packed latency histogram is 1 to {PACKED_DIGITS} decimal digits")]
     NotPacked,
 }
 
