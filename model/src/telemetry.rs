@@ -73,14 +73,18 @@ impl fmt::Debug for LatencyHistogram {
     }
 }
 
-/// Why bucket counts were refused.
+/// Why stored counts were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HistogramError {
-    #[error("a latency histogram has {LATENCY_BUCKETS} buckets, got {0}")]
-    WrongLength(usize),
-    #[error("bucket counts must not be negative")]
-    Negative,
+    #[error("a packed latency histogram is 1 to {PACKED_DIGITS} decimal digits")]
+    NotPacked,
 }
+
+/// Decimal digits of one bucket in the packed form: every count a bucket holds (a `u64`) is
+/// below 10^20, and 20 digits are five of PostgreSQL's base-10,000 numeric digits.
+const DIGITS_PER_BUCKET: usize = 20;
+/// Digits of the largest packed histogram.
+const PACKED_DIGITS: usize = DIGITS_PER_BUCKET * LATENCY_BUCKETS;
 
 impl LatencyHistogram {
     /// Records one observation.
@@ -116,21 +120,38 @@ impl LatencyHistogram {
         &self.counts
     }
 
-    /// Counts as stored (PostgreSQL `int8[]`); refuses another length or a negative count.
-    pub fn from_stored(counts: &[i64]) -> Result<Self, HistogramError> {
-        if counts.len() != LATENCY_BUCKETS {
-            return Err(HistogramError::WrongLength(counts.len()));
+    /// The histogram as one non-negative integer in decimal, as the store keeps it: bucket
+    /// `i`'s count in the 20 digits from 20·`i` counted from the right. Adding two packed
+    /// histograms adds them bucket by bucket (no bucket's count in a window reaches 10^20, so
+    /// nothing carries into the next), which lets the store merge with one numeric addition
+    /// per row rather than 73.
+    pub fn to_packed(&self) -> String {
+        let Some(highest) = self.counts.iter().rposition(|c| *c > 0) else {
+            return "0".to_owned();
+        };
+        let mut packed = String::with_capacity(DIGITS_PER_BUCKET * (highest + 1));
+        packed.push_str(&self.counts[highest].to_string());
+        for c in self.counts[..highest].iter().rev() {
+            packed.push_str(&format!("{c:0width$}", width = DIGITS_PER_BUCKET));
         }
-        let mut h = Self::default();
-        for (slot, c) in h.counts.iter_mut().zip(counts) {
-            *slot = u64::try_from(*c).map_err(|_| HistogramError::Negative)?;
-        }
-        Ok(h)
+        packed
     }
 
-    /// Counts as stored (saturating at `i64::MAX`).
-    pub fn to_stored(&self) -> Vec<i64> {
-        self.counts.iter().map(|c| i64::try_from(*c).unwrap_or(i64::MAX)).collect()
+    /// Reads [`to_packed`](Self::to_packed)'s form (or a sum of them) back; refuses anything
+    /// but decimal digits, or more than 73 buckets of them. A bucket past `u64::MAX` (only a
+    /// sum could make one) saturates, as [`merge`](Self::merge) does.
+    pub fn from_packed(packed: &str) -> Result<Self, HistogramError> {
+        let digits = packed.as_bytes();
+        if digits.is_empty() || digits.len() > PACKED_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(HistogramError::NotPacked);
+        }
+        let mut h = Self::default();
+        for (slot, field) in h.counts.iter_mut().zip(digits.rchunks(DIGITS_PER_BUCKET)) {
+            // At most 20 ASCII digits: fits a u128, and every digit was checked above.
+            let n = field.iter().fold(0u128, |n, d| n * 10 + u128::from(d - b'0'));
+            *slot = u64::try_from(n).unwrap_or(u64::MAX);
+        }
+        Ok(h)
     }
 
     /// The `q` quantile (0 < q ≤ 1) in milliseconds, or None without observations.
@@ -709,16 +730,61 @@ mod tests {
         assert_eq!(halves[0], whole);
     }
 
+    /// Adds two non-negative decimal integers digit by digit, as PostgreSQL's numeric does.
+    fn add_decimals(a: &str, b: &str) -> String {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        let (mut sum, mut carry) = (Vec::new(), 0);
+        for i in 0..a.len().max(b.len()) {
+            let digit = |d: &[u8]| d.len().checked_sub(i + 1).map_or(0, |j| d[j] - b'0');
+            let s = digit(a) + digit(b) + carry;
+            sum.push(b'0' + s % 10);
+            carry = s / 10;
+        }
+        if carry > 0 {
+            sum.push(b'0' + carry);
+        }
+        let sum: String = sum.iter().rev().map(|d| char::from(*d)).collect();
+        sum.trim_start_matches('0').to_owned()
+    }
+
     #[test]
-    fn stored_counts_round_trip_and_bad_ones_are_refused() {
-        let mut h = LatencyHistogram::default();
-        [0.1, 3.0, 3.1, 700.0, 1e9].iter().for_each(|v| h.record_ms(*v));
-        assert_eq!(LatencyHistogram::from_stored(&h.to_stored()).unwrap(), h);
-        assert_eq!(LatencyHistogram::from_stored(&[1, 2]), Err(HistogramError::WrongLength(2)));
-        let mut bad = h.to_stored();
-        bad[3] = -1;
-        assert_eq!(LatencyHistogram::from_stored(&bad), Err(HistogramError::Negative));
+    fn packed_histograms_round_trip_and_adding_them_is_merging() {
+        let mut rng = XorShift(0x5eed);
+        let mut histogram = || {
+            let mut h = LatencyHistogram::default();
+            (0..(rng.next() % 300)).for_each(|_| h.record_ms(rng.latency_ms()));
+            h.add_to_bucket((rng.next() % 73) as usize, rng.next() >> 4);
+            h
+        };
+        let parts: Vec<LatencyHistogram> = (0..20).map(|_| histogram()).collect();
+        let mut merged = LatencyHistogram::default();
+        let mut packed_sum = "0".to_owned();
+        for p in &parts {
+            assert_eq!(LatencyHistogram::from_packed(&p.to_packed()).unwrap(), *p);
+            merged.merge(p);
+            packed_sum = add_decimals(&packed_sum, &p.to_packed());
+        }
+        assert_eq!(LatencyHistogram::from_packed(&packed_sum).unwrap(), merged, "a sum unpacks to the merge");
+        // The first and the last bucket, and the largest count, keep their places.
+        let mut edges = LatencyHistogram::default();
+        edges.add_to_bucket(0, u64::MAX);
+        edges.add_to_bucket(LATENCY_BUCKETS - 1, 7);
+        let packed = edges.to_packed();
+        assert_eq!(packed.len(), 20 * LATENCY_BUCKETS - 19);
+        assert!(packed.starts_with('7') && packed.ends_with(&u64::MAX.to_string()), "{packed}");
+        assert_eq!(LatencyHistogram::from_packed(&packed).unwrap(), edges);
+        let mut one = LatencyHistogram::default();
+        one.add_to_bucket(1, 3);
+        assert_eq!(one.to_packed(), format!("3{}", "0".repeat(20)));
+        assert_eq!(LatencyHistogram::default().to_packed(), "0");
+        assert_eq!(LatencyHistogram::from_packed("0").unwrap(), LatencyHistogram::default());
         assert_eq!(LatencyHistogram::default().quantile_ms(0.99), None);
+        // A bucket past u64::MAX saturates; what is not 73 buckets of digits is refused.
+        let over = LatencyHistogram::from_packed(&"9".repeat(20)).unwrap();
+        assert_eq!(over.counts()[0], u64::MAX);
+        for bad in ["", "-1", "1.5", "12a", &"1".repeat(20 * LATENCY_BUCKETS + 1)] {
+            assert_eq!(LatencyHistogram::from_packed(bad), Err(HistogramError::NotPacked), "{bad}");
+        }
     }
 
     #[test]

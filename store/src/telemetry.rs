@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use trellis_model::MeshId;
 use trellis_model::Tags;
 use trellis_model::telemetry::{
-    EdgeCounts, EdgeKey, EdgeTotal, LATENCY_BUCKETS, LatencyHistogram, Resolution, RolledUp, read_plan,
+    EdgeCounts, EdgeKey, EdgeTotal, LatencyHistogram, Resolution, RolledUp, read_plan,
 };
 use uuid::Uuid;
 
@@ -118,21 +118,17 @@ fn to_u64(n: i64) -> u64 {
 const MAX_SPANS: usize = 7;
 
 /// The statement behind the edge reads, over `spans` ranges of one resolution each
-/// (`$2 + 3i` the resolution, then the range). The histograms are summed one bucket index at a
-/// time (`sum(latency[i])` for every `i`): plain aggregates in one pass over the rows, where a
-/// SQL function that merges whole arrays, run once per row, took seconds for an hour of a
-/// 1,000-edge mesh. The `(org_id, mesh_id, resolution_s, bucket_start)` prefix of the
-/// primary key serves each range.
+/// (`$2 + 3i` the resolution, then the range). The packed histograms merge with `sum()`
+/// (`LatencyHistogram::to_packed`): one numeric addition per row. The
+/// `(org_id, mesh_id, resolution_s, bucket_start)` prefix of the primary key serves each range.
 fn edge_totals_sql(spans: usize) -> &'static str {
     static SQL: [OnceLock<String>; MAX_SPANS] = [const { OnceLock::new() }; MAX_SPANS];
     SQL[spans - 1].get_or_init(|| {
-        let latency: Vec<String> =
-            (1..=LATENCY_BUCKETS).map(|i| format!("sum(latency[{i}])::int8")).collect();
         let ranges: Vec<String> = (0..spans)
             .map(|i| {
                 let p = 2 + 3 * i;
                 format!(
-                    "SELECT source, destination, destination_subset, requests, successes, bytes, latency, \
+                    "SELECT source, destination, destination_subset, requests, successes, bytes, latency_packed, \
                             tcp_connections, tcp_bytes \
                      FROM telemetry_edges \
                      WHERE mesh_id = $1 AND resolution_s = ${p} AND bucket_start >= ${} AND bucket_start < ${}",
@@ -143,12 +139,11 @@ fn edge_totals_sql(spans: usize) -> &'static str {
             .collect();
         format!(
             "SELECT source, destination, destination_subset, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
-                    sum(bytes)::int8 AS bytes, ARRAY[{}] AS latency, \
+                    sum(bytes)::int8 AS bytes, sum(latency_packed)::text AS latency, \
                     sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
              FROM ({}) AS e \
              GROUP BY source, destination, destination_subset \
              ORDER BY source, destination, destination_subset",
-            latency.join(", "),
             ranges.join(" UNION ALL ")
         )
     })
@@ -161,26 +156,6 @@ fn seconds_from(at: DateTime<Utc>) -> i64 {
 
 fn instant(unix_secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(unix_secs, 0).unwrap_or_default()
-}
-
-/// The statement behind `service_series`: the calls into one service, per bucket (the
-/// histograms summed one index at a time, as the edge reads do).
-fn service_series_sql() -> &'static str {
-    static SQL: OnceLock<String> = OnceLock::new();
-    SQL.get_or_init(|| {
-        let latency: Vec<String> =
-            (1..=LATENCY_BUCKETS).map(|i| format!("sum(latency[{i}])::int8")).collect();
-        format!(
-            "SELECT bucket_start, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
-                    sum(bytes)::int8 AS bytes, ARRAY[{}] AS latency, \
-                    sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
-             FROM telemetry_edges \
-             WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
-               AND destination = $5 \
-             GROUP BY bucket_start ORDER BY bucket_start",
-            latency.join(", ")
-        )
-    })
 }
 
 impl TenantTx {
@@ -223,17 +198,15 @@ impl TenantTx {
             requests.push(to_i64(c.requests));
             successes.push(to_i64(c.successes.min(c.requests)));
             bytes.push(to_i64(c.bytes));
-            // An array of arrays does not bind; each histogram goes as its array literal.
-            let counts: Vec<String> = c.latency.to_stored().iter().map(i64::to_string).collect();
-            latency.push(format!("{{{}}}", counts.join(",")));
+            latency.push(c.latency.to_packed());
             tcp_connections.push(to_i64(c.tcp_connections));
             tcp_bytes.push(to_i64(c.tcp_bytes));
         }
         let done = sqlx::query(
             "INSERT INTO telemetry_edges AS e (org_id, mesh_id, resolution_s, bucket_start, source, \
-                 destination, route, response_class, requests, successes, bytes, latency, \
+                 destination, route, response_class, requests, successes, bytes, latency_packed, \
                  tcp_connections, tcp_bytes, destination_subset) \
-             SELECT $1, t.m, 10, t.b, t.s, t.d, t.r, t.c, t.rq, t.ok, t.bt, t.l::bigint[], t.tc, t.tb, t.ds \
+             SELECT $1, t.m, 10, t.b, t.s, t.d, t.r, t.c, t.rq, t.ok, t.bt, t.l::numeric, t.tc, t.tb, t.ds \
              FROM unnest($2::uuid[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[], \
                          $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[], \
                          $14::text[]) \
@@ -242,7 +215,7 @@ impl TenantTx {
                  requests = e.requests + EXCLUDED.requests, \
                  successes = e.successes + EXCLUDED.successes, \
                  bytes = e.bytes + EXCLUDED.bytes, \
-                 latency = trellis_add_buckets(e.latency, EXCLUDED.latency), \
+                 latency_packed = e.latency_packed + EXCLUDED.latency_packed, \
                  tcp_connections = e.tcp_connections + EXCLUDED.tcp_connections, \
                  tcp_bytes = e.tcp_bytes + EXCLUDED.tcp_bytes",
         )
@@ -377,7 +350,7 @@ impl TenantTx {
             requests: i64,
             successes: i64,
             bytes: i64,
-            latency: Vec<i64>,
+            latency: String,
             tcp_connections: i64,
             tcp_bytes: i64,
         }
@@ -398,7 +371,7 @@ impl TenantTx {
             .map(|r| {
                 let decode =
                     |e: Box<dyn std::error::Error + Send + Sync>| StoreError::Db(sqlx::Error::Decode(e));
-                let latency = LatencyHistogram::from_stored(&r.latency).map_err(|e| decode(Box::new(e)))?;
+                let latency = LatencyHistogram::from_packed(&r.latency).map_err(|e| decode(Box::new(e)))?;
                 // Written by `record_edges` from `Tags::joined`.
                 let subset = Tags::parse_joined(&r.destination_subset).map_err(|e| decode(Box::new(e)))?;
                 let counts = EdgeCounts {
@@ -432,21 +405,29 @@ impl TenantTx {
             requests: i64,
             successes: i64,
             bytes: i64,
-            latency: Vec<i64>,
+            latency: String,
             tcp_connections: i64,
             tcp_bytes: i64,
         }
-        let rows: Vec<Row> = sqlx::query_as(service_series_sql())
-            .bind(mesh.as_uuid())
-            .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
-            .bind(from)
-            .bind(to)
-            .bind(service)
-            .fetch_all(self.conn())
-            .await?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT bucket_start, sum(requests)::int8 AS requests, sum(successes)::int8 AS successes, \
+                    sum(bytes)::int8 AS bytes, sum(latency_packed)::text AS latency, \
+                    sum(tcp_connections)::int8 AS tcp_connections, sum(tcp_bytes)::int8 AS tcp_bytes \
+             FROM telemetry_edges \
+             WHERE mesh_id = $1 AND resolution_s = $2 AND bucket_start >= $3 AND bucket_start < $4 \
+               AND destination = $5 \
+             GROUP BY bucket_start ORDER BY bucket_start",
+        )
+        .bind(mesh.as_uuid())
+        .bind(i32::try_from(resolution.seconds()).unwrap_or(i32::MAX))
+        .bind(from)
+        .bind(to)
+        .bind(service)
+        .fetch_all(self.conn())
+        .await?;
         rows.into_iter()
             .map(|r| {
-                let latency = LatencyHistogram::from_stored(&r.latency)
+                let latency = LatencyHistogram::from_packed(&r.latency)
                     .map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))?;
                 let counts = EdgeCounts {
                     requests: to_u64(r.requests),

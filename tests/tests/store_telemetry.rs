@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::json;
-use trellis_model::telemetry::{EdgeCounts, EdgeKey, LatencyHistogram, Resolution, ResponseClass, Topology};
+use trellis_model::telemetry::{
+    EdgeCounts, EdgeKey, LATENCY_BUCKETS, LatencyHistogram, Resolution, ResponseClass, Topology,
+};
 use trellis_model::{MeshId, MeshName, OrgId, OrgSlug, ResourceName};
 use trellis_store::testing::TestDb;
 use trellis_store::{AccessLogQuery, AccessLogRecord, EdgeSample, Precondition, Store, TelemetryRetention};
@@ -95,6 +97,10 @@ async fn edges_from_several_proxies_merge_by_addition_and_read_back_as_golden_me
     assert_eq!(totals.len(), 1);
     let c = &totals[0].counts;
     assert_eq!((c.requests, c.successes, c.bytes, c.latency.total()), (7, 5, 700, 5));
+    // The second write of the bucket added its histogram to the first, bucket by bucket.
+    let mut latency = LatencyHistogram::default();
+    [5.0, 5.0, 7.0, 5.0, 900.0].iter().for_each(|ms| latency.record_ms(*ms));
+    assert_eq!(c.latency, latency);
     let topology = Topology::of(&totals, 10.0);
     assert_eq!(topology.nodes, ["reviews", "web"]);
     let m = &topology.edges[0].metrics;
@@ -138,7 +144,7 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
     let mut tx = store.tenant(org).await.unwrap();
     // Half of the calls went to v1, half to v2 (a route's weighted backends).
     let version = |v: &str| trellis_model::Tags::parse([("version", v)]).unwrap();
-    let samples: Vec<EdgeSample> = times
+    let mut samples: Vec<EdgeSample> = times
         .iter()
         .enumerate()
         .map(|(i, t)| {
@@ -147,6 +153,13 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
             s
         })
         .collect();
+    // Counts in the first and the last latency bucket, one far past 32 bits: a merge that
+    // shifted, truncated or mixed buckets would show.
+    samples[0].counts.latency.add_to_bucket(0, 1 << 40);
+    samples[7].counts.latency.add_to_bucket(LATENCY_BUCKETS - 1, 2);
+    samples[8].counts.latency.add_to_bucket(0, 5);
+    let mut latency = LatencyHistogram::default();
+    samples.iter().for_each(|s| latency.merge(&s.counts.latency));
     tx.record_edges(&samples).await.unwrap();
     tx.commit().await.unwrap();
 
@@ -165,8 +178,10 @@ async fn rollups_keep_every_count_and_retention_drops_old_partitions() {
     }
     tx.commit().await.unwrap();
     assert_eq!(per_resolution[0].requests, 36);
+    assert_eq!(per_resolution[0].latency, latency, "every latency count in its bucket");
     assert_eq!(per_resolution[0], per_resolution[1], "10 s → 1 min loses nothing");
-    assert_eq!(per_resolution[1], per_resolution[2], "1 min → 1 h loses nothing");
+    assert_eq!(per_resolution[1], per_resolution[2], "1 min → 10 min loses nothing");
+    assert_eq!(per_resolution[2], per_resolution[3], "10 min → 1 h loses nothing");
     // A second run finds nothing new to roll up: nothing is counted twice.
     store.rollup_telemetry(Duration::ZERO).await.unwrap();
     let mut tx = store.tenant(org).await.unwrap();
