@@ -76,19 +76,19 @@ LANGUAGE sql IMMUTABLE AS $$
     GROUP BY c.service
 $$;
 
--- Keeps the counts: takes away what the old row added and adds what the new one does (in a
--- trigger, OLD is NULL for an insert and NEW for a delete). The mesh's `dataplane_counts` row
--- is written first, even when its count does not move, so that writers of one mesh's counts
--- queue on that row and then take its service rows in one order (by service): they never
--- deadlock on them. A dataplane deleted with its mesh changes nothing.
-CREATE FUNCTION trellis_dataplane_counted() RETURNS trigger
+-- Moves the counts from what dataplane row `old` added (none: NULL, a new row) to what row
+-- `new` adds (none: NULL, a deleted row). The mesh's `dataplane_counts` row is written first,
+-- even when its count does not move, so that writers of one mesh's counts queue on that row
+-- and then take its service rows in one order (by service): they never deadlock on them. A
+-- dataplane deleted with its mesh changes nothing.
+CREATE FUNCTION trellis_recount_dataplane(old dataplanes, new dataplanes) RETURNS void
     LANGUAGE plpgsql
     AS $$
 BEGIN
     INSERT INTO dataplane_counts AS c (org_id, mesh_id, online)
     SELECT x.org_id, x.mesh_id, sum(x.delta)
-    FROM (VALUES (OLD.org_id, OLD.mesh_id, CASE WHEN OLD.online THEN -1 ELSE 0 END),
-                 (NEW.org_id, NEW.mesh_id, CASE WHEN NEW.online THEN 1 ELSE 0 END)) AS x(org_id, mesh_id, delta)
+    FROM (VALUES (old.org_id, old.mesh_id, CASE WHEN old.online THEN -1 ELSE 0 END),
+                 (new.org_id, new.mesh_id, CASE WHEN new.online THEN 1 ELSE 0 END)) AS x(org_id, mesh_id, delta)
     WHERE EXISTS (SELECT 1 FROM meshes m WHERE m.org_id = x.org_id AND m.id = x.mesh_id)
     GROUP BY x.org_id, x.mesh_id
     ORDER BY x.mesh_id
@@ -97,11 +97,11 @@ BEGIN
     INSERT INTO dataplane_service_counts AS c (org_id, mesh_id, service, callers, instances, self_callers)
     SELECT s.org_id, s.mesh_id, s.service, sum(s.callers), sum(s.instances), sum(s.self_callers)
     FROM (
-        SELECT NEW.org_id, NEW.mesh_id, n.service, n.callers, n.instances, n.self_callers
-        FROM trellis_dataplane_share(NEW) n
+        SELECT new.org_id, new.mesh_id, n.service, n.callers, n.instances, n.self_callers
+        FROM trellis_dataplane_share(new) n
         UNION ALL
-        SELECT OLD.org_id, OLD.mesh_id, o.service, -o.callers, -o.instances, -o.self_callers
-        FROM trellis_dataplane_share(OLD) o
+        SELECT old.org_id, old.mesh_id, o.service, -o.callers, -o.instances, -o.self_callers
+        FROM trellis_dataplane_share(old) o
     ) AS s(org_id, mesh_id, service, callers, instances, self_callers)
     WHERE EXISTS (SELECT 1 FROM meshes m WHERE m.org_id = s.org_id AND m.id = s.mesh_id)
     GROUP BY s.org_id, s.mesh_id, s.service
@@ -111,17 +111,45 @@ BEGIN
         callers = c.callers + EXCLUDED.callers,
         instances = c.instances + EXCLUDED.instances,
         self_callers = c.self_callers + EXCLUDED.self_callers;
+END
+$$;
+
+-- The dataplanes' one trigger function (0005's, which bumps the mesh revision when what a
+-- dataplane serves changes), now counting first: every write of a dataplane takes its mesh's
+-- counts row before the mesh row, whatever it changes, so that two ledger batches of one mesh
+-- (a registration in one, a proxy going offline after another's calls changed in the other)
+-- take the two rows in the same order. In a trigger, OLD is NULL for an insert and NEW for a
+-- delete.
+CREATE OR REPLACE FUNCTION trellis_dataplane_written() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM trellis_recount_dataplane(OLD, NEW);
+    IF TG_OP = 'UPDATE'
+       AND (OLD.online, OLD.address, OLD.ports, OLD.tags, OLD.zone, OLD.service)
+           IS NOT DISTINCT FROM (NEW.online, NEW.address, NEW.ports, NEW.tags, NEW.zone, NEW.service) THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        r := OLD;
+    ELSE
+        r := NEW;
+    END IF;
+    UPDATE meshes SET updated_at = now() WHERE org_id = r.org_id AND id = r.mesh_id;
     RETURN NULL;
 END
 $$;
 
-CREATE TRIGGER dataplanes_counted_inserted_or_deleted AFTER INSERT OR DELETE ON dataplanes
-    FOR EACH ROW EXECUTE FUNCTION trellis_dataplane_counted();
-CREATE TRIGGER dataplanes_counted_changed AFTER UPDATE ON dataplanes
+-- Fired as before, and also when what a dataplane was sent changes (`calls`, `serves`: no
+-- mesh revision, but the counts move). Heartbeats and syncs fire nothing.
+DROP TRIGGER dataplanes_changed ON dataplanes;
+CREATE TRIGGER dataplanes_changed AFTER UPDATE ON dataplanes
     FOR EACH ROW
-    WHEN ((OLD.online, OLD.calls, OLD.serves, OLD.service, OLD.mesh_id)
-          IS DISTINCT FROM (NEW.online, NEW.calls, NEW.serves, NEW.service, NEW.mesh_id))
-    EXECUTE FUNCTION trellis_dataplane_counted();
+    WHEN ((OLD.online, OLD.address, OLD.ports, OLD.tags, OLD.zone, OLD.service, OLD.calls, OLD.serves, OLD.mesh_id)
+          IS DISTINCT FROM (NEW.online, NEW.address, NEW.ports, NEW.tags, NEW.zone, NEW.service, NEW.calls, NEW.serves, NEW.mesh_id))
+    EXECUTE FUNCTION trellis_dataplane_written();
 
 -- The counts of the dataplanes already there, tenant by tenant (row-level security applies
 -- to the schema's owner too).
@@ -190,5 +218,6 @@ $$;
 GRANT SELECT, INSERT, UPDATE ON dataplane_counts, dataplane_service_counts TO trellis_app;
 GRANT EXECUTE ON FUNCTION
     trellis_configures(dataplanes, boolean, boolean, text),
-    trellis_dataplane_share(dataplanes)
+    trellis_dataplane_share(dataplanes),
+    trellis_recount_dataplane(dataplanes, dataplanes)
 TO trellis_app;
