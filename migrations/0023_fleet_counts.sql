@@ -4,6 +4,12 @@
 -- commits, the proxies that applied its revision and those with a rejection outstanding are
 -- few, and indexes find them (`dataplanes_synced`, `xds_ledger_rejected`): a PUT reads a
 -- handful of rows whether its mesh has no proxies or thousands.
+--
+-- The price is paid where the fleet changes, not where configuration is written: a dataplane
+-- that registers, goes offline or is sent other services writes its mesh's counts row and a
+-- row per service that moved, and two ledger batches changing one mesh's proxies queue on
+-- that row until the first commits (they already did on the mesh row for registrations). A
+-- sync (`synced_revision`) now updates an indexed column. Heartbeats cost what they did.
 
 -- Online proxies per mesh (what a resource without a target configures).
 CREATE TABLE dataplane_counts (
@@ -213,6 +219,38 @@ BEGIN
            ARRAY(SELECT nacked_version FROM shown ORDER BY service, node_id),
            ARRAY(SELECT nack_error FROM shown ORDER BY service, node_id);
 END
+$$;
+
+-- 0014's proxies still waiting for a revision, unchanged but for the rule, now written once.
+CREATE OR REPLACE FUNCTION trellis_propagation_waiting(
+    p_mesh uuid, p_revision bigint, p_callers boolean, p_instances boolean, p_target text, p_limit integer
+)
+RETURNS TABLE (
+    service text, node_id text, last_seen_at timestamptz,
+    type_url text, nacked_version text, nack_error text, nacked_at timestamptz, rejected boolean
+)
+LANGUAGE sql STABLE AS $$
+    WITH waiting AS MATERIALIZED (
+        SELECT d.org_id, d.id, d.service, d.node_id, d.last_seen_at
+        FROM dataplanes d
+        WHERE d.mesh_id = p_mesh AND d.online
+          AND NOT coalesce(d.synced_revision >= p_revision, false)
+          AND trellis_configures(d, p_callers, p_instances, p_target)
+    )
+    SELECT w.service, w.node_id, w.last_seen_at,
+           n.type_url, n.nacked_version, n.nack_error, n.nacked_at, coalesce(n.rejected, false)
+    FROM waiting w
+    LEFT JOIN LATERAL (
+        SELECT l.type_url, l.nacked_version, l.nack_error, l.nacked_at,
+               coalesce(l.mesh_revision >= p_revision AND l.nacked_version = l.sent_version, false) AS rejected
+        FROM xds_ledger l
+        WHERE l.org_id = w.org_id AND l.dataplane_id = w.id
+          AND l.nacked_version IS NOT NULL AND l.nack_error IS NOT NULL
+        ORDER BY 5 DESC, l.type_url
+        LIMIT 1
+    ) n ON true
+    ORDER BY coalesce(n.rejected, false) DESC, w.service, w.node_id
+    LIMIT p_limit
 $$;
 
 GRANT SELECT, INSERT, UPDATE ON dataplane_counts, dataplane_service_counts TO trellis_app;
