@@ -92,11 +92,9 @@ async fn assert_counts_true(store: &Store, org: OrgId, mesh: MeshId, step: &str)
     for target in targets {
         for reach in reaches {
             let reached: Vec<&Dataplane> = fleet.iter().filter(|d| configures(d, reach, target)).collect();
-            let applied = reached.iter().filter(|d| d.synced_revision.is_some_and(|r| r >= REVISION)).count();
-            let rejected = reached
-                .iter()
-                .filter(|d| !d.synced_revision.is_some_and(|r| r >= REVISION) && rejecting.contains(&d.id))
-                .count();
+            let has_applied = |d: &Dataplane| d.synced_revision.is_some_and(|r| r >= REVISION);
+            let applied = reached.iter().filter(|d| has_applied(d)).count();
+            let rejected = reached.iter().filter(|d| !has_applied(d) && rejecting.contains(&d.id)).count();
             let now = store.propagation_now(org, mesh, REVISION, reach, target, 10_000).await.unwrap();
             let got = &now.reached;
             let what = format!("{step}: target {target:?}, {reach:?}");
