@@ -110,6 +110,8 @@ async fn seed(db: &TestDb, store: &Store) -> Seeded {
             )
             .await
             .unwrap();
+        // Sent the caller side of one service: one row of each fleet count.
+        tx.dataplane_reach(dp.id, &["web".to_owned()], false).await.unwrap();
         tx.ledger_sent(dp.id, "type.googleapis.com/envoy.config.cluster.v3.Cluster", "v1", "1", 1)
             .await
             .unwrap();
@@ -281,6 +283,8 @@ async fn without_a_tenant_every_tenant_table_is_empty() {
             "access_log",
             "api_tokens",
             "audit_events",
+            "dataplane_counts",
+            "dataplane_service_counts",
             "dataplanes",
             "endpoint_health",
             "idempotency_keys",
