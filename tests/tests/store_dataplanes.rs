@@ -170,7 +170,12 @@ async fn a_services_health_counts_its_proxies_and_names_its_last_rejection_and_e
         (&json!("reviews-b"), &json!("Cluster"), &json!("cluster reviews: bad"), &json!(true)),
         "{h:#}"
     );
-    assert!(h["endpoints"].is_null(), "endpoint health is not reported by proxies: {h:#}");
+    // No caller has reported its clusters' gauges: nothing seen ejected or unhealthy.
+    assert_eq!(
+        (&h["endpoints"]["ejected"], &h["endpoints"]["unhealthy"], &h["endpoints"]["reports"]),
+        (&json!(0), &json!(0), &json!([])),
+        "{h:#}"
+    );
 
     // A renewal moves b on; a later ACK clears the rejection but the last NACK stays known.
     store.svid_renewed(org.id, "bb", "bb2", now + chrono::TimeDelta::days(5)).await.unwrap();
