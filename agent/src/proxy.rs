@@ -37,8 +37,8 @@ use trellis_model::telemetry::Membership;
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
 use crate::cli::Outbound;
 use crate::config::{
-    Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, Share, Side,
-    Target, evaluate, grpc_code_of,
+    Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
+    Side, Target, evaluate, grpc_code_of,
 };
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -49,6 +49,8 @@ use crate::telemetry::Upstreams;
 pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 type MeshClient = Client<MeshConnector, Body>;
 
+/// Longest a request waits for the routes of its listener to arrive.
+const ROUTES_WARMING: Duration = Duration::from_secs(5);
 /// Largest request body buffered so that a retry can send it again; larger ones are
 /// streamed and not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
@@ -678,6 +680,24 @@ impl Proxy {
         resp
     }
 
+    /// The RDS route table `name`. A listener can arrive before its routes (a restart, a
+    /// new listener): a request then waits up to `ROUTES_WARMING` for them, as Envoy keeps
+    /// such a listener warming instead of failing its first requests.
+    async fn route_table(&self, name: &str) -> Option<Arc<RouteTable>> {
+        let mut changed = self.state.changed.subscribe();
+        let warming = tokio::time::sleep(ROUTES_WARMING);
+        tokio::pin!(warming);
+        loop {
+            if let Some(table) = self.state.config().routes.get(name) {
+                return Some(table.clone());
+            }
+            tokio::select! {
+                more = changed.changed() => more.ok()?,
+                () = &mut warming => return None,
+            }
+        }
+    }
+
     /// Past access control: the rate limit, the route, and the upstream tries.
     async fn route(
         &self,
@@ -696,10 +716,9 @@ impl Proxy {
             tracing::info!(listener = %l.name, "rate limited");
             return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
         }
-        let cfg = self.state.config();
         let table = match routes {
             RouteSource::Inline(t) => Some(t.clone()),
-            RouteSource::Rds(name) => cfg.routes.get(name).cloned(),
+            RouteSource::Rds(name) => self.route_table(name).await,
         };
         let Some(table) = table else {
             return local_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, 14, "no route configuration yet");

@@ -81,55 +81,14 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
             "properties": {
                 "observedGeneration": { "type": "integer" },
                 "revision": { "type": "integer" },
-                "propagation": r("Propagation"),
-            },
-        }),
-    );
-    let rejection = json!({
-        "type": "object",
-        "required": ["type", "version", "error"],
-        "properties": {
-            "type": {"type": "string", "description": "The xDS resource type, e.g. RouteConfiguration"},
-            "version": {"type": "string"}, "error": {"type": "string", "description": "The proxy's reason"},
-            "at": {"type": ["string", "null"]},
-        },
-    });
-    schemas.insert(
-        "Propagation".into(),
-        json!({
-            "type": ["object", "null"],
-            "description": "How far the resource's last write has reached the online proxies it configures (null before its write made a mesh revision)",
-            "required": ["meshRevision", "proxies", "applied", "rejected", "pending", "errors", "summary"],
-            "properties": {
-                "meshRevision": {"type": "integer"},
-                "proxies": {"type": "integer"}, "applied": {"type": "integer"},
-                "rejected": {"type": "integer", "description": "Proxies that have not applied it and have a rejection outstanding"},
-                "pending": {"type": "integer"},
-                "errors": {"type": "array", "items": {"type": "string"}},
-                "summary": {"type": "string", "description": "applied by N of M proxies; rejected by K: reason"},
-                "wait": {
-                    "type": "object",
-                    "description": "Only when the write was sent with ?wait=: how the wait ended",
-                    "required": ["outcome", "waitedMs", "timeoutMs", "notApplied", "summary"],
-                    "properties": {
-                        "outcome": {"type": "string", "enum": ["applied", "rejected", "timedOut"],
-                            "description": "applied: by every proxy it configures; rejected: a proxy NACKed it; timedOut: proxies had neither applied nor rejected it when the wait ended"},
-                        "waitedMs": {"type": "integer"}, "timeoutMs": {"type": "integer"},
-                        "notApplied": {"type": "array", "maxItems": trellis_control::WAIT_SHOWN,
-                            "description": "Proxies that have not applied it, rejecting ones first",
-                            "items": {"type": "object", "required": ["service", "node", "state", "lastSeenAt"], "properties": {
-                                "service": {"type": "string"}, "node": {"type": "string"},
-                                "state": {"type": "string", "enum": ["rejected", "stale", "pending"],
-                                    "description": "rejected: it NACKed this write; stale: not applied when the wait timed out; pending: on its way when another proxy's rejection ended the wait"},
-                                "lastSeenAt": {"type": "string"},
-                                "rejection": {"oneOf": [rejection, {"type": "null"}]},
-                            }}},
-                        "summary": {"type": "string"},
-                    },
+                "propagation": {
+                    "description": "How far the resource's last write has reached the online proxies it configures (null before its write made a mesh revision)",
+                    "oneOf": [r("Propagation"), {"type": "null"}],
                 },
             },
         }),
     );
+    add::<trellis_control::Propagation>(&mut schemas);
     let mut kinds: Vec<(&str, String)> =
         Kind::ALL.iter().map(|k| (k.name(), spec_schema(*k).to_owned())).collect();
     kinds.push(("Mesh", "MeshSpec".to_owned()));

@@ -51,7 +51,9 @@ pub use onboarding::{FirstProxy, Onboarding};
 pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
-pub use propagation::{Propagation, ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport};
+pub use propagation::{
+    NotApplied, Propagation, ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport,
+};
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, ResourceView,
     Written, parse_selector,

@@ -20,6 +20,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(20);
 const MAX_PAUSE: Duration = Duration::from_millis(500);
 
 /// How a wait ended.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum WaitOutcome {
@@ -32,6 +33,7 @@ pub enum WaitOutcome {
 }
 
 /// What a wait saw last.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WaitReport {
@@ -47,20 +49,33 @@ pub struct WaitReport {
 }
 
 /// One proxy that has not applied a write.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyState {
     pub service: String,
     pub node: String,
-    /// `rejected`: it refused this write; `stale`: it had not applied it when the wait timed
-    /// out; `pending`: still on its way when another proxy's rejection ended the wait.
-    pub state: &'static str,
+    pub state: NotApplied,
     pub last_seen_at: DateTime<Utc>,
     /// Its outstanding rejection (of this write when `rejected`, of an earlier one otherwise).
     pub rejection: Option<RejectionNote>,
 }
 
+/// Why a proxy has not applied a write.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NotApplied {
+    /// It refused this write (NACK).
+    Rejected,
+    /// It had not applied it when the wait timed out.
+    Stale,
+    /// Still on its way when another proxy's rejection ended the wait.
+    Pending,
+}
+
 /// A rejection a proxy sent back.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectionNote {
@@ -68,6 +83,7 @@ pub struct RejectionNote {
     #[serde(rename = "type")]
     pub type_name: String,
     pub version: String,
+    /// The proxy's reason.
     pub error: String,
     pub at: Option<DateTime<Utc>>,
 }
@@ -75,9 +91,9 @@ pub struct RejectionNote {
 impl ProxyState {
     fn of(w: Waiting, outcome: WaitOutcome) -> ProxyState {
         let state = match (w.rejected, outcome) {
-            (true, _) => "rejected",
-            (false, WaitOutcome::TimedOut) => "stale",
-            (false, _) => "pending",
+            (true, _) => NotApplied::Rejected,
+            (false, WaitOutcome::TimedOut) => NotApplied::Stale,
+            (false, _) => NotApplied::Pending,
         };
         let rejection = w.rejection.map(|(r, at)| RejectionNote {
             type_name: short_type(&r.type_url).to_owned(),
@@ -105,7 +121,7 @@ impl WaitReport {
             WaitOutcome::Rejected => {
                 let lines: Vec<String> = not_applied
                     .iter()
-                    .filter(|p| p.state == "rejected")
+                    .filter(|p| p.state == NotApplied::Rejected)
                     .map(|p| {
                         let r = p.rejection.as_ref().map_or(String::new(), |r| {
                             format!(": {} version {}: {}", r.type_name, r.version, r.error)
@@ -191,18 +207,24 @@ impl Control {
 }
 
 /// "applied by N of M proxies; rejected by K: reason" for a resource's last write.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Propagation {
+    /// The mesh revision the resource's last write made.
     pub mesh_revision: i64,
+    /// Online proxies the resource configures.
     pub proxies: usize,
+    /// Of those, the ones that applied the revision.
     pub applied: usize,
+    /// Proxies that have not applied it and have a rejection outstanding.
     pub rejected: usize,
     pub pending: usize,
     /// The first few rejection reasons.
     pub errors: Vec<String>,
+    /// "applied by N of M proxies; rejected by K: reason".
     pub summary: String,
-    /// How a wait for it ended, when the write asked to wait.
+    /// Only when the write was sent with `?wait=`: how the wait ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<WaitReport>,
 }
