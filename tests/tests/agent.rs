@@ -924,9 +924,13 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let count = |k: &str| propagation[k].as_u64().unwrap_or(0);
+    // A list is read in a transaction, not from the read cache: where the two differ, the
+    // cache is stale.
+    let (_, listed) = api.get("/meshes/shop/http-routes").await;
     assert!(
         count("proxies") > 0 && count("applied") == count("proxies") && count("rejected") == 0,
-        "{propagation}\n{}",
+        "{propagation}\nlisted: {}\n{}",
+        listed["items"][0]["status"]["propagation"],
         restarted.output()
     );
     let (_, fleet) = api.get("/meshes/shop/dataplanes").await;
