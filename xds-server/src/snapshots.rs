@@ -2,7 +2,7 @@
 //! rebuilt from the store when the change feed names the mesh — once per debounce window,
 //! with a bound on concurrent rebuilds — and shared (`Arc`) by every stream of the mesh.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,6 +86,10 @@ pub struct Snapshots {
     meshes: Mutex<HashMap<MeshId, Entry>>,
     /// One gate per mesh whose first build is under way.
     first_builds: Mutex<HashMap<MeshId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Meshes that changed while their first build was under way: that build may have read
+    /// the mesh before the change, and no entry was there yet to schedule another. Locked
+    /// after `meshes`.
+    changed_while_building: Mutex<HashSet<MeshId>>,
     builds: Semaphore,
 }
 
@@ -97,6 +101,7 @@ impl Snapshots {
             options,
             meshes: Mutex::new(HashMap::new()),
             first_builds: Mutex::new(HashMap::new()),
+            changed_while_building: Mutex::new(HashSet::new()),
             builds,
         })
     }
@@ -129,17 +134,32 @@ impl Snapshots {
             scheduled: false,
         });
         let rx = entry.tx.subscribe();
+        let missed = self.changed_while_building.lock().unwrap_or_else(|e| e.into_inner()).remove(&mesh);
         drop(meshes);
         self.first_builds.lock().unwrap_or_else(|e| e.into_inner()).remove(&mesh);
+        if missed {
+            self.schedule_rebuild(mesh);
+        }
         Ok(rx)
     }
 
     /// The change feed named a mesh: rebuild it after the debounce window, if anyone watches.
     pub fn on_change(self: &Arc<Self>, change: MeshChange) {
+        self.schedule_rebuild(change.mesh);
+    }
+
+    /// Rebuilds `mesh` after the debounce window if anyone watches it, or notes the change
+    /// for the first build under way.
+    fn schedule_rebuild(self: &Arc<Self>, mesh: MeshId) {
         let mut meshes = self.lock();
-        let Some(entry) = meshes.get_mut(&change.mesh) else { return };
+        let Some(entry) = meshes.get_mut(&mesh) else {
+            if self.first_builds.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&mesh) {
+                self.changed_while_building.lock().unwrap_or_else(|e| e.into_inner()).insert(mesh);
+            }
+            return;
+        };
         if entry.tx.receiver_count() == 0 {
-            meshes.remove(&change.mesh);
+            meshes.remove(&mesh);
             return;
         }
         if entry.scheduled {
@@ -150,7 +170,7 @@ impl Snapshots {
         let this = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(this.options.debounce).await;
-            this.rebuild(org, change.mesh).await;
+            this.rebuild(org, mesh).await;
         });
     }
 
