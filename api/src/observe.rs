@@ -836,6 +836,78 @@ mod tests {
 
     use super::*;
 
+    /// A call a deny rule refused, every field the proxy can log set.
+    fn denied_entry() -> StoredAccessLog {
+        let at = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z").unwrap().to_utc();
+        StoredAccessLog {
+            id: uuid::Uuid::nil(),
+            received_at: at,
+            mesh_revision: Some(7),
+            record: trellis_store::AccessLogRecord {
+                mesh_id: uuid::Uuid::nil(),
+                logged_at: at,
+                reporter: "reviews".into(),
+                direction: "inbound".into(),
+                protocol: "http".into(),
+                outcome: "denied".into(),
+                source_service: Some("web".into()),
+                source_identity: Some("spiffe://acme.trellis/mesh/shop/service/web".into()),
+                source_address: Some("10.0.0.1:4000".into()),
+                destination_service: Some("reviews".into()),
+                destination_identity: None,
+                method: Some("GET".into()),
+                authority: Some("reviews".into()),
+                path: Some("/".into()),
+                status: Some(403),
+                response_flags: "RBAC".into(),
+                response_details: "rbac_access_denied".into(),
+                rbac_policy: Some("lockdown/rules/0".into()),
+                audit_policy: None,
+                route: None,
+                upstream_cluster: None,
+                duration_ms: Some(1.5),
+                bytes_received: None,
+                bytes_sent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_logged_denial_is_sent_as_the_published_schema_says() {
+        let entry = denied_entry();
+        let why = AccessLogWhy {
+            entry: AccessLogEntry::from(&entry),
+            decision: CallDecision::from(&attribution_of(&entry.record)),
+            mesh_revision_at_entry: entry.mesh_revision,
+            rule: Some(DecidingRule {
+                policy: "lockdown".into(),
+                rule: 0,
+                exists: true,
+                rule_now: Some(serde_json::json!({"action": "deny"})),
+                policy_revision: Some(9),
+                changed_since_entry: true,
+            }),
+        };
+        let body = serde_json::to_value(&why).unwrap();
+        crate::schema_check::assert_published("AccessLogWhy", &body);
+        assert_eq!(
+            body["decision"],
+            serde_json::json!({"kind": "deny-rule", "policy": "lockdown", "rule": 0,
+                "summary": "denied by rule 0 of AccessPolicy lockdown"})
+        );
+        assert_eq!(body["entry"]["source"]["address"], "10.0.0.1:4000");
+        assert_eq!(body["entry"]["destination"]["identity"], Value::Null);
+        assert_eq!(body["entry"]["receivedAt"], "2026-03-01T10:00:00Z");
+        let page = AccessLogPage {
+            mesh: "shop".into(),
+            items: vec![AccessLogEntry::from(&entry)],
+            next_cursor: None,
+        };
+        let page = serde_json::to_value(&page).unwrap();
+        crate::schema_check::assert_published("AccessLogPage", &page);
+        assert_eq!(page["nextCursor"], Value::Null, "the last page says so");
+    }
+
     #[test]
     fn drops_are_labelled_with_the_mesh_and_reason() {
         let text = dropped_text("shop", &[("rate_limited".into(), 12), ("series_budget".into(), 3)]);
