@@ -13,7 +13,7 @@ use trellis_control::{
     API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, Propagation, ResourceView,
 };
 use trellis_model::PropagationWait;
-use trellis_model::config::{DefaultAccess, EffectiveEntry, ImpactTotals, Kind};
+use trellis_model::config::{DefaultAccess, EdgeImpact, EffectiveEntry, ImpactTotals, Kind};
 use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped, Who};
@@ -439,17 +439,35 @@ pub(crate) async fn impact_preview(
     Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<ImpactQuery>,
     Scoped { scope, body }: Scoped<JsonBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AccessImpact>, ApiError> {
     let env = envelope(body.value, Kind::AccessPolicy.name(), None, Some(&mesh))?;
     let name = env.metadata.name.clone();
-    let preview = ctl.access_impact(scope, &mesh, name.as_deref(), env.document(), q.window).await?;
+    let mut preview = ctl.access_impact(scope, &mesh, name.as_deref(), env.document(), q.window).await?;
     let limit = usize::try_from(trellis_control::MAX_LIMIT).unwrap_or(usize::MAX);
-    Ok(Json(json!({
-        "mesh": preview.mesh.name,
-        "policy": preview.policy,
-        "windowSeconds": preview.seconds,
-        "calls": ImpactTotals::of(&preview.edges),
-        "edgesChanged": preview.edges.len(),
-        "edges": &preview.edges[..preview.edges.len().min(limit)],
-    })))
+    let calls = ImpactTotals::of(&preview.edges);
+    let edges_changed = preview.edges.len();
+    preview.edges.truncate(limit);
+    Ok(Json(AccessImpact {
+        mesh: preview.mesh.name.to_string(),
+        policy: preview.policy,
+        window_seconds: preview.seconds,
+        calls,
+        edges_changed,
+        edges: preview.edges,
+    }))
+}
+
+/// What saving an AccessPolicy would change among the mesh's recorded calls.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessImpact {
+    mesh: String,
+    policy: String,
+    window_seconds: i64,
+    /// The calls of every changed edge, by what the change does to them.
+    calls: ImpactTotals,
+    /// Edges whose verdict changes (`edges` lists the first 500).
+    edges_changed: usize,
+    /// Most calls first.
+    edges: Vec<EdgeImpact>,
 }

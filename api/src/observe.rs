@@ -6,12 +6,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use trellis_control::{
     AccessLogSearch, Control, EdgeWindow, TopologySearch, TopologyWindow, Why, attribution_of,
 };
 use trellis_model::ResourceName;
-use trellis_model::attribution::Attribution;
+use trellis_model::Tags;
+use trellis_model::attribution::{Attribution, AttributionKind};
 use trellis_model::telemetry::{EdgeTotal, GoldenMetrics, service_metrics};
 use trellis_model::topology::{API_MAX_NODES, NodeKind};
 use trellis_store::StoredAccessLog;
@@ -35,17 +36,39 @@ pub(crate) struct WindowQuery {
 const _: () = assert!(trellis_control::MAX_WINDOW_SECS == 7_776_000);
 const _: () = assert!(trellis_control::MAX_ACCESS_LOG_PAGE == 500);
 
-fn metrics_json(m: &GoldenMetrics) -> Value {
-    json!({
-        "requests": m.requests,
-        "rps": m.rps,
-        "successRate": m.success_rate,
-        "p50Ms": m.p50_ms,
-        "p95Ms": m.p95_ms,
-        "p99Ms": m.p99_ms,
-        "tcpConnections": m.tcp_connections,
-        "bytes": m.bytes,
-    })
+/// Golden metrics over the window; latency quantiles are within 9.05 % of the true value.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = GoldenMetrics)]
+pub(crate) struct Golden {
+    requests: u64,
+    rps: f64,
+    /// Non-5xx share; null without requests.
+    #[schema(required)]
+    success_rate: Option<f64>,
+    #[schema(required)]
+    p50_ms: Option<f64>,
+    #[schema(required)]
+    p95_ms: Option<f64>,
+    #[schema(required)]
+    p99_ms: Option<f64>,
+    tcp_connections: u64,
+    bytes: u64,
+}
+
+impl From<&GoldenMetrics> for Golden {
+    fn from(m: &GoldenMetrics) -> Self {
+        Golden {
+            requests: m.requests,
+            rps: m.rps,
+            success_rate: m.success_rate,
+            p50_ms: m.p50_ms,
+            p95_ms: m.p95_ms,
+            p99_ms: m.p99_ms,
+            tcp_connections: m.tcp_connections,
+            bytes: m.bytes,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -81,56 +104,124 @@ pub(crate) async fn topology(
     Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<TopologyQuery>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Topology>, ApiError> {
     let search = TopologySearch { service: q.service, group: q.group, grouping: q.grouping };
     let TopologyWindow { seconds, resolution, view, .. } =
         ctl.topology(scope, &mesh, q.window, &search, API_MAX_NODES).await?;
-    let nodes: Vec<Value> = view
+    let nodes = view
         .nodes
         .iter()
         .map(|n| {
             let (kind, service, group) = match &n.kind {
-                NodeKind::Service => ("service", Some(n.name.as_str()), None),
-                NodeKind::Group(g) => ("group", None, Some(g.as_str())),
-                NodeKind::Other => ("other", None, None),
+                NodeKind::Service => (TopologyNodeKind::Service, Some(n.name.clone()), None),
+                NodeKind::Group(g) => (TopologyNodeKind::Group, None, Some(g.clone())),
+                NodeKind::Other => (TopologyNodeKind::Other, None, None),
             };
-            json!({
-                "name": n.name,
-                "kind": kind,
-                "service": service,
-                "group": group,
-                "members": n.members,
-                "metrics": metrics_json(&n.metrics),
-            })
+            TopologyNode {
+                name: n.name.clone(),
+                kind,
+                service,
+                group,
+                members: n.members,
+                metrics: Golden::from(&n.metrics),
+            }
         })
         .collect();
-    let edges: Vec<Value> = view
+    let edges = view
         .edges
         .iter()
-        .map(|e| {
-            let subsets: Vec<Value> = e
+        .map(|e| TopologyEdge {
+            source: view.nodes[e.source].name.clone(),
+            destination: view.nodes[e.destination].name.clone(),
+            metrics: Golden::from(&e.metrics),
+            subsets: e
                 .subsets
                 .iter()
-                .map(|s| json!({ "tags": s.subset, "requests": s.requests, "share": s.share }))
-                .collect();
-            json!({
-                "source": view.nodes[e.source].name,
-                "destination": view.nodes[e.destination].name,
-                "metrics": metrics_json(&e.metrics),
-                "subsets": subsets,
-                "merged": e.merged,
-            })
+                .map(|s| EdgeSubset { tags: s.subset.clone(), requests: s.requests, share: s.share })
+                .collect(),
+            merged: e.merged,
         })
         .collect();
-    Ok(Json(json!({
-        "mesh": mesh,
-        "windowSeconds": seconds,
-        "resolutionSeconds": resolution.seconds(),
-        "services": view.services,
-        "grouped": view.grouped,
-        "nodes": nodes,
-        "edges": edges,
-    })))
+    Ok(Json(Topology {
+        mesh,
+        window_seconds: seconds,
+        resolution_seconds: resolution.seconds(),
+        services: view.services,
+        grouped: view.grouped,
+        nodes,
+        edges,
+    }))
+}
+
+/// Over 150 services, services are grouped by name prefix (`billing-api` is in `billing-*`)
+/// and past 150 groups the least busy share the node `(other)`; an edge between two nodes
+/// merges exactly the service edges it stands for (calls inside a group are its loop), so
+/// the edges' requests add up to every call the filter kept.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Topology {
+    mesh: String,
+    window_seconds: i64,
+    /// The finest bucket width the window was read in.
+    resolution_seconds: i64,
+    /// Services at either end of an edge the filter kept.
+    services: usize,
+    /// Were services grouped to stay within 150 nodes?
+    grouped: bool,
+    nodes: Vec<TopologyNode>,
+    edges: Vec<TopologyEdge>,
+}
+
+/// A node of the topology: a service, a group of services, or the rest.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TopologyNode {
+    /// The service, `<group>-*` for a group, or `(other)`; what edges name.
+    name: String,
+    kind: TopologyNodeKind,
+    /// The service, for a service's node.
+    #[schema(required)]
+    service: Option<String>,
+    /// The name prefix, for a group's node (`?group=` opens it).
+    #[schema(required)]
+    group: Option<String>,
+    /// Services the node stands for.
+    members: usize,
+    metrics: Golden,
+}
+
+/// What a topology node stands for.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TopologyNodeKind {
+    Service,
+    Group,
+    Other,
+}
+
+/// Who called whom between two nodes of the topology.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TopologyEdge {
+    source: String,
+    destination: String,
+    metrics: Golden,
+    /// How the edge's requests split between subsets of the destination (a route's weighted
+    /// backends, e.g. versions), in tag order.
+    subsets: Vec<EdgeSubset>,
+    /// Service edges merged into this one (1 between two services).
+    merged: usize,
+}
+
+/// The requests of an edge that went to one subset of the destination.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct EdgeSubset {
+    tags: Tags,
+    requests: u64,
+    /// Of every request on the edge; null without requests.
+    #[schema(required)]
+    share: Option<f64>,
 }
 
 /// `GET …/meshes/{mesh}/services/{service}/metrics`: the service's golden metrics (the calls
@@ -144,29 +235,51 @@ pub(crate) async fn service(
     Path((_, mesh, service)): Path<(String, String, String)>,
     ApiQuery(q): ApiQuery<WindowQuery>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServiceMetrics>, ApiError> {
     let EdgeWindow { seconds: secs, resolution, totals, .. } =
         ctl.edge_totals(scope, &mesh, q.window).await?;
     let service =
         ResourceName::parse(&service).map_err(|e| ApiError::bad_request(format!("service name: {e}")))?;
     let window = secs as f64;
-    let edge = |e: &EdgeTotal| {
-        json!({
-            "source": e.source,
-            "destination": e.destination,
-            "metrics": metrics_json(&GoldenMetrics::of(&e.counts, window)),
-        })
+    let edge = |e: &EdgeTotal| ServiceEdge {
+        source: e.source.clone(),
+        destination: e.destination.clone(),
+        metrics: Golden::from(&GoldenMetrics::of(&e.counts, window)),
     };
     let name = service.as_str();
-    Ok(Json(json!({
-        "mesh": mesh,
-        "service": name,
-        "windowSeconds": secs,
-        "resolutionSeconds": resolution.seconds(),
-        "inbound": metrics_json(&service_metrics(&totals, name, window)),
-        "callers": totals.iter().filter(|e| e.destination == name).map(edge).collect::<Vec<_>>(),
-        "callees": totals.iter().filter(|e| e.source == name).map(edge).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ServiceMetrics {
+        mesh,
+        service: name.to_owned(),
+        window_seconds: secs,
+        resolution_seconds: resolution.seconds(),
+        inbound: Golden::from(&service_metrics(&totals, name, window)),
+        callers: totals.iter().filter(|e| e.destination == name).map(edge).collect(),
+        callees: totals.iter().filter(|e| e.source == name).map(edge).collect(),
+    }))
+}
+
+/// A service's golden metrics and the edges into and out of it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceMetrics {
+    mesh: String,
+    service: String,
+    window_seconds: i64,
+    /// The finest bucket width the window was read in.
+    resolution_seconds: i64,
+    /// The calls the service received.
+    inbound: Golden,
+    callers: Vec<ServiceEdge>,
+    callees: Vec<ServiceEdge>,
+}
+
+/// The calls of one caller to one service.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ServiceEdge {
+    source: String,
+    destination: String,
+    metrics: Golden,
 }
 
 /// `…/access-log` query parameters: text, parsed by the core (so its errors name them).
@@ -197,35 +310,147 @@ pub(crate) struct AccessLogParams {
     limit: Option<String>,
 }
 
-fn decision_json(a: &Attribution) -> Value {
-    let (policy, rule) = a.rule().unzip();
-    json!({ "kind": a.kind(), "policy": policy, "rule": rule, "summary": a.to_string() })
+/// What decided the call.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallDecision {
+    kind: AttributionKind,
+    /// The AccessPolicy whose rule decided (deny-rule, audit-rule).
+    #[schema(required)]
+    policy: Option<String>,
+    /// The rule's index in spec.rules.
+    #[schema(required)]
+    rule: Option<usize>,
+    summary: String,
 }
 
-fn entry_json(e: &StoredAccessLog) -> Value {
-    let r = &e.record;
-    json!({
-        "id": e.id,
-        "receivedAt": e.received_at,
-        "loggedAt": r.logged_at,
-        "reporter": r.reporter,
-        "direction": r.direction,
-        "protocol": r.protocol,
-        "outcome": r.outcome,
-        "source": { "service": r.source_service, "identity": r.source_identity, "address": r.source_address },
-        "destination": { "service": r.destination_service, "identity": r.destination_identity },
-        "method": r.method,
-        "authority": r.authority,
-        "path": r.path,
-        "status": r.status,
-        "responseFlags": r.response_flags,
-        "responseDetails": r.response_details,
-        "rbacPolicy": r.rbac_policy,
-        "auditPolicy": r.audit_policy,
-        "durationMs": r.duration_ms,
-        "meshRevision": e.mesh_revision,
-        "decision": decision_json(&attribution_of(r)),
-    })
+impl From<&Attribution> for CallDecision {
+    fn from(a: &Attribution) -> Self {
+        let (policy, rule) = a.rule().unzip();
+        CallDecision { kind: a.kind(), policy: policy.map(str::to_owned), rule, summary: a.to_string() }
+    }
+}
+
+/// One call a proxy logged.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessLogEntry {
+    id: uuid::Uuid,
+    received_at: DateTime<Utc>,
+    logged_at: DateTime<Utc>,
+    /// The service of the proxy that logged it (from its certificate).
+    reporter: String,
+    #[schema(value_type = AccessLogDirection)]
+    direction: String,
+    #[schema(value_type = AccessLogProtocol)]
+    protocol: String,
+    #[schema(value_type = AccessLogOutcome)]
+    outcome: String,
+    source: CallSource,
+    destination: CallDestination,
+    method: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    status: Option<i32>,
+    /// Envoy's response flags (empty: none).
+    response_flags: String,
+    response_details: String,
+    rbac_policy: Option<String>,
+    audit_policy: Option<String>,
+    duration_ms: Option<f64>,
+    /// The mesh's revision when the entry was stored.
+    mesh_revision: Option<i64>,
+    decision: CallDecision,
+}
+
+// The values the proxies log (agent and Envoy alike), stored as text: the schema names them.
+/// `inbound`: the reporter was called; `outbound`: it called.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum AccessLogDirection {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum AccessLogProtocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum AccessLogOutcome {
+    Denied,
+    Error,
+    Audited,
+    Sampled,
+}
+
+/// The caller of a logged call.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallSource {
+    service: Option<String>,
+    identity: Option<String>,
+    address: Option<String>,
+}
+
+/// The callee of a logged call.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CallDestination {
+    service: Option<String>,
+    identity: Option<String>,
+}
+
+impl From<&StoredAccessLog> for AccessLogEntry {
+    fn from(e: &StoredAccessLog) -> Self {
+        let r = &e.record;
+        AccessLogEntry {
+            id: e.id,
+            received_at: e.received_at,
+            logged_at: r.logged_at,
+            reporter: r.reporter.clone(),
+            direction: r.direction.clone(),
+            protocol: r.protocol.clone(),
+            outcome: r.outcome.clone(),
+            source: CallSource {
+                service: r.source_service.clone(),
+                identity: r.source_identity.clone(),
+                address: r.source_address.clone(),
+            },
+            destination: CallDestination {
+                service: r.destination_service.clone(),
+                identity: r.destination_identity.clone(),
+            },
+            method: r.method.clone(),
+            authority: r.authority.clone(),
+            path: r.path.clone(),
+            status: r.status,
+            response_flags: r.response_flags.clone(),
+            response_details: r.response_details.clone(),
+            rbac_policy: r.rbac_policy.clone(),
+            audit_policy: r.audit_policy.clone(),
+            duration_ms: r.duration_ms,
+            mesh_revision: e.mesh_revision,
+            decision: CallDecision::from(&attribution_of(r)),
+        }
+    }
+}
+
+/// A page of a mesh's access log, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessLogPage {
+    mesh: String,
+    items: Vec<AccessLogEntry>,
+    /// Pass as cursor for the next page; null on the last.
+    next_cursor: Option<String>,
 }
 
 /// `GET …/meshes/{mesh}/access-log`: the denied, failed and sampled calls proxies logged,
@@ -239,7 +464,7 @@ pub(crate) async fn access_log(
     Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<AccessLogParams>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AccessLogPage>, ApiError> {
     let search = AccessLogSearch {
         service: q.service,
         status: q.status,
@@ -250,11 +475,11 @@ pub(crate) async fn access_log(
         limit: q.limit,
     };
     let page = ctl.access_log(scope, &mesh, &search).await?;
-    Ok(Json(json!({
-        "mesh": page.mesh.name,
-        "items": page.entries.iter().map(entry_json).collect::<Vec<_>>(),
-        "nextCursor": page.next_cursor,
-    })))
+    Ok(Json(AccessLogPage {
+        mesh: page.mesh.name.to_string(),
+        items: page.entries.iter().map(AccessLogEntry::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// `GET …/meshes/{mesh}/access-log/{id}/why`: what decided the call an entry records — the
@@ -267,24 +492,50 @@ pub(crate) async fn why(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AccessLogWhy>, ApiError> {
     let Why { entry, attribution, rule } = ctl.why(scope, &mesh, &id).await?;
-    let rule = rule.map(|r| {
-        json!({
-            "policy": r.policy,
-            "rule": r.rule,
-            "exists": r.resource.is_some(),
-            "ruleNow": r.rule_spec,
-            "policyRevision": r.resource.as_ref().and_then(|p| p.mesh_revision),
-            "changedSinceEntry": r.changed_since,
-        })
+    let rule = rule.map(|r| DecidingRule {
+        exists: r.resource.is_some(),
+        policy_revision: r.resource.as_ref().and_then(|p| p.mesh_revision),
+        policy: r.policy,
+        rule: r.rule,
+        rule_now: r.rule_spec,
+        changed_since_entry: r.changed_since,
     });
-    Ok(Json(json!({
-        "entry": entry_json(&entry),
-        "decision": decision_json(&attribution),
-        "meshRevisionAtEntry": entry.mesh_revision,
-        "rule": rule,
-    })))
+    Ok(Json(AccessLogWhy {
+        entry: AccessLogEntry::from(&entry),
+        decision: CallDecision::from(&attribution),
+        mesh_revision_at_entry: entry.mesh_revision,
+        rule,
+    }))
+}
+
+/// What decided a logged call, and the deciding rule as it is now.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessLogWhy {
+    entry: AccessLogEntry,
+    decision: CallDecision,
+    mesh_revision_at_entry: Option<i64>,
+    /// The deciding rule as it is now.
+    rule: Option<DecidingRule>,
+}
+
+/// The AccessPolicy rule that decided a logged call, as it is now.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DecidingRule {
+    policy: String,
+    /// The rule's index in spec.rules.
+    rule: usize,
+    /// The policy still exists.
+    exists: bool,
+    /// The rule in the policy's spec now, if it still has one at that index.
+    #[schema(value_type = Option<Object>)]
+    rule_now: Option<Value>,
+    policy_revision: Option<i64>,
+    /// The policy was written or deleted after the entry was stored.
+    changed_since_entry: bool,
 }
 
 /// `GET …/meshes/{mesh}/services/{service}/health`: the service's proxies online and
@@ -584,6 +835,78 @@ mod tests {
     use trellis_model::telemetry::{EdgeCounts, LatencyHistogram};
 
     use super::*;
+
+    /// A call a deny rule refused, every field the proxy can log set.
+    fn denied_entry() -> StoredAccessLog {
+        let at = DateTime::parse_from_rfc3339("2026-03-01T10:00:00Z").unwrap().to_utc();
+        StoredAccessLog {
+            id: uuid::Uuid::nil(),
+            received_at: at,
+            mesh_revision: Some(7),
+            record: trellis_store::AccessLogRecord {
+                mesh_id: uuid::Uuid::nil(),
+                logged_at: at,
+                reporter: "reviews".into(),
+                direction: "inbound".into(),
+                protocol: "http".into(),
+                outcome: "denied".into(),
+                source_service: Some("web".into()),
+                source_identity: Some("spiffe://acme.trellis/mesh/shop/service/web".into()),
+                source_address: Some("10.0.0.1:4000".into()),
+                destination_service: Some("reviews".into()),
+                destination_identity: None,
+                method: Some("GET".into()),
+                authority: Some("reviews".into()),
+                path: Some("/".into()),
+                status: Some(403),
+                response_flags: "RBAC".into(),
+                response_details: "rbac_access_denied".into(),
+                rbac_policy: Some("lockdown/rules/0".into()),
+                audit_policy: None,
+                route: None,
+                upstream_cluster: None,
+                duration_ms: Some(1.5),
+                bytes_received: None,
+                bytes_sent: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_logged_denial_is_sent_as_the_published_schema_says() {
+        let entry = denied_entry();
+        let why = AccessLogWhy {
+            entry: AccessLogEntry::from(&entry),
+            decision: CallDecision::from(&attribution_of(&entry.record)),
+            mesh_revision_at_entry: entry.mesh_revision,
+            rule: Some(DecidingRule {
+                policy: "lockdown".into(),
+                rule: 0,
+                exists: true,
+                rule_now: Some(serde_json::json!({"action": "deny"})),
+                policy_revision: Some(9),
+                changed_since_entry: true,
+            }),
+        };
+        let body = serde_json::to_value(&why).unwrap();
+        crate::schema_check::assert_published("AccessLogWhy", &body);
+        assert_eq!(
+            body["decision"],
+            serde_json::json!({"kind": "deny-rule", "policy": "lockdown", "rule": 0,
+                "summary": "denied by rule 0 of AccessPolicy lockdown"})
+        );
+        assert_eq!(body["entry"]["source"]["address"], "10.0.0.1:4000");
+        assert_eq!(body["entry"]["destination"]["identity"], Value::Null);
+        assert_eq!(body["entry"]["receivedAt"], "2026-03-01T10:00:00Z");
+        let page = AccessLogPage {
+            mesh: "shop".into(),
+            items: vec![AccessLogEntry::from(&entry)],
+            next_cursor: None,
+        };
+        let page = serde_json::to_value(&page).unwrap();
+        crate::schema_check::assert_published("AccessLogPage", &page);
+        assert_eq!(page["nextCursor"], Value::Null, "the last page says so");
+    }
 
     #[test]
     fn drops_are_labelled_with_the_mesh_and_reason() {

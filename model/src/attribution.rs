@@ -6,6 +6,19 @@ use std::fmt;
 
 use crate::contract::rbac;
 
+/// What kind of decision let a logged call through or refused it (a stable name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum AttributionKind {
+    DenyRule,
+    DefaultDeny,
+    NoMtlsIdentity,
+    Policy,
+    AuditRule,
+    Allowed,
+}
+
 /// What decided one logged call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attribution {
@@ -48,15 +61,15 @@ impl Attribution {
         }
     }
 
-    /// A stable kebab-case name of the kind of decision (for APIs and filters).
-    pub fn kind(&self) -> &'static str {
+    /// The kind of decision (for APIs and filters).
+    pub fn kind(&self) -> AttributionKind {
         match self {
-            Attribution::DeniedByRule { .. } => "deny-rule",
-            Attribution::DefaultDeny => "default-deny",
-            Attribution::NoMtlsIdentity => "no-mtls-identity",
-            Attribution::DeniedByPolicy(_) => "policy",
-            Attribution::Audited { .. } => "audit-rule",
-            Attribution::Allowed => "allowed",
+            Attribution::DeniedByRule { .. } => AttributionKind::DenyRule,
+            Attribution::DefaultDeny => AttributionKind::DefaultDeny,
+            Attribution::NoMtlsIdentity => AttributionKind::NoMtlsIdentity,
+            Attribution::DeniedByPolicy(_) => AttributionKind::Policy,
+            Attribution::Audited { .. } => AttributionKind::AuditRule,
+            Attribution::Allowed => AttributionKind::Allowed,
         }
     }
 

@@ -15,8 +15,10 @@ use super::access::{AccessAction, AccessPolicySpec, AccessRule};
 use super::mesh::DefaultAccess;
 use crate::contract::rbac;
 
-/// What the rules do to every call of an edge.
+/// What the rules do to every call of an edge; `dependsOnRequest`: rules with request
+/// conditions (methods, paths, headers) decide call by call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Verdict {
     Allowed,
@@ -28,9 +30,12 @@ pub enum Verdict {
 /// A verdict and the rule behind it: `<policy>/rules/<index>` (the name the data plane's
 /// RBAC policies carry, `contract::rbac`), or `default-deny` when no allow rule matched.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Decision {
     pub verdict: Verdict,
+    /// The deciding rule, `<policy>/rules/<index>`, or `default-deny`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub rule: Option<String>,
 }
 
@@ -128,6 +133,7 @@ pub struct EdgeCalls {
 
 /// An edge whose verdict a proposed policy changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct EdgeImpact {
     pub source: String,
@@ -188,6 +194,7 @@ pub fn impact(
 
 /// The calls of the changed edges, by what the change does to them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ImpactTotals {
     pub newly_denied: u64,
