@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use trellis_ca::SpiffeBundle;
 use trellis_control::{Control, NewJoinToken};
 use trellis_model::SpiffeId;
 use trellis_pki::{CaInfo, CaStatus};
@@ -184,7 +185,8 @@ pub(crate) async fn bundle(
     let (ct, body) = if pem {
         (PEM_TYPE, b.to_pem())
     } else {
-        ("application/json", b.to_spiffe_json().map_err(|e| ApiError::internal(&e))?)
+        let doc: SpiffeBundle = b.to_spiffe().map_err(|e| ApiError::internal(&e))?;
+        ("application/json", doc.to_json().map_err(|e| ApiError::internal(&e))?)
     };
     let mut res = Body::from(body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
@@ -622,5 +624,21 @@ mod tests {
         assert_published("CaStatus", &status);
         let csr = PendingCa { id: Uuid::new_v4(), state: "pending", csr: Some("CSR".into()) };
         assert_published("PendingCa", &serde_json::to_value(csr).unwrap());
+    }
+
+    #[test]
+    fn the_spiffe_bundle_matches_its_published_schema() {
+        let td = TrustDomain::parse("shop.acme.trellis").unwrap();
+        let ca = trellis_ca::MeshCa::generate_root(
+            &td,
+            std::time::Duration::from_secs(86_400),
+            std::time::SystemTime::now(),
+        )
+        .unwrap();
+        let bundle = trellis_ca::TrustBundle::new(&td, [ca.root()], 4).unwrap();
+        let doc = serde_json::to_value(bundle.to_spiffe().unwrap()).unwrap();
+        assert_eq!(doc["spiffe_sequence"], 4);
+        assert_eq!(doc["keys"][0]["use"], "x509-svid");
+        assert_published("SpiffeBundle", &doc);
     }
 }

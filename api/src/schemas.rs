@@ -1,11 +1,10 @@
 //! The component schemas of the OpenAPI document that operations name by reference: the
 //! envelope of every configuration kind (from the kind table, around the model's derived
-//! spec schemas), the typed response bodies operations name by `body = ref(…)` (derived
-//! from the handlers' body types), and the few response bodies not yet typed. Request
+//! spec schemas), and the response bodies operations name by `body = ref(…)`, derived from
+//! the types that build them. Request
 //! bodies are checked against these same schemas (`schema_check`).
 
 use std::collections::BTreeMap;
-use trellis_model::telemetry::DropReason;
 
 use serde_json::{Value, json};
 use trellis_model::config::{
@@ -126,88 +125,21 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
 }
 
 /// The bodies of responses, named so that operations reference them
-/// (`body = ref("#/components/schemas/<name>")`): derived from the handlers' types, or
-/// written here for those that handlers still write with `json!`.
+/// (`body = ref("#/components/schemas/<name>")`), derived from the types that build them.
 fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
-    schemas
-        .insert("SpiffeBundle".into(), json!({ "type": "object", "description": "SPIFFE bundle (JWK Set)" }));
+    add::<trellis_ca::SpiffeBundle>(schemas);
     observe_schemas(schemas);
     telemetry_status_schemas(schemas);
     traffic_event_schemas(schemas);
 }
 
 fn traffic_event_schemas(schemas: &mut BTreeMap<String, Value>) {
-    let number = json!({"type": "number"});
-    let integer = json!({"type": "integer"});
-    let event = json!({
-        "type": "object",
-        "required": ["id", "kind", "minute", "source", "destination", "evidence", "detectedAt"],
-        "properties": {
-            "id": {"type": "string", "format": "uuid"},
-            "kind": {"type": "string", "enum": ["new-caller", "denied-burst", "rate-jump", "error-rate-jump"]},
-            "minute": {"type": "string", "format": "date-time", "description": "The start of the minute it happened in"},
-            "source": {"type": ["string", "null"], "description": "The caller; null for a denied burst (its callers are in the evidence)"},
-            "destination": {"type": "string"},
-            "evidence": {"type": "object", "required": ["kind"],
-                "description": "The figures that triggered it. new-caller: calls, lookBackDays, knownCallers, knownCallersTotal; denied-burst: denials, recentMedian, threshold, recentMinutes, callers [{source, denials}]; rate-jump: direction (up, down), callsPerMinute, recentMedian, recentMin, recentMax, threshold, historyMinutes; error-rate-jump: errorRate, requests, failures, recentMedian, recentMax, threshold, historyMinutes",
-                "properties": {
-                    "kind": {"type": "string"}, "calls": integer, "lookBackDays": number,
-                    "knownCallers": {"type": "array", "items": {"type": "string"}}, "knownCallersTotal": integer,
-                    "denials": integer, "recentMedian": number, "threshold": number, "recentMinutes": integer,
-                    "callers": {"type": "array", "items": {"type": "object", "properties": {
-                        "source": {"type": ["string", "null"]}, "denials": integer}}},
-                    "direction": {"type": "string", "enum": ["up", "down"]}, "callsPerMinute": integer,
-                    "recentMin": integer, "recentMax": number, "historyMinutes": integer,
-                    "errorRate": number, "requests": integer, "failures": integer,
-                }},
-            "detectedAt": {"type": "string", "format": "date-time"},
-        },
-    });
-    schemas.insert(
-        "TrafficEventPage".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "items"],
-            "properties": {
-                "mesh": {"type": "string"}, "items": {"type": "array", "items": event},
-                "nextCursor": {"type": ["string", "null"], "description": "Pass as cursor for the next page; null on the last"},
-            },
-        }),
-    );
-    schemas.insert(
-        "DraftAccessPolicy".into(),
-        json!({
-            "type": "object",
-            "required": ["apiVersion", "kind", "metadata", "spec"],
-            "properties": {
-                "apiVersion": {"type": "string"}, "kind": {"type": "string", "enum": ["AccessPolicy"]},
-                "metadata": {"type": "object", "required": ["name", "mesh"],
-                    "properties": {"name": {"type": "string"}, "mesh": {"type": "string"}}},
-                "spec": r("AccessPolicySpec"),
-            },
-        }),
-    );
+    add::<crate::traffic_events::TrafficEventPageBody>(schemas);
+    add::<crate::traffic_events::DraftAccessPolicyBody>(schemas);
 }
 
 fn telemetry_status_schemas(schemas: &mut BTreeMap<String, Value>) {
-    schemas.insert(
-        "TelemetryStatus".into(),
-        json!({
-            "type": "object",
-            "required": ["mesh", "windowSeconds", "since", "droppedTotal", "dropped"],
-            "properties": {
-                "mesh": {"type": "string"},
-                "windowSeconds": {"type": "integer"},
-                "since": {"type": "string", "format": "date-time", "description": "The start of the first minute counted"},
-                "droppedTotal": {"type": "integer", "minimum": 0},
-                "dropped": {"type": "array", "description": "Items not stored, by reason; reasons with none are left out",
-                    "items": {"type": "object", "required": ["reason", "items"], "properties": {
-                        "reason": {"type": "string", "enum": DropReason::ALL.map(DropReason::as_str)},
-                        "items": {"type": "integer", "minimum": 0},
-                    }}},
-            },
-        }),
-    );
+    add::<crate::telemetry_status::TelemetryStatusBody>(schemas);
 }
 
 fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {

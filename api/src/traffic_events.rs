@@ -4,10 +4,14 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use trellis_control::{API_VERSION, Control, DraftPolicy, EventSearch};
+use trellis_model::config::AccessPolicySpec;
+use trellis_model::traffic_events::{EventKind, Evidence};
 use trellis_store::StoredTrafficEvent;
+use uuid::Uuid;
 
 use crate::ApiError;
 use crate::auth::OrgScope;
@@ -40,16 +44,77 @@ pub(crate) struct EventParams {
     limit: Option<String>,
 }
 
-fn event_json(e: &StoredTrafficEvent) -> Value {
-    json!({
-        "id": e.id,
-        "kind": e.kind,
-        "minute": e.minute,
-        "source": e.source,
-        "destination": e.destination,
-        "evidence": e.evidence,
-        "detectedAt": e.detected_at,
-    })
+/// A page of a mesh's traffic events, newest first.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = TrafficEventPage)]
+pub(crate) struct TrafficEventPageBody {
+    mesh: String,
+    items: Vec<TrafficEventBody>,
+    /// Pass as cursor for the next page; null on the last
+    next_cursor: Option<String>,
+}
+
+/// An unexpected traffic pattern in one minute of a mesh.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = TrafficEvent)]
+pub(crate) struct TrafficEventBody {
+    id: Uuid,
+    #[schema(schema_with = event_kind)]
+    kind: String,
+    /// The start of the minute it happened in
+    minute: DateTime<Utc>,
+    /// The caller; null for a denied burst (its callers are in the evidence)
+    #[schema(required)]
+    source: Option<String>,
+    destination: String,
+    /// The figures that triggered it
+    // Stored as the detector serialized its `Evidence`, so that is the published shape.
+    #[schema(value_type = Evidence)]
+    evidence: Value,
+    detected_at: DateTime<Utc>,
+}
+
+fn event_kind() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(EventKind::ALL.map(EventKind::as_str)))
+}
+
+fn render_event(e: &StoredTrafficEvent) -> TrafficEventBody {
+    TrafficEventBody {
+        id: e.id,
+        kind: e.kind.clone(),
+        minute: e.minute,
+        source: e.source.clone(),
+        destination: e.destination.clone(),
+        evidence: e.evidence.clone(),
+        detected_at: e.detected_at,
+    }
+}
+
+/// An AccessPolicy document, not saved: what `PUT …/access-policies/{name}` takes.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = DraftAccessPolicy)]
+pub(crate) struct DraftAccessPolicyBody {
+    #[schema(value_type = String)]
+    api_version: &'static str,
+    #[schema(schema_with = access_policy_kind)]
+    kind: &'static str,
+    metadata: DraftMetadata,
+    spec: AccessPolicySpec,
+}
+
+fn access_policy_kind() -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["AccessPolicy"]))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DraftMetadata {
+    name: String,
+    mesh: String,
 }
 
 /// `GET …/meshes/{mesh}/events`: unexpected traffic patterns, newest first.
@@ -62,15 +127,15 @@ pub(crate) async fn list(
     Path((_, mesh)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<EventParams>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TrafficEventPageBody>, ApiError> {
     let search =
         EventSearch { since: q.since, kind: q.kind, service: q.service, cursor: q.cursor, limit: q.limit };
     let page = ctl.traffic_events(scope, &mesh, &search).await?;
-    Ok(Json(json!({
-        "mesh": page.mesh.name,
-        "items": page.events.iter().map(event_json).collect::<Vec<_>>(),
-        "nextCursor": page.next_cursor,
-    })))
+    Ok(Json(TrafficEventPageBody {
+        mesh: page.mesh.name.as_str().to_owned(),
+        items: page.events.iter().map(render_event).collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// `GET …/meshes/{mesh}/events/{id}/draft-policy`: the AccessPolicy that would settle a new
@@ -83,12 +148,137 @@ pub(crate) async fn draft(
     State(ctl): State<Control>,
     Path((_, mesh, id)): Path<(String, String, String)>,
     OrgScope(scope): OrgScope,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DraftAccessPolicyBody>, ApiError> {
     let DraftPolicy { mesh, name, spec, .. } = ctl.draft_policy(scope, &mesh, &id).await?;
-    Ok(Json(json!({
-        "apiVersion": API_VERSION,
-        "kind": "AccessPolicy",
-        "metadata": { "name": name, "mesh": mesh.name },
-        "spec": spec,
-    })))
+    Ok(Json(DraftAccessPolicyBody {
+        api_version: API_VERSION,
+        kind: "AccessPolicy",
+        metadata: DraftMetadata { name, mesh: mesh.name.as_str().to_owned() },
+        spec,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+    use trellis_model::traffic_events::{DeniedCaller, Direction};
+
+    use super::*;
+    use crate::schema_check::assert_published;
+
+    fn stored(evidence: &Evidence, source: Option<&str>) -> StoredTrafficEvent {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 0).unwrap();
+        StoredTrafficEvent {
+            id: Uuid::new_v4(),
+            mesh_id: Uuid::new_v4(),
+            kind: evidence_kind(evidence).as_str().to_owned(),
+            minute: at,
+            source: source.map(str::to_owned),
+            destination: "reviews".into(),
+            // What the store writes.
+            evidence: serde_json::to_value(evidence).unwrap(),
+            detected_at: at,
+        }
+    }
+
+    fn evidence_kind(e: &Evidence) -> EventKind {
+        match e {
+            Evidence::NewCaller { .. } => EventKind::NewCaller,
+            Evidence::DeniedBurst { .. } => EventKind::DeniedBurst,
+            Evidence::RateJump { .. } => EventKind::RateJump,
+            Evidence::ErrorRateJump { .. } => EventKind::ErrorRateJump,
+        }
+    }
+
+    #[test]
+    fn every_kind_of_event_matches_its_published_schema() {
+        let evidence = [
+            Evidence::NewCaller {
+                calls: 5,
+                look_back_days: 7.0,
+                known_callers: vec!["productpage".into()],
+                known_callers_total: 1,
+            },
+            Evidence::DeniedBurst {
+                denials: 52,
+                recent_median: 2.0,
+                threshold: 12.0,
+                recent_minutes: 60,
+                callers: vec![
+                    DeniedCaller { source: Some("ratings".into()), denials: 50 },
+                    DeniedCaller { source: None, denials: 2 },
+                ],
+            },
+            Evidence::RateJump {
+                direction: Direction::Down,
+                calls_per_minute: 3,
+                recent_median: 100.0,
+                recent_min: 90,
+                recent_max: 120,
+                threshold: 25.0,
+                history_minutes: 60,
+            },
+            Evidence::ErrorRateJump {
+                error_rate: 0.5,
+                requests: 100,
+                failures: 50,
+                recent_median: 0.01,
+                recent_max: 0.02,
+                threshold: 0.1,
+                history_minutes: 60,
+            },
+        ];
+        let events: Vec<_> = evidence.iter().map(|e| stored(e, Some("ratings"))).collect();
+        let page = TrafficEventPageBody {
+            mesh: "shop".into(),
+            items: events.iter().map(render_event).collect(),
+            next_cursor: None,
+        };
+        let page = serde_json::to_value(page).unwrap();
+        assert_eq!(page["nextCursor"], Value::Null);
+        assert_eq!(page["items"][1]["evidence"]["callers"][1], json!({"source": null, "denials": 2}));
+        assert_eq!(page["items"][2]["evidence"]["direction"], "down");
+        assert_published("TrafficEventPage", &page);
+    }
+
+    #[test]
+    #[should_panic(expected = "TrafficEvent")]
+    fn evidence_of_an_unknown_shape_is_not_published() {
+        let mut event = stored(
+            &Evidence::NewCaller {
+                calls: 1,
+                look_back_days: 7.0,
+                known_callers: vec![],
+                known_callers_total: 0,
+            },
+            Some("ratings"),
+        );
+        event.evidence = json!({"kind": "new-caller", "calls": "five"});
+        let page = TrafficEventPageBody {
+            mesh: "shop".into(),
+            items: vec![render_event(&event)],
+            next_cursor: None,
+        };
+        assert_published("TrafficEventPage", &serde_json::to_value(page).unwrap());
+    }
+
+    #[test]
+    fn a_draft_is_an_access_policy_document() {
+        let spec: AccessPolicySpec = serde_json::from_value(json!({
+            "targetRef": {"service": "reviews"},
+            "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}],
+        }))
+        .unwrap();
+        let draft = DraftAccessPolicyBody {
+            api_version: API_VERSION,
+            kind: "AccessPolicy",
+            metadata: DraftMetadata { name: "reviews-callers".into(), mesh: "shop".into() },
+            spec,
+        };
+        let draft = serde_json::to_value(draft).unwrap();
+        assert_eq!(draft["metadata"], json!({"name": "reviews-callers", "mesh": "shop"}));
+        assert_published("DraftAccessPolicy", &draft);
+        crate::schema_check::check("AccessPolicy", &draft).expect("a draft is accepted as an AccessPolicy");
+    }
 }

@@ -197,14 +197,18 @@ impl TrustBundle {
     }
 
     /// The SPIFFE bundle: a JWK Set whose keys have `use: "x509-svid"` and the root in `x5c`.
-    pub fn to_spiffe_json(&self) -> Result<String, BundleError> {
+    pub fn to_spiffe(&self) -> Result<SpiffeBundle, BundleError> {
         let keys = self.roots.iter().map(jwk_for).collect::<Result<Vec<_>, _>>()?;
-        let doc = SpiffeBundle {
+        Ok(SpiffeBundle {
             keys,
             spiffe_sequence: Some(self.sequence),
             spiffe_refresh_hint: self.refresh_hint.map(|d| d.as_secs()),
-        };
-        serde_json::to_string_pretty(&doc).map_err(|e| BundleError::Json(e.to_string()))
+        })
+    }
+
+    /// [`TrustBundle::to_spiffe`] as pretty JSON.
+    pub fn to_spiffe_json(&self) -> Result<String, BundleError> {
+        self.to_spiffe()?.to_json()
     }
 
     /// Reads a SPIFFE bundle for `td`: every `x509-svid` key's first `x5c` certificate becomes
@@ -223,33 +227,61 @@ impl TrustBundle {
     }
 }
 
-/// The SPIFFE Trust Domain and Bundle document (a JWK Set with two SPIFFE members).
+/// The SPIFFE Trust Domain and Bundle document: a JWK Set (RFC 7517) with two SPIFFE members.
 #[derive(Debug, Serialize, Deserialize)]
-struct SpiffeBundle {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SpiffeBundle {
+    /// One key per root, with `use: x509-svid`
     keys: Vec<Jwk>,
+    /// Grows on every change of the bundle
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     spiffe_sequence: Option<u64>,
+    /// Seconds between polls for a new bundle
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     spiffe_refresh_hint: Option<u64>,
 }
 
+impl SpiffeBundle {
+    /// The document as pretty JSON.
+    pub fn to_json(&self) -> Result<String, BundleError> {
+        serde_json::to_string_pretty(self).map_err(|e| BundleError::Json(e.to_string()))
+    }
+}
+
+/// A root as a JSON Web Key: its public key (EC: crv, x, y; OKP: crv, x; RSA: n, e) and the
+/// certificate itself in `x5c`.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = SpiffeBundleKey))]
 struct Jwk {
+    /// x509-svid: the key is an X.509-SVID root
     #[serde(rename = "use", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     use_: Option<String>,
+    /// EC, OKP or RSA
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required))]
     kty: String,
+    /// P-256, P-384 or Ed25519
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     crv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     x: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     y: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     n: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     e: Option<String>,
+    /// The root certificate, base64 DER
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     x5c: Option<Vec<String>>,
 }
 

@@ -28,7 +28,7 @@ mod tls;
 mod validity;
 mod verify;
 
-pub use bundle::{BundleError, RootCert, TrustBundle};
+pub use bundle::{BundleError, RootCert, SpiffeBundle, TrustBundle};
 pub use byo::{ByoError, MAX_CHAIN_LEN, accept_intermediate, accept_uploaded_ca, generate_intermediate_csr};
 pub use cert::CertError;
 pub use csr::{CsrError, MAX_CSR_DER, MAX_CSR_INPUT};

@@ -132,6 +132,7 @@ impl EventKind {
 
 /// Which way a rate left its range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = RateJumpDirection))]
 #[serde(rename_all = "camelCase")]
 pub enum Direction {
     Up,
@@ -140,6 +141,7 @@ pub enum Direction {
 
 /// A caller's denials in a burst.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeniedCaller {
     /// None: the caller presented no mesh identity.
@@ -152,6 +154,7 @@ pub const MAX_EVIDENCE_CALLERS: usize = 20;
 
 /// The figures that triggered an event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = TrafficEventEvidence))]
 #[serde(rename_all = "camelCase", tag = "kind")]
 pub enum Evidence {
     #[serde(rename = "new-caller", rename_all = "camelCase")]
