@@ -1,10 +1,6 @@
-//! Workload bootstraps: the gRPC xDS bootstrap and the Envoy bootstrap of a service's
-//! proxy, pointing at the TLS port, plus the platform root they pin.
-//!
-//! The files a workload keeps in `certDir`: `ca.pem` (the platform root: it verifies the xDS
-//! server), `cert.pem` and `key.pem` (its SVID: its identity towards the xDS server and its
-//! peers), `bundle.pem` (the mesh trust bundle: it verifies peers). The xDS server is never
-//! verified with the mesh bundle, nor peers with the platform root.
+//! Workload bootstraps over HTTP: a request's parameters checked against the mesh (its
+//! service, ports and tags), then the gRPC xDS bootstrap or the Envoy bootstrap that
+//! `trellis_model::bootstrap` writes, pointing at the TLS port, and the platform root they pin.
 
 use axum::Json;
 use axum::body::Body;
@@ -12,9 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use trellis_control::{Control, Scope};
-use trellis_model::config::{MAX_RE2_PROGRAM, ServiceSpec};
+use trellis_model::config::ServiceSpec;
 use trellis_model::{TagKey, TagValue, Tags};
 
 use crate::auth::OrgScope;
@@ -23,10 +19,8 @@ use crate::error::{ApiError, ReadErrors, Unprocessable};
 use crate::params::MeshPath;
 use crate::state::AppState;
 
+use trellis_model::bootstrap::Workload;
 pub use trellis_model::contract::DEFAULT_CERT_DIR;
-use trellis_model::contract::{
-    BUNDLE_FILE, CERT_FILE, CERT_PROVIDER, KEY_FILE, PLATFORM_CA_FILE, cert_path, node_metadata,
-};
 
 /// Longest accepted node id.
 pub const MAX_NODE_ID: usize = 128;
@@ -80,33 +74,6 @@ pub(crate) struct WorkloadQuery {
 // certificate directory is checked by `the_documented_defaults_are_the_contracts`.
 const _: () = assert!(MAX_NODE_ID == 128 && MAX_PORTS_PARAM == 512 && MAX_TAGS_PARAM == 8192);
 const _: () = assert!(trellis_model::contract::MAX_CERT_DIR == 256);
-
-/// A checked bootstrap request.
-struct Target {
-    mesh: String,
-    service: String,
-    node: String,
-    dir: String,
-    /// Inbound service ports (sidecars only), ascending.
-    ports: Vec<u32>,
-    tags: Tags,
-}
-
-impl Target {
-    fn file(&self, name: &str) -> String {
-        cert_path(&self.dir, name)
-    }
-
-    /// The node's metadata, as the xDS server reads it back (`trellis_model::contract`).
-    fn sidecar_metadata(&self) -> Value {
-        json!({
-            (node_metadata::MESH): self.mesh,
-            (node_metadata::CERT_DIR): self.dir,
-            (node_metadata::PORTS): self.ports,
-            (node_metadata::TAGS): self.tags,
-        })
-    }
-}
 
 fn bad(field: &str, msg: &str) -> ApiError {
     ApiError::bad_request(format!("{field}: {msg}")).with_field(field, msg)
@@ -201,7 +168,7 @@ async fn target(
     mesh: &str,
     q: BootstrapQuery,
     sidecar: bool,
-) -> Result<Target, ApiError> {
+) -> Result<Workload, ApiError> {
     let service = q.service.ok_or_else(|| bad("service", "required: the Service the workload runs as"))?;
     let node = node_id(q.node)?;
     let dir = cert_dir(q.cert_dir)?;
@@ -215,143 +182,7 @@ async fn target(
     let (m, spec) = ctl.bootstrap_service(scope, mesh, &service).await?;
     let ports = inbound_ports(q.ports, &spec)?;
     let tags = instance_tags(q.tags)?;
-    Ok(Target { mesh: m.name.as_str().to_owned(), service, node, dir, ports, tags })
-}
-
-/// The gRPC xDS bootstrap (gRFC A27/A65): mTLS to the xDS server, and the `trellis`
-/// certificate provider that xDS security (A29) names for mesh traffic.
-fn grpc_bootstrap(t: &Target, xds_address: &str) -> Value {
-    json!({
-        "xds_servers": [{
-            "server_uri": xds_address,
-            "channel_creds": [{
-                "type": "tls",
-                "config": {
-                    "ca_certificate_file": t.file(PLATFORM_CA_FILE),
-                    "certificate_file": t.file(CERT_FILE),
-                    "private_key_file": t.file(KEY_FILE),
-                    "refresh_interval": "600s",
-                },
-            }],
-            "server_features": ["xds_v3"],
-        }],
-        // gRPC for Node.js refuses a bootstrap whose node has no `locality`; operators put
-        // the workload's `zone` in it (it becomes the dataplane's zone).
-        "node": { "id": t.node, "cluster": t.service, "locality": {}, "metadata": { "mesh": t.mesh } },
-        "certificate_providers": {
-            (CERT_PROVIDER): {
-                "plugin_name": "file_watcher",
-                "config": {
-                    "certificate_file": t.file(CERT_FILE),
-                    "private_key_file": t.file(KEY_FILE),
-                    "ca_certificate_file": t.file(BUNDLE_FILE),
-                    "refresh_interval": "60s",
-                },
-            },
-        },
-        "server_listener_resource_name_template": "grpc/server?xds.resource.listening_address=%s",
-    })
-}
-
-/// The Envoy bootstrap: ADS over a static `xds` cluster (HTTP/2 with keepalive, TLS pinned
-/// to the platform root and the server's name, the SVID as client certificate); listeners,
-/// clusters and the mesh's secrets (SDS) come over ADS.
-fn envoy_bootstrap(t: &Target, xds_address: &str) -> Value {
-    let (host, port) = split_host_port(xds_address);
-    let ip = host.parse::<std::net::IpAddr>().is_ok();
-    let mut tls = json!({
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "common_tls_context": {
-            "tls_certificates": [{
-                "certificate_chain": { "filename": t.file(CERT_FILE) },
-                "private_key": { "filename": t.file(KEY_FILE) },
-            }],
-            "validation_context": {
-                "trusted_ca": { "filename": t.file(PLATFORM_CA_FILE) },
-                "match_typed_subject_alt_names": [{
-                    "san_type": if ip { "IP_ADDRESS" } else { "DNS" },
-                    "matcher": { "exact": host },
-                }],
-            },
-        },
-    });
-    if !ip {
-        tls["sni"] = json!(host);
-    }
-    json!({
-        "node": { "id": t.node, "cluster": t.service, "metadata": t.sidecar_metadata() },
-        // Envoy refuses a regex whose RE2 program is larger than this runtime value (100
-        // unless set); the API bounds every regex by the same number.
-        "layered_runtime": { "layers": [
-            { "name": "trellis", "static_layer": {
-                (trellis_model::contract::RE2_MAX_PROGRAM_SIZE_KEY): MAX_RE2_PROGRAM,
-            } },
-            { "name": "admin", "admin_layer": {} },
-        ] },
-        // Stats go to the control plane every 10 s (its bucket width) under their full names
-        // (the default tag extractors cut a cluster name at its first dot), and request
-        // latency is bucketed with the control plane's bounds, so that it is stored exactly.
-        // No stats matcher: every stat reaches the sink, the cluster gauges of service
-        // health (`contract::cluster_gauge`) among them.
-        "stats_sinks": [{
-            "name": "envoy.stat_sinks.metrics_service",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.config.metrics.v3.MetricsServiceConfig",
-                "transport_api_version": "V3",
-                "grpc_service": { "envoy_grpc": { "cluster_name": trellis_model::contract::XDS_CLUSTER } },
-            },
-        }],
-        "stats_flush_interval": "10s",
-        "stats_config": {
-            "histogram_bucket_settings": [{
-                "match": { "suffix": ".upstream_rq_time" },
-                "buckets": trellis_model::telemetry::bucket_upper_bounds_ms(),
-            }],
-        },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": trellis_model::contract::XDS_CLUSTER } }],
-                "set_node_on_first_message_only": true,
-            },
-            "lds_config": { "ads": {}, "resource_api_version": "V3" },
-            "cds_config": { "ads": {}, "resource_api_version": "V3" },
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": trellis_model::contract::XDS_CLUSTER,
-                "type": if ip { "STATIC" } else { "STRICT_DNS" },
-                "connect_timeout": "5s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {
-                            "http2_protocol_options": {
-                                "connection_keepalive": { "interval": "30s", "timeout": "5s" },
-                            },
-                        },
-                    },
-                },
-                "upstream_connection_options": { "tcp_keepalive": {} },
-                "load_assignment": {
-                    "cluster_name": trellis_model::contract::XDS_CLUSTER,
-                    "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                        "socket_address": { "address": host, "port_value": port },
-                    } } }] }],
-                },
-                "transport_socket": { "name": "envoy.transport_sockets.tls", "typed_config": tls },
-            }],
-        },
-        "admin": { "address": { "socket_address": { "address": "127.0.0.1", "port_value": 9901 } } },
-    })
-}
-
-/// `host:port` or `[v6]:port` → (host, port).
-fn split_host_port(addr: &str) -> (String, u16) {
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "443"));
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (host.to_owned(), port.parse().unwrap_or(443))
+    Ok(Workload { mesh: m.name.as_str().to_owned(), service, node, cert_dir: dir, ports, tags })
 }
 
 /// `GET …/bootstrap/grpc`.
@@ -367,7 +198,7 @@ pub(crate) async fn grpc(
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
     let t = target(&ctl, scope, &mesh, q, false).await?;
-    Ok(Json(grpc_bootstrap(&t, &s.xds.address)))
+    Ok(Json(t.grpc(&s.xds.address)))
 }
 
 /// `GET …/bootstrap/envoy`.
@@ -383,7 +214,7 @@ pub(crate) async fn envoy(
     OrgScope(scope): OrgScope,
 ) -> Result<Json<Value>, ApiError> {
     let t = target(&ctl, scope, &mesh, q, true).await?;
-    Ok(Json(envoy_bootstrap(&t, &s.xds.address)))
+    Ok(Json(t.envoy(&s.xds.address)))
 }
 
 /// `GET …/bootstrap/ca.pem`: the platform root, for `<certDir>/ca.pem`.
@@ -406,6 +237,7 @@ pub(crate) async fn platform_root(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use trellis_model::config::{Kind, Spec};
 
     #[test]
@@ -482,62 +314,5 @@ mod tests {
         }
         let many: Vec<String> = (0..17).map(|i| format!("k{i}=v")).collect();
         assert_eq!(field_of(instance_tags(Some(many.join(","))).unwrap_err()).0, "tags");
-    }
-
-    #[test]
-    fn the_envoy_bootstrap_carries_what_the_translation_reads_and_raises_the_regex_limit() {
-        let t = Target {
-            mesh: "m1".into(),
-            service: "reviews".into(),
-            node: "n1".into(),
-            dir: "/etc/x".into(),
-            ports: vec![9080],
-            tags: Tags::parse([("version", "v2")]).unwrap(),
-        };
-        let e = envoy_bootstrap(&t, "xds.example:18000");
-        assert_eq!(
-            e["node"]["metadata"],
-            json!({"mesh": "m1", "certDir": "/etc/x", "ports": [9080], "tags": {"version": "v2"}})
-        );
-        let layer = &e["layered_runtime"]["layers"][0]["static_layer"];
-        assert_eq!(layer["re2.max_program_size.error_level"], json!(MAX_RE2_PROGRAM));
-        // Stats reach the control plane through the xDS cluster, latency in its own buckets.
-        let sink = &e["stats_sinks"][0];
-        assert_eq!(sink["name"], "envoy.stat_sinks.metrics_service");
-        assert_eq!(sink["typed_config"]["transport_api_version"], "V3");
-        assert_eq!(sink["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"], "xds");
-        assert_eq!(e["static_resources"]["clusters"][0]["name"], "xds");
-        let buckets = &e["stats_config"]["histogram_bucket_settings"][0];
-        assert_eq!(buckets["match"]["suffix"], ".upstream_rq_time");
-        assert_eq!(buckets["buckets"], json!(trellis_model::telemetry::bucket_upper_bounds_ms()));
-        // Nothing filters the stats: the membership and ejection gauges are sent too.
-        assert!(e["stats_config"].get("stats_matcher").is_none(), "{e:#}");
-        assert_eq!(e["stats_config"].as_object().unwrap().len(), 1, "only the histogram buckets");
-    }
-
-    #[test]
-    fn the_grpc_bootstrap_pins_the_platform_root_and_names_the_provider() {
-        let t = Target {
-            mesh: "m1".into(),
-            service: "echo".into(),
-            node: "n1".into(),
-            dir: "/d".into(),
-            ports: vec![],
-            tags: Tags::new(),
-        };
-        let b = grpc_bootstrap(&t, "xds.example:18000");
-        assert_eq!(b["xds_servers"][0]["channel_creds"][0]["config"]["ca_certificate_file"], "/d/ca.pem");
-        assert_eq!(b["certificate_providers"]["trellis"]["config"]["ca_certificate_file"], "/d/bundle.pem");
-        assert_eq!(b["node"]["cluster"], "echo");
-        assert!(b["node"]["locality"].is_object(), "gRPC for Node.js requires node.locality: {b}");
-        let e = envoy_bootstrap(&t, "[::1]:18000");
-        let cluster = &e["static_resources"]["clusters"][0];
-        assert_eq!(cluster["type"], "STATIC");
-        assert_eq!(
-            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-                ["address"],
-            "::1"
-        );
-        assert!(cluster["transport_socket"]["typed_config"].get("sni").is_none());
     }
 }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attribution;
+pub mod bootstrap;
 pub mod config;
 pub mod contract;
 mod ids;
