@@ -13,12 +13,13 @@ use trellis_control::{
     API_VERSION, Control, Created, Envelope, Idempotency, MeshWrite, Page, Propagation, ResourceView,
 };
 use trellis_model::PropagationWait;
-use trellis_model::config::{DefaultAccess, EdgeImpact, EffectiveEntry, ImpactTotals, Kind};
+use trellis_model::config::{DefaultAccess, EffectiveEntry, ImpactTotals, Kind};
 use trellis_store::Mesh;
 
 use crate::auth::{OrgScope, Scoped, Who};
 use crate::body::{ApiQuery, JsonBody, condition, etag, if_match};
 use crate::error::{ApiError, DeleteErrors, GuardedDeleteErrors, ReadErrors, WriteErrors};
+use crate::observe::AccessImpact;
 use crate::params::{
     DeleteCondition, IdempotencyKey, MAX_IDEMPOTENCY_KEY, MeshPath, OrgPath, ResourcePath, ServicePath,
     WriteConditions,
@@ -455,19 +456,4 @@ pub(crate) async fn impact_preview(
         edges_changed,
         edges: preview.edges,
     }))
-}
-
-/// What saving an AccessPolicy would change among the mesh's recorded calls.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct AccessImpact {
-    mesh: String,
-    policy: String,
-    window_seconds: i64,
-    /// The calls of every changed edge, by what the change does to them.
-    calls: ImpactTotals,
-    /// Edges whose verdict changes (`edges` lists the first 500).
-    edges_changed: usize,
-    /// Most calls first.
-    edges: Vec<EdgeImpact>,
 }

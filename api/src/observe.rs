@@ -13,6 +13,7 @@ use trellis_control::{
 use trellis_model::ResourceName;
 use trellis_model::Tags;
 use trellis_model::attribution::{Attribution, AttributionKind};
+use trellis_model::config::{EdgeImpact, ImpactTotals};
 use trellis_model::telemetry::{EdgeTotal, GoldenMetrics, service_metrics};
 use trellis_model::topology::{API_MAX_NODES, NodeKind};
 use trellis_store::StoredAccessLog;
@@ -829,6 +830,22 @@ pub(crate) async fn prometheus(
 
 /// The window of a scrape that names none: a common scrape interval.
 const PROMETHEUS_WINDOW_SECS: i64 = 60;
+
+/// What saving an AccessPolicy would change among the mesh's recorded calls (the impact
+/// preview's body, built by `config::impact_preview`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AccessImpact {
+    pub(crate) mesh: String,
+    pub(crate) policy: String,
+    pub(crate) window_seconds: i64,
+    /// The calls of every changed edge, by what the change does to them.
+    pub(crate) calls: ImpactTotals,
+    /// Edges whose verdict changes (`edges` lists the first 500).
+    pub(crate) edges_changed: usize,
+    /// Most calls first.
+    pub(crate) edges: Vec<EdgeImpact>,
+}
 
 #[cfg(test)]
 mod tests {

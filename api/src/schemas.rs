@@ -145,7 +145,7 @@ fn telemetry_status_schemas(schemas: &mut BTreeMap<String, Value>) {
 fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
     add::<crate::observe::Topology>(schemas);
     add::<crate::observe::ServiceMetrics>(schemas);
-    add::<crate::config::AccessImpact>(schemas);
+    add::<crate::observe::AccessImpact>(schemas);
     add::<crate::observe::AccessLogPage>(schemas);
     add::<crate::observe::AccessLogWhy>(schemas);
 }

@@ -54,6 +54,37 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
+/// An agent of `service` in mesh `shop` on `address`, joining with `token` (written to a file
+/// in `dir`, its certificates under `dir/certs`), calling nothing, logging no sampled
+/// successes and reporting telemetry every second: the observe tests' agent.
+pub fn telemetry_agent(
+    server: &str,
+    ca: &std::path::Path,
+    dir: &std::path::Path,
+    token: &str,
+    service: &str,
+    address: &str,
+    extra: &[&str],
+) -> Process {
+    std::fs::create_dir_all(dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
+        .args(["--outbound", "none", "--access-log-sample", "0", "--telemetry-interval", "1s"])
+        .arg("--platform-ca")
+        .arg(ca)
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .args(extra)
+        .env("TRELLIS_LOG", "info")
+        .env_remove("TRELLIS_JOIN_TOKEN");
+    Process::start(cmd)
+}
+
 /// A running process whose output lines are kept (stdout and stderr together), killed
 /// when dropped.
 pub struct Process {

@@ -5,18 +5,16 @@
 //! report gone once the caller goes offline. The agents use 127.0.0.90–92 (no other test does)
 //! and bind no outbound listener (the caller uses its agent's HTTP proxy).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::platform_root;
-use trellis_tests::{Api, Process, agent_bin, token, trellis};
+use trellis_tests::{Api, telemetry_agent, token, trellis};
 
 /// An application that answers 200, or 503 while `failing` is set.
 async fn app(failing: Arc<AtomicBool>) -> u16 {
@@ -41,35 +39,6 @@ async fn join_token(api: &Api, service: &str) -> String {
     let (status, body) = api.post("/meshes/shop/join-tokens", &json!({"service": service})).await;
     assert_eq!(status, 201, "{body}");
     body["token"].as_str().unwrap().to_owned()
-}
-
-/// An agent of `service` on `address`, reporting telemetry every second.
-fn agent(
-    server: &str,
-    ca: &Path,
-    dir: &Path,
-    token: &str,
-    service: &str,
-    address: &str,
-    extra: &[&str],
-) -> Process {
-    std::fs::create_dir_all(dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
-        .args(["--outbound", "none", "--access-log-sample", "0", "--telemetry-interval", "1s"])
-        .arg("--platform-ca")
-        .arg(ca)
-        .arg("--join-token-file")
-        .arg(&token_file)
-        .arg("--cert-dir")
-        .arg(dir.join("certs"))
-        .args(extra)
-        .env("TRELLIS_LOG", "info")
-        .env_remove("TRELLIS_JOIN_TOKEN");
-    Process::start(cmd)
 }
 
 /// `GET http://reviews.shop:9080/` through the agent's HTTP proxy at `proxy`: the status.
@@ -134,7 +103,7 @@ async fn a_failing_endpoint_ejected_by_a_callers_outlier_detection_shows_in_serv
     {
         let port = app(fails.clone()).await;
         let tok = join_token(&api, "reviews").await;
-        let mut p = agent(
+        let mut p = telemetry_agent(
             &t.xds,
             &ca,
             &tmp.path().join(name),
@@ -147,7 +116,7 @@ async fn a_failing_endpoint_ejected_by_a_callers_outlier_detection_shows_in_serv
         instances.push(p);
     }
     let tok = join_token(&api, "productpage").await;
-    let mut productpage = agent(
+    let mut productpage = telemetry_agent(
         &t.xds,
         &ca,
         &tmp.path().join("productpage"),

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::platform_root;
-use trellis_tests::{Api, Process, Trellis, agent_bin, token, trellis};
+use trellis_tests::{Api, Process, Trellis, telemetry_agent, token, trellis};
 
 /// An application that answers every request with 200 `ok`.
 async fn app() -> u16 {
@@ -29,34 +28,6 @@ async fn app() -> u16 {
 async fn put(api: &Api, path: &str, doc: Value) {
     let (status, body) = api.put(path, &doc).await;
     assert!(status == 200 || status == 201, "{path}: {body}");
-}
-
-fn agent(
-    server: &str,
-    ca: &Path,
-    dir: &Path,
-    token: &str,
-    service: &str,
-    address: &str,
-    extra: &[&str],
-) -> Process {
-    std::fs::create_dir_all(dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
-        .args(["--outbound", "none", "--access-log-sample", "0", "--telemetry-interval", "1s"])
-        .arg("--platform-ca")
-        .arg(ca)
-        .arg("--join-token-file")
-        .arg(&token_file)
-        .arg("--cert-dir")
-        .arg(dir.join("certs"))
-        .args(extra)
-        .env("TRELLIS_LOG", "info")
-        .env_remove("TRELLIS_JOIN_TOKEN");
-    Process::start(cmd)
 }
 
 /// The mesh's platform root written to `dir`, and a `reviews` agent on `address` in front of
@@ -73,7 +44,7 @@ async fn reviews_instance(
     std::fs::write(&ca, platform_root(store).await).unwrap();
     let tok = join_token(api, "reviews").await;
     let app = format!("9080={app_port}");
-    let mut reviews = agent(
+    let mut reviews = telemetry_agent(
         &t.xds,
         &ca,
         &dir.join("reviews"),
@@ -163,7 +134,7 @@ async fn every_denial_and_audit_match_is_logged_with_the_rule_that_decided_it() 
     for (service, address) in [("productpage", "127.0.0.20"), ("stranger", "127.0.0.22")] {
         let tok = join_token(&api, service).await;
         let proxy = format!("{address}:15001");
-        let mut p = agent(
+        let mut p = telemetry_agent(
             &t.xds,
             &ca,
             &tmp.path().join(service),
@@ -421,7 +392,8 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
         let tok = join_token(&api, "productpage").await;
         let proxy = format!("{address}:15001");
         let dir = tmp.path().join(address);
-        let mut p = agent(&t.xds, &ca, &dir, &tok, "productpage", address, &["--http-proxy-addr", &proxy]);
+        let mut p =
+            telemetry_agent(&t.xds, &ca, &dir, &tok, "productpage", address, &["--http-proxy-addr", &proxy]);
         p.wait_for_line("HTTP proxy (explicit mode", Duration::from_secs(20)).await;
         callers.push((p, proxy));
     }
