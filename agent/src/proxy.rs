@@ -684,6 +684,9 @@ impl Proxy {
     /// new listener): a request then waits up to `ROUTES_WARMING` for them, as Envoy keeps
     /// such a listener warming instead of failing its first requests.
     async fn route_table(&self, name: &str) -> Option<Arc<RouteTable>> {
+        if let Some(table) = self.state.config().routes.get(name) {
+            return Some(table.clone());
+        }
         let mut changed = self.state.changed.subscribe();
         let warming = tokio::time::sleep(ROUTES_WARMING);
         tokio::pin!(warming);

@@ -1,8 +1,8 @@
 //! The component schemas of the OpenAPI document that operations name by reference: the
 //! envelope of every configuration kind (from the kind table, around the model's derived
 //! spec schemas), and the response bodies operations name by `body = ref(…)`, derived from
-//! the types that build them. Request
-//! bodies are checked against these same schemas (`schema_check`).
+//! the types that build them. Request bodies are checked against these same schemas
+//! (`schema_check`).
 
 use std::collections::BTreeMap;
 
@@ -128,24 +128,12 @@ pub(crate) fn components() -> BTreeMap<String, Value> {
 /// (`body = ref("#/components/schemas/<name>")`), derived from the types that build them.
 fn response_schemas(schemas: &mut BTreeMap<String, Value>) {
     add::<trellis_ca::SpiffeBundle>(schemas);
-    observe_schemas(schemas);
-    telemetry_status_schemas(schemas);
-    traffic_event_schemas(schemas);
-}
-
-fn traffic_event_schemas(schemas: &mut BTreeMap<String, Value>) {
-    add::<crate::traffic_events::TrafficEventPageBody>(schemas);
-    add::<crate::traffic_events::DraftAccessPolicyBody>(schemas);
-}
-
-fn telemetry_status_schemas(schemas: &mut BTreeMap<String, Value>) {
-    add::<crate::telemetry_status::TelemetryStatusBody>(schemas);
-}
-
-fn observe_schemas(schemas: &mut BTreeMap<String, Value>) {
     add::<crate::observe::Topology>(schemas);
     add::<crate::observe::ServiceMetrics>(schemas);
     add::<crate::observe::AccessImpact>(schemas);
     add::<crate::observe::AccessLogPage>(schemas);
     add::<crate::observe::AccessLogWhy>(schemas);
+    add::<crate::telemetry_status::TelemetryStatusBody>(schemas);
+    add::<crate::traffic_events::TrafficEventPageBody>(schemas);
+    add::<crate::traffic_events::DraftAccessPolicyBody>(schemas);
 }
