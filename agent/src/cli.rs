@@ -182,6 +182,11 @@ pub struct RunArgs {
     pub transparent: bool,
     #[command(flatten)]
     pub capture: Capture,
+    /// Threads carrying traffic. One (the default) runs everything on one thread, as a
+    /// sidecar's share of a pod's CPU suits: no hand-offs between threads on the data path.
+    /// More for an agent in front of a busy workload on a host with cores to spare.
+    #[arg(long, env = "TRELLIS_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
     /// The share of successful requests written to the access log, in percent (denied and
     /// failed ones always are).
     #[arg(long, env = "TRELLIS_ACCESS_LOG_SAMPLE", default_value = "1", value_parser = parse_sample_percent)]

@@ -50,15 +50,14 @@ use crate::cli::{Cli, Command, InitArgs, RunArgs};
 use crate::control::ControlPlane;
 use crate::identity::Files;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG").unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
-        Command::Run(args) => run(*args).await,
+        Command::Run(args) => runtime(args.worker_threads).and_then(|rt| rt.block_on(run(*args))),
         Command::Init(args) => init(&args),
     };
     match result {
@@ -68,6 +67,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One thread needs no scheduler shared between threads; more get a work-stealing one.
+fn runtime(threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+    };
+    builder.enable_all().build().context("cannot start the runtime")
 }
 
 /// Installs (or removes, or prints) the capture rules of transparent mode.

@@ -524,12 +524,12 @@ impl Proxy {
         match target {
             Target::Local(_) => {
                 let mut up = tcp;
-                tokio::io::copy_bidirectional(&mut down, &mut up).await?;
+                pipe(&mut down, &mut up).await?;
             }
             Target::Mesh { peer, .. } => {
                 let tls = tokio_rustls::TlsConnector::from(self.client_config(&peer, false)?);
                 let mut up = tls.connect(ServerName::from(addr.ip()), tcp).await?;
-                tokio::io::copy_bidirectional(&mut down, &mut up).await?;
+                pipe(&mut down, &mut up).await?;
             }
         }
         Ok(())
@@ -1253,6 +1253,19 @@ impl hyper::rt::Write for MeshConn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
+}
+
+/// Bytes a TCP relay reads per system call each way: 64 KiB (Tokio's default is 8 KiB) fills
+/// a TLS record of the largest size in one write and costs a fraction of the calls per byte.
+const PIPE_BUFFER: usize = 64 * 1024;
+
+/// Copies both ways until both sides are closed, as a TCP relay.
+pub async fn pipe<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, PIPE_BUFFER, PIPE_BUFFER).await
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! The Delta ADS client: one stream over mTLS with the SVID, every sidecar type subscribed
 //! by wildcard, each response applied whole or NACKed with the reason; reconnects with
-//! jittered backoff, telling the server what it holds so that only changes come back.
+//! jittered backoff, telling the server what it holds so that only changes come back. A
+//! renewed SVID is presented at once on a new stream: the control plane counts the old leaf
+//! in use (its CA cannot be retired unforced) until it has seen the new one. The old stream
+//! closes only once the new one is answered (or after [`OVERLAP`]): a proxy without a stream
+//! is no longer a healthy endpoint of its service.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,12 +25,25 @@ const MAX_RESPONSE: usize = 16 * 1024 * 1024;
 /// Longest NACK reason sent back (the ledger keeps it).
 const MAX_ERROR_DETAIL: usize = 4096;
 
+/// How long a stream replaced after a renewal stays open beside its successor at most: the
+/// control plane registers the new stream on its first request, and may have nothing to
+/// send on it.
+const OVERLAP: Duration = Duration::from_secs(5);
+
 /// Keeps a stream open for as long as the process runs.
 pub async fn run(cp: ControlPlane, identity: Arc<Identity>, node: Node, sink: Arc<dyn ConfigSink>) {
     let mut backoff = Backoff::default();
+    let mut renewed = identity.changed.subscribe();
+    let mut replaced = None;
     loop {
-        match stream(&cp, &identity, &node, sink.as_ref()).await {
-            Ok(()) => tracing::warn!("the xDS stream ended"),
+        renewed.mark_unchanged();
+        match stream(&cp, &identity, &node, sink.as_ref(), &mut renewed, replaced.take()).await {
+            Ok(Ended::Renewed(open)) => {
+                tracing::info!("presenting the renewed SVID on a new xDS stream");
+                replaced = Some(open);
+                continue;
+            }
+            Ok(Ended::ByServer) => tracing::warn!("the xDS stream ended"),
             Err(Failure { why, answered }) => {
                 if answered {
                     backoff = Backoff::default();
@@ -35,6 +53,18 @@ pub async fn run(cp: ControlPlane, identity: Arc<Identity>, node: Node, sink: Ar
         }
         tokio::time::sleep(backoff.next()).await;
     }
+}
+
+enum Ended {
+    ByServer,
+    /// The SVID was renewed while this stream was open; it is handed back still open.
+    Renewed(Box<OpenStream>),
+}
+
+/// A stream's two halves: dropping them closes it.
+struct OpenStream {
+    _requests: mpsc::Sender<DeltaDiscoveryRequest>,
+    _responses: tonic::Streaming<DeltaDiscoveryResponse>,
 }
 
 struct Failure {
@@ -48,7 +78,9 @@ async fn stream(
     identity: &Identity,
     node: &Node,
     sink: &dyn ConfigSink,
-) -> Result<(), Failure> {
+    renewed: &mut tokio::sync::watch::Receiver<u64>,
+    mut replaced: Option<Box<OpenStream>>,
+) -> Result<Ended, Failure> {
     let fail = |why: String| Failure { why, answered: false };
     let channel = cp.channel(Some(&identity.current())).map_err(|e| fail(format!("{e:#}")))?;
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_RESPONSE);
@@ -70,11 +102,24 @@ async fn stream(
         .map_err(|s| fail(explain(&cp.addr, &s)))?
         .into_inner();
     tracing::info!(server = %cp.addr, "xDS stream open");
+    let overlap_ends = tokio::time::sleep(OVERLAP);
+    tokio::pin!(overlap_ends);
     let mut answered = false;
     loop {
-        let resp = match responses.message().await {
+        let message = tokio::select! {
+            m = responses.message() => m,
+            Ok(()) = renewed.changed() => {
+                return Ok(Ended::Renewed(Box::new(OpenStream { _requests: tx, _responses: responses })));
+            }
+            () = &mut overlap_ends, if replaced.is_some() => {
+                replaced = None;
+                continue;
+            }
+        };
+        replaced = None;
+        let resp = match message {
             Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Ended::ByServer),
             Err(s) => return Err(Failure { why: explain(&cp.addr, &s), answered }),
         };
         answered = true;
@@ -104,7 +149,7 @@ async fn stream(
             ..Default::default()
         };
         if tx.send(ack).await.is_err() {
-            return Ok(());
+            return Ok(Ended::ByServer);
         }
     }
 }

@@ -467,8 +467,9 @@ impl Authority {
 
     /// Renewal: a new SVID for exactly the identity the caller authenticated with, bounded
     /// by the same tags. Signed from the cached mesh; the leaf's record is committed (in a
-    /// batch with concurrent issuances) before the SVID is returned, and marks the leaf the
-    /// caller authenticated with as superseded (no longer in use, for retiring its CA).
+    /// batch with concurrent issuances) before the SVID is returned. It names the leaf the
+    /// caller authenticated with, which is superseded (no longer in use, for retiring its CA)
+    /// once the new one is first presented.
     pub async fn renew(&self, peer: &Peer, csr: &[u8]) -> Result<Issued, PkiError> {
         for attempt in 0..2 {
             let ident = self.identity(peer.org, peer.mesh_id).await?;
@@ -551,7 +552,8 @@ impl Authority {
 
     /// The tags that bound a verified leaf, from its issuance record. A leaf without one was
     /// not issued by Trellis (a key uploaded with its CA could sign one), and a revoked one
-    /// belongs to a deleted service: neither authenticates.
+    /// belongs to a deleted service: neither authenticates. Reading it supersedes the leaf
+    /// it renewed ([`TenantTx::presented_leaf`]).
     async fn issued_tags(
         &self,
         org: OrgId,
@@ -560,7 +562,7 @@ impl Authority {
         service: &str,
     ) -> Result<Tags, PkiError> {
         let mut tx = self.inner.store.tenant(org).await?;
-        let record = tx.issued_leaf(mesh, serial).await?;
+        let record = tx.presented_leaf(mesh, serial).await?;
         tx.commit().await?;
         let record = record.filter(|r| r.service == service).ok_or_else(|| {
             PkiError::Unauthenticated(format!("certificate {serial} has no issuance record for {service}"))
@@ -650,8 +652,9 @@ impl Authority {
     }
 
     /// Rotation, step 3: a previous CA's root leaves the bundle, once no leaf it signed is in
-    /// use — unexpired and not superseded by a renewal; agents renew as soon as their bundle
-    /// names another active root — (or at once with `force`, which breaks those leaves).
+    /// use — unexpired and not superseded by a renewal its holder has presented; agents renew
+    /// as soon as their bundle names another active root and present the new leaf at once —
+    /// (or at once with `force`, which breaks those leaves).
     pub async fn retire(
         &self,
         tx: &mut TenantTx,
@@ -670,9 +673,9 @@ impl Authority {
         let live = tx.live_leaves(mesh.id).await?.into_iter().find(|(c, _)| *c == id).map_or(0, |(_, n)| n);
         if live > 0 && !force {
             return Err(PkiError::Conflict(format!(
-                "{live} unexpired certificates still chain to this CA and were not renewed; retire it \
-                 once their workloads renewed (agents do within seconds of the activation) or they \
-                 expire, or pass force=true to cut them off"
+                "{live} unexpired certificates still chain to this CA and their workloads have not \
+                 presented a renewed one; retire it once they have (agents do within seconds of the \
+                 activation) or the certificates expire, or pass force=true to cut them off"
             )));
         }
         Ok(tx.set_ca_state(mesh.id, id, &[CaState::Previous], CaState::Retired).await?)

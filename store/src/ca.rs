@@ -234,7 +234,8 @@ pub struct IssuedLeaf {
     /// recorded by [`TenantTx::record_leaves_if_active`].
     pub join_token: Option<Uuid>,
     /// The serial of the leaf a renewal replaces (the one it authenticated with): marked
-    /// superseded when this one is recorded, so that it no longer counts as in use.
+    /// superseded when this one is first presented (see [`TenantTx::presented_leaf`]), so
+    /// that it no longer counts as in use once its holder surely has the new one.
     pub replaces: Option<String>,
 }
 
@@ -509,7 +510,7 @@ impl TenantTx {
         let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
         let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut services, mut tags) = (Vec::new(), Vec::new());
+        let (mut services, mut tags, mut replaces) = (Vec::new(), Vec::new(), Vec::new());
         for (mesh, l) in kept {
             meshes.push(mesh.as_uuid());
             serials.push(l.serial.as_str());
@@ -518,12 +519,14 @@ impl TenantTx {
             not_after.push(l.not_after);
             services.push(l.service.as_str());
             tags.push(l.tags.clone());
+            replaces.push(l.replaces.as_deref());
         }
         if !serials.is_empty() {
             sqlx::query(
-                "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after, service, tags) \
+                "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after, service, tags, \
+                   replaces) \
                  SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[], \
-                   $7::text[], $8::jsonb[])",
+                   $7::text[], $8::jsonb[], $9::text[])",
             )
             .bind(self.org().as_uuid())
             .bind(&meshes)
@@ -533,23 +536,7 @@ impl TenantTx {
             .bind(&not_after)
             .bind(&services)
             .bind(&tags)
-            .execute(self.conn())
-            .await?;
-        }
-        let (mut renewed_meshes, mut renewed) = (Vec::new(), Vec::new());
-        for ((mesh, l), _) in leaves.iter().zip(&keep).filter(|(_, k)| **k) {
-            if let Some(old) = &l.replaces {
-                renewed_meshes.push(mesh.as_uuid());
-                renewed.push(old.as_str());
-            }
-        }
-        if !renewed.is_empty() {
-            sqlx::query(
-                "UPDATE issued_svids SET superseded_at = coalesce(superseded_at, now()) \
-                 WHERE (mesh_id, serial) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))",
-            )
-            .bind(&renewed_meshes)
-            .bind(&renewed)
+            .bind(&replaces)
             .execute(self.conn())
             .await?;
         }
@@ -574,14 +561,21 @@ impl TenantTx {
         Ok(outcomes)
     }
 
-    /// The issuance record of the leaf with this serial in a mesh: what bounds its identity.
-    pub async fn issued_leaf(
+    /// The issuance record of a leaf presented in TLS (what bounds its identity), by its
+    /// serial in a mesh. Its holder has it, so the leaf it renewed, if any, is superseded
+    /// from now on: a renewal whose reply was lost leaves the old leaf in use.
+    pub async fn presented_leaf(
         &mut self,
         mesh: MeshId,
         serial: &str,
     ) -> Result<Option<LeafRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT service, tags, revoked_at FROM issued_svids WHERE mesh_id = $1 AND serial = $2",
+            "WITH leaf AS (SELECT service, tags, revoked_at, replaces FROM issued_svids \
+                           WHERE mesh_id = $1 AND serial = $2), \
+                  renewed AS (UPDATE issued_svids SET superseded_at = now() \
+                              WHERE mesh_id = $1 AND superseded_at IS NULL \
+                                AND serial = (SELECT replaces FROM leaf WHERE revoked_at IS NULL)) \
+             SELECT service, tags, revoked_at FROM leaf",
         )
         .bind(mesh.as_uuid())
         .bind(serial)
@@ -589,7 +583,7 @@ impl TenantTx {
         .await?)
     }
 
-    /// Leaves in use per CA of a mesh: unexpired, and not replaced by a renewal.
+    /// Leaves in use per CA of a mesh: unexpired, and not replaced by a renewal since presented.
     pub async fn live_leaves(&mut self, mesh: MeshId) -> Result<Vec<(Uuid, i64)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT ca_id, count(*) FROM issued_svids \

@@ -1084,9 +1084,16 @@ async fn a_root_rotation_completes_under_load_as_agents_renew_within_seconds_of_
         assert!(a.output().contains("renewing the SVID now"), "{}", a.output());
     }
 
-    // Retire, not forced: no leaf of the old root is in use any more.
-    let (_, previous) = ca_in(&api, "previous").await;
-    assert_eq!(previous["liveLeaves"], 0, "{previous}");
+    // Retire, not forced: no leaf of the old root is in use any more once each agent has
+    // presented its new one (on a new xDS stream, right after the renewal).
+    loop {
+        let (_, previous) = ca_in(&api, "previous").await;
+        if previous["liveLeaves"] == 0 {
+            break;
+        }
+        assert!(activated.elapsed() < Duration::from_secs(15), "old leaves still in use: {previous}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let id = old["id"].as_str().unwrap();
     let (status, body) = api.post(&format!("/meshes/shop/ca/authorities/{id}/retire"), &json!({})).await;
     assert_eq!(status, 200, "{body}");

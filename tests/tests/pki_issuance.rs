@@ -90,12 +90,17 @@ fn chain(i: &Issued) -> Vec<rustls::pki_types::CertificateDer<'static>> {
 
 /// Retires the previous CA, forced (its leaves still live).
 async fn retire_previous(store: &Store, b: &Authority, f: &Fixture) {
+    try_retire_previous(store, b, f, true).await.unwrap();
+}
+
+async fn try_retire_previous(store: &Store, b: &Authority, f: &Fixture, force: bool) -> Result<(), PkiError> {
     let mut tx = store.tenant(f.org).await.unwrap();
     let m = tx.mesh_by_id(f.mesh).await.unwrap().unwrap();
     let st = b.status(&mut tx, &m).await.unwrap();
     let old = st.cas.iter().find(|c| c.state == "previous").unwrap().id;
-    b.retire(&mut tx, &m, old, true).await.unwrap();
+    b.retire(&mut tx, &m, old, force).await?;
     tx.commit().await.unwrap();
+    Ok(())
 }
 
 /// A fresh database with one mesh, and two authorities on it (two replicas' caches).
@@ -130,10 +135,12 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
     let renewed = a.renew(&peer, &csr()).await.unwrap();
     assert_eq!(
         live(&store, &a, &f).await,
-        vec![("active", 2), ("previous", 0)],
-        "both leaves A signed after the rotation are the new CA's, and the renewed one is no \
-         longer in use"
+        vec![("active", 2), ("previous", 1)],
+        "both leaves A signed after the rotation are the new CA's; the renewed one is in use \
+         until its successor is presented"
     );
+    a.authenticate_peer(&chain(&renewed)).await.unwrap();
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 2), ("previous", 0)]);
     assert!(by_token.bundle_sequence > first.bundle_sequence, "A reloaded the mesh and its bundle");
     assert_eq!(renewed.svid.spiffe_id, peer.id, "renewal keeps the identity");
 
@@ -152,6 +159,30 @@ async fn a_stale_cache_never_signs_with_a_ca_that_stopped_being_active() {
     assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "{refused:?}");
     // The new root's leaves still authenticate.
     a.authenticate_peer(&chain(&renewed)).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_renewal_whose_reply_was_lost_leaves_the_old_leaf_in_use_until_the_new_one_is_presented() {
+    let (_db, store, a, b, f) = setup().await;
+    let token = join_token(&store, &f, false).await;
+    let first = a.issue_with_join_token(&token, &csr()).await.unwrap();
+    let peer = a.authenticate_peer(&chain(&first)).await.unwrap();
+    rotate(&store, &b, &f).await;
+
+    // The first renewal's reply never reaches the workload: it still holds only `first`,
+    // so retiring the old root unforced would cut it off, and is refused.
+    let _lost = a.renew(&peer, &csr()).await.unwrap();
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 1), ("previous", 1)]);
+    let refused = try_retire_previous(&store, &b, &f, false).await;
+    assert!(matches!(&refused, Err(PkiError::Conflict(m)) if m.contains("1 unexpired")), "{refused:?}");
+
+    // It renews again with the same leaf; once it presents what it received (on any of the
+    // control plane's mTLS ports, through either replica), the old leaf is out of use.
+    let second = a.renew(&peer, &csr()).await.unwrap();
+    b.authenticate_peer(&chain(&second)).await.unwrap();
+    assert_eq!(live(&store, &a, &f).await, vec![("active", 2), ("previous", 0)]);
+    try_retire_previous(&store, &b, &f, false).await.unwrap();
     store.close().await;
 }
 
