@@ -21,7 +21,7 @@ use trellis_tests::trellis;
 const WORKLOADS: u16 = 5;
 
 /// The agents' addresses (127.0.0.2…, with their admin ports) are the same in every run: one
-/// demo at a time in this binary (and, through the lock scripts/test's callers take, on the host).
+/// demo at a time in this binary (and on the host, under /tmp/trellis-fixed-ports.lock).
 static ONE_DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A port nobody listens on now, with the `count - 1` ports after it free too.
