@@ -198,7 +198,7 @@ pub struct DemoApp {
     /// Where `reviews` is, e.g. `http://reviews.shop:9080` (productpage calls it).
     #[arg(long)]
     pub reviews: Option<url::Url>,
-    /// Where `ratings` is (reviews v2 and later call it).
+    /// Where `ratings` is (reviews v2 and later call its gRPC method `trellis.demo.Ratings/Get`).
     #[arg(long)]
     pub ratings: Option<url::Url>,
     /// Where `details` is (productpage calls it for `/details`).

@@ -10,7 +10,9 @@
 //! Every workload runs on this host, so each agent gets a loopback address of its own
 //! (127.0.0.2, …) for its inbound listener and admin port, its application a port of its own
 //! on 127.0.0.1, and the application reaches other services through its agent's HTTP proxy
-//! (explicit mode: no name resolution, no outbound listeners that agents would share).
+//! (explicit mode: no name resolution, no outbound listeners that agents would share). The
+//! demo prints each process it starts with its pid and the addresses it listens on
+//! ([`Addresses`]), which is also how a test checks that Ctrl-C left nothing behind.
 
 pub mod apps;
 mod processes;
@@ -65,10 +67,33 @@ const WORKLOADS: [Workload; 5] = [
     Workload { name: "details", service: "details", version: "v1", role: DemoRole::Details, calls: &[] },
 ];
 
-impl Workload {
-    /// The address of its agent's inbound listener: 127.0.0.2 onwards.
-    fn address(index: usize) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + index as u8))
+/// Where the processes of workload `index` listen: every address of the demo's workloads
+/// comes from here, and the demo prints them as it starts each process.
+struct Addresses {
+    /// The application, on 127.0.0.1 from `--app-port` on.
+    app: SocketAddr,
+    /// Its agent's inbound listener: the agent's own loopback address, 127.0.0.2 onwards.
+    inbound: SocketAddr,
+    /// The agent's admin port, on the same address.
+    admin: SocketAddr,
+    /// The agent's HTTP proxy, which the application calls other services through: on
+    /// 127.0.0.1, after the applications' ports.
+    proxy: SocketAddr,
+}
+
+/// The agent's admin port (`trellis-agent run`'s default, given explicitly here).
+const ADMIN_PORT: u16 = 15000;
+
+impl Addresses {
+    fn of(index: usize, app_port: u16) -> Self {
+        let address = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + index as u8));
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        Addresses {
+            app: local(app_port + index as u16),
+            inbound: SocketAddr::new(address, SERVICE_PORT),
+            admin: SocketAddr::new(address, ADMIN_PORT),
+            proxy: local(app_port + (WORKLOADS.len() + index) as u16),
+        }
     }
 }
 
@@ -106,7 +131,7 @@ async fn build_and_run(
         .args(["--http-addr", &args.http_addr.to_string(), "--xds-addr", &args.xds_addr.to_string()])
         .env("TRELLIS_LOCAL_ORG", args.org.as_str())
         .envs(global.child_env());
-    procs.spawn("trellis", serve)?;
+    procs.spawn("trellis", serve, &[args.http_addr, args.xds_addr])?;
     wait_ready(&api_url, procs).await?;
 
     let token = create_token(exe, global, args.org.as_str()).await?;
@@ -128,9 +153,7 @@ async fn build_and_run(
     std::fs::write(&platform_ca, ca)?;
 
     for (i, w) in WORKLOADS.iter().enumerate() {
-        let app_port = args.app_port + i as u16;
-        let proxy = SocketAddr::from(([127, 0, 0, 1], args.app_port + (WORKLOADS.len() + i) as u16));
-        let address = Workload::address(i);
+        let addrs = Addresses::of(i, args.app_port);
         let dir = work.join(w.name);
         std::fs::create_dir_all(&dir)?;
         let join = client
@@ -146,15 +169,15 @@ async fn build_and_run(
         let mut app = tokio::process::Command::new(exe);
         app.arg("demo-app").arg(w.role.name()).args([
             "--listen",
-            &format!("127.0.0.1:{app_port}"),
+            &addrs.app.to_string(),
             "--version",
             w.version,
         ]);
         for upstream in w.calls {
             app.arg(format!("--{upstream}")).arg(format!("http://{upstream}.{MESH}:{SERVICE_PORT}"));
         }
-        app.args(["--proxy", &format!("http://{proxy}")]);
-        procs.spawn(w.name, app)?;
+        app.args(["--proxy", &format!("http://{}", addrs.proxy)]);
+        procs.spawn(w.name, app, &[addrs.app])?;
 
         let mut sidecar = tokio::process::Command::new(agent);
         sidecar
@@ -168,14 +191,15 @@ async fn build_and_run(
             .arg(dir.join("certs"))
             .args(["--mesh", MESH, "--service", w.service])
             .args(["--port", &SERVICE_PORT.to_string()])
-            .args(["--app-port", &format!("{SERVICE_PORT}={app_port}")])
+            .args(["--app-port", &format!("{SERVICE_PORT}={}", addrs.app.port())])
             .args(["--tags", &format!("version={}", w.version)])
-            .args(["--address", &address.to_string()])
+            .args(["--address", &addrs.inbound.ip().to_string()])
+            .args(["--admin-addr", &addrs.admin.to_string()])
             .args(["--node-id", w.name])
-            .args(["--outbound", "none", "--http-proxy-addr", &proxy.to_string()])
+            .args(["--outbound", "none", "--http-proxy-addr", &addrs.proxy.to_string()])
             // Reported often, so that the topology fills within seconds of the start.
             .args(["--telemetry-interval", "5s"]);
-        procs.spawn(&format!("{}-agent", w.name), sidecar)?;
+        procs.spawn(&format!("{}-agent", w.name), sidecar, &[addrs.inbound, addrs.admin, addrs.proxy])?;
     }
 
     wait_in_sync(&client, procs).await?;
@@ -291,6 +315,7 @@ fn print_ready(api_url: &str, org: &str, login: Option<&str>, productpage: Socke
         "    - reviews: 75 % of calls go to v1, 25 % to v2 (examples/reviews.yaml), beta testers always to v2"
     );
     println!("    - every call between services is mutual TLS, each workload with its own SVID");
+    println!("    - reviews v2 -> ratings is gRPC (HTTP/2), through the same agents");
     println!(
         "    - productpage -> details is denied: no access policy allows it (the mesh denies by default)"
     );

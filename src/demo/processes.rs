@@ -1,5 +1,6 @@
 //! The demo's child processes: started with their output in log files, stopped together.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -21,13 +22,16 @@ impl Processes {
         self.logs.join(format!("{name}.log"))
     }
 
-    /// Starts `cmd` as `name`, stdout and stderr into `<logs>/<name>.log`.
-    pub fn spawn(&mut self, name: &str, mut cmd: Command) -> anyhow::Result<()> {
+    /// Starts `cmd` as `name`, stdout and stderr into `<logs>/<name>.log`, and says so with
+    /// its pid and the addresses it listens on (`listens`).
+    pub fn spawn(&mut self, name: &str, mut cmd: Command, listens: &[SocketAddr]) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.log_of(name))?;
         // A process group of its own: a Ctrl-C at the terminal reaches the demo alone, which
         // then stops its children in order (agents before the control plane).
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0).kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let listens: Vec<String> = listens.iter().map(SocketAddr::to_string).collect();
+        println!("  started {name} (pid {}; listens on {})", child.id().unwrap_or(0), listens.join(", "));
         self.children.push((name.to_owned(), child));
         Ok(())
     }

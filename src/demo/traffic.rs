@@ -55,7 +55,14 @@ fn classify(path: &str, beta: bool, status: u16, body: Value) -> String {
     match (path, status) {
         ("/details", 200) => "details allowed (unexpected)".into(),
         ("/details", _) => "details denied".into(),
-        (_, 200) => format!("{channel} -> reviews {}", body["reviews"]["version"].as_str().unwrap_or("?")),
+        (_, 200) => {
+            let reviews = &body["reviews"];
+            let version = reviews["version"].as_str().unwrap_or("?");
+            match reviews["ratings"]["protocol"].as_str() {
+                Some(protocol) => format!("{channel} -> reviews {version} -> ratings ({protocol})"),
+                None => format!("{channel} -> reviews {version}"),
+            }
+        }
         (_, status) => format!("{channel} -> error {status}"),
     }
 }

@@ -299,6 +299,37 @@ async fn kubernetes_manifests_run_the_image_the_containerfile_builds() {
     }
 }
 
+#[tokio::test]
+async fn injected_pods_run_the_image_the_agent_containerfile_builds() {
+    let containerfile = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/trellis-agent.Containerfile"),
+    )
+    .unwrap();
+    let version = install(&["--version"]).await;
+    let version = version.trim().strip_prefix("trellis ").unwrap();
+    let build_line = containerfile.lines().find(|l| l.contains("podman build")).expect("the build command");
+    let tag = build_line.split_whitespace().skip_while(|w| *w != "-t").nth(1).expect("a -t tag");
+    assert_eq!(tag, format!("trellis-agent:{version}"), "the build command tags this version");
+    assert!(containerfile.contains("ENTRYPOINT [\"/usr/local/bin/trellis-agent\"]"));
+    // The init container's redirect needs iptables in the image.
+    assert!(containerfile.contains("iptables"), "the image installs iptables");
+
+    // Without --agent-image, both injected containers run that tag; their args are the
+    // agent's subcommands, which the image's entrypoint runs.
+    let (ok, out, err) =
+        run(&["inject", "--mesh", "shop", "-f", golden("deployment.in.yaml").to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let pod = &find(&docs, "Deployment")["spec"]["template"]["spec"];
+    let agent = container(&pod["containers"], "trellis-agent");
+    let init = container(&pod["initContainers"], "trellis-init");
+    for (c, subcommand) in [(agent, "run"), (init, "init")] {
+        assert_eq!(c["image"], tag, "{c:#}");
+        assert!(c.get("command").is_none(), "the entrypoint stays the image's: {c:#}");
+        assert_eq!(c["args"][0], subcommand, "{c:#}");
+    }
+}
+
 fn systemd_analyze() -> &'static str {
     let found = std::process::Command::new("systemd-analyze")
         .arg("--version")
