@@ -314,6 +314,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         b.wait().at_most(Duration::from_secs(5)).for_element(Locator::XPath(&xpath)).await.unwrap();
         let current = b.find(Locator::Css("#rotation-steps li[aria-current=step] strong")).await.unwrap();
         assert_eq!(current.text().await.unwrap(), next, "the step after {button:?} is marked");
+        b.execute("document.getElementById('rotation-steps').scrollIntoView()", vec![]).await.unwrap();
         loaded(if phase == "prepared" { "ca-prepared" } else { "ca-rotated" }).await;
     }
     // The old root signed the SVID above, which has not expired: retiring it is refused, saying why.

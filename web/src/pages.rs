@@ -328,9 +328,13 @@ fn rotation_steps(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may_rotate: 
     let previous = o.ca.cas.iter().find(|c| c.state == "previous");
     let retire = match previous {
         Some(prev) => format!(
-            "Removes the old root from the trust bundle. {} certificates it signed are still in use (unexpired, \
-             not renewed); retiring is refused while any is.",
-            prev.live_leaves
+            "Removes the old root from the trust bundle. {} it signed {} still in use (unexpired, not \
+             renewed); retiring is refused while any is.",
+            match prev.live_leaves {
+                1 => "1 certificate".to_owned(),
+                n => format!("{n} certificates"),
+            },
+            if prev.live_leaves == 1 { "is" } else { "are" }
         ),
         None => "Removes the old root from the trust bundle, once no certificate it signed is still in use \
                  (retiring is refused while any is)."
