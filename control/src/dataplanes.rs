@@ -35,6 +35,30 @@ pub enum SyncState {
     Syncing,
 }
 
+/// How many dataplanes are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub online: usize,
+    pub offline: usize,
+    pub in_sync: usize,
+    pub syncing: usize,
+    pub rejected: usize,
+}
+
+impl FleetCounts {
+    fn count(&mut self, state: SyncState) {
+        match state {
+            SyncState::Offline => self.offline += 1,
+            SyncState::InSync => self.in_sync += 1,
+            SyncState::Syncing => self.syncing += 1,
+            SyncState::Rejected => self.rejected += 1,
+        }
+        if state != SyncState::Offline {
+            self.online += 1;
+        }
+    }
+}
+
 impl SyncState {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -65,6 +89,25 @@ impl Dataplanes {
         } else {
             SyncState::Syncing
         }
+    }
+
+    /// How many dataplanes are in each state, by [`Dataplanes::state`].
+    pub fn counts(&self) -> FleetCounts {
+        let mut counts = FleetCounts::default();
+        for d in &self.dataplanes {
+            counts.count(self.state(d));
+        }
+        counts
+    }
+
+    /// The outstanding rejection of an online dataplane whose version was sent last: the
+    /// one a person looks at first.
+    pub fn last_rejection(&self) -> Option<(&Dataplane, &LedgerEntry)> {
+        self.dataplanes
+            .iter()
+            .filter(|d| d.online)
+            .flat_map(|d| self.lines_of(d).filter(|l| l.nacked_version.is_some()).map(move |l| (d, l)))
+            .max_by_key(|(_, l)| l.sent_at)
     }
 }
 

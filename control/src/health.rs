@@ -11,31 +11,7 @@ use trellis_model::telemetry::{ENDPOINT_REPORT_MAX_AGE, Membership};
 use trellis_model::{Action, ResourceName, Tags};
 use trellis_store::{CaState, HeldSvids, LastNack, Mesh, SeenEndpoints};
 
-use crate::{AppError, Control, Dataplanes, Scope, SyncState};
-
-/// How many of a service's dataplanes are in each state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FleetCounts {
-    pub online: usize,
-    pub offline: usize,
-    pub in_sync: usize,
-    pub syncing: usize,
-    pub rejected: usize,
-}
-
-impl FleetCounts {
-    fn count(&mut self, state: SyncState) {
-        match state {
-            SyncState::Offline => self.offline += 1,
-            SyncState::InSync => self.in_sync += 1,
-            SyncState::Syncing => self.syncing += 1,
-            SyncState::Rejected => self.rejected += 1,
-        }
-        if state != SyncState::Offline {
-            self.online += 1;
-        }
-    }
-}
+use crate::{AppError, Control, Dataplanes, FleetCounts, Scope};
 
 /// One service's health.
 pub struct ServiceHealth {
@@ -145,10 +121,7 @@ impl Control {
             .and_then(|c| c.not_after);
         scope.commit().await?;
         let fleet = Dataplanes { mesh: m, dataplanes, ledger };
-        let mut counts = FleetCounts::default();
-        for d in &fleet.dataplanes {
-            counts.count(fleet.state(d));
-        }
+        let counts = fleet.counts();
         Ok(ServiceHealth {
             mesh: fleet.mesh,
             service: n,

@@ -35,10 +35,10 @@ pub use ca::{
     ca_expiries,
 };
 pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash};
-pub use dataplanes::{DataplaneConfig, Dataplanes, SyncState, in_sync};
+pub use dataplanes::{DataplaneConfig, Dataplanes, FleetCounts, SyncState, in_sync};
 pub use document::{Envelope, Metadata};
 pub use error::{AppError, Problem};
-pub use health::{CallerReport, CallersView, FleetCounts, ServiceHealth};
+pub use health::{CallerReport, CallersView, ServiceHealth};
 pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};
 pub use meshes::MeshWrite;
@@ -52,7 +52,7 @@ pub use orgs::{AuditQuery, MAX_AUDIT_FILTER, Me, NewToken};
 pub use overview::{MeshOverview, OVERVIEW_LIMIT};
 pub use precondition::{Condition, IfMatch};
 pub use propagation::{
-    NotApplied, Propagation, ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport,
+    NotApplied, Propagation, ProxyState, RejectionNote, WAIT_SHOWN, WaitOutcome, WaitReport, short_type,
 };
 pub use resources::{
     API_VERSION, Created, DEFAULT_LIMIT, Document, Effective, Idempotency, MAX_LIMIT, Page, ResourceView,

@@ -229,7 +229,8 @@ pub struct Propagation {
     pub wait: Option<WaitReport>,
 }
 
-pub(crate) fn short_type(type_url: &str) -> &str {
+/// `type.googleapis.com/envoy.config.cluster.v3.Cluster` → `Cluster`: an xDS type as a person names it.
+pub fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 

@@ -71,8 +71,9 @@ pub fn csrf_of(page: &str) -> String {
 
 /// What every console page must be, read by html5lib: valid HTML (the strict parser raises
 /// otherwise); every form control named for assistive technology (a `<label for>`, an
-/// enclosing `<label>`, or `aria-label`/`aria-labelledby`); and usable with the keyboard
-/// alone (no positive or negative `tabindex`, every link with an `href`, no scripted clicks).
+/// enclosing `<label>`, or `aria-label`/`aria-labelledby`); usable with the keyboard alone
+/// (no positive or negative `tabindex`, every link with an `href`, no scripted clicks); and
+/// without script of any kind (the console works without JavaScript, and has none).
 const PAGE_CHECK: &str = r#"
 import sys, html5lib
 doc = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(sys.stdin.read())
@@ -94,6 +95,10 @@ for e in doc.iter():
         wrong.append(f"<{e.tag}> has tabindex={e.get('tabindex')}: out of the keyboard's order")
     if e.tag == "a" and e.get("href") is None:
         wrong.append(f"<a> without href cannot be reached with the keyboard: {''.join(e.itertext())!r}")
+    if isinstance(e.tag, str) and e.tag.rsplit("}", 1)[-1] == "script":
+        wrong.append(f"<script src={e.get('src')!r}>: the console has no JavaScript")
+    if e.get("href", "").strip().lower().startswith("javascript:"):
+        wrong.append(f"<{e.tag}> links to javascript:")
     if any(k.startswith("on") for k in e.keys()):
         wrong.append(f"<{e.tag}> has an inline event handler")
 if wrong:
@@ -120,9 +125,152 @@ pub async fn assert_valid_html(name: &str, html: &str) {
     );
 }
 
+/// What a browser test does after each page load: checks that the page (and everything
+/// since the last check) asked nothing of any host but Trellis at `origin`, and saves a
+/// screenshot of it as `name`.png in [`screenshot_dir`].
+pub async fn page_loaded(b: &fantoccini::Client, origin: &str, name: &str) {
+    crate::browser::assert_only_to(b, origin).await;
+    std::fs::write(screenshot_dir().join(format!("{name}.png")), b.screenshot().await.unwrap()).unwrap();
+}
+
 /// Where the browser tests save their screenshots (test artifacts, not committed).
 pub fn screenshot_dir() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The ids the console's URLs of one organization name; those a test has not made are a
+/// made-up id (the URL still answers 404 to another organization).
+pub struct OrgIds {
+    pub org: String,
+    pub mesh: String,
+    /// A Service of the mesh, and a resource kind's plural with one of its resources.
+    pub service: String,
+    pub kind: String,
+    pub resource: String,
+    pub proxy: String,
+    pub api_token: String,
+    pub join_token: String,
+    pub event: String,
+    pub denied: String,
+    pub member: String,
+    pub invite: String,
+    pub authority: String,
+}
+
+impl OrgIds {
+    /// Ids for `org`'s mesh `mesh`, made up until a test sets them.
+    pub fn new(org: &str, mesh: &str) -> OrgIds {
+        let made_up = uuid::Uuid::new_v4().to_string();
+        OrgIds {
+            org: org.into(),
+            mesh: mesh.into(),
+            service: "api".into(),
+            kind: "services".into(),
+            resource: "api".into(),
+            proxy: made_up.clone(),
+            api_token: made_up.clone(),
+            join_token: made_up.clone(),
+            event: made_up.clone(),
+            denied: made_up.clone(),
+            member: made_up.clone(),
+            invite: made_up.clone(),
+            authority: made_up,
+        }
+    }
+}
+
+/// Every console URL of one organization, by method: the one list the tests walk to check
+/// that another organization finds none of them (`every_console_route_is_in_org_urls`
+/// checks it against the console's routes).
+pub fn org_urls(ids: &OrgIds) -> Vec<(reqwest::Method, String)> {
+    use reqwest::Method;
+    let org = format!("/orgs/{}", ids.org);
+    let mesh = format!("{org}/meshes/{}", ids.mesh);
+    let get = [
+        org.clone(),
+        format!("{org}/members"),
+        format!("{org}/tokens"),
+        format!("{org}/audit"),
+        format!("{org}/audit?action=mesh.create"),
+        mesh.clone(),
+        format!("{mesh}/config/{}", ids.kind),
+        format!("{mesh}/config/{}/{}", ids.kind, ids.resource),
+        format!("{mesh}/dataplanes"),
+        format!("{mesh}/dataplanes/{}", ids.proxy),
+        format!("{mesh}/workloads/{}", ids.join_token),
+        format!("{mesh}/ca/authorities/{}/csr", ids.authority),
+        format!("{mesh}/topology"),
+        format!("{mesh}/services/{}/metrics", ids.service),
+        format!("{mesh}/denied"),
+        format!("{mesh}/denied/{}", ids.denied),
+        format!("{mesh}/events"),
+        format!("{mesh}/events/{}/draft", ids.event),
+    ];
+    let post = [
+        org.clone(),
+        format!("{org}/members"),
+        format!("{org}/members/{}", ids.member),
+        format!("{org}/members/{}/remove", ids.member),
+        format!("{org}/invites/{}/revoke", ids.invite),
+        format!("{org}/tokens"),
+        format!("{org}/tokens/{}/revoke", ids.api_token),
+        format!("{mesh}/config/{}", ids.kind),
+        format!("{mesh}/config/{}/{}", ids.kind, ids.resource),
+        format!("{mesh}/workloads"),
+        format!("{mesh}/ca"),
+        format!("{mesh}/ca/intermediate"),
+        format!("{mesh}/ca/authorities/{}/chain", ids.authority),
+        format!("{mesh}/ca/authorities/{}/discard", ids.authority),
+        format!("{mesh}/ca/settings"),
+        format!("{mesh}/impact"),
+    ];
+    get.into_iter().map(|u| (Method::GET, u)).chain(post.into_iter().map(|u| (Method::POST, u))).collect()
+}
+
+/// A form with every field any console form reads (each handler takes what it needs), so
+/// that a post reaches the handler's checks rather than failing to parse.
+pub fn any_form(csrf: &str) -> Vec<(&'static str, String)> {
+    [
+        ("name", "x"),
+        ("mtls", "STRICT"),
+        ("default_access", "deny"),
+        ("step", "review"),
+        ("source", "yaml"),
+        ("id", ""),
+        ("service", "api"),
+        ("tags", ""),
+        ("role", "owner"),
+        ("email", "s@example.com"),
+        ("chain", "hello"),
+        ("svid_ttl_seconds", "7200"),
+        ("yaml", "kind: Service"),
+        ("version", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .chain([("csrf", csrf.to_owned())])
+    .collect()
+}
+
+/// Asserts that the user of session `stranger` (with its CSRF token) gets a 404 for every
+/// URL of `ids`' organization, and that no page it gets names `secret` (something only
+/// that organization has).
+pub async fn assert_hidden_from(
+    t: &Trellis,
+    stranger: &str,
+    stranger_csrf: &str,
+    ids: &OrgIds,
+    secret: &str,
+) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    for (method, path) in org_urls(ids) {
+        let req = http.request(method.clone(), format!("{}{path}", t.base));
+        let req = if method == reqwest::Method::POST { req.form(&any_form(stranger_csrf)) } else { req };
+        let res = as_user(stranger, req).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{method} {path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains(secret), "{method} {path} shows {secret:?}:\n{body}");
+    }
 }

@@ -6,10 +6,13 @@
 use std::time::Duration;
 
 use fantoccini::Locator;
+use fantoccini::key::Key;
 use trellis_model::{OrgSlug, Role};
 use trellis_store::testing::TestDb;
 use trellis_tests::browser::Chromium;
-use trellis_tests::console::{as_user, assert_valid_html, login_link, screenshot_dir, session, start};
+use trellis_tests::console::{
+    OrgIds, as_user, assert_hidden_from, assert_valid_html, csrf_of, login_link, page_loaded, session, start,
+};
 
 /// A proxy of service `api` as the xDS server records one: registered, its clusters sent
 /// (and kept in readable form) and accepted, its listeners rejected. Its id.
@@ -74,15 +77,19 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let t = start(&db).await;
     let chromium = Chromium::start().await;
     let b = &chromium.client;
-    let shots = screenshot_dir();
+    // After each page load: it asked nothing of any other host, and is saved as a screenshot.
+    let loaded = |name: &'static str| page_loaded(b, &t.base, name);
 
+    b.goto(&t.base).await.unwrap();
+    b.find(Locator::XPath("//h1[text()='Sign in to Trellis']")).await.unwrap();
+    loaded("sign-in").await;
     b.goto(&login_link(&t)).await.unwrap();
     let url = b.current_url().await.unwrap();
     assert_eq!(url.path(), "/orgs/default", "the link lands on the organization's page");
     let h1 = b.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
     assert_eq!(h1, "default");
     assert!(b.source().await.unwrap().contains("No meshes yet"));
-    std::fs::write(shots.join("org.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("org").await;
 
     // A name the API refuses: the form comes back with the reason beside the name field.
     let name = b.find(Locator::Id("mesh-name")).await.unwrap();
@@ -94,7 +101,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     assert!(!text.is_empty(), "the name's error is shown");
     let kept = b.find(Locator::Id("mesh-name")).await.unwrap().prop("value").await.unwrap();
     assert_eq!(kept.as_deref(), Some("Not_A_Name"), "what was typed is kept");
-    std::fs::write(shots.join("org-invalid.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("org-invalid").await;
 
     // A good one: the mesh's page, with its own certificate authority.
     let name = b.find(Locator::Id("mesh-name")).await.unwrap();
@@ -112,13 +119,33 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let page = b.source().await.unwrap();
     assert!(page.contains("No proxy has connected yet"), "{page}");
     assert!(page.contains("active"), "the mesh's CA is listed:\n{page}");
-    std::fs::write(shots.join("mesh.png"), b.screenshot().await.unwrap()).unwrap();
+    let summary = b.find(Locator::Id("propagation-summary")).await.unwrap().text().await.unwrap();
+    assert_eq!(summary, "0 proxies: 0 in sync, 0 syncing, 0 rejecting, 0 offline.");
+    // The rotation's three steps, each saying what it does, the next one marked.
+    let steps = b.find_all(Locator::Css("#rotation-steps li")).await.unwrap();
+    let mut texts = Vec::new();
+    for step in &steps {
+        texts.push(step.text().await.unwrap());
+    }
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    for (text, (step, does)) in texts.iter().zip([
+        ("Prepare a new root — the next step", "Adds a new root to the trust bundle without signing with it"),
+        ("Activate the new root", "New workload certificates are signed by the new root"),
+        ("Retire the old root", "Removes the old root from the trust bundle"),
+    ]) {
+        assert!(text.starts_with(step) && text.contains(does), "{text:?}: {step:?}, {does:?}");
+    }
+    let current = b.find(Locator::Css("#rotation-steps li[aria-current=step] strong")).await.unwrap();
+    assert_eq!(current.text().await.unwrap(), "Prepare a new root");
+    loaded("mesh").await;
 
     // Configuration from the mesh's page: a Service created from YAML, reviewed as a diff
     // from nothing, then saved.
     let api =
         trellis_tests::Api::new(&t, "default", &trellis_tests::token(&db, "default", Role::Editor).await);
     b.find(Locator::Css("a[aria-label='New Service']")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Id("yaml-editor")).await.unwrap();
+    loaded("services").await;
     type_yaml(b, SERVICE_YAML).await;
     b.find(Locator::XPath("//button[text()='Review the new resource']"))
         .await
@@ -128,7 +155,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .unwrap();
     let added = b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
     assert!(added.text().await.unwrap().contains("port: 9080"), "the new document is shown");
-    std::fs::write(shots.join("service-review.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("service-review").await;
     b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
     let shop = url.join("/orgs/default/meshes/shop/config/").unwrap();
     b.wait()
@@ -138,12 +165,14 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .unwrap();
     let line = b.find(Locator::Id("propagation")).await.unwrap().text().await.unwrap();
     assert_eq!(line, "applied by 0 of 0 proxies", "no proxy yet");
+    loaded("service-saved").await;
 
     // The seed's route, typed in with an even split, then set to 75/25 through its form.
     let seed =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/reviews.yaml")).unwrap();
     let route = seed.split("---").find(|d| d.contains("kind: HTTPRoute")).unwrap().trim().to_owned();
     b.goto(shop.join("http-routes").unwrap().as_str()).await.unwrap();
+    loaded("http-routes").await;
     type_yaml(b, &route.replace("weight: 75", "weight: 50").replace("weight: 25", "weight: 50")).await;
     b.find(Locator::XPath("//button[text()='Review the new resource']"))
         .await
@@ -152,12 +181,14 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .await
         .unwrap();
     b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("diff")).await.unwrap();
+    loaded("route-new-review").await;
     b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
     b.wait()
         .at_most(Duration::from_secs(5))
         .for_url(&shop.join("http-routes/reviews?saved=1").unwrap())
         .await
         .unwrap();
+    loaded("route").await;
     let v1 = "spec-rules-1-backendRefs-0-weight";
     let v2 = "spec-rules-1-backendRefs-1-weight";
     // A weight the model refuses comes back beside that weight's input, with what was typed.
@@ -173,7 +204,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let kept = b.find(Locator::Id(v1)).await.unwrap().prop("value").await.unwrap();
     assert_eq!(kept.as_deref(), Some("-5"));
     assert!(b.find(Locator::Id(&format!("{v2}-error"))).await.is_err(), "only the bad field has an error");
-    std::fs::write(shots.join("route-invalid-weight.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("route-invalid-weight").await;
     set_field(b, v1, "75").await;
     set_field(b, v2, "25").await;
     b.find(Locator::XPath("//button[text()='Review weights']")).await.unwrap().click().await.unwrap();
@@ -193,7 +224,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         come.iter().any(|l| l.contains("weight: 75")) && come.iter().any(|l| l.contains("weight: 25")),
         "{come:?}"
     );
-    std::fs::write(shots.join("route-review.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("route-review").await;
     b.find(Locator::XPath("//button[text()='Save']")).await.unwrap().click().await.unwrap();
     b.wait()
         .at_most(Duration::from_secs(5))
@@ -202,7 +233,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .unwrap();
     let line = b.find(Locator::Id("propagation")).await.unwrap().text().await.unwrap();
     assert!(line.starts_with("applied by 0 of 0 proxies"), "{line}");
-    std::fs::write(shots.join("route-saved.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("route-saved").await;
     // What is stored is the seed's route: applying the seed changes nothing.
     let seed_route: serde_json::Value = serde_yaml::from_str(&route).unwrap();
     let res = api
@@ -228,6 +259,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let refusal =
         b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("edit-error")).await.unwrap();
     assert!(refusal.text().await.unwrap().contains("changed since you began editing"));
+    loaded("route-save-refused").await;
     let (_, stored) = api.get("/meshes/shop/http-routes/reviews").await;
     assert_eq!(stored["metadata"]["labels"]["owner"], "someone-else");
     assert_eq!(stored["spec"]["rules"][1]["backendRefs"][0]["weight"], 75);
@@ -235,6 +267,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     // Connect a workload: a join token for one of the mesh's services, shown once with the
     // commands that run an agent, and good for an SVID.
     b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
+    loaded("mesh-configured").await;
     b.find(Locator::Css("#workload-service option[value=reviews]")).await.unwrap().click().await.unwrap();
     b.find(Locator::Id("workload-tags")).await.unwrap().send_keys("version=v2").await.unwrap();
     b.find(Locator::XPath("//button[text()='Create a join token']")).await.unwrap().click().await.unwrap();
@@ -248,7 +281,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     }
     let files = b.find(Locator::Id("agent-files")).await.unwrap().text().await.unwrap();
     assert!(files.contains(&token) && files.contains("BEGIN CERTIFICATE"), "{files}");
-    std::fs::write(shots.join("connect-workload.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("connect-workload").await;
     let store = db.store().await;
     let root = trellis_tests::grpc::platform_root(&store).await;
     store.close().await;
@@ -257,6 +290,7 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     let state =
         b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("first-proxy-state")).await.unwrap();
     assert_eq!(state.text().await.unwrap(), "Waiting for an agent to use the join token…");
+    loaded("first-proxy-waiting").await;
     trellis_tests::grpc::issue(&t.xds, &root, &token).await.expect("the token shown is good for an SVID");
     b.refresh().await.unwrap();
     let state = b.find(Locator::Id("first-proxy-state")).await.unwrap().text().await.unwrap();
@@ -267,39 +301,51 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
             && steps.contains("xDS stream to the control plane: failed"),
         "{steps}"
     );
-    std::fs::write(shots.join("first-proxy.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("first-proxy").await;
 
     // Rotate the mesh's root, one step at a time, each saying what it will do.
     b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
-    for (button, phase) in [("Prepare a new root", "prepared"), ("Activate the new root", "rotated")] {
+    for (button, phase, next) in [
+        ("Prepare a new root", "prepared", "Activate the new root"),
+        ("Activate the new root", "rotated", "Retire the old root"),
+    ] {
         b.find(Locator::XPath(&format!("//button[text()='{button}']"))).await.unwrap().click().await.unwrap();
         let xpath = format!("//p[contains(., 'Phase')]/strong[text()='{phase}']");
         b.wait().at_most(Duration::from_secs(5)).for_element(Locator::XPath(&xpath)).await.unwrap();
+        let current = b.find(Locator::Css("#rotation-steps li[aria-current=step] strong")).await.unwrap();
+        assert_eq!(current.text().await.unwrap(), next, "the step after {button:?} is marked");
+        b.execute("document.getElementById('rotation-steps').scrollIntoView()", vec![]).await.unwrap();
+        loaded(if phase == "prepared" { "ca-prepared" } else { "ca-rotated" }).await;
     }
-    std::fs::write(shots.join("ca-rotated.png"), b.screenshot().await.unwrap()).unwrap();
     // The old root signed the SVID above, which has not expired: retiring it is refused, saying why.
     b.find(Locator::XPath("//button[text()='Retire the old root']")).await.unwrap().click().await.unwrap();
     let refusal = Locator::XPath("//p[contains(., 'unexpired certificates still chain to this CA')]");
     b.wait().at_most(Duration::from_secs(5)).for_element(refusal).await.unwrap();
+    loaded("ca-retire-refused").await;
+
+    // The dataplanes page, and the mesh's unexpected traffic: nothing yet.
+    b.goto(&format!("{}/orgs/default/meshes/shop/dataplanes", t.base)).await.unwrap();
+    b.find(Locator::XPath("//p[text()='No proxy has connected yet.']")).await.unwrap();
+    loaded("dataplanes").await;
+    b.goto(&format!("{}/orgs/default/meshes/shop/events", t.base)).await.unwrap();
+    b.find(Locator::Css("h1")).await.unwrap();
+    loaded("events").await;
 
     // Back on the organization's page, the mesh is listed.
     b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
     b.find(Locator::LinkText("shop")).await.unwrap();
-
-    // Every resource the pages loaded came from Trellis itself.
-    let loaded =
-        b.execute("return performance.getEntriesByType('resource').map(e => e.name)", vec![]).await.unwrap();
-    for url in loaded.as_array().unwrap() {
-        assert!(url.as_str().unwrap().starts_with(&t.base), "a page loaded {url} from another host");
-    }
+    loaded("org-with-mesh").await;
 
     // An API token, shown once, works against the API until it is revoked here.
-    b.goto(&format!("{}/orgs/default/tokens", t.base)).await.unwrap();
+    b.find(Locator::LinkText("API tokens")).await.unwrap().click().await.unwrap();
+    b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("token-name")).await.unwrap();
+    loaded("tokens").await;
     b.find(Locator::Id("token-name")).await.unwrap().send_keys("ci").await.unwrap();
     b.find(Locator::XPath("//button[text()='Create token']")).await.unwrap().click().await.unwrap();
     let pat = b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("new-token")).await.unwrap();
     let pat = pat.text().await.unwrap();
     assert!(pat.starts_with("trls_pat_"), "{pat}");
+    loaded("token-created").await;
     let meshes = format!("{}/api/v1/orgs/default/meshes", t.base);
     let http = reqwest::Client::new();
     assert_eq!(http.get(&meshes).bearer_auth(&pat).send().await.unwrap().status(), 200);
@@ -310,11 +356,17 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .await
         .unwrap();
     assert_eq!(http.get(&meshes).bearer_auth(&pat).send().await.unwrap().status(), 401);
+    loaded("token-revoked").await;
 
     // The audit log shows each step, and filters.
-    b.goto(&format!("{}/orgs/default/audit", t.base)).await.unwrap();
-    let log = b.find(Locator::Id("audit-events")).await.unwrap().text().await.unwrap();
+    b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
+    b.find(Locator::LinkText("Audit log")).await.unwrap().click().await.unwrap();
+    let log =
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("audit-events")).await.unwrap();
+    let log = log.text().await.unwrap();
+    loaded("audit").await;
     for action in [
+        "mesh.create",
         "service.create",
         "httproute.create",
         "httproute.update",
@@ -338,7 +390,38 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     b.wait().at_most(Duration::from_secs(5)).for_element(field).await.unwrap();
     let rows = b.find_all(Locator::Css("#audit-events tbody tr")).await.unwrap();
     assert_eq!(rows.len(), 1, "one revocation");
-    std::fs::write(shots.join("audit.png"), b.screenshot().await.unwrap()).unwrap();
+    loaded("audit-by-action").await;
+    // By target: the route's creation and update from the console, and the API token's update.
+    let audit = format!("{}/orgs/default/audit", t.base);
+    let audit = &audit;
+    let filter = |field: &'static str, value: String| async move {
+        b.goto(audit).await.unwrap();
+        b.find(Locator::Id(field)).await.unwrap().send_keys(&value).await.unwrap();
+        b.find(Locator::XPath("//button[text()='Filter']")).await.unwrap().click().await.unwrap();
+        let field = format!("//input[@id='{field}' and @value='{value}']");
+        b.wait().at_most(Duration::from_secs(5)).for_element(Locator::XPath(&field)).await.unwrap();
+        let mut rows = Vec::new();
+        for row in b.find_all(Locator::Css("#audit-events tbody tr")).await.unwrap() {
+            let cells = row.find_all(Locator::Css("td")).await.unwrap();
+            let mut text = Vec::new();
+            for c in cells {
+                text.push(c.text().await.unwrap());
+            }
+            rows.push(text);
+        }
+        rows
+    };
+    let rows = filter("audit-target", "meshes/shop/http-routes".into()).await;
+    let actions: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(actions, ["httproute.update", "httproute.update", "httproute.create"], "{rows:?}");
+    assert!(rows.iter().all(|r| r[3] == "meshes/shop/http-routes/reviews"), "{rows:?}");
+    loaded("audit-by-target").await;
+    // By actor: the API token's write alone, not the signed-in user's.
+    let token_actor = rows.iter().map(|r| r[1].clone()).find(|a| a.starts_with("token:")).unwrap();
+    let rows = filter("audit-actor", token_actor.clone()).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0][1].as_str(), rows[0][2].as_str()), (token_actor.as_str(), "httproute.update"));
+    loaded("audit-by-actor").await;
 
     // Signing out ends the session: the console asks to sign in again.
     b.find(Locator::Css("header form button")).await.unwrap().click().await.unwrap();
@@ -347,9 +430,64 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
         .for_element(Locator::XPath("//h1[text()='Sign in to Trellis']"))
         .await
         .unwrap();
+    loaded("signed-out").await;
     b.goto(&format!("{}/orgs/default", t.base)).await.unwrap();
     let h1 = b.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
     assert_eq!(h1, "Sign in to Trellis");
+    loaded("signed-out-org").await;
+    chromium.close().await;
+}
+
+/// Presses each key of `keys` (a character, or a [`Key`] such as Tab), as a keyboard would.
+async fn press(b: &fantoccini::Client, keys: &str) {
+    use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+    let mut actions = KeyActions::new("keyboard".into());
+    for value in keys.chars() {
+        actions = actions.then(KeyAction::Down { value }).then(KeyAction::Up { value });
+    }
+    b.perform_actions(actions).await.unwrap();
+}
+
+/// The id, or else the text, of the element that has the keyboard's focus.
+async fn focused(b: &fantoccini::Client) -> String {
+    let e = b.active_element().await.unwrap();
+    match e.attr("id").await.unwrap() {
+        Some(id) if !id.is_empty() => format!("#{id}"),
+        _ => e.text().await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_mesh_is_created_with_the_keyboard_alone() {
+    let db = TestDb::create().await;
+    let t = start(&db).await;
+    let chromium = Chromium::start().await;
+    let b = &chromium.client;
+    b.goto(&login_link(&t)).await.unwrap();
+    b.find(Locator::Id("mesh-name")).await.unwrap();
+
+    // Tab from the top of the page to the name field, passing every control before it.
+    let mut passed = Vec::new();
+    while focused(b).await != "#mesh-name" {
+        assert!(passed.len() < 20, "Tab never reaches the mesh's name; it went through {passed:?}");
+        press(b, &Key::Tab.to_string()).await;
+        passed.push(focused(b).await);
+    }
+    press(b, "keys").await;
+    // Down arrows pick the options of the two selects; Tab goes on to the button.
+    press(b, &Key::Tab.to_string()).await;
+    assert_eq!(focused(b).await, "#mesh-mtls");
+    press(b, &(Key::Down + "")).await;
+    press(b, &Key::Tab.to_string()).await;
+    assert_eq!(focused(b).await, "#mesh-access");
+    press(b, &Key::Tab.to_string()).await;
+    assert_eq!(focused(b).await, "Create mesh");
+    press(b, &Key::Enter.to_string()).await;
+    let created = Locator::XPath("//h1[text()='Mesh keys']");
+    b.wait().at_most(Duration::from_secs(5)).for_element(created).await.unwrap();
+    page_loaded(b, &t.base, "keyboard-mesh-created").await;
+    let page = b.source().await.unwrap();
+    assert!(page.contains("mTLS PERMISSIVE"), "the option picked with the arrow key was sent:\n{page}");
     chromium.close().await;
 }
 
@@ -404,6 +542,13 @@ async fn pages_are_valid_html_with_strict_headers_and_show_each_user_only_their_
     // A viewer sees the meshes but no form, and a post anyway is refused.
     let page = get(&viewer, "/orgs/acme").send().await.unwrap().text().await.unwrap();
     assert!(page.contains("/orgs/acme/meshes/web") && !page.contains("Create a mesh"), "{page}");
+    // Nor links to the pages a viewer may not open (the API tokens, the audit log).
+    assert!(page.contains("href=\"/orgs/acme/members\""), "{page}");
+    for link in ["href=\"/orgs/acme/tokens\"", "href=\"/orgs/acme/audit\""] {
+        assert!(!page.contains(link), "a viewer sees {link}:\n{page}");
+        let owners = get(&owner, "/orgs/acme").send().await.unwrap().text().await.unwrap();
+        assert!(owners.contains(link), "the owner misses {link}:\n{owners}");
+    }
     let viewer_csrf =
         page.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_owned();
     let mut post = form(&viewer_csrf);
@@ -428,6 +573,15 @@ async fn pages_are_valid_html_with_strict_headers_and_show_each_user_only_their_
     assert_eq!(res.status(), 303, "{}", res.text().await.unwrap());
     assert_eq!(res.headers()["location"], "/orgs/acme/meshes/web/config/services/api?saved=1");
     let proxy = ledger_of_a_proxy(&db, "acme", "web").await;
+    // The mesh's page sums its proxies up by the dataplane list's rule, with the rejection.
+    let page = get(&owner, "/orgs/acme/meshes/web").send().await.unwrap().text().await.unwrap();
+    let summary = page.split("id=\"propagation-summary\">").nth(1).unwrap().split("</p>").next().unwrap();
+    let text: String = summary.split('<').map(|s| s.split_once('>').map_or(s, |(_, t)| t)).collect();
+    assert_eq!(
+        text,
+        "1 proxy: 0 in sync, 0 syncing, 1 rejecting, 0 offline (last rejection: api-1 refused Listener \
+         version 2: listener api: bind failed)."
+    );
     let page = get(&owner, "/orgs/acme/meshes/web/dataplanes").send().await.unwrap().text().await.unwrap();
     for shown in ["api-1", "in sync", "rejected version 2: listener api: bind failed", "rejected"] {
         assert!(page.contains(shown), "{shown:?} missing from the dataplanes page:\n{page}");
@@ -518,21 +672,62 @@ async fn pages_are_valid_html_with_strict_headers_and_show_each_user_only_their_
     );
     assert_eq!(res.await.unwrap().status(), 403);
 
-    // Another organization's user finds nothing of acme's: every page is a 404.
-    for path in [
-        "/orgs/acme",
-        "/orgs/acme/meshes/web",
-        "/orgs/acme/meshes/web/config/services",
-        "/orgs/acme/meshes/web/config/services/api",
-        "/orgs/acme/meshes/web/dataplanes",
-        &format!("/orgs/acme/meshes/web/dataplanes/{proxy}"),
-    ] {
-        let res = get(&stranger, path).send().await.unwrap();
-        assert_eq!(res.status(), 404, "{path}");
-        let body = res.text().await.unwrap();
-        assert!(!body.contains("9080"), "{path}: {body}");
-        assert!(!body.contains("web") || !body.contains("Trust domain"), "{path}: {body}");
+    // The organization's other pages, each valid: API tokens (one minted), the audit log,
+    // a join token with the agent's commands, its first proxy, unexpected traffic, and the
+    // error pages.
+    for path in ["/orgs/acme/tokens", "/orgs/acme/audit", "/orgs/acme/audit?action=mesh.create"] {
+        let res = get(&owner, path).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_valid_html(path, &res.text().await.unwrap()).await;
     }
+    let minted = as_user(&owner, http.post(format!("{}/orgs/acme/tokens", t.base)))
+        .form(&[("csrf", csrf.as_str()), ("name", "ci"), ("role", "viewer")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 200);
+    let page = minted.text().await.unwrap();
+    assert!(page.contains("id=\"new-token\""), "{page}");
+    assert_valid_html("token minted", &page).await;
+    let api_token = page.split("/orgs/acme/tokens/").nth(1).unwrap().split('/').next().unwrap().to_owned();
+    let joined = as_user(&owner, http.post(format!("{}/orgs/acme/meshes/web/workloads", t.base)))
+        .form(&[("csrf", csrf.as_str()), ("service", "api"), ("tags", "version=v1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 200);
+    let page = joined.text().await.unwrap();
+    assert!(page.contains("id=\"join-token\""), "{page}");
+    assert_valid_html("join token", &page).await;
+    let join_token =
+        page.split("/orgs/acme/meshes/web/workloads/").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    for path in
+        [format!("/orgs/acme/meshes/web/workloads/{join_token}"), "/orgs/acme/meshes/web/events".into()]
+    {
+        let res = get(&owner, &path).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_valid_html(&path, &res.text().await.unwrap()).await;
+    }
+    for (path, status) in [
+        ("/orgs/acme/meshes/nowhere", 404),
+        ("/orgs/acme/meshes/web/events/not-an-event/draft", 404),
+        ("/orgs/acme/meshes/web/topology?window=5", 400),
+    ] {
+        let res = get(&owner, path).send().await.unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        assert_valid_html(path, &res.text().await.unwrap()).await;
+    }
+    let res = get(&viewer, "/orgs/acme/tokens").send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_valid_html("403", &res.text().await.unwrap()).await;
+
+    // Another organization's user finds nothing of acme's: every page and form is a 404.
+    let mut ids = OrgIds::new("acme", "web");
+    ids.proxy = proxy.to_string();
+    ids.api_token = api_token;
+    ids.join_token = join_token;
+    let stranger_csrf = csrf_of(&get(&stranger, "/orgs/globex").send().await.unwrap().text().await.unwrap());
+    assert_hidden_from(&t, &stranger, &stranger_csrf, &ids, "9080").await;
     let home = get(&stranger, "/").send().await.unwrap();
     assert_eq!(home.headers()["location"], "/orgs/globex");
 
@@ -541,4 +736,40 @@ async fn pages_are_valid_html_with_strict_headers_and_show_each_user_only_their_
     let res = http.get(format!("{}/orgs/acme", t.base)).bearer_auth(token).send().await.unwrap();
     assert_eq!(res.status(), 303);
     assert_eq!(res.headers()["location"], "/");
+}
+
+/// Whether `path` (query aside) is an instance of the route `pattern` (`{name}` segments
+/// match any one segment).
+fn matches_route(pattern: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap();
+    let (p, u): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+    p.len() == u.len() && p.iter().zip(&u).all(|(p, u)| p.starts_with('{') || p == u)
+}
+
+#[test]
+fn every_console_route_of_an_organization_is_in_the_list_the_tenancy_checks_walk() {
+    let urls = trellis_tests::console::org_urls(&OrgIds::new("acme", "web"));
+    let web = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/src");
+    let mut routes = 0;
+    for file in std::fs::read_dir(&web).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let source = std::fs::read_to_string(path).unwrap();
+        // Each route is one line: `.route("/orgs/{org}/…", get(page).post(form))`.
+        for line in source.lines().filter(|l| l.trim_start().starts_with(".route(\"/orgs/")) {
+            let pattern = line.split('"').nth(1).unwrap();
+            for (method, call) in [(reqwest::Method::GET, "get("), (reqwest::Method::POST, "post(")] {
+                if line.contains(call) {
+                    routes += 1;
+                    assert!(
+                        urls.iter().any(|(m, u)| *m == method && matches_route(pattern, u)),
+                        "{method} {pattern} is not in trellis_tests::console::org_urls"
+                    );
+                }
+            }
+        }
+    }
+    assert!(routes > 30, "only {routes} routes found under {}", web.display());
 }

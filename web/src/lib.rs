@@ -231,8 +231,11 @@ async fn render_org(c: &Console, v: &Viewer, org: &str, form: &pages::MeshForm) 
     let page = trellis_control::Page::parse(Some("500"), None, None)?;
     let (meshes, _) = c.control.list_meshes(scope, &page).await?;
     let can_write = v.may(org, Action::WriteConfig);
+    // The actions the tokens' and the audit log's use cases require.
+    let links =
+        pages::OrgLinks { tokens: v.may(org, Action::ManageTokens), audit: v.may(org, Action::ReadAudit) };
     let orgs = v.org_list();
-    Ok(pages::org(&v.chrome(Some(org), &orgs), org, &org_name, &meshes, can_write.then_some(form)))
+    Ok(pages::org(&v.chrome(Some(org), &orgs), org, &org_name, &meshes, links, can_write.then_some(form)))
 }
 
 #[derive(Deserialize)]

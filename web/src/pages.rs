@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use maud::{Markup, html};
-use trellis_control::{AppError, FirstProxy, MeshOverview, Onboarding};
+use trellis_control::{AppError, Dataplanes, FirstProxy, MeshOverview, Onboarding};
 use trellis_model::Role;
 use trellis_model::config::{Kind, Labels};
 use trellis_store::{ApiToken, AuditRecord, JoinToken, Mesh};
@@ -95,14 +95,32 @@ pub fn field_errors(e: &AppError, fields: &[(&str, &'static str)]) -> BTreeMap<&
     out
 }
 
-/// An organization: its meshes, and (for those who may) the form that creates one.
-pub fn org(chrome: &Chrome<'_>, slug: &str, name: &str, meshes: &[Mesh], form: Option<&MeshForm>) -> Markup {
+/// Which of an organization's pages the viewer may open, beside its members.
+pub struct OrgLinks {
+    pub tokens: bool,
+    pub audit: bool,
+}
+
+/// An organization: its meshes, links to the pages the viewer may open, and (for those who
+/// may) the form that creates a mesh.
+pub fn org(
+    chrome: &Chrome<'_>,
+    slug: &str,
+    name: &str,
+    meshes: &[Mesh],
+    links: OrgLinks,
+    form: Option<&MeshForm>,
+) -> Markup {
     page(
         name,
         Some(chrome),
         html! {
             h1 { (name) }
-            p { a href={ "/orgs/" (slug) "/members" } { "Members" } " · " a href={ "/orgs/" (slug) "/tokens" } { "API tokens" } " · " a href={ "/orgs/" (slug) "/audit" } { "Audit log" } }
+            p #org-links {
+                a href={ "/orgs/" (slug) "/members" } { "Members" }
+                @if links.tokens { " · " a href={ "/orgs/" (slug) "/tokens" } { "API tokens" } }
+                @if links.audit { " · " a href={ "/orgs/" (slug) "/audit" } { "Audit log" } }
+            }
             h2 { "Meshes" }
             @if meshes.is_empty() {
                 p.muted { "No meshes yet." }
@@ -183,7 +201,6 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls,
     for r in &o.resources {
         by_kind.entry(r.kind.as_str()).or_default().push(r.name.as_str());
     }
-    let online = o.fleet.dataplanes.iter().filter(|d| d.online).count();
     page(
         m.name.as_str(),
         Some(chrome),
@@ -194,7 +211,7 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls,
                 p { "Trust domain " code { (m.trust_domain.as_str()) } ", mTLS "
                     (m.spec["mtls"]["mode"].as_str().unwrap_or("STRICT")) ", default access "
                     (m.spec["defaultAccess"].as_str().unwrap_or("deny")) ", revision " (m.revision) "." }
-                p { (online) " of " (o.fleet.dataplanes.len()) " dataplanes online." }
+                (propagation_summary(&o.fleet))
             }
             h2 { "Observe" }
             p #observe {
@@ -273,8 +290,8 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls,
                         }
                     }
                 }
+                (rotation_steps(chrome, org, o, may.rotate))
                 @if may.rotate {
-                    (rotation_step(chrome, org, o))
                     (ca::forms(chrome, org, o, ca))
                 }
             }
@@ -282,26 +299,79 @@ pub fn mesh(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may: MeshControls,
     )
 }
 
-/// The next step of a root rotation, with what it will do.
-fn rotation_step(chrome: &Chrome<'_>, org: &str, o: &MeshOverview) -> Markup {
+/// Where the mesh's proxies stand with their configuration, by the rule of the dataplane
+/// list ([`Dataplanes::state`]), and the last rejection one of them sent.
+fn propagation_summary(fleet: &Dataplanes) -> Markup {
+    let c = fleet.counts();
+    let total = fleet.dataplanes.len();
+    html! {
+        p #propagation-summary {
+            (total) @if total == 1 { " proxy: " } @else { " proxies: " }
+            span.ok[c.in_sync > 0] { (c.in_sync) " in sync" } ", "
+            span.warn[c.syncing > 0] { (c.syncing) " syncing" } ", "
+            span.bad[c.rejected > 0] { (c.rejected) " rejecting" } ", "
+            (c.offline) " offline"
+            @if let Some((d, l)) = fleet.last_rejection() {
+                " (last rejection: " code { (d.node_id) } " refused " (trellis_control::short_type(&l.type_url))
+                " version " (l.nacked_version.as_deref().unwrap_or_default()) ": "
+                (l.nack_error.as_deref().unwrap_or("no reason given")) ")"
+            }
+            "."
+        }
+    }
+}
+
+/// The three steps of a root rotation, each with what it does, the one the mesh is at
+/// marked, and (for those who may rotate) the button that takes it.
+fn rotation_steps(chrome: &Chrome<'_>, org: &str, o: &MeshOverview, may_rotate: bool) -> Markup {
     let action = format!("/orgs/{org}/meshes/{}/ca", o.fleet.mesh.name.as_str());
     let previous = o.ca.cas.iter().find(|c| c.state == "previous");
-    let (step, id, label, what) = match (o.ca.phase, previous) {
-        ("stable", _) => ("prepare", String::new(), "Prepare a new root",
+    let retire = match previous {
+        Some(prev) => format!(
+            "Removes the old root from the trust bundle. {} it signed {} still in use (unexpired, not \
+             renewed); retiring is refused while any is.",
+            match prev.live_leaves {
+                1 => "1 certificate".to_owned(),
+                n => format!("{n} certificates"),
+            },
+            if prev.live_leaves == 1 { "is" } else { "are" }
+        ),
+        None => "Removes the old root from the trust bundle, once no certificate it signed is still in use \
+                 (retiring is refused while any is)."
+            .to_owned(),
+    };
+    // (step, button, what it does); the phase names the step that comes next.
+    let steps = [
+        ("prepare", "Prepare a new root",
             "Adds a new root to the trust bundle without signing with it, so that every proxy trusts it before any certificate needs it.".to_owned()),
-        ("prepared", _) => ("activate", String::new(), "Activate the new root",
+        ("activate", "Activate the new root",
             "New workload certificates are signed by the new root; the old root stays in the bundle, so certificates it signed keep working while agents renew under the new root, within seconds.".to_owned()),
-        ("rotated", Some(prev)) => ("retire", prev.id.to_string(), "Retire the old root",
-            format!("Removes the old root from the trust bundle. {} certificates it signed are still in use (unexpired, not renewed); retiring is refused while any is.", prev.live_leaves)),
-        _ => return html! {},
+        ("retire", "Retire the old root", retire),
+    ];
+    let current = match o.ca.phase {
+        "stable" | "awaiting-chain" => "prepare",
+        "prepared" => "activate",
+        "rotated" => "retire",
+        _ => "",
     };
     html! {
-        form method="post" action=(action) {
-            (csrf_field(chrome.csrf))
-            input type="hidden" name="step" value=(step);
-            input type="hidden" name="id" value=(id);
-            p { (what) }
-            button type="submit" { (label) }
+        h3 { "Root rotation" }
+        ol #rotation-steps {
+            @for (step, label, what) in &steps {
+                @let here = *step == current;
+                li.current[here] aria-current=[here.then_some("step")] {
+                    strong { (label) } @if here { " — the next step" }
+                    p { (what) }
+                    @if here && may_rotate && (o.ca.phase != "awaiting-chain") {
+                        form method="post" action=(action) {
+                            (csrf_field(chrome.csrf))
+                            input type="hidden" name="step" value=(step);
+                            input type="hidden" name="id" value=(previous.filter(|_| *step == "retire").map(|p| p.id.to_string()).unwrap_or_default());
+                            button type="submit" { (label) }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -2,16 +2,11 @@
 //! anything, and one proxy's current configuration in readable form.
 
 use maud::{Markup, html};
-use trellis_control::{DataplaneConfig, Dataplanes, in_sync};
+use trellis_control::{DataplaneConfig, Dataplanes, in_sync, short_type};
 use trellis_store::{Dataplane, LedgerEntry};
 
 use super::state_class;
 use crate::layout::{Chrome, page};
-
-/// `envoy.config.cluster.v3.Cluster` → `Cluster`.
-fn short_type(type_url: &str) -> &str {
-    type_url.rsplit('.').next().unwrap_or(type_url)
-}
 
 /// Where one type stands for one proxy, in words, and its class.
 fn line_state(l: &LedgerEntry) -> (String, &'static str) {
