@@ -37,7 +37,7 @@ pub struct Capture {
     /// Where inbound connections are redirected.
     #[arg(long, env = "TRELLIS_INBOUND_CAPTURE_PORT", default_value_t = 15006, value_parser = clap::value_parser!(u16).range(1..))]
     pub inbound_capture_port: u16,
-    /// Where the pod's outbound connections are redirected (the agent listens on 127.0.0.1).
+    /// Where the pod's outbound connections are redirected (the agent listens on 127.0.0.1 and ::1).
     #[arg(long, env = "TRELLIS_OUTBOUND_CAPTURE_PORT", default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
     pub outbound_capture_port: u16,
     /// The UID the agent runs as: its own connections are never redirected.
@@ -58,11 +58,11 @@ pub struct InitArgs {
     /// Destination ports of outbound connections never captured (comma-separated).
     #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_PORTS", value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
     pub exclude_outbound_ports: Vec<u16>,
-    /// Destination networks of outbound connections never captured (IPv4, comma-separated
-    /// `a.b.c.d/len`).
+    /// Destination networks of outbound connections never captured (comma-separated
+    /// `a.b.c.d/len` or `x:y::z/len`, IPv4 or IPv6).
     #[arg(long, env = "TRELLIS_EXCLUDE_OUTBOUND_CIDRS", value_delimiter = ',')]
     pub exclude_outbound_cidrs: Vec<Cidr>,
-    /// Print the `iptables-restore` input instead of applying it.
+    /// Print the `iptables-restore` and `ip6tables-restore` inputs instead of applying them.
     #[arg(long, env = "TRELLIS_INIT_DRY_RUN")]
     pub dry_run: bool,
     /// Remove the rules instead (`--remove` too).
@@ -455,7 +455,7 @@ mod tests {
             "--inbound-ports",
             "9080,9090",
             "--exclude-outbound-cidrs",
-            "10.0.0.0/8,169.254.169.254",
+            "10.0.0.0/8,169.254.169.254,fd00::/8",
             "--exclude-outbound-ports",
             "5432",
             "--proxy-uid",
@@ -467,13 +467,14 @@ mod tests {
         assert!(a.uninstall && a.dry_run);
         let p = a.plan();
         assert_eq!(p.inbound_ports, Ports::Only(vec![9080, 9090]));
-        assert_eq!(p.exclude_outbound_cidrs.len(), 2);
+        assert_eq!(p.exclude_outbound_cidrs.len(), 3);
         assert_eq!((p.exclude_outbound_ports, p.proxy_uid), (vec![5432], 2020));
         let same = init(&["--inbound-capture-port", "15001"]).unwrap();
         assert!(same.check().unwrap_err().contains("both 15001"));
         for (args, needle) in [
             (&["--inbound-ports", "80,x"][..], "\"x\""),
-            (&["--exclude-outbound-cidrs", "10.0.0.0/40"][..], "IPv4 network"),
+            (&["--exclude-outbound-cidrs", "10.0.0.0/40"][..], "prefix length must be 0 to 32"),
+            (&["--exclude-outbound-cidrs", "fd00::/200"][..], "prefix length must be 0 to 128"),
             (&["--exclude-inbound-ports", "0"][..], "--exclude-inbound-ports"),
         ] {
             let e = init(args).expect_err("refused").to_string();

@@ -49,6 +49,7 @@ use trellis_xds::contract::node_metadata;
 use crate::cli::{Cli, Command, InitArgs, RunArgs};
 use crate::control::ControlPlane;
 use crate::identity::Files;
+use crate::iptables::Family;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -82,15 +83,29 @@ fn runtime(threads: u16) -> anyhow::Result<tokio::runtime::Runtime> {
     builder.enable_all().build().context("cannot start the runtime")
 }
 
-/// Installs (or removes, or prints) the capture rules of transparent mode.
+/// Installs (or removes, or prints) the capture rules of transparent mode, IPv4 and IPv6.
 fn init(args: &InitArgs) -> anyhow::Result<()> {
     args.check().map_err(|e| anyhow!(e))?;
     match (args.uninstall, args.dry_run) {
-        (false, true) => print!("{}", iptables::rules(&args.plan())),
-        (true, true) => print!("{}", iptables::removal(&iptables::save()?).unwrap_or_default()),
+        (false, true) => {
+            print!("{}", iptables::dry_run(Family::BOTH.map(|f| Some(iptables::rules(&args.plan(), f)))))
+        }
+        (true, true) => {
+            let mut inputs = [None, None];
+            for (input, family) in inputs.iter_mut().zip(Family::BOTH) {
+                if iptables::families().contains(&family) {
+                    *input = iptables::removal(&iptables::save(family)?);
+                }
+            }
+            print!("{}", iptables::dry_run(inputs));
+        }
         (false, false) => {
-            iptables::install(&args.plan())?;
-            tracing::info!("capture rules installed (iptables nat table, chains TRELLIS_*)");
+            let families = iptables::install(&args.plan())?;
+            let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
+            tracing::info!(families = %names.join(" and "), "capture rules installed (nat table, chains TRELLIS_*)");
+            if !families.contains(&Family::V6) {
+                tracing::warn!("this kernel has no IPv6 (no /proc/net/if_inet6): IPv4 rules only");
+            }
         }
         (true, false) => match iptables::uninstall()? {
             true => tracing::info!("capture rules removed"),
@@ -172,8 +187,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     if args.transparent {
-        let (inbound, outbound) = transparent::bind(&args.capture).await?;
-        transparent::serve(proxy.clone(), inbound, outbound, &identity.current().id);
+        let listeners = transparent::bind(&args.capture)?;
+        transparent::serve(proxy.clone(), listeners, &identity.current().id);
     }
     if let Some(addr) = args.http_proxy_addr {
         let listener = tokio::net::TcpListener::bind(addr)

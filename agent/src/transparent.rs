@@ -1,6 +1,6 @@
 //! Transparent mode: the connections that `trellis-agent init`'s rules ([`crate::iptables`])
-//! redirect, taken on the two capture ports. Each connection's original destination
-//! (`SO_ORIGINAL_DST`) says what it was for:
+//! redirect, taken on the two capture ports, IPv4 and IPv6. Each connection's original
+//! destination (`SO_ORIGINAL_DST`, `IP6T_SO_ORIGINAL_DST`) says what it was for:
 //!
 //! - inbound, the service port: the connection is served by that port's inbound listener,
 //!   exactly as in explicit mode (mTLS, access control, the application on
@@ -13,7 +13,7 @@
 //!   PassthroughCluster): plain TCP, or plain HTTP for a request whose `Host` names no service.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use trellis_ca::SpiffeId;
 use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 
@@ -36,40 +36,91 @@ use crate::state::Config;
 /// the server speaks first sends nothing).
 const SNIFF_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// The capture listeners: inbound on every address (a redirected connection keeps the
-/// address it was sent to), outbound on 127.0.0.1 (where OUTPUT's REDIRECT delivers).
-pub async fn bind(capture: &Capture) -> anyhow::Result<(TcpListener, TcpListener)> {
-    let inbound = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), capture.inbound_capture_port);
-    let outbound = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), capture.outbound_capture_port);
-    let listen = |addr: SocketAddr, flag: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("{flag} {}: cannot listen on {addr}", addr.port()))
-    };
-    Ok((listen(inbound, "--inbound-capture-port").await?, listen(outbound, "--outbound-capture-port").await?))
+/// The capture listeners of each family: inbound on every address (a redirected connection
+/// keeps the address it was sent to), outbound on the loopback address (where OUTPUT's
+/// REDIRECT delivers: 127.0.0.1, ::1).
+pub struct Listeners {
+    inbound: Vec<TcpListener>,
+    outbound: Vec<TcpListener>,
 }
 
-/// Serves both capture listeners until the drain begins.
-pub fn serve(proxy: Arc<Proxy>, inbound: TcpListener, outbound: TcpListener, id: &SpiffeId) {
-    let mesh: Arc<str> = mesh_of(id).unwrap_or_default().into();
-    tracing::info!(
-        inbound = %inbound.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        outbound = %outbound.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        "transparent mode: taking redirected connections"
-    );
-    tokio::spawn(proxy.clone().accept_until_drained(inbound, |proxy, tcp| async move {
-        if let Err(e) = take_inbound(proxy, tcp).await {
-            tracing::debug!(direction = "inbound", error = %format!("{e:#}"), "connection ended");
-        }
-    }));
-    tokio::spawn(proxy.accept_until_drained(outbound, move |proxy, tcp| {
-        let mesh = mesh.clone();
-        async move {
-            if let Err(e) = take_outbound(proxy, tcp, mesh).await {
-                tracing::debug!(direction = "outbound", error = %format!("{e:#}"), "connection ended");
+/// Binds the capture listeners: IPv4's, and IPv6's unless this host has no IPv6 (then it
+/// has no IPv6 traffic to capture either).
+pub fn bind(capture: &Capture) -> anyhow::Result<Listeners> {
+    let mut l = Listeners { inbound: Vec::new(), outbound: Vec::new() };
+    for (any, lo) in [
+        (IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        (IpAddr::V6(Ipv6Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ] {
+        let inbound = SocketAddr::new(any, capture.inbound_capture_port);
+        let outbound = SocketAddr::new(lo, capture.outbound_capture_port);
+        let pair = listen(inbound)
+            .map_err(|e| (e, "--inbound-capture-port", inbound))
+            .and_then(|i| Ok((i, listen(outbound).map_err(|e| (e, "--outbound-capture-port", outbound))?)));
+        match pair {
+            Ok((i, o)) => {
+                l.inbound.push(i);
+                l.outbound.push(o);
+            }
+            Err((e, _, addr)) if addr.is_ipv6() && no_ipv6(&e) => {
+                tracing::warn!(%addr, error = %e, "no IPv6 on this host: capturing IPv4 only");
+            }
+            Err((e, flag, addr)) => {
+                return Err(anyhow!("{flag} {}: cannot listen on {addr}: {e}", addr.port()));
             }
         }
-    }));
+    }
+    Ok(l)
+}
+
+/// A listener on `addr`; on an IPv6 address, for IPv6 only (IPv4 has its own).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    if addr.is_ipv6() {
+        socket2::SockRef::from(&socket).set_only_v6(true)?;
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Whether binding failed because the host has no IPv6: none in the kernel, or no `::1`
+/// (IPv6 disabled in this network namespace).
+fn no_ipv6(e: &std::io::Error) -> bool {
+    /// Linux's "address family not supported by protocol".
+    const EAFNOSUPPORT: i32 = 97;
+    e.kind() == std::io::ErrorKind::AddrNotAvailable || e.raw_os_error() == Some(EAFNOSUPPORT)
+}
+
+/// Serves the capture listeners until the drain begins.
+pub fn serve(proxy: Arc<Proxy>, listeners: Listeners, id: &SpiffeId) {
+    let mesh: Arc<str> = mesh_of(id).unwrap_or_default().into();
+    let addrs = |l: &[TcpListener]| {
+        l.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>().join(" ")
+    };
+    tracing::info!(
+        inbound = %addrs(&listeners.inbound),
+        outbound = %addrs(&listeners.outbound),
+        "transparent mode: taking redirected connections"
+    );
+    for inbound in listeners.inbound {
+        tokio::spawn(proxy.clone().accept_until_drained(inbound, |proxy, tcp| async move {
+            if let Err(e) = take_inbound(proxy, tcp).await {
+                tracing::debug!(direction = "inbound", error = %format!("{e:#}"), "connection ended");
+            }
+        }));
+    }
+    for outbound in listeners.outbound {
+        let mesh = mesh.clone();
+        tokio::spawn(proxy.clone().accept_until_drained(outbound, move |proxy, tcp| {
+            let mesh = mesh.clone();
+            async move {
+                if let Err(e) = take_outbound(proxy, tcp, mesh).await {
+                    tracing::debug!(direction = "outbound", error = %format!("{e:#}"), "connection ended");
+                }
+            }
+        }));
+    }
 }
 
 /// Refuses to start unless the agent runs as the UID `init`'s rules spare: any other UID
@@ -97,15 +148,20 @@ fn mesh_of(id: &SpiffeId) -> Option<&str> {
     id.path().strip_prefix("/ns/")?.split('/').next()
 }
 
-/// Where the connection was sent before the rules redirected it; an error when it was not
-/// redirected (sent to the capture port itself: serving it would loop).
+/// Where the connection was sent before the rules redirected it (asked of the table of the
+/// connection's family); an error when it was not redirected (sent to the capture port
+/// itself: serving it would loop).
 fn original_dst(tcp: &TcpStream) -> anyhow::Result<SocketAddr> {
-    let dst = socket2::SockRef::from(tcp)
-        .original_dst_v4()
-        .context("no original destination (not redirected by the capture rules)")?
-        .as_socket()
-        .ok_or_else(|| anyhow!("the original destination is not an IP address"))?;
-    if dst == tcp.local_addr()? {
+    let local = tcp.local_addr()?;
+    let socket = socket2::SockRef::from(tcp);
+    let dst = match local {
+        SocketAddr::V4(_) => socket.original_dst_v4(),
+        SocketAddr::V6(_) => socket.original_dst_v6(),
+    }
+    .context("no original destination (not redirected by the capture rules)")?
+    .as_socket()
+    .ok_or_else(|| anyhow!("the original destination is not an IP address"))?;
+    if dst == local {
         return Err(anyhow!("{dst}: sent to the capture port itself, not redirected"));
     }
     Ok(dst)
@@ -290,10 +346,12 @@ mod tests {
         let (api, api_eps) = cluster("api.shop:9080", &["10.0.0.3:9080", "10.0.0.4:9080"]);
         let (v2, v2_eps) = cluster("api.shop:9080~version=v2", &["10.0.0.4:9080"]);
         let (db, db_eps) = cluster("db.shop:5432", &["10.0.0.5:5432"]);
+        let (ratings, ratings_eps) = cluster("ratings.shop:9080", &["[fd00::4]:9080"]);
         Config {
             listeners: BTreeMap::from([
                 listener("outbound:api.shop:9080", "127.1.2.3:9080", true),
                 listener("outbound:db.shop:5432", "127.4.5.6:5432", false),
+                listener("outbound:ratings.shop:9080", "127.7.8.9:9080", true),
                 (
                     "inbound:8080".into(),
                     Arc::new(Listener {
@@ -304,8 +362,8 @@ mod tests {
                     }),
                 ),
             ]),
-            clusters: BTreeMap::from([api, v2, db]),
-            endpoints: BTreeMap::from([api_eps, v2_eps, db_eps]),
+            clusters: BTreeMap::from([api, v2, db, ratings]),
+            endpoints: BTreeMap::from([api_eps, v2_eps, db_eps, ratings_eps]),
             ..Config::default()
         }
     }
@@ -319,7 +377,15 @@ mod tests {
         assert_eq!(at("127.1.2.3:9080").as_deref(), Some("outbound:api.shop:9080"));
         assert_eq!(at("10.0.0.5:5432").as_deref(), Some("outbound:db.shop:5432"));
         assert_eq!(at("127.4.5.6:5432").as_deref(), Some("outbound:db.shop:5432"));
-        for elsewhere in ["10.0.0.3:9081", "10.0.0.9:9080", "93.184.216.34:443", "10.0.0.2:8080"] {
+        assert_eq!(at("[fd00::4]:9080").as_deref(), Some("outbound:ratings.shop:9080"), "an IPv6 endpoint");
+        for elsewhere in [
+            "10.0.0.3:9081",
+            "10.0.0.9:9080",
+            "93.184.216.34:443",
+            "10.0.0.2:8080",
+            "[fd00::4]:9081",
+            "[fd00::5]:9080",
+        ] {
             assert_eq!(at(elsewhere), None, "{elsewhere} passes through");
         }
         assert!(serves_http_on(&cfg, 9080));

@@ -308,6 +308,24 @@ fn a_regex_envoy_would_refuse_is_refused_with_its_field_path() {
 }
 
 #[test]
+fn an_abort_has_an_http_or_a_grpc_status_in_range() {
+    let route = |abort: Value| json!({"targetRef": {"service": "r"}, "rules": [{"backendRefs": [{"service": "a"}], "fault": {"abort": abort}}]});
+    for ok in [json!({"httpStatus": 503, "percent": 10}), json!({"grpcStatus": 14, "percent": 100})] {
+        assert!(errors(Kind::HttpRoute, route(ok.clone())).is_empty(), "{ok}");
+    }
+    let at = "spec.rules[0].fault.abort";
+    for (abort, field, needle) in [
+        (json!({"grpcStatus": 0, "percent": 5}), format!("{at}.grpcStatus"), "between 1 and 16, got 0"),
+        (json!({"grpcStatus": 17, "percent": 5}), format!("{at}.grpcStatus"), "between 1 and 16, got 17"),
+        (json!({"httpStatus": 99, "percent": 5}), format!("{at}.httpStatus"), "between 200 and 599"),
+        (json!({"httpStatus": 503, "grpcStatus": 14, "percent": 5}), at.to_owned(), "not both"),
+        (json!({"percent": 5}), at.to_owned(), "must have httpStatus or grpcStatus"),
+    ] {
+        assert_error(Kind::HttpRoute, route(abort), &field, needle);
+    }
+}
+
+#[test]
 fn a_rule_after_a_catch_all_rule_is_refused_as_unreachable() {
     let catch_all = json!({"backendRefs": [{"service": "a"}]});
     let beta = json!({"matches": [{"headers": [{"name": "x-beta", "value": "true"}]}], "backendRefs": [{"service": "b"}]});

@@ -1258,15 +1258,15 @@ async fn timed(client: &reqwest::Client, n: usize, concurrency: usize) -> Vec<(u
         .await
 }
 
-/// Puts the HTTPRoute `reviews` (every request to all of reviews, with `fault` if given) and
-/// waits until every proxy applied it.
-async fn reviews_route(api: &Api, fault: Option<Value>) {
-    let mut rule = json!({"backendRefs": [{"service": "reviews"}]});
+/// Puts the HTTPRoute `<service>` (every request to all of `service`, with `fault` if given)
+/// and waits until every proxy applied it.
+async fn catch_all_route(api: &Api, service: &str, fault: Option<Value>) {
+    let mut rule = json!({"backendRefs": [{"service": service}]});
     if let Some(f) = fault {
         rule["fault"] = f;
     }
-    let doc = json!({"spec": {"targetRef": {"service": "reviews"}, "rules": [rule]}});
-    let (status, body) = api.put("/meshes/shop/http-routes/reviews?wait=20s", &doc).await;
+    let doc = json!({"spec": {"targetRef": {"service": service}, "rules": [rule]}});
+    let (status, body) = api.put(&format!("/meshes/shop/http-routes/{service}?wait=20s"), &doc).await;
     assert!(status == 200 || status == 201, "{body}");
     assert_eq!(body["status"]["propagation"]["wait"]["outcome"], "applied", "{body:#}");
 }
@@ -1279,7 +1279,7 @@ async fn a_routes_injected_faults_abort_and_delay_their_share_of_requests_until_
 
     // Half aborted with 503, every one delayed 200 ms.
     let fault = json!({"abort": {"httpStatus": 503, "percent": 50}, "delay": {"fixedDelay": "200ms", "percent": 100}});
-    reviews_route(&api, Some(fault)).await;
+    catch_all_route(&api, "reviews", Some(fault)).await;
     let n = 200;
     let answers = timed(&client, n, 20).await;
     let aborted = answers.iter().filter(|(s, _)| *s == 503).count();
@@ -1318,13 +1318,88 @@ async fn a_routes_injected_faults_abort_and_delay_their_share_of_requests_until_
     );
 
     // Without the fault, nothing fails and nothing waits.
-    reviews_route(&api, None).await;
+    catch_all_route(&api, "reviews", None).await;
     let answers = timed(&client, 100, 20).await;
     assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
     let slowest = answers.iter().map(|(_, d)| *d).max().unwrap();
     assert!(slowest < Duration::from_millis(200), "no delay any more: the slowest took {slowest:?}");
     println!("fault 503 at 50 %: {aborted} of {n} aborted, the fastest after {fastest:?}");
     drop((agents, t));
+}
+
+#[tokio::test]
+async fn a_routes_injected_abort_fails_real_grpc_calls_with_the_configured_grpc_status_until_removed() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    let mesh = example_documents().into_iter().find(|d| d["kind"] == "Mesh").unwrap();
+    let (status, body) = api.put(&document_path(&mesh), &mesh).await;
+    assert!(status == 200 || status == 201, "{body}");
+    for (path, doc) in [
+        (
+            "/meshes/shop/services/productpage",
+            json!({"spec": {"ports": [{"port": 9080, "protocol": "http"}]}}),
+        ),
+        ("/meshes/shop/services/scores", json!({"spec": {"ports": [{"port": 9090, "protocol": "grpc"}]}})),
+        (
+            "/meshes/shop/access-policies/scores-callers",
+            json!({"spec": {"targetRef": {"service": "scores"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}}),
+        ),
+    ] {
+        let (status, body) = api.put(path, &doc).await;
+        assert!(status == 200 || status == 201, "{path}: {body}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&db.store().await).await).unwrap();
+    let dir = |name: &str| {
+        let d = tmp.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let tok = join_token(&api, "scores", json!({})).await;
+    let app_port = format!("9090={}", grpc_app("scores-v1").await);
+    let flags = ["--port", "9090", "--app-port", &app_port, "--outbound", "none"];
+    let mut scores = agent(&t.xds, &ca, &dir("scores"), &tok, "scores", "127.0.0.60", &flags);
+    scores.wait_for_line("listening inbound:9090 on 127.0.0.60:9090", Duration::from_secs(20)).await;
+    let tok = join_token(&api, "productpage", json!({})).await;
+    let flags = ["--outbound", "scores"];
+    let mut caller = agent(&t.xds, &ca, &dir("productpage"), &tok, "productpage", "127.0.0.61", &flags);
+    let target = outbound_addr(&mut caller, "outbound:scores.shop:9090").await;
+    let mut answer = Err(tonic::Status::unknown("not called"));
+    for _ in 0..100 {
+        answer = grpc_call(&target, b"ok").await;
+        if answer.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.unwrap_or_else(|s| panic!("{s:?}\n{}", caller.output()));
+    assert!(answer.starts_with("scores-v1 URI=spiffe://"), "through both agents: {answer}");
+
+    // Every call aborted with the route's gRPC status, none reaching the application.
+    catch_all_route(&api, "scores", Some(json!({"abort": {"grpcStatus": 8, "percent": 100}}))).await;
+    for _ in 0..20 {
+        let err = grpc_call(&target, b"ok").await.expect_err("aborted");
+        assert_eq!((err.code(), err.message()), (tonic::Code::ResourceExhausted, "fault filter abort"));
+    }
+    let log = caller.output();
+    let marked = log.lines().filter(|l| l.contains(r#""responseFlags":"FI""#));
+    assert!(marked.count() > 0, "the caller's access log flags the abort:\n{log}");
+    // An HTTP status reaches a gRPC caller as the gRPC status it maps to, as Envoy's does.
+    catch_all_route(&api, "scores", Some(json!({"abort": {"httpStatus": 503, "percent": 100}}))).await;
+    let err = grpc_call(&target, b"ok").await.expect_err("aborted");
+    assert_eq!((err.code(), err.message()), (tonic::Code::Unavailable, "fault filter abort"));
+
+    // Without the fault, the calls go through again.
+    catch_all_route(&api, "scores", None).await;
+    for _ in 0..20 {
+        let answer = grpc_call(&target, b"ok").await.unwrap_or_else(|s| panic!("{s:?}"));
+        assert!(answer.starts_with("scores-v1 "), "{answer}");
+    }
+    drop((caller, scores, t));
 }
 
 /// An application that answers every request with `body` after `delay`.

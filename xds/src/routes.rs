@@ -266,7 +266,10 @@ fn route(
                 percentage: Some(percent(d.percent)),
             }),
             abort: f.abort.as_ref().map(|a| FaultAbort {
-                error_type: Some(ErrorType::HttpStatus(a.http_status)),
+                error_type: match (a.http_status, a.grpc_status) {
+                    (_, Some(grpc)) => Some(ErrorType::GrpcStatus(grpc)),
+                    (http, None) => http.map(ErrorType::HttpStatus),
+                },
                 percentage: Some(percent(a.percent)),
                 ..Default::default()
             }),

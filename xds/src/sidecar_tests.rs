@@ -420,6 +420,21 @@ fn http_routes_become_the_outbound_route_configuration() {
     assert!(!format!("{:?}", r.endpoints["api.shop:9090~version=v2"]).contains("10.0.1.1"));
 }
 
+#[test]
+fn an_abort_with_a_grpc_status_becomes_envoys_grpc_status_abort() {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::fault_abort::ErrorType;
+    let abort = |yaml: &str| {
+        let view = mesh(&HTTP_ROUTE.replace("abort: {httpStatus: 503, percent: 5}", yaml));
+        let r = envoy_sidecar(&view, "web", &[8080]);
+        let route = &r.routes["outbound:api.shop:9090"].virtual_hosts[0].routes[0];
+        let any = &route.typed_per_filter_config["envoy.filters.http.fault"];
+        HttpFault::decode(any.value.as_slice()).unwrap().abort.unwrap().error_type.unwrap()
+    };
+    assert_eq!(abort("abort: {grpcStatus: 8, percent: 5}"), ErrorType::GrpcStatus(8));
+    assert_eq!(abort("abort: {httpStatus: 503, percent: 5}"), ErrorType::HttpStatus(503));
+}
+
 /// Issue #12: a service with two ports had one cluster, whose EDS mixed both ports, so half
 /// of each port's requests landed on the other. Clusters (and EDS) are per port and subset,
 /// for sidecars and gRPC clients alike.

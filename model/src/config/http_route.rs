@@ -147,12 +147,18 @@ pub struct FaultDelay {
     pub percent: u32,
 }
 
-/// Fails a share of requests with a status.
+/// Fails a share of requests with a status: an HTTP status (a gRPC caller gets the gRPC
+/// status it maps to), or a gRPC status (`grpc-status`, with HTTP 200), one of the two.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultAbort {
-    pub http_status: u32,
+    /// 200 to 599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u32>,
+    /// A gRPC status code, 1 (CANCELLED) to 16 (UNAUTHENTICATED).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     pub percent: u32,
 }
 
@@ -373,7 +379,13 @@ impl HttpRouteRule {
                 }
                 if let Some(a) = &f.abort {
                     c.field("abort", |c| {
-                        c.range("httpStatus", a.http_status, 200, 599);
+                        match (a.http_status, a.grpc_status) {
+                            (Some(s), None) => c.range("httpStatus", s, 200, 599),
+                            // 0 is OK: not a failure.
+                            (None, Some(s)) => c.range("grpcStatus", s, 1, 16),
+                            (Some(_), Some(_)) => c.error("must have httpStatus or grpcStatus, not both"),
+                            (None, None) => c.error("must have httpStatus or grpcStatus"),
+                        }
                         c.range("percent", a.percent, 0, 100);
                     });
                 }
