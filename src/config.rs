@@ -165,7 +165,7 @@ pub struct Inject {
     #[arg(long, value_parser = parse_kube_name)]
     pub token_secret: Option<trellis_model::KubeName>,
     /// ConfigMap in the workload's namespace with the platform root under the key `ca.pem`.
-    #[arg(long, default_value = "trellis-platform-ca", value_parser = parse_kube_name)]
+    #[arg(long, default_value = trellis_model::contract::kubernetes::PLATFORM_CA_CONFIGMAP, value_parser = parse_kube_name)]
     pub platform_ca_configmap: trellis_model::KubeName,
 }
 

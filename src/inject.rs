@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 use trellis_model::contract::DEFAULT_CERT_DIR;
+use trellis_model::contract::kubernetes::{PLATFORM_CA_KEY, TOKEN_KEY, token_secret as default_token_secret};
 use trellis_model::{KubeName, MeshName, ResourceName};
 
 /// The sidecar's container name: a pod that has one is left as it is.
@@ -26,9 +27,6 @@ const READINESS_PORT: u16 = 15021;
 /// The readiness port's name in the sidecar's `ports` (at most 15 characters).
 const READINESS_PORT_NAME: &str = "trellis-ready";
 
-/// The key of the join-token Secret and of the platform-root ConfigMap.
-const TOKEN_KEY: &str = "token";
-const PLATFORM_CA_KEY: &str = "ca.pem";
 const PLATFORM_CA_DIR: &str = "/etc/trellis-agent/platform-ca";
 const CERTS_VOLUME: &str = "trellis-agent-certs";
 const PLATFORM_CA_VOLUME: &str = "trellis-agent-platform-ca";
@@ -129,7 +127,7 @@ fn inject_document(doc: &mut Value, settings: &Settings) -> anyhow::Result<Outco
     let tags = labels["version"].as_str().map(|v| format!("version={v}"));
     let token_secret = match &settings.token_secret {
         Some(s) => s.as_str().to_owned(),
-        None => format!("trellis-join-{service}"),
+        None => default_token_secret(service.as_str()),
     };
 
     let sidecar = sidecar(settings, &service, &ports, tags.as_deref(), &token_secret);

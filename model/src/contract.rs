@@ -25,6 +25,23 @@ pub const PLATFORM_CA_FILE: &str = "ca.pem";
 /// The mesh trust bundle that verifies peers, under the certificate directory.
 pub const BUNDLE_FILE: &str = "bundle.pem";
 
+/// What `trellis inject`'s pods read from their namespace, and what the console tells a
+/// person to create there: one definition, so that the commands shown match the sidecar.
+pub mod kubernetes {
+    /// The ConfigMap holding the platform root, unless `--platform-ca-configmap` says otherwise.
+    pub const PLATFORM_CA_CONFIGMAP: &str = "trellis-platform-ca";
+    /// The platform root's key in that ConfigMap.
+    pub const PLATFORM_CA_KEY: &str = "ca.pem";
+    /// The join token's key in its Secret.
+    pub const TOKEN_KEY: &str = "token";
+
+    /// The Secret holding the join token of `service`'s pods, unless `--token-secret` says
+    /// otherwise: one per service, since a join token is bound to one.
+    pub fn token_secret(service: &str) -> String {
+        format!("trellis-join-{service}")
+    }
+}
+
 /// Keys of a node's metadata (`node.metadata` in a bootstrap).
 pub mod node_metadata {
     /// The mesh the node belongs to (informational: the certificate decides).

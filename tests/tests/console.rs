@@ -281,6 +281,33 @@ async fn the_login_link_opens_the_console_where_a_mesh_is_created_with_errors_be
     }
     let files = b.find(Locator::Id("agent-files")).await.unwrap().text().await.unwrap();
     assert!(files.contains(&token) && files.contains("BEGIN CERTIFICATE"), "{files}");
+    let systemd = b.find(Locator::Id("agent-systemd")).await.unwrap().text().await.unwrap();
+    for part in [
+        format!("TRELLIS_SERVER={}", t.xds),
+        "TRELLIS_MESH=shop".into(),
+        "TRELLIS_SERVICE=reviews".into(),
+        "TRELLIS_TAGS=version=v2".into(),
+        "trellis install agent-systemd".into(),
+        "systemctl enable --now trellis-agent".into(),
+    ] {
+        assert!(systemd.contains(&part), "{part:?} missing from:\n{systemd}");
+    }
+    // Kubernetes: the names `trellis inject`'s sidecar reads, the token and the root in them.
+    let kube = b.find(Locator::Id("agent-kubernetes")).await.unwrap().text().await.unwrap();
+    for part in [
+        "create configmap trellis-platform-ca --from-file=ca.pem=".to_owned(),
+        "BEGIN CERTIFICATE".into(),
+        format!(
+            "printf %s '{token}' | kubectl -n <namespace> create secret generic trellis-join-reviews --from-file=token="
+        ),
+        format!(
+            "trellis inject --mesh shop --server {} --service reviews -f <workload>.yaml | kubectl -n <namespace> apply -f -",
+            t.xds
+        ),
+        "binds the tags version=v2".into(),
+    ] {
+        assert!(kube.contains(&part), "{part:?} missing from:\n{kube}");
+    }
     loaded("connect-workload").await;
     let store = db.store().await;
     let root = trellis_tests::grpc::platform_root(&store).await;

@@ -472,6 +472,7 @@ END
             )
         },
     );
+    let kubernetes = kubernetes_commands(a, &tags);
     page(
         "Connect a workload",
         Some(chrome),
@@ -490,9 +491,42 @@ END
             pre { code #agent-run { (run) } }
             h2 { "Or as a systemd service" }
             pre { code #agent-systemd { (systemd) } }
+            h2 { "Or in Kubernetes pods" }
+            p { "In the workload's namespace, the control plane's root in a ConfigMap and the token in a Secret; then "
+                code { "trellis inject" } " adds the agent to the pods of its manifests (see README, The agent in Kubernetes pods)." }
+            pre { code #agent-kubernetes { (kubernetes) } }
             p { a.button href={ "/orgs/" (org) "/meshes/" (a.mesh) "/workloads/" (a.record.id) } { "Watch for the first proxy" }
                 " — the page follows the agent through each step and names the one that fails." }
         },
+    )
+}
+
+/// The commands that put the root and the token where `trellis inject`'s pods read them
+/// (`contract::kubernetes`), then inject the workload's manifests.
+fn kubernetes_commands(a: &AgentSetup<'_>, tags: &[String]) -> String {
+    use trellis_model::contract::kubernetes::{
+        PLATFORM_CA_CONFIGMAP, PLATFORM_CA_KEY, TOKEN_KEY, token_secret,
+    };
+    let service = &a.record.service;
+    // The sidecar names only the pod's `version` label as a tag: the token's tags bind it.
+    let bound = if tags.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n# The token binds the tags {}: the agent claims the pod's `version` label, which must agree.",
+            tags.join(",")
+        )
+    };
+    format!(
+        "kubectl -n <namespace> create configmap {PLATFORM_CA_CONFIGMAP} --from-file={PLATFORM_CA_KEY}=/dev/stdin <<'END'\n\
+         {ca}END\n\
+         printf %s '{token}' | kubectl -n <namespace> create secret generic {secret} --from-file={TOKEN_KEY}=/dev/stdin{bound}\n\
+         trellis inject --mesh {mesh} --server {server} --service {service} -f <workload>.yaml | kubectl -n <namespace> apply -f -",
+        ca = a.platform_ca_pem,
+        token = a.token,
+        secret = token_secret(service),
+        mesh = a.mesh,
+        server = a.server,
     )
 }
 
