@@ -10,14 +10,22 @@ use uuid::Uuid;
 use crate::{AppError, Control, Dataplanes, Scope, SyncState};
 
 /// Where a join token's first proxy stands, from the first step to the last.
+///
+/// The TLS port cannot tell whose handshake failed (the token travels inside the TLS
+/// connection), so a failed handshake is never attributed to a token: an agent that presented
+/// the token, accepted or refused, proves that TLS worked; none seen yet leaves TLS (the
+/// address or the pinned root) as the likely step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FirstProxy {
-    /// Nobody has used the token yet.
+    /// No agent has presented the token yet.
     Waiting,
-    /// The token expired before anyone used it: mint another.
+    /// The token expired before anyone presented it: mint another.
     TokenExpired,
-    /// The token was revoked before anyone used it.
+    /// The token was revoked before anyone presented it.
     TokenRevoked,
+    /// An agent presented the token (so it reached the control plane over TLS) and was
+    /// refused, after any use that succeeded.
+    Refused { reason: String, at: DateTime<Utc> },
     /// An identity was issued for the token, but no proxy of its service opened an xDS
     /// stream since.
     NoStream,
@@ -52,7 +60,14 @@ impl FirstProxy {
         if let Some(d) = since.first() {
             return FirstProxy::Syncing { node: d.node_id.clone() };
         }
-        if token.uses > 0 {
+        let refused_last = match (token.last_refused_at, token.used_at) {
+            (Some(refused), Some(used)) => refused > used,
+            (refused, _) => refused.is_some(),
+        };
+        if let (true, Some(at)) = (refused_last, token.last_refused_at) {
+            let reason = token.last_refusal.clone().unwrap_or_default();
+            FirstProxy::Refused { reason, at }
+        } else if token.uses > 0 {
             FirstProxy::NoStream
         } else if token.revoked_at.is_some() {
             FirstProxy::TokenRevoked
@@ -111,6 +126,8 @@ mod tests {
             used_at: None,
             uses: 0,
             revoked_at: None,
+            last_refused_at: None,
+            last_refusal: None,
         }
     }
 
@@ -178,6 +195,19 @@ mod tests {
         assert_eq!(FirstProxy::of(&revoked, &empty, now), FirstProxy::TokenRevoked);
         let used = JoinToken { uses: 1, used_at: Some(now), ..token(now) };
         assert_eq!(FirstProxy::of(&used, &empty, now), FirstProxy::NoStream);
+        // A refusal after the last use (or with none) is the step that failed; one before a
+        // later use is history.
+        let refusal = |at| JoinToken {
+            last_refused_at: Some(at),
+            last_refusal: Some("revoked join token".into()),
+            ..revoked.clone()
+        };
+        let refused = FirstProxy::Refused { reason: "revoked join token".into(), at: now };
+        assert_eq!(FirstProxy::of(&refusal(now), &empty, now), refused);
+        let used_after = JoinToken { uses: 1, used_at: Some(now), ..refusal(now - Duration::minutes(1)) };
+        assert_eq!(FirstProxy::of(&used_after, &empty, now), FirstProxy::NoStream);
+        let refused_after = JoinToken { uses: 1, used_at: Some(now - Duration::minutes(1)), ..refusal(now) };
+        assert_eq!(FirstProxy::of(&refused_after, &empty, now), refused);
 
         // A proxy of another service, or one connected before the token, is not its proxy.
         let other = proxy("ratings", now);

@@ -391,10 +391,34 @@ impl Authority {
     /// failed issuance spends nothing, and two redemptions cannot both succeed. A multi-use
     /// token is only read; its use is counted when the leaf is recorded (batched with
     /// concurrent issuances), so that clients sharing one token do not queue on its row.
+    ///
+    /// A refusal of a token that exists (revoked, expired, spent, a bad CSR, its service
+    /// deleted) is noted on the token, so that its owner sees why the agent was turned away.
     pub async fn issue_with_join_token(&self, token: &str, csr: &[u8]) -> Result<Issued, PkiError> {
         let parsed = Token::parse(TokenKind::Join, token)
             .map_err(|e| PkiError::Unauthenticated(format!("not a join token: {e}")))?;
         let sha = token_sha256(token);
+        let result = self.redeem_join_token(parsed.org, &sha, csr).await;
+        let reason = match &result {
+            Err(PkiError::Unauthenticated(why)) => Some(why.clone()),
+            Err(PkiError::Invalid { field, message }) => Some(format!("{field}: {message}")),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            // Issuance's answer does not depend on the note; an unknown token updates nothing.
+            let noted = async {
+                let mut tx = self.inner.store.tenant(parsed.org).await?;
+                tx.record_join_refusal(&sha, &reason).await?;
+                tx.commit().await
+            };
+            if let Err(e) = noted.await {
+                tracing::warn!(error = %e, "noting a join token's refusal failed");
+            }
+        }
+        result
+    }
+
+    async fn redeem_join_token(&self, org: OrgId, sha: &[u8; 32], csr: &[u8]) -> Result<Issued, PkiError> {
         let refused = |why: JoinRefusal| {
             PkiError::Unauthenticated(
                 match why {
@@ -411,8 +435,8 @@ impl Authority {
             e => e,
         };
         for attempt in 0..2 {
-            let mut tx = self.inner.store.tenant(parsed.org).await?;
-            let record = tx.join_token_by_hash(&sha).await?.ok_or(refused(JoinRefusal::Unknown))?;
+            let mut tx = self.inner.store.tenant(org).await?;
+            let record = tx.join_token_by_hash(sha).await?.ok_or(refused(JoinRefusal::Unknown))?;
             if record.revoked_at.is_some() {
                 return Err(refused(JoinRefusal::Revoked));
             }
@@ -438,7 +462,7 @@ impl Authority {
                 let outcome = tx.record_leaves_if_active(&[(mesh_id, leaf)]).await?;
                 let outcome = outcome.first().copied().unwrap_or(LeafOutcome::CaNotActive);
                 if Self::recorded(outcome, &record.service)? {
-                    tx.redeem_join_token(&sha).await.map_err(refused)?;
+                    tx.redeem_join_token(sha).await.map_err(refused)?;
                     tx.commit().await?;
                     Some(svid)
                 } else {
@@ -451,7 +475,7 @@ impl Authority {
                     join_token: Some(record.id),
                     ..Self::leaf(ca_id, &svid, &record.service, &tags)
                 };
-                self.record(parsed.org, mesh_id, leaf).await?.then_some(svid)
+                self.record(org, mesh_id, leaf).await?.then_some(svid)
             };
             if let Some(svid) = recorded {
                 return Ok(Self::issued(&ident, svid));

@@ -192,11 +192,18 @@ pub struct JoinToken {
     pub used_at: Option<DateTime<Utc>>,
     pub uses: i64,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The last refusal of the token to an agent that presented it: when and why.
+    pub last_refused_at: Option<DateTime<Utc>>,
+    pub last_refusal: Option<String>,
 }
+
+/// The longest refusal reason kept (the column's check says the same).
+pub const MAX_JOIN_REFUSAL: usize = 300;
 
 macro_rules! join_columns {
     () => {
-        "id, mesh_id, service, tags, single_use, created_by, created_at, expires_at, used_at, uses, revoked_at"
+        "id, mesh_id, service, tags, single_use, created_by, created_at, expires_at, used_at, uses, revoked_at, \
+         last_refused_at, last_refusal"
     };
 }
 
@@ -656,6 +663,23 @@ impl TenantTx {
             .bind(&sha256[..])
             .fetch_optional(self.conn())
             .await?)
+    }
+
+    /// Notes that the join token with this hash was presented and refused for `reason` (cut
+    /// to [`MAX_JOIN_REFUSAL`] characters), replacing the last refusal. The same reason is
+    /// written again at most once a second, so that a peer retrying in a loop costs reads.
+    pub async fn record_join_refusal(&mut self, sha256: &[u8; 32], reason: &str) -> Result<(), StoreError> {
+        let reason: String = reason.chars().take(MAX_JOIN_REFUSAL).collect();
+        sqlx::query(
+            "UPDATE join_tokens SET last_refused_at = now(), last_refusal = $2 \
+             WHERE token_sha256 = $1 AND (last_refusal IS DISTINCT FROM $2 \
+               OR last_refused_at IS NULL OR last_refused_at < now() - interval '1 second')",
+        )
+        .bind(&sha256[..])
+        .bind(&reason)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 
     /// Spends one use of the join token with this hash: it must exist, be unrevoked,

@@ -657,11 +657,12 @@ fn state_class(state: &str) -> &'static str {
     }
 }
 
-/// One step on the way to the first proxy: done, failed (with why), or not yet.
+/// One step on the way to the first proxy: done, failed (with why), or not yet (with what
+/// to check if it stays so).
 enum Step {
     Done,
     Failed(String),
-    Pending,
+    Pending(Option<String>),
 }
 
 /// "Waiting for the first proxy": the steps from the join token to a proxy in sync, the
@@ -670,16 +671,32 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
     use FirstProxy as F;
     let mesh = o.mesh.name.as_str();
     let service = &o.token.service;
+    // The TLS port cannot attribute a failed handshake to a token: until an agent presents
+    // it, TLS (the address or the pinned root) is only the likely culprit.
+    let tls = match &o.step {
+        F::Waiting => Step::Pending(Some(
+            "no attempt seen yet — if the agent logs a TLS error, check --platform-ca and --server".into(),
+        )),
+        F::TokenExpired | F::TokenRevoked => Step::Pending(None),
+        _ => Step::Done,
+    };
     let (identity, stream, config) = match &o.step {
-        F::Waiting => (Step::Pending, Step::Pending, Step::Pending),
+        F::Waiting => (Step::Pending(None), Step::Pending(None), Step::Pending(None)),
         F::TokenExpired => (
             Step::Failed("the token expired before an agent used it: create another".into()),
-            Step::Pending,
-            Step::Pending,
+            Step::Pending(None),
+            Step::Pending(None),
         ),
-        F::TokenRevoked => {
-            (Step::Failed("the token was revoked: create another".into()), Step::Pending, Step::Pending)
-        }
+        F::TokenRevoked => (
+            Step::Failed("the token was revoked: create another".into()),
+            Step::Pending(None),
+            Step::Pending(None),
+        ),
+        F::Refused { reason, at } => (
+            Step::Failed(format!("token refused: {reason} (at {})", at.format("%H:%M:%S UTC"))),
+            Step::Pending(None),
+            Step::Pending(None),
+        ),
         F::NoStream => (
             Step::Done,
             Step::Failed(
@@ -687,15 +704,16 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
                  the agent still runs and its --server, --mesh and --service flags"
                     .into(),
             ),
-            Step::Pending,
+            Step::Pending(None),
         ),
         F::Rejected { reason, .. } => (Step::Done, Step::Done, Step::Failed(format!("rejected: {reason}"))),
-        F::Syncing { .. } => (Step::Done, Step::Done, Step::Pending),
+        F::Syncing { .. } => (Step::Done, Step::Done, Step::Pending(None)),
         F::Connected { .. } => (Step::Done, Step::Done, Step::Done),
     };
     let (headline, class) = match &o.step {
         F::Waiting => ("Waiting for an agent to use the join token…".to_owned(), "warn"),
         F::TokenExpired | F::TokenRevoked => ("The join token was refused".to_owned(), "bad"),
+        F::Refused { reason, .. } => (format!("The join token was refused: {reason}"), "bad"),
         F::NoStream => ("Identity issued, but no xDS stream yet".to_owned(), "bad"),
         F::Rejected { node, .. } => (format!("Proxy {node} rejected its configuration"), "bad"),
         F::Syncing { node } => (format!("Proxy {node} connected; its configuration is on its way…"), "warn"),
@@ -706,6 +724,7 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
         h1 { "First proxy of " (service) }
         p #first-proxy-state class=(class) role="status" { strong { (headline) } }
         ol #first-proxy-steps {
+            (step("The agent reached the control plane over TLS", &tls))
             (step("The agent used the join token for its identity certificate", &identity))
             (step("The proxy opened its xDS stream to the control plane", &stream))
             (step("The proxy accepted its configuration", &config))
@@ -722,7 +741,8 @@ fn step(what: &str, s: &Step) -> Markup {
         @match s {
             Step::Done => li.ok { (what) ": done" },
             Step::Failed(why) => li.bad { (what) ": " strong { "failed" } " — " (why) },
-            Step::Pending => li.muted { (what) ": not yet" },
+            Step::Pending(None) => li.muted { (what) ": not yet" },
+            Step::Pending(Some(hint)) => li.muted { (what) ": " (hint) },
         }
     }
 }
