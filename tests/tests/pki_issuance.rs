@@ -276,3 +276,43 @@ async fn a_leaf_whose_service_was_deleted_meanwhile_is_not_recorded() {
     assert!(matches!(stale, Err(PkiError::Unauthenticated(_))), "the leaf was revoked: {stale:?}");
     store.close().await;
 }
+
+/// The join token's last refusal, as "waiting for the first proxy" reads it.
+async fn last_refusal(store: &Store, f: &Fixture) -> (Option<String>, Option<chrono::DateTime<chrono::Utc>>) {
+    let mut tx = store.tenant(f.org).await.unwrap();
+    let tokens = tx.list_join_tokens(f.mesh).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    (tokens[0].last_refusal.clone(), tokens[0].last_refused_at)
+}
+
+#[tokio::test]
+async fn a_refused_join_token_keeps_why_it_was_last_refused_and_an_unknown_one_changes_nothing() {
+    let (_db, store, a, _b, f) = setup().await;
+    let token = join_token(&store, &f, true).await;
+    assert_eq!(last_refusal(&store, &f).await, (None, None), "never presented");
+
+    // A bad CSR, then a good one: the refusal stays as history, the use is counted after it.
+    let bad = a.issue_with_join_token(&token, b"not a csr").await;
+    assert!(matches!(bad, Err(PkiError::Invalid { field: "csr", .. })), "{bad:?}");
+    let (why, at) = last_refusal(&store, &f).await;
+    assert!(why.as_deref().is_some_and(|w| w.starts_with("csr: ")), "{why:?}");
+    a.issue_with_join_token(&token, &csr()).await.unwrap();
+
+    // Spent (single use): the next agent is refused, and that is the last refusal now.
+    let spent = a.issue_with_join_token(&token, &csr()).await;
+    assert!(matches!(spent, Err(PkiError::Unauthenticated(_))), "{spent:?}");
+    let (why, later) = last_refusal(&store, &f).await;
+    assert_eq!(why.as_deref(), Some("single-use join token already used"));
+    assert!(later > at, "{later:?} after {at:?}");
+    // The same refusal again at once writes nothing: a peer retrying in a loop costs reads.
+    let _ = a.issue_with_join_token(&token, &csr()).await;
+    assert_eq!(last_refusal(&store, &f).await.1, later);
+
+    // A token that does not exist is refused and belongs to no one.
+    let unknown = Token::new(TokenKind::Join, f.org, [9u8; trellis_model::SECRET_LEN]).to_string();
+    let refused = a.issue_with_join_token(&unknown, &csr()).await;
+    assert!(matches!(refused, Err(PkiError::Unauthenticated(_))), "{refused:?}");
+    assert_eq!(last_refusal(&store, &f).await, (why, later));
+    store.close().await;
+}
