@@ -26,6 +26,9 @@ pub enum FirstProxy {
     /// An agent presented the token (so it reached the control plane over TLS) and was
     /// refused, after any use that succeeded.
     Refused { reason: String, at: DateTime<Utc> },
+    /// An identity was issued for the token, and its xDS stream was refused (a tag the token
+    /// binds claimed otherwise, its service deleted).
+    StreamRefused { reason: String, at: DateTime<Utc> },
     /// An identity was issued for the token, but no proxy of its service opened an xDS
     /// stream since.
     NoStream,
@@ -60,13 +63,22 @@ impl FirstProxy {
         if let Some(d) = since.first() {
             return FirstProxy::Syncing { node: d.node_id.clone() };
         }
-        let refused_last = match (token.last_refused_at, token.used_at) {
-            (Some(refused), Some(used)) => refused > used,
-            (refused, _) => refused.is_some(),
-        };
+        // A refusal of the token itself after its last use is the step that failed; a
+        // stream's refusal comes after a use by nature.
+        let token_refused = token.last_refusal_step.as_deref() == Some("token");
+        let refused_last = token_refused
+            && match (token.last_refused_at, token.used_at) {
+                (Some(refused), Some(used)) => refused > used,
+                (refused, _) => refused.is_some(),
+            };
+        let reason = || token.last_refusal.clone().unwrap_or_default();
         if let (true, Some(at)) = (refused_last, token.last_refused_at) {
-            let reason = token.last_refusal.clone().unwrap_or_default();
-            FirstProxy::Refused { reason, at }
+            FirstProxy::Refused { reason: reason(), at }
+        } else if let (Some("stream"), Some(at), true) =
+            (token.last_refusal_step.as_deref(), token.last_refused_at, token.uses > 0)
+            && token.used_at.is_none_or(|used| at >= used)
+        {
+            FirstProxy::StreamRefused { reason: reason(), at }
         } else if token.uses > 0 {
             FirstProxy::NoStream
         } else if token.revoked_at.is_some() {
@@ -128,6 +140,7 @@ mod tests {
             revoked_at: None,
             last_refused_at: None,
             last_refusal: None,
+            last_refusal_step: None,
         }
     }
 
@@ -200,6 +213,7 @@ mod tests {
         let refusal = |at| JoinToken {
             last_refused_at: Some(at),
             last_refusal: Some("revoked join token".into()),
+            last_refusal_step: Some("token".into()),
             ..revoked.clone()
         };
         let refused = FirstProxy::Refused { reason: "revoked join token".into(), at: now };
@@ -208,6 +222,14 @@ mod tests {
         assert_eq!(FirstProxy::of(&used_after, &empty, now), FirstProxy::NoStream);
         let refused_after = JoinToken { uses: 1, used_at: Some(now - Duration::minutes(1)), ..refusal(now) };
         assert_eq!(FirstProxy::of(&refused_after, &empty, now), refused);
+        let stream = JoinToken {
+            last_refusal: Some("node: metadata.tags.version".into()),
+            last_refusal_step: Some("stream".into()),
+            ..refused_after.clone()
+        };
+        let stream_refused =
+            FirstProxy::StreamRefused { reason: "node: metadata.tags.version".into(), at: now };
+        assert_eq!(FirstProxy::of(&stream, &empty, now), stream_refused);
 
         // A proxy of another service, or one connected before the token, is not its proxy.
         let other = proxy("ratings", now);

@@ -192,18 +192,35 @@ pub struct JoinToken {
     pub used_at: Option<DateTime<Utc>>,
     pub uses: i64,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// The last refusal of the token to an agent that presented it: when and why.
+    /// The last refusal of what the token let in: when, why, and at which step (`token`: the
+    /// token itself, presented by an agent; `stream`: an xDS stream of an identity it was
+    /// issued).
     pub last_refused_at: Option<DateTime<Utc>>,
     pub last_refusal: Option<String>,
+    pub last_refusal_step: Option<String>,
 }
 
 /// The longest refusal reason kept (the column's check says the same).
 pub const MAX_JOIN_REFUSAL: usize = 300;
 
+/// The join token's last refusal, `$2` (cut to [`MAX_JOIN_REFUSAL`]) at step `$3`, for the
+/// token the condition selects with `$1`. The same refusal is written again at most once a
+/// second, so that a peer retrying in a loop costs reads.
+macro_rules! note_refusal {
+    ($which:literal) => {
+        concat!(
+            "UPDATE join_tokens SET last_refused_at = now(), last_refusal = $2, last_refusal_step = $3 WHERE ",
+            $which,
+            " AND (last_refusal IS DISTINCT FROM $2 OR last_refusal_step IS DISTINCT FROM $3 \
+               OR last_refused_at IS NULL OR last_refused_at < now() - interval '1 second')"
+        )
+    };
+}
+
 macro_rules! join_columns {
     () => {
         "id, mesh_id, service, tags, single_use, created_by, created_at, expires_at, used_at, uses, revoked_at, \
-         last_refused_at, last_refusal"
+         last_refused_at, last_refusal, last_refusal_step"
     };
 }
 
@@ -238,7 +255,8 @@ pub struct IssuedLeaf {
     /// its dataplanes may not claim other values for them.
     pub tags: Value,
     /// The multi-use join token this issuance spent a use of: counted when the leaf is
-    /// recorded by [`TenantTx::record_leaves_if_active`].
+    /// recorded by [`TenantTx::record_leaves_if_active`], and kept with it (a refusal of its
+    /// streams is noted on the token).
     pub join_token: Option<Uuid>,
     /// The serial of the leaf a renewal replaces (the one it authenticated with): marked
     /// superseded when this one is first presented (see [`TenantTx::presented_leaf`]), so
@@ -517,7 +535,7 @@ impl TenantTx {
         let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
         let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut services, mut tags, mut replaces) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut services, mut tags, mut replaces, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (mesh, l) in kept {
             meshes.push(mesh.as_uuid());
             serials.push(l.serial.as_str());
@@ -527,13 +545,14 @@ impl TenantTx {
             services.push(l.service.as_str());
             tags.push(l.tags.clone());
             replaces.push(l.replaces.as_deref());
+            tokens.push(l.join_token);
         }
         if !serials.is_empty() {
             sqlx::query(
                 "INSERT INTO issued_svids (org_id, mesh_id, serial, ca_id, spiffe_id, not_after, service, tags, \
-                   replaces) \
+                   replaces, join_token) \
                  SELECT $1, * FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::timestamptz[], \
-                   $7::text[], $8::jsonb[], $9::text[])",
+                   $7::text[], $8::jsonb[], $9::text[], $10::uuid[])",
             )
             .bind(self.org().as_uuid())
             .bind(&meshes)
@@ -544,6 +563,7 @@ impl TenantTx {
             .bind(&services)
             .bind(&tags)
             .bind(&replaces)
+            .bind(&tokens)
             .execute(self.conn())
             .await?;
         }
@@ -665,20 +685,30 @@ impl TenantTx {
             .await?)
     }
 
-    /// Notes that the join token with this hash was presented and refused for `reason` (cut
-    /// to [`MAX_JOIN_REFUSAL`] characters), replacing the last refusal. The same reason is
-    /// written again at most once a second, so that a peer retrying in a loop costs reads.
+    /// Notes that the join token with this hash was presented and refused for `reason`,
+    /// replacing its last refusal (see [`note_refusal!`]).
     pub async fn record_join_refusal(&mut self, sha256: &[u8; 32], reason: &str) -> Result<(), StoreError> {
         let reason: String = reason.chars().take(MAX_JOIN_REFUSAL).collect();
-        sqlx::query(
-            "UPDATE join_tokens SET last_refused_at = now(), last_refusal = $2 \
-             WHERE token_sha256 = $1 AND (last_refusal IS DISTINCT FROM $2 \
-               OR last_refused_at IS NULL OR last_refused_at < now() - interval '1 second')",
-        )
-        .bind(&sha256[..])
-        .bind(&reason)
-        .execute(self.conn())
-        .await?;
+        sqlx::query(note_refusal!("token_sha256 = $1"))
+            .bind(&sha256[..])
+            .bind(&reason)
+            .bind("token")
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Notes that an xDS stream of the SVID `serial` was refused for `reason`, on the join
+    /// token that SVID was issued for (a multi-use one: a single-use token's leaf does not
+    /// name it).
+    pub async fn record_stream_refusal(&mut self, serial: &str, reason: &str) -> Result<(), StoreError> {
+        let reason: String = reason.chars().take(MAX_JOIN_REFUSAL).collect();
+        sqlx::query(note_refusal!("id = (SELECT join_token FROM issued_svids WHERE serial = $1)"))
+            .bind(serial)
+            .bind(&reason)
+            .bind("stream")
+            .execute(self.conn())
+            .await?;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! first proxy" turning green; the dataplane pages showing that agent in sync per type; a
 //! route edited in the console applied by it, then one it rejects (NACK) named with its
 //! reason; and the steps that fail — a TLS handshake that never reaches the token, a token
-//! presented and refused.
+//! presented and refused, an identity whose xDS stream is refused.
 //!
 //! The agents use 127.0.0.60 and 127.0.0.61 (no other test does); run under
 //! `flock /tmp/trellis-fixed-ports.lock` beside the other tests that start agents.
@@ -48,12 +48,13 @@ async fn sign_in_to_shop(b: &Client, t: &Trellis, db: &TestDb) -> Api {
 /// Mints a join token for `reviews` on the mesh's page and
 /// opens "waiting for the first proxy": the token and the platform root as the page showed
 /// them, and the token's id.
-async fn mint_and_watch(b: &Client, t: &Trellis) -> (String, String, String) {
+async fn mint_and_watch(b: &Client, t: &Trellis, tags: &str) -> (String, String, String) {
     b.goto(&format!("{}/orgs/default/meshes/shop", t.base)).await.unwrap();
     let Ok(service) = b.find(Locator::Css("#workload-service option[value=reviews]")).await else {
         panic!("no form to connect a workload of reviews:\n{}", b.source().await.unwrap());
     };
     service.click().await.unwrap();
+    b.find(Locator::Id("workload-tags")).await.unwrap().send_keys(tags).await.unwrap();
     b.find(Locator::XPath("//button[text()='Create a join token']")).await.unwrap().click().await.unwrap();
     let token =
         b.wait().at_most(Duration::from_secs(5)).for_element(Locator::Id("join-token")).await.unwrap();
@@ -145,7 +146,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     sign_in_to_shop(b, &t, &db).await;
     let shots = screenshot_dir();
 
-    let (token, root, id) = mint_and_watch(b, &t).await;
+    let (token, root, id) = mint_and_watch(b, &t, "").await;
     assert_eq!(text_of(b, "first-proxy-state").await, "Waiting for an agent to use the join token…");
     let steps = text_of(b, "first-proxy-steps").await;
     assert!(
@@ -263,7 +264,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
     let b = &chromium.client;
     let api = sign_in_to_shop(b, &t, &db).await;
     let shots = screenshot_dir();
-    let (token, root, id) = mint_and_watch(b, &t).await;
+    let (token, root, id) = mint_and_watch(b, &t, "").await;
     let tmp = tempfile::tempdir().unwrap();
 
     // An agent pinning another installation's root never gets past TLS: nothing reaches the
@@ -321,5 +322,29 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         "{steps}"
     );
     std::fs::write(shots.join("first-proxy-refused.png"), b.screenshot().await.unwrap()).unwrap();
+
+    // A token bound to version=v2, and an agent that claims v9: its identity is issued, its
+    // xDS stream refused, and the page says why.
+    let (bound, _, _) = mint_and_watch(b, &t, "version=v2").await;
+    let mut agent = telemetry_agent(
+        &t.xds,
+        &ca,
+        &tmp.path().join("v9"),
+        &bound,
+        "reviews",
+        "127.0.0.61",
+        &["--port", "9080", "--tags", "version=v9"],
+    );
+    agent.wait_for_line("joined the mesh", Duration::from_secs(30)).await;
+    let parts = ["Identity issued, but its xDS stream was refused: ", "metadata.tags.version", "v9"];
+    wait_for_parts(b, "first-proxy-state", &parts, Duration::from_secs(30)).await;
+    let steps = text_of(b, "first-proxy-steps").await;
+    assert!(
+        steps.contains("over TLS: done")
+            && steps.contains("identity certificate: done")
+            && steps.contains("xDS stream to the control plane: failed — refused: "),
+        "{steps}"
+    );
+    std::fs::write(shots.join("first-proxy-stream-refused.png"), b.screenshot().await.unwrap()).unwrap();
     chromium.close().await;
 }

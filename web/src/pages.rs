@@ -697,6 +697,11 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
             Step::Pending(None),
             Step::Pending(None),
         ),
+        F::StreamRefused { reason, at } => (
+            Step::Done,
+            Step::Failed(format!("refused: {reason} (at {})", at.format("%H:%M:%S UTC"))),
+            Step::Pending(None),
+        ),
         F::NoStream => (
             Step::Done,
             Step::Failed(
@@ -715,6 +720,9 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
         F::TokenExpired | F::TokenRevoked => ("The join token was refused".to_owned(), "bad"),
         F::Refused { reason, .. } => (format!("The join token was refused: {reason}"), "bad"),
         F::NoStream => ("Identity issued, but no xDS stream yet".to_owned(), "bad"),
+        F::StreamRefused { reason, .. } => {
+            (format!("Identity issued, but its xDS stream was refused: {reason}"), "bad")
+        }
         F::Rejected { node, .. } => (format!("Proxy {node} rejected its configuration"), "bad"),
         F::Syncing { node } => (format!("Proxy {node} connected; its configuration is on its way…"), "warn"),
         F::Connected { node } => (format!("Proxy {node} is connected and in sync"), "ok"),
@@ -731,7 +739,10 @@ pub fn first_proxy(chrome: &Chrome<'_>, org: &str, o: &Onboarding) -> Markup {
         }
         p.muted { "The token expires " (o.token.expires_at.format("%Y-%m-%d %H:%M UTC")) "." }
     };
-    let waiting = matches!(o.step, F::Waiting | F::NoStream | F::Syncing { .. } | F::Rejected { .. });
+    let waiting = matches!(
+        o.step,
+        F::Waiting | F::NoStream | F::StreamRefused { .. } | F::Syncing { .. } | F::Rejected { .. }
+    );
     let title = format!("First proxy of {service}");
     if waiting { page_refreshing(&title, Some(chrome), body, 3) } else { page(&title, Some(chrome), body) }
 }

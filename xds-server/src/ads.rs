@@ -474,10 +474,17 @@ async fn run<P: Protocol>(
         let _ = out.send(Err(Status::invalid_argument("the first request must carry a node"))).await;
         return;
     };
+    // A refusal is also noted on the join token the identity came from, for "waiting for the
+    // first proxy".
+    let refuse = |s: &Status| {
+        ctx.metrics.streams_refused.inc();
+        let refused = LedgerOp::StreamRefused { serial: peer.serial.clone(), reason: s.message().to_owned() };
+        ctx.ledger.record(peer.org, refused);
+    };
     let mut reg = match registration(&peer, &node, remote, &ctx.options.replica) {
         Ok(r) => r,
         Err(s) => {
-            ctx.metrics.streams_refused.inc();
+            refuse(&s);
             let _ = out.send(Err(s)).await;
             return;
         }
@@ -492,7 +499,7 @@ async fn run<P: Protocol>(
     };
     let service_gone = watch.borrow().as_deref().and_then(|state| service_gone(state, &peer));
     if let Some(s) = service_gone {
-        ctx.metrics.streams_refused.inc();
+        refuse(&s);
         let _ = out.send(Err(s)).await;
         return;
     }

@@ -49,6 +49,11 @@ pub enum LedgerOp {
         serial: String,
         not_after: DateTime<Utc>,
     },
+    /// A stream of the SVID `serial` was refused: noted on the join token it was issued for.
+    StreamRefused {
+        serial: String,
+        reason: String,
+    },
     /// Every type the stream subscribes to is ACKed at this mesh revision.
     Synced {
         dataplane: Uuid,
@@ -245,6 +250,7 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
         LedgerOp::Svid { dataplane, serial, not_after } => {
             tx.dataplane_svid(*dataplane, serial, *not_after).await
         }
+        LedgerOp::StreamRefused { serial, reason } => tx.record_stream_refusal(serial, reason).await,
         LedgerOp::Reach { dataplane, calls, serves } => tx.dataplane_reach(*dataplane, calls, *serves).await,
         LedgerOp::Content { mesh, type_url, version, resources } => {
             tx.record_xds_config(*mesh, type_url, version, resources).await
