@@ -16,7 +16,7 @@ use serde_json::json;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::browser::Chromium;
-use trellis_tests::console::{login_link, screenshot_dir, start};
+use trellis_tests::console::{SESSION_COOKIE, as_user, assert_valid_html, login_link, screenshot_dir, start};
 use trellis_tests::{Api, Trellis, telemetry_agent, token};
 
 /// An application that answers every request with 200 `ok`.
@@ -99,6 +99,14 @@ async fn wait_for_parts(b: &Client, id: &str, parts: &[&str], within: Duration) 
         assert!(tokio::time::Instant::now() < deadline, "#{id} never held {parts:?}; it reads:\n{text}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The page in view, fetched again with the browser's session, is valid, labelled HTML.
+async fn assert_valid_page(b: &Client, name: &str) {
+    let cookie = b.get_named_cookie(SESSION_COOKIE).await.unwrap();
+    let url = b.current_url().await.unwrap();
+    let page = as_user(cookie.value(), reqwest::Client::new().get(url.as_str())).send().await.unwrap();
+    assert_valid_html(name, &page.text().await.unwrap()).await;
 }
 
 fn xpath_literal(s: &str) -> String {
@@ -186,6 +194,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     let steps = text_of(b, "first-proxy-steps").await;
     assert_eq!(steps.matches(": done").count(), 4, "every step is done:\n{steps}");
     std::fs::write(shots.join("first-proxy-connected.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "first proxy, connected").await;
     agent.wait_for_line("joined the mesh", Duration::from_secs(1)).await;
 
     // The dataplanes page: the agent, in sync for every type it was sent.
@@ -204,6 +213,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     }
     assert!(rows.iter().all(|(_, s)| s == "in sync"), "{rows:?}");
     std::fs::write(shots.join("dataplanes-live.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "dataplanes, live").await;
 
     // Its own page: the same, and what it was sent, as YAML.
     section.find(Locator::Css("h2 a")).await.unwrap().click().await.unwrap();
@@ -215,6 +225,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     let page = b.source().await.unwrap();
     assert!(page.contains("inbound") && page.contains("9080"), "the config is shown:\n{page}");
     std::fs::write(shots.join("dataplane-live.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "one dataplane, live").await;
 
     // A route made in the console: the live line counts the agent's answer.
     b.goto(&format!("{mesh_url}/config/http-routes")).await.unwrap();
@@ -232,6 +243,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     .await;
     assert!(line.starts_with("applied by 0 of 1 proxies"), "{line}");
     std::fs::write(shots.join("route-rejected-live.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "a rejected route").await;
 
     // The dataplanes page shows the rejection with its reason, and so does the first
     // proxy's page (a NACK).
@@ -252,6 +264,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
         "{steps}"
     );
     std::fs::write(shots.join("first-proxy-rejected.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "first proxy, rejected").await;
     chromium.close().await;
     drop(agent);
 }
@@ -299,6 +312,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         "{steps}"
     );
     std::fs::write(shots.join("first-proxy-no-attempt.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "first proxy, no attempt").await;
 
     // The token revoked: the page says so before any agent tries it…
     let (status, body) = api.delete(&format!("/meshes/shop/join-tokens/{id}")).await;
@@ -322,6 +336,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         "{steps}"
     );
     std::fs::write(shots.join("first-proxy-refused.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "first proxy, refused").await;
 
     // A token bound to version=v2, and an agent that claims v9: its identity is issued, its
     // xDS stream refused, and the page says why.
@@ -346,5 +361,6 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         "{steps}"
     );
     std::fs::write(shots.join("first-proxy-stream-refused.png"), b.screenshot().await.unwrap()).unwrap();
+    assert_valid_page(b, "first proxy, stream refused").await;
     chromium.close().await;
 }
