@@ -16,7 +16,7 @@ use serde_json::json;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::browser::Chromium;
-use trellis_tests::console::{SESSION_COOKIE, as_user, assert_valid_html, login_link, screenshot_dir, start};
+use trellis_tests::console::{SESSION_COOKIE, as_user, assert_valid_html, login_link, page_loaded, start};
 use trellis_tests::{Api, Trellis, telemetry_agent, token};
 
 /// An application that answers every request with 200 `ok`.
@@ -152,7 +152,6 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     let chromium = Chromium::start().await;
     let b = &chromium.client;
     sign_in_to_shop(b, &t, &db).await;
-    let shots = screenshot_dir();
 
     let (token, root, id) = mint_and_watch(b, &t, "").await;
     assert_eq!(text_of(b, "first-proxy-state").await, "Waiting for an agent to use the join token…");
@@ -193,7 +192,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     assert_eq!(text_of(b, "first-proxy-state").await, green);
     let steps = text_of(b, "first-proxy-steps").await;
     assert_eq!(steps.matches(": done").count(), 4, "every step is done:\n{steps}");
-    std::fs::write(shots.join("first-proxy-connected.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "first-proxy-connected").await;
     assert_valid_page(b, "first proxy, connected").await;
     agent.wait_for_line("joined the mesh", Duration::from_secs(1)).await;
 
@@ -212,7 +211,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
         assert!(types.contains(&t), "{t} missing: {rows:?}");
     }
     assert!(rows.iter().all(|(_, s)| s == "in sync"), "{rows:?}");
-    std::fs::write(shots.join("dataplanes-live.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "dataplanes-live").await;
     assert_valid_page(b, "dataplanes, live").await;
 
     // Its own page: the same, and what it was sent, as YAML.
@@ -224,14 +223,14 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     assert!(!rows.is_empty() && rows.iter().all(|(_, s)| s == "in sync"), "{rows:?}");
     let page = b.source().await.unwrap();
     assert!(page.contains("inbound") && page.contains("9080"), "the config is shown:\n{page}");
-    std::fs::write(shots.join("dataplane-live.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "dataplane-live").await;
     assert_valid_page(b, "one dataplane, live").await;
 
     // A route made in the console: the live line counts the agent's answer.
     b.goto(&format!("{mesh_url}/config/http-routes")).await.unwrap();
     edit(b, "Review the new resource", &route("v1", false)).await;
     wait_for_text(b, "propagation", "applied by 1 of 1 proxies", within).await;
-    std::fs::write(shots.join("route-applied-live.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "route-applied-live").await;
     // An edit the agent cannot apply: rejected, by whom and why.
     edit(b, "Review changes", &route("v2", true)).await;
     let line = wait_for_parts(
@@ -242,7 +241,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     )
     .await;
     assert!(line.starts_with("applied by 0 of 1 proxies"), "{line}");
-    std::fs::write(shots.join("route-rejected-live.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "route-rejected-live").await;
     assert_valid_page(b, "a rejected route").await;
 
     // The dataplanes page shows the rejection with its reason, and so does the first
@@ -263,7 +262,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
             && steps.contains("request mirroring"),
         "{steps}"
     );
-    std::fs::write(shots.join("first-proxy-rejected.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "first-proxy-rejected").await;
     assert_valid_page(b, "first proxy, rejected").await;
     chromium.close().await;
     drop(agent);
@@ -276,7 +275,6 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
     let chromium = Chromium::start().await;
     let b = &chromium.client;
     let api = sign_in_to_shop(b, &t, &db).await;
-    let shots = screenshot_dir();
     let (token, root, id) = mint_and_watch(b, &t, "").await;
     let tmp = tempfile::tempdir().unwrap();
 
@@ -311,7 +309,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         ),
         "{steps}"
     );
-    std::fs::write(shots.join("first-proxy-no-attempt.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "first-proxy-no-attempt").await;
     assert_valid_page(b, "first proxy, no attempt").await;
 
     // The token revoked: the page says so before any agent tries it…
@@ -335,7 +333,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
         steps.contains("identity certificate: failed — token refused: revoked join token (at "),
         "{steps}"
     );
-    std::fs::write(shots.join("first-proxy-refused.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "first-proxy-refused").await;
     assert_valid_page(b, "first proxy, refused").await;
 
     // A token bound to version=v2, and an agent that claims v9: its identity is issued, its
@@ -360,7 +358,7 @@ async fn the_first_proxy_page_names_a_tls_failure_as_likely_and_a_refused_token_
             && steps.contains("xDS stream to the control plane: failed — refused: "),
         "{steps}"
     );
-    std::fs::write(shots.join("first-proxy-stream-refused.png"), b.screenshot().await.unwrap()).unwrap();
+    page_loaded(b, &t.base, "first-proxy-stream-refused").await;
     assert_valid_page(b, "first proxy, stream refused").await;
     chromium.close().await;
 }
