@@ -535,7 +535,8 @@ impl TenantTx {
         let kept = leaves.iter().zip(&keep).filter(|(_, k)| **k).map(|(l, _)| l);
         let (mut meshes, mut serials, mut ca_ids, mut ids, mut not_after) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let (mut services, mut tags, mut replaces, mut tokens) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut services, mut tags, mut replaces, mut tokens) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (mesh, l) in kept {
             meshes.push(mesh.as_uuid());
             serials.push(l.serial.as_str());
