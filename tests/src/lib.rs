@@ -54,6 +54,26 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
+/// The YAML of the route `reviews` in mesh `shop`, setting `x-route-version: <version>`;
+/// `mirrored` adds what the agents refuse (request mirroring), so that they NACK it.
+pub fn reviews_route_yaml(version: &str, mirrored: bool) -> String {
+    let mirror = if mirrored { "\n      mirror: {service: reviews, percent: 100}" } else { "" };
+    format!(
+        "kind: HTTPRoute\nmetadata: {{name: reviews, mesh: shop}}\nspec:\n  targetRef: {{service: reviews}}\n  \
+         rules:\n    - backendRefs: [{{service: reviews}}]\n      \
+         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{mirror}\n"
+    )
+}
+
+/// An application on 127.0.0.1 that answers every request with 200 `ok`; its port.
+pub async fn ok_app() -> u16 {
+    let router = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    port
+}
+
 /// An agent of `service` in mesh `shop` on `address`, joining with `token` (written to a file
 /// in `dir`, its certificates under `dir/certs`), calling nothing, logging no sampled
 /// successes and reporting telemetry every second: the observe tests' agent.

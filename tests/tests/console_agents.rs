@@ -17,16 +17,7 @@ use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::browser::Chromium;
 use trellis_tests::console::{SESSION_COOKIE, as_user, assert_valid_html, login_link, page_loaded, start};
-use trellis_tests::{Api, Trellis, telemetry_agent, token};
-
-/// An application that answers every request with 200 `ok`.
-async fn app() -> u16 {
-    let router = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    port
-}
+use trellis_tests::{Api, Trellis, ok_app, reviews_route_yaml, telemetry_agent, token};
 
 /// Signs in with the login link (the local administrator's organization is made then), and
 /// makes its mesh `shop` with the HTTP service `reviews`.
@@ -123,16 +114,6 @@ async fn sync_rows(scope: &fantoccini::elements::Element) -> Vec<(String, String
     rows
 }
 
-/// The route `reviews`; `mirrored` adds what the agents refuse (request mirroring).
-fn route(version: &str, mirrored: bool) -> String {
-    let mirror = if mirrored { "\n      mirror: {service: reviews, percent: 100}" } else { "" };
-    format!(
-        "kind: HTTPRoute\nmetadata: {{name: reviews, mesh: shop}}\nspec:\n  targetRef: {{service: reviews}}\n  \
-         rules:\n    - backendRefs: [{{service: reviews}}]\n      \
-         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{mirror}\n"
-    )
-}
-
 /// Types `yaml` into the editor of the page in view, reviews it and saves it; waits for the
 /// resource's page.
 async fn edit(b: &Client, review: &str, yaml: &str) {
@@ -168,7 +149,7 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("platform-ca.pem");
     std::fs::write(&ca, &root).unwrap();
-    let app = format!("9080={}", app().await);
+    let app = format!("9080={}", ok_app().await);
     let mut agent = telemetry_agent(
         &t.xds,
         &ca,
@@ -228,11 +209,11 @@ async fn a_real_agent_turns_the_first_proxy_page_green_and_shows_live_on_the_dat
 
     // A route made in the console: the live line counts the agent's answer.
     b.goto(&format!("{mesh_url}/config/http-routes")).await.unwrap();
-    edit(b, "Review the new resource", &route("v1", false)).await;
+    edit(b, "Review the new resource", &reviews_route_yaml("v1", false)).await;
     wait_for_text(b, "propagation", "applied by 1 of 1 proxies", within).await;
     page_loaded(b, &t.base, "route-applied-live").await;
     // An edit the agent cannot apply: rejected, by whom and why.
-    edit(b, "Review changes", &route("v2", true)).await;
+    edit(b, "Review changes", &reviews_route_yaml("v2", true)).await;
     let line = wait_for_parts(
         b,
         "propagation",

@@ -14,16 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::platform_root;
-use trellis_tests::{Api, Process, Trellis, telemetry_agent, token, trellis};
-
-/// An application that answers every request with 200 `ok`.
-async fn app() -> u16 {
-    let router = axum::Router::new().fallback(|| async { "ok" });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    port
-}
+use trellis_tests::{Api, Process, Trellis, ok_app, reviews_route_yaml, telemetry_agent, token, trellis};
 
 async fn put(api: &Api, path: &str, doc: Value) {
     let (status, body) = api.put(path, &doc).await;
@@ -129,7 +120,8 @@ async fn every_denial_and_audit_match_is_logged_with_the_rule_that_decided_it() 
 
     let store = db.store().await;
     let tmp = tempfile::tempdir().unwrap();
-    let (ca, mut reviews) = reviews_instance(&t, &api, &store, tmp.path(), "127.0.0.21", app().await).await;
+    let (ca, mut reviews) =
+        reviews_instance(&t, &api, &store, tmp.path(), "127.0.0.21", ok_app().await).await;
     let mut callers = Vec::new();
     for (service, address) in [("productpage", "127.0.0.20"), ("stranger", "127.0.0.22")] {
         let tok = join_token(&api, service).await;
@@ -361,16 +353,6 @@ async fn cli(t: &Trellis, token: &str, args: &[&str]) -> (bool, String, String) 
     (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
-/// The route `reviews`; `mirrored` adds what the agents refuse (request mirroring).
-fn route(version: &str, mirrored: bool) -> String {
-    let mirror = if mirrored { "\n      mirror: {service: reviews, percent: 100}" } else { "" };
-    format!(
-        "kind: HTTPRoute\nmetadata: {{name: reviews, mesh: shop}}\nspec:\n  targetRef: {{service: reviews}}\n  \
-         rules:\n    - backendRefs: [{{service: reviews}}]\n      \
-         requestHeaderModifier: {{set: [{{name: x-route-version, value: {version}}}]}}{mirror}\n"
-    )
-}
-
 #[tokio::test]
 async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_rejected_it() {
     let db = TestDb::create().await;
@@ -412,7 +394,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
     // `apply --wait` returns once every proxy applied the route: the very next call has it.
     let file = tmp.path().join("route.yaml");
     for version in ["v1", "v2"] {
-        std::fs::write(&file, route(version, false)).unwrap();
+        std::fs::write(&file, reviews_route_yaml(version, false)).unwrap();
         let (ok, out, err) =
             cli(&t, &secret, &["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "30s"]).await;
         assert!(ok, "{out}\n{err}");
@@ -423,7 +405,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
     }
 
     // A wait out of bounds names the parameter.
-    let doc: Value = serde_yaml::from_str(&route("v3", false)).unwrap();
+    let doc: Value = serde_yaml::from_str(&reviews_route_yaml("v3", false)).unwrap();
     let (status, problem) = api.put("/meshes/shop/http-routes/reviews?wait=10m", &doc).await;
     assert_eq!(status, 400, "{problem}");
     assert_eq!(problem["errors"][0]["field"], "wait", "{problem}");
@@ -446,7 +428,7 @@ async fn a_write_can_wait_until_every_proxy_applied_it_and_names_the_one_that_re
 
     // A route the agents cannot apply (request mirroring): a failing exit naming a proxy and
     // its reason, and the agents keep serving what they had.
-    std::fs::write(&file, route("v4", true)).unwrap();
+    std::fs::write(&file, reviews_route_yaml("v4", true)).unwrap();
     let (ok, out, err) =
         cli(&t, &secret, &["apply", "-f", file.to_str().unwrap(), "--wait", "--timeout", "30s"]).await;
     assert!(!ok, "{out}\n{err}");
