@@ -788,7 +788,10 @@ impl Proxy {
             _ => Err(body),
         };
         let mut tried = None;
-        let attempts = self.attempts(&route, parts, replay, &mut tried);
+        let attempts = async {
+            let resp = self.attempts(&route, parts, replay, &mut tried).await?;
+            gathered(resp).await
+        };
         let outcome = match route.timeout {
             Some(t) => tokio::time::timeout(t, attempts)
                 .await
@@ -802,15 +805,7 @@ impl Proxy {
                 if cluster.is_some() || delay_injected {
                     resp.extensions_mut().insert(Note { cluster, delay_injected, ..Default::default() });
                 }
-                // The host counts the request as in flight until its response body ends.
-                let host = resp.extensions_mut().remove::<Arc<HostRequest>>();
-                resp.map(|b| {
-                    b.map_frame(move |f| {
-                        let _in_flight = &host;
-                        f
-                    })
-                    .boxed()
-                })
+                resp
             }
             Err((status, why)) => {
                 tracing::warn!(direction = if inbound { "inbound" } else { "outbound" }, listener = %l.name, route = %route.name, %status, error = %why, "request failed");
@@ -1100,6 +1095,43 @@ impl Failure {
             Failure::Local(s) => s,
         }
     }
+}
+
+/// Largest HTTP/1.1 response body read whole before its head is passed on.
+const GATHERED_BODY: u64 = 16 * 1024;
+
+/// An upstream response made ready to pass on. A small HTTP/1.1 body of declared length is
+/// read whole first, so that the head and body leave in one write as they arrived (nginx's
+/// proxy buffering does the same): streamed, the head would go out alone while the body is
+/// still a hand-off away, costing the client a second wake-up. Anything else streams, and
+/// its host counts the request as in flight until the body ends.
+async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCode, String)> {
+    let declared = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let small = resp.version() == http::Version::HTTP_11 && declared.is_some_and(|n| n <= GATHERED_BODY);
+    let (mut parts, body) = resp.into_parts();
+    let host = parts.extensions.remove::<Arc<HostRequest>>();
+    if small {
+        let whole = body
+            .collect()
+            .await
+            .map_err(|e| Failure::Reset(format!("while reading the body: {e}")).into_status())?;
+        drop(host);
+        return Ok(Response::from_parts(
+            parts,
+            Full::new(whole.to_bytes()).map_err(|never| match never {}).boxed(),
+        ));
+    }
+    let body = body
+        .map_frame(move |f| {
+            let _in_flight = &host;
+            f
+        })
+        .boxed();
+    Ok(Response::from_parts(parts, body))
 }
 
 fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool {
