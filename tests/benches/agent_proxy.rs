@@ -28,7 +28,7 @@ use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::platform_root;
-use trellis_tests::{Api, Process, Trellis, agent_bin, token, trellis};
+use trellis_tests::{Api, Process, Trellis, agent_command, token, trellis};
 
 const RATE: u32 = 1_000;
 const CLIENTS: u32 = 10;
@@ -342,20 +342,8 @@ fn agent(
     address: &str,
     extra: &[&str],
 ) -> Process {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .args(["--server", server, "--mesh", "bench", "--service", service, "--address", address])
-        .arg("--platform-ca")
-        .arg(ca)
-        .arg("--join-token-file")
-        .arg(&token_file)
-        .arg("--cert-dir")
-        .arg(dir.join("certs"))
-        .args(extra)
-        .env("TRELLIS_LOG", "info")
-        .env_remove("TRELLIS_JOIN_TOKEN");
+    let mut cmd = agent_command(server, ca, dir, token, "bench", service, address);
+    cmd.args(extra);
     Process::start(cmd)
 }
 

@@ -74,9 +74,38 @@ pub async fn ok_app() -> u16 {
     port
 }
 
-/// An agent of `service` in mesh `shop` on `address`, joining with `token` (written to a file
-/// in `dir`, its certificates under `dir/certs`), calling nothing, logging no sampled
-/// successes and reporting telemetry every second: the observe tests' agent.
+/// `trellis-agent run` for `service` in `mesh` on `address`, joining with `token` (written
+/// to a file in `dir`, its certificates under `dir/certs`), logging at info: the agent every
+/// test and bench starts, to which each adds its own flags.
+pub fn agent_command(
+    server: &str,
+    ca: &std::path::Path,
+    dir: &std::path::Path,
+    token: &str,
+    mesh: &str,
+    service: &str,
+    address: &str,
+) -> Command {
+    std::fs::create_dir_all(dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut cmd = Command::new(agent_bin());
+    cmd.arg("run")
+        .args(["--server", server, "--mesh", mesh, "--service", service, "--address", address])
+        .arg("--platform-ca")
+        .arg(ca)
+        .arg("--join-token-file")
+        .arg(&token_file)
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .env("TRELLIS_LOG", "info")
+        .env_remove("TRELLIS_JOIN_TOKEN");
+    cmd
+}
+
+/// An agent of `service` in mesh `shop` on `address` ([`agent_command`]), calling nothing,
+/// logging no sampled successes and reporting telemetry every second: the observe tests'
+/// agent.
 pub fn telemetry_agent(
     server: &str,
     ca: &std::path::Path,
@@ -86,22 +115,8 @@ pub fn telemetry_agent(
     address: &str,
     extra: &[&str],
 ) -> Process {
-    std::fs::create_dir_all(dir).unwrap();
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
-        .args(["--outbound", "none", "--access-log-sample", "0", "--telemetry-interval", "1s"])
-        .arg("--platform-ca")
-        .arg(ca)
-        .arg("--join-token-file")
-        .arg(&token_file)
-        .arg("--cert-dir")
-        .arg(dir.join("certs"))
-        .args(extra)
-        .env("TRELLIS_LOG", "info")
-        .env_remove("TRELLIS_JOIN_TOKEN");
+    let mut cmd = agent_command(server, ca, dir, token, "shop", service, address);
+    cmd.args(["--outbound", "none", "--access-log-sample", "0", "--telemetry-interval", "1s"]).args(extra);
     Process::start(cmd)
 }
 

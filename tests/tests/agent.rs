@@ -23,7 +23,9 @@ use tokio::process::Command;
 use trellis_model::Role;
 use trellis_store::testing::TestDb;
 use trellis_tests::grpc::{Svid, certs, issue, platform_root};
-use trellis_tests::{Api, Process, Trellis, agent_bin, document_path, example_documents, token, trellis};
+use trellis_tests::{
+    Api, Process, Trellis, agent_bin, agent_command, document_path, example_documents, token, trellis,
+};
 use trellis_xds_server::proto::identity_client::IdentityClient;
 use trellis_xds_server::proto::identity_server::{Identity, IdentityServer};
 use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
@@ -284,20 +286,8 @@ fn agent(
     address: &str,
     extra: &[&str],
 ) -> Process {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let mut cmd = Command::new(agent_bin());
-    cmd.arg("run")
-        .args(["--server", server, "--mesh", "shop", "--service", service, "--address", address])
-        .arg("--platform-ca")
-        .arg(ca)
-        .arg("--join-token-file")
-        .arg(&token_file)
-        .arg("--cert-dir")
-        .arg(dir.join("certs"))
-        .args(extra)
-        .env("TRELLIS_LOG", "info,trellis_agent=debug")
-        .env_remove("TRELLIS_JOIN_TOKEN");
+    let mut cmd = agent_command(server, ca, dir, token, "shop", service, address);
+    cmd.args(extra).env("TRELLIS_LOG", "info,trellis_agent=debug");
     Process::start(cmd)
 }
 
