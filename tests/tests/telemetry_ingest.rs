@@ -472,7 +472,8 @@ async fn a_noisy_tenant_is_throttled_and_told_while_a_quiet_one_keeps_exact_figu
         vec![flush(true, 10, 1, &[3.0]), flush(false, 25, 3, &[3.0, 4.0]), flush(false, 40, 4, &[3.0, 4.0])],
     );
     // The noisy one: 20 new series in one bucket against a budget of 5, five log entries
-    // against 3, then floods far past its rate (100 a second, bursts of 200).
+    // against 3, then floods far past its rate (100 a second, bursts of 200): each flood is
+    // larger than a whole burst, so none fits however slowly a loaded machine sends them.
     let noisy_reports = async {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(StreamAccessLogsMessage {
@@ -487,7 +488,7 @@ async fn a_noisy_tenant_is_throttled_and_told_while_a_quiet_one_keeps_exact_figu
         noisy_logs.stream_access_logs(ReceiverStream::new(rx)).await.unwrap();
         let flood = StreamMetricsMessage {
             identifier: None,
-            envoy_metrics: (0..150).map(|i| counter(&format!("server.noise_{i}"), 1.0)).collect(),
+            envoy_metrics: (0..250).map(|i| counter(&format!("server.noise_{i}"), 1.0)).collect(),
         };
         let mut messages = vec![fan_out(20, 0.0), fan_out(20, 5.0)];
         messages.extend(std::iter::repeat_n(flood, 5));
@@ -498,19 +499,17 @@ async fn a_noisy_tenant_is_throttled_and_told_while_a_quiet_one_keeps_exact_figu
     noisy_result.unwrap();
 
     // The noisy tenant sees what was dropped, by reason, through its own API.
+    // (Drops are stored each second, so the figures may arrive in parts.)
     let status = status_when(&noisy_api, |s| {
-        dropped_for(s, "series_budget") > 0
-            && dropped_for(s, "rate_limited") > 0
-            && dropped_for(s, "log_budget") > 0
+        dropped_for(s, "series_budget") >= 15
+            && dropped_for(s, "rate_limited") >= 5 * 250
+            && dropped_for(s, "log_budget") >= 2
     })
     .await;
     assert_eq!(dropped_for(&status, "series_budget"), 15, "20 new series, 5 fit: {status}");
     assert_eq!(dropped_for(&status, "log_budget"), 2, "5 entries, 3 fit: {status}");
     let rate_limited = dropped_for(&status, "rate_limited");
-    assert!(
-        rate_limited >= 450 && rate_limited.is_multiple_of(150),
-        "whole flood messages refused: {status}"
-    );
+    assert_eq!(rate_limited, 5 * 250, "whole flood messages refused: {status}");
     assert_eq!(status["droppedTotal"].as_u64().unwrap(), 17 + rate_limited, "{status}");
     // What was kept of it: exactly the five series that fit, each with its 5 requests.
     let kept = f.edges_when("globex", |e| e.len() == 5).await;
