@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
-use http::header::{CONTENT_TYPE, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -422,7 +422,7 @@ impl Proxy {
                     return self.serve(l, tcp, None).await;
                 }
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.server_tls.load_full());
-                let stream = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp))
+                let stream = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(coalesced(tcp)))
                     .await
                     .map_err(|_| anyhow!("TLS handshake not done in {HEADER_TIMEOUT:?}"))?
                     .context("TLS handshake refused")?;
@@ -528,7 +528,7 @@ impl Proxy {
             }
             Target::Mesh { peer, .. } => {
                 let tls = tokio_rustls::TlsConnector::from(self.client_config(&peer, false)?);
-                let mut up = tls.connect(ServerName::from(addr.ip()), tcp).await?;
+                let mut up = tls.connect(ServerName::from(addr.ip()), coalesced(tcp)).await?;
                 pipe(&mut down, &mut up).await?;
             }
         }
@@ -587,16 +587,7 @@ impl Proxy {
         let took = started.elapsed();
         self.metrics.request(inbound, peer_service, resp.status(), took);
         let note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
-        let authority = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| host.and_then(|h| h.to_str().ok().map(str::to_owned)));
-        let call = HttpCall {
-            method: method.to_string(),
-            path: uri.path().to_owned(),
-            authority,
-            status: resp.status().as_u16(),
-        };
+        let call = CallHead { method, uri, host, status: resp.status() };
         self.log_call(l, peer, Some(call), None, time, took, note);
         resp
     }
@@ -608,13 +599,15 @@ impl Proxy {
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        call: Option<HttpCall>,
+        call: Option<CallHead>,
         remote: Option<SocketAddr>,
         time: std::time::SystemTime,
         duration: Duration,
         note: Note,
     ) {
-        let failed = note.timed_out || note.fault_injected || call.as_ref().is_some_and(|c| c.status >= 500);
+        let failed = note.timed_out
+            || note.fault_injected
+            || call.as_ref().is_some_and(|c| c.status.is_server_error());
         let Some(outcome) = self.access_log.keeps(note.denial.is_some(), failed, note.audited.is_some())
         else {
             return;
@@ -636,7 +629,7 @@ impl Proxy {
             time,
             outcome,
             inbound,
-            http: call,
+            http: call.map(CallHead::into_call),
             peer,
             destination_service,
             remote,
@@ -842,7 +835,11 @@ impl Proxy {
     }
 
     fn cluster_health(&self, cluster: &str) -> Arc<ClusterHealth> {
-        self.health.lock().expect("not poisoned").entry(cluster.to_owned()).or_default().clone()
+        let mut health = self.health.lock().expect("not poisoned");
+        match health.get(cluster) {
+            Some(h) => h.clone(),
+            None => health.entry(cluster.to_owned()).or_default().clone(),
+        }
     }
 
     /// Runs one health checker per cluster that asks for one, and no other.
@@ -935,6 +932,7 @@ impl Proxy {
         let retry = route.retry.as_ref().filter(|_| bytes.is_some());
         let tries = retry.map_or(1, |r| r.retries + 1);
         let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
+        let mut parts = Some(parts);
         for attempt in 0..tries {
             let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
             *tried = Some(cluster);
@@ -943,7 +941,9 @@ impl Proxy {
                 (None, Some(s)) => s.boxed(),
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
-            let req = Request::from_parts(parts.clone(), body);
+            // The last try takes the head; one before it sends a copy.
+            let head = if attempt + 1 < tries { parts.clone() } else { parts.take() };
+            let req = Request::from_parts(head.expect("taken by the last try only"), body);
             let sent = self.send(cluster, req);
             let result = match retry.and_then(|r| r.per_try) {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
@@ -972,8 +972,7 @@ impl Proxy {
             ))
         })?;
         let host = Arc::new(pick.health.started(addr));
-        let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        *req.uri_mut() = Uri::try_from(format!("http://{addr}{path}"))
+        *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         let result = match &pick.cluster.target {
@@ -1036,6 +1035,31 @@ impl Proxy {
         let client = pooled_client(h2).build(connector);
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
+    }
+}
+
+/// What the access log needs of a request, kept as it came; written out as strings only for
+/// the entries the log keeps, not for every request.
+struct CallHead {
+    method: http::Method,
+    uri: Uri,
+    host: Option<HeaderValue>,
+    status: StatusCode,
+}
+
+impl CallHead {
+    fn into_call(self) -> HttpCall {
+        let authority = self
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| self.host.and_then(|h| h.to_str().ok().map(str::to_owned)));
+        HttpCall {
+            method: self.method.to_string(),
+            path: self.uri.path().to_owned(),
+            authority,
+            status: self.status.as_u16(),
+        }
     }
 }
 
@@ -1152,6 +1176,40 @@ fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool
     })
 }
 
+/// `uri` sent to `addr`: `http://<addr><path and query>`, as the pooled client wants it.
+fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority_of(addr)?);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Ok(Uri::from_parts(parts)?)
+}
+
+/// `addr` as a URI authority. An IPv4 address is written out by hand: it is done for every
+/// request, and `Display`'s formatting machinery costs more than the rest of the URI.
+fn authority_of(addr: SocketAddr) -> Result<http::uri::Authority, http::Error> {
+    let SocketAddr::V4(v4) = addr else { return Ok(addr.to_string().parse()?) };
+    let mut out = Vec::with_capacity(21);
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        decimal(&mut out, u32::from(octet));
+    }
+    out.push(b':');
+    decimal(&mut out, u32::from(v4.port()));
+    Ok(http::uri::Authority::from_maybe_shared(Bytes::from(out))?)
+}
+
+fn decimal(out: &mut Vec<u8>, n: u32) {
+    if n >= 10 {
+        decimal(out, n / 10);
+    }
+    out.push(b'0' + (n % 10) as u8);
+}
+
 /// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
 pub(crate) fn authority<B>(req: &Request<B>) -> Option<String> {
     req.uri()
@@ -1160,12 +1218,22 @@ pub(crate) fn authority<B>(req: &Request<B>) -> Option<String> {
         .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
 }
 
+/// Headers of one connection, never passed on (RFC 9110 §7.6.1), `te` apart.
+const HOP_BY_HOP: [HeaderName; 5] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+];
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for h in &HOP_BY_HOP {
         headers.remove(h);
     }
-    if headers.get("te").is_some_and(|v| v != "trailers") {
-        headers.remove("te");
+    // `te: trailers` is how a gRPC client says it takes trailers; it is passed on.
+    if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(http::header::TE);
     }
 }
 
@@ -1247,14 +1315,14 @@ impl tower::Service<Uri> for MeshConnector {
                     )
                 })??;
             tcp.set_nodelay(true)?;
-            let stream = tls.connect(ServerName::from(ip), tcp).await?;
+            let stream = tls.connect(ServerName::from(ip), coalesced(tcp)).await?;
             Ok(MeshConn(TokioIo::new(stream)))
         })
     }
 }
 
 /// An mTLS connection to a mesh endpoint, as hyper's client wants it.
-struct MeshConn(TokioIo<tokio_rustls::client::TlsStream<TcpStream>>);
+struct MeshConn(TokioIo<tokio_rustls::client::TlsStream<Coalesced>>);
 
 impl Connection for MeshConn {
     fn connected(&self) -> Connected {
@@ -1285,6 +1353,17 @@ impl hyper::rt::Write for MeshConn {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
+}
+
+/// A socket under TLS whose records are written out on flush, together.
+type Coalesced = tokio::io::BufWriter<TcpStream>;
+
+/// `tcp` for TLS to write through. rustls sends each write it is given as a record at once,
+/// and HTTP/2 writes a response frame by frame: one system call, and one wake-up of the peer,
+/// per frame. Buffered, the records of what HTTP/1.1 or HTTP/2 flushes leave in one write; a
+/// write larger than the buffer (bulk TCP) still goes straight to the socket.
+fn coalesced(tcp: TcpStream) -> Coalesced {
+    tokio::io::BufWriter::with_capacity(16 * 1024, tcp)
 }
 
 /// Bytes a TCP relay reads per system call each way: 64 KiB (Tokio's default is 8 KiB) fills
@@ -1330,6 +1409,15 @@ mod tests {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_request_is_sent_to_the_endpoint_with_its_path_and_query() {
+        let to = |uri: &str, addr: &str| absolute(uri.parse().unwrap(), addr.parse().unwrap()).unwrap();
+        assert_eq!(to("/a/b?c=1", "10.0.255.9:8080").to_string(), "http://10.0.255.9:8080/a/b?c=1");
+        assert_eq!(to("http://reviews.shop:9080/x", "127.0.0.1:0").to_string(), "http://127.0.0.1:0/x");
+        assert_eq!(to("reviews.shop:9080", "[::1]:443").to_string(), "http://[::1]:443/");
+        assert_eq!(to("/", "0.0.0.0:65535").authority().unwrap().port_u16(), Some(65535));
     }
 
     #[tokio::test]

@@ -202,9 +202,15 @@ async fn build_and_run(
         procs.spawn(&format!("{}-agent", w.name), sidecar, &[addrs.inbound, addrs.admin, addrs.proxy])?;
     }
 
-    wait_in_sync(&client, procs).await?;
-    let login = procs.login_link("trellis");
     let productpage = SocketAddr::from(([127, 0, 0, 1], args.app_port));
+    wait_in_sync(&client, procs).await?;
+    // In sync is not yet serving: a caller can be one push away from the endpoints of the
+    // last agents to join. Ready is when a beta call crosses the mesh end to end, and every
+    // dataplane is in sync after it.
+    wait_served(productpage, procs).await?;
+    wait_in_sync(&client, procs).await?;
+    println!("all {} dataplanes are connected and in sync", WORKLOADS.len());
+    let login = procs.login_link("trellis");
     print_ready(&api_url, &org, login.as_deref(), productpage);
     traffic::generate(productpage, args.rate, procs).await
 }
@@ -277,7 +283,6 @@ async fn wait_in_sync(client: &Client, procs: &mut Processes) -> anyhow::Result<
             list["items"].as_array().into_iter().flatten().filter(|d| d["online"] == true).collect();
         let state = |node: &str| online.iter().find(|d| d["nodeId"] == node).map(|d| describe_state(d));
         if WORKLOADS.iter().all(|w| state(w.name).as_deref() == Some("in-sync")) {
-            println!("all {} dataplanes are connected and in sync", WORKLOADS.len());
             return Ok(());
         }
         last = WORKLOADS
@@ -288,6 +293,37 @@ async fn wait_in_sync(client: &Client, procs: &mut Processes) -> anyhow::Result<
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("the dataplanes did not all come in sync within a minute (last seen: {last}); see the logs")
+}
+
+/// Waits until productpage answers a beta call (productpage → reviews v2 → ratings over
+/// gRPC) and a regular one.
+async fn wait_served(productpage: SocketAddr, procs: &mut Processes) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let mut last = String::new();
+    for _ in 0..150 {
+        procs.check_running()?;
+        let mut served = true;
+        for beta in [true, false] {
+            let request = http.get(format!("http://{productpage}/"));
+            let request = if beta { request.header("x-beta", "true") } else { request };
+            match request.send().await {
+                Ok(res) if res.status().is_success() => {}
+                Ok(res) => {
+                    served = false;
+                    last = format!("{}: {}", res.status(), res.text().await.unwrap_or_default());
+                }
+                Err(e) => {
+                    served = false;
+                    last = e.to_string();
+                }
+            }
+        }
+        if served {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("productpage was not served through the mesh within 30 s (last answer: {last}); see the logs")
 }
 
 /// A dataplane's state, with the reasons it gave for any configuration it rejected.
