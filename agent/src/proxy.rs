@@ -35,6 +35,7 @@ use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, 
 use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
+use crate::app_connections::{AppConnections, AppError, Lease};
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
@@ -61,7 +62,7 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream connection may sit idle in a pool. Shorter than `HEADER_TIMEOUT`,
 /// after which a peer agent closes an idle connection (hyper's header timer also runs between
 /// requests): a request sent on a connection the peer is closing at that moment would fail.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
+pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 /// Largest request head accepted, HTTP/1.1 or HTTP/2 (Envoy's default is 60 KiB); past it,
 /// 431 (HTTP/1.1) or the stream is refused (HTTP/2).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -121,6 +122,8 @@ pub struct Proxy {
     /// Connections open; the count falls to zero when a drain is done.
     open: tokio::sync::watch::Sender<usize>,
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
+    /// HTTP/1.1 to the application beside the agent.
+    app: AppConnections,
     /// By peer identity and HTTP/2: the generation they were built in, and the client.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
     /// Upstream requests per cluster, for the control plane's golden metrics.
@@ -158,6 +161,7 @@ impl Proxy {
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
+            app: AppConnections::default(),
             mesh_clients: Mutex::default(),
             upstreams,
             access_log,
@@ -975,8 +979,16 @@ impl Proxy {
         *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        let result = match &pick.cluster.target {
-            Target::Local(_) => self.local_client(h2).request(req).await,
+        let mut result = match &pick.cluster.target {
+            Target::Local(_) if !h2 => match self.app.send(addr, req).await {
+                Ok((mut resp, lease)) => {
+                    resp.extensions_mut().insert(lease);
+                    Ok(resp)
+                }
+                Err(AppError::Connect(why)) => Err(Failure::Connect(why)),
+                Err(AppError::Http(e)) => Err(Failure::Reset(with_source(&e))),
+            },
+            Target::Local(_) => self.local_client(h2).request(req).await.map_err(Failure::of_client),
             Target::Mesh { peer, .. } => {
                 let client = self
                     .mesh_client(peer, h2)
@@ -985,16 +997,9 @@ impl Proxy {
                 let result = client.request(req).await;
                 let status = result.as_ref().ok().map(|r| r.status().as_u16());
                 self.upstreams.record(cluster, status, started.elapsed());
-                result
+                result.map_err(Failure::of_client)
             }
         };
-        let mut result = result.map_err(|e| {
-            let why = format!(
-                "{e}: {}",
-                std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
-            );
-            if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
-        });
         if let Ok(resp) = &mut result {
             resp.extensions_mut().insert(host);
         }
@@ -1109,6 +1114,11 @@ enum Failure {
 }
 
 impl Failure {
+    fn of_client(e: hyper_util::client::legacy::Error) -> Failure {
+        let why = with_source(&e);
+        if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
+    }
+
     fn into_status(self) -> (StatusCode, String) {
         match self {
             Failure::Connect(why) => {
@@ -1119,6 +1129,11 @@ impl Failure {
             Failure::Local(s) => s,
         }
     }
+}
+
+/// An error and what caused it, on one line.
+fn with_source(e: &dyn std::error::Error) -> String {
+    format!("{e}: {}", e.source().map(ToString::to_string).unwrap_or_default())
 }
 
 /// Largest HTTP/1.1 response body read whole before its head is passed on.
@@ -1137,13 +1152,15 @@ async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCod
         .and_then(|v| v.parse::<u64>().ok());
     let small = resp.version() == http::Version::HTTP_11 && declared.is_some_and(|n| n <= GATHERED_BODY);
     let (mut parts, body) = resp.into_parts();
-    let host = parts.extensions.remove::<Arc<HostRequest>>();
+    // Held until the body ends: the host counts the request as in flight, and the
+    // connection to the application is not free before.
+    let in_flight = (parts.extensions.remove::<Arc<HostRequest>>(), parts.extensions.remove::<Arc<Lease>>());
     if small {
         let whole = body
             .collect()
             .await
             .map_err(|e| Failure::Reset(format!("while reading the body: {e}")).into_status())?;
-        drop(host);
+        drop(in_flight);
         return Ok(Response::from_parts(
             parts,
             Full::new(whole.to_bytes()).map_err(|never| match never {}).boxed(),
@@ -1151,7 +1168,7 @@ async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCod
     }
     let body = body
         .map_frame(move |f| {
-            let _in_flight = &host;
+            let _in_flight = &in_flight;
             f
         })
         .boxed();
@@ -1177,7 +1194,7 @@ fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool
 }
 
 /// `uri` sent to `addr`: `http://<addr><path and query>`, as the pooled client wants it.
-fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
+pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
     let mut parts = uri.into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority_of(addr)?);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -278,8 +278,7 @@ async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<s
 async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match Uri::try_from(format!("http://{dst}{path}")) {
+    parts.uri = match crate::proxy::absolute(std::mem::take(&mut parts.uri), dst) {
         Ok(uri) => uri,
         Err(e) => return local_reply(false, StatusCode::BAD_REQUEST, 3, &e.to_string()),
     };
