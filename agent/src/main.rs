@@ -19,11 +19,11 @@
 
 mod access_log;
 mod admin;
-mod app_connections;
 mod cli;
 mod config;
 mod control;
 mod convert;
+mod http1_pool;
 mod identity;
 mod iptables;
 mod metrics;

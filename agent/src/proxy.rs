@@ -35,12 +35,12 @@ use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, 
 use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
-use crate::app_connections::{AppConnections, AppError, Lease};
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
     Side, Target, evaluate, grpc_code_of,
 };
+use crate::http1_pool::{Destination, Http1Pool, Lease, PoolError};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
@@ -62,7 +62,7 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream connection may sit idle in a pool. Shorter than `HEADER_TIMEOUT`,
 /// after which a peer agent closes an idle connection (hyper's header timer also runs between
 /// requests): a request sent on a connection the peer is closing at that moment would fail.
-pub(crate) const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
+const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 /// Largest request head accepted, HTTP/1.1 or HTTP/2 (Envoy's default is 60 KiB); past it,
 /// 431 (HTTP/1.1) or the stream is refused (HTTP/2).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -122,8 +122,11 @@ pub struct Proxy {
     /// Connections open; the count falls to zero when a drain is done.
     open: tokio::sync::watch::Sender<usize>,
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
-    /// HTTP/1.1 to the application beside the agent.
-    app: AppConnections,
+    /// HTTP/1.1 upstream, to the application and to mesh endpoints.
+    http1: Http1Pool<Body>,
+    /// By peer identity and HTTP/2: the generation they were built in, and the TLS client
+    /// (rustls keeps the sessions it resumes in it).
+    tls_connectors: Mutex<HashMap<(SpiffeId, bool), (u64, tokio_rustls::TlsConnector)>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
     /// Upstream requests per cluster, for the control plane's golden metrics.
@@ -161,7 +164,8 @@ impl Proxy {
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
-            app: AppConnections::default(),
+            http1: Http1Pool::new(UPSTREAM_IDLE),
+            tls_connectors: Mutex::default(),
             mesh_clients: Mutex::default(),
             upstreams,
             access_log,
@@ -523,16 +527,13 @@ impl Proxy {
             .health
             .admit(pick.cluster.limit)
             .ok_or_else(|| anyhow!("circuit breaker open: {cluster}"))?;
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await??;
-        tcp.set_nodelay(true)?;
         match target {
             Target::Local(_) => {
-                let mut up = tcp;
+                let mut up = connect_tcp(addr).await?;
                 pipe(&mut down, &mut up).await?;
             }
             Target::Mesh { peer, .. } => {
-                let tls = tokio_rustls::TlsConnector::from(self.client_config(&peer, false)?);
-                let mut up = tls.connect(ServerName::from(addr.ip()), coalesced(tcp)).await?;
+                let mut up = connect_mtls(self.tls_connector(&peer, false)?, addr).await?;
                 pipe(&mut down, &mut up).await?;
             }
         }
@@ -979,25 +980,39 @@ impl Proxy {
         *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
             .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        // HTTP/1.1 goes over the agent's own idle connections, HTTP/2 (one connection
+        // multiplexed) over hyper-util's pooled client.
         let mut result = match &pick.cluster.target {
-            Target::Local(_) if !h2 => match self.app.send(addr, req).await {
-                Ok((mut resp, lease)) => {
-                    resp.extensions_mut().insert(lease);
-                    Ok(resp)
-                }
-                Err(AppError::Connect(why)) => Err(Failure::Connect(why)),
-                Err(AppError::Http(e)) => Err(Failure::Reset(with_source(&e))),
-            },
+            Target::Local(_) if !h2 => {
+                let to = Destination { addr, mtls: None };
+                let connect =
+                    async { connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string())) };
+                leased(self.http1.send(&to, connect, req).await)
+            }
             Target::Local(_) => self.local_client(h2).request(req).await.map_err(Failure::of_client),
             Target::Mesh { peer, .. } => {
-                let client = self
-                    .mesh_client(peer, h2)
-                    .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
                 let started = std::time::Instant::now();
-                let result = client.request(req).await;
+                let result = if h2 {
+                    let client = self
+                        .mesh_client(peer, h2)
+                        .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
+                    client.request(req).await.map_err(Failure::of_client)
+                } else {
+                    let to = Destination {
+                        addr,
+                        mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))),
+                    };
+                    let connect = async {
+                        let tls = self
+                            .tls_connector(peer, false)
+                            .map_err(|e| PoolError::Connect(format!("{e:#}")))?;
+                        connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))
+                    };
+                    leased(self.http1.send(&to, connect, req).await)
+                };
                 let status = result.as_ref().ok().map(|r| r.status().as_u16());
                 self.upstreams.record(cluster, status, started.elapsed());
-                result.map_err(Failure::of_client)
+                result
             }
         };
         if let Ok(resp) = &mut result {
@@ -1035,11 +1050,22 @@ impl Proxy {
         if let Some((_, c)) = clients.get(&(peer.clone(), h2)).filter(|(g, _)| *g == generation) {
             return Ok(c.clone());
         }
-        let connector =
-            MeshConnector { tls: tokio_rustls::TlsConnector::from(self.client_config(peer, h2)?) };
-        let client = pooled_client(h2).build(connector);
+        let client = pooled_client(h2).build(MeshConnector { tls: self.tls_connector(peer, h2)? });
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
+    }
+
+    /// The TLS client for endpoints of `peer`, built once per generation of the SVID and
+    /// bundle.
+    fn tls_connector(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let mut connectors = self.tls_connectors.lock().expect("not poisoned");
+        if let Some((_, c)) = connectors.get(&(peer.clone(), h2)).filter(|(g, _)| *g == generation) {
+            return Ok(c.clone());
+        }
+        let connector = tokio_rustls::TlsConnector::from(self.client_config(peer, h2)?);
+        connectors.insert((peer.clone(), h2), (generation, connector.clone()));
+        Ok(connector)
     }
 }
 
@@ -1154,7 +1180,8 @@ async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCod
     let (mut parts, body) = resp.into_parts();
     // Held until the body ends: the host counts the request as in flight, and the
     // connection to the application is not free before.
-    let in_flight = (parts.extensions.remove::<Arc<HostRequest>>(), parts.extensions.remove::<Arc<Lease>>());
+    let in_flight =
+        (parts.extensions.remove::<Arc<HostRequest>>(), parts.extensions.remove::<Arc<Lease<Body>>>());
     if small {
         let whole = body
             .collect()
@@ -1324,16 +1351,7 @@ impl tower::Service<Uri> for MeshConnector {
             let host = uri.host().ok_or_else(bad)?.trim_start_matches('[').trim_end_matches(']');
             let ip: std::net::IpAddr = host.parse().map_err(|_| bad())?;
             let addr = SocketAddr::new(ip, uri.port_u16().ok_or_else(bad)?);
-            let tcp =
-                tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connecting to {addr} timed out"),
-                    )
-                })??;
-            tcp.set_nodelay(true)?;
-            let stream = tls.connect(ServerName::from(ip), coalesced(tcp)).await?;
-            Ok(MeshConn(TokioIo::new(stream)))
+            Ok(MeshConn(TokioIo::new(connect_mtls(tls, addr).await?)))
         })
     }
 }
@@ -1369,6 +1387,39 @@ impl hyper::rt::Write for MeshConn {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// A TCP connection to `addr`, opened within `CONNECT_TIMEOUT`, without Nagle's delay.
+async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let timed_out =
+        || std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out"));
+    let tcp =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await.map_err(|_| timed_out())??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
+}
+
+/// An mTLS connection to the mesh endpoint `addr`, whose identity `tls` verifies.
+async fn connect_mtls(
+    tls: tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> std::io::Result<tokio_rustls::client::TlsStream<Coalesced>> {
+    let tcp = connect_tcp(addr).await?;
+    tls.connect(ServerName::from(addr.ip()), coalesced(tcp)).await
+}
+
+/// A response with the lease on its HTTP/1.1 connection, held until its body ends.
+fn leased(
+    sent: Result<(Response<Incoming>, Arc<Lease<Body>>), PoolError>,
+) -> Result<Response<Incoming>, Failure> {
+    match sent {
+        Ok((mut resp, lease)) => {
+            resp.extensions_mut().insert(lease);
+            Ok(resp)
+        }
+        Err(PoolError::Connect(why)) => Err(Failure::Connect(why)),
+        Err(PoolError::Http(e)) => Err(Failure::Reset(with_source(&e))),
     }
 }
 
