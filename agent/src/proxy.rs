@@ -977,11 +977,16 @@ impl Proxy {
             ))
         })?;
         let host = Arc::new(pick.health.started(addr));
-        *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
-            .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        // HTTP/1.1 goes over the agent's own idle connections, HTTP/2 (one connection
-        // multiplexed) over hyper-util's pooled client.
+        // HTTP/1.1 goes over the agent's own idle connections, in origin form; HTTP/2 (one
+        // connection multiplexed) over hyper-util's pooled client, which wants the absolute
+        // form to pick its connection.
+        if h2 {
+            *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
+                .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
+        } else {
+            to_origin_form(&mut req, addr);
+        }
         let mut result = match &pick.cluster.target {
             Target::Local(_) if !h2 => {
                 let to = Destination { addr, mtls: None };
@@ -1178,8 +1183,8 @@ async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCod
         .and_then(|v| v.parse::<u64>().ok());
     let small = resp.version() == http::Version::HTTP_11 && declared.is_some_and(|n| n <= GATHERED_BODY);
     let (mut parts, body) = resp.into_parts();
-    // Held until the body ends: the host counts the request as in flight, and the
-    // connection to the application is not free before.
+    // Held until the body ends: the host counts the request as in flight, and an HTTP/1.1
+    // connection is not free for another request before.
     let in_flight =
         (parts.extensions.remove::<Arc<HostRequest>>(), parts.extensions.remove::<Arc<Lease<Body>>>());
     if small {
@@ -1220,7 +1225,8 @@ fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool
     })
 }
 
-/// `uri` sent to `addr`: `http://<addr><path and query>`, as the pooled client wants it.
+/// `uri` sent to `addr`: `http://<addr><path and query>`, as hyper-util's pooled client
+/// wants it.
 pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
     let mut parts = uri.into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -1229,6 +1235,21 @@ pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     Ok(Uri::from_parts(parts)?)
+}
+
+/// `req` as HTTP/1.1 sends it to a server: its target the path and query alone, and a `Host`
+/// (the authority it came with, as HTTP/2's `:authority`, else the address it goes to) if it
+/// had none.
+fn to_origin_form<B>(req: &mut Request<B>, addr: SocketAddr) {
+    let uri = std::mem::take(req.uri_mut());
+    if !req.headers().contains_key(http::header::HOST) {
+        let authority = uri.authority().cloned().map_or_else(|| authority_of(addr).ok(), Some);
+        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
+    let path = uri.into_parts().path_and_query;
+    *req.uri_mut() = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
 }
 
 /// `addr` as a URI authority. An IPv4 address is written out by hand: it is done for every
@@ -1486,6 +1507,28 @@ mod tests {
         assert_eq!(to("http://reviews.shop:9080/x", "127.0.0.1:0").to_string(), "http://127.0.0.1:0/x");
         assert_eq!(to("reviews.shop:9080", "[::1]:443").to_string(), "http://[::1]:443/");
         assert_eq!(to("/", "0.0.0.0:65535").authority().unwrap().port_u16(), Some(65535));
+    }
+
+    #[test]
+    fn http_1_1_upstream_gets_the_origin_form_and_a_host() {
+        let origin = |uri: &str, host: Option<&str>| {
+            let mut req = Request::new(());
+            *req.uri_mut() = uri.parse().unwrap();
+            if let Some(h) = host {
+                req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            to_origin_form(&mut req, "10.0.0.7:9080".parse().unwrap());
+            (req.uri().to_string(), req.headers()[http::header::HOST].to_str().unwrap().to_owned())
+        };
+        // From HTTP/2: the `:authority` becomes the `Host`.
+        assert_eq!(
+            origin("http://reviews.shop:9080/r?x=1", None),
+            ("/r?x=1".into(), "reviews.shop:9080".into())
+        );
+        // From HTTP/1.1: its `Host` stays.
+        assert_eq!(origin("/r", Some("reviews.shop")), ("/r".into(), "reviews.shop".into()));
+        // Neither: the address it goes to.
+        assert_eq!(origin("/", None), ("/".into(), "10.0.0.7:9080".into()));
     }
 
     #[tokio::test]
