@@ -50,17 +50,16 @@ struct Idle<B> {
 /// sees).
 pub(crate) struct Lease<B> {
     idle: Weak<IdleList<B>>,
-    to: Destination,
-    sender: Mutex<Option<SendRequest<B>>>,
+    held: Option<(Destination, SendRequest<B>)>,
 }
 
 impl<B> Drop for Lease<B> {
     fn drop(&mut self) {
-        let sender = self.sender.get_mut().expect("not poisoned").take();
-        let (Some(idle), Some(sender)) = (self.idle.upgrade(), sender) else { return };
+        let held = self.held.take();
+        let (Some(idle), Some((to, sender))) = (self.idle.upgrade(), held) else { return };
         let mut idle = idle.lock().expect("not poisoned");
         if !sender.is_closed() && idle.len() < MAX_IDLE {
-            idle.push(Idle { to: self.to.clone(), since: Instant::now(), sender });
+            idle.push(Idle { to, since: Instant::now(), sender });
         }
     }
 }
@@ -88,14 +87,14 @@ where
     /// lease on its connection.
     pub(crate) async fn send<Io>(
         &self,
-        to: &Destination,
+        to: Destination,
         connect: impl Future<Output = Result<Io, PoolError>>,
         mut req: Request<B>,
     ) -> Result<(Response<Incoming>, Arc<Lease<B>>), PoolError>
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        if let Some(mut sender) = self.idle_to(to) {
+        if let Some(mut sender) = self.idle_to(&to) {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.lease(to, sender))),
                 Err(mut e) => match e.take_message() {
@@ -127,8 +126,8 @@ where
         Some(idle.remove(i).sender)
     }
 
-    fn lease(&self, to: &Destination, sender: SendRequest<B>) -> Arc<Lease<B>> {
-        Arc::new(Lease { idle: Arc::downgrade(&self.idle), to: to.clone(), sender: Mutex::new(Some(sender)) })
+    fn lease(&self, to: Destination, sender: SendRequest<B>) -> Arc<Lease<B>> {
+        Arc::new(Lease { idle: Arc::downgrade(&self.idle), held: Some((to, sender)) })
     }
 }
 
@@ -149,10 +148,9 @@ mod tests {
         Http1Pool::new(Duration::from_secs(5))
     }
 
+    /// `GET /` in origin form, as the proxy sends HTTP/1.1 upstream.
     fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
-        let mut req = Request::new(Empty::new());
-        *req.uri_mut() = format!("http://{addr}/").parse().unwrap();
-        req
+        Request::get("/").header(http::header::HOST, addr.to_string()).body(Empty::new()).unwrap()
     }
 
     /// An application answering every request with `ok`, on connections it counts; with
@@ -202,7 +200,7 @@ mod tests {
         pool: &Pool,
         addr: SocketAddr,
     ) -> Result<(Response<Incoming>, Arc<Lease<Empty<Bytes>>>), PoolError> {
-        pool.send(&plain(addr), tcp(addr), get(addr)).await
+        pool.send(plain(addr), tcp(addr), get(addr)).await
     }
 
     async fn answer(pool: &Pool, addr: SocketAddr) -> String {
@@ -267,7 +265,7 @@ mod tests {
         let id = SpiffeId::parse("spiffe://td.example/ns/shop/sa/reviews").unwrap();
         let tls = Destination { addr, mtls: Some((id, 1)) };
         let (resp, lease) =
-            pool.send(&tls, tcp(addr), get(addr)).await.unwrap_or_else(|_| panic!("no answer"));
+            pool.send(tls, tcp(addr), get(addr)).await.unwrap_or_else(|_| panic!("no answer"));
         resp.into_body().collect().await.unwrap();
         drop(lease);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a plaintext connection is not one with an identity");

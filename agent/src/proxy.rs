@@ -992,7 +992,7 @@ impl Proxy {
                 let to = Destination { addr, mtls: None };
                 let connect =
                     async { connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string())) };
-                leased(self.http1.send(&to, connect, req).await)
+                leased(self.http1.send(to, connect, req).await)
             }
             Target::Local(_) => self.local_client(h2).request(req).await.map_err(Failure::of_client),
             Target::Mesh { peer, .. } => {
@@ -1013,7 +1013,7 @@ impl Proxy {
                             .map_err(|e| PoolError::Connect(format!("{e:#}")))?;
                         connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))
                     };
-                    leased(self.http1.send(&to, connect, req).await)
+                    leased(self.http1.send(to, connect, req).await)
                 };
                 let status = result.as_ref().ok().map(|r| r.status().as_u16());
                 self.upstreams.record(cluster, status, started.elapsed());
@@ -1252,7 +1252,7 @@ fn to_origin_form<B>(req: &mut Request<B>, addr: SocketAddr) {
     *req.uri_mut() = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
 }
 
-/// `addr` as a URI authority. An IPv4 address is written out by hand: it is done for every
+/// `addr` as a URI authority. An IPv4 address is written out by hand: it is done for every HTTP/2
 /// request, and `Display`'s formatting machinery costs more than the rest of the URI.
 fn authority_of(addr: SocketAddr) -> Result<http::uri::Authority, http::Error> {
     let SocketAddr::V4(v4) = addr else { return Ok(addr.to_string().parse()?) };
