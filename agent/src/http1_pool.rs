@@ -1,33 +1,64 @@
-//! The agent's HTTP/1.1 connections upstream, to the application beside it and to mesh
-//! endpoints, kept open between requests.
+//! The agent's HTTP/1.1 client: requests to the application beside it and to mesh endpoints,
+//! over connections kept open between requests.
 //!
-//! hyper-util's pooled client does this for any number of hosts, and pays for it on every
-//! request: the host hashed into its pool, a checkout future, a guard that puts the
-//! connection back; about a tenth of the agent's instructions for one proxied request. An
-//! agent talks to a few addresses, so a short list is enough.
+//! hyper's client drives each connection from a task of its own, fed through channels: every
+//! request is handed to that task and its response handed back, and the request leaves only
+//! when the task's turn comes, after every other connection the agent is serving. Here the
+//! request's own task writes it and reads the answer (`http1_codec.rs` has the wire format):
+//! a small response is read whole before it is passed on, a larger or open-ended one as the
+//! downstream side takes it. An agent talks to a few addresses, so a short list of idle
+//! connections is the pool.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use trellis_ca::SpiffeId;
+
+use crate::http1_codec::{self, ChunkedDecoder, Decoded, Framing, MAX_HEAD_BYTES, ResponseHead};
 
 /// Idle connections kept at most; one finishing past it is closed.
 const MAX_IDLE: usize = 256;
+/// Largest response body read whole before its head is passed on, so that head and body
+/// leave in one write as they arrived (nginx's proxy buffering does the same): passed on
+/// at once, the head would go out alone, costing the client a second wake-up.
+const GATHERED_BODY: u64 = 16 * 1024;
+/// Request body bytes that leave with the head when they are ready with it.
+const COALESCED_WRITE: usize = 64 * 1024;
+/// Room made in a connection's buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
 
-type IdleList<B> = Mutex<Vec<Idle<B>>>;
+/// A connection to an upstream: plain TCP, or TLS over it.
+pub(crate) trait Upstream: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
+    /// The socket beneath, to see without reading whether an idle connection was closed.
+    fn socket(&self) -> &TcpStream;
+}
 
-/// Idle connections for requests with bodies of type `B`, the most recently used last.
-pub(crate) struct Http1Pool<B> {
-    idle: Arc<IdleList<B>>,
-    /// Longest a connection is kept idle: a request is never sent over one idle longer.
-    max_idle_time: Duration,
+impl Upstream for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Upstream for tokio::io::BufWriter<TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref()
+    }
+}
+
+impl<S: Upstream> Upstream for tokio_rustls::client::TlsStream<S> {
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0.socket()
+    }
 }
 
 /// What a connection was opened to: an address, and for mTLS the identity the endpoint
@@ -39,124 +70,568 @@ pub(crate) struct Destination {
     pub mtls: Option<(SpiffeId, u64)>,
 }
 
-struct Idle<B> {
+struct Connection {
+    io: Box<dyn Upstream>,
+    /// Bytes read and not yet used.
+    buf: BytesMut,
     to: Destination,
-    since: Instant,
-    sender: SendRequest<B>,
+    /// It carried a request before this one (and may have been closed since).
+    reused: bool,
+    /// It may carry another request once this one's response is read.
+    keep_alive: bool,
 }
 
-/// A connection carrying one request: idle again once dropped, which is when the response's
-/// body has been read (or dropped, and then hyper closes the connection, which the idle list
-/// sees).
-pub(crate) struct Lease<B> {
-    idle: Weak<IdleList<B>>,
-    held: Option<(Destination, SendRequest<B>)>,
-}
+impl Connection {
+    fn new(io: Box<dyn Upstream>, to: Destination) -> Self {
+        Connection { io, buf: BytesMut::new(), to, reused: false, keep_alive: true }
+    }
 
-impl<B> Drop for Lease<B> {
-    fn drop(&mut self) {
-        let held = self.held.take();
-        let (Some(idle), Some((to, sender))) = (self.idle.upgrade(), held) else { return };
-        let mut idle = idle.lock().expect("not poisoned");
-        if !sender.is_closed() && idle.len() < MAX_IDLE {
-            idle.push(Idle { to, since: Instant::now(), sender });
+    /// Reads what has arrived into `buf`: `Ok(0)` at the end of the stream.
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx)
+    }
+
+    async fn read_more(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    /// Writes `bytes` and flushes them. When the write cannot go on, reading begins: an upstream
+    /// may answer before it has read the whole request (RFC 9112 §9.5), and then the rest is
+    /// not sent (`Ok(true)`).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        let mut written = 0;
+        poll_fn(|cx| {
+            while written < bytes.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &bytes[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return self.poll_answer_begun(cx),
+                }
+            }
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(done) => Poll::Ready(done.map(|()| false)),
+                Poll::Pending => self.poll_answer_begun(cx),
+            }
+        })
+        .await
+    }
+
+    fn poll_answer_begun(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        match self.poll_read_more(cx) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Whether an idle connection can take a request: the other side has neither closed it
+    /// nor sent anything unasked. Nothing readable needs no system call; something readable
+    /// is read, and only a TLS message for the TLS layer alone (which reading consumes) leaves
+    /// the connection usable.
+    fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.io.socket().poll_read_ready(&mut cx).is_pending() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        Pin::new(&mut self.io).poll_read(&mut cx, &mut ReadBuf::new(&mut probe)).is_pending()
     }
 }
 
+type IdleList = Mutex<Vec<Idle>>;
+
+/// Idle connections, the most recently used last.
+pub(crate) struct Http1Pool {
+    idle: Arc<IdleList>,
+    /// Longest a connection is kept idle: a request is never sent over one idle longer.
+    max_idle_time: Duration,
+}
+
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
 /// Why a request did not get a response.
+#[derive(Debug)]
 pub(crate) enum PoolError {
     /// No connection could be opened (TCP, or the TLS handshake).
     Connect(String),
-    Http(hyper::Error),
+    /// The exchange failed: the connection broke, or the upstream did not speak HTTP/1.1.
+    Http(String),
 }
 
-impl<B> Http1Pool<B>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+/// An exchange that failed, and whether any of an answer had come.
+struct Failed {
+    answered: bool,
+    why: String,
+}
+
+impl Http1Pool {
     pub(crate) fn new(max_idle_time: Duration) -> Self {
         Http1Pool { idle: Arc::default(), max_idle_time }
     }
 
-    /// Sends `req` to `to` over an idle connection, or over a new one that `connect` opens.
-    /// A request that an idle connection closed before taking (the other side ends idle
-    /// connections when it likes) is sent again over a new one. The response comes with the
-    /// lease on its connection.
-    pub(crate) async fn send<Io>(
+    /// Sends `req` (origin form, with a `Host`) to `to` over an idle connection, or over a new
+    /// one that `connect` opens. The other side may have closed an idle connection just as the
+    /// request went: a request that got no answer on one is sent again over a new connection
+    /// when that is safe (an idempotent method, the whole request written at once).
+    pub(crate) async fn send<B>(
         &self,
         to: Destination,
-        connect: impl Future<Output = Result<Io, PoolError>>,
-        mut req: Request<B>,
-    ) -> Result<(Response<Incoming>, Arc<Lease<B>>), PoolError>
+        connect: impl Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+        req: Request<B>,
+    ) -> Result<Response<ResponseBody>, PoolError>
     where
-        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
     {
-        if let Some(mut sender) = self.idle_to(&to) {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, self.lease(to, sender))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(PoolError::Http(e.into_error())),
-                },
+        let (head, body) = req.into_parts();
+        let mut outgoing = Outgoing::new(body);
+        let mut wire = Vec::with_capacity(256);
+        http1_codec::encode_request(&mut wire, &head, outgoing.framing);
+        outgoing.take_ready(&mut wire).map_err(PoolError::Http)?;
+        let head_request = head.method == Method::HEAD;
+        if let Some(mut conn) = self.idle_to(&to) {
+            let again = outgoing.done && idempotent(&head.method);
+            match exchange(&mut conn, &wire, &mut outgoing, head_request).await {
+                Ok(response) => return self.respond(conn, response).await,
+                Err(f) if again && !f.answered => {
+                    tracing::debug!(addr = %to.addr, why = %f.why, "idle connection closed under a request; sent again");
+                }
+                Err(f) => return Err(PoolError::Http(f.why)),
             }
         }
-        let io = connect.await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(PoolError::Http)?;
-        let addr = to.addr;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        let resp = sender.send_request(req).await.map_err(PoolError::Http)?;
-        Ok((resp, self.lease(to, sender)))
+        let mut conn = Connection::new(connect.await?, to);
+        let response = exchange(&mut conn, &wire, &mut outgoing, head_request)
+            .await
+            .map_err(|f| PoolError::Http(f.why))?;
+        self.respond(conn, response).await
     }
 
-    /// The most recently used idle connection to `to` that can take a request, dropping the
-    /// closed and those idle longer than `max_idle_time`.
-    fn idle_to(&self, to: &Destination) -> Option<SendRequest<B>> {
+    /// The most recently used idle connection to `to` that is still open; the stale ones
+    /// are closed on the way.
+    fn idle_to(&self, to: &Destination) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("not poisoned");
         let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.max_idle_time);
-        let i = idle.iter().rposition(|c| c.to == *to && c.sender.is_ready())?;
-        Some(idle.remove(i).sender)
+        // Kept in the order they became idle: those idle too long are a prefix.
+        let stale = idle.partition_point(|c| now.duration_since(c.since) >= self.max_idle_time);
+        idle.drain(..stale);
+        while let Some(i) = idle.iter().rposition(|c| c.conn.to == *to) {
+            let mut conn = idle.remove(i).conn;
+            if conn.still_open() {
+                conn.reused = true;
+                return Some(conn);
+            }
+        }
+        None
     }
 
-    fn lease(&self, to: Destination, sender: SendRequest<B>) -> Arc<Lease<B>> {
-        Arc::new(Lease { idle: Arc::downgrade(&self.idle), held: Some((to, sender)) })
+    /// The response whose head was read on `conn`: its body read whole when small, else
+    /// carried by the body, which frees the connection when it ends.
+    async fn respond(
+        &self,
+        mut conn: Connection,
+        head: ResponseHead,
+    ) -> Result<Response<ResponseBody>, PoolError> {
+        let ResponseHead { status, headers, framing, keep_alive } = head;
+        conn.keep_alive &= keep_alive;
+        let body = match framing {
+            Framing::Empty => {
+                release(&self.idle, conn);
+                ResponseBody::Whole(None)
+            }
+            Framing::Length(n) if n <= GATHERED_BODY => {
+                let n = n as usize;
+                while conn.buf.len() < n {
+                    match conn.read_more().await {
+                        Ok(0) => {
+                            return Err(PoolError::Http(
+                                "the upstream closed the connection mid-body".into(),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Err(PoolError::Http(format!("while reading the body: {e}"))),
+                    }
+                }
+                let whole = conn.buf.split_to(n).freeze();
+                release(&self.idle, conn);
+                ResponseBody::Whole(Some(whole))
+            }
+            Framing::Length(n) => ResponseBody::streaming(conn, Remaining::Length(n), &self.idle),
+            Framing::Chunked => {
+                ResponseBody::streaming(conn, Remaining::Chunked(ChunkedDecoder::default()), &self.idle)
+            }
+            Framing::UntilClose => ResponseBody::streaming(conn, Remaining::UntilClose, &self.idle),
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+}
+
+/// Back to the idle list, when the connection can carry another request and nothing unread
+/// is left on it.
+fn release(idle: &IdleList, conn: Connection) {
+    if !conn.keep_alive || !conn.buf.is_empty() {
+        return;
+    }
+    let mut idle = idle.lock().expect("not poisoned");
+    if idle.len() < MAX_IDLE {
+        idle.push(Idle { conn, since: Instant::now() });
+    }
+}
+
+/// Methods a request of which may be sent twice with the effect of once (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// Writes the request (`wire`, then what is left of the body) and reads the response head.
+async fn exchange<B>(
+    conn: &mut Connection,
+    wire: &[u8],
+    outgoing: &mut Outgoing<B>,
+    head_request: bool,
+) -> Result<ResponseHead, Failed>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let failed = |conn: &Connection, why: String| Failed { answered: !conn.buf.is_empty(), why };
+    let mut answered_early = match conn.send(wire).await {
+        Ok(early) => early,
+        // An answer, then the close: the answer stands.
+        Err(_) if !conn.buf.is_empty() => true,
+        Err(e) => return Err(failed(conn, format!("while sending the request: {e}"))),
+    };
+    let mut chunk = Vec::new();
+    while !answered_early && !outgoing.done {
+        // The next piece of the body, unless the answer begins first.
+        let next = poll_fn(|cx| match Pin::new(&mut outgoing.body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Ok(Some(frame))),
+            Poll::Pending => conn.poll_answer_begun(cx).map_ok(|_| None),
+        })
+        .await;
+        let frame = match next {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) if !conn.buf.is_empty() => break,
+            Err(e) => return Err(failed(conn, format!("while sending the request body: {e}"))),
+        };
+        chunk.clear();
+        outgoing.encode(frame, &mut chunk).map_err(|why| failed(conn, why))?;
+        answered_early = match conn.send(&chunk).await {
+            Ok(early) => early,
+            Err(_) if !conn.buf.is_empty() => true,
+            Err(e) => return Err(failed(conn, format!("while sending the request body: {e}"))),
+        };
+    }
+    // The rest of the request is not sent: the upstream would take what follows as part of it.
+    conn.keep_alive = outgoing.done;
+    loop {
+        match http1_codec::parse_response(&mut conn.buf, head_request) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) if conn.buf.len() > MAX_HEAD_BYTES => {
+                return Err(Failed { answered: true, why: "a response head past 64 KiB".into() });
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failed { answered: true, why: e.to_string() }),
+        }
+        match conn.read_more().await {
+            Ok(0) if conn.buf.is_empty() => {
+                return Err(failed(conn, "the upstream closed the connection without answering".into()));
+            }
+            Ok(0) => return Err(failed(conn, "the upstream closed the connection mid-head".into())),
+            Ok(_) => {}
+            Err(e) => return Err(failed(conn, format!("while reading the response: {e}"))),
+        }
+    }
+}
+
+/// A request body on its way out, framed by its declared length or in chunks.
+struct Outgoing<B> {
+    body: B,
+    framing: Framing,
+    /// Bytes of a body of declared length sent so far.
+    sent: u64,
+    done: bool,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    fn new(body: B) -> Self {
+        let framing = match body.size_hint().exact() {
+            _ if body.is_end_stream() => Framing::Length(0),
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        };
+        let done = framing == Framing::Length(0);
+        Outgoing { body, framing, sent: 0, done }
+    }
+
+    /// Appends to `wire` the body's frames that are ready now (a whole buffered body, most
+    /// often), so that they leave with the head.
+    fn take_ready(&mut self, wire: &mut Vec<u8>) -> Result<(), String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        while !self.done && wire.len() < COALESCED_WRITE {
+            match Pin::new(&mut self.body).poll_frame(&mut cx) {
+                Poll::Ready(frame) => self.encode(frame, wire)?,
+                Poll::Pending => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn encode(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, B::Error>>,
+        wire: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let trailers = match frame {
+            None => None,
+            Some(Err(e)) => return Err(format!("the request body failed: {e}")),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    self.data(&data, wire)?;
+                    if !self.body.is_end_stream() {
+                        return Ok(());
+                    }
+                    None
+                }
+                // Trailers end a body; they can be sent in chunked framing only.
+                Err(frame) => frame.into_trailers().ok(),
+            },
+        };
+        self.done = true;
+        match self.framing {
+            Framing::Chunked => http1_codec::last_chunk(wire, trailers.as_ref()),
+            Framing::Length(n) if self.sent != n => {
+                return Err(format!("the request body ended after {} of its {n} bytes", self.sent));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn data(&mut self, data: &[u8], wire: &mut Vec<u8>) -> Result<(), String> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match self.framing {
+            Framing::Length(n) => {
+                self.sent += data.len() as u64;
+                if self.sent > n {
+                    return Err(format!("the request body is longer than its {n} bytes"));
+                }
+                wire.extend_from_slice(data);
+            }
+            _ => {
+                http1_codec::chunk_start(wire, data.len());
+                wire.extend_from_slice(data);
+                wire.extend_from_slice(http1_codec::CHUNK_END);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A response body from an upstream: read whole already, or read from its connection as it
+/// is taken, the connection going back to the idle list when the body ends.
+pub(crate) enum ResponseBody {
+    Whole(Option<Bytes>),
+    Streaming(Box<Streaming>),
+}
+
+pub(crate) struct Streaming {
+    /// `None` once the body has ended (or failed).
+    conn: Option<Connection>,
+    left: Remaining,
+    idle: Weak<IdleList>,
+}
+
+enum Remaining {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+impl ResponseBody {
+    fn streaming(conn: Connection, left: Remaining, idle: &Arc<IdleList>) -> Self {
+        ResponseBody::Streaming(Box::new(Streaming { conn: Some(conn), left, idle: Arc::downgrade(idle) }))
+    }
+}
+
+impl Streaming {
+    fn finish(&mut self) {
+        if let (Some(conn), Some(idle)) = (self.conn.take(), self.idle.upgrade()) {
+            release(&idle, conn);
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+            let step = match &mut self.left {
+                Remaining::Length(left) if !conn.buf.is_empty() => {
+                    let take = conn.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    Some(Step::Data(conn.buf.split_to(take).freeze(), *left == 0))
+                }
+                Remaining::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => Some(Step::Data(data, false)),
+                    Ok(Decoded::Trailers(t)) => Some(Step::Trailers(t)),
+                    Ok(Decoded::End) => Some(Step::End),
+                    Ok(Decoded::More) => None,
+                    Err(e) => Some(Step::Fail(io::Error::new(io::ErrorKind::InvalidData, e))),
+                },
+                Remaining::UntilClose if !conn.buf.is_empty() => {
+                    Some(Step::Data(conn.buf.split().freeze(), false))
+                }
+                _ => None,
+            };
+            // Nothing to pass on yet: read more.
+            let step = match step {
+                Some(step) => step,
+                None => match std::task::ready!(conn.poll_read_more(cx)) {
+                    Ok(0) if matches!(self.left, Remaining::UntilClose) => Step::End,
+                    Ok(0) => Step::Fail(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection mid-body",
+                    )),
+                    Ok(_) => continue,
+                    Err(e) => Step::Fail(e),
+                },
+            };
+            return Poll::Ready(match step {
+                Step::Data(data, last) => {
+                    if last {
+                        self.finish();
+                    }
+                    Some(Ok(Frame::data(data)))
+                }
+                Step::Trailers(t) => Some(Ok(Frame::trailers(t))),
+                Step::End => {
+                    self.finish();
+                    None
+                }
+                Step::Fail(e) => {
+                    self.conn = None;
+                    Some(Err(e))
+                }
+            });
+        }
+    }
+}
+
+/// What a streaming body does next.
+enum Step {
+    /// Pass data on; `true` when it is the last of the body.
+    Data(Bytes, bool),
+    Trailers(http::HeaderMap),
+    End,
+    Fail(io::Error),
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        match self.get_mut() {
+            ResponseBody::Whole(whole) => Poll::Ready(whole.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Streaming(s) => s.poll_next(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Whole(whole) => whole.is_none(),
+            ResponseBody::Streaming(s) => s.conn.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Whole(whole) => SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseBody::Streaming(s) => match s.left {
+                Remaining::Length(n) => SizeHint::with_exact(if s.conn.is_some() { n } else { 0 }),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
+    use http::{HeaderMap, StatusCode};
+    use http_body_util::combinators::BoxBody;
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     use super::*;
 
-    type Pool = Http1Pool<Empty<Bytes>>;
+    type TestBody = BoxBody<Bytes, Infallible>;
 
-    fn pool() -> Pool {
+    fn pool() -> Http1Pool {
         Http1Pool::new(Duration::from_secs(5))
     }
 
-    /// `GET /` in origin form, as the proxy sends HTTP/1.1 upstream.
-    fn get(addr: SocketAddr) -> Request<Empty<Bytes>> {
-        Request::get("/").header(http::header::HOST, addr.to_string()).body(Empty::new()).unwrap()
+    fn request(method: Method, path: &str, addr: SocketAddr, body: TestBody) -> Request<TestBody> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, addr.to_string())
+            .body(body)
+            .unwrap()
     }
 
-    /// An application answering every request with `ok`, on connections it counts; with
-    /// `close_after_one`, it closes each connection after its first answer (as an
-    /// application whose keep-alive ran out does), without saying so.
-    async fn app(close_after_one: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    fn empty() -> TestBody {
+        Empty::new().boxed()
+    }
+
+    fn plain(addr: SocketAddr) -> Destination {
+        Destination { addr, mtls: None }
+    }
+
+    async fn tcp(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+        Ok(Box::new(tcp))
+    }
+
+    async fn send(pool: &Http1Pool, req: Request<TestBody>) -> Result<Response<ResponseBody>, PoolError> {
+        let addr = req.headers()[http::header::HOST].to_str().unwrap().parse().unwrap();
+        pool.send(plain(addr), tcp(addr), req).await
+    }
+
+    /// The body and trailers of a response.
+    async fn read(resp: Response<ResponseBody>) -> (String, Option<HeaderMap>) {
+        let collected = resp.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (String::from_utf8_lossy(&collected.to_bytes()).into_owned(), trailers)
+    }
+
+    async fn get(pool: &Http1Pool, addr: SocketAddr) -> String {
+        read(send(pool, request(Method::GET, "/", addr, empty())).await.unwrap()).await.0
+    }
+
+    /// An application speaking HTTP/1.1 by hand, answering `ok` to each request head, on
+    /// connections it counts. `answers` is how many requests a connection gets answers to;
+    /// after them it closes the connection, having read the next request when
+    /// `close_under_next` (as an application whose keep-alive ran out just then does).
+    async fn app(answers: usize, close_under_next: bool) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -166,8 +641,7 @@ mod tests {
                 let (mut tcp, _) = listener.accept().await.unwrap();
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut seen = Vec::new();
+                    let (mut buf, mut seen, mut answered) = (vec![0u8; 4096], Vec::new(), 0);
                     loop {
                         let Ok(n) = tcp.read(&mut buf).await else { return };
                         if n == 0 {
@@ -176,8 +650,15 @@ mod tests {
                         seen.extend_from_slice(&buf[..n]);
                         while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
                             seen.drain(..end + 4);
+                            if answered == answers {
+                                return;
+                            }
                             let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if tcp.write_all(answer).await.is_err() || close_after_one {
+                            if tcp.write_all(answer).await.is_err() {
+                                return;
+                            }
+                            answered += 1;
+                            if answered == answers && !close_under_next {
                                 return;
                             }
                         }
@@ -188,88 +669,181 @@ mod tests {
         (addr, accepted)
     }
 
-    fn plain(addr: SocketAddr) -> Destination {
-        Destination { addr, mtls: None }
-    }
-
-    async fn tcp(addr: SocketAddr) -> Result<TcpStream, PoolError> {
-        TcpStream::connect(addr).await.map_err(|e| PoolError::Connect(e.to_string()))
-    }
-
-    async fn send(
-        pool: &Pool,
-        addr: SocketAddr,
-    ) -> Result<(Response<Incoming>, Arc<Lease<Empty<Bytes>>>), PoolError> {
-        pool.send(plain(addr), tcp(addr), get(addr)).await
-    }
-
-    async fn answer(pool: &Pool, addr: SocketAddr) -> String {
-        let (resp, lease) = send(pool, addr).await.unwrap_or_else(|_| panic!("no answer"));
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        drop(lease);
-        String::from_utf8_lossy(&body).into_owned()
+    /// hyper's HTTP/1.1 server: `/echo` answers the request's body with its trailer `x-t` as
+    /// a header; `/big` 100 KiB of a declared length; `/stream` three chunks and a trailer.
+    async fn hyper_app() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let resp = match req.uri().path() {
+                        "/echo" => {
+                            let collected = req.into_body().collect().await.unwrap();
+                            let t = collected.trailers().and_then(|t| t.get("x-t")).cloned();
+                            let mut resp = Response::new(Full::new(collected.to_bytes()).boxed());
+                            if let Some(t) = t {
+                                resp.headers_mut().insert("x-t", t);
+                            }
+                            resp
+                        }
+                        "/big" => Response::new(Full::new(Bytes::from(vec![b'x'; 100 * 1024])).boxed()),
+                        _ => {
+                            let mut t = HeaderMap::new();
+                            t.insert("grpc-status", "0".parse().unwrap());
+                            let frames = ["a", "bb", "ccc"]
+                                .map(|d| Ok::<_, Infallible>(Frame::data(Bytes::from(d))))
+                                .into_iter()
+                                .chain([Ok(Frame::trailers(t))]);
+                            let mut resp = Response::new(StreamBody::new(tokio_stream::iter(frames)).boxed());
+                            resp.headers_mut().insert(http::header::TRAILER, "grpc-status".parse().unwrap());
+                            resp
+                        }
+                    };
+                    Ok::<_, Infallible>(resp)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc),
+                );
+            }
+        });
+        addr
     }
 
     #[tokio::test]
     async fn requests_one_after_another_share_one_connection() {
-        let (addr, accepted) = app(false).await;
+        let (addr, accepted) = app(usize::MAX, false).await;
         let pool = pool();
         for _ in 0..5 {
-            assert_eq!(answer(&pool, addr).await, "ok");
-            tokio::task::yield_now().await;
+            assert_eq!(get(&pool, addr).await, "ok");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_application_closed_is_replaced_without_failing_a_request() {
-        let (addr, accepted) = app(true).await;
+        let (addr, accepted) = app(1, false).await;
         let pool = pool();
         for _ in 0..5 {
-            assert_eq!(answer(&pool, addr).await, "ok");
-            // Time for the close to arrive: a close racing a request is the application's
-            // to avoid (it answers `connection: close` instead).
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            assert_eq!(get(&pool, addr).await, "ok");
+            // Time for the close to arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
     #[tokio::test]
-    async fn requests_at_once_each_get_a_connection_and_all_are_kept() {
-        let (addr, accepted) = app(false).await;
+    async fn a_request_the_application_closed_under_is_sent_again_only_if_that_is_safe() {
+        let (addr, accepted) = app(1, true).await;
         let pool = pool();
-        let (a, b, c) = tokio::join!(send(&pool, addr), send(&pool, addr), send(&pool, addr));
-        let leased = [a, b, c];
-        assert!(leased.iter().all(Result::is_ok));
+        assert_eq!(get(&pool, addr).await, "ok");
+        assert_eq!(get(&pool, addr).await, "ok", "a GET goes again over a new connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        let post = request(Method::POST, "/", addr, Full::new(Bytes::from("x")).boxed());
+        let Err(PoolError::Http(why)) = send(&pool, post).await else { panic!("a POST is not sent twice") };
+        assert!(why.contains("closed the connection without answering"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn requests_at_once_each_get_a_connection_and_all_are_kept() {
+        let (addr, accepted) = app(usize::MAX, false).await;
+        let pool = pool();
+        let (a, b, c) = tokio::join!(get(&pool, addr), get(&pool, addr), get(&pool, addr));
+        assert_eq!([a, b, c], ["ok", "ok", "ok"]);
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
-        for (resp, lease) in leased.into_iter().map(|r| r.unwrap_or_else(|_| panic!("no answer"))) {
-            resp.into_body().collect().await.unwrap();
-            drop(lease);
-        }
-        tokio::task::yield_now().await;
         assert_eq!(pool.idle.lock().unwrap().len(), 3);
     }
 
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let pool = pool();
-        assert!(matches!(send(&pool, addr).await, Err(PoolError::Connect(_))));
+        let sent = send(&pool(), request(Method::GET, "/", addr, empty())).await;
+        assert!(matches!(sent, Err(PoolError::Connect(_))), "{:?}", sent.err());
     }
 
     #[tokio::test]
     async fn a_connection_carries_requests_for_its_own_destination_only() {
-        let (addr, accepted) = app(false).await;
+        let (addr, accepted) = app(usize::MAX, false).await;
         let pool = pool();
-        assert_eq!(answer(&pool, addr).await, "ok");
+        assert_eq!(get(&pool, addr).await, "ok");
         let id = SpiffeId::parse("spiffe://td.example/ns/shop/sa/reviews").unwrap();
         let tls = Destination { addr, mtls: Some((id, 1)) };
-        let (resp, lease) =
-            pool.send(tls, tcp(addr), get(addr)).await.unwrap_or_else(|_| panic!("no answer"));
-        resp.into_body().collect().await.unwrap();
-        drop(lease);
+        let resp = pool.send(tls, tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
+        assert_eq!(read(resp).await.0, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a plaintext connection is not one with an identity");
-        assert_eq!(answer(&pool, addr).await, "ok");
+        assert_eq!(get(&pool, addr).await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "each kind is reused");
+    }
+
+    #[tokio::test]
+    async fn bodies_of_a_declared_length_or_in_chunks_with_trailers_arrive_whole_both_ways() {
+        let addr = hyper_app().await;
+        let pool = pool();
+        let full = request(Method::POST, "/echo", addr, Full::new(Bytes::from("hello")).boxed());
+        assert_eq!(read(send(&pool, full).await.unwrap()).await.0, "hello");
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        let streamed = request(
+            Method::POST,
+            "/echo",
+            addr,
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed(),
+        );
+        let sender = tokio::spawn(async move {
+            for piece in ["one ", "two ", "three"] {
+                tx.send(Ok(Frame::data(Bytes::from(piece)))).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let mut t = HeaderMap::new();
+            t.insert("x-t", "sent".parse().unwrap());
+            tx.send(Ok(Frame::trailers(t))).await.unwrap();
+        });
+        let resp = send(&pool, streamed).await.unwrap();
+        sender.await.unwrap();
+        assert_eq!(resp.headers()["x-t"], "sent", "the request's trailers reached the application");
+        assert_eq!(read(resp).await.0, "one two three");
+
+        let big = send(&pool, request(Method::GET, "/big", addr, empty())).await.unwrap();
+        assert!(matches!(big.body(), ResponseBody::Streaming(_)), "past 16 KiB a body streams");
+        assert_eq!(big.body().size_hint().exact(), Some(100 * 1024));
+        assert_eq!(read(big).await.0.len(), 100 * 1024);
+
+        let mut stream = request(Method::GET, "/stream", addr, empty());
+        // hyper's server sends the trailers it announced to a client that says it takes them.
+        stream.headers_mut().insert(http::header::TE, "trailers".parse().unwrap());
+        let (body, trailers) = read(send(&pool, stream).await.unwrap()).await;
+        assert_eq!(body, "abbccc");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        assert_eq!(
+            pool.idle.lock().unwrap().len(),
+            1,
+            "one connection carried every exchange, and is idle again"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_ends_the_request_and_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = vec![0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let _ = tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tx.send(Ok(Frame::data(Bytes::from("first")))).await.unwrap();
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let pool = pool();
+        let resp =
+            tokio::time::timeout(Duration::from_secs(5), send(&pool, request(Method::POST, "/", addr, body)))
+                .await
+                .expect("answered while the body was still open")
+                .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(pool.idle.lock().unwrap().is_empty(), "a connection with half a request on it is not reused");
+        drop(tx);
     }
 }

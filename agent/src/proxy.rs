@@ -40,14 +40,17 @@ use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
     Side, Target, evaluate, grpc_code_of,
 };
-use crate::http1_pool::{Destination, Http1Pool, Lease, PoolError};
+use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
+use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
 
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+/// Why a body could not be read or written, whichever side it came from.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
 type MeshClient = Client<MeshConnector, Body>;
 
 /// Longest a request waits for the routes of its listener to arrive.
@@ -63,12 +66,10 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// after which a peer agent closes an idle connection (hyper's header timer also runs between
 /// requests): a request sent on a connection the peer is closing at that moment would fail.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
-/// Largest request head accepted, HTTP/1.1 or HTTP/2 (Envoy's default is 60 KiB); past it,
-/// 431 (HTTP/1.1) or the stream is refused (HTTP/2).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The one HTTP server configuration of every listener the agent serves HTTP on, with the
-/// bounds above. HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the
+/// bounds above (a request head past `MAX_HEAD_BYTES` is answered 431 in HTTP/1.1, its stream
+/// refused in HTTP/2). HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the
 /// connection.
 pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -123,7 +124,7 @@ pub struct Proxy {
     open: tokio::sync::watch::Sender<usize>,
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
     /// HTTP/1.1 upstream, to the application and to mesh endpoints.
-    http1: Http1Pool<Body>,
+    http1: Http1Pool,
     /// By peer identity and HTTP/2: the generation they were built in, and the TLS client
     /// (rustls keeps the sessions it resumes in it).
     tls_connectors: Mutex<HashMap<(SpiffeId, bool), (u64, tokio_rustls::TlsConnector)>>,
@@ -724,7 +725,7 @@ impl Proxy {
         let Some(table) = table else {
             return local_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, 14, "no route configuration yet");
         };
-        let Some(route) = table.find(&view).cloned() else {
+        let Some(route) = table.find(&view) else {
             return local_reply(grpc, StatusCode::NOT_FOUND, 12, "no route matches");
         };
         // Faults, as Envoy's fault filter injects them before the router: the route's own
@@ -786,10 +787,7 @@ impl Proxy {
             _ => Err(body),
         };
         let mut tried = None;
-        let attempts = async {
-            let resp = self.attempts(&route, parts, replay, &mut tried).await?;
-            gathered(resp).await
-        };
+        let attempts = self.attempts(route, parts, replay, &mut tried);
         let outcome = match route.timeout {
             Some(t) => tokio::time::timeout(t, attempts)
                 .await
@@ -928,7 +926,7 @@ impl Proxy {
         parts: http::request::Parts,
         body: Result<Bytes, Incoming>,
         tried: &mut Option<&'r str>,
-    ) -> Result<Response<Incoming>, (StatusCode, String)> {
+    ) -> Result<Response<Body>, (StatusCode, String)> {
         let total = route.total_weight();
         let (bytes, mut streaming) = match body {
             Ok(b) => (Some(b), None),
@@ -943,7 +941,7 @@ impl Proxy {
             *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-                (None, Some(s)) => s.boxed(),
+                (None, Some(s)) => s.map_err(BoxError::from).boxed(),
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
             // The last try takes the head; one before it sends a copy.
@@ -967,7 +965,7 @@ impl Proxy {
         last
     }
 
-    async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Incoming>, Failure> {
+    async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
         let pick = self.endpoint(cluster).map_err(Failure::Local)?;
         let (addr, h2) = (pick.addr, pick.cluster.h2);
         let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
@@ -976,52 +974,51 @@ impl Proxy {
                 format!("circuit breaker open: {cluster} is at its limit"),
             ))
         })?;
-        let host = Arc::new(pick.health.started(addr));
+        let host = pick.health.started(addr);
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        // HTTP/1.1 goes over the agent's own idle connections, in origin form; HTTP/2 (one
-        // connection multiplexed) over hyper-util's pooled client, which wants the absolute
-        // form to pick its connection.
+        // HTTP/1.1 goes over the agent's own client, in origin form; HTTP/2 (one connection
+        // multiplexed) over hyper-util's pooled client, which wants the absolute form to pick
+        // its connection.
         if h2 {
             *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
                 .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         } else {
             to_origin_form(&mut req, addr);
         }
-        let mut result = match &pick.cluster.target {
-            Target::Local(_) if !h2 => {
-                let to = Destination { addr, mtls: None };
-                let connect =
-                    async { connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string())) };
-                leased(self.http1.send(to, connect, req).await)
-            }
-            Target::Local(_) => self.local_client(h2).request(req).await.map_err(Failure::of_client),
-            Target::Mesh { peer, .. } => {
-                let started = std::time::Instant::now();
-                let result = if h2 {
-                    let client = self
-                        .mesh_client(peer, h2)
-                        .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
-                    client.request(req).await.map_err(Failure::of_client)
-                } else {
-                    let to = Destination {
-                        addr,
-                        mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))),
-                    };
-                    let connect = async {
-                        let tls = self
-                            .tls_connector(peer, false)
-                            .map_err(|e| PoolError::Connect(format!("{e:#}")))?;
-                        connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))
-                    };
-                    leased(self.http1.send(to, connect, req).await)
+        let started = std::time::Instant::now();
+        let result = match (&pick.cluster.target, h2) {
+            (Target::Local(_), false) => {
+                let connect = async {
+                    let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+                    Ok(Box::new(tcp) as Box<dyn Upstream>)
                 };
-                let status = result.as_ref().ok().map(|r| r.status().as_u16());
-                self.upstreams.record(cluster, status, started.elapsed());
-                result
+                let to = Destination { addr, mtls: None };
+                self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
+            }
+            (Target::Local(_), true) => {
+                self.local_client(h2).request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
+            }
+            (Target::Mesh { peer, .. }, false) => {
+                let connect = async {
+                    let tls =
+                        self.tls_connector(peer, false).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
+                    let tls = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+                    Ok(Box::new(tls) as Box<dyn Upstream>)
+                };
+                let to =
+                    Destination { addr, mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))) };
+                self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
+            }
+            (Target::Mesh { peer, .. }, true) => {
+                let client = self
+                    .mesh_client(peer, h2)
+                    .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
+                client.request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
             }
         };
-        if let Ok(resp) = &mut result {
-            resp.extensions_mut().insert(host);
+        if matches!(pick.cluster.target, Target::Mesh { .. }) {
+            let status = result.as_ref().ok().map(|r| r.status().as_u16());
+            self.upstreams.record(cluster, status, started.elapsed());
         }
         if let Some(policy) = &pick.cluster.outlier {
             let failed = match &result {
@@ -1150,6 +1147,13 @@ impl Failure {
         if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
     }
 
+    fn of_pool(e: PoolError) -> Failure {
+        match e {
+            PoolError::Connect(why) => Failure::Connect(why),
+            PoolError::Http(why) => Failure::Reset(why),
+        }
+    }
+
     fn into_status(self) -> (StatusCode, String) {
         match self {
             Failure::Connect(why) => {
@@ -1167,47 +1171,41 @@ fn with_source(e: &dyn std::error::Error) -> String {
     format!("{e}: {}", e.source().map(ToString::to_string).unwrap_or_default())
 }
 
-/// Largest HTTP/1.1 response body read whole before its head is passed on.
-const GATHERED_BODY: u64 = 16 * 1024;
-
-/// An upstream response made ready to pass on. A small HTTP/1.1 body of declared length is
-/// read whole first, so that the head and body leave in one write as they arrived (nginx's
-/// proxy buffering does the same): streamed, the head would go out alone while the body is
-/// still a hand-off away, costing the client a second wake-up. Anything else streams, and
-/// its host counts the request as in flight until the body ends.
-async fn gathered(resp: Response<Incoming>) -> Result<Response<Body>, (StatusCode, String)> {
-    let declared = resp
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let small = resp.version() == http::Version::HTTP_11 && declared.is_some_and(|n| n <= GATHERED_BODY);
-    let (mut parts, body) = resp.into_parts();
-    // Held until the body ends: the host counts the request as in flight, and an HTTP/1.1
-    // connection is not free for another request before.
-    let in_flight =
-        (parts.extensions.remove::<Arc<HostRequest>>(), parts.extensions.remove::<Arc<Lease<Body>>>());
-    if small {
-        let whole = body
-            .collect()
-            .await
-            .map_err(|e| Failure::Reset(format!("while reading the body: {e}")).into_status())?;
-        drop(in_flight);
-        return Ok(Response::from_parts(
-            parts,
-            Full::new(whole.to_bytes()).map_err(|never| match never {}).boxed(),
-        ));
-    }
-    let body = body
-        .map_frame(move |f| {
-            let _in_flight = &in_flight;
-            f
-        })
-        .boxed();
-    Ok(Response::from_parts(parts, body))
+/// An upstream response passed on: its host counts the request as in flight until the body
+/// has been read (a body read whole already is over).
+fn holding<B: Into<UpstreamBody>>(resp: Response<B>, host: HostRequest) -> Response<Body> {
+    resp.map(|body| match body.into() {
+        UpstreamBody::Whole(body) => body,
+        UpstreamBody::Streaming(body) => body
+            .map_frame(move |f| {
+                let _in_flight = &host;
+                f
+            })
+            .boxed(),
+    })
 }
 
-fn should_retry(r: &Retry, result: &Result<Response<Incoming>, Failure>) -> bool {
+/// A response body as `holding` sees it.
+enum UpstreamBody {
+    Whole(Body),
+    Streaming(Body),
+}
+
+impl From<ResponseBody> for UpstreamBody {
+    fn from(body: ResponseBody) -> Self {
+        let whole = matches!(body, ResponseBody::Whole(_));
+        let body = body.map_err(BoxError::from).boxed();
+        if whole { UpstreamBody::Whole(body) } else { UpstreamBody::Streaming(body) }
+    }
+}
+
+impl From<Incoming> for UpstreamBody {
+    fn from(body: Incoming) -> Self {
+        UpstreamBody::Streaming(body.map_err(BoxError::from).boxed())
+    }
+}
+
+fn should_retry(r: &Retry, result: &Result<Response<Body>, Failure>) -> bool {
     r.on.iter().any(|on| match (on, result) {
         (RetryOn::ConnectFailure, Err(Failure::Connect(_))) => true,
         (
@@ -1261,18 +1259,11 @@ fn authority_of(addr: SocketAddr) -> Result<http::uri::Authority, http::Error> {
         if i > 0 {
             out.push(b'.');
         }
-        decimal(&mut out, u32::from(octet));
+        decimal(&mut out, u64::from(octet));
     }
     out.push(b':');
-    decimal(&mut out, u32::from(v4.port()));
+    decimal(&mut out, u64::from(v4.port()));
     Ok(http::uri::Authority::from_maybe_shared(Bytes::from(out))?)
-}
-
-fn decimal(out: &mut Vec<u8>, n: u32) {
-    if n >= 10 {
-        decimal(out, n / 10);
-    }
-    out.push(b'0' + (n % 10) as u8);
 }
 
 /// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
@@ -1428,20 +1419,6 @@ async fn connect_mtls(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<Coalesced>> {
     let tcp = connect_tcp(addr).await?;
     tls.connect(ServerName::from(addr.ip()), coalesced(tcp)).await
-}
-
-/// A response with the lease on its HTTP/1.1 connection, held until its body ends.
-fn leased(
-    sent: Result<(Response<Incoming>, Arc<Lease<Body>>), PoolError>,
-) -> Result<Response<Incoming>, Failure> {
-    match sent {
-        Ok((mut resp, lease)) => {
-            resp.extensions_mut().insert(lease);
-            Ok(resp)
-        }
-        Err(PoolError::Connect(why)) => Err(Failure::Connect(why)),
-        Err(PoolError::Http(e)) => Err(Failure::Reset(with_source(&e))),
-    }
 }
 
 /// A socket under TLS whose records are written out on flush, together.

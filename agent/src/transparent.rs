@@ -28,7 +28,7 @@ use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_nam
 
 use crate::cli::Capture;
 use crate::config::{Handler, Side, Target};
-use crate::proxy::{Body, CONNECT_TIMEOUT, Proxy, authority, local_reply};
+use crate::proxy::{Body, BoxError, CONNECT_TIMEOUT, Proxy, authority, local_reply};
 use crate::state::Config;
 
 /// How long the application may take to send its first bytes before a connection to a port
@@ -282,8 +282,9 @@ async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incomi
         Ok(uri) => uri,
         Err(e) => return local_reply(false, StatusCode::BAD_REQUEST, 3, &e.to_string()),
     };
-    match proxy.local_client(h2).request(Request::from_parts(parts, body.boxed())).await {
-        Ok(resp) => resp.map(BodyExt::boxed),
+    let body = body.map_err(BoxError::from).boxed();
+    match proxy.local_client(h2).request(Request::from_parts(parts, body)).await {
+        Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed()),
         Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {e}")),
     }
 }

@@ -1,0 +1,529 @@
+//! HTTP/1.1 as the agent speaks it to an upstream (RFC 9112), without I/O: a request head
+//! written out, a response head read in, and how each body is delimited. `http1_pool.rs`
+//! moves the bytes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+
+/// Largest head the agent takes, a request's, a response's or a trailer section (Envoy's
+/// default is 60 KiB).
+pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most header fields read in one response head (or one trailer section).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Something an upstream sent that is not HTTP/1.1: the connection cannot carry on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed HTTP/1.1 from upstream: {0}")]
+pub(crate) struct Malformed(pub &'static str);
+
+/// How a message's body is delimited (RFC 9112 §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body at all.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (a response only).
+    UntilClose,
+}
+
+/// Writes the request line and headers of `head`, with `body`'s framing, into `out`. The
+/// target is the path and query (origin form); `Content-Length` and `Transfer-Encoding` are
+/// the framing's, not the request's.
+pub(crate) fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: Framing) {
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    match body {
+        Framing::Length(n) if n > 0 || !bodiless(&head.method) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Methods whose requests have no body by custom: an empty one is sent without
+/// `Content-Length: 0`, as clients send them.
+fn bodiless(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE | Method::CONNECT
+    )
+}
+
+/// `n` in decimal, without the formatting machinery (it is done for every request).
+pub(crate) fn decimal(out: &mut Vec<u8>, n: u64) {
+    if n >= 10 {
+        decimal(out, n / 10);
+    }
+    out.push(b'0' + (n % 10) as u8);
+}
+
+/// The start of one chunk of `len` bytes; the chunk's data follows, then `CHUNK_END`.
+pub(crate) fn chunk_start(out: &mut Vec<u8>, len: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[(len >> (i * 4)) & 0xf]);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(crate) const CHUNK_END: &[u8] = b"\r\n";
+
+/// The last chunk of a chunked body, with its trailer fields.
+pub(crate) fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A response head as read.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub status: StatusCode,
+    /// Connection-specific fields (`Connection`, `Transfer-Encoding`, `Keep-Alive`) removed:
+    /// they were this connection's.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Takes the next final response head off the front of `buf` (interim 1xx responses are
+/// passed over), or `None` while it is incomplete. `head_request`: the request was `HEAD`,
+/// so the response has no body whatever its fields say.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Option<ResponseHead>, Malformed> {
+    loop {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let len = match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Malformed("more than 100 header fields")),
+            Err(_) => return Err(Malformed("an invalid response head")),
+        };
+        let code = parsed.code.ok_or(Malformed("no status"))?;
+        let status = StatusCode::from_u16(code).map_err(|_| Malformed("an invalid status code"))?;
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Malformed("a protocol switch the agent did not ask for"));
+        }
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        let head = buf.split_to(len).freeze();
+        // Parsed again over the frozen bytes: the fields' values are slices of them, not copies.
+        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut fields);
+        let _ = parsed.parse(&head);
+        let headers = header_map(&head, parsed.headers)?;
+        return response_head(status, version, headers, head_request).map(Some);
+    }
+}
+
+fn header_map(source: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Malformed> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name =
+            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Malformed("an invalid field name"))?;
+        let value = HeaderValue::from_maybe_shared(source.slice_ref(f.value))
+            .map_err(|_| Malformed("an invalid field value"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// The framing (RFC 9112 §6.3) and reuse of a response, and its fields without the
+/// connection's own.
+fn response_head(
+    status: StatusCode,
+    version: Version,
+    mut headers: HeaderMap,
+    head_request: bool,
+) -> Result<ResponseHead, Malformed> {
+    let close = headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"));
+    // Whether the last coding is chunked, when there are any.
+    let chunked = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+        .map(|last| last_token_is(last.as_bytes(), b"chunked"));
+    let length = content_length(&headers)?;
+    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        Framing::Empty
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        }
+    };
+    // A response with both framings may have been smuggled past something: not reused.
+    let both = chunked.is_some() && length.is_some();
+    let keep_alive = version == Version::HTTP_11 && !close && !both && framing != Framing::UntilClose;
+    headers.remove(CONNECTION);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(HeaderName::from_static("keep-alive"));
+    if chunked.is_some() {
+        headers.remove(CONTENT_LENGTH);
+    }
+    Ok(ResponseHead { status, headers, framing, keep_alive })
+}
+
+/// The body length `Content-Length` gives: every value (and every item of a list) the same
+/// decimal number.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|b| *b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+                return Err(Malformed("an invalid Content-Length"));
+            }
+            let n = item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.is_some_and(|l| l != n) {
+                return Err(Malformed("differing Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn last_token_is(list: &[u8], token: &[u8]) -> bool {
+    list.rsplit(|b| *b == b',').next().is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// What the next step of a chunked body gave.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is over; nothing of it is left in the buffer.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Reads a chunked body (RFC 9112 §7.1) off the front of a buffer, step by step.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// The next piece of the body from `buf`, consuming what it used.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, Malformed> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = line_end(buf, MAX_CHUNK_LINE)? else { return Ok(Decoded::More) };
+                    let size = chunk_size(&buf[..line])?;
+                    buf.advance(line + 2);
+                    self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - take as u64;
+                    self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Malformed("a chunk not ended by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Decoded::End);
+                    }
+                    let Some(end) = find(buf, b"\r\n\r\n", MAX_HEAD_BYTES)? else {
+                        return Ok(Decoded::More);
+                    };
+                    let section = buf.split_to(end + 4).freeze();
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let fields = match httparse::parse_headers(&section, &mut fields) {
+                        Ok(httparse::Status::Complete((_, fields))) => fields,
+                        _ => return Err(Malformed("invalid trailer fields")),
+                    };
+                    self.state = ChunkState::Done;
+                    return Ok(Decoded::Trailers(header_map(&section, fields)?));
+                }
+                ChunkState::Done => return Ok(Decoded::End),
+            }
+        }
+    }
+}
+
+/// Where the line at the start of `buf` ends (its CRLF), if it is all there; longer than
+/// `max` is malformed.
+fn line_end(buf: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
+    find(buf, b"\r\n", max)
+}
+
+fn find(buf: &[u8], needle: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
+    match buf.windows(needle.len()).position(|w| w == needle) {
+        Some(at) if at <= max => Ok(Some(at)),
+        Some(_) => Err(Malformed("a line or section past its bound")),
+        None if buf.len() > max + needle.len() => Err(Malformed("a line or section past its bound")),
+        None => Ok(None),
+    }
+}
+
+/// The size of a chunk-size line (hex digits, then extensions, which are ignored).
+fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = line[digits..].trim_ascii_start();
+    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+        return Err(Malformed("an invalid chunk size"));
+    }
+    Ok(line[..digits].iter().fold(0u64, |n, d| n << 4 | u64::from((*d as char).to_digit(16).unwrap_or(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn head(method: Method, uri: &str, fields: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (n, v) in fields {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn encoded(h: &http::request::Parts, framing: Framing) -> String {
+        let mut out = Vec::new();
+        encode_request(&mut out, h, framing);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_request_head_is_written_in_origin_form_with_its_own_framing() {
+        let get = head(Method::GET, "/r?x=1", &[("host", "reviews.shop:9080"), ("content-length", "0")]);
+        assert_eq!(
+            encoded(&get, Framing::Length(0)),
+            "GET /r?x=1 HTTP/1.1\r\nhost: reviews.shop:9080\r\n\r\n"
+        );
+        let post = head(Method::POST, "/", &[("host", "a"), ("transfer-encoding", "chunked")]);
+        assert_eq!(
+            encoded(&post, Framing::Length(0)),
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            encoded(&post, Framing::Length(1234)),
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1234\r\n\r\n"
+        );
+        assert_eq!(
+            encoded(&post, Framing::Chunked),
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunks_are_framed_in_hex() {
+        let mut out = Vec::new();
+        for len in [1, 15, 16, 255, 4096, 65535] {
+            out.clear();
+            chunk_start(&mut out, len);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), format!("{len:x}\r\n"));
+        }
+        out.clear();
+        let mut t = HeaderMap::new();
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        last_chunk(&mut out, Some(&t));
+        assert_eq!(out, b"0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    fn parse(bytes: &str, head_request: bool) -> Result<Option<ResponseHead>, Malformed> {
+        parse_response(&mut BytesMut::from(bytes), head_request)
+    }
+
+    fn framing(bytes: &str) -> Framing {
+        parse(bytes, false).unwrap().unwrap().framing
+    }
+
+    #[test]
+    fn a_response_is_framed_as_rfc_9112_says() {
+        assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"), Framing::Length(12));
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), Framing::Length(3));
+        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"), Framing::Chunked);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Framing::UntilClose);
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
+        assert_eq!(framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Framing::Empty);
+        assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n"), Framing::Empty);
+        let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", true).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Empty);
+        assert_eq!(head.headers[CONTENT_LENGTH], "7", "a HEAD response keeps the length it announces");
+    }
+
+    #[test]
+    fn a_connection_is_reused_only_when_the_response_allows_it() {
+        let keep = |bytes: &str| parse(bytes, false).unwrap().unwrap().keep_alive;
+        assert!(keep("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+        assert!(!keep("HTTP/1.1 200 OK\r\n\r\n"), "read until close");
+        assert!(!keep("HTTP/1.1 200 OK\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn interim_responses_are_passed_over_and_the_connection_fields_removed() {
+        let mut buf = BytesMut::from(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+             HTTP/1.1 201 Created\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             transfer-encoding: chunked\r\ncontent-length: 9\r\nx-a: 1\r\nx-a: 2\r\n\r\nrest",
+        );
+        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::CREATED);
+        assert_eq!(head.framing, Framing::Chunked);
+        let names: Vec<_> = head.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-a"]);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&buf[..], b"rest", "the body's bytes stay in the buffer");
+    }
+
+    #[test]
+    fn an_incomplete_head_waits_and_a_bad_one_is_refused_with_its_reason() {
+        assert!(parse("HTTP/1.1 200 OK\r\ncontent-len", false).unwrap().is_none());
+        assert!(parse("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 2", false).unwrap().is_none());
+        let bad = |bytes: &str| parse(bytes, false).unwrap_err().0;
+        assert_eq!(
+            bad("HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"),
+            "differing Content-Length values"
+        );
+        assert_eq!(bad("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n"), "an invalid Content-Length");
+        assert_eq!(
+            bad("HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n"),
+            "an invalid Content-Length"
+        );
+        assert_eq!(
+            bad("HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+            "a protocol switch the agent did not ask for"
+        );
+        assert_eq!(bad("SSH-2.0-OpenSSH\r\n\r\n"), "an invalid response head");
+        let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+        assert_eq!(bad(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")), "more than 100 header fields");
+    }
+
+    /// Decodes `wire` fed in the pieces `cuts` makes of it: the body and the trailers.
+    fn decode_in_pieces(wire: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Option<HeaderMap>), Malformed> {
+        let mut d = ChunkedDecoder::default();
+        let (mut buf, mut body, mut trailers) = (BytesMut::new(), Vec::new(), None);
+        let mut pieces = cuts.iter().copied().chain([wire.len()]);
+        let mut at = 0;
+        loop {
+            match d.decode(&mut buf)? {
+                Decoded::Data(b) => body.extend_from_slice(&b),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return Ok((body, trailers)),
+                Decoded::More => {
+                    let Some(to) = pieces.next() else { return Err(Malformed("test: the body never ended")) };
+                    buf.extend_from_slice(&wire[at..to.max(at)]);
+                    at = to.max(at);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_reads_back_whatever_the_pieces_it_arrives_in() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..500 {
+            let body: Vec<u8> = (0..rng.random_range(0..3000)).map(|_| rng.random()).collect();
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=rest.len().min(700));
+                chunk_start(&mut wire, n);
+                if rng.random_bool(0.2) {
+                    wire.splice(wire.len() - 2..wire.len() - 2, b";ext=1".iter().copied());
+                }
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(CHUNK_END);
+                rest = &rest[n..];
+            }
+            let mut t = HeaderMap::new();
+            t.insert("grpc-status", HeaderValue::from_static("0"));
+            let with_trailers = rng.random_bool(0.5);
+            last_chunk(&mut wire, with_trailers.then_some(&t));
+            let mut cuts: Vec<usize> =
+                (0..rng.random_range(0..8)).map(|_| rng.random_range(0..=wire.len())).collect();
+            cuts.sort_unstable();
+            let (read, trailers) = decode_in_pieces(&wire, &cuts).unwrap();
+            assert_eq!(read, body);
+            assert_eq!(trailers.is_some(), with_trailers);
+        }
+    }
+
+    #[test]
+    fn a_malformed_chunked_body_is_refused_and_never_panics() {
+        let bad = |wire: &str| decode_in_pieces(wire.as_bytes(), &[]).unwrap_err().0;
+        assert_eq!(bad("zz\r\nab\r\n0\r\n\r\n"), "an invalid chunk size");
+        assert_eq!(bad("2\r\nabc\r\n0\r\n\r\n"), "a chunk not ended by CRLF");
+        assert_eq!(bad("11111111111111111\r\n"), "an invalid chunk size");
+        assert_eq!(bad(&format!("1;{}\r\n", "x".repeat(5000))), "a line or section past its bound");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let alphabet = b"0123456789abcdefXZ;\r\n \t";
+        for _ in 0..2000 {
+            let wire: Vec<u8> =
+                (0..rng.random_range(0..64)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect();
+            let _ = decode_in_pieces(&wire, &[wire.len() / 2]);
+        }
+    }
+}
