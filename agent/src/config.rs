@@ -233,16 +233,24 @@ pub struct RequestView<'a> {
 }
 
 impl<'a> RequestView<'a> {
-    /// What rules see of `req`, whose authority (`:authority` or `Host`) is `authority`.
-    pub fn of<B>(req: &'a http::Request<B>, authority: Option<&'a str>) -> Self {
+    /// What rules see of `req`.
+    pub fn of<B>(req: &'a http::Request<B>) -> Self {
         RequestView {
             method: req.method(),
             path: req.uri().path(),
             query: req.uri().query(),
-            authority,
+            authority: authority(req),
             headers: req.headers(),
         }
     }
+}
+
+/// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
+pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(http::uri::Authority::as_str)
+        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
 }
 
 impl RequestView<'_> {

@@ -2,6 +2,8 @@
 //! written out, a response head read in, and how each body is delimited. `http1_pool.rs`
 //! moves the bytes.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
@@ -121,9 +123,13 @@ pub(crate) fn parse_response(
     head_request: bool,
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let len = match parsed.parse(buf) {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Malformed("more than 100 header fields")),
@@ -139,13 +145,84 @@ pub(crate) fn parse_response(
             buf.advance(len);
             continue;
         }
+        // Where each field lies in the head: its value is then a slice of the head's bytes,
+        // not a copy.
+        let base = buf.as_ptr() as usize;
+        // (name start, name length, value start, value length)
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        let count = parsed.headers.len();
+        for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
+            let at = |p: *const u8| p as usize - base;
+            *span = (at(f.name.as_ptr()), f.name.len(), at(f.value.as_ptr()), f.value.len());
+        }
         let head = buf.split_to(len).freeze();
-        // Parsed again over the frozen bytes: the fields' values are slices of them, not copies.
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let _ = parsed.parse(&head);
-        let headers = header_map(&head, parsed.headers)?;
-        return response_head(status, version, headers, head_request).map(Some);
+        let mut connection = Connection::default();
+        let mut headers = HeaderMap::with_capacity(count);
+        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+                .map_err(|_| Malformed("an invalid field name"))?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
+                .map_err(|_| Malformed("an invalid field value"))?;
+            if connection.takes(&name, &value)? {
+                headers.append(name, value);
+            }
+        }
+        return Ok(Some(connection.head(status, version, headers, head_request)));
+    }
+}
+
+/// What a response's fields say of its framing and its connection.
+#[derive(Default)]
+struct Connection {
+    close: bool,
+    /// Whether the last transfer coding is chunked, when there are any.
+    chunked: Option<bool>,
+    length: Option<u64>,
+}
+
+impl Connection {
+    /// Notes a field: `false` for the connection's own fields, which are not passed on.
+    fn takes(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, Malformed> {
+        if name == CONNECTION {
+            self.close |= has_token(value.as_bytes(), b"close");
+        } else if name == TRANSFER_ENCODING {
+            self.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+        } else if name == CONTENT_LENGTH {
+            self.length = content_length(value.as_bytes(), self.length)?;
+            return Ok(true);
+        } else if name.as_str() != "keep-alive" {
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The framing (RFC 9112 §6.3) and reuse of the response.
+    fn head(
+        self,
+        status: StatusCode,
+        version: Version,
+        mut headers: HeaderMap,
+        head_request: bool,
+    ) -> ResponseHead {
+        let framing =
+            if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                Framing::Empty
+            } else {
+                match (self.chunked, self.length) {
+                    (Some(true), _) => Framing::Chunked,
+                    (Some(false), _) => Framing::UntilClose,
+                    (None, Some(n)) => Framing::Length(n),
+                    (None, None) => Framing::UntilClose,
+                }
+            };
+        if self.chunked.is_some() {
+            headers.remove(CONTENT_LENGTH);
+        }
+        // A response with both framings may have been smuggled past something: not reused.
+        let both = self.chunked.is_some() && self.length.is_some();
+        let keep_alive =
+            version == Version::HTTP_11 && !self.close && !both && framing != Framing::UntilClose;
+        ResponseHead { status, headers, framing, keep_alive }
     }
 }
 
@@ -161,62 +238,21 @@ fn header_map(source: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderM
     Ok(headers)
 }
 
-/// The framing (RFC 9112 §6.3) and reuse of a response, and its fields without the
-/// connection's own.
-fn response_head(
-    status: StatusCode,
-    version: Version,
-    mut headers: HeaderMap,
-    head_request: bool,
-) -> Result<ResponseHead, Malformed> {
-    let close = headers.get_all(CONNECTION).iter().any(|v| has_token(v.as_bytes(), b"close"));
-    // Whether the last coding is chunked, when there are any.
-    let chunked = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .map(|last| last_token_is(last.as_bytes(), b"chunked"));
-    let length = content_length(&headers)?;
-    let framing = if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        Framing::Empty
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
+/// The body length a `Content-Length` value gives, with the one seen before (`seen`): every
+/// value, and every item of a list, the same decimal number.
+fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, Malformed> {
+    for item in value.split(|b| *b == b',') {
+        let item = item.trim_ascii();
+        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+            return Err(Malformed("an invalid Content-Length"));
         }
-    };
-    // A response with both framings may have been smuggled past something: not reused.
-    let both = chunked.is_some() && length.is_some();
-    let keep_alive = version == Version::HTTP_11 && !close && !both && framing != Framing::UntilClose;
-    headers.remove(CONNECTION);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(HeaderName::from_static("keep-alive"));
-    if chunked.is_some() {
-        headers.remove(CONTENT_LENGTH);
-    }
-    Ok(ResponseHead { status, headers, framing, keep_alive })
-}
-
-/// The body length `Content-Length` gives: every value (and every item of a list) the same
-/// decimal number.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|b| *b == b',') {
-            let item = item.trim_ascii();
-            if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
-                return Err(Malformed("an invalid Content-Length"));
-            }
-            let n = item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.is_some_and(|l| l != n) {
-                return Err(Malformed("differing Content-Length values"));
-            }
-            length = Some(n);
+        let n = item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if seen.is_some_and(|l| l != n) {
+            return Err(Malformed("differing Content-Length values"));
         }
+        seen = Some(n);
     }
-    Ok(length)
+    Ok(seen)
 }
 
 fn has_token(list: &[u8], token: &[u8]) -> bool {

@@ -334,13 +334,15 @@ where
     // The rest of the request is not sent: the upstream would take what follows as part of it.
     conn.keep_alive = outgoing.done;
     loop {
-        match http1_codec::parse_response(&mut conn.buf, head_request) {
-            Ok(Some(head)) => return Ok(head),
-            Ok(None) if conn.buf.len() > MAX_HEAD_BYTES => {
-                return Err(Failed { answered: true, why: "a response head past 64 KiB".into() });
+        if !conn.buf.is_empty() {
+            match http1_codec::parse_response(&mut conn.buf, head_request) {
+                Ok(Some(head)) => return Ok(head),
+                Ok(None) if conn.buf.len() > MAX_HEAD_BYTES => {
+                    return Err(Failed { answered: true, why: "a response head past 64 KiB".into() });
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Failed { answered: true, why: e.to_string() }),
             }
-            Ok(None) => {}
-            Err(e) => return Err(Failed { answered: true, why: e.to_string() }),
         }
         match conn.read_more().await {
             Ok(0) if conn.buf.is_empty() => {

@@ -1,7 +1,7 @@
 //! The agent's own metrics (Prometheus, served on the admin port's `/metrics`): requests,
 //! latency and TCP connections by direction and peer service, and what the access log lost.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -66,26 +66,45 @@ impl Default for Metrics {
     }
 }
 
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One peer's request counters and latency, found once (for a connection) instead of being
+/// looked up by their labels for every request.
+pub struct PeerMetrics {
+    requests: Family<RequestLabels, Counter>,
+    labels: DirectionLabels,
+    /// By status class, each made when the first response of its class is counted.
+    by_class: [OnceLock<Counter>; 5],
+    duration: Histogram,
+}
+
+impl PeerMetrics {
+    pub fn request(&self, status: StatusCode, took: Duration) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        let counter = self.by_class[class].get_or_init(|| {
+            let labels = RequestLabels {
+                direction: self.labels.direction,
+                peer_service: self.labels.peer_service.clone(),
+                status_class: STATUS_CLASSES[class],
+            };
+            self.requests.get_or_create(&labels).clone()
+        });
+        counter.inc();
+        self.duration.observe(took.as_secs_f64());
+    }
+}
+
 /// Which way traffic goes through the agent.
 pub fn direction(inbound: bool) -> &'static str {
     if inbound { "inbound" } else { "outbound" }
 }
 
 impl Metrics {
-    pub fn request(&self, inbound: bool, peer_service: &str, status: StatusCode, took: Duration) {
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        let direction = direction(inbound);
-        let peer_service = peer_service.to_owned();
-        self.requests
-            .get_or_create(&RequestLabels { direction, peer_service: peer_service.clone(), status_class })
-            .inc();
-        self.duration.get_or_create(&DirectionLabels { direction, peer_service }).observe(took.as_secs_f64());
+    /// The request metrics of one direction and peer service.
+    pub fn peer(&self, inbound: bool, peer_service: &str) -> PeerMetrics {
+        let labels = DirectionLabels { direction: direction(inbound), peer_service: peer_service.to_owned() };
+        let duration = self.duration.get_or_create(&labels).clone();
+        PeerMetrics { requests: self.requests.clone(), labels, by_class: Default::default(), duration }
     }
 
     pub fn connection(&self, inbound: bool, peer_service: &str) {

@@ -38,12 +38,12 @@ use crate::access_log::{AccessLog, Entry, HttpCall, Note};
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
-    Side, Target, evaluate, grpc_code_of,
+    Side, Target, authority, evaluate, grpc_code_of,
 };
 use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
 use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PeerMetrics};
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
@@ -355,14 +355,16 @@ impl Proxy {
 
     async fn proxied(&self, req: Request<Incoming>) -> Response<Body> {
         let authority = authority(&req);
-        let target = authority.as_deref().and_then(|a| {
+        let target = authority.and_then(|a| {
             let (host, port) = a.rsplit_once(':').unwrap_or((a, "80"));
             let (service, mesh) = host.split_once('.')?;
             Some(trellis_xds::sidecar_outbound_name(service, mesh, port.parse().ok()?))
         });
         let listener = target.as_ref().and_then(|name| self.state.config().listeners.get(name).cloned());
         match listener {
-            Some(l) if matches!(l.handler, Handler::Http { .. }) => self.request(&l, None, req).await,
+            Some(l) if matches!(l.handler, Handler::Http { .. }) => {
+                self.request(&l, None, &self.peer_metrics(&l, None), req).await
+            }
             _ => local_reply(
                 false,
                 StatusCode::BAD_GATEWAY,
@@ -459,11 +461,14 @@ impl Proxy {
     {
         match &l.handler {
             Handler::Http { .. } => {
-                let peer = Arc::new(peer);
-                let me = self.clone();
+                // What every request of the connection shares.
+                let shared = Arc::new((self.clone(), self.peer_metrics(&l, peer.as_ref()), l, peer));
                 let svc = hyper::service::service_fn(move |req| {
-                    let (me, l, peer) = (me.clone(), l.clone(), peer.clone());
-                    async move { Ok::<_, Infallible>(me.request(&l, (*peer).as_ref(), req).await) }
+                    let shared = shared.clone();
+                    async move {
+                        let (me, metrics, l, peer) = &*shared;
+                        Ok::<_, Infallible>(me.request(l, peer.as_ref(), metrics, req).await)
+                    }
                 });
                 let builder = http_server();
                 let conn = builder.serve_connection(TokioIo::new(io), svc);
@@ -578,20 +583,26 @@ impl Proxy {
         Ok(Arc::new(c))
     }
 
-    /// Handles one request, counts it, and logs it when the access log keeps it.
+    /// The metrics of the requests `l` takes from `peer`.
+    pub(crate) fn peer_metrics(&self, l: &Listener, peer: Option<&SpiffeId>) -> PeerMetrics {
+        let (inbound, service) = peer_service(l, peer);
+        self.metrics.peer(inbound, service)
+    }
+
+    /// Handles one request, counts it in `metrics`, and logs it when the access log keeps it.
     pub(crate) async fn request(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
+        metrics: &PeerMetrics,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let (method, uri, host) =
             (req.method().clone(), req.uri().clone(), req.headers().get(http::header::HOST).cloned());
         let mut resp = self.handle(l, peer, req).await;
-        let (inbound, peer_service) = peer_service(l, peer);
         let took = started.elapsed();
-        self.metrics.request(inbound, peer_service, resp.status(), took);
+        metrics.request(resp.status(), took);
         let note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
         let call = CallHead { method, uri, host, status: resp.status() };
         self.log_call(l, peer, Some(call), None, time, took, note);
@@ -654,8 +665,7 @@ impl Proxy {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
-        let authority = authority(&req);
-        let view = RequestView::of(&req, authority.as_deref());
+        let view = RequestView::of(&req);
         let mut audited = None;
         if inbound {
             let verdict = evaluate(access, peer, Some(&view));
@@ -670,7 +680,7 @@ impl Proxy {
                 return r;
             }
         }
-        let mut resp = self.route(l, peer, req, authority, grpc, inbound).await;
+        let mut resp = self.route(l, peer, req, grpc, inbound).await;
         if audited.is_some() {
             let mut note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
             note.audited = audited;
@@ -706,14 +716,13 @@ impl Proxy {
         l: &Listener,
         peer: Option<&SpiffeId>,
         req: Request<Incoming>,
-        authority: Option<String>,
         grpc: bool,
         inbound: bool,
     ) -> Response<Body> {
         let Handler::Http { rate_limit, routes, forward_client_cert, fault, .. } = &l.handler else {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
-        let view = RequestView::of(&req, authority.as_deref());
+        let view = RequestView::of(&req);
         if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
             tracing::info!(listener = %l.name, "rate limited");
             return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
@@ -770,9 +779,9 @@ impl Proxy {
             }
         }
         if inbound && *forward_client_cert {
-            parts.headers.remove("x-forwarded-client-cert");
+            parts.headers.remove(&XFCC);
             if let Some(p) = peer.and_then(|p| HeaderValue::try_from(format!("URI={p}")).ok()) {
-                parts.headers.insert("x-forwarded-client-cert", p);
+                parts.headers.insert(XFCC, p);
             }
         }
         let replay = match &route.retry {
@@ -983,7 +992,7 @@ impl Proxy {
             *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
                 .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         } else {
-            to_origin_form(&mut req, addr);
+            with_host(&mut req, addr);
         }
         let started = std::time::Instant::now();
         let result = match (&pick.cluster.target, h2) {
@@ -1235,19 +1244,17 @@ pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
     Ok(Uri::from_parts(parts)?)
 }
 
-/// `req` as HTTP/1.1 sends it to a server: its target the path and query alone, and a `Host`
-/// (the authority it came with, as HTTP/2's `:authority`, else the address it goes to) if it
-/// had none.
-fn to_origin_form<B>(req: &mut Request<B>, addr: SocketAddr) {
-    let uri = std::mem::take(req.uri_mut());
-    if !req.headers().contains_key(http::header::HOST) {
-        let authority = uri.authority().cloned().map_or_else(|| authority_of(addr).ok(), Some);
-        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            req.headers_mut().insert(http::header::HOST, host);
-        }
+/// `req` with a `Host`, as HTTP/1.1 needs one: the authority it came with (HTTP/2's
+/// `:authority`), else the address it goes to. (The client writes the target in origin form,
+/// the path and query alone.)
+fn with_host<B>(req: &mut Request<B>, addr: SocketAddr) {
+    if req.headers().contains_key(http::header::HOST) {
+        return;
     }
-    let path = uri.into_parts().path_and_query;
-    *req.uri_mut() = Uri::from(path.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+    let authority = req.uri().authority().cloned().map_or_else(|| authority_of(addr).ok(), Some);
+    if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
 }
 
 /// `addr` as a URI authority. An IPv4 address is written out by hand: it is done for every HTTP/2
@@ -1266,14 +1273,6 @@ fn authority_of(addr: SocketAddr) -> Result<http::uri::Authority, http::Error> {
     Ok(http::uri::Authority::from_maybe_shared(Bytes::from(out))?)
 }
 
-/// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
-pub(crate) fn authority<B>(req: &Request<B>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-}
-
 /// Headers of one connection, never passed on (RFC 9110 §7.6.1), `te` apart.
 const HOP_BY_HOP: [HeaderName; 5] = [
     http::header::CONNECTION,
@@ -1283,9 +1282,16 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     http::header::UPGRADE,
 ];
 
+/// The caller's identity as Envoy passes it on to the application.
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    // Looked for before any is removed: most requests have none, and a look through a few
+    // fields costs less than a hashed removal of each name.
+    if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        for h in &HOP_BY_HOP {
+            headers.remove(h);
+        }
     }
     // `te: trailers` is how a gRPC client says it takes trailers; it is passed on.
     if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
@@ -1488,24 +1494,30 @@ mod tests {
 
     #[test]
     fn http_1_1_upstream_gets_the_origin_form_and_a_host() {
-        let origin = |uri: &str, host: Option<&str>| {
+        let head = |uri: &str, host: Option<&str>| {
             let mut req = Request::new(());
             *req.uri_mut() = uri.parse().unwrap();
             if let Some(h) = host {
                 req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
             }
-            to_origin_form(&mut req, "10.0.0.7:9080".parse().unwrap());
-            (req.uri().to_string(), req.headers()[http::header::HOST].to_str().unwrap().to_owned())
+            with_host(&mut req, "10.0.0.7:9080".parse().unwrap());
+            let mut wire = Vec::new();
+            crate::http1_codec::encode_request(
+                &mut wire,
+                &req.into_parts().0,
+                crate::http1_codec::Framing::Length(0),
+            );
+            String::from_utf8(wire).unwrap()
         };
         // From HTTP/2: the `:authority` becomes the `Host`.
         assert_eq!(
-            origin("http://reviews.shop:9080/r?x=1", None),
-            ("/r?x=1".into(), "reviews.shop:9080".into())
+            head("http://reviews.shop:9080/r?x=1", None),
+            "GET /r?x=1 HTTP/1.1\r\nhost: reviews.shop:9080\r\n\r\n"
         );
         // From HTTP/1.1: its `Host` stays.
-        assert_eq!(origin("/r", Some("reviews.shop")), ("/r".into(), "reviews.shop".into()));
+        assert_eq!(head("/r", Some("reviews.shop")), "GET /r HTTP/1.1\r\nhost: reviews.shop\r\n\r\n");
         // Neither: the address it goes to.
-        assert_eq!(origin("/", None), ("/".into(), "10.0.0.7:9080".into()));
+        assert_eq!(head("/", None), "GET / HTTP/1.1\r\nhost: 10.0.0.7:9080\r\n\r\n");
     }
 
     #[tokio::test]

@@ -27,8 +27,8 @@ use trellis_ca::SpiffeId;
 use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 
 use crate::cli::Capture;
-use crate::config::{Handler, Side, Target};
-use crate::proxy::{Body, BoxError, CONNECT_TIMEOUT, Proxy, authority, local_reply};
+use crate::config::{Handler, Side, Target, authority};
+use crate::proxy::{Body, BoxError, CONNECT_TIMEOUT, Proxy, local_reply};
 use crate::state::Config;
 
 /// How long the application may take to send its first bytes before a connection to a port
@@ -263,11 +263,13 @@ async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<s
         let (proxy, mesh) = (proxy.clone(), mesh.clone());
         async move {
             let name = authority(&req)
-                .and_then(|a| service_of_host(&a, &mesh))
+                .and_then(|a| service_of_host(a, &mesh))
                 .map(|s| sidecar_outbound_name(&s, &mesh, u32::from(dst.port())));
             let listener = name.and_then(|n| proxy.config().listeners.get(&n).cloned());
             Ok::<_, Infallible>(match listener {
-                Some(l) if matches!(l.handler, Handler::Http { .. }) => proxy.request(&l, None, req).await,
+                Some(l) if matches!(l.handler, Handler::Http { .. }) => {
+                    proxy.request(&l, None, &proxy.peer_metrics(&l, None), req).await
+                }
                 _ => passthrough_request(&proxy, dst, req).await,
             })
         }
