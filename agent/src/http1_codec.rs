@@ -148,17 +148,17 @@ pub(crate) fn parse_response(
         // Where each field lies in the head: its value is then a slice of the head's bytes,
         // not a copy.
         let base = buf.as_ptr() as usize;
+        let at = |p: *const u8| p as usize - base;
         // (name start, name length, value start, value length)
-        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (span, f) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let at = |p: *const u8| p as usize - base;
-            *span = (at(f.name.as_ptr()), f.name.len(), at(f.value.as_ptr()), f.value.len());
-        }
+        let spans: Vec<_> = parsed
+            .headers
+            .iter()
+            .map(|f| (at(f.name.as_ptr()), f.name.len(), at(f.value.as_ptr()), f.value.len()))
+            .collect();
         let head = buf.split_to(len).freeze();
         let mut connection = Connection::default();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(name_at, name_len, value_at, value_len) in &spans[..count] {
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for (name_at, name_len, value_at, value_len) in spans {
             let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
                 .map_err(|_| Malformed("an invalid field name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
@@ -168,6 +168,27 @@ pub(crate) fn parse_response(
             }
         }
         return Ok(Some(connection.head(status, version, headers, head_request)));
+    }
+}
+
+/// Whether `buf` holds the start of a final response: a complete head that is not an interim
+/// one (those are taken off), or bytes that are no response head at all. An incomplete head
+/// may yet be an interim one.
+pub(crate) fn final_answer_begun(buf: &mut BytesMut) -> bool {
+    loop {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) if matches!(parsed.code, Some(100 | 102..=199)) => {
+                buf.advance(len)
+            }
+            Ok(httparse::Status::Partial) => return false,
+            _ => return true,
+        }
     }
 }
 

@@ -75,15 +75,13 @@ struct Connection {
     /// Bytes read and not yet used.
     buf: BytesMut,
     to: Destination,
-    /// It carried a request before this one (and may have been closed since).
-    reused: bool,
     /// It may carry another request once this one's response is read.
     keep_alive: bool,
 }
 
 impl Connection {
     fn new(io: Box<dyn Upstream>, to: Destination) -> Self {
-        Connection { io, buf: BytesMut::new(), to, reused: false, keep_alive: true }
+        Connection { io, buf: BytesMut::new(), to, keep_alive: true }
     }
 
     /// Reads what has arrived into `buf`: `Ok(0)` at the end of the stream.
@@ -118,12 +116,16 @@ impl Connection {
         .await
     }
 
+    /// Ready when the upstream's final answer has begun to arrive; an interim one (`100
+    /// Continue`, which a request that expects it waits for) is taken off and the wait goes on.
     fn poll_answer_begun(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
-        match self.poll_read_more(cx) {
-            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(true)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match std::task::ready!(self.poll_read_more(cx)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) if http1_codec::final_answer_begun(&mut self.buf) => return Poll::Ready(Ok(true)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
     }
 
@@ -223,7 +225,6 @@ impl Http1Pool {
         while let Some(i) = idle.iter().rposition(|c| c.conn.to == *to) {
             let mut conn = idle.remove(i).conn;
             if conn.still_open() {
-                conn.reused = true;
                 return Some(conn);
             }
         }
@@ -822,6 +823,42 @@ mod tests {
             1,
             "one connection carried every exchange, and is idle again"
         );
+    }
+
+    #[tokio::test]
+    async fn an_interim_100_continue_does_not_stop_the_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let (mut buf, mut seen) = (vec![0u8; 4096], Vec::new());
+            let mut continued = false;
+            // The head, then `100 Continue`, then the chunked body to its last chunk.
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the body never came");
+                seen.extend_from_slice(&buf[..n]);
+                if !continued && seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    tcp.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+                    continued = true;
+                }
+            }
+            let answer = if String::from_utf8_lossy(&seen).contains("after") { "got it" } else { "short" };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}", answer.len());
+            tcp.write_all(head.as_bytes()).await.unwrap();
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let mut req = request(Method::POST, "/", addr, body);
+        req.headers_mut().insert(http::header::EXPECT, "100-continue".parse().unwrap());
+        let pool = pool();
+        let sent = tokio::spawn(async move { read(send(&pool, req).await.unwrap()).await.0 });
+        // The body comes after the interim answer has.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(Ok(Frame::data(Bytes::from("sent after 100")))).await.unwrap();
+        drop(tx);
+        let answer = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
+        assert_eq!(answer, "got it", "the whole body reached the application");
     }
 
     #[tokio::test]
