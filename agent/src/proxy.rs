@@ -796,12 +796,15 @@ impl Proxy {
             _ => Err(body),
         };
         let mut tried = None;
-        let attempts = self.attempts(route, parts, replay, &mut tried);
-        let outcome = match route.timeout {
-            Some(t) => tokio::time::timeout(t, attempts)
-                .await
-                .unwrap_or_else(|_| Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into()))),
-            None => attempts.await,
+        let outcome = {
+            // Pinned where it is made: a large future, not moved again to be awaited.
+            let attempts = std::pin::pin!(self.attempts(route, parts, replay, &mut tried));
+            match route.timeout {
+                Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
+                    Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into()))
+                }),
+                None => attempts.await,
+            }
         };
         // Outbound, the cluster names the destination in the access log.
         let cluster = (!inbound).then(|| tried.map(str::to_owned)).flatten();
@@ -956,7 +959,7 @@ impl Proxy {
             // The last try takes the head; one before it sends a copy.
             let head = if attempt + 1 < tries { parts.clone() } else { parts.take() };
             let req = Request::from_parts(head.expect("taken by the last try only"), body);
-            let sent = self.send(cluster, req);
+            let sent = std::pin::pin!(self.send(cluster, req));
             let result = match retry.and_then(|r| r.per_try) {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
                 None => sent.await,
