@@ -178,18 +178,20 @@ impl Http1Pool {
     }
 
     /// Sends `req` (origin form, with a `Host`) to `to` over an idle connection, or over a new
-    /// one that `connect` opens. The other side may have closed an idle connection just as the
+    /// one that `connect` opens (kept out of line: a TLS handshake's state is large, and the
+    /// request's future is moved whole when hyper spawns it). The other side may have closed an idle connection just as the
     /// request went: a request that got no answer on one is sent again over a new connection
     /// when that is safe (an idempotent method, the whole request written at once).
-    pub(crate) async fn send<B>(
+    pub(crate) async fn send<B, C>(
         &self,
         to: Destination,
-        connect: impl Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+        connect: impl FnOnce() -> C,
         req: Request<B>,
     ) -> Result<Response<ResponseBody>, PoolError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
+        C: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
         let (head, body) = req.into_parts();
         let mut outgoing = Outgoing::new(body);
@@ -207,7 +209,7 @@ impl Http1Pool {
                 Err(f) => return Err(PoolError::Http(f.why)),
             }
         }
-        let mut conn = Connection::new(connect.await?, to);
+        let mut conn = Connection::new(Box::pin(connect()).await?, to);
         let response = exchange(&mut conn, &wire, &mut outgoing, head_request)
             .await
             .map_err(|f| PoolError::Http(f.why))?;
@@ -616,7 +618,7 @@ mod tests {
 
     async fn send(pool: &Http1Pool, req: Request<TestBody>) -> Result<Response<ResponseBody>, PoolError> {
         let addr = req.headers()[http::header::HOST].to_str().unwrap().parse().unwrap();
-        pool.send(plain(addr), tcp(addr), req).await
+        pool.send(plain(addr), || tcp(addr), req).await
     }
 
     /// The body and trailers of a response.
@@ -772,7 +774,7 @@ mod tests {
         assert_eq!(get(&pool, addr).await, "ok");
         let id = SpiffeId::parse("spiffe://td.example/ns/shop/sa/reviews").unwrap();
         let tls = Destination { addr, mtls: Some((id, 1)) };
-        let resp = pool.send(tls, tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
+        let resp = pool.send(tls, || tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
         assert_eq!(read(resp).await.0, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a plaintext connection is not one with an identity");
         assert_eq!(get(&pool, addr).await, "ok");

@@ -1000,7 +1000,7 @@ impl Proxy {
         let started = std::time::Instant::now();
         let result = match (&pick.cluster.target, h2) {
             (Target::Local(_), false) => {
-                let connect = async {
+                let connect = || async move {
                     let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
                     Ok(Box::new(tcp) as Box<dyn Upstream>)
                 };
@@ -1011,7 +1011,7 @@ impl Proxy {
                 self.local_client(h2).request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
             }
             (Target::Mesh { peer, .. }, false) => {
-                let connect = async {
+                let connect = || async move {
                     let tls =
                         self.tls_connector(peer, false).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
                     let tls = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
