@@ -124,24 +124,14 @@ pub(crate) fn parse_response(
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Malformed("more than 100 header fields")),
-            Err(_) => return Err(Malformed("an invalid response head")),
-        };
+        let Some((len, parsed)) = read_head(buf, &mut fields)? else { return Ok(None) };
         let code = parsed.code.ok_or(Malformed("no status"))?;
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("an invalid status code"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         if status == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Malformed("a protocol switch the agent did not ask for"));
         }
-        if status.is_informational() {
+        if interim(code) {
             buf.advance(len);
             continue;
         }
@@ -159,10 +149,8 @@ pub(crate) fn parse_response(
         let mut connection = Connection::default();
         let mut headers = HeaderMap::with_capacity(spans.len());
         for (name_at, name_len, value_at, value_len) in spans {
-            let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-                .map_err(|_| Malformed("an invalid field name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
-                .map_err(|_| Malformed("an invalid field value"))?;
+            let (name, value) =
+                field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
             if connection.takes(&name, &value)? {
                 headers.append(name, value);
             }
@@ -177,19 +165,40 @@ pub(crate) fn parse_response(
 pub(crate) fn final_answer_begun(buf: &mut BytesMut) -> bool {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut fields,
-        ) {
-            Ok(httparse::Status::Complete(len)) if matches!(parsed.code, Some(100 | 102..=199)) => {
-                buf.advance(len)
-            }
-            Ok(httparse::Status::Partial) => return false,
+        match read_head(buf, &mut fields) {
+            Ok(Some((len, parsed))) if parsed.code.is_some_and(interim) => buf.advance(len),
+            Ok(None) => return false,
             _ => return true,
         }
     }
+}
+
+/// httparse's reading of the response head at the start of `buf`: its length and what it
+/// says, or `None` while it is incomplete.
+fn read_head<'h, 'b>(
+    buf: &'b [u8],
+    fields: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, httparse::Response<'h, 'b>)>, Malformed> {
+    let mut parsed = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, fields) {
+        Ok(httparse::Status::Complete(len)) => Ok(Some((len, parsed))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(Malformed("more than 100 header fields")),
+        Err(_) => Err(Malformed("an invalid response head")),
+    }
+}
+
+/// An interim response (1xx), passed over on the way to the final one; `101` (a protocol
+/// switch) is not one of them.
+fn interim(code: u16) -> bool {
+    matches!(code, 100 | 102..=199)
+}
+
+/// A header field, its value a slice of the bytes it was read from (not a copy).
+fn field_of(name: &[u8], value: Bytes) -> Result<(HeaderName, HeaderValue), Malformed> {
+    let name = HeaderName::from_bytes(name).map_err(|_| Malformed("an invalid field name"))?;
+    let value = HeaderValue::from_maybe_shared(value).map_err(|_| Malformed("an invalid field value"))?;
+    Ok((name, value))
 }
 
 /// What a response's fields say of its framing and its connection.
@@ -247,13 +256,11 @@ impl Connection {
     }
 }
 
+/// A trailer section's fields, their values slices of `source`.
 fn header_map(source: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Malformed> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     for f in fields {
-        let name =
-            HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Malformed("an invalid field name"))?;
-        let value = HeaderValue::from_maybe_shared(source.slice_ref(f.value))
-            .map_err(|_| Malformed("an invalid field value"))?;
+        let (name, value) = field_of(f.name.as_bytes(), source.slice_ref(f.value))?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -317,7 +324,7 @@ impl ChunkedDecoder {
         loop {
             match self.state {
                 ChunkState::Size => {
-                    let Some(line) = line_end(buf, MAX_CHUNK_LINE)? else { return Ok(Decoded::More) };
+                    let Some(line) = find(buf, b"\r\n", MAX_CHUNK_LINE)? else { return Ok(Decoded::More) };
                     let size = chunk_size(&buf[..line])?;
                     buf.advance(line + 2);
                     self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
@@ -365,12 +372,8 @@ impl ChunkedDecoder {
     }
 }
 
-/// Where the line at the start of `buf` ends (its CRLF), if it is all there; longer than
-/// `max` is malformed.
-fn line_end(buf: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
-    find(buf, b"\r\n", max)
-}
-
+/// Where `needle` (a line's or a section's end) first is in `buf`, if it is there; past `max`
+/// bytes is malformed.
 fn find(buf: &[u8], needle: &[u8], max: usize) -> Result<Option<usize>, Malformed> {
     match buf.windows(needle.len()).position(|w| w == needle) {
         Some(at) if at <= max => Ok(Some(at)),

@@ -997,7 +997,8 @@ impl Proxy {
         } else {
             with_host(&mut req, addr);
         }
-        let started = std::time::Instant::now();
+        // Mesh requests are timed for the control plane's golden metrics.
+        let started = matches!(pick.cluster.target, Target::Mesh { .. }).then(std::time::Instant::now);
         let result = match (&pick.cluster.target, h2) {
             (Target::Local(_), false) => {
                 let connect = || async move {
@@ -1028,7 +1029,7 @@ impl Proxy {
                 client.request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
             }
         };
-        if matches!(pick.cluster.target, Target::Mesh { .. }) {
+        if let Some(started) = started {
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             self.upstreams.record(cluster, status, started.elapsed());
         }
