@@ -23,6 +23,7 @@ mod cli;
 mod config;
 mod control;
 mod convert;
+mod h2_pool;
 mod http1_codec;
 mod http1_pool;
 mod identity;

@@ -40,6 +40,7 @@ use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
     Side, Target, authority, evaluate, grpc_code_of,
 };
+use crate::h2_pool::{H2Body, H2Pool};
 use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
 use crate::identity::Identity;
@@ -125,10 +126,13 @@ pub struct Proxy {
     local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
     /// HTTP/1.1 upstream, to the application and to mesh endpoints.
     http1: Http1Pool,
+    /// HTTP/2 upstreams, one connection per endpoint.
+    h2: H2Pool,
     /// By peer identity and HTTP/2: the generation they were built in, and the TLS client
     /// (rustls keeps the sessions it resumes in it).
     tls_connectors: Mutex<HashMap<(SpiffeId, bool), (u64, tokio_rustls::TlsConnector)>>,
-    /// By peer identity and HTTP/2: the generation they were built in, and the client.
+    /// By peer identity and HTTP/2: the generation they were built in, and the client the
+    /// health checks use.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
     /// Upstream requests per cluster, for the control plane's golden metrics.
     upstreams: Arc<Upstreams>,
@@ -166,6 +170,7 @@ impl Proxy {
             open: tokio::sync::watch::channel(0).0,
             local_clients: Mutex::default(),
             http1: Http1Pool::new(UPSTREAM_IDLE),
+            h2: H2Pool::new(UPSTREAM_IDLE),
             tls_connectors: Mutex::default(),
             mesh_clients: Mutex::default(),
             upstreams,
@@ -988,9 +993,8 @@ impl Proxy {
         })?;
         let host = pick.health.started(addr);
         *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        // HTTP/1.1 goes over the agent's own client, in origin form; HTTP/2 (one connection
-        // multiplexed) over hyper-util's pooled client, which wants the absolute form to pick
-        // its connection.
+        // HTTP/1.1 goes in origin form with a Host; HTTP/2 in absolute form, which gives the
+        // stream its :scheme and :authority.
         if h2 {
             *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
                 .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
@@ -1009,7 +1013,12 @@ impl Proxy {
                 self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
             }
             (Target::Local(_), true) => {
-                self.local_client(h2).request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
+                let connect = || async move {
+                    let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+                    Ok(Box::new(tcp) as Box<dyn Upstream>)
+                };
+                let to = Destination { addr, mtls: None };
+                self.h2.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
             }
             (Target::Mesh { peer, .. }, false) => {
                 let connect = || async move {
@@ -1023,10 +1032,15 @@ impl Proxy {
                 self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
             }
             (Target::Mesh { peer, .. }, true) => {
-                let client = self
-                    .mesh_client(peer, h2)
-                    .map_err(|e| Failure::Local((StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}"))))?;
-                client.request(req).await.map(|r| holding(r, host)).map_err(Failure::of_client)
+                let connect = || async move {
+                    let tls =
+                        self.tls_connector(peer, true).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
+                    let tls = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+                    Ok(Box::new(tls) as Box<dyn Upstream>)
+                };
+                let to =
+                    Destination { addr, mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))) };
+                self.h2.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
             }
         };
         if let Some(started) = started {
@@ -1045,7 +1059,7 @@ impl Proxy {
         result
     }
 
-    /// The pooled plaintext client (to the local application, or passed through).
+    /// hyper's pooled plaintext client, for requests passed through in transparent mode.
     pub(crate) fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
         let mut clients = self.local_clients.lock().expect("not poisoned");
         clients
@@ -1155,11 +1169,6 @@ enum Failure {
 }
 
 impl Failure {
-    fn of_client(e: hyper_util::client::legacy::Error) -> Failure {
-        let why = with_source(&e);
-        if e.is_connect() { Failure::Connect(why) } else { Failure::Reset(why) }
-    }
-
     fn of_pool(e: PoolError) -> Failure {
         match e {
             PoolError::Connect(why) => Failure::Connect(why),
@@ -1177,11 +1186,6 @@ impl Failure {
             Failure::Local(s) => s,
         }
     }
-}
-
-/// An error and what caused it, on one line.
-fn with_source(e: &dyn std::error::Error) -> String {
-    format!("{e}: {}", e.source().map(ToString::to_string).unwrap_or_default())
 }
 
 /// An upstream response passed on: its host counts the request as in flight until the body
@@ -1212,8 +1216,8 @@ impl From<ResponseBody> for UpstreamBody {
     }
 }
 
-impl From<Incoming> for UpstreamBody {
-    fn from(body: Incoming) -> Self {
+impl From<H2Body> for UpstreamBody {
+    fn from(body: H2Body) -> Self {
         UpstreamBody::Streaming(body.map_err(BoxError::from).boxed())
     }
 }

@@ -31,7 +31,6 @@ use trellis_tests::grpc::platform_root;
 use trellis_tests::{Api, Process, Trellis, agent_command, token, trellis};
 
 const RATE: u32 = 1_000;
-const CLIENTS: u32 = 10;
 const BODY: usize = 1024;
 const CALLER: &str = "127.0.0.40";
 const CALLEE: &str = "127.0.0.41";
@@ -77,10 +76,12 @@ impl Nginx {
         reply.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         reply.extend_from_slice(&payload);
         std::fs::write(dir.path().join("reply.grpc"), reply).unwrap();
+        // keepalive_requests: by default nginx closes a connection after 1,000 requests, and
+        // h2load does not open another, which cut the rows through nginx short of the others.
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  \
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  root {d};\n{servers}}}\n"
         );
         let path = dir.path().join("nginx.conf");
@@ -109,8 +110,8 @@ impl Nginx {
         Self::start(
             nginx,
             &format!(
-                "  upstream app {{ server 127.0.0.1:{up_http}; keepalive 32; }}\n  \
-                 upstream rpc {{ server 127.0.0.1:{up_grpc}; keepalive 32; }}\n  \
+                "  upstream app {{ server 127.0.0.1:{up_http}; keepalive 32; keepalive_requests 1000000; }}\n  \
+                 upstream rpc {{ server 127.0.0.1:{up_grpc}; keepalive 32; keepalive_requests 1000000; }}\n  \
                  server {{ listen 127.0.0.1:{http}; location / {{ proxy_pass http://app; proxy_http_version 1.1; \
                  proxy_set_header Connection \"\"; }} }}\n  \
                  server {{ listen 127.0.0.1:{grpc} http2; location / {{ grpc_pass grpc://rpc; }} }}\n"
@@ -119,25 +120,47 @@ impl Nginx {
     }
 }
 
-/// What a process has used so far.
-#[derive(Clone, Copy)]
+/// What a process has used so far: from the scheduler's own accounting
+/// (`/proc/<pid>/task/*/schedstat`, nanoseconds, not the 10 ms ticks of `stat`), summed over
+/// its threads, and its resident memory.
+#[derive(Clone, Copy, Default)]
 struct Usage {
-    cpu_ticks: u64,
+    /// Time on a CPU.
+    cpu_ns: u64,
+    /// Time ready to run but waiting for a CPU.
+    waiting_ns: u64,
+    /// Times it was given a CPU (each wake-up is one).
+    slices: u64,
     rss_kib: u64,
 }
 
 fn usage(pid: u32) -> Usage {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let cpu_ticks = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    let mut u = Usage::default();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        let v: Vec<u64> = stat.split_whitespace().filter_map(|n| n.parse().ok()).collect();
+        if let [cpu, waiting, slices] = v[..] {
+            u.cpu_ns += cpu;
+            u.waiting_ns += waiting;
+            u.slices += slices;
+        }
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib = status
+    u.rss_kib = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Usage { cpu_ticks, rss_kib }
+    u
+}
+
+/// What a watched process used over a run.
+struct Used {
+    /// CPUs used on average.
+    vcpu: f64,
+    /// Of `Usage`, the difference over the run.
+    delta: Usage,
+    peak_rss_mib: f64,
 }
 
 /// CPU and peak RSS of the watched processes over a run.
@@ -167,19 +190,24 @@ impl Watch {
         Watch { pids: pids.to_vec(), before, peak, started: Instant::now(), sampler }
     }
 
-    /// Per process: vCPU used on average, and peak RSS in MiB.
-    fn stop(self) -> Vec<(f64, f64)> {
+    /// Per process: what it used over the run.
+    fn stop(self) -> Vec<Used> {
         self.sampler.abort();
         let wall = self.started.elapsed().as_secs_f64();
-        let ticks_per_sec = 100.0; // USER_HZ on Linux
         self.pids
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let after = usage(*p);
+                let (before, after) = (self.before[i], usage(*p));
                 let peak = self.peak[i].load(Ordering::Relaxed).max(after.rss_kib);
-                let cpu = (after.cpu_ticks - self.before[i].cpu_ticks) as f64 / ticks_per_sec / wall;
-                (cpu, peak as f64 / 1024.0)
+                // A thread that ended during the run takes its counts with it: never below zero.
+                let delta = Usage {
+                    cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
+                    waiting_ns: after.waiting_ns.saturating_sub(before.waiting_ns),
+                    slices: after.slices.saturating_sub(before.slices),
+                    rss_kib: after.rss_kib,
+                };
+                Used { vcpu: delta.cpu_ns as f64 / 1e9 / wall, delta, peak_rss_mib: peak as f64 / 1024.0 }
             })
             .collect()
     }
@@ -207,13 +235,42 @@ enum Proto {
     Grpc,
 }
 
-/// `h2load` at `RATE` requests/s (`CLIENTS` connections, one request in flight each) for
-/// `BENCH_SECS` after a second of warm-up; latency from its per-request log.
-async fn h2load(h2load: &Path, proto: Proto, url: &str) -> Run {
+/// How the fixed rate's requests arrive.
+#[derive(Clone, Copy)]
+enum Arrivals {
+    /// Ten connections at 100 requests/s each. h2load starts their timers together, so the
+    /// ten requests of each 10 ms arrive at once: the proxy's p99 is the time it takes to
+    /// work through a burst of ten.
+    Bursts,
+    /// One connection at 1,000 requests/s: a request every millisecond, each on its own, so
+    /// the added latency is one request's way through the hop.
+    Spaced,
+}
+
+impl Arrivals {
+    fn connections(self) -> u32 {
+        match self {
+            Arrivals::Bursts => 10,
+            Arrivals::Spaced => 1,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Arrivals::Bursts => "in bursts of ten (10 connections × 100/s)",
+            Arrivals::Spaced => "evenly spaced (1 connection × 1,000/s)",
+        }
+    }
+}
+
+/// `h2load` at `RATE` requests/s as `arrivals` says (one request in flight per connection)
+/// for `BENCH_SECS` after a second of warm-up; latency from its per-request log.
+async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.tsv");
     let mut cmd = Command::new(h2load);
-    cmd.args(["-c", &CLIENTS.to_string(), "-m", "1", "--rps", &(RATE / CLIENTS).to_string()])
+    let connections = arrivals.connections();
+    cmd.args(["-c", &connections.to_string(), "-m", "1", "--rps", &(RATE / connections).to_string()])
         .args(["-D", &secs().to_string(), "--warm-up-time", "1"])
         .arg(format!("--log-file={}", log.display()));
     match proto {
@@ -256,12 +313,12 @@ async fn h2load(h2load: &Path, proto: Proto, url: &str) -> Run {
 struct Row {
     label: &'static str,
     run: Run,
-    proxies: Vec<(&'static str, f64, f64)>,
+    proxies: Vec<(&'static str, Used)>,
 }
 
 fn table(title: &str, rows: &[Row]) {
     let direct = &rows[0].run;
-    println!("\n{title}, {RATE} requests/s, {} s:\n", secs());
+    println!("\n{title}, {} s:\n", secs());
     // h2load keeps one request in flight per connection: a path slower than the rate allows
     // sends fewer requests, which the achieved rate shows.
     println!("| path | achieved | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | failed |");
@@ -283,12 +340,25 @@ fn table(title: &str, rows: &[Row]) {
             r.run.failed,
         );
     }
-    println!("\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | peak RSS |");
-    println!("|---|---|---|---|");
+    // Per request, from the scheduler's accounting: CPU time, time spent ready but waiting
+    // for one of the cores (what a busy machine adds to every hop), and wake-ups.
+    println!(
+        "\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | CPU per request | waiting for a core per request | wake-ups per request | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for r in rows {
-        for (who, cpu, rss) in &r.proxies {
-            let per_k = cpu / (f64::from(RATE) / 1000.0);
-            println!("| {who} ({}) | {cpu:.3} | {per_k:.3} | {rss:.1} MiB |", r.label);
+        let requests = (r.run.micros.len() as u64 + r.run.failed).max(1) as f64;
+        for (who, used) in &r.proxies {
+            let per_k = used.vcpu / (f64::from(RATE) / 1000.0);
+            println!(
+                "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.1} µs | {:.2} | {:.1} MiB |",
+                r.label,
+                used.vcpu,
+                used.delta.cpu_ns as f64 / 1e3 / requests,
+                used.delta.waiting_ns as f64 / 1e3 / requests,
+                used.delta.slices as f64 / requests,
+                used.peak_rss_mib,
+            );
         }
     }
 }
@@ -297,15 +367,15 @@ fn table(title: &str, rows: &[Row]) {
 async fn row(
     tool: &Path,
     label: &'static str,
-    proto: Proto,
+    (proto, arrivals): (Proto, Arrivals),
     url: &str,
     proxies: &[(&'static str, u32)],
 ) -> Row {
     let pids: Vec<u32> = proxies.iter().map(|(_, p)| *p).collect();
     let watch = Watch::start(&pids);
-    let run = h2load(tool, proto, url).await;
+    let run = h2load(tool, proto, arrivals, url).await;
     let used = watch.stop();
-    let proxies = proxies.iter().zip(used).map(|((n, _), (cpu, rss))| (*n, cpu, rss)).collect();
+    let proxies = proxies.iter().zip(used).map(|((n, _), used)| (*n, used)).collect();
     Row { label, run, proxies }
 }
 
@@ -459,49 +529,47 @@ async fn main() {
     let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("agent_proxy: load average at start {}", uptime.trim());
     let mut tables = Vec::new();
-    for (proto, title, direct, through_nginx, through_two, path) in [
+    for (proto, name, direct, through_nginx, through_two, path) in [
         (Proto::Http1, "HTTP/1.1", up_http, px_http, &out_http, "/"),
         (Proto::Grpc, "gRPC (h2c)", up_grpc, px_grpc, &out_grpc, "/bench.Echo/Get"),
     ] {
-        let rows = vec![
-            row(&h2, "direct", proto, &format!("http://127.0.0.1:{direct}{path}"), &[]).await,
-            row(
-                &h2,
-                "nginx, one plain hop",
-                proto,
-                &format!("http://127.0.0.1:{through_nginx}{path}"),
-                &[("nginx", proxy.process.pid())],
-            )
-            .await,
-            row(
-                &h2,
-                "two agents, mTLS",
-                proto,
-                &format!("http://{through_two}{path}"),
-                &[("caller agent", caller_pid), ("callee agent", callee_pid)],
-            )
-            .await,
-        ];
-        tables.push((proto, title, rows));
+        for arrivals in [Arrivals::Bursts, Arrivals::Spaced] {
+            let how = (proto, arrivals);
+            let rows = vec![
+                row(&h2, "direct", how, &format!("http://127.0.0.1:{direct}{path}"), &[]).await,
+                row(
+                    &h2,
+                    "nginx, one plain hop",
+                    how,
+                    &format!("http://127.0.0.1:{through_nginx}{path}"),
+                    &[("nginx", proxy.process.pid())],
+                )
+                .await,
+                row(
+                    &h2,
+                    "two agents, mTLS",
+                    how,
+                    &format!("http://{through_two}{path}"),
+                    &[("caller agent", caller_pid), ("callee agent", callee_pid)],
+                )
+                .await,
+            ];
+            let title = format!("{name}, {RATE} requests/s {}", arrivals.describe());
+            tables.push((how, title, rows));
+        }
     }
 
     // One plain hop through an agent: its inbound listener takes plaintext once the mesh is
     // PERMISSIVE, and forwards to the application as nginx does.
     put(&api, "/meshes/bench", mesh("PERMISSIVE")).await;
     until_served(&format!("http://{CALLEE}:{HTTP_PORT}/")).await;
-    for (proto, _, rows) in &mut tables {
-        let (port, path) = match proto {
+    for (how, _, rows) in &mut tables {
+        let (port, path) = match how.0 {
             Proto::Http1 => (HTTP_PORT, "/"),
             Proto::Grpc => (GRPC_PORT, "/bench.Echo/Get"),
         };
-        let r = row(
-            &h2,
-            "one agent, plain hop",
-            *proto,
-            &format!("http://{CALLEE}:{port}{path}"),
-            &[("callee agent", callee_pid)],
-        )
-        .await;
+        let url = format!("http://{CALLEE}:{port}{path}");
+        let r = row(&h2, "one agent, plain hop", *how, &url, &[("callee agent", callee_pid)]).await;
         rows.insert(2, r);
     }
     for (_, title, rows) in &tables {
@@ -521,8 +589,8 @@ async fn main() {
         "| two agents, mTLS | {:.2} Gbit/s | {:.2}× | {:.2} | {:.2} |",
         through / 1e9,
         through / direct,
-        used[0].0,
-        used[1].0
+        used[0].vcpu,
+        used[1].vcpu
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
