@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame};
 
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
-use crate::proxy::BoxError;
+use tower::BoxError;
 
 /// Flow-control windows offered to upstreams: a stream may have this much on its way before
 /// the agent has passed it on (h2's default of 64 KiB would stall a fast upstream).
@@ -121,7 +121,8 @@ impl H2Pool {
         C: FnOnce() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let io = connect().await?;
+        // Out of line: the state of opening a connection is not carried by every request.
+        let io = Box::pin(connect()).await?;
         let (send, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(STREAM_WINDOW)

@@ -1001,48 +1001,32 @@ impl Proxy {
         } else {
             with_host(&mut req, addr);
         }
-        // Mesh requests are timed for the control plane's golden metrics.
-        let started = matches!(pick.cluster.target, Target::Mesh { .. }).then(std::time::Instant::now);
-        let result = match (&pick.cluster.target, h2) {
-            (Target::Local(_), false) => {
-                let connect = || async move {
-                    let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-                    Ok(Box::new(tcp) as Box<dyn Upstream>)
-                };
-                let to = Destination { addr, mtls: None };
-                self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
-            }
-            (Target::Local(_), true) => {
-                let connect = || async move {
-                    let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-                    Ok(Box::new(tcp) as Box<dyn Upstream>)
-                };
-                let to = Destination { addr, mtls: None };
-                self.h2.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
-            }
-            (Target::Mesh { peer, .. }, false) => {
-                let connect = || async move {
-                    let tls =
-                        self.tls_connector(peer, false).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
-                    let tls = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-                    Ok(Box::new(tls) as Box<dyn Upstream>)
-                };
-                let to =
-                    Destination { addr, mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))) };
-                self.http1.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
-            }
-            (Target::Mesh { peer, .. }, true) => {
-                let connect = || async move {
-                    let tls =
-                        self.tls_connector(peer, true).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
-                    let tls = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-                    Ok(Box::new(tls) as Box<dyn Upstream>)
-                };
-                let to =
-                    Destination { addr, mtls: Some((peer.clone(), self.generation.load(Ordering::SeqCst))) };
-                self.h2.send(to, connect, req).await.map(|r| holding(r, host)).map_err(Failure::of_pool)
-            }
+        // A mesh endpoint is reached over mTLS, as the peer identity its cluster names.
+        let peer = match &pick.cluster.target {
+            Target::Local(_) => None,
+            Target::Mesh { peer, .. } => Some(peer),
         };
+        // Mesh requests are timed for the control plane's golden metrics.
+        let started = peer.is_some().then(std::time::Instant::now);
+        let to =
+            Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
+        let connect = || async move {
+            let io: Box<dyn Upstream> = match peer {
+                None => Box::new(connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?),
+                Some(peer) => {
+                    let tls =
+                        self.tls_connector(peer, h2).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
+                    Box::new(connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?)
+                }
+            };
+            Ok(io)
+        };
+        let result = if h2 {
+            self.h2.send(to, connect, req).await.map(|r| holding(r, host))
+        } else {
+            self.http1.send(to, connect, req).await.map(|r| holding(r, host))
+        }
+        .map_err(Failure::of_pool);
         if let Some(started) = started {
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             self.upstreams.record(cluster, status, started.elapsed());
