@@ -239,17 +239,41 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
     }
 }
 
-/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1: the start of the answer, or the
-/// error that ended the exchange.
-async fn mtls_get(addr: &str, svid: &Svid) -> String {
+/// A TLS client presenting `svid`, trusting any server; refused when the key is not the
+/// certificate's.
+fn client_config(svid: &Svid) -> Result<rustls::ClientConfig, rustls::Error> {
     use rustls::pki_types::pem::PemObject;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder()
+    rustls::ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
         .with_client_auth_cert(certs(&svid.chain_pem), key)
-        .unwrap();
+}
+
+/// The SVID an agent's certificate directory holds. A renewal replaces `key.pem` and
+/// `cert.pem` one after the other, so a pair read between the two is read again.
+async fn svid_in(dir: &Path) -> Svid {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    for _ in 0..50 {
+        let svid = Svid {
+            key_pem: read("key.pem"),
+            chain_pem: read("cert.pem"),
+            bundle_pem: read("bundle.pem"),
+            spiffe_id: String::new(),
+        };
+        if client_config(&svid).is_ok() {
+            return svid;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("key.pem and cert.pem in {} never belonged together", dir.display());
+}
+
+/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1: the start of the answer, or the
+/// error that ended the exchange.
+async fn mtls_get(addr: &str, svid: &Svid) -> String {
+    let mut config = client_config(svid).unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("reviews").unwrap();
@@ -776,13 +800,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     assert!(foreign.spiffe_id.ends_with("/ns/other/sa/productpage"), "{}", foreign.spiffe_id);
     let answer = mtls_get("127.0.0.2:9080", &foreign).await;
     assert!(!answer.starts_with("HTTP/"), "another mesh's certificate was served: {answer}");
-    let read = |f: &str| std::fs::read_to_string(caller_dir.join("certs").join(f)).unwrap();
-    let own = Svid {
-        key_pem: read("key.pem"),
-        chain_pem: read("cert.pem"),
-        bundle_pem: read("bundle.pem"),
-        spiffe_id: String::new(),
-    };
+    let own = svid_in(&caller_dir.join("certs")).await;
     let answer = mtls_get("127.0.0.2:9080", &own).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
