@@ -19,9 +19,10 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, Request, Response};
 use hyper::body::{Body, Frame};
 
+use tower::BoxError;
+
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
-use tower::BoxError;
 
 /// Flow-control windows offered to upstreams: a stream may have this much on its way before
 /// the agent has passed it on (h2's default of 64 KiB would stall a fast upstream).
@@ -71,7 +72,9 @@ impl H2Pool {
         let mut send = match ready {
             Some(send) => send,
             None => {
-                self.connect(to, connect).await?.ready().await.map_err(|e| PoolError::Http(e.to_string()))?
+                // Out of line: the state of opening a connection is not carried by every request.
+                let send = Box::pin(self.connect(to, connect)).await?;
+                send.ready().await.map_err(|e| PoolError::Http(e.to_string()))?
             }
         };
         let (mut response, tx) = send
@@ -121,8 +124,7 @@ impl H2Pool {
         C: FnOnce() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        // Out of line: the state of opening a connection is not carried by every request.
-        let io = Box::pin(connect()).await?;
+        let io = connect().await?;
         let (send, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_window_size(STREAM_WINDOW)
