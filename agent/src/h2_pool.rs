@@ -244,14 +244,12 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     use super::*;
-
-    type TestBody = BoxBody<Bytes, Infallible>;
+    use crate::http1_pool::tests::{TestBody, fed_body, plain, tcp};
 
     fn full(data: impl Into<Bytes>) -> TestBody {
         Full::new(data.into()).boxed()
@@ -259,15 +257,6 @@ mod tests {
 
     fn post(addr: SocketAddr, body: TestBody) -> Request<TestBody> {
         Request::post(format!("http://{addr}/echo")).body(body).unwrap()
-    }
-
-    fn plain(addr: SocketAddr) -> Destination {
-        Destination { addr, mtls: None }
-    }
-
-    async fn tcp(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError> {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-        Ok(Box::new(tcp))
     }
 
     /// An HTTP/2 server (hyper's) that answers each request with its body as it comes, and
@@ -351,8 +340,7 @@ mod tests {
     async fn an_answer_that_begins_before_the_request_ends_streams_both_ways() {
         let server = echo().await;
         let pool = H2Pool::new(Duration::from_secs(5));
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
-        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let (tx, body) = fed_body(1);
         tx.send(Ok(Frame::data(Bytes::from("ping 1")))).await.unwrap();
         let call = pool.send(plain(server.addr), || tcp(server.addr), post(server.addr, body));
         let resp =

@@ -576,7 +576,7 @@ impl Body for ResponseBody {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -589,7 +589,16 @@ mod tests {
 
     use super::*;
 
-    type TestBody = BoxBody<Bytes, Infallible>;
+    /// A request body as the tests of both clients make them.
+    pub(crate) type TestBody = BoxBody<Bytes, Infallible>;
+
+    /// A body the test feeds frame by frame, ending when `tx` is dropped.
+    pub(crate) fn fed_body(
+        room: usize,
+    ) -> (tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>, TestBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(room);
+        (tx, StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+    }
 
     fn pool() -> Http1Pool {
         Http1Pool::new(Duration::from_secs(5))
@@ -608,11 +617,11 @@ mod tests {
         Empty::new().boxed()
     }
 
-    fn plain(addr: SocketAddr) -> Destination {
+    pub(crate) fn plain(addr: SocketAddr) -> Destination {
         Destination { addr, mtls: None }
     }
 
-    async fn tcp(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError> {
+    pub(crate) async fn tcp(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError> {
         let tcp = TcpStream::connect(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
         Ok(Box::new(tcp))
     }
@@ -789,13 +798,8 @@ mod tests {
         let full = request(Method::POST, "/echo", addr, Full::new(Bytes::from("hello")).boxed());
         assert_eq!(read(send(&pool, full).await.unwrap()).await.0, "hello");
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-        let streamed = request(
-            Method::POST,
-            "/echo",
-            addr,
-            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed(),
-        );
+        let (tx, body) = fed_body(4);
+        let streamed = request(Method::POST, "/echo", addr, body);
         let sender = tokio::spawn(async move {
             for piece in ["one ", "two ", "three"] {
                 tx.send(Ok(Frame::data(Bytes::from(piece)))).await.unwrap();
@@ -850,8 +854,7 @@ mod tests {
             let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}", answer.len());
             tcp.write_all(head.as_bytes()).await.unwrap();
         });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
-        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+        let (tx, body) = fed_body(1);
         let mut req = request(Method::POST, "/", addr, body);
         req.headers_mut().insert(http::header::EXPECT, "100-continue".parse().unwrap());
         let pool = pool();
@@ -875,9 +878,8 @@ mod tests {
             let _ = tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n").await;
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        let (tx, body) = fed_body(1);
         tx.send(Ok(Frame::data(Bytes::from("first")))).await.unwrap();
-        let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
         let pool = pool();
         let resp =
             tokio::time::timeout(Duration::from_secs(5), send(&pool, request(Method::POST, "/", addr, body)))

@@ -31,7 +31,8 @@ fn module_of(src: &Path, file: &Path) -> String {
 /// The code of a file without its comments, and without its `#[cfg(test)]` module (a test
 /// module may use anything of its parent's crate).
 fn code_of(text: &str) -> String {
-    let text = match text.find("#[cfg(test)]\nmod tests") {
+    let test_module = ["#[cfg(test)]\nmod tests", "#[cfg(test)]\npub(crate) mod tests"];
+    let text = match test_module.iter().filter_map(|m| text.find(m)).min() {
         Some(at) => &text[..at],
         None => text,
     };
