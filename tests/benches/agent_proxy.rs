@@ -121,16 +121,18 @@ impl Nginx {
 }
 
 /// What a process has used so far: from the scheduler's own accounting
-/// (`/proc/<pid>/task/*/schedstat`, nanoseconds, not the 10 ms ticks of `stat`), summed over
-/// its threads, and its resident memory.
+/// (`/proc/<pid>/task/*/schedstat`, nanoseconds, not the 10 ms ticks of `stat`, and the
+/// context switches of `status`), summed over its threads, and its resident memory.
 #[derive(Clone, Copy, Default)]
 struct Usage {
     /// Time on a CPU.
     cpu_ns: u64,
     /// Time ready to run but waiting for a CPU.
     waiting_ns: u64,
-    /// Times it was given a CPU (each wake-up is one).
-    slices: u64,
+    /// Times it gave up its CPU to wait for something (each is a sleep, and a wake-up later).
+    waits: u64,
+    /// Times the scheduler took its CPU away while it could have run on.
+    preempted: u64,
     rss_kib: u64,
 }
 
@@ -139,11 +141,16 @@ fn usage(pid: u32) -> Usage {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
         let v: Vec<u64> = stat.split_whitespace().filter_map(|n| n.parse().ok()).collect();
-        if let [cpu, waiting, slices] = v[..] {
+        if let [cpu, waiting, _] = v[..] {
             u.cpu_ns += cpu;
             u.waiting_ns += waiting;
-            u.slices += slices;
         }
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let count = |key: &str| -> u64 {
+            status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+        };
+        u.waits += count("voluntary_ctxt_switches:");
+        u.preempted += count("nonvoluntary_ctxt_switches:");
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     u.rss_kib = status
@@ -204,7 +211,8 @@ impl Watch {
                 let delta = Usage {
                     cpu_ns: after.cpu_ns.saturating_sub(before.cpu_ns),
                     waiting_ns: after.waiting_ns.saturating_sub(before.waiting_ns),
-                    slices: after.slices.saturating_sub(before.slices),
+                    waits: after.waits.saturating_sub(before.waits),
+                    preempted: after.preempted.saturating_sub(before.preempted),
                     rss_kib: after.rss_kib,
                 };
                 Used { vcpu: delta.cpu_ns as f64 / 1e9 / wall, delta, peak_rss_mib: peak as f64 / 1024.0 }
@@ -341,22 +349,24 @@ fn table(title: &str, rows: &[Row]) {
         );
     }
     // Per request, from the scheduler's accounting: CPU time, time spent ready but waiting
-    // for one of the cores (what a busy machine adds to every hop), and wake-ups.
+    // for one of the cores (what a busy machine adds to every hop), wake-ups, and the times a
+    // process was taken off its core for another.
     println!(
-        "\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | CPU per request | waiting for a core per request | wake-ups per request | peak RSS |"
+        "\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | CPU per request | waiting for a core per request | wake-ups per request | preempted per request | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         let requests = (r.run.micros.len() as u64 + r.run.failed).max(1) as f64;
         for (who, used) in &r.proxies {
             let per_k = used.vcpu / (f64::from(RATE) / 1000.0);
             println!(
-                "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.1} µs | {:.2} | {:.1} MiB |",
+                "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.1} µs | {:.2} | {:.2} | {:.1} MiB |",
                 r.label,
                 used.vcpu,
                 used.delta.cpu_ns as f64 / 1e3 / requests,
                 used.delta.waiting_ns as f64 / 1e3 / requests,
-                used.delta.slices as f64 / requests,
+                used.delta.waits as f64 / requests,
+                used.delta.preempted as f64 / requests,
                 used.peak_rss_mib,
             );
         }
