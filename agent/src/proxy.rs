@@ -22,9 +22,11 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulConnection;
 use prost::Name;
 use rand::Rng;
 use rustls::pki_types::ServerName;
@@ -410,12 +412,9 @@ impl Proxy {
         let Some(l) = self.state.config().listeners.get(name).cloned() else { return Ok(()) };
         match l.side {
             Side::Inbound { plaintext } => {
-                let mut first = [0u8; 1];
+                let first = first_bytes(&tcp).await?;
                 // A TLS record starts with 0x16 (handshake); PERMISSIVE takes anything else as plaintext.
-                let peeked = tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first))
-                    .await
-                    .map_err(|_| anyhow!("nothing sent in {HEADER_TIMEOUT:?}"))??;
-                let tls = peeked == 1 && first[0] == 0x16;
+                let tls = first.first() == Some(&0x16);
                 if !tls && !plaintext {
                     let denial = Denial { filter: "mtls".into(), policy: None };
                     let note = Note {
@@ -435,7 +434,7 @@ impl Proxy {
                     return Err(anyhow!("plaintext refused: the mesh requires mTLS"));
                 }
                 if !tls {
-                    return self.serve(l, tcp, None).await;
+                    return self.serve(l, tcp, None, Speaks::of_first_bytes(&first)).await;
                 }
                 let acceptor = tokio_rustls::TlsAcceptor::from(self.server_tls.load_full());
                 let stream = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(coalesced(tcp)))
@@ -449,44 +448,47 @@ impl Proxy {
                     .and_then(|c| c.first())
                     .and_then(|c| claimed_leaf(c).ok())
                     .map(|c| c.id);
-                self.serve(l, stream, peer).await
+                let speaks = Speaks::of_alpn(stream.get_ref().1.alpn_protocol());
+                self.serve(l, stream, peer, speaks).await
             }
-            Side::Outbound { .. } => self.serve(l, tcp, None).await,
+            Side::Outbound { .. } => {
+                let speaks = match &l.handler {
+                    Handler::Http { .. } => Speaks::of_first_bytes(&first_bytes(&tcp).await?),
+                    Handler::Tcp { .. } => None,
+                };
+                self.serve(l, tcp, None, speaks).await
+            }
         }
     }
 
+    /// Serves a connection the listener `l` took; `speaks` is its HTTP version when that is
+    /// already known.
     async fn serve<IO>(
         self: Arc<Self>,
         l: Arc<Listener>,
         io: IO,
         peer: Option<SpiffeId>,
+        speaks: Option<Speaks>,
     ) -> anyhow::Result<()>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match &l.handler {
             Handler::Http { .. } => {
-                // What every request of the connection shares.
-                let shared = Arc::new((self.clone(), self.peer_metrics(&l, peer.as_ref()), l, peer));
-                let svc = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move {
-                        let (me, metrics, l, peer) = &*shared;
-                        Ok::<_, Infallible>(me.request(l, peer.as_ref(), metrics, req).await)
-                    }
-                });
+                let metrics = self.peer_metrics(&l, peer.as_ref());
+                let downstream = Arc::new(Downstream { proxy: self.clone(), metrics, listener: l, peer });
+                let io = TokioIo::new(io);
                 let builder = http_server();
-                let conn = builder.serve_connection(TokioIo::new(io), svc);
-                tokio::pin!(conn);
-                let mut draining = self.draining.subscribe();
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = async { drop(draining.wait_for(|d| *d).await) } => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                result.map_err(|e| anyhow!("{e}"))
+                if speaks == Some(Speaks::Http2) {
+                    // hyper runs each stream as a task, which tokio copies whole as the task
+                    // starts, ends and is taken: boxed, the task holds a pointer to the request's
+                    // future (6 KiB) instead of the future.
+                    let svc = service_fn(move |req| Box::pin(downstream.clone().answer(req)));
+                    return self.until_drained(builder.http2_only().serve_connection(io, svc)).await;
+                }
+                let builder = if speaks == Some(Speaks::Http1) { builder.http1_only() } else { builder };
+                let svc = service_fn(move |req| downstream.clone().answer(req));
+                self.until_drained(builder.serve_connection(io, svc)).await
             }
             Handler::Tcp { access, backends } => {
                 let (inbound, service) = peer_service(&l, peer.as_ref());
@@ -526,6 +528,25 @@ impl Proxy {
                 self.tcp_forward(&cluster, io).await
             }
         }
+    }
+
+    /// Serves `conn` until it ends or the agent drains; draining, it finishes the requests it
+    /// has begun and closes.
+    async fn until_drained<C>(&self, conn: C) -> anyhow::Result<()>
+    where
+        C: GracefulConnection,
+        C::Error: std::fmt::Display,
+    {
+        tokio::pin!(conn);
+        let mut draining = self.draining.subscribe();
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { drop(draining.wait_for(|d| *d).await) } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        result.map_err(|e| anyhow!("{e}"))
     }
 
     async fn tcp_forward<IO>(&self, cluster: &str, mut down: IO) -> anyhow::Result<()>
@@ -1135,6 +1156,58 @@ fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Ar
     Ok(Arc::new(c))
 }
 
+/// What every request of one HTTP connection shares.
+struct Downstream {
+    proxy: Arc<Proxy>,
+    metrics: PeerMetrics,
+    listener: Arc<Listener>,
+    peer: Option<SpiffeId>,
+}
+
+impl Downstream {
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        Ok(self.proxy.request(&self.listener, self.peer.as_ref(), &self.metrics, req).await)
+    }
+}
+
+/// The HTTP version of a connection, told before it is served.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Speaks {
+    Http1,
+    Http2,
+}
+
+impl Speaks {
+    /// From the protocol TLS negotiated (ALPN), if any.
+    fn of_alpn(alpn: Option<&[u8]>) -> Option<Speaks> {
+        match alpn? {
+            b"h2" => Some(Speaks::Http2),
+            b"http/1.1" => Some(Speaks::Http1),
+            _ => None,
+        }
+    }
+
+    /// From the first bytes of a plaintext connection: HTTP/2's preface begins with `PRI`, a
+    /// method no HTTP/1.1 request has (RFC 9113 §3.4). Too few bytes to tell: `None`.
+    fn of_first_bytes(first: &[u8]) -> Option<Speaks> {
+        match first {
+            [b'P', b'R', b'I', ..] => Some(Speaks::Http2),
+            [] | [b'P'] | [b'P', b'R'] => None,
+            _ => Some(Speaks::Http1),
+        }
+    }
+}
+
+/// Up to the first three bytes the peer sent, left unread: what has arrived once the first
+/// has, within `HEADER_TIMEOUT`.
+async fn first_bytes(tcp: &TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut first = [0u8; 3];
+    let n = tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first))
+        .await
+        .map_err(|_| anyhow!("nothing sent in {HEADER_TIMEOUT:?}"))??;
+    Ok(first[..n].to_vec())
+}
+
 /// Where one request or connection goes.
 struct Pick {
     cluster: Arc<crate::config::Cluster>,
@@ -1510,6 +1583,23 @@ mod tests {
         assert_eq!(head("/r", Some("reviews.shop")), "GET /r HTTP/1.1\r\nhost: reviews.shop\r\n\r\n");
         // Neither: the address it goes to.
         assert_eq!(head("/", None), "GET / HTTP/1.1\r\nhost: 10.0.0.7:9080\r\n\r\n");
+    }
+
+    #[test]
+    fn a_connection_s_http_version_is_told_by_alpn_or_by_its_first_bytes() {
+        assert_eq!(Speaks::of_alpn(Some(b"h2")), Some(Speaks::Http2));
+        assert_eq!(Speaks::of_alpn(Some(b"http/1.1")), Some(Speaks::Http1));
+        assert_eq!(Speaks::of_alpn(Some(b"spdy/3")), None);
+        assert_eq!(Speaks::of_alpn(None), None);
+        assert_eq!(Speaks::of_first_bytes(b"PRI * HTTP/2.0"), Some(Speaks::Http2));
+        assert_eq!(Speaks::of_first_bytes(b"PRI"), Some(Speaks::Http2));
+        for http1 in [&b"POS"[..], b"PUT", b"PATCH", b"GET", b"G", b"PO"] {
+            assert_eq!(Speaks::of_first_bytes(http1), Some(Speaks::Http1), "{http1:?}");
+        }
+        // The preface may still be on its way: hyper tells once the bytes are there.
+        for undecided in [&b""[..], b"P", b"PR"] {
+            assert_eq!(Speaks::of_first_bytes(undecided), None, "{undecided:?}");
+        }
     }
 
     #[tokio::test]
