@@ -47,7 +47,7 @@ use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
-use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit};
+use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
 
@@ -116,7 +116,7 @@ pub struct Proxy {
     generation: AtomicU64,
     bound: Mutex<HashMap<String, (SocketAddr, JoinHandle<()>)>>,
     /// Circuit-breaker counts and outlier state, by cluster name.
-    health: Mutex<HashMap<String, Arc<ClusterHealth>>>,
+    health: Mutex<RequestMap<String, Arc<ClusterHealth>>>,
     /// Local rate limits, by inbound listener.
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Active health checkers, by cluster, with the policy they run.

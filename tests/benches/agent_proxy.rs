@@ -10,13 +10,15 @@
 //!   listener (the mesh in STRICT mode) → nginx,
 //!
 //! and reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy
-//! (utime + stime from /proc over the run, as vCPU per 1,000 requests/s) and its RSS at idle
-//! and under load; then TCP throughput with `iperf3`, direct and through two agents.
+//! (from the scheduler's accounting in /proc: vCPU per 1,000 requests/s, CPU, waiting for a
+//! core, wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
+//! throughput with `iperf3`, direct and through two agents.
 //!
-//! Run: `cargo build --release --bins && flock /tmp/trellis-fixed-ports.lock cargo bench -p
-//! trellis-tests --bench agent_proxy` (needs PostgreSQL like the tests, and nginx, h2load and
-//! iperf3; the agents bind 127.0.0.40 and 127.0.0.41). `BENCH_SECS` sets the seconds per row
-//! (default 10).
+//! Run: `cargo build --release --bin trellis && cargo build --release -p trellis-agent &&
+//! flock /tmp/trellis-fixed-ports.lock cargo bench -p trellis-tests --bench agent_proxy` (needs
+//! PostgreSQL like the tests, and nginx, h2load and iperf3; the agents bind 127.0.0.40 and
+//! 127.0.0.41). The agent is built alone, as the README builds it. `BENCH_SECS` sets the
+//! seconds per row (default 10).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
