@@ -844,7 +844,13 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let err = grpc_call(&ratings_again, b"ok").await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     let db_again = outbound_addr(&mut stranger, "outbound:db.shop:5432").await;
-    assert_eq!(echo(&db_again).await, None, "a TCP caller no policy allows is cut off");
+    assert_eq!(
+        echo(&db_again).await,
+        None,
+        "a TCP caller no policy allows is cut off\nstranger:\n{}\ndb:\n{}",
+        stranger.output(),
+        agents[3].output()
+    );
 
     // What the agent cannot honour is NACKed, and the resource's status says why.
     let mut refused = docs.iter().find(|d| d["kind"] == "HTTPRoute").unwrap().clone();
