@@ -270,11 +270,11 @@ async fn svid_in(dir: &Path) -> Svid {
     panic!("key.pem and cert.pem in {} never belonged together", dir.display());
 }
 
-/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1: the start of the answer, or the
-/// error that ended the exchange.
-async fn mtls_get(addr: &str, svid: &Svid) -> String {
+/// `GET /reviews/1` over mTLS presenting `svid`, HTTP/1.1 (offered by ALPN when `alpn`): the
+/// start of the answer, or the error that ended the exchange.
+async fn mtls_get(addr: &str, svid: &Svid, alpn: bool) -> String {
     let mut config = client_config(svid).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if alpn { vec![b"http/1.1".to_vec()] } else { Vec::new() };
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("reviews").unwrap();
     let exchange = async {
@@ -798,11 +798,15 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let root = std::fs::read_to_string(&ca).unwrap();
     let foreign = issue(&t.xds, &root, body["token"].as_str().unwrap()).await.unwrap();
     assert!(foreign.spiffe_id.ends_with("/ns/other/sa/productpage"), "{}", foreign.spiffe_id);
-    let answer = mtls_get("127.0.0.2:9080", &foreign).await;
+    let answer = mtls_get("127.0.0.2:9080", &foreign, true).await;
     assert!(!answer.starts_with("HTTP/"), "another mesh's certificate was served: {answer}");
     let own = svid_in(&caller_dir.join("certs")).await;
-    let answer = mtls_get("127.0.0.2:9080", &own).await;
+    let answer = mtls_get("127.0.0.2:9080", &own, true).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A client that names no protocol in its handshake is served too: the agent tells the
+    // version from the request itself.
+    let answer = mtls_get("127.0.0.2:9080", &own, false).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "without ALPN: {answer}");
 
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
     // SIGTERM drains: a request in flight is answered, then the agent exits cleanly.
