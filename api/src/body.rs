@@ -62,7 +62,7 @@ fn check_json_type(ct: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn read_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::too_large("the request body exceeds the server's limit")

@@ -21,6 +21,10 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
 }
 
+/// The kind of a request that wrote nothing because it collided with another one (the edge
+/// runs it again; a client sees it only when every run collided).
+const CONTENDED: &str = "contended";
+
 /// The body of every error response (RFC 9457).
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Problem<'a> {
@@ -101,6 +105,7 @@ impl From<AppError> for ApiError {
             P::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable", "Unprocessable request"),
             P::Invalid => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed"),
             P::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            P::Contended => (StatusCode::SERVICE_UNAVAILABLE, CONTENDED, "Busy"),
             P::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         };
         ApiError { status, kind, title, detail: e.detail, errors: e.errors }
@@ -200,6 +205,9 @@ impl IntoResponse for ApiError {
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if self.kind == CONTENDED {
+            res.extensions_mut().insert(trellis_control::RunAgain);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             res.headers_mut()

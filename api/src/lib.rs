@@ -80,6 +80,7 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         .layer(axum::middleware::from_fn(session::csrf_guard))
         // The console's pages check the CSRF token their forms carry themselves.
         .merge(pages)
+        .layer(axum::middleware::from_fn(run_again))
         .layer(DefaultBodyLimit::max(limits.body))
         .layer(RequestBodyTimeoutLayer::new(limits.time / 2))
         .layer(axum::middleware::from_fn_with_state(limits.time, deadline))
@@ -88,6 +89,32 @@ pub fn router(state: AppState, http_metrics: HttpMetrics, limits: RequestLimits,
         .layer(axum::middleware::from_fn_with_state(http_metrics, metrics::track))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+}
+
+/// Runs a request again while its transaction collides with another one and is rolled back
+/// ([`trellis_control::RunAgain`]; PostgreSQL's advice for deadlocks and serialization
+/// failures), at most three runs in all, with a short random pause between them. A rolled-back
+/// run wrote nothing, so the client gets one answer for one change. The body is read here,
+/// within the body limit, to be there for the next run.
+async fn run_again(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    const RUNS: u32 = 3;
+    let (head, body) = req.into_parts();
+    let body = match body::read_bytes(axum::extract::Request::from_parts(head.clone(), body), &()).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let mut run = 1;
+    loop {
+        let again = axum::extract::Request::from_parts(head.clone(), axum::body::Body::from(body.clone()));
+        let res = next.clone().run(again).await;
+        if run == RUNS || res.extensions().get::<trellis_control::RunAgain>().is_none() {
+            return res;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(rand::random_range(5..=20) * u64::from(run)))
+            .await;
+        run += 1;
+    }
 }
 
 /// Answers 503 when a request takes longer than the limit (with its write's `?wait=`).

@@ -25,6 +25,9 @@ pub enum Problem {
     Invalid,
     /// The database (or another dependency) is unavailable for now.
     Unavailable,
+    /// The use case's transaction collided with another one and was rolled back, writing
+    /// nothing: the whole request can run again ([`RunAgain`]).
+    Contended,
     /// A failure of ours; the cause was logged where it was made.
     Internal,
 }
@@ -114,10 +117,23 @@ impl From<StoreError> for AppError {
                 AppError::unavailable("the database is unavailable; retry shortly")
             }
             StoreError::Conflict { constraint } => conflict_for(&constraint),
+            StoreError::Contended(cause) => {
+                tracing::info!(error = %cause, "transaction rolled back by a collision");
+                AppError {
+                    problem: Problem::Contended,
+                    detail: "the server was busy with a colliding change; retry".into(),
+                    errors: Vec::new(),
+                }
+            }
             other => AppError::internal(&other),
         }
     }
 }
+
+/// Marks a response whose request wrote nothing because its transaction collided with
+/// another one: the front end's edge runs such a request again, the same way every time.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAgain;
 
 impl From<trellis_pki::PkiError> for AppError {
     fn from(e: trellis_pki::PkiError) -> Self {

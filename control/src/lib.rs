@@ -37,7 +37,7 @@ pub use ca::{
 pub use caller::{Caller, Credential, Principal, Request, Scope, Via, token_hash};
 pub use dataplanes::{DataplaneConfig, Dataplanes, FleetCounts, SyncState, in_sync};
 pub use document::{Envelope, Metadata};
-pub use error::{AppError, Problem};
+pub use error::{AppError, Problem, RunAgain};
 pub use health::{CallerReport, CallersView, ServiceHealth};
 pub use impact::{IMPACT_WINDOW_SECS, Impact};
 pub use members::{Accepted, MAX_INVITE_HOURS, NewInvite};

@@ -22,6 +22,11 @@ pub enum StoreError {
     /// The database cannot be reached or is restarting: worth retrying, not a fault.
     #[error("the database is unavailable: {0}")]
     Unavailable(sqlx::Error),
+    /// The database rolled the transaction back because it collided with another one
+    /// (deadlock, serialization failure): nothing of it was written, and running the whole
+    /// transaction again is expected to succeed.
+    #[error("the transaction collided with another one and was rolled back: {0}")]
+    Contended(sqlx::Error),
     /// Anything else from the database.
     #[error("database error: {0}")]
     Db(sqlx::Error),
@@ -34,7 +39,13 @@ impl From<sqlx::Error> for StoreError {
         {
             return StoreError::Conflict { constraint: db.constraint().unwrap_or("unknown").to_owned() };
         }
-        if is_outage(&e) { StoreError::Unavailable(e) } else { StoreError::Db(e) }
+        if is_outage(&e) {
+            StoreError::Unavailable(e)
+        } else if is_collision(&e) {
+            StoreError::Contended(e)
+        } else {
+            StoreError::Db(e)
+        }
     }
 }
 
@@ -42,6 +53,12 @@ impl StoreError {
     /// Whether the database is unreachable or going away (then retrying later may work).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// Whether the same work may succeed when run again: the database was unavailable, or
+    /// the transaction collided with another one.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Contended(_))
     }
 }
 
@@ -61,4 +78,10 @@ fn is_outage(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether the database rolled a transaction back for colliding with another one: 40001
+/// serialization failure, 40P01 deadlock detected (PostgreSQL's advice is to run it again).
+fn is_collision(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|code| matches!(&*code, "40001" | "40P01")))
 }

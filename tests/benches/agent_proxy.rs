@@ -135,6 +135,10 @@ struct Usage {
     waits: u64,
     /// Times the scheduler took its CPU away while it could have run on.
     preempted: u64,
+    /// Of the time on a CPU, clock ticks in user space and in the kernel (`stat`: coarse,
+    /// but only their ratio is shown).
+    user_ticks: u64,
+    kernel_ticks: u64,
     rss_kib: u64,
 }
 
@@ -153,6 +157,13 @@ fn usage(pid: u32) -> Usage {
         };
         u.waits += count("voluntary_ctxt_switches:");
         u.preempted += count("nonvoluntary_ctxt_switches:");
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        u.user_ticks += tick(11);
+        u.kernel_ticks += tick(12);
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     u.rss_kib = status
@@ -215,6 +226,8 @@ impl Watch {
                     waiting_ns: after.waiting_ns.saturating_sub(before.waiting_ns),
                     waits: after.waits.saturating_sub(before.waits),
                     preempted: after.preempted.saturating_sub(before.preempted),
+                    user_ticks: after.user_ticks.saturating_sub(before.user_ticks),
+                    kernel_ticks: after.kernel_ticks.saturating_sub(before.kernel_ticks),
                     rss_kib: after.rss_kib,
                 };
                 Used { vcpu: delta.cpu_ns as f64 / 1e9 / wall, delta, peak_rss_mib: peak as f64 / 1024.0 }
@@ -352,20 +365,23 @@ fn table(title: &str, rows: &[Row]) {
     }
     // Per request, from the scheduler's accounting: CPU time, time spent ready but waiting
     // for one of the cores (what a busy machine adds to every hop), wake-ups, and the times a
-    // process was taken off its core for another.
+    // process was taken off its core for another; and how much of its CPU time was the
+    // kernel's (system calls, the network stack), as against its own code.
     println!(
-        "\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | CPU per request | waiting for a core per request | wake-ups per request | preempted per request | peak RSS |"
+        "\n| proxy (row) | vCPU | vCPU per 1,000 requests/s | CPU per request | of it in the kernel | waiting for a core per request | wake-ups per request | preempted per request | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let requests = (r.run.micros.len() as u64 + r.run.failed).max(1) as f64;
         for (who, used) in &r.proxies {
             let per_k = used.vcpu / (f64::from(RATE) / 1000.0);
+            let ticks = (used.delta.user_ticks + used.delta.kernel_ticks).max(1) as f64;
             println!(
-                "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.1} µs | {:.2} | {:.2} | {:.1} MiB |",
+                "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.0} % | {:.1} µs | {:.2} | {:.2} | {:.1} MiB |",
                 r.label,
                 used.vcpu,
                 used.delta.cpu_ns as f64 / 1e3 / requests,
+                100.0 * used.delta.kernel_ticks as f64 / ticks,
                 used.delta.waiting_ns as f64 / 1e3 / requests,
                 used.delta.waits as f64 / requests,
                 used.delta.preempted as f64 / requests,

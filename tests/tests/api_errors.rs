@@ -134,3 +134,72 @@ async fn a_database_outage_is_a_503_to_retry_and_loses_no_acknowledged_write() {
     assert_eq!(api.get("/meshes/shop/services/before").await.0, 200);
     assert_eq!(t.get("/readyz").await.status(), 200);
 }
+
+/// Makes the next `times` audit writes fail as PostgreSQL fails a transaction that deadlocked
+/// (a sequence counts them: it is not rolled back with the transaction).
+async fn collide_on_audit(db: &TestDb, times: i64) {
+    use sqlx::Executor;
+    let mut admin = db.admin_conn().await;
+    let sql = format!(
+        "CREATE SEQUENCE audit_collisions;
+         CREATE FUNCTION collide() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+         BEGIN
+             IF nextval('audit_collisions') <= {times} THEN
+                 RAISE EXCEPTION 'deadlock detected (simulated)' USING ERRCODE = 'deadlock_detected';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER collide BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION collide();"
+    );
+    admin.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
+}
+
+async fn collisions_seen(db: &TestDb) -> i64 {
+    let mut admin = db.admin_conn().await;
+    sqlx::query_scalar("SELECT last_value FROM audit_collisions").fetch_one(&mut admin).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_write_rolled_back_by_a_deadlock_runs_again_and_is_written_once() {
+    let db = TestDb::create().await;
+    let t = start(db.owner_url(), &[]).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    assert_eq!(api.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
+    collide_on_audit(&db, 2).await;
+
+    let service = json!({"spec": {"ports": [{"port": 8080, "protocol": "http"}]}});
+    let (status, body) = api.put("/meshes/shop/services/ratings", &service).await;
+    assert_eq!(status, 201, "the third run succeeds: {body} {:?}", t.output());
+    assert_eq!(collisions_seen(&db).await, 3, "two runs collided, the third wrote");
+    let (status, audit) = api.get("/audit-events?limit=10").await;
+    assert_eq!(status, 200, "{audit}");
+    let writes = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"].as_str().unwrap().ends_with("/ratings"));
+    assert_eq!(writes.count(), 1, "one change, one audit event: {audit}");
+}
+
+#[tokio::test]
+async fn a_write_that_collides_on_every_run_is_a_503_to_retry_and_writes_nothing() {
+    let db = TestDb::create().await;
+    let t = start(db.owner_url(), &[]).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
+    assert_eq!(api.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
+    collide_on_audit(&db, 1000).await;
+
+    let res = api
+        .req(reqwest::Method::PUT, "/meshes/shop/services/ratings")
+        .json(&json!({"spec": {"ports": [{"port": 8080, "protocol": "http"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(is_problem(&res));
+    assert!(res.headers().get("retry-after").is_some());
+    let problem: Value = res.json().await.unwrap();
+    assert_eq!(problem["type"], "https://trellis.dev/problems/contended", "{problem}");
+    assert_eq!(collisions_seen(&db).await, 3, "three runs in all");
+    assert_eq!(api.get("/meshes/shop/services/ratings").await.0, 404, "nothing written");
+}

@@ -158,12 +158,16 @@ impl IntoResponse for PageError {
                 let status = match e.problem {
                     Problem::NotFound => StatusCode::NOT_FOUND,
                     Problem::Forbidden => StatusCode::FORBIDDEN,
-                    Problem::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                    Problem::Unavailable | Problem::Contended => StatusCode::SERVICE_UNAVAILABLE,
                     Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
                     Problem::Conflict => StatusCode::CONFLICT,
                     _ => StatusCode::BAD_REQUEST,
                 };
-                (status, pages::error(status.as_u16(), &e.detail)).into_response()
+                let mut res = (status, pages::error(status.as_u16(), &e.detail)).into_response();
+                if e.problem == Problem::Contended {
+                    res.extensions_mut().insert(trellis_control::RunAgain);
+                }
+                res
             }
         }
     }

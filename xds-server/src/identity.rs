@@ -32,6 +32,10 @@ pub(crate) fn status(e: PkiError) -> Status {
         PkiError::Invalid { field, message } => Status::invalid_argument(format!("{field}: {message}")),
         PkiError::NotFound(what) => Status::not_found(format!("{what} not found")),
         PkiError::Conflict(m) => Status::failed_precondition(m),
+        PkiError::Store(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "identity service: the database is unavailable or busy");
+            Status::unavailable("the database is unavailable or busy; retry")
+        }
         e => {
             tracing::error!(error = %e, "identity service failed");
             Status::internal("internal error")
