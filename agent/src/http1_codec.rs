@@ -1,6 +1,7 @@
-//! HTTP/1.1 as the agent speaks it to an upstream (RFC 9112), without I/O: a request head
-//! written out, a response head read in, and how each body is delimited. `http1_pool.rs`
-//! moves the bytes.
+//! HTTP/1.1 as the agent speaks it (RFC 9112), without I/O: to an upstream, a request head
+//! written out and a response head read in; to a downstream client, a request head read in
+//! and a response head written out; and how each body is delimited. `http1_pool.rs` (the
+//! client) and `http1_server.rs` move the bytes.
 
 use std::mem::MaybeUninit;
 
@@ -16,9 +17,9 @@ const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Something an upstream sent that is not HTTP/1.1: the connection cannot carry on.
+/// Something a peer sent that is not HTTP/1.1: the connection cannot carry on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed HTTP/1.1 from upstream: {0}")]
+#[error("malformed HTTP/1.1: {0}")]
 pub(crate) struct Malformed(pub &'static str);
 
 /// How a message's body is delimited (RFC 9112 §6).
@@ -186,6 +187,110 @@ fn read_head<'h, 'b>(
         Err(httparse::Error::TooManyHeaders) => Err(Malformed("more than 100 header fields")),
         Err(_) => Err(Malformed("an invalid response head")),
     }
+}
+
+/// A request head as read.
+#[derive(Debug)]
+pub(crate) struct RequestHead {
+    /// Method, target, version and fields; the connection's own fields (`Connection`,
+    /// `Transfer-Encoding`, `Keep-Alive`) removed.
+    pub parts: http::request::Parts,
+    pub framing: Framing,
+    /// Whether the connection may carry another request after this one.
+    pub keep_alive: bool,
+    /// The client waits for `100 Continue` before it sends the body.
+    pub expects_continue: bool,
+}
+
+/// Takes the next request head off the front of `buf`, or `None` while it is incomplete.
+/// A request whose body length cannot be told (a transfer coding other than chunked last,
+/// or both framings, a way to smuggle one request inside another) is refused.
+pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Malformed> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Malformed("more than 100 header fields")),
+        Err(_) => return Err(Malformed("an invalid request head")),
+    };
+    let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
+        .map_err(|_| Malformed("an invalid method"))?;
+    let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    let target = span(parsed.path.unwrap_or_default().as_bytes());
+    let spans: Vec<_> = parsed.headers.iter().map(|f| (span(f.name.as_bytes()), span(f.value))).collect();
+    let head = buf.split_to(len).freeze();
+    let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+        .map_err(|_| Malformed("an invalid request target"))?;
+    let mut connection = Connection::default();
+    let mut expects_continue = false;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for ((name_at, name_len), (value_at, value_len)) in spans {
+        let (name, value) =
+            field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
+        expects_continue |=
+            name == http::header::EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        if connection.takes(&name, &value)? {
+            headers.append(name, value);
+        }
+    }
+    let framing = match (connection.chunked, connection.length) {
+        (Some(true), None) => Framing::Chunked,
+        (Some(_), _) => return Err(Malformed("a request body whose length cannot be told")),
+        (None, Some(n)) if n > 0 => Framing::Length(n),
+        (None, _) => Framing::Empty,
+    };
+    // An HTTP/1.0 client's connection carries one request (its keep-alive is not offered).
+    let keep_alive = !connection.close && version == Version::HTTP_11;
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, headers);
+    Ok(Some(RequestHead { parts, framing, keep_alive, expects_continue }))
+}
+
+/// Writes the status line and fields of a response into `out`, with `body`'s framing
+/// (`Content-Length` and `Transfer-Encoding` are the framing's, not the response's, except
+/// for the answer to a `HEAD`, which tells the length of a body it does not carry), and
+/// `Connection: close` when the connection ends after it.
+pub(crate) fn encode_response(
+    out: &mut Vec<u8>,
+    head: &http::response::Parts,
+    body: Framing,
+    head_request: bool,
+    close: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        if !head_request && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
+            continue;
+        }
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !head.headers.contains_key(http::header::DATE) {
+        field(out, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    }
+    match body {
+        Framing::Length(n) if !head_request => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
+        _ => {}
+    }
+    if close {
+        field(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// An interim response (1xx), passed over on the way to the final one; `101` (a protocol

@@ -359,13 +359,14 @@ where
     }
 }
 
-/// A request body on its way out, framed by its declared length or in chunks.
-struct Outgoing<B> {
-    body: B,
-    framing: Framing,
+/// A body on its way out (a request's to an upstream, a response's to a client), framed by
+/// its declared length, in chunks, or by the connection's end.
+pub(crate) struct Outgoing<B> {
+    pub(crate) body: B,
+    pub(crate) framing: Framing,
     /// Bytes of a body of declared length sent so far.
     sent: u64,
-    done: bool,
+    pub(crate) done: bool,
 }
 
 impl<B> Outgoing<B>
@@ -373,19 +374,30 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    fn new(body: B) -> Self {
-        let framing = match body.size_hint().exact() {
+    /// Framed by its length when it is known, else in chunks.
+    pub(crate) fn new(body: B) -> Self {
+        let framing = Self::framing_of(&body);
+        Self::framed(body, framing)
+    }
+
+    /// The framing `body` can have: its length when it is known, else chunks.
+    pub(crate) fn framing_of(body: &B) -> Framing {
+        match body.size_hint().exact() {
             _ if body.is_end_stream() => Framing::Length(0),
             Some(n) => Framing::Length(n),
             None => Framing::Chunked,
-        };
-        let done = framing == Framing::Length(0);
+        }
+    }
+
+    /// Framed as the connection requires (`Framing::Empty`: nothing of the body is sent).
+    pub(crate) fn framed(body: B, framing: Framing) -> Self {
+        let done = matches!(framing, Framing::Length(0) | Framing::Empty);
         Outgoing { body, framing, sent: 0, done }
     }
 
     /// Appends to `wire` the body's frames that are ready now (a whole buffered body, most
     /// often), so that they leave with the head.
-    fn take_ready(&mut self, wire: &mut Vec<u8>) -> Result<(), String> {
+    pub(crate) fn take_ready(&mut self, wire: &mut Vec<u8>) -> Result<(), String> {
         let mut cx = Context::from_waker(Waker::noop());
         while !self.done && wire.len() < COALESCED_WRITE {
             match Pin::new(&mut self.body).poll_frame(&mut cx) {
@@ -396,14 +408,14 @@ where
         Ok(())
     }
 
-    fn encode(
+    pub(crate) fn encode(
         &mut self,
         frame: Option<Result<Frame<Bytes>, B::Error>>,
         wire: &mut Vec<u8>,
     ) -> Result<(), String> {
         let trailers = match frame {
             None => None,
-            Some(Err(e)) => return Err(format!("the request body failed: {e}")),
+            Some(Err(e)) => return Err(format!("the body failed: {e}")),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     self.data(&data, wire)?;
@@ -420,7 +432,7 @@ where
         match self.framing {
             Framing::Chunked => http1_codec::last_chunk(wire, trailers.as_ref()),
             Framing::Length(n) if self.sent != n => {
-                return Err(format!("the request body ended after {} of its {n} bytes", self.sent));
+                return Err(format!("the body ended after {} of its {n} bytes", self.sent));
             }
             _ => {}
         }
@@ -435,11 +447,13 @@ where
             Framing::Length(n) => {
                 self.sent += data.len() as u64;
                 if self.sent > n {
-                    return Err(format!("the request body is longer than its {n} bytes"));
+                    return Err(format!("the body is longer than its {n} bytes"));
                 }
                 wire.extend_from_slice(data);
             }
-            _ => {
+            Framing::UntilClose => wire.extend_from_slice(data),
+            Framing::Empty => {}
+            Framing::Chunked => {
                 http1_codec::chunk_start(wire, data.len());
                 wire.extend_from_slice(data);
                 wire.extend_from_slice(http1_codec::CHUNK_END);

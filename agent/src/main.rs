@@ -26,6 +26,7 @@ mod convert;
 mod h2_pool;
 mod http1_codec;
 mod http1_pool;
+mod http1_server;
 mod identity;
 mod iptables;
 mod metrics;

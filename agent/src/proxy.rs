@@ -21,7 +21,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -45,6 +45,7 @@ use crate::config::{
 use crate::h2_pool::{H2Body, H2Pool};
 use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
+use crate::http1_server;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
@@ -70,10 +71,10 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// requests): a request sent on a connection the peer is closing at that moment would fail.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 
-/// The one HTTP server configuration of every listener the agent serves HTTP on, with the
-/// bounds above (a request head past `MAX_HEAD_BYTES` is answered 431 in HTTP/1.1, its stream
-/// refused in HTTP/2). HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the
-/// connection.
+/// The one configuration of hyper's server, for every listener the agent serves HTTP/2 on
+/// (and HTTP/1.1 where its own `http1_server` does not serve), with the bounds above (a request
+/// head past `MAX_HEAD_BYTES` is answered 431 in HTTP/1.1, its stream refused in HTTP/2).
+/// HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the connection.
 pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -471,23 +472,25 @@ impl Proxy {
         speaks: Option<Speaks>,
     ) -> anyhow::Result<()>
     where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     {
         match &l.handler {
             Handler::Http { .. } => {
                 let metrics = self.peer_metrics(&l, peer.as_ref());
                 let downstream = Arc::new(Downstream { proxy: self.clone(), metrics, listener: l, peer });
-                let io = TokioIo::new(io);
-                let builder = http_server();
+                if speaks == Some(Speaks::Http1) {
+                    let draining = self.draining.subscribe();
+                    return http1_server::serve(io, |req| downstream.clone().answer(req), draining).await;
+                }
+                let (io, builder) = (TokioIo::new(io), http_server());
                 if speaks == Some(Speaks::Http2) {
                     // hyper runs each stream as a task, which tokio copies whole as the task
                     // starts, ends and is taken: boxed, the task holds a pointer to the request's
                     // future (6 KiB) instead of the future.
-                    let svc = service_fn(move |req| Box::pin(downstream.clone().answer(req)));
+                    let svc = service_fn(move |req| Box::pin(downstream.clone().answer_hyper(req)));
                     return self.until_drained(builder.http2_only().serve_connection(io, svc)).await;
                 }
-                let builder = if speaks == Some(Speaks::Http1) { builder.http1_only() } else { builder };
-                let svc = service_fn(move |req| downstream.clone().answer(req));
+                let svc = service_fn(move |req| downstream.clone().answer_hyper(req));
                 self.until_drained(builder.serve_connection(io, svc)).await
             }
             Handler::Tcp { access, backends } => {
@@ -616,12 +619,12 @@ impl Proxy {
     }
 
     /// Handles one request, counts it in `metrics`, and logs it when the access log keeps it.
-    pub(crate) async fn request(
+    pub(crate) async fn request<B: Downward>(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
         metrics: &PeerMetrics,
-        req: Request<Incoming>,
+        req: Request<B>,
     ) -> Response<Body> {
         let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let (method, uri, host) =
@@ -681,7 +684,12 @@ impl Proxy {
         });
     }
 
-    async fn handle(&self, l: &Listener, peer: Option<&SpiffeId>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle<B: Downward>(
+        &self,
+        l: &Listener,
+        peer: Option<&SpiffeId>,
+        req: Request<B>,
+    ) -> Response<Body> {
         let grpc = req
             .headers()
             .get(CONTENT_TYPE)
@@ -737,11 +745,11 @@ impl Proxy {
     }
 
     /// Past access control: the rate limit, the route, and the upstream tries.
-    async fn route(
+    async fn route<B: Downward>(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        req: Request<Incoming>,
+        req: Request<B>,
         grpc: bool,
         inbound: bool,
     ) -> Response<Body> {
@@ -958,11 +966,11 @@ impl Proxy {
 
     /// Sends the request, trying again as the route's retry policy says when the body can
     /// be sent again.
-    async fn attempts<'r>(
+    async fn attempts<'r, B: Downward>(
         &self,
         route: &'r crate::config::Route,
         parts: http::request::Parts,
-        body: Result<Bytes, Incoming>,
+        body: Result<Bytes, B>,
         tried: &mut Option<&'r str>,
     ) -> Result<Response<Body>, (StatusCode, String)> {
         let total = route.total_weight();
@@ -979,7 +987,7 @@ impl Proxy {
             *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
                 (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-                (None, Some(s)) => s.map_err(BoxError::from).boxed(),
+                (None, Some(s)) => s.map_err(Into::into).boxed(),
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
             // The last try takes the head; one before it sends a copy.
@@ -1165,9 +1173,26 @@ struct Downstream {
 }
 
 impl Downstream {
-    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        Ok(self.proxy.request(&self.listener, self.peer.as_ref(), &self.metrics, req).await)
+    async fn answer<B: Downward>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+        self.proxy.request(&self.listener, self.peer.as_ref(), &self.metrics, req).await
     }
+
+    /// `answer` as hyper's servers call it.
+    async fn answer_hyper(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        Ok(self.answer(req).await)
+    }
+}
+
+/// A request body as a server hands it to the proxy: hyper's, or the agent's own HTTP/1.1
+/// server's.
+pub(crate) trait Downward:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> Downward for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
 }
 
 /// The HTTP version of a connection, told before it is served.
