@@ -36,7 +36,7 @@ const READ_CHUNK: usize = 8 * 1024;
 pub(crate) async fn serve<IO, F, Fut>(
     io: IO,
     mut answer: F,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
@@ -44,18 +44,37 @@ where
     Fut: Future<Output = Response<Body>>,
 {
     let mut held = Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK) });
+    // One timer and one wait for the drain for the connection's life, not one per request:
+    // the timer is moved on only when it fires before a head is due, which is rare.
+    let deadline = tokio::time::sleep(HEADER_TIMEOUT);
+    tokio::pin!(deadline);
+    let mut drain = draining.clone();
+    let drained = async move {
+        if drain.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(drained);
     loop {
         let conn = held.as_mut().expect("given back before the next request");
-        let next = tokio::select! {
-            biased;
-            Ok(_) = draining.wait_for(|d| *d) => return Ok(()),
-            next = tokio::time::timeout(HEADER_TIMEOUT, conn.next_head()) => next,
+        let due = tokio::time::Instant::now() + HEADER_TIMEOUT;
+        let next = loop {
+            tokio::select! {
+                biased;
+                () = &mut drained => return Ok(()),
+                next = conn.next_head() => break next,
+                () = &mut deadline => {
+                    if tokio::time::Instant::now() >= due {
+                        anyhow::bail!("no request head within {HEADER_TIMEOUT:?}");
+                    }
+                    deadline.as_mut().reset(due);
+                }
+            }
         };
         let head = match next {
-            Err(_) => anyhow::bail!("no request head within {HEADER_TIMEOUT:?}"),
-            Ok(Ok(None)) => return Ok(()),
-            Ok(Ok(Some(head))) => head,
-            Ok(Err((status, why))) => {
+            Ok(None) => return Ok(()),
+            Ok(Some(head)) => head,
+            Err((status, why)) => {
                 let refusal = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 let _ = conn.io.write_all(refusal.as_bytes()).await;
                 let _ = conn.io.shutdown().await;
