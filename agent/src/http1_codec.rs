@@ -118,10 +118,11 @@ pub(crate) struct ResponseHead {
 
 /// Takes the next final response head off the front of `buf` (interim 1xx responses are
 /// passed over), or `None` while it is incomplete. `head_request`: the request was `HEAD`,
-/// so the response has no body whatever its fields say.
+/// so the response has no body whatever its fields say. `spans` as for `parse_request`.
 pub(crate) fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
+    spans: &mut Vec<FieldSpan>,
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -139,17 +140,13 @@ pub(crate) fn parse_response(
         // Where each field lies in the head: its value is then a slice of the head's bytes,
         // not a copy.
         let base = buf.as_ptr() as usize;
-        let at = |p: *const u8| p as usize - base;
-        // (name start, name length, value start, value length)
-        let spans: Vec<_> = parsed
-            .headers
-            .iter()
-            .map(|f| (at(f.name.as_ptr()), f.name.len(), at(f.value.as_ptr()), f.value.len()))
-            .collect();
+        let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        spans.clear();
+        spans.extend(parsed.headers.iter().map(|f| (span(f.name.as_bytes()), span(f.value))));
         let head = buf.split_to(len).freeze();
         let mut connection = Connection::default();
         let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name_at, name_len, value_at, value_len) in spans {
+        for &((name_at, name_len), (value_at, value_len)) in spans.iter() {
             let (name, value) =
                 field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
             if connection.takes(&name, &value)? {
@@ -202,10 +199,17 @@ pub(crate) struct RequestHead {
     pub expects_continue: bool,
 }
 
-/// Takes the next request head off the front of `buf`, or `None` while it is incomplete.
+/// Where a field's name and value lie in a head: (start, length) of each.
+pub(crate) type FieldSpan = ((usize, usize), (usize, usize));
+
+/// Takes the next request head off the front of `buf`, or `None` while it is incomplete;
+/// `spans` is room the caller keeps between heads, so that reading one allocates nothing.
 /// A request whose body length cannot be told (a transfer coding other than chunked last,
 /// or both framings, a way to smuggle one request inside another) is refused.
-pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, Malformed> {
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    spans: &mut Vec<FieldSpan>,
+) -> Result<Option<RequestHead>, Malformed> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -224,19 +228,15 @@ pub(crate) fn parse_request(buf: &mut BytesMut) -> Result<Option<RequestHead>, M
     let base = buf.as_ptr() as usize;
     let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let target = span(parsed.path.unwrap_or_default().as_bytes());
-    // Where each field lies, kept on the stack: a request's head is read for every request.
-    let mut spans = [((0, 0), (0, 0)); MAX_HEADERS];
-    for (slot, f) in spans.iter_mut().zip(parsed.headers.iter()) {
-        *slot = (span(f.name.as_bytes()), span(f.value));
-    }
-    let spans = &spans[..parsed.headers.len()];
+    spans.clear();
+    spans.extend(parsed.headers.iter().map(|f| (span(f.name.as_bytes()), span(f.value))));
     let head = buf.split_to(len).freeze();
     let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Malformed("an invalid request target"))?;
     let mut connection = Connection::default();
     let mut expects_continue = false;
     let mut headers = HeaderMap::with_capacity(spans.len());
-    for &((name_at, name_len), (value_at, value_len)) in spans {
+    for &((name_at, name_len), (value_at, value_len)) in spans.iter() {
         let (name, value) =
             field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
         expects_continue |=
@@ -561,7 +561,7 @@ mod tests {
     }
 
     fn parse(bytes: &str, head_request: bool) -> Result<Option<ResponseHead>, Malformed> {
-        parse_response(&mut BytesMut::from(bytes), head_request)
+        parse_response(&mut BytesMut::from(bytes), head_request, &mut Vec::new())
     }
 
     fn framing(bytes: &str) -> Framing {
@@ -599,7 +599,7 @@ mod tests {
              HTTP/1.1 201 Created\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
              transfer-encoding: chunked\r\ncontent-length: 9\r\nx-a: 1\r\nx-a: 2\r\n\r\nrest",
         );
-        let head = parse_response(&mut buf, false).unwrap().unwrap();
+        let head = parse_response(&mut buf, false, &mut Vec::new()).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.framing, Framing::Chunked);
         let names: Vec<_> = head.headers.keys().map(HeaderName::as_str).collect();
@@ -703,16 +703,20 @@ mod tests {
                      Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nx-b: 1\r\n\r\nrest";
         let head_len = wire.len() - 4;
         for cut in 0..head_len {
-            assert!(parse_request(&mut BytesMut::from(&wire[..cut])).unwrap().is_none(), "{cut}");
+            assert!(
+                parse_request(&mut BytesMut::from(&wire[..cut]), &mut Vec::new()).unwrap().is_none(),
+                "{cut}"
+            );
         }
         let mut buf = BytesMut::from(&wire[..]);
-        let head = parse_request(&mut buf).unwrap().unwrap();
+        let head = parse_request(&mut buf, &mut Vec::new()).unwrap().unwrap();
         assert_eq!(&buf[..], b"rest", "the head is taken off, what follows stays");
         assert_eq!((head.parts.method, head.parts.uri.to_string()), (Method::POST, "/r?x=1".to_owned()));
         assert_eq!((head.framing, head.keep_alive, head.expects_continue), (Framing::Chunked, true, true));
         let names: Vec<_> = head.parts.headers.keys().map(|n| n.as_str()).collect();
         assert_eq!(names, ["host", "expect", "x-b"], "the connection's own fields are its own");
-        let old = parse_request(&mut BytesMut::from("GET / HTTP/1.0\r\n\r\n")).unwrap().unwrap();
+        let old =
+            parse_request(&mut BytesMut::from("GET / HTTP/1.0\r\n\r\n"), &mut Vec::new()).unwrap().unwrap();
         assert_eq!((old.framing, old.keep_alive), (Framing::Empty, false));
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..5000 {
@@ -721,7 +725,7 @@ mod tests {
                 let at = rng.random_range(0..noisy.len());
                 noisy[at] = rng.random();
             }
-            let _ = parse_request(&mut BytesMut::from(&noisy[..]));
+            let _ = parse_request(&mut BytesMut::from(&noisy[..]), &mut Vec::new());
         }
     }
 }

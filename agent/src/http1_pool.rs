@@ -74,6 +74,8 @@ struct Connection {
     io: Box<dyn Upstream>,
     /// Bytes read and not yet used.
     buf: BytesMut,
+    /// Room to note where a head's fields lie, kept from one response to the next.
+    spans: Vec<http1_codec::FieldSpan>,
     to: Destination,
     /// It may carry another request once this one's response is read.
     keep_alive: bool,
@@ -81,7 +83,7 @@ struct Connection {
 
 impl Connection {
     fn new(io: Box<dyn Upstream>, to: Destination) -> Self {
-        Connection { io, buf: BytesMut::new(), to, keep_alive: true }
+        Connection { io, buf: BytesMut::new(), spans: Vec::new(), to, keep_alive: true }
     }
 
     /// Reads what has arrived into `buf`: `Ok(0)` at the end of the stream.
@@ -339,7 +341,7 @@ where
     conn.keep_alive = outgoing.done;
     loop {
         if !conn.buf.is_empty() {
-            match http1_codec::parse_response(&mut conn.buf, head_request) {
+            match http1_codec::parse_response(&mut conn.buf, head_request, &mut conn.spans) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) if conn.buf.len() > MAX_HEAD_BYTES => {
                     return Err(Failed { answered: true, why: "a response head past 64 KiB".into() });

@@ -22,7 +22,9 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use crate::http1_codec::{self, ChunkedDecoder, Decoded, Framing, MAX_HEAD_BYTES, Malformed, RequestHead};
+use crate::http1_codec::{
+    self, ChunkedDecoder, Decoded, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, RequestHead,
+};
 use crate::http1_pool::Outgoing;
 use crate::proxy::{Body, HEADER_TIMEOUT};
 
@@ -43,7 +45,7 @@ where
     F: FnMut(Request<ServerBody<IO>>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
-    let mut held = Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK) });
+    let mut held = Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), spans: Vec::new() });
     // One timer and one wait for the drain for the connection's life, not one per request:
     // the timer is moved on only when it fires before a head is due, which is rare.
     let deadline = tokio::time::sleep(HEADER_TIMEOUT);
@@ -121,6 +123,8 @@ where
 struct Conn<IO> {
     io: IO,
     buf: BytesMut,
+    /// Room to note where a head's fields lie, kept from one request to the next.
+    spans: Vec<FieldSpan>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -135,7 +139,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     async fn next_head(&mut self) -> Result<Option<RequestHead>, (StatusCode, Malformed)> {
         loop {
             if !self.buf.is_empty() {
-                match http1_codec::parse_request(&mut self.buf) {
+                match http1_codec::parse_request(&mut self.buf, &mut self.spans) {
                     Ok(Some(head)) => return Ok(Some(head)),
                     Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
                         let why = Malformed("a request head past 64 KiB");
