@@ -412,6 +412,69 @@ pub(crate) enum Decoded {
     More,
 }
 
+/// What is left to read of a body being read off a connection, by its framing.
+#[derive(Debug)]
+pub(crate) enum Remaining {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the connection closes (a response only).
+    UntilClose,
+}
+
+/// What a body being read does next.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Pass data on; `true` when it is the last of the body.
+    Data(Bytes, bool),
+    Trailers(HeaderMap),
+    End,
+    Fail(std::io::Error),
+}
+
+impl Remaining {
+    /// The next step that what `buf` holds allows (taken off it), or `None` while more bytes
+    /// are needed.
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Option<Step> {
+        match self {
+            Remaining::Length(left) if !buf.is_empty() => {
+                let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                Some(Step::Data(buf.split_to(take).freeze(), *left == 0))
+            }
+            Remaining::Chunked(decoder) => match decoder.decode(buf) {
+                Ok(Decoded::Data(data)) => Some(Step::Data(data, false)),
+                Ok(Decoded::Trailers(t)) => Some(Step::Trailers(t)),
+                Ok(Decoded::End) => Some(Step::End),
+                Ok(Decoded::More) => None,
+                Err(e) => Some(Step::Fail(std::io::Error::new(std::io::ErrorKind::InvalidData, e))),
+            },
+            Remaining::UntilClose if !buf.is_empty() => Some(Step::Data(buf.split().freeze(), false)),
+            _ => None,
+        }
+    }
+
+    /// The step when `peer` closed the connection and nothing is pending: the end of a body
+    /// that ends so, else a failure.
+    pub(crate) fn closed(&self, peer: &str) -> Step {
+        match self {
+            Remaining::UntilClose => Step::End,
+            _ => Step::Fail(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{peer} closed the connection mid-body"),
+            )),
+        }
+    }
+
+    /// What is known of the length of what is left (`open`: the body is still being read).
+    pub(crate) fn size_hint(&self, open: bool) -> hyper::body::SizeHint {
+        match self {
+            Remaining::Length(n) => hyper::body::SizeHint::with_exact(if open { *n } else { 0 }),
+            _ if !open => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
 /// Reads a chunked body (RFC 9112 §7.1) off the front of a buffer, step by step.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkedDecoder {

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use trellis_ca::SpiffeId;
 
-use crate::http1_codec::{self, ChunkedDecoder, Decoded, Framing, MAX_HEAD_BYTES, ResponseHead};
+use crate::http1_codec::{self, ChunkedDecoder, Framing, MAX_HEAD_BYTES, Remaining, ResponseHead, Step};
 
 /// Idle connections kept at most; one finishing past it is closed.
 const MAX_IDLE: usize = 256;
@@ -479,12 +479,6 @@ pub(crate) struct Streaming {
     idle: Weak<IdleList>,
 }
 
-enum Remaining {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-}
-
 impl ResponseBody {
     fn streaming(conn: Connection, left: Remaining, idle: &Arc<IdleList>) -> Self {
         ResponseBody::Streaming(Box::new(Streaming { conn: Some(conn), left, idle: Arc::downgrade(idle) }))
@@ -501,33 +495,11 @@ impl Streaming {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         loop {
             let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
-            let step = match &mut self.left {
-                Remaining::Length(left) if !conn.buf.is_empty() => {
-                    let take = conn.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= take as u64;
-                    Some(Step::Data(conn.buf.split_to(take).freeze(), *left == 0))
-                }
-                Remaining::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
-                    Ok(Decoded::Data(data)) => Some(Step::Data(data, false)),
-                    Ok(Decoded::Trailers(t)) => Some(Step::Trailers(t)),
-                    Ok(Decoded::End) => Some(Step::End),
-                    Ok(Decoded::More) => None,
-                    Err(e) => Some(Step::Fail(io::Error::new(io::ErrorKind::InvalidData, e))),
-                },
-                Remaining::UntilClose if !conn.buf.is_empty() => {
-                    Some(Step::Data(conn.buf.split().freeze(), false))
-                }
-                _ => None,
-            };
-            // Nothing to pass on yet: read more.
-            let step = match step {
+            let step = match self.left.next(&mut conn.buf) {
                 Some(step) => step,
+                // Nothing to pass on yet: read more.
                 None => match std::task::ready!(conn.poll_read_more(cx)) {
-                    Ok(0) if matches!(self.left, Remaining::UntilClose) => Step::End,
-                    Ok(0) => Step::Fail(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the upstream closed the connection mid-body",
-                    )),
+                    Ok(0) => self.left.closed("the upstream"),
                     Ok(_) => continue,
                     Err(e) => Step::Fail(e),
                 },
@@ -553,15 +525,6 @@ impl Streaming {
     }
 }
 
-/// What a streaming body does next.
-enum Step {
-    /// Pass data on; `true` when it is the last of the body.
-    Data(Bytes, bool),
-    Trailers(http::HeaderMap),
-    End,
-    Fail(io::Error),
-}
-
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -583,10 +546,7 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Whole(whole) => SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Streaming(s) => match s.left {
-                Remaining::Length(n) => SizeHint::with_exact(if s.conn.is_some() { n } else { 0 }),
-                _ => SizeHint::default(),
-            },
+            ResponseBody::Streaming(s) => s.left.size_hint(s.conn.is_some()),
         }
     }
 }

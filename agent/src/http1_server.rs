@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
 use crate::http1_codec::{
-    self, ChunkedDecoder, Decoded, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, RequestHead,
+    self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
 };
 use crate::http1_pool::Outgoing;
 use crate::proxy::{Body, HEADER_TIMEOUT};
@@ -94,8 +94,8 @@ where
                     conn.send(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
                 }
                 let left = match framing {
-                    Framing::Length(n) => Left::Length(n),
-                    _ => Left::Chunked(ChunkedDecoder::default()),
+                    Framing::Length(n) => Remaining::Length(n),
+                    _ => Remaining::Chunked(ChunkedDecoder::default()),
                 };
                 let (back, returned) = oneshot::channel();
                 let body = RequestBody { conn: held.take(), left, back: Some(back) };
@@ -236,13 +236,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for ServerBody<IO> {
 pub(crate) struct RequestBody<IO> {
     /// `None` once the body has ended or failed (the connection was given back).
     conn: Option<Conn<IO>>,
-    left: Left,
+    left: Remaining,
     back: Option<oneshot::Sender<Returned<IO>>>,
-}
-
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
 }
 
 /// The connection a body gives back; `finished`: the whole body was read, so the next
@@ -250,14 +245,6 @@ enum Left {
 struct Returned<IO> {
     conn: Conn<IO>,
     finished: bool,
-}
-
-/// What a request body does next.
-enum Step {
-    Data(Bytes, bool),
-    Trailers(http::HeaderMap),
-    End,
-    Fail(io::Error),
 }
 
 impl<IO> RequestBody<IO> {
@@ -282,29 +269,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for RequestBody<IO> {
         let this = self.get_mut();
         let step = loop {
             let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-            let step = match &mut this.left {
-                Left::Length(left) if !conn.buf.is_empty() => {
-                    let take = conn.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                    *left -= take as u64;
-                    Some(Step::Data(conn.buf.split_to(take).freeze(), *left == 0))
-                }
-                Left::Length(_) => None,
-                Left::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
-                    Ok(Decoded::Data(data)) => Some(Step::Data(data, false)),
-                    Ok(Decoded::Trailers(t)) => Some(Step::Trailers(t)),
-                    Ok(Decoded::End) => Some(Step::End),
-                    Ok(Decoded::More) => None,
-                    Err(e) => Some(Step::Fail(io::Error::new(io::ErrorKind::InvalidData, e))),
-                },
-            };
-            if let Some(step) = step {
+            if let Some(step) = this.left.next(&mut conn.buf) {
                 break step;
             }
             match ready!(conn.poll_read_more(cx)) {
-                Ok(0) => {
-                    let why = "the client closed the connection mid-body";
-                    break Step::Fail(io::Error::new(io::ErrorKind::UnexpectedEof, why));
-                }
+                Ok(0) => break this.left.closed("the client"),
                 Ok(_) => {}
                 Err(e) => break Step::Fail(e),
             }
@@ -333,11 +302,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for RequestBody<IO> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match (&self.left, &self.conn) {
-            (Left::Length(n), Some(_)) => SizeHint::with_exact(*n),
-            (Left::Length(_), None) => SizeHint::with_exact(0),
-            (Left::Chunked(_), _) => SizeHint::default(),
-        }
+        self.left.size_hint(self.conn.is_some())
     }
 }
 
