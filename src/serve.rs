@@ -24,12 +24,38 @@ use trellis_xds_server::{
     TelemetryService, XdsMetrics,
 };
 
+use std::time::Duration;
+
 use crate::Database;
 use crate::config::Serve;
 
+/// How long a starting server waits for a database that is unavailable (starting itself, or
+/// too busy to take a connection) before it gives up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Runs `step` again, a second apart, while it fails for want of the database, up to
+/// `STARTUP_PATIENCE`: a control plane started beside its database, or restarted while the
+/// database is busy, does not exit for a database a few seconds late.
+async fn patiently<T, F, Fut>(mut step: F) -> Result<T, trellis_store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, trellis_store::StoreError>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        match step().await {
+            Err(e) if e.is_unavailable() && started.elapsed() < STARTUP_PATIENCE => {
+                tracing::warn!(error = %e, "the database is unavailable; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
 pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing) -> anyhow::Result<()> {
-    trellis_store::migrate(&database.roles.owner).await.context("applying migrations")?;
-    let store = Store::connect(database.roles.app.clone(), cfg.db_max_connections)
+    patiently(|| trellis_store::migrate(&database.roles.owner)).await.context("applying migrations")?;
+    let store = patiently(|| Store::connect(database.roles.app.clone(), cfg.db_max_connections))
         .await
         .context("connecting as the server role trellis_app")?;
 
