@@ -33,10 +33,10 @@ use crate::config::Serve;
 /// too busy to take a connection) before it gives up.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Runs `step` again, a second apart, while it fails for want of the database, up to
-/// `STARTUP_PATIENCE`: a control plane started beside its database, or restarted while the
-/// database is busy, does not exit for a database a few seconds late.
-async fn patiently<T, F, Fut>(mut step: F) -> Result<T, trellis_store::StoreError>
+/// Runs `step` again, a second apart, while it fails for want of the database, for up to
+/// `patience`: a control plane started beside its database, or restarted while the database
+/// is busy, does not exit for a database a few seconds late.
+async fn patiently<T, F, Fut>(patience: Duration, mut step: F) -> Result<T, trellis_store::StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, trellis_store::StoreError>>,
@@ -44,7 +44,7 @@ where
     let started = std::time::Instant::now();
     loop {
         match step().await {
-            Err(e) if e.is_unavailable() && started.elapsed() < STARTUP_PATIENCE => {
+            Err(e) if e.is_unavailable() && started.elapsed() < patience => {
                 tracing::warn!(error = %e, "the database is unavailable; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -54,10 +54,13 @@ where
 }
 
 pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing) -> anyhow::Result<()> {
-    patiently(|| trellis_store::migrate(&database.roles.owner)).await.context("applying migrations")?;
-    let store = patiently(|| Store::connect(database.roles.app.clone(), cfg.db_max_connections))
+    patiently(STARTUP_PATIENCE, || trellis_store::migrate(&database.roles.owner))
         .await
-        .context("connecting as the server role trellis_app")?;
+        .context("applying migrations")?;
+    let store =
+        patiently(STARTUP_PATIENCE, || Store::connect(database.roles.app.clone(), cfg.db_max_connections))
+            .await
+            .context("connecting as the server role trellis_app")?;
 
     let leader = Arc::new(LeaderElector::start(store.connect_options().clone(), LeaderOptions::default()));
     let feed = ChangeFeed::start(
@@ -448,5 +451,46 @@ impl Collector for ControlPlaneCollector {
             )?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use trellis_store::StoreError;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_is_tried_again_while_the_database_is_unavailable_and_no_longer() {
+        let tries = AtomicU32::new(0);
+        let late = patiently(Duration::from_secs(30), || async {
+            match tries.fetch_add(1, Ordering::SeqCst) {
+                0 | 1 => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+                n => Ok(n),
+            }
+        })
+        .await;
+        assert_eq!(late.unwrap(), 2, "the third try succeeds");
+
+        let tries = AtomicU32::new(0);
+        let refused = patiently(Duration::from_secs(30), || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StoreError::NotFound("role"))
+        })
+        .await;
+        assert!(matches!(refused, Err(StoreError::NotFound(_))));
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "a failure that is not the database's absence is final");
+
+        let tries = AtomicU32::new(0);
+        let absent = patiently(Duration::from_millis(1500), || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StoreError::Unavailable(sqlx::Error::PoolTimedOut))
+        })
+        .await;
+        assert!(absent.unwrap_err().is_unavailable());
+        let n = tries.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&n), "a try a second for as long as the patience lasts: {n}");
     }
 }

@@ -203,22 +203,3 @@ async fn a_write_that_collides_on_every_run_is_a_503_to_retry_and_writes_nothing
     assert_eq!(collisions_seen(&db).await, 3, "three runs in all");
     assert_eq!(api.get("/meshes/shop/services/ratings").await.0, 404, "nothing written");
 }
-
-#[tokio::test]
-async fn a_server_started_while_its_database_is_down_waits_for_it_then_serves() {
-    let db = TestDb::create().await;
-    let url = db.owner_url();
-    let host = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
-    let relay = DbRelay::start(host.clone()).await;
-    relay.down();
-    let relayed = url.replace(&host, &relay.addr.to_string());
-    let starting = tokio::spawn(start(relayed, &[]));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!starting.is_finished(), "still waiting for the database");
-    relay.up();
-    let t = starting.await.unwrap();
-    assert_eq!(t.get("/readyz").await.status(), 200, "{:?}", t.output());
-    let (stdout, stderr) = t.output();
-    let log = stdout + &stderr;
-    assert!(log.contains("the database is unavailable; trying again"), "{log}");
-}
