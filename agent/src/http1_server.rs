@@ -15,10 +15,11 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body as _, Frame, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
@@ -26,29 +27,31 @@ use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
 };
 use crate::http1_pool::Outgoing;
-use crate::proxy::{Body, HEADER_TIMEOUT};
 
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Serves `io` with `answer` until the client closes the connection or asks to, sends
 /// something that is not HTTP/1.1 (answered 400, or 431 for a head past `MAX_HEAD_BYTES`),
-/// takes longer than `HEADER_TIMEOUT` over a head or between requests, or the agent drains
+/// takes longer than `header_timeout` over a head or between requests, or the agent drains
 /// (between requests; a request begun is answered first, with `Connection: close`).
-pub(crate) async fn serve<IO, F, Fut>(
+pub(crate) async fn serve<IO, F, Fut, B>(
     io: IO,
     mut answer: F,
+    header_timeout: Duration,
     draining: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     F: FnMut(Request<ServerBody<IO>>) -> Fut,
-    Fut: Future<Output = Response<Body>>,
+    Fut: Future<Output = Response<B>>,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
 {
     let mut held = Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), spans: Vec::new() });
     // One timer and one wait for the drain for the connection's life, not one per request:
     // the timer is moved on only when it fires before a head is due, which is rare.
-    let deadline = tokio::time::sleep(HEADER_TIMEOUT);
+    let deadline = tokio::time::sleep(header_timeout);
     tokio::pin!(deadline);
     let mut drain = draining.clone();
     let drained = async move {
@@ -59,7 +62,7 @@ where
     tokio::pin!(drained);
     loop {
         let conn = held.as_mut().expect("given back before the next request");
-        let due = tokio::time::Instant::now() + HEADER_TIMEOUT;
+        let due = tokio::time::Instant::now() + header_timeout;
         let next = loop {
             tokio::select! {
                 biased;
@@ -67,7 +70,7 @@ where
                 next = conn.next_head() => break next,
                 () = &mut deadline => {
                     if tokio::time::Instant::now() >= due {
-                        anyhow::bail!("no request head within {HEADER_TIMEOUT:?}");
+                        anyhow::bail!("no request head within {header_timeout:?}");
                     }
                     deadline.as_mut().reset(due);
                 }
@@ -163,13 +166,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// Writes `response`, its head with what of its body is ready in one write; `Ok(false)`
     /// when the connection ends after it.
-    async fn respond(
+    async fn respond<B>(
         &mut self,
-        response: Response<Body>,
+        response: Response<B>,
         version: Version,
         head_request: bool,
         keep_alive: bool,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<bool>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
         let (head, body) = response.into_parts();
         let status = head.status;
         let bodiless = head_request
@@ -309,7 +316,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for RequestBody<IO> {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::time::Duration;
 
     use http_body_util::{BodyExt, Full, StreamBody};
     use tokio::io::AsyncReadExt;
@@ -319,6 +325,9 @@ mod tests {
 
     /// What the test's application saw of a request: `method path body-length body`, and
     /// `trailer: value` lines after it.
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
     async fn echo(req: Request<ServerBody<TcpStream>>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let answer = match parts.uri.path() {
@@ -349,8 +358,6 @@ mod tests {
         Response::new(Full::new(Bytes::from(answer)).map_err(|never| match never {}).boxed())
     }
 
-    use crate::proxy::BoxError;
-
     async fn server() -> (SocketAddr, watch::Sender<bool>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -358,7 +365,7 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(tcp, echo, draining.clone()));
+                tokio::spawn(serve(tcp, echo, Duration::from_secs(10), draining.clone()));
             }
         });
         (addr, drain)

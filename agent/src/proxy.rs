@@ -480,7 +480,8 @@ impl Proxy {
                 let downstream = Arc::new(Downstream { proxy: self.clone(), metrics, listener: l, peer });
                 if speaks == Some(Speaks::Http1) {
                     let draining = self.draining.subscribe();
-                    return http1_server::serve(io, |req| downstream.clone().answer(req), draining).await;
+                    let answer = |req| downstream.clone().answer(req);
+                    return http1_server::serve(io, answer, HEADER_TIMEOUT, draining).await;
                 }
                 let (io, builder) = (TokioIo::new(io), http_server());
                 if speaks == Some(Speaks::Http2) {
