@@ -139,20 +139,10 @@ pub(crate) fn parse_response(
         }
         // Where each field lies in the head: its value is then a slice of the head's bytes,
         // not a copy.
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-        spans.clear();
-        spans.extend(parsed.headers.iter().map(|f| (span(f.name.as_bytes()), span(f.value))));
+        note_spans(spans, buf, parsed.headers);
         let head = buf.split_to(len).freeze();
         let mut connection = Connection::default();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for &((name_at, name_len), (value_at, value_len)) in spans.iter() {
-            let (name, value) =
-                field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
-            if connection.takes(&name, &value)? {
-                headers.append(name, value);
-            }
-        }
+        let headers = noted_fields(&head, spans, &mut connection)?;
         return Ok(Some(connection.head(status, version, headers, head_request)));
     }
 }
@@ -225,26 +215,17 @@ pub(crate) fn parse_request(
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Malformed("an invalid method"))?;
     let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let target = span(parsed.path.unwrap_or_default().as_bytes());
-    spans.clear();
-    spans.extend(parsed.headers.iter().map(|f| (span(f.name.as_bytes()), span(f.value))));
+    let path = parsed.path.unwrap_or_default().as_bytes();
+    let target_at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = target_at..target_at + path.len();
+    note_spans(spans, buf, parsed.headers);
     let head = buf.split_to(len).freeze();
-    let uri = http::Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
+    let uri = http::Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Malformed("an invalid request target"))?;
     let mut connection = Connection::default();
-    let mut expects_continue = false;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for &((name_at, name_len), (value_at, value_len)) in spans.iter() {
-        let (name, value) =
-            field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
-        expects_continue |=
-            name == http::header::EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        if connection.takes(&name, &value)? {
-            headers.append(name, value);
-        }
-    }
+    let headers = noted_fields(&head, spans, &mut connection)?;
+    let expects_continue =
+        headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let framing = match (connection.chunked, connection.length) {
         (Some(true), None) => Framing::Chunked,
         (Some(_), _) => return Err(Malformed("a request body whose length cannot be told")),
@@ -256,6 +237,33 @@ pub(crate) fn parse_request(
     let (mut parts, ()) = http::Request::new(()).into_parts();
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, headers);
     Ok(Some(RequestHead { parts, framing, keep_alive, expects_continue }))
+}
+
+/// Notes in `spans` where each of `parsed` fields lies in `buf` (which they borrow), so that
+/// the head can be taken off `buf` and the fields made slices of it (not copies).
+fn note_spans(spans: &mut Vec<FieldSpan>, buf: &[u8], parsed: &[httparse::Header<'_>]) {
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    spans.clear();
+    spans.extend(parsed.iter().map(|f| (span(f.name.as_bytes()), span(f.value))));
+}
+
+/// The fields `spans` notes in `head`, their values slices of it; `connection` takes the
+/// connection's own fields, which are left out.
+fn noted_fields(
+    head: &Bytes,
+    spans: &[FieldSpan],
+    connection: &mut Connection,
+) -> Result<HeaderMap, Malformed> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for &((name_at, name_len), (value_at, value_len)) in spans {
+        let (name, value) =
+            field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
+        if connection.takes(&name, &value)? {
+            headers.append(name, value);
+        }
+    }
+    Ok(headers)
 }
 
 /// Writes the status line and fields of a response into `out`, with `body`'s framing

@@ -159,13 +159,20 @@ async fn collisions_seen(db: &TestDb) -> i64 {
     sqlx::query_scalar("SELECT last_value FROM audit_collisions").fetch_one(&mut admin).await.unwrap()
 }
 
-#[tokio::test]
-async fn a_write_rolled_back_by_a_deadlock_runs_again_and_is_written_once() {
+/// A server with the mesh `shop`, an admin's API, and the next `collisions` audit writes
+/// failing as deadlocked.
+async fn shop_colliding(collisions: i64) -> (TestDb, Trellis, Api) {
     let db = TestDb::create().await;
     let t = start(db.owner_url(), &[]).await;
     let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
     assert_eq!(api.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
-    collide_on_audit(&db, 2).await;
+    collide_on_audit(&db, collisions).await;
+    (db, t, api)
+}
+
+#[tokio::test]
+async fn a_write_rolled_back_by_a_deadlock_runs_again_and_is_written_once() {
+    let (db, t, api) = shop_colliding(2).await;
 
     let service = json!({"spec": {"ports": [{"port": 8080, "protocol": "http"}]}});
     let (status, body) = api.put("/meshes/shop/services/ratings", &service).await;
@@ -183,11 +190,7 @@ async fn a_write_rolled_back_by_a_deadlock_runs_again_and_is_written_once() {
 
 #[tokio::test]
 async fn a_write_that_collides_on_every_run_is_a_503_to_retry_and_writes_nothing() {
-    let db = TestDb::create().await;
-    let t = start(db.owner_url(), &[]).await;
-    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Editor).await);
-    assert_eq!(api.put("/meshes/shop", &json!({"spec": {}})).await.0, 201);
-    collide_on_audit(&db, 1000).await;
+    let (db, _t, api) = shop_colliding(1000).await;
 
     let res = api
         .req(reqwest::Method::PUT, "/meshes/shop/services/ratings")
