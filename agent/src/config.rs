@@ -228,7 +228,9 @@ pub struct RequestView<'a> {
     /// The path without the query.
     pub path: &'a str,
     pub query: Option<&'a str>,
-    pub authority: Option<&'a str>,
+    /// The authority the URI has (HTTP/2, absolute form); without one, `Host` is looked up
+    /// when a rule asks (most routes match any host, and most policies ignore it).
+    pub(crate) uri_authority: Option<&'a str>,
     pub headers: &'a HeaderMap,
 }
 
@@ -239,18 +241,20 @@ impl<'a> RequestView<'a> {
             method: req.method(),
             path: req.uri().path(),
             query: req.uri().query(),
-            authority: authority(req),
+            uri_authority: req.uri().authority().map(http::uri::Authority::as_str),
             headers: req.headers(),
         }
+    }
+
+    /// The request's authority: the URI's, else its `Host`.
+    pub fn authority(&self) -> Option<&'a str> {
+        self.uri_authority.or_else(|| self.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
     }
 }
 
 /// A request's authority: the URI's (HTTP/2, absolute form), else its `Host`.
 pub fn authority<B>(req: &http::Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(http::uri::Authority::as_str)
-        .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()))
+    RequestView::of(req).authority()
 }
 
 impl RequestView<'_> {
@@ -263,7 +267,7 @@ impl RequestView<'_> {
                 Some(q) => format!("{}?{q}", self.path),
                 None => self.path.to_owned(),
             }),
-            ":authority" | "host" => self.authority.map(str::to_owned),
+            ":authority" | "host" => self.authority().map(str::to_owned),
             _ => {
                 let values: Vec<&str> =
                     self.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -322,18 +326,22 @@ impl Route {
 impl RouteTable {
     /// The first route that matches, in the first virtual host whose domains match.
     pub fn find(&self, req: &RequestView<'_>) -> Option<&Route> {
-        let host = req.authority.map(|a| a.rsplit_once(':').map_or(a, |(h, _)| h)).unwrap_or("");
         let vhost = self.hosts.iter().find(|v| {
-            v.domains.iter().any(|d| {
-                d == "*"
-                    || d.eq_ignore_ascii_case(host)
-                    || req.authority.is_some_and(|a| d.eq_ignore_ascii_case(a))
-                    || d.strip_prefix('*')
-                        .is_some_and(|s| host.to_ascii_lowercase().ends_with(&s.to_ascii_lowercase()))
-            })
+            v.domains.iter().any(|d| d == "*" || req.authority().is_some_and(|a| domain_matches(d, a)))
         })?;
         vhost.routes.iter().find(|r| r.matches(req))
     }
+}
+
+/// Whether a virtual host's domain (`*.example.com` a suffix) names `authority`, with or
+/// without its port.
+fn domain_matches(domain: &str, authority: &str) -> bool {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    domain.eq_ignore_ascii_case(host)
+        || domain.eq_ignore_ascii_case(authority)
+        || domain
+            .strip_prefix('*')
+            .is_some_and(|s| host.to_ascii_lowercase().ends_with(&s.to_ascii_lowercase()))
 }
 
 /// An RBAC filter: its rules, checked in filter order.
@@ -457,4 +465,35 @@ pub fn evaluate(filters: &[RbacFilter], peer: Option<&SpiffeId>, req: Option<&Re
         }
     }
     Verdict { denied: None, audited }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_virtual_host_s_domain_names_the_host_with_or_without_its_port() {
+        for (domain, authority, matches) in [
+            ("reviews.shop", "reviews.shop:9080", true),
+            ("reviews.shop:9080", "reviews.shop:9080", true),
+            ("Reviews.Shop", "reviews.shop", true),
+            ("reviews.shop:9090", "reviews.shop:9080", false),
+            ("*.shop", "reviews.SHOP:9080", true),
+            ("*.shop", "reviews.store", false),
+            ("ratings.shop", "reviews.shop", false),
+        ] {
+            assert_eq!(domain_matches(domain, authority), matches, "{domain} for {authority}");
+        }
+    }
+
+    #[test]
+    fn a_request_s_authority_is_its_uri_s_else_its_host() {
+        let mut req = http::Request::new(());
+        *req.uri_mut() = "/reviews/1".parse().unwrap();
+        assert_eq!(RequestView::of(&req).authority(), None);
+        req.headers_mut().insert(http::header::HOST, "reviews.shop:9080".parse().unwrap());
+        assert_eq!(RequestView::of(&req).authority(), Some("reviews.shop:9080"));
+        *req.uri_mut() = "http://ratings.shop:9080/ratings/1".parse().unwrap();
+        assert_eq!(RequestView::of(&req).authority(), Some("ratings.shop:9080"));
+    }
 }

@@ -67,7 +67,7 @@ fn id(service: &str) -> SpiffeId {
 }
 
 fn view<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
-    RequestView { method, path, query: None, authority: Some("reviews.shop:9080"), headers }
+    RequestView { method, path, query: None, uri_authority: Some("reviews.shop:9080"), headers }
 }
 
 #[test]

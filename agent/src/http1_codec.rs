@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// Largest head the agent takes, a request's, a response's or a trailer section (Envoy's
@@ -282,13 +282,15 @@ pub(crate) fn encode_response(
     out.push(b' ');
     out.extend_from_slice(head.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    let mut dated = false;
     for (name, value) in &head.headers {
         if !head_request && (name == CONTENT_LENGTH || name == TRANSFER_ENCODING) {
             continue;
         }
+        dated |= name == DATE;
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !head.headers.contains_key(http::header::DATE) {
+    if !dated {
         field(out, b"date", httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     }
     match body {

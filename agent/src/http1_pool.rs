@@ -223,10 +223,11 @@ impl Http1Pool {
     /// are closed on the way.
     fn idle_to(&self, to: &Destination) -> Option<Connection> {
         let mut idle = self.idle.lock().expect("not poisoned");
-        let now = Instant::now();
         // Kept in the order they became idle: those idle too long are a prefix.
-        let stale = idle.partition_point(|c| now.duration_since(c.since) >= self.max_idle_time);
-        idle.drain(..stale);
+        if let Some(oldest_kept) = Instant::now().checked_sub(self.max_idle_time) {
+            let stale = idle.partition_point(|c| c.since <= oldest_kept);
+            idle.drain(..stale);
+        }
         while let Some(i) = idle.iter().rposition(|c| c.conn.to == *to) {
             let mut conn = idle.remove(i).conn;
             if conn.still_open() {

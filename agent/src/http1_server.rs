@@ -30,6 +30,9 @@ use crate::http1_pool::Outgoing;
 
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
+/// Largest room for answers a connection keeps between them (most answers' heads and small
+/// bodies fit; a large answer's room is let go).
+const KEPT_WIRE: usize = 4 * 1024;
 
 /// Serves `io` with `answer` until the client closes the connection or asks to, sends
 /// something that is not HTTP/1.1 (answered 400, or 431 for a head past `MAX_HEAD_BYTES`),
@@ -48,7 +51,8 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut held = Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), spans: Vec::new() });
+    let mut held =
+        Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), spans: Vec::new(), wire: Vec::new() });
     // One timer and one wait for the drain for the connection's life, not one per request:
     // the timer is moved on only when it fires before a head is due, which is rare.
     let deadline = tokio::time::sleep(header_timeout);
@@ -64,10 +68,13 @@ where
         let conn = held.as_mut().expect("given back before the next request");
         let due = tokio::time::Instant::now() + header_timeout;
         let next = loop {
+            // The head first: most often it has arrived when the task is woken, and the
+            // other two are then not polled (a drain begun still closes the connection after
+            // this request's answer).
             tokio::select! {
                 biased;
-                () = &mut drained => return Ok(()),
                 next = conn.next_head() => break next,
+                () = &mut drained => return Ok(()),
                 () = &mut deadline => {
                     if tokio::time::Instant::now() >= due {
                         anyhow::bail!("no request head within {header_timeout:?}");
@@ -102,7 +109,7 @@ where
                 };
                 let (back, returned) = oneshot::channel();
                 let body = RequestBody { conn: held.take(), left, back: Some(back) };
-                (ServerBody::Streaming(body), Some(returned))
+                (ServerBody::Streaming(Box::new(body)), Some(returned))
             }
             Framing::Empty | Framing::UntilClose => (ServerBody::Whole(None), None),
         };
@@ -128,6 +135,9 @@ struct Conn<IO> {
     buf: BytesMut,
     /// Room to note where a head's fields lie, kept from one request to the next.
     spans: Vec<FieldSpan>,
+    /// Room for an answer's head and the body that leaves with it, kept from one answer to
+    /// the next unless a large one grew it.
+    wire: Vec<u8>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
@@ -193,7 +203,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         // Room for the head and a body small enough to leave with it.
         let ready = body.size_hint().exact().map_or(0, |n| n.min(16 * 1024) as usize);
         let mut outgoing = Outgoing::framed(body, framing);
-        let mut wire = Vec::with_capacity(512 + ready);
+        let mut wire = std::mem::take(&mut self.wire);
+        wire.reserve(512 + ready);
         http1_codec::encode_response(&mut wire, &head, framing, head_request, close);
         outgoing.take_ready(&mut wire).map_err(anyhow::Error::msg)?;
         self.send(&wire).await?;
@@ -203,6 +214,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             outgoing.encode(frame, &mut wire).map_err(anyhow::Error::msg)?;
             self.send(&wire).await?;
         }
+        if wire.capacity() <= KEPT_WIRE {
+            wire.clear();
+            self.wire = wire;
+        }
         Ok(!close)
     }
 }
@@ -210,7 +225,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 /// A request body: whole in what was read with its head (or none), or arriving.
 pub(crate) enum ServerBody<IO> {
     Whole(Option<Bytes>),
-    Streaming(RequestBody<IO>),
+    /// Boxed: it holds the connection, and the request is moved from call to call whole.
+    Streaming(Box<RequestBody<IO>>),
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for ServerBody<IO> {
@@ -220,7 +236,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for ServerBody<IO> {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         match self.get_mut() {
             ServerBody::Whole(whole) => Poll::Ready(whole.take().map(|b| Ok(Frame::data(b)))),
-            ServerBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+            ServerBody::Streaming(body) => Pin::new(body.as_mut()).poll_frame(cx),
         }
     }
 

@@ -19,6 +19,7 @@
 
 mod access_log;
 mod admin;
+mod body;
 mod cli;
 mod config;
 mod control;

@@ -19,8 +19,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -37,6 +36,7 @@ use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, 
 use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
+pub(crate) use crate::body::{Body, BoxError};
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
@@ -52,9 +52,6 @@ use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, R
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
 
-/// Why a body could not be read or written, whichever side it came from.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type Body = BoxBody<Bytes, BoxError>;
 type MeshClient = Client<MeshConnector, Body>;
 
 /// Longest a request waits for the routes of its listener to arrive.
@@ -700,9 +697,9 @@ impl Proxy {
             return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
-        let view = RequestView::of(&req);
         let mut audited = None;
         if inbound {
+            let view = RequestView::of(&req);
             let verdict = evaluate(access, peer, Some(&view));
             for rule in &verdict.audited {
                 tracing::info!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), path = %view.path, rule = %rule, "audit: an audit rule matched");
@@ -947,8 +944,7 @@ impl Proxy {
         };
         let Ok(client) = self.mesh_client(peer, c.h2) else { return false };
         let Ok(uri) = Uri::try_from(format!("http://{host}{path}")) else { return false };
-        let body: Body = http_body_util::Empty::new().map_err(|never| match never {}).boxed();
-        let mut req = Request::new(body);
+        let mut req = Request::new(Body::empty());
         *req.uri_mut() = uri;
         *req.version_mut() = if c.h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         client.request(req).await.is_ok_and(|r| policy.accepts(r.status().as_u16()))
@@ -987,8 +983,8 @@ impl Proxy {
             let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
             *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
-                (Some(b), _) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-                (None, Some(s)) => s.map_err(Into::into).boxed(),
+                (Some(b), _) => Body::whole(b.clone()),
+                (None, Some(s)) => Body::streaming(s),
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
             // The last try takes the head; one before it sends a copy.
@@ -1273,35 +1269,28 @@ impl Failure {
 
 /// An upstream response passed on: its host counts the request as in flight until the body
 /// has been read (a body read whole already is over).
-fn holding<B: Into<UpstreamBody>>(resp: Response<B>, host: HostRequest) -> Response<Body> {
+fn holding<B: Into<Body>>(resp: Response<B>, host: HostRequest) -> Response<Body> {
     resp.map(|body| match body.into() {
-        UpstreamBody::Whole(body) => body,
-        UpstreamBody::Streaming(body) => body
-            .map_frame(move |f| {
-                let _in_flight = &host;
-                f
-            })
-            .boxed(),
+        Body::Streaming(body) => Body::streaming(body.map_frame(move |f| {
+            let _in_flight = &host;
+            f
+        })),
+        whole => whole,
     })
 }
 
-/// A response body as `holding` sees it.
-enum UpstreamBody {
-    Whole(Body),
-    Streaming(Body),
-}
-
-impl From<ResponseBody> for UpstreamBody {
+impl From<ResponseBody> for Body {
     fn from(body: ResponseBody) -> Self {
-        let whole = matches!(body, ResponseBody::Whole(_));
-        let body = body.map_err(BoxError::from).boxed();
-        if whole { UpstreamBody::Whole(body) } else { UpstreamBody::Streaming(body) }
+        match body {
+            ResponseBody::Whole(data) => Body::Whole(data),
+            streaming => Body::streaming(streaming),
+        }
     }
 }
 
-impl From<H2Body> for UpstreamBody {
+impl From<H2Body> for Body {
     fn from(body: H2Body) -> Self {
-        UpstreamBody::Streaming(body.map_err(BoxError::from).boxed())
+        Body::streaming(body)
     }
 }
 
@@ -1392,9 +1381,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 /// A response made by the agent: plain text for HTTP, a trailers-only status for gRPC.
 pub(crate) fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
-    let body = |s: &str| Full::new(Bytes::from(s.to_owned())).map_err(|never| match never {}).boxed();
     if grpc {
-        let mut r = Response::new(body(""));
+        let mut r = Response::new(Body::empty());
         let h = r.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         h.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
@@ -1403,7 +1391,7 @@ pub(crate) fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message
         }
         return r;
     }
-    let mut r = Response::new(body(&format!("{message}\n")));
+    let mut r = Response::new(Body::whole(format!("{message}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -28,7 +27,7 @@ use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_nam
 
 use crate::cli::Capture;
 use crate::config::{Handler, Side, Target, authority};
-use crate::proxy::{Body, BoxError, CONNECT_TIMEOUT, Proxy, local_reply};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Proxy, local_reply};
 use crate::state::Config;
 
 /// How long the application may take to send its first bytes before a connection to a port
@@ -284,9 +283,8 @@ async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incomi
         Ok(uri) => uri,
         Err(e) => return local_reply(false, StatusCode::BAD_REQUEST, 3, &e.to_string()),
     };
-    let body = body.map_err(BoxError::from).boxed();
-    match proxy.local_client(h2).request(Request::from_parts(parts, body)).await {
-        Ok(resp) => resp.map(|b| b.map_err(BoxError::from).boxed()),
+    match proxy.local_client(h2).request(Request::from_parts(parts, Body::streaming(body))).await {
+        Ok(resp) => resp.map(Body::streaming),
         Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {e}")),
     }
 }
