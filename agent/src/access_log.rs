@@ -70,8 +70,8 @@ impl Outcome {
     }
 }
 
-/// What the data path learned about one request beyond its status, carried from where it
-/// is decided to where it is logged as an extension of the response.
+/// What the data path learned about one request beyond its status, handed back beside the
+/// response from where it is decided to where it is logged.
 #[derive(Debug, Clone, Default)]
 pub struct Note {
     pub denial: Option<Denial>,

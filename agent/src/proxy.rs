@@ -627,10 +627,9 @@ impl Proxy {
         let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let (method, uri, host) =
             (req.method().clone(), req.uri().clone(), req.headers().get(http::header::HOST).cloned());
-        let mut resp = self.handle(l, peer, req).await;
+        let (resp, note) = self.handle(l, peer, req).await;
         let took = started.elapsed();
         metrics.request(resp.status(), took);
-        let note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
         let call = CallHead { method, uri, host, status: resp.status() };
         self.log_call(l, peer, Some(call), None, time, took, note);
         resp
@@ -687,14 +686,15 @@ impl Proxy {
         l: &Listener,
         peer: Option<&SpiffeId>,
         req: Request<B>,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Note) {
         let grpc = req
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
         let Handler::Http { access, .. } = &l.handler else {
-            return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
+            let r = local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
+            return (r, Note::default());
         };
         let inbound = matches!(l.side, Side::Inbound { .. });
         let mut audited = None;
@@ -707,18 +707,12 @@ impl Proxy {
             audited = verdict.audited.into_iter().next();
             if let Some(rule) = verdict.denied {
                 tracing::warn!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), method = %view.method, path = %view.path, rule = %rule, "request denied");
-                let mut r = local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
-                r.extensions_mut().insert(Note { denial: Some(rule), audited, ..Default::default() });
-                return r;
+                let r = local_reply(grpc, StatusCode::FORBIDDEN, 7, "RBAC: access denied");
+                return (r, Note { denial: Some(rule), audited, ..Default::default() });
             }
         }
-        let mut resp = self.route(l, peer, req, grpc, inbound).await;
-        if audited.is_some() {
-            let mut note = resp.extensions_mut().remove::<Note>().unwrap_or_default();
-            note.audited = audited;
-            resp.extensions_mut().insert(note);
-        }
-        resp
+        let (resp, note) = self.route(l, peer, req, grpc, inbound).await;
+        (resp, Note { audited, ..note })
     }
 
     /// The RDS route table `name`. A listener can arrive before its routes (a restart, a
@@ -750,24 +744,30 @@ impl Proxy {
         req: Request<B>,
         grpc: bool,
         inbound: bool,
-    ) -> Response<Body> {
+    ) -> (Response<Body>, Note) {
+        let plain = |r| (r, Note::default());
         let Handler::Http { rate_limit, routes, forward_client_cert, fault, .. } = &l.handler else {
-            return local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener");
+            return plain(local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener"));
         };
         let view = RequestView::of(&req);
         if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
             tracing::info!(listener = %l.name, "rate limited");
-            return local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit");
+            return plain(local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit"));
         }
         let table = match routes {
             RouteSource::Inline(t) => Some(t.clone()),
             RouteSource::Rds(name) => self.route_table(name).await,
         };
         let Some(table) = table else {
-            return local_reply(grpc, StatusCode::SERVICE_UNAVAILABLE, 14, "no route configuration yet");
+            return plain(local_reply(
+                grpc,
+                StatusCode::SERVICE_UNAVAILABLE,
+                14,
+                "no route configuration yet",
+            ));
         };
         let Some(route) = table.find(&view) else {
-            return local_reply(grpc, StatusCode::NOT_FOUND, 12, "no route matches");
+            return plain(local_reply(grpc, StatusCode::NOT_FOUND, 12, "no route matches"));
         };
         // Faults, as Envoy's fault filter injects them before the router: the route's own
         // config overrides the filter's, and there are none without the filter.
@@ -784,18 +784,17 @@ impl Proxy {
                 Abort::Http(s) => (s, grpc_code_of(s)),
                 Abort::Grpc(c) => (StatusCode::OK, c),
             };
-            let mut r =
-                local_reply(grpc || matches!(abort, Abort::Grpc(_)), status, code, "fault filter abort");
+            let r = local_reply(grpc || matches!(abort, Abort::Grpc(_)), status, code, "fault filter abort");
             // The cluster the route chose names the destination, as in Envoy's log of an abort.
             let roll = rand::rng().random_range(0..route.total_weight().max(1));
-            r.extensions_mut().insert(Note {
+            let note = Note {
                 cluster: (!inbound).then(|| route.pick(roll).to_owned()),
                 detail: Some("fault filter abort".into()),
                 fault_injected: true,
                 delay_injected: injected.delay.is_some(),
                 ..Default::default()
-            });
-            return r;
+            };
+            return (r, note);
         }
         let delay_injected = injected.delay.is_some();
         let (mut parts, body) = req.into_parts();
@@ -821,7 +820,12 @@ impl Proxy {
                 match http_body_util::Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
                     Ok(b) => Ok(b.to_bytes()),
                     Err(_) => {
-                        return local_reply(grpc, StatusCode::BAD_REQUEST, 3, "request body unreadable");
+                        return plain(local_reply(
+                            grpc,
+                            StatusCode::BAD_REQUEST,
+                            3,
+                            "request body unreadable",
+                        ));
                     }
                 }
             }
@@ -841,25 +845,13 @@ impl Proxy {
         // Outbound, the cluster names the destination in the access log.
         let cluster = (!inbound).then(|| tried.map(str::to_owned)).flatten();
         match outcome {
-            Ok(mut resp) => {
-                if cluster.is_some() || delay_injected {
-                    resp.extensions_mut().insert(Note { cluster, delay_injected, ..Default::default() });
-                }
-                resp
-            }
+            Ok(resp) => (resp, Note { cluster, delay_injected, ..Default::default() }),
             Err((status, why)) => {
                 tracing::warn!(direction = if inbound { "inbound" } else { "outbound" }, listener = %l.name, route = %route.name, %status, error = %why, "request failed");
                 let timed_out = status == StatusCode::GATEWAY_TIMEOUT;
                 let code = if timed_out { 4 } else { 14 };
-                let mut r = local_reply(grpc, status, code, &why);
-                r.extensions_mut().insert(Note {
-                    cluster,
-                    detail: Some(why),
-                    timed_out,
-                    delay_injected,
-                    ..Default::default()
-                });
-                r
+                let r = local_reply(grpc, status, code, &why);
+                (r, Note { cluster, detail: Some(why), timed_out, delay_injected, ..Default::default() })
             }
         }
     }

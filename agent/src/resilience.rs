@@ -8,6 +8,7 @@
 //! each host's requests in flight until their responses end). A local rate limit is a token
 //! bucket per inbound listener.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -141,6 +142,9 @@ impl ClusterHealth {
 
     /// One of `usable` (not empty) for a request, as `lb` balances.
     pub fn choose(&self, lb: LbPolicy, usable: &[SocketAddr]) -> SocketAddr {
+        if let [only] = usable {
+            return *only;
+        }
         let outstanding: Vec<u32> = {
             let state = self.hosts.lock().expect("not poisoned");
             usable.iter().map(|h| state.get(h).map_or(0, |s| s.active)).collect()
@@ -156,15 +160,18 @@ impl ClusterHealth {
         HostRequest { health: self.clone(), host }
     }
 
-    /// The hosts not ejected at `now`; all of them when every one is.
-    pub fn usable(&self, hosts: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
+    /// The hosts not ejected at `now`; all of them when every one is (or none is, the
+    /// usual case, which copies nothing).
+    pub fn usable<'h>(&self, hosts: &'h [SocketAddr], now: Instant) -> Cow<'h, [SocketAddr]> {
         let state = self.hosts.lock().expect("not poisoned");
-        let up: Vec<SocketAddr> = hosts
-            .iter()
-            .copied()
-            .filter(|h| state.get(h).is_none_or(|s| !s.failing && s.ejected_until.is_none_or(|t| t <= now)))
-            .collect();
-        if up.is_empty() { hosts.to_vec() } else { up }
+        let up = |h: &SocketAddr| {
+            state.get(h).is_none_or(|s| !s.failing && s.ejected_until.is_none_or(|t| t <= now))
+        };
+        if hosts.iter().all(up) {
+            return Cow::Borrowed(hosts);
+        }
+        let up: Vec<SocketAddr> = hosts.iter().copied().filter(up).collect();
+        if up.is_empty() { Cow::Borrowed(hosts) } else { Cow::Owned(up) }
     }
 
     /// What the proxy sees of `hosts` at `now`, as Envoy's cluster gauges count it: an
@@ -296,17 +303,17 @@ mod tests {
         assert!(!health.record(&POLICY, a, true, 2, t0));
         assert!(!health.record(&POLICY, a, true, 2, t0));
         assert!(health.record(&POLICY, a, true, 2, t0), "third failure in a row");
-        assert_eq!(health.usable(&[a, b], t0), [b]);
+        assert_eq!(*health.usable(&[a, b], t0), [b]);
         // No more than half of two hosts: b stays in whatever it does.
         for _ in 0..5 {
             assert!(!health.record(&POLICY, b, true, 2, t0));
         }
-        assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(31)), [a, b], "back after 30 s");
+        assert_eq!(*health.usable(&[a, b], t0 + Duration::from_secs(31)), [a, b], "back after 30 s");
         for _ in 0..3 {
             health.record(&POLICY, a, true, 2, t0 + Duration::from_secs(31));
         }
-        assert_eq!(health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
-        assert_eq!(health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
+        assert_eq!(*health.usable(&[a, b], t0 + Duration::from_secs(80)), [b], "60 s the second time");
+        assert_eq!(*health.usable(&[a], t0 + Duration::from_secs(80)), [a], "all out: all in");
         let seen = health.membership(&[a, b], t0 + Duration::from_secs(80));
         assert_eq!(seen, Membership { total: 2, healthy: 1, degraded: 0, ejected: 1 });
         let back = health.membership(&[a, b], t0 + Duration::from_secs(92));
@@ -330,7 +337,7 @@ mod tests {
         assert_eq!(health.checked(&policy, a, false), None);
         assert_eq!(health.checked(&policy, a, false), None);
         assert_eq!(health.checked(&policy, a, false), Some(true), "three failures");
-        assert_eq!(health.usable(&[a, b], now), [b]);
+        assert_eq!(*health.usable(&[a, b], now), [b]);
         let seen = health.membership(&[a, b], now);
         assert_eq!(
             (seen.total, seen.healthy, seen.ejected, seen.unhealthy()),
@@ -339,7 +346,7 @@ mod tests {
         );
         assert_eq!(health.checked(&policy, a, true), None);
         assert_eq!(health.checked(&policy, a, true), Some(false), "two passes");
-        assert_eq!(health.usable(&[a, b], now), [a, b]);
+        assert_eq!(*health.usable(&[a, b], now), [a, b]);
         assert!(policy.accepts(200) && !policy.accepts(204));
         let ranged = HealthCheckPolicy { expected: vec![(200, 300)], ..policy };
         assert!(ranged.accepts(204) && !ranged.accepts(503));

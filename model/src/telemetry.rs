@@ -34,23 +34,16 @@ pub fn bucket_upper_bounds_ms() -> Vec<f64> {
     (0..FINITE_BUCKETS).map(bucket_upper_bound_ms).collect()
 }
 
-/// The bucket a duration of `ms` milliseconds falls in (`ms ≤ upper bound`).
+/// The bucket a duration of `ms` milliseconds falls in (`ms ≤ upper bound`): the first whose
+/// bound is not below it, searched among the bounds computed once (proxies call this for every
+/// request).
 pub fn bucket_of_ms(ms: f64) -> usize {
-    if ms.is_nan() || ms <= bucket_upper_bound_ms(0) {
+    static BOUNDS: std::sync::LazyLock<[f64; FINITE_BUCKETS]> =
+        std::sync::LazyLock::new(|| std::array::from_fn(bucket_upper_bound_ms));
+    if ms.is_nan() {
         return 0;
     }
-    // Computed by logarithm, then corrected by comparing with the exact bounds (the
-    // logarithm may land one off at a bound).
-    let guess =
-        ((ms.log2() * f64::from(STEPS_PER_DOUBLING)).ceil() as i64).saturating_sub(i64::from(FIRST_EXPONENT));
-    let mut i = guess.clamp(0, FINITE_BUCKETS as i64) as usize;
-    while i < FINITE_BUCKETS && ms > bucket_upper_bound_ms(i) {
-        i += 1;
-    }
-    while i > 0 && i <= FINITE_BUCKETS && ms <= bucket_upper_bound_ms(i - 1) {
-        i -= 1;
-    }
-    i
+    BOUNDS.partition_point(|bound| ms > *bound)
 }
 
 /// Latency as counts per fixed bucket. Merging is adding; nothing is ever interpolated away.
