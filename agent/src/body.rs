@@ -24,8 +24,10 @@ impl Body {
         Body::Whole(None)
     }
 
+    /// `data` as the whole body; no bytes at all are no body.
     pub(crate) fn whole(data: impl Into<Bytes>) -> Body {
-        Body::Whole(Some(data.into()))
+        let data = data.into();
+        Body::Whole((!data.is_empty()).then_some(data))
     }
 
     /// `body` as it comes; one that has ended already is held as none.
@@ -63,5 +65,38 @@ impl hyper::body::Body for Body {
             Body::Whole(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Streaming(body) => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Body as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_whole_body_is_one_frame_of_its_exact_size_and_nothing_is_no_body() {
+        let body = Body::whole("hello");
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert!(!body.is_end_stream());
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+        for nothing in [Body::whole(""), Body::empty(), Body::streaming(Full::new(Bytes::new()))] {
+            assert!(nothing.is_end_stream(), "ended before a frame: HTTP/2 sends END_STREAM on the head");
+            assert_eq!(nothing.size_hint().exact(), Some(0));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streaming_body_passes_its_frames_and_trailers_on() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames =
+            [Ok::<_, BoxError>(Frame::data(Bytes::from("a"))), Ok(Frame::trailers(trailers.clone()))];
+        let body = Body::streaming(StreamBody::new(tokio_stream::iter(frames)));
+        assert!(matches!(body, Body::Streaming(_)));
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "a");
     }
 }

@@ -23,6 +23,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
+use crate::body::Body;
 use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
 };
@@ -46,7 +47,7 @@ pub(crate) async fn serve<IO, F, Fut, B>(
 ) -> anyhow::Result<()>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
-    F: FnMut(Request<ServerBody<IO>>) -> Fut,
+    F: FnMut(Request<Body>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -97,7 +98,7 @@ where
         let (version, head_request) = (parts.version, parts.method == Method::HEAD);
         let (body, lent) = match framing {
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
-                (ServerBody::Whole(Some(conn.buf.split_to(n as usize).freeze())), None)
+                (Body::whole(conn.buf.split_to(n as usize).freeze()), None)
             }
             Framing::Length(_) | Framing::Chunked => {
                 if expects_continue {
@@ -109,9 +110,9 @@ where
                 };
                 let (back, returned) = oneshot::channel();
                 let body = RequestBody { conn: held.take(), left, back: Some(back) };
-                (ServerBody::Streaming(Box::new(body)), Some(returned))
+                (Body::streaming(body), Some(returned))
             }
-            Framing::Empty | Framing::UntilClose => (ServerBody::Whole(None), None),
+            Framing::Empty | Framing::UntilClose => (Body::empty(), None),
         };
         let response = answer(Request::from_parts(parts, body)).await;
         if let Some(returned) = lent {
@@ -222,39 +223,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     }
 }
 
-/// A request body: whole in what was read with its head (or none), or arriving.
-pub(crate) enum ServerBody<IO> {
-    Whole(Option<Bytes>),
-    /// Boxed: it holds the connection, and the request is moved from call to call whole.
-    Streaming(Box<RequestBody<IO>>),
-}
-
-impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for ServerBody<IO> {
-    type Data = Bytes;
-    type Error = io::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        match self.get_mut() {
-            ServerBody::Whole(whole) => Poll::Ready(whole.take().map(|b| Ok(Frame::data(b)))),
-            ServerBody::Streaming(body) => Pin::new(body.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ServerBody::Whole(whole) => whole.is_none(),
-            ServerBody::Streaming(body) => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ServerBody::Whole(whole) => SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64)),
-            ServerBody::Streaming(body) => body.size_hint(),
-        }
-    }
-}
-
 /// A request body read from the client's connection as it is taken.
 pub(crate) struct RequestBody<IO> {
     /// `None` once the body has ended or failed (the connection was given back).
@@ -344,7 +312,7 @@ mod tests {
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
     type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
-    async fn echo(req: Request<ServerBody<TcpStream>>) -> Response<Body> {
+    async fn echo(req: Request<crate::body::Body>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let answer = match parts.uri.path() {
             // Answers without reading the body.

@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -36,7 +36,7 @@ use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, 
 use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
-pub(crate) use crate::body::{Body, BoxError};
+pub(crate) use crate::body::Body;
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
@@ -368,7 +368,7 @@ impl Proxy {
         let listener = target.as_ref().and_then(|name| self.state.config().listeners.get(name).cloned());
         match listener {
             Some(l) if matches!(l.handler, Handler::Http { .. }) => {
-                self.request(&l, None, &self.peer_metrics(&l, None), req).await
+                self.request(&l, None, &self.peer_metrics(&l, None), req.map(Body::streaming)).await
             }
             _ => local_reply(
                 false,
@@ -617,12 +617,12 @@ impl Proxy {
     }
 
     /// Handles one request, counts it in `metrics`, and logs it when the access log keeps it.
-    pub(crate) async fn request<B: Downward>(
+    pub(crate) async fn request(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
         metrics: &PeerMetrics,
-        req: Request<B>,
+        req: Request<Body>,
     ) -> Response<Body> {
         let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
         let (method, uri, host) =
@@ -681,11 +681,11 @@ impl Proxy {
         });
     }
 
-    async fn handle<B: Downward>(
+    async fn handle(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        req: Request<B>,
+        req: Request<Body>,
     ) -> (Response<Body>, Note) {
         let grpc = req
             .headers()
@@ -737,11 +737,11 @@ impl Proxy {
     }
 
     /// Past access control: the rate limit, the route, and the upstream tries.
-    async fn route<B: Downward>(
+    async fn route(
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        req: Request<B>,
+        req: Request<Body>,
         grpc: bool,
         inbound: bool,
     ) -> (Response<Body>, Note) {
@@ -955,11 +955,11 @@ impl Proxy {
 
     /// Sends the request, trying again as the route's retry policy says when the body can
     /// be sent again.
-    async fn attempts<'r, B: Downward>(
+    async fn attempts<'r>(
         &self,
         route: &'r crate::config::Route,
         parts: http::request::Parts,
-        body: Result<Bytes, B>,
+        body: Result<Bytes, Body>,
         tried: &mut Option<&'r str>,
     ) -> Result<Response<Body>, (StatusCode, String)> {
         let total = route.total_weight();
@@ -976,7 +976,7 @@ impl Proxy {
             *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
                 (Some(b), _) => Body::whole(b.clone()),
-                (None, Some(s)) => Body::streaming(s),
+                (None, Some(s)) => s,
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
             // The last try takes the head; one before it sends a copy.
@@ -1162,26 +1162,14 @@ struct Downstream {
 }
 
 impl Downstream {
-    async fn answer<B: Downward>(self: Arc<Self>, req: Request<B>) -> Response<Body> {
+    async fn answer(self: Arc<Self>, req: Request<Body>) -> Response<Body> {
         self.proxy.request(&self.listener, self.peer.as_ref(), &self.metrics, req).await
     }
 
     /// `answer` as hyper's servers call it.
     async fn answer_hyper(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        Ok(self.answer(req).await)
+        Ok(self.answer(req.map(Body::streaming)).await)
     }
-}
-
-/// A request body as a server hands it to the proxy: hyper's, or the agent's own HTTP/1.1
-/// server's.
-pub(crate) trait Downward:
-    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
-{
-}
-
-impl<B> Downward for B where
-    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
-{
 }
 
 /// The HTTP version of a connection, told before it is served.

@@ -267,7 +267,7 @@ async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<s
             let listener = name.and_then(|n| proxy.config().listeners.get(&n).cloned());
             Ok::<_, Infallible>(match listener {
                 Some(l) if matches!(l.handler, Handler::Http { .. }) => {
-                    proxy.request(&l, None, &proxy.peer_metrics(&l, None), req).await
+                    proxy.request(&l, None, &proxy.peer_metrics(&l, None), req.map(Body::streaming)).await
                 }
                 _ => passthrough_request(&proxy, dst, req).await,
             })
