@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -23,8 +24,6 @@ use trellis_xds_server::{
     AdsOptions, AdsService, IdentityService, Ledger, SnapshotOptions, Snapshots, TelemetryOptions,
     TelemetryService, XdsMetrics,
 };
-
-use std::time::Duration;
 
 use crate::Database;
 use crate::config::Serve;

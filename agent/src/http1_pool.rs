@@ -19,11 +19,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use trellis_ca::SpiffeId;
 
+use crate::body::Body;
 use crate::http1_codec::{self, ChunkedDecoder, Framing, MAX_HEAD_BYTES, Remaining, ResponseHead, Step};
 
 /// Idle connections kept at most; one finishing past it is closed.
@@ -190,9 +191,9 @@ impl Http1Pool {
         to: Destination,
         connect: impl FnOnce() -> C,
         req: Request<B>,
-    ) -> Result<Response<ResponseBody>, PoolError>
+    ) -> Result<Response<Body>, PoolError>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: hyper::body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
         C: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
@@ -239,17 +240,13 @@ impl Http1Pool {
 
     /// The response whose head was read on `conn`: its body read whole when small, else
     /// carried by the body, which frees the connection when it ends.
-    async fn respond(
-        &self,
-        mut conn: Connection,
-        head: ResponseHead,
-    ) -> Result<Response<ResponseBody>, PoolError> {
+    async fn respond(&self, mut conn: Connection, head: ResponseHead) -> Result<Response<Body>, PoolError> {
         let ResponseHead { status, headers, framing, keep_alive } = head;
         conn.keep_alive &= keep_alive;
         let body = match framing {
             Framing::Empty => {
                 release(&self.idle, conn);
-                ResponseBody::Whole(None)
+                Body::empty()
             }
             Framing::Length(n) if n <= GATHERED_BODY => {
                 let n = n as usize;
@@ -266,13 +263,13 @@ impl Http1Pool {
                 }
                 let whole = conn.buf.split_to(n).freeze();
                 release(&self.idle, conn);
-                ResponseBody::Whole(Some(whole))
+                Body::whole(whole)
             }
-            Framing::Length(n) => ResponseBody::streaming(conn, Remaining::Length(n), &self.idle),
+            Framing::Length(n) => Streaming::body(conn, Remaining::Length(n), &self.idle),
             Framing::Chunked => {
-                ResponseBody::streaming(conn, Remaining::Chunked(ChunkedDecoder::default()), &self.idle)
+                Streaming::body(conn, Remaining::Chunked(ChunkedDecoder::default()), &self.idle)
             }
-            Framing::UntilClose => ResponseBody::streaming(conn, Remaining::UntilClose, &self.idle),
+            Framing::UntilClose => Streaming::body(conn, Remaining::UntilClose, &self.idle),
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -306,7 +303,7 @@ async fn exchange<B>(
     head_request: bool,
 ) -> Result<ResponseHead, Failed>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let failed = |conn: &Connection, why: String| Failed { answered: !conn.buf.is_empty(), why };
@@ -374,7 +371,7 @@ pub(crate) struct Outgoing<B> {
 
 impl<B> Outgoing<B>
 where
-    B: Body<Data = Bytes> + Unpin,
+    B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     /// Framed by its length when it is known, else in chunks.
@@ -466,13 +463,8 @@ where
     }
 }
 
-/// A response body from an upstream: read whole already, or read from its connection as it
-/// is taken, the connection going back to the idle list when the body ends.
-pub(crate) enum ResponseBody {
-    Whole(Option<Bytes>),
-    Streaming(Box<Streaming>),
-}
-
+/// A response body read from its connection as it is taken, the connection going back to the
+/// idle list when the body ends (a body small enough is read whole with its head instead).
 pub(crate) struct Streaming {
     /// `None` once the body has ended (or failed).
     conn: Option<Connection>,
@@ -480,13 +472,11 @@ pub(crate) struct Streaming {
     idle: Weak<IdleList>,
 }
 
-impl ResponseBody {
-    fn streaming(conn: Connection, left: Remaining, idle: &Arc<IdleList>) -> Self {
-        ResponseBody::Streaming(Box::new(Streaming { conn: Some(conn), left, idle: Arc::downgrade(idle) }))
-    }
-}
-
 impl Streaming {
+    fn body(conn: Connection, left: Remaining, idle: &Arc<IdleList>) -> Body {
+        Body::streaming(Streaming { conn: Some(conn), left, idle: Arc::downgrade(idle) })
+    }
+
     fn finish(&mut self) {
         if let (Some(conn), Some(idle)) = (self.conn.take(), self.idle.upgrade()) {
             release(&idle, conn);
@@ -526,29 +516,20 @@ impl Streaming {
     }
 }
 
-impl Body for ResponseBody {
+impl hyper::body::Body for Streaming {
     type Data = Bytes;
     type Error = io::Error;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
-        match self.get_mut() {
-            ResponseBody::Whole(whole) => Poll::Ready(whole.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Streaming(s) => s.poll_next(cx),
-        }
+        self.get_mut().poll_next(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Whole(whole) => whole.is_none(),
-            ResponseBody::Streaming(s) => s.conn.is_none(),
-        }
+        self.conn.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Whole(whole) => SizeHint::with_exact(whole.as_ref().map_or(0, |b| b.len() as u64)),
-            ResponseBody::Streaming(s) => s.left.size_hint(s.conn.is_some()),
-        }
+        self.left.size_hint(self.conn.is_some())
     }
 }
 
@@ -560,6 +541,7 @@ pub(crate) mod tests {
     use http::{HeaderMap, StatusCode};
     use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use hyper::body::Body as _;
     use hyper_util::rt::TokioIo;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -603,13 +585,13 @@ pub(crate) mod tests {
         Ok(Box::new(tcp))
     }
 
-    async fn send(pool: &Http1Pool, req: Request<TestBody>) -> Result<Response<ResponseBody>, PoolError> {
+    async fn send(pool: &Http1Pool, req: Request<TestBody>) -> Result<Response<Body>, PoolError> {
         let addr = req.headers()[http::header::HOST].to_str().unwrap().parse().unwrap();
         pool.send(plain(addr), || tcp(addr), req).await
     }
 
     /// The body and trailers of a response.
-    async fn read(resp: Response<ResponseBody>) -> (String, Option<HeaderMap>) {
+    async fn read(resp: Response<Body>) -> (String, Option<HeaderMap>) {
         let collected = resp.into_body().collect().await.unwrap();
         let trailers = collected.trailers().cloned();
         (String::from_utf8_lossy(&collected.to_bytes()).into_owned(), trailers)
@@ -792,7 +774,7 @@ pub(crate) mod tests {
         assert_eq!(read(resp).await.0, "one two three");
 
         let big = send(&pool, request(Method::GET, "/big", addr, empty())).await.unwrap();
-        assert!(matches!(big.body(), ResponseBody::Streaming(_)), "past 16 KiB a body streams");
+        assert!(matches!(big.body(), Body::Streaming(_)), "past 16 KiB a body streams");
         assert_eq!(big.body().size_hint().exact(), Some(100 * 1024));
         assert_eq!(read(big).await.0.len(), 100 * 1024);
 

@@ -44,7 +44,7 @@ use crate::config::{
 };
 use crate::h2_pool::{H2Body, H2Pool};
 use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
-use crate::http1_pool::{Destination, Http1Pool, PoolError, ResponseBody, Upstream};
+use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
 use crate::http1_server;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
@@ -1257,15 +1257,6 @@ fn holding<B: Into<Body>>(resp: Response<B>, host: HostRequest) -> Response<Body
         })),
         whole => whole,
     })
-}
-
-impl From<ResponseBody> for Body {
-    fn from(body: ResponseBody) -> Self {
-        match body {
-            ResponseBody::Whole(data) => Body::Whole(data),
-            streaming => Body::streaming(streaming),
-        }
-    }
 }
 
 impl From<H2Body> for Body {

@@ -28,18 +28,19 @@ pub fn bucket_upper_bound_ms(i: usize) -> f64 {
     2f64.powf(f64::from(FIRST_EXPONENT + i as i32) / f64::from(STEPS_PER_DOUBLING))
 }
 
+/// Every finite upper bound, smallest first, computed once.
+static BOUNDS: std::sync::LazyLock<[f64; FINITE_BUCKETS]> =
+    std::sync::LazyLock::new(|| std::array::from_fn(bucket_upper_bound_ms));
+
 /// Every finite upper bound, smallest first: what a proxy configures its histogram with so
 /// that its buckets are exactly ours.
 pub fn bucket_upper_bounds_ms() -> Vec<f64> {
-    (0..FINITE_BUCKETS).map(bucket_upper_bound_ms).collect()
+    BOUNDS.to_vec()
 }
 
 /// The bucket a duration of `ms` milliseconds falls in (`ms ≤ upper bound`): the first whose
-/// bound is not below it, searched among the bounds computed once (proxies call this for every
-/// request).
+/// bound is not below it (proxies call this for every request).
 pub fn bucket_of_ms(ms: f64) -> usize {
-    static BOUNDS: std::sync::LazyLock<[f64; FINITE_BUCKETS]> =
-        std::sync::LazyLock::new(|| std::array::from_fn(bucket_upper_bound_ms));
     if ms.is_nan() {
         return 0;
     }
