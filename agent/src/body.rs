@@ -10,6 +10,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, SizeHint};
 
+use crate::upgrade::Switched;
+
 /// Why a body could not be read or written, whichever side it came from.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -17,6 +19,9 @@ pub(crate) enum Body {
     /// All of it (`None`: no body, or taken already).
     Whole(Option<Bytes>),
     Streaming(BoxBody<Bytes, BoxError>),
+    /// An upstream's `101 Switching Protocols` has no body; what follows it on its
+    /// connection is the protocol switched to, handed back with it.
+    Switched(Box<Switched>),
 }
 
 impl Body {
@@ -50,6 +55,7 @@ impl hyper::body::Body for Body {
         match self.get_mut() {
             Body::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Body::Switched(_) => Poll::Ready(None),
         }
     }
 
@@ -57,6 +63,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Whole(data) => data.is_none(),
             Body::Streaming(body) => body.is_end_stream(),
+            Body::Switched(_) => true,
         }
     }
 
@@ -64,6 +71,7 @@ impl hyper::body::Body for Body {
         match self {
             Body::Whole(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Streaming(body) => body.size_hint(),
+            Body::Switched(_) => SizeHint::with_exact(0),
         }
     }
 }

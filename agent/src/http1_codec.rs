@@ -6,7 +6,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
 /// Largest head the agent takes, a request's, a response's or a trailer section (Envoy's
@@ -35,8 +35,13 @@ pub(crate) enum Framing {
 
 /// Writes the request line and headers of `head`, with `body`'s framing, into `out`. The
 /// target is the path and query (origin form); `Content-Length` and `Transfer-Encoding` are
-/// the framing's, not the request's.
-pub(crate) fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: Framing) {
+/// the framing's, not the request's; `upgrade`, a protocol to ask to switch to.
+pub(crate) fn encode_request(
+    out: &mut Vec<u8>,
+    head: &http::request::Parts,
+    body: Framing,
+    upgrade: Option<&HeaderValue>,
+) {
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
@@ -55,6 +60,10 @@ pub(crate) fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, bod
         }
         Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}
+    }
+    if let Some(protocol) = upgrade {
+        field(out, b"connection", b"upgrade");
+        field(out, b"upgrade", protocol.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -108,8 +117,8 @@ pub(crate) fn last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
     pub status: StatusCode,
-    /// Connection-specific fields (`Connection`, `Transfer-Encoding`, `Keep-Alive`) removed:
-    /// they were this connection's.
+    /// Connection-specific fields (`Connection`, `Transfer-Encoding`, `Keep-Alive` and any
+    /// that `Connection` names) removed: they were this connection's.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
@@ -122,6 +131,7 @@ pub(crate) struct ResponseHead {
 pub(crate) fn parse_response(
     buf: &mut BytesMut,
     head_request: bool,
+    upgrading: bool,
     spans: &mut Vec<FieldSpan>,
 ) -> Result<Option<ResponseHead>, Malformed> {
     loop {
@@ -130,7 +140,7 @@ pub(crate) fn parse_response(
         let code = parsed.code.ok_or(Malformed("no status"))?;
         let status = StatusCode::from_u16(code).map_err(|_| Malformed("an invalid status code"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        if status == StatusCode::SWITCHING_PROTOCOLS {
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrading {
             return Err(Malformed("a protocol switch the agent did not ask for"));
         }
         if interim(code) {
@@ -142,7 +152,15 @@ pub(crate) fn parse_response(
         note_spans(spans, buf, parsed.headers);
         let head = buf.split_to(len).freeze();
         let mut connection = Connection::default();
-        let headers = noted_fields(&head, spans, &mut connection)?;
+        let mut headers = noted_fields(&head, spans, &mut connection)?;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            // What follows is no longer HTTP: the protocol switched to, which `Upgrade` names.
+            if !connection.upgrade || !headers.contains_key(UPGRADE) {
+                return Err(Malformed("a 101 without Connection: upgrade and Upgrade"));
+            }
+            return Ok(Some(ResponseHead { status, headers, framing: Framing::Empty, keep_alive: false }));
+        }
+        connection.without_named(&mut headers);
         return Ok(Some(connection.head(status, version, headers, head_request)));
     }
 }
@@ -180,13 +198,15 @@ fn read_head<'h, 'b>(
 #[derive(Debug)]
 pub(crate) struct RequestHead {
     /// Method, target, version and fields; the connection's own fields (`Connection`,
-    /// `Transfer-Encoding`, `Keep-Alive`) removed.
+    /// `Transfer-Encoding`, `Keep-Alive` and any that `Connection` names) removed.
     pub parts: http::request::Parts,
     pub framing: Framing,
     /// Whether the connection may carry another request after this one.
     pub keep_alive: bool,
     /// The client waits for `100 Continue` before it sends the body.
     pub expects_continue: bool,
+    /// The protocol the client asks to switch to (`Connection: upgrade` and `Upgrade`).
+    pub upgrade: Option<HeaderValue>,
 }
 
 /// Where a field's name and value lie in a head: (start, length) of each.
@@ -195,7 +215,8 @@ pub(crate) type FieldSpan = ((usize, usize), (usize, usize));
 /// Takes the next request head off the front of `buf`, or `None` while it is incomplete;
 /// `spans` is room the caller keeps between heads, so that reading one allocates nothing.
 /// A request whose body length cannot be told (a transfer coding other than chunked last,
-/// or both framings, a way to smuggle one request inside another) is refused.
+/// both framings — a way to smuggle one request inside another — or a transfer coding in
+/// HTTP/1.0), or whose `Host` is missing in HTTP/1.1, repeated or invalid, is refused.
 pub(crate) fn parse_request(
     buf: &mut BytesMut,
     spans: &mut Vec<FieldSpan>,
@@ -223,7 +244,22 @@ pub(crate) fn parse_request(
     let uri = http::Uri::from_maybe_shared(head.slice(target))
         .map_err(|_| Malformed("an invalid request target"))?;
     let mut connection = Connection::default();
-    let headers = noted_fields(&head, spans, &mut connection)?;
+    let mut headers = noted_fields(&head, spans, &mut connection)?;
+    let upgrade = connection.upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
+    connection.without_named(&mut headers);
+    // RFC 9112 §3.2: one Host in an HTTP/1.1 request, never two, and a valid one.
+    match connection.hosts {
+        0 if version == Version::HTTP_11 => return Err(Malformed("an HTTP/1.1 request without Host")),
+        0 | 1 => {}
+        _ => return Err(Malformed("more than one Host")),
+    }
+    if headers.get(HOST).is_some_and(|h| !h.as_bytes().iter().all(|b| host_byte(*b))) {
+        return Err(Malformed("an invalid Host"));
+    }
+    // RFC 9112 §6.1: an HTTP/1.0 message's transfer coding is no framing to trust.
+    if connection.chunked.is_some() && version == Version::HTTP_10 {
+        return Err(Malformed("a Transfer-Encoding in an HTTP/1.0 request"));
+    }
     let expects_continue =
         headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let framing = match (connection.chunked, connection.length) {
@@ -236,7 +272,7 @@ pub(crate) fn parse_request(
     let keep_alive = !connection.close && version == Version::HTTP_11;
     let (mut parts, ()) = http::Request::new(()).into_parts();
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, headers);
-    Ok(Some(RequestHead { parts, framing, keep_alive, expects_continue }))
+    Ok(Some(RequestHead { parts, framing, keep_alive, expects_continue, upgrade }))
 }
 
 /// Notes in `spans` where each of `parsed` fields lies in `buf` (which they borrow), so that
@@ -302,7 +338,9 @@ pub(crate) fn encode_response(
         Framing::Chunked => field(out, b"transfer-encoding", b"chunked"),
         _ => {}
     }
-    if close {
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        field(out, b"connection", b"upgrade");
+    } else if close {
         field(out, b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
@@ -321,13 +359,19 @@ fn field_of(name: &[u8], value: Bytes) -> Result<(HeaderName, HeaderValue), Malf
     Ok((name, value))
 }
 
-/// What a response's fields say of its framing and its connection.
+/// What a message's fields say of its framing and its connection.
 #[derive(Default)]
 struct Connection {
     close: bool,
     /// Whether the last transfer coding is chunked, when there are any.
     chunked: Option<bool>,
     length: Option<u64>,
+    /// The fields `Connection` names: this connection's too, not passed on.
+    named: Vec<HeaderName>,
+    /// How many `Host` fields (a request must have one).
+    hosts: usize,
+    /// `Connection` names `upgrade`: a protocol switch is asked for, or agreed to.
+    upgrade: bool,
 }
 
 impl Connection {
@@ -335,15 +379,25 @@ impl Connection {
     fn takes(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, Malformed> {
         if name == CONNECTION {
             self.close |= has_token(value.as_bytes(), b"close");
+            self.upgrade |= has_token(value.as_bytes(), b"upgrade");
+            self.named.extend(connection_options(value));
         } else if name == TRANSFER_ENCODING {
             self.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
         } else if name == CONTENT_LENGTH {
             self.length = content_length(value.as_bytes(), self.length)?;
             return Ok(true);
         } else if name.as_str() != "keep-alive" {
+            self.hosts += usize::from(name == HOST);
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// `headers` without the fields `Connection` named (RFC 9110 §7.6.1).
+    fn without_named(&self, headers: &mut HeaderMap) {
+        for name in &self.named {
+            headers.remove(name);
+        }
     }
 
     /// The framing (RFC 9112 §6.3) and reuse of the response.
@@ -359,6 +413,8 @@ impl Connection {
                 Framing::Empty
             } else {
                 match (self.chunked, self.length) {
+                    // RFC 9112 §6.1: an HTTP/1.0 message's transfer coding is no framing to trust.
+                    (Some(_), _) if version == Version::HTTP_10 => Framing::UntilClose,
                     (Some(true), _) => Framing::Chunked,
                     (Some(false), _) => Framing::UntilClose,
                     (None, Some(n)) => Framing::Length(n),
@@ -401,6 +457,17 @@ fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, Ma
         seen = Some(n);
     }
     Ok(seen)
+}
+
+/// Whether `b` may be part of a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2), a
+/// registered name, an IPv4 address or an IP literal in brackets.
+fn host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
+}
+
+/// The field names a `Connection` value lists (its `close` too, which names no field).
+pub(crate) fn connection_options(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
+    value.as_bytes().split(|b| *b == b',').filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
 }
 
 fn has_token(list: &[u8], token: &[u8]) -> bool {
@@ -592,7 +659,7 @@ mod tests {
 
     fn encoded(h: &http::request::Parts, framing: Framing) -> String {
         let mut out = Vec::new();
-        encode_request(&mut out, h, framing);
+        encode_request(&mut out, h, framing, None);
         String::from_utf8(out).unwrap()
     }
 
@@ -634,7 +701,7 @@ mod tests {
     }
 
     fn parse(bytes: &str, head_request: bool) -> Result<Option<ResponseHead>, Malformed> {
-        parse_response(&mut BytesMut::from(bytes), head_request, &mut Vec::new())
+        parse_response(&mut BytesMut::from(bytes), head_request, false, &mut Vec::new())
     }
 
     fn framing(bytes: &str) -> Framing {
@@ -650,6 +717,11 @@ mod tests {
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
         assert_eq!(framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Framing::Empty);
         assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n"), Framing::Empty);
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n"),
+            Framing::UntilClose,
+            "an HTTP/1.0 transfer coding is no framing to trust"
+        );
         let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n", true).unwrap().unwrap();
         assert_eq!(head.framing, Framing::Empty);
         assert_eq!(head.headers[CONTENT_LENGTH], "7", "a HEAD response keeps the length it announces");
@@ -669,10 +741,10 @@ mod tests {
     fn interim_responses_are_passed_over_and_the_connection_fields_removed() {
         let mut buf = BytesMut::from(
             "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
-             HTTP/1.1 201 Created\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
-             transfer-encoding: chunked\r\ncontent-length: 9\r\nx-a: 1\r\nx-a: 2\r\n\r\nrest",
+             HTTP/1.1 201 Created\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+             transfer-encoding: chunked\r\ncontent-length: 9\r\nx-a: 1\r\nx-hop: 1\r\nx-a: 2\r\n\r\nrest",
         );
-        let head = parse_response(&mut buf, false, &mut Vec::new()).unwrap().unwrap();
+        let head = parse_response(&mut buf, false, false, &mut Vec::new()).unwrap().unwrap();
         assert_eq!(head.status, StatusCode::CREATED);
         assert_eq!(head.framing, Framing::Chunked);
         let names: Vec<_> = head.headers.keys().map(HeaderName::as_str).collect();
@@ -771,8 +843,31 @@ mod tests {
     }
 
     #[test]
+    fn a_request_without_one_valid_host_or_with_an_http_1_0_transfer_coding_is_refused() {
+        let refused = |wire: &str| parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap_err().0;
+        assert_eq!(refused("GET / HTTP/1.1\r\n\r\n"), "an HTTP/1.1 request without Host");
+        assert_eq!(refused("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"), "more than one Host");
+        assert_eq!(refused("GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n"), "more than one Host");
+        for host in ["a b", "user@a", "a/b", "a\"b"] {
+            assert_eq!(
+                refused(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")),
+                "an invalid Host",
+                "{host}"
+            );
+        }
+        assert_eq!(
+            refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "a Transfer-Encoding in an HTTP/1.0 request"
+        );
+        for host in ["", "a.b-c_d~", "10.0.0.1:80", "[::1]:8080", "xn--bcher-kva.example"] {
+            let wire = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert!(parse_request(&mut BytesMut::from(&wire[..]), &mut Vec::new()).is_ok(), "{host:?}");
+        }
+    }
+
+    #[test]
     fn a_request_head_is_read_whatever_the_pieces_and_noise_never_panics() {
-        let wire = b"POST /r?x=1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-hop\r\n\
+        let wire = b"POST /r?x=1 HTTP/1.1\r\nHost: a\r\nx-hop: 1\r\nConnection: keep-alive, x-hop\r\n\
                      Transfer-Encoding: chunked\r\nExpect: 100-continue\r\nx-b: 1\r\n\r\nrest";
         let head_len = wire.len() - 4;
         for cut in 0..head_len {
@@ -786,11 +881,16 @@ mod tests {
         assert_eq!(&buf[..], b"rest", "the head is taken off, what follows stays");
         assert_eq!((head.parts.method, head.parts.uri.to_string()), (Method::POST, "/r?x=1".to_owned()));
         assert_eq!((head.framing, head.keep_alive, head.expects_continue), (Framing::Chunked, true, true));
-        let names: Vec<_> = head.parts.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["host", "expect", "x-b"], "the connection's own fields are its own");
+        let mut names: Vec<_> = head.parts.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["expect", "host", "x-b"],
+            "the connection's own fields (and those it names) are its own"
+        );
         let old =
             parse_request(&mut BytesMut::from("GET / HTTP/1.0\r\n\r\n"), &mut Vec::new()).unwrap().unwrap();
-        assert_eq!((old.framing, old.keep_alive), (Framing::Empty, false));
+        assert_eq!((old.framing, old.keep_alive), (Framing::Empty, false), "HTTP/1.0 needs no Host");
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for _ in 0..5000 {
             let mut noisy = wire.to_vec();

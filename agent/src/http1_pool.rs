@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -26,6 +26,7 @@ use trellis_ca::SpiffeId;
 
 use crate::body::Body;
 use crate::http1_codec::{self, ChunkedDecoder, Framing, MAX_HEAD_BYTES, Remaining, ResponseHead, Step};
+use crate::upgrade;
 
 /// Idle connections kept at most; one finishing past it is closed.
 const MAX_IDLE: usize = 256;
@@ -200,12 +201,13 @@ impl Http1Pool {
         let (head, body) = req.into_parts();
         let mut outgoing = Outgoing::new(body);
         let mut wire = Vec::with_capacity(256);
-        http1_codec::encode_request(&mut wire, &head, outgoing.framing);
+        let upgrade = head.extensions.get::<upgrade::Requested>().map(|u| &u.0);
+        http1_codec::encode_request(&mut wire, &head, outgoing.framing, upgrade);
         outgoing.take_ready(&mut wire).map_err(PoolError::Http)?;
-        let head_request = head.method == Method::HEAD;
+        let asks = Asks { head: head.method == Method::HEAD, upgrade: upgrade.is_some() };
         if let Some(mut conn) = self.idle_to(&to) {
             let again = outgoing.done && idempotent(&head.method);
-            match exchange(&mut conn, &wire, &mut outgoing, head_request).await {
+            match exchange(&mut conn, &wire, &mut outgoing, asks).await {
                 Ok(response) => return self.respond(conn, response).await,
                 Err(f) if again && !f.answered => {
                     tracing::debug!(addr = %to.addr, why = %f.why, "idle connection closed under a request; sent again");
@@ -214,9 +216,8 @@ impl Http1Pool {
             }
         }
         let mut conn = Connection::new(Box::pin(connect()).await?, to);
-        let response = exchange(&mut conn, &wire, &mut outgoing, head_request)
-            .await
-            .map_err(|f| PoolError::Http(f.why))?;
+        let response =
+            exchange(&mut conn, &wire, &mut outgoing, asks).await.map_err(|f| PoolError::Http(f.why))?;
         self.respond(conn, response).await
     }
 
@@ -244,6 +245,11 @@ impl Http1Pool {
         let ResponseHead { status, headers, framing, keep_alive } = head;
         conn.keep_alive &= keep_alive;
         let body = match framing {
+            // Asked for and agreed to: the connection goes with the answer, never back idle.
+            _ if status == StatusCode::SWITCHING_PROTOCOLS => {
+                let read_ahead = conn.buf.split().freeze();
+                Body::Switched(Box::new(upgrade::Switched { io: conn.io, read_ahead }))
+            }
             Framing::Empty => {
                 release(&self.idle, conn);
                 Body::empty()
@@ -295,12 +301,20 @@ fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
+/// What a request asks that shapes its answer's head: it was `HEAD` (no body follows), or
+/// it asked to switch protocols (a `101` may follow).
+#[derive(Clone, Copy)]
+struct Asks {
+    head: bool,
+    upgrade: bool,
+}
+
 /// Writes the request (`wire`, then what is left of the body) and reads the response head.
 async fn exchange<B>(
     conn: &mut Connection,
     wire: &[u8],
     outgoing: &mut Outgoing<B>,
-    head_request: bool,
+    asks: Asks,
 ) -> Result<ResponseHead, Failed>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -339,7 +353,7 @@ where
     conn.keep_alive = outgoing.done;
     loop {
         if !conn.buf.is_empty() {
-            match http1_codec::parse_response(&mut conn.buf, head_request, &mut conn.spans) {
+            match http1_codec::parse_response(&mut conn.buf, asks.head, asks.upgrade, &mut conn.spans) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) if conn.buf.len() > MAX_HEAD_BYTES => {
                     return Err(Failed { answered: true, why: "a response head past 64 KiB".into() });

@@ -28,6 +28,7 @@ use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
 };
 use crate::http1_pool::Outgoing;
+use crate::upgrade;
 
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -39,7 +40,7 @@ const KEPT_WIRE: usize = 4 * 1024;
 /// something that is not HTTP/1.1 (answered 400, or 431 for a head past `MAX_HEAD_BYTES`),
 /// takes longer than `header_timeout` over a head or between requests, or the agent drains
 /// (between requests; a request begun is answered first, with `Connection: close`).
-pub(crate) async fn serve<IO, F, Fut, B>(
+pub(crate) async fn serve<IO, F, Fut>(
     io: IO,
     mut answer: F,
     header_timeout: Duration,
@@ -48,9 +49,7 @@ pub(crate) async fn serve<IO, F, Fut, B>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
     F: FnMut(Request<Body>) -> Fut,
-    Fut: Future<Output = Response<B>>,
-    B: hyper::body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    Fut: Future<Output = Response<Body>>,
 {
     let mut held =
         Some(Conn { io, buf: BytesMut::with_capacity(READ_CHUNK), spans: Vec::new(), wire: Vec::new() });
@@ -94,7 +93,10 @@ where
                 return Err(why.into());
             }
         };
-        let RequestHead { parts, framing, mut keep_alive, expects_continue } = head;
+        let RequestHead { mut parts, framing, mut keep_alive, expects_continue, upgrade } = head;
+        if let Some(protocol) = upgrade {
+            parts.extensions.insert(upgrade::Requested(protocol));
+        }
         let (version, head_request) = (parts.version, parts.method == Method::HEAD);
         let (body, lent) = match framing {
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -122,6 +124,14 @@ where
             held = Some(back.conn);
         }
         let conn = held.as_mut().expect("given back");
+        if matches!(response.body(), Body::Switched(_)) {
+            // The upstream agreed to switch protocols: its 101 goes back, then the two
+            // connections are one.
+            let (head, Body::Switched(up)) = response.into_parts() else { unreachable!("matched") };
+            conn.respond(Response::from_parts(head, Body::empty()), version, false, true).await?;
+            let Conn { io, buf, .. } = held.take().expect("given back");
+            return Ok(upgrade::join(io, buf.freeze(), *up).await?);
+        }
         let keep_alive = keep_alive && !*draining.borrow();
         if !conn.respond(response, version, head_request, keep_alive).await? {
             let _ = conn.io.shutdown().await;
@@ -349,7 +359,8 @@ mod tests {
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(tcp, echo, Duration::from_secs(10), draining.clone()));
+                let answer = |req| async { echo(req).await.map(crate::body::Body::streaming) };
+                tokio::spawn(serve(tcp, answer, Duration::from_secs(10), draining.clone()));
             }
         });
         (addr, drain)
@@ -390,11 +401,11 @@ mod tests {
         let answer = exchange(
             addr,
             &[
-                b"PUT /len HTTP/1.1\r\ncontent-length: 10\r\n\r\n01234",
+                b"PUT /len HTTP/1.1\r\nhost: h\r\ncontent-length: 10\r\n\r\n01234",
                 b"56789",
-                b"POST /chunks HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
+                b"POST /chunks HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n",
                 b"2;ext=1\r\nde\r\n0\r\nx-sum: 5\r\n\r\n",
-                b"GET /after HTTP/1.1\r\nconnection: close\r\n\r\n",
+                b"GET /after HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n",
             ],
         )
         .await;
@@ -409,7 +420,7 @@ mod tests {
     async fn a_client_that_expects_100_continue_gets_it_before_sending_the_body() {
         let (addr, _drain) = server().await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"POST /x HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
+        tcp.write_all(b"POST /x HTTP/1.1\r\nhost: h\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n")
             .await
             .unwrap();
         let mut interim = [0u8; 25];
@@ -424,9 +435,10 @@ mod tests {
     #[tokio::test]
     async fn heads_bodies_of_unknown_length_and_http_1_0_are_framed_as_rfc_9112_says() {
         let (addr, _drain) = server().await;
-        let head = exchange(addr, &[b"HEAD /h HTTP/1.1\r\nconnection: close\r\n\r\n"]).await;
+        let head = exchange(addr, &[b"HEAD /h HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"]).await;
         assert!(head.ends_with("\r\n\r\n"), "no body after a HEAD's answer: {head}");
-        let chunked = exchange(addr, &[b"GET /unsized HTTP/1.1\r\nconnection: close\r\n\r\n"]).await;
+        let chunked =
+            exchange(addr, &[b"GET /unsized HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"]).await;
         assert!(chunked.contains("transfer-encoding: chunked\r\n"), "{chunked}");
         assert!(chunked.ends_with("\r\n\r\nf\r\nGET /unsized 0 \r\n0\r\n\r\n"), "{chunked}");
         let old = exchange(addr, &[b"GET /unsized HTTP/1.0\r\n\r\n"]).await;
@@ -439,7 +451,10 @@ mod tests {
         let (addr, _drain) = server().await;
         let answer = exchange(
             addr,
-            &[b"POST /early HTTP/1.1\r\ncontent-length: 100\r\n\r\npart", b"GET /never HTTP/1.1\r\n\r\n"],
+            &[
+                b"POST /early HTTP/1.1\r\nhost: h\r\ncontent-length: 100\r\n\r\npart",
+                b"GET /never HTTP/1.1\r\nhost: h\r\n\r\n",
+            ],
         )
         .await;
         assert!(answer.contains("connection: close\r\n"), "{answer}");
@@ -450,11 +465,23 @@ mod tests {
     async fn malformed_or_oversized_heads_and_ambiguous_framing_are_refused() {
         let (addr, _drain) = server().await;
         for (request, status) in [
-            (b"GET / HTTP/1.1\r\nbad header\r\n\r\n".to_vec(), "400"),
-            (b"POST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(), "400"),
-            (b"POST / HTTP/1.1\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(), "400"),
-            (b"POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n".to_vec(), "400"),
-            (format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "x".repeat(100 * 1024)).into_bytes(), "431"),
+            (b"GET / HTTP/1.1\r\nhost: h\r\nbad header\r\n\r\n".to_vec(), "400"),
+            (
+                b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec(),
+                "400",
+            ),
+            (b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(), "400"),
+            (b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1, 2\r\n\r\n".to_vec(), "400"),
+            (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
+            (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "400"),
+            (b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n".to_vec(), "400"),
+            (b"GET / HTTP/1.1\r\nhost: user@a\r\n\r\n".to_vec(), "400"),
+            (
+                format!("GET / HTTP/1.1\r\nhost: h\r\nx-big: {}\r\n\r\n", "x".repeat(100 * 1024))
+                    .into_bytes(),
+                "431",
+            ),
         ] {
             let answer = exchange(addr, &[&request]).await;
             assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
@@ -466,7 +493,7 @@ mod tests {
     async fn draining_closes_a_connection_between_requests() {
         let (addr, drain) = server().await;
         let mut tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /1 HTTP/1.1\r\n\r\n").await.unwrap();
+        tcp.write_all(b"GET /1 HTTP/1.1\r\nhost: h\r\n\r\n").await.unwrap();
         let mut first = vec![0u8; 512];
         let n = tcp.read(&mut first).await.unwrap();
         assert!(String::from_utf8_lossy(&first[..n]).ends_with("GET /1 0 "));

@@ -39,6 +39,7 @@ mod state;
 mod svid;
 mod telemetry;
 mod transparent;
+mod upgrade;
 mod xds_client;
 
 use std::process::ExitCode;

@@ -43,7 +43,7 @@ use crate::config::{
     Side, Target, authority, evaluate, grpc_code_of,
 };
 use crate::h2_pool::{H2Body, H2Pool};
-use crate::http1_codec::{MAX_HEAD_BYTES, decimal};
+use crate::http1_codec::{MAX_HEAD_BYTES, connection_options, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
 use crate::http1_server;
 use crate::identity::Identity;
@@ -1336,11 +1336,16 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// The caller's identity as Envoy passes it on to the application.
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+/// Removes the fields of one connection from a message passed on: `HOP_BY_HOP` and any that
+/// `Connection` names. (The agent's HTTP/1.1 server and client have removed them already;
+/// hyper's leave them in.)
+pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     // Looked for before any is removed: most requests have none, and a look through a few
     // fields costs less than a hashed removal of each name.
     if headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        for h in &HOP_BY_HOP {
+        let named: Vec<HeaderName> =
+            headers.get_all(http::header::CONNECTION).iter().flat_map(connection_options).collect();
+        for h in named.iter().chain(&HOP_BY_HOP) {
             headers.remove(h);
         }
     }
@@ -1556,6 +1561,7 @@ mod tests {
                 &mut wire,
                 &req.into_parts().0,
                 crate::http1_codec::Framing::Length(0),
+                None,
             );
             String::from_utf8(wire).unwrap()
         };
@@ -1568,6 +1574,27 @@ mod tests {
         assert_eq!(head("/r", Some("reviews.shop")), "GET /r HTTP/1.1\r\nhost: reviews.shop\r\n\r\n");
         // Neither: the address it goes to.
         assert_eq!(head("/", None), "GET / HTTP/1.1\r\nhost: 10.0.0.7:9080\r\n\r\n");
+    }
+
+    #[test]
+    fn the_fields_of_one_connection_and_those_connection_names_are_not_passed_on() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, X-Trace"),
+            ("connection", "x-other"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("x-kept", "3"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["te", "x-kept"], "`te: trailers` is how gRPC asks for trailers");
     }
 
     #[test]

@@ -279,12 +279,16 @@ async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<s
 async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let h2 = req.version() == http::Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
+    crate::proxy::strip_hop_by_hop(&mut parts.headers);
     parts.uri = match crate::proxy::absolute(std::mem::take(&mut parts.uri), dst) {
         Ok(uri) => uri,
         Err(e) => return local_reply(false, StatusCode::BAD_REQUEST, 3, &e.to_string()),
     };
     match proxy.local_client(h2).request(Request::from_parts(parts, Body::streaming(body))).await {
-        Ok(resp) => resp.map(Body::streaming),
+        Ok(mut resp) => {
+            crate::proxy::strip_hop_by_hop(resp.headers_mut());
+            resp.map(Body::streaming)
+        }
         Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {e}")),
     }
 }

@@ -32,10 +32,11 @@ use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
 /// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
-/// answers after a second, and v1 answers every third `/reviews/flaky…` with 503.
+/// answers after a second, v1 answers every third `/reviews/flaky…` with 503, and `/reviews/chat` is
+/// a WebSocket endpoint.
 async fn app(version: &'static str) -> u16 {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let router = axum::Router::new().fallback(
+    let router = axum::Router::new().route("/reviews/chat", axum::routing::get(websocket_echo)).fallback(
         move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
             if uri.path().starts_with("/reviews/slow") {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -54,6 +55,42 @@ async fn app(version: &'static str) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     port
+}
+
+/// A WebSocket endpoint that sends every message back with `echo: ` before it (the handshake
+/// as axum's own WebSocket support makes it: hyper's upgrade, tungstenite's accept key).
+async fn websocket_echo(mut req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::{Message as Ws, protocol::Role};
+    let asks = req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get("sec-websocket-key").filter(|_| asks).cloned() else {
+        return (axum::http::StatusCode::UPGRADE_REQUIRED, "a WebSocket endpoint").into_response();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            let echo = match message {
+                Ws::Text(t) => Ws::text(format!("echo: {t}")),
+                Ws::Binary(b) => Ws::binary([&b"echo: "[..], &b].concat()),
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                break;
+            }
+        }
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    axum::http::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(axum::body::Body::empty())
+        .unwrap()
 }
 
 /// A gRPC application (the identity service's shape, reused as a plain echo): answers with
@@ -344,6 +381,36 @@ fn steady_load(
     })
 }
 
+/// A WebSocket session with `reviews`' `/reviews/chat` through the caller's outbound listener at
+/// `addr` (and mTLS to the callee's agent): the switch, then messages both ways, one of them
+/// larger than any buffer on the way, while plain requests go on beside it.
+async fn websocket_session(addr: &str) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, answer) = tokio_tungstenite::client_async("ws://reviews.shop:9080/reviews/chat", tcp)
+        .await
+        .expect("switched to WebSocket");
+    assert_eq!(answer.status(), 101);
+    let big = vec![7u8; 3 << 20];
+    for message in [Ws::text("hello"), Ws::binary(big.clone()), Ws::text("bye")] {
+        let expected = match &message {
+            Ws::Text(t) => Ws::text(format!("echo: {t}")),
+            Ws::Binary(b) => Ws::binary([&b"echo: "[..], b].concat()),
+            _ => unreachable!(),
+        };
+        ws.send(message).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echoed in time");
+        assert!(echoed.as_ref().is_some_and(|e| e.as_ref().is_ok_and(|e| *e == expected)), "{echoed:?}");
+        let plain = http().get(format!("http://{addr}/reviews/1")).send().await.unwrap();
+        assert_eq!(plain.status(), 200, "plain requests go on beside the session");
+    }
+    ws.close(None).await.unwrap();
+    // A plain request to the WebSocket endpoint is answered as the application answers it.
+    let refused = http().get(format!("http://{addr}/reviews/chat")).send().await.unwrap();
+    assert_eq!(refused.status(), 426);
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(10)).build().unwrap()
 }
@@ -532,6 +599,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         "every request answered: {split:?}"
     );
     assert!((22.0..=28.0).contains(&v2), "v2 got {v2:.1}% of 2000: {split:?}");
+    websocket_session(&reviews).await;
     // The agents count what they carried, by direction and peer service, on their admin port.
     let metric = |text: &str, name_and_labels: &str| -> f64 {
         text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
