@@ -1014,7 +1014,7 @@ impl Proxy {
         // HTTP/1.1 goes in origin form with a Host; HTTP/2 in absolute form, which gives the
         // stream its :scheme and :authority.
         if h2 {
-            *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), addr)
+            for_http2(&mut req, addr)
                 .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         } else {
             with_host(&mut req, addr);
@@ -1295,15 +1295,40 @@ pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
     Ok(Uri::from_parts(parts)?)
 }
 
-/// `req` with a `Host`, as HTTP/1.1 needs one: the authority it came with (HTTP/2's
-/// `:authority`), else the address it goes to. (The client writes the target in origin form,
-/// the path and query alone.)
-fn with_host<B>(req: &mut Request<B>, addr: SocketAddr) {
-    if req.headers().contains_key(http::header::HOST) {
-        return;
+/// `req` as HTTP/2 sends it: an absolute URI (`:scheme` and `:authority`) whose authority is
+/// the one the request named — its target's, else its `Host`, which HTTP/2 does not carry
+/// beside it (RFC 9113 §8.3.1) — else the address it goes to.
+fn for_http2<B>(req: &mut Request<B>, addr: SocketAddr) -> Result<(), http::Error> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let host = req.headers_mut().remove(http::header::HOST);
+    if parts.authority.is_none() {
+        let named = host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
+        parts.authority = Some(named.map_or_else(|| authority_of(addr), Ok)?);
     }
-    let authority = req.uri().authority().cloned().map_or_else(|| authority_of(addr).ok(), Some);
-    if let Some(host) = authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts)?;
+    Ok(())
+}
+
+/// `req` with a `Host`, as HTTP/1.1 needs one: the authority its target names (HTTP/2's
+/// `:authority`, or an absolute-form target, which a `Host` that came with it does not
+/// override: RFC 9112 §3.2.2, RFC 9113 §8.3.1), else the `Host` it came with, else the address
+/// it goes to. (The client writes the target in origin form, the path and query alone.)
+fn with_host<B>(req: &mut Request<B>, addr: SocketAddr) {
+    let authority = match req.uri().authority() {
+        Some(a) => a.clone(),
+        None if req.headers().contains_key(http::header::HOST) => return,
+        None => match authority_of(addr) {
+            Ok(a) => a,
+            Err(_) => return,
+        },
+    };
+    // Without the userinfo, which a Host never carries.
+    let host = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host);
+    if let Ok(host) = HeaderValue::from_str(host) {
         req.headers_mut().insert(http::header::HOST, host);
     }
 }
@@ -1548,6 +1573,25 @@ mod tests {
     }
 
     #[test]
+    fn http_2_upstream_gets_the_authority_the_request_named() {
+        let target = |uri: &str, host: Option<&str>| {
+            let mut req = Request::new(());
+            *req.uri_mut() = uri.parse().unwrap();
+            if let Some(h) = host {
+                req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
+            }
+            for_http2(&mut req, "10.0.0.7:9090".parse().unwrap()).unwrap();
+            assert!(!req.headers().contains_key(http::header::HOST), "the authority is :authority alone");
+            req.uri().to_string()
+        };
+        assert_eq!(target("http://ratings.shop:9090/r.R/Get", None), "http://ratings.shop:9090/r.R/Get");
+        assert_eq!(target("http://ratings.shop:9090/x", Some("other")), "http://ratings.shop:9090/x");
+        assert_eq!(target("/r.R/Get", Some("ratings.shop:9090")), "http://ratings.shop:9090/r.R/Get");
+        assert_eq!(target("/r.R/Get", None), "http://10.0.0.7:9090/r.R/Get");
+        assert_eq!(target("/x", Some("not a host")), "http://10.0.0.7:9090/x");
+    }
+
+    #[test]
     fn http_1_1_upstream_gets_the_origin_form_and_a_host() {
         let head = |uri: &str, host: Option<&str>| {
             let mut req = Request::new(());
@@ -1570,8 +1614,12 @@ mod tests {
             head("http://reviews.shop:9080/r?x=1", None),
             "GET /r?x=1 HTTP/1.1\r\nhost: reviews.shop:9080\r\n\r\n"
         );
-        // From HTTP/1.1: its `Host` stays.
+        // From HTTP/1.1: its `Host` stays, unless the target names the authority itself.
         assert_eq!(head("/r", Some("reviews.shop")), "GET /r HTTP/1.1\r\nhost: reviews.shop\r\n\r\n");
+        assert_eq!(
+            head("http://user@reviews.shop:9080/r", Some("elsewhere")),
+            "GET /r HTTP/1.1\r\nhost: reviews.shop:9080\r\n\r\n"
+        );
         // Neither: the address it goes to.
         assert_eq!(head("/", None), "GET / HTTP/1.1\r\nhost: 10.0.0.7:9080\r\n\r\n");
     }
