@@ -146,8 +146,14 @@ impl H2Pool {
     }
 }
 
+/// A body whose rest is no larger than this is sent without waiting for room in the stream:
+/// h2 holds it until the peer's window allows, and the first of it leaves with the head
+/// instead of in a write of its own once the stream has been opened.
+const UNRESERVED_BODY: u64 = 16 * 1024;
+
 /// A request body on its way into its stream: a frame is taken from the body only once the
-/// stream has room for some of it, so at most one frame waits beyond the peer's window.
+/// stream has room for some of it (or the rest of the body is small), so at most one frame,
+/// or `UNRESERVED_BODY`, waits beyond the peer's window.
 struct Pipe<B> {
     body: B,
     tx: SendStream<Bytes>,
@@ -163,12 +169,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         loop {
-            me.tx.reserve_capacity(1);
-            if me.tx.capacity() == 0 {
-                match ready!(me.tx.poll_capacity(cx)) {
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                    None => return Poll::Ready(Err("the upstream closed the stream".into())),
+            let small = me.body.size_hint().exact().is_some_and(|n| n <= UNRESERVED_BODY);
+            if !small {
+                me.tx.reserve_capacity(1);
+                if me.tx.capacity() == 0 {
+                    match ready!(me.tx.poll_capacity(cx)) {
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Poll::Ready(Err(e.into())),
+                        None => return Poll::Ready(Err("the upstream closed the stream".into())),
+                    }
                 }
             }
             if let Poll::Ready(reason) = me.tx.poll_reset(cx) {
