@@ -123,7 +123,8 @@ pub struct Proxy {
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open; the count falls to zero when a drain is done.
     open: tokio::sync::watch::Sender<usize>,
-    local_clients: Mutex<HashMap<bool, Client<HttpConnector, Body>>>,
+    /// hyper's pooled plaintext HTTP/2 client, for HTTP/2 passed through in transparent mode.
+    passthrough_h2: Client<HttpConnector, Body>,
     /// HTTP/1.1 upstream, to the application and to mesh endpoints.
     http1: Http1Pool,
     /// HTTP/2 upstreams, one connection per endpoint.
@@ -168,7 +169,12 @@ impl Proxy {
             checkers: Mutex::default(),
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
-            local_clients: Mutex::default(),
+            passthrough_h2: {
+                let mut http = HttpConnector::new();
+                http.set_nodelay(true);
+                http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+                pooled_client(true).build(http)
+            },
             http1: Http1Pool::new(UPSTREAM_IDLE),
             h2: H2Pool::new(UPSTREAM_IDLE),
             tls_connectors: Mutex::default(),
@@ -476,9 +482,8 @@ impl Proxy {
                 let metrics = self.peer_metrics(&l, peer.as_ref());
                 let downstream = Arc::new(Downstream { proxy: self.clone(), metrics, listener: l, peer });
                 if speaks == Some(Speaks::Http1) {
-                    let draining = self.draining.subscribe();
                     let answer = |req| downstream.clone().answer(req);
-                    return http1_server::serve(io, answer, HEADER_TIMEOUT, draining).await;
+                    return http1_server::serve(io, answer, HEADER_TIMEOUT, self.draining()).await;
                 }
                 let (io, builder) = (TokioIo::new(io), http_server());
                 if speaks == Some(Speaks::Http2) {
@@ -1061,18 +1066,40 @@ impl Proxy {
         result
     }
 
-    /// hyper's pooled plaintext client, for requests passed through in transparent mode.
-    pub(crate) fn local_client(&self, h2: bool) -> Client<HttpConnector, Body> {
-        let mut clients = self.local_clients.lock().expect("not poisoned");
-        clients
-            .entry(h2)
-            .or_insert_with(|| {
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                pooled_client(h2).build(http)
-            })
-            .clone()
+    /// `req` to `dst`, an address outside the mesh, as it came, over the pooled HTTP/1.1
+    /// client (transparent mode's passthrough).
+    pub(crate) async fn pass_on_http1(
+        &self,
+        dst: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, PoolError> {
+        strip_hop_by_hop(req.headers_mut());
+        with_host(&mut req, dst);
+        let connect = || async move {
+            let tcp = connect_tcp(dst).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+            Ok(Box::new(tcp) as Box<dyn Upstream>)
+        };
+        self.http1.send(Destination { addr: dst, mtls: None }, connect, req).await
+    }
+
+    /// A wait for the agent to begin draining.
+    pub(crate) fn draining(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    /// `req` to `dst`, an address outside the mesh, as it came, over hyper's pooled HTTP/2
+    /// client (transparent mode's passthrough).
+    pub(crate) async fn pass_on_http2(
+        &self,
+        dst: SocketAddr,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, String> {
+        strip_hop_by_hop(req.headers_mut());
+        // The absolute URI hyper connects by.
+        *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), dst).map_err(|e| e.to_string())?;
+        let mut resp = self.passthrough_h2.request(req).await.map_err(|e| e.to_string())?;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(Body::streaming))
     }
 
     fn mesh_client(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<MeshClient> {
@@ -1174,7 +1201,7 @@ impl Downstream {
 
 /// The HTTP version of a connection, told before it is served.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Speaks {
+pub(crate) enum Speaks {
     Http1,
     Http2,
 }
@@ -1191,7 +1218,7 @@ impl Speaks {
 
     /// From the first bytes of a plaintext connection: HTTP/2's preface begins with `PRI`, a
     /// method no HTTP/1.1 request has (RFC 9113 §3.4). Too few bytes to tell: `None`.
-    fn of_first_bytes(first: &[u8]) -> Option<Speaks> {
+    pub(crate) fn of_first_bytes(first: &[u8]) -> Option<Speaks> {
         match first {
             [b'P', b'R', b'I', ..] => Some(Speaks::Http2),
             [] | [b'P'] | [b'P', b'R'] => None,
@@ -1285,7 +1312,7 @@ fn should_retry(r: &Retry, result: &Result<Response<Body>, Failure>) -> bool {
 
 /// `uri` sent to `addr`: `http://<addr><path and query>`, as hyper-util's pooled client
 /// wants it.
-pub(crate) fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
+fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
     let mut parts = uri.into_parts();
     parts.scheme = Some(http::uri::Scheme::HTTP);
     parts.authority = Some(authority_of(addr)?);

@@ -27,7 +27,8 @@ use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_nam
 
 use crate::cli::Capture;
 use crate::config::{Handler, Side, Target, authority};
-use crate::proxy::{Body, CONNECT_TIMEOUT, Proxy, local_reply};
+use crate::http1_pool::PoolError;
+use crate::proxy::{Body, CONNECT_TIMEOUT, HEADER_TIMEOUT, Proxy, Speaks, local_reply};
 use crate::state::Config;
 
 /// How long the application may take to send its first bytes before a connection to a port
@@ -182,8 +183,10 @@ async fn take_outbound(proxy: Arc<Proxy>, tcp: TcpStream, mesh: Arc<str>) -> any
         tracing::debug!(%dst, listener = %name, "outbound to a mesh service");
         return proxy.connection(&name, tcp).await;
     }
-    if serves_http_on(&cfg, dst.port()) && sniff_http(&tcp).await {
-        return by_host(proxy, tcp, dst, mesh).await;
+    if serves_http_on(&cfg, dst.port())
+        && let Some(speaks) = sniff_http(&tcp).await
+    {
+        return by_host(proxy, tcp, dst, mesh, speaks).await;
     }
     tracing::debug!(%dst, "passthrough");
     passthrough(tcp, dst).await
@@ -247,50 +250,70 @@ pub fn looks_like_http(first: &[u8]) -> bool {
     first.starts_with(b"PRI * HTTP/2") || METHODS.iter().any(|m| first.starts_with(m))
 }
 
-async fn sniff_http(tcp: &TcpStream) -> bool {
+/// The HTTP version a connection's first bytes begin, or `None` for no HTTP (or nothing sent
+/// within `SNIFF_TIMEOUT`).
+async fn sniff_http(tcp: &TcpStream) -> Option<Speaks> {
     let mut first = [0u8; 16];
     match tokio::time::timeout(SNIFF_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(n)) => looks_like_http(&first[..n]),
-        _ => false,
+        Ok(Ok(n)) if looks_like_http(&first[..n]) => Speaks::of_first_bytes(&first[..n]),
+        _ => None,
     }
 }
 
 /// HTTP to an address that is no mesh endpoint: each request goes to the service its
-/// `Host` names on the original port, or on to the original destination.
-async fn by_host(proxy: Arc<Proxy>, tcp: TcpStream, dst: SocketAddr, mesh: Arc<str>) -> anyhow::Result<()> {
+/// `Host` names on the original port, or on to the original destination. HTTP/1.1 on the
+/// agent's own server and client (a protocol switch, WebSocket's, goes through either way),
+/// HTTP/2 on hyper's.
+async fn by_host(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    dst: SocketAddr,
+    mesh: Arc<str>,
+    speaks: Speaks,
+) -> anyhow::Result<()> {
+    let answer = {
+        let proxy = proxy.clone();
+        move |req: Request<Body>| by_host_request(proxy.clone(), dst, mesh.clone(), req)
+    };
+    if speaks == Speaks::Http1 {
+        return crate::http1_server::serve(tcp, answer, HEADER_TIMEOUT, proxy.draining()).await;
+    }
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (proxy, mesh) = (proxy.clone(), mesh.clone());
-        async move {
-            let name = authority(&req)
-                .and_then(|a| service_of_host(a, &mesh))
-                .map(|s| sidecar_outbound_name(&s, &mesh, u32::from(dst.port())));
-            let listener = name.and_then(|n| proxy.config().listeners.get(&n).cloned());
-            Ok::<_, Infallible>(match listener {
-                Some(l) if matches!(l.handler, Handler::Http { .. }) => {
-                    proxy.request(&l, None, &proxy.peer_metrics(&l, None), req.map(Body::streaming)).await
-                }
-                _ => passthrough_request(&proxy, dst, req).await,
-            })
-        }
+        let answered = answer(req.map(Body::streaming));
+        async move { Ok::<_, Infallible>(answered.await) }
     });
     crate::proxy::http_server().serve_connection(TokioIo::new(tcp), svc).await.map_err(|e| anyhow!("{e}"))
 }
 
-async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let h2 = req.version() == http::Version::HTTP_2;
-    let (mut parts, body) = req.into_parts();
-    crate::proxy::strip_hop_by_hop(&mut parts.headers);
-    parts.uri = match crate::proxy::absolute(std::mem::take(&mut parts.uri), dst) {
-        Ok(uri) => uri,
-        Err(e) => return local_reply(false, StatusCode::BAD_REQUEST, 3, &e.to_string()),
-    };
-    match proxy.local_client(h2).request(Request::from_parts(parts, Body::streaming(body))).await {
-        Ok(mut resp) => {
-            crate::proxy::strip_hop_by_hop(resp.headers_mut());
-            resp.map(Body::streaming)
+async fn by_host_request(
+    proxy: Arc<Proxy>,
+    dst: SocketAddr,
+    mesh: Arc<str>,
+    req: Request<Body>,
+) -> Response<Body> {
+    let name = authority(&req)
+        .and_then(|a| service_of_host(a, &mesh))
+        .map(|s| sidecar_outbound_name(&s, &mesh, u32::from(dst.port())));
+    let listener = name.and_then(|n| proxy.config().listeners.get(&n).cloned());
+    match listener {
+        Some(l) if matches!(l.handler, Handler::Http { .. }) => {
+            proxy.request(&l, None, &proxy.peer_metrics(&l, None), req).await
         }
-        Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {e}")),
+        _ => passthrough_request(&proxy, dst, req).await,
     }
+}
+
+/// A request to an address outside the mesh, sent on as it came (its connection's own
+/// fields apart).
+async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Body>) -> Response<Body> {
+    let sent = if req.version() == http::Version::HTTP_2 {
+        proxy.pass_on_http2(dst, req).await
+    } else {
+        proxy.pass_on_http1(dst, req).await.map_err(|(PoolError::Connect(why) | PoolError::Http(why))| why)
+    };
+    sent.unwrap_or_else(|why| {
+        local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {why}"))
+    })
 }
 
 async fn passthrough(mut down: TcpStream, dst: SocketAddr) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod oidc;
 pub mod synthetic;
 pub mod tenant_root;
+pub mod websocket;
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};

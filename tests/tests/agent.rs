@@ -36,8 +36,9 @@ use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 /// a WebSocket endpoint.
 async fn app(version: &'static str) -> u16 {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let router = axum::Router::new().route("/reviews/chat", axum::routing::get(websocket_echo)).fallback(
-        move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+    let router = axum::Router::new()
+        .route("/reviews/chat", axum::routing::get(trellis_tests::websocket::echo))
+        .fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
             if uri.path().starts_with("/reviews/slow") {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -49,48 +50,11 @@ async fn app(version: &'static str) -> u16 {
             let caller =
                 headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
             (axum::http::StatusCode::OK, format!("{version} {caller}"))
-        },
-    );
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     port
-}
-
-/// A WebSocket endpoint that sends every message back with `echo: ` before it (the handshake
-/// as axum's own WebSocket support makes it: hyper's upgrade, tungstenite's accept key).
-async fn websocket_echo(mut req: axum::extract::Request) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::{Message as Ws, protocol::Role};
-    let asks = req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let Some(key) = req.headers().get("sec-websocket-key").filter(|_| asks).cloned() else {
-        return (axum::http::StatusCode::UPGRADE_REQUIRED, "a WebSocket endpoint").into_response();
-    };
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let io = hyper_util::rt::TokioIo::new(upgraded);
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
-        while let Some(Ok(message)) = ws.next().await {
-            let echo = match message {
-                Ws::Text(t) => Ws::text(format!("echo: {t}")),
-                Ws::Binary(b) => Ws::binary([&b"echo: "[..], &b].concat()),
-                _ => continue,
-            };
-            if ws.send(echo).await.is_err() {
-                break;
-            }
-        }
-    });
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    axum::http::Response::builder()
-        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-accept", accept)
-        .body(axum::body::Body::empty())
-        .unwrap()
 }
 
 /// A gRPC application (the identity service's shape, reused as a plain echo): answers with

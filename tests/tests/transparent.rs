@@ -228,6 +228,30 @@ print("serving", flush=True)
 server.serve_forever()
 "#;
 
+/// A WebSocket client (the `websockets` package from the test peers' .venv): sends a short
+/// message and a long one to the URL it is given and prints the start and length of each
+/// answer.
+const WEBSOCKET_CLIENT: &str = r#"
+import sys
+from websockets.sync.client import connect
+with connect(sys.argv[1], open_timeout=10, max_size=None) as ws:
+    ws.send("hello")
+    print(ws.recv(timeout=10), flush=True)
+    ws.send("x" * 100000)
+    answer = ws.recv(timeout=10)
+    print(answer[:20], len(answer), flush=True)
+"#;
+
+fn venv_python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/test, which installs tests/requirements.txt",
+        python.display()
+    );
+    python
+}
+
 /// `curl` in `ns` until it answers 200 (the agents may still be joining); the answer, or the
 /// agents' output.
 async fn curl_until_200(ns: &str, url: &str, options: &[&str], agents: &[&Process]) -> String {
@@ -249,12 +273,14 @@ async fn curl_until_200(ns: &str, url: &str, options: &[&str], agents: &[&Proces
 }
 
 /// An HTTP server outside the mesh, in the root namespace at `addr`, answering every
-/// request with `body`; its address.
+/// request with `body`, and a WebSocket endpoint at `/chat`; its address.
 async fn outside(addr: &str, body: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let router = axum::Router::new().fallback(move || async move { body });
+        let router = axum::Router::new()
+            .route("/chat", axum::routing::get(trellis_tests::websocket::echo))
+            .fallback(move || async move { body });
         axum::serve(listener, router).await.unwrap();
     });
     addr
@@ -432,6 +458,21 @@ async fn pods_call_each_other_by_ipv4_ipv6_and_host_through_both_agents_with_mtl
         let url = format!("http://{name}:9080/hello");
         let (status, body) = curl_with(&pods.client, &url, &["--resolve", &resolve]).await.unwrap();
         assert!(status == 200 && body.starts_with(expected), "{name}: {status} {body}");
+    }
+
+    // A WebSocket session to that address goes through too (the switch, then both ways),
+    // from an application's WebSocket client in the client pod.
+    for at in [outside4, outside6] {
+        let mut cmd = Pods::exec(&pods.client, &venv_python());
+        cmd.args(["-c", WEBSOCKET_CLIENT, &format!("ws://{at}/chat")]);
+        let out = cmd.output().await.unwrap();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            printed,
+            "echo: hello\necho: xxxxxxxxxxxxxx 100006\n",
+            "{at}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     // Something outside the mesh on another port passes through as it was sent, as plain TCP.
