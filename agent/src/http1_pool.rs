@@ -248,7 +248,7 @@ impl Http1Pool {
             // Asked for and agreed to: the connection goes with the answer, never back idle.
             _ if status == StatusCode::SWITCHING_PROTOCOLS => {
                 let read_ahead = conn.buf.split().freeze();
-                Body::Switched(Box::new(upgrade::Switched { io: conn.io, read_ahead }))
+                Body::Switched(Box::new(upgrade::Switched { io: Box::new(conn.io), read_ahead }))
             }
             Framing::Empty => {
                 release(&self.idle, conn);

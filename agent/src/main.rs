@@ -32,6 +32,7 @@ mod identity;
 mod iptables;
 mod metrics;
 mod persist;
+mod pipe;
 mod proxy;
 mod relay;
 mod resilience;

@@ -48,6 +48,7 @@ use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
 use crate::http1_server;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
+use crate::pipe::pipe;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
@@ -355,16 +356,27 @@ impl Proxy {
     /// listener of that service port would, bound or not.
     pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
         self.accept_until_drained(listener, |me, tcp| async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let Ok(first) = first_bytes(&tcp).await else { return };
+            let draining = me.draining();
+            let answer = move |req: Request<Body>| {
                 let me = me.clone();
-                async move { Ok::<_, Infallible>(me.proxied(req).await) }
+                async move { me.proxied(req).await }
+            };
+            // HTTP/1.1 on the agent's own server, as on every listener.
+            if Speaks::of_first_bytes(&first) == Some(Speaks::Http1) {
+                let _ = http1_server::serve(tcp, answer, HEADER_TIMEOUT, draining).await;
+                return;
+            }
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let answered = answer(req.map(Body::streaming));
+                async move { Ok::<_, Infallible>(answered.await) }
             });
             let _ = http_server().serve_connection(TokioIo::new(tcp), svc).await;
         })
         .await
     }
 
-    async fn proxied(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn proxied(&self, req: Request<Body>) -> Response<Body> {
         let authority = authority(&req);
         let target = authority.and_then(|a| {
             let (host, port) = a.rsplit_once(':').unwrap_or((a, "80"));
@@ -374,7 +386,7 @@ impl Proxy {
         let listener = target.as_ref().and_then(|name| self.state.config().listeners.get(name).cloned());
         match listener {
             Some(l) if matches!(l.handler, Handler::Http { .. }) => {
-                self.request(&l, None, &self.peer_metrics(&l, None), req.map(Body::streaming)).await
+                self.request(&l, None, &self.peer_metrics(&l, None), req).await
             }
             _ => local_reply(
                 false,
@@ -1543,19 +1555,6 @@ type Coalesced = tokio::io::BufWriter<TcpStream>;
 /// write larger than the buffer (bulk TCP) still goes straight to the socket.
 fn coalesced(tcp: TcpStream) -> Coalesced {
     tokio::io::BufWriter::with_capacity(16 * 1024, tcp)
-}
-
-/// Bytes a TCP relay reads per system call each way: 64 KiB (Tokio's default is 8 KiB) fills
-/// a TLS record of the largest size in one write and costs a fraction of the calls per byte.
-const PIPE_BUFFER: usize = 64 * 1024;
-
-/// Copies both ways until both sides are closed, as a TCP relay.
-pub async fn pipe<A, B>(a: &mut A, b: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(a, b, PIPE_BUFFER, PIPE_BUFFER).await
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ async fn passthrough(mut down: TcpStream, dst: SocketAddr) -> anyhow::Result<()>
         .map_err(|_| anyhow!("connecting to {dst} timed out"))?
         .with_context(|| format!("connecting to {dst}"))?;
     up.set_nodelay(true)?;
-    crate::proxy::pipe(&mut down, &mut up).await?;
+    crate::pipe::pipe(&mut down, &mut up).await?;
     Ok(())
 }
 

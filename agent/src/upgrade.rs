@@ -9,7 +9,10 @@ use bytes::Bytes;
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::http1_pool::Upstream;
+/// A connection after a protocol switch: bytes both ways.
+pub(crate) trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Tunnel for T {}
 
 /// A request's ask to switch protocols: its `Upgrade` value. The server puts it in the
 /// request's extensions, where the client finds it.
@@ -19,7 +22,7 @@ pub(crate) struct Requested(pub HeaderValue);
 /// An upstream's side of a switch it agreed to: its connection, and what it sent after its
 /// `101`.
 pub(crate) struct Switched {
-    pub io: Box<dyn Upstream>,
+    pub io: Box<dyn Tunnel>,
     pub read_ahead: Bytes,
 }
 
@@ -36,7 +39,7 @@ where
     if !read_ahead.is_empty() {
         down.write_all(&read_ahead).await?;
     }
-    crate::proxy::pipe(&mut down, &mut io).await.map(drop)
+    crate::pipe::pipe(&mut down, &mut io).await.map(drop)
 }
 
 #[cfg(test)]
