@@ -162,11 +162,13 @@ struct Idle {
 }
 
 /// Why a request did not get a response.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum PoolError {
     /// No connection could be opened (TCP, or the TLS handshake).
+    #[error("{0}")]
     Connect(String),
     /// The exchange failed: the connection broke, or the upstream did not speak HTTP/1.1.
+    #[error("{0}")]
     Http(String),
 }
 

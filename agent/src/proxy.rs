@@ -1598,14 +1598,20 @@ mod tests {
         assert_eq!(to("/", "0.0.0.0:65535").authority().unwrap().port_u16(), Some(65535));
     }
 
+    /// A request for `uri`, with `host` as its `Host` if given.
+    fn request_for(uri: &str, host: Option<&str>) -> Request<()> {
+        let mut req = Request::new(());
+        *req.uri_mut() = uri.parse().unwrap();
+        if let Some(h) = host {
+            req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        req
+    }
+
     #[test]
     fn http_2_upstream_gets_the_authority_the_request_named() {
         let target = |uri: &str, host: Option<&str>| {
-            let mut req = Request::new(());
-            *req.uri_mut() = uri.parse().unwrap();
-            if let Some(h) = host {
-                req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
-            }
+            let mut req = request_for(uri, host);
             for_http2(&mut req, "10.0.0.7:9090".parse().unwrap()).unwrap();
             assert!(!req.headers().contains_key(http::header::HOST), "the authority is :authority alone");
             req.uri().to_string()
@@ -1620,11 +1626,7 @@ mod tests {
     #[test]
     fn http_1_1_upstream_gets_the_origin_form_and_a_host() {
         let head = |uri: &str, host: Option<&str>| {
-            let mut req = Request::new(());
-            *req.uri_mut() = uri.parse().unwrap();
-            if let Some(h) = host {
-                req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
-            }
+            let mut req = request_for(uri, host);
             with_host(&mut req, "10.0.0.7:9080".parse().unwrap());
             let mut wire = Vec::new();
             crate::http1_codec::encode_request(

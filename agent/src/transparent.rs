@@ -27,7 +27,6 @@ use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_nam
 
 use crate::cli::Capture;
 use crate::config::{Handler, Side, Target, authority};
-use crate::http1_pool::PoolError;
 use crate::proxy::{Body, CONNECT_TIMEOUT, HEADER_TIMEOUT, Proxy, Speaks, local_reply};
 use crate::state::Config;
 
@@ -309,7 +308,7 @@ async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Body>)
     let sent = if req.version() == http::Version::HTTP_2 {
         proxy.pass_on_http2(dst, req).await
     } else {
-        proxy.pass_on_http1(dst, req).await.map_err(|(PoolError::Connect(why) | PoolError::Http(why))| why)
+        proxy.pass_on_http1(dst, req).await.map_err(|e| e.to_string())
     };
     sent.unwrap_or_else(|why| {
         local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {why}"))

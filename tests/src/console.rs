@@ -107,9 +107,7 @@ if wrong:
 
 /// Checks a page with [`PAGE_CHECK`] (html5lib from the test peers' .venv).
 pub async fn assert_valid_html(name: &str, html: &str) {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(python.is_file(), "{} is missing: run scripts/test, which installs html5lib", python.display());
-    let mut child = tokio::process::Command::new(python)
+    let mut child = tokio::process::Command::new(crate::venv_python())
         .args(["-c", PAGE_CHECK])
         .stdin(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -44,6 +44,18 @@ pub fn trellis_bin() -> PathBuf {
 }
 
 /// The `trellis-agent` binary built beside this test executable.
+/// The Python of the test peers' virtual environment (scripts/test creates it and installs
+/// tests/requirements.txt into it).
+pub fn venv_python() -> PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: scripts/test creates it and installs tests/requirements.txt",
+        python.display()
+    );
+    python
+}
+
 pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis-agent");

@@ -242,16 +242,6 @@ with connect(sys.argv[1], open_timeout=10, max_size=None) as ws:
     print(answer[:20], len(answer), flush=True)
 "#;
 
-fn venv_python() -> PathBuf {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        python.is_file(),
-        "{} is missing: run scripts/test, which installs tests/requirements.txt",
-        python.display()
-    );
-    python
-}
-
 /// `curl` in `ns` until it answers 200 (the agents may still be joining); the answer, or the
 /// agents' output.
 async fn curl_until_200(ns: &str, url: &str, options: &[&str], agents: &[&Process]) -> String {
@@ -463,7 +453,7 @@ async fn pods_call_each_other_by_ipv4_ipv6_and_host_through_both_agents_with_mtl
     // A WebSocket session to that address goes through too (the switch, then both ways),
     // from an application's WebSocket client in the client pod.
     for at in [outside4, outside6] {
-        let mut cmd = Pods::exec(&pods.client, &venv_python());
+        let mut cmd = Pods::exec(&pods.client, &trellis_tests::venv_python());
         cmd.args(["-c", WEBSOCKET_CLIENT, &format!("ws://{at}/chat")]);
         let out = cmd.output().await.unwrap();
         let printed = String::from_utf8_lossy(&out.stdout);

@@ -14,16 +14,6 @@ use trellis_store::testing::TestDb;
 use trellis_tests::grpc::{Svid, issue, join_token, platform_root, write_files};
 use trellis_tests::{Api, Trellis, document_path, example_documents, token, trellis};
 
-fn python() -> PathBuf {
-    let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: scripts/test creates it and installs grpcio (tests/requirements.txt)",
-        py.display()
-    );
-    py
-}
-
 fn peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("xds-peer/peer.py")
 }
@@ -47,7 +37,7 @@ async fn bootstrap(api: &Api, dir: &Path, node: &str, service: &str, tags: Value
 }
 
 fn peer(bootstrap: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(trellis_tests::venv_python());
     cmd.arg(peer_script())
         .args(args)
         .env("GRPC_XDS_BOOTSTRAP", bootstrap)
