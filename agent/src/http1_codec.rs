@@ -253,7 +253,7 @@ pub(crate) fn parse_request(
         0 | 1 => {}
         _ => return Err(Malformed("more than one Host")),
     }
-    if headers.get(HOST).is_some_and(|h| !h.as_bytes().iter().all(|b| host_byte(*b))) {
+    if connection.bad_host {
         return Err(Malformed("an invalid Host"));
     }
     // RFC 9112 §6.1: an HTTP/1.0 message's transfer coding is no framing to trust.
@@ -368,8 +368,9 @@ struct Connection {
     length: Option<u64>,
     /// The fields `Connection` names: this connection's too, not passed on.
     named: Vec<HeaderName>,
-    /// How many `Host` fields (a request must have one).
+    /// How many `Host` fields (a request must have one), and whether one is invalid.
     hosts: usize,
+    bad_host: bool,
     /// `Connection` names `upgrade`: a protocol switch is asked for, or agreed to.
     upgrade: bool,
 }
@@ -378,16 +379,23 @@ impl Connection {
     /// Notes a field: `false` for the connection's own fields, which are not passed on.
     fn takes(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, Malformed> {
         if name == CONNECTION {
-            self.close |= has_token(value.as_bytes(), b"close");
-            self.upgrade |= has_token(value.as_bytes(), b"upgrade");
-            self.named.extend(connection_options(value));
+            let v = value.as_bytes();
+            self.close |= has_token(v, b"close");
+            self.upgrade |= has_token(v, b"upgrade");
+            // Most values are a lone `keep-alive` or `close`, which name no field to leave out.
+            if !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close") {
+                self.named.extend(connection_options(value));
+            }
         } else if name == TRANSFER_ENCODING {
             self.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
         } else if name == CONTENT_LENGTH {
             self.length = content_length(value.as_bytes(), self.length)?;
             return Ok(true);
+        } else if name == HOST {
+            self.hosts += 1;
+            self.bad_host |= !value.as_bytes().iter().all(|b| HOST_BYTES[usize::from(*b)]);
+            return Ok(true);
         } else if name.as_str() != "keep-alive" {
-            self.hosts += usize::from(name == HOST);
             return Ok(true);
         }
         Ok(false)
@@ -459,15 +467,51 @@ fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, Ma
     Ok(seen)
 }
 
-/// Whether `b` may be part of a `Host` value: `uri-host [":" port]` (RFC 9110 §7.2), a
-/// registered name, an IPv4 address or an IP literal in brackets.
-fn host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b)
-}
+/// The bytes a `Host` value may hold: `uri-host [":" port]` (RFC 9110 §7.2), a registered
+/// name, an IPv4 address or an IP literal in brackets. A table: looked up for every byte of
+/// every request's `Host`.
+const HOST_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+            );
+        b += 1;
+    }
+    table
+};
 
-/// The field names a `Connection` value lists (its `close` too, which names no field).
+/// The field names a `Connection` value lists, but for `close` (which names no field) and
+/// `keep-alive` (whose field is left out anyway): most values are one of the two, and a name
+/// not known to `http` is an allocation.
 pub(crate) fn connection_options(value: &HeaderValue) -> impl Iterator<Item = HeaderName> + '_ {
-    value.as_bytes().split(|b| *b == b',').filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
 fn has_token(list: &[u8], token: &[u8]) -> bool {
