@@ -2,8 +2,8 @@
 //! request that asks for one (`Connection: upgrade` and `Upgrade`) is routed as any other,
 //! and once the upstream answers `101 Switching Protocols` the client's connection and the
 //! upstream's are joined byte for byte, as a TCP listener's are. The agent's HTTP/1.1 server
-//! reads the ask and the HTTP/1.1 client carries it; over HTTP/2 (and hyper's servers) the
-//! request goes as a plain one.
+//! reads the ask and the HTTP/1.1 client carries it; over HTTP/2 the request goes as a plain
+//! one.
 
 use bytes::Bytes;
 use http::HeaderValue;

@@ -1585,6 +1585,18 @@ async fn oversized_headers_slow_clients_and_malformed_http2_are_cut_off_and_othe
         }
         answers
     };
+    // A WebSocket session through the HTTP proxy listener as well.
+    {
+        use futures::SinkExt;
+        use tokio_tungstenite::tungstenite::Message as Ws;
+        let tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("ws://reviews.shop:9080/reviews/chat", tcp)
+            .await
+            .expect("switched to WebSocket through the HTTP proxy");
+        ws.send(Ws::text("hi")).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echoed in time");
+        assert_eq!(echoed.unwrap().unwrap(), Ws::text("echo: hi"));
+    }
     let (slow, silent, (), answers) = tokio::join!(slowloris, silent_peer, malformed, served);
     assert_eq!(answers, BTreeMap::from([("v1".to_owned(), 200)]));
     assert!(agents.iter().all(|a| !a.output().contains("panicked")));
