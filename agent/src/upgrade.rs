@@ -33,11 +33,15 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let Switched { mut io, read_ahead } = up;
+    // Flushed at once: under TLS they would wait in the socket's buffer for the next bytes
+    // from the other side, which may wait for them.
     if !early.is_empty() {
         io.write_all(&early).await?;
+        io.flush().await?;
     }
     if !read_ahead.is_empty() {
         down.write_all(&read_ahead).await?;
+        down.flush().await?;
     }
     crate::pipe::pipe(&mut down, &mut io).await.map(drop)
 }
@@ -107,8 +111,10 @@ mod tests {
                     let pool = pool.clone();
                     async move { pool.send(plain(app), || tcp(app), req).await.unwrap() }
                 };
+                // Buffered, as a TLS connection's socket is (`proxy::coalesced`): what is
+                // written leaves only when flushed.
                 tokio::spawn(crate::http1_server::serve(
-                    client,
+                    tokio::io::BufWriter::new(client),
                     answer,
                     Duration::from_secs(10),
                     draining.clone(),
