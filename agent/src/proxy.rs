@@ -357,21 +357,14 @@ impl Proxy {
     pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
         self.accept_until_drained(listener, |me, tcp| async move {
             let Ok(first) = first_bytes(&tcp).await else { return };
-            let draining = me.draining();
-            let answer = move |req: Request<Body>| {
+            let answer = {
                 let me = me.clone();
-                async move { me.proxied(req).await }
+                move |req: Request<Body>| {
+                    let me = me.clone();
+                    async move { me.proxied(req).await }
+                }
             };
-            // HTTP/1.1 on the agent's own server, as on every listener.
-            if Speaks::of_first_bytes(&first) == Some(Speaks::Http1) {
-                let _ = http1_server::serve(tcp, answer, HEADER_TIMEOUT, draining).await;
-                return;
-            }
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let answered = answer(req.map(Body::streaming));
-                async move { Ok::<_, Infallible>(answered.await) }
-            });
-            let _ = http_server().serve_connection(TokioIo::new(tcp), svc).await;
+            let _ = me.serve_plaintext(tcp, Speaks::of_first_bytes(&first), answer).await;
         })
         .await
     }
@@ -1092,6 +1085,28 @@ impl Proxy {
             Ok(Box::new(tcp) as Box<dyn Upstream>)
         };
         self.http1.send(Destination { addr: dst, mtls: None }, connect, req).await
+    }
+
+    /// Serves a plaintext HTTP connection with `answer`: HTTP/1.1 (when `speaks` says so) on
+    /// the agent's own server, anything else on hyper's.
+    pub(crate) async fn serve_plaintext<F, Fut>(
+        &self,
+        tcp: TcpStream,
+        speaks: Option<Speaks>,
+        answer: F,
+    ) -> anyhow::Result<()>
+    where
+        F: Fn(Request<Body>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+    {
+        if speaks == Some(Speaks::Http1) {
+            return http1_server::serve(tcp, answer, HEADER_TIMEOUT, self.draining()).await;
+        }
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let answered = answer(req.map(Body::streaming));
+            async move { Ok::<_, Infallible>(answered.await) }
+        });
+        http_server().serve_connection(TokioIo::new(tcp), svc).await.map_err(|e| anyhow!("{e}"))
     }
 
     /// A wait for the agent to begin draining.

@@ -12,22 +12,19 @@
 //! - anything else passes through to the original destination as it was sent (Istio's
 //!   PassthroughCluster): plain TCP, or plain HTTP for a request whose `Host` names no service.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use trellis_ca::SpiffeId;
 use trellis_xds::{parse_cluster_name, sidecar_inbound_name, sidecar_outbound_name};
 
 use crate::cli::Capture;
 use crate::config::{Handler, Side, Target, authority};
-use crate::proxy::{Body, CONNECT_TIMEOUT, HEADER_TIMEOUT, Proxy, Speaks, local_reply};
+use crate::proxy::{Body, CONNECT_TIMEOUT, Proxy, Speaks, local_reply};
 use crate::state::Config;
 
 /// How long the application may take to send its first bytes before a connection to a port
@@ -274,14 +271,7 @@ async fn by_host(
         let proxy = proxy.clone();
         move |req: Request<Body>| by_host_request(proxy.clone(), dst, mesh.clone(), req)
     };
-    if speaks == Speaks::Http1 {
-        return crate::http1_server::serve(tcp, answer, HEADER_TIMEOUT, proxy.draining()).await;
-    }
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let answered = answer(req.map(Body::streaming));
-        async move { Ok::<_, Infallible>(answered.await) }
-    });
-    crate::proxy::http_server().serve_connection(TokioIo::new(tcp), svc).await.map_err(|e| anyhow!("{e}"))
+    proxy.serve_plaintext(tcp, Some(speaks), answer).await
 }
 
 async fn by_host_request(
