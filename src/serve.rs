@@ -182,8 +182,9 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         trellis_api::RequestLimits { body: cfg.body_limit, time: cfg.request_timeout },
         trellis_web::router(console),
     );
-    // Minted before the address is announced: whoever waits for that line (an operator, a
+    // Both before the address is announced: whoever waits for that line (an operator, a
     // supervisor, a test) may signal the process right away.
+    let stop = shutdown_signal();
     let local_link = match &accounts.oidc {
         Some(_) => None,
         None => Some(
@@ -229,7 +230,7 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
             })
             .await
     });
-    shutdown_signal().await;
+    stop.await;
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining requests");
     let _ = drain_tx.send(());
     match tokio::time::timeout(cfg.shutdown_grace, server).await {
@@ -379,13 +380,18 @@ async fn leader_duties(
     }
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that completes at the
+/// first of those signals. Call it before announcing an address: whoever waits for the
+/// announcement may signal at once, and a signal that finds no handler ends the process.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

@@ -124,6 +124,7 @@ fn init(args: &InitArgs) -> anyhow::Result<()> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     args.check().map_err(|e| anyhow!(e))?;
+    let stop = shutdown_signal();
     if args.transparent {
         transparent::check_uid(&args.capture)?;
     }
@@ -227,7 +228,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
 
-    shutdown().await;
+    stop.await;
     tracing::info!(within = ?args.drain_timeout, "draining");
     match proxy.drain(args.drain_timeout).await {
         0 => tracing::info!("drained"),
@@ -294,11 +295,16 @@ fn node(args: &RunArgs) -> Node {
     }
 }
 
-async fn shutdown() {
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that completes at the
+/// first of those signals: a signal that finds no handler ends the process without a drain.
+fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
+    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }

@@ -73,8 +73,9 @@ pub async fn run(args: DemoApp) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let stop = crate::serve::shutdown_signal();
     tracing::info!(role = args.role.name(), listen = %args.listen, "demo application serving");
-    axum::serve(listener, router).with_graceful_shutdown(crate::serve::shutdown_signal()).await?;
+    axum::serve(listener, router).with_graceful_shutdown(stop).await?;
     Ok(())
 }
 

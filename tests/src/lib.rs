@@ -43,7 +43,6 @@ pub fn trellis_bin() -> PathBuf {
     bin
 }
 
-/// The `trellis-agent` binary built beside this test executable.
 /// The Python of the test peers' virtual environment (scripts/test creates it and installs
 /// tests/requirements.txt into it).
 pub fn venv_python() -> PathBuf {
@@ -56,6 +55,7 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// The `trellis-agent` binary built beside this test executable.
 pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis-agent");
