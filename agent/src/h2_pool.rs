@@ -24,10 +24,10 @@ use tower::BoxError;
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
 
-/// Flow-control windows offered to upstreams and clients: a stream may have this much on its
-/// way before the agent has passed it on (h2's default of 64 KiB would stall a fast peer).
-pub(crate) const STREAM_WINDOW: u32 = 1 << 20;
-pub(crate) const CONNECTION_WINDOW: u32 = 2 << 20;
+/// Flow-control windows offered to upstreams: a stream may have this much on its way before
+/// the agent has passed it on (h2's default of 64 KiB would stall a fast upstream).
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 2 << 20;
 
 /// One open connection per destination, shared by every request to it.
 pub(crate) struct H2Pool {
@@ -103,7 +103,7 @@ impl H2Pool {
             }
         };
         let response = response.map_err(|e| PoolError::Http(e.to_string()))?;
-        Ok(response.map(H2Body::new))
+        Ok(response.map(|recv| H2Body { recv, data_done: false }))
     }
 
     fn cached(&self, to: &Destination) -> Option<SendRequest<Bytes>> {
@@ -151,12 +151,12 @@ impl H2Pool {
 /// instead of in a write of its own once the stream has been opened.
 const UNRESERVED_BODY: u64 = 16 * 1024;
 
-/// A body on its way into its stream (a request's to an upstream, an answer's to a client): a frame is taken from the body only once the
+/// A request body on its way into its stream: a frame is taken from the body only once the
 /// stream has room for some of it (or the rest of the body is small), so at most one frame,
 /// or `UNRESERVED_BODY`, waits beyond the peer's window.
-pub(crate) struct Pipe<B> {
-    pub body: B,
-    pub tx: SendStream<Bytes>,
+struct Pipe<B> {
+    body: B,
+    tx: SendStream<Bytes>,
 }
 
 impl<B> Future for Pipe<B>
@@ -212,17 +212,11 @@ where
     }
 }
 
-/// A body received over HTTP/2 (an upstream's answer, a client's request): its data, then
-/// its trailers. What is taken is given back to the peer's window at once.
+/// A response body from an HTTP/2 upstream: its data, then its trailers. What is taken is
+/// given back to the upstream's window at once.
 pub(crate) struct H2Body {
     recv: RecvStream,
     data_done: bool,
-}
-
-impl H2Body {
-    pub fn new(recv: RecvStream) -> H2Body {
-        H2Body { recv, data_done: false }
-    }
 }
 
 impl Body for H2Body {

@@ -25,7 +25,6 @@ mod config;
 mod control;
 mod convert;
 mod h2_pool;
-mod h2_server;
 mod http1_codec;
 mod http1_pool;
 mod http1_server;

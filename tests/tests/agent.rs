@@ -1500,7 +1500,7 @@ async fn least_request_sends_fewer_requests_to_a_slow_instance_than_round_robin_
 
 /// Reads from `tcp` until the agent closes the connection (what it answered first, if
 /// anything), or panics after `within`.
-async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> String {
     let mut got = Vec::new();
     let read = tokio::time::timeout(within, async {
         let mut buf = [0u8; 4096];
@@ -1512,20 +1512,7 @@ async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> Vec
         }
     });
     assert!(read.await.is_ok(), "still open after {within:?}");
-    got
-}
-
-/// Whether `answer` is what an HTTP/2 server sends a peer whose preface is not HTTP/2's:
-/// nothing but its own SETTINGS and, if it likes, GOAWAY (RFC 9113 §3.4) — no answer.
-fn http2_refusal(mut answer: &[u8]) -> bool {
-    while answer.len() >= 9 {
-        let end = answer.len().min(9 + u32::from_be_bytes([0, answer[0], answer[1], answer[2]]) as usize);
-        if ![4, 7].contains(&answer[3]) {
-            return false;
-        }
-        answer = &answer[end..];
-    }
-    answer.is_empty()
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test]
@@ -1542,7 +1529,7 @@ async fn oversized_headers_slow_clients_and_malformed_http2_are_cut_off_and_othe
     );
     let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
     let _ = tcp.write_all(big.as_bytes()).await;
-    let answer = String::from_utf8_lossy(&closed_within(&mut tcp, Duration::from_secs(5)).await).into_owned();
+    let answer = closed_within(&mut tcp, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     let slowloris = async {
@@ -1577,11 +1564,11 @@ async fn oversized_headers_slow_clients_and_malformed_http2_are_cut_off_and_othe
         tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
         tcp.write_all(&[0, 0, 4, 0, 0, 0, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]).await.unwrap();
         closed_within(&mut tcp, Duration::from_secs(5)).await;
-        // A preface that is almost HTTP/2's: refused as HTTP/2 (RFC 9113 §3.4), closed.
+        // A preface that is almost HTTP/2's: taken as HTTP/1.1, refused, closed.
         let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
         tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").await.unwrap();
         let answer = closed_within(&mut tcp, Duration::from_secs(5)).await;
-        assert!(http2_refusal(&answer), "{answer:?}");
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
         // Bytes that are no HTTP at all.
         let mut tcp = tokio::net::TcpStream::connect(edge).await.unwrap();
         tcp.write_all(&[0xff; 64]).await.unwrap();
