@@ -182,8 +182,9 @@ pub async fn serve(cfg: Serve, database: &Database, keyring: trellis_ca::KeyRing
         trellis_api::RequestLimits { body: cfg.body_limit, time: cfg.request_timeout },
         trellis_web::router(console),
     );
-    // Both before the address is announced: whoever waits for that line (an operator, a
-    // supervisor, a test) may signal the process right away.
+    // The signal handlers and the login link, both ready before the address is announced:
+    // whoever waits for that line (an operator, a supervisor, a test) may signal the process
+    // or open the link right away.
     let stop = shutdown_signal();
     let local_link = match &accounts.oidc {
         Some(_) => None,
