@@ -382,10 +382,7 @@ impl Connection {
             let v = value.as_bytes();
             self.close |= has_token(v, b"close");
             self.upgrade |= has_token(v, b"upgrade");
-            // Most values are a lone `keep-alive` or `close`, which name no field to leave out.
-            if !v.eq_ignore_ascii_case(b"keep-alive") && !v.eq_ignore_ascii_case(b"close") {
-                self.named.extend(connection_options(value));
-            }
+            self.named.extend(connection_options(value));
         } else if name == TRANSFER_ENCODING {
             self.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
         } else if name == CONTENT_LENGTH {

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
 use prost::Name;
@@ -124,8 +124,6 @@ pub struct Proxy {
     draining: tokio::sync::watch::Sender<bool>,
     /// Connections open; the count falls to zero when a drain is done.
     open: tokio::sync::watch::Sender<usize>,
-    /// hyper's pooled plaintext HTTP/2 client, for HTTP/2 passed through in transparent mode.
-    passthrough_h2: Client<HttpConnector, Body>,
     /// HTTP/1.1 upstream, to the application and to mesh endpoints.
     http1: Http1Pool,
     /// HTTP/2 upstreams, one connection per endpoint.
@@ -170,12 +168,6 @@ impl Proxy {
             checkers: Mutex::default(),
             draining: tokio::sync::watch::channel(false).0,
             open: tokio::sync::watch::channel(0).0,
-            passthrough_h2: {
-                let mut http = HttpConnector::new();
-                http.set_nodelay(true);
-                http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-                pooled_client(true).build(http)
-            },
             http1: Http1Pool::new(UPSTREAM_IDLE),
             h2: H2Pool::new(UPSTREAM_IDLE),
             tls_connectors: Mutex::default(),
@@ -1080,11 +1072,7 @@ impl Proxy {
     ) -> Result<Response<Body>, PoolError> {
         strip_hop_by_hop(req.headers_mut());
         with_host(&mut req, dst);
-        let connect = || async move {
-            let tcp = connect_tcp(dst).await.map_err(|e| PoolError::Connect(e.to_string()))?;
-            Ok(Box::new(tcp) as Box<dyn Upstream>)
-        };
-        self.http1.send(Destination { addr: dst, mtls: None }, connect, req).await
+        self.http1.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), req).await
     }
 
     /// Serves a plaintext HTTP connection with `answer`: HTTP/1.1 (when `speaks` says so) on
@@ -1114,19 +1102,17 @@ impl Proxy {
         self.draining.subscribe()
     }
 
-    /// `req` to `dst`, an address outside the mesh, as it came, over hyper's pooled HTTP/2
-    /// client (transparent mode's passthrough).
+    /// `req` to `dst`, an address outside the mesh, as it came, over the HTTP/2 client
+    /// (transparent mode's passthrough).
     pub(crate) async fn pass_on_http2(
         &self,
         dst: SocketAddr,
         mut req: Request<Body>,
-    ) -> Result<Response<Body>, String> {
+    ) -> Result<Response<Body>, PoolError> {
         strip_hop_by_hop(req.headers_mut());
-        // The absolute URI hyper connects by.
-        *req.uri_mut() = absolute(std::mem::take(req.uri_mut()), dst).map_err(|e| e.to_string())?;
-        let mut resp = self.passthrough_h2.request(req).await.map_err(|e| e.to_string())?;
-        strip_hop_by_hop(resp.headers_mut());
-        Ok(resp.map(Body::streaming))
+        for_http2(&mut req, dst).map_err(|e| PoolError::Http(e.to_string()))?;
+        let resp = self.h2.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), req).await?;
+        Ok(resp.map(Body::from))
     }
 
     fn mesh_client(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<MeshClient> {
@@ -1337,18 +1323,6 @@ fn should_retry(r: &Retry, result: &Result<Response<Body>, Failure>) -> bool {
     })
 }
 
-/// `uri` sent to `addr`: `http://<addr><path and query>`, as hyper-util's pooled client
-/// wants it.
-fn absolute(uri: Uri, addr: SocketAddr) -> Result<Uri, http::Error> {
-    let mut parts = uri.into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority_of(addr)?);
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    Ok(Uri::from_parts(parts)?)
-}
-
 /// `req` as HTTP/2 sends it: an absolute URI (`:scheme` and `:authority`) whose authority is
 /// the one the request named — its target's, else its `Host`, which HTTP/2 does not carry
 /// beside it (RFC 9113 §8.3.1) — else the address it goes to.
@@ -1552,6 +1526,12 @@ async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(tcp)
 }
 
+/// A plaintext connection to `addr` outside the mesh, as the pools take it.
+async fn plain_upstream(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError> {
+    let tcp = connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+    Ok(Box::new(tcp))
+}
+
 /// An mTLS connection to the mesh endpoint `addr`, whose identity `tls` verifies.
 async fn connect_mtls(
     tls: tokio_rustls::TlsConnector,
@@ -1605,11 +1585,14 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_sent_to_the_endpoint_with_its_path_and_query() {
-        let to = |uri: &str, addr: &str| absolute(uri.parse().unwrap(), addr.parse().unwrap()).unwrap();
+    fn a_request_naming_no_authority_is_sent_to_the_endpoint_with_its_path_and_query() {
+        let to = |uri: &str, addr: &str| {
+            let mut req = request_for(uri, None);
+            for_http2(&mut req, addr.parse().unwrap()).unwrap();
+            req.uri().clone()
+        };
         assert_eq!(to("/a/b?c=1", "10.0.255.9:8080").to_string(), "http://10.0.255.9:8080/a/b?c=1");
-        assert_eq!(to("http://reviews.shop:9080/x", "127.0.0.1:0").to_string(), "http://127.0.0.1:0/x");
-        assert_eq!(to("reviews.shop:9080", "[::1]:443").to_string(), "http://[::1]:443/");
+        assert_eq!(to("/", "[::1]:443").to_string(), "http://[::1]:443/");
         assert_eq!(to("/", "0.0.0.0:65535").authority().unwrap().port_u16(), Some(65535));
     }
 

@@ -259,7 +259,7 @@ async fn sniff_http(tcp: &TcpStream) -> Option<Speaks> {
 /// HTTP to an address that is no mesh endpoint: each request goes to the service its
 /// `Host` names on the original port, or on to the original destination. HTTP/1.1 on the
 /// agent's own server and client (a protocol switch, WebSocket's, goes through either way),
-/// HTTP/2 on hyper's.
+/// HTTP/2 on hyper's server and the agent's own client.
 async fn by_host(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
@@ -295,10 +295,9 @@ async fn by_host_request(
 /// A request to an address outside the mesh, sent on as it came (its connection's own
 /// fields apart).
 async fn passthrough_request(proxy: &Proxy, dst: SocketAddr, req: Request<Body>) -> Response<Body> {
-    let sent = if req.version() == http::Version::HTTP_2 {
-        proxy.pass_on_http2(dst, req).await
-    } else {
-        proxy.pass_on_http1(dst, req).await.map_err(|e| e.to_string())
+    let sent = match req.version() {
+        http::Version::HTTP_2 => proxy.pass_on_http2(dst, req).await,
+        _ => proxy.pass_on_http1(dst, req).await,
     };
     sent.unwrap_or_else(|why| {
         local_reply(false, StatusCode::BAD_GATEWAY, 14, &format!("passthrough to {dst}: {why}"))

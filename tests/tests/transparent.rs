@@ -262,15 +262,20 @@ async fn curl_until_200(ns: &str, url: &str, options: &[&str], agents: &[&Proces
     }
 }
 
-/// An HTTP server outside the mesh, in the root namespace at `addr`, answering every
-/// request with `body`, and a WebSocket endpoint at `/chat`; its address.
+/// An HTTP server outside the mesh (HTTP/1.1 and HTTP/2), in the root namespace at `addr`,
+/// answering every request with `body` and the authority the request named (`<body> for
+/// <authority>`), and a WebSocket endpoint at `/chat`; its address.
 async fn outside(addr: &str, body: &'static str) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
+        let answer = move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
+            let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or_default();
+            format!("{body} for {}", uri.authority().map_or(host, |a| a.as_str()))
+        };
         let router = axum::Router::new()
             .route("/chat", axum::routing::get(trellis_tests::websocket::echo))
-            .fallback(move || async move { body });
+            .fallback(answer);
         axum::serve(listener, router).await.unwrap();
     });
     addr
@@ -441,6 +446,10 @@ async fn pods_call_each_other_by_ipv4_ipv6_and_host_through_both_agents_with_mtl
                 assert!(body.ends_with("/ns/shop/sa/web"), "over mTLS, from web: {body}");
             }
         }
+        // HTTP/2 that names no service reaches that address with the authority it named.
+        let options = ["--http2-prior-knowledge", "-H", "Host: example.com"];
+        let (status, body) = curl_with(&pods.client, &format!("http://{at}/hello"), &options).await.unwrap();
+        assert_eq!((status, body.trim()), (200, "outside the mesh for example.com"), "{at} over HTTP/2");
     }
     // As an application that resolved `<service>.<mesh>` to such an address calls it.
     for (name, expected) in [("api.shop", "api saw"), ("ratings.shop", "ratings saw")] {
@@ -469,7 +478,7 @@ async fn pods_call_each_other_by_ipv4_ipv6_and_host_through_both_agents_with_mtl
     for host in [pods.ip(1), format!("[{}]", pods.ip6(1))] {
         let at = outside(&format!("{host}:0"), "outside the mesh, elsewhere").await;
         let (status, body) = curl(&pods.client, &format!("http://{at}/")).await.unwrap();
-        assert_eq!((status, body.as_str()), (200, "outside the mesh, elsewhere"), "{at}");
+        assert_eq!((status, body), (200, format!("outside the mesh, elsewhere for {at}")), "{at}");
     }
 
     // STRICT: a plaintext caller that bypasses the client agent (here the root namespace)
