@@ -25,6 +25,8 @@ mod config;
 mod control;
 mod convert;
 mod h2_pool;
+mod h2_server;
+mod hpack;
 mod http1_codec;
 mod http1_pool;
 mod http1_server;

@@ -45,13 +45,13 @@ use crate::config::{
 use crate::h2_pool::{H2Body, H2Pool};
 use crate::http1_codec::{MAX_HEAD_BYTES, connection_options, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
-use crate::http1_server;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::pipe::pipe;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
+use crate::{h2_server, http1_server};
 
 type MeshClient = Client<MeshConnector, Body>;
 
@@ -482,16 +482,12 @@ impl Proxy {
                     let answer = |req| downstream.clone().answer(req);
                     return http1_server::serve(io, answer, HEADER_TIMEOUT, self.draining()).await;
                 }
-                let (io, builder) = (TokioIo::new(io), http_server());
                 if speaks == Some(Speaks::Http2) {
-                    // hyper runs each stream as a task, which tokio copies whole as the task
-                    // starts, ends and is taken: boxed, the task holds a pointer to the request's
-                    // future (6 KiB) instead of the future.
-                    let svc = service_fn(move |req| Box::pin(downstream.clone().answer_hyper(req)));
-                    return self.until_drained(builder.http2_only().serve_connection(io, svc)).await;
+                    let answer = |req| downstream.clone().answer(req);
+                    return h2_server::serve(io, answer, HEADER_TIMEOUT, self.draining()).await;
                 }
                 let svc = service_fn(move |req| downstream.clone().answer_hyper(req));
-                self.until_drained(builder.serve_connection(io, svc)).await
+                self.until_drained(http_server().serve_connection(TokioIo::new(io), svc)).await
             }
             Handler::Tcp { access, backends } => {
                 let (inbound, service) = peer_service(&l, peer.as_ref());

@@ -1,0 +1,1632 @@
+//! The agent's HTTP/2 server (RFC 9113), driven from the task that serves the connection as
+//! `http1_server.rs` is: frames are read and written there, a stream's answer is computed by a
+//! future polled there too, and its body is sent from there as the peer's windows allow. hyper's
+//! server (on the h2 crate) ran every stream as a task of its own beside the connection's, and
+//! passed each frame between them through shared queues; gRPC's requests cost four times
+//! HTTP/1.1's instructions so (BENCHMARKS.md).
+//!
+//! A request whose body came whole with its head (most gRPC calls) is handed over whole, as
+//! HTTP/1.1's are: its handler starts only after the frames that arrived with its head have been
+//! read. Every other body streams through an inbox the connection fills and the proxy empties;
+//! the client's window is given back as it is emptied, so what a client may have buffered here is
+//! bounded by the windows the agent offers.
+
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::future::{AbortHandle, Abortable, Aborted};
+use futures::stream::{FuturesUnordered, StreamExt};
+use http::header::{CONTENT_LENGTH, TE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use hyper::body::{Body as _, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::body::{Body, BoxError};
+use crate::hpack;
+use crate::http1_codec::MAX_HEAD_BYTES;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest frame either side sends: the protocol's smallest maximum, which the agent
+/// never raises.
+const MAX_FRAME: usize = 16_384;
+/// Streams a client may have open at once (hyper's default).
+const MAX_STREAMS: usize = 200;
+/// What a client may send on a stream, and on the connection, before the agent has passed it
+/// on (the protocol's default of 64 KiB would stall a fast client).
+const STREAM_WINDOW: i64 = 1 << 20;
+const CONNECTION_WINDOW: i64 = 2 << 20;
+const DEFAULT_WINDOW: i64 = 65_535;
+const MAX_WINDOW: i64 = (1 << 31) - 1;
+/// The largest header block taken, compressed: Huffman coding may make a block longer than the
+/// fields it holds, which are bounded by `MAX_HEAD_BYTES`.
+const MAX_BLOCK: usize = 4 * MAX_HEAD_BYTES;
+const READ_CHUNK: usize = 16 * 1024;
+/// Bytes waiting to be written past which the connection stops reading and taking more from
+/// answers' bodies, until the client has read some.
+const HIGH_WATER: usize = 64 * 1024;
+/// Streams reset by the client that are remembered, so that a frame on one is told apart from a
+/// frame on a stream that never was.
+const REMEMBERED_RESETS: usize = 32;
+
+/// Frame types (RFC 9113 §6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const PRIORITY: u8 = 0x2;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const CONTINUATION: u8 = 0x9;
+
+/// Frame flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY_FLAG: u8 = 0x20;
+
+/// Error codes (RFC 9113 §7).
+const NO_ERROR: u32 = 0x0;
+const PROTOCOL_ERROR: u32 = 0x1;
+const INTERNAL_ERROR: u32 = 0x2;
+const FLOW_CONTROL_ERROR: u32 = 0x3;
+const STREAM_CLOSED: u32 = 0x5;
+const FRAME_SIZE_ERROR: u32 = 0x6;
+const REFUSED_STREAM: u32 = 0x7;
+const COMPRESSION_ERROR: u32 = 0x9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Settings (RFC 9113 §6.5.2).
+const ENABLE_PUSH: u16 = 0x2;
+const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+const INITIAL_WINDOW_SIZE: u16 = 0x4;
+const MAX_FRAME_SIZE: u16 = 0x5;
+const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+/// Serves `io`, which has not yet read the client's preface, with `answer` until the client
+/// closes the connection or says GOAWAY, breaks the protocol (told in GOAWAY, then closed), takes
+/// longer than `header_timeout` over its preface, or the agent drains (GOAWAY; the streams begun
+/// are answered first).
+pub(crate) async fn serve<IO, F, Fut>(
+    mut io: IO,
+    answer: F,
+    header_timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let mut read = BytesMut::with_capacity(READ_CHUNK);
+    let preface = async {
+        while read.len() < PREFACE.len() {
+            if io.read_buf(&mut read).await? == 0
+                || !PREFACE.starts_with(&read[..read.len().min(PREFACE.len())])
+            {
+                anyhow::bail!("not HTTP/2's preface");
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(header_timeout, preface)
+        .await
+        .map_err(|_| anyhow::anyhow!("no HTTP/2 preface within {header_timeout:?}"))??;
+    if !read.starts_with(PREFACE) {
+        anyhow::bail!("not HTTP/2's preface");
+    }
+    read.advance(PREFACE.len());
+    let drained = async move {
+        if draining.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut drained = pin!(drained);
+    let mut conn = Conn::new(io, read, answer);
+    poll_fn(|cx| {
+        if conn.ending.is_none() && drained.as_mut().poll(cx).is_ready() {
+            conn.go_away(NO_ERROR, Ending::Graceful, "the agent is draining");
+        }
+        conn.poll_serve(cx)
+    })
+    .await
+}
+
+/// A breach of the protocol that ends the connection, told to the client in GOAWAY.
+#[derive(Debug)]
+struct ConnError {
+    code: u32,
+    why: &'static str,
+}
+
+fn conn_error(code: u32, why: &'static str) -> ConnError {
+    ConnError { code, why }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Ending {
+    /// GOAWAY said: the streams begun are finished, then the connection closes.
+    Graceful,
+    /// GOAWAY said for a breach: the connection closes once it is written.
+    Now,
+}
+
+type Answering = Pin<Box<dyn Future<Output = (u32, Result<Response<Body>, Aborted>)> + Send>>;
+
+struct Conn<IO, F> {
+    io: IO,
+    read: BytesMut,
+    /// Frames to write; `written` of them are.
+    wire: Vec<u8>,
+    written: usize,
+    hpack: hpack::Decoder,
+    answer: F,
+    streams: Vec<Stream>,
+    answering: FuturesUnordered<Answering>,
+    /// The highest stream the client opened.
+    last_id: u32,
+    recently_reset: VecDeque<u32>,
+    /// The client's SETTINGS came (it must be its first frame).
+    settled: bool,
+    /// The client's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    /// What the agent may still send on the connection, and the client.
+    send_window: i64,
+    recv_window: i64,
+    /// Bytes the proxy has taken from the client that the client has not been given back yet.
+    unreleased: i64,
+    /// A header block awaiting its CONTINUATION frames.
+    block: Option<Block>,
+    /// The client closed its side, or said GOAWAY: no more requests.
+    client_done: bool,
+    ending: Option<Ending>,
+    /// Why the connection ended, when it ended on a breach.
+    broken: Option<&'static str>,
+    /// Room to encode a header block, kept from one answer to the next.
+    scratch: Vec<u8>,
+}
+
+struct Block {
+    id: u32,
+    end_stream: bool,
+    self_dependent: bool,
+    bytes: Vec<u8>,
+}
+
+struct Stream {
+    id: u32,
+    /// The request, until its handler starts.
+    request: Option<http::request::Parts>,
+    /// Its body as far as it came before the handler started (whole bodies stay here).
+    early: Vec<Bytes>,
+    early_trailers: Option<HeaderMap>,
+    /// Bytes kept here (a whole body) that the client gets back when the stream ends.
+    held: i64,
+    /// The body's inbox, once the handler streams it.
+    inbox: Option<Arc<Mutex<Inbox>>>,
+    /// The client may still send DATA or trailers.
+    recv_open: bool,
+    recv_window: i64,
+    /// Emptied from the inbox but not yet given back to the client's window on this stream.
+    ungranted: i64,
+    content_length: Option<u64>,
+    received: u64,
+    abort: Option<AbortHandle>,
+    out: Out,
+    send_window: i64,
+}
+
+enum Out {
+    /// The handler is still at work.
+    Waiting,
+    /// The answer's body is being sent; `pending` is what the windows have not let go yet,
+    /// and whether it is the body's last.
+    Sending { body: Body, pending: Option<(Bytes, bool)> },
+    /// END_STREAM sent.
+    Done,
+}
+
+impl<IO, F, Fut> Conn<IO, F>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<Body>) -> Fut,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    fn new(io: IO, read: BytesMut, answer: F) -> Self {
+        let mut conn = Conn {
+            io,
+            read,
+            wire: Vec::with_capacity(4096),
+            written: 0,
+            hpack: hpack::Decoder::new(),
+            answer,
+            streams: Vec::new(),
+            answering: FuturesUnordered::new(),
+            last_id: 0,
+            recently_reset: VecDeque::new(),
+            settled: false,
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: MAX_FRAME,
+            send_window: DEFAULT_WINDOW,
+            recv_window: CONNECTION_WINDOW,
+            unreleased: 0,
+            block: None,
+            client_done: false,
+            ending: None,
+            broken: None,
+            scratch: Vec::new(),
+        };
+        let settings = [
+            (MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
+            (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
+            (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
+        ];
+        conn.frame_head(settings.len() * 6, SETTINGS, 0, 0);
+        for (id, value) in settings {
+            conn.wire.extend_from_slice(&id.to_be_bytes());
+            conn.wire.extend_from_slice(&value.to_be_bytes());
+        }
+        conn.window_update(0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
+        conn
+    }
+
+    /// Does all that can be done now; ready when the connection is over.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<anyhow::Result<()>> {
+        loop {
+            let mut busy = false;
+            // Draining, the streams begun still need the client's frames.
+            if self.ending != Some(Ending::Now)
+                && !self.client_done
+                && self.wire.len() - self.written < HIGH_WATER
+            {
+                self.read.reserve(READ_CHUNK);
+                match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
+                    Poll::Ready(Ok(0)) => {
+                        busy = true;
+                        self.client_closed();
+                    }
+                    Poll::Ready(Ok(_)) => busy = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            // Frames may have come with the preface, or wait for room to write.
+            if self.read.len() >= 9 && self.ending != Some(Ending::Now) {
+                if let Err(e) = self.take_frames() {
+                    self.broken = Some(e.why);
+                    self.go_away(e.code, Ending::Now, e.why);
+                }
+                self.start_answering(cx);
+            }
+            while let Poll::Ready(Some((id, answered))) = self.answering.poll_next_unpin(cx) {
+                busy = true;
+                if let Ok(response) = answered {
+                    self.respond(id, response);
+                }
+            }
+            busy |= self.send_bodies(cx);
+            self.give_back_windows();
+            if self.written < self.wire.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wire[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(anyhow::anyhow!("the connection took no more bytes")));
+                    }
+                    Poll::Ready(Ok(n)) => {
+                        busy = true;
+                        self.written += n;
+                        if self.written == self.wire.len() {
+                            self.wire.clear();
+                            self.written = 0;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => {}
+                }
+            }
+            if self.written == self.wire.len() {
+                // TLS keeps what it was given until flushed.
+                if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                    return Poll::Ready(Err(e.into()));
+                }
+                let over = match self.ending {
+                    Some(Ending::Now) => true,
+                    Some(Ending::Graceful) => self.streams.is_empty(),
+                    None => self.client_done && self.streams.is_empty(),
+                };
+                if over {
+                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    return Poll::Ready(match self.broken {
+                        Some(why) => Err(anyhow::anyhow!("HTTP/2 client broke the protocol: {why}")),
+                        None => Ok(()),
+                    });
+                }
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Handles every whole frame read.
+    fn take_frames(&mut self) -> Result<(), ConnError> {
+        while self.read.len() >= 9 && self.ending != Some(Ending::Now) {
+            let len =
+                usize::from(self.read[0]) << 16 | usize::from(self.read[1]) << 8 | usize::from(self.read[2]);
+            if len > MAX_FRAME {
+                return Err(conn_error(FRAME_SIZE_ERROR, "a frame larger than SETTINGS_MAX_FRAME_SIZE"));
+            }
+            if self.read.len() < 9 + len {
+                return Ok(());
+            }
+            let (kind, flags) = (self.read[3], self.read[4]);
+            let id =
+                u32::from_be_bytes([self.read[5], self.read[6], self.read[7], self.read[8]]) & 0x7fff_ffff;
+            self.read.advance(9);
+            let payload = self.read.split_to(len).freeze();
+            self.on_frame(kind, flags, id, payload)?;
+        }
+        Ok(())
+    }
+
+    fn on_frame(&mut self, kind: u8, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
+        if self.block.as_ref().is_some_and(|b| kind != CONTINUATION || b.id != id) {
+            return Err(conn_error(PROTOCOL_ERROR, "a header block interrupted"));
+        }
+        if !self.settled && kind != SETTINGS {
+            return Err(conn_error(PROTOCOL_ERROR, "a first frame other than SETTINGS"));
+        }
+        match kind {
+            DATA => self.on_data(flags, id, payload),
+            HEADERS => self.on_headers(flags, id, payload),
+            PRIORITY => {
+                if id == 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "PRIORITY on stream 0"));
+                }
+                if payload.len() != 5 {
+                    self.reset(id, FRAME_SIZE_ERROR);
+                } else if dependency(&payload) == id {
+                    self.reset(id, PROTOCOL_ERROR);
+                }
+                Ok(())
+            }
+            RST_STREAM => {
+                if id == 0 || id > self.last_id {
+                    return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
+                if payload.len() != 4 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes long"));
+                }
+                if let Some(i) = self.index(id) {
+                    self.remove(i);
+                }
+                self.remember_reset(id);
+                Ok(())
+            }
+            SETTINGS => self.on_settings(flags, id, &payload),
+            PUSH_PROMISE => Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
+            PING => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "PING on a stream"));
+                }
+                if payload.len() != 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
+                }
+                if flags & ACK == 0 {
+                    self.frame_head(8, PING, ACK, 0);
+                    self.wire.extend_from_slice(&payload);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
+                }
+                if payload.len() < 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes"));
+                }
+                self.client_done = true;
+                Ok(())
+            }
+            WINDOW_UPDATE => self.on_window_update(id, &payload),
+            CONTINUATION => {
+                let Some(block) = self.block.as_mut() else {
+                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                if block.bytes.len() + payload.len() > MAX_BLOCK {
+                    return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
+                }
+                block.bytes.extend_from_slice(&payload);
+                if flags & END_HEADERS != 0 {
+                    let block = self.block.take().expect("matched");
+                    self.on_block(block.id, block.end_stream, block.self_dependent, &block.bytes)?;
+                }
+                Ok(())
+            }
+            // Frames of unknown types are ignored (RFC 9113 §4.1).
+            _ => Ok(()),
+        }
+    }
+
+    fn on_data(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let len = payload.len() as i64;
+        if len > self.recv_window {
+            return Err(conn_error(FLOW_CONTROL_ERROR, "DATA past the connection's window"));
+        }
+        self.recv_window -= len;
+        let data = unpadded(flags, payload)?;
+        // Padding is given back at once; so is all of a frame nobody will read.
+        let padding = len - data.len() as i64;
+        self.unreleased += padding;
+        let Some(i) = self.index(id).filter(|&i| self.streams[i].recv_open) else {
+            self.unreleased += data.len() as i64;
+            if id > self.last_id {
+                return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
+            }
+            self.reset(id, STREAM_CLOSED);
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        s.received += data.len() as u64;
+        let end = flags & END_STREAM != 0;
+        if len > s.recv_window || s.content_length.is_some_and(|n| s.received > n || end && s.received != n) {
+            self.unreleased += data.len() as i64;
+            let code = if len > s.recv_window { FLOW_CONTROL_ERROR } else { PROTOCOL_ERROR };
+            self.reset(id, code);
+            return Ok(());
+        }
+        s.recv_window -= len;
+        s.recv_open = !end;
+        if let Some(inbox) = &s.inbox {
+            let mut inbox = inbox.lock().expect("not poisoned");
+            if inbox.dropped {
+                self.unreleased += data.len() as i64;
+            } else if !data.is_empty() {
+                inbox.chunks.push_back(data);
+            }
+            inbox.ended = end;
+            if let Some(reader) = inbox.reader.take() {
+                reader.wake();
+            }
+        } else if !data.is_empty() {
+            s.held += data.len() as i64;
+            s.early.push(data);
+        }
+        if end && matches!(s.out, Out::Done) {
+            self.remove(i);
+        }
+        Ok(())
+    }
+
+    fn on_headers(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
+        }
+        let mut fragment = unpadded(flags, payload)?;
+        let mut self_dependent = false;
+        if flags & PRIORITY_FLAG != 0 {
+            if fragment.len() < 5 {
+                return Err(conn_error(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
+            }
+            self_dependent = dependency(&fragment) == id;
+            fragment.advance(5);
+        }
+        let end_stream = flags & END_STREAM != 0;
+        if flags & END_HEADERS != 0 {
+            return self.on_block(id, end_stream, self_dependent, &fragment);
+        }
+        self.block = Some(Block { id, end_stream, self_dependent, bytes: fragment.to_vec() });
+        Ok(())
+    }
+
+    /// A whole header block: a request's head, or its trailers.
+    fn on_block(
+        &mut self,
+        id: u32,
+        end_stream: bool,
+        self_dependent: bool,
+        block: &[u8],
+    ) -> Result<(), ConnError> {
+        let existing = self.index(id);
+        let mut fields = Fields::new(existing.is_some());
+        self.hpack
+            .decode(block, |name, value| fields.add(name, value))
+            .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))?;
+        if let Some(i) = existing {
+            let s = &mut self.streams[i];
+            if !s.recv_open {
+                self.reset(id, STREAM_CLOSED);
+            } else if !end_stream
+                || fields.malformed.is_some()
+                || fields.too_large
+                || s.content_length.is_some_and(|n| n != s.received)
+            {
+                self.reset(id, PROTOCOL_ERROR);
+            } else {
+                s.recv_open = false;
+                match &s.inbox {
+                    Some(inbox) => {
+                        let mut inbox = inbox.lock().expect("not poisoned");
+                        inbox.trailers = Some(fields.headers);
+                        inbox.ended = true;
+                        if let Some(reader) = inbox.reader.take() {
+                            reader.wake();
+                        }
+                    }
+                    None => s.early_trailers = Some(fields.headers),
+                }
+                if matches!(s.out, Out::Done) {
+                    self.remove(i);
+                }
+            }
+            return Ok(());
+        }
+        if id <= self.last_id {
+            if self.recently_reset.contains(&id) {
+                return Err(conn_error(STREAM_CLOSED, "HEADERS on a closed stream"));
+            }
+            return Err(conn_error(PROTOCOL_ERROR, "a stream opened out of order"));
+        }
+        if id.is_multiple_of(2) {
+            return Err(conn_error(PROTOCOL_ERROR, "a client opened an even-numbered stream"));
+        }
+        self.last_id = id;
+        if self.ending.is_some() {
+            // After GOAWAY: not processed, as GOAWAY's last stream told the client.
+            return Ok(());
+        }
+        if self_dependent {
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            self.reset(id, REFUSED_STREAM);
+            return Ok(());
+        }
+        if fields.too_large {
+            // Answered at once, as HTTP/1.1's are.
+            self.scratch.clear();
+            hpack::encode_status(431, &mut self.scratch);
+            self.header_block(id, true);
+            if !end_stream {
+                self.reset(id, NO_ERROR);
+            }
+            return Ok(());
+        }
+        let content_length =
+            fields.headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse().ok()));
+        let request = match (fields.into_request(), content_length) {
+            (Some(request), None | Some(Some(_))) => request,
+            _ => {
+                self.reset(id, PROTOCOL_ERROR);
+                return Ok(());
+            }
+        };
+        let content_length = content_length.flatten();
+        if end_stream && content_length.is_some_and(|n| n != 0) {
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        self.streams.push(Stream {
+            id,
+            request: Some(request),
+            early: Vec::new(),
+            early_trailers: None,
+            held: 0,
+            inbox: None,
+            recv_open: !end_stream,
+            recv_window: STREAM_WINDOW,
+            ungranted: 0,
+            content_length,
+            received: 0,
+            abort: None,
+            out: Out::Waiting,
+            send_window: self.peer_initial_window,
+        });
+        Ok(())
+    }
+
+    fn on_settings(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        if id != 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if flags & ACK != 0 {
+            if !payload.is_empty() {
+                return Err(conn_error(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload"));
+            }
+            return Ok(());
+        }
+        if !payload.len().is_multiple_of(6) {
+            return Err(conn_error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes long"));
+        }
+        for setting in payload.chunks_exact(6) {
+            let key = u16::from_be_bytes([setting[0], setting[1]]);
+            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+            match key {
+                ENABLE_PUSH if value > 1 => {
+                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1"));
+                }
+                INITIAL_WINDOW_SIZE => {
+                    let value = i64::from(value);
+                    if value > MAX_WINDOW {
+                        return Err(conn_error(
+                            FLOW_CONTROL_ERROR,
+                            "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1",
+                        ));
+                    }
+                    let delta = value - self.peer_initial_window;
+                    self.peer_initial_window = value;
+                    for s in &mut self.streams {
+                        s.send_window += delta;
+                        if s.send_window > MAX_WINDOW {
+                            return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
+                        }
+                    }
+                }
+                MAX_FRAME_SIZE => {
+                    if !(MAX_FRAME as u32..=0xff_ffff).contains(&value) {
+                        return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range"));
+                    }
+                    self.peer_max_frame = value as usize;
+                }
+                // The encoder keeps no dynamic table and the agent pushes nothing, so the table
+                // size and the stream limit the client asks for hold already; the rest are
+                // advisory or unknown.
+                _ => {}
+            }
+        }
+        self.settled = true;
+        self.frame_head(0, SETTINGS, ACK, 0);
+        Ok(())
+    }
+
+    fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
+        let [a, b, c, d] = payload else {
+            return Err(conn_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long"));
+        };
+        let increment = i64::from(u32::from_be_bytes([*a, *b, *c, *d]) & 0x7fff_ffff);
+        if id == 0 {
+            if increment == 0 {
+                return Err(conn_error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0"));
+            }
+            self.send_window += increment;
+            if self.send_window > MAX_WINDOW {
+                return Err(conn_error(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1"));
+            }
+            return Ok(());
+        }
+        if id > self.last_id {
+            return Err(conn_error(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
+        }
+        let Some(i) = self.index(id) else { return Ok(()) };
+        let s = &mut self.streams[i];
+        s.send_window += increment;
+        if increment == 0 {
+            self.reset(id, PROTOCOL_ERROR);
+        } else if s.send_window > MAX_WINDOW {
+            self.reset(id, FLOW_CONTROL_ERROR);
+        }
+        Ok(())
+    }
+
+    /// The client sent no more: requests it had not finished cannot be, and are dropped.
+    fn client_closed(&mut self) {
+        self.client_done = true;
+        let mut i = 0;
+        while i < self.streams.len() {
+            if self.streams[i].recv_open {
+                self.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Starts the handlers of the requests read, each with its body whole if all of it came.
+    fn start_answering(&mut self, cx: &Context<'_>) {
+        for s in self.streams.iter_mut().filter(|s| s.request.is_some()) {
+            let parts = s.request.take().expect("filtered");
+            let body = if !s.recv_open && s.early_trailers.is_none() {
+                match s.early.len() {
+                    0 => Body::empty(),
+                    1 => Body::whole(s.early.pop().expect("one")),
+                    _ => Body::whole(s.early.concat()),
+                }
+            } else {
+                let inbox = Arc::new(Mutex::new(Inbox {
+                    chunks: s.early.drain(..).collect(),
+                    trailers: s.early_trailers.take(),
+                    ended: !s.recv_open,
+                    failed: false,
+                    reader: None,
+                    connection: cx.waker().clone(),
+                    released: 0,
+                    dropped: false,
+                }));
+                // What came early is given back as the inbox is emptied.
+                s.held = 0;
+                s.inbox = Some(inbox.clone());
+                let remaining = s.content_length.map(|n| n.saturating_sub(s.received));
+                Body::streaming(RequestBody { inbox, remaining })
+            };
+            let (abort, registration) = AbortHandle::new_pair();
+            let answer = Abortable::new((self.answer)(Request::from_parts(parts, body)), registration);
+            let id = s.id;
+            self.answering.push(Box::pin(async move { (id, answer.await) }));
+            s.abort = Some(abort);
+        }
+    }
+
+    /// Writes the head of the answer to stream `id`, and as much of its body as may go.
+    fn respond(&mut self, id: u32, response: Response<Body>) {
+        let Some(i) = self.index(id) else { return };
+        let (head, body) = response.into_parts();
+        self.scratch.clear();
+        hpack::encode_status(head.status.as_u16(), &mut self.scratch);
+        encode_fields(&head.headers, &mut self.scratch);
+        let end = body.is_end_stream();
+        self.header_block(id, end);
+        let s = &mut self.streams[i];
+        s.abort = None;
+        if end {
+            s.out = Out::Done;
+            if !s.recv_open {
+                self.remove(i);
+            }
+        } else {
+            s.out = Out::Sending { body, pending: None };
+        }
+    }
+
+    /// Sends what the answers' bodies have ready, as far as the windows allow.
+    fn send_bodies(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut busy = false;
+        let mut i = 0;
+        while i < self.streams.len() {
+            if self.wire.len() - self.written >= HIGH_WATER {
+                break;
+            }
+            let done = self.send_body(i, cx, &mut busy);
+            if done && self.finish(i) {
+                continue;
+            }
+            i += 1;
+        }
+        busy
+    }
+
+    /// Sends stream `i`'s body; true when it has ended (or failed).
+    fn send_body(&mut self, i: usize, cx: &mut Context<'_>, busy: &mut bool) -> bool {
+        loop {
+            let connection_room = self.send_window.min(self.peer_max_frame as i64);
+            let s = &mut self.streams[i];
+            let id = s.id;
+            let Out::Sending { body, pending } = &mut s.out else { return false };
+            let step = match pending {
+                Some((data, last)) => {
+                    let room = connection_room.min(s.send_window);
+                    if room <= 0 && !data.is_empty() {
+                        return false;
+                    }
+                    let chunk = data.split_to((room.max(0) as usize).min(data.len()));
+                    let end = *last && data.is_empty();
+                    if data.is_empty() {
+                        *pending = None;
+                    }
+                    s.send_window -= chunk.len() as i64;
+                    Step::Data(chunk, end)
+                }
+                None => match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            let last = body.is_end_stream();
+                            if !data.is_empty() || last {
+                                *pending = Some((data, last));
+                            }
+                            Step::Again
+                        }
+                        Err(frame) => Step::Trailers(frame.into_trailers().unwrap_or_default()),
+                    },
+                    Poll::Ready(None) => Step::Data(Bytes::new(), true),
+                    Poll::Ready(Some(Err(e))) => Step::Failed(e),
+                },
+            };
+            *busy = true;
+            match step {
+                Step::Again => {}
+                Step::Data(chunk, end) => {
+                    self.send_window -= chunk.len() as i64;
+                    self.frame_head(chunk.len(), DATA, if end { END_STREAM } else { 0 }, id);
+                    self.wire.extend_from_slice(&chunk);
+                    if end {
+                        return true;
+                    }
+                    if self.wire.len() - self.written >= HIGH_WATER {
+                        return false;
+                    }
+                }
+                Step::Trailers(trailers) => {
+                    self.scratch.clear();
+                    encode_fields(&trailers, &mut self.scratch);
+                    self.header_block(id, true);
+                    return true;
+                }
+                Step::Failed(e) => {
+                    tracing::debug!(error = %e, "an answer's body failed; its stream is reset");
+                    self.frame_head(4, RST_STREAM, 0, id);
+                    self.wire.extend_from_slice(&INTERNAL_ERROR.to_be_bytes());
+                    self.streams[i].recv_open = false;
+                    return true;
+                }
+            }
+        }
+    }
+
+    /// Stream `i` has sent all of its answer: it ends if the client has sent all of its
+    /// request, or nobody reads the rest (the client is told to stop). True when it is gone.
+    fn finish(&mut self, i: usize) -> bool {
+        let s = &mut self.streams[i];
+        s.out = Out::Done;
+        let unread = s.inbox.as_ref().is_none_or(|inbox| inbox.lock().expect("not poisoned").dropped);
+        if !s.recv_open {
+            self.remove(i);
+            true
+        } else if unread {
+            let id = s.id;
+            self.reset(id, NO_ERROR);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives the client back the room the proxy has made by passing its bodies on.
+    fn give_back_windows(&mut self) {
+        let mut grants = Vec::new();
+        for s in self.streams.iter_mut() {
+            let Some(inbox) = &s.inbox else { continue };
+            let released = std::mem::take(&mut inbox.lock().expect("not poisoned").released);
+            self.unreleased += released;
+            if s.recv_open {
+                s.ungranted += released;
+                if s.ungranted >= STREAM_WINDOW / 2 {
+                    s.recv_window += s.ungranted;
+                    grants.push((s.id, std::mem::take(&mut s.ungranted)));
+                }
+            }
+        }
+        for (id, n) in grants {
+            self.window_update(id, n as u32);
+        }
+        if self.unreleased >= CONNECTION_WINDOW / 2 {
+            let n = std::mem::take(&mut self.unreleased);
+            self.recv_window += n;
+            self.window_update(0, n as u32);
+        }
+    }
+
+    /// Ends stream `id` with RST_STREAM.
+    fn reset(&mut self, id: u32, code: u32) {
+        self.frame_head(4, RST_STREAM, 0, id);
+        self.wire.extend_from_slice(&code.to_be_bytes());
+        if let Some(i) = self.index(id) {
+            self.remove(i);
+        }
+        self.remember_reset(id);
+    }
+
+    fn remember_reset(&mut self, id: u32) {
+        if self.recently_reset.len() == REMEMBERED_RESETS {
+            self.recently_reset.pop_front();
+        }
+        self.recently_reset.push_back(id);
+    }
+
+    /// Forgets stream `i`: its handler is stopped, its body's reader told why it ends
+    /// (unless it ended), and what it held is given back to the connection's window.
+    fn remove(&mut self, i: usize) {
+        let s = self.streams.swap_remove(i);
+        if let Some(abort) = s.abort {
+            abort.abort();
+        }
+        self.unreleased += s.held;
+        if let Some(inbox) = s.inbox {
+            let mut inbox = inbox.lock().expect("not poisoned");
+            self.unreleased += inbox.released + inbox.chunks.iter().map(|c| c.len() as i64).sum::<i64>();
+            inbox.released = 0;
+            if !inbox.ended {
+                inbox.chunks.clear();
+                inbox.failed = true;
+            }
+            inbox.dropped = true;
+            if let Some(reader) = inbox.reader.take() {
+                reader.wake();
+            }
+        }
+    }
+
+    fn index(&self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+
+    /// Says GOAWAY: no stream past the last opened is taken.
+    fn go_away(&mut self, code: u32, ending: Ending, why: &str) {
+        let debug = if code == NO_ERROR { &b""[..] } else { why.as_bytes() };
+        self.frame_head(8 + debug.len(), GOAWAY, 0, 0);
+        self.wire.extend_from_slice(&self.last_id.to_be_bytes());
+        self.wire.extend_from_slice(&code.to_be_bytes());
+        self.wire.extend_from_slice(debug);
+        self.ending = Some(ending);
+    }
+
+    /// Writes the header block in `scratch` to stream `id`, in CONTINUATION frames past the
+    /// client's largest frame.
+    fn header_block(&mut self, id: u32, end_stream: bool) {
+        let block = std::mem::take(&mut self.scratch);
+        let mut chunks = block.chunks(self.peer_max_frame).peekable();
+        let mut kind = HEADERS;
+        let mut flags = if end_stream { END_STREAM } else { 0 };
+        loop {
+            let chunk = chunks.next().unwrap_or_default();
+            let last = chunks.peek().is_none();
+            self.frame_head(chunk.len(), kind, flags | if last { END_HEADERS } else { 0 }, id);
+            self.wire.extend_from_slice(chunk);
+            if last {
+                break;
+            }
+            (kind, flags) = (CONTINUATION, 0);
+        }
+        self.scratch = block;
+    }
+
+    fn window_update(&mut self, id: u32, increment: u32) {
+        self.frame_head(4, WINDOW_UPDATE, 0, id);
+        self.wire.extend_from_slice(&increment.to_be_bytes());
+    }
+
+    fn frame_head(&mut self, len: usize, kind: u8, flags: u8, id: u32) {
+        let len = (len as u32).to_be_bytes();
+        self.wire.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+        self.wire.extend_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// What a stream's body gave when it was polled.
+enum Step {
+    /// Data taken into `pending`: sent on the next turn.
+    Again,
+    Data(Bytes, bool),
+    Trailers(HeaderMap),
+    Failed(BoxError),
+}
+
+/// The payload of a frame that may be padded, without its padding.
+fn unpadded(flags: u8, mut payload: Bytes) -> Result<Bytes, ConnError> {
+    if flags & PADDED == 0 {
+        return Ok(payload);
+    }
+    let Some(&pad) = payload.first() else {
+        return Err(conn_error(FRAME_SIZE_ERROR, "a padded frame without its pad length"));
+    };
+    if usize::from(pad) >= payload.len() {
+        return Err(conn_error(PROTOCOL_ERROR, "padding as long as the frame"));
+    }
+    payload.advance(1);
+    payload.truncate(payload.len() - usize::from(pad));
+    Ok(payload)
+}
+
+/// The stream a priority (PRIORITY's payload, or HEADERS' priority fields) depends on.
+fn dependency(priority: &[u8]) -> u32 {
+    u32::from_be_bytes([priority[0], priority[1], priority[2], priority[3]]) & 0x7fff_ffff
+}
+
+/// Fields of HTTP/1.1 connections that HTTP/2 does not carry (RFC 9113 §8.2.2).
+fn connection_specific(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Appends an answer's fields (or trailers), those HTTP/2 does not carry left out.
+fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
+    for (name, value) in headers {
+        if !connection_specific(name) {
+            hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), dst);
+        }
+    }
+}
+
+/// A request's (or its trailers') fields as they decode, checked as RFC 9113 §8.2–8.3 asks.
+struct Fields {
+    trailers: bool,
+    method: Option<Method>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    headers: HeaderMap,
+    regular_seen: bool,
+    size: usize,
+    too_large: bool,
+    malformed: Option<&'static str>,
+}
+
+impl Fields {
+    fn new(trailers: bool) -> Fields {
+        Fields {
+            trailers,
+            method: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            headers: HeaderMap::new(),
+            regular_seen: false,
+            size: 0,
+            too_large: false,
+            malformed: None,
+        }
+    }
+
+    fn add(&mut self, name: &[u8], value: &[u8]) {
+        self.size += name.len() + value.len() + 32;
+        self.too_large |= self.size > MAX_HEAD_BYTES;
+        if self.too_large || self.malformed.is_some() {
+            return;
+        }
+        if let Err(why) = self.take(name, value) {
+            self.malformed = Some(why);
+        }
+    }
+
+    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.trailers || self.regular_seen {
+                return Err("a pseudo-header in trailers or after a field");
+            }
+            let slot = match pseudo {
+                b"method" => {
+                    if self.method.is_some() {
+                        return Err("two :method");
+                    }
+                    self.method = Some(Method::from_bytes(value).map_err(|_| "a malformed :method")?);
+                    return Ok(());
+                }
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => return Err("an unknown pseudo-header"),
+            };
+            if slot.is_some() {
+                return Err("a pseudo-header twice");
+            }
+            *slot = Some(Bytes::copy_from_slice(value));
+            return Ok(());
+        }
+        self.regular_seen = true;
+        let name =
+            HeaderName::from_lowercase(name).map_err(|_| "a field name not lowercase or not a token")?;
+        if connection_specific(&name) || name == TE && value != b"trailers" {
+            return Err("a connection-specific field");
+        }
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
+            return Err("a field value with whitespace around it");
+        }
+        let value = HeaderValue::from_bytes(value).map_err(|_| "a field value with a forbidden byte")?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// The request's head; `None` for one that is malformed.
+    fn into_request(self) -> Option<http::request::Parts> {
+        if self.malformed.is_some() {
+            return None;
+        }
+        let method = self.method?;
+        let mut uri = http::uri::Parts::default();
+        if method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() {
+                return None;
+            }
+            uri.authority = Some(http::uri::Authority::from_maybe_shared(self.authority?).ok()?);
+        } else {
+            let path = self.path.filter(|p| !p.is_empty())?;
+            let scheme = self.scheme?;
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
+            if let Some(authority) = self.authority {
+                uri.scheme = Some(match &scheme[..] {
+                    b"http" => http::uri::Scheme::HTTP,
+                    b"https" => http::uri::Scheme::HTTPS,
+                    other => other.try_into().ok()?,
+                });
+                uri.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
+            }
+        }
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = method;
+        parts.uri = Uri::from_parts(uri).ok()?;
+        parts.version = Version::HTTP_2;
+        parts.headers = self.headers;
+        Some(parts)
+    }
+}
+
+/// A request body's frames between the connection, which fills it, and the proxy, which
+/// empties it.
+struct Inbox {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// The client sent all of the body.
+    ended: bool,
+    /// The stream was reset, or the connection closed, before the body ended.
+    failed: bool,
+    reader: Option<Waker>,
+    connection: Waker,
+    /// Bytes taken since the connection last looked.
+    released: i64,
+    /// The reader is gone (or the stream is): what arrives is given back unread.
+    dropped: bool,
+}
+
+/// Taken between two wakes of the connection, past which it is woken to give the client
+/// room again.
+const RELEASE_BATCH: i64 = 64 * 1024;
+
+struct RequestBody {
+    inbox: Arc<Mutex<Inbox>>,
+    /// What `content-length` says is still to come.
+    remaining: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client reset its HTTP/2 stream, or closed the connection, before the request's body ended")]
+struct Unfinished;
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut inbox = this.inbox.lock().expect("not poisoned");
+        if let Some(data) = inbox.chunks.pop_front() {
+            inbox.released += data.len() as i64;
+            if inbox.released >= RELEASE_BATCH {
+                inbox.connection.wake_by_ref();
+            }
+            if let Some(n) = &mut this.remaining {
+                *n = n.saturating_sub(data.len() as u64);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        if inbox.failed {
+            return Poll::Ready(Some(Err(Unfinished.into())));
+        }
+        if let Some(trailers) = inbox.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if inbox.ended {
+            return Poll::Ready(None);
+        }
+        inbox.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let inbox = self.inbox.lock().expect("not poisoned");
+        inbox.ended && inbox.chunks.is_empty() && inbox.trailers.is_none() && !inbox.failed
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let mut inbox = self.inbox.lock().expect("not poisoned");
+        inbox.dropped = true;
+        let unread: i64 = inbox.chunks.drain(..).map(|c| c.len() as i64).sum();
+        inbox.released += unread;
+        inbox.connection.wake_by_ref();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    /// Answers by path: `/hello` whole, `/echo` the request's body back as it streams,
+    /// `/size` the size of the request's body, `/big` 1 MiB, `/trailers` gRPC-style, `/hang`
+    /// never (counting the handlers dropped).
+    fn answer(
+        dropped: Arc<AtomicUsize>,
+    ) -> impl FnMut(Request<Body>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+        move |req: Request<Body>| {
+            let dropped = dropped.clone();
+            Box::pin(async move {
+                match req.uri().path() {
+                    "/hello" => {
+                        Response::builder().header("x-answer", "yes").body(Body::whole("hello")).unwrap()
+                    }
+                    "/echo" => Response::new(Body::Streaming(req.into_body().boxed())),
+                    "/size" => {
+                        let got = req.into_body().collect().await.map(|c| c.to_bytes().len());
+                        Response::new(Body::whole(format!("{got:?}")))
+                    }
+                    "/big" => Response::new(Body::whole(vec![b'x'; 1 << 20])),
+                    "/trailers" => {
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        let frames = [
+                            Ok::<_, BoxError>(Frame::data(Bytes::from("reply"))),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        Response::new(Body::streaming(StreamBody::new(tokio_stream::iter(frames))))
+                    }
+                    _ => {
+                        struct Guard(Arc<AtomicUsize>);
+                        impl Drop for Guard {
+                            fn drop(&mut self) {
+                                self.0.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                        let _guard = Guard(dropped);
+                        std::future::pending().await
+                    }
+                }
+            })
+        }
+    }
+
+    /// A server on one end of a pipe; the other end, and the drain switch.
+    fn server()
+    -> (DuplexStream, watch::Sender<bool>, Arc<AtomicUsize>, tokio::task::JoinHandle<anyhow::Result<()>>)
+    {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let (drain, draining) = watch::channel(false);
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let served = tokio::spawn(serve(server, answer(dropped.clone()), Duration::from_secs(5), draining));
+        (client, drain, dropped, served)
+    }
+
+    async fn h2_client(io: DuplexStream, window: u32) -> h2::client::SendRequest<Bytes> {
+        let (client, connection) =
+            h2::client::Builder::new().initial_window_size(window).handshake::<_, Bytes>(io).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    async fn body_of(mut body: h2::RecvStream) -> (Vec<u8>, Option<HeaderMap>) {
+        let mut all = Vec::new();
+        while let Some(data) = body.data().await {
+            let data = data.unwrap();
+            body.flow_control().release_capacity(data.len()).unwrap();
+            all.extend_from_slice(&data);
+        }
+        (all, body.trailers().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_h2_client_is_answered_whole_streamed_and_with_trailers_on_one_connection() {
+        let (io, _drain, _, _) = server();
+        let mut client = h2_client(io, 65_535).await;
+        let hello = Request::get("http://svc.mesh/hello").body(()).unwrap();
+        let (resp, _) = client.send_request(hello, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-answer"], "yes");
+        assert_eq!(body_of(resp.into_body()).await.0, b"hello");
+
+        // A body sent in pieces is echoed as it comes.
+        let echo = Request::post("http://svc.mesh/echo").body(()).unwrap();
+        let (resp, mut send) = client.send_request(echo, false).unwrap();
+        send.send_data(Bytes::from("one "), false).unwrap();
+        let resp = resp.await.unwrap();
+        send.send_data(Bytes::from("two"), true).unwrap();
+        assert_eq!(body_of(resp.into_body()).await.0, b"one two");
+
+        let (resp, _) =
+            client.send_request(Request::post("http://svc.mesh/trailers").body(()).unwrap(), true).unwrap();
+        let (data, trailers) = body_of(resp.await.unwrap().into_body()).await;
+        assert_eq!(data, b"reply");
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn bodies_larger_than_every_window_pass_whole_both_ways() {
+        let (io, _drain, _, _) = server();
+        // The client offers 16 KiB a stream: the 1 MiB answer waits for its window updates.
+        let mut client = h2_client(io, 16 * 1024).await;
+        let (resp, _) =
+            client.send_request(Request::get("http://svc.mesh/big").body(()).unwrap(), true).unwrap();
+        let (data, _) = body_of(resp.await.unwrap().into_body()).await;
+        assert_eq!(data.len(), 1 << 20);
+        assert!(data.iter().all(|&b| b == b'x'));
+
+        // 5 MiB up is more than the agent's stream and connection windows: it is given back
+        // as the handler reads.
+        let (resp, mut send) =
+            client.send_request(Request::post("http://svc.mesh/size").body(()).unwrap(), false).unwrap();
+        let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+        for i in 0..80 {
+            send.reserve_capacity(chunk.len());
+            while send.capacity() < chunk.len() {
+                std::future::poll_fn(|cx| send.poll_capacity(cx)).await.unwrap().unwrap();
+            }
+            send.send_data(chunk.clone(), i == 79).unwrap();
+        }
+        let (data, _) = body_of(resp.await.unwrap().into_body()).await;
+        assert_eq!(String::from_utf8(data).unwrap(), format!("Ok({})", 80 * 64 * 1024));
+    }
+
+    #[tokio::test]
+    async fn many_streams_at_once_are_each_answered() {
+        let (io, _drain, _, _) = server();
+        let client = h2_client(io, 65_535).await;
+        let calls = (0..100).map(|_| {
+            let client = client.clone();
+            async move {
+                let client = client.ready().await.unwrap();
+                let (resp, _) = client
+                    .clone()
+                    .send_request(Request::get("http://svc.mesh/hello").body(()).unwrap(), true)
+                    .unwrap();
+                body_of(resp.await.unwrap().into_body()).await.0
+            }
+        });
+        for answer in futures::future::join_all(calls).await {
+            assert_eq!(answer, b"hello");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_the_client_resets_stops_its_handler_and_the_connection_goes_on() {
+        let (io, _drain, dropped, _) = server();
+        let mut client = h2_client(io, 65_535).await;
+        let (resp, mut send) =
+            client.send_request(Request::get("http://svc.mesh/hang").body(()).unwrap(), false).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send.send_reset(h2::Reason::CANCEL);
+        drop(resp);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while dropped.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the handler of a reset stream is dropped");
+        let (resp, _) =
+            client.send_request(Request::get("http://svc.mesh/hello").body(()).unwrap(), true).unwrap();
+        assert_eq!(resp.await.unwrap().status(), 200);
+    }
+
+    #[tokio::test]
+    async fn draining_says_goaway_answers_the_streams_begun_and_closes() {
+        let (io, drain, _, served) = server();
+        let mut client = h2_client(io, 65_535).await;
+        let (resp, mut send) =
+            client.send_request(Request::post("http://svc.mesh/echo").body(()).unwrap(), false).unwrap();
+        send.send_data(Bytes::from("begun "), false).unwrap();
+        let resp = resp.await.unwrap();
+        drain.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        send.send_data(Bytes::from("and finished"), true).unwrap();
+        assert_eq!(body_of(resp.into_body()).await.0, b"begun and finished");
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("closed after the drain")
+            .unwrap()
+            .unwrap();
+    }
+
+    // Raw frames, for what a well-behaved client never sends.
+
+    fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], kind, flags];
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn request_block(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (name, value) in [(":method", "GET"), (":scheme", "http"), (":authority", "svc"), (":path", path)]
+            .into_iter()
+            .chain(extra.iter().copied())
+        {
+            hpack::encode_field(name.as_bytes(), value.as_bytes(), false, &mut block);
+        }
+        block
+    }
+
+    /// A connection past its preface and SETTINGS.
+    async fn raw() -> (DuplexStream, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let (mut io, drain, _, served) = server();
+        std::mem::forget(drain);
+        // In one write: the frames that come with the preface are not left unread.
+        io.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat()).await.unwrap();
+        (io, served)
+    }
+
+    async fn read_frame(io: &mut DuplexStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut head))
+            .await
+            .expect("a frame in time")
+            .ok()?;
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0; len];
+        io.read_exact(&mut payload).await.ok()?;
+        Some((head[3], head[4], u32::from_be_bytes([head[5], head[6], head[7], head[8]]), payload))
+    }
+
+    /// The first frame of `kind` the server sends (SETTINGS, WINDOW_UPDATE and the like skipped).
+    async fn next_of(io: &mut DuplexStream, kind: u8) -> (u8, u32, Vec<u8>) {
+        loop {
+            let (k, flags, id, payload) = read_frame(io).await.expect("the connection still open");
+            if k == kind {
+                return (flags, id, payload);
+            }
+        }
+    }
+
+    async fn goaway_code(io: &mut DuplexStream) -> u32 {
+        let (_, _, payload) = next_of(io, GOAWAY).await;
+        u32::from_be_bytes(payload[4..8].try_into().unwrap())
+    }
+
+    #[tokio::test]
+    async fn breaches_of_the_protocol_end_the_connection_with_their_error_code() {
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            ("DATA on stream 0", frame(DATA, 0, 0, b"x"), PROTOCOL_ERROR),
+            ("a frame past 16 KiB", frame(DATA, 0, 1, &vec![0; MAX_FRAME + 1]), FRAME_SIZE_ERROR),
+            ("PUSH_PROMISE", frame(PUSH_PROMISE, END_HEADERS, 1, &[0, 0, 0, 2]), PROTOCOL_ERROR),
+            (
+                "an even stream",
+                frame(HEADERS, END_HEADERS | END_STREAM, 2, &request_block("/hello", &[])),
+                PROTOCOL_ERROR,
+            ),
+            ("a PING of 7 bytes", frame(PING, 0, 0, &[0; 7]), FRAME_SIZE_ERROR),
+            (
+                "a window past 2^31-1",
+                frame(WINDOW_UPDATE, 0, 0, &0x7fff_ffffu32.to_be_bytes()),
+                FLOW_CONTROL_ERROR,
+            ),
+            ("a window update of 0", frame(WINDOW_UPDATE, 0, 0, &[0; 4]), PROTOCOL_ERROR),
+            (
+                "an HPACK index past the table",
+                frame(HEADERS, END_HEADERS, 1, &[0xff, 0x7f]),
+                COMPRESSION_ERROR,
+            ),
+            ("CONTINUATION alone", frame(CONTINUATION, END_HEADERS, 1, &[0x82]), PROTOCOL_ERROR),
+            ("SETTINGS_ENABLE_PUSH 2", frame(SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 2]), PROTOCOL_ERROR),
+            (
+                "a SETTINGS_MAX_FRAME_SIZE too small",
+                frame(SETTINGS, 0, 0, &[0, 5, 0, 0, 0x10, 0]),
+                PROTOCOL_ERROR,
+            ),
+            ("RST_STREAM on an idle stream", frame(RST_STREAM, 0, 9, &[0, 0, 0, 8]), PROTOCOL_ERROR),
+        ];
+        for (what, bytes, code) in cases {
+            let (mut io, served) = raw().await;
+            io.write_all(&bytes).await.unwrap();
+            assert_eq!(goaway_code(&mut io).await, code, "{what}");
+            assert!(served.await.unwrap().is_err(), "{what}: the connection ends");
+        }
+        // A header block interrupted by another frame, and streams opened out of order.
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, 0, 1, &request_block("/hello", &[]))).await.unwrap();
+        io.write_all(&frame(PING, 0, 0, &[0; 8])).await.unwrap();
+        assert_eq!(goaway_code(&mut io).await, PROTOCOL_ERROR);
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        assert_eq!(goaway_code(&mut io).await, PROTOCOL_ERROR);
+        // The first frame must be SETTINGS.
+        let (mut io, _, _, _) = server();
+        io.write_all(PREFACE).await.unwrap();
+        io.write_all(&frame(PING, 0, 0, &[0; 8])).await.unwrap();
+        assert_eq!(goaway_code(&mut io).await, PROTOCOL_ERROR);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_request_resets_its_stream_and_the_next_is_answered() {
+        let malformed: Vec<(&str, Vec<u8>, u8)> = vec![
+            ("an uppercase name", request_block("/hello", &[("X-Up", "1")]), END_STREAM),
+            ("a connection field", request_block("/hello", &[("connection", "close")]), END_STREAM),
+            ("te other than trailers", request_block("/hello", &[("te", "gzip")]), END_STREAM),
+            ("a value with a trailing space", request_block("/hello", &[("x-a", "b ")]), END_STREAM),
+            ("an empty :path", request_block("", &[]), END_STREAM),
+            (
+                "a content-length no DATA meets",
+                request_block("/size", &[("content-length", "3")]),
+                END_STREAM,
+            ),
+            (
+                "a pseudo-header after a field",
+                {
+                    let mut b = request_block("/hello", &[("x-a", "b")]);
+                    hpack::encode_field(b":method", b"GET", false, &mut b);
+                    b
+                },
+                END_STREAM,
+            ),
+        ];
+        for (what, block, flags) in malformed {
+            let (mut io, _) = raw().await;
+            io.write_all(&frame(HEADERS, END_HEADERS | flags, 1, &block)).await.unwrap();
+            let (_, id, payload) = next_of(&mut io, RST_STREAM).await;
+            assert_eq!((id, payload), (1, PROTOCOL_ERROR.to_be_bytes().to_vec()), "{what}");
+            io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request_block("/hello", &[])))
+                .await
+                .unwrap();
+            let (flags, id, _) = next_of(&mut io, HEADERS).await;
+            assert_eq!((id, flags & END_HEADERS), (3, END_HEADERS), "{what}: the next stream is answered");
+        }
+        // DATA past what content-length said.
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block("/size", &[("content-length", "2")])))
+            .await
+            .unwrap();
+        io.write_all(&frame(DATA, END_STREAM, 1, b"abc")).await.unwrap();
+        let (_, id, payload) = next_of(&mut io, RST_STREAM).await;
+        assert_eq!((id, payload), (1, PROTOCOL_ERROR.to_be_bytes().to_vec()));
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_and_padding_and_continuation_are_understood() {
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(PING, 0, 0, b"12345678")).await.unwrap();
+        assert_eq!(next_of(&mut io, PING).await, (ACK, 0, b"12345678".to_vec()));
+        // A padded HEADERS with its block split over a CONTINUATION, then a padded body.
+        let block = request_block("/size", &[]);
+        let (first, rest) = block.split_at(3);
+        let mut padded = vec![4];
+        padded.extend_from_slice(first);
+        padded.extend_from_slice(&[0; 4]);
+        io.write_all(&frame(HEADERS, PADDED, 1, &padded)).await.unwrap();
+        io.write_all(&frame(CONTINUATION, END_HEADERS, 1, rest)).await.unwrap();
+        io.write_all(&frame(DATA, PADDED | END_STREAM, 1, &[2, b'h', b'i', 0, 0])).await.unwrap();
+        next_of(&mut io, HEADERS).await;
+        let (flags, id, payload) = next_of(&mut io, DATA).await;
+        assert_eq!((flags, id, payload), (END_STREAM, 1, b"Ok(2)".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_no_preface_in_time_is_cut_off() {
+        let (_io, server) = tokio::io::duplex(1024);
+        let (_drain, draining) = watch::channel(false);
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let served = serve(server, answer(dropped), Duration::from_millis(100), draining);
+        let err = tokio::time::timeout(Duration::from_secs(5), served).await.expect("cut off").unwrap_err();
+        assert!(err.to_string().contains("no HTTP/2 preface"), "{err}");
+    }
+}
