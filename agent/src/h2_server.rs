@@ -50,8 +50,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Bytes waiting to be written past which the connection stops reading and taking more from
 /// answers' bodies, until the client has read some.
 const HIGH_WATER: usize = 64 * 1024;
-/// Streams reset by the client that are remembered, so that a frame on one is told apart from a
-/// frame on a stream that never was.
+/// Streams reset lately that are remembered: frames the client sent before it learnt of the
+/// agent's reset are ignored (RFC 9113 §6.4), and a frame on a stream it reset itself is told
+/// apart from a frame on a stream that never was.
 const REMEMBERED_RESETS: usize = 32;
 
 /// Frame types (RFC 9113 §6).
@@ -159,7 +160,21 @@ enum Ending {
     Now,
 }
 
-type Answering = Pin<Box<dyn Future<Output = (u32, Result<Response<Body>, Aborted>)> + Send>>;
+/// A stream's handler: its answer, or `Aborted` when the stream was reset first. The handler is
+/// boxed once, as it starts: its future is large (kilobytes), and is not moved again.
+struct Answering {
+    id: u32,
+    answer: Abortable<Pin<Box<dyn Future<Output = Response<Body>> + Send>>>,
+}
+
+impl Future for Answering {
+    type Output = (u32, Result<Response<Body>, Aborted>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let me = self.get_mut();
+        Pin::new(&mut me.answer).poll(cx).map(|answered| (me.id, answered))
+    }
+}
 
 struct Conn<IO, F> {
     io: IO,
@@ -173,7 +188,8 @@ struct Conn<IO, F> {
     answering: FuturesUnordered<Answering>,
     /// The highest stream the client opened.
     last_id: u32,
-    recently_reset: VecDeque<u32>,
+    /// Streams reset lately, and whether by the agent.
+    recently_reset: VecDeque<(u32, bool)>,
     /// The client's SETTINGS came (it must be its first frame).
     settled: bool,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
@@ -188,6 +204,8 @@ struct Conn<IO, F> {
     block: Option<Block>,
     /// The client closed its side, or said GOAWAY: no more requests.
     client_done: bool,
+    /// The client closed its side: nothing more to read.
+    eof: bool,
     ending: Option<Ending>,
     /// Why the connection ended, when it ended on a breach.
     broken: Option<&'static str>,
@@ -261,6 +279,7 @@ where
             unreleased: 0,
             block: None,
             client_done: false,
+            eof: false,
             ending: None,
             broken: None,
             scratch: Vec::new(),
@@ -284,10 +303,7 @@ where
         loop {
             let mut busy = false;
             // Draining, the streams begun still need the client's frames.
-            if self.ending != Some(Ending::Now)
-                && !self.client_done
-                && self.wire.len() - self.written < HIGH_WATER
-            {
+            if self.ending != Some(Ending::Now) && !self.eof && self.wire.len() - self.written < HIGH_WATER {
                 self.read.reserve(READ_CHUNK);
                 match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
                     Poll::Ready(Ok(0)) => {
@@ -408,7 +424,7 @@ where
                 if let Some(i) = self.index(id) {
                     self.remove(i);
                 }
-                self.remember_reset(id);
+                self.remember_reset(id, false);
                 Ok(())
             }
             SETTINGS => self.on_settings(flags, id, &payload),
@@ -474,7 +490,9 @@ where
             if id > self.last_id {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            self.reset(id, STREAM_CLOSED);
+            if !self.recently_reset.contains(&(id, true)) {
+                self.reset(id, STREAM_CLOSED);
+            }
             return Ok(());
         };
         let s = &mut self.streams[i];
@@ -573,10 +591,11 @@ where
             return Ok(());
         }
         if id <= self.last_id {
-            if self.recently_reset.contains(&id) {
-                return Err(conn_error(STREAM_CLOSED, "HEADERS on a closed stream"));
-            }
-            return Err(conn_error(PROTOCOL_ERROR, "a stream opened out of order"));
+            return match self.recently_reset.iter().find(|(reset, _)| *reset == id) {
+                Some((_, true)) => Ok(()),
+                Some((_, false)) => Err(conn_error(STREAM_CLOSED, "HEADERS on a stream the client reset")),
+                None => Err(conn_error(PROTOCOL_ERROR, "a stream opened out of order")),
+            };
         }
         if id.is_multiple_of(2) {
             return Err(conn_error(PROTOCOL_ERROR, "a client opened an even-numbered stream"));
@@ -722,7 +741,7 @@ where
 
     /// The client sent no more: requests it had not finished cannot be, and are dropped.
     fn client_closed(&mut self) {
-        self.client_done = true;
+        (self.client_done, self.eof) = (true, true);
         let mut i = 0;
         while i < self.streams.len() {
             if self.streams[i].recv_open {
@@ -761,9 +780,9 @@ where
                 Body::streaming(RequestBody { inbox, remaining })
             };
             let (abort, registration) = AbortHandle::new_pair();
-            let answer = Abortable::new((self.answer)(Request::from_parts(parts, body)), registration);
-            let id = s.id;
-            self.answering.push(Box::pin(async move { (id, answer.await) }));
+            let answer: Pin<Box<dyn Future<Output = Response<Body>> + Send>> =
+                Box::pin((self.answer)(Request::from_parts(parts, body)));
+            self.answering.push(Answering { id: s.id, answer: Abortable::new(answer, registration) });
             s.abort = Some(abort);
         }
     }
@@ -779,13 +798,9 @@ where
         self.header_block(id, end);
         let s = &mut self.streams[i];
         s.abort = None;
+        s.out = Out::Sending { body, pending: None };
         if end {
-            s.out = Out::Done;
-            if !s.recv_open {
-                self.remove(i);
-            }
-        } else {
-            s.out = Out::Sending { body, pending: None };
+            self.finish(i);
         }
     }
 
@@ -924,14 +939,14 @@ where
         if let Some(i) = self.index(id) {
             self.remove(i);
         }
-        self.remember_reset(id);
+        self.remember_reset(id, true);
     }
 
-    fn remember_reset(&mut self, id: u32) {
+    fn remember_reset(&mut self, id: u32, by_agent: bool) {
         if self.recently_reset.len() == REMEMBERED_RESETS {
             self.recently_reset.pop_front();
         }
-        self.recently_reset.push_back(id);
+        self.recently_reset.push_back((id, by_agent));
     }
 
     /// Forgets stream `i`: its handler is stopped, its body's reader told why it ends
@@ -1258,6 +1273,8 @@ mod tests {
 
     use super::*;
 
+    const CANCEL: u32 = 0x8;
+
     /// Answers by path: `/hello` whole, `/echo` the request's body back as it streams,
     /// `/size` the size of the request's body, `/big` 1 MiB, `/trailers` gRPC-style, `/hang`
     /// never (counting the handlers dropped).
@@ -1550,6 +1567,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(goaway_code(&mut io).await, PROTOCOL_ERROR);
+        // HEADERS on a stream the client reset itself.
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block("/hang", &[]))).await.unwrap();
+        io.write_all(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes())).await.unwrap();
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        assert_eq!(goaway_code(&mut io).await, STREAM_CLOSED);
         // The first frame must be SETTINGS.
         let (mut io, _, _, _) = server();
         io.write_all(PREFACE).await.unwrap();
@@ -1618,6 +1643,36 @@ mod tests {
         next_of(&mut io, HEADERS).await;
         let (flags, id, payload) = next_of(&mut io, DATA).await;
         assert_eq!((flags, id, payload), (END_STREAM, 1, b"Ok(2)".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn after_the_clients_goaway_its_streams_begun_are_finished_then_the_connection_closes() {
+        let (mut io, served) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block("/size", &[]))).await.unwrap();
+        io.write_all(&frame(GOAWAY, 0, 0, &[0; 8])).await.unwrap();
+        io.write_all(&frame(DATA, END_STREAM, 1, b"late")).await.unwrap();
+        let (flags, id, payload) = next_of(&mut io, DATA).await;
+        assert_eq!((flags, id, payload), (END_STREAM, 1, b"Ok(4)".to_vec()));
+        tokio::time::timeout(Duration::from_secs(5), served).await.expect("closed").unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_answer_done_before_a_body_nobody_reads_tells_the_client_to_stop_sending() {
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block("/hello", &[]))).await.unwrap();
+        let (flags, id, _) = next_of(&mut io, DATA).await;
+        assert_eq!((flags, id), (END_STREAM, 1));
+        let (_, id, payload) = next_of(&mut io, RST_STREAM).await;
+        assert_eq!((id, payload), (1, NO_ERROR.to_be_bytes().to_vec()));
+        // What was on its way is ignored (no second reset), and the connection goes on.
+        io.write_all(&frame(DATA, 0, 1, b"unread")).await.unwrap();
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        let (kind, flags, id, _) = read_frame(&mut io).await.unwrap();
+        assert_eq!((kind, flags & END_HEADERS, id), (HEADERS, END_HEADERS, 3));
+        let (flags, id, payload) = next_of(&mut io, DATA).await;
+        assert_eq!((flags, id, payload), (END_STREAM, 3, b"hello".to_vec()));
     }
 
     #[tokio::test]

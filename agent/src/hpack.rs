@@ -268,10 +268,23 @@ impl DynamicTable {
 /// Appends `:status` (indexed when the static table has that exact status, else literal with the
 /// indexed name).
 pub(crate) fn encode_status(status: u16, dst: &mut Vec<u8>) {
-    let digits =
-        [status / 10000, status / 1000, status / 100, status / 10, status].map(|n| b'0' + (n % 10) as u8);
-    let leading_zeros = digits.iter().take(4).take_while(|&&digit| digit == b'0').count();
-    encode_field(b":status", digits.get(leading_zeros..).unwrap_or_default(), false, dst);
+    let index = match status {
+        200 => 8,
+        204 => 9,
+        206 => 10,
+        304 => 11,
+        400 => 12,
+        404 => 13,
+        500 => 14,
+        _ => {
+            let digits = [status / 10000, status / 1000, status / 100, status / 10, status]
+                .map(|n| b'0' + (n % 10) as u8);
+            let leading_zeros = digits.iter().take(4).take_while(|&&digit| digit == b'0').count();
+            encode_integer(8, 4, 0x00, dst);
+            return encode_string(digits.get(leading_zeros..).unwrap_or_default(), dst);
+        }
+    };
+    encode_integer(index, 7, 0x80, dst);
 }
 
 /// Appends one field: indexed when the static table has this exact name and value; otherwise a literal
@@ -279,13 +292,12 @@ pub(crate) fn encode_status(status: u16, dst: &mut Vec<u8>) {
 /// when it has the name, and the value (and name) as raw octets, no Huffman — the encoder keeps no
 /// dynamic table, so it never needs to send a table size update. Names must already be lowercase.
 pub(crate) fn encode_field(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Vec<u8>) {
-    let mut name_index = None;
-    for (index, (static_name, static_value)) in (1..).zip(STATIC_TABLE) {
-        if static_name.as_bytes() == name {
-            if static_value.as_bytes() == value {
-                return encode_integer(index, 7, 0x80, dst);
-            }
-            name_index.get_or_insert(index);
+    let name_index = static_name_index(name);
+    if let Some(first) = name_index {
+        let mut same_name =
+            STATIC_TABLE.iter().enumerate().skip(first - 1).take_while(|(_, (n, _))| n.as_bytes() == name);
+        if let Some((at, _)) = same_name.find(|(_, (_, v))| v.as_bytes() == value) {
+            return encode_integer(at + 1, 7, 0x80, dst);
         }
     }
     let flags = if sensitive { 0x10 } else { 0x00 };
@@ -297,6 +309,65 @@ pub(crate) fn encode_field(name: &[u8], value: &[u8], sensitive: bool, dst: &mut
         }
     }
     encode_string(value, dst);
+}
+
+/// The static table's first index for `name` (Appendix A), found without a scan.
+fn static_name_index(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => return None,
+    })
 }
 
 /// §5.1: `value` in a `prefix_bits`-bit prefix after `flags`, then 7 bits per octet.
@@ -321,88 +392,125 @@ fn encode_string(octets: &[u8], dst: &mut Vec<u8>) {
     dst.extend_from_slice(octets);
 }
 
-/// Appends the Huffman-decoded `src` to `dst` (§5.2, Appendix B), one bit at a time.
+/// Appends the Huffman-decoded `src` to `dst` (§5.2, Appendix B), four bits at a time.
 fn huffman_decode(src: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
-    let mut code = 0u32;
-    let mut len = 0usize;
+    let mut state = 0u8;
+    let mut accepting = true;
     for &octet in src {
-        for bit in (0..8).rev() {
-            code = code << 1 | u32::from(octet >> bit & 1);
-            len += 1;
-            if let Some(symbol) = HUFFMAN.symbol(code, len) {
-                // The only symbol beyond a byte is EOS, which must not appear in a string.
-                dst.push(u8::try_from(symbol).map_err(|_| HpackError::Huffman)?);
-                (code, len) = (0, 0);
-            } else if len >= HUFFMAN_MAX_BITS {
+        for nibble in [octet >> 4, octet & 0x0f] {
+            let step = HUFFMAN_STEPS[usize::from(state)][usize::from(nibble)];
+            if step.flags & STEP_FAILS != 0 {
                 return Err(HpackError::Huffman);
             }
+            if step.flags & STEP_EMITS != 0 {
+                dst.push(step.symbol);
+            }
+            state = step.next;
+            accepting = step.flags & STEP_ACCEPTS != 0;
         }
     }
     // Padding is the most significant bits of EOS: all ones, and shorter than an octet.
-    if len > 7 || code != (1 << len) - 1 {
+    if !accepting {
         return Err(HpackError::Huffman);
     }
     Ok(())
 }
 
-/// The longest code, EOS's.
-const HUFFMAN_MAX_BITS: usize = 30;
-
-/// The Huffman code as a canonical code: the codes of each length are consecutive numbers, in
-/// symbol order, so a code is found by subtraction instead of a tree walk.
-struct CanonicalCode {
-    /// For each bit length, its first code and how many symbols have that length.
-    first_code: [u32; HUFFMAN_MAX_BITS + 1],
-    count: [u16; HUFFMAN_MAX_BITS + 1],
-    /// Where each length's symbols start in `symbols`.
-    start: [u16; HUFFMAN_MAX_BITS + 1],
-    /// Symbols by length, then code.
-    symbols: [u16; 257],
+/// What four more bits do to the decoder: the tree node they lead to (an internal node of the
+/// code's tree; 0 is the root), and the symbol they completed, if any (no code is shorter
+/// than five bits, so four bits complete at most one).
+#[derive(Clone, Copy)]
+struct Step {
+    next: u8,
+    symbol: u8,
+    flags: u8,
 }
 
-impl CanonicalCode {
-    fn symbol(&self, code: u32, len: usize) -> Option<u16> {
-        let rank = code.checked_sub(*self.first_code.get(len)?)?;
-        if rank >= u32::from(*self.count.get(len)?) {
-            return None;
-        }
-        let at = usize::from(*self.start.get(len)?) + usize::try_from(rank).ok()?;
-        self.symbols.get(at).copied()
-    }
-}
+const STEP_EMITS: u8 = 1;
+/// The bits decoded EOS, which a string must not hold.
+const STEP_FAILS: u8 = 2;
+/// The bits since the last symbol are all ones and fewer than eight: a valid end of a string.
+const STEP_ACCEPTS: u8 = 4;
 
-const HUFFMAN: CanonicalCode = canonical_code();
+/// The code's 256 internal nodes, each with its 16 steps; built at compile time.
+const HUFFMAN_STEPS: [[Step; 16]; 256] = huffman_steps();
 
-/// Built at compile time; the asserts make a table that is not canonical a build error.
-const fn canonical_code() -> CanonicalCode {
-    let mut table = CanonicalCode {
-        first_code: [0; HUFFMAN_MAX_BITS + 1],
-        count: [0; HUFFMAN_MAX_BITS + 1],
-        start: [0; HUFFMAN_MAX_BITS + 1],
-        symbols: [0; 257],
-    };
-    let mut placed = 0;
-    let mut len = 1;
-    while len <= HUFFMAN_MAX_BITS {
-        table.start[len] = placed as u16;
-        let mut symbol = 0;
-        while symbol < HUFFMAN_CODES.len() {
-            let (code, bits) = HUFFMAN_CODES[symbol];
-            if bits as usize == len {
-                if table.count[len] == 0 {
-                    table.first_code[len] = code;
-                }
-                assert!(code == table.first_code[len] + table.count[len] as u32, "not canonical");
-                table.count[len] += 1;
-                table.symbols[placed] = symbol as u16;
-                placed += 1;
+/// A leaf in `huffman_tree`'s child table: the symbol, marked.
+const LEAF: u16 = 0x8000;
+
+/// The code's binary tree: each internal node's two children, internal nodes by index and
+/// leaves as `LEAF | symbol`. The asserts make a table that is not a prefix code a build error.
+const fn huffman_tree() -> [[u16; 2]; 256] {
+    let mut children = [[0u16; 2]; 256];
+    let mut nodes = 1;
+    let mut symbol = 0;
+    while symbol < HUFFMAN_CODES.len() {
+        let (code, bits) = HUFFMAN_CODES[symbol];
+        let mut node = 0;
+        let mut bit = bits;
+        while bit > 1 {
+            bit -= 1;
+            let b = ((code >> bit) & 1) as usize;
+            if children[node][b] == 0 {
+                children[node][b] = nodes as u16;
+                nodes += 1;
             }
-            symbol += 1;
+            assert!(children[node][b] & LEAF == 0, "a code is a prefix of another");
+            node = children[node][b] as usize;
         }
-        len += 1;
+        let b = (code & 1) as usize;
+        assert!(children[node][b] == 0, "a code is a prefix of another");
+        children[node][b] = LEAF | symbol as u16;
+        symbol += 1;
     }
-    assert!(placed == HUFFMAN_CODES.len(), "a code longer than HUFFMAN_MAX_BITS");
-    table
+    assert!(nodes == 256, "not a complete code");
+    children
+}
+
+const fn huffman_steps() -> [[Step; 16]; 256] {
+    let children = huffman_tree();
+    // The nodes reached from the root by one to seven ones, and the root: where a string may end.
+    let mut accepting = [false; 256];
+    accepting[0] = true;
+    let mut node = 0;
+    let mut depth = 0;
+    while depth < 7 {
+        node = children[node][1] as usize;
+        accepting[node] = true;
+        depth += 1;
+    }
+    let mut steps = [[Step { next: 0, symbol: 0, flags: 0 }; 16]; 256];
+    let mut state = 0;
+    while state < 256 {
+        let mut nibble = 0;
+        while nibble < 16 {
+            let mut node = state;
+            let mut step = Step { next: 0, symbol: 0, flags: 0 };
+            let mut bit = 4;
+            while bit > 0 {
+                bit -= 1;
+                let child = children[node][(nibble >> bit) & 1];
+                if child & LEAF == 0 {
+                    node = child as usize;
+                } else if child & !LEAF == 256 {
+                    step.flags |= STEP_FAILS;
+                    node = 0;
+                } else {
+                    step.symbol = (child & !LEAF) as u8;
+                    step.flags |= STEP_EMITS;
+                    node = 0;
+                }
+            }
+            step.next = node as u8;
+            if accepting[node] && step.flags & STEP_FAILS == 0 {
+                step.flags |= STEP_ACCEPTS;
+            }
+            steps[state][nibble] = step;
+            nibble += 1;
+        }
+        state += 1;
+    }
+    steps
 }
 
 /// RFC 7541 Appendix A.
@@ -689,6 +797,15 @@ mod tests {
         check(&mut decoder, "4003 6b65 7901 76", &[("key", "v")], &[("key", "v")], 36);
         let long = format!("4003 6b65 791e {}", "61".repeat(30));
         check(&mut decoder, &long, &[("key", &"a".repeat(30))], &[], 0);
+    }
+
+    #[test]
+    fn every_static_name_is_found_at_its_first_index() {
+        for (at, (name, _)) in STATIC_TABLE.iter().enumerate() {
+            let first = STATIC_TABLE.iter().position(|(n, _)| n == name).unwrap() + 1;
+            assert_eq!(static_name_index(name.as_bytes()), Some(first), "{name} (index {})", at + 1);
+        }
+        assert_eq!(static_name_index(b"x-custom"), None);
     }
 
     #[test]

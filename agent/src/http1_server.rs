@@ -3,7 +3,7 @@
 //! (`http1_codec.rs` has the wire format). The head is parsed once, straight into the request
 //! the proxy routes, and an answer's head leaves with as much of its body as is ready, in one
 //! write: hyper's server had taken over a third of the agent's instructions per request
-//! (BENCHMARKS.md). HTTP/2 stays on hyper.
+//! (BENCHMARKS.md). HTTP/2 has its own (`h2_server.rs`).
 //!
 //! A request body that did not arrive whole with its head is read from the connection as the
 //! proxy passes it on: the body borrows the connection and gives it back when it ends, fails

@@ -69,10 +69,11 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// requests): a request sent on a connection the peer is closing at that moment would fail.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 
-/// The one configuration of hyper's server, for every listener the agent serves HTTP/2 on
-/// (and HTTP/1.1 where its own `http1_server` does not serve), with the bounds above (a request
-/// head past `MAX_HEAD_BYTES` is answered 431 in HTTP/1.1, its stream refused in HTTP/2).
-/// HTTP/1.1 or HTTP/2 by the client's preface; anything malformed closes the connection.
+/// The one configuration of hyper's server, for connections whose HTTP version was not told
+/// before they were served (the agent's own servers take the others) and the admin ports, with
+/// the bounds above (a request head past `MAX_HEAD_BYTES` is answered 431 in HTTP/1.1, its
+/// stream refused in HTTP/2). HTTP/1.1 or HTTP/2 by the client's preface; anything malformed
+/// closes the connection.
 pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -1071,8 +1072,8 @@ impl Proxy {
         self.http1.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), req).await
     }
 
-    /// Serves a plaintext HTTP connection with `answer`: HTTP/1.1 (when `speaks` says so) on
-    /// the agent's own server, anything else on hyper's.
+    /// Serves a plaintext HTTP connection with `answer`: on the agent's own server for the
+    /// version `speaks` tells, else on hyper's.
     pub(crate) async fn serve_plaintext<F, Fut>(
         &self,
         tcp: TcpStream,
@@ -1083,8 +1084,14 @@ impl Proxy {
         F: Fn(Request<Body>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
     {
-        if speaks == Some(Speaks::Http1) {
-            return http1_server::serve(tcp, answer, HEADER_TIMEOUT, self.draining()).await;
+        match speaks {
+            Some(Speaks::Http1) => {
+                return http1_server::serve(tcp, answer, HEADER_TIMEOUT, self.draining()).await;
+            }
+            Some(Speaks::Http2) => {
+                return h2_server::serve(tcp, answer, HEADER_TIMEOUT, self.draining()).await;
+            }
+            None => {}
         }
         let svc = service_fn(move |req: Request<Incoming>| {
             let answered = answer(req.map(Body::streaming));
