@@ -1,33 +1,32 @@
-//! The agent's HTTP/2 client (gRPC and other h2 clusters), on the h2 crate: one multiplexed
-//! connection per destination, each driven by a task of its own.
-//!
-//! hyper's client put two more tasks and a channel on every request: the request went to the
-//! connection's task through a channel, its body was sent from a task spawned for it, and its
-//! response came back from another. Here the request's own task opens the stream, sends the
-//! body and waits for the answer; only a body still being sent when the answer begins (a
-//! stream both ways) goes on in a task of its own.
+//! The agent's HTTP/2 client (gRPC and other h2 clusters): one multiplexed connection per
+//! destination, whose frames a task of its own reads and writes. A request's own task writes
+//! its HEADERS, and its body's DATA as the windows allow, straight into the connection's
+//! outgoing bytes, and takes its answer's frames from its stream, all under the connection's
+//! one lock: no channel, queue or task per request between. (The h2 crate's client, used
+//! before, took a third of the agent's instructions per gRPC call: BENCHMARKS.md.)
+//! `h2_wire.rs` has the wire format.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Mutex;
-use std::task::{Context, Poll, ready};
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use h2::client::SendRequest;
-use h2::{RecvStream, SendStream};
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response};
 use hyper::body::{Body, Frame};
-
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tower::BoxError;
 
+use crate::h2_wire::*;
+use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
 
-/// Flow-control windows offered to upstreams: a stream may have this much on its way before
-/// the agent has passed it on (h2's default of 64 KiB would stall a fast upstream).
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 2 << 20;
+/// Streams opened on a connection before the server has said how many it takes.
+const INITIAL_MAX_STREAMS: usize = 100;
 
 /// One open connection per destination, shared by every request to it.
 pub(crate) struct H2Pool {
@@ -37,13 +36,13 @@ pub(crate) struct H2Pool {
 
 struct Open {
     to: Destination,
-    send: SendRequest<Bytes>,
+    conn: Arc<Connection>,
     last_used: Instant,
 }
 
 impl H2Pool {
-    /// Connections unused for `idle` are let go at the next request (h2 closes a connection
-    /// when its last handle goes).
+    /// Connections unused for `idle` are let go at the next request (a connection closes when
+    /// the pool and its last stream have let it go).
     pub fn new(idle: Duration) -> H2Pool {
         H2Pool { connections: Mutex::default(), idle }
     }
@@ -65,98 +64,631 @@ impl H2Pool {
         let (head, body) = req.into_parts();
         let end = body.is_end_stream();
         // A cached connection found closed is replaced before anything of the request is sent.
-        let ready = match self.cached(&to) {
-            Some(send) => send.ready().await.inspect_err(|_| self.forget(&to)).ok(),
+        let opened = match self.cached(&to) {
+            Some(conn) => conn.open(&head, end).await.inspect_err(|_| self.forget(&to)).ok(),
             None => None,
         };
-        let mut send = match ready {
-            Some(send) => send,
-            None => {
-                // Out of line: the state of opening a connection is not carried by every request.
-                let send = Box::pin(self.connect(to, connect)).await?;
-                send.ready().await.map_err(|e| PoolError::Http(e.to_string()))?
-            }
+        let stream = match opened {
+            Some(stream) => stream,
+            // Out of line: the state of opening a connection is not carried by every request.
+            None => Box::pin(self.connect(to, connect)).await?.open(&head, end).await?,
         };
-        let (mut response, tx) = send
-            .send_request(Request::from_parts(head, ()), end)
-            .map_err(|e| PoolError::Http(e.to_string()))?;
-        let response = if end {
-            response.await
-        } else {
-            let mut pipe = Pipe { body, tx };
-            tokio::select! {
-                biased;
-                piped = &mut pipe => {
-                    piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
-                    response.await
-                }
-                answer = &mut response => {
-                    // The answer began before the request ended (a stream both ways): the rest
-                    // of the request goes on beside it.
-                    tokio::spawn(async move {
-                        if let Err(e) = pipe.await {
-                            tracing::debug!(error = %e, "request body to an HTTP/2 upstream ended early");
-                        }
-                    });
-                    answer
+        let mut pipe = (!end).then(|| Pipe { conn: stream.conn.clone(), id: stream.id, body, pending: None });
+        // The body's first frames leave with the head when they are ready at once.
+        let piped = match &mut pipe {
+            Some(pipe) => poll_fn(|cx| Poll::Ready(Pin::new(&mut *pipe).poll(cx))).await,
+            None => Poll::Ready(Ok(())),
+        };
+        stream.conn.wake_task();
+        let head = match (piped, pipe) {
+            (Poll::Ready(piped), _) => {
+                piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
+                stream.head().await
+            }
+            (Poll::Pending, Some(mut pipe)) => {
+                tokio::select! {
+                    biased;
+                    piped = &mut pipe => {
+                        piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
+                        stream.head().await
+                    }
+                    head = stream.head() => {
+                        // The answer began before the request ended (a stream both ways): the
+                        // rest of the request goes on beside it.
+                        tokio::spawn(async move {
+                            if let Err(e) = pipe.await {
+                                tracing::debug!(error = %e, "request body to an HTTP/2 upstream ended early");
+                            }
+                        });
+                        head
+                    }
                 }
             }
-        };
-        let response = response.map_err(|e| PoolError::Http(e.to_string()))?;
-        Ok(response.map(|recv| H2Body { recv, data_done: false }))
+            (Poll::Pending, None) => unreachable!("only a pipe can be pending"),
+        }?;
+        Ok(Response::from_parts(head, H2Body { stream }))
     }
 
-    fn cached(&self, to: &Destination) -> Option<SendRequest<Bytes>> {
+    fn cached(&self, to: &Destination) -> Option<Arc<Connection>> {
         let mut connections = self.connections.lock().expect("not poisoned");
         let now = Instant::now();
         connections.retain(|c| now.duration_since(c.last_used) < self.idle);
         let open = connections.iter_mut().find(|c| c.to == *to)?;
         open.last_used = now;
-        Some(open.send.clone())
+        Some(open.conn.clone())
     }
 
     fn forget(&self, to: &Destination) {
         self.connections.lock().expect("not poisoned").retain(|c| c.to != *to);
     }
 
-    async fn connect<C, F>(&self, to: Destination, connect: C) -> Result<SendRequest<Bytes>, PoolError>
+    async fn connect<C, F>(&self, to: Destination, connect: C) -> Result<Arc<Connection>, PoolError>
     where
         C: FnOnce() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
         let io = connect().await?;
-        let (send, connection) = h2::client::Builder::new()
-            .enable_push(false)
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(MAX_HEAD_BYTES as u32)
-            .handshake::<_, Bytes>(io)
-            .await
-            .map_err(|e| PoolError::Connect(format!("HTTP/2 handshake: {e}")))?;
-        let addr = to.addr;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(upstream = %addr, error = %e, "HTTP/2 connection closed");
-            }
-        });
+        let conn = Connection::start(io, to.addr);
         let mut connections = self.connections.lock().expect("not poisoned");
         connections.retain(|c| c.to != to);
-        connections.push(Open { to, send: send.clone(), last_used: Instant::now() });
-        Ok(send)
+        connections.push(Open { to, conn: conn.clone(), last_used: Instant::now() });
+        Ok(conn)
     }
 }
 
-/// A body whose rest is no larger than this is sent without waiting for room in the stream:
-/// h2 holds it until the peer's window allows, and the first of it leaves with the head
-/// instead of in a write of its own once the stream has been opened.
-const UNRESERVED_BODY: u64 = 16 * 1024;
+/// A connection's state, shared by its task and the requests on it.
+struct Connection {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Frames to write; the task takes them.
+    wire: Vec<u8>,
+    /// The connection's task, woken when `wire` has frames or the connection should close.
+    task: Option<Waker>,
+    streams: Vec<Stream>,
+    next_id: u32,
+    max_streams: usize,
+    /// Requests waiting for a stream to be free.
+    opening: Vec<Waker>,
+    peer_initial_window: i64,
+    peer_max_frame: usize,
+    send_window: i64,
+    recv_window: i64,
+    /// Taken by the proxy and not yet given back to the server's window on the connection.
+    unreleased: i64,
+    decoder: hpack::Decoder,
+    /// A header block awaiting its CONTINUATION frames: stream, END_STREAM, bytes.
+    block: Option<(u32, bool, Vec<u8>)>,
+    /// The server said GOAWAY: no new streams.
+    going_away: bool,
+    /// Why the connection can carry nothing more.
+    closed: Option<String>,
+    /// Room to encode a header block, and where decoded field values are copied to.
+    scratch: Vec<u8>,
+    values: BytesMut,
+}
+
+struct Stream {
+    id: u32,
+    head: Head,
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    /// The server sent all of its answer.
+    ended: bool,
+    /// The request's body is still being sent.
+    sending: bool,
+    failed: Option<String>,
+    /// The request's task, waiting for the head or the body.
+    reader: Option<Waker>,
+    /// The request body's pipe, waiting for room.
+    sender: Option<Waker>,
+    send_window: i64,
+    recv_window: i64,
+    ungranted: i64,
+    content_length: Option<u64>,
+    received: u64,
+}
+
+impl Stream {
+    /// Either side still has something to send.
+    fn unfinished(&self) -> bool {
+        !self.ended || self.sending
+    }
+}
+
+enum Head {
+    Waiting,
+    Arrived(http::response::Parts),
+    Taken,
+}
+
+impl Connection {
+    /// Writes the preface and the agent's settings to `io` and starts the connection's task.
+    fn start(io: Box<dyn Upstream>, addr: std::net::SocketAddr) -> Arc<Connection> {
+        let mut wire = PREFACE.to_vec();
+        let ours = [
+            (ENABLE_PUSH, 0),
+            (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
+            (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
+        ];
+        settings(&mut wire, &ours);
+        window_update(&mut wire, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
+        let conn = Arc::new(Connection {
+            state: Mutex::new(State {
+                wire,
+                task: None,
+                streams: Vec::new(),
+                next_id: 1,
+                max_streams: INITIAL_MAX_STREAMS,
+                opening: Vec::new(),
+                peer_initial_window: DEFAULT_WINDOW,
+                peer_max_frame: MAX_FRAME,
+                send_window: DEFAULT_WINDOW,
+                recv_window: CONNECTION_WINDOW,
+                unreleased: 0,
+                decoder: hpack::Decoder::new(),
+                block: None,
+                going_away: false,
+                closed: None,
+                scratch: Vec::new(),
+                values: BytesMut::new(),
+            }),
+        });
+        let mut driver =
+            Driver { conn: Arc::downgrade(&conn), io, read: BytesMut::new(), out: Vec::new(), written: 0 };
+        tokio::spawn(async move {
+            if let Err(why) = poll_fn(|cx| driver.poll(cx)).await {
+                tracing::debug!(upstream = %addr, error = %why, "HTTP/2 connection closed");
+            }
+        });
+        conn
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("not poisoned")
+    }
+
+    fn wake_task(&self) {
+        if let Some(task) = &self.lock().task {
+            task.wake_by_ref();
+        }
+    }
+
+    /// Opens a stream for `head`, waiting while the server's stream limit is reached, and
+    /// writes its HEADERS (the caller wakes the task).
+    async fn open(self: &Arc<Self>, head: &http::request::Parts, end: bool) -> Result<StreamRef, PoolError> {
+        poll_fn(|cx| {
+            let mut state = self.lock();
+            if let Some(why) = &state.closed {
+                return Poll::Ready(Err(PoolError::Http(why.clone())));
+            }
+            if state.going_away || state.next_id > MAX_STREAM_ID {
+                return Poll::Ready(Err(PoolError::Http("the upstream is closing the connection".into())));
+            }
+            if state.streams.len() >= state.max_streams {
+                state.opening.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let id = state.next_id;
+            state.next_id += 2;
+            let State { scratch, wire, peer_max_frame, .. } = &mut *state;
+            scratch.clear();
+            encode_request_head(head, scratch);
+            header_block(wire, id, end, scratch, *peer_max_frame);
+            let send_window = state.peer_initial_window;
+            state.streams.push(Stream {
+                id,
+                head: Head::Waiting,
+                chunks: VecDeque::new(),
+                trailers: None,
+                ended: false,
+                sending: !end,
+                failed: None,
+                reader: None,
+                sender: None,
+                send_window,
+                recv_window: STREAM_WINDOW,
+                ungranted: 0,
+                content_length: None,
+                received: 0,
+            });
+            Poll::Ready(Ok(StreamRef { conn: self.clone(), id }))
+        })
+        .await
+    }
+}
+
+/// The largest stream identifier (RFC 9113 §5.1.1): past it, a new connection.
+const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+
+impl Drop for Connection {
+    /// Nobody holds the connection any more: its task closes it.
+    fn drop(&mut self) {
+        if let Some(task) = self.state.get_mut().ok().and_then(|s| s.task.take()) {
+            task.wake();
+        }
+    }
+}
+
+/// `head` as HTTP/2 pseudo-headers and fields.
+fn encode_request_head(head: &http::request::Parts, dst: &mut Vec<u8>) {
+    hpack::encode_field(b":method", head.method.as_str().as_bytes(), false, dst);
+    hpack::encode_field(b":scheme", head.uri.scheme_str().unwrap_or("http").as_bytes(), false, dst);
+    if let Some(authority) = head.uri.authority() {
+        hpack::encode_field(b":authority", authority.as_str().as_bytes(), false, dst);
+    }
+    let path = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    hpack::encode_field(b":path", path.as_bytes(), false, dst);
+    encode_fields(&head.headers, dst);
+}
+
+impl State {
+    /// Gives the server back what the proxy has taken on the connection once it is half its
+    /// window; true when a WINDOW_UPDATE was written.
+    fn give_back(&mut self) -> bool {
+        if self.unreleased < CONNECTION_WINDOW / 2 {
+            return false;
+        }
+        self.recv_window += self.unreleased;
+        window_update(&mut self.wire, 0, std::mem::take(&mut self.unreleased) as u32);
+        true
+    }
+
+    fn stream(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.iter_mut().find(|s| s.id == id)
+    }
+
+    /// Fails every stream and the connection.
+    fn fail(&mut self, why: String) {
+        for s in &mut self.streams {
+            if s.failed.is_none() && s.unfinished() {
+                s.failed = Some(why.clone());
+            }
+            wake(&mut s.reader);
+            wake(&mut s.sender);
+        }
+        for w in self.opening.drain(..) {
+            w.wake();
+        }
+        self.closed.get_or_insert(why);
+    }
+
+    /// Ends stream `id` for a breach of the protocol on it.
+    fn reset(&mut self, id: u32, code: u32, why: &str) {
+        rst_stream(&mut self.wire, id, code);
+        if let Some(s) = self.stream(id) {
+            s.failed = Some(format!("the upstream broke HTTP/2 on its stream: {why}"));
+            wake(&mut s.reader);
+            wake(&mut s.sender);
+        }
+    }
+
+    fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnError> {
+        let RawFrame { kind, flags, id, payload } = frame;
+        if self.block.as_ref().is_some_and(|(block_id, ..)| kind != CONTINUATION || *block_id != id) {
+            return Err(conn_error(PROTOCOL_ERROR, "a header block interrupted"));
+        }
+        match kind {
+            DATA => self.on_data(flags, id, payload),
+            HEADERS => {
+                if id == 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
+                }
+                let mut fragment = unpadded(flags, payload)?;
+                if flags & PRIORITY_FLAG != 0 {
+                    if fragment.len() < 5 {
+                        return Err(conn_error(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
+                    }
+                    let _ = fragment.split_to(5);
+                }
+                let end_stream = flags & END_STREAM != 0;
+                if flags & END_HEADERS != 0 {
+                    return self.on_block(id, end_stream, &fragment);
+                }
+                self.block = Some((id, end_stream, fragment.to_vec()));
+                Ok(())
+            }
+            CONTINUATION => {
+                let Some((_, _, bytes)) = self.block.as_mut() else {
+                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                if bytes.len() + payload.len() > MAX_BLOCK {
+                    return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
+                }
+                bytes.extend_from_slice(&payload);
+                if flags & END_HEADERS != 0 {
+                    let (id, end_stream, bytes) = self.block.take().expect("matched");
+                    self.on_block(id, end_stream, &bytes)?;
+                }
+                Ok(())
+            }
+            RST_STREAM => {
+                if id == 0 || id >= self.next_id {
+                    return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
+                let [a, b, c, d] = payload[..] else {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes long"));
+                };
+                let code = u32::from_be_bytes([a, b, c, d]);
+                if let Some(s) = self.stream(id) {
+                    if code == NO_ERROR && s.ended {
+                        // The answer is whole: the server wants no more of the request.
+                        s.sending = false;
+                    } else if s.failed.is_none() {
+                        s.failed = Some(match code {
+                            REFUSED_STREAM => "the upstream refused the stream".into(),
+                            code => format!("the upstream reset the stream (HTTP/2 error {code:#x})"),
+                        });
+                    }
+                    wake(&mut s.reader);
+                    wake(&mut s.sender);
+                }
+                Ok(())
+            }
+            SETTINGS => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS on a stream"));
+                }
+                if flags & ACK != 0 {
+                    return match payload.is_empty() {
+                        true => Ok(()),
+                        false => {
+                            Err(conn_error(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload"))
+                        }
+                    };
+                }
+                let changed = peer_settings(&payload, true)?;
+                if let Some(window) = changed.initial_window {
+                    let delta = window - self.peer_initial_window;
+                    self.peer_initial_window = window;
+                    for s in &mut self.streams {
+                        s.send_window += delta;
+                        if s.send_window > MAX_WINDOW {
+                            return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
+                        }
+                        wake(&mut s.sender);
+                    }
+                }
+                if let Some(max_frame) = changed.max_frame {
+                    self.peer_max_frame = max_frame;
+                }
+                if let Some(max_streams) = changed.max_streams {
+                    self.max_streams = max_streams as usize;
+                    for w in self.opening.drain(..) {
+                        w.wake();
+                    }
+                }
+                frame_head(&mut self.wire, 0, SETTINGS, ACK, 0);
+                Ok(())
+            }
+            PUSH_PROMISE => Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE, which the agent turned off")),
+            PING => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "PING on a stream"));
+                }
+                if payload.len() != 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
+                }
+                if flags & ACK == 0 {
+                    frame_head(&mut self.wire, 8, PING, ACK, 0);
+                    self.wire.extend_from_slice(&payload);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                if id != 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
+                }
+                if payload.len() < 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes"));
+                }
+                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+                self.going_away = true;
+                for s in self.streams.iter_mut().filter(|s| s.id > last) {
+                    s.failed.get_or_insert_with(|| "the upstream refused the stream (GOAWAY)".into());
+                    wake(&mut s.reader);
+                    wake(&mut s.sender);
+                }
+                for w in self.opening.drain(..) {
+                    w.wake();
+                }
+                Ok(())
+            }
+            WINDOW_UPDATE => {
+                let [a, b, c, d] = payload[..] else {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long"));
+                };
+                let increment = i64::from(u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff);
+                if id == 0 {
+                    if increment == 0 {
+                        return Err(conn_error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0"));
+                    }
+                    self.send_window += increment;
+                    if self.send_window > MAX_WINDOW {
+                        return Err(conn_error(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1"));
+                    }
+                    for s in &mut self.streams {
+                        wake(&mut s.sender);
+                    }
+                    return Ok(());
+                }
+                let Some(s) = self.stream(id) else { return Ok(()) };
+                s.send_window += increment;
+                wake(&mut s.sender);
+                if increment == 0 {
+                    self.reset(id, PROTOCOL_ERROR, "a WINDOW_UPDATE of 0");
+                } else if s.send_window > MAX_WINDOW {
+                    self.reset(id, FLOW_CONTROL_ERROR, "a window past 2^31-1");
+                }
+                Ok(())
+            }
+            // PRIORITY, and frames of unknown types, are ignored (RFC 9113 §4.1, §5.3.2).
+            _ => Ok(()),
+        }
+    }
+
+    fn on_data(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(conn_error(PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        let len = payload.len() as i64;
+        if len > self.recv_window {
+            return Err(conn_error(FLOW_CONTROL_ERROR, "DATA past the connection's window"));
+        }
+        self.recv_window -= len;
+        let data = unpadded(flags, payload)?;
+        self.unreleased += len - data.len() as i64;
+        if id >= self.next_id {
+            return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
+        }
+        let open = self.stream(id).filter(|s| !s.ended && s.failed.is_none());
+        let Some(s) = open else {
+            // A stream the agent has let go of: what was on its way is dropped (RFC 9113 §6.4).
+            self.unreleased += data.len() as i64;
+            return Ok(());
+        };
+        s.received += data.len() as u64;
+        let end = flags & END_STREAM != 0;
+        let breach = if !matches!(s.head, Head::Arrived(_) | Head::Taken) {
+            Some((PROTOCOL_ERROR, "DATA before the answer's head"))
+        } else if len > s.recv_window {
+            Some((FLOW_CONTROL_ERROR, "DATA past the stream's window"))
+        } else if s.content_length.is_some_and(|n| s.received > n) {
+            // Past it only: an answer to HEAD, or a 304, declares a length it does not carry.
+            Some((PROTOCOL_ERROR, "DATA past what content-length said"))
+        } else {
+            None
+        };
+        if let Some((code, why)) = breach {
+            self.unreleased += data.len() as i64;
+            self.reset(id, code, why);
+            return Ok(());
+        }
+        s.recv_window -= len;
+        s.ended = end;
+        if !data.is_empty() {
+            s.chunks.push_back(data);
+        }
+        wake(&mut s.reader);
+        Ok(())
+    }
+
+    /// A whole header block: an answer's head (or an interim one, passed over), or its trailers.
+    fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
+        let trailers = self.stream(id).is_some_and(|s| !matches!(s.head, Head::Waiting));
+        let mut fields = Fields::new(if trailers { Section::Trailers } else { Section::ResponseHead });
+        self.decoder
+            .decode(block, |name, value| fields.add(name, value, &mut self.values))
+            .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))?;
+        if id >= self.next_id || id.is_multiple_of(2) {
+            return Err(conn_error(PROTOCOL_ERROR, "HEADERS on a stream the agent did not open"));
+        }
+        let Some(s) = self.stream(id).filter(|s| !s.ended && s.failed.is_none()) else { return Ok(()) };
+        if fields.too_large {
+            self.reset(id, CANCEL, "an answer's head past 64 KiB");
+            return Ok(());
+        }
+        if trailers {
+            if !end_stream || fields.malformed.is_some() {
+                self.reset(id, PROTOCOL_ERROR, "malformed trailers");
+                return Ok(());
+            }
+            s.trailers = Some(fields.headers);
+            s.ended = true;
+            wake(&mut s.reader);
+            return Ok(());
+        }
+        let content_length =
+            fields.headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse().ok()));
+        let Some(head) = fields.into_response().filter(|_| !matches!(content_length, Some(None))) else {
+            self.reset(id, PROTOCOL_ERROR, "a malformed answer's head");
+            return Ok(());
+        };
+        if head.status.is_informational() {
+            // An interim answer (100, 103): the final one follows; 101 has no place in HTTP/2.
+            if end_stream || head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+                self.reset(id, PROTOCOL_ERROR, "an interim answer that ends the stream");
+            }
+            return Ok(());
+        }
+        s.content_length = content_length.flatten();
+        s.head = Head::Arrived(head);
+        s.ended = end_stream;
+        wake(&mut s.reader);
+        Ok(())
+    }
+}
+
+fn wake(waiting: &mut Option<Waker>) {
+    if let Some(w) = waiting.take() {
+        w.wake();
+    }
+}
+
+/// A request's hold on its stream: dropped before the answer has all come (or while the
+/// request is still being sent), the stream is cancelled.
+pub(crate) struct StreamRef {
+    conn: Arc<Connection>,
+    id: u32,
+}
+
+impl StreamRef {
+    /// The answer's head, once it comes.
+    async fn head(&self) -> Result<http::response::Parts, PoolError> {
+        poll_fn(|cx| {
+            let mut state = self.conn.lock();
+            let Some(s) = state.stream(self.id) else {
+                return Poll::Ready(Err(PoolError::Http("the stream is gone".into())));
+            };
+            if let Head::Arrived(_) = s.head {
+                let Head::Arrived(head) = std::mem::replace(&mut s.head, Head::Taken) else {
+                    unreachable!("matched")
+                };
+                return Poll::Ready(Ok(head));
+            }
+            if let Some(why) = &s.failed {
+                return Poll::Ready(Err(PoolError::Http(why.clone())));
+            }
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for StreamRef {
+    fn drop(&mut self) {
+        let mut state = self.conn.lock();
+        let Some(at) = state.streams.iter().position(|s| s.id == self.id) else { return };
+        let s = state.streams.swap_remove(at);
+        let unread: i64 = s.chunks.iter().map(|c| c.len() as i64).sum();
+        state.unreleased += unread;
+        let cancelled = s.unfinished() && s.failed.is_none() && state.closed.is_none();
+        if cancelled {
+            rst_stream(&mut state.wire, s.id, CANCEL);
+        }
+        let given_back = state.give_back();
+        for w in state.opening.drain(..) {
+            w.wake();
+        }
+        // The task has something to write, or a connection the server is closing to close.
+        if (cancelled || given_back || state.going_away && state.streams.is_empty())
+            && let Some(task) = &state.task
+        {
+            task.wake_by_ref();
+        }
+    }
+}
 
 /// A request body on its way into its stream: a frame is taken from the body only once the
-/// stream has room for some of it (or the rest of the body is small), so at most one frame,
-/// or `UNRESERVED_BODY`, waits beyond the peer's window.
+/// stream's windows have room for some of it, so at most one frame waits beyond them.
 struct Pipe<B> {
+    conn: Arc<Connection>,
+    id: u32,
     body: B,
-    tx: SendStream<Bytes>,
+    /// Data taken that the windows have not let go yet, and whether it is the body's last.
+    pending: Option<(Bytes, bool)>,
 }
 
 impl<B> Future for Pipe<B>
@@ -169,80 +701,251 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
         loop {
-            let small = me.body.size_hint().exact().is_some_and(|n| n <= UNRESERVED_BODY);
-            if !small {
-                me.tx.reserve_capacity(1);
-                if me.tx.capacity() == 0 {
-                    match ready!(me.tx.poll_capacity(cx)) {
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Poll::Ready(Err(e.into())),
-                        None => return Poll::Ready(Err("the upstream closed the stream".into())),
-                    }
+            if let Some((data, last)) = &mut me.pending {
+                let mut state = me.conn.lock();
+                let (connection_room, max_frame) = (state.send_window, state.peer_max_frame as i64);
+                let was_idle = state.wire.is_empty();
+                let State { streams, wire, .. } = &mut *state;
+                let Some(s) = streams.iter_mut().find(|s| s.id == me.id) else {
+                    return Poll::Ready(Err("the stream is gone".into()));
+                };
+                if let Some(why) = &s.failed {
+                    return Poll::Ready(Err(why.clone().into()));
                 }
-            }
-            if let Poll::Ready(reason) = me.tx.poll_reset(cx) {
-                let reason = reason?;
-                return Poll::Ready(Err(format!("the upstream reset the stream: {reason}").into()));
+                if !s.sending {
+                    return Poll::Ready(Ok(()));
+                }
+                let room = connection_room.min(s.send_window).min(max_frame);
+                if room <= 0 && !data.is_empty() {
+                    s.sender = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                let chunk = data.split_to((room.max(0) as usize).min(data.len()));
+                let end = *last && data.is_empty();
+                s.send_window -= chunk.len() as i64;
+                s.sending = !end;
+                frame_head(wire, chunk.len(), DATA, if end { END_STREAM } else { 0 }, me.id);
+                wire.extend_from_slice(&chunk);
+                state.send_window -= chunk.len() as i64;
+                if was_idle && let Some(task) = &state.task {
+                    task.wake_by_ref();
+                }
+                if end {
+                    return Poll::Ready(Ok(()));
+                }
+                if data.is_empty() {
+                    me.pending = None;
+                }
+                continue;
             }
             match ready!(Pin::new(&mut me.body).poll_frame(cx)) {
-                None => {
-                    me.tx.reserve_capacity(0);
-                    return Poll::Ready(me.tx.send_data(Bytes::new(), true).map_err(Into::into));
-                }
-                Some(Err(e)) => {
-                    me.tx.send_reset(h2::Reason::CANCEL);
-                    return Poll::Ready(Err(e.into()));
-                }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
-                        let end = me.body.is_end_stream();
-                        me.tx.send_data(data, end)?;
-                        if end {
-                            return Poll::Ready(Ok(()));
+                        let last = me.body.is_end_stream();
+                        if !data.is_empty() || last {
+                            me.pending = Some((data, last));
                         }
                     }
                     Err(frame) => {
-                        me.tx.reserve_capacity(0);
-                        let trailers = frame.into_trailers().unwrap_or_else(|_| HeaderMap::new());
-                        return Poll::Ready(me.tx.send_trailers(trailers).map_err(Into::into));
+                        let trailers = frame.into_trailers().unwrap_or_default();
+                        return Poll::Ready(me.finish(|state, id| {
+                            state.scratch.clear();
+                            encode_fields(&trailers, &mut state.scratch);
+                            let State { scratch, wire, peer_max_frame, .. } = state;
+                            header_block(wire, id, true, scratch, *peer_max_frame);
+                        }));
                     }
                 },
+                None => {
+                    return Poll::Ready(
+                        me.finish(|state, id| frame_head(&mut state.wire, 0, DATA, END_STREAM, id)),
+                    );
+                }
+                Some(Err(e)) => {
+                    let e = e.into();
+                    let _ = me.finish(|state, id| {
+                        state.reset(id, CANCEL, "");
+                        if let Some(s) = state.stream(id) {
+                            s.failed = Some(format!("the request's body failed: {e}"));
+                        }
+                    });
+                    return Poll::Ready(Err(e));
+                }
             }
         }
+    }
+}
+
+impl<B> Pipe<B> {
+    /// Ends the request with what `write` writes, unless the stream has ended already.
+    fn finish(&mut self, write: impl FnOnce(&mut State, u32)) -> Result<(), BoxError> {
+        let mut state = self.conn.lock();
+        let Some(s) = state.stream(self.id) else { return Err("the stream is gone".into()) };
+        if let Some(why) = &s.failed {
+            return Err(why.clone().into());
+        }
+        if !s.sending {
+            return Ok(());
+        }
+        s.sending = false;
+        write(&mut state, self.id);
+        if let Some(task) = &state.task {
+            task.wake_by_ref();
+        }
+        Ok(())
     }
 }
 
 /// A response body from an HTTP/2 upstream: its data, then its trailers. What is taken is
-/// given back to the upstream's window at once.
+/// given back to the upstream's windows.
 pub(crate) struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
+    stream: StreamRef,
 }
 
 impl Body for H2Body {
     type Data = Bytes;
-    type Error = h2::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let me = self.get_mut();
-        if !me.data_done {
-            match ready!(me.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = me.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let id = self.stream.id;
+        let mut state = self.stream.conn.lock();
+        let was_idle = state.wire.is_empty();
+        let State { streams, wire, unreleased, .. } = &mut *state;
+        let Some(s) = streams.iter_mut().find(|s| s.id == id) else { return Poll::Ready(None) };
+        if let Some(data) = s.chunks.pop_front() {
+            let n = data.len() as i64;
+            *unreleased += n;
+            if !s.ended {
+                s.ungranted += n;
+                if s.ungranted >= STREAM_WINDOW / 2 {
+                    s.recv_window += s.ungranted;
+                    window_update(wire, id, std::mem::take(&mut s.ungranted) as u32);
                 }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => me.data_done = true,
             }
+            state.give_back();
+            if was_idle
+                && !state.wire.is_empty()
+                && let Some(task) = &state.task
+            {
+                task.wake_by_ref();
+            }
+            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        Poll::Ready(ready!(me.recv.poll_trailers(cx)).transpose().map(|t| t.map(Frame::trailers)))
+        if let Some(why) = &s.failed {
+            return Poll::Ready(Some(Err(why.clone().into())));
+        }
+        if let Some(trailers) = s.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        if s.ended {
+            return Poll::Ready(None);
+        }
+        s.reader = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
+        let mut state = self.stream.conn.lock();
+        state
+            .stream(self.stream.id)
+            .is_none_or(|s| s.ended && s.chunks.is_empty() && s.trailers.is_none() && s.failed.is_none())
+    }
+}
+
+/// Reads and writes one connection's frames, for as long as anything holds the connection.
+struct Driver {
+    conn: Weak<Connection>,
+    io: Box<dyn Upstream>,
+    read: BytesMut,
+    /// Frames taken from the state and being written; `written` of them are.
+    out: Vec<u8>,
+    written: usize,
+}
+
+impl Driver {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
+            let Some(conn) = self.conn.upgrade() else {
+                let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                return Poll::Ready(Ok(()));
+            };
+            let mut busy = false;
+            if self.written == self.out.len() {
+                self.out.clear();
+                self.written = 0;
+                let mut state = conn.lock();
+                std::mem::swap(&mut state.wire, &mut self.out);
+                if !state.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                    state.task = Some(cx.waker().clone());
+                }
+                if state.going_away && state.streams.is_empty() {
+                    state.closed.get_or_insert_with(|| "the upstream closed the connection (GOAWAY)".into());
+                }
+                if state.closed.is_some() && self.out.is_empty() {
+                    drop(state);
+                    let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if self.written < self.out.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]) {
+                    Poll::Ready(Ok(n)) if n > 0 => {
+                        busy = true;
+                        self.written += n;
+                        if self.written == self.out.len() {
+                            // TLS keeps what it was given until flushed.
+                            let _ = Pin::new(&mut self.io).poll_flush(cx);
+                        }
+                    }
+                    Poll::Ready(result) => {
+                        let why = result
+                            .err()
+                            .map_or("the connection took no more bytes".into(), |e| e.to_string());
+                        conn.lock().fail(why.clone());
+                        return Poll::Ready(Err(why));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            self.read.reserve(READ_CHUNK);
+            match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
+                Poll::Ready(Ok(0)) => {
+                    conn.lock().fail("the upstream closed the connection".into());
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => {
+                    busy = true;
+                    let mut state = conn.lock();
+                    loop {
+                        match take_frame(&mut self.read)
+                            .and_then(|f| f.map_or(Ok(false), |f| state.on_frame(f).map(|()| true)))
+                        {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                state.give_back();
+                                break;
+                            }
+                            Err(e) => {
+                                goaway(&mut state.wire, 0, e.code, e.why.as_bytes());
+                                state.fail(format!("the upstream broke HTTP/2: {}", e.why));
+                                break;
+                            }
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    conn.lock().fail(e.to_string());
+                    return Poll::Ready(Err(e.to_string()));
+                }
+                Poll::Pending => {}
+            }
+            if !busy {
+                return Poll::Pending;
+            }
+        }
     }
 }
 

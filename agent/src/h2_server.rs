@@ -21,32 +21,19 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable, Aborted};
 use futures::stream::{FuturesUnordered, StreamExt};
-use http::header::{CONTENT_LENGTH, TE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, Request, Response};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
 
 use crate::body::{Body, BoxError};
+use crate::h2_wire::*;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// The largest frame either side sends: the protocol's smallest maximum, which the agent
-/// never raises.
-const MAX_FRAME: usize = 16_384;
 /// Streams a client may have open at once (hyper's default).
 const MAX_STREAMS: usize = 200;
-/// What a client may send on a stream, and on the connection, before the agent has passed it
-/// on (the protocol's default of 64 KiB would stall a fast client).
-const STREAM_WINDOW: i64 = 1 << 20;
-const CONNECTION_WINDOW: i64 = 2 << 20;
-const DEFAULT_WINDOW: i64 = 65_535;
-const MAX_WINDOW: i64 = (1 << 31) - 1;
-/// The largest header block taken, compressed: Huffman coding may make a block longer than the
-/// fields it holds, which are bounded by `MAX_HEAD_BYTES`.
-const MAX_BLOCK: usize = 4 * MAX_HEAD_BYTES;
-const READ_CHUNK: usize = 16 * 1024;
 /// Bytes waiting to be written past which the connection stops reading and taking more from
 /// answers' bodies, until the client has read some.
 const HIGH_WATER: usize = 64 * 1024;
@@ -54,43 +41,6 @@ const HIGH_WATER: usize = 64 * 1024;
 /// agent's reset are ignored (RFC 9113 §6.4), and a frame on a stream it reset itself is told
 /// apart from a frame on a stream that never was.
 const REMEMBERED_RESETS: usize = 32;
-
-/// Frame types (RFC 9113 §6).
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const PRIORITY: u8 = 0x2;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
-const GOAWAY: u8 = 0x7;
-const WINDOW_UPDATE: u8 = 0x8;
-const CONTINUATION: u8 = 0x9;
-
-/// Frame flags.
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY_FLAG: u8 = 0x20;
-
-/// Error codes (RFC 9113 §7).
-const NO_ERROR: u32 = 0x0;
-const PROTOCOL_ERROR: u32 = 0x1;
-const INTERNAL_ERROR: u32 = 0x2;
-const FLOW_CONTROL_ERROR: u32 = 0x3;
-const STREAM_CLOSED: u32 = 0x5;
-const FRAME_SIZE_ERROR: u32 = 0x6;
-const REFUSED_STREAM: u32 = 0x7;
-const COMPRESSION_ERROR: u32 = 0x9;
-const ENHANCE_YOUR_CALM: u32 = 0xb;
-
-/// Settings (RFC 9113 §6.5.2).
-const ENABLE_PUSH: u16 = 0x2;
-const MAX_CONCURRENT_STREAMS: u16 = 0x3;
-const INITIAL_WINDOW_SIZE: u16 = 0x4;
-const MAX_FRAME_SIZE: u16 = 0x5;
-const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 
 /// Serves `io`, which has not yet read the client's preface, with `answer` until the client
 /// closes the connection or says GOAWAY, breaks the protocol (told in GOAWAY, then closed), takes
@@ -139,17 +89,6 @@ where
         conn.poll_serve(cx)
     })
     .await
-}
-
-/// A breach of the protocol that ends the connection, told to the client in GOAWAY.
-#[derive(Debug)]
-struct ConnError {
-    code: u32,
-    why: &'static str,
-}
-
-fn conn_error(code: u32, why: &'static str) -> ConnError {
-    ConnError { code, why }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -211,6 +150,8 @@ struct Conn<IO, F> {
     broken: Option<&'static str>,
     /// Room to encode a header block, kept from one answer to the next.
     scratch: Vec<u8>,
+    /// Where decoded field values are copied to (`Fields::add`).
+    values: BytesMut,
 }
 
 struct Block {
@@ -283,18 +224,15 @@ where
             ending: None,
             broken: None,
             scratch: Vec::new(),
+            values: BytesMut::new(),
         };
-        let settings = [
+        let ours = [
             (MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
             (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
             (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
         ];
-        conn.frame_head(settings.len() * 6, SETTINGS, 0, 0);
-        for (id, value) in settings {
-            conn.wire.extend_from_slice(&id.to_be_bytes());
-            conn.wire.extend_from_slice(&value.to_be_bytes());
-        }
-        conn.window_update(0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
+        settings(&mut conn.wire, &ours);
+        window_update(&mut conn.wire, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
         conn
     }
 
@@ -374,20 +312,10 @@ where
 
     /// Handles every whole frame read.
     fn take_frames(&mut self) -> Result<(), ConnError> {
-        while self.read.len() >= 9 && self.ending != Some(Ending::Now) {
-            let len =
-                usize::from(self.read[0]) << 16 | usize::from(self.read[1]) << 8 | usize::from(self.read[2]);
-            if len > MAX_FRAME {
-                return Err(conn_error(FRAME_SIZE_ERROR, "a frame larger than SETTINGS_MAX_FRAME_SIZE"));
-            }
-            if self.read.len() < 9 + len {
+        while self.ending != Some(Ending::Now) {
+            let Some(RawFrame { kind, flags, id, payload }) = take_frame(&mut self.read)? else {
                 return Ok(());
-            }
-            let (kind, flags) = (self.read[3], self.read[4]);
-            let id =
-                u32::from_be_bytes([self.read[5], self.read[6], self.read[7], self.read[8]]) & 0x7fff_ffff;
-            self.read.advance(9);
-            let payload = self.read.split_to(len).freeze();
+            };
             self.on_frame(kind, flags, id, payload)?;
         }
         Ok(())
@@ -557,9 +485,10 @@ where
         block: &[u8],
     ) -> Result<(), ConnError> {
         let existing = self.index(id);
-        let mut fields = Fields::new(existing.is_some());
+        let mut fields =
+            Fields::new(if existing.is_some() { Section::Trailers } else { Section::RequestHead });
         self.hpack
-            .decode(block, |name, value| fields.add(name, value))
+            .decode(block, |name, value| fields.add(name, value, &mut self.values))
             .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))?;
         if let Some(i) = existing {
             let s = &mut self.streams[i];
@@ -666,44 +595,20 @@ where
             }
             return Ok(());
         }
-        if !payload.len().is_multiple_of(6) {
-            return Err(conn_error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes long"));
-        }
-        for setting in payload.chunks_exact(6) {
-            let key = u16::from_be_bytes([setting[0], setting[1]]);
-            let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
-            match key {
-                ENABLE_PUSH if value > 1 => {
-                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1"));
+        // The agent pushes nothing, so the stream limit the client asks for holds already.
+        let changed = peer_settings(payload, false)?;
+        if let Some(window) = changed.initial_window {
+            let delta = window - self.peer_initial_window;
+            self.peer_initial_window = window;
+            for s in &mut self.streams {
+                s.send_window += delta;
+                if s.send_window > MAX_WINDOW {
+                    return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
                 }
-                INITIAL_WINDOW_SIZE => {
-                    let value = i64::from(value);
-                    if value > MAX_WINDOW {
-                        return Err(conn_error(
-                            FLOW_CONTROL_ERROR,
-                            "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1",
-                        ));
-                    }
-                    let delta = value - self.peer_initial_window;
-                    self.peer_initial_window = value;
-                    for s in &mut self.streams {
-                        s.send_window += delta;
-                        if s.send_window > MAX_WINDOW {
-                            return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
-                        }
-                    }
-                }
-                MAX_FRAME_SIZE => {
-                    if !(MAX_FRAME as u32..=0xff_ffff).contains(&value) {
-                        return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range"));
-                    }
-                    self.peer_max_frame = value as usize;
-                }
-                // The encoder keeps no dynamic table and the agent pushes nothing, so the table
-                // size and the stream limit the client asks for hold already; the rest are
-                // advisory or unknown.
-                _ => {}
             }
+        }
+        if let Some(max_frame) = changed.max_frame {
+            self.peer_max_frame = max_frame;
         }
         self.settled = true;
         self.frame_head(0, SETTINGS, ACK, 0);
@@ -880,8 +785,7 @@ where
                 }
                 Step::Failed(e) => {
                     tracing::debug!(error = %e, "an answer's body failed; its stream is reset");
-                    self.frame_head(4, RST_STREAM, 0, id);
-                    self.wire.extend_from_slice(&INTERNAL_ERROR.to_be_bytes());
+                    rst_stream(&mut self.wire, id, INTERNAL_ERROR);
                     self.streams[i].recv_open = false;
                     return true;
                 }
@@ -923,19 +827,18 @@ where
             }
         }
         for (id, n) in grants {
-            self.window_update(id, n as u32);
+            window_update(&mut self.wire, id, n as u32);
         }
         if self.unreleased >= CONNECTION_WINDOW / 2 {
             let n = std::mem::take(&mut self.unreleased);
             self.recv_window += n;
-            self.window_update(0, n as u32);
+            window_update(&mut self.wire, 0, n as u32);
         }
     }
 
     /// Ends stream `id` with RST_STREAM.
     fn reset(&mut self, id: u32, code: u32) {
-        self.frame_head(4, RST_STREAM, 0, id);
-        self.wire.extend_from_slice(&code.to_be_bytes());
+        rst_stream(&mut self.wire, id, code);
         if let Some(i) = self.index(id) {
             self.remove(i);
         }
@@ -978,43 +881,18 @@ where
 
     /// Says GOAWAY: no stream past the last opened is taken.
     fn go_away(&mut self, code: u32, ending: Ending, why: &str) {
-        let debug = if code == NO_ERROR { &b""[..] } else { why.as_bytes() };
-        self.frame_head(8 + debug.len(), GOAWAY, 0, 0);
-        self.wire.extend_from_slice(&self.last_id.to_be_bytes());
-        self.wire.extend_from_slice(&code.to_be_bytes());
-        self.wire.extend_from_slice(debug);
+        let debug = if code == NO_ERROR { "" } else { why };
+        goaway(&mut self.wire, self.last_id, code, debug.as_bytes());
         self.ending = Some(ending);
     }
 
-    /// Writes the header block in `scratch` to stream `id`, in CONTINUATION frames past the
-    /// client's largest frame.
+    /// Writes the header block in `scratch` to stream `id`.
     fn header_block(&mut self, id: u32, end_stream: bool) {
-        let block = std::mem::take(&mut self.scratch);
-        let mut chunks = block.chunks(self.peer_max_frame).peekable();
-        let mut kind = HEADERS;
-        let mut flags = if end_stream { END_STREAM } else { 0 };
-        loop {
-            let chunk = chunks.next().unwrap_or_default();
-            let last = chunks.peek().is_none();
-            self.frame_head(chunk.len(), kind, flags | if last { END_HEADERS } else { 0 }, id);
-            self.wire.extend_from_slice(chunk);
-            if last {
-                break;
-            }
-            (kind, flags) = (CONTINUATION, 0);
-        }
-        self.scratch = block;
-    }
-
-    fn window_update(&mut self, id: u32, increment: u32) {
-        self.frame_head(4, WINDOW_UPDATE, 0, id);
-        self.wire.extend_from_slice(&increment.to_be_bytes());
+        header_block(&mut self.wire, id, end_stream, &self.scratch, self.peer_max_frame);
     }
 
     fn frame_head(&mut self, len: usize, kind: u8, flags: u8, id: u32) {
-        let len = (len as u32).to_be_bytes();
-        self.wire.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
-        self.wire.extend_from_slice(&id.to_be_bytes());
+        frame_head(&mut self.wire, len, kind, flags, id);
     }
 }
 
@@ -1025,159 +903,6 @@ enum Step {
     Data(Bytes, bool),
     Trailers(HeaderMap),
     Failed(BoxError),
-}
-
-/// The payload of a frame that may be padded, without its padding.
-fn unpadded(flags: u8, mut payload: Bytes) -> Result<Bytes, ConnError> {
-    if flags & PADDED == 0 {
-        return Ok(payload);
-    }
-    let Some(&pad) = payload.first() else {
-        return Err(conn_error(FRAME_SIZE_ERROR, "a padded frame without its pad length"));
-    };
-    if usize::from(pad) >= payload.len() {
-        return Err(conn_error(PROTOCOL_ERROR, "padding as long as the frame"));
-    }
-    payload.advance(1);
-    payload.truncate(payload.len() - usize::from(pad));
-    Ok(payload)
-}
-
-/// The stream a priority (PRIORITY's payload, or HEADERS' priority fields) depends on.
-fn dependency(priority: &[u8]) -> u32 {
-    u32::from_be_bytes([priority[0], priority[1], priority[2], priority[3]]) & 0x7fff_ffff
-}
-
-/// Fields of HTTP/1.1 connections that HTTP/2 does not carry (RFC 9113 §8.2.2).
-fn connection_specific(name: &HeaderName) -> bool {
-    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
-    name == CONNECTION
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
-/// Appends an answer's fields (or trailers), those HTTP/2 does not carry left out.
-fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
-    for (name, value) in headers {
-        if !connection_specific(name) {
-            hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), dst);
-        }
-    }
-}
-
-/// A request's (or its trailers') fields as they decode, checked as RFC 9113 §8.2–8.3 asks.
-struct Fields {
-    trailers: bool,
-    method: Option<Method>,
-    scheme: Option<Bytes>,
-    authority: Option<Bytes>,
-    path: Option<Bytes>,
-    headers: HeaderMap,
-    regular_seen: bool,
-    size: usize,
-    too_large: bool,
-    malformed: Option<&'static str>,
-}
-
-impl Fields {
-    fn new(trailers: bool) -> Fields {
-        Fields {
-            trailers,
-            method: None,
-            scheme: None,
-            authority: None,
-            path: None,
-            headers: HeaderMap::new(),
-            regular_seen: false,
-            size: 0,
-            too_large: false,
-            malformed: None,
-        }
-    }
-
-    fn add(&mut self, name: &[u8], value: &[u8]) {
-        self.size += name.len() + value.len() + 32;
-        self.too_large |= self.size > MAX_HEAD_BYTES;
-        if self.too_large || self.malformed.is_some() {
-            return;
-        }
-        if let Err(why) = self.take(name, value) {
-            self.malformed = Some(why);
-        }
-    }
-
-    fn take(&mut self, name: &[u8], value: &[u8]) -> Result<(), &'static str> {
-        if let Some(pseudo) = name.strip_prefix(b":") {
-            if self.trailers || self.regular_seen {
-                return Err("a pseudo-header in trailers or after a field");
-            }
-            let slot = match pseudo {
-                b"method" => {
-                    if self.method.is_some() {
-                        return Err("two :method");
-                    }
-                    self.method = Some(Method::from_bytes(value).map_err(|_| "a malformed :method")?);
-                    return Ok(());
-                }
-                b"scheme" => &mut self.scheme,
-                b"authority" => &mut self.authority,
-                b"path" => &mut self.path,
-                _ => return Err("an unknown pseudo-header"),
-            };
-            if slot.is_some() {
-                return Err("a pseudo-header twice");
-            }
-            *slot = Some(Bytes::copy_from_slice(value));
-            return Ok(());
-        }
-        self.regular_seen = true;
-        let name =
-            HeaderName::from_lowercase(name).map_err(|_| "a field name not lowercase or not a token")?;
-        if connection_specific(&name) || name == TE && value != b"trailers" {
-            return Err("a connection-specific field");
-        }
-        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
-            return Err("a field value with whitespace around it");
-        }
-        let value = HeaderValue::from_bytes(value).map_err(|_| "a field value with a forbidden byte")?;
-        self.headers.append(name, value);
-        Ok(())
-    }
-
-    /// The request's head; `None` for one that is malformed.
-    fn into_request(self) -> Option<http::request::Parts> {
-        if self.malformed.is_some() {
-            return None;
-        }
-        let method = self.method?;
-        let mut uri = http::uri::Parts::default();
-        if method == Method::CONNECT {
-            if self.scheme.is_some() || self.path.is_some() {
-                return None;
-            }
-            uri.authority = Some(http::uri::Authority::from_maybe_shared(self.authority?).ok()?);
-        } else {
-            let path = self.path.filter(|p| !p.is_empty())?;
-            let scheme = self.scheme?;
-            uri.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
-            if let Some(authority) = self.authority {
-                uri.scheme = Some(match &scheme[..] {
-                    b"http" => http::uri::Scheme::HTTP,
-                    b"https" => http::uri::Scheme::HTTPS,
-                    other => other.try_into().ok()?,
-                });
-                uri.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
-            }
-        }
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.method = method;
-        parts.uri = Uri::from_parts(uri).ok()?;
-        parts.version = Version::HTTP_2;
-        parts.headers = self.headers;
-        Some(parts)
-    }
 }
 
 /// A request body's frames between the connection, which fills it, and the proxy, which
@@ -1271,9 +996,9 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    use super::*;
+    use http::HeaderValue;
 
-    const CANCEL: u32 = 0x8;
+    use super::*;
 
     /// Answers by path: `/hello` whole, `/echo` the request's body back as it streams,
     /// `/size` the size of the request's body, `/big` 1 MiB, `/trailers` gRPC-style, `/hang`

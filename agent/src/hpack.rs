@@ -124,16 +124,22 @@ impl Decoder {
         field: &mut impl FnMut(&[u8], &[u8]),
     ) -> Result<(), HpackError> {
         let Decoder { table, name_scratch, value_scratch, .. } = self;
-        let name = match input.integer(prefix_bits)? {
-            0 => input.string(name_scratch)?,
-            index => table.field(index)?.0,
-        };
-        let value = input.string(value_scratch)?;
-        field(name, value);
+        let index = input.integer(prefix_bits)?;
         if add_to_table {
-            // Copied before inserting: the name may be an entry that the insertion evicts (§4.4).
-            let entry = Entry { name: name.into(), value: value.into() };
-            table.insert(entry);
+            let name: &[u8] = if index == 0 {
+                input.string(name_scratch)?
+            } else {
+                // Copied out: the insertion may evict the entry the name comes from (§4.4).
+                name_scratch.clear();
+                name_scratch.extend_from_slice(table.field(index)?.0);
+                name_scratch
+            };
+            let value = input.string(value_scratch)?;
+            field(name, value);
+            table.insert(name, value);
+        } else {
+            let name = if index == 0 { input.string(name_scratch)? } else { table.field(index)?.0 };
+            field(name, input.string(value_scratch)?);
         }
         Ok(())
     }
@@ -199,15 +205,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// One dynamic table entry.
+/// One dynamic table entry: where its name and value lie in the table's arena.
 struct Entry {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
+    /// Offset of the name, counted from the arena's first byte ever.
+    start: usize,
+    name_len: usize,
+    value_len: usize,
 }
 
 impl Entry {
     fn size(&self) -> usize {
-        self.name.len() + self.value.len() + ENTRY_OVERHEAD
+        self.name_len + self.value_len + ENTRY_OVERHEAD
     }
 }
 
@@ -215,6 +223,11 @@ impl Entry {
 struct DynamicTable {
     /// Newest first, so that index 62 is `entries[0]`.
     entries: VecDeque<Entry>,
+    /// The entries' names and values, oldest first, beginning with the byte at offset `base`:
+    /// evicted ones are cut off in bulk, so that inserting allocates nothing once the arena
+    /// has grown to its working size (peers insert a field or more with every request).
+    arena: Vec<u8>,
+    base: usize,
     /// Sum of the entries' sizes (§4.1).
     size: usize,
     max_size: usize,
@@ -222,7 +235,7 @@ struct DynamicTable {
 
 impl DynamicTable {
     fn new(max_size: usize) -> DynamicTable {
-        DynamicTable { entries: VecDeque::new(), size: 0, max_size }
+        DynamicTable { entries: VecDeque::new(), arena: Vec::new(), base: 0, size: 0, max_size }
     }
 
     /// The field at a §2.3.3 index: 1 to 61 static, then dynamic newest first.
@@ -235,12 +248,15 @@ impl DynamicTable {
             },
         };
         let entry = self.entries.get(dynamic_index).ok_or(HpackError::BadIndex)?;
-        Ok((&entry.name, &entry.value))
+        let at = entry.start - self.base;
+        let (name, value) = self.arena[at..at + entry.name_len + entry.value_len].split_at(entry.name_len);
+        Ok((name, value))
     }
 
     /// Adds an entry, evicting the oldest to make room (§4.4); one larger than the whole table
     /// empties it and is not kept.
-    fn insert(&mut self, entry: Entry) {
+    fn insert(&mut self, name: &[u8], value: &[u8]) {
+        let entry = Entry { start: 0, name_len: name.len(), value_len: value.len() };
         let entry_size = entry.size();
         if entry_size > self.max_size {
             self.entries.clear();
@@ -248,8 +264,17 @@ impl DynamicTable {
             return;
         }
         self.evict_to(self.max_size - entry_size);
+        // What evicted entries left at the front goes once it outweighs a full table.
+        let oldest = self.entries.back().map_or(self.base + self.arena.len(), |e| e.start);
+        if oldest - self.base > TABLE_SIZE.max(self.max_size) {
+            self.arena.drain(..oldest - self.base);
+            self.base = oldest;
+        }
+        let start = self.base + self.arena.len();
+        self.arena.extend_from_slice(name);
+        self.arena.extend_from_slice(value);
         self.size += entry_size;
-        self.entries.push_front(entry);
+        self.entries.push_front(Entry { start, ..entry });
     }
 
     fn resize(&mut self, max_size: usize) {
@@ -433,7 +458,7 @@ const STEP_FAILS: u8 = 2;
 const STEP_ACCEPTS: u8 = 4;
 
 /// The code's 256 internal nodes, each with its 16 steps; built at compile time.
-const HUFFMAN_STEPS: [[Step; 16]; 256] = huffman_steps();
+static HUFFMAN_STEPS: [[Step; 16]; 256] = huffman_steps();
 
 /// A leaf in `huffman_tree`'s child table: the symbol, marked.
 const LEAF: u16 = 0x8000;
@@ -515,7 +540,7 @@ const fn huffman_steps() -> [[Step; 16]; 256] {
 
 /// RFC 7541 Appendix A.
 #[rustfmt::skip]
-const STATIC_TABLE: [(&str, &str); 61] = [
+static STATIC_TABLE: [(&str, &str); 61] = [
     (":authority", ""), (":method", "GET"), (":method", "POST"), (":path", "/"), (":path", "/index.html"),
     (":scheme", "http"), (":scheme", "https"), (":status", "200"), (":status", "204"), (":status", "206"),
     (":status", "304"), (":status", "400"), (":status", "404"), (":status", "500"), ("accept-charset", ""),
@@ -610,8 +635,11 @@ mod tests {
     /// Decodes `block_hex` and checks the fields, then the dynamic table newest first and its size.
     fn check(decoder: &mut Decoder, block_hex: &str, fields: Pairs<'_>, table: Pairs<'_>, size: usize) {
         assert_eq!(decode(decoder, &hex(block_hex)).unwrap(), owned(fields));
-        let entries: Fields = (decoder.table.entries.iter())
-            .map(|e| (String::from_utf8_lossy(&e.name).into(), String::from_utf8_lossy(&e.value).into()))
+        let entries: Fields = (0..decoder.table.entries.len())
+            .map(|i| decoder.table.field(62 + i).unwrap())
+            .map(|(name, value)| {
+                (String::from_utf8_lossy(name).into(), String::from_utf8_lossy(value).into())
+            })
             .collect();
         assert_eq!(entries, owned(table));
         assert_eq!(decoder.table.size, size);
@@ -797,6 +825,34 @@ mod tests {
         check(&mut decoder, "4003 6b65 7901 76", &[("key", "v")], &[("key", "v")], 36);
         let long = format!("4003 6b65 791e {}", "61".repeat(30));
         check(&mut decoder, &long, &[("key", &"a".repeat(30))], &[], 0);
+    }
+
+    #[test]
+    fn a_table_filled_many_times_over_keeps_its_newest_entries() {
+        let mut decoder = Decoder::new();
+        for i in 0..2000 {
+            // Literal with incremental indexing, new name: a field a little over 60 bytes.
+            let (name, value) =
+                (format!("x-field-{}", i % 7), format!("value number {i} {}", "v".repeat(i % 40)));
+            let mut block = vec![0x40];
+            encode_string(name.as_bytes(), &mut block);
+            encode_string(value.as_bytes(), &mut block);
+            // And the previous field, by its dynamic index.
+            if i > 0 {
+                block.push(0x80 | 63);
+            }
+            let fields = decode(&mut decoder, &block).unwrap();
+            assert_eq!(fields[0], (name.clone(), value.clone()));
+            if i > 0 {
+                let (previous_name, previous_value) = (
+                    format!("x-field-{}", (i - 1) % 7),
+                    format!("value number {} {}", i - 1, "v".repeat((i - 1) % 40)),
+                );
+                assert_eq!(fields[1], (previous_name, previous_value), "entry {i}");
+            }
+            assert!(decoder.table.size <= TABLE_SIZE);
+            assert!(decoder.table.arena.len() <= 3 * TABLE_SIZE, "the arena is cut back");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod control;
 mod convert;
 mod h2_pool;
 mod h2_server;
+mod h2_wire;
 mod hpack;
 mod http1_codec;
 mod http1_pool;

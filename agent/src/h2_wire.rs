@@ -1,0 +1,391 @@
+//! HTTP/2's wire format (RFC 9113) as the agent's server (`h2_server.rs`) and client
+//! (`h2_pool.rs`) both speak it: frame types, flags, error codes and settings, frames written
+//! into a connection's outgoing bytes and read from its incoming ones, and the rules a header
+//! block's fields must keep.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::TE;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+
+use crate::hpack;
+use crate::http1_codec::MAX_HEAD_BYTES;
+
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest frame either side sends: the protocol's smallest maximum, which the agent
+/// never raises.
+pub(crate) const MAX_FRAME: usize = 16_384;
+/// What a peer may send on a stream, and on the connection, before the agent has passed it
+/// on (the protocol's default of 64 KiB would stall a fast peer).
+pub(crate) const STREAM_WINDOW: i64 = 1 << 20;
+pub(crate) const CONNECTION_WINDOW: i64 = 2 << 20;
+pub(crate) const DEFAULT_WINDOW: i64 = 65_535;
+pub(crate) const MAX_WINDOW: i64 = (1 << 31) - 1;
+/// The largest header block taken, compressed: Huffman coding may make a block longer than the
+/// fields it holds, which are bounded by `MAX_HEAD_BYTES`.
+pub(crate) const MAX_BLOCK: usize = 4 * MAX_HEAD_BYTES;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+/// Frame types (RFC 9113 §6).
+pub(crate) const DATA: u8 = 0x0;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const PRIORITY: u8 = 0x2;
+pub(crate) const RST_STREAM: u8 = 0x3;
+pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const PUSH_PROMISE: u8 = 0x5;
+pub(crate) const PING: u8 = 0x6;
+pub(crate) const GOAWAY: u8 = 0x7;
+pub(crate) const WINDOW_UPDATE: u8 = 0x8;
+pub(crate) const CONTINUATION: u8 = 0x9;
+
+/// Frame flags.
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const ACK: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
+pub(crate) const PADDED: u8 = 0x8;
+pub(crate) const PRIORITY_FLAG: u8 = 0x20;
+
+/// Error codes (RFC 9113 §7).
+pub(crate) const NO_ERROR: u32 = 0x0;
+pub(crate) const PROTOCOL_ERROR: u32 = 0x1;
+pub(crate) const INTERNAL_ERROR: u32 = 0x2;
+pub(crate) const FLOW_CONTROL_ERROR: u32 = 0x3;
+pub(crate) const STREAM_CLOSED: u32 = 0x5;
+pub(crate) const FRAME_SIZE_ERROR: u32 = 0x6;
+pub(crate) const REFUSED_STREAM: u32 = 0x7;
+pub(crate) const CANCEL: u32 = 0x8;
+pub(crate) const COMPRESSION_ERROR: u32 = 0x9;
+pub(crate) const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Settings (RFC 9113 §6.5.2).
+pub(crate) const ENABLE_PUSH: u16 = 0x2;
+pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
+pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
+pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+/// A breach of the protocol that ends the connection, told to the peer in GOAWAY.
+#[derive(Debug)]
+pub(crate) struct ConnError {
+    pub code: u32,
+    pub why: &'static str,
+}
+
+pub(crate) fn conn_error(code: u32, why: &'static str) -> ConnError {
+    ConnError { code, why }
+}
+
+/// One frame read: its type, flags, stream and payload.
+pub(crate) struct RawFrame {
+    pub kind: u8,
+    pub flags: u8,
+    pub id: u32,
+    pub payload: Bytes,
+}
+
+/// The next whole frame in `read`, taken from it; `None` until all of it has come.
+pub(crate) fn take_frame(read: &mut BytesMut) -> Result<Option<RawFrame>, ConnError> {
+    if read.len() < 9 {
+        return Ok(None);
+    }
+    let len = usize::from(read[0]) << 16 | usize::from(read[1]) << 8 | usize::from(read[2]);
+    if len > MAX_FRAME {
+        return Err(conn_error(FRAME_SIZE_ERROR, "a frame larger than SETTINGS_MAX_FRAME_SIZE"));
+    }
+    if read.len() < 9 + len {
+        return Ok(None);
+    }
+    let (kind, flags) = (read[3], read[4]);
+    let id = u32::from_be_bytes([read[5], read[6], read[7], read[8]]) & 0x7fff_ffff;
+    read.advance(9);
+    Ok(Some(RawFrame { kind, flags, id, payload: read.split_to(len).freeze() }))
+}
+
+pub(crate) fn frame_head(wire: &mut Vec<u8>, len: usize, kind: u8, flags: u8, id: u32) {
+    let len = (len as u32).to_be_bytes();
+    wire.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+    wire.extend_from_slice(&id.to_be_bytes());
+}
+
+/// Writes `block` to stream `id` as HEADERS, and CONTINUATION frames past `max_frame`.
+pub(crate) fn header_block(wire: &mut Vec<u8>, id: u32, end_stream: bool, block: &[u8], max_frame: usize) {
+    let mut chunks = block.chunks(max_frame).peekable();
+    let mut kind = HEADERS;
+    let mut flags = if end_stream { END_STREAM } else { 0 };
+    loop {
+        let chunk = chunks.next().unwrap_or_default();
+        let last = chunks.peek().is_none();
+        frame_head(wire, chunk.len(), kind, flags | if last { END_HEADERS } else { 0 }, id);
+        wire.extend_from_slice(chunk);
+        if last {
+            return;
+        }
+        (kind, flags) = (CONTINUATION, 0);
+    }
+}
+
+pub(crate) fn window_update(wire: &mut Vec<u8>, id: u32, increment: u32) {
+    frame_head(wire, 4, WINDOW_UPDATE, 0, id);
+    wire.extend_from_slice(&increment.to_be_bytes());
+}
+
+pub(crate) fn rst_stream(wire: &mut Vec<u8>, id: u32, code: u32) {
+    frame_head(wire, 4, RST_STREAM, 0, id);
+    wire.extend_from_slice(&code.to_be_bytes());
+}
+
+pub(crate) fn settings(wire: &mut Vec<u8>, settings: &[(u16, u32)]) {
+    frame_head(wire, settings.len() * 6, SETTINGS, 0, 0);
+    for (id, value) in settings {
+        wire.extend_from_slice(&id.to_be_bytes());
+        wire.extend_from_slice(&value.to_be_bytes());
+    }
+}
+
+pub(crate) fn goaway(wire: &mut Vec<u8>, last_id: u32, code: u32, debug: &[u8]) {
+    frame_head(wire, 8 + debug.len(), GOAWAY, 0, 0);
+    wire.extend_from_slice(&last_id.to_be_bytes());
+    wire.extend_from_slice(&code.to_be_bytes());
+    wire.extend_from_slice(debug);
+}
+
+/// What a peer's SETTINGS frame (not an acknowledgement) changes.
+#[derive(Default)]
+pub(crate) struct PeerSettings {
+    pub initial_window: Option<i64>,
+    pub max_frame: Option<usize>,
+    pub max_streams: Option<u32>,
+}
+
+/// Reads and checks a SETTINGS payload (RFC 9113 §6.5.2); `from_server` for a client's peer,
+/// which may not turn push on.
+pub(crate) fn peer_settings(payload: &[u8], from_server: bool) -> Result<PeerSettings, ConnError> {
+    if !payload.len().is_multiple_of(6) {
+        return Err(conn_error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes long"));
+    }
+    let mut changed = PeerSettings::default();
+    for setting in payload.chunks_exact(6) {
+        let key = u16::from_be_bytes([setting[0], setting[1]]);
+        let value = u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+        match key {
+            ENABLE_PUSH if value > 1 || from_server && value != 0 => {
+                return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH out of range"));
+            }
+            INITIAL_WINDOW_SIZE => {
+                if i64::from(value) > MAX_WINDOW {
+                    return Err(conn_error(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE past 2^31-1"));
+                }
+                changed.initial_window = Some(i64::from(value));
+            }
+            MAX_FRAME_SIZE => {
+                if !(MAX_FRAME as u32..=0xff_ffff).contains(&value) {
+                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_MAX_FRAME_SIZE out of range"));
+                }
+                changed.max_frame = Some(value as usize);
+            }
+            MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
+            // The encoder keeps no dynamic table, so any table size holds; the rest are
+            // advisory or unknown.
+            _ => {}
+        }
+    }
+    Ok(changed)
+}
+
+/// The payload of a frame that may be padded, without its padding.
+pub(crate) fn unpadded(flags: u8, mut payload: Bytes) -> Result<Bytes, ConnError> {
+    if flags & PADDED == 0 {
+        return Ok(payload);
+    }
+    let Some(&pad) = payload.first() else {
+        return Err(conn_error(FRAME_SIZE_ERROR, "a padded frame without its pad length"));
+    };
+    if usize::from(pad) >= payload.len() {
+        return Err(conn_error(PROTOCOL_ERROR, "padding as long as the frame"));
+    }
+    payload.advance(1);
+    payload.truncate(payload.len() - usize::from(pad));
+    Ok(payload)
+}
+
+/// The stream a priority (PRIORITY's payload, or HEADERS' priority fields) depends on.
+pub(crate) fn dependency(priority: &[u8]) -> u32 {
+    u32::from_be_bytes([priority[0], priority[1], priority[2], priority[3]]) & 0x7fff_ffff
+}
+
+/// Fields of HTTP/1.1 connections that HTTP/2 does not carry (RFC 9113 §8.2.2).
+pub(crate) fn connection_specific(name: &HeaderName) -> bool {
+    use http::header::{CONNECTION, TRANSFER_ENCODING, UPGRADE};
+    name == CONNECTION
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+/// Appends an answer's fields (or trailers), those HTTP/2 does not carry left out.
+pub(crate) fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
+    for (name, value) in headers {
+        if !connection_specific(name) {
+            hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), dst);
+        }
+    }
+}
+
+/// `value` copied to the end of `values` and split off it; room is made a few kilobytes at a
+/// time.
+fn copied(values: &mut BytesMut, value: &[u8]) -> Bytes {
+    if values.capacity() < value.len() {
+        values.reserve(value.len().max(4096));
+    }
+    values.extend_from_slice(value);
+    values.split().freeze()
+}
+
+/// What a header block holds (RFC 9110's sections).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Section {
+    RequestHead,
+    ResponseHead,
+    Trailers,
+}
+
+/// A header block's fields as they decode, checked as RFC 9113 §8.2–8.3 asks.
+pub(crate) struct Fields {
+    kind: Section,
+    method: Option<Method>,
+    status: Option<StatusCode>,
+    scheme: Option<Bytes>,
+    authority: Option<Bytes>,
+    path: Option<Bytes>,
+    pub headers: HeaderMap,
+    regular_seen: bool,
+    size: usize,
+    /// Past `MAX_HEAD_BYTES` (RFC 7541's count, 32 bytes a field beside its name and value).
+    pub too_large: bool,
+    pub malformed: Option<&'static str>,
+}
+
+impl Fields {
+    pub(crate) fn new(kind: Section) -> Fields {
+        Fields {
+            kind,
+            method: None,
+            status: None,
+            scheme: None,
+            authority: None,
+            path: None,
+            headers: HeaderMap::new(),
+            regular_seen: false,
+            size: 0,
+            too_large: false,
+            malformed: None,
+        }
+    }
+
+    /// Takes one field; its value is copied into `values`, the connection's buffer for them
+    /// (split off it, so that values share allocations instead of having one each).
+    pub(crate) fn add(&mut self, name: &[u8], value: &[u8], values: &mut BytesMut) {
+        self.size += name.len() + value.len() + 32;
+        self.too_large |= self.size > MAX_HEAD_BYTES;
+        if self.too_large || self.malformed.is_some() {
+            return;
+        }
+        if let Err(why) = self.take(name, value, values) {
+            self.malformed = Some(why);
+        }
+    }
+
+    fn take(&mut self, name: &[u8], value: &[u8], values: &mut BytesMut) -> Result<(), &'static str> {
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if self.kind == Section::Trailers || self.regular_seen {
+                return Err("a pseudo-header in trailers or after a field");
+            }
+            if (self.kind == Section::ResponseHead) != (pseudo == b"status") {
+                return Err("a pseudo-header of the other side's");
+            }
+            let slot = match pseudo {
+                b"status" => {
+                    if self.status.is_some() {
+                        return Err("two :status");
+                    }
+                    self.status = Some(StatusCode::from_bytes(value).map_err(|_| "a malformed :status")?);
+                    return Ok(());
+                }
+                b"method" => {
+                    if self.method.is_some() {
+                        return Err("two :method");
+                    }
+                    self.method = Some(Method::from_bytes(value).map_err(|_| "a malformed :method")?);
+                    return Ok(());
+                }
+                b"scheme" => &mut self.scheme,
+                b"authority" => &mut self.authority,
+                b"path" => &mut self.path,
+                _ => return Err("an unknown pseudo-header"),
+            };
+            if slot.is_some() {
+                return Err("a pseudo-header twice");
+            }
+            *slot = Some(copied(values, value));
+            return Ok(());
+        }
+        self.regular_seen = true;
+        let name =
+            HeaderName::from_lowercase(name).map_err(|_| "a field name not lowercase or not a token")?;
+        if connection_specific(&name) || name == TE && value != b"trailers" {
+            return Err("a connection-specific field");
+        }
+        if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
+            return Err("a field value with whitespace around it");
+        }
+        let value = HeaderValue::from_maybe_shared(copied(values, value))
+            .map_err(|_| "a field value with a forbidden byte")?;
+        self.headers.append(name, value);
+        Ok(())
+    }
+
+    /// The request's head; `None` for one that is malformed.
+    pub(crate) fn into_request(self) -> Option<http::request::Parts> {
+        if self.malformed.is_some() {
+            return None;
+        }
+        let method = self.method?;
+        let mut uri = http::uri::Parts::default();
+        if method == Method::CONNECT {
+            if self.scheme.is_some() || self.path.is_some() {
+                return None;
+            }
+            uri.authority = Some(http::uri::Authority::from_maybe_shared(self.authority?).ok()?);
+        } else {
+            let path = self.path.filter(|p| !p.is_empty())?;
+            let scheme = self.scheme?;
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_maybe_shared(path).ok()?);
+            if let Some(authority) = self.authority {
+                uri.scheme = Some(match &scheme[..] {
+                    b"http" => http::uri::Scheme::HTTP,
+                    b"https" => http::uri::Scheme::HTTPS,
+                    other => other.try_into().ok()?,
+                });
+                uri.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
+            }
+        }
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = method;
+        parts.uri = Uri::from_parts(uri).ok()?;
+        parts.version = Version::HTTP_2;
+        parts.headers = self.headers;
+        Some(parts)
+    }
+
+    /// The response's head; `None` for one that is malformed.
+    pub(crate) fn into_response(self) -> Option<http::response::Parts> {
+        if self.malformed.is_some() {
+            return None;
+        }
+        let (mut parts, ()) = Response::new(()).into_parts();
+        parts.status = self.status?;
+        parts.version = Version::HTTP_2;
+        parts.headers = self.headers;
+        Some(parts)
+    }
+}
