@@ -25,8 +25,9 @@ use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
 
-/// Streams opened on a connection before the server has said how many it takes.
-const INITIAL_MAX_STREAMS: usize = 100;
+/// Streams opened on a connection before the server has said how many it takes: one, so that
+/// a server whose limit is low never has to refuse one.
+const INITIAL_MAX_STREAMS: usize = 1;
 
 /// One open connection per destination, shared by every request to it.
 pub(crate) struct H2Pool {
@@ -148,7 +149,10 @@ struct State {
     task: Option<Waker>,
     streams: Vec<Stream>,
     next_id: u32,
+    /// The server's stream limit (none until it says otherwise in its first SETTINGS).
     max_streams: usize,
+    /// The server's first SETTINGS came.
+    settled: bool,
     /// Requests waiting for a stream to be free.
     opening: Vec<Waker>,
     peer_initial_window: i64,
@@ -221,6 +225,7 @@ impl Connection {
                 streams: Vec::new(),
                 next_id: 1,
                 max_streams: INITIAL_MAX_STREAMS,
+                settled: false,
                 opening: Vec::new(),
                 peer_initial_window: DEFAULT_WINDOW,
                 peer_max_frame: MAX_FRAME,
@@ -453,8 +458,9 @@ impl State {
                 if let Some(max_frame) = changed.max_frame {
                     self.peer_max_frame = max_frame;
                 }
-                if let Some(max_streams) = changed.max_streams {
-                    self.max_streams = max_streams as usize;
+                if changed.max_streams.is_some() || !self.settled {
+                    self.max_streams = changed.max_streams.map_or(usize::MAX, |n| n as usize);
+                    self.settled = true;
                     for w in self.opening.drain(..) {
                         w.wake();
                     }
@@ -1082,6 +1088,123 @@ mod tests {
         let (echoed, _) = tokio::time::timeout(Duration::from_secs(20), call).await.expect("not stalled");
         assert_eq!(echoed.len(), big.len());
         assert!(echoed == big, "the echo is the body sent");
+    }
+
+    /// A server of raw frames: it answers the HEADERS of each stream with what `answer` writes
+    /// for that stream, and counts the connections it accepted.
+    async fn scripted(answer: fn(u32, &mut Vec<u8>)) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut preface = [0; 24];
+                    tcp.read_exact(&mut preface).await.unwrap();
+                    assert_eq!(&preface[..], PREFACE);
+                    let mut wire = Vec::new();
+                    settings(&mut wire, &[]);
+                    tcp.write_all(&wire).await.unwrap();
+                    let mut read = BytesMut::new();
+                    while tcp.read_buf(&mut read).await.unwrap_or(0) > 0 {
+                        while let Some(frame) = take_frame(&mut read).unwrap() {
+                            if frame.kind == HEADERS {
+                                let mut wire = Vec::new();
+                                answer(frame.id, &mut wire);
+                                tcp.write_all(&wire).await.unwrap();
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn head(status: u16, id: u32, end_stream: bool, wire: &mut Vec<u8>) {
+        let mut block = Vec::new();
+        hpack::encode_status(status, &mut block);
+        header_block(wire, id, end_stream, &block, MAX_FRAME);
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_passed_over_and_a_reset_or_goaway_fails_only_the_streams_it_names() {
+        let (addr, accepted) = scripted(|id, wire| match id {
+            // An early hint, then the answer.
+            1 => {
+                head(103, 1, false, wire);
+                head(200, 1, true, wire);
+            }
+            3 => rst_stream(wire, 3, REFUSED_STREAM),
+            // When stream 7 has come: GOAWAY naming stream 5 the last, then 5's answer.
+            7 => {
+                goaway(wire, 5, NO_ERROR, b"");
+                head(204, 5, true, wire);
+            }
+            _ => {}
+        })
+        .await;
+        let pool = H2Pool::new(Duration::from_secs(5));
+        let get = || Request::get(format!("http://{addr}/")).body(full("")).unwrap();
+        let call = || pool.send(plain(addr), || tcp(addr), get());
+        assert_eq!(call().await.unwrap().status(), 200, "the 103 was passed over");
+        let refused = call().await.map(|r| r.status()).unwrap_err();
+        assert!(refused.to_string().contains("refused"), "{refused}");
+        let (last, beside) = tokio::join!(call(), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            call().await
+        });
+        assert_eq!(last.unwrap().status(), 204);
+        let beside = beside.map(|r| r.status()).unwrap_err();
+        assert!(beside.to_string().contains("GOAWAY"), "{beside}");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(call().await.unwrap().status(), 200, "a new connection after GOAWAY");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_servers_stream_limit_wait_for_a_stream() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, Infallible>(Response::new(req.into_body()))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(2)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                tokio::spawn(conn);
+            }
+        });
+        let pool = H2Pool::new(Duration::from_secs(5));
+        let resp = pool.send(plain(addr), || tcp(addr), post(addr, full("first"))).await.unwrap();
+        assert_eq!(read(resp).await.0, "first");
+        let calls = (0..12).map(|i| {
+            let pool = &pool;
+            async move {
+                let resp = pool
+                    .send(plain(addr), || tcp(addr), post(addr, full(format!("call {i}"))))
+                    .await
+                    .unwrap();
+                read(resp).await.0
+            }
+        });
+        let echoed =
+            tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(calls)).await.unwrap();
+        for (i, body) in echoed.into_iter().enumerate() {
+            assert_eq!(body, format!("call {i}"));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "all on the one connection, two at a time");
     }
 
     async fn next(body: &mut H2Body) -> Frame<Bytes> {
