@@ -6,7 +6,6 @@
 //! before, took a third of the agent's instructions per gRPC call: BENCHMARKS.md.)
 //! `h2_wire.rs` has the wire format.
 
-use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -15,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tower::BoxError;
@@ -143,48 +142,29 @@ struct Connection {
 }
 
 struct State {
-    /// Frames to write; the task takes them.
-    wire: Vec<u8>,
-    /// The connection's task, woken when `wire` has frames or the connection should close.
+    /// The connection's state beside its streams; its task writes `link.wire`.
+    link: Link,
+    /// The connection's task, woken when `link.wire` has frames or the connection should close.
     task: Option<Waker>,
     streams: Vec<Stream>,
     next_id: u32,
     /// The server's stream limit (none until it says otherwise in its first SETTINGS).
     max_streams: usize,
-    /// The server's first SETTINGS came.
-    settled: bool,
     /// Requests waiting for a stream to be free.
     opening: Vec<Waker>,
-    peer_initial_window: i64,
-    peer_max_frame: usize,
-    send_window: i64,
-    recv_window: i64,
-    /// Taken by the proxy and not yet given back to the server's window on the connection.
-    unreleased: i64,
-    decoder: hpack::Decoder,
-    /// A header block awaiting its CONTINUATION frames: stream, END_STREAM, bytes.
-    block: Option<(u32, bool, Vec<u8>)>,
     /// The server said GOAWAY: no new streams.
     going_away: bool,
     /// Why the connection can carry nothing more.
     closed: Option<String>,
-    /// Room to encode a header block, and where decoded field values are copied to.
-    scratch: Vec<u8>,
-    values: BytesMut,
 }
 
 struct Stream {
     id: u32,
     head: Head,
-    chunks: VecDeque<Bytes>,
-    trailers: Option<HeaderMap>,
-    /// The server sent all of its answer.
-    ended: bool,
+    /// The answer's body as it came; the request's task also waits on it for the head.
+    answer: Received,
     /// The request's body is still being sent.
     sending: bool,
-    failed: Option<String>,
-    /// The request's task, waiting for the head or the body.
-    reader: Option<Waker>,
     /// The request body's pipe, waiting for room.
     sender: Option<Waker>,
     send_window: i64,
@@ -197,7 +177,7 @@ struct Stream {
 impl Stream {
     /// Either side still has something to send.
     fn unfinished(&self) -> bool {
-        !self.ended || self.sending
+        !self.answer.ended || self.sending
     }
 }
 
@@ -210,34 +190,21 @@ enum Head {
 impl Connection {
     /// Writes the preface and the agent's settings to `io` and starts the connection's task.
     fn start(io: Box<dyn Upstream>, addr: std::net::SocketAddr) -> Arc<Connection> {
-        let mut wire = PREFACE.to_vec();
         let ours = [
             (ENABLE_PUSH, 0),
             (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
             (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
         ];
-        settings(&mut wire, &ours);
-        window_update(&mut wire, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
         let conn = Arc::new(Connection {
             state: Mutex::new(State {
-                wire,
+                link: Link::new(true, &ours),
                 task: None,
                 streams: Vec::new(),
                 next_id: 1,
                 max_streams: INITIAL_MAX_STREAMS,
-                settled: false,
                 opening: Vec::new(),
-                peer_initial_window: DEFAULT_WINDOW,
-                peer_max_frame: MAX_FRAME,
-                send_window: DEFAULT_WINDOW,
-                recv_window: CONNECTION_WINDOW,
-                unreleased: 0,
-                decoder: hpack::Decoder::new(),
-                block: None,
                 going_away: false,
                 closed: None,
-                scratch: Vec::new(),
-                values: BytesMut::new(),
             }),
         });
         let mut driver =
@@ -277,20 +244,15 @@ impl Connection {
             }
             let id = state.next_id;
             state.next_id += 2;
-            let State { scratch, wire, peer_max_frame, .. } = &mut *state;
-            scratch.clear();
-            encode_request_head(head, scratch);
-            header_block(wire, id, end, scratch, *peer_max_frame);
-            let send_window = state.peer_initial_window;
+            state.link.scratch.clear();
+            encode_request_head(head, &mut state.link.scratch);
+            state.link.write_block(id, end);
+            let send_window = state.link.peer_initial_window;
             state.streams.push(Stream {
                 id,
                 head: Head::Waiting,
-                chunks: VecDeque::new(),
-                trailers: None,
-                ended: false,
+                answer: Received::default(),
                 sending: !end,
-                failed: None,
-                reader: None,
                 sender: None,
                 send_window,
                 recv_window: STREAM_WINDOW,
@@ -329,17 +291,6 @@ fn encode_request_head(head: &http::request::Parts, dst: &mut Vec<u8>) {
 }
 
 impl State {
-    /// Gives the server back what the proxy has taken on the connection once it is half its
-    /// window; true when a WINDOW_UPDATE was written.
-    fn give_back(&mut self) -> bool {
-        if self.unreleased < CONNECTION_WINDOW / 2 {
-            return false;
-        }
-        self.recv_window += self.unreleased;
-        window_update(&mut self.wire, 0, std::mem::take(&mut self.unreleased) as u32);
-        true
-    }
-
     fn stream(&mut self, id: u32) -> Option<&mut Stream> {
         self.streams.iter_mut().find(|s| s.id == id)
     }
@@ -347,10 +298,10 @@ impl State {
     /// Fails every stream and the connection.
     fn fail(&mut self, why: String) {
         for s in &mut self.streams {
-            if s.failed.is_none() && s.unfinished() {
-                s.failed = Some(why.clone());
+            if s.answer.failed.is_none() && s.unfinished() {
+                s.answer.failed = Some(why.clone());
             }
-            wake(&mut s.reader);
+            s.answer.wake();
             wake(&mut s.sender);
         }
         for w in self.opening.drain(..) {
@@ -361,139 +312,65 @@ impl State {
 
     /// Ends stream `id` for a breach of the protocol on it.
     fn reset(&mut self, id: u32, code: u32, why: &str) {
-        rst_stream(&mut self.wire, id, code);
+        rst_stream(&mut self.link.wire, id, code);
         if let Some(s) = self.stream(id) {
-            s.failed = Some(format!("the upstream broke HTTP/2 on its stream: {why}"));
-            wake(&mut s.reader);
+            s.answer.failed = Some(format!("the upstream broke HTTP/2 on its stream: {why}"));
+            s.answer.wake();
             wake(&mut s.sender);
         }
     }
 
+    /// What a frame means for the streams, once `Link` has kept the connection's rules.
     fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnError> {
-        let RawFrame { kind, flags, id, payload } = frame;
-        if self.block.as_ref().is_some_and(|(block_id, ..)| kind != CONTINUATION || *block_id != id) {
-            return Err(conn_error(PROTOCOL_ERROR, "a header block interrupted"));
-        }
-        match kind {
-            DATA => self.on_data(flags, id, payload),
-            HEADERS => {
-                if id == 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
-                }
-                let mut fragment = unpadded(flags, payload)?;
-                if flags & PRIORITY_FLAG != 0 {
-                    if fragment.len() < 5 {
-                        return Err(conn_error(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
-                    }
-                    let _ = fragment.split_to(5);
-                }
-                let end_stream = flags & END_STREAM != 0;
-                if flags & END_HEADERS != 0 {
-                    return self.on_block(id, end_stream, &fragment);
-                }
-                self.block = Some((id, end_stream, fragment.to_vec()));
+        match self.link.on_frame(frame)? {
+            Event::None => Ok(()),
+            Event::Data { id, data, len, end_stream } => self.on_data(id, data, len, end_stream),
+            Event::Block { id, block, end_stream, .. } => self.on_block(id, end_stream, &block),
+            Event::StreamError { id, code } => {
+                self.reset(id, code, "a malformed PRIORITY");
                 Ok(())
             }
-            CONTINUATION => {
-                let Some((_, _, bytes)) = self.block.as_mut() else {
-                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
-                };
-                if bytes.len() + payload.len() > MAX_BLOCK {
-                    return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
-                }
-                bytes.extend_from_slice(&payload);
-                if flags & END_HEADERS != 0 {
-                    let (id, end_stream, bytes) = self.block.take().expect("matched");
-                    self.on_block(id, end_stream, &bytes)?;
-                }
-                Ok(())
-            }
-            RST_STREAM => {
-                if id == 0 || id >= self.next_id {
+            Event::Reset { id, code } => {
+                if id >= self.next_id {
                     return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
-                let [a, b, c, d] = payload[..] else {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes long"));
-                };
-                let code = u32::from_be_bytes([a, b, c, d]);
                 if let Some(s) = self.stream(id) {
-                    if code == NO_ERROR && s.ended {
+                    if code == NO_ERROR && s.answer.ended {
                         // The answer is whole: the server wants no more of the request.
                         s.sending = false;
-                    } else if s.failed.is_none() {
-                        s.failed = Some(match code {
+                    } else if s.answer.failed.is_none() {
+                        s.answer.failed = Some(match code {
                             REFUSED_STREAM => "the upstream refused the stream".into(),
                             code => format!("the upstream reset the stream (HTTP/2 error {code:#x})"),
                         });
                     }
-                    wake(&mut s.reader);
+                    s.answer.wake();
                     wake(&mut s.sender);
                 }
                 Ok(())
             }
-            SETTINGS => {
-                if id != 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS on a stream"));
-                }
-                if flags & ACK != 0 {
-                    return match payload.is_empty() {
-                        true => Ok(()),
-                        false => {
-                            Err(conn_error(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload"))
-                        }
-                    };
-                }
-                let changed = peer_settings(&payload, true)?;
-                if let Some(window) = changed.initial_window {
-                    let delta = window - self.peer_initial_window;
-                    self.peer_initial_window = window;
-                    for s in &mut self.streams {
-                        s.send_window += delta;
-                        if s.send_window > MAX_WINDOW {
-                            return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
-                        }
-                        wake(&mut s.sender);
+            Event::Settings { window_delta, max_streams, first } => {
+                for s in &mut self.streams {
+                    s.send_window += window_delta;
+                    if s.send_window > MAX_WINDOW {
+                        return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
                     }
+                    wake(&mut s.sender);
                 }
-                if let Some(max_frame) = changed.max_frame {
-                    self.peer_max_frame = max_frame;
-                }
-                if changed.max_streams.is_some() || !self.settled {
-                    self.max_streams = changed.max_streams.map_or(usize::MAX, |n| n as usize);
-                    self.settled = true;
+                // A first SETTINGS without a limit lifts the one kept until it came.
+                if max_streams.is_some() || first {
+                    self.max_streams = max_streams.map_or(usize::MAX, |n| n as usize);
                     for w in self.opening.drain(..) {
                         w.wake();
                     }
                 }
-                frame_head(&mut self.wire, 0, SETTINGS, ACK, 0);
                 Ok(())
             }
-            PUSH_PROMISE => Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE, which the agent turned off")),
-            PING => {
-                if id != 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "PING on a stream"));
-                }
-                if payload.len() != 8 {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
-                }
-                if flags & ACK == 0 {
-                    frame_head(&mut self.wire, 8, PING, ACK, 0);
-                    self.wire.extend_from_slice(&payload);
-                }
-                Ok(())
-            }
-            GOAWAY => {
-                if id != 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
-                }
-                if payload.len() < 8 {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes"));
-                }
-                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff;
+            Event::GoAway { last_id } => {
                 self.going_away = true;
-                for s in self.streams.iter_mut().filter(|s| s.id > last) {
-                    s.failed.get_or_insert_with(|| "the upstream refused the stream (GOAWAY)".into());
-                    wake(&mut s.reader);
+                for s in self.streams.iter_mut().filter(|s| s.id > last_id) {
+                    s.answer.failed.get_or_insert_with(|| "the upstream refused the stream (GOAWAY)".into());
+                    s.answer.wake();
                     wake(&mut s.sender);
                 }
                 for w in self.opening.drain(..) {
@@ -501,24 +378,13 @@ impl State {
                 }
                 Ok(())
             }
-            WINDOW_UPDATE => {
-                let [a, b, c, d] = payload[..] else {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long"));
-                };
-                let increment = i64::from(u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff);
-                if id == 0 {
-                    if increment == 0 {
-                        return Err(conn_error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0"));
-                    }
-                    self.send_window += increment;
-                    if self.send_window > MAX_WINDOW {
-                        return Err(conn_error(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1"));
-                    }
-                    for s in &mut self.streams {
-                        wake(&mut s.sender);
-                    }
-                    return Ok(());
+            Event::ConnectionWindow => {
+                for s in &mut self.streams {
+                    wake(&mut s.sender);
                 }
+                Ok(())
+            }
+            Event::WindowUpdate { id, increment } => {
                 let Some(s) = self.stream(id) else { return Ok(()) };
                 s.send_window += increment;
                 wake(&mut s.sender);
@@ -529,33 +395,20 @@ impl State {
                 }
                 Ok(())
             }
-            // PRIORITY, and frames of unknown types, are ignored (RFC 9113 §4.1, §5.3.2).
-            _ => Ok(()),
         }
     }
 
-    fn on_data(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
-        if id == 0 {
-            return Err(conn_error(PROTOCOL_ERROR, "DATA on stream 0"));
-        }
-        let len = payload.len() as i64;
-        if len > self.recv_window {
-            return Err(conn_error(FLOW_CONTROL_ERROR, "DATA past the connection's window"));
-        }
-        self.recv_window -= len;
-        let data = unpadded(flags, payload)?;
-        self.unreleased += len - data.len() as i64;
+    fn on_data(&mut self, id: u32, data: Bytes, len: i64, end: bool) -> Result<(), ConnError> {
         if id >= self.next_id {
             return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
         }
-        let open = self.stream(id).filter(|s| !s.ended && s.failed.is_none());
+        let open = self.stream(id).filter(|s| !s.answer.ended && s.answer.failed.is_none());
         let Some(s) = open else {
             // A stream the agent has let go of: what was on its way is dropped (RFC 9113 §6.4).
-            self.unreleased += data.len() as i64;
+            self.link.unreleased += data.len() as i64;
             return Ok(());
         };
         s.received += data.len() as u64;
-        let end = flags & END_STREAM != 0;
         let breach = if !matches!(s.head, Head::Arrived(_) | Head::Taken) {
             Some((PROTOCOL_ERROR, "DATA before the answer's head"))
         } else if len > s.recv_window {
@@ -567,16 +420,16 @@ impl State {
             None
         };
         if let Some((code, why)) = breach {
-            self.unreleased += data.len() as i64;
+            self.link.unreleased += data.len() as i64;
             self.reset(id, code, why);
             return Ok(());
         }
         s.recv_window -= len;
-        s.ended = end;
+        s.answer.ended = end;
         if !data.is_empty() {
-            s.chunks.push_back(data);
+            s.answer.chunks.push_back(data);
         }
-        wake(&mut s.reader);
+        s.answer.wake();
         Ok(())
     }
 
@@ -584,13 +437,13 @@ impl State {
     fn on_block(&mut self, id: u32, end_stream: bool, block: &[u8]) -> Result<(), ConnError> {
         let trailers = self.stream(id).is_some_and(|s| !matches!(s.head, Head::Waiting));
         let mut fields = Fields::new(if trailers { Section::Trailers } else { Section::ResponseHead });
-        self.decoder
-            .decode(block, |name, value| fields.add(name, value, &mut self.values))
-            .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))?;
+        self.link.decode(block, &mut fields)?;
         if id >= self.next_id || id.is_multiple_of(2) {
             return Err(conn_error(PROTOCOL_ERROR, "HEADERS on a stream the agent did not open"));
         }
-        let Some(s) = self.stream(id).filter(|s| !s.ended && s.failed.is_none()) else { return Ok(()) };
+        let Some(s) = self.stream(id).filter(|s| !s.answer.ended && s.answer.failed.is_none()) else {
+            return Ok(());
+        };
         if fields.too_large {
             self.reset(id, CANCEL, "an answer's head past 64 KiB");
             return Ok(());
@@ -600,9 +453,9 @@ impl State {
                 self.reset(id, PROTOCOL_ERROR, "malformed trailers");
                 return Ok(());
             }
-            s.trailers = Some(fields.headers);
-            s.ended = true;
-            wake(&mut s.reader);
+            s.answer.trailers = Some(fields.headers);
+            s.answer.ended = true;
+            s.answer.wake();
             return Ok(());
         }
         let content_length =
@@ -620,8 +473,8 @@ impl State {
         }
         s.content_length = content_length.flatten();
         s.head = Head::Arrived(head);
-        s.ended = end_stream;
-        wake(&mut s.reader);
+        s.answer.ended = end_stream;
+        s.answer.wake();
         Ok(())
     }
 }
@@ -653,10 +506,10 @@ impl StreamRef {
                 };
                 return Poll::Ready(Ok(head));
             }
-            if let Some(why) = &s.failed {
+            if let Some(why) = &s.answer.failed {
                 return Poll::Ready(Err(PoolError::Http(why.clone())));
             }
-            s.reader = Some(cx.waker().clone());
+            s.answer.reader = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
@@ -668,13 +521,12 @@ impl Drop for StreamRef {
         let mut state = self.conn.lock();
         let Some(at) = state.streams.iter().position(|s| s.id == self.id) else { return };
         let s = state.streams.swap_remove(at);
-        let unread: i64 = s.chunks.iter().map(|c| c.len() as i64).sum();
-        state.unreleased += unread;
-        let cancelled = s.unfinished() && s.failed.is_none() && state.closed.is_none();
+        state.link.unreleased += s.answer.unread();
+        let cancelled = s.unfinished() && s.answer.failed.is_none() && state.closed.is_none();
         if cancelled {
-            rst_stream(&mut state.wire, s.id, CANCEL);
+            rst_stream(&mut state.link.wire, s.id, CANCEL);
         }
-        let given_back = state.give_back();
+        let given_back = state.link.give_back();
         for w in state.opening.drain(..) {
             w.wake();
         }
@@ -709,19 +561,18 @@ where
         loop {
             if let Some((data, last)) = &mut me.pending {
                 let mut state = me.conn.lock();
-                let (connection_room, max_frame) = (state.send_window, state.peer_max_frame as i64);
-                let was_idle = state.wire.is_empty();
-                let State { streams, wire, .. } = &mut *state;
+                let was_idle = state.link.wire.is_empty();
+                let State { streams, link, .. } = &mut *state;
                 let Some(s) = streams.iter_mut().find(|s| s.id == me.id) else {
                     return Poll::Ready(Err("the stream is gone".into()));
                 };
-                if let Some(why) = &s.failed {
+                if let Some(why) = &s.answer.failed {
                     return Poll::Ready(Err(why.clone().into()));
                 }
                 if !s.sending {
                     return Poll::Ready(Ok(()));
                 }
-                let room = connection_room.min(s.send_window).min(max_frame);
+                let room = link.room(s.send_window);
                 if room <= 0 && !data.is_empty() {
                     s.sender = Some(cx.waker().clone());
                     return Poll::Pending;
@@ -730,9 +581,9 @@ where
                 let end = *last && data.is_empty();
                 s.send_window -= chunk.len() as i64;
                 s.sending = !end;
-                frame_head(wire, chunk.len(), DATA, if end { END_STREAM } else { 0 }, me.id);
-                wire.extend_from_slice(&chunk);
-                state.send_window -= chunk.len() as i64;
+                frame_head(&mut link.wire, chunk.len(), DATA, if end { END_STREAM } else { 0 }, me.id);
+                link.wire.extend_from_slice(&chunk);
+                link.send_window -= chunk.len() as i64;
                 if was_idle && let Some(task) = &state.task {
                     task.wake_by_ref();
                 }
@@ -755,16 +606,15 @@ where
                     Err(frame) => {
                         let trailers = frame.into_trailers().unwrap_or_default();
                         return Poll::Ready(me.finish(|state, id| {
-                            state.scratch.clear();
-                            encode_fields(&trailers, &mut state.scratch);
-                            let State { scratch, wire, peer_max_frame, .. } = state;
-                            header_block(wire, id, true, scratch, *peer_max_frame);
+                            state.link.scratch.clear();
+                            encode_fields(&trailers, &mut state.link.scratch);
+                            state.link.write_block(id, true);
                         }));
                     }
                 },
                 None => {
                     return Poll::Ready(
-                        me.finish(|state, id| frame_head(&mut state.wire, 0, DATA, END_STREAM, id)),
+                        me.finish(|state, id| frame_head(&mut state.link.wire, 0, DATA, END_STREAM, id)),
                     );
                 }
                 Some(Err(e)) => {
@@ -772,7 +622,7 @@ where
                     let _ = me.finish(|state, id| {
                         state.reset(id, CANCEL, "");
                         if let Some(s) = state.stream(id) {
-                            s.failed = Some(format!("the request's body failed: {e}"));
+                            s.answer.failed = Some(format!("the request's body failed: {e}"));
                         }
                     });
                     return Poll::Ready(Err(e));
@@ -787,7 +637,7 @@ impl<B> Pipe<B> {
     fn finish(&mut self, write: impl FnOnce(&mut State, u32)) -> Result<(), BoxError> {
         let mut state = self.conn.lock();
         let Some(s) = state.stream(self.id) else { return Err("the stream is gone".into()) };
-        if let Some(why) = &s.failed {
+        if let Some(why) = &s.answer.failed {
             return Err(why.clone().into());
         }
         if !s.sending {
@@ -818,46 +668,33 @@ impl Body for H2Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let id = self.stream.id;
         let mut state = self.stream.conn.lock();
-        let was_idle = state.wire.is_empty();
-        let State { streams, wire, unreleased, .. } = &mut *state;
+        let was_idle = state.link.wire.is_empty();
+        let State { streams, link, .. } = &mut *state;
         let Some(s) = streams.iter_mut().find(|s| s.id == id) else { return Poll::Ready(None) };
-        if let Some(data) = s.chunks.pop_front() {
+        let polled = s.answer.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
             let n = data.len() as i64;
-            *unreleased += n;
-            if !s.ended {
+            link.unreleased += n;
+            if !s.answer.ended {
                 s.ungranted += n;
-                if s.ungranted >= STREAM_WINDOW / 2 {
-                    s.recv_window += s.ungranted;
-                    window_update(wire, id, std::mem::take(&mut s.ungranted) as u32);
-                }
+                give_back_stream(&mut link.wire, id, &mut s.ungranted, &mut s.recv_window);
             }
-            state.give_back();
+            state.link.give_back();
             if was_idle
-                && !state.wire.is_empty()
+                && !state.link.wire.is_empty()
                 && let Some(task) = &state.task
             {
                 task.wake_by_ref();
             }
-            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if let Some(why) = &s.failed {
-            return Poll::Ready(Some(Err(why.clone().into())));
-        }
-        if let Some(trailers) = s.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if s.ended {
-            return Poll::Ready(None);
-        }
-        s.reader = Some(cx.waker().clone());
-        Poll::Pending
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
         let mut state = self.stream.conn.lock();
-        state
-            .stream(self.stream.id)
-            .is_none_or(|s| s.ended && s.chunks.is_empty() && s.trailers.is_none() && s.failed.is_none())
+        state.stream(self.stream.id).is_none_or(|s| s.answer.is_end_stream())
     }
 }
 
@@ -883,7 +720,7 @@ impl Driver {
                 self.out.clear();
                 self.written = 0;
                 let mut state = conn.lock();
-                std::mem::swap(&mut state.wire, &mut self.out);
+                std::mem::swap(&mut state.link.wire, &mut self.out);
                 if !state.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
                     state.task = Some(cx.waker().clone());
                 }
@@ -931,11 +768,11 @@ impl Driver {
                         {
                             Ok(true) => {}
                             Ok(false) => {
-                                state.give_back();
+                                state.link.give_back();
                                 break;
                             }
                             Err(e) => {
-                                goaway(&mut state.wire, 0, e.code, e.why.as_bytes());
+                                goaway(&mut state.link.wire, 0, e.code, e.why.as_bytes());
                                 state.fail(format!("the upstream broke HTTP/2: {}", e.why));
                                 break;
                             }
@@ -962,6 +799,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use http::HeaderMap;
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;

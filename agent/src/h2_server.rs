@@ -118,10 +118,9 @@ impl Future for Answering {
 struct Conn<IO, F> {
     io: IO,
     read: BytesMut,
-    /// Frames to write; `written` of them are.
-    wire: Vec<u8>,
+    /// The connection's state beside its streams; `written` of its frames are written.
+    link: Link,
     written: usize,
-    hpack: hpack::Decoder,
     answer: F,
     streams: Vec<Stream>,
     answering: FuturesUnordered<Answering>,
@@ -129,18 +128,6 @@ struct Conn<IO, F> {
     last_id: u32,
     /// Streams reset lately, and whether by the agent.
     recently_reset: VecDeque<(u32, bool)>,
-    /// The client's SETTINGS came (it must be its first frame).
-    settled: bool,
-    /// The client's SETTINGS_INITIAL_WINDOW_SIZE and SETTINGS_MAX_FRAME_SIZE.
-    peer_initial_window: i64,
-    peer_max_frame: usize,
-    /// What the agent may still send on the connection, and the client.
-    send_window: i64,
-    recv_window: i64,
-    /// Bytes the proxy has taken from the client that the client has not been given back yet.
-    unreleased: i64,
-    /// A header block awaiting its CONTINUATION frames.
-    block: Option<Block>,
     /// The client closed its side, or said GOAWAY: no more requests.
     client_done: bool,
     /// The client closed its side: nothing more to read.
@@ -148,17 +135,6 @@ struct Conn<IO, F> {
     ending: Option<Ending>,
     /// Why the connection ended, when it ended on a breach.
     broken: Option<&'static str>,
-    /// Room to encode a header block, kept from one answer to the next.
-    scratch: Vec<u8>,
-    /// Where decoded field values are copied to (`Fields::add`).
-    values: BytesMut,
-}
-
-struct Block {
-    id: u32,
-    end_stream: bool,
-    self_dependent: bool,
-    bytes: Vec<u8>,
 }
 
 struct Stream {
@@ -201,39 +177,26 @@ where
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     fn new(io: IO, read: BytesMut, answer: F) -> Self {
-        let mut conn = Conn {
-            io,
-            read,
-            wire: Vec::with_capacity(4096),
-            written: 0,
-            hpack: hpack::Decoder::new(),
-            answer,
-            streams: Vec::new(),
-            answering: FuturesUnordered::new(),
-            last_id: 0,
-            recently_reset: VecDeque::new(),
-            settled: false,
-            peer_initial_window: DEFAULT_WINDOW,
-            peer_max_frame: MAX_FRAME,
-            send_window: DEFAULT_WINDOW,
-            recv_window: CONNECTION_WINDOW,
-            unreleased: 0,
-            block: None,
-            client_done: false,
-            eof: false,
-            ending: None,
-            broken: None,
-            scratch: Vec::new(),
-            values: BytesMut::new(),
-        };
         let ours = [
             (MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
             (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
             (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
         ];
-        settings(&mut conn.wire, &ours);
-        window_update(&mut conn.wire, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
-        conn
+        Conn {
+            io,
+            read,
+            link: Link::new(false, &ours),
+            written: 0,
+            answer,
+            streams: Vec::new(),
+            answering: FuturesUnordered::new(),
+            last_id: 0,
+            recently_reset: VecDeque::new(),
+            client_done: false,
+            eof: false,
+            ending: None,
+            broken: None,
+        }
     }
 
     /// Does all that can be done now; ready when the connection is over.
@@ -241,7 +204,10 @@ where
         loop {
             let mut busy = false;
             // Draining, the streams begun still need the client's frames.
-            if self.ending != Some(Ending::Now) && !self.eof && self.wire.len() - self.written < HIGH_WATER {
+            if self.ending != Some(Ending::Now)
+                && !self.eof
+                && self.link.wire.len() - self.written < HIGH_WATER
+            {
                 self.read.reserve(READ_CHUNK);
                 match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
                     Poll::Ready(Ok(0)) => {
@@ -269,16 +235,16 @@ where
             }
             busy |= self.send_bodies(cx);
             self.give_back_windows();
-            if self.written < self.wire.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.wire[self.written..]) {
+            if self.written < self.link.wire.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.link.wire[self.written..]) {
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(anyhow::anyhow!("the connection took no more bytes")));
                     }
                     Poll::Ready(Ok(n)) => {
                         busy = true;
                         self.written += n;
-                        if self.written == self.wire.len() {
-                            self.wire.clear();
+                        if self.written == self.link.wire.len() {
+                            self.link.wire.clear();
                             self.written = 0;
                         }
                     }
@@ -286,7 +252,7 @@ where
                     Poll::Pending => {}
                 }
             }
-            if self.written == self.wire.len() {
+            if self.written == self.link.wire.len() {
                 // TLS keeps what it was given until flushed.
                 if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
                     return Poll::Ready(Err(e.into()));
@@ -313,41 +279,27 @@ where
     /// Handles every whole frame read.
     fn take_frames(&mut self) -> Result<(), ConnError> {
         while self.ending != Some(Ending::Now) {
-            let Some(RawFrame { kind, flags, id, payload }) = take_frame(&mut self.read)? else {
-                return Ok(());
-            };
-            self.on_frame(kind, flags, id, payload)?;
+            let Some(frame) = take_frame(&mut self.read)? else { return Ok(()) };
+            self.on_frame(frame)?;
         }
         Ok(())
     }
 
-    fn on_frame(&mut self, kind: u8, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
-        if self.block.as_ref().is_some_and(|b| kind != CONTINUATION || b.id != id) {
-            return Err(conn_error(PROTOCOL_ERROR, "a header block interrupted"));
-        }
-        if !self.settled && kind != SETTINGS {
-            return Err(conn_error(PROTOCOL_ERROR, "a first frame other than SETTINGS"));
-        }
-        match kind {
-            DATA => self.on_data(flags, id, payload),
-            HEADERS => self.on_headers(flags, id, payload),
-            PRIORITY => {
-                if id == 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "PRIORITY on stream 0"));
-                }
-                if payload.len() != 5 {
-                    self.reset(id, FRAME_SIZE_ERROR);
-                } else if dependency(&payload) == id {
-                    self.reset(id, PROTOCOL_ERROR);
-                }
+    /// What a frame means for the streams, once `Link` has kept the connection's rules.
+    fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnError> {
+        match self.link.on_frame(frame)? {
+            Event::None | Event::ConnectionWindow => Ok(()),
+            Event::Data { id, data, len, end_stream } => self.on_data(id, data, len, end_stream),
+            Event::Block { id, block, end_stream, self_dependent } => {
+                self.on_block(id, end_stream, self_dependent, &block)
+            }
+            Event::StreamError { id, code } => {
+                self.reset(id, code);
                 Ok(())
             }
-            RST_STREAM => {
-                if id == 0 || id > self.last_id {
+            Event::Reset { id, .. } => {
+                if id > self.last_id {
                     return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
-                }
-                if payload.len() != 4 {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes long"));
                 }
                 if let Some(i) = self.index(id) {
                     self.remove(i);
@@ -355,66 +307,41 @@ where
                 self.remember_reset(id, false);
                 Ok(())
             }
-            SETTINGS => self.on_settings(flags, id, &payload),
-            PUSH_PROMISE => Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
-            PING => {
-                if id != 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "PING on a stream"));
-                }
-                if payload.len() != 8 {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
-                }
-                if flags & ACK == 0 {
-                    self.frame_head(8, PING, ACK, 0);
-                    self.wire.extend_from_slice(&payload);
+            // The agent pushes nothing, so the stream limit the client asks for holds already.
+            Event::Settings { window_delta, .. } => {
+                for s in &mut self.streams {
+                    s.send_window += window_delta;
+                    if s.send_window > MAX_WINDOW {
+                        return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
+                    }
                 }
                 Ok(())
             }
-            GOAWAY => {
-                if id != 0 {
-                    return Err(conn_error(PROTOCOL_ERROR, "GOAWAY on a stream"));
-                }
-                if payload.len() < 8 {
-                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes"));
-                }
+            Event::GoAway { .. } => {
                 self.client_done = true;
                 Ok(())
             }
-            WINDOW_UPDATE => self.on_window_update(id, &payload),
-            CONTINUATION => {
-                let Some(block) = self.block.as_mut() else {
-                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
-                };
-                if block.bytes.len() + payload.len() > MAX_BLOCK {
-                    return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
+            Event::WindowUpdate { id, increment } => {
+                if id > self.last_id {
+                    return Err(conn_error(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
                 }
-                block.bytes.extend_from_slice(&payload);
-                if flags & END_HEADERS != 0 {
-                    let block = self.block.take().expect("matched");
-                    self.on_block(block.id, block.end_stream, block.self_dependent, &block.bytes)?;
+                let Some(i) = self.index(id) else { return Ok(()) };
+                let s = &mut self.streams[i];
+                s.send_window += increment;
+                if increment == 0 {
+                    self.reset(id, PROTOCOL_ERROR);
+                } else if s.send_window > MAX_WINDOW {
+                    self.reset(id, FLOW_CONTROL_ERROR);
                 }
                 Ok(())
             }
-            // Frames of unknown types are ignored (RFC 9113 §4.1).
-            _ => Ok(()),
         }
     }
 
-    fn on_data(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
-        if id == 0 {
-            return Err(conn_error(PROTOCOL_ERROR, "DATA on stream 0"));
-        }
-        let len = payload.len() as i64;
-        if len > self.recv_window {
-            return Err(conn_error(FLOW_CONTROL_ERROR, "DATA past the connection's window"));
-        }
-        self.recv_window -= len;
-        let data = unpadded(flags, payload)?;
-        // Padding is given back at once; so is all of a frame nobody will read.
-        let padding = len - data.len() as i64;
-        self.unreleased += padding;
+    fn on_data(&mut self, id: u32, data: Bytes, len: i64, end: bool) -> Result<(), ConnError> {
+        // All of a frame nobody will read is given back at once.
         let Some(i) = self.index(id).filter(|&i| self.streams[i].recv_open) else {
-            self.unreleased += data.len() as i64;
+            self.link.unreleased += data.len() as i64;
             if id > self.last_id {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
@@ -425,9 +352,8 @@ where
         };
         let s = &mut self.streams[i];
         s.received += data.len() as u64;
-        let end = flags & END_STREAM != 0;
         if len > s.recv_window || s.content_length.is_some_and(|n| s.received > n || end && s.received != n) {
-            self.unreleased += data.len() as i64;
+            self.link.unreleased += data.len() as i64;
             let code = if len > s.recv_window { FLOW_CONTROL_ERROR } else { PROTOCOL_ERROR };
             self.reset(id, code);
             return Ok(());
@@ -437,14 +363,12 @@ where
         if let Some(inbox) = &s.inbox {
             let mut inbox = inbox.lock().expect("not poisoned");
             if inbox.dropped {
-                self.unreleased += data.len() as i64;
+                self.link.unreleased += data.len() as i64;
             } else if !data.is_empty() {
-                inbox.chunks.push_back(data);
+                inbox.received.chunks.push_back(data);
             }
-            inbox.ended = end;
-            if let Some(reader) = inbox.reader.take() {
-                reader.wake();
-            }
+            inbox.received.ended = end;
+            inbox.received.wake();
         } else if !data.is_empty() {
             s.held += data.len() as i64;
             s.early.push(data);
@@ -452,27 +376,6 @@ where
         if end && matches!(s.out, Out::Done) {
             self.remove(i);
         }
-        Ok(())
-    }
-
-    fn on_headers(&mut self, flags: u8, id: u32, payload: Bytes) -> Result<(), ConnError> {
-        if id == 0 {
-            return Err(conn_error(PROTOCOL_ERROR, "HEADERS on stream 0"));
-        }
-        let mut fragment = unpadded(flags, payload)?;
-        let mut self_dependent = false;
-        if flags & PRIORITY_FLAG != 0 {
-            if fragment.len() < 5 {
-                return Err(conn_error(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
-            }
-            self_dependent = dependency(&fragment) == id;
-            fragment.advance(5);
-        }
-        let end_stream = flags & END_STREAM != 0;
-        if flags & END_HEADERS != 0 {
-            return self.on_block(id, end_stream, self_dependent, &fragment);
-        }
-        self.block = Some(Block { id, end_stream, self_dependent, bytes: fragment.to_vec() });
         Ok(())
     }
 
@@ -487,9 +390,7 @@ where
         let existing = self.index(id);
         let mut fields =
             Fields::new(if existing.is_some() { Section::Trailers } else { Section::RequestHead });
-        self.hpack
-            .decode(block, |name, value| fields.add(name, value, &mut self.values))
-            .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))?;
+        self.link.decode(block, &mut fields)?;
         if let Some(i) = existing {
             let s = &mut self.streams[i];
             if !s.recv_open {
@@ -505,11 +406,9 @@ where
                 match &s.inbox {
                     Some(inbox) => {
                         let mut inbox = inbox.lock().expect("not poisoned");
-                        inbox.trailers = Some(fields.headers);
-                        inbox.ended = true;
-                        if let Some(reader) = inbox.reader.take() {
-                            reader.wake();
-                        }
+                        inbox.received.trailers = Some(fields.headers);
+                        inbox.received.ended = true;
+                        inbox.received.wake();
                     }
                     None => s.early_trailers = Some(fields.headers),
                 }
@@ -544,9 +443,9 @@ where
         }
         if fields.too_large {
             // Answered at once, as HTTP/1.1's are.
-            self.scratch.clear();
-            hpack::encode_status(431, &mut self.scratch);
-            self.header_block(id, true);
+            self.link.scratch.clear();
+            hpack::encode_status(431, &mut self.link.scratch);
+            self.link.write_block(id, true);
             if !end_stream {
                 self.reset(id, NO_ERROR);
             }
@@ -580,67 +479,8 @@ where
             received: 0,
             abort: None,
             out: Out::Waiting,
-            send_window: self.peer_initial_window,
+            send_window: self.link.peer_initial_window,
         });
-        Ok(())
-    }
-
-    fn on_settings(&mut self, flags: u8, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        if id != 0 {
-            return Err(conn_error(PROTOCOL_ERROR, "SETTINGS on a stream"));
-        }
-        if flags & ACK != 0 {
-            if !payload.is_empty() {
-                return Err(conn_error(FRAME_SIZE_ERROR, "a SETTINGS acknowledgement with a payload"));
-            }
-            return Ok(());
-        }
-        // The agent pushes nothing, so the stream limit the client asks for holds already.
-        let changed = peer_settings(payload, false)?;
-        if let Some(window) = changed.initial_window {
-            let delta = window - self.peer_initial_window;
-            self.peer_initial_window = window;
-            for s in &mut self.streams {
-                s.send_window += delta;
-                if s.send_window > MAX_WINDOW {
-                    return Err(conn_error(FLOW_CONTROL_ERROR, "a stream's window past 2^31-1"));
-                }
-            }
-        }
-        if let Some(max_frame) = changed.max_frame {
-            self.peer_max_frame = max_frame;
-        }
-        self.settled = true;
-        self.frame_head(0, SETTINGS, ACK, 0);
-        Ok(())
-    }
-
-    fn on_window_update(&mut self, id: u32, payload: &[u8]) -> Result<(), ConnError> {
-        let [a, b, c, d] = payload else {
-            return Err(conn_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long"));
-        };
-        let increment = i64::from(u32::from_be_bytes([*a, *b, *c, *d]) & 0x7fff_ffff);
-        if id == 0 {
-            if increment == 0 {
-                return Err(conn_error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0"));
-            }
-            self.send_window += increment;
-            if self.send_window > MAX_WINDOW {
-                return Err(conn_error(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1"));
-            }
-            return Ok(());
-        }
-        if id > self.last_id {
-            return Err(conn_error(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
-        }
-        let Some(i) = self.index(id) else { return Ok(()) };
-        let s = &mut self.streams[i];
-        s.send_window += increment;
-        if increment == 0 {
-            self.reset(id, PROTOCOL_ERROR);
-        } else if s.send_window > MAX_WINDOW {
-            self.reset(id, FLOW_CONTROL_ERROR);
-        }
         Ok(())
     }
 
@@ -668,12 +508,14 @@ where
                     _ => Body::whole(s.early.concat()),
                 }
             } else {
-                let inbox = Arc::new(Mutex::new(Inbox {
+                let received = Received {
                     chunks: s.early.drain(..).collect(),
                     trailers: s.early_trailers.take(),
                     ended: !s.recv_open,
-                    failed: false,
-                    reader: None,
+                    ..Received::default()
+                };
+                let inbox = Arc::new(Mutex::new(Inbox {
+                    received,
                     connection: cx.waker().clone(),
                     released: 0,
                     dropped: false,
@@ -696,11 +538,11 @@ where
     fn respond(&mut self, id: u32, response: Response<Body>) {
         let Some(i) = self.index(id) else { return };
         let (head, body) = response.into_parts();
-        self.scratch.clear();
-        hpack::encode_status(head.status.as_u16(), &mut self.scratch);
-        encode_fields(&head.headers, &mut self.scratch);
+        self.link.scratch.clear();
+        hpack::encode_status(head.status.as_u16(), &mut self.link.scratch);
+        encode_fields(&head.headers, &mut self.link.scratch);
         let end = body.is_end_stream();
-        self.header_block(id, end);
+        self.link.write_block(id, end);
         let s = &mut self.streams[i];
         s.abort = None;
         s.out = Out::Sending { body, pending: None };
@@ -714,7 +556,7 @@ where
         let mut busy = false;
         let mut i = 0;
         while i < self.streams.len() {
-            if self.wire.len() - self.written >= HIGH_WATER {
+            if self.link.wire.len() - self.written >= HIGH_WATER {
                 break;
             }
             let done = self.send_body(i, cx, &mut busy);
@@ -729,13 +571,12 @@ where
     /// Sends stream `i`'s body; true when it has ended (or failed).
     fn send_body(&mut self, i: usize, cx: &mut Context<'_>, busy: &mut bool) -> bool {
         loop {
-            let connection_room = self.send_window.min(self.peer_max_frame as i64);
             let s = &mut self.streams[i];
             let id = s.id;
             let Out::Sending { body, pending } = &mut s.out else { return false };
             let step = match pending {
                 Some((data, last)) => {
-                    let room = connection_room.min(s.send_window);
+                    let room = self.link.room(s.send_window);
                     if room <= 0 && !data.is_empty() {
                         return false;
                     }
@@ -767,25 +608,25 @@ where
             match step {
                 Step::Again => {}
                 Step::Data(chunk, end) => {
-                    self.send_window -= chunk.len() as i64;
-                    self.frame_head(chunk.len(), DATA, if end { END_STREAM } else { 0 }, id);
-                    self.wire.extend_from_slice(&chunk);
+                    self.link.send_window -= chunk.len() as i64;
+                    frame_head(&mut self.link.wire, chunk.len(), DATA, if end { END_STREAM } else { 0 }, id);
+                    self.link.wire.extend_from_slice(&chunk);
                     if end {
                         return true;
                     }
-                    if self.wire.len() - self.written >= HIGH_WATER {
+                    if self.link.wire.len() - self.written >= HIGH_WATER {
                         return false;
                     }
                 }
                 Step::Trailers(trailers) => {
-                    self.scratch.clear();
-                    encode_fields(&trailers, &mut self.scratch);
-                    self.header_block(id, true);
+                    self.link.scratch.clear();
+                    encode_fields(&trailers, &mut self.link.scratch);
+                    self.link.write_block(id, true);
                     return true;
                 }
                 Step::Failed(e) => {
                     tracing::debug!(error = %e, "an answer's body failed; its stream is reset");
-                    rst_stream(&mut self.wire, id, INTERNAL_ERROR);
+                    rst_stream(&mut self.link.wire, id, INTERNAL_ERROR);
                     self.streams[i].recv_open = false;
                     return true;
                 }
@@ -813,32 +654,21 @@ where
 
     /// Gives the client back the room the proxy has made by passing its bodies on.
     fn give_back_windows(&mut self) {
-        let mut grants = Vec::new();
         for s in self.streams.iter_mut() {
             let Some(inbox) = &s.inbox else { continue };
             let released = std::mem::take(&mut inbox.lock().expect("not poisoned").released);
-            self.unreleased += released;
+            self.link.unreleased += released;
             if s.recv_open {
                 s.ungranted += released;
-                if s.ungranted >= STREAM_WINDOW / 2 {
-                    s.recv_window += s.ungranted;
-                    grants.push((s.id, std::mem::take(&mut s.ungranted)));
-                }
+                give_back_stream(&mut self.link.wire, s.id, &mut s.ungranted, &mut s.recv_window);
             }
         }
-        for (id, n) in grants {
-            window_update(&mut self.wire, id, n as u32);
-        }
-        if self.unreleased >= CONNECTION_WINDOW / 2 {
-            let n = std::mem::take(&mut self.unreleased);
-            self.recv_window += n;
-            window_update(&mut self.wire, 0, n as u32);
-        }
+        self.link.give_back();
     }
 
     /// Ends stream `id` with RST_STREAM.
     fn reset(&mut self, id: u32, code: u32) {
-        rst_stream(&mut self.wire, id, code);
+        rst_stream(&mut self.link.wire, id, code);
         if let Some(i) = self.index(id) {
             self.remove(i);
         }
@@ -859,19 +689,19 @@ where
         if let Some(abort) = s.abort {
             abort.abort();
         }
-        self.unreleased += s.held;
+        self.link.unreleased += s.held;
         if let Some(inbox) = s.inbox {
             let mut inbox = inbox.lock().expect("not poisoned");
-            self.unreleased += inbox.released + inbox.chunks.iter().map(|c| c.len() as i64).sum::<i64>();
-            inbox.released = 0;
-            if !inbox.ended {
-                inbox.chunks.clear();
-                inbox.failed = true;
+            self.link.unreleased += std::mem::take(&mut inbox.released) + inbox.received.unread();
+            if !inbox.received.ended {
+                inbox.received.chunks.clear();
+                inbox.received.failed = Some(
+                    "the client reset its HTTP/2 stream, or closed the connection, before the request's body ended"
+                        .into(),
+                );
             }
             inbox.dropped = true;
-            if let Some(reader) = inbox.reader.take() {
-                reader.wake();
-            }
+            inbox.received.wake();
         }
     }
 
@@ -882,17 +712,8 @@ where
     /// Says GOAWAY: no stream past the last opened is taken.
     fn go_away(&mut self, code: u32, ending: Ending, why: &str) {
         let debug = if code == NO_ERROR { "" } else { why };
-        goaway(&mut self.wire, self.last_id, code, debug.as_bytes());
+        goaway(&mut self.link.wire, self.last_id, code, debug.as_bytes());
         self.ending = Some(ending);
-    }
-
-    /// Writes the header block in `scratch` to stream `id`.
-    fn header_block(&mut self, id: u32, end_stream: bool) {
-        header_block(&mut self.wire, id, end_stream, &self.scratch, self.peer_max_frame);
-    }
-
-    fn frame_head(&mut self, len: usize, kind: u8, flags: u8, id: u32) {
-        frame_head(&mut self.wire, len, kind, flags, id);
     }
 }
 
@@ -908,13 +729,8 @@ enum Step {
 /// A request body's frames between the connection, which fills it, and the proxy, which
 /// empties it.
 struct Inbox {
-    chunks: VecDeque<Bytes>,
-    trailers: Option<HeaderMap>,
-    /// The client sent all of the body.
-    ended: bool,
-    /// The stream was reset, or the connection closed, before the body ended.
-    failed: bool,
-    reader: Option<Waker>,
+    received: Received,
+    /// The connection's task, woken to give the client room again.
     connection: Waker,
     /// Bytes taken since the connection last looked.
     released: i64,
@@ -932,10 +748,6 @@ struct RequestBody {
     remaining: Option<u64>,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("the client reset its HTTP/2 stream, or closed the connection, before the request's body ended")]
-struct Unfinished;
-
 impl hyper::body::Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -946,7 +758,10 @@ impl hyper::body::Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let mut inbox = this.inbox.lock().expect("not poisoned");
-        if let Some(data) = inbox.chunks.pop_front() {
+        let polled = inbox.received.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
             inbox.released += data.len() as i64;
             if inbox.released >= RELEASE_BATCH {
                 inbox.connection.wake_by_ref();
@@ -954,24 +769,12 @@ impl hyper::body::Body for RequestBody {
             if let Some(n) = &mut this.remaining {
                 *n = n.saturating_sub(data.len() as u64);
             }
-            return Poll::Ready(Some(Ok(Frame::data(data))));
         }
-        if inbox.failed {
-            return Poll::Ready(Some(Err(Unfinished.into())));
-        }
-        if let Some(trailers) = inbox.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if inbox.ended {
-            return Poll::Ready(None);
-        }
-        inbox.reader = Some(cx.waker().clone());
-        Poll::Pending
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        let inbox = self.inbox.lock().expect("not poisoned");
-        inbox.ended && inbox.chunks.is_empty() && inbox.trailers.is_none() && !inbox.failed
+        self.inbox.lock().expect("not poisoned").received.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -983,7 +786,8 @@ impl Drop for RequestBody {
     fn drop(&mut self) {
         let mut inbox = self.inbox.lock().expect("not poisoned");
         inbox.dropped = true;
-        let unread: i64 = inbox.chunks.drain(..).map(|c| c.len() as i64).sum();
+        let unread = inbox.received.unread();
+        inbox.received.chunks.clear();
         inbox.released += unread;
         inbox.connection.wake_by_ref();
     }

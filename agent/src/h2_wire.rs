@@ -3,10 +3,14 @@
 //! into a connection's outgoing bytes and read from its incoming ones, and the rules a header
 //! block's fields must keep.
 
+use std::collections::VecDeque;
+use std::task::{Context, Poll, Waker};
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::TE;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 
+use crate::body::BoxError;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 
@@ -126,6 +130,14 @@ pub(crate) fn header_block(wire: &mut Vec<u8>, id: u32, end_stream: bool, block:
 pub(crate) fn window_update(wire: &mut Vec<u8>, id: u32, increment: u32) {
     frame_head(wire, 4, WINDOW_UPDATE, 0, id);
     wire.extend_from_slice(&increment.to_be_bytes());
+}
+
+/// Gives a stream's peer back what was taken on it once that is half the stream's window.
+pub(crate) fn give_back_stream(wire: &mut Vec<u8>, id: u32, ungranted: &mut i64, recv_window: &mut i64) {
+    if *ungranted >= STREAM_WINDOW / 2 {
+        *recv_window += *ungranted;
+        window_update(wire, id, std::mem::take(ungranted) as u32);
+    }
 }
 
 pub(crate) fn rst_stream(wire: &mut Vec<u8>, id: u32, code: u32) {
@@ -387,5 +399,322 @@ impl Fields {
         parts.version = Version::HTTP_2;
         parts.headers = self.headers;
         Some(parts)
+    }
+}
+
+/// What both ends keep about a connection beside its streams: the frames to write, the peer's
+/// settings, both connection windows, the HPACK decoder and a header block awaiting its
+/// CONTINUATION frames. `on_frame` applies every rule of RFC 9113 that is the connection's,
+/// and hands the server or the client what is its streams'.
+pub(crate) struct Link {
+    pub wire: Vec<u8>,
+    pub decoder: hpack::Decoder,
+    /// The peer's first frame (its SETTINGS) has come.
+    pub settled: bool,
+    pub peer_initial_window: i64,
+    pub peer_max_frame: usize,
+    /// What the agent may still send on the connection, and the peer.
+    pub send_window: i64,
+    pub recv_window: i64,
+    /// Bytes taken from the peer that it has not been given back yet.
+    pub unreleased: i64,
+    block: Option<PartialBlock>,
+    /// Room to encode a header block, kept from one to the next.
+    pub scratch: Vec<u8>,
+    /// Where decoded field values are copied to (`Fields::add`).
+    pub values: BytesMut,
+    /// The peer is a server (it may not turn push on).
+    peer_is_server: bool,
+}
+
+struct PartialBlock {
+    id: u32,
+    end_stream: bool,
+    self_dependent: bool,
+    bytes: Vec<u8>,
+}
+
+/// What a frame means for the streams, once the connection's rules are kept.
+pub(crate) enum Event {
+    /// Nothing for the streams (PING, an acknowledgement, a block not yet whole, …).
+    None,
+    /// DATA, its padding given back already; `len` is what it took of the windows.
+    Data {
+        id: u32,
+        data: Bytes,
+        len: i64,
+        end_stream: bool,
+    },
+    /// A whole header block; `self_dependent` when its priority named its own stream.
+    Block {
+        id: u32,
+        block: Bytes,
+        end_stream: bool,
+        self_dependent: bool,
+    },
+    /// A breach of the protocol that is its stream's alone.
+    StreamError {
+        id: u32,
+        code: u32,
+    },
+    Reset {
+        id: u32,
+        code: u32,
+    },
+    /// The peer's SETTINGS, applied; every stream's send window moves by `window_delta`.
+    Settings {
+        window_delta: i64,
+        max_streams: Option<u32>,
+        first: bool,
+    },
+    GoAway {
+        last_id: u32,
+    },
+    /// The connection's send window grew.
+    ConnectionWindow,
+    WindowUpdate {
+        id: u32,
+        increment: i64,
+    },
+}
+
+impl Link {
+    /// A connection's state, its first frames written: the client's preface (when the agent is
+    /// the client), the agent's SETTINGS, and the rest of its connection window.
+    pub(crate) fn new(peer_is_server: bool, ours: &[(u16, u32)]) -> Link {
+        let mut wire = if peer_is_server { PREFACE.to_vec() } else { Vec::with_capacity(4096) };
+        settings(&mut wire, ours);
+        window_update(&mut wire, 0, (CONNECTION_WINDOW - DEFAULT_WINDOW) as u32);
+        Link {
+            wire,
+            decoder: hpack::Decoder::new(),
+            settled: false,
+            peer_initial_window: DEFAULT_WINDOW,
+            peer_max_frame: MAX_FRAME,
+            send_window: DEFAULT_WINDOW,
+            recv_window: CONNECTION_WINDOW,
+            unreleased: 0,
+            block: None,
+            scratch: Vec::new(),
+            values: BytesMut::new(),
+            peer_is_server,
+        }
+    }
+
+    pub(crate) fn on_frame(&mut self, frame: RawFrame) -> Result<Event, ConnError> {
+        let RawFrame { kind, flags, id, payload } = frame;
+        if self.block.as_ref().is_some_and(|b| kind != CONTINUATION || b.id != id) {
+            return Err(conn_error(PROTOCOL_ERROR, "a header block interrupted"));
+        }
+        if !self.settled && kind != SETTINGS {
+            return Err(conn_error(PROTOCOL_ERROR, "a first frame other than SETTINGS"));
+        }
+        let on_stream = |what| if id == 0 { Err(conn_error(PROTOCOL_ERROR, what)) } else { Ok(()) };
+        let on_connection = |what| if id != 0 { Err(conn_error(PROTOCOL_ERROR, what)) } else { Ok(()) };
+        match kind {
+            DATA => {
+                on_stream("DATA on stream 0")?;
+                let len = payload.len() as i64;
+                if len > self.recv_window {
+                    return Err(conn_error(FLOW_CONTROL_ERROR, "DATA past the connection's window"));
+                }
+                self.recv_window -= len;
+                let data = unpadded(flags, payload)?;
+                // Padding is given back at once.
+                self.unreleased += len - data.len() as i64;
+                Ok(Event::Data { id, data, len, end_stream: flags & END_STREAM != 0 })
+            }
+            HEADERS => {
+                on_stream("HEADERS on stream 0")?;
+                let mut fragment = unpadded(flags, payload)?;
+                let mut self_dependent = false;
+                if flags & PRIORITY_FLAG != 0 {
+                    if fragment.len() < 5 {
+                        return Err(conn_error(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
+                    }
+                    self_dependent = dependency(&fragment) == id;
+                    fragment.advance(5);
+                }
+                let end_stream = flags & END_STREAM != 0;
+                if flags & END_HEADERS != 0 {
+                    return Ok(Event::Block { id, block: fragment, end_stream, self_dependent });
+                }
+                self.block = Some(PartialBlock { id, end_stream, self_dependent, bytes: fragment.to_vec() });
+                Ok(Event::None)
+            }
+            CONTINUATION => {
+                let Some(block) = self.block.as_mut() else {
+                    return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
+                };
+                if block.bytes.len() + payload.len() > MAX_BLOCK {
+                    return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
+                }
+                block.bytes.extend_from_slice(&payload);
+                if flags & END_HEADERS == 0 {
+                    return Ok(Event::None);
+                }
+                let PartialBlock { id, end_stream, self_dependent, bytes } =
+                    self.block.take().expect("matched");
+                Ok(Event::Block { id, block: bytes.into(), end_stream, self_dependent })
+            }
+            PRIORITY => {
+                on_stream("PRIORITY on stream 0")?;
+                Ok(match payload.len() {
+                    5 if dependency(&payload) == id => Event::StreamError { id, code: PROTOCOL_ERROR },
+                    5 => Event::None,
+                    _ => Event::StreamError { id, code: FRAME_SIZE_ERROR },
+                })
+            }
+            RST_STREAM => {
+                on_stream("RST_STREAM on stream 0")?;
+                let [a, b, c, d] = payload[..] else {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "RST_STREAM not 4 bytes long"));
+                };
+                Ok(Event::Reset { id, code: u32::from_be_bytes([a, b, c, d]) })
+            }
+            SETTINGS => {
+                on_connection("SETTINGS on a stream")?;
+                if flags & ACK != 0 {
+                    if !payload.is_empty() {
+                        return Err(conn_error(
+                            FRAME_SIZE_ERROR,
+                            "a SETTINGS acknowledgement with a payload",
+                        ));
+                    }
+                    return Ok(Event::None);
+                }
+                let changed = peer_settings(&payload, self.peer_is_server)?;
+                let window_delta = changed.initial_window.map_or(0, |w| w - self.peer_initial_window);
+                self.peer_initial_window += window_delta;
+                if let Some(max_frame) = changed.max_frame {
+                    self.peer_max_frame = max_frame;
+                }
+                frame_head(&mut self.wire, 0, SETTINGS, ACK, 0);
+                let first = !std::mem::replace(&mut self.settled, true);
+                Ok(Event::Settings { window_delta, max_streams: changed.max_streams, first })
+            }
+            PUSH_PROMISE => {
+                Err(conn_error(PROTOCOL_ERROR, "PUSH_PROMISE, which no peer of the agent may send"))
+            }
+            PING => {
+                on_connection("PING on a stream")?;
+                if payload.len() != 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
+                }
+                if flags & ACK == 0 {
+                    frame_head(&mut self.wire, 8, PING, ACK, 0);
+                    self.wire.extend_from_slice(&payload);
+                }
+                Ok(Event::None)
+            }
+            GOAWAY => {
+                on_connection("GOAWAY on a stream")?;
+                if payload.len() < 8 {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "GOAWAY shorter than 8 bytes"));
+                }
+                Ok(Event::GoAway { last_id: dependency(&payload) })
+            }
+            WINDOW_UPDATE => {
+                let [a, b, c, d] = payload[..] else {
+                    return Err(conn_error(FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes long"));
+                };
+                let increment = i64::from(u32::from_be_bytes([a, b, c, d]) & 0x7fff_ffff);
+                if id != 0 {
+                    return Ok(Event::WindowUpdate { id, increment });
+                }
+                if increment == 0 {
+                    return Err(conn_error(PROTOCOL_ERROR, "a WINDOW_UPDATE of 0"));
+                }
+                self.send_window += increment;
+                if self.send_window > MAX_WINDOW {
+                    return Err(conn_error(FLOW_CONTROL_ERROR, "the connection's window past 2^31-1"));
+                }
+                Ok(Event::ConnectionWindow)
+            }
+            // Frames of unknown types are ignored (RFC 9113 §4.1).
+            _ => Ok(Event::None),
+        }
+    }
+
+    /// Decodes a whole header block into `fields`.
+    pub(crate) fn decode(&mut self, block: &[u8], fields: &mut Fields) -> Result<(), ConnError> {
+        let Link { decoder, values, .. } = self;
+        decoder
+            .decode(block, |name, value| fields.add(name, value, values))
+            .map_err(|_| conn_error(COMPRESSION_ERROR, "a header block HPACK cannot decode"))
+    }
+
+    /// Gives the peer back what the agent has taken on the connection once it is half the
+    /// window; true when a WINDOW_UPDATE was written.
+    pub(crate) fn give_back(&mut self) -> bool {
+        if self.unreleased < CONNECTION_WINDOW / 2 {
+            return false;
+        }
+        self.recv_window += self.unreleased;
+        window_update(&mut self.wire, 0, std::mem::take(&mut self.unreleased) as u32);
+        true
+    }
+
+    /// Writes the header block in `scratch` to stream `id`.
+    pub(crate) fn write_block(&mut self, id: u32, end_stream: bool) {
+        header_block(&mut self.wire, id, end_stream, &self.scratch, self.peer_max_frame);
+    }
+
+    /// Room to send on a stream with `stream_window` left: what both windows and the peer's
+    /// largest frame allow.
+    pub(crate) fn room(&self, stream_window: i64) -> i64 {
+        self.send_window.min(stream_window).min(self.peer_max_frame as i64)
+    }
+}
+
+/// A body's frames as they were received, until the proxy takes them: its data, then its
+/// trailers, then its end; or why it failed.
+#[derive(Default)]
+pub(crate) struct Received {
+    pub chunks: VecDeque<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    /// All of it came.
+    pub ended: bool,
+    pub failed: Option<String>,
+    /// The task taking it, waiting for more.
+    pub reader: Option<Waker>,
+}
+
+impl Received {
+    /// The next frame, in the order a body's frames are passed on; the data before why the
+    /// body failed, which comes before its trailers.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        if let Some(data) = self.chunks.pop_front() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(data))));
+        }
+        if let Some(why) = &self.failed {
+            return Poll::Ready(Some(Err(why.clone().into())));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::trailers(trailers))));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        self.reader = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.ended && self.chunks.is_empty() && self.trailers.is_none() && self.failed.is_none()
+    }
+
+    /// Bytes received and not taken.
+    pub(crate) fn unread(&self) -> i64 {
+        self.chunks.iter().map(|c| c.len() as i64).sum()
+    }
+
+    pub(crate) fn wake(&mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.wake();
+        }
     }
 }
