@@ -65,8 +65,8 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// client is cut off instead of holding a connection (and its task) forever.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an upstream connection may sit idle in a pool. Shorter than `HEADER_TIMEOUT`,
-/// after which a peer agent closes an idle connection (hyper's header timer also runs between
-/// requests): a request sent on a connection the peer is closing at that moment would fail.
+/// after which a peer agent closes an idle HTTP/1.1 connection (its server's header timer also
+/// runs between requests): a request sent on a connection the peer is closing then would fail.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(5);
 
 /// The one configuration of hyper's server, for connections whose HTTP version was not told

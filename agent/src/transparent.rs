@@ -259,7 +259,7 @@ async fn sniff_http(tcp: &TcpStream) -> Option<Speaks> {
 /// HTTP to an address that is no mesh endpoint: each request goes to the service its
 /// `Host` names on the original port, or on to the original destination. HTTP/1.1 on the
 /// agent's own server and client (a protocol switch, WebSocket's, goes through either way),
-/// HTTP/2 on hyper's server and the agent's own client.
+/// HTTP/2 on its own HTTP/2 server and client.
 async fn by_host(
     proxy: Arc<Proxy>,
     tcp: TcpStream,
