@@ -17,6 +17,7 @@ use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::sync::watch;
 use tower::BoxError;
 
 use crate::h2_wire::*;
@@ -30,9 +31,19 @@ const INITIAL_MAX_STREAMS: usize = 1;
 
 /// One open connection per destination, shared by every request to it.
 pub(crate) struct H2Pool {
-    connections: Mutex<Vec<Open>>,
+    connections: Mutex<Connections>,
     idle: Duration,
 }
+
+#[derive(Default)]
+struct Connections {
+    open: Vec<Open>,
+    /// Connections being opened, and what became of each: the requests that come meanwhile
+    /// wait for it rather than open their own.
+    opening: Vec<(Destination, watch::Receiver<Option<Opened>>)>,
+}
+
+type Opened = Result<Arc<Connection>, PoolError>;
 
 struct Open {
     to: Destination,
@@ -109,30 +120,75 @@ impl H2Pool {
         Ok(Response::from_parts(head, H2Body { stream }))
     }
 
+    fn lock(&self) -> MutexGuard<'_, Connections> {
+        self.connections.lock().expect("not poisoned")
+    }
+
     fn cached(&self, to: &Destination) -> Option<Arc<Connection>> {
-        let mut connections = self.connections.lock().expect("not poisoned");
+        let mut connections = self.lock();
         let now = Instant::now();
-        connections.retain(|c| now.duration_since(c.last_used) < self.idle);
-        let open = connections.iter_mut().find(|c| c.to == *to)?;
+        connections.open.retain(|c| now.duration_since(c.last_used) < self.idle);
+        let open = connections.open.iter_mut().find(|c| c.to == *to)?;
         open.last_used = now;
         Some(open.conn.clone())
     }
 
     fn forget(&self, to: &Destination) {
-        self.connections.lock().expect("not poisoned").retain(|c| c.to != *to);
+        self.lock().open.retain(|c| c.to != *to);
     }
 
-    async fn connect<C, F>(&self, to: Destination, connect: C) -> Result<Arc<Connection>, PoolError>
+    /// The connection being opened to `to`, or a new one opened with `connect` for this request
+    /// and every other that comes before it is open.
+    async fn connect<C, F>(&self, to: Destination, connect: C) -> Opened
     where
         C: FnOnce() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let io = connect().await?;
-        let conn = Connection::start(io, to.addr);
-        let mut connections = self.connections.lock().expect("not poisoned");
-        connections.retain(|c| c.to != to);
-        connections.push(Open { to, conn: conn.clone(), last_used: Instant::now() });
-        Ok(conn)
+        let told = loop {
+            let mut waiting = {
+                let mut connections = self.lock();
+                match connections.opening.iter().find(|(d, _)| *d == to) {
+                    Some((_, opened)) => opened.clone(),
+                    None => {
+                        let (told, opened) = watch::channel(None);
+                        connections.opening.push((to.clone(), opened));
+                        break told;
+                    }
+                }
+            };
+            // Closed without a word when the request opening it was dropped: then this one
+            // opens it.
+            if let Ok(opened) = waiting.wait_for(Option::is_some).await {
+                return opened.clone().expect("waited for");
+            }
+        };
+        let opening = Opening { pool: self, to, told };
+        let opened = connect().await.map(|io| Connection::start(io, opening.to.addr));
+        if let Ok(conn) = &opened {
+            let mut connections = self.lock();
+            connections.open.retain(|c| c.to != opening.to);
+            connections.open.push(Open {
+                to: opening.to.clone(),
+                conn: conn.clone(),
+                last_used: Instant::now(),
+            });
+        }
+        opening.told.send_replace(Some(opened.clone()));
+        opened
+    }
+}
+
+/// A connection a request opens for all: once it is open or has failed, or the request is
+/// dropped, requests to its destination no longer wait for it.
+struct Opening<'a> {
+    pool: &'a H2Pool,
+    to: Destination,
+    told: watch::Sender<Option<Opened>>,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.pool.lock().opening.retain(|(d, _)| *d != self.to);
     }
 }
 
@@ -876,6 +932,34 @@ mod tests {
             assert_eq!(trailers.unwrap()["grpc-status"], "0");
         }
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "one connection carried the three calls");
+    }
+
+    #[tokio::test]
+    async fn calls_that_come_while_the_connection_opens_wait_for_it() {
+        let server = echo().await;
+        let pool = H2Pool::new(Duration::from_secs(5));
+        let calls = (0..10).map(|i| {
+            let connect = || async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tcp(server.addr).await
+            };
+            let call = pool.send(plain(server.addr), connect, post(server.addr, full(format!("call {i}"))));
+            async move { read(call.await.unwrap()).await.0 }
+        });
+        let answers = futures::future::join_all(calls).await;
+        assert_eq!(answers, (0..10).map(|i| format!("call {i}")).collect::<Vec<_>>());
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "ten calls at once opened one connection");
+
+        // The call opening a connection is dropped: one waiting for it opens its own.
+        let other = echo().await;
+        let never = || std::future::pending::<Result<Box<dyn Upstream>, PoolError>>();
+        let mut dropped = Box::pin(pool.send(plain(other.addr), never, post(other.addr, full("lost"))));
+        assert!(futures::poll!(dropped.as_mut()).is_pending());
+        let waiting = pool.send(plain(other.addr), || tcp(other.addr), post(other.addr, full("kept")));
+        let mut waiting = Box::pin(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending(), "waits for the connection being opened");
+        drop(dropped);
+        assert_eq!(read(waiting.await.unwrap()).await.0, "kept");
     }
 
     #[tokio::test]

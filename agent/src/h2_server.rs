@@ -41,6 +41,10 @@ const HIGH_WATER: usize = 64 * 1024;
 /// agent's reset are ignored (RFC 9113 §6.4), and a frame on a stream it reset itself is told
 /// apart from a frame on a stream that never was.
 const REMEMBERED_RESETS: usize = 32;
+/// Streams a client may reset before their answer beyond those answered (RFC 9113 §10.5, the
+/// "rapid reset" of CVE-2023-44487): each such stream costs a handler's start, perhaps a request
+/// upstream, and frees its place at once, so `MAX_STREAMS` alone does not bound the work.
+const RESET_BUDGET: i64 = MAX_STREAMS as i64;
 
 /// Serves `io`, which has not yet read the client's preface, with `answer` until the client
 /// closes the connection or says GOAWAY, breaks the protocol (told in GOAWAY, then closed), takes
@@ -126,6 +130,9 @@ struct Conn<IO, F> {
     last_id: u32,
     /// Streams reset lately, and whether by the agent.
     recently_reset: VecDeque<(u32, bool)>,
+    /// What is left of `RESET_BUDGET`: one less for each stream the client resets before its
+    /// answer, one more (up to the budget) for each answer.
+    resets_allowed: i64,
     /// The client closed its side, or said GOAWAY: no more requests.
     client_done: bool,
     /// The client closed its side: nothing more to read.
@@ -190,6 +197,7 @@ where
             answering: FuturesUnordered::new(),
             last_id: 0,
             recently_reset: VecDeque::new(),
+            resets_allowed: RESET_BUDGET,
             client_done: false,
             eof: false,
             ending: None,
@@ -300,6 +308,15 @@ where
                     return Err(conn_error(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
                 if let Some(i) = self.index(id) {
+                    if matches!(self.streams[i].out, Out::Waiting) {
+                        self.resets_allowed -= 1;
+                        if self.resets_allowed < 0 {
+                            return Err(conn_error(
+                                ENHANCE_YOUR_CALM,
+                                "too many streams reset before their answer",
+                            ));
+                        }
+                    }
                     self.remove(i);
                 }
                 self.remember_reset(id, false);
@@ -541,6 +558,7 @@ where
         encode_fields(&head.headers, &mut self.link.scratch);
         let end = body.is_end_stream();
         self.link.write_block(id, end);
+        self.resets_allowed = (self.resets_allowed + 1).min(RESET_BUDGET);
         let s = &mut self.streams[i];
         s.abort = None;
         s.out = Out::Sending { body, pending: None };
@@ -1151,6 +1169,33 @@ mod tests {
         io.write_all(&frame(DATA, END_STREAM, 1, b"abc")).await.unwrap();
         let (_, id, payload) = next_of(&mut io, RST_STREAM).await;
         assert_eq!((id, payload), (1, PROTOCOL_ERROR.to_be_bytes().to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_client_resetting_streams_faster_than_they_are_answered_is_told_to_calm_down() {
+        let (mut io, _) = raw().await;
+        let opened_and_reset = |ids: std::ops::Range<u32>| -> Vec<u8> {
+            ids.flat_map(|n| {
+                let id = 2 * n + 1;
+                [
+                    frame(HEADERS, END_HEADERS | END_STREAM, id, &request_block("/hang", &[])),
+                    frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()),
+                ]
+                .concat()
+            })
+            .collect()
+        };
+        let budget = RESET_BUDGET as u32;
+        io.write_all(&opened_and_reset(0..budget)).await.unwrap();
+        let hello = 2 * budget + 1;
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, hello, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        let (_, id, _) = next_of(&mut io, HEADERS).await;
+        assert_eq!(id, hello, "the whole budget spent, the connection still answers");
+        // The answer earned one more reset; the second is one too many.
+        io.write_all(&opened_and_reset(budget + 1..budget + 3)).await.unwrap();
+        assert_eq!(goaway_code(&mut io).await, ENHANCE_YOUR_CALM);
     }
 
     #[tokio::test]

@@ -162,7 +162,7 @@ struct Idle {
 }
 
 /// Why a request did not get a response.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub(crate) enum PoolError {
     /// No connection could be opened (TCP, or the TLS handshake).
     #[error("{0}")]
