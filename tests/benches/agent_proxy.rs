@@ -7,9 +7,11 @@
 //! - through one agent: its inbound listener taking plaintext (the mesh in PERMISSIVE mode)
 //!   and forwarding to the application, the same one plain hop nginx makes,
 //! - through two agents with mTLS: the caller's outbound listener → the callee's inbound
-//!   listener (the mesh in STRICT mode) → nginx,
+//!   listener → nginx (a caller always speaks mTLS to a mesh endpoint; PERMISSIVE only lets
+//!   the callee also take plaintext on a connection whose first byte is not TLS's),
 //!
-//! and reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy
+//! in `ROUNDS` interleaved rounds (direct, nginx, one agent, two agents, again), so that the
+//! paths compared are measured in the same minute of a machine whose speed drifts, and reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy
 //! (from the scheduler's accounting in /proc: vCPU per 1,000 requests/s, CPU, waiting for a
 //! core, wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
 //! throughput with `iperf3`, direct and through two agents.
@@ -39,6 +41,8 @@ const CALLEE: &str = "127.0.0.41";
 const HTTP_PORT: u16 = 8080;
 const GRPC_PORT: u16 = 9090;
 const TCP_PORT: u16 = 5201;
+/// Each path's `BENCH_SECS` are measured in this many turns, the paths taken in turn.
+const ROUNDS: u64 = 5;
 
 /// The path of `tool`, or a panic that names it and its Debian package.
 fn need(tool: &str, package: &str) -> PathBuf {
@@ -176,11 +180,32 @@ fn usage(pid: u32) -> Usage {
 
 /// What a watched process used over a run.
 struct Used {
-    /// CPUs used on average.
-    vcpu: f64,
+    /// The run's seconds.
+    wall: f64,
     /// Of `Usage`, the difference over the run.
     delta: Usage,
     peak_rss_mib: f64,
+}
+
+impl Used {
+    /// CPUs used on average.
+    fn vcpu(&self) -> f64 {
+        self.delta.cpu_ns as f64 / 1e9 / self.wall
+    }
+
+    /// Both runs as one.
+    fn add(&mut self, other: Used) {
+        let (a, b) = (&mut self.delta, other.delta);
+        a.cpu_ns += b.cpu_ns;
+        a.waiting_ns += b.waiting_ns;
+        a.waits += b.waits;
+        a.preempted += b.preempted;
+        a.user_ticks += b.user_ticks;
+        a.kernel_ticks += b.kernel_ticks;
+        a.rss_kib = b.rss_kib;
+        self.wall += other.wall;
+        self.peak_rss_mib = self.peak_rss_mib.max(other.peak_rss_mib);
+    }
 }
 
 /// CPU and peak RSS of the watched processes over a run.
@@ -230,7 +255,7 @@ impl Watch {
                     kernel_ticks: after.kernel_ticks.saturating_sub(before.kernel_ticks),
                     rss_kib: after.rss_kib,
                 };
-                Used { vcpu: delta.cpu_ns as f64 / 1e9 / wall, delta, peak_rss_mib: peak as f64 / 1024.0 }
+                Used { wall, delta, peak_rss_mib: peak as f64 / 1024.0 }
             })
             .collect()
     }
@@ -243,6 +268,13 @@ struct Run {
 }
 
 impl Run {
+    /// Both runs as one.
+    fn add(&mut self, other: Run) {
+        self.micros.extend(other.micros);
+        self.micros.sort_unstable();
+        self.failed += other.failed;
+    }
+
     fn pct(&self, p: f64) -> f64 {
         if self.micros.is_empty() {
             return f64::NAN;
@@ -287,14 +319,14 @@ impl Arrivals {
 }
 
 /// `h2load` at `RATE` requests/s as `arrivals` says (one request in flight per connection)
-/// for `BENCH_SECS` after a second of warm-up; latency from its per-request log.
-async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str) -> Run {
+/// for `secs` after a second of warm-up; latency from its per-request log.
+async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.tsv");
     let mut cmd = Command::new(h2load);
     let connections = arrivals.connections();
     cmd.args(["-c", &connections.to_string(), "-m", "1", "--rps", &(RATE / connections).to_string()])
-        .args(["-D", &secs().to_string(), "--warm-up-time", "1"])
+        .args(["-D", &secs.to_string(), "--warm-up-time", "1"])
         .arg(format!("--log-file={}", log.display()));
     match proto {
         Proto::Http1 => {
@@ -339,9 +371,20 @@ struct Row {
     proxies: Vec<(&'static str, Used)>,
 }
 
-fn table(title: &str, rows: &[Row]) {
+impl Row {
+    /// Both rounds as one.
+    fn add(&mut self, other: Row) {
+        self.run.add(other.run);
+        for ((_, used), (_, more)) in self.proxies.iter_mut().zip(other.proxies) {
+            used.add(more);
+        }
+    }
+}
+
+/// `rows` measured for `secs` each, the first of them direct.
+fn table(title: &str, rows: &[Row], secs: u64) {
     let direct = &rows[0].run;
-    println!("\n{title}, {} s:\n", secs());
+    println!("\n{title}, {secs} s in {ROUNDS} rounds:\n");
     // h2load keeps one request in flight per connection: a path slower than the rate allows
     // sends fewer requests, which the achieved rate shows.
     println!("| path | achieved | p50 | p99 | p99.9 | added p50 | added p99 | added p99.9 | failed |");
@@ -353,7 +396,7 @@ fn table(title: &str, rows: &[Row]) {
         println!(
             "| {} | {:.0}/s | {} | {} | {} | {} | {} | {} | {} of {sent} |",
             r.label,
-            sent as f64 / secs() as f64,
+            sent as f64 / secs as f64,
             ms(r.run.pct(0.50)),
             ms(r.run.pct(0.99)),
             ms(r.run.pct(0.999)),
@@ -374,12 +417,12 @@ fn table(title: &str, rows: &[Row]) {
     for r in rows {
         let requests = (r.run.micros.len() as u64 + r.run.failed).max(1) as f64;
         for (who, used) in &r.proxies {
-            let per_k = used.vcpu / (f64::from(RATE) / 1000.0);
+            let per_k = used.vcpu() / (f64::from(RATE) / 1000.0);
             let ticks = (used.delta.user_ticks + used.delta.kernel_ticks).max(1) as f64;
             println!(
                 "| {who} ({}) | {:.3} | {per_k:.3} | {:.1} µs | {:.0} % | {:.1} µs | {:.2} | {:.2} | {:.1} MiB |",
                 r.label,
-                used.vcpu,
+                used.vcpu(),
                 used.delta.cpu_ns as f64 / 1e3 / requests,
                 100.0 * used.delta.kernel_ticks as f64 / ticks,
                 used.delta.waiting_ns as f64 / 1e3 / requests,
@@ -391,17 +434,18 @@ fn table(title: &str, rows: &[Row]) {
     }
 }
 
-/// Measures `url` at the fixed rate while watching `proxies` (name, pid).
+/// Measures `url` at the fixed rate for `secs` while watching `proxies` (name, pid).
 async fn row(
     tool: &Path,
     label: &'static str,
     (proto, arrivals): (Proto, Arrivals),
     url: &str,
     proxies: &[(&'static str, u32)],
+    secs: u64,
 ) -> Row {
     let pids: Vec<u32> = proxies.iter().map(|(_, p)| *p).collect();
     let watch = Watch::start(&pids);
-    let run = h2load(tool, proto, arrivals, url).await;
+    let run = h2load(tool, proto, arrivals, url, secs).await;
     let used = watch.stop();
     let proxies = proxies.iter().zip(used).map(|((n, _), used)| (*n, used)).collect();
     Row { label, run, proxies }
@@ -501,7 +545,8 @@ async fn main() {
     cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
     let t = Trellis::start(cmd).await;
     let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
-    put(&api, "/meshes/bench", mesh("STRICT")).await;
+    // The callee's inbound listener also takes plaintext: the one-agent hop.
+    put(&api, "/meshes/bench", mesh("PERMISSIVE")).await;
     let ports = json!([
         {"name": "http", "port": HTTP_PORT, "protocol": "http"},
         {"name": "grpc", "port": GRPC_PORT, "protocol": "grpc"},
@@ -550,58 +595,50 @@ async fn main() {
     let out_grpc = outbound_addr(&mut caller, &format!("outbound:app.bench:{GRPC_PORT}")).await;
     let out_tcp = outbound_addr(&mut caller, &format!("outbound:app.bench:{TCP_PORT}")).await;
     until_served(&format!("http://{out_http}/")).await;
+    until_served(&format!("http://{CALLEE}:{HTTP_PORT}/")).await;
     let (caller_pid, callee_pid) = (caller.pid(), callee.pid());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = (rss_mib(caller_pid), rss_mib(callee_pid));
 
     let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("agent_proxy: load average at start {}", uptime.trim());
-    let mut tables = Vec::new();
-    for (proto, name, direct, through_nginx, through_two, path) in [
-        (Proto::Http1, "HTTP/1.1", up_http, px_http, &out_http, "/"),
-        (Proto::Grpc, "gRPC (h2c)", up_grpc, px_grpc, &out_grpc, "/bench.Echo/Get"),
+    let round_secs = (secs() / ROUNDS).max(1);
+    for (proto, name, direct, through_nginx, through_one, through_two, path) in [
+        (Proto::Http1, "HTTP/1.1", up_http, px_http, HTTP_PORT, &out_http, "/"),
+        (Proto::Grpc, "gRPC (h2c)", up_grpc, px_grpc, GRPC_PORT, &out_grpc, "/bench.Echo/Get"),
     ] {
+        let paths = [
+            ("direct", format!("http://127.0.0.1:{direct}{path}"), Vec::new()),
+            (
+                "nginx, one plain hop",
+                format!("http://127.0.0.1:{through_nginx}{path}"),
+                vec![("nginx", proxy.process.pid())],
+            ),
+            (
+                "one agent, plain hop",
+                format!("http://{CALLEE}:{through_one}{path}"),
+                vec![("callee agent", callee_pid)],
+            ),
+            (
+                "two agents, mTLS",
+                format!("http://{through_two}{path}"),
+                vec![("caller agent", caller_pid), ("callee agent", callee_pid)],
+            ),
+        ];
         for arrivals in [Arrivals::Bursts, Arrivals::Spaced] {
             let how = (proto, arrivals);
-            let rows = vec![
-                row(&h2, "direct", how, &format!("http://127.0.0.1:{direct}{path}"), &[]).await,
-                row(
-                    &h2,
-                    "nginx, one plain hop",
-                    how,
-                    &format!("http://127.0.0.1:{through_nginx}{path}"),
-                    &[("nginx", proxy.process.pid())],
-                )
-                .await,
-                row(
-                    &h2,
-                    "two agents, mTLS",
-                    how,
-                    &format!("http://{through_two}{path}"),
-                    &[("caller agent", caller_pid), ("callee agent", callee_pid)],
-                )
-                .await,
-            ];
-            let title = format!("{name}, {RATE} requests/s {}", arrivals.describe());
-            tables.push((how, title, rows));
+            let mut rows: Vec<Row> = Vec::new();
+            for round in 0..ROUNDS {
+                for (i, (label, url, proxies)) in paths.iter().enumerate() {
+                    let r = row(&h2, label, how, url, proxies, round_secs).await;
+                    match round {
+                        0 => rows.push(r),
+                        _ => rows[i].add(r),
+                    }
+                }
+            }
+            table(&format!("{name}, {RATE} requests/s {}", arrivals.describe()), &rows, round_secs * ROUNDS);
         }
-    }
-
-    // One plain hop through an agent: its inbound listener takes plaintext once the mesh is
-    // PERMISSIVE, and forwards to the application as nginx does.
-    put(&api, "/meshes/bench", mesh("PERMISSIVE")).await;
-    until_served(&format!("http://{CALLEE}:{HTTP_PORT}/")).await;
-    for (how, _, rows) in &mut tables {
-        let (port, path) = match how.0 {
-            Proto::Http1 => (HTTP_PORT, "/"),
-            Proto::Grpc => (GRPC_PORT, "/bench.Echo/Get"),
-        };
-        let url = format!("http://{CALLEE}:{port}{path}");
-        let r = row(&h2, "one agent, plain hop", *how, &url, &[("callee agent", callee_pid)]).await;
-        rows.insert(2, r);
-    }
-    for (_, title, rows) in &tables {
-        table(title, rows);
     }
 
     let direct = iperf(&iperf3, "127.0.0.1", up_tcp).await;
@@ -617,8 +654,8 @@ async fn main() {
         "| two agents, mTLS | {:.2} Gbit/s | {:.2}× | {:.2} | {:.2} |",
         through / 1e9,
         through / direct,
-        used[0].vcpu,
-        used[1].vcpu
+        used[0].vcpu(),
+        used[1].vcpu()
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
