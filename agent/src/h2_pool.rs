@@ -1012,6 +1012,100 @@ mod tests {
         assert!(echoed == big, "the echo is the body sent");
     }
 
+    /// A server that answers a request's HEADERS with random frames — an answer's head and
+    /// body among them, in one case of three any type with random flags, streams and payloads —
+    /// and then closes its side. Every call ends, with an answer or an error, and nothing
+    /// panics (a panicked connection task would leave its call waiting).
+    #[tokio::test]
+    async fn random_frames_from_a_server_end_every_call_with_an_answer_or_an_error() {
+        use rand::{Rng, SeedableRng};
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for case in 0u64.. {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7540 + case);
+                // The request's HEADERS, after the preface and the client's SETTINGS.
+                let (mut read, mut asked) = (BytesMut::new(), false);
+                while !asked && tcp.read_buf(&mut read).await.unwrap_or(0) > 0 {
+                    let mut frames = BytesMut::from(&read[PREFACE.len().min(read.len())..]);
+                    asked = std::iter::from_fn(|| take_frame(&mut frames).ok().flatten())
+                        .any(|f| f.kind == HEADERS);
+                }
+                let hostile = rng.random_range(0..3) == 0;
+                let mut wire = Vec::new();
+                settings(&mut wire, &[]);
+                for n in 0..rng.random_range(1..8) {
+                    let kind = match rng.random_range(0..6) {
+                        _ if hostile && rng.random() => rng.random_range(0..=CONTINUATION + 1),
+                        // Well-formed, it begins with an answer's head.
+                        _ if n == 0 => HEADERS,
+                        0 | 1 => HEADERS,
+                        2 | 3 => DATA,
+                        4 => WINDOW_UPDATE,
+                        _ => PING,
+                    };
+                    let flags = match rng.random_range(0..3) {
+                        _ if hostile && rng.random() => rng.random(),
+                        0 => END_HEADERS | END_STREAM,
+                        _ => END_HEADERS,
+                    };
+                    let id = match kind {
+                        _ if hostile && rng.random() => rng.random_range(0..6),
+                        PING => 0,
+                        WINDOW_UPDATE if rng.random() => 0,
+                        _ => 1,
+                    };
+                    let mut payload: Vec<u8> = match kind {
+                        _ if hostile && rng.random() => {
+                            (0..rng.random_range(0..40)).map(|_| rng.random()).collect()
+                        }
+                        HEADERS => {
+                            let mut block = Vec::new();
+                            let status = if n == 0 { [200, 204, 404][rng.random_range(0..3)] } else { 103 };
+                            hpack::encode_status(status, &mut block);
+                            if rng.random() {
+                                hpack::encode_field(b"content-length", b"3", false, &mut block);
+                            }
+                            block
+                        }
+                        WINDOW_UPDATE => rng.random_range(1u32..1 << 20).to_be_bytes().into(),
+                        PING => b"randomly".to_vec(),
+                        _ => (0..rng.random_range(0..40)).map(|_| rng.random()).collect(),
+                    };
+                    if hostile && !payload.is_empty() && rng.random() {
+                        let at = rng.random_range(0..payload.len());
+                        payload[at] = rng.random();
+                    }
+                    frame_head(&mut wire, payload.len(), kind, flags, id);
+                    wire.extend(payload);
+                }
+                let _ = tcp.write_all(&wire).await;
+                let _ = tcp.shutdown().await;
+                // Read what the client still sends, so that closing does not reset the connection.
+                let mut rest = BytesMut::new();
+                while tcp.read_buf(&mut rest).await.unwrap_or(0) > 0 {
+                    rest.clear();
+                }
+            }
+        });
+        let (mut answered, mut failed) = (0, 0);
+        for _ in 0..300 {
+            let pool = H2Pool::new(Duration::from_secs(5));
+            let get = Request::get(format!("http://{addr}/")).body(full("")).unwrap();
+            let call = async {
+                let resp = pool.send(plain(addr), || tcp(addr), get).await?;
+                resp.into_body().collect().await.map_err(|e| PoolError::Http(e.to_string()))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), call).await.expect("every call ends") {
+                Ok(_) => answered += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(answered > 30 && failed > 30, "answered {answered}, failed {failed}");
+    }
+
     /// A server of raw frames: it answers the HEADERS of each stream with what `answer` writes
     /// for that stream, and counts the connections it accepted.
     async fn scripted(answer: fn(u32, &mut Vec<u8>)) -> (SocketAddr, Arc<AtomicUsize>) {
