@@ -48,8 +48,9 @@ const RESET_BUDGET: i64 = MAX_STREAMS as i64;
 
 /// Serves `io`, which has not yet read the client's preface, with `answer` until the client
 /// closes the connection or says GOAWAY, breaks the protocol (told in GOAWAY, then closed), takes
-/// longer than `header_timeout` over its preface, or the agent drains (GOAWAY; the streams begun
-/// are answered first).
+/// longer than `header_timeout` over its preface, has no stream open for as long (GOAWAY, as an
+/// HTTP/1.1 connection is closed between requests), or the agent drains (GOAWAY; the streams
+/// begun are answered first).
 pub(crate) async fn serve<IO, F, Fut>(
     mut io: IO,
     answer: F,
@@ -83,7 +84,7 @@ where
         }
     };
     let mut drained = pin!(drained);
-    let mut conn = Conn::new(io, read, answer);
+    let mut conn = Conn::new(io, read, answer, header_timeout);
     poll_fn(|cx| {
         if conn.ending.is_none() && drained.as_mut().poll(cx).is_ready() {
             conn.go_away(NO_ERROR, Ending::Graceful, "the agent is draining");
@@ -140,6 +141,11 @@ struct Conn<IO, F> {
     ending: Option<Ending>,
     /// Why the connection ended, when it ended on a breach.
     broken: Option<&'static str>,
+    /// How long the connection may go without a stream, since when it has had none, and one
+    /// timer for its life, moved on only when it fires (as the HTTP/1.1 server's header timer).
+    idle_timeout: Duration,
+    idle_due: Option<tokio::time::Instant>,
+    idle_timer: Pin<Box<tokio::time::Sleep>>,
 }
 
 struct Stream {
@@ -181,7 +187,7 @@ where
     F: FnMut(Request<Body>) -> Fut,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    fn new(io: IO, read: BytesMut, answer: F) -> Self {
+    fn new(io: IO, read: BytesMut, answer: F, idle_timeout: Duration) -> Self {
         let ours = [
             (MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
             (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
@@ -202,6 +208,9 @@ where
             eof: false,
             ending: None,
             broken: None,
+            idle_timeout,
+            idle_due: None,
+            idle_timer: Box::pin(tokio::time::sleep(idle_timeout)),
         }
     }
 
@@ -277,9 +286,34 @@ where
                 }
             }
             if !busy {
+                busy = self.poll_idle(cx);
+            }
+            if !busy {
                 return Poll::Pending;
             }
         }
+    }
+
+    /// Notes when the connection has been left without a stream, and says GOAWAY once it has
+    /// been so for `idle_timeout`; true when it did something.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
+        let idle = self.streams.is_empty() && self.written == self.link.wire.len();
+        match (idle, self.idle_due) {
+            (true, None) => self.idle_due = Some(tokio::time::Instant::now() + self.idle_timeout),
+            (false, Some(_)) => self.idle_due = None,
+            _ => {}
+        }
+        if self.ending.is_some() || self.idle_timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        match self.idle_due {
+            Some(due) if now >= due => {
+                self.go_away(NO_ERROR, Ending::Graceful, "no stream within the idle timeout");
+            }
+            due => self.idle_timer.as_mut().reset(due.unwrap_or(now + self.idle_timeout)),
+        }
+        true
     }
 
     /// Handles every whole frame read.
@@ -873,10 +907,17 @@ mod tests {
     fn server()
     -> (DuplexStream, watch::Sender<bool>, Arc<AtomicUsize>, tokio::task::JoinHandle<anyhow::Result<()>>)
     {
+        server_timing_out(Duration::from_secs(5))
+    }
+
+    fn server_timing_out(
+        timeout: Duration,
+    ) -> (DuplexStream, watch::Sender<bool>, Arc<AtomicUsize>, tokio::task::JoinHandle<anyhow::Result<()>>)
+    {
         let (client, server) = tokio::io::duplex(1 << 16);
         let (drain, draining) = watch::channel(false);
         let dropped = Arc::new(AtomicUsize::new(0));
-        let served = tokio::spawn(serve(server, answer(dropped.clone()), Duration::from_secs(5), draining));
+        let served = tokio::spawn(serve(server, answer(dropped.clone()), timeout, draining));
         (client, drain, dropped, served)
     }
 
@@ -1202,6 +1243,27 @@ mod tests {
         // The answer earned one more reset; the second is one too many.
         io.write_all(&opened_and_reset(budget + 1..budget + 3)).await.unwrap();
         assert_eq!(goaway_code(&mut io).await, ENHANCE_YOUR_CALM);
+    }
+
+    #[tokio::test]
+    async fn a_connection_left_without_a_stream_for_the_timeout_is_told_goaway_and_closed() {
+        let timeout = Duration::from_millis(300);
+        let (mut io, _drain, _, served) = server_timing_out(timeout);
+        io.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat()).await.unwrap();
+        // A stream still waiting for its answer holds the connection past the timeout.
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hang", &[])))
+            .await
+            .unwrap();
+        tokio::time::sleep(3 * timeout).await;
+        io.write_all(&frame(PING, 0, 0, b"stillon?")).await.unwrap();
+        assert_eq!(next_of(&mut io, PING).await, (ACK, 0, b"stillon?".to_vec()));
+        // Without it, the connection is let go once the timeout has passed.
+        io.write_all(&frame(RST_STREAM, 0, 1, &CANCEL.to_be_bytes())).await.unwrap();
+        let left = std::time::Instant::now();
+        assert_eq!(goaway_code(&mut io).await, NO_ERROR);
+        assert!(left.elapsed() >= timeout - Duration::from_millis(50), "not before the timeout");
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await.expect("closed");
+        assert!(ended.unwrap().is_ok());
     }
 
     #[tokio::test]
