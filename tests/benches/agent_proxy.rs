@@ -11,9 +11,10 @@
 //!   the callee also take plaintext on a connection whose first byte is not TLS's),
 //!
 //! in `ROUNDS` interleaved rounds (direct, nginx, one agent, two agents, again), so that the
-//! paths compared are measured in the same minute of a machine whose speed drifts, and reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy
-//! (from the scheduler's accounting in /proc: vCPU per 1,000 requests/s, CPU, waiting for a
-//! core, wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
+//! paths compared are measured in the same minutes of a machine whose speed drifts, and
+//! reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy (from
+//! the scheduler's accounting in /proc: vCPU per 1,000 requests/s, CPU, waiting for a core,
+//! wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
 //! throughput with `iperf3`, direct and through two agents.
 //!
 //! Run: `cargo build --release --bin trellis && cargo build --release -p trellis-agent &&
