@@ -59,44 +59,52 @@ impl H2Pool {
     }
 
     /// Sends `req` to `to` over its connection, opened with `connect` when there is none or
-    /// the one there was has closed. The URI must hold the scheme and authority.
+    /// the one there was has closed. The URI must hold the scheme and authority. A request
+    /// without a body that the upstream turns away before acting on it goes once more (on a new
+    /// connection when the old one is going away): nothing of it is lost.
     pub async fn send<B, C, F>(
         &self,
         to: Destination,
-        connect: C,
+        mut connect: C,
         req: Request<B>,
     ) -> Result<Response<H2Body>, PoolError>
     where
         B: Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: Into<BoxError>,
-        C: FnOnce() -> F,
+        C: FnMut() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
         let (head, body) = req.into_parts();
         let end = body.is_end_stream();
-        // A cached connection found closed is replaced before anything of the request is sent.
-        let opened = match self.cached(&to) {
-            Some(conn) => conn.open(&head, end).await.inspect_err(|_| self.forget(&to)).ok(),
-            None => None,
-        };
-        let stream = match opened {
-            Some(stream) => stream,
-            // Out of line: the state of opening a connection is not carried by every request.
-            None => Box::pin(self.connect(to, connect)).await?.open(&head, end).await?,
-        };
-        let mut pipe = (!end).then(|| Pipe { conn: stream.conn.clone(), id: stream.id, body, pending: None });
+        if end {
+            let mut again = true;
+            loop {
+                let answer = async {
+                    let stream = self.open(&to, &mut connect, &head, true).await?;
+                    stream.conn.wake_task();
+                    Ok((stream.head().await?, stream))
+                };
+                match answer.await {
+                    Ok((head, stream)) => return Ok(Response::from_parts(head, H2Body { stream })),
+                    Err(PoolError::Unprocessed(why)) if again => {
+                        tracing::debug!(upstream = %to.addr, %why, "request turned away unprocessed; sent again");
+                        again = false;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let stream = self.open(&to, &mut connect, &head, false).await?;
+        let mut pipe = Pipe { conn: stream.conn.clone(), id: stream.id, body, pending: None };
         // The body's first frames leave with the head when they are ready at once.
-        let piped = match &mut pipe {
-            Some(pipe) => poll_fn(|cx| Poll::Ready(Pin::new(&mut *pipe).poll(cx))).await,
-            None => Poll::Ready(Ok(())),
-        };
+        let piped = poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
         stream.conn.wake_task();
-        let head = match (piped, pipe) {
-            (Poll::Ready(piped), _) => {
+        let head = match piped {
+            Poll::Ready(piped) => {
                 piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
                 stream.head().await
             }
-            (Poll::Pending, Some(mut pipe)) => {
+            Poll::Pending => {
                 tokio::select! {
                     biased;
                     piped = &mut pipe => {
@@ -115,9 +123,32 @@ impl H2Pool {
                     }
                 }
             }
-            (Poll::Pending, None) => unreachable!("only a pipe can be pending"),
         }?;
         Ok(Response::from_parts(head, H2Body { stream }))
+    }
+
+    /// A new stream for `head` on the connection to `to`, or on one `connect` opens when there
+    /// is none or the one there is can take no more streams.
+    async fn open<C, F>(
+        &self,
+        to: &Destination,
+        connect: &mut C,
+        head: &http::request::Parts,
+        end: bool,
+    ) -> Result<StreamRef, PoolError>
+    where
+        C: FnMut() -> F,
+        F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+    {
+        // A cached connection found closed is replaced before anything of the request is sent.
+        if let Some(conn) = self.cached(to) {
+            match conn.open(head, end).await {
+                Ok(stream) => return Ok(stream),
+                Err(_) => self.forget(to),
+            }
+        }
+        // Out of line: the state of opening a connection is not carried by every request.
+        Box::pin(self.connect(to.clone(), connect)).await?.open(head, end).await
     }
 
     fn lock(&self) -> MutexGuard<'_, Connections> {
@@ -221,6 +252,8 @@ struct Stream {
     answer: Received,
     /// The request's body is still being sent.
     sending: bool,
+    /// The server turned the stream away without acting on it.
+    unprocessed: bool,
     /// The request body's pipe, waiting for room.
     sender: Option<Waker>,
     send_window: i64,
@@ -288,11 +321,14 @@ impl Connection {
     async fn open(self: &Arc<Self>, head: &http::request::Parts, end: bool) -> Result<StreamRef, PoolError> {
         poll_fn(|cx| {
             let mut state = self.lock();
+            // Nothing of the request has been sent.
             if let Some(why) = &state.closed {
-                return Poll::Ready(Err(PoolError::Http(why.clone())));
+                return Poll::Ready(Err(PoolError::Unprocessed(why.clone())));
             }
             if state.going_away || state.next_id > MAX_STREAM_ID {
-                return Poll::Ready(Err(PoolError::Http("the upstream is closing the connection".into())));
+                return Poll::Ready(Err(PoolError::Unprocessed(
+                    "the upstream is closing the connection".into(),
+                )));
             }
             if state.streams.len() >= state.max_streams {
                 state.opening.push(cx.waker().clone());
@@ -309,6 +345,7 @@ impl Connection {
                 head: Head::Waiting,
                 answer: Received::default(),
                 sending: !end,
+                unprocessed: false,
                 sender: None,
                 send_window,
                 recv_window: STREAM_WINDOW,
@@ -395,6 +432,7 @@ impl State {
                         // The answer is whole: the server wants no more of the request.
                         s.sending = false;
                     } else if s.answer.failed.is_none() {
+                        s.unprocessed = code == REFUSED_STREAM;
                         s.answer.failed = Some(match code {
                             REFUSED_STREAM => "the upstream refused the stream".into(),
                             code => format!("the upstream reset the stream (HTTP/2 error {code:#x})"),
@@ -424,8 +462,9 @@ impl State {
             }
             Event::GoAway { last_id } => {
                 self.going_away = true;
-                for s in self.streams.iter_mut().filter(|s| s.id > last_id) {
-                    s.answer.failed.get_or_insert_with(|| "the upstream refused the stream (GOAWAY)".into());
+                for s in self.streams.iter_mut().filter(|s| s.id > last_id && s.answer.failed.is_none()) {
+                    s.unprocessed = true;
+                    s.answer.failed = Some("the upstream refused the stream (GOAWAY)".into());
                     s.answer.wake();
                     wake(&mut s.sender);
                 }
@@ -563,7 +602,12 @@ impl StreamRef {
                 return Poll::Ready(Ok(head));
             }
             if let Some(why) = &s.answer.failed {
-                return Poll::Ready(Err(PoolError::Http(why.clone())));
+                let why = why.clone();
+                return Poll::Ready(Err(if s.unprocessed {
+                    PoolError::Unprocessed(why)
+                } else {
+                    PoolError::Http(why)
+                }));
             }
             s.answer.reader = Some(cx.waker().clone());
             Poll::Pending
@@ -1148,18 +1192,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn interim_answers_are_passed_over_and_a_reset_or_goaway_fails_only_the_streams_it_names() {
+    async fn a_request_turned_away_unprocessed_is_sent_once_more_when_it_has_no_body() {
         let (addr, accepted) = scripted(|id, wire| match id {
             // An early hint, then the answer.
-            1 => {
-                head(103, 1, false, wire);
-                head(200, 1, true, wire);
+            1 | 9 => {
+                head(103, id, false, wire);
+                head(200, id, true, wire);
             }
-            3 => rst_stream(wire, 3, REFUSED_STREAM),
-            // When stream 7 has come: GOAWAY naming stream 5 the last, then 5's answer.
-            7 => {
-                goaway(wire, 5, NO_ERROR, b"");
-                head(204, 5, true, wire);
+            3 | 5 | 7 | 11 => rst_stream(wire, id, REFUSED_STREAM),
+            // When stream 15 has come: GOAWAY naming stream 13 the last, then 13's answer.
+            15 => {
+                goaway(wire, 13, NO_ERROR, b"");
+                head(204, 13, true, wire);
             }
             _ => {}
         })
@@ -1168,18 +1212,21 @@ mod tests {
         let get = || Request::get(format!("http://{addr}/")).body(full("")).unwrap();
         let call = || pool.send(plain(addr), || tcp(addr), get());
         assert_eq!(call().await.unwrap().status(), 200, "the 103 was passed over");
+        // Streams 3 and 5: refused, sent once more, refused again.
         let refused = call().await.map(|r| r.status()).unwrap_err();
-        assert!(refused.to_string().contains("refused"), "{refused}");
+        assert!(matches!(&refused, PoolError::Unprocessed(why) if why.contains("refused")), "{refused:?}");
+        // Streams 7 and 9: refused, then answered.
+        assert_eq!(call().await.unwrap().status(), 200, "sent again after REFUSED_STREAM");
+        // Stream 11: a request with a body is not sent again.
+        let posted = pool.send(plain(addr), || tcp(addr), post(addr, full("once"))).await;
+        assert!(matches!(posted, Err(PoolError::Unprocessed(_))), "{:?}", posted.map(|r| r.status()));
         let (last, beside) = tokio::join!(call(), async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             call().await
         });
         assert_eq!(last.unwrap().status(), 204);
-        let beside = beside.map(|r| r.status()).unwrap_err();
-        assert!(beside.to_string().contains("GOAWAY"), "{beside}");
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(call().await.unwrap().status(), 200, "a new connection after GOAWAY");
-        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after GOAWAY");
+        assert_eq!(beside.unwrap().status(), 200, "stream 15, past GOAWAY, sent again on the new connection");
     }
 
     #[tokio::test]

@@ -234,10 +234,19 @@ pub(crate) fn connection_specific(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-/// Appends an answer's fields (or trailers), those HTTP/2 does not carry left out.
+/// Appends a message's fields (or trailers), those HTTP/2 does not carry left out: `te` only
+/// as `trailers` (RFC 9113 §8.2.2), which an HTTP/1.1 client may have asked among others.
 pub(crate) fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
     for (name, value) in headers {
-        if !connection_specific(name) {
+        if name == TE {
+            let tokens = value.to_str().unwrap_or_default().split(',');
+            if tokens
+                .map(|t| t.split(';').next().unwrap_or_default().trim())
+                .any(|t| t.eq_ignore_ascii_case("trailers"))
+            {
+                hpack::encode_field(b"te", b"trailers", false, dst);
+            }
+        } else if !connection_specific(name) {
             hpack::encode_field(name.as_str().as_bytes(), value.as_bytes(), value.is_sensitive(), dst);
         }
     }
@@ -716,5 +725,40 @@ impl Received {
         if let Some(reader) = self.reader.take() {
             reader.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(fields: &[(&'static str, &'static str)]) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in fields {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        let mut block = Vec::new();
+        encode_fields(&headers, &mut block);
+        let mut out = Vec::new();
+        hpack::Decoder::new()
+            .decode(&block, |n, v| {
+                out.push((String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn fields_of_one_connection_are_left_out_and_te_is_carried_only_as_trailers() {
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let sent = encoded(&[
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip, Trailers;q=0.5"),
+            ("x-kept", "yes"),
+        ]);
+        assert_eq!(sent, [pair("te", "trailers"), pair("x-kept", "yes")]);
+        assert_eq!(encoded(&[("te", "gzip"), ("x-kept", "yes")]), [pair("x-kept", "yes")]);
     }
 }

@@ -66,7 +66,7 @@ impl<S: Upstream> Upstream for tokio_rustls::client::TlsStream<S> {
 /// What a connection was opened to: an address, and for mTLS the identity the endpoint
 /// proved and the generation of the agent's TLS material it was proved with. A connection
 /// carries requests for that destination only.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Destination {
     pub addr: SocketAddr,
     pub mtls: Option<(SpiffeId, u64)>,
@@ -170,6 +170,10 @@ pub(crate) enum PoolError {
     /// The exchange failed: the connection broke, or the upstream did not speak HTTP/1.1.
     #[error("{0}")]
     Http(String),
+    /// The upstream turned the request away before acting on it (HTTP/2's REFUSED_STREAM, or
+    /// a stream past a GOAWAY's last one: RFC 9113 §8.7): it may be sent again as it is.
+    #[error("{0}")]
+    Unprocessed(String),
 }
 
 /// An exchange that failed, and whether any of an answer had come.

@@ -61,6 +61,8 @@ const ROUTES_WARMING: Duration = Duration::from_secs(5);
 /// streamed and not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most mesh endpoints whose agreement to HTTP/2 is kept (past it, they are asked again).
+const MAX_ENDPOINTS_ASKED: usize = 4096;
 /// Longest a client may take over a TLS handshake, or over a request's headers: a slow
 /// client is cut off instead of holding a connection (and its task) forever.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -129,9 +131,12 @@ pub struct Proxy {
     http1: Http1Pool,
     /// HTTP/2 upstreams, one connection per endpoint.
     h2: H2Pool,
-    /// By peer identity and HTTP/2: the generation they were built in, and the TLS client
-    /// (rustls keeps the sessions it resumes in it).
-    tls_connectors: Mutex<HashMap<(SpiffeId, bool), (u64, tokio_rustls::TlsConnector)>>,
+    /// By peer identity and what they offer in ALPN: the generation they were built in, and
+    /// the TLS client (rustls keeps the sessions it resumes in it).
+    tls_connectors: Mutex<HashMap<(SpiffeId, Alpn), (u64, tokio_rustls::TlsConnector)>>,
+    /// Whether each mesh endpoint asked (`Alpn::Either`) agreed to carry HTTP/1.1 clusters'
+    /// requests over HTTP/2; dropped with the generation they were asked in.
+    agreed_h2: Mutex<RequestMap<Destination, bool>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client the
     /// health checks use.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
@@ -172,6 +177,7 @@ impl Proxy {
             http1: Http1Pool::new(UPSTREAM_IDLE),
             h2: H2Pool::new(UPSTREAM_IDLE),
             tls_connectors: Mutex::default(),
+            agreed_h2: Mutex::default(),
             mesh_clients: Mutex::default(),
             upstreams,
             access_log,
@@ -565,7 +571,7 @@ impl Proxy {
                 pipe(&mut down, &mut up).await?;
             }
             Target::Mesh { peer, .. } => {
-                let mut up = connect_mtls(self.tls_connector(&peer, false)?, addr).await?;
+                let mut up = connect_mtls(self.tls_connector(&peer, Alpn::Http1)?, addr).await?;
                 pipe(&mut down, &mut up).await?;
             }
         }
@@ -598,14 +604,14 @@ impl Proxy {
         Ok(Pick { cluster: c.clone(), addr, hosts, health })
     }
 
-    fn client_config(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    fn client_config(&self, peer: &SpiffeId, alpn: Alpn) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         let svid = self.identity.current();
         let verifier = SvidServerVerifier::new((*self.bundle.load_full()).clone(), peer.clone());
         let mut c = rustls::ClientConfig::builder()
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(svid.chain(), svid.key())?;
-        c.alpn_protocols = vec![if h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        c.alpn_protocols = alpn.protocols();
         Ok(Arc::new(c))
     }
 
@@ -999,9 +1005,9 @@ impl Proxy {
         last
     }
 
-    async fn send(&self, cluster: &str, mut req: Request<Body>) -> Result<Response<Body>, Failure> {
+    async fn send(&self, cluster: &str, req: Request<Body>) -> Result<Response<Body>, Failure> {
         let pick = self.endpoint(cluster).map_err(Failure::Local)?;
-        let (addr, h2) = (pick.addr, pick.cluster.h2);
+        let addr = pick.addr;
         let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
             Failure::Local((
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1009,15 +1015,6 @@ impl Proxy {
             ))
         })?;
         let host = pick.health.started(addr);
-        *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-        // HTTP/1.1 goes in origin form with a Host; HTTP/2 in absolute form, which gives the
-        // stream its :scheme and :authority.
-        if h2 {
-            for_http2(&mut req, addr)
-                .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
-        } else {
-            with_host(&mut req, addr);
-        }
         // A mesh endpoint is reached over mTLS, as the peer identity its cluster names.
         let peer = match &pick.cluster.target {
             Target::Local(_) => None,
@@ -1025,25 +1022,11 @@ impl Proxy {
         };
         // Mesh requests are timed for the control plane's golden metrics.
         let started = peer.is_some().then(std::time::Instant::now);
-        let to =
-            Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
-        let connect = || async move {
-            let io: Box<dyn Upstream> = match peer {
-                None => Box::new(connect_tcp(addr).await.map_err(|e| PoolError::Connect(e.to_string()))?),
-                Some(peer) => {
-                    let tls =
-                        self.tls_connector(peer, h2).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
-                    Box::new(connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?)
-                }
-            };
-            Ok(io)
-        };
-        let result = if h2 {
-            self.h2.send(to, connect, req).await.map(|r| holding(r, host))
-        } else {
-            self.http1.send(to, connect, req).await.map(|r| holding(r, host))
+        let result = self.exchange(addr, peer, pick.cluster.h2, req).await.map(|r| holding(r, host));
+        // What failed before anything was sent says nothing of the endpoint.
+        if matches!(result, Err(Failure::Local(_))) {
+            return result;
         }
-        .map_err(Failure::of_pool);
         if let Some(started) = started {
             let status = result.as_ref().ok().map(|r| r.status().as_u16());
             self.upstreams.record(cluster, status, started.elapsed());
@@ -1058,6 +1041,68 @@ impl Proxy {
             }
         }
         result
+    }
+
+    /// `req` to `addr` — the application, or an endpoint of `peer` over mTLS — in HTTP/2 when
+    /// the cluster speaks it (`h2`), else in HTTP/1.1, or to an endpoint that agrees in HTTP/2
+    /// (`Alpn::Either`).
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        peer: Option<&SpiffeId>,
+        h2: bool,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, Failure> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let to = Destination { addr, mtls: peer.map(|p| (p.clone(), generation)) };
+        let switching = req.extensions().get::<crate::upgrade::Requested>().is_some();
+        let (alpn, mut opened) = match peer {
+            None => (None, None),
+            Some(_) if h2 => (Some(Alpn::H2), None),
+            Some(_) if switching => (Some(Alpn::Http1), None),
+            Some(peer) => match self.agreed_h2(&to) {
+                Some(true) => (Some(Alpn::Either), None),
+                Some(false) => (Some(Alpn::Http1), None),
+                // Not asked yet: the connection that asks carries the request.
+                None => {
+                    let io = self.connect_mesh(peer, addr, Alpn::Either, generation).await;
+                    let io = io.map_err(Failure::of_pool)?;
+                    let alpn = if speaks_h2(&io) { Alpn::Either } else { Alpn::Http1 };
+                    (Some(alpn), Some(Box::new(io) as Box<dyn Upstream>))
+                }
+            },
+        };
+        let h2 = alpn.map_or(h2, |a| a != Alpn::Http1);
+        *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        // HTTP/1.1 goes in origin form with a Host; HTTP/2 in absolute form, which gives the
+        // stream its :scheme and :authority.
+        if h2 {
+            for_http2(&mut req, addr)
+                .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
+        } else {
+            with_host(&mut req, addr);
+        }
+        let connect = || {
+            let opened = opened.take();
+            async move {
+                let (peer, alpn) = match (opened, peer.zip(alpn)) {
+                    (Some(io), _) => return Ok(io),
+                    (None, None) => return plain_upstream(addr).await,
+                    (None, Some(mesh)) => mesh,
+                };
+                let io = self.connect_mesh(peer, addr, alpn, generation).await?;
+                if alpn == Alpn::Either && !speaks_h2(&io) {
+                    return Err(PoolError::Connect(format!("{addr} no longer agrees to HTTP/2")));
+                }
+                Ok(Box::new(io) as Box<dyn Upstream>)
+            }
+        };
+        let sent = if h2 {
+            self.h2.send(to, connect, req).await.map(|r| r.map(Body::from))
+        } else {
+            self.http1.send(to, connect, req).await
+        };
+        sent.map_err(Failure::of_pool)
     }
 
     /// `req` to `dst`, an address outside the mesh, as it came, over the pooled HTTP/1.1
@@ -1124,22 +1169,52 @@ impl Proxy {
         if let Some((_, c)) = clients.get(&(peer.clone(), h2)).filter(|(g, _)| *g == generation) {
             return Ok(c.clone());
         }
-        let client = pooled_client(h2).build(MeshConnector { tls: self.tls_connector(peer, h2)? });
+        let alpn = if h2 { Alpn::H2 } else { Alpn::Http1 };
+        let client = pooled_client(h2).build(MeshConnector { tls: self.tls_connector(peer, alpn)? });
         clients.insert((peer.clone(), h2), (generation, client.clone()));
         Ok(client)
     }
 
     /// The TLS client for endpoints of `peer`, built once per generation of the SVID and
     /// bundle.
-    fn tls_connector(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    fn tls_connector(&self, peer: &SpiffeId, alpn: Alpn) -> anyhow::Result<tokio_rustls::TlsConnector> {
         let generation = self.generation.load(Ordering::SeqCst);
         let mut connectors = self.tls_connectors.lock().expect("not poisoned");
-        if let Some((_, c)) = connectors.get(&(peer.clone(), h2)).filter(|(g, _)| *g == generation) {
+        if let Some((_, c)) = connectors.get(&(peer.clone(), alpn)).filter(|(g, _)| *g == generation) {
             return Ok(c.clone());
         }
-        let connector = tokio_rustls::TlsConnector::from(self.client_config(peer, h2)?);
-        connectors.insert((peer.clone(), h2), (generation, connector.clone()));
+        let connector = tokio_rustls::TlsConnector::from(self.client_config(peer, alpn)?);
+        connectors.insert((peer.clone(), alpn), (generation, connector.clone()));
         Ok(connector)
+    }
+
+    /// An mTLS connection to `addr`, an endpoint of `peer`, offering `alpn` with the TLS
+    /// material of `generation`; offered either, what it agreed to is kept for the next
+    /// requests.
+    async fn connect_mesh(
+        &self,
+        peer: &SpiffeId,
+        addr: SocketAddr,
+        alpn: Alpn,
+        generation: u64,
+    ) -> Result<MeshStream, PoolError> {
+        let tls = self.tls_connector(peer, alpn).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
+        let io = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
+        if alpn == Alpn::Either {
+            let mut agreed = self.agreed_h2.lock().expect("not poisoned");
+            // Bounded: a past generation's answers are let go, and all past a limit.
+            agreed.retain(|d, _| d.mtls.as_ref().is_some_and(|(_, g)| *g == generation));
+            if agreed.len() >= MAX_ENDPOINTS_ASKED {
+                agreed.clear();
+            }
+            agreed.insert(Destination { addr, mtls: Some((peer.clone(), generation)) }, speaks_h2(&io));
+        }
+        Ok(io)
+    }
+
+    /// Whether the endpoint of `to` agreed to HTTP/2 when last asked, if it was.
+    fn agreed_h2(&self, to: &Destination) -> Option<bool> {
+        self.agreed_h2.lock().expect("not poisoned").get(to).copied()
     }
 }
 
@@ -1253,6 +1328,31 @@ async fn first_bytes(tcp: &TcpStream) -> anyhow::Result<Vec<u8>> {
     Ok(first[..n].to_vec())
 }
 
+/// What the agent offers in ALPN when it opens mTLS to a mesh endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Alpn {
+    /// HTTP/2 alone: the cluster speaks it.
+    H2,
+    /// HTTP/1.1 alone: raw TCP, a protocol switch (which HTTP/2 carries only as extended
+    /// CONNECT), or an endpoint that did not agree to HTTP/2.
+    Http1,
+    /// HTTP/2 first, then HTTP/1.1: an HTTP/1.1 cluster's requests, multiplexed over HTTP/2
+    /// to an endpoint that agrees (every agent does; Envoy's inbound listeners offer no ALPN and
+    /// keep HTTP/1.1). The callee's agent passes them on to its application as its own
+    /// cluster says, in HTTP/1.1.
+    Either,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::H2 => vec![b"h2".to_vec()],
+            Alpn::Http1 => vec![b"http/1.1".to_vec()],
+            Alpn::Either => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
 /// Where one request or connection goes.
 struct Pick {
     cluster: Arc<crate::config::Cluster>,
@@ -1274,7 +1374,7 @@ impl Failure {
     fn of_pool(e: PoolError) -> Failure {
         match e {
             PoolError::Connect(why) => Failure::Connect(why),
-            PoolError::Http(why) => Failure::Reset(why),
+            PoolError::Http(why) | PoolError::Unprocessed(why) => Failure::Reset(why),
         }
     }
 
@@ -1535,11 +1635,16 @@ async fn plain_upstream(addr: SocketAddr) -> Result<Box<dyn Upstream>, PoolError
     Ok(Box::new(tcp))
 }
 
+/// An mTLS connection to a mesh endpoint.
+type MeshStream = tokio_rustls::client::TlsStream<Coalesced>;
+
+/// Whether the endpoint of `io` agreed to HTTP/2 in the TLS handshake.
+fn speaks_h2(io: &MeshStream) -> bool {
+    io.get_ref().1.alpn_protocol() == Some(b"h2")
+}
+
 /// An mTLS connection to the mesh endpoint `addr`, whose identity `tls` verifies.
-async fn connect_mtls(
-    tls: tokio_rustls::TlsConnector,
-    addr: SocketAddr,
-) -> std::io::Result<tokio_rustls::client::TlsStream<Coalesced>> {
+async fn connect_mtls(tls: tokio_rustls::TlsConnector, addr: SocketAddr) -> std::io::Result<MeshStream> {
     let tcp = connect_tcp(addr).await?;
     tls.connect(ServerName::from(addr.ip()), coalesced(tcp)).await
 }

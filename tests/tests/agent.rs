@@ -32,12 +32,20 @@ use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 
 /// An application that answers every request with `version` (and its caller's identity
 /// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
-/// answers after a second, v1 answers every third `/reviews/flaky…` with 503, and `/reviews/chat` is
-/// a WebSocket endpoint.
+/// answers after a second, v1 answers every third `/reviews/flaky…` with 503, `/reviews/chat` is
+/// a WebSocket endpoint, and `/reviews/wire` answers with the HTTP version and `Host` it was
+/// called with, then 200 KB.
 async fn app(version: &'static str) -> u16 {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let router = axum::Router::new()
         .route("/reviews/chat", axum::routing::get(trellis_tests::websocket::echo))
+        .route(
+            "/reviews/wire",
+            axum::routing::get(|v: axum::http::Version, headers: axum::http::HeaderMap| async move {
+                let host = headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("").to_owned();
+                format!("{v:?} {host} {}", "x".repeat(200_000))
+            }),
+        )
         .fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| async move {
             if uri.path().starts_with("/reviews/slow") {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1215,6 +1223,43 @@ async fn agents_renew_short_lived_svids_again_and_again_under_load() {
     let failed: Vec<&String> = answers.iter().filter(|a| !a.starts_with('v')).collect();
     assert!(failed.is_empty(), "{} of {} failed: {failed:?}", failed.len(), answers.len());
     println!("SVIDs of 20 s renewed under load: {} requests, none failed", answers.len());
+    drop((agents, t));
+}
+
+/// The TCP connections established on this host to `addr`, an IPv4 address and port.
+fn connections_to(addr: &str) -> usize {
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // /proc/net/tcp writes the address as the u32 it is in memory, the port as a number.
+    let hex = format!("{:08X}:{:04X}", u32::from_le_bytes(addr.ip().octets()), addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let established = |l: &&str| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields[2] == hex && fields[3] == "01"
+    };
+    table.lines().skip(1).filter(established).count()
+}
+
+#[tokio::test]
+async fn http_1_1_between_agents_shares_one_http_2_connection_and_reaches_the_application_as_http_1_1() {
+    let db = TestDb::create().await;
+    let Pair { t, agents, addrs, client, .. } = pair(&db, ["127.0.0.27", "127.0.0.28"], &[]).await;
+    let callee = format!("{}:9080", addrs[0]);
+    let answers: Vec<String> = futures::stream::iter(0..200)
+        .map(|_| async {
+            let resp = client.get("http://reviews.shop:9080/reviews/wire").send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap()
+        })
+        .buffer_unordered(50)
+        .collect()
+        .await;
+    for answer in &answers {
+        let (head, padding) = answer.split_at(answer.find(" x").expect("the answer's padding") + 1);
+        // The application takes HTTP/1.1 with the authority the caller named.
+        assert_eq!(head, "HTTP/1.1 reviews.shop:9080 ");
+        assert_eq!(padding.len(), 200_000);
+    }
+    assert_eq!(connections_to(&callee), 1, "200 calls, 50 at a time, over the one connection");
     drop((agents, t));
 }
 
