@@ -29,7 +29,9 @@ use crate::http1_pool::{Destination, PoolError, Upstream};
 /// a server whose limit is low never has to refuse one.
 const INITIAL_MAX_STREAMS: usize = 1;
 
-/// One open connection per destination, shared by every request to it.
+/// Open connections per destination, shared by every request to it: one, and another
+/// whenever all there are carry as many streams as their server takes (as Envoy's pool does;
+/// a request does not wait behind long-lived streams).
 pub(crate) struct H2Pool {
     connections: Mutex<Connections>,
     idle: Duration,
@@ -39,8 +41,20 @@ pub(crate) struct H2Pool {
 struct Connections {
     open: Vec<Open>,
     /// Connections being opened, and what became of each: the requests that come meanwhile
-    /// wait for it rather than open their own.
-    opening: Vec<(Destination, watch::Receiver<Option<Opened>>)>,
+    /// wait for one rather than open their own, as many as it is expected to take.
+    opening: Vec<Pending>,
+    /// Tells the connections being opened apart.
+    next_pending: u64,
+}
+
+/// A connection being opened.
+struct Pending {
+    id: u64,
+    to: Destination,
+    opened: watch::Receiver<Option<Opened>>,
+    /// Requests it may still take: as many streams as the last connection to its destination
+    /// took (unbounded while none has said; the first requests to a destination share one).
+    room: usize,
 }
 
 type Opened = Result<Arc<Connection>, PoolError>;
@@ -127,8 +141,8 @@ impl H2Pool {
         Ok(Response::from_parts(head, H2Body { stream }))
     }
 
-    /// A new stream for `head` on the connection to `to`, or on one `connect` opens when there
-    /// is none or the one there is can take no more streams.
+    /// A new stream for `head` on a connection to `to` with room for it, or on one `connect`
+    /// opens when there is none.
     async fn open<C, F>(
         &self,
         to: &Destination,
@@ -144,7 +158,7 @@ impl H2Pool {
         if let Some(conn) = self.cached(to) {
             match conn.open(head, end).await {
                 Ok(stream) => return Ok(stream),
-                Err(_) => self.forget(to),
+                Err(_) => self.forget(&conn),
             }
         }
         // Out of line: the state of opening a connection is not carried by every request.
@@ -155,17 +169,19 @@ impl H2Pool {
         self.connections.lock().expect("not poisoned")
     }
 
+    /// A connection to `to` with room for a stream (or whose server has not yet said how many
+    /// it takes); those unused for `idle` are let go on the way.
     fn cached(&self, to: &Destination) -> Option<Arc<Connection>> {
         let mut connections = self.lock();
         let now = Instant::now();
         connections.open.retain(|c| now.duration_since(c.last_used) < self.idle);
-        let open = connections.open.iter_mut().find(|c| c.to == *to)?;
+        let open = connections.open.iter_mut().find(|c| c.to == *to && c.conn.has_room())?;
         open.last_used = now;
         Some(open.conn.clone())
     }
 
-    fn forget(&self, to: &Destination) {
-        self.lock().open.retain(|c| c.to != *to);
+    fn forget(&self, conn: &Arc<Connection>) {
+        self.lock().open.retain(|c| !Arc::ptr_eq(&c.conn, conn));
     }
 
     /// The connection being opened to `to`, or a new one opened with `connect` for this request
@@ -175,15 +191,23 @@ impl H2Pool {
         C: FnOnce() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let told = loop {
+        let (id, told) = loop {
             let mut waiting = {
                 let mut connections = self.lock();
-                match connections.opening.iter().find(|(d, _)| *d == to) {
-                    Some((_, opened)) => opened.clone(),
+                match connections.opening.iter_mut().find(|p| p.to == to && p.room > 0) {
+                    Some(pending) => {
+                        pending.room -= 1;
+                        pending.opened.clone()
+                    }
                     None => {
+                        let limit =
+                            connections.open.iter().filter(|c| c.to == to).find_map(|c| c.conn.limit());
                         let (told, opened) = watch::channel(None);
-                        connections.opening.push((to.clone(), opened));
-                        break told;
+                        let id = connections.next_pending;
+                        connections.next_pending += 1;
+                        let room = limit.map_or(usize::MAX, |n| n.saturating_sub(1));
+                        connections.opening.push(Pending { id, to: to.clone(), opened, room });
+                        break (id, told);
                     }
                 }
             };
@@ -193,11 +217,10 @@ impl H2Pool {
                 return opened.clone().expect("waited for");
             }
         };
-        let opening = Opening { pool: self, to, told };
+        let opening = Opening { pool: self, id, to, told };
         let opened = connect().await.map(|io| Connection::start(io, opening.to.addr));
         if let Ok(conn) = &opened {
             let mut connections = self.lock();
-            connections.open.retain(|c| c.to != opening.to);
             connections.open.push(Open {
                 to: opening.to.clone(),
                 conn: conn.clone(),
@@ -213,13 +236,14 @@ impl H2Pool {
 /// dropped, requests to its destination no longer wait for it.
 struct Opening<'a> {
     pool: &'a H2Pool,
+    id: u64,
     to: Destination,
     told: watch::Sender<Option<Opened>>,
 }
 
 impl Drop for Opening<'_> {
     fn drop(&mut self) {
-        self.pool.lock().opening.retain(|(d, _)| *d != self.to);
+        self.pool.lock().opening.retain(|p| p.id != self.id);
     }
 }
 
@@ -235,8 +259,10 @@ struct State {
     task: Option<Waker>,
     streams: Vec<Stream>,
     next_id: u32,
-    /// The server's stream limit (none until it says otherwise in its first SETTINGS).
+    /// The server's stream limit (`INITIAL_MAX_STREAMS` until its first SETTINGS).
     max_streams: usize,
+    /// The server's first SETTINGS has come.
+    settled: bool,
     /// Requests waiting for a stream to be free.
     opening: Vec<Waker>,
     /// The server said GOAWAY: no new streams.
@@ -291,6 +317,7 @@ impl Connection {
                 streams: Vec::new(),
                 next_id: 1,
                 max_streams: INITIAL_MAX_STREAMS,
+                settled: false,
                 opening: Vec::new(),
                 going_away: false,
                 closed: None,
@@ -308,6 +335,20 @@ impl Connection {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("not poisoned")
+    }
+
+    /// The server's stream limit, once it has said.
+    fn limit(&self) -> Option<usize> {
+        let state = self.lock();
+        state.settled.then_some(state.max_streams)
+    }
+
+    /// It can take another stream now, or may once its server has said how many it takes; not
+    /// when it is closing.
+    fn has_room(&self) -> bool {
+        let state = self.lock();
+        let open = state.closed.is_none() && !state.going_away && state.next_id <= MAX_STREAM_ID;
+        open && (!state.settled || state.streams.len() < state.max_streams)
     }
 
     fn wake_task(&self) {
@@ -452,6 +493,7 @@ impl State {
                     wake(&mut s.sender);
                 }
                 // A first SETTINGS without a limit lifts the one kept until it came.
+                self.settled |= first;
                 if max_streams.is_some() || first {
                     self.max_streams = max_streams.map_or(usize::MAX, |n| n as usize);
                     for w in self.opening.drain(..) {
@@ -1230,7 +1272,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn calls_past_the_servers_stream_limit_wait_for_a_stream() {
+    async fn calls_past_the_servers_stream_limit_go_on_other_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -1267,7 +1309,8 @@ mod tests {
         for (i, body) in echoed.into_iter().enumerate() {
             assert_eq!(body, format!("call {i}"));
         }
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "all on the one connection, two at a time");
+        // Two on the first connection, then five more taking two each: none waits for a stream.
+        assert_eq!(accepted.load(Ordering::SeqCst), 6, "as many streams a connection as the server takes");
     }
 
     async fn next(body: &mut H2Body) -> Frame<Bytes> {
