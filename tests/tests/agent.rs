@@ -1240,7 +1240,7 @@ fn connections_to(addr: &str) -> usize {
 }
 
 #[tokio::test]
-async fn http_1_1_between_agents_shares_one_http_2_connection_and_reaches_the_application_as_http_1_1() {
+async fn http_1_1_between_agents_shares_http_2_connections_and_reaches_the_application_as_http_1_1() {
     let db = TestDb::create().await;
     let Pair { t, agents, addrs, client, .. } = pair(&db, ["127.0.0.27", "127.0.0.28"], &[]).await;
     let callee = format!("{}:9080", addrs[0]);
@@ -1260,6 +1260,18 @@ async fn http_1_1_between_agents_shares_one_http_2_connection_and_reaches_the_ap
         assert_eq!(padding.len(), 200_000);
     }
     assert_eq!(connections_to(&callee), 1, "200 calls, 50 at a time, over the one connection");
+    // 250 calls of a second at once, past the 200 streams an agent takes on a connection: the
+    // last 50 go on a second connection rather than wait for the first 200 to end.
+    let slow: Vec<u16> = futures::stream::iter(0..250)
+        .map(|_| async {
+            let resp = client.get("http://reviews.shop:9080/reviews/slow").send().await.unwrap();
+            resp.status().as_u16()
+        })
+        .buffer_unordered(250)
+        .collect()
+        .await;
+    assert!(slow.iter().all(|s| *s == 200), "{slow:?}");
+    assert_eq!(connections_to(&callee), 2, "a second connection for the streams past 200");
     drop((agents, t));
 }
 
