@@ -8,7 +8,8 @@
 //!   and forwarding to the application, the same one plain hop nginx makes,
 //! - through two agents with mTLS: the caller's outbound listener → the callee's inbound
 //!   listener → nginx (a caller always speaks mTLS to a mesh endpoint; PERMISSIVE only lets
-//!   the callee also take plaintext on a connection whose first byte is not TLS's),
+//!   the callee also take plaintext on a connection whose first byte is not TLS's; HTTP/1.1
+//!   goes over HTTP/2 between the agents, as they agree in the handshake),
 //!
 //! in `ROUNDS` interleaved rounds (direct, nginx, one agent, two agents, again), so that the
 //! paths compared are measured in the same minutes of a machine whose speed drifts, and
