@@ -66,7 +66,7 @@ impl<S: Upstream> Upstream for tokio_rustls::client::TlsStream<S> {
 /// What a connection was opened to: an address, and for mTLS the identity the endpoint
 /// proved and the generation of the agent's TLS material it was proved with. A connection
 /// carries requests for that destination only.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Destination {
     pub addr: SocketAddr,
     pub mtls: Option<(SpiffeId, u64)>,

@@ -134,9 +134,10 @@ pub struct Proxy {
     /// By peer identity and what they offer in ALPN: the generation they were built in, and
     /// the TLS client (rustls keeps the sessions it resumes in it).
     tls_connectors: Mutex<HashMap<(SpiffeId, Alpn), (u64, tokio_rustls::TlsConnector)>>,
-    /// Whether each mesh endpoint asked (`Alpn::Either`) agreed to carry HTTP/1.1 clusters'
-    /// requests over HTTP/2; dropped with the generation they were asked in.
-    agreed_h2: Mutex<RequestMap<Destination, bool>>,
+    /// By address, the identity of each mesh endpoint asked (`Alpn::Either`) and whether it
+    /// agreed to carry HTTP/1.1 clusters' requests over HTTP/2; kept across renewals, so
+    /// that only a first contact asks.
+    agreed_h2: Mutex<RequestMap<SocketAddr, (SpiffeId, bool)>>,
     /// By peer identity and HTTP/2: the generation they were built in, and the client the
     /// health checks use.
     mesh_clients: Mutex<HashMap<(SpiffeId, bool), (u64, MeshClient)>>,
@@ -1044,8 +1045,8 @@ impl Proxy {
     }
 
     /// `req` to `addr` — the application, or an endpoint of `peer` over mTLS — in HTTP/2 when
-    /// the cluster speaks it (`h2`), else in HTTP/1.1, or to an endpoint that agrees in HTTP/2
-    /// (`Alpn::Either`).
+    /// the cluster speaks it (`h2`), else in HTTP/1.1, carried over HTTP/2 to a mesh endpoint
+    /// that agrees (`Alpn::Either`).
     async fn exchange(
         &self,
         addr: SocketAddr,
@@ -1053,20 +1054,19 @@ impl Proxy {
         h2: bool,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, Failure> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        let to = Destination { addr, mtls: peer.map(|p| (p.clone(), generation)) };
+        let to =
+            Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
         let switching = req.extensions().get::<crate::upgrade::Requested>().is_some();
         let (alpn, mut opened) = match peer {
             None => (None, None),
             Some(_) if h2 => (Some(Alpn::H2), None),
             Some(_) if switching => (Some(Alpn::Http1), None),
-            Some(peer) => match self.agreed_h2(&to) {
+            Some(peer) => match self.agreed_h2(addr, peer) {
                 Some(true) => (Some(Alpn::Either), None),
                 Some(false) => (Some(Alpn::Http1), None),
                 // Not asked yet: the connection that asks carries the request.
                 None => {
-                    let io = self.connect_mesh(peer, addr, Alpn::Either, generation).await;
-                    let io = io.map_err(Failure::of_pool)?;
+                    let io = self.connect_mesh(peer, addr, Alpn::Either).await.map_err(Failure::of_pool)?;
                     let alpn = if speaks_h2(&io) { Alpn::Either } else { Alpn::Http1 };
                     (Some(alpn), Some(Box::new(io) as Box<dyn Upstream>))
                 }
@@ -1090,7 +1090,7 @@ impl Proxy {
                     (None, None) => return plain_upstream(addr).await,
                     (None, Some(mesh)) => mesh,
                 };
-                let io = self.connect_mesh(peer, addr, alpn, generation).await?;
+                let io = self.connect_mesh(peer, addr, alpn).await?;
                 if alpn == Alpn::Either && !speaks_h2(&io) {
                     return Err(PoolError::Connect(format!("{addr} no longer agrees to HTTP/2")));
                 }
@@ -1188,33 +1188,31 @@ impl Proxy {
         Ok(connector)
     }
 
-    /// An mTLS connection to `addr`, an endpoint of `peer`, offering `alpn` with the TLS
-    /// material of `generation`; offered either, what it agreed to is kept for the next
-    /// requests.
+    /// An mTLS connection to `addr`, an endpoint of `peer`, offering `alpn`; offered either,
+    /// what it agreed to is kept for the next requests.
     async fn connect_mesh(
         &self,
         peer: &SpiffeId,
         addr: SocketAddr,
         alpn: Alpn,
-        generation: u64,
     ) -> Result<MeshStream, PoolError> {
         let tls = self.tls_connector(peer, alpn).map_err(|e| PoolError::Connect(format!("{e:#}")))?;
         let io = connect_mtls(tls, addr).await.map_err(|e| PoolError::Connect(e.to_string()))?;
         if alpn == Alpn::Either {
             let mut agreed = self.agreed_h2.lock().expect("not poisoned");
-            // Bounded: a past generation's answers are let go, and all past a limit.
-            agreed.retain(|d, _| d.mtls.as_ref().is_some_and(|(_, g)| *g == generation));
+            // Bounded: past the limit, every endpoint is asked again.
             if agreed.len() >= MAX_ENDPOINTS_ASKED {
                 agreed.clear();
             }
-            agreed.insert(Destination { addr, mtls: Some((peer.clone(), generation)) }, speaks_h2(&io));
+            agreed.insert(addr, (peer.clone(), speaks_h2(&io)));
         }
         Ok(io)
     }
 
-    /// Whether the endpoint of `to` agreed to HTTP/2 when last asked, if it was.
-    fn agreed_h2(&self, to: &Destination) -> Option<bool> {
-        self.agreed_h2.lock().expect("not poisoned").get(to).copied()
+    /// Whether the endpoint of `peer` at `addr` agreed to HTTP/2 when last asked, if it was.
+    fn agreed_h2(&self, addr: SocketAddr, peer: &SpiffeId) -> Option<bool> {
+        let agreed = self.agreed_h2.lock().expect("not poisoned");
+        agreed.get(&addr).filter(|(asked, _)| asked == peer).map(|(_, h2)| *h2)
     }
 }
 
