@@ -154,7 +154,8 @@ impl H2Pool {
         C: FnMut() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        // A cached connection found closed is replaced before anything of the request is sent.
+        // One that closed since it was looked at is let go before anything of the request is
+        // sent, and another opened.
         if let Some(conn) = self.cached(to) {
             match conn.open(head, end).await {
                 Ok(stream) => return Ok(stream),
@@ -347,8 +348,7 @@ impl Connection {
     /// when it is closing.
     fn has_room(&self) -> bool {
         let state = self.lock();
-        let open = state.closed.is_none() && !state.going_away && state.next_id <= MAX_STREAM_ID;
-        open && (!state.settled || state.streams.len() < state.max_streams)
+        state.refusing().is_none() && (!state.settled || state.streams.len() < state.max_streams)
     }
 
     fn wake_task(&self) {
@@ -363,13 +363,8 @@ impl Connection {
         poll_fn(|cx| {
             let mut state = self.lock();
             // Nothing of the request has been sent.
-            if let Some(why) = &state.closed {
-                return Poll::Ready(Err(PoolError::Unprocessed(why.clone())));
-            }
-            if state.going_away || state.next_id > MAX_STREAM_ID {
-                return Poll::Ready(Err(PoolError::Unprocessed(
-                    "the upstream is closing the connection".into(),
-                )));
+            if let Some(why) = state.refusing() {
+                return Poll::Ready(Err(PoolError::Unprocessed(why.to_owned())));
             }
             if state.streams.len() >= state.max_streams {
                 state.opening.push(cx.waker().clone());
@@ -425,6 +420,17 @@ fn encode_request_head(head: &http::request::Parts, dst: &mut Vec<u8>) {
 }
 
 impl State {
+    /// Why no new stream can be opened, when none can.
+    fn refusing(&self) -> Option<&str> {
+        match &self.closed {
+            Some(why) => Some(why),
+            None if self.going_away || self.next_id > MAX_STREAM_ID => {
+                Some("the upstream is closing the connection")
+            }
+            None => None,
+        }
+    }
+
     fn stream(&mut self, id: u32) -> Option<&mut Stream> {
         self.streams.iter_mut().find(|s| s.id == id)
     }

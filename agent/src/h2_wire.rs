@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 
 use crate::body::BoxError;
 use crate::hpack;
-use crate::http1_codec::MAX_HEAD_BYTES;
+use crate::http1_codec::{MAX_HEAD_BYTES, has_token};
 
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest frame either side sends: the protocol's smallest maximum, which the agent
@@ -239,11 +239,7 @@ pub(crate) fn connection_specific(name: &HeaderName) -> bool {
 pub(crate) fn encode_fields(headers: &HeaderMap, dst: &mut Vec<u8>) {
     for (name, value) in headers {
         if name == TE {
-            let tokens = value.to_str().unwrap_or_default().split(',');
-            if tokens
-                .map(|t| t.split(';').next().unwrap_or_default().trim())
-                .any(|t| t.eq_ignore_ascii_case("trailers"))
-            {
+            if has_token(value.as_bytes(), b"trailers") {
                 hpack::encode_field(b"te", b"trailers", false, dst);
             }
         } else if !connection_specific(name) {
@@ -755,7 +751,7 @@ mod tests {
             ("connection", "close"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
-            ("te", "gzip, Trailers;q=0.5"),
+            ("te", "gzip;q=0.5, Trailers"),
             ("x-kept", "yes"),
         ]);
         assert_eq!(sent, [pair("te", "trailers"), pair("x-kept", "yes")]);

@@ -511,7 +511,8 @@ pub(crate) fn connection_options(value: &HeaderValue) -> impl Iterator<Item = He
         .filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
-fn has_token(list: &[u8], token: &[u8]) -> bool {
+/// Whether the comma-separated `list` names `token`, in any case.
+pub(crate) fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
