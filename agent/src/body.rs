@@ -35,6 +35,14 @@ impl Body {
         Body::Whole((!data.is_empty()).then_some(data))
     }
 
+    /// The same body once more, for a request sent again: only one held whole can be.
+    pub(crate) fn copy(&self) -> Option<Body> {
+        match self {
+            Body::Whole(data) => Some(Body::Whole(data.clone())),
+            Body::Streaming(_) | Body::Switched(_) => None,
+        }
+    }
+
     /// `body` as it comes; one that has ended already is held as none.
     pub(crate) fn streaming<B>(body: B) -> Body
     where

@@ -74,55 +74,63 @@ impl H2Pool {
 
     /// Sends `req` to `to` over its connection, opened with `connect` when there is none or
     /// the one there was has closed. The URI must hold the scheme and authority. A request
-    /// without a body that the upstream turns away before acting on it goes once more (on a new
-    /// connection when the old one is going away): nothing of it is lost.
-    pub async fn send<B, C, F>(
+    /// held whole (or without a body) that the upstream turns away before acting on it goes
+    /// once more (on a new connection when the old one is going away): nothing of it is lost.
+    pub async fn send<C, F>(
         &self,
         to: Destination,
         mut connect: C,
-        req: Request<B>,
+        req: Request<crate::body::Body>,
     ) -> Result<Response<H2Body>, PoolError>
     where
-        B: Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
         C: FnMut() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let (head, body) = req.into_parts();
-        let end = body.is_end_stream();
-        if end {
-            let mut again = true;
-            loop {
-                let answer = async {
-                    let stream = self.open(&to, &mut connect, &head, true).await?;
-                    stream.conn.wake_task();
-                    Ok((stream.head().await?, stream))
-                };
-                match answer.await {
-                    Ok((head, stream)) => return Ok(Response::from_parts(head, H2Body { stream })),
-                    Err(PoolError::Unprocessed(why)) if again => {
-                        tracing::debug!(upstream = %to.addr, %why, "request turned away unprocessed; sent again");
-                        again = false;
-                    }
-                    Err(e) => return Err(e),
+        let (head, mut body) = req.into_parts();
+        let mut again = body.copy();
+        loop {
+            match self.attempt(&to, &mut connect, &head, body).await {
+                Err(PoolError::Unprocessed(why)) if again.is_some() => {
+                    tracing::debug!(upstream = %to.addr, %why, "request turned away unprocessed; sent again");
+                    body = again.take().expect("checked");
                 }
+                answered => return answered,
             }
         }
-        let stream = self.open(&to, &mut connect, &head, false).await?;
+    }
+
+    async fn attempt<C, F>(
+        &self,
+        to: &Destination,
+        connect: &mut C,
+        head: &http::request::Parts,
+        body: crate::body::Body,
+    ) -> Result<Response<H2Body>, PoolError>
+    where
+        C: FnMut() -> F,
+        F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+    {
+        if body.is_end_stream() {
+            let stream = self.open(to, connect, head, true).await?;
+            stream.conn.wake_task();
+            let head = stream.head().await?;
+            return Ok(Response::from_parts(head, H2Body { stream }));
+        }
+        let stream = self.open(to, connect, head, false).await?;
         let mut pipe = Pipe { conn: stream.conn.clone(), id: stream.id, body, pending: None };
         // The body's first frames leave with the head when they are ready at once.
         let piped = poll_fn(|cx| Poll::Ready(Pin::new(&mut pipe).poll(cx))).await;
         stream.conn.wake_task();
         let head = match piped {
             Poll::Ready(piped) => {
-                piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
+                piped.map_err(|e| stream.body_failed(e))?;
                 stream.head().await
             }
             Poll::Pending => {
                 tokio::select! {
                     biased;
                     piped = &mut pipe => {
-                        piped.map_err(|e| PoolError::Http(format!("request body: {e}")))?;
+                        piped.map_err(|e| stream.body_failed(e))?;
                         stream.head().await
                     }
                     head = stream.head() => {
@@ -295,6 +303,12 @@ impl Stream {
     fn unfinished(&self) -> bool {
         !self.answer.ended || self.sending
     }
+
+    /// Why the stream failed, once it has.
+    fn failure(&self) -> Option<PoolError> {
+        let why = self.answer.failed.clone()?;
+        Some(if self.unprocessed { PoolError::Unprocessed(why) } else { PoolError::Http(why) })
+    }
 }
 
 enum Head {
@@ -395,9 +409,6 @@ impl Connection {
     }
 }
 
-/// The largest stream identifier (RFC 9113 §5.1.1): past it, a new connection.
-const MAX_STREAM_ID: u32 = (1 << 31) - 1;
-
 impl Drop for Connection {
     /// Nobody holds the connection any more: its task closes it.
     fn drop(&mut self) {
@@ -463,7 +474,8 @@ impl State {
     /// What a frame means for the streams, once `Link` has kept the connection's rules.
     fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnError> {
         match self.link.on_frame(frame)? {
-            Event::None => Ok(()),
+            // The agent's client sends no PING of its own.
+            Event::None | Event::PingAnswered { .. } => Ok(()),
             Event::Data { id, data, len, end_stream } => self.on_data(id, data, len, end_stream),
             Event::Block { id, block, end_stream, .. } => self.on_block(id, end_stream, &block),
             Event::StreamError { id, code } => {
@@ -649,18 +661,21 @@ impl StreamRef {
                 };
                 return Poll::Ready(Ok(head));
             }
-            if let Some(why) = &s.answer.failed {
-                let why = why.clone();
-                return Poll::Ready(Err(if s.unprocessed {
-                    PoolError::Unprocessed(why)
-                } else {
-                    PoolError::Http(why)
-                }));
+            if let Some(failed) = s.failure() {
+                return Poll::Ready(Err(failed));
             }
             s.answer.reader = Some(cx.waker().clone());
             Poll::Pending
         })
         .await
+    }
+
+    /// Why sending `body` failed: the stream's failure when it has one (the upstream turned
+    /// it away unprocessed, say), else the body's own.
+    fn body_failed(&self, body: BoxError) -> PoolError {
+        let mut state = self.conn.lock();
+        let failed = state.stream(self.id).and_then(|s| s.failure());
+        failed.unwrap_or_else(|| PoolError::Http(format!("request body: {body}")))
     }
 }
 
@@ -959,8 +974,9 @@ mod tests {
         Full::new(data.into()).boxed()
     }
 
-    fn post(addr: SocketAddr, body: TestBody) -> Request<TestBody> {
-        Request::post(format!("http://{addr}/echo")).body(body).unwrap()
+    /// A POST of `body` as it streams.
+    fn post(addr: SocketAddr, body: TestBody) -> Request<crate::body::Body> {
+        Request::post(format!("http://{addr}/echo")).body(crate::body::Body::streaming(body)).unwrap()
     }
 
     /// An HTTP/2 server (hyper's) that answers each request with its body as it comes, and
@@ -1185,7 +1201,7 @@ mod tests {
         let (mut answered, mut failed) = (0, 0);
         for _ in 0..300 {
             let pool = H2Pool::new(Duration::from_secs(5));
-            let get = Request::get(format!("http://{addr}/")).body(full("")).unwrap();
+            let get = Request::get(format!("http://{addr}/")).body(crate::body::Body::empty()).unwrap();
             let call = async {
                 let resp = pool.send(plain(addr), || tcp(addr), get).await?;
                 resp.into_body().collect().await.map_err(|e| PoolError::Http(e.to_string()))
@@ -1240,24 +1256,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_turned_away_unprocessed_is_sent_once_more_when_it_has_no_body() {
+    async fn a_request_turned_away_unprocessed_is_sent_once_more_when_it_is_held_whole() {
         let (addr, accepted) = scripted(|id, wire| match id {
             // An early hint, then the answer.
-            1 | 9 => {
+            1 | 9 | 15 => {
                 head(103, id, false, wire);
                 head(200, id, true, wire);
             }
-            3 | 5 | 7 | 11 => rst_stream(wire, id, REFUSED_STREAM),
-            // When stream 15 has come: GOAWAY naming stream 13 the last, then 13's answer.
-            15 => {
-                goaway(wire, 13, NO_ERROR, b"");
-                head(204, 13, true, wire);
+            3 | 5 | 7 | 11 | 13 => rst_stream(wire, id, REFUSED_STREAM),
+            // When stream 19 has come: GOAWAY naming stream 17 the last, then 17's answer.
+            19 => {
+                goaway(wire, 17, NO_ERROR, b"");
+                head(204, 17, true, wire);
             }
             _ => {}
         })
         .await;
         let pool = H2Pool::new(Duration::from_secs(5));
-        let get = || Request::get(format!("http://{addr}/")).body(full("")).unwrap();
+        let get = || Request::get(format!("http://{addr}/")).body(crate::body::Body::empty()).unwrap();
         let call = || pool.send(plain(addr), || tcp(addr), get());
         assert_eq!(call().await.unwrap().status(), 200, "the 103 was passed over");
         // Streams 3 and 5: refused, sent once more, refused again.
@@ -1265,16 +1281,20 @@ mod tests {
         assert!(matches!(&refused, PoolError::Unprocessed(why) if why.contains("refused")), "{refused:?}");
         // Streams 7 and 9: refused, then answered.
         assert_eq!(call().await.unwrap().status(), 200, "sent again after REFUSED_STREAM");
-        // Stream 11: a request with a body is not sent again.
+        // Stream 11: a request whose body streams is not sent again.
         let posted = pool.send(plain(addr), || tcp(addr), post(addr, full("once"))).await;
         assert!(matches!(posted, Err(PoolError::Unprocessed(_))), "{:?}", posted.map(|r| r.status()));
+        // Streams 13 and 15: one held whole is, refused then answered (as a gRPC call's is).
+        let whole = Request::post(format!("http://{addr}/")).body(crate::body::Body::whole("twice")).unwrap();
+        let posted = pool.send(plain(addr), || tcp(addr), whole).await;
+        assert_eq!(posted.unwrap().status(), 200, "a whole body sent again after REFUSED_STREAM");
         let (last, beside) = tokio::join!(call(), async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             call().await
         });
         assert_eq!(last.unwrap().status(), 204);
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a new connection after GOAWAY");
-        assert_eq!(beside.unwrap().status(), 200, "stream 15, past GOAWAY, sent again on the new connection");
+        assert_eq!(beside.unwrap().status(), 200, "stream 19, past GOAWAY, sent again on the new connection");
     }
 
     #[tokio::test]

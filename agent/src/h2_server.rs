@@ -45,12 +45,18 @@ const REMEMBERED_RESETS: usize = 32;
 /// "rapid reset" of CVE-2023-44487): each such stream costs a handler's start, perhaps a request
 /// upstream, and frees its place at once, so `MAX_STREAMS` alone does not bound the work.
 const RESET_BUDGET: i64 = MAX_STREAMS as i64;
+/// The PING sent with a graceful GOAWAY: its answer shows that every stream the client opened
+/// before it read the GOAWAY has come.
+const LAST_CALL: [u8; 8] = *b"lastcall";
+/// Longest a client has to answer that PING before the streams it opens go unprocessed.
+const LAST_CALL_WAIT: Duration = Duration::from_secs(1);
 
 /// Serves `io`, which has not yet read the client's preface, with `answer` until the client
 /// closes the connection or says GOAWAY, breaks the protocol (told in GOAWAY, then closed), takes
 /// longer than `header_timeout` over its preface, has no stream open for as long (GOAWAY, as an
 /// HTTP/1.1 connection is closed between requests), or the agent drains (GOAWAY; the streams
-/// begun are answered first).
+/// begun are answered first). A graceful GOAWAY goes in two steps (RFC 9113 §6.8), so that a
+/// request the client sent as the first was on its way is answered, not lost.
 pub(crate) async fn serve<IO, F, Fut>(
     mut io: IO,
     answer: F,
@@ -87,7 +93,7 @@ where
     let mut conn = Conn::new(io, read, answer, header_timeout);
     poll_fn(|cx| {
         if conn.ending.is_none() && drained.as_mut().poll(cx).is_ready() {
-            conn.go_away(NO_ERROR, Ending::Graceful, "the agent is draining");
+            conn.announce_end();
         }
         conn.poll_serve(cx)
     })
@@ -96,7 +102,11 @@ where
 
 #[derive(Clone, Copy, PartialEq)]
 enum Ending {
-    /// GOAWAY said: the streams begun are finished, then the connection closes.
+    /// GOAWAY said with the highest stream identifier, and `LAST_CALL` sent: no new request
+    /// is asked for, and those the client sent before it read that are still taken.
+    Announced,
+    /// GOAWAY said with the last stream taken: the streams begun are finished, then the
+    /// connection closes.
     Graceful,
     /// GOAWAY said for a breach: the connection closes once it is written.
     Now,
@@ -275,7 +285,7 @@ where
                 let over = match self.ending {
                     Some(Ending::Now) => true,
                     Some(Ending::Graceful) => self.streams.is_empty(),
-                    None => self.client_done && self.streams.is_empty(),
+                    None | Some(Ending::Announced) => self.client_done && self.streams.is_empty(),
                 };
                 if over {
                     let _ = Pin::new(&mut self.io).poll_shutdown(cx);
@@ -294,22 +304,27 @@ where
         }
     }
 
-    /// Notes when the connection has been left without a stream, and says GOAWAY once it has
-    /// been so for `idle_timeout`; true when it did something.
+    /// Notes when the connection has been left without a stream, and begins to end it once it
+    /// has been so for `idle_timeout`; ends it when the client leaves `LAST_CALL` unanswered
+    /// for `LAST_CALL_WAIT`. True when it did something.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> bool {
-        let idle = self.streams.is_empty() && self.written == self.link.wire.len();
-        match (idle, self.idle_due) {
-            (true, None) => self.idle_due = Some(tokio::time::Instant::now() + self.idle_timeout),
-            (false, Some(_)) => self.idle_due = None,
-            _ => {}
+        if self.ending.is_none() {
+            let idle = self.streams.is_empty() && self.written == self.link.wire.len();
+            match (idle, self.idle_due) {
+                (true, None) => self.idle_due = Some(tokio::time::Instant::now() + self.idle_timeout),
+                (false, Some(_)) => self.idle_due = None,
+                _ => {}
+            }
         }
-        if self.ending.is_some() || self.idle_timer.as_mut().poll(cx).is_pending() {
+        let timed = matches!(self.ending, None | Some(Ending::Announced));
+        if !timed || self.idle_timer.as_mut().poll(cx).is_pending() {
             return false;
         }
         let now = tokio::time::Instant::now();
         match self.idle_due {
+            Some(due) if now >= due && self.ending.is_none() => self.announce_end(),
             Some(due) if now >= due => {
-                self.go_away(NO_ERROR, Ending::Graceful, "no stream within the idle timeout");
+                self.go_away(NO_ERROR, Ending::Graceful, "no answer to the last call");
             }
             due => self.idle_timer.as_mut().reset(due.unwrap_or(now + self.idle_timeout)),
         }
@@ -368,6 +383,12 @@ where
             }
             Event::GoAway { .. } => {
                 self.client_done = true;
+                Ok(())
+            }
+            Event::PingAnswered { payload } => {
+                if payload == LAST_CALL && self.ending == Some(Ending::Announced) {
+                    self.go_away(NO_ERROR, Ending::Graceful, "every request sent has come");
+                }
                 Ok(())
             }
             Event::WindowUpdate { id, increment } => {
@@ -478,7 +499,7 @@ where
             return Err(conn_error(PROTOCOL_ERROR, "a client opened an even-numbered stream"));
         }
         self.last_id = id;
-        if self.ending.is_some() {
+        if matches!(self.ending, Some(Ending::Graceful | Ending::Now)) {
             // After GOAWAY: not processed, as GOAWAY's last stream told the client.
             return Ok(());
         }
@@ -763,6 +784,17 @@ where
 
     fn index(&self, id: u32) -> Option<usize> {
         self.streams.iter().position(|s| s.id == id)
+    }
+
+    /// Begins a graceful end: GOAWAY with the highest stream identifier, and `LAST_CALL`; the
+    /// final GOAWAY follows its answer.
+    fn announce_end(&mut self) {
+        goaway(&mut self.link.wire, MAX_STREAM_ID, NO_ERROR, b"");
+        ping(&mut self.link.wire, &LAST_CALL);
+        self.ending = Some(Ending::Announced);
+        let due = tokio::time::Instant::now() + LAST_CALL_WAIT;
+        self.idle_due = Some(due);
+        self.idle_timer.as_mut().reset(due);
     }
 
     /// Says GOAWAY: no stream past the last opened is taken.
@@ -1106,6 +1138,64 @@ mod tests {
     async fn goaway_code(io: &mut DuplexStream) -> u32 {
         let (_, _, payload) = next_of(io, GOAWAY).await;
         u32::from_be_bytes(payload[4..8].try_into().unwrap())
+    }
+
+    /// A GOAWAY frame's last stream and error code.
+    fn goaway_of(payload: &[u8]) -> (u32, u32) {
+        let word = |i: usize| u32::from_be_bytes(payload[i..i + 4].try_into().unwrap());
+        (word(0), word(4))
+    }
+
+    #[tokio::test]
+    async fn a_request_on_its_way_as_the_drain_begins_is_answered_and_the_last_goaway_names_it() {
+        let (mut io, drain, _, served) = server();
+        io.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat()).await.unwrap();
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        assert_eq!(next_of(&mut io, HEADERS).await.1, 1);
+        drain.send(true).unwrap();
+        // First: no new request, but every stream may still come.
+        let (_, _, first) = next_of(&mut io, GOAWAY).await;
+        assert_eq!(goaway_of(&first), (MAX_STREAM_ID, NO_ERROR));
+        let (flags, _, last_call) = next_of(&mut io, PING).await;
+        assert_eq!(flags & ACK, 0);
+        // A request the client sent before it read that GOAWAY, then its answer to the PING.
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        io.write_all(&frame(PING, ACK, 0, &last_call)).await.unwrap();
+        let (mut answered, mut last) = (Vec::new(), None);
+        while let Some((kind, _, id, payload)) = read_frame(&mut io).await {
+            match kind {
+                HEADERS => answered.push(id),
+                GOAWAY => last = Some(goaway_of(&payload)),
+                _ => {}
+            }
+        }
+        assert_eq!(answered, [3], "the request sent as the drain began was answered");
+        assert_eq!(last, Some((3, NO_ERROR)), "the last GOAWAY names the last stream taken");
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await.expect("closed");
+        assert!(ended.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_the_last_call_unanswered_is_told_the_last_goaway_within_a_second() {
+        let (mut io, drain, _, served) = server();
+        io.write_all(&[PREFACE, &frame(SETTINGS, 0, 0, &[])].concat()).await.unwrap();
+        drain.send(true).unwrap();
+        assert_eq!(goaway_of(&next_of(&mut io, GOAWAY).await.2), (MAX_STREAM_ID, NO_ERROR));
+        let asked = std::time::Instant::now();
+        assert_eq!(goaway_of(&next_of(&mut io, GOAWAY).await.2), (0, NO_ERROR));
+        assert!(asked.elapsed() >= LAST_CALL_WAIT - Duration::from_millis(50), "{:?}", asked.elapsed());
+        // A stream opened after it is not taken.
+        let _ =
+            io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hello", &[]))).await;
+        while let Some((kind, ..)) = read_frame(&mut io).await {
+            assert_ne!(kind, HEADERS, "a stream past the last GOAWAY was answered");
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await.expect("closed");
+        assert!(ended.unwrap().is_ok());
     }
 
     #[tokio::test]

@@ -153,6 +153,14 @@ pub(crate) fn settings(wire: &mut Vec<u8>, settings: &[(u16, u32)]) {
     }
 }
 
+/// The largest stream identifier (RFC 9113 §5.1.1).
+pub(crate) const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+
+pub(crate) fn ping(wire: &mut Vec<u8>, payload: &[u8; 8]) {
+    frame_head(wire, 8, PING, 0, 0);
+    wire.extend_from_slice(payload);
+}
+
 pub(crate) fn goaway(wire: &mut Vec<u8>, last_id: u32, code: u32, debug: &[u8]) {
     frame_head(wire, 8 + debug.len(), GOAWAY, 0, 0);
     wire.extend_from_slice(&last_id.to_be_bytes());
@@ -475,6 +483,10 @@ pub(crate) enum Event {
     GoAway {
         last_id: u32,
     },
+    /// The peer answered a PING of ours.
+    PingAnswered {
+        payload: [u8; 8],
+    },
     /// The connection's send window grew.
     ConnectionWindow,
     WindowUpdate {
@@ -606,10 +618,12 @@ impl Link {
                 if payload.len() != 8 {
                     return Err(conn_error(FRAME_SIZE_ERROR, "PING not 8 bytes long"));
                 }
-                if flags & ACK == 0 {
-                    frame_head(&mut self.wire, 8, PING, ACK, 0);
-                    self.wire.extend_from_slice(&payload);
+                let payload: [u8; 8] = payload[..].try_into().expect("8 bytes, checked");
+                if flags & ACK != 0 {
+                    return Ok(Event::PingAnswered { payload });
                 }
+                frame_head(&mut self.wire, 8, PING, ACK, 0);
+                self.wire.extend_from_slice(&payload);
                 Ok(Event::None)
             }
             GOAWAY => {

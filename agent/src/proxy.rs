@@ -3,6 +3,7 @@
 //! accepts only the destination's SPIFFE ID. HTTP/1.1 and HTTP/2 (gRPC trailers pass
 //! through), and raw TCP.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -61,6 +62,11 @@ const ROUTES_WARMING: Duration = Duration::from_secs(5);
 /// streamed and not retried.
 const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Other endpoints of its cluster a request is offered to when one took nothing of it (its
+/// connection refused, or its stream turned away unprocessed), as Istio's default retries and
+/// Linkerd's balancer do: safe whatever the method, since no application saw it. An endpoint
+/// that is leaving — its agent draining, stopped, restarting — then costs no request.
+const OTHER_ENDPOINTS_OFFERED: usize = 2;
 /// Most mesh endpoints whose agreement to HTTP/2 is kept (past it, they are asked again).
 const MAX_ENDPOINTS_ASKED: usize = 4096;
 /// Longest a client may take over a TLS handshake, or over a request's headers: a slow
@@ -560,7 +566,7 @@ impl Proxy {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let pick = self.endpoint(cluster).map_err(|(_, why)| anyhow!(why))?;
+        let pick = self.endpoint(cluster, &[]).map_err(|(_, why)| anyhow!(why))?;
         let (target, addr) = (pick.cluster.target.clone(), pick.addr);
         let _in_flight = pick
             .health
@@ -579,9 +585,9 @@ impl Proxy {
         Ok(())
     }
 
-    /// A cluster and one of its endpoints (random among those not ejected), or a status and
-    /// reason.
-    fn endpoint(&self, cluster: &str) -> Result<Pick, (StatusCode, String)> {
+    /// A cluster and one of its endpoints (random among those not ejected), none of `tried`,
+    /// or a status and reason.
+    fn endpoint(&self, cluster: &str, tried: &[SocketAddr]) -> Result<Pick, (StatusCode, String)> {
         let cfg = self.state.config();
         let c = cfg
             .clusters
@@ -592,7 +598,14 @@ impl Proxy {
             Target::Local(a) => (*a, 1),
             Target::Mesh { eds, .. } => {
                 let eps = cfg.endpoints.get(eds).map(|e| e.as_slice()).unwrap_or_default();
-                let usable = health.usable(eps, std::time::Instant::now());
+                let mut usable = health.usable(eps, std::time::Instant::now());
+                if !tried.is_empty() {
+                    let untried = |hosts: &[SocketAddr]| -> Vec<SocketAddr> {
+                        hosts.iter().filter(|h| !tried.contains(h)).copied().collect()
+                    };
+                    let fresh = untried(&usable);
+                    usable = Cow::Owned(if fresh.is_empty() { untried(eps) } else { fresh });
+                }
                 if usable.is_empty() {
                     return Err((
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -1006,8 +1019,41 @@ impl Proxy {
         last
     }
 
+    /// Sends `req` to an endpoint of `cluster`, and a request held whole that an endpoint took
+    /// nothing of to up to `OTHER_ENDPOINTS_OFFERED` others.
     async fn send(&self, cluster: &str, req: Request<Body>) -> Result<Response<Body>, Failure> {
-        let pick = self.endpoint(cluster).map_err(Failure::Local)?;
+        let (mut parts, mut body) = req.into_parts();
+        let (mut tried, mut failed) = (Vec::new(), None);
+        loop {
+            let pick = match (self.endpoint(cluster, &tried), failed) {
+                (Ok(pick), _) => pick,
+                (Err(_), Some(failure)) => return Err(failure),
+                (Err(local), None) => return Err(Failure::Local(local)),
+            };
+            // Copied only where there is another endpoint to offer it to.
+            let spare = (tried.len() < OTHER_ENDPOINTS_OFFERED && pick.hosts > tried.len() + 1)
+                .then(|| body.copy().map(|b| (parts.clone(), b)))
+                .flatten();
+            let addr = pick.addr;
+            match self.send_to(cluster, pick, Request::from_parts(parts, body)).await {
+                Err(failure) if failure.nothing_sent() && spare.is_some() => {
+                    tracing::debug!(cluster, host = %addr, "the endpoint took nothing; offered to another");
+                    tried.push(addr);
+                    failed = Some(failure);
+                    (parts, body) = spare.expect("checked");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Sends `req` to the endpoint picked, and records how it went.
+    async fn send_to(
+        &self,
+        cluster: &str,
+        pick: Pick,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, Failure> {
         let addr = pick.addr;
         let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
             Failure::Local((
@@ -1363,6 +1409,8 @@ struct Pick {
 /// Why one try failed.
 enum Failure {
     Connect(String),
+    /// The upstream turned the request away before acting on it.
+    Refused(String),
     Reset(String),
     Timeout,
     Local((StatusCode, String)),
@@ -1372,8 +1420,14 @@ impl Failure {
     fn of_pool(e: PoolError) -> Failure {
         match e {
             PoolError::Connect(why) => Failure::Connect(why),
-            PoolError::Http(why) | PoolError::Unprocessed(why) => Failure::Reset(why),
+            PoolError::Unprocessed(why) => Failure::Refused(why),
+            PoolError::Http(why) => Failure::Reset(why),
         }
+    }
+
+    /// Nothing of the request reached the upstream's application.
+    fn nothing_sent(&self) -> bool {
+        matches!(self, Failure::Connect(_) | Failure::Refused(_))
     }
 
     fn into_status(self) -> (StatusCode, String) {
@@ -1381,6 +1435,7 @@ impl Failure {
             Failure::Connect(why) => {
                 (StatusCode::SERVICE_UNAVAILABLE, format!("upstream connect error: {why}"))
             }
+            Failure::Refused(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("upstream refused: {why}")),
             Failure::Reset(why) => (StatusCode::BAD_GATEWAY, format!("upstream reset: {why}")),
             Failure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout".into()),
             Failure::Local(s) => s,
@@ -1411,8 +1466,9 @@ fn should_retry(r: &Retry, result: &Result<Response<Body>, Failure>) -> bool {
         (RetryOn::ConnectFailure, Err(Failure::Connect(_))) => true,
         (
             RetryOn::Reset | RetryOn::FiveXx | RetryOn::GatewayError,
-            Err(Failure::Reset(_) | Failure::Timeout),
+            Err(Failure::Reset(_) | Failure::Refused(_) | Failure::Timeout),
         ) => true,
+        (RetryOn::RefusedStream, Err(Failure::Refused(_))) => true,
         (RetryOn::FiveXx, Err(Failure::Connect(_))) => true,
         (RetryOn::FiveXx, Ok(resp)) => resp.status().is_server_error(),
         (RetryOn::GatewayError, Ok(resp)) => matches!(resp.status().as_u16(), 502..=504),

@@ -1057,20 +1057,19 @@ async fn pair_of(
     let (mut agents, mut cert_dirs) = (Vec::new(), Vec::new());
     let instances = reviews.iter().map(|(address, port)| ("reviews", *address, Some(*port)));
     for (service, address, app_port) in instances.chain([("productpage", caller, None)]) {
+        let tok = join_token(&api, service, json!({"version": "v1"})).await;
         let dir = tmp.path().join(address);
         std::fs::create_dir_all(&dir).unwrap();
-        let tok = join_token(&api, service, json!({"version": "v1"})).await;
-        let (app_port, proxy) = (format!("9080={}", app_port.unwrap_or(0)), format!("{address}:15001"));
-        let flags = match service {
-            "reviews" => vec!["--port", "9080", "--app-port", &app_port, "--outbound", "none"],
-            _ => vec!["--outbound", "none", "--http-proxy-addr", &proxy],
+        let p = match app_port {
+            Some(port) => reviews_agent(&t, tmp.path(), address, port, &tok).await,
+            None => {
+                let proxy = format!("{address}:15001");
+                let flags = ["--outbound", "none", "--http-proxy-addr", &proxy];
+                let mut p = agent(&t.xds, &ca, &dir, &tok, service, address, &flags);
+                p.wait_for_line("joined the mesh", Duration::from_secs(20)).await;
+                p
+            }
         };
-        let mut p = agent(&t.xds, &ca, &dir, &tok, service, address, &flags);
-        p.wait_for_line("joined the mesh", Duration::from_secs(20)).await;
-        if service == "reviews" {
-            let inbound = format!("listening inbound:9080 on {address}:9080");
-            p.wait_for_line(&inbound, Duration::from_secs(20)).await;
-        }
         agents.push(p);
         cert_dirs.push(dir.join("certs"));
     }
@@ -1091,6 +1090,19 @@ async fn pair_of(
     }
     assert_eq!(answers(&answered), 5, "{answered:?}\n{}", agents.last().unwrap().output());
     Pair { t, api, agents, cert_dirs, addrs: [reviews[0].0, caller], client, tmp }
+}
+
+/// An agent of `reviews` on `address` in front of the application on `app_port`, its files in
+/// `tmp`/`address` (an agent started again there goes on with the SVID it holds); returns once
+/// it has joined and listens.
+async fn reviews_agent(t: &Trellis, tmp: &Path, address: &str, app_port: u16, token: &str) -> Process {
+    let app_port = format!("9080={app_port}");
+    let flags = ["--port", "9080", "--app-port", &app_port, "--outbound", "none"];
+    let ca = tmp.join("platform-ca.pem");
+    let mut p = agent(&t.xds, &ca, &tmp.join(address), token, "reviews", address, &flags);
+    let inbound = format!("listening inbound:9080 on {address}:9080");
+    p.wait_for_line(&inbound, Duration::from_secs(30)).await;
+    p
 }
 
 /// Whether the SVID in `cert_dir` chains to the root `root_pem` of `trust_domain`.
@@ -1552,6 +1564,93 @@ async fn least_request_sends_fewer_requests_to_a_slow_instance_than_round_robin_
     // With two choices the slow one (always busier) gets a request only when drawn twice: ~25 %.
     assert!(slow_share * 100 < n * 35, "the slow instance got {slow_share} of {n}: {split:?}");
     println!("least request: the slow instance (200 ms) got {slow_share} of {n} concurrent requests");
+    drop((agents, t));
+}
+
+/// Calls through the caller's HTTP proxy until `stop`, GETs and POSTs with a body in turn;
+/// each answer's body, or what went wrong instead.
+fn steady_calls(
+    client: &reqwest::Client,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    let (client, stop) = (client.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut answers = Vec::new();
+        for i in 0.. {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let req = match i % 2 {
+                0 => client.get(PAIR_URL),
+                _ => client.post(PAIR_URL).body(format!("order {i}")),
+            };
+            answers.push(match req.send().await {
+                Ok(r) if r.status() == 200 => r.text().await.unwrap(),
+                Ok(r) => format!("status {}: {}", r.status(), r.text().await.unwrap_or_default().trim()),
+                Err(e) => format!("error {e}"),
+            });
+        }
+        answers
+    })
+}
+
+/// Rolling every instance of a service under load: each agent in turn is told to stop
+/// (SIGTERM), drains, exits and is started again from its files. Its callers' requests on the
+/// way as it leaves are answered (a graceful GOAWAY in two steps), and those that find it gone
+/// — connection refused, while the control plane still lists it — go to the other instance:
+/// no request fails, GET or POST.
+#[tokio::test]
+async fn instances_restarted_one_after_another_under_load_fail_no_request() {
+    let db = TestDb::create().await;
+    let (a, b) = (app_after("a", Duration::ZERO).await, app_after("b", Duration::ZERO).await);
+    let addresses = ["127.0.0.57", "127.0.0.58"];
+    let Pair { t, api, mut agents, client, tmp, .. } =
+        pair_of(&db, &[(addresses[0], a), (addresses[1], b)], "127.0.0.59", &[]).await;
+    let mut policy = example_documents().into_iter().find(|d| d["kind"] == "AccessPolicy").unwrap();
+    policy["spec"]["rules"][0]["to"]["methods"] = json!(["GET", "POST"]);
+    let (status, body) = api.put(&document_path(&policy), &policy).await;
+    assert_eq!(status, 200, "{body}");
+    let posted = || client.post(PAIR_URL).body("order").send();
+    for _ in 0..100 {
+        if posted().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let both = || async {
+        for _ in 0..100 {
+            if tally(&client, PAIR_URL, false, 20).await.keys().eq(["a", "b"]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("both instances never answered");
+    };
+    both().await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4).map(|_| steady_calls(&client, &stop)).collect();
+    for (i, address) in addresses.into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        agents[i].signal("TERM").await;
+        assert!(agents[i].wait(Duration::from_secs(15)).await.success(), "{}", agents[i].output());
+        // A while with the instance gone, its callers still told of it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let token = std::fs::read_to_string(tmp.path().join(address).join("token")).unwrap();
+        let port = [a, b][i];
+        agents[i] = reviews_agent(&t, tmp.path(), address, port, &token).await;
+        both().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = BTreeMap::new();
+    for task in load {
+        for answer in task.await.unwrap() {
+            *answers.entry(answer).or_insert(0usize) += 1;
+        }
+    }
+    assert_eq!(answers.keys().collect::<Vec<_>>(), ["a", "b"], "every call answered: {answers:?}");
+    let calls: usize = answers.values().sum();
+    assert!(calls > 200, "the load went on throughout: {answers:?}");
+    println!("two instances restarted in turn: {calls} calls, none failed: {answers:?}");
     drop((agents, t));
 }
 
