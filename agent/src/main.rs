@@ -229,7 +229,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             every,
         ));
     }
-    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone()));
+    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone(), proxy.draining()));
 
     stop.await;
     tracing::info!(within = ?args.drain_timeout, "draining");

@@ -4,7 +4,9 @@
 //! renewed SVID is presented at once on a new stream: the control plane counts the old leaf
 //! in use (its CA cannot be retired unforced) until it has seen the new one. The old stream
 //! closes only once the new one is answered (or after [`OVERLAP`]): a proxy without a stream
-//! is no longer a healthy endpoint of its service.
+//! is no longer a healthy endpoint of its service. When the agent drains, it ends its side of
+//! the stream: the control plane takes that as the proxy leaving, and its callers stop sending
+//! to it at once rather than after the grace period of a stream cut off.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,15 +31,26 @@ const MAX_ERROR_DETAIL: usize = 4096;
 /// control plane registers the new stream on its first request, and may have nothing to
 /// send on it.
 const OVERLAP: Duration = Duration::from_secs(5);
+/// Longest the agent waits, having ended its side, for the control plane to end the stream.
+const LEAVING_WAIT: Duration = Duration::from_secs(2);
 
-/// Keeps a stream open for as long as the process runs.
-pub async fn run(cp: ControlPlane, identity: Arc<Identity>, node: Node, sink: Arc<dyn ConfigSink>) {
+/// Keeps a stream open for as long as the process runs, until the agent is `leaving`.
+pub async fn run(
+    cp: ControlPlane,
+    identity: Arc<Identity>,
+    node: Node,
+    sink: Arc<dyn ConfigSink>,
+    mut leaving: tokio::sync::watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::default();
     let mut renewed = identity.changed.subscribe();
     let mut replaced = None;
-    loop {
+    while !*leaving.borrow() {
         renewed.mark_unchanged();
-        match stream(&cp, &identity, &node, sink.as_ref(), &mut renewed, replaced.take()).await {
+        let streamed =
+            stream(&cp, &identity, &node, sink.as_ref(), &mut renewed, &mut leaving, replaced.take());
+        match streamed.await {
+            Ok(Ended::Left) => return,
             Ok(Ended::Renewed(open)) => {
                 tracing::info!("presenting the renewed SVID on a new xDS stream");
                 replaced = Some(open);
@@ -51,12 +64,17 @@ pub async fn run(cp: ControlPlane, identity: Arc<Identity>, node: Node, sink: Ar
                 tracing::warn!(error = %why, "xDS stream failed");
             }
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next()) => {}
+            _ = leaving.wait_for(|l| *l) => return,
+        }
     }
 }
 
 enum Ended {
     ByServer,
+    /// The agent ended its side, leaving, and the control plane ended the stream.
+    Left,
     /// The SVID was renewed while this stream was open; it is handed back still open.
     Renewed(Box<OpenStream>),
 }
@@ -79,6 +97,7 @@ async fn stream(
     node: &Node,
     sink: &dyn ConfigSink,
     renewed: &mut tokio::sync::watch::Receiver<u64>,
+    leaving: &mut tokio::sync::watch::Receiver<bool>,
     mut replaced: Option<Box<OpenStream>>,
 ) -> Result<Ended, Failure> {
     let fail = |why: String| Failure { why, answered: false };
@@ -114,6 +133,13 @@ async fn stream(
             () = &mut overlap_ends, if replaced.is_some() => {
                 replaced = None;
                 continue;
+            }
+            true = async { leaving.wait_for(|l| *l).await.is_ok() } => {
+                drop(tx);
+                tracing::info!("leaving: the xDS stream ended on the agent's side");
+                let ended = async { while let Ok(Some(_)) = responses.message().await {} };
+                let _ = tokio::time::timeout(LEAVING_WAIT, ended).await;
+                return Ok(Ended::Left);
             }
         };
         replaced = None;

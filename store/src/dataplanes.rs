@@ -268,6 +268,18 @@ impl TenantTx {
         Ok(())
     }
 
+    /// The stream that registered at `connected_at` was ended by its proxy, which is leaving:
+    /// the dataplane goes at once, out of the endpoints without a grace period. A newer
+    /// stream of the same node keeps it.
+    pub async fn dataplane_left(&mut self, id: Uuid, connected_at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM dataplanes WHERE id = $1 AND connected_at = $2")
+            .bind(id)
+            .bind(connected_at)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
     /// Dataplanes of a mesh, by service and node.
     pub async fn list_dataplanes(&mut self, mesh: MeshId) -> Result<Vec<Dataplane>, StoreError> {
         Ok(sqlx::query_as(concat!(

@@ -1595,10 +1595,10 @@ fn steady_calls(
 }
 
 /// Rolling every instance of a service under load: each agent in turn is told to stop
-/// (SIGTERM), drains, exits and is started again from its files. Its callers' requests on the
-/// way as it leaves are answered (a graceful GOAWAY in two steps), and those that find it gone
-/// — connection refused, while the control plane still lists it — go to the other instance:
-/// no request fails, GET or POST.
+/// (SIGTERM), drains, exits and is started again from its files. The control plane drops the
+/// instance as it leaves; its callers' requests on the way are answered (a graceful GOAWAY in
+/// two steps), and those that find it gone — connection refused, before the callers have heard
+/// — go to the other instance: no request fails, GET or POST.
 #[tokio::test]
 async fn instances_restarted_one_after_another_under_load_fail_no_request() {
     let db = TestDb::create().await;
@@ -1633,7 +1633,18 @@ async fn instances_restarted_one_after_another_under_load_fail_no_request() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         agents[i].signal("TERM").await;
         assert!(agents[i].wait(Duration::from_secs(15)).await.success(), "{}", agents[i].output());
-        // A while with the instance gone, its callers still told of it.
+        // Draining, the agent ended its xDS stream: the control plane took it as leaving and
+        // dropped the instance at once, not after the grace period of a stream cut off.
+        let listed = || async {
+            let (_, list) = api.get("/meshes/shop/dataplanes").await;
+            list["items"].as_array().unwrap().iter().any(|d| d["address"] == address)
+        };
+        let gone = std::time::Instant::now();
+        while listed().await {
+            assert!(gone.elapsed() < Duration::from_secs(5), "{address} still listed after it left");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A while with the instance gone.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let token = std::fs::read_to_string(tmp.path().join(address).join("token")).unwrap();
         let port = [a, b][i];

@@ -108,6 +108,20 @@ async fn registration_bumps_the_mesh_and_the_ledger_shows_sync_state() {
     assert_eq!(store.prune_dataplanes(Duration::from_millis(10)).await.unwrap(), 1);
     let (_, list) = api.get("/meshes/shop/dataplanes").await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    // A proxy that ends its stream itself leaves at once, with a new revision; the end of an
+    // older stream of the node leaves a newer registration.
+    let r2 = revision().await;
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.dataplane_left(a.id, a2.connected_at).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(revision().await, r2, "an older stream's end changes nothing");
+    assert_eq!(by_state(&api, "reviews-a").await, "in-sync");
+    let mut tx = store.tenant(org.id).await.unwrap();
+    tx.dataplane_left(a.id, a3.connected_at).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(revision().await > r2);
+    let (_, list) = api.get("/meshes/shop/dataplanes").await;
+    assert_eq!(list["items"], json!([]), "gone without a grace period");
     // Another organization sees nothing.
     let other = Api::new(&t, "acme", &token(&db, "other", Role::Owner).await);
     assert_eq!(other.get("/meshes/shop/dataplanes").await.0, 404);

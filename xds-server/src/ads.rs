@@ -547,6 +547,9 @@ async fn run<P: Protocol>(
     };
     session.refresh();
     let mut next = Some(first);
+    // The client ended its side of the stream: a proxy leaving (an agent draining), not one
+    // cut off.
+    let mut left = false;
     loop {
         let result = if let Some(req) = next.take() {
             session.on_request(req, &mut reg).await
@@ -554,7 +557,11 @@ async fn run<P: Protocol>(
             tokio::select! {
                 msg = inbound.message() => match msg {
                     Ok(Some(req)) => session.on_request(req, &mut reg).await,
-                    Ok(None) | Err(_) => break,
+                    Ok(None) => {
+                        left = true;
+                        break;
+                    }
+                    Err(_) => break,
                 },
                 changed = watch.changed() => {
                     if changed.is_err() {
@@ -576,8 +583,13 @@ async fn run<P: Protocol>(
     if let Some(at) = session.reregistered_at {
         connected_at = at;
     }
-    ctx.ledger.record_now(peer.org, LedgerOp::Offline { dataplane, connected_at }).await;
-    tracing::info!(mesh = %peer.mesh, service = %peer.service, %dataplane, "xDS stream closed");
+    if left {
+        ctx.ledger.record_now(peer.org, LedgerOp::Left { dataplane, connected_at }).await;
+        tracing::info!(mesh = %peer.mesh, service = %peer.service, %dataplane, "xDS stream ended by the proxy: left");
+    } else {
+        ctx.ledger.record_now(peer.org, LedgerOp::Offline { dataplane, connected_at }).await;
+        tracing::info!(mesh = %peer.mesh, service = %peer.service, %dataplane, "xDS stream closed");
+    }
 }
 
 /// A stream's state between requests and pushes.

@@ -36,6 +36,12 @@ pub enum LedgerOp {
         /// When the closing stream registered: a newer registration stays online.
         connected_at: chrono::DateTime<chrono::Utc>,
     },
+    /// The dataplane ended its stream itself, as a proxy that is leaving does: out of the
+    /// endpoints at once (a newer registration stays).
+    Left {
+        dataplane: Uuid,
+        connected_at: chrono::DateTime<chrono::Utc>,
+    },
     /// What the resources sent to the dataplane configure: the services it calls, and
     /// whether its own inbound side.
     Reach {
@@ -246,6 +252,7 @@ async fn apply(tx: &mut trellis_store::TenantTx, op: &LedgerOp) -> Result<(), St
         LedgerOp::Offline { dataplane, connected_at } => {
             tx.dataplane_offline(*dataplane, *connected_at).await
         }
+        LedgerOp::Left { dataplane, connected_at } => tx.dataplane_left(*dataplane, *connected_at).await,
         LedgerOp::Synced { dataplane, revision } => tx.dataplane_synced(*dataplane, *revision).await,
         LedgerOp::Svid { dataplane, serial, not_after } => {
             tx.dataplane_svid(*dataplane, serial, *not_after).await
