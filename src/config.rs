@@ -498,8 +498,8 @@ pub struct Serve {
     #[arg(long, env = "TRELLIS_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// How long a dataplane whose stream closed stays in the endpoints before the leader
-    /// removes it.
+    /// How long a dataplane whose stream was cut off stays in the endpoints before the leader
+    /// removes it (one whose proxy ended the stream itself, leaving, goes at once).
     #[arg(long, env = "TRELLIS_DATAPLANE_GRACE", default_value = "60s", value_parser = parse_duration)]
     pub dataplane_grace: Duration,
 
