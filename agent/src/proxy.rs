@@ -562,26 +562,37 @@ impl Proxy {
         result.map_err(|e| anyhow!("{e}"))
     }
 
+    /// Forwards a connection to an endpoint of `cluster`; an endpoint that refuses it (nothing
+    /// of the client's bytes has been read) is passed over for up to `OTHER_ENDPOINTS_OFFERED`
+    /// others, as a request is.
     async fn tcp_forward<IO>(&self, cluster: &str, mut down: IO) -> anyhow::Result<()>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let pick = self.endpoint(cluster, &[]).map_err(|(_, why)| anyhow!(why))?;
-        let (target, addr) = (pick.cluster.target.clone(), pick.addr);
-        let _in_flight = pick
-            .health
-            .admit(pick.cluster.limit)
-            .ok_or_else(|| anyhow!("circuit breaker open: {cluster}"))?;
-        match target {
-            Target::Local(_) => {
-                let mut up = connect_tcp(addr).await?;
-                pipe(&mut down, &mut up).await?;
+        let mut tried = Vec::new();
+        let (mut up, _in_flight) = loop {
+            let pick = self.endpoint(cluster, &tried).map_err(|(_, why)| anyhow!(why))?;
+            let in_flight = pick
+                .health
+                .admit(pick.cluster.limit)
+                .ok_or_else(|| anyhow!("circuit breaker open: {cluster}"))?;
+            let connected: std::io::Result<Box<dyn Upstream>> = match &pick.cluster.target {
+                Target::Local(_) => connect_tcp(pick.addr).await.map(|io| Box::new(io) as _),
+                Target::Mesh { peer, .. } => {
+                    let tls = self.tls_connector(peer, Alpn::Http1)?;
+                    connect_mtls(tls, pick.addr).await.map(|io| Box::new(io) as _)
+                }
+            };
+            match connected {
+                Ok(up) => break (up, in_flight),
+                Err(e) if tried.len() < OTHER_ENDPOINTS_OFFERED && pick.hosts > tried.len() + 1 => {
+                    tracing::debug!(cluster, host = %pick.addr, error = %e, "the endpoint took nothing; offered to another");
+                    tried.push(pick.addr);
+                }
+                Err(e) => return Err(e.into()),
             }
-            Target::Mesh { peer, .. } => {
-                let mut up = connect_mtls(self.tls_connector(&peer, Alpn::Http1)?, addr).await?;
-                pipe(&mut down, &mut up).await?;
-            }
-        }
+        };
+        pipe(&mut down, &mut up).await?;
         Ok(())
     }
 

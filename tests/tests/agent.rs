@@ -1665,6 +1665,98 @@ async fn instances_restarted_one_after_another_under_load_fail_no_request() {
     drop((agents, t));
 }
 
+/// The same for TCP: the two instances of `db` restarted in turn while a caller opens one
+/// connection after another through its outbound listener; a connection that finds an instance
+/// gone is carried to the other, and every one echoes.
+#[tokio::test]
+async fn tcp_connections_reach_the_instance_still_there_while_the_other_restarts() {
+    let db = TestDb::create().await;
+    let mut cmd = trellis();
+    cmd.env("TRELLIS_DATABASE_URL", db.owner_url()).args(["--http-addr", "127.0.0.1:0"]);
+    let t = Trellis::start(cmd).await;
+    let api = Api::new(&t, "acme", &token(&db, "acme", Role::Admin).await);
+    for doc in
+        example_documents().into_iter().filter(|d| ["Mesh", "Service"].contains(&d["kind"].as_str().unwrap()))
+    {
+        let (status, body) = api.put(&document_path(&doc), &doc).await;
+        assert!(status == 200 || status == 201, "{body}");
+    }
+    let policy = json!({"spec": {"targetRef": {"service": "db"}, "rules": [{"action": "Allow", "from": [{"service": "productpage"}]}]}});
+    let (status, body) = api.put("/meshes/shop/access-policies/db-callers", &policy).await;
+    assert_eq!(status, 201, "{body}");
+    let store = db.store().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("platform-ca.pem");
+    std::fs::write(&ca, platform_root(&store).await).unwrap();
+    store.close().await;
+    let app_port = format!("5432={}", echo_app().await);
+    let flags = ["--port", "5432", "--app-port", &app_port, "--outbound", "none"];
+    let start = |address: &'static str, token: String| {
+        let (t, ca, dir, flags) = (&t, &ca, tmp.path().join(address), &flags);
+        async move {
+            let mut p = agent(&t.xds, ca, &dir, &token, "db", address, flags);
+            p.wait_for_line(&format!("listening inbound:5432 on {address}:5432"), Duration::from_secs(30))
+                .await;
+            p
+        }
+    };
+    let addresses = ["127.0.0.62", "127.0.0.63"];
+    let mut instances = Vec::new();
+    for address in addresses {
+        instances.push(start(address, join_token(&api, "db", json!({})).await).await);
+    }
+    let tok = join_token(&api, "productpage", json!({})).await;
+    let mut caller = agent(
+        &t.xds,
+        &ca,
+        &tmp.path().join("caller"),
+        &tok,
+        "productpage",
+        "127.0.0.64",
+        &["--outbound", "db"],
+    );
+    let db_addr = outbound_addr(&mut caller, "outbound:db.shop:5432").await;
+    let mut echoed = None;
+    for _ in 0..100 {
+        echoed = echo(&db_addr).await;
+        if echoed.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(echoed.is_some(), "{}", caller.output());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (stop, db_addr) = (stop.clone(), db_addr.clone());
+        async move {
+            let (mut echoed, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match echo(&db_addr).await {
+                    Some(_) => echoed += 1,
+                    None => failed += 1,
+                }
+            }
+            (echoed, failed)
+        }
+    });
+    for (i, address) in addresses.into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        instances[i].signal("TERM").await;
+        assert!(instances[i].wait(Duration::from_secs(15)).await.success(), "{}", instances[i].output());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let token = std::fs::read_to_string(tmp.path().join(address).join("token")).unwrap();
+        instances[i] = start(address, token).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (echoed, failed) = load.await.unwrap();
+    assert_eq!(failed, 0, "{echoed} connections echoed\n{}", caller.output());
+    assert!(echoed > 100, "the connections went on throughout: {echoed}");
+    println!("two db instances restarted in turn: {echoed} connections, none failed");
+    drop((instances, caller, t));
+}
+
 /// Reads from `tcp` until the agent closes the connection (what it answered first, if
 /// anything), or panics after `within`.
 async fn closed_within(tcp: &mut tokio::net::TcpStream, within: Duration) -> String {
