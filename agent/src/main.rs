@@ -229,7 +229,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             every,
         ));
     }
-    tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone(), proxy.draining()));
+    let xds = tokio::spawn(xds_client::run(cp, identity, node(&args), proxy.clone(), proxy.draining()));
 
     stop.await;
     tracing::info!(within = ?args.drain_timeout, "draining");
@@ -237,6 +237,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         0 => tracing::info!("drained"),
         open => tracing::warn!(open, "drain timed out; closing the connections still open"),
     }
+    // The xDS client ends its stream as the drain begins; exiting before the control plane
+    // has heard it would look like a proxy cut off, an endpoint for the grace period still.
+    let _ = tokio::time::timeout(xds_client::LEAVING_WAIT, xds).await;
     Ok(())
 }
 

@@ -32,7 +32,7 @@ const MAX_ERROR_DETAIL: usize = 4096;
 /// send on it.
 const OVERLAP: Duration = Duration::from_secs(5);
 /// Longest the agent waits, having ended its side, for the control plane to end the stream.
-const LEAVING_WAIT: Duration = Duration::from_secs(2);
+pub const LEAVING_WAIT: Duration = Duration::from_secs(2);
 
 /// Keeps a stream open for as long as the process runs, until the agent is `leaving`.
 pub async fn run(
