@@ -790,7 +790,7 @@ where
     /// final GOAWAY follows its answer.
     fn announce_end(&mut self) {
         goaway(&mut self.link.wire, MAX_STREAM_ID, NO_ERROR, b"");
-        ping(&mut self.link.wire, &LAST_CALL);
+        ping(&mut self.link.wire, 0, &LAST_CALL);
         self.ending = Some(Ending::Announced);
         let due = tokio::time::Instant::now() + LAST_CALL_WAIT;
         self.idle_due = Some(due);

@@ -156,8 +156,8 @@ pub(crate) fn settings(wire: &mut Vec<u8>, settings: &[(u16, u32)]) {
 /// The largest stream identifier (RFC 9113 §5.1.1).
 pub(crate) const MAX_STREAM_ID: u32 = (1 << 31) - 1;
 
-pub(crate) fn ping(wire: &mut Vec<u8>, payload: &[u8; 8]) {
-    frame_head(wire, 8, PING, 0, 0);
+pub(crate) fn ping(wire: &mut Vec<u8>, flags: u8, payload: &[u8; 8]) {
+    frame_head(wire, 8, PING, flags, 0);
     wire.extend_from_slice(payload);
 }
 
@@ -622,8 +622,7 @@ impl Link {
                 if flags & ACK != 0 {
                     return Ok(Event::PingAnswered { payload });
                 }
-                frame_head(&mut self.wire, 8, PING, ACK, 0);
-                self.wire.extend_from_slice(&payload);
+                ping(&mut self.wire, ACK, &payload);
                 Ok(Event::None)
             }
             GOAWAY => {

@@ -585,7 +585,7 @@ impl Proxy {
             };
             match connected {
                 Ok(up) => break (up, in_flight),
-                Err(e) if tried.len() < OTHER_ENDPOINTS_OFFERED && pick.hosts > tried.len() + 1 => {
+                Err(e) if pick.another_after(&tried) => {
                     tracing::debug!(cluster, host = %pick.addr, error = %e, "the endpoint took nothing; offered to another");
                     tried.push(pick.addr);
                 }
@@ -1042,9 +1042,7 @@ impl Proxy {
                 (Err(local), None) => return Err(Failure::Local(local)),
             };
             // Copied only where there is another endpoint to offer it to.
-            let spare = (tried.len() < OTHER_ENDPOINTS_OFFERED && pick.hosts > tried.len() + 1)
-                .then(|| body.copy().map(|b| (parts.clone(), b)))
-                .flatten();
+            let spare = pick.another_after(&tried).then(|| body.copy().map(|b| (parts.clone(), b))).flatten();
             let addr = pick.addr;
             match self.send_to(cluster, pick, Request::from_parts(parts, body)).await {
                 Err(failure) if failure.nothing_sent() && spare.is_some() => {
@@ -1415,6 +1413,14 @@ struct Pick {
     /// Hosts of the cluster, ejected ones included.
     hosts: usize,
     health: Arc<ClusterHealth>,
+}
+
+impl Pick {
+    /// Whether what this endpoint takes nothing of may be offered to another, the endpoints
+    /// `tried` before it passed over already.
+    fn another_after(&self, tried: &[SocketAddr]) -> bool {
+        tried.len() < OTHER_ENDPOINTS_OFFERED && self.hosts > tried.len() + 1
+    }
 }
 
 /// Why one try failed.
