@@ -3,12 +3,13 @@
 //! and those are held as they are, without a box per message; the rest stream through a box.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, SizeHint};
+use tokio::sync::oneshot;
 
 use crate::upgrade::Switched;
 
@@ -43,12 +44,82 @@ impl Body {
         }
     }
 
+    /// Keeps what it takes to send this body again should the try it goes to take none of it:
+    /// a copy of one held whole; a streaming one is lent to the try instead, and comes back
+    /// from a try that read none of it (a connection refused before the request was written).
+    pub(crate) fn keep_again(&mut self) -> Option<Again> {
+        match self {
+            Body::Whole(_) => self.copy().map(Again::Copy),
+            Body::Streaming(_) => {
+                let (back, again) = oneshot::channel();
+                let body = std::mem::replace(self, Body::empty());
+                *self = Body::Streaming(OnLoan { body, back: Some(back) }.boxed());
+                Some(Again::Lent(again))
+            }
+            Body::Switched(_) => None,
+        }
+    }
+
     /// `body` as it comes; one that has ended already is held as none.
     pub(crate) fn streaming<B>(body: B) -> Body
     where
         B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static,
     {
         if body.is_end_stream() { Body::empty() } else { Body::Streaming(body.map_err(Into::into).boxed()) }
+    }
+}
+
+/// What [`Body::keep_again`] kept.
+pub(crate) enum Again {
+    Copy(Body),
+    Lent(oneshot::Receiver<Body>),
+}
+
+impl Again {
+    /// The body once more, unless the try it was lent to read some of it.
+    pub(crate) fn take(self) -> Option<Body> {
+        match self {
+            Again::Copy(body) => Some(body),
+            Again::Lent(mut back) => back.try_recv().ok(),
+        }
+    }
+}
+
+/// A streaming body lent to one try: dropped before a frame of it was read, it goes back.
+struct OnLoan {
+    body: Body,
+    /// `None` once a frame was read.
+    back: Option<oneshot::Sender<Body>>,
+}
+
+impl Drop for OnLoan {
+    fn drop(&mut self) {
+        if let Some(back) = self.back.take() {
+            let _ = back.send(std::mem::replace(&mut self.body, Body::empty()));
+        }
+    }
+}
+
+impl hyper::body::Body for OnLoan {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        this.back = None;
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -101,6 +172,33 @@ mod tests {
             assert!(nothing.is_end_stream(), "ended before a frame: HTTP/2 sends END_STREAM on the head");
             assert_eq!(nothing.size_hint().exact(), Some(0));
         }
+    }
+
+    fn streamed(parts: &[&'static str]) -> Body {
+        let frames = parts.iter().map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from(*p))));
+        Body::streaming(StreamBody::new(tokio_stream::iter(frames.collect::<Vec<_>>())))
+    }
+
+    #[tokio::test]
+    async fn a_body_kept_again_comes_back_whole_from_a_try_that_read_none_of_it() {
+        let mut whole = Body::whole("all");
+        let copy = whole.keep_again().unwrap();
+        drop(whole.collect().await.unwrap());
+        assert_eq!(copy.take().unwrap().collect().await.unwrap().to_bytes(), "all", "a copy, read or not");
+
+        let mut unread = streamed(&["a", "b"]);
+        let again = unread.keep_again().unwrap();
+        assert_eq!(unread.size_hint().exact(), None, "lent as it is");
+        drop(unread);
+        let back = again.take().expect("dropped unread: it comes back");
+        assert_eq!(back.collect().await.unwrap().to_bytes(), "ab", "whole");
+
+        let mut begun = streamed(&["a", "b"]);
+        let again = begun.keep_again().unwrap();
+        let first = begun.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        drop(begun);
+        assert!(again.take().is_none(), "what a try began to read is not sent again");
     }
 
     #[tokio::test]

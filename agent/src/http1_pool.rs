@@ -204,6 +204,15 @@ impl Http1Pool {
         B::Error: std::fmt::Display,
         C: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
+        let idle = self.idle_to(&to);
+        let mut connect = Some(connect);
+        let mut open = async || Box::pin(connect.take().expect("one new connection a request")()).await;
+        // Without an idle connection, a new one is opened before anything of the body is read:
+        // a connection refused leaves the body unread, to be offered elsewhere.
+        let opened = match idle {
+            Some(_) => None,
+            None => Some(open().await?),
+        };
         let (head, body) = req.into_parts();
         let mut outgoing = Outgoing::new(body);
         let mut wire = Vec::with_capacity(256);
@@ -211,7 +220,7 @@ impl Http1Pool {
         http1_codec::encode_request(&mut wire, &head, outgoing.framing, upgrade);
         outgoing.take_ready(&mut wire).map_err(PoolError::Http)?;
         let asks = Asks { head: head.method == Method::HEAD, upgrade: upgrade.is_some() };
-        if let Some(mut conn) = self.idle_to(&to) {
+        if let Some(mut conn) = idle {
             let again = outgoing.done && idempotent(&head.method);
             match exchange(&mut conn, &wire, &mut outgoing, asks).await {
                 Ok(response) => return self.respond(conn, response).await,
@@ -221,7 +230,11 @@ impl Http1Pool {
                 Err(f) => return Err(PoolError::Http(f.why)),
             }
         }
-        let mut conn = Connection::new(Box::pin(connect()).await?, to);
+        let io = match opened {
+            Some(io) => io,
+            None => open().await?,
+        };
+        let mut conn = Connection::new(io, to);
         let response =
             exchange(&mut conn, &wire, &mut outgoing, asks).await.map_err(|f| PoolError::Http(f.why))?;
         self.respond(conn, response).await
@@ -737,6 +750,27 @@ pub(crate) mod tests {
         let post = request(Method::POST, "/", addr, Full::new(Bytes::from("x")).boxed());
         let Err(PoolError::Http(why)) = send(&pool, post).await else { panic!("a POST is not sent twice") };
         assert!(why.contains("closed the connection without answering"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_leaves_a_streaming_body_unread_to_go_elsewhere() {
+        // A port nothing listens on.
+        let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let (tx, fed) = fed_body(1);
+        tx.send(Ok(Frame::data(Bytes::from("ready at once")))).await.unwrap();
+        drop(tx);
+        let mut body = Body::streaming(fed);
+        let again = body.keep_again().unwrap();
+        let to = |addr: SocketAddr, body| {
+            Request::post("/echo").header(http::header::HOST, addr.to_string()).body(body).unwrap()
+        };
+        let pool = pool();
+        let refused = pool.send(plain(refusing), || tcp(refusing), to(refusing, body)).await;
+        assert!(matches!(refused, Err(PoolError::Connect(_))), "refused");
+        let body = again.take().expect("nothing of the body was read");
+        let app = hyper_app().await;
+        let answer = pool.send(plain(app), || tcp(app), to(app, body)).await.unwrap();
+        assert_eq!(read(answer).await.0, "ready at once", "all of it reached the other");
     }
 
     #[tokio::test]

@@ -1030,8 +1030,9 @@ impl Proxy {
         last
     }
 
-    /// Sends `req` to an endpoint of `cluster`, and a request held whole that an endpoint took
-    /// nothing of to up to `OTHER_ENDPOINTS_OFFERED` others.
+    /// Sends `req` to an endpoint of `cluster`, and a request an endpoint took nothing of to up
+    /// to `OTHER_ENDPOINTS_OFFERED` others: one held whole, or one whose body that endpoint's
+    /// try read none of.
     async fn send(&self, cluster: &str, req: Request<Body>) -> Result<Response<Body>, Failure> {
         let (mut parts, mut body) = req.into_parts();
         let (mut tried, mut failed) = (Vec::new(), None);
@@ -1041,18 +1042,21 @@ impl Proxy {
                 (Err(_), Some(failure)) => return Err(failure),
                 (Err(local), None) => return Err(Failure::Local(local)),
             };
-            // Copied only where there is another endpoint to offer it to.
-            let spare = pick.another_after(&tried).then(|| body.copy().map(|b| (parts.clone(), b))).flatten();
+            // Kept only where there is another endpoint to offer it to.
+            let again =
+                pick.another_after(&tried).then(|| body.keep_again().map(|a| (parts.clone(), a))).flatten();
             let addr = pick.addr;
-            match self.send_to(cluster, pick, Request::from_parts(parts, body)).await {
-                Err(failure) if failure.nothing_sent() && spare.is_some() => {
-                    tracing::debug!(cluster, host = %addr, "the endpoint took nothing; offered to another");
-                    tried.push(addr);
-                    failed = Some(failure);
-                    (parts, body) = spare.expect("checked");
-                }
+            let failure = match self.send_to(cluster, pick, Request::from_parts(parts, body)).await {
+                Err(failure) if failure.nothing_sent() => failure,
                 result => return result,
-            }
+            };
+            let Some((head, Some(body_again))) = again.map(|(head, again)| (head, again.take())) else {
+                return Err(failure);
+            };
+            tracing::debug!(cluster, host = %addr, "the endpoint took nothing; offered to another");
+            tried.push(addr);
+            failed = Some(failure);
+            (parts, body) = (head, body_again);
         }
     }
 

@@ -1567,10 +1567,11 @@ async fn least_request_sends_fewer_requests_to_a_slow_instance_than_round_robin_
     drop((agents, t));
 }
 
-/// Calls through the caller's HTTP proxy until `stop`, GETs and POSTs with a body in turn;
-/// each answer's body, or what went wrong instead.
+/// Calls through the caller's HTTP proxy (`proxy`) until `stop`: GETs, POSTs with a body, and
+/// POSTs whose body streams, in turn; each answer's body, or what went wrong instead.
 fn steady_calls(
     client: &reqwest::Client,
+    proxy: String,
     stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
     let (client, stop) = (client.clone(), stop.clone());
@@ -1580,9 +1581,13 @@ fn steady_calls(
             if stop.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
             }
-            let req = match i % 2 {
+            let req = match i % 3 {
                 0 => client.get(PAIR_URL),
-                _ => client.post(PAIR_URL).body(format!("order {i}")),
+                1 => client.post(PAIR_URL).body(format!("order {i}")),
+                _ => {
+                    answers.push(streamed_post(&proxy, &format!("order {i}")).await);
+                    continue;
+                }
             };
             answers.push(match req.send().await {
                 Ok(r) if r.status() == 200 => r.text().await.unwrap(),
@@ -1594,18 +1599,52 @@ fn steady_calls(
     })
 }
 
+/// A POST to `PAIR_URL` through the HTTP proxy at `proxy` whose chunked body follows its head
+/// after a pause, so that the agent passes it on as it arrives, not whole: the answer's body,
+/// or what went wrong instead.
+async fn streamed_post(proxy: &str, body: &str) -> String {
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(proxy).await?;
+        let head = format!(
+            "POST {PAIR_URL} HTTP/1.1\r\nhost: reviews.shop:9080\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await?;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        tcp.write_all(format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes()).await?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    let answer = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return format!("error {e}"),
+        Err(_) => return "error no answer within 10 s".into(),
+    };
+    let Some((head, body)) = answer.split_once("\r\n\r\n") else { return format!("error {answer:?}") };
+    let status = head.split(' ').nth(1).unwrap_or_default();
+    let body = match head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // One chunk, then the last: `1\r\na\r\n0\r\n\r\n`.
+        true => body.split("\r\n").nth(1).unwrap_or_default(),
+        false => body,
+    };
+    match status {
+        "200" => body.to_owned(),
+        _ => format!("status {status}: {}", body.trim()),
+    }
+}
+
 /// Rolling every instance of a service under load: each agent in turn is told to stop
 /// (SIGTERM), drains, exits and is started again from its files. The control plane drops the
 /// instance as it leaves; its callers' requests on the way are answered (a graceful GOAWAY in
 /// two steps), and those that find it gone — connection refused, before the callers have heard
-/// — go to the other instance: no request fails, GET or POST.
+/// — go to the other instance: no request fails, GET or POST, whole or streaming.
 #[tokio::test]
 async fn instances_restarted_one_after_another_under_load_fail_no_request() {
     let db = TestDb::create().await;
     let (a, b) = (app_after("a", Duration::ZERO).await, app_after("b", Duration::ZERO).await);
-    let addresses = ["127.0.0.57", "127.0.0.58"];
+    let (addresses, caller) = (["127.0.0.57", "127.0.0.58"], "127.0.0.59");
     let Pair { t, api, mut agents, client, tmp, .. } =
-        pair_of(&db, &[(addresses[0], a), (addresses[1], b)], "127.0.0.59", &[]).await;
+        pair_of(&db, &[(addresses[0], a), (addresses[1], b)], caller, &[]).await;
     let mut policy = example_documents().into_iter().find(|d| d["kind"] == "AccessPolicy").unwrap();
     policy["spec"]["rules"][0]["to"]["methods"] = json!(["GET", "POST"]);
     let (status, body) = api.put(&document_path(&policy), &policy).await;
@@ -1628,7 +1667,7 @@ async fn instances_restarted_one_after_another_under_load_fail_no_request() {
     };
     both().await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = (0..4).map(|_| steady_calls(&client, &stop)).collect();
+    let load: Vec<_> = (0..4).map(|_| steady_calls(&client, format!("{caller}:15001"), &stop)).collect();
     for (i, address) in addresses.into_iter().enumerate() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         agents[i].signal("TERM").await;
