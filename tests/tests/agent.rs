@@ -1622,11 +1622,9 @@ async fn streamed_post(proxy: &str, body: &str) -> String {
     };
     let Some((head, body)) = answer.split_once("\r\n\r\n") else { return format!("error {answer:?}") };
     let status = head.split(' ').nth(1).unwrap_or_default();
-    let body = match head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        // One chunk, then the last: `1\r\na\r\n0\r\n\r\n`.
-        true => body.split("\r\n").nth(1).unwrap_or_default(),
-        false => body,
-    };
+    // Chunked, the answer is one chunk and then the last: `1\r\na\r\n0\r\n\r\n`.
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { body.split("\r\n").nth(1).unwrap_or_default() } else { body };
     match status {
         "200" => body.to_owned(),
         _ => format!("status {status}: {}", body.trim()),
