@@ -24,6 +24,7 @@ use crate::h2_wire::*;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
+use crate::upgrade;
 
 /// Streams opened on a connection before the server has said how many it takes: one, so that
 /// a server whose limit is low never has to refuse one.
@@ -371,14 +372,25 @@ impl Connection {
         }
     }
 
-    /// Opens a stream for `head`, waiting while the server's stream limit is reached, and
-    /// writes its HEADERS (the caller wakes the task).
+    /// Opens a stream for `head`, waiting while the server's stream limit is reached (and,
+    /// for an extended CONNECT, until the server has said whether it takes one), and writes
+    /// its HEADERS (the caller wakes the task).
     async fn open(self: &Arc<Self>, head: &http::request::Parts, end: bool) -> Result<StreamRef, PoolError> {
+        let extended = head.extensions.get::<upgrade::Requested>().is_some();
         poll_fn(|cx| {
             let mut state = self.lock();
             // Nothing of the request has been sent.
             if let Some(why) = state.refusing() {
                 return Poll::Ready(Err(PoolError::Unprocessed(why.to_owned())));
+            }
+            if extended && !state.settled {
+                state.opening.push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if extended && !state.link.peer_extended_connect {
+                return Poll::Ready(Err(PoolError::Http(
+                    "the upstream's HTTP/2 server does not take extended CONNECT (RFC 8441), which a protocol switch over HTTP/2 needs".into(),
+                )));
             }
             if state.streams.len() >= state.max_streams {
                 state.opening.push(cx.waker().clone());
@@ -418,9 +430,13 @@ impl Drop for Connection {
     }
 }
 
-/// `head` as HTTP/2 pseudo-headers and fields.
+/// `head` as HTTP/2 pseudo-headers and fields; a protocol switch asked for as an extended
+/// CONNECT's `:protocol`.
 fn encode_request_head(head: &http::request::Parts, dst: &mut Vec<u8>) {
     hpack::encode_field(b":method", head.method.as_str().as_bytes(), false, dst);
+    if let Some(upgrade::Requested(protocol)) = head.extensions.get() {
+        hpack::encode_field(b":protocol", protocol.as_bytes(), false, dst);
+    }
     hpack::encode_field(b":scheme", head.uri.scheme_str().unwrap_or("http").as_bytes(), false, dst);
     if let Some(authority) = head.uri.authority() {
         hpack::encode_field(b":authority", authority.as_str().as_bytes(), false, dst);

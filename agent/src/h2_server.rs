@@ -31,6 +31,7 @@ use crate::body::{Body, BoxError};
 use crate::h2_wire::*;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
+use crate::upgrade;
 
 /// Streams a client may have open at once (hyper's default).
 const MAX_STREAMS: usize = 200;
@@ -169,6 +170,9 @@ struct Stream {
     held: i64,
     /// The body's inbox, once the handler streams it.
     inbox: Option<Arc<Mutex<Inbox>>>,
+    /// An extended CONNECT's body, the client's side of the tunnel asked for: kept from the
+    /// handler, and joined to the upstream's connection if the switch is agreed to.
+    upload: Option<Body>,
     /// The client may still send DATA or trailers.
     recv_open: bool,
     recv_window: i64,
@@ -202,6 +206,7 @@ where
             (MAX_CONCURRENT_STREAMS, MAX_STREAMS as u32),
             (INITIAL_WINDOW_SIZE, STREAM_WINDOW as u32),
             (MAX_HEADER_LIST_SIZE, MAX_HEAD_BYTES as u32),
+            (ENABLE_CONNECT_PROTOCOL, 1),
         ];
         Conn {
             io,
@@ -542,6 +547,7 @@ where
             early_trailers: None,
             held: 0,
             inbox: None,
+            upload: None,
             recv_open: !end_stream,
             recv_window: STREAM_WINDOW,
             ungranted: 0,
@@ -596,6 +602,12 @@ where
                 let remaining = s.content_length.map(|n| n.saturating_sub(s.received));
                 Body::streaming(RequestBody { inbox, remaining })
             };
+            let body = if parts.extensions.get::<upgrade::Requested>().is_some() {
+                s.upload = Some(body);
+                Body::empty()
+            } else {
+                body
+            };
             let (abort, registration) = AbortHandle::new_pair();
             let answer: Pin<Box<dyn Future<Output = Response<Body>> + Send>> =
                 Box::pin((self.answer)(Request::from_parts(parts, body)));
@@ -607,6 +619,10 @@ where
     /// Writes the head of the answer to stream `id`, and as much of its body as may go.
     fn respond(&mut self, id: u32, response: Response<Body>) {
         let Some(i) = self.index(id) else { return };
+        let response = match self.streams[i].upload.take() {
+            Some(upload) => upgrade::answer_on_stream(response, upload),
+            None => response,
+        };
         let (head, body) = response.into_parts();
         self.link.scratch.clear();
         hpack::encode_status(head.status.as_u16(), &mut self.link.scratch);

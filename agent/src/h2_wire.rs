@@ -66,6 +66,8 @@ pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
 pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
 pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
 pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+/// RFC 8441 §3: the server takes extended CONNECT (`:protocol`).
+pub(crate) const ENABLE_CONNECT_PROTOCOL: u16 = 0x8;
 
 /// A breach of the protocol that ends the connection, told to the peer in GOAWAY.
 #[derive(Debug)]
@@ -174,6 +176,7 @@ pub(crate) struct PeerSettings {
     pub initial_window: Option<i64>,
     pub max_frame: Option<usize>,
     pub max_streams: Option<u32>,
+    pub extended_connect: Option<bool>,
 }
 
 /// Reads and checks a SETTINGS payload (RFC 9113 §6.5.2); `from_server` for a client's peer,
@@ -203,6 +206,12 @@ pub(crate) fn peer_settings(payload: &[u8], from_server: bool) -> Result<PeerSet
                 changed.max_frame = Some(value as usize);
             }
             MAX_CONCURRENT_STREAMS => changed.max_streams = Some(value),
+            ENABLE_CONNECT_PROTOCOL => {
+                if value > 1 {
+                    return Err(conn_error(PROTOCOL_ERROR, "SETTINGS_ENABLE_CONNECT_PROTOCOL out of range"));
+                }
+                changed.extended_connect = Some(value == 1);
+            }
             // The encoder keeps no dynamic table, so any table size holds; the rest are
             // advisory or unknown.
             _ => {}
@@ -282,6 +291,8 @@ pub(crate) struct Fields {
     scheme: Option<Bytes>,
     authority: Option<Bytes>,
     path: Option<Bytes>,
+    /// RFC 8441's `:protocol`, of an extended CONNECT.
+    protocol: Option<Bytes>,
     pub headers: HeaderMap,
     regular_seen: bool,
     size: usize,
@@ -299,6 +310,7 @@ impl Fields {
             scheme: None,
             authority: None,
             path: None,
+            protocol: None,
             headers: HeaderMap::new(),
             regular_seen: false,
             size: 0,
@@ -346,6 +358,7 @@ impl Fields {
                 b"scheme" => &mut self.scheme,
                 b"authority" => &mut self.authority,
                 b"path" => &mut self.path,
+                b"protocol" => &mut self.protocol,
                 _ => return Err("an unknown pseudo-header"),
             };
             if slot.is_some() {
@@ -375,8 +388,13 @@ impl Fields {
             return None;
         }
         let method = self.method?;
+        // An extended CONNECT is a request for a path, as a GET is (RFC 8441 §4).
+        let extended = self.protocol.is_some();
+        if extended && method != Method::CONNECT {
+            return None;
+        }
         let mut uri = http::uri::Parts::default();
-        if method == Method::CONNECT {
+        if method == Method::CONNECT && !extended {
             if self.scheme.is_some() || self.path.is_some() {
                 return None;
             }
@@ -399,6 +417,9 @@ impl Fields {
         parts.uri = Uri::from_parts(uri).ok()?;
         parts.version = Version::HTTP_2;
         parts.headers = self.headers;
+        if let Some(protocol) = self.protocol {
+            crate::upgrade::from_extended_connect(&mut parts, HeaderValue::from_maybe_shared(protocol).ok()?);
+        }
         Some(parts)
     }
 
@@ -426,6 +447,8 @@ pub(crate) struct Link {
     pub settled: bool,
     pub peer_initial_window: i64,
     pub peer_max_frame: usize,
+    /// The peer takes extended CONNECT (RFC 8441).
+    pub peer_extended_connect: bool,
     /// What the agent may still send on the connection, and the peer.
     pub send_window: i64,
     pub recv_window: i64,
@@ -508,6 +531,7 @@ impl Link {
             settled: false,
             peer_initial_window: DEFAULT_WINDOW,
             peer_max_frame: MAX_FRAME,
+            peer_extended_connect: false,
             send_window: DEFAULT_WINDOW,
             recv_window: CONNECTION_WINDOW,
             unreleased: 0,
@@ -605,6 +629,16 @@ impl Link {
                 self.peer_initial_window += window_delta;
                 if let Some(max_frame) = changed.max_frame {
                     self.peer_max_frame = max_frame;
+                }
+                if let Some(extended_connect) = changed.extended_connect {
+                    // RFC 8441 §3: once said, it may not be taken back.
+                    if self.peer_extended_connect && !extended_connect {
+                        return Err(conn_error(
+                            PROTOCOL_ERROR,
+                            "SETTINGS_ENABLE_CONNECT_PROTOCOL taken back",
+                        ));
+                    }
+                    self.peer_extended_connect = extended_connect;
                 }
                 frame_head(&mut self.wire, 0, SETTINGS, ACK, 0);
                 let first = !std::mem::replace(&mut self.settled, true);

@@ -1105,7 +1105,9 @@ impl Proxy {
 
     /// `req` to `addr` — the application, or an endpoint of `peer` over mTLS — in HTTP/2 when
     /// the cluster speaks it (`h2`), else in HTTP/1.1, carried over HTTP/2 to a mesh endpoint
-    /// that agrees (`Alpn::Either`).
+    /// that agrees (`Alpn::Either`). A protocol switch goes to a mesh endpoint in HTTP/1.1
+    /// whatever the cluster speaks, and to an application that speaks HTTP/2 as an extended
+    /// CONNECT.
     async fn exchange(
         &self,
         addr: SocketAddr,
@@ -1118,8 +1120,8 @@ impl Proxy {
         let switching = req.extensions().get::<crate::upgrade::Requested>().is_some();
         let (alpn, mut opened) = match peer {
             None => (None, None),
-            Some(_) if h2 => (Some(Alpn::H2), None),
             Some(_) if switching => (Some(Alpn::Http1), None),
+            Some(_) if h2 => (Some(Alpn::H2), None),
             Some(peer) => match self.agreed_h2(addr, peer) {
                 Some(true) => (Some(Alpn::Either), None),
                 Some(false) => (Some(Alpn::Http1), None),
@@ -1157,7 +1159,8 @@ impl Proxy {
             }
         };
         let sent = if h2 {
-            self.h2.send(to, connect, req).await.map(|r| r.map(Body::from))
+            let send = async |req| self.h2.send(to, connect, req).await.map(|r| r.map(Body::from));
+            crate::upgrade::over_http2(req, send).await
         } else {
             self.http1.send(to, connect, req).await
         };
@@ -1218,8 +1221,9 @@ impl Proxy {
     ) -> Result<Response<Body>, PoolError> {
         strip_hop_by_hop(req.headers_mut());
         for_http2(&mut req, dst).map_err(|e| PoolError::Http(e.to_string()))?;
-        let resp = self.h2.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), req).await?;
-        Ok(resp.map(Body::from))
+        let to = Destination { addr: dst, mtls: None };
+        let send = async |req| self.h2.send(to, || plain_upstream(dst), req).await.map(|r| r.map(Body::from));
+        crate::upgrade::over_http2(req, send).await
     }
 
     fn mesh_client(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<MeshClient> {

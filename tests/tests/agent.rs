@@ -354,16 +354,31 @@ fn steady_load(
 }
 
 /// A WebSocket session with `reviews`' `/reviews/chat` through the caller's outbound listener at
-/// `addr` (and mTLS to the callee's agent): the switch, then messages both ways, one of them
-/// larger than any buffer on the way, while plain requests go on beside it.
+/// `addr` (and mTLS to the callee's agent), in HTTP/1.1 and then in HTTP/2.
 async fn websocket_session(addr: &str) {
-    use futures::SinkExt;
-    use tokio_tungstenite::tungstenite::Message as Ws;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut ws, answer) = tokio_tungstenite::client_async("ws://reviews.shop:9080/reviews/chat", tcp)
+    let (ws, answer) = tokio_tungstenite::client_async("ws://reviews.shop:9080/reviews/chat", tcp)
         .await
         .expect("switched to WebSocket");
     assert_eq!(answer.status(), 101);
+    websocket_messages(ws, addr).await;
+    // A plain request to the WebSocket endpoint is answered as the application answers it.
+    let refused = http().get(format!("http://{addr}/reviews/chat")).send().await.unwrap();
+    assert_eq!(refused.status(), 426);
+    // The same over HTTP/2, as RFC 8441 carries WebSocket: the caller's agent takes the
+    // extended CONNECT and the agents switch to the application in HTTP/1.1's handshake.
+    let ws = trellis_tests::websocket::over_http2(addr, "http://reviews.shop:9080/reviews/chat").await;
+    websocket_messages(ws, addr).await;
+}
+
+/// Messages both ways over `ws`, one of them larger than any buffer on the way, while plain
+/// requests to `addr` go on beside them; then the close handshake.
+async fn websocket_messages<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, addr: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message as Ws;
     let big = vec![7u8; 3 << 20];
     for message in [Ws::text("hello"), Ws::binary(big.clone()), Ws::text("bye")] {
         let expected = match &message {
@@ -378,9 +393,6 @@ async fn websocket_session(addr: &str) {
         assert_eq!(plain.status(), 200, "plain requests go on beside the session");
     }
     ws.close(None).await.unwrap();
-    // A plain request to the WebSocket endpoint is answered as the application answers it.
-    let refused = http().get(format!("http://{addr}/reviews/chat")).send().await.unwrap();
-    assert_eq!(refused.status(), 426);
 }
 
 fn http() -> reqwest::Client {
