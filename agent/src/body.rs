@@ -6,12 +6,25 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use crate::upgrade::Switched;
+/// A connection after a protocol switch: bytes both ways.
+pub(crate) trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Tunnel for T {}
+
+/// An upstream's side of a switch it agreed to (`crate::upgrade`): its connection, and what
+/// it sent after its `101`.
+pub(crate) struct Switched {
+    pub io: Box<dyn Tunnel>,
+    pub read_ahead: Bytes,
+}
 
 /// Why a body could not be read or written, whichever side it came from.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,6 +80,24 @@ impl Body {
     {
         if body.is_end_stream() { Body::empty() } else { Body::Streaming(body.map_err(Into::into).boxed()) }
     }
+}
+
+/// A response made by the agent: plain text for HTTP, a trailers-only status for gRPC.
+pub(crate) fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
+    if grpc {
+        let mut r = Response::new(Body::empty());
+        let h = r.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
+        if let Ok(v) = HeaderValue::try_from(message) {
+            h.insert("grpc-message", v);
+        }
+        return r;
+    }
+    let mut r = Response::new(Body::whole(format!("{message}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
 }
 
 /// What [`Body::keep_again`] kept.

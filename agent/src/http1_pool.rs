@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use trellis_ca::SpiffeId;
 
-use crate::body::Body;
+use crate::body::{Body, Switched};
 use crate::http1_codec::{self, ChunkedDecoder, Framing, MAX_HEAD_BYTES, Remaining, ResponseHead, Step};
 use crate::upgrade;
 
@@ -267,7 +267,7 @@ impl Http1Pool {
             // Asked for and agreed to: the connection goes with the answer, never back idle.
             _ if status == StatusCode::SWITCHING_PROTOCOLS => {
                 let read_ahead = conn.buf.split().freeze();
-                Body::Switched(Box::new(upgrade::Switched { io: Box::new(conn.io), read_ahead }))
+                Body::Switched(Box::new(Switched { io: Box::new(conn.io), read_ahead }))
             }
             Framing::Empty => {
                 release(&self.idle, conn);

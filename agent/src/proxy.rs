@@ -37,7 +37,7 @@ use trellis_ca::{SpiffeId, SvidClientVerifier, SvidServerVerifier, TrustBundle, 
 use trellis_model::telemetry::Membership;
 
 use crate::access_log::{AccessLog, Entry, HttpCall, Note};
-pub(crate) use crate::body::Body;
+pub(crate) use crate::body::{Body, local_reply};
 use crate::cli::Outbound;
 use crate::config::{
     Abort, Denial, Handler, Injected, Listener, RequestView, Retry, RetryOn, RouteSource, RouteTable, Share,
@@ -1588,24 +1588,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(http::header::TE);
     }
-}
-
-/// A response made by the agent: plain text for HTTP, a trailers-only status for gRPC.
-pub(crate) fn local_reply(grpc: bool, status: StatusCode, grpc_code: u8, message: &str) -> Response<Body> {
-    if grpc {
-        let mut r = Response::new(Body::empty());
-        let h = r.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from(u16::from(grpc_code)));
-        if let Ok(v) = HeaderValue::try_from(message) {
-            h.insert("grpc-message", v);
-        }
-        return r;
-    }
-    let mut r = Response::new(Body::whole(format!("{message}\n")));
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    r
 }
 
 impl ConfigSink for Proxy {

@@ -23,24 +23,12 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::body::{Body, BoxError};
-
-/// A connection after a protocol switch: bytes both ways.
-pub(crate) trait Tunnel: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Tunnel for T {}
+use crate::body::{Body, BoxError, Switched, local_reply};
 
 /// A request's ask to switch protocols: its `Upgrade` value (or HTTP/2's `:protocol`). The
 /// server puts it in the request's extensions, where the client finds it.
 #[derive(Clone, Debug)]
 pub(crate) struct Requested(pub HeaderValue);
-
-/// An upstream's side of a switch it agreed to: its connection, and what it sent after its
-/// `101`.
-pub(crate) struct Switched {
-    pub io: Box<dyn Tunnel>,
-    pub read_ahead: Bytes,
-}
 
 /// Bytes a tunnel carried over an HTTP/2 stream may have buffered between the stream and the
 /// connection it is joined to, each way.
@@ -101,7 +89,7 @@ pub(crate) fn answer_on_stream(response: Response<Body>, upload: Body) -> Respon
             head.headers.remove(SEC_WEBSOCKET_ACCEPT);
             Response::from_parts(head, Body::streaming(Reading::new(read_ahead, from_upstream)))
         }
-        _ if head.status.is_success() => crate::proxy::local_reply(
+        _ if head.status.is_success() => local_reply(
             false,
             StatusCode::BAD_GATEWAY,
             0,
@@ -547,9 +535,7 @@ mod tests {
                         };
                         match over_http2(req, send).await {
                             Ok(answer) => answer,
-                            Err(e) => {
-                                crate::proxy::local_reply(false, StatusCode::BAD_GATEWAY, 0, &e.to_string())
-                            }
+                            Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 0, &e.to_string()),
                         }
                     }
                 };
