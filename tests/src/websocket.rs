@@ -11,13 +11,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Message as Ws, protocol::Role};
 
-/// A WebSocket endpoint that sends every message back with `echo: ` before it (the handshake
-/// as axum's own WebSocket support makes it: hyper's upgrade, tungstenite's accept key).
+/// A WebSocket endpoint that sends every message back with `echo: ` before it, in HTTP/1.1
+/// (the handshake as axum's own WebSocket support makes it: hyper's upgrade, tungstenite's
+/// accept key) and in HTTP/2 (RFC 8441: an extended CONNECT for `websocket`, answered 200;
+/// routed for CONNECT as well as GET).
 pub async fn echo(mut req: axum::extract::Request) -> axum::response::Response {
+    let over_http2 = req.method() == axum::http::Method::CONNECT
+        && req.extensions().get::<hyper::ext::Protocol>().is_some_and(|p| p.as_str() == "websocket");
     let asks = req.headers().get("upgrade").is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    let Some(key) = req.headers().get("sec-websocket-key").filter(|_| asks).cloned() else {
+    let key = req.headers().get("sec-websocket-key").filter(|_| asks).cloned();
+    if key.is_none() && !over_http2 {
         return (axum::http::StatusCode::UPGRADE_REQUIRED, "a WebSocket endpoint").into_response();
-    };
+    }
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
@@ -34,6 +39,9 @@ pub async fn echo(mut req: axum::extract::Request) -> axum::response::Response {
             }
         }
     });
+    let Some(key) = key else {
+        return axum::http::StatusCode::OK.into_response();
+    };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     axum::http::Response::builder()
         .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)

@@ -128,16 +128,16 @@ impl AggregatedDiscoveryService for PingPong {
     }
 }
 
+/// A gRPC application on HTTP/2 only, with a WebSocket endpoint at `/chat` that takes
+/// RFC 8441's extended CONNECT (axum's server says it does).
 async fn grpc_app(version: &'static str) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IdentityServer::new(GrpcApp(version)))
-            .add_service(AggregatedDiscoveryServiceServer::new(PingPong))
-            .serve_with_incoming(incoming),
-    );
+    let router = tonic::service::Routes::new(IdentityServer::new(GrpcApp(version)))
+        .add_service(AggregatedDiscoveryServiceServer::new(PingPong))
+        .into_axum_router()
+        .route("/chat", axum::routing::any(trellis_tests::websocket::echo));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     port
 }
 
@@ -353,27 +353,33 @@ fn steady_load(
     })
 }
 
-/// A WebSocket session with `reviews`' `/reviews/chat` through the caller's outbound listener at
-/// `addr` (and mTLS to the callee's agent), in HTTP/1.1 and then in HTTP/2.
-async fn websocket_session(addr: &str) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (ws, answer) = tokio_tungstenite::client_async("ws://reviews.shop:9080/reviews/chat", tcp)
-        .await
-        .expect("switched to WebSocket");
-    assert_eq!(answer.status(), 101);
-    websocket_messages(ws, addr).await;
+/// WebSocket sessions through the caller's outbound listeners (and mTLS to the callee's
+/// agent), in HTTP/1.1 and in HTTP/2: with `reviews`' `/reviews/chat` (`reviews`, an HTTP/1.1
+/// application) and `ratings`' `/chat` (an HTTP/2 application).
+async fn websocket_sessions(reviews: &str, ratings: &str) {
+    let beside = format!("http://{reviews}/reviews/1");
+    for (addr, url) in [(reviews, "reviews.shop:9080/reviews/chat"), (ratings, "ratings.shop:9090/chat")] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // To `ratings` the agents go in HTTP/1.1 and the callee's asks the application with
+        // an extended CONNECT: the accept key tungstenite checks here is that agent's.
+        let (ws, answer) = tokio_tungstenite::client_async(format!("ws://{url}"), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("switched to WebSocket with {url}: {e}"));
+        assert_eq!(answer.status(), 101);
+        websocket_messages(ws, &beside).await;
+        // The same over HTTP/2, as RFC 8441 carries WebSocket: the caller's agent takes the
+        // extended CONNECT; the agents switch as above.
+        let ws = trellis_tests::websocket::over_http2(addr, &format!("http://{url}")).await;
+        websocket_messages(ws, &beside).await;
+    }
     // A plain request to the WebSocket endpoint is answered as the application answers it.
-    let refused = http().get(format!("http://{addr}/reviews/chat")).send().await.unwrap();
+    let refused = http().get(format!("http://{reviews}/reviews/chat")).send().await.unwrap();
     assert_eq!(refused.status(), 426);
-    // The same over HTTP/2, as RFC 8441 carries WebSocket: the caller's agent takes the
-    // extended CONNECT and the agents switch to the application in HTTP/1.1's handshake.
-    let ws = trellis_tests::websocket::over_http2(addr, "http://reviews.shop:9080/reviews/chat").await;
-    websocket_messages(ws, addr).await;
 }
 
 /// Messages both ways over `ws`, one of them larger than any buffer on the way, while plain
-/// requests to `addr` go on beside them; then the close handshake.
-async fn websocket_messages<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, addr: &str)
+/// requests to `beside` go on and are answered 200; then the close handshake.
+async fn websocket_messages<S>(mut ws: tokio_tungstenite::WebSocketStream<S>, beside: &str)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -389,7 +395,7 @@ where
         ws.send(message).await.unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("echoed in time");
         assert!(echoed.as_ref().is_some_and(|e| e.as_ref().is_ok_and(|e| *e == expected)), "{echoed:?}");
-        let plain = http().get(format!("http://{addr}/reviews/1")).send().await.unwrap();
+        let plain = http().get(beside).send().await.unwrap();
         assert_eq!(plain.status(), 200, "plain requests go on beside the session");
     }
     ws.close(None).await.unwrap();
@@ -583,7 +589,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
         "every request answered: {split:?}"
     );
     assert!((22.0..=28.0).contains(&v2), "v2 got {v2:.1}% of 2000: {split:?}");
-    websocket_session(&reviews).await;
+    websocket_sessions(&reviews, &ratings).await;
     // The agents count what they carried, by direction and peer service, on their admin port.
     let metric = |text: &str, name_and_labels: &str| -> f64 {
         text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok()).unwrap_or(0.0)
