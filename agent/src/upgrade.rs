@@ -251,8 +251,9 @@ mod tests {
         addr
     }
 
-    /// The agent's HTTP/1.1 server in front of `app`, each request sent on by the client.
-    async fn agent(app: SocketAddr) -> SocketAddr {
+    /// The agent's HTTP/1.1 server (its HTTP/2 server when `h2`) in front of `app`, each
+    /// request sent on by the HTTP/1.1 client.
+    async fn agent(app: SocketAddr, h2: bool) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(5)));
@@ -266,14 +267,15 @@ mod tests {
                     let pool = pool.clone();
                     async move { pool.send(plain(app), || tcp(app), req).await.unwrap() }
                 };
-                // Buffered, as a TLS connection's socket is (`proxy::coalesced`): what is
-                // written leaves only when flushed.
-                tokio::spawn(crate::http1_server::serve(
-                    tokio::io::BufWriter::new(client),
-                    answer,
-                    Duration::from_secs(10),
-                    draining.clone(),
-                ));
+                let timeout = Duration::from_secs(10);
+                if h2 {
+                    tokio::spawn(crate::h2_server::serve(client, answer, timeout, draining.clone()));
+                } else {
+                    // Buffered, as a TLS connection's socket is (`proxy::coalesced`): what is
+                    // written leaves only when flushed.
+                    let client = tokio::io::BufWriter::new(client);
+                    tokio::spawn(crate::http1_server::serve(client, answer, timeout, draining.clone()));
+                }
             }
         });
         addr
@@ -295,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_switch_the_upstream_agrees_to_joins_the_two_connections_both_ways() {
-        let agent = agent(app().await).await;
+        let agent = agent(app().await, false).await;
         let mut client = TcpStream::connect(agent).await.unwrap();
         client
             .write_all(
@@ -323,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_switch_refused_is_an_ordinary_answer_and_the_connection_goes_on() {
-        let agent = agent(app().await).await;
+        let agent = agent(app().await, false).await;
         let mut client = TcpStream::connect(agent).await.unwrap();
         client
             .write_all(b"GET /chat HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
@@ -336,30 +338,6 @@ mod tests {
             .await
             .unwrap();
         assert!(read_until(&mut client, "hello").await.starts_with("HTTP/1.1 101 "));
-    }
-
-    /// The agent's HTTP/2 server in front of `app`, each request sent on by the HTTP/1.1
-    /// client.
-    async fn h2_agent(app: SocketAddr) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pool = Arc::new(Http1Pool::new(Duration::from_secs(5)));
-        let (drain, draining) = watch::channel(false);
-        tokio::spawn(async move {
-            let _drain = drain;
-            loop {
-                let (client, _) = listener.accept().await.unwrap();
-                let pool = pool.clone();
-                let answer = move |req: http::Request<Body>| {
-                    let pool = pool.clone();
-                    async move { pool.send(plain(app), || tcp(app), req).await.unwrap() }
-                };
-                let serving =
-                    crate::h2_server::serve(client, answer, Duration::from_secs(10), draining.clone());
-                tokio::spawn(serving);
-            }
-        });
-        addr
     }
 
     /// An HTTP/2 client (the h2 crate's) of `agent`, once the agent has said that it takes
@@ -403,7 +381,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_extended_connect_is_switched_upstream_in_http1_and_carried_on_its_stream() {
-        let agent = h2_agent(app().await).await;
+        let agent = agent(app().await, true).await;
         let mut client = h2_client(agent).await;
         let (answer, mut send) = client.send_request(extended_connect("echo", "/chat"), false).unwrap();
         send.send_data(Bytes::from_static(b"early"), false).unwrap();
@@ -433,7 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_extended_connect_refused_upstream_is_answered_as_the_upstream_answered() {
-        let agent = h2_agent(app().await).await;
+        let agent = agent(app().await, true).await;
         let mut client = h2_client(agent).await;
         let (answer, _send) = client.send_request(extended_connect("other", "/chat"), false).unwrap();
         assert_eq!(answer.await.unwrap().status(), 426);
@@ -450,7 +428,7 @@ mod tests {
             let _ = tcp.read(&mut head).await;
             let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         });
-        let mut client = h2_client(h2_agent(upstream).await).await;
+        let mut client = h2_client(agent(upstream, true).await).await;
         let (answer, _send) = client.send_request(extended_connect("echo", "/chat"), false).unwrap();
         assert_eq!(answer.await.unwrap().status(), 502);
     }
