@@ -1282,7 +1282,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_malformed_request_resets_its_stream_and_the_next_is_answered() {
+        let fields = |fields: &[(&str, &str)]| {
+            let mut block = Vec::new();
+            for (name, value) in fields {
+                hpack::encode_field(name.as_bytes(), value.as_bytes(), false, &mut block);
+            }
+            block
+        };
+        let connect = [(":method", "CONNECT"), (":protocol", "websocket")];
         let malformed: Vec<(&str, Vec<u8>, u8)> = vec![
+            ("a :protocol on a GET", request_block("/hello", &[(":protocol", "websocket")]), 0),
+            (
+                "an extended CONNECT without :path",
+                fields(&[connect[0], connect[1], (":scheme", "http"), (":authority", "svc")]),
+                0,
+            ),
+            (
+                "an extended CONNECT without :scheme",
+                fields(&[connect[0], connect[1], (":authority", "svc"), (":path", "/chat")]),
+                0,
+            ),
+            (
+                "two :protocol",
+                fields(&[connect[0], connect[1], connect[1], (":scheme", "http"), (":path", "/chat")]),
+                0,
+            ),
             ("an uppercase name", request_block("/hello", &[("X-Up", "1")]), END_STREAM),
             ("a connection field", request_block("/hello", &[("connection", "close")]), END_STREAM),
             ("te other than trailers", request_block("/hello", &[("te", "gzip")]), END_STREAM),
