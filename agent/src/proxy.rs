@@ -1117,10 +1117,10 @@ impl Proxy {
     ) -> Result<Response<Body>, Failure> {
         let to =
             Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
-        let switching = req.extensions().get::<crate::upgrade::Requested>().is_some();
+        let switch = req.extensions().get::<crate::upgrade::Requested>().map(|r| r.0.clone());
         let (alpn, mut opened) = match peer {
             None => (None, None),
-            Some(_) if switching => (Some(Alpn::Http1), None),
+            Some(_) if switch.is_some() => (Some(Alpn::Http1), None),
             Some(_) if h2 => (Some(Alpn::H2), None),
             Some(peer) => match self.agreed_h2(addr, peer) {
                 Some(true) => (Some(Alpn::Either), None),
@@ -1160,7 +1160,10 @@ impl Proxy {
         };
         let sent = if h2 {
             let send = async |req| self.h2.send(to, connect, req).await.map(|r| r.map(Body::from));
-            crate::upgrade::over_http2(req, send).await
+            match switch {
+                Some(protocol) => crate::upgrade::over_http2(req, protocol, send).await,
+                None => send(req).await,
+            }
         } else {
             self.http1.send(to, connect, req).await
         };
@@ -1223,7 +1226,10 @@ impl Proxy {
         for_http2(&mut req, dst).map_err(|e| PoolError::Http(e.to_string()))?;
         let to = Destination { addr: dst, mtls: None };
         let send = async |req| self.h2.send(to, || plain_upstream(dst), req).await.map(|r| r.map(Body::from));
-        crate::upgrade::over_http2(req, send).await
+        match req.extensions().get::<crate::upgrade::Requested>().map(|r| r.0.clone()) {
+            Some(protocol) => crate::upgrade::over_http2(req, protocol, send).await,
+            None => send(req).await,
+        }
     }
 
     fn mesh_client(&self, peer: &SpiffeId, h2: bool) -> anyhow::Result<MeshClient> {

@@ -99,18 +99,19 @@ pub(crate) fn answer_on_stream(response: Response<Body>, upload: Body) -> Respon
     }
 }
 
-/// A switch sent to an HTTP/2 upstream with `send`, as an extended CONNECT (`req` is in the
-/// agent's form, its `Requested` kept for the client to write `:protocol`): an answer of
-/// `200` becomes `101`, its stream the connection switched to, and a WebSocket client's key
-/// is answered as RFC 6455 asks; any other answer goes as it is.
-pub(crate) async fn over_http2<F, Fut, E>(mut req: Request<Body>, send: F) -> Result<Response<Body>, E>
+/// A switch to `protocol` sent to an HTTP/2 upstream with `send`, as an extended CONNECT
+/// (`req` is in the agent's form, its `Requested` kept for the client to write `:protocol`):
+/// an answer of `200` becomes `101`, its stream the connection switched to, and a WebSocket
+/// client's key is answered as RFC 6455 asks; any other answer goes as it is.
+pub(crate) async fn over_http2<F, Fut, E>(
+    mut req: Request<Body>,
+    protocol: HeaderValue,
+    send: F,
+) -> Result<Response<Body>, E>
 where
     F: FnOnce(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response<Body>, E>>,
 {
-    let Some(Requested(protocol)) = req.extensions().get::<Requested>().cloned() else {
-        return send(req).await;
-    };
     *req.method_mut() = Method::CONNECT;
     let key = req.headers_mut().remove(SEC_WEBSOCKET_KEY);
     let (ours, stream_side) = tokio::io::duplex(STREAM_TUNNEL_BUFFER);
@@ -511,7 +512,8 @@ mod tests {
                         let send = async |req| {
                             pool.send(plain(app), || tcp(app), req).await.map(|r| r.map(Body::from))
                         };
-                        match over_http2(req, send).await {
+                        let protocol = req.extensions().get::<Requested>().expect("a switch").0.clone();
+                        match over_http2(req, protocol, send).await {
                             Ok(answer) => answer,
                             Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 0, &e.to_string()),
                         }
