@@ -18,11 +18,11 @@
 //! wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
 //! throughput with `iperf3`, direct and through two agents.
 //!
-//! Run: `cargo build --release --bin trellis && cargo build --release -p trellis-agent &&
+//! Run: `cargo build --release --bin trellis && cargo build --profile agent -p trellis-agent &&
 //! flock /tmp/trellis-fixed-ports.lock cargo bench -p trellis-tests --bench agent_proxy` (needs
 //! PostgreSQL like the tests, and nginx, h2load and iperf3; the agents bind 127.0.0.40 and
-//! 127.0.0.41). The agent is built alone, as the README builds it. `BENCH_SECS` sets the
-//! seconds per row (default 10).
+//! 127.0.0.41). The agent is built alone and in its own profile, as the README builds it. `BENCH_SECS` sets the
+//! seconds per row (default 10); `BENCH_TABLES` picks tables (`http1-bursts,tcp`, say).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +64,13 @@ fn free_port() -> u16 {
 
 fn secs() -> u64 {
     std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
+}
+
+/// Whether the table `name` (`http1-bursts`, `http1-spaced`, `grpc-bursts`, `grpc-spaced`,
+/// `tcp`) is measured: all unless `BENCH_TABLES` lists some, comma-separated (to compare two
+/// builds on one table in less time).
+fn measures(name: &str) -> bool {
+    std::env::var("BENCH_TABLES").map_or(true, |list| list.split(',').any(|t| t.trim() == name))
 }
 
 /// One nginx process (no master, no workers: its pid's CPU is all of it) with its own
@@ -312,6 +319,13 @@ impl Arrivals {
         }
     }
 
+    fn key(self) -> &'static str {
+        match self {
+            Arrivals::Bursts => "bursts",
+            Arrivals::Spaced => "spaced",
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Arrivals::Bursts => "in bursts of ten (10 connections × 100/s)",
@@ -451,6 +465,27 @@ async fn row(
     let used = watch.stop();
     let proxies = proxies.iter().zip(used).map(|((n, _), used)| (*n, used)).collect();
     Row { label, run, proxies }
+}
+
+/// One `iperf3` TCP stream direct to `direct_port` and through two agents (`through`), with
+/// the CPU of the two `agents` (caller, callee).
+async fn tcp_throughput(iperf3: &Path, direct_port: u16, through: &str, agents: [u32; 2]) {
+    let direct = iperf(iperf3, "127.0.0.1", direct_port).await;
+    let watch = Watch::start(&agents);
+    let (host, port) = through.rsplit_once(':').unwrap();
+    let via_agents = iperf(iperf3, host, port.parse().unwrap()).await;
+    let used = watch.stop();
+    println!("\nTCP throughput (iperf3, one stream, {} s):\n", secs());
+    println!("| path | throughput | ratio | caller agent vCPU | callee agent vCPU |");
+    println!("|---|---|---|---|---|");
+    println!("| direct | {:.2} Gbit/s | 1.00× | | |", direct / 1e9);
+    println!(
+        "| two agents, mTLS | {:.2} Gbit/s | {:.2}× | {:.2} | {:.2} |",
+        via_agents / 1e9,
+        via_agents / direct,
+        used[0].vcpu(),
+        used[1].vcpu()
+    );
 }
 
 /// `iperf3` for `BENCH_SECS` to `host:port`: bits/s received.
@@ -607,9 +642,9 @@ async fn main() {
     let uptime = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("agent_proxy: load average at start {}", uptime.trim());
     let round_secs = (secs() / ROUNDS).max(1);
-    for (proto, name, direct, through_nginx, through_one, through_two, path) in [
-        (Proto::Http1, "HTTP/1.1", up_http, px_http, HTTP_PORT, &out_http, "/"),
-        (Proto::Grpc, "gRPC (h2c)", up_grpc, px_grpc, GRPC_PORT, &out_grpc, "/bench.Echo/Get"),
+    for (proto, name, key, direct, through_nginx, through_one, through_two, path) in [
+        (Proto::Http1, "HTTP/1.1", "http1", up_http, px_http, HTTP_PORT, &out_http, "/"),
+        (Proto::Grpc, "gRPC (h2c)", "grpc", up_grpc, px_grpc, GRPC_PORT, &out_grpc, "/bench.Echo/Get"),
     ] {
         let paths = [
             ("direct", format!("http://127.0.0.1:{direct}{path}"), Vec::new()),
@@ -630,6 +665,9 @@ async fn main() {
             ),
         ];
         for arrivals in [Arrivals::Bursts, Arrivals::Spaced] {
+            if !measures(&format!("{key}-{}", arrivals.key())) {
+                continue;
+            }
             let how = (proto, arrivals);
             let mut rows: Vec<Row> = Vec::new();
             for round in 0..ROUNDS {
@@ -645,22 +683,9 @@ async fn main() {
         }
     }
 
-    let direct = iperf(&iperf3, "127.0.0.1", up_tcp).await;
-    let watch = Watch::start(&[caller_pid, callee_pid]);
-    let (host, port) = out_tcp.rsplit_once(':').unwrap();
-    let through = iperf(&iperf3, host, port.parse().unwrap()).await;
-    let used = watch.stop();
-    println!("\nTCP throughput (iperf3, one stream, {} s):\n", secs());
-    println!("| path | throughput | ratio | caller agent vCPU | callee agent vCPU |");
-    println!("|---|---|---|---|---|");
-    println!("| direct | {:.2} Gbit/s | 1.00× | | |", direct / 1e9);
-    println!(
-        "| two agents, mTLS | {:.2} Gbit/s | {:.2}× | {:.2} | {:.2} |",
-        through / 1e9,
-        through / direct,
-        used[0].vcpu(),
-        used[1].vcpu()
-    );
+    if measures("tcp") {
+        tcp_throughput(&iperf3, up_tcp, &out_tcp, [caller_pid, callee_pid]).await;
+    }
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(

@@ -55,15 +55,19 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
-/// The `trellis-agent` binary built beside this test executable.
+/// The `trellis-agent` binary the tests run: the one built beside this test executable, or,
+/// for a benchmark (built into the `release` directory), the `agent` profile's build, which
+/// is the agent as it ships.
 pub fn agent_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target dir").join("trellis-agent");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first with `cargo build --bin trellis-agent` (scripts/test does)",
-        bin.display()
-    );
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let (dir, build) = if profile_dir.ends_with("release") {
+        (profile_dir.with_file_name("agent"), "`cargo build --profile agent -p trellis-agent`")
+    } else {
+        (profile_dir.to_owned(), "`cargo build --bin trellis-agent` (scripts/test does)")
+    };
+    let bin = dir.join("trellis-agent");
+    assert!(bin.is_file(), "{} is missing: build it first with {build}", bin.display());
     bin
 }
 
