@@ -21,8 +21,9 @@
 //! Run: `cargo build --release --bin trellis && cargo build --profile agent -p trellis-agent &&
 //! flock /tmp/trellis-fixed-ports.lock cargo bench -p trellis-tests --bench agent_proxy` (needs
 //! PostgreSQL like the tests, and nginx, h2load and iperf3; the agents bind 127.0.0.40 and
-//! 127.0.0.41). The agent is built alone and in its own profile, as the README builds it. `BENCH_SECS` sets the
-//! seconds per row (default 10); `BENCH_TABLES` picks tables (`http1-bursts,tcp`, say).
+//! 127.0.0.41). The agent is built alone and in its own profile, as the README builds it.
+//! `BENCH_SECS` sets the seconds per row (default 10); `BENCH_TABLES` picks tables
+//! (`http1-bursts,tcp`, say).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
