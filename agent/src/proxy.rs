@@ -1117,7 +1117,7 @@ impl Proxy {
     ) -> Result<Response<Body>, Failure> {
         let to =
             Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
-        let switch = req.extensions().get::<crate::upgrade::Requested>().map(|r| r.0.clone());
+        let switch = crate::upgrade::requested(&req);
         let (alpn, mut opened) = match peer {
             None => (None, None),
             Some(_) if switch.is_some() => (Some(Alpn::Http1), None),
@@ -1226,7 +1226,7 @@ impl Proxy {
         for_http2(&mut req, dst).map_err(|e| PoolError::Http(e.to_string()))?;
         let to = Destination { addr: dst, mtls: None };
         let send = async |req| self.h2.send(to, || plain_upstream(dst), req).await.map(|r| r.map(Body::from));
-        match req.extensions().get::<crate::upgrade::Requested>().map(|r| r.0.clone()) {
+        match crate::upgrade::requested(&req) {
             Some(protocol) => crate::upgrade::over_http2(req, protocol, send).await,
             None => send(req).await,
         }

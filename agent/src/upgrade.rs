@@ -30,6 +30,11 @@ use crate::body::{Body, BoxError, Switched, local_reply};
 #[derive(Clone, Debug)]
 pub(crate) struct Requested(pub HeaderValue);
 
+/// The protocol `req` asks to switch to, if it asks.
+pub(crate) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.extensions().get::<Requested>().map(|r| r.0.clone())
+}
+
 /// Bytes a tunnel carried over an HTTP/2 stream may have buffered between the stream and the
 /// connection it is joined to, each way.
 const STREAM_TUNNEL_BUFFER: usize = 64 * 1024;
@@ -512,7 +517,7 @@ mod tests {
                         let send = async |req| {
                             pool.send(plain(app), || tcp(app), req).await.map(|r| r.map(Body::from))
                         };
-                        let protocol = req.extensions().get::<Requested>().expect("a switch").0.clone();
+                        let protocol = requested(&req).expect("a switch");
                         match over_http2(req, protocol, send).await {
                             Ok(answer) => answer,
                             Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 0, &e.to_string()),
