@@ -13,7 +13,6 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
 use http::{Request, Response};
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -629,9 +628,8 @@ impl State {
             s.answer.wake();
             return Ok(());
         }
-        let content_length =
-            fields.headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse().ok()));
-        let Some(head) = fields.into_response().filter(|_| !matches!(content_length, Some(None))) else {
+        let content_length = fields.content_length;
+        let Some(head) = fields.into_response() else {
             self.reset(id, PROTOCOL_ERROR, "a malformed answer's head");
             return Ok(());
         };
@@ -642,7 +640,7 @@ impl State {
             }
             return Ok(());
         }
-        s.content_length = content_length.flatten();
+        s.content_length = content_length;
         s.head = Head::Arrived(head);
         s.answer.ended = end_stream;
         s.answer.wake();

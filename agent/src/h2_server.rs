@@ -21,7 +21,6 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::{AbortHandle, Abortable, Aborted};
 use futures::stream::{FuturesUnordered, StreamExt};
-use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Request, Response};
 use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -179,6 +178,8 @@ struct Stream {
     /// Emptied from the inbox but not yet given back to the client's window on this stream.
     ungranted: i64,
     content_length: Option<u64>,
+    /// The request is a HEAD: its answer carries no content, whatever made it (RFC 9110 §9.3.2).
+    head_request: bool,
     received: u64,
     abort: Option<AbortHandle>,
     out: Out,
@@ -420,8 +421,14 @@ where
             if id > self.last_id {
                 return Err(conn_error(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
-            if !self.recently_reset.contains(&(id, true)) {
-                self.reset(id, STREAM_CLOSED);
+            // RFC 9113 §5.1: after a reset the agent sent, frames may still be on their way;
+            // after the client's own reset, or on a half-closed stream, DATA is a stream error;
+            // on a stream both sides ended, a connection error.
+            match self.recently_reset.iter().find(|(reset, _)| *reset == id) {
+                Some((_, true)) => {}
+                Some((_, false)) => self.reset(id, STREAM_CLOSED),
+                None if self.index(id).is_some() => self.reset(id, STREAM_CLOSED),
+                None => return Err(conn_error(STREAM_CLOSED, "DATA on a closed stream")),
             }
             return Ok(());
         };
@@ -526,22 +533,18 @@ where
             }
             return Ok(());
         }
-        let content_length =
-            fields.headers.get(CONTENT_LENGTH).map(|v| v.to_str().ok().and_then(|v| v.parse().ok()));
-        let request = match (fields.into_request(), content_length) {
-            (Some(request), None | Some(Some(_))) => request,
-            _ => {
-                self.reset(id, PROTOCOL_ERROR);
-                return Ok(());
-            }
+        let content_length = fields.content_length;
+        let Some(request) = fields.into_request() else {
+            self.reset(id, PROTOCOL_ERROR);
+            return Ok(());
         };
-        let content_length = content_length.flatten();
         if end_stream && content_length.is_some_and(|n| n != 0) {
             self.reset(id, PROTOCOL_ERROR);
             return Ok(());
         }
         self.streams.push(Stream {
             id,
+            head_request: request.method == http::Method::HEAD,
             request: Some(request),
             early: Vec::new(),
             early_trailers: None,
@@ -623,7 +626,10 @@ where
             Some(upload) => upgrade::answer_on_stream(response, upload),
             None => response,
         };
-        let (head, body) = response.into_parts();
+        let (head, mut body) = response.into_parts();
+        if self.streams[i].head_request {
+            body = Body::empty();
+        }
         self.link.scratch.clear();
         hpack::encode_status(head.status.as_u16(), &mut self.link.scratch);
         encode_fields(&head.headers, &mut self.link.scratch);
@@ -720,6 +726,7 @@ where
                 Step::Failed(e) => {
                     tracing::debug!(error = %e, "an answer's body failed; its stream is reset");
                     rst_stream(&mut self.link.wire, id, INTERNAL_ERROR);
+                    self.remember_reset(id, true);
                     self.streams[i].recv_open = false;
                     return true;
                 }
@@ -1313,6 +1320,13 @@ mod tests {
             ("a value with a trailing space", request_block("/hello", &[("x-a", "b ")]), END_STREAM),
             ("an empty :path", request_block("", &[]), END_STREAM),
             (
+                "two content-lengths",
+                request_block("/size", &[("content-length", "4"), ("content-length", "8")]),
+                0,
+            ),
+            ("a signed content-length", request_block("/size", &[("content-length", "+4")]), 0),
+            ("a Host other than :authority", request_block("/hello", &[("host", "other")]), END_STREAM),
+            (
                 "a content-length no DATA meets",
                 request_block("/size", &[("content-length", "3")]),
                 END_STREAM,
@@ -1346,6 +1360,38 @@ mod tests {
         io.write_all(&frame(DATA, END_STREAM, 1, b"abc")).await.unwrap();
         let (_, id, payload) = next_of(&mut io, RST_STREAM).await;
         assert_eq!((id, payload), (1, PROTOCOL_ERROR.to_be_bytes().to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_head_is_answered_without_content_and_data_on_an_ended_stream_ends_the_connection() {
+        let (mut io, _) = raw().await;
+        let mut head = Vec::new();
+        for (name, value) in
+            [(":method", "HEAD"), (":scheme", "http"), (":authority", "svc"), (":path", "/hello")]
+        {
+            hpack::encode_field(name.as_bytes(), value.as_bytes(), false, &mut head);
+        }
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &head)).await.unwrap();
+        let (flags, id, _) = next_of(&mut io, HEADERS).await;
+        assert_eq!((flags & END_STREAM, id), (END_STREAM, 1), "a HEAD's answer carries no content");
+        // Both sides ended stream 1: DATA on it is a connection error (RFC 9113 §5.1).
+        io.write_all(&frame(DATA, 0, 1, b"late")).await.unwrap();
+        loop {
+            let (kind, _, id, payload) = read_frame(&mut io).await.expect("GOAWAY before the end");
+            assert_ne!(kind, DATA, "no content for a HEAD");
+            if kind == GOAWAY {
+                assert_eq!(goaway_of(&payload).1, STREAM_CLOSED);
+                break;
+            }
+            assert_eq!(id, 0);
+        }
+        // Repeated content-lengths of one number are one.
+        let (mut io, _) = raw().await;
+        let block = request_block("/size", &[("content-length", "2"), ("content-length", "2")]);
+        io.write_all(&frame(HEADERS, END_HEADERS, 1, &block)).await.unwrap();
+        io.write_all(&frame(DATA, END_STREAM, 1, b"ab")).await.unwrap();
+        let (_, _, payload) = next_of(&mut io, DATA).await;
+        assert_eq!(payload, b"Ok(2)");
     }
 
     #[tokio::test]

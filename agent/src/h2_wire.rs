@@ -7,12 +7,12 @@ use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::TE;
+use http::header::{CONTENT_LENGTH, HOST, TE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::BoxError;
 use crate::hpack;
-use crate::http1_codec::{MAX_HEAD_BYTES, has_token};
+use crate::http1_codec::{MAX_HEAD_BYTES, content_length, has_token, kept_in_trailers};
 
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest frame either side sends: the protocol's smallest maximum, which the agent
@@ -294,6 +294,9 @@ pub(crate) struct Fields {
     /// RFC 8441's `:protocol`, of an extended CONNECT.
     protocol: Option<Bytes>,
     pub headers: HeaderMap,
+    /// The body's length, as `content-length` says (every value the same number; passed on as
+    /// one field).
+    pub content_length: Option<u64>,
     regular_seen: bool,
     size: usize,
     /// Past `MAX_HEAD_BYTES` (RFC 7541's count, 32 bytes a field beside its name and value).
@@ -312,6 +315,7 @@ impl Fields {
             path: None,
             protocol: None,
             headers: HeaderMap::new(),
+            content_length: None,
             regular_seen: false,
             size: 0,
             too_large: false,
@@ -376,6 +380,17 @@ impl Fields {
         if matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t')) {
             return Err("a field value with whitespace around it");
         }
+        if self.kind == Section::Trailers && !kept_in_trailers(&name) {
+            return Ok(());
+        }
+        if name == CONTENT_LENGTH {
+            let seen = self.content_length;
+            self.content_length = content_length(value, seen).map_err(|_| "an invalid content-length")?;
+            if seen.is_some() || value.contains(&b',') {
+                self.headers.insert(CONTENT_LENGTH, HeaderValue::from(self.content_length.unwrap_or(0)));
+                return Ok(());
+            }
+        }
         let value = HeaderValue::from_maybe_shared(copied(values, value))
             .map_err(|_| "a field value with a forbidden byte")?;
         self.headers.append(name, value);
@@ -411,6 +426,12 @@ impl Fields {
                 });
                 uri.authority = Some(http::uri::Authority::from_maybe_shared(authority).ok()?);
             }
+        }
+        // RFC 9113 §8.3.1: a Host naming another than `:authority` makes the request malformed.
+        if let (Some(authority), Some(host)) = (uri.authority.as_ref(), self.headers.get(HOST))
+            && !authority.as_str().eq_ignore_ascii_case(host.to_str().unwrap_or_default())
+        {
+            return None;
         }
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.method = method;

@@ -138,7 +138,11 @@ pub(crate) fn parse_response(
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let Some((len, parsed)) = read_head(buf, &mut fields)? else { return Ok(None) };
         let code = parsed.code.ok_or(Malformed("no status"))?;
-        let status = StatusCode::from_u16(code).map_err(|_| Malformed("an invalid status code"))?;
+        // RFC 9110 §15: 100 to 599; `http` takes up to 999.
+        let status = StatusCode::from_u16(code)
+            .ok()
+            .filter(|s| s.as_u16() < 600)
+            .ok_or(Malformed("an invalid status code"))?;
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         if status == StatusCode::SWITCHING_PROTOCOLS && !upgrading {
             return Err(Malformed("a protocol switch the agent did not ask for"));
@@ -161,7 +165,7 @@ pub(crate) fn parse_response(
             return Ok(Some(ResponseHead { status, headers, framing: Framing::Empty, keep_alive: false }));
         }
         connection.without_named(&mut headers);
-        return Ok(Some(connection.head(status, version, headers, head_request)));
+        return connection.head(status, version, headers, head_request).map(Some);
     }
 }
 
@@ -245,7 +249,13 @@ pub(crate) fn parse_request(
         .map_err(|_| Malformed("an invalid request target"))?;
     let mut connection = Connection::default();
     let mut headers = noted_fields(&head, spans, &mut connection)?;
-    let upgrade = connection.upgrade.then(|| headers.get(UPGRADE).cloned()).flatten();
+    // Not h2c's (RFC 9113 §3.1 retired it): the requests a switch to HTTP/2 carried would pass
+    // by the access policy, which sees this one only.
+    let upgrade = connection
+        .upgrade
+        .then(|| headers.get(UPGRADE).cloned())
+        .flatten()
+        .filter(|protocol| !has_token(protocol.as_bytes(), b"h2c"));
     connection.without_named(&mut headers);
     // RFC 9112 §3.2: one Host in an HTTP/1.1 request, never two, and a valid one.
     match connection.hosts {
@@ -260,14 +270,19 @@ pub(crate) fn parse_request(
     if connection.chunked.is_some() && version == Version::HTTP_10 {
         return Err(Malformed("a Transfer-Encoding in an HTTP/1.0 request"));
     }
-    let expects_continue =
-        headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    // RFC 9110 §10.1.1: an HTTP/1.0 client is sent no interim response.
+    let expects_continue = version == Version::HTTP_11
+        && headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let framing = match (connection.chunked, connection.length) {
+        (Some(true), None) if connection.other_codings => return Err(UNKNOWN_CODING),
         (Some(true), None) => Framing::Chunked,
         (Some(_), _) => return Err(Malformed("a request body whose length cannot be told")),
         (None, Some(n)) if n > 0 => Framing::Length(n),
         (None, _) => Framing::Empty,
     };
+    connection.one_length(&mut headers);
     // An HTTP/1.0 client's connection carries one request (its keep-alive is not offered).
     let keep_alive = !connection.close && version == Version::HTTP_11;
     let (mut parts, ()) = http::Request::new(()).into_parts();
@@ -359,13 +374,22 @@ fn field_of(name: &[u8], value: Bytes) -> Result<(HeaderName, HeaderValue), Malf
     Ok((name, value))
 }
 
+/// A request body in a transfer coding other than chunked, which the agent does not decode:
+/// answered 501 (RFC 9112 §6.1), as its body cannot be passed on as it was meant.
+pub(crate) const UNKNOWN_CODING: Malformed = Malformed("a transfer coding other than chunked");
+
 /// What a message's fields say of its framing and its connection.
 #[derive(Default)]
 struct Connection {
     close: bool,
     /// Whether the last transfer coding is chunked, when there are any.
     chunked: Option<bool>,
+    /// A transfer coding other than one `chunked` (gzip, say, or chunked twice).
+    other_codings: bool,
     length: Option<u64>,
+    /// `Content-Length` came as a list or more than once (of the same number): passed on as
+    /// one value, which every recipient reads alike.
+    lengths_repeated: bool,
     /// The fields `Connection` names: this connection's too, not passed on.
     named: Vec<HeaderName>,
     /// How many `Host` fields (a request must have one), and whether one is invalid.
@@ -384,8 +408,11 @@ impl Connection {
             self.upgrade |= has_token(v, b"upgrade");
             self.named.extend(connection_options(value));
         } else if name == TRANSFER_ENCODING {
-            self.chunked = Some(last_token_is(value.as_bytes(), b"chunked"));
+            let v = value.as_bytes();
+            self.other_codings |= self.chunked.is_some() || !v.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            self.chunked = Some(last_token_is(v, b"chunked"));
         } else if name == CONTENT_LENGTH {
+            self.lengths_repeated |= self.length.is_some() || value.as_bytes().contains(&b',');
             self.length = content_length(value.as_bytes(), self.length)?;
             return Ok(true);
         } else if name == HOST {
@@ -405,14 +432,26 @@ impl Connection {
         }
     }
 
-    /// The framing (RFC 9112 §6.3) and reuse of the response.
+    /// `Content-Length` as one field of one value, when it came repeated.
+    fn one_length(&self, headers: &mut HeaderMap) {
+        if let Some(n) = self.length.filter(|_| self.lengths_repeated) {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+
+    /// The framing (RFC 9112 §6.3) and reuse of the response; a transfer coding other than
+    /// chunked is refused: the agent does not decode it, and passing the body on without it
+    /// would change the content.
     fn head(
         self,
         status: StatusCode,
         version: Version,
         mut headers: HeaderMap,
         head_request: bool,
-    ) -> ResponseHead {
+    ) -> Result<ResponseHead, Malformed> {
+        if self.other_codings && version == Version::HTTP_11 {
+            return Err(Malformed("a transfer coding other than chunked"));
+        }
         let framing =
             if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                 Framing::Empty
@@ -428,28 +467,55 @@ impl Connection {
             };
         if self.chunked.is_some() {
             headers.remove(CONTENT_LENGTH);
+        } else {
+            self.one_length(&mut headers);
         }
         // A response with both framings may have been smuggled past something: not reused.
         let both = self.chunked.is_some() && self.length.is_some();
         let keep_alive =
             version == Version::HTTP_11 && !self.close && !both && framing != Framing::UntilClose;
-        ResponseHead { status, headers, framing, keep_alive }
+        Ok(ResponseHead { status, headers, framing, keep_alive })
     }
 }
 
-/// A trailer section's fields, their values slices of `source`.
+/// A trailer section's fields, their values slices of `source`, but for those trailers may
+/// not carry.
 fn header_map(source: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Malformed> {
     let mut headers = HeaderMap::with_capacity(fields.len());
     for f in fields {
         let (name, value) = field_of(f.name.as_bytes(), source.slice_ref(f.value))?;
-        headers.append(name, value);
+        if kept_in_trailers(&name) {
+            headers.append(name, value);
+        }
     }
     Ok(headers)
 }
 
+/// Whether a trailer field is passed on: not one that frames or routes the message or
+/// belongs to its connection (RFC 9110 §6.5.1), which a recipient merging trailers into the
+/// head, or reading them first, would act on.
+pub(crate) fn kept_in_trailers(name: &HeaderName) -> bool {
+    !matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "host"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "expect"
+            | "content-encoding"
+            | "content-type"
+            | "content-range"
+    )
+}
+
 /// The body length a `Content-Length` value gives, with the one seen before (`seen`): every
 /// value, and every item of a list, the same decimal number.
-fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, Malformed> {
+pub(crate) fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Option<u64>, Malformed> {
     for item in value.split(|b| *b == b',') {
         let item = item.trim_ascii();
         if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
@@ -651,8 +717,10 @@ impl ChunkedDecoder {
                     };
                     let section = buf.split_to(end + 4).freeze();
                     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    // The section must end where its CRLF CRLF is: one ended sooner by a bare LF
+                    // would leave what follows to be read as another request by some and not others.
                     let fields = match httparse::parse_headers(&section, &mut fields) {
-                        Ok(httparse::Status::Complete((_, fields))) => fields,
+                        Ok(httparse::Status::Complete((len, fields))) if len == section.len() => fields,
                         _ => return Err(Malformed("invalid trailer fields")),
                     };
                     self.state = ChunkState::Done;
@@ -675,15 +743,85 @@ fn find(buf: &[u8], needle: &[u8], max: usize) -> Result<Option<usize>, Malforme
     }
 }
 
-/// The size of a chunk-size line (hex digits, then extensions, which are ignored).
+/// The size of a chunk-size line: hex digits, then extensions (RFC 9112 §7.1.1), checked and
+/// passed over. Nothing else is taken: a recipient that ended the line elsewhere (at a bare
+/// LF in an extension, say) would read other chunks than the agent — a way to smuggle.
 fn chunk_size(line: &[u8]) -> Result<u64, Malformed> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = line[digits..].trim_ascii_start();
-    if digits == 0 || digits > 16 || !(rest.is_empty() || rest[0] == b';') {
+    if digits == 0 || digits > 16 || !chunk_extensions(&line[digits..]) {
         return Err(Malformed("an invalid chunk size"));
     }
     Ok(line[..digits].iter().fold(0u64, |n, d| n << 4 | u64::from((*d as char).to_digit(16).unwrap_or(0))))
 }
+
+/// Whether `ext` is `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`.
+fn chunk_extensions(mut ext: &[u8]) -> bool {
+    let spaces = |s: &[u8]| s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    let token = |s: &[u8]| s.iter().take_while(|b| TOKEN_BYTES[usize::from(**b)]).count();
+    while !ext.is_empty() {
+        let Some(rest) = ext[spaces(ext)..].strip_prefix(b";") else { return false };
+        let rest = &rest[spaces(rest)..];
+        let name = token(rest);
+        if name == 0 {
+            return false;
+        }
+        ext = &rest[name..];
+        if let Some(value) = ext[spaces(ext)..].strip_prefix(b"=") {
+            let value = &value[spaces(value)..];
+            let len = if value.first() == Some(&b'"') { quoted_string(value) } else { token(value) };
+            if len == 0 {
+                return false;
+            }
+            ext = &value[len..];
+        }
+    }
+    true
+}
+
+/// The length of the quoted-string (RFC 9110 §5.6.4) at the start of `s`, or 0 if none is.
+fn quoted_string(s: &[u8]) -> usize {
+    let text = |b: u8| matches!(b, b'\t' | b' ' | 0x21..=0x7e | 0x80..);
+    let mut at = 1;
+    while let Some(&b) = s.get(at) {
+        match b {
+            b'"' => return at + 1,
+            b'\\' if s.get(at + 1).is_some_and(|q| text(*q)) => at += 2,
+            b'\\' => return 0,
+            _ if text(b) => at += 1,
+            _ => return 0,
+        }
+    }
+    0
+}
+
+/// The bytes of a token (RFC 9110 §5.6.2).
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -753,9 +891,25 @@ mod tests {
     #[test]
     fn a_response_is_framed_as_rfc_9112_says() {
         assert_eq!(framing("HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n"), Framing::Length(12));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\n"), Framing::Length(3));
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"), Framing::Chunked);
-        assert_eq!(framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"), Framing::UntilClose);
+        let listed = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\ncontent-length: 3\r\n\r\n", false);
+        let listed = listed.unwrap().unwrap();
+        assert_eq!(listed.framing, Framing::Length(3));
+        let lengths: Vec<_> = listed.headers.get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["3"], "passed on as one value");
+        // Codings the agent does not decode: passing the body on without them would change it.
+        for coded in ["gzip, chunked", "gzip", "chunked, chunked"] {
+            let response = format!("HTTP/1.1 200 OK\r\ntransfer-encoding: {coded}\r\n\r\n");
+            assert_eq!(
+                parse(&response, false).unwrap_err(),
+                Malformed("a transfer coding other than chunked")
+            );
+        }
+        assert_eq!(framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"), Framing::Chunked);
+        assert_eq!(
+            parse("HTTP/1.1 999 Internal\r\ncontent-length: 0\r\n\r\n", false).unwrap_err(),
+            Malformed("an invalid status code"),
+            "RFC 9110 §15: 100 to 599"
+        );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Framing::UntilClose);
         assert_eq!(framing("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"), Framing::Empty);
         assert_eq!(framing("HTTP/1.1 304 Not Modified\r\n\r\n"), Framing::Empty);
@@ -875,6 +1029,26 @@ mod tests {
         assert_eq!(bad("2\r\nabc\r\n0\r\n\r\n"), "a chunk not ended by CRLF");
         assert_eq!(bad("11111111111111111\r\n"), "an invalid chunk size");
         assert_eq!(bad(&format!("1;{}\r\n", "x".repeat(5000))), "a line or section past its bound");
+        // Extensions are read by their grammar: a bare LF or CR, a NUL, a space inside one or
+        // after the size would let another parser end the line elsewhere.
+        for size_line in ["2;x\nXX", "2;x=a\rb", "2;x=\0", "2;a b c", "2 ", "2;", "2;x=", "2;x=\"a", "2 x"] {
+            assert_eq!(
+                bad(&format!("{size_line}\r\nab\r\n0\r\n\r\n")),
+                "an invalid chunk size",
+                "{size_line:?}"
+            );
+        }
+        for size_line in ["2;x", "2 ; x = y", "2;x=\"a \\\" b\";y", "2\t;name=tok-en"] {
+            let wire = format!("{size_line}\r\nab\r\n0\r\n\r\n");
+            assert_eq!(decode_in_pieces(wire.as_bytes(), &[]).unwrap().0, b"ab", "{size_line:?}");
+        }
+        // A trailer section ended early by a bare LF: what follows is not taken as more of it.
+        assert_eq!(bad("0\r\nx-t: a\n\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"), "invalid trailer fields");
+        // Trailers that would frame or route the message are not passed on.
+        let (_, trailers) =
+            decode_in_pieces(b"0\r\ncontent-length: 50\r\nhost: evil\r\nx-ok: 1\r\n\r\n", &[]).unwrap();
+        let names: Vec<_> = trailers.unwrap().keys().map(|n| n.to_string()).collect();
+        assert_eq!(names, ["x-ok"]);
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let alphabet = b"0123456789abcdefXZ;\r\n \t";
         for _ in 0..2000 {
@@ -901,6 +1075,22 @@ mod tests {
             refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             "a Transfer-Encoding in an HTTP/1.0 request"
         );
+        // h2c's upgrade is not passed on: the request goes on in HTTP/1.1.
+        let wire = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+        let head = parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(head.upgrade, None);
+        assert!(
+            head.parts.headers.get(UPGRADE).is_none() && head.parts.headers.get("http2-settings").is_none()
+        );
+        let wire = "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let head = parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(head.upgrade, Some(HeaderValue::from_static("websocket")));
+        // Content-Length as a list, or repeated, of one number: passed on as one value.
+        let wire = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\n\r\n";
+        let head = parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!(head.framing, Framing::Length(5));
+        let lengths: Vec<_> = head.parts.headers.get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["5"]);
         for host in ["", "a.b-c_d~", "10.0.0.1:80", "[::1]:8080", "xn--bcher-kva.example"] {
             let wire = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert!(parse_request(&mut BytesMut::from(&wire[..]), &mut Vec::new()).is_ok(), "{host:?}");

@@ -26,6 +26,7 @@ use tokio::sync::{oneshot, watch};
 use crate::body::Body;
 use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
+    UNKNOWN_CODING,
 };
 use crate::http1_pool::Outgoing;
 use crate::upgrade;
@@ -165,11 +166,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             if !self.buf.is_empty() {
                 match http1_codec::parse_request(&mut self.buf, &mut self.spans) {
                     Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(None) if self.buf.len() >= MAX_HEAD_BYTES && !self.buf.contains(&b'\n') => {
+                        let why = Malformed("a request line past 64 KiB");
+                        return Err((StatusCode::URI_TOO_LONG, why));
+                    }
                     Ok(None) if self.buf.len() >= MAX_HEAD_BYTES => {
                         let why = Malformed("a request head past 64 KiB");
                         return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
                     }
                     Ok(None) => {}
+                    Err(why) if why == UNKNOWN_CODING => return Err((StatusCode::NOT_IMPLEMENTED, why)),
                     Err(why) => return Err((StatusCode::BAD_REQUEST, why)),
                 }
             }
@@ -430,6 +436,14 @@ mod tests {
         let mut rest = vec![0u8; 256];
         let n = tcp.read(&mut rest).await.unwrap();
         assert!(String::from_utf8_lossy(&rest[..n]).ends_with("POST /x 2 ok"));
+        // An HTTP/1.0 client is sent no interim response (RFC 9110 §15.2): it sends the body
+        // anyway.
+        let old = exchange(
+            addr,
+            &[b"POST /x HTTP/1.0\r\nexpect: 100-continue\r\ncontent-length: 2\r\n\r\n", b"ok"],
+        )
+        .await;
+        assert!(old.starts_with("HTTP/1.1 200 OK\r\n") && old.ends_with("POST /x 2 ok"), "{old}");
     }
 
     #[tokio::test]
@@ -472,6 +486,9 @@ mod tests {
                 "400",
             ),
             (b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip\r\n\r\n".to_vec(), "400"),
+            // A coding the agent does not decode (RFC 9112 §6.1).
+            (b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n".to_vec(), "501"),
+            (format!("GET /{} HTTP/1.1\r\nhost: h\r\n\r\n", "x".repeat(100 * 1024)).into_bytes(), "414"),
             (b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1, 2\r\n\r\n".to_vec(), "400"),
             (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
             (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "400"),

@@ -44,6 +44,7 @@ use crate::config::{
     Side, Target, authority, evaluate, grpc_code_of,
 };
 use crate::h2_pool::{H2Body, H2Pool};
+use crate::h2_wire::PREFACE;
 use crate::http1_codec::{MAX_HEAD_BYTES, connection_options, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
 use crate::identity::Identity;
@@ -362,7 +363,7 @@ impl Proxy {
     /// listener of that service port would, bound or not.
     pub async fn serve_http_proxy(self: Arc<Self>, listener: TcpListener) {
         self.accept_until_drained(listener, |me, tcp| async move {
-            let Ok(first) = first_bytes(&tcp).await else { return };
+            let Ok(first) = first_bytes(&tcp, HEADER_TIMEOUT).await else { return };
             let answer = {
                 let me = me.clone();
                 move |req: Request<Body>| {
@@ -427,7 +428,7 @@ impl Proxy {
         let Some(l) = self.state.config().listeners.get(name).cloned() else { return Ok(()) };
         match l.side {
             Side::Inbound { plaintext } => {
-                let first = first_bytes(&tcp).await?;
+                let first = first_bytes(&tcp, HEADER_TIMEOUT).await?;
                 // A TLS record starts with 0x16 (handshake); PERMISSIVE takes anything else as plaintext.
                 let tls = first.first() == Some(&0x16);
                 if !tls && !plaintext {
@@ -468,7 +469,7 @@ impl Proxy {
             }
             Side::Outbound { .. } => {
                 let speaks = match &l.handler {
-                    Handler::Http { .. } => Speaks::of_first_bytes(&first_bytes(&tcp).await?),
+                    Handler::Http { .. } => Speaks::of_first_bytes(&first_bytes(&tcp, HEADER_TIMEOUT).await?),
                     Handler::Tcp { .. } => None,
                 };
                 self.serve(l, tcp, None, speaks).await
@@ -1374,25 +1375,35 @@ impl Speaks {
         }
     }
 
-    /// From the first bytes of a plaintext connection: HTTP/2's preface begins with `PRI`, a
-    /// method no HTTP/1.1 request has (RFC 9113 §3.4). Too few bytes to tell: `None`.
+    /// From the first bytes of a plaintext connection: HTTP/2's preface, whole (RFC 9113
+    /// §3.4), or anything else, HTTP/1.1. A part of the preface is too few bytes to tell: `None`.
     pub(crate) fn of_first_bytes(first: &[u8]) -> Option<Speaks> {
-        match first {
-            [b'P', b'R', b'I', ..] => Some(Speaks::Http2),
-            [] | [b'P'] | [b'P', b'R'] => None,
-            _ => Some(Speaks::Http1),
+        if first.starts_with(PREFACE) {
+            Some(Speaks::Http2)
+        } else if PREFACE.starts_with(first) {
+            None
+        } else {
+            Some(Speaks::Http1)
         }
     }
 }
 
-/// Up to the first three bytes the peer sent, left unread: what has arrived once the first
-/// has, within `HEADER_TIMEOUT`.
-async fn first_bytes(tcp: &TcpStream) -> anyhow::Result<Vec<u8>> {
-    let mut first = [0u8; 3];
-    let n = tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first))
-        .await
-        .map_err(|_| anyhow!("nothing sent in {HEADER_TIMEOUT:?}"))??;
-    Ok(first[..n].to_vec())
+/// The first bytes the peer sent, left unread, as many as `Speaks::of_first_bytes` needs:
+/// what has arrived once the first has, and more while that is a part of HTTP/2's preface
+/// (which one segment nearly always carries whole), within `within`.
+pub(crate) async fn first_bytes(tcp: &TcpStream, within: Duration) -> anyhow::Result<Vec<u8>> {
+    let told = async {
+        let mut first = [0u8; PREFACE.len()];
+        loop {
+            let n = tcp.peek(&mut first).await?;
+            if n == 0 || n == first.len() || !PREFACE.starts_with(&first[..n]) {
+                return Ok::<_, std::io::Error>(first[..n].to_vec());
+            }
+            // Peeking again at once would find the same bytes: looked at again shortly.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    Ok(tokio::time::timeout(within, told).await.map_err(|_| anyhow!("nothing told in {within:?}"))??)
 }
 
 /// What the agent offers in ALPN when it opens mTLS to a mesh endpoint.
@@ -1852,13 +1863,14 @@ mod tests {
         assert_eq!(Speaks::of_alpn(Some(b"http/1.1")), Some(Speaks::Http1));
         assert_eq!(Speaks::of_alpn(Some(b"spdy/3")), None);
         assert_eq!(Speaks::of_alpn(None), None);
-        assert_eq!(Speaks::of_first_bytes(b"PRI * HTTP/2.0"), Some(Speaks::Http2));
-        assert_eq!(Speaks::of_first_bytes(b"PRI"), Some(Speaks::Http2));
-        for http1 in [&b"POS"[..], b"PUT", b"PATCH", b"GET", b"G", b"PO"] {
+        assert_eq!(Speaks::of_first_bytes(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Some(Speaks::Http2));
+        for http1 in
+            [&b"POS"[..], b"PUT", b"PATCH", b"GET", b"G", b"PO", b"PRIX / HTTP/1.1", b"PRI * HTTP/1.1"]
+        {
             assert_eq!(Speaks::of_first_bytes(http1), Some(Speaks::Http1), "{http1:?}");
         }
-        // The preface may still be on its way: hyper tells once the bytes are there.
-        for undecided in [&b""[..], b"P", b"PR"] {
+        // The preface may still be on its way.
+        for undecided in [&b""[..], b"P", b"PR", b"PRI", b"PRI * HTTP/2.0\r\n"] {
             assert_eq!(Speaks::of_first_bytes(undecided), None, "{undecided:?}");
         }
     }

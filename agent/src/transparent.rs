@@ -249,11 +249,8 @@ pub fn looks_like_http(first: &[u8]) -> bool {
 /// The HTTP version a connection's first bytes begin, or `None` for no HTTP (or nothing sent
 /// within `SNIFF_TIMEOUT`).
 async fn sniff_http(tcp: &TcpStream) -> Option<Speaks> {
-    let mut first = [0u8; 16];
-    match tokio::time::timeout(SNIFF_TIMEOUT, tcp.peek(&mut first)).await {
-        Ok(Ok(n)) if looks_like_http(&first[..n]) => Speaks::of_first_bytes(&first[..n]),
-        _ => None,
-    }
+    let first = crate::proxy::first_bytes(tcp, SNIFF_TIMEOUT).await.ok()?;
+    if looks_like_http(&first) { Speaks::of_first_bytes(&first) } else { None }
 }
 
 /// HTTP to an address that is no mesh endpoint: each request goes to the service its
