@@ -289,6 +289,8 @@ struct Stream {
     sending: bool,
     /// The server turned the stream away without acting on it.
     unprocessed: bool,
+    /// The request's own body failed.
+    request_failed: bool,
     /// The request body's pipe, waiting for room.
     sender: Option<Waker>,
     send_window: i64,
@@ -307,7 +309,11 @@ impl Stream {
     /// Why the stream failed, once it has.
     fn failure(&self) -> Option<PoolError> {
         let why = self.answer.failed.clone()?;
-        Some(if self.unprocessed { PoolError::Unprocessed(why) } else { PoolError::Http(why) })
+        Some(match () {
+            () if self.request_failed => PoolError::Request(why),
+            () if self.unprocessed => PoolError::Unprocessed(why),
+            () => PoolError::Http(why),
+        })
     }
 }
 
@@ -407,6 +413,7 @@ impl Connection {
                 answer: Received::default(),
                 sending: !end,
                 unprocessed: false,
+                request_failed: false,
                 sender: None,
                 send_window,
                 recv_window: STREAM_WINDOW,
@@ -800,6 +807,7 @@ where
                         state.reset(id, CANCEL, "");
                         if let Some(s) = state.stream(id) {
                             s.answer.failed = Some(format!("the request's body failed: {e}"));
+                            s.request_failed = true;
                         }
                     });
                     return Poll::Ready(Err(e));

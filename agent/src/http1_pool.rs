@@ -174,6 +174,10 @@ pub(crate) enum PoolError {
     /// a stream past a GOAWAY's last one: RFC 9113 §8.7): it may be sent again as it is.
     #[error("{0}")]
     Unprocessed(String),
+    /// The request's own body failed (malformed, or its client left): the client's doing,
+    /// which says nothing of the upstream.
+    #[error("{0}")]
+    Request(String),
 }
 
 /// An exchange that failed, and whether any of an answer had come.
@@ -218,7 +222,7 @@ impl Http1Pool {
         let mut wire = Vec::with_capacity(256);
         let upgrade = head.extensions.get::<upgrade::Requested>().map(|u| &u.0);
         http1_codec::encode_request(&mut wire, &head, outgoing.framing, upgrade);
-        outgoing.take_ready(&mut wire).map_err(PoolError::Http)?;
+        outgoing.take_ready(&mut wire).map_err(|why| outgoing.error(why))?;
         let asks = Asks { head: head.method == Method::HEAD, upgrade: upgrade.is_some() };
         if let Some(mut conn) = idle {
             let again = outgoing.done && idempotent(&head.method);
@@ -227,7 +231,7 @@ impl Http1Pool {
                 Err(f) if again && !f.answered => {
                     tracing::debug!(addr = %to.addr, why = %f.why, "idle connection closed under a request; sent again");
                 }
-                Err(f) => return Err(PoolError::Http(f.why)),
+                Err(f) => return Err(outgoing.error(f.why)),
             }
         }
         let io = match opened {
@@ -236,7 +240,7 @@ impl Http1Pool {
         };
         let mut conn = Connection::new(io, to);
         let response =
-            exchange(&mut conn, &wire, &mut outgoing, asks).await.map_err(|f| PoolError::Http(f.why))?;
+            exchange(&mut conn, &wire, &mut outgoing, asks).await.map_err(|f| outgoing.error(f.why))?;
         self.respond(conn, response).await
     }
 
@@ -400,6 +404,8 @@ pub(crate) struct Outgoing<B> {
     /// Bytes of a body of declared length sent so far.
     sent: u64,
     pub(crate) done: bool,
+    /// The body itself failed.
+    failed: bool,
 }
 
 impl<B> Outgoing<B>
@@ -425,7 +431,12 @@ where
     /// Framed as the connection requires (`Framing::Empty`: nothing of the body is sent).
     pub(crate) fn framed(body: B, framing: Framing) -> Self {
         let done = matches!(framing, Framing::Length(0) | Framing::Empty);
-        Outgoing { body, framing, sent: 0, done }
+        Outgoing { body, framing, sent: 0, done, failed: false }
+    }
+
+    /// The exchange's failure, `why`: the client's when the body itself failed.
+    fn error(&self, why: String) -> PoolError {
+        if self.failed { PoolError::Request(why) } else { PoolError::Http(why) }
     }
 
     /// Appends to `wire` the body's frames that are ready now (a whole buffered body, most
@@ -448,7 +459,10 @@ where
     ) -> Result<(), String> {
         let trailers = match frame {
             None => None,
-            Some(Err(e)) => return Err(format!("the body failed: {e}")),
+            Some(Err(e)) => {
+                self.failed = true;
+                return Err(format!("the request's body failed: {e}"));
+            }
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     self.data(&data, wire)?;
@@ -750,6 +764,21 @@ pub(crate) mod tests {
         let post = request(Method::POST, "/", addr, Full::new(Bytes::from("x")).boxed());
         let Err(PoolError::Http(why)) = send(&pool, post).await else { panic!("a POST is not sent twice") };
         assert!(why.contains("closed the connection without answering"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_own_body_fails_is_told_apart_from_an_upstream_failure() {
+        let (addr, _) = app(usize::MAX, false).await;
+        let frames: [Result<Frame<Bytes>, crate::body::BoxError>; 2] =
+            [Ok(Frame::data(Bytes::from("part"))), Err("a chunk not ended by CRLF".into())];
+        let req = Request::post("/echo")
+            .header(http::header::HOST, addr.to_string())
+            .body(StreamBody::new(tokio_stream::iter(frames)))
+            .unwrap();
+        let Err(PoolError::Request(why)) = pool().send(plain(addr), || tcp(addr), req).await else {
+            panic!("the client's body failed, not the upstream")
+        };
+        assert!(why.contains("a chunk not ended by CRLF"), "{why}");
     }
 
     #[tokio::test]

@@ -292,7 +292,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> hyper::body::Body for RequestBody<IO> {
                 }
                 Some(Ok(Frame::data(data)))
             }
-            Step::Trailers(t) => Some(Ok(Frame::trailers(t))),
+            // Trailers end the body: a reader need not ask again for the connection to go on.
+            Step::Trailers(t) => {
+                this.give_back(true);
+                Some(Ok(Frame::trailers(t)))
+            }
             Step::End => {
                 this.give_back(true);
                 None
@@ -333,6 +337,16 @@ mod tests {
         let answer = match parts.uri.path() {
             // Answers without reading the body.
             "/early" => "early".to_owned(),
+            // Reads the body up to its trailers, and no further, as a proxy passing it on does.
+            "/until-trailers" => {
+                let mut body = body;
+                while let Some(frame) = body.frame().await {
+                    if frame.expect("the body arrives").is_trailers() {
+                        break;
+                    }
+                }
+                "trailers".to_owned()
+            }
             _ => {
                 let collected = body.collect().await.expect("the body arrives");
                 let trailers = collected.trailers().cloned().unwrap_or_default();
@@ -420,6 +434,13 @@ mod tests {
             ["PUT /len 10 0123456789", "POST /chunks 5 abcde\nx-sum: 5", "GET /after 0 "],
             "{answer}"
         );
+        // A body read up to its trailers leaves the connection to the next request.
+        let answer = exchange(
+            addr,
+            &[b"POST /until-trailers HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\nx-sum: 1\r\n\r\nGET /after HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n"],
+        )
+        .await;
+        assert_eq!(bodies(&answer), ["trailers", "GET /after 0 "], "{answer}");
     }
 
     #[tokio::test]

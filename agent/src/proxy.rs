@@ -1464,6 +1464,8 @@ impl Failure {
             PoolError::Connect(why) => Failure::Connect(why),
             PoolError::Unprocessed(why) => Failure::Refused(why),
             PoolError::Http(why) => Failure::Reset(why),
+            // Not the upstream's doing: neither counted against it nor a gateway's error.
+            PoolError::Request(why) => Failure::Local((StatusCode::BAD_REQUEST, why)),
         }
     }
 
