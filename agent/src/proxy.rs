@@ -1394,13 +1394,16 @@ impl Speaks {
 pub(crate) async fn first_bytes(tcp: &TcpStream, within: Duration) -> anyhow::Result<Vec<u8>> {
     let told = async {
         let mut first = [0u8; PREFACE.len()];
+        let mut pause = Duration::from_millis(1);
         loop {
             let n = tcp.peek(&mut first).await?;
             if n == 0 || n == first.len() || !PREFACE.starts_with(&first[..n]) {
                 return Ok::<_, std::io::Error>(first[..n].to_vec());
             }
-            // Peeking again at once would find the same bytes: looked at again shortly.
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Peeking again at once would find the same bytes: looked at again after a pause
+            // that doubles, so that a client sending a byte and no more costs little.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     };
     Ok(tokio::time::timeout(within, told).await.map_err(|_| anyhow!("nothing told in {within:?}"))??)
@@ -1874,6 +1877,26 @@ mod tests {
         // The preface may still be on its way.
         for undecided in [&b""[..], b"P", b"PR", b"PRI", b"PRI * HTTP/2.0\r\n"] {
             assert_eq!(Speaks::of_first_bytes(undecided), None, "{undecided:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_segment_too_short_to_tell_is_waited_on_until_it_tells() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (pieces, speaks) in [
+            (&[&b"PRI * HTTP/2.0\r\n"[..], b"\r\nSM\r\n\r\n"][..], Some(Speaks::Http2)),
+            (&[&b"P"[..], b"OST / HTTP/1.1\r\n"], Some(Speaks::Http1)),
+            (&[&b"PRIX / HTTP/1.1\r\n"[..]], Some(Speaks::Http1)),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let told = tokio::spawn(async move { first_bytes(&server, HEADER_TIMEOUT).await.unwrap() });
+            for piece in pieces {
+                tokio::io::AsyncWriteExt::write_all(&mut client, piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            assert_eq!(Speaks::of_first_bytes(&told.await.unwrap()), speaks, "{pieces:?}");
         }
     }
 
