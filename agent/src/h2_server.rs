@@ -41,6 +41,9 @@ const HIGH_WATER: usize = 64 * 1024;
 /// agent's reset are ignored (RFC 9113 §6.4), and a frame on a stream it reset itself is told
 /// apart from a frame on a stream that never was.
 const REMEMBERED_RESETS: usize = 32;
+/// Runs of stream identifiers a client passed over that are remembered, so that a HEADERS on
+/// one is told apart (PROTOCOL_ERROR) from one on a closed stream (STREAM_CLOSED).
+const REMEMBERED_SKIPS: usize = 8;
 /// Streams a client may reset before their answer beyond those answered (RFC 9113 §10.5, the
 /// "rapid reset" of CVE-2023-44487): each such stream costs a handler's start, perhaps a request
 /// upstream, and frees its place at once, so `MAX_STREAMS` alone does not bound the work.
@@ -141,6 +144,8 @@ struct Conn<IO, F> {
     last_id: u32,
     /// Streams reset lately, and whether by the agent.
     recently_reset: VecDeque<(u32, bool)>,
+    /// Stream identifiers the client passed over lately (first and last of each run).
+    skipped: VecDeque<(u32, u32)>,
     /// What is left of `RESET_BUDGET`: one less for each stream the client resets before its
     /// answer, one more (up to the budget) for each answer.
     resets_allowed: i64,
@@ -219,6 +224,7 @@ where
             answering: FuturesUnordered::new(),
             last_id: 0,
             recently_reset: VecDeque::new(),
+            skipped: VecDeque::new(),
             resets_allowed: RESET_BUDGET,
             client_done: false,
             eof: false,
@@ -504,11 +510,23 @@ where
             return match self.recently_reset.iter().find(|(reset, _)| *reset == id) {
                 Some((_, true)) => Ok(()),
                 Some((_, false)) => Err(conn_error(STREAM_CLOSED, "HEADERS on a stream the client reset")),
-                None => Err(conn_error(PROTOCOL_ERROR, "a stream opened out of order")),
+                // RFC 9113 §5.1.1: an identifier passed over is not to be used; one used is
+                // a closed stream (§5.1).
+                None if self.skipped.iter().any(|(first, last)| (*first..=*last).contains(&id)) => {
+                    Err(conn_error(PROTOCOL_ERROR, "a stream opened out of order"))
+                }
+                None => Err(conn_error(STREAM_CLOSED, "HEADERS on a closed stream")),
             };
         }
         if id.is_multiple_of(2) {
             return Err(conn_error(PROTOCOL_ERROR, "a client opened an even-numbered stream"));
+        }
+        let expected = if self.last_id == 0 { 1 } else { self.last_id + 2 };
+        if id > expected {
+            if self.skipped.len() == REMEMBERED_SKIPS {
+                self.skipped.pop_front();
+            }
+            self.skipped.push_back((expected, id - 2));
         }
         self.last_id = id;
         if matches!(self.ending, Some(Ending::Graceful | Ending::Now)) {
@@ -1272,6 +1290,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(goaway_code(&mut io).await, PROTOCOL_ERROR);
+        // HEADERS on a stream both sides ended.
+        let (mut io, _) = raw().await;
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        next_of(&mut io, DATA).await;
+        io.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &request_block("/hello", &[])))
+            .await
+            .unwrap();
+        assert_eq!(goaway_code(&mut io).await, STREAM_CLOSED);
         // HEADERS on a stream the client reset itself.
         let (mut io, _) = raw().await;
         io.write_all(&frame(HEADERS, END_HEADERS, 1, &request_block("/hang", &[]))).await.unwrap();
