@@ -309,10 +309,12 @@ impl Stream {
     /// Why the stream failed, once it has.
     fn failure(&self) -> Option<PoolError> {
         let why = self.answer.failed.clone()?;
-        Some(match () {
-            () if self.request_failed => PoolError::Request(why),
-            () if self.unprocessed => PoolError::Unprocessed(why),
-            () => PoolError::Http(why),
+        Some(if self.request_failed {
+            PoolError::Request(why)
+        } else if self.unprocessed {
+            PoolError::Unprocessed(why)
+        } else {
+            PoolError::Http(why)
         })
     }
 }
