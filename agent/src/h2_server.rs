@@ -1423,6 +1423,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_header_block_of_endless_empty_continuations_is_cut_off() {
+        // A block split over many small frames is taken.
+        let (mut io, _) = raw().await;
+        let block = request_block("/hello", &[]);
+        let mut wire = frame(HEADERS, 0, 1, &block[..1]);
+        for (i, byte) in block[1..].iter().enumerate() {
+            let last = i == block.len() - 2;
+            wire.extend(frame(CONTINUATION, if last { END_HEADERS | END_STREAM } else { 0 }, 1, &[*byte]));
+        }
+        io.write_all(&wire).await.unwrap();
+        assert_eq!(next_of(&mut io, HEADERS).await.1, 1);
+        // The CONTINUATION flood: each frame counts, however little it carries.
+        let (mut io, _) = raw().await;
+        let mut flood = frame(HEADERS, 0, 1, &block);
+        for _ in 0..1100 {
+            flood.extend(frame(CONTINUATION, 0, 1, &[]));
+        }
+        let _ = io.write_all(&flood).await;
+        assert_eq!(goaway_code(&mut io).await, ENHANCE_YOUR_CALM);
+    }
+
+    #[tokio::test]
     async fn a_client_resetting_streams_faster_than_they_are_answered_is_told_to_calm_down() {
         let (mut io, _) = raw().await;
         let opened_and_reset = |ids: std::ops::Range<u32>| -> Vec<u8> {

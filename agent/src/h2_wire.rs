@@ -27,6 +27,10 @@ pub(crate) const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// The largest header block taken, compressed: Huffman coding may make a block longer than the
 /// fields it holds, which are bounded by `MAX_HEAD_BYTES`.
 pub(crate) const MAX_BLOCK: usize = 4 * MAX_HEAD_BYTES;
+/// What a CONTINUATION frame counts against `MAX_BLOCK` at least: a header block of endless
+/// tiny or empty ones (the CONTINUATION flood) is cut off after 1,024 frames, not left to
+/// run until the head's timeout.
+const CONTINUATION_CHARGE: usize = MAX_BLOCK / 1024;
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Frame types (RFC 9113 §6).
@@ -489,6 +493,8 @@ struct PartialBlock {
     end_stream: bool,
     self_dependent: bool,
     bytes: Vec<u8>,
+    /// What its frames count against `MAX_BLOCK`.
+    charged: usize,
 }
 
 /// What a frame means for the streams, once the connection's rules are kept.
@@ -601,21 +607,24 @@ impl Link {
                 if flags & END_HEADERS != 0 {
                     return Ok(Event::Block { id, block: fragment, end_stream, self_dependent });
                 }
-                self.block = Some(PartialBlock { id, end_stream, self_dependent, bytes: fragment.to_vec() });
+                let charged = fragment.len();
+                self.block =
+                    Some(PartialBlock { id, end_stream, self_dependent, bytes: fragment.to_vec(), charged });
                 Ok(Event::None)
             }
             CONTINUATION => {
                 let Some(block) = self.block.as_mut() else {
                     return Err(conn_error(PROTOCOL_ERROR, "CONTINUATION without HEADERS"));
                 };
-                if block.bytes.len() + payload.len() > MAX_BLOCK {
+                block.charged += payload.len().max(CONTINUATION_CHARGE);
+                if block.charged > MAX_BLOCK {
                     return Err(conn_error(ENHANCE_YOUR_CALM, "a header block past its bound"));
                 }
                 block.bytes.extend_from_slice(&payload);
                 if flags & END_HEADERS == 0 {
                     return Ok(Event::None);
                 }
-                let PartialBlock { id, end_stream, self_dependent, bytes } =
+                let PartialBlock { id, end_stream, self_dependent, bytes, .. } =
                     self.block.take().expect("matched");
                 Ok(Event::Block { id, block: bytes.into(), end_stream, self_dependent })
             }
