@@ -193,7 +193,7 @@ fn read_head<'h, 'b>(
     match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, fields) {
         Ok(httparse::Status::Complete(len)) => Ok(Some((len, parsed))),
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => Err(Malformed("more than 100 header fields")),
+        Err(httparse::Error::TooManyHeaders) => Err(TOO_MANY_FIELDS),
         Err(_) => Err(Malformed("an invalid response head")),
     }
 }
@@ -234,7 +234,7 @@ pub(crate) fn parse_request(
     ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Malformed("more than 100 header fields")),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_FIELDS),
         Err(_) => return Err(Malformed("an invalid request head")),
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
@@ -373,6 +373,9 @@ fn field_of(name: &[u8], value: Bytes) -> Result<(HeaderName, HeaderValue), Malf
     let value = HeaderValue::from_maybe_shared(value).map_err(|_| Malformed("an invalid field value"))?;
     Ok((name, value))
 }
+
+/// A head of more fields than `MAX_HEADERS`: answered 431, as a head past its bound is.
+pub(crate) const TOO_MANY_FIELDS: Malformed = Malformed("more than 100 header fields");
 
 /// A request body in a transfer coding other than chunked, which the agent does not decode:
 /// answered 501 (RFC 9112 §6.1), as its body cannot be passed on as it was meant.

@@ -26,7 +26,7 @@ use tokio::sync::{oneshot, watch};
 use crate::body::Body;
 use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
-    UNKNOWN_CODING,
+    TOO_MANY_FIELDS, UNKNOWN_CODING,
 };
 use crate::http1_pool::Outgoing;
 use crate::upgrade;
@@ -176,6 +176,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     }
                     Ok(None) => {}
                     Err(why) if why == UNKNOWN_CODING => return Err((StatusCode::NOT_IMPLEMENTED, why)),
+                    Err(why) if why == TOO_MANY_FIELDS => {
+                        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
+                    }
                     Err(why) => return Err((StatusCode::BAD_REQUEST, why)),
                 }
             }
@@ -510,6 +513,7 @@ mod tests {
             // A coding the agent does not decode (RFC 9112 §6.1).
             (b"POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n".to_vec(), "501"),
             (format!("GET /{} HTTP/1.1\r\nhost: h\r\n\r\n", "x".repeat(100 * 1024)).into_bytes(), "414"),
+            (format!("GET / HTTP/1.1\r\nhost: h\r\n{}\r\n", "x-f: 1\r\n".repeat(150)).into_bytes(), "431"),
             (b"POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1, 2\r\n\r\n".to_vec(), "400"),
             (b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), "400"),
             (b"GET / HTTP/1.1\r\n\r\n".to_vec(), "400"),
