@@ -536,37 +536,23 @@ pub(crate) fn content_length(value: &[u8], mut seen: Option<u64>) -> Result<Opti
 /// The bytes a `Host` value may hold: `uri-host [":" port]` (RFC 9110 §7.2), a registered
 /// name, an IPv4 address or an IP literal in brackets. A table: looked up for every byte of
 /// every request's `Host`.
-const HOST_BYTES: [bool; 256] = {
+const HOST_BYTES: [bool; 256] = alphanumeric_and(b"-._~%!$&'()*+,;=:[]");
+
+/// A table of the bytes that are ASCII letters or digits or among `others`.
+const fn alphanumeric_and(others: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-            );
+        table[b] = (b as u8).is_ascii_alphanumeric();
         b += 1;
     }
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
     table
-};
+}
 
 /// The field names a `Connection` value lists, but for `close` (which names no field) and
 /// `keep-alive` (whose field is left out anyway): most values are one of the two, and a name
@@ -798,33 +784,7 @@ fn quoted_string(s: &[u8]) -> usize {
 }
 
 /// The bytes of a token (RFC 9110 §5.6.2).
-const TOKEN_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            );
-        b += 1;
-    }
-    table
-};
+const TOKEN_BYTES: [bool; 256] = alphanumeric_and(b"!#$%&'*+-.^_`|~");
 
 #[cfg(test)]
 mod tests {
