@@ -46,6 +46,8 @@ const GRPC_PORT: u16 = 9090;
 const TCP_PORT: u16 = 5201;
 /// Each path's `BENCH_SECS` are measured in this many turns, the paths taken in turn.
 const ROUNDS: u64 = 5;
+/// The first second of each row's run: not timed, as connections are opened and caches warm.
+const WARM_UP: Duration = Duration::from_secs(1);
 
 /// The path of `tool`, or a panic that names it and its Debian package.
 fn need(tool: &str, package: &str) -> PathBuf {
@@ -275,6 +277,8 @@ impl Watch {
 struct Run {
     micros: Vec<u64>,
     failed: u64,
+    /// Requests sent, the warm-up's included.
+    sent_in_all: u64,
 }
 
 impl Run {
@@ -283,6 +287,7 @@ impl Run {
         self.micros.extend(other.micros);
         self.micros.sort_unstable();
         self.failed += other.failed;
+        self.sent_in_all += other.sent_in_all;
     }
 
     fn pct(&self, p: f64) -> f64 {
@@ -336,14 +341,17 @@ impl Arrivals {
 }
 
 /// `h2load` at `RATE` requests/s as `arrivals` says (one request in flight per connection)
-/// for `secs` after a second of warm-up; latency from its per-request log.
+/// for a second of warm-up and then `secs`; latency from its per-request log, but for the
+/// warm-up's requests. They are counted for the CPU per request all the same: the proxies'
+/// CPU is measured over the whole of h2load's run (h2load's own `--warm-up-time` leaves them
+/// out of its log, which made every per-request figure 1 + 1/`secs` times too large).
 async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs: u64) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.tsv");
     let mut cmd = Command::new(h2load);
     let connections = arrivals.connections();
     cmd.args(["-c", &connections.to_string(), "-m", "1", "--rps", &(RATE / connections).to_string()])
-        .args(["-D", &secs.to_string(), "--warm-up-time", "1"])
+        .args(["-D", &(secs + WARM_UP.as_secs()).to_string()])
         .arg(format!("--log-file={}", log.display()));
     match proto {
         Proto::Http1 => {
@@ -367,11 +375,14 @@ async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs
             .and_then(|c| c.split_whitespace().rev().nth(1)?.parse().ok())
             .unwrap_or(0)
     };
+    // Each line: the request's start (µs since the epoch), its status, its latency (µs).
     let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let start = |cols: &[&str]| cols.first().and_then(|c| c.parse::<u128>().ok()).unwrap_or(0);
+    let measured_from = lines.iter().map(|c| start(c)).min().unwrap_or(0) + WARM_UP.as_micros();
     let mut micros = Vec::new();
     let mut not_ok = 0;
-    for line in text.lines() {
-        let cols: Vec<&str> = line.split('\t').collect();
+    for cols in lines.iter().filter(|c| start(c) >= measured_from) {
         if cols.len() == 3 && cols[1] == "200" {
             micros.push(cols[2].parse().unwrap());
         } else {
@@ -379,7 +390,8 @@ async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs
         }
     }
     micros.sort_unstable();
-    Run { micros, failed: count("failed") + count("errored") + count("timeout") + not_ok }
+    let failed = count("failed") + count("errored") + count("timeout") + not_ok;
+    Run { micros, failed, sent_in_all: lines.len() as u64 }
 }
 
 struct Row {
@@ -432,7 +444,7 @@ fn table(title: &str, rows: &[Row], secs: u64) {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let requests = (r.run.micros.len() as u64 + r.run.failed).max(1) as f64;
+        let requests = r.run.sent_in_all.max(1) as f64;
         for (who, used) in &r.proxies {
             let per_k = used.vcpu() / (f64::from(RATE) / 1000.0);
             let ticks = (used.delta.user_ticks + used.delta.kernel_ticks).max(1) as f64;
