@@ -235,6 +235,13 @@ pub(crate) fn parse_request(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_FIELDS),
+        Err(httparse::Error::Version) => {
+            return match later_minor_version(buf) {
+                Some(true) => parse_request(buf, spans),
+                Some(false) => Err(Malformed("an HTTP version other than 1.x")),
+                None => Ok(None),
+            };
+        }
         Err(_) => return Err(Malformed("an invalid request head")),
     };
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
@@ -288,6 +295,20 @@ pub(crate) fn parse_request(
     let (mut parts, ()) = http::Request::new(()).into_parts();
     (parts.method, parts.uri, parts.version, parts.headers) = (method, uri, version, headers);
     Ok(Some(RequestHead { parts, framing, keep_alive, expects_continue, upgrade }))
+}
+
+/// Whether the request line in `buf` names a later HTTP/1 than 1.1 (`HTTP/1.2`, say), which
+/// is then rewritten `HTTP/1.1`: the message is read as the highest minor version the agent
+/// speaks (RFC 9110 §2.5). `None` while the line is incomplete.
+fn later_minor_version(buf: &mut BytesMut) -> Option<bool> {
+    let end = buf.iter().position(|b| *b == b'\n')?;
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let Some(at) = line.len().checked_sub(b"HTTP/1.2".len()) else { return Some(false) };
+    if !(line[at..].starts_with(b"HTTP/1.") && matches!(line[at + 7], b'2'..=b'9')) {
+        return Some(false);
+    }
+    buf[at + 7] = b'1';
+    Some(true)
 }
 
 /// Notes in `spans` where each of `parsed` fields lies in `buf` (which they borrow), so that
@@ -1038,6 +1059,14 @@ mod tests {
             refused("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
             "a Transfer-Encoding in an HTTP/1.0 request"
         );
+        // A later minor version is read as HTTP/1.1; another major version is refused.
+        let wire = "GET /v HTTP/1.2\r\nHost: a\r\n\r\n";
+        let head = parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap().unwrap();
+        assert_eq!((head.parts.uri.path(), head.parts.version), ("/v", Version::HTTP_11));
+        assert!(parse_request(&mut BytesMut::from("GET /v HTTP/1.2"), &mut Vec::new()).unwrap().is_none());
+        for other in ["GET / HTTP/2.0\r\nHost: a\r\n\r\n", "GET / HTTP/1.x\r\nHost: a\r\n\r\n"] {
+            assert!(parse_request(&mut BytesMut::from(other), &mut Vec::new()).is_err(), "{other:?}");
+        }
         // h2c's upgrade is not passed on: the request goes on in HTTP/1.1.
         let wire = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
         let head = parse_request(&mut BytesMut::from(wire), &mut Vec::new()).unwrap().unwrap();
