@@ -390,8 +390,8 @@ impl Fields {
         if name == CONTENT_LENGTH {
             let seen = self.content_length;
             self.content_length = content_length(value, seen).map_err(|_| "an invalid content-length")?;
-            if seen.is_some() || value.contains(&b',') {
-                self.headers.insert(CONTENT_LENGTH, HeaderValue::from(self.content_length.unwrap_or(0)));
+            if let Some(n) = self.content_length.filter(|_| seen.is_some() || value.contains(&b',')) {
+                self.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
                 return Ok(());
             }
         }

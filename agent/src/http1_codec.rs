@@ -22,6 +22,17 @@ const MAX_CHUNK_LINE: usize = 4096;
 #[error("malformed HTTP/1.1: {0}")]
 pub(crate) struct Malformed(pub &'static str);
 
+impl Malformed {
+    /// The status a request refused for this is answered with.
+    pub(crate) fn status(&self) -> StatusCode {
+        match *self {
+            UNKNOWN_CODING => StatusCode::NOT_IMPLEMENTED,
+            TOO_MANY_FIELDS => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
 /// How a message's body is delimited (RFC 9112 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {

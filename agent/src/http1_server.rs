@@ -26,7 +26,6 @@ use tokio::sync::{oneshot, watch};
 use crate::body::Body;
 use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
-    TOO_MANY_FIELDS, UNKNOWN_CODING,
 };
 use crate::http1_pool::Outgoing;
 use crate::upgrade;
@@ -175,11 +174,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                         return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
                     }
                     Ok(None) => {}
-                    Err(why) if why == UNKNOWN_CODING => return Err((StatusCode::NOT_IMPLEMENTED, why)),
-                    Err(why) if why == TOO_MANY_FIELDS => {
-                        return Err((StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
-                    }
-                    Err(why) => return Err((StatusCode::BAD_REQUEST, why)),
+                    Err(why) => return Err((why.status(), why)),
                 }
             }
             match poll_fn(|cx| self.poll_read_more(cx)).await {
