@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::process::Command;
 use trellis_model::Role;
@@ -46,6 +47,11 @@ const GRPC_PORT: u16 = 9090;
 const TCP_PORT: u16 = 5201;
 /// Each path's `BENCH_SECS` are measured in this many turns, the paths taken in turn.
 const ROUNDS: u64 = 5;
+/// The paths measured, as the tables name them.
+const DIRECT: &str = "direct";
+const NGINX_HOP: &str = "nginx, one plain hop";
+const ONE_AGENT_HOP: &str = "one agent, plain hop";
+const TWO_AGENTS: &str = "two agents, mTLS";
 /// The first second of each row's run: not timed, as connections are opened and caches warm.
 const WARM_UP: Duration = Duration::from_secs(1);
 
@@ -276,6 +282,8 @@ impl Watch {
 /// Latencies of one run at the fixed rate, in microseconds, sorted, and the failures.
 struct Run {
     micros: Vec<u64>,
+    /// The same latencies by round, for resampling each round on its own.
+    rounds: Vec<Vec<u64>>,
     failed: u64,
     /// Requests sent, the warm-up's included.
     sent_in_all: u64,
@@ -286,17 +294,53 @@ impl Run {
     fn add(&mut self, other: Run) {
         self.micros.extend(other.micros);
         self.micros.sort_unstable();
+        self.rounds.extend(other.rounds);
         self.failed += other.failed;
         self.sent_in_all += other.sent_in_all;
     }
 
     fn pct(&self, p: f64) -> f64 {
-        if self.micros.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((self.micros.len() as f64) * p).ceil() as usize;
-        self.micros[rank.clamp(1, self.micros.len()) - 1] as f64 / 1000.0
+        pct_ms(&mut self.micros.clone(), p)
     }
+
+    /// The `p` percentile of one resample: each round's requests drawn with replacement, as
+    /// many as it had, so that a round's share (and the machine's state in its seconds) stays.
+    fn resampled_pct(&self, p: f64, rng: &mut impl Rng, scratch: &mut Vec<u64>) -> f64 {
+        scratch.clear();
+        for round in self.rounds.iter().filter(|r| !r.is_empty()) {
+            scratch.extend((0..round.len()).map(|_| round[rng.random_range(0..round.len())]));
+        }
+        pct_ms(scratch, p)
+    }
+}
+
+/// The `p` percentile of `micros` (reordered), in milliseconds.
+fn pct_ms(micros: &mut [u64], p: f64) -> f64 {
+    if micros.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((micros.len() as f64) * p).ceil() as usize;
+    let (_, at, _) = micros.select_nth_unstable(rank.clamp(1, micros.len()) - 1);
+    *at as f64 / 1000.0
+}
+
+/// Resamples for [`interval`].
+const RESAMPLES: usize = 1000;
+
+/// How far `a`'s p99 minus `b`'s could be from what one run measured, by chance of which
+/// requests fell in the tail: the middle 95 % of that difference over `RESAMPLES` resamples of
+/// both runs. (What a run measures besides, a machine busier in some seconds than in others, is
+/// what the interleaved rounds spread over the paths.)
+fn interval(a: &Run, b: &Run) -> (f64, f64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+    let mut scratch = Vec::new();
+    let mut diffs: Vec<f64> = (0..RESAMPLES)
+        .map(|_| {
+            a.resampled_pct(0.99, &mut rng, &mut scratch) - b.resampled_pct(0.99, &mut rng, &mut scratch)
+        })
+        .collect();
+    diffs.sort_unstable_by(f64::total_cmp);
+    (diffs[RESAMPLES * 25 / 1000], diffs[RESAMPLES * 975 / 1000 - 1])
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -391,7 +435,7 @@ async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs
     }
     micros.sort_unstable();
     let failed = count("failed") + count("errored") + count("timeout") + not_ok;
-    Run { micros, failed, sent_in_all: lines.len() as u64 }
+    Run { rounds: vec![micros.clone()], micros, failed, sent_in_all: lines.len() as u64 }
 }
 
 struct Row {
@@ -461,6 +505,24 @@ fn table(title: &str, rows: &[Row], secs: u64) {
             );
         }
     }
+}
+
+/// The two latency goals with how far chance could move each: one agent's p99 against
+/// nginx's (their added p99s differ by as much, the direct path's p99 being common to both),
+/// and what two agents add at p99.
+fn against_goals(rows: &[Row]) {
+    let run = |label: &str| &rows.iter().find(|r| r.label == label).expect("a row of every path").run;
+    let (direct, nginx, one, two) = (run(DIRECT), run(NGINX_HOP), run(ONE_AGENT_HOP), run(TWO_AGENTS));
+    let (low, high) = interval(one, nginx);
+    println!(
+        "\none agent's p99 − nginx's: {:+.3} ms (95 % of resamples {low:+.3} … {high:+.3} ms; goal ≤ 0)",
+        one.pct(0.99) - nginx.pct(0.99)
+    );
+    let (low, high) = interval(two, direct);
+    println!(
+        "two agents' added p99: {:+.3} ms (95 % of resamples {low:+.3} … {high:+.3} ms; goal ≤ 1 ms)",
+        two.pct(0.99) - direct.pct(0.99)
+    );
 }
 
 /// Measures `url` at the fixed rate for `secs` while watching `proxies` (name, pid).
@@ -660,19 +722,19 @@ async fn main() {
         (Proto::Grpc, "gRPC (h2c)", "grpc", up_grpc, px_grpc, GRPC_PORT, &out_grpc, "/bench.Echo/Get"),
     ] {
         let paths = [
-            ("direct", format!("http://127.0.0.1:{direct}{path}"), Vec::new()),
+            (DIRECT, format!("http://127.0.0.1:{direct}{path}"), Vec::new()),
             (
-                "nginx, one plain hop",
+                NGINX_HOP,
                 format!("http://127.0.0.1:{through_nginx}{path}"),
                 vec![("nginx", proxy.process.pid())],
             ),
             (
-                "one agent, plain hop",
+                ONE_AGENT_HOP,
                 format!("http://{CALLEE}:{through_one}{path}"),
                 vec![("callee agent", callee_pid)],
             ),
             (
-                "two agents, mTLS",
+                TWO_AGENTS,
                 format!("http://{through_two}{path}"),
                 vec![("caller agent", caller_pid), ("callee agent", callee_pid)],
             ),
@@ -693,6 +755,7 @@ async fn main() {
                 }
             }
             table(&format!("{name}, {RATE} requests/s {}", arrivals.describe()), &rows, round_secs * ROUNDS);
+            against_goals(&rows);
         }
     }
 
