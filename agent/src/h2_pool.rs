@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, Response};
+use http::Response;
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
@@ -72,24 +72,25 @@ impl H2Pool {
         H2Pool { connections: Mutex::default(), idle }
     }
 
-    /// Sends `req` to `to` over its connection, opened with `connect` when there is none or
-    /// the one there was has closed. The URI must hold the scheme and authority. A request
+    /// Sends the request `head` and `body` to `to` over its connection, opened with `connect`
+    /// when there is none or the one there was has closed. The URI must hold the scheme and
+    /// authority. A request
     /// held whole (or without a body) that the upstream turns away before acting on it goes
     /// once more (on a new connection when the old one is going away): nothing of it is lost.
     pub async fn send<C, F>(
         &self,
         to: Destination,
         mut connect: C,
-        req: Request<crate::body::Body>,
+        head: &http::request::Parts,
+        mut body: crate::body::Body,
     ) -> Result<Response<H2Body>, PoolError>
     where
         C: FnMut() -> F,
         F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let (head, mut body) = req.into_parts();
         let mut again = body.copy();
         loop {
-            match self.attempt(&to, &mut connect, &head, body).await {
+            match self.attempt(&to, &mut connect, head, body).await {
                 Err(PoolError::Unprocessed(why)) if again.is_some() => {
                     tracing::debug!(upstream = %to.addr, %why, "request turned away unprocessed; sent again");
                     body = again.take().expect("checked");
@@ -986,13 +987,28 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::HeaderMap;
+    use http::{HeaderMap, Request};
     use http_body_util::{BodyExt, Full, StreamBody};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpListener;
 
     use super::*;
     use crate::http1_pool::tests::{TestBody, fed_body, plain, tcp};
+
+    /// `req` sent on `pool`, its head by reference as the proxy sends one.
+    async fn send_on<C, F>(
+        pool: &H2Pool,
+        to: Destination,
+        connect: C,
+        req: Request<crate::body::Body>,
+    ) -> Result<Response<H2Body>, PoolError>
+    where
+        C: FnMut() -> F,
+        F: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+    {
+        let (head, body) = req.into_parts();
+        pool.send(to, connect, &head, body).await
+    }
 
     fn full(data: impl Into<Bytes>) -> TestBody {
         Full::new(data.into()).boxed()
@@ -1056,8 +1072,9 @@ mod tests {
             request_trailers.insert("x-call", i.to_string().parse().unwrap());
             let body =
                 full(format!("call {i}")).with_trailers(async move { Some(Ok(request_trailers)) }).boxed();
-            let resp =
-                pool.send(plain(server.addr), || tcp(server.addr), post(server.addr, body)).await.unwrap();
+            let resp = send_on(&pool, plain(server.addr), || tcp(server.addr), post(server.addr, body))
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             let (body, trailers) = read(resp).await;
             assert_eq!(body, format!("call {i}"));
@@ -1075,7 +1092,8 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 tcp(server.addr).await
             };
-            let call = pool.send(plain(server.addr), connect, post(server.addr, full(format!("call {i}"))));
+            let call =
+                send_on(&pool, plain(server.addr), connect, post(server.addr, full(format!("call {i}"))));
             async move { read(call.await.unwrap()).await.0 }
         });
         let answers = futures::future::join_all(calls).await;
@@ -1085,9 +1103,9 @@ mod tests {
         // The call opening a connection is dropped: one waiting for it opens its own.
         let other = echo().await;
         let never = || std::future::pending::<Result<Box<dyn Upstream>, PoolError>>();
-        let mut dropped = Box::pin(pool.send(plain(other.addr), never, post(other.addr, full("lost"))));
+        let mut dropped = Box::pin(send_on(&pool, plain(other.addr), never, post(other.addr, full("lost"))));
         assert!(futures::poll!(dropped.as_mut()).is_pending());
-        let waiting = pool.send(plain(other.addr), || tcp(other.addr), post(other.addr, full("kept")));
+        let waiting = send_on(&pool, plain(other.addr), || tcp(other.addr), post(other.addr, full("kept")));
         let mut waiting = Box::pin(waiting);
         assert!(futures::poll!(waiting.as_mut()).is_pending(), "waits for the connection being opened");
         drop(dropped);
@@ -1098,7 +1116,7 @@ mod tests {
     async fn a_connection_the_upstream_closed_is_replaced_before_the_next_call() {
         let server = echo().await;
         let pool = H2Pool::new(Duration::from_secs(5));
-        let call = || pool.send(plain(server.addr), || tcp(server.addr), post(server.addr, full("x")));
+        let call = || send_on(&pool, plain(server.addr), || tcp(server.addr), post(server.addr, full("x")));
         assert_eq!(read(call().await.unwrap()).await.0, "x");
         for c in server.connections.lock().unwrap().drain(..) {
             c.abort();
@@ -1114,7 +1132,7 @@ mod tests {
         let pool = H2Pool::new(Duration::from_secs(5));
         let (tx, body) = fed_body(1);
         tx.send(Ok(Frame::data(Bytes::from("ping 1")))).await.unwrap();
-        let call = pool.send(plain(server.addr), || tcp(server.addr), post(server.addr, body));
+        let call = send_on(&pool, plain(server.addr), || tcp(server.addr), post(server.addr, body));
         let resp =
             tokio::time::timeout(Duration::from_secs(5), call).await.expect("answered mid-request").unwrap();
         let mut body = resp.into_body();
@@ -1135,8 +1153,9 @@ mod tests {
             big.chunks(16 * 1024).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
         let body = StreamBody::new(tokio_stream::iter(chunks)).boxed();
         let call = async {
-            let resp =
-                pool.send(plain(server.addr), || tcp(server.addr), post(server.addr, body)).await.unwrap();
+            let resp = send_on(&pool, plain(server.addr), || tcp(server.addr), post(server.addr, body))
+                .await
+                .unwrap();
             read(resp).await
         };
         let (echoed, _) = tokio::time::timeout(Duration::from_secs(20), call).await.expect("not stalled");
@@ -1227,7 +1246,7 @@ mod tests {
             let pool = H2Pool::new(Duration::from_secs(5));
             let get = Request::get(format!("http://{addr}/")).body(crate::body::Body::empty()).unwrap();
             let call = async {
-                let resp = pool.send(plain(addr), || tcp(addr), get).await?;
+                let resp = send_on(&pool, plain(addr), || tcp(addr), get).await?;
                 resp.into_body().collect().await.map_err(|e| PoolError::Http(e.to_string()))
             };
             match tokio::time::timeout(Duration::from_secs(5), call).await.expect("every call ends") {
@@ -1298,7 +1317,7 @@ mod tests {
         .await;
         let pool = H2Pool::new(Duration::from_secs(5));
         let get = || Request::get(format!("http://{addr}/")).body(crate::body::Body::empty()).unwrap();
-        let call = || pool.send(plain(addr), || tcp(addr), get());
+        let call = || send_on(&pool, plain(addr), || tcp(addr), get());
         assert_eq!(call().await.unwrap().status(), 200, "the 103 was passed over");
         // Streams 3 and 5: refused, sent once more, refused again.
         let refused = call().await.map(|r| r.status()).unwrap_err();
@@ -1306,11 +1325,11 @@ mod tests {
         // Streams 7 and 9: refused, then answered.
         assert_eq!(call().await.unwrap().status(), 200, "sent again after REFUSED_STREAM");
         // Stream 11: a request whose body streams is not sent again.
-        let posted = pool.send(plain(addr), || tcp(addr), post(addr, full("once"))).await;
+        let posted = send_on(&pool, plain(addr), || tcp(addr), post(addr, full("once"))).await;
         assert!(matches!(posted, Err(PoolError::Unprocessed(_))), "{:?}", posted.map(|r| r.status()));
         // Streams 13 and 15: one held whole is, refused then answered (as a gRPC call's is).
         let whole = Request::post(format!("http://{addr}/")).body(crate::body::Body::whole("twice")).unwrap();
-        let posted = pool.send(plain(addr), || tcp(addr), whole).await;
+        let posted = send_on(&pool, plain(addr), || tcp(addr), whole).await;
         assert_eq!(posted.unwrap().status(), 200, "a whole body sent again after REFUSED_STREAM");
         let (last, beside) = tokio::join!(call(), async {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1342,13 +1361,12 @@ mod tests {
             }
         });
         let pool = H2Pool::new(Duration::from_secs(5));
-        let resp = pool.send(plain(addr), || tcp(addr), post(addr, full("first"))).await.unwrap();
+        let resp = send_on(&pool, plain(addr), || tcp(addr), post(addr, full("first"))).await.unwrap();
         assert_eq!(read(resp).await.0, "first");
         let calls = (0..12).map(|i| {
             let pool = &pool;
             async move {
-                let resp = pool
-                    .send(plain(addr), || tcp(addr), post(addr, full(format!("call {i}"))))
+                let resp = send_on(pool, plain(addr), || tcp(addr), post(addr, full(format!("call {i}"))))
                     .await
                     .unwrap();
                 read(resp).await.0

@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -191,8 +191,8 @@ impl Http1Pool {
         Http1Pool { idle: Arc::default(), max_idle_time }
     }
 
-    /// Sends `req` (origin form, with a `Host`) to `to` over an idle connection, or over a new
-    /// one that `connect` opens (boxed: a TLS handshake's state is large, and the request's
+    /// Sends the request `head` (origin form, with a `Host`) and `body` to `to` over an idle
+    /// connection, or over a new one that `connect` opens (boxed: a TLS handshake's state is large, and the request's
     /// future is moved whole when hyper spawns it). The other side may have closed an idle
     /// connection just as the request went: a request that got no answer on one is sent again
     /// over a new connection when that is safe (an idempotent method, the whole request
@@ -201,7 +201,8 @@ impl Http1Pool {
         &self,
         to: Destination,
         connect: impl FnOnce() -> C,
-        req: Request<B>,
+        head: &http::request::Parts,
+        body: B,
     ) -> Result<Response<Body>, PoolError>
     where
         B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -217,11 +218,10 @@ impl Http1Pool {
             Some(_) => None,
             None => Some(open().await?),
         };
-        let (head, body) = req.into_parts();
         let mut outgoing = Outgoing::new(body);
         let mut wire = Vec::with_capacity(256);
         let upgrade = head.extensions.get::<upgrade::Requested>().map(|u| &u.0);
-        http1_codec::encode_request(&mut wire, &head, outgoing.framing, upgrade);
+        http1_codec::encode_request(&mut wire, head, outgoing.framing, upgrade);
         outgoing.take_ready(&mut wire).map_err(|why| outgoing.error(why))?;
         let asks = Asks { head: head.method == Method::HEAD, upgrade: upgrade.is_some() };
         if let Some(mut conn) = idle {
@@ -585,7 +585,7 @@ pub(crate) mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use http::{HeaderMap, StatusCode};
+    use http::{HeaderMap, Request, StatusCode};
     use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt, Empty, Full, StreamBody};
     use hyper::body::Body as _;
@@ -632,9 +632,25 @@ pub(crate) mod tests {
         Ok(Box::new(tcp))
     }
 
+    /// `req` sent on `pool`, its head by reference as the proxy sends one.
+    pub(crate) async fn send_on<B, C>(
+        pool: &Http1Pool,
+        to: Destination,
+        connect: impl FnOnce() -> C,
+        req: Request<B>,
+    ) -> Result<Response<Body>, PoolError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+        C: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
+    {
+        let (head, body) = req.into_parts();
+        pool.send(to, connect, &head, body).await
+    }
+
     async fn send(pool: &Http1Pool, req: Request<TestBody>) -> Result<Response<Body>, PoolError> {
         let addr = req.headers()[http::header::HOST].to_str().unwrap().parse().unwrap();
-        pool.send(plain(addr), || tcp(addr), req).await
+        send_on(pool, plain(addr), || tcp(addr), req).await
     }
 
     /// The body and trailers of a response.
@@ -775,7 +791,7 @@ pub(crate) mod tests {
             .header(http::header::HOST, addr.to_string())
             .body(StreamBody::new(tokio_stream::iter(frames)))
             .unwrap();
-        let Err(PoolError::Request(why)) = pool().send(plain(addr), || tcp(addr), req).await else {
+        let Err(PoolError::Request(why)) = send_on(&pool(), plain(addr), || tcp(addr), req).await else {
             panic!("the client's body failed, not the upstream")
         };
         assert!(why.contains("a chunk not ended by CRLF"), "{why}");
@@ -794,11 +810,11 @@ pub(crate) mod tests {
             Request::post("/echo").header(http::header::HOST, addr.to_string()).body(body).unwrap()
         };
         let pool = pool();
-        let refused = pool.send(plain(refusing), || tcp(refusing), to(refusing, body)).await;
+        let refused = send_on(&pool, plain(refusing), || tcp(refusing), to(refusing, body)).await;
         assert!(matches!(refused, Err(PoolError::Connect(_))), "refused");
         let body = again.take().expect("nothing of the body was read");
         let app = hyper_app().await;
-        let answer = pool.send(plain(app), || tcp(app), to(app, body)).await.unwrap();
+        let answer = send_on(&pool, plain(app), || tcp(app), to(app, body)).await.unwrap();
         assert_eq!(read(answer).await.0, "ready at once", "all of it reached the other");
     }
 
@@ -826,7 +842,7 @@ pub(crate) mod tests {
         assert_eq!(get(&pool, addr).await, "ok");
         let id = SpiffeId::parse("spiffe://td.example/ns/shop/sa/reviews").unwrap();
         let tls = Destination { addr, mtls: Some((id, 1)) };
-        let resp = pool.send(tls, || tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
+        let resp = send_on(&pool, tls, || tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
         assert_eq!(read(resp).await.0, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a plaintext connection is not one with an identity");
         assert_eq!(get(&pool, addr).await, "ok");

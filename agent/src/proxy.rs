@@ -1001,7 +1001,7 @@ impl Proxy {
         let retry = route.retry.as_ref().filter(|_| bytes.is_some());
         let tries = retry.map_or(1, |r| r.retries + 1);
         let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
-        let mut parts = Some(parts);
+        let (mut parts, mut copy) = (parts, None);
         for attempt in 0..tries {
             let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
             *tried = Some(cluster);
@@ -1010,10 +1010,10 @@ impl Proxy {
                 (None, Some(s)) => s,
                 (None, None) => unreachable!("a streamed body is tried once"),
             };
-            // The last try takes the head; one before it sends a copy.
-            let head = if attempt + 1 < tries { parts.clone() } else { parts.take() };
-            let req = Request::from_parts(head.expect("taken by the last try only"), body);
-            let sent = std::pin::pin!(self.send(cluster, req));
+            // The last try sends the head; one before it a copy (a try fits the head to its
+            // endpoint).
+            let head = if attempt + 1 < tries { copy.insert(parts.clone()) } else { &mut parts };
+            let sent = std::pin::pin!(self.send(cluster, head, body));
             let result = match retry.and_then(|r| r.per_try) {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
                 None => sent.await,
@@ -1031,11 +1031,16 @@ impl Proxy {
         last
     }
 
-    /// Sends `req` to an endpoint of `cluster`, and a request an endpoint took nothing of to up
-    /// to `OTHER_ENDPOINTS_OFFERED` others: one held whole, or one whose body that endpoint's
-    /// try read none of.
-    async fn send(&self, cluster: &str, req: Request<Body>) -> Result<Response<Body>, Failure> {
-        let (mut parts, mut body) = req.into_parts();
+    /// Sends the request (`parts`, `body`) to an endpoint of `cluster`, and a request an endpoint
+    /// took nothing of to up to `OTHER_ENDPOINTS_OFFERED` others: one held whole, or one whose
+    /// body that endpoint's try read none of. The head goes by reference from here on: a
+    /// request is moved whole through no more of the layers below.
+    async fn send(
+        &self,
+        cluster: &str,
+        parts: &mut http::request::Parts,
+        mut body: Body,
+    ) -> Result<Response<Body>, Failure> {
         let (mut tried, mut failed) = (Vec::new(), None);
         loop {
             let pick = match (self.endpoint(cluster, &tried), failed) {
@@ -1047,7 +1052,7 @@ impl Proxy {
             let again =
                 pick.another_after(&tried).then(|| body.keep_again().map(|a| (parts.clone(), a))).flatten();
             let addr = pick.addr;
-            let failure = match self.send_to(cluster, pick, Request::from_parts(parts, body)).await {
+            let failure = match self.send_to(cluster, pick, parts, body).await {
                 Err(failure) if failure.nothing_sent() => failure,
                 result => return result,
             };
@@ -1057,16 +1062,17 @@ impl Proxy {
             tracing::debug!(cluster, host = %addr, "the endpoint took nothing; offered to another");
             tried.push(addr);
             failed = Some(failure);
-            (parts, body) = (head, body_again);
+            (*parts, body) = (head, body_again);
         }
     }
 
-    /// Sends `req` to the endpoint picked, and records how it went.
+    /// Sends the request to the endpoint picked, and records how it went.
     async fn send_to(
         &self,
         cluster: &str,
         pick: Pick,
-        req: Request<Body>,
+        head: &mut http::request::Parts,
+        body: Body,
     ) -> Result<Response<Body>, Failure> {
         let addr = pick.addr;
         let _in_flight = pick.health.admit(pick.cluster.limit).ok_or_else(|| {
@@ -1083,7 +1089,7 @@ impl Proxy {
         };
         // Mesh requests are timed for the control plane's golden metrics.
         let started = peer.is_some().then(std::time::Instant::now);
-        let result = self.exchange(addr, peer, pick.cluster.h2, req).await.map(|r| holding(r, host));
+        let result = self.exchange(addr, peer, pick.cluster.h2, head, body).await.map(|r| holding(r, host));
         // What failed before anything was sent says nothing of the endpoint.
         if matches!(result, Err(Failure::Local(_))) {
             return result;
@@ -1104,7 +1110,7 @@ impl Proxy {
         result
     }
 
-    /// `req` to `addr` — the application, or an endpoint of `peer` over mTLS — in HTTP/2 when
+    /// The request to `addr` — the application, or an endpoint of `peer` over mTLS — in HTTP/2 when
     /// the cluster speaks it (`h2`), else in HTTP/1.1, carried over HTTP/2 to a mesh endpoint
     /// that agrees (`Alpn::Either`). A protocol switch goes to a mesh endpoint in HTTP/1.1
     /// whatever the cluster speaks, and to an application that speaks HTTP/2 as an extended
@@ -1114,11 +1120,12 @@ impl Proxy {
         addr: SocketAddr,
         peer: Option<&SpiffeId>,
         h2: bool,
-        mut req: Request<Body>,
+        head: &mut http::request::Parts,
+        body: Body,
     ) -> Result<Response<Body>, Failure> {
         let to =
             Destination { addr, mtls: peer.map(|p| (p.clone(), self.generation.load(Ordering::SeqCst))) };
-        let switch = crate::upgrade::requested(&req);
+        let switch = crate::upgrade::requested(&head.extensions);
         let (alpn, mut opened) = match peer {
             None => (None, None),
             Some(_) if switch.is_some() => (Some(Alpn::Http1), None),
@@ -1135,14 +1142,13 @@ impl Proxy {
             },
         };
         let h2 = alpn.map_or(h2, |a| a != Alpn::Http1);
-        *req.version_mut() = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+        head.version = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
         // HTTP/1.1 goes in origin form with a Host; HTTP/2 in absolute form, which gives the
         // stream its :scheme and :authority.
         if h2 {
-            for_http2(&mut req, addr)
-                .map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
+            for_http2(head, addr).map_err(|e| Failure::Local((StatusCode::BAD_REQUEST, e.to_string())))?;
         } else {
-            with_host(&mut req, addr);
+            with_host(head, addr);
         }
         let connect = || {
             let opened = opened.take();
@@ -1160,13 +1166,18 @@ impl Proxy {
             }
         };
         let sent = if h2 {
-            let send = async |req| self.h2.send(to, connect, req).await.map(|r| r.map(Body::from));
+            let send =
+                async |head: &_, body| self.h2.send(to, connect, head, body).await.map(|r| r.map(Body::from));
             match switch {
-                Some(protocol) => crate::upgrade::over_http2(req, protocol, send).await,
-                None => send(req).await,
+                // The stream carries the switched protocol's bytes, not the request's body.
+                Some(protocol) => {
+                    drop(body);
+                    crate::upgrade::over_http2(head, protocol, send).await
+                }
+                None => send(head, body).await,
             }
         } else {
-            self.http1.send(to, connect, req).await
+            self.http1.send(to, connect, head, body).await
         };
         sent.map_err(Failure::of_pool)
     }
@@ -1176,11 +1187,12 @@ impl Proxy {
     pub(crate) async fn pass_on_http1(
         &self,
         dst: SocketAddr,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
-        strip_hop_by_hop(req.headers_mut());
-        with_host(&mut req, dst);
-        self.http1.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), req).await
+        let (mut head, body) = req.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        with_host(&mut head, dst);
+        self.http1.send(Destination { addr: dst, mtls: None }, || plain_upstream(dst), &head, body).await
     }
 
     /// Serves a plaintext HTTP connection with `answer`: on the agent's own server for the
@@ -1221,15 +1233,21 @@ impl Proxy {
     pub(crate) async fn pass_on_http2(
         &self,
         dst: SocketAddr,
-        mut req: Request<Body>,
+        req: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
-        strip_hop_by_hop(req.headers_mut());
-        for_http2(&mut req, dst).map_err(|e| PoolError::Http(e.to_string()))?;
+        let (mut head, body) = req.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        for_http2(&mut head, dst).map_err(|e| PoolError::Http(e.to_string()))?;
         let to = Destination { addr: dst, mtls: None };
-        let send = async |req| self.h2.send(to, || plain_upstream(dst), req).await.map(|r| r.map(Body::from));
-        match crate::upgrade::requested(&req) {
-            Some(protocol) => crate::upgrade::over_http2(req, protocol, send).await,
-            None => send(req).await,
+        let send = async |head: &_, body| {
+            self.h2.send(to, || plain_upstream(dst), head, body).await.map(|r| r.map(Body::from))
+        };
+        match crate::upgrade::requested(&head.extensions) {
+            Some(protocol) => {
+                drop(body);
+                crate::upgrade::over_http2(&mut head, protocol, send).await
+            }
+            None => send(&head, body).await,
         }
     }
 
@@ -1527,12 +1545,12 @@ fn should_retry(r: &Retry, result: &Result<Response<Body>, Failure>) -> bool {
     })
 }
 
-/// `req` as HTTP/2 sends it: an absolute URI (`:scheme` and `:authority`) whose authority is
+/// A request's `head` as HTTP/2 sends it: an absolute URI (`:scheme` and `:authority`) whose authority is
 /// the one the request named — its target's, else its `Host`, which HTTP/2 does not carry
 /// beside it (RFC 9113 §8.3.1) — else the address it goes to.
-fn for_http2<B>(req: &mut Request<B>, addr: SocketAddr) -> Result<(), http::Error> {
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let host = req.headers_mut().remove(http::header::HOST);
+fn for_http2(head: &mut http::request::Parts, addr: SocketAddr) -> Result<(), http::Error> {
+    let mut parts = std::mem::take(&mut head.uri).into_parts();
+    let host = head.headers.remove(http::header::HOST);
     if parts.authority.is_none() {
         let named = host.and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok());
         parts.authority = Some(named.map_or_else(|| authority_of(addr), Ok)?);
@@ -1541,18 +1559,18 @@ fn for_http2<B>(req: &mut Request<B>, addr: SocketAddr) -> Result<(), http::Erro
     if parts.path_and_query.is_none() {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
-    *req.uri_mut() = Uri::from_parts(parts)?;
+    head.uri = Uri::from_parts(parts)?;
     Ok(())
 }
 
-/// `req` with a `Host`, as HTTP/1.1 needs one: the authority its target names (HTTP/2's
+/// A request's `head` with a `Host`, as HTTP/1.1 needs one: the authority its target names (HTTP/2's
 /// `:authority`, or an absolute-form target, which a `Host` that came with it does not
 /// override: RFC 9112 §3.2.2, RFC 9113 §8.3.1), else the `Host` it came with, else the address
 /// it goes to. (The client writes the target in origin form, the path and query alone.)
-fn with_host<B>(req: &mut Request<B>, addr: SocketAddr) {
-    let authority = match req.uri().authority() {
+fn with_host(head: &mut http::request::Parts, addr: SocketAddr) {
+    let authority = match head.uri.authority() {
         Some(a) => a.clone(),
-        None if req.headers().contains_key(http::header::HOST) => return,
+        None if head.headers.contains_key(http::header::HOST) => return,
         None => match authority_of(addr) {
             Ok(a) => a,
             Err(_) => return,
@@ -1561,7 +1579,7 @@ fn with_host<B>(req: &mut Request<B>, addr: SocketAddr) {
     // Without the userinfo, which a Host never carries.
     let host = authority.as_str().rsplit_once('@').map_or(authority.as_str(), |(_, host)| host);
     if let Ok(host) = HeaderValue::from_str(host) {
-        req.headers_mut().insert(http::header::HOST, host);
+        head.headers.insert(http::header::HOST, host);
     }
 }
 
@@ -1778,32 +1796,32 @@ mod tests {
     #[test]
     fn a_request_naming_no_authority_is_sent_to_the_endpoint_with_its_path_and_query() {
         let to = |uri: &str, addr: &str| {
-            let mut req = request_for(uri, None);
-            for_http2(&mut req, addr.parse().unwrap()).unwrap();
-            req.uri().clone()
+            let mut head = head_for(uri, None);
+            for_http2(&mut head, addr.parse().unwrap()).unwrap();
+            head.uri
         };
         assert_eq!(to("/a/b?c=1", "10.0.255.9:8080").to_string(), "http://10.0.255.9:8080/a/b?c=1");
         assert_eq!(to("/", "[::1]:443").to_string(), "http://[::1]:443/");
         assert_eq!(to("/", "0.0.0.0:65535").authority().unwrap().port_u16(), Some(65535));
     }
 
-    /// A request for `uri`, with `host` as its `Host` if given.
-    fn request_for(uri: &str, host: Option<&str>) -> Request<()> {
-        let mut req = Request::new(());
-        *req.uri_mut() = uri.parse().unwrap();
+    /// The head of a request for `uri`, with `host` as its `Host` if given.
+    fn head_for(uri: &str, host: Option<&str>) -> http::request::Parts {
+        let (mut head, ()) = Request::new(()).into_parts();
+        head.uri = uri.parse().unwrap();
         if let Some(h) = host {
-            req.headers_mut().insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
+            head.headers.insert(http::header::HOST, HeaderValue::from_str(h).unwrap());
         }
-        req
+        head
     }
 
     #[test]
     fn http_2_upstream_gets_the_authority_the_request_named() {
         let target = |uri: &str, host: Option<&str>| {
-            let mut req = request_for(uri, host);
-            for_http2(&mut req, "10.0.0.7:9090".parse().unwrap()).unwrap();
-            assert!(!req.headers().contains_key(http::header::HOST), "the authority is :authority alone");
-            req.uri().to_string()
+            let mut head = head_for(uri, host);
+            for_http2(&mut head, "10.0.0.7:9090".parse().unwrap()).unwrap();
+            assert!(!head.headers.contains_key(http::header::HOST), "the authority is :authority alone");
+            head.uri.to_string()
         };
         assert_eq!(target("http://ratings.shop:9090/r.R/Get", None), "http://ratings.shop:9090/r.R/Get");
         assert_eq!(target("http://ratings.shop:9090/x", Some("other")), "http://ratings.shop:9090/x");
@@ -1815,12 +1833,12 @@ mod tests {
     #[test]
     fn http_1_1_upstream_gets_the_origin_form_and_a_host() {
         let head = |uri: &str, host: Option<&str>| {
-            let mut req = request_for(uri, host);
-            with_host(&mut req, "10.0.0.7:9080".parse().unwrap());
+            let mut head = head_for(uri, host);
+            with_host(&mut head, "10.0.0.7:9080".parse().unwrap());
             let mut wire = Vec::new();
             crate::http1_codec::encode_request(
                 &mut wire,
-                &req.into_parts().0,
+                &head,
                 crate::http1_codec::Framing::Length(0),
                 None,
             );

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use http::header::{SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, UPGRADE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -30,9 +30,9 @@ use crate::body::{Body, BoxError, Switched, local_reply};
 #[derive(Clone, Debug)]
 pub(crate) struct Requested(pub HeaderValue);
 
-/// The protocol `req` asks to switch to, if it asks.
-pub(crate) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
-    req.extensions().get::<Requested>().map(|r| r.0.clone())
+/// The protocol a request with `extensions` asks to switch to, if it asks.
+pub(crate) fn requested(extensions: &http::Extensions) -> Option<HeaderValue> {
+    extensions.get::<Requested>().map(|r| r.0.clone())
 }
 
 /// Bytes a tunnel carried over an HTTP/2 stream may have buffered between the stream and the
@@ -105,24 +105,19 @@ pub(crate) fn answer_on_stream(response: Response<Body>, upload: Body) -> Respon
 }
 
 /// A switch to `protocol` sent to an HTTP/2 upstream with `send`, as an extended CONNECT
-/// (`req` is in the agent's form, its `Requested` kept for the client to write `:protocol`):
+/// (`head` is in the agent's form, its `Requested` kept for the client to write `:protocol`):
 /// an answer of `200` becomes `101`, its stream the connection switched to, and a WebSocket
 /// client's key is answered as RFC 6455 asks; any other answer goes as it is.
-pub(crate) async fn over_http2<F, Fut, E>(
-    mut req: Request<Body>,
+pub(crate) async fn over_http2<E>(
+    head: &mut http::request::Parts,
     protocol: HeaderValue,
-    send: F,
-) -> Result<Response<Body>, E>
-where
-    F: FnOnce(Request<Body>) -> Fut,
-    Fut: Future<Output = Result<Response<Body>, E>>,
-{
-    *req.method_mut() = Method::CONNECT;
-    let key = req.headers_mut().remove(SEC_WEBSOCKET_KEY);
+    send: impl AsyncFnOnce(&http::request::Parts, Body) -> Result<Response<Body>, E>,
+) -> Result<Response<Body>, E> {
+    head.method = Method::CONNECT;
+    let key = head.headers.remove(SEC_WEBSOCKET_KEY);
     let (ours, stream_side) = tokio::io::duplex(STREAM_TUNNEL_BUFFER);
     let (upload, to_client) = tokio::io::split(stream_side);
-    *req.body_mut() = Body::streaming(Reading::new(Bytes::new(), upload));
-    let response = send(req).await?;
+    let response = send(head, Body::streaming(Reading::new(Bytes::new(), upload))).await?;
     if !response.status().is_success() {
         return Ok(response);
     }
@@ -271,7 +266,10 @@ mod tests {
                 let pool = pool.clone();
                 let answer = move |req: http::Request<Body>| {
                     let pool = pool.clone();
-                    async move { pool.send(plain(app), || tcp(app), req).await.unwrap() }
+                    async move {
+                        let (head, body) = req.into_parts();
+                        pool.send(plain(app), || tcp(app), &head, body).await.unwrap()
+                    }
                 };
                 let timeout = Duration::from_secs(10);
                 if h2 {
@@ -514,11 +512,12 @@ mod tests {
                     let pool = pool.clone();
                     *req.uri_mut() = format!("http://{app}{}", req.uri().path()).parse().unwrap();
                     async move {
-                        let send = async |req| {
-                            pool.send(plain(app), || tcp(app), req).await.map(|r| r.map(Body::from))
+                        let send = async |head: &_, body| {
+                            pool.send(plain(app), || tcp(app), head, body).await.map(|r| r.map(Body::from))
                         };
-                        let protocol = requested(&req).expect("a switch");
-                        match over_http2(req, protocol, send).await {
+                        let (mut head, _) = req.into_parts();
+                        let protocol = requested(&head.extensions).expect("a switch");
+                        match over_http2(&mut head, protocol, send).await {
                             Ok(answer) => answer,
                             Err(e) => local_reply(false, StatusCode::BAD_GATEWAY, 0, &e.to_string()),
                         }
