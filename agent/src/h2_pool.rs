@@ -74,9 +74,9 @@ impl H2Pool {
 
     /// Sends the request `head` and `body` to `to` over its connection, opened with `connect`
     /// when there is none or the one there was has closed. The URI must hold the scheme and
-    /// authority. A request
-    /// held whole (or without a body) that the upstream turns away before acting on it goes
-    /// once more (on a new connection when the old one is going away): nothing of it is lost.
+    /// authority. A request held whole (or without a body) that the upstream turns away before
+    /// acting on it goes once more (on a new connection when the old one is going away):
+    /// nothing of it is lost.
     pub async fn send<C, F>(
         &self,
         to: Destination,

@@ -192,11 +192,11 @@ impl Http1Pool {
     }
 
     /// Sends the request `head` (origin form, with a `Host`) and `body` to `to` over an idle
-    /// connection, or over a new one that `connect` opens (boxed: a TLS handshake's state is large, and the request's
-    /// future is moved whole when hyper spawns it). The other side may have closed an idle
-    /// connection just as the request went: a request that got no answer on one is sent again
-    /// over a new connection when that is safe (an idempotent method, the whole request
-    /// written at once).
+    /// connection, or over a new one that `connect` opens (boxed: a TLS handshake's state is
+    /// large, and the request's future is moved whole when hyper spawns it). The other side
+    /// may have closed an idle connection just as the request went: a request that got no
+    /// answer on one is sent again over a new connection when that is safe (an idempotent
+    /// method, the whole request written at once).
     pub(crate) async fn send<B, C>(
         &self,
         to: Destination,

@@ -279,10 +279,9 @@ impl Watch {
     }
 }
 
-/// Latencies of one run at the fixed rate, in microseconds, sorted, and the failures.
+/// Latencies of one run at the fixed rate, in microseconds, by round (each resampled on its
+/// own), and the failures.
 struct Run {
-    micros: Vec<u64>,
-    /// The same latencies by round, for resampling each round on its own.
     rounds: Vec<Vec<u64>>,
     failed: u64,
     /// Requests sent, the warm-up's included.
@@ -292,15 +291,18 @@ struct Run {
 impl Run {
     /// Both runs as one.
     fn add(&mut self, other: Run) {
-        self.micros.extend(other.micros);
-        self.micros.sort_unstable();
         self.rounds.extend(other.rounds);
         self.failed += other.failed;
         self.sent_in_all += other.sent_in_all;
     }
 
+    /// Requests answered (the warm-up's left out).
+    fn answered(&self) -> usize {
+        self.rounds.iter().map(Vec::len).sum()
+    }
+
     fn pct(&self, p: f64) -> f64 {
-        pct_ms(&mut self.micros.clone(), p)
+        pct_ms(&mut self.rounds.concat(), p)
     }
 
     /// The `p` percentile of one resample: each round's requests drawn with replacement, as
@@ -433,9 +435,8 @@ async fn h2load(h2load: &Path, proto: Proto, arrivals: Arrivals, url: &str, secs
             not_ok += 1;
         }
     }
-    micros.sort_unstable();
     let failed = count("failed") + count("errored") + count("timeout") + not_ok;
-    Run { rounds: vec![micros.clone()], micros, failed, sent_in_all: lines.len() as u64 }
+    Run { rounds: vec![micros], failed, sent_in_all: lines.len() as u64 }
 }
 
 struct Row {
@@ -465,7 +466,7 @@ fn table(title: &str, rows: &[Row], secs: u64) {
     for r in rows {
         let ms = |v: f64| format!("{v:.3} ms");
         let added = |p: f64| format!("{:+.3} ms", r.run.pct(p) - direct.pct(p));
-        let sent = r.run.micros.len() as u64 + r.run.failed;
+        let sent = r.run.answered() as u64 + r.run.failed;
         println!(
             "| {} | {:.0}/s | {} | {} | {} | {} | {} | {} | {} of {sent} |",
             r.label,
