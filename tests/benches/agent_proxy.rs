@@ -15,8 +15,9 @@
 //! paths compared are measured in the same minutes of a machine whose speed drifts, and
 //! reports p50/p99/p99.9 and the latency each adds over direct, the CPU of each proxy (from
 //! the scheduler's accounting in /proc: vCPU per 1,000 requests/s, CPU, waiting for a core,
-//! wake-ups and preemptions per request) and its RSS at idle and under load; then TCP
-//! throughput with `iperf3`, direct and through two agents.
+//! wake-ups and preemptions per request) and its RSS at idle and under load, and after each
+//! table the two latency goals with the interval chance gives them (`against_goals`); then
+//! TCP throughput with `iperf3`, direct and through two agents.
 //!
 //! Run: `cargo build --release --bin trellis && cargo build --profile agent -p trellis-agent &&
 //! flock /tmp/trellis-fixed-ports.lock cargo bench -p trellis-tests --bench agent_proxy` (needs
