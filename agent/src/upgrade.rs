@@ -215,7 +215,7 @@ mod tests {
     use super::*;
     use crate::body::Body;
     use crate::http1_pool::Http1Pool;
-    use crate::http1_pool::tests::{plain, tcp};
+    use crate::http1_pool::tests::{plain, send_on, tcp};
 
     /// An application that switches to `echo` when asked (and answers 426 otherwise): its
     /// 101 is followed at once by `hello`, then it sends back whatever comes.
@@ -266,10 +266,7 @@ mod tests {
                 let pool = pool.clone();
                 let answer = move |req: http::Request<Body>| {
                     let pool = pool.clone();
-                    async move {
-                        let (head, body) = req.into_parts();
-                        pool.send(plain(app), || tcp(app), &head, body).await.unwrap()
-                    }
+                    async move { send_on(&pool, plain(app), || tcp(app), req).await.unwrap() }
                 };
                 let timeout = Duration::from_secs(10);
                 if h2 {
