@@ -227,6 +227,16 @@ pub(crate) struct RequestHead {
 /// Where a field's name and value lie in a head: (start, length) of each.
 pub(crate) type FieldSpan = ((usize, usize), (usize, usize));
 
+/// Keeps `used` as a connection's room for the next message's head and the body that leaves
+/// with it (most heads and small bodies fit), unless a large message grew it.
+pub(crate) fn keep_wire(room: &mut Vec<u8>, mut used: Vec<u8>) {
+    const KEPT_WIRE: usize = 4 * 1024;
+    if used.capacity() <= KEPT_WIRE {
+        used.clear();
+        *room = used;
+    }
+}
+
 /// Takes the next request head off the front of `buf`, or `None` while it is incomplete;
 /// `spans` is room the caller keeps between heads, so that reading one allocates nothing.
 /// A request whose body length cannot be told (a transfer coding other than chunked last,

@@ -78,6 +78,9 @@ struct Connection {
     buf: BytesMut,
     /// Room to note where a head's fields lie, kept from one response to the next.
     spans: Vec<http1_codec::FieldSpan>,
+    /// Room for a request's head and the body that leaves with it, kept from one request to
+    /// the next unless a large one grew it.
+    wire: Vec<u8>,
     to: Destination,
     /// It may carry another request once this one's response is read.
     keep_alive: bool,
@@ -85,7 +88,7 @@ struct Connection {
 
 impl Connection {
     fn new(io: Box<dyn Upstream>, to: Destination) -> Self {
-        Connection { io, buf: BytesMut::new(), spans: Vec::new(), to, keep_alive: true }
+        Connection { io, buf: BytesMut::new(), spans: Vec::new(), wire: Vec::new(), to, keep_alive: true }
     }
 
     /// Reads what has arrived into `buf`: `Ok(0)` at the end of the stream.
@@ -209,7 +212,7 @@ impl Http1Pool {
         B::Error: std::fmt::Display,
         C: Future<Output = Result<Box<dyn Upstream>, PoolError>>,
     {
-        let idle = self.idle_to(&to);
+        let mut idle = self.idle_to(&to);
         let mut connect = Some(connect);
         let mut open = async || Box::pin(connect.take().expect("one new connection a request")()).await;
         // Without an idle connection, a new one is opened before anything of the body is read:
@@ -219,7 +222,8 @@ impl Http1Pool {
             None => Some(open().await?),
         };
         let mut outgoing = Outgoing::new(body);
-        let mut wire = Vec::with_capacity(256);
+        let mut wire = idle.as_mut().map(|c| std::mem::take(&mut c.wire)).unwrap_or_default();
+        wire.reserve(256);
         let upgrade = head.extensions.get::<upgrade::Requested>().map(|u| &u.0);
         http1_codec::encode_request(&mut wire, head, outgoing.framing, upgrade);
         outgoing.take_ready(&mut wire).map_err(|why| outgoing.error(why))?;
@@ -227,7 +231,10 @@ impl Http1Pool {
         if let Some(mut conn) = idle {
             let again = outgoing.done && idempotent(&head.method);
             match exchange(&mut conn, &wire, &mut outgoing, asks).await {
-                Ok(response) => return self.respond(conn, response).await,
+                Ok(response) => {
+                    http1_codec::keep_wire(&mut conn.wire, wire);
+                    return self.respond(conn, response).await;
+                }
                 Err(f) if again && !f.answered => {
                     tracing::debug!(addr = %to.addr, why = %f.why, "idle connection closed under a request; sent again");
                 }
@@ -241,6 +248,7 @@ impl Http1Pool {
         let mut conn = Connection::new(io, to);
         let response =
             exchange(&mut conn, &wire, &mut outgoing, asks).await.map_err(|f| outgoing.error(f.why))?;
+        http1_codec::keep_wire(&mut conn.wire, wire);
         self.respond(conn, response).await
     }
 

@@ -32,9 +32,6 @@ use crate::upgrade;
 
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
-/// Largest room for answers a connection keeps between them (most answers' heads and small
-/// bodies fit; a large answer's room is let go).
-const KEPT_WIRE: usize = 4 * 1024;
 
 /// Serves `io` with `answer` until the client closes the connection or asks to, sends
 /// something that is not HTTP/1.1 (answered 400, or 431 for a head past `MAX_HEAD_BYTES`),
@@ -229,10 +226,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             outgoing.encode(frame, &mut wire).map_err(anyhow::Error::msg)?;
             self.send(&wire).await?;
         }
-        if wire.capacity() <= KEPT_WIRE {
-            wire.clear();
-            self.wire = wire;
-        }
+        http1_codec::keep_wire(&mut self.wire, wire);
         Ok(!close)
     }
 }

@@ -656,9 +656,11 @@ impl Proxy {
         req: Request<Body>,
     ) -> Response<Body> {
         let (time, started) = (std::time::SystemTime::now(), std::time::Instant::now());
+        // The head goes down by reference from here: a request is moved whole no further.
+        let (mut head, body) = req.into_parts();
         let (method, uri, host) =
-            (req.method().clone(), req.uri().clone(), req.headers().get(http::header::HOST).cloned());
-        let (resp, note) = self.handle(l, peer, req).await;
+            (head.method.clone(), head.uri.clone(), head.headers.get(http::header::HOST).cloned());
+        let (resp, note) = self.handle(l, peer, &mut head, body).await;
         let took = started.elapsed();
         metrics.request(resp.status(), took);
         let call = CallHead { method, uri, host, status: resp.status() };
@@ -716,10 +718,11 @@ impl Proxy {
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        req: Request<Body>,
+        head: &mut http::request::Parts,
+        body: Body,
     ) -> (Response<Body>, Note) {
-        let grpc = req
-            .headers()
+        let grpc = head
+            .headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/grpc"));
@@ -730,7 +733,7 @@ impl Proxy {
         let inbound = matches!(l.side, Side::Inbound { .. });
         let mut audited = None;
         if inbound {
-            let view = RequestView::of(&req);
+            let view = RequestView::of(head);
             let verdict = evaluate(access, peer, Some(&view));
             for rule in &verdict.audited {
                 tracing::info!(direction = "inbound", listener = %l.name, peer = ?peer.map(SpiffeId::as_str), path = %view.path, rule = %rule, "audit: an audit rule matched");
@@ -742,7 +745,7 @@ impl Proxy {
                 return (r, Note { denial: Some(rule), audited, ..Default::default() });
             }
         }
-        let (resp, note) = self.route(l, peer, req, grpc, inbound).await;
+        let (resp, note) = self.route(l, peer, head, body, grpc, inbound).await;
         (resp, Note { audited, ..note })
     }
 
@@ -772,7 +775,8 @@ impl Proxy {
         &self,
         l: &Listener,
         peer: Option<&SpiffeId>,
-        req: Request<Body>,
+        head: &mut http::request::Parts,
+        body: Body,
         grpc: bool,
         inbound: bool,
     ) -> (Response<Body>, Note) {
@@ -780,7 +784,7 @@ impl Proxy {
         let Handler::Http { rate_limit, routes, forward_client_cert, fault, .. } = &l.handler else {
             return plain(local_reply(grpc, StatusCode::INTERNAL_SERVER_ERROR, 13, "not an HTTP listener"));
         };
-        let view = RequestView::of(&req);
+        let view = RequestView::of(head);
         if rate_limit.is_some_and(|limit| !self.take_token(&l.name, limit)) {
             tracing::info!(listener = %l.name, "rate limited");
             return plain(local_reply(grpc, StatusCode::TOO_MANY_REQUESTS, 14, "local rate limit"));
@@ -828,22 +832,22 @@ impl Proxy {
             return (r, note);
         }
         let delay_injected = injected.delay.is_some();
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut head.headers;
+        strip_hop_by_hop(headers);
         for name in &route.remove_headers {
-            parts.headers.remove(name);
+            headers.remove(name);
         }
         for (name, value, overwrite) in &route.set_headers {
             if *overwrite {
-                parts.headers.insert(name.clone(), value.clone());
+                headers.insert(name.clone(), value.clone());
             } else {
-                parts.headers.append(name.clone(), value.clone());
+                headers.append(name.clone(), value.clone());
             }
         }
         if inbound && *forward_client_cert {
-            parts.headers.remove(&XFCC);
+            headers.remove(&XFCC);
             if let Some(p) = peer.and_then(|p| HeaderValue::try_from(format!("URI={p}")).ok()) {
-                parts.headers.insert(XFCC, p);
+                headers.insert(XFCC, p);
             }
         }
         let replay = match &route.retry {
@@ -865,7 +869,7 @@ impl Proxy {
         let mut tried = None;
         let outcome = {
             // Pinned where it is made: a large future, not moved again to be awaited.
-            let attempts = std::pin::pin!(self.attempts(route, parts, replay, &mut tried));
+            let attempts = std::pin::pin!(self.attempts(route, head, replay, &mut tried));
             match route.timeout {
                 Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or_else(|_| {
                     Err((StatusCode::GATEWAY_TIMEOUT, "upstream request timeout".into()))
@@ -989,7 +993,7 @@ impl Proxy {
     async fn attempts<'r>(
         &self,
         route: &'r crate::config::Route,
-        parts: http::request::Parts,
+        head: &mut http::request::Parts,
         body: Result<Bytes, Body>,
         tried: &mut Option<&'r str>,
     ) -> Result<Response<Body>, (StatusCode, String)> {
@@ -1001,7 +1005,7 @@ impl Proxy {
         let retry = route.retry.as_ref().filter(|_| bytes.is_some());
         let tries = retry.map_or(1, |r| r.retries + 1);
         let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
-        let (mut parts, mut copy) = (parts, None);
+        let mut copy = None;
         for attempt in 0..tries {
             let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
             *tried = Some(cluster);
@@ -1012,8 +1016,8 @@ impl Proxy {
             };
             // The last try sends the head; one before it a copy (a try fits the head to its
             // endpoint).
-            let head = if attempt + 1 < tries { copy.insert(parts.clone()) } else { &mut parts };
-            let sent = std::pin::pin!(self.send(cluster, head, body));
+            let sent_head = if attempt + 1 < tries { copy.insert(head.clone()) } else { &mut *head };
+            let sent = std::pin::pin!(self.send(cluster, sent_head, body));
             let result = match retry.and_then(|r| r.per_try) {
                 Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| Err(Failure::Timeout)),
                 None => sent.await,
@@ -1033,8 +1037,7 @@ impl Proxy {
 
     /// Sends the request (`parts`, `body`) to an endpoint of `cluster`, and a request an endpoint
     /// took nothing of to up to `OTHER_ENDPOINTS_OFFERED` others: one held whole, or one whose
-    /// body that endpoint's try read none of. The head goes by reference from here on: a
-    /// request is moved whole through no more of the layers below.
+    /// body that endpoint's try read none of.
     async fn send(
         &self,
         cluster: &str,
