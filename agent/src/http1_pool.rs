@@ -72,6 +72,8 @@ pub(crate) struct Destination {
     pub mtls: Option<(SpiffeId, u64)>,
 }
 
+/// Held in a box: it goes between the idle list, a request's futures and a streaming body
+/// several times a request, and a box moves as one pointer.
 struct Connection {
     io: Box<dyn Upstream>,
     /// Bytes read and not yet used.
@@ -87,8 +89,15 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(io: Box<dyn Upstream>, to: Destination) -> Self {
-        Connection { io, buf: BytesMut::new(), spans: Vec::new(), wire: Vec::new(), to, keep_alive: true }
+    fn new(io: Box<dyn Upstream>, to: Destination) -> Box<Self> {
+        Box::new(Connection {
+            io,
+            buf: BytesMut::new(),
+            spans: Vec::new(),
+            wire: Vec::new(),
+            to,
+            keep_alive: true,
+        })
     }
 
     /// Reads what has arrived into `buf`: `Ok(0)` at the end of the stream.
@@ -160,7 +169,7 @@ pub(crate) struct Http1Pool {
 }
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -254,7 +263,7 @@ impl Http1Pool {
 
     /// The most recently used idle connection to `to` that is still open; the stale ones
     /// are closed on the way.
-    fn idle_to(&self, to: &Destination) -> Option<Connection> {
+    fn idle_to(&self, to: &Destination) -> Option<Box<Connection>> {
         let mut idle = self.idle.lock().expect("not poisoned");
         // Kept in the order they became idle: those idle too long are a prefix.
         if let Some(oldest_kept) = Instant::now().checked_sub(self.max_idle_time) {
@@ -272,7 +281,11 @@ impl Http1Pool {
 
     /// The response whose head was read on `conn`: its body read whole when small, else
     /// carried by the body, which frees the connection when it ends.
-    async fn respond(&self, mut conn: Connection, head: ResponseHead) -> Result<Response<Body>, PoolError> {
+    async fn respond(
+        &self,
+        mut conn: Box<Connection>,
+        head: ResponseHead,
+    ) -> Result<Response<Body>, PoolError> {
         let ResponseHead { status, headers, framing, keep_alive } = head;
         conn.keep_alive &= keep_alive;
         let body = match framing {
@@ -317,7 +330,7 @@ impl Http1Pool {
 
 /// Back to the idle list, when the connection can carry another request and nothing unread
 /// is left on it.
-fn release(idle: &IdleList, conn: Connection) {
+fn release(idle: &IdleList, conn: Box<Connection>) {
     if !conn.keep_alive || !conn.buf.is_empty() {
         return;
     }
@@ -522,13 +535,13 @@ where
 /// idle list when the body ends (a body small enough is read whole with its head instead).
 pub(crate) struct Streaming {
     /// `None` once the body has ended (or failed).
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     left: Remaining,
     idle: Weak<IdleList>,
 }
 
 impl Streaming {
-    fn body(conn: Connection, left: Remaining, idle: &Arc<IdleList>) -> Body {
+    fn body(conn: Box<Connection>, left: Remaining, idle: &Arc<IdleList>) -> Body {
         Body::streaming(Streaming { conn: Some(conn), left, idle: Arc::downgrade(idle) })
     }
 
