@@ -90,7 +90,7 @@ where
                 return Err(why.into());
             }
         };
-        let RequestHead { mut parts, framing, mut keep_alive, expects_continue, upgrade } = head;
+        let RequestHead { mut parts, framing, mut keep_alive, expects_continue, upgrade } = *head;
         if let Some(protocol) = upgrade {
             parts.extensions.insert(upgrade::Requested(protocol));
         }
@@ -157,11 +157,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// The next request head; `None` when the client closed the connection between
     /// requests (or it failed). A head that is refused comes with the status to refuse it.
-    async fn next_head(&mut self) -> Result<Option<RequestHead>, (StatusCode, Malformed)> {
+    /// Boxed: it goes out through the connection's wait for what comes first as a pointer.
+    async fn next_head(&mut self) -> Result<Option<Box<RequestHead>>, (StatusCode, Malformed)> {
         loop {
             if !self.buf.is_empty() {
                 match http1_codec::parse_request(&mut self.buf, &mut self.spans) {
-                    Ok(Some(head)) => return Ok(Some(head)),
+                    Ok(Some(head)) => return Ok(Some(Box::new(head))),
                     Ok(None) if self.buf.len() >= MAX_HEAD_BYTES && !self.buf.contains(&b'\n') => {
                         let why = Malformed("a request line past 64 KiB");
                         return Err((StatusCode::URI_TOO_LONG, why));

@@ -1004,9 +1004,9 @@ impl Proxy {
         };
         let retry = route.retry.as_ref().filter(|_| bytes.is_some());
         let tries = retry.map_or(1, |r| r.retries + 1);
-        let mut last = Err((StatusCode::SERVICE_UNAVAILABLE, "not sent".to_owned()));
         let mut copy = None;
-        for attempt in 0..tries {
+        let mut attempt = 0;
+        loop {
             let cluster = route.pick(rand::rng().random_range(0..total.max(1)));
             *tried = Some(cluster);
             let body: Body = match (&bytes, streaming.take()) {
@@ -1023,16 +1023,15 @@ impl Proxy {
                 None => sent.await,
             };
             let again = retry.is_some_and(|r| should_retry(r, &result)) && attempt + 1 < tries;
-            last = result.map_err(Failure::into_status);
             if !again {
-                break;
+                return result.map_err(Failure::into_status);
             }
             let r = retry.expect("checked");
             let backoff = r.base.saturating_mul(1 << attempt.min(10)).min(r.max);
             let jittered = backoff.mul_f64(rand::rng().random_range(0.5..=1.0));
             tokio::time::sleep(jittered).await;
+            attempt += 1;
         }
-        last
     }
 
     /// Sends the request (`parts`, `body`) to an endpoint of `cluster`, and a request an endpoint
