@@ -231,6 +231,7 @@ impl Http1Pool {
             None => Some(open().await?),
         };
         let mut outgoing = Outgoing::new(body);
+        // The idle connection's room for requests, else new room.
         let mut wire = idle.as_mut().map(|c| std::mem::take(&mut c.wire)).unwrap_or_default();
         wire.reserve(256);
         let upgrade = head.extensions.get::<upgrade::Requested>().map(|u| &u.0);

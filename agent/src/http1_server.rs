@@ -157,7 +157,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     /// The next request head; `None` when the client closed the connection between
     /// requests (or it failed). A head that is refused comes with the status to refuse it.
-    /// Boxed: it goes out through the connection's wait for what comes first as a pointer.
+    /// Boxed, so that it leaves through the wait for a head, the drain or the timer as a pointer.
     async fn next_head(&mut self) -> Result<Option<Box<RequestHead>>, (StatusCode, Malformed)> {
         loop {
             if !self.buf.is_empty() {
