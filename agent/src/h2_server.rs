@@ -30,7 +30,7 @@ use crate::body::{Body, BoxError};
 use crate::h2_wire::*;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
-use crate::upgrade;
+use crate::{spare_fields, upgrade};
 
 /// Streams a client may have open at once (hyper's default).
 const MAX_STREAMS: usize = 200;
@@ -651,6 +651,7 @@ where
         self.link.scratch.clear();
         hpack::encode_status(head.status.as_u16(), &mut self.link.scratch);
         encode_fields(&head.headers, &mut self.link.scratch);
+        spare_fields::give_back(head.headers);
         let end = body.is_end_stream();
         self.link.write_block(id, end);
         self.resets_allowed = (self.resets_allowed + 1).min(RESET_BUDGET);

@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use crate::body::BoxError;
 use crate::hpack;
 use crate::http1_codec::{MAX_HEAD_BYTES, content_length, has_token, kept_in_trailers};
+use crate::spare_fields;
 
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The largest frame either side sends: the protocol's smallest maximum, which the agent
@@ -318,7 +319,7 @@ impl Fields {
             authority: None,
             path: None,
             protocol: None,
-            headers: HeaderMap::new(),
+            headers: spare_fields::with_capacity(0),
             content_length: None,
             regular_seen: false,
             size: 0,

@@ -9,6 +9,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
+use crate::spare_fields;
+
 /// Largest head the agent takes, a request's, a response's or a trailer section (Envoy's
 /// default is 60 KiB).
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -348,7 +350,7 @@ fn noted_fields(
     spans: &[FieldSpan],
     connection: &mut Connection,
 ) -> Result<HeaderMap, Malformed> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = spare_fields::with_capacity(spans.len());
     for &((name_at, name_len), (value_at, value_len)) in spans {
         let (name, value) =
             field_of(&head[name_at..name_at + name_len], head.slice(value_at..value_at + value_len))?;
@@ -526,7 +528,7 @@ impl Connection {
 /// A trailer section's fields, their values slices of `source`, but for those trailers may
 /// not carry.
 fn header_map(source: &Bytes, fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Malformed> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    let mut headers = spare_fields::with_capacity(fields.len());
     for f in fields {
         let (name, value) = field_of(f.name.as_bytes(), source.slice_ref(f.value))?;
         if kept_in_trailers(&name) {

@@ -28,7 +28,7 @@ use crate::http1_codec::{
     self, ChunkedDecoder, FieldSpan, Framing, MAX_HEAD_BYTES, Malformed, Remaining, RequestHead, Step,
 };
 use crate::http1_pool::Outgoing;
-use crate::upgrade;
+use crate::{spare_fields, upgrade};
 
 /// Room made in a connection's buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -219,6 +219,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let mut wire = std::mem::take(&mut self.wire);
         wire.reserve(512 + ready);
         http1_codec::encode_response(&mut wire, &head, framing, head_request, close);
+        spare_fields::give_back(head.headers);
         outgoing.take_ready(&mut wire).map_err(anyhow::Error::msg)?;
         self.send(&wire).await?;
         while !outgoing.done {

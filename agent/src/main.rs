@@ -39,6 +39,7 @@ mod pipe;
 mod proxy;
 mod relay;
 mod resilience;
+mod spare_fields;
 mod state;
 mod svid;
 mod telemetry;

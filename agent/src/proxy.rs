@@ -53,7 +53,7 @@ use crate::pipe::pipe;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
 use crate::state::{ConfigSink, State};
 use crate::telemetry::Upstreams;
-use crate::{h2_server, http1_server};
+use crate::{h2_server, http1_server, spare_fields};
 
 type MeshClient = Client<MeshConnector, Body>;
 
@@ -661,6 +661,7 @@ impl Proxy {
         let (method, uri, host) =
             (head.method.clone(), head.uri.clone(), head.headers.get(http::header::HOST).cloned());
         let (resp, note) = self.handle(l, peer, &mut head, body).await;
+        spare_fields::give_back(head.headers);
         let took = started.elapsed();
         metrics.request(resp.status(), took);
         let call = CallHead { method, uri, host, status: resp.status() };
