@@ -57,8 +57,9 @@ pub enum RouteSource {
 pub enum Target {
     /// The local application, plaintext.
     Local(SocketAddr),
-    /// Instances of a mesh service from EDS, over mTLS that accepts only `peer`.
-    Mesh { eds: String, peer: SpiffeId },
+    /// Instances of a mesh service from EDS, over mTLS that accepts only `peer` (shared: every
+    /// request to the cluster names it as its destination).
+    Mesh { eds: String, peer: Arc<SpiffeId> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -678,7 +678,7 @@ fn cluster(c: &PbCluster, local: &Local) -> R<Cluster> {
             let eds = c.eds_cluster_config.as_ref().map(|e| e.service_name.clone()).filter(|n| !n.is_empty());
             let peer = upstream_peer(c.transport_socket.as_ref())
                 .map_err(|e| at(&format!("transport_socket: {e}")))?;
-            Target::Mesh { eds: eds.unwrap_or_else(|| c.name.clone()), peer }
+            Target::Mesh { eds: eds.unwrap_or_else(|| c.name.clone()), peer: Arc::new(peer) }
         }
         other => return Err(at(&unsupported(&format!("cluster type {other:?}")))),
     };

@@ -97,7 +97,10 @@ fn the_seed_sidecar_resources_convert() {
     .unwrap() else {
         panic!("a cluster")
     };
-    assert_eq!(v2.target, Target::Mesh { eds: "reviews.shop:9080~version=v2".into(), peer: id("reviews") });
+    assert_eq!(
+        v2.target,
+        Target::Mesh { eds: "reviews.shop:9080~version=v2".into(), peer: Arc::new(id("reviews")) }
+    );
 
     let name = "outbound:reviews.shop:9080";
     let Converted::Routes(table) =

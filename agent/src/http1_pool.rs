@@ -69,7 +69,7 @@ impl<S: Upstream> Upstream for tokio_rustls::client::TlsStream<S> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Destination {
     pub addr: SocketAddr,
-    pub mtls: Option<(SpiffeId, u64)>,
+    pub mtls: Option<(Arc<SpiffeId>, u64)>,
 }
 
 /// Held in a box: it goes between the idle list, a request's futures and a streaming body
@@ -863,7 +863,7 @@ pub(crate) mod tests {
         let pool = pool();
         assert_eq!(get(&pool, addr).await, "ok");
         let id = SpiffeId::parse("spiffe://td.example/ns/shop/sa/reviews").unwrap();
-        let tls = Destination { addr, mtls: Some((id, 1)) };
+        let tls = Destination { addr, mtls: Some((Arc::new(id), 1)) };
         let resp = send_on(&pool, tls, || tcp(addr), request(Method::GET, "/", addr, empty())).await.unwrap();
         assert_eq!(read(resp).await.0, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "a plaintext connection is not one with an identity");

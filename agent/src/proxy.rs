@@ -695,7 +695,7 @@ impl Proxy {
                 let cfg = self.state.config();
                 let target = note.cluster.as_ref().and_then(|c| cfg.clusters.get(c)).map(|c| &c.target);
                 let peer = match target {
-                    Some(Target::Mesh { peer, .. }) => Some(peer.clone()),
+                    Some(Target::Mesh { peer, .. }) => Some(SpiffeId::clone(peer)),
                     _ => None,
                 };
                 (peer, service.clone())
@@ -1121,7 +1121,7 @@ impl Proxy {
     async fn exchange(
         &self,
         addr: SocketAddr,
-        peer: Option<&SpiffeId>,
+        peer: Option<&Arc<SpiffeId>>,
         h2: bool,
         head: &mut http::request::Parts,
         body: Body,

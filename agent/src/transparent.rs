@@ -343,7 +343,7 @@ mod tests {
         let peer = SpiffeId::parse("spiffe://shop.acme.trellis.internal/ns/shop/sa/api").unwrap();
         let c = Cluster {
             name: name.to_owned(),
-            target: Target::Mesh { eds: name.to_owned(), peer },
+            target: Target::Mesh { eds: name.to_owned(), peer: Arc::new(peer) },
             h2: false,
             limit: None,
             outlier: None,
