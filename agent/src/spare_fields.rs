@@ -9,7 +9,8 @@ use http::HeaderMap;
 
 /// Most maps kept per thread: as many heads as a burst of requests reads at once.
 const KEPT: usize = 64;
-/// A map that grew past this many fields is freed, not kept.
+/// A map that grew past room for this many fields, or held more values (those of repeated
+/// fields are kept apart, in room of their own), is freed, not kept.
 const KEPT_CAPACITY: usize = 48;
 
 thread_local! {
@@ -29,7 +30,7 @@ pub(crate) fn with_capacity(fields: usize) -> HeaderMap {
 
 /// Keeps `map`, whose message is done with, for a head read later on this thread.
 pub(crate) fn give_back(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > KEPT_CAPACITY {
+    if map.capacity() == 0 || map.capacity() > KEPT_CAPACITY || map.len() > KEPT_CAPACITY {
         return;
     }
     map.clear();
@@ -64,5 +65,12 @@ mod tests {
         map.insert(HOST, HeaderValue::from_static("a"));
         give_back(map);
         assert!(with_capacity(1).capacity() < KEPT_CAPACITY * 2);
+
+        let mut repeated = with_capacity(1);
+        for _ in 0..=KEPT_CAPACITY {
+            repeated.append(HOST, HeaderValue::from_static("a"));
+        }
+        give_back(repeated);
+        assert!(SPARE.with_borrow(Vec::is_empty), "a map of many values is not kept");
     }
 }
