@@ -43,6 +43,13 @@ impl ClusterStats {
     fn new() -> Self {
         ClusterStats { by_class: [0; 5], latency: vec![0; LATENCY_BUCKETS], sum_ms: 0.0 }
     }
+
+    /// Counts one request of response `class` (1 … 5) that took `ms`.
+    fn add(&mut self, class: usize, ms: f64) {
+        self.by_class[class - 1] += 1;
+        self.latency[bucket_of_ms(ms)] += 1;
+        self.sum_ms += ms;
+    }
 }
 
 /// What the agent's upstream requests came to, per cluster.
@@ -57,17 +64,14 @@ impl Upstreams {
         let class = status.map_or(5, |s| usize::from(s / 100)).clamp(1, 5);
         let ms = elapsed.as_secs_f64() * 1e3;
         let mut clusters = self.clusters.lock().expect("not poisoned");
-        // Per request: the cluster's name is copied only the first time it is seen.
-        if !clusters.contains_key(cluster) {
-            if clusters.len() >= MAX_CLUSTERS {
-                return;
-            }
-            clusters.insert(cluster.to_owned(), ClusterStats::new());
+        // Per request one lookup; the cluster's name is copied only the first time it is seen.
+        if let Some(stats) = clusters.get_mut(cluster) {
+            stats.add(class, ms);
+        } else if clusters.len() < MAX_CLUSTERS {
+            let mut stats = ClusterStats::new();
+            stats.add(class, ms);
+            clusters.insert(cluster.to_owned(), stats);
         }
-        let stats = clusters.get_mut(cluster).expect("inserted above");
-        stats.by_class[class - 1] += 1;
-        stats.latency[bucket_of_ms(ms)] += 1;
-        stats.sum_ms += ms;
     }
 
     /// Every cluster's figures as Envoy reports them.
