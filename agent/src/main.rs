@@ -155,7 +155,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let upstreams = Arc::new(telemetry::Upstreams::default());
     let binding = match args.transparent {
         true => proxy::Binding::Transparent,
-        false => proxy::Binding::Explicit(args.outbound.clone()),
+        false => proxy::Binding::Explicit {
+            outbound: args.outbound.clone(),
+            http_proxy: args.http_proxy_addr.is_some(),
+        },
     };
     let metrics = metrics::Metrics::default();
     let (access_log, entries) = access_log::AccessLog::new(args.access_log_sample, metrics.clone());

@@ -4,7 +4,7 @@
 //! through), and raw TCP.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow};
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::listener::v3::Listener as PbListener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
@@ -51,7 +52,7 @@ use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
 use crate::pipe::pipe;
 use crate::resilience::{Bucket, ClusterHealth, HealthCheckPolicy, HostRequest, RateLimit, RequestMap};
-use crate::state::{ConfigSink, State};
+use crate::state::{Config, ConfigSink, State};
 use crate::telemetry::Upstreams;
 use crate::{h2_server, http1_server, spare_fields};
 
@@ -103,8 +104,9 @@ fn pooled_client(h2: bool) -> hyper_util::client::legacy::Builder {
 
 /// Which of the configured listeners the agent binds.
 pub enum Binding {
-    /// Explicit mode: every inbound listener, and the outbound ones of the services named.
-    Explicit(Outbound),
+    /// Explicit mode: every inbound listener, and the outbound ones of the services named;
+    /// `http_proxy`: the HTTP proxy takes requests for every service, bound or not.
+    Explicit { outbound: Outbound, http_proxy: bool },
     /// Transparent mode: none; the capture listeners take their
     /// connections and hand each to the listener it was meant for.
     Transparent,
@@ -275,7 +277,7 @@ impl Proxy {
     }
 
     fn should_bind(&self, l: &Listener) -> bool {
-        let Binding::Explicit(outbound) = &self.binding else { return false };
+        let Binding::Explicit { outbound, .. } = &self.binding else { return false };
         match &l.side {
             Side::Inbound { .. } => true,
             Side::Outbound { service } => service.as_deref().is_some_and(|s| outbound.binds(s)),
@@ -917,19 +919,25 @@ impl Proxy {
         }
     }
 
-    /// Runs one health checker per cluster that asks for one, and no other.
+    /// Runs one health checker per cluster that asks for one and that the agent may send
+    /// traffic to, and no other: an agent does not check the services it never calls.
     fn reconcile_checkers(&self) {
         let cfg = self.state.config();
+        let sent_to = clusters_sent_to(&self.binding, &cfg);
+        let checked = |name: &str| {
+            let c = cfg.clusters.get(name)?;
+            sent_to.as_ref().is_none_or(|s| s.contains(name)).then_some(c.health_check.as_ref()?)
+        };
         let mut checkers = self.checkers.lock().expect("not poisoned");
         checkers.retain(|name, (policy, task)| {
-            let keep = cfg.clusters.get(name).and_then(|c| c.health_check.as_ref()) == Some(policy);
+            let keep = checked(name) == Some(policy);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for (name, c) in &cfg.clusters {
-            let Some(policy) = &c.health_check else { continue };
+        for name in cfg.clusters.keys() {
+            let Some(policy) = checked(name) else { continue };
             if checkers.contains_key(name) {
                 continue;
             }
@@ -1350,6 +1358,33 @@ fn peer_service<'a>(l: &'a Listener, peer: Option<&'a SpiffeId>) -> (bool, &'a s
     }
 }
 
+/// The clusters the agent may send traffic to, as `binding` binds the listeners of `cfg`:
+/// those the routes of its bound outbound listeners name, or every one (`None`) when it takes
+/// traffic for any service (transparent mode, the HTTP proxy).
+fn clusters_sent_to<'c>(binding: &Binding, cfg: &'c Config) -> Option<BTreeSet<&'c str>> {
+    let Binding::Explicit { outbound, http_proxy: false } = binding else { return None };
+    let mut sent_to = BTreeSet::new();
+    for l in cfg.listeners.values() {
+        let Side::Outbound { service: Some(service) } = &l.side else { continue };
+        if !outbound.binds(service) {
+            continue;
+        }
+        let named = |backends: &'c [(String, u32)]| backends.iter().map(|(cluster, _)| cluster.as_str());
+        match &l.handler {
+            Handler::Tcp { backends, .. } => sent_to.extend(named(backends)),
+            Handler::Http { routes, .. } => {
+                let table = match routes {
+                    RouteSource::Rds(name) => cfg.routes.get(name),
+                    RouteSource::Inline(table) => Some(table),
+                };
+                let routes = table.into_iter().flat_map(|t| &t.hosts).flat_map(|h| &h.routes);
+                sent_to.extend(routes.flat_map(|r| named(&r.backends)));
+            }
+        }
+    }
+    Some(sent_to)
+}
+
 fn server_config(identity: &Identity, bundle: &TrustBundle) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let svid = identity.current();
     let verifier = SvidClientVerifier::new(bundle.clone());
@@ -1649,7 +1684,16 @@ impl ConfigSink for Proxy {
             self.bind(&next.listeners)?;
         }
         self.state.store(next);
-        if type_url == envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url() {
+        // Which clusters are checked follows the clusters, and the listeners and routes that
+        // send traffic to them.
+        if [
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::type_url(),
+            PbListener::type_url(),
+            RouteConfiguration::type_url(),
+        ]
+        .iter()
+        .any(|t| t == type_url)
+        {
             self.reconcile_checkers();
         }
         if type_url == Secret::type_url() {
@@ -1929,5 +1973,70 @@ mod tests {
         let big = format!("GET / HTTP/1.1\r\nHost: x\r\nx-big: {}\r\n\r\n", "x".repeat(100 * 1024));
         let refused = answer(addr, big.as_bytes()).await;
         assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    }
+
+    #[test]
+    fn an_agent_checks_the_clusters_its_bound_listeners_send_to_and_no_other() {
+        use std::collections::BTreeMap;
+
+        use crate::config::{PathMatch, Route, VirtualHost};
+
+        let outbound = |service: &str, handler: Handler| {
+            let name = format!("outbound:{service}.shop:9080");
+            let side = Side::Outbound { service: Some(service.to_owned()) };
+            let addr = "127.1.2.3:9080".parse().unwrap();
+            (name.clone(), Arc::new(Listener { name, addr, side, handler }))
+        };
+        let http = |rds: &str| Handler::Http {
+            access: vec![],
+            rate_limit: None,
+            routes: RouteSource::Rds(rds.to_owned()),
+            forward_client_cert: false,
+            fault: None,
+        };
+        let route = |backends: &[&str]| Route {
+            name: "split".into(),
+            path: PathMatch::Prefix("/".into()),
+            headers: vec![],
+            query: vec![],
+            backends: backends.iter().map(|b| (b.to_string(), 50)).collect(),
+            timeout: None,
+            retry: None,
+            set_headers: vec![],
+            remove_headers: vec![],
+            fault: None,
+        };
+        let reviews = RouteTable {
+            hosts: vec![VirtualHost {
+                domains: vec!["*".into()],
+                routes: vec![
+                    route(&["reviews.shop:9080~version=v2"]),
+                    route(&["reviews.shop:9080~version=v1", "reviews.shop:9080~version=v2"]),
+                ],
+            }],
+        };
+        let cfg = Config {
+            listeners: BTreeMap::from([
+                outbound("reviews", http("outbound:reviews.shop:9080")),
+                // Its routes have not come yet: nothing is sent through it.
+                outbound("ratings", http("outbound:ratings.shop:9080")),
+                outbound("db", Handler::Tcp { access: vec![], backends: vec![("db.shop:5432".into(), 1)] }),
+            ]),
+            routes: BTreeMap::from([("outbound:reviews.shop:9080".to_owned(), Arc::new(reviews))]),
+            ..Config::default()
+        };
+        let explicit = |outbound: Outbound, http_proxy| Binding::Explicit { outbound, http_proxy };
+        let only = |services: &[&str]| Outbound::Only(services.iter().map(|s| s.to_string()).collect());
+        let sent_to = |binding| clusters_sent_to(&binding, &cfg).map(|s| s.into_iter().collect::<Vec<_>>());
+        let everything = ["db.shop:5432", "reviews.shop:9080~version=v1", "reviews.shop:9080~version=v2"];
+        assert_eq!(sent_to(explicit(Outbound::All, false)), Some(everything.to_vec()));
+        assert_eq!(sent_to(explicit(only(&["db", "ratings"]), false)), Some(vec!["db.shop:5432"]));
+        assert_eq!(
+            sent_to(explicit(only(&[]), false)),
+            Some(vec![]),
+            "a server that calls nothing checks nothing"
+        );
+        assert_eq!(sent_to(explicit(only(&[]), true)), None, "the HTTP proxy takes any service");
+        assert_eq!(sent_to(Binding::Transparent), None, "so does transparent mode");
     }
 }

@@ -33,11 +33,32 @@ use trellis_xds_server::proto::{IssueSvidRequest, IssueSvidResponse};
 /// An application that answers every request with `version` (and its caller's identity
 /// as the agent forwarded it), on 127.0.0.1 at a port the system picks; `/reviews/slow…`
 /// answers after a second, v1 answers every third `/reviews/flaky…` with 503, `/reviews/chat` is
-/// a WebSocket endpoint, and `/reviews/wire` answers with the HTTP version and `Host` it was
-/// called with, then 200 KB.
+/// a WebSocket endpoint, `/reviews/wire` answers with the HTTP version and `Host` it was
+/// called with, then 200 KB, and `/reviews/checked-by` with the callers that sent the health
+/// check `/health` (one a line).
 async fn app(version: &'static str) -> u16 {
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let checked_by = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let caller = |headers: &axum::http::HeaderMap| {
+        headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
     let router = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get({
+                let checked_by = checked_by.clone();
+                move |headers: axum::http::HeaderMap| async move {
+                    checked_by.lock().unwrap().insert(caller(&headers));
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/reviews/checked-by",
+            axum::routing::get(move || async move {
+                checked_by.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+            }),
+        )
         .route("/reviews/chat", axum::routing::get(trellis_tests::websocket::echo))
         .route(
             "/reviews/wire",
@@ -55,9 +76,7 @@ async fn app(version: &'static str) -> u16 {
             if uri.path().starts_with("/reviews/flaky") && version == "v1" && nth.is_multiple_of(3) {
                 return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "v1 is having a moment".to_owned());
             }
-            let caller =
-                headers.get("x-forwarded-client-cert").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-            (axum::http::StatusCode::OK, format!("{version} {caller}"))
+            (axum::http::StatusCode::OK, format!("{version} {}", caller(&headers)))
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -536,6 +555,7 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     let mut p = agent(&t.xds, &ca, &dir("db"), &tok, "db", "127.0.0.7", &db_flags);
     p.wait_for_line("listening inbound:5432 on 127.0.0.7:5432", Duration::from_secs(20)).await;
     agents.push(p);
+    let servers_started = tokio::time::Instant::now();
     let tok = join_token(&api, "productpage", json!({})).await;
     let caller_dir = dir("productpage");
     let mut caller = agent(
@@ -865,6 +885,27 @@ async fn agents_join_route_75_25_enforce_mtls_and_access_and_nack_what_they_cann
     // version from the request itself.
     let answer = mtls_get("127.0.0.2:9080", &own, false).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "without ALPN: {answer}");
+
+    // Active health checks (the seed's, `GET /health` every 10 s) reach the application through
+    // its agent, from the agents that call `reviews` only: the servers, which bind no
+    // outbound listener, check nothing, even after two rounds of checks each.
+    tokio::time::sleep_until(servers_started + Duration::from_secs(11)).await;
+    let mut checked_by = String::new();
+    for _ in 0..100 {
+        checked_by = client
+            .get(format!("http://{reviews}/reviews/checked-by"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if !checked_by.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(checked_by, "URI=spiffe://shop.acme.trellis.internal/ns/shop/sa/productpage");
 
     // A caller no access policy allows gets 403 (its agent takes over the outbound address).
     // SIGTERM drains: a request in flight is answered, then the agent exits cleanly.
