@@ -240,7 +240,10 @@ async fn create_token(args: config::CreateToken, database: &Database) -> anyhow:
         .await?;
     tx.commit().await?;
     store.close().await;
-    eprintln!("created a {} token for organization {} (shown once; keep it secret):", args.role, org.slug);
+    eprintln!(
+        "created a token of role {} for organization {} (shown once; keep it secret):",
+        args.role, org.slug
+    );
     println!("{token}");
     Ok(())
 }
