@@ -112,6 +112,17 @@ pub enum Binding {
     Transparent,
 }
 
+impl Binding {
+    /// Whether the agent binds `l`'s address.
+    fn binds(&self, l: &Listener) -> bool {
+        let Binding::Explicit { outbound, .. } = self else { return false };
+        match &l.side {
+            Side::Inbound { .. } => true,
+            Side::Outbound { service } => service.as_deref().is_some_and(|s| outbound.binds(s)),
+        }
+    }
+}
+
 /// The agent's data path.
 pub struct Proxy {
     me: Weak<Proxy>,
@@ -213,7 +224,7 @@ impl Proxy {
         let missing: Vec<&str> = cfg
             .listeners
             .values()
-            .filter(|l| self.should_bind(l) && !bound.contains_key(&l.name))
+            .filter(|l| self.binding.binds(l) && !bound.contains_key(&l.name))
             .map(|l| l.name.as_str())
             .collect();
         (!missing.is_empty()).then(|| format!("listeners not bound: {}", missing.join(", ")))
@@ -276,14 +287,6 @@ impl Proxy {
         Ok(())
     }
 
-    fn should_bind(&self, l: &Listener) -> bool {
-        let Binding::Explicit { outbound, .. } = &self.binding else { return false };
-        match &l.side {
-            Side::Inbound { .. } => true,
-            Side::Outbound { service } => service.as_deref().is_some_and(|s| outbound.binds(s)),
-        }
-    }
-
     /// The applied configuration.
     pub(crate) fn config(&self) -> Arc<crate::state::Config> {
         self.state.config()
@@ -325,7 +328,7 @@ impl Proxy {
     fn bind(&self, listeners: &std::collections::BTreeMap<String, Arc<Listener>>) -> Result<(), String> {
         let mut bound = self.bound.lock().expect("not poisoned");
         bound.retain(|name, (addr, task)| {
-            let keep = listeners.get(name).is_some_and(|l| l.addr == *addr && self.should_bind(l));
+            let keep = listeners.get(name).is_some_and(|l| l.addr == *addr && self.binding.binds(l));
             if !keep {
                 task.abort();
                 tracing::info!(listener = %name, %addr, "listener stopped");
@@ -333,7 +336,7 @@ impl Proxy {
             keep
         });
         for (name, l) in listeners {
-            if bound.contains_key(name) || !self.should_bind(l) {
+            if bound.contains_key(name) || !self.binding.binds(l) {
                 continue;
             }
             let std = std::net::TcpListener::bind(l.addr)
@@ -925,8 +928,8 @@ impl Proxy {
         let cfg = self.state.config();
         let sent_to = clusters_sent_to(&self.binding, &cfg);
         let checked = |name: &str| {
-            let c = cfg.clusters.get(name)?;
-            sent_to.as_ref().is_none_or(|s| s.contains(name)).then_some(c.health_check.as_ref()?)
+            let policy = cfg.clusters.get(name)?.health_check.as_ref()?;
+            sent_to.as_ref().is_none_or(|s| s.contains(name)).then_some(policy)
         };
         let mut checkers = self.checkers.lock().expect("not poisoned");
         checkers.retain(|name, (policy, task)| {
@@ -1362,11 +1365,12 @@ fn peer_service<'a>(l: &'a Listener, peer: Option<&'a SpiffeId>) -> (bool, &'a s
 /// those the routes of its bound outbound listeners name, or every one (`None`) when it takes
 /// traffic for any service (transparent mode, the HTTP proxy).
 fn clusters_sent_to<'c>(binding: &Binding, cfg: &'c Config) -> Option<BTreeSet<&'c str>> {
-    let Binding::Explicit { outbound, http_proxy: false } = binding else { return None };
+    if !matches!(binding, Binding::Explicit { http_proxy: false, .. }) {
+        return None;
+    }
     let mut sent_to = BTreeSet::new();
     for l in cfg.listeners.values() {
-        let Side::Outbound { service: Some(service) } = &l.side else { continue };
-        if !outbound.binds(service) {
+        if !matches!(l.side, Side::Outbound { .. }) || !binding.binds(l) {
             continue;
         }
         let named = |backends: &'c [(String, u32)]| backends.iter().map(|(cluster, _)| cluster.as_str());
