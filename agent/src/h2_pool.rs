@@ -23,7 +23,7 @@ use crate::h2_wire::*;
 use crate::hpack;
 use crate::http1_codec::MAX_HEAD_BYTES;
 use crate::http1_pool::{Destination, PoolError, Upstream};
-use crate::upgrade;
+use crate::{spare_fields, upgrade};
 
 /// Streams opened on a connection before the server has said how many it takes: one, so that
 /// a server whose limit is low never has to refuse one.
@@ -795,6 +795,7 @@ where
                         return Poll::Ready(me.finish(|state, id| {
                             state.link.scratch.clear();
                             encode_fields(&trailers, &mut state.link.scratch);
+                            spare_fields::give_back(trailers);
                             state.link.write_block(id, true);
                         }));
                     }
@@ -941,7 +942,7 @@ impl Driver {
                     Poll::Pending => {}
                 }
             }
-            self.read.reserve(READ_CHUNK);
+            room_to_read(&mut self.read);
             match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
                 Poll::Ready(Ok(0)) => {
                     conn.lock().fail("the upstream closed the connection".into());

@@ -115,23 +115,37 @@ enum Ending {
     Now,
 }
 
-/// A stream's handler: its answer, or `Aborted` when the stream was reset first. The handler is
-/// boxed once, as it starts: its future is large (kilobytes), and is not moved again.
-struct Answering {
+/// Where a stream's handler runs: a box, so that its future (the proxy's whole path, about 5 KB)
+/// is not moved once started, kept by the connection for its next stream once the handler is
+/// done. A box that large is past what the C library's allocator keeps at hand, so a new one for
+/// every stream had it sort its free lists on the way (BENCHMARKS.md, "Handler boxes kept").
+type Slot<Fut> = Pin<Box<Option<Abortable<Fut>>>>;
+
+/// Handler boxes a connection keeps for its next streams: as many as a burst of calls on one
+/// connection starts at once.
+const KEPT_SLOTS: usize = 16;
+
+/// A stream's handler: its answer, or `Aborted` when the stream was reset first, and its box
+/// back, emptied.
+struct Answering<Fut> {
     id: u32,
-    answer: Abortable<Pin<Box<dyn Future<Output = Response<Body>> + Send>>>,
+    slot: Option<Slot<Fut>>,
 }
 
-impl Future for Answering {
-    type Output = (u32, Result<Response<Body>, Aborted>);
+impl<Fut: Future> Future for Answering<Fut> {
+    type Output = (u32, Result<Fut::Output, Aborted>, Slot<Fut>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let me = self.get_mut();
-        Pin::new(&mut me.answer).poll(cx).map(|answered| (me.id, answered))
+        let slot = me.slot.as_mut().expect("polled after it ended");
+        let handler = slot.as_mut().as_pin_mut().expect("filled when it started");
+        let answered = std::task::ready!(handler.poll(cx));
+        slot.set(None);
+        Poll::Ready((me.id, answered, me.slot.take().expect("present")))
     }
 }
 
-struct Conn<IO, F> {
+struct Conn<IO, F, Fut> {
     io: IO,
     read: BytesMut,
     /// The connection's state beside its streams; `written` of its frames are written.
@@ -139,7 +153,9 @@ struct Conn<IO, F> {
     written: usize,
     answer: F,
     streams: Vec<Stream>,
-    answering: FuturesUnordered<Answering>,
+    answering: FuturesUnordered<Answering<Fut>>,
+    /// Handler boxes of answered streams, for the next ones.
+    spare_slots: Vec<Slot<Fut>>,
     /// The highest stream the client opened.
     last_id: u32,
     /// Streams reset lately, and whether by the agent.
@@ -201,7 +217,7 @@ enum Out {
     Done,
 }
 
-impl<IO, F, Fut> Conn<IO, F>
+impl<IO, F, Fut> Conn<IO, F, Fut>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Request<Body>) -> Fut,
@@ -222,6 +238,7 @@ where
             answer,
             streams: Vec::new(),
             answering: FuturesUnordered::new(),
+            spare_slots: Vec::new(),
             last_id: 0,
             recently_reset: VecDeque::new(),
             skipped: VecDeque::new(),
@@ -245,7 +262,7 @@ where
                 && !self.eof
                 && self.link.wire.len() - self.written < HIGH_WATER
             {
-                self.read.reserve(READ_CHUNK);
+                room_to_read(&mut self.read);
                 match pin!(self.io.read_buf(&mut self.read)).poll(cx) {
                     Poll::Ready(Ok(0)) => {
                         busy = true;
@@ -264,8 +281,11 @@ where
                 }
                 self.start_answering(cx);
             }
-            while let Poll::Ready(Some((id, answered))) = self.answering.poll_next_unpin(cx) {
+            while let Poll::Ready(Some((id, answered, slot))) = self.answering.poll_next_unpin(cx) {
                 busy = true;
+                if self.spare_slots.len() < KEPT_SLOTS {
+                    self.spare_slots.push(slot);
+                }
                 if let Ok(response) = answered {
                     self.respond(id, response);
                 }
@@ -630,9 +650,10 @@ where
                 body
             };
             let (abort, registration) = AbortHandle::new_pair();
-            let answer: Pin<Box<dyn Future<Output = Response<Body>> + Send>> =
-                Box::pin((self.answer)(Request::from_parts(parts, body)));
-            self.answering.push(Answering { id: s.id, answer: Abortable::new(answer, registration) });
+            let mut slot = self.spare_slots.pop().unwrap_or_else(|| Box::pin(None));
+            let answer = (self.answer)(Request::from_parts(parts, body));
+            slot.set(Some(Abortable::new(answer, registration)));
+            self.answering.push(Answering { id: s.id, slot: Some(slot) });
             s.abort = Some(abort);
         }
     }
@@ -739,6 +760,7 @@ where
                 Step::Trailers(trailers) => {
                     self.link.scratch.clear();
                     encode_fields(&trailers, &mut self.link.scratch);
+                    spare_fields::give_back(trailers);
                     self.link.write_block(id, true);
                     return true;
                 }

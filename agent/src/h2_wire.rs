@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 
 use crate::body::BoxError;
 use crate::hpack;
-use crate::http1_codec::{MAX_HEAD_BYTES, content_length, has_token, kept_in_trailers};
+use crate::http1_codec::{MAX_HEAD_BYTES, content_length, field_name, has_token, kept_in_trailers};
 use crate::spare_fields;
 
 pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -33,6 +33,18 @@ pub(crate) const MAX_BLOCK: usize = 4 * MAX_HEAD_BYTES;
 /// run until the head's timeout.
 const CONTINUATION_CHARGE: usize = MAX_BLOCK / 1024;
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
+/// Room left in a connection's read buffer below which it is given a whole `READ_CHUNK` again.
+const MIN_READ_ROOM: usize = 4 * 1024;
+
+/// Makes room in `read` for the next read. DATA leaves the buffer without a copy, so while an
+/// earlier frame's data is still held the buffer cannot be reused and room means a new one:
+/// asked for only when little is left, that is once in many reads, not at every read of a
+/// burst (BENCHMARKS.md, "Handler boxes kept").
+pub(crate) fn room_to_read(read: &mut BytesMut) {
+    if read.capacity() - read.len() < MIN_READ_ROOM {
+        read.reserve(READ_CHUNK);
+    }
+}
 
 /// Frame types (RFC 9113 §6).
 pub(crate) const DATA: u8 = 0x0;
@@ -377,8 +389,7 @@ impl Fields {
             return Ok(());
         }
         self.regular_seen = true;
-        let name =
-            HeaderName::from_lowercase(name).map_err(|_| "a field name not lowercase or not a token")?;
+        let name = field_name(name, true).map_err(|_| "a field name not lowercase or not a token")?;
         if connection_specific(&name) || name == TE && value != b"trailers" {
             return Err("a connection-specific field");
         }

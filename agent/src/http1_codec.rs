@@ -411,9 +411,40 @@ fn interim(code: u16) -> bool {
     matches!(code, 100 | 102..=199)
 }
 
+/// Field names the `http` crate does not know that most gRPC calls carry, or that the agent
+/// sets: taken from here, such a name is not copied into an allocation of its own as the
+/// `http` crate keeps the names it does not know.
+static COMMON_NAMES: [HeaderName; 8] = [
+    HeaderName::from_static("grpc-status"),
+    HeaderName::from_static("grpc-message"),
+    HeaderName::from_static("grpc-timeout"),
+    HeaderName::from_static("grpc-encoding"),
+    HeaderName::from_static("grpc-accept-encoding"),
+    HeaderName::from_static("x-forwarded-client-cert"),
+    HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceparent"),
+];
+
+/// A field name read from the wire, one of `COMMON_NAMES` when it is one. `lowercase`: the name
+/// must be lowercase already, as HTTP/2 requires (HTTP/1.1's are taken in any case).
+pub(crate) fn field_name(
+    name: &[u8],
+    lowercase: bool,
+) -> Result<HeaderName, http::header::InvalidHeaderName> {
+    let common = |n: &&HeaderName| {
+        let known = n.as_str().as_bytes();
+        if lowercase { known == name } else { known.eq_ignore_ascii_case(name) }
+    };
+    match COMMON_NAMES.iter().find(common) {
+        Some(known) => Ok(known.clone()),
+        None if lowercase => HeaderName::from_lowercase(name),
+        None => HeaderName::from_bytes(name),
+    }
+}
+
 /// A header field, its value a slice of the bytes it was read from (not a copy).
 fn field_of(name: &[u8], value: Bytes) -> Result<(HeaderName, HeaderValue), Malformed> {
-    let name = HeaderName::from_bytes(name).map_err(|_| Malformed("an invalid field name"))?;
+    let name = field_name(name, false).map_err(|_| Malformed("an invalid field name"))?;
     let value = HeaderValue::from_maybe_shared(value).map_err(|_| Malformed("an invalid field value"))?;
     Ok((name, value))
 }
@@ -848,6 +879,20 @@ mod tests {
         let mut out = Vec::new();
         encode_request(&mut out, h, framing, None);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn field_names_read_are_the_common_ones_when_they_are_and_checked_as_any_other() {
+        for n in ["grpc-status", "GRPC-Status", "x-request-id", "content-type", "x-custom"] {
+            let read = field_name(n.as_bytes(), false).unwrap();
+            assert_eq!(read, HeaderName::from_bytes(n.as_bytes()).unwrap(), "{n}");
+        }
+        assert_eq!(field_name(b"grpc-status", true).unwrap(), "grpc-status");
+        // HTTP/2 takes lowercase names only, common or not.
+        assert!(field_name(b"Grpc-Status", true).is_err());
+        assert!(field_name(b"X-Custom", true).is_err());
+        assert!(field_name(b"grpc status", false).is_err());
+        assert!(field_name(b"", false).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use trellis_ca::SpiffeId;
 
 use crate::body::{Body, Switched};
 use crate::http1_codec::{self, ChunkedDecoder, Framing, MAX_HEAD_BYTES, Remaining, ResponseHead, Step};
-use crate::upgrade;
+use crate::{spare_fields, upgrade};
 
 /// Idle connections kept at most; one finishing past it is closed.
 const MAX_IDLE: usize = 256;
@@ -499,7 +499,12 @@ where
         };
         self.done = true;
         match self.framing {
-            Framing::Chunked => http1_codec::last_chunk(wire, trailers.as_ref()),
+            Framing::Chunked => {
+                http1_codec::last_chunk(wire, trailers.as_ref());
+                if let Some(trailers) = trailers {
+                    spare_fields::give_back(trailers);
+                }
+            }
             Framing::Length(n) if self.sent != n => {
                 return Err(format!("the body ended after {} of its {n} bytes", self.sent));
             }
