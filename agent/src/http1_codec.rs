@@ -411,8 +411,8 @@ fn interim(code: u16) -> bool {
     matches!(code, 100 | 102..=199)
 }
 
-/// Field names the `http` crate does not know that most gRPC calls carry, or that the agent
-/// sets: taken from here, such a name is not copied into an allocation of its own as the
+/// Field names the `http` crate does not know that most gRPC calls carry, or that meshes add:
+/// taken from here, such a name is shared, not copied into an allocation of its own as the
 /// `http` crate keeps the names it does not know.
 static COMMON_NAMES: [HeaderName; 8] = [
     HeaderName::from_static("grpc-status"),
