@@ -411,6 +411,9 @@ fn interim(code: u16) -> bool {
     matches!(code, 100 | 102..=199)
 }
 
+/// The caller's identity as Envoy passes it on to the application.
+pub(crate) const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+
 /// Field names the `http` crate does not know that most gRPC calls carry, or that meshes add:
 /// taken from here, such a name is shared, not copied into an allocation of its own as the
 /// `http` crate keeps the names it does not know.
@@ -420,7 +423,7 @@ static COMMON_NAMES: [HeaderName; 8] = [
     HeaderName::from_static("grpc-timeout"),
     HeaderName::from_static("grpc-encoding"),
     HeaderName::from_static("grpc-accept-encoding"),
-    HeaderName::from_static("x-forwarded-client-cert"),
+    XFCC,
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("traceparent"),
 ];

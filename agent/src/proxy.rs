@@ -46,7 +46,7 @@ use crate::config::{
 };
 use crate::h2_pool::{H2Body, H2Pool};
 use crate::h2_wire::PREFACE;
-use crate::http1_codec::{MAX_HEAD_BYTES, connection_options, decimal};
+use crate::http1_codec::{MAX_HEAD_BYTES, XFCC, connection_options, decimal};
 use crate::http1_pool::{Destination, Http1Pool, PoolError, Upstream};
 use crate::identity::Identity;
 use crate::metrics::{Metrics, PeerMetrics};
@@ -1649,9 +1649,6 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
 ];
-
-/// The caller's identity as Envoy passes it on to the application.
-const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Removes the fields of one connection from a message passed on: `HOP_BY_HOP` and any that
 /// `Connection` names. (The agent's HTTP/1.1 server and client have removed them already;
